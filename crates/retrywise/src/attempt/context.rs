@@ -1,0 +1,221 @@
+//! What is known before an attempt is made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ErrorKind, Failure, serde_ms};
+
+/// Everything known before an attempt is made: the input of every retry decision and of
+/// every success prediction.
+///
+/// For the first attempt of a call only `target`, `attempt = 1` and the target's recent
+/// health are set. Before attempt `n > 1`, the fields describing the previous attempt
+/// (`error`, `status`, `latency`, `retry_after`) describe attempt `n - 1`, which failed.
+///
+/// `delay` is the wait before this attempt. While a [`crate::retry::RetryDecider`] is
+/// deciding, it still holds the wait that preceded the attempt that just failed (zero
+/// before the second attempt), which stateful backoffs such as decorrelated jitter need;
+/// the decider's choice then replaces it, and the context recorded with the attempt
+/// carries the delay actually waited.
+///
+/// On the wire (records, the HTTP API) durations are milliseconds: `latency_ms`,
+/// `elapsed_ms`, `retry_after_ms`, `delay_ms`, `latency_p95_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptContext {
+    /// The logical name of what is called (a service, host or endpoint).
+    pub target: Arc<str>,
+    /// The number of the attempt about to be made, starting at 1.
+    pub attempt: u32,
+    /// How the previous attempt failed; `None` before the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorKind>,
+    /// The previous attempt's HTTP status, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// How long the previous attempt took.
+    #[serde(
+        rename = "latency_ms",
+        with = "serde_ms::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency: Option<Duration>,
+    /// Time since the first attempt of this call started.
+    #[serde(rename = "elapsed_ms", with = "serde_ms", default)]
+    pub elapsed: Duration,
+    /// The wait the upstream asked for (Retry-After) on the previous attempt.
+    #[serde(
+        rename = "retry_after_ms",
+        with = "serde_ms::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after: Option<Duration>,
+    /// The wait before this attempt (see the type's documentation for decision time).
+    #[serde(rename = "delay_ms", with = "serde_ms", default)]
+    pub delay: Duration,
+    /// The target's recent failure rate in `[0, 1]`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// The target's recent 95th-percentile latency, when known.
+    #[serde(
+        rename = "latency_p95_ms",
+        with = "serde_ms::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency_p95: Option<Duration>,
+    /// Calls to the target in flight from this process when the attempt was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u32>,
+}
+
+impl AttemptContext {
+    /// The context of the first attempt of a call to `target`.
+    pub fn first(target: impl Into<Arc<str>>) -> Self {
+        Self {
+            target: target.into(),
+            attempt: 1,
+            error: None,
+            status: None,
+            latency: None,
+            elapsed: Duration::ZERO,
+            retry_after: None,
+            delay: Duration::ZERO,
+            failure_rate: None,
+            latency_p95: None,
+            in_flight: None,
+        }
+    }
+
+    /// The context of the attempt that follows this one, after it failed with `failure`
+    /// having taken `latency`, `elapsed` after the call started.
+    ///
+    /// The delay is carried over (see the type's documentation); the target's health
+    /// fields are carried over until the caller refreshes them.
+    pub fn next(&self, failure: &Failure, latency: Duration, elapsed: Duration) -> Self {
+        Self {
+            target: Arc::clone(&self.target),
+            attempt: self.attempt.saturating_add(1),
+            error: Some(failure.kind),
+            status: failure.status,
+            latency: Some(latency),
+            elapsed,
+            retry_after: failure.retry_after,
+            delay: self.delay,
+            failure_rate: self.failure_rate,
+            latency_p95: self.latency_p95,
+            in_flight: self.in_flight,
+        }
+    }
+
+    /// Checks the values a caller may have filled in from untrusted input.
+    ///
+    /// # Errors
+    /// Names the first field that is out of range: `attempt` must be at least 1,
+    /// `failure_rate` within `[0, 1]`, `status` within 100..=599.
+    pub fn validate(&self) -> Result<(), InvalidContext> {
+        if self.attempt == 0 {
+            return Err(InvalidContext {
+                field: "attempt",
+                problem: "must be at least 1".into(),
+            });
+        }
+        if let Some(r) = self.failure_rate
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(InvalidContext {
+                field: "failure_rate",
+                problem: format!("must be within [0, 1], got {r}"),
+            });
+        }
+        if let Some(s) = self.status
+            && !(100..=599).contains(&s)
+        {
+            return Err(InvalidContext {
+                field: "status",
+                problem: format!("must be an HTTP status within 100..=599, got {s}"),
+            });
+        }
+        if self.target.is_empty() {
+            return Err(InvalidContext {
+                field: "target",
+                problem: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A context value is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid attempt context: `{field}` {problem}")]
+pub struct InvalidContext {
+    /// The field's wire name.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_durations_as_milliseconds() {
+        let mut ctx = AttemptContext::first("payments");
+        ctx.attempt = 2;
+        ctx.error = Some(ErrorKind::Http503);
+        ctx.status = Some(503);
+        ctx.latency = Some(Duration::from_micros(12_500));
+        ctx.retry_after = Some(Duration::from_secs(2));
+        ctx.delay = Duration::from_millis(250);
+        let v = serde_json::to_value(&ctx).unwrap();
+        assert_eq!(v["latency_ms"], 12.5);
+        assert_eq!(v["retry_after_ms"], 2000.0);
+        assert_eq!(v["delay_ms"], 250.0);
+        assert_eq!(v["error"], "http_503");
+        let back: AttemptContext = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ctx);
+    }
+
+    #[test]
+    fn refuses_negative_durations_and_reports_them() {
+        let err = serde_json::from_str::<AttemptContext>(
+            r#"{"target":"a","attempt":2,"latency_ms":-5}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("non-negative"), "{err}");
+        let err =
+            serde_json::from_str::<AttemptContext>(r#"{"target":"a","attempt":2,"delay_ms":1e400}"#)
+                .unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let mut ctx = AttemptContext::first("a");
+        ctx.failure_rate = Some(1.5);
+        assert_eq!(ctx.validate().unwrap_err().field, "failure_rate");
+        ctx.failure_rate = None;
+        ctx.attempt = 0;
+        assert_eq!(ctx.validate().unwrap_err().field, "attempt");
+        ctx.attempt = 1;
+        ctx.status = Some(42);
+        assert_eq!(ctx.validate().unwrap_err().field, "status");
+    }
+
+    #[test]
+    fn next_carries_the_failure() {
+        let first = AttemptContext::first("a");
+        let f = Failure::new(ErrorKind::Http429).with_status(429).with_retry_after(Duration::from_secs(1));
+        let second = first.next(&f, Duration::from_millis(30), Duration::from_millis(31));
+        assert_eq!(second.attempt, 2);
+        assert_eq!(second.error, Some(ErrorKind::Http429));
+        assert_eq!(second.status, Some(429));
+        assert_eq!(second.retry_after, Some(Duration::from_secs(1)));
+        assert_eq!(second.latency, Some(Duration::from_millis(30)));
+    }
+}

@@ -1,0 +1,199 @@
+//! What happened in one attempt: the record the collector stores and the trainer learns
+//! from.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{AttemptContext, ErrorKind, Verdict, serde_ms};
+
+/// The version of the [`AttemptRecord`] schema.
+///
+/// The major version changes when a field changes meaning or type; readers refuse majors
+/// they do not know. The minor version changes when optional fields are added; readers
+/// accept any minor of a major they know and ignore fields they do not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SchemaVersion {
+    /// Changes meaning or type of existing fields.
+    pub major: u16,
+    /// Adds optional fields.
+    pub minor: u16,
+}
+
+impl SchemaVersion {
+    /// The version this crate writes.
+    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 0 };
+}
+
+impl fmt::Display for SchemaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The text is not `MAJOR.MINOR`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid schema version `{0}`: expected MAJOR.MINOR, e.g. 1.0")]
+pub struct InvalidSchemaVersion(pub String);
+
+impl FromStr for SchemaVersion {
+    type Err = InvalidSchemaVersion;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidSchemaVersion(s.chars().take(32).collect());
+        let (major, minor) = s.split_once('.').ok_or_else(bad)?;
+        Ok(SchemaVersion {
+            major: major.parse().map_err(|_| bad())?,
+            minor: minor.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for SchemaVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It succeeded.
+    Success,
+    /// It failed in a way another attempt may fix.
+    Retryable,
+    /// It failed in a way no retry will fix.
+    Permanent,
+    /// It was abandoned before it finished: a hedge that lost the race, or a call whose
+    /// caller went away. Its latency is how long it ran.
+    Cancelled,
+}
+
+/// One attempt: the context it was made in, how it ended, and when.
+///
+/// This is the unit of the training data. One record is written per request actually sent
+/// upstream — every retry and every hedge — never for calls rejected locally by a breaker,
+/// bulkhead or budget (those sent nothing).
+///
+/// Flat on the wire: the context's fields, then `outcome`, `outcome_error`,
+/// `outcome_status`, `outcome_latency_ms`, `outcome_retry_after_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The schema version the record was written with.
+    pub schema_version: SchemaVersion,
+    /// Start of the attempt, milliseconds since the Unix epoch (wall clock).
+    pub started_at_ms: u64,
+    /// Identifies the logical call the attempt belongs to (unique within a process run).
+    pub call_id: u64,
+    /// 0 for the primary request of an attempt, `k` for its `k`-th hedge.
+    #[serde(default)]
+    pub hedge: u32,
+    /// What was known before the attempt.
+    #[serde(flatten)]
+    pub context: AttemptContext,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The kind of failure, unless it succeeded or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_error: Option<ErrorKind>,
+    /// The HTTP status it ended with, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_status: Option<u16>,
+    /// How long it took.
+    #[serde(rename = "outcome_latency_ms", with = "serde_ms")]
+    pub outcome_latency: Duration,
+    /// The wait the upstream asked for in its answer.
+    #[serde(
+        rename = "outcome_retry_after_ms",
+        with = "serde_ms::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outcome_retry_after: Option<Duration>,
+}
+
+impl AttemptRecord {
+    /// A record of an attempt made in `context` that ended with `verdict` after `latency`.
+    pub fn new(
+        call_id: u64,
+        hedge: u32,
+        started_at_ms: u64,
+        context: AttemptContext,
+        verdict: &Verdict,
+        latency: Duration,
+    ) -> Self {
+        let (outcome, failure) = match verdict {
+            Verdict::Success => (Outcome::Success, None),
+            Verdict::Retryable(f) => (Outcome::Retryable, Some(f)),
+            Verdict::Permanent(f) => (Outcome::Permanent, Some(f)),
+        };
+        Self {
+            schema_version: SchemaVersion::CURRENT,
+            started_at_ms,
+            call_id,
+            hedge,
+            context,
+            outcome,
+            outcome_error: failure.map(|f| f.kind),
+            outcome_status: failure.and_then(|f| f.status),
+            outcome_latency: latency,
+            outcome_retry_after: failure.and_then(|f| f.retry_after),
+        }
+    }
+
+    /// Whether the attempt succeeded (the training label).
+    pub fn succeeded(&self) -> bool {
+        self.outcome == Outcome::Success
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempt::Failure;
+
+    #[test]
+    fn schema_version_text() {
+        assert_eq!(SchemaVersion::CURRENT.to_string(), "1.0");
+        assert_eq!("2.13".parse::<SchemaVersion>().unwrap(), SchemaVersion { major: 2, minor: 13 });
+        for bad in ["1", "1.x", "", "a.b", "1.0.0"] {
+            assert!(bad.parse::<SchemaVersion>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_is_flat_and_round_trips() {
+        let mut ctx = AttemptContext::first("inventory");
+        ctx.attempt = 3;
+        ctx.error = Some(ErrorKind::Timeout);
+        ctx.delay = Duration::from_millis(400);
+        let verdict = Verdict::Retryable(
+            Failure::new(ErrorKind::Http503).with_status(503).with_retry_after(Duration::from_secs(1)),
+        );
+        let rec = AttemptRecord::new(7, 0, 1_764_000_000_000, ctx, &verdict, Duration::from_millis(12));
+        let json = serde_json::to_string(&rec).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["schema_version"], "1.0");
+        assert_eq!(v["target"], "inventory");
+        assert_eq!(v["attempt"], 3);
+        assert_eq!(v["error"], "timeout");
+        assert_eq!(v["outcome"], "retryable");
+        assert_eq!(v["outcome_error"], "http_503");
+        assert_eq!(v["outcome_status"], 503);
+        assert_eq!(v["outcome_latency_ms"], 12.0);
+        assert_eq!(v["outcome_retry_after_ms"], 1000.0);
+        let back: AttemptRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+        assert!(!back.succeeded());
+    }
+}

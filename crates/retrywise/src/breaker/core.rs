@@ -1,0 +1,512 @@
+//! The circuit breaker's state machine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::{Counts, Window};
+use super::{
+    BreakerBuilder, BreakerConfig, BreakerEvent, BreakerMetrics, CircuitOpen, OpenContext,
+    SlidingWindow, State,
+};
+
+/// How a call that went through the breaker ended, as far as the breaker is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// It worked.
+    Success,
+    /// It failed in a way that says something about the upstream's health.
+    Failure,
+    /// It says nothing about the upstream (a permanent client error, a cancelled call):
+    /// counted in the totals only, and a HALF_OPEN probe slot is given back.
+    Ignored,
+}
+
+/// A circuit breaker: stops calling an upstream that is failing, and probes it until it
+/// recovers.
+///
+/// CLOSED lets calls through and keeps their outcomes in a sliding window; when the window
+/// holds at least the minimum number of calls and its failure rate or slow-call rate
+/// reaches its threshold, the circuit opens. OPEN refuses calls for the open duration,
+/// then HALF_OPEN lets a fixed number of probe calls through: if their failure and
+/// slow-call rates are below the thresholds the circuit closes, otherwise it opens again.
+/// Operators can also disable it, force it open or set it to record metrics only.
+///
+/// Cloning is cheap and shares the state. The fast path (CLOSED, admitting a call) is one
+/// atomic load; recording an outcome takes a short lock. Only calls admitted in the
+/// current state count toward its decisions: a slow call admitted while CLOSED that ends
+/// during HALF_OPEN does not decide the probe.
+///
+/// ```
+/// use std::time::Duration;
+/// use retrywise::breaker::{CallOutcome, CircuitBreaker, SlidingWindow, State};
+///
+/// let breaker = CircuitBreaker::builder("payments")
+///     .window(SlidingWindow::Count(10))
+///     .minimum_calls(4)
+///     .failure_rate_threshold(0.5)
+///     .open_for(Duration::from_secs(30))
+///     .build()?;
+///
+/// for _ in 0..4 {
+///     let permit = breaker.try_acquire().expect("closed");
+///     permit.record(CallOutcome::Failure, Duration::from_millis(3));
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// assert!(breaker.try_acquire().is_err());
+/// # Ok::<(), retrywise::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: Arc<str>,
+    cfg: BreakerConfig,
+    origin: Instant,
+    /// `epoch << 8 | state`. The epoch counts transitions, so a permit knows whether the
+    /// state it was admitted in is still current. Written only while `core` is locked.
+    word: AtomicU64,
+    /// End of OPEN in nanoseconds since `origin`. Written only while `core` is locked,
+    /// before `word` announces OPEN.
+    open_until: AtomicU64,
+    /// Refused calls; counted without the lock so refusing stays cheap.
+    not_permitted: AtomicU64,
+    core: Mutex<Core>,
+}
+
+#[derive(Debug)]
+struct Core {
+    window: Window,
+    /// Probes admitted, and their outcomes, in the current HALF_OPEN.
+    probes: Probes,
+    consecutive_opens: u32,
+    totals: Totals,
+}
+
+#[derive(Debug, Default)]
+struct Probes {
+    admitted: u32,
+    done: Counts,
+    since_nanos: u64,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    successful: u64,
+    failed: u64,
+    ignored: u64,
+    slow: u64,
+    response_nanos: u128,
+}
+
+fn pack(epoch: u64, state: State) -> u64 {
+    (epoch << 8) | state as u64
+}
+
+fn unpack(w: u64) -> (u64, State) {
+    (w >> 8, State::from_u8((w & 0xff) as u8))
+}
+
+/// Events produced under the lock, emitted after it is released.
+#[derive(Default)]
+struct Pending(Vec<BreakerEvent>);
+
+impl CircuitBreaker {
+    /// A builder for a breaker named `name` (named in events, errors and metrics).
+    pub fn builder(name: impl Into<Arc<str>>) -> BreakerBuilder {
+        BreakerBuilder::new(name.into())
+    }
+
+    pub(crate) fn from_config(name: Arc<str>, cfg: BreakerConfig) -> Self {
+        let window = Window::new(cfg.window);
+        Self {
+            shared: Arc::new(Shared {
+                name,
+                cfg,
+                origin: Instant::now(),
+                word: AtomicU64::new(pack(0, State::Closed)),
+                open_until: AtomicU64::new(0),
+                not_permitted: AtomicU64::new(0),
+                core: Mutex::new(Core {
+                    window,
+                    probes: Probes::default(),
+                    consecutive_opens: 0,
+                    totals: Totals::default(),
+                }),
+            }),
+        }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.shared.name
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        unpack(self.shared.word.load(Ordering::Acquire)).1
+    }
+
+    /// Asks to make a call. The permit must be given the call's outcome with
+    /// [`Permit::record`]; a permit dropped without it counts as [`CallOutcome::Ignored`].
+    ///
+    /// # Errors
+    /// [`CircuitOpen`] when the circuit is OPEN (and its duration has not passed),
+    /// FORCED_OPEN, or HALF_OPEN with all its probes admitted.
+    pub fn try_acquire(&self) -> Result<Permit<'_>, CircuitOpen> {
+        let s = &*self.shared;
+        let word = s.word.load(Ordering::Acquire);
+        let (epoch, state) = unpack(word);
+        match state {
+            State::Closed | State::MetricsOnly | State::Disabled => Ok(Permit::new(self, epoch, state)),
+            State::ForcedOpen => Err(self.refuse(State::ForcedOpen, None)),
+            State::Open => {
+                let now = self.now_nanos();
+                let until = s.open_until.load(Ordering::Acquire);
+                if now < until {
+                    return Err(self.refuse(State::Open, Some(Duration::from_nanos(until - now))));
+                }
+                self.acquire_locked(now)
+            }
+            State::HalfOpen => self.acquire_locked(self.now_nanos()),
+        }
+    }
+
+    /// The slow path: OPEN whose time is up, or HALF_OPEN.
+    fn acquire_locked(&self, now: u64) -> Result<Permit<'_>, CircuitOpen> {
+        let s = &*self.shared;
+        let mut pending = Pending::default();
+        let result = {
+            let mut core = self.lock();
+            let (mut epoch, mut state) = unpack(s.word.load(Ordering::Acquire));
+            if state == State::Open && now >= s.open_until.load(Ordering::Acquire) {
+                epoch = self.transition(&mut core, State::HalfOpen, Some(now), Counts::default(), &mut pending);
+                state = State::HalfOpen;
+            }
+            if state == State::HalfOpen
+                && let Some(max_wait) = s.cfg.max_wait_in_half_open
+                && now.saturating_sub(core.probes.since_nanos) >= duration_nanos(max_wait)
+            {
+                let done = core.probes.done;
+                epoch = self.transition(&mut core, State::Open, Some(now), done, &mut pending);
+                state = State::Open;
+            }
+            match state {
+                State::HalfOpen if core.probes.admitted < s.cfg.half_open_calls => {
+                    core.probes.admitted += 1;
+                    Ok(Permit::new(self, epoch, State::HalfOpen))
+                }
+                State::Closed | State::MetricsOnly | State::Disabled => Ok(Permit::new(self, epoch, state)),
+                State::Open => {
+                    let until = s.open_until.load(Ordering::Acquire);
+                    Err((State::Open, Some(Duration::from_nanos(until.saturating_sub(now)))))
+                }
+                other => Err((other, None)),
+            }
+        };
+        self.emit(pending);
+        result.map_err(|(state, remaining)| self.refuse(state, remaining))
+    }
+
+    fn refuse(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {
+        let s = &*self.shared;
+        s.not_permitted.fetch_add(1, Ordering::Relaxed);
+        if !s.cfg.listeners.is_empty() {
+            self.emit(Pending(vec![BreakerEvent::CallNotPermitted {
+                name: Arc::clone(&s.name),
+                state,
+            }]));
+        }
+        CircuitOpen {
+            name: Arc::clone(&s.name),
+            state,
+            remaining,
+        }
+    }
+
+    fn record(&self, epoch: u64, outcome: CallOutcome, latency: Duration) {
+        let s = &*self.shared;
+        let slow = latency >= s.cfg.slow_call_duration;
+        // Time windows need the time of every outcome; count windows only read the clock
+        // when they transition.
+        let now = matches!(s.cfg.window, SlidingWindow::Time { .. }).then(|| self.now_nanos());
+        let mut pending = Pending::default();
+        {
+            let mut core = self.lock();
+            let t = &mut core.totals;
+            match outcome {
+                CallOutcome::Success => t.successful += 1,
+                CallOutcome::Failure => t.failed += 1,
+                CallOutcome::Ignored => t.ignored += 1,
+            }
+            t.slow += u64::from(slow);
+            t.response_nanos += latency.as_nanos();
+
+            let (cur_epoch, state) = unpack(s.word.load(Ordering::Acquire));
+            if cur_epoch == epoch {
+                match state {
+                    State::Closed | State::MetricsOnly if outcome != CallOutcome::Ignored => {
+                        core.window.push(now.unwrap_or(0), outcome == CallOutcome::Failure, slow);
+                        let counts = core.window.counts(now.unwrap_or(0));
+                        let needed = s.cfg.minimum_calls.min(core.window.capacity());
+                        if counts.calls >= needed {
+                            self.check_rates(&mut core, state, counts, now, &mut pending);
+                        }
+                    }
+                    State::HalfOpen => self.record_probe(&mut core, outcome, slow, now, &mut pending),
+                    _ => {}
+                }
+            }
+        }
+        self.emit(pending);
+    }
+
+    fn check_rates(&self, core: &mut Core, state: State, counts: Counts, now: Option<u64>, pending: &mut Pending) {
+        let cfg = &self.shared.cfg;
+        let (fr, sr) = (counts.failure_rate(), counts.slow_rate());
+        let failing = fr >= cfg.failure_rate_threshold;
+        let slow = sr >= cfg.slow_call_rate_threshold;
+        if !failing && !slow {
+            return;
+        }
+        if !cfg.listeners.is_empty() {
+            let name = Arc::clone(&self.shared.name);
+            if failing {
+                pending.0.push(BreakerEvent::FailureRateExceeded { name: Arc::clone(&name), rate: fr });
+            }
+            if slow {
+                pending.0.push(BreakerEvent::SlowCallRateExceeded { name, rate: sr });
+            }
+        }
+        if state == State::Closed {
+            self.transition(core, State::Open, now, counts, pending);
+        }
+    }
+
+    fn record_probe(&self, core: &mut Core, outcome: CallOutcome, slow: bool, now: Option<u64>, pending: &mut Pending) {
+        let cfg = &self.shared.cfg;
+        let n = cfg.half_open_calls;
+        let p = &mut core.probes;
+        match outcome {
+            CallOutcome::Ignored => {
+                // The probe said nothing: give its slot to another call.
+                p.admitted = p.admitted.saturating_sub(1);
+                return;
+            }
+            CallOutcome::Success | CallOutcome::Failure => {
+                p.done.calls += 1;
+                p.done.failures += u32::from(outcome == CallOutcome::Failure);
+                p.done.slow += u32::from(slow);
+            }
+        }
+        let done = p.done;
+        // Open as soon as the outcome is certain: even if every remaining probe succeeded
+        // and was fast, the rates over all `n` probes would reach a threshold.
+        let fr_all = f64::from(done.failures) / f64::from(n);
+        let sr_all = f64::from(done.slow) / f64::from(n);
+        if fr_all >= cfg.failure_rate_threshold || sr_all >= cfg.slow_call_rate_threshold {
+            self.transition(core, State::Open, now, done, pending);
+        } else if done.calls >= n {
+            self.transition(core, State::Closed, now, done, pending);
+        }
+    }
+
+    /// Moves to `to`; returns the new epoch. Must be called with `core` locked.
+    fn transition(&self, core: &mut Core, to: State, now: Option<u64>, counts: Counts, pending: &mut Pending) -> u64 {
+        let s = &*self.shared;
+        let (epoch, from) = unpack(s.word.load(Ordering::Acquire));
+        let next = epoch + 1;
+        let mut now = now;
+        let mut now = || *now.get_or_insert_with(|| self.now_nanos());
+        match to {
+            State::Open => {
+                core.consecutive_opens = core.consecutive_opens.saturating_add(1);
+                let d = s.cfg.open_duration.for_opening(&OpenContext {
+                    name: &s.name,
+                    consecutive_opens: core.consecutive_opens,
+                    failure_rate: counts.failure_rate(),
+                    slow_call_rate: counts.slow_rate(),
+                });
+                s.open_until
+                    .store(now().saturating_add(duration_nanos(d)), Ordering::Release);
+            }
+            State::HalfOpen => {
+                core.probes = Probes {
+                    admitted: 0,
+                    done: Counts::default(),
+                    since_nanos: now(),
+                };
+            }
+            State::Closed => {
+                core.consecutive_opens = 0;
+                core.window.clear();
+            }
+            State::Disabled | State::ForcedOpen | State::MetricsOnly => core.window.clear(),
+        }
+        s.word.store(pack(next, to), Ordering::Release);
+        tracing::info!(breaker = %s.name, from = %from, to = %to, "circuit breaker state change");
+        pending.0.push(BreakerEvent::StateTransition {
+            name: Arc::clone(&s.name),
+            from,
+            to,
+        });
+        next
+    }
+
+    fn emit(&self, pending: Pending) {
+        for event in &pending.0 {
+            for l in &self.shared.cfg.listeners {
+                l(event);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // Every critical section leaves Core consistent before anything that could panic
+        // (listeners run outside the lock), so a poisoned lock still guards valid data.
+        self.shared.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(Instant::now().saturating_duration_since(self.shared.origin).as_nanos())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn set_state(&self, to: State) {
+        let mut pending = Pending::default();
+        {
+            let mut core = self.lock();
+            let now = self.now_nanos();
+            let counts = core.window.counts(now);
+            self.transition(&mut core, to, Some(now), counts, &mut pending);
+        }
+        self.emit(pending);
+    }
+
+    /// Closes the circuit and forgets the window (an operator's reset).
+    pub fn reset(&self) {
+        self.set_state(State::Closed);
+    }
+
+    /// Opens the circuit now, for the open duration.
+    pub fn trip(&self) {
+        self.set_state(State::Open);
+    }
+
+    /// Refuses every call until [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.set_state(State::ForcedOpen);
+    }
+
+    /// Allows every call and records nothing until [`reset`](Self::reset).
+    pub fn disable(&self) {
+        self.set_state(State::Disabled);
+    }
+
+    /// Allows every call, records outcomes and emits threshold events, but never opens,
+    /// until [`reset`](Self::reset).
+    pub fn metrics_only(&self) {
+        self.set_state(State::MetricsOnly);
+    }
+
+    /// A snapshot of the breaker's state and counters.
+    pub fn metrics(&self) -> BreakerMetrics {
+        let s = &*self.shared;
+        let now = self.now_nanos();
+        let core = self.lock();
+        let (_, state) = unpack(s.word.load(Ordering::Acquire));
+        let counts = core.window.counts(now);
+        let enough = counts.calls >= s.cfg.minimum_calls.min(core.window.capacity());
+        let t = &core.totals;
+        let recorded = t.successful + t.failed + t.ignored;
+        let avg = if recorded == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(u64::try_from(t.response_nanos / u128::from(recorded)).unwrap_or(u64::MAX))
+        };
+        let success_rate = if t.successful + t.failed == 0 {
+            1.0
+        } else {
+            t.successful as f64 / (t.successful + t.failed) as f64
+        };
+        let health = ((1.0 - counts.failure_rate()) * (1.0 - 0.5 * counts.slow_rate())).clamp(0.0, 1.0);
+        BreakerMetrics {
+            name: Arc::clone(&s.name),
+            state,
+            failure_rate: enough.then(|| counts.failure_rate()),
+            slow_call_rate: enough.then(|| counts.slow_rate()),
+            window_calls: counts.calls,
+            window_failed_calls: counts.failures,
+            window_slow_calls: counts.slow,
+            total_calls: recorded,
+            successful_calls: t.successful,
+            failed_calls: t.failed,
+            ignored_calls: t.ignored,
+            not_permitted_calls: s.not_permitted.load(Ordering::Relaxed),
+            slow_calls: t.slow,
+            avg_response_time: avg,
+            success_rate,
+            health_score: health,
+        }
+    }
+
+    /// The failure rate over the window, once it holds the minimum number of calls.
+    pub fn failure_rate(&self) -> Option<f64> {
+        self.metrics().failure_rate
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Permission to make one call; give it the call's outcome with [`record`](Self::record).
+///
+/// Dropping it without recording counts as [`CallOutcome::Ignored`] (a cancelled call
+/// gives its HALF_OPEN probe slot back).
+#[derive(Debug)]
+#[must_use = "a permit must be given the call's outcome"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    epoch: u64,
+    state: State,
+    recorded: bool,
+}
+
+impl<'a> Permit<'a> {
+    fn new(breaker: &'a CircuitBreaker, epoch: u64, state: State) -> Self {
+        Self {
+            breaker,
+            epoch,
+            state,
+            recorded: false,
+        }
+    }
+
+    /// The state the call was admitted in.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Records how the call ended and how long it took.
+    pub fn record(mut self, outcome: CallOutcome, latency: Duration) {
+        self.recorded = true;
+        if self.state != State::Disabled {
+            self.breaker.record(self.epoch, outcome, latency);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.state == State::HalfOpen {
+            self.breaker
+                .record(self.epoch, CallOutcome::Ignored, Duration::ZERO);
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The circuit breaker: fail fast while an upstream is down, probe it, recover on its own.
+//!
+//! States CLOSED, OPEN and HALF_OPEN, plus the operator states DISABLED, FORCED_OPEN and
+//! METRICS_ONLY; count- and time-based sliding windows; failure-rate and slow-call-rate
+//! thresholds with a minimum number of calls; a fixed number of HALF_OPEN probes; an open
+//! duration that is fixed, exponential or produced by a function (where a model plugs in);
+//! state-change events and a metrics snapshot with the seed's totals, success rate and
+//! health score.
+//!
+//! Fixed from the seed's sketch: failures are counted over a sliding window, not forever;
+//! refused calls are counted as *not permitted*, not as failures; HALF_OPEN admits only its
+//! probes; results of calls admitted in an earlier state do not decide the current one.
+
+mod config;
+mod core;
+mod event;
+mod window;
+
+pub use config::{BreakerBuilder, BreakerConfig, Listener, OpenContext, OpenDuration, SlidingWindow};
+pub use core::{CallOutcome, CircuitBreaker, Permit};
+pub use event::{BreakerEvent, BreakerMetrics, CircuitOpen, State};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn small() -> BreakerBuilder {
+        CircuitBreaker::builder("t")
+            .window(SlidingWindow::Count(10))
+            .minimum_calls(5)
+            .failure_rate_threshold(0.5)
+            .slow_call_duration(100 * MS)
+            .slow_call_rate_threshold(0.8)
+            .permitted_calls_in_half_open(2)
+            .open_for(Duration::from_secs(30))
+    }
+
+    fn call(b: &CircuitBreaker, outcome: CallOutcome) -> Result<(), CircuitOpen> {
+        b.try_acquire().map(|p| p.record(outcome, MS))
+    }
+
+    #[test]
+    fn opens_only_after_the_minimum_number_of_calls() {
+        let b = small().build().unwrap();
+        for _ in 0..4 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.failure_rate(), None);
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn failures_are_a_window_not_a_lifetime_count() {
+        let b = small().build().unwrap();
+        let run = |outcome, n| {
+            for _ in 0..n {
+                call(&b, outcome).unwrap();
+            }
+        };
+        run(CallOutcome::Success, 10);
+        run(CallOutcome::Failure, 4);
+        assert_eq!(b.state(), State::Closed, "4 of the last 10 calls failed");
+        run(CallOutcome::Success, 10);
+        run(CallOutcome::Failure, 4);
+        assert_eq!(b.state(), State::Closed, "8 failures in all, but 4 of the last 10");
+        run(CallOutcome::Failure, 1);
+        assert_eq!(b.state(), State::Open, "5 of the last 10");
+    }
+
+    #[test]
+    fn refused_calls_are_not_failures() {
+        let b = small().build().unwrap();
+        b.trip();
+        for _ in 0..3 {
+            assert!(call(&b, CallOutcome::Success).is_err());
+        }
+        let m = b.metrics();
+        assert_eq!(m.not_permitted_calls, 3);
+        assert_eq!(m.failed_calls, 0);
+        assert_eq!(m.total_calls, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_its_probes_only_then_closes() {
+        let b = small().build().unwrap();
+        b.trip();
+        let err = b.try_acquire().unwrap_err();
+        assert_eq!(err.remaining, Some(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(b.try_acquire().is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let p1 = b.try_acquire().unwrap();
+        assert_eq!(b.state(), State::HalfOpen);
+        let p2 = b.try_acquire().unwrap();
+        let refused = b.try_acquire().unwrap_err();
+        assert_eq!(refused.state, State::HalfOpen);
+        p1.record(CallOutcome::Success, MS);
+        assert_eq!(b.state(), State::HalfOpen);
+        p2.record(CallOutcome::Success, MS);
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_longer() {
+        let b = small()
+            .open_duration(OpenDuration::Exponential {
+                initial: Duration::from_secs(10),
+                multiplier: 2.0,
+                max: Duration::from_secs(25),
+            })
+            .build()
+            .unwrap();
+        b.trip();
+        assert_eq!(b.try_acquire().unwrap_err().remaining, Some(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // One failure of two probes is already a 50 % failure rate: reopen at once.
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.try_acquire().unwrap_err().remaining, Some(Duration::from_secs(20)));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.try_acquire().unwrap_err().remaining, Some(Duration::from_secs(25)), "capped");
+        tokio::time::advance(Duration::from_secs(25)).await;
+        call(&b, CallOutcome::Success).unwrap();
+        call(&b, CallOutcome::Success).unwrap();
+        assert_eq!(b.state(), State::Closed);
+        b.trip();
+        assert_eq!(
+            b.try_acquire().unwrap_err().remaining,
+            Some(Duration::from_secs(10)),
+            "closing resets the growth"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_gives_its_slot_back() {
+        let b = small().build().unwrap();
+        b.trip();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let p1 = b.try_acquire().unwrap();
+        let p2 = b.try_acquire().unwrap();
+        drop(p1);
+        let p3 = b.try_acquire().expect("the dropped probe's slot");
+        p2.record(CallOutcome::Success, MS);
+        p3.record(CallOutcome::Success, MS);
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_gives_up_after_its_max_wait() {
+        let b = small().max_wait_in_half_open(Duration::from_secs(5)).build().unwrap();
+        b.trip();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let stuck = b.try_acquire().unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(b.try_acquire().is_err());
+        assert_eq!(b.state(), State::Open);
+        stuck.record(CallOutcome::Success, MS);
+        assert_eq!(b.state(), State::Open, "a result from the old HALF_OPEN decides nothing");
+    }
+
+    #[test]
+    fn outcomes_from_an_earlier_state_do_not_count() {
+        let b = small().build().unwrap();
+        let held: Vec<_> = (0..5).map(|_| b.try_acquire().unwrap()).collect();
+        b.reset();
+        for p in held {
+            p.record(CallOutcome::Failure, MS);
+        }
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.metrics().window_calls, 0);
+        assert_eq!(b.metrics().failed_calls, 5, "still in the totals");
+    }
+
+    #[test]
+    fn slow_calls_open_the_circuit() {
+        let b = small().build().unwrap();
+        b.try_acquire().unwrap().record(CallOutcome::Success, 10 * MS);
+        for _ in 0..3 {
+            b.try_acquire().unwrap().record(CallOutcome::Success, 150 * MS);
+        }
+        assert_eq!(b.state(), State::Closed, "below the minimum of 5 calls");
+        b.try_acquire().unwrap().record(CallOutcome::Success, 150 * MS);
+        assert_eq!(b.state(), State::Open, "4 of 5 slow reaches 0.8");
+        let m = b.metrics();
+        assert_eq!(m.slow_calls, 4);
+        assert_eq!(m.failed_calls, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_window_forgets_old_failures() {
+        let b = small()
+            .window(SlidingWindow::Time {
+                duration: Duration::from_secs(10),
+                buckets: 10,
+            })
+            .build()
+            .unwrap();
+        for _ in 0..4 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.metrics().window_calls, 1);
+        for _ in 0..4 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn operator_states() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let b = small()
+            .on_event(move |e| seen.lock().unwrap().push(e.clone()))
+            .build()
+            .unwrap();
+
+        b.disable();
+        for _ in 0..20 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::Disabled);
+        assert_eq!(b.metrics().total_calls, 0, "disabled records nothing");
+
+        b.metrics_only();
+        for _ in 0..20 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::MetricsOnly);
+        assert_eq!(b.metrics().failure_rate, Some(1.0));
+
+        b.force_open();
+        assert_eq!(call(&b, CallOutcome::Success).unwrap_err().state, State::ForcedOpen);
+        b.reset();
+        assert_eq!(b.state(), State::Closed);
+
+        let events = events.lock().unwrap();
+        let transitions: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                BreakerEvent::StateTransition { from, to, .. } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            transitions,
+            [
+                (State::Closed, State::Disabled),
+                (State::Disabled, State::MetricsOnly),
+                (State::MetricsOnly, State::ForcedOpen),
+                (State::ForcedOpen, State::Closed),
+            ]
+        );
+        assert!(events.iter().any(|e| matches!(e, BreakerEvent::FailureRateExceeded { .. })));
+        assert!(events.iter().any(|e| matches!(e, BreakerEvent::CallNotPermitted { .. })));
+    }
+
+    #[test]
+    fn metrics_snapshot() {
+        let b = small().build().unwrap();
+        b.try_acquire().unwrap().record(CallOutcome::Success, 10 * MS);
+        b.try_acquire().unwrap().record(CallOutcome::Success, 200 * MS);
+        b.try_acquire().unwrap().record(CallOutcome::Failure, 30 * MS);
+        b.try_acquire().unwrap().record(CallOutcome::Ignored, 40 * MS);
+        let m = b.metrics();
+        assert_eq!(m.total_calls, 4);
+        assert_eq!((m.successful_calls, m.failed_calls, m.ignored_calls), (2, 1, 1));
+        assert_eq!(m.avg_response_time, 70 * MS);
+        assert!((m.success_rate - 2.0 / 3.0).abs() < 1e-12);
+        // Window: 3 calls, 1 failed, 1 slow.
+        let want = (1.0 - 1.0 / 3.0) * (1.0 - 0.5 / 3.0);
+        assert!((m.health_score - want).abs() < 1e-12);
+        assert_eq!(m.failure_rate, None, "below the minimum of 5");
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["state"], "CLOSED");
+    }
+
+    #[test]
+    fn invalid_configuration_names_the_field() {
+        let cases: Vec<(BreakerBuilder, &str)> = vec![
+            (small().failure_rate_threshold(0.0), "failure_rate_threshold"),
+            (small().failure_rate_threshold(1.01), "failure_rate_threshold"),
+            (small().failure_rate_threshold(f64::NAN), "failure_rate_threshold"),
+            (small().slow_call_rate_threshold(-1.0), "slow_call_rate_threshold"),
+            (small().slow_call_duration(Duration::ZERO), "slow_call_duration"),
+            (small().window(SlidingWindow::Count(0)), "window"),
+            (small().window(SlidingWindow::Time { duration: MS, buckets: 10 }), "window"),
+            (small().window(SlidingWindow::Time { duration: MS, buckets: 0 }), "window"),
+            (small().minimum_calls(0), "minimum_calls"),
+            (small().permitted_calls_in_half_open(0), "permitted_calls_in_half_open"),
+            (small().max_wait_in_half_open(Duration::ZERO), "max_wait_in_half_open"),
+            (small().open_for(Duration::ZERO), "open_duration"),
+            (
+                small().open_duration(OpenDuration::Exponential {
+                    initial: MS,
+                    multiplier: 0.5,
+                    max: MS,
+                }),
+                "open_duration",
+            ),
+            (CircuitBreaker::builder(""), "name"),
+        ];
+        for (b, field) in cases {
+            let err = b.build().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn half_open_never_admits_more_than_its_probes_under_contention() {
+        let b = CircuitBreaker::builder("c")
+            .permitted_calls_in_half_open(3)
+            .open_for(MS)
+            .build()
+            .unwrap();
+        for _ in 0..50 {
+            b.trip();
+            std::thread::sleep(2 * MS);
+            let admitted = std::sync::atomic::AtomicU32::new(0);
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let mut held = vec![];
+                        for _ in 0..100 {
+                            if let Ok(p) = b.try_acquire() {
+                                if p.state() == State::HalfOpen {
+                                    admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                }
+                                held.push(p);
+                            }
+                        }
+                        std::mem::forget(held);
+                    });
+                }
+            });
+            assert_eq!(admitted.load(std::sync::atomic::Ordering::SeqCst), 3);
+            assert_eq!(b.state(), State::HalfOpen);
+        }
+    }
+
+    // ----- The state machine against a plain reference model -----
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Call { failed: bool, slow: bool, ignored: bool },
+        Wait(u64),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![
+                8 => (any::<bool>(), prop::bool::weighted(0.2), prop::bool::weighted(0.05))
+                    .prop_map(|(failed, slow, ignored)| Op::Call { failed, slow, ignored }),
+                1 => (0u64..40_000).prop_map(Op::Wait),
+            ],
+            0..300,
+        )
+    }
+
+    /// The rules, written as plainly as possible.
+    struct Model {
+        state: State,
+        window: VecDeque<(bool, bool)>,
+        size: usize,
+        min: usize,
+        open_until: u64,
+        probes: Vec<(bool, bool)>,
+        n_probes: usize,
+    }
+
+    impl Model {
+        fn rates(calls: &[(bool, bool)], denom: usize) -> (f64, f64) {
+            let f = calls.iter().filter(|c| c.0).count() as f64 / denom as f64;
+            let s = calls.iter().filter(|c| c.1).count() as f64 / denom as f64;
+            (f, s)
+        }
+
+        /// Returns whether the call was admitted.
+        fn call(&mut self, now: u64, failed: bool, slow: bool, ignored: bool) -> bool {
+            if self.state == State::Open {
+                if now < self.open_until {
+                    return false;
+                }
+                self.state = State::HalfOpen;
+                self.probes.clear();
+            }
+            match self.state {
+                State::Closed => {
+                    if ignored {
+                        return true;
+                    }
+                    self.window.push_back((failed, slow));
+                    if self.window.len() > self.size {
+                        self.window.pop_front();
+                    }
+                    if self.window.len() >= self.min.min(self.size) {
+                        let w: Vec<_> = self.window.iter().copied().collect();
+                        let (f, s) = Self::rates(&w, w.len());
+                        if f >= 0.5 || s >= 0.8 {
+                            self.open(now);
+                        }
+                    }
+                }
+                State::HalfOpen => {
+                    if ignored {
+                        return true;
+                    }
+                    self.probes.push((failed, slow));
+                    let (f, s) = Self::rates(&self.probes, self.n_probes);
+                    if f >= 0.5 || s >= 0.8 {
+                        self.open(now);
+                    } else if self.probes.len() == self.n_probes {
+                        self.state = State::Closed;
+                        self.window.clear();
+                    }
+                }
+                _ => unreachable!(),
+            }
+            true
+        }
+
+        fn open(&mut self, now: u64) {
+            self.state = State::Open;
+            self.open_until = now + 30_000;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn follows_its_state_machine(ops in ops(), size in 1usize..12, min in 1usize..12) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let b = CircuitBreaker::builder("p")
+                    .window(SlidingWindow::Count(size as u32))
+                    .minimum_calls(min as u32)
+                    .failure_rate_threshold(0.5)
+                    .slow_call_rate_threshold(0.8)
+                    .slow_call_duration(100 * MS)
+                    .permitted_calls_in_half_open(3)
+                    .open_for(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                let mut m = Model {
+                    state: State::Closed,
+                    window: VecDeque::new(),
+                    size,
+                    min,
+                    open_until: 0,
+                    probes: vec![],
+                    n_probes: 3,
+                };
+                let mut now = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Wait(ms) => {
+                            tokio::time::advance(Duration::from_millis(ms)).await;
+                            now += ms;
+                        }
+                        Op::Call { failed, slow, ignored } => {
+                            let want = m.call(now, failed, slow, ignored);
+                            let outcome = match (ignored, failed) {
+                                (true, _) => CallOutcome::Ignored,
+                                (false, true) => CallOutcome::Failure,
+                                (false, false) => CallOutcome::Success,
+                            };
+                            let got = b.try_acquire().map(|p| {
+                                p.record(outcome, if slow { 150 * MS } else { MS })
+                            });
+                            prop_assert_eq!(got.is_ok(), want, "admission at {}ms", now);
+                        }
+                    }
+                    prop_assert_eq!(b.state(), m.state);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Retry budgets: limits on retries across all calls, so that retries cannot multiply the
+//! load on a struggling upstream.
+//!
+//! # Why budgets and not just a maximum number of attempts
+//!
+//! "Retry up to 3 times" looks harmless per call, but when an upstream fails for everyone
+//! at once, every caller retries at once: offered load is multiplied by up to 4 exactly when
+//! the upstream is least able to take it. That amplification is what turns a short blip
+//! into a retry storm, and what keeps a recovered upstream down (a *metastable* failure).
+//! A budget caps retries as a share of the traffic, whatever each call would like:
+//!
+//! - [`TokenBucket`] — gRPC's retry throttling: failures drain tokens, successes refill a
+//!   fraction of one, and retries stop while the bucket is at most half full.
+//! - [`RatioBudget`] — Finagle's and tower's budget: retries in a sliding window may not
+//!   exceed a fixed share (default 20 %) of the calls in it, plus a small floor per second
+//!   so that low-traffic clients can still retry.
+//!
+//! Budgets are shared: one instance per upstream, used by every call to it.
+
+mod ratio;
+mod token_bucket;
+
+pub use ratio::RatioBudget;
+pub use token_bucket::TokenBucket;
+
+use tokio::time::Instant;
+
+/// A budget that decides whether the fleet of calls can afford a retry.
+///
+/// The executor calls [`deposit`](Self::deposit) once per logical call,
+/// [`withdraw`](Self::withdraw) before every retry (a refused withdrawal stops the call
+/// with [`StopReason::BudgetExhausted`](crate::retry::StopReason::BudgetExhausted)), and
+/// [`record`](Self::record) after every attempt.
+///
+/// ```
+/// use retrywise::budget::{RatioBudget, RetryBudget};
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+///
+/// // Retries may be 20 % of calls, with no floor.
+/// let budget = RatioBudget::new(Duration::from_secs(10), 0, 0.2)?;
+/// let now = Instant::now();
+/// for _ in 0..10 {
+///     budget.deposit(now);
+/// }
+/// assert!(budget.withdraw(now));
+/// assert!(budget.withdraw(now));
+/// assert!(!budget.withdraw(now), "a third retry for ten calls is over 20 %");
+/// # Ok::<(), retrywise::ConfigError>(())
+/// ```
+pub trait RetryBudget: Send + Sync {
+    /// A logical call was made (its first attempt).
+    fn deposit(&self, now: Instant);
+
+    /// Asks to spend one retry; `false` refuses it.
+    fn withdraw(&self, now: Instant) -> bool;
+
+    /// An attempt ended: `success` or a failure.
+    fn record(&self, success: bool) {
+        let _ = success;
+    }
+}

@@ -1,0 +1,290 @@
+//! Finagle/tower-style retry budget: retries as a share of calls over a sliding window.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{Check, ConfigError};
+
+use super::RetryBudget;
+
+const CHECK: Check = Check::new("ratio_budget");
+const SLOTS: u32 = 10;
+const PPM: u128 = 1_000_000;
+
+/// A counter that belongs to one time slot, packed as `epoch << 32 | count` so that moving
+/// it to a new slot and counting are one atomic step.
+#[derive(Debug, Default)]
+struct SlotCounter(AtomicU64);
+
+impl SlotCounter {
+    /// Adds one for `epoch`, resetting the counter if it still holds an older epoch.
+    /// A counter already moved to a newer epoch is left alone (the event is dropped,
+    /// which can only make the budget stricter).
+    fn incr(&self, epoch: u32) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (e, n) = unpack(v);
+                if e == epoch {
+                    Some(pack(e, n.saturating_add(1)))
+                } else if newer(epoch, e) {
+                    Some(pack(epoch, 1))
+                } else {
+                    None
+                }
+            });
+    }
+
+    /// The count if the counter belongs to a slot within `window` slots up to `epoch`.
+    fn count_within(&self, epoch: u32, window: u32) -> u64 {
+        let (e, n) = unpack(self.0.load(Ordering::Acquire));
+        if epoch.wrapping_sub(e) < window {
+            u64::from(n)
+        } else {
+            0
+        }
+    }
+}
+
+fn pack(epoch: u32, n: u32) -> u64 {
+    (u64::from(epoch) << 32) | u64::from(n)
+}
+
+fn unpack(v: u64) -> (u32, u32) {
+    ((v >> 32) as u32, v as u32)
+}
+
+/// Whether epoch `a` is after `b`, allowing for wrap-around.
+fn newer(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    deposits: SlotCounter,
+    withdrawals: SlotCounter,
+}
+
+/// Retries may not exceed `ratio` of the calls made in the last `ttl`, plus a floor of
+/// `min_per_sec` retries per second (the budget of Finagle and of tower's `TpsBudget`;
+/// Finagle's defaults are 20 % and 10 per second over 10 s).
+///
+/// The window slides in ten steps of `ttl / 10`. At every retry it allows, retries in the
+/// window (that one included) are at most `min_per_sec × ttl + ratio × calls in the
+/// window`. Calls are counted without locking; retries, which are rare and must be checked
+/// and counted atomically, take a lock.
+#[derive(Debug)]
+pub struct RatioBudget {
+    origin: Instant,
+    slot_nanos: u64,
+    slots: [Slot; SLOTS as usize],
+    /// Retries always allowed per window.
+    floor: u64,
+    /// The ratio in parts per million.
+    ratio_ppm: u64,
+    withdraw: Mutex<()>,
+}
+
+impl RatioBudget {
+    /// Retries ≤ `ratio` × calls + `min_per_sec` × `ttl`, over a window of `ttl`.
+    ///
+    /// # Errors
+    /// `ttl` below 10 ms or above one day; `ratio` outside `[0, 1000]` or not a number.
+    pub fn new(ttl: Duration, min_per_sec: u32, ratio: f64) -> Result<Self, ConfigError> {
+        if ttl < Duration::from_millis(10) || ttl > Duration::from_secs(86_400) {
+            return Err(CHECK.err("ttl", format!("must be within [10 ms, 1 day], got {ttl:?}")));
+        }
+        CHECK.in_range("ratio", ratio, 0.0, 1000.0)?;
+        let slot_nanos = u64::try_from(ttl.as_nanos() / u128::from(SLOTS)).unwrap_or(u64::MAX);
+        // min_per_sec ≤ u32::MAX and ttl ≤ 1 day: the product fits in f64 exactly enough.
+        let floor = (f64::from(min_per_sec) * ttl.as_secs_f64()).floor() as u64;
+        Ok(Self {
+            origin: Instant::now(),
+            slot_nanos,
+            slots: Default::default(),
+            floor,
+            ratio_ppm: (ratio * PPM as f64).round() as u64,
+            withdraw: Mutex::new(()),
+        })
+    }
+
+    /// Finagle's defaults: 20 % of calls plus 10 per second, over 10 s.
+    pub fn finagle_default() -> Self {
+        Self::new(Duration::from_secs(10), 10, 0.2)
+            .unwrap_or_else(|_| unreachable!("constants are valid"))
+    }
+
+    fn epoch(&self, now: Instant) -> u32 {
+        let nanos = now.saturating_duration_since(self.origin).as_nanos();
+        // Truncation wraps the epoch; comparisons are wrap-aware.
+        (nanos / u128::from(self.slot_nanos)) as u32
+    }
+
+    fn totals(&self, epoch: u32) -> (u64, u64) {
+        self.slots.iter().fold((0, 0), |(d, w), s| {
+            (
+                d + s.deposits.count_within(epoch, SLOTS),
+                w + s.withdrawals.count_within(epoch, SLOTS),
+            )
+        })
+    }
+
+    fn allows(&self, deposits: u64, withdrawals: u64) -> bool {
+        let allowance = u128::from(self.floor) * PPM + u128::from(self.ratio_ppm) * u128::from(deposits);
+        (u128::from(withdrawals) + 1) * PPM <= allowance
+    }
+
+    /// Retries the budget would allow right now.
+    pub fn available(&self, now: Instant) -> u64 {
+        let (d, w) = self.totals(self.epoch(now));
+        let allowance = (u128::from(self.floor) * PPM + u128::from(self.ratio_ppm) * u128::from(d)) / PPM;
+        u64::try_from(allowance).unwrap_or(u64::MAX).saturating_sub(w)
+    }
+}
+
+impl RetryBudget for RatioBudget {
+    fn deposit(&self, now: Instant) {
+        let e = self.epoch(now);
+        self.slots[(e % SLOTS) as usize].deposits.incr(e);
+    }
+
+    fn withdraw(&self, now: Instant) -> bool {
+        // Check and count must be one step, or concurrent retries could all see the same
+        // balance and overdraw it.
+        let _guard = self.withdraw.lock().unwrap_or_else(|p| p.into_inner());
+        let e = self.epoch(now);
+        let (d, w) = self.totals(e);
+        if !self.allows(d, w) {
+            return false;
+        }
+        self.slots[(e % SLOTS) as usize].withdrawals.incr(e);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn floor_allows_retries_without_traffic() {
+        let b = RatioBudget::new(Duration::from_secs(10), 1, 0.0).unwrap();
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert!(b.withdraw(now));
+        }
+        assert!(!b.withdraw(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_slides() {
+        let b = RatioBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
+        for _ in 0..4 {
+            b.deposit(Instant::now());
+        }
+        assert!(b.withdraw(Instant::now()));
+        assert!(b.withdraw(Instant::now()));
+        assert!(!b.withdraw(Instant::now()));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!b.withdraw(Instant::now()), "still within the window");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(b.available(Instant::now()), 0);
+        for _ in 0..2 {
+            b.deposit(Instant::now());
+        }
+        assert!(b.withdraw(Instant::now()), "old calls and retries expired together");
+        assert!(!b.withdraw(Instant::now()));
+    }
+
+    #[test]
+    fn refuses_bad_configuration() {
+        assert_eq!(RatioBudget::new(Duration::ZERO, 1, 0.2).unwrap_err().field, "ttl");
+        assert_eq!(RatioBudget::new(Duration::from_secs(1), 1, -0.2).unwrap_err().field, "ratio");
+        assert_eq!(
+            RatioBudget::new(Duration::from_secs(1), 1, f64::NAN).unwrap_err().field,
+            "ratio"
+        );
+    }
+
+    #[test]
+    fn concurrent_retries_never_overdraw() {
+        let b = Arc::new(RatioBudget::new(Duration::from_secs(60), 0, 0.2).unwrap());
+        let now = Instant::now();
+        for _ in 0..1000 {
+            b.deposit(now);
+        }
+        let granted: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    let b = Arc::clone(&b);
+                    s.spawn(move || (0..500).filter(|_| b.withdraw(now)).count())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(granted, 200);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Call,
+        Retry,
+        Wait(u64),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![
+                6 => Just(Op::Call),
+                3 => Just(Op::Retry),
+                1 => (0u64..3_000).prop_map(Op::Wait),
+            ],
+            0..400,
+        )
+    }
+
+    proptest! {
+        /// At every retry it grants, retries in the trailing window stay within
+        /// `floor + ratio × calls` — checked against a plain log of events.
+        #[test]
+        fn never_exceeds_ratio_plus_floor(
+            ops in ops(), floor_per_sec in 0u32..3, ratio in 0.0f64..1.0,
+        ) {
+            let ttl = Duration::from_secs(10);
+            let b = RatioBudget::new(ttl, floor_per_sec, ratio).unwrap();
+            let origin = b.origin;
+            let slot = ttl / 10;
+            let mut t = Duration::ZERO;
+            let mut calls: Vec<u128> = vec![];
+            let mut retries: Vec<u128> = vec![];
+            let floor = u64::from(floor_per_sec) * 10;
+            for op in ops {
+                match op {
+                    Op::Wait(ms) => t += Duration::from_millis(ms),
+                    Op::Call => {
+                        b.deposit(origin + t);
+                        calls.push(t.as_nanos() / slot.as_nanos());
+                    }
+                    Op::Retry => {
+                        if b.withdraw(origin + t) {
+                            let s = t.as_nanos() / slot.as_nanos();
+                            retries.push(s);
+                            let in_window = |x: &&u128| s - **x < 10;
+                            let r = retries.iter().filter(in_window).count() as f64;
+                            let c = calls.iter().filter(in_window).count() as f64;
+                            prop_assert!(
+                                r <= floor as f64 + ratio * c + 1e-6,
+                                "{r} retries for {c} calls at ratio {ratio} floor {floor}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

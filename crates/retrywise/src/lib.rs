@@ -1,0 +1,11 @@
+//! x
+#![allow(missing_docs)]
+pub mod attempt;
+pub mod breaker;
+pub mod budget;
+mod error;
+pub mod model;
+mod random;
+pub mod retry;
+pub mod timeout;
+pub use error::ConfigError;

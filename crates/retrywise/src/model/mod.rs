@@ -1,0 +1,76 @@
+//! Success models: the probability that an attempt succeeds, given its context.
+//!
+//! A model is what lets retrywise learn from its own traffic. The trainer fits one from
+//! recorded attempts; deciders, the breaker's open duration and the hedge consult it
+//! through this trait. Without a model every mechanism falls back to its rules, so a
+//! model is always optional.
+
+use crate::attempt::AttemptContext;
+
+/// Predicts the probability that an attempt made in a given context succeeds.
+///
+/// `ctx.delay` is the wait before the attempt, so a decider can ask "what if I wait
+/// 200 ms? 2 s?" by evaluating the same context with different delays.
+///
+/// Implementations must be cheap (they run on the retry path) and must return a number in
+/// `[0, 1]`; callers clamp anything else and treat NaN as "unknown" (0.5).
+///
+/// ```
+/// use retrywise::attempt::{AttemptContext, ErrorKind};
+/// use retrywise::model::SuccessModel;
+///
+/// /// Rate limits clear after a second; nothing else does.
+/// struct Patience;
+///
+/// impl SuccessModel for Patience {
+///     fn p_success(&self, ctx: &AttemptContext) -> f64 {
+///         match ctx.error {
+///             Some(ErrorKind::Http429) if ctx.delay.as_secs_f64() >= 1.0 => 0.9,
+///             Some(_) => 0.05,
+///             None => 0.99,
+///         }
+///     }
+/// }
+///
+/// let mut ctx = AttemptContext::first("api");
+/// ctx.error = Some(ErrorKind::Http429);
+/// ctx.delay = std::time::Duration::from_secs(2);
+/// assert_eq!(Patience.p_success(&ctx), 0.9);
+/// ```
+pub trait SuccessModel: Send + Sync {
+    /// The probability in `[0, 1]` that an attempt made in `ctx` succeeds.
+    fn p_success(&self, ctx: &AttemptContext) -> f64;
+}
+
+impl<F> SuccessModel for F
+where
+    F: Fn(&AttemptContext) -> f64 + Send + Sync,
+{
+    fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        self(ctx)
+    }
+}
+
+/// A model's answer made safe to use: clamped to `[0, 1]`, NaN read as 0.5.
+pub fn sanitize_probability(p: f64) -> f64 {
+    if p.is_nan() { 0.5 } else { p.clamp(0.0, 1.0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trait_is_object_safe_and_closures_implement_it() {
+        let m: Box<dyn SuccessModel> = Box::new(|c: &AttemptContext| f64::from(c.attempt) / 10.0);
+        assert_eq!(m.p_success(&AttemptContext::first("x")), 0.1);
+    }
+
+    #[test]
+    fn sanitizing() {
+        assert_eq!(sanitize_probability(f64::NAN), 0.5);
+        assert_eq!(sanitize_probability(-1.0), 0.0);
+        assert_eq!(sanitize_probability(7.0), 1.0);
+        assert_eq!(sanitize_probability(0.25), 0.25);
+    }
+}

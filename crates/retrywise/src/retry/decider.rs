@@ -1,0 +1,144 @@
+//! The retry decision, as a trait.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::attempt::AttemptContext;
+
+/// Why a call stops being retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The last failure was permanent (a 4xx): no retry can fix it.
+    NotRetryable,
+    /// The maximum number of attempts was made.
+    MaxAttempts,
+    /// The next attempt could not finish before the call's deadline.
+    Deadline,
+    /// The retry budget refused another retry (a retry storm is being prevented).
+    BudgetExhausted,
+    /// The predicted probability of success was too low to be worth another attempt.
+    LowSuccessProbability,
+    /// The target's recent failure rate is above the configured limit.
+    TargetUnhealthy,
+    /// The circuit breaker refused the attempt.
+    CircuitOpen,
+    /// The bulkhead had no room for the attempt.
+    BulkheadFull,
+}
+
+impl StopReason {
+    /// A stable snake_case name, for metrics labels and the service API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StopReason::NotRetryable => "not_retryable",
+            StopReason::MaxAttempts => "max_attempts",
+            StopReason::Deadline => "deadline",
+            StopReason::BudgetExhausted => "budget_exhausted",
+            StopReason::LowSuccessProbability => "low_success_probability",
+            StopReason::TargetUnhealthy => "target_unhealthy",
+            StopReason::CircuitOpen => "circuit_open",
+            StopReason::BulkheadFull => "bulkhead_full",
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do after a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Decision {
+    /// Make another attempt after waiting this long.
+    Retry(Duration),
+    /// Give up.
+    Stop(StopReason),
+}
+
+/// Decides whether, and when, to retry.
+///
+/// This is the seam between rules and learning: [`super::RetryPolicy`] (classic backoff),
+/// [`super::SeedAdaptive`] (the seed's heuristic) and model-driven deciders all implement
+/// it, so call sites never change when the decision moves from rules to a model.
+///
+/// The executor asks only after a *retryable* failure; permanent failures stop without
+/// asking. `ctx` describes the attempt that would come next (`ctx.attempt` ≥ 2) and the
+/// failure that preceded it; `ctx.delay` still holds the previous wait (see
+/// [`AttemptContext`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use retrywise::attempt::{AttemptContext, ErrorKind};
+/// use retrywise::retry::{Decision, RetryDecider, StopReason};
+///
+/// /// Retries rate limits once, after what the server asked for; nothing else.
+/// struct OnlyRateLimits;
+///
+/// impl RetryDecider for OnlyRateLimits {
+///     fn decide(&self, ctx: &AttemptContext) -> Decision {
+///         match (ctx.error, ctx.attempt) {
+///             (Some(ErrorKind::Http429), 2) => {
+///                 Decision::Retry(ctx.retry_after.unwrap_or(Duration::from_secs(1)))
+///             }
+///             (Some(ErrorKind::Http429), _) => Decision::Stop(StopReason::MaxAttempts),
+///             _ => Decision::Stop(StopReason::NotRetryable),
+///         }
+///     }
+/// }
+///
+/// let mut ctx = AttemptContext::first("api");
+/// ctx.attempt = 2;
+/// ctx.error = Some(ErrorKind::Http429);
+/// assert_eq!(OnlyRateLimits.decide(&ctx), Decision::Retry(Duration::from_secs(1)));
+/// ```
+pub trait RetryDecider: Send + Sync {
+    /// Whether to make attempt `ctx.attempt`, and after how long.
+    fn decide(&self, ctx: &AttemptContext) -> Decision;
+
+    /// The timeout for attempt `ctx.attempt` (including the first), if any.
+    ///
+    /// `ctx.delay` is the wait that preceded it. Defaults to no timeout.
+    fn attempt_timeout(&self, ctx: &AttemptContext) -> Option<Duration> {
+        let _ = ctx;
+        None
+    }
+}
+
+/// Never retries: one attempt, then stop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRetry;
+
+impl RetryDecider for NoRetry {
+    fn decide(&self, _ctx: &AttemptContext) -> Decision {
+        Decision::Stop(StopReason::MaxAttempts)
+    }
+}
+
+impl<D: RetryDecider + ?Sized> RetryDecider for std::sync::Arc<D> {
+    fn decide(&self, ctx: &AttemptContext) -> Decision {
+        (**self).decide(ctx)
+    }
+
+    fn attempt_timeout(&self, ctx: &AttemptContext) -> Option<Duration> {
+        (**self).attempt_timeout(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_safe() {
+        let d: Box<dyn RetryDecider> = Box::new(NoRetry);
+        assert_eq!(
+            d.decide(&AttemptContext::first("x")),
+            Decision::Stop(StopReason::MaxAttempts)
+        );
+        assert_eq!(d.attempt_timeout(&AttemptContext::first("x")), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! Timeouts.
+/// Elapsed.
+#[derive(Debug, thiserror::Error)]
+#[error("elapsed")]
+pub struct Elapsed;
