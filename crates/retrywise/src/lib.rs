@@ -2,6 +2,8 @@
 #![allow(missing_docs)]
 pub mod attempt;
 pub mod breaker;
+pub mod bulkhead;
+pub mod hedge;
 pub mod budget;
 mod error;
 pub mod model;

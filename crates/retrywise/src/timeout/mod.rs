@@ -1,5 +1,144 @@
-//! Timeouts.
-/// Elapsed.
-#[derive(Debug, thiserror::Error)]
-#[error("elapsed")]
-pub struct Elapsed;
+//! Timeouts that cost nothing when the call is quick.
+//!
+//! [`Timeout`] polls the inner future first and arms its timer only if the future is not
+//! ready on the first poll, so a call that completes at once never touches the timer
+//! wheel. The time limit therefore counts from the first time the call has to wait (the
+//! first poll's own CPU time is not counted), unless an absolute deadline is given with
+//! [`Timeout::until`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+/// The call did not finish within its time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out after {after:?}")]
+pub struct Elapsed {
+    /// The limit that was exceeded.
+    pub after: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    None,
+    After(Duration),
+    At(Instant, Duration),
+}
+
+pin_project! {
+    /// A future that fails with [`Elapsed`] if `future` takes longer than its limit.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        limit: Limit,
+    }
+}
+
+impl<F: Future> Timeout<F> {
+    /// Limits `future` to `after`; `None` means no limit (the wrapper then only forwards).
+    pub fn new(future: F, after: Option<Duration>) -> Self {
+        Self {
+            future,
+            sleep: None,
+            limit: after.map_or(Limit::None, Limit::After),
+        }
+    }
+
+    /// Limits `future` to finish by `deadline`.
+    pub fn until(future: F, deadline: Instant) -> Self {
+        let after = deadline.saturating_duration_since(Instant::now());
+        Self {
+            future,
+            sleep: None,
+            limit: Limit::At(deadline, after),
+        }
+    }
+}
+
+/// Limits `future` to `after`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use retrywise::timeout::timeout;
+///
+/// let quick = timeout(Duration::from_millis(10), async { 42 }).await;
+/// assert_eq!(quick, Ok(42));
+/// let slow = timeout(Duration::from_millis(10), tokio::time::sleep(Duration::from_secs(1))).await;
+/// assert!(slow.is_err());
+/// # }
+/// ```
+pub fn timeout<F: Future>(after: Duration, future: F) -> Timeout<F> {
+    Timeout::new(future, Some(after))
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(v) = this.future.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let (deadline, after) = match *this.limit {
+            Limit::None => return Poll::Pending,
+            Limit::After(d) => (None, d),
+            Limit::At(at, d) => (Some(at), d),
+        };
+        if this.sleep.is_none() {
+            let at = deadline.unwrap_or_else(|| Instant::now() + after);
+            this.sleep.set(Some(tokio::time::sleep_until(at)));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| Err(Elapsed { after })),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_slow_futures() {
+        let t0 = Instant::now();
+        let r = timeout(Duration::from_secs(2), tokio::time::sleep(Duration::from_secs(5))).await;
+        assert_eq!(r, Err(Elapsed { after: Duration::from_secs(2) }));
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_quick_futures() {
+        let r = timeout(Duration::from_secs(2), async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            7
+        })
+        .await;
+        assert_eq!(r, Ok(7));
+        assert_eq!(Timeout::new(std::future::pending::<()>(), None).limit_is_none(), true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absolute_deadlines() {
+        let t0 = Instant::now();
+        let r = Timeout::until(tokio::time::sleep(Duration::from_secs(5)), t0 + Duration::from_secs(3)).await;
+        assert!(r.is_err());
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+    }
+
+    impl<F> Timeout<F> {
+        fn limit_is_none(&self) -> bool {
+            matches!(self.limit, Limit::None)
+        }
+    }
+}

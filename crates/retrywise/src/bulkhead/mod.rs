@@ -1,0 +1,150 @@
+//! Bulkheads: isolate dependencies so that one failing dependency cannot take the others
+//! down.
+//!
+//! - [`Bulkhead`] — a semaphore: at most N calls at once, a bounded wait for room, then
+//!   [`BulkheadFull`]. Light: the call runs on the caller's task.
+//! - [`PoolBulkhead`] — an isolated pool: the dependency's own workers and bounded queue,
+//!   with the caller running the task itself (back-pressure) or a rejection when the queue
+//!   is full; [`BulkheadRegistry`] keeps one per dependency.
+
+mod pool;
+mod semaphore;
+
+pub use pool::{BulkheadRegistry, PoolBuilder, PoolBulkhead, PoolError, PoolMetrics, WhenFull};
+pub use semaphore::{
+    Bulkhead, BulkheadBuilder, BulkheadFull, BulkheadMetrics, BulkheadPermit, OwnedBulkheadPermit,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_up_to_max_wait_then_rejects() {
+        let b = Bulkhead::builder("b").max_concurrent(1).max_wait(Duration::from_millis(100)).build().unwrap();
+        let held = b.try_acquire().unwrap();
+        let t0 = tokio::time::Instant::now();
+        let err = b.acquire().await.unwrap_err();
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+        assert_eq!(err.max_concurrent, 1);
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move { b2.acquire().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        waiter.await.unwrap().expect("room freed within the wait");
+        let m = b.metrics();
+        assert_eq!((m.total_calls, m.rejected_calls), (3, 1));
+        assert!((m.rejection_rate - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(m.active, 0);
+        assert_eq!(m.available, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn execution_metrics() {
+        let b = Bulkhead::builder("b").build().unwrap();
+        b.try_acquire().unwrap().finish(false, Duration::from_millis(10));
+        b.try_acquire().unwrap().finish(true, Duration::from_millis(30));
+        let m = b.metrics();
+        assert_eq!(m.failed_calls, 1);
+        assert_eq!(m.avg_execution_time, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn refuses_bad_configuration() {
+        assert_eq!(Bulkhead::builder("b").max_concurrent(0).build().unwrap_err().field, "max_concurrent");
+        assert_eq!(Bulkhead::builder("").build().unwrap_err().field, "name");
+        assert_eq!(PoolBulkhead::builder("p").build().unwrap_err().field, "runtime");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Thousands of concurrent tasks: never more than the limit inside at once.
+        #[test]
+        fn never_admits_more_than_its_limit(limit in 1u32..16, tasks in 500usize..3000, wait_ms in 0u64..5) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+            let (peak, admitted, rejected) = rt.block_on(async move {
+                let b = Bulkhead::builder("p").max_concurrent(limit).max_wait(Duration::from_millis(wait_ms)).build().unwrap();
+                let inside = Arc::new(AtomicU32::new(0));
+                let peak = Arc::new(AtomicU32::new(0));
+                let handles: Vec<_> = (0..tasks).map(|i| {
+                    let (b, inside, peak) = (b.clone(), Arc::clone(&inside), Arc::clone(&peak));
+                    tokio::spawn(async move {
+                        b.call(async {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            peak.fetch_max(now, Ordering::SeqCst);
+                            if i % 3 == 0 { tokio::task::yield_now().await; }
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        }).await.is_ok()
+                    })
+                }).collect();
+                let mut admitted = 0u64;
+                for h in handles { admitted += u64::from(h.await.unwrap()); }
+                let m = b.metrics();
+                (peak.load(Ordering::SeqCst), admitted, m.rejected_calls)
+            });
+            prop_assert!(peak <= limit, "peak {} > limit {}", peak, limit);
+            prop_assert_eq!(admitted + rejected, tasks as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_runs_on_its_workers_and_applies_back_pressure() {
+        let pool = PoolBulkhead::builder("p").workers(1).queue(1).when_full(WhenFull::CallerRuns).build().unwrap();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let p = pool.clone();
+        let blocker = tokio::spawn(async move {
+            p.execute(async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                1
+            })
+            .await
+        });
+        started_rx.await.unwrap();
+        // The worker is busy: one task fits in the queue...
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.execute(async { 2 }).await });
+        while pool.metrics().queued < 1 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!pool.metrics().healthy);
+        // ...and the next runs on the caller.
+        assert_eq!(pool.execute(async { 3 }).await.unwrap(), 3);
+        let m = pool.metrics();
+        assert_eq!((m.caller_ran, m.saturated, m.active), (1, 1, 1));
+        release_tx.send(()).unwrap();
+        assert_eq!(blocker.await.unwrap().unwrap(), 1);
+        assert_eq!(queued.await.unwrap().unwrap(), 2);
+        assert_eq!(pool.metrics().completed, 2);
+    }
+
+    #[tokio::test]
+    async fn pool_rejects_when_asked_and_survives_panics() {
+        let pool = PoolBulkhead::builder("p").workers(1).queue(1).when_full(WhenFull::Reject).build().unwrap();
+        let boom = pool.execute(async { panic!("task bug") }).await;
+        assert!(matches!(boom, Err(PoolError::Panicked(_))));
+        assert_eq!(pool.execute(async { 9 }).await.unwrap(), 9, "the worker survived");
+
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let p = pool.clone();
+        let busy = tokio::spawn(async move { p.execute(async move { release_rx.await.ok() }).await });
+        while pool.metrics().active < 1 {
+            tokio::task::yield_now().await;
+        }
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.execute(async {}).await });
+        while pool.metrics().queued < 1 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(pool.execute(async {}).await, Err(PoolError::Full(_))));
+        assert_eq!(pool.metrics().rejected, 1);
+        release_tx.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+    }
+}

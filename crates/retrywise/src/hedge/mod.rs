@@ -1,0 +1,565 @@
+//! Hedged requests: when a call is slower than usual, send a second one and take whichever
+//! answers first (Dean & Barroso, "The Tail at Scale", 2013).
+//!
+//! The primary request goes out at once. If it has not answered after the hedge delay —
+//! fixed, or a percentile (e.g. p95) of the latencies of recent calls — a hedge goes out,
+//! and so on up to the maximum number of hedges. The first *answer* wins and the others are
+//! cancelled (dropped). If every request fails, the error carries every failure. A hedge
+//! budget caps the extra load (by default hedges may be at most 5 % of calls), so hedging
+//! can never double the load on a slow upstream.
+
+mod latency;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::time::{Instant, Sleep};
+
+use crate::budget::{RatioBudget, RetryBudget};
+use crate::error::{Check, ConfigError};
+
+pub(crate) use latency::RollingLatency;
+
+const CHECK: Check = Check::new("hedge");
+/// The cached delay is recomputed from the histogram every this many recorded latencies.
+const REFRESH_EVERY: u32 = 32;
+
+/// When to send a hedge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeDelay {
+    /// After a fixed time (the seed: 200 ms; 100 ms for database replicas).
+    Fixed(Duration),
+    /// After the `quantile` (e.g. 0.95) of recent latencies; `fallback` until at least
+    /// `min_samples` latencies have been seen.
+    Percentile {
+        /// The quantile, within `(0, 1)`.
+        quantile: f64,
+        /// Samples needed before the percentile is trusted.
+        min_samples: u64,
+        /// The delay used until then.
+        fallback: Duration,
+    },
+}
+
+/// Every request of a hedged call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllFailed<E> {
+    /// Each request's error, in the order they failed.
+    pub errors: Vec<E>,
+}
+
+impl<E: fmt::Display> fmt::Display for AllFailed<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "all {} hedged requests failed", self.errors.len())?;
+        if let Some(last) = self.errors.last() {
+            write!(f, "; the last with: {last}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for AllFailed<E> {}
+
+/// Sends hedged requests. Cloning shares its latency window and budget.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use retrywise::hedge::{Hedge, HedgeDelay};
+///
+/// let hedge = Hedge::builder().delay(HedgeDelay::Fixed(Duration::from_millis(100))).no_budget().build()?;
+/// // The primary (0) would take a second; the hedge (1) answers in 10 ms.
+/// let answer = hedge
+///     .call(|i| async move {
+///         let took = if i == 0 { 1000 } else { 10 };
+///         tokio::time::sleep(Duration::from_millis(took)).await;
+///         Ok::<_, std::io::Error>(i)
+///     })
+///     .await?;
+/// assert_eq!(answer, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Hedge {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    max_hedges: u32,
+    delay: HedgeDelay,
+    latencies: RollingLatency,
+    /// The current hedge delay in nanoseconds, refreshed from `latencies`.
+    cached_nanos: AtomicU64,
+    records: AtomicU32,
+    budget: Option<RatioBudget>,
+    calls: AtomicU64,
+    hedges: AtomicU64,
+    hedge_wins: AtomicU64,
+}
+
+/// A point-in-time view of a [`Hedge`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct HedgeMetrics {
+    /// Calls made through the hedge.
+    pub calls: u64,
+    /// Hedges sent.
+    pub hedges: u64,
+    /// Calls a hedge answered first.
+    pub hedge_wins: u64,
+    /// `hedges / calls`: the extra load.
+    pub hedge_rate: f64,
+    /// The delay a call starting now would wait before hedging.
+    pub current_delay: Duration,
+}
+
+impl Hedge {
+    /// A builder: one hedge after the p95 (100 ms until 20 samples), a 5 % budget.
+    pub fn builder() -> HedgeBuilder {
+        HedgeBuilder {
+            max_hedges: 1,
+            delay: HedgeDelay::Percentile {
+                quantile: 0.95,
+                min_samples: 20,
+                fallback: Duration::from_millis(100),
+            },
+            window: Duration::from_secs(10),
+            budget: Some((0.05, 0)),
+        }
+    }
+
+    /// The delay before a hedge for a call starting now.
+    pub fn current_delay(&self) -> Duration {
+        let s = &*self.shared;
+        match s.delay {
+            HedgeDelay::Fixed(d) => d,
+            HedgeDelay::Percentile { fallback, .. } => {
+                let n = s.cached_nanos.load(Ordering::Relaxed);
+                if n == u64::MAX { fallback } else { Duration::from_nanos(n) }
+            }
+        }
+    }
+
+    /// Records a latency of the upstream (the policy calls this for every answered
+    /// request), feeding the percentile.
+    pub fn record_latency(&self, now: Instant, latency: Duration) {
+        let s = &*self.shared;
+        s.latencies.record(now, latency);
+        if let HedgeDelay::Percentile {
+            quantile,
+            min_samples,
+            ..
+        } = s.delay
+            && s.records.fetch_add(1, Ordering::Relaxed) % REFRESH_EVERY == 0
+        {
+            let v = match s.latencies.quantile(now, quantile) {
+                Some((d, n)) if n >= min_samples => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1),
+                _ => u64::MAX,
+            };
+            s.cached_nanos.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The recent `q`-quantile of recorded latencies, with its sample count.
+    pub fn latency_quantile(&self, q: f64) -> Option<(Duration, u64)> {
+        self.shared.latencies.quantile(Instant::now(), q)
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> HedgeMetrics {
+        let s = &*self.shared;
+        let calls = s.calls.load(Ordering::Relaxed);
+        let hedges = s.hedges.load(Ordering::Relaxed);
+        HedgeMetrics {
+            calls,
+            hedges,
+            hedge_wins: s.hedge_wins.load(Ordering::Relaxed),
+            hedge_rate: if calls == 0 { 0.0 } else { hedges as f64 / calls as f64 },
+            current_delay: self.current_delay(),
+        }
+    }
+
+    /// Runs a hedged call. `make(i)` starts request `i` (0 is the primary, 1.. the
+    /// hedges). An `Ok` is an answer and wins; an `Err` is a failure, and the call goes on
+    /// waiting for the requests still running.
+    ///
+    /// The timer is armed only if the primary is not ready on its first poll, so calls
+    /// that answer at once cost no timer and no allocation. Requires a tokio runtime with
+    /// time enabled when a request has to wait.
+    ///
+    /// # Errors
+    /// [`AllFailed`] with every request's error when none answered.
+    pub async fn call<F, Fut, T, E>(&self, mut make: F) -> Result<T, AllFailed<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let s = &*self.shared;
+        let start = Instant::now();
+        s.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = &s.budget {
+            b.deposit(start);
+        }
+        let mut primary = pin!(Some(make(0)));
+        let mut hedges: Option<FuturesUnordered<Pin<Box<Tagged<Fut>>>>> = None;
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        let mut launched = 1u32;
+        let mut may_hedge = s.max_hedges > 0;
+        let mut errors = Vec::new();
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Some(fut) = primary.as_mut().as_pin_mut()
+                    && let Poll::Ready(r) = fut.poll(cx)
+                {
+                    primary.set(None);
+                    match r {
+                        Ok(v) => {
+                            let now = Instant::now();
+                            self.record_latency(now, now - start);
+                            return Poll::Ready(Ok(v));
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                if let Some(set) = hedges.as_mut() {
+                    while let Poll::Ready(Some((started, r))) = set.poll_next_unpin(cx) {
+                        match r {
+                            Ok(v) => {
+                                let now = Instant::now();
+                                self.record_latency(now, now - started);
+                                if primary.is_some() {
+                                    // The primary is cancelled: it took at least this long.
+                                    self.record_latency(now, now - start);
+                                }
+                                s.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                                return Poll::Ready(Ok(v));
+                            }
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                }
+                let running = primary.is_some() || hedges.as_ref().is_some_and(|h| !h.is_empty());
+                if !running {
+                    return Poll::Ready(Err(AllFailed {
+                        errors: std::mem::take(&mut errors),
+                    }));
+                }
+                if !may_hedge {
+                    return Poll::Pending;
+                }
+                let t = timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(start + self.current_delay()))
+                });
+                if t.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let now = Instant::now();
+                if s.budget.as_ref().is_some_and(|b| !b.withdraw(now)) {
+                    may_hedge = false;
+                    continue;
+                }
+                s.hedges.fetch_add(1, Ordering::Relaxed);
+                hedges.get_or_insert_with(FuturesUnordered::new).push(Box::pin(Tagged {
+                    started: now,
+                    fut: make(launched),
+                }));
+                launched += 1;
+                may_hedge = launched <= s.max_hedges;
+                if may_hedge {
+                    t.as_mut().reset(now + self.current_delay());
+                }
+            }
+        })
+        .await
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A hedge's future with the instant it was sent.
+    struct Tagged<F> {
+        started: Instant,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Tagged<F> {
+    type Output = (Instant, F::Output);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.fut.poll(cx).map(|v| (*this.started, v))
+    }
+}
+
+/// Builds a [`Hedge`].
+#[derive(Debug, Clone)]
+pub struct HedgeBuilder {
+    max_hedges: u32,
+    delay: HedgeDelay,
+    window: Duration,
+    budget: Option<(f64, u32)>,
+}
+
+impl HedgeBuilder {
+    /// Hedges per call at most. Defaults to 1.
+    pub fn max_hedges(mut self, n: u32) -> Self {
+        self.max_hedges = n;
+        self
+    }
+
+    /// When to hedge. Defaults to the p95 of recent latencies (100 ms until 20 samples).
+    pub fn delay(mut self, d: HedgeDelay) -> Self {
+        self.delay = d;
+        self
+    }
+
+    /// How long a latency stays in the percentile: between one and two of these periods.
+    /// Defaults to 10 s.
+    pub fn latency_window(mut self, d: Duration) -> Self {
+        self.window = d;
+        self
+    }
+
+    /// Hedges may be at most `ratio` of calls, plus `min_per_sec` per second, over 10 s.
+    /// Defaults to 5 % and none per second.
+    pub fn budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
+        self.budget = Some((ratio, min_per_sec));
+        self
+    }
+
+    /// Hedge without a budget (for tests, or when the upstream is known to be idle).
+    pub fn no_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Checks and builds.
+    ///
+    /// # Errors
+    /// A zero fixed delay; a quantile outside `(0, 1)` or NaN; a zero latency window; a
+    /// budget ratio outside `[0, 1000]`.
+    pub fn build(self) -> Result<Hedge, ConfigError> {
+        match self.delay {
+            HedgeDelay::Fixed(d) => CHECK.positive("delay", d)?,
+            HedgeDelay::Percentile { quantile, .. } => {
+                if !(quantile > 0.0 && quantile < 1.0) {
+                    return Err(CHECK.err("delay", format!("quantile must be within (0, 1), got {quantile}")));
+                }
+            }
+        }
+        CHECK.positive("latency_window", self.window)?;
+        let budget = match self.budget {
+            Some((ratio, floor)) => Some(
+                RatioBudget::new(Duration::from_secs(10), floor, ratio)
+                    .map_err(|e| CHECK.err("budget", e.problem))?,
+            ),
+            None => None,
+        };
+        Ok(Hedge {
+            shared: Arc::new(Shared {
+                max_hedges: self.max_hedges,
+                delay: self.delay,
+                latencies: RollingLatency::new(self.window),
+                cached_nanos: AtomicU64::new(u64::MAX),
+                records: AtomicU32::new(0),
+                budget,
+                calls: AtomicU64::new(0),
+                hedges: AtomicU64::new(0),
+                hedge_wins: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Mutex;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn fixed(ms: u64, max: u32) -> Hedge {
+        Hedge::builder()
+            .delay(HedgeDelay::Fixed(Duration::from_millis(ms)))
+            .max_hedges(max)
+            .no_budget()
+            .build()
+            .unwrap()
+    }
+
+    /// Marks, in a shared log, whether each request finished or was dropped first.
+    struct Probe {
+        i: u32,
+        log: Arc<Mutex<Vec<(u32, &'static str)>>>,
+        finished: bool,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let what = if self.finished { "finished" } else { "cancelled" };
+            self.log.lock().unwrap().push((self.i, what));
+        }
+    }
+
+    fn request(
+        i: u32,
+        took: Duration,
+        ok: bool,
+        log: &Arc<Mutex<Vec<(u32, &'static str)>>>,
+    ) -> impl Future<Output = Result<u32, String>> + use<> {
+        let probe = Probe { i, log: Arc::clone(log), finished: false };
+        async move {
+            let mut probe = probe;
+            tokio::time::sleep(took).await;
+            probe.finished = true;
+            if ok { Ok(i) } else { Err(format!("request {i} failed")) }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fastest_answer_wins_and_the_rest_are_cancelled() {
+        let h = fixed(100, 2);
+        let log = Arc::new(Mutex::new(vec![]));
+        let t0 = Instant::now();
+        let lat = [1000u32, 500, 50];
+        let r = h.call(|i| request(i, lat[i as usize] * MS, true, &log)).await;
+        // Hedge 1 at 100 ms answers at 600; hedge 2 at 200 ms answers at 250.
+        assert_eq!(r, Ok(2));
+        assert_eq!(t0.elapsed(), 250 * MS);
+        let mut log = log.lock().unwrap().clone();
+        log.sort();
+        assert_eq!(log, [(0, "cancelled"), (1, "cancelled"), (2, "finished")]);
+        assert_eq!(h.metrics().hedges, 2);
+        assert_eq!(h.metrics().hedge_wins, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quick_primaries_send_no_hedge() {
+        let h = fixed(100, 3);
+        let log = Arc::new(Mutex::new(vec![]));
+        assert_eq!(h.call(|i| request(i, 99 * MS, true, &log)).await, Ok(0));
+        assert_eq!(h.metrics().hedges, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_failures_are_reported() {
+        let h = fixed(10, 2);
+        let log = Arc::new(Mutex::new(vec![]));
+        let err = h.call(|i| request(i, 50 * MS, false, &log)).await.unwrap_err();
+        assert_eq!(err.errors, ["request 0 failed", "request 1 failed", "request 2 failed"]);
+        assert!(err.to_string().contains("all 3 hedged requests failed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_waits_for_the_others() {
+        let h = fixed(10, 1);
+        let log = Arc::new(Mutex::new(vec![]));
+        let r = h.call(|i| request(i, 50 * MS, i == 0, &log)).await;
+        assert_eq!(r, Ok(0), "hedge 1 failed at 60 ms; the primary still answered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn percentile_delay_follows_the_latencies() {
+        let h = Hedge::builder()
+            .delay(HedgeDelay::Percentile { quantile: 0.9, min_samples: 50, fallback: 7 * MS })
+            .no_budget()
+            .build()
+            .unwrap();
+        assert_eq!(h.current_delay(), 7 * MS);
+        for i in 0..=200u64 {
+            h.record_latency(Instant::now(), Duration::from_millis(i % 100 + 1));
+        }
+        let d = h.current_delay();
+        assert!((88 * MS..=95 * MS).contains(&d), "{d:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_caps_hedges() {
+        let h = Hedge::builder()
+            .delay(HedgeDelay::Fixed(MS))
+            .budget(0.1, 0)
+            .build()
+            .unwrap();
+        let log = Arc::new(Mutex::new(vec![]));
+        for _ in 0..100 {
+            h.call(|i| request(i, 10 * MS, true, &log)).await.unwrap();
+        }
+        let m = h.metrics();
+        assert_eq!(m.calls, 100);
+        assert!(m.hedges <= 10, "{m:?}");
+        assert!(m.hedges >= 9, "{m:?}");
+    }
+
+    #[test]
+    fn refuses_bad_configuration() {
+        let b = || Hedge::builder();
+        assert_eq!(b().delay(HedgeDelay::Fixed(Duration::ZERO)).build().unwrap_err().field, "delay");
+        for q in [0.0, 1.0, f64::NAN] {
+            let d = HedgeDelay::Percentile { quantile: q, min_samples: 1, fallback: MS };
+            assert_eq!(b().delay(d).build().unwrap_err().field, "delay");
+        }
+        assert_eq!(b().latency_window(Duration::ZERO).build().unwrap_err().field, "latency_window");
+        assert_eq!(b().budget(-1.0, 0).build().unwrap_err().field, "budget");
+    }
+
+    proptest! {
+        /// Whatever the latencies and failures: at most 1 + max_hedges requests start, the
+        /// answer is the first success in time, and when the call returns nothing is left
+        /// running — every other request finished or was cancelled.
+        #[test]
+        fn the_winner_is_first_and_losers_are_cancelled(
+            reqs in prop::collection::vec((1u64..500, any::<bool>()), 4),
+            delay in 1u64..200,
+            max_hedges in 0u32..4,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let h = fixed(delay, max_hedges);
+                let log = Arc::new(Mutex::new(vec![]));
+                let started = Arc::new(Mutex::new(vec![]));
+                let t0 = Instant::now();
+                let r = h.call(|i| {
+                    started.lock().unwrap().push((i, t0.elapsed()));
+                    let (ms, ok) = reqs[i as usize];
+                    request(i, Duration::from_millis(ms), ok, &log)
+                }).await;
+                let started = started.lock().unwrap().clone();
+                prop_assert!(started.len() as u32 <= 1 + max_hedges);
+                // When each request would have finished.
+                let ends: Vec<(u32, Duration, bool)> = started.iter()
+                    .map(|(i, at)| (*i, *at + Duration::from_millis(reqs[*i as usize].0), reqs[*i as usize].1))
+                    .collect();
+                let first_ok = ends.iter().filter(|e| e.2).min_by_key(|e| (e.1, e.0));
+                match (r, first_ok) {
+                    (Ok(i), Some(w)) => {
+                        prop_assert_eq!(t0.elapsed(), w.1);
+                        prop_assert_eq!(ends[i as usize].1, w.1);
+                    }
+                    (Err(e), None) => prop_assert_eq!(e.errors.len(), started.len()),
+                    (r, w) => prop_assert!(false, "got {:?}, expected winner {:?}", r, w),
+                }
+                let log = log.lock().unwrap();
+                prop_assert_eq!(log.len(), started.len(), "every request ended or was dropped");
+                for (i, what) in log.iter() {
+                    let end = ends[*i as usize].1;
+                    if *what == "cancelled" {
+                        prop_assert!(end > t0.elapsed() || (end == t0.elapsed()), "request {} was cancelled", i);
+                    } else {
+                        prop_assert!(end <= t0.elapsed());
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
