@@ -7,6 +7,8 @@ pub mod hedge;
 pub mod budget;
 mod error;
 pub mod model;
+pub mod policy;
+pub mod recorder;
 mod random;
 pub mod retry;
 pub mod timeout;

@@ -457,7 +457,19 @@ impl CircuitBreaker {
 
     /// The failure rate over the window, once it holds the minimum number of calls.
     pub fn failure_rate(&self) -> Option<f64> {
-        self.metrics().failure_rate
+        let now = self.now_nanos();
+        let core = self.lock();
+        let counts = core.window.counts(now);
+        (counts.calls >= self.shared.cfg.minimum_calls.min(core.window.capacity()))
+            .then(|| counts.failure_rate())
+    }
+
+    /// The failure rate over the window, whatever its size (`None` when empty): the
+    /// target's recent health, as retry contexts report it.
+    pub fn window_failure_rate(&self) -> Option<f64> {
+        let now = self.now_nanos();
+        let counts = self.lock().window.counts(now);
+        (counts.calls > 0).then(|| counts.failure_rate())
     }
 }
 

@@ -100,7 +100,7 @@ impl Bulkhead {
         &self.shared.name
     }
 
-    fn full(&self) -> BulkheadFull {
+    pub(crate) fn full(&self) -> BulkheadFull {
         self.shared.rejected.fetch_add(1, Ordering::Relaxed);
         BulkheadFull {
             name: Arc::clone(&self.shared.name),
@@ -108,27 +108,20 @@ impl Bulkhead {
         }
     }
 
-    /// Takes room for a call if there is some now, without waiting.
-    ///
-    /// # Errors
-    /// [`BulkheadFull`] when every permit is taken.
-    pub fn try_acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
+    /// Counts a request and takes room if there is some now; a refusal is not counted yet
+    /// (the caller may still wait).
+    pub(crate) fn try_acquire_quiet(&self) -> Option<BulkheadPermit<'_>> {
         self.shared.total.fetch_add(1, Ordering::Relaxed);
-        match self.shared.semaphore.try_acquire() {
-            Ok(p) => Ok(BulkheadPermit { bulkhead: self, _permit: p }),
-            Err(_) => Err(self.full()),
-        }
+        self.shared
+            .semaphore
+            .try_acquire()
+            .ok()
+            .map(|p| BulkheadPermit { bulkhead: self, _permit: p })
     }
 
-    /// Takes room for a call, waiting up to the maximum wait.
-    ///
-    /// # Errors
-    /// [`BulkheadFull`] when no room freed up in time.
-    pub async fn acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
-        self.shared.total.fetch_add(1, Ordering::Relaxed);
-        if let Ok(p) = self.shared.semaphore.try_acquire() {
-            return Ok(BulkheadPermit { bulkhead: self, _permit: p });
-        }
+    /// After [`try_acquire_quiet`](Self::try_acquire_quiet) found no room: waits up to the
+    /// maximum wait, counting a rejection if none frees up.
+    pub(crate) async fn acquire_after_refusal(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
         if self.shared.max_wait.is_zero() {
             return Err(self.full());
         }
@@ -139,19 +132,39 @@ impl Bulkhead {
         }
     }
 
+    /// Takes room for a call if there is some now, without waiting.
+    ///
+    /// # Errors
+    /// [`BulkheadFull`] when every permit is taken.
+    pub fn try_acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
+        self.try_acquire_quiet().ok_or_else(|| self.full())
+    }
+
+    /// Takes room for a call, waiting up to the maximum wait.
+    ///
+    /// # Errors
+    /// [`BulkheadFull`] when no room freed up in time.
+    pub async fn acquire(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
+        match self.try_acquire_quiet() {
+            Some(p) => Ok(p),
+            None => self.acquire_after_refusal().await,
+        }
+    }
+
     /// Like [`acquire`](Self::acquire), with a permit that owns a handle to the bulkhead
     /// (for futures that must be `'static`, such as tower services').
     ///
     /// # Errors
     /// [`BulkheadFull`] when no room freed up in time.
     pub async fn acquire_owned(&self) -> Result<OwnedBulkheadPermit, BulkheadFull> {
-        if let Some(p) = self.try_acquire_owned_inner() {
-            return Ok(p);
+        self.shared.total.fetch_add(1, Ordering::Relaxed);
+        let sem = Arc::clone(&self.shared.semaphore);
+        if let Ok(p) = Arc::clone(&sem).try_acquire_owned() {
+            return Ok(OwnedBulkheadPermit { bulkhead: self.clone(), _permit: p });
         }
         if self.shared.max_wait.is_zero() {
             return Err(self.full());
         }
-        let sem = Arc::clone(&self.shared.semaphore);
         match tokio::time::timeout(self.shared.max_wait, sem.acquire_owned()).await {
             Ok(Ok(p)) => Ok(OwnedBulkheadPermit {
                 bulkhead: self.clone(),
@@ -159,24 +172,6 @@ impl Bulkhead {
             }),
             _ => Err(self.full()),
         }
-    }
-
-    /// Takes room without waiting, with an owned permit; `None` when full (counted as a
-    /// request but not yet as a rejection, so the caller may still wait).
-    pub(crate) fn try_acquire_owned_inner(&self) -> Option<OwnedBulkheadPermit> {
-        self.shared.total.fetch_add(1, Ordering::Relaxed);
-        Arc::clone(&self.shared.semaphore)
-            .try_acquire_owned()
-            .ok()
-            .map(|p| OwnedBulkheadPermit {
-                bulkhead: self.clone(),
-                _permit: p,
-            })
-    }
-
-    /// Whether callers wait for room at all.
-    pub(crate) fn waits(&self) -> bool {
-        !self.shared.max_wait.is_zero()
     }
 
     /// Runs `fut` inside the bulkhead.

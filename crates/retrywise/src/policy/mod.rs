@@ -1,0 +1,701 @@
+//! One call site for every mechanism: the composition that services embed.
+//!
+//! A [`Policy`] wraps an operation (any `FnMut(Attempt) -> Future<Output = Result<T, E>>`)
+//! and applies, from the outside in:
+//!
+//! 1. **retry budget** — the call is deposited; every retry must be withdrawn;
+//! 2. **retry loop** — after a retryable failure, the [`RetryDecider`] chooses to stop or
+//!    to wait and try again (permanent failures stop at once);
+//! 3. **circuit breaker** — each attempt asks for a permit; OPEN stops the call;
+//! 4. **hedge** — an attempt may send hedged requests; the first answer wins;
+//! 5. **bulkhead** — each request sent (primary or hedge) takes room in the bulkhead;
+//! 6. **timeout** — each request is limited by the decider's attempt timeout;
+//! 7. the operation itself, whose result the [`Classifier`] judges.
+//!
+//! Every request sent upstream is reported to the [`Recorder`] as an
+//! [`AttemptRecord`](crate::attempt::AttemptRecord) (none are built with the default
+//! no-op recorder). The context of each retry is filled with the target's health as the
+//! policy's own mechanisms see it: the breaker's window failure rate, the hedge's p95
+//! latency and the bulkhead's calls in flight.
+
+mod error;
+
+pub use error::{AttemptError, CallError};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::attempt::{
+    AttemptContext, AttemptRecord, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Outcome, Verdict,
+};
+use crate::breaker::{CallOutcome, CircuitBreaker};
+use crate::budget::RetryBudget;
+use crate::bulkhead::{Bulkhead, BulkheadFull};
+use crate::error::{Check, ConfigError};
+use crate::hedge::Hedge;
+use crate::recorder::{NoopRecorder, Recorder};
+use crate::retry::{Decision, RetryDecider, RetryPolicy, StopReason};
+use crate::timeout::{Elapsed, Timeout};
+
+const CHECK: Check = Check::new("policy");
+
+/// Which request the operation is asked to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The attempt number, from 1.
+    pub number: u32,
+    /// 0 for the primary request of the attempt, `k` for its `k`-th hedge.
+    pub hedge: u32,
+}
+
+/// The resilience policy of one target: retries, budget, breaker, bulkhead, hedging and
+/// timeouts behind one `call`. Cloning is cheap and shares all state.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use retrywise::breaker::CircuitBreaker;
+/// use retrywise::budget::TokenBucket;
+/// use retrywise::policy::Policy;
+/// use retrywise::retry::{AttemptTimeout, Backoff, RetryPolicy};
+///
+/// let policy = Policy::builder("inventory")
+///     .retry(
+///         RetryPolicy::builder()
+///             .max_attempts(4)
+///             .backoff(Backoff::exponential(Duration::from_millis(50), 2.0, Duration::from_secs(2))?)
+///             .attempt_timeout(AttemptTimeout::Fixed(Duration::from_secs(1)))
+///             .build()?,
+///     )
+///     .budget(TokenBucket::new(10, 0.1)?)
+///     .breaker(CircuitBreaker::builder("inventory").build()?)
+///     .build()?;
+///
+/// // Fails twice with a reset connection, then answers.
+/// let calls = AtomicU32::new(0);
+/// let stock = policy
+///     .call(|_attempt| async {
+///         if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+///             Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"))
+///         } else {
+///             Ok(17)
+///         }
+///     })
+///     .await?;
+/// assert_eq!(stock, 17);
+/// assert_eq!(calls.load(Ordering::SeqCst), 3);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Policy<C = ErrorsAreRetryable> {
+    inner: Arc<Inner>,
+    classifier: C,
+}
+
+struct Inner {
+    target: Arc<str>,
+    /// The context of every first attempt; cloned only when a call fails or is recorded.
+    first: AttemptContext,
+    decider: Arc<dyn RetryDecider>,
+    budget: Option<Arc<dyn RetryBudget>>,
+    breaker: Option<CircuitBreaker>,
+    bulkhead: Option<Bulkhead>,
+    hedge: Option<Hedge>,
+    recorder: Arc<dyn Recorder>,
+    /// `recorder.enabled()`, asked once.
+    recording: bool,
+    permanent_is_failure: bool,
+    counters: Counters,
+}
+
+/// Counted on the failure path only, so successful calls pay nothing for them.
+#[derive(Default)]
+struct Counters {
+    retries: AtomicU64,
+    failed_attempts: AtomicU64,
+    stops: [AtomicU64; STOP_REASONS.len()],
+}
+
+const STOP_REASONS: [StopReason; 8] = [
+    StopReason::NotRetryable,
+    StopReason::MaxAttempts,
+    StopReason::Deadline,
+    StopReason::BudgetExhausted,
+    StopReason::LowSuccessProbability,
+    StopReason::TargetUnhealthy,
+    StopReason::CircuitOpen,
+    StopReason::BulkheadFull,
+];
+
+/// A point-in-time view of a [`Policy`] and its mechanisms.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyMetrics {
+    /// The target.
+    pub target: Arc<str>,
+    /// Retries made.
+    pub retries: u64,
+    /// Attempts that failed (retryable or not, timeouts and rejections included).
+    pub failed_attempts: u64,
+    /// Calls that gave up, by reason (`"max_attempts"`, ...).
+    pub stops: Vec<(&'static str, u64)>,
+    /// The breaker's view, if there is one.
+    pub breaker: Option<crate::breaker::BreakerMetrics>,
+    /// The bulkhead's view, if there is one.
+    pub bulkhead: Option<crate::bulkhead::BulkheadMetrics>,
+    /// The hedge's view, if there is one.
+    pub hedge: Option<crate::hedge::HedgeMetrics>,
+}
+
+impl Policy {
+    /// A builder for the policy of `target` (named in records, errors and metrics).
+    pub fn builder(target: impl Into<Arc<str>>) -> PolicyBuilder {
+        PolicyBuilder {
+            target: target.into(),
+            decider: None,
+            budget: None,
+            breaker: None,
+            bulkhead: None,
+            hedge: None,
+            recorder: Arc::new(NoopRecorder),
+            permanent_is_failure: false,
+            classifier: ErrorsAreRetryable,
+        }
+    }
+}
+
+/// The outcome of one request sent upstream.
+enum Sent<T, E> {
+    /// The operation returned, and the classifier judged it.
+    Done(Result<T, E>, Verdict),
+    /// The attempt timeout fired.
+    TimedOut(Elapsed),
+    /// The bulkhead had no room: nothing was sent.
+    Rejected(BulkheadFull),
+}
+
+impl<T, E> Sent<T, E> {
+    fn verdict(&self) -> Verdict {
+        match self {
+            Sent::Done(_, v) => *v,
+            Sent::TimedOut(_) => Verdict::Retryable(Failure::new(ErrorKind::Timeout)),
+            // A local rejection: the upstream said nothing.
+            Sent::Rejected(_) => Verdict::Retryable(Failure::new(ErrorKind::Other)),
+        }
+    }
+
+    /// Whether this ends the attempt (an answer, good or permanently bad).
+    fn is_final(&self) -> bool {
+        matches!(self, Sent::Done(_, Verdict::Success | Verdict::Permanent(_)))
+    }
+}
+
+/// What an attempt ended with, after hedging.
+struct Ended<T, E> {
+    verdict: Verdict,
+    latency: Duration,
+    /// An answer from the upstream (possibly one classified as a failure).
+    answer: Option<T>,
+    /// Otherwise, why there was none.
+    error: Option<AttemptError<E>>,
+    rejected: bool,
+}
+
+impl<C> Policy<C> {
+    /// The target's name.
+    pub fn target(&self) -> &Arc<str> {
+        &self.inner.target
+    }
+
+    /// The circuit breaker, if the policy has one.
+    pub fn breaker(&self) -> Option<&CircuitBreaker> {
+        self.inner.breaker.as_ref()
+    }
+
+    /// The bulkhead, if the policy has one.
+    pub fn bulkhead(&self) -> Option<&Bulkhead> {
+        self.inner.bulkhead.as_ref()
+    }
+
+    /// The hedge, if the policy has one.
+    pub fn hedge(&self) -> Option<&Hedge> {
+        self.inner.hedge.as_ref()
+    }
+
+    /// A snapshot of the policy's counters and its mechanisms'.
+    pub fn metrics(&self) -> PolicyMetrics {
+        let p = &*self.inner;
+        PolicyMetrics {
+            target: Arc::clone(&p.target),
+            retries: p.counters.retries.load(Ordering::Relaxed),
+            failed_attempts: p.counters.failed_attempts.load(Ordering::Relaxed),
+            stops: STOP_REASONS
+                .iter()
+                .zip(&p.counters.stops)
+                .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+                .collect(),
+            breaker: p.breaker.as_ref().map(CircuitBreaker::metrics),
+            bulkhead: p.bulkhead.as_ref().map(Bulkhead::metrics),
+            hedge: p.hedge.as_ref().map(Hedge::metrics),
+        }
+    }
+
+    /// Runs `op` under the policy.
+    ///
+    /// `op` is called once per request, with the attempt number and hedge index, once the
+    /// bulkhead has room (a hedge's future is made when the hedge is launched). The
+    /// result is the first successful answer; or the last answer, if the last attempt
+    /// answered with something the classifier judged a failure (an HTTP 503 response,
+    /// say); or a [`CallError`] saying why the call gave up without an answer.
+    ///
+    /// # Errors
+    /// [`CallError`] when the last attempt produced no answer: the operation's error, a
+    /// timeout, an open circuit or a full bulkhead, with the reason the call stopped.
+    pub async fn call<T, E, F, Fut>(&self, mut op: F) -> Result<T, CallError<E>>
+    where
+        C: Classifier<T, E>,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let p = &*self.inner;
+        let start = Instant::now();
+        if let Some(b) = &p.budget {
+            b.deposit(start);
+        }
+        let call_id = if p.recording { rand::random::<u64>() >> 11 } else { 0 };
+        // `None` while on the first attempt: its context is the shared `first`.
+        let mut next_ctx: Option<AttemptContext> = None;
+        let mut attempt_start = start;
+        loop {
+            let ctx = next_ctx.as_ref().unwrap_or(&p.first);
+            let number = ctx.attempt;
+            let permit = match &p.breaker {
+                None => None,
+                Some(b) => match b.try_acquire() {
+                    Ok(permit) => Some(permit),
+                    Err(open) => {
+                        return Err(self.stop(number - 1, StopReason::CircuitOpen, AttemptError::CircuitOpen(open)));
+                    }
+                },
+            };
+            let timeout = p.decider.attempt_timeout(ctx);
+            let ended = match &p.hedge {
+                None => {
+                    let make = || op(Attempt { number, hedge: 0 });
+                    let sent = self.send(make, timeout, attempt_start, ctx, call_id, 0).await;
+                    let latency = Instant::now().saturating_duration_since(attempt_start);
+                    Self::end(sent, latency)
+                }
+                Some(h) => self.hedged(h, &mut op, number, timeout, attempt_start, ctx, call_id).await,
+            };
+            let verdict = ended.verdict;
+            if let Some(permit) = permit {
+                if ended.rejected {
+                    drop(permit);
+                } else {
+                    let outcome = match verdict {
+                        Verdict::Success => CallOutcome::Success,
+                        Verdict::Retryable(_) => CallOutcome::Failure,
+                        Verdict::Permanent(_) if p.permanent_is_failure => CallOutcome::Failure,
+                        Verdict::Permanent(_) => CallOutcome::Ignored,
+                    };
+                    permit.record(outcome, ended.latency);
+                }
+            }
+            if let Some(b) = &p.budget {
+                b.record(verdict.is_success());
+            }
+            let failure = match verdict {
+                Verdict::Success => {
+                    return ended.answer.ok_or_else(|| unreachable_no_answer(number));
+                }
+                Verdict::Permanent(_) => {
+                    return self.give_up(ended, number, StopReason::NotRetryable);
+                }
+                Verdict::Retryable(f) => f,
+            };
+            p.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            if ended.rejected {
+                return self.give_up(ended, number, StopReason::BulkheadFull);
+            }
+            let now = Instant::now();
+            let mut next = ctx.next(&failure, ended.latency, now.saturating_duration_since(start));
+            self.fill_health(&mut next);
+            let delay = match p.decider.decide(&next) {
+                Decision::Stop(reason) => return self.give_up(ended, number, reason),
+                Decision::Retry(d) => d,
+            };
+            if let Some(b) = &p.budget
+                && !b.withdraw(now)
+            {
+                return self.give_up(ended, number, StopReason::BudgetExhausted);
+            }
+            p.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                target_name = %p.target,
+                attempt = number,
+                error = %failure.kind,
+                delay_ms = delay.as_secs_f64() * 1e3,
+                "retrying"
+            );
+            next.delay = delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            attempt_start = Instant::now();
+            next_ctx = Some(next);
+        }
+    }
+
+    /// Sends one request: bulkhead, then the operation (made by `make` once admitted)
+    /// under its timeout, classification, record.
+    async fn send<T, E, Fut>(
+        &self,
+        make: impl FnOnce() -> Fut,
+        timeout: Option<Duration>,
+        started: Instant,
+        ctx: &AttemptContext,
+        call_id: u64,
+        hedge: u32,
+    ) -> Sent<T, E>
+    where
+        C: Classifier<T, E>,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let p = &*self.inner;
+        let mut started = started;
+        let permit = match &p.bulkhead {
+            None => None,
+            Some(b) => match b.try_acquire_quiet() {
+                Some(permit) => Some(permit),
+                None => match b.acquire_after_refusal().await {
+                    Ok(permit) => {
+                        started = Instant::now();
+                        Some(permit)
+                    }
+                    Err(full) => return Sent::Rejected(full),
+                },
+            },
+        };
+        let mut guard = p.recording.then(|| CancelGuard {
+            policy: self.inner.as_ref(),
+            ctx,
+            call_id,
+            hedge,
+            started,
+            wall: SystemTime::now(),
+        });
+        let sent = match Timeout::new(make(), timeout).await {
+            Ok(result) => {
+                let verdict = self.classifier.classify(&result);
+                Sent::Done(result, verdict)
+            }
+            Err(elapsed) => Sent::TimedOut(elapsed),
+        };
+        if permit.is_some() || guard.is_some() {
+            let latency = Instant::now().saturating_duration_since(started);
+            let verdict = sent.verdict();
+            if let Some(permit) = permit {
+                permit.finish(!verdict.is_success(), latency);
+            }
+            if let Some(g) = guard.take() {
+                g.finish(&verdict, latency);
+            }
+        }
+        sent
+    }
+
+    /// One attempt with hedged requests.
+    #[allow(clippy::too_many_arguments)]
+    async fn hedged<T, E, F, Fut>(
+        &self,
+        hedge: &Hedge,
+        op: &mut F,
+        number: u32,
+        timeout: Option<Duration>,
+        attempt_start: Instant,
+        ctx: &AttemptContext,
+        call_id: u64,
+    ) -> Ended<T, E>
+    where
+        C: Classifier<T, E>,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let result = hedge
+            .call(|i| {
+                let fut = op(Attempt { number, hedge: i });
+                let started = if i == 0 { attempt_start } else { Instant::now() };
+                async move {
+                    let sent = self.send(move || fut, timeout, started, ctx, call_id, i).await;
+                    let latency = Instant::now().saturating_duration_since(started);
+                    if sent.is_final() { Ok((sent, latency)) } else { Err((sent, latency)) }
+                }
+            })
+            .await;
+        match result {
+            Ok((sent, latency)) => Self::end(sent, latency),
+            Err(all) => {
+                let mut errors = Vec::new();
+                let mut answer = None;
+                let mut last = None;
+                let mut all_rejected = true;
+                for (sent, latency) in all.errors {
+                    last = Some((sent.verdict(), latency));
+                    all_rejected &= matches!(sent, Sent::Rejected(_));
+                    match sent {
+                        Sent::Done(Ok(t), _) => answer = Some(t),
+                        Sent::Done(Err(e), _) => errors.push(AttemptError::Inner(e)),
+                        Sent::TimedOut(e) => errors.push(AttemptError::Timeout(e)),
+                        Sent::Rejected(e) => errors.push(AttemptError::BulkheadFull(e)),
+                    }
+                }
+                let (verdict, latency) =
+                    last.unwrap_or((Verdict::Retryable(Failure::new(ErrorKind::Other)), Duration::ZERO));
+                Ended {
+                    verdict,
+                    latency,
+                    error: answer.is_none().then_some(AttemptError::AllHedgesFailed(errors)),
+                    answer,
+                    rejected: all_rejected,
+                }
+            }
+        }
+    }
+
+    fn end<T, E>(sent: Sent<T, E>, latency: Duration) -> Ended<T, E> {
+        let verdict = sent.verdict();
+        let (answer, error, rejected) = match sent {
+            Sent::Done(Ok(t), _) => (Some(t), None, false),
+            Sent::Done(Err(e), _) => (None, Some(AttemptError::Inner(e)), false),
+            Sent::TimedOut(e) => (None, Some(AttemptError::Timeout(e)), false),
+            Sent::Rejected(e) => (None, Some(AttemptError::BulkheadFull(e)), true),
+        };
+        Ended {
+            verdict,
+            latency,
+            answer,
+            error,
+            rejected,
+        }
+    }
+
+    fn fill_health(&self, ctx: &mut AttemptContext) {
+        let p = &*self.inner;
+        if let Some(b) = &p.breaker {
+            ctx.failure_rate = b.window_failure_rate();
+        }
+        if let Some(h) = &p.hedge {
+            ctx.latency_p95 = h.latency_quantile(0.95).map(|(d, _)| d);
+        }
+        if let Some(b) = &p.bulkhead {
+            ctx.in_flight = Some(b.active());
+        }
+    }
+
+    fn stop<E>(&self, attempts: u32, reason: StopReason, last: AttemptError<E>) -> CallError<E> {
+        self.count_stop(reason);
+        CallError { attempts, reason, last }
+    }
+
+    fn count_stop(&self, reason: StopReason) {
+        let p = &*self.inner;
+        if let Some(i) = STOP_REASONS.iter().position(|r| *r == reason) {
+            p.counters.stops[i].fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(target_name = %p.target, reason = %reason, "giving up");
+    }
+
+    /// Ends a call after attempt `number`: its answer if it had one, else the error.
+    fn give_up<T, E>(&self, ended: Ended<T, E>, number: u32, reason: StopReason) -> Result<T, CallError<E>> {
+        self.count_stop(reason);
+        match ended.answer {
+            Some(t) => Ok(t),
+            None => Err(CallError {
+                attempts: number,
+                reason,
+                last: ended
+                    .error
+                    .unwrap_or_else(|| AttemptError::AllHedgesFailed(Vec::new())),
+            }),
+        }
+    }
+}
+
+/// A successful verdict always comes with an answer (`Sent::Done(Ok(_), Success)`); this
+/// builds the error for the impossible case instead of panicking.
+fn unreachable_no_answer<E>(attempts: u32) -> CallError<E> {
+    CallError {
+        attempts,
+        reason: StopReason::NotRetryable,
+        last: AttemptError::AllHedgesFailed(Vec::new()),
+    }
+}
+
+/// Records a request that was sent; if dropped before [`finish`](Self::finish) (a hedge
+/// that lost, a call abandoned by its caller), records it as cancelled.
+struct CancelGuard<'a> {
+    policy: &'a Inner,
+    ctx: &'a AttemptContext,
+    call_id: u64,
+    hedge: u32,
+    started: Instant,
+    wall: SystemTime,
+}
+
+impl CancelGuard<'_> {
+    fn record(&self, verdict: &Verdict, latency: Duration, outcome: Option<Outcome>) {
+        let started_at_ms = self
+            .wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut rec = AttemptRecord::new(
+            self.call_id,
+            self.hedge,
+            started_at_ms,
+            self.ctx.clone(),
+            verdict,
+            latency,
+        );
+        if let Some(o) = outcome {
+            rec.outcome = o;
+        }
+        self.policy.recorder.record(rec);
+    }
+
+    fn finish(self, verdict: &Verdict, latency: Duration) {
+        self.record(verdict, latency, None);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        let latency = Instant::now().saturating_duration_since(self.started);
+        self.record(&Verdict::Success, latency, Some(Outcome::Cancelled));
+    }
+}
+
+/// Builds a [`Policy`].
+pub struct PolicyBuilder<C = ErrorsAreRetryable> {
+    target: Arc<str>,
+    decider: Option<Arc<dyn RetryDecider>>,
+    budget: Option<Arc<dyn RetryBudget>>,
+    breaker: Option<CircuitBreaker>,
+    bulkhead: Option<Bulkhead>,
+    hedge: Option<Hedge>,
+    recorder: Arc<dyn Recorder>,
+    permanent_is_failure: bool,
+    classifier: C,
+}
+
+impl<C> PolicyBuilder<C> {
+    /// Retries by `policy`. Defaults to [`RetryPolicy`]'s defaults (3 attempts,
+    /// exponential backoff from 100 ms with full jitter).
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        self.decider(Arc::new(policy))
+    }
+
+    /// Retries as `decider` decides (a rule-based or model-driven [`RetryDecider`]).
+    pub fn decider(mut self, decider: Arc<dyn RetryDecider>) -> Self {
+        self.decider = Some(decider);
+        self
+    }
+
+    /// Limits retries with `budget`. Defaults to none.
+    pub fn budget(mut self, budget: impl RetryBudget + 'static) -> Self {
+        self.budget = Some(Arc::new(budget));
+        self
+    }
+
+    /// Shares `budget` with other policies.
+    pub fn shared_budget(mut self, budget: Arc<dyn RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Protects the target with `breaker`. Defaults to none.
+    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Limits concurrent requests with `bulkhead`. Defaults to none.
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
+    }
+
+    /// Hedges slow requests with `hedge`. Defaults to none.
+    pub fn hedge(mut self, hedge: Hedge) -> Self {
+        self.hedge = Some(hedge);
+        self
+    }
+
+    /// Reports every request sent to `recorder`. Defaults to none.
+    pub fn recorder(mut self, recorder: Arc<dyn Recorder>) -> Self {
+        self.recorder = recorder;
+        self
+    }
+
+    /// Whether permanent failures (4xx) count as failures for the breaker. Defaults to
+    /// no: a 404 says nothing about the upstream's health.
+    pub fn permanent_failures_trip_breaker(mut self, yes: bool) -> Self {
+        self.permanent_is_failure = yes;
+        self
+    }
+
+    /// Judges results with `classifier`. Defaults to [`ErrorsAreRetryable`].
+    pub fn classifier<C2>(self, classifier: C2) -> PolicyBuilder<C2> {
+        PolicyBuilder {
+            target: self.target,
+            decider: self.decider,
+            budget: self.budget,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            hedge: self.hedge,
+            recorder: self.recorder,
+            permanent_is_failure: self.permanent_is_failure,
+            classifier,
+        }
+    }
+
+    /// Checks and builds.
+    ///
+    /// # Errors
+    /// An empty target name.
+    pub fn build(self) -> Result<Policy<C>, ConfigError> {
+        if self.target.is_empty() {
+            return Err(CHECK.err("target", "must not be empty"));
+        }
+        let decider: Arc<dyn RetryDecider> = match self.decider {
+            Some(d) => d,
+            None => Arc::new(RetryPolicy::builder().build()?),
+        };
+        let recording = self.recorder.enabled();
+        Ok(Policy {
+            inner: Arc::new(Inner {
+                first: AttemptContext::first(Arc::clone(&self.target)),
+                target: self.target,
+                decider,
+                budget: self.budget,
+                breaker: self.breaker,
+                bulkhead: self.bulkhead,
+                hedge: self.hedge,
+                recorder: self.recorder,
+                recording,
+                permanent_is_failure: self.permanent_is_failure,
+                counters: Counters::default(),
+            }),
+            classifier: self.classifier,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

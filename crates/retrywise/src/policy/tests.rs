@@ -1,0 +1,307 @@
+use super::*;
+use crate::attempt::{HttpClassifier, HttpResponse, Outcome};
+use crate::breaker::{CircuitBreaker, SlidingWindow};
+use crate::budget::TokenBucket;
+use crate::hedge::HedgeDelay;
+use crate::recorder::MemoryRecorder;
+use crate::retry::{AttemptTimeout, Backoff, Jitter};
+use std::io;
+use std::sync::atomic::AtomicU32;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn retry(max: u32, delay_ms: u32) -> RetryPolicy {
+    RetryPolicy::builder()
+        .max_attempts(max)
+        .backoff(Backoff::constant(delay_ms * MS).unwrap())
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
+fn reset() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "reset")
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_until_success_and_records_every_attempt() {
+    let rec = Arc::new(MemoryRecorder::new(100));
+    let p = Policy::builder("inv").retry(retry(5, 100)).recorder(rec.clone()).build().unwrap();
+    let n = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let v = p
+        .call(|a| {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert_eq!(a.number, k + 1);
+                tokio::time::sleep(10 * MS).await;
+                if k < 2 { Err(reset()) } else { Ok("ok") }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, "ok");
+    assert_eq!(t0.elapsed(), 3 * 10 * MS + 2 * 100 * MS);
+    let recs = rec.take();
+    assert_eq!(recs.len(), 3);
+    assert!(recs.iter().all(|r| r.call_id == recs[0].call_id));
+    assert_eq!(recs[0].context.attempt, 1);
+    assert_eq!(recs[0].context.error, None);
+    assert_eq!(recs[0].outcome, Outcome::Retryable);
+    assert_eq!(recs[0].outcome_error, Some(ErrorKind::Reset));
+    assert_eq!(recs[0].outcome_latency, 10 * MS);
+    assert_eq!(recs[1].context.attempt, 2);
+    assert_eq!(recs[1].context.error, Some(ErrorKind::Reset));
+    assert_eq!(recs[1].context.delay, 100 * MS);
+    assert_eq!(recs[1].context.latency, Some(10 * MS));
+    assert_eq!(recs[1].context.elapsed, 10 * MS);
+    assert_eq!(recs[2].outcome, Outcome::Success);
+    assert_eq!(recs[2].context.elapsed, 120 * MS);
+    assert_eq!(p.metrics().retries, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_with_the_last_error_after_max_attempts() {
+    let p = Policy::builder("inv").retry(retry(3, 1)).build().unwrap();
+    let n = AtomicU32::new(0);
+    let err = p
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(reset()) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+    assert_eq!(err.attempts, 3);
+    assert_eq!(err.reason, StopReason::MaxAttempts);
+    assert!(err.to_string().starts_with("gave up after 3 attempts (max_attempts): reset"), "{err}");
+    assert_eq!(err.into_inner().unwrap().kind(), io::ErrorKind::ConnectionReset);
+    let stops = p.metrics().stops;
+    assert!(stops.contains(&("max_attempts", 1)));
+}
+
+#[derive(Debug)]
+struct Resp(u16, Option<&'static str>);
+
+impl HttpResponse for Resp {
+    fn status_code(&self) -> u16 {
+        self.0
+    }
+    fn retry_after_header(&self) -> Option<&str> {
+        self.1
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_are_not_retried_and_the_answer_is_returned() {
+    let p = Policy::builder("api").retry(retry(5, 1)).classifier(HttpClassifier).build().unwrap();
+    let n = AtomicU32::new(0);
+    let r = p
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>(Resp(404, None)) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.0, 404);
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert!(p.metrics().stops.contains(&("not_retryable", 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_waited_and_the_last_answer_returned() {
+    let p = Policy::builder("api").retry(retry(2, 10)).classifier(HttpClassifier).build().unwrap();
+    let t0 = Instant::now();
+    let r = p.call(|_| async { Ok::<_, io::Error>(Resp(429, Some("3"))) }).await.unwrap();
+    assert_eq!(r.0, 429, "exhausted: the upstream's own answer");
+    assert_eq!(t0.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_time_out_and_timeouts_are_retried() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::ZERO).unwrap())
+        .attempt_timeout(AttemptTimeout::Growing { first: 100 * MS, step: 100 * MS })
+        .build()
+        .unwrap();
+    let p = Policy::builder("slow").retry(policy).build().unwrap();
+    let t0 = Instant::now();
+    let r = p
+        .call(|a| async move {
+            tokio::time::sleep(250 * MS).await;
+            Ok::<_, io::Error>(a.number)
+        })
+        .await;
+    // 100 ms, 200 ms: timed out; the third (300 ms) answers after 250 ms.
+    assert_eq!(r.unwrap(), 3);
+    assert_eq!(t0.elapsed(), 550 * MS);
+
+    let err = Policy::builder("slow")
+        .retry(RetryPolicy::builder().max_attempts(1).attempt_timeout(AttemptTimeout::Fixed(MS)).build().unwrap())
+        .build()
+        .unwrap()
+        .call(|_| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err.last, AttemptError::Timeout(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_stops_the_call_before_it_is_made() {
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .open_for(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let p = Policy::builder("b").retry(retry(10, 1)).breaker(breaker.clone()).build().unwrap();
+    let n = AtomicU32::new(0);
+    let err = p
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(reset()) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(n.load(Ordering::SeqCst), 4, "the breaker opened after 4 failures");
+    assert_eq!(err.reason, StopReason::CircuitOpen);
+    assert!(matches!(err.last, AttemptError::CircuitOpen(_)));
+    let err = p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap_err();
+    assert_eq!(err.attempts, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_stops_retry_storms() {
+    let p = Policy::builder("b").retry(retry(10, 1)).budget(TokenBucket::new(4, 0.1).unwrap()).build().unwrap();
+    let n = AtomicU32::new(0);
+    let err = p
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(reset()) }
+        })
+        .await
+        .unwrap_err();
+    // 4 tokens: failures take them to 3, then 2 — no retry at or below half.
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+    assert_eq!(err.reason, StopReason::BudgetExhausted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_rejects_without_calling() {
+    let bulkhead = Bulkhead::builder("b").max_concurrent(1).max_wait(Duration::ZERO).build().unwrap();
+    let p = Policy::builder("b").retry(retry(3, 1)).bulkhead(bulkhead.clone()).build().unwrap();
+    let held = bulkhead.try_acquire().unwrap();
+    let n = AtomicU32::new(0);
+    let err = p
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>(()) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(n.load(Ordering::SeqCst), 0, "the operation is not asked for a request the bulkhead refused");
+    assert_eq!(err.reason, StopReason::BulkheadFull);
+    drop(held);
+    p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_are_recorded_and_losers_marked_cancelled() {
+    let rec = Arc::new(MemoryRecorder::new(100));
+    let hedge = Hedge::builder().delay(HedgeDelay::Fixed(50 * MS)).no_budget().build().unwrap();
+    let p = Policy::builder("h").hedge(hedge).recorder(rec.clone()).build().unwrap();
+    let t0 = Instant::now();
+    let v = p
+        .call(|a| async move {
+            let took = if a.hedge == 0 { 1000 } else { 20 };
+            tokio::time::sleep(took * MS).await;
+            Ok::<_, io::Error>(a.hedge)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(t0.elapsed(), 70 * MS);
+    let mut recs = rec.take();
+    recs.sort_by_key(|r| r.hedge);
+    assert_eq!(recs.len(), 2);
+    assert_eq!((recs[0].hedge, recs[0].outcome), (0, Outcome::Cancelled));
+    assert_eq!(recs[0].outcome_latency, 70 * MS);
+    assert_eq!((recs[1].hedge, recs[1].outcome), (1, Outcome::Success));
+    assert_eq!(recs[1].outcome_latency, 20 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_hedges_failing_is_one_failed_attempt() {
+    let hedge = Hedge::builder().delay(HedgeDelay::Fixed(5 * MS)).max_hedges(2).no_budget().build().unwrap();
+    let p = Policy::builder("h").retry(retry(1, 1)).hedge(hedge).build().unwrap();
+    let err = p
+        .call(|_| async {
+            tokio::time::sleep(20 * MS).await;
+            Err::<(), _>(reset())
+        })
+        .await
+        .unwrap_err();
+    match err.last {
+        AttemptError::AllHedgesFailed(all) => assert_eq!(all.len(), 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_contexts_carry_the_targets_health() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let decider = move |ctx: &AttemptContext| {
+        log.lock().unwrap().push((ctx.failure_rate, ctx.in_flight));
+        Decision::Stop(StopReason::MaxAttempts)
+    };
+    struct D<F>(F);
+    impl<F: Fn(&AttemptContext) -> Decision + Send + Sync> RetryDecider for D<F> {
+        fn decide(&self, ctx: &AttemptContext) -> Decision {
+            (self.0)(ctx)
+        }
+    }
+    let p = Policy::builder("t")
+        .decider(Arc::new(D(decider)))
+        .breaker(CircuitBreaker::builder("t").build().unwrap())
+        .bulkhead(Bulkhead::builder("t").build().unwrap())
+        .build()
+        .unwrap();
+    p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap();
+    let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
+    assert_eq!(seen.lock().unwrap().as_slice(), [(Some(0.5), Some(0))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_cuts_the_last_attempt() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(10)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(Duration::from_millis(350))
+        .build()
+        .unwrap();
+    let p = Policy::builder("d").retry(policy).build().unwrap();
+    let t0 = Instant::now();
+    let err = p
+        .call(|_| async {
+            tokio::time::sleep(50 * MS).await;
+            Err::<(), _>(reset())
+        })
+        .await
+        .unwrap_err();
+    // Attempts at 0, 150, 300 ms; the third is cut to 50 ms by the deadline... and fails
+    // at 350 ms exactly; no room for a fourth.
+    assert_eq!(err.reason, StopReason::Deadline);
+    assert_eq!(err.attempts, 3);
+    assert_eq!(t0.elapsed(), 350 * MS);
+}
+
+#[test]
+fn refuses_an_empty_target() {
+    assert_eq!(Policy::builder("").build().err().unwrap().field, "target");
+}
