@@ -216,28 +216,43 @@ mod tests {
     fn retryable_and_permanent_statuses() {
         for s in [408, 425, 429, 500, 502, 503, 504, 599] {
             assert!(
-                matches!(HttpClassifier::classify_status(s, None, now()), Verdict::Retryable(_)),
+                matches!(
+                    HttpClassifier::classify_status(s, None, now()),
+                    Verdict::Retryable(_)
+                ),
                 "{s}"
             );
         }
         for s in [400, 401, 403, 404, 409, 422] {
             assert!(
-                matches!(HttpClassifier::classify_status(s, None, now()), Verdict::Permanent(_)),
+                matches!(
+                    HttpClassifier::classify_status(s, None, now()),
+                    Verdict::Permanent(_)
+                ),
                 "{s}"
             );
         }
         for s in [200, 201, 204, 301, 304] {
-            assert_eq!(HttpClassifier::classify_status(s, None, now()), Verdict::Success);
+            assert_eq!(
+                HttpClassifier::classify_status(s, None, now()),
+                Verdict::Success
+            );
         }
     }
 
     #[test]
     fn retry_after_in_both_forms() {
         let v = HttpClassifier::classify_status(429, Some("7"), now());
-        assert_eq!(v.failure().unwrap().retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(
+            v.failure().unwrap().retry_after,
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(v.failure().unwrap().kind, ErrorKind::Http429);
         let v = HttpClassifier::classify_status(503, Some("Sun, 06 Nov 1994 08:49:47 GMT"), now());
-        assert_eq!(v.failure().unwrap().retry_after, Some(Duration::from_secs(10)));
+        assert_eq!(
+            v.failure().unwrap().retry_after,
+            Some(Duration::from_secs(10))
+        );
         let v = HttpClassifier::classify_status(503, Some("later"), now());
         assert_eq!(v.failure().unwrap().retry_after, None);
     }
@@ -254,14 +269,19 @@ mod tests {
 
     #[test]
     fn transport_errors_keep_their_kind() {
-        let r: Result<Resp, std::io::Error> =
-            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "rst"));
+        let r: Result<Resp, std::io::Error> = Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "rst",
+        ));
         assert_eq!(
             HttpClassifier.classify(&r),
             Verdict::Retryable(Failure::new(ErrorKind::Reset))
         );
         let ok: Result<Resp, std::io::Error> = Ok(Resp(404, None));
-        assert!(matches!(HttpClassifier.classify(&ok), Verdict::Permanent(_)));
+        assert!(matches!(
+            HttpClassifier.classify(&ok),
+            Verdict::Permanent(_)
+        ));
         let ok: Result<Resp, std::io::Error> = Ok(Resp(429, Some("1")));
         assert_eq!(
             HttpClassifier.classify(&ok).failure().unwrap().retry_after,

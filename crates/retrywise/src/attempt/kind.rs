@@ -109,6 +109,12 @@ impl ErrorKind {
             if err.is::<crate::timeout::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
                 return ErrorKind::Timeout;
             }
+            // The tower layers' error is transparent: look at what it wraps.
+            #[cfg(feature = "tower")]
+            if let Some(e) = err.downcast_ref::<crate::layer::Error>() {
+                cur = Some(e.inner());
+                continue;
+            }
             cur = err.source();
         }
         ErrorKind::Other
@@ -123,7 +129,9 @@ impl fmt::Display for ErrorKind {
 
 /// The string named no known [`ErrorKind`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown error kind `{0}`; expected one of timeout, connect, reset, http_429, http_503, http_5xx, http_4xx, other")]
+#[error(
+    "unknown error kind `{0}`; expected one of timeout, connect, reset, http_429, http_503, http_5xx, http_4xx, other"
+)]
 pub struct UnknownErrorKind(pub String);
 
 impl FromStr for ErrorKind {

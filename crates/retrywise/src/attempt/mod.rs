@@ -12,7 +12,9 @@ mod record;
 mod retry_after;
 pub(crate) mod serde_ms;
 
-pub use classify::{Classifier, ErrorsAreRetryable, Failure, HttpClassifier, HttpResponse, Verdict};
+pub use classify::{
+    Classifier, ErrorsAreRetryable, Failure, HttpClassifier, HttpResponse, Verdict,
+};
 pub use context::{AttemptContext, InvalidContext};
 pub use kind::{ErrorKind, UnknownErrorKind};
 pub use record::{AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion};

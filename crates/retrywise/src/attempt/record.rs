@@ -165,7 +165,13 @@ mod tests {
     #[test]
     fn schema_version_text() {
         assert_eq!(SchemaVersion::CURRENT.to_string(), "1.0");
-        assert_eq!("2.13".parse::<SchemaVersion>().unwrap(), SchemaVersion { major: 2, minor: 13 });
+        assert_eq!(
+            "2.13".parse::<SchemaVersion>().unwrap(),
+            SchemaVersion {
+                major: 2,
+                minor: 13
+            }
+        );
         for bad in ["1", "1.x", "", "a.b", "1.0.0"] {
             assert!(bad.parse::<SchemaVersion>().is_err(), "{bad}");
         }
@@ -178,9 +184,18 @@ mod tests {
         ctx.error = Some(ErrorKind::Timeout);
         ctx.delay = Duration::from_millis(400);
         let verdict = Verdict::Retryable(
-            Failure::new(ErrorKind::Http503).with_status(503).with_retry_after(Duration::from_secs(1)),
+            Failure::new(ErrorKind::Http503)
+                .with_status(503)
+                .with_retry_after(Duration::from_secs(1)),
         );
-        let rec = AttemptRecord::new(7, 0, 1_764_000_000_000, ctx, &verdict, Duration::from_millis(12));
+        let rec = AttemptRecord::new(
+            7,
+            0,
+            1_764_000_000_000,
+            ctx,
+            &verdict,
+            Duration::from_millis(12),
+        );
         let json = serde_json::to_string(&rec).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["schema_version"], "1.0");

@@ -62,7 +62,10 @@ mod tests {
     #[test]
     fn seconds() {
         assert_eq!(parse_retry_after("0", now()).unwrap(), Duration::ZERO);
-        assert_eq!(parse_retry_after(" 120 ", now()).unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_retry_after(" 120 ", now()).unwrap(),
+            Duration::from_secs(120)
+        );
         assert_eq!(
             parse_retry_after("99999999999999999999999", now()).unwrap(),
             Duration::from_secs(u64::MAX)

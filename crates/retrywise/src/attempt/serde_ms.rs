@@ -11,10 +11,14 @@ use serde::{Deserialize, Serializer};
 /// Converts milliseconds to a duration, refusing negative or non-finite values.
 pub(crate) fn ms_to_duration(ms: f64) -> Result<Duration, String> {
     if !ms.is_finite() {
-        return Err(format!("expected a finite number of milliseconds, got {ms}"));
+        return Err(format!(
+            "expected a finite number of milliseconds, got {ms}"
+        ));
     }
     if ms < 0.0 {
-        return Err(format!("expected a non-negative number of milliseconds, got {ms}"));
+        return Err(format!(
+            "expected a non-negative number of milliseconds, got {ms}"
+        ));
     }
     Duration::try_from_secs_f64(ms / 1000.0)
         .map_err(|_| format!("{ms} milliseconds does not fit in a duration"))

@@ -247,7 +247,9 @@ impl BreakerBuilder {
                 if duration / buckets < Duration::from_millis(1) {
                     return Err(CHECK.err(
                         "window",
-                        format!("{duration:?} in {buckets} buckets makes buckets shorter than 1 ms"),
+                        format!(
+                            "{duration:?} in {buckets} buckets makes buckets shorter than 1 ms"
+                        ),
                     ));
                 }
             }
@@ -267,7 +269,10 @@ impl BreakerBuilder {
                 CHECK.positive("open_duration", *initial)?;
                 CHECK.in_range("open_duration", *multiplier, 1.0, 1e6)?;
                 if initial > max {
-                    return Err(CHECK.err("open_duration", format!("initial {initial:?} is above max {max:?}")));
+                    return Err(CHECK.err(
+                        "open_duration",
+                        format!("initial {initial:?} is above max {max:?}"),
+                    ));
                 }
             }
             OpenDuration::Custom(_) => {}

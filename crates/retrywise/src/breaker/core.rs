@@ -1,5 +1,6 @@
 //! The circuit breaker's state machine.
 
+use std::borrow::Borrow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -158,12 +159,28 @@ impl CircuitBreaker {
     /// # Errors
     /// [`CircuitOpen`] when the circuit is OPEN (and its duration has not passed),
     /// FORCED_OPEN, or HALF_OPEN with all its probes admitted.
-    pub fn try_acquire(&self) -> Result<Permit<'_>, CircuitOpen> {
+    pub fn try_acquire(&self) -> Result<Permit<&CircuitBreaker>, CircuitOpen> {
+        self.admit()
+            .map(|(epoch, state)| Permit::new(self, epoch, state))
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), with a permit that owns a handle to the
+    /// breaker (for futures that must be `'static`).
+    ///
+    /// # Errors
+    /// As [`try_acquire`](Self::try_acquire).
+    pub fn try_acquire_owned(&self) -> Result<Permit<CircuitBreaker>, CircuitOpen> {
+        self.admit()
+            .map(|(epoch, state)| Permit::new(self.clone(), epoch, state))
+    }
+
+    /// Admits a call: the epoch and state it is admitted in.
+    fn admit(&self) -> Result<(u64, State), CircuitOpen> {
         let s = &*self.shared;
         let word = s.word.load(Ordering::Acquire);
         let (epoch, state) = unpack(word);
         match state {
-            State::Closed | State::MetricsOnly | State::Disabled => Ok(Permit::new(self, epoch, state)),
+            State::Closed | State::MetricsOnly | State::Disabled => Ok((epoch, state)),
             State::ForcedOpen => Err(self.refuse(State::ForcedOpen, None)),
             State::Open => {
                 let now = self.now_nanos();
@@ -178,14 +195,20 @@ impl CircuitBreaker {
     }
 
     /// The slow path: OPEN whose time is up, or HALF_OPEN.
-    fn acquire_locked(&self, now: u64) -> Result<Permit<'_>, CircuitOpen> {
+    fn acquire_locked(&self, now: u64) -> Result<(u64, State), CircuitOpen> {
         let s = &*self.shared;
         let mut pending = Pending::default();
         let result = {
             let mut core = self.lock();
             let (mut epoch, mut state) = unpack(s.word.load(Ordering::Acquire));
             if state == State::Open && now >= s.open_until.load(Ordering::Acquire) {
-                epoch = self.transition(&mut core, State::HalfOpen, Some(now), Counts::default(), &mut pending);
+                epoch = self.transition(
+                    &mut core,
+                    State::HalfOpen,
+                    Some(now),
+                    Counts::default(),
+                    &mut pending,
+                );
                 state = State::HalfOpen;
             }
             if state == State::HalfOpen
@@ -199,12 +222,15 @@ impl CircuitBreaker {
             match state {
                 State::HalfOpen if core.probes.admitted < s.cfg.half_open_calls => {
                     core.probes.admitted += 1;
-                    Ok(Permit::new(self, epoch, State::HalfOpen))
+                    Ok((epoch, State::HalfOpen))
                 }
-                State::Closed | State::MetricsOnly | State::Disabled => Ok(Permit::new(self, epoch, state)),
+                State::Closed | State::MetricsOnly | State::Disabled => Ok((epoch, state)),
                 State::Open => {
                     let until = s.open_until.load(Ordering::Acquire);
-                    Err((State::Open, Some(Duration::from_nanos(until.saturating_sub(now)))))
+                    Err((
+                        State::Open,
+                        Some(Duration::from_nanos(until.saturating_sub(now))),
+                    ))
                 }
                 other => Err((other, None)),
             }
@@ -251,14 +277,17 @@ impl CircuitBreaker {
             if cur_epoch == epoch {
                 match state {
                     State::Closed | State::MetricsOnly if outcome != CallOutcome::Ignored => {
-                        core.window.push(now.unwrap_or(0), outcome == CallOutcome::Failure, slow);
+                        core.window
+                            .push(now.unwrap_or(0), outcome == CallOutcome::Failure, slow);
                         let counts = core.window.counts(now.unwrap_or(0));
                         let needed = s.cfg.minimum_calls.min(core.window.capacity());
                         if counts.calls >= needed {
                             self.check_rates(&mut core, state, counts, now, &mut pending);
                         }
                     }
-                    State::HalfOpen => self.record_probe(&mut core, outcome, slow, now, &mut pending),
+                    State::HalfOpen => {
+                        self.record_probe(&mut core, outcome, slow, now, &mut pending)
+                    }
                     _ => {}
                 }
             }
@@ -266,7 +295,14 @@ impl CircuitBreaker {
         self.emit(pending);
     }
 
-    fn check_rates(&self, core: &mut Core, state: State, counts: Counts, now: Option<u64>, pending: &mut Pending) {
+    fn check_rates(
+        &self,
+        core: &mut Core,
+        state: State,
+        counts: Counts,
+        now: Option<u64>,
+        pending: &mut Pending,
+    ) {
         let cfg = &self.shared.cfg;
         let (fr, sr) = (counts.failure_rate(), counts.slow_rate());
         let failing = fr >= cfg.failure_rate_threshold;
@@ -277,10 +313,15 @@ impl CircuitBreaker {
         if !cfg.listeners.is_empty() {
             let name = Arc::clone(&self.shared.name);
             if failing {
-                pending.0.push(BreakerEvent::FailureRateExceeded { name: Arc::clone(&name), rate: fr });
+                pending.0.push(BreakerEvent::FailureRateExceeded {
+                    name: Arc::clone(&name),
+                    rate: fr,
+                });
             }
             if slow {
-                pending.0.push(BreakerEvent::SlowCallRateExceeded { name, rate: sr });
+                pending
+                    .0
+                    .push(BreakerEvent::SlowCallRateExceeded { name, rate: sr });
             }
         }
         if state == State::Closed {
@@ -288,7 +329,14 @@ impl CircuitBreaker {
         }
     }
 
-    fn record_probe(&self, core: &mut Core, outcome: CallOutcome, slow: bool, now: Option<u64>, pending: &mut Pending) {
+    fn record_probe(
+        &self,
+        core: &mut Core,
+        outcome: CallOutcome,
+        slow: bool,
+        now: Option<u64>,
+        pending: &mut Pending,
+    ) {
         let cfg = &self.shared.cfg;
         let n = cfg.half_open_calls;
         let p = &mut core.probes;
@@ -317,7 +365,14 @@ impl CircuitBreaker {
     }
 
     /// Moves to `to`; returns the new epoch. Must be called with `core` locked.
-    fn transition(&self, core: &mut Core, to: State, now: Option<u64>, counts: Counts, pending: &mut Pending) -> u64 {
+    fn transition(
+        &self,
+        core: &mut Core,
+        to: State,
+        now: Option<u64>,
+        counts: Counts,
+        pending: &mut Pending,
+    ) -> u64 {
         let s = &*self.shared;
         let (epoch, from) = unpack(s.word.load(Ordering::Acquire));
         let next = epoch + 1;
@@ -373,8 +428,12 @@ impl CircuitBreaker {
     }
 
     fn now_nanos(&self) -> u64 {
-        u64::try_from(Instant::now().saturating_duration_since(self.shared.origin).as_nanos())
-            .unwrap_or(u64::MAX)
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.shared.origin)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     fn set_state(&self, to: State) {
@@ -427,14 +486,17 @@ impl CircuitBreaker {
         let avg = if recorded == 0 {
             Duration::ZERO
         } else {
-            Duration::from_nanos(u64::try_from(t.response_nanos / u128::from(recorded)).unwrap_or(u64::MAX))
+            Duration::from_nanos(
+                u64::try_from(t.response_nanos / u128::from(recorded)).unwrap_or(u64::MAX),
+            )
         };
         let success_rate = if t.successful + t.failed == 0 {
             1.0
         } else {
             t.successful as f64 / (t.successful + t.failed) as f64
         };
-        let health = ((1.0 - counts.failure_rate()) * (1.0 - 0.5 * counts.slow_rate())).clamp(0.0, 1.0);
+        let health =
+            ((1.0 - counts.failure_rate()) * (1.0 - 0.5 * counts.slow_rate())).clamp(0.0, 1.0);
         BreakerMetrics {
             name: Arc::clone(&s.name),
             state,
@@ -480,18 +542,19 @@ fn duration_nanos(d: Duration) -> u64 {
 /// Permission to make one call; give it the call's outcome with [`record`](Self::record).
 ///
 /// Dropping it without recording counts as [`CallOutcome::Ignored`] (a cancelled call
-/// gives its HALF_OPEN probe slot back).
+/// gives its HALF_OPEN probe slot back). `B` is `&CircuitBreaker` for a borrowed permit
+/// and `CircuitBreaker` for an owned one.
 #[derive(Debug)]
 #[must_use = "a permit must be given the call's outcome"]
-pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
+pub struct Permit<B: Borrow<CircuitBreaker>> {
+    breaker: B,
     epoch: u64,
     state: State,
     recorded: bool,
 }
 
-impl<'a> Permit<'a> {
-    fn new(breaker: &'a CircuitBreaker, epoch: u64, state: State) -> Self {
+impl<B: Borrow<CircuitBreaker>> Permit<B> {
+    fn new(breaker: B, epoch: u64, state: State) -> Self {
         Self {
             breaker,
             epoch,
@@ -509,15 +572,16 @@ impl<'a> Permit<'a> {
     pub fn record(mut self, outcome: CallOutcome, latency: Duration) {
         self.recorded = true;
         if self.state != State::Disabled {
-            self.breaker.record(self.epoch, outcome, latency);
+            self.breaker.borrow().record(self.epoch, outcome, latency);
         }
     }
 }
 
-impl Drop for Permit<'_> {
+impl<B: Borrow<CircuitBreaker>> Drop for Permit<B> {
     fn drop(&mut self) {
         if !self.recorded && self.state == State::HalfOpen {
             self.breaker
+                .borrow()
                 .record(self.epoch, CallOutcome::Ignored, Duration::ZERO);
         }
     }

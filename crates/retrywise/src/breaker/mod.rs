@@ -16,7 +16,9 @@ mod core;
 mod event;
 mod window;
 
-pub use config::{BreakerBuilder, BreakerConfig, Listener, OpenContext, OpenDuration, SlidingWindow};
+pub use config::{
+    BreakerBuilder, BreakerConfig, Listener, OpenContext, OpenDuration, SlidingWindow,
+};
 pub use core::{CallOutcome, CircuitBreaker, Permit};
 pub use event::{BreakerEvent, BreakerMetrics, CircuitOpen, State};
 
@@ -70,7 +72,11 @@ mod tests {
         assert_eq!(b.state(), State::Closed, "4 of the last 10 calls failed");
         run(CallOutcome::Success, 10);
         run(CallOutcome::Failure, 4);
-        assert_eq!(b.state(), State::Closed, "8 failures in all, but 4 of the last 10");
+        assert_eq!(
+            b.state(),
+            State::Closed,
+            "8 failures in all, but 4 of the last 10"
+        );
         run(CallOutcome::Failure, 1);
         assert_eq!(b.state(), State::Open, "5 of the last 10");
     }
@@ -119,15 +125,25 @@ mod tests {
             .build()
             .unwrap();
         b.trip();
-        assert_eq!(b.try_acquire().unwrap_err().remaining, Some(Duration::from_secs(10)));
+        assert_eq!(
+            b.try_acquire().unwrap_err().remaining,
+            Some(Duration::from_secs(10))
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
         // One failure of two probes is already a 50 % failure rate: reopen at once.
         call(&b, CallOutcome::Failure).unwrap();
         assert_eq!(b.state(), State::Open);
-        assert_eq!(b.try_acquire().unwrap_err().remaining, Some(Duration::from_secs(20)));
+        assert_eq!(
+            b.try_acquire().unwrap_err().remaining,
+            Some(Duration::from_secs(20))
+        );
         tokio::time::advance(Duration::from_secs(20)).await;
         call(&b, CallOutcome::Failure).unwrap();
-        assert_eq!(b.try_acquire().unwrap_err().remaining, Some(Duration::from_secs(25)), "capped");
+        assert_eq!(
+            b.try_acquire().unwrap_err().remaining,
+            Some(Duration::from_secs(25)),
+            "capped"
+        );
         tokio::time::advance(Duration::from_secs(25)).await;
         call(&b, CallOutcome::Success).unwrap();
         call(&b, CallOutcome::Success).unwrap();
@@ -156,7 +172,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn half_open_gives_up_after_its_max_wait() {
-        let b = small().max_wait_in_half_open(Duration::from_secs(5)).build().unwrap();
+        let b = small()
+            .max_wait_in_half_open(Duration::from_secs(5))
+            .build()
+            .unwrap();
         b.trip();
         tokio::time::advance(Duration::from_secs(30)).await;
         let stuck = b.try_acquire().unwrap();
@@ -164,7 +183,11 @@ mod tests {
         assert!(b.try_acquire().is_err());
         assert_eq!(b.state(), State::Open);
         stuck.record(CallOutcome::Success, MS);
-        assert_eq!(b.state(), State::Open, "a result from the old HALF_OPEN decides nothing");
+        assert_eq!(
+            b.state(),
+            State::Open,
+            "a result from the old HALF_OPEN decides nothing"
+        );
     }
 
     #[test]
@@ -183,12 +206,18 @@ mod tests {
     #[test]
     fn slow_calls_open_the_circuit() {
         let b = small().build().unwrap();
-        b.try_acquire().unwrap().record(CallOutcome::Success, 10 * MS);
+        b.try_acquire()
+            .unwrap()
+            .record(CallOutcome::Success, 10 * MS);
         for _ in 0..3 {
-            b.try_acquire().unwrap().record(CallOutcome::Success, 150 * MS);
+            b.try_acquire()
+                .unwrap()
+                .record(CallOutcome::Success, 150 * MS);
         }
         assert_eq!(b.state(), State::Closed, "below the minimum of 5 calls");
-        b.try_acquire().unwrap().record(CallOutcome::Success, 150 * MS);
+        b.try_acquire()
+            .unwrap()
+            .record(CallOutcome::Success, 150 * MS);
         assert_eq!(b.state(), State::Open, "4 of 5 slow reaches 0.8");
         let m = b.metrics();
         assert_eq!(m.slow_calls, 4);
@@ -241,7 +270,10 @@ mod tests {
         assert_eq!(b.metrics().failure_rate, Some(1.0));
 
         b.force_open();
-        assert_eq!(call(&b, CallOutcome::Success).unwrap_err().state, State::ForcedOpen);
+        assert_eq!(
+            call(&b, CallOutcome::Success).unwrap_err().state,
+            State::ForcedOpen
+        );
         b.reset();
         assert_eq!(b.state(), State::Closed);
 
@@ -262,20 +294,39 @@ mod tests {
                 (State::ForcedOpen, State::Closed),
             ]
         );
-        assert!(events.iter().any(|e| matches!(e, BreakerEvent::FailureRateExceeded { .. })));
-        assert!(events.iter().any(|e| matches!(e, BreakerEvent::CallNotPermitted { .. })));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, BreakerEvent::FailureRateExceeded { .. }))
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, BreakerEvent::CallNotPermitted { .. }))
+        );
     }
 
     #[test]
     fn metrics_snapshot() {
         let b = small().build().unwrap();
-        b.try_acquire().unwrap().record(CallOutcome::Success, 10 * MS);
-        b.try_acquire().unwrap().record(CallOutcome::Success, 200 * MS);
-        b.try_acquire().unwrap().record(CallOutcome::Failure, 30 * MS);
-        b.try_acquire().unwrap().record(CallOutcome::Ignored, 40 * MS);
+        b.try_acquire()
+            .unwrap()
+            .record(CallOutcome::Success, 10 * MS);
+        b.try_acquire()
+            .unwrap()
+            .record(CallOutcome::Success, 200 * MS);
+        b.try_acquire()
+            .unwrap()
+            .record(CallOutcome::Failure, 30 * MS);
+        b.try_acquire()
+            .unwrap()
+            .record(CallOutcome::Ignored, 40 * MS);
         let m = b.metrics();
         assert_eq!(m.total_calls, 4);
-        assert_eq!((m.successful_calls, m.failed_calls, m.ignored_calls), (2, 1, 1));
+        assert_eq!(
+            (m.successful_calls, m.failed_calls, m.ignored_calls),
+            (2, 1, 1)
+        );
         assert_eq!(m.avg_response_time, 70 * MS);
         assert!((m.success_rate - 2.0 / 3.0).abs() < 1e-12);
         // Window: 3 calls, 1 failed, 1 slow.
@@ -289,17 +340,50 @@ mod tests {
     #[test]
     fn invalid_configuration_names_the_field() {
         let cases: Vec<(BreakerBuilder, &str)> = vec![
-            (small().failure_rate_threshold(0.0), "failure_rate_threshold"),
-            (small().failure_rate_threshold(1.01), "failure_rate_threshold"),
-            (small().failure_rate_threshold(f64::NAN), "failure_rate_threshold"),
-            (small().slow_call_rate_threshold(-1.0), "slow_call_rate_threshold"),
-            (small().slow_call_duration(Duration::ZERO), "slow_call_duration"),
+            (
+                small().failure_rate_threshold(0.0),
+                "failure_rate_threshold",
+            ),
+            (
+                small().failure_rate_threshold(1.01),
+                "failure_rate_threshold",
+            ),
+            (
+                small().failure_rate_threshold(f64::NAN),
+                "failure_rate_threshold",
+            ),
+            (
+                small().slow_call_rate_threshold(-1.0),
+                "slow_call_rate_threshold",
+            ),
+            (
+                small().slow_call_duration(Duration::ZERO),
+                "slow_call_duration",
+            ),
             (small().window(SlidingWindow::Count(0)), "window"),
-            (small().window(SlidingWindow::Time { duration: MS, buckets: 10 }), "window"),
-            (small().window(SlidingWindow::Time { duration: MS, buckets: 0 }), "window"),
+            (
+                small().window(SlidingWindow::Time {
+                    duration: MS,
+                    buckets: 10,
+                }),
+                "window",
+            ),
+            (
+                small().window(SlidingWindow::Time {
+                    duration: MS,
+                    buckets: 0,
+                }),
+                "window",
+            ),
             (small().minimum_calls(0), "minimum_calls"),
-            (small().permitted_calls_in_half_open(0), "permitted_calls_in_half_open"),
-            (small().max_wait_in_half_open(Duration::ZERO), "max_wait_in_half_open"),
+            (
+                small().permitted_calls_in_half_open(0),
+                "permitted_calls_in_half_open",
+            ),
+            (
+                small().max_wait_in_half_open(Duration::ZERO),
+                "max_wait_in_half_open",
+            ),
             (small().open_for(Duration::ZERO), "open_duration"),
             (
                 small().open_duration(OpenDuration::Exponential {
@@ -355,7 +439,11 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Call { failed: bool, slow: bool, ignored: bool },
+        Call {
+            failed: bool,
+            slow: bool,
+            ignored: bool,
+        },
         Wait(u64),
     }
 

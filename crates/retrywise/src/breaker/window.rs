@@ -80,7 +80,7 @@ impl Window {
 
     /// Adds a call that ended `now_nanos` after the breaker's origin.
     pub(crate) fn push(&mut self, now_nanos: u64, failed: bool, slow: bool) {
-        let flags = u8::from(failed) * FAILED | u8::from(slow) * SLOW;
+        let flags = (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
         match self {
             Window::Count { ring, next, counts } => {
                 let len = ring.len();
@@ -163,11 +163,32 @@ mod tests {
         w.push(0, true, false);
         w.push(0, true, true);
         w.push(0, false, false);
-        assert_eq!(w.counts(0), Counts { calls: 3, failures: 2, slow: 1 });
+        assert_eq!(
+            w.counts(0),
+            Counts {
+                calls: 3,
+                failures: 2,
+                slow: 1
+            }
+        );
         w.push(0, false, false);
-        assert_eq!(w.counts(0), Counts { calls: 3, failures: 1, slow: 1 });
+        assert_eq!(
+            w.counts(0),
+            Counts {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
         w.push(0, false, false);
-        assert_eq!(w.counts(0), Counts { calls: 3, failures: 0, slow: 0 });
+        assert_eq!(
+            w.counts(0),
+            Counts {
+                calls: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
         w.clear();
         assert_eq!(w.counts(0), Counts::default());
     }
@@ -183,10 +204,24 @@ mod tests {
         w.push(5 * s, false, false);
         assert_eq!(w.counts(5 * s).calls, 2);
         assert_eq!(w.counts(9 * s + s / 2).failures, 1);
-        assert_eq!(w.counts(10 * s), Counts { calls: 1, failures: 0, slow: 0 });
+        assert_eq!(
+            w.counts(10 * s),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
         assert_eq!(w.counts(15 * s).calls, 0);
         w.push(25 * s, true, true);
-        assert_eq!(w.counts(25 * s), Counts { calls: 1, failures: 1, slow: 1 });
+        assert_eq!(
+            w.counts(25 * s),
+            Counts {
+                calls: 1,
+                failures: 1,
+                slow: 1
+            }
+        );
     }
 
     proptest! {

@@ -133,15 +133,19 @@ impl RatioBudget {
     }
 
     fn allows(&self, deposits: u64, withdrawals: u64) -> bool {
-        let allowance = u128::from(self.floor) * PPM + u128::from(self.ratio_ppm) * u128::from(deposits);
+        let allowance =
+            u128::from(self.floor) * PPM + u128::from(self.ratio_ppm) * u128::from(deposits);
         (u128::from(withdrawals) + 1) * PPM <= allowance
     }
 
     /// Retries the budget would allow right now.
     pub fn available(&self, now: Instant) -> u64 {
         let (d, w) = self.totals(self.epoch(now));
-        let allowance = (u128::from(self.floor) * PPM + u128::from(self.ratio_ppm) * u128::from(d)) / PPM;
-        u64::try_from(allowance).unwrap_or(u64::MAX).saturating_sub(w)
+        let allowance =
+            (u128::from(self.floor) * PPM + u128::from(self.ratio_ppm) * u128::from(d)) / PPM;
+        u64::try_from(allowance)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(w)
     }
 }
 
@@ -197,16 +201,29 @@ mod tests {
         for _ in 0..2 {
             b.deposit(Instant::now());
         }
-        assert!(b.withdraw(Instant::now()), "old calls and retries expired together");
+        assert!(
+            b.withdraw(Instant::now()),
+            "old calls and retries expired together"
+        );
         assert!(!b.withdraw(Instant::now()));
     }
 
     #[test]
     fn refuses_bad_configuration() {
-        assert_eq!(RatioBudget::new(Duration::ZERO, 1, 0.2).unwrap_err().field, "ttl");
-        assert_eq!(RatioBudget::new(Duration::from_secs(1), 1, -0.2).unwrap_err().field, "ratio");
         assert_eq!(
-            RatioBudget::new(Duration::from_secs(1), 1, f64::NAN).unwrap_err().field,
+            RatioBudget::new(Duration::ZERO, 1, 0.2).unwrap_err().field,
+            "ttl"
+        );
+        assert_eq!(
+            RatioBudget::new(Duration::from_secs(1), 1, -0.2)
+                .unwrap_err()
+                .field,
+            "ratio"
+        );
+        assert_eq!(
+            RatioBudget::new(Duration::from_secs(1), 1, f64::NAN)
+                .unwrap_err()
+                .field,
             "ratio"
         );
     }

@@ -37,7 +37,10 @@ impl TokenBucket {
     /// `max_tokens` outside `[1, 1000]` (gRPC's range), `token_ratio` outside `(0, 1]`.
     pub fn new(max_tokens: u32, token_ratio: f64) -> Result<Self, ConfigError> {
         if !(1..=1000).contains(&max_tokens) {
-            return Err(CHECK.err("max_tokens", format!("must be within 1..=1000, got {max_tokens}")));
+            return Err(CHECK.err(
+                "max_tokens",
+                format!("must be within 1..=1000, got {max_tokens}"),
+            ));
         }
         CHECK.rate("token_ratio", token_ratio)?;
         let max = u64::from(max_tokens) * MILLI;
@@ -117,6 +120,9 @@ mod tests {
         assert_eq!(TokenBucket::new(0, 0.1).unwrap_err().field, "max_tokens");
         assert_eq!(TokenBucket::new(1001, 0.1).unwrap_err().field, "max_tokens");
         assert_eq!(TokenBucket::new(10, 0.0).unwrap_err().field, "token_ratio");
-        assert_eq!(TokenBucket::new(10, f64::NAN).unwrap_err().field, "token_ratio");
+        assert_eq!(
+            TokenBucket::new(10, f64::NAN).unwrap_err().field,
+            "token_ratio"
+        );
     }
 }

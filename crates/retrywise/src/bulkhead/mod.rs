@@ -25,7 +25,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waits_up_to_max_wait_then_rejects() {
-        let b = Bulkhead::builder("b").max_concurrent(1).max_wait(Duration::from_millis(100)).build().unwrap();
+        let b = Bulkhead::builder("b")
+            .max_concurrent(1)
+            .max_wait(Duration::from_millis(100))
+            .build()
+            .unwrap();
         let held = b.try_acquire().unwrap();
         let t0 = tokio::time::Instant::now();
         let err = b.acquire().await.unwrap_err();
@@ -46,8 +50,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn execution_metrics() {
         let b = Bulkhead::builder("b").build().unwrap();
-        b.try_acquire().unwrap().finish(false, Duration::from_millis(10));
-        b.try_acquire().unwrap().finish(true, Duration::from_millis(30));
+        b.try_acquire()
+            .unwrap()
+            .finish(false, Duration::from_millis(10));
+        b.try_acquire()
+            .unwrap()
+            .finish(true, Duration::from_millis(30));
         let m = b.metrics();
         assert_eq!(m.failed_calls, 1);
         assert_eq!(m.avg_execution_time, Duration::from_millis(20));
@@ -55,9 +63,19 @@ mod tests {
 
     #[test]
     fn refuses_bad_configuration() {
-        assert_eq!(Bulkhead::builder("b").max_concurrent(0).build().unwrap_err().field, "max_concurrent");
+        assert_eq!(
+            Bulkhead::builder("b")
+                .max_concurrent(0)
+                .build()
+                .unwrap_err()
+                .field,
+            "max_concurrent"
+        );
         assert_eq!(Bulkhead::builder("").build().unwrap_err().field, "name");
-        assert_eq!(PoolBulkhead::builder("p").build().unwrap_err().field, "runtime");
+        assert_eq!(
+            PoolBulkhead::builder("p").build().unwrap_err().field,
+            "runtime"
+        );
     }
 
     proptest! {
@@ -93,7 +111,12 @@ mod tests {
 
     #[tokio::test]
     async fn pool_runs_on_its_workers_and_applies_back_pressure() {
-        let pool = PoolBulkhead::builder("p").workers(1).queue(1).when_full(WhenFull::CallerRuns).build().unwrap();
+        let pool = PoolBulkhead::builder("p")
+            .workers(1)
+            .queue(1)
+            .when_full(WhenFull::CallerRuns)
+            .build()
+            .unwrap();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let p = pool.clone();
@@ -125,14 +148,24 @@ mod tests {
 
     #[tokio::test]
     async fn pool_rejects_when_asked_and_survives_panics() {
-        let pool = PoolBulkhead::builder("p").workers(1).queue(1).when_full(WhenFull::Reject).build().unwrap();
+        let pool = PoolBulkhead::builder("p")
+            .workers(1)
+            .queue(1)
+            .when_full(WhenFull::Reject)
+            .build()
+            .unwrap();
         let boom = pool.execute(async { panic!("task bug") }).await;
         assert!(matches!(boom, Err(PoolError::Panicked(_))));
-        assert_eq!(pool.execute(async { 9 }).await.unwrap(), 9, "the worker survived");
+        assert_eq!(
+            pool.execute(async { 9 }).await.unwrap(),
+            9,
+            "the worker survived"
+        );
 
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let p = pool.clone();
-        let busy = tokio::spawn(async move { p.execute(async move { release_rx.await.ok() }).await });
+        let busy =
+            tokio::spawn(async move { p.execute(async move { release_rx.await.ok() }).await });
         while pool.metrics().active < 1 {
             tokio::task::yield_now().await;
         }
@@ -141,7 +174,10 @@ mod tests {
         while pool.metrics().queued < 1 {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(pool.execute(async {}).await, Err(PoolError::Full(_))));
+        assert!(matches!(
+            pool.execute(async {}).await,
+            Err(PoolError::Full(_))
+        ));
         assert_eq!(pool.metrics().rejected, 1);
         release_tx.send(()).unwrap();
         busy.await.unwrap().unwrap();

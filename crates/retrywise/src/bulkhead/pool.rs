@@ -165,7 +165,8 @@ impl PoolBulkhead {
                 return Err(PoolError::Closed(Arc::clone(&s.name)));
             }
         }
-        rx.await.map_err(|_| PoolError::Panicked(Arc::clone(&s.name)))
+        rx.await
+            .map_err(|_| PoolError::Panicked(Arc::clone(&s.name)))
     }
 
     /// A snapshot of the pool.

@@ -116,7 +116,10 @@ impl Bulkhead {
             .semaphore
             .try_acquire()
             .ok()
-            .map(|p| BulkheadPermit { bulkhead: self, _permit: p })
+            .map(|p| BulkheadPermit {
+                bulkhead: self,
+                _permit: p,
+            })
     }
 
     /// After [`try_acquire_quiet`](Self::try_acquire_quiet) found no room: waits up to the
@@ -126,7 +129,10 @@ impl Bulkhead {
             return Err(self.full());
         }
         match tokio::time::timeout(self.shared.max_wait, self.shared.semaphore.acquire()).await {
-            Ok(Ok(p)) => Ok(BulkheadPermit { bulkhead: self, _permit: p }),
+            Ok(Ok(p)) => Ok(BulkheadPermit {
+                bulkhead: self,
+                _permit: p,
+            }),
             // Timed out, or the semaphore was closed (never done here).
             _ => Err(self.full()),
         }
@@ -157,14 +163,32 @@ impl Bulkhead {
     /// # Errors
     /// [`BulkheadFull`] when no room freed up in time.
     pub async fn acquire_owned(&self) -> Result<OwnedBulkheadPermit, BulkheadFull> {
-        self.shared.total.fetch_add(1, Ordering::Relaxed);
-        let sem = Arc::clone(&self.shared.semaphore);
-        if let Ok(p) = Arc::clone(&sem).try_acquire_owned() {
-            return Ok(OwnedBulkheadPermit { bulkhead: self.clone(), _permit: p });
+        match self.try_acquire_owned_quiet() {
+            Some(p) => Ok(p),
+            None => self.acquire_owned_after_refusal().await,
         }
+    }
+
+    /// [`try_acquire_quiet`](Self::try_acquire_quiet) with an owned permit.
+    pub(crate) fn try_acquire_owned_quiet(&self) -> Option<OwnedBulkheadPermit> {
+        self.shared.total.fetch_add(1, Ordering::Relaxed);
+        Arc::clone(&self.shared.semaphore)
+            .try_acquire_owned()
+            .ok()
+            .map(|p| OwnedBulkheadPermit {
+                bulkhead: self.clone(),
+                _permit: p,
+            })
+    }
+
+    /// [`acquire_after_refusal`](Self::acquire_after_refusal) with an owned permit.
+    pub(crate) async fn acquire_owned_after_refusal(
+        &self,
+    ) -> Result<OwnedBulkheadPermit, BulkheadFull> {
         if self.shared.max_wait.is_zero() {
             return Err(self.full());
         }
+        let sem = Arc::clone(&self.shared.semaphore);
         match tokio::time::timeout(self.shared.max_wait, sem.acquire_owned()).await {
             Ok(Ok(p)) => Ok(OwnedBulkheadPermit {
                 bulkhead: self.clone(),
@@ -172,6 +196,12 @@ impl Bulkhead {
             }),
             _ => Err(self.full()),
         }
+    }
+
+    /// Whether a caller that finds no room waits for some.
+    #[cfg(feature = "tower")]
+    pub(crate) fn waits(&self) -> bool {
+        !self.shared.max_wait.is_zero()
     }
 
     /// Runs `fut` inside the bulkhead.
@@ -208,21 +238,28 @@ impl Bulkhead {
             max_concurrent: s.max,
             total_calls: total,
             rejected_calls: rejected,
-            rejection_rate: if total == 0 { 0.0 } else { rejected as f64 / total as f64 },
-            failed_calls: s.failed.load(Ordering::Relaxed),
-            avg_execution_time: if finished == 0 {
-                Duration::ZERO
+            rejection_rate: if total == 0 {
+                0.0
             } else {
-                Duration::from_nanos(s.exec_nanos.load(Ordering::Relaxed) / finished)
+                rejected as f64 / total as f64
             },
+            failed_calls: s.failed.load(Ordering::Relaxed),
+            avg_execution_time: Duration::from_nanos(
+                s.exec_nanos
+                    .load(Ordering::Relaxed)
+                    .checked_div(finished)
+                    .unwrap_or(0),
+            ),
         }
     }
 
     fn report(&self, failed: bool, took: Duration) {
         let s = &*self.shared;
         s.finished.fetch_add(1, Ordering::Relaxed);
-        s.exec_nanos
-            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        s.exec_nanos.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if failed {
             s.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -292,7 +329,10 @@ impl BulkheadBuilder {
         }
         CHECK.at_least_one("max_concurrent", u64::from(self.max_concurrent))?;
         if self.max_concurrent as usize > Semaphore::MAX_PERMITS {
-            return Err(CHECK.err("max_concurrent", format!("must be at most {}", Semaphore::MAX_PERMITS)));
+            return Err(CHECK.err(
+                "max_concurrent",
+                format!("must be at most {}", Semaphore::MAX_PERMITS),
+            ));
         }
         Ok(Bulkhead {
             shared: Arc::new(Shared {

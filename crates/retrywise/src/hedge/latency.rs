@@ -145,7 +145,20 @@ mod tests {
     #[test]
     fn buckets_are_ordered_and_tight() {
         let mut last = 0;
-        for v in [0u64, 1, 15, 16, 17, 31, 32, 100, 1_000, 65_535, 1 << 30, 1 << 40] {
+        for v in [
+            0u64,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            100,
+            1_000,
+            65_535,
+            1 << 30,
+            1 << 40,
+        ] {
             let b = bucket_of(v);
             assert!(b >= last);
             last = b;
@@ -177,9 +190,16 @@ mod tests {
         }
         let (p95, n) = r.quantile(now, 0.95).unwrap();
         assert_eq!(n, 100);
-        assert!((Duration::from_millis(95)..=Duration::from_millis(101)).contains(&p95), "{p95:?}");
+        assert!(
+            (Duration::from_millis(95)..=Duration::from_millis(101)).contains(&p95),
+            "{p95:?}"
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(r.quantile(Instant::now(), 0.95).unwrap().1, 100, "previous period still counts");
+        assert_eq!(
+            r.quantile(Instant::now(), 0.95).unwrap().1,
+            100,
+            "previous period still counts"
+        );
         for _ in 0..100 {
             r.record(Instant::now(), Duration::from_millis(1));
         }

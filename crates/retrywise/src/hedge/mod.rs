@@ -143,7 +143,11 @@ impl Hedge {
             HedgeDelay::Fixed(d) => d,
             HedgeDelay::Percentile { fallback, .. } => {
                 let n = s.cached_nanos.load(Ordering::Relaxed);
-                if n == u64::MAX { fallback } else { Duration::from_nanos(n) }
+                if n == u64::MAX {
+                    fallback
+                } else {
+                    Duration::from_nanos(n)
+                }
             }
         }
     }
@@ -158,10 +162,14 @@ impl Hedge {
             min_samples,
             ..
         } = s.delay
-            && s.records.fetch_add(1, Ordering::Relaxed) % REFRESH_EVERY == 0
+            && s.records
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(REFRESH_EVERY)
         {
             let v = match s.latencies.quantile(now, quantile) {
-                Some((d, n)) if n >= min_samples => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1),
+                Some((d, n)) if n >= min_samples => {
+                    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+                }
                 _ => u64::MAX,
             };
             s.cached_nanos.store(v, Ordering::Relaxed);
@@ -182,7 +190,11 @@ impl Hedge {
             calls,
             hedges,
             hedge_wins: s.hedge_wins.load(Ordering::Relaxed),
-            hedge_rate: if calls == 0 { 0.0 } else { hedges as f64 / calls as f64 },
+            hedge_rate: if calls == 0 {
+                0.0
+            } else {
+                hedges as f64 / calls as f64
+            },
             current_delay: self.current_delay(),
         }
     }
@@ -267,10 +279,12 @@ impl Hedge {
                     continue;
                 }
                 s.hedges.fetch_add(1, Ordering::Relaxed);
-                hedges.get_or_insert_with(FuturesUnordered::new).push(Box::pin(Tagged {
-                    started: now,
-                    fut: make(launched),
-                }));
+                hedges
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(Box::pin(Tagged {
+                        started: now,
+                        fut: make(launched),
+                    }));
                 launched += 1;
                 may_hedge = launched <= s.max_hedges;
                 if may_hedge {
@@ -352,7 +366,10 @@ impl HedgeBuilder {
             HedgeDelay::Fixed(d) => CHECK.positive("delay", d)?,
             HedgeDelay::Percentile { quantile, .. } => {
                 if !(quantile > 0.0 && quantile < 1.0) {
-                    return Err(CHECK.err("delay", format!("quantile must be within (0, 1), got {quantile}")));
+                    return Err(CHECK.err(
+                        "delay",
+                        format!("quantile must be within (0, 1), got {quantile}"),
+                    ));
                 }
             }
         }
@@ -406,7 +423,11 @@ mod tests {
 
     impl Drop for Probe {
         fn drop(&mut self) {
-            let what = if self.finished { "finished" } else { "cancelled" };
+            let what = if self.finished {
+                "finished"
+            } else {
+                "cancelled"
+            };
             self.log.lock().unwrap().push((self.i, what));
         }
     }
@@ -417,12 +438,20 @@ mod tests {
         ok: bool,
         log: &Arc<Mutex<Vec<(u32, &'static str)>>>,
     ) -> impl Future<Output = Result<u32, String>> + use<> {
-        let probe = Probe { i, log: Arc::clone(log), finished: false };
+        let probe = Probe {
+            i,
+            log: Arc::clone(log),
+            finished: false,
+        };
         async move {
             let mut probe = probe;
             tokio::time::sleep(took).await;
             probe.finished = true;
-            if ok { Ok(i) } else { Err(format!("request {i} failed")) }
+            if ok {
+                Ok(i)
+            } else {
+                Err(format!("request {i} failed"))
+            }
         }
     }
 
@@ -432,7 +461,9 @@ mod tests {
         let log = Arc::new(Mutex::new(vec![]));
         let t0 = Instant::now();
         let lat = [1000u32, 500, 50];
-        let r = h.call(|i| request(i, lat[i as usize] * MS, true, &log)).await;
+        let r = h
+            .call(|i| request(i, lat[i as usize] * MS, true, &log))
+            .await;
         // Hedge 1 at 100 ms answers at 600; hedge 2 at 200 ms answers at 250.
         assert_eq!(r, Ok(2));
         assert_eq!(t0.elapsed(), 250 * MS);
@@ -455,8 +486,14 @@ mod tests {
     async fn all_failures_are_reported() {
         let h = fixed(10, 2);
         let log = Arc::new(Mutex::new(vec![]));
-        let err = h.call(|i| request(i, 50 * MS, false, &log)).await.unwrap_err();
-        assert_eq!(err.errors, ["request 0 failed", "request 1 failed", "request 2 failed"]);
+        let err = h
+            .call(|i| request(i, 50 * MS, false, &log))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.errors,
+            ["request 0 failed", "request 1 failed", "request 2 failed"]
+        );
         assert!(err.to_string().contains("all 3 hedged requests failed"));
     }
 
@@ -465,13 +502,21 @@ mod tests {
         let h = fixed(10, 1);
         let log = Arc::new(Mutex::new(vec![]));
         let r = h.call(|i| request(i, 50 * MS, i == 0, &log)).await;
-        assert_eq!(r, Ok(0), "hedge 1 failed at 60 ms; the primary still answered");
+        assert_eq!(
+            r,
+            Ok(0),
+            "hedge 1 failed at 60 ms; the primary still answered"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn percentile_delay_follows_the_latencies() {
         let h = Hedge::builder()
-            .delay(HedgeDelay::Percentile { quantile: 0.9, min_samples: 50, fallback: 7 * MS })
+            .delay(HedgeDelay::Percentile {
+                quantile: 0.9,
+                min_samples: 50,
+                fallback: 7 * MS,
+            })
             .no_budget()
             .build()
             .unwrap();
@@ -503,12 +548,28 @@ mod tests {
     #[test]
     fn refuses_bad_configuration() {
         let b = || Hedge::builder();
-        assert_eq!(b().delay(HedgeDelay::Fixed(Duration::ZERO)).build().unwrap_err().field, "delay");
+        assert_eq!(
+            b().delay(HedgeDelay::Fixed(Duration::ZERO))
+                .build()
+                .unwrap_err()
+                .field,
+            "delay"
+        );
         for q in [0.0, 1.0, f64::NAN] {
-            let d = HedgeDelay::Percentile { quantile: q, min_samples: 1, fallback: MS };
+            let d = HedgeDelay::Percentile {
+                quantile: q,
+                min_samples: 1,
+                fallback: MS,
+            };
             assert_eq!(b().delay(d).build().unwrap_err().field, "delay");
         }
-        assert_eq!(b().latency_window(Duration::ZERO).build().unwrap_err().field, "latency_window");
+        assert_eq!(
+            b().latency_window(Duration::ZERO)
+                .build()
+                .unwrap_err()
+                .field,
+            "latency_window"
+        );
         assert_eq!(b().budget(-1.0, 0).build().unwrap_err().field, "budget");
     }
 

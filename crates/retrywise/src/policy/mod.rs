@@ -30,7 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::attempt::{
-    AttemptContext, AttemptRecord, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Outcome, Verdict,
+    AttemptContext, AttemptRecord, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Outcome,
+    Verdict,
 };
 use crate::breaker::{CallOutcome, CircuitBreaker};
 use crate::budget::RetryBudget;
@@ -191,7 +192,10 @@ impl<T, E> Sent<T, E> {
 
     /// Whether this ends the attempt (an answer, good or permanently bad).
     fn is_final(&self) -> bool {
-        matches!(self, Sent::Done(_, Verdict::Success | Verdict::Permanent(_)))
+        matches!(
+            self,
+            Sent::Done(_, Verdict::Success | Verdict::Permanent(_))
+        )
     }
 }
 
@@ -267,7 +271,11 @@ impl<C> Policy<C> {
         if let Some(b) = &p.budget {
             b.deposit(start);
         }
-        let call_id = if p.recording { rand::random::<u64>() >> 11 } else { 0 };
+        let call_id = if p.recording {
+            rand::random::<u64>() >> 11
+        } else {
+            0
+        };
         // `None` while on the first attempt: its context is the shared `first`.
         let mut next_ctx: Option<AttemptContext> = None;
         let mut attempt_start = start;
@@ -279,7 +287,11 @@ impl<C> Policy<C> {
                 Some(b) => match b.try_acquire() {
                     Ok(permit) => Some(permit),
                     Err(open) => {
-                        return Err(self.stop(number - 1, StopReason::CircuitOpen, AttemptError::CircuitOpen(open)));
+                        return Err(self.stop(
+                            number - 1,
+                            StopReason::CircuitOpen,
+                            AttemptError::CircuitOpen(open),
+                        ));
                     }
                 },
             };
@@ -287,11 +299,16 @@ impl<C> Policy<C> {
             let ended = match &p.hedge {
                 None => {
                     let make = || op(Attempt { number, hedge: 0 });
-                    let sent = self.send(make, timeout, attempt_start, ctx, call_id, 0).await;
+                    let sent = self
+                        .send(make, timeout, attempt_start, ctx, call_id, 0)
+                        .await;
                     let latency = Instant::now().saturating_duration_since(attempt_start);
                     Self::end(sent, latency)
                 }
-                Some(h) => self.hedged(h, &mut op, number, timeout, attempt_start, ctx, call_id).await,
+                Some(h) => {
+                    self.hedged(h, &mut op, number, timeout, attempt_start, ctx, call_id)
+                        .await
+                }
             };
             let verdict = ended.verdict;
             if let Some(permit) = permit {
@@ -324,7 +341,11 @@ impl<C> Policy<C> {
                 return self.give_up(ended, number, StopReason::BulkheadFull);
             }
             let now = Instant::now();
-            let mut next = ctx.next(&failure, ended.latency, now.saturating_duration_since(start));
+            let mut next = ctx.next(
+                &failure,
+                ended.latency,
+                now.saturating_duration_since(start),
+            );
             self.fill_health(&mut next);
             let delay = match p.decider.decide(&next) {
                 Decision::Stop(reason) => return self.give_up(ended, number, reason),
@@ -430,11 +451,21 @@ impl<C> Policy<C> {
         let result = hedge
             .call(|i| {
                 let fut = op(Attempt { number, hedge: i });
-                let started = if i == 0 { attempt_start } else { Instant::now() };
+                let started = if i == 0 {
+                    attempt_start
+                } else {
+                    Instant::now()
+                };
                 async move {
-                    let sent = self.send(move || fut, timeout, started, ctx, call_id, i).await;
+                    let sent = self
+                        .send(move || fut, timeout, started, ctx, call_id, i)
+                        .await;
                     let latency = Instant::now().saturating_duration_since(started);
-                    if sent.is_final() { Ok((sent, latency)) } else { Err((sent, latency)) }
+                    if sent.is_final() {
+                        Ok((sent, latency))
+                    } else {
+                        Err((sent, latency))
+                    }
                 }
             })
             .await;
@@ -455,12 +486,16 @@ impl<C> Policy<C> {
                         Sent::Rejected(e) => errors.push(AttemptError::BulkheadFull(e)),
                     }
                 }
-                let (verdict, latency) =
-                    last.unwrap_or((Verdict::Retryable(Failure::new(ErrorKind::Other)), Duration::ZERO));
+                let (verdict, latency) = last.unwrap_or((
+                    Verdict::Retryable(Failure::new(ErrorKind::Other)),
+                    Duration::ZERO,
+                ));
                 Ended {
                     verdict,
                     latency,
-                    error: answer.is_none().then_some(AttemptError::AllHedgesFailed(errors)),
+                    error: answer
+                        .is_none()
+                        .then_some(AttemptError::AllHedgesFailed(errors)),
                     answer,
                     rejected: all_rejected,
                 }
@@ -500,7 +535,11 @@ impl<C> Policy<C> {
 
     fn stop<E>(&self, attempts: u32, reason: StopReason, last: AttemptError<E>) -> CallError<E> {
         self.count_stop(reason);
-        CallError { attempts, reason, last }
+        CallError {
+            attempts,
+            reason,
+            last,
+        }
     }
 
     fn count_stop(&self, reason: StopReason) {
@@ -512,7 +551,12 @@ impl<C> Policy<C> {
     }
 
     /// Ends a call after attempt `number`: its answer if it had one, else the error.
-    fn give_up<T, E>(&self, ended: Ended<T, E>, number: u32, reason: StopReason) -> Result<T, CallError<E>> {
+    fn give_up<T, E>(
+        &self,
+        ended: Ended<T, E>,
+        number: u32,
+        reason: StopReason,
+    ) -> Result<T, CallError<E>> {
         self.count_stop(reason);
         match ended.answer {
             Some(t) => Ok(t),

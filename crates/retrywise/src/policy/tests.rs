@@ -26,7 +26,11 @@ fn reset() -> io::Error {
 #[tokio::test(start_paused = true)]
 async fn retries_until_success_and_records_every_attempt() {
     let rec = Arc::new(MemoryRecorder::new(100));
-    let p = Policy::builder("inv").retry(retry(5, 100)).recorder(rec.clone()).build().unwrap();
+    let p = Policy::builder("inv")
+        .retry(retry(5, 100))
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
     let n = AtomicU32::new(0);
     let t0 = Instant::now();
     let v = p
@@ -74,8 +78,15 @@ async fn gives_up_with_the_last_error_after_max_attempts() {
     assert_eq!(n.load(Ordering::SeqCst), 3);
     assert_eq!(err.attempts, 3);
     assert_eq!(err.reason, StopReason::MaxAttempts);
-    assert!(err.to_string().starts_with("gave up after 3 attempts (max_attempts): reset"), "{err}");
-    assert_eq!(err.into_inner().unwrap().kind(), io::ErrorKind::ConnectionReset);
+    assert!(
+        err.to_string()
+            .starts_with("gave up after 3 attempts (max_attempts): reset"),
+        "{err}"
+    );
+    assert_eq!(
+        err.into_inner().unwrap().kind(),
+        io::ErrorKind::ConnectionReset
+    );
     let stops = p.metrics().stops;
     assert!(stops.contains(&("max_attempts", 1)));
 }
@@ -94,7 +105,11 @@ impl HttpResponse for Resp {
 
 #[tokio::test(start_paused = true)]
 async fn permanent_failures_are_not_retried_and_the_answer_is_returned() {
-    let p = Policy::builder("api").retry(retry(5, 1)).classifier(HttpClassifier).build().unwrap();
+    let p = Policy::builder("api")
+        .retry(retry(5, 1))
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
     let n = AtomicU32::new(0);
     let r = p
         .call(|_| {
@@ -110,9 +125,16 @@ async fn permanent_failures_are_not_retried_and_the_answer_is_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_waited_and_the_last_answer_returned() {
-    let p = Policy::builder("api").retry(retry(2, 10)).classifier(HttpClassifier).build().unwrap();
+    let p = Policy::builder("api")
+        .retry(retry(2, 10))
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
     let t0 = Instant::now();
-    let r = p.call(|_| async { Ok::<_, io::Error>(Resp(429, Some("3"))) }).await.unwrap();
+    let r = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, Some("3"))) })
+        .await
+        .unwrap();
     assert_eq!(r.0, 429, "exhausted: the upstream's own answer");
     assert_eq!(t0.elapsed(), Duration::from_secs(3));
 }
@@ -122,7 +144,10 @@ async fn attempts_time_out_and_timeouts_are_retried() {
     let policy = RetryPolicy::builder()
         .max_attempts(3)
         .backoff(Backoff::constant(Duration::ZERO).unwrap())
-        .attempt_timeout(AttemptTimeout::Growing { first: 100 * MS, step: 100 * MS })
+        .attempt_timeout(AttemptTimeout::Growing {
+            first: 100 * MS,
+            step: 100 * MS,
+        })
         .build()
         .unwrap();
     let p = Policy::builder("slow").retry(policy).build().unwrap();
@@ -138,7 +163,13 @@ async fn attempts_time_out_and_timeouts_are_retried() {
     assert_eq!(t0.elapsed(), 550 * MS);
 
     let err = Policy::builder("slow")
-        .retry(RetryPolicy::builder().max_attempts(1).attempt_timeout(AttemptTimeout::Fixed(MS)).build().unwrap())
+        .retry(
+            RetryPolicy::builder()
+                .max_attempts(1)
+                .attempt_timeout(AttemptTimeout::Fixed(MS))
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap()
         .call(|_| async {
@@ -158,7 +189,11 @@ async fn an_open_breaker_stops_the_call_before_it_is_made() {
         .open_for(Duration::from_secs(10))
         .build()
         .unwrap();
-    let p = Policy::builder("b").retry(retry(10, 1)).breaker(breaker.clone()).build().unwrap();
+    let p = Policy::builder("b")
+        .retry(retry(10, 1))
+        .breaker(breaker.clone())
+        .build()
+        .unwrap();
     let n = AtomicU32::new(0);
     let err = p
         .call(|_| {
@@ -167,16 +202,27 @@ async fn an_open_breaker_stops_the_call_before_it_is_made() {
         })
         .await
         .unwrap_err();
-    assert_eq!(n.load(Ordering::SeqCst), 4, "the breaker opened after 4 failures");
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        4,
+        "the breaker opened after 4 failures"
+    );
     assert_eq!(err.reason, StopReason::CircuitOpen);
     assert!(matches!(err.last, AttemptError::CircuitOpen(_)));
-    let err = p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap_err();
+    let err = p
+        .call(|_| async { Ok::<_, io::Error>(()) })
+        .await
+        .unwrap_err();
     assert_eq!(err.attempts, 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_budget_stops_retry_storms() {
-    let p = Policy::builder("b").retry(retry(10, 1)).budget(TokenBucket::new(4, 0.1).unwrap()).build().unwrap();
+    let p = Policy::builder("b")
+        .retry(retry(10, 1))
+        .budget(TokenBucket::new(4, 0.1).unwrap())
+        .build()
+        .unwrap();
     let n = AtomicU32::new(0);
     let err = p
         .call(|_| {
@@ -192,8 +238,16 @@ async fn the_budget_stops_retry_storms() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_bulkhead_rejects_without_calling() {
-    let bulkhead = Bulkhead::builder("b").max_concurrent(1).max_wait(Duration::ZERO).build().unwrap();
-    let p = Policy::builder("b").retry(retry(3, 1)).bulkhead(bulkhead.clone()).build().unwrap();
+    let bulkhead = Bulkhead::builder("b")
+        .max_concurrent(1)
+        .max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    let p = Policy::builder("b")
+        .retry(retry(3, 1))
+        .bulkhead(bulkhead.clone())
+        .build()
+        .unwrap();
     let held = bulkhead.try_acquire().unwrap();
     let n = AtomicU32::new(0);
     let err = p
@@ -203,7 +257,11 @@ async fn a_full_bulkhead_rejects_without_calling() {
         })
         .await
         .unwrap_err();
-    assert_eq!(n.load(Ordering::SeqCst), 0, "the operation is not asked for a request the bulkhead refused");
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        0,
+        "the operation is not asked for a request the bulkhead refused"
+    );
     assert_eq!(err.reason, StopReason::BulkheadFull);
     drop(held);
     p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap();
@@ -212,8 +270,16 @@ async fn a_full_bulkhead_rejects_without_calling() {
 #[tokio::test(start_paused = true)]
 async fn hedges_are_recorded_and_losers_marked_cancelled() {
     let rec = Arc::new(MemoryRecorder::new(100));
-    let hedge = Hedge::builder().delay(HedgeDelay::Fixed(50 * MS)).no_budget().build().unwrap();
-    let p = Policy::builder("h").hedge(hedge).recorder(rec.clone()).build().unwrap();
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(50 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let p = Policy::builder("h")
+        .hedge(hedge)
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
     let t0 = Instant::now();
     let v = p
         .call(|a| async move {
@@ -236,8 +302,17 @@ async fn hedges_are_recorded_and_losers_marked_cancelled() {
 
 #[tokio::test(start_paused = true)]
 async fn all_hedges_failing_is_one_failed_attempt() {
-    let hedge = Hedge::builder().delay(HedgeDelay::Fixed(5 * MS)).max_hedges(2).no_budget().build().unwrap();
-    let p = Policy::builder("h").retry(retry(1, 1)).hedge(hedge).build().unwrap();
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(5 * MS))
+        .max_hedges(2)
+        .no_budget()
+        .build()
+        .unwrap();
+    let p = Policy::builder("h")
+        .retry(retry(1, 1))
+        .hedge(hedge)
+        .build()
+        .unwrap();
     let err = p
         .call(|_| async {
             tokio::time::sleep(20 * MS).await;

@@ -117,7 +117,14 @@ mod tests {
     fn memory_recorder_keeps_up_to_its_limit() {
         let r = MemoryRecorder::new(2);
         for i in 0..3 {
-            r.record(AttemptRecord::new(i, 0, 0, AttemptContext::first("t"), &Verdict::Success, Duration::ZERO));
+            r.record(AttemptRecord::new(
+                i,
+                0,
+                0,
+                AttemptContext::first("t"),
+                &Verdict::Success,
+                Duration::ZERO,
+            ));
         }
         assert_eq!(r.dropped(), 1);
         let got = r.take();

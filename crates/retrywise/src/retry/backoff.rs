@@ -116,9 +116,9 @@ impl Backoff {
         let n = retry.max(1);
         match *self {
             Backoff::Constant { delay } => delay,
-            Backoff::Linear { initial, step, max } => initial
-                .saturating_add(step.saturating_mul(n - 1))
-                .min(max),
+            Backoff::Linear { initial, step, max } => {
+                initial.saturating_add(step.saturating_mul(n - 1)).min(max)
+            }
             Backoff::Exponential {
                 initial,
                 multiplier,
@@ -140,7 +140,9 @@ impl Backoff {
 /// `secs` as a duration, or `max` when it is larger (or not a number).
 fn secs_capped(secs: f64, max: Duration) -> Duration {
     if secs.is_finite() && secs < max.as_secs_f64() {
-        Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(max).min(max)
+        Duration::try_from_secs_f64(secs.max(0.0))
+            .unwrap_or(max)
+            .min(max)
     } else {
         max
     }
@@ -215,7 +217,10 @@ mod tests {
     #[test]
     fn huge_exponents_saturate_at_the_cap() {
         let e = Backoff::exponential(MS, 10.0, Duration::from_secs(30)).unwrap();
-        assert_eq!(e.delay(u32::MAX, Duration::ZERO, 0.0), Duration::from_secs(30));
+        assert_eq!(
+            e.delay(u32::MAX, Duration::ZERO, 0.0),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -232,13 +237,33 @@ mod tests {
 
     #[test]
     fn refuses_bad_configuration() {
-        assert_eq!(Backoff::exponential(MS, 0.5, MS).unwrap_err().field, "multiplier");
-        assert_eq!(Backoff::exponential(MS, f64::NAN, MS).unwrap_err().field, "multiplier");
-        assert_eq!(Backoff::exponential(2 * MS, 2.0, MS).unwrap_err().field, "initial");
-        assert_eq!(Backoff::linear(2 * MS, MS, MS).unwrap_err().field, "initial");
-        assert_eq!(Backoff::decorrelated_jitter(Duration::ZERO, MS).unwrap_err().field, "base");
+        assert_eq!(
+            Backoff::exponential(MS, 0.5, MS).unwrap_err().field,
+            "multiplier"
+        );
+        assert_eq!(
+            Backoff::exponential(MS, f64::NAN, MS).unwrap_err().field,
+            "multiplier"
+        );
+        assert_eq!(
+            Backoff::exponential(2 * MS, 2.0, MS).unwrap_err().field,
+            "initial"
+        );
+        assert_eq!(
+            Backoff::linear(2 * MS, MS, MS).unwrap_err().field,
+            "initial"
+        );
+        assert_eq!(
+            Backoff::decorrelated_jitter(Duration::ZERO, MS)
+                .unwrap_err()
+                .field,
+            "base"
+        );
         assert_eq!(Jitter::proportional(-0.1).unwrap_err().field, "jitter");
-        assert_eq!(Jitter::proportional(f64::INFINITY).unwrap_err().field, "jitter");
+        assert_eq!(
+            Jitter::proportional(f64::INFINITY).unwrap_err().field,
+            "jitter"
+        );
     }
 
     fn millis(n: u64) -> Duration {

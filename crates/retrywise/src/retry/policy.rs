@@ -324,14 +324,23 @@ mod tests {
     fn invalid_configuration_names_the_field() {
         let cases: Vec<(RetryPolicyBuilder, &str)> = vec![
             (RetryPolicy::builder().max_attempts(0), "max_attempts"),
-            (RetryPolicy::builder().jitter(Jitter::Proportional(1.5)), "jitter"),
-            (RetryPolicy::builder().jitter(Jitter::Proportional(f64::NAN)), "jitter"),
+            (
+                RetryPolicy::builder().jitter(Jitter::Proportional(1.5)),
+                "jitter",
+            ),
+            (
+                RetryPolicy::builder().jitter(Jitter::Proportional(f64::NAN)),
+                "jitter",
+            ),
             (RetryPolicy::builder().deadline(Duration::ZERO), "deadline"),
             (
                 RetryPolicy::builder().attempt_timeout(AttemptTimeout::Fixed(Duration::ZERO)),
                 "attempt_timeout",
             ),
-            (RetryPolicy::builder().retry_after(true, 2 * MS, MS), "retry_after"),
+            (
+                RetryPolicy::builder().retry_after(true, 2 * MS, MS),
+                "retry_after",
+            ),
             (
                 RetryPolicy::builder().stop_when_failure_rate_above(1.2, 1),
                 "stop_when_failure_rate_above",
@@ -364,7 +373,11 @@ mod tests {
         c.retry_after = Some(Duration::from_secs(500));
         assert_eq!(p.decide(&c), Decision::Retry(Duration::from_secs(5)));
         c.retry_after = Some(MS);
-        assert_eq!(p.decide(&c), Decision::Retry(100 * MS), "never below the backoff");
+        assert_eq!(
+            p.decide(&c),
+            Decision::Retry(100 * MS),
+            "never below the backoff"
+        );
     }
 
     #[test]
@@ -394,7 +407,9 @@ mod tests {
         assert_eq!(p.attempt_timeout(&ctx(1)), Some(Duration::from_secs(5)));
         assert_eq!(p.attempt_timeout(&ctx(3)), Some(Duration::from_secs(15)));
         for _ in 0..100 {
-            let Decision::Retry(d) = p.decide(&ctx(2)) else { panic!() };
+            let Decision::Retry(d) = p.decide(&ctx(2)) else {
+                panic!()
+            };
             assert!((90 * MS..=110 * MS).contains(&d), "{d:?}");
         }
         let mut sick = ctx(3);
@@ -402,12 +417,21 @@ mod tests {
         assert_eq!(p.decide(&sick), Decision::Stop(StopReason::TargetUnhealthy));
         let mut early = ctx(2);
         early.failure_rate = Some(0.9);
-        assert!(matches!(p.decide(&early), Decision::Retry(_)), "only after the second attempt");
+        assert!(
+            matches!(p.decide(&early), Decision::Retry(_)),
+            "only after the second attempt"
+        );
     }
 
     #[test]
     fn seeded_policies_repeat_themselves() {
-        let make = || RetryPolicy::builder().max_attempts(100).seed(7).build().unwrap();
+        let make = || {
+            RetryPolicy::builder()
+                .max_attempts(100)
+                .seed(7)
+                .build()
+                .unwrap()
+        };
         let (a, b) = (make(), make());
         for n in 2..50 {
             assert_eq!(a.decide(&ctx(n)), b.decide(&ctx(n)));

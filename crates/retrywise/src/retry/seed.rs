@@ -197,11 +197,26 @@ mod tests {
     fn the_seeds_multipliers() {
         let s = SeedAdaptive::new();
         // After the first failure: 100 ms × 2^1.
-        assert_eq!(s.decide(&after(ErrorKind::Http503, 2)), Decision::Retry(200 * MS));
-        assert_eq!(s.decide(&after(ErrorKind::Http503, 3)), Decision::Retry(400 * MS));
-        assert_eq!(s.decide(&after(ErrorKind::Timeout, 2)), Decision::Retry(400 * MS));
-        assert_eq!(s.decide(&after(ErrorKind::Http429, 2)), Decision::Retry(1000 * MS));
-        assert_eq!(s.decide(&after(ErrorKind::Connect, 2)), Decision::Retry(100 * MS));
+        assert_eq!(
+            s.decide(&after(ErrorKind::Http503, 2)),
+            Decision::Retry(200 * MS)
+        );
+        assert_eq!(
+            s.decide(&after(ErrorKind::Http503, 3)),
+            Decision::Retry(400 * MS)
+        );
+        assert_eq!(
+            s.decide(&after(ErrorKind::Timeout, 2)),
+            Decision::Retry(400 * MS)
+        );
+        assert_eq!(
+            s.decide(&after(ErrorKind::Http429, 2)),
+            Decision::Retry(1000 * MS)
+        );
+        assert_eq!(
+            s.decide(&after(ErrorKind::Connect, 2)),
+            Decision::Retry(100 * MS)
+        );
         assert_eq!(
             s.decide(&after(ErrorKind::Http503, 5)),
             Decision::Stop(StopReason::MaxAttempts)
@@ -225,15 +240,26 @@ mod tests {
         assert_eq!(with(0.9).decide(&c), Decision::Retry(100 * MS));
         assert_eq!(with(0.15).decide(&c), Decision::Retry(600 * MS));
         assert_eq!(with(0.3).decide(&c), Decision::Retry(200 * MS));
-        assert_eq!(with(f64::NAN).decide(&c), Decision::Retry(200 * MS), "NaN is unknown");
+        assert_eq!(
+            with(f64::NAN).decide(&c),
+            Decision::Retry(200 * MS),
+            "NaN is unknown"
+        );
     }
 
     #[test]
     fn model_sees_the_delay_it_is_asked_about() {
         let s = SeedAdaptive::new().with_model(Arc::new(|c: &AttemptContext| {
-            if c.delay >= Duration::from_millis(400) { 0.9 } else { 0.0 }
+            if c.delay >= Duration::from_millis(400) {
+                0.9
+            } else {
+                0.0
+            }
         }));
-        assert_eq!(s.decide(&after(ErrorKind::Timeout, 2)), Decision::Retry(200 * MS));
+        assert_eq!(
+            s.decide(&after(ErrorKind::Timeout, 2)),
+            Decision::Retry(200 * MS)
+        );
         assert_eq!(
             s.decide(&after(ErrorKind::Http503, 2)),
             Decision::Stop(StopReason::LowSuccessProbability)
@@ -242,7 +268,9 @@ mod tests {
 
     #[test]
     fn retry_after_and_deadline() {
-        let s = SeedAdaptive::new().deadline(Duration::from_secs(2)).unwrap();
+        let s = SeedAdaptive::new()
+            .deadline(Duration::from_secs(2))
+            .unwrap();
         let mut c = after(ErrorKind::Http429, 2);
         c.retry_after = Some(Duration::from_millis(1500));
         assert_eq!(s.decide(&c), Decision::Retry(1500 * MS));
@@ -252,11 +280,26 @@ mod tests {
 
     #[test]
     fn refuses_bad_values() {
-        assert_eq!(SeedAdaptive::new().stop_below(1.5).unwrap_err().field, "stop_below");
-        assert_eq!(SeedAdaptive::new().delays(Duration::ZERO, MS).unwrap_err().field, "base");
-        assert_eq!(SeedAdaptive::new().delays(2 * MS, MS).unwrap_err().field, "base");
         assert_eq!(
-            SeedAdaptive::new().max_attempts_for(ErrorKind::Reset, 0).unwrap_err().field,
+            SeedAdaptive::new().stop_below(1.5).unwrap_err().field,
+            "stop_below"
+        );
+        assert_eq!(
+            SeedAdaptive::new()
+                .delays(Duration::ZERO, MS)
+                .unwrap_err()
+                .field,
+            "base"
+        );
+        assert_eq!(
+            SeedAdaptive::new().delays(2 * MS, MS).unwrap_err().field,
+            "base"
+        );
+        assert_eq!(
+            SeedAdaptive::new()
+                .max_attempts_for(ErrorKind::Reset, 0)
+                .unwrap_err()
+                .field,
             "max_attempts"
         );
     }

@@ -112,8 +112,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn limits_slow_futures() {
         let t0 = Instant::now();
-        let r = timeout(Duration::from_secs(2), tokio::time::sleep(Duration::from_secs(5))).await;
-        assert_eq!(r, Err(Elapsed { after: Duration::from_secs(2) }));
+        let r = timeout(
+            Duration::from_secs(2),
+            tokio::time::sleep(Duration::from_secs(5)),
+        )
+        .await;
+        assert_eq!(
+            r,
+            Err(Elapsed {
+                after: Duration::from_secs(2)
+            })
+        );
         assert_eq!(t0.elapsed(), Duration::from_secs(2));
     }
 
@@ -125,20 +134,23 @@ mod tests {
         })
         .await;
         assert_eq!(r, Ok(7));
-        assert_eq!(Timeout::new(std::future::pending::<()>(), None).limit_is_none(), true);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_limit_means_no_timeout() {
+        let r = Timeout::new(tokio::time::sleep(Duration::from_secs(3600)), None).await;
+        assert_eq!(r, Ok(()));
     }
 
     #[tokio::test(start_paused = true)]
     async fn absolute_deadlines() {
         let t0 = Instant::now();
-        let r = Timeout::until(tokio::time::sleep(Duration::from_secs(5)), t0 + Duration::from_secs(3)).await;
+        let r = Timeout::until(
+            tokio::time::sleep(Duration::from_secs(5)),
+            t0 + Duration::from_secs(3),
+        )
+        .await;
         assert!(r.is_err());
         assert_eq!(t0.elapsed(), Duration::from_secs(3));
-    }
-
-    impl<F> Timeout<F> {
-        fn limit_is_none(&self) -> bool {
-            matches!(self.limit, Limit::None)
-        }
     }
 }

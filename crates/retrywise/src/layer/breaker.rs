@@ -1,0 +1,143 @@
+//! The circuit breaker as a tower layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{BoxError, Error};
+use crate::attempt::{Classifier, Verdict};
+use crate::breaker::{CallOutcome, CircuitBreaker, CircuitOpen, Permit};
+
+/// Wraps services in a [`CircuitBreaker`]; `classifier` decides which results are failures
+/// (permanent failures, such as a 404, are ignored by the breaker).
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerLayer<C> {
+    breaker: CircuitBreaker,
+    classifier: C,
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// A layer sharing `breaker` among every service it wraps.
+    pub fn new(breaker: CircuitBreaker, classifier: C) -> Self {
+        Self {
+            breaker,
+            classifier,
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreakerService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// A service behind a circuit breaker. The breaker is asked in `call`, not `poll_ready`,
+/// so an open circuit fails calls fast without holding readiness.
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerService<S, C> {
+    inner: S,
+    breaker: CircuitBreaker,
+    classifier: C,
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreakerService<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classifier<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = CircuitBreakerFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::new)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.breaker.try_acquire_owned() {
+            Ok(permit) => CircuitBreakerFuture {
+                state: State::Running {
+                    fut: self.inner.call(req),
+                    permit: Some(permit),
+                    started: Instant::now(),
+                    classifier: self.classifier.clone(),
+                },
+            },
+            Err(open) => CircuitBreakerFuture {
+                state: State::Refused { open: Some(open) },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`CircuitBreakerService`].
+    pub struct CircuitBreakerFuture<F, C> {
+        #[pin]
+        state: State<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, C> {
+        Running {
+            #[pin]
+            fut: F,
+            permit: Option<Permit<CircuitBreaker>>,
+            started: Instant,
+            classifier: C,
+        },
+        Refused {
+            open: Option<CircuitOpen>,
+        },
+    }
+}
+
+impl<F, C, T, E> Future for CircuitBreakerFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classifier<T, E>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Running {
+                fut,
+                permit,
+                started,
+                classifier,
+            } => {
+                let result = std::task::ready!(fut.poll(cx));
+                if let Some(permit) = permit.take() {
+                    let outcome = match classifier.classify(&result) {
+                        Verdict::Success => CallOutcome::Success,
+                        Verdict::Retryable(_) => CallOutcome::Failure,
+                        Verdict::Permanent(_) => CallOutcome::Ignored,
+                    };
+                    permit.record(outcome, started.elapsed());
+                }
+                Poll::Ready(result.map_err(Error::new))
+            }
+            StateProj::Refused { open } => Poll::Ready(Err(match open.take() {
+                Some(e) => Error::new(e),
+                None => Error::new("circuit breaker future polled after completion"),
+            })),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The semaphore bulkhead as a tower layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{BoxError, BoxFuture, Error, oneshot};
+use crate::bulkhead::{Bulkhead, BulkheadFull, OwnedBulkheadPermit};
+
+/// Wraps services in a [`Bulkhead`].
+#[derive(Debug, Clone)]
+pub struct BulkheadLayer {
+    bulkhead: Bulkhead,
+}
+
+impl BulkheadLayer {
+    /// A layer sharing `bulkhead` among every service it wraps.
+    pub fn new(bulkhead: Bulkhead) -> Self {
+        Self { bulkhead }
+    }
+}
+
+impl<S> Layer<S> for BulkheadLayer {
+    type Service = BulkheadService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BulkheadService {
+            inner,
+            bulkhead: self.bulkhead.clone(),
+        }
+    }
+}
+
+/// A service behind a bulkhead. Room is taken in `call`: at once when there is some (the
+/// request goes straight to the inner service); otherwise the future waits up to the
+/// bulkhead's maximum wait with its own clone of the inner service.
+#[derive(Debug, Clone)]
+pub struct BulkheadService<S> {
+    inner: S,
+    bulkhead: Bulkhead,
+}
+
+impl<S, Req> Service<Req> for BulkheadService<S>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = BulkheadFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::new)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if let Some(permit) = self.bulkhead.try_acquire_owned_quiet() {
+            return BulkheadFuture {
+                state: State::Admitted {
+                    fut: self.inner.call(req),
+                    permit: Some(permit),
+                },
+            };
+        }
+        if !self.bulkhead.waits() {
+            return BulkheadFuture {
+                state: State::Full {
+                    full: Some(self.bulkhead.full()),
+                },
+            };
+        }
+        // Keep the ready service for this request; leave a clone to be driven to readiness.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        let bulkhead = self.bulkhead.clone();
+        BulkheadFuture {
+            state: State::Waiting {
+                fut: Box::pin(async move {
+                    let permit = bulkhead
+                        .acquire_owned_after_refusal()
+                        .await
+                        .map_err(Error::new)?;
+                    let out = oneshot(svc, req).await.map_err(Error::new);
+                    drop(permit);
+                    out
+                }),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`BulkheadService`].
+    pub struct BulkheadFuture<F, T> {
+        #[pin]
+        state: State<F, T>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, T> {
+        Admitted {
+            #[pin]
+            fut: F,
+            permit: Option<OwnedBulkheadPermit>,
+        },
+        Waiting {
+            fut: BoxFuture<Result<T, Error>>,
+        },
+        Full {
+            full: Option<BulkheadFull>,
+        },
+    }
+}
+
+impl<F, T, E> Future for BulkheadFuture<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Admitted { fut, permit } => {
+                let out = std::task::ready!(fut.poll(cx));
+                drop(permit.take());
+                Poll::Ready(out.map_err(Error::new))
+            }
+            StateProj::Waiting { fut } => fut.as_mut().poll(cx),
+            StateProj::Full { full } => Poll::Ready(Err(match full.take() {
+                Some(e) => Error::new(e),
+                None => Error::new("bulkhead future polled after completion"),
+            })),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The error of every layer.
+
+use std::fmt;
+
+use super::BoxError;
+
+/// The error of every retrywise layer: the inner service's error, or one of this crate's
+/// rejections ([`CircuitOpen`](crate::breaker::CircuitOpen),
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull), [`Elapsed`](crate::timeout::Elapsed),
+/// [`GaveUp`](super::GaveUp), ...).
+///
+/// It is transparent — it displays as, and has the source of, what it wraps — and
+/// implements [`std::error::Error`], so stacked layers can classify each other's errors
+/// (`BoxError` alone cannot be classified: it does not implement `Error`). Wrapping never
+/// nests: a layer's error wrapped by the next layer stays one level deep. Use
+/// [`downcast_ref`](Self::downcast_ref) to tell the cases apart; it converts into a
+/// `BoxError` for the rest of the tower ecosystem.
+pub struct Error(BoxError);
+
+impl Error {
+    /// Wraps `e`, unwrapping it first if it already is an [`Error`].
+    pub fn new(e: impl Into<BoxError>) -> Self {
+        let boxed = e.into();
+        match boxed.downcast::<Error>() {
+            Ok(inner) => *inner,
+            Err(other) => Error(other),
+        }
+    }
+
+    /// The wrapped error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.0.as_ref()
+    }
+
+    /// The wrapped error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref::<T>()
+    }
+
+    /// The wrapped error, boxed.
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}

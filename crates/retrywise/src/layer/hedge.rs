@@ -1,0 +1,83 @@
+//! Hedged requests as a tower layer.
+
+use std::task::{Context, Poll};
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{BoxError, BoxFuture, Error, oneshot};
+use crate::hedge::{AllFailed, Hedge};
+
+/// Hedges calls of the wrapped service with a [`Hedge`]: the first `Ok` wins. Requests
+/// must be `Clone` and the service `Clone` (each hedge calls its own clone).
+#[derive(Debug, Clone)]
+pub struct HedgeLayer {
+    hedge: Hedge,
+}
+
+impl HedgeLayer {
+    /// A layer sharing `hedge` (its latency window and budget) among every service it
+    /// wraps.
+    pub fn new(hedge: Hedge) -> Self {
+        Self { hedge }
+    }
+}
+
+impl<S> Layer<S> for HedgeLayer {
+    type Service = HedgeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HedgeService {
+            inner,
+            hedge: self.hedge.clone(),
+        }
+    }
+}
+
+/// A service whose slow calls are hedged.
+#[derive(Debug, Clone)]
+pub struct HedgeService<S> {
+    inner: S,
+    hedge: Hedge,
+}
+
+impl<S, Req> Service<Req> for HedgeService<S>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: Into<BoxError>,
+    Req: Clone + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = BoxFuture<Result<S::Response, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::new)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let spare = ready.clone();
+        let hedge = self.hedge.clone();
+        Box::pin(async move {
+            let mut primary = Some(ready);
+            let result = hedge
+                .call(move |_| {
+                    let svc = primary.take().unwrap_or_else(|| spare.clone());
+                    let req = req.clone();
+                    async move { oneshot(svc, req).await.map_err(Error::new) }
+                })
+                .await;
+            result.map_err(|mut all: AllFailed<Error>| {
+                if all.errors.len() == 1 {
+                    all.errors.remove(0)
+                } else {
+                    Error::new(all)
+                }
+            })
+        })
+    }
+}

@@ -1,0 +1,65 @@
+//! Tower layers for every mechanism (feature `tower`).
+//!
+//! Each mechanism is a [`Layer`](tower_layer::Layer) usable around any tower
+//! [`Service`](tower_service::Service) — axum handlers, hyper and tonic clients, reqwest
+//! through tower — and [`PolicyLayer`] applies a whole [`Policy`](crate::policy::Policy).
+//! Every layer's error is [`Error`]: a transparent wrapper of the inner service's error or
+//! of a rejection of this crate ([`CircuitOpen`](crate::breaker::CircuitOpen),
+//! [`BulkheadFull`](crate::bulkhead::BulkheadFull), [`Elapsed`](crate::timeout::Elapsed),
+//! ...), which callers tell apart with [`Error::downcast_ref`]. Unlike a bare `BoxError`
+//! it implements `std::error::Error`, so layers stacked on each other can classify each
+//! other's errors; it converts into `BoxError` for the rest of the tower ecosystem.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use retrywise::attempt::ErrorsAreRetryable;
+//! use retrywise::breaker::CircuitBreaker;
+//! use retrywise::bulkhead::Bulkhead;
+//! use retrywise::layer::{BulkheadLayer, CircuitBreakerLayer, TimeoutLayer};
+//! use tower::{Layer, Service, ServiceExt};
+//!
+//! let breaker = CircuitBreaker::builder("users").build()?;
+//! let bulkhead = Bulkhead::builder("users").max_concurrent(64).build()?;
+//! let inner = tower::service_fn(|id: u32| async move { Ok::<_, std::io::Error>(id * 2) });
+//! let mut svc = CircuitBreakerLayer::new(breaker, ErrorsAreRetryable).layer(
+//!     BulkheadLayer::new(bulkhead).layer(TimeoutLayer::new(Duration::from_secs(1)).layer(inner)),
+//! );
+//! assert_eq!(svc.ready().await?.call(21).await?, 42);
+//! # Ok(()) }
+//! ```
+
+mod breaker;
+mod bulkhead;
+mod error;
+mod hedge;
+mod policy;
+mod retry;
+mod timeout;
+
+pub use breaker::{CircuitBreakerFuture, CircuitBreakerLayer, CircuitBreakerService};
+pub use bulkhead::{BulkheadFuture, BulkheadLayer, BulkheadService};
+pub use error::Error;
+pub use hedge::{HedgeLayer, HedgeService};
+pub use policy::{GaveUp, PolicyLayer, PolicyService};
+pub use retry::{RetryFuture, RetryLayer, RetryService};
+pub use timeout::{TimeoutFuture, TimeoutLayer, TimeoutService};
+
+/// A boxed error, as tower services commonly return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed, sendable future, for the layers that run several requests per call.
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Drives `svc` to readiness and calls it once.
+async fn oneshot<S, Req>(mut svc: S, req: Req) -> Result<S::Response, S::Error>
+where
+    S: tower_service::Service<Req>,
+{
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    svc.call(req).await
+}
+
+#[cfg(test)]
+mod tests;

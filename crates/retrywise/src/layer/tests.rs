@@ -1,0 +1,198 @@
+use super::*;
+use crate::attempt::{ErrorsAreRetryable, HttpClassifier};
+use crate::breaker::{CircuitBreaker, CircuitOpen, SlidingWindow};
+use crate::bulkhead::{Bulkhead, BulkheadFull};
+use crate::hedge::{Hedge, HedgeDelay};
+use crate::policy::Policy;
+use crate::retry::{Backoff, Jitter, RetryPolicy};
+use crate::timeout::Elapsed;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn failing(
+    calls: Arc<AtomicU32>,
+    fail_first: u32,
+) -> impl Service<u32, Response = u32, Error = io::Error, Future: Send> + Clone + Send + 'static {
+    service_fn(move |x: u32| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < fail_first {
+                Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+            } else {
+                Ok(x + 1)
+            }
+        }
+    })
+}
+
+fn quick_retry(max: u32) -> Arc<RetryPolicy> {
+    Arc::new(
+        RetryPolicy::builder()
+            .max_attempts(max)
+            .backoff(Backoff::constant(10 * MS).unwrap())
+            .jitter(Jitter::None)
+            .build()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_layer_opens_and_fails_fast() {
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(3))
+        .minimum_calls(3)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
+        .layer(failing(calls.clone(), 100));
+    for _ in 0..3 {
+        let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+        assert!(e.downcast_ref::<io::Error>().is_some());
+    }
+    let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bulkhead_layer_waits_then_rejects() {
+    let bulkhead = Bulkhead::builder("b")
+        .max_concurrent(1)
+        .max_wait(50 * MS)
+        .build()
+        .unwrap();
+    let slow = service_fn(|d: u64| async move {
+        tokio::time::sleep(Duration::from_millis(d)).await;
+        Ok::<_, io::Error>(d)
+    });
+    let svc = BulkheadLayer::new(bulkhead.clone()).layer(slow);
+    let mut a = svc.clone();
+    let first = tokio::spawn(async move { a.ready().await.unwrap().call(30).await });
+    tokio::task::yield_now().await;
+    // Waits 30 ms for room, then runs.
+    assert_eq!(svc.clone().oneshot(10).await.unwrap(), 10);
+    assert_eq!(first.await.unwrap().unwrap(), 30);
+    let mut b = svc.clone();
+    let hog = tokio::spawn(async move { b.ready().await.unwrap().call(500).await });
+    tokio::task::yield_now().await;
+    let e = svc.clone().oneshot(1).await.unwrap_err();
+    assert!(e.downcast_ref::<BulkheadFull>().is_some(), "{e}");
+    hog.await.unwrap().unwrap();
+    assert_eq!(bulkhead.metrics().rejected_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_layer() {
+    let slow = service_fn(|d: u64| async move {
+        tokio::time::sleep(Duration::from_millis(d)).await;
+        Ok::<_, io::Error>(d)
+    });
+    let svc = TimeoutLayer::new(100 * MS).layer(slow);
+    assert_eq!(svc.clone().oneshot(50).await.unwrap(), 50);
+    let e = svc.oneshot(500).await.unwrap_err();
+    assert!(e.downcast_ref::<Elapsed>().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_layer_retries_and_gives_up() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc =
+        RetryLayer::new("r", quick_retry(3), ErrorsAreRetryable).layer(failing(calls.clone(), 2));
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(t0.elapsed(), 20 * MS);
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc =
+        RetryLayer::new("r", quick_retry(3), ErrorsAreRetryable).layer(failing(calls.clone(), 100));
+    let e = svc.oneshot(1).await.unwrap_err();
+    assert!(e.downcast_ref::<io::Error>().is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_layer_returns_the_last_http_answer() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let upstream = service_fn(move |_: ()| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async {
+            Ok::<_, io::Error>(
+                http::Response::builder()
+                    .status(503)
+                    .header("retry-after", "1")
+                    .body(())
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = RetryLayer::new("h", quick_retry(2), HttpClassifier).layer(upstream);
+    let t0 = tokio::time::Instant::now();
+    let resp = svc.oneshot(()).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedge_layer_takes_the_first_answer() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let upstream = service_fn(move |_: ()| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(if n == 0 { 1000 * MS } else { 10 * MS }).await;
+            Ok::<_, io::Error>(n)
+        }
+    });
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(20 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let svc = HedgeLayer::new(hedge).layer(upstream);
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(svc.oneshot(()).await.unwrap(), 1);
+    assert_eq!(t0.elapsed(), 30 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_layer_applies_the_whole_policy() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let policy = Policy::builder("p")
+        .retry(
+            RetryPolicy::builder()
+                .max_attempts(4)
+                .backoff(Backoff::constant(MS).unwrap())
+                .build()
+                .unwrap(),
+        )
+        .breaker(CircuitBreaker::builder("p").build().unwrap())
+        .build()
+        .unwrap();
+    let svc = PolicyLayer::new(policy.clone()).layer(failing(calls.clone(), 3));
+    assert_eq!(svc.clone().oneshot(41).await.unwrap(), 42);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    calls.store(0, Ordering::SeqCst);
+    let svc = PolicyLayer::new(policy).layer(failing(calls.clone(), 100));
+    let e = svc.oneshot(1).await.unwrap_err();
+    let gave_up = e.downcast_ref::<policy::GaveUp>().expect("GaveUp");
+    assert_eq!(gave_up.attempts, 4);
+    assert!(
+        std::error::Error::source(gave_up)
+            .unwrap()
+            .downcast_ref::<io::Error>()
+            .is_some()
+    );
+}
