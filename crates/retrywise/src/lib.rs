@@ -62,6 +62,7 @@ pub mod policy;
 mod random;
 pub mod recorder;
 pub mod retry;
+mod striped;
 pub mod timeout;
 
 pub use error::ConfigError;

@@ -174,6 +174,27 @@ impl CircuitBreaker {
             .map(|(epoch, state)| Permit::new(self.clone(), epoch, state))
     }
 
+    /// Runs `fut` through the breaker: refused while the circuit is open; otherwise its
+    /// outcome (`Ok` a success, `Err` a failure) and duration are recorded.
+    ///
+    /// # Errors
+    /// [`CircuitOpen`] when the call was refused (the future is dropped unpolled).
+    pub async fn call<T, E, F>(&self, fut: F) -> Result<Result<T, E>, CircuitOpen>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let permit = self.try_acquire()?;
+        let started = Instant::now();
+        let out = fut.await;
+        let outcome = if out.is_ok() {
+            CallOutcome::Success
+        } else {
+            CallOutcome::Failure
+        };
+        permit.record(outcome, started.elapsed());
+        Ok(out)
+    }
+
     /// Admits a call: the epoch and state it is admitted in.
     fn admit(&self) -> Result<(u64, State), CircuitOpen> {
         let s = &*self.shared;
@@ -304,12 +325,14 @@ impl CircuitBreaker {
         pending: &mut Pending,
     ) {
         let cfg = &self.shared.cfg;
-        let (fr, sr) = (counts.failure_rate(), counts.slow_rate());
-        let failing = fr >= cfg.failure_rate_threshold;
-        let slow = sr >= cfg.slow_call_rate_threshold;
+        // Compare by multiplying: no division on the call path while rates are low.
+        let calls = f64::from(counts.calls);
+        let failing = f64::from(counts.failures) >= cfg.failure_rate_threshold * calls;
+        let slow = f64::from(counts.slow) >= cfg.slow_call_rate_threshold * calls;
         if !failing && !slow {
             return;
         }
+        let (fr, sr) = (counts.failure_rate(), counts.slow_rate());
         if !cfg.listeners.is_empty() {
             let name = Arc::clone(&self.shared.name);
             if failing {

@@ -81,6 +81,28 @@ mod tests {
         assert_eq!(b.state(), State::Open, "5 of the last 10");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn call_records_outcomes_and_durations() {
+        let b = small().build().unwrap();
+        let ok = b.call(async { Ok::<_, ()>(1) }).await.unwrap();
+        assert_eq!(ok, Ok(1));
+        let slow = b
+            .call(async {
+                tokio::time::sleep(150 * MS).await;
+                Err::<(), _>("boom")
+            })
+            .await
+            .unwrap();
+        assert_eq!(slow, Err("boom"));
+        let m = b.metrics();
+        assert_eq!(
+            (m.successful_calls, m.failed_calls, m.slow_calls),
+            (1, 1, 1)
+        );
+        b.trip();
+        assert!(b.call(async { Ok::<_, ()>(()) }).await.is_err());
+    }
+
     #[test]
     fn refused_calls_are_not_failures() {
         let b = small().build().unwrap();

@@ -118,9 +118,11 @@ impl RatioBudget {
     }
 
     fn epoch(&self, now: Instant) -> u32 {
-        let nanos = now.saturating_duration_since(self.origin).as_nanos();
+        // u64 nanoseconds last 584 years; u64 division is several times cheaper than u128.
+        let nanos = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX);
         // Truncation wraps the epoch; comparisons are wrap-aware.
-        (nanos / u128::from(self.slot_nanos)) as u32
+        (nanos / self.slot_nanos) as u32
     }
 
     fn totals(&self, epoch: u32) -> (u64, u64) {

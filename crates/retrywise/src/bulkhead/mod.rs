@@ -7,6 +7,7 @@
 //!   with the caller running the task itself (back-pressure) or a rejection when the queue
 //!   is full; [`BulkheadRegistry`] keeps one per dependency.
 
+mod gate;
 mod pool;
 mod semaphore;
 

@@ -1,15 +1,18 @@
 //! The semaphore bulkhead.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::error::{Check, ConfigError};
+use crate::striped::Striped;
+
+use super::gate::{Gate, MAX_HOLDERS};
 
 const CHECK: Check = Check::new("bulkhead");
+/// Far above any sensible limit (about 16 million).
+const MAX_CONCURRENT: u32 = MAX_HOLDERS;
 
 /// The bulkhead had no room for the call within its maximum wait.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,15 +54,15 @@ pub struct Bulkhead {
 #[derive(Debug)]
 struct Shared {
     name: Arc<str>,
-    semaphore: Arc<Semaphore>,
+    gate: Gate,
     max: u32,
     max_wait: Duration,
-    /// Calls that asked for a permit (admitted or not).
-    total: AtomicU64,
-    rejected: AtomicU64,
-    failed: AtomicU64,
-    finished: AtomicU64,
-    exec_nanos: AtomicU64,
+    /// Calls refused. Striped, like every per-call counter here, so that concurrent
+    /// callers do not contend on it. (Admissions are counted by the gate itself.)
+    rejected: Striped,
+    failed: Striped,
+    finished: Striped,
+    exec_nanos: Striped,
 }
 
 /// A point-in-time view of a [`Bulkhead`].
@@ -101,7 +104,7 @@ impl Bulkhead {
     }
 
     pub(crate) fn full(&self) -> BulkheadFull {
-        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+        self.shared.rejected.add(1);
         BulkheadFull {
             name: Arc::clone(&self.shared.name),
             max_concurrent: self.shared.max,
@@ -111,30 +114,20 @@ impl Bulkhead {
     /// Counts a request and takes room if there is some now; a refusal is not counted yet
     /// (the caller may still wait).
     pub(crate) fn try_acquire_quiet(&self) -> Option<BulkheadPermit<'_>> {
-        self.shared.total.fetch_add(1, Ordering::Relaxed);
         self.shared
-            .semaphore
-            .try_acquire()
-            .ok()
-            .map(|p| BulkheadPermit {
-                bulkhead: self,
-                _permit: p,
-            })
+            .gate
+            .try_enter()
+            .then(|| BulkheadPermit { bulkhead: self })
     }
 
     /// After [`try_acquire_quiet`](Self::try_acquire_quiet) found no room: waits up to the
     /// maximum wait, counting a rejection if none frees up.
     pub(crate) async fn acquire_after_refusal(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
-        if self.shared.max_wait.is_zero() {
-            return Err(self.full());
-        }
-        match tokio::time::timeout(self.shared.max_wait, self.shared.semaphore.acquire()).await {
-            Ok(Ok(p)) => Ok(BulkheadPermit {
-                bulkhead: self,
-                _permit: p,
-            }),
-            // Timed out, or the semaphore was closed (never done here).
-            _ => Err(self.full()),
+        let s = &*self.shared;
+        if !s.max_wait.is_zero() && s.gate.enter_within(s.max_wait).await {
+            Ok(BulkheadPermit { bulkhead: self })
+        } else {
+            Err(self.full())
         }
     }
 
@@ -171,31 +164,16 @@ impl Bulkhead {
 
     /// [`try_acquire_quiet`](Self::try_acquire_quiet) with an owned permit.
     pub(crate) fn try_acquire_owned_quiet(&self) -> Option<OwnedBulkheadPermit> {
-        self.shared.total.fetch_add(1, Ordering::Relaxed);
-        Arc::clone(&self.shared.semaphore)
-            .try_acquire_owned()
-            .ok()
-            .map(|p| OwnedBulkheadPermit {
-                bulkhead: self.clone(),
-                _permit: p,
-            })
+        self.try_acquire_quiet().map(|p| p.into_owned())
     }
 
     /// [`acquire_after_refusal`](Self::acquire_after_refusal) with an owned permit.
     pub(crate) async fn acquire_owned_after_refusal(
         &self,
     ) -> Result<OwnedBulkheadPermit, BulkheadFull> {
-        if self.shared.max_wait.is_zero() {
-            return Err(self.full());
-        }
-        let sem = Arc::clone(&self.shared.semaphore);
-        match tokio::time::timeout(self.shared.max_wait, sem.acquire_owned()).await {
-            Ok(Ok(p)) => Ok(OwnedBulkheadPermit {
-                bulkhead: self.clone(),
-                _permit: p,
-            }),
-            _ => Err(self.full()),
-        }
+        self.acquire_after_refusal()
+            .await
+            .map(BulkheadPermit::into_owned)
     }
 
     /// Whether a caller that finds no room waits for some.
@@ -217,19 +195,19 @@ impl Bulkhead {
 
     /// Calls running now.
     pub fn active(&self) -> u32 {
-        self.shared.max - self.available()
+        self.shared.gate.active()
     }
 
     fn available(&self) -> u32 {
-        u32::try_from(self.shared.semaphore.available_permits()).unwrap_or(u32::MAX)
+        self.shared.max.saturating_sub(self.active())
     }
 
     /// A snapshot of the counters.
     pub fn metrics(&self) -> BulkheadMetrics {
         let s = &*self.shared;
-        let total = s.total.load(Ordering::Relaxed);
-        let rejected = s.rejected.load(Ordering::Relaxed);
-        let finished = s.finished.load(Ordering::Relaxed);
+        let rejected = s.rejected.get();
+        let total = s.gate.admitted() + rejected;
+        let finished = s.finished.get();
         let available = self.available();
         BulkheadMetrics {
             name: Arc::clone(&s.name),
@@ -243,25 +221,20 @@ impl Bulkhead {
             } else {
                 rejected as f64 / total as f64
             },
-            failed_calls: s.failed.load(Ordering::Relaxed),
+            failed_calls: s.failed.get(),
             avg_execution_time: Duration::from_nanos(
-                s.exec_nanos
-                    .load(Ordering::Relaxed)
-                    .checked_div(finished)
-                    .unwrap_or(0),
+                s.exec_nanos.get().checked_div(finished).unwrap_or(0),
             ),
         }
     }
 
     fn report(&self, failed: bool, took: Duration) {
         let s = &*self.shared;
-        s.finished.fetch_add(1, Ordering::Relaxed);
-        s.exec_nanos.fetch_add(
-            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        s.finished.add(1);
+        s.exec_nanos
+            .add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
         if failed {
-            s.failed.fetch_add(1, Ordering::Relaxed);
+            s.failed.add(1);
         }
     }
 }
@@ -271,14 +244,28 @@ impl Bulkhead {
 #[must_use = "the room is released when the permit is dropped"]
 pub struct BulkheadPermit<'a> {
     bulkhead: &'a Bulkhead,
-    _permit: SemaphorePermit<'a>,
 }
 
 impl BulkheadPermit<'_> {
+    fn into_owned(self) -> OwnedBulkheadPermit {
+        let owned = OwnedBulkheadPermit {
+            bulkhead: self.bulkhead.clone(),
+        };
+        // The room now belongs to the owned permit.
+        std::mem::forget(self);
+        owned
+    }
+
     /// Reports how the call went (for the execution-time and failure metrics), then
     /// releases the room.
     pub fn finish(self, failed: bool, took: Duration) {
         self.bulkhead.report(failed, took);
+    }
+}
+
+impl Drop for BulkheadPermit<'_> {
+    fn drop(&mut self) {
+        self.bulkhead.shared.gate.leave();
     }
 }
 
@@ -287,13 +274,18 @@ impl BulkheadPermit<'_> {
 #[must_use = "the room is released when the permit is dropped"]
 pub struct OwnedBulkheadPermit {
     bulkhead: Bulkhead,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl OwnedBulkheadPermit {
     /// Reports how the call went, then releases the room.
     pub fn finish(self, failed: bool, took: Duration) {
         self.bulkhead.report(failed, took);
+    }
+}
+
+impl Drop for OwnedBulkheadPermit {
+    fn drop(&mut self) {
+        self.bulkhead.shared.gate.leave();
     }
 }
 
@@ -322,29 +314,28 @@ impl BulkheadBuilder {
     /// Checks and builds.
     ///
     /// # Errors
-    /// `max_concurrent` zero or above tokio's semaphore limit; an empty name.
+    /// `max_concurrent` zero or above 2^24 - 1; an empty name.
     pub fn build(self) -> Result<Bulkhead, ConfigError> {
         if self.name.is_empty() {
             return Err(CHECK.err("name", "must not be empty"));
         }
         CHECK.at_least_one("max_concurrent", u64::from(self.max_concurrent))?;
-        if self.max_concurrent as usize > Semaphore::MAX_PERMITS {
+        if self.max_concurrent > MAX_CONCURRENT {
             return Err(CHECK.err(
                 "max_concurrent",
-                format!("must be at most {}", Semaphore::MAX_PERMITS),
+                format!("must be at most {MAX_CONCURRENT}"),
             ));
         }
         Ok(Bulkhead {
             shared: Arc::new(Shared {
                 name: self.name,
-                semaphore: Arc::new(Semaphore::new(self.max_concurrent as usize)),
+                gate: Gate::new(self.max_concurrent),
                 max: self.max_concurrent,
                 max_wait: self.max_wait,
-                total: AtomicU64::new(0),
-                rejected: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-                finished: AtomicU64::new(0),
-                exec_nanos: AtomicU64::new(0),
+                rejected: Striped::default(),
+                failed: Striped::default(),
+                finished: Striped::default(),
+                exec_nanos: Striped::default(),
             }),
         })
     }

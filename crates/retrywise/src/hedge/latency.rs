@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::striped::{STRIPES, stripe};
+
 /// Sub-buckets per power of two: values are kept to within 1/16 (6.25 %).
 const SUB: u32 = 16;
 const SUB_BITS: u32 = 4;
@@ -40,6 +42,7 @@ fn upper_of(bucket: usize) -> u64 {
 struct Histogram {
     /// The period this histogram holds, or `u64::MAX` while never used.
     period: AtomicU64,
+    /// One row of buckets per stripe (thread), `stripe * BUCKETS + bucket`.
     counts: Box<[AtomicU32]>,
 }
 
@@ -47,17 +50,25 @@ impl Histogram {
     fn new() -> Self {
         Self {
             period: AtomicU64::new(u64::MAX),
-            counts: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            counts: (0..BUCKETS * STRIPES).map(|_| AtomicU32::new(0)).collect(),
         }
+    }
+
+    /// Bucket `b` summed over the stripes.
+    fn bucket(&self, b: usize) -> u64 {
+        (0..STRIPES)
+            .map(|s| u64::from(self.counts[s * BUCKETS + b].load(Ordering::Relaxed)))
+            .sum()
     }
 }
 
 /// Latencies of the current and the previous period (each `period` long), so that
 /// percentiles follow the upstream as it changes and never rest on an empty window.
 ///
-/// Recording is two relaxed atomic operations; switching periods clears the older
-/// histogram (a sample recorded by another thread at that instant may be lost, which a
-/// statistic can afford).
+/// Each thread records into its own row of buckets with a plain load and store — no
+/// lock-prefixed instruction and no cache line shared with other threads. Threads that
+/// share a row (more threads than rows) or record while a period is being cleared may
+/// lose a sample now and then, which a statistic can afford.
 #[derive(Debug)]
 pub(crate) struct RollingLatency {
     origin: Instant,
@@ -74,20 +85,31 @@ impl RollingLatency {
         }
     }
 
-    fn period_of(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
-            / self.period_nanos
+    /// The length of a period.
+    pub(crate) fn period(&self) -> Duration {
+        Duration::from_nanos(self.period_nanos)
     }
 
-    /// Records one latency observed at `now`.
-    pub(crate) fn record(&self, now: Instant, latency: Duration) {
-        let p = self.period_of(now);
+    /// Nanoseconds from the window's origin to `now`.
+    pub(crate) fn since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn period_of(&self, now: Instant) -> u64 {
+        self.since_origin(now) / self.period_nanos
+    }
+
+    /// Records one latency observed at `now`; returns `now` in nanoseconds since the
+    /// origin.
+    pub(crate) fn record(&self, now: Instant, latency: Duration) -> u64 {
+        let since = self.since_origin(now);
+        let p = since / self.period_nanos;
         let h = &self.hists[(p % 2) as usize];
         let held = h.period.load(Ordering::Acquire);
         if held != p {
             if held != u64::MAX && held > p {
                 // A straggler from an older period: drop it.
-                return;
+                return since;
             }
             if h.period
                 .compare_exchange(held, p, Ordering::AcqRel, Ordering::Acquire)
@@ -99,21 +121,31 @@ impl RollingLatency {
             }
         }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        h.counts[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        let c = &h.counts[stripe() * BUCKETS + bucket_of(micros)];
+        c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        since
+    }
+
+    /// The histograms holding the current and the previous period.
+    fn live(&self, p: u64) -> impl Iterator<Item = &Histogram> {
+        self.hists.iter().filter(move |h| {
+            let hp = h.period.load(Ordering::Acquire);
+            hp != u64::MAX && hp <= p && p - hp <= 1
+        })
+    }
+
+    /// How many latencies the current and previous period hold.
+    pub(crate) fn count(&self, now: Instant) -> u64 {
+        self.live(self.period_of(now))
+            .flat_map(|h| h.counts.iter())
+            .map(|c| u64::from(c.load(Ordering::Relaxed)))
+            .sum()
     }
 
     /// The `q`-quantile (e.g. 0.95) of the latencies of the current and previous period,
     /// and how many samples it rests on; `None` without samples.
     pub(crate) fn quantile(&self, now: Instant, q: f64) -> Option<(Duration, u64)> {
-        let p = self.period_of(now);
-        let live: Vec<&Histogram> = self
-            .hists
-            .iter()
-            .filter(|h| {
-                let hp = h.period.load(Ordering::Acquire);
-                hp != u64::MAX && hp <= p && p - hp <= 1
-            })
-            .collect();
+        let live: Vec<&Histogram> = self.live(self.period_of(now)).collect();
         let total: u64 = live
             .iter()
             .flat_map(|h| h.counts.iter())
@@ -125,10 +157,7 @@ impl RollingLatency {
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
         for b in 0..BUCKETS {
-            seen += live
-                .iter()
-                .map(|h| u64::from(h.counts[b].load(Ordering::Relaxed)))
-                .sum::<u64>();
+            seen += live.iter().map(|h| h.bucket(b)).sum::<u64>();
             if seen >= rank {
                 return Some((Duration::from_micros(upper_of(b)), total));
             }

@@ -5,16 +5,19 @@
 //! fixed, or a percentile (e.g. p95) of the latencies of recent calls — a hedge goes out,
 //! and so on up to the maximum number of hedges. The first *answer* wins and the others are
 //! cancelled (dropped). If every request fails, the error carries every failure. A hedge
-//! budget caps the extra load (by default hedges may be at most 5 % of calls), so hedging
-//! can never double the load on a slow upstream.
+//! budget caps the extra load (by default hedges may be at most 5 % of the calls answered
+//! in the latency window), so hedging can never double the load on a slow upstream.
+//!
+//! Each answered call contributes one latency to the window: the time to its first answer
+//! — the primary's latency, or a lower bound of it when a hedge answered first.
 
 mod latency;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -22,14 +25,18 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::{Instant, Sleep};
 
-use crate::budget::{RatioBudget, RetryBudget};
 use crate::error::{Check, ConfigError};
+use crate::striped::Striped;
 
 pub(crate) use latency::RollingLatency;
 
 const CHECK: Check = Check::new("hedge");
-/// The cached delay is recomputed from the histogram every this many recorded latencies.
-const REFRESH_EVERY: u32 = 32;
+
+/// The cached delay is recomputed from the histogram (a scan of about a microsecond) at
+/// most this often once it rests on enough samples...
+const REFRESH_NANOS: u64 = 100_000_000;
+/// ...and every this many latencies (per thread) while it does not yet.
+const FILLING_REFRESH_EVERY: u64 = 16;
 
 /// When to send a hedge.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,25 +104,73 @@ struct Shared {
     max_hedges: u32,
     delay: HedgeDelay,
     latencies: RollingLatency,
-    /// The current hedge delay in nanoseconds, refreshed from `latencies`.
+    /// The current hedge delay in nanoseconds (`u64::MAX`: use the fallback), refreshed
+    /// from `latencies`.
     cached_nanos: AtomicU64,
-    records: AtomicU32,
-    budget: Option<RatioBudget>,
-    calls: AtomicU64,
-    hedges: AtomicU64,
-    hedge_wins: AtomicU64,
+    /// Latencies recorded while the delay is still the fallback; paces refreshes then.
+    records: Striped,
+    /// When (nanoseconds since the latency window's origin) the delay is next recomputed.
+    next_refresh: AtomicU64,
+    budget: Option<HedgeBudget>,
+    /// Hedges sent in the two most recent periods of the latency window, as
+    /// `(period, count)`; the budget's ledger and the source of the hedge rate.
+    sent: Mutex<[(u64, u64); 2]>,
+    hedges: Striped,
+    hedge_wins: Striped,
+}
+
+/// Hedges may be at most `ratio` of the calls answered in the latency window (the current
+/// and previous period), plus `min_per_sec` per second of one period. The calls are the
+/// latency histogram's own counts, so the budget adds nothing to a call that does not hedge.
+#[derive(Debug)]
+struct HedgeBudget {
+    ratio: f64,
+    min_per_sec: u32,
+}
+
+/// The hedges of `sent` that fall in the window ending in period `p`.
+fn in_window(sent: &[(u64, u64); 2], p: u64) -> u64 {
+    sent.iter()
+        .filter(|(q, _)| *q <= p && p - *q <= 1)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+impl Shared {
+    /// Counts a hedge about to be sent at `now`, if the budget allows it.
+    fn spend(&self, now: Instant) -> bool {
+        let p = self.latencies.period_of(now);
+        let allowance = self.budget.as_ref().map(|b| {
+            let floor = f64::from(b.min_per_sec) * self.latencies.period().as_secs_f64();
+            floor + b.ratio * self.latencies.count(now) as f64
+        });
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(allowance) = allowance
+            && (in_window(&sent, p) + 1) as f64 > allowance + 1e-9
+        {
+            return false;
+        }
+        let slot = &mut sent[(p % 2) as usize];
+        if slot.0 != p {
+            *slot = (p, 0);
+        }
+        slot.1 += 1;
+        true
+    }
 }
 
 /// A point-in-time view of a [`Hedge`].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct HedgeMetrics {
-    /// Calls made through the hedge.
-    pub calls: u64,
-    /// Hedges sent.
+    /// Hedges sent, in all.
     pub hedges: u64,
-    /// Calls a hedge answered first.
+    /// Calls a hedge answered first, in all.
     pub hedge_wins: u64,
-    /// `hedges / calls`: the extra load.
+    /// Calls answered within the latency window.
+    pub window_calls: u64,
+    /// Hedges sent within the latency window.
+    pub window_hedges: u64,
+    /// `window_hedges / window_calls`: the extra load now.
     pub hedge_rate: f64,
     /// The delay a call starting now would wait before hedging.
     pub current_delay: Duration,
@@ -156,16 +211,31 @@ impl Hedge {
     /// request), feeding the percentile.
     pub fn record_latency(&self, now: Instant, latency: Duration) {
         let s = &*self.shared;
-        s.latencies.record(now, latency);
-        if let HedgeDelay::Percentile {
+        let since = s.latencies.record(now, latency);
+        let HedgeDelay::Percentile {
             quantile,
             min_samples,
             ..
         } = s.delay
-            && s.records
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(REFRESH_EVERY)
-        {
+        else {
+            return;
+        };
+        let filling = s.cached_nanos.load(Ordering::Relaxed) == u64::MAX;
+        let next = s.next_refresh.load(Ordering::Relaxed);
+        let due = if filling {
+            s.records.add(1).is_multiple_of(FILLING_REFRESH_EVERY)
+        } else {
+            since >= next
+                && s.next_refresh
+                    .compare_exchange(
+                        next,
+                        since + REFRESH_NANOS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+        };
+        if due {
             let v = match s.latencies.quantile(now, quantile) {
                 Some((d, n)) if n >= min_samples => {
                     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
@@ -173,6 +243,10 @@ impl Hedge {
                 _ => u64::MAX,
             };
             s.cached_nanos.store(v, Ordering::Relaxed);
+            if filling {
+                s.next_refresh
+                    .store(since + REFRESH_NANOS, Ordering::Relaxed);
+            }
         }
     }
 
@@ -184,16 +258,21 @@ impl Hedge {
     /// A snapshot of the counters.
     pub fn metrics(&self) -> HedgeMetrics {
         let s = &*self.shared;
-        let calls = s.calls.load(Ordering::Relaxed);
-        let hedges = s.hedges.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let window_calls = s.latencies.count(now);
+        let window_hedges = {
+            let sent = s.sent.lock().unwrap_or_else(|e| e.into_inner());
+            in_window(&sent, s.latencies.period_of(now))
+        };
         HedgeMetrics {
-            calls,
-            hedges,
-            hedge_wins: s.hedge_wins.load(Ordering::Relaxed),
-            hedge_rate: if calls == 0 {
+            hedges: s.hedges.get(),
+            hedge_wins: s.hedge_wins.get(),
+            window_calls,
+            window_hedges,
+            hedge_rate: if window_calls == 0 {
                 0.0
             } else {
-                hedges as f64 / calls as f64
+                window_hedges as f64 / window_calls as f64
             },
             current_delay: self.current_delay(),
         }
@@ -209,56 +288,73 @@ impl Hedge {
     ///
     /// # Errors
     /// [`AllFailed`] with every request's error when none answered.
-    pub async fn call<F, Fut, T, E>(&self, mut make: F) -> Result<T, AllFailed<E>>
+    pub async fn call<F, Fut, T, E>(&self, make: F) -> Result<T, AllFailed<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let start = Instant::now();
+        let result = self.race(start, make).await;
+        if result.is_ok() {
+            let now = Instant::now();
+            self.record_latency(now, now.saturating_duration_since(start));
+        }
+        result
+    }
+
+    /// The race itself, for a call that started at `start`: reads the clock only to send a
+    /// hedge, and records no latency (the caller records the call's, with the clock
+    /// reading it already has).
+    pub(crate) async fn race<F, Fut, T, E>(
+        &self,
+        start: Instant,
+        mut make: F,
+    ) -> Result<T, AllFailed<E>>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let s = &*self.shared;
-        let start = Instant::now();
-        s.calls.fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = &s.budget {
-            b.deposit(start);
+        let primary = make(0);
+        let mut primary = pin!(primary);
+        // Fast path: most primaries answer on their first poll, before any hedging state
+        // is needed.
+        let first = std::future::poll_fn(|cx| Poll::Ready(primary.as_mut().poll(cx))).await;
+        let mut errors = Vec::new();
+        match first {
+            Poll::Ready(Ok(v)) => return Ok(v),
+            Poll::Ready(Err(e)) => {
+                errors.push(e);
+                return Err(AllFailed { errors });
+            }
+            Poll::Pending => {}
         }
-        let mut primary = pin!(Some(make(0)));
-        let mut hedges: Option<FuturesUnordered<Pin<Box<Tagged<Fut>>>>> = None;
+        let mut primary_running = true;
+        let mut hedges: Option<FuturesUnordered<Fut>> = None;
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         let mut launched = 1u32;
         let mut may_hedge = s.max_hedges > 0;
-        let mut errors = Vec::new();
         std::future::poll_fn(|cx| {
             loop {
-                if let Some(fut) = primary.as_mut().as_pin_mut()
-                    && let Poll::Ready(r) = fut.poll(cx)
-                {
-                    primary.set(None);
+                if primary_running && let Poll::Ready(r) = primary.as_mut().poll(cx) {
+                    primary_running = false;
                     match r {
-                        Ok(v) => {
-                            let now = Instant::now();
-                            self.record_latency(now, now - start);
-                            return Poll::Ready(Ok(v));
-                        }
+                        Ok(v) => return Poll::Ready(Ok(v)),
                         Err(e) => errors.push(e),
                     }
                 }
                 if let Some(set) = hedges.as_mut() {
-                    while let Poll::Ready(Some((started, r))) = set.poll_next_unpin(cx) {
+                    while let Poll::Ready(Some(r)) = set.poll_next_unpin(cx) {
                         match r {
                             Ok(v) => {
-                                let now = Instant::now();
-                                self.record_latency(now, now - started);
-                                if primary.is_some() {
-                                    // The primary is cancelled: it took at least this long.
-                                    self.record_latency(now, now - start);
-                                }
-                                s.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                                s.hedge_wins.add(1);
                                 return Poll::Ready(Ok(v));
                             }
                             Err(e) => errors.push(e),
                         }
                     }
                 }
-                let running = primary.is_some() || hedges.as_ref().is_some_and(|h| !h.is_empty());
+                let running = primary_running || hedges.as_ref().is_some_and(|h| !h.is_empty());
                 if !running {
                     return Poll::Ready(Err(AllFailed {
                         errors: std::mem::take(&mut errors),
@@ -274,17 +370,14 @@ impl Hedge {
                     return Poll::Pending;
                 }
                 let now = Instant::now();
-                if s.budget.as_ref().is_some_and(|b| !b.withdraw(now)) {
+                if !s.spend(now) {
                     may_hedge = false;
                     continue;
                 }
-                s.hedges.fetch_add(1, Ordering::Relaxed);
+                s.hedges.add(1);
                 hedges
                     .get_or_insert_with(FuturesUnordered::new)
-                    .push(Box::pin(Tagged {
-                        started: now,
-                        fut: make(launched),
-                    }));
+                    .push(make(launched));
                 launched += 1;
                 may_hedge = launched <= s.max_hedges;
                 if may_hedge {
@@ -293,24 +386,6 @@ impl Hedge {
             }
         })
         .await
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A hedge's future with the instant it was sent.
-    struct Tagged<F> {
-        started: Instant,
-        #[pin]
-        fut: F,
-    }
-}
-
-impl<F: Future> Future for Tagged<F> {
-    type Output = (Instant, F::Output);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        this.fut.poll(cx).map(|v| (*this.started, v))
     }
 }
 
@@ -343,8 +418,8 @@ impl HedgeBuilder {
         self
     }
 
-    /// Hedges may be at most `ratio` of calls, plus `min_per_sec` per second, over 10 s.
-    /// Defaults to 5 % and none per second.
+    /// Hedges may be at most `ratio` of the calls answered in the latency window, plus
+    /// `min_per_sec` per second of one period. Defaults to 5 % and none per second.
     pub fn budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
         self.budget = Some((ratio, min_per_sec));
         self
@@ -360,7 +435,7 @@ impl HedgeBuilder {
     ///
     /// # Errors
     /// A zero fixed delay; a quantile outside `(0, 1)` or NaN; a zero latency window; a
-    /// budget ratio outside `[0, 1000]`.
+    /// budget ratio outside `[0, 1]` or NaN.
     pub fn build(self) -> Result<Hedge, ConfigError> {
         match self.delay {
             HedgeDelay::Fixed(d) => CHECK.positive("delay", d)?,
@@ -375,10 +450,10 @@ impl HedgeBuilder {
         }
         CHECK.positive("latency_window", self.window)?;
         let budget = match self.budget {
-            Some((ratio, floor)) => Some(
-                RatioBudget::new(Duration::from_secs(10), floor, ratio)
-                    .map_err(|e| CHECK.err("budget", e.problem))?,
-            ),
+            Some((ratio, min_per_sec)) => {
+                CHECK.in_range("budget", ratio, 0.0, 1.0)?;
+                Some(HedgeBudget { ratio, min_per_sec })
+            }
             None => None,
         };
         Ok(Hedge {
@@ -387,11 +462,12 @@ impl HedgeBuilder {
                 delay: self.delay,
                 latencies: RollingLatency::new(self.window),
                 cached_nanos: AtomicU64::new(u64::MAX),
-                records: AtomicU32::new(0),
+                records: Striped::default(),
+                next_refresh: AtomicU64::new(0),
                 budget,
-                calls: AtomicU64::new(0),
-                hedges: AtomicU64::new(0),
-                hedge_wins: AtomicU64::new(0),
+                sent: Mutex::new([(u64::MAX, 0); 2]),
+                hedges: Striped::default(),
+                hedge_wins: Striped::default(),
             }),
         })
     }
@@ -524,6 +600,14 @@ mod tests {
         for i in 0..=200u64 {
             h.record_latency(Instant::now(), Duration::from_millis(i % 100 + 1));
         }
+        // Recomputed while filling, then at most every 100 ms.
+        let d = h.current_delay();
+        assert!(
+            d > 7 * MS && d < 88 * MS,
+            "from the first 64 samples: {d:?}"
+        );
+        tokio::time::advance(Duration::from_millis(100)).await;
+        h.record_latency(Instant::now(), Duration::from_millis(50));
         let d = h.current_delay();
         assert!((88 * MS..=95 * MS).contains(&d), "{d:?}");
     }
@@ -540,9 +624,11 @@ mod tests {
             h.call(|i| request(i, 10 * MS, true, &log)).await.unwrap();
         }
         let m = h.metrics();
-        assert_eq!(m.calls, 100);
+        assert_eq!(m.window_calls, 100);
         assert!(m.hedges <= 10, "{m:?}");
         assert!(m.hedges >= 9, "{m:?}");
+        assert_eq!(m.window_hedges, m.hedges);
+        assert!((m.hedge_rate - m.hedges as f64 / 100.0).abs() < 1e-12);
     }
 
     #[test]

@@ -299,10 +299,18 @@ impl<C> Policy<C> {
             let ended = match &p.hedge {
                 None => {
                     let make = || op(Attempt { number, hedge: 0 });
-                    let sent = self
+                    let (sent, end) = self
                         .send(make, timeout, attempt_start, ctx, call_id, 0)
                         .await;
-                    let latency = Instant::now().saturating_duration_since(attempt_start);
+                    // Read the clock only if someone needs the latency: the breaker, or the
+                    // retry decision after a failure.
+                    let latency = match end {
+                        Some((_, latency)) => latency,
+                        None if p.breaker.is_some() || !sent.verdict().is_success() => {
+                            Instant::now().saturating_duration_since(attempt_start)
+                        }
+                        None => Duration::ZERO,
+                    };
                     Self::end(sent, latency)
                 }
                 Some(h) => {
@@ -383,7 +391,7 @@ impl<C> Policy<C> {
         ctx: &AttemptContext,
         call_id: u64,
         hedge: u32,
-    ) -> Sent<T, E>
+    ) -> (Sent<T, E>, Option<(Instant, Duration)>)
     where
         C: Classifier<T, E>,
         Fut: Future<Output = Result<T, E>>,
@@ -399,7 +407,7 @@ impl<C> Policy<C> {
                         started = Instant::now();
                         Some(permit)
                     }
-                    Err(full) => return Sent::Rejected(full),
+                    Err(full) => return (Sent::Rejected(full), None),
                 },
             },
         };
@@ -418,17 +426,24 @@ impl<C> Policy<C> {
             }
             Err(elapsed) => Sent::TimedOut(elapsed),
         };
+        let mut end = None;
         if permit.is_some() || guard.is_some() {
-            let latency = Instant::now().saturating_duration_since(started);
+            let now = Instant::now();
+            let latency = now.saturating_duration_since(started);
+            end = Some((now, latency));
             let verdict = sent.verdict();
             if let Some(permit) = permit {
-                permit.finish(!verdict.is_success(), latency);
+                // Execution times and failures go to the bulkhead's metrics unless the
+                // breaker already keeps them (no need to count every call twice).
+                if p.breaker.is_none() {
+                    permit.finish(!verdict.is_success(), latency);
+                }
             }
             if let Some(g) = guard.take() {
                 g.finish(&verdict, latency);
             }
         }
-        sent
+        (sent, end)
     }
 
     /// One attempt with hedged requests.
@@ -448,8 +463,8 @@ impl<C> Policy<C> {
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let result = hedge
-            .call(|i| {
+        let raced = hedge
+            .race(attempt_start, |i| {
                 let fut = op(Attempt { number, hedge: i });
                 let started = if i == 0 {
                     attempt_start
@@ -457,20 +472,33 @@ impl<C> Policy<C> {
                     Instant::now()
                 };
                 async move {
-                    let sent = self
+                    let (sent, end) = self
                         .send(move || fut, timeout, started, ctx, call_id, i)
                         .await;
-                    let latency = Instant::now().saturating_duration_since(started);
+                    let (end, latency) = end.unwrap_or_else(|| {
+                        let now = Instant::now();
+                        (now, now.saturating_duration_since(started))
+                    });
                     if sent.is_final() {
-                        Ok((sent, latency))
+                        // The primary's own latency, or the time to the hedge's answer.
+                        let first_answer = if i == 0 {
+                            latency
+                        } else {
+                            end.saturating_duration_since(attempt_start)
+                        };
+                        Ok((sent, latency, end, first_answer))
                     } else {
                         Err((sent, latency))
                     }
                 }
             })
             .await;
-        match result {
-            Ok((sent, latency)) => Self::end(sent, latency),
+        match raced {
+            Ok((sent, latency, end, first_answer)) => {
+                // One latency per answered call: the time to its first answer.
+                hedge.record_latency(end, first_answer);
+                Self::end(sent, latency)
+            }
             Err(all) => {
                 let mut errors = Vec::new();
                 let mut answer = None;
