@@ -37,8 +37,8 @@ fn inner()
     tower::service_fn(|_: ()| async { Ok::<u64, BenchError>(1) })
 }
 
-fn ok1() -> impl Future<Output = Ok1> {
-    async { Ok(1) }
+async fn ok1() -> Ok1 {
+    Ok(1)
 }
 
 // ----- Configurations shared by retrywise and the peers -----

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::striped::Striped;
+
 use super::window::{Counts, Window};
 use super::{
     BreakerBuilder, BreakerConfig, BreakerEvent, BreakerMetrics, CircuitOpen, OpenContext,
@@ -76,17 +78,20 @@ struct Shared {
     /// before `word` announces OPEN.
     open_until: AtomicU64,
     /// Refused calls; counted without the lock so refusing stays cheap.
-    not_permitted: AtomicU64,
+    not_permitted: Striped,
+    /// Outcomes of CLOSED and METRICS_ONLY, written without taking `core` (a count window
+    /// is lock-free; a time window has its own short lock).
+    window: Window,
+    totals: Totals,
+    /// Transitions and HALF_OPEN bookkeeping.
     core: Mutex<Core>,
 }
 
 #[derive(Debug)]
 struct Core {
-    window: Window,
     /// Probes admitted, and their outcomes, in the current HALF_OPEN.
     probes: Probes,
     consecutive_opens: u32,
-    totals: Totals,
 }
 
 #[derive(Debug, Default)]
@@ -96,13 +101,14 @@ struct Probes {
     since_nanos: u64,
 }
 
+/// Lifetime counters, striped so that concurrent calls do not share a cache line.
 #[derive(Debug, Default)]
 struct Totals {
-    successful: u64,
-    failed: u64,
-    ignored: u64,
-    slow: u64,
-    response_nanos: u128,
+    successful: Striped,
+    failed: Striped,
+    ignored: Striped,
+    slow: Striped,
+    response_nanos: Striped,
 }
 
 fn pack(epoch: u64, state: State) -> u64 {
@@ -132,12 +138,12 @@ impl CircuitBreaker {
                 origin: Instant::now(),
                 word: AtomicU64::new(pack(0, State::Closed)),
                 open_until: AtomicU64::new(0),
-                not_permitted: AtomicU64::new(0),
+                not_permitted: Striped::default(),
+                window,
+                totals: Totals::default(),
                 core: Mutex::new(Core {
-                    window,
                     probes: Probes::default(),
                     consecutive_opens: 0,
-                    totals: Totals::default(),
                 }),
             }),
         }
@@ -262,7 +268,7 @@ impl CircuitBreaker {
 
     fn refuse(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {
         let s = &*self.shared;
-        s.not_permitted.fetch_add(1, Ordering::Relaxed);
+        s.not_permitted.add(1);
         if !s.cfg.listeners.is_empty() {
             self.emit(Pending(vec![BreakerEvent::CallNotPermitted {
                 name: Arc::clone(&s.name),
@@ -279,41 +285,67 @@ impl CircuitBreaker {
     fn record(&self, epoch: u64, outcome: CallOutcome, latency: Duration) {
         let s = &*self.shared;
         let slow = latency >= s.cfg.slow_call_duration;
-        // Time windows need the time of every outcome; count windows only read the clock
-        // when they transition.
-        let now = matches!(s.cfg.window, SlidingWindow::Time { .. }).then(|| self.now_nanos());
-        let mut pending = Pending::default();
-        {
-            let mut core = self.lock();
-            let t = &mut core.totals;
-            match outcome {
-                CallOutcome::Success => t.successful += 1,
-                CallOutcome::Failure => t.failed += 1,
-                CallOutcome::Ignored => t.ignored += 1,
-            }
-            t.slow += u64::from(slow);
-            t.response_nanos += latency.as_nanos();
+        let t = &s.totals;
+        match outcome {
+            CallOutcome::Success => t.successful.add(1),
+            CallOutcome::Failure => t.failed.add(1),
+            CallOutcome::Ignored => t.ignored.add(1),
+        };
+        if slow {
+            t.slow.add(1);
+        }
+        t.response_nanos.add(duration_nanos(latency));
 
-            let (cur_epoch, state) = unpack(s.word.load(Ordering::Acquire));
-            if cur_epoch == epoch {
-                match state {
-                    State::Closed | State::MetricsOnly if outcome != CallOutcome::Ignored => {
-                        core.window
-                            .push(now.unwrap_or(0), outcome == CallOutcome::Failure, slow);
-                        let counts = core.window.counts(now.unwrap_or(0));
-                        let needed = s.cfg.minimum_calls.min(core.window.capacity());
-                        if counts.calls >= needed {
+        let (cur_epoch, state) = unpack(s.word.load(Ordering::Acquire));
+        if cur_epoch != epoch {
+            // Admitted in an earlier state: it decides nothing now.
+            return;
+        }
+        match state {
+            State::Closed | State::MetricsOnly if outcome != CallOutcome::Ignored => {
+                // Time windows need the time of every outcome; count windows only read the
+                // clock when they transition.
+                let now =
+                    matches!(s.cfg.window, SlidingWindow::Time { .. }).then(|| self.now_nanos());
+                let counts = s
+                    .window
+                    .push(now.unwrap_or(0), outcome == CallOutcome::Failure, slow);
+                let needed = s.cfg.minimum_calls.min(s.window.capacity());
+                if counts.calls >= needed && self.exceeds(counts) {
+                    let mut pending = Pending::default();
+                    {
+                        let mut core = self.lock();
+                        // Re-check under the lock: another call may have transitioned.
+                        if s.word.load(Ordering::Acquire) == pack(epoch, state) {
                             self.check_rates(&mut core, state, counts, now, &mut pending);
                         }
                     }
-                    State::HalfOpen => {
-                        self.record_probe(&mut core, outcome, slow, now, &mut pending)
-                    }
-                    _ => {}
+                    self.emit(pending);
                 }
             }
+            State::HalfOpen => {
+                let mut pending = Pending::default();
+                {
+                    let mut core = self.lock();
+                    if s.word.load(Ordering::Acquire) == pack(epoch, state) {
+                        let now = matches!(s.cfg.window, SlidingWindow::Time { .. })
+                            .then(|| self.now_nanos());
+                        self.record_probe(&mut core, outcome, slow, now, &mut pending);
+                    }
+                }
+                self.emit(pending);
+            }
+            _ => {}
         }
-        self.emit(pending);
+    }
+
+    /// Whether the window's failure or slow-call rate reached its threshold (compared by
+    /// multiplying: no division on the call path).
+    fn exceeds(&self, counts: Counts) -> bool {
+        let cfg = &self.shared.cfg;
+        let calls = f64::from(counts.calls);
+        f64::from(counts.failures) >= cfg.failure_rate_threshold * calls
+            || f64::from(counts.slow) >= cfg.slow_call_rate_threshold * calls
     }
 
     fn check_rates(
@@ -422,9 +454,9 @@ impl CircuitBreaker {
             }
             State::Closed => {
                 core.consecutive_opens = 0;
-                core.window.clear();
+                s.window.clear();
             }
-            State::Disabled | State::ForcedOpen | State::MetricsOnly => core.window.clear(),
+            State::Disabled | State::ForcedOpen | State::MetricsOnly => s.window.clear(),
         }
         s.word.store(pack(next, to), Ordering::Release);
         tracing::info!(breaker = %s.name, from = %from, to = %to, "circuit breaker state change");
@@ -464,7 +496,7 @@ impl CircuitBreaker {
         {
             let mut core = self.lock();
             let now = self.now_nanos();
-            let counts = core.window.counts(now);
+            let counts = self.shared.window.counts(now);
             self.transition(&mut core, to, Some(now), counts, &mut pending);
         }
         self.emit(pending);
@@ -500,23 +532,17 @@ impl CircuitBreaker {
     pub fn metrics(&self) -> BreakerMetrics {
         let s = &*self.shared;
         let now = self.now_nanos();
-        let core = self.lock();
         let (_, state) = unpack(s.word.load(Ordering::Acquire));
-        let counts = core.window.counts(now);
-        let enough = counts.calls >= s.cfg.minimum_calls.min(core.window.capacity());
-        let t = &core.totals;
-        let recorded = t.successful + t.failed + t.ignored;
-        let avg = if recorded == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(
-                u64::try_from(t.response_nanos / u128::from(recorded)).unwrap_or(u64::MAX),
-            )
-        };
-        let success_rate = if t.successful + t.failed == 0 {
+        let counts = s.window.counts(now);
+        let enough = counts.calls >= s.cfg.minimum_calls.min(s.window.capacity());
+        let t = &s.totals;
+        let (successful, failed, ignored) = (t.successful.get(), t.failed.get(), t.ignored.get());
+        let recorded = successful + failed + ignored;
+        let avg = Duration::from_nanos(t.response_nanos.get().checked_div(recorded).unwrap_or(0));
+        let success_rate = if successful + failed == 0 {
             1.0
         } else {
-            t.successful as f64 / (t.successful + t.failed) as f64
+            successful as f64 / (successful + failed) as f64
         };
         let health =
             ((1.0 - counts.failure_rate()) * (1.0 - 0.5 * counts.slow_rate())).clamp(0.0, 1.0);
@@ -529,11 +555,11 @@ impl CircuitBreaker {
             window_failed_calls: counts.failures,
             window_slow_calls: counts.slow,
             total_calls: recorded,
-            successful_calls: t.successful,
-            failed_calls: t.failed,
-            ignored_calls: t.ignored,
-            not_permitted_calls: s.not_permitted.load(Ordering::Relaxed),
-            slow_calls: t.slow,
+            successful_calls: successful,
+            failed_calls: failed,
+            ignored_calls: ignored,
+            not_permitted_calls: s.not_permitted.get(),
+            slow_calls: t.slow.get(),
             avg_response_time: avg,
             success_rate,
             health_score: health,
@@ -542,18 +568,16 @@ impl CircuitBreaker {
 
     /// The failure rate over the window, once it holds the minimum number of calls.
     pub fn failure_rate(&self) -> Option<f64> {
-        let now = self.now_nanos();
-        let core = self.lock();
-        let counts = core.window.counts(now);
-        (counts.calls >= self.shared.cfg.minimum_calls.min(core.window.capacity()))
+        let s = &*self.shared;
+        let counts = s.window.counts(self.now_nanos());
+        (counts.calls >= s.cfg.minimum_calls.min(s.window.capacity()))
             .then(|| counts.failure_rate())
     }
 
     /// The failure rate over the window, whatever its size (`None` when empty): the
     /// target's recent health, as retry contexts report it.
     pub fn window_failure_rate(&self) -> Option<f64> {
-        let now = self.now_nanos();
-        let counts = self.lock().window.counts(now);
+        let counts = self.shared.window.counts(self.now_nanos());
         (counts.calls > 0).then(|| counts.failure_rate())
     }
 }

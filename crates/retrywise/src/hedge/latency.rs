@@ -42,7 +42,8 @@ fn upper_of(bucket: usize) -> u64 {
 struct Histogram {
     /// The period this histogram holds, or `u64::MAX` while never used.
     period: AtomicU64,
-    /// One row of buckets per stripe (thread), `stripe * BUCKETS + bucket`.
+    /// One row of buckets per owned stripe (thread), then a shared row:
+    /// `row * BUCKETS + bucket`.
     counts: Box<[AtomicU32]>,
 }
 
@@ -50,13 +51,15 @@ impl Histogram {
     fn new() -> Self {
         Self {
             period: AtomicU64::new(u64::MAX),
-            counts: (0..BUCKETS * STRIPES).map(|_| AtomicU32::new(0)).collect(),
+            counts: (0..BUCKETS * (STRIPES + 1))
+                .map(|_| AtomicU32::new(0))
+                .collect(),
         }
     }
 
     /// Bucket `b` summed over the stripes.
     fn bucket(&self, b: usize) -> u64 {
-        (0..STRIPES)
+        (0..=STRIPES)
             .map(|s| u64::from(self.counts[s * BUCKETS + b].load(Ordering::Relaxed)))
             .sum()
     }
@@ -66,9 +69,9 @@ impl Histogram {
 /// percentiles follow the upstream as it changes and never rest on an empty window.
 ///
 /// Each thread records into its own row of buckets with a plain load and store — no
-/// lock-prefixed instruction and no cache line shared with other threads. Threads that
-/// share a row (more threads than rows) or record while a period is being cleared may
-/// lose a sample now and then, which a statistic can afford.
+/// lock-prefixed instruction and no cache line shared with other threads (threads beyond
+/// the owned rows share one more row, updated atomically). A sample recorded while its
+/// period is being cleared may be lost, which a statistic can afford.
 #[derive(Debug)]
 pub(crate) struct RollingLatency {
     origin: Instant,
@@ -121,8 +124,16 @@ impl RollingLatency {
             }
         }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let c = &h.counts[stripe() * BUCKETS + bucket_of(micros)];
-        c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        match stripe() {
+            // Only this thread writes its row: a plain load and store lose nothing.
+            Some(row) => {
+                let c = &h.counts[row * BUCKETS + bucket_of(micros)];
+                c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            }
+            None => {
+                h.counts[STRIPES * BUCKETS + bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         since
     }
 

@@ -108,7 +108,7 @@ struct Shared {
     /// from `latencies`.
     cached_nanos: AtomicU64,
     /// Latencies recorded while the delay is still the fallback; paces refreshes then.
-    records: Striped,
+    records: AtomicU64,
     /// When (nanoseconds since the latency window's origin) the delay is next recomputed.
     next_refresh: AtomicU64,
     budget: Option<HedgeBudget>,
@@ -223,7 +223,9 @@ impl Hedge {
         let filling = s.cached_nanos.load(Ordering::Relaxed) == u64::MAX;
         let next = s.next_refresh.load(Ordering::Relaxed);
         let due = if filling {
-            s.records.add(1).is_multiple_of(FILLING_REFRESH_EVERY)
+            s.records
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(FILLING_REFRESH_EVERY)
         } else {
             since >= next
                 && s.next_refresh
@@ -462,7 +464,7 @@ impl HedgeBuilder {
                 delay: self.delay,
                 latencies: RollingLatency::new(self.window),
                 cached_nanos: AtomicU64::new(u64::MAX),
-                records: Striped::default(),
+                records: AtomicU64::new(0),
                 next_refresh: AtomicU64::new(0),
                 budget,
                 sent: Mutex::new([(u64::MAX, 0); 2]),

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Prints the benchmark table of the README from criterion's results.
+
+Usage: python3 benches/report.py [TARGET_DIR]
+(TARGET_DIR defaults to $CARGO_TARGET_DIR or ./target.)
+
+Each figure is the median time of a call minus the median of the matching baseline
+(a bare future for direct calls, a bare tower `service_fn` for layers), measured in the
+same run: the cost the mechanism adds to a call that succeeds at once.
+"""
+import json
+import os
+import sys
+
+target = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CARGO_TARGET_DIR", "target")
+root = os.path.join(target, "criterion")
+
+
+def median(group, name, threads):
+    path = os.path.join(root, group, name, threads, "new", "estimates.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["median"]["point_estimate"]
+    except FileNotFoundError:
+        return None
+
+
+# (group, job, retrywise bench, [(peer name, peer bench)], baseline)
+ROWS = [
+    ("breaker", "breaker around a future", "retrywise-call", [("failsafe", "failsafe-call")], "baseline-future"),
+    ("breaker", "breaker as a tower layer", "retrywise-layer", [("tower-resilience", "tower-resilience-layer")], "baseline-service"),
+    ("bulkhead", "bulkhead around a future", "retrywise-call", [], "baseline-future"),
+    ("bulkhead", "bulkhead as a tower layer", "retrywise-layer", [("tower-resilience", "tower-resilience-layer")], "baseline-service"),
+    ("retry", "retry policy around a future", "retrywise-policy", [], "baseline-future"),
+    ("retry", "retry as a tower layer", "retrywise-layer", [("tower-resilience", "tower-resilience-layer")], "baseline-service"),
+    ("timeout", "timeout around a future", "retrywise-timeout", [], "baseline-future"),
+    ("timeout", "timeout as a tower layer", "retrywise-layer", [("tower-resilience", "tower-resilience-layer")], "baseline-service"),
+    ("hedge", "hedge around a future", "retrywise-call", [], "baseline-future"),
+    ("hedge", "hedge as a tower layer", "retrywise-layer", [("tower-resilience", "tower-resilience-layer")], "baseline-service"),
+    ("budget", "token bucket (gRPC)", "retrywise-token-bucket", [], "baseline-future"),
+    ("budget", "ratio budget (Finagle)", "retrywise-ratio", [], "baseline-future"),
+    ("composition", "full Policy around a future", "retrywise-policy", [], "baseline-future"),
+    ("composition", "full Policy as a tower layer", "retrywise-policy-layer", [], "baseline-service"),
+    ("composition", "all five layers stacked", "retrywise-layers", [("tower-resilience", "tower-resilience-layers")], "baseline-service"),
+]
+
+
+def fmt(ns):
+    return "n/a" if ns is None else f"{ns:.1f}"
+
+
+print("| job | threads | retrywise (ns added) | tower-resilience | failsafe | retrywise / fastest peer |")
+print("|---|---|---|---|---|---|")
+for group, job, ours, peers, base in ROWS:
+    for threads in ("1t", "2t"):
+        b = median(group, base, threads)
+        o = median(group, ours, threads)
+        if b is None or o is None:
+            continue
+        added = o - b
+        cols = {"tower-resilience": None, "failsafe": None}
+        for peer, bench in peers:
+            p = median(group, bench, threads)
+            if p is not None:
+                cols[peer] = p - b
+        present = [v for v in cols.values() if v is not None]
+        ratio = f"{added / min(present):.2f}" if present else "-"
+        print(f"| {job} | {threads[0]} | {fmt(added)} | {fmt(cols['tower-resilience'])} | "
+              f"{fmt(cols['failsafe'])} | {ratio} |")
