@@ -203,6 +203,22 @@ where
     }
 }
 
+/// A response of a status and a raw Retry-After value, for tests across the crate.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TestResponse(pub(crate) u16, pub(crate) Option<&'static str>);
+
+#[cfg(test)]
+impl HttpResponse for TestResponse {
+    fn status_code(&self) -> u16 {
+        self.0
+    }
+
+    fn retry_after_header(&self) -> Option<&str> {
+        self.1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,15 +273,7 @@ mod tests {
         assert_eq!(v.failure().unwrap().retry_after, None);
     }
 
-    struct Resp(u16, Option<&'static str>);
-    impl HttpResponse for Resp {
-        fn status_code(&self) -> u16 {
-            self.0
-        }
-        fn retry_after_header(&self) -> Option<&str> {
-            self.1
-        }
-    }
+    use TestResponse as Resp;
 
     #[test]
     fn transport_errors_keep_their_kind() {

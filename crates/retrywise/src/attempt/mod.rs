@@ -12,6 +12,8 @@ mod record;
 mod retry_after;
 pub(crate) mod serde_ms;
 
+#[cfg(test)]
+pub(crate) use classify::TestResponse;
 pub use classify::{
     Classifier, ErrorsAreRetryable, Failure, HttpClassifier, HttpResponse, Verdict,
 };

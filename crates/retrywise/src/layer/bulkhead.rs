@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, BoxFuture, Error, oneshot};
+use super::{BoxError, BoxFuture, Error, oneshot, take_ready};
 use crate::bulkhead::{Bulkhead, BulkheadFull, OwnedBulkheadPermit};
 
 /// Wraps services in a [`Bulkhead`].
@@ -75,9 +75,7 @@ where
                 },
             };
         }
-        // Keep the ready service for this request; leave a clone to be driven to readiness.
-        let clone = self.inner.clone();
-        let svc = std::mem::replace(&mut self.inner, clone);
+        let svc = take_ready(&mut self.inner);
         let bulkhead = self.bulkhead.clone();
         BulkheadFuture {
             state: State::Waiting {

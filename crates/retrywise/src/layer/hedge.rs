@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, BoxFuture, Error, oneshot};
+use super::{BoxError, BoxFuture, Error, oneshot, take_ready};
 use crate::hedge::{AllFailed, Hedge};
 
 /// Hedges calls of the wrapped service with a [`Hedge`]: the first `Ok` wins. Requests
@@ -58,8 +58,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        let ready = take_ready(&mut self.inner);
         let spare = ready.clone();
         let hedge = self.hedge.clone();
         Box::pin(async move {

@@ -52,6 +52,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A boxed, sendable future, for the layers that run several requests per call.
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// Takes the service that `poll_ready` made ready, leaving a clone in its place (to be
+/// driven to readiness before its own next call): the tower idiom for futures that call
+/// the service later.
+fn take_ready<S: Clone>(svc: &mut S) -> S {
+    let clone = svc.clone();
+    std::mem::replace(svc, clone)
+}
+
 /// Drives `svc` to readiness and calls it once.
 async fn oneshot<S, Req>(mut svc: S, req: Req) -> Result<S::Response, S::Error>
 where

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, BoxFuture, Error, oneshot};
+use super::{BoxError, BoxFuture, Error, oneshot, take_ready};
 use crate::attempt::Classifier;
 use crate::policy::{AttemptError, CallError, Policy};
 use crate::retry::StopReason;
@@ -91,8 +91,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        let ready = take_ready(&mut self.inner);
         let policy = self.policy.clone();
         Box::pin(async move {
             let spare = ready.clone();

@@ -332,7 +332,10 @@ impl<C> Policy<C> {
                     permit.record(outcome, ended.latency);
                 }
             }
-            if let Some(b) = &p.budget {
+            // A request the bulkhead refused was never sent: it says nothing to the budget.
+            if let Some(b) = &p.budget
+                && !ended.rejected
+            {
                 b.record(verdict.is_success());
             }
             let failure = match verdict {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::attempt::{HttpClassifier, HttpResponse, Outcome};
+use crate::attempt::{HttpClassifier, Outcome};
 use crate::breaker::{CircuitBreaker, SlidingWindow};
 use crate::budget::TokenBucket;
 use crate::hedge::HedgeDelay;
@@ -91,17 +91,7 @@ async fn gives_up_with_the_last_error_after_max_attempts() {
     assert!(stops.contains(&("max_attempts", 1)));
 }
 
-#[derive(Debug)]
-struct Resp(u16, Option<&'static str>);
-
-impl HttpResponse for Resp {
-    fn status_code(&self) -> u16 {
-        self.0
-    }
-    fn retry_after_header(&self) -> Option<&str> {
-        self.1
-    }
-}
+use crate::attempt::TestResponse as Resp;
 
 #[tokio::test(start_paused = true)]
 async fn permanent_failures_are_not_retried_and_the_answer_is_returned() {
@@ -243,12 +233,14 @@ async fn a_full_bulkhead_rejects_without_calling() {
         .max_wait(Duration::ZERO)
         .build()
         .unwrap();
+    let held = bulkhead.try_acquire().unwrap();
+    let tokens = Arc::new(TokenBucket::new(4, 0.1).unwrap());
     let p = Policy::builder("b")
         .retry(retry(3, 1))
         .bulkhead(bulkhead.clone())
+        .shared_budget(tokens.clone())
         .build()
         .unwrap();
-    let held = bulkhead.try_acquire().unwrap();
     let n = AtomicU32::new(0);
     let err = p
         .call(|_| {
@@ -263,6 +255,11 @@ async fn a_full_bulkhead_rejects_without_calling() {
         "the operation is not asked for a request the bulkhead refused"
     );
     assert_eq!(err.reason, StopReason::BulkheadFull);
+    assert_eq!(
+        tokens.tokens(),
+        4.0,
+        "nothing was sent: the budget is untouched"
+    );
     drop(held);
     p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap();
 }
