@@ -1,6 +1,8 @@
 //! Retry storms, end to end: the same outage under open-loop load, with and without
 //! budgets and breakers.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::time::Duration;
 
 use retrywise::attempt::HttpClassifier;
