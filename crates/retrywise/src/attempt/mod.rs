@@ -9,6 +9,7 @@ mod classify;
 mod context;
 mod kind;
 mod record;
+mod record_serde;
 mod retry_after;
 pub(crate) mod serde_ms;
 

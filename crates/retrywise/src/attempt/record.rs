@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{AttemptContext, ErrorKind, Verdict, serde_ms};
+use super::{AttemptContext, ErrorKind, Verdict};
 
 /// The version of the [`AttemptRecord`] schema.
 ///
@@ -85,9 +85,11 @@ pub enum Outcome {
 /// upstream — every retry and every hedge — never for calls rejected locally by a breaker,
 /// bulkhead or budget (those sent nothing).
 ///
-/// Flat on the wire: the context's fields, then `outcome`, `outcome_error`,
-/// `outcome_status`, `outcome_latency_ms`, `outcome_retry_after_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Flat on the wire: `schema_version`, `started_at_ms`, `call_id`, `hedge`, the context's
+/// fields, then `outcome`, `outcome_error`, `outcome_status`, `outcome_latency_ms`,
+/// `outcome_retry_after_ms` (see `data/README.md`). (De)serialization is written by hand
+/// in `record_serde.rs`: the collector writes and the compactor reads millions per second.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {
     /// The schema version the record was written with.
     pub schema_version: SchemaVersion,
@@ -96,29 +98,18 @@ pub struct AttemptRecord {
     /// Identifies the logical call the attempt belongs to (unique within a process run).
     pub call_id: u64,
     /// 0 for the primary request of an attempt, `k` for its `k`-th hedge.
-    #[serde(default)]
     pub hedge: u32,
     /// What was known before the attempt.
-    #[serde(flatten)]
     pub context: AttemptContext,
     /// How it ended.
     pub outcome: Outcome,
     /// The kind of failure, unless it succeeded or was cancelled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_error: Option<ErrorKind>,
     /// The HTTP status it ended with, when it had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_status: Option<u16>,
-    /// How long it took.
-    #[serde(rename = "outcome_latency_ms", with = "serde_ms")]
+    /// How long it took (`outcome_latency_ms`).
     pub outcome_latency: Duration,
-    /// The wait the upstream asked for in its answer.
-    #[serde(
-        rename = "outcome_retry_after_ms",
-        with = "serde_ms::option",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// The wait the upstream asked for in its answer (`outcome_retry_after_ms`).
     pub outcome_retry_after: Option<Duration>,
 }
 

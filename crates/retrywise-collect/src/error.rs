@@ -1,0 +1,95 @@
+//! Errors of the collector, reader, shipper and compactor.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong in `retrywise-collect`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectError {
+    /// A configuration value was refused.
+    #[error("invalid collector configuration: `{field}` {problem}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Another writer holds the segment directory.
+    #[error("segment directory {dir} is in use by another writer (lock file {lock} is held)")]
+    DirectoryInUse {
+        /// The directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
+    /// An I/O operation on a path failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`"create"`, `"write"`, `"sync"`, ...).
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The writer could not make every record recorded before a flush durable.
+    #[error("flush failed: {reason}")]
+    Flush {
+        /// Why.
+        reason: String,
+    },
+    /// The writer thread is gone (the recorder was closed or the thread panicked).
+    #[error("the segment writer has stopped")]
+    WriterGone,
+    /// A segment holds records of a schema major version this reader does not know.
+    #[error(
+        "{path}:{line}: schema version {version} is not supported (this reader knows major {known}); \
+         upgrade retrywise to read it"
+    )]
+    UnsupportedSchema {
+        /// The segment.
+        path: PathBuf,
+        /// The line, from 1.
+        line: u64,
+        /// The version found.
+        version: String,
+        /// The major version this reader knows.
+        known: u16,
+    },
+    /// The shipper's endpoint is not a valid URL.
+    #[error("invalid shipping endpoint `{endpoint}`: {problem}")]
+    Endpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Compaction failed.
+    #[cfg(feature = "parquet")]
+    #[error("compaction of {path}: {problem}")]
+    Compact {
+        /// The file concerned.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+impl CollectError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        CollectError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(field: &'static str, problem: impl Into<String>) -> Self {
+        CollectError::Config {
+            field,
+            problem: problem.into(),
+        }
+    }
+}

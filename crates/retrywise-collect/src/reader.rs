@@ -1,0 +1,232 @@
+//! Reading records back from a directory of segments, tolerating what crashes and bugs leave
+//! behind.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use retrywise::attempt::{AttemptRecord, SchemaVersion};
+use serde::Serialize;
+
+use crate::CollectError;
+use crate::segment::{self, Segment};
+
+/// How many examples of skipped lines a summary keeps.
+const EXAMPLES: usize = 5;
+
+/// What a read found: records, and the lines it skipped by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReadSummary {
+    /// Segment files read.
+    pub files: u64,
+    /// Lines read (blank lines excluded).
+    pub lines: u64,
+    /// Records returned.
+    pub records: u64,
+    /// Last lines cut short by a crash mid-write (no newline, not a whole record).
+    pub torn: u64,
+    /// Lines that are not a record: not JSON, wrong types, missing fields, bad values.
+    pub malformed: u64,
+    /// JSON objects without a readable `schema_version`.
+    pub unknown_version: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Up to five skipped lines as `file:line: reason`, to show what went wrong.
+    pub examples: Vec<String>,
+}
+
+impl ReadSummary {
+    /// Lines skipped, all reasons together.
+    pub fn skipped(&self) -> u64 {
+        self.torn + self.malformed + self.unknown_version
+    }
+
+    fn example(&mut self, path: &Path, line: u64, reason: impl std::fmt::Display) {
+        if self.examples.len() < EXAMPLES {
+            self.examples
+                .push(format!("{}:{line}: {reason}", path.display()));
+        }
+    }
+
+    /// Adds another summary's counts to this one.
+    pub fn merge(&mut self, other: &ReadSummary) {
+        self.files += other.files;
+        self.lines += other.lines;
+        self.records += other.records;
+        self.torn += other.torn;
+        self.malformed += other.malformed;
+        self.unknown_version += other.unknown_version;
+        self.bytes += other.bytes;
+        for e in &other.examples {
+            if self.examples.len() < EXAMPLES {
+                self.examples.push(e.clone());
+            }
+        }
+    }
+}
+
+/// Why one line is not a record.
+enum Bad {
+    Torn,
+    Malformed(String),
+    UnknownVersion,
+}
+
+/// Parses one line; `Err(Err(_))` for a fatal unsupported schema.
+fn parse_line(bytes: &[u8], last_unterminated: bool) -> Result<AttemptRecord, Result<Bad, String>> {
+    match serde_json::from_slice::<AttemptRecord>(bytes) {
+        Ok(r) if r.schema_version.major == SchemaVersion::CURRENT.major => Ok(r),
+        Ok(r) => Err(Err(r.schema_version.to_string())),
+        Err(e) => {
+            // The slow path: find out why, to count it right.
+            if last_unterminated && e.is_eof() {
+                return Err(Ok(Bad::Torn));
+            }
+            let Ok(serde_json::Value::Object(obj)) =
+                serde_json::from_slice::<serde_json::Value>(bytes)
+            else {
+                return Err(Ok(if last_unterminated {
+                    Bad::Torn
+                } else {
+                    Bad::Malformed(e.to_string())
+                }));
+            };
+            match obj
+                .get("schema_version")
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse::<SchemaVersion>().ok())
+            {
+                None => Err(Ok(Bad::UnknownVersion)),
+                Some(v) if v.major != SchemaVersion::CURRENT.major => Err(Err(v.to_string())),
+                Some(_) => Err(Ok(Bad::Malformed(e.to_string()))),
+            }
+        }
+    }
+}
+
+/// Streams the records of a directory of segments (closed ones, and ones still open or left
+/// open by a crash), oldest segment first.
+///
+/// Bad lines never stop the stream: a torn last line, malformed lines and lines without a
+/// readable schema version are skipped and counted in [`summary`](Self::summary). Records
+/// of a newer *minor* version are read (unknown fields ignored). A record of an unknown
+/// *major* version is an error — the reader is too old to read that data, and skipping it
+/// silently would lose it — and ends the stream.
+#[derive(Debug)]
+pub struct SegmentReader {
+    segments: std::vec::IntoIter<Segment>,
+    current: Option<(PathBuf, BufReader<File>, u64)>,
+    line: Vec<u8>,
+    summary: ReadSummary,
+    done: bool,
+}
+
+impl SegmentReader {
+    /// A reader over every segment of `dir`.
+    ///
+    /// # Errors
+    /// [`CollectError::Io`] if the directory cannot be listed.
+    pub fn open(dir: &Path) -> Result<Self, CollectError> {
+        Ok(Self::over(segment::list(dir)?))
+    }
+
+    /// A reader over the given segments, in the given order.
+    pub fn over(segments: Vec<Segment>) -> Self {
+        Self {
+            segments: segments.into_iter(),
+            current: None,
+            line: Vec::with_capacity(1024),
+            summary: ReadSummary::default(),
+            done: false,
+        }
+    }
+
+    /// What has been read and skipped so far.
+    pub fn summary(&self) -> &ReadSummary {
+        &self.summary
+    }
+}
+
+impl Iterator for SegmentReader {
+    type Item = Result<AttemptRecord, CollectError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if self.current.is_none() {
+                let seg = self.segments.next()?;
+                match File::open(&seg.path) {
+                    Ok(f) => {
+                        self.summary.files += 1;
+                        self.current = Some((seg.path, BufReader::with_capacity(256 << 10, f), 0));
+                    }
+                    // Compacted or removed since it was listed: nothing to read there.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(CollectError::io("open", seg.path, e)));
+                    }
+                }
+            }
+            let Some((path, reader, line_no)) = self.current.as_mut() else {
+                continue;
+            };
+            self.line.clear();
+            let n = match reader.read_until(b'\n', &mut self.line) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(CollectError::io("read", path.clone(), e)));
+                }
+            };
+            if n == 0 {
+                self.current = None;
+                continue;
+            }
+            *line_no += 1;
+            self.summary.bytes += n as u64;
+            let terminated = self.line.last() == Some(&b'\n');
+            let body = self.line.trim_ascii();
+            if body.is_empty() {
+                continue;
+            }
+            self.summary.lines += 1;
+            match parse_line(body, !terminated) {
+                Ok(r) => {
+                    self.summary.records += 1;
+                    return Some(Ok(r));
+                }
+                Err(Ok(bad)) => {
+                    let (path, no) = (path.clone(), *line_no);
+                    match bad {
+                        Bad::Torn => {
+                            self.summary.torn += 1;
+                            self.summary
+                                .example(&path, no, "torn last line (a crash mid-write)");
+                        }
+                        Bad::Malformed(why) => {
+                            self.summary.malformed += 1;
+                            self.summary.example(&path, no, why);
+                        }
+                        Bad::UnknownVersion => {
+                            self.summary.unknown_version += 1;
+                            self.summary
+                                .example(&path, no, "no readable schema_version");
+                        }
+                    }
+                }
+                Err(Err(version)) => {
+                    self.done = true;
+                    return Some(Err(CollectError::UnsupportedSchema {
+                        path: path.clone(),
+                        line: *line_no,
+                        version,
+                        known: SchemaVersion::CURRENT.major,
+                    }));
+                }
+            }
+        }
+    }
+}

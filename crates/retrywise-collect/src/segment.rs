@@ -1,0 +1,111 @@
+//! Segment files: naming and listing.
+//!
+//! A segment is an NDJSON file named `seg-<start ms, 13 digits>-<sequence, 6 digits>.ndjson`
+//! — names sort in the order segments were started. While its writer has it open it carries
+//! an extra `.open` suffix; closing renames it. Only closed segments are compacted.
+
+use std::path::{Path, PathBuf};
+
+use crate::CollectError;
+
+/// The suffix of a closed segment.
+pub const CLOSED: &str = ".ndjson";
+/// The suffix of a segment still being written (or left by a writer that crashed).
+pub const OPEN: &str = ".ndjson.open";
+
+/// A segment file found in a directory.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Segment {
+    /// Its file name without suffix (`seg-1764000000000-000001`).
+    pub stem: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Whether its writer closed it.
+    pub closed: bool,
+}
+
+pub(crate) fn file_name(start_ms: u64, seq: u32, open: bool) -> String {
+    format!(
+        "seg-{start_ms:013}-{seq:06}{}",
+        if open { OPEN } else { CLOSED }
+    )
+}
+
+/// The segments of `dir`, oldest first; other files are ignored.
+///
+/// # Errors
+/// [`CollectError::Io`] if the directory cannot be listed.
+pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CollectError::io("list", dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| CollectError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("seg-") {
+            continue;
+        }
+        let (stem, closed) = if let Some(s) = name.strip_suffix(OPEN) {
+            (s, false)
+        } else if let Some(s) = name.strip_suffix(CLOSED) {
+            (s, true)
+        } else {
+            continue;
+        };
+        out.push(Segment {
+            stem: stem.to_owned(),
+            path: entry.path(),
+            closed,
+        });
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Makes `dir`'s entries durable (a new or renamed file survives a crash).
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_start_then_sequence() {
+        let mut names = vec![
+            file_name(1_764_000_000_500, 2, false),
+            file_name(999_999_999_999, 7, false),
+            file_name(1_764_000_000_500, 1, false),
+            file_name(1_764_000_000_001, 9, true),
+        ];
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "seg-0999999999999-000007.ndjson",
+                "seg-1764000000001-000009.ndjson.open",
+                "seg-1764000000500-000001.ndjson",
+                "seg-1764000000500-000002.ndjson",
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_only_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "seg-0000000000001-000001.ndjson",
+            "seg-0000000000002-000001.ndjson.open",
+            "notes.txt",
+            "seg-x.json",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let segs = list(dir.path()).unwrap();
+        assert_eq!(segs.len(), 2);
+        assert!(segs[0].closed);
+        assert!(!segs[1].closed);
+        assert!(list(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! Counters the service and the CLI report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Live counters of a recorder, shared by its handle and its background worker.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) recorded: AtomicU64,
+    pub(crate) dropped_full: AtomicU64,
+    pub(crate) dropped_io: AtomicU64,
+    pub(crate) dropped_closed: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) synced: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) segments: AtomicU64,
+    pub(crate) io_errors: AtomicU64,
+    pub(crate) shipped: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> RecorderStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RecorderStats {
+            recorded: g(&self.recorded),
+            dropped_queue_full: g(&self.dropped_full),
+            dropped_io: g(&self.dropped_io),
+            dropped_closed: g(&self.dropped_closed),
+            written: g(&self.written),
+            synced: g(&self.synced),
+            bytes_written: g(&self.bytes),
+            segments_opened: g(&self.segments),
+            io_errors: g(&self.io_errors),
+            shipped: g(&self.shipped),
+            failed: g(&self.failed),
+            batches: g(&self.batches),
+            retries: g(&self.retries),
+        }
+    }
+}
+
+/// A snapshot of a recorder's counters. Every record handed to `record()` ends up in
+/// exactly one of `written`/`shipped`, `dropped_*` or `failed` (or is still queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct RecorderStats {
+    /// Records accepted into the queue.
+    pub recorded: u64,
+    /// Records dropped because the queue was full (the caller was never slowed).
+    pub dropped_queue_full: u64,
+    /// Records lost to I/O errors (a full disk, an unwritable directory).
+    pub dropped_io: u64,
+    /// Records offered after the recorder was closed.
+    pub dropped_closed: u64,
+    /// Records written to a segment (handed to the operating system).
+    pub written: u64,
+    /// Records made durable by an fsync.
+    pub synced: u64,
+    /// Bytes written to segments.
+    pub bytes_written: u64,
+    /// Segment files opened.
+    pub segments_opened: u64,
+    /// I/O errors met (each may drop several records).
+    pub io_errors: u64,
+    /// Records delivered to the shipping endpoint.
+    pub shipped: u64,
+    /// Records the shipper gave up on after its retries.
+    pub failed: u64,
+    /// Batches the shipper delivered.
+    pub batches: u64,
+    /// Retries the shipper made.
+    pub retries: u64,
+}

@@ -1,0 +1,586 @@
+//! The durable recorder: a bounded queue in front of a background thread that writes NDJSON
+//! segments.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use retrywise::attempt::AttemptRecord;
+use retrywise::recorder::Recorder;
+
+use crate::CollectError;
+use crate::segment::{self, CLOSED};
+use crate::stats::{Counters, RecorderStats};
+use crate::storage::{FileSystem, Storage};
+
+/// The lock file that keeps two writers out of one directory.
+pub const LOCK_FILE: &str = ".writer.lock";
+
+/// How the segment writer batches, rotates and syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// Records the queue holds before `record()` starts dropping. Defaults to 65 536.
+    pub queue_capacity: usize,
+    /// A segment is closed once it holds this many bytes. Defaults to 64 MiB.
+    pub max_segment_bytes: u64,
+    /// A segment is closed once it has been open this long. Defaults to 5 minutes.
+    pub max_segment_age: Duration,
+    /// Written records are made durable at least this often. Defaults to 1 s.
+    pub fsync_interval: Duration,
+    /// Serialized records are written to the file in chunks of about this size.
+    /// Defaults to 256 KiB.
+    pub write_buffer: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 65_536,
+            max_segment_bytes: 64 << 20,
+            max_segment_age: Duration::from_secs(300),
+            fsync_interval: Duration::from_secs(1),
+            write_buffer: 256 << 10,
+        }
+    }
+}
+
+impl WriterConfig {
+    fn check(&self) -> Result<(), CollectError> {
+        if self.queue_capacity == 0 {
+            return Err(CollectError::config("queue_capacity", "must be at least 1"));
+        }
+        if self.max_segment_bytes < 1024 {
+            return Err(CollectError::config(
+                "max_segment_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.max_segment_age.is_zero() {
+            return Err(CollectError::config(
+                "max_segment_age",
+                "must be greater than zero",
+            ));
+        }
+        if self.fsync_interval.is_zero() {
+            return Err(CollectError::config(
+                "fsync_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.write_buffer == 0 {
+            return Err(CollectError::config("write_buffer", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+type Ack = mpsc::SyncSender<Result<(), CollectError>>;
+
+enum Msg {
+    Record(Box<AttemptRecord>),
+    Flush(Ack),
+    Close(Ack),
+}
+
+/// A [`Recorder`] that writes records durably to NDJSON segments in a directory.
+///
+/// [`record`](Recorder::record) only offers the record to a bounded queue and returns: it
+/// never blocks or does I/O, and when the queue is full the record is dropped and counted.
+/// A background thread batches the records into segments (see [`crate::segment`]), rotates
+/// them by size and age, fsyncs on an interval and on close, and survives I/O errors: a
+/// full disk or an unwritable directory drops and counts records, and writing resumes by
+/// itself once the fault clears. [`flush`](Self::flush) returns once everything recorded
+/// before it is durable.
+///
+/// One writer per directory: a lock file keeps a second one out. On start, segments left
+/// open by a writer that crashed are closed (their torn last line stays; readers skip it).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use retrywise::attempt::{AttemptContext, AttemptRecord, Verdict};
+/// use retrywise::recorder::Recorder;
+/// use retrywise_collect::{SegmentReader, SegmentRecorder, WriterConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let recorder = SegmentRecorder::open(dir.path(), WriterConfig::default())?;
+/// let ctx = AttemptContext::first("inventory");
+/// recorder.record(AttemptRecord::new(1, 0, 1_764_000_000_000, ctx, &Verdict::Success, Default::default()));
+/// recorder.flush()?;
+/// assert_eq!(recorder.stats().synced, 1);
+/// recorder.close()?;
+///
+/// let mut reader = SegmentReader::open(dir.path())?;
+/// assert_eq!(reader.by_ref().filter_map(Result::ok).count(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SegmentRecorder {
+    tx: SyncSender<Msg>,
+    counters: Arc<Counters>,
+    worker: Arc<Mutex<Option<JoinHandle<()>>>>,
+    dir: PathBuf,
+}
+
+impl SegmentRecorder {
+    /// Opens (creating it if needed) the segment directory `dir` and starts the writer.
+    ///
+    /// # Errors
+    /// A refused configuration, a directory that cannot be created or locked, or one
+    /// already in use by another writer.
+    pub fn open(dir: impl AsRef<Path>, config: WriterConfig) -> Result<Self, CollectError> {
+        Self::with_storage(dir, config, FileSystem)
+    }
+
+    /// Like [`open`](Self::open), writing through `storage` (tests inject faults here).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn with_storage<S: Storage>(
+        dir: impl AsRef<Path>,
+        config: WriterConfig,
+        storage: S,
+    ) -> Result<Self, CollectError> {
+        config.check()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| CollectError::io("create", &dir, e))?;
+        let lock = lock_dir(&dir)?;
+        recover(&dir)?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let next_sync = storage.now() + config.fsync_interval;
+        let mut writer = Writer {
+            storage,
+            dir: dir.clone(),
+            next_sync,
+            cfg: config,
+            counters: Arc::clone(&counters),
+            seg: None,
+            buf: Vec::new(),
+            buf_records: 0,
+            unsynced: 0,
+            dir_dirty: false,
+            broken_until: None,
+            backoff: INITIAL_BACKOFF,
+            lost_since_flush: 0,
+            seq: 0,
+            _lock: lock,
+        };
+        let worker = std::thread::Builder::new()
+            .name("retrywise-segment-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| CollectError::io("spawn writer for", &dir, e))?;
+        Ok(Self {
+            tx,
+            counters,
+            worker: Arc::new(Mutex::new(Some(worker))),
+            dir,
+        })
+    }
+
+    /// The segment directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> RecorderStats {
+        self.counters.snapshot()
+    }
+
+    fn ask(&self, make: impl FnOnce(Ack) -> Msg) -> Result<(), CollectError> {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.tx
+            .send(make(ack))
+            .map_err(|_| CollectError::WriterGone)?;
+        done.recv().map_err(|_| CollectError::WriterGone)?
+    }
+
+    /// Blocks until every record recorded before this call is durable (written and
+    /// fsynced, with its segment's directory entry).
+    ///
+    /// # Errors
+    /// [`CollectError::Flush`] if records were lost to I/O errors since the previous flush
+    /// or the sync failed; [`CollectError::WriterGone`] after [`close`](Self::close).
+    pub fn flush(&self) -> Result<(), CollectError> {
+        self.ask(Msg::Flush)
+    }
+
+    /// [`flush`](Self::flush) for async code: runs it on tokio's blocking pool.
+    ///
+    /// # Errors
+    /// As [`flush`](Self::flush).
+    pub async fn flush_async(&self) -> Result<(), CollectError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.flush())
+            .await
+            .map_err(|_| CollectError::WriterGone)?
+    }
+
+    /// Writes and fsyncs what is queued, closes the current segment and stops the writer.
+    /// Records offered afterwards are dropped and counted.
+    ///
+    /// # Errors
+    /// As [`flush`](Self::flush).
+    pub fn close(&self) -> Result<(), CollectError> {
+        let result = self.ask(Msg::Close);
+        let handle = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        match result {
+            Err(CollectError::WriterGone) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Recorder for SegmentRecorder {
+    fn record(&self, record: AttemptRecord) {
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => Counters::add(&self.counters.recorded, 1),
+            Err(TrySendError::Full(_)) => Counters::add(&self.counters.dropped_full, 1),
+            Err(TrySendError::Disconnected(_)) => Counters::add(&self.counters.dropped_closed, 1),
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, CollectError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CollectError::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CollectError::DirectoryInUse {
+            dir: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(CollectError::io("lock", &path, e)),
+    }
+}
+
+/// Closes segments a crashed writer left open (empty ones are removed).
+fn recover(dir: &Path) -> Result<(), CollectError> {
+    let mut changed = false;
+    for seg in segment::list(dir)? {
+        if seg.closed {
+            continue;
+        }
+        let empty = std::fs::metadata(&seg.path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(false);
+        if empty {
+            std::fs::remove_file(&seg.path)
+                .map_err(|e| CollectError::io("remove", &seg.path, e))?;
+        } else {
+            let closed = dir.join(format!("{}{CLOSED}", seg.stem));
+            std::fs::rename(&seg.path, &closed)
+                .map_err(|e| CollectError::io("rename", &seg.path, e))?;
+            tracing::warn!(segment = %closed.display(), "closed a segment left open by a crashed writer");
+        }
+        changed = true;
+    }
+    if changed {
+        segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
+    }
+    Ok(())
+}
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+struct OpenSegment<F> {
+    file: F,
+    open_path: PathBuf,
+    closed_path: PathBuf,
+    opened_at: Instant,
+    /// Bytes known to be fully written.
+    len: u64,
+}
+
+struct Writer<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    cfg: WriterConfig,
+    counters: Arc<Counters>,
+    seg: Option<OpenSegment<S::File>>,
+    /// Serialized records not yet written, and how many.
+    buf: Vec<u8>,
+    buf_records: u64,
+    /// Records written but not yet fsynced.
+    unsynced: u64,
+    /// When written records are next fsynced.
+    next_sync: Instant,
+    /// A segment was created or renamed since the directory was last synced.
+    dir_dirty: bool,
+    /// After an I/O error, records are dropped until then (then writing is tried again).
+    broken_until: Option<Instant>,
+    backoff: Duration,
+    /// Records lost to I/O errors since the last flush (a flush then reports failure).
+    lost_since_flush: u64,
+    seq: u32,
+    /// Held for the writer's lifetime.
+    _lock: File,
+}
+
+impl<S: Storage> Writer<S> {
+    fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
+        loop {
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(self.storage.now());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Record(r)) => {
+                    self.append(&r);
+                    // Drain what is already queued before touching the file again.
+                    while let Ok(msg) = rx.try_recv() {
+                        match msg {
+                            Msg::Record(r) => self.append(&r),
+                            Msg::Flush(ack) => self.flush(&ack),
+                            Msg::Close(ack) => return self.close(&ack),
+                        }
+                        if self.buf.len() >= self.cfg.write_buffer {
+                            self.write_buf();
+                        }
+                    }
+                    if self.buf.len() >= self.cfg.write_buffer {
+                        self.write_buf();
+                    }
+                }
+                Ok(Msg::Flush(ack)) => self.flush(&ack),
+                Ok(Msg::Close(ack)) => return self.close(&ack),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.close_segment();
+                    return;
+                }
+            }
+            self.on_tick();
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut at = self.next_sync;
+        if let Some(seg) = &self.seg {
+            at = at.min(seg.opened_at + self.cfg.max_segment_age);
+        }
+        at
+    }
+
+    /// Periodic work: write and sync on the interval, rotate by size and age.
+    fn on_tick(&mut self) {
+        let now = self.storage.now();
+        if now >= self.next_sync {
+            self.next_sync = now + self.cfg.fsync_interval;
+            if !self.buf.is_empty() || self.unsynced > 0 {
+                let _ = self.sync();
+            }
+        }
+        let rotate = self.seg.as_ref().is_some_and(|s| {
+            s.len >= self.cfg.max_segment_bytes || now >= s.opened_at + self.cfg.max_segment_age
+        });
+        if rotate {
+            let _ = self.close_segment();
+        }
+    }
+
+    fn append(&mut self, r: &AttemptRecord) {
+        if let Some(until) = self.broken_until {
+            if self.storage.now() < until {
+                Counters::add(&self.counters.dropped_io, 1);
+                self.lost_since_flush += 1;
+                return;
+            }
+            self.broken_until = None;
+        }
+        let before = self.buf.len();
+        match serde_json::to_writer(&mut self.buf, r) {
+            Ok(()) => {
+                self.buf.push(b'\n');
+                self.buf_records += 1;
+            }
+            Err(e) => {
+                // Cannot happen for an AttemptRecord (every field serializes); never panic.
+                self.buf.truncate(before);
+                Counters::add(&self.counters.dropped_io, 1);
+                tracing::error!(error = %e, "could not serialize an attempt record");
+            }
+        }
+        if self
+            .seg
+            .as_ref()
+            .is_some_and(|s| s.len + self.buf.len() as u64 >= self.cfg.max_segment_bytes)
+        {
+            self.write_buf();
+            let _ = self.close_segment();
+        }
+    }
+
+    fn open_segment(&mut self) -> Result<(), std::io::Error> {
+        let start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        loop {
+            self.seq = self.seq.wrapping_add(1);
+            let open_path = self.dir.join(segment::file_name(start_ms, self.seq, true));
+            match self.storage.create_new(&open_path) {
+                Ok(file) => {
+                    let closed_path = self.dir.join(segment::file_name(start_ms, self.seq, false));
+                    self.seg = Some(OpenSegment {
+                        file,
+                        open_path,
+                        closed_path,
+                        opened_at: self.storage.now(),
+                        len: 0,
+                    });
+                    self.dir_dirty = true;
+                    Counters::add(&self.counters.segments, 1);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes the buffer to the current segment (opening one if needed).
+    fn write_buf(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        if self.seg.is_none()
+            && let Err(e) = self.open_segment()
+        {
+            self.fail("create a segment in", &e);
+            return false;
+        }
+        let Some(seg) = self.seg.as_mut() else {
+            return false;
+        };
+        match seg.file.write_all(&self.buf) {
+            Ok(()) => {
+                let n = self.buf.len() as u64;
+                seg.len += n;
+                Counters::add(&self.counters.written, self.buf_records);
+                Counters::add(&self.counters.bytes, n);
+                self.unsynced += self.buf_records;
+                self.buf.clear();
+                self.buf_records = 0;
+                self.backoff = INITIAL_BACKOFF;
+                true
+            }
+            Err(e) => {
+                self.fail("write", &e);
+                false
+            }
+        }
+    }
+
+    /// Writes and fsyncs everything buffered; syncs the directory if segments changed.
+    fn sync(&mut self) -> Result<(), CollectError> {
+        if !self.write_buf() {
+            return Err(CollectError::Flush {
+                reason: "a write failed; see the writer's error counters".into(),
+            });
+        }
+        if let Some(seg) = self.seg.as_mut() {
+            let path = seg.open_path.clone();
+            if let Err(e) = self.storage.sync(&mut seg.file) {
+                self.fail("sync", &e);
+                return Err(CollectError::io("sync", path, e));
+            }
+        }
+        if self.dir_dirty {
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| CollectError::io("sync", &self.dir, e))?;
+            self.dir_dirty = false;
+        }
+        Counters::add(&self.counters.synced, self.unsynced);
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    fn flush(&mut self, ack: &Ack) {
+        // Rotation due by size or age happens before the acknowledgement, so that a flush
+        // leaves the directory in the state its clock implies.
+        self.on_tick();
+        let mut result = self.sync();
+        if result.is_ok() && self.lost_since_flush > 0 {
+            result = Err(CollectError::Flush {
+                reason: format!(
+                    "{} I/O failures since the previous flush lost records (see the drop counters)",
+                    self.lost_since_flush
+                ),
+            });
+        }
+        self.lost_since_flush = 0;
+        let _ = ack.send(result);
+    }
+
+    fn close(&mut self, ack: &Ack) {
+        let mut result = self.close_segment();
+        if result.is_ok() && self.lost_since_flush > 0 {
+            result = Err(CollectError::Flush {
+                reason: format!("{} records were lost to I/O errors", self.lost_since_flush),
+            });
+        }
+        let _ = ack.send(result);
+    }
+
+    /// Syncs and closes the current segment (renaming it to its closed name).
+    fn close_segment(&mut self) -> Result<(), CollectError> {
+        let synced = self.sync();
+        if let Some(seg) = self.seg.take() {
+            drop(seg.file);
+            let closed = self
+                .storage
+                .rename(&seg.open_path, &seg.closed_path)
+                .and_then(|()| self.storage.sync_dir(&self.dir));
+            if let Err(e) = closed {
+                // The directory changed under us (removed, replaced): what the segment
+                // holds may be gone. Say so at the next flush, and back off.
+                let err = CollectError::io("close segment", &seg.open_path, e);
+                tracing::error!(error = %err, "segment could not be closed");
+                Counters::add(&self.counters.io_errors, 1);
+                self.lost_since_flush += 1;
+                self.broken_until = Some(self.storage.now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                return Err(err);
+            }
+        }
+        synced
+    }
+
+    /// An I/O error: drop what is buffered, abandon the segment (cut back to its last
+    /// whole record and closed), and drop new records for a backoff before trying again.
+    fn fail(&mut self, op: &'static str, e: &std::io::Error) {
+        Counters::add(&self.counters.io_errors, 1);
+        Counters::add(&self.counters.dropped_io, self.buf_records);
+        self.lost_since_flush += self.buf_records;
+        self.buf.clear();
+        self.buf_records = 0;
+        if let Some(mut seg) = self.seg.take() {
+            let _ = self.storage.truncate(&mut seg.file, seg.len);
+            let _ = self.storage.sync(&mut seg.file);
+            drop(seg.file);
+            let _ = self.storage.rename(&seg.open_path, &seg.closed_path);
+            let _ = self.storage.sync_dir(&self.dir);
+        }
+        tracing::warn!(
+            dir = %self.dir.display(),
+            error = %e,
+            retry_in_ms = self.backoff.as_millis() as u64,
+            "segment writer could not {op} the directory; dropping records until it can"
+        );
+        self.broken_until = Some(self.storage.now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}

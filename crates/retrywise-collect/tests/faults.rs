@@ -1,0 +1,251 @@
+//! Faults: a writer killed mid-stream, a full disk, a directory that becomes unwritable.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Faulty, read_ids, record};
+use retrywise::recorder::Recorder;
+use retrywise_collect::{CollectError, SegmentRecorder, WriterConfig};
+
+const CHILD_ENV: &str = "RETRYWISE_COLLECT_CRASH_CHILD";
+
+/// The child process of `acknowledged_records_survive_sigkill`: records forever, printing
+/// how many records each successful flush covered; never returns on its own.
+#[test]
+#[ignore = "run as a child process by acknowledged_records_survive_sigkill"]
+fn crash_child() {
+    let dir = std::env::var(CHILD_ENV).expect("run by its parent test");
+    let rec = SegmentRecorder::open(
+        dir,
+        WriterConfig {
+            max_segment_bytes: 64 * 1024,
+            ..WriterConfig::default()
+        },
+    )
+    .unwrap();
+    let mut i = 0u64;
+    loop {
+        for _ in 0..50 {
+            rec.record(record(i));
+            i += 1;
+        }
+        rec.flush().unwrap();
+        println!("acked {i}");
+        // More records in flight when the kill comes: written or not, never acknowledged.
+        for _ in 0..37 {
+            rec.record(record(i));
+            i += 1;
+        }
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = 0u64;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("acked ") {
+            acked = n.parse().unwrap();
+            if acked >= 5_000 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(acked >= 5_000, "the child acknowledged only {acked}");
+
+    let (ids, summary) = read_ids(dir.path());
+    assert!(
+        ids.len() as u64 >= acked,
+        "{} read, {acked} acknowledged",
+        ids.len()
+    );
+    assert_eq!(
+        &ids[..acked as usize],
+        (0..acked).collect::<Vec<_>>(),
+        "every acknowledged record, once, in order"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "no duplicates or gaps after them either"
+    );
+    assert_eq!(
+        summary.malformed + summary.unknown_version,
+        0,
+        "{summary:?}"
+    );
+    assert!(
+        summary.torn <= 1,
+        "at most the last line is torn: {summary:?}"
+    );
+
+    // A new writer takes over: the dead writer's lock is free and its segment is closed.
+    let rec = SegmentRecorder::open(dir.path(), WriterConfig::default()).unwrap();
+    rec.record(record(1_000_000));
+    rec.close().unwrap();
+    let (again, _) = read_ids(dir.path());
+    assert_eq!(again.last(), Some(&1_000_000));
+}
+
+#[test]
+fn a_full_disk_drops_and_counts_then_writing_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = Faulty::new();
+    let rec = SegmentRecorder::with_storage(dir.path(), WriterConfig::default(), storage).unwrap();
+    for i in 0..100 {
+        rec.record(record(i));
+    }
+    rec.flush().unwrap();
+
+    faults.full.store(true, Ordering::SeqCst);
+    for i in 100..200 {
+        rec.record(record(i));
+    }
+    let err = rec.flush().unwrap_err();
+    assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    // While the writer backs off, new records are dropped too.
+    for i in 200..210 {
+        rec.record(record(i));
+    }
+    assert!(rec.flush().is_err());
+    let s = rec.stats();
+    assert_eq!(s.dropped_io, 110, "{s:?}");
+    assert!(s.io_errors >= 1);
+
+    // Space returns: after the backoff, writing resumes by itself.
+    faults.full.store(false, Ordering::SeqCst);
+    faults.advance(Duration::from_secs(10));
+    for i in 300..400 {
+        rec.record(record(i));
+    }
+    rec.flush().unwrap();
+    rec.close().unwrap();
+    let (ids, summary) = read_ids(dir.path());
+    let want: Vec<u64> = (0..100).chain(300..400).collect();
+    assert_eq!(ids, want);
+    assert_eq!(
+        summary.skipped(),
+        0,
+        "the half-written batch was cut off: {summary:?}"
+    );
+}
+
+#[test]
+fn a_directory_that_becomes_unwritable_drops_then_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("attempts");
+    let (storage, faults) = Faulty::new();
+    let cfg = WriterConfig {
+        max_segment_age: Duration::from_secs(60),
+        ..WriterConfig::default()
+    };
+    let rec = SegmentRecorder::with_storage(&dir, cfg, storage).unwrap();
+    for i in 0..50 {
+        rec.record(record(i));
+    }
+    rec.flush().unwrap();
+    // The segment reaches its age and is closed; the next record needs a new one.
+    faults.advance(Duration::from_secs(61));
+    rec.record(record(50));
+    rec.flush().unwrap();
+
+    // Someone replaces the directory with a file: the writer can no longer create segments.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    for i in 51..100 {
+        rec.record(record(i));
+    }
+    assert!(rec.flush().is_err());
+    let s = rec.stats();
+    assert_eq!(s.dropped_io, 49, "{s:?}");
+    assert!(s.io_errors >= 1);
+
+    // The directory comes back.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    faults.advance(Duration::from_secs(10));
+    for i in 100..150 {
+        rec.record(record(i));
+    }
+    rec.flush().unwrap();
+    rec.close().unwrap();
+    let (ids, _) = read_ids(&dir);
+    assert_eq!(ids, (100..150).collect::<Vec<_>>());
+    let s = rec.stats();
+    assert_eq!(s.recorded, 150);
+    assert_eq!(s.dropped_io, 49, "{s:?}");
+}
+
+/// A real full file system: a 256 KiB tmpfs. Needs the right to mount (root here); elsewhere
+/// the fault-injecting storage above covers the same paths.
+#[test]
+fn a_real_full_file_system() {
+    let root = tempfile::tempdir().unwrap();
+    let mnt = root.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+
+    // Fill most of it, leaving room for a few records.
+    std::fs::write(mnt.join("filler"), vec![0u8; 200 * 1024]).unwrap();
+    let dir = mnt.join("attempts");
+    let (storage, faults) = Faulty::new();
+    let rec = SegmentRecorder::with_storage(&dir, WriterConfig::default(), storage).unwrap();
+    let mut i = 0;
+    while rec.stats().dropped_io == 0 && i < 5_000 {
+        for _ in 0..100 {
+            rec.record(record(i));
+            i += 1;
+        }
+        let _ = rec.flush();
+    }
+    let full = rec.stats();
+    assert!(full.dropped_io > 0, "the disk never filled: {full:?}");
+    assert!(full.synced > 0, "some records fit first");
+
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    faults.advance(Duration::from_secs(10));
+    for j in 0..100 {
+        rec.record(record(1_000_000 + j));
+    }
+    rec.flush().expect("writing resumes once space returns");
+    rec.close().unwrap();
+    let (ids, summary) = read_ids(&dir);
+    assert_eq!(ids.len() as u64, full.synced + 100, "{summary:?}");
+    assert!(ids.ends_with(&(1_000_000..1_000_100).collect::<Vec<_>>()));
+}

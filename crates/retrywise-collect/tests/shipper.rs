@@ -1,0 +1,199 @@
+//! The shipper against a local stub of the ingestion endpoint (127.0.0.1 only).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::record;
+use retrywise::attempt::AttemptRecord;
+use retrywise::recorder::Recorder;
+use retrywise_collect::{CollectError, ShipperConfig, ShippingRecorder};
+
+#[derive(Default)]
+struct Stub {
+    /// Answer this status to the next `fail` requests.
+    fail: AtomicU32,
+    fail_with: AtomicU32,
+    requests: AtomicU32,
+    delay_ms: AtomicU32,
+    received: Mutex<Vec<AttemptRecord>>,
+    auth: Mutex<Vec<Option<String>>>,
+}
+
+async fn ingest(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: String) -> StatusCode {
+    stub.requests.fetch_add(1, Ordering::SeqCst);
+    stub.auth.lock().unwrap().push(
+        headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned()),
+    );
+    let delay = stub.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+    }
+    if stub
+        .fail
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return StatusCode::from_u16(stub.fail_with.load(Ordering::SeqCst) as u16).unwrap();
+    }
+    assert_eq!(headers.get("content-type").unwrap(), "application/x-ndjson");
+    let mut got = stub.received.lock().unwrap();
+    for line in body.lines() {
+        got.push(serde_json::from_str(line).unwrap());
+    }
+    StatusCode::ACCEPTED
+}
+
+async fn stub() -> (Arc<Stub>, String) {
+    let stub = Arc::new(Stub::default());
+    let app = axum::Router::new()
+        .route("/v1/attempts", post(ingest))
+        .with_state(Arc::clone(&stub));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (stub, format!("http://{addr}/v1/attempts"))
+}
+
+fn config(endpoint: String) -> ShipperConfig {
+    ShipperConfig {
+        batch_size: 1000,
+        max_attempts: 3,
+        attempt_timeout: Duration::from_secs(5),
+        backoff: (Duration::from_millis(1), Duration::from_millis(10)),
+        ..ShipperConfig::new(endpoint)
+    }
+}
+
+#[tokio::test]
+async fn ships_every_record_in_batches() {
+    let (stub, url) = stub().await;
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    for i in 0..2500 {
+        shipper.record(record(i));
+    }
+    shipper.flush().await.unwrap();
+    let s = shipper.stats();
+    assert_eq!(
+        (s.recorded, s.shipped, s.batches, s.failed),
+        (2500, 2500, 3, 0)
+    );
+    let got = stub.received.lock().unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.call_id).collect::<Vec<_>>(),
+        (0..2500).collect::<Vec<_>>()
+    );
+    assert_eq!(got[7], record(7), "records arrive intact");
+}
+
+#[tokio::test]
+async fn retries_unavailable_answers_then_delivers() {
+    let (stub, url) = stub().await;
+    stub.fail.store(2, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    for i in 0..10 {
+        shipper.record(record(i));
+    }
+    shipper.flush().await.unwrap();
+    let s = shipper.stats();
+    assert_eq!((s.shipped, s.retries, s.failed), (10, 2, 0));
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn gives_up_after_its_attempts_and_says_so() {
+    let (stub, url) = stub().await;
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    for i in 0..10 {
+        shipper.record(record(i));
+    }
+    let err = shipper.flush().await.unwrap_err();
+    assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    assert_eq!(shipper.stats().failed, 10);
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 3);
+    // The next flush reports only what failed since: nothing.
+    shipper.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_batches_are_not_retried() {
+    let (stub, url) = stub().await;
+    stub.fail.store(1, Ordering::SeqCst);
+    stub.fail_with.store(400, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    shipper.record(record(1));
+    assert!(shipper.flush().await.is_err());
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(shipper.stats().failed, 1);
+}
+
+#[tokio::test]
+async fn sends_the_token() {
+    let (stub, url) = stub().await;
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        token: Some("s3cret".into()),
+        ..config(url)
+    })
+    .unwrap();
+    shipper.record(record(1));
+    shipper.close().await.unwrap();
+    assert_eq!(
+        stub.auth.lock().unwrap().as_slice(),
+        [Some("Bearer s3cret".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn memory_is_bounded_by_the_queue() {
+    let (stub, url) = stub().await;
+    stub.delay_ms.store(300, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        queue_capacity: 50,
+        batch_size: 10,
+        ..config(url)
+    })
+    .unwrap();
+    for i in 0..1000 {
+        shipper.record(record(i));
+    }
+    let s = shipper.stats();
+    assert!(s.dropped_queue_full >= 1000 - 50 - 10, "{s:?}");
+    assert_eq!(s.recorded + s.dropped_queue_full, 1000);
+    stub.delay_ms.store(0, Ordering::SeqCst);
+    shipper.flush().await.unwrap();
+    assert_eq!(shipper.stats().shipped, s.recorded);
+}
+
+#[tokio::test]
+async fn bad_endpoints_are_refused() {
+    for bad in ["not a url", "ftp://127.0.0.1/x"] {
+        let err = ShippingRecorder::spawn(ShipperConfig::new(bad)).unwrap_err();
+        assert!(matches!(err, CollectError::Endpoint { .. }), "{err}");
+    }
+    let err = ShippingRecorder::spawn(ShipperConfig {
+        batch_size: 0,
+        ..ShipperConfig::new("http://127.0.0.1:1/")
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CollectError::Config {
+                field: "batch_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
