@@ -1,5 +1,6 @@
 //! `retrywise`: the command-line entry point of the project.
 
+mod compact;
 mod demo;
 
 use std::process::ExitCode;
@@ -19,6 +20,9 @@ enum Command {
     /// Show every resilience policy at work against an in-process flaky upstream, on a
     /// virtual clock (seconds of backoff play out instantly), printing what each did.
     Demo(demo::Args),
+    /// Turn closed NDJSON segments into day-partitioned Parquet (`date=YYYY-MM-DD/`),
+    /// removing (or archiving) each segment once its Parquet files are durable.
+    Compact(compact::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Compact(args) => compact::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,539 @@
-//! placeholder
+//! Compaction: closed NDJSON segments into day-partitioned Parquet (feature `parquet`).
+//!
+//! Each closed segment `seg-X.ndjson` becomes one Parquet file per UTC day its records
+//! started on, `OUT/date=YYYY-MM-DD/part-seg-X.parquet`, with the explicit schema of
+//! [`attempt_schema`] (every column's type is fixed here, never inferred from data). Bad
+//! lines are skipped and counted exactly as [`SegmentReader`] does.
+//!
+//! Crash safety and idempotence come from the naming: a part is written to a temporary
+//! file, fsynced and renamed into place, and the segment is removed (or archived) only
+//! after all its parts are durable. A run interrupted anywhere leaves either the segment
+//! (and a re-run rewrites the very same part files, so no row is duplicated) or the parts
+//! without the segment (and nothing is left to do). Running twice yields the same rows once.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use polars::prelude::*;
+use retrywise::attempt::{AttemptRecord, Outcome};
+use serde::Serialize;
+
+use crate::CollectError;
+use crate::reader::{ReadSummary, SegmentReader};
+use crate::segment::{self, Segment};
+
+const MS_PER_DAY: u64 = 86_400_000;
+
+/// The Parquet schema of attempt records (the hive partition `date` is in the path, not
+/// in the files). Documented column by column in `data/README.md`.
+pub fn attempt_schema() -> Schema {
+    Schema::from_iter([
+        Field::new("schema_version".into(), DataType::String),
+        Field::new("started_at_ms".into(), DataType::UInt64),
+        Field::new("call_id".into(), DataType::UInt64),
+        Field::new("hedge".into(), DataType::UInt32),
+        Field::new("target".into(), DataType::String),
+        Field::new("attempt".into(), DataType::UInt32),
+        Field::new("error".into(), DataType::String),
+        Field::new("status".into(), DataType::UInt16),
+        Field::new("latency_ms".into(), DataType::Float64),
+        Field::new("elapsed_ms".into(), DataType::Float64),
+        Field::new("retry_after_ms".into(), DataType::Float64),
+        Field::new("delay_ms".into(), DataType::Float64),
+        Field::new("failure_rate".into(), DataType::Float64),
+        Field::new("latency_p95_ms".into(), DataType::Float64),
+        Field::new("in_flight".into(), DataType::UInt32),
+        Field::new("outcome".into(), DataType::String),
+        Field::new("outcome_error".into(), DataType::String),
+        Field::new("outcome_status".into(), DataType::UInt16),
+        Field::new("outcome_latency_ms".into(), DataType::Float64),
+        Field::new("outcome_retry_after_ms".into(), DataType::Float64),
+    ])
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Retryable => "retryable",
+        Outcome::Permanent => "permanent",
+        Outcome::Cancelled => "cancelled",
+    }
+}
+
+/// Builds a [`DataFrame`] of [`attempt_schema`] from records, column by column.
+#[derive(Debug, Default)]
+pub struct FrameBuilder {
+    schema_version: Vec<String>,
+    started_at_ms: Vec<u64>,
+    call_id: Vec<u64>,
+    hedge: Vec<u32>,
+    target: Vec<Arc<str>>,
+    attempt: Vec<u32>,
+    error: Vec<Option<&'static str>>,
+    status: Vec<Option<u16>>,
+    latency_ms: Vec<Option<f64>>,
+    elapsed_ms: Vec<f64>,
+    retry_after_ms: Vec<Option<f64>>,
+    delay_ms: Vec<f64>,
+    failure_rate: Vec<Option<f64>>,
+    latency_p95_ms: Vec<Option<f64>>,
+    in_flight: Vec<Option<u32>>,
+    outcome: Vec<&'static str>,
+    outcome_error: Vec<Option<&'static str>>,
+    outcome_status: Vec<Option<u16>>,
+    outcome_latency_ms: Vec<f64>,
+    outcome_retry_after_ms: Vec<Option<f64>>,
+}
+
+impl FrameBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rows added so far.
+    pub fn len(&self) -> usize {
+        self.call_id.len()
+    }
+
+    /// Whether no row was added.
+    pub fn is_empty(&self) -> bool {
+        self.call_id.is_empty()
+    }
+
+    /// Adds one record as a row.
+    pub fn push(&mut self, r: &AttemptRecord) {
+        let c = &r.context;
+        self.schema_version.push(r.schema_version.to_string());
+        self.started_at_ms.push(r.started_at_ms);
+        self.call_id.push(r.call_id);
+        self.hedge.push(r.hedge);
+        self.target.push(Arc::clone(&c.target));
+        self.attempt.push(c.attempt);
+        self.error.push(c.error.map(|e| e.as_str()));
+        self.status.push(c.status);
+        self.latency_ms.push(c.latency.map(ms));
+        self.elapsed_ms.push(ms(c.elapsed));
+        self.retry_after_ms.push(c.retry_after.map(ms));
+        self.delay_ms.push(ms(c.delay));
+        self.failure_rate.push(c.failure_rate);
+        self.latency_p95_ms.push(c.latency_p95.map(ms));
+        self.in_flight.push(c.in_flight);
+        self.outcome.push(outcome_str(r.outcome));
+        self.outcome_error.push(r.outcome_error.map(|e| e.as_str()));
+        self.outcome_status.push(r.outcome_status);
+        self.outcome_latency_ms.push(ms(r.outcome_latency));
+        self.outcome_retry_after_ms
+            .push(r.outcome_retry_after.map(ms));
+    }
+
+    /// The rows as a frame of exactly [`attempt_schema`].
+    ///
+    /// # Errors
+    /// A polars error if a column cannot be built (which would be a bug), or if the
+    /// frame's schema differs from [`attempt_schema`].
+    pub fn finish(self) -> PolarsResult<DataFrame> {
+        let targets: Vec<&str> = self.target.iter().map(|t| &**t).collect();
+        let columns = vec![
+            Column::new("schema_version".into(), self.schema_version),
+            Column::new("started_at_ms".into(), self.started_at_ms),
+            Column::new("call_id".into(), self.call_id),
+            Column::new("hedge".into(), self.hedge),
+            Column::new("target".into(), targets),
+            Column::new("attempt".into(), self.attempt),
+            Column::new("error".into(), self.error),
+            Column::new("status".into(), self.status),
+            Column::new("latency_ms".into(), self.latency_ms),
+            Column::new("elapsed_ms".into(), self.elapsed_ms),
+            Column::new("retry_after_ms".into(), self.retry_after_ms),
+            Column::new("delay_ms".into(), self.delay_ms),
+            Column::new("failure_rate".into(), self.failure_rate),
+            Column::new("latency_p95_ms".into(), self.latency_p95_ms),
+            Column::new("in_flight".into(), self.in_flight),
+            Column::new("outcome".into(), self.outcome),
+            Column::new("outcome_error".into(), self.outcome_error),
+            Column::new("outcome_status".into(), self.outcome_status),
+            Column::new("outcome_latency_ms".into(), self.outcome_latency_ms),
+            Column::new("outcome_retry_after_ms".into(), self.outcome_retry_after_ms),
+        ];
+        let df = DataFrame::new_infer_height(columns)?;
+        let want = attempt_schema();
+        if **df.schema() != want {
+            return Err(PolarsError::SchemaMismatch(
+                format!("built {:?}, expected {want:?}", df.schema()).into(),
+            ));
+        }
+        Ok(df)
+    }
+}
+
+/// `YYYY-MM-DD` of a day counted from 1970-01-01 (proleptic Gregorian, UTC).
+pub fn day_name(days: u64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// What to do with a segment once its Parquet parts are durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposal {
+    /// Remove it.
+    Delete,
+    /// Move it into this directory.
+    Archive(PathBuf),
+}
+
+/// How to compact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactOptions {
+    /// The segment directory.
+    pub input: PathBuf,
+    /// The root of the Parquet dataset.
+    pub output: PathBuf,
+    /// What happens to compacted segments. Defaults to [`Disposal::Delete`].
+    pub disposal: Disposal,
+    /// Segments compacted at once. Defaults to the number of CPUs.
+    pub threads: usize,
+}
+
+impl CompactOptions {
+    /// Compacts `input` into `output`, deleting compacted segments, on every CPU.
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        Self {
+            input: input.into(),
+            output: output.into(),
+            disposal: Disposal::Delete,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// A step of a compaction, for progress bars (and cancellation: returning
+/// `ControlFlow::Break` stops the run at the next safe point).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompactEvent {
+    /// The run starts: this many closed segments, this many bytes.
+    Started {
+        /// Closed segments to compact.
+        segments: usize,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// A Parquet part is durable.
+    PartWritten {
+        /// Its path.
+        path: PathBuf,
+        /// Its rows.
+        rows: u64,
+    },
+    /// A segment is done and disposed of.
+    SegmentDone {
+        /// The segment.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+}
+
+/// What a compaction read, wrote and skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CompactSummary {
+    /// Segments compacted (and disposed of).
+    pub segments: u64,
+    /// Segments still open (being written, or of a writer that crashed and has not been
+    /// restarted): left alone.
+    pub open_segments_skipped: u64,
+    /// Lines and records read, lines skipped by reason.
+    pub read: ReadSummary,
+    /// Parquet files written.
+    pub parts: u64,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes of Parquet written.
+    pub bytes: u64,
+    /// Rows written per day.
+    pub rows_per_day: BTreeMap<String, u64>,
+    /// Whether the run stopped early because the progress callback asked it to.
+    pub interrupted: bool,
+}
+
+/// Compacts every closed segment of `options.input` into `options.output`.
+///
+/// `on_event` is called from the worker threads as the run progresses; returning
+/// `ControlFlow::Break(())` stops the run at the next safe point (a segment whose parts
+/// are not all written is left in place, to be redone by the next run).
+///
+/// # Errors
+/// I/O errors on the directories or files, a segment of an unsupported schema major
+/// version (it is left in place), or a Parquet write failure. Work finished before the
+/// error is kept: those segments are disposed of and their parts are durable.
+pub fn compact(
+    options: &CompactOptions,
+    on_event: impl Fn(&CompactEvent) -> ControlFlow<()> + Sync,
+) -> Result<CompactSummary, CollectError> {
+    if options.threads == 0 {
+        return Err(CollectError::config("threads", "must be at least 1"));
+    }
+    std::fs::create_dir_all(&options.output)
+        .map_err(|e| CollectError::io("create", &options.output, e))?;
+    if let Disposal::Archive(dir) = &options.disposal {
+        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+    }
+    let lock_path = options.output.join(".compact.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| CollectError::io("open", &lock_path, e))?;
+    if lock.try_lock().is_err() {
+        return Err(CollectError::DirectoryInUse {
+            dir: options.output.clone(),
+            lock: lock_path,
+        });
+    }
+    remove_stale_temporaries(&options.output)?;
+
+    let all = segment::list(&options.input)?;
+    let open = all.iter().filter(|s| !s.closed).count() as u64;
+    let closed: Vec<Segment> = all.into_iter().filter(|s| s.closed).collect();
+    let bytes = closed
+        .iter()
+        .map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len()))
+        .sum();
+    let stop = AtomicBool::new(false);
+    let emit = |e: CompactEvent| {
+        if on_event(&e).is_break() {
+            stop.store(true, Ordering::SeqCst);
+        }
+    };
+    emit(CompactEvent::Started {
+        segments: closed.len(),
+        bytes,
+    });
+
+    let summary = Mutex::new(CompactSummary {
+        open_segments_skipped: open,
+        ..CompactSummary::default()
+    });
+    let first_error: Mutex<Option<CollectError>> = Mutex::new(None);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..options.threads.min(closed.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(seg) = closed.get(i) else { return };
+                    match compact_segment(seg, options, &stop, &emit) {
+                        Ok(done) => {
+                            let mut sum = summary.lock().unwrap_or_else(|p| p.into_inner());
+                            sum.read.merge(&done.read);
+                            if done.finished {
+                                sum.segments += 1;
+                            }
+                            sum.parts += done.parts;
+                            sum.rows += done.rows;
+                            sum.bytes += done.bytes;
+                            for (day, n) in done.rows_per_day {
+                                *sum.rows_per_day.entry(day).or_default() += n;
+                            }
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::SeqCst);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
+    summary.interrupted = stop.load(Ordering::SeqCst) && summary.segments < closed.len() as u64;
+    if summary.segments > 0 {
+        segment::sync_dir(&options.input)
+            .map_err(|e| CollectError::io("sync", &options.input, e))?;
+    }
+    drop(lock);
+    Ok(summary)
+}
+
+struct SegmentDone {
+    read: ReadSummary,
+    parts: u64,
+    rows: u64,
+    bytes: u64,
+    rows_per_day: BTreeMap<String, u64>,
+    finished: bool,
+}
+
+fn compact_segment(
+    seg: &Segment,
+    options: &CompactOptions,
+    stop: &AtomicBool,
+    emit: &(impl Fn(CompactEvent) + Sync),
+) -> Result<SegmentDone, CollectError> {
+    let seg_bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+    let mut reader = SegmentReader::over(vec![seg.clone()]);
+    let mut days: BTreeMap<u64, FrameBuilder> = BTreeMap::new();
+    for r in reader.by_ref() {
+        let r = r?;
+        days.entry(r.started_at_ms / MS_PER_DAY)
+            .or_default()
+            .push(&r);
+    }
+    let mut done = SegmentDone {
+        read: reader.summary().clone(),
+        parts: 0,
+        rows: 0,
+        bytes: 0,
+        rows_per_day: BTreeMap::new(),
+        finished: false,
+    };
+    for (day, builder) in days {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(done);
+        }
+        let name = day_name(day);
+        let dir = options.output.join(format!("date={name}"));
+        let rows = builder.len() as u64;
+        let mut df = builder.finish().map_err(|e| compact_error(&seg.path, &e))?;
+        let (path, bytes) = write_part(&dir, &seg.stem, &mut df, &seg.path)?;
+        done.parts += 1;
+        done.rows += rows;
+        done.bytes += bytes;
+        *done.rows_per_day.entry(name).or_default() += rows;
+        emit(CompactEvent::PartWritten { path, rows });
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Ok(done);
+    }
+    dispose(seg, &options.disposal)?;
+    done.finished = true;
+    emit(CompactEvent::SegmentDone {
+        path: seg.path.clone(),
+        bytes: seg_bytes,
+    });
+    Ok(done)
+}
+
+fn compact_error(path: &Path, e: &PolarsError) -> CollectError {
+    CollectError::Compact {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    }
+}
+
+/// Writes `df` durably as `dir/part-STEM.parquet` (temporary file, fsync, rename, fsync of
+/// the directory). Returns the path and its size.
+fn write_part(
+    dir: &Path,
+    stem: &str,
+    df: &mut DataFrame,
+    source: &Path,
+) -> Result<(PathBuf, u64), CollectError> {
+    std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+    let tmp = dir.join(format!(".part-{stem}.parquet.tmp"));
+    let path = dir.join(format!("part-{stem}.parquet"));
+    let file = File::create(&tmp).map_err(|e| CollectError::io("create", &tmp, e))?;
+    let level = polars::polars_utils::compression::ZstdLevel::try_new(1)
+        .map_err(|e| compact_error(source, &e))?;
+    let bytes = ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(Some(level)))
+        .with_statistics(StatisticsOptions::full())
+        .finish(df)
+        .map_err(|e| compact_error(source, &e))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| CollectError::io("sync", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))?;
+    segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
+    Ok((path, bytes))
+}
+
+fn dispose(seg: &Segment, disposal: &Disposal) -> Result<(), CollectError> {
+    match disposal {
+        Disposal::Delete => {
+            std::fs::remove_file(&seg.path).map_err(|e| CollectError::io("remove", &seg.path, e))
+        }
+        Disposal::Archive(dir) => {
+            let Some(name) = seg.path.file_name() else {
+                return Ok(());
+            };
+            let to = dir.join(name);
+            if std::fs::rename(&seg.path, &to).is_err() {
+                // Another file system: copy durably, then remove.
+                std::fs::copy(&seg.path, &to)
+                    .and_then(|_| File::open(&to)?.sync_all())
+                    .map_err(|e| CollectError::io("archive", &seg.path, e))?;
+                std::fs::remove_file(&seg.path)
+                    .map_err(|e| CollectError::io("remove", &seg.path, e))?;
+            }
+            segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
+        }
+    }
+}
+
+/// Removes temporary parts left by a run that crashed mid-write.
+fn remove_stale_temporaries(output: &Path) -> Result<(), CollectError> {
+    let entries = std::fs::read_dir(output).map_err(|e| CollectError::io("list", output, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        for part in std::fs::read_dir(&path)
+            .map_err(|e| CollectError::io("list", &path, e))?
+            .flatten()
+        {
+            let name = part.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(".part-") && n.ends_with(".tmp"))
+            {
+                std::fs::remove_file(part.path())
+                    .map_err(|e| CollectError::io("remove", part.path(), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_names() {
+        assert_eq!(day_name(0), "1970-01-01");
+        assert_eq!(day_name(1_764_000_000_000 / MS_PER_DAY), "2025-11-24");
+        assert_eq!(day_name(11_016), "2000-02-29");
+        assert_eq!(day_name(11_017), "2000-03-01");
+        assert_eq!(day_name(19_782), "2024-02-29");
+    }
+}

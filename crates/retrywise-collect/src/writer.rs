@@ -413,11 +413,9 @@ impl<S: Storage> Writer<S> {
                 tracing::error!(error = %e, "could not serialize an attempt record");
             }
         }
-        if self
-            .seg
-            .as_ref()
-            .is_some_and(|s| s.len + self.buf.len() as u64 >= self.cfg.max_segment_bytes)
-        {
+        // A segment never grows past its size limit by more than one record.
+        let len = self.seg.as_ref().map_or(0, |s| s.len);
+        if len + self.buf.len() as u64 >= self.cfg.max_segment_bytes {
             self.write_buf();
             let _ = self.close_segment();
         }

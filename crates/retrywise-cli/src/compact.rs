@@ -1,0 +1,111 @@
+//! `retrywise compact`: NDJSON segments to day-partitioned Parquet.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use retrywise_collect::compact::{CompactEvent, CompactOptions, CompactSummary, Disposal, compact};
+
+/// Options of `retrywise compact`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The segment directory the collector writes.
+    #[arg(long, default_value = "data/attempts")]
+    input: PathBuf,
+    /// The root of the Parquet dataset.
+    #[arg(long, default_value = "data/parquet")]
+    output: PathBuf,
+    /// Move compacted segments here instead of deleting them.
+    #[arg(long)]
+    archive: Option<PathBuf>,
+    /// Segments compacted at once (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    if !args.input.is_dir() {
+        anyhow::bail!("input directory {} does not exist", args.input.display());
+    }
+    let mut options = CompactOptions::new(&args.input, &args.output);
+    if let Some(dir) = &args.archive {
+        options.disposal = Disposal::Archive(dir.clone());
+    }
+    if let Some(n) = args.threads {
+        options.threads = n;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} compacting [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let summary = compact(&options, |e| {
+        match e {
+            CompactEvent::Started { bytes, .. } => bar.set_length(*bytes),
+            CompactEvent::SegmentDone { bytes, .. } => bar.inc(*bytes),
+            CompactEvent::PartWritten { path, .. } => bar.set_message(
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+        }
+        ControlFlow::Continue(())
+    })
+    .with_context(|| {
+        format!(
+            "compacting {} into {}",
+            args.input.display(),
+            args.output.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary, args);
+    }
+    Ok(())
+}
+
+fn print_summary(s: &CompactSummary, args: &Args) {
+    let r = &s.read;
+    println!(
+        "read     {} segments ({} bytes): {} lines, {} records",
+        s.segments, r.bytes, r.lines, r.records
+    );
+    println!(
+        "skipped  {} lines: {} torn, {} malformed, {} without a readable schema version",
+        r.skipped(),
+        r.torn,
+        r.malformed,
+        r.unknown_version
+    );
+    for e in &r.examples {
+        println!("         {e}");
+    }
+    println!(
+        "wrote    {} Parquet files, {} rows, {} bytes, under {}",
+        s.parts,
+        s.rows,
+        s.bytes,
+        args.output.display()
+    );
+    for (day, rows) in &s.rows_per_day {
+        println!("         date={day}: {rows} rows");
+    }
+    if s.open_segments_skipped > 0 {
+        println!(
+            "left     {} open segments alone (being written, or left by a writer that has not restarted)",
+            s.open_segments_skipped
+        );
+    }
+    match &args.archive {
+        Some(dir) => println!("archived compacted segments into {}", dir.display()),
+        None => println!("removed  compacted segments from {}", args.input.display()),
+    }
+}

@@ -1,0 +1,293 @@
+//! Compaction into day-partitioned Parquet: explicit schema, idempotence, interruption.
+#![cfg(feature = "parquet")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::record;
+use polars::prelude::*;
+use retrywise::recorder::Recorder;
+use retrywise_collect::compact::{CompactEvent, CompactOptions, Disposal, attempt_schema, compact};
+use retrywise_collect::{CollectError, SegmentRecorder, WriterConfig, segment};
+
+/// Writes records `ids` through the real writer into `dir`, in segments of ~`seg_bytes`.
+fn write(dir: &Path, ids: std::ops::Range<u64>, seg_bytes: u64) {
+    let rec = SegmentRecorder::open(
+        dir,
+        WriterConfig {
+            max_segment_bytes: seg_bytes,
+            queue_capacity: 1 << 20,
+            ..WriterConfig::default()
+        },
+    )
+    .unwrap();
+    for i in ids {
+        rec.record(record(i));
+    }
+    rec.close().unwrap();
+}
+
+fn scan(out: &Path) -> DataFrame {
+    let glob = format!("{}/**/*.parquet", out.display());
+    LazyFrame::scan_parquet(PlRefPath::new(&glob), ScanArgsParquet::default())
+        .unwrap()
+        .collect()
+        .unwrap()
+}
+
+fn ids(df: &DataFrame) -> Vec<u64> {
+    let mut v: Vec<u64> = df
+        .column("call_id")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn go(opts: &CompactOptions) -> retrywise_collect::compact::CompactSummary {
+    compact(opts, |_| ControlFlow::Continue(())).unwrap()
+}
+
+#[test]
+fn segments_become_day_partitioned_parquet_with_the_explicit_schema() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    write(&input, 0..3000, 64 * 1024);
+    let segments = segment::list(&input).unwrap().len() as u64;
+    assert!(segments > 5);
+
+    let s = go(&CompactOptions::new(&input, &output));
+    assert_eq!(s.segments, segments);
+    assert_eq!((s.read.records, s.rows, s.read.skipped()), (3000, 3000, 0));
+    assert_eq!(
+        s.rows_per_day.keys().cloned().collect::<Vec<_>>(),
+        ["2025-11-24", "2025-11-25", "2025-11-26"]
+    );
+    assert!(
+        segment::list(&input).unwrap().is_empty(),
+        "compacted segments are removed"
+    );
+
+    let df = scan(&output);
+    assert_eq!(ids(&df), (0..3000).collect::<Vec<_>>());
+    // Every column with its declared type, plus the hive partition.
+    let schema = df.schema();
+    for (name, dtype) in attempt_schema().iter() {
+        assert_eq!(schema.get(name), Some(dtype), "{name}");
+    }
+    assert_eq!(schema.get("date"), Some(&DataType::Date));
+    // Values survive: record 5 (attempt 3 after a 503, timeout-free success).
+    let five = df
+        .lazy()
+        .filter(col("call_id").eq(lit(5u64)))
+        .collect()
+        .unwrap();
+    let want = record(5);
+    assert_eq!(
+        five.column("attempt").unwrap().u32().unwrap().get(0),
+        Some(want.context.attempt)
+    );
+    assert_eq!(
+        five.column("error").unwrap().str().unwrap().get(0),
+        Some("http_503")
+    );
+    assert_eq!(
+        five.column("status").unwrap().u16().unwrap().get(0),
+        Some(503)
+    );
+    assert_eq!(
+        five.column("outcome").unwrap().str().unwrap().get(0),
+        Some("success")
+    );
+    assert_eq!(
+        five.column("failure_rate").unwrap().f64().unwrap().get(0),
+        None
+    );
+    let latency = five
+        .column("outcome_latency_ms")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert!((latency - want.outcome_latency.as_secs_f64() * 1e3).abs() < 1e-9);
+
+    // Idempotent: a second run finds nothing to do and the rows are the same, once.
+    let again = go(&CompactOptions::new(&input, &output));
+    assert_eq!((again.segments, again.rows), (0, 0));
+    assert_eq!(ids(&scan(&output)), (0..3000).collect::<Vec<_>>());
+}
+
+#[test]
+fn bad_lines_are_skipped_and_counted_and_open_segments_left_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let good = serde_json::to_string(&record(1)).unwrap();
+    std::fs::write(
+        input.join("seg-0000000000001-000001.ndjson"),
+        format!("{good}\ngarbage\n{{\"call_id\":1}}\n{}", &good[..30]),
+    )
+    .unwrap();
+    std::fs::write(
+        input.join("seg-0000000000002-000001.ndjson.open"),
+        format!("{good}\n"),
+    )
+    .unwrap();
+    let s = go(&CompactOptions::new(&input, &output));
+    assert_eq!((s.segments, s.rows, s.open_segments_skipped), (1, 1, 1));
+    assert_eq!(
+        (s.read.malformed, s.read.unknown_version, s.read.torn),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        segment::list(&input).unwrap().len(),
+        1,
+        "the open segment stays"
+    );
+}
+
+#[test]
+fn an_interrupted_run_is_finished_by_the_next_without_duplicates() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    write(&input, 0..2000, 1 << 30); // one segment spanning three days: three parts
+    let mut opts = CompactOptions::new(&input, &output);
+    opts.threads = 1;
+    // Stop right after the first part is durable.
+    let s = compact(&opts, |e| match e {
+        CompactEvent::PartWritten { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    assert!(s.interrupted);
+    assert_eq!((s.segments, s.parts), (0, 1));
+    assert_eq!(
+        segment::list(&input).unwrap().len(),
+        1,
+        "the segment is kept until all its parts are"
+    );
+    // A crash mid-write leaves a temporary part: the next run cleans it up.
+    let stray = output.join("date=2025-11-25").join(".part-x.parquet.tmp");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"half a file").unwrap();
+
+    let s = go(&opts);
+    assert_eq!((s.segments, s.parts), (1, 3));
+    assert!(!stray.exists());
+    assert_eq!(
+        ids(&scan(&output)),
+        (0..2000).collect::<Vec<_>>(),
+        "every row once"
+    );
+}
+
+const CHILD_ENV: &str = "RETRYWISE_COMPACT_CRASH_CHILD";
+
+#[test]
+#[ignore = "run as a child process by a_killed_compaction_is_finished_by_the_next"]
+fn compact_child() {
+    let root = std::path::PathBuf::from(std::env::var(CHILD_ENV).expect("run by its parent"));
+    let mut opts = CompactOptions::new(root.join("in"), root.join("out"));
+    opts.threads = 1;
+    compact(&opts, |e| {
+        if let CompactEvent::PartWritten { .. } = e {
+            println!("part");
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    println!("done");
+}
+
+#[test]
+fn a_killed_compaction_is_finished_by_the_next() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    write(&input, 0..60_000, 256 * 1024);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "compact_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, root.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut parts = 0;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        if line.unwrap() == "part" {
+            parts += 1;
+            if parts == 5 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, in the middle of the run
+    child.wait().unwrap();
+    assert_eq!(parts, 5);
+    assert!(
+        !segment::list(&input).unwrap().is_empty(),
+        "killed before the end"
+    );
+
+    let s = go(&CompactOptions::new(&input, &output));
+    assert!(s.segments > 0);
+    assert_eq!(
+        ids(&scan(&output)),
+        (0..60_000).collect::<Vec<_>>(),
+        "no row lost, none twice"
+    );
+}
+
+#[test]
+fn segments_can_be_archived_instead_of_deleted() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output, archive) = (
+        root.path().join("in"),
+        root.path().join("out"),
+        root.path().join("old"),
+    );
+    write(&input, 0..100, 1 << 30);
+    let mut opts = CompactOptions::new(&input, &output);
+    opts.disposal = Disposal::Archive(archive.clone());
+    go(&opts);
+    assert!(segment::list(&input).unwrap().is_empty());
+    assert_eq!(segment::list(&archive).unwrap().len(), 1);
+}
+
+#[test]
+fn an_unknown_major_version_stops_and_keeps_the_segment() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let v2 = serde_json::to_string(&record(1))
+        .unwrap()
+        .replace("\"1.0\"", "\"2.0\"");
+    std::fs::write(
+        input.join("seg-0000000000001-000001.ndjson"),
+        format!("{v2}\n"),
+    )
+    .unwrap();
+    let err = compact(&CompactOptions::new(&input, &output), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, CollectError::UnsupportedSchema { .. }),
+        "{err}"
+    );
+    assert_eq!(segment::list(&input).unwrap().len(), 1);
+}
