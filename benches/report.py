@@ -67,3 +67,40 @@ for group, job, ours, peers, base in ROWS:
         ratio = f"{added / min(present):.2f}" if present else "-"
         print(f"| {job} | {threads[0]} | {fmt(added)} | {fmt(cols['tower-resilience'])} | "
               f"{fmt(cols['failsafe'])} | {ratio} |")
+
+
+def collector():
+    """The collector's figures (benches/collect.rs), if that bench was run."""
+    base = os.path.join(root, "collect")
+    def med(name):
+        try:
+            with open(os.path.join(base, name, "new", "estimates.json")) as f:
+                return json.load(f)["median"]["point_estimate"]
+        except FileNotFoundError:
+            return None
+    rec = med("record-while-writer-busy")
+    write = med("write-ndjson-until-durable")
+    comp = med("compact-to-parquet")
+    try:
+        with open(os.path.join(root, "collect-record-latency.json")) as f:
+            lat = json.load(f)
+    except FileNotFoundError:
+        lat = None
+    if rec is None and write is None and comp is None:
+        return
+    n = 2_000_000
+    print()
+    print("| collector | measured | target |")
+    print("|---|---|---|")
+    if rec is not None:
+        print(f"| `record()` on the caller's thread, writer busy: mean | {rec:.1f} ns | — |")
+    if lat is not None:
+        print(f"| `record()` per call: p50 / p99 / p99.9 (incl. ~{lat['timer_overhead_ns']:.0f} ns of timer) | "
+              f"{lat['p50_ns']:.0f} / {lat['p99_ns']:.0f} / {lat['p999_ns']:.0f} ns | p99 ≤ 200 ns |")
+    if write is not None:
+        print(f"| sustained write to NDJSON, until durable | {n / (write / 1e9) / 1e6:.2f} M records/s | ≥ 1 M/s |")
+    if comp is not None:
+        print(f"| compaction to Parquet (zstd, 2 threads) | {n / (comp / 1e9) / 1e6:.2f} M records/s | ≥ 2 M/s |")
+
+
+collector()

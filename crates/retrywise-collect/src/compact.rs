@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use polars::prelude::*;
-use retrywise::attempt::{AttemptRecord, Outcome};
+use retrywise::attempt::{AttemptRecord, Outcome, SchemaVersion};
 use serde::Serialize;
 
 use crate::CollectError;
@@ -71,7 +71,7 @@ fn outcome_str(o: Outcome) -> &'static str {
 /// Builds a [`DataFrame`] of [`attempt_schema`] from records, column by column.
 #[derive(Debug, Default)]
 pub struct FrameBuilder {
-    schema_version: Vec<String>,
+    schema_version: Vec<SchemaVersion>,
     started_at_ms: Vec<u64>,
     call_id: Vec<u64>,
     hedge: Vec<u32>,
@@ -112,7 +112,7 @@ impl FrameBuilder {
     /// Adds one record as a row.
     pub fn push(&mut self, r: &AttemptRecord) {
         let c = &r.context;
-        self.schema_version.push(r.schema_version.to_string());
+        self.schema_version.push(r.schema_version);
         self.started_at_ms.push(r.started_at_ms);
         self.call_id.push(r.call_id);
         self.hedge.push(r.hedge);
@@ -142,8 +142,25 @@ impl FrameBuilder {
     /// frame's schema differs from [`attempt_schema`].
     pub fn finish(self) -> PolarsResult<DataFrame> {
         let targets: Vec<&str> = self.target.iter().map(|t| &**t).collect();
+        // Versions repeat: format each distinct one once, then borrow.
+        let mut names: Vec<(SchemaVersion, String)> = Vec::new();
+        for v in &self.schema_version {
+            if !names.iter().any(|(k, _)| k == v) {
+                names.push((*v, v.to_string()));
+            }
+        }
+        let versions: Vec<&str> = self
+            .schema_version
+            .iter()
+            .map(|v| {
+                names
+                    .iter()
+                    .find(|(k, _)| k == v)
+                    .map_or("", |(_, s)| s.as_str())
+            })
+            .collect();
         let columns = vec![
-            Column::new("schema_version".into(), self.schema_version),
+            Column::new("schema_version".into(), versions),
             Column::new("started_at_ms".into(), self.started_at_ms),
             Column::new("call_id".into(), self.call_id),
             Column::new("hedge".into(), self.hedge),

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use retrywise::attempt::{AttemptRecord, SchemaVersion};
+use retrywise::attempt::{AttemptRecord, SchemaVersion, TargetCache};
 use serde::Serialize;
 
 use crate::CollectError;
@@ -73,8 +73,12 @@ enum Bad {
 }
 
 /// Parses one line; `Err(Err(_))` for a fatal unsupported schema.
-fn parse_line(bytes: &[u8], last_unterminated: bool) -> Result<AttemptRecord, Result<Bad, String>> {
-    match serde_json::from_slice::<AttemptRecord>(bytes) {
+fn parse_line(
+    bytes: &[u8],
+    last_unterminated: bool,
+    cache: &mut TargetCache,
+) -> Result<AttemptRecord, Result<Bad, String>> {
+    match AttemptRecord::from_json(bytes, cache) {
         Ok(r) if r.schema_version.major == SchemaVersion::CURRENT.major => Ok(r),
         Ok(r) => Err(Err(r.schema_version.to_string())),
         Err(e) => {
@@ -118,6 +122,7 @@ pub struct SegmentReader {
     current: Option<(PathBuf, BufReader<File>, u64)>,
     line: Vec<u8>,
     summary: ReadSummary,
+    targets: TargetCache,
     done: bool,
 }
 
@@ -137,6 +142,7 @@ impl SegmentReader {
             current: None,
             line: Vec::with_capacity(1024),
             summary: ReadSummary::default(),
+            targets: TargetCache::new(),
             done: false,
         }
     }
@@ -193,7 +199,7 @@ impl Iterator for SegmentReader {
                 continue;
             }
             self.summary.lines += 1;
-            match parse_line(body, !terminated) {
+            match parse_line(body, !terminated, &mut self.targets) {
                 Ok(r) => {
                     self.summary.records += 1;
                     return Some(Ok(r));

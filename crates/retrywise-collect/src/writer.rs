@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,7 +81,9 @@ impl WriterConfig {
 type Ack = mpsc::SyncSender<Result<(), CollectError>>;
 
 enum Msg {
-    Record(Box<AttemptRecord>),
+    /// Unboxed: a record is copied into the queue's preallocated slot, so `record()`
+    /// allocates nothing.
+    Record(AttemptRecord),
     Flush(Ack),
     Close(Ack),
 }
@@ -122,6 +124,8 @@ pub struct SegmentRecorder {
     tx: SyncSender<Msg>,
     counters: Arc<Counters>,
     worker: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The writer thread, to wake it for flushes (records never wake it: see `run`).
+    thread: std::thread::Thread,
     dir: PathBuf,
 }
 
@@ -176,6 +180,7 @@ impl SegmentRecorder {
         Ok(Self {
             tx,
             counters,
+            thread: worker.thread().clone(),
             worker: Arc::new(Mutex::new(Some(worker))),
             dir,
         })
@@ -196,6 +201,7 @@ impl SegmentRecorder {
         self.tx
             .send(make(ack))
             .map_err(|_| CollectError::WriterGone)?;
+        self.thread.unpark();
         done.recv().map_err(|_| CollectError::WriterGone)?
     }
 
@@ -240,7 +246,7 @@ impl SegmentRecorder {
 
 impl Recorder for SegmentRecorder {
     fn record(&self, record: AttemptRecord) {
-        match self.tx.try_send(Msg::Record(Box::new(record))) {
+        match self.tx.try_send(Msg::Record(record)) {
             Ok(()) => Counters::add(&self.counters.recorded, 1),
             Err(TrySendError::Full(_)) => Counters::add(&self.counters.dropped_full, 1),
             Err(TrySendError::Disconnected(_)) => Counters::add(&self.counters.dropped_closed, 1),
@@ -294,6 +300,8 @@ fn recover(dir: &Path) -> Result<(), CollectError> {
 }
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MIN_PARK: Duration = Duration::from_micros(100);
+const MAX_PARK: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 struct OpenSegment<F> {
@@ -331,39 +339,53 @@ struct Writer<S: Storage> {
 }
 
 impl<S: Storage> Writer<S> {
+    /// The writer's loop. It never blocks on the queue: a sender that finds a receiver
+    /// blocked must wake it with a system call, on the caller's path. Instead the writer
+    /// drains the queue, writes, and parks for a short, growing while (100 µs to 10 ms);
+    /// only flushes and closes wake it.
     fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
+        let mut park = MIN_PARK;
         loop {
-            let wait = self
-                .next_deadline()
-                .saturating_duration_since(self.storage.now());
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Record(r)) => {
-                    self.append(&r);
-                    // Drain what is already queued before touching the file again.
-                    while let Ok(msg) = rx.try_recv() {
-                        match msg {
-                            Msg::Record(r) => self.append(&r),
-                            Msg::Flush(ack) => self.flush(&ack),
-                            Msg::Close(ack) => return self.close(&ack),
-                        }
-                        if self.buf.len() >= self.cfg.write_buffer {
-                            self.write_buf();
-                        }
+            match rx.try_recv() {
+                Ok(msg) => {
+                    park = MIN_PARK;
+                    if let Some(ack) = self.handle(msg) {
+                        return self.close(&ack);
                     }
                     if self.buf.len() >= self.cfg.write_buffer {
                         self.write_buf();
                     }
                 }
-                Ok(Msg::Flush(ack)) => self.flush(&ack),
-                Ok(Msg::Close(ack)) => return self.close(&ack),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(TryRecvError::Empty) => {
+                    // Hand what arrived to the operating system before resting.
+                    if !self.buf.is_empty() {
+                        self.write_buf();
+                    }
+                    self.on_tick();
+                    let until_deadline = self
+                        .next_deadline()
+                        .saturating_duration_since(self.storage.now());
+                    std::thread::park_timeout(park.min(until_deadline).max(MIN_PARK));
+                    park = (park * 2).min(MAX_PARK);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => {
                     let _ = self.close_segment();
                     return;
                 }
             }
             self.on_tick();
         }
+    }
+
+    /// Handles one message; returns the acknowledgement of a close.
+    fn handle(&mut self, msg: Msg) -> Option<Ack> {
+        match msg {
+            Msg::Record(r) => self.append(&r),
+            Msg::Flush(ack) => self.flush(&ack),
+            Msg::Close(ack) => return Some(ack),
+        }
+        None
     }
 
     fn next_deadline(&self) -> Instant {
@@ -383,15 +405,23 @@ impl<S: Storage> Writer<S> {
                 let _ = self.sync();
             }
         }
-        let rotate = self.seg.as_ref().is_some_and(|s| {
+        self.rotate_if_due(now);
+    }
+
+    /// Closes the current segment once it is full or old enough.
+    fn rotate_if_due(&mut self, now: Instant) {
+        let due = self.seg.as_ref().is_some_and(|s| {
             s.len >= self.cfg.max_segment_bytes || now >= s.opened_at + self.cfg.max_segment_age
         });
-        if rotate {
+        if due {
             let _ = self.close_segment();
         }
     }
 
     fn append(&mut self, r: &AttemptRecord) {
+        // A record that arrives after its segment's time is up starts the next one.
+        let now = self.storage.now();
+        self.rotate_if_due(now);
         if let Some(until) = self.broken_until {
             if self.storage.now() < until {
                 Counters::add(&self.counters.dropped_io, 1);

@@ -9,6 +9,7 @@ mod classify;
 mod context;
 mod kind;
 mod record;
+mod record_fast;
 mod record_serde;
 mod retry_after;
 pub(crate) mod serde_ms;
@@ -21,4 +22,5 @@ pub use classify::{
 pub use context::{AttemptContext, InvalidContext};
 pub use kind::{ErrorKind, UnknownErrorKind};
 pub use record::{AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion};
+pub use record_fast::TargetCache;
 pub use retry_after::{InvalidRetryAfter, parse_retry_after};

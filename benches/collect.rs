@@ -1,0 +1,171 @@
+//! The collector's speed: the cost of `record()` on the calling thread while the writer is
+//! busy (with its tail latency), sustained write throughput to NDJSON, and compaction
+//! throughput to Parquet.
+//!
+//! Run: `cargo bench -p retrywise-benches --bench collect`, then `python3 benches/report.py`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Failure, Verdict};
+use retrywise::recorder::Recorder;
+use retrywise_collect::compact::{CompactOptions, compact};
+use retrywise_collect::{SegmentRecorder, WriterConfig};
+
+/// A realistic record: a retry after a 503, with the target's health filled in.
+fn record(i: u64) -> AttemptRecord {
+    let mut ctx = AttemptContext::first("inventory-service");
+    ctx.attempt = 2;
+    ctx.error = Some(ErrorKind::Http503);
+    ctx.status = Some(503);
+    ctx.latency = Some(Duration::from_micros(12_345 + i % 1000));
+    ctx.elapsed = Duration::from_millis(40);
+    ctx.delay = Duration::from_millis(200);
+    ctx.failure_rate = Some(0.25);
+    ctx.latency_p95 = Some(Duration::from_millis(80));
+    ctx.in_flight = Some(3);
+    let verdict = if i.is_multiple_of(3) {
+        Verdict::Retryable(Failure::new(ErrorKind::Timeout))
+    } else {
+        Verdict::Success
+    };
+    AttemptRecord::new(
+        i,
+        0,
+        1_764_000_000_000 + i,
+        ctx,
+        &verdict,
+        Duration::from_millis(20),
+    )
+}
+
+fn records(n: u64) -> Vec<AttemptRecord> {
+    (0..n).map(record).collect()
+}
+
+fn big_queue() -> WriterConfig {
+    WriterConfig {
+        queue_capacity: 1 << 22,
+        ..WriterConfig::default()
+    }
+}
+
+/// record() on the caller's thread while the writer drains into real files: mean (by
+/// criterion) and the distribution of single calls (printed, and saved for report.py).
+fn record_cost(c: &mut Criterion) {
+    let mut g = c.benchmark_group("collect");
+    let dir = tempfile::tempdir().unwrap();
+    let rec = SegmentRecorder::open(dir.path(), big_queue()).unwrap();
+    g.bench_function("record-while-writer-busy", |b| {
+        b.iter_custom(|n| {
+            let batch = records(n);
+            let t = Instant::now();
+            for r in batch {
+                rec.record(r);
+            }
+            let took = t.elapsed();
+            rec.flush().unwrap(); // drain between samples: the queue never fills
+            took
+        })
+    });
+    // Tail latency: time every call of a 1M-record burst the writer is busy draining.
+    let batch = records(1_000_000);
+    let mut ns = Vec::with_capacity(batch.len());
+    let overhead = {
+        let t = Instant::now();
+        for _ in 0..1_000_000 {
+            std::hint::black_box(Instant::now());
+        }
+        t.elapsed().as_nanos() as f64 / 1e6
+    };
+    for r in batch {
+        let t = Instant::now();
+        rec.record(r);
+        ns.push(t.elapsed().as_nanos() as f64);
+    }
+    rec.flush().unwrap();
+    assert_eq!(rec.stats().dropped_queue_full, 0, "the queue never filled");
+    ns.sort_by(f64::total_cmp);
+    let q = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)];
+    let summary = serde_json::json!({
+        "p50_ns": q(0.5), "p99_ns": q(0.99), "p999_ns": q(0.999), "max_ns": q(1.0),
+        "timer_overhead_ns": overhead, "calls": ns.len(),
+    });
+    println!(
+        "record() per call while the writer is busy (includes ~{overhead:.0} ns of timer): {summary}"
+    );
+    let out =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion/collect-record-latency.json");
+    let _ = std::fs::create_dir_all(out.parent().unwrap());
+    let _ = std::fs::write(&out, summary.to_string());
+    rec.close().unwrap();
+
+    // Sustained throughput: records handed over as fast as possible, until durable.
+    const N: u64 = 2_000_000;
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.bench_function("write-ndjson-until-durable", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().unwrap();
+                let rec = SegmentRecorder::open(dir.path(), big_queue()).unwrap();
+                let batch = records(N);
+                let t = Instant::now();
+                for r in batch {
+                    rec.record(r);
+                }
+                rec.flush().unwrap();
+                total += t.elapsed();
+                assert_eq!(rec.stats().synced, N);
+                rec.close().unwrap();
+            }
+            total
+        })
+    });
+
+    // Compaction: closed segments of 2M records to Parquet, on every CPU.
+    let source = tempfile::tempdir().unwrap();
+    {
+        let rec = SegmentRecorder::open(source.path(), big_queue()).unwrap();
+        for r in records(N) {
+            rec.record(r);
+        }
+        rec.close().unwrap();
+    }
+    g.bench_function("compact-to-parquet", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let work = tempfile::tempdir().unwrap();
+                let input = work.path().join("in");
+                std::fs::create_dir(&input).unwrap();
+                for e in std::fs::read_dir(source.path()).unwrap() {
+                    let e = e.unwrap();
+                    if e.file_name().to_string_lossy().ends_with(".ndjson") {
+                        std::fs::copy(e.path(), input.join(e.file_name())).unwrap();
+                    }
+                }
+                let opts = CompactOptions::new(&input, work.path().join("out"));
+                let t = Instant::now();
+                let s = compact(&opts, |_| ControlFlow::Continue(())).unwrap();
+                total += t.elapsed();
+                assert_eq!(s.rows, N);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5)).configure_from_args();
+    targets = record_cost
+}
+criterion_main!(benches);
