@@ -36,6 +36,7 @@ pub fn attempt_schema() -> Schema {
         Field::new("started_at_ms".into(), DataType::UInt64),
         Field::new("call_id".into(), DataType::UInt64),
         Field::new("hedge".into(), DataType::UInt32),
+        Field::new("policy".into(), DataType::String),
         Field::new("target".into(), DataType::String),
         Field::new("attempt".into(), DataType::UInt32),
         Field::new("error".into(), DataType::String),
@@ -47,6 +48,7 @@ pub fn attempt_schema() -> Schema {
         Field::new("failure_rate".into(), DataType::Float64),
         Field::new("latency_p95_ms".into(), DataType::Float64),
         Field::new("in_flight".into(), DataType::UInt32),
+        Field::new("planned_delay_ms".into(), DataType::Float64),
         Field::new("outcome".into(), DataType::String),
         Field::new("outcome_error".into(), DataType::String),
         Field::new("outcome_status".into(), DataType::UInt16),
@@ -75,6 +77,7 @@ pub struct FrameBuilder {
     started_at_ms: Vec<u64>,
     call_id: Vec<u64>,
     hedge: Vec<u32>,
+    policy: Vec<Option<Arc<str>>>,
     target: Vec<Arc<str>>,
     attempt: Vec<u32>,
     error: Vec<Option<&'static str>>,
@@ -86,6 +89,7 @@ pub struct FrameBuilder {
     failure_rate: Vec<Option<f64>>,
     latency_p95_ms: Vec<Option<f64>>,
     in_flight: Vec<Option<u32>>,
+    planned_delay_ms: Vec<Option<f64>>,
     outcome: Vec<&'static str>,
     outcome_error: Vec<Option<&'static str>>,
     outcome_status: Vec<Option<u16>>,
@@ -116,6 +120,7 @@ impl FrameBuilder {
         self.started_at_ms.push(r.started_at_ms);
         self.call_id.push(r.call_id);
         self.hedge.push(r.hedge);
+        self.policy.push(r.policy.clone());
         self.target.push(Arc::clone(&c.target));
         self.attempt.push(c.attempt);
         self.error.push(c.error.map(|e| e.as_str()));
@@ -127,6 +132,7 @@ impl FrameBuilder {
         self.failure_rate.push(c.failure_rate);
         self.latency_p95_ms.push(c.latency_p95.map(ms));
         self.in_flight.push(c.in_flight);
+        self.planned_delay_ms.push(c.planned_delay.map(ms));
         self.outcome.push(outcome_str(r.outcome));
         self.outcome_error.push(r.outcome_error.map(|e| e.as_str()));
         self.outcome_status.push(r.outcome_status);
@@ -142,6 +148,7 @@ impl FrameBuilder {
     /// frame's schema differs from [`attempt_schema`].
     pub fn finish(self) -> PolarsResult<DataFrame> {
         let targets: Vec<&str> = self.target.iter().map(|t| &**t).collect();
+        let policies: Vec<Option<&str>> = self.policy.iter().map(|p| p.as_deref()).collect();
         // Versions repeat: format each distinct one once, then borrow.
         let mut names: Vec<(SchemaVersion, String)> = Vec::new();
         for v in &self.schema_version {
@@ -164,6 +171,7 @@ impl FrameBuilder {
             Column::new("started_at_ms".into(), self.started_at_ms),
             Column::new("call_id".into(), self.call_id),
             Column::new("hedge".into(), self.hedge),
+            Column::new("policy".into(), policies),
             Column::new("target".into(), targets),
             Column::new("attempt".into(), self.attempt),
             Column::new("error".into(), self.error),
@@ -175,6 +183,7 @@ impl FrameBuilder {
             Column::new("failure_rate".into(), self.failure_rate),
             Column::new("latency_p95_ms".into(), self.latency_p95_ms),
             Column::new("in_flight".into(), self.in_flight),
+            Column::new("planned_delay_ms".into(), self.planned_delay_ms),
             Column::new("outcome".into(), self.outcome),
             Column::new("outcome_error".into(), self.outcome_error),
             Column::new("outcome_status".into(), self.outcome_status),

@@ -273,9 +273,10 @@ fn an_unknown_major_version_stops_and_keeps_the_segment() {
     let root = tempfile::tempdir().unwrap();
     let (input, output) = (root.path().join("in"), root.path().join("out"));
     std::fs::create_dir_all(&input).unwrap();
-    let v2 = serde_json::to_string(&record(1))
-        .unwrap()
-        .replace("\"1.0\"", "\"2.0\"");
+    let v2 = serde_json::to_string(&record(1)).unwrap().replace(
+        &format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT),
+        "\"2.0\"",
+    );
     std::fs::write(
         input.join("seg-0000000000001-000001.ndjson"),
         format!("{v2}\n"),

@@ -14,16 +14,24 @@ fn line(i: u64) -> String {
     serde_json::to_string(&record(i)).unwrap()
 }
 
+/// The version field as the writer writes it.
+fn version() -> String {
+    format!(
+        "\"schema_version\":\"{}\"",
+        retrywise::attempt::SchemaVersion::CURRENT
+    )
+}
+
 #[test]
 fn garbage_truncated_and_wrong_typed_lines_are_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let good = line(1);
     let wrong_type = good.replace("\"call_id\":1", "\"call_id\":\"one\"");
     let negative = good.replace("\"outcome_latency_ms\":", "\"outcome_latency_ms\":-");
-    let no_version = good.replace("\"schema_version\":\"1.0\",", "");
-    let bad_version = good.replace("\"schema_version\":\"1.0\"", "\"schema_version\":\"one\"");
+    let no_version = good.replace(&format!("{},", version()), "");
+    let bad_version = good.replace(&version(), "\"schema_version\":\"one\"");
     let newer_minor = good
-        .replace("\"schema_version\":\"1.0\"", "\"schema_version\":\"1.7\"")
+        .replace(&version(), "\"schema_version\":\"1.7\"")
         .replace("\"call_id\":1", "\"call_id\":2,\"added_later\":[1,2,3]");
     let content = [
         good.as_str(),
@@ -58,7 +66,7 @@ fn garbage_truncated_and_wrong_typed_lines_are_skipped_and_counted() {
 #[test]
 fn an_unknown_major_version_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let newer = line(2).replace("\"schema_version\":\"1.0\"", "\"schema_version\":\"2.0\"");
+    let newer = line(2).replace(&version(), "\"schema_version\":\"2.0\"");
     std::fs::write(
         dir.path().join("seg-0000000000001-000001.ndjson"),
         format!("{}\n{newer}\n{}\n", line(1), line(3)),

@@ -70,6 +70,15 @@ pub struct AttemptContext {
     /// Calls to the target in flight from this process when the attempt was decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<u32>,
+    /// The delay the decider chose, when exploration changed it into `delay` (training
+    /// data records both, so that a model can learn what waiting longer or shorter does).
+    #[serde(
+        rename = "planned_delay_ms",
+        with = "serde_ms::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub planned_delay: Option<Duration>,
 }
 
 impl AttemptContext {
@@ -87,6 +96,7 @@ impl AttemptContext {
             failure_rate: None,
             latency_p95: None,
             in_flight: None,
+            planned_delay: None,
         }
     }
 
@@ -108,6 +118,7 @@ impl AttemptContext {
             failure_rate: self.failure_rate,
             latency_p95: self.latency_p95,
             in_flight: self.in_flight,
+            planned_delay: None,
         }
     }
 

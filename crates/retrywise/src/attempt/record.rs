@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -24,7 +25,7 @@ pub struct SchemaVersion {
 
 impl SchemaVersion {
     /// The version this crate writes.
-    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 0 };
+    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 1 };
 }
 
 impl fmt::Display for SchemaVersion {
@@ -99,6 +100,8 @@ pub struct AttemptRecord {
     pub call_id: u64,
     /// 0 for the primary request of an attempt, `k` for its `k`-th hedge.
     pub hedge: u32,
+    /// The name of the policy that made the attempt, when it has one (since 1.1).
+    pub policy: Option<Arc<str>>,
     /// What was known before the attempt.
     pub context: AttemptContext,
     /// How it ended.
@@ -133,6 +136,7 @@ impl AttemptRecord {
             started_at_ms,
             call_id,
             hedge,
+            policy: None,
             context,
             outcome,
             outcome_error: failure.map(|f| f.kind),
@@ -155,7 +159,7 @@ mod tests {
 
     #[test]
     fn schema_version_text() {
-        assert_eq!(SchemaVersion::CURRENT.to_string(), "1.0");
+        assert_eq!(SchemaVersion::CURRENT.to_string(), "1.1");
         assert_eq!(
             "2.13".parse::<SchemaVersion>().unwrap(),
             SchemaVersion {
@@ -189,7 +193,7 @@ mod tests {
         );
         let json = serde_json::to_string(&rec).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["schema_version"], "1.0");
+        assert_eq!(v["schema_version"], "1.1");
         assert_eq!(v["target"], "inventory");
         assert_eq!(v["attempt"], 3);
         assert_eq!(v["error"], "timeout");

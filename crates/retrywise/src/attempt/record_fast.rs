@@ -238,6 +238,8 @@ impl<'a> Scanner<'a> {
         let mut failure_rate = None;
         let mut latency_p95 = None;
         let mut in_flight = None;
+        let mut planned_delay = None;
+        let mut policy = None;
         let mut outcome = None;
         let mut outcome_error = None;
         let mut outcome_status = None;
@@ -286,6 +288,15 @@ impl<'a> Scanner<'a> {
                 b"failure_rate" => once(&mut failure_rate, opt(&v, float))?,
                 b"latency_p95_ms" => once(&mut latency_p95, opt(&v, ms))?,
                 b"in_flight" => once(&mut in_flight, opt(&v, u32_))?,
+                b"planned_delay_ms" => once(&mut planned_delay, opt(&v, ms))?,
+                b"policy" => once(
+                    &mut policy,
+                    match v {
+                        Value::Null => Some(None),
+                        Value::Str(s) => std::str::from_utf8(s).ok().map(|s| Some(cache.get(s))),
+                        Value::Num(_) => None,
+                    },
+                )?,
                 b"outcome" => once(
                     &mut outcome,
                     match v {
@@ -328,6 +339,7 @@ impl<'a> Scanner<'a> {
             started_at_ms: started_at_ms?,
             call_id: call_id?,
             hedge: hedge.unwrap_or(0),
+            policy: policy.flatten(),
             context: AttemptContext {
                 target: target?,
                 attempt: attempt?,
@@ -340,6 +352,7 @@ impl<'a> Scanner<'a> {
                 failure_rate: failure_rate.flatten(),
                 latency_p95: latency_p95.flatten(),
                 in_flight: in_flight.flatten(),
+                planned_delay: planned_delay.flatten(),
             },
             outcome: outcome?,
             outcome_error: outcome_error.flatten(),

@@ -24,6 +24,9 @@ impl Serialize for AttemptRecord {
         m.serialize_entry("started_at_ms", &self.started_at_ms)?;
         m.serialize_entry("call_id", &self.call_id)?;
         m.serialize_entry("hedge", &self.hedge)?;
+        if let Some(p) = &self.policy {
+            m.serialize_entry("policy", &**p)?;
+        }
         m.serialize_entry("target", &*c.target)?;
         m.serialize_entry("attempt", &c.attempt)?;
         if let Some(e) = c.error {
@@ -48,6 +51,9 @@ impl Serialize for AttemptRecord {
         }
         if let Some(v) = c.in_flight {
             m.serialize_entry("in_flight", &v)?;
+        }
+        if let Some(v) = c.planned_delay {
+            m.serialize_entry("planned_delay_ms", &duration_to_ms(v))?;
         }
         m.serialize_entry("outcome", &self.outcome)?;
         if let Some(e) = self.outcome_error {
@@ -108,6 +114,8 @@ impl<'de> Visitor<'de> for RecordVisitor {
         let mut failure_rate: Option<Option<f64>> = None;
         let mut latency_p95: Option<Option<Ms>> = None;
         let mut in_flight: Option<Option<u32>> = None;
+        let mut planned_delay: Option<Option<Ms>> = None;
+        let mut policy: Option<Option<std::borrow::Cow<'de, str>>> = None;
         let mut outcome = None;
         let mut outcome_error: Option<Option<ErrorKind>> = None;
         let mut outcome_status: Option<Option<u16>> = None;
@@ -143,6 +151,10 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 "failure_rate" => set(&mut failure_rate, map.next_value()?, "failure_rate")?,
                 "latency_p95_ms" => set(&mut latency_p95, map.next_value()?, "latency_p95_ms")?,
                 "in_flight" => set(&mut in_flight, map.next_value()?, "in_flight")?,
+                "planned_delay_ms" => {
+                    set(&mut planned_delay, map.next_value()?, "planned_delay_ms")?
+                }
+                "policy" => set(&mut policy, map.next_value()?, "policy")?,
                 "outcome" => set(&mut outcome, map.next_value::<Outcome>()?, "outcome")?,
                 "outcome_error" => set(&mut outcome_error, map.next_value()?, "outcome_error")?,
                 "outcome_status" => set(&mut outcome_status, map.next_value()?, "outcome_status")?,
@@ -168,6 +180,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
             started_at_ms: started_at_ms.ok_or_else(|| missing("started_at_ms"))?,
             call_id: call_id.ok_or_else(|| missing("call_id"))?,
             hedge: hedge.unwrap_or(0),
+            policy: policy.flatten().map(Arc::from),
             context: AttemptContext {
                 target: target.ok_or_else(|| missing("target"))?,
                 attempt: attempt.ok_or_else(|| missing("attempt"))?,
@@ -180,6 +193,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 failure_rate: failure_rate.flatten(),
                 latency_p95: latency_p95.flatten().map(|m| m.0),
                 in_flight: in_flight.flatten(),
+                planned_delay: planned_delay.flatten().map(|m| m.0),
             },
             outcome: outcome.ok_or_else(|| missing("outcome"))?,
             outcome_error: outcome_error.flatten(),
@@ -223,6 +237,7 @@ mod tests {
             in_flight in prop::option::of(any::<u32>()), kind in any_kind(),
             out_status in prop::option::of(100u16..600), out_latency in any_ms(),
             out_ra in prop::option::of(any_ms()), cancelled in any::<bool>(),
+            planned in prop::option::of(any_ms()), policy in prop::option::of("[a-z\\-]{1,12}"),
         ) -> AttemptRecord {
             let mut ctx = AttemptContext::first(target.as_str());
             ctx.attempt = attempt;
@@ -235,6 +250,7 @@ mod tests {
             ctx.failure_rate = failure_rate;
             ctx.latency_p95 = p95;
             ctx.in_flight = in_flight;
+            ctx.planned_delay = planned;
             let verdict = match kind {
                 None => Verdict::Success,
                 Some(k) => {
@@ -248,6 +264,7 @@ mod tests {
             if cancelled {
                 r.outcome = Outcome::Cancelled;
             }
+            r.policy = policy.map(|p| Arc::from(p.as_str()));
             r
         }
     }
@@ -276,6 +293,8 @@ mod tests {
             && c.failure_rate == e.failure_rate
             && o(c.latency_p95, e.latency_p95)
             && c.in_flight == e.in_flight
+            && o(c.planned_delay, e.planned_delay)
+            && a.policy == b.policy
             && a.outcome == b.outcome
             && a.outcome_error == b.outcome_error
             && a.outcome_status == b.outcome_status

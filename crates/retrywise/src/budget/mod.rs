@@ -14,13 +14,17 @@
 //! - [`RatioBudget`] — Finagle's and tower's budget: retries in a sliding window may not
 //!   exceed a fixed share (default 20 %) of the calls in it, plus a small floor per second
 //!   so that low-traffic clients can still retry.
+//! - [`AdaptiveThrottle`] — the SRE book's client-side throttling: refuses *any* request
+//!   locally with a probability that grows as the backend accepts fewer of them.
 //!
 //! Budgets are shared: one instance per upstream, used by every call to it.
 
 mod ratio;
+mod throttle;
 mod token_bucket;
 
 pub use ratio::RatioBudget;
+pub use throttle::AdaptiveThrottle;
 pub use token_bucket::TokenBucket;
 
 use tokio::time::Instant;

@@ -64,6 +64,7 @@ fn boxed<E: Into<BoxError>>(e: AttemptError<E>) -> BoxError {
         AttemptError::Timeout(e) => Box::new(e),
         AttemptError::CircuitOpen(e) => Box::new(e),
         AttemptError::BulkheadFull(e) => Box::new(e),
+        AttemptError::Throttled => "refused by the client-side adaptive throttle".into(),
         AttemptError::AllHedgesFailed(all) => Box::new(crate::hedge::AllFailed {
             errors: all
                 .into_iter()

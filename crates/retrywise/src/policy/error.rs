@@ -18,6 +18,8 @@ pub enum AttemptError<E> {
     CircuitOpen(CircuitOpen),
     /// The bulkhead had no room for the attempt.
     BulkheadFull(BulkheadFull),
+    /// The client-side adaptive throttle refused to send it.
+    Throttled,
     /// Every request of a hedged attempt failed; one error per request.
     AllHedgesFailed(Vec<AttemptError<E>>),
 }
@@ -29,6 +31,7 @@ impl<E: fmt::Display> fmt::Display for AttemptError<E> {
             AttemptError::Timeout(e) => e.fmt(f),
             AttemptError::CircuitOpen(e) => e.fmt(f),
             AttemptError::BulkheadFull(e) => e.fmt(f),
+            AttemptError::Throttled => f.write_str("refused by the client-side adaptive throttle"),
             AttemptError::AllHedgesFailed(all) => {
                 write!(f, "all {} hedged requests failed", all.len())?;
                 if let Some(last) = all.last() {
@@ -47,6 +50,7 @@ impl<E: std::error::Error + 'static> std::error::Error for AttemptError<E> {
             AttemptError::Timeout(e) => Some(e),
             AttemptError::CircuitOpen(e) => Some(e),
             AttemptError::BulkheadFull(e) => Some(e),
+            AttemptError::Throttled => None,
             AttemptError::AllHedgesFailed(all) => all.last().map(|e| e as _),
         }
     }

@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::budget::AdaptiveThrottle;
+use crate::retry::Exploration;
+
 use tokio::time::Instant;
 
 use crate::attempt::{
@@ -111,6 +114,15 @@ struct Inner {
     recorder: Arc<dyn Recorder>,
     /// `recorder.enabled()`, asked once.
     recording: bool,
+    /// The policy's name in records.
+    label: Option<Arc<str>>,
+    explore: Option<Exploration>,
+    throttle: Option<AdaptiveThrottle>,
+    /// Wall-clock time (ms since the epoch) at `anchor`: records are stamped with
+    /// `wall_ms + (start - anchor)`, one clock read fewer than `SystemTime::now()`, and in
+    /// step with tokio's virtual clock in simulations.
+    anchor: Instant,
+    wall_ms: u64,
     permanent_is_failure: bool,
     counters: Counters,
 }
@@ -123,7 +135,7 @@ struct Counters {
     stops: [AtomicU64; STOP_REASONS.len()],
 }
 
-const STOP_REASONS: [StopReason; 8] = [
+const STOP_REASONS: [StopReason; 9] = [
     StopReason::NotRetryable,
     StopReason::MaxAttempts,
     StopReason::Deadline,
@@ -132,6 +144,7 @@ const STOP_REASONS: [StopReason; 8] = [
     StopReason::TargetUnhealthy,
     StopReason::CircuitOpen,
     StopReason::BulkheadFull,
+    StopReason::Throttled,
 ];
 
 /// A point-in-time view of a [`Policy`] and its mechanisms.
@@ -165,6 +178,9 @@ impl Policy {
             hedge: None,
             recorder: Arc::new(NoopRecorder),
             permanent_is_failure: false,
+            label: None,
+            explore: None,
+            throttle: None,
             classifier: ErrorsAreRetryable,
         }
     }
@@ -271,6 +287,11 @@ impl<C> Policy<C> {
         if let Some(b) = &p.budget {
             b.deposit(start);
         }
+        if let Some(t) = &p.throttle
+            && !t.admit(start)
+        {
+            return Err(self.stop(0, StopReason::Throttled, AttemptError::Throttled));
+        }
         let call_id = if p.recording {
             rand::random::<u64>() >> 11
         } else {
@@ -338,6 +359,12 @@ impl<C> Policy<C> {
             {
                 b.record(verdict.is_success());
             }
+            if let Some(t) = &p.throttle
+                && !ended.rejected
+                && !matches!(verdict, Verdict::Retryable(_))
+            {
+                t.accepted(Instant::now());
+            }
             let failure = match verdict {
                 Verdict::Success => {
                     return ended.answer.ok_or_else(|| unreachable_no_answer(number));
@@ -358,10 +385,26 @@ impl<C> Policy<C> {
                 now.saturating_duration_since(start),
             );
             self.fill_health(&mut next);
-            let delay = match p.decider.decide(&next) {
+            let planned = match p.decider.decide(&next) {
                 Decision::Stop(reason) => return self.give_up(ended, number, reason),
                 Decision::Retry(d) => d,
             };
+            let mut delay = planned;
+            if let Some(x) = &p.explore
+                && let Some(explored) = x.apply(planned)
+            {
+                // Keep the explored wait only if the next attempt still has time to run.
+                next.delay = explored;
+                if p.decider.attempt_timeout(&next) != Some(Duration::ZERO) {
+                    delay = explored;
+                    next.planned_delay = Some(planned);
+                }
+            }
+            if let Some(t) = &p.throttle
+                && !t.admit(now)
+            {
+                return self.give_up(ended, number, StopReason::Throttled);
+            }
             if let Some(b) = &p.budget
                 && !b.withdraw(now)
             {
@@ -420,7 +463,6 @@ impl<C> Policy<C> {
             call_id,
             hedge,
             started,
-            wall: SystemTime::now(),
         });
         let sent = match Timeout::new(make(), timeout).await {
             Ok(result) => {
@@ -620,15 +662,15 @@ struct CancelGuard<'a> {
     call_id: u64,
     hedge: u32,
     started: Instant,
-    wall: SystemTime,
 }
 
 impl CancelGuard<'_> {
     fn record(&self, verdict: &Verdict, latency: Duration, outcome: Option<Outcome>) {
-        let started_at_ms = self
-            .wall
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let p = self.policy;
+        let since = self.started.saturating_duration_since(p.anchor);
+        let started_at_ms = p
+            .wall_ms
+            .saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
         let mut rec = AttemptRecord::new(
             self.call_id,
             self.hedge,
@@ -640,6 +682,7 @@ impl CancelGuard<'_> {
         if let Some(o) = outcome {
             rec.outcome = o;
         }
+        rec.policy = p.label.clone();
         self.policy.recorder.record(rec);
     }
 
@@ -666,10 +709,33 @@ pub struct PolicyBuilder<C = ErrorsAreRetryable> {
     hedge: Option<Hedge>,
     recorder: Arc<dyn Recorder>,
     permanent_is_failure: bool,
+    label: Option<Arc<str>>,
+    explore: Option<Exploration>,
+    throttle: Option<AdaptiveThrottle>,
     classifier: C,
 }
 
 impl<C> PolicyBuilder<C> {
+    /// Names the policy in its records (`policy`), e.g. the strategy being compared.
+    /// Defaults to none.
+    pub fn label(mut self, label: impl Into<Arc<str>>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// Randomizes retry delays around the decider's choice, recording both (for training
+    /// data). Defaults to none.
+    pub fn explore(mut self, exploration: Exploration) -> Self {
+        self.explore = Some(exploration);
+        self
+    }
+
+    /// Throttles every attempt with client-side adaptive throttling. Defaults to none.
+    pub fn throttle(mut self, throttle: AdaptiveThrottle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
     /// Retries by `policy`. Defaults to [`RetryPolicy`]'s defaults (3 attempts,
     /// exponential backoff from 100 ms with full jitter).
     pub fn retry(self, policy: RetryPolicy) -> Self {
@@ -736,6 +802,9 @@ impl<C> PolicyBuilder<C> {
             hedge: self.hedge,
             recorder: self.recorder,
             permanent_is_failure: self.permanent_is_failure,
+            label: self.label,
+            explore: self.explore,
+            throttle: self.throttle,
             classifier,
         }
     }
@@ -765,6 +834,13 @@ impl<C> PolicyBuilder<C> {
                 recorder: self.recorder,
                 recording,
                 permanent_is_failure: self.permanent_is_failure,
+                label: self.label,
+                explore: self.explore,
+                throttle: self.throttle,
+                anchor: Instant::now(),
+                wall_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 counters: Counters::default(),
             }),
             classifier: self.classifier,

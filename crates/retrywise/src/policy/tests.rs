@@ -377,3 +377,65 @@ async fn deadline_cuts_the_last_attempt() {
 fn refuses_an_empty_target() {
     assert_eq!(Policy::builder("").build().err().unwrap().field, "target");
 }
+
+#[tokio::test(start_paused = true)]
+async fn records_carry_the_label_the_planned_delay_and_virtual_time() {
+    let rec = Arc::new(MemoryRecorder::new(100));
+    let p = Policy::builder("t")
+        .retry(retry(3, 100))
+        .label("exp-test")
+        .explore(crate::retry::Exploration::new(2.0, 2.0, 1.0).unwrap())
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let _ = p
+        .call(|_| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Err::<(), _>(reset())
+        })
+        .await;
+    let recs = rec.take();
+    assert_eq!(recs.len(), 3);
+    assert!(recs.iter().all(|r| r.policy.as_deref() == Some("exp-test")));
+    assert_eq!(recs[0].context.planned_delay, None);
+    assert_eq!(recs[1].context.planned_delay, Some(100 * MS));
+    assert_eq!(recs[1].context.delay, 200 * MS, "explored: twice the plan");
+    // Timestamps follow the (virtual) clock: 10 s per attempt plus the waits.
+    assert_eq!(recs[1].started_at_ms - recs[0].started_at_ms, 10_200);
+    assert_eq!(recs[2].started_at_ms - recs[1].started_at_ms, 10_200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_throttle_sheds_load_the_backend_refuses() {
+    let p = Policy::builder("t")
+        .retry(retry(1, 1))
+        .throttle(
+            crate::budget::AdaptiveThrottle::new(2.0, Duration::from_secs(60))
+                .unwrap()
+                .seeded(5),
+        )
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let mut throttled = 0;
+    for _ in 0..1000 {
+        let r = p
+            .call(|_| {
+                sent.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(reset()) }
+            })
+            .await;
+        if matches!(
+            r,
+            Err(CallError {
+                reason: StopReason::Throttled,
+                ..
+            })
+        ) {
+            throttled += 1;
+        }
+    }
+    assert_eq!(throttled + sent.load(Ordering::SeqCst), 1000);
+    assert!(throttled > 800, "{throttled} refused locally");
+    assert!(p.metrics().stops.contains(&("throttled", throttled as u64)));
+}

@@ -25,6 +25,8 @@ pub enum StopReason {
     CircuitOpen,
     /// The bulkhead had no room for the attempt.
     BulkheadFull,
+    /// The client-side adaptive throttle refused the attempt.
+    Throttled,
 }
 
 impl StopReason {
@@ -39,6 +41,7 @@ impl StopReason {
             StopReason::TargetUnhealthy => "target_unhealthy",
             StopReason::CircuitOpen => "circuit_open",
             StopReason::BulkheadFull => "bulkhead_full",
+            StopReason::Throttled => "throttled",
         }
     }
 }

@@ -17,10 +17,12 @@
 
 mod backoff;
 mod decider;
+mod explore;
 mod policy;
 mod seed;
 
 pub use backoff::{Backoff, Jitter};
 pub use decider::{Decision, NoRetry, RetryDecider, StopReason};
+pub use explore::Exploration;
 pub use policy::{AttemptTimeout, RetryPolicy, RetryPolicyBuilder};
 pub use seed::SeedAdaptive;
