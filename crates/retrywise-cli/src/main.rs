@@ -2,6 +2,7 @@
 
 mod compact;
 mod demo;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,10 @@ enum Command {
     /// Turn closed NDJSON segments into day-partitioned Parquet (`date=YYYY-MM-DD/`),
     /// removing (or archiving) each segment once its Parquet files are durable.
     Compact(compact::Args),
+    /// The laboratory: a fault-injecting upstream, an open-loop load driver, and a
+    /// scoreboard of retry policies, in virtual time or over HTTP.
+    #[command(subcommand)]
+    Sim(sim::Command),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Compact(args) => compact::run(&args),
+        Command::Sim(cmd) => sim::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

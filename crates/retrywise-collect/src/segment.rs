@@ -1,8 +1,11 @@
 //! Segment files: naming and listing.
 //!
-//! A segment is an NDJSON file named `seg-<start ms, 13 digits>-<sequence, 6 digits>.ndjson`
-//! — names sort in the order segments were started. While its writer has it open it carries
-//! an extra `.open` suffix; closing renames it. Only closed segments are compacted.
+//! A segment is an NDJSON file named
+//! `seg-<start ms, 13 digits>-<sequence, 6 digits>-<writer, 8 hex digits>.ndjson` — names
+//! sort in the order segments were started, and the writer's random id keeps names from
+//! different writers (hosts, runs) apart when their segments meet in one dataset. While its
+//! writer has it open it carries an extra `.open` suffix; closing renames it. Only closed
+//! segments are compacted.
 
 use std::path::{Path, PathBuf};
 
@@ -24,11 +27,19 @@ pub struct Segment {
     pub closed: bool,
 }
 
-pub(crate) fn file_name(start_ms: u64, seq: u32, open: bool) -> String {
+pub(crate) fn file_name(start_ms: u64, seq: u32, writer: u32, open: bool) -> String {
     format!(
-        "seg-{start_ms:013}-{seq:06}{}",
+        "seg-{start_ms:013}-{seq:06}-{writer:08x}{}",
         if open { OPEN } else { CLOSED }
     )
+}
+
+/// A random id for a writer, from the standard library's randomly seeded hasher.
+pub(crate) fn writer_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish() as u32
 }
 
 /// The segments of `dir`, oldest first; other files are ignored.
@@ -74,21 +85,22 @@ mod tests {
     #[test]
     fn names_sort_by_start_then_sequence() {
         let mut names = vec![
-            file_name(1_764_000_000_500, 2, false),
-            file_name(999_999_999_999, 7, false),
-            file_name(1_764_000_000_500, 1, false),
-            file_name(1_764_000_000_001, 9, true),
+            file_name(1_764_000_000_500, 2, 0xab, false),
+            file_name(999_999_999_999, 7, 0xffff_ffff, false),
+            file_name(1_764_000_000_500, 1, 0xab, false),
+            file_name(1_764_000_000_001, 9, 1, true),
         ];
         names.sort();
         assert_eq!(
             names,
             [
-                "seg-0999999999999-000007.ndjson",
-                "seg-1764000000001-000009.ndjson.open",
-                "seg-1764000000500-000001.ndjson",
-                "seg-1764000000500-000002.ndjson",
+                "seg-0999999999999-000007-ffffffff.ndjson",
+                "seg-1764000000001-000009-00000001.ndjson.open",
+                "seg-1764000000500-000001-000000ab.ndjson",
+                "seg-1764000000500-000002-000000ab.ndjson",
             ]
         );
+        assert_ne!(writer_id(), writer_id(), "ids differ between writers");
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl SegmentRecorder {
             backoff: INITIAL_BACKOFF,
             lost_since_flush: 0,
             seq: 0,
+            id: segment::writer_id(),
             _lock: lock,
         };
         let worker = std::thread::Builder::new()
@@ -336,6 +337,8 @@ struct Writer<S: Storage> {
     /// Records lost to I/O errors since the last flush (a flush then reports failure).
     lost_since_flush: u64,
     seq: u32,
+    /// Tells this writer's segments from other writers'.
+    id: u32,
     /// Held for the writer's lifetime.
     _lock: File,
 }
@@ -459,10 +462,14 @@ impl<S: Storage> Writer<S> {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         loop {
             self.seq = self.seq.wrapping_add(1);
-            let open_path = self.dir.join(segment::file_name(start_ms, self.seq, true));
+            let open_path = self
+                .dir
+                .join(segment::file_name(start_ms, self.seq, self.id, true));
             match self.storage.create_new(&open_path) {
                 Ok(file) => {
-                    let closed_path = self.dir.join(segment::file_name(start_ms, self.seq, false));
+                    let closed_path = self
+                        .dir
+                        .join(segment::file_name(start_ms, self.seq, self.id, false));
                     self.seg = Some(OpenSegment {
                         file,
                         open_path,

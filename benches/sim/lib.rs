@@ -1,0 +1,1 @@
+//! Nothing but the `sim` benchmark (`cargo bench -p retrywise-sim-benches`).

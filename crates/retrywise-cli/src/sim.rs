@@ -1,0 +1,229 @@
+//! `retrywise sim`: list, run, serve and generate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use retrywise_sim::driver::{Mode, RunOptions};
+use retrywise_sim::generate::{GenerateOptions, generate};
+use retrywise_sim::model::Upstream;
+use retrywise_sim::policies::CATALOG;
+use retrywise_sim::scenario::Scenario;
+
+/// `retrywise sim` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Name the built-in scenarios and the policies.
+    List,
+    /// Run policies against a scenario and print the scoreboard.
+    Run(RunArgs),
+    /// Serve a scenario's upstream over HTTP.
+    Upstream(UpstreamArgs),
+    /// Generate training data: the suite, every policy, with exploration, as Parquet.
+    Generate(GenerateArgs),
+}
+
+/// Options of `retrywise sim run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// A built-in scenario name or a scenario file.
+    #[arg(long)]
+    scenario: String,
+    /// A policy to run (repeat for several; default: all that fit the mode).
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    /// Virtual time (the default): deterministic and fast.
+    #[arg(long, conflicts_with = "http")]
+    r#virtual: bool,
+    /// Over HTTP on loopback, against the scenario's upstream (one per policy).
+    #[arg(long)]
+    http: bool,
+    /// Drive this HTTP endpoint instead of the scenario's upstream (implies --http).
+    #[arg(long)]
+    target: Option<String>,
+    /// Logical requests (default: the scenario's rate × duration).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Offered load, requests per second (default: the scenario's).
+    #[arg(long)]
+    rps: Option<f64>,
+    /// Seed of arrivals, upstream and policies.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Record every attempt into this directory (a segment directory per policy).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Print the scoreboard as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Draw goodput and upstream load over time per policy into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// Options of `retrywise sim upstream`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpstreamArgs {
+    /// A built-in scenario name or a scenario file.
+    #[arg(long)]
+    scenario: String,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    addr: String,
+    /// Seed of the upstream's draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Options of `retrywise sim generate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GenerateArgs {
+    /// The Parquet dataset to write.
+    #[arg(long, default_value = "data/sample")]
+    out: PathBuf,
+    /// Fraction of each scenario's requests to run (the default makes about 16 MB).
+    #[arg(long, default_value_t = 0.6)]
+    scale: f64,
+    /// Replace the dataset if `--out` already holds one.
+    #[arg(long)]
+    force: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub(crate) fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::List => {
+            println!("scenarios:");
+            for s in Scenario::builtin() {
+                println!("  {:<14} {}", s.name, s.description);
+            }
+            println!("policies:");
+            for p in CATALOG {
+                println!("  {:<16} {}", p.name, p.description);
+            }
+            Ok(())
+        }
+        Command::Run(args) => run_board(args),
+        Command::Upstream(args) => serve(&args),
+        Command::Generate(args) => generate_data(&args),
+    }
+}
+
+fn run_board(args: RunArgs) -> anyhow::Result<()> {
+    let scenario = Arc::new(Scenario::load(&args.scenario)?);
+    let mut opts = RunOptions::new(Arc::clone(&scenario));
+    opts.seed = args.seed;
+    if let Some(r) = args.rps {
+        opts.rps = r;
+        opts.requests = (r * scenario.duration_s).round() as u64;
+    }
+    if let Some(n) = args.requests {
+        opts.requests = n;
+    }
+    opts.record = args.record;
+    if args.http || args.target.is_some() {
+        opts.mode = Mode::Http {
+            target: args.target,
+        };
+    }
+    let policies: Vec<String> = if args.policies.is_empty() {
+        CATALOG
+            .iter()
+            .filter(|p| opts.mode == Mode::Virtual || p.name != "oracle")
+            .map(|p| p.name.to_owned())
+            .collect()
+    } else {
+        args.policies
+    };
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(format!(
+        "running {} policies on {}",
+        policies.len(),
+        scenario.name
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    let (board, runs) = retrywise_sim::scoreboard(&policies, &opts)?;
+    spinner.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&board)?);
+    } else {
+        print!("{}", board.table());
+    }
+    if let Some(path) = args.plot {
+        let title = format!("{} — {} at {}/s", scenario.name, board.mode, opts.rps);
+        retrywise_sim::plot::plot(&path, &title, &runs, opts.rps)?;
+        eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
+    let scenario = Arc::new(Scenario::load(&args.scenario)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let upstream = Upstream::new(Arc::clone(&scenario), args.seed);
+        let server = retrywise_sim::server::spawn(upstream, &args.addr).await?;
+        eprintln!(
+            "serving scenario `{}` on http://{} (phases run from now; Ctrl-C to stop)",
+            scenario.name, server.addr
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        anyhow::Ok(())
+    })
+}
+
+fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
+    let work = tempfile_dir(&args.out)?;
+    let mut opts = GenerateOptions::new(&args.out, &work);
+    opts.scale = args.scale;
+    opts.seed = args.seed;
+    opts.replace = args.force;
+    let total =
+        (opts.scenarios.len() * CATALOG.iter().filter(|p| p.name != "oracle").count()) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} generating [{bar:30}] {pos}/{len} runs {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let summary = generate(&opts, |scenario, policy| {
+        bar.set_message(format!("{scenario} / {policy}"));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&work);
+    let summary = summary?;
+    println!(
+        "{} runs, {} logical requests, {} attempt records, {} bytes of Parquet in {}",
+        summary.runs,
+        summary.requests,
+        summary.rows,
+        summary.bytes,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// A fresh working directory next to the output (same file system: cheap renames).
+fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let work = parent.join(format!(".retrywise-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(work)
+}

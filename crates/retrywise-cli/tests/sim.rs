@@ -1,0 +1,226 @@
+//! `retrywise sim`, run as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+fn retrywise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_retrywise"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn list_names_every_scenario_and_policy() {
+    let out = retrywise(&["sim", "list"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    for name in [
+        "blips",
+        "rate-limited",
+        "outage",
+        "metastable",
+        "stragglers",
+        "permanent",
+        "mix",
+        "none",
+        "immediate3",
+        "exp-full-jitter",
+        "decorrelated",
+        "budget",
+        "sre-throttle",
+        "seed-heuristic",
+        "hedge-p95",
+        "oracle",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "{name} missing:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn run_prints_the_scoreboard_as_json_and_draws_the_plot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plot = dir.path().join("board.svg");
+    let record = dir.path().join("attempts");
+    let out = retrywise(&[
+        "sim",
+        "run",
+        "--scenario",
+        "contention",
+        "--policy",
+        "exp",
+        "--policy",
+        "exp-full-jitter",
+        "--seed",
+        "3",
+        "--json",
+        "--plot",
+        plot.to_str().expect("utf-8"),
+        "--record",
+        record.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let board: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(board["scenario"], "contention");
+    let results = board["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    for (r, name) in results.iter().zip(["exp", "exp-full-jitter"]) {
+        assert_eq!(r["policy"], name);
+        for key in ["success_rate", "attempts_per_request", "peak_load_ratio"] {
+            assert!(r[key].is_number(), "{key} in {r}");
+        }
+        for key in ["p50_ms", "p99_ms", "p999_ms", "recovery_s"] {
+            assert!(r.get(key).is_some(), "{key} in {r}");
+        }
+    }
+    assert!(
+        results[1]["attempts_per_request"].as_f64() < results[0]["attempts_per_request"].as_f64()
+    );
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.contains("exp-full-jitter"));
+    // One segment directory per policy, holding the attempts.
+    for name in ["exp", "exp-full-jitter"] {
+        let segments = std::fs::read_dir(record.join(name))
+            .expect("segments")
+            .count();
+        assert!(segments > 0, "{name}");
+    }
+}
+
+#[test]
+fn the_table_has_a_row_per_policy() {
+    let out = retrywise(&[
+        "sim",
+        "run",
+        "--scenario",
+        "blips",
+        "--requests",
+        "500",
+        "--policy",
+        "none",
+        "--policy",
+        "oracle",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("scenario blips (virtual, 500 requests"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("p99.9 ms") && stdout.contains("recovery"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("none "))
+            && stdout.lines().any(|l| l.starts_with("oracle "))
+    );
+}
+
+#[test]
+fn bad_scenarios_and_options_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "name = \"bad\"\nrps = 10\nduration_s = 5\n[upstream]\nworkers = 4\n[upstream.errors]\nhttp_503 = 2.0\n",
+    )
+    .expect("write");
+    let out = retrywise(&["sim", "run", "--scenario", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("http_503") && stderr.contains("line 7"),
+        "{stderr}"
+    );
+
+    let out = retrywise(&["sim", "run", "--scenario", "no-such-scenario"]);
+    assert!(
+        text(&out.stderr).contains("metastable"),
+        "the known names are listed"
+    );
+
+    let out = retrywise(&[
+        "sim",
+        "run",
+        "--scenario",
+        "blips",
+        "--policy",
+        "oracle",
+        "--http",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("virtual time"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Kills the child when dropped, so a failing test leaves no server behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_served_upstream_is_driven_through_target() {
+    let child = Command::new(env!("CARGO_BIN_EXE_retrywise"))
+        .args([
+            "sim",
+            "upstream",
+            "--scenario",
+            "permanent",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let mut child = Killed(child);
+    let stderr = child.0.stderr.take().expect("stderr");
+    let mut line = String::new();
+    BufReader::new(stderr).read_line(&mut line).expect("a line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+
+    let out = retrywise(&[
+        "sim",
+        "run",
+        "--scenario",
+        "permanent",
+        "--target",
+        &url,
+        "--policy",
+        "exp-full-jitter",
+        "--requests",
+        "200",
+        "--rps",
+        "400",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let board: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(board["mode"], "http");
+    let r = &board["results"][0];
+    // ~30 % of requests are invalid (400, never retried), the rest succeed.
+    let success = r["success_rate"].as_f64().expect("number");
+    assert!((0.55..0.85).contains(&success), "{r}");
+    drop(child);
+}

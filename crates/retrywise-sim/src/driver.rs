@@ -1,0 +1,387 @@
+//! The open-loop load driver: logical requests arrive on a schedule (Poisson at the offered
+//! rate), whatever earlier requests are doing — a closed loop would slow down exactly when
+//! retries pile up, and hide the storm.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use retrywise::recorder::Recorder;
+use retrywise_collect::{SegmentRecorder, WriterConfig};
+use tokio::time::Instant;
+
+use crate::SimError;
+use crate::model::{Fate, Upstream};
+use crate::policies::{PolicyContext, PolicySpec, Strategy};
+use crate::rng::Rng;
+use crate::scenario::{Arrivals, Scenario};
+use crate::transport::{Reply, Transport, deliver};
+
+/// Where the driver sends requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The scenario's upstream in process, on tokio's paused clock: deterministic for a
+    /// seed, minutes of traffic in a fraction of a second.
+    Virtual,
+    /// Over HTTP on the real clock: to the scenario's upstream served on 127.0.0.1 (a
+    /// fresh one per policy), or to `target` if given.
+    Http {
+        /// Any HTTP endpoint to drive instead of the built-in upstream.
+        target: Option<String>,
+    },
+}
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// The scenario.
+    pub scenario: Arc<Scenario>,
+    /// Logical requests to offer.
+    pub requests: u64,
+    /// Offered rate, per second.
+    pub rps: f64,
+    /// Seeds arrivals, the upstream and the policies.
+    pub seed: u64,
+    /// Virtual time or HTTP.
+    pub mode: Mode,
+    /// Record every attempt into this segment directory (one subdirectory per policy).
+    pub record: Option<PathBuf>,
+    /// Explore retry delays: factors `[lo, hi]` with probability `p`.
+    pub explore: Option<(f64, f64, f64)>,
+    /// Width of the time-series bins.
+    pub bin: Duration,
+    /// HTTP mode: connections open at once (requests beyond wait for one).
+    pub max_connections: usize,
+}
+
+impl RunOptions {
+    /// The scenario's own rate and length, in virtual time, seed 1.
+    pub fn new(scenario: Arc<Scenario>) -> Self {
+        let requests = match scenario.arrivals {
+            Arrivals::Poisson => (scenario.rps * scenario.duration_s).round() as u64,
+            Arrivals::Burst => scenario.rps.round() as u64,
+        };
+        Self {
+            rps: scenario.rps,
+            requests,
+            scenario,
+            seed: 1,
+            mode: Mode::Virtual,
+            record: None,
+            explore: None,
+            bin: Duration::from_secs(1),
+            max_connections: 2048,
+        }
+    }
+}
+
+/// What happened to one logical request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// When it arrived, since the start.
+    pub arrival: Duration,
+    /// When it ended, since the start.
+    pub done: Duration,
+    /// Whether it succeeded (a 2xx answer).
+    pub ok: bool,
+    /// Requests it sent upstream.
+    pub attempts: u32,
+    /// The last HTTP status it got, if any.
+    pub status: Option<u16>,
+}
+
+/// Counts per time bin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    /// The bin width.
+    pub bin: Duration,
+    /// Logical requests arriving in each bin.
+    pub offered: Vec<u64>,
+    /// Requests sent upstream in each bin (the load it saw).
+    pub attempts: Vec<u64>,
+    /// Logical requests that succeeded, by the bin they ended in.
+    pub goodput: Vec<u64>,
+}
+
+impl Series {
+    fn slot(v: &mut Vec<u64>, i: usize) -> &mut u64 {
+        if v.len() <= i {
+            v.resize(i + 1, 0);
+        }
+        &mut v[i]
+    }
+
+    fn index(&self, at: Duration) -> usize {
+        (at.as_nanos() / self.bin.as_nanos().max(1)) as usize
+    }
+
+    fn add(&mut self, which: fn(&mut Series) -> &mut Vec<u64>, at: Duration) {
+        let i = self.index(at);
+        *Self::slot(which(self), i) += 1;
+    }
+}
+
+/// One policy's run.
+#[derive(Debug, Clone)]
+pub struct PolicyRun {
+    /// The policy.
+    pub policy: String,
+    /// Every logical request, in arrival order.
+    pub outcomes: Vec<Outcome>,
+    /// Counts over time.
+    pub series: Series,
+    /// Wall-clock time the run took.
+    pub wall: std::time::Duration,
+}
+
+struct Shared {
+    start: Instant,
+    series: Mutex<Series>,
+}
+
+impl Shared {
+    fn since(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn count(&self, which: fn(&mut Series) -> &mut Vec<u64>) {
+        let at = self.since();
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(which, at);
+    }
+}
+
+/// Runs `spec` under `opts`.
+///
+/// # Errors
+/// The oracle outside virtual time; policy construction errors; recorder or HTTP setup
+/// failures.
+pub fn run(spec: &PolicySpec, opts: &RunOptions) -> Result<PolicyRun, SimError> {
+    if opts.requests == 0 {
+        return Err(SimError::Option {
+            field: "requests",
+            problem: "must be at least 1".into(),
+        });
+    }
+    if !(opts.rps.is_finite() && opts.rps > 0.0) {
+        return Err(SimError::Option {
+            field: "rps",
+            problem: format!("must be positive, got {}", opts.rps),
+        });
+    }
+    let wall = std::time::Instant::now();
+    let recorder = match &opts.record {
+        Some(dir) => Some(SegmentRecorder::open(
+            dir.join(spec.name),
+            WriterConfig {
+                queue_capacity: 1 << 20,
+                ..WriterConfig::default()
+            },
+        )?),
+        None => None,
+    };
+    let rt = match &opts.mode {
+        Mode::Virtual => tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build(),
+        Mode::Http { .. } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    }
+    .map_err(|source| SimError::Io {
+        op: "start a runtime".into(),
+        source,
+    })?;
+    let result = rt.block_on(drive(
+        spec,
+        opts,
+        recorder
+            .as_ref()
+            .map(|r| Arc::new(r.clone()) as Arc<dyn Recorder>),
+    ));
+    if let Some(r) = recorder {
+        r.close()?;
+    }
+    let (outcomes, series) = result?;
+    Ok(PolicyRun {
+        policy: spec.name.to_owned(),
+        outcomes,
+        series,
+        wall: wall.elapsed(),
+    })
+}
+
+async fn drive(
+    spec: &PolicySpec,
+    opts: &RunOptions,
+    recorder: Option<Arc<dyn Recorder>>,
+) -> Result<(Vec<Outcome>, Series), SimError> {
+    let scenario = &opts.scenario;
+    let ctx = PolicyContext {
+        target: Arc::from(scenario.name.as_str()),
+        attempt_timeout: Duration::from_secs_f64(scenario.attempt_timeout_ms / 1e3),
+        deadline: Duration::from_secs_f64(scenario.deadline_ms / 1e3),
+        seed: opts.seed,
+        recorder,
+        explore: opts.explore,
+    };
+    let strategy = Arc::new((spec.build)(&ctx)?);
+    let upstream = Upstream::new(Arc::clone(scenario), opts.seed);
+    let (transport, _server) = match &opts.mode {
+        Mode::Virtual => (Transport::Virtual(upstream.clone()), None),
+        Mode::Http { target } => {
+            if matches!(*strategy, Strategy::Oracle) {
+                return Err(SimError::VirtualOnly(spec.name.to_owned()));
+            }
+            let (url, server) = match target {
+                Some(t) => (t.clone(), None),
+                None => {
+                    let server = crate::server::spawn(upstream.clone(), "127.0.0.1:0").await?;
+                    (format!("http://{}/", server.addr), Some(server))
+                }
+            };
+            let url = reqwest::Url::parse(&url).map_err(|e| SimError::Option {
+                field: "target",
+                problem: format!("`{url}` is not a URL: {e}"),
+            })?;
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(opts.max_connections)
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| SimError::Option {
+                    field: "target",
+                    problem: e.to_string(),
+                })?;
+            let permits = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+            (
+                Transport::Http {
+                    client,
+                    url,
+                    permits,
+                },
+                server,
+            )
+        }
+    };
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        series: Mutex::new(Series {
+            bin: opts.bin,
+            ..Series::default()
+        }),
+    });
+    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(opts.requests as usize)));
+    let mut arrivals = Rng::new(opts.seed);
+    let mut at = 0.0f64;
+    // Tasks run detached, so each is freed as it finishes; every task holds a sender, and
+    // the channel closes when the last one is done.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    for i in 0..opts.requests {
+        if scenario.arrivals == Arrivals::Poisson {
+            at += arrivals.exponential(opts.rps);
+            tokio::time::sleep_until(shared.start + Duration::from_secs_f64(at)).await;
+        }
+        let (strategy, transport, shared, outcomes, upstream) = (
+            Arc::clone(&strategy),
+            transport.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&outcomes),
+            upstream.clone(),
+        );
+        let deadline = ctx.deadline;
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let _alive = alive;
+            let arrival = shared.since();
+            shared.count(|s| &mut s.offered);
+            let attempts = AtomicU32::new(0);
+            let last = match &*strategy {
+                Strategy::Policy(p) => {
+                    let call = p.call(|_| {
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        shared.count(|s| &mut s.attempts);
+                        transport.send(i)
+                    });
+                    match tokio::time::timeout(deadline, call).await {
+                        Ok(Ok(reply)) => Some(reply),
+                        _ => None,
+                    }
+                }
+                Strategy::Oracle => oracle(&upstream, i, &shared, &attempts, deadline).await,
+            };
+            let ok = last
+                .as_ref()
+                .is_some_and(|r| (200..300).contains(&r.status));
+            if ok {
+                shared.count(|s| &mut s.goodput);
+            }
+            let outcome = Outcome {
+                arrival,
+                done: shared.since(),
+                ok,
+                attempts: attempts.load(Ordering::Relaxed),
+                status: last.map(|r| r.status),
+            };
+            outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((i, outcome));
+        });
+    }
+    drop(alive);
+    let _ = all_done.recv().await;
+    let mut outcomes: Vec<(u64, Outcome)> =
+        std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+    outcomes.sort_by_key(|(i, _)| *i);
+    let series = shared
+        .series
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok((outcomes.into_iter().map(|(_, o)| o).collect(), series))
+}
+
+/// The oracle: looks at what an attempt would do before sending it, sends only one that
+/// succeeds within the deadline, and otherwise waits for the upstream to change.
+async fn oracle(
+    upstream: &Upstream,
+    request: u64,
+    shared: &Shared,
+    attempts: &AtomicU32,
+    deadline: Duration,
+) -> Option<Reply> {
+    let end = Instant::now() + deadline;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return None;
+        }
+        let remaining = end - now;
+        // Several looks at once: a random failure is a draw, not a state.
+        for _ in 0..16 {
+            let accept = |f: &Fate| f.is_success() && f.after() <= remaining;
+            if let Some(fate) = upstream.serve_if(now, Some(request), accept) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                shared.count(|s| &mut s.attempts);
+                return deliver(fate).await.ok();
+            }
+        }
+        // The upstream refuses for now: wait for its next change (or a little).
+        let t = now
+            .saturating_duration_since(upstream.origin())
+            .as_secs_f64();
+        let step = upstream
+            .scenario()
+            .next_change(t)
+            .map_or(Duration::from_millis(50), |c| {
+                Duration::from_secs_f64((c - t).max(0.001))
+            })
+            .min(Duration::from_millis(50));
+        tokio::time::sleep(step.min(remaining)).await;
+    }
+}

@@ -1,0 +1,70 @@
+//! Errors of the simulator.
+
+use std::path::PathBuf;
+
+/// What went wrong in `retrywise-sim`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// A scenario file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    ReadScenario {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A scenario is invalid; the message names the field and, for files, the line.
+    #[error("invalid scenario {origin}: {problem}")]
+    Scenario {
+        /// The file or built-in scenario name.
+        origin: String,
+        /// What is wrong, where.
+        problem: String,
+    },
+    /// No scenario or policy by that name.
+    #[error("unknown {what} `{name}`; known: {known}")]
+    Unknown {
+        /// `"scenario"` or `"policy"`.
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names that exist.
+        known: String,
+    },
+    /// A policy cannot run in this mode (the oracle needs virtual time).
+    #[error("policy `{0}` only runs in virtual time")]
+    VirtualOnly(String),
+    /// A run parameter is out of range.
+    #[error("invalid run option `{field}`: {problem}")]
+    Option {
+        /// The option.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A policy could not be built.
+    #[error("policy configuration: {0}")]
+    Config(#[from] retrywise::ConfigError),
+    /// The HTTP upstream or client failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Recording or compaction failed.
+    #[error(transparent)]
+    Collect(#[from] retrywise_collect::CollectError),
+    /// Drawing the plot failed.
+    #[error("plot {path}: {problem}")]
+    Plot {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+}

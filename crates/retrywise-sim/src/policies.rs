@@ -1,0 +1,257 @@
+//! The policies the scoreboard compares. Adding one is a few lines in [`CATALOG`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use retrywise::budget::{AdaptiveThrottle, TokenBucket};
+use retrywise::hedge::{Hedge, HedgeDelay};
+use retrywise::policy::{Policy, PolicyBuilder};
+use retrywise::recorder::Recorder;
+use retrywise::retry::{
+    AttemptTimeout, Backoff, Exploration, Jitter, RetryDecider, RetryPolicy, SeedAdaptive,
+};
+
+use crate::SimError;
+use crate::transport::SimClassifier;
+
+/// What every policy of a run shares.
+#[derive(Clone)]
+pub struct PolicyContext {
+    /// The target name in records (the scenario).
+    pub target: Arc<str>,
+    /// Each attempt's timeout.
+    pub attempt_timeout: Duration,
+    /// Each logical request's deadline.
+    pub deadline: Duration,
+    /// Seeds the policy's randomness.
+    pub seed: u64,
+    /// Where attempts are recorded, if anywhere.
+    pub recorder: Option<Arc<dyn Recorder>>,
+    /// Exploration of retry delays (for training data).
+    pub explore: Option<(f64, f64, f64)>,
+}
+
+/// How a policy runs.
+pub enum Strategy {
+    /// Through a retrywise [`Policy`].
+    Policy(Policy<SimClassifier>),
+    /// Looks at each attempt's fate before sending it (virtual time only): the upper bound.
+    Oracle,
+}
+
+/// A named policy.
+pub struct PolicySpec {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// What it does.
+    pub description: &'static str,
+    /// Builds it.
+    pub build: fn(&PolicyContext) -> Result<Strategy, SimError>,
+}
+
+/// A builder with what every policy shares: the classifier, the name, the recorder, the
+/// exploration, and the decider (with the attempt timeout and deadline).
+fn base(
+    ctx: &PolicyContext,
+    name: &str,
+    decider: Arc<dyn RetryDecider>,
+) -> Result<PolicyBuilder<SimClassifier>, SimError> {
+    let mut b = Policy::builder(Arc::clone(&ctx.target))
+        .decider(decider)
+        .label(name)
+        .classifier(SimClassifier);
+    if let Some(r) = &ctx.recorder {
+        b = b.recorder(Arc::clone(r));
+    }
+    if let Some((lo, hi, p)) = ctx.explore {
+        b = b.explore(Exploration::new(lo, hi, p)?.seeded(ctx.seed ^ 0xE8));
+    }
+    Ok(b)
+}
+
+/// A rule-based retry policy with the run's timeouts.
+fn retry(
+    ctx: &PolicyContext,
+    max_attempts: u32,
+    backoff: Backoff,
+    jitter: Jitter,
+) -> Result<Arc<dyn RetryDecider>, SimError> {
+    Ok(Arc::new(
+        RetryPolicy::builder()
+            .max_attempts(max_attempts)
+            .backoff(backoff)
+            .jitter(jitter)
+            .attempt_timeout(AttemptTimeout::Fixed(ctx.attempt_timeout))
+            .deadline(ctx.deadline)
+            .seed(ctx.seed)
+            .build()?,
+    ))
+}
+
+fn exp() -> Result<Backoff, SimError> {
+    Ok(Backoff::exponential(
+        Duration::from_millis(100),
+        2.0,
+        Duration::from_secs(10),
+    )?)
+}
+
+fn policy(b: PolicyBuilder<SimClassifier>) -> Result<Strategy, SimError> {
+    Ok(Strategy::Policy(b.build()?))
+}
+
+/// Every policy, in scoreboard order.
+pub static CATALOG: &[PolicySpec] = &[
+    PolicySpec {
+        name: "none",
+        description: "one attempt, no retry",
+        build: |c| {
+            policy(base(
+                c,
+                "none",
+                retry(c, 1, Backoff::constant(Duration::ZERO)?, Jitter::None)?,
+            )?)
+        },
+    },
+    PolicySpec {
+        name: "immediate3",
+        description: "three immediate retries",
+        build: |c| {
+            policy(base(
+                c,
+                "immediate3",
+                retry(c, 4, Backoff::constant(Duration::ZERO)?, Jitter::None)?,
+            )?)
+        },
+    },
+    PolicySpec {
+        name: "retry-1s",
+        description: "one retry after 1 s",
+        build: |c| {
+            policy(base(
+                c,
+                "retry-1s",
+                retry(
+                    c,
+                    2,
+                    Backoff::constant(Duration::from_secs(1))?,
+                    Jitter::None,
+                )?,
+            )?)
+        },
+    },
+    PolicySpec {
+        name: "exp",
+        description: "exponential backoff 100 ms x2 (cap 10 s), no jitter, 4 attempts",
+        build: |c| policy(base(c, "exp", retry(c, 4, exp()?, Jitter::None)?)?),
+    },
+    PolicySpec {
+        name: "exp-full-jitter",
+        description: "exponential backoff 100 ms x2 (cap 10 s), full jitter, 4 attempts",
+        build: |c| {
+            policy(base(
+                c,
+                "exp-full-jitter",
+                retry(c, 4, exp()?, Jitter::Full)?,
+            )?)
+        },
+    },
+    PolicySpec {
+        name: "decorrelated",
+        description: "decorrelated jitter from 100 ms (cap 10 s), 4 attempts",
+        build: |c| {
+            let d =
+                Backoff::decorrelated_jitter(Duration::from_millis(100), Duration::from_secs(10))?;
+            policy(base(c, "decorrelated", retry(c, 4, d, Jitter::None)?)?)
+        },
+    },
+    PolicySpec {
+        name: "budget",
+        description: "exp-full-jitter within a gRPC token bucket (10 tokens, ratio 0.1)",
+        build: |c| {
+            let b = base(c, "budget", retry(c, 4, exp()?, Jitter::Full)?)?
+                .budget(TokenBucket::new(10, 0.1)?);
+            policy(b)
+        },
+    },
+    PolicySpec {
+        name: "sre-throttle",
+        description: "exp-full-jitter with client-side adaptive throttling (K = 2, 2 min window)",
+        build: |c| {
+            let t = AdaptiveThrottle::new(2.0, Duration::from_secs(120))?.seeded(c.seed ^ 0x7);
+            policy(base(c, "sre-throttle", retry(c, 4, exp()?, Jitter::Full)?)?.throttle(t))
+        },
+    },
+    PolicySpec {
+        name: "seed-heuristic",
+        description: "the seed's adaptive delay (100 ms x 2^n; timeouts x2, 429 x5, connect /2; cap 30 s)",
+        build: |c| {
+            let d = SeedAdaptive::new().deadline(c.deadline)?;
+            let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
+            policy(base(c, "seed-heuristic", d)?)
+        },
+    },
+    PolicySpec {
+        name: "hedge-p95",
+        description: "one hedge after the p95 latency (budget 5 %), no retry",
+        build: |c| {
+            let h = Hedge::builder()
+                .delay(HedgeDelay::Percentile {
+                    quantile: 0.95,
+                    min_samples: 100,
+                    fallback: Duration::from_millis(100),
+                })
+                .budget(0.05, 0)
+                .build()?;
+            policy(
+                base(
+                    c,
+                    "hedge-p95",
+                    retry(c, 1, Backoff::constant(Duration::ZERO)?, Jitter::None)?,
+                )?
+                .hedge(h),
+            )
+        },
+    },
+    PolicySpec {
+        name: "oracle",
+        description: "sends an attempt only when it will succeed (virtual time only): the upper bound",
+        build: |_| Ok(Strategy::Oracle),
+    },
+];
+
+/// A decider with the run's attempt timeout (for deciders that set none themselves).
+struct WithTimeout<D>(D, Duration);
+
+impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
+    fn decide(&self, ctx: &retrywise::attempt::AttemptContext) -> retrywise::retry::Decision {
+        self.0.decide(ctx)
+    }
+
+    fn attempt_timeout(&self, ctx: &retrywise::attempt::AttemptContext) -> Option<Duration> {
+        Some(
+            self.0
+                .attempt_timeout(ctx)
+                .map_or(self.1, |t| t.min(self.1)),
+        )
+    }
+}
+
+/// The policy named `name`.
+///
+/// # Errors
+/// [`SimError::Unknown`] listing the known names.
+pub fn find(name: &str) -> Result<&'static PolicySpec, SimError> {
+    CATALOG
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| SimError::Unknown {
+            what: "policy",
+            name: name.to_owned(),
+            known: CATALOG
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}

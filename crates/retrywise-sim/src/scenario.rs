@@ -1,0 +1,628 @@
+//! Scenario files: how an upstream behaves over time, and the load offered to it.
+//!
+//! A scenario is TOML (see `data/scenarios/`). Unknown fields are refused, every value is
+//! range-checked as it is read, and errors name the field and the line.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::SimError;
+
+/// The built-in suite, embedded from `data/scenarios/`.
+const BUILTIN: &[(&str, &str)] = &[
+    ("blips", include_str!("../../../data/scenarios/blips.toml")),
+    (
+        "rate-limited",
+        include_str!("../../../data/scenarios/rate-limited.toml"),
+    ),
+    (
+        "outage",
+        include_str!("../../../data/scenarios/outage.toml"),
+    ),
+    (
+        "metastable",
+        include_str!("../../../data/scenarios/metastable.toml"),
+    ),
+    (
+        "stragglers",
+        include_str!("../../../data/scenarios/stragglers.toml"),
+    ),
+    (
+        "permanent",
+        include_str!("../../../data/scenarios/permanent.toml"),
+    ),
+    ("mix", include_str!("../../../data/scenarios/mix.toml")),
+    (
+        "contention",
+        include_str!("../../../data/scenarios/contention.toml"),
+    ),
+];
+
+fn check<'de, D: Deserializer<'de>, T: Deserialize<'de> + std::fmt::Display>(
+    d: D,
+    ok: impl Fn(&T) -> bool,
+    what: &str,
+) -> Result<T, D::Error> {
+    let v = T::deserialize(d)?;
+    if ok(&v) {
+        Ok(v)
+    } else {
+        Err(de::Error::custom(format!("{what}, got {v}")))
+    }
+}
+
+fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    check(
+        d,
+        |v: &f64| v.is_finite() && *v > 0.0,
+        "must be a positive number",
+    )
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    check(
+        d,
+        |v: &f64| v.is_finite() && *v >= 0.0,
+        "must be a non-negative number",
+    )
+}
+
+fn probability<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    check(
+        d,
+        |v: &f64| (0.0..=1.0).contains(v),
+        "must be a probability within [0, 1]",
+    )
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    check(d, |v: &u32| *v >= 1, "must be at least 1")
+}
+
+fn opt_check<'de, D: Deserializer<'de>, T>(
+    d: D,
+    f: fn(toml::Value) -> Result<T, toml::de::Error>,
+) -> Result<Option<T>, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    f(v).map(Some).map_err(|e| de::Error::custom(e.message()))
+}
+
+macro_rules! opt_with {
+    ($name:ident, $inner:ident, $t:ty) => {
+        fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$t>, D::Error> {
+            opt_check(d, |v| $inner(v))
+        }
+    };
+}
+
+opt_with!(opt_positive, positive, f64);
+opt_with!(opt_non_negative, non_negative, f64);
+opt_with!(opt_probability, probability, f64);
+opt_with!(opt_at_least_one, at_least_one, u32);
+
+fn straggler_factor<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    check(
+        d,
+        |v: &f64| v.is_finite() && *v >= 1.0,
+        "must be a factor of at least 1",
+    )
+}
+opt_with!(opt_straggler_factor, straggler_factor, f64);
+
+/// How logical requests arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrivals {
+    /// A Poisson process at the offered rate (open loop).
+    #[default]
+    Poisson,
+    /// All requests at once, at the start.
+    Burst,
+}
+
+/// A latency distribution: lognormal service times, with rare stragglers.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    /// Median service time, ms.
+    #[serde(deserialize_with = "positive")]
+    pub median_ms: f64,
+    /// Lognormal shape (0: constant).
+    #[serde(default, deserialize_with = "non_negative")]
+    pub sigma: f64,
+    /// Probability that a reply is a straggler.
+    #[serde(default, deserialize_with = "probability")]
+    pub straggler_p: f64,
+    /// How many times slower a straggler is.
+    #[serde(default = "one", deserialize_with = "straggler_factor")]
+    pub straggler_x: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Changes to a [`Latency`] (in a phase or a replica).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyPatch {
+    /// See [`Latency::median_ms`].
+    #[serde(default, deserialize_with = "opt_positive")]
+    pub median_ms: Option<f64>,
+    /// See [`Latency::sigma`].
+    #[serde(default, deserialize_with = "opt_non_negative")]
+    pub sigma: Option<f64>,
+    /// See [`Latency::straggler_p`].
+    #[serde(default, deserialize_with = "opt_probability")]
+    pub straggler_p: Option<f64>,
+    /// See [`Latency::straggler_x`].
+    #[serde(default, deserialize_with = "opt_straggler_factor")]
+    pub straggler_x: Option<f64>,
+}
+
+impl Latency {
+    fn patched(mut self, p: &LatencyPatch) -> Self {
+        self.median_ms = p.median_ms.unwrap_or(self.median_ms);
+        self.sigma = p.sigma.unwrap_or(self.sigma);
+        self.straggler_p = p.straggler_p.unwrap_or(self.straggler_p);
+        self.straggler_x = p.straggler_x.unwrap_or(self.straggler_x);
+        self
+    }
+}
+
+/// The probabilities of each failure, per request.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Errors {
+    /// The upstream never answers (the request holds a worker for `hang_ms`).
+    #[serde(default, deserialize_with = "probability")]
+    pub timeout: f64,
+    /// The connection is reset mid-request.
+    #[serde(default, deserialize_with = "probability")]
+    pub reset: f64,
+    /// The connection is refused at once.
+    #[serde(default, deserialize_with = "probability")]
+    pub connect: f64,
+    /// HTTP 500.
+    #[serde(default, deserialize_with = "probability")]
+    pub http_500: f64,
+    /// HTTP 503 (with `Retry-After: retry_after_s` when that is set).
+    #[serde(default, deserialize_with = "probability")]
+    pub http_503: f64,
+    /// Invalid requests, answered 400 on every attempt (permanent: no policy may retry
+    /// them). Invalidity belongs to the logical request, so a retry meets it again.
+    #[serde(default, deserialize_with = "probability")]
+    pub http_400: f64,
+    /// Retry-After sent with 503s, seconds.
+    #[serde(default)]
+    pub retry_after_s: Option<u32>,
+}
+
+/// Changes to [`Errors`].
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsPatch {
+    /// See [`Errors::timeout`].
+    #[serde(default, deserialize_with = "opt_probability")]
+    pub timeout: Option<f64>,
+    /// See [`Errors::reset`].
+    #[serde(default, deserialize_with = "opt_probability")]
+    pub reset: Option<f64>,
+    /// See [`Errors::connect`].
+    #[serde(default, deserialize_with = "opt_probability")]
+    pub connect: Option<f64>,
+    /// See [`Errors::http_500`].
+    #[serde(default, deserialize_with = "opt_probability")]
+    pub http_500: Option<f64>,
+    /// See [`Errors::http_503`].
+    #[serde(default, deserialize_with = "opt_probability")]
+    pub http_503: Option<f64>,
+    /// See [`Errors::http_400`].
+    #[serde(default, deserialize_with = "opt_probability")]
+    pub http_400: Option<f64>,
+    /// See [`Errors::retry_after_s`].
+    #[serde(default)]
+    pub retry_after_s: Option<u32>,
+}
+
+impl Errors {
+    fn patched(mut self, p: &ErrorsPatch) -> Self {
+        self.timeout = p.timeout.unwrap_or(self.timeout);
+        self.reset = p.reset.unwrap_or(self.reset);
+        self.connect = p.connect.unwrap_or(self.connect);
+        self.http_500 = p.http_500.unwrap_or(self.http_500);
+        self.http_503 = p.http_503.unwrap_or(self.http_503);
+        self.http_400 = p.http_400.unwrap_or(self.http_400);
+        self.retry_after_s = p.retry_after_s.or(self.retry_after_s);
+        self
+    }
+
+    /// All failure probabilities together.
+    pub fn total(&self) -> f64 {
+        self.timeout + self.reset + self.connect + self.http_500 + self.http_503 + self.http_400
+    }
+}
+
+/// A token bucket in front of the upstream: requests beyond it get 429 with Retry-After.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens per second.
+    #[serde(deserialize_with = "positive")]
+    pub rps: f64,
+    /// Bucket size.
+    #[serde(deserialize_with = "positive")]
+    pub burst: f64,
+}
+
+/// The upstream at rest.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Replicas; requests go to them in turn (a hedge reaches a different one).
+    #[serde(default = "one_u32", deserialize_with = "at_least_one")]
+    pub replicas: u32,
+    /// Workers per replica: requests served at once.
+    #[serde(deserialize_with = "at_least_one")]
+    pub workers: u32,
+    /// Requests waiting per replica; beyond that, 503 at once.
+    #[serde(default = "big_queue")]
+    pub queue: u32,
+    /// Service times.
+    pub latency: Latency,
+    /// Failure probabilities.
+    #[serde(default)]
+    pub errors: Errors,
+    /// An optional rate limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// How long a hung request holds its worker, ms.
+    #[serde(default = "hang", deserialize_with = "positive")]
+    pub hang_ms: f64,
+    /// Optimistic concurrency: a request fails with 503 if another arrived less than this
+    /// long before it (the first of a burst wins). Models contention.
+    #[serde(default, deserialize_with = "opt_positive")]
+    pub conflict_window_ms: Option<f64>,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn big_queue() -> u32 {
+    100_000
+}
+
+fn hang() -> f64 {
+    30_000.0
+}
+
+/// A period during which the upstream behaves differently.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// Start, seconds from the beginning of the run.
+    #[serde(deserialize_with = "non_negative")]
+    pub start_s: f64,
+    /// End, seconds.
+    #[serde(deserialize_with = "positive")]
+    pub end_s: f64,
+    /// Every request fails at once (connection refused): a full outage.
+    #[serde(default)]
+    pub outage: bool,
+    /// Workers per replica during the phase.
+    #[serde(default, deserialize_with = "opt_at_least_one")]
+    pub workers: Option<u32>,
+    /// A rate limit during the phase (replacing the upstream's, if any).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Latency changes.
+    #[serde(default)]
+    pub latency: LatencyPatch,
+    /// Error changes.
+    #[serde(default)]
+    pub errors: ErrorsPatch,
+}
+
+/// How one replica differs from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaPatch {
+    /// Latency changes.
+    #[serde(default)]
+    pub latency: LatencyPatch,
+    /// Error changes.
+    #[serde(default)]
+    pub errors: ErrorsPatch,
+}
+
+/// A scenario: the upstream, how it changes over time, and the load.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Offered load, logical requests per second.
+    #[serde(deserialize_with = "positive")]
+    pub rps: f64,
+    /// Length of a run at the offered load, seconds.
+    #[serde(deserialize_with = "positive")]
+    pub duration_s: f64,
+    /// Deadline of each logical request, ms.
+    #[serde(default = "deadline", deserialize_with = "positive")]
+    pub deadline_ms: f64,
+    /// Timeout of each attempt, ms (the same for every policy).
+    #[serde(default = "attempt_timeout", deserialize_with = "positive")]
+    pub attempt_timeout_ms: f64,
+    /// How requests arrive.
+    #[serde(default)]
+    pub arrivals: Arrivals,
+    /// When the trigger of a failure ends, seconds (for the recovery time); defaults to the
+    /// end of the last phase.
+    #[serde(default, deserialize_with = "opt_non_negative")]
+    pub trigger_end_s: Option<f64>,
+    /// The upstream.
+    pub upstream: Upstream,
+    /// Periods of different behaviour.
+    #[serde(default)]
+    pub phases: Vec<toml::Spanned<Phase>>,
+    /// Per-replica differences, in replica order.
+    #[serde(default)]
+    pub replica: Vec<toml::Spanned<ReplicaPatch>>,
+}
+
+fn deadline() -> f64 {
+    10_000.0
+}
+
+fn attempt_timeout() -> f64 {
+    2_000.0
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+impl Scenario {
+    /// Parses and checks a scenario; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`SimError::Scenario`] naming the field and line.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, SimError> {
+        let err = |problem: String| SimError::Scenario {
+            origin: origin.to_owned(),
+            problem,
+        };
+        let s: Scenario = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let base = s.upstream.errors.total();
+        if base > 1.0 {
+            return Err(err(format!(
+                "upstream.errors: the probabilities add up to {base}, more than 1"
+            )));
+        }
+        for (i, phase) in s.phases.iter().enumerate() {
+            let line = line_of(text, phase.span().start);
+            let p = phase.get_ref();
+            if p.end_s <= p.start_s {
+                return Err(err(format!(
+                    "line {line}: phases[{i}]: end_s ({}) must be after start_s ({})",
+                    p.end_s, p.start_s
+                )));
+            }
+            let total = s.upstream.errors.patched(&p.errors).total();
+            if total > 1.0 {
+                return Err(err(format!(
+                    "line {line}: phases[{i}].errors: the probabilities add up to {total}, more than 1"
+                )));
+            }
+        }
+        for (i, r) in s.replica.iter().enumerate() {
+            let line = line_of(text, r.span().start);
+            if i as u32 >= s.upstream.replicas {
+                return Err(err(format!(
+                    "line {line}: replica[{i}]: the upstream has only {} replicas",
+                    s.upstream.replicas
+                )));
+            }
+            let total = s.upstream.errors.patched(&r.get_ref().errors).total();
+            if total > 1.0 {
+                return Err(err(format!(
+                    "line {line}: replica[{i}].errors: the probabilities add up to {total}, more than 1"
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// A built-in scenario by name, or a scenario file by path.
+    ///
+    /// # Errors
+    /// Unknown names, unreadable files, invalid scenarios.
+    pub fn load(name_or_path: &str) -> Result<Self, SimError> {
+        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::parse(text, name_or_path);
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|source| SimError::ReadScenario {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            return Self::parse(&text, &path.display().to_string());
+        }
+        Err(SimError::Unknown {
+            what: "scenario",
+            name: name_or_path.to_owned(),
+            known: Self::builtin_names().join(", "),
+        })
+    }
+
+    /// The names of the built-in scenarios.
+    pub fn builtin_names() -> Vec<&'static str> {
+        BUILTIN.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Every built-in scenario (they are checked by the tests, so this cannot fail).
+    pub fn builtin() -> Vec<Scenario> {
+        BUILTIN
+            .iter()
+            .filter_map(|(n, t)| Self::parse(t, n).ok())
+            .collect()
+    }
+
+    /// When the trigger ends: `trigger_end_s`, or the end of the last phase.
+    pub fn trigger_end(&self) -> Option<f64> {
+        self.trigger_end_s.or_else(|| {
+            self.phases
+                .iter()
+                .map(|p| p.get_ref().end_s)
+                .reduce(f64::max)
+        })
+    }
+
+    /// The behaviour of replica `replica` at `t` seconds: the base, then the phase that
+    /// contains `t` (the last one listed, if several do), then the replica's differences.
+    pub fn behaviour(&self, replica: usize, t: f64) -> Behaviour {
+        let u = &self.upstream;
+        let mut b = Behaviour {
+            latency: u.latency,
+            errors: u.errors,
+            outage: false,
+            workers: u.workers,
+            rate_limit: u.rate_limit,
+        };
+        if let Some(p) = self
+            .phases
+            .iter()
+            .rev()
+            .map(toml::Spanned::get_ref)
+            .find(|p| p.start_s <= t && t < p.end_s)
+        {
+            b.latency = b.latency.patched(&p.latency);
+            b.errors = b.errors.patched(&p.errors);
+            b.outage = p.outage;
+            b.workers = p.workers.unwrap_or(b.workers);
+            b.rate_limit = p.rate_limit.or(b.rate_limit);
+        }
+        if let Some(r) = self.replica.get(replica) {
+            b.latency = b.latency.patched(&r.get_ref().latency);
+            b.errors = b.errors.patched(&r.get_ref().errors);
+        }
+        b
+    }
+
+    /// The next time after `t` at which the behaviour may change (a phase boundary).
+    pub fn next_change(&self, t: f64) -> Option<f64> {
+        self.phases
+            .iter()
+            .flat_map(|p| [p.get_ref().start_s, p.get_ref().end_s])
+            .filter(|x| *x > t)
+            .reduce(f64::min)
+    }
+}
+
+/// How a replica behaves at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Behaviour {
+    /// Service times.
+    pub latency: Latency,
+    /// Failure probabilities.
+    pub errors: Errors,
+    /// Whether every request is refused.
+    pub outage: bool,
+    /// Workers.
+    pub workers: u32,
+    /// The rate limit in force.
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+name = "t"
+rps = 100
+duration_s = 10
+
+[upstream]
+workers = 4
+[upstream.latency]
+median_ms = 20
+[upstream.errors]
+http_503 = 0.1
+
+[[phases]]
+start_s = 2
+end_s = 4
+outage = true
+
+[[phases]]
+start_s = 5
+end_s = 6
+[phases.errors]
+http_503 = 0.5
+"#;
+
+    #[test]
+    fn every_builtin_scenario_parses() {
+        for (name, text) in BUILTIN {
+            let s = Scenario::parse(text, name).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&s.name, name);
+        }
+    }
+
+    #[test]
+    fn phases_change_the_behaviour() {
+        let s = Scenario::parse(OK, "t").unwrap();
+        assert!(!s.behaviour(0, 1.0).outage);
+        assert!(s.behaviour(0, 2.0).outage);
+        assert_eq!(s.behaviour(0, 5.5).errors.http_503, 0.5);
+        assert_eq!(s.behaviour(0, 6.0).errors.http_503, 0.1);
+        assert_eq!(s.next_change(2.5), Some(4.0));
+        assert_eq!(s.next_change(7.0), None);
+        assert_eq!(s.trigger_end(), Some(6.0));
+    }
+
+    fn err(text: &str) -> String {
+        Scenario::parse(text, "bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_line() {
+        let e = err(&OK.replace("http_503 = 0.1", "http_503 = 1.5"));
+        assert!(e.contains("line 11") && e.contains("probability"), "{e}");
+        let e = err(&OK.replace("workers = 4", "workers = 0"));
+        assert!(e.contains("line 7") && e.contains("at least 1"), "{e}");
+        let e = err(&OK.replace("median_ms = 20", "median_ms = -20"));
+        assert!(e.contains("line 9") && e.contains("positive"), "{e}");
+        let e = err(&OK.replace("rps = 100", "rsp = 100"));
+        assert!(e.contains("unknown field `rsp`"), "{e}");
+        let e = err(&OK.replace("end_s = 4", "end_s = 1"));
+        assert!(e.contains("line 13") && e.contains("phases[0]"), "{e}");
+        let e = err(&OK.replace("http_503 = 0.5", "http_503 = 0.5\nhttp_500 = 0.6"));
+        assert!(
+            e.contains("line 18") && e.contains("phases[1].errors") && e.contains("add up"),
+            "{e}"
+        );
+        let e = err("name = \"t\"\nrps = 1\nduration_s = 1\n");
+        assert!(e.contains("missing field `upstream`"), "{e}");
+        let e = err("not toml [");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_names_list_the_known_ones() {
+        let e = Scenario::load("nope").unwrap_err().to_string();
+        assert!(e.contains("metastable"), "{e}");
+    }
+}

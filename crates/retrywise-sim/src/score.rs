@@ -1,0 +1,143 @@
+//! The scoreboard: what each policy achieved, in numbers.
+
+use serde::Serialize;
+
+use crate::driver::PolicyRun;
+use crate::scenario::Scenario;
+
+/// One policy's score.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Score {
+    /// The policy.
+    pub policy: String,
+    /// Logical requests that succeeded.
+    pub success_rate: f64,
+    /// Requests sent upstream per logical request (amplification).
+    pub attempts_per_request: f64,
+    /// The busiest second's upstream load, over the offered load.
+    pub peak_load_ratio: f64,
+    /// Median end-to-end latency of successes, ms.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile, ms.
+    pub p99_ms: Option<f64>,
+    /// 99.9th percentile, ms.
+    pub p999_ms: Option<f64>,
+    /// Seconds from the end of the trigger until goodput is back to 90 % of the offered
+    /// load for three bins in a row; `None` if it never comes back (or the scenario has no
+    /// trigger).
+    pub recovery_s: Option<f64>,
+    /// Logical requests offered.
+    pub requests: u64,
+    /// Requests sent upstream.
+    pub attempts: u64,
+    /// Wall-clock seconds the run took.
+    pub wall_s: f64,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// Scores a run of `scenario` at `rps`.
+pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
+    let n = run.outcomes.len() as u64;
+    let ok = run.outcomes.iter().filter(|o| o.ok).count() as u64;
+    let attempts: u64 = run.outcomes.iter().map(|o| u64::from(o.attempts)).sum();
+    let mut lat: Vec<f64> = run
+        .outcomes
+        .iter()
+        .filter(|o| o.ok)
+        .map(|o| (o.done.saturating_sub(o.arrival)).as_secs_f64() * 1e3)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let s = &run.series;
+    let bin_s = s.bin.as_secs_f64();
+    let offered_per_bin = rps * bin_s;
+    let peak = s.attempts.iter().copied().max().unwrap_or(0) as f64 / offered_per_bin;
+    let recovery_s = scenario.trigger_end().and_then(|end| {
+        let first = (end / bin_s).ceil() as usize;
+        let healthy = |i: usize| {
+            let offered = s.offered.get(i).copied().unwrap_or(0);
+            offered > 0 && s.goodput.get(i).copied().unwrap_or(0) as f64 >= 0.9 * offered as f64
+        };
+        (first..s.offered.len().saturating_sub(3))
+            .find(|&i| (i..i + 3).all(healthy))
+            .map(|i| (i as f64 * bin_s - end).max(0.0))
+    });
+    Score {
+        policy: run.policy.clone(),
+        success_rate: if n == 0 { 0.0 } else { ok as f64 / n as f64 },
+        attempts_per_request: if n == 0 {
+            0.0
+        } else {
+            attempts as f64 / n as f64
+        },
+        peak_load_ratio: peak,
+        p50_ms: quantile(&lat, 0.5),
+        p99_ms: quantile(&lat, 0.99),
+        p999_ms: quantile(&lat, 0.999),
+        recovery_s,
+        requests: n,
+        attempts,
+        wall_s: run.wall.as_secs_f64(),
+    }
+}
+
+/// A scoreboard of one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scoreboard {
+    /// The scenario.
+    pub scenario: String,
+    /// `"virtual"` or `"http"`.
+    pub mode: String,
+    /// Offered rate.
+    pub rps: f64,
+    /// Seed.
+    pub seed: u64,
+    /// When the scenario's trigger ends, seconds (recovery is measured from there).
+    pub trigger_end_s: Option<f64>,
+    /// One score per policy, in the order run.
+    pub results: Vec<Score>,
+}
+
+impl Scoreboard {
+    /// The scoreboard as a table.
+    pub fn table(&self) -> String {
+        let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+        let mut out = format!(
+            "scenario {} ({}, {} requests at {}/s, seed {})\n",
+            self.scenario,
+            self.mode,
+            self.results.first().map_or(0, |r| r.requests),
+            self.rps,
+            self.seed
+        );
+        out.push_str(&format!(
+            "{:<16} {:>8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>9}\n",
+            "policy", "success", "attempts", "peak", "p50 ms", "p99 ms", "p99.9 ms", "recovery"
+        ));
+        for r in &self.results {
+            let recovery = match (r.recovery_s, self.trigger_end_s) {
+                (Some(s), _) => format!("{s:.0} s"),
+                (None, Some(_)) => "never".to_owned(),
+                (None, None) => "-".to_owned(),
+            };
+            out.push_str(&format!(
+                "{:<16} {:>7.1}% {:>9.2} {:>8.2}x {:>7} {:>7} {:>8} {:>9}\n",
+                r.policy,
+                r.success_rate * 100.0,
+                r.attempts_per_request,
+                r.peak_load_ratio,
+                fmt(r.p50_ms),
+                fmt(r.p99_ms),
+                fmt(r.p999_ms),
+                recovery
+            ));
+        }
+        out
+    }
+}

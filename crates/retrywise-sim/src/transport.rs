@@ -1,0 +1,169 @@
+//! How the driver's requests reach an upstream: in process (virtual time) or over HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use retrywise::attempt::{Classifier, ErrorKind, Failure, HttpClassifier, HttpResponse, Verdict};
+
+use crate::model::{Fate, Upstream};
+
+/// An upstream's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The HTTP status.
+    pub status: u16,
+    /// The raw Retry-After value.
+    pub retry_after: Option<String>,
+}
+
+impl HttpResponse for Reply {
+    fn status_code(&self) -> u16 {
+        self.status
+    }
+
+    fn retry_after_header(&self) -> Option<&str> {
+        self.retry_after.as_deref()
+    }
+}
+
+/// A request that got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The connection was refused.
+    #[error("connection refused")]
+    Connect,
+    /// The connection broke mid-request.
+    #[error("connection reset")]
+    Reset,
+    /// The transport gave up waiting.
+    #[error("timed out")]
+    Timeout,
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TransportError {
+    /// The record's error kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TransportError::Connect => ErrorKind::Connect,
+            TransportError::Reset => ErrorKind::Reset,
+            TransportError::Timeout => ErrorKind::Timeout,
+            TransportError::Other(_) => ErrorKind::Other,
+        }
+    }
+}
+
+/// Judges answers as the HTTP classifier does, and transport errors by their kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimClassifier;
+
+impl Classifier<Reply, TransportError> for SimClassifier {
+    fn classify(&self, result: &Result<Reply, TransportError>) -> Verdict {
+        match result {
+            Ok(r) => HttpClassifier::classify_status(
+                r.status,
+                r.retry_after.as_deref(),
+                std::time::SystemTime::now(),
+            ),
+            Err(e) => Verdict::Retryable(Failure::new(e.kind())),
+        }
+    }
+}
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// The scenario's upstream, in process.
+    Virtual(Upstream),
+    /// An HTTP endpoint.
+    Http {
+        /// The client (connection pool).
+        client: reqwest::Client,
+        /// The URL requested with GET.
+        url: reqwest::Url,
+        /// Bounds the connections open at once, as a client's connection pool does: with
+        /// HTTP/1.1 every request in flight holds a connection (and, with the upstream in
+        /// the same process, two file descriptors). Waiting for a permit counts towards the
+        /// attempt's time.
+        permits: Arc<Semaphore>,
+    },
+}
+
+impl Transport {
+    /// Sends one attempt of logical request `request`.
+    pub async fn send(&self, request: u64) -> Result<Reply, TransportError> {
+        match self {
+            Transport::Virtual(u) => {
+                deliver(u.serve(tokio::time::Instant::now(), Some(request))).await
+            }
+            Transport::Http {
+                client,
+                url,
+                permits,
+            } => {
+                let _permit = permits
+                    .acquire()
+                    .await
+                    .map_err(|_| TransportError::Other("client closed".into()))?;
+                let resp = client
+                    .get(url.clone())
+                    .header(crate::server::REQUEST_HEADER, request)
+                    .send()
+                    .await
+                    .map_err(http_error)?;
+                let reply = Reply {
+                    status: resp.status().as_u16(),
+                    retry_after: resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                };
+                // Read the body so the connection goes back to the pool.
+                let _ = resp.bytes().await;
+                Ok(reply)
+            }
+        }
+    }
+}
+
+/// Plays a fate out in time.
+pub async fn deliver(fate: Fate) -> Result<Reply, TransportError> {
+    let after = fate.after();
+    if after > Duration::ZERO {
+        tokio::time::sleep(after).await;
+    }
+    match fate {
+        Fate::Answer {
+            status,
+            retry_after_s,
+            ..
+        } => Ok(Reply {
+            status,
+            retry_after: retry_after_s.map(|s| s.to_string()),
+        }),
+        Fate::Reset { .. } => Err(TransportError::Reset),
+        Fate::Connect => Err(TransportError::Connect),
+        Fate::Hang { .. } => Ok(Reply {
+            status: 504,
+            retry_after: None,
+        }),
+    }
+}
+
+fn http_error(e: reqwest::Error) -> TransportError {
+    if e.is_connect() {
+        TransportError::Connect
+    } else if e.is_timeout() {
+        TransportError::Timeout
+    } else if e.is_request() || e.is_body() {
+        // The server closed the connection without a (whole) answer.
+        TransportError::Reset
+    } else {
+        TransportError::Other(e.to_string())
+    }
+}

@@ -1,0 +1,98 @@
+//! The field's known results, reproduced in virtual time with fixed seeds.
+
+// Helpers outside `#[test]` functions unwrap too: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use retrywise_sim::driver::{RunOptions, run};
+use retrywise_sim::policies::find;
+use retrywise_sim::scenario::Scenario;
+use retrywise_sim::score::{Score, score};
+
+fn board(scenario: &str, policies: &[&str], seed: u64) -> Vec<Score> {
+    let scenario = Arc::new(Scenario::load(scenario).unwrap());
+    let mut opts = RunOptions::new(Arc::clone(&scenario));
+    opts.seed = seed;
+    policies
+        .iter()
+        .map(|p| score(&run(find(p).unwrap(), &opts).unwrap(), &scenario, opts.rps))
+        .collect()
+}
+
+/// Bronson et al., "Metastable Failures in Distributed Systems" (HotOS 2021): a trigger
+/// pushes a system at 93 % of capacity into overload; clients that retry keep it there
+/// after the trigger ends, while clients whose retries are budgeted let it recover.
+#[test]
+fn metastable_retries_sustain_the_collapse_and_a_budget_recovers() {
+    for seed in [1, 2] {
+        let s = board("metastable", &["none", "retry-1s", "budget"], seed);
+        let (none, retry, budget) = (&s[0], &s[1], &s[2]);
+        assert_eq!(
+            retry.recovery_s, None,
+            "seed {seed}: retrying once after 1 s recovered: {retry:?}"
+        );
+        let recovered = budget
+            .recovery_s
+            .unwrap_or_else(|| panic!("seed {seed}: budget never recovered: {budget:?}"));
+        // The queue built up during the 10 s trigger takes a while to drain at 93 % load.
+        assert!(recovered < 80.0, "seed {seed}: budget took {recovered} s");
+        assert!(
+            budget.success_rate > retry.success_rate + 0.2,
+            "seed {seed}: budget {:.3} vs retry-1s {:.3}",
+            budget.success_rate,
+            retry.success_rate
+        );
+        // Without retries the system also recovers: the retries are what sustain it.
+        assert!(none.recovery_s.is_some(), "seed {seed}: {none:?}");
+        assert!(
+            retry.peak_load_ratio > 1.5,
+            "seed {seed}: the retry storm should show: {retry:?}"
+        );
+    }
+}
+
+/// Dean & Barroso, "The Tail at Scale" (CACM 2013): a hedged request sent after the p95
+/// latency cuts the far tail by an order of magnitude for a few percent more requests.
+#[test]
+fn stragglers_hedging_at_p95_cuts_the_far_tail_tenfold() {
+    for seed in [1, 2] {
+        let s = board("stragglers", &["none", "hedge-p95"], seed);
+        let (none, hedge) = (&s[0], &s[1]);
+        let (base, hedged) = (none.p999_ms.unwrap(), hedge.p999_ms.unwrap());
+        assert!(
+            hedged * 10.0 <= base,
+            "seed {seed}: p99.9 {base} ms → {hedged} ms"
+        );
+        assert!(
+            hedge.attempts_per_request <= 1.05,
+            "seed {seed}: {:.3} attempts per request",
+            hedge.attempts_per_request
+        );
+        assert!(hedge.success_rate >= none.success_rate, "seed {seed}");
+    }
+}
+
+/// Brooker, "Exponential Backoff and Jitter" (AWS Architecture Blog, 2015): contending
+/// clients that back off without jitter collide again in lockstep; full jitter spreads
+/// them out and finishes the work with fewer calls.
+#[test]
+fn contention_full_jitter_needs_fewer_calls_than_plain_exponential_backoff() {
+    for seed in [1, 2, 3] {
+        let s = board("contention", &["exp", "exp-full-jitter"], seed);
+        let (exp, jitter) = (&s[0], &s[1]);
+        assert!(
+            jitter.attempts_per_request < exp.attempts_per_request,
+            "seed {seed}: calls per write {:.2} (full jitter) vs {:.2} (exponential)",
+            jitter.attempts_per_request,
+            exp.attempts_per_request
+        );
+        // And it gets the writes done: calls per successful write are lower still.
+        let per_success =
+            |s: &Score| s.attempts as f64 / (s.success_rate * s.requests as f64).max(1.0);
+        assert!(
+            per_success(jitter) * 5.0 < per_success(exp),
+            "seed {seed}: {jitter:?} vs {exp:?}"
+        );
+    }
+}

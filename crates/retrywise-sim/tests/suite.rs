@@ -1,0 +1,335 @@
+//! The scenario suite, both modes, recording, plots and training data.
+
+// Helpers outside `#[test]` functions unwrap too: a failure there is the test's failure.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use retrywise::attempt::Outcome;
+use retrywise_collect::SegmentReader;
+use retrywise_sim::SimError;
+use retrywise_sim::driver::{Mode, RunOptions, run};
+use retrywise_sim::generate::{GenerateOptions, generate};
+use retrywise_sim::model::Upstream;
+use retrywise_sim::policies::{CATALOG, find};
+use retrywise_sim::scenario::Scenario;
+use retrywise_sim::score::score;
+
+fn small(name: &str, requests: u64) -> RunOptions {
+    let mut opts = RunOptions::new(Arc::new(Scenario::load(name).unwrap()));
+    opts.requests = requests;
+    opts
+}
+
+#[test]
+fn every_policy_runs_every_scenario() {
+    for scenario in Scenario::builtin_names() {
+        let opts = small(scenario, 400);
+        for spec in CATALOG {
+            let r = run(spec, &opts).unwrap_or_else(|e| panic!("{scenario}/{}: {e}", spec.name));
+            assert_eq!(r.outcomes.len(), 400, "{scenario}/{}", spec.name);
+            let s = score(&r, &opts.scenario, opts.rps);
+            assert!(
+                (0.0..=1.0).contains(&s.success_rate),
+                "{scenario}/{}: {s:?}",
+                spec.name
+            );
+            // Attempt counts follow each policy's limits (a hedge adds at most one).
+            let most = match spec.name {
+                "none" | "oracle" => 1,
+                "retry-1s" | "hedge-p95" => 2,
+                _ => 4,
+            };
+            for o in &r.outcomes {
+                assert!(o.attempts <= most, "{scenario}/{}: {o:?}", spec.name);
+                assert!(o.done >= o.arrival);
+                assert!(!o.ok || o.status.is_some_and(|s| (200..300).contains(&s)));
+            }
+            if spec.name == "none" {
+                assert!(r.outcomes.iter().all(|o| o.attempts == 1), "{scenario}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_scoreboard() {
+    let mut opts = small("mix", 3_000);
+    let spec = find("exp-full-jitter").unwrap();
+    let strip = |mut s: retrywise_sim::score::Score| {
+        s.wall_s = 0.0;
+        s
+    };
+    let a = strip(score(&run(spec, &opts).unwrap(), &opts.scenario, opts.rps));
+    let b = strip(score(&run(spec, &opts).unwrap(), &opts.scenario, opts.rps));
+    assert_eq!(a, b);
+    opts.seed = 2;
+    let c = strip(score(&run(spec, &opts).unwrap(), &opts.scenario, opts.rps));
+    assert_ne!(a, c, "another seed draws other faults");
+}
+
+/// No policy retries a permanent failure: read every recorded attempt back and look for
+/// one made after a 400.
+#[test]
+fn no_policy_retries_a_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = small("permanent", 1_500);
+    opts.record = Some(dir.path().to_path_buf());
+    for spec in CATALOG.iter().filter(|p| p.name != "oracle") {
+        let r = run(spec, &opts).unwrap();
+        let attempts: u64 = r.outcomes.iter().map(|o| u64::from(o.attempts)).sum();
+        let invalid = r.outcomes.iter().filter(|o| o.status == Some(400)).count();
+        assert!(
+            invalid > 300,
+            "{}: the scenario makes ~30 % invalid, saw {invalid}",
+            spec.name
+        );
+
+        let mut reader = SegmentReader::open(&dir.path().join(spec.name)).unwrap();
+        let mut records = 0u64;
+        let mut answered_400 = 0u64;
+        for rec in reader.by_ref() {
+            let rec = rec.unwrap();
+            records += 1;
+            assert_eq!(rec.policy.as_deref(), Some(spec.name));
+            assert_eq!(&*rec.context.target, "permanent");
+            assert_ne!(
+                rec.context.status,
+                Some(400),
+                "{}: an attempt followed a 400: {rec:?}",
+                spec.name
+            );
+            if rec.outcome_status == Some(400) {
+                answered_400 += 1;
+                assert_eq!(rec.outcome, Outcome::Permanent, "{}", spec.name);
+            }
+        }
+        assert_eq!(reader.summary().skipped(), 0);
+        // Every attempt was recorded (hedges too), each 400 once.
+        assert_eq!(records, attempts, "{}", spec.name);
+        assert!(answered_400 >= invalid as u64, "{}", spec.name);
+    }
+}
+
+#[test]
+fn the_oracle_bounds_every_policy() {
+    for scenario in ["blips", "outage", "metastable"] {
+        let opts = small(scenario, 6_000);
+        let oracle = score(
+            &run(find("oracle").unwrap(), &opts).unwrap(),
+            &opts.scenario,
+            opts.rps,
+        );
+        for spec in CATALOG.iter().filter(|p| p.name != "oracle") {
+            let s = score(&run(spec, &opts).unwrap(), &opts.scenario, opts.rps);
+            assert!(
+                s.success_rate <= oracle.success_rate + 0.005,
+                "{scenario}: {} {:.4} beats the oracle {:.4}",
+                spec.name,
+                s.success_rate,
+                oracle.success_rate
+            );
+        }
+    }
+}
+
+#[test]
+fn over_http_the_same_policies_meet_the_same_faults() {
+    let mut opts = small("blips", 300);
+    opts.rps = 300.0;
+    opts.mode = Mode::Http { target: None };
+    let r = run(find("exp-full-jitter").unwrap(), &opts).unwrap();
+    let s = score(&r, &opts.scenario, opts.rps);
+    assert_eq!(s.requests, 300);
+    assert!(s.success_rate > 0.97, "{s:?}");
+    // About 10 % of first attempts fail; the retries show.
+    assert!(
+        s.attempts_per_request > 1.02 && s.attempts_per_request < 1.4,
+        "{s:?}"
+    );
+    assert!(r.outcomes.iter().any(|o| o.attempts > 1));
+}
+
+#[test]
+fn a_target_url_is_driven_like_the_builtin_upstream() {
+    let scenario = Arc::new(Scenario::load("permanent").unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(async { Upstream::new(Arc::clone(&scenario), 7) });
+    let server = rt
+        .block_on(retrywise_sim::server::spawn(
+            upstream.clone(),
+            "127.0.0.1:0",
+        ))
+        .unwrap();
+    let mut opts = RunOptions::new(Arc::clone(&scenario));
+    opts.requests = 200;
+    opts.rps = 400.0;
+    opts.mode = Mode::Http {
+        target: Some(format!("http://{}/any/path", server.addr)),
+    };
+    let r = run(find("immediate3").unwrap(), &opts).unwrap();
+    let s = score(&r, &scenario, opts.rps);
+    // The upstream saw exactly the attempts the driver made.
+    assert_eq!(upstream.counts().requests, s.attempts);
+    let invalid = r.outcomes.iter().filter(|o| o.status == Some(400)).count();
+    assert!(invalid > 30, "{invalid}");
+    assert!(
+        r.outcomes
+            .iter()
+            .filter(|o| o.status == Some(400))
+            .all(|o| !o.ok)
+    );
+    drop(server);
+}
+
+#[test]
+fn a_target_that_is_not_a_url_is_refused_by_name() {
+    let mut opts = small("blips", 10);
+    opts.mode = Mode::Http {
+        target: Some("not a url".into()),
+    };
+    let e = run(find("none").unwrap(), &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SimError::Option {
+                field: "target",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn nothing_listens_and_every_attempt_is_a_connect_error() {
+    // Bind and drop a listener to find a port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut opts = small("blips", 20);
+    opts.rps = 100.0;
+    opts.mode = Mode::Http {
+        target: Some(format!("http://127.0.0.1:{port}/")),
+    };
+    let r = run(find("exp-full-jitter").unwrap(), &opts).unwrap();
+    assert!(r.outcomes.iter().all(|o| !o.ok && o.status.is_none()));
+    assert!(
+        r.outcomes.iter().all(|o| o.attempts > 1),
+        "connect errors are retried"
+    );
+}
+
+#[test]
+fn the_oracle_only_runs_in_virtual_time() {
+    let mut opts = small("blips", 10);
+    opts.mode = Mode::Http { target: None };
+    let e = run(find("oracle").unwrap(), &opts).unwrap_err();
+    assert!(
+        matches!(e, SimError::VirtualOnly(ref p) if p == "oracle"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_run_options_are_refused() {
+    let mut opts = small("blips", 0);
+    assert!(matches!(
+        run(find("none").unwrap(), &opts),
+        Err(SimError::Option {
+            field: "requests",
+            ..
+        })
+    ));
+    opts.requests = 10;
+    opts.rps = f64::NAN;
+    assert!(matches!(
+        run(find("none").unwrap(), &opts),
+        Err(SimError::Option { field: "rps", .. })
+    ));
+    let e = find("nope").err().unwrap().to_string();
+    assert!(e.contains("exp-full-jitter") && e.contains("oracle"), "{e}");
+}
+
+#[test]
+fn the_plot_draws_every_policy() {
+    let opts = small("outage", 1_000);
+    let runs: Vec<_> = ["none", "budget"]
+        .iter()
+        .map(|p| run(find(p).unwrap(), &opts).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plot.svg");
+    retrywise_sim::plot::plot(&path, "outage", &runs, opts.rps).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("budget") && svg.contains("goodput"),
+        "{}",
+        &svg[..200]
+    );
+    let e = retrywise_sim::plot::plot(&dir.path().join("no/such/dir/p.svg"), "x", &runs, 1.0)
+        .unwrap_err();
+    assert!(matches!(e, SimError::Plot { .. }), "{e}");
+}
+
+#[test]
+fn generated_training_data_explores_delays_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sample");
+    let mut opts = GenerateOptions::new(&out, dir.path().join("work"));
+    opts.scenarios
+        .retain(|s| s.name == "blips" || s.name == "rate-limited");
+    opts.scale = 0.05;
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let summary = generate(&opts, |_, _| {
+        runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(summary.runs, 20);
+    assert_eq!(runs.into_inner(), 20);
+    assert!(summary.rows > summary.requests, "{summary:?}");
+    let files: Vec<_> = walk(&out);
+    assert!(
+        !files.is_empty()
+            && files
+                .iter()
+                .all(|f| f.extension().is_some_and(|e| e == "parquet")),
+        "{files:?}"
+    );
+    assert!(files.iter().all(|f| {
+        f.parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("date=")
+    }));
+
+    // A second run refuses to mix into it; with `replace` it starts over.
+    let e = generate(&opts, |_, _| {}).unwrap_err();
+    assert!(matches!(e, SimError::Option { field: "out", .. }), "{e}");
+    assert_eq!(walk(&out), files);
+    opts.replace = true;
+    let again = generate(&opts, |_, _| {}).unwrap();
+    assert_eq!(again.rows, summary.rows, "deterministic for the seed");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
