@@ -3,6 +3,7 @@
 mod compact;
 mod demo;
 mod sim;
+mod train;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,13 @@ enum Command {
     /// scoreboard of retry policies, in virtual time or over HTTP.
     #[command(subcommand)]
     Sim(sim::Command),
+    /// Train a success model from Parquet or NDJSON logs; writes a new version
+    /// `OUT/NAME/VERSION/{model.json, metrics.json, report.html}`.
+    Train(train::TrainArgs),
+    /// Evaluate a model on logs, next to its baseline.
+    Eval(train::EvalArgs),
+    /// Show a model's feature weights and training summary.
+    Inspect(train::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +51,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Compact(args) => compact::run(&args),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Train(args) => train::train(&args),
+        Command::Eval(args) => train::eval(&args),
+        Command::Inspect(args) => train::inspect(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,7 +24,7 @@ pub enum CollectError {
         lock: PathBuf,
     },
     /// An I/O operation on a path failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done (`"create"`, `"write"`, `"sync"`, ...).
         op: &'static str,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum SimError {
     /// A scenario file could not be read.
-    #[error("cannot read scenario {path}: {source}")]
+    #[error("cannot read scenario {path}")]
     ReadScenario {
         /// The file.
         path: PathBuf,
@@ -48,7 +48,7 @@ pub enum SimError {
     #[error("policy configuration: {0}")]
     Config(#[from] retrywise::ConfigError),
     /// The HTTP upstream or client failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Io {
         /// What was being done.
         op: String,

@@ -10,7 +10,9 @@
 //! [`recorder::Recorder`] as an [`attempt::AttemptRecord`] (what happened). Retry
 //! decisions go through the [`retry::RetryDecider`] trait, breaker open durations through
 //! a function, and predictions through [`model::SuccessModel`]: the seams where learned
-//! behaviour plugs in. This crate does no file or network I/O of its own.
+//! behaviour plugs in. [`features`] is the one encoder of contexts into model inputs, and
+//! [`model::LogisticModel`] evaluates a trained artifact (`model.json`) without any
+//! machine-learning dependency. This crate does no file or network I/O of its own.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -54,6 +56,8 @@ pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
 mod error;
+pub mod features;
+pub mod health;
 pub mod hedge;
 #[cfg(feature = "tower")]
 pub mod layer;

@@ -24,3 +24,4 @@ pub use kind::{ErrorKind, UnknownErrorKind};
 pub use record::{AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion};
 pub use record_fast::TargetCache;
 pub use retry_after::{InvalidRetryAfter, parse_retry_after};
+pub use serde_ms::{duration_to_ms, ms_to_duration};

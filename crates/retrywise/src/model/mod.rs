@@ -7,6 +7,13 @@
 
 use crate::attempt::AttemptContext;
 
+mod artifact;
+
+pub use artifact::{
+    ARTIFACT_FORMAT, ARTIFACT_SCHEMA, FeatureSpec, LOGISTIC, LabelSpec, LogisticModel,
+    ModelArtifact, ModelError, POSITIVE_LABEL, Regularization, Scaler, sigmoid,
+};
+
 /// Predicts the probability that an attempt made in a given context succeeds.
 ///
 /// `ctx.delay` is the wait before the attempt, so a decider can ask "what if I wait

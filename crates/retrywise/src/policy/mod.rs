@@ -14,9 +14,11 @@
 //!
 //! Every request sent upstream is reported to the [`Recorder`] as an
 //! [`AttemptRecord`](crate::attempt::AttemptRecord) (none are built with the default
-//! no-op recorder). The context of each retry is filled with the target's health as the
-//! policy's own mechanisms see it: the breaker's window failure rate, the hedge's p95
-//! latency and the bulkhead's calls in flight.
+//! no-op recorder). The context of each attempt is filled with the target's health as the
+//! policy's own mechanisms see it — the breaker's window failure rate, the hedge's p95
+//! latency and the bulkhead's calls in flight — and, for what none of them measures, by a
+//! [`HealthTracker`] the policy keeps whenever it records (or is asked to with
+//! [`PolicyBuilder::track_health`]).
 
 mod error;
 
@@ -40,12 +42,16 @@ use crate::breaker::{CallOutcome, CircuitBreaker};
 use crate::budget::RetryBudget;
 use crate::bulkhead::{Bulkhead, BulkheadFull};
 use crate::error::{Check, ConfigError};
+use crate::health::{HealthSnapshot, HealthTracker};
 use crate::hedge::Hedge;
 use crate::recorder::{NoopRecorder, Recorder};
 use crate::retry::{Decision, RetryDecider, RetryPolicy, StopReason};
 use crate::timeout::{Elapsed, Timeout};
 
 const CHECK: Check = Check::new("policy");
+
+/// The health window of a recording policy that was given none.
+pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(10);
 
 /// Which request the operation is asked to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +117,8 @@ struct Inner {
     breaker: Option<CircuitBreaker>,
     bulkhead: Option<Bulkhead>,
     hedge: Option<Hedge>,
+    /// The target's health where no mechanism above measures it.
+    health: Option<HealthTracker>,
     recorder: Arc<dyn Recorder>,
     /// `recorder.enabled()`, asked once.
     recording: bool,
@@ -177,6 +185,7 @@ impl Policy {
             bulkhead: None,
             hedge: None,
             recorder: Arc::new(NoopRecorder),
+            health_window: None,
             permanent_is_failure: false,
             label: None,
             explore: None,
@@ -463,7 +472,9 @@ impl<C> Policy<C> {
             call_id,
             hedge,
             started,
+            health: p.health.as_ref().map(|h| h.snapshot(started)),
         });
+        let in_flight = p.health.as_ref().map(HealthTracker::start);
         let sent = match Timeout::new(make(), timeout).await {
             Ok(result) => {
                 let verdict = self.classifier.classify(&result);
@@ -471,12 +482,17 @@ impl<C> Policy<C> {
             }
             Err(elapsed) => Sent::TimedOut(elapsed),
         };
+        drop(in_flight);
         let mut end = None;
-        if permit.is_some() || guard.is_some() {
+        if permit.is_some() || guard.is_some() || p.health.is_some() {
             let now = Instant::now();
             let latency = now.saturating_duration_since(started);
             end = Some((now, latency));
             let verdict = sent.verdict();
+            if let Some(h) = &p.health {
+                // A permanent failure (a 404, say) is an answer from a healthy target.
+                h.record(now, matches!(verdict, Verdict::Retryable(_)), latency);
+            }
             if let Some(permit) = permit {
                 // Execution times and failures go to the bulkhead's metrics unless the
                 // breaker already keeps them (no need to count every call twice).
@@ -595,15 +611,19 @@ impl<C> Policy<C> {
 
     fn fill_health(&self, ctx: &mut AttemptContext) {
         let p = &*self.inner;
-        if let Some(b) = &p.breaker {
-            ctx.failure_rate = b.window_failure_rate();
-        }
-        if let Some(h) = &p.hedge {
-            ctx.latency_p95 = h.latency_quantile(0.95).map(|(d, _)| d);
-        }
-        if let Some(b) = &p.bulkhead {
-            ctx.in_flight = Some(b.active());
-        }
+        let tracked = p.health.as_ref().map(|h| (h, Instant::now()));
+        ctx.failure_rate = match &p.breaker {
+            Some(b) => b.window_failure_rate(),
+            None => tracked.and_then(|(h, now)| h.failure_rate(now)),
+        };
+        ctx.latency_p95 = match &p.hedge {
+            Some(h) => h.latency_quantile(0.95).map(|(d, _)| d),
+            None => tracked.and_then(|(h, now)| h.latency_p95(now)),
+        };
+        ctx.in_flight = match &p.bulkhead {
+            Some(b) => Some(b.active()),
+            None => tracked.map(|(h, _)| h.in_flight()),
+        };
     }
 
     fn stop<E>(&self, attempts: u32, reason: StopReason, last: AttemptError<E>) -> CallError<E> {
@@ -662,6 +682,8 @@ struct CancelGuard<'a> {
     call_id: u64,
     hedge: u32,
     started: Instant,
+    /// The tracker's view when the request started, for what the context lacks.
+    health: Option<HealthSnapshot>,
 }
 
 impl CancelGuard<'_> {
@@ -671,11 +693,17 @@ impl CancelGuard<'_> {
         let started_at_ms = p
             .wall_ms
             .saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        let mut ctx = self.ctx.clone();
+        if let Some(h) = &self.health {
+            ctx.failure_rate = ctx.failure_rate.or(h.failure_rate);
+            ctx.latency_p95 = ctx.latency_p95.or(h.latency_p95);
+            ctx.in_flight = ctx.in_flight.or(Some(h.in_flight));
+        }
         let mut rec = AttemptRecord::new(
             self.call_id,
             self.hedge,
             started_at_ms,
-            self.ctx.clone(),
+            ctx,
             verdict,
             latency,
         );
@@ -708,6 +736,7 @@ pub struct PolicyBuilder<C = ErrorsAreRetryable> {
     bulkhead: Option<Bulkhead>,
     hedge: Option<Hedge>,
     recorder: Arc<dyn Recorder>,
+    health_window: Option<Duration>,
     permanent_is_failure: bool,
     label: Option<Arc<str>>,
     explore: Option<Exploration>,
@@ -716,6 +745,16 @@ pub struct PolicyBuilder<C = ErrorsAreRetryable> {
 }
 
 impl<C> PolicyBuilder<C> {
+    /// Keeps a [`HealthTracker`] over the last `window` (at least 10 ms), so every
+    /// attempt's context carries the target's recent failure rate, p95 latency and calls
+    /// in flight where the breaker, hedge or bulkhead does not measure them (for a model
+    /// deciding retries). A recording policy keeps one over
+    /// [`DEFAULT_HEALTH_WINDOW`] without being asked.
+    pub fn track_health(mut self, window: Duration) -> Self {
+        self.health_window = Some(window);
+        self
+    }
+
     /// Names the policy in its records (`policy`), e.g. the strategy being compared.
     /// Defaults to none.
     pub fn label(mut self, label: impl Into<Arc<str>>) -> Self {
@@ -801,6 +840,7 @@ impl<C> PolicyBuilder<C> {
             bulkhead: self.bulkhead,
             hedge: self.hedge,
             recorder: self.recorder,
+            health_window: self.health_window,
             permanent_is_failure: self.permanent_is_failure,
             label: self.label,
             explore: self.explore,
@@ -822,6 +862,11 @@ impl<C> PolicyBuilder<C> {
             None => Arc::new(RetryPolicy::builder().build()?),
         };
         let recording = self.recorder.enabled();
+        let health = match self.health_window {
+            Some(w) => Some(HealthTracker::new(w)?),
+            None if recording => Some(HealthTracker::new(DEFAULT_HEALTH_WINDOW)?),
+            None => None,
+        };
         Ok(Policy {
             inner: Arc::new(Inner {
                 first: AttemptContext::first(Arc::clone(&self.target)),
@@ -831,6 +876,7 @@ impl<C> PolicyBuilder<C> {
                 breaker: self.breaker,
                 bulkhead: self.bulkhead,
                 hedge: self.hedge,
+                health,
                 recorder: self.recorder,
                 recording,
                 permanent_is_failure: self.permanent_is_failure,

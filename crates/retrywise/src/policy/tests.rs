@@ -349,6 +349,105 @@ async fn retry_contexts_carry_the_targets_health() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_recording_policy_stamps_every_attempt_with_the_targets_health() {
+    let rec = Arc::new(MemoryRecorder::new(100));
+    let p = Policy::builder("t")
+        .retry(retry(2, 100))
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    // The first attempt of the first call knows nothing yet, except that nothing else is
+    // in flight.
+    p.call(|_| async {
+        tokio::time::sleep(20 * MS).await;
+        Ok::<_, io::Error>(())
+    })
+    .await
+    .unwrap();
+    // Then: fails (reset), retried after 100 ms.
+    let _ = p
+        .call(|_| async {
+            tokio::time::sleep(20 * MS).await;
+            Err::<(), _>(reset())
+        })
+        .await;
+    // A 404 is a healthy target's answer: it does not count as a failure.
+    let not_found = Policy::builder("u")
+        .retry(retry(1, 100))
+        .recorder(rec.clone())
+        .classifier(crate::attempt::HttpClassifier)
+        .build()
+        .unwrap();
+    let recs = rec.take();
+    assert_eq!(recs.len(), 3);
+    let ctx: Vec<_> = recs
+        .iter()
+        .map(|r| (r.context.failure_rate, r.context.in_flight))
+        .collect();
+    assert_eq!(
+        ctx,
+        [(None, Some(0)), (Some(0.0), Some(0)), (Some(0.5), Some(0))]
+    );
+    assert_eq!(recs[1].context.latency_p95.map(|d| d.as_millis()), Some(20));
+    // Two concurrent calls see each other in flight.
+    let (a, b) = tokio::join!(
+        p.call(|_| async {
+            tokio::time::sleep(20 * MS).await;
+            Ok::<_, io::Error>(())
+        }),
+        p.call(|_| async {
+            tokio::time::sleep(20 * MS).await;
+            Ok::<_, io::Error>(())
+        })
+    );
+    a.unwrap();
+    b.unwrap();
+    let recs = rec.take();
+    let mut in_flight: Vec<_> = recs.iter().map(|r| r.context.in_flight).collect();
+    in_flight.sort();
+    assert_eq!(in_flight, [Some(0), Some(1)]);
+    for _ in 0..3 {
+        let _ = not_found
+            .call(|_| async { Ok::<_, io::Error>(Resp(404, None)) })
+            .await;
+    }
+    let recs = rec.take();
+    assert_eq!(recs[2].context.failure_rate, Some(0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_without_a_recorder_tracks_health_only_when_asked() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    struct D(Arc<std::sync::Mutex<Vec<Option<f64>>>>);
+    impl RetryDecider for D {
+        fn decide(&self, ctx: &AttemptContext) -> Decision {
+            self.0.lock().unwrap().push(ctx.failure_rate);
+            Decision::Stop(StopReason::MaxAttempts)
+        }
+    }
+    let quiet = Policy::builder("t")
+        .decider(Arc::new(D(Arc::clone(&log))))
+        .build()
+        .unwrap();
+    let tracked = Policy::builder("t")
+        .decider(Arc::new(D(log)))
+        .track_health(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for p in [&quiet, &tracked] {
+        let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
+    }
+    assert_eq!(seen.lock().unwrap().as_slice(), [None, Some(1.0)]);
+    let e = Policy::builder("t")
+        .track_health(Duration::ZERO)
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(e.field, "window");
+}
+
+#[tokio::test(start_paused = true)]
 async fn deadline_cuts_the_last_attempt() {
     let policy = RetryPolicy::builder()
         .max_attempts(10)

@@ -1,0 +1,300 @@
+//! `retrywise train`, `retrywise eval` and `retrywise inspect`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use retrywise_train::data::Filter;
+use retrywise_train::evaluate::Evaluation;
+use retrywise_train::metrics::Metrics;
+use retrywise_train::{Step, TrainOptions};
+
+/// Which rows to use.
+#[derive(Debug, clap::Args)]
+pub(crate) struct FilterArgs {
+    /// Only attempts to this target (repeat for several).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Only attempts started at or after this time (ms since the Unix epoch).
+    #[arg(long)]
+    from_ms: Option<u64>,
+    /// Only attempts started before this time (ms since the Unix epoch).
+    #[arg(long)]
+    until_ms: Option<u64>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            targets: self.targets.clone(),
+            from_ms: self.from_ms,
+            until_ms: self.until_ms,
+        }
+    }
+}
+
+/// Options of `retrywise train`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// Parquet or NDJSON logs: files, folders, globs.
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<String>,
+    /// The models folder; the model is written to OUT/NAME/<next version>/.
+    #[arg(long, default_value = "models")]
+    out: PathBuf,
+    /// The model's name.
+    #[arg(long, default_value = "default")]
+    name: String,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// The share of rows, latest first, held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    validation_fraction: f64,
+    /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    alphas: Option<Vec<f64>>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `retrywise eval`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvalArgs {
+    /// A model version folder (models/NAME/VERSION) or its model.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Parquet or NDJSON logs: files, folders, globs.
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Print the metrics as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `retrywise inspect`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InspectArgs {
+    /// A model version folder (models/NAME/VERSION) or its model.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Print the whole artifact as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A progress display for the steps of a run: a byte bar while reading, then a spinner.
+fn progress() -> (ProgressBar, impl FnMut(Step)) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("reading");
+    let b = bar.clone();
+    let on = move |step: Step| match step {
+        Step::Resolved { bytes, .. } => b.set_length(bytes),
+        Step::FileRead(path) => {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            b.inc(size);
+            b.set_message(
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        Step::Loaded(s) => {
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.set_prefix("fitting");
+            b.set_message(format!("{} rows", s.rows));
+            b.enable_steady_tick(std::time::Duration::from_millis(100));
+        }
+        Step::Split { train, validation } => b.set_message(format!(
+            "{train} training rows, {validation} validation rows"
+        )),
+        Step::Trial(t) => b.set_message(format!(
+            "alpha {} → validation log-loss {:.5}",
+            t.alpha, t.validation_log_loss
+        )),
+        Step::Evaluated => b.set_prefix("evaluated"),
+        Step::Written(_) => {}
+    };
+    (bar, on)
+}
+
+fn row(name: &str, m: &Metrics) -> String {
+    format!(
+        "{name:<28} {:>8} {:>9.4} {:>8.4} {:>8.4} {:>9}",
+        m.auc.map_or_else(|| "-".into(), |a| format!("{a:.4}")),
+        m.log_loss,
+        m.brier,
+        m.ece,
+        m.rows
+    )
+}
+
+fn print_evaluation(e: &Evaluation) {
+    println!(
+        "{:<28} {:>8} {:>9} {:>8} {:>8} {:>9}",
+        "", "AUC", "log-loss", "Brier", "ECE", "rows"
+    );
+    println!("{}", row("model", &e.model));
+    println!("{}", row("baseline (rate per error)", &e.baseline));
+    println!();
+    println!(
+        "{:<14} {:>9} {:>8} {:>9} {:>10} {:>8} {:>10}",
+        "previous error", "rows", "success", "log-loss", "(baseline)", "Brier", "(baseline)"
+    );
+    for k in &e.by_error {
+        println!(
+            "{:<14} {:>9} {:>7.1}% {:>9.4} {:>10.4} {:>8.4} {:>10.4}",
+            k.kind,
+            k.rows,
+            k.success_rate * 100.0,
+            k.model.log_loss,
+            k.baseline.log_loss,
+            k.model.brier,
+            k.baseline.brier
+        );
+    }
+}
+
+pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let mut opts = TrainOptions::new(args.data.clone(), &args.out, &args.name);
+    opts.filter = args.filter.filter();
+    opts.validation_fraction = args.validation_fraction;
+    if let Some(a) = &args.alphas {
+        opts.fit.alphas = a.clone();
+    }
+    let (bar, mut on) = progress();
+    let started = std::time::Instant::now();
+    let trained = retrywise_train::train(&opts, &mut on);
+    bar.finish_and_clear();
+    let trained = trained.with_context(|| format!("training model `{}`", args.name))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "name": trained.artifact.name,
+                "version": trained.version,
+                "dir": trained.dir,
+                "alpha": trained.artifact.regularization.alpha,
+                "training": trained.artifact.training,
+                "validation": trained.evaluation,
+            }))?
+        );
+        return Ok(());
+    }
+    let t = &trained.artifact.training;
+    println!(
+        "model {} version {} written to {} in {:.1} s",
+        trained.artifact.name,
+        trained.version,
+        trained.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{} rows ({} training, {} validation from {} ms), {} files, alpha {}; skipped: {}",
+        t["rows"],
+        t["train_rows"],
+        t["validation_rows"],
+        t["validation_from_ms"],
+        t["files"].as_array().map_or(0, Vec::len),
+        trained.artifact.regularization.alpha,
+        t["skipped"]
+    );
+    println!();
+    print_evaluation(&trained.evaluation);
+    println!("\nreport: {}", trained.dir.join("report.html").display());
+    Ok(())
+}
+
+pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let (bar, mut on) = progress();
+    let report = retrywise_train::eval(&args.model, &args.data, &args.filter.filter(), &mut on);
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("evaluating {}", args.model.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "model {} version {} on {} rows ({} skipped)\n",
+        report.model,
+        report.version,
+        report.load.rows,
+        report.load.skipped_total()
+    );
+    print_evaluation(&report.evaluation);
+    Ok(())
+}
+
+pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let a = retrywise_train::store::load_artifact(&args.model)?;
+    if args.json {
+        println!("{}", a.to_json());
+        return Ok(());
+    }
+    println!(
+        "model {} version {} ({}), created {} by {}",
+        a.name, a.version, a.kind, a.created_at, a.code_version
+    );
+    println!(
+        "features: {} ({} columns); L2 alpha {}; p(success) = σ(intercept + Σ w·(x − mean)/scale)\n",
+        a.features.set,
+        a.weights.len(),
+        a.regularization.alpha
+    );
+    let mut order: Vec<usize> = (0..a.weights.len()).collect();
+    order.sort_by(|&i, &j| a.weights[j].abs().total_cmp(&a.weights[i].abs()));
+    println!(
+        "{:<30} {:>9} {:>9} {:>9}  meaning",
+        "feature", "weight", "mean", "scale"
+    );
+    for i in order {
+        println!(
+            "{:<30} {:>+9.4} {:>9.4} {:>9.4}  {}",
+            a.features.names[i],
+            a.weights[i],
+            a.scaler.mean[i],
+            a.scaler.scale[i],
+            a.features.descriptions.get(i).map_or("", String::as_str)
+        );
+    }
+    println!("{:<30} {:>+9.4}", "intercept", a.intercept);
+    let t = &a.training;
+    println!(
+        "\ntraining: {} rows ({} training, {} validation), time range {} ms, {} files, fingerprint {}",
+        t["rows"],
+        t["train_rows"],
+        t["validation_rows"],
+        t["time_range_ms"],
+        t["files"].as_array().map_or(0, Vec::len),
+        t["fingerprint"].as_str().unwrap_or("?")
+    );
+    if let Some(v) = a.metrics.get("validation") {
+        let b = &a.metrics["baseline"]["validation"];
+        let f = |x: &serde_json::Value| {
+            x.as_f64()
+                .map_or_else(|| "?".to_owned(), |x| format!("{x:.4}"))
+        };
+        println!(
+            "validation (model vs baseline): AUC {} vs {}, log-loss {} vs {}, Brier {} vs {}, ECE {} vs {}",
+            f(&v["auc"]),
+            f(&b["auc"]),
+            f(&v["log_loss"]),
+            f(&b["log_loss"]),
+            f(&v["brier"]),
+            f(&b["brier"]),
+            f(&v["ece"]),
+            f(&b["ece"])
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! `retrywise train`, `eval` and `inspect`, run as a user would: simulate a little
+//! traffic, train on it, evaluate and inspect the model, and refuse bad input with the
+//! whole error chain.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn retrywise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_retrywise"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = retrywise(args);
+    assert!(
+        out.status.success(),
+        "retrywise {args:?} failed:\n{}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn train_eval_and_inspect_a_model_of_simulated_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let models = dir.path().join("models");
+    ok(&["sim", "generate", "--out", path(&data), "--scale", "0.02"]);
+
+    let out = ok(&[
+        "train",
+        "--data",
+        path(&data),
+        "--out",
+        path(&models),
+        "--name",
+        "fleet",
+        "--alphas",
+        "0.1,10",
+        "--json",
+    ]);
+    let trained: serde_json::Value = serde_json::from_str(&out).expect("train --json");
+    assert_eq!(trained["version"], 1);
+    let v = &trained["validation"]["model"];
+    let b = &trained["validation"]["baseline"];
+    for m in ["auc", "log_loss", "brier", "ece"] {
+        assert!(v[m].is_number() && b[m].is_number(), "{m}: {trained}");
+    }
+    let version = models.join("fleet/1");
+    for f in ["model.json", "metrics.json", "report.html"] {
+        assert!(version.join(f).is_file(), "{f}");
+    }
+
+    // A second run is version 2; the first is untouched.
+    let before = std::fs::read(version.join("model.json")).expect("model.json");
+    let out = ok(&[
+        "train",
+        "--data",
+        path(&data),
+        "--out",
+        path(&models),
+        "--name",
+        "fleet",
+        "--alphas",
+        "1",
+    ]);
+    assert!(out.contains("model fleet version 2 written"), "{out}");
+    assert_eq!(
+        std::fs::read(version.join("model.json")).expect("model.json"),
+        before
+    );
+
+    // eval on one scenario's files.
+    let glob = format!("{}/**/*.parquet", path(&data));
+    let out = ok(&["eval", "--model", path(&version), "--data", &glob, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("eval --json");
+    assert_eq!(report["model"], "fleet");
+    assert!(report["load"]["rows"].as_u64().expect("rows") > 1_000);
+    assert!(
+        report["evaluation"]["by_error"]
+            .as_array()
+            .expect("by_error")
+            .len()
+            >= 3
+    );
+    let table = ok(&["eval", "--model", path(&version), "--data", path(&data)]);
+    assert!(
+        table.contains("baseline") && table.contains("http_503"),
+        "{table}"
+    );
+
+    // inspect names every feature with its weight.
+    let out = ok(&["inspect", "--model", path(&version)]);
+    for name in [
+        "log_delay_x_http_429",
+        "failure_rate",
+        "waited_retry_after",
+        "intercept",
+    ] {
+        assert!(out.contains(name), "{name} missing:\n{out}");
+    }
+    assert!(out.contains("validation (model vs baseline)"), "{out}");
+}
+
+#[test]
+fn bad_input_is_refused_with_the_whole_error_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let out = retrywise(&[
+        "train",
+        "--data",
+        path(&empty),
+        "--out",
+        path(&dir.path().join("m")),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no Parquet or NDJSON files"), "{err}");
+
+    let model = dir.path().join("m/x/1");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    std::fs::write(model.join("model.json"), "{\"format\": 3}").expect("write");
+    let out = retrywise(&["inspect", "--model", path(&model)]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("model.json is not a valid artifact") && err.contains("format"),
+        "{err}"
+    );
+
+    let out = retrywise(&["train", "--data", path(&empty), "--alphas", "-1"]);
+    assert!(!out.status.success());
+}

@@ -1,0 +1,113 @@
+//! A model against data, next to the baseline: the success rate per previous error kind.
+
+use std::collections::BTreeMap;
+
+use retrywise::attempt::{AttemptContext, ErrorKind};
+use retrywise::model::{LogisticModel, SuccessModel};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+
+/// The key of a row's previous error kind (`first` before the first attempt).
+pub fn kind_key(k: Option<ErrorKind>) -> &'static str {
+    k.map_or("first", ErrorKind::as_str)
+}
+
+/// The baseline predictor: the success rate observed after each previous error kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Success rate per kind key.
+    pub rate: BTreeMap<String, f64>,
+    /// The overall rate, for kinds never seen.
+    pub overall: f64,
+}
+
+impl Baseline {
+    /// Learns the rates from training rows.
+    pub fn fit(contexts: &[AttemptContext], success: &[bool]) -> Self {
+        let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (c, &s) in contexts.iter().zip(success) {
+            let e = counts.entry(kind_key(c.error).to_owned()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(s);
+        }
+        let n = success.len().max(1) as f64;
+        let overall = success.iter().filter(|s| **s).count() as f64 / n;
+        let rate = counts
+            .into_iter()
+            .map(|(k, (n, s))| (k, s as f64 / n as f64))
+            .collect();
+        Self { rate, overall }
+    }
+}
+
+impl SuccessModel for Baseline {
+    fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        self.rate
+            .get(kind_key(ctx.error))
+            .copied()
+            .unwrap_or(self.overall)
+    }
+}
+
+/// The headline numbers of one error kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindReport {
+    /// The previous error kind (`first` for first attempts).
+    pub kind: String,
+    /// Rows.
+    pub rows: u64,
+    /// Observed success rate.
+    pub success_rate: f64,
+    /// The model's metrics on these rows.
+    pub model: Metrics,
+    /// The baseline's metrics on these rows.
+    pub baseline: Metrics,
+}
+
+/// A model's evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The model on all rows.
+    pub model: Metrics,
+    /// The baseline on all rows.
+    pub baseline: Metrics,
+    /// Per previous error kind.
+    pub by_error: Vec<KindReport>,
+}
+
+/// Scores `model` and `baseline` on rows. Predictions go through [`SuccessModel`], the
+/// path every server and embedded policy uses.
+pub fn evaluate(
+    model: &LogisticModel,
+    baseline: &Baseline,
+    contexts: &[AttemptContext],
+    success: &[bool],
+) -> Evaluation {
+    let p: Vec<f64> = contexts.iter().map(|c| model.p_success(c)).collect();
+    let q: Vec<f64> = contexts.iter().map(|c| baseline.p_success(c)).collect();
+    let mut groups: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in contexts.iter().enumerate() {
+        groups.entry(kind_key(c.error)).or_default().push(i);
+    }
+    let by_error = groups
+        .into_iter()
+        .map(|(kind, idx)| {
+            let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let y: Vec<bool> = idx.iter().map(|&i| success[i]).collect();
+            let model = Metrics::compute(&pick(&p), &y);
+            KindReport {
+                kind: kind.to_owned(),
+                rows: idx.len() as u64,
+                success_rate: model.success_rate,
+                baseline: Metrics::compute(&pick(&q), &y),
+                model,
+            }
+        })
+        .collect();
+    Evaluation {
+        model: Metrics::compute(&p, success),
+        baseline: Metrics::compute(&q, success),
+        by_error,
+    }
+}

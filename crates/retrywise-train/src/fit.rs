@@ -1,0 +1,358 @@
+//! The fit: the encoder's features, standardized, into linfa-logistic with L2
+//! regularization chosen on the validation rows.
+//!
+//! linfa-logistic minimizes `Σᵢ log-loss + α/2 |w|²` — a *sum* over rows, where
+//! scikit-learn minimizes the mean. Its default gradient tolerance (1e-4) is absolute, so
+//! on a million rows it asks for a gradient a million times flatter than scikit-learn's
+//! `tol = 1e-4` does and runs to its iteration limit. We scale the tolerance with the
+//! number of rows (the same stopping rule as scikit-learn), standardize the features (a
+//! well-conditioned problem needs fewer L-BFGS steps), store the matrix column-major (so
+//! `Xᵀr` in the gradient reads contiguous memory), and warm-start each α of the search
+//! from the previous solution. See `benches/train/` for the measured effect.
+
+use linfa::prelude::*;
+use linfa_logistic::LogisticRegression;
+use ndarray::{Array1, Array2, Axis, ShapeBuilder};
+use retrywise::attempt::AttemptContext;
+use retrywise::features::{self, N_FEATURES};
+use retrywise::model::{LogisticModel, Scaler};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// How to fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitOptions {
+    /// Candidate L2 penalties (`alpha` = scikit-learn's `1/C`), tried in order.
+    pub alphas: Vec<f64>,
+    /// Stop when the gradient of the *mean* loss is below this (scikit-learn's `tol`).
+    pub tolerance: f64,
+    /// L-BFGS iterations per fit at most (scikit-learn's `max_iter`).
+    pub max_iterations: u64,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self {
+            alphas: vec![1e-2, 1.0, 1e2, 1e4],
+            tolerance: 1e-4,
+            max_iterations: 100,
+        }
+    }
+}
+
+/// A fitted model on standardized features, success as the positive class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fitted {
+    /// The standardization.
+    pub scaler: Scaler,
+    /// One weight per standardized feature.
+    pub weights: Vec<f64>,
+    /// The intercept.
+    pub intercept: f64,
+    /// The penalty chosen.
+    pub alpha: f64,
+}
+
+impl Fitted {
+    /// The model, as every server and policy evaluates it.
+    ///
+    /// # Errors
+    /// A [`retrywise::model::ModelError`] if a number is not finite.
+    pub fn model(&self) -> Result<LogisticModel, retrywise::model::ModelError> {
+        LogisticModel::from_parts(&self.scaler, &self.weights, self.intercept)
+    }
+}
+
+/// One candidate penalty and how it did on the validation rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlphaTrial {
+    /// The penalty.
+    pub alpha: f64,
+    /// Validation log-loss.
+    pub validation_log_loss: f64,
+}
+
+/// The feature matrix of `contexts`, column-major (one row per context).
+pub fn matrix(contexts: &[AttemptContext]) -> Array2<f64> {
+    let n = contexts.len();
+    let mut x = Array2::<f64>::zeros((n, N_FEATURES).f());
+    let mut row = [0.0; N_FEATURES];
+    for (i, ctx) in contexts.iter().enumerate() {
+        features::encode_into(ctx, &mut row);
+        for (j, v) in row.iter().enumerate() {
+            x[[i, j]] = *v;
+        }
+    }
+    x
+}
+
+/// The mean and standard deviation of each column (a constant column gets scale 1).
+pub fn scaler(x: &Array2<f64>) -> Scaler {
+    let n = x.nrows().max(1) as f64;
+    let mut mean = Vec::with_capacity(x.ncols());
+    let mut scale = Vec::with_capacity(x.ncols());
+    for c in x.columns() {
+        let m = c.sum() / n;
+        let var = c.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n;
+        let s = var.sqrt();
+        mean.push(m);
+        scale.push(if s > 1e-12 && s.is_finite() { s } else { 1.0 });
+    }
+    Scaler { mean, scale }
+}
+
+/// `x` standardized with `s`, in `F` precision, column-major.
+pub fn standardized<F: Real>(x: &Array2<f64>, s: &Scaler) -> Array2<F> {
+    let mut out = Array2::<F>::zeros((x.nrows(), x.ncols()).f());
+    for (j, (c, mut o)) in x.columns().into_iter().zip(out.columns_mut()).enumerate() {
+        let (m, sd) = (s.mean[j], s.scale[j]);
+        o.zip_mut_with(&c, |o, v| *o = F::cast((v - m) / sd));
+    }
+    out
+}
+
+/// Standardizes `x` in place with `s`.
+pub fn standardize(x: &mut Array2<f64>, s: &Scaler) {
+    for (j, mut c) in x.columns_mut().into_iter().enumerate() {
+        let (m, sd) = (s.mean[j], s.scale[j]);
+        c.mapv_inplace(|v| (v - m) / sd);
+    }
+}
+
+fn log_loss(x: &Array2<f64>, y: &[bool], w: &Array1<f64>, b: f64) -> f64 {
+    let z = x.dot(w);
+    let n = y.len().max(1) as f64;
+    z.iter()
+        .zip(y)
+        .map(|(&z, &y)| {
+            // -log σ(±z), computed stably.
+            let z = z + b;
+            let m = if y { -z } else { z };
+            if m > 0.0 {
+                m + (-m).exp().ln_1p()
+            } else {
+                m.exp().ln_1p()
+            }
+        })
+        .sum::<f64>()
+        / n
+}
+
+/// A floating-point type linfa-logistic fits in: `f32` (what [`fit`] uses: half the
+/// memory traffic per L-BFGS step, and the same model to the fourth decimal of AUC) or
+/// `f64`.
+pub trait Real: linfa::Float {
+    /// One linfa-logistic fit from `init` (in linfa's own orientation): the weights, the
+    /// intercept, and whether linfa took `true` (success) as its positive class.
+    #[doc(hidden)]
+    fn fit_linfa(
+        x: &Array2<Self>,
+        y: &Array1<bool>,
+        alpha: f64,
+        gradient_tolerance: f64,
+        max_iterations: u64,
+        init: Option<Array1<Self>>,
+    ) -> Result<(Array1<f64>, f64, bool), TrainError>;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn fit_linfa(
+                x: &Array2<Self>,
+                y: &Array1<bool>,
+                alpha: f64,
+                gradient_tolerance: f64,
+                max_iterations: u64,
+                init: Option<Array1<Self>>,
+            ) -> Result<(Array1<f64>, f64, bool), TrainError> {
+                let mut params = LogisticRegression::<$t>::default()
+                    .alpha(alpha as $t)
+                    .gradient_tolerance(gradient_tolerance as $t)
+                    .max_iterations(max_iterations);
+                if let Some(init) = init {
+                    params = params.initial_params(init);
+                }
+                let ds = DatasetView::new(x.view(), y.view());
+                let fitted = params
+                    .fit(&ds)
+                    .map_err(|e| TrainError::Fit(e.to_string()))?;
+                Ok((
+                    fitted.params().mapv(f64::from),
+                    f64::from(fitted.intercept()),
+                    fitted.labels().pos.class,
+                ))
+            }
+        }
+    };
+}
+real!(f32);
+real!(f64);
+
+/// Fits linfa-logistic with one penalty and an absolute gradient tolerance (on the
+/// summed loss), optionally warm-started from `start` (weights and intercept for success);
+/// returns weights and intercept for success whichever class linfa took as positive.
+///
+/// # Errors
+/// [`TrainError::Fit`] if linfa refuses the data or the solver fails.
+pub fn fit_penalty<F: Real>(
+    x: &Array2<F>,
+    y: &Array1<bool>,
+    alpha: f64,
+    gradient_tolerance: f64,
+    max_iterations: u64,
+    start: Option<&(Array1<f64>, f64)>,
+) -> Result<(Array1<f64>, f64), TrainError> {
+    let n = x.nrows() as f64;
+    // linfa's positive class follows class frequency (on a tie, the class seen first):
+    // a warm start must be expressed for it.
+    let successes = y.iter().filter(|v| **v).count() as f64;
+    let success_is_pos =
+        successes > n - successes || (successes == n - successes && y.first() == Some(&true));
+    let init = start.map(|(w, b)| {
+        let sign = if success_is_pos { 1.0 } else { -1.0 };
+        let d = x.ncols();
+        let mut init = Array1::<F>::zeros(d + 1);
+        for j in 0..d.min(w.len()) {
+            init[j] = F::cast(sign * w[j]);
+        }
+        init[d] = F::cast(sign * b);
+        init
+    });
+    let (w, b, pos_is_success) =
+        F::fit_linfa(x, y, alpha, gradient_tolerance, max_iterations, init)?;
+    // Pin "success": linfa reports the probability of `labels().pos`, whichever class it
+    // took as positive.
+    if pos_is_success {
+        Ok((w, b))
+    } else {
+        Ok((-w, -b))
+    }
+}
+
+/// Where the first fit starts: the intercept at the log-odds of the success rate (the
+/// optimum with all weights zero), then — when there are enough rows to make it pay — a
+/// loose fit on every 20th row, whose solution is a few L-BFGS steps from the full one.
+/// Returns weights and intercept for success.
+///
+/// # Errors
+/// [`TrainError::Fit`] if the solver fails on the subsample.
+pub fn initial_guess<F: Real>(
+    x: &Array2<F>,
+    y: &Array1<bool>,
+    alpha: f64,
+    tolerance: f64,
+    max_iterations: u64,
+) -> Result<(Array1<f64>, f64), TrainError> {
+    const STRIDE: usize = 20;
+    const MIN_ROWS: usize = 100_000;
+    let n = y.len().max(1) as f64;
+    let rate = (y.iter().filter(|v| **v).count() as f64 / n).clamp(1e-6, 1.0 - 1e-6);
+    let start = (Array1::zeros(x.ncols()), (rate / (1.0 - rate)).ln());
+    if y.len() < MIN_ROWS {
+        return Ok(start);
+    }
+    // A strided subsample: the rows are in time order, so every 20th row spans the period.
+    let idx: Vec<usize> = (0..y.len()).step_by(STRIDE).collect();
+    let xs = x.select(Axis(0), &idx);
+    let ys = y.select(Axis(0), &idx);
+    let sub_successes = ys.iter().filter(|v| **v).count();
+    if sub_successes == 0 || sub_successes == ys.len() {
+        return Ok(start);
+    }
+    let k = ys.len() as f64;
+    // The same problem per row: the penalty shrinks with the rows it is weighed against.
+    fit_penalty(
+        &xs,
+        &ys,
+        alpha * k / n,
+        tolerance * k,
+        max_iterations,
+        Some(&start),
+    )
+}
+
+/// Standardizes on the training rows and fits every candidate penalty, keeping the one
+/// with the lowest validation log-loss. `on_trial` is told each penalty tried.
+///
+/// # Errors
+/// [`TrainError::SingleClass`] if the training rows are all successes or all failures;
+/// [`TrainError::Fit`] if the solver fails.
+pub fn fit(
+    train: &[AttemptContext],
+    y_train: &[bool],
+    validation: &[AttemptContext],
+    y_validation: &[bool],
+    opts: &FitOptions,
+    mut on_trial: impl FnMut(&AlphaTrial),
+) -> Result<(Fitted, Vec<AlphaTrial>), TrainError> {
+    let successes = y_train.iter().filter(|v| **v).count();
+    if successes == 0 || successes == y_train.len() {
+        return Err(TrainError::SingleClass {
+            rows: y_train.len(),
+            successes,
+        });
+    }
+    if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !(a.is_finite() && *a >= 0.0)) {
+        return Err(TrainError::Fit(format!(
+            "alphas must be non-negative numbers, got {:?}",
+            opts.alphas
+        )));
+    }
+    let x64 = matrix(train);
+    let s = scaler(&x64);
+    // Standardized features in f32 for the solver: each L-BFGS step streams the whole
+    // matrix twice, so half the bytes is nearly half the time.
+    let x = standardized::<f32>(&x64, &s);
+    drop(x64);
+    let mut xv = matrix(validation);
+    standardize(&mut xv, &s);
+    let y = Array1::from(y_train.to_vec());
+
+    let mut trials = Vec::new();
+    let mut best: Option<(f64, Array1<f64>, f64, f64)> = None;
+    let mut start = Some(initial_guess(
+        &x,
+        &y,
+        opts.alphas[0],
+        opts.tolerance,
+        opts.max_iterations,
+    )?);
+    for &alpha in &opts.alphas {
+        let (w, b) = fit_penalty(
+            &x,
+            &y,
+            alpha,
+            opts.tolerance * x.nrows() as f64,
+            opts.max_iterations,
+            start.as_ref(),
+        )?;
+        // Without validation rows the training loss decides (and the first penalty wins ties).
+        let loss = if y_validation.is_empty() {
+            log_loss(&x.mapv(f64::from), y_train, &w, b)
+        } else {
+            log_loss(&xv, y_validation, &w, b)
+        };
+        let trial = AlphaTrial {
+            alpha,
+            validation_log_loss: loss,
+        };
+        on_trial(&trial);
+        trials.push(trial);
+        if best.as_ref().is_none_or(|(l, ..)| loss < *l) {
+            best = Some((loss, w.clone(), b, alpha));
+        }
+        start = Some((w, b));
+    }
+    let (_, w, b, alpha) = best.ok_or_else(|| TrainError::Fit("no penalty was tried".into()))?;
+    Ok((
+        Fitted {
+            scaler: s,
+            weights: w.to_vec(),
+            intercept: b,
+            alpha,
+        },
+        trials,
+    ))
+}

@@ -1,0 +1,347 @@
+//! # retrywise-train
+//!
+//! From logged attempts to a calibrated probability that the next attempt succeeds.
+//!
+//! [`data`] resolves and scans Parquet and NDJSON logs with polars and turns each row back
+//! into an `AttemptContext`; the numbers the model sees come from the one feature encoder,
+//! `retrywise::features`. [`train`] splits the rows by time (validation later than
+//! training), fits linfa-logistic with the L2 penalty chosen on validation ([`fit`]),
+//! evaluates the model next to a per-error-kind baseline ([`evaluate`], [`metrics`]) through
+//! the same `LogisticModel` every server and policy uses, and writes a new version
+//! `models/<name>/<version>/{model.json, metrics.json, report.html}` ([`store`], [`report`]).
+//!
+//! ```no_run
+//! use retrywise_train::{TrainOptions, train};
+//!
+//! let mut opts = TrainOptions::new(vec!["data/sample".into()], "models", "default");
+//! let trained = train(&opts, &mut |step| eprintln!("{step:?}"))?;
+//! println!("version {} in {}", trained.version, trained.dir.display());
+//! # Ok::<(), retrywise_train::TrainError>(())
+//! ```
+
+pub mod data;
+mod error;
+pub mod evaluate;
+pub mod fit;
+pub mod metrics;
+pub mod report;
+pub mod store;
+pub mod synthetic;
+
+use std::path::PathBuf;
+
+pub use error::TrainError;
+use retrywise::model::{
+    ARTIFACT_FORMAT, ARTIFACT_SCHEMA, FeatureSpec, LOGISTIC, LabelSpec, LogisticModel,
+    ModelArtifact, POSITIVE_LABEL, Regularization,
+};
+use serde::Serialize;
+
+use data::{Filter, InputFile, LoadSummary, Rows};
+use evaluate::{Baseline, Evaluation, evaluate};
+use fit::{AlphaTrial, FitOptions};
+
+/// How to train.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Files, folders or globs of Parquet and NDJSON logs.
+    pub data: Vec<String>,
+    /// The models folder; the model goes to `<models>/<name>/<next version>/`.
+    pub models: PathBuf,
+    /// The model's name.
+    pub name: String,
+    /// Which rows.
+    pub filter: Filter,
+    /// The share of rows, latest first, held out for validation.
+    pub validation_fraction: f64,
+    /// The fit.
+    pub fit: FitOptions,
+}
+
+impl TrainOptions {
+    /// Defaults: all rows, the latest 20 % for validation, the default penalty search.
+    pub fn new(data: Vec<String>, models: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        Self {
+            data,
+            models: models.into(),
+            name: name.into(),
+            filter: Filter::default(),
+            validation_fraction: 0.2,
+            fit: FitOptions::default(),
+        }
+    }
+}
+
+/// Progress of a training run, for bars and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Files found.
+    Resolved {
+        /// How many.
+        files: usize,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// One file read.
+    FileRead(PathBuf),
+    /// All files read.
+    Loaded(LoadSummary),
+    /// Rows split.
+    Split {
+        /// Training rows.
+        train: usize,
+        /// Validation rows.
+        validation: usize,
+    },
+    /// A penalty fitted.
+    Trial(AlphaTrial),
+    /// Evaluated.
+    Evaluated,
+    /// Written.
+    Written(PathBuf),
+}
+
+/// The split of rows by time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitSummary {
+    /// Training rows.
+    pub train_rows: usize,
+    /// Validation rows.
+    pub validation_rows: usize,
+    /// Validation rows are those started at or after this time (ms since the epoch); all
+    /// training rows started before it.
+    pub validation_from_ms: u64,
+}
+
+/// Splits rows by time: the latest `fraction` (at least) go to validation; rows sharing
+/// the cut-off millisecond all go to validation, so no training row is later than a
+/// validation row.
+///
+/// # Errors
+/// [`TrainError::Split`] when there are too few rows or distinct times for both sides.
+pub fn split_by_time(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSummary), TrainError> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(TrainError::Split(format!(
+            "the validation fraction must be within (0, 1), got {fraction}"
+        )));
+    }
+    let n = rows.len();
+    if n < 2 {
+        return Err(TrainError::Split(format!("{n} rows")));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by_key(|&i| rows.started_at_ms[i]);
+    let cut = ((n as f64) * (1.0 - fraction)).floor() as usize;
+    let cut = cut.clamp(1, n - 1);
+    let from = rows.started_at_ms[idx[cut]];
+    // Everything at the cut-off time goes to validation.
+    let first_val = idx.partition_point(|&i| rows.started_at_ms[i] < from);
+    if first_val == 0 {
+        return Err(TrainError::Split(format!(
+            "all {n} rows start at the same millisecond"
+        )));
+    }
+    let (t, v) = idx.split_at(first_val);
+    let summary = SplitSummary {
+        train_rows: t.len(),
+        validation_rows: v.len(),
+        validation_from_ms: from,
+    };
+    Ok((rows.select(t), rows.select(v), summary))
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The version written.
+    pub version: u32,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// The artifact.
+    pub artifact: ModelArtifact,
+    /// Validation metrics of the model and the baseline.
+    pub evaluation: Evaluation,
+}
+
+/// A short version string of this build (crate version and, when built from git, the
+/// commit).
+pub fn code_version() -> String {
+    match option_env!("RETRYWISE_GIT_COMMIT") {
+        Some(c) if !c.is_empty() => format!("retrywise-train {} ({c})", env!("CARGO_PKG_VERSION")),
+        _ => format!("retrywise-train {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Trains a model and writes it as a new version.
+///
+/// # Errors
+/// Unusable inputs, no rows, a single class, a failed fit, or a failed write.
+pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trained, TrainError> {
+    let span = tracing::info_span!("train", name = %opts.name);
+    let _enter = span.enter();
+    let files: Vec<InputFile> = data::resolve(&opts.data)?;
+    progress(Step::Resolved {
+        files: files.len(),
+        bytes: files.iter().map(|f| f.bytes).sum(),
+    });
+    let (rows, load) = data::load(&files, &opts.filter, |f| {
+        progress(Step::FileRead(f.path.clone()))
+    })?;
+    tracing::info!(
+        rows = load.rows,
+        skipped = load.skipped_total(),
+        files = files.len(),
+        "loaded"
+    );
+    progress(Step::Loaded(load.clone()));
+    if rows.is_empty() {
+        return Err(TrainError::NoData(format!(
+            "{} rows read, none usable (skipped: {:?})",
+            load.rows_read, load.skipped
+        )));
+    }
+    let (tr, va, split) = split_by_time(&rows, opts.validation_fraction)?;
+    progress(Step::Split {
+        train: tr.len(),
+        validation: va.len(),
+    });
+    let (fitted, trials) = fit::fit(
+        &tr.contexts,
+        &tr.success,
+        &va.contexts,
+        &va.success,
+        &opts.fit,
+        |t| {
+            tracing::info!(
+                alpha = t.alpha,
+                validation_log_loss = t.validation_log_loss,
+                "fitted"
+            );
+            progress(Step::Trial(t.clone()));
+        },
+    )?;
+    let baseline = Baseline::fit(&tr.contexts, &tr.success);
+    let fingerprint = store::fingerprint(&files)?;
+    let (t0, t1) = (
+        rows.started_at_ms.iter().copied().min().unwrap_or(0),
+        rows.started_at_ms.iter().copied().max().unwrap_or(0),
+    );
+    let mut artifact = ModelArtifact {
+        format: ARTIFACT_FORMAT.into(),
+        schema_version: ARTIFACT_SCHEMA.into(),
+        name: opts.name.clone(),
+        version: 0,
+        kind: LOGISTIC.into(),
+        label: LabelSpec {
+            positive: POSITIVE_LABEL.into(),
+            definition: "outcome == \"success\"".into(),
+        },
+        features: FeatureSpec::current(),
+        scaler: fitted.scaler.clone(),
+        weights: fitted.weights.clone(),
+        intercept: fitted.intercept,
+        regularization: Regularization {
+            kind: "l2".into(),
+            alpha: fitted.alpha,
+        },
+        training: serde_json::json!({
+            "rows": rows.len(),
+            "train_rows": split.train_rows,
+            "validation_rows": split.validation_rows,
+            "validation_from_ms": split.validation_from_ms,
+            "time_range_ms": [t0, t1],
+            "success_rate": rows.success.iter().filter(|s| **s).count() as f64 / rows.len() as f64,
+            "files": files.iter().map(|f| serde_json::json!({"path": f.path, "bytes": f.bytes, "format": f.format})).collect::<Vec<_>>(),
+            "fingerprint": fingerprint,
+            "filter": {"targets": opts.filter.targets, "from_ms": opts.filter.from_ms, "until_ms": opts.filter.until_ms},
+            "skipped": load.skipped,
+            "alpha_search": trials,
+            "solver": {"library": "linfa-logistic 0.8 (L-BFGS)", "precision": "f32", "tolerance": opts.fit.tolerance, "max_iterations": opts.fit.max_iterations, "start": "the success log-odds, then a fit on every 20th row"},
+        }),
+        metrics: serde_json::Value::Null,
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        code_version: code_version(),
+    };
+    let model = LogisticModel::from_artifact(&artifact).map_err(|e| TrainError::Model {
+        path: opts.models.clone(),
+        source: e,
+    })?;
+    let evaluation = evaluate(&model, &baseline, &va.contexts, &va.success);
+    progress(Step::Evaluated);
+    artifact.metrics = serde_json::json!({
+        "validation": evaluation.model,
+        "baseline": {"kind": "success rate per previous error kind", "validation": evaluation.baseline, "rates": baseline},
+        "by_error": evaluation.by_error,
+        "delay_curves": report::delay_curves(&model, &va),
+    });
+    let html = report::html(&artifact, &evaluation, &model, &va)?;
+    let (version, dir) = store::write_new_version(&opts.models, &opts.name, &mut artifact, &html)?;
+    tracing::info!(version, dir = %dir.display(), "written");
+    progress(Step::Written(dir.clone()));
+    Ok(Trained {
+        version,
+        dir,
+        artifact,
+        evaluation,
+    })
+}
+
+/// A model's evaluation on other data.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// The model's name.
+    pub model: String,
+    /// Its version.
+    pub version: u32,
+    /// What was read.
+    pub load: LoadSummary,
+    /// The metrics, with the baseline the model was trained next to.
+    pub evaluation: Evaluation,
+}
+
+/// Evaluates the model in `model_dir` (a version folder or its `model.json`) on logs.
+///
+/// The baseline is the one stored with the model (success rates per previous error kind
+/// of its training data), so both are judged on data neither has seen.
+///
+/// # Errors
+/// An invalid artifact; unusable inputs; no usable rows.
+pub fn eval(
+    model_dir: &std::path::Path,
+    data: &[String],
+    filter: &Filter,
+    progress: &mut dyn FnMut(Step),
+) -> Result<EvalReport, TrainError> {
+    let artifact = store::load_artifact(model_dir)?;
+    let model = LogisticModel::from_artifact(&artifact).map_err(|source| TrainError::Model {
+        path: model_dir.to_path_buf(),
+        source,
+    })?;
+    let files = data::resolve(data)?;
+    progress(Step::Resolved {
+        files: files.len(),
+        bytes: files.iter().map(|f| f.bytes).sum(),
+    });
+    let (rows, load) = data::load(&files, filter, |f| progress(Step::FileRead(f.path.clone())))?;
+    progress(Step::Loaded(load.clone()));
+    if rows.is_empty() {
+        return Err(TrainError::NoData(format!(
+            "{} rows read, none usable (skipped: {:?})",
+            load.rows_read, load.skipped
+        )));
+    }
+    let baseline = artifact
+        .metrics
+        .get("baseline")
+        .and_then(|b| b.get("rates"))
+        .and_then(|r| serde_json::from_value::<Baseline>(r.clone()).ok())
+        .unwrap_or_else(|| Baseline::fit(&rows.contexts, &rows.success));
+    let evaluation = evaluate(&model, &baseline, &rows.contexts, &rows.success);
+    progress(Step::Evaluated);
+    Ok(EvalReport {
+        model: artifact.name,
+        version: artifact.version,
+        load,
+        evaluation,
+    })
+}

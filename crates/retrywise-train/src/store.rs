@@ -1,0 +1,169 @@
+//! The models folder: `models/<name>/<version>/{model.json, metrics.json, report.html}`.
+//!
+//! A version is written into a hidden staging folder and renamed into place, so a reader
+//! never sees half a version; an existing version is never overwritten (two trainers
+//! racing for the same number: the loser takes the next one).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use retrywise::model::ModelArtifact;
+
+use crate::TrainError;
+use crate::data::InputFile;
+
+/// The versions present under `models/<name>`, ascending.
+///
+/// # Errors
+/// I/O errors other than the folder not existing.
+pub fn versions(model_dir: &Path) -> Result<Vec<u32>, TrainError> {
+    let entries = match std::fs::read_dir(model_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io("read", model_dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| TrainError::io("read", model_dir, e))?;
+        if let Some(v) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            && entry.path().is_dir()
+        {
+            out.push(v);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| TrainError::io("create", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| TrainError::io("write", path, e))?;
+    f.sync_all().map_err(|e| TrainError::io("sync", path, e))
+}
+
+/// Writes `artifact` (with its version set), its metrics and `report_html` as the next
+/// version of `models/<name>`. Returns the version and its folder.
+///
+/// # Errors
+/// I/O errors; a name that is not a plain folder name.
+pub fn write_new_version(
+    models: &Path,
+    name: &str,
+    artifact: &mut ModelArtifact,
+    report_html: &str,
+) -> Result<(u32, PathBuf), TrainError> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+        return Err(TrainError::Input {
+            path: models.join(name),
+            problem: "is not a valid model name".into(),
+        });
+    }
+    let dir = models.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("create", &dir, e))?;
+    for _ in 0..100 {
+        let version = versions(&dir)?.last().copied().unwrap_or(0) + 1;
+        artifact.version = version;
+        let staging = dir.join(format!(".staging-{version}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir(&staging).map_err(|e| TrainError::io("create", &staging, e))?;
+        write_file(&staging.join("model.json"), artifact.to_json().as_bytes())?;
+        let metrics = serde_json::to_string_pretty(&serde_json::json!({
+            "name": artifact.name,
+            "version": version,
+            "metrics": artifact.metrics,
+            "training": artifact.training,
+        }))
+        .unwrap_or_default();
+        write_file(&staging.join("metrics.json"), metrics.as_bytes())?;
+        write_file(&staging.join("report.html"), report_html.as_bytes())?;
+        let target = dir.join(version.to_string());
+        if target.exists() {
+            let _ = std::fs::remove_dir_all(&staging);
+            continue;
+        }
+        match std::fs::rename(&staging, &target) {
+            Ok(()) => {
+                if let Ok(d) = std::fs::File::open(&dir) {
+                    let _ = d.sync_all();
+                }
+                return Ok((version, target));
+            }
+            // Someone else took the number between the check and the rename.
+            Err(_) if target.exists() => {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(TrainError::io("rename", &staging, e));
+            }
+        }
+    }
+    Err(TrainError::Input {
+        path: dir,
+        problem: "no free version number after 100 tries".into(),
+    })
+}
+
+/// Reads and validates `model.json` from a version folder (or the file itself).
+///
+/// # Errors
+/// Unreadable files; [`TrainError::Model`] for an invalid artifact.
+pub fn load_artifact(path: &Path) -> Result<ModelArtifact, TrainError> {
+    let file = if path.is_dir() {
+        path.join("model.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| TrainError::io("read", &file, e))?;
+    let artifact = ModelArtifact::from_json(&text).map_err(|source| TrainError::Model {
+        path: file.clone(),
+        source,
+    })?;
+    // In a version folder, the folder and the file must agree on the version.
+    if let Some(folder) = file
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<u32>().ok())
+        && folder != artifact.version
+    {
+        return Err(TrainError::Input {
+            path: file,
+            problem: format!(
+                "holds version {}, but sits in the folder of version {folder}",
+                artifact.version
+            ),
+        });
+    }
+    Ok(artifact)
+}
+
+/// A fingerprint of the training files: BLAKE3 over each file's name, size and content.
+///
+/// # Errors
+/// Unreadable files.
+pub fn fingerprint(files: &[InputFile]) -> Result<String, TrainError> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    for f in files {
+        h.update(f.path.to_string_lossy().as_bytes());
+        h.update(&f.bytes.to_le_bytes());
+        let mut file =
+            std::fs::File::open(&f.path).map_err(|e| TrainError::io("open", &f.path, e))?;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| TrainError::io("read", &f.path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(format!("blake3:{}", h.finalize().to_hex()))
+}

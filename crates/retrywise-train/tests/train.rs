@@ -1,0 +1,584 @@
+//! The trainer end to end on files: training, the never-overwriting store, the feature
+//! identity between training and serving, the pinned success label, and bad input.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use polars::prelude::*;
+use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Failure, Verdict};
+use retrywise::features;
+use retrywise::model::{LogisticModel, SuccessModel};
+use retrywise_collect::compact::FrameBuilder;
+use retrywise_train::data::{self, Filter};
+use retrywise_train::fit::{self, FitOptions};
+use retrywise_train::{TrainError, TrainOptions, store, synthetic, train};
+
+fn write_parquet(records: &[AttemptRecord], path: &Path) {
+    let mut fb = FrameBuilder::new();
+    for r in records {
+        fb.push(r);
+    }
+    let mut df = fb.finish().unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    ParquetWriter::new(std::fs::File::create(path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+}
+
+fn write_ndjson(records: &[AttemptRecord], path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for r in records {
+        writeln!(f, "{}", serde_json::to_string(r).unwrap()).unwrap();
+    }
+}
+
+fn write_df(mut df: DataFrame, path: &Path) {
+    ParquetWriter::new(std::fs::File::create(path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+}
+
+fn quiet(_: retrywise_train::Step) {}
+
+/// An error and its sources, as `main` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn opts(data: &Path, models: &Path) -> TrainOptions {
+    let mut o = TrainOptions::new(vec![data.to_string_lossy().into_owned()], models, "test");
+    // Two penalties keep the tests quick.
+    o.fit.alphas = vec![1.0, 100.0];
+    o
+}
+
+/// Hand-made records covering what the synthetic set does not: unknown health, statuses
+/// without an error, fractional milliseconds, huge and zero durations.
+fn edge_records() -> Vec<AttemptRecord> {
+    let mut out = Vec::new();
+    let mut ctx = AttemptContext::first("edge");
+    out.push(AttemptRecord::new(
+        1,
+        0,
+        1_000,
+        ctx.clone(),
+        &Verdict::Success,
+        Duration::from_micros(1_234_567),
+    ));
+    ctx.attempt = 2;
+    ctx.error = Some(ErrorKind::Http429);
+    ctx.status = Some(429);
+    ctx.retry_after = Some(Duration::from_nanos(1_500_000_001));
+    ctx.delay = Duration::from_nanos(1_499_999_999);
+    ctx.latency = Some(Duration::from_nanos(123_456_789));
+    ctx.elapsed = Duration::from_secs(86_400 * 30);
+    ctx.failure_rate = Some(1.0 / 3.0);
+    ctx.latency_p95 = Some(Duration::ZERO);
+    ctx.in_flight = Some(u32::MAX);
+    let fail = Verdict::Retryable(Failure::new(ErrorKind::Timeout));
+    out.push(AttemptRecord::new(
+        1,
+        1,
+        2_000,
+        ctx.clone(),
+        &fail,
+        Duration::from_millis(5),
+    ));
+    ctx.error = Some(ErrorKind::Connect);
+    ctx.status = None;
+    ctx.retry_after = None;
+    ctx.failure_rate = None;
+    ctx.latency_p95 = None;
+    ctx.in_flight = None;
+    out.push(AttemptRecord::new(2, 0, 3_000, ctx, &fail, Duration::ZERO));
+    out
+}
+
+#[test]
+fn a_record_yields_identical_features_in_training_and_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = synthetic::records(3_000, 11);
+    records.extend(edge_records());
+    let parquet = dir.path().join("p/attempts.parquet");
+    let ndjson = dir.path().join("n/attempts.ndjson");
+    write_parquet(&records, &parquet);
+    std::fs::create_dir_all(ndjson.parent().unwrap()).unwrap();
+    write_ndjson(&records, &ndjson);
+    let model = LogisticModel::from_weights(0.1, |name| (name.len() as f64 - 15.0) / 40.0);
+    for file in [&parquet, &ndjson] {
+        let files = data::resolve(&[file.to_string_lossy().into_owned()]).unwrap();
+        let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+        assert_eq!(summary.skipped_total(), 0, "{summary:?}");
+        assert_eq!(rows.len(), records.len());
+        for (i, r) in records.iter().enumerate() {
+            // Serving: the context as the HTTP API receives it, i.e. the record's JSON.
+            let served: AttemptRecord =
+                serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap();
+            let want = features::encode(&served.context);
+            let got = features::encode(&rows.contexts[i]);
+            assert_eq!(
+                want.map(f64::to_bits),
+                got.map(f64::to_bits),
+                "row {i} of {}: {:?} vs {:?}",
+                file.display(),
+                served.context,
+                rows.contexts[i]
+            );
+            // And what the policy itself knew when it made the attempt.
+            assert_eq!(
+                features::encode(&r.context).map(f64::to_bits),
+                want.map(f64::to_bits),
+                "row {i}"
+            );
+            assert_eq!(
+                model.p_success(&rows.contexts[i]).to_bits(),
+                model.p_success(&r.context).to_bits()
+            );
+            assert_eq!(
+                rows.success[i],
+                r.outcome == retrywise::attempt::Outcome::Success
+            );
+        }
+    }
+}
+
+#[test]
+fn trains_a_model_that_beats_the_baseline_and_never_overwrites_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/attempts.parquet");
+    write_parquet(&synthetic::records(20_000, 5), &data);
+    let models = dir.path().join("models");
+    let mut steps = Vec::new();
+    let first = train(&opts(&data, &models), &mut |s| steps.push(s)).unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(first.dir, models.join("test/1"));
+    for f in ["model.json", "metrics.json", "report.html"] {
+        assert!(first.dir.join(f).is_file(), "{f}");
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|s| matches!(s, retrywise_train::Step::Trial(_)))
+    );
+    // What was written is what the loader accepts, and predicts as trained.
+    let art = store::load_artifact(&first.dir).unwrap();
+    assert_eq!(art, first.artifact);
+    assert_eq!(art.training["rows"], 20_000);
+    assert_eq!(
+        art.training["train_rows"].as_u64().unwrap()
+            + art.training["validation_rows"].as_u64().unwrap(),
+        20_000
+    );
+    assert!(
+        art.training["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("blake3:")
+    );
+    let m = &first.evaluation.model;
+    let b = &first.evaluation.baseline;
+    assert!(m.auc.unwrap() > b.auc.unwrap() + 0.01, "{m:?} vs {b:?}");
+    assert!(
+        m.brier < b.brier && m.log_loss < b.log_loss && m.ece < 0.03,
+        "{m:?} vs {b:?}"
+    );
+    let html = std::fs::read_to_string(first.dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("http_429"));
+
+    // Training again makes version 2; version 1 is left byte for byte.
+    let before = std::fs::read(first.dir.join("model.json")).unwrap();
+    let second = train(&opts(&data, &models), &mut quiet).unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(std::fs::read(first.dir.join("model.json")).unwrap(), before);
+    assert_eq!(store::versions(&models.join("test")).unwrap(), [1, 2]);
+    // Same data, same fit: the same weights.
+    assert_eq!(second.artifact.weights, first.artifact.weights);
+    // A leftover staging folder or stray file is not a version.
+    std::fs::create_dir_all(models.join("test/.staging-3-1")).unwrap();
+    std::fs::write(models.join("test/notes.txt"), "x").unwrap();
+    assert_eq!(train(&opts(&data, &models), &mut quiet).unwrap().version, 3);
+}
+
+#[test]
+fn the_trainer_filters_by_target_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("attempts.parquet");
+    let recs = synthetic::records(9_000, 2);
+    write_parquet(&recs, &data);
+    let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
+    let mid = recs[4_500].started_at_ms;
+    let filter = Filter {
+        targets: vec!["payments".into()],
+        from_ms: Some(mid),
+        until_ms: None,
+    };
+    let (rows, _) = data::load(&files, &filter, |_| {}).unwrap();
+    let want = recs
+        .iter()
+        .filter(|r| &*r.context.target == "payments" && r.started_at_ms >= mid)
+        .count();
+    assert_eq!(rows.len(), want);
+    assert!(rows.contexts.iter().all(|c| &*c.target == "payments"));
+    assert!(rows.started_at_ms.iter().all(|t| *t >= mid));
+}
+
+/// The trap: linfa-logistic's probabilities are for the class it took as positive, which
+/// follows class frequency. When success is rare, linfa takes *failure* as positive; the
+/// trainer must still give the probability of success.
+#[test]
+fn success_keeps_its_meaning_when_it_is_rare_or_common() {
+    for shift in [-4.0, 4.0] {
+        let recs = synthetic::records_shifted(30_000, 9, shift);
+        let ctxs: Vec<_> = recs.iter().map(|r| r.context.clone()).collect();
+        let y: Vec<bool> = recs
+            .iter()
+            .map(|r| r.outcome == retrywise::attempt::Outcome::Success)
+            .collect();
+        let rate = y.iter().filter(|v| **v).count() as f64 / y.len() as f64;
+        assert!(
+            if shift < 0.0 { rate < 0.1 } else { rate > 0.9 },
+            "success rate {rate}"
+        );
+        // linfa itself, to show the trap is live in this data.
+        let x = fit::matrix(&ctxs);
+        let ds = linfa::DatasetView::new(x.view(), ndarray::ArrayView1::from(&y[..]));
+        use linfa::prelude::*;
+        let raw = linfa_logistic::LogisticRegression::default()
+            .max_iterations(5)
+            .fit(&ds)
+            .unwrap();
+        assert_eq!(
+            raw.labels().pos.class,
+            shift > 0.0,
+            "linfa's positive class follows frequency"
+        );
+
+        let opts = FitOptions {
+            alphas: vec![1.0],
+            ..FitOptions::default()
+        };
+        let (fitted, _) = fit::fit(&ctxs, &y, &[], &[], &opts, |_| {}).unwrap();
+        let model = fitted.model().unwrap();
+        let p: Vec<f64> = ctxs.iter().map(|c| model.p_success(c)).collect();
+        let mean = p.iter().sum::<f64>() / p.len() as f64;
+        assert!(
+            (mean - rate).abs() < 0.01,
+            "mean p(success) {mean} vs success rate {rate}"
+        );
+        let auc = retrywise_train::metrics::auc(&p, &y).unwrap();
+        assert!(auc > 0.7, "p ranks successes first: AUC {auc}");
+        // A high failure rate hurts, in the model as in the rule that made the data.
+        let mut good = AttemptContext::first("t");
+        good.failure_rate = Some(0.0);
+        let mut bad = good.clone();
+        bad.failure_rate = Some(0.9);
+        assert!(model.p_success(&good) > model.p_success(&bad));
+    }
+}
+
+#[test]
+fn the_time_split_never_leaks_the_future_into_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a.parquet");
+    let mut recs = synthetic::records(2_000, 3);
+    // Shuffle the times, with many ties.
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.started_at_ms = ((i * 7_919) % 301) as u64;
+    }
+    write_parquet(&recs, &data);
+    let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
+    let (rows, _) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    let (tr, va, s) = retrywise_train::split_by_time(&rows, 0.2).unwrap();
+    assert_eq!(tr.len() + va.len(), rows.len());
+    assert!(va.len() >= 400);
+    assert!(tr.started_at_ms.iter().all(|t| *t < s.validation_from_ms));
+    assert!(va.started_at_ms.iter().all(|t| *t >= s.validation_from_ms));
+}
+
+fn err_of(data: &Path, models: &Path) -> TrainError {
+    train(&opts(data, models), &mut quiet).unwrap_err()
+}
+
+#[test]
+fn no_data_empty_data_and_a_single_class_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    // A folder without logs.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = err_of(&empty, &models);
+    assert!(matches!(e, TrainError::NoData(_)), "{e}");
+    assert!(e.to_string().contains("no Parquet or NDJSON files"), "{e}");
+    // A path that does not exist, a file of another kind, a bad glob.
+    let e = err_of(&dir.path().join("nowhere"), &models);
+    assert!(e.to_string().ends_with("does not exist"), "{e}");
+    std::fs::write(dir.path().join("a.csv"), "x\n").unwrap();
+    let e = err_of(&dir.path().join("a.csv"), &models);
+    assert!(e.to_string().contains("is neither Parquet"), "{e}");
+    let e = train(
+        &TrainOptions::new(vec![format!("{}/[", dir.path().display())], &models, "t"),
+        &mut quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not a valid glob"), "{e}");
+    // A Parquet file with the schema and no rows.
+    let zero = dir.path().join("zero/a.parquet");
+    write_parquet(&[], &zero);
+    let e = err_of(&zero, &models);
+    assert!(matches!(e, TrainError::NoData(_)), "{e}");
+    // An NDJSON file of nothing but garbage.
+    let junk = dir.path().join("junk.ndjson");
+    std::fs::write(&junk, "{not json\n\n42\n").unwrap();
+    let e = err_of(&junk, &models);
+    assert!(
+        matches!(e, TrainError::NoData(_) | TrainError::Polars { .. }),
+        "{e}"
+    );
+    // All successes.
+    let all_ok: Vec<_> = synthetic::records(500, 1)
+        .into_iter()
+        .map(|mut r| {
+            r.outcome = retrywise::attempt::Outcome::Success;
+            r
+        })
+        .collect();
+    let one = dir.path().join("one/a.parquet");
+    write_parquet(&all_ok, &one);
+    let e = err_of(&one, &models);
+    assert!(
+        matches!(
+            e,
+            TrainError::SingleClass {
+                successes: 400,
+                rows: 400
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("single class"), "{e}");
+    // Nothing was written for any of them.
+    assert!(!models.exists() || store::versions(&models.join("test")).unwrap().is_empty());
+}
+
+fn frame(cols: Vec<Column>) -> DataFrame {
+    let h = cols.first().map_or(0, Column::len);
+    DataFrame::new(h, cols).unwrap()
+}
+
+#[test]
+fn missing_and_mistyped_columns_name_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let p = dir.path().join("missing.parquet");
+    write_df(
+        frame(vec![
+            Column::new("started_at_ms".into(), [1u64, 2]),
+            Column::new("target".into(), ["a", "b"]),
+            Column::new("outcome".into(), ["success", "retryable"]),
+        ]),
+        &p,
+    );
+    let e = err_of(&p, &models);
+    assert!(
+        matches!(&e, TrainError::Schema { column, .. } if column == "attempt"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().ends_with("column `attempt` is missing"),
+        "{e}"
+    );
+    let p = dir.path().join("typed.parquet");
+    write_df(
+        frame(vec![
+            Column::new("started_at_ms".into(), [1u64, 2]),
+            Column::new("target".into(), [1i32, 2]),
+            Column::new("attempt".into(), [1u32, 2]),
+            Column::new("outcome".into(), ["success", "retryable"]),
+        ]),
+        &p,
+    );
+    let e = err_of(&p, &models);
+    assert!(
+        e.to_string()
+            .contains("column `target` has type i32, expected str"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_are_skipped_and_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("values.parquet");
+    let n = 10;
+    let good = |i: usize| i >= 8;
+    // Rows 0..8 each carry one bad value; rows 8 and 9 are fine.
+    write_df(
+        frame(vec![
+            Column::new(
+                "started_at_ms".into(),
+                (0..n as i64)
+                    .map(|i| if i == 0 { -5 } else { i })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "target".into(),
+                (0..n)
+                    .map(|i| if i == 1 { None } else { Some("t") })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "attempt".into(),
+                (0..n)
+                    .map(|i| if i == 2 { 0i64 } else { 2 })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "error".into(),
+                (0..n)
+                    .map(|i| if i == 3 { "gremlins" } else { "timeout" })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "latency_ms".into(),
+                (0..n)
+                    .map(|i| if i == 4 { f64::NAN } else { 12.5 })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "delay_ms".into(),
+                (0..n)
+                    .map(|i| if i == 5 { -1.0 } else { 100.0 })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "failure_rate".into(),
+                (0..n)
+                    .map(|i| if i == 6 { 1.5 } else { 0.2 })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "in_flight".into(),
+                (0..n)
+                    .map(|i| if i == 7 { -3i64 } else { 4 })
+                    .collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "outcome".into(),
+                (0..n)
+                    .map(|i| if i == 9 { "retryable" } else { "success" })
+                    .collect::<Vec<_>>(),
+            ),
+        ]),
+        &p,
+    );
+    let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), (0..n).filter(|i| good(*i)).count());
+    assert_eq!(summary.rows_read, 10);
+    assert_eq!(summary.rows, 2);
+    let reasons: Vec<(&str, u64)> = summary
+        .skipped
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("a required value is missing or unreadable", 1),
+            ("attempt 0", 1),
+            ("failure rate outside [0, 1] or NaN", 1),
+            ("negative or non-finite duration", 2),
+            ("negative or out-of-range calls in flight", 1),
+            ("negative or out-of-range start time or attempt", 1),
+            ("unknown error kind", 1),
+        ]
+    );
+    assert_eq!(
+        rows.contexts[0].latency,
+        Some(Duration::from_micros(12_500))
+    );
+    assert_eq!(rows.contexts[0].in_flight, Some(4));
+}
+
+#[test]
+fn a_corrupt_or_mismatched_model_is_refused_by_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a.parquet");
+    write_parquet(&synthetic::records(5_000, 4), &data);
+    let models = dir.path().join("models");
+    let t = train(&opts(&data, &models), &mut quiet).unwrap();
+    let path = t.dir.join("model.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Truncated.
+    std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+    let e = store::load_artifact(&t.dir).unwrap_err();
+    assert!(matches!(e, TrainError::Model { .. }), "{e}");
+    assert!(
+        chain(&e).contains("model.json is not a valid artifact"),
+        "{e}"
+    );
+    // Trained on another feature set.
+    std::fs::write(
+        &path,
+        text.replace("retrywise-features/1", "retrywise-features/9"),
+    )
+    .unwrap();
+    let e = store::load_artifact(&t.dir).unwrap_err();
+    assert!(
+        chain(&e).contains("`features.set` is `retrywise-features/9`"),
+        "{e}"
+    );
+    // Copied into another version's folder.
+    std::fs::write(&path, &text).unwrap();
+    let moved = models.join("test/7");
+    std::fs::create_dir_all(&moved).unwrap();
+    std::fs::write(moved.join("model.json"), &text).unwrap();
+    let e = store::load_artifact(&moved).unwrap_err();
+    assert!(e.to_string().contains("holds version 1"), "{e}");
+    // Missing.
+    let e = store::load_artifact(&models.join("test/99")).unwrap_err();
+    assert!(matches!(e, TrainError::Io { .. }), "{e}");
+    // Evaluation refuses it too.
+    std::fs::write(&path, "{}").unwrap();
+    let e = retrywise_train::eval(
+        &t.dir,
+        &[data.to_string_lossy().into_owned()],
+        &Filter::default(),
+        &mut quiet,
+    )
+    .unwrap_err();
+    assert!(chain(&e).contains("missing field"), "{e}");
+}
+
+#[test]
+fn eval_scores_a_model_on_other_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.parquet");
+    write_parquet(&synthetic::records(20_000, 21), &data);
+    let models = dir.path().join("models");
+    let t = train(&opts(&data, &models), &mut quiet).unwrap();
+    let other: PathBuf = dir.path().join("other.ndjson");
+    write_ndjson(&synthetic::records(5_000, 22), &other);
+    let r = retrywise_train::eval(
+        &t.dir,
+        &[other.to_string_lossy().into_owned()],
+        &Filter::default(),
+        &mut quiet,
+    )
+    .unwrap();
+    assert_eq!((r.model.as_str(), r.version), ("test", 1));
+    assert_eq!(r.load.rows, 5_000);
+    assert_eq!(r.evaluation.model.rows, 5_000);
+    assert!(r.evaluation.model.auc.unwrap() > r.evaluation.baseline.auc.unwrap());
+    assert!(r.evaluation.by_error.iter().any(|k| k.kind == "http_429"));
+}

@@ -1,0 +1,278 @@
+//! The feature encoder: the one place where an [`AttemptContext`] becomes the numbers a
+//! model sees.
+//!
+//! The trainer, the prediction service and embedded policies all call [`encode`], so a
+//! model can never see different numbers in training and in serving. The set is
+//! versioned ([`FEATURE_SET`]); a model artifact names the set it was trained with and is
+//! refused if that is not this one.
+//!
+//! Durations enter as `ln(1 + milliseconds)`: what matters for a retry is the order of
+//! magnitude of a wait, and logarithms keep hours-long outliers from dominating. The
+//! previous error is one-hot encoded, and the log-delay is also given per error kind, so a
+//! linear model can learn that waiting helps after a 429 and not during an outage.
+//!
+//! ```
+//! use std::time::Duration;
+//! use retrywise::attempt::{AttemptContext, ErrorKind};
+//! use retrywise::features::{self, Feature};
+//!
+//! let mut ctx = AttemptContext::first("api");
+//! ctx.attempt = 2;
+//! ctx.error = Some(ErrorKind::Http429);
+//! ctx.status = Some(429);
+//! ctx.retry_after = Some(Duration::from_secs(1));
+//! ctx.delay = Duration::from_millis(1500);
+//! let x = features::encode(&ctx);
+//! assert_eq!(x[Feature::Retry as usize], 1.0);
+//! assert_eq!(x[Feature::ErrorHttp429 as usize], 1.0);
+//! assert_eq!(x[Feature::WaitedRetryAfter as usize], 1.0);
+//! assert!((x[Feature::LogDelayXHttp429 as usize] - 1501f64.ln()).abs() < 1e-12);
+//! ```
+
+use std::time::Duration;
+
+use crate::attempt::{AttemptContext, ErrorKind};
+
+/// The name and version of this feature set, recorded in every model artifact.
+pub const FEATURE_SET: &str = "retrywise-features/1";
+
+/// Retries beyond this count are encoded as this count.
+pub const MAX_RETRY: u32 = 10;
+
+/// The error kinds with a one-hot column, in column order.
+pub const ERROR_KINDS: [ErrorKind; 8] = [
+    ErrorKind::Timeout,
+    ErrorKind::Connect,
+    ErrorKind::Reset,
+    ErrorKind::Http429,
+    ErrorKind::Http503,
+    ErrorKind::Http5xx,
+    ErrorKind::Http4xx,
+    ErrorKind::Other,
+];
+
+macro_rules! features {
+    ($($variant:ident = $name:literal: $doc:literal,)*) => {
+        /// A column of the feature vector; `Feature::X as usize` is its index.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum Feature {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        /// Every feature, in column order.
+        pub const ALL: &[Feature] = &[$(Feature::$variant,)*];
+
+        impl Feature {
+            /// The column name (in artifacts, reports and the HTTP API).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Feature::$variant => $name,)*
+                }
+            }
+
+            /// What the column holds.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(Feature::$variant => $doc,)*
+                }
+            }
+        }
+    };
+}
+
+features! {
+    Retry = "retry": "Retries made before this attempt: attempt - 1, capped at 10.",
+    LogDelayMs = "log_delay_ms": "ln(1 + the wait before this attempt, ms).",
+    LogElapsedMs = "log_elapsed_ms": "ln(1 + time since the call's first attempt started, ms).",
+    LogLatencyMs = "log_latency_ms": "ln(1 + the previous attempt's latency, ms); 0 before the first attempt.",
+    ErrorTimeout = "error_timeout": "1 if the previous attempt timed out.",
+    ErrorConnect = "error_connect": "1 if the previous attempt could not connect.",
+    ErrorReset = "error_reset": "1 if the previous attempt's connection was reset.",
+    ErrorHttp429 = "error_http_429": "1 if the previous attempt was rate limited (429).",
+    ErrorHttp503 = "error_http_503": "1 if the previous attempt got 503.",
+    ErrorHttp5xx = "error_http_5xx": "1 if the previous attempt got another 5xx.",
+    ErrorHttp4xx = "error_http_4xx": "1 if the previous attempt got a retryable 4xx (e.g. 408).",
+    ErrorOther = "error_other": "1 if the previous attempt failed otherwise.",
+    Status4xx = "status_4xx": "1 if the previous attempt's HTTP status was 4xx.",
+    Status5xx = "status_5xx": "1 if the previous attempt's HTTP status was 5xx.",
+    RetryAfter = "retry_after": "1 if the previous answer carried Retry-After.",
+    LogRetryAfterMs = "log_retry_after_ms": "ln(1 + the Retry-After asked for, ms); 0 without one.",
+    WaitedRetryAfter = "waited_retry_after": "1 if the wait before this attempt is at least the Retry-After asked for.",
+    LogShortOfRetryAfterMs = "log_short_of_retry_after_ms": "ln(1 + how much shorter than Retry-After the wait is, ms); 0 if it waited long enough or there is none.",
+    FailureRate = "failure_rate": "The target's recent failure rate in [0, 1]; 0 when unknown.",
+    FailureRateKnown = "failure_rate_known": "1 if the target's recent failure rate is known.",
+    LogLatencyP95Ms = "log_latency_p95_ms": "ln(1 + the target's recent p95 latency, ms); 0 when unknown.",
+    LogInFlight = "log_in_flight": "ln(1 + calls in flight to the target); 0 when unknown.",
+    LogDelayXTimeout = "log_delay_x_timeout": "log_delay_ms after a timeout (0 otherwise).",
+    LogDelayXConnect = "log_delay_x_connect": "log_delay_ms after a connect error (0 otherwise).",
+    LogDelayXReset = "log_delay_x_reset": "log_delay_ms after a reset (0 otherwise).",
+    LogDelayXHttp429 = "log_delay_x_http_429": "log_delay_ms after a 429 (0 otherwise).",
+    LogDelayXHttp503 = "log_delay_x_http_503": "log_delay_ms after a 503 (0 otherwise).",
+    LogDelayXHttp5xx = "log_delay_x_http_5xx": "log_delay_ms after another 5xx (0 otherwise).",
+    LogDelayXHttp4xx = "log_delay_x_http_4xx": "log_delay_ms after a retryable 4xx (0 otherwise).",
+    LogDelayXOther = "log_delay_x_other": "log_delay_ms after another failure (0 otherwise).",
+    LogDelayXFailureRate = "log_delay_x_failure_rate": "log_delay_ms times the recent failure rate.",
+}
+
+/// The number of features.
+pub const N_FEATURES: usize = ALL.len();
+
+fn log_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e3).ln_1p()
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// The feature vector of `ctx`, in the order of [`ALL`].
+///
+/// Total: every context yields finite numbers (durations are finite by construction; a
+/// failure rate outside `[0, 1]` or NaN is clamped, NaN to unknown).
+pub fn encode(ctx: &AttemptContext) -> [f64; N_FEATURES] {
+    let mut x = [0.0; N_FEATURES];
+    encode_into(ctx, &mut x);
+    x
+}
+
+/// Writes the feature vector of `ctx` into `x` (for filling rows of a matrix).
+pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
+    use Feature as F;
+    let log_delay = log_ms(ctx.delay);
+    x[F::Retry as usize] = f64::from(ctx.attempt.saturating_sub(1).min(MAX_RETRY));
+    x[F::LogDelayMs as usize] = log_delay;
+    x[F::LogElapsedMs as usize] = log_ms(ctx.elapsed);
+    x[F::LogLatencyMs as usize] = ctx.latency.map_or(0.0, log_ms);
+    for (i, kind) in ERROR_KINDS.iter().enumerate() {
+        let on = ctx.error == Some(*kind);
+        x[F::ErrorTimeout as usize + i] = flag(on);
+        x[F::LogDelayXTimeout as usize + i] = if on { log_delay } else { 0.0 };
+    }
+    x[F::Status4xx as usize] = flag(ctx.status.is_some_and(|s| (400..500).contains(&s)));
+    x[F::Status5xx as usize] = flag(ctx.status.is_some_and(|s| (500..600).contains(&s)));
+    x[F::RetryAfter as usize] = flag(ctx.retry_after.is_some());
+    x[F::LogRetryAfterMs as usize] = ctx.retry_after.map_or(0.0, log_ms);
+    x[F::WaitedRetryAfter as usize] = flag(ctx.retry_after.is_some_and(|ra| ctx.delay >= ra));
+    x[F::LogShortOfRetryAfterMs as usize] = ctx
+        .retry_after
+        .map_or(0.0, |ra| log_ms(ra.saturating_sub(ctx.delay)));
+    let rate = ctx
+        .failure_rate
+        .filter(|r| !r.is_nan())
+        .map(|r| r.clamp(0.0, 1.0));
+    x[F::FailureRate as usize] = rate.unwrap_or(0.0);
+    x[F::FailureRateKnown as usize] = flag(rate.is_some());
+    x[F::LogLatencyP95Ms as usize] = ctx.latency_p95.map_or(0.0, log_ms);
+    x[F::LogInFlight as usize] = ctx.in_flight.map_or(0.0, |n| f64::from(n).ln_1p());
+    x[F::LogDelayXFailureRate as usize] = log_delay * rate.unwrap_or(0.0);
+}
+
+/// The names of every feature, in column order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    ALL.iter().map(|f| f.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn columns_are_in_declaration_order_and_named_uniquely() {
+        for (i, f) in ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+        }
+        let mut names: Vec<_> = names().collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), N_FEATURES);
+        // The one-hot and interaction blocks follow ERROR_KINDS.
+        for (i, k) in ERROR_KINDS.iter().enumerate() {
+            assert_eq!(
+                ALL[Feature::ErrorTimeout as usize + i].name(),
+                format!("error_{}", k.as_str())
+            );
+            assert_eq!(
+                ALL[Feature::LogDelayXTimeout as usize + i].name(),
+                format!("log_delay_x_{}", k.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_attempt_is_mostly_zeros() {
+        let x = encode(&AttemptContext::first("t"));
+        assert!(x.iter().all(|v| *v == 0.0), "{x:?}");
+    }
+
+    #[test]
+    fn retry_after_waited_or_not() {
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 3;
+        ctx.error = Some(ErrorKind::Http503);
+        ctx.status = Some(503);
+        ctx.retry_after = Some(Duration::from_secs(2));
+        ctx.delay = Duration::from_millis(500);
+        let x = encode(&ctx);
+        assert_eq!(x[Feature::Retry as usize], 2.0);
+        assert_eq!(x[Feature::Status5xx as usize], 1.0);
+        assert_eq!(x[Feature::WaitedRetryAfter as usize], 0.0);
+        assert!((x[Feature::LogShortOfRetryAfterMs as usize] - 1501f64.ln()).abs() < 1e-12);
+        ctx.delay = Duration::from_secs(2);
+        let x = encode(&ctx);
+        assert_eq!(x[Feature::WaitedRetryAfter as usize], 1.0);
+        assert_eq!(x[Feature::LogShortOfRetryAfterMs as usize], 0.0);
+    }
+
+    #[test]
+    fn retries_are_capped() {
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = u32::MAX;
+        assert_eq!(encode(&ctx)[Feature::Retry as usize], f64::from(MAX_RETRY));
+    }
+
+    fn kind() -> impl Strategy<Value = Option<ErrorKind>> {
+        prop_oneof![
+            Just(None),
+            proptest::sample::select(ERROR_KINDS.to_vec()).prop_map(Some)
+        ]
+    }
+
+    proptest! {
+        /// Every context encodes to finite numbers, with exactly one error column set
+        /// after a failure (none before), and the interaction equal to the log-delay.
+        #[test]
+        fn encoding_is_total_and_consistent(
+            attempt in 1u32..=u32::MAX,
+            error in kind(),
+            status in proptest::option::of(100u16..600),
+            latency in proptest::option::of(0u64..u64::MAX / 4),
+            elapsed in 0u64..u64::MAX / 4,
+            retry_after in proptest::option::of(0u64..u64::MAX / 4),
+            delay in 0u64..u64::MAX / 4,
+            rate in proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
+            p95 in proptest::option::of(0u64..u64::MAX / 4),
+            in_flight in proptest::option::of(any::<u32>()),
+        ) {
+            let mut ctx = AttemptContext::first("t");
+            ctx.attempt = attempt;
+            ctx.error = error;
+            ctx.status = status;
+            ctx.latency = latency.map(Duration::from_nanos);
+            ctx.elapsed = Duration::from_nanos(elapsed);
+            ctx.retry_after = retry_after.map(Duration::from_nanos);
+            ctx.delay = Duration::from_nanos(delay);
+            ctx.failure_rate = rate;
+            ctx.latency_p95 = p95.map(Duration::from_nanos);
+            ctx.in_flight = in_flight;
+            let x = encode(&ctx);
+            prop_assert!(x.iter().all(|v| v.is_finite() && *v >= 0.0), "{:?}", x);
+            let hot: f64 = (0..ERROR_KINDS.len()).map(|i| x[Feature::ErrorTimeout as usize + i]).sum();
+            prop_assert_eq!(hot, if error.is_some() { 1.0 } else { 0.0 });
+            let inter: f64 = (0..ERROR_KINDS.len()).map(|i| x[Feature::LogDelayXTimeout as usize + i]).sum();
+            prop_assert_eq!(inter, if error.is_some() { x[Feature::LogDelayMs as usize] } else { 0.0 });
+            prop_assert!(x[Feature::FailureRate as usize] <= 1.0);
+        }
+    }
+}

@@ -1,0 +1,626 @@
+//! The model artifact (`model.json`) and its evaluation, without polars or linfa.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::SuccessModel;
+use crate::attempt::AttemptContext;
+use crate::features::{self, FEATURE_SET, N_FEATURES};
+
+/// The artifact format this crate reads and writes.
+pub const ARTIFACT_FORMAT: &str = "retrywise-model";
+
+/// The artifact schema version this crate writes; it reads any `1.x`.
+pub const ARTIFACT_SCHEMA: &str = "1.0";
+
+/// The model family of the artifacts this crate evaluates.
+pub const LOGISTIC: &str = "logistic_regression";
+
+/// The class a model's probability is for: always the attempt's success.
+pub const POSITIVE_LABEL: &str = "success";
+
+/// Why an artifact was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// Not JSON, or not the artifact's shape.
+    #[error("model.json is not a valid artifact: {message} (line {line}, column {column})")]
+    Json {
+        /// What the parser said (it names the field when a field is wrong).
+        message: String,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+    },
+    /// Another format altogether.
+    #[error("`format` is `{0}`, expected `{ARTIFACT_FORMAT}`")]
+    Format(String),
+    /// A schema version this crate cannot read.
+    #[error("`schema_version` {found} is not supported (this build reads 1.x)")]
+    Schema {
+        /// The version in the file.
+        found: String,
+    },
+    /// A model family this crate cannot evaluate.
+    #[error("`kind` is `{0}`, expected `{LOGISTIC}`")]
+    Kind(String),
+    /// The probability is not for success.
+    #[error("`label.positive` is `{0}`, expected `{POSITIVE_LABEL}`")]
+    Label(String),
+    /// Trained on another feature set than this build encodes.
+    #[error("`features.set` is `{found}`, this build encodes `{FEATURE_SET}`")]
+    FeatureSet {
+        /// The set named in the file.
+        found: String,
+    },
+    /// The feature names differ from the encoder's.
+    #[error("`features.names[{index}]` is `{found}`, the encoder's column {index} is `{expected}`")]
+    FeatureName {
+        /// The column.
+        index: usize,
+        /// The encoder's name.
+        expected: &'static str,
+        /// The file's name.
+        found: String,
+    },
+    /// A vector of the wrong length.
+    #[error("`{field}` has {found} values, expected {expected}")]
+    Length {
+        /// The field.
+        field: &'static str,
+        /// The number of features.
+        expected: usize,
+        /// What the file has.
+        found: usize,
+    },
+    /// A number that is NaN, infinite or out of range.
+    #[error("`{field}` is invalid: {problem}")]
+    Value {
+        /// The field (with the index for vectors).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The label a model predicts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelSpec {
+    /// The class whose probability the model gives: `success`.
+    pub positive: String,
+    /// How the label is read off a record.
+    pub definition: String,
+}
+
+/// The features a model was trained on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    /// The encoder's feature set ([`FEATURE_SET`]).
+    pub set: String,
+    /// The column names, in order.
+    pub names: Vec<String>,
+    /// What each column holds.
+    pub descriptions: Vec<String>,
+}
+
+impl FeatureSpec {
+    /// The spec of this build's encoder.
+    pub fn current() -> Self {
+        Self {
+            set: FEATURE_SET.to_owned(),
+            names: features::ALL.iter().map(|f| f.name().to_owned()).collect(),
+            descriptions: features::ALL
+                .iter()
+                .map(|f| f.description().to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// Standardization applied to each feature before the weights: `(x - mean) / scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    /// Per-feature mean over the training rows.
+    pub mean: Vec<f64>,
+    /// Per-feature standard deviation over the training rows (1 where it was 0).
+    pub scale: Vec<f64>,
+}
+
+/// The regularization the model was fitted with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Regularization {
+    /// `l2`.
+    pub kind: String,
+    /// The penalty `alpha` of `Σ log-loss + alpha/2 · |w|²` (scikit-learn's `1/C`).
+    pub alpha: f64,
+}
+
+/// A trained model as stored in `models/<name>/<version>/model.json`.
+///
+/// Everything needed to evaluate it is typed; what describes the training (`training`,
+/// `metrics`) is kept as JSON for display. Fields this build does not know (added by a
+/// later `1.x`) are ignored; a missing or mistyped field is an error naming it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelArtifact {
+    /// [`ARTIFACT_FORMAT`].
+    pub format: String,
+    /// [`ARTIFACT_SCHEMA`] when written by this build.
+    pub schema_version: String,
+    /// The model's name (its folder).
+    pub name: String,
+    /// Its version (its subfolder).
+    pub version: u32,
+    /// [`LOGISTIC`].
+    pub kind: String,
+    /// What the probability is of.
+    pub label: LabelSpec,
+    /// The features.
+    pub features: FeatureSpec,
+    /// The standardization.
+    pub scaler: Scaler,
+    /// One weight per standardized feature.
+    pub weights: Vec<f64>,
+    /// The intercept.
+    pub intercept: f64,
+    /// How it was regularized.
+    pub regularization: Regularization,
+    /// The training data: rows, time range, files and their fingerprint, the split.
+    pub training: serde_json::Value,
+    /// Validation metrics of the model and of the baseline.
+    pub metrics: serde_json::Value,
+    /// When it was trained (RFC 3339, UTC).
+    pub created_at: String,
+    /// The version of the code that trained it.
+    pub code_version: String,
+}
+
+fn finite(field: impl fmt::Display, v: f64) -> Result<(), ModelError> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(ModelError::Value {
+            field: field.to_string(),
+            problem: format!("{v} is not a finite number"),
+        })
+    }
+}
+
+impl ModelArtifact {
+    /// Parses and validates an artifact.
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming what is wrong.
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let artifact: ModelArtifact = serde_json::from_str(text).map_err(|e| ModelError::Json {
+            message: e.to_string(),
+            line: e.line(),
+            column: e.column(),
+        })?;
+        artifact.validate()?;
+        Ok(artifact)
+    }
+
+    /// The artifact as pretty JSON.
+    pub fn to_json(&self) -> String {
+        // A struct of strings, numbers and JSON values always serializes.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks that this build can evaluate the artifact.
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming the first problem.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.format != ARTIFACT_FORMAT {
+            return Err(ModelError::Format(self.format.clone()));
+        }
+        if self.schema_version.split('.').next() != Some("1") {
+            return Err(ModelError::Schema {
+                found: self.schema_version.clone(),
+            });
+        }
+        if self.kind != LOGISTIC {
+            return Err(ModelError::Kind(self.kind.clone()));
+        }
+        if self.label.positive != POSITIVE_LABEL {
+            return Err(ModelError::Label(self.label.positive.clone()));
+        }
+        if self.features.set != FEATURE_SET {
+            return Err(ModelError::FeatureSet {
+                found: self.features.set.clone(),
+            });
+        }
+        let n = N_FEATURES;
+        for (field, found) in [
+            ("features.names", self.features.names.len()),
+            ("scaler.mean", self.scaler.mean.len()),
+            ("scaler.scale", self.scaler.scale.len()),
+            ("weights", self.weights.len()),
+        ] {
+            if found != n {
+                return Err(ModelError::Length {
+                    field,
+                    expected: n,
+                    found,
+                });
+            }
+        }
+        for (index, (found, f)) in self.features.names.iter().zip(features::ALL).enumerate() {
+            if found != f.name() {
+                return Err(ModelError::FeatureName {
+                    index,
+                    expected: f.name(),
+                    found: found.clone(),
+                });
+            }
+        }
+        LogisticModel::from_parts(&self.scaler, &self.weights, self.intercept)?;
+        if !(self.regularization.alpha.is_finite() && self.regularization.alpha >= 0.0) {
+            return Err(ModelError::Value {
+                field: "regularization.alpha".into(),
+                problem: format!("{} is not a non-negative number", self.regularization.alpha),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A logistic-regression success model, ready to evaluate: `σ(b + Σ wᵢ (xᵢ - μᵢ) / sᵢ)`
+/// over the encoder's features.
+///
+/// ```
+/// use retrywise::attempt::{AttemptContext, ErrorKind};
+/// use retrywise::model::{LogisticModel, SuccessModel};
+///
+/// // A model that only knows that rate limits clear with waiting.
+/// let model = LogisticModel::from_weights(-1.0, |name| match name {
+///     "log_delay_x_http_429" => 0.5,
+///     _ => 0.0,
+/// });
+/// let mut ctx = AttemptContext::first("api");
+/// ctx.attempt = 2;
+/// ctx.error = Some(ErrorKind::Http429);
+/// let soon = model.p_success(&ctx);
+/// ctx.delay = std::time::Duration::from_secs(5);
+/// assert!(model.p_success(&ctx) > soon);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogisticModel {
+    mean: [f64; N_FEATURES],
+    scale: [f64; N_FEATURES],
+    weights: [f64; N_FEATURES],
+    intercept: f64,
+}
+
+impl LogisticModel {
+    /// The model of a validated artifact.
+    ///
+    /// # Errors
+    /// See [`ModelArtifact::validate`].
+    pub fn from_artifact(a: &ModelArtifact) -> Result<Self, ModelError> {
+        a.validate()?;
+        Self::from_parts(&a.scaler, &a.weights, a.intercept)
+    }
+
+    /// A model from its parts: the scaler, one weight per feature, the intercept.
+    ///
+    /// # Errors
+    /// [`ModelError::Length`] or [`ModelError::Value`] for wrong lengths, non-finite
+    /// numbers or non-positive scales.
+    pub fn from_parts(
+        scaler: &Scaler,
+        weights: &[f64],
+        intercept: f64,
+    ) -> Result<Self, ModelError> {
+        let n = N_FEATURES;
+        for (field, found) in [
+            ("scaler.mean", scaler.mean.len()),
+            ("scaler.scale", scaler.scale.len()),
+            ("weights", weights.len()),
+        ] {
+            if found != n {
+                return Err(ModelError::Length {
+                    field,
+                    expected: n,
+                    found,
+                });
+            }
+        }
+        for (i, ((&mean, &scale), &w)) in scaler
+            .mean
+            .iter()
+            .zip(&scaler.scale)
+            .zip(weights)
+            .enumerate()
+        {
+            finite(format_args!("scaler.mean[{i}]"), mean)?;
+            finite(format_args!("weights[{i}]"), w)?;
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(ModelError::Value {
+                    field: format!("scaler.scale[{i}]"),
+                    problem: format!("{scale} is not a positive number"),
+                });
+            }
+        }
+        finite("intercept", intercept)?;
+        let mut m = Self {
+            mean: [0.0; N_FEATURES],
+            scale: [1.0; N_FEATURES],
+            weights: [0.0; N_FEATURES],
+            intercept,
+        };
+        m.mean.copy_from_slice(&scaler.mean);
+        m.scale.copy_from_slice(&scaler.scale);
+        m.weights.copy_from_slice(weights);
+        Ok(m)
+    }
+
+    /// Parses, validates and loads `model.json`'s text.
+    ///
+    /// # Errors
+    /// See [`ModelArtifact::from_json`].
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        Self::from_artifact(&ModelArtifact::from_json(text)?)
+    }
+
+    /// A model on unscaled features with the weights `weight(name)` (for tests, examples
+    /// and hand-made models).
+    pub fn from_weights(intercept: f64, weight: impl Fn(&str) -> f64) -> Self {
+        let mut weights = [0.0; N_FEATURES];
+        for (w, f) in weights.iter_mut().zip(features::ALL) {
+            *w = weight(f.name());
+        }
+        Self {
+            mean: [0.0; N_FEATURES],
+            scale: [1.0; N_FEATURES],
+            weights,
+            intercept,
+        }
+    }
+
+    /// The linear score (log-odds of success) of a feature vector.
+    pub fn logit(&self, x: &[f64; N_FEATURES]) -> f64 {
+        let mut z = self.intercept;
+        for (((&xi, &m), &s), &w) in x.iter().zip(&self.mean).zip(&self.scale).zip(&self.weights) {
+            z += w * ((xi - m) / s);
+        }
+        z
+    }
+
+    /// The probability of success of a feature vector.
+    pub fn p_features(&self, x: &[f64; N_FEATURES]) -> f64 {
+        sigmoid(self.logit(x))
+    }
+
+    /// Each feature's contribution to the log-odds for `ctx` (weight × standardized value).
+    pub fn contributions(&self, ctx: &AttemptContext) -> [f64; N_FEATURES] {
+        let x = features::encode(ctx);
+        let mut c = [0.0; N_FEATURES];
+        for ((((ci, &xi), &m), &s), &w) in c
+            .iter_mut()
+            .zip(&x)
+            .zip(&self.mean)
+            .zip(&self.scale)
+            .zip(&self.weights)
+        {
+            *ci = w * ((xi - m) / s);
+        }
+        c
+    }
+}
+
+/// The logistic function, stable for large `|z|`.
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+impl SuccessModel for LogisticModel {
+    fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        self.p_features(&features::encode(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempt::ErrorKind;
+    use crate::features::Feature;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn artifact() -> ModelArtifact {
+        let n = N_FEATURES;
+        ModelArtifact {
+            format: ARTIFACT_FORMAT.into(),
+            schema_version: ARTIFACT_SCHEMA.into(),
+            name: "default".into(),
+            version: 1,
+            kind: LOGISTIC.into(),
+            label: LabelSpec {
+                positive: POSITIVE_LABEL.into(),
+                definition: "outcome == \"success\"".into(),
+            },
+            features: FeatureSpec::current(),
+            scaler: Scaler {
+                mean: (0..n).map(|i| i as f64 * 0.1).collect(),
+                scale: (0..n).map(|i| 1.0 + i as f64).collect(),
+            },
+            weights: (0..n)
+                .map(|i| if i % 2 == 0 { 0.3 } else { -0.2 })
+                .collect(),
+            intercept: 0.4,
+            regularization: Regularization {
+                kind: "l2".into(),
+                alpha: 1.0,
+            },
+            training: serde_json::json!({"rows": 10}),
+            metrics: serde_json::Value::Null,
+            created_at: "2026-11-27T00:00:00Z".into(),
+            code_version: "test".into(),
+        }
+    }
+
+    fn refused(edit: impl FnOnce(&mut serde_json::Value)) -> ModelError {
+        let mut v = serde_json::to_value(artifact()).unwrap();
+        edit(&mut v);
+        ModelArtifact::from_json(&v.to_string()).unwrap_err()
+    }
+
+    #[test]
+    fn round_trips_and_evaluates_as_written() {
+        let a = artifact();
+        let back = ModelArtifact::from_json(&a.to_json()).unwrap();
+        assert_eq!(back, a);
+        let m = LogisticModel::from_artifact(&back).unwrap();
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 3;
+        ctx.error = Some(ErrorKind::Http503);
+        ctx.delay = Duration::from_millis(250);
+        let x = features::encode(&ctx);
+        let z: f64 = a.intercept
+            + (0..N_FEATURES)
+                .map(|i| a.weights[i] * (x[i] - a.scaler.mean[i]) / a.scaler.scale[i])
+                .sum::<f64>();
+        assert!((m.p_success(&ctx) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
+        let c: f64 = m.contributions(&ctx).iter().sum();
+        assert!((c + a.intercept - z).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fields_from_a_later_minor_version_are_ignored() {
+        let mut v = serde_json::to_value(artifact()).unwrap();
+        v["schema_version"] = "1.7".into();
+        v["calibration"] = serde_json::json!({"kind": "isotonic"});
+        assert!(ModelArtifact::from_json(&v.to_string()).is_ok());
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_artifact() {
+        let e = ModelArtifact::from_json("{\"format\": \"retrywise-model\",").unwrap_err();
+        assert!(matches!(e, ModelError::Json { line: 1, .. }), "{e}");
+        let e = refused(|v| {
+            v.as_object_mut().unwrap().remove("weights");
+        });
+        assert!(e.to_string().contains("missing field `weights`"), "{e}");
+        let e = refused(|v| v["intercept"] = "high".into());
+        assert!(
+            e.to_string().contains("invalid type: string \"high\""),
+            "{e}"
+        );
+        let e = refused(|v| v["weights"][3] = serde_json::Value::Null);
+        assert!(e.to_string().contains("invalid type: null"), "{e}");
+    }
+
+    #[test]
+    fn refuses_an_incompatible_artifact_naming_the_field() {
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|v| v["format"] = "onnx".into()),
+                "`format` is `onnx`",
+            ),
+            (
+                Box::new(|v| v["schema_version"] = "2.0".into()),
+                "`schema_version` 2.0 is not supported",
+            ),
+            (Box::new(|v| v["kind"] = "gbdt".into()), "`kind` is `gbdt`"),
+            (
+                Box::new(|v| v["label"]["positive"] = "failure".into()),
+                "`label.positive` is `failure`",
+            ),
+            (
+                Box::new(|v| v["features"]["set"] = "retrywise-features/0".into()),
+                "`features.set` is `retrywise-features/0`",
+            ),
+            (
+                Box::new(|v| v["features"]["names"][1] = "log_wait_ms".into()),
+                "`features.names[1]` is `log_wait_ms`, the encoder's column 1 is `log_delay_ms`",
+            ),
+            (
+                Box::new(|v| {
+                    v["weights"].as_array_mut().unwrap().pop();
+                }),
+                "`weights` has 30 values, expected 31",
+            ),
+            (
+                Box::new(|v| v["scaler"]["scale"][4] = 0.0.into()),
+                "`scaler.scale[4]` is invalid: 0 is not a positive number",
+            ),
+            (
+                Box::new(|v| v["scaler"]["scale"][5] = (-2.0).into()),
+                "`scaler.scale[5]` is invalid",
+            ),
+            (
+                Box::new(|v| v["regularization"]["alpha"] = (-1.0).into()),
+                "`regularization.alpha` is invalid",
+            ),
+        ];
+        for (edit, want) in cases {
+            let e = refused(edit);
+            assert!(e.to_string().contains(want), "{e} (wanted {want})");
+        }
+        // JSON has no NaN or infinity; an artifact built in code can.
+        let mut a = artifact();
+        a.weights[2] = f64::NAN;
+        assert_eq!(
+            a.validate().unwrap_err().to_string(),
+            "`weights[2]` is invalid: NaN is not a finite number"
+        );
+        let mut a = artifact();
+        a.intercept = f64::INFINITY;
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`intercept`")
+        );
+        assert!(LogisticModel::from_json("[]").is_err());
+    }
+
+    #[test]
+    fn from_weights_names_features_by_their_column() {
+        let m = LogisticModel::from_weights(0.0, |n| {
+            if n == Feature::ErrorHttp429.name() {
+                2.0
+            } else {
+                0.0
+            }
+        });
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 2;
+        ctx.error = Some(ErrorKind::Http429);
+        assert!((m.p_success(&ctx) - sigmoid(2.0)).abs() < 1e-12);
+    }
+
+    proptest! {
+        /// Probabilities are numbers in [0, 1] for every model and context the crate
+        /// accepts, and the stable sigmoid agrees with the textbook one.
+        #[test]
+        fn probabilities_stay_in_the_unit_interval(
+            w in proptest::collection::vec(-50.0f64..50.0, N_FEATURES),
+            b in -50.0f64..50.0,
+            attempt in 1u32..20,
+            delay_ms in 0u64..10_000_000,
+            rate in proptest::option::of(0.0f64..=1.0),
+        ) {
+            let scaler = Scaler { mean: vec![0.0; N_FEATURES], scale: vec![1.0; N_FEATURES] };
+            let m = LogisticModel::from_parts(&scaler, &w, b).unwrap();
+            let mut ctx = AttemptContext::first("t");
+            ctx.attempt = attempt;
+            ctx.error = (attempt > 1).then_some(ErrorKind::Timeout);
+            ctx.delay = Duration::from_millis(delay_ms);
+            ctx.failure_rate = rate;
+            let p = m.p_success(&ctx);
+            prop_assert!((0.0..=1.0).contains(&p));
+            let z = b.clamp(-30.0, 30.0);
+            prop_assert!((sigmoid(z) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
+        }
+    }
+}
