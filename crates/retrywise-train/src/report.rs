@@ -180,7 +180,11 @@ pub fn delay_curves(model: &LogisticModel, rows: &Rows) -> Vec<DelayCurve> {
                     [d * 1e3, model.p_success(&c)]
                 })
                 .collect();
-            Some(DelayCurve { kind: kind.as_str().to_owned(), context: base, points })
+            Some(DelayCurve {
+                kind: kind.as_str().to_owned(),
+                context: base,
+                points,
+            })
         })
         .collect()
 }
@@ -209,7 +213,10 @@ pub fn delay_svg(model: &LogisticModel, rows: &Rows) -> Result<String, TrainErro
             .draw()
             .map_err(err)?;
         for curve in delay_curves(model, rows) {
-            let i = ERROR_KINDS.iter().position(|k| k.as_str() == curve.kind).unwrap_or(0);
+            let i = ERROR_KINDS
+                .iter()
+                .position(|k| k.as_str() == curve.kind)
+                .unwrap_or(0);
             let points: Vec<(f64, f64)> = curve.points.iter().map(|[d, p]| (d / 1e3, *p)).collect();
             let color = COLORS[i % COLORS.len()];
             chart

@@ -25,9 +25,13 @@ pub const POSITIVE_LABEL: &str = "success";
 #[non_exhaustive]
 pub enum ModelError {
     /// Not JSON, or not the artifact's shape.
-    #[error("model.json is not a valid artifact: {message} (line {line}, column {column})")]
+    #[error(
+        "model.json is not a valid artifact: {field}: {message} (line {line}, column {column})"
+    )]
     Json {
-        /// What the parser said (it names the field when a field is wrong).
+        /// The field where reading failed (`weights[3]`, `label.positive`), or "the document".
+        field: String,
+        /// What the parser said.
         message: String,
         /// Where.
         line: usize,
@@ -193,10 +197,23 @@ impl ModelArtifact {
     /// # Errors
     /// A [`ModelError`] naming what is wrong.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let artifact: ModelArtifact = serde_json::from_str(text).map_err(|e| ModelError::Json {
-            message: e.to_string(),
-            line: e.line(),
-            column: e.column(),
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let artifact: ModelArtifact = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = (inner.line(), inner.column());
+            let message = inner.to_string();
+            let suffix = format!(" at line {line} column {column}");
+            ModelError::Json {
+                field: if path == "." {
+                    "the document".to_owned()
+                } else {
+                    format!("`{path}`")
+                },
+                message: message.strip_suffix(&suffix).unwrap_or(&message).to_owned(),
+                line,
+                column,
+            }
         })?;
         artifact.validate()?;
         Ok(artifact)
@@ -511,11 +528,21 @@ mod tests {
         assert!(e.to_string().contains("missing field `weights`"), "{e}");
         let e = refused(|v| v["intercept"] = "high".into());
         assert!(
-            e.to_string().contains("invalid type: string \"high\""),
+            e.to_string()
+                .contains("`intercept`: invalid type: string \"high\""),
             "{e}"
         );
         let e = refused(|v| v["weights"][3] = serde_json::Value::Null);
-        assert!(e.to_string().contains("invalid type: null"), "{e}");
+        assert!(
+            e.to_string().contains("`weights[3]`: invalid type: null"),
+            "{e}"
+        );
+        let e = refused(|v| v["label"]["positive"] = 1.into());
+        assert!(
+            e.to_string()
+                .contains("`label.positive`: invalid type: integer `1`"),
+            "{e}"
+        );
     }
 
     #[test]
