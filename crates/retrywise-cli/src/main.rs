@@ -2,6 +2,7 @@
 
 mod compact;
 mod demo;
+mod serve;
 mod sim;
 mod train;
 
@@ -36,17 +37,26 @@ enum Command {
     Eval(train::EvalArgs),
     /// Show a model's feature weights and training summary.
     Inspect(train::InspectArgs),
+    /// Serve predictions and retry decisions over HTTP (JSON API, Prometheus metrics,
+    /// OpenAPI at /openapi.json, KServe v2), hot-swapping new model versions.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The service logs what an operator needs (models loaded and refused) by default.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Compact(args) => compact::run(&args),
@@ -54,6 +64,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
         Command::Inspect(args) => train::inspect(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

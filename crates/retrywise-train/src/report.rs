@@ -14,16 +14,24 @@ use crate::data::Rows;
 use crate::evaluate::Evaluation;
 use crate::metrics::Metrics;
 
-const COLORS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
+/// The `i`-th colour of plotters' categorical palette.
+fn color(i: usize) -> RGBColor {
+    let (r, g, b) = Palette99::COLORS[i % Palette99::COLORS.len()];
+    RGBColor(r, g, b)
+}
+
+/// Draws the series' legend in the upper left corner.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<(), TrainError> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK.mix(0.3))
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(err)
+}
 
 fn err(e: impl std::fmt::Display) -> TrainError {
     TrainError::Report(e.to_string())
@@ -53,10 +61,7 @@ pub fn calibration_svg(model: &Metrics, baseline: &Metrics) -> Result<String, Tr
             .map_err(err)?
             .label("perfect")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.mix(0.3)));
-        for (m, name, color) in [
-            (model, "model", COLORS[0]),
-            (baseline, "baseline", COLORS[1]),
-        ] {
+        for (m, name, color) in [(model, "model", color(0)), (baseline, "baseline", color(1))] {
             let pts: Vec<(f64, f64)> = m
                 .calibration
                 .iter()
@@ -73,13 +78,7 @@ pub fn calibration_svg(model: &Metrics, baseline: &Metrics) -> Result<String, Tr
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK.mix(0.3))
-            .background_style(WHITE.mix(0.9))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart)?;
         root.present().map_err(err)?;
     }
     Ok(svg)
@@ -218,7 +217,7 @@ pub fn delay_svg(model: &LogisticModel, rows: &Rows) -> Result<String, TrainErro
                 .position(|k| k.as_str() == curve.kind)
                 .unwrap_or(0);
             let points: Vec<(f64, f64)> = curve.points.iter().map(|[d, p]| (d / 1e3, *p)).collect();
-            let color = COLORS[i % COLORS.len()];
+            let color = color(i);
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(err)?
@@ -227,13 +226,7 @@ pub fn delay_svg(model: &LogisticModel, rows: &Rows) -> Result<String, TrainErro
                     PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK.mix(0.3))
-            .background_style(WHITE.mix(0.9))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart)?;
         root.present().map_err(err)?;
     }
     Ok(svg)

@@ -40,16 +40,7 @@ pub const FEATURE_SET: &str = "retrywise-features/1";
 pub const MAX_RETRY: u32 = 10;
 
 /// The error kinds with a one-hot column, in column order.
-pub const ERROR_KINDS: [ErrorKind; 8] = [
-    ErrorKind::Timeout,
-    ErrorKind::Connect,
-    ErrorKind::Reset,
-    ErrorKind::Http429,
-    ErrorKind::Http503,
-    ErrorKind::Http5xx,
-    ErrorKind::Http4xx,
-    ErrorKind::Other,
-];
+pub const ERROR_KINDS: [ErrorKind; 8] = ErrorKind::ALL;
 
 macro_rules! features {
     ($($variant:ident = $name:literal: $doc:literal,)*) => {

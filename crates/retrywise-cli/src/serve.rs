@@ -1,0 +1,54 @@
+//! `retrywise serve`: the prediction and decision service.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use retrywise_server::config::{Config, Overrides};
+
+/// Options of `retrywise serve` (each overrides the environment, which overrides the file).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The models folder (`NAME/VERSION/model.json`) [default: models].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Where to listen [default: 127.0.0.1:8080].
+    #[arg(long)]
+    addr: Option<String>,
+    /// A TOML file of settings (addr, models, attempts, token, body_limit_bytes,
+    /// request_timeout_ms, max_in_flight, …); `RETRYWISE_*` variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where ingested attempts are written [default: data/attempts].
+    #[arg(long)]
+    attempts: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let flags = Overrides {
+        addr: args.addr.clone(),
+        models: args.models.clone(),
+        attempts: args.attempts.clone(),
+        ..Overrides::default()
+    };
+    let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)
+        .context("reading the configuration")?;
+    let models = config.models.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime
+        .block_on(retrywise_server::serve(
+            config,
+            retrywise_server::shutdown_signal(),
+            |addr| {
+                eprintln!(
+                    "retrywise serving on http://{addr} (models from {}; Ctrl-C stops)",
+                    models.display()
+                );
+            },
+        ))
+        .context("serving")?;
+    eprintln!("retrywise stopped");
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The service's configuration: defaults, then a TOML file, then the environment, then
+//! command-line flags (each overriding the one before).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ServerError;
+
+/// Everything the service can be told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where to listen. Default `127.0.0.1:8080`.
+    pub addr: SocketAddr,
+    /// The models folder (`<name>/<version>/model.json`). Default `models`.
+    pub models: PathBuf,
+    /// The model used when a request names none. Default `default`.
+    pub default_model: String,
+    /// How often the models folder is polled for new versions. Default 1 s.
+    pub poll_interval: Duration,
+    /// Where ingested attempts are written (NDJSON segments). Default `data/attempts`.
+    pub attempts: PathBuf,
+    /// The largest request body accepted; larger ones get 413. Default 1 MiB.
+    pub body_limit: usize,
+    /// How long a request may take before it is answered 503. Default 10 s.
+    pub request_timeout: Duration,
+    /// Requests handled at once on the API routes; more are shed with 503 + Retry-After.
+    /// Default 1024.
+    pub max_in_flight: usize,
+    /// When set, `/admin/*` and `POST /v1/attempts` require `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Distinct target names given their own Prometheus label value; the rest are counted
+    /// as `other`. Default 100.
+    pub max_target_labels: usize,
+    /// Targets whose health the fleet view keeps; attempts to more are counted and not
+    /// tracked. Default 10 000.
+    pub max_targets: usize,
+    /// The window of each target's rolling health. Default 10 s.
+    pub health_window: Duration,
+    /// `/v1/decide` stops when p(success) of the next attempt is below this. Default 0.05.
+    pub min_p_success: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            models: PathBuf::from("models"),
+            default_model: "default".into(),
+            poll_interval: Duration::from_secs(1),
+            attempts: PathBuf::from("data/attempts"),
+            body_limit: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 1024,
+            token: None,
+            max_target_labels: 100,
+            max_targets: 10_000,
+            health_window: Duration::from_secs(10),
+            min_p_success: 0.05,
+        }
+    }
+}
+
+/// The settings a file, the environment or flags may give; every one optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// `addr`.
+    pub addr: Option<String>,
+    /// `models`.
+    pub models: Option<PathBuf>,
+    /// `default_model`.
+    pub default_model: Option<String>,
+    /// `poll_interval_ms`.
+    pub poll_interval_ms: Option<u64>,
+    /// `attempts`.
+    pub attempts: Option<PathBuf>,
+    /// `body_limit_bytes`.
+    pub body_limit_bytes: Option<usize>,
+    /// `request_timeout_ms`.
+    pub request_timeout_ms: Option<u64>,
+    /// `max_in_flight`.
+    pub max_in_flight: Option<usize>,
+    /// `token`.
+    pub token: Option<String>,
+    /// `max_target_labels`.
+    pub max_target_labels: Option<usize>,
+    /// `max_targets`.
+    pub max_targets: Option<usize>,
+    /// `health_window_ms`.
+    pub health_window_ms: Option<u64>,
+    /// `min_p_success`.
+    pub min_p_success: Option<f64>,
+}
+
+/// The environment variables read, and the setting each gives.
+pub const ENV: &[(&str, &str)] = &[
+    ("RETRYWISE_ADDR", "addr"),
+    ("RETRYWISE_MODELS", "models"),
+    ("RETRYWISE_DEFAULT_MODEL", "default_model"),
+    ("RETRYWISE_POLL_INTERVAL_MS", "poll_interval_ms"),
+    ("RETRYWISE_ATTEMPTS", "attempts"),
+    ("RETRYWISE_BODY_LIMIT_BYTES", "body_limit_bytes"),
+    ("RETRYWISE_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
+    ("RETRYWISE_MAX_IN_FLIGHT", "max_in_flight"),
+    ("RETRYWISE_TOKEN", "token"),
+    ("RETRYWISE_MAX_TARGET_LABELS", "max_target_labels"),
+    ("RETRYWISE_MAX_TARGETS", "max_targets"),
+    ("RETRYWISE_HEALTH_WINDOW_MS", "health_window_ms"),
+    ("RETRYWISE_MIN_P_SUCCESS", "min_p_success"),
+];
+
+fn invalid(origin: &str, field: &str, problem: impl Into<String>) -> ServerError {
+    ServerError::Config {
+        origin: origin.to_owned(),
+        field: field.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+impl Overrides {
+    /// The overrides of a TOML file.
+    ///
+    /// # Errors
+    /// An unreadable file; a syntax error, unknown key or wrong type, naming the key.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ConfigFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The overrides of TOML text (`origin` names it in errors).
+    ///
+    /// # Errors
+    /// A syntax error, unknown key or wrong type, naming the key.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ServerError> {
+        toml::from_str(text).map_err(|e| {
+            let field = e.message().split('`').nth(1).unwrap_or("?").to_owned();
+            invalid(origin, &field, e.to_string().trim().replace('\n', " "))
+        })
+    }
+
+    /// The overrides of the environment (see [`ENV`]), read through `get`.
+    ///
+    /// # Errors
+    /// A variable that does not parse, naming it.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ServerError> {
+        let mut o = Self::default();
+        for (var, field) in ENV {
+            let Some(v) = get(var) else { continue };
+            let bad = |p: String| invalid("environment", var, p);
+            let num = |v: &str| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|e| bad(format!("is not a whole number: {e}")))
+            };
+            let size = |v: &str| {
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|e| bad(format!("is not a whole number: {e}")))
+            };
+            match *field {
+                "addr" => o.addr = Some(v),
+                "models" => o.models = Some(v.into()),
+                "default_model" => o.default_model = Some(v),
+                "poll_interval_ms" => o.poll_interval_ms = Some(num(&v)?),
+                "attempts" => o.attempts = Some(v.into()),
+                "body_limit_bytes" => o.body_limit_bytes = Some(size(&v)?),
+                "request_timeout_ms" => o.request_timeout_ms = Some(num(&v)?),
+                "max_in_flight" => o.max_in_flight = Some(size(&v)?),
+                "token" => o.token = Some(v),
+                "max_target_labels" => o.max_target_labels = Some(size(&v)?),
+                "max_targets" => o.max_targets = Some(size(&v)?),
+                "health_window_ms" => o.health_window_ms = Some(num(&v)?),
+                "min_p_success" => {
+                    o.min_p_success = Some(
+                        v.trim()
+                            .parse::<f64>()
+                            .map_err(|e| bad(format!("is not a number: {e}")))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+
+    /// Applies these overrides to `config`, checking each value (`origin` names them in
+    /// errors).
+    ///
+    /// # Errors
+    /// A value out of range, naming the setting.
+    pub fn apply(&self, config: &mut Config, origin: &str) -> Result<(), ServerError> {
+        let bad = |field: &str, p: String| invalid(origin, field, p);
+        if let Some(a) = &self.addr {
+            config.addr = a
+                .parse()
+                .map_err(|e| bad("addr", format!("is not HOST:PORT ({a:?}): {e}")))?;
+        }
+        if let Some(m) = &self.models {
+            config.models.clone_from(m);
+        }
+        if let Some(d) = &self.default_model {
+            if d.is_empty() || d.contains(['/', '\\']) || d.starts_with('.') {
+                return Err(bad("default_model", format!("is not a model name: {d:?}")));
+            }
+            config.default_model.clone_from(d);
+        }
+        if let Some(ms) = self.poll_interval_ms {
+            if ms < 10 {
+                return Err(bad(
+                    "poll_interval_ms",
+                    format!("must be at least 10, got {ms}"),
+                ));
+            }
+            config.poll_interval = Duration::from_millis(ms);
+        }
+        if let Some(a) = &self.attempts {
+            config.attempts.clone_from(a);
+        }
+        if let Some(b) = self.body_limit_bytes {
+            if b < 1024 {
+                return Err(bad(
+                    "body_limit_bytes",
+                    format!("must be at least 1024, got {b}"),
+                ));
+            }
+            config.body_limit = b;
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            if ms == 0 {
+                return Err(bad("request_timeout_ms", "must be positive".into()));
+            }
+            config.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_in_flight {
+            if n == 0 {
+                return Err(bad("max_in_flight", "must be positive".into()));
+            }
+            config.max_in_flight = n;
+        }
+        if let Some(t) = &self.token {
+            if t.trim().is_empty() {
+                return Err(bad("token", "must not be empty".into()));
+            }
+            config.token = Some(t.clone());
+        }
+        if let Some(n) = self.max_target_labels {
+            config.max_target_labels = n;
+        }
+        if let Some(n) = self.max_targets {
+            if n == 0 {
+                return Err(bad("max_targets", "must be positive".into()));
+            }
+            config.max_targets = n;
+        }
+        if let Some(ms) = self.health_window_ms {
+            if ms < 10 {
+                return Err(bad(
+                    "health_window_ms",
+                    format!("must be at least 10, got {ms}"),
+                ));
+            }
+            config.health_window = Duration::from_millis(ms);
+        }
+        if let Some(p) = self.min_p_success {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad(
+                    "min_p_success",
+                    format!("must be within [0, 1], got {p}"),
+                ));
+            }
+            config.min_p_success = p;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the environment (through `env`), then `flags`.
+    ///
+    /// # Errors
+    /// The first unusable setting, naming where it came from.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Self, ServerError> {
+        let mut c = Config::default();
+        if let Some(f) = file {
+            Overrides::from_file(f)?.apply(&mut c, &f.display().to_string())?;
+        }
+        Overrides::from_env(env)?.apply(&mut c, "environment")?;
+        flags.apply(&mut c, "flags")?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("serve.toml");
+        std::fs::write(
+            &f,
+            "addr = \"127.0.0.1:9000\"\nmodels = \"/srv/models\"\nmax_in_flight = 8\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "RETRYWISE_MAX_IN_FLIGHT" => Some("16".to_owned()),
+            "RETRYWISE_TOKEN" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let flags = Overrides {
+            addr: Some("127.0.0.1:9001".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&f), env, &flags).unwrap();
+        assert_eq!(c.addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.models, PathBuf::from("/srv/models"));
+        assert_eq!(c.max_in_flight, 16);
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.body_limit, 1 << 20);
+    }
+
+    #[test]
+    fn bad_settings_name_their_origin_and_field() {
+        let e = Overrides::from_toml("adr = \"x\"", "serve.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("serve.toml") && e.contains("adr"), "{e}");
+        let e = Overrides::from_toml("max_in_flight = \"many\"", "serve.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_in_flight"), "{e}");
+        let e = Config::load(
+            None,
+            |k| (k == "RETRYWISE_BODY_LIMIT_BYTES").then(|| "big".to_owned()),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("environment") && e.contains("RETRYWISE_BODY_LIMIT_BYTES"),
+            "{e}"
+        );
+        let flags = Overrides {
+            addr: Some("localhost".into()),
+            ..Overrides::default()
+        };
+        let e = Config::load(None, |_| None, &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("flags") && e.contains("`addr`"), "{e}");
+        let flags = Overrides {
+            min_p_success: Some(1.5),
+            ..Overrides::default()
+        };
+        assert!(
+            Config::load(None, |_| None, &flags)
+                .unwrap_err()
+                .to_string()
+                .contains("min_p_success")
+        );
+        let e = Config::load(
+            Some(Path::new("/nonexistent/serve.toml")),
+            |_| None,
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ServerError::ConfigFile { .. }));
+    }
+}

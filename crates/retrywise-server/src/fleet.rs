@@ -1,0 +1,149 @@
+//! The fleet view: each target's rolling health and a circuit breaker shared by every
+//! caller, fed by ingested attempts.
+//!
+//! The number of targets tracked is capped, so clients cannot grow the service's memory
+//! without bound; attempts to targets beyond the cap are counted and not tracked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use retrywise::attempt::{AttemptContext, AttemptRecord, Outcome};
+use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, State};
+use retrywise::health::{HealthSnapshot, HealthTracker};
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// One target's state.
+#[derive(Debug)]
+pub struct Target {
+    health: HealthTracker,
+    breaker: CircuitBreaker,
+}
+
+/// What the service knows of a target (`GET /v1/targets/{target}`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TargetView {
+    /// The target.
+    pub target: String,
+    /// Attempts that ended within the health window.
+    pub calls: u64,
+    /// Failures among them.
+    pub failures: u64,
+    /// `failures / calls`; null without calls.
+    pub failure_rate: Option<f64>,
+    /// p95 latency of those attempts, ms; null without calls.
+    pub latency_p95_ms: Option<f64>,
+    /// The shared breaker's state: `CLOSED`, `OPEN`, `HALF_OPEN`…
+    pub breaker_state: String,
+    /// Whether a caller should send to the target now (the shared breaker admits calls).
+    pub allow: bool,
+    /// The breaker's counters.
+    #[schema(value_type = Object)]
+    pub breaker: BreakerMetrics,
+}
+
+/// Every target's state.
+#[derive(Debug)]
+pub struct Fleet {
+    targets: RwLock<HashMap<Arc<str>, Arc<Target>>>,
+    window: Duration,
+    max_targets: usize,
+}
+
+impl Fleet {
+    /// An empty fleet tracking at most `max_targets` targets over `window`.
+    pub fn new(window: Duration, max_targets: usize) -> Self {
+        Self {
+            targets: RwLock::new(HashMap::new()),
+            window,
+            max_targets,
+        }
+    }
+
+    fn get(&self, target: &str) -> Option<Arc<Target>> {
+        self.targets.read().ok()?.get(target).cloned()
+    }
+
+    /// The target's state, created if there is room.
+    fn get_or_create(&self, target: &Arc<str>) -> Option<Arc<Target>> {
+        if let Some(t) = self.get(target) {
+            return Some(t);
+        }
+        let mut map = self.targets.write().ok()?;
+        if let Some(t) = map.get(target) {
+            return Some(Arc::clone(t));
+        }
+        if map.len() >= self.max_targets {
+            return None;
+        }
+        let health = HealthTracker::new(self.window).ok()?;
+        let breaker = CircuitBreaker::builder(Arc::clone(target)).build().ok()?;
+        let t = Arc::new(Target { health, breaker });
+        map.insert(Arc::clone(target), Arc::clone(&t));
+        Some(t)
+    }
+
+    /// Learns from one ingested attempt; `false` if the target is beyond the cap.
+    pub fn observe(&self, rec: &AttemptRecord, now: Instant) -> bool {
+        let Some(t) = self.get_or_create(&rec.context.target) else {
+            return false;
+        };
+        if rec.outcome == Outcome::Cancelled {
+            return true;
+        }
+        let failed = rec.outcome == Outcome::Retryable;
+        t.health.record(now, failed, rec.outcome_latency);
+        let outcome = match rec.outcome {
+            Outcome::Success | Outcome::Permanent => CallOutcome::Success,
+            Outcome::Retryable => CallOutcome::Failure,
+            Outcome::Cancelled => CallOutcome::Ignored,
+        };
+        // While the shared circuit is open, attempts made anyway do not count.
+        if let Ok(permit) = t.breaker.try_acquire() {
+            permit.record(outcome, rec.outcome_latency);
+        }
+        true
+    }
+
+    /// Fills what `ctx` does not say about its target's health from the fleet's view.
+    pub fn fill(&self, ctx: &mut AttemptContext, now: Instant) {
+        let Some(t) = self.get(&ctx.target) else {
+            return;
+        };
+        let s: HealthSnapshot = t.health.snapshot(now);
+        if ctx.failure_rate.is_none() {
+            ctx.failure_rate = s.failure_rate;
+        }
+        if ctx.latency_p95.is_none() {
+            ctx.latency_p95 = s.latency_p95;
+        }
+    }
+
+    /// The view of one target, if it is tracked.
+    pub fn view(&self, target: &str, now: Instant) -> Option<TargetView> {
+        let t = self.get(target)?;
+        let s = t.health.snapshot(now);
+        let breaker = t.breaker.metrics();
+        Some(TargetView {
+            target: target.to_owned(),
+            calls: s.calls,
+            failures: s.failures,
+            failure_rate: s.failure_rate,
+            latency_p95_ms: s.latency_p95.map(|d| d.as_secs_f64() * 1e3),
+            breaker_state: breaker.state.as_str().to_owned(),
+            allow: !matches!(breaker.state, State::Open | State::ForcedOpen),
+            breaker,
+        })
+    }
+
+    /// How many targets are tracked.
+    pub fn len(&self) -> usize {
+        self.targets.read().map_or(0, |m| m.len())
+    }
+
+    /// Whether no target is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,211 @@
+//! Prometheus metrics: one registry per service instance, rendered at `GET /metrics`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route template (`/v1/predict`), never the raw path.
+    pub route: String,
+    /// The status code.
+    pub status: u16,
+}
+
+/// Labels of a route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    /// The route template.
+    pub route: String,
+}
+
+/// Labels of a model version.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// The model's name.
+    pub model: String,
+    /// Its version.
+    pub version: String,
+}
+
+/// Labels of a decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `retry` or why not (`low_success_probability`, `deadline`, …).
+    pub reason: String,
+}
+
+/// Labels of a per-target count (capped: see [`Metrics::target_label`]).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// The target, or `other` beyond the cap.
+    pub target: String,
+}
+
+/// Labels of a reload outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Everything the service counts.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status.
+    pub requests: Family<RouteLabels, Counter>,
+    /// Request latency by route, seconds.
+    pub latency: Family<RouteOnly, Histogram>,
+    /// 1 for each model version serving.
+    pub model_serving: Family<ModelLabels, Gauge>,
+    /// Probabilities computed, by model.
+    pub predictions: Family<ModelLabels, Counter>,
+    /// Decisions by reason.
+    pub decisions: Family<ReasonLabels, Counter>,
+    /// Attempt records accepted by `/v1/attempts`, by target.
+    pub ingested: Family<TargetLabels, Counter>,
+    /// Attempt records refused as invalid.
+    pub rejected: Counter,
+    /// Records the collector dropped (queue full, I/O errors), as it last reported.
+    pub dropped: Gauge,
+    /// Model reloads by result (a failure is a version refused).
+    pub reloads: Family<ResultLabels, Counter>,
+    /// Requests shed with 503 because too many were in flight.
+    pub shed: Counter,
+    /// Targets tracked by the fleet view.
+    pub targets: Gauge,
+    max_target_labels: usize,
+    target_names: Mutex<HashSet<String>>,
+    dropped_seen: AtomicU64,
+}
+
+impl Metrics {
+    /// A registry with every metric, giving at most `max_target_labels` targets their own
+    /// label value.
+    pub fn new(max_target_labels: usize) -> Self {
+        let mut registry = Registry::with_prefix("retrywise");
+        let requests = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteOnly, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        let model_serving = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "model_serving",
+            "1 for each model version serving",
+            model_serving.clone(),
+        );
+        let predictions = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "predictions",
+            "Probabilities of success computed",
+            predictions.clone(),
+        );
+        let decisions = Family::<ReasonLabels, Counter>::default();
+        registry.register("decisions", "Retry decisions by reason", decisions.clone());
+        let ingested = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "ingested_attempts",
+            "Attempt records accepted, by target",
+            ingested.clone(),
+        );
+        let rejected = Counter::default();
+        registry.register(
+            "rejected_attempts",
+            "Attempt records refused as invalid",
+            rejected.clone(),
+        );
+        let dropped = Gauge::default();
+        registry.register(
+            "dropped_attempts",
+            "Accepted attempt records the collector dropped",
+            dropped.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "model_reloads",
+            "Model versions loaded (success) or refused (failure)",
+            reloads.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "shed_requests",
+            "Requests answered 503 because too many were in flight",
+            shed.clone(),
+        );
+        let targets = Gauge::default();
+        registry.register(
+            "fleet_targets",
+            "Targets tracked by the fleet view",
+            targets.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            model_serving,
+            predictions,
+            decisions,
+            ingested,
+            rejected,
+            dropped,
+            reloads,
+            shed,
+            targets,
+            max_target_labels,
+            target_names: Mutex::new(HashSet::new()),
+            dropped_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// The label value for `target`: itself for the first `max_target_labels` targets
+    /// seen, `other` for the rest (so clients cannot explode the series count).
+    pub fn target_label(&self, target: &str) -> String {
+        let Ok(mut names) = self.target_names.lock() else {
+            return "other".into();
+        };
+        if names.contains(target) {
+            return target.to_owned();
+        }
+        if names.len() < self.max_target_labels {
+            names.insert(target.to_owned());
+            return target.to_owned();
+        }
+        "other".into()
+    }
+
+    /// Records the collector's dropped count.
+    pub fn set_dropped(&self, dropped: u64) {
+        self.dropped_seen.store(dropped, Ordering::Relaxed);
+        self.dropped.set(i64::try_from(dropped).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition (format 0.0.4; see [`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,202 @@
+//! The serving models: the highest valid version of each name under the models folder,
+//! swapped in availability-first.
+//!
+//! [`Models::reload`] scans `models/<name>/<version>/model.json`; for each name whose
+//! highest version differs from the one serving, it loads and validates the new one off
+//! the request path, then swaps the whole set atomically ([`ArcSwap`]). Requests take a
+//! snapshot ([`Models::snapshot`]) once and keep it, so no request fails, waits or mixes two
+//! versions during a swap. A version that fails to load is refused — logged, counted, and
+//! remembered (by its file's size and modification time) so it is not retried every
+//! poll — and the version serving before keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use retrywise::model::{LogisticModel, ModelArtifact};
+
+/// One loaded model version.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: u32,
+    /// The artifact (for metadata).
+    pub artifact: ModelArtifact,
+    /// The model, ready to evaluate.
+    pub model: LogisticModel,
+}
+
+/// A refused version, and the size and modification time of the file refused.
+type Refused = HashMap<(String, u32), (u64, Option<SystemTime>)>;
+
+/// The models serving now, by name.
+pub type ModelSet = BTreeMap<String, Arc<LoadedModel>>;
+
+/// What one reload did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReloadReport {
+    /// `(name, version)` swapped in.
+    pub loaded: Vec<(String, u32)>,
+    /// `(name, version, why)` refused.
+    pub failed: Vec<(String, u32, String)>,
+}
+
+/// The serving models and how to refresh them.
+#[derive(Debug)]
+pub struct Models {
+    dir: PathBuf,
+    current: ArcSwap<ModelSet>,
+    /// Versions refused, with the size and modification time of the file refused.
+    refused: Mutex<Refused>,
+    /// One reload at a time (the poller and `/admin/reload`).
+    reloading: tokio::sync::Mutex<()>,
+}
+
+fn read_dir(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if let Some(name) = e.file_name().to_str()
+            && !name.starts_with('.')
+            && e.path().is_dir()
+        {
+            out.push((name.to_owned(), e.path()));
+        }
+    }
+    Ok(out)
+}
+
+fn load_version(path: &Path, name: &str, version: u32) -> Result<LoadedModel, String> {
+    let file = path.join("model.json");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let artifact =
+        ModelArtifact::from_json(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    if artifact.version != version {
+        return Err(format!(
+            "{}: holds version {}, but sits in the folder of version {version}",
+            file.display(),
+            artifact.version
+        ));
+    }
+    let model =
+        LogisticModel::from_artifact(&artifact).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(LoadedModel {
+        name: name.to_owned(),
+        version,
+        artifact,
+        model,
+    })
+}
+
+fn stamp(path: &Path) -> (u64, Option<SystemTime>) {
+    std::fs::metadata(path.join("model.json")).map_or((0, None), |m| (m.len(), m.modified().ok()))
+}
+
+impl Models {
+    /// No models yet, reading from `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            current: ArcSwap::from_pointee(ModelSet::new()),
+            refused: Mutex::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The models folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The models serving now; keep the snapshot for the whole request.
+    pub fn snapshot(&self) -> Arc<ModelSet> {
+        self.current.load_full()
+    }
+
+    /// Scans the folder and swaps in every name's highest version that is new and valid.
+    ///
+    /// For each name, versions are tried from the highest down to the one serving (or to
+    /// the lowest, at start-up); the first that loads wins. Refused versions are reported
+    /// once (until their file changes).
+    ///
+    /// # Errors
+    /// The folder cannot be read (the models serving keep serving).
+    pub async fn reload(&self) -> std::io::Result<ReloadReport> {
+        let _one = self.reloading.lock().await;
+        let dir = self.dir.clone();
+        let current = self.snapshot();
+        let refused = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        // Reading and validating files is blocking work: off the request threads.
+        let (next, report, newly_refused) =
+            tokio::task::spawn_blocking(move || scan(&dir, &current, &refused))
+                .await
+                .map_err(std::io::Error::other)??;
+        if let Ok(mut r) = self.refused.lock() {
+            r.extend(newly_refused);
+        }
+        if !report.loaded.is_empty() {
+            self.current.store(Arc::new(next));
+        }
+        Ok(report)
+    }
+}
+
+type Scan = (
+    ModelSet,
+    ReloadReport,
+    Vec<((String, u32), (u64, Option<SystemTime>))>,
+);
+
+fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Scan> {
+    let mut next = current.clone();
+    let mut report = ReloadReport::default();
+    let mut newly = Vec::new();
+    let names = match read_dir(dir) {
+        Ok(n) => n,
+        // No models folder yet: nothing to serve, not an error (one may be created).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for (name, path) in names {
+        let mut versions: Vec<(u32, PathBuf)> = match read_dir(&path) {
+            Ok(v) => v
+                .into_iter()
+                .filter_map(|(v, p)| v.parse::<u32>().ok().map(|v| (v, p)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(model = %name, error = %e, "cannot read model folder");
+                continue;
+            }
+        };
+        versions.sort_unstable_by_key(|v| std::cmp::Reverse(v.0));
+        let serving = current.get(&name).map(|m| m.version);
+        for (version, vpath) in versions {
+            if serving.is_some_and(|s| version <= s) {
+                break;
+            }
+            let st = stamp(&vpath);
+            if refused.get(&(name.clone(), version)) == Some(&st) {
+                continue;
+            }
+            match load_version(&vpath, &name, version) {
+                Ok(m) => {
+                    tracing::info!(model = %name, version, previous = ?serving, "model loaded");
+                    report.loaded.push((name.clone(), version));
+                    next.insert(name.clone(), Arc::new(m));
+                    break;
+                }
+                Err(why) => {
+                    tracing::error!(model = %name, version, error = %why, "model refused; the version serving keeps serving");
+                    report.failed.push((name.clone(), version, why));
+                    newly.push(((name.clone(), version), st));
+                }
+            }
+        }
+    }
+    Ok((next, report, newly))
+}

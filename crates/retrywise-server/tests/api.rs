@@ -1,0 +1,813 @@
+//! The service's handlers, in process (`oneshot`): every route, the limits, hot swap, and
+//! bad input of every kind.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Failure, Verdict};
+use retrywise::model::{
+    ARTIFACT_FORMAT, ARTIFACT_SCHEMA, FeatureSpec, LOGISTIC, LabelSpec, ModelArtifact,
+    POSITIVE_LABEL, Regularization, Scaler,
+};
+use retrywise_server::{Config, Service};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// A model whose log-odds are `intercept + w · failure_rate` (so tests can tell versions
+/// apart and see the fleet view at work).
+fn artifact(name: &str, version: u32, intercept: f64) -> ModelArtifact {
+    let spec = FeatureSpec::current();
+    let n = spec.names.len();
+    let weights = spec
+        .names
+        .iter()
+        .map(|f| if f == "failure_rate" { -4.0 } else { 0.0 })
+        .collect();
+    ModelArtifact {
+        format: ARTIFACT_FORMAT.into(),
+        schema_version: ARTIFACT_SCHEMA.into(),
+        name: name.into(),
+        version,
+        kind: LOGISTIC.into(),
+        label: LabelSpec {
+            positive: POSITIVE_LABEL.into(),
+            definition: "outcome == \"success\"".into(),
+        },
+        features: spec,
+        scaler: Scaler {
+            mean: vec![0.0; n],
+            scale: vec![1.0; n],
+        },
+        weights,
+        intercept,
+        regularization: Regularization {
+            kind: "l2".into(),
+            alpha: 1.0,
+        },
+        training: json!({"rows": 10, "files": [{"path": "x"}]}),
+        metrics: json!({"validation": {"auc": 0.8}, "baseline": {"validation": {"auc": 0.7}}}),
+        created_at: "2026-11-27T00:00:00Z".into(),
+        code_version: "test".into(),
+    }
+}
+
+fn write_model(models: &Path, a: &ModelArtifact) {
+    let dir = models.join(&a.name).join(a.version.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.json"), a.to_json()).unwrap();
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    models: std::path::PathBuf,
+    service: Service,
+}
+
+impl Harness {
+    async fn new(edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        write_model(&models, &artifact("default", 1, 0.0));
+        let mut config = Config {
+            models: models.clone(),
+            attempts: dir.path().join("attempts"),
+            ..Config::default()
+        };
+        edit(&mut config);
+        let service = Service::new(config).unwrap();
+        service.reload().await.unwrap();
+        Self {
+            _dir: dir,
+            models,
+            service,
+        }
+    }
+
+    fn router(&self) -> Router {
+        self.service.router()
+    }
+
+    async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let resp = self.router().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, headers, v)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let (s, _, v) = self
+            .call(Request::get(uri).body(Body::empty()).unwrap())
+            .await;
+        (s, v)
+    }
+
+    async fn post(&self, uri: &str, body: &str) -> (StatusCode, Value) {
+        let (s, _, v) = self
+            .call(
+                Request::post(uri)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body.to_owned()))
+                    .unwrap(),
+            )
+            .await;
+        (s, v)
+    }
+}
+
+fn p_of(v: &Value) -> f64 {
+    v["p_success"].as_f64().unwrap()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[tokio::test]
+async fn health_readiness_and_models() {
+    let h = Harness::new(|_| {}).await;
+    assert_eq!(
+        h.get("/healthz").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        h.get("/readyz").await,
+        (StatusCode::OK, json!({"ready": true, "models": 1}))
+    );
+    assert_eq!(
+        h.get("/v2/health/live").await,
+        (StatusCode::OK, json!({"live": true}))
+    );
+    assert_eq!(
+        h.get("/v2/health/ready").await,
+        (StatusCode::OK, json!({"ready": true}))
+    );
+    let (s, v) = h.get("/v1/models").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["models"][0]["name"], "default");
+    assert_eq!(v["models"][0]["version"], 1);
+    let (s, v) = h.get("/v1/models/default").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v["features"].as_array().unwrap().len(),
+        retrywise::features::N_FEATURES
+    );
+    assert_eq!(v["training"]["file_count"], 1);
+    let (s, v) = h.get("/v1/models/nope").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown model `nope` (serving: default)"),
+        "{v}"
+    );
+
+    // No model at all: not ready.
+    let empty = Harness::new(|c| c.models = c.models.with_file_name("empty")).await;
+    assert_eq!(
+        empty.get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        empty.get("/v2/health/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (s, v) = empty
+        .post(
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
+    let h = Harness::new(|_| {}).await;
+    let (s, v) = h.post("/v1/predict", r#"{"context": {"target": "t", "attempt": 2, "error": "http_503", "failure_rate": 0.5}}"#).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["model"].as_str(), v["version"].as_u64()),
+        (Some("default"), Some(1))
+    );
+    assert!((p_of(&v) - sigmoid(-2.0)).abs() < 1e-12);
+    let (s, v) = h
+        .post("/v1/predict", r#"{"model": "default", "contexts": [{"target": "t", "attempt": 1, "failure_rate": 0}, {"target": "t", "attempt": 2, "failure_rate": 0.25}]}"#)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ps: Vec<f64> = v["p_success"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(
+        (ps[0] - 0.5).abs() < 1e-12 && (ps[1] - sigmoid(-1.0)).abs() < 1e-12,
+        "{ps:?}"
+    );
+    let body = json!({"id": "r1", "inputs": [
+        {"name": "attempt", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+        {"name": "failure_rate", "shape": [2], "datatype": "FP64", "data": [0.0, 0.25]},
+        {"name": "error", "shape": [2], "datatype": "BYTES", "data": [null, "timeout"]}
+    ]});
+    let (s, v) = h.post("/v2/models/default/infer", &body.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["id"], "r1");
+    assert_eq!(v["model_version"], "1");
+    let out = &v["outputs"][0];
+    assert_eq!(
+        (out["name"].as_str(), out["shape"][0].as_u64()),
+        (Some("p_success"), Some(2))
+    );
+    assert!((out["data"][1].as_f64().unwrap() - ps[1]).abs() < 1e-12);
+    let (s, v) = h.get("/v2/models/default").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["outputs"][0]["name"], "p_success");
+    assert!(
+        v["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "delay_ms")
+    );
+    assert_eq!(
+        h.get("/v2/models/default/ready").await,
+        (StatusCode::OK, json!({"name": "default", "ready": true}))
+    );
+    assert_eq!(
+        h.get("/v2/models/other/ready").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
+    let h = Harness::new(|c| c.min_p_success = 0.2).await;
+    let ctx = |rate: f64, attempt: u32| json!({"target": "t", "attempt": attempt, "error": "http_503", "failure_rate": rate});
+    let (s, v) = h
+        .post("/v1/decide", &json!({"context": ctx(0.0, 2)}).to_string())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["retry"].as_bool(), v["reason"].as_str()),
+        (Some(true), Some("retry"))
+    );
+    assert!(v["delay_ms"].as_f64().unwrap() > 0.0);
+    // p(success) = σ(-4 × 0.9) ≈ 0.03 < 0.2: stop.
+    let (_, v) = h
+        .post("/v1/decide", &json!({"context": ctx(0.9, 2)}).to_string())
+        .await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("low_success_probability")),
+        "{v}"
+    );
+    assert_eq!(v["delay_ms"], 0.0);
+    let (_, v) = h
+        .post("/v1/decide", &json!({"context": ctx(0.0, 9)}).to_string())
+        .await;
+    assert_eq!(v["reason"], "max_attempts", "{v}");
+    let mut late = ctx(0.0, 2);
+    late["elapsed_ms"] = json!(4_990);
+    let (_, v) = h
+        .post(
+            "/v1/decide",
+            &json!({"context": late, "deadline_ms": 5000}).to_string(),
+        )
+        .await;
+    assert_eq!(v["reason"], "deadline", "{v}");
+    // Retry-After is honoured.
+    let mut ra = ctx(0.0, 2);
+    ra["retry_after_ms"] = json!(3_000);
+    let (_, v) = h
+        .post("/v1/decide", &json!({"context": ra}).to_string())
+        .await;
+    assert!(v["delay_ms"].as_f64().unwrap() >= 3_000.0, "{v}");
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("retrywise_decisions_total{reason=\"low_success_probability\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_are_4xx_naming_the_field() {
+    let h = Harness::new(|_| {}).await;
+    let cases: &[(&str, &str, &str)] = &[
+        ("/v1/predict", "{", "EOF while parsing"),
+        (
+            "/v1/predict",
+            "[]",
+            "invalid length 0, expected struct PredictRequest",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"attempt": 1}}"#,
+            "context: missing field `target`",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": "two"}}"#,
+            "context.attempt: invalid type: string",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": -1}}"#,
+            "context.attempt: invalid value: integer `-1`",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 0}}"#,
+            "context.attempt: must be at least 1",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1, "delay_ms": -5}}"#,
+            "context.delay_ms: expected a non-negative",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1, "latency_ms": 1e999}}"#,
+            "context.latency_ms",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1, "failure_rate": 2}}"#,
+            "context.failure_rate: must be within [0, 1]",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1, "error": "gremlins"}}"#,
+            "context.error: unknown variant `gremlins`",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1, "status": 42}}"#,
+            "context.status: must be an HTTP status",
+        ),
+        (
+            "/v1/predict",
+            r#"{"contexts": [{"target": "t", "attempt": 1}, {"target": "t", "attempt": 0}]}"#,
+            "contexts[1].attempt",
+        ),
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1}, "contexts": []}"#,
+            "give one, not both",
+        ),
+        ("/v1/predict", r#"{}"#, "missing field `context`"),
+        ("/v1/predict", r#"{"contxt": {}}"#, "unknown field `contxt`"),
+        (
+            "/v1/predict",
+            r#"{"model": "nope", "context": {"target": "t", "attempt": 1}}"#,
+            "unknown model `nope`",
+        ),
+        (
+            "/v1/decide",
+            r#"{"context": {"target": "t", "attempt": 2}, "deadline_ms": -1}"#,
+            "deadline_ms: expected a non-negative",
+        ),
+        (
+            "/v1/decide",
+            r#"{"deadline_ms": 5}"#,
+            "missing field `context`",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": []}"#,
+            "the `attempt` input is required",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [2], "datatype": "INT64", "data": [1]}]}"#,
+            "inputs.attempt: shape [2] with 1 values",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1.5]}]}"#,
+            "inputs.attempt.data[0]: expected a non-negative whole number",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}, {"name": "wat", "shape": [1], "datatype": "FP64", "data": [1]}]}"#,
+            "inputs.wat: unknown input",
+        ),
+        (
+            "/v2/models/nope/infer",
+            r#"{"inputs": []}"#,
+            "unknown model `nope`",
+        ),
+    ];
+    for (uri, body, want) in cases {
+        let (s, v) = h.post(uri, body).await;
+        assert!(s.is_client_error(), "{uri} {body}: {s} {v}");
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{uri} {body}: no error body: {v}"));
+        assert!(msg.contains(want), "{uri} {body}: {msg:?} lacks {want:?}");
+    }
+    // Not JSON at all.
+    let (s, _, v) = h
+        .call(
+            Request::post("/v1/predict")
+                .header(header::CONTENT_TYPE, "text/csv")
+                .body(Body::from("a,b"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
+    assert_eq!(h.get("/v1/nowhere").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let h = Harness::new(|c| c.body_limit = 4096).await;
+    let big = format!(
+        r#"{{"contexts": [{}]}}"#,
+        vec![r#"{"target": "t", "attempt": 1}"#; 200].join(",")
+    );
+    let (s, v) = h.post("/v1/predict", &big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(v["error"].as_str().is_some());
+}
+
+fn record(target: &str, ok: bool, i: u64) -> AttemptRecord {
+    let mut ctx = AttemptContext::first(target);
+    ctx.attempt = 1;
+    let verdict = if ok {
+        Verdict::Success
+    } else {
+        Verdict::Retryable(Failure::new(ErrorKind::Http503).with_status(503))
+    };
+    AttemptRecord::new(i, 0, 1_000 + i, ctx, &verdict, Duration::from_millis(20))
+}
+
+#[tokio::test]
+async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_token() {
+    let h = Harness::new(|c| c.token = Some("s3cret".into())).await;
+    let recs: Vec<AttemptRecord> = (0..10)
+        .map(|i| record("payments", i % 5 != 0 && i < 6, i))
+        .collect();
+    let array = serde_json::to_string(&recs).unwrap();
+    // No token, wrong token: 401.
+    let (s, v) = h.post("/v1/attempts", &array).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let req = |body: String, ct: &str, token: &str| {
+        Request::post("/v1/attempts")
+            .header(header::CONTENT_TYPE, ct)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    assert_eq!(
+        h.call(req(array.clone(), "application/json", "s3cre"))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _, v) = h.call(req(array, "application/json", "s3cret")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(10), Some(0))
+    );
+    // NDJSON, with a bad line and a blank one.
+    let mut nd: Vec<String> = (10..14)
+        .map(|i| serde_json::to_string(&record("payments", false, i)).unwrap())
+        .collect();
+    nd.insert(2, r#"{"schema_version": "1.1", "target": 7}"#.into());
+    nd.insert(3, String::new());
+    let (s, _, v) = h
+        .call(req(nd.join("\n"), "application/x-ndjson", "s3cret"))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(4), Some(1)),
+        "{v}"
+    );
+    assert!(
+        v["errors"][0].as_str().unwrap().starts_with("line 3"),
+        "{v}"
+    );
+    // Not an array.
+    let (s, _, v) = h.call(req("{}".into(), "application/json", "s3cret")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // The fleet view: 14 attempts, 4 + 5 failed... counted as ingested.
+    let (s, v) = h.get("/v1/targets/payments").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let failures = recs
+        .iter()
+        .filter(|r| r.outcome != retrywise::attempt::Outcome::Success)
+        .count() as u64
+        + 4;
+    assert_eq!(
+        (v["calls"].as_u64(), v["failures"].as_u64()),
+        (Some(14), Some(failures)),
+        "{v}"
+    );
+    assert!(v["latency_p95_ms"].as_f64().unwrap() > 15.0);
+    assert_eq!(h.get("/v1/targets/unknown").await.0, StatusCode::NOT_FOUND);
+    // Predictions that do not say the failure rate get the fleet's.
+    let rate = failures as f64 / 14.0;
+    let (_, v) = h
+        .post(
+            "/v1/predict",
+            r#"{"context": {"target": "payments", "attempt": 2}}"#,
+        )
+        .await;
+    assert!((p_of(&v) - sigmoid(-4.0 * rate)).abs() < 1e-9, "{v}");
+    let (_, v) = h
+        .post(
+            "/v1/predict",
+            r#"{"context": {"target": "payments", "attempt": 2, "failure_rate": 0}}"#,
+        )
+        .await;
+    assert!((p_of(&v) - 0.5).abs() < 1e-12, "{v}");
+    // Written through the collector.
+    h.service.flush().unwrap();
+    let read: Vec<AttemptRecord> =
+        retrywise_collect::SegmentReader::open(&h.service.state().config.attempts)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(read.len(), 14);
+    // And counted.
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("retrywise_ingested_attempts_total{target=\"payments\"} 14"),
+        "{text}"
+    );
+    assert!(
+        text.contains("retrywise_rejected_attempts_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("retrywise_http_requests_total{route=\"/v1/attempts\",status=\"401\"} 2"),
+        "{text}"
+    );
+    // The admin route needs the token too.
+    assert_eq!(
+        h.post("/admin/reload", "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn target_labels_are_capped() {
+    let h = Harness::new(|c| c.max_target_labels = 2).await;
+    let recs: Vec<AttemptRecord> = (0..5).map(|i| record(&format!("t{i}"), true, i)).collect();
+    let (s, v) = h
+        .post("/v1/attempts", &serde_json::to_string(&recs).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("target=\"t0\"") && text.contains("target=\"t1\""),
+        "{text}"
+    );
+    assert!(!text.contains("target=\"t2\""), "{text}");
+    assert!(
+        text.contains("retrywise_ingested_attempts_total{target=\"other\"} 3"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
+    let h = Harness::new(|_| {}).await;
+    let ask = r#"{"context": {"target": "t", "attempt": 1, "failure_rate": 0}}"#;
+    let (_, v) = h.post("/v1/predict", ask).await;
+    assert_eq!((v["version"].as_u64(), p_of(&v)), (Some(1), 0.5));
+    write_model(&h.models, &artifact("default", 2, 1.0));
+    let (s, v) = h.post("/admin/reload", "").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["loaded"], json!(["default/2"]));
+    let (_, v) = h.post("/v1/predict", ask).await;
+    assert_eq!(v["version"], 2);
+    assert!((p_of(&v) - sigmoid(1.0)).abs() < 1e-12);
+    // Version 3 is corrupt: refused, version 2 keeps serving, and it is said once.
+    let v3 = h.models.join("default/3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::write(
+        v3.join("model.json"),
+        "{\"format\": \"retrywise-model\", \"weights\": [",
+    )
+    .unwrap();
+    let (_, v) = h.post("/admin/reload", "").await;
+    assert!(
+        v["failed"][0].as_str().unwrap().starts_with("default/3: "),
+        "{v}"
+    );
+    assert_eq!(v["serving"], json!(["default/2"]));
+    let (_, v) = h.post("/admin/reload", "").await;
+    assert_eq!(
+        v["failed"],
+        json!([]),
+        "a refused version is not retried until it changes"
+    );
+    assert_eq!(h.post("/v1/predict", ask).await.1["version"], 2);
+    // Fixed in place: taken.
+    std::fs::write(v3.join("model.json"), artifact("default", 3, 2.0).to_json()).unwrap();
+    let (_, v) = h.post("/admin/reload", "").await;
+    assert_eq!(v["loaded"], json!(["default/3"]), "{v}");
+    // Another model name appears.
+    write_model(&h.models, &artifact("payments", 1, -1.0));
+    h.post("/admin/reload", "").await;
+    let (_, v) = h
+        .post(
+            "/v1/predict",
+            r#"{"model": "payments", "context": {"target": "t", "attempt": 1, "failure_rate": 0}}"#,
+        )
+        .await;
+    assert_eq!(v["model"], "payments");
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("retrywise_model_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("retrywise_model_serving{model=\"default\",version=\"3\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("retrywise_model_serving{model=\"default\",version=\"2\"} 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn too_many_requests_in_flight_are_shed_with_retry_after() {
+    let h = Harness::new(|c| c.max_in_flight = 1).await;
+    // A request whose body never finishes holds the only slot.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let stream = tokio_stream_from(rx);
+    let router = h.router();
+    let slow = tokio::spawn(
+        router.clone().oneshot(
+            Request::post("/v1/predict")
+                .body(Body::from_stream(stream))
+                .unwrap(),
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (s, headers, v) = h
+        .call(
+            Request::post("/v1/predict")
+                .body(Body::from(r#"{"context": {"target": "t", "attempt": 1}}"#))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(headers.get(header::RETRY_AFTER).unwrap(), "1");
+    assert!(v["error"].as_str().unwrap().contains("overloaded"));
+    // Health checks are not shed.
+    assert_eq!(h.get("/healthz").await.0, StatusCode::OK);
+    tx.send(Ok(bytes::Bytes::from_static(
+        br#"{"context": {"target": "t", "attempt": 1}}"#,
+    )))
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
+    let (_, m) = h.get("/metrics").await;
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains("retrywise_shed_requests_total 1")
+    );
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_core_stream::Stream<Item = T> + Send + 'static {
+    futures_core_stream::from_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A minimal `Stream` over a poll function (no extra dependency).
+mod futures_core_stream {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub(super) use futures_util::Stream;
+
+    pub(super) struct FromFn<F>(F);
+
+    impl<T, F: FnMut(&mut Context<'_>) -> Poll<Option<T>> + Unpin> Stream for FromFn<F> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            (self.0)(cx)
+        }
+    }
+
+    pub(super) fn from_fn<T, F: FnMut(&mut Context<'_>) -> Poll<Option<T>> + Unpin>(
+        f: F,
+    ) -> FromFn<F> {
+        FromFn(f)
+    }
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let h = Harness::new(|_| {}).await;
+    let (s, v) = h.get("/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/v1/models",
+        "/v1/models/{name}",
+        "/v1/predict",
+        "/v1/decide",
+        "/v1/attempts",
+        "/v1/targets/{target}",
+        "/metrics",
+        "/admin/reload",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/infer",
+    ] {
+        assert!(v["paths"].get(path).is_some(), "{path} missing");
+    }
+    assert!(v["components"]["schemas"].get("Context").is_some());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any body on any POST route gets an answer below 500 (and never a panic).
+    #[test]
+    fn arbitrary_bodies_never_get_a_5xx(
+        route in prop::sample::select(vec!["/v1/predict", "/v1/decide", "/v1/attempts", "/v2/models/default/infer"]),
+        body in prop_oneof![
+            ".{0,200}",
+            any::<Vec<u8>>().prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            arb_json().prop_map(|v| v.to_string()),
+            arb_json().prop_map(|v| json!({"context": v}).to_string()),
+            arb_json().prop_map(|v| json!({"contexts": [v], "model": "default"}).to_string()),
+            arb_json().prop_map(|v| json!({"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [v]}]}).to_string()),
+        ],
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let h = Harness::new(|_| {}).await;
+            let (s, v) = h.post(route, &body).await;
+            prop_assert!(s.as_u16() < 500, "{} {:?} -> {} {}", route, body, s, v);
+            if !s.is_success() {
+                prop_assert!(v["error"].is_string(), "{} {:?} -> {} {}", route, body, s, v);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "[a-z_0-9]{0,8}".prop_map(Value::from),
+        prop::sample::select(vec!["target", "attempt", "timeout", "http_429", "delay_ms"])
+            .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "target".to_owned(),
+                    "attempt".to_owned(),
+                    "error".to_owned(),
+                    "delay_ms".to_owned(),
+                    "failure_rate".to_owned(),
+                    "status".to_owned(),
+                    "schema_version".to_owned(),
+                    "outcome".to_owned(),
+                ]),
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
