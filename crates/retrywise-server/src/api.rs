@@ -72,6 +72,10 @@ impl IntoResponse for ApiError {
 
 /// Parses JSON, naming the field of the first problem (`contexts[2].delay_ms: …`).
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    // The fast path; on failure, parse again keeping track of the path, for the message.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -420,11 +424,11 @@ pub struct BatchPrediction {
 fn prepare(
     st: &AppState,
     mut ctx: AttemptContext,
-    field: &str,
+    field: impl FnOnce() -> String,
     now: Instant,
 ) -> Result<AttemptContext, ApiError> {
     ctx.validate()
-        .map_err(|e| ApiError::bad_request(format!("{field}.{}: {}", e.field, e.problem)))?;
+        .map_err(|e| ApiError::bad_request(format!("{}.{}: {}", field(), e.field, e.problem)))?;
     st.fleet.fill(&mut ctx, now);
     Ok(ctx)
 }
@@ -453,7 +457,7 @@ pub(crate) async fn predict(
     let now = Instant::now();
     match (req.context, req.contexts) {
         (Some(ctx), None) => {
-            let ctx = prepare(&st, ctx, "context", now)?;
+            let ctx = prepare(&st, ctx, || "context".into(), now)?;
             let p = sanitize_probability(m.model.p_success(&ctx));
             count_predictions(&st, &m, 1);
             Ok(Json(Prediction {
@@ -466,7 +470,7 @@ pub(crate) async fn predict(
         (None, Some(ctxs)) => {
             let mut p = Vec::with_capacity(ctxs.len());
             for (i, ctx) in ctxs.into_iter().enumerate() {
-                let ctx = prepare(&st, ctx, &format!("contexts[{i}]"), now)?;
+                let ctx = prepare(&st, ctx, || format!("contexts[{i}]"), now)?;
                 p.push(sanitize_probability(m.model.p_success(&ctx)));
             }
             count_predictions(&st, &m, p.len() as u64);
@@ -537,7 +541,7 @@ pub(crate) async fn decide(
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
     let m = pick(&st, req.model.as_deref())?;
-    let ctx = prepare(&st, req.context, "context", Instant::now())?;
+    let ctx = prepare(&st, req.context, || "context".into(), Instant::now())?;
     let mut decider = SeedAdaptive::new()
         .with_model(Arc::new(Served(Arc::clone(&m))))
         .stop_below(st.config.min_p_success)

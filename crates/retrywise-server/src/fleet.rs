@@ -5,6 +5,7 @@
 //! without bound; attempts to targets beyond the cap are counted and not tracked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub struct TargetView {
 #[derive(Debug)]
 pub struct Fleet {
     targets: RwLock<HashMap<Arc<str>, Arc<Target>>>,
+    /// How many targets `targets` holds (read without the lock on the prediction path).
+    count: AtomicUsize,
     window: Duration,
     max_targets: usize,
 }
@@ -56,12 +59,16 @@ impl Fleet {
     pub fn new(window: Duration, max_targets: usize) -> Self {
         Self {
             targets: RwLock::new(HashMap::new()),
+            count: AtomicUsize::new(0),
             window,
             max_targets,
         }
     }
 
     fn get(&self, target: &str) -> Option<Arc<Target>> {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         self.targets.read().ok()?.get(target).cloned()
     }
 
@@ -81,6 +88,7 @@ impl Fleet {
         let breaker = CircuitBreaker::builder(Arc::clone(target)).build().ok()?;
         let t = Arc::new(Target { health, breaker });
         map.insert(Arc::clone(target), Arc::clone(&t));
+        self.count.store(map.len(), Ordering::Relaxed);
         Some(t)
     }
 
@@ -139,7 +147,7 @@ impl Fleet {
 
     /// How many targets are tracked.
     pub fn len(&self) -> usize {
-        self.targets.read().map_or(0, |m| m.len())
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Whether no target is tracked.

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The service under HTTP load, on 127.0.0.1, with oha (installed from crates.io if absent):
+#   1. maximum throughput of POST /v1/predict and of a trivial axum handler, same run;
+#   2. p99 latency of /v1/predict at half its maximum, open loop (fixed arrival rate);
+#   3. the batch form: predictions per second with 1000 contexts per request.
+# The server is pinned to core 0 and the load tool to core 1 (a 2-core machine); for the
+# batch form a second, unpinned server is used (the load tool barely works there).
+# Results: a table on stdout and $CARGO_TARGET_DIR/server-bench.json.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/retrywise/target}"
+DURATION="${DURATION:-10s}"
+CONNS="${CONNS:-64}"
+TOOLS="$HOME/.cache/retrywise/tools"
+OHA="$(command -v oha || true)"
+if [ -z "$OHA" ]; then
+  OHA="$TOOLS/bin/oha"
+  [ -x "$OHA" ] || cargo install --locked oha --root "$TOOLS"
+fi
+cargo build --release -q -p retrywise-cli -p retrywise-server-benches
+BIN="$CARGO_TARGET_DIR/release"
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+taskset -c 0 "$BIN/retrywise" serve --addr 127.0.0.1:18181 --models models --attempts "$work/attempts" 2>"$work/serve.log" &
+taskset -c 0 "$BIN/trivial-server" 127.0.0.1:18182 2>"$work/trivial.log" &
+# The batch form moves few, large requests: the load tool needs little, so that server
+# gets both cores.
+"$BIN/retrywise" serve --addr 127.0.0.1:18183 --models models --attempts "$work/attempts2" 2>"$work/serve2.log" &
+for _ in $(seq 50); do
+  curl -sf http://127.0.0.1:18181/readyz >/dev/null && curl -sf http://127.0.0.1:18183/readyz >/dev/null \
+    && curl -s -o /dev/null http://127.0.0.1:18182/ && break
+  sleep 0.2
+done
+
+ONE='{"context":{"target":"payments","attempt":2,"error":"http_503","status":503,"latency_ms":42,"elapsed_ms":45,"delay_ms":200,"failure_rate":0.2}}'
+python3 - "$work/batch.json" <<'PY'
+import json, sys
+ctx = {"target": "payments", "attempt": 2, "error": "http_429", "status": 429, "latency_ms": 12,
+       "elapsed_ms": 15, "retry_after_ms": 1000, "delay_ms": 0, "failure_rate": 0.3}
+contexts = [dict(ctx, delay_ms=float(i)) for i in range(1000)]
+json.dump({"contexts": contexts}, open(sys.argv[1], "w"))
+PY
+
+load() { # url body-file-or-string extra-args... -> json on stdout
+  local url="$1" body="$2"; shift 2
+  local data=(-d "$body")
+  [ -f "$body" ] && data=(-D "$body")
+  taskset -c 1 "$OHA" -z "$DURATION" -w --no-tui --output-format json -m POST -T application/json "${data[@]}" "$@" "$url"
+}
+
+load http://127.0.0.1:18182/v1/predict "$ONE" -c "$CONNS" > "$work/trivial.json"
+load http://127.0.0.1:18181/v1/predict "$ONE" -c "$CONNS" > "$work/predict.json"
+half=$(python3 -c "import json; print(int(json.load(open('$work/predict.json'))['summary']['requestsPerSec'] / 2))")
+load http://127.0.0.1:18181/v1/predict "$ONE" -c "$CONNS" -q "$half" --latency-correction > "$work/half.json"
+load http://127.0.0.1:18183/v1/predict "$work/batch.json" -c 8 > "$work/batch_out.json"
+
+python3 - "$work" "$CARGO_TARGET_DIR/server-bench.json" "$half" <<'PY'
+import json, sys
+work, out, half = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = {k: json.load(open(f"{work}/{f}")) for k, f in
+     [("trivial", "trivial.json"), ("predict", "predict.json"), ("half", "half.json"), ("batch", "batch_out.json")]}
+def codes(d): return d.get("statusCodeDistribution", {})
+def ok(d): return codes(d).get("200", 0)
+res = {
+  "trivial_rps": r["trivial"]["summary"]["requestsPerSec"],
+  "predict_rps": r["predict"]["summary"]["requestsPerSec"],
+  "predict_p99_ms_at_max": r["predict"]["latencyPercentiles"]["p99"] * 1e3,
+  "half_rate_rps": half,
+  "half_achieved_rps": r["half"]["summary"]["requestsPerSec"],
+  "half_p50_ms": r["half"]["latencyPercentiles"]["p50"] * 1e3,
+  "half_p99_ms": r["half"]["latencyPercentiles"]["p99"] * 1e3,
+  "batch_requests_per_s": r["batch"]["summary"]["requestsPerSec"],
+  "batch_predictions_per_s": r["batch"]["summary"]["requestsPerSec"] * 1000,
+  "batch_p99_ms": r["batch"]["latencyPercentiles"]["p99"] * 1e3,
+  "status_codes": {k: codes(v) for k, v in r.items()},
+}
+res["predict_over_trivial"] = res["predict_rps"] / res["trivial_rps"]
+json.dump(res, open(out, "w"), indent=2)
+print(f"| measure | value | target |\n|---|---|---|")
+print(f"| trivial axum handler, max | {res['trivial_rps']:,.0f} req/s | — |")
+print(f"| POST /v1/predict, max | {res['predict_rps']:,.0f} req/s ({res['predict_over_trivial']:.0%} of trivial) | ≥ 60 % |")
+print(f"| /v1/predict at half that ({half:,} req/s, open loop) | p50 {res['half_p50_ms']:.2f} ms, p99 {res['half_p99_ms']:.2f} ms | p99 ≤ 5 ms |")
+print(f"| batch of 1000 contexts | {res['batch_predictions_per_s']:,.0f} predictions/s (p99 {res['batch_p99_ms']:.1f} ms per request) | ≥ 2 M/s |")
+bad = {k: {c: n for c, n in v.items() if c != "200"} for k, v in res["status_codes"].items()}
+print("non-200 answers:", {k: v for k, v in bad.items() if v} or "none")
+PY
