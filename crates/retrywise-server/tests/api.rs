@@ -811,3 +811,47 @@ fn arb_json() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+#[tokio::test]
+async fn the_fleet_opens_a_shared_circuit_when_a_target_keeps_failing() {
+    let h = Harness::new(|_| {}).await;
+    let ok: Vec<AttemptRecord> = (0..10).map(|i| record("inventory", true, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&ok).unwrap())
+        .await;
+    let (_, v) = h.get("/v1/targets/inventory").await;
+    assert_eq!(
+        (v["breaker_state"].as_str(), v["allow"].as_bool()),
+        (Some("CLOSED"), Some(true)),
+        "{v}"
+    );
+    // The breaker's default window is 100 calls with a 50 % threshold.
+    let bad: Vec<AttemptRecord> = (10..200).map(|i| record("inventory", false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, v) = h.get("/v1/targets/inventory").await;
+    assert_eq!(
+        (v["breaker_state"].as_str(), v["allow"].as_bool()),
+        (Some("OPEN"), Some(false)),
+        "{v}"
+    );
+    assert!(v["failure_rate"].as_f64().unwrap() > 0.9, "{v}");
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_timeout_gets_503() {
+    let h = Harness::new(|c| c.request_timeout = Duration::from_millis(100)).await;
+    // A body that never arrives.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let (s, _, v) = h
+        .call(
+            Request::post("/v1/predict")
+                .body(Body::from_stream(tokio_stream_from(rx)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("request timeout"),
+        "{v}"
+    );
+}
