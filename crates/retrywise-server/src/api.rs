@@ -593,6 +593,32 @@ pub struct IngestResponse {
 
 const MAX_ERRORS: usize = 10;
 
+/// Refuses records this build's readers could not read back (another major schema
+/// version) and records with impossible values, naming the field.
+fn check_record(r: AttemptRecord, at: impl Fn() -> String) -> Result<AttemptRecord, ApiError> {
+    let current = retrywise::attempt::SchemaVersion::CURRENT;
+    if r.schema_version.major != current.major {
+        return Err(ApiError::bad_request(format!(
+            "{}: schema_version: {} is not supported (this service reads {}.x)",
+            at(),
+            r.schema_version,
+            current.major
+        )));
+    }
+    r.context
+        .validate()
+        .map_err(|e| ApiError::bad_request(format!("{}: {}: {}", at(), e.field, e.problem)))?;
+    if let Some(s) = r.outcome_status
+        && !(100..=599).contains(&s)
+    {
+        return Err(ApiError::bad_request(format!(
+            "{}: outcome_status: must be an HTTP status within 100..=599, got {s}",
+            at()
+        )));
+    }
+    Ok(r)
+}
+
 /// Attempt records, as a JSON array (`Content-Type: application/json`) or NDJSON
 /// (`application/x-ndjson`); each valid record is written through the collector and feeds
 /// the fleet view, each invalid one is counted and refused. 202.
@@ -622,7 +648,9 @@ pub(crate) async fn ingest(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match parse::<AttemptRecord>(line, &format!("line {}", i + 1)) {
+            match parse::<AttemptRecord>(line, &format!("line {}", i + 1))
+                .and_then(|r| check_record(r, || format!("line {}", i + 1)))
+            {
                 Ok(r) => records.push(r),
                 Err(e) => refuse(e.message),
             }
@@ -635,7 +663,9 @@ pub(crate) async fn ingest(
             ))
         })?;
         for (i, v) in items.into_iter().enumerate() {
-            match parse::<AttemptRecord>(v.to_string().as_bytes(), &format!("[{i}]")) {
+            match parse::<AttemptRecord>(v.to_string().as_bytes(), &format!("[{i}]"))
+                .and_then(|r| check_record(r, || format!("[{i}]")))
+            {
                 Ok(r) => records.push(r),
                 Err(e) => refuse(e.message),
             }
@@ -648,8 +678,11 @@ pub(crate) async fn ingest(
     }
     let now = Instant::now();
     let accepted = records.len() as u64;
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     for r in records {
-        if !st.fleet.observe(&r, now) {
+        if st.fleet.observe(&r, now, wall_ms) == crate::fleet::Observed::Full {
             tracing::debug!(target_name = %r.context.target, "fleet view full: target not tracked");
         }
         st.metrics

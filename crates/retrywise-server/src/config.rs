@@ -34,8 +34,8 @@ pub struct Config {
     /// Distinct target names given their own Prometheus label value; the rest are counted
     /// as `other`. Default 100.
     pub max_target_labels: usize,
-    /// Targets whose health the fleet view keeps; attempts to more are counted and not
-    /// tracked. Default 10 000.
+    /// Targets whose health the fleet view keeps (about 90 KB each); attempts to more are
+    /// counted and not tracked. Default 1000.
     pub max_targets: usize,
     /// The window of each target's rolling health. Default 10 s.
     pub health_window: Duration,
@@ -56,7 +56,7 @@ impl Default for Config {
             max_in_flight: 1024,
             token: None,
             max_target_labels: 100,
-            max_targets: 10_000,
+            max_targets: 1000,
             health_window: Duration::from_secs(10),
             min_p_success: 0.05,
         }

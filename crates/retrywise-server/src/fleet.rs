@@ -27,7 +27,8 @@ pub struct Target {
 pub struct TargetView {
     /// The target.
     pub target: String,
-    /// Attempts that ended within the health window.
+    /// Attempts ingested within the health window (attempts that ended before it are not
+    /// counted).
     pub calls: u64,
     /// Failures among them.
     pub failures: u64,
@@ -42,6 +43,17 @@ pub struct TargetView {
     /// The breaker's counters.
     #[schema(value_type = Object)]
     pub breaker: BreakerMetrics,
+}
+
+/// What [`Fleet::observe`] did with an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// It counts in its target's health and breaker.
+    Tracked,
+    /// It ended before the health window: left out.
+    Stale,
+    /// Its target is new and the fleet is at its cap: left out.
+    Full,
 }
 
 /// Every target's state.
@@ -92,13 +104,22 @@ impl Fleet {
         Some(t)
     }
 
-    /// Learns from one ingested attempt; `false` if the target is beyond the cap.
-    pub fn observe(&self, rec: &AttemptRecord, now: Instant) -> bool {
+    /// Learns from one ingested attempt that ended by wall-clock time `wall_ms` (ms since
+    /// the epoch) at the latest. Attempts that ended before the health window (a backfill,
+    /// a replay) are left out: the view is of the target's health now.
+    pub fn observe(&self, rec: &AttemptRecord, now: Instant, wall_ms: u64) -> Observed {
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let ended_ms = rec
+            .started_at_ms
+            .saturating_add(u64::try_from(rec.outcome_latency.as_millis()).unwrap_or(u64::MAX));
+        if ended_ms.saturating_add(window_ms) < wall_ms {
+            return Observed::Stale;
+        }
         let Some(t) = self.get_or_create(&rec.context.target) else {
-            return false;
+            return Observed::Full;
         };
         if rec.outcome == Outcome::Cancelled {
-            return true;
+            return Observed::Tracked;
         }
         let failed = rec.outcome == Outcome::Retryable;
         t.health.record(now, failed, rec.outcome_latency);
@@ -111,7 +132,7 @@ impl Fleet {
         if let Ok(permit) = t.breaker.try_acquire() {
             permit.record(outcome, rec.outcome_latency);
         }
-        true
+        Observed::Tracked
     }
 
     /// Fills what `ctx` does not say about its target's health from the fleet's view.

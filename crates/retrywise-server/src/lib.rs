@@ -122,7 +122,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// # Errors
 /// The models folder cannot be read.
 pub async fn reload(st: &AppState) -> std::io::Result<ReloadReport> {
-    let before = st.models.snapshot();
     let r = match st.models.reload().await {
         Ok(r) => r,
         Err(e) => {
@@ -151,26 +150,15 @@ pub async fn reload(st: &AppState) -> std::io::Result<ReloadReport> {
             })
             .inc();
     }
-    if !r.loaded.is_empty() {
-        for (name, m) in before.iter() {
-            st.metrics
-                .model_serving
-                .get_or_create(&metrics::ModelLabels {
-                    model: name.clone(),
-                    version: m.version.to_string(),
-                })
-                .set(0);
-        }
-        for (name, m) in st.models.snapshot().iter() {
-            st.metrics
-                .model_serving
-                .get_or_create(&metrics::ModelLabels {
-                    model: name.clone(),
-                    version: m.version.to_string(),
-                })
-                .set(1);
-        }
-    }
+    // Recomputed from what serves now on every reload, so two reloads racing cannot leave
+    // a stale version marked as serving.
+    let serving: Vec<(String, u32)> = st
+        .models
+        .snapshot()
+        .values()
+        .map(|m| (m.name.clone(), m.version))
+        .collect();
+    st.metrics.set_serving(&serving);
     Ok(r)
 }
 
@@ -339,6 +327,12 @@ impl Service {
             .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
             .merge(api)
             .fallback(|| async { ApiError::not_found("no such route") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed on this route",
+                )
+            })
             .layer(DefaultBodyLimit::max(c.body_limit))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&st), observe))
             .with_state(st)

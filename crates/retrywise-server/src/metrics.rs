@@ -78,8 +78,8 @@ pub struct Metrics {
     pub ingested: Family<TargetLabels, Counter>,
     /// Attempt records refused as invalid.
     pub rejected: Counter,
-    /// Records the collector dropped (queue full, I/O errors), as it last reported.
-    pub dropped: Gauge,
+    /// Accepted records the collector dropped (queue full, I/O errors).
+    pub dropped: Counter,
     /// Model reloads by result (a failure is a version refused).
     pub reloads: Family<ResultLabels, Counter>,
     /// Requests shed with 503 because too many were in flight.
@@ -89,6 +89,7 @@ pub struct Metrics {
     max_target_labels: usize,
     target_names: Mutex<HashSet<String>>,
     dropped_seen: AtomicU64,
+    serving: Mutex<HashSet<(String, String)>>,
 }
 
 impl Metrics {
@@ -136,7 +137,7 @@ impl Metrics {
             "Attempt records refused as invalid",
             rejected.clone(),
         );
-        let dropped = Gauge::default();
+        let dropped = Counter::default();
         registry.register(
             "dropped_attempts",
             "Accepted attempt records the collector dropped",
@@ -176,6 +177,7 @@ impl Metrics {
             max_target_labels,
             target_names: Mutex::new(HashSet::new()),
             dropped_seen: AtomicU64::new(0),
+            serving: Mutex::new(HashSet::new()),
         }
     }
 
@@ -195,10 +197,41 @@ impl Metrics {
         "other".into()
     }
 
-    /// Records the collector's dropped count.
-    pub fn set_dropped(&self, dropped: u64) {
-        self.dropped_seen.store(dropped, Ordering::Relaxed);
-        self.dropped.set(i64::try_from(dropped).unwrap_or(i64::MAX));
+    /// Brings the dropped counter up to the collector's running total.
+    pub fn set_dropped(&self, total: u64) {
+        let before = self.dropped_seen.fetch_max(total, Ordering::Relaxed);
+        if total > before {
+            self.dropped.inc_by(total - before);
+        }
+    }
+
+    /// Marks exactly the `(model, version)` pairs of `serving` as serving (1), and every
+    /// pair marked before and no longer serving as 0.
+    pub fn set_serving(&self, serving: &[(String, u32)]) {
+        let Ok(mut marked) = self.serving.lock() else {
+            return;
+        };
+        let now: HashSet<(String, String)> = serving
+            .iter()
+            .map(|(m, v)| (m.clone(), v.to_string()))
+            .collect();
+        for (model, version) in marked.iter().filter(|k| !now.contains(*k)) {
+            self.model_serving
+                .get_or_create(&ModelLabels {
+                    model: model.clone(),
+                    version: version.clone(),
+                })
+                .set(0);
+        }
+        for (model, version) in &now {
+            self.model_serving
+                .get_or_create(&ModelLabels {
+                    model: model.clone(),
+                    version: version.clone(),
+                })
+                .set(1);
+        }
+        marked.extend(now);
     }
 
     /// The Prometheus text exposition (format 0.0.4; see [`CONTENT_TYPE`]).

@@ -2,7 +2,8 @@
 //! swapped in availability-first.
 //!
 //! [`Models::reload`] scans `models/<name>/<version>/model.json`; for each name whose
-//! highest version differs from the one serving, it loads and validates the new one off
+//! highest valid version on disk differs from the one serving (newer, or older after a
+//! rollback, or rewritten under the same number), it loads and validates it off
 //! the request path, then swaps the whole set atomically ([`ArcSwap`]). Requests take a
 //! snapshot ([`Models::snapshot`]) once and keep it, so no request fails, waits or mixes two
 //! versions during a swap. A version that fails to load is refused — logged, counted, and
@@ -28,6 +29,8 @@ pub struct LoadedModel {
     pub artifact: ModelArtifact,
     /// The model, ready to evaluate.
     pub model: LogisticModel,
+    /// The size and modification time of the file it was loaded from.
+    pub stamp: (u64, Option<SystemTime>),
 }
 
 /// A refused version, and the size and modification time of the file refused.
@@ -90,6 +93,7 @@ fn load_version(path: &Path, name: &str, version: u32) -> Result<LoadedModel, St
         version,
         artifact,
         model,
+        stamp: (0, None),
     })
 }
 
@@ -174,17 +178,26 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
             }
         };
         versions.sort_unstable_by_key(|v| std::cmp::Reverse(v.0));
-        let serving = current.get(&name).map(|m| m.version);
+        let cur = current.get(&name);
+        let serving = cur.map(|m| m.version);
+        if let Some(c) = cur
+            && !versions.iter().any(|(v, _)| *v == c.version)
+        {
+            tracing::warn!(model = %name, version = c.version, "the version serving was removed from disk; serving the highest valid one left");
+        }
+        // The highest valid version on disk serves: a newer one, or an older one when the
+        // serving version was removed (a rollback) or rewritten under the same number.
         for (version, vpath) in versions {
-            if serving.is_some_and(|s| version <= s) {
+            let st = stamp(&vpath);
+            if cur.is_some_and(|c| c.version == version && c.stamp == st) {
                 break;
             }
-            let st = stamp(&vpath);
             if refused.get(&(name.clone(), version)) == Some(&st) {
                 continue;
             }
             match load_version(&vpath, &name, version) {
-                Ok(m) => {
+                Ok(mut m) => {
+                    m.stamp = st;
                     tracing::info!(model = %name, version, previous = ?serving, "model loaded");
                     report.loaded.push((name.clone(), version));
                     next.insert(name.clone(), Arc::new(m));

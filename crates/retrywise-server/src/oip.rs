@@ -217,9 +217,12 @@ pub(crate) async fn model_ready(
 }
 
 fn column(input: &InferInput, n: usize) -> Result<(), ApiError> {
-    let len: u64 = input.shape.iter().product();
-    let ok_shape = matches!(input.shape.as_slice(), [k] | [k, 1] if *k as usize == n);
-    if !ok_shape || len as usize != input.data.len() {
+    let len = input
+        .shape
+        .iter()
+        .try_fold(1u64, |acc, d| acc.checked_mul(*d));
+    let ok_shape = matches!(input.shape.as_slice(), [k] | [k, 1] if *k == n as u64);
+    if !ok_shape || len != Some(input.data.len() as u64) {
         return Err(ApiError::bad_request(format!(
             "inputs.{}: shape {:?} with {} values; expected [{n}] like the other inputs",
             input.name,

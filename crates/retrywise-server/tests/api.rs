@@ -450,7 +450,126 @@ fn record(target: &str, ok: bool, i: u64) -> AttemptRecord {
     } else {
         Verdict::Retryable(Failure::new(ErrorKind::Http503).with_status(503))
     };
-    AttemptRecord::new(i, 0, 1_000 + i, ctx, &verdict, Duration::from_millis(20))
+    AttemptRecord::new(i, 0, now_ms() + i, ctx, &verdict, Duration::from_millis(20))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense() {
+    let h = Harness::new(|_| {}).await;
+    let good = serde_json::to_value(record("payments", true, 1)).unwrap();
+    let with = |k: &str, v: Value| {
+        let mut r = good.clone();
+        r[k] = v;
+        r
+    };
+    let body = json!([
+        good,
+        with("schema_version", json!("9.0")),
+        with("attempt", json!(0)),
+        with("target", json!("")),
+        with("failure_rate", json!(7.5)),
+        with("status", json!(42)),
+        with("outcome_status", json!(42)),
+    ]);
+    let (s, v) = h.post("/v1/attempts", &body.to_string()).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(1), Some(6)),
+        "{v}"
+    );
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for (i, want) in [
+        (1, "schema_version: 9.0 is not supported"),
+        (2, "attempt: must be at least 1"),
+        (3, "target: must not be empty"),
+        (4, "failure_rate: must be within [0, 1]"),
+        (5, "status: must be an HTTP status"),
+        (6, "outcome_status: must be an HTTP status"),
+    ] {
+        assert!(
+            errors[i - 1].starts_with(&format!("[{i}]: ")) && errors[i - 1].contains(want),
+            "{errors:?}"
+        );
+    }
+    // Old attempts (a backfill) are kept but do not count as the target's health now.
+    let mut old = record("archive", false, 1);
+    old.started_at_ms -= 3_600_000;
+    let (s, v) = h
+        .post("/v1/attempts", &serde_json::to_string(&[old]).unwrap())
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
+    assert_eq!(h.get("/v1/targets/archive").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn misspelled_fields_wrong_methods_and_absurd_shapes_are_4xx() {
+    let h = Harness::new(|_| {}).await;
+    let (s, v) = h
+        .post(
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 2, "latncy_ms": 5}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `latncy_ms`"),
+        "{v}"
+    );
+    let (s, _, v) = h
+        .call(Request::get("/v1/predict").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(v["error"].is_string(), "{v}");
+    let body = json!({"inputs": [{"name": "attempt", "shape": [u64::MAX, 2], "datatype": "INT64", "data": [1]}]});
+    let (s, v) = h.post("/v2/models/default/infer", &body.to_string()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn a_rollback_or_a_rewritten_version_is_followed() {
+    let h = Harness::new(|_| {}).await;
+    let ask = r#"{"context": {"target": "t", "attempt": 1, "failure_rate": 0}}"#;
+    write_model(&h.models, &artifact("default", 2, 1.0));
+    h.post("/admin/reload", "").await;
+    assert_eq!(h.post("/v1/predict", ask).await.1["version"], 2);
+    // Version 2 removed: version 1 serves again.
+    std::fs::remove_dir_all(h.models.join("default/2")).unwrap();
+    let (_, v) = h.post("/admin/reload", "").await;
+    assert_eq!(v["serving"], json!(["default/1"]), "{v}");
+    let (_, v) = h.post("/v1/predict", ask).await;
+    assert_eq!((v["version"].as_u64(), p_of(&v)), (Some(1), 0.5));
+    // A new version 2 (another model under a number used before) is taken.
+    write_model(&h.models, &artifact("default", 2, -1.0));
+    h.post("/admin/reload", "").await;
+    let (_, v) = h.post("/v1/predict", ask).await;
+    assert_eq!(v["version"], 2);
+    assert!((p_of(&v) - sigmoid(-1.0)).abs() < 1e-12, "{v}");
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("retrywise_model_serving{model=\"default\",version=\"2\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("retrywise_model_serving{model=\"default\",version=\"1\"} 0"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -71,10 +71,14 @@ fn format_of(path: &Path) -> Option<Format> {
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
     let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io("read directory", dir, e))?;
     for entry in entries {
-        let path = entry
+        let entry = entry.map_err(|e| TrainError::io("read directory", dir, e))?;
+        let path = entry.path();
+        // Symbolic links to folders are not followed (a link loop would never end).
+        let is_dir = entry
+            .file_type()
             .map_err(|e| TrainError::io("read directory", dir, e))?
-            .path();
-        if path.is_dir() {
+            .is_dir();
+        if is_dir {
             walk(&path, out)?;
         } else if format_of(&path).is_some() {
             out.push(path);
@@ -395,9 +399,9 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
         let st = match status.get(i) {
             None => None,
             Some(v) => match u16::try_from(v) {
-                Ok(v) if (100..=999).contains(&v) => Some(v),
+                Ok(v) if (100..=599).contains(&v) => Some(v),
                 _ => {
-                    summary.skip("HTTP status outside 100..=999", 1);
+                    summary.skip("HTTP status outside 100..=599", 1);
                     continue;
                 }
             },

@@ -66,7 +66,15 @@ pub fn write_new_version(
     let dir = models.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("create", &dir, e))?;
     for _ in 0..100 {
-        let version = versions(&dir)?.last().copied().unwrap_or(0) + 1;
+        let version = versions(&dir)?
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| TrainError::Input {
+                path: dir.clone(),
+                problem: "holds version 4294967295: no version number is left".into(),
+            })?;
         artifact.version = version;
         let staging = dir.join(format!(".staging-{version}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);

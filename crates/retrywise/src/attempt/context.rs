@@ -23,6 +23,7 @@ use super::{ErrorKind, Failure, serde_ms};
 /// On the wire (records, the HTTP API) durations are milliseconds: `latency_ms`,
 /// `elapsed_ms`, `retry_after_ms`, `delay_ms`, `latency_p95_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AttemptContext {
     /// The logical name of what is called (a service, host or endpoint).
     pub target: Arc<str>,

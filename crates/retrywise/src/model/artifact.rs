@@ -252,6 +252,7 @@ impl ModelArtifact {
         let n = N_FEATURES;
         for (field, found) in [
             ("features.names", self.features.names.len()),
+            ("features.descriptions", self.features.descriptions.len()),
             ("scaler.mean", self.scaler.mean.len()),
             ("scaler.scale", self.scaler.scale.len()),
             ("weights", self.weights.len()),
@@ -575,6 +576,15 @@ mod tests {
                     v["weights"].as_array_mut().unwrap().pop();
                 }),
                 "`weights` has 30 values, expected 31",
+            ),
+            (
+                Box::new(|v| {
+                    v["features"]["descriptions"]
+                        .as_array_mut()
+                        .unwrap()
+                        .clear();
+                }),
+                "`features.descriptions` has 0 values, expected 31",
             ),
             (
                 Box::new(|v| v["scaler"]["scale"][4] = 0.0.into()),
