@@ -200,6 +200,8 @@ pub struct Ready {
     pub ready: bool,
     /// Models serving.
     pub models: usize,
+    /// Whether the model used when a request names none is among them.
+    pub default_model: bool,
 }
 
 /// The process is alive.
@@ -223,6 +225,7 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, Ap
     Ok(Json(Ready {
         ready: true,
         models: n,
+        default_model: st.models.snapshot().contains_key(&st.config.default_model),
     }))
 }
 
@@ -546,14 +549,30 @@ pub(crate) async fn decide(
         .with_model(Arc::new(Served(Arc::clone(&m))))
         .stop_below(st.config.min_p_success)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if let Some(ms) = req.deadline_ms {
-        let d =
-            ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))?;
+    let deadline = req
+        .deadline_ms
+        .map(|ms| {
+            ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
+        })
+        .transpose()?;
+    if let Some(d) = deadline {
         decider = decider
             .deadline(d)
             .map_err(|e| ApiError::bad_request(format!("deadline_ms: {}", e.problem)))?;
     }
-    let (retry, delay, reason) = match decider.decide(&ctx) {
+    let decision = match decider.decide(&ctx) {
+        // The rules cap every wait at 30 s; a longer Retry-After is still honoured, if the
+        // deadline allows it.
+        Decision::Retry(d) => match ctx.retry_after.filter(|ra| *ra > d) {
+            Some(ra) if deadline.is_some_and(|dl| ctx.elapsed.saturating_add(ra) >= dl) => {
+                Decision::Stop(retrywise::retry::StopReason::Deadline)
+            }
+            Some(ra) => Decision::Retry(ra),
+            None => Decision::Retry(d),
+        },
+        stop => stop,
+    };
+    let (retry, delay, reason) = match decision {
         Decision::Retry(d) => (true, d, "retry".to_owned()),
         Decision::Stop(r) => (false, Duration::ZERO, r.as_str().to_owned()),
     };

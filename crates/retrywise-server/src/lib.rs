@@ -217,8 +217,9 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         .inc();
     st.metrics
         .latency
-        .get_or_create(&metrics::RouteOnly {
+        .get_or_create(&metrics::RouteLabels {
             route: route.clone(),
+            status,
         })
         .observe(secs);
     if response.extensions().get::<Shed>().is_some() {
@@ -235,7 +236,12 @@ async fn authorize(State(st): State<AppState>, req: Request, next: Next) -> Resp
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // The scheme is case-insensitive (RFC 7235).
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                    .map(|_| &v[7..])
+            })
             .unwrap_or("");
         // Compare without stopping at the first difference.
         let same = given.len() == token.len()

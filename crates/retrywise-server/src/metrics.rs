@@ -23,13 +23,6 @@ pub struct RouteLabels {
     pub status: u16,
 }
 
-/// Labels of a route.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteOnly {
-    /// The route template.
-    pub route: String,
-}
-
 /// Labels of a model version.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -66,8 +59,8 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by route and status.
     pub requests: Family<RouteLabels, Counter>,
-    /// Request latency by route, seconds.
-    pub latency: Family<RouteOnly, Histogram>,
+    /// Request latency by route and status, seconds.
+    pub latency: Family<RouteLabels, Histogram>,
     /// 1 for each model version serving.
     pub model_serving: Family<ModelLabels, Gauge>,
     /// Probabilities computed, by model.
@@ -103,7 +96,7 @@ impl Metrics {
             "HTTP requests by route and status",
             requests.clone(),
         );
-        let latency = Family::<RouteOnly, Histogram>::new_with_constructor(
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))) as fn() -> Histogram,
         );
         registry.register(

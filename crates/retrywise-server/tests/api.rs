@@ -141,7 +141,10 @@ async fn health_readiness_and_models() {
     );
     assert_eq!(
         h.get("/readyz").await,
-        (StatusCode::OK, json!({"ready": true, "models": 1}))
+        (
+            StatusCode::OK,
+            json!({"ready": true, "models": 1, "default_model": true})
+        )
     );
     assert_eq!(
         h.get("/v2/health/live").await,
@@ -293,6 +296,24 @@ async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
         .post("/v1/decide", &json!({"context": ra}).to_string())
         .await;
     assert!(v["delay_ms"].as_f64().unwrap() >= 3_000.0, "{v}");
+    // Even beyond the rules' 30 s cap, unless the deadline forbids it.
+    let mut long = ctx(0.0, 2);
+    long["retry_after_ms"] = json!(120_000);
+    let (_, v) = h
+        .post("/v1/decide", &json!({"context": long}).to_string())
+        .await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["delay_ms"].as_f64()),
+        (Some(true), Some(120_000.0)),
+        "{v}"
+    );
+    let (_, v) = h
+        .post(
+            "/v1/decide",
+            &json!({"context": long, "deadline_ms": 60_000}).to_string(),
+        )
+        .await;
+    assert_eq!(v["reason"], "deadline", "{v}");
     let (_, m) = h.get("/metrics").await;
     let text = m.as_str().unwrap();
     assert!(
