@@ -34,8 +34,8 @@ pub struct Config {
     /// Distinct target names given their own Prometheus label value; the rest are counted
     /// as `other`. Default 100.
     pub max_target_labels: usize,
-    /// Targets whose health the fleet view keeps (about 90 KB each); attempts to more are
-    /// counted and not tracked. Default 1000.
+    /// Targets whose health the fleet view keeps (about 90 KB each); at the cap, idle
+    /// targets make room, and attempts to more are not tracked. Default 1000.
     pub max_targets: usize,
     /// The window of each target's rolling health. Default 10 s.
     pub health_window: Duration,

@@ -56,7 +56,9 @@ pub enum Observed {
     Full,
 }
 
-/// Every target's state.
+/// Every target's state. When the fleet is at its cap, a new target takes the place of
+/// idle ones (no attempt within the window, circuit closed); if none is idle, it is not
+/// tracked.
 #[derive(Debug)]
 pub struct Fleet {
     targets: RwLock<HashMap<Arc<str>, Arc<Target>>>,
@@ -85,7 +87,7 @@ impl Fleet {
     }
 
     /// The target's state, created if there is room.
-    fn get_or_create(&self, target: &Arc<str>) -> Option<Arc<Target>> {
+    fn get_or_create(&self, target: &Arc<str>, now: Instant) -> Option<Arc<Target>> {
         if let Some(t) = self.get(target) {
             return Some(t);
         }
@@ -94,7 +96,13 @@ impl Fleet {
             return Some(Arc::clone(t));
         }
         if map.len() >= self.max_targets {
-            return None;
+            // Make room by forgetting targets that are idle: nothing within the window and a
+            // closed (or never used) shared circuit.
+            map.retain(|_, t| t.health.counts(now).0 > 0 || t.breaker.state() != State::Closed);
+            self.count.store(map.len(), Ordering::Relaxed);
+            if map.len() >= self.max_targets {
+                return None;
+            }
         }
         let health = HealthTracker::new(self.window).ok()?;
         let breaker = CircuitBreaker::builder(Arc::clone(target)).build().ok()?;
@@ -115,7 +123,7 @@ impl Fleet {
         if ended_ms.saturating_add(window_ms) < wall_ms {
             return Observed::Stale;
         }
-        let Some(t) = self.get_or_create(&rec.context.target) else {
+        let Some(t) = self.get_or_create(&rec.context.target, now) else {
             return Observed::Full;
         };
         if rec.outcome == Outcome::Cancelled {

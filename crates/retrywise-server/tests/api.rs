@@ -995,3 +995,28 @@ async fn a_request_slower_than_the_timeout_gets_503() {
         "{v}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_its_cap_the_fleet_forgets_idle_targets() {
+    let h = Harness::new(|c| {
+        c.max_targets = 2;
+        c.health_window = Duration::from_secs(10);
+    })
+    .await;
+    let ingest = |names: &[&str]| {
+        let recs: Vec<AttemptRecord> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| record(n, true, i as u64))
+            .collect();
+        serde_json::to_string(&recs).unwrap()
+    };
+    h.post("/v1/attempts", &ingest(&["a", "b"])).await;
+    // Full, and nobody idle: "c" is not tracked.
+    h.post("/v1/attempts", &ingest(&["c"])).await;
+    assert_eq!(h.get("/v1/targets/c").await.0, StatusCode::NOT_FOUND);
+    // "a" and "b" fall idle; "c" takes a place.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    h.post("/v1/attempts", &ingest(&["c"])).await;
+    assert_eq!(h.get("/v1/targets/c").await.0, StatusCode::OK);
+}
