@@ -70,28 +70,48 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses JSON, naming the field of the first problem (`contexts[2].delay_ms: …`).
-pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+/// The error for a body that does not deserialize: `what` (where in the request, may be
+/// empty), then the field path, then what serde said.
+fn refusal(
+    what: &str,
+    path: &serde_path_to_error::Path,
+    inner: impl std::fmt::Display,
+) -> ApiError {
+    let path = path.to_string();
+    let at: Vec<&str> = [what, path.as_str()]
+        .into_iter()
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if at.is_empty() {
+        ApiError::bad_request(inner.to_string())
+    } else {
+        ApiError::bad_request(format!("{}: {inner}", at.join(": ")))
+    }
+}
+
+/// Parses JSON, naming the field of the first problem (`contexts[2].delay_ms: …`); `what`
+/// is only called on failure.
+pub(crate) fn parse<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
     // The fast path; on failure, parse again keeping track of the path, for the message.
     if let Ok(v) = serde_json::from_slice(bytes) {
         return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let at = if path == "." || path.is_empty() {
-            what.to_owned()
-        } else {
-            format!("{what}{}{path}", if what.is_empty() { "" } else { ": " })
-        };
-        ApiError::bad_request(if at.is_empty() {
-            inner.to_string()
-        } else {
-            format!("{at}: {inner}")
-        })
-    })?;
-    Ok(value)
+    serde_path_to_error::deserialize(de).map_err(|e| refusal(&what(), e.path(), e.inner()))
+}
+
+/// Like [`parse`], from a JSON value already parsed.
+fn parse_value<T: DeserializeOwned>(
+    v: &serde_json::Value,
+    what: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    if let Ok(t) = T::deserialize(v) {
+        return Ok(t);
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| refusal(&what(), e.path(), e.inner()))
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -145,7 +165,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 format!("expected a JSON body, got Content-Type {ct}"),
             ));
         }
-        parse(&bytes, "").map(ApiJson)
+        parse(&bytes, String::new).map(ApiJson)
     }
 }
 
@@ -667,7 +687,7 @@ pub(crate) async fn ingest(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match parse::<AttemptRecord>(line, &format!("line {}", i + 1))
+            match parse::<AttemptRecord>(line, || format!("line {}", i + 1))
                 .and_then(|r| check_record(r, || format!("line {}", i + 1)))
             {
                 Ok(r) => records.push(r),
@@ -675,14 +695,14 @@ pub(crate) async fn ingest(
             }
         }
     } else if ct.is_empty() || ct == "application/json" || ct.ends_with("+json") {
-        let items: Vec<serde_json::Value> = parse(&bytes, "body").map_err(|e| {
+        let items: Vec<serde_json::Value> = parse(&bytes, || "body".into()).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} (expected a JSON array of attempt records)",
                 e.message
             ))
         })?;
         for (i, v) in items.into_iter().enumerate() {
-            match parse::<AttemptRecord>(v.to_string().as_bytes(), &format!("[{i}]"))
+            match parse_value::<AttemptRecord>(&v, || format!("[{i}]"))
                 .and_then(|r| check_record(r, || format!("[{i}]")))
             {
                 Ok(r) => records.push(r),
@@ -710,19 +730,13 @@ pub(crate) async fn ingest(
                 target: st.metrics.target_label(&r.context.target),
             })
             .inc();
-        if let Some(rec) = &st.recorder {
-            rec.record(r);
-        }
+        st.recorder.record(r);
     }
     st.metrics.rejected.inc_by(rejected);
     st.metrics
         .targets
         .set(i64::try_from(st.fleet.len()).unwrap_or(i64::MAX));
-    if let Some(rec) = &st.recorder {
-        let s = rec.stats();
-        st.metrics
-            .set_dropped(s.dropped_queue_full + s.dropped_io + s.dropped_closed);
-    }
+    st.sync_dropped();
     Ok((
         StatusCode::ACCEPTED,
         Json(IngestResponse {
@@ -756,11 +770,7 @@ pub(crate) async fn target(
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
 pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    if let Some(rec) = &st.recorder {
-        let s = rec.stats();
-        st.metrics
-            .set_dropped(s.dropped_queue_full + s.dropped_io + s.dropped_closed);
-    }
+    st.sync_dropped();
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         st.metrics.render(),

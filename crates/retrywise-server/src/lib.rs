@@ -74,9 +74,18 @@ pub struct Shared {
     /// The metrics.
     pub metrics: Metrics,
     /// Where ingested attempts go.
-    pub recorder: Option<SegmentRecorder>,
+    pub recorder: SegmentRecorder,
     /// The API routes' concurrency limit, shared by every router of this service.
     in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    /// Brings the dropped-records counter up to what the collector reports.
+    pub(crate) fn sync_dropped(&self) {
+        let s = self.recorder.stats();
+        self.metrics
+            .set_dropped(s.dropped_queue_full + s.dropped_io + s.dropped_closed);
+    }
 }
 
 /// A cheap handle on [`Shared`].
@@ -208,24 +217,13 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     .await;
     let status = response.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
-    st.metrics
-        .requests
-        .get_or_create(&metrics::RouteLabels {
-            route: route.clone(),
-            status,
-        })
-        .inc();
-    st.metrics
-        .latency
-        .get_or_create(&metrics::RouteLabels {
-            route: route.clone(),
-            status,
-        })
-        .observe(secs);
+    let labels = metrics::RouteLabels { route, status };
+    st.metrics.requests.get_or_create(&labels).inc();
+    st.metrics.latency.get_or_create(&labels).observe(secs);
     if response.extensions().get::<Shed>().is_some() {
         st.metrics.shed.inc();
     }
-    tracing::debug!(%method, route = %route, status, ms = secs * 1e3, "request");
+    tracing::debug!(%method, route = %labels.route, status, ms = secs * 1e3, "request");
     response
 }
 
@@ -277,7 +275,7 @@ impl Service {
             models: Models::new(config.models.clone()),
             fleet: Fleet::new(config.health_window, config.max_targets),
             metrics: Metrics::new(config.max_target_labels),
-            recorder: Some(recorder),
+            recorder,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             config,
         });
@@ -349,10 +347,7 @@ impl Service {
     /// # Errors
     /// What the collector says.
     pub fn flush(&self) -> Result<(), retrywise_collect::CollectError> {
-        match &self.state.recorder {
-            Some(r) => r.flush(),
-            None => Ok(()),
-        }
+        self.state.recorder.flush()
     }
 }
 
@@ -411,9 +406,7 @@ pub async fn serve(
     if let Err(e) = service.flush() {
         tracing::error!(error = %e, "could not flush ingested attempts");
     }
-    if let Some(r) = &service.state.recorder {
-        let _ = r.close();
-    }
+    let _ = service.state.recorder.close();
     result.map_err(ServerError::Serve)
 }
 

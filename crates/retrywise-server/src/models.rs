@@ -73,7 +73,12 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-fn load_version(path: &Path, name: &str, version: u32) -> Result<LoadedModel, String> {
+fn load_version(
+    path: &Path,
+    name: &str,
+    version: u32,
+    stamp: (u64, Option<SystemTime>),
+) -> Result<LoadedModel, String> {
     let file = path.join("model.json");
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -93,7 +98,7 @@ fn load_version(path: &Path, name: &str, version: u32) -> Result<LoadedModel, St
         version,
         artifact,
         model,
-        stamp: (0, None),
+        stamp,
     })
 }
 
@@ -195,9 +200,8 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
             if refused.get(&(name.clone(), version)) == Some(&st) {
                 continue;
             }
-            match load_version(&vpath, &name, version) {
-                Ok(mut m) => {
-                    m.stamp = st;
+            match load_version(&vpath, &name, version, st) {
+                Ok(m) => {
                     tracing::info!(model = %name, version, previous = ?serving, "model loaded");
                     report.loaded.push((name.clone(), version));
                     next.insert(name.clone(), Arc::new(m));

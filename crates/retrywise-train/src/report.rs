@@ -103,45 +103,23 @@ pub fn typical_context(rows: &Rows, kind: ErrorKind) -> Option<AttemptContext> {
     if of_kind.is_empty() {
         return None;
     }
+    // The median of a field over the rows that have it.
+    let med = |f: &dyn Fn(&AttemptContext) -> Option<f64>| {
+        median(of_kind.iter().filter_map(|c| f(c)).collect())
+    };
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     let mut ctx = of_kind[0].clone();
     ctx.attempt = 2;
-    ctx.status = median(
-        of_kind
-            .iter()
-            .filter_map(|c| c.status.map(f64::from))
-            .collect(),
-    )
-    .map(|s| s as u16);
-    ctx.latency = median(
-        of_kind
-            .iter()
-            .filter_map(|c| c.latency.map(|d| d.as_secs_f64()))
-            .collect(),
-    )
-    .map(Duration::from_secs_f64);
-    let with_ra: Vec<f64> = of_kind
-        .iter()
-        .filter_map(|c| c.retry_after.map(|d| d.as_secs_f64()))
-        .collect();
-    ctx.retry_after = (with_ra.len() * 2 > of_kind.len())
-        .then(|| median(with_ra))
+    ctx.status = med(&|c| c.status.map(f64::from)).map(|s| s as u16);
+    ctx.latency = med(&|c| secs(c.latency)).map(Duration::from_secs_f64);
+    let with_ra = of_kind.iter().filter(|c| c.retry_after.is_some()).count();
+    ctx.retry_after = (with_ra * 2 > of_kind.len())
+        .then(|| med(&|c| secs(c.retry_after)))
         .flatten()
         .map(Duration::from_secs_f64);
-    ctx.failure_rate = median(of_kind.iter().filter_map(|c| c.failure_rate).collect());
-    ctx.latency_p95 = median(
-        of_kind
-            .iter()
-            .filter_map(|c| c.latency_p95.map(|d| d.as_secs_f64()))
-            .collect(),
-    )
-    .map(Duration::from_secs_f64);
-    ctx.in_flight = median(
-        of_kind
-            .iter()
-            .filter_map(|c| c.in_flight.map(f64::from))
-            .collect(),
-    )
-    .map(|v| v as u32);
+    ctx.failure_rate = med(&|c| c.failure_rate);
+    ctx.latency_p95 = med(&|c| secs(c.latency_p95)).map(Duration::from_secs_f64);
+    ctx.in_flight = med(&|c| c.in_flight.map(f64::from)).map(|v| v as u32);
     Some(ctx)
 }
 

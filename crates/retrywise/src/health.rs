@@ -128,7 +128,8 @@ impl HealthTracker {
             } else if cur != 0 && t.wrapping_sub(tag) & TAG_MASK < TAG_MASK / 2 {
                 // The slot already holds a newer bucket: this call ended out of the window
                 // (a thread that read the clock earlier and got here later).
-                return self.latency_only(now, latency);
+                self.latency.record(now, latency);
+                return;
             } else {
                 (0, 0)
             };
@@ -141,10 +142,6 @@ impl HealthTracker {
                 Err(seen) => cur = seen,
             }
         }
-        self.latency.record(now, latency);
-    }
-
-    fn latency_only(&self, now: Instant, latency: Duration) {
         self.latency.record(now, latency);
     }
 

@@ -472,7 +472,17 @@ impl<C> Policy<C> {
             call_id,
             hedge,
             started,
-            health: p.health.as_ref().map(|h| h.snapshot(started)),
+            // Retry contexts were filled when the retry was decided; only what they lack
+            // (everything, on a first attempt) is read here.
+            health: p
+                .health
+                .as_ref()
+                .filter(|_| {
+                    ctx.failure_rate.is_none()
+                        || ctx.latency_p95.is_none()
+                        || ctx.in_flight.is_none()
+                })
+                .map(|h| h.snapshot(started)),
         });
         let in_flight = p.health.as_ref().map(HealthTracker::start);
         let sent = match Timeout::new(make(), timeout).await {
