@@ -22,7 +22,7 @@ use retrywise::layer::{
     BulkheadLayer, CircuitBreakerLayer, HedgeLayer, PolicyLayer, RetryLayer, TimeoutLayer,
 };
 use retrywise::policy::Policy;
-use retrywise::retry::{AttemptTimeout, Backoff, Jitter, RetryPolicy};
+use retrywise::retry::{AttemptTimeout, Backoff, Jitter, RetryRules};
 use retrywise_benches::{
     BenchError, drive_op, one_thread_service, runtime, two_threads_op, two_threads_service,
 };
@@ -62,8 +62,8 @@ fn rw_bulkhead() -> Bulkhead {
         .unwrap()
 }
 
-fn rw_retry() -> RetryPolicy {
-    RetryPolicy::builder()
+fn rw_retry() -> RetryRules {
+    RetryRules::builder()
         .max_attempts(3)
         .backoff(
             Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(10)).unwrap(),
@@ -84,7 +84,7 @@ fn rw_hedge() -> Hedge {
 fn rw_full_policy() -> Policy {
     Policy::builder("bench")
         .retry(
-            RetryPolicy::builder()
+            RetryRules::builder()
                 .max_attempts(3)
                 .backoff(
                     Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(10))

@@ -9,13 +9,13 @@ use retrywise::attempt::HttpClassifier;
 use retrywise::breaker::{CircuitBreaker, SlidingWindow};
 use retrywise::budget::{RatioBudget, TokenBucket};
 use retrywise::policy::Policy;
-use retrywise::retry::{Backoff, RetryPolicy};
+use retrywise::retry::{Backoff, RetryRules};
 use retrywise_tests::open_loop;
 
 const MS: Duration = Duration::from_millis(1);
 
-fn retry() -> RetryPolicy {
-    RetryPolicy::builder()
+fn retry() -> RetryRules {
+    RetryRules::builder()
         .max_attempts(4)
         .backoff(Backoff::exponential(50 * MS, 2.0, Duration::from_secs(1)).unwrap())
         .seed(1)

@@ -16,7 +16,7 @@ use retrywise::hedge::{Hedge, HedgeDelay};
 use retrywise::policy::{Attempt, Policy};
 use retrywise::recorder::MemoryRecorder;
 use retrywise::retry::{
-    AttemptTimeout, Backoff, Decision, Jitter, RetryDecider, RetryPolicy, SeedAdaptive,
+    AttemptTimeout, Backoff, Decision, Jitter, RetryDecider, RetryRules, RuleBasedAdaptive,
 };
 use tokio::time::Instant;
 
@@ -188,7 +188,7 @@ async fn retries(seed: u64) -> anyhow::Result<()> {
     let rec = Arc::new(MemoryRecorder::new(64));
     let policy = Policy::builder("inventory")
         .retry(
-            RetryPolicy::builder()
+            RetryRules::builder()
                 .max_attempts(4)
                 .backoff(Backoff::exponential(100 * MS, 2.0, Duration::from_secs(2))?)
                 .jitter(Jitter::Full)
@@ -249,10 +249,10 @@ async fn retries(seed: u64) -> anyhow::Result<()> {
     );
 
     heading(
-        "retry: per-attempt timeouts grow as in the seed (5 s × attempt); the upstream needs 7 s",
+        "retry: per-attempt timeouts grow as in the design sketch (5 s × attempt); the upstream needs 7 s",
     );
     let slow = Policy::builder("reports")
-        .retry(RetryPolicy::seed_smart())
+        .retry(RetryRules::conservative())
         .classifier(HttpClassifier)
         .recorder(rec.clone())
         .build()?;
@@ -274,9 +274,9 @@ fn nonzero(stops: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
 
 fn seed_adaptive() {
     heading(
-        "the seed's adaptive delay: 100 ms × 2^n; timeouts ×2, rate limits ×5, connect errors ÷2; cap 30 s",
+        "the design sketch's adaptive delay: 100 ms × 2^n; timeouts ×2, rate limits ×5, connect errors ÷2; cap 30 s",
     );
-    let decider = SeedAdaptive::new();
+    let decider = RuleBasedAdaptive::new();
     println!(
         "  {:<10} {:>10} {:>10} {:>10}",
         "after", "1st retry", "2nd retry", "3rd retry"
@@ -340,8 +340,8 @@ async fn storm(
 
 async fn budgets(seed: u64) -> anyhow::Result<()> {
     heading("budgets: 400 calls, one every 25 ms, during a 5 s outage then recovery (open loop)");
-    let retry = || -> anyhow::Result<RetryPolicy> {
-        Ok(RetryPolicy::builder()
+    let retry = || -> anyhow::Result<RetryRules> {
+        Ok(RetryRules::builder()
             .max_attempts(4)
             .backoff(Backoff::exponential(50 * MS, 2.0, Duration::from_secs(1))?)
             .seed(seed)
@@ -397,7 +397,7 @@ async fn breaker() -> anyhow::Result<()> {
         })
         .build()?;
     let policy = Policy::builder("payments")
-        .retry(RetryPolicy::builder().max_attempts(1).build()?)
+        .retry(RetryRules::builder().max_attempts(1).build()?)
         .breaker(breaker.clone())
         .classifier(HttpClassifier)
         .build()?;
@@ -461,7 +461,7 @@ async fn bulkheads() -> anyhow::Result<()> {
     );
 
     heading(
-        "isolated pools, as the seed's thread pools: a hung shipping service cannot starve payments",
+        "isolated pools, as the design sketch's thread pools: a hung shipping service cannot starve payments",
     );
     let registry = BulkheadRegistry::new()
         .with(
@@ -529,8 +529,7 @@ async fn hedging(seed: u64) -> anyhow::Result<()> {
     let mut table = Vec::new();
     for hedged in [false, true] {
         let mut rng = Rng::new(seed);
-        let mut b =
-            Policy::builder("search").retry(RetryPolicy::builder().max_attempts(1).build()?);
+        let mut b = Policy::builder("search").retry(RetryRules::builder().max_attempts(1).build()?);
         let hedge = Hedge::builder()
             .delay(HedgeDelay::Percentile {
                 quantile: 0.95,
@@ -591,7 +590,7 @@ async fn composition(seed: u64) -> anyhow::Result<()> {
     let rec = Arc::new(MemoryRecorder::new(16));
     let policy = Policy::builder("checkout")
         .retry(
-            RetryPolicy::builder()
+            RetryRules::builder()
                 .max_attempts(3)
                 .backoff(Backoff::decorrelated_jitter(
                     50 * MS,

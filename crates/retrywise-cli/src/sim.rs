@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use retrywise_sim::driver::{Mode, RunOptions};
 use retrywise_sim::generate::{GenerateOptions, generate};
-use retrywise_sim::model::Upstream;
 use retrywise_sim::policies::CATALOG;
+use retrywise_sim::queueing::UpstreamModel;
 use retrywise_sim::scenario::Scenario;
 
 /// `retrywise sim` subcommands.
@@ -171,7 +171,7 @@ fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async {
-        let upstream = Upstream::new(Arc::clone(&scenario), args.seed);
+        let upstream = UpstreamModel::new(Arc::clone(&scenario), args.seed);
         let server = retrywise_sim::server::spawn(upstream, &args.addr).await?;
         eprintln!(
             "serving scenario `{}` on http://{} (phases run from now; Ctrl-C to stop)",

@@ -35,7 +35,7 @@ fn demo_shows_every_mechanism_at_work() {
         "-> 404 after 1 request; stops: [(\"not_retryable\", 1)]",
         // Growing timeouts: the first attempt times out at 5 s.
         "timeout (retryable) in 5000 ms",
-        // The seed's adaptive delays.
+        // The design sketch's adaptive delays.
         "http_429      1000 ms    2000 ms    4000 ms",
         // The breaker goes round its states.
         "CLOSED -> OPEN",

@@ -33,7 +33,7 @@ fn list_names_every_scenario_and_policy() {
         "decorrelated",
         "budget",
         "sre-throttle",
-        "seed-heuristic",
+        "rule-adaptive",
         "hedge-p95",
         "oracle",
     ] {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use retrywise::attempt::{AttemptRecord, HttpClassifier, HttpResponse};
 use retrywise::policy::Policy;
 use retrywise::recorder::Recorder;
-use retrywise::retry::{AttemptTimeout, Backoff, Jitter, RetryPolicy};
+use retrywise::retry::{AttemptTimeout, Backoff, Jitter, RetryRules};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -118,7 +118,7 @@ impl ShippingRecorder {
                 return Err(CollectError::config(field, "must be greater than zero"));
             }
         }
-        let retry = RetryPolicy::builder()
+        let retry = RetryRules::builder()
             .max_attempts(config.max_attempts)
             .backoff(
                 Backoff::exponential(config.backoff.0, 2.0, config.backoff.1)

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use retrywise::attempt::{AttemptContext, AttemptRecord, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
 use retrywise::recorder::Recorder;
-use retrywise::retry::{Decision, RetryDecider, SeedAdaptive};
+use retrywise::retry::{Decision, RetryDecider, RuleBasedAdaptive};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -553,7 +553,7 @@ impl SuccessModel for Served {
     }
 }
 
-/// Whether to retry and how long to wait: the seed's adaptive rules steered by the model
+/// Whether to retry and how long to wait: the design sketch's adaptive rules steered by the model
 /// (stop when p(success) is below the configured minimum; wait less when it is high, more
 /// when it is low; honour Retry-After; respect the deadline).
 #[utoipa::path(post, path = "/v1/decide", request_body = DecideRequest,
@@ -565,7 +565,7 @@ pub(crate) async fn decide(
 ) -> Result<Json<DecideResponse>, ApiError> {
     let m = pick(&st, req.model.as_deref())?;
     let ctx = prepare(&st, req.context, || "context".into(), Instant::now())?;
-    let mut decider = SeedAdaptive::new()
+    let mut decider = RuleBasedAdaptive::new()
         .with_model(Arc::new(Served(Arc::clone(&m))))
         .stop_below(st.config.min_p_success)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

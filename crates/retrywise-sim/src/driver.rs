@@ -12,8 +12,8 @@ use retrywise_collect::{SegmentRecorder, WriterConfig};
 use tokio::time::Instant;
 
 use crate::SimError;
-use crate::model::{Fate, Upstream};
-use crate::policies::{PolicyContext, PolicySpec, Strategy};
+use crate::policies::{Contender, PolicyContext, Strategy};
+use crate::queueing::{Fate, UpstreamModel};
 use crate::rng::Rng;
 use crate::scenario::{Arrivals, Scenario};
 use crate::transport::{Reply, Transport, deliver};
@@ -159,7 +159,7 @@ impl Shared {
 /// # Errors
 /// The oracle outside virtual time; policy construction errors; recorder or HTTP setup
 /// failures.
-pub fn run(spec: &PolicySpec, opts: &RunOptions) -> Result<PolicyRun, SimError> {
+pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
     if opts.requests == 0 {
         return Err(SimError::Option {
             field: "requests",
@@ -217,7 +217,7 @@ pub fn run(spec: &PolicySpec, opts: &RunOptions) -> Result<PolicyRun, SimError> 
 }
 
 async fn drive(
-    spec: &PolicySpec,
+    spec: &Contender,
     opts: &RunOptions,
     recorder: Option<Arc<dyn Recorder>>,
 ) -> Result<(Vec<Outcome>, Series), SimError> {
@@ -231,7 +231,7 @@ async fn drive(
         explore: opts.explore,
     };
     let strategy = Arc::new((spec.build)(&ctx)?);
-    let upstream = Upstream::new(Arc::clone(scenario), opts.seed);
+    let upstream = UpstreamModel::new(Arc::clone(scenario), opts.seed);
     let (transport, _server) = match &opts.mode {
         Mode::Virtual => (Transport::Virtual(upstream.clone()), None),
         Mode::Http { target } => {
@@ -349,7 +349,7 @@ async fn drive(
 /// The oracle: looks at what an attempt would do before sending it, sends only one that
 /// succeeds within the deadline, and otherwise waits for the upstream to change.
 async fn oracle(
-    upstream: &Upstream,
+    upstream: &UpstreamModel,
     request: u64,
     shared: &Shared,
     attempts: &AtomicU32,

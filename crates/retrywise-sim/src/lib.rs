@@ -1,7 +1,7 @@
 //! # retrywise-sim
 //!
 //! A laboratory for retry policies: a fault-injecting upstream configured by scenario
-//! files ([`scenario`], [`model`]), an open-loop load driver ([`driver`]) that runs the
+//! files ([`scenario`], [`queueing`]), an open-loop load driver ([`driver`]) that runs the
 //! same retrywise policies ([`policies`]) in virtual time (deterministic, fast) or over
 //! HTTP on loopback, a scoreboard ([`score`]) and plots ([`plot`]), and the generator of
 //! training data ([`generate`]).
@@ -25,9 +25,9 @@
 pub mod driver;
 mod error;
 pub mod generate;
-pub mod model;
 pub mod plot;
 pub mod policies;
+pub mod queueing;
 pub mod rng;
 pub mod scenario;
 pub mod score;

@@ -8,7 +8,7 @@ use retrywise::hedge::{Hedge, HedgeDelay};
 use retrywise::policy::{Policy, PolicyBuilder};
 use retrywise::recorder::Recorder;
 use retrywise::retry::{
-    AttemptTimeout, Backoff, Exploration, Jitter, RetryDecider, RetryPolicy, SeedAdaptive,
+    AttemptTimeout, Backoff, Exploration, Jitter, RetryDecider, RetryRules, RuleBasedAdaptive,
 };
 
 use crate::SimError;
@@ -40,7 +40,7 @@ pub enum Strategy {
 }
 
 /// A named policy.
-pub struct PolicySpec {
+pub struct Contender {
     /// Its name on the command line.
     pub name: &'static str,
     /// What it does.
@@ -77,7 +77,7 @@ fn retry(
     jitter: Jitter,
 ) -> Result<Arc<dyn RetryDecider>, SimError> {
     Ok(Arc::new(
-        RetryPolicy::builder()
+        RetryRules::builder()
             .max_attempts(max_attempts)
             .backoff(backoff)
             .jitter(jitter)
@@ -101,8 +101,8 @@ fn policy(b: PolicyBuilder<SimClassifier>) -> Result<Strategy, SimError> {
 }
 
 /// Every policy, in scoreboard order.
-pub static CATALOG: &[PolicySpec] = &[
-    PolicySpec {
+pub static CATALOG: &[Contender] = &[
+    Contender {
         name: "none",
         description: "one attempt, no retry",
         build: |c| {
@@ -113,7 +113,7 @@ pub static CATALOG: &[PolicySpec] = &[
             )?)
         },
     },
-    PolicySpec {
+    Contender {
         name: "immediate3",
         description: "three immediate retries",
         build: |c| {
@@ -124,7 +124,7 @@ pub static CATALOG: &[PolicySpec] = &[
             )?)
         },
     },
-    PolicySpec {
+    Contender {
         name: "retry-1s",
         description: "one retry after 1 s",
         build: |c| {
@@ -140,12 +140,12 @@ pub static CATALOG: &[PolicySpec] = &[
             )?)
         },
     },
-    PolicySpec {
+    Contender {
         name: "exp",
         description: "exponential backoff 100 ms x2 (cap 10 s), no jitter, 4 attempts",
         build: |c| policy(base(c, "exp", retry(c, 4, exp()?, Jitter::None)?)?),
     },
-    PolicySpec {
+    Contender {
         name: "exp-full-jitter",
         description: "exponential backoff 100 ms x2 (cap 10 s), full jitter, 4 attempts",
         build: |c| {
@@ -156,7 +156,7 @@ pub static CATALOG: &[PolicySpec] = &[
             )?)
         },
     },
-    PolicySpec {
+    Contender {
         name: "decorrelated",
         description: "decorrelated jitter from 100 ms (cap 10 s), 4 attempts",
         build: |c| {
@@ -165,7 +165,7 @@ pub static CATALOG: &[PolicySpec] = &[
             policy(base(c, "decorrelated", retry(c, 4, d, Jitter::None)?)?)
         },
     },
-    PolicySpec {
+    Contender {
         name: "budget",
         description: "exp-full-jitter within a gRPC token bucket (10 tokens, ratio 0.1)",
         build: |c| {
@@ -174,7 +174,7 @@ pub static CATALOG: &[PolicySpec] = &[
             policy(b)
         },
     },
-    PolicySpec {
+    Contender {
         name: "sre-throttle",
         description: "exp-full-jitter with client-side adaptive throttling (K = 2, 2 min window)",
         build: |c| {
@@ -182,16 +182,16 @@ pub static CATALOG: &[PolicySpec] = &[
             policy(base(c, "sre-throttle", retry(c, 4, exp()?, Jitter::Full)?)?.throttle(t))
         },
     },
-    PolicySpec {
-        name: "seed-heuristic",
-        description: "the seed's adaptive delay (100 ms x 2^n; timeouts x2, 429 x5, connect /2; cap 30 s)",
+    Contender {
+        name: "rule-adaptive",
+        description: "the design sketch's adaptive delay (100 ms x 2^n; timeouts x2, 429 x5, connect /2; cap 30 s)",
         build: |c| {
-            let d = SeedAdaptive::new().deadline(c.deadline)?;
+            let d = RuleBasedAdaptive::new().deadline(c.deadline)?;
             let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
-            policy(base(c, "seed-heuristic", d)?)
+            policy(base(c, "rule-adaptive", d)?)
         },
     },
-    PolicySpec {
+    Contender {
         name: "hedge-p95",
         description: "one hedge after the p95 latency (budget 5 %), no retry",
         build: |c| {
@@ -213,7 +213,7 @@ pub static CATALOG: &[PolicySpec] = &[
             )
         },
     },
-    PolicySpec {
+    Contender {
         name: "oracle",
         description: "sends an attempt only when it will succeed (virtual time only): the upper bound",
         build: |_| Ok(Strategy::Oracle),
@@ -241,7 +241,7 @@ impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
 ///
 /// # Errors
 /// [`SimError::Unknown`] listing the known names.
-pub fn find(name: &str) -> Result<&'static PolicySpec, SimError> {
+pub fn find(name: &str) -> Result<&'static Contender, SimError> {
     CATALOG
         .iter()
         .find(|p| p.name == name)

@@ -260,7 +260,7 @@ pub struct RateLimit {
 /// The upstream at rest.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Upstream {
+pub struct UpstreamSpec {
     /// Replicas; requests go to them in turn (a hedge reaches a different one).
     #[serde(default = "one_u32", deserialize_with = "at_least_one")]
     pub replicas: u32,
@@ -367,7 +367,7 @@ pub struct Scenario {
     #[serde(default, deserialize_with = "opt_non_negative")]
     pub trigger_end_s: Option<f64>,
     /// The upstream.
-    pub upstream: Upstream,
+    pub upstream: UpstreamSpec,
     /// Periods of different behaviour.
     #[serde(default)]
     pub phases: Vec<toml::Spanned<Phase>>,

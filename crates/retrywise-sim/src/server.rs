@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tower::ServiceExt as _;
 
 use crate::SimError;
-use crate::model::{Fate, Upstream};
+use crate::queueing::{Fate, UpstreamModel};
 
 /// A running upstream server; dropping it stops accepting connections.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ struct ResetConnection;
 
 /// The axum application of `upstream` (without the connection-closing behaviour, which
 /// [`spawn`] adds: a response carrying the close marker ends the connection unanswered).
-pub fn router(upstream: Upstream) -> Router {
+pub fn router(upstream: UpstreamModel) -> Router {
     Router::new()
         .route("/_sim/health", get(|| async { "ok" }))
         .route("/_sim/counts", get(counts))
@@ -60,7 +60,7 @@ pub fn router(upstream: Upstream) -> Router {
 ///
 /// # Errors
 /// [`SimError::Io`] if the address cannot be bound.
-pub async fn spawn(upstream: Upstream, addr: &str) -> Result<Server, SimError> {
+pub async fn spawn(upstream: UpstreamModel, addr: &str) -> Result<Server, SimError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| SimError::Io {
@@ -121,7 +121,7 @@ pub async fn spawn(upstream: Upstream, addr: &str) -> Result<Server, SimError> {
     Ok(Server { addr, _stop: stop })
 }
 
-async fn counts(State(upstream): State<Upstream>) -> impl IntoResponse {
+async fn counts(State(upstream): State<UpstreamModel>) -> impl IntoResponse {
     let c = upstream.counts();
     axum::Json(serde_json::json!({
         "requests": c.requests,
@@ -130,11 +130,11 @@ async fn counts(State(upstream): State<Upstream>) -> impl IntoResponse {
     }))
 }
 
-/// The header naming the logical request an attempt belongs to (see [`Upstream::serve`]).
+/// The header naming the logical request an attempt belongs to (see [`UpstreamModel::serve`]).
 pub const REQUEST_HEADER: &str = "x-retrywise-request";
 
 async fn answer(
-    State(upstream): State<Upstream>,
+    State(upstream): State<UpstreamModel>,
     headers: axum::http::HeaderMap,
 ) -> Response<Body> {
     let request = headers

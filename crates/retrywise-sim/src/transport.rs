@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 
 use retrywise::attempt::{Classifier, ErrorKind, Failure, HttpClassifier, HttpResponse, Verdict};
 
-use crate::model::{Fate, Upstream};
+use crate::queueing::{Fate, UpstreamModel};
 
 /// An upstream's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,7 @@ impl Classifier<Reply, TransportError> for SimClassifier {
 #[derive(Debug, Clone)]
 pub enum Transport {
     /// The scenario's upstream, in process.
-    Virtual(Upstream),
+    Virtual(UpstreamModel),
     /// An HTTP endpoint.
     Http {
         /// The client (connection pool).

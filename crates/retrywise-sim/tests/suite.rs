@@ -10,8 +10,8 @@ use retrywise_collect::SegmentReader;
 use retrywise_sim::SimError;
 use retrywise_sim::driver::{Mode, RunOptions, run};
 use retrywise_sim::generate::{GenerateOptions, generate};
-use retrywise_sim::model::Upstream;
 use retrywise_sim::policies::{CATALOG, find};
+use retrywise_sim::queueing::UpstreamModel;
 use retrywise_sim::scenario::Scenario;
 use retrywise_sim::score::score;
 
@@ -158,7 +158,7 @@ fn a_target_url_is_driven_like_the_builtin_upstream() {
         .enable_all()
         .build()
         .unwrap();
-    let upstream = rt.block_on(async { Upstream::new(Arc::clone(&scenario), 7) });
+    let upstream = rt.block_on(async { UpstreamModel::new(Arc::clone(&scenario), 7) });
     let server = rt
         .block_on(retrywise_sim::server::spawn(
             upstream.clone(),

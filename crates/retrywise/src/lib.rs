@@ -22,11 +22,11 @@
 //! use retrywise::budget::TokenBucket;
 //! use retrywise::bulkhead::Bulkhead;
 //! use retrywise::policy::Policy;
-//! use retrywise::retry::{AttemptTimeout, Backoff, Jitter, RetryPolicy};
+//! use retrywise::retry::{AttemptTimeout, Backoff, Jitter, RetryRules};
 //!
 //! let policy = Policy::builder("payments")
 //!     .retry(
-//!         RetryPolicy::builder()
+//!         RetryRules::builder()
 //!             .max_attempts(3)
 //!             .backoff(Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(10))?)
 //!             .jitter(Jitter::Full)

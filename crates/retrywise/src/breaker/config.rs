@@ -207,7 +207,7 @@ impl BreakerBuilder {
         self
     }
 
-    /// How long OPEN lasts. Defaults to a fixed 60 s (the seed's `recovery_timeout`).
+    /// How long OPEN lasts. Defaults to a fixed 60 s (the design sketch's `recovery_timeout`).
     pub fn open_duration(mut self, d: OpenDuration) -> Self {
         self.cfg.open_duration = d;
         self

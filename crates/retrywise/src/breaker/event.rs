@@ -143,6 +143,6 @@ pub struct BreakerMetrics {
     /// `successful / (successful + failed)` over all time; 1 before any call.
     pub success_rate: f64,
     /// `(1 - window failure rate) × (1 - 0.5 × window slow-call rate)`, in `[0, 1]` —
-    /// the seed's health score, computed on the window so that it recovers.
+    /// the design sketch's health score, computed on the window so that it recovers.
     pub health_score: f64,
 }

@@ -4,10 +4,10 @@
 //! METRICS_ONLY; count- and time-based sliding windows; failure-rate and slow-call-rate
 //! thresholds with a minimum number of calls; a fixed number of HALF_OPEN probes; an open
 //! duration that is fixed, exponential or produced by a function (where a model plugs in);
-//! state-change events and a metrics snapshot with the seed's totals, success rate and
+//! state-change events and a metrics snapshot with the design sketch's totals, success rate and
 //! health score.
 //!
-//! Fixed from the seed's sketch: failures are counted over a sliding window, not forever;
+//! Fixed from the design sketch: failures are counted over a sliding window, not forever;
 //! refused calls are counted as *not permitted*, not as failures; HALF_OPEN admits only its
 //! probes; results of calls admitted in an earlier state do not decide the current one.
 

@@ -22,7 +22,7 @@ type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
-    /// The caller runs the task itself: back-pressure, as the seed's `CallerRunsPolicy`.
+    /// The caller runs the task itself: back-pressure, as the design sketch's `CallerRunsPolicy`.
     CallerRuns,
     /// The task is refused with [`PoolError::Full`].
     Reject,
@@ -45,7 +45,7 @@ pub enum PoolError {
     Unknown(String),
 }
 
-/// A point-in-time view of a [`PoolBulkhead`] (the seed's per-bulkhead status).
+/// A point-in-time view of a [`PoolBulkhead`] (the design sketch's per-bulkhead status).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolMetrics {
     /// The pool's name.
@@ -79,7 +79,7 @@ pub struct PoolMetrics {
 ///
 /// The workers are tasks spawned on the runtime given to the builder (by default, the one
 /// the pool is built in). Give each pool a runtime of its own to isolate CPU-bound or
-/// blocking work onto separate threads — the seed's per-dependency thread pools.
+/// blocking work onto separate threads — the design sketch's per-dependency thread pools.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

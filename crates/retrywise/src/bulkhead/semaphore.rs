@@ -27,7 +27,7 @@ pub struct BulkheadFull {
 /// Caps how many calls to one dependency run at once, so that a slow dependency cannot
 /// take every task, connection or thread of the caller with it.
 ///
-/// A call that finds no room waits up to the maximum wait (the seed: 100 ms), then is
+/// A call that finds no room waits up to the maximum wait (the design sketch: 100 ms), then is
 /// rejected with [`BulkheadFull`]. Cloning shares the bulkhead.
 ///
 /// ```
@@ -305,7 +305,7 @@ impl BulkheadBuilder {
     }
 
     /// How long a call may wait for room before it is rejected; zero rejects at once.
-    /// Defaults to 100 ms (the seed's).
+    /// Defaults to 100 ms (the design sketch's).
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = d;
         self

@@ -41,7 +41,7 @@ const FILLING_REFRESH_EVERY: u64 = 16;
 /// When to send a hedge.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HedgeDelay {
-    /// After a fixed time (the seed: 200 ms; 100 ms for database replicas).
+    /// After a fixed time (the design sketch: 200 ms; 100 ms for database replicas).
     Fixed(Duration),
     /// After the `quantile` (e.g. 0.95) of recent latencies; `fallback` until at least
     /// `min_samples` latencies have been seen.

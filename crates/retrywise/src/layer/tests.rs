@@ -4,7 +4,7 @@ use crate::breaker::{CircuitBreaker, CircuitOpen, SlidingWindow};
 use crate::bulkhead::{Bulkhead, BulkheadFull};
 use crate::hedge::{Hedge, HedgeDelay};
 use crate::policy::Policy;
-use crate::retry::{Backoff, Jitter, RetryPolicy};
+use crate::retry::{Backoff, Jitter, RetryRules};
 use crate::timeout::Elapsed;
 use std::io;
 use std::sync::Arc;
@@ -30,9 +30,9 @@ fn failing(
     })
 }
 
-fn quick_retry(max: u32) -> Arc<RetryPolicy> {
+fn quick_retry(max: u32) -> Arc<RetryRules> {
     Arc::new(
-        RetryPolicy::builder()
+        RetryRules::builder()
             .max_attempts(max)
             .backoff(Backoff::constant(10 * MS).unwrap())
             .jitter(Jitter::None)
@@ -172,7 +172,7 @@ async fn policy_layer_applies_the_whole_policy() {
     let calls = Arc::new(AtomicU32::new(0));
     let policy = Policy::builder("p")
         .retry(
-            RetryPolicy::builder()
+            RetryRules::builder()
                 .max_attempts(4)
                 .backoff(Backoff::constant(MS).unwrap())
                 .build()

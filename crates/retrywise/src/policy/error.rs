@@ -57,7 +57,7 @@ impl<E: std::error::Error + 'static> std::error::Error for AttemptError<E> {
 }
 
 /// A call gave up: how many attempts it made, why it stopped, and the last attempt's
-/// error (the seed's `RetryExhaustedException` carrying the last error).
+/// error (the design sketch's `RetryExhaustedException` carrying the last error).
 ///
 /// A call whose last attempt *answered* — say with an HTTP 503 response that the
 /// classifier judged a failure — returns that answer as `Ok`, as tower's retry does, so

@@ -45,7 +45,7 @@ use crate::error::{Check, ConfigError};
 use crate::health::{HealthSnapshot, HealthTracker};
 use crate::hedge::Hedge;
 use crate::recorder::{NoopRecorder, Recorder};
-use crate::retry::{Decision, RetryDecider, RetryPolicy, StopReason};
+use crate::retry::{Decision, RetryDecider, RetryRules, StopReason};
 use crate::timeout::{Elapsed, Timeout};
 
 const CHECK: Check = Check::new("policy");
@@ -73,11 +73,11 @@ pub struct Attempt {
 /// use retrywise::breaker::CircuitBreaker;
 /// use retrywise::budget::TokenBucket;
 /// use retrywise::policy::Policy;
-/// use retrywise::retry::{AttemptTimeout, Backoff, RetryPolicy};
+/// use retrywise::retry::{AttemptTimeout, Backoff, RetryRules};
 ///
 /// let policy = Policy::builder("inventory")
 ///     .retry(
-///         RetryPolicy::builder()
+///         RetryRules::builder()
 ///             .max_attempts(4)
 ///             .backoff(Backoff::exponential(Duration::from_millis(50), 2.0, Duration::from_secs(2))?)
 ///             .attempt_timeout(AttemptTimeout::Fixed(Duration::from_secs(1)))
@@ -785,9 +785,9 @@ impl<C> PolicyBuilder<C> {
         self
     }
 
-    /// Retries by `policy`. Defaults to [`RetryPolicy`]'s defaults (3 attempts,
+    /// Retries by `policy`. Defaults to [`RetryRules`]'s defaults (3 attempts,
     /// exponential backoff from 100 ms with full jitter).
-    pub fn retry(self, policy: RetryPolicy) -> Self {
+    pub fn retry(self, policy: RetryRules) -> Self {
         self.decider(Arc::new(policy))
     }
 
@@ -869,7 +869,7 @@ impl<C> PolicyBuilder<C> {
         }
         let decider: Arc<dyn RetryDecider> = match self.decider {
             Some(d) => d,
-            None => Arc::new(RetryPolicy::builder().build()?),
+            None => Arc::new(RetryRules::builder().build()?),
         };
         let recording = self.recorder.enabled();
         let health = match self.health_window {

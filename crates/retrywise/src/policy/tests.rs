@@ -10,8 +10,8 @@ use std::sync::atomic::AtomicU32;
 
 const MS: Duration = Duration::from_millis(1);
 
-fn retry(max: u32, delay_ms: u32) -> RetryPolicy {
-    RetryPolicy::builder()
+fn retry(max: u32, delay_ms: u32) -> RetryRules {
+    RetryRules::builder()
         .max_attempts(max)
         .backoff(Backoff::constant(delay_ms * MS).unwrap())
         .jitter(Jitter::None)
@@ -131,7 +131,7 @@ async fn retry_after_is_waited_and_the_last_answer_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_time_out_and_timeouts_are_retried() {
-    let policy = RetryPolicy::builder()
+    let policy = RetryRules::builder()
         .max_attempts(3)
         .backoff(Backoff::constant(Duration::ZERO).unwrap())
         .attempt_timeout(AttemptTimeout::Growing {
@@ -154,7 +154,7 @@ async fn attempts_time_out_and_timeouts_are_retried() {
 
     let err = Policy::builder("slow")
         .retry(
-            RetryPolicy::builder()
+            RetryRules::builder()
                 .max_attempts(1)
                 .attempt_timeout(AttemptTimeout::Fixed(MS))
                 .build()
@@ -449,7 +449,7 @@ async fn a_policy_without_a_recorder_tracks_health_only_when_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_cuts_the_last_attempt() {
-    let policy = RetryPolicy::builder()
+    let policy = RetryRules::builder()
         .max_attempts(10)
         .backoff(Backoff::constant(100 * MS).unwrap())
         .jitter(Jitter::None)

@@ -158,7 +158,7 @@ pub enum Jitter {
     Full,
     /// `wait / 2 + uniform(0, wait / 2)`.
     Equal,
-    /// `wait × (1 ± factor)`, uniformly (the seed's `jitterFactor = 0.1`).
+    /// `wait × (1 ± factor)`, uniformly (the design sketch's `jitterFactor = 0.1`).
     Proportional(f64),
 }
 

@@ -64,8 +64,8 @@ pub enum Decision {
 
 /// Decides whether, and when, to retry.
 ///
-/// This is the seam between rules and learning: [`super::RetryPolicy`] (classic backoff),
-/// [`super::SeedAdaptive`] (the seed's heuristic) and model-driven deciders all implement
+/// This is the seam between rules and learning: [`super::RetryRules`] (classic backoff),
+/// [`super::RuleBasedAdaptive`] (the design sketch's heuristic) and model-driven deciders all implement
 /// it, so call sites never change when the decision moves from rules to a model.
 ///
 /// The executor asks only after a *retryable* failure; permanent failures stop without

@@ -10,7 +10,7 @@
 //! what actually works for each target and failure. [`RetryDecider::decide`] sees the full
 //! [`AttemptContext`](crate::attempt::AttemptContext) and returns
 //! [`Decision::Retry`]`(wait)` or [`Decision::Stop`]`(reason)`; rule-based
-//! ([`RetryPolicy`], [`SeedAdaptive`]) and model-driven deciders are interchangeable.
+//! ([`RetryRules`], [`RuleBasedAdaptive`]) and model-driven deciders are interchangeable.
 //!
 //! Budgets ([`crate::budget`]) sit beside the decider: a decider says whether a retry is
 //! worth it for *this* call, a budget whether the fleet can afford it.
@@ -18,11 +18,11 @@
 mod backoff;
 mod decider;
 mod explore;
-mod policy;
-mod seed;
+mod rule_adaptive;
+mod rules;
 
 pub use backoff::{Backoff, Jitter};
 pub use decider::{Decision, NoRetry, RetryDecider, StopReason};
 pub use explore::Exploration;
-pub use policy::{AttemptTimeout, RetryPolicy, RetryPolicyBuilder};
-pub use seed::SeedAdaptive;
+pub use rule_adaptive::RuleBasedAdaptive;
+pub use rules::{AttemptTimeout, RetryRules, RetryRulesBuilder};

@@ -20,7 +20,7 @@ pub enum AttemptTimeout {
     /// Every attempt gets the same timeout.
     Fixed(Duration),
     /// Attempt `n` gets `first + step × (n - 1)`: later attempts may wait longer, as in
-    /// the seed (`5 s × (attempt + 1)` is `first = step = 5 s`).
+    /// the design sketch (`5 s × (attempt + 1)` is `first = step = 5 s`).
     Growing {
         /// The first attempt's timeout.
         first: Duration,
@@ -48,9 +48,9 @@ impl AttemptTimeout {
 /// ```
 /// use std::time::Duration;
 /// use retrywise::attempt::{AttemptContext, ErrorKind};
-/// use retrywise::retry::{Backoff, Decision, Jitter, RetryDecider, RetryPolicy, StopReason};
+/// use retrywise::retry::{Backoff, Decision, Jitter, RetryDecider, RetryRules, StopReason};
 ///
-/// let policy = RetryPolicy::builder()
+/// let policy = RetryRules::builder()
 ///     .max_attempts(3)
 ///     .backoff(Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(10))?)
 ///     .jitter(Jitter::None)
@@ -65,7 +65,7 @@ impl AttemptTimeout {
 /// # Ok::<(), retrywise::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub struct RetryRules {
     max_attempts: u32,
     backoff: Backoff,
     jitter: Jitter,
@@ -78,17 +78,17 @@ pub struct RetryPolicy {
     random: RandomSource,
 }
 
-impl RetryPolicy {
-    /// A builder with the defaults listed on [`RetryPolicyBuilder`]'s methods.
-    pub fn builder() -> RetryPolicyBuilder {
-        RetryPolicyBuilder::default()
+impl RetryRules {
+    /// A builder with the defaults listed on [`RetryRulesBuilder`]'s methods.
+    pub fn builder() -> RetryRulesBuilder {
+        RetryRulesBuilder::default()
     }
 
-    /// The seed's "smart retry": 3 attempts, exponential backoff from 100 ms doubling up
+    /// The design sketch's "smart retry": 3 attempts, exponential backoff from 100 ms doubling up
     /// to 10 s, ±10 % jitter, attempt timeouts of `5 s × attempt`, and no retry once the
     /// target's recent failure rate is above 0.8 after the second attempt.
-    pub fn seed_smart() -> Self {
-        RetryPolicyBuilder::default()
+    pub fn conservative() -> Self {
+        RetryRulesBuilder::default()
             .max_attempts(3)
             .backoff(Backoff::Exponential {
                 initial: Duration::from_millis(100),
@@ -102,7 +102,7 @@ impl RetryPolicy {
             })
             .stop_when_failure_rate_above(0.8, 2)
             .build()
-            .unwrap_or_else(|_| unreachable!("the seed's constants are valid"))
+            .unwrap_or_else(|_| unreachable!("the design sketch's constants are valid"))
     }
 
     /// The maximum number of attempts, the first included.
@@ -121,7 +121,7 @@ impl RetryPolicy {
     }
 }
 
-impl RetryDecider for RetryPolicy {
+impl RetryDecider for RetryRules {
     fn decide(&self, ctx: &AttemptContext) -> Decision {
         if ctx.attempt > self.max_attempts {
             return Decision::Stop(StopReason::MaxAttempts);
@@ -165,9 +165,9 @@ impl RetryDecider for RetryPolicy {
     }
 }
 
-/// Builds a [`RetryPolicy`]; [`build`](Self::build) checks every value.
+/// Builds a [`RetryRules`]; [`build`](Self::build) checks every value.
 #[derive(Debug, Clone)]
-pub struct RetryPolicyBuilder {
+pub struct RetryRulesBuilder {
     max_attempts: u32,
     backoff: Backoff,
     jitter: Jitter,
@@ -180,7 +180,7 @@ pub struct RetryPolicyBuilder {
     seed: Option<u64>,
 }
 
-impl Default for RetryPolicyBuilder {
+impl Default for RetryRulesBuilder {
     fn default() -> Self {
         Self {
             max_attempts: 3,
@@ -201,7 +201,7 @@ impl Default for RetryPolicyBuilder {
     }
 }
 
-impl RetryPolicyBuilder {
+impl RetryRulesBuilder {
     /// The maximum number of attempts, the first included. Defaults to 3.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
@@ -262,7 +262,7 @@ impl RetryPolicyBuilder {
     /// `max_attempts` zero; a `Jitter::Proportional` factor outside `[0, 1]`; a deadline,
     /// fixed or first attempt timeout of zero; Retry-After `min` above `max`; a failure
     /// rate limit outside `(0, 1]`.
-    pub fn build(self) -> Result<RetryPolicy, ConfigError> {
+    pub fn build(self) -> Result<RetryRules, ConfigError> {
         CHECK.at_least_one("max_attempts", u64::from(self.max_attempts))?;
         if let Jitter::Proportional(f) = self.jitter {
             CHECK.in_range("jitter", f, 0.0, 1.0)?;
@@ -291,7 +291,7 @@ impl RetryPolicyBuilder {
         if let Some((rate, _)) = self.unhealthy_above {
             CHECK.rate("stop_when_failure_rate_above", rate)?;
         }
-        Ok(RetryPolicy {
+        Ok(RetryRules {
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             jitter: self.jitter,
@@ -322,31 +322,31 @@ mod tests {
 
     #[test]
     fn invalid_configuration_names_the_field() {
-        let cases: Vec<(RetryPolicyBuilder, &str)> = vec![
-            (RetryPolicy::builder().max_attempts(0), "max_attempts"),
+        let cases: Vec<(RetryRulesBuilder, &str)> = vec![
+            (RetryRules::builder().max_attempts(0), "max_attempts"),
             (
-                RetryPolicy::builder().jitter(Jitter::Proportional(1.5)),
+                RetryRules::builder().jitter(Jitter::Proportional(1.5)),
                 "jitter",
             ),
             (
-                RetryPolicy::builder().jitter(Jitter::Proportional(f64::NAN)),
+                RetryRules::builder().jitter(Jitter::Proportional(f64::NAN)),
                 "jitter",
             ),
-            (RetryPolicy::builder().deadline(Duration::ZERO), "deadline"),
+            (RetryRules::builder().deadline(Duration::ZERO), "deadline"),
             (
-                RetryPolicy::builder().attempt_timeout(AttemptTimeout::Fixed(Duration::ZERO)),
+                RetryRules::builder().attempt_timeout(AttemptTimeout::Fixed(Duration::ZERO)),
                 "attempt_timeout",
             ),
             (
-                RetryPolicy::builder().retry_after(true, 2 * MS, MS),
+                RetryRules::builder().retry_after(true, 2 * MS, MS),
                 "retry_after",
             ),
             (
-                RetryPolicy::builder().stop_when_failure_rate_above(1.2, 1),
+                RetryRules::builder().stop_when_failure_rate_above(1.2, 1),
                 "stop_when_failure_rate_above",
             ),
             (
-                RetryPolicy::builder().backoff(Backoff::Exponential {
+                RetryRules::builder().backoff(Backoff::Exponential {
                     initial: MS,
                     multiplier: -2.0,
                     max: MS,
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_honoured_within_its_clamp() {
-        let p = RetryPolicy::builder()
+        let p = RetryRules::builder()
             .backoff(Backoff::constant(100 * MS).unwrap())
             .jitter(Jitter::None)
             .retry_after(true, Duration::ZERO, Duration::from_secs(5))
@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn deadline_stops_and_cuts_the_last_timeout() {
-        let p = RetryPolicy::builder()
+        let p = RetryRules::builder()
             .max_attempts(10)
             .backoff(Backoff::constant(300 * MS).unwrap())
             .jitter(Jitter::None)
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn seed_smart_policy() {
-        let p = RetryPolicy::seed_smart();
+        let p = RetryRules::conservative();
         assert_eq!(p.max_attempts(), 3);
         assert_eq!(p.attempt_timeout(&ctx(1)), Some(Duration::from_secs(5)));
         assert_eq!(p.attempt_timeout(&ctx(3)), Some(Duration::from_secs(15)));
@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn seeded_policies_repeat_themselves() {
         let make = || {
-            RetryPolicy::builder()
+            RetryRules::builder()
                 .max_attempts(100)
                 .seed(7)
                 .build()

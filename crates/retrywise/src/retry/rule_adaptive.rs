@@ -1,4 +1,4 @@
-//! The seed document's rule-based adaptive retry.
+//! The design sketch's rule-based adaptive retry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +9,9 @@ use crate::model::{SuccessModel, sanitize_probability};
 
 use super::{Decision, RetryDecider, StopReason};
 
-const CHECK: Check = Check::new("seed_adaptive");
+const CHECK: Check = Check::new("rule_based_adaptive");
 
-/// The seed's adaptive retry, made sound.
+/// The design sketch's adaptive retry, made sound.
 ///
 /// The wait before retry `n` (after `n` failures) is `base × 2^n`, then
 /// - ×2 after a timeout, ×5 after a rate limit (429), ÷2 after a connect error;
@@ -22,10 +22,10 @@ const CHECK: Check = Check::new("seed_adaptive");
 /// The maximum number of attempts depends on the error kind ("the maximum number of
 /// attempts depends on the context").
 ///
-/// Unlike the seed, the probability is evaluated for the wait actually about to be
+/// Unlike the design sketch, the probability is evaluated for the wait actually about to be
 /// chosen (the context's `delay` is set to it), and Retry-After is honoured.
 #[derive(Clone)]
-pub struct SeedAdaptive {
+pub struct RuleBasedAdaptive {
     base: Duration,
     cap: Duration,
     max_attempts: [u32; ErrorKind::ALL.len()],
@@ -34,9 +34,9 @@ pub struct SeedAdaptive {
     deadline: Option<Duration>,
 }
 
-impl std::fmt::Debug for SeedAdaptive {
+impl std::fmt::Debug for RuleBasedAdaptive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeedAdaptive")
+        f.debug_struct("RuleBasedAdaptive")
             .field("base", &self.base)
             .field("cap", &self.cap)
             .field("max_attempts", &self.max_attempts)
@@ -47,7 +47,7 @@ impl std::fmt::Debug for SeedAdaptive {
     }
 }
 
-impl Default for SeedAdaptive {
+impl Default for RuleBasedAdaptive {
     /// Base 100 ms, cap 30 s, 4 attempts for every kind, stop below p = 0.1, no model.
     fn default() -> Self {
         Self {
@@ -61,8 +61,8 @@ impl Default for SeedAdaptive {
     }
 }
 
-impl SeedAdaptive {
-    /// The seed's constants (see [`Default`]).
+impl RuleBasedAdaptive {
+    /// The design sketch's constants (see [`Default`]).
     pub fn new() -> Self {
         Self::default()
     }
@@ -99,7 +99,7 @@ impl SeedAdaptive {
         Ok(self)
     }
 
-    /// Stop when the predicted probability is below `p` (the seed: 0.1).
+    /// Stop when the predicted probability is below `p` (the design sketch: 0.1).
     ///
     /// # Errors
     /// `p` outside `[0, 1]`.
@@ -128,7 +128,7 @@ impl SeedAdaptive {
     }
 }
 
-impl RetryDecider for SeedAdaptive {
+impl RetryDecider for RuleBasedAdaptive {
     fn decide(&self, ctx: &AttemptContext) -> Decision {
         if ctx.attempt > self.limit(ctx.error) {
             return Decision::Stop(StopReason::MaxAttempts);
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn the_seeds_multipliers() {
-        let s = SeedAdaptive::new();
+        let s = RuleBasedAdaptive::new();
         // After the first failure: 100 ms × 2^1.
         assert_eq!(
             s.decide(&after(ErrorKind::Http503, 2)),
@@ -231,7 +231,8 @@ mod tests {
 
     #[test]
     fn model_stops_speeds_up_and_slows_down() {
-        let with = |p: f64| SeedAdaptive::new().with_model(Arc::new(move |_: &AttemptContext| p));
+        let with =
+            |p: f64| RuleBasedAdaptive::new().with_model(Arc::new(move |_: &AttemptContext| p));
         let c = after(ErrorKind::Http503, 2);
         assert_eq!(
             with(0.05).decide(&c),
@@ -249,7 +250,7 @@ mod tests {
 
     #[test]
     fn model_sees_the_delay_it_is_asked_about() {
-        let s = SeedAdaptive::new().with_model(Arc::new(|c: &AttemptContext| {
+        let s = RuleBasedAdaptive::new().with_model(Arc::new(|c: &AttemptContext| {
             if c.delay >= Duration::from_millis(400) {
                 0.9
             } else {
@@ -268,7 +269,7 @@ mod tests {
 
     #[test]
     fn retry_after_and_deadline() {
-        let s = SeedAdaptive::new()
+        let s = RuleBasedAdaptive::new()
             .deadline(Duration::from_secs(2))
             .unwrap();
         let mut c = after(ErrorKind::Http429, 2);
@@ -281,22 +282,25 @@ mod tests {
     #[test]
     fn refuses_bad_values() {
         assert_eq!(
-            SeedAdaptive::new().stop_below(1.5).unwrap_err().field,
+            RuleBasedAdaptive::new().stop_below(1.5).unwrap_err().field,
             "stop_below"
         );
         assert_eq!(
-            SeedAdaptive::new()
+            RuleBasedAdaptive::new()
                 .delays(Duration::ZERO, MS)
                 .unwrap_err()
                 .field,
             "base"
         );
         assert_eq!(
-            SeedAdaptive::new().delays(2 * MS, MS).unwrap_err().field,
+            RuleBasedAdaptive::new()
+                .delays(2 * MS, MS)
+                .unwrap_err()
+                .field,
             "base"
         );
         assert_eq!(
-            SeedAdaptive::new()
+            RuleBasedAdaptive::new()
                 .max_attempts_for(ErrorKind::Reset, 0)
                 .unwrap_err()
                 .field,

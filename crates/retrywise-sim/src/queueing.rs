@@ -1,4 +1,4 @@
-//! The upstream model: what happens to each request sent to a scenario's upstream.
+//! The upstream as a queueing model: what happens to each request sent to a scenario's upstream.
 //!
 //! The same model serves virtual time (in process, on tokio's paused clock) and HTTP (in
 //! the upstream server, on the real clock): it only reads `tokio::time::Instant`.
@@ -100,7 +100,7 @@ pub struct Counts {
 
 /// The upstream of a scenario. Cloning shares it.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct UpstreamModel {
     scenario: Arc<Scenario>,
     origin: Instant,
     /// Keys the per-request draws.
@@ -116,7 +116,7 @@ fn ms_to_nanos(ms: f64) -> u64 {
     (ms.max(0.0) * 1e6) as u64
 }
 
-impl Upstream {
+impl UpstreamModel {
     /// The upstream of `scenario`, starting now, drawing from `seed`.
     pub fn new(scenario: Arc<Scenario>, seed: u64) -> Self {
         let burst = scenario.upstream.rate_limit.map_or(0.0, |r| r.burst);
@@ -362,7 +362,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_line_sheds_with_503() {
-        let u = Upstream::new(scenario(""), 1);
+        let u = UpstreamModel::new(scenario(""), 1);
         let now = Instant::now();
         let fates: Vec<Fate> = (0..6).map(|_| u.serve(now, None)).collect();
         let after: Vec<u64> = fates.iter().map(|f| f.after().as_millis() as u64).collect();
@@ -374,7 +374,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn workers_keep_serving_requests_whose_callers_left() {
-        let u = Upstream::new(scenario(""), 1);
+        let u = UpstreamModel::new(scenario(""), 1);
         let now = Instant::now();
         for _ in 0..4 {
             u.serve(now, None);
@@ -389,7 +389,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_answers_429_with_retry_after() {
-        let u = Upstream::new(scenario("[upstream.rate_limit]\nrps = 1\nburst = 2"), 1);
+        let u = UpstreamModel::new(scenario("[upstream.rate_limit]\nrps = 1\nburst = 2"), 1);
         let now = Instant::now();
         assert!(u.serve(now, None).is_success());
         assert!(u.serve(now, None).is_success());
@@ -410,7 +410,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_oracle_can_look_without_sending() {
-        let u = Upstream::new(scenario(""), 1);
+        let u = UpstreamModel::new(scenario(""), 1);
         let now = Instant::now();
         assert_eq!(u.serve_if(now, None, |_| false), None);
         assert_eq!(u.counts().requests, 0);
@@ -420,7 +420,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_invalid_request_is_invalid_on_every_attempt() {
-        let u = Upstream::new(
+        let u = UpstreamModel::new(
             scenario("[upstream.errors]\nhttp_400 = 0.3\nhttp_503 = 0.2"),
             3,
         );
@@ -447,7 +447,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn same_seed_same_fates() {
         let s = scenario("[upstream.errors]\nhttp_503 = 0.3\nreset = 0.1");
-        let (a, b) = (Upstream::new(Arc::clone(&s), 9), Upstream::new(s, 9));
+        let (a, b) = (
+            UpstreamModel::new(Arc::clone(&s), 9),
+            UpstreamModel::new(s, 9),
+        );
         for _ in 0..100 {
             tokio::time::advance(Duration::from_millis(7)).await;
             assert_eq!(a.serve(Instant::now(), None), b.serve(Instant::now(), None));
