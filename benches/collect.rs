@@ -163,9 +163,65 @@ fn record_cost(c: &mut Criterion) {
     g.finish();
 }
 
+/// Reading a segment back, line by line: the fast scanner (what `SegmentReader` uses)
+/// against plain `serde_json` on the same lines, same I/O.
+fn read_segment(c: &mut Criterion) {
+    use std::io::BufRead;
+    const N: u64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rec = SegmentRecorder::open(dir.path(), big_queue()).unwrap();
+        for mut r in records(N) {
+            r.policy = Some("exp-full-jitter".into());
+            r.context.health_window = Some(Duration::from_secs(10));
+            rec.record(r);
+        }
+        rec.close().unwrap();
+    }
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(20);
+    let lines = |f: &mut dyn FnMut(&[u8])| {
+        let mut reader = std::io::BufReader::new(&bytes[..]);
+        let mut line = Vec::with_capacity(512);
+        while reader.read_until(b'\n', &mut line).unwrap() > 0 {
+            f(line.strip_suffix(b"\n").unwrap_or(&line));
+            line.clear();
+        }
+    };
+    g.bench_function("segment-scanner", |b| {
+        b.iter(|| {
+            let mut cache = retrywise_collect::scan::TargetCache::default();
+            let mut n = 0u64;
+            lines(&mut |l| {
+                let r = retrywise_collect::scan::record_from_json(l, &mut cache).unwrap();
+                n += u64::from(r.context.attempt);
+            });
+            n
+        })
+    });
+    g.bench_function("segment-serde-json", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            lines(&mut |l| {
+                let r: AttemptRecord = serde_json::from_slice(l).unwrap();
+                n += u64::from(r.context.attempt);
+            });
+            n
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5)).configure_from_args();
-    targets = record_cost
+    targets = read_segment, record_cost
 }
 criterion_main!(benches);

@@ -8,7 +8,6 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
@@ -255,7 +254,7 @@ fn retry(c: &mut Criterion) {
     baselines(&mut g);
     let p: &'static Policy = leak(Policy::builder("bench").retry(rw_retry()).build().unwrap());
     operation(&mut g, "retrywise-policy", || move || p.call(|_| ok1()));
-    let layer = RetryLayer::new("bench", Arc::new(rw_retry()), ErrorsAreRetryable);
+    let layer = RetryLayer::new(Policy::builder("bench").retry(rw_retry()).build().unwrap());
     service(&mut g, "retrywise-layer", || layer.layer(inner()));
     let tr = tr_retry::<BenchError>();
     service(&mut g, "tower-resilience-layer", || tr.layer(inner()));
@@ -330,11 +329,11 @@ fn composition(c: &mut Criterion) {
     let (b, k, r, h) = (
         rw_breaker(),
         rw_bulkhead(),
-        Arc::new(rw_retry()),
+        Policy::builder("bench").retry(rw_retry()).build().unwrap(),
         rw_hedge(),
     );
     service(&mut g, "retrywise-layers", || {
-        RetryLayer::new("bench", r.clone(), ErrorsAreRetryable).layer(
+        RetryLayer::new(r.clone()).layer(
             CircuitBreakerLayer::new(b.clone(), ErrorsAreRetryable).layer(
                 HedgeLayer::new(h.clone()).layer(
                     BulkheadLayer::new(k.clone())

@@ -22,7 +22,7 @@ pub fn write(
 ) -> PolarsResult<()> {
     let mut fb = FrameBuilder::new();
     for r in records {
-        fb.push(r);
+        fb.push(r.clone());
     }
     let mut df = fb.finish()?;
     ParquetWriter::new(std::fs::File::create(attempts)?).finish(&mut df)?;

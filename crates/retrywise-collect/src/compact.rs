@@ -15,11 +15,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use polars::prelude::*;
-use retrywise::attempt::{AttemptRecord, Outcome, SchemaVersion};
+use retrywise::attempt::schema::{FIELDS, Field as SchemaField, FieldType, Storage, Value};
+use retrywise::attempt::{AttemptRecord, SchemaVersion, duration_to_ms};
 use serde::Serialize;
 
 use crate::CollectError;
@@ -28,73 +29,32 @@ use crate::segment::{self, Segment};
 
 const MS_PER_DAY: u64 = 86_400_000;
 
-/// The Parquet schema of attempt records (the hive partition `date` is in the path, not
-/// in the files). Documented column by column in `data/README.md`.
-pub fn attempt_schema() -> Schema {
-    Schema::from_iter([
-        Field::new("schema_version".into(), DataType::String),
-        Field::new("started_at_ms".into(), DataType::UInt64),
-        Field::new("call_id".into(), DataType::UInt64),
-        Field::new("hedge".into(), DataType::UInt32),
-        Field::new("policy".into(), DataType::String),
-        Field::new("target".into(), DataType::String),
-        Field::new("attempt".into(), DataType::UInt32),
-        Field::new("error".into(), DataType::String),
-        Field::new("status".into(), DataType::UInt16),
-        Field::new("latency_ms".into(), DataType::Float64),
-        Field::new("elapsed_ms".into(), DataType::Float64),
-        Field::new("retry_after_ms".into(), DataType::Float64),
-        Field::new("delay_ms".into(), DataType::Float64),
-        Field::new("failure_rate".into(), DataType::Float64),
-        Field::new("latency_p95_ms".into(), DataType::Float64),
-        Field::new("in_flight".into(), DataType::UInt32),
-        Field::new("planned_delay_ms".into(), DataType::Float64),
-        Field::new("outcome".into(), DataType::String),
-        Field::new("outcome_error".into(), DataType::String),
-        Field::new("outcome_status".into(), DataType::UInt16),
-        Field::new("outcome_latency_ms".into(), DataType::Float64),
-        Field::new("outcome_retry_after_ms".into(), DataType::Float64),
-    ])
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "success",
-        Outcome::Retryable => "retryable",
-        Outcome::Permanent => "permanent",
-        Outcome::Cancelled => "cancelled",
+/// The polars type of a schema storage type.
+fn dtype(storage: Storage) -> DataType {
+    match storage {
+        Storage::String => DataType::String,
+        Storage::UInt16 => DataType::UInt16,
+        Storage::UInt32 => DataType::UInt32,
+        Storage::UInt64 => DataType::UInt64,
+        Storage::Float64 => DataType::Float64,
     }
 }
 
-/// Builds a [`DataFrame`] of [`attempt_schema`] from records, column by column.
+/// The Parquet schema of attempt records: one column per field of
+/// [`retrywise::attempt::schema::FIELDS`], in its order and of its storage type (the hive
+/// partition `date` is in the path, not in the files). Documented in `data/README.md`.
+pub fn attempt_schema() -> Schema {
+    Schema::from_iter(
+        FIELDS
+            .iter()
+            .map(|f| Field::new(f.name.into(), dtype(f.storage()))),
+    )
+}
+
+/// Builds a [`DataFrame`] of [`attempt_schema`] from records, one column per schema field.
 #[derive(Debug, Default)]
 pub struct FrameBuilder {
-    schema_version: Vec<SchemaVersion>,
-    started_at_ms: Vec<u64>,
-    call_id: Vec<u64>,
-    hedge: Vec<u32>,
-    policy: Vec<Option<Arc<str>>>,
-    target: Vec<Arc<str>>,
-    attempt: Vec<u32>,
-    error: Vec<Option<&'static str>>,
-    status: Vec<Option<u16>>,
-    latency_ms: Vec<Option<f64>>,
-    elapsed_ms: Vec<f64>,
-    retry_after_ms: Vec<Option<f64>>,
-    delay_ms: Vec<f64>,
-    failure_rate: Vec<Option<f64>>,
-    latency_p95_ms: Vec<Option<f64>>,
-    in_flight: Vec<Option<u32>>,
-    planned_delay_ms: Vec<Option<f64>>,
-    outcome: Vec<&'static str>,
-    outcome_error: Vec<Option<&'static str>>,
-    outcome_status: Vec<Option<u16>>,
-    outcome_latency_ms: Vec<f64>,
-    outcome_retry_after_ms: Vec<Option<f64>>,
+    rows: Vec<AttemptRecord>,
 }
 
 impl FrameBuilder {
@@ -105,40 +65,75 @@ impl FrameBuilder {
 
     /// Rows added so far.
     pub fn len(&self) -> usize {
-        self.call_id.len()
+        self.rows.len()
     }
 
     /// Whether no row was added.
     pub fn is_empty(&self) -> bool {
-        self.call_id.is_empty()
+        self.rows.is_empty()
     }
 
     /// Adds one record as a row.
-    pub fn push(&mut self, r: &AttemptRecord) {
-        let c = &r.context;
-        self.schema_version.push(r.schema_version);
-        self.started_at_ms.push(r.started_at_ms);
-        self.call_id.push(r.call_id);
-        self.hedge.push(r.hedge);
-        self.policy.push(r.policy.clone());
-        self.target.push(Arc::clone(&c.target));
-        self.attempt.push(c.attempt);
-        self.error.push(c.error.map(|e| e.as_str()));
-        self.status.push(c.status);
-        self.latency_ms.push(c.latency.map(ms));
-        self.elapsed_ms.push(ms(c.elapsed));
-        self.retry_after_ms.push(c.retry_after.map(ms));
-        self.delay_ms.push(ms(c.delay));
-        self.failure_rate.push(c.failure_rate);
-        self.latency_p95_ms.push(c.latency_p95.map(ms));
-        self.in_flight.push(c.in_flight);
-        self.planned_delay_ms.push(c.planned_delay.map(ms));
-        self.outcome.push(outcome_str(r.outcome));
-        self.outcome_error.push(r.outcome_error.map(|e| e.as_str()));
-        self.outcome_status.push(r.outcome_status);
-        self.outcome_latency_ms.push(ms(r.outcome_latency));
-        self.outcome_retry_after_ms
-            .push(r.outcome_retry_after.map(ms));
+    pub fn push(&mut self, r: AttemptRecord) {
+        self.rows.push(r);
+    }
+
+    fn column(&self, f: &SchemaField) -> Column {
+        let name = f.name.into();
+        let rows = &self.rows;
+        match f.storage() {
+            Storage::String => {
+                // Versions repeat: format each distinct one once, then borrow.
+                let mut versions: Vec<(SchemaVersion, String)> = Vec::new();
+                if f.ty == FieldType::Version {
+                    for r in rows {
+                        if let Value::Version(v) = f.get(r)
+                            && !versions.iter().any(|(k, _)| *k == v)
+                        {
+                            versions.push((v, v.to_string()));
+                        }
+                    }
+                }
+                let values: Vec<Option<&str>> = rows
+                    .iter()
+                    .map(|r| match f.get(r) {
+                        Value::Text(s) => Some(s),
+                        Value::ErrorKind(k) => Some(k.as_str()),
+                        Value::Outcome(o) => Some(o.as_str()),
+                        Value::Version(v) => versions
+                            .iter()
+                            .find(|(k, _)| *k == v)
+                            .map(|(_, s)| s.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                Column::new(name, values)
+            }
+            Storage::UInt16 => Column::new(name, self.whole(f, |n| u16::try_from(n).ok())),
+            Storage::UInt32 => Column::new(name, self.whole(f, |n| u32::try_from(n).ok())),
+            Storage::UInt64 => Column::new(name, self.whole(f, Some)),
+            Storage::Float64 => {
+                let values: Vec<Option<f64>> = rows
+                    .iter()
+                    .map(|r| match f.get(r) {
+                        Value::Float(x) => Some(x),
+                        Value::Duration(d) => Some(duration_to_ms(d)),
+                        _ => None,
+                    })
+                    .collect();
+                Column::new(name, values)
+            }
+        }
+    }
+
+    fn whole<T>(&self, f: &SchemaField, cast: impl Fn(u64) -> Option<T>) -> Vec<Option<T>> {
+        self.rows
+            .iter()
+            .map(|r| match f.get(r) {
+                Value::UInt(n) => cast(n),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The rows as a frame of exactly [`attempt_schema`].
@@ -147,49 +142,7 @@ impl FrameBuilder {
     /// A polars error if a column cannot be built (which would be a bug), or if the
     /// frame's schema differs from [`attempt_schema`].
     pub fn finish(self) -> PolarsResult<DataFrame> {
-        let targets: Vec<&str> = self.target.iter().map(|t| &**t).collect();
-        let policies: Vec<Option<&str>> = self.policy.iter().map(|p| p.as_deref()).collect();
-        // Versions repeat: format each distinct one once, then borrow.
-        let mut names: Vec<(SchemaVersion, String)> = Vec::new();
-        for v in &self.schema_version {
-            if !names.iter().any(|(k, _)| k == v) {
-                names.push((*v, v.to_string()));
-            }
-        }
-        let versions: Vec<&str> = self
-            .schema_version
-            .iter()
-            .map(|v| {
-                names
-                    .iter()
-                    .find(|(k, _)| k == v)
-                    .map_or("", |(_, s)| s.as_str())
-            })
-            .collect();
-        let columns = vec![
-            Column::new("schema_version".into(), versions),
-            Column::new("started_at_ms".into(), self.started_at_ms),
-            Column::new("call_id".into(), self.call_id),
-            Column::new("hedge".into(), self.hedge),
-            Column::new("policy".into(), policies),
-            Column::new("target".into(), targets),
-            Column::new("attempt".into(), self.attempt),
-            Column::new("error".into(), self.error),
-            Column::new("status".into(), self.status),
-            Column::new("latency_ms".into(), self.latency_ms),
-            Column::new("elapsed_ms".into(), self.elapsed_ms),
-            Column::new("retry_after_ms".into(), self.retry_after_ms),
-            Column::new("delay_ms".into(), self.delay_ms),
-            Column::new("failure_rate".into(), self.failure_rate),
-            Column::new("latency_p95_ms".into(), self.latency_p95_ms),
-            Column::new("in_flight".into(), self.in_flight),
-            Column::new("planned_delay_ms".into(), self.planned_delay_ms),
-            Column::new("outcome".into(), self.outcome),
-            Column::new("outcome_error".into(), self.outcome_error),
-            Column::new("outcome_status".into(), self.outcome_status),
-            Column::new("outcome_latency_ms".into(), self.outcome_latency_ms),
-            Column::new("outcome_retry_after_ms".into(), self.outcome_retry_after_ms),
-        ];
+        let columns: Vec<Column> = FIELDS.iter().map(|f| self.column(f)).collect();
         let df = DataFrame::new_infer_height(columns)?;
         let want = attempt_schema();
         if **df.schema() != want {
@@ -431,7 +384,7 @@ fn compact_segment(
         let r = r?;
         days.entry(r.started_at_ms / MS_PER_DAY)
             .or_default()
-            .push(&r);
+            .push(r);
     }
     let mut done = SegmentDone {
         read: reader.summary().clone(),

@@ -40,6 +40,16 @@ pub enum CollectError {
         /// Why.
         reason: String,
     },
+    /// The writer has as many records to write as its queue holds: a batch was not taken.
+    #[error(
+        "the segment writer is busy: {pending} records waiting, capacity {capacity}; try again later"
+    )]
+    Busy {
+        /// Records waiting to be written.
+        pending: u64,
+        /// The queue's capacity.
+        capacity: u64,
+    },
     /// The writer thread is gone (the recorder was closed or the thread panicked).
     #[error("the segment writer has stopped")]
     WriterGone,

@@ -25,6 +25,7 @@
 
 mod error;
 mod reader;
+pub mod scan;
 pub mod segment;
 mod shipper;
 mod stats;

@@ -5,7 +5,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use retrywise::attempt::{AttemptRecord, SchemaVersion, TargetCache};
+use retrywise::attempt::{AttemptRecord, SchemaVersion};
+
+use crate::scan::{TargetCache, record_from_json};
 use serde::Serialize;
 
 use crate::CollectError;
@@ -78,7 +80,7 @@ fn parse_line(
     last_unterminated: bool,
     cache: &mut TargetCache,
 ) -> Result<AttemptRecord, Result<Bad, String>> {
-    match AttemptRecord::from_json(bytes, cache) {
+    match record_from_json(bytes, cache) {
         Ok(r) if r.schema_version.major == SchemaVersion::CURRENT.major => Ok(r),
         Ok(r) => Err(Err(r.schema_version.to_string())),
         Err(e) => {
@@ -142,7 +144,7 @@ impl SegmentReader {
             current: None,
             line: Vec::with_capacity(1024),
             summary: ReadSummary::default(),
-            targets: TargetCache::new(),
+            targets: TargetCache::default(),
             done: false,
         }
     }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -80,12 +81,17 @@ impl WriterConfig {
 
 type Ack = mpsc::SyncSender<Result<(), CollectError>>;
 
+/// The answer to a batch: how many records were written, or why not all.
+type BatchAck = tokio::sync::oneshot::Sender<Result<u64, CollectError>>;
+
 // The size difference is the point: records travel unboxed.
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     /// Unboxed: a record is copied into the queue's preallocated slot, so `record()`
     /// allocates nothing.
     Record(AttemptRecord),
+    /// Records to write together, with an answer once they are in the segment file.
+    Batch(Vec<AttemptRecord>, BatchAck),
     Flush(Ack),
     Close(Ack),
 }
@@ -125,6 +131,10 @@ enum Msg {
 pub struct SegmentRecorder {
     tx: SyncSender<Msg>,
     counters: Arc<Counters>,
+    /// Records taken by [`write_batch`](Self::write_batch) and not yet answered: at most
+    /// the queue's capacity (plus one batch taken while none was pending).
+    pending: Arc<AtomicU64>,
+    capacity: u64,
     worker: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The writer thread, to wake it for flushes (records never wake it: see `run`).
     thread: std::thread::Thread,
@@ -156,6 +166,8 @@ impl SegmentRecorder {
         let lock = lock_dir(&dir)?;
         recover(&dir)?;
         let counters = Arc::new(Counters::default());
+        let pending = Arc::new(AtomicU64::new(0));
+        let capacity = config.queue_capacity as u64;
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let next_sync = storage.now() + config.fsync_interval;
         let mut writer = Writer {
@@ -172,6 +184,8 @@ impl SegmentRecorder {
             broken_until: None,
             backoff: INITIAL_BACKOFF,
             lost_since_flush: 0,
+            lost_total: 0,
+            pending: Arc::clone(&pending),
             seq: 0,
             id: segment::writer_id(),
             _lock: lock,
@@ -183,6 +197,8 @@ impl SegmentRecorder {
         Ok(Self {
             tx,
             counters,
+            pending,
+            capacity,
             thread: worker.thread().clone(),
             worker: Arc::new(Mutex::new(Some(worker))),
             dir,
@@ -216,6 +232,56 @@ impl SegmentRecorder {
     /// or the sync failed; [`CollectError::WriterGone`] after [`close`](Self::close).
     pub fn flush(&self) -> Result<(), CollectError> {
         self.ask(Msg::Flush)
+    }
+
+    /// Writes `records` to the current segment and answers once they are written (handed
+    /// to the operating system: a graceful stop makes them durable), or why not.
+    ///
+    /// Unlike [`record`](Recorder::record), which drops what the queue cannot hold, a batch
+    /// is either taken whole or refused at once with [`CollectError::Busy`] when the
+    /// writer already has `queue_capacity` records to write: the caller knows, and can ask
+    /// its own client to come back later. This is what an ingestion endpoint needs to
+    /// answer "accepted" only for records that are written.
+    ///
+    /// # Errors
+    /// [`CollectError::Busy`]: not taken, nothing written. [`CollectError::Flush`]: taken,
+    /// but an I/O error lost some or all of them (counted as dropped).
+    /// [`CollectError::WriterGone`] after [`close`](Self::close).
+    pub async fn write_batch(&self, records: Vec<AttemptRecord>) -> Result<u64, CollectError> {
+        let n = records.len() as u64;
+        if n == 0 {
+            return Ok(0);
+        }
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        // A batch larger than the queue still goes through when nothing else waits.
+        if before > 0 && before + n > self.capacity {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+            return Err(CollectError::Busy {
+                pending: before,
+                capacity: self.capacity,
+            });
+        }
+        let (ack, answer) = tokio::sync::oneshot::channel();
+        match self.tx.try_send(Msg::Batch(records, ack)) {
+            Ok(()) => Counters::add(&self.counters.recorded, n),
+            Err(e) => {
+                self.pending.fetch_sub(n, Ordering::AcqRel);
+                return Err(match e {
+                    TrySendError::Full(_) => CollectError::Busy {
+                        pending: before,
+                        capacity: self.capacity,
+                    },
+                    TrySendError::Disconnected(_) => CollectError::WriterGone,
+                });
+            }
+        }
+        self.thread.unpark();
+        answer.await.map_err(|_| CollectError::WriterGone)?
+    }
+
+    /// Records taken by [`write_batch`](Self::write_batch) and not yet written.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// [`flush`](Self::flush) for async code: runs it on tokio's blocking pool.
@@ -336,6 +402,10 @@ struct Writer<S: Storage> {
     backoff: Duration,
     /// Records lost to I/O errors since the last flush (a flush then reports failure).
     lost_since_flush: u64,
+    /// Records lost to I/O errors since the start (a batch compares it before and after).
+    lost_total: u64,
+    /// Shared with the recorder: batch records not yet answered.
+    pending: Arc<AtomicU64>,
     seq: u32,
     /// Tells this writer's segments from other writers'.
     id: u32,
@@ -387,6 +457,7 @@ impl<S: Storage> Writer<S> {
     fn handle(&mut self, msg: Msg) -> Option<Ack> {
         match msg {
             Msg::Record(r) => self.append(&r),
+            Msg::Batch(records, ack) => self.batch(&records, ack),
             Msg::Flush(ack) => self.flush(&ack),
             Msg::Close(ack) => return Some(ack),
         }
@@ -431,6 +502,7 @@ impl<S: Storage> Writer<S> {
             if self.storage.now() < until {
                 Counters::add(&self.counters.dropped_io, 1);
                 self.lost_since_flush += 1;
+                self.lost_total += 1;
                 return;
             }
             self.broken_until = None;
@@ -454,6 +526,29 @@ impl<S: Storage> Writer<S> {
             self.write_buf();
             let _ = self.close_segment();
         }
+    }
+
+    /// Appends a batch, writes it out, and answers: every record written, or how many an
+    /// I/O error lost.
+    fn batch(&mut self, records: &[AttemptRecord], ack: BatchAck) {
+        let lost_before = self.lost_total;
+        for r in records {
+            self.append(r);
+        }
+        self.write_buf();
+        let n = records.len() as u64;
+        let lost = self.lost_total - lost_before;
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+        let _ = ack.send(if lost == 0 {
+            Ok(n)
+        } else {
+            Err(CollectError::Flush {
+                reason: format!(
+                    "an I/O error lost {} of the batch's {n} records (see the drop counters)",
+                    lost.min(n)
+                ),
+            })
+        });
     }
 
     fn open_segment(&mut self) -> Result<(), std::io::Error> {
@@ -602,6 +697,7 @@ impl<S: Storage> Writer<S> {
         Counters::add(&self.counters.io_errors, 1);
         Counters::add(&self.counters.dropped_io, self.buf_records);
         self.lost_since_flush += self.buf_records;
+        self.lost_total += self.buf_records;
         self.buf.clear();
         self.buf_records = 0;
         if let Some(mut seg) = self.seg.take() {

@@ -7,32 +7,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polars::prelude::*;
-use retrywise::attempt::{AttemptContext, ErrorKind};
+use retrywise::attempt::schema::{
+    self, Field as SchemaField, FieldType, Presence, Rule, Storage, Value,
+};
+use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
-/// Columns a log must have; the others of the attempt schema are optional.
-pub const REQUIRED: &[&str] = &["started_at_ms", "target", "attempt", "outcome"];
+/// The fields the trainer reads: when each attempt started, its context, and its outcome
+/// (the label). Derived from the schema, so a field added there is read here.
+pub fn fields() -> impl Iterator<Item = &'static SchemaField> {
+    schema::FIELDS
+        .iter()
+        .filter(|f| f.in_context() || f.name == "started_at_ms" || f.name == "outcome")
+}
 
-/// The columns read, with the type each is read as: integers as i64 (so a negative value
-/// is seen, and counted, rather than failing the cast), floats as f64.
+/// Columns a log must have: the required fields among those read.
+pub fn required() -> impl Iterator<Item = &'static str> {
+    fields()
+        .filter(|f| f.presence == Presence::Required)
+        .map(|f| f.name)
+}
+
+/// The polars type each field is read as: integers as i64 (so a negative value is seen,
+/// and counted, rather than failing the cast), floats as f64, text as strings.
+fn read_type(f: &SchemaField) -> DataType {
+    match f.storage() {
+        Storage::String => DataType::String,
+        Storage::UInt16 | Storage::UInt32 | Storage::UInt64 => DataType::Int64,
+        Storage::Float64 => DataType::Float64,
+    }
+}
+
 fn wanted() -> Vec<(&'static str, DataType)> {
-    vec![
-        ("started_at_ms", DataType::Int64),
-        ("target", DataType::String),
-        ("attempt", DataType::Int64),
-        ("error", DataType::String),
-        ("status", DataType::Int64),
-        ("latency_ms", DataType::Float64),
-        ("elapsed_ms", DataType::Float64),
-        ("retry_after_ms", DataType::Float64),
-        ("delay_ms", DataType::Float64),
-        ("failure_rate", DataType::Float64),
-        ("latency_p95_ms", DataType::Float64),
-        ("in_flight", DataType::Int64),
-        ("outcome", DataType::String),
-    ]
+    fields().map(|f| (f.name, read_type(f))).collect()
 }
 
 /// The kind of a log file.
@@ -200,6 +209,9 @@ pub struct Rows {
     pub success: Vec<bool>,
     /// When it started, ms since the epoch.
     pub started_at_ms: Vec<u64>,
+    /// The health window the rows' failure rate, p95 latency and calls in flight were
+    /// measured over (`health_window_ms`), when the rows say.
+    pub health_window: Option<Duration>,
 }
 
 impl Rows {
@@ -219,6 +231,7 @@ impl Rows {
             contexts: idx.iter().map(|&i| self.contexts[i].clone()).collect(),
             success: idx.iter().map(|&i| self.success[i]).collect(),
             started_at_ms: idx.iter().map(|&i| self.started_at_ms[i]).collect(),
+            health_window: self.health_window,
         }
     }
 }
@@ -260,7 +273,7 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<Vec<Expr>, Train
         path: file.path.clone(),
         source: e,
     })?;
-    for col in REQUIRED {
+    for col in required() {
         if schema.get(col).is_none() {
             return Err(TrainError::Schema {
                 path: file.path.clone(),
@@ -338,143 +351,147 @@ pub fn load(
         })?;
         on_file(file);
     }
+    settle_health_window(&mut rows, &mut summary);
     summary.rows = rows.len() as u64;
     Ok((rows, summary))
 }
 
-/// Milliseconds to a duration exactly as records and the HTTP API read them (the same
-/// function), so training and serving see the same numbers.
-fn ms(v: f64) -> Option<Duration> {
-    retrywise::attempt::ms_to_duration(v).ok()
+/// Makes the rows' health inputs mean one thing: keeps the rows measured over the most
+/// common health window (and those that do not say, written before schema 1.2), drops and
+/// counts the others, and records the window in `rows`.
+fn settle_health_window(rows: &mut Rows, summary: &mut LoadSummary) {
+    let mut counts: BTreeMap<Duration, usize> = BTreeMap::new();
+    for c in &rows.contexts {
+        if let Some(w) = c.health_window {
+            *counts.entry(w).or_default() += 1;
+        }
+    }
+    let Some((&window, _)) = counts
+        .iter()
+        .max_by_key(|(w, n)| (**n, std::cmp::Reverse(**w)))
+    else {
+        return;
+    };
+    rows.health_window = Some(window);
+    if counts.len() == 1 {
+        return;
+    }
+    let keep: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows.contexts[i].health_window.is_none_or(|w| w == window))
+        .collect();
+    summary.skip(
+        &format!(
+            "`health_window_ms` is not the dataset's {} ms",
+            window.as_millis()
+        ),
+        (rows.len() - keep.len()) as u64,
+    );
+    *rows = rows.select(&keep);
+}
+
+/// A column of the frame, as read.
+enum Col<'a> {
+    Text(&'a StringChunked),
+    Int(&'a Int64Chunked),
+    Float(&'a Float64Chunked),
+}
+
+/// The value of `field` in row `i`, converted as records and the HTTP API convert it (the
+/// same types, the same millisecond conversion), or why it cannot be.
+fn value<'a>(field: &SchemaField, col: &Col<'a>, i: usize) -> Result<Value<'a>, String> {
+    let out_of_range = || format!("`{}` {}", field.name, Rule::Range.as_str());
+    let unknown = || format!("`{}` is not one of its names", field.name);
+    Ok(match col {
+        Col::Text(c) => match c.get(i) {
+            None => Value::Null,
+            Some(s) => match field.ty {
+                FieldType::Text => Value::Text(s),
+                FieldType::ErrorKind => {
+                    Value::ErrorKind(s.parse::<ErrorKind>().map_err(|_| unknown())?)
+                }
+                FieldType::Outcome => Value::Outcome(s.parse::<Outcome>().map_err(|_| unknown())?),
+                _ => Value::Version(s.parse::<SchemaVersion>().map_err(|_| unknown())?),
+            },
+        },
+        Col::Int(c) => match c.get(i) {
+            None => Value::Null,
+            Some(v) => {
+                let n = u64::try_from(v).map_err(|_| out_of_range())?;
+                if field.ty.max_whole().is_some_and(|max| n > max) {
+                    return Err(out_of_range());
+                }
+                Value::UInt(n)
+            }
+        },
+        Col::Float(c) => match c.get(i) {
+            None => Value::Null,
+            Some(v) if field.ty == FieldType::Milliseconds => {
+                Value::Duration(retrywise::attempt::ms_to_duration(v).map_err(|_| out_of_range())?)
+            }
+            Some(v) => Value::Float(v),
+        },
+    })
 }
 
 /// Appends the rows of `df` (already cast to the wanted types) to `rows`.
+///
+/// Each row becomes an [`AttemptRecord`] through the schema's setters and is checked with
+/// the schema's rules (the checks ingestion and the API apply); a row that breaks one is
+/// skipped and counted under the rule, so the summary names the field.
 fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> PolarsResult<()> {
     let n = df.height();
     summary.rows_read += n as u64;
-    let started = df.column("started_at_ms")?.i64()?;
-    let target = df.column("target")?.str()?;
-    let attempt = df.column("attempt")?.i64()?;
-    let error = df.column("error")?.str()?;
-    let status = df.column("status")?.i64()?;
-    let latency = df.column("latency_ms")?.f64()?;
-    let elapsed = df.column("elapsed_ms")?.f64()?;
-    let retry_after = df.column("retry_after_ms")?.f64()?;
-    let delay = df.column("delay_ms")?.f64()?;
-    let failure_rate = df.column("failure_rate")?.f64()?;
-    let p95 = df.column("latency_p95_ms")?.f64()?;
-    let in_flight = df.column("in_flight")?.i64()?;
-    let outcome = df.column("outcome")?.str()?;
+    let cols: Vec<(&'static SchemaField, Col<'_>)> = fields()
+        .map(|f| {
+            let c = df.column(f.name)?;
+            let col = match read_type(f) {
+                DataType::String => Col::Text(c.str()?),
+                DataType::Int64 => Col::Int(c.i64()?),
+                _ => Col::Float(c.f64()?),
+            };
+            Ok((f, col))
+        })
+        .collect::<PolarsResult<_>>()?;
     let mut targets: BTreeMap<String, Arc<str>> = BTreeMap::new();
-    for i in 0..n {
-        let (Some(t0), Some(tgt), Some(att), Some(out)) = (
-            started.get(i),
-            target.get(i),
-            attempt.get(i),
-            outcome.get(i),
-        ) else {
-            summary.skip("a required value is missing or unreadable", 1);
-            continue;
-        };
-        let success = match out {
-            "success" => true,
-            "retryable" | "permanent" => false,
-            "cancelled" => {
+    'rows: for i in 0..n {
+        let mut rec = AttemptRecord::blank();
+        for (f, col) in &cols {
+            let v = match value(f, col, i) {
+                Ok(Value::Text(t)) if f.name == "target" => {
+                    let shared = match targets.get(t) {
+                        Some(s) => Arc::clone(s),
+                        None => {
+                            let s: Arc<str> = Arc::from(t);
+                            targets.insert(t.to_owned(), Arc::clone(&s));
+                            s
+                        }
+                    };
+                    f.set(&mut rec, Value::Shared(&shared));
+                    continue;
+                }
+                Ok(v) => v,
+                Err(why) => {
+                    summary.skip(&why, 1);
+                    continue 'rows;
+                }
+            };
+            if let Err(e) = f.check(v) {
+                summary.skip(&e.reason(), 1);
+                continue 'rows;
+            }
+            f.set(&mut rec, v);
+        }
+        let success = match rec.outcome {
+            Outcome::Success => true,
+            Outcome::Retryable | Outcome::Permanent => false,
+            Outcome::Cancelled => {
                 summary.skip("cancelled hedge (outcome unknown)", 1);
                 continue;
             }
-            _ => {
-                summary.skip("unknown outcome", 1);
-                continue;
-            }
         };
-        let (Ok(t0), Ok(att)) = (u64::try_from(t0), u32::try_from(att)) else {
-            summary.skip("negative or out-of-range start time or attempt", 1);
-            continue;
-        };
-        if att == 0 {
-            summary.skip("attempt 0", 1);
-            continue;
-        }
-        let st = match status.get(i) {
-            None => None,
-            Some(v) => match u16::try_from(v) {
-                Ok(v) if (100..=599).contains(&v) => Some(v),
-                _ => {
-                    summary.skip("HTTP status outside 100..=599", 1);
-                    continue;
-                }
-            },
-        };
-        let flight = match in_flight.get(i) {
-            None => None,
-            Some(v) => match u32::try_from(v) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    summary.skip("negative or out-of-range calls in flight", 1);
-                    continue;
-                }
-            },
-        };
-        let err = match error.get(i) {
-            None => None,
-            Some(s) => match s.parse::<ErrorKind>() {
-                Ok(k) => Some(k),
-                Err(_) => {
-                    summary.skip("unknown error kind", 1);
-                    continue;
-                }
-            },
-        };
-        // Optional durations: null means unknown; a present value must be a valid one.
-        let opt = |v: Option<f64>| -> Result<Option<Duration>, ()> {
-            match v {
-                None => Ok(None),
-                Some(v) => ms(v).map(Some).ok_or(()),
-            }
-        };
-        let (Ok(lat), Ok(ra), Ok(p95v)) = (
-            opt(latency.get(i)),
-            opt(retry_after.get(i)),
-            opt(p95.get(i)),
-        ) else {
-            summary.skip("negative or non-finite duration", 1);
-            continue;
-        };
-        let (Some(el), Some(de)) = (
-            ms(elapsed.get(i).unwrap_or(0.0)),
-            ms(delay.get(i).unwrap_or(0.0)),
-        ) else {
-            summary.skip("negative or non-finite duration", 1);
-            continue;
-        };
-        let rate = failure_rate.get(i);
-        if rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-            summary.skip("failure rate outside [0, 1] or NaN", 1);
-            continue;
-        }
-        let tgt = match targets.get(tgt) {
-            Some(t) => Arc::clone(t),
-            None => {
-                let t: Arc<str> = Arc::from(tgt);
-                targets.insert(tgt.to_owned(), Arc::clone(&t));
-                t
-            }
-        };
-        let mut ctx = AttemptContext::first(tgt);
-        ctx.attempt = att;
-        ctx.error = err;
-        ctx.status = st;
-        ctx.latency = lat;
-        ctx.elapsed = el;
-        ctx.retry_after = ra;
-        ctx.delay = de;
-        ctx.failure_rate = rate;
-        ctx.latency_p95 = p95v;
-        ctx.in_flight = flight;
-        rows.contexts.push(ctx);
+        rows.contexts.push(rec.context);
         rows.success.push(success);
-        rows.started_at_ms.push(t0);
+        rows.started_at_ms.push(rec.started_at_ms);
     }
     Ok(())
 }

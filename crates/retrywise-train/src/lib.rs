@@ -236,7 +236,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             positive: POSITIVE_LABEL.into(),
             definition: "outcome == \"success\"".into(),
         },
-        features: FeatureSpec::current(),
+        features: FeatureSpec::current().with_health_window(rows.health_window),
         scaler: fitted.scaler.clone(),
         weights: fitted.weights.clone(),
         intercept: fitted.intercept,

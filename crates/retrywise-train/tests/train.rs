@@ -19,7 +19,7 @@ use retrywise_train::{TrainError, TrainOptions, store, synthetic, train};
 fn write_parquet(records: &[AttemptRecord], path: &Path) {
     let mut fb = FrameBuilder::new();
     for r in records {
-        fb.push(r);
+        fb.push(r.clone());
     }
     let mut df = fb.finish().unwrap();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -494,13 +494,14 @@ fn bad_values_are_skipped_and_counted_by_reason() {
     assert_eq!(
         reasons,
         [
-            ("a required value is missing or unreadable", 1),
-            ("attempt 0", 1),
-            ("failure rate outside [0, 1] or NaN", 1),
-            ("negative or non-finite duration", 2),
-            ("negative or out-of-range calls in flight", 1),
-            ("negative or out-of-range start time or attempt", 1),
-            ("unknown error kind", 1),
+            ("`attempt` is out of range", 1),
+            ("`delay_ms` is out of range", 1),
+            ("`error` is not one of its names", 1),
+            ("`failure_rate` is out of range", 1),
+            ("`in_flight` is out of range", 1),
+            ("`latency_ms` is out of range", 1),
+            ("`started_at_ms` is out of range", 1),
+            ("`target` is required", 1),
         ]
     );
     assert_eq!(

@@ -1,15 +1,25 @@
 //! A target's recent health — failure rate, p95 latency, calls in flight — as the
 //! [`AttemptContext`](crate::attempt::AttemptContext) carries it to models.
 //!
-//! A [`Policy`](crate::policy::Policy) that records its attempts (or is asked to with
-//! [`PolicyBuilder::track_health`](crate::policy::PolicyBuilder::track_health)) keeps a
-//! [`HealthTracker`] and stamps every attempt's context with it, unless its breaker,
-//! hedge or bulkhead already measures the same thing. Training data and predictions then
-//! see the target's health the same way.
+//! **One definition, everywhere.** The three numbers are measured from the attempts that
+//! *ended* within the health window (default [`DEFAULT_HEALTH_WINDOW`], 10 s):
 //!
-//! Recording is lock-free and cheap: one compare-and-swap on a packed time bucket, one
-//! thread-striped histogram increment. Reading the failure rate sums a handful of
-//! buckets; the p95 is recomputed at most once per bucket period.
+//! - `failure_rate`: retryable failures among them (a permanent failure such as a 404 is
+//!   an answer from a healthy target; cancelled hedges are left out);
+//! - `latency_p95`: the 95th percentile of their latencies;
+//! - `in_flight`: calls in flight on average over the window — their latencies summed,
+//!   over the window's length (Little's law).
+//!
+//! Every number can be computed from attempt records alone, so an embedded
+//! [`Policy`](crate::policy::Policy) (which keeps a [`HealthTracker`] whenever it records
+//! or is asked to) and the prediction service (which keeps one per target, fed by the
+//! records posted to it) arrive at the same features for the same attempts. The window
+//! travels with the numbers (`health_window_ms`) and is recorded in the model artifact.
+//! A breaker's or hedge's own windows serve their own decisions and never feed a model.
+//!
+//! Recording is lock-free and cheap: two compare-and-swaps on packed time buckets, one
+//! thread-striped histogram increment. Reading sums a handful of buckets; the p95 is
+//! recomputed at most once per bucket period.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -30,7 +40,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -47,6 +57,12 @@ const COUNT_BITS: u32 = 20;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 const TAG_BITS: u32 = 64 - 2 * COUNT_BITS;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+/// Bits of the packed latency-sum word: `tag (24) | microseconds (40)`.
+const SUM_BITS: u32 = 64 - TAG_BITS;
+const SUM_MAX: u64 = (1 << SUM_BITS) - 1;
+
+/// The window over which health is measured unless told otherwise.
+pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(10);
 
 /// What a [`HealthTracker`] knows of its target at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,28 +75,32 @@ pub struct HealthSnapshot {
     pub failure_rate: Option<f64>,
     /// The 95th percentile latency of the window's calls; `None` without calls.
     pub latency_p95: Option<Duration>,
-    /// Calls in flight now.
+    /// Calls in flight on average over the window (see the module's documentation).
     pub in_flight: u32,
+    /// The window.
+    pub window: Duration,
 }
 
-/// A rolling window of a target's call outcomes and latencies, and its calls in flight.
+/// A rolling window of a target's call outcomes and latencies.
 ///
 /// The window is split into ten buckets; a call counts in the bucket of the moment it
 /// ended, and the window holds the last ten buckets (so between 90 % and 100 % of
-/// `window`). Each bucket is one 64-bit word — a 24-bit bucket tag and 20-bit counts of
-/// calls and failures — updated by compare-and-swap; a bucket saturates at about a
-/// million calls, beyond which the rate rests on the first million. A bucket is recognized
-/// by its tag, so a tracker left idle for exactly 2²⁴ bucket periods (about 194 days with
-/// a 10-second window) could read one stale bucket.
+/// `window`). Each bucket is two 64-bit words — a 24-bit bucket tag with 20-bit counts of
+/// calls and failures, and the tag with the 40-bit sum of their latencies in microseconds
+/// — updated by compare-and-swap; a bucket saturates at about a million calls (or 12 days
+/// of summed latency), beyond which it rests on what it has. A bucket is recognized by its
+/// tag, so a tracker left idle for exactly 2²⁴ bucket periods (about 194 days with a
+/// 10-second window) could read one stale bucket.
 #[derive(Debug)]
 pub struct HealthTracker {
     origin: Instant,
     bucket_nanos: u64,
     buckets: [AtomicU64; BUCKETS as usize],
+    /// Per bucket, `tag << 40 | summed latency in µs`.
+    sums: [AtomicU64; BUCKETS as usize],
     latency: RollingLatency,
     /// `(bucket + 1) << 32 | p95 in ms, saturated`, or 0: the last p95 computed.
     p95_cache: AtomicU64,
-    in_flight: AtomicU32,
 }
 
 impl HealthTracker {
@@ -98,9 +118,9 @@ impl HealthTracker {
             origin: Instant::now(),
             bucket_nanos,
             buckets: Default::default(),
+            sums: Default::default(),
             latency: RollingLatency::new(window / 2),
             p95_cache: AtomicU64::new(0),
-            in_flight: AtomicU32::new(0),
         })
     }
 
@@ -142,18 +162,46 @@ impl HealthTracker {
                 Err(seen) => cur = seen,
             }
         }
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(SUM_MAX);
+        let slot = &self.sums[(b % BUCKETS) as usize];
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            let (t, sum) = (cur >> SUM_BITS, cur & SUM_MAX);
+            let sum = if t == tag && cur != 0 {
+                sum
+            } else if cur != 0 && t.wrapping_sub(tag) & TAG_MASK < TAG_MASK / 2 {
+                break; // a newer bucket, as above
+            } else {
+                0
+            };
+            let next = tag << SUM_BITS | sum.saturating_add(micros).min(SUM_MAX);
+            match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(seen) => cur = seen,
+            }
+        }
         self.latency.record(now, latency);
     }
 
-    /// Marks a call as started; it counts as in flight until the guard is dropped.
-    pub fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { tracker: self }
-    }
-
-    /// Calls in flight now.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+    /// Calls in flight on average over the window, as of `now`: the latencies of the calls
+    /// that ended within it, summed, over its length (Little's law), rounded.
+    pub fn in_flight(&self, now: Instant) -> u32 {
+        let b = self.bucket_at(now);
+        let mut micros = 0u64;
+        for k in 0..BUCKETS.min(b + 1) {
+            let want = (b - k) & TAG_MASK;
+            let word = self.sums[((b - k) % BUCKETS) as usize].load(Ordering::Relaxed);
+            if word != 0 && word >> SUM_BITS == want {
+                micros = micros.saturating_add(word & SUM_MAX);
+            }
+        }
+        let window_micros = self.window().as_micros().max(1) as f64;
+        let avg = (micros as f64 / window_micros).round();
+        if avg >= f64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            avg as u32
+        }
     }
 
     /// Calls and failures that ended within the window, as of `now`.
@@ -207,7 +255,8 @@ impl HealthTracker {
             } else {
                 None
             },
-            in_flight: self.in_flight(),
+            in_flight: self.in_flight(now),
+            window: self.window(),
         }
     }
 }
@@ -222,19 +271,6 @@ fn unpack(word: u64) -> (u64, u64, u64) {
         (word >> COUNT_BITS) & COUNT_MAX,
         word & COUNT_MAX,
     )
-}
-
-/// A call in flight; dropping it ends it (see [`HealthTracker::start`]).
-#[derive(Debug)]
-#[must_use = "the call counts as in flight only while the guard lives"]
-pub struct InFlight<'a> {
-    tracker: &'a HealthTracker,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.tracker.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
@@ -308,16 +344,20 @@ mod tests {
         assert!(later >= Duration::from_millis(1_800), "{later:?}");
     }
 
-    #[test]
-    fn in_flight_counts_live_guards() {
-        let h = HealthTracker::new(Duration::from_secs(1)).unwrap();
-        let a = h.start();
-        let b = h.start();
-        assert_eq!(h.in_flight(), 2);
-        drop(a);
-        assert_eq!(h.in_flight(), 1);
-        drop(b);
-        assert_eq!(h.in_flight(), 0);
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_is_littles_law_over_the_window() {
+        let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
+        let now = Instant::now();
+        // 100 calls of 250 ms each within 10 s: 2.5 calls in flight on average.
+        for _ in 0..100 {
+            h.record(now, false, Duration::from_millis(250));
+        }
+        assert_eq!(h.in_flight(now), 3, "2.5 rounds to 3");
+        h.record(now, false, Duration::from_millis(4_000));
+        assert_eq!(h.in_flight(now), 3, "2.9");
+        assert_eq!(h.snapshot(now).in_flight, 3);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(h.in_flight(Instant::now()), 0, "the window forgot them");
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::{ErrorKind, Failure, serde_ms};
+use super::schema::{self, InvalidField};
+use super::{ErrorKind, Failure};
 
 /// Everything known before an attempt is made: the input of every retry decision and of
 /// every success prediction.
@@ -20,65 +19,42 @@ use super::{ErrorKind, Failure, serde_ms};
 /// the decider's choice then replaces it, and the context recorded with the attempt
 /// carries the delay actually waited.
 ///
-/// On the wire (records, the HTTP API) durations are milliseconds: `latency_ms`,
-/// `elapsed_ms`, `retry_after_ms`, `delay_ms`, `latency_p95_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// On the wire (records, the HTTP API) every duration is milliseconds with an `_ms` name
+/// (`latency_ms`, `delay_ms`, ...); each field's name, type, range and meaning is in
+/// [`super::schema::FIELDS`], from which its JSON form and [`validate`](Self::validate)
+/// derive.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttemptContext {
     /// The logical name of what is called (a service, host or endpoint).
     pub target: Arc<str>,
     /// The number of the attempt about to be made, starting at 1.
     pub attempt: u32,
     /// How the previous attempt failed; `None` before the first attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorKind>,
     /// The previous attempt's HTTP status, when it had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// How long the previous attempt took.
-    #[serde(
-        rename = "latency_ms",
-        with = "serde_ms::option",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// How long the previous attempt took (`latency_ms`).
     pub latency: Option<Duration>,
-    /// Time since the first attempt of this call started.
-    #[serde(rename = "elapsed_ms", with = "serde_ms", default)]
+    /// Time since the first attempt of this call started (`elapsed_ms`).
     pub elapsed: Duration,
-    /// The wait the upstream asked for (Retry-After) on the previous attempt.
-    #[serde(
-        rename = "retry_after_ms",
-        with = "serde_ms::option",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// The wait the upstream asked for (Retry-After) on the previous attempt
+    /// (`retry_after_ms`).
     pub retry_after: Option<Duration>,
-    /// The wait before this attempt (see the type's documentation for decision time).
-    #[serde(rename = "delay_ms", with = "serde_ms", default)]
+    /// The wait before this attempt (`delay_ms`; see the type's documentation for
+    /// decision time).
     pub delay: Duration,
-    /// The target's recent failure rate in `[0, 1]`, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The target's recent failure rate in `[0, 1]`, when known (see
+    /// [`crate::health`]).
     pub failure_rate: Option<f64>,
-    /// The target's recent 95th-percentile latency, when known.
-    #[serde(
-        rename = "latency_p95_ms",
-        with = "serde_ms::option",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// The target's recent 95th-percentile latency, when known (`latency_p95_ms`).
     pub latency_p95: Option<Duration>,
-    /// Calls to the target in flight from this process when the attempt was decided.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Calls to the target in flight, on average over the health window, when known.
     pub in_flight: Option<u32>,
+    /// The window the three health fields above were measured over (`health_window_ms`).
+    pub health_window: Option<Duration>,
     /// The delay the decider chose, when exploration changed it into `delay` (training
-    /// data records both, so that a model can learn what waiting longer or shorter does).
-    #[serde(
-        rename = "planned_delay_ms",
-        with = "serde_ms::option",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// data records both, so that a model can learn what waiting longer or shorter does;
+    /// `planned_delay_ms`).
     pub planned_delay: Option<Duration>,
 }
 
@@ -97,6 +73,7 @@ impl AttemptContext {
             failure_rate: None,
             latency_p95: None,
             in_flight: None,
+            health_window: None,
             planned_delay: None,
         }
     }
@@ -119,56 +96,20 @@ impl AttemptContext {
             failure_rate: self.failure_rate,
             latency_p95: self.latency_p95,
             in_flight: self.in_flight,
+            health_window: self.health_window,
             planned_delay: None,
         }
     }
 
-    /// Checks the values a caller may have filled in from untrusted input.
+    /// Checks every field against the schema's rules ([`schema::FIELDS`]): `target` not
+    /// empty, `attempt` at least 1, `status` within 100..=599, `failure_rate` within
+    /// `[0, 1]`.
     ///
     /// # Errors
-    /// Names the first field that is out of range: `attempt` must be at least 1,
-    /// `failure_rate` within `[0, 1]`, `status` within 100..=599.
-    pub fn validate(&self) -> Result<(), InvalidContext> {
-        if self.attempt == 0 {
-            return Err(InvalidContext {
-                field: "attempt",
-                problem: "must be at least 1".into(),
-            });
-        }
-        if let Some(r) = self.failure_rate
-            && !(0.0..=1.0).contains(&r)
-        {
-            return Err(InvalidContext {
-                field: "failure_rate",
-                problem: format!("must be within [0, 1], got {r}"),
-            });
-        }
-        if let Some(s) = self.status
-            && !(100..=599).contains(&s)
-        {
-            return Err(InvalidContext {
-                field: "status",
-                problem: format!("must be an HTTP status within 100..=599, got {s}"),
-            });
-        }
-        if self.target.is_empty() {
-            return Err(InvalidContext {
-                field: "target",
-                problem: "must not be empty".into(),
-            });
-        }
-        Ok(())
+    /// Names the first field that is out of range.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        schema::validate_context(self)
     }
-}
-
-/// A context value is out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid attempt context: `{field}` {problem}")]
-pub struct InvalidContext {
-    /// The field's wire name.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub problem: String,
 }
 
 #[cfg(test)]

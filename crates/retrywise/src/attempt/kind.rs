@@ -109,12 +109,6 @@ impl ErrorKind {
             if err.is::<crate::timeout::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
                 return ErrorKind::Timeout;
             }
-            // The tower layers' error is transparent: look at what it wraps.
-            #[cfg(feature = "tower")]
-            if let Some(e) = err.downcast_ref::<crate::layer::Error>() {
-                cur = Some(e.inner());
-                continue;
-            }
             cur = err.source();
         }
         ErrorKind::Other

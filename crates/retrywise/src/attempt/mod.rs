@@ -3,25 +3,27 @@
 //!
 //! These types are the contract between every part of the project: policies fill the
 //! context, deciders and models read it, the recorder stores records, the trainer learns
-//! from them and the service accepts them over HTTP.
+//! from them and the service accepts them over HTTP. [`schema`] describes every field once;
+//! their JSON form, validation, Parquet columns, API schema and documentation derive from
+//! it.
 
 mod classify;
 mod context;
 mod kind;
+mod ms;
 mod record;
-mod record_fast;
-mod record_serde;
 mod retry_after;
-pub(crate) mod serde_ms;
+pub mod schema;
+mod wire;
 
 #[cfg(test)]
 pub(crate) use classify::TestResponse;
 pub use classify::{
     Classifier, ErrorsAreRetryable, Failure, HttpClassifier, HttpResponse, Verdict,
 };
-pub use context::{AttemptContext, InvalidContext};
+pub use context::AttemptContext;
 pub use kind::{ErrorKind, UnknownErrorKind};
-pub use record::{AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion};
-pub use record_fast::TargetCache;
+pub use ms::{duration_to_ms, ms_to_duration};
+pub use record::{AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion, UnknownOutcome};
 pub use retry_after::{InvalidRetryAfter, parse_retry_after};
-pub use serde_ms::{duration_to_ms, ms_to_duration};
+pub use schema::{InvalidField, Rule};

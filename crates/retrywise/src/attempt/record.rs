@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::schema::InvalidField;
 use super::{AttemptContext, ErrorKind, Verdict};
 
 /// The version of the [`AttemptRecord`] schema.
@@ -25,7 +26,7 @@ pub struct SchemaVersion {
 
 impl SchemaVersion {
     /// The version this crate writes.
-    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 1 };
+    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 2 };
 }
 
 impl fmt::Display for SchemaVersion {
@@ -80,16 +81,58 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Success,
+        Outcome::Retryable,
+        Outcome::Permanent,
+        Outcome::Cancelled,
+    ];
+
+    /// The wire name (`"retryable"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Retryable => "retryable",
+            Outcome::Permanent => "permanent",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The string named no known [`Outcome`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown outcome `{0}`; expected one of success, retryable, permanent, cancelled")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for Outcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownOutcome(s.to_owned()))
+    }
+}
+
 /// One attempt: the context it was made in, how it ended, and when.
 ///
 /// This is the unit of the training data. One record is written per request actually sent
 /// upstream — every retry and every hedge — never for calls rejected locally by a breaker,
 /// bulkhead or budget (those sent nothing).
 ///
-/// Flat on the wire: `schema_version`, `started_at_ms`, `call_id`, `hedge`, the context's
-/// fields, then `outcome`, `outcome_error`, `outcome_status`, `outcome_latency_ms`,
-/// `outcome_retry_after_ms` (see `data/README.md`). (De)serialization is written by hand
-/// in `record_serde.rs`: the collector writes and the compactor reads millions per second.
+/// Flat on the wire: `schema_version`, `started_at_ms`, `call_id`, `hedge`, `policy`, the
+/// context's fields, then `outcome`, `outcome_error`, `outcome_status`,
+/// `outcome_latency_ms`, `outcome_retry_after_ms`: the order and rules of
+/// [`super::schema::FIELDS`] (see also `data/README.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {
     /// The schema version the record was written with.
@@ -150,6 +193,34 @@ impl AttemptRecord {
     pub fn succeeded(&self) -> bool {
         self.outcome == Outcome::Success
     }
+
+    /// Checks every field against the schema's rules ([`super::schema::FIELDS`]): a
+    /// schema major this build reads, the context's rules, an HTTP status within
+    /// 100..=599. Ingestion, the trainer and the API all check records with this.
+    ///
+    /// # Errors
+    /// Names the first field that breaks a rule.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        super::schema::validate_record(self)
+    }
+
+    /// A record with every field zero, empty or missing, for readers that fill it field by
+    /// field through [`super::schema::Field::set`].
+    pub fn blank() -> Self {
+        Self {
+            schema_version: SchemaVersion::CURRENT,
+            started_at_ms: 0,
+            call_id: 0,
+            hedge: 0,
+            policy: None,
+            context: AttemptContext::first(""),
+            outcome: Outcome::Success,
+            outcome_error: None,
+            outcome_status: None,
+            outcome_latency: Duration::ZERO,
+            outcome_retry_after: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,7 +230,7 @@ mod tests {
 
     #[test]
     fn schema_version_text() {
-        assert_eq!(SchemaVersion::CURRENT.to_string(), "1.1");
+        assert_eq!(SchemaVersion::CURRENT.to_string(), "1.2");
         assert_eq!(
             "2.13".parse::<SchemaVersion>().unwrap(),
             SchemaVersion {
@@ -193,7 +264,7 @@ mod tests {
         );
         let json = serde_json::to_string(&rec).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["schema_version"], "1.1");
+        assert_eq!(v["schema_version"], "1.2");
         assert_eq!(v["target"], "inventory");
         assert_eq!(v["attempt"], 3);
         assert_eq!(v["error"], "timeout");

@@ -626,7 +626,9 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
 
 impl<B: Borrow<CircuitBreaker>> Drop for Permit<B> {
     fn drop(&mut self) {
-        if !self.recorded && self.state == State::HalfOpen {
+        // A call cancelled before its outcome (a timeout, a caller that went away) counts as
+        // ignored wherever the breaker counts anything.
+        if !self.recorded && self.state != State::Disabled {
             self.breaker
                 .borrow()
                 .record(self.epoch, CallOutcome::Ignored, Duration::ZERO);

@@ -32,6 +32,21 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    #[test]
+    fn a_permit_dropped_without_an_outcome_counts_as_ignored_unless_disabled() {
+        let b = small().build().unwrap();
+        drop(b.try_acquire().unwrap());
+        let m = b.metrics();
+        assert_eq!(
+            (m.successful_calls, m.failed_calls, m.ignored_calls),
+            (0, 0, 1)
+        );
+        assert_eq!(b.window_failure_rate(), None, "it decides nothing");
+        b.disable();
+        drop(b.try_acquire().unwrap());
+        assert_eq!(b.metrics().ignored_calls, 1, "DISABLED counts nothing");
+    }
+
     fn small() -> BreakerBuilder {
         CircuitBreaker::builder("t")
             .window(SlidingWindow::Count(10))

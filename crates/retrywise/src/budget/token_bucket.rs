@@ -31,10 +31,12 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket of `max_tokens`, refilled by `token_ratio` per success (gRPC's
-    /// defaults in its examples: 10 and 0.1).
+    /// defaults in its examples: 10 and 0.1). As in gRFC A6, any positive ratio is
+    /// accepted (gRPC's own tests use 1.6), kept to three decimals.
     ///
     /// # Errors
-    /// `max_tokens` outside `[1, 1000]` (gRPC's range), `token_ratio` outside `(0, 1]`.
+    /// `max_tokens` outside `[1, 1000]` (gRPC's range), `token_ratio` not positive and
+    /// finite, or above `max_tokens`.
     pub fn new(max_tokens: u32, token_ratio: f64) -> Result<Self, ConfigError> {
         if !(1..=1000).contains(&max_tokens) {
             return Err(CHECK.err(
@@ -42,10 +44,17 @@ impl TokenBucket {
                 format!("must be within 1..=1000, got {max_tokens}"),
             ));
         }
-        CHECK.rate("token_ratio", token_ratio)?;
+        if !(token_ratio.is_finite() && token_ratio > 0.0 && token_ratio <= f64::from(max_tokens)) {
+            return Err(CHECK.err(
+                "token_ratio",
+                format!(
+                    "must be positive and at most max_tokens ({max_tokens}), got {token_ratio}"
+                ),
+            ));
+        }
         let max = u64::from(max_tokens) * MILLI;
-        // token_ratio is in (0, 1]: the product is within (0, 1000].
-        let refill = ((token_ratio * MILLI as f64).round() as u64).max(1);
+        // token_ratio is in (0, max_tokens]: the product is within (0, max].
+        let refill = ((token_ratio * MILLI as f64).round() as u64).clamp(1, max);
         Ok(Self {
             tokens: AtomicU64::new(max),
             max,
@@ -124,5 +133,19 @@ mod tests {
             TokenBucket::new(10, f64::NAN).unwrap_err().field,
             "token_ratio"
         );
+        assert_eq!(TokenBucket::new(10, 11.0).unwrap_err().field, "token_ratio");
+    }
+
+    #[test]
+    fn a_ratio_above_one_refills_faster() {
+        // gRPC's own tests: 10 tokens, ratio 1.6.
+        let b = TokenBucket::new(10, 1.6).unwrap();
+        for _ in 0..6 {
+            b.record(false);
+        }
+        assert!(!b.withdraw(Instant::now()), "4 tokens");
+        b.record(true);
+        assert!((b.tokens() - 5.6).abs() < 1e-9);
+        assert!(b.withdraw(Instant::now()));
     }
 }

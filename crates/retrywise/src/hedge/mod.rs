@@ -3,10 +3,12 @@
 //!
 //! The primary request goes out at once. If it has not answered after the hedge delay —
 //! fixed, or a percentile (e.g. p95) of the latencies of recent calls — a hedge goes out,
-//! and so on up to the maximum number of hedges. The first *answer* wins and the others are
-//! cancelled (dropped). If every request fails, the error carries every failure. A hedge
-//! budget caps the extra load (by default hedges may be at most 5 % of the calls answered
-//! in the latency window), so hedging can never double the load on a slow upstream.
+//! and so on up to the maximum number of hedges; a request that *fails* while nothing else
+//! runs sends the next hedge at once (as gRPC's hedging and Polly do). The first *answer*
+//! wins and the others are cancelled (dropped). If every request fails, the error carries
+//! every failure. A hedge budget caps the extra load (by default hedges may be at most 5 %
+//! of the calls answered in the latency window, plus one per second so that a new or quiet
+//! hedge can hedge at all), so hedging can never double the load on a slow upstream.
 //!
 //! Each answered call contributes one latency to the window: the time to its first answer
 //! — the primary's latency, or a lower bound of it when a hedge answered first.
@@ -31,6 +33,10 @@ use crate::striped::Striped;
 pub(crate) use latency::RollingLatency;
 
 const CHECK: Check = Check::new("hedge");
+
+/// The default budget's floor: hedges allowed per second whatever the traffic, so that a
+/// fresh hedge (or a quiet one) hedges before it has seen calls answered.
+pub const DEFAULT_MIN_HEDGES_PER_SEC: u32 = 1;
 
 /// The cached delay is recomputed from the histogram (a scan of about a microsecond) at
 /// most this often once it rests on enough samples...
@@ -177,7 +183,8 @@ pub struct HedgeMetrics {
 }
 
 impl Hedge {
-    /// A builder: one hedge after the p95 (100 ms until 20 samples), a 5 % budget.
+    /// A builder: one hedge after the p95 (100 ms until 20 samples), a budget of 5 % plus
+    /// one hedge per second.
     pub fn builder() -> HedgeBuilder {
         HedgeBuilder {
             max_hedges: 1,
@@ -187,7 +194,7 @@ impl Hedge {
                 fallback: Duration::from_millis(100),
             },
             window: Duration::from_secs(10),
-            budget: Some((0.05, 0)),
+            budget: Some((0.05, DEFAULT_MIN_HEDGES_PER_SEC)),
         }
     }
 
@@ -296,7 +303,7 @@ impl Hedge {
         Fut: Future<Output = Result<T, E>>,
     {
         let start = Instant::now();
-        let result = self.race(start, make).await;
+        let result = self.race(start, make, |_| true).await;
         if result.is_ok() {
             let now = Instant::now();
             self.record_latency(now, now.saturating_duration_since(start));
@@ -306,11 +313,17 @@ impl Hedge {
 
     /// The race itself, for a call that started at `start`: reads the clock only to send a
     /// hedge, and records no latency (the caller records the call's, with the clock
-    /// reading it already has).
+    /// reading it already has). `may_send` is asked before each hedge, after the hedge's own
+    /// budget (a policy's retry budget throttles hedges too, as gRFC A6 says).
+    ///
+    /// A request that fails while nothing else is running sends the next hedge at once,
+    /// without waiting for the hedge delay (as gRPC's hedging and Polly do): the delay is
+    /// for slow requests, not failed ones.
     pub(crate) async fn race<F, Fut, T, E>(
         &self,
         start: Instant,
         mut make: F,
+        mut may_send: impl FnMut(Instant) -> bool,
     ) -> Result<T, AllFailed<E>>
     where
         F: FnMut(u32) -> Fut,
@@ -319,19 +332,18 @@ impl Hedge {
         let s = &*self.shared;
         let primary = make(0);
         let mut primary = pin!(primary);
+        let mut errors = Vec::new();
         // Fast path: most primaries answer on their first poll, before any hedging state
         // is needed.
         let first = std::future::poll_fn(|cx| Poll::Ready(primary.as_mut().poll(cx))).await;
-        let mut errors = Vec::new();
-        match first {
+        let mut primary_running = match first {
             Poll::Ready(Ok(v)) => return Ok(v),
             Poll::Ready(Err(e)) => {
                 errors.push(e);
-                return Err(AllFailed { errors });
+                false
             }
-            Poll::Pending => {}
-        }
-        let mut primary_running = true;
+            Poll::Pending => true,
+        };
         let mut hedges: Option<FuturesUnordered<Fut>> = None;
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         let mut launched = 1u32;
@@ -357,22 +369,26 @@ impl Hedge {
                     }
                 }
                 let running = primary_running || hedges.as_ref().is_some_and(|h| !h.is_empty());
-                if !running {
+                if !may_hedge {
+                    if running {
+                        return Poll::Pending;
+                    }
                     return Poll::Ready(Err(AllFailed {
                         errors: std::mem::take(&mut errors),
                     }));
                 }
-                if !may_hedge {
-                    return Poll::Pending;
-                }
-                let t = timer.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(start + self.current_delay()))
-                });
-                if t.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                // While a request runs, the next hedge waits for the delay; once every
+                // request has failed, it goes at once.
+                if running {
+                    let t = timer.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(start + self.current_delay()))
+                    });
+                    if t.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
                 let now = Instant::now();
-                if !s.spend(now) {
+                if !s.spend(now) || !may_send(now) {
                     may_hedge = false;
                     continue;
                 }
@@ -383,7 +399,11 @@ impl Hedge {
                 launched += 1;
                 may_hedge = launched <= s.max_hedges;
                 if may_hedge {
-                    t.as_mut().reset(now + self.current_delay());
+                    let at = now + self.current_delay();
+                    match timer.as_mut() {
+                        Some(t) => t.as_mut().reset(at),
+                        None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
                 }
             }
         })
@@ -421,7 +441,8 @@ impl HedgeBuilder {
     }
 
     /// Hedges may be at most `ratio` of the calls answered in the latency window, plus
-    /// `min_per_sec` per second of one period. Defaults to 5 % and none per second.
+    /// `min_per_sec` per second of one period. Defaults to 5 % and
+    /// [`DEFAULT_MIN_HEDGES_PER_SEC`] (1) per second.
     pub fn budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
         self.budget = Some((ratio, min_per_sec));
         self
@@ -585,6 +606,38 @@ mod tests {
             Ok(0),
             "hedge 1 failed at 60 ms; the primary still answered"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_before_the_delay_sends_the_next_hedge_at_once() {
+        let h = fixed(100, 1);
+        let log = Arc::new(Mutex::new(vec![]));
+        let t0 = Instant::now();
+        // The primary fails after 10 ms, long before the 100 ms hedge delay.
+        let r = h
+            .call(|i| request(i, if i == 0 { 10 * MS } else { 5 * MS }, i == 1, &log))
+            .await;
+        assert_eq!(r, Ok(1), "the hedge answered");
+        assert_eq!(t0.elapsed(), 15 * MS, "sent at 10 ms, not at 100 ms");
+        assert_eq!(h.metrics().hedges, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_hedge_with_the_default_budget_hedges() {
+        let h = Hedge::builder()
+            .delay(HedgeDelay::Fixed(10 * MS))
+            .build()
+            .unwrap();
+        let log = Arc::new(Mutex::new(vec![]));
+        let r = h
+            .call(|i| request(i, if i == 0 { 100 * MS } else { 5 * MS }, true, &log))
+            .await;
+        assert_eq!(
+            r,
+            Ok(1),
+            "no call answered yet, yet the floor allows a hedge"
+        );
+        assert_eq!(h.metrics().hedges, 1);
     }
 
     #[tokio::test(start_paused = true)]

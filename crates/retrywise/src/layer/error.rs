@@ -9,10 +9,12 @@ use super::BoxError;
 /// [`BulkheadFull`](crate::bulkhead::BulkheadFull), [`Elapsed`](crate::timeout::Elapsed),
 /// [`GaveUp`](super::GaveUp), ...).
 ///
-/// It is transparent — it displays as, and has the source of, what it wraps — and
-/// implements [`std::error::Error`], so stacked layers can classify each other's errors
-/// (`BoxError` alone cannot be classified: it does not implement `Error`). Wrapping never
-/// nests: a layer's error wrapped by the next layer stays one level deep. Use
+/// It displays as what it wraps, and its [`source`](std::error::Error::source) is what it
+/// wraps, so walking the chain (as [`ErrorKind::from_error`](crate::attempt::ErrorKind::from_error)
+/// does to classify) reaches the inner service's error. It implements
+/// [`std::error::Error`], so stacked layers can classify each other's errors (`BoxError`
+/// alone cannot be classified: it does not implement `Error`). Wrapping never nests: a
+/// layer's error wrapped by the next layer stays one level deep. Use
 /// [`downcast_ref`](Self::downcast_ref) to tell the cases apart; it converts into a
 /// `BoxError` for the rest of the tower ecosystem.
 pub struct Error(BoxError);
@@ -57,6 +59,6 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Some(self.0.as_ref())
     }
 }

@@ -1,4 +1,4 @@
-//! Retries as a tower layer.
+//! Retries as a tower layer: the retry loop of a [`Policy`], without boxing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,32 +10,54 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, Error};
+use super::{BoxError, Error, GaveUp};
 use crate::attempt::{AttemptContext, Classifier, ErrorKind, Failure, Verdict};
-use crate::budget::RetryBudget;
-use crate::retry::{Decision, RetryDecider};
+use crate::policy::{Policy, RecordGuard};
+use crate::retry::StopReason;
 use crate::timeout::{Elapsed, Timeout};
 
-struct Shared<C> {
-    decider: Arc<dyn RetryDecider>,
-    budget: Option<Arc<dyn RetryBudget>>,
-    classifier: C,
-    first: AttemptContext,
-}
-
-/// Retries calls of the wrapped service as a [`RetryDecider`] decides, within an optional
-/// [`RetryBudget`], with the decider's per-attempt timeouts. Requests must be `Clone`.
+/// Retries calls of the wrapped service with the retry loop of a [`Policy`]: its
+/// [`RetryDecider`](crate::retry::RetryDecider), budget, client-side throttle, exploration,
+/// health tracking, per-attempt timeouts and recording — the very steps
+/// [`Policy::call`] takes, so a service behind this layer retries, records and throttles
+/// as an embedded policy does. Requests must be `Clone`.
+///
+/// The policy's breaker, bulkhead and hedge, if it has any, are not applied here: stack
+/// their own layers, or use [`PolicyLayer`](super::PolicyLayer) for the whole composition.
 ///
 /// When the service answers with a response the classifier judges a failure and the
-/// decider stops, that response is returned (as tower's retry does).
+/// policy stops, that response is returned (as tower's retry does).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use retrywise::layer::RetryLayer;
+/// use retrywise::policy::Policy;
+/// use retrywise::retry::RetryRules;
+/// use tower::{Layer, Service, ServiceExt};
+///
+/// let policy = Policy::builder("users").retry(RetryRules::builder().max_attempts(3).build()?).build()?;
+/// let calls = AtomicU32::new(0);
+/// let flaky = tower::service_fn(|id: u32| {
+///     let n = calls.fetch_add(1, Ordering::SeqCst);
+///     async move {
+///         if n == 0 { Err(std::io::Error::other("blip")) } else { Ok(id * 2) }
+///     }
+/// });
+/// let mut svc = RetryLayer::new(policy).layer(flaky);
+/// assert_eq!(svc.ready().await?.call(21).await?, 42);
+/// assert_eq!(calls.load(Ordering::SeqCst), 2);
+/// # Ok(()) }
+/// ```
 pub struct RetryLayer<C> {
-    shared: Arc<Shared<C>>,
+    policy: Policy<C>,
 }
 
-impl<C> Clone for RetryLayer<C> {
+impl<C: Clone> Clone for RetryLayer<C> {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -43,42 +65,26 @@ impl<C> Clone for RetryLayer<C> {
 impl<C> std::fmt::Debug for RetryLayer<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryLayer")
-            .field("target", &self.shared.first.target)
+            .field("target", self.policy.target())
             .finish()
     }
 }
 
 impl<C> RetryLayer<C> {
-    /// Retries calls to `target` as `decider` decides, judging results with `classifier`.
-    pub fn new(target: impl Into<Arc<str>>, decider: Arc<dyn RetryDecider>, classifier: C) -> Self {
-        Self::with_budget(target, decider, None, classifier)
-    }
-
-    /// The same, with every retry withdrawn from `budget`.
-    pub fn with_budget(
-        target: impl Into<Arc<str>>,
-        decider: Arc<dyn RetryDecider>,
-        budget: Option<Arc<dyn RetryBudget>>,
-        classifier: C,
-    ) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                decider,
-                budget,
-                classifier,
-                first: AttemptContext::first(target),
-            }),
-        }
+    /// Retries with the retry loop of `policy`, shared among every service the layer
+    /// wraps.
+    pub fn new(policy: Policy<C>) -> Self {
+        Self { policy }
     }
 }
 
-impl<S, C> Layer<S> for RetryLayer<C> {
+impl<S, C: Clone> Layer<S> for RetryLayer<C> {
     type Service = RetryService<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryService {
             inner,
-            shared: Arc::clone(&self.shared),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -86,14 +92,14 @@ impl<S, C> Layer<S> for RetryLayer<C> {
 /// A service whose failed calls are retried.
 pub struct RetryService<S, C> {
     inner: S,
-    shared: Arc<Shared<C>>,
+    policy: Policy<C>,
 }
 
-impl<S: Clone, C> Clone for RetryService<S, C> {
+impl<S: Clone, C: Clone> Clone for RetryService<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -110,7 +116,7 @@ impl<S, C, Req> Service<Req> for RetryService<S, C>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    C: Classifier<S::Response, S::Error>,
+    C: Classifier<S::Response, S::Error> + Clone,
     Req: Clone,
 {
     type Response = S::Response;
@@ -123,20 +129,27 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let start = Instant::now();
-        let sh = &*self.shared;
-        if let Some(b) = &sh.budget {
-            b.deposit(start);
-        }
-        let timeout = sh.decider.attempt_timeout(&sh.first);
-        let fut = Timeout::new(self.inner.call(req.clone()), timeout);
+        let policy = self.policy.clone();
+        let p = policy.inner();
+        let (state, call_id, guard) = match p.begin(start) {
+            Err(reason) => (State::Refused { reason }, 0, None),
+            Ok(call_id) => {
+                let timeout = p.decider.attempt_timeout(&p.first);
+                let guard = p.guard(&p.first, call_id, 0, start);
+                let fut = Timeout::new(self.inner.call(req.clone()), timeout);
+                (State::Calling { fut }, call_id, guard)
+            }
+        };
         RetryFuture {
-            shared: Arc::clone(&self.shared),
+            policy,
             service: self.inner.clone(),
             request: req,
             ctx: None,
+            call_id,
             start,
             attempt_start: start,
-            state: State::Calling { fut },
+            guard,
+            state,
         }
     }
 }
@@ -147,13 +160,16 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        shared: Arc<Shared<C>>,
+        policy: Policy<C>,
         service: S,
         request: Req,
         // The next attempt's context, once an attempt failed.
         ctx: Option<AttemptContext>,
+        call_id: u64,
         start: Instant,
         attempt_start: Instant,
+        // Records the request in flight, if the policy records.
+        guard: Option<RecordGuard>,
         #[pin]
         state: State<S::Future>,
     }
@@ -170,6 +186,9 @@ pin_project! {
             sleep: Pin<Box<Sleep>>,
         },
         Readying,
+        Refused {
+            reason: StopReason,
+        },
     }
 }
 
@@ -195,36 +214,49 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { fut } => {
                     let out = ready!(fut.poll(cx));
-                    let sh = &**this.shared;
+                    let p = this.policy.inner();
                     let verdict = match &out {
-                        Ok(r) => sh.classifier.classify(r),
+                        Ok(r) => this.policy.classifier().classify(r),
                         Err(_) => Verdict::Retryable(Failure::new(ErrorKind::Timeout)),
                     };
-                    if let Some(b) = &sh.budget {
-                        b.record(verdict.is_success());
-                    }
-                    let Verdict::Retryable(failure) = verdict else {
-                        return Poll::Ready(finish(out));
-                    };
-                    let now = Instant::now();
-                    let prev = this.ctx.take().unwrap_or_else(|| sh.first.clone());
-                    let mut next = prev.next(
-                        &failure,
-                        now.saturating_duration_since(*this.attempt_start),
-                        now.saturating_duration_since(*this.start),
-                    );
-                    let delay = match sh.decider.decide(&next) {
-                        Decision::Stop(_) => return Poll::Ready(finish(out)),
-                        Decision::Retry(d) => d,
-                    };
-                    if sh.budget.as_ref().is_some_and(|b| !b.withdraw(now)) {
-                        return Poll::Ready(finish(out));
-                    }
-                    next.delay = delay;
-                    *this.ctx = Some(next);
-                    this.state.set(State::Sleeping {
-                        sleep: Box::pin(tokio::time::sleep(delay)),
+                    let retryable = matches!(verdict, Verdict::Retryable(_));
+                    // Read the clock only if someone needs it.
+                    let now = (retryable || this.guard.is_some() || p.health.is_some())
+                        .then(Instant::now);
+                    let latency = now.map_or_else(Default::default, |n| {
+                        n.saturating_duration_since(*this.attempt_start)
                     });
+                    if let Some(now) = now {
+                        p.observe(now, &verdict, latency);
+                    }
+                    if let Some(g) = this.guard.take() {
+                        g.finish(&verdict, latency);
+                    }
+                    p.settle(None, &verdict, latency, false);
+                    let failure = match verdict {
+                        Verdict::Success => return Poll::Ready(finish(out)),
+                        Verdict::Permanent(_) => {
+                            p.stopped(StopReason::NotRetryable);
+                            return Poll::Ready(finish(out));
+                        }
+                        Verdict::Retryable(f) => f,
+                    };
+                    let now = now.unwrap_or_else(Instant::now);
+                    let ctx = this.ctx.as_ref().unwrap_or(&p.first);
+                    match p.plan_retry(ctx, &failure, latency, *this.start, now) {
+                        Err(_) => return Poll::Ready(finish(out)),
+                        Ok(next) => {
+                            let delay = next.delay;
+                            *this.ctx = Some(next);
+                            if delay.is_zero() {
+                                this.state.set(State::Readying);
+                            } else {
+                                this.state.set(State::Sleeping {
+                                    sleep: Box::pin(tokio::time::sleep(delay)),
+                                });
+                            }
+                        }
+                    }
                 }
                 StateProj::Sleeping { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
@@ -234,13 +266,22 @@ where
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(Error::new(e)));
                     }
-                    *this.attempt_start = Instant::now();
-                    let sh = &**this.shared;
-                    let timeout = sh
-                        .decider
-                        .attempt_timeout(this.ctx.as_ref().unwrap_or(&sh.first));
+                    let now = Instant::now();
+                    *this.attempt_start = now;
+                    let p = this.policy.inner();
+                    let ctx = this.ctx.as_ref().unwrap_or(&p.first);
+                    *this.guard = p.guard(ctx, *this.call_id, 0, now);
+                    let timeout = p.decider.attempt_timeout(ctx);
                     let fut = Timeout::new(this.service.call(this.request.clone()), timeout);
                     this.state.set(State::Calling { fut });
+                }
+                StateProj::Refused { reason } => {
+                    return Poll::Ready(Err(Error::new(GaveUp {
+                        target: Arc::clone(this.policy.target()),
+                        attempts: 0,
+                        reason: *reason,
+                        last: Error::new("refused by the client-side adaptive throttle"),
+                    })));
                 }
             }
         }

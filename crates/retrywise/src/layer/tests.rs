@@ -30,6 +30,14 @@ fn failing(
     })
 }
 
+fn retry_policy<C>(target: &str, decider: Arc<RetryRules>, classifier: C) -> Policy<C> {
+    Policy::builder(target)
+        .decider(decider)
+        .classifier(classifier)
+        .build()
+        .unwrap()
+}
+
 fn quick_retry(max: u32) -> Arc<RetryRules> {
     Arc::new(
         RetryRules::builder()
@@ -102,16 +110,16 @@ async fn timeout_layer() {
 #[tokio::test(start_paused = true)]
 async fn retry_layer_retries_and_gives_up() {
     let calls = Arc::new(AtomicU32::new(0));
-    let svc =
-        RetryLayer::new("r", quick_retry(3), ErrorsAreRetryable).layer(failing(calls.clone(), 2));
+    let svc = RetryLayer::new(retry_policy("r", quick_retry(3), ErrorsAreRetryable))
+        .layer(failing(calls.clone(), 2));
     let t0 = tokio::time::Instant::now();
     assert_eq!(svc.clone().oneshot(1).await.unwrap(), 2);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(t0.elapsed(), 20 * MS);
 
     let calls = Arc::new(AtomicU32::new(0));
-    let svc =
-        RetryLayer::new("r", quick_retry(3), ErrorsAreRetryable).layer(failing(calls.clone(), 100));
+    let svc = RetryLayer::new(retry_policy("r", quick_retry(3), ErrorsAreRetryable))
+        .layer(failing(calls.clone(), 100));
     let e = svc.oneshot(1).await.unwrap_err();
     assert!(e.downcast_ref::<io::Error>().is_some());
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -133,7 +141,7 @@ async fn retry_layer_returns_the_last_http_answer() {
             )
         }
     });
-    let svc = RetryLayer::new("h", quick_retry(2), HttpClassifier).layer(upstream);
+    let svc = RetryLayer::new(retry_policy("h", quick_retry(2), HttpClassifier)).layer(upstream);
     let t0 = tokio::time::Instant::now();
     let resp = svc.oneshot(()).await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -191,4 +199,56 @@ async fn policy_layer_applies_the_whole_policy() {
     assert_eq!(gave_up.attempts, 4);
     assert!(gave_up.last.downcast_ref::<io::Error>().is_some());
     assert_eq!(e.to_string(), "p: gave up after 4 attempts (max_attempts)");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_records_tracks_health_and_explores_like_the_policy() {
+    let rec = Arc::new(crate::recorder::MemoryRecorder::new(100));
+    let policy = Policy::builder("r")
+        .decider(quick_retry(3))
+        .recorder(rec.clone())
+        .label("layer")
+        .explore(crate::retry::Exploration::new(2.0, 2.0, 1.0).unwrap())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc = RetryLayer::new(policy).layer(failing(calls.clone(), 2));
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(svc.oneshot(1).await.unwrap(), 2);
+    assert_eq!(
+        t0.elapsed(),
+        40 * MS,
+        "explored: twice the planned 10 ms, twice"
+    );
+    let recs = rec.take();
+    assert_eq!(recs.len(), 3);
+    assert!(
+        recs.iter()
+            .all(|r| r.call_id == recs[0].call_id && r.policy.as_deref() == Some("layer"))
+    );
+    let attempts: Vec<u32> = recs.iter().map(|r| r.context.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert_eq!(recs[1].context.planned_delay, Some(10 * MS));
+    assert_eq!(recs[1].context.delay, 20 * MS);
+    assert_eq!(recs[2].context.failure_rate, Some(1.0), "two failures seen");
+    assert_eq!(recs[2].outcome, crate::attempt::Outcome::Success);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_takes_no_tokens_for_permanent_failures() {
+    let bucket = Arc::new(crate::budget::TokenBucket::new(10, 0.1).unwrap());
+    let policy = Policy::builder("a6")
+        .decider(quick_retry(2))
+        .shared_budget(bucket.clone())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let upstream = service_fn(|_: ()| async {
+        Ok::<_, io::Error>(http::Response::builder().status(400).body(()).unwrap())
+    });
+    let svc = RetryLayer::new(policy).layer(upstream);
+    for _ in 0..10 {
+        assert_eq!(svc.clone().oneshot(()).await.unwrap().status(), 400);
+    }
+    assert_eq!(bucket.tokens(), 10.0);
 }

@@ -99,7 +99,7 @@ pub struct LabelSpec {
 }
 
 /// The features a model was trained on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSpec {
     /// The encoder's feature set ([`FEATURE_SET`]).
     pub set: String,
@@ -107,6 +107,11 @@ pub struct FeatureSpec {
     pub names: Vec<String>,
     /// What each column holds.
     pub descriptions: Vec<String>,
+    /// The health window the training data's failure rate, p95 latency and calls in
+    /// flight were measured over, in ms (see [`crate::health`]); absent when the data did
+    /// not say. Predictions are meaningful for health measured over the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_window_ms: Option<f64>,
 }
 
 impl FeatureSpec {
@@ -119,7 +124,20 @@ impl FeatureSpec {
                 .iter()
                 .map(|f| f.description().to_owned())
                 .collect(),
+            health_window_ms: None,
         }
+    }
+
+    /// The same spec, recording the health window of the training data.
+    pub fn with_health_window(mut self, window: Option<std::time::Duration>) -> Self {
+        self.health_window_ms = window.map(crate::attempt::duration_to_ms);
+        self
+    }
+
+    /// The health window of the training data, if recorded.
+    pub fn health_window(&self) -> Option<std::time::Duration> {
+        self.health_window_ms
+            .and_then(|ms| crate::attempt::ms_to_duration(ms).ok())
     }
 }
 

@@ -14,44 +14,43 @@
 //!
 //! Every request sent upstream is reported to the [`Recorder`] as an
 //! [`AttemptRecord`](crate::attempt::AttemptRecord) (none are built with the default
-//! no-op recorder). The context of each attempt is filled with the target's health as the
-//! policy's own mechanisms see it — the breaker's window failure rate, the hedge's p95
-//! latency and the bulkhead's calls in flight — and, for what none of them measures, by a
-//! [`HealthTracker`] the policy keeps whenever it records (or is asked to with
-//! [`PolicyBuilder::track_health`]).
+//! no-op recorder). The context of each attempt carries the target's health from one
+//! source: a [`HealthTracker`] the policy keeps whenever it records (or is asked to with
+//! [`PolicyBuilder::track_health`]) — see [`crate::health`] for what the numbers mean. The
+//! breaker's, hedge's and bulkhead's own windows serve their own decisions only.
+//!
+//! The steps of a call (`steps.rs`) are shared with the tower retry layer, so both retry,
+//! budget, throttle, explore, track health and record alike.
 
 mod error;
+mod steps;
 
 pub use error::{AttemptError, CallError};
+pub(crate) use steps::{Inner, RecordGuard};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use crate::budget::AdaptiveThrottle;
-use crate::retry::Exploration;
 
 use tokio::time::Instant;
 
-use crate::attempt::{
-    AttemptContext, AttemptRecord, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Outcome,
-    Verdict,
-};
-use crate::breaker::{CallOutcome, CircuitBreaker};
-use crate::budget::RetryBudget;
+use crate::attempt::{AttemptContext, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Verdict};
+use crate::breaker::CircuitBreaker;
+use crate::budget::{AdaptiveThrottle, RetryBudget};
 use crate::bulkhead::{Bulkhead, BulkheadFull};
 use crate::error::{Check, ConfigError};
-use crate::health::{HealthSnapshot, HealthTracker};
+use crate::health::HealthTracker;
 use crate::hedge::Hedge;
 use crate::recorder::{NoopRecorder, Recorder};
-use crate::retry::{Decision, RetryDecider, RetryRules, StopReason};
+use crate::retry::{Exploration, RetryDecider, RetryRules, StopReason};
 use crate::timeout::{Elapsed, Timeout};
+
+use steps::{Counters, STOP_REASONS};
 
 const CHECK: Check = Check::new("policy");
 
-/// The health window of a recording policy that was given none.
-pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(10);
+pub use crate::health::DEFAULT_HEALTH_WINDOW;
 
 /// Which request the operation is asked to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,53 +107,6 @@ pub struct Policy<C = ErrorsAreRetryable> {
     classifier: C,
 }
 
-struct Inner {
-    target: Arc<str>,
-    /// The context of every first attempt; cloned only when a call fails or is recorded.
-    first: AttemptContext,
-    decider: Arc<dyn RetryDecider>,
-    budget: Option<Arc<dyn RetryBudget>>,
-    breaker: Option<CircuitBreaker>,
-    bulkhead: Option<Bulkhead>,
-    hedge: Option<Hedge>,
-    /// The target's health where no mechanism above measures it.
-    health: Option<HealthTracker>,
-    recorder: Arc<dyn Recorder>,
-    /// `recorder.enabled()`, asked once.
-    recording: bool,
-    /// The policy's name in records.
-    label: Option<Arc<str>>,
-    explore: Option<Exploration>,
-    throttle: Option<AdaptiveThrottle>,
-    /// Wall-clock time (ms since the epoch) at `anchor`: records are stamped with
-    /// `wall_ms + (start - anchor)`, one clock read fewer than `SystemTime::now()`, and in
-    /// step with tokio's virtual clock in simulations.
-    anchor: Instant,
-    wall_ms: u64,
-    permanent_is_failure: bool,
-    counters: Counters,
-}
-
-/// Counted on the failure path only, so successful calls pay nothing for them.
-#[derive(Default)]
-struct Counters {
-    retries: AtomicU64,
-    failed_attempts: AtomicU64,
-    stops: [AtomicU64; STOP_REASONS.len()],
-}
-
-const STOP_REASONS: [StopReason; 9] = [
-    StopReason::NotRetryable,
-    StopReason::MaxAttempts,
-    StopReason::Deadline,
-    StopReason::BudgetExhausted,
-    StopReason::LowSuccessProbability,
-    StopReason::TargetUnhealthy,
-    StopReason::CircuitOpen,
-    StopReason::BulkheadFull,
-    StopReason::Throttled,
-];
-
 /// A point-in-time view of a [`Policy`] and its mechanisms.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PolicyMetrics {
@@ -193,6 +145,21 @@ impl Policy {
             classifier: ErrorsAreRetryable,
         }
     }
+}
+
+/// What a call did besides its result: the attempts it made and, when it ended without a
+/// success, why the policy stopped.
+///
+/// [`Policy::call`] returns the last answer of a call that ended on a failed *answer*
+/// (an HTTP 503 response, say) as `Ok`, like tower's retry; the report says why no
+/// further attempt was made — the budget, the deadline, the attempts allowed, a
+/// Retry-After beyond the policy's limit... ([`Policy::call_with_report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallReport {
+    /// Attempts made (0 when the first was refused locally).
+    pub attempts: u32,
+    /// Why the call stopped, unless it ended with a success.
+    pub stopped: Option<StopReason>,
 }
 
 /// The outcome of one request sent upstream.
@@ -236,6 +203,17 @@ struct Ended<T, E> {
 }
 
 impl<C> Policy<C> {
+    /// The mechanisms and state the policy's steps share (with the tower retry layer).
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// How results are judged.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn classifier(&self) -> &C {
+        &self.classifier
+    }
+
     /// The target's name.
     pub fn target(&self) -> &Arc<str> {
         &self.inner.target
@@ -280,12 +258,54 @@ impl<C> Policy<C> {
     /// bulkhead has room (a hedge's future is made when the hedge is launched). The
     /// result is the first successful answer; or the last answer, if the last attempt
     /// answered with something the classifier judged a failure (an HTTP 503 response,
-    /// say); or a [`CallError`] saying why the call gave up without an answer.
+    /// say — [`call_with_report`](Self::call_with_report) also says why no further attempt
+    /// was made); or a [`CallError`] saying why the call gave up without an answer.
     ///
     /// # Errors
     /// [`CallError`] when the last attempt produced no answer: the operation's error, a
     /// timeout, an open circuit or a full bulkhead, with the reason the call stopped.
-    pub async fn call<T, E, F, Fut>(&self, mut op: F) -> Result<T, CallError<E>>
+    pub async fn call<T, E, F, Fut>(&self, op: F) -> Result<T, CallError<E>>
+    where
+        C: Classifier<T, E>,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_with_report(op).await.0
+    }
+
+    /// Like [`call`](Self::call), with a [`CallReport`]: the attempts made and, when the
+    /// call did not end with a success, why the policy stopped — also when its last
+    /// attempt *answered* with a failure and that answer is returned as `Ok`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use retrywise::attempt::{HttpClassifier, HttpResponse};
+    /// use retrywise::policy::Policy;
+    /// use retrywise::retry::{RetryRules, StopReason};
+    ///
+    /// struct Status(u16);
+    /// impl HttpResponse for Status {
+    ///     fn status_code(&self) -> u16 { self.0 }
+    ///     fn retry_after_header(&self) -> Option<&str> { None }
+    /// }
+    ///
+    /// let policy = Policy::builder("api")
+    ///     .retry(RetryRules::builder().max_attempts(2).build()?)
+    ///     .classifier(HttpClassifier)
+    ///     .build()?;
+    /// let (answer, report) = policy
+    ///     .call_with_report(|_| async { Ok::<_, std::io::Error>(Status(503)) })
+    ///     .await;
+    /// assert_eq!(answer?.0, 503, "the last answer is returned");
+    /// assert_eq!(report.attempts, 2);
+    /// assert_eq!(report.stopped, Some(StopReason::MaxAttempts));
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_with_report<T, E, F, Fut>(
+        &self,
+        mut op: F,
+    ) -> (Result<T, CallError<E>>, CallReport)
     where
         C: Classifier<T, E>,
         F: FnMut(Attempt) -> Fut,
@@ -293,151 +313,114 @@ impl<C> Policy<C> {
     {
         let p = &*self.inner;
         let start = Instant::now();
-        if let Some(b) = &p.budget {
-            b.deposit(start);
-        }
-        if let Some(t) = &p.throttle
-            && !t.admit(start)
-        {
-            return Err(self.stop(0, StopReason::Throttled, AttemptError::Throttled));
-        }
-        let call_id = if p.recording {
-            rand::random::<u64>() >> 11
-        } else {
-            0
+        let call_id = match p.begin(start) {
+            Ok(id) => id,
+            Err(reason) => return refused(0, reason, AttemptError::Throttled),
         };
         // `None` while on the first attempt: its context is the shared `first`.
-        let mut next_ctx: Option<AttemptContext> = None;
+        let mut next: Option<AttemptContext> = None;
         let mut attempt_start = start;
         loop {
-            let ctx = next_ctx.as_ref().unwrap_or(&p.first);
+            let ctx = next.as_ref().unwrap_or(&p.first);
             let number = ctx.attempt;
-            let permit = match &p.breaker {
-                None => None,
-                Some(b) => match b.try_acquire() {
-                    Ok(permit) => Some(permit),
-                    Err(open) => {
-                        return Err(self.stop(
-                            number - 1,
-                            StopReason::CircuitOpen,
-                            AttemptError::CircuitOpen(open),
-                        ));
-                    }
-                },
-            };
-            let timeout = p.decider.attempt_timeout(ctx);
-            let ended = match &p.hedge {
-                None => {
-                    let make = || op(Attempt { number, hedge: 0 });
-                    let (sent, end) = self
-                        .send(make, timeout, attempt_start, ctx, call_id, 0)
-                        .await;
-                    // Read the clock only if someone needs the latency: the breaker, or the
-                    // retry decision after a failure.
-                    let latency = match end {
-                        Some((_, latency)) => latency,
-                        None if p.breaker.is_some() || !sent.verdict().is_success() => {
-                            Instant::now().saturating_duration_since(attempt_start)
-                        }
-                        None => Duration::ZERO,
-                    };
-                    Self::end(sent, latency)
-                }
-                Some(h) => {
-                    self.hedged(h, &mut op, number, timeout, attempt_start, ctx, call_id)
-                        .await
+            let permit = match p.permit() {
+                Ok(permit) => permit,
+                Err(open) => {
+                    let reason = p.stopped(StopReason::CircuitOpen);
+                    return refused(number - 1, reason, AttemptError::CircuitOpen(open));
                 }
             };
-            let verdict = ended.verdict;
-            if let Some(permit) = permit {
-                if ended.rejected {
-                    drop(permit);
-                } else {
-                    let outcome = match verdict {
-                        Verdict::Success => CallOutcome::Success,
-                        Verdict::Retryable(_) => CallOutcome::Failure,
-                        Verdict::Permanent(_) if p.permanent_is_failure => CallOutcome::Failure,
-                        Verdict::Permanent(_) => CallOutcome::Ignored,
-                    };
-                    permit.record(outcome, ended.latency);
-                }
-            }
-            // A request the bulkhead refused was never sent: it says nothing to the budget.
-            if let Some(b) = &p.budget
-                && !ended.rejected
-            {
-                b.record(verdict.is_success());
-            }
-            if let Some(t) = &p.throttle
-                && !ended.rejected
-                && !matches!(verdict, Verdict::Retryable(_))
-            {
-                t.accepted(Instant::now());
-            }
-            let failure = match verdict {
-                Verdict::Success => {
-                    return ended.answer.ok_or_else(|| unreachable_no_answer(number));
-                }
+            let ended = self.attempt(&mut op, ctx, call_id, attempt_start).await;
+            p.settle(permit, &ended.verdict, ended.latency, ended.rejected);
+            let failure = match ended.verdict {
+                Verdict::Success => return self.succeeded(ended, number),
                 Verdict::Permanent(_) => {
-                    return self.give_up(ended, number, StopReason::NotRetryable);
+                    return give_up(ended, number, p.stopped(StopReason::NotRetryable));
                 }
                 Verdict::Retryable(f) => f,
             };
-            p.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
             if ended.rejected {
-                return self.give_up(ended, number, StopReason::BulkheadFull);
+                p.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                return give_up(ended, number, p.stopped(StopReason::BulkheadFull));
             }
             let now = Instant::now();
-            let mut next = ctx.next(
-                &failure,
-                ended.latency,
-                now.saturating_duration_since(start),
-            );
-            self.fill_health(&mut next);
-            let planned = match p.decider.decide(&next) {
-                Decision::Stop(reason) => return self.give_up(ended, number, reason),
-                Decision::Retry(d) => d,
-            };
-            let mut delay = planned;
-            if let Some(x) = &p.explore
-                && let Some(explored) = x.apply(planned)
-            {
-                // Keep the explored wait only if the next attempt still has time to run.
-                next.delay = explored;
-                if p.decider.attempt_timeout(&next) != Some(Duration::ZERO) {
-                    delay = explored;
-                    next.planned_delay = Some(planned);
+            match p.plan_retry(ctx, &failure, ended.latency, start, now) {
+                Err(reason) => return give_up(ended, number, reason),
+                Ok(planned) => {
+                    if !planned.delay.is_zero() {
+                        tokio::time::sleep(planned.delay).await;
+                    }
+                    attempt_start = Instant::now();
+                    next = Some(planned);
                 }
             }
-            if let Some(t) = &p.throttle
-                && !t.admit(now)
-            {
-                return self.give_up(ended, number, StopReason::Throttled);
+        }
+    }
+
+    /// One attempt: a request, or hedged requests; what it ended with.
+    async fn attempt<T, E, F, Fut>(
+        &self,
+        op: &mut F,
+        ctx: &AttemptContext,
+        call_id: u64,
+        attempt_start: Instant,
+    ) -> Ended<T, E>
+    where
+        C: Classifier<T, E>,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let p = &*self.inner;
+        let number = ctx.attempt;
+        let timeout = p.decider.attempt_timeout(ctx);
+        match &p.hedge {
+            None => {
+                let make = || op(Attempt { number, hedge: 0 });
+                let (sent, end) = self
+                    .send(make, timeout, attempt_start, ctx, call_id, 0)
+                    .await;
+                // Read the clock only if someone needs the latency: the breaker, or the
+                // retry decision after a failure.
+                let latency = match end {
+                    Some((_, latency)) => latency,
+                    None if p.breaker.is_some() || !sent.verdict().is_success() => {
+                        Instant::now().saturating_duration_since(attempt_start)
+                    }
+                    None => Duration::ZERO,
+                };
+                Self::end(sent, latency)
             }
-            if let Some(b) = &p.budget
-                && !b.withdraw(now)
-            {
-                return self.give_up(ended, number, StopReason::BudgetExhausted);
+            Some(h) => {
+                self.hedged(h, op, number, timeout, attempt_start, ctx, call_id)
+                    .await
             }
-            p.counters.retries.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                target_name = %p.target,
-                attempt = number,
-                error = %failure.kind,
-                delay_ms = delay.as_secs_f64() * 1e3,
-                "retrying"
-            );
-            next.delay = delay;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            attempt_start = Instant::now();
-            next_ctx = Some(next);
+        }
+    }
+
+    /// The call's success: its answer.
+    fn succeeded<T, E>(
+        &self,
+        ended: Ended<T, E>,
+        number: u32,
+    ) -> (Result<T, CallError<E>>, CallReport) {
+        let report = CallReport {
+            attempts: number,
+            stopped: None,
+        };
+        match ended.answer {
+            Some(t) => (Ok(t), report),
+            // A successful verdict always comes with an answer (`Sent::Done(Ok(_),
+            // Success)`); this is the impossible case, without a panic.
+            None => refused(
+                number,
+                StopReason::NotRetryable,
+                AttemptError::AllHedgesFailed(Vec::new()),
+            ),
         }
     }
 
     /// Sends one request: bulkhead, then the operation (made by `make` once admitted)
-    /// under its timeout, classification, record.
+    /// under its timeout, classification, health, record.
     async fn send<T, E, Fut>(
         &self,
         make: impl FnOnce() -> Fut,
@@ -466,25 +449,7 @@ impl<C> Policy<C> {
                 },
             },
         };
-        let mut guard = p.recording.then(|| CancelGuard {
-            policy: self.inner.as_ref(),
-            ctx,
-            call_id,
-            hedge,
-            started,
-            // Retry contexts were filled when the retry was decided; only what they lack
-            // (everything, on a first attempt) is read here.
-            health: p
-                .health
-                .as_ref()
-                .filter(|_| {
-                    ctx.failure_rate.is_none()
-                        || ctx.latency_p95.is_none()
-                        || ctx.in_flight.is_none()
-                })
-                .map(|h| h.snapshot(started)),
-        });
-        let in_flight = p.health.as_ref().map(HealthTracker::start);
+        let mut guard = self.inner.guard(ctx, call_id, hedge, started);
         let sent = match Timeout::new(make(), timeout).await {
             Ok(result) => {
                 let verdict = self.classifier.classify(&result);
@@ -492,17 +457,13 @@ impl<C> Policy<C> {
             }
             Err(elapsed) => Sent::TimedOut(elapsed),
         };
-        drop(in_flight);
         let mut end = None;
         if permit.is_some() || guard.is_some() || p.health.is_some() {
             let now = Instant::now();
             let latency = now.saturating_duration_since(started);
             end = Some((now, latency));
             let verdict = sent.verdict();
-            if let Some(h) = &p.health {
-                // A permanent failure (a 404, say) is an answer from a healthy target.
-                h.record(now, matches!(verdict, Verdict::Retryable(_)), latency);
-            }
+            p.observe(now, &verdict, latency);
             if let Some(permit) = permit {
                 // Execution times and failures go to the bulkhead's metrics unless the
                 // breaker already keeps them (no need to count every call twice).
@@ -534,35 +495,40 @@ impl<C> Policy<C> {
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let p = &*self.inner;
         let raced = hedge
-            .race(attempt_start, |i| {
-                let fut = op(Attempt { number, hedge: i });
-                let started = if i == 0 {
-                    attempt_start
-                } else {
-                    Instant::now()
-                };
-                async move {
-                    let (sent, end) = self
-                        .send(move || fut, timeout, started, ctx, call_id, i)
-                        .await;
-                    let (end, latency) = end.unwrap_or_else(|| {
-                        let now = Instant::now();
-                        (now, now.saturating_duration_since(started))
-                    });
-                    if sent.is_final() {
-                        // The primary's own latency, or the time to the hedge's answer.
-                        let first_answer = if i == 0 {
-                            latency
-                        } else {
-                            end.saturating_duration_since(attempt_start)
-                        };
-                        Ok((sent, latency, end, first_answer))
+            .race(
+                attempt_start,
+                |i| {
+                    let fut = op(Attempt { number, hedge: i });
+                    let started = if i == 0 {
+                        attempt_start
                     } else {
-                        Err((sent, latency))
+                        Instant::now()
+                    };
+                    async move {
+                        let (sent, end) = self
+                            .send(move || fut, timeout, started, ctx, call_id, i)
+                            .await;
+                        let (end, latency) = end.unwrap_or_else(|| {
+                            let now = Instant::now();
+                            (now, now.saturating_duration_since(started))
+                        });
+                        if sent.is_final() {
+                            // The primary's own latency, or the time to the hedge's answer.
+                            let first_answer = if i == 0 {
+                                latency
+                            } else {
+                                end.saturating_duration_since(attempt_start)
+                            };
+                            Ok((sent, latency, end, first_answer))
+                        } else {
+                            Err((sent, latency))
+                        }
                     }
-                }
-            })
+                },
+                |now| p.may_hedge(now),
+            )
             .await;
         match raced {
             Ok((sent, latency, end, first_answer)) => {
@@ -618,122 +584,50 @@ impl<C> Policy<C> {
             rejected,
         }
     }
+}
 
-    fn fill_health(&self, ctx: &mut AttemptContext) {
-        let p = &*self.inner;
-        let tracked = p.health.as_ref().map(|h| (h, Instant::now()));
-        ctx.failure_rate = match &p.breaker {
-            Some(b) => b.window_failure_rate(),
-            None => tracked.and_then(|(h, now)| h.failure_rate(now)),
-        };
-        ctx.latency_p95 = match &p.hedge {
-            Some(h) => h.latency_quantile(0.95).map(|(d, _)| d),
-            None => tracked.and_then(|(h, now)| h.latency_p95(now)),
-        };
-        ctx.in_flight = match &p.bulkhead {
-            Some(b) => Some(b.active()),
-            None => tracked.map(|(h, _)| h.in_flight()),
-        };
-    }
-
-    fn stop<E>(&self, attempts: u32, reason: StopReason, last: AttemptError<E>) -> CallError<E> {
-        self.count_stop(reason);
-        CallError {
+/// A call refused locally before attempt `attempts + 1` (the stop already counted).
+fn refused<T, E>(
+    attempts: u32,
+    reason: StopReason,
+    last: AttemptError<E>,
+) -> (Result<T, CallError<E>>, CallReport) {
+    (
+        Err(CallError {
             attempts,
             reason,
             last,
-        }
-    }
+        }),
+        CallReport {
+            attempts,
+            stopped: Some(reason),
+        },
+    )
+}
 
-    fn count_stop(&self, reason: StopReason) {
-        let p = &*self.inner;
-        if let Some(i) = STOP_REASONS.iter().position(|r| *r == reason) {
-            p.counters.stops[i].fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::debug!(target_name = %p.target, reason = %reason, "giving up");
-    }
-
-    /// Ends a call after attempt `number`: its answer if it had one, else the error.
-    fn give_up<T, E>(
-        &self,
-        ended: Ended<T, E>,
-        number: u32,
-        reason: StopReason,
-    ) -> Result<T, CallError<E>> {
-        self.count_stop(reason);
-        match ended.answer {
-            Some(t) => Ok(t),
-            None => Err(CallError {
+/// Ends a call after attempt `number` for `reason` (already counted): its last answer if
+/// it had one, else the error.
+fn give_up<T, E>(
+    ended: Ended<T, E>,
+    number: u32,
+    reason: StopReason,
+) -> (Result<T, CallError<E>>, CallReport) {
+    let report = CallReport {
+        attempts: number,
+        stopped: Some(reason),
+    };
+    match ended.answer {
+        Some(t) => (Ok(t), report),
+        None => (
+            Err(CallError {
                 attempts: number,
                 reason,
                 last: ended
                     .error
                     .unwrap_or_else(|| AttemptError::AllHedgesFailed(Vec::new())),
             }),
-        }
-    }
-}
-
-/// A successful verdict always comes with an answer (`Sent::Done(Ok(_), Success)`); this
-/// builds the error for the impossible case instead of panicking.
-fn unreachable_no_answer<E>(attempts: u32) -> CallError<E> {
-    CallError {
-        attempts,
-        reason: StopReason::NotRetryable,
-        last: AttemptError::AllHedgesFailed(Vec::new()),
-    }
-}
-
-/// Records a request that was sent; if dropped before [`finish`](Self::finish) (a hedge
-/// that lost, a call abandoned by its caller), records it as cancelled.
-struct CancelGuard<'a> {
-    policy: &'a Inner,
-    ctx: &'a AttemptContext,
-    call_id: u64,
-    hedge: u32,
-    started: Instant,
-    /// The tracker's view when the request started, for what the context lacks.
-    health: Option<HealthSnapshot>,
-}
-
-impl CancelGuard<'_> {
-    fn record(&self, verdict: &Verdict, latency: Duration, outcome: Option<Outcome>) {
-        let p = self.policy;
-        let since = self.started.saturating_duration_since(p.anchor);
-        let started_at_ms = p
-            .wall_ms
-            .saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        let mut ctx = self.ctx.clone();
-        if let Some(h) = &self.health {
-            ctx.failure_rate = ctx.failure_rate.or(h.failure_rate);
-            ctx.latency_p95 = ctx.latency_p95.or(h.latency_p95);
-            ctx.in_flight = ctx.in_flight.or(Some(h.in_flight));
-        }
-        let mut rec = AttemptRecord::new(
-            self.call_id,
-            self.hedge,
-            started_at_ms,
-            ctx,
-            verdict,
-            latency,
-        );
-        if let Some(o) = outcome {
-            rec.outcome = o;
-        }
-        rec.policy = p.label.clone();
-        self.policy.recorder.record(rec);
-    }
-
-    fn finish(self, verdict: &Verdict, latency: Duration) {
-        self.record(verdict, latency, None);
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for CancelGuard<'_> {
-    fn drop(&mut self) {
-        let latency = Instant::now().saturating_duration_since(self.started);
-        self.record(&Verdict::Success, latency, Some(Outcome::Cancelled));
+            report,
+        ),
     }
 }
 
@@ -757,9 +651,8 @@ pub struct PolicyBuilder<C = ErrorsAreRetryable> {
 impl<C> PolicyBuilder<C> {
     /// Keeps a [`HealthTracker`] over the last `window` (at least 10 ms), so every
     /// attempt's context carries the target's recent failure rate, p95 latency and calls
-    /// in flight where the breaker, hedge or bulkhead does not measure them (for a model
-    /// deciding retries). A recording policy keeps one over
-    /// [`DEFAULT_HEALTH_WINDOW`] without being asked.
+    /// in flight (for a model deciding retries; see [`crate::health`]). A recording policy
+    /// keeps one over [`DEFAULT_HEALTH_WINDOW`] without being asked.
     pub fn track_health(mut self, window: Duration) -> Self {
         self.health_window = Some(window);
         self

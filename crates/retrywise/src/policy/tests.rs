@@ -4,7 +4,7 @@ use crate::breaker::{CircuitBreaker, SlidingWindow};
 use crate::budget::TokenBucket;
 use crate::hedge::HedgeDelay;
 use crate::recorder::MemoryRecorder;
-use crate::retry::{AttemptTimeout, Backoff, Jitter};
+use crate::retry::{AttemptTimeout, Backoff, Decision, Jitter};
 use std::io;
 use std::sync::atomic::AtomicU32;
 
@@ -324,11 +324,13 @@ async fn all_hedges_failing_is_one_failed_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_contexts_carry_the_targets_health() {
+async fn retry_contexts_carry_the_trackers_health_not_the_breakers() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     let decider = move |ctx: &AttemptContext| {
-        log.lock().unwrap().push((ctx.failure_rate, ctx.in_flight));
+        log.lock()
+            .unwrap()
+            .push((ctx.failure_rate, ctx.in_flight, ctx.health_window));
         Decision::Stop(StopReason::MaxAttempts)
     };
     struct D<F>(F);
@@ -337,15 +339,55 @@ async fn retry_contexts_carry_the_targets_health() {
             (self.0)(ctx)
         }
     }
+    let breaker = CircuitBreaker::builder("t").build().unwrap();
+    // The breaker's own window has seen three failures the policy never made.
+    for _ in 0..3 {
+        breaker
+            .try_acquire()
+            .unwrap()
+            .record(crate::breaker::CallOutcome::Failure, 10 * MS);
+    }
     let p = Policy::builder("t")
         .decider(Arc::new(D(decider)))
-        .breaker(CircuitBreaker::builder("t").build().unwrap())
+        .breaker(breaker)
         .bulkhead(Bulkhead::builder("t").build().unwrap())
+        .track_health(Duration::from_secs(10))
         .build()
         .unwrap();
     p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap();
     let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
-    assert_eq!(seen.lock().unwrap().as_slice(), [(Some(0.5), Some(0))]);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [(Some(0.5), Some(0), Some(Duration::from_secs(10)))],
+        "the tracker's one success and one failure, not the breaker's 3 of 4"
+    );
+    assert_eq!(p.breaker().unwrap().window_failure_rate(), Some(0.8));
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_is_the_windows_average_concurrency() {
+    let rec = Arc::new(MemoryRecorder::new(1000));
+    let p = Policy::builder("t")
+        .retry(retry(1, 1))
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    // 40 calls of 1 s each, 10 at a time: 10 s of work per second... over a 10 s window,
+    // 40 s of latency is 4 calls in flight on average.
+    for _ in 0..4 {
+        let calls = (0..10).map(|_| {
+            p.call(|_| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, io::Error>(())
+            })
+        });
+        futures_util::future::join_all(calls).await;
+    }
+    rec.take();
+    p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap();
+    let r = rec.take();
+    assert_eq!(r[0].context.in_flight, Some(4));
+    assert_eq!(r[0].context.health_window, Some(DEFAULT_HEALTH_WINDOW));
 }
 
 #[tokio::test(start_paused = true)]
@@ -356,8 +398,8 @@ async fn a_recording_policy_stamps_every_attempt_with_the_targets_health() {
         .recorder(rec.clone())
         .build()
         .unwrap();
-    // The first attempt of the first call knows nothing yet, except that nothing else is
-    // in flight.
+    // The first attempt of the first call knows nothing yet, except that nothing was in
+    // flight.
     p.call(|_| async {
         tokio::time::sleep(20 * MS).await;
         Ok::<_, io::Error>(())
@@ -403,9 +445,12 @@ async fn a_recording_policy_stamps_every_attempt_with_the_targets_health() {
     a.unwrap();
     b.unwrap();
     let recs = rec.take();
-    let mut in_flight: Vec<_> = recs.iter().map(|r| r.context.in_flight).collect();
-    in_flight.sort();
-    assert_eq!(in_flight, [Some(0), Some(1)]);
+    let in_flight: Vec<_> = recs.iter().map(|r| r.context.in_flight).collect();
+    assert_eq!(
+        in_flight,
+        [Some(0), Some(0)],
+        "80 ms of latency over 10 s: no call in flight on average"
+    );
     for _ in 0..3 {
         let _ = not_found
             .call(|_| async { Ok::<_, io::Error>(Resp(404, None)) })
@@ -537,4 +582,181 @@ async fn the_adaptive_throttle_sheds_load_the_backend_refuses() {
     assert_eq!(throttled + sent.load(Ordering::SeqCst), 1000);
     assert!(throttled > 800, "{throttled} refused locally");
     assert!(p.metrics().stops.contains(&("throttled", throttled as u64)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_take_no_tokens_from_a_token_bucket() {
+    // gRFC A6: only failures the classifier calls retryable drain the bucket. Ten 400s
+    // must not switch retries off for every call to the upstream.
+    let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
+    let p = Policy::builder("a6")
+        .retry(retry(2, 10))
+        .shared_budget(bucket.clone())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        let (r, report) = p
+            .call_with_report(|_| async { Ok::<_, io::Error>(Resp(400, None)) })
+            .await;
+        assert_eq!(r.unwrap().0, 400);
+        assert_eq!(report.stopped, Some(StopReason::NotRetryable));
+    }
+    assert_eq!(bucket.tokens(), 10.0);
+    let n = AtomicU32::new(0);
+    let (r, report) = p
+        .call_with_report(|_| {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, io::Error>(Resp(if k == 0 { 503 } else { 200 }, None)) }
+        })
+        .await;
+    assert_eq!(r.unwrap().0, 200, "a 503 is still retried");
+    assert_eq!(
+        report,
+        CallReport {
+            attempts: 2,
+            stopped: None
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_are_throttled_by_the_token_bucket() {
+    let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
+    for _ in 0..5 {
+        bucket.record(false);
+    }
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(5 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let p = Policy::builder("a6")
+        .retry(retry(1, 1))
+        .shared_budget(bucket.clone())
+        .hedge(hedge)
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    p.call(|_| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(20 * MS).await;
+            Ok::<_, io::Error>(())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 1, "half empty: no hedge");
+    assert_eq!(p.hedge().unwrap().metrics().hedges, 0);
+    for _ in 0..10 {
+        bucket.record(true);
+    }
+    sent.store(0, Ordering::SeqCst);
+    p.call(|_| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(20 * MS).await;
+            Ok::<_, io::Error>(())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 2, "refilled: the hedge goes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_follows_a_failed_primary_at_once() {
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(500 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let rec = Arc::new(MemoryRecorder::new(10));
+    let p = Policy::builder("h")
+        .retry(retry(1, 1))
+        .hedge(hedge)
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let v = p
+        .call(|a| async move {
+            tokio::time::sleep(10 * MS).await;
+            if a.hedge == 0 {
+                Err(reset())
+            } else {
+                Ok(a.hedge)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(t0.elapsed(), 20 * MS, "the hedge went at 10 ms, not 500 ms");
+    let recs = rec.take();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0].outcome, Outcome::Retryable);
+    assert_eq!((recs[1].hedge, recs[1].outcome), (1, Outcome::Success));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_limit_stops_with_its_reason() {
+    let rules = RetryRules::builder()
+        .max_attempts(5)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .retry_after(true, Duration::ZERO, Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let p = Policy::builder("ra")
+        .retry(rules)
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let (r, report) = p
+        .call_with_report(|_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>(Resp(503, Some("3600"))) }
+        })
+        .await;
+    assert_eq!(r.unwrap().0, 503, "the upstream's answer");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry an hour early");
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(
+        report,
+        CallReport {
+            attempts: 1,
+            stopped: Some(StopReason::RetryAfterTooLong)
+        }
+    );
+    assert!(p.metrics().stops.contains(&("retry_after_too_long", 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_report_says_why_a_failed_answer_ended_the_call() {
+    let p = Policy::builder("r")
+        .retry(retry(3, 10))
+        .budget(TokenBucket::new(2, 0.1).unwrap())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let (r, report) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(503, None)) })
+        .await;
+    assert_eq!(r.unwrap().0, 503);
+    // Two tokens: the first failure leaves one (not more than half): no retry.
+    assert_eq!(
+        report,
+        CallReport {
+            attempts: 1,
+            stopped: Some(StopReason::BudgetExhausted)
+        }
+    );
+    let (r, report) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await;
+    assert_eq!(r.unwrap().0, 200);
+    assert_eq!(report.stopped, None);
 }

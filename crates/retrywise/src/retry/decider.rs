@@ -21,6 +21,9 @@ pub enum StopReason {
     LowSuccessProbability,
     /// The target's recent failure rate is above the configured limit.
     TargetUnhealthy,
+    /// The upstream asked to wait longer (Retry-After) than the policy is willing to: a
+    /// retry before then would go against the upstream's request.
+    RetryAfterTooLong,
     /// The circuit breaker refused the attempt.
     CircuitOpen,
     /// The bulkhead had no room for the attempt.
@@ -39,6 +42,7 @@ impl StopReason {
             StopReason::BudgetExhausted => "budget_exhausted",
             StopReason::LowSuccessProbability => "low_success_probability",
             StopReason::TargetUnhealthy => "target_unhealthy",
+            StopReason::RetryAfterTooLong => "retry_after_too_long",
             StopReason::CircuitOpen => "circuit_open",
             StopReason::BulkheadFull => "bulkhead_full",
             StopReason::Throttled => "throttled",
@@ -60,6 +64,17 @@ pub enum Decision {
     Retry(Duration),
     /// Give up.
     Stop(StopReason),
+}
+
+/// A decision and what it rests on: the probability of success the decider expected for
+/// the attempt it decided about (after the chosen wait; of an immediate retry when it
+/// stopped), when it consulted a model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Explained {
+    /// The decision.
+    pub decision: Decision,
+    /// p(success) the decider expected, if it consulted a model.
+    pub p_success: Option<f64>,
 }
 
 /// Decides whether, and when, to retry.
@@ -109,6 +124,16 @@ pub trait RetryDecider: Send + Sync {
         let _ = ctx;
         None
     }
+
+    /// [`decide`](Self::decide), with the probability of success the decision rests on
+    /// (the prediction service answers with it). Deciders that consult a model override
+    /// it, and make `decide` its decision; the default has no probability.
+    fn explain(&self, ctx: &AttemptContext) -> Explained {
+        Explained {
+            decision: self.decide(ctx),
+            p_success: None,
+        }
+    }
 }
 
 /// Never retries: one attempt, then stop.
@@ -128,6 +153,10 @@ impl<D: RetryDecider + ?Sized> RetryDecider for std::sync::Arc<D> {
 
     fn attempt_timeout(&self, ctx: &AttemptContext) -> Option<Duration> {
         (**self).attempt_timeout(ctx)
+    }
+
+    fn explain(&self, ctx: &AttemptContext) -> Explained {
+        (**self).explain(ctx)
     }
 }
 

@@ -22,7 +22,7 @@ mod rule_adaptive;
 mod rules;
 
 pub use backoff::{Backoff, Jitter};
-pub use decider::{Decision, NoRetry, RetryDecider, StopReason};
+pub use decider::{Decision, Explained, NoRetry, RetryDecider, StopReason};
 pub use explore::Exploration;
 pub use rule_adaptive::RuleBasedAdaptive;
 pub use rules::{AttemptTimeout, RetryRules, RetryRulesBuilder};

@@ -7,7 +7,7 @@ use crate::attempt::{AttemptContext, ErrorKind};
 use crate::error::{Check, ConfigError};
 use crate::model::{SuccessModel, sanitize_probability};
 
-use super::{Decision, RetryDecider, StopReason};
+use super::{Decision, Explained, RetryDecider, StopReason};
 
 const CHECK: Check = Check::new("rule_based_adaptive");
 
@@ -17,7 +17,9 @@ const CHECK: Check = Check::new("rule_based_adaptive");
 /// - ×2 after a timeout, ×5 after a rate limit (429), ÷2 after a connect error;
 /// - with a [`SuccessModel`]: stop when the predicted probability of success is below
 ///   0.1, halve the wait above 0.5, triple it below 0.2;
-/// - at least the server's Retry-After, and never above the cap (30 s).
+/// - at least the server's Retry-After, and never above the cap (30 s): a Retry-After
+///   beyond the cap stops the call ([`StopReason::RetryAfterTooLong`]) instead of retrying
+///   before the upstream asked.
 ///
 /// The maximum number of attempts depends on the error kind ("the maximum number of
 /// attempts depends on the context").
@@ -130,8 +132,27 @@ impl RuleBasedAdaptive {
 
 impl RetryDecider for RuleBasedAdaptive {
     fn decide(&self, ctx: &AttemptContext) -> Decision {
+        self.explain(ctx).decision
+    }
+
+    fn explain(&self, ctx: &AttemptContext) -> Explained {
+        // p(success) after waiting `delay`, with the model, if any.
+        let p_after = |delay: Duration| {
+            self.model.as_ref().map(|m| {
+                let mut probe = ctx.clone();
+                probe.delay = delay;
+                sanitize_probability(m.p_success(&probe))
+            })
+        };
+        let stop = |reason| Explained {
+            decision: Decision::Stop(reason),
+            p_success: p_after(Duration::ZERO),
+        };
         if ctx.attempt > self.limit(ctx.error) {
-            return Decision::Stop(StopReason::MaxAttempts);
+            return stop(StopReason::MaxAttempts);
+        }
+        if ctx.retry_after.is_some_and(|ra| ra > self.cap) {
+            return stop(StopReason::RetryAfterTooLong);
         }
         let failures = ctx.attempt.saturating_sub(1).min(62);
         let mut secs = self.base.as_secs_f64() * f64::from(1u32 << failures.min(31));
@@ -142,12 +163,12 @@ impl RetryDecider for RuleBasedAdaptive {
             _ => {}
         }
         let mut delay = cap(secs, self.cap);
-        if let Some(model) = &self.model {
-            let mut probe = ctx.clone();
-            probe.delay = delay;
-            let p = sanitize_probability(model.p_success(&probe));
+        if let Some(p) = p_after(delay) {
             if p < self.stop_below {
-                return Decision::Stop(StopReason::LowSuccessProbability);
+                return Explained {
+                    decision: Decision::Stop(StopReason::LowSuccessProbability),
+                    p_success: Some(p),
+                };
             }
             if p > 0.5 {
                 delay /= 2;
@@ -156,14 +177,17 @@ impl RetryDecider for RuleBasedAdaptive {
             }
         }
         if let Some(ra) = ctx.retry_after {
-            delay = delay.max(ra.min(self.cap));
+            delay = delay.max(ra);
         }
         if let Some(deadline) = self.deadline
             && ctx.elapsed.saturating_add(delay) >= deadline
         {
-            return Decision::Stop(StopReason::Deadline);
+            return stop(StopReason::Deadline);
         }
-        Decision::Retry(delay)
+        Explained {
+            decision: Decision::Retry(delay),
+            p_success: p_after(delay),
+        }
     }
 
     fn attempt_timeout(&self, ctx: &AttemptContext) -> Option<Duration> {
@@ -264,6 +288,36 @@ mod tests {
         assert_eq!(
             s.decide(&after(ErrorKind::Http503, 2)),
             Decision::Stop(StopReason::LowSuccessProbability)
+        );
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_cap_stops_with_its_reason() {
+        let s = RuleBasedAdaptive::new();
+        let mut c = after(ErrorKind::Http503, 2);
+        c.retry_after = Some(Duration::from_secs(31));
+        assert_eq!(s.decide(&c), Decision::Stop(StopReason::RetryAfterTooLong));
+        c.retry_after = Some(Duration::from_secs(30));
+        assert_eq!(s.decide(&c), Decision::Retry(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn explain_gives_the_probability_of_the_chosen_wait() {
+        let s = RuleBasedAdaptive::new().with_model(Arc::new(|c: &AttemptContext| {
+            c.delay.as_secs_f64().min(0.9)
+        }));
+        let e = s.explain(&after(ErrorKind::Http503, 3));
+        // 400 ms: p = 0.4 (neither halved nor tripled), then p(0.4 s) again.
+        assert_eq!(e.decision, Decision::Retry(400 * MS));
+        assert_eq!(e.p_success, Some(0.4));
+        let stop = s.explain(&after(ErrorKind::Http503, 9));
+        assert_eq!(stop.decision, Decision::Stop(StopReason::MaxAttempts));
+        assert_eq!(stop.p_success, Some(0.0), "an immediate retry's");
+        assert_eq!(
+            RuleBasedAdaptive::new()
+                .explain(&after(ErrorKind::Http503, 2))
+                .p_success,
+            None
         );
     }
 

@@ -143,7 +143,12 @@ impl RetryDecider for RetryRules {
         if self.honour_retry_after
             && let Some(ra) = ctx.retry_after
         {
-            delay = delay.max(ra.clamp(self.retry_after_min, self.retry_after_max));
+            // Retrying before the upstream asked is what Retry-After forbids: a longer wait
+            // than the policy allows stops the call, with its reason.
+            if ra > self.retry_after_max {
+                return Decision::Stop(StopReason::RetryAfterTooLong);
+            }
+            delay = delay.max(ra.max(self.retry_after_min));
         }
         if let Some(deadline) = self.deadline
             && ctx.elapsed.saturating_add(delay) >= deadline
@@ -233,8 +238,10 @@ impl RetryRulesBuilder {
         self
     }
 
-    /// Whether to wait at least what the server asked for in Retry-After (clamped to
-    /// `[min, max]`). Defaults to yes, within `[0, 60 s]`.
+    /// Whether to wait at least what the server asked for in Retry-After, and at least
+    /// `min`; a Retry-After above `max` stops the call
+    /// ([`StopReason::RetryAfterTooLong`]) rather than retrying early. Defaults to yes,
+    /// within `[0, 60 s]`.
     pub fn retry_after(mut self, honour: bool, min: Duration, max: Duration) -> Self {
         self.honour_retry_after = honour;
         self.retry_after_min = min;
@@ -360,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_honoured_within_its_clamp() {
+    fn retry_after_is_honoured_and_one_beyond_the_limit_stops_the_call() {
         let p = RetryRules::builder()
             .backoff(Backoff::constant(100 * MS).unwrap())
             .jitter(Jitter::None)
@@ -371,7 +378,11 @@ mod tests {
         c.retry_after = Some(Duration::from_secs(2));
         assert_eq!(p.decide(&c), Decision::Retry(Duration::from_secs(2)));
         c.retry_after = Some(Duration::from_secs(500));
-        assert_eq!(p.decide(&c), Decision::Retry(Duration::from_secs(5)));
+        assert_eq!(
+            p.decide(&c),
+            Decision::Stop(StopReason::RetryAfterTooLong),
+            "retrying after 5 s would be retrying before the upstream asked"
+        );
         c.retry_after = Some(MS);
         assert_eq!(
             p.decide(&c),

@@ -1,0 +1,1003 @@
+//! The attempt schema, described once.
+//!
+//! [`FIELDS`] lists every field of an [`AttemptRecord`] — the fields of its
+//! [`AttemptContext`] among them — with its wire name, type, unit, whether it may be
+//! missing, its range and its description, and how to read and write it on the Rust
+//! types. Everything else is derived from this table or tested against it:
+//!
+//! - JSON (de)serialization of [`AttemptContext`] and [`AttemptRecord`] (`wire.rs`);
+//! - validation ([`AttemptContext::validate`], [`AttemptRecord::validate`]), used by
+//!   ingestion, the trainer and the HTTP API alike;
+//! - the Parquet schema and the compactor's columns (`retrywise-collect`), the trainer's
+//!   columns (`retrywise-train`), the OpenAPI schema of a context and the KServe v2 input
+//!   tensors (`retrywise-server`), all through [`Field::storage`], [`Field::json_schema`]
+//!   and [`Field::tensor`];
+//! - the column table of `data/README.md` ([`markdown_table`]; a test fails when they
+//!   disagree).
+//!
+//! Adding a field is one entry here (and the struct field it reads and writes), plus its
+//! tests.
+//!
+//! ```
+//! use retrywise::attempt::schema::{self, Part};
+//!
+//! let attempt = schema::field("attempt").unwrap();
+//! assert_eq!(attempt.part, Part::Context);
+//! assert_eq!(attempt.min, Some(1.0));
+//! assert_eq!(attempt.storage().name(), "UInt32");
+//! // The fields a caller sends to the HTTP API are the context's.
+//! assert!(schema::context_fields().any(|f| f.name == "delay_ms"));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::ms::duration_to_ms;
+use super::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
+
+/// The longest duration a field holds, in milliseconds (about 31.7 years): longer ones
+/// are refused as the mistakes they are.
+pub const MAX_MS: f64 = 1e12;
+
+/// Which part of a record a field belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Bookkeeping of the record: version, time, call, hedge, policy.
+    Record,
+    /// What was known before the attempt ([`AttemptContext`]): the model's input, and what
+    /// callers of the HTTP API send.
+    Context,
+    /// How the attempt ended.
+    Outcome,
+}
+
+/// The type of a field's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// Free text (UTF-8).
+    Text,
+    /// `MAJOR.MINOR`.
+    Version,
+    /// One of the [`ErrorKind`] wire names.
+    ErrorKind,
+    /// One of the [`Outcome`] wire names.
+    Outcome,
+    /// A whole number in `0..=65535`.
+    UInt16,
+    /// A whole number in `0..=4294967295`.
+    UInt32,
+    /// A whole number in `0..=2⁶⁴-1`.
+    UInt64,
+    /// A finite number.
+    Float64,
+    /// A duration: a finite, non-negative number of milliseconds (fractions allowed).
+    Milliseconds,
+}
+
+/// How a field's values are stored in Parquet and Arrow (the compactor writes these types,
+/// the trainer reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// UTF-8 strings.
+    String,
+    /// Unsigned 16-bit integers.
+    UInt16,
+    /// Unsigned 32-bit integers.
+    UInt32,
+    /// Unsigned 64-bit integers.
+    UInt64,
+    /// 64-bit floats.
+    Float64,
+}
+
+impl Storage {
+    /// The type's name as polars and Arrow spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Storage::String => "String",
+            Storage::UInt16 => "UInt16",
+            Storage::UInt32 => "UInt32",
+            Storage::UInt64 => "UInt64",
+            Storage::Float64 => "Float64",
+        }
+    }
+}
+
+impl FieldType {
+    /// The Parquet/Arrow type of the field's column.
+    pub const fn storage(self) -> Storage {
+        match self {
+            FieldType::Text | FieldType::Version | FieldType::ErrorKind | FieldType::Outcome => {
+                Storage::String
+            }
+            FieldType::UInt16 => Storage::UInt16,
+            FieldType::UInt32 => Storage::UInt32,
+            FieldType::UInt64 => Storage::UInt64,
+            FieldType::Float64 | FieldType::Milliseconds => Storage::Float64,
+        }
+    }
+
+    /// The JSON Schema type of a value: `string`, `integer` or `number`.
+    pub const fn json_type(self) -> &'static str {
+        match self.storage() {
+            Storage::String => "string",
+            Storage::UInt16 | Storage::UInt32 | Storage::UInt64 => "integer",
+            Storage::Float64 => "number",
+        }
+    }
+
+    /// The largest value the type holds, for whole numbers.
+    pub const fn max_whole(self) -> Option<u64> {
+        match self {
+            FieldType::UInt16 => Some(u16::MAX as u64),
+            FieldType::UInt32 => Some(u32::MAX as u64),
+            FieldType::UInt64 => Some(u64::MAX),
+            _ => None,
+        }
+    }
+
+    /// The names a value may take, for enumerations.
+    pub fn choices(self) -> Option<Vec<&'static str>> {
+        match self {
+            FieldType::ErrorKind => Some(ErrorKind::ALL.iter().map(|k| k.as_str()).collect()),
+            FieldType::Outcome => Some(Outcome::ALL.iter().map(|o| o.as_str()).collect()),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a field may be missing, and what a missing value means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Always present.
+    Required,
+    /// May be missing (absent or `null`); missing means zero.
+    Defaulted,
+    /// May be missing (absent or `null`); missing means unknown.
+    Optional,
+}
+
+/// How a field is carried as a KServe v2 (Open Inference Protocol) input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tensor {
+    /// The tensor datatype: `BYTES`, `INT64` or `FP64`.
+    pub datatype: &'static str,
+    /// What an element holds when the value is missing (a dense tensor has no null).
+    pub missing: &'static str,
+}
+
+/// One value of a field, borrowed from a record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// Missing (absent or null).
+    Null,
+    /// Text.
+    Text(&'a str),
+    /// Text to be shared rather than copied when set (readers that intern targets); reads
+    /// never return it.
+    Shared(&'a Arc<str>),
+    /// A schema version.
+    Version(SchemaVersion),
+    /// An error kind.
+    ErrorKind(ErrorKind),
+    /// An outcome.
+    Outcome(Outcome),
+    /// A whole number.
+    UInt(u64),
+    /// A number.
+    Float(f64),
+    /// A duration.
+    Duration(Duration),
+}
+
+impl Value<'_> {
+    /// Whether the value is missing.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The value as a number, for range checks: whole numbers, numbers and milliseconds.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::UInt(n) => Some(n as f64),
+            Value::Float(x) => Some(x),
+            Value::Duration(d) => Some(duration_to_ms(d)),
+            _ => None,
+        }
+    }
+
+    /// The value as text, for strings and enumerations (versions are formatted).
+    pub fn to_text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match self {
+            Value::Text(s) => Some(Cow::Borrowed(s)),
+            Value::Shared(s) => Some(Cow::Borrowed(s)),
+            Value::ErrorKind(k) => Some(Cow::Borrowed(k.as_str())),
+            Value::Outcome(o) => Some(Cow::Borrowed(o.as_str())),
+            Value::Version(v) => Some(Cow::Owned(v.to_string())),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Value<'a> {
+    fn str(self) -> Option<&'a str> {
+        match self {
+            Value::Text(s) => Some(s),
+            Value::Shared(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn uint(self) -> Option<u64> {
+        match self {
+            Value::UInt(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn float(self) -> Option<f64> {
+        match self {
+            Value::Float(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    fn duration(self) -> Option<Duration> {
+        match self {
+            Value::Duration(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn kind(self) -> Option<ErrorKind> {
+        match self {
+            Value::ErrorKind(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a field from, and writes it to, the type that holds it.
+#[derive(Clone, Copy)]
+enum Access {
+    Context {
+        get: for<'a> fn(&'a AttemptContext) -> Value<'a>,
+        set: fn(&mut AttemptContext, Value<'_>),
+    },
+    Record {
+        get: for<'a> fn(&'a AttemptRecord) -> Value<'a>,
+        set: fn(&mut AttemptRecord, Value<'_>),
+    },
+}
+
+/// One field of the attempt schema.
+#[derive(Clone, Copy)]
+pub struct Field {
+    /// Its name on the wire: the JSON key, the Parquet column, the tensor name.
+    pub name: &'static str,
+    /// The part of the record it belongs to.
+    pub part: Part,
+    /// The type of its values.
+    pub ty: FieldType,
+    /// Whether it may be missing.
+    pub presence: Presence,
+    /// Its unit, or `""`.
+    pub unit: &'static str,
+    /// The smallest value allowed (numbers), inclusive.
+    pub min: Option<f64>,
+    /// The largest value allowed (numbers), inclusive.
+    pub max: Option<f64>,
+    /// The shortest text allowed, in characters.
+    pub min_len: usize,
+    /// The minor version of schema 1 that added it.
+    pub since: u16,
+    /// What it holds.
+    pub description: &'static str,
+    access: Access,
+}
+
+impl fmt::Debug for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field")
+            .field("name", &self.name)
+            .field("part", &self.part)
+            .field("ty", &self.ty)
+            .field("presence", &self.presence)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rule of the schema a value can break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// A required field is missing.
+    Required,
+    /// A number outside the field's range (or not finite).
+    Range,
+    /// Text shorter than allowed.
+    Length,
+    /// A schema major version this build does not read.
+    Version,
+}
+
+impl Rule {
+    /// The rule in words, without the value (for counting refusals by reason).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rule::Required => "is required",
+            Rule::Range => "is out of range",
+            Rule::Length => "is too short",
+            Rule::Version => "has an unsupported major version",
+        }
+    }
+}
+
+impl InvalidField {
+    /// The field and the rule it breaks, without the value: `` `attempt` is out of range``
+    /// (what readers count skipped rows by).
+    pub fn reason(&self) -> String {
+        format!("`{}` {}", self.field, self.rule.as_str())
+    }
+}
+
+/// A value breaks the schema's rules for its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct InvalidField {
+    /// The field's wire name.
+    pub field: &'static str,
+    /// Which rule it breaks.
+    pub rule: Rule,
+    /// What is wrong with it, with the value.
+    pub problem: String,
+}
+
+impl Field {
+    /// The Parquet/Arrow type of its column.
+    pub const fn storage(&self) -> Storage {
+        self.ty.storage()
+    }
+
+    /// Whether it belongs to [`AttemptContext`].
+    pub const fn in_context(&self) -> bool {
+        matches!(self.part, Part::Context)
+    }
+
+    /// The field's value in `rec`.
+    pub fn get<'a>(&self, rec: &'a AttemptRecord) -> Value<'a> {
+        match self.access {
+            Access::Context { get, .. } => get(&rec.context),
+            Access::Record { get, .. } => get(rec),
+        }
+    }
+
+    /// The field's value in `ctx`, or `None` for a field that is not part of the context.
+    pub fn get_context<'a>(&self, ctx: &'a AttemptContext) -> Option<Value<'a>> {
+        match self.access {
+            Access::Context { get, .. } => Some(get(ctx)),
+            Access::Record { .. } => None,
+        }
+    }
+
+    /// Sets the field in `rec`. A value of another type than the field's, or a missing
+    /// value of a required field, leaves a zero or empty value.
+    pub fn set(&self, rec: &mut AttemptRecord, v: Value<'_>) {
+        match self.access {
+            Access::Context { set, .. } => set(&mut rec.context, v),
+            Access::Record { set, .. } => set(rec, v),
+        }
+    }
+
+    /// Sets the field in `ctx`; does nothing for a field that is not part of the context.
+    pub fn set_context(&self, ctx: &mut AttemptContext, v: Value<'_>) {
+        if let Access::Context { set, .. } = self.access {
+            set(ctx, v);
+        }
+    }
+
+    /// Checks a value against the field's rules: presence, range, length, enumeration.
+    ///
+    /// # Errors
+    /// Names the field and what is wrong.
+    pub fn check(&self, v: Value<'_>) -> Result<(), InvalidField> {
+        let bad = |rule: Rule, problem: String| {
+            Err(InvalidField {
+                field: self.name,
+                rule,
+                problem,
+            })
+        };
+        if v.is_null() {
+            return match self.presence {
+                Presence::Required => bad(Rule::Required, "is required".into()),
+                _ => Ok(()),
+            };
+        }
+        if let Some(x) = v.as_f64() {
+            let (lo, hi) = self.bounds();
+            if !x.is_finite() {
+                return bad(Rule::Range, format!("must be a finite number, got {x}"));
+            }
+            match (lo, hi) {
+                (Some(lo), Some(hi)) if !(lo..=hi).contains(&x) => {
+                    return bad(Rule::Range, format!("must be within [{lo}, {hi}], got {x}"));
+                }
+                (Some(lo), None) if x < lo => {
+                    return bad(Rule::Range, format!("must be at least {lo}, got {x}"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = v.str()
+            && s.chars().count() < self.min_len
+        {
+            return bad(
+                Rule::Length,
+                if self.min_len == 1 {
+                    "must not be empty".into()
+                } else {
+                    format!("must have at least {} characters", self.min_len)
+                },
+            );
+        }
+        if let (FieldType::Version, Value::Version(ver)) = (self.ty, v)
+            && ver.major != SchemaVersion::CURRENT.major
+        {
+            return bad(
+                Rule::Version,
+                format!(
+                    "{ver} is not supported (this build reads {}.x)",
+                    SchemaVersion::CURRENT.major
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The range a value must be within, the type's own limits included: whole numbers
+    /// from 0 to their type's maximum, durations from 0 to [`MAX_MS`].
+    pub fn bounds(&self) -> (Option<f64>, Option<f64>) {
+        let (lo, hi) = match self.ty {
+            FieldType::UInt16 | FieldType::UInt32 | FieldType::UInt64 => {
+                (Some(0.0), self.ty.max_whole().map(|m| m as f64))
+            }
+            FieldType::Milliseconds => (Some(0.0), Some(MAX_MS)),
+            _ => (None, None),
+        };
+        (self.min.or(lo), self.max.or(hi))
+    }
+
+    /// The JSON Schema (OpenAPI 3.1) of the field's values, with its range, length,
+    /// enumeration and description; a field that may be missing also accepts `null`.
+    pub fn json_schema(&self) -> serde_json::Value {
+        let mut s = serde_json::Map::new();
+        let ty = self.ty.json_type();
+        s.insert(
+            "type".into(),
+            if self.presence == Presence::Required {
+                json!(ty)
+            } else {
+                json!([ty, "null"])
+            },
+        );
+        let whole = self.ty.max_whole();
+        let (lo, hi) = self.bounds();
+        if let Some(m) = lo {
+            s.insert("minimum".into(), number(m, whole.is_some()));
+        }
+        match (self.max, whole) {
+            // The type's own bound, exactly (u64::MAX is not an f64).
+            (None, Some(m)) => {
+                s.insert("maximum".into(), json!(m));
+            }
+            _ => {
+                if let Some(m) = hi {
+                    s.insert("maximum".into(), number(m, whole.is_some()));
+                }
+            }
+        }
+        if self.ty == FieldType::UInt64 {
+            s.insert("format".into(), json!("uint64"));
+        }
+        if self.min_len > 0 {
+            s.insert("minLength".into(), json!(self.min_len));
+        }
+        if let Some(choices) = self.ty.choices() {
+            let mut values: Vec<serde_json::Value> =
+                choices.into_iter().map(|c| json!(c)).collect();
+            if self.presence != Presence::Required {
+                values.push(serde_json::Value::Null);
+            }
+            s.insert("enum".into(), serde_json::Value::Array(values));
+        }
+        if self.ty == FieldType::Version {
+            // Only the major this build reads: another is refused.
+            s.insert(
+                "pattern".into(),
+                json!(format!(r"^{}\.[0-9]+$", SchemaVersion::CURRENT.major)),
+            );
+        }
+        let unit = if self.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.unit)
+        };
+        let missing = match self.presence {
+            Presence::Required => "",
+            Presence::Defaulted => " Missing means 0.",
+            Presence::Optional => " Missing means unknown.",
+        };
+        s.insert(
+            "description".into(),
+            json!(format!(
+                "{}{unit}.{missing}",
+                self.description.trim_end_matches('.')
+            )),
+        );
+        serde_json::Value::Object(s)
+    }
+
+    /// How the field travels as a KServe v2 input tensor.
+    pub const fn tensor(&self) -> Tensor {
+        match self.ty.storage() {
+            Storage::String => Tensor {
+                datatype: "BYTES",
+                missing: "an empty string",
+            },
+            Storage::UInt16 | Storage::UInt32 | Storage::UInt64 => Tensor {
+                datatype: "INT64",
+                missing: "-1 (or null in JSON)",
+            },
+            Storage::Float64 => Tensor {
+                datatype: "FP64",
+                missing: "NaN (or null in JSON)",
+            },
+        }
+    }
+}
+
+/// A bound as JSON: an integer for whole-number fields.
+fn number(x: f64, whole: bool) -> serde_json::Value {
+    if whole && x.fract() == 0.0 && x >= 0.0 && x < 2f64.powi(63) {
+        json!(x as u64)
+    } else {
+        json!(x)
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// The table.
+
+fn arc(v: Value<'_>) -> Option<Arc<str>> {
+    match v {
+        Value::Shared(s) => Some(Arc::clone(s)),
+        other => other.str().map(Arc::from),
+    }
+}
+
+fn u16_of(v: Value<'_>) -> Option<u16> {
+    v.uint().and_then(|n| u16::try_from(n).ok())
+}
+
+fn u32_of(v: Value<'_>) -> Option<u32> {
+    v.uint().and_then(|n| u32::try_from(n).ok())
+}
+
+fn opt_ms(d: Option<Duration>) -> Value<'static> {
+    d.map_or(Value::Null, Value::Duration)
+}
+
+fn opt_kind(k: Option<ErrorKind>) -> Value<'static> {
+    k.map_or(Value::Null, Value::ErrorKind)
+}
+
+fn opt_uint(n: Option<impl Into<u64>>) -> Value<'static> {
+    n.map_or(Value::Null, |n| Value::UInt(n.into()))
+}
+
+const NO_RANGE: (Option<f64>, Option<f64>) = (None, None);
+
+macro_rules! field {
+    (
+        $name:literal, $part:ident, $ty:ident, $presence:ident, unit $unit:literal,
+        range $range:expr, min_len $min_len:literal, since $since:literal, $desc:literal,
+        $access:ident { get: $get:expr, set: $set:expr $(,)? } $(,)?
+    ) => {
+        Field {
+            name: $name,
+            part: Part::$part,
+            ty: FieldType::$ty,
+            presence: Presence::$presence,
+            unit: $unit,
+            min: $range.0,
+            max: $range.1,
+            min_len: $min_len,
+            since: $since,
+            description: $desc,
+            access: Access::$access {
+                get: $get,
+                set: $set,
+            },
+        }
+    };
+}
+
+/// Every field, in wire order (the order records are written and columns stored).
+pub static FIELDS: [Field; 23] = [
+    field!("schema_version", Record, Version, Required, unit "", range NO_RANGE, min_len 0, since 0,
+        "`MAJOR.MINOR` of the schema the record was written with; readers refuse unknown majors and accept any minor",
+        Record { get: |r| Value::Version(r.schema_version), set: |r, v| if let Value::Version(x) = v { r.schema_version = x } }),
+    field!("started_at_ms", Record, UInt64, Required, unit "ms since the Unix epoch", range NO_RANGE, min_len 0, since 0,
+        "Wall-clock start of the attempt",
+        Record { get: |r| Value::UInt(r.started_at_ms), set: |r, v| r.started_at_ms = v.uint().unwrap_or(0) }),
+    field!("call_id", Record, UInt64, Required, unit "", range NO_RANGE, min_len 0, since 0,
+        "The logical call the attempt belongs to (random per call)",
+        Record { get: |r| Value::UInt(r.call_id), set: |r, v| r.call_id = v.uint().unwrap_or(0) }),
+    field!("hedge", Record, UInt32, Defaulted, unit "", range NO_RANGE, min_len 0, since 0,
+        "0 for the primary request of an attempt, `k` for its `k`-th hedge",
+        Record { get: |r| Value::UInt(r.hedge.into()), set: |r, v| r.hedge = u32_of(v).unwrap_or(0) }),
+    field!("policy", Record, Text, Optional, unit "", range NO_RANGE, min_len 0, since 1,
+        "The name of the policy that made the attempt",
+        Record { get: |r| r.policy.as_deref().map_or(Value::Null, Value::Text), set: |r, v| r.policy = arc(v) }),
+    field!("target", Context, Text, Required, unit "", range NO_RANGE, min_len 1, since 0,
+        "The logical name of what is called (a service, host or endpoint)",
+        Context { get: |c| Value::Text(&c.target), set: |c, v| c.target = arc(v).unwrap_or_else(|| Arc::from("")) }),
+    field!("attempt", Context, UInt32, Required, unit "", range (Some(1.0), None::<f64>), min_len 0, since 0,
+        "The number of the attempt, from 1",
+        Context { get: |c| Value::UInt(c.attempt.into()), set: |c, v| c.attempt = u32_of(v).unwrap_or(0) }),
+    field!("error", Context, ErrorKind, Optional, unit "", range NO_RANGE, min_len 0, since 0,
+        "How the previous attempt failed; missing before the first attempt",
+        Context { get: |c| opt_kind(c.error), set: |c, v| c.error = v.kind() }),
+    field!("status", Context, UInt16, Optional, unit "", range (Some(100.0), Some(599.0)), min_len 0, since 0,
+        "The previous attempt's HTTP status, when it had one",
+        Context { get: |c| opt_uint(c.status), set: |c, v| c.status = u16_of(v) }),
+    field!("latency_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+        "How long the previous attempt took",
+        Context { get: |c| opt_ms(c.latency), set: |c, v| c.latency = v.duration() }),
+    field!("elapsed_ms", Context, Milliseconds, Defaulted, unit "ms", range NO_RANGE, min_len 0, since 0,
+        "Time since the call's first attempt started",
+        Context { get: |c| Value::Duration(c.elapsed), set: |c, v| c.elapsed = v.duration().unwrap_or_default() }),
+    field!("retry_after_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+        "The wait the upstream asked for (Retry-After) on the previous attempt",
+        Context { get: |c| opt_ms(c.retry_after), set: |c, v| c.retry_after = v.duration() }),
+    field!("delay_ms", Context, Milliseconds, Defaulted, unit "ms", range NO_RANGE, min_len 0, since 0,
+        "The wait before this attempt (for a prediction: the wait being considered)",
+        Context { get: |c| Value::Duration(c.delay), set: |c, v| c.delay = v.duration().unwrap_or_default() }),
+    field!("failure_rate", Context, Float64, Optional, unit "[0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 0,
+        "The target's recent failure rate: retryable failures among the attempts that ended within the health window",
+        Context { get: |c| c.failure_rate.map_or(Value::Null, Value::Float), set: |c, v| c.failure_rate = v.float() }),
+    field!("latency_p95_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+        "The target's recent 95th-percentile latency, of the attempts that ended within the health window",
+        Context { get: |c| opt_ms(c.latency_p95), set: |c, v| c.latency_p95 = v.duration() }),
+    field!("in_flight", Context, UInt32, Optional, unit "calls", range NO_RANGE, min_len 0, since 0,
+        "Calls to the target in flight, on average over the health window: the latencies of the attempts that ended within it, summed, over its length (Little's law; before 1.2, the count at the moment)",
+        Context { get: |c| opt_uint(c.in_flight), set: |c, v| c.in_flight = u32_of(v) }),
+    field!("health_window_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 2,
+        "The health window over which failure_rate, latency_p95_ms and in_flight were measured",
+        Context { get: |c| opt_ms(c.health_window), set: |c, v| c.health_window = v.duration() }),
+    field!("planned_delay_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 1,
+        "The delay the decider chose, when exploration changed it into delay_ms",
+        Context { get: |c| opt_ms(c.planned_delay), set: |c, v| c.planned_delay = v.duration() }),
+    field!("outcome", Outcome, Outcome, Required, unit "", range NO_RANGE, min_len 0, since 0,
+        "How the attempt ended (`cancelled`: a hedge that lost, or a call its caller abandoned); the training label is `outcome == \"success\"`",
+        Record { get: |r| Value::Outcome(r.outcome), set: |r, v| if let Value::Outcome(o) = v { r.outcome = o } }),
+    field!("outcome_error", Outcome, ErrorKind, Optional, unit "", range NO_RANGE, min_len 0, since 0,
+        "The kind of failure of this attempt",
+        Record { get: |r| opt_kind(r.outcome_error), set: |r, v| r.outcome_error = v.kind() }),
+    field!("outcome_status", Outcome, UInt16, Optional, unit "", range (Some(100.0), Some(599.0)), min_len 0, since 0,
+        "This attempt's HTTP status",
+        Record { get: |r| opt_uint(r.outcome_status), set: |r, v| r.outcome_status = u16_of(v) }),
+    field!("outcome_latency_ms", Outcome, Milliseconds, Required, unit "ms", range NO_RANGE, min_len 0, since 0,
+        "How long this attempt took",
+        Record { get: |r| Value::Duration(r.outcome_latency), set: |r, v| r.outcome_latency = v.duration().unwrap_or_default() }),
+    field!("outcome_retry_after_ms", Outcome, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+        "The wait this attempt's answer asked for (Retry-After)",
+        Record { get: |r| opt_ms(r.outcome_retry_after), set: |r, v| r.outcome_retry_after = v.duration() }),
+];
+
+/// The field named `name`.
+pub fn field(name: &str) -> Option<&'static Field> {
+    index(name).map(|i| &FIELDS[i])
+}
+
+/// The position of the field named `name` in [`FIELDS`].
+pub fn index(name: &str) -> Option<usize> {
+    FIELDS.iter().position(|f| f.name == name)
+}
+
+/// The fields of [`AttemptContext`], in wire order: what the HTTP API takes as a context.
+pub fn context_fields() -> impl Iterator<Item = &'static Field> {
+    FIELDS.iter().filter(|f| f.in_context())
+}
+
+/// Checks every field of `rec`.
+pub(crate) fn validate_record(rec: &AttemptRecord) -> Result<(), InvalidField> {
+    FIELDS.iter().try_for_each(|f| f.check(f.get(rec)))
+}
+
+/// Checks every field of `ctx`.
+pub(crate) fn validate_context(ctx: &AttemptContext) -> Result<(), InvalidField> {
+    context_fields().try_for_each(|f| f.check(f.get_context(ctx).unwrap_or(Value::Null)))
+}
+
+/// The JSON Schema (OpenAPI 3.1) of a context object: every context field with its range,
+/// the required ones listed, unknown fields refused.
+pub fn context_json_schema() -> serde_json::Value {
+    object_schema(
+        context_fields(),
+        true,
+        "What is known before an attempt: the input of every prediction and decision. Durations are milliseconds.",
+    )
+}
+
+/// The JSON Schema of an attempt record (unknown fields of a newer minor version are
+/// accepted).
+pub fn record_json_schema() -> serde_json::Value {
+    object_schema(
+        FIELDS.iter(),
+        false,
+        "One attempt: what was known before it, and how it ended (see data/README.md).",
+    )
+}
+
+fn object_schema<'a>(
+    fields: impl Iterator<Item = &'a Field>,
+    closed: bool,
+    description: &str,
+) -> serde_json::Value {
+    let mut props = serde_json::Map::new();
+    let mut required = Vec::new();
+    for f in fields {
+        props.insert(f.name.into(), f.json_schema());
+        if f.presence == Presence::Required {
+            required.push(json!(f.name));
+        }
+    }
+    json!({
+        "type": "object",
+        "description": description,
+        "properties": props,
+        "required": required,
+        "additionalProperties": !closed,
+    })
+}
+
+/// The column table of `data/README.md`, one row per field: name, JSON and Parquet type,
+/// unit, meaning.
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| column | JSON type (Parquet type) | unit | meaning |\n|---|---|---|---|\n");
+    for f in &FIELDS {
+        let json = match f.ty {
+            FieldType::UInt16 => "u16",
+            FieldType::UInt32 => "u32",
+            FieldType::UInt64 => "u64",
+            FieldType::Float64 | FieldType::Milliseconds => "f64",
+            _ => "string",
+        };
+        let optional = if f.presence == Presence::Required {
+            ""
+        } else {
+            "?"
+        };
+        let unit = if f.unit.is_empty() { "—" } else { f.unit };
+        let mut meaning = f.description.to_owned();
+        if let Some(choices) = f.ty.choices() {
+            let list: Vec<String> = choices.iter().map(|c| format!("`{c}`")).collect();
+            meaning.push_str(&format!(": {}", list.join(", ")));
+        }
+        match f.presence {
+            Presence::Defaulted => meaning.push_str("; missing means 0"),
+            Presence::Optional => meaning.push_str("; missing means unknown"),
+            Presence::Required => {}
+        }
+        if let Some(lo) = f.min {
+            match f.max {
+                Some(hi) => meaning.push_str(&format!("; within [{lo}, {hi}]")),
+                None => meaning.push_str(&format!("; at least {lo}")),
+            }
+        }
+        if f.min_len > 0 {
+            meaning.push_str("; not empty");
+        }
+        if f.since > 0 {
+            meaning.push_str(&format!(" (since 1.{})", f.since));
+        }
+        out.push_str(&format!(
+            "| `{}` | {json}{optional} ({}) | {unit} | {meaning} |\n",
+            f.name,
+            f.storage().name(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::attempt::{Failure, Verdict};
+
+    /// A record with every field set to a value other than its default.
+    pub(crate) fn full_record() -> AttemptRecord {
+        let mut ctx = AttemptContext::first("inventory");
+        ctx.attempt = 3;
+        ctx.error = Some(ErrorKind::Http503);
+        ctx.status = Some(503);
+        ctx.latency = Some(Duration::from_millis(12));
+        ctx.elapsed = Duration::from_millis(420);
+        ctx.retry_after = Some(Duration::from_secs(1));
+        ctx.delay = Duration::from_millis(250);
+        ctx.failure_rate = Some(0.25);
+        ctx.latency_p95 = Some(Duration::from_millis(80));
+        ctx.in_flight = Some(4);
+        ctx.health_window = Some(Duration::from_secs(10));
+        ctx.planned_delay = Some(Duration::from_millis(125));
+        let verdict = Verdict::Retryable(
+            Failure::new(ErrorKind::Timeout)
+                .with_status(408)
+                .with_retry_after(Duration::from_millis(700)),
+        );
+        let mut r = AttemptRecord::new(
+            7,
+            1,
+            1_764_000_000_000,
+            ctx,
+            &verdict,
+            Duration::from_millis(30),
+        );
+        r.policy = Some(Arc::from("exp"));
+        r
+    }
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        for (i, f) in FIELDS.iter().enumerate() {
+            assert_eq!(index(f.name), Some(i), "{} is listed twice", f.name);
+            assert!(
+                f.name
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c == b'_' || c.is_ascii_digit())
+            );
+            assert_eq!(
+                f.ty == FieldType::Milliseconds,
+                f.name.ends_with("_ms") && f.name != "started_at_ms",
+                "{}: every duration, and only durations, are `_ms`",
+                f.name
+            );
+            assert!(f.since <= SchemaVersion::CURRENT.minor);
+        }
+        assert!(
+            FIELDS
+                .iter()
+                .any(|f| f.since == SchemaVersion::CURRENT.minor),
+            "the current minor added a field"
+        );
+    }
+
+    #[test]
+    fn every_field_reads_what_it_writes() {
+        let full = full_record();
+        let mut empty = AttemptRecord::new(
+            0,
+            0,
+            0,
+            AttemptContext::first("x"),
+            &Verdict::Success,
+            Duration::ZERO,
+        );
+        empty.schema_version = SchemaVersion { major: 0, minor: 0 };
+        for f in &FIELDS {
+            let v = f.get(&full);
+            assert!(!v.is_null(), "{}: the full record sets every field", f.name);
+            assert_ne!(
+                f.get(&empty),
+                v,
+                "{}: differs from the empty record",
+                f.name
+            );
+            f.set(&mut empty, v);
+            assert_eq!(f.get(&empty), v, "{}", f.name);
+            assert_eq!(
+                f.get_context(&full.context).is_some(),
+                f.in_context(),
+                "{}",
+                f.name
+            );
+        }
+        assert_eq!(
+            empty, full,
+            "setting every field rebuilds the record: no field is missing from the table"
+        );
+        for f in FIELDS.iter().filter(|f| f.presence != Presence::Required) {
+            f.set(&mut empty, Value::Null);
+            assert!(
+                f.get(&empty).is_null() || f.presence == Presence::Defaulted,
+                "{}",
+                f.name
+            );
+        }
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        let mut r = full_record();
+        assert_eq!(r.validate(), Ok(()));
+        r.context.attempt = 0;
+        assert_eq!(r.validate().unwrap_err().field, "attempt");
+        r.context.attempt = 1;
+        r.context.target = Arc::from("");
+        let e = r.validate().unwrap_err();
+        assert_eq!(
+            (e.field, e.problem.as_str()),
+            ("target", "must not be empty")
+        );
+        r.context.target = Arc::from("t");
+        r.outcome_status = Some(42);
+        assert_eq!(r.validate().unwrap_err().field, "outcome_status");
+        r.outcome_status = None;
+        r.context.failure_rate = Some(f64::NAN);
+        assert_eq!(r.validate().unwrap_err().field, "failure_rate");
+        r.context.failure_rate = Some(1.5);
+        assert_eq!(r.validate().unwrap_err().field, "failure_rate");
+        r.context.failure_rate = None;
+        r.context.delay = Duration::from_secs(40 * 365 * 86_400);
+        assert_eq!(r.validate().unwrap_err().field, "delay_ms");
+        r.context.delay = Duration::ZERO;
+        r.schema_version = SchemaVersion { major: 2, minor: 0 };
+        assert_eq!(r.validate().unwrap_err().field, "schema_version");
+    }
+
+    #[test]
+    fn json_schema_carries_the_ranges() {
+        let s = context_json_schema();
+        assert_eq!(s["required"], json!(["target", "attempt"]));
+        assert_eq!(s["additionalProperties"], json!(false));
+        let p = &s["properties"];
+        assert_eq!(p["attempt"]["minimum"], json!(1));
+        assert_eq!(p["attempt"]["maximum"], json!(u32::MAX));
+        assert_eq!(p["status"]["minimum"], json!(100));
+        assert_eq!(p["status"]["maximum"], json!(599));
+        assert_eq!(p["status"]["type"], json!(["integer", "null"]));
+        assert_eq!(p["target"]["minLength"], json!(1));
+        assert_eq!(p["failure_rate"]["maximum"], json!(1.0));
+        assert_eq!(p["delay_ms"]["minimum"], json!(0.0));
+        assert_eq!(p["delay_ms"]["maximum"], json!(MAX_MS));
+        assert_eq!(
+            record_json_schema()["properties"]["call_id"]["maximum"],
+            json!(u64::MAX)
+        );
+        assert_eq!(
+            p["error"]["enum"].as_array().map(Vec::len),
+            Some(ErrorKind::ALL.len() + 1)
+        );
+        assert!(p.get("outcome").is_none(), "a context has no outcome");
+        let r = record_json_schema();
+        assert_eq!(
+            r["properties"].as_object().map(|o| o.len()),
+            Some(FIELDS.len())
+        );
+    }
+
+    #[test]
+    fn markdown_table_has_a_row_per_field() {
+        let t = markdown_table();
+        assert_eq!(t.lines().count(), FIELDS.len() + 2);
+        assert!(
+            t.contains(
+                "| `attempt` | u32 (UInt32) | — | The number of the attempt, from 1; at least 1 |"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn tensors() {
+        assert_eq!(field("error").map(|f| f.tensor().datatype), Some("BYTES"));
+        assert_eq!(field("attempt").map(|f| f.tensor().datatype), Some("INT64"));
+        assert_eq!(field("delay_ms").map(|f| f.tensor().datatype), Some("FP64"));
+    }
+}

@@ -1,0 +1,485 @@
+//! JSON (de)serialization of [`AttemptContext`] and [`AttemptRecord`], driven by the
+//! schema table ([`super::schema::FIELDS`]): one flat object, fields in the table's order on
+//! output, any order on input.
+//!
+//! A record tolerates unknown fields (a newer minor version adds optional fields); a
+//! context refuses them (a misspelt field in an API request is an error, not a silent
+//! default). Missing and `null` mean the same: unknown for optional fields, zero for
+//! defaulted ones; required fields must be present. Durations must be finite and
+//! non-negative; whole numbers must fit their type. Ranges (an attempt of 0, a status of
+//! 42) are not checked here but by `validate`, so that a reader can count what it skips.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Unexpected, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::ms::{duration_to_ms, ms_to_duration};
+use super::schema::{FIELDS, Field, FieldType, Presence, Value};
+use super::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
+
+impl Serialize for Value<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Value::Null => s.serialize_none(),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Shared(t) => s.serialize_str(t),
+            Value::Version(v) => s.collect_str(&v),
+            Value::ErrorKind(k) => s.serialize_str(k.as_str()),
+            Value::Outcome(o) => s.serialize_str(o.as_str()),
+            Value::UInt(n) => s.serialize_u64(n),
+            Value::Float(x) => s.serialize_f64(x),
+            Value::Duration(d) => s.serialize_f64(duration_to_ms(d)),
+        }
+    }
+}
+
+impl Serialize for AttemptRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for f in &FIELDS {
+            let v = f.get(self);
+            if !v.is_null() {
+                m.serialize_entry(f.name, &v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+impl Serialize for AttemptContext {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for f in &FIELDS {
+            if let Some(v) = f.get_context(self)
+                && !v.is_null()
+            {
+                m.serialize_entry(f.name, &v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Reads one field's value as its type says and sets it in the record.
+struct FieldSeed<'r> {
+    field: &'static Field,
+    rec: &'r mut AttemptRecord,
+}
+
+fn parsed<T, E: de::Error>(
+    v: Option<T>,
+    f: impl FnOnce(T) -> Result<Value<'static>, E>,
+) -> Result<Value<'static>, E> {
+    v.map_or(Ok(Value::Null), f)
+}
+
+fn whole<E: de::Error>(n: u64, ty: FieldType) -> Result<Value<'static>, E> {
+    match ty.max_whole() {
+        Some(max) if n > max => Err(E::invalid_value(
+            Unexpected::Unsigned(n),
+            &format!("a whole number within 0..={max}").as_str(),
+        )),
+        _ => Ok(Value::UInt(n)),
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let f = self.field;
+        let required = f.presence == Presence::Required;
+        let v = match f.ty {
+            FieldType::Text => {
+                let s = if required {
+                    Some(Cow::<'de, str>::deserialize(d)?)
+                } else {
+                    Option::<Cow<'de, str>>::deserialize(d)?
+                };
+                // Borrowed only for the call below.
+                f.set(self.rec, s.as_deref().map_or(Value::Null, Value::Text));
+                return Ok(());
+            }
+            FieldType::Version => parsed(text(d, required)?, |s| {
+                s.parse::<SchemaVersion>()
+                    .map(Value::Version)
+                    .map_err(de::Error::custom)
+            })?,
+            FieldType::ErrorKind => parsed(text(d, required)?, |s| {
+                s.parse::<ErrorKind>()
+                    .map(Value::ErrorKind)
+                    .map_err(de::Error::custom)
+            })?,
+            FieldType::Outcome => parsed(text(d, required)?, |s| {
+                s.parse::<Outcome>()
+                    .map(Value::Outcome)
+                    .map_err(de::Error::custom)
+            })?,
+            FieldType::UInt16 | FieldType::UInt32 | FieldType::UInt64 => {
+                let n = if required {
+                    Some(Whole::deserialize(d)?)
+                } else {
+                    Option::<Whole>::deserialize(d)?
+                };
+                parsed(n, |n| whole(n.0, f.ty))?
+            }
+            FieldType::Float64 => {
+                let x = if required {
+                    Some(f64::deserialize(d)?)
+                } else {
+                    Option::<f64>::deserialize(d)?
+                };
+                x.map_or(Value::Null, Value::Float)
+            }
+            FieldType::Milliseconds => {
+                let x = if required {
+                    Some(f64::deserialize(d)?)
+                } else {
+                    Option::<f64>::deserialize(d)?
+                };
+                parsed(x, |x| {
+                    ms_to_duration(x)
+                        .map(Value::Duration)
+                        .map_err(de::Error::custom)
+                })?
+            }
+        };
+        f.set(self.rec, v);
+        Ok(())
+    }
+}
+
+/// A whole number: an integer, or a number with no fraction (`6.0`, as JSON Schema allows
+/// for `integer` and some clients write).
+struct Whole(u64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Whole;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative whole number")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Whole, E> {
+                Ok(Whole(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Whole, E> {
+                u64::try_from(v)
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Whole, E> {
+                // 2^64 is the first f64 above u64::MAX.
+                if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                    Ok(Whole(v as u64))
+                } else {
+                    Err(E::invalid_value(Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(
+    d: D,
+    required: bool,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    if required {
+        Cow::<'de, str>::deserialize(d).map(Some)
+    } else {
+        Option::<Cow<'de, str>>::deserialize(d)
+    }
+}
+
+/// Reads the fields of a flat object into `rec`: only the context's when `context_only`
+/// (unknown keys refused), else every field (unknown keys ignored).
+fn read_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    rec: &mut AttemptRecord,
+    context_only: bool,
+) -> Result<(), A::Error> {
+    let mut seen: u64 = 0;
+    while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        let found = FIELDS
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name == key && (!context_only || f.in_context()));
+        match found {
+            Some((i, f)) => {
+                if seen & (1 << i) != 0 {
+                    return Err(de::Error::duplicate_field(f.name));
+                }
+                seen |= 1 << i;
+                map.next_value_seed(FieldSeed { field: f, rec })?;
+            }
+            None if context_only => {
+                return Err(de::Error::unknown_field(&key, CONTEXT_NAMES));
+            }
+            // Fields of a newer minor version: ignored, as the schema's rules say.
+            None => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    for (i, f) in FIELDS.iter().enumerate() {
+        if f.presence == Presence::Required
+            && seen & (1 << i) == 0
+            && (!context_only || f.in_context())
+        {
+            return Err(de::Error::missing_field(f.name));
+        }
+    }
+    Ok(())
+}
+
+/// The context's field names, for "unknown field" errors.
+const CONTEXT_NAMES: &[&str] = &[
+    "target",
+    "attempt",
+    "error",
+    "status",
+    "latency_ms",
+    "elapsed_ms",
+    "retry_after_ms",
+    "delay_ms",
+    "failure_rate",
+    "latency_p95_ms",
+    "in_flight",
+    "health_window_ms",
+    "planned_delay_ms",
+];
+
+struct RecordVisitor;
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = AttemptRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an attempt record (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AttemptRecord, A::Error> {
+        let mut rec = AttemptRecord::blank();
+        read_fields(map, &mut rec, false)?;
+        Ok(rec)
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptRecord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RecordVisitor)
+    }
+}
+
+struct ContextVisitor;
+
+impl<'de> Visitor<'de> for ContextVisitor {
+    type Value = AttemptContext;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an attempt context (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AttemptContext, A::Error> {
+        let mut rec = AttemptRecord::blank();
+        read_fields(map, &mut rec, true)?;
+        Ok(rec.context)
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptContext {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(ContextVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempt::schema::context_fields;
+    use crate::attempt::{Failure, Verdict};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn context_names_are_the_schemas() {
+        let names: Vec<&str> = context_fields().map(|f| f.name).collect();
+        assert_eq!(names, CONTEXT_NAMES);
+        assert!(FIELDS.len() < 64, "the seen-set is one u64");
+    }
+
+    fn any_kind() -> impl Strategy<Value = Option<ErrorKind>> {
+        prop::option::of(prop::sample::select(ErrorKind::ALL.to_vec()))
+    }
+
+    fn any_ms() -> impl Strategy<Value = Duration> {
+        (0u64..10_000_000_000).prop_map(Duration::from_micros)
+    }
+
+    prop_compose! {
+        pub(crate) fn any_record()(
+            started in any::<u64>(), call_id in any::<u64>(), hedge in 0u32..4,
+            target in "[a-z0-9.\\-\"\\\\ é]{1,20}", attempt in 1u32..10,
+            error in any_kind(), status in prop::option::of(100u16..600),
+            latency in prop::option::of(any_ms()), elapsed in any_ms(),
+            retry_after in prop::option::of(any_ms()), delay in any_ms(),
+            failure_rate in prop::option::of(0.0f64..=1.0), p95 in prop::option::of(any_ms()),
+            in_flight in prop::option::of(any::<u32>()), kind in any_kind(),
+            window in prop::option::of(any_ms()),
+            out_status in prop::option::of(100u16..600), out_latency in any_ms(),
+            out_ra in prop::option::of(any_ms()), cancelled in any::<bool>(),
+            planned in prop::option::of(any_ms()), policy in prop::option::of("[a-z\\-]{1,12}"),
+        ) -> AttemptRecord {
+            let mut ctx = AttemptContext::first(target.as_str());
+            ctx.attempt = attempt;
+            ctx.error = error;
+            ctx.status = status;
+            ctx.latency = latency;
+            ctx.elapsed = elapsed;
+            ctx.retry_after = retry_after;
+            ctx.delay = delay;
+            ctx.failure_rate = failure_rate;
+            ctx.latency_p95 = p95;
+            ctx.in_flight = in_flight;
+            ctx.health_window = window;
+            ctx.planned_delay = planned;
+            let verdict = match kind {
+                None => Verdict::Success,
+                Some(k) => {
+                    let mut f = Failure::new(k);
+                    f.status = out_status;
+                    f.retry_after = out_ra;
+                    Verdict::Retryable(f)
+                }
+            };
+            let mut r = AttemptRecord::new(call_id, hedge, started, ctx, &verdict, out_latency);
+            if cancelled {
+                r.outcome = Outcome::Cancelled;
+            }
+            r.policy = policy.map(|p| Arc::from(p.as_str()));
+            r
+        }
+    }
+
+    /// Durations travel as f64 milliseconds: equal to within a nanosecond.
+    fn close(a: &AttemptRecord, b: &AttemptRecord) -> bool {
+        FIELDS.iter().all(|f| match (f.get(a), f.get(b)) {
+            (Value::Duration(x), Value::Duration(y)) => x.abs_diff(y) <= Duration::from_nanos(1),
+            (x, y) => x == y,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(r in any_record()) {
+            let json = serde_json::to_string(&r).unwrap();
+            let back: AttemptRecord = serde_json::from_str(&json).unwrap();
+            prop_assert!(close(&r, &back), "{r:?}\n{json}\n{back:?}");
+            let ctx_json = serde_json::to_string(&r.context).unwrap();
+            let ctx: AttemptContext = serde_json::from_str(&ctx_json).unwrap();
+            let mut again = r.clone();
+            again.context = ctx;
+            prop_assert!(close(&r, &again), "{ctx_json}");
+        }
+
+        #[test]
+        fn never_panics_on_garbage(s in ".{0,200}") {
+            let _ = serde_json::from_str::<AttemptRecord>(&s);
+            let _ = serde_json::from_str::<AttemptContext>(&s);
+        }
+    }
+
+    #[test]
+    fn record_is_flat_in_table_order() {
+        let r = crate::attempt::schema::tests::full_record();
+        let json = serde_json::to_string(&r).unwrap();
+        let keys: Vec<String> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+        let mut want: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
+        want.sort_unstable();
+        assert_eq!(keys, want, "serde_json's map sorts keys");
+        assert!(json.starts_with(r#"{"schema_version":"1.2","started_at_ms":1764000000000,"call_id":7,"hedge":1,"policy":"exp","target":"inventory","attempt":3,"#), "{json}");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_in_records_and_refused_in_contexts() {
+        let r: AttemptRecord = serde_json::from_str(
+            r#"{"schema_version":"1.3","started_at_ms":5,"call_id":1,"target":"t","attempt":1,
+                "outcome":"success","outcome_latency_ms":2.5,"added_in_1_3":{"x":[1,2]}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.schema_version, SchemaVersion { major: 1, minor: 3 });
+        assert_eq!(r.hedge, 0);
+        assert_eq!(r.context.delay, Duration::ZERO);
+        assert_eq!(r.outcome_latency, Duration::from_micros(2500));
+        let e =
+            serde_json::from_str::<AttemptContext>(r#"{"target":"t","attempt":1,"dealy_ms":5}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("unknown field `dealy_ms`"), "{e}");
+        let e = serde_json::from_str::<AttemptContext>(
+            r#"{"target":"t","attempt":1,"outcome":"success"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `outcome`"), "{e}");
+    }
+
+    #[test]
+    fn null_is_missing() {
+        let c: AttemptContext = serde_json::from_str(
+            r#"{"target":"t","attempt":2,"error":null,"status":null,"delay_ms":null,"elapsed_ms":null,"failure_rate":null}"#,
+        )
+        .unwrap();
+        assert_eq!(c, {
+            let mut want = AttemptContext::first("t");
+            want.attempt = 2;
+            want
+        });
+        let e =
+            serde_json::from_str::<AttemptContext>(r#"{"target":null,"attempt":2}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid type: null"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let err = |s: &str| {
+            serde_json::from_str::<AttemptRecord>(s)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(r#"{"started_at_ms":5,"call_id":1,"target":"t","attempt":1,"outcome":"success","outcome_latency_ms":1}"#).contains("missing field `schema_version`"));
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1,"outcome":"success","outcome_latency_ms":-1}"#).contains("non-negative"));
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":"x"}"#).contains("invalid type"));
+        assert!(
+            err(r#"{"schema_version":"1.0","schema_version":"1.0"}"#)
+                .contains("duplicate field `schema_version`")
+        );
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1,"outcome":"maybe","outcome_latency_ms":1}"#).contains("unknown outcome `maybe`"));
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1,"status":70000,"outcome":"success","outcome_latency_ms":1}"#).contains("0..=65535"));
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1,"error":"http_418","outcome":"success","outcome_latency_ms":1}"#).contains("unknown error kind `http_418`"));
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1.5,"outcome":"success","outcome_latency_ms":1}"#).contains("a non-negative whole number"));
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":-1,"outcome":"success","outcome_latency_ms":1}"#).contains("a non-negative whole number"));
+        let whole: AttemptContext =
+            serde_json::from_str(r#"{"target":"t","attempt":2.0,"status":503.0}"#).unwrap();
+        assert_eq!(
+            (whole.attempt, whole.status),
+            (2, Some(503)),
+            "integral numbers are whole numbers"
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! The steps of a call, shared by [`Policy::call`](super::Policy::call) and the tower
+//! retry layer, so that both budget, throttle, decide, explore, track health and record
+//! the same way:
+//!
+//! 1. [`Inner::begin`] — the call is deposited in the budget and admitted by the throttle;
+//! 2. each request sent is recorded through a [`RecordGuard`] and observed by the health
+//!    tracker ([`Inner::observe`]);
+//! 3. [`Inner::settle`] — the attempt's verdict goes to the breaker, the budget (only what
+//!    the classifier calls retryable drains a token bucket, as gRFC A6 says) and the
+//!    throttle;
+//! 4. [`Inner::plan_retry`] — after a retryable failure: the next attempt's context with the
+//!    target's health, the decider's wait, exploration, the throttle and the budget; or why
+//!    the call stops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::attempt::{AttemptContext, AttemptRecord, Failure, Outcome, Verdict};
+use crate::breaker::{CallOutcome, CircuitBreaker, CircuitOpen, Permit};
+use crate::budget::{AdaptiveThrottle, RetryBudget};
+use crate::bulkhead::Bulkhead;
+use crate::health::HealthTracker;
+use crate::hedge::Hedge;
+use crate::recorder::Recorder;
+use crate::retry::{Decision, Exploration, RetryDecider, StopReason};
+
+/// Every reason a call can stop, in the order metrics list them.
+pub(super) const STOP_REASONS: [StopReason; 10] = [
+    StopReason::NotRetryable,
+    StopReason::MaxAttempts,
+    StopReason::Deadline,
+    StopReason::BudgetExhausted,
+    StopReason::LowSuccessProbability,
+    StopReason::TargetUnhealthy,
+    StopReason::RetryAfterTooLong,
+    StopReason::CircuitOpen,
+    StopReason::BulkheadFull,
+    StopReason::Throttled,
+];
+
+/// Counted on the failure path only, so successful calls pay nothing for them.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) retries: AtomicU64,
+    pub(super) failed_attempts: AtomicU64,
+    pub(super) stops: [AtomicU64; STOP_REASONS.len()],
+}
+
+/// A policy's mechanisms and state, shared by its clones.
+pub(crate) struct Inner {
+    pub(super) target: Arc<str>,
+    /// The context of every first attempt; cloned only when a call fails or is recorded.
+    pub(crate) first: AttemptContext,
+    pub(crate) decider: Arc<dyn RetryDecider>,
+    pub(super) budget: Option<Arc<dyn RetryBudget>>,
+    pub(super) breaker: Option<CircuitBreaker>,
+    pub(super) bulkhead: Option<Bulkhead>,
+    pub(super) hedge: Option<Hedge>,
+    /// The target's health: the one source of the health fields of every context.
+    pub(crate) health: Option<HealthTracker>,
+    pub(super) recorder: Arc<dyn Recorder>,
+    /// `recorder.enabled()`, asked once.
+    pub(super) recording: bool,
+    /// The policy's name in records.
+    pub(super) label: Option<Arc<str>>,
+    pub(super) explore: Option<Exploration>,
+    pub(super) throttle: Option<AdaptiveThrottle>,
+    /// Wall-clock time (ms since the epoch) at `anchor`: records are stamped with
+    /// `wall_ms + (start - anchor)`, one clock read fewer than `SystemTime::now()`, and in
+    /// step with tokio's virtual clock in simulations.
+    pub(super) anchor: Instant,
+    pub(super) wall_ms: u64,
+    pub(super) permanent_is_failure: bool,
+    pub(super) counters: Counters,
+}
+
+impl Inner {
+    /// Starts a call at `start`: deposits it in the budget and asks the throttle. Returns
+    /// the call's id in records (0 when nothing is recorded).
+    pub(crate) fn begin(&self, start: Instant) -> Result<u64, StopReason> {
+        if let Some(b) = &self.budget {
+            b.deposit(start);
+        }
+        if let Some(t) = &self.throttle
+            && !t.admit(start)
+        {
+            self.count_stop(StopReason::Throttled);
+            return Err(StopReason::Throttled);
+        }
+        Ok(if self.recording {
+            rand::random::<u64>() >> 11
+        } else {
+            0
+        })
+    }
+
+    /// A breaker permit for the next attempt, if the policy has a breaker.
+    pub(super) fn permit(&self) -> Result<Option<Permit<&CircuitBreaker>>, CircuitOpen> {
+        self.breaker
+            .as_ref()
+            .map(CircuitBreaker::try_acquire)
+            .transpose()
+    }
+
+    /// Tells the breaker (through its permit), the budget and the throttle how an attempt
+    /// ended. A request the bulkhead refused was never sent: it tells them nothing. A
+    /// permanent failure (a 400) is an answer, not a sign of trouble: it takes no token
+    /// from the budget (gRFC A6) and trips the breaker only if configured to.
+    pub(crate) fn settle(
+        &self,
+        permit: Option<Permit<&CircuitBreaker>>,
+        verdict: &Verdict,
+        latency: Duration,
+        rejected: bool,
+    ) {
+        if rejected {
+            return; // a dropped permit counts as ignored
+        }
+        if let Some(permit) = permit {
+            let outcome = match verdict {
+                Verdict::Success => CallOutcome::Success,
+                Verdict::Retryable(_) => CallOutcome::Failure,
+                Verdict::Permanent(_) if self.permanent_is_failure => CallOutcome::Failure,
+                Verdict::Permanent(_) => CallOutcome::Ignored,
+            };
+            permit.record(outcome, latency);
+        }
+        if let Some(b) = &self.budget {
+            match verdict {
+                Verdict::Success => b.record(true),
+                Verdict::Retryable(_) => b.record(false),
+                Verdict::Permanent(_) => {}
+            }
+        }
+        if let Some(t) = &self.throttle
+            && !matches!(verdict, Verdict::Retryable(_))
+        {
+            t.accepted(Instant::now());
+        }
+    }
+
+    /// Fills `ctx` with the target's health as of `now`, from the health tracker: the
+    /// failure rate, p95 latency and calls in flight of the attempts that ended within its
+    /// window, and the window. Without a tracker, the health fields stay unknown.
+    pub(crate) fn fill_health(&self, ctx: &mut AttemptContext, now: Instant) {
+        let Some(h) = &self.health else {
+            return;
+        };
+        let s = h.snapshot(now);
+        ctx.failure_rate = s.failure_rate;
+        ctx.latency_p95 = s.latency_p95;
+        ctx.in_flight = Some(s.in_flight);
+        ctx.health_window = Some(s.window);
+    }
+
+    /// A request ended at `now` after `latency`: the health tracker counts it. A permanent
+    /// failure (a 404, say) is an answer from a healthy target.
+    pub(crate) fn observe(&self, now: Instant, verdict: &Verdict, latency: Duration) {
+        if let Some(h) = &self.health {
+            h.record(now, matches!(verdict, Verdict::Retryable(_)), latency);
+        }
+    }
+
+    /// After attempt `ctx` failed with `failure`, taking `latency`, at `now` in a call that
+    /// started at `call_start`: the context of the next attempt, its `delay` the wait
+    /// before it — or why there is none.
+    ///
+    /// The decider sees the target's health and the previous wait; its wait may be
+    /// explored; the throttle and the budget have the last word.
+    pub(crate) fn plan_retry(
+        &self,
+        ctx: &AttemptContext,
+        failure: &Failure,
+        latency: Duration,
+        call_start: Instant,
+        now: Instant,
+    ) -> Result<AttemptContext, StopReason> {
+        self.counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        let mut next = ctx.next(failure, latency, now.saturating_duration_since(call_start));
+        self.fill_health(&mut next, now);
+        let planned = match self.decider.decide(&next) {
+            Decision::Stop(reason) => return Err(self.stopped(reason)),
+            Decision::Retry(d) => d,
+        };
+        let mut delay = planned;
+        if let Some(x) = &self.explore
+            && let Some(explored) = x.apply(planned)
+        {
+            // Keep the explored wait only if the next attempt still has time to run.
+            next.delay = explored;
+            if self.decider.attempt_timeout(&next) != Some(Duration::ZERO) {
+                delay = explored;
+                next.planned_delay = Some(planned);
+            }
+        }
+        if let Some(t) = &self.throttle
+            && !t.admit(now)
+        {
+            return Err(self.stopped(StopReason::Throttled));
+        }
+        if let Some(b) = &self.budget
+            && !b.withdraw(now)
+        {
+            return Err(self.stopped(StopReason::BudgetExhausted));
+        }
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            target_name = %self.target,
+            attempt = ctx.attempt,
+            error = %failure.kind,
+            delay_ms = delay.as_secs_f64() * 1e3,
+            "retrying"
+        );
+        next.delay = delay;
+        Ok(next)
+    }
+
+    /// Whether a hedge may be sent now: the budget, if any, must allow it (gRFC A6
+    /// throttles hedges like retries).
+    pub(super) fn may_hedge(&self, now: Instant) -> bool {
+        self.budget.as_ref().is_none_or(|b| b.withdraw(now))
+    }
+
+    /// Counts a stop, logs it, and returns its reason.
+    pub(crate) fn stopped(&self, reason: StopReason) -> StopReason {
+        self.count_stop(reason);
+        reason
+    }
+
+    fn count_stop(&self, reason: StopReason) {
+        if let Some(i) = STOP_REASONS.iter().position(|r| *r == reason) {
+            self.counters.stops[i].fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(target_name = %self.target, reason = %reason, "giving up");
+    }
+
+    /// Starts recording a request made in `ctx` at `started`, if the policy records.
+    pub(crate) fn guard(
+        self: &Arc<Self>,
+        ctx: &AttemptContext,
+        call_id: u64,
+        hedge: u32,
+        started: Instant,
+    ) -> Option<RecordGuard> {
+        if !self.recording {
+            return None;
+        }
+        let mut ctx = ctx.clone();
+        // Retry contexts were filled when the retry was decided; a first attempt's health
+        // is the tracker's as the request starts.
+        if ctx.health_window.is_none() {
+            self.fill_health(&mut ctx, started);
+        }
+        Some(RecordGuard {
+            inner: Arc::clone(self),
+            ctx: Some(ctx),
+            call_id,
+            hedge,
+            started,
+        })
+    }
+}
+
+/// Records a request that was sent; if dropped before [`finish`](Self::finish) (a hedge
+/// that lost, a call abandoned by its caller), records it as cancelled.
+pub(crate) struct RecordGuard {
+    inner: Arc<Inner>,
+    /// Taken when the record is made: a guard records once.
+    ctx: Option<AttemptContext>,
+    call_id: u64,
+    hedge: u32,
+    started: Instant,
+}
+
+impl RecordGuard {
+    fn record(&mut self, verdict: &Verdict, latency: Duration, outcome: Option<Outcome>) {
+        let Some(ctx) = self.ctx.take() else {
+            return;
+        };
+        let p = &*self.inner;
+        let since = self.started.saturating_duration_since(p.anchor);
+        let started_at_ms = p
+            .wall_ms
+            .saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        let mut rec = AttemptRecord::new(
+            self.call_id,
+            self.hedge,
+            started_at_ms,
+            ctx,
+            verdict,
+            latency,
+        );
+        if let Some(o) = outcome {
+            rec.outcome = o;
+        }
+        rec.policy = p.label.clone();
+        p.recorder.record(rec);
+    }
+
+    /// The request ended with `verdict` after `latency`.
+    pub(crate) fn finish(mut self, verdict: &Verdict, latency: Duration) {
+        self.record(verdict, latency, None);
+    }
+}
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        if self.ctx.is_none() {
+            return;
+        }
+        let latency = Instant::now().saturating_duration_since(self.started);
+        self.record(&Verdict::Success, latency, Some(Outcome::Cancelled));
+    }
+}
