@@ -25,7 +25,6 @@
 
 mod error;
 mod reader;
-pub mod scan;
 pub mod segment;
 mod shipper;
 mod stats;

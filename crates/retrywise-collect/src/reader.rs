@@ -6,8 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use retrywise::attempt::{AttemptRecord, SchemaVersion};
-
-use crate::scan::{TargetCache, record_from_json};
 use serde::Serialize;
 
 use crate::CollectError;
@@ -75,12 +73,8 @@ enum Bad {
 }
 
 /// Parses one line; `Err(Err(_))` for a fatal unsupported schema.
-fn parse_line(
-    bytes: &[u8],
-    last_unterminated: bool,
-    cache: &mut TargetCache,
-) -> Result<AttemptRecord, Result<Bad, String>> {
-    match record_from_json(bytes, cache) {
+fn parse_line(bytes: &[u8], last_unterminated: bool) -> Result<AttemptRecord, Result<Bad, String>> {
+    match serde_json::from_slice::<AttemptRecord>(bytes) {
         Ok(r) if r.schema_version.major == SchemaVersion::CURRENT.major => Ok(r),
         Ok(r) => Err(Err(r.schema_version.to_string())),
         Err(e) => {
@@ -124,7 +118,6 @@ pub struct SegmentReader {
     current: Option<(PathBuf, BufReader<File>, u64)>,
     line: Vec<u8>,
     summary: ReadSummary,
-    targets: TargetCache,
     done: bool,
 }
 
@@ -144,7 +137,6 @@ impl SegmentReader {
             current: None,
             line: Vec::with_capacity(1024),
             summary: ReadSummary::default(),
-            targets: TargetCache::default(),
             done: false,
         }
     }
@@ -201,7 +193,7 @@ impl Iterator for SegmentReader {
                 continue;
             }
             self.summary.lines += 1;
-            match parse_line(body, !terminated, &mut self.targets) {
+            match parse_line(body, !terminated) {
                 Ok(r) => {
                     self.summary.records += 1;
                     return Some(Ok(r));

@@ -82,7 +82,7 @@ impl WriterConfig {
 type Ack = mpsc::SyncSender<Result<(), CollectError>>;
 
 /// The answer to a batch: how many records were written, or why not all.
-type BatchAck = tokio::sync::oneshot::Sender<Result<u64, CollectError>>;
+type BatchAck = mpsc::SyncSender<Result<u64, CollectError>>;
 
 // The size difference is the point: records travel unboxed.
 #[allow(clippy::large_enum_variant)]
@@ -261,7 +261,7 @@ impl SegmentRecorder {
                 capacity: self.capacity,
             });
         }
-        let (ack, answer) = tokio::sync::oneshot::channel();
+        let (ack, answer) = mpsc::sync_channel(1);
         match self.tx.try_send(Msg::Batch(records, ack)) {
             Ok(()) => Counters::add(&self.counters.recorded, n),
             Err(e) => {
@@ -276,7 +276,12 @@ impl SegmentRecorder {
             }
         }
         self.thread.unpark();
-        answer.await.map_err(|_| CollectError::WriterGone)?
+        // Waited for on the blocking pool: the writer is a thread of its own (and a test's
+        // paused clock does not jump ahead while it works).
+        tokio::task::spawn_blocking(move || answer.recv())
+            .await
+            .map_err(|_| CollectError::WriterGone)?
+            .map_err(|_| CollectError::WriterGone)?
     }
 
     /// Records taken by [`write_batch`](Self::write_batch) and not yet written.

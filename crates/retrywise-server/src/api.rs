@@ -1,207 +1,29 @@
-//! The JSON API: health, models, predictions, decisions, ingestion, the fleet view and
-//! administration. Every error is a 4xx or 5xx with a body `{"error": "…"}` naming the
-//! field at fault.
+//! The JSON API: health, models, predictions, decisions, the fleet view, metrics and
+//! administration (ingestion is in `ingest.rs`, the KServe protocol in `oip.rs`). Every
+//! error is a 4xx or 5xx with a body `{"error": "…"}` naming the field at fault.
+//!
+//! A handler parses, completes the context's health from the fleet view, calls the
+//! `retrywise` crate, and serializes: the decisions are the crate's, not the handler's.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use retrywise::attempt::{AttemptContext, AttemptRecord, ms_to_duration};
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use retrywise::attempt::schema::MAX_MS;
+use retrywise::attempt::{AttemptContext, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
-use retrywise::recorder::Recorder;
 use retrywise::retry::{Decision, RetryDecider, RuleBasedAdaptive};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, Given};
 use crate::models::LoadedModel;
-
-/// An error answer: a status and `{"error": message}`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    /// The status.
-    pub status: StatusCode,
-    /// What is wrong, naming the field.
-    pub message: String,
-}
-
-impl ApiError {
-    /// An error with `status`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    /// 400.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    /// 404.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-}
-
-/// The body of every error answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// What is wrong, naming the field (`context.attempt: must be at least 1`).
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
-    }
-}
-
-/// The error for a body that does not deserialize: `what` (where in the request, may be
-/// empty), then the field path, then what serde said.
-fn refusal(
-    what: &str,
-    path: &serde_path_to_error::Path,
-    inner: impl std::fmt::Display,
-) -> ApiError {
-    let path = path.to_string();
-    let at: Vec<&str> = [what, path.as_str()]
-        .into_iter()
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    if at.is_empty() {
-        ApiError::bad_request(inner.to_string())
-    } else {
-        ApiError::bad_request(format!("{}: {inner}", at.join(": ")))
-    }
-}
-
-/// Parses JSON, naming the field of the first problem (`contexts[2].delay_ms: …`); `what`
-/// is only called on failure.
-pub(crate) fn parse<T: DeserializeOwned>(
-    bytes: &[u8],
-    what: impl FnOnce() -> String,
-) -> Result<T, ApiError> {
-    // The fast path; on failure, parse again keeping track of the path, for the message.
-    if let Ok(v) = serde_json::from_slice(bytes) {
-        return Ok(v);
-    }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| refusal(&what(), e.path(), e.inner()))
-}
-
-/// Like [`parse`], from a JSON value already parsed.
-fn parse_value<T: DeserializeOwned>(
-    v: &serde_json::Value,
-    what: impl FnOnce() -> String,
-) -> Result<T, ApiError> {
-    if let Ok(t) = T::deserialize(v) {
-        return Ok(t);
-    }
-    serde_path_to_error::deserialize(v).map_err(|e| refusal(&what(), e.path(), e.inner()))
-}
-
-fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
-fn is_ndjson(ct: &str) -> bool {
-    matches!(
-        ct,
-        "application/x-ndjson"
-            | "application/ndjson"
-            | "application/jsonl"
-            | "application/x-jsonlines"
-    )
-}
-
-/// The request body, with 413 for one over the limit.
-async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
-    let headers = req.headers().clone();
-    let bytes = Bytes::from_request(req, &())
-        .await
-        .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
-    Ok((headers, bytes))
-}
-
-/// A JSON body (`Content-Type` absent or JSON), parsed with field-naming errors.
-#[derive(Debug)]
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let (headers, bytes) = body(req).await?;
-        let ct = content_type(&headers);
-        if !(ct.is_empty()
-            || ct == "application/json"
-            || ct.ends_with("+json")
-            || ct == "application/x-www-form-urlencoded")
-        {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("expected a JSON body, got Content-Type {ct}"),
-            ));
-        }
-        parse(&bytes, String::new).map(ApiJson)
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Documentation-only schemas (the wire types are retrywise's own).
-
-/// What is known before an attempt (the wire form of `retrywise::attempt::AttemptContext`).
-/// Durations are milliseconds (fractions allowed); negative, NaN or infinite values are
-/// refused.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct Context {
-    /// The target called (a service or endpoint name).
-    target: String,
-    /// The attempt number about to be made, from 1.
-    attempt: u32,
-    /// How the previous attempt failed: `timeout`, `connect`, `reset`, `http_429`,
-    /// `http_503`, `http_5xx`, `http_4xx` or `other`; absent before the first attempt.
-    error: Option<String>,
-    /// The previous attempt's HTTP status.
-    status: Option<u16>,
-    /// The previous attempt's latency, ms.
-    latency_ms: Option<f64>,
-    /// Time since the call's first attempt started, ms.
-    elapsed_ms: Option<f64>,
-    /// The Retry-After the previous answer asked for, ms.
-    retry_after_ms: Option<f64>,
-    /// The wait before this attempt, ms (for predictions: the wait being considered).
-    delay_ms: Option<f64>,
-    /// The target's recent failure rate in [0, 1]; filled from the fleet view if absent.
-    failure_rate: Option<f64>,
-    /// The target's recent p95 latency, ms; filled from the fleet view if absent.
-    latency_p95_ms: Option<f64>,
-    /// Calls in flight to the target.
-    in_flight: Option<u32>,
-}
+use crate::openapi::MAX_BATCH;
 
 // ---------------------------------------------------------------------------------------
 // Health.
@@ -237,10 +59,7 @@ pub(crate) async fn healthz() -> Json<Health> {
 pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let n = st.models.snapshot().len();
     if n == 0 {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no model is loaded",
-        ));
+        return Err(ApiError::unavailable("no model is loaded", None));
     }
     Ok(Json(Ready {
         ready: true,
@@ -407,18 +226,21 @@ fn pick(st: &AppState, name: Option<&str>) -> Result<Arc<LoadedModel>, ApiError>
 // ---------------------------------------------------------------------------------------
 // Predictions and decisions.
 
-/// `POST /v1/predict`: one context, or a batch.
+/// `POST /v1/predict`: one context, or a batch (its schema in the OpenAPI document is
+/// derived from the attempt schema).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
     /// The model's name (default: the default model).
     pub model: Option<String>,
     /// One context.
-    #[schema(value_type = Option<Context>)]
-    pub context: Option<AttemptContext>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub context: Given<AttemptContext>,
     /// Several contexts.
-    #[schema(value_type = Option<Vec<Context>>)]
-    pub contexts: Option<Vec<AttemptContext>>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub contexts: Given<Vec<AttemptContext>>,
 }
 
 /// The probability that an attempt in the context succeeds.
@@ -443,8 +265,18 @@ pub struct BatchPrediction {
     pub p_success: Vec<f64>,
 }
 
+/// The answer of `/v1/predict`: one prediction, or a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictResponse {
+    /// For `context`.
+    One(Prediction),
+    /// For `contexts`.
+    Batch(BatchPrediction),
+}
+
 /// Checks a context and fills its target's health from the fleet view.
-fn prepare(
+pub(crate) fn prepare(
     st: &AppState,
     mut ctx: AttemptContext,
     field: impl FnOnce() -> String,
@@ -456,7 +288,7 @@ fn prepare(
     Ok(ctx)
 }
 
-fn count_predictions(st: &AppState, m: &LoadedModel, n: u64) {
+pub(crate) fn count_predictions(st: &AppState, m: &LoadedModel, n: u64) {
     st.metrics
         .predictions
         .get_or_create(&crate::metrics::ModelLabels {
@@ -469,40 +301,44 @@ fn count_predictions(st: &AppState, m: &LoadedModel, n: u64) {
 /// p(success) of an attempt: `{"context": {…}}` → `{"model", "version", "p_success"}`, or
 /// `{"contexts": […]}` → `{"model", "version", "p_success": […]}`.
 #[utoipa::path(post, path = "/v1/predict", request_body = PredictRequest,
-    responses((status = 200, description = "One prediction (`context`) or a batch (`contexts`)", body = Prediction),
+    responses((status = 200, description = "One prediction (`context`) or a batch (`contexts`)", body = PredictResponse),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn predict(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<PredictRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<PredictResponse>, ApiError> {
     let m = pick(&st, req.model.as_deref())?;
     let now = Instant::now();
-    match (req.context, req.contexts) {
+    match (req.context.into_option(), req.contexts.into_option()) {
         (Some(ctx), None) => {
             let ctx = prepare(&st, ctx, || "context".into(), now)?;
             let p = sanitize_probability(m.model.p_success(&ctx));
             count_predictions(&st, &m, 1);
-            Ok(Json(Prediction {
+            Ok(Json(PredictResponse::One(Prediction {
                 model: m.name.clone(),
                 version: m.version,
                 p_success: p,
-            })
-            .into_response())
+            })))
         }
         (None, Some(ctxs)) => {
+            if ctxs.is_empty() || ctxs.len() > MAX_BATCH {
+                return Err(ApiError::bad_request(format!(
+                    "contexts: must hold 1 to {MAX_BATCH} contexts, got {}",
+                    ctxs.len()
+                )));
+            }
             let mut p = Vec::with_capacity(ctxs.len());
             for (i, ctx) in ctxs.into_iter().enumerate() {
                 let ctx = prepare(&st, ctx, || format!("contexts[{i}]"), now)?;
                 p.push(sanitize_probability(m.model.p_success(&ctx)));
             }
             count_predictions(&st, &m, p.len() as u64);
-            Ok(Json(BatchPrediction {
+            Ok(Json(PredictResponse::Batch(BatchPrediction {
                 model: m.name.clone(),
                 version: m.version,
                 p_success: p,
-            })
-            .into_response())
+            })))
         }
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "context, contexts: give one, not both",
@@ -513,7 +349,8 @@ pub(crate) async fn predict(
     }
 }
 
-/// `POST /v1/decide`.
+/// `POST /v1/decide` (its schema in the OpenAPI document is derived from the attempt
+/// schema).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideRequest {
@@ -521,7 +358,7 @@ pub struct DecideRequest {
     pub model: Option<String>,
     /// The context of the attempt that would come next: `attempt` is its number, `error`
     /// how the last one failed, `elapsed_ms` the time spent so far.
-    #[schema(value_type = Context)]
+    #[schema(value_type = Object)]
     pub context: AttemptContext,
     /// The call's overall deadline from its first attempt, ms: no retry that cannot start
     /// before it.
@@ -535,9 +372,11 @@ pub struct DecideResponse {
     pub retry: bool,
     /// How long to wait first, ms (0 when not retrying).
     pub delay_ms: f64,
-    /// p(success) of the retry after that wait (of an immediate one when not retrying).
-    pub p_success: f64,
-    /// `retry`, or why not: `max_attempts`, `low_success_probability`, `deadline`.
+    /// p(success) the decision rests on: of the retry after that wait, or of an immediate
+    /// one when not retrying.
+    pub p_success: Option<f64>,
+    /// `retry`, or why not: `max_attempts`, `low_success_probability`, `deadline`,
+    /// `retry_after_too_long`.
     pub reason: String,
     /// The model used.
     pub model: String,
@@ -545,6 +384,7 @@ pub struct DecideResponse {
     pub version: u32,
 }
 
+/// The serving model, as the crate's `SuccessModel`.
 struct Served(Arc<LoadedModel>);
 
 impl SuccessModel for Served {
@@ -553,198 +393,70 @@ impl SuccessModel for Served {
     }
 }
 
-/// Whether to retry and how long to wait: the design sketch's adaptive rules steered by the model
-/// (stop when p(success) is below the configured minimum; wait less when it is high, more
-/// when it is low; honour Retry-After; respect the deadline).
+/// The decider `/v1/decide` answers with: the crate's rule-based adaptive decider, steered
+/// by the serving model, with the service's minimum p(success) and the call's deadline —
+/// exactly what an embedded policy configured the same way decides.
+fn decider(
+    min_p_success: f64,
+    model: Arc<LoadedModel>,
+    deadline: Option<std::time::Duration>,
+) -> Result<RuleBasedAdaptive, ApiError> {
+    let mut d = RuleBasedAdaptive::new()
+        .with_model(Arc::new(Served(model)))
+        .stop_below(min_p_success)
+        .map_err(ApiError::internal)?;
+    if let Some(deadline) = deadline {
+        d = d
+            .deadline(deadline)
+            .map_err(|e| ApiError::bad_request(format!("deadline_ms: {}", e.problem)))?;
+    }
+    Ok(d)
+}
+
+/// Whether to retry and how long to wait: `retrywise::retry::RuleBasedAdaptive` steered by
+/// the model (stop when p(success) is below the configured minimum; wait less when it is
+/// high, more when it is low; never before Retry-After, and stop when Retry-After is beyond
+/// its 30 s cap; respect the deadline).
 #[utoipa::path(post, path = "/v1/decide", request_body = DecideRequest,
     responses((status = 200, body = DecideResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn decide(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
     let m = pick(&st, req.model.as_deref())?;
     let ctx = prepare(&st, req.context, || "context".into(), Instant::now())?;
-    let mut decider = RuleBasedAdaptive::new()
-        .with_model(Arc::new(Served(Arc::clone(&m))))
-        .stop_below(st.config.min_p_success)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let deadline = req
         .deadline_ms
         .map(|ms| {
+            if ms > MAX_MS {
+                return Err(ApiError::bad_request(format!(
+                    "deadline_ms: must be at most {MAX_MS}, got {ms}"
+                )));
+            }
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
         })
         .transpose()?;
-    if let Some(d) = deadline {
-        decider = decider
-            .deadline(d)
-            .map_err(|e| ApiError::bad_request(format!("deadline_ms: {}", e.problem)))?;
-    }
-    let decision = match decider.decide(&ctx) {
-        // The rules cap every wait at 30 s; a longer Retry-After is still honoured, if the
-        // deadline allows it.
-        Decision::Retry(d) => match ctx.retry_after.filter(|ra| *ra > d) {
-            Some(ra) if deadline.is_some_and(|dl| ctx.elapsed.saturating_add(ra) >= dl) => {
-                Decision::Stop(retrywise::retry::StopReason::Deadline)
-            }
-            Some(ra) => Decision::Retry(ra),
-            None => Decision::Retry(d),
-        },
-        stop => stop,
+    let explained = decider(st.config.min_p_success, Arc::clone(&m), deadline)?.explain(&ctx);
+    let (retry, delay, reason) = match explained.decision {
+        Decision::Retry(d) => (true, d, "retry"),
+        Decision::Stop(r) => (false, std::time::Duration::ZERO, r.as_str()),
     };
-    let (retry, delay, reason) = match decision {
-        Decision::Retry(d) => (true, d, "retry".to_owned()),
-        Decision::Stop(r) => (false, Duration::ZERO, r.as_str().to_owned()),
-    };
-    let mut probe = ctx;
-    probe.delay = delay;
-    let p = sanitize_probability(m.model.p_success(&probe));
     count_predictions(&st, &m, 1);
     st.metrics
         .decisions
         .get_or_create(&crate::metrics::ReasonLabels {
-            reason: reason.clone(),
+            reason: reason.to_owned(),
         })
         .inc();
     Ok(Json(DecideResponse {
         retry,
         delay_ms: delay.as_secs_f64() * 1e3,
-        p_success: p,
-        reason,
+        p_success: explained.p_success,
+        reason: reason.to_owned(),
         model: m.name.clone(),
         version: m.version,
     }))
-}
-
-// ---------------------------------------------------------------------------------------
-// Ingestion.
-
-/// What ingestion did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct IngestResponse {
-    /// Records accepted (written through the collector and learned from by the fleet view).
-    pub accepted: u64,
-    /// Records refused as invalid.
-    pub rejected: u64,
-    /// Why, for the first few refused (`[3].outcome: …`, `line 7: …`).
-    pub errors: Vec<String>,
-}
-
-const MAX_ERRORS: usize = 10;
-
-/// Refuses records this build's readers could not read back (another major schema
-/// version) and records with impossible values, naming the field.
-fn check_record(r: AttemptRecord, at: impl Fn() -> String) -> Result<AttemptRecord, ApiError> {
-    let current = retrywise::attempt::SchemaVersion::CURRENT;
-    if r.schema_version.major != current.major {
-        return Err(ApiError::bad_request(format!(
-            "{}: schema_version: {} is not supported (this service reads {}.x)",
-            at(),
-            r.schema_version,
-            current.major
-        )));
-    }
-    r.context
-        .validate()
-        .map_err(|e| ApiError::bad_request(format!("{}: {}: {}", at(), e.field, e.problem)))?;
-    if let Some(s) = r.outcome_status
-        && !(100..=599).contains(&s)
-    {
-        return Err(ApiError::bad_request(format!(
-            "{}: outcome_status: must be an HTTP status within 100..=599, got {s}",
-            at()
-        )));
-    }
-    Ok(r)
-}
-
-/// Attempt records, as a JSON array (`Content-Type: application/json`) or NDJSON
-/// (`application/x-ndjson`); each valid record is written through the collector and feeds
-/// the fleet view, each invalid one is counted and refused. 202.
-#[utoipa::path(post, path = "/v1/attempts",
-    request_body(content = Vec<Object>, description = "Attempt records (see data/README.md), a JSON array or NDJSON"),
-    responses((status = 202, body = IngestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)),
-    security(("token" = [])))]
-pub(crate) async fn ingest(
-    State(st): State<AppState>,
-    req: Request,
-) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
-    let (headers, bytes) = body(req).await?;
-    let ct = content_type(&headers);
-    let mut records = Vec::new();
-    let mut errors = Vec::new();
-    let mut rejected = 0u64;
-    let mut refuse = |msg: String| {
-        rejected += 1;
-        if errors.len() < MAX_ERRORS {
-            errors.push(msg);
-        }
-    };
-    if is_ndjson(&ct) {
-        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match parse::<AttemptRecord>(line, || format!("line {}", i + 1))
-                .and_then(|r| check_record(r, || format!("line {}", i + 1)))
-            {
-                Ok(r) => records.push(r),
-                Err(e) => refuse(e.message),
-            }
-        }
-    } else if ct.is_empty() || ct == "application/json" || ct.ends_with("+json") {
-        let items: Vec<serde_json::Value> = parse(&bytes, || "body".into()).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{} (expected a JSON array of attempt records)",
-                e.message
-            ))
-        })?;
-        for (i, v) in items.into_iter().enumerate() {
-            match parse_value::<AttemptRecord>(&v, || format!("[{i}]"))
-                .and_then(|r| check_record(r, || format!("[{i}]")))
-            {
-                Ok(r) => records.push(r),
-                Err(e) => refuse(e.message),
-            }
-        }
-    } else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected Content-Type application/json or application/x-ndjson, got {ct}"),
-        ));
-    }
-    let now = Instant::now();
-    let accepted = records.len() as u64;
-    let wall_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    for r in records {
-        if st.fleet.observe(&r, now, wall_ms) == crate::fleet::Observed::Full {
-            tracing::debug!(target_name = %r.context.target, "fleet view full: target not tracked");
-        }
-        st.metrics
-            .ingested
-            .get_or_create(&crate::metrics::TargetLabels {
-                target: st.metrics.target_label(&r.context.target),
-            })
-            .inc();
-        st.recorder.record(r);
-    }
-    st.metrics.rejected.inc_by(rejected);
-    st.metrics
-        .targets
-        .set(i64::try_from(st.fleet.len()).unwrap_or(i64::MAX));
-    st.sync_dropped();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(IngestResponse {
-            accepted,
-            rejected,
-            errors,
-        }),
-    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -793,10 +505,13 @@ pub struct ReloadResponse {
     (status = 500, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn reload(State(st): State<AppState>) -> Result<Json<ReloadResponse>, ApiError> {
     let r = crate::reload(&st).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("models: cannot read {}: {e}", st.models.dir().display()),
-        )
+        ApiError::internal(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot read the models folder {}: {e}",
+                st.models.dir().display()
+            ),
+        ))
     })?;
     Ok(Json(ReloadResponse {
         loaded: r.loaded.iter().map(|(n, v)| format!("{n}/{v}")).collect(),

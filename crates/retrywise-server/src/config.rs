@@ -41,6 +41,9 @@ pub struct Config {
     pub health_window: Duration,
     /// `/v1/decide` stops when p(success) of the next attempt is below this. Default 0.05.
     pub min_p_success: f64,
+    /// Listen on a non-loopback address without a token. Default no: the service refuses
+    /// to, since anyone who reaches it could post attempts and reload models.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             max_targets: 1000,
             health_window: Duration::from_secs(10),
             min_p_success: 0.05,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Overrides {
     pub health_window_ms: Option<u64>,
     /// `min_p_success`.
     pub min_p_success: Option<f64>,
+    /// `allow_unauthenticated`.
+    pub allow_unauthenticated: Option<bool>,
 }
 
 /// The environment variables read, and the setting each gives.
@@ -110,6 +116,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_MAX_TARGETS", "max_targets"),
     ("RETRYWISE_HEALTH_WINDOW_MS", "health_window_ms"),
     ("RETRYWISE_MIN_P_SUCCESS", "min_p_success"),
+    ("RETRYWISE_ALLOW_UNAUTHENTICATED", "allow_unauthenticated"),
 ];
 
 fn invalid(origin: &str, field: &str, problem: impl Into<String>) -> ServerError {
@@ -176,6 +183,15 @@ impl Overrides {
                 "max_target_labels" => o.max_target_labels = Some(size(&v)?),
                 "max_targets" => o.max_targets = Some(size(&v)?),
                 "health_window_ms" => o.health_window_ms = Some(num(&v)?),
+                "allow_unauthenticated" => {
+                    o.allow_unauthenticated = Some(match v.trim() {
+                        "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        other => {
+                            return Err(bad(format!("is not true or false: {other:?}")));
+                        }
+                    });
+                }
                 "min_p_success" => {
                     o.min_p_success = Some(
                         v.trim()
@@ -275,6 +291,9 @@ impl Overrides {
                 ));
             }
             config.min_p_success = p;
+        }
+        if let Some(a) = self.allow_unauthenticated {
+            config.allow_unauthenticated = a;
         }
         Ok(())
     }

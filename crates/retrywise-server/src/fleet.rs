@@ -1,6 +1,11 @@
 //! The fleet view: each target's rolling health and a circuit breaker shared by every
 //! caller, fed by ingested attempts.
 //!
+//! Health here is the embedded policies' health (`retrywise::health`): the same tracker,
+//! the same window, the same three numbers measured from the attempts that ended within
+//! it — so a context completed by the service carries the features an embedded policy
+//! would have put in it for the same attempts.
+//!
 //! The number of targets tracked is capped, so clients cannot grow the service's memory
 //! without bound; attempts to targets beyond the cap are counted and not tracked.
 
@@ -36,6 +41,11 @@ pub struct TargetView {
     pub failure_rate: Option<f64>,
     /// p95 latency of those attempts, ms; null without calls.
     pub latency_p95_ms: Option<f64>,
+    /// Calls in flight on average over the window (their latencies summed, over the
+    /// window: Little's law).
+    pub in_flight: u32,
+    /// The health window, ms.
+    pub health_window_ms: f64,
     /// The shared breaker's state: `CLOSED`, `OPEN`, `HALF_OPEN`…
     pub breaker_state: String,
     /// Whether a caller should send to the target now (the shared breaker admits calls).
@@ -129,31 +139,47 @@ impl Fleet {
         if rec.outcome == Outcome::Cancelled {
             return Observed::Tracked;
         }
+        // Counted when it ended, as an embedded policy counts it, however late it arrives.
+        let age = Duration::from_millis(wall_ms.saturating_sub(ended_ms));
+        let ended = now.checked_sub(age).unwrap_or(now);
         let failed = rec.outcome == Outcome::Retryable;
-        t.health.record(now, failed, rec.outcome_latency);
+        t.health.record(ended, failed, rec.outcome_latency);
         let outcome = match rec.outcome {
             Outcome::Success | Outcome::Permanent => CallOutcome::Success,
             Outcome::Retryable => CallOutcome::Failure,
             Outcome::Cancelled => CallOutcome::Ignored,
         };
-        // While the shared circuit is open, attempts made anyway do not count.
-        if let Ok(permit) = t.breaker.try_acquire() {
-            permit.record(outcome, rec.outcome_latency);
-        }
+        // An observation of a call already made, not a request to make one.
+        t.breaker.observe(outcome, rec.outcome_latency);
         Observed::Tracked
     }
 
-    /// Fills what `ctx` does not say about its target's health from the fleet's view.
+    /// Fills what `ctx` does not say about its target's health from the fleet's view:
+    /// failure rate, p95 latency, calls in flight, and the window they were measured over
+    /// (unless the caller gave its own).
     pub fn fill(&self, ctx: &mut AttemptContext, now: Instant) {
+        if ctx.failure_rate.is_some() && ctx.latency_p95.is_some() && ctx.in_flight.is_some() {
+            return;
+        }
         let Some(t) = self.get(&ctx.target) else {
             return;
         };
         let s: HealthSnapshot = t.health.snapshot(now);
+        let mut filled = false;
         if ctx.failure_rate.is_none() {
             ctx.failure_rate = s.failure_rate;
+            filled = true;
         }
         if ctx.latency_p95.is_none() {
             ctx.latency_p95 = s.latency_p95;
+            filled = true;
+        }
+        if ctx.in_flight.is_none() {
+            ctx.in_flight = Some(s.in_flight);
+            filled = true;
+        }
+        if filled && ctx.health_window.is_none() {
+            ctx.health_window = Some(s.window);
         }
     }
 
@@ -168,6 +194,8 @@ impl Fleet {
             failures: s.failures,
             failure_rate: s.failure_rate,
             latency_p95_ms: s.latency_p95.map(|d| d.as_secs_f64() * 1e3),
+            in_flight: s.in_flight,
+            health_window_ms: s.window.as_secs_f64() * 1e3,
             breaker_state: breaker.state.as_str().to_owned(),
             allow: !matches!(breaker.state, State::Open | State::ForcedOpen),
             breaker,

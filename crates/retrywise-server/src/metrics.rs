@@ -69,8 +69,10 @@ pub struct Metrics {
     pub decisions: Family<ReasonLabels, Counter>,
     /// Attempt records accepted by `/v1/attempts`, by target.
     pub ingested: Family<TargetLabels, Counter>,
-    /// Attempt records refused as invalid.
+    /// Ingestion batches refused as invalid (nothing of them written).
     pub rejected: Counter,
+    /// Ingestion batches refused because the collector was busy (503).
+    pub busy: Counter,
     /// Accepted records the collector dropped (queue full, I/O errors).
     pub dropped: Counter,
     /// Model reloads by result (a failure is a version refused).
@@ -126,9 +128,15 @@ impl Metrics {
         );
         let rejected = Counter::default();
         registry.register(
-            "rejected_attempts",
-            "Attempt records refused as invalid",
+            "rejected_attempt_batches",
+            "Ingestion batches refused because a record was invalid (nothing written)",
             rejected.clone(),
+        );
+        let busy = Counter::default();
+        registry.register(
+            "busy_attempt_batches",
+            "Ingestion batches refused with 503 because the collector had too much to write",
+            busy.clone(),
         );
         let dropped = Counter::default();
         registry.register(
@@ -163,6 +171,7 @@ impl Metrics {
             decisions,
             ingested,
             rejected,
+            busy,
             dropped,
             reloads,
             shed,

@@ -1,26 +1,50 @@
-//! The KServe Open Inference Protocol v2 (REST), so existing inference clients can call
-//! the service.
+//! The KServe Open Inference Protocol v2 (REST), so existing inference clients — the stock
+//! `tritonclient[http]` among them — can call the service.
 //!
-//! A model's inputs are the fields of an attempt context, one tensor each of shape `[n]`
-//! for a batch of `n` contexts: `attempt` (INT64), `delay_ms`, `elapsed_ms`, `latency_ms`,
-//! `retry_after_ms`, `failure_rate`, `latency_p95_ms` (FP64), `status`, `in_flight`
-//! (INT64), `error` and `target` (BYTES). `attempt` is required; a `null` element or a
-//! missing tensor means "unknown" (zero for `delay_ms` and `elapsed_ms`). The output is
-//! `p_success` (FP64, `[n]`). The features are computed by the server's one encoder.
+//! A model's inputs are the fields of an attempt context ([`schema::context_fields`]), one
+//! tensor each of shape `[n]` (or `[n, 1]`) for a batch of `n` contexts: text fields as
+//! `BYTES`, whole numbers as `INT64`, the others as `FP64` (any numeric datatype is read;
+//! see [`DATATYPES`]). A dense tensor cannot hold a missing value, so missing is spelt the
+//! way the schema says ([`Field::tensor`]): an empty string in `BYTES` (no previous error on
+//! a first attempt), `-1` in an integer tensor, NaN in a floating-point one, or `null` in
+//! JSON. `attempt` is required; a missing tensor means "missing" for every row (zero for
+//! `delay_ms` and `elapsed_ms`; `target` defaults to the model's name). The output is
+//! `p_success` (`FP64`, `[n]`), computed by the server's one encoder.
+//!
+//! Tensors travel as JSON `data`, or with the binary tensor data extension: the request's
+//! JSON header (its length in `Inference-Header-Content-Length`) followed by each binary
+//! input's raw little-endian bytes in input order (`parameters.binary_data_size`; `BYTES`
+//! elements each prefixed by their 4-byte length). Outputs are answered in binary when the
+//! request asks (`parameters.binary_data_output`, or an output's `parameters.binary_data`).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use retrywise::attempt::{AttemptContext, ErrorKind, ms_to_duration};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use retrywise::attempt::schema::{self, Field, FieldType, Value};
+use retrywise::attempt::{AttemptRecord, ErrorKind, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::{ApiError, ApiJson, ErrorBody, unknown_model};
+use crate::api::{count_predictions, unknown_model};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{body, content_type};
+use crate::openapi::MAX_BATCH;
+
+/// The tensor datatypes read (numeric ones convert to the field's type).
+pub const DATATYPES: &[&str] = &[
+    "BYTES", "FP64", "FP32", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16",
+    "UINT8",
+];
+
+/// The header giving the length of the JSON part of a binary request or response.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// `{"live": true}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -34,6 +58,17 @@ pub struct Live {
 pub struct ServerReady {
     /// Whether a model is loaded.
     pub ready: bool,
+}
+
+/// The server's metadata.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServerMetadata {
+    /// `retrywise`.
+    pub name: String,
+    /// The service's version.
+    pub version: String,
+    /// Protocol extensions supported: `binary_tensor_data`.
+    pub extensions: Vec<String>,
 }
 
 /// `{"name", "ready"}`.
@@ -80,12 +115,12 @@ pub struct InferInput {
     pub shape: Vec<u64>,
     /// Its datatype.
     pub datatype: String,
-    /// Optional parameters (ignored).
+    /// `binary_data_size` when the values are in the binary part.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<serde_json::Value>,
-    /// The `n` values, row-major.
-    #[schema(value_type = Vec<Object>)]
-    pub data: Vec<serde_json::Value>,
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The `n` values, row-major (absent with binary data).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub data: Option<Vec<serde_json::Value>>,
 }
 
 /// An output asked for.
@@ -93,9 +128,9 @@ pub struct InferInput {
 pub struct InferOutputRequest {
     /// `p_success`.
     pub name: String,
-    /// Optional parameters (ignored).
+    /// `binary_data: true` for a binary answer.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<serde_json::Value>,
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// An inference request.
@@ -103,12 +138,12 @@ pub struct InferOutputRequest {
 pub struct InferRequest {
     /// Echoed in the response.
     pub id: Option<String>,
-    /// Optional parameters (ignored).
+    /// `binary_data_output: true` for binary answers.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<serde_json::Value>,
+    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
     /// The input tensors.
     pub inputs: Vec<InferInput>,
-    /// The outputs wanted (all when absent).
+    /// The outputs wanted (all when absent or empty).
     pub outputs: Option<Vec<InferOutputRequest>>,
 }
 
@@ -121,8 +156,13 @@ pub struct InferOutput {
     pub shape: Vec<u64>,
     /// `FP64`.
     pub datatype: String,
-    /// p(success) per context.
-    pub data: Vec<f64>,
+    /// `binary_data_size` when the values follow in binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
+    /// p(success) per context (absent when binary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Vec<f64>>,
 }
 
 /// An inference response.
@@ -139,29 +179,12 @@ pub struct InferResponse {
     pub outputs: Vec<InferOutput>,
 }
 
-const FP64: &[&str] = &[
-    "delay_ms",
-    "elapsed_ms",
-    "latency_ms",
-    "retry_after_ms",
-    "failure_rate",
-    "latency_p95_ms",
-];
-const INT64: &[&str] = &["attempt", "status", "in_flight"];
-const BYTES: &[&str] = &["error", "target"];
-
-fn inputs() -> Vec<TensorMetadata> {
-    let t = |name: &str, dt: &str| TensorMetadata {
+fn tensor_metadata(name: &str, datatype: &str) -> TensorMetadata {
+    TensorMetadata {
         name: name.into(),
-        datatype: dt.into(),
+        datatype: datatype.into(),
         shape: vec![-1],
-    };
-    INT64
-        .iter()
-        .map(|n| t(n, "INT64"))
-        .chain(FP64.iter().map(|n| t(n, "FP64")))
-        .chain(BYTES.iter().map(|n| t(n, "BYTES")))
-        .collect()
+    }
 }
 
 /// Live.
@@ -174,15 +197,22 @@ pub(crate) async fn live() -> Json<Live> {
 #[utoipa::path(get, path = "/v2/health/ready", responses((status = 200, body = ServerReady), (status = 503, body = ErrorBody)))]
 pub(crate) async fn ready(State(st): State<AppState>) -> Result<Json<ServerReady>, ApiError> {
     if st.models.snapshot().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no model is loaded",
-        ));
+        return Err(ApiError::unavailable("no model is loaded", None));
     }
     Ok(Json(ServerReady { ready: true }))
 }
 
-/// A model's metadata.
+/// The server's metadata and the protocol extensions it supports.
+#[utoipa::path(get, path = "/v2", responses((status = 200, body = ServerMetadata)))]
+pub(crate) async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "retrywise".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: vec!["binary_tensor_data".into()],
+    })
+}
+
+/// A model's metadata: its inputs (the context fields, from the attempt schema) and output.
 #[utoipa::path(get, path = "/v2/models/{name}", params(("name" = String, Path, description = "The model")),
     responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
 pub(crate) async fn metadata(
@@ -195,12 +225,10 @@ pub(crate) async fn metadata(
         name: m.name.clone(),
         versions: vec![m.version.to_string()],
         platform: "retrywise_logistic".into(),
-        inputs: inputs(),
-        outputs: vec![TensorMetadata {
-            name: "p_success".into(),
-            datatype: "FP64".into(),
-            shape: vec![-1],
-        }],
+        inputs: schema::context_fields()
+            .map(|f| tensor_metadata(f.name, f.tensor().datatype))
+            .collect(),
+        outputs: vec![tensor_metadata("p_success", "FP64")],
     }))
 }
 
@@ -216,173 +244,442 @@ pub(crate) async fn model_ready(
     Ok(Json(ModelReady { name, ready: true }))
 }
 
-fn column(input: &InferInput, n: usize) -> Result<(), ApiError> {
-    let len = input
-        .shape
-        .iter()
-        .try_fold(1u64, |acc, d| acc.checked_mul(*d));
-    let ok_shape = matches!(input.shape.as_slice(), [k] | [k, 1] if *k == n as u64);
-    if !ok_shape || len != Some(input.data.len() as u64) {
-        return Err(ApiError::bad_request(format!(
-            "inputs.{}: shape {:?} with {} values; expected [{n}] like the other inputs",
-            input.name,
-            input.shape,
-            input.data.len()
-        )));
-    }
-    Ok(())
+/// One element of a tensor, as read.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    Null,
+    Text(String),
+    Number(f64),
 }
 
-fn number(input: &InferInput, i: usize) -> Result<Option<f64>, ApiError> {
-    match &input.data[i] {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::Number(x) => x.as_f64().map(Some).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "inputs.{}.data[{i}]: not a finite number",
-                input.name
-            ))
-        }),
-        other => Err(ApiError::bad_request(format!(
-            "inputs.{}.data[{i}]: expected a number, got {other}",
-            input.name
-        ))),
-    }
+fn bad(input: &str, problem: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("inputs.{input}: {problem}"))
 }
 
-fn whole<T: TryFrom<i64>>(input: &InferInput, i: usize) -> Result<Option<T>, ApiError> {
-    let Some(v) = number(input, i)? else {
-        return Ok(None);
-    };
-    if v.fract() != 0.0 || v < 0.0 {
-        return Err(ApiError::bad_request(format!(
-            "inputs.{}.data[{i}]: expected a non-negative whole number, got {v}",
-            input.name
-        )));
-    }
-    T::try_from(v as i64).map(Some).map_err(|_| {
-        ApiError::bad_request(format!(
-            "inputs.{}.data[{i}]: {v} is out of range",
-            input.name
-        ))
+/// Bytes per element of a fixed-size datatype.
+fn width(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "FP64" | "INT64" | "UINT64" => 8,
+        "FP32" | "INT32" | "UINT32" => 4,
+        "INT16" | "UINT16" => 2,
+        "INT8" | "UINT8" => 1,
+        _ => return None,
     })
 }
 
-fn ms(input: &InferInput, i: usize) -> Result<Option<std::time::Duration>, ApiError> {
-    number(input, i)?
-        .map(|v| {
-            ms_to_duration(v)
-                .map_err(|e| ApiError::bad_request(format!("inputs.{}.data[{i}]: {e}", input.name)))
+/// The elements of a binary tensor.
+fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> {
+    let name = &input.name;
+    if input.datatype == "BYTES" {
+        let mut out = Vec::new();
+        let mut rest = raw;
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| bad(name, "a BYTES element is cut short"))?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let bytes = tail
+                .get(..len)
+                .ok_or_else(|| bad(name, "a BYTES element is cut short"))?;
+            let s = std::str::from_utf8(bytes)
+                .map_err(|_| bad(name, format!("element {} is not UTF-8", out.len())))?;
+            out.push(Cell::Text(s.to_owned()));
+            rest = &tail[len..];
+        }
+        return Ok(out);
+    }
+    let w = width(&input.datatype)
+        .ok_or_else(|| bad(name, format!("datatype {} is not read", input.datatype)))?;
+    if raw.len() % w != 0 {
+        return Err(bad(
+            name,
+            format!(
+                "{} bytes is not a whole number of {} elements",
+                raw.len(),
+                input.datatype
+            ),
+        ));
+    }
+    Ok(raw
+        .chunks_exact(w)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..w].copy_from_slice(c);
+            let x = match input.datatype.as_str() {
+                "FP64" => f64::from_le_bytes(b),
+                "FP32" => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                "INT64" => i64::from_le_bytes(b) as f64,
+                "INT32" => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                "INT16" => f64::from(i16::from_le_bytes([b[0], b[1]])),
+                "INT8" => f64::from(i8::from_le_bytes([b[0]])),
+                "UINT64" => u64::from_le_bytes(b) as f64,
+                "UINT32" => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                "UINT16" => f64::from(u16::from_le_bytes([b[0], b[1]])),
+                _ => f64::from(b[0]),
+            };
+            Cell::Number(x)
         })
-        .transpose()
+        .collect())
 }
 
-/// p(success) of a batch of contexts given as one tensor per context field.
+/// The elements of a JSON tensor.
+fn decode_json(input: &InferInput, data: &[serde_json::Value]) -> Result<Vec<Cell>, ApiError> {
+    data.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            serde_json::Value::Null => Ok(Cell::Null),
+            serde_json::Value::String(s) => Ok(Cell::Text(s.clone())),
+            serde_json::Value::Number(x) => x
+                .as_f64()
+                .map(Cell::Number)
+                .ok_or_else(|| bad(&format!("{}.data[{i}]", input.name), "not a finite number")),
+            other => Err(bad(
+                &format!("{}.data[{i}]", input.name),
+                format!("expected a number, a string or null, got {other}"),
+            )),
+        })
+        .collect()
+}
+
+/// The value a cell gives `field` (missing spelt as the schema's tensors spell it).
+fn value<'a>(field: &Field, cell: &'a Cell, at: &str) -> Result<Value<'a>, ApiError> {
+    Ok(match (field.ty, cell) {
+        (_, Cell::Null) => Value::Null,
+        (FieldType::Text, Cell::Text(s)) if s.is_empty() => Value::Null,
+        (FieldType::Text, Cell::Text(s)) => Value::Text(s),
+        (FieldType::ErrorKind, Cell::Text(s)) if s.is_empty() => Value::Null,
+        (FieldType::ErrorKind, Cell::Text(s)) => {
+            Value::ErrorKind(s.parse::<ErrorKind>().map_err(|e| bad(at, e))?)
+        }
+        (FieldType::UInt16 | FieldType::UInt32 | FieldType::UInt64, Cell::Number(x)) => {
+            if x.is_nan() || *x == -1.0 {
+                Value::Null
+            } else if x.fract() != 0.0 || *x < 0.0 {
+                return Err(bad(
+                    at,
+                    format!("expected a whole number (or -1 for missing), got {x}"),
+                ));
+            } else {
+                let max = field.ty.max_whole().unwrap_or(u64::MAX) as f64;
+                if *x > max {
+                    return Err(bad(at, format!("{x} is out of range")));
+                }
+                Value::UInt(*x as u64)
+            }
+        }
+        (FieldType::Float64, Cell::Number(x)) if x.is_nan() => Value::Null,
+        (FieldType::Float64, Cell::Number(x)) => Value::Float(*x),
+        (FieldType::Milliseconds, Cell::Number(x)) if x.is_nan() => Value::Null,
+        (FieldType::Milliseconds, Cell::Number(x)) => {
+            Value::Duration(ms_to_duration(*x).map_err(|e| bad(at, e))?)
+        }
+        (FieldType::Text | FieldType::ErrorKind, Cell::Number(x)) => {
+            return Err(bad(at, format!("expected a string (BYTES), got {x}")));
+        }
+        (_, Cell::Text(s)) => return Err(bad(at, format!("expected a number, got {s:?}"))),
+        _ => return Err(bad(at, "not a context value")),
+    })
+}
+
+/// Whether the request asks for binary outputs.
+fn wants_binary(req: &InferRequest) -> bool {
+    let flag = |p: &Option<serde_json::Map<String, serde_json::Value>>, key: &str| {
+        p.as_ref()
+            .and_then(|p| p.get(key))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    };
+    flag(&req.parameters, "binary_data_output")
+        || req
+            .outputs
+            .iter()
+            .flatten()
+            .any(|o| flag(&o.parameters, "binary_data"))
+}
+
+/// Splits a request body into its JSON header and binary part.
+fn split<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING)
+        && enc.as_bytes() != b"identity"
+    {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Encoding {:?} is not supported; send the body uncompressed",
+            enc
+        )));
+    }
+    match headers.get(HEADER_LENGTH) {
+        None => Ok((bytes, &[])),
+        Some(v) => {
+            let n: usize = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Inference-Header-Content-Length: not a number")
+                })?;
+            if n > bytes.len() {
+                return Err(ApiError::bad_request(format!(
+                    "Inference-Header-Content-Length: {n} is more than the body's {} bytes",
+                    bytes.len()
+                )));
+            }
+            Ok(bytes.split_at(n))
+        }
+    }
+}
+
+/// p(success) of a batch of contexts given as one tensor per context field, in JSON or
+/// with the binary tensor data extension.
 #[utoipa::path(post, path = "/v2/models/{name}/infer", params(("name" = String, Path, description = "The model")),
     request_body = InferRequest,
     responses((status = 200, body = InferResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn infer(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<InferRequest>,
-) -> Result<Json<InferResponse>, ApiError> {
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (headers, bytes) = body(req).await?;
+    let ct = content_type(&headers);
+    if !(crate::extract::is_json(&ct) || ct == "application/octet-stream") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "expected a JSON or binary-extension body, got Content-Type {ct}"
+        )));
+    }
     let set = st.models.snapshot();
     let m = Arc::clone(set.get(&name).ok_or_else(|| unknown_model(&name, &set))?);
-    let attempt = req
-        .inputs
-        .iter()
-        .find(|i| i.name == "attempt")
-        .ok_or_else(|| ApiError::bad_request("inputs: the `attempt` input is required"))?;
-    let n = attempt.data.len();
-    let mut ctxs: Vec<AttemptContext> = (0..n).map(|_| AttemptContext::first("oip")).collect();
-    for input in &req.inputs {
-        if !(FP64.contains(&input.name.as_str())
-            || INT64.contains(&input.name.as_str())
-            || BYTES.contains(&input.name.as_str()))
-        {
-            return Err(ApiError::bad_request(format!(
-                "inputs.{}: unknown input (expected one of {})",
-                input.name,
-                inputs()
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        column(input, n)?;
-        for (i, ctx) in ctxs.iter_mut().enumerate() {
-            match input.name.as_str() {
-                "attempt" => {
-                    ctx.attempt = whole::<u32>(input, i)?.ok_or_else(|| {
-                        ApiError::bad_request(format!("inputs.attempt.data[{i}]: must not be null"))
-                    })?;
-                }
-                "status" => ctx.status = whole::<u16>(input, i)?,
-                "in_flight" => ctx.in_flight = whole::<u32>(input, i)?,
-                "delay_ms" => ctx.delay = ms(input, i)?.unwrap_or_default(),
-                "elapsed_ms" => ctx.elapsed = ms(input, i)?.unwrap_or_default(),
-                "latency_ms" => ctx.latency = ms(input, i)?,
-                "retry_after_ms" => ctx.retry_after = ms(input, i)?,
-                "latency_p95_ms" => ctx.latency_p95 = ms(input, i)?,
-                "failure_rate" => ctx.failure_rate = number(input, i)?,
-                "error" => {
-                    ctx.error = match &input.data[i] {
-                        serde_json::Value::Null => None,
-                        serde_json::Value::String(s) => {
-                            Some(s.parse::<ErrorKind>().map_err(|e| {
-                                ApiError::bad_request(format!("inputs.error.data[{i}]: {e}"))
-                            })?)
-                        }
-                        other => {
-                            return Err(ApiError::bad_request(format!(
-                                "inputs.error.data[{i}]: expected a string, got {other}"
-                            )));
-                        }
-                    };
-                }
-                "target" => {
-                    if let serde_json::Value::String(s) = &input.data[i] {
-                        ctx.target = Arc::from(s.as_str());
-                    }
-                }
-                _ => {}
-            }
-        }
+    let (json, mut binary) = split(&headers, &bytes)?;
+    let req: InferRequest = crate::extract::parse(json, String::new)?;
+    if req.inputs.is_empty() {
+        return Err(ApiError::bad_request(
+            "inputs: at least the `attempt` input is required",
+        ));
     }
-    let now = Instant::now();
-    let mut p = Vec::with_capacity(n);
-    for (i, mut ctx) in ctxs.into_iter().enumerate() {
-        ctx.validate().map_err(|e| {
-            ApiError::bad_request(format!("inputs.{}.data[{i}]: {}", e.field, e.problem))
-        })?;
-        st.fleet.fill(&mut ctx, now);
-        p.push(sanitize_probability(m.model.p_success(&ctx)));
-    }
-    if let Some(outs) = &req.outputs
-        && let Some(o) = outs.iter().find(|o| o.name != "p_success")
-    {
+    if let Some(o) = req.outputs.iter().flatten().find(|o| o.name != "p_success") {
         return Err(ApiError::bad_request(format!(
             "outputs: unknown output `{}` (the model has `p_success`)",
             o.name
         )));
     }
-    st.metrics
-        .predictions
-        .get_or_create(&crate::metrics::ModelLabels {
-            model: m.name.clone(),
-            version: m.version.to_string(),
-        })
-        .inc_by(p.len() as u64);
-    Ok(Json(InferResponse {
+    // Decode every tensor, in input order (binary parts follow that order).
+    let mut columns: Vec<(&'static Field, Vec<Cell>)> = Vec::new();
+    let mut n: Option<usize> = None;
+    for input in &req.inputs {
+        let field = schema::context_fields()
+            .find(|f| f.name == input.name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = schema::context_fields().map(|f| f.name).collect();
+                bad(
+                    &input.name,
+                    format!("unknown input (expected one of {})", known.join(", ")),
+                )
+            })?;
+        if columns.iter().any(|(f, _)| f.name == field.name) {
+            return Err(bad(&input.name, "given twice"));
+        }
+        if !DATATYPES.contains(&input.datatype.as_str()) {
+            return Err(bad(
+                &input.name,
+                format!(
+                    "datatype {} is not one of {}",
+                    input.datatype,
+                    DATATYPES.join(", ")
+                ),
+            ));
+        }
+        let binary_size = input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+            .map(|v| {
+                v.as_u64().ok_or_else(|| {
+                    bad(
+                        &input.name,
+                        "parameters.binary_data_size: not a whole number",
+                    )
+                })
+            })
+            .transpose()?;
+        let cells = match (binary_size, &input.data) {
+            (Some(size), _) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(bad(
+                        &input.name,
+                        format!(
+                            "binary_data_size {size} is more than the {} bytes left",
+                            binary.len()
+                        ),
+                    ));
+                }
+                let (raw, rest) = binary.split_at(size);
+                binary = rest;
+                decode_binary(input, raw)?
+            }
+            (None, Some(data)) => decode_json(input, data)?,
+            (None, None) => {
+                return Err(bad(
+                    &input.name,
+                    "neither `data` nor `parameters.binary_data_size`",
+                ));
+            }
+        };
+        let rows = cells.len();
+        let ok_shape = matches!(input.shape.as_slice(), [k] | [k, 1] if *k == rows as u64);
+        if !ok_shape {
+            return Err(bad(
+                &input.name,
+                format!(
+                    "shape {:?} with {rows} values; expected [{rows}] (or [{rows}, 1])",
+                    input.shape
+                ),
+            ));
+        }
+        match n {
+            None => n = Some(rows),
+            Some(k) if k != rows => {
+                return Err(bad(
+                    &input.name,
+                    format!("{rows} values, the other inputs have {k}"),
+                ));
+            }
+            Some(_) => {}
+        }
+        columns.push((field, cells));
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} bytes of binary data follow the inputs' binary_data_size",
+            binary.len()
+        )));
+    }
+    let n = n.unwrap_or(0);
+    if n > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "inputs: at most {MAX_BATCH} contexts, got {n}"
+        )));
+    }
+    let now = Instant::now();
+    let mut p = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut rec = AttemptRecord::blank();
+        rec.context.target = Arc::from(m.name.as_str());
+        for (field, cells) in &columns {
+            let at = format!("{}.data[{i}]", field.name);
+            let v = value(field, &cells[i], &at)?;
+            if !(v.is_null() && field.name == "target") {
+                field.set_context(&mut rec.context, v);
+            }
+        }
+        if !columns.iter().any(|(f, _)| f.name == "attempt") {
+            return Err(ApiError::bad_request(
+                "inputs: the `attempt` input is required",
+            ));
+        }
+        let ctx = rec.context;
+        ctx.validate()
+            .map_err(|e| bad(&format!("{}.data[{i}]", e.field), e.problem))?;
+        let mut ctx = ctx;
+        st.fleet.fill(&mut ctx, now);
+        p.push(sanitize_probability(m.model.p_success(&ctx)));
+    }
+    count_predictions(&st, &m, p.len() as u64);
+    let binary_out = wants_binary(&req);
+    let output = InferOutput {
+        name: "p_success".into(),
+        shape: vec![p.len() as u64],
+        datatype: "FP64".into(),
+        parameters: binary_out.then(|| serde_json::json!({"binary_data_size": p.len() * 8})),
+        data: (!binary_out).then(|| p.clone()),
+    };
+    let response = InferResponse {
         model_name: m.name.clone(),
         model_version: m.version.to_string(),
         id: req.id,
-        outputs: vec![InferOutput {
-            name: "p_success".into(),
-            shape: vec![p.len() as u64],
-            datatype: "FP64".into(),
-            data: p,
-        }],
-    }))
+        outputs: vec![output],
+    };
+    if !binary_out {
+        return Ok(Json(response).into_response());
+    }
+    let mut out = serde_json::to_vec(&response).map_err(ApiError::internal)?;
+    let header_len = out.len();
+    for x in &p {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut r = (StatusCode::OK, Body::from(out)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&header_len.to_string()) {
+        r.headers_mut().insert(HEADER_LENGTH, v);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, datatype: &str) -> InferInput {
+        InferInput {
+            name: name.into(),
+            shape: vec![2],
+            datatype: datatype.into(),
+            parameters: None,
+            data: None,
+        }
+    }
+
+    #[test]
+    fn binary_tensors_decode() {
+        let mut raw = Vec::new();
+        for s in ["timeout", ""] {
+            raw.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            raw.extend_from_slice(s.as_bytes());
+        }
+        assert_eq!(
+            decode_binary(&input("error", "BYTES"), &raw).unwrap(),
+            [Cell::Text("timeout".into()), Cell::Text(String::new())]
+        );
+        let raw: Vec<u8> = [2i64, -1].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(
+            decode_binary(&input("attempt", "INT64"), &raw).unwrap(),
+            [Cell::Number(2.0), Cell::Number(-1.0)]
+        );
+        let raw: Vec<u8> = [0.5f32, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let cells = decode_binary(&input("failure_rate", "FP32"), &raw).unwrap();
+        assert_eq!(cells[0], Cell::Number(0.5));
+        assert!(matches!(cells[1], Cell::Number(x) if x.is_nan()));
+        assert!(decode_binary(&input("attempt", "INT64"), &[1, 2, 3]).is_err());
+        assert!(decode_binary(&input("error", "BYTES"), &[9, 0, 0, 0, b'x']).is_err());
+    }
+
+    #[test]
+    fn missing_is_spelt_as_the_schema_says() {
+        let f = |n| schema::field(n).unwrap();
+        assert_eq!(
+            value(f("error"), &Cell::Text(String::new()), "e").unwrap(),
+            Value::Null
+        );
+        assert_eq!(
+            value(f("status"), &Cell::Number(-1.0), "s").unwrap(),
+            Value::Null
+        );
+        assert_eq!(
+            value(f("latency_ms"), &Cell::Number(f64::NAN), "l").unwrap(),
+            Value::Null
+        );
+        assert_eq!(
+            value(f("status"), &Cell::Number(503.0), "s").unwrap(),
+            Value::UInt(503)
+        );
+        assert!(value(f("status"), &Cell::Number(-2.0), "s").is_err());
+        assert!(value(f("attempt"), &Cell::Number(1.5), "a").is_err());
+        assert!(value(f("error"), &Cell::Text("gremlins".into()), "e").is_err());
+        assert!(value(f("delay_ms"), &Cell::Number(-5.0), "d").is_err());
+    }
 }

@@ -23,6 +23,7 @@ pub use classify::{
 };
 pub use context::AttemptContext;
 pub use kind::{ErrorKind, UnknownErrorKind};
+pub(crate) use ms::serialize_ms;
 pub use ms::{duration_to_ms, ms_to_duration};
 pub use record::{AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion, UnknownOutcome};
 pub use retry_after::{InvalidRetryAfter, parse_retry_after};

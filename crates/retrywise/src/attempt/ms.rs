@@ -32,3 +32,9 @@ pub fn ms_to_duration(ms: f64) -> Result<Duration, String> {
 pub fn duration_to_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Serializes a duration as milliseconds (`#[serde(serialize_with = ...)]` on the metrics
+/// snapshots, whose wire names end in `_ms`).
+pub(crate) fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(duration_to_ms(*d))
+}

@@ -422,14 +422,26 @@ impl Field {
             if !x.is_finite() {
                 return bad(Rule::Range, format!("must be a finite number, got {x}"));
             }
+            let within = |lo: f64, hi: f64| format!("must be within [{lo}, {hi}], got {x}");
             match (lo, hi) {
-                (Some(lo), Some(hi)) if !(lo..=hi).contains(&x) => {
-                    return bad(Rule::Range, format!("must be within [{lo}, {hi}], got {x}"));
+                // Both bounds the field's own: say both.
+                (Some(lo), Some(hi)) if self.min.is_some() && self.max.is_some() => {
+                    if !(lo..=hi).contains(&x) {
+                        return bad(Rule::Range, within(lo, hi));
+                    }
                 }
-                (Some(lo), None) if x < lo => {
-                    return bad(Rule::Range, format!("must be at least {lo}, got {x}"));
+                (lo, hi) => {
+                    if let Some(lo) = lo
+                        && x < lo
+                    {
+                        return bad(Rule::Range, format!("must be at least {lo}, got {x}"));
+                    }
+                    if let Some(hi) = hi
+                        && x > hi
+                    {
+                        return bad(Rule::Range, format!("must be at most {hi}, got {x}"));
+                    }
                 }
-                _ => {}
             }
         }
         if let Some(s) = v.str()

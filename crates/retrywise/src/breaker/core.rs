@@ -111,6 +111,10 @@ struct Totals {
     response_nanos: Striped,
 }
 
+/// An epoch no state ever has (epochs are packed in 56 bits): a call recorded with it
+/// counts in the totals and decides nothing.
+const NO_EPOCH: u64 = u64::MAX;
+
 fn pack(epoch: u64, state: State) -> u64 {
     (epoch << 8) | state as u64
 }
@@ -203,17 +207,24 @@ impl CircuitBreaker {
 
     /// Admits a call: the epoch and state it is admitted in.
     fn admit(&self) -> Result<(u64, State), CircuitOpen> {
+        self.try_admit()
+            .map_err(|(state, remaining)| self.refuse(state, remaining))
+    }
+
+    /// Admits a call, or says why not (the state and the time left) without counting the
+    /// refusal.
+    fn try_admit(&self) -> Result<(u64, State), (State, Option<Duration>)> {
         let s = &*self.shared;
         let word = s.word.load(Ordering::Acquire);
         let (epoch, state) = unpack(word);
         match state {
             State::Closed | State::MetricsOnly | State::Disabled => Ok((epoch, state)),
-            State::ForcedOpen => Err(self.refuse(State::ForcedOpen, None)),
+            State::ForcedOpen => Err((State::ForcedOpen, None)),
             State::Open => {
                 let now = self.now_nanos();
                 let until = s.open_until.load(Ordering::Acquire);
                 if now < until {
-                    return Err(self.refuse(State::Open, Some(Duration::from_nanos(until - now))));
+                    return Err((State::Open, Some(Duration::from_nanos(until - now))));
                 }
                 self.acquire_locked(now)
             }
@@ -221,8 +232,20 @@ impl CircuitBreaker {
         }
     }
 
+    /// Records the outcome of a call made without asking this breaker — one another
+    /// process made and reported (the prediction service's fleet view learns so). It counts
+    /// as an admitted call would: in the CLOSED window, or as a HALF_OPEN probe (a breaker
+    /// OPEN past its wait starts HALF_OPEN). A call made while the breaker would have
+    /// refused it counts in the totals only, and is never a refused call: nobody asked.
+    pub fn observe(&self, outcome: CallOutcome, latency: Duration) {
+        match self.try_admit() {
+            Ok((epoch, state)) => Permit::new(self, epoch, state).record(outcome, latency),
+            Err(_) => self.record(NO_EPOCH, outcome, latency),
+        }
+    }
+
     /// The slow path: OPEN whose time is up, or HALF_OPEN.
-    fn acquire_locked(&self, now: u64) -> Result<(u64, State), CircuitOpen> {
+    fn acquire_locked(&self, now: u64) -> Result<(u64, State), (State, Option<Duration>)> {
         let s = &*self.shared;
         let mut pending = Pending::default();
         let result = {
@@ -263,7 +286,7 @@ impl CircuitBreaker {
             }
         };
         self.emit(pending);
-        result.map_err(|(state, remaining)| self.refuse(state, remaining))
+        result
     }
 
     fn refuse(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {

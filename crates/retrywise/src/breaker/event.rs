@@ -139,6 +139,10 @@ pub struct BreakerMetrics {
     /// Calls at or above the slow-call duration.
     pub slow_calls: u64,
     /// Mean duration of recorded calls.
+    #[serde(
+        rename = "avg_response_time_ms",
+        serialize_with = "crate::attempt::serialize_ms"
+    )]
     pub avg_response_time: Duration,
     /// `successful / (successful + failed)` over all time; 1 before any call.
     pub success_rate: f64,

@@ -85,6 +85,10 @@ pub struct BulkheadMetrics {
     /// Admitted calls reported as failed.
     pub failed_calls: u64,
     /// Mean execution time of admitted calls that reported it.
+    #[serde(
+        rename = "avg_execution_time_ms",
+        serialize_with = "crate::attempt::serialize_ms"
+    )]
     pub avg_execution_time: Duration,
 }
 

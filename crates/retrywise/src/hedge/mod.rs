@@ -179,6 +179,10 @@ pub struct HedgeMetrics {
     /// `window_hedges / window_calls`: the extra load now.
     pub hedge_rate: f64,
     /// The delay a call starting now would wait before hedging.
+    #[serde(
+        rename = "current_delay_ms",
+        serialize_with = "crate::attempt::serialize_ms"
+    )]
     pub current_delay: Duration,
 }
 

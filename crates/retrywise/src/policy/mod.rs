@@ -26,7 +26,9 @@ mod error;
 mod steps;
 
 pub use error::{AttemptError, CallError};
-pub(crate) use steps::{Inner, RecordGuard};
+pub(crate) use steps::Inner;
+#[cfg(feature = "tower")]
+pub(crate) use steps::RecordGuard;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -204,12 +206,13 @@ struct Ended<T, E> {
 
 impl<C> Policy<C> {
     /// The mechanisms and state the policy's steps share (with the tower retry layer).
+    #[cfg(feature = "tower")]
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
     }
 
     /// How results are judged.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    #[cfg(feature = "tower")]
     pub(crate) fn classifier(&self) -> &C {
         &self.classifier
     }

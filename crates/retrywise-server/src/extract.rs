@@ -1,0 +1,142 @@
+//! Reading request bodies: JSON parsed with errors that name the field, NDJSON, media types,
+//! and fields that may be absent but not null.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ApiError;
+
+/// The error for a body that does not deserialize: `what` (where in the request, may be
+/// empty), then the field path, then what serde said.
+fn refusal(
+    what: &str,
+    path: &serde_path_to_error::Path,
+    inner: impl std::fmt::Display,
+) -> ApiError {
+    let path = path.to_string();
+    let at: Vec<&str> = [what, path.as_str()]
+        .into_iter()
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if at.is_empty() {
+        ApiError::bad_request(inner.to_string())
+    } else {
+        ApiError::bad_request(format!("{}: {inner}", at.join(": ")))
+    }
+}
+
+/// Parses JSON, naming the field of the first problem (`contexts[2].delay_ms: …`); `what`
+/// is only called on failure.
+pub(crate) fn parse<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    // The fast path; on failure, parse again keeping track of the path, for the message.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| refusal(&what(), e.path(), e.inner()))
+}
+
+/// Like [`parse`], from a JSON value already parsed.
+pub(crate) fn parse_value<T: DeserializeOwned>(
+    v: &serde_json::Value,
+    what: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    if let Ok(t) = T::deserialize(v) {
+        return Ok(t);
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| refusal(&what(), e.path(), e.inner()))
+}
+
+/// The media type of a request, lower case, without parameters (`""` when absent).
+pub(crate) fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Whether a media type is JSON (absent counts as JSON: most clients send none).
+pub(crate) fn is_json(ct: &str) -> bool {
+    ct.is_empty() || ct == "application/json" || ct.ends_with("+json")
+}
+
+/// Whether a media type is newline-delimited JSON.
+pub(crate) fn is_ndjson(ct: &str) -> bool {
+    matches!(
+        ct,
+        "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines"
+    )
+}
+
+/// The request body, with 413 for one over the limit.
+pub(crate) async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let headers = req.headers().clone();
+    let bytes = Bytes::from_request(req, &()).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(r.body_text())
+        } else {
+            ApiError::bad_request(r.body_text())
+        }
+    })?;
+    Ok((headers, bytes))
+}
+
+/// A JSON body (`Content-Type` absent or JSON), parsed with field-naming errors.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let (headers, bytes) = body(req).await?;
+        let ct = content_type(&headers);
+        if !(is_json(&ct) || ct == "application/x-www-form-urlencoded") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "expected a JSON body, got Content-Type {ct}"
+            )));
+        }
+        parse(&bytes, String::new).map(ApiJson)
+    }
+}
+
+/// A field that may be absent but, when present, must be a value: `null` is refused (an
+/// `Option` would take it for absent).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Given<T> {
+    /// Not in the request.
+    #[default]
+    Absent,
+    /// In the request.
+    Given(T),
+}
+
+impl<T> Given<T> {
+    /// As an option.
+    pub fn into_option(self) -> Option<T> {
+        match self {
+            Given::Absent => None,
+            Given::Given(t) => Some(t),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Given::Given)
+    }
+}

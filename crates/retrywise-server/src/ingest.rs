@@ -1,0 +1,178 @@
+//! `POST /v1/attempts`: recorded attempts from callers in any language, written through the
+//! collector and learned from by the fleet view.
+//!
+//! **A 202 means written.** A batch is checked whole — one invalid record refuses it, with
+//! a 400 naming the record and the field, and nothing is written — then handed to the
+//! collector, and the answer waits until the collector has written it to the segment files
+//! (a graceful stop makes them durable). When the collector already has as many records to
+//! write as its queue holds (slow or failing storage), the batch is refused with 503 and
+//! `Retry-After`, which the shipper honours: nothing is acknowledged that is not written.
+//! A request that times out while its batch is being written may leave it written (the
+//! client then sends it again): delivery is at least once, and the records carry
+//! `call_id`, `attempt`, `hedge` and `started_at_ms` to remove duplicates by.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use retrywise::attempt::AttemptRecord;
+use retrywise_collect::CollectError;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{body, content_type, is_json, is_ndjson, parse, parse_value};
+use crate::openapi::MAX_BATCH;
+
+/// What ingestion did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IngestResponse {
+    /// Records written (and learned from by the fleet view).
+    pub accepted: u64,
+}
+
+/// Checks a record with the schema's rules (a major version this build reads, values in
+/// range), naming the record and the field.
+fn check_record(r: AttemptRecord, at: impl Fn() -> String) -> Result<AttemptRecord, String> {
+    r.validate()
+        .map_err(|e| format!("{}: {}: {}", at(), e.field, e.problem))?;
+    Ok(r)
+}
+
+/// The records of a body, or why it is refused: every invalid record is named (the first
+/// ten).
+fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
+    const MAX_ERRORS: usize = 10;
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    let mut invalid = 0usize;
+    let mut refuse = |msg: String| {
+        invalid += 1;
+        if errors.len() < MAX_ERRORS {
+            errors.push(msg);
+        }
+    };
+    if is_ndjson(ct) {
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let at = || format!("line {}", i + 1);
+            match parse::<AttemptRecord>(line, at)
+                .map_err(|e| e.message())
+                .and_then(|r| check_record(r, at))
+            {
+                Ok(r) => records.push(r),
+                Err(e) => refuse(e),
+            }
+        }
+    } else if is_json(ct) {
+        let items: Vec<serde_json::Value> = parse(bytes, || "body".into()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} (expected a JSON array of attempt records)",
+                e.message()
+            ))
+        })?;
+        for (i, v) in items.into_iter().enumerate() {
+            let at = || format!("[{i}]");
+            match parse_value::<AttemptRecord>(&v, at)
+                .map_err(|e| e.message())
+                .and_then(|r| check_record(r, at))
+            {
+                Ok(r) => records.push(r),
+                Err(e) => refuse(e),
+            }
+        }
+    } else {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type application/json or application/x-ndjson, got {ct}"
+        )));
+    }
+    if invalid > 0 {
+        return Err(ApiError::bad_request(format!(
+            "{invalid} invalid record{} (nothing written): {}",
+            if invalid == 1 { "" } else { "s" },
+            errors.join("; ")
+        )));
+    }
+    if records.is_empty() {
+        return Err(ApiError::bad_request(
+            "body: no attempt record (nothing written)",
+        ));
+    }
+    if records.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "body: at most {MAX_BATCH} records per request, got {} (nothing written)",
+            records.len()
+        )));
+    }
+    Ok(records)
+}
+
+/// Attempt records, as a JSON array (`Content-Type: application/json`) or NDJSON
+/// (`application/x-ndjson`). 202 once the whole batch is written; 400 if any record is
+/// invalid (nothing written); 503 with `Retry-After` when the collector cannot take it now.
+#[utoipa::path(post, path = "/v1/attempts",
+    request_body(content = Vec<Object>, description = "Attempt records (see data/README.md), a JSON array or NDJSON"),
+    responses((status = 202, body = IngestResponse), (status = 400, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn ingest(
+    State(st): State<AppState>,
+    req: Request,
+) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
+    let (headers, bytes) = body(req).await?;
+    let records = match records(&content_type(&headers), &bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            st.metrics.rejected.inc();
+            return Err(e);
+        }
+    };
+    let n = records.len() as u64;
+    // The fleet view learns from what is written: keep what it needs of each record.
+    let seen: Vec<AttemptRecord> = records.clone();
+    let written = st.recorder.write_batch(records).await;
+    st.sync_dropped();
+    match written {
+        Ok(_) => {}
+        Err(CollectError::Busy { pending, capacity }) => {
+            st.metrics.busy.inc();
+            return Err(ApiError::unavailable(
+                format!(
+                    "the collector is busy ({pending} of {capacity} records waiting to be written): nothing written, send again later"
+                ),
+                Some(1),
+            ));
+        }
+        Err(e @ CollectError::Flush { .. }) => {
+            // Storage failed under the batch: the client keeps it and sends it again.
+            tracing::warn!(error = %e, records = n, "an ingested batch was not written");
+            return Err(ApiError::unavailable(
+                "the collector could not write the batch (storage failing): send again later",
+                Some(1),
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    }
+    let now = Instant::now();
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for r in &seen {
+        if st.fleet.observe(r, now, wall_ms) == crate::fleet::Observed::Full {
+            tracing::debug!(target_name = %r.context.target, "fleet view full: target not tracked");
+        }
+        st.metrics
+            .ingested
+            .get_or_create(&crate::metrics::TargetLabels {
+                target: st.metrics.target_label(&r.context.target),
+            })
+            .inc();
+    }
+    st.metrics
+        .targets
+        .set(i64::try_from(st.fleet.len()).unwrap_or(i64::MAX));
+    Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: n })))
+}

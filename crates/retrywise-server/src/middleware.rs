@@ -1,0 +1,128 @@
+//! What wraps every request: its id, metrics and log line (`observe`), the bearer token
+//! (`authorize`), and the answers of load shedding and the request timeout (`shed`).
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower::BoxError;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody, INTERNAL_MESSAGE, InternalFault, chain};
+
+/// The header carrying a request's id, both ways.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+/// Marks a response as shed (for the metrics).
+#[derive(Debug, Clone, Copy)]
+struct Shed;
+
+/// Answers what the load-shedding and timeout layers refuse: 503, with `Retry-After: 1`
+/// when shed.
+pub(crate) async fn shed(err: BoxError) -> Response {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        let mut r = ApiError::unavailable(
+            "overloaded: too many requests in flight, retry later",
+            Some(1),
+        )
+        .into_response();
+        r.extensions_mut().insert(Shed);
+        r
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::unavailable(
+            "the request took longer than the server's request timeout",
+            None,
+        )
+        .into_response()
+    } else {
+        ApiError::Internal(err).into_response()
+    }
+}
+
+/// The id of a request: the caller's `x-request-id` if it is short and printable, else a
+/// new random one.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
+}
+
+/// Gives every request an id (echoed in `x-request-id`), counts it by route template and
+/// status, times it, and logs it. An internal error is logged here, once, with its whole
+/// chain and the request id, and its body replaced by a generic one carrying the id.
+pub(crate) async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let id = request_id(&req);
+    let started = std::time::Instant::now();
+    let span = tracing::debug_span!("request", %method, route = %route, request_id = %id);
+    let mut response = {
+        let _e = span.enter();
+        next.run(req)
+    }
+    .await;
+    if let Some(InternalFault(e)) = response.extensions_mut().remove::<InternalFault>() {
+        tracing::error!(%method, route = %route, request_id = %id, error = %chain(e.as_ref()), "internal error");
+        let headers = std::mem::take(response.headers_mut());
+        response = (
+            response.status(),
+            Json(ErrorBody {
+                error: INTERNAL_MESSAGE.into(),
+                request_id: Some(id.clone()),
+            }),
+        )
+            .into_response();
+        for (k, v) in &headers {
+            if k != header::CONTENT_LENGTH && k != header::CONTENT_TYPE {
+                response.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = response.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    let labels = crate::metrics::RouteLabels { route, status };
+    st.metrics.requests.get_or_create(&labels).inc();
+    st.metrics.latency.get_or_create(&labels).observe(secs);
+    if response.extensions().get::<Shed>().is_some() {
+        st.metrics.shed.inc();
+    }
+    tracing::debug!(%method, route = %labels.route, status, ms = secs * 1e3, request_id = %id, "request");
+    response
+}
+
+/// Refuses requests without the configured bearer token (401).
+pub(crate) async fn authorize(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.config.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            // The scheme is case-insensitive (RFC 7235).
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                    .map(|_| &v[7..])
+            })
+            .unwrap_or("");
+        // Compare without stopping at the first difference.
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}

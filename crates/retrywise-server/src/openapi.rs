@@ -1,0 +1,196 @@
+//! The OpenAPI document (`GET /openapi.json`).
+//!
+//! Routes and response types are described by utoipa; the schemas of what callers send are
+//! derived from the attempt schema (`retrywise::attempt::schema`) — every field with its
+//! type, range, enumeration and whether it may be missing — so the document accepts
+//! exactly what the handlers accept. Whether `/v1/attempts` and `/admin/reload` need a
+//! bearer token depends on the configuration, and the document says which.
+
+use retrywise::attempt::schema::{self, MAX_MS};
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use crate::{api, ingest, oip};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "retrywise",
+        description = "Predictions and retry decisions learned from a fleet's own attempts."
+    ),
+    paths(
+        api::healthz,
+        api::readyz,
+        api::list_models,
+        api::get_model,
+        api::predict,
+        api::decide,
+        ingest::ingest,
+        api::target,
+        api::metrics,
+        api::reload,
+        oip::server_metadata,
+        oip::live,
+        oip::ready,
+        oip::metadata,
+        oip::model_ready,
+        oip::infer
+    )
+)]
+struct ApiDoc;
+
+/// The most contexts one batch may carry (`/v1/predict`), and records one ingestion.
+pub(crate) const MAX_BATCH: usize = 10_000;
+
+fn component(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The document as JSON: utoipa's, with the request schemas derived from the attempt
+/// schema, and security on the guarded routes only when `auth`.
+pub fn openapi(auth: bool) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["AttemptContext"] = schema::context_json_schema();
+    schemas["AttemptRecord"] = schema::record_json_schema();
+    let model = json!({"type": ["string", "null"], "minLength": 1, "description": "The model's name (default: the service's default model)."});
+    schemas["PredictRequest"] = json!({
+        "description": "One context (`context`) or a batch (`contexts`), not both.",
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {"model": model, "context": component("AttemptContext")},
+                "required": ["context"],
+                "additionalProperties": false,
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "model": model,
+                    "contexts": {"type": "array", "items": component("AttemptContext"), "minItems": 1, "maxItems": MAX_BATCH},
+                },
+                "required": ["contexts"],
+                "additionalProperties": false,
+            },
+        ],
+    });
+    schemas["DecideRequest"] = json!({
+        "type": "object",
+        "properties": {
+            "model": model,
+            "context": component("AttemptContext"),
+            "deadline_ms": {
+                "type": ["number", "null"], "minimum": 0, "maximum": MAX_MS,
+                "description": "The call's overall deadline from its first attempt, ms: no retry that cannot start before it.",
+            },
+        },
+        "required": ["context"],
+        "additionalProperties": false,
+    });
+    let tensors: Vec<&str> = schema::context_fields().map(|f| f.name).collect();
+    schemas["InferInput"] = json!({
+        "type": "object",
+        "description": "One context field as a tensor of shape [n] (or [n, 1]): one element per context. \
+                        With the binary tensor extension, `parameters.binary_data_size` replaces `data`.",
+        "properties": {
+            "name": {"type": "string", "enum": tensors},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_BATCH}, "minItems": 1, "maxItems": 2},
+            "datatype": {"type": "string", "enum": oip::DATATYPES},
+            "parameters": {"type": ["object", "null"]},
+            "data": {"type": "array"},
+        },
+        "required": ["name", "shape", "datatype"],
+    });
+    schemas["InferRequest"] = json!({
+        "type": "object",
+        "properties": {
+            "id": {"type": ["string", "null"]},
+            "parameters": {"type": ["object", "null"]},
+            "inputs": {"type": "array", "items": component("InferInput"), "minItems": 1},
+            "outputs": {"type": ["array", "null"], "items": component("InferOutputRequest")},
+        },
+        "required": ["inputs"],
+    });
+    doc["paths"]["/v1/attempts"]["post"]["requestBody"] = json!({
+        "description": "Attempt records: a JSON array, or NDJSON (one record per line). A batch is written whole or \
+                        refused whole: one invalid record refuses it (400, naming the record and field).",
+        "required": true,
+        "content": {
+            "application/json": {"schema": {"type": "array", "items": component("AttemptRecord"), "minItems": 1, "maxItems": MAX_BATCH}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    });
+    if auth {
+        doc["components"]["securitySchemes"] =
+            json!({"token": {"type": "http", "scheme": "bearer"}});
+        for path in ["/v1/attempts", "/admin/reload"] {
+            doc["paths"][path]["post"]["security"] = json!([{"token": []}]);
+            doc["paths"][path]["post"]["responses"]["401"] = json!({
+                "description": "No valid `Authorization: Bearer <token>`.",
+                "content": {"application/json": {"schema": component("ErrorBody")}},
+            });
+        }
+    }
+    doc
+}
+
+/// The document, serialized once at start-up.
+pub(crate) fn render(auth: bool) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(&openapi(auth)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_schema_is_the_attempt_schemas() {
+        let doc = openapi(false);
+        let ctx = &doc["components"]["schemas"]["AttemptContext"];
+        assert_eq!(*ctx, schema::context_json_schema());
+        for f in schema::context_fields() {
+            assert!(ctx["properties"].get(f.name).is_some(), "{}", f.name);
+        }
+        assert!(
+            doc["components"]["schemas"]["AttemptContext"]["properties"]["planned_delay_ms"]
+                .is_object()
+        );
+    }
+
+    #[test]
+    fn security_follows_the_configuration() {
+        let open = openapi(false);
+        assert!(
+            open["paths"]["/v1/attempts"]["post"]
+                .get("security")
+                .is_none()
+        );
+        assert!(open["components"].get("securitySchemes").is_none());
+        let guarded = openapi(true);
+        assert_eq!(
+            guarded["paths"]["/admin/reload"]["post"]["security"],
+            json!([{"token": []}])
+        );
+        assert!(
+            guarded["paths"]["/v1/predict"]["post"]
+                .get("security")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn every_referenced_schema_exists() {
+        let doc = openapi(true);
+        let text = doc.to_string();
+        for piece in text.split("#/components/schemas/").skip(1) {
+            let name: String = piece
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                doc["components"]["schemas"].get(&name).is_some(),
+                "{name} is referenced but missing"
+            );
+        }
+    }
+}

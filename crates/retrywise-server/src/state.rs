@@ -1,0 +1,147 @@
+//! The state every handler shares, and the [`Service`] that owns it.
+
+use std::sync::Arc;
+
+use retrywise_collect::{SegmentRecorder, WriterConfig};
+
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::models::{Models, ReloadReport};
+use crate::{Config, ServerError};
+
+/// The state every handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The serving models.
+    pub models: Models,
+    /// The fleet view.
+    pub fleet: Fleet,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Where ingested attempts are written.
+    pub recorder: SegmentRecorder,
+    /// The OpenAPI document, rendered once (it says whether auth is on).
+    pub(crate) openapi: bytes::Bytes,
+    /// The API routes' concurrency limit, shared by every router of this service.
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    /// Brings the dropped-records counter up to what the collector reports.
+    pub(crate) fn sync_dropped(&self) {
+        let s = self.recorder.stats();
+        self.metrics
+            .set_dropped(s.dropped_queue_full + s.dropped_io + s.dropped_closed);
+    }
+}
+
+/// A cheap handle on [`Shared`].
+pub type AppState = Arc<Shared>;
+
+/// A service instance: its state and its routes ([`Service::router`]).
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub(crate) state: AppState,
+}
+
+impl Service {
+    /// A service with `config`: no model loaded yet (call [`Service::reload`] or
+    /// [`serve`](crate::serve)), ingested attempts written under `config.attempts`.
+    ///
+    /// # Errors
+    /// The attempts folder cannot be opened.
+    pub fn new(config: Config) -> Result<Self, ServerError> {
+        let recorder = SegmentRecorder::open(&config.attempts, WriterConfig::default())
+            .map_err(ServerError::Collector)?;
+        Ok(Self::with_recorder(config, recorder))
+    }
+
+    /// A service writing ingested attempts through `recorder` (its own storage, queue
+    /// size...; tests inject slow disks here).
+    pub fn with_recorder(config: Config, recorder: SegmentRecorder) -> Self {
+        let openapi = crate::openapi::render(config.token.is_some());
+        let state = Arc::new(Shared {
+            models: Models::new(config.models.clone()),
+            fleet: Fleet::new(config.health_window, config.max_targets),
+            metrics: Metrics::new(config.max_target_labels),
+            recorder,
+            openapi,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            config,
+        });
+        Self { state }
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Looks for new model versions now.
+    ///
+    /// # Errors
+    /// The models folder cannot be read.
+    pub async fn reload(&self) -> std::io::Result<ReloadReport> {
+        reload(&self.state).await
+    }
+
+    /// Flushes the attempts written so far to disk.
+    ///
+    /// # Errors
+    /// What the collector says.
+    pub fn flush(&self) -> Result<(), retrywise_collect::CollectError> {
+        self.state.recorder.flush()
+    }
+}
+
+/// Looks for new model versions, counting and logging what happened.
+///
+/// # Errors
+/// The models folder cannot be read.
+pub async fn reload(st: &AppState) -> std::io::Result<ReloadReport> {
+    let count = |result: &str, n: usize| {
+        st.metrics
+            .reloads
+            .get_or_create(&crate::metrics::ResultLabels {
+                result: result.into(),
+            })
+            .inc_by(n as u64);
+    };
+    let r = match st.models.reload().await {
+        Ok(r) => r,
+        Err(e) => {
+            count("failure", 1);
+            return Err(e);
+        }
+    };
+    count("success", r.loaded.len());
+    count("failure", r.failed.len());
+    let window = st.config.health_window;
+    for m in st.models.snapshot().values() {
+        if let Some(w) = m.artifact.features.health_window()
+            && w != window
+            && r.loaded
+                .iter()
+                .any(|(n, v)| *n == m.name && *v == m.version)
+        {
+            tracing::warn!(
+                model = %m.name, version = m.version, trained_window_ms = w.as_millis() as u64,
+                fleet_window_ms = window.as_millis() as u64,
+                "the model learned target health over another window than the fleet view measures; \
+                 predictions that rely on the fleet view's health will be skewed"
+            );
+        }
+    }
+    // Recomputed from what serves now on every reload, so two reloads racing cannot leave
+    // a stale version marked as serving.
+    let serving: Vec<(String, u32)> = st
+        .models
+        .snapshot()
+        .values()
+        .map(|m| (m.name.clone(), m.version))
+        .collect();
+    st.metrics.set_serving(&serving);
+    Ok(r)
+}
