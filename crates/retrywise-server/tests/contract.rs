@@ -1,0 +1,501 @@
+//! The service answers as the `retrywise` crate does: the same decisions as the crate's
+//! decider, the same health features as an embedded policy, errors that leak nothing, and
+//! a 202 only for records that are written.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Failure, Verdict};
+use retrywise::model::{LogisticModel, SuccessModel};
+use retrywise::policy::Policy;
+use retrywise::recorder::MemoryRecorder;
+use retrywise::retry::{Decision, RetryDecider, RuleBasedAdaptive, StopReason};
+use retrywise_collect::{FileSystem, SegmentRecorder, Storage, WriterConfig};
+use retrywise_server::{Config, Service};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// The shipped model: real weights, so decisions vary.
+fn shipped_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+fn shipped_model() -> LogisticModel {
+    let text = std::fs::read_to_string(shipped_models().join("default/1/model.json")).unwrap();
+    LogisticModel::from_json(&text).unwrap()
+}
+
+async fn service(edit: impl FnOnce(&mut Config)) -> (tempfile::TempDir, Service) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        models: shipped_models(),
+        attempts: dir.path().join("attempts"),
+        ..Config::default()
+    };
+    edit(&mut config);
+    let s = Service::new(config).unwrap();
+    s.reload().await.unwrap();
+    (dir, s)
+}
+
+async fn call(s: &Service, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = s.router().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, v)
+}
+
+async fn post(s: &Service, uri: &str, body: String) -> (StatusCode, Value) {
+    let req = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let (st, _, v) = call(s, req).await;
+    (st, v)
+}
+
+/// A small deterministic generator (SplitMix64).
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A context after a failure, with every field the decider and the model read varied.
+fn context(g: &mut Gen) -> AttemptContext {
+    let mut c = AttemptContext::first(format!("t{}", g.below(3)));
+    c.attempt = 2 + g.below(5) as u32;
+    let kind = ErrorKind::ALL[g.below(ErrorKind::ALL.len() as u64) as usize];
+    c.error = Some(kind);
+    c.status = match kind {
+        ErrorKind::Http429 => Some(429),
+        ErrorKind::Http503 => Some(503),
+        ErrorKind::Http5xx => Some(500 + g.below(5) as u16),
+        ErrorKind::Http4xx => Some(425),
+        _ => None,
+    };
+    c.latency = Some(Duration::from_micros(g.below(3_000_000)));
+    c.elapsed = Duration::from_micros(g.below(20_000_000));
+    c.delay = Duration::from_micros(g.below(2_000_000));
+    if g.below(3) == 0 {
+        // Sometimes beyond the decider's 30 s cap.
+        c.retry_after = Some(Duration::from_millis(g.below(60_000)));
+    }
+    // The health is given (so the fleet view, empty here, changes nothing) — or not.
+    if g.below(4) != 0 {
+        c.failure_rate = Some(g.unit());
+        c.latency_p95 = Some(Duration::from_millis(g.below(5_000)));
+        c.in_flight = Some(g.below(100) as u32);
+    }
+    c
+}
+
+#[tokio::test]
+async fn decide_answers_exactly_what_the_crates_decider_answers() {
+    let (_dir, s) = service(|_| {}).await;
+    let model: Arc<dyn SuccessModel> = Arc::new(shipped_model());
+    let min_p = s.state().config.min_p_success;
+    let mut g = Gen(42);
+    let mut reasons = std::collections::BTreeMap::new();
+    for i in 0..300 {
+        let ctx = context(&mut g);
+        let deadline = (g.below(2) == 0).then(|| Duration::from_millis(1_000 + g.below(30_000)));
+        let mut body = json!({ "context": ctx });
+        let mut decider = RuleBasedAdaptive::new()
+            .with_model(Arc::clone(&model))
+            .stop_below(min_p)
+            .unwrap();
+        if let Some(d) = deadline {
+            body["deadline_ms"] = json!(d.as_secs_f64() * 1e3);
+            decider = decider.deadline(d).unwrap();
+        }
+        let (status, v) = post(&s, "/v1/decide", body.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let want = decider.explain(&ctx);
+        let (retry, delay_ms, reason) = match want.decision {
+            Decision::Retry(d) => (true, d.as_secs_f64() * 1e3, "retry"),
+            Decision::Stop(r) => (false, 0.0, r.as_str()),
+        };
+        assert_eq!(
+            (
+                v["retry"].as_bool(),
+                v["delay_ms"].as_f64(),
+                v["reason"].as_str(),
+                v["p_success"].as_f64()
+            ),
+            (Some(retry), Some(delay_ms), Some(reason), want.p_success),
+            "context {i}: {}",
+            body
+        );
+        *reasons.entry(reason).or_insert(0) += 1;
+    }
+    // The contexts exercised every kind of answer.
+    for r in [
+        "retry",
+        "low_success_probability",
+        "max_attempts",
+        "deadline",
+        "retry_after_too_long",
+    ] {
+        assert!(reasons.contains_key(r), "{r} never came up: {reasons:?}");
+    }
+}
+
+/// A decider that records the context of every decision and stops.
+struct Capture(Arc<Mutex<Vec<AttemptContext>>>);
+
+impl RetryDecider for Capture {
+    fn decide(&self, ctx: &AttemptContext) -> Decision {
+        self.0.lock().unwrap().push(ctx.clone());
+        Decision::Stop(StopReason::MaxAttempts)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_attempts_give_the_same_health_embedded_and_served() {
+    let (_dir, s) = service(|c| c.health_window = Duration::from_secs(10)).await;
+    let recorder = Arc::new(MemoryRecorder::new(10_000));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let policy = Policy::builder("payments")
+        .decider(Arc::new(Capture(Arc::clone(&seen))))
+        .recorder(recorder.clone())
+        .track_health(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // One stream of attempts: 200 calls over about two seconds, a third failing, latencies
+    // from 1 to 400 ms.
+    let mut g = Gen(7);
+    let calls = (0..200).map(|i| {
+        let latency = Duration::from_millis(1 + g.below(400));
+        let fail = g.below(3) == 0;
+        let start = Duration::from_millis(i * 10);
+        let policy = policy.clone();
+        async move {
+            tokio::time::sleep(start).await;
+            let _ = policy
+                .call(|_| async move {
+                    tokio::time::sleep(latency).await;
+                    if fail {
+                        Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await;
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    // In a new health bucket, one more failed call: the policy decides with the health its
+    // tracker has seen.
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    let _ = policy
+        .call(|_| async { Err::<(), _>(io::Error::new(io::ErrorKind::ConnectionReset, "reset")) })
+        .await;
+    let embedded = seen.lock().unwrap().last().cloned().unwrap();
+    // The same attempts, posted to the service.
+    let records = recorder.take();
+    assert_eq!(records.len(), 201);
+    let (status, v) = post(&s, "/v1/attempts", serde_json::to_string(&records).unwrap()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let (_, _, view) = call(
+        &s,
+        Request::get("/v1/targets/payments")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        view["failure_rate"].as_f64(),
+        embedded.failure_rate,
+        "{view}"
+    );
+    assert_eq!(
+        view["latency_p95_ms"].as_f64(),
+        embedded.latency_p95.map(|d| d.as_secs_f64() * 1e3),
+        "{view}"
+    );
+    assert_eq!(
+        view["in_flight"].as_u64(),
+        embedded.in_flight.map(u64::from),
+        "{view}"
+    );
+    assert_eq!(view["health_window_ms"].as_f64(), Some(10_000.0));
+    assert_eq!(embedded.health_window, Some(Duration::from_secs(10)));
+    assert!(embedded.in_flight.unwrap() > 0, "{embedded:?}");
+    // A prediction that leaves the health to the service sees the same features, so the
+    // same probability as the embedded context.
+    let mut asked = embedded.clone();
+    asked.failure_rate = None;
+    asked.latency_p95 = None;
+    asked.in_flight = None;
+    asked.health_window = None;
+    let (_, v) = post(&s, "/v1/predict", json!({ "context": asked }).to_string()).await;
+    let model = shipped_model();
+    assert_eq!(
+        v["p_success"].as_f64(),
+        Some(model.p_success(&embedded)),
+        "{v}"
+    );
+    assert_eq!(
+        retrywise::features::encode(&embedded),
+        retrywise::features::encode(&{
+            let mut c = asked;
+            s.state().fleet.fill(&mut c, tokio::time::Instant::now());
+            c
+        })
+    );
+}
+
+/// Captures log lines.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn internal_errors_are_logged_once_and_answered_without_internals() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    // The models folder is a file: reading it fails inside the service.
+    let models = dir.path().join("not-a-folder");
+    std::fs::write(&models, "x").unwrap();
+    let s = Service::new(Config {
+        models: models.clone(),
+        attempts: dir.path().join("attempts"),
+        ..Config::default()
+    })
+    .unwrap();
+    let req = Request::post("/admin/reload")
+        .header("x-request-id", "req-123")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, v) = call(&s, req).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(headers["x-request-id"], "req-123");
+    assert_eq!(v["request_id"], "req-123");
+    let body = v.to_string();
+    assert!(
+        !body.contains("not-a-folder"),
+        "internal text leaked: {body}"
+    );
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("req-123")).collect();
+    assert_eq!(lines.len(), 1, "logged once: {text}");
+    assert!(
+        lines[0].contains("not-a-folder"),
+        "with its chain: {}",
+        lines[0]
+    );
+    // Client errors name the field, and every answer carries an id.
+    let (status, headers, v) = call(
+        &s,
+        Request::post("/v1/predict")
+            .body(Body::from(r#"{"context": {"target": "t", "attempt": 0}}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no model serves: {v}");
+    assert!(headers.contains_key("x-request-id"));
+}
+
+/// The real file system behind a gate: while it is closed, writes wait — a disk that has
+/// stopped keeping up.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn set_open(&self, open: bool) {
+        *self.0.0.lock().unwrap() = open;
+        self.0.1.notify_all();
+    }
+
+    fn wait_open(&self) {
+        let mut open = self.0.0.lock().unwrap();
+        while !*open {
+            open = self.0.1.wait(open).unwrap();
+        }
+    }
+}
+
+struct Gated(Gate);
+
+struct GatedFile {
+    file: std::fs::File,
+    gate: Gate,
+}
+
+impl io::Write for GatedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.gate.wait_open();
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Storage for Gated {
+    type File = GatedFile;
+
+    fn create_new(&mut self, path: &Path) -> io::Result<GatedFile> {
+        Ok(GatedFile {
+            file: FileSystem.create_new(path)?,
+            gate: self.0.clone(),
+        })
+    }
+
+    fn sync(&mut self, file: &mut GatedFile) -> io::Result<()> {
+        FileSystem.sync(&mut file.file)
+    }
+
+    fn truncate(&mut self, file: &mut GatedFile, len: u64) -> io::Result<()> {
+        FileSystem.truncate(&mut file.file, len)
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        FileSystem.rename(from, to)
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        FileSystem.sync_dir(dir)
+    }
+}
+
+fn batch(first_id: u64, n: u64) -> Vec<AttemptRecord> {
+    (first_id..first_id + n)
+        .map(|id| {
+            AttemptRecord::new(
+                id,
+                0,
+                1_764_000_000_000 + id,
+                AttemptContext::first("payments"),
+                &Verdict::Retryable(Failure::new(ErrorKind::Http503)),
+                Duration::from_millis(20),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_202_means_written_even_when_storage_stops_keeping_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = dir.path().join("attempts");
+    let gate = Gate::default();
+    let recorder = SegmentRecorder::with_storage(
+        &attempts,
+        WriterConfig {
+            queue_capacity: 2_000,
+            ..WriterConfig::default()
+        },
+        Gated(gate.clone()),
+    )
+    .unwrap();
+    let s = Service::with_recorder(
+        Config {
+            models: shipped_models(),
+            attempts: attempts.clone(),
+            ..Config::default()
+        },
+        recorder,
+    );
+    // The disk stalls; eight clients post a batch of 1,000 records each, at once.
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for c in 0..8u64 {
+        let (s, tx) = (s.clone(), tx.clone());
+        tokio::spawn(async move {
+            let recs = batch(c * 1_000, 1_000);
+            let req = Request::post("/v1/attempts")
+                .body(Body::from(serde_json::to_string(&recs).unwrap()))
+                .unwrap();
+            let resp = s.router().oneshot(req).await.unwrap();
+            let retry_after = resp.headers().contains_key(header::RETRY_AFTER);
+            let _ = tx.send((resp.status(), retry_after, recs));
+        });
+    }
+    // The collector takes what its queue holds (two batches) and waits with them; the
+    // other six are refused at once with 503 and Retry-After: nothing acknowledged yet.
+    let mut acknowledged = Vec::new();
+    for _ in 0..6 {
+        let (status, retry_after, _) = answers.recv().await.unwrap();
+        assert_eq!(
+            (status, retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, true)
+        );
+    }
+    assert_eq!(s.state().recorder.pending(), 2_000);
+    // The disk catches up: the two batches taken are written, then acknowledged.
+    gate.set_open(true);
+    for _ in 0..2 {
+        let (status, _, recs) = answers.recv().await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED);
+        acknowledged.extend(recs.iter().map(|r| r.call_id));
+    }
+    // The refused clients send again (as the shipper does on 503): taken now.
+    for c in 8..14u64 {
+        let recs = batch(c * 1_000, 1_000);
+        let (status, v) = post(&s, "/v1/attempts", serde_json::to_string(&recs).unwrap()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        acknowledged.extend(recs.iter().map(|r| r.call_id));
+    }
+    // A graceful stop, then every acknowledged record is in the segments, once, and
+    // nothing else is.
+    s.flush().unwrap();
+    s.state().recorder.close().unwrap();
+    let mut reader = retrywise_collect::SegmentReader::open(&attempts).unwrap();
+    let mut written: Vec<u64> = reader.by_ref().map(|r| r.unwrap().call_id).collect();
+    written.sort_unstable();
+    acknowledged.sort_unstable();
+    assert_eq!(written.len(), 8_000);
+    assert_eq!(written, acknowledged);
+    let stats = s.state().recorder.stats();
+    assert_eq!((stats.dropped_queue_full, stats.dropped_io), (0, 0));
+    let (_, _, metrics) = call(&s, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("retrywise_busy_attempt_batches_total 6"),
+        "{metrics}"
+    );
+}
