@@ -1,12 +1,14 @@
 //! `retrywise`: the command-line entry point of the project.
 
 mod compact;
-mod demo;
 mod serve;
-mod sim;
 mod train;
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 
 use clap::{Parser, Subcommand};
 
@@ -21,15 +23,25 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show every resilience policy at work against an in-process flaky upstream, on a
-    /// virtual clock (seconds of backoff play out instantly), printing what each did.
-    Demo(demo::Args),
+    /// virtual clock (seconds of backoff play out instantly): runs `retrywise-sim demo`.
+    #[command(disable_help_flag = true)]
+    Demo {
+        /// Passed to `retrywise-sim demo` (`--seed N`, `--help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Turn closed NDJSON segments into day-partitioned Parquet (`date=YYYY-MM-DD/`),
     /// removing (or archiving) each segment once its Parquet files are durable.
     Compact(compact::Args),
     /// The laboratory: a fault-injecting upstream, an open-loop load driver, and a
-    /// scoreboard of retry policies, in virtual time or over HTTP.
-    #[command(subcommand)]
-    Sim(sim::Command),
+    /// scoreboard of retry policies, in virtual time or over HTTP: runs `retrywise-sim`
+    /// (`list`, `run`, `upstream`, `generate`; `retrywise sim --help` for more).
+    #[command(disable_help_flag = true)]
+    Sim {
+        /// Passed to `retrywise-sim`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Train a success model from Parquet or NDJSON logs; writes a new version
     /// `OUT/NAME/VERSION/{model.json, metrics.json, report.html}`.
     Train(train::TrainArgs),
@@ -58,9 +70,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo { args } => {
+            let mut all = vec![OsString::from("demo")];
+            all.extend(args);
+            return simulator(&all);
+        }
+        Command::Sim { args } => return simulator(&args),
         Command::Compact(args) => compact::run(&args),
-        Command::Sim(cmd) => sim::run(cmd),
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
         Command::Inspect(args) => train::inspect(&args),
@@ -76,4 +92,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The simulator's binary: next to this one (where cargo builds both), else on `PATH`.
+fn simulator_binary() -> Option<PathBuf> {
+    let name = format!("retrywise-sim{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(&name))
+        .filter(|p| p.is_file());
+    beside.or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(&name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Runs `retrywise-sim` with `args`, as git and cargo run their external commands, and
+/// exits as it exits. The simulator is a binary of its own so that tokio's paused clock,
+/// which its virtual time needs, never links into this one (the service).
+fn simulator(args: &[OsString]) -> ExitCode {
+    let run = || -> anyhow::Result<ExitCode> {
+        let exe = simulator_binary().context(
+            "the simulator is the separate binary `retrywise-sim` (its virtual clock must not be linked \
+             into the service), and it is neither next to this binary nor on PATH: build it with \
+             `cargo build --release -p retrywise-sim`, or run `cargo run --release -p retrywise-sim -- …`",
+        )?;
+        let status = std::process::Command::new(&exe)
+            .args(args)
+            .status()
+            .with_context(|| format!("running {}", exe.display()))?;
+        Ok(status
+            .code()
+            .and_then(|c| u8::try_from(c).ok())
+            .map_or(ExitCode::FAILURE, ExitCode::from))
+    };
+    run().unwrap_or_else(|err| {
+        eprintln!("error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        ExitCode::FAILURE
+    })
 }

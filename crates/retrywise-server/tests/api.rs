@@ -975,6 +975,13 @@ async fn the_fleet_opens_a_shared_circuit_when_a_target_keeps_failing() {
         "{v}"
     );
     assert!(v["failure_rate"].as_f64().unwrap() > 0.9, "{v}");
+    // Attempts posted while the circuit is open are observations of calls already made,
+    // not calls the shared breaker refused; and durations are milliseconds.
+    assert_eq!(v["breaker"]["not_permitted_calls"], 0, "{v}");
+    assert_eq!(v["breaker"]["total_calls"], 200, "{v}");
+    assert_eq!(v["breaker"]["avg_response_time_ms"], 20.0, "{v}");
+    assert!(v["breaker"].get("avg_response_time").is_none(), "{v}");
+    assert_eq!(v["health_window_ms"], 10_000.0, "{v}");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! `retrywise sim`: list, run, serve and generate.
+//! `retrywise-sim list|run|upstream|generate`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,20 +11,7 @@ use retrywise_sim::policies::CATALOG;
 use retrywise_sim::queueing::UpstreamModel;
 use retrywise_sim::scenario::Scenario;
 
-/// `retrywise sim` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub(crate) enum Command {
-    /// Name the built-in scenarios and the policies.
-    List,
-    /// Run policies against a scenario and print the scoreboard.
-    Run(RunArgs),
-    /// Serve a scenario's upstream over HTTP.
-    Upstream(UpstreamArgs),
-    /// Generate training data: the suite, every policy, with exploration, as Parquet.
-    Generate(GenerateArgs),
-}
-
-/// Options of `retrywise sim run`.
+/// Options of `retrywise-sim run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// A built-in scenario name or a scenario file.
@@ -62,7 +49,7 @@ pub(crate) struct RunArgs {
     plot: Option<PathBuf>,
 }
 
-/// Options of `retrywise sim upstream`.
+/// Options of `retrywise-sim upstream`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct UpstreamArgs {
     /// A built-in scenario name or a scenario file.
@@ -76,7 +63,7 @@ pub(crate) struct UpstreamArgs {
     seed: u64,
 }
 
-/// Options of `retrywise sim generate`.
+/// Options of `retrywise-sim generate`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct GenerateArgs {
     /// The Parquet dataset to write.
@@ -93,26 +80,21 @@ pub(crate) struct GenerateArgs {
     seed: u64,
 }
 
-pub(crate) fn run(cmd: Command) -> anyhow::Result<()> {
-    match cmd {
-        Command::List => {
-            println!("scenarios:");
-            for s in Scenario::builtin() {
-                println!("  {:<14} {}", s.name, s.description);
-            }
-            println!("policies:");
-            for p in CATALOG {
-                println!("  {:<16} {}", p.name, p.description);
-            }
-            Ok(())
-        }
-        Command::Run(args) => run_board(args),
-        Command::Upstream(args) => serve(&args),
-        Command::Generate(args) => generate_data(&args),
+/// Names the built-in scenarios and the policies.
+pub(crate) fn list() -> anyhow::Result<()> {
+    println!("scenarios:");
+    for s in Scenario::builtin() {
+        println!("  {:<14} {}", s.name, s.description);
     }
+    println!("policies:");
+    for p in CATALOG {
+        println!("  {:<16} {}", p.name, p.description);
+    }
+    Ok(())
 }
 
-fn run_board(args: RunArgs) -> anyhow::Result<()> {
+/// Runs policies and prints the scoreboard.
+pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     let scenario = Arc::new(Scenario::load(&args.scenario)?);
     let mut opts = RunOptions::new(Arc::clone(&scenario));
     opts.seed = args.seed;
@@ -164,7 +146,8 @@ fn run_board(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
+/// Serves a scenario's upstream until Ctrl-C.
+pub(crate) fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
     let scenario = Arc::new(Scenario::load(&args.scenario)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -184,7 +167,8 @@ fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
     })
 }
 
-fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
+/// Generates the training sample.
+pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
     let work = tempfile_dir(&args.out)?;
     let mut opts = GenerateOptions::new(&args.out, &work);
     opts.scale = args.scale;

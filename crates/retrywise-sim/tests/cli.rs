@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
 fn retrywise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_retrywise"))
+    Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
         .args(args)
         .output()
         .expect("runs")
@@ -16,7 +16,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn list_names_every_scenario_and_policy() {
-    let out = retrywise(&["sim", "list"]);
+    let out = retrywise(&["list"]);
     assert!(out.status.success());
     let stdout = text(&out.stdout);
     for name in [
@@ -52,7 +52,6 @@ fn run_prints_the_scoreboard_as_json_and_draws_the_plot() {
     let plot = dir.path().join("board.svg");
     let record = dir.path().join("attempts");
     let out = retrywise(&[
-        "sim",
         "run",
         "--scenario",
         "contention",
@@ -99,7 +98,6 @@ fn run_prints_the_scoreboard_as_json_and_draws_the_plot() {
 #[test]
 fn the_table_has_a_row_per_policy() {
     let out = retrywise(&[
-        "sim",
         "run",
         "--scenario",
         "blips",
@@ -135,7 +133,7 @@ fn bad_scenarios_and_options_are_named() {
         "name = \"bad\"\nrps = 10\nduration_s = 5\n[upstream]\nworkers = 4\n[upstream.errors]\nhttp_503 = 2.0\n",
     )
     .expect("write");
-    let out = retrywise(&["sim", "run", "--scenario", file.to_str().expect("utf-8")]);
+    let out = retrywise(&["run", "--scenario", file.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -143,21 +141,13 @@ fn bad_scenarios_and_options_are_named() {
         "{stderr}"
     );
 
-    let out = retrywise(&["sim", "run", "--scenario", "no-such-scenario"]);
+    let out = retrywise(&["run", "--scenario", "no-such-scenario"]);
     assert!(
         text(&out.stderr).contains("metastable"),
         "the known names are listed"
     );
 
-    let out = retrywise(&[
-        "sim",
-        "run",
-        "--scenario",
-        "blips",
-        "--policy",
-        "oracle",
-        "--http",
-    ]);
+    let out = retrywise(&["run", "--scenario", "blips", "--policy", "oracle", "--http"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("virtual time"),
@@ -178,9 +168,8 @@ impl Drop for Killed {
 
 #[test]
 fn a_served_upstream_is_driven_through_target() {
-    let child = Command::new(env!("CARGO_BIN_EXE_retrywise"))
+    let child = Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
         .args([
-            "sim",
             "upstream",
             "--scenario",
             "permanent",
@@ -201,7 +190,6 @@ fn a_served_upstream_is_driven_through_target() {
         .to_owned();
 
     let out = retrywise(&[
-        "sim",
         "run",
         "--scenario",
         "permanent",

@@ -1,4 +1,4 @@
-//! `retrywise demo`: every mechanism of the policy crate at work against an in-process
+//! `retrywise-sim demo` (and `retrywise demo`): every mechanism of the policy crate at work against an in-process
 //! flaky upstream, on tokio's virtual clock, so the whole tour takes milliseconds and
 //! prints the same thing every time for the same seed.
 
@@ -20,7 +20,7 @@ use retrywise::retry::{
 };
 use tokio::time::Instant;
 
-/// Options of `retrywise demo`.
+/// Options of `retrywise-sim demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Seed of the jitter and of the simulated upstream.

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 fn retrywise(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_retrywise"))
+    let out = Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
         .args(args)
         .output()
         .expect("the binary runs");
@@ -45,7 +45,7 @@ fn demo_shows_every_mechanism_at_work() {
         "admitted 3, rejected 7",
         "unknown bulkhead `billing`",
         // Records are printed as JSON.
-        "\"schema_version\":\"1.1\"",
+        "\"schema_version\":\"1.2\"",
         "cancelled (another request answered first)",
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");

@@ -1,0 +1,66 @@
+//! `retrywise-sim`: the laboratory's command — scoreboards, the fault-injecting upstream,
+//! training data, and the tour of every mechanism — run by `retrywise sim …` and
+//! `retrywise demo`.
+//!
+//! It is a binary of its own because its virtual clock is tokio's paused clock (the
+//! `test-util` feature), which the production binary, `retrywise` (the service among its
+//! commands), must not link.
+
+mod commands;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The retrywise laboratory: a fault-injecting upstream, an open-loop load driver and a
+/// scoreboard of retry policies, in virtual time or over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "retrywise-sim", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Name the built-in scenarios and the policies.
+    List,
+    /// Run policies against a scenario (or any HTTP endpoint) and print the scoreboard.
+    Run(commands::RunArgs),
+    /// Serve a scenario's upstream over HTTP.
+    Upstream(commands::UpstreamArgs),
+    /// Generate training data: the suite, every policy, with exploration, as Parquet.
+    Generate(commands::GenerateArgs),
+    /// Show every resilience policy at work against an in-process flaky upstream, on a
+    /// virtual clock (seconds of backoff play out instantly), printing what each did.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::List => commands::list(),
+        Command::Run(args) => commands::run_board(args),
+        Command::Upstream(args) => commands::serve(&args),
+        Command::Generate(args) => commands::generate_data(&args),
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
