@@ -10,7 +10,8 @@ use retrywise_collect::compact::{CompactEvent, CompactOptions, CompactSummary, D
 /// Options of `retrywise compact`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The segment directory the collector writes.
+    /// The segment directory the collector writes, or a tree of them (every directory
+    /// below it that holds segments, e.g. `sim run --record DIR`'s one per policy).
     #[arg(long, default_value = "data/attempts")]
     input: PathBuf,
     /// The root of the Parquet dataset.
@@ -64,6 +65,20 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         )
     })?;
     bar.finish_and_clear();
+    if summary.read.files == 0 {
+        anyhow::bail!(
+            "nothing to compact: no closed segment (seg-*.ndjson) in {} or below{}",
+            args.input.display(),
+            if summary.open_segments_skipped > 0 {
+                format!(
+                    " ({} still open: being written, or left by a writer that has not restarted)",
+                    summary.open_segments_skipped
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -75,8 +90,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
 fn print_summary(s: &CompactSummary, args: &Args) {
     let r = &s.read;
     println!(
-        "read     {} segments ({} bytes): {} lines, {} records",
-        s.segments, r.bytes, r.lines, r.records
+        "read     {} segments in {} directories ({} bytes): {} lines, {} records",
+        s.segments, s.directories, r.bytes, r.lines, r.records
     );
     println!(
         "skipped  {} lines: {} torn, {} malformed, {} without a readable schema version",

@@ -30,12 +30,56 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// Records a synthetic fleet's attempts as a recorder would: a tree of segment
+/// directories, one per policy (the layout `retrywise sim run --record DIR` writes).
+fn record_tree(root: &Path) {
+    use retrywise::recorder::Recorder;
+    let records = retrywise_train::synthetic::records(6_000, 11);
+    for (i, policy) in ["exp", "budget", "rule-adaptive"].iter().enumerate() {
+        let rec = retrywise_collect::SegmentRecorder::open(
+            root.join(policy),
+            retrywise_collect::WriterConfig::default(),
+        )
+        .expect("recorder");
+        for r in records.iter().skip(i).step_by(3) {
+            rec.record(r.clone());
+        }
+        rec.close().expect("close");
+    }
+}
+
 #[test]
-fn train_eval_and_inspect_a_model_of_simulated_traffic() {
+fn train_eval_and_inspect_a_model_of_recorded_traffic() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let segments = dir.path().join("attempts");
     let data = dir.path().join("data");
     let models = dir.path().join("models");
-    ok(&["sim", "generate", "--out", path(&data), "--scale", "0.02"]);
+    record_tree(&segments);
+    // The NDJSON tree trains as it is...
+    let out = ok(&[
+        "train",
+        "--data",
+        path(&segments),
+        "--out",
+        path(&models),
+        "--name",
+        "ndjson",
+        "--alphas",
+        "1",
+    ]);
+    assert!(out.contains("model ndjson version 1 written"), "{out}");
+    // ...and compacts, every directory of it, into Parquet.
+    let out = ok(&[
+        "compact",
+        "--input",
+        path(&segments),
+        "--output",
+        path(&data),
+    ]);
+    assert!(
+        out.contains("in 3 directories") && out.contains("6000 records"),
+        "{out}"
+    );
 
     let out = ok(&[
         "train",
@@ -80,12 +124,12 @@ fn train_eval_and_inspect_a_model_of_simulated_traffic() {
         before
     );
 
-    // eval on one scenario's files.
+    // eval on the Parquet files, by glob.
     let glob = format!("{}/**/*.parquet", path(&data));
     let out = ok(&["eval", "--model", path(&version), "--data", &glob, "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).expect("eval --json");
     assert_eq!(report["model"], "fleet");
-    assert!(report["load"]["rows"].as_u64().expect("rows") > 1_000);
+    assert_eq!(report["load"]["rows"].as_u64(), Some(6_000));
     assert!(
         report["evaluation"]["by_error"]
             .as_array()
@@ -141,4 +185,21 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
 
     let out = retrywise(&["train", "--data", path(&empty), "--alphas", "-1"]);
     assert!(!out.status.success());
+
+    // Nothing to read is said, with a failing status, by every command that reads.
+    let out = retrywise(&["eval", "--model", path(&model), "--data", path(&empty)]);
+    assert!(!out.status.success());
+    let out = retrywise(&[
+        "compact",
+        "--input",
+        path(&empty),
+        "--output",
+        path(&dir.path().join("p")),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nothing to compact"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -233,6 +233,8 @@ pub enum CompactEvent {
 /// What a compaction read, wrote and skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CompactSummary {
+    /// Directories under the input that held segments.
+    pub directories: u64,
     /// Segments compacted (and disposed of).
     pub segments: u64,
     /// Segments still open (being written, or of a writer that crashed and has not been
@@ -252,7 +254,8 @@ pub struct CompactSummary {
     pub interrupted: bool,
 }
 
-/// Compacts every closed segment of `options.input` into `options.output`.
+/// Compacts every closed segment in the tree under `options.input` (every directory a
+/// recorder writes, at any depth) into `options.output`.
 ///
 /// `on_event` is called from the worker threads as the run progresses; returning
 /// `ControlFlow::Break(())` stops the run at the next safe point (a segment whose parts
@@ -289,7 +292,11 @@ pub fn compact(
     }
     remove_stale_temporaries(&options.output)?;
 
-    let all = segment::list(&options.input)?;
+    let skip: Vec<&Path> = match &options.disposal {
+        Disposal::Archive(dir) => vec![dir.as_path(), options.output.as_path()],
+        Disposal::Delete => vec![options.output.as_path()],
+    };
+    let (all, directories) = segment::list_tree(&options.input, &skip)?;
     let open = all.iter().filter(|s| !s.closed).count() as u64;
     let closed: Vec<Segment> = all.into_iter().filter(|s| s.closed).collect();
     let bytes = closed
@@ -308,6 +315,7 @@ pub fn compact(
     });
 
     let summary = Mutex::new(CompactSummary {
+        directories: directories as u64,
         open_segments_skipped: open,
         ..CompactSummary::default()
     });
@@ -355,8 +363,12 @@ pub fn compact(
     let mut summary = summary.into_inner().unwrap_or_else(|p| p.into_inner());
     summary.interrupted = stop.load(Ordering::SeqCst) && summary.segments < closed.len() as u64;
     if summary.segments > 0 {
-        segment::sync_dir(&options.input)
-            .map_err(|e| CollectError::io("sync", &options.input, e))?;
+        let mut parents: Vec<&Path> = closed.iter().filter_map(|s| s.path.parent()).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        for dir in parents {
+            segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
+        }
     }
     drop(lock);
     Ok(summary)

@@ -73,6 +73,42 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
     Ok(out)
 }
 
+/// The segments of every directory in the tree under `root` (`root` included), oldest
+/// first within each, and how many directories held any: a recorder writes one directory,
+/// the simulator one per policy (`sim run --record DIR`), a fleet one per writer.
+/// Symbolic links are not followed; directories in `skip` (an archive inside the tree) are
+/// left out.
+///
+/// # Errors
+/// [`CollectError::Io`] if a directory cannot be listed.
+pub fn list_tree(root: &Path, skip: &[&Path]) -> Result<(Vec<Segment>, usize), CollectError> {
+    let mut out = Vec::new();
+    let mut dirs_with_segments = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if skip.iter().any(|s| *s == dir) {
+            continue;
+        }
+        let found = list(&dir)?;
+        if !found.is_empty() {
+            dirs_with_segments += 1;
+        }
+        out.extend(found);
+        let entries = std::fs::read_dir(&dir).map_err(|e| CollectError::io("list", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| CollectError::io("list", &dir, e))?;
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| CollectError::io("list", &dir, e))?
+                .is_dir();
+            if is_dir {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok((out, dirs_with_segments))
+}
+
 /// Makes `dir`'s entries durable (a new or renamed file survives a crash).
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -101,6 +137,41 @@ mod tests {
             ]
         );
         assert_ne!(writer_id(), writer_id(), "ids differ between writers");
+    }
+
+    #[test]
+    fn lists_the_segments_of_a_tree() {
+        let root = tempfile::tempdir().unwrap();
+        for (dir, name) in [
+            ("", "seg-0000000000001-000001-00000001.ndjson"),
+            ("exp", "seg-0000000000002-000001-00000002.ndjson"),
+            (
+                "exp/deeper",
+                "seg-0000000000003-000001-00000003.ndjson.open",
+            ),
+            ("budget", "seg-0000000000004-000001-00000004.ndjson"),
+            ("archive", "seg-0000000000005-000001-00000005.ndjson"),
+            ("empty", "notes.txt"),
+        ] {
+            let d = root.path().join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(name), "").unwrap();
+        }
+        let archive = root.path().join("archive");
+        let (segs, dirs) = list_tree(root.path(), &[&archive]).unwrap();
+        let mut stems: Vec<&str> = segs.iter().map(|s| &s.stem[4..17]).collect();
+        stems.sort_unstable();
+        assert_eq!(
+            stems,
+            [
+                "0000000000001",
+                "0000000000002",
+                "0000000000003",
+                "0000000000004"
+            ]
+        );
+        assert_eq!(dirs, 4);
+        assert_eq!(segs.iter().filter(|s| !s.closed).count(), 1);
     }
 
     #[test]

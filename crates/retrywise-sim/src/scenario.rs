@@ -393,6 +393,28 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Scenario {
+    /// A scenario for driving an endpoint the simulator does not model (`sim run --target
+    /// URL`): only the load and the timeouts matter; the upstream is whatever answers.
+    ///
+    /// # Errors
+    /// [`SimError::Scenario`] for a rate, length or timeout that is not positive.
+    pub fn for_target(
+        rps: f64,
+        duration_s: f64,
+        deadline_ms: f64,
+        attempt_timeout_ms: f64,
+    ) -> Result<Self, SimError> {
+        Self::parse(
+            &format!(
+                "name = \"target\"\ndescription = \"an endpoint given with --target\"\n\
+                 rps = {rps:?}\nduration_s = {duration_s:?}\ndeadline_ms = {deadline_ms:?}\n\
+                 attempt_timeout_ms = {attempt_timeout_ms:?}\n\
+                 [upstream]\nworkers = 1\n[upstream.latency]\nmedian_ms = 1\n"
+            ),
+            "--target options",
+        )
+    }
+
     /// Parses and checks a scenario; `origin` names it in errors.
     ///
     /// # Errors

@@ -210,5 +210,33 @@ fn a_served_upstream_is_driven_through_target() {
     // ~30 % of requests are invalid (400, never retried), the rest succeed.
     let success = r["success_rate"].as_f64().expect("number");
     assert!((0.55..0.85).contains(&success), "{r}");
+
+    // An endpoint alone needs no scenario: the load and timeouts come from flags.
+    let out = retrywise(&[
+        "run",
+        "--target",
+        &url,
+        "--policy",
+        "none",
+        "--requests",
+        "100",
+        "--rps",
+        "200",
+        "--attempt-timeout-ms",
+        "500",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let board: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(board["scenario"], "target");
+    assert_eq!(board["results"][0]["requests"], 100);
+    // Without either, the error says what is missing.
+    let out = retrywise(&["run", "--policy", "none"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--scenario"),
+        "{}",
+        text(&out.stderr)
+    );
     drop(child);
 }

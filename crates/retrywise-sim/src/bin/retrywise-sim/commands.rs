@@ -14,9 +14,9 @@ use retrywise_sim::scenario::Scenario;
 /// Options of `retrywise-sim run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// A built-in scenario name or a scenario file.
-    #[arg(long)]
-    scenario: String,
+    /// A built-in scenario name or a scenario file (not needed with --target).
+    #[arg(long, required_unless_present = "target")]
+    scenario: Option<String>,
     /// A policy to run (repeat for several; default: all that fit the mode).
     #[arg(long = "policy")]
     policies: Vec<String>,
@@ -38,6 +38,14 @@ pub(crate) struct RunArgs {
     /// Seed of arrivals, upstream and policies.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Each logical request's deadline, ms (default: the scenario's; 10 000 with --target
+    /// and no scenario).
+    #[arg(long)]
+    deadline_ms: Option<f64>,
+    /// Each attempt's timeout, ms (default: the scenario's; 2 000 with --target and no
+    /// scenario).
+    #[arg(long)]
+    attempt_timeout_ms: Option<f64>,
     /// Record every attempt into this directory (a segment directory per policy).
     #[arg(long)]
     record: Option<PathBuf>,
@@ -95,7 +103,30 @@ pub(crate) fn list() -> anyhow::Result<()> {
 
 /// Runs policies and prints the scoreboard.
 pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
-    let scenario = Arc::new(Scenario::load(&args.scenario)?);
+    let mut scenario = match &args.scenario {
+        Some(name) => Scenario::load(name)?,
+        // Only an endpoint: the load and the timeouts come from the flags.
+        None => {
+            let rps = args.rps.unwrap_or(100.0);
+            let requests = args.requests.unwrap_or(1_000);
+            Scenario::for_target(rps, requests as f64 / rps, 10_000.0, 2_000.0)?
+        }
+    };
+    if let Some(d) = args.deadline_ms {
+        anyhow::ensure!(
+            d.is_finite() && d > 0.0,
+            "--deadline-ms must be positive, got {d}"
+        );
+        scenario.deadline_ms = d;
+    }
+    if let Some(t) = args.attempt_timeout_ms {
+        anyhow::ensure!(
+            t.is_finite() && t > 0.0,
+            "--attempt-timeout-ms must be positive, got {t}"
+        );
+        scenario.attempt_timeout_ms = t;
+    }
+    let scenario = Arc::new(scenario);
     let mut opts = RunOptions::new(Arc::clone(&scenario));
     opts.seed = args.seed;
     if let Some(r) = args.rps {
