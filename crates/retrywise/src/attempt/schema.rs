@@ -156,8 +156,20 @@ pub enum Presence {
     Required,
     /// May be missing (absent or `null`); missing means zero.
     Defaulted,
-    /// May be missing (absent or `null`); missing means unknown.
-    Optional,
+    /// May be missing (absent or `null`); missing means what the text says ("unknown",
+    /// "no previous failure"...).
+    Optional(&'static str),
+}
+
+impl Presence {
+    /// What a missing value means, in words; `None` for a required field.
+    pub const fn missing_means(self) -> Option<&'static str> {
+        match self {
+            Presence::Required => None,
+            Presence::Defaulted => Some("0"),
+            Presence::Optional(m) => Some(m),
+        }
+    }
 }
 
 /// How a field is carried as a KServe v2 (Open Inference Protocol) input tensor.
@@ -538,11 +550,10 @@ impl Field {
         } else {
             format!(" ({})", self.unit)
         };
-        let missing = match self.presence {
-            Presence::Required => "",
-            Presence::Defaulted => " Missing means 0.",
-            Presence::Optional => " Missing means unknown.",
-        };
+        let missing = self
+            .presence
+            .missing_means()
+            .map_or(String::new(), |m| format!(" Missing means {m}."));
         s.insert(
             "description".into(),
             json!(format!(
@@ -615,7 +626,7 @@ const NO_RANGE: (Option<f64>, Option<f64>) = (None, None);
 
 macro_rules! field {
     (
-        $name:literal, $part:ident, $ty:ident, $presence:ident, unit $unit:literal,
+        $name:literal, $part:ident, $ty:ident, $presence:expr, unit $unit:literal,
         range $range:expr, min_len $min_len:literal, since $since:literal, $desc:literal,
         $access:ident { get: $get:expr, set: $set:expr $(,)? } $(,)?
     ) => {
@@ -623,7 +634,7 @@ macro_rules! field {
             name: $name,
             part: Part::$part,
             ty: FieldType::$ty,
-            presence: Presence::$presence,
+            presence: $presence,
             unit: $unit,
             min: $range.0,
             max: $range.1,
@@ -640,73 +651,73 @@ macro_rules! field {
 
 /// Every field, in wire order (the order records are written and columns stored).
 pub static FIELDS: [Field; 23] = [
-    field!("schema_version", Record, Version, Required, unit "", range NO_RANGE, min_len 0, since 0,
+    field!("schema_version", Record, Version, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "`MAJOR.MINOR` of the schema the record was written with; readers refuse unknown majors and accept any minor",
         Record { get: |r| Value::Version(r.schema_version), set: |r, v| if let Value::Version(x) = v { r.schema_version = x } }),
-    field!("started_at_ms", Record, UInt64, Required, unit "ms since the Unix epoch", range NO_RANGE, min_len 0, since 0,
+    field!("started_at_ms", Record, UInt64, Presence::Required, unit "ms since the Unix epoch", range NO_RANGE, min_len 0, since 0,
         "Wall-clock start of the attempt",
         Record { get: |r| Value::UInt(r.started_at_ms), set: |r, v| r.started_at_ms = v.uint().unwrap_or(0) }),
-    field!("call_id", Record, UInt64, Required, unit "", range NO_RANGE, min_len 0, since 0,
+    field!("call_id", Record, UInt64, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "The logical call the attempt belongs to (random per call)",
         Record { get: |r| Value::UInt(r.call_id), set: |r, v| r.call_id = v.uint().unwrap_or(0) }),
-    field!("hedge", Record, UInt32, Defaulted, unit "", range NO_RANGE, min_len 0, since 0,
+    field!("hedge", Record, UInt32, Presence::Defaulted, unit "", range NO_RANGE, min_len 0, since 0,
         "0 for the primary request of an attempt, `k` for its `k`-th hedge",
         Record { get: |r| Value::UInt(r.hedge.into()), set: |r, v| r.hedge = u32_of(v).unwrap_or(0) }),
-    field!("policy", Record, Text, Optional, unit "", range NO_RANGE, min_len 0, since 1,
+    field!("policy", Record, Text, Presence::Optional("unknown"), unit "", range NO_RANGE, min_len 0, since 1,
         "The name of the policy that made the attempt",
         Record { get: |r| r.policy.as_deref().map_or(Value::Null, Value::Text), set: |r, v| r.policy = arc(v) }),
-    field!("target", Context, Text, Required, unit "", range NO_RANGE, min_len 1, since 0,
+    field!("target", Context, Text, Presence::Required, unit "", range NO_RANGE, min_len 1, since 0,
         "The logical name of what is called (a service, host or endpoint)",
         Context { get: |c| Value::Text(&c.target), set: |c, v| c.target = arc(v).unwrap_or_else(|| Arc::from("")) }),
-    field!("attempt", Context, UInt32, Required, unit "", range (Some(1.0), None::<f64>), min_len 0, since 0,
+    field!("attempt", Context, UInt32, Presence::Required, unit "", range (Some(1.0), None::<f64>), min_len 0, since 0,
         "The number of the attempt, from 1",
         Context { get: |c| Value::UInt(c.attempt.into()), set: |c, v| c.attempt = u32_of(v).unwrap_or(0) }),
-    field!("error", Context, ErrorKind, Optional, unit "", range NO_RANGE, min_len 0, since 0,
-        "How the previous attempt failed; missing before the first attempt",
+    field!("error", Context, ErrorKind, Presence::Optional("no previous failure (the first attempt)"), unit "", range NO_RANGE, min_len 0, since 0,
+        "How the previous attempt failed",
         Context { get: |c| opt_kind(c.error), set: |c, v| c.error = v.kind() }),
-    field!("status", Context, UInt16, Optional, unit "", range (Some(100.0), Some(599.0)), min_len 0, since 0,
-        "The previous attempt's HTTP status, when it had one",
+    field!("status", Context, UInt16, Presence::Optional("no status (no answer, or a first attempt)"), unit "", range (Some(100.0), Some(599.0)), min_len 0, since 0,
+        "The previous attempt's HTTP status",
         Context { get: |c| opt_uint(c.status), set: |c, v| c.status = u16_of(v) }),
-    field!("latency_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+    field!("latency_ms", Context, Milliseconds, Presence::Optional("no previous attempt"), unit "ms", range NO_RANGE, min_len 0, since 0,
         "How long the previous attempt took",
         Context { get: |c| opt_ms(c.latency), set: |c, v| c.latency = v.duration() }),
-    field!("elapsed_ms", Context, Milliseconds, Defaulted, unit "ms", range NO_RANGE, min_len 0, since 0,
+    field!("elapsed_ms", Context, Milliseconds, Presence::Defaulted, unit "ms", range NO_RANGE, min_len 0, since 0,
         "Time since the call's first attempt started",
         Context { get: |c| Value::Duration(c.elapsed), set: |c, v| c.elapsed = v.duration().unwrap_or_default() }),
-    field!("retry_after_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+    field!("retry_after_ms", Context, Milliseconds, Presence::Optional("no Retry-After"), unit "ms", range NO_RANGE, min_len 0, since 0,
         "The wait the upstream asked for (Retry-After) on the previous attempt",
         Context { get: |c| opt_ms(c.retry_after), set: |c, v| c.retry_after = v.duration() }),
-    field!("delay_ms", Context, Milliseconds, Defaulted, unit "ms", range NO_RANGE, min_len 0, since 0,
+    field!("delay_ms", Context, Milliseconds, Presence::Defaulted, unit "ms", range NO_RANGE, min_len 0, since 0,
         "The wait before this attempt (for a prediction: the wait being considered)",
         Context { get: |c| Value::Duration(c.delay), set: |c, v| c.delay = v.duration().unwrap_or_default() }),
-    field!("failure_rate", Context, Float64, Optional, unit "[0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 0,
+    field!("failure_rate", Context, Float64, Presence::Optional("unknown (no attempt ended within the window)"), unit "[0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 0,
         "The target's recent failure rate: retryable failures among the attempts that ended within the health window",
         Context { get: |c| c.failure_rate.map_or(Value::Null, Value::Float), set: |c, v| c.failure_rate = v.float() }),
-    field!("latency_p95_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+    field!("latency_p95_ms", Context, Milliseconds, Presence::Optional("unknown (no attempt ended within the window)"), unit "ms", range NO_RANGE, min_len 0, since 0,
         "The target's recent 95th-percentile latency, of the attempts that ended within the health window",
         Context { get: |c| opt_ms(c.latency_p95), set: |c, v| c.latency_p95 = v.duration() }),
-    field!("in_flight", Context, UInt32, Optional, unit "calls", range NO_RANGE, min_len 0, since 0,
+    field!("in_flight", Context, UInt32, Presence::Optional("unknown"), unit "calls", range NO_RANGE, min_len 0, since 0,
         "Calls to the target in flight, on average over the health window: the latencies of the attempts that ended within it, summed, over its length (Little's law; before 1.2, the count at the moment)",
         Context { get: |c| opt_uint(c.in_flight), set: |c, v| c.in_flight = u32_of(v) }),
-    field!("health_window_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 2,
+    field!("health_window_ms", Context, Milliseconds, Presence::Optional("unknown"), unit "ms", range NO_RANGE, min_len 0, since 2,
         "The health window over which failure_rate, latency_p95_ms and in_flight were measured",
         Context { get: |c| opt_ms(c.health_window), set: |c, v| c.health_window = v.duration() }),
-    field!("planned_delay_ms", Context, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 1,
+    field!("planned_delay_ms", Context, Milliseconds, Presence::Optional("the delay was not explored"), unit "ms", range NO_RANGE, min_len 0, since 1,
         "The delay the decider chose, when exploration changed it into delay_ms",
         Context { get: |c| opt_ms(c.planned_delay), set: |c, v| c.planned_delay = v.duration() }),
-    field!("outcome", Outcome, Outcome, Required, unit "", range NO_RANGE, min_len 0, since 0,
-        "How the attempt ended (`cancelled`: a hedge that lost, or a call its caller abandoned); the training label is `outcome == \"success\"`",
+    field!("outcome", Outcome, Outcome, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
+        "How the attempt ended (`cancelled`: a hedge that lost, or a call its caller abandoned; the training label is `success`)",
         Record { get: |r| Value::Outcome(r.outcome), set: |r, v| if let Value::Outcome(o) = v { r.outcome = o } }),
-    field!("outcome_error", Outcome, ErrorKind, Optional, unit "", range NO_RANGE, min_len 0, since 0,
+    field!("outcome_error", Outcome, ErrorKind, Presence::Optional("none (a success, or cancelled)"), unit "", range NO_RANGE, min_len 0, since 0,
         "The kind of failure of this attempt",
         Record { get: |r| opt_kind(r.outcome_error), set: |r, v| r.outcome_error = v.kind() }),
-    field!("outcome_status", Outcome, UInt16, Optional, unit "", range (Some(100.0), Some(599.0)), min_len 0, since 0,
+    field!("outcome_status", Outcome, UInt16, Presence::Optional("no status"), unit "", range (Some(100.0), Some(599.0)), min_len 0, since 0,
         "This attempt's HTTP status",
         Record { get: |r| opt_uint(r.outcome_status), set: |r, v| r.outcome_status = u16_of(v) }),
-    field!("outcome_latency_ms", Outcome, Milliseconds, Required, unit "ms", range NO_RANGE, min_len 0, since 0,
+    field!("outcome_latency_ms", Outcome, Milliseconds, Presence::Required, unit "ms", range NO_RANGE, min_len 0, since 0,
         "How long this attempt took",
         Record { get: |r| Value::Duration(r.outcome_latency), set: |r, v| r.outcome_latency = v.duration().unwrap_or_default() }),
-    field!("outcome_retry_after_ms", Outcome, Milliseconds, Optional, unit "ms", range NO_RANGE, min_len 0, since 0,
+    field!("outcome_retry_after_ms", Outcome, Milliseconds, Presence::Optional("no Retry-After"), unit "ms", range NO_RANGE, min_len 0, since 0,
         "The wait this attempt's answer asked for (Retry-After)",
         Record { get: |r| opt_ms(r.outcome_retry_after), set: |r, v| r.outcome_retry_after = v.duration() }),
 ];
@@ -802,11 +813,6 @@ pub fn markdown_table() -> String {
             let list: Vec<String> = choices.iter().map(|c| format!("`{c}`")).collect();
             meaning.push_str(&format!(": {}", list.join(", ")));
         }
-        match f.presence {
-            Presence::Defaulted => meaning.push_str("; missing means 0"),
-            Presence::Optional => meaning.push_str("; missing means unknown"),
-            Presence::Required => {}
-        }
         if let Some(lo) = f.min {
             match f.max {
                 Some(hi) => meaning.push_str(&format!("; within [{lo}, {hi}]")),
@@ -815,6 +821,9 @@ pub fn markdown_table() -> String {
         }
         if f.min_len > 0 {
             meaning.push_str("; not empty");
+        }
+        if let Some(m) = f.presence.missing_means() {
+            meaning.push_str(&format!("; missing: {m}"));
         }
         if f.since > 0 {
             meaning.push_str(&format!(" (since 1.{})", f.since));
