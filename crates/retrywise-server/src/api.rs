@@ -429,9 +429,9 @@ pub(crate) async fn decide(
     let deadline = req
         .deadline_ms
         .map(|ms| {
-            if ms > MAX_MS {
+            if !(1e-6..=MAX_MS).contains(&ms) {
                 return Err(ApiError::bad_request(format!(
-                    "deadline_ms: must be at most {MAX_MS}, got {ms}"
+                    "deadline_ms: must be within [1e-6, {MAX_MS}] (a nanosecond to about 31 years), got {ms}"
                 )));
             }
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))

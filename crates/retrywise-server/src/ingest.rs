@@ -75,6 +75,14 @@ fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
                 e.message()
             ))
         })?;
+        // A JSON array is bounded as the OpenAPI document says; NDJSON only by the body
+        // limit (shippers send large batches that way).
+        if items.len() > MAX_BATCH {
+            return Err(ApiError::bad_request(format!(
+                "body: at most {MAX_BATCH} records in a JSON array, got {} (send NDJSON for more; nothing written)",
+                items.len()
+            )));
+        }
         for (i, v) in items.into_iter().enumerate() {
             let at = || format!("[{i}]");
             match parse_value::<AttemptRecord>(&v, at)
@@ -101,12 +109,6 @@ fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
         return Err(ApiError::bad_request(
             "body: no attempt record (nothing written)",
         ));
-    }
-    if records.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(format!(
-            "body: at most {MAX_BATCH} records per request, got {} (nothing written)",
-            records.len()
-        )));
     }
     Ok(records)
 }

@@ -39,8 +39,10 @@ use crate::{api, ingest, oip};
 )]
 struct ApiDoc;
 
-/// The most contexts one batch may carry (`/v1/predict`), and records one ingestion.
-pub(crate) const MAX_BATCH: usize = 10_000;
+/// The most contexts one batch may carry (`/v1/predict`, KServe), and records one
+/// JSON ingestion: a batch of the largest values the schema allows still fits in the
+/// default body limit (1 MiB).
+pub(crate) const MAX_BATCH: usize = 1_000;
 
 fn component(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
@@ -80,8 +82,8 @@ pub fn openapi(auth: bool) -> Value {
             "model": model,
             "context": component("AttemptContext"),
             "deadline_ms": {
-                "type": ["number", "null"], "minimum": 0, "maximum": MAX_MS,
-                "description": "The call's overall deadline from its first attempt, ms: no retry that cannot start before it.",
+                "type": ["number", "null"], "minimum": 1e-6, "maximum": MAX_MS,
+                "description": "The call's overall deadline from its first attempt, ms (at least a nanosecond): no retry that cannot start before it.",
             },
         },
         "required": ["context"],
@@ -97,9 +99,9 @@ pub fn openapi(auth: bool) -> Value {
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_BATCH}, "minItems": 1, "maxItems": 2},
             "datatype": {"type": "string", "enum": oip::DATATYPES},
             "parameters": {"type": ["object", "null"]},
-            "data": {"type": "array"},
+            "data": {"type": "array", "maxItems": MAX_BATCH},
         },
-        "required": ["name", "shape", "datatype"],
+        "required": ["name", "shape", "datatype", "data"],
     });
     schemas["InferRequest"] = json!({
         "type": "object",

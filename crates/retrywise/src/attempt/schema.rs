@@ -42,6 +42,9 @@ use super::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
 /// are refused as the mistakes they are.
 pub const MAX_MS: f64 = 1e12;
 
+/// The longest text a field holds, in characters (target and policy names).
+pub const MAX_TEXT: usize = 256;
+
 /// Which part of a record a field belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -330,7 +333,7 @@ pub enum Rule {
     Required,
     /// A number outside the field's range (or not finite).
     Range,
-    /// Text shorter than allowed.
+    /// Text shorter or longer than allowed.
     Length,
     /// A schema major version this build does not read.
     Version,
@@ -342,7 +345,7 @@ impl Rule {
         match self {
             Rule::Required => "is required",
             Rule::Range => "is out of range",
-            Rule::Length => "is too short",
+            Rule::Length => "has the wrong length",
             Rule::Version => "has an unsupported major version",
         }
     }
@@ -457,6 +460,17 @@ impl Field {
             }
         }
         if let Some(s) = v.str()
+            && s.chars().count() > MAX_TEXT
+        {
+            return bad(
+                Rule::Length,
+                format!(
+                    "must have at most {MAX_TEXT} characters, got {}",
+                    s.chars().count()
+                ),
+            );
+        }
+        if let Some(s) = v.str()
             && s.chars().count() < self.min_len
         {
             return bad(
@@ -530,6 +544,9 @@ impl Field {
         if self.min_len > 0 {
             s.insert("minLength".into(), json!(self.min_len));
         }
+        if self.ty == FieldType::Text {
+            s.insert("maxLength".into(), json!(MAX_TEXT));
+        }
         if let Some(choices) = self.ty.choices() {
             let mut values: Vec<serde_json::Value> =
                 choices.into_iter().map(|c| json!(c)).collect();
@@ -542,7 +559,7 @@ impl Field {
             // Only the major this build reads: another is refused.
             s.insert(
                 "pattern".into(),
-                json!(format!(r"^{}\.[0-9]+$", SchemaVersion::CURRENT.major)),
+                json!(format!(r"^{}\.[0-9]{{1,4}}$", SchemaVersion::CURRENT.major)),
             );
         }
         let unit = if self.unit.is_empty() {
@@ -821,6 +838,9 @@ pub fn markdown_table() -> String {
         }
         if f.min_len > 0 {
             meaning.push_str("; not empty");
+        }
+        if f.ty == FieldType::Text {
+            meaning.push_str(&format!("; at most {MAX_TEXT} characters"));
         }
         if let Some(m) = f.presence.missing_means() {
             meaning.push_str(&format!("; missing: {m}"));

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""The service against the clients its users have: the stock KServe/Triton client
+(`tritonclient[http]`) and Schemathesis on the OpenAPI document.
+
+Usage: python3 tests/python/check_api.py PATH/TO/retrywise
+
+Starts `retrywise serve` on a free loopback port with the shipped model and a token, then
+
+1. sends contexts through `tritonclient.http` — JSON tensors, binary tensors (the client's
+   default), a batch mixing first attempts (no previous error: an empty string) with
+   retries, missing values spelt as the schema says (-1, NaN), binary and JSON outputs —
+   and checks every probability against `POST /v1/predict` for the same contexts;
+2. runs `st run /openapi.json` with every check (Schemathesis; the checks and their one
+   documented exception in schemathesis.toml; bounded and deterministic, the token given)
+   and fails on any failure.
+
+Exits non-zero on the first failure, saying what failed.
+"""
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as triton
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "ci-token"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def wait_ready(base, server):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"retrywise serve exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    sys.exit("retrywise serve was not ready within 30 s")
+
+
+# Contexts a caller would send: first attempts (no error, no status, no latency) and
+# retries of every kind, with and without the target's health.
+CONTEXTS = [
+    {"target": "payments", "attempt": 1, "failure_rate": 0.1},
+    {"target": "payments", "attempt": 2, "error": "connect", "latency_ms": 1.0, "elapsed_ms": 1.0, "delay_ms": 1000.0, "failure_rate": 0.5},
+    {"target": "payments", "attempt": 2, "error": "http_429", "status": 429, "latency_ms": 2.0, "elapsed_ms": 2.0,
+     "retry_after_ms": 1000.0, "delay_ms": 1200.0, "failure_rate": 0.6},
+    {"target": "search", "attempt": 3, "error": "http_503", "status": 503, "latency_ms": 30.0, "elapsed_ms": 900.0,
+     "delay_ms": 400.0, "failure_rate": 0.95, "latency_p95_ms": 80.0, "in_flight": 4},
+    {"target": "search", "attempt": 1},
+    {"target": "search", "attempt": 4, "error": "timeout", "latency_ms": 2000.0, "elapsed_ms": 6100.0, "delay_ms": 50.0},
+]
+
+INT_FIELDS = {"attempt", "status", "in_flight"}
+TEXT_FIELDS = {"target", "error"}
+
+
+def tensors(binary):
+    """One input per context field, missing values spelt as the schema says."""
+    names = ["target", "attempt", "error", "status", "latency_ms", "elapsed_ms", "retry_after_ms",
+             "delay_ms", "failure_rate", "latency_p95_ms", "in_flight"]
+    inputs = []
+    for name in names:
+        values = [c.get(name) for c in CONTEXTS]
+        if name in TEXT_FIELDS:
+            arr = np.array([("" if v is None else v).encode() for v in values], dtype=np.object_)
+            datatype = "BYTES"
+        elif name in INT_FIELDS:
+            arr = np.array([-1 if v is None else v for v in values], dtype=np.int64)
+            datatype = "INT64"
+        else:
+            arr = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+            datatype = "FP64"
+        if not binary and datatype == "FP64":
+            # JSON has no NaN: a JSON tensor says missing with null, which numpy cannot
+            # hold; send the defaulted fields as 0 and leave the others out.
+            if any(v is None for v in values) and name not in ("elapsed_ms", "delay_ms"):
+                continue
+            arr = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
+        t = triton.InferInput(name, [len(CONTEXTS)], datatype)
+        t.set_data_from_numpy(arr, binary_data=binary)
+        inputs.append((name, t))
+    return inputs
+
+
+def check_triton(base, host):
+    expected = post(f"{base}/v1/predict", {"contexts": CONTEXTS})["p_success"]
+    client = triton.InferenceServerClient(url=host)
+    assert client.is_server_live(), "is_server_live"
+    assert client.is_server_ready(), "is_server_ready"
+    assert client.is_model_ready("default"), "is_model_ready"
+    meta = client.get_model_metadata("default")
+    assert {i["name"] for i in meta["inputs"]} >= {"attempt", "error", "delay_ms"}, meta
+    for binary_in in (True, False):
+        inputs = tensors(binary_in)
+        for binary_out in (True, False):
+            outputs = [triton.InferRequestedOutput("p_success", binary_data=binary_out)]
+            result = client.infer("default", [t for _, t in inputs], outputs=outputs)
+            got = result.as_numpy("p_success").tolist()
+            if binary_in:
+                want = expected
+            else:
+                # Fields left out of the JSON request are missing for every row.
+                sent = {n for n, _ in inputs}
+                reduced = [{k: v for k, v in c.items() if k in sent} for c in CONTEXTS]
+                want = post(f"{base}/v1/predict", {"contexts": reduced})["p_success"]
+            if got != want:
+                sys.exit(f"tritonclient (binary in: {binary_in}, out: {binary_out}) got {got}, /v1/predict {want}")
+    # No outputs named: every output, in binary (the client's default).
+    result = client.infer("default", [t for _, t in tensors(True)])
+    if result.as_numpy("p_success").tolist() != expected:
+        sys.exit("tritonclient without outputs disagrees with /v1/predict")
+    print(f"tritonclient: {len(CONTEXTS)} contexts agree with /v1/predict in JSON and binary, both ways")
+
+
+def check_schemathesis(base, venv_bin):
+    st = Path(venv_bin) / "st"
+    if not st.exists():
+        st = shutil.which("st")
+    cmd = [
+        str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+        "run", f"{base}/openapi.json",
+        "--max-examples", os.environ.get("ST_MAX_EXAMPLES", "40"),
+        "--generation-deterministic",
+        "--workers", "2",
+        "--request-timeout", "10",
+        "-H", f"Authorization: Bearer {TOKEN}",
+        "--no-color",
+    ]
+    print("+", " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, timeout=900)
+    if r.returncode != 0:
+        sys.exit(f"schemathesis failed (exit {r.returncode})")
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    binary = sys.argv[1]
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    base = f"http://{host}"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, RETRYWISE_TOKEN=TOKEN, RUST_LOG="warn")
+        server = subprocess.Popen(
+            [binary, "serve", "--addr", host, "--models", str(ROOT / "models"), "--attempts", str(Path(tmp) / "attempts")],
+            env=env,
+        )
+        try:
+            wait_ready(base, server)
+            check_triton(base, host)
+            check_schemathesis(base, Path(sys.executable).parent)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print("API checks passed")
+
+
+if __name__ == "__main__":
+    main()
