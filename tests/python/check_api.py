@@ -137,7 +137,7 @@ def check_triton(base, host):
     print(f"tritonclient: {len(CONTEXTS)} contexts agree with /v1/predict in JSON and binary, both ways")
 
 
-def check_schemathesis(base, venv_bin):
+def check_schemathesis(base, venv_bin, workdir):
     st = Path(venv_bin) / "st"
     if not st.exists():
         st = shutil.which("st")
@@ -152,7 +152,8 @@ def check_schemathesis(base, venv_bin):
         "--no-color",
     ]
     print("+", " ".join(cmd), flush=True)
-    r = subprocess.run(cmd, timeout=900)
+    # Schemathesis keeps a cache in its working directory: not in the repository.
+    r = subprocess.run(cmd, timeout=900, cwd=workdir)
     if r.returncode != 0:
         sys.exit(f"schemathesis failed (exit {r.returncode})")
 
@@ -173,7 +174,7 @@ def main():
         try:
             wait_ready(base, server)
             check_triton(base, host)
-            check_schemathesis(base, Path(sys.executable).parent)
+            check_schemathesis(base, Path(sys.executable).parent, tmp)
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -21,6 +21,10 @@ pub(crate) struct Args {
     /// Where ingested attempts are written [default: data/attempts].
     #[arg(long)]
     attempts: Option<PathBuf>,
+    /// Listen on a non-loopback address without a token (RETRYWISE_TOKEN). Refused
+    /// otherwise: anyone who can reach the service could post attempts and reload models.
+    #[arg(long)]
+    allow_unauthenticated: bool,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         addr: args.addr.clone(),
         models: args.models.clone(),
         attempts: args.attempts.clone(),
+        allow_unauthenticated: args.allow_unauthenticated.then_some(true),
         ..Overrides::default()
     };
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)

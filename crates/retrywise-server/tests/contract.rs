@@ -499,3 +499,33 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn it_will_not_listen_beyond_loopback_without_a_token_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        // Never bound: refused before.
+        addr: "0.0.0.0:0".parse().unwrap(),
+        models: shipped_models(),
+        attempts: dir.path().join("attempts"),
+        ..Config::default()
+    };
+    let e = retrywise_server::serve(config, std::future::pending(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, retrywise_server::ServerError::Unauthenticated { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--allow-unauthenticated"), "{e}");
+    // On loopback no token is needed: the service starts (and stops at once here).
+    let config = Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        models: shipped_models(),
+        attempts: dir.path().join("attempts"),
+        ..Config::default()
+    };
+    retrywise_server::serve(config, async {}, |addr| assert!(addr.ip().is_loopback()))
+        .await
+        .unwrap();
+}
