@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use retrywise_collect::compact::{CompactOptions, compact};
+use retrywise_collect::compact::{CompactOptions, Disposal, compact};
 use retrywise_server::Config;
 use retrywise_sim::driver::{RunOptions, run};
 use retrywise_sim::policies;
@@ -33,19 +33,14 @@ fn simulate_and_record(attempts: &Path) {
     }
 }
 
-fn compact_all(attempts: &Path, parquet: &Path) -> u64 {
-    let mut rows = 0;
-    for scenario in std::fs::read_dir(attempts).unwrap() {
-        for policy in std::fs::read_dir(scenario.unwrap().path()).unwrap() {
-            let s = compact(
-                &CompactOptions::new(policy.unwrap().path(), parquet),
-                |_| ControlFlow::Continue(()),
-            )
-            .unwrap();
-            rows += s.rows;
-        }
-    }
-    rows
+/// Compacts the tree of segment directories the runs wrote (one per scenario and policy)
+/// in one go, keeping the segments in `archive`.
+fn compact_all(attempts: &Path, parquet: &Path, archive: &Path) -> u64 {
+    let mut opts = CompactOptions::new(attempts, parquet);
+    opts.disposal = Disposal::Archive(archive.to_path_buf());
+    let s = compact(&opts, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(s.directories, 3);
+    s.rows
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
@@ -73,7 +68,8 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
         dir.path().join("models"),
     );
     simulate_and_record(&attempts);
-    let rows = compact_all(&attempts, &parquet);
+    let archive = dir.path().join("archive");
+    let rows = compact_all(&attempts, &parquet, &archive);
     assert!(rows > 10_000, "{rows} rows");
     let mut opts = TrainOptions::new(
         vec![parquet.to_string_lossy().into_owned()],
@@ -125,13 +121,20 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
         let (s, v) = post(&client, &format!("{base}/v1/decide"), &json!({"context": ctx, "deadline_ms": 10_000})).await;
         assert_eq!(s, 200, "{v}");
         assert!(v["retry"].is_boolean() && v["reason"].is_string(), "{v}");
-        // Ingest what the simulator recorded for one run, as NDJSON.
-        let seg = std::fs::read_dir(attempts.join("blips/exp-full-jitter")).unwrap().next();
-        if let Some(seg) = seg {
-            let body = std::fs::read(seg.unwrap().path()).unwrap_or_default();
-            let r = client.post(format!("{base}/v1/attempts")).header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
-            assert_eq!(r.status().as_u16(), 202);
+        // Ingest what the simulator recorded (the archived segments), as NDJSON batches
+        // of 1,000 lines: every record acknowledged.
+        let mut acknowledged = 0;
+        for seg in std::fs::read_dir(&archive).unwrap() {
+            let text = std::fs::read_to_string(seg.unwrap().path()).unwrap();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+            for batch in lines.chunks(1_000) {
+                let r = client.post(format!("{base}/v1/attempts")).header("content-type", "application/x-ndjson").body(batch.join("\n")).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+                acknowledged += v["accepted"].as_u64().unwrap();
+            }
         }
+        assert_eq!(acknowledged, rows, "every recorded attempt ingested");
 
         // A load of four clients while version 2 is trained and appears.
         let stop = Arc::new(AtomicBool::new(false));

@@ -391,7 +391,7 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         (
             "/v1/decide",
             r#"{"context": {"target": "t", "attempt": 2}, "deadline_ms": -1}"#,
-            "deadline_ms: expected a non-negative",
+            "deadline_ms: must be within [1e-6",
         ),
         (
             "/v1/decide",
