@@ -290,7 +290,7 @@ fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> 
     }
     let w = width(&input.datatype)
         .ok_or_else(|| bad(name, format!("datatype {} is not read", input.datatype)))?;
-    if raw.len() % w != 0 {
+    if !raw.len().is_multiple_of(w) {
         return Err(bad(
             name,
             format!(
