@@ -207,13 +207,15 @@ impl AttemptRecord {
     /// A record with every field zero, empty or missing, for readers that fill it field by
     /// field through [`super::schema::Field::set`].
     pub fn blank() -> Self {
+        // One shared empty name: a blank record allocates nothing.
+        static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
         Self {
             schema_version: SchemaVersion::CURRENT,
             started_at_ms: 0,
             call_id: 0,
             hedge: 0,
             policy: None,
-            context: AttemptContext::first(""),
+            context: AttemptContext::first(Arc::clone(&EMPTY)),
             outcome: Outcome::Success,
             outcome_error: None,
             outcome_status: None,

@@ -42,6 +42,9 @@ use super::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
 /// are refused as the mistakes they are.
 pub const MAX_MS: f64 = 1e12;
 
+/// [`MAX_MS`] as a duration.
+const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
+
 /// The longest text a field holds, in characters (target and policy names).
 pub const MAX_TEXT: usize = 256;
 
@@ -426,72 +429,89 @@ impl Field {
                 problem,
             })
         };
-        if v.is_null() {
-            return match self.presence {
-                Presence::Required => bad(Rule::Required, "is required".into()),
-                _ => Ok(()),
-            };
-        }
-        if let Some(x) = v.as_f64() {
-            let (lo, hi) = self.bounds();
-            if !x.is_finite() {
-                return bad(Rule::Range, format!("must be a finite number, got {x}"));
-            }
-            let within = |lo: f64, hi: f64| format!("must be within [{lo}, {hi}], got {x}");
-            match (lo, hi) {
-                // Both bounds the field's own: say both.
-                (Some(lo), Some(hi)) if self.min.is_some() && self.max.is_some() => {
-                    if !(lo..=hi).contains(&x) {
-                        return bad(Rule::Range, within(lo, hi));
-                    }
-                }
-                (lo, hi) => {
-                    if let Some(lo) = lo
-                        && x < lo
-                    {
-                        return bad(Rule::Range, format!("must be at least {lo}, got {x}"));
-                    }
-                    if let Some(hi) = hi
-                        && x > hi
-                    {
-                        return bad(Rule::Range, format!("must be at most {hi}, got {x}"));
-                    }
+        match v {
+            Value::Null => {
+                if self.presence == Presence::Required {
+                    return bad(Rule::Required, "is required".into());
                 }
             }
-        }
-        if let Some(s) = v.str()
-            && s.chars().count() > MAX_TEXT
-        {
-            return bad(
-                Rule::Length,
-                format!(
-                    "must have at most {MAX_TEXT} characters, got {}",
-                    s.chars().count()
-                ),
-            );
-        }
-        if let Some(s) = v.str()
-            && s.chars().count() < self.min_len
-        {
-            return bad(
-                Rule::Length,
-                if self.min_len == 1 {
-                    "must not be empty".into()
-                } else {
-                    format!("must have at least {} characters", self.min_len)
-                },
-            );
-        }
-        if let (FieldType::Version, Value::Version(ver)) = (self.ty, v)
-            && ver.major != SchemaVersion::CURRENT.major
-        {
-            return bad(
-                Rule::Version,
-                format!(
-                    "{ver} is not supported (this build reads {}.x)",
-                    SchemaVersion::CURRENT.major
-                ),
-            );
+            // The fast paths: what parsing already guarantees is not checked again (whole
+            // numbers fit their type; durations are finite and non-negative).
+            Value::UInt(_) if self.min.is_none() && self.max.is_none() => {}
+            Value::Duration(d) if self.min.is_none() && self.max.is_none() => {
+                if d > MAX_DURATION {
+                    return bad(
+                        Rule::Range,
+                        format!("must be at most {MAX_MS}, got {}", duration_to_ms(d)),
+                    );
+                }
+            }
+            Value::UInt(_) | Value::Float(_) | Value::Duration(_) => {
+                let x = v.as_f64().unwrap_or(f64::NAN);
+                if !x.is_finite() {
+                    return bad(Rule::Range, format!("must be a finite number, got {x}"));
+                }
+                let (lo, hi) = self.bounds();
+                match (lo, hi) {
+                    // Both bounds the field's own: say both.
+                    (Some(lo), Some(hi)) if self.min.is_some() && self.max.is_some() => {
+                        if !(lo..=hi).contains(&x) {
+                            return bad(
+                                Rule::Range,
+                                format!("must be within [{lo}, {hi}], got {x}"),
+                            );
+                        }
+                    }
+                    (lo, hi) => {
+                        if let Some(lo) = lo
+                            && x < lo
+                        {
+                            return bad(Rule::Range, format!("must be at least {lo}, got {x}"));
+                        }
+                        if let Some(hi) = hi
+                            && x > hi
+                        {
+                            return bad(Rule::Range, format!("must be at most {hi}, got {x}"));
+                        }
+                    }
+                }
+            }
+            Value::Text(_) | Value::Shared(_) => {
+                let s = v.str().unwrap_or_default();
+                // Characters are counted only when bytes cannot settle it.
+                if s.len() > MAX_TEXT && s.chars().count() > MAX_TEXT {
+                    return bad(
+                        Rule::Length,
+                        format!(
+                            "must have at most {MAX_TEXT} characters, got {}",
+                            s.chars().count()
+                        ),
+                    );
+                }
+                if self.min_len > 0
+                    && (s.len() < self.min_len
+                        || (self.min_len > 1 && s.chars().count() < self.min_len))
+                {
+                    return bad(
+                        Rule::Length,
+                        if self.min_len == 1 {
+                            "must not be empty".into()
+                        } else {
+                            format!("must have at least {} characters", self.min_len)
+                        },
+                    );
+                }
+            }
+            Value::Version(ver) if ver.major != SchemaVersion::CURRENT.major => {
+                return bad(
+                    Rule::Version,
+                    format!(
+                        "{ver} is not supported (this build reads {}.x)",
+                        SchemaVersion::CURRENT.major
+                    ),
+                );
+            }
+            Value::Version(_) | Value::ErrorKind(_) | Value::Outcome(_) => {}
         }
         Ok(())
     }

@@ -9,7 +9,6 @@
 //! non-negative; whole numbers must fit their type. Ranges (an attempt of 0, a status of
 //! 42) are not checked here but by `validate`, so that a reader can count what it skips.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Unexpected, Visitor};
@@ -93,31 +92,11 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
         let f = self.field;
         let required = f.presence == Presence::Required;
         let v = match f.ty {
-            FieldType::Text => {
-                let s = if required {
-                    Some(Cow::<'de, str>::deserialize(d)?)
-                } else {
-                    Option::<Cow<'de, str>>::deserialize(d)?
-                };
-                // Borrowed only for the call below.
-                f.set(self.rec, s.as_deref().map_or(Value::Null, Value::Text));
-                return Ok(());
+            FieldType::Text | FieldType::Version | FieldType::ErrorKind | FieldType::Outcome => {
+                // Read in place (no copy of the string), parsed and set by `set_text`.
+                let rec = self.rec;
+                return with_str(d, required, |s| set_text(f, rec, s));
             }
-            FieldType::Version => parsed(text(d, required)?, |s| {
-                s.parse::<SchemaVersion>()
-                    .map(Value::Version)
-                    .map_err(de::Error::custom)
-            })?,
-            FieldType::ErrorKind => parsed(text(d, required)?, |s| {
-                s.parse::<ErrorKind>()
-                    .map(Value::ErrorKind)
-                    .map_err(de::Error::custom)
-            })?,
-            FieldType::Outcome => parsed(text(d, required)?, |s| {
-                s.parse::<Outcome>()
-                    .map(Value::Outcome)
-                    .map_err(de::Error::custom)
-            })?,
             FieldType::UInt16 | FieldType::UInt32 | FieldType::UInt64 => {
                 let n = if required {
                     Some(Whole::deserialize(d)?)
@@ -189,14 +168,114 @@ impl<'de> Deserialize<'de> for Whole {
     }
 }
 
-fn text<'de, D: Deserializer<'de>>(
+/// Parses a string value of `f` (or its absence) and sets it in `rec`.
+fn set_text(f: &Field, rec: &mut AttemptRecord, s: Option<&str>) -> Result<(), String> {
+    let v = match (s, f.ty) {
+        (None, _) => Value::Null,
+        (Some(s), FieldType::Version) => {
+            Value::Version(s.parse::<SchemaVersion>().map_err(|e| e.to_string())?)
+        }
+        (Some(s), FieldType::ErrorKind) => {
+            Value::ErrorKind(s.parse::<ErrorKind>().map_err(|e| e.to_string())?)
+        }
+        (Some(s), FieldType::Outcome) => {
+            Value::Outcome(s.parse::<Outcome>().map_err(|e| e.to_string())?)
+        }
+        (Some(s), _) => Value::Text(s),
+    };
+    f.set(rec, v);
+    Ok(())
+}
+
+/// Hands a string value (borrowed from the input whenever it can be) to `then`; `None` for
+/// `null` when the field may be missing.
+fn with_str<'de, D: Deserializer<'de>>(
     d: D,
     required: bool,
-) -> Result<Option<Cow<'de, str>>, D::Error> {
+    then: impl FnOnce(Option<&str>) -> Result<(), String>,
+) -> Result<(), D::Error> {
+    struct Str<F>(F);
+
+    impl<F: FnOnce(Option<&str>) -> Result<(), String>> Visitor<'_> for Str<F> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+            (self.0)(Some(v)).map_err(E::custom)
+        }
+    }
+
+    struct OptStr<F>(F);
+
+    impl<'de, F: FnOnce(Option<&str>) -> Result<(), String>> Visitor<'de> for OptStr<F> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or null")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<(), E> {
+            (self.0)(None).map_err(E::custom)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            (self.0)(None).map_err(E::custom)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_str(Str(self.0))
+        }
+    }
+
     if required {
-        Cow::<'de, str>::deserialize(d).map(Some)
+        d.deserialize_str(Str(then))
     } else {
-        Option::<Cow<'de, str>>::deserialize(d)
+        d.deserialize_option(OptStr(then))
+    }
+}
+
+/// A key of a flat object: a field of the schema (by position), or one to skip.
+enum Key {
+    Field(usize),
+    Skip,
+}
+
+/// Looks a key up in the schema without copying it, starting where the previous key was
+/// found (fields usually come in the table's order: this module writes them so). In a
+/// context, a key that is not a context field is an error naming it.
+struct KeySeed {
+    hint: usize,
+    context_only: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+        let found = (self.hint..FIELDS.len())
+            .chain(0..self.hint.min(FIELDS.len()))
+            .find(|&i| FIELDS[i].name == v)
+            .filter(|&i| !self.context_only || FIELDS[i].in_context());
+        match found {
+            Some(i) => Ok(Key::Field(i)),
+            None if self.context_only => Err(E::unknown_field(v, CONTEXT_NAMES)),
+            None => Ok(Key::Skip),
+        }
     }
 }
 
@@ -208,24 +287,20 @@ fn read_fields<'de, A: MapAccess<'de>>(
     context_only: bool,
 ) -> Result<(), A::Error> {
     let mut seen: u64 = 0;
-    while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-        let found = FIELDS
-            .iter()
-            .enumerate()
-            .find(|(_, f)| f.name == key && (!context_only || f.in_context()));
-        match found {
-            Some((i, f)) => {
+    let mut hint = 0;
+    while let Some(key) = map.next_key_seed(KeySeed { hint, context_only })? {
+        match key {
+            Key::Field(i) => {
+                let f = &FIELDS[i];
                 if seen & (1 << i) != 0 {
                     return Err(de::Error::duplicate_field(f.name));
                 }
                 seen |= 1 << i;
+                hint = i + 1;
                 map.next_value_seed(FieldSeed { field: f, rec })?;
             }
-            None if context_only => {
-                return Err(de::Error::unknown_field(&key, CONTEXT_NAMES));
-            }
             // Fields of a newer minor version: ignored, as the schema's rules say.
-            None => {
+            Key::Skip => {
                 map.next_value::<IgnoredAny>()?;
             }
         }
