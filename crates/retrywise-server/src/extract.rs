@@ -82,16 +82,20 @@ pub(crate) fn is_ndjson(ct: &str) -> bool {
     )
 }
 
-/// The request body, with 413 for one over the limit.
+/// The request's headers and body, with 413 for a body over the limit.
 pub(crate) async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
-    let headers = req.headers().clone();
-    let bytes = Bytes::from_request(req, &()).await.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(r.body_text())
-        } else {
-            ApiError::bad_request(r.body_text())
-        }
-    })?;
+    // The headers are moved out, not copied: the body limit lives in the extensions.
+    let (mut parts, b) = req.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    let bytes = Bytes::from_request(Request::from_parts(parts, b), &())
+        .await
+        .map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(r.body_text())
+            } else {
+                ApiError::bad_request(r.body_text())
+            }
+        })?;
     Ok((headers, bytes))
 }
 

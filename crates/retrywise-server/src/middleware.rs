@@ -1,6 +1,8 @@
 //! What wraps every request: its id, metrics and log line (`observe`), the bearer token
 //! (`authorize`), and the answers of load shedding and the request timeout (`shed`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
@@ -41,13 +43,19 @@ pub(crate) async fn shed(err: BoxError) -> Response {
 }
 
 /// The id of a request: the caller's `x-request-id` if it is short and printable, else a
-/// new random one.
+/// new one — a random start chosen when the process starts, plus a count of requests, so
+/// that ids are unique within a process and unlikely to repeat across restarts.
 fn request_id(req: &Request) -> String {
+    static NEXT: std::sync::LazyLock<AtomicU64> =
+        std::sync::LazyLock::new(|| AtomicU64::new(rand::random::<u64>()));
     req.headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
+        .map_or_else(
+            || format!("{:016x}", NEXT.fetch_add(1, Ordering::Relaxed)),
+            str::to_owned,
+        )
 }
 
 /// Gives every request an id (echoed in `x-request-id`), counts it by route template and

@@ -127,36 +127,70 @@ pub fn encode(ctx: &AttemptContext) -> [f64; N_FEATURES] {
     x
 }
 
+/// The features that depend on the wait before the attempt (`ctx.delay`): a decider that
+/// weighs many waits for one context re-encodes only these ([`encode_delay`]).
+pub const DELAY_FEATURES: [Feature; 12] = [
+    Feature::LogDelayMs,
+    Feature::WaitedRetryAfter,
+    Feature::LogShortOfRetryAfterMs,
+    Feature::LogDelayXTimeout,
+    Feature::LogDelayXConnect,
+    Feature::LogDelayXReset,
+    Feature::LogDelayXHttp429,
+    Feature::LogDelayXHttp503,
+    Feature::LogDelayXHttp5xx,
+    Feature::LogDelayXHttp4xx,
+    Feature::LogDelayXOther,
+    Feature::LogDelayXFailureRate,
+];
+
 /// Writes the feature vector of `ctx` into `x` (for filling rows of a matrix).
 pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
     use Feature as F;
-    let log_delay = log_ms(ctx.delay);
     x[F::Retry as usize] = f64::from(ctx.attempt.saturating_sub(1).min(MAX_RETRY));
-    x[F::LogDelayMs as usize] = log_delay;
     x[F::LogElapsedMs as usize] = log_ms(ctx.elapsed);
     x[F::LogLatencyMs as usize] = ctx.latency.map_or(0.0, log_ms);
     for (i, kind) in ERROR_KINDS.iter().enumerate() {
-        let on = ctx.error == Some(*kind);
-        x[F::ErrorTimeout as usize + i] = flag(on);
-        x[F::LogDelayXTimeout as usize + i] = if on { log_delay } else { 0.0 };
+        x[F::ErrorTimeout as usize + i] = flag(ctx.error == Some(*kind));
     }
     x[F::Status4xx as usize] = flag(ctx.status.is_some_and(|s| (400..500).contains(&s)));
     x[F::Status5xx as usize] = flag(ctx.status.is_some_and(|s| (500..600).contains(&s)));
     x[F::RetryAfter as usize] = flag(ctx.retry_after.is_some());
     x[F::LogRetryAfterMs as usize] = ctx.retry_after.map_or(0.0, log_ms);
-    x[F::WaitedRetryAfter as usize] = flag(ctx.retry_after.is_some_and(|ra| ctx.delay >= ra));
-    x[F::LogShortOfRetryAfterMs as usize] = ctx
-        .retry_after
-        .map_or(0.0, |ra| log_ms(ra.saturating_sub(ctx.delay)));
-    let rate = ctx
-        .failure_rate
-        .filter(|r| !r.is_nan())
-        .map(|r| r.clamp(0.0, 1.0));
+    let rate = failure_rate(ctx);
     x[F::FailureRate as usize] = rate.unwrap_or(0.0);
     x[F::FailureRateKnown as usize] = flag(rate.is_some());
     x[F::LogLatencyP95Ms as usize] = ctx.latency_p95.map_or(0.0, log_ms);
     x[F::LogInFlight as usize] = ctx.in_flight.map_or(0.0, |n| f64::from(n).ln_1p());
-    x[F::LogDelayXFailureRate as usize] = log_delay * rate.unwrap_or(0.0);
+    encode_delay(ctx, ctx.delay, x);
+}
+
+/// Writes the [`DELAY_FEATURES`] of `ctx` as if the wait before the attempt were `delay`
+/// (the other features of `x` are left as they are): `encode_delay(ctx, d, x)` after
+/// `encode_into(ctx, x)` gives what `encode_into` gives for `ctx` with `delay = d`.
+pub fn encode_delay(ctx: &AttemptContext, delay: Duration, x: &mut [f64; N_FEATURES]) {
+    use Feature as F;
+    let log_delay = log_ms(delay);
+    x[F::LogDelayMs as usize] = log_delay;
+    for (i, kind) in ERROR_KINDS.iter().enumerate() {
+        x[F::LogDelayXTimeout as usize + i] = if ctx.error == Some(*kind) {
+            log_delay
+        } else {
+            0.0
+        };
+    }
+    x[F::WaitedRetryAfter as usize] = flag(ctx.retry_after.is_some_and(|ra| delay >= ra));
+    x[F::LogShortOfRetryAfterMs as usize] = ctx
+        .retry_after
+        .map_or(0.0, |ra| log_ms(ra.saturating_sub(delay)));
+    x[F::LogDelayXFailureRate as usize] = log_delay * failure_rate(ctx).unwrap_or(0.0);
+}
+
+/// The failure rate as the encoder reads it: clamped to `[0, 1]`, NaN as unknown.
+fn failure_rate(ctx: &AttemptContext) -> Option<f64> {
+    ctx.failure_rate
+        .filter(|r| !r.is_nan())
+        .map(|r| r.clamp(0.0, 1.0))
 }
 
 /// The names of every feature, in column order.
@@ -188,6 +222,29 @@ mod tests {
                 ALL[Feature::LogDelayXTimeout as usize + i].name(),
                 format!("log_delay_x_{}", k.as_str())
             );
+        }
+    }
+
+    #[test]
+    fn delay_features_are_exactly_those_that_move_with_the_wait() {
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 2;
+        ctx.error = Some(ErrorKind::Http429);
+        ctx.retry_after = Some(Duration::from_millis(700));
+        ctx.failure_rate = Some(0.4);
+        let a = encode(&ctx);
+        ctx.delay = Duration::from_secs(3);
+        let b = encode(&ctx);
+        let moved: Vec<Feature> = ALL
+            .iter()
+            .copied()
+            .filter(|f| a[*f as usize] != b[*f as usize])
+            .collect();
+        for f in &moved {
+            assert!(DELAY_FEATURES.contains(f), "{f:?} moves with the wait");
+        }
+        for f in ALL.iter().filter(|f| !DELAY_FEATURES.contains(f)) {
+            assert_eq!(a[*f as usize], b[*f as usize], "{f:?}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! The model artifact (`model.json`) and its evaluation, without polars or linfa.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -461,6 +462,26 @@ impl SuccessModel for LogisticModel {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
         self.p_features(&features::encode(ctx))
     }
+
+    /// Encodes `ctx` once; per wait, only the features that depend on it
+    /// ([`features::DELAY_FEATURES`]) are re-encoded and re-weighed.
+    fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
+        let mut x = features::encode(ctx);
+        let term = |x: &[f64; N_FEATURES], j: usize| {
+            self.weights[j] * ((x[j] - self.mean[j]) / self.scale[j])
+        };
+        let moving = |x: &[f64; N_FEATURES]| {
+            features::DELAY_FEATURES
+                .iter()
+                .map(|f| term(x, *f as usize))
+                .sum::<f64>()
+        };
+        let fixed = self.logit(&x) - moving(&x);
+        for (d, o) in delays.iter().zip(out.iter_mut()) {
+            features::encode_delay(ctx, *d, &mut x);
+            *o = sigmoid(fixed + moving(&x));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -676,6 +697,36 @@ mod tests {
             prop_assert!((0.0..=1.0).contains(&p));
             let z = b.clamp(-30.0, 30.0);
             prop_assert!((sigmoid(z) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
+        }
+
+        /// Weighing many waits at once gives what asking once per wait gives.
+        #[test]
+        fn by_delay_equals_one_at_a_time(
+            w in proptest::collection::vec(-3.0f64..3.0, N_FEATURES),
+            mean in proptest::collection::vec(-2.0f64..2.0, N_FEATURES),
+            scale in proptest::collection::vec(0.1f64..5.0, N_FEATURES),
+            b in -3.0f64..3.0,
+            kind in proptest::sample::select(ErrorKind::ALL.to_vec()),
+            ra_ms in proptest::option::of(0u64..20_000),
+            rate in proptest::option::of(0.0f64..=1.0),
+            delays in proptest::collection::vec(0u64..60_000, 1..40),
+        ) {
+            let scaler = Scaler { mean, scale };
+            let m = LogisticModel::from_parts(&scaler, &w, b).unwrap();
+            let mut ctx = AttemptContext::first("t");
+            ctx.attempt = 3;
+            ctx.error = Some(kind);
+            ctx.retry_after = ra_ms.map(Duration::from_millis);
+            ctx.failure_rate = rate;
+            ctx.delay = Duration::from_millis(123);
+            let delays: Vec<Duration> = delays.into_iter().map(Duration::from_millis).collect();
+            let mut out = vec![0.0; delays.len()];
+            m.p_success_by_delay(&ctx, &delays, &mut out);
+            for (d, p) in delays.iter().zip(&out) {
+                let mut c = ctx.clone();
+                c.delay = *d;
+                prop_assert!((m.p_success(&c) - p).abs() < 1e-9, "{:?}: {} vs {}", d, m.p_success(&c), p);
+            }
         }
     }
 }

@@ -5,6 +5,8 @@
 //! through this trait. Without a model every mechanism falls back to its rules, so a
 //! model is always optional.
 
+use std::time::Duration;
+
 use crate::attempt::AttemptContext;
 
 mod artifact;
@@ -47,6 +49,18 @@ pub use artifact::{
 pub trait SuccessModel: Send + Sync {
     /// The probability in `[0, 1]` that an attempt made in `ctx` succeeds.
     fn p_success(&self, ctx: &AttemptContext) -> f64;
+
+    /// The probability of success of the attempt in `ctx` after each wait of `delays`
+    /// (`out[i]` for `delays[i]`; `out` is at least as long as `delays`): what a decider
+    /// weighing many waits asks. The default evaluates [`p_success`](Self::p_success) once
+    /// per wait; models that can share the work across waits override it.
+    fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
+        let mut c = ctx.clone();
+        for (d, o) in delays.iter().zip(out.iter_mut()) {
+            c.delay = *d;
+            *o = self.p_success(&c);
+        }
+    }
 }
 
 impl<F> SuccessModel for F
@@ -55,6 +69,16 @@ where
 {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
         self(ctx)
+    }
+}
+
+impl<M: SuccessModel + ?Sized> SuccessModel for std::sync::Arc<M> {
+    fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        (**self).p_success(ctx)
+    }
+
+    fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
+        (**self).p_success_by_delay(ctx, delays, out);
     }
 }
 

@@ -18,11 +18,13 @@
 mod backoff;
 mod decider;
 mod explore;
+mod model_decider;
 mod rule_adaptive;
 mod rules;
 
 pub use backoff::{Backoff, Jitter};
 pub use decider::{Decision, Explained, NoRetry, RetryDecider, StopReason};
 pub use explore::Exploration;
+pub use model_decider::{Alternative, MAX_GRID, ModelDecider, ModelDeciderBuilder, Weighed};
 pub use rule_adaptive::RuleBasedAdaptive;
 pub use rules::{AttemptTimeout, RetryRules, RetryRulesBuilder};

@@ -1,0 +1,720 @@
+//! The model-driven decider: the wait worth the most, by what the model predicts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::attempt::AttemptContext;
+use crate::error::{Check, ConfigError};
+use crate::model::SuccessModel;
+use crate::random::RandomSource;
+
+use super::{Decision, Explained, RetryDecider, RuleBasedAdaptive, StopReason};
+
+const CHECK: Check = Check::new("model_decider");
+
+/// The most waits a grid may hold (the Retry-After asked for is weighed beside them).
+pub const MAX_GRID: usize = 64;
+
+/// Decides retries by what a [`SuccessModel`] predicts each wait is worth.
+///
+/// After a retryable failure it weighs candidate waits — a grid from zero to the cap, and
+/// exactly the Retry-After when the upstream asked for one (never less) — by their value,
+/// in units of one successful call:
+///
+/// ```text
+/// V(w) = p(w) − c / (1 − f) − t·w + (1 − p(w)) · g(w) · V*
+/// ```
+///
+/// - `p(w)`: the model's probability that the attempt after waiting `w` succeeds;
+/// - `c / (1 − f)`: the cost of an attempt. `c` (`attempt_cost`, default 0.1) is the load
+///   one attempt puts on the upstream, against the value of a success; divided by the share
+///   of calls that currently succeed at the target (`1 − f`, `f` its recent failure rate),
+///   it becomes what the attempt costs everyone: at a failure rate `f` it takes `1/(1 − f)`
+///   attempts to buy one success, and the attempts a struggling target spends on retries
+///   are taken from other callers' first attempts. Without a known failure rate, `c`;
+/// - `t·w`: the cost of waiting (`time_cost`, default 0.01 per second);
+/// - `(1 − p(w)) · g(w) · V*`: what a failure then still leaves — the value of continuing
+///   (`V*`, the best value now), scaled by the share of the time to the deadline that
+///   would be left after the wait and an attempt as long as the last (`g`), and zero when
+///   the attempt would be the last allowed.
+///
+/// `V*` is found by iterating that equation from zero. It stops when no wait is worth an
+/// attempt (`V* ≤ 0`: with the same prediction for every wait this is exactly "stop below
+/// p = c", the design sketch's "stop below p = 0.1"), when no wait lets another attempt
+/// start before the deadline, after `max_attempts`, or when the upstream asked for a
+/// Retry-After beyond the cap. The chosen wait is drawn at random among the near-optimal
+/// ones (within `tolerance` of `V*`), so that callers that saw the same failure do not
+/// retry in lockstep. Every decision carries the probability it expected
+/// ([`RetryDecider::explain`]); [`weigh`](Self::weigh) gives every alternative.
+///
+/// **Fallback.** Without a model, or when the model answers NaN, it decides with the
+/// rule-based [`RuleBasedAdaptive`] (same deadline, no model), counts it
+/// ([`fallbacks`](Self::fallbacks)) and logs a warning once. It never panics on a model's
+/// answer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use retrywise::attempt::{AttemptContext, ErrorKind};
+/// use retrywise::model::SuccessModel;
+/// use retrywise::retry::{Decision, ModelDecider, RetryDecider, StopReason};
+///
+/// // Rate limits clear within a second; connections refused stay refused.
+/// let model = |c: &AttemptContext| match c.error {
+///     Some(ErrorKind::Http429) => (c.delay.as_secs_f64()).min(0.95),
+///     _ => 0.01,
+/// };
+/// let decider = ModelDecider::builder().model(Arc::new(model)).seed(7).build()?;
+///
+/// let mut ctx = AttemptContext::first("api");
+/// ctx.attempt = 2;
+/// ctx.error = Some(ErrorKind::Http429);
+/// let Decision::Retry(wait) = decider.decide(&ctx) else { panic!() };
+/// assert!(wait >= Duration::from_millis(500) && wait <= Duration::from_secs(2));
+///
+/// ctx.error = Some(ErrorKind::Connect);
+/// assert_eq!(decider.decide(&ctx), Decision::Stop(StopReason::LowSuccessProbability));
+/// # Ok::<(), retrywise::error::ConfigError>(())
+/// ```
+pub struct ModelDecider {
+    model: Option<Arc<dyn SuccessModel>>,
+    fallback: RuleBasedAdaptive,
+    grid: Vec<Duration>,
+    cap: Duration,
+    attempt_cost: f64,
+    time_cost: f64,
+    tolerance: f64,
+    max_attempts: u32,
+    deadline: Option<Duration>,
+    random: RandomSource,
+    health: Arc<FallbackCount>,
+}
+
+/// How often a decider fell back to its rules.
+#[derive(Debug, Default)]
+struct FallbackCount {
+    count: AtomicU64,
+    warned: AtomicBool,
+}
+
+impl FallbackCount {
+    fn note(&self, why: &str) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = why,
+                "model decider: deciding with the rule-based policy"
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for ModelDecider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelDecider")
+            .field("model", &self.model.is_some())
+            .field("grid", &self.grid.len())
+            .field("cap", &self.cap)
+            .field("attempt_cost", &self.attempt_cost)
+            .field("time_cost", &self.time_cost)
+            .field("tolerance", &self.tolerance)
+            .field("max_attempts", &self.max_attempts)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl Clone for ModelDecider {
+    /// A clone shares the model and the fallback count; a seeded clone continues its
+    /// random sequence independently.
+    fn clone(&self) -> Self {
+        Self {
+            model: self.model.clone(),
+            fallback: self.fallback.clone(),
+            grid: self.grid.clone(),
+            cap: self.cap,
+            attempt_cost: self.attempt_cost,
+            time_cost: self.time_cost,
+            tolerance: self.tolerance,
+            max_attempts: self.max_attempts,
+            deadline: self.deadline,
+            random: self.random.clone(),
+            health: Arc::clone(&self.health),
+        }
+    }
+}
+
+/// One wait the decider weighed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alternative {
+    /// The wait.
+    pub wait: Duration,
+    /// The predicted probability that the attempt after it succeeds.
+    pub p_success: f64,
+    /// Its value (see [`ModelDecider`]), in units of one successful call.
+    pub value: f64,
+}
+
+/// A decision with every alternative it weighed (empty when it stopped before weighing or
+/// decided by its rules).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weighed {
+    /// The decision and the probability it expected.
+    pub explained: Explained,
+    /// Whether the rules decided (no model, or a model answering NaN).
+    pub fell_back: bool,
+    /// The waits weighed, shortest first.
+    pub alternatives: Vec<Alternative>,
+}
+
+impl ModelDecider {
+    /// A builder with the defaults: a 32-wait grid from 0 to a 30 s cap, attempt cost
+    /// 0.1, time cost 0.01 per second, tolerance 0.01, at most 6 attempts, no deadline.
+    pub fn builder() -> ModelDeciderBuilder {
+        ModelDeciderBuilder::default()
+    }
+
+    /// How many decisions were made by the rules instead of the model.
+    pub fn fallbacks(&self) -> u64 {
+        self.health.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether it has a model to consult.
+    pub fn has_model(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// The waits it weighs (before the Retry-After), shortest first.
+    pub fn grid(&self) -> &[Duration] {
+        &self.grid
+    }
+
+    /// Decides, and returns every alternative weighed.
+    pub fn weigh(&self, ctx: &AttemptContext) -> Weighed {
+        let mut alternatives = Vec::new();
+        let (explained, fell_back) = self.decide_into(ctx, Some(&mut alternatives));
+        Weighed {
+            explained,
+            fell_back,
+            alternatives,
+        }
+    }
+
+    fn stop(reason: StopReason, p: Option<f64>) -> Explained {
+        Explained {
+            decision: Decision::Stop(reason),
+            p_success: p,
+        }
+    }
+
+    fn by_rules(&self, ctx: &AttemptContext, why: &str) -> (Explained, bool) {
+        self.health.note(why);
+        (self.fallback.explain(ctx), true)
+    }
+
+    /// The decision, whether the rules made it, and (when asked) the alternatives.
+    fn decide_into(
+        &self,
+        ctx: &AttemptContext,
+        weighed: Option<&mut Vec<Alternative>>,
+    ) -> (Explained, bool) {
+        let Some(model) = &self.model else {
+            return self.by_rules(ctx, "no model");
+        };
+        if ctx.attempt > self.max_attempts {
+            return (Self::stop(StopReason::MaxAttempts, None), false);
+        }
+        if ctx.retry_after.is_some_and(|ra| ra > self.cap) {
+            return (Self::stop(StopReason::RetryAfterTooLong, None), false);
+        }
+        // The candidates: the grid from the Retry-After up, and the Retry-After itself.
+        let floor = ctx.retry_after.unwrap_or(Duration::ZERO);
+        let mut waits = [Duration::ZERO; MAX_GRID + 1];
+        let mut n = 0;
+        if ctx.retry_after.is_some() {
+            waits[0] = floor;
+            n = 1;
+        }
+        for w in self.grid.iter().filter(|w| **w > floor) {
+            waits[n] = *w;
+            n += 1;
+        }
+        // No attempt may start at or after the deadline.
+        let remaining = self.deadline.map(|d| d.saturating_sub(ctx.elapsed));
+        if let Some(r) = remaining {
+            while n > 0 && waits[n - 1] >= r {
+                n -= 1;
+            }
+            if n == 0 {
+                return (Self::stop(StopReason::Deadline, None), false);
+            }
+        }
+        let waits = &waits[..n];
+        let mut p = [0.0; MAX_GRID + 1];
+        let p = &mut p[..n];
+        model.p_success_by_delay(ctx, waits, p);
+        if p.iter().any(|x| x.is_nan()) {
+            return self.by_rules(ctx, "the model answered NaN");
+        }
+        for x in p.iter_mut() {
+            *x = x.clamp(0.0, 1.0);
+        }
+        // The value of each wait, and the best.
+        let f = ctx
+            .failure_rate
+            .filter(|f| f.is_finite())
+            .map_or(0.0, |f| f.clamp(0.0, 0.99));
+        let cost = self.attempt_cost / (1.0 - f);
+        let last = ctx.attempt >= self.max_attempts;
+        let attempt_time = ctx.latency.unwrap_or(Duration::ZERO);
+        let mut left = [0.0; MAX_GRID + 1];
+        let left = &mut left[..n];
+        for (g, w) in left.iter_mut().zip(waits) {
+            *g = match remaining {
+                _ if last => 0.0,
+                None => 1.0,
+                Some(r) => {
+                    let after = r.saturating_sub(*w).saturating_sub(attempt_time);
+                    after.as_secs_f64() / r.as_secs_f64()
+                }
+            };
+        }
+        let value = |i: usize, v_star: f64| {
+            p[i] - cost - self.time_cost * waits[i].as_secs_f64() + (1.0 - p[i]) * left[i] * v_star
+        };
+        let mut v_star = 0.0;
+        let mut best = 0;
+        for _ in 0..8 {
+            let (b, v) =
+                (0..n)
+                    .map(|i| (i, value(i, v_star)))
+                    .fold(
+                        (0, f64::NEG_INFINITY),
+                        |acc, x| if x.1 > acc.1 { x } else { acc },
+                    );
+            best = b;
+            let done = (v - v_star).abs() < 1e-6;
+            v_star = v;
+            if done || v_star <= 0.0 {
+                break;
+            }
+        }
+        if let Some(out) = weighed {
+            out.extend((0..n).map(|i| Alternative {
+                wait: waits[i],
+                p_success: p[i],
+                value: value(i, v_star),
+            }));
+        }
+        if v_star <= 0.0 {
+            return (
+                Self::stop(StopReason::LowSuccessProbability, Some(p[best])),
+                false,
+            );
+        }
+        // A near-optimal wait at random: callers that saw the same failure spread out.
+        let top = (0..n)
+            .map(|i| value(i, v_star))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let near = |i: &usize| value(*i, v_star) >= top - self.tolerance;
+        let k = (0..n).filter(near).count();
+        let pick = ((self.random.next_f64() * k as f64) as usize).min(k.saturating_sub(1));
+        let chosen = (0..n).filter(near).nth(pick).unwrap_or(best);
+        (
+            Explained {
+                decision: Decision::Retry(waits[chosen]),
+                p_success: Some(p[chosen]),
+            },
+            false,
+        )
+    }
+}
+
+impl RetryDecider for ModelDecider {
+    fn decide(&self, ctx: &AttemptContext) -> Decision {
+        self.explain(ctx).decision
+    }
+
+    fn explain(&self, ctx: &AttemptContext) -> Explained {
+        self.decide_into(ctx, None).0
+    }
+
+    fn attempt_timeout(&self, ctx: &AttemptContext) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_sub(ctx.elapsed.saturating_add(ctx.delay)))
+    }
+}
+
+/// Configures a [`ModelDecider`]; every value is checked by [`build`](Self::build).
+#[derive(Clone)]
+pub struct ModelDeciderBuilder {
+    model: Option<Arc<dyn SuccessModel>>,
+    grid_len: usize,
+    cap: Duration,
+    attempt_cost: f64,
+    time_cost: f64,
+    tolerance: f64,
+    max_attempts: u32,
+    deadline: Option<Duration>,
+    seed: Option<u64>,
+}
+
+impl std::fmt::Debug for ModelDeciderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelDeciderBuilder")
+            .field("model", &self.model.is_some())
+            .field("grid_len", &self.grid_len)
+            .field("cap", &self.cap)
+            .field("attempt_cost", &self.attempt_cost)
+            .field("time_cost", &self.time_cost)
+            .field("tolerance", &self.tolerance)
+            .field("max_attempts", &self.max_attempts)
+            .field("deadline", &self.deadline)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+impl Default for ModelDeciderBuilder {
+    fn default() -> Self {
+        Self {
+            model: None,
+            grid_len: 32,
+            cap: Duration::from_secs(30),
+            attempt_cost: 0.1,
+            time_cost: 0.01,
+            tolerance: 0.01,
+            max_attempts: 6,
+            deadline: None,
+            seed: None,
+        }
+    }
+}
+
+impl ModelDeciderBuilder {
+    /// The model to consult (without one, the rules decide).
+    pub fn model(mut self, model: Arc<dyn SuccessModel>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// The model to consult, if there is one.
+    pub fn maybe_model(mut self, model: Option<Arc<dyn SuccessModel>>) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// The number of waits weighed: zero, then log-spaced from 1 ms to the cap (2 to
+    /// [`MAX_GRID`]).
+    pub fn grid(mut self, len: usize) -> Self {
+        self.grid_len = len;
+        self
+    }
+
+    /// The longest wait (and the longest Retry-After honoured).
+    pub fn cap(mut self, cap: Duration) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// The cost of one attempt, in units of a successful call (in `(0, 1)`).
+    pub fn attempt_cost(mut self, c: f64) -> Self {
+        self.attempt_cost = c;
+        self
+    }
+
+    /// The cost of waiting one second, in units of a successful call.
+    pub fn time_cost(mut self, per_second: f64) -> Self {
+        self.time_cost = per_second;
+        self
+    }
+
+    /// How far below the best a wait may be valued and still be drawn.
+    pub fn tolerance(mut self, t: f64) -> Self {
+        self.tolerance = t;
+        self
+    }
+
+    /// The most attempts of one call, the first included.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The call's overall deadline from its first attempt.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
+    /// Draws the near-optimal wait from a generator seeded with `seed` (deterministic).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks every value and builds the decider.
+    ///
+    /// # Errors
+    /// A grid of fewer than 2 or more than [`MAX_GRID`] waits, a cap under 1 ms, costs
+    /// outside their ranges, a negative tolerance, no attempts, a zero deadline.
+    pub fn build(self) -> Result<ModelDecider, ConfigError> {
+        if !(2..=MAX_GRID).contains(&self.grid_len) {
+            return Err(CHECK.err(
+                "grid",
+                format!("must hold 2 to {MAX_GRID} waits, got {}", self.grid_len),
+            ));
+        }
+        if self.cap < Duration::from_millis(1) {
+            return Err(CHECK.err("cap", format!("must be at least 1 ms, got {:?}", self.cap)));
+        }
+        CHECK.in_range("attempt_cost", self.attempt_cost, 1e-6, 0.999)?;
+        CHECK.in_range("time_cost", self.time_cost, 0.0, 1e3)?;
+        CHECK.in_range("tolerance", self.tolerance, 0.0, 1.0)?;
+        CHECK.at_least_one("max_attempts", u64::from(self.max_attempts))?;
+        if let Some(d) = self.deadline {
+            CHECK.positive("deadline", d)?;
+        }
+        let base = Duration::from_millis(100).min(self.cap);
+        let mut fallback = RuleBasedAdaptive::new().delays(base, self.cap)?;
+        if let Some(d) = self.deadline {
+            fallback = fallback.deadline(d)?;
+        }
+        // Zero, then log-spaced from 1 ms to the cap.
+        let steps = self.grid_len - 1;
+        let (lo, hi) = (1e-3f64.ln(), self.cap.as_secs_f64().ln());
+        let grid = std::iter::once(Duration::ZERO)
+            .chain((0..steps).map(|i| {
+                let x = if steps == 1 {
+                    hi
+                } else {
+                    lo + (hi - lo) * i as f64 / (steps - 1) as f64
+                };
+                Duration::from_secs_f64(x.exp()).min(self.cap)
+            }))
+            .collect();
+        Ok(ModelDecider {
+            model: self.model,
+            fallback,
+            grid,
+            cap: self.cap,
+            attempt_cost: self.attempt_cost,
+            time_cost: self.time_cost,
+            tolerance: self.tolerance,
+            max_attempts: self.max_attempts,
+            deadline: self.deadline,
+            random: self.seed.map_or(RandomSource::Thread, RandomSource::seeded),
+            health: Arc::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempt::ErrorKind;
+    use proptest::prelude::*;
+
+    fn after(kind: ErrorKind, attempt: u32) -> AttemptContext {
+        let mut c = AttemptContext::first("t");
+        c.attempt = attempt;
+        c.error = Some(kind);
+        c.latency = Some(Duration::from_millis(20));
+        c.elapsed = Duration::from_millis(20);
+        c
+    }
+
+    fn flat(p: f64) -> Arc<dyn SuccessModel> {
+        Arc::new(move |_: &AttemptContext| p)
+    }
+
+    fn decider(model: Arc<dyn SuccessModel>) -> ModelDeciderBuilder {
+        ModelDecider::builder().model(model).seed(1)
+    }
+
+    #[test]
+    fn the_grid_runs_from_zero_to_the_cap() {
+        let d = ModelDecider::builder()
+            .cap(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let g = d.grid();
+        assert_eq!(g.len(), 32);
+        assert_eq!(g[0], Duration::ZERO);
+        assert_eq!(g[1], Duration::from_millis(1));
+        assert_eq!(*g.last().unwrap(), Duration::from_secs(10));
+        assert!(g.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn waits_where_waiting_pays_and_not_longer() {
+        // p rises with the wait until 1 s, then stays: waiting longer only costs time.
+        let model = Arc::new(|c: &AttemptContext| (c.delay.as_secs_f64()).min(1.0) * 0.9);
+        let d = decider(model).tolerance(0.0).build().unwrap();
+        let Decision::Retry(w) = d.decide(&after(ErrorKind::Http503, 2)) else {
+            panic!("should retry");
+        };
+        assert!(
+            w >= Duration::from_millis(700) && w <= Duration::from_millis(1500),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn never_before_the_retry_after_and_never_beyond_the_cap() {
+        let d = decider(flat(0.9))
+            .cap(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut c = after(ErrorKind::Http429, 2);
+        c.retry_after = Some(Duration::from_millis(1234));
+        for _ in 0..50 {
+            let Decision::Retry(w) = d.decide(&c) else {
+                panic!()
+            };
+            assert!(w >= Duration::from_millis(1234), "{w:?}");
+        }
+        // A flat model: every extra millisecond only costs, so exactly the Retry-After.
+        let exact = decider(flat(0.9)).tolerance(0.0).build().unwrap();
+        assert_eq!(
+            exact.decide(&c),
+            Decision::Retry(Duration::from_millis(1234))
+        );
+        c.retry_after = Some(Duration::from_secs(6));
+        assert_eq!(d.decide(&c), Decision::Stop(StopReason::RetryAfterTooLong));
+    }
+
+    #[test]
+    fn the_deadline_and_the_attempt_limit_stop_it() {
+        let d = decider(flat(0.9))
+            .deadline(Duration::from_secs(2))
+            .max_attempts(3)
+            .build()
+            .unwrap();
+        let mut c = after(ErrorKind::Http503, 2);
+        c.elapsed = Duration::from_secs(2);
+        assert_eq!(d.decide(&c), Decision::Stop(StopReason::Deadline));
+        c.elapsed = Duration::from_millis(1500);
+        let Decision::Retry(w) = d.decide(&c) else {
+            panic!()
+        };
+        assert!(w < Duration::from_millis(500));
+        let c = after(ErrorKind::Http503, 4);
+        assert_eq!(d.decide(&c), Decision::Stop(StopReason::MaxAttempts));
+    }
+
+    #[test]
+    fn a_struggling_target_makes_attempts_dearer() {
+        let d = decider(flat(0.3)).build().unwrap();
+        let mut c = after(ErrorKind::Http503, 2);
+        assert!(matches!(d.decide(&c), Decision::Retry(_)));
+        c.failure_rate = Some(0.2);
+        assert!(matches!(d.decide(&c), Decision::Retry(_)));
+        // 0.1 / (1 - 0.8) = 0.5 > 0.3: not worth it.
+        c.failure_rate = Some(0.8);
+        assert_eq!(
+            d.decide(&c),
+            Decision::Stop(StopReason::LowSuccessProbability)
+        );
+    }
+
+    #[test]
+    fn near_optimal_waits_are_drawn_at_random() {
+        // Nearly flat in the wait: many waits are within the tolerance.
+        let model = Arc::new(|c: &AttemptContext| 0.8 + 0.001 * c.delay.as_secs_f64());
+        let d = decider(model).time_cost(0.0).build().unwrap();
+        let c = after(ErrorKind::Http503, 2);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            if let Decision::Retry(w) = d.decide(&c) {
+                seen.insert(w);
+            }
+        }
+        assert!(seen.len() >= 10, "{} distinct waits", seen.len());
+    }
+
+    #[test]
+    fn falls_back_to_the_rules_without_a_model_or_on_nan() {
+        let rules = RuleBasedAdaptive::new();
+        let none = ModelDecider::builder().build().unwrap();
+        let c = after(ErrorKind::Http503, 2);
+        assert_eq!(none.explain(&c), rules.explain(&c));
+        assert!(none.weigh(&c).fell_back);
+        assert_eq!(none.fallbacks(), 2);
+        let nan = decider(flat(f64::NAN)).build().unwrap();
+        assert_eq!(nan.explain(&c), rules.explain(&c));
+        assert_eq!(nan.fallbacks(), 1);
+        assert!(!decider(flat(0.5)).build().unwrap().weigh(&c).fell_back);
+    }
+
+    #[test]
+    fn refuses_bad_configuration() {
+        let b = ModelDecider::builder;
+        assert_eq!(b().grid(1).build().unwrap_err().field, "grid");
+        assert_eq!(b().grid(MAX_GRID + 1).build().unwrap_err().field, "grid");
+        assert_eq!(b().cap(Duration::ZERO).build().unwrap_err().field, "cap");
+        assert_eq!(
+            b().attempt_cost(0.0).build().unwrap_err().field,
+            "attempt_cost"
+        );
+        assert_eq!(
+            b().time_cost(f64::NAN).build().unwrap_err().field,
+            "time_cost"
+        );
+        assert_eq!(b().tolerance(-1.0).build().unwrap_err().field, "tolerance");
+        assert_eq!(
+            b().max_attempts(0).build().unwrap_err().field,
+            "max_attempts"
+        );
+        assert_eq!(
+            b().deadline(Duration::ZERO).build().unwrap_err().field,
+            "deadline"
+        );
+    }
+
+    proptest! {
+        /// With the same prediction for every wait, it retries exactly when p is above the
+        /// attempt's cost (the design sketch's "stop below p = 0.1" at the defaults).
+        #[test]
+        fn a_flat_model_retries_exactly_above_the_cost(p in 0.0f64..1.0, c in 0.01f64..0.9) {
+            prop_assume!((p - c).abs() > 1e-3);
+            let d = decider(flat(p)).attempt_cost(c).time_cost(0.0).build().unwrap();
+            let retried = matches!(d.decide(&after(ErrorKind::Http503, 2)), Decision::Retry(_));
+            prop_assert_eq!(retried, p > c);
+        }
+
+        /// Whatever the model answers (out of range, infinite, NaN), it decides without
+        /// panicking; a retry is never before the Retry-After nor after the deadline, and
+        /// the chosen wait is valued within the tolerance of the best.
+        #[test]
+        fn any_answer_is_handled(
+            answers in proptest::collection::vec(prop_oneof![
+                -2.0f64..2.0, Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)], 1..8),
+            attempt in 2u32..8,
+            ra_ms in proptest::option::of(0u64..40_000),
+            elapsed_ms in 0u64..12_000,
+            rate in proptest::option::of(-1.0f64..2.0),
+        ) {
+            let answers = Arc::new(answers);
+            let a = Arc::clone(&answers);
+            let model = Arc::new(move |c: &AttemptContext| a[(c.delay.as_millis() % a.len() as u128) as usize]);
+            let d = decider(model).deadline(Duration::from_secs(10)).build().unwrap();
+            let mut c = after(ErrorKind::Http429, attempt);
+            c.retry_after = ra_ms.map(Duration::from_millis);
+            c.elapsed = Duration::from_millis(elapsed_ms);
+            c.failure_rate = rate;
+            let w = d.weigh(&c);
+            if let Decision::Retry(wait) = w.explained.decision {
+                prop_assert!(wait >= c.retry_after.unwrap_or_default());
+                prop_assert!(c.elapsed + wait < Duration::from_secs(10));
+                if !w.fell_back {
+                    let best = w.alternatives.iter().map(|a| a.value).fold(f64::NEG_INFINITY, f64::max);
+                    let chosen = w.alternatives.iter().find(|a| a.wait == wait).unwrap();
+                    prop_assert!(chosen.value >= best - 0.01 - 1e-9);
+                    prop_assert!((0.0..=1.0).contains(&w.explained.p_success.unwrap()));
+                }
+            }
+        }
+    }
+}
