@@ -329,6 +329,9 @@ pub struct LogisticModel {
     scale: [f64; N_FEATURES],
     weights: [f64; N_FEATURES],
     intercept: f64,
+    /// The scaler folded into the weights: `logit(x) = folded_intercept + folded · x`.
+    folded: [f64; N_FEATURES],
+    folded_intercept: f64,
 }
 
 impl LogisticModel {
@@ -387,11 +390,25 @@ impl LogisticModel {
             scale: [1.0; N_FEATURES],
             weights: [0.0; N_FEATURES],
             intercept,
+            folded: [0.0; N_FEATURES],
+            folded_intercept: intercept,
         };
         m.mean.copy_from_slice(&scaler.mean);
         m.scale.copy_from_slice(&scaler.scale);
         m.weights.copy_from_slice(weights);
+        m.fold();
         Ok(m)
+    }
+
+    /// Folds the scaler into the weights, so that a prediction is one dot product:
+    /// `w · (x − m) / s = (w / s) · x − Σ w m / s`.
+    fn fold(&mut self) {
+        let mut shift = 0.0;
+        for j in 0..N_FEATURES {
+            self.folded[j] = self.weights[j] / self.scale[j];
+            shift += self.folded[j] * self.mean[j];
+        }
+        self.folded_intercept = self.intercept - shift;
     }
 
     /// Parses, validates and loads `model.json`'s text.
@@ -409,21 +426,21 @@ impl LogisticModel {
         for (w, f) in weights.iter_mut().zip(features::ALL) {
             *w = weight(f.name());
         }
-        Self {
+        let mut m = Self {
             mean: [0.0; N_FEATURES],
             scale: [1.0; N_FEATURES],
             weights,
             intercept,
-        }
+            folded: [0.0; N_FEATURES],
+            folded_intercept: intercept,
+        };
+        m.fold();
+        m
     }
 
     /// The linear score (log-odds of success) of a feature vector.
     pub fn logit(&self, x: &[f64; N_FEATURES]) -> f64 {
-        let mut z = self.intercept;
-        for (((&xi, &m), &s), &w) in x.iter().zip(&self.mean).zip(&self.scale).zip(&self.weights) {
-            z += w * ((xi - m) / s);
-        }
-        z
+        self.folded_intercept + dot(&self.folded, x)
     }
 
     /// The probability of success of a feature vector.
@@ -458,6 +475,21 @@ pub fn sigmoid(z: f64) -> f64 {
     }
 }
 
+/// `a · b`, in four independent sums (the compiler vectorizes it; one chain of additions
+/// would wait on each).
+fn dot(a: &[f64; N_FEATURES], b: &[f64; N_FEATURES]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, ra) = a.as_chunks::<4>();
+    let (cb, rb) = b.as_chunks::<4>();
+    for (x, y) in ca.iter().zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 impl SuccessModel for LogisticModel {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
         self.p_features(&features::encode(ctx))
@@ -467,13 +499,10 @@ impl SuccessModel for LogisticModel {
     /// ([`features::DELAY_FEATURES`]) are re-encoded and re-weighed.
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
         let mut x = features::encode(ctx);
-        let term = |x: &[f64; N_FEATURES], j: usize| {
-            self.weights[j] * ((x[j] - self.mean[j]) / self.scale[j])
-        };
         let moving = |x: &[f64; N_FEATURES]| {
             features::DELAY_FEATURES
                 .iter()
-                .map(|f| term(x, *f as usize))
+                .map(|f| self.folded[*f as usize] * x[*f as usize])
                 .sum::<f64>()
         };
         let fixed = self.logit(&x) - moving(&x);

@@ -39,7 +39,7 @@ pub const MAX_GRID: usize = 64;
 ///   would be left after the wait and an attempt as long as the last (`g`), and zero when
 ///   the attempt would be the last allowed.
 ///
-/// `V*` is found by iterating that equation from zero. It stops when no wait is worth an
+/// `V*`, the best of these values, is solved for exactly. It stops when no wait is worth an
 /// attempt (`V* ≤ 0`: with the same prediction for every wait this is exactly "stop below
 /// p = c", the design sketch's "stop below p = 0.1"), when no wait lets another attempt
 /// start before the deadline, after `max_attempts`, or when the upstream asked for a
@@ -75,7 +75,7 @@ pub const MAX_GRID: usize = 64;
 ///
 /// ctx.error = Some(ErrorKind::Connect);
 /// assert_eq!(decider.decide(&ctx), Decision::Stop(StopReason::LowSuccessProbability));
-/// # Ok::<(), retrywise::error::ConfigError>(())
+/// # Ok::<(), retrywise::ConfigError>(())
 /// ```
 pub struct ModelDecider {
     model: Option<Arc<dyn SuccessModel>>,
@@ -280,31 +280,36 @@ impl ModelDecider {
                 }
             };
         }
-        let value = |i: usize, v_star: f64| {
-            p[i] - cost - self.time_cost * waits[i].as_secs_f64() + (1.0 - p[i]) * left[i] * v_star
-        };
-        let mut v_star = 0.0;
+        // V(w_i) = a_i + b_i·V*: what the attempt is worth now, and the share of the value
+        // of continuing that a failure leaves. V* = max_i V(w_i) has the exact solution
+        // V* = max_i a_i / (1 − b_i) (each wait's value if it were always the choice),
+        // since every b_i < 1 wherever a_i > 0.
+        let mut a = [0.0; MAX_GRID + 1];
+        let mut b = [0.0; MAX_GRID + 1];
+        let mut v_star = f64::NEG_INFINITY;
         let mut best = 0;
-        for _ in 0..8 {
-            let (b, v) =
-                (0..n)
-                    .map(|i| (i, value(i, v_star)))
-                    .fold(
-                        (0, f64::NEG_INFINITY),
-                        |acc, x| if x.1 > acc.1 { x } else { acc },
-                    );
-            best = b;
-            let done = (v - v_star).abs() < 1e-6;
-            v_star = v;
-            if done || v_star <= 0.0 {
-                break;
+        for i in 0..n {
+            a[i] = p[i] - cost - self.time_cost * waits[i].as_secs_f64();
+            b[i] = (1.0 - p[i]) * left[i];
+            let v = if b[i] < 1.0 {
+                a[i] / (1.0 - b[i])
+            } else {
+                f64::NEG_INFINITY
+            };
+            if v > v_star {
+                v_star = v;
+                best = i;
             }
         }
+        // (No wait has a finite value only when every prediction is 0 and nothing runs
+        // out: then continuing is worth nothing.)
+        let cont = if v_star.is_finite() { v_star } else { 0.0 };
+        let value = |i: usize| a[i] + b[i] * cont;
         if let Some(out) = weighed {
             out.extend((0..n).map(|i| Alternative {
                 wait: waits[i],
                 p_success: p[i],
-                value: value(i, v_star),
+                value: value(i),
             }));
         }
         if v_star <= 0.0 {
@@ -314,10 +319,7 @@ impl ModelDecider {
             );
         }
         // A near-optimal wait at random: callers that saw the same failure spread out.
-        let top = (0..n)
-            .map(|i| value(i, v_star))
-            .fold(f64::NEG_INFINITY, f64::max);
-        let near = |i: &usize| value(*i, v_star) >= top - self.tolerance;
+        let near = |i: &usize| value(*i) >= v_star - self.tolerance;
         let k = (0..n).filter(near).count();
         let pick = ((self.random.next_f64() * k as f64) as usize).min(k.saturating_sub(1));
         let chosen = (0..n).filter(near).nth(pick).unwrap_or(best);

@@ -1,0 +1,90 @@
+//! The cost of a learned decision: one p(success) of the shipped model, and one retry
+//! decision of the model-driven decider (a 32-wait grid) beside the rule-based ones, on
+//! contexts after the failures the deciders meet most.
+//!
+//! Run: `cargo bench -p retrywise-benches --bench decide`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use retrywise::attempt::{AttemptContext, ErrorKind};
+use retrywise::model::{LogisticModel, ModelArtifact, SuccessModel};
+use retrywise::retry::{ModelDecider, RetryDecider, RetryRules, RuleBasedAdaptive};
+
+fn shipped() -> Arc<LogisticModel> {
+    let text = include_str!("../models/default/1/model.json");
+    let artifact: ModelArtifact = serde_json::from_str(text).unwrap();
+    Arc::new(LogisticModel::from_artifact(&artifact).unwrap())
+}
+
+/// After a 503, a 429 with Retry-After, and a timeout, with the target's health known.
+fn contexts() -> Vec<AttemptContext> {
+    let mut out = Vec::new();
+    for (kind, status, ra) in [
+        (ErrorKind::Http503, Some(503), None),
+        (
+            ErrorKind::Http429,
+            Some(429),
+            Some(Duration::from_millis(800)),
+        ),
+        (ErrorKind::Timeout, None, None),
+    ] {
+        let mut c = AttemptContext::first("payments");
+        c.attempt = 2;
+        c.error = Some(kind);
+        c.status = status;
+        c.retry_after = ra;
+        c.latency = Some(Duration::from_millis(40));
+        c.elapsed = Duration::from_millis(45);
+        c.failure_rate = Some(0.2);
+        c.latency_p95 = Some(Duration::from_millis(120));
+        c.in_flight = Some(12);
+        out.push(c);
+    }
+    out
+}
+
+fn decide(c: &mut Criterion) {
+    let model = shipped();
+    let ctxs = contexts();
+    let mut g = c.benchmark_group("decide");
+    g.bench_function("p_success", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % ctxs.len();
+            black_box(model.p_success(black_box(&ctxs[i])))
+        });
+    });
+    let learned = ModelDecider::builder()
+        .model(model.clone())
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let adaptive = RuleBasedAdaptive::new()
+        .with_model(model.clone())
+        .deadline(Duration::from_secs(10))
+        .unwrap();
+    let rules = RetryRules::builder().max_attempts(4).build().unwrap();
+    let cases: [(&str, &dyn RetryDecider); 3] = [
+        ("model-decider-32", &learned),
+        ("rule-adaptive-with-model", &adaptive),
+        ("retry-rules", &rules),
+    ];
+    for (name, d) in cases {
+        g.bench_function(name, |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % ctxs.len();
+                black_box(d.decide(black_box(&ctxs[i])))
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decide);
+criterion_main!(benches);
