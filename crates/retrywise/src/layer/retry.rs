@@ -127,6 +127,7 @@ where
         self.inner.poll_ready(cx).map_err(Error::new)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let start = Instant::now();
         let policy = self.policy.clone();
@@ -135,7 +136,7 @@ where
             Err(reason) => (State::Refused { reason }, 0, None),
             Ok(call_id) => {
                 let timeout = p.decider.attempt_timeout(&p.first);
-                let guard = p.guard(&p.first, call_id, 0, start);
+                let guard = p.guard(&p.first, call_id, 0, start).map(Box::new);
                 let fut = Timeout::new(self.inner.call(req.clone()), timeout);
                 (State::Calling { fut }, call_id, guard)
             }
@@ -164,12 +165,14 @@ pin_project! {
         service: S,
         request: Req,
         // The next attempt's context, once an attempt failed.
-        ctx: Option<AttemptContext>,
+        // (Boxed: allocated only when a call is retried; the future stays small.)
+        ctx: Option<Box<AttemptContext>>,
         call_id: u64,
         start: Instant,
         attempt_start: Instant,
         // Records the request in flight, if the policy records.
-        guard: Option<RecordGuard>,
+        // (Boxed: a policy that does not record keeps the future small.)
+        guard: Option<Box<RecordGuard>>,
         #[pin]
         state: State<S::Future>,
     }
@@ -242,12 +245,12 @@ where
                         Verdict::Retryable(f) => f,
                     };
                     let now = now.unwrap_or_else(Instant::now);
-                    let ctx = this.ctx.as_ref().unwrap_or(&p.first);
+                    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
                     match p.plan_retry(ctx, &failure, latency, *this.start, now) {
                         Err(_) => return Poll::Ready(finish(out)),
                         Ok(next) => {
                             let delay = next.delay;
-                            *this.ctx = Some(next);
+                            *this.ctx = Some(Box::new(next));
                             if delay.is_zero() {
                                 this.state.set(State::Readying);
                             } else {
@@ -269,8 +272,8 @@ where
                     let now = Instant::now();
                     *this.attempt_start = now;
                     let p = this.policy.inner();
-                    let ctx = this.ctx.as_ref().unwrap_or(&p.first);
-                    *this.guard = p.guard(ctx, *this.call_id, 0, now);
+                    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
+                    *this.guard = p.guard(ctx, *this.call_id, 0, now).map(Box::new);
                     let timeout = p.decider.attempt_timeout(ctx);
                     let fut = Timeout::new(this.service.call(this.request.clone()), timeout);
                     this.state.set(State::Calling { fut });

@@ -80,6 +80,7 @@ pub(crate) struct Inner {
 impl Inner {
     /// Starts a call at `start`: deposits it in the budget and asks the throttle. Returns
     /// the call's id in records (0 when nothing is recorded).
+    #[inline]
     pub(crate) fn begin(&self, start: Instant) -> Result<u64, StopReason> {
         if let Some(b) = &self.budget {
             b.deposit(start);
@@ -98,6 +99,7 @@ impl Inner {
     }
 
     /// A breaker permit for the next attempt, if the policy has a breaker.
+    #[inline]
     pub(super) fn permit(&self) -> Result<Option<Permit<&CircuitBreaker>>, CircuitOpen> {
         self.breaker
             .as_ref()
@@ -109,6 +111,7 @@ impl Inner {
     /// ended. A request the bulkhead refused was never sent: it tells them nothing. A
     /// permanent failure (a 400) is an answer, not a sign of trouble: it takes no token
     /// from the budget (gRFC A6) and trips the breaker only if configured to.
+    #[inline]
     pub(crate) fn settle(
         &self,
         permit: Option<Permit<&CircuitBreaker>>,
@@ -158,6 +161,7 @@ impl Inner {
 
     /// A request ended at `now` after `latency`: the health tracker counts it. A permanent
     /// failure (a 404, say) is an answer from a healthy target.
+    #[inline]
     pub(crate) fn observe(&self, now: Instant, verdict: &Verdict, latency: Duration) {
         if let Some(h) = &self.health {
             h.record(now, matches!(verdict, Verdict::Retryable(_)), latency);
@@ -240,6 +244,7 @@ impl Inner {
     }
 
     /// Starts recording a request made in `ctx` at `started`, if the policy records.
+    #[inline]
     pub(crate) fn guard(
         self: &Arc<Self>,
         ctx: &AttemptContext,
@@ -250,19 +255,30 @@ impl Inner {
         if !self.recording {
             return None;
         }
+        Some(self.record_guard(ctx, call_id, hedge, started))
+    }
+
+    #[cold]
+    fn record_guard(
+        self: &Arc<Self>,
+        ctx: &AttemptContext,
+        call_id: u64,
+        hedge: u32,
+        started: Instant,
+    ) -> RecordGuard {
         let mut ctx = ctx.clone();
         // Retry contexts were filled when the retry was decided; a first attempt's health
         // is the tracker's as the request starts.
         if ctx.health_window.is_none() {
             self.fill_health(&mut ctx, started);
         }
-        Some(RecordGuard {
+        RecordGuard {
             inner: Arc::clone(self),
             ctx: Some(ctx),
             call_id,
             hedge,
             started,
-        })
+        }
     }
 }
 
