@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use retrywise::model::SuccessModel;
 use retrywise::recorder::Recorder;
 use retrywise_collect::{SegmentRecorder, WriterConfig};
 use tokio::time::Instant;
@@ -53,6 +54,8 @@ pub struct RunOptions {
     pub bin: Duration,
     /// HTTP mode: connections open at once (requests beyond wait for one).
     pub max_connections: usize,
+    /// The success model of the `adaptive` policy.
+    pub model: Option<Arc<dyn SuccessModel>>,
 }
 
 impl RunOptions {
@@ -72,6 +75,7 @@ impl RunOptions {
             explore: None,
             bin: Duration::from_secs(1),
             max_connections: 2048,
+            model: None,
         }
     }
 }
@@ -229,6 +233,7 @@ async fn drive(
         seed: opts.seed,
         recorder,
         explore: opts.explore,
+        model: opts.model.clone(),
     };
     let strategy = Arc::new((spec.build)(&ctx)?);
     let upstream = UpstreamModel::new(Arc::clone(scenario), opts.seed);

@@ -59,6 +59,21 @@ pub enum SimError {
     /// Recording or compaction failed.
     #[error(transparent)]
     Collect(#[from] retrywise_collect::CollectError),
+    /// A success model could not be loaded.
+    #[error("model {path}")]
+    Model {
+        /// The file or directory given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: retrywise::model::ModelError,
+    },
+    /// A model directory holds no version.
+    #[error("model {path}: no `model.json` there nor in a numbered version directory below it")]
+    NoModel {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Drawing the plot failed.
     #[error("plot {path}: {problem}")]
     Plot {

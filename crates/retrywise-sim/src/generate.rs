@@ -106,7 +106,11 @@ pub fn generate(
     }
     let staging = opts.work.join("parquet");
     std::fs::create_dir_all(&staging).map_err(|e| io("create", &staging, e))?;
-    let policies: Vec<_> = CATALOG.iter().filter(|p| p.name != "oracle").collect();
+    // The data comes from the rule-based policies (the model-driven one learns from it).
+    let policies: Vec<_> = CATALOG
+        .iter()
+        .filter(|p| p.name != "oracle" && p.name != "adaptive")
+        .collect();
     let mut summary = GenerateSummary::default();
     for scenario in &opts.scenarios {
         let segments = opts.work.join("segments").join(&scenario.name);

@@ -1,14 +1,17 @@
 //! The policies the scoreboard compares. Adding one is a few lines in [`CATALOG`].
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use retrywise::budget::{AdaptiveThrottle, TokenBucket};
 use retrywise::hedge::{Hedge, HedgeDelay};
-use retrywise::policy::{Policy, PolicyBuilder};
+use retrywise::model::{LogisticModel, SuccessModel};
+use retrywise::policy::{DEFAULT_HEALTH_WINDOW, Policy, PolicyBuilder};
 use retrywise::recorder::Recorder;
 use retrywise::retry::{
-    AttemptTimeout, Backoff, Exploration, Jitter, RetryDecider, RetryRules, RuleBasedAdaptive,
+    AttemptTimeout, Backoff, Exploration, Jitter, ModelDecider, RetryDecider, RetryRules,
+    RuleBasedAdaptive,
 };
 
 use crate::SimError;
@@ -29,6 +32,9 @@ pub struct PolicyContext {
     pub recorder: Option<Arc<dyn Recorder>>,
     /// Exploration of retry delays (for training data).
     pub explore: Option<(f64, f64, f64)>,
+    /// The success model of the model-driven policy (`adaptive`); without one it decides
+    /// by its fallback rules.
+    pub model: Option<Arc<dyn SuccessModel>>,
 }
 
 /// How a policy runs.
@@ -192,6 +198,20 @@ pub static CATALOG: &[Contender] = &[
         },
     },
     Contender {
+        name: "adaptive",
+        description: "the model decides: the wait worth the most by predicted p(success), attempt cost and deadline (ModelDecider; rules without a model)",
+        build: |c| {
+            let d = ModelDecider::builder()
+                .maybe_model(c.model.clone())
+                .deadline(c.deadline)
+                .seed(c.seed ^ 0xADA)
+                .build()?;
+            let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
+            // The model reads the target's health: track it as the training data did.
+            policy(base(c, "adaptive", d)?.track_health(DEFAULT_HEALTH_WINDOW))
+        },
+    },
+    Contender {
         name: "hedge-p95",
         description: "one hedge after the p95 latency (budget 5 %), no retry",
         build: |c| {
@@ -228,6 +248,10 @@ impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
         self.0.decide(ctx)
     }
 
+    fn explain(&self, ctx: &retrywise::attempt::AttemptContext) -> retrywise::retry::Explained {
+        self.0.explain(ctx)
+    }
+
     fn attempt_timeout(&self, ctx: &retrywise::attempt::AttemptContext) -> Option<Duration> {
         Some(
             self.0
@@ -235,6 +259,43 @@ impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
                 .map_or(self.1, |t| t.min(self.1)),
         )
     }
+}
+
+/// Loads the success model at `path`: a `model.json` file, a version directory holding one,
+/// or a model directory (`models/NAME`), whose highest numbered version is taken.
+///
+/// # Errors
+/// [`SimError::Io`] when it cannot be read, [`SimError::Model`] when the artifact is
+/// invalid or of another feature set, [`SimError::NoModel`] when there is none.
+pub fn load_model(path: &Path) -> Result<Arc<LogisticModel>, SimError> {
+    let file = if path.is_file() {
+        path.to_path_buf()
+    } else if path.join("model.json").is_file() {
+        path.join("model.json")
+    } else {
+        let versions = std::fs::read_dir(path).map_err(|source| SimError::Io {
+            op: format!("read model directory {}", path.display()),
+            source,
+        })?;
+        let latest = versions
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let v: u64 = e.file_name().to_str()?.parse().ok()?;
+                e.path().join("model.json").is_file().then_some(v)
+            })
+            .max()
+            .ok_or_else(|| SimError::NoModel {
+                path: path.to_path_buf(),
+            })?;
+        path.join(latest.to_string()).join("model.json")
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| SimError::Io {
+        op: format!("read {}", file.display()),
+        source,
+    })?;
+    LogisticModel::from_json(&text)
+        .map(Arc::new)
+        .map_err(|source| SimError::Model { path: file, source })
 }
 
 /// The policy named `name`.

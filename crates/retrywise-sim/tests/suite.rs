@@ -38,6 +38,7 @@ fn every_policy_runs_every_scenario() {
             let most = match spec.name {
                 "none" | "oracle" => 1,
                 "retry-1s" | "hedge-p95" => 2,
+                "adaptive" => 6,
                 _ => 4,
             };
             for o in &r.outcomes {
@@ -332,4 +333,44 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The model-driven policy with the shipped model: it runs, stays within its attempt
+/// limit, and never sends an attempt the upstream could not have been asked for (after a
+/// 400) — and without a model it still runs, on its fallback rules.
+#[test]
+fn the_adaptive_policy_runs_with_and_without_a_model() {
+    let spec = find("adaptive").unwrap();
+    let model =
+        retrywise_sim::policies::load_model(std::path::Path::new("../../models/default")).unwrap();
+    for scenario in ["blips", "outage", "permanent"] {
+        let mut opts = small(scenario, 2_000);
+        let without = score(&run(spec, &opts).unwrap(), &opts.scenario, opts.rps);
+        opts.model = Some(model.clone());
+        let r = run(spec, &opts).unwrap();
+        let with = score(&r, &opts.scenario, opts.rps);
+        assert!(r.outcomes.iter().all(|o| o.attempts <= 6), "{scenario}");
+        assert!(
+            with.success_rate > 0.0 && without.success_rate > 0.0,
+            "{scenario}"
+        );
+        if scenario != "permanent" {
+            // Where retries matter, the model's decisions are not the rules'.
+            assert!(
+                (with.success_rate, with.attempts_per_request)
+                    != (without.success_rate, without.attempts_per_request),
+                "{scenario}: {with:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_model_path_that_holds_no_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = retrywise_sim::policies::load_model(dir.path()).unwrap_err();
+    assert!(matches!(e, SimError::NoModel { .. }), "{e}");
+    std::fs::write(dir.path().join("model.json"), "{").unwrap();
+    let e = retrywise_sim::policies::load_model(dir.path()).unwrap_err();
+    assert!(matches!(e, SimError::Model { .. }), "{e}");
 }

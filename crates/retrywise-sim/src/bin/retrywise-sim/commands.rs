@@ -49,6 +49,10 @@ pub(crate) struct RunArgs {
     /// Record every attempt into this directory (a segment directory per policy).
     #[arg(long)]
     record: Option<PathBuf>,
+    /// The success model of the `adaptive` policy: a `model.json`, a version directory or
+    /// a model directory (its latest version). Default: `models/default` when it exists.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Print the scoreboard as JSON.
     #[arg(long)]
     json: bool,
@@ -101,6 +105,34 @@ pub(crate) fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The policies a run asks for: those named, or every one.
+fn policies_wanted(named: &[String]) -> impl Iterator<Item = &str> {
+    let all = named.is_empty();
+    CATALOG
+        .iter()
+        .map(|p| p.name)
+        .filter(move |n| all || named.iter().any(|x| x == n))
+}
+
+/// The model of the `adaptive` policy: the one named (an error if it cannot be loaded), or
+/// the shipped `models/default` when it is there (without it, the policy decides by its
+/// fallback rules, and says so).
+fn adaptive_model(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Arc<dyn retrywise::model::SuccessModel>>> {
+    let shipped = std::path::Path::new("models/default");
+    match path {
+        Some(p) => Ok(Some(retrywise_sim::policies::load_model(p)?)),
+        None if shipped.is_dir() => Ok(Some(retrywise_sim::policies::load_model(shipped)?)),
+        None => {
+            eprintln!(
+                "warning: no --model and no models/default here: `adaptive` decides by its fallback rules"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Runs policies and prints the scoreboard.
 pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     let mut scenario = match &args.scenario {
@@ -137,6 +169,9 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         opts.requests = n;
     }
     opts.record = args.record;
+    if policies_wanted(&args.policies).any(|p| p == "adaptive") {
+        opts.model = adaptive_model(args.model.as_deref())?;
+    }
     if args.http || args.target.is_some() {
         opts.mode = Mode::Http {
             target: args.target,
