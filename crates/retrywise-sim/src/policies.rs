@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use retrywise::budget::{AdaptiveThrottle, TokenBucket};
+use retrywise::budget::{AdaptiveThrottle, CubicRateLimiter, RetryQuota, TokenBucket};
 use retrywise::hedge::{Hedge, HedgeDelay};
 use retrywise::model::{LogisticModel, SuccessModel};
 use retrywise::policy::{DEFAULT_HEALTH_WINDOW, Policy, PolicyBuilder};
@@ -186,6 +186,18 @@ pub static CATALOG: &[Contender] = &[
         build: |c| {
             let t = AdaptiveThrottle::new(2.0, Duration::from_secs(120))?.seeded(c.seed ^ 0x7);
             policy(base(c, "sre-throttle", retry(c, 4, exp()?, Jitter::Full)?)?.throttle(t))
+        },
+    },
+    Contender {
+        name: "aws-adaptive",
+        description: "the AWS SDKs' adaptive retry mode: 3 attempts, full jitter on 1 s x 2^n (cap 20 s), the retry quota (500; 5 a retry, 10 after a timeout) and the CUBIC client-side rate limiter",
+        build: |c| {
+            let backoff =
+                Backoff::exponential(Duration::from_secs(1), 2.0, Duration::from_secs(20))?;
+            let b = base(c, "aws-adaptive", retry(c, 3, backoff, Jitter::Full)?)?
+                .budget(RetryQuota::default())
+                .rate_limiter(CubicRateLimiter::default());
+            policy(b)
         },
     },
     Contender {

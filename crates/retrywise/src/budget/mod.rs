@@ -16,18 +16,25 @@
 //!   so that low-traffic clients can still retry.
 //! - [`AdaptiveThrottle`] — the SRE book's client-side throttling: refuses *any* request
 //!   locally with a probability that grows as the backend accepts fewer of them.
+//! - [`RetryQuota`] and [`CubicRateLimiter`] — the AWS SDKs' `standard` retry quota (500
+//!   units, 5 per retry, 10 after a timeout) and the `adaptive` mode's client-side rate
+//!   limiter, whose rate follows CUBIC after throttling answers.
 //!
 //! Budgets are shared: one instance per upstream, used by every call to it.
 
+mod aws;
 mod ratio;
 mod throttle;
 mod token_bucket;
 
+pub use aws::{CubicRateLimiter, RetryQuota};
 pub use ratio::RatioBudget;
 pub use throttle::AdaptiveThrottle;
 pub use token_bucket::TokenBucket;
 
 use tokio::time::Instant;
+
+use crate::attempt::AttemptContext;
 
 /// A budget that decides whether the fleet of calls can afford a retry.
 ///
@@ -62,5 +69,20 @@ pub trait RetryBudget: Send + Sync {
     /// An attempt ended: `success` or a failure.
     fn record(&self, success: bool) {
         let _ = success;
+    }
+
+    /// Asks to spend one retry on the attempt `next` (its `error` is the failure it
+    /// follows), for budgets whose price depends on it; defaults to
+    /// [`withdraw`](Self::withdraw).
+    fn withdraw_for(&self, now: Instant, next: &AttemptContext) -> bool {
+        let _ = next;
+        self.withdraw(now)
+    }
+
+    /// The attempt made in `ctx` ended, for budgets that care which attempt it was;
+    /// defaults to [`record`](Self::record).
+    fn record_for(&self, ctx: &AttemptContext, success: bool) {
+        let _ = ctx;
+        self.record(success);
     }
 }

@@ -135,10 +135,16 @@ where
         let (state, call_id, guard) = match p.begin(start) {
             Err(reason) => (State::Refused { reason }, 0, None),
             Ok(call_id) => {
-                let timeout = p.decider.attempt_timeout(&p.first);
-                let guard = p.guard(&p.first, call_id, 0, start).map(Box::new);
-                let fut = Timeout::new(self.inner.call(req.clone()), timeout);
-                (State::Calling { fut }, call_id, guard)
+                if let Err(wait) = p.limit(start) {
+                    // The rate limiter asks the first attempt to wait for its token.
+                    let sleep = Box::pin(tokio::time::sleep(wait));
+                    (State::Limited { sleep }, call_id, None)
+                } else {
+                    let timeout = p.decider.attempt_timeout(&p.first);
+                    let guard = p.guard(&p.first, call_id, 0, start).map(Box::new);
+                    let fut = Timeout::new(self.inner.call(req.clone()), timeout);
+                    (State::Calling { fut }, call_id, guard)
+                }
             }
         };
         RetryFuture {
@@ -185,9 +191,16 @@ pin_project! {
             #[pin]
             fut: Timeout<F>,
         },
+        // The wait before a retry.
         Sleeping {
             sleep: Pin<Box<Sleep>>,
         },
+        // The wait until the rate limiter's token is due.
+        Limited {
+            sleep: Pin<Box<Sleep>>,
+        },
+        // Take the rate limiter's token (or wait for it), then get ready.
+        Reserving,
         Readying,
         Refused {
             reason: StopReason,
@@ -235,7 +248,8 @@ where
                     if let Some(g) = this.guard.take() {
                         g.finish(&verdict, latency);
                     }
-                    p.settle(None, &verdict, latency, false);
+                    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
+                    p.settle(ctx, None, &verdict, latency, false);
                     let failure = match verdict {
                         Verdict::Success => return Poll::Ready(finish(out)),
                         Verdict::Permanent(_) => {
@@ -252,7 +266,7 @@ where
                             let delay = next.delay;
                             *this.ctx = Some(Box::new(next));
                             if delay.is_zero() {
-                                this.state.set(State::Readying);
+                                this.state.set(State::Reserving);
                             } else {
                                 this.state.set(State::Sleeping {
                                     sleep: Box::pin(tokio::time::sleep(delay)),
@@ -263,7 +277,17 @@ where
                 }
                 StateProj::Sleeping { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
-                    this.state.set(State::Readying);
+                    this.state.set(State::Reserving);
+                }
+                StateProj::Reserving => match this.policy.inner().limit(Instant::now()) {
+                    Ok(()) => this.state.set(State::Readying),
+                    Err(wait) => this.state.set(State::Limited {
+                        sleep: Box::pin(tokio::time::sleep(wait)),
+                    }),
+                },
+                StateProj::Limited { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Reserving);
                 }
                 StateProj::Readying => {
                     if let Err(e) = ready!(this.service.poll_ready(cx)) {

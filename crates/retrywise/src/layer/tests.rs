@@ -252,3 +252,41 @@ async fn the_retry_layer_takes_no_tokens_for_permanent_failures() {
     }
     assert_eq!(bucket.tokens(), 10.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_layer_waits_for_the_aws_rate_limiter_like_policy() {
+    use crate::budget::CubicRateLimiter;
+    let status = Arc::new(AtomicU32::new(200));
+    let s = Arc::clone(&status);
+    let upstream = service_fn(move |_: ()| {
+        let code = s.load(Ordering::SeqCst) as u16;
+        async move { Ok::<_, io::Error>(http::Response::builder().status(code).body(()).unwrap()) }
+    });
+    let policy = crate::policy::Policy::builder("aws")
+        .decider(quick_retry(1))
+        .rate_limiter(CubicRateLimiter::default())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let mut svc = RetryLayer::new(policy).layer(upstream);
+    // 50 calls a second for 2 s: nothing held back.
+    let t0 = tokio::time::Instant::now();
+    for _ in 0..100 {
+        svc.ready().await.unwrap().call(()).await.unwrap();
+        tokio::time::sleep(20 * MS).await;
+    }
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    // One 429: from now on calls wait for tokens (about 35 a second).
+    status.store(429, Ordering::SeqCst);
+    let _ = svc.ready().await.unwrap().call(()).await;
+    status.store(200, Ordering::SeqCst);
+    let t1 = tokio::time::Instant::now();
+    for _ in 0..40 {
+        svc.ready().await.unwrap().call(()).await.unwrap();
+    }
+    let took = t1.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took <= Duration::from_secs(3),
+        "{took:?}"
+    );
+}

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{AttemptContext, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Verdict};
 use crate::breaker::CircuitBreaker;
-use crate::budget::{AdaptiveThrottle, RetryBudget};
+use crate::budget::{AdaptiveThrottle, CubicRateLimiter, RetryBudget};
 use crate::bulkhead::{Bulkhead, BulkheadFull};
 use crate::error::{Check, ConfigError};
 use crate::health::HealthTracker;
@@ -144,6 +144,7 @@ impl Policy {
             label: None,
             explore: None,
             throttle: None,
+            limiter: None,
             classifier: ErrorsAreRetryable,
         }
     }
@@ -326,6 +327,12 @@ impl<C> Policy<C> {
         loop {
             let ctx = next.as_ref().unwrap_or(&p.first);
             let number = ctx.attempt;
+            if p.limiter.is_some() {
+                while let Err(wait) = p.limit(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                    attempt_start = Instant::now();
+                }
+            }
             let permit = match p.permit() {
                 Ok(permit) => permit,
                 Err(open) => {
@@ -334,7 +341,7 @@ impl<C> Policy<C> {
                 }
             };
             let ended = self.attempt(&mut op, ctx, call_id, attempt_start).await;
-            p.settle(permit, &ended.verdict, ended.latency, ended.rejected);
+            p.settle(ctx, permit, &ended.verdict, ended.latency, ended.rejected);
             let failure = match ended.verdict {
                 Verdict::Success => return self.succeeded(ended, number),
                 Verdict::Permanent(_) => {
@@ -648,6 +655,7 @@ pub struct PolicyBuilder<C = ErrorsAreRetryable> {
     label: Option<Arc<str>>,
     explore: Option<Exploration>,
     throttle: Option<AdaptiveThrottle>,
+    limiter: Option<CubicRateLimiter>,
     classifier: C,
 }
 
@@ -678,6 +686,14 @@ impl<C> PolicyBuilder<C> {
     /// Throttles every attempt with client-side adaptive throttling. Defaults to none.
     pub fn throttle(mut self, throttle: AdaptiveThrottle) -> Self {
         self.throttle = Some(throttle);
+        self
+    }
+
+    /// Sends every attempt, first ones included, through the AWS SDKs' adaptive
+    /// client-side rate limiter (off until a 429; then attempts wait for tokens at a rate
+    /// that follows CUBIC). Defaults to none.
+    pub fn rate_limiter(mut self, limiter: CubicRateLimiter) -> Self {
+        self.limiter = Some(limiter);
         self
     }
 
@@ -751,6 +767,7 @@ impl<C> PolicyBuilder<C> {
             label: self.label,
             explore: self.explore,
             throttle: self.throttle,
+            limiter: self.limiter,
             classifier,
         }
     }
@@ -789,6 +806,7 @@ impl<C> PolicyBuilder<C> {
                 label: self.label,
                 explore: self.explore,
                 throttle: self.throttle,
+                limiter: self.limiter,
                 anchor: Instant::now(),
                 wall_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{AttemptContext, AttemptRecord, Failure, Outcome, Verdict};
 use crate::breaker::{CallOutcome, CircuitBreaker, CircuitOpen, Permit};
-use crate::budget::{AdaptiveThrottle, RetryBudget};
+use crate::budget::{AdaptiveThrottle, CubicRateLimiter, RetryBudget};
 use crate::bulkhead::Bulkhead;
 use crate::health::HealthTracker;
 use crate::hedge::Hedge;
@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(super) label: Option<Arc<str>>,
     pub(super) explore: Option<Exploration>,
     pub(super) throttle: Option<AdaptiveThrottle>,
+    /// The AWS SDKs' adaptive client-side rate limiter: every attempt waits for a token.
+    pub(crate) limiter: Option<CubicRateLimiter>,
     /// Wall-clock time (ms since the epoch) at `anchor`: records are stamped with
     /// `wall_ms + (start - anchor)`, one clock read fewer than `SystemTime::now()`, and in
     /// step with tokio's virtual clock in simulations.
@@ -114,6 +116,7 @@ impl Inner {
     #[inline]
     pub(crate) fn settle(
         &self,
+        ctx: &AttemptContext,
         permit: Option<Permit<&CircuitBreaker>>,
         verdict: &Verdict,
         latency: Duration,
@@ -121,6 +124,10 @@ impl Inner {
     ) {
         if rejected {
             return; // a dropped permit counts as ignored
+        }
+        if let Some(l) = &self.limiter {
+            let throttled = matches!(verdict, Verdict::Retryable(f) if f.kind == crate::attempt::ErrorKind::Http429);
+            l.on_response(Instant::now(), throttled);
         }
         if let Some(permit) = permit {
             let outcome = match verdict {
@@ -133,8 +140,8 @@ impl Inner {
         }
         if let Some(b) = &self.budget {
             match verdict {
-                Verdict::Success => b.record(true),
-                Verdict::Retryable(_) => b.record(false),
+                Verdict::Success => b.record_for(ctx, true),
+                Verdict::Retryable(_) => b.record_for(ctx, false),
                 Verdict::Permanent(_) => {}
             }
         }
@@ -208,7 +215,7 @@ impl Inner {
             return Err(self.stopped(StopReason::Throttled));
         }
         if let Some(b) = &self.budget
-            && !b.withdraw(now)
+            && !b.withdraw_for(now, &next)
         {
             return Err(self.stopped(StopReason::BudgetExhausted));
         }
@@ -222,6 +229,16 @@ impl Inner {
         );
         next.delay = delay;
         Ok(next)
+    }
+
+    /// A rate limiter's token for the attempt about to be sent at `now`, or how long until
+    /// one is due (sleep, then ask again).
+    #[inline]
+    pub(crate) fn limit(&self, now: Instant) -> Result<(), Duration> {
+        match &self.limiter {
+            None => Ok(()),
+            Some(l) => l.try_acquire(now),
+        }
     }
 
     /// Whether a hedge may be sent now: the budget, if any, must allow it (gRFC A6

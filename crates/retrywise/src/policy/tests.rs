@@ -760,3 +760,69 @@ async fn the_report_says_why_a_failed_answer_ended_the_call() {
     assert_eq!(r.unwrap().0, 200);
     assert_eq!(report.stopped, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_aws_retry_quota_stops_retries_when_drained_and_refills_on_success() {
+    use crate::budget::RetryQuota;
+    let quota = Arc::new(RetryQuota::new(20, 5, 10).unwrap());
+    let p = Policy::builder("aws")
+        .retry(retry(3, 1))
+        .shared_budget(quota.clone())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    // Each failing call spends two retries (10 units): two calls drain the quota.
+    for _ in 0..2 {
+        let (_, report) = p
+            .call_with_report(|_| async { Ok::<_, io::Error>(Resp(503, None)) })
+            .await;
+        assert_eq!(report.attempts, 3);
+    }
+    assert_eq!(quota.available(), 0);
+    let (_, report) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(503, None)) })
+        .await;
+    assert_eq!(report.attempts, 1);
+    assert_eq!(report.stopped, Some(StopReason::BudgetExhausted));
+    // A first-attempt success puts one unit back; a successful retry its cost.
+    p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await
+        .unwrap();
+    assert_eq!(quota.available(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_aws_rate_limiter_spaces_attempts_after_throttling() {
+    use crate::budget::CubicRateLimiter;
+    let p = Policy::builder("aws")
+        .retry(retry(1, 1))
+        .rate_limiter(CubicRateLimiter::default())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    // 50 calls a second for 2 s: nothing is held back.
+    let t0 = Instant::now();
+    for _ in 0..100 {
+        p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+            .await
+            .unwrap();
+        tokio::time::sleep(20 * MS).await;
+    }
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    // A 429 turns it on at 0.7 × the measured rate (~50/s): 40 back-to-back calls now
+    // take about a second instead of no time.
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
+        .await;
+    let t1 = Instant::now();
+    for _ in 0..40 {
+        p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+            .await
+            .unwrap();
+    }
+    let took = t1.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took <= Duration::from_secs(3),
+        "{took:?}"
+    );
+}

@@ -1,0 +1,397 @@
+//! The AWS SDKs' retry modes: the `standard` mode's retry quota and the `adaptive` mode's
+//! client-side rate limiter (as the SDKs specify them; botocore's `retries/` is the
+//! reference this follows).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::attempt::{AttemptContext, ErrorKind};
+use crate::error::{Check, ConfigError};
+
+use super::RetryBudget;
+
+const QUOTA: Check = Check::new("retry_quota");
+
+/// The AWS SDKs' retry quota (`standard` retry mode): a pool of 500 units; a retry costs
+/// 5 (10 after a timeout) and is refused when the pool cannot pay; a call that succeeds on
+/// its first attempt puts 1 back, a retry that succeeds puts back what it cost. Under an
+/// outage about 100 retries drain the pool and retries stop until successes refill it.
+#[derive(Debug)]
+pub struct RetryQuota {
+    capacity: u32,
+    retry_cost: u32,
+    timeout_cost: u32,
+    available: Mutex<u32>,
+}
+
+impl Default for RetryQuota {
+    /// The SDKs' constants: 500 units, 5 per retry, 10 per retry after a timeout.
+    fn default() -> Self {
+        Self {
+            capacity: 500,
+            retry_cost: 5,
+            timeout_cost: 10,
+            available: Mutex::new(500),
+        }
+    }
+}
+
+impl RetryQuota {
+    /// A full quota of `capacity` units; a retry costs `retry_cost`, `timeout_cost` after a
+    /// timeout.
+    ///
+    /// # Errors
+    /// A zero capacity or cost, or a cost above the capacity.
+    pub fn new(capacity: u32, retry_cost: u32, timeout_cost: u32) -> Result<Self, ConfigError> {
+        QUOTA.at_least_one("capacity", u64::from(capacity))?;
+        for (field, cost) in [("retry_cost", retry_cost), ("timeout_cost", timeout_cost)] {
+            QUOTA.at_least_one(field, u64::from(cost))?;
+            if cost > capacity {
+                return Err(QUOTA.err(field, format!("{cost} is above the capacity {capacity}")));
+            }
+        }
+        Ok(Self {
+            capacity,
+            retry_cost,
+            timeout_cost,
+            available: Mutex::new(capacity),
+        })
+    }
+
+    /// The units left.
+    pub fn available(&self) -> u32 {
+        *self.available.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a retry after `error` costs.
+    fn cost(&self, error: Option<ErrorKind>) -> u32 {
+        if error == Some(ErrorKind::Timeout) {
+            self.timeout_cost
+        } else {
+            self.retry_cost
+        }
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut u32) -> R) -> R {
+        // The count is valid whatever a panicking holder left.
+        f(&mut self.available.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl RetryBudget for RetryQuota {
+    fn deposit(&self, _now: Instant) {}
+
+    /// A retry of unknown cause costs the plain retry cost.
+    fn withdraw(&self, _now: Instant) -> bool {
+        let cost = self.retry_cost;
+        self.update(|a| {
+            let ok = *a >= cost;
+            if ok {
+                *a -= cost;
+            }
+            ok
+        })
+    }
+
+    fn withdraw_for(&self, _now: Instant, next: &AttemptContext) -> bool {
+        let cost = self.cost(next.error);
+        self.update(|a| {
+            let ok = *a >= cost;
+            if ok {
+                *a -= cost;
+            }
+            ok
+        })
+    }
+
+    fn record_for(&self, ctx: &AttemptContext, success: bool) {
+        if !success {
+            return;
+        }
+        // A first attempt puts one unit back; a retry what it cost.
+        let back = if ctx.attempt <= 1 {
+            1
+        } else {
+            self.cost(ctx.error)
+        };
+        let cap = self.capacity;
+        self.update(|a| *a = (*a + back).min(cap));
+    }
+}
+
+/// The AWS SDKs' client-side rate limiter (`adaptive` retry mode).
+///
+/// Off until the first throttling answer (a 429). From then on every attempt, first ones
+/// included, takes a token from a bucket whose fill rate follows CUBIC: a throttling
+/// answer sets the rate to 0.7 × the rate measured (the last rate before the cut is
+/// remembered as `W_max`), and every other answer grows it along
+/// `0.4·(t − K)³ + W_max`, `K = ∛(W_max·0.3/0.4)`, never above twice the measured send
+/// rate. The send rate is measured in half-second buckets, smoothed by 0.8. The fill rate
+/// is at least 0.5 per second.
+///
+/// [`try_acquire`](Self::try_acquire) takes a token for an attempt or says how long until
+/// one is due; [`on_response`](Self::on_response) reports each answer.
+#[derive(Debug)]
+pub struct CubicRateLimiter {
+    origin: Instant,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug)]
+struct LimiterState {
+    enabled: bool,
+    // The token bucket. Capacity may go below zero: reservations made ahead of time.
+    fill_rate: f64,
+    max_capacity: f64,
+    capacity: f64,
+    last_refill: f64,
+    // CUBIC.
+    w_max: f64,
+    k: f64,
+    last_throttle: f64,
+    // The measured send rate.
+    measured: f64,
+    count: f64,
+    last_bucket: f64,
+}
+
+const BETA: f64 = 0.7;
+const SCALE: f64 = 0.4;
+const MIN_RATE: f64 = 0.5;
+const SMOOTHING: f64 = 0.8;
+const BUCKET_S: f64 = 0.5;
+const MAX_ADJUST: f64 = 2.0;
+
+fn zero_point(w_max: f64) -> f64 {
+    (w_max * (1.0 - BETA) / SCALE).cbrt()
+}
+
+impl Default for CubicRateLimiter {
+    fn default() -> Self {
+        Self::starting_at(Instant::now())
+    }
+}
+
+impl CubicRateLimiter {
+    /// A limiter whose clock starts at `origin` (the SDKs start `W_max` at 0.5/s).
+    pub fn starting_at(origin: Instant) -> Self {
+        Self {
+            origin,
+            state: Mutex::new(LimiterState {
+                enabled: false,
+                fill_rate: MIN_RATE,
+                max_capacity: 1.0,
+                capacity: 0.0,
+                last_refill: 0.0,
+                w_max: MIN_RATE,
+                k: zero_point(MIN_RATE),
+                last_throttle: 0.0,
+                measured: 0.0,
+                count: 0.0,
+                last_bucket: 0.0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LimiterState> {
+        // The state holds plain numbers, valid whatever a panicking holder left.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn secs(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.origin).as_secs_f64()
+    }
+
+    /// Whether a throttling answer has switched it on.
+    pub fn enabled(&self) -> bool {
+        self.lock().enabled
+    }
+
+    /// The current fill rate, tokens per second.
+    pub fn rate(&self) -> f64 {
+        self.lock().fill_rate
+    }
+
+    /// Takes a token for an attempt about to be sent at `now`, or says how long until one
+    /// is due at the current rate: the caller sleeps that long and asks again (so a rate
+    /// that grows meanwhile serves it sooner, as the SDKs' waiting callers are woken when
+    /// the rate changes). Always a token while the limiter is off.
+    ///
+    /// # Errors
+    /// The wait until a token is due, when none is there.
+    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        let t = self.secs(now);
+        let mut s = self.lock();
+        if !s.enabled {
+            return Ok(());
+        }
+        s.refill(t);
+        // (A token due after exactly the wait it announced may fall short of 1 by the
+        // rounding of that wait to nanoseconds.)
+        if s.capacity >= 1.0 - 1e-6 {
+            s.capacity -= 1.0;
+            Ok(())
+        } else {
+            let due = (1.0 - s.capacity) / s.fill_rate;
+            // At least a microsecond, so that a caller that sleeps it finds the token.
+            Err(Duration::from_secs_f64(due.clamp(1e-6, 3600.0)))
+        }
+    }
+
+    /// An answer arrived at `now`; `throttled` when it was a throttling error (a 429).
+    pub fn on_response(&self, now: Instant, throttled: bool) {
+        let t = self.secs(now);
+        let mut s = self.lock();
+        // The send rate, per half-second bucket.
+        let bucket = (t / BUCKET_S).floor() * BUCKET_S;
+        s.count += 1.0;
+        if bucket > s.last_bucket {
+            let rate = s.count / (bucket - s.last_bucket);
+            s.measured = rate * SMOOTHING + s.measured * (1.0 - SMOOTHING);
+            s.count = 0.0;
+            s.last_bucket = bucket;
+        }
+        let new_rate = if throttled {
+            let rate = if s.enabled {
+                s.measured.min(s.fill_rate)
+            } else {
+                s.measured
+            };
+            s.w_max = rate;
+            s.k = zero_point(rate);
+            s.last_throttle = t;
+            s.enabled = true;
+            rate * BETA
+        } else {
+            SCALE * (t - s.last_throttle - s.k).powi(3) + s.w_max
+        };
+        let limited = new_rate.min(MAX_ADJUST * s.measured);
+        s.refill(t);
+        s.fill_rate = limited.max(MIN_RATE);
+        s.max_capacity = limited.max(1.0);
+        s.capacity = s.capacity.min(s.max_capacity);
+    }
+}
+
+impl LimiterState {
+    fn refill(&mut self, t: f64) {
+        let dt = (t - self.last_refill).max(0.0);
+        self.capacity = (self.capacity + dt * self.fill_rate).min(self.max_capacity);
+        self.last_refill = t;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn after(kind: ErrorKind, attempt: u32) -> AttemptContext {
+        let mut c = AttemptContext::first("t");
+        c.attempt = attempt;
+        c.error = Some(kind);
+        c
+    }
+
+    #[test]
+    fn a_hundred_retries_drain_the_quota_and_successes_refill_it() {
+        let q = RetryQuota::default();
+        let now = Instant::now();
+        let retry = after(ErrorKind::Http503, 2);
+        for _ in 0..100 {
+            assert!(q.withdraw_for(now, &retry));
+        }
+        assert_eq!(q.available(), 0);
+        assert!(!q.withdraw_for(now, &retry));
+        // A successful retry puts back its cost; a first attempt one unit.
+        q.record_for(&retry, true);
+        assert_eq!(q.available(), 5);
+        q.record_for(&AttemptContext::first("t"), true);
+        assert_eq!(q.available(), 6);
+        q.record_for(&retry, false);
+        assert_eq!(q.available(), 6);
+    }
+
+    #[test]
+    fn a_retry_after_a_timeout_costs_double() {
+        let q = RetryQuota::new(20, 5, 10).unwrap();
+        let now = Instant::now();
+        assert!(q.withdraw_for(now, &after(ErrorKind::Timeout, 2)));
+        assert_eq!(q.available(), 10);
+        assert!(q.withdraw_for(now, &after(ErrorKind::Timeout, 3)));
+        assert!(!q.withdraw_for(now, &after(ErrorKind::Timeout, 3)));
+        q.record_for(&after(ErrorKind::Timeout, 3), true);
+        assert_eq!(q.available(), 10);
+    }
+
+    #[test]
+    fn refuses_bad_quota_configuration() {
+        assert_eq!(RetryQuota::new(0, 5, 10).unwrap_err().field, "capacity");
+        assert_eq!(RetryQuota::new(10, 0, 10).unwrap_err().field, "retry_cost");
+        assert_eq!(
+            RetryQuota::new(10, 5, 11).unwrap_err().field,
+            "timeout_cost"
+        );
+    }
+
+    #[test]
+    fn the_limiter_is_off_until_throttled_then_cuts_and_grows_back() {
+        let t0 = Instant::now();
+        let l = CubicRateLimiter::starting_at(t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 100 answers a second for 3 s: off, nothing waits.
+        for i in 0..300 {
+            assert_eq!(l.try_acquire(at(i * 10)), Ok(()));
+            l.on_response(at(i * 10), false);
+        }
+        assert!(!l.enabled());
+        // A 429 at 3 s: on, at 0.7 × the measured rate (~100/s).
+        l.on_response(at(3000), true);
+        assert!(l.enabled());
+        let cut = l.rate();
+        assert!((55.0..=85.0).contains(&cut), "{cut}");
+        // Sending faster than the rate: the bucket holds at most a second's tokens, then
+        // an attempt must wait about 1/rate.
+        let taken = (0..200)
+            .take_while(|_| l.try_acquire(at(3000)).is_ok())
+            .count();
+        assert!(taken <= cut.ceil() as usize, "{taken} tokens at once");
+        let wait = l.try_acquire(at(3000)).unwrap_err();
+        assert!(
+            wait <= Duration::from_secs_f64(1.0 / cut + 1e-3),
+            "{wait:?}"
+        );
+        assert!(l.try_acquire(at(3000) + wait).is_ok(), "due after the wait");
+        // Successes grow the rate back (CUBIC), at most to twice the measured rate.
+        for i in 1..=400 {
+            l.on_response(at(3000 + i * 10), false);
+        }
+        assert!(l.rate() > cut, "{} vs {cut}", l.rate());
+    }
+
+    proptest! {
+        /// Whatever the answers, the quota stays within its capacity, the limiter's rate at
+        /// or above its floor, and every wait finite.
+        #[test]
+        fn invariants_hold(events in proptest::collection::vec((0u64..50, any::<bool>(), 1u32..5, any::<bool>()), 1..300)) {
+            let q = RetryQuota::default();
+            let t0 = Instant::now();
+            let l = CubicRateLimiter::starting_at(t0);
+            let mut t = t0;
+            for (dt, throttled, attempt, timeout) in events {
+                t += Duration::from_millis(dt);
+                let kind = if timeout { ErrorKind::Timeout } else { ErrorKind::Http429 };
+                let _ = q.withdraw_for(t, &after(kind, attempt.max(2)));
+                q.record_for(&after(kind, attempt), !throttled);
+                prop_assert!(q.available() <= 500);
+                if let Err(w) = l.try_acquire(t) {
+                    prop_assert!(w > Duration::ZERO && w <= Duration::from_secs(3600));
+                }
+                l.on_response(t, throttled);
+                prop_assert!(l.rate() >= MIN_RATE && l.rate().is_finite());
+            }
+        }
+    }
+}
