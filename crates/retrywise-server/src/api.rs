@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use retrywise::attempt::schema::MAX_MS;
 use retrywise::attempt::{AttemptContext, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
-use retrywise::retry::{Decision, RetryDecider, RuleBasedAdaptive};
+use retrywise::retry::{Decision, ModelDecider};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
@@ -363,6 +363,20 @@ pub struct DecideRequest {
     /// The call's overall deadline from its first attempt, ms: no retry that cannot start
     /// before it.
     pub deadline_ms: Option<f64>,
+    /// Also answer every wait weighed, with its p(success) and value (for debugging).
+    #[serde(default)]
+    pub alternatives: bool,
+}
+
+/// One wait `/v1/decide` weighed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AlternativeView {
+    /// The wait, ms.
+    pub delay_ms: f64,
+    /// p(success) of the attempt after it.
+    pub p_success: f64,
+    /// Its value in units of one successful call (see `retrywise::retry::ModelDecider`).
+    pub value: f64,
 }
 
 /// Whether to retry, and after how long.
@@ -372,12 +386,17 @@ pub struct DecideResponse {
     pub retry: bool,
     /// How long to wait first, ms (0 when not retrying).
     pub delay_ms: f64,
-    /// p(success) the decision rests on: of the retry after that wait, or of an immediate
-    /// one when not retrying.
+    /// p(success) the decision rests on: of the retry after that wait, or of the best wait
+    /// when not retrying (none when it stopped before weighing).
     pub p_success: Option<f64>,
     /// `retry`, or why not: `max_attempts`, `low_success_probability`, `deadline`,
     /// `retry_after_too_long`.
     pub reason: String,
+    /// Whether the rule-based fallback decided (the model answered NaN).
+    pub fell_back: bool,
+    /// Every wait weighed, shortest first (when asked with `"alternatives": true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternatives: Option<Vec<AlternativeView>>,
     /// The model used.
     pub model: String,
     /// Its version.
@@ -391,32 +410,45 @@ impl SuccessModel for Served {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
         self.0.model.p_success(ctx)
     }
+
+    fn p_success_by_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[std::time::Duration],
+        out: &mut [f64],
+    ) {
+        self.0.model.p_success_by_delay(ctx, delays, out);
+    }
 }
 
-/// The decider `/v1/decide` answers with: the crate's rule-based adaptive decider, steered
-/// by the serving model, with the service's minimum p(success) and the call's deadline —
-/// exactly what an embedded policy configured the same way decides.
+/// The decider `/v1/decide` answers with: the crate's model-driven decider with the
+/// serving model, an attempt costing the service's `min_p_success` and the call's
+/// deadline — what an embedded policy configured the same way decides (its near-optimal
+/// wait drawn at random, as every caller's would be).
 fn decider(
     min_p_success: f64,
     model: Arc<LoadedModel>,
     deadline: Option<std::time::Duration>,
-) -> Result<RuleBasedAdaptive, ApiError> {
-    let mut d = RuleBasedAdaptive::new()
-        .with_model(Arc::new(Served(model)))
-        .stop_below(min_p_success)
-        .map_err(ApiError::internal)?;
-    if let Some(deadline) = deadline {
-        d = d
-            .deadline(deadline)
-            .map_err(|e| ApiError::bad_request(format!("deadline_ms: {}", e.problem)))?;
+) -> Result<ModelDecider, ApiError> {
+    let mut b = ModelDecider::builder()
+        .model(Arc::new(Served(model)))
+        .attempt_cost(min_p_success.clamp(1e-6, 0.999));
+    if let Some(d) = deadline {
+        b = b.deadline(d);
     }
-    Ok(d)
+    b.build().map_err(|e| {
+        if e.field == "deadline" {
+            ApiError::bad_request(format!("deadline_ms: {}", e.problem))
+        } else {
+            ApiError::internal(e)
+        }
+    })
 }
 
-/// Whether to retry and how long to wait: `retrywise::retry::RuleBasedAdaptive` steered by
-/// the model (stop when p(success) is below the configured minimum; wait less when it is
-/// high, more when it is low; never before Retry-After, and stop when Retry-After is beyond
-/// its 30 s cap; respect the deadline).
+/// Whether to retry and how long to wait: `retrywise::retry::ModelDecider` with the
+/// serving model — the wait worth the most by predicted p(success), the attempt's cost
+/// (`min_p_success`, dearer when the target fails often) and the deadline; never before
+/// Retry-After, and a stop when Retry-After is beyond its 30 s cap.
 #[utoipa::path(post, path = "/v1/decide", request_body = DecideRequest,
     responses((status = 200, body = DecideResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -437,23 +469,44 @@ pub(crate) async fn decide(
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
         })
         .transpose()?;
-    let explained = decider(st.config.min_p_success, Arc::clone(&m), deadline)?.explain(&ctx);
+    let weighed = decider(st.config.min_p_success, Arc::clone(&m), deadline)?.weigh(&ctx);
+    let explained = weighed.explained;
     let (retry, delay, reason) = match explained.decision {
         Decision::Retry(d) => (true, d, "retry"),
         Decision::Stop(r) => (false, std::time::Duration::ZERO, r.as_str()),
     };
-    count_predictions(&st, &m, 1);
+    count_predictions(&st, &m, weighed.alternatives.len().max(1) as u64);
     st.metrics
         .decisions
         .get_or_create(&crate::metrics::ReasonLabels {
             reason: reason.to_owned(),
         })
         .inc();
+    if let Some(p) = explained.p_success {
+        st.metrics.decision_p.observe(p);
+    }
+    if weighed.fell_back {
+        st.metrics.decision_fallbacks.inc();
+        tracing::warn!(model = %m.name, version = m.version, "the model answered NaN: /v1/decide fell back to its rules");
+    }
+    let alternatives = req.alternatives.then(|| {
+        weighed
+            .alternatives
+            .iter()
+            .map(|a| AlternativeView {
+                delay_ms: a.wait.as_secs_f64() * 1e3,
+                p_success: a.p_success,
+                value: a.value,
+            })
+            .collect()
+    });
     Ok(Json(DecideResponse {
         retry,
         delay_ms: delay.as_secs_f64() * 1e3,
         p_success: explained.p_success,
         reason: reason.to_owned(),
+        fell_back: weighed.fell_back,
+        alternatives,
         model: m.name.clone(),
         version: m.version,
     }))

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub predictions: Family<ModelLabels, Counter>,
     /// Decisions by reason.
     pub decisions: Family<ReasonLabels, Counter>,
+    /// The p(success) each decision expected.
+    pub decision_p: Histogram,
+    /// Decisions made by the fallback rules (a model answering NaN).
+    pub decision_fallbacks: Counter,
     /// Attempt records accepted by `/v1/attempts`, by target.
     pub ingested: Family<TargetLabels, Counter>,
     /// Ingestion batches refused as invalid (nothing of them written).
@@ -120,6 +124,18 @@ impl Metrics {
         );
         let decisions = Family::<ReasonLabels, Counter>::default();
         registry.register("decisions", "Retry decisions by reason", decisions.clone());
+        let decision_p = Histogram::new((1..=20).map(|i| f64::from(i) / 20.0));
+        registry.register(
+            "decision_p_success",
+            "The p(success) each retry decision expected",
+            decision_p.clone(),
+        );
+        let decision_fallbacks = Counter::default();
+        registry.register(
+            "decision_fallbacks",
+            "Retry decisions made by the rule-based fallback because the model answered NaN",
+            decision_fallbacks.clone(),
+        );
         let ingested = Family::<TargetLabels, Counter>::default();
         registry.register(
             "ingested_attempts",
@@ -169,6 +185,8 @@ impl Metrics {
             model_serving,
             predictions,
             decisions,
+            decision_p,
+            decision_fallbacks,
             ingested,
             rejected,
             busy,

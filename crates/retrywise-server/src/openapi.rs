@@ -85,6 +85,10 @@ pub fn openapi(auth: bool) -> Value {
                 "type": ["number", "null"], "minimum": 1e-6, "maximum": MAX_MS,
                 "description": "The call's overall deadline from its first attempt, ms (at least a nanosecond): no retry that cannot start before it.",
             },
+            "alternatives": {
+                "type": "boolean",
+                "description": "Also answer every wait weighed, with its p(success) and value (for debugging).",
+            },
         },
         "required": ["context"],
         "additionalProperties": false,

@@ -265,7 +265,10 @@ async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
         (v["retry"].as_bool(), v["reason"].as_str()),
         (Some(true), Some("retry"))
     );
-    assert!(v["delay_ms"].as_f64().unwrap() > 0.0);
+    // The model does not care how long one waits: any wait whose cost in time (0.01 per
+    // second) is within the tolerance (0.01) of the best may be drawn — up to a second.
+    let d = v["delay_ms"].as_f64().unwrap();
+    assert!((0.0..=1_000.0).contains(&d), "{v}");
     // p(success) = σ(-4 × 0.9) ≈ 0.03 < 0.2: stop.
     let (_, v) = h
         .post("/v1/decide", &json!({"context": ctx(0.9, 2)}).to_string())
@@ -281,7 +284,7 @@ async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
         .await;
     assert_eq!(v["reason"], "max_attempts", "{v}");
     let mut late = ctx(0.0, 2);
-    late["elapsed_ms"] = json!(4_990);
+    late["elapsed_ms"] = json!(5_000);
     let (_, v) = h
         .post(
             "/v1/decide",

@@ -17,7 +17,7 @@ use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Failure, Verd
 use retrywise::model::{LogisticModel, SuccessModel};
 use retrywise::policy::Policy;
 use retrywise::recorder::MemoryRecorder;
-use retrywise::retry::{Decision, RetryDecider, RuleBasedAdaptive, StopReason};
+use retrywise::retry::{Decision, ModelDecider, RetryDecider, StopReason};
 use retrywise_collect::{FileSystem, SegmentRecorder, Storage, WriterConfig};
 use retrywise_server::{Config, Service};
 use serde_json::{Value, json};
@@ -89,7 +89,7 @@ impl Gen {
 /// A context after a failure, with every field the decider and the model read varied.
 fn context(g: &mut Gen) -> AttemptContext {
     let mut c = AttemptContext::first(format!("t{}", g.below(3)));
-    c.attempt = 2 + g.below(5) as u32;
+    c.attempt = 2 + g.below(6) as u32;
     let kind = ErrorKind::ALL[g.below(ErrorKind::ALL.len() as u64) as usize];
     c.error = Some(kind);
     c.status = match kind {
@@ -125,33 +125,65 @@ async fn decide_answers_exactly_what_the_crates_decider_answers() {
     for i in 0..300 {
         let ctx = context(&mut g);
         let deadline = (g.below(2) == 0).then(|| Duration::from_millis(1_000 + g.below(30_000)));
-        let mut body = json!({ "context": ctx });
-        let mut decider = RuleBasedAdaptive::new()
-            .with_model(Arc::clone(&model))
-            .stop_below(min_p)
-            .unwrap();
+        let mut body = json!({ "context": ctx, "alternatives": true });
+        let mut decider = ModelDecider::builder()
+            .model(Arc::clone(&model))
+            .attempt_cost(min_p);
         if let Some(d) = deadline {
             body["deadline_ms"] = json!(d.as_secs_f64() * 1e3);
-            decider = decider.deadline(d).unwrap();
+            decider = decider.deadline(d);
         }
+        let decider = decider.build().unwrap();
         let (status, v) = post(&s, "/v1/decide", body.to_string()).await;
         assert_eq!(status, StatusCode::OK, "{v}");
-        let want = decider.explain(&ctx);
-        let (retry, delay_ms, reason) = match want.decision {
-            Decision::Retry(d) => (true, d.as_secs_f64() * 1e3, "retry"),
-            Decision::Stop(r) => (false, 0.0, r.as_str()),
+        // The same weighing: every wait, its p(success) and value.
+        let want = decider.weigh(&ctx);
+        let weighed: Vec<(f64, f64, f64)> = want
+            .alternatives
+            .iter()
+            .map(|a| (a.wait.as_secs_f64() * 1e3, a.p_success, a.value))
+            .collect();
+        let served: Vec<(f64, f64, f64)> = v["alternatives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["delay_ms"].as_f64().unwrap(),
+                    a["p_success"].as_f64().unwrap(),
+                    a["value"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(served, weighed, "context {i}: {body}");
+        // The same decision: the reason, and (the wait being drawn among the near-optimal
+        // ones, by the service as by every embedded caller) a wait the crate's decider
+        // could have drawn, with its p(success).
+        let reason = match want.explained.decision {
+            Decision::Retry(_) => "retry",
+            Decision::Stop(r) => r.as_str(),
         };
-        assert_eq!(
-            (
-                v["retry"].as_bool(),
-                v["delay_ms"].as_f64(),
-                v["reason"].as_str(),
-                v["p_success"].as_f64()
-            ),
-            (Some(retry), Some(delay_ms), Some(reason), want.p_success),
-            "context {i}: {}",
-            body
-        );
+        assert_eq!(v["reason"].as_str(), Some(reason), "context {i}: {body}");
+        assert_eq!(v["fell_back"].as_bool(), Some(false));
+        if reason == "retry" {
+            let delay = v["delay_ms"].as_f64().unwrap();
+            let best = weighed
+                .iter()
+                .map(|w| w.2)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let chosen = weighed
+                .iter()
+                .find(|w| w.0 == delay)
+                .unwrap_or_else(|| panic!("context {i}: {delay} ms was not weighed"));
+            assert!(
+                chosen.2 >= best - 0.01 - 1e-9,
+                "context {i}: {chosen:?} vs {best}"
+            );
+            assert_eq!(v["p_success"].as_f64(), Some(chosen.1), "context {i}");
+        } else {
+            assert_eq!(v["delay_ms"].as_f64(), Some(0.0));
+            assert_eq!(v["p_success"].as_f64(), want.explained.p_success);
+        }
         *reasons.entry(reason).or_insert(0) += 1;
     }
     // The contexts exercised every kind of answer.
