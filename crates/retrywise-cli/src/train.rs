@@ -163,6 +163,24 @@ fn print_evaluation(e: &Evaluation) {
             k.baseline.brier
         );
     }
+    println!();
+    println!(
+        "{:<16} {:>9} {:>8} {:>7} {:>10} {:>7} {:>10}",
+        "target", "rows", "success", "AUC", "(baseline)", "ECE", "(baseline)"
+    );
+    let auc = |a: Option<f64>| a.map_or_else(|| "-".to_owned(), |a| format!("{a:.4}"));
+    for t in &e.by_target {
+        println!(
+            "{:<16} {:>9} {:>7.1}% {:>7} {:>10} {:>7.4} {:>10.4}",
+            t.target,
+            t.rows,
+            t.success_rate * 100.0,
+            auc(t.model.auc),
+            auc(t.baseline.auc),
+            t.model.ece,
+            t.baseline.ece
+        );
+    }
 }
 
 pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {

@@ -65,6 +65,21 @@ pub struct KindReport {
     pub baseline: Metrics,
 }
 
+/// The headline numbers of one target (for the simulator's data, one scenario).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetReport {
+    /// The target.
+    pub target: String,
+    /// Rows.
+    pub rows: u64,
+    /// Observed success rate.
+    pub success_rate: f64,
+    /// The model's metrics on these rows.
+    pub model: Metrics,
+    /// The baseline's metrics on these rows.
+    pub baseline: Metrics,
+}
+
 /// A model's evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
@@ -74,6 +89,10 @@ pub struct Evaluation {
     pub baseline: Metrics,
     /// Per previous error kind.
     pub by_error: Vec<KindReport>,
+    /// Per target: aggregates hide regimes (one large, well-predicted target can outweigh
+    /// a small one predicted no better than chance), so each is scored on its own.
+    #[serde(default)]
+    pub by_target: Vec<TargetReport>,
 }
 
 /// Scores `model` and `baseline` on rows. Predictions go through [`SuccessModel`], the
@@ -105,9 +124,68 @@ pub fn evaluate(
             }
         })
         .collect();
+    let mut targets: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in contexts.iter().enumerate() {
+        targets.entry(&c.target).or_default().push(i);
+    }
+    let by_target = targets
+        .into_iter()
+        .map(|(target, idx)| {
+            let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let y: Vec<bool> = idx.iter().map(|&i| success[i]).collect();
+            let model = Metrics::compute(&pick(&p), &y);
+            TargetReport {
+                target: target.to_owned(),
+                rows: idx.len() as u64,
+                success_rate: model.success_rate,
+                baseline: Metrics::compute(&pick(&q), &y),
+                model,
+            }
+        })
+        .collect();
     Evaluation {
         model: Metrics::compute(&p, success),
         baseline: Metrics::compute(&q, success),
         by_error,
+        by_target,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One large, well-predicted target and a small one the model cannot tell apart: the
+    /// aggregate looks good, the small target's own AUC shows chance.
+    #[test]
+    fn each_target_is_scored_on_its_own() {
+        let model =
+            LogisticModel::from_weights(0.0, |f| if f == "failure_rate" { -8.0 } else { 0.0 });
+        let mut contexts = Vec::new();
+        let mut success = Vec::new();
+        let mut x: u64 = 7;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for i in 0..4_000 {
+            let big = i % 10 != 0;
+            let mut c = AttemptContext::first(if big { "big" } else { "small" });
+            let rate = next();
+            c.failure_rate = Some(rate);
+            // The big target succeeds when its failure rate is low; the small one at random.
+            success.push(if big { rate < 0.5 } else { next() < 0.5 });
+            contexts.push(c);
+        }
+        let baseline = Baseline::fit(&contexts, &success);
+        let e = evaluate(&model, &baseline, &contexts, &success);
+        assert!(e.model.auc.unwrap() > 0.85, "{:?}", e.model.auc);
+        let by: BTreeMap<&str, &TargetReport> =
+            e.by_target.iter().map(|t| (t.target.as_str(), t)).collect();
+        assert_eq!(by["big"].rows + by["small"].rows, 4_000);
+        assert!(by["big"].model.auc.unwrap() > 0.95);
+        assert!((0.4..0.6).contains(&by["small"].model.auc.unwrap()));
     }
 }

@@ -272,6 +272,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         "validation": evaluation.model,
         "baseline": {"kind": "success rate per previous error kind", "validation": evaluation.baseline, "rates": baseline},
         "by_error": evaluation.by_error,
+        "by_target": evaluation.by_target,
         "delay_curves": report::delay_curves(&model, &va),
     });
     let html = report::html(&artifact, &evaluation, &model, &va)?;

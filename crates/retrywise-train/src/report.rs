@@ -284,6 +284,22 @@ pub fn html(
             k.baseline.brier
         );
     }
+    h.push_str("</table><h2>By target</h2><p>Aggregates hide regimes: each target (each scenario, for the simulator's data) on its own.</p><table><tr><th>target</th><th>rows</th><th>success rate</th><th>AUC</th><th>baseline AUC</th><th>ECE</th><th>baseline ECE</th><th>log-loss</th><th>baseline log-loss</th></tr>");
+    for t in &eval.by_target {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+            esc(&t.target),
+            t.rows,
+            t.success_rate,
+            opt(t.model.auc),
+            opt(t.baseline.auc),
+            t.model.ece,
+            t.baseline.ece,
+            t.model.log_loss,
+            t.baseline.log_loss
+        );
+    }
     h.push_str("</table><h2>Calibration table</h2><table><tr><th>bin</th><th>rows</th><th>mean predicted</th><th>observed</th></tr>");
     for b in &eval.model.calibration {
         let _ = write!(

@@ -582,4 +582,10 @@ fn eval_scores_a_model_on_other_data() {
     assert_eq!(r.evaluation.model.rows, 5_000);
     assert!(r.evaluation.model.auc.unwrap() > r.evaluation.baseline.auc.unwrap());
     assert!(r.evaluation.by_error.iter().any(|k| k.kind == "http_429"));
+    // Every target is scored on its own, and the parts add up to the whole.
+    assert!(!r.evaluation.by_target.is_empty());
+    assert_eq!(
+        r.evaluation.by_target.iter().map(|t| t.rows).sum::<u64>(),
+        r.evaluation.model.rows
+    );
 }
