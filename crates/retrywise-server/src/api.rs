@@ -392,7 +392,8 @@ pub struct DecideResponse {
     /// `retry`, or why not: `max_attempts`, `low_success_probability`, `deadline`,
     /// `retry_after_too_long`.
     pub reason: String,
-    /// Whether the rule-based fallback decided (the model answered NaN).
+    /// Whether the rule-based fallback decided (the model answered NaN, or was trained on
+    /// too few rows that followed this kind of failure).
     pub fell_back: bool,
     /// Every wait weighed, shortest first (when asked with `"alternatives": true`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -418,6 +419,10 @@ impl SuccessModel for Served {
         out: &mut [f64],
     ) {
         self.0.model.p_success_by_delay(ctx, delays, out);
+    }
+
+    fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+        self.0.model.rows_like(ctx)
     }
 }
 
@@ -487,7 +492,7 @@ pub(crate) async fn decide(
     }
     if weighed.fell_back {
         st.metrics.decision_fallbacks.inc();
-        tracing::warn!(model = %m.name, version = m.version, "the model answered NaN: /v1/decide fell back to its rules");
+        tracing::debug!(model = %m.name, version = m.version, "/v1/decide fell back to its rules (the model answered NaN or had barely seen this failure)");
     }
     let alternatives = req.alternatives.then(|| {
         weighed

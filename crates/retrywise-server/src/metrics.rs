@@ -133,7 +133,7 @@ impl Metrics {
         let decision_fallbacks = Counter::default();
         registry.register(
             "decision_fallbacks",
-            "Retry decisions made by the rule-based fallback because the model answered NaN",
+            "Retry decisions made by the rule-based fallback (the model answered NaN or had barely seen the failure)",
             decision_fallbacks.clone(),
         );
         let ingested = Family::<TargetLabels, Counter>::default();

@@ -343,8 +343,9 @@ fn the_adaptive_policy_runs_with_and_without_a_model() {
     let spec = find("adaptive").unwrap();
     let model =
         retrywise_sim::policies::load_model(std::path::Path::new("../../models/default")).unwrap();
-    for scenario in ["blips", "outage", "permanent"] {
-        let mut opts = small(scenario, 2_000);
+    // Each long enough to hold its faults (the outage starts at 20 s: 2 000 requests in).
+    for (scenario, requests) in [("blips", 2_000), ("outage", 4_000), ("permanent", 2_000)] {
+        let mut opts = small(scenario, requests);
         let without = score(&run(spec, &opts).unwrap(), &opts.scenario, opts.rps);
         opts.model = Some(model.clone());
         let r = run(spec, &opts).unwrap();

@@ -236,7 +236,9 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             positive: POSITIVE_LABEL.into(),
             definition: "outcome == \"success\"".into(),
         },
-        features: FeatureSpec::current().with_health_window(rows.health_window),
+        features: FeatureSpec::current()
+            .with_health_window(rows.health_window)
+            .with_error_rows(error_rows(&tr.contexts)),
         scaler: fitted.scaler.clone(),
         weights: fitted.weights.clone(),
         intercept: fitted.intercept,
@@ -285,6 +287,26 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         artifact,
         evaluation,
     })
+}
+
+/// Training rows per previous error kind (`first` for first attempts), every kind listed.
+fn error_rows(
+    contexts: &[retrywise::attempt::AttemptContext],
+) -> std::collections::BTreeMap<String, u64> {
+    let mut rows: std::collections::BTreeMap<String, u64> = std::iter::once("first")
+        .chain(
+            retrywise::attempt::ErrorKind::ALL
+                .iter()
+                .map(|k| k.as_str()),
+        )
+        .map(|k| (k.to_owned(), 0))
+        .collect();
+    for c in contexts {
+        *rows
+            .entry(evaluate::kind_key(c.error).to_owned())
+            .or_default() += 1;
+    }
+    rows
 }
 
 /// A model's evaluation on other data.

@@ -568,6 +568,13 @@ fn eval_scores_a_model_on_other_data() {
     write_parquet(&synthetic::records(20_000, 21), &data);
     let models = dir.path().join("models");
     let t = train(&opts(&data, &models), &mut quiet).unwrap();
+    // The artifact says how many training rows followed each kind of failure.
+    let rows = t.artifact.features.error_rows.clone().unwrap();
+    assert_eq!(
+        rows.values().sum::<u64>(),
+        t.artifact.training["train_rows"].as_u64().unwrap()
+    );
+    assert!(rows["first"] > 0 && rows.contains_key("reset"));
     let other: PathBuf = dir.path().join("other.ndjson");
     write_ndjson(&synthetic::records(5_000, 22), &other);
     let r = retrywise_train::eval(

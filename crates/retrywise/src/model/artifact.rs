@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::SuccessModel;
-use crate::attempt::AttemptContext;
+use crate::attempt::{AttemptContext, ErrorKind};
 use crate::features::{self, FEATURE_SET, N_FEATURES};
 
 /// The artifact format this crate reads and writes.
@@ -113,6 +113,11 @@ pub struct FeatureSpec {
     /// not say. Predictions are meaningful for health measured over the same window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_window_ms: Option<f64>,
+    /// Training rows per previous error kind (`first` for first attempts, else an error
+    /// kind's name); absent in artifacts that did not record it. A decider does not trust
+    /// the model about a failure it was trained on too few rows of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rows: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl FeatureSpec {
@@ -126,7 +131,14 @@ impl FeatureSpec {
                 .map(|f| f.description().to_owned())
                 .collect(),
             health_window_ms: None,
+            error_rows: None,
         }
+    }
+
+    /// The same spec, recording the training rows per previous error kind.
+    pub fn with_error_rows(mut self, rows: std::collections::BTreeMap<String, u64>) -> Self {
+        self.error_rows = Some(rows);
+        self
     }
 
     /// The same spec, recording the health window of the training data.
@@ -293,6 +305,14 @@ impl ModelArtifact {
                 });
             }
         }
+        if let Some(rows) = &self.features.error_rows
+            && let Some(bad) = rows.keys().find(|k| support_index(k).is_none())
+        {
+            return Err(ModelError::Value {
+                field: format!("features.error_rows.{bad}"),
+                problem: "is neither `first` nor an error kind".into(),
+            });
+        }
         LogisticModel::from_parts(&self.scaler, &self.weights, self.intercept)?;
         if !(self.regularization.alpha.is_finite() && self.regularization.alpha >= 0.0) {
             return Err(ModelError::Value {
@@ -332,6 +352,19 @@ pub struct LogisticModel {
     /// The scaler folded into the weights: `logit(x) = folded_intercept + folded · x`.
     folded: [f64; N_FEATURES],
     folded_intercept: f64,
+    /// Training rows per previous error kind (`first`, then `ErrorKind::ALL`), if known.
+    support: Option<[u64; 1 + ErrorKind::ALL.len()]>,
+}
+
+/// The position of `first` or an error kind's name in [`LogisticModel`]'s support.
+fn support_index(key: &str) -> Option<usize> {
+    if key == "first" {
+        return Some(0);
+    }
+    ErrorKind::ALL
+        .iter()
+        .position(|k| k.as_str() == key)
+        .map(|i| i + 1)
 }
 
 impl LogisticModel {
@@ -341,7 +374,29 @@ impl LogisticModel {
     /// See [`ModelArtifact::validate`].
     pub fn from_artifact(a: &ModelArtifact) -> Result<Self, ModelError> {
         a.validate()?;
-        Self::from_parts(&a.scaler, &a.weights, a.intercept)
+        let mut m = Self::from_parts(&a.scaler, &a.weights, a.intercept)?;
+        if let Some(rows) = &a.features.error_rows {
+            let mut support = [0; 1 + ErrorKind::ALL.len()];
+            for (k, n) in rows {
+                if let Some(i) = support_index(k) {
+                    support[i] = *n;
+                }
+            }
+            m.support = Some(support);
+        }
+        Ok(m)
+    }
+
+    /// Training rows that followed the same previous error as `ctx` (first attempts for
+    /// none), when the artifact recorded them.
+    pub fn rows_like(&self, ctx: &AttemptContext) -> Option<u64> {
+        let i = ctx.error.map_or(0, |k| {
+            ErrorKind::ALL
+                .iter()
+                .position(|x| *x == k)
+                .map_or(0, |i| i + 1)
+        });
+        self.support.map(|s| s[i])
     }
 
     /// A model from its parts: the scaler, one weight per feature, the intercept.
@@ -392,6 +447,7 @@ impl LogisticModel {
             intercept,
             folded: [0.0; N_FEATURES],
             folded_intercept: intercept,
+            support: None,
         };
         m.mean.copy_from_slice(&scaler.mean);
         m.scale.copy_from_slice(&scaler.scale);
@@ -433,6 +489,7 @@ impl LogisticModel {
             intercept,
             folded: [0.0; N_FEATURES],
             folded_intercept: intercept,
+            support: None,
         };
         m.fold();
         m
@@ -493,6 +550,10 @@ fn dot(a: &[f64; N_FEATURES], b: &[f64; N_FEATURES]) -> f64 {
 impl SuccessModel for LogisticModel {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
         self.p_features(&features::encode(ctx))
+    }
+
+    fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+        self.rows_like(ctx)
     }
 
     /// Encodes `ctx` once; per wait, only the features that depend on it
@@ -702,6 +763,40 @@ mod tests {
         ctx.attempt = 2;
         ctx.error = Some(ErrorKind::Http429);
         assert!((m.p_success(&ctx) - sigmoid(2.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn training_rows_per_failure_are_read_and_checked() {
+        let mut a = artifact();
+        assert_eq!(
+            LogisticModel::from_artifact(&a)
+                .unwrap()
+                .rows_like(&AttemptContext::first("t")),
+            None,
+            "not recorded: unknown"
+        );
+        a.features = a.features.with_error_rows(
+            [("first".to_owned(), 900), ("http_503".to_owned(), 40)]
+                .into_iter()
+                .collect(),
+        );
+        let m = LogisticModel::from_artifact(&a).unwrap();
+        let mut c = AttemptContext::first("t");
+        assert_eq!(m.trained_on(&c), Some(900));
+        c.attempt = 2;
+        c.error = Some(ErrorKind::Http503);
+        assert_eq!(m.trained_on(&c), Some(40));
+        c.error = Some(ErrorKind::Http4xx);
+        assert_eq!(m.trained_on(&c), Some(0), "never seen");
+        let text = serde_json::to_string(&a).unwrap();
+        assert_eq!(ModelArtifact::from_json(&text).unwrap(), a);
+        a.features.error_rows = Some([("http_999".to_owned(), 1)].into_iter().collect());
+        match a.validate() {
+            Err(ModelError::Value { field, .. }) => {
+                assert_eq!(field, "features.error_rows.http_999")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     proptest! {

@@ -50,6 +50,14 @@ pub trait SuccessModel: Send + Sync {
     /// The probability in `[0, 1]` that an attempt made in `ctx` succeeds.
     fn p_success(&self, ctx: &AttemptContext) -> f64;
 
+    /// How many training rows were like `ctx` (followed the same previous error), when
+    /// the model knows: a decider does not trust a model about what it has barely seen.
+    /// Defaults to unknown.
+    fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+        let _ = ctx;
+        None
+    }
+
     /// The probability of success of the attempt in `ctx` after each wait of `delays`
     /// (`out[i]` for `delays[i]`; `out` is at least as long as `delays`): what a decider
     /// weighing many waits asks. The default evaluates [`p_success`](Self::p_success) once
@@ -79,6 +87,10 @@ impl<M: SuccessModel + ?Sized> SuccessModel for std::sync::Arc<M> {
 
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
         (**self).p_success_by_delay(ctx, delays, out);
+    }
+
+    fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+        (**self).trained_on(ctx)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::error::{Check, ConfigError};
 use crate::model::SuccessModel;
 use crate::random::RandomSource;
 
-use super::{Decision, Explained, RetryDecider, RuleBasedAdaptive, StopReason};
+use super::{Backoff, Decision, Explained, Jitter, RetryDecider, RetryRules, StopReason};
 
 const CHECK: Check = Check::new("model_decider");
 
@@ -48,8 +48,11 @@ pub const MAX_GRID: usize = 64;
 /// retry in lockstep. Every decision carries the probability it expected
 /// ([`RetryDecider::explain`]); [`weigh`](Self::weigh) gives every alternative.
 ///
-/// **Fallback.** Without a model, or when the model answers NaN, it decides with the
-/// rule-based [`RuleBasedAdaptive`] (same deadline, no model), counts it
+/// **Fallback.** Without a model, when the model answers NaN, or when the model was
+/// trained on fewer than `min_support` rows (default 100) that followed the same kind of
+/// failure ([`SuccessModel::trained_on`]: it has not learned that failure), it decides
+/// with rules — [`RetryRules`]' exponential backoff from 100 ms with full jitter, capped
+/// at 10 s, the same attempt limit and deadline — counts it
 /// ([`fallbacks`](Self::fallbacks)) and logs a warning once. It never panics on a model's
 /// answer.
 ///
@@ -79,7 +82,8 @@ pub const MAX_GRID: usize = 64;
 /// ```
 pub struct ModelDecider {
     model: Option<Arc<dyn SuccessModel>>,
-    fallback: RuleBasedAdaptive,
+    fallback: RetryRules,
+    min_support: u64,
     grid: Vec<Duration>,
     cap: Duration,
     attempt_cost: f64,
@@ -95,17 +99,33 @@ pub struct ModelDecider {
 #[derive(Debug, Default)]
 struct FallbackCount {
     count: AtomicU64,
-    warned: AtomicBool,
 }
 
+/// Why the rules decided: each is logged once per process (a service that builds a decider
+/// per request must not log every request).
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    NoModel = 0,
+    Unsupported = 1,
+    NaN = 2,
+}
+
+static WARNED: [AtomicBool; 3] = [
+    AtomicBool::new(false),
+    AtomicBool::new(false),
+    AtomicBool::new(false),
+];
+
 impl FallbackCount {
-    fn note(&self, why: &str) {
+    fn note(&self, why: Why) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        if !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                reason = why,
-                "model decider: deciding with the rule-based policy"
-            );
+        if !WARNED[why as usize].swap(true, Ordering::Relaxed) {
+            let reason = match why {
+                Why::NoModel => "no model",
+                Why::Unsupported => "the model was trained on too few rows like this one",
+                Why::NaN => "the model answered NaN",
+            };
+            tracing::warn!(reason, "model decider: deciding with the rule-based policy");
         }
     }
 }
@@ -132,6 +152,7 @@ impl Clone for ModelDecider {
         Self {
             model: self.model.clone(),
             fallback: self.fallback.clone(),
+            min_support: self.min_support,
             grid: self.grid.clone(),
             cap: self.cap,
             attempt_cost: self.attempt_cost,
@@ -208,7 +229,7 @@ impl ModelDecider {
         }
     }
 
-    fn by_rules(&self, ctx: &AttemptContext, why: &str) -> (Explained, bool) {
+    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, bool) {
         self.health.note(why);
         (self.fallback.explain(ctx), true)
     }
@@ -220,8 +241,14 @@ impl ModelDecider {
         weighed: Option<&mut Vec<Alternative>>,
     ) -> (Explained, bool) {
         let Some(model) = &self.model else {
-            return self.by_rules(ctx, "no model");
+            return self.by_rules(ctx, Why::NoModel);
         };
+        if model
+            .trained_on(ctx)
+            .is_some_and(|rows| rows < self.min_support)
+        {
+            return self.by_rules(ctx, Why::Unsupported);
+        }
         if ctx.attempt > self.max_attempts {
             return (Self::stop(StopReason::MaxAttempts, None), false);
         }
@@ -255,7 +282,7 @@ impl ModelDecider {
         let p = &mut p[..n];
         model.p_success_by_delay(ctx, waits, p);
         if p.iter().any(|x| x.is_nan()) {
-            return self.by_rules(ctx, "the model answered NaN");
+            return self.by_rules(ctx, Why::NaN);
         }
         for x in p.iter_mut() {
             *x = x.clamp(0.0, 1.0);
@@ -360,6 +387,7 @@ pub struct ModelDeciderBuilder {
     max_attempts: u32,
     deadline: Option<Duration>,
     seed: Option<u64>,
+    min_support: u64,
 }
 
 impl std::fmt::Debug for ModelDeciderBuilder {
@@ -374,6 +402,7 @@ impl std::fmt::Debug for ModelDeciderBuilder {
             .field("max_attempts", &self.max_attempts)
             .field("deadline", &self.deadline)
             .field("seed", &self.seed)
+            .field("min_support", &self.min_support)
             .finish()
     }
 }
@@ -390,6 +419,7 @@ impl Default for ModelDeciderBuilder {
             max_attempts: 6,
             deadline: None,
             seed: None,
+            min_support: 100,
         }
     }
 }
@@ -450,6 +480,13 @@ impl ModelDeciderBuilder {
         self
     }
 
+    /// The fewest training rows that followed the same kind of failure for the model to be
+    /// trusted with it (default 100; 0 always trusts it).
+    pub fn min_support(mut self, rows: u64) -> Self {
+        self.min_support = rows;
+        self
+    }
+
     /// Draws the near-optimal wait from a generator seeded with `seed` (deterministic).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -479,10 +516,23 @@ impl ModelDeciderBuilder {
             CHECK.positive("deadline", d)?;
         }
         let base = Duration::from_millis(100).min(self.cap);
-        let mut fallback = RuleBasedAdaptive::new().delays(base, self.cap)?;
+        let mut fallback = RetryRules::builder()
+            .max_attempts(self.max_attempts)
+            .backoff(Backoff::exponential(
+                base,
+                2.0,
+                self.cap.min(Duration::from_secs(10)).max(base),
+            )?)
+            .jitter(Jitter::Full)
+            // The decider's cap on Retry-After (beyond it, the call stops).
+            .retry_after(true, Duration::ZERO, self.cap);
         if let Some(d) = self.deadline {
-            fallback = fallback.deadline(d)?;
+            fallback = fallback.deadline(d);
         }
+        if let Some(seed) = self.seed {
+            fallback = fallback.seed(seed ^ 0xFA11);
+        }
+        let fallback = fallback.build()?;
         // Zero, then log-spaced from 1 ms to the cap.
         let steps = self.grid_len - 1;
         let (lo, hi) = (1e-3f64.ln(), self.cap.as_secs_f64().ln());
@@ -499,6 +549,7 @@ impl ModelDeciderBuilder {
         Ok(ModelDecider {
             model: self.model,
             fallback,
+            min_support: self.min_support,
             grid,
             cap: self.cap,
             attempt_cost: self.attempt_cost,
@@ -638,16 +689,58 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_rules_without_a_model_or_on_nan() {
-        let rules = RuleBasedAdaptive::new();
+        // The rules: full jitter on 100 ms × 2ⁿ — a retry after 3 failures within 800 ms.
+        let by_rules = |d: &ModelDecider, c: &AttemptContext| match d.explain(c).decision {
+            Decision::Retry(w) => w <= Duration::from_millis(800) && d.weigh(c).fell_back,
+            Decision::Stop(_) => false,
+        };
         let none = ModelDecider::builder().build().unwrap();
-        let c = after(ErrorKind::Http503, 2);
-        assert_eq!(none.explain(&c), rules.explain(&c));
-        assert!(none.weigh(&c).fell_back);
+        let c = after(ErrorKind::Http503, 4);
+        assert!(by_rules(&none, &c));
         assert_eq!(none.fallbacks(), 2);
         let nan = decider(flat(f64::NAN)).build().unwrap();
-        assert_eq!(nan.explain(&c), rules.explain(&c));
-        assert_eq!(nan.fallbacks(), 1);
+        assert!(by_rules(&nan, &c));
+        assert_eq!(nan.fallbacks(), 2);
         assert!(!decider(flat(0.5)).build().unwrap().weigh(&c).fell_back);
+        // The rules keep the attempt limit.
+        assert_eq!(
+            none.decide(&after(ErrorKind::Http503, 7)),
+            Decision::Stop(StopReason::MaxAttempts)
+        );
+    }
+
+    /// A model that says it was trained on 5 rows after a 4xx (and plenty after a 503).
+    struct Sparse;
+
+    impl SuccessModel for Sparse {
+        fn p_success(&self, _: &AttemptContext) -> f64 {
+            0.01
+        }
+
+        fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+            Some(if ctx.error == Some(ErrorKind::Http4xx) {
+                5
+            } else {
+                10_000
+            })
+        }
+    }
+
+    #[test]
+    fn a_failure_the_model_has_barely_seen_is_left_to_the_rules() {
+        let d = decider(Arc::new(Sparse)).build().unwrap();
+        // After a 503 the model decides (p = 0.01: not worth it).
+        assert_eq!(
+            d.decide(&after(ErrorKind::Http503, 2)),
+            Decision::Stop(StopReason::LowSuccessProbability)
+        );
+        // After a 4xx it has seen 5 times, the rules retry.
+        let w = d.weigh(&after(ErrorKind::Http4xx, 2));
+        assert!(w.fell_back && matches!(w.explained.decision, Decision::Retry(_)));
+        assert_eq!(d.fallbacks(), 1);
+        // Unless told to trust it anyway.
+        let trusting = decider(Arc::new(Sparse)).min_support(0).build().unwrap();
+        assert!(!trusting.weigh(&after(ErrorKind::Http4xx, 2)).fell_back);
     }
 
     #[test]
