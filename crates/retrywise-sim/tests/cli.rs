@@ -154,6 +154,39 @@ fn bad_scenarios_and_options_are_named() {
         "{}",
         text(&out.stderr)
     );
+
+    // A model given to a run that has no use for it is not silently ignored.
+    let out = retrywise(&[
+        "run",
+        "--scenario",
+        "blips",
+        "--policy",
+        "none",
+        "--model",
+        "models/default",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("adaptive"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A model that is not there is named.
+    let out = retrywise(&[
+        "run",
+        "--scenario",
+        "blips",
+        "--policy",
+        "adaptive",
+        "--model",
+        "no/such/model",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no/such/model"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Kills the child when dropped, so a failing test leaves no server behind.

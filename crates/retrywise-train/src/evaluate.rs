@@ -95,6 +95,34 @@ pub struct Evaluation {
     pub by_target: Vec<TargetReport>,
 }
 
+/// The rows grouped by `key`, in key order: each key, its row count, and the model's and
+/// the baseline's metrics on its rows.
+fn groups<'a>(
+    contexts: &'a [AttemptContext],
+    key: impl Fn(&'a AttemptContext) -> &'a str,
+    p: &[f64],
+    q: &[f64],
+    success: &[bool],
+) -> Vec<(String, u64, Metrics, Metrics)> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in contexts.iter().enumerate() {
+        groups.entry(key(c)).or_default().push(i);
+    }
+    groups
+        .into_iter()
+        .map(|(k, idx)| {
+            let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let y: Vec<bool> = idx.iter().map(|&i| success[i]).collect();
+            (
+                k.to_owned(),
+                idx.len() as u64,
+                Metrics::compute(&pick(p), &y),
+                Metrics::compute(&pick(q), &y),
+            )
+        })
+        .collect()
+}
+
 /// Scores `model` and `baseline` on rows. Predictions go through [`SuccessModel`], the
 /// path every server and embedded policy uses.
 pub fn evaluate(
@@ -105,42 +133,24 @@ pub fn evaluate(
 ) -> Evaluation {
     let p: Vec<f64> = contexts.iter().map(|c| model.p_success(c)).collect();
     let q: Vec<f64> = contexts.iter().map(|c| baseline.p_success(c)).collect();
-    let mut groups: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
-    for (i, c) in contexts.iter().enumerate() {
-        groups.entry(kind_key(c.error)).or_default().push(i);
-    }
-    let by_error = groups
+    let by_error = groups(contexts, |c| kind_key(c.error), &p, &q, success)
         .into_iter()
-        .map(|(kind, idx)| {
-            let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
-            let y: Vec<bool> = idx.iter().map(|&i| success[i]).collect();
-            let model = Metrics::compute(&pick(&p), &y);
-            KindReport {
-                kind: kind.to_owned(),
-                rows: idx.len() as u64,
-                success_rate: model.success_rate,
-                baseline: Metrics::compute(&pick(&q), &y),
-                model,
-            }
+        .map(|(kind, rows, model, baseline)| KindReport {
+            kind,
+            rows,
+            success_rate: model.success_rate,
+            model,
+            baseline,
         })
         .collect();
-    let mut targets: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, c) in contexts.iter().enumerate() {
-        targets.entry(&c.target).or_default().push(i);
-    }
-    let by_target = targets
+    let by_target = groups(contexts, |c| &c.target, &p, &q, success)
         .into_iter()
-        .map(|(target, idx)| {
-            let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
-            let y: Vec<bool> = idx.iter().map(|&i| success[i]).collect();
-            let model = Metrics::compute(&pick(&p), &y);
-            TargetReport {
-                target: target.to_owned(),
-                rows: idx.len() as u64,
-                success_rate: model.success_rate,
-                baseline: Metrics::compute(&pick(&q), &y),
-                model,
-            }
+        .map(|(target, rows, model, baseline)| TargetReport {
+            target,
+            rows,
+            success_rate: model.success_rate,
+            model,
+            baseline,
         })
         .collect();
     Evaluation {

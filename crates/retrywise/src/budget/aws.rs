@@ -78,14 +78,9 @@ impl RetryQuota {
         // The count is valid whatever a panicking holder left.
         f(&mut self.available.lock().unwrap_or_else(|p| p.into_inner()))
     }
-}
 
-impl RetryBudget for RetryQuota {
-    fn deposit(&self, _now: Instant) {}
-
-    /// A retry of unknown cause costs the plain retry cost.
-    fn withdraw(&self, _now: Instant) -> bool {
-        let cost = self.retry_cost;
+    /// Takes `cost` units if the quota has them.
+    fn take(&self, cost: u32) -> bool {
         self.update(|a| {
             let ok = *a >= cost;
             if ok {
@@ -94,16 +89,18 @@ impl RetryBudget for RetryQuota {
             ok
         })
     }
+}
+
+impl RetryBudget for RetryQuota {
+    fn deposit(&self, _now: Instant) {}
+
+    /// A retry of unknown cause costs the plain retry cost.
+    fn withdraw(&self, _now: Instant) -> bool {
+        self.take(self.retry_cost)
+    }
 
     fn withdraw_for(&self, _now: Instant, next: &AttemptContext) -> bool {
-        let cost = self.cost(next.error);
-        self.update(|a| {
-            let ok = *a >= cost;
-            if ok {
-                *a -= cost;
-            }
-            ok
-        })
+        self.take(self.cost(next.error))
     }
 
     fn record_for(&self, ctx: &AttemptContext, success: bool) {

@@ -80,6 +80,10 @@ pub const MAX_GRID: usize = 64;
 /// assert_eq!(decider.decide(&ctx), Decision::Stop(StopReason::LowSuccessProbability));
 /// # Ok::<(), retrywise::ConfigError>(())
 /// ```
+///
+/// A clone shares the model and the fallback count; a seeded clone continues its random
+/// sequence independently.
+#[derive(Clone)]
 pub struct ModelDecider {
     model: Option<Arc<dyn SuccessModel>>,
     fallback: RetryRules,
@@ -92,13 +96,8 @@ pub struct ModelDecider {
     max_attempts: u32,
     deadline: Option<Duration>,
     random: RandomSource,
-    health: Arc<FallbackCount>,
-}
-
-/// How often a decider fell back to its rules.
-#[derive(Debug, Default)]
-struct FallbackCount {
-    count: AtomicU64,
+    /// Decisions made by the rules (shared by clones).
+    fallbacks: Arc<AtomicU64>,
 }
 
 /// Why the rules decided: each is logged once per process (a service that builds a decider
@@ -116,17 +115,16 @@ static WARNED: [AtomicBool; 3] = [
     AtomicBool::new(false),
 ];
 
-impl FallbackCount {
-    fn note(&self, why: Why) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        if !WARNED[why as usize].swap(true, Ordering::Relaxed) {
-            let reason = match why {
-                Why::NoModel => "no model",
-                Why::Unsupported => "the model was trained on too few rows like this one",
-                Why::NaN => "the model answered NaN",
-            };
-            tracing::warn!(reason, "model decider: deciding with the rule-based policy");
-        }
+/// Counts a decision made by the rules, and logs its reason the first time.
+fn note(fallbacks: &AtomicU64, why: Why) {
+    fallbacks.fetch_add(1, Ordering::Relaxed);
+    if !WARNED[why as usize].swap(true, Ordering::Relaxed) {
+        let reason = match why {
+            Why::NoModel => "no model",
+            Why::Unsupported => "the model was trained on too few rows like this one",
+            Why::NaN => "the model answered NaN",
+        };
+        tracing::warn!(reason, "model decider: deciding with the rule-based policy");
     }
 }
 
@@ -142,27 +140,6 @@ impl std::fmt::Debug for ModelDecider {
             .field("max_attempts", &self.max_attempts)
             .field("deadline", &self.deadline)
             .finish()
-    }
-}
-
-impl Clone for ModelDecider {
-    /// A clone shares the model and the fallback count; a seeded clone continues its
-    /// random sequence independently.
-    fn clone(&self) -> Self {
-        Self {
-            model: self.model.clone(),
-            fallback: self.fallback.clone(),
-            min_support: self.min_support,
-            grid: self.grid.clone(),
-            cap: self.cap,
-            attempt_cost: self.attempt_cost,
-            time_cost: self.time_cost,
-            tolerance: self.tolerance,
-            max_attempts: self.max_attempts,
-            deadline: self.deadline,
-            random: self.random.clone(),
-            health: Arc::clone(&self.health),
-        }
     }
 }
 
@@ -198,7 +175,7 @@ impl ModelDecider {
 
     /// How many decisions were made by the rules instead of the model.
     pub fn fallbacks(&self) -> u64 {
-        self.health.count.load(Ordering::Relaxed)
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     /// Whether it has a model to consult.
@@ -230,7 +207,7 @@ impl ModelDecider {
     }
 
     fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, bool) {
-        self.health.note(why);
+        note(&self.fallbacks, why);
         (self.fallback.explain(ctx), true)
     }
 
@@ -295,20 +272,10 @@ impl ModelDecider {
         let cost = self.attempt_cost / (1.0 - f);
         let last = ctx.attempt >= self.max_attempts;
         let attempt_time = ctx.latency.unwrap_or(Duration::ZERO);
-        let mut left = [0.0; MAX_GRID + 1];
-        let left = &mut left[..n];
-        for (g, w) in left.iter_mut().zip(waits) {
-            *g = match remaining {
-                _ if last => 0.0,
-                None => 1.0,
-                Some(r) => {
-                    let after = r.saturating_sub(*w).saturating_sub(attempt_time);
-                    after.as_secs_f64() / r.as_secs_f64()
-                }
-            };
-        }
         // V(w_i) = a_i + b_i·V*: what the attempt is worth now, and the share of the value
-        // of continuing that a failure leaves. V* = max_i V(w_i) has the exact solution
+        // of continuing that a failure leaves (none after the last attempt allowed; with a
+        // deadline, the share of the remaining time left after the wait and an attempt as
+        // long as the last). V* = max_i V(w_i) has the exact solution
         // V* = max_i a_i / (1 − b_i) (each wait's value if it were always the choice),
         // since every b_i < 1 wherever a_i > 0.
         let mut a = [0.0; MAX_GRID + 1];
@@ -316,8 +283,16 @@ impl ModelDecider {
         let mut v_star = f64::NEG_INFINITY;
         let mut best = 0;
         for i in 0..n {
+            let left = match remaining {
+                _ if last => 0.0,
+                None => 1.0,
+                Some(r) => {
+                    let after = r.saturating_sub(waits[i]).saturating_sub(attempt_time);
+                    after.as_secs_f64() / r.as_secs_f64()
+                }
+            };
             a[i] = p[i] - cost - self.time_cost * waits[i].as_secs_f64();
-            b[i] = (1.0 - p[i]) * left[i];
+            b[i] = (1.0 - p[i]) * left;
             let v = if b[i] < 1.0 {
                 a[i] / (1.0 - b[i])
             } else {
@@ -558,7 +533,7 @@ impl ModelDeciderBuilder {
             max_attempts: self.max_attempts,
             deadline: self.deadline,
             random: self.seed.map_or(RandomSource::Thread, RandomSource::seeded),
-            health: Arc::default(),
+            fallbacks: Arc::default(),
         })
     }
 }

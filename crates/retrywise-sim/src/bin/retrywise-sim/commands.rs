@@ -171,6 +171,11 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     opts.record = args.record;
     if policies_wanted(&args.policies).any(|p| p == "adaptive") {
         opts.model = adaptive_model(args.model.as_deref())?;
+    } else if let Some(m) = &args.model {
+        anyhow::bail!(
+            "--model {} is for the `adaptive` policy, which this run does not include",
+            m.display()
+        );
     }
     if args.http || args.target.is_some() {
         opts.mode = Mode::Http {
