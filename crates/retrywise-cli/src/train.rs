@@ -218,11 +218,11 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "{} rows ({} training, {} validation from {} ms), {} files, alpha {}; skipped: {}",
+        "{} rows ({} training, {} validation: the latest of each of {} targets), {} files, alpha {}; skipped: {}",
         t["rows"],
         t["train_rows"],
         t["validation_rows"],
-        t["validation_from_ms"],
+        t["validation_from_ms"].as_object().map_or(0, |m| m.len()),
         t["files"].as_array().map_or(0, Vec::len),
         trained.artifact.regularization.alpha,
         t["skipped"]

@@ -101,24 +101,32 @@ pub enum Step {
     Written(PathBuf),
 }
 
-/// The split of rows by time.
+/// The split of rows by time, per target.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SplitSummary {
     /// Training rows.
     pub train_rows: usize,
     /// Validation rows.
     pub validation_rows: usize,
-    /// Validation rows are those started at or after this time (ms since the epoch); all
-    /// training rows started before it.
-    pub validation_from_ms: u64,
+    /// Per target: its validation rows are those started at or after this time (ms since
+    /// the epoch); all its training rows started before it. A target with too few rows or
+    /// distinct times to split is left out (all its rows train).
+    pub validation_from_ms: std::collections::BTreeMap<String, u64>,
 }
 
-/// Splits rows by time: the latest `fraction` (at least) go to validation; rows sharing
-/// the cut-off millisecond all go to validation, so no training row is later than a
-/// validation row.
+/// Splits rows by time, per target: the latest `fraction` (at least) of each target's
+/// rows go to validation; rows sharing a target's cut-off millisecond all go to
+/// validation, so no training row of a target is later than a validation row of it.
+///
+/// Per target, so that every regime in the data is validated on its own latest rows: a
+/// single cut-off over data whose targets were recorded one after another (the
+/// simulator's suite, or a fleet's targets with different histories) would validate — and
+/// choose the regularization — on the last targets alone. A target with a single
+/// distinct time trains only.
 ///
 /// # Errors
-/// [`TrainError::Split`] when there are too few rows or distinct times for both sides.
+/// [`TrainError::Split`] when the fraction is not in (0, 1), or no target has rows at two
+/// distinct times.
 pub fn split_by_time(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSummary), TrainError> {
     if !(fraction > 0.0 && fraction < 1.0) {
         return Err(TrainError::Split(format!(
@@ -129,25 +137,43 @@ pub fn split_by_time(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSum
     if n < 2 {
         return Err(TrainError::Split(format!("{n} rows")));
     }
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.sort_by_key(|&i| rows.started_at_ms[i]);
-    let cut = ((n as f64) * (1.0 - fraction)).floor() as usize;
-    let cut = cut.clamp(1, n - 1);
-    let from = rows.started_at_ms[idx[cut]];
-    // Everything at the cut-off time goes to validation.
-    let first_val = idx.partition_point(|&i| rows.started_at_ms[i] < from);
-    if first_val == 0 {
+    let mut by_target: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, c) in rows.contexts.iter().enumerate() {
+        by_target.entry(c.target.as_ref()).or_default().push(i);
+    }
+    let (mut t, mut v) = (Vec::new(), Vec::new());
+    let mut from = std::collections::BTreeMap::new();
+    for (target, mut idx) in by_target {
+        idx.sort_by_key(|&i| rows.started_at_ms[i]);
+        let m = idx.len();
+        let cut = (((m as f64) * (1.0 - fraction)).floor() as usize).clamp(1, m.max(2) - 1);
+        let at = idx.get(cut).map(|&i| rows.started_at_ms[i]);
+        // Everything at the cut-off time goes to validation.
+        let first_val = at.map_or(0, |at| idx.partition_point(|&i| rows.started_at_ms[i] < at));
+        match at {
+            Some(at) if first_val > 0 => {
+                t.extend_from_slice(&idx[..first_val]);
+                v.extend_from_slice(&idx[first_val..]);
+                from.insert(target.to_owned(), at);
+            }
+            _ => t.extend_from_slice(&idx),
+        }
+    }
+    if v.is_empty() {
         return Err(TrainError::Split(format!(
-            "all {n} rows start at the same millisecond"
+            "no target has rows at two distinct milliseconds ({n} rows)"
         )));
     }
-    let (t, v) = idx.split_at(first_val);
+    // Each side in time order (ties by position), as the rows came.
+    for side in [&mut t, &mut v] {
+        side.sort_by_key(|&i| (rows.started_at_ms[i], i));
+    }
     let summary = SplitSummary {
         train_rows: t.len(),
         validation_rows: v.len(),
         validation_from_ms: from,
     };
-    Ok((rows.select(t), rows.select(v), summary))
+    Ok((rows.select(&t), rows.select(&v), summary))
 }
 
 /// What a training run produced.
@@ -238,7 +264,8 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         },
         features: FeatureSpec::current()
             .with_health_window(rows.health_window)
-            .with_error_rows(error_rows(&tr.contexts)),
+            .with_error_rows(error_rows(&tr.contexts))
+            .with_region_rows(region_rows(&tr.contexts)),
         scaler: fitted.scaler.clone(),
         weights: fitted.weights.clone(),
         intercept: fitted.intercept,
@@ -287,6 +314,22 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         artifact,
         evaluation,
     })
+}
+
+/// Training rows per region of the context space ([`retrywise::features::region`]), the
+/// regions with rows.
+fn region_rows(
+    contexts: &[retrywise::attempt::AttemptContext],
+) -> std::collections::BTreeMap<String, u64> {
+    let mut rows = vec![0u64; retrywise::features::N_REGIONS];
+    for c in contexts {
+        rows[retrywise::features::region(c)] += 1;
+    }
+    rows.iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (retrywise::features::region_name(i), *n))
+        .collect()
 }
 
 /// Training rows per previous error kind (`first` for first attempts), every kind listed.

@@ -243,14 +243,14 @@ pub fn html(
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
          th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\
          <h1>{title}</h1><p>Created {} by {}. p(success) of the next attempt: logistic regression on the \
-         <code>{}</code> features, L2 α = {}. Trained on {} rows; validated on the {} latest (from {} ms).</p>",
+         <code>{}</code> features, L2 α = {}. Trained on {} rows; validated on the {} latest, per target (from, in ms: {}).</p>",
         esc(&artifact.created_at),
         esc(&artifact.code_version),
         esc(&artifact.features.set),
         artifact.regularization.alpha,
         artifact.training["train_rows"],
         artifact.training["validation_rows"],
-        artifact.training["validation_from_ms"],
+        esc(&artifact.training["validation_from_ms"].to_string()),
     );
     h.push_str("<h2>Validation</h2><table><tr><th></th><th>AUC</th><th>log-loss</th><th>Brier</th><th>ECE (15 bins)</th></tr>");
     for (name, m) in [

@@ -301,8 +301,39 @@ fn the_time_split_never_leaks_the_future_into_training() {
     let (tr, va, s) = retrywise_train::split_by_time(&rows, 0.2).unwrap();
     assert_eq!(tr.len() + va.len(), rows.len());
     assert!(va.len() >= 400);
-    assert!(tr.started_at_ms.iter().all(|t| *t < s.validation_from_ms));
-    assert!(va.started_at_ms.iter().all(|t| *t >= s.validation_from_ms));
+    // Per target: no training row of a target is later than its validation rows.
+    let from = |c: &retrywise::attempt::AttemptContext| s.validation_from_ms[c.target.as_ref()];
+    for (c, t) in tr.contexts.iter().zip(&tr.started_at_ms) {
+        assert!(*t < from(c));
+    }
+    for (c, t) in va.contexts.iter().zip(&va.started_at_ms) {
+        assert!(*t >= from(c));
+    }
+}
+
+#[test]
+fn every_target_is_validated_on_its_own_latest_rows() {
+    // Two targets recorded one after the other: a single cut-off would validate on the
+    // second alone.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a.parquet");
+    let mut recs = synthetic::records(4_000, 5);
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.context.target = if i < 2_000 { "early" } else { "late" }.into();
+        r.started_at_ms = i as u64;
+    }
+    write_parquet(&recs, &data);
+    let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
+    let (rows, _) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    let (tr, va, s) = retrywise_train::split_by_time(&rows, 0.2).unwrap();
+    assert_eq!(s.validation_from_ms.len(), 2, "{s:?}");
+    for target in ["early", "late"] {
+        let n = |r: &retrywise_train::data::Rows| {
+            r.contexts.iter().filter(|c| c.target.as_ref() == target).count()
+        };
+        let share = n(&va) as f64 / (n(&va) + n(&tr)) as f64;
+        assert!((0.19..0.25).contains(&share), "{target}: {share}");
+    }
 }
 
 fn err_of(data: &Path, models: &Path) -> TrainError {
@@ -358,10 +389,7 @@ fn no_data_empty_data_and_a_single_class_are_clear_errors() {
     assert!(
         matches!(
             e,
-            TrainError::SingleClass {
-                successes: 400,
-                rows: 400
-            }
+            TrainError::SingleClass { successes, rows } if successes == rows && (390..=400).contains(&rows)
         ),
         "{e}"
     );
@@ -575,6 +603,11 @@ fn eval_scores_a_model_on_other_data() {
         t.artifact.training["train_rows"].as_u64().unwrap()
     );
     assert!(rows["first"] > 0 && rows.contains_key("reset"));
+    // And per region of the context space: the same rows, each in one region.
+    let regions = t.artifact.features.region_rows.clone().unwrap();
+    assert_eq!(regions.values().sum::<u64>(), rows.values().sum::<u64>());
+    assert!(regions.keys().all(|k| retrywise::features::region_index(k).is_some()));
+    assert!(regions.values().all(|n| *n > 0), "only regions with rows");
     let other: PathBuf = dir.path().join("other.ndjson");
     write_ndjson(&synthetic::records(5_000, 22), &other);
     let r = retrywise_train::eval(

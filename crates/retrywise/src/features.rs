@@ -198,6 +198,95 @@ fn failure_rate(ctx: &AttemptContext) -> Option<f64> {
         .map(|r| r.clamp(0.0, 1.0))
 }
 
+/// Latency decades of a region: under 10 ms, 100 ms, 1 s, and longer.
+const LATENCY_BANDS: [&str; 4] = ["<10ms", "<100ms", "<1s", ">=1s"];
+/// Failure-rate bands of a region.
+const FAILING_BANDS: [&str; 3] = ["unknown", "<50%", ">=50%"];
+/// Calls-in-flight decades of a region (unknown counts as under 10).
+const IN_FLIGHT_BANDS: [&str; 3] = ["<10", "<100", ">=100"];
+
+/// The number of regions ([`region`]).
+pub const N_REGIONS: usize =
+    (1 + ERROR_KINDS.len()) * LATENCY_BANDS.len() * FAILING_BANDS.len() * IN_FLIGHT_BANDS.len();
+
+/// The coarse region of the context space `ctx` falls in: the previous error (or none),
+/// the decade of its latency, whether the target is failing half its calls or more, and
+/// the decade of the calls in flight — the axes along which regimes differ (a refusal in
+/// a millisecond while hundreds of calls queue is a different world from one in a quiet
+/// target). A model artifact counts its training rows per region, so that a decider can
+/// tell when a context lies where the model never saw data ([`crate::model::SuccessModel::trained_on`]):
+/// there a linear model only extrapolates.
+///
+/// ```
+/// use std::time::Duration;
+/// use retrywise::attempt::{AttemptContext, ErrorKind};
+/// use retrywise::features::{region, region_index, region_name};
+///
+/// let mut ctx = AttemptContext::first("api");
+/// ctx.attempt = 2;
+/// ctx.error = Some(ErrorKind::Http503);
+/// ctx.latency = Some(Duration::from_millis(1));
+/// ctx.failure_rate = Some(0.99);
+/// ctx.in_flight = Some(3);
+/// let r = region(&ctx);
+/// assert_eq!(region_name(r), "http_503/latency<10ms/failing>=50%/in_flight<10");
+/// assert_eq!(region_index(&region_name(r)), Some(r));
+/// ```
+pub fn region(ctx: &AttemptContext) -> usize {
+    let error = ctx.error.map_or(0, |k| {
+        ERROR_KINDS.iter().position(|x| *x == k).map_or(0, |i| i + 1)
+    });
+    let latency = ctx.latency.map_or(0, |d| {
+        let ms = d.as_secs_f64() * 1e3;
+        if ms < 10.0 {
+            0
+        } else if ms < 100.0 {
+            1
+        } else if ms < 1000.0 {
+            2
+        } else {
+            3
+        }
+    });
+    let failing = match failure_rate(ctx) {
+        None => 0,
+        Some(f) if f < 0.5 => 1,
+        Some(_) => 2,
+    };
+    let in_flight = match ctx.in_flight {
+        Some(n) if n >= 100 => 2,
+        Some(n) if n >= 10 => 1,
+        _ => 0,
+    };
+    ((error * LATENCY_BANDS.len() + latency) * FAILING_BANDS.len() + failing)
+        * IN_FLIGHT_BANDS.len()
+        + in_flight
+}
+
+/// The name of region `i` (below [`N_REGIONS`]), as artifacts key it:
+/// `error/latency…/failing…/in_flight…`, `first` for no previous error.
+pub fn region_name(i: usize) -> String {
+    let in_flight = i % IN_FLIGHT_BANDS.len();
+    let i = i / IN_FLIGHT_BANDS.len();
+    let failing = i % FAILING_BANDS.len();
+    let i = i / FAILING_BANDS.len();
+    let latency = i % LATENCY_BANDS.len();
+    let error = i / LATENCY_BANDS.len();
+    let error = match error {
+        0 => "first",
+        e => ERROR_KINDS.get(e - 1).map_or("?", |k| k.as_str()),
+    };
+    format!(
+        "{error}/latency{}/failing{}/in_flight{}",
+        LATENCY_BANDS[latency], FAILING_BANDS[failing], IN_FLIGHT_BANDS[in_flight]
+    )
+}
+
+/// The region named `name` ([`region_name`]), if it is one.
+pub fn region_index(name: &str) -> Option<usize> {
+    (0..N_REGIONS).find(|i| region_name(*i) == name)
+}
+
 /// The names of every feature, in column order.
 pub fn names() -> impl Iterator<Item = &'static str> {
     ALL.iter().map(|f| f.name())
@@ -250,6 +339,38 @@ mod tests {
         }
         for f in ALL.iter().filter(|f| !DELAY_FEATURES.contains(f)) {
             assert_eq!(a[*f as usize], b[*f as usize], "{f:?}");
+        }
+    }
+
+    #[test]
+    fn regions_are_named_uniquely_and_round_trip() {
+        let names: std::collections::BTreeSet<String> = (0..N_REGIONS).map(region_name).collect();
+        assert_eq!(names.len(), N_REGIONS);
+        for i in 0..N_REGIONS {
+            assert_eq!(region_index(&region_name(i)), Some(i));
+        }
+        assert_eq!(region_index("http_503/latency<1ms/failing<50%/in_flight<10"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn every_context_has_a_region_naming_its_error(
+            kind in proptest::sample::select(ERROR_KINDS.to_vec()),
+            latency_ms in proptest::option::of(0u64..100_000),
+            rate in proptest::option::of(proptest::num::f64::ANY),
+            in_flight in proptest::option::of(any::<u32>()),
+        ) {
+            let mut ctx = AttemptContext::first("t");
+            ctx.attempt = 2;
+            ctx.error = Some(kind);
+            ctx.latency = latency_ms.map(Duration::from_millis);
+            ctx.failure_rate = rate;
+            ctx.in_flight = in_flight;
+            let r = region(&ctx);
+            prop_assert!(r < N_REGIONS);
+            let name = region_name(r);
+            let prefix = format!("{}/", kind.as_str());
+            prop_assert!(name.starts_with(&prefix), "{}", name);
         }
     }
 

@@ -118,6 +118,12 @@ pub struct FeatureSpec {
     /// the model about a failure it was trained on too few rows of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rows: Option<std::collections::BTreeMap<String, u64>>,
+    /// Training rows per region of the context space ([`features::region`]; regions
+    /// without rows are left out); absent in artifacts that did not record it. When
+    /// present, a decider judges the model's support by the region of a context rather than
+    /// by its error kind alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_rows: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl FeatureSpec {
@@ -132,12 +138,19 @@ impl FeatureSpec {
                 .collect(),
             health_window_ms: None,
             error_rows: None,
+            region_rows: None,
         }
     }
 
     /// The same spec, recording the training rows per previous error kind.
     pub fn with_error_rows(mut self, rows: std::collections::BTreeMap<String, u64>) -> Self {
         self.error_rows = Some(rows);
+        self
+    }
+
+    /// The same spec, recording the training rows per region ([`features::region`]).
+    pub fn with_region_rows(mut self, rows: std::collections::BTreeMap<String, u64>) -> Self {
+        self.region_rows = Some(rows);
         self
     }
 
@@ -313,6 +326,14 @@ impl ModelArtifact {
                 problem: "is neither `first` nor an error kind".into(),
             });
         }
+        if let Some(rows) = &self.features.region_rows
+            && let Some(bad) = rows.keys().find(|k| features::region_index(k).is_none())
+        {
+            return Err(ModelError::Value {
+                field: format!("features.region_rows.{bad}"),
+                problem: "is not a region (error/latency…/failing…/in_flight…)".into(),
+            });
+        }
         LogisticModel::from_parts(&self.scaler, &self.weights, self.intercept)?;
         if !(self.regularization.alpha.is_finite() && self.regularization.alpha >= 0.0) {
             return Err(ModelError::Value {
@@ -352,6 +373,8 @@ pub struct LogisticModel {
     /// The scaler folded into the weights: `logit(x) = folded_intercept + folded · x`.
     folded: [f64; N_FEATURES],
     folded_intercept: f64,
+    /// Training rows per region, when the artifact recorded them.
+    regions: Option<Box<[u64; features::N_REGIONS]>>,
     /// Training rows per previous error kind (`first`, then `ErrorKind::ALL`), if known.
     support: Option<[u64; 1 + ErrorKind::ALL.len()]>,
 }
@@ -384,12 +407,25 @@ impl LogisticModel {
             }
             m.support = Some(support);
         }
+        if let Some(rows) = &a.features.region_rows {
+            let mut regions = Box::new([0; features::N_REGIONS]);
+            for (k, n) in rows {
+                if let Some(i) = features::region_index(k) {
+                    regions[i] = *n;
+                }
+            }
+            m.regions = Some(regions);
+        }
         Ok(m)
     }
 
-    /// Training rows that followed the same previous error as `ctx` (first attempts for
-    /// none), when the artifact recorded them.
+    /// Training rows like `ctx`, when the artifact recorded them: those in its region
+    /// ([`features::region`]), or, for artifacts that counted only per error kind, those
+    /// that followed the same previous error (first attempts for none).
     pub fn rows_like(&self, ctx: &AttemptContext) -> Option<u64> {
+        if let Some(regions) = &self.regions {
+            return Some(regions[features::region(ctx)]);
+        }
         let i = ctx.error.map_or(0, |k| {
             ErrorKind::ALL
                 .iter()
@@ -448,6 +484,7 @@ impl LogisticModel {
             folded: [0.0; N_FEATURES],
             folded_intercept: intercept,
             support: None,
+            regions: None,
         };
         m.mean.copy_from_slice(&scaler.mean);
         m.scale.copy_from_slice(&scaler.scale);
@@ -490,6 +527,7 @@ impl LogisticModel {
             folded: [0.0; N_FEATURES],
             folded_intercept: intercept,
             support: None,
+            regions: None,
         };
         m.fold();
         m
@@ -794,6 +832,41 @@ mod tests {
         match a.validate() {
             Err(ModelError::Value { field, .. }) => {
                 assert_eq!(field, "features.error_rows.http_999")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn training_rows_per_region_take_precedence_over_rows_per_kind() {
+        let mut c = AttemptContext::first("t");
+        c.attempt = 2;
+        c.error = Some(ErrorKind::Http503);
+        c.latency = Some(std::time::Duration::from_millis(1));
+        c.failure_rate = Some(0.99);
+        c.in_flight = Some(2);
+        let mut a = artifact();
+        a.features = a
+            .features
+            .with_error_rows([("http_503".to_owned(), 5000)].into_iter().collect())
+            .with_region_rows(
+                [(
+                    "http_503/latency<10ms/failing>=50%/in_flight>=100".to_owned(),
+                    5000,
+                )]
+                .into_iter()
+                .collect(),
+            );
+        let m = LogisticModel::from_artifact(&a).unwrap();
+        assert_eq!(m.trained_on(&c), Some(0), "503s seen, but not in a quiet target");
+        c.in_flight = Some(300);
+        assert_eq!(m.trained_on(&c), Some(5000));
+        let text = serde_json::to_string(&a).unwrap();
+        assert_eq!(ModelArtifact::from_json(&text).unwrap(), a);
+        a.features.region_rows = Some([("http_503/soon".to_owned(), 1)].into_iter().collect());
+        match a.validate() {
+            Err(ModelError::Value { field, .. }) => {
+                assert_eq!(field, "features.region_rows.http_503/soon")
             }
             other => panic!("{other:?}"),
         }

@@ -50,8 +50,8 @@ pub trait SuccessModel: Send + Sync {
     /// The probability in `[0, 1]` that an attempt made in `ctx` succeeds.
     fn p_success(&self, ctx: &AttemptContext) -> f64;
 
-    /// How many training rows were like `ctx` (followed the same previous error), when
-    /// the model knows: a decider does not trust a model about what it has barely seen.
+    /// How many training rows were like `ctx` (in its region of the context space,
+    /// [`crate::features::region`], or after the same previous error), when the model knows: a decider does not trust a model about what it has barely seen.
     /// Defaults to unknown.
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
         let _ = ctx;

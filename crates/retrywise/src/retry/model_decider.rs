@@ -49,8 +49,10 @@ pub const MAX_GRID: usize = 64;
 /// ([`RetryDecider::explain`]); [`weigh`](Self::weigh) gives every alternative.
 ///
 /// **Fallback.** Without a model, when the model answers NaN, or when the model was
-/// trained on fewer than `min_support` rows (default 100) that followed the same kind of
-/// failure ([`SuccessModel::trained_on`]: it has not learned that failure), it decides
+/// trained on fewer than `min_support` rows (default 100) like the context
+/// ([`SuccessModel::trained_on`]: rows in the same region of the context space —
+/// [`crate::features::region`] — or, for older artifacts, after the same kind of failure:
+/// it has not learned that situation, and would only extrapolate), it decides
 /// with rules — [`RetryRules`]' exponential backoff from 100 ms with full jitter, capped
 /// at 10 s, the same attempt limit and deadline — counts it
 /// ([`fallbacks`](Self::fallbacks)) and logs a warning once. It never panics on a model's
@@ -269,7 +271,7 @@ impl ModelDecider {
             .failure_rate
             .filter(|f| f.is_finite())
             .map_or(0.0, |f| f.clamp(0.0, 0.99));
-        let cost = self.attempt_cost / (1.0 - f);
+        let cost = self.attempt_cost / (1.0 - f * std::env::var("RW_F").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(1.0));
         let last = ctx.attempt >= self.max_attempts;
         let attempt_time = ctx.latency.unwrap_or(Duration::ZERO);
         // V(w_i) = a_i + b_i·V*: what the attempt is worth now, and the share of the value
@@ -455,8 +457,8 @@ impl ModelDeciderBuilder {
         self
     }
 
-    /// The fewest training rows that followed the same kind of failure for the model to be
-    /// trusted with it (default 100; 0 always trusts it).
+    /// The fewest training rows like a context ([`SuccessModel::trained_on`]) for the
+    /// model to be trusted with it (default 100; 0 always trusts it).
     pub fn min_support(mut self, rows: u64) -> Self {
         self.min_support = rows;
         self
