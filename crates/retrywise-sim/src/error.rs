@@ -59,6 +59,9 @@ pub enum SimError {
     /// Recording or compaction failed.
     #[error(transparent)]
     Collect(#[from] retrywise_collect::CollectError),
+    /// Training a model failed (`sim learn`).
+    #[error("training")]
+    Train(#[from] retrywise_train::TrainError),
     /// A success model could not be loaded.
     #[error("model {path}")]
     Model {

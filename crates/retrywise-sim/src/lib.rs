@@ -25,6 +25,7 @@
 pub mod driver;
 mod error;
 pub mod generate;
+pub mod learn;
 pub mod plot;
 pub mod policies;
 pub mod queueing;

@@ -17,6 +17,12 @@ use retrywise::retry::{
 use crate::SimError;
 use crate::transport::SimClassifier;
 
+/// The share of the model-driven policy's "not worth it" stops that retry anyway when a
+/// run explores (records training data): [`ModelDeciderBuilder::explore`].
+///
+/// [`ModelDeciderBuilder::explore`]: retrywise::retry::ModelDeciderBuilder::explore
+pub const STOP_EXPLORATION: f64 = 0.1;
+
 /// What every policy of a run shares.
 #[derive(Clone)]
 pub struct PolicyContext {
@@ -217,6 +223,12 @@ pub static CATALOG: &[Contender] = &[
                 .maybe_model(c.model.clone())
                 .deadline(c.deadline)
                 .seed(c.seed ^ 0xADA)
+                // Recording for training: some stops retry anyway, to keep learning.
+                .explore(if c.explore.is_some() {
+                    STOP_EXPLORATION
+                } else {
+                    0.0
+                })
                 .build()?;
             let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
             // The model reads the target's health: track it as the training data did.

@@ -38,7 +38,16 @@ const BUILTIN: &[(&str, &str)] = &[
         "contention",
         include_str!("../../../data/scenarios/contention.toml"),
     ),
+    (
+        "rolling-deploy",
+        include_str!("../../../data/scenarios/rolling-deploy.toml"),
+    ),
 ];
+
+/// Built-in scenarios kept out of the training sample (`sim generate`): what a model
+/// trained on the sample has never seen — the contention microbenchmark, and the scenario
+/// `sim learn` shows the loop learning from nothing.
+pub const HELD_OUT: &[&str] = &["contention", "rolling-deploy"];
 
 fn check<'de, D: Deserializer<'de>, T: Deserialize<'de> + std::fmt::Display>(
     d: D,

@@ -329,7 +329,10 @@ fn every_target_is_validated_on_its_own_latest_rows() {
     assert_eq!(s.validation_from_ms.len(), 2, "{s:?}");
     for target in ["early", "late"] {
         let n = |r: &retrywise_train::data::Rows| {
-            r.contexts.iter().filter(|c| c.target.as_ref() == target).count()
+            r.contexts
+                .iter()
+                .filter(|c| c.target.as_ref() == target)
+                .count()
         };
         let share = n(&va) as f64 / (n(&va) + n(&tr)) as f64;
         assert!((0.19..0.25).contains(&share), "{target}: {share}");
@@ -606,7 +609,11 @@ fn eval_scores_a_model_on_other_data() {
     // And per region of the context space: the same rows, each in one region.
     let regions = t.artifact.features.region_rows.clone().unwrap();
     assert_eq!(regions.values().sum::<u64>(), rows.values().sum::<u64>());
-    assert!(regions.keys().all(|k| retrywise::features::region_index(k).is_some()));
+    assert!(
+        regions
+            .keys()
+            .all(|k| retrywise::features::region_index(k).is_some())
+    );
     assert!(regions.values().all(|n| *n > 0), "only regions with rows");
     let other: PathBuf = dir.path().join("other.ndjson");
     write_ndjson(&synthetic::records(5_000, 22), &other);

@@ -234,7 +234,10 @@ pub const N_REGIONS: usize =
 /// ```
 pub fn region(ctx: &AttemptContext) -> usize {
     let error = ctx.error.map_or(0, |k| {
-        ERROR_KINDS.iter().position(|x| *x == k).map_or(0, |i| i + 1)
+        ERROR_KINDS
+            .iter()
+            .position(|x| *x == k)
+            .map_or(0, |i| i + 1)
     });
     let latency = ctx.latency.map_or(0, |d| {
         let ms = d.as_secs_f64() * 1e3;
@@ -349,7 +352,10 @@ mod tests {
         for i in 0..N_REGIONS {
             assert_eq!(region_index(&region_name(i)), Some(i));
         }
-        assert_eq!(region_index("http_503/latency<1ms/failing<50%/in_flight<10"), None);
+        assert_eq!(
+            region_index("http_503/latency<1ms/failing<50%/in_flight<10"),
+            None
+        );
     }
 
     proptest! {

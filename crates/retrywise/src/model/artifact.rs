@@ -858,7 +858,11 @@ mod tests {
                 .collect(),
             );
         let m = LogisticModel::from_artifact(&a).unwrap();
-        assert_eq!(m.trained_on(&c), Some(0), "503s seen, but not in a quiet target");
+        assert_eq!(
+            m.trained_on(&c),
+            Some(0),
+            "503s seen, but not in a quiet target"
+        );
         c.in_flight = Some(300);
         assert_eq!(m.trained_on(&c), Some(5000));
         let text = serde_json::to_string(&a).unwrap();

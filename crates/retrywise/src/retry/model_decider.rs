@@ -98,8 +98,12 @@ pub struct ModelDecider {
     max_attempts: u32,
     deadline: Option<Duration>,
     random: RandomSource,
+    /// The share of "not worth it" stops that retry anyway, to learn from.
+    explore: f64,
     /// Decisions made by the rules (shared by clones).
     fallbacks: Arc<AtomicU64>,
+    /// Stops explored (shared by clones).
+    explored: Arc<AtomicU64>,
 }
 
 /// Why the rules decided: each is logged once per process (a service that builds a decider
@@ -164,6 +168,11 @@ pub struct Weighed {
     pub explained: Explained,
     /// Whether the rules decided (no model, or a model answering NaN).
     pub fell_back: bool,
+    /// Whether the decision explored: the model judged no wait worth an attempt, and the
+    /// decider retries anyway (with probability [`ModelDeciderBuilder::explore`]) after a
+    /// wait drawn uniformly from those weighed, so that what the model stopped on keeps
+    /// being observed.
+    pub explored: bool,
     /// The waits weighed, shortest first.
     pub alternatives: Vec<Alternative>,
 }
@@ -180,6 +189,11 @@ impl ModelDecider {
         self.fallbacks.load(Ordering::Relaxed)
     }
 
+    /// How many decisions explored (retried where the model would have stopped).
+    pub fn explored(&self) -> u64 {
+        self.explored.load(Ordering::Relaxed)
+    }
+
     /// Whether it has a model to consult.
     pub fn has_model(&self) -> bool {
         self.model.is_some()
@@ -193,10 +207,11 @@ impl ModelDecider {
     /// Decides, and returns every alternative weighed.
     pub fn weigh(&self, ctx: &AttemptContext) -> Weighed {
         let mut alternatives = Vec::new();
-        let (explained, fell_back) = self.decide_into(ctx, Some(&mut alternatives));
+        let (explained, fell_back, explored) = self.decide_into(ctx, Some(&mut alternatives));
         Weighed {
             explained,
             fell_back,
+            explored,
             alternatives,
         }
     }
@@ -208,17 +223,18 @@ impl ModelDecider {
         }
     }
 
-    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, bool) {
+    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, bool, bool) {
         note(&self.fallbacks, why);
-        (self.fallback.explain(ctx), true)
+        (self.fallback.explain(ctx), true, false)
     }
 
-    /// The decision, whether the rules made it, and (when asked) the alternatives.
+    /// The decision, whether the rules made it, whether it explored, and (when asked) the
+    /// alternatives.
     fn decide_into(
         &self,
         ctx: &AttemptContext,
         weighed: Option<&mut Vec<Alternative>>,
-    ) -> (Explained, bool) {
+    ) -> (Explained, bool, bool) {
         let Some(model) = &self.model else {
             return self.by_rules(ctx, Why::NoModel);
         };
@@ -229,10 +245,14 @@ impl ModelDecider {
             return self.by_rules(ctx, Why::Unsupported);
         }
         if ctx.attempt > self.max_attempts {
-            return (Self::stop(StopReason::MaxAttempts, None), false);
+            return (Self::stop(StopReason::MaxAttempts, None), false, false);
         }
         if ctx.retry_after.is_some_and(|ra| ra > self.cap) {
-            return (Self::stop(StopReason::RetryAfterTooLong, None), false);
+            return (
+                Self::stop(StopReason::RetryAfterTooLong, None),
+                false,
+                false,
+            );
         }
         // The candidates: the grid from the Retry-After up, and the Retry-After itself.
         let floor = ctx.retry_after.unwrap_or(Duration::ZERO);
@@ -253,7 +273,7 @@ impl ModelDecider {
                 n -= 1;
             }
             if n == 0 {
-                return (Self::stop(StopReason::Deadline, None), false);
+                return (Self::stop(StopReason::Deadline, None), false, false);
             }
         }
         let waits = &waits[..n];
@@ -271,7 +291,7 @@ impl ModelDecider {
             .failure_rate
             .filter(|f| f.is_finite())
             .map_or(0.0, |f| f.clamp(0.0, 0.99));
-        let cost = self.attempt_cost / (1.0 - f * std::env::var("RW_F").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(1.0));
+        let cost = self.attempt_cost / (1.0 - f);
         let last = ctx.attempt >= self.max_attempts;
         let attempt_time = ctx.latency.unwrap_or(Duration::ZERO);
         // V(w_i) = a_i + b_i·V*: what the attempt is worth now, and the share of the value
@@ -317,8 +337,21 @@ impl ModelDecider {
             }));
         }
         if v_star <= 0.0 {
+            if self.explore > 0.0 && self.random.next_f64() < self.explore {
+                self.explored.fetch_add(1, Ordering::Relaxed);
+                let i = ((self.random.next_f64() * n as f64) as usize).min(n - 1);
+                return (
+                    Explained {
+                        decision: Decision::Retry(waits[i]),
+                        p_success: Some(p[i]),
+                    },
+                    false,
+                    true,
+                );
+            }
             return (
                 Self::stop(StopReason::LowSuccessProbability, Some(p[best])),
+                false,
                 false,
             );
         }
@@ -332,6 +365,7 @@ impl ModelDecider {
                 decision: Decision::Retry(waits[chosen]),
                 p_success: Some(p[chosen]),
             },
+            false,
             false,
         )
     }
@@ -365,6 +399,7 @@ pub struct ModelDeciderBuilder {
     deadline: Option<Duration>,
     seed: Option<u64>,
     min_support: u64,
+    explore: f64,
 }
 
 impl std::fmt::Debug for ModelDeciderBuilder {
@@ -380,6 +415,7 @@ impl std::fmt::Debug for ModelDeciderBuilder {
             .field("deadline", &self.deadline)
             .field("seed", &self.seed)
             .field("min_support", &self.min_support)
+            .field("explore", &self.explore)
             .finish()
     }
 }
@@ -397,6 +433,7 @@ impl Default for ModelDeciderBuilder {
             deadline: None,
             seed: None,
             min_support: 100,
+            explore: 0.0,
         }
     }
 }
@@ -464,6 +501,17 @@ impl ModelDeciderBuilder {
         self
     }
 
+    /// The share of decisions to stop as "not worth an attempt" that retry anyway, after a
+    /// wait drawn uniformly from those weighed (default 0; in `[0, 1]`). A model only
+    /// learns what happens after the decisions it lets happen: one that has learned to
+    /// stop on some failure never sees that stopping was wrong, unless some of those
+    /// stops explore. Explored decisions say so ([`Weighed::explored`]) and are counted
+    /// ([`ModelDecider::explored`]); their propensity is this share.
+    pub fn explore(mut self, share: f64) -> Self {
+        self.explore = share;
+        self
+    }
+
     /// Draws the near-optimal wait from a generator seeded with `seed` (deterministic).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -488,6 +536,7 @@ impl ModelDeciderBuilder {
         CHECK.in_range("attempt_cost", self.attempt_cost, 1e-6, 0.999)?;
         CHECK.in_range("time_cost", self.time_cost, 0.0, 1e3)?;
         CHECK.in_range("tolerance", self.tolerance, 0.0, 1.0)?;
+        CHECK.in_range("explore", self.explore, 0.0, 1.0)?;
         CHECK.at_least_one("max_attempts", u64::from(self.max_attempts))?;
         if let Some(d) = self.deadline {
             CHECK.positive("deadline", d)?;
@@ -535,7 +584,9 @@ impl ModelDeciderBuilder {
             max_attempts: self.max_attempts,
             deadline: self.deadline,
             random: self.seed.map_or(RandomSource::Thread, RandomSource::seeded),
+            explore: self.explore,
             fallbacks: Arc::default(),
+            explored: Arc::default(),
         })
     }
 }
@@ -545,6 +596,61 @@ mod tests {
     use super::*;
     use crate::attempt::ErrorKind;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_share_of_stops_explores_and_says_so() {
+        // A model that sees no point in retrying a connect error.
+        let hopeless = |_: &AttemptContext| 0.01;
+        let c = after(ErrorKind::Connect, 2);
+        let never = ModelDecider::builder()
+            .model(Arc::new(hopeless))
+            .seed(3)
+            .build()
+            .unwrap();
+        assert!((0..200).all(|_| !never.weigh(&c).explored));
+        let d = ModelDecider::builder()
+            .model(Arc::new(hopeless))
+            .explore(0.2)
+            .seed(3)
+            .build()
+            .unwrap();
+        let mut waits = std::collections::BTreeSet::new();
+        let mut explored = 0;
+        for _ in 0..2000 {
+            let w = d.weigh(&c);
+            match w.explained.decision {
+                Decision::Retry(wait) => {
+                    assert!(w.explored, "only exploration retries here");
+                    assert!(d.grid().contains(&wait));
+                    waits.insert(wait);
+                    explored += 1;
+                }
+                Decision::Stop(r) => {
+                    assert_eq!(r, StopReason::LowSuccessProbability);
+                    assert!(!w.explored);
+                }
+            }
+        }
+        assert!((300..500).contains(&explored), "{explored} of 2000 at 0.2");
+        assert_eq!(d.explored(), explored);
+        assert!(
+            waits.len() > 20,
+            "waits drawn across the grid: {}",
+            waits.len()
+        );
+        // Exploration never overrides the hard limits.
+        let mut last = after(ErrorKind::Connect, 7);
+        last.elapsed = Duration::from_millis(20);
+        assert!((0..200).all(|_| d.decide(&last) == Decision::Stop(StopReason::MaxAttempts)));
+        assert_eq!(
+            ModelDecider::builder()
+                .explore(1.5)
+                .build()
+                .unwrap_err()
+                .field,
+            "explore"
+        );
+    }
 
     fn after(kind: ErrorKind, attempt: u32) -> AttemptContext {
         let mut c = AttemptContext::first("t");

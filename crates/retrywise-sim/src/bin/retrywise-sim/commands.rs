@@ -92,6 +92,36 @@ pub(crate) struct GenerateArgs {
     seed: u64,
 }
 
+/// Options of `retrywise-sim learn`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LearnArgs {
+    /// A built-in scenario name or a scenario file.
+    #[arg(long)]
+    scenario: String,
+    /// Rounds after round 0 (round 0 runs the rules).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Where the data (`DIR/data`) and the models (`DIR/models/NAME/VERSION`) go; it must
+    /// not hold a previous loop's data (default: `learn-SCENARIO`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The models' name.
+    #[arg(long, default_value = "learned")]
+    name: String,
+    /// Round k records traffic of seed SEED + k.
+    #[arg(long, default_value_t = 101)]
+    seed: u64,
+    /// Every round is scored on this seed, which no round records nor gates on.
+    #[arg(long, default_value_t = 1)]
+    eval_seed: u64,
+    /// A new model serves only if it beats the policy in service on this seed.
+    #[arg(long, default_value_t = 2)]
+    gate_seed: u64,
+    /// Print one JSON object per round (the scoreboard's fields and the model version).
+    #[arg(long)]
+    json: bool,
+}
+
 /// Names the built-in scenarios and the policies.
 pub(crate) fn list() -> anyhow::Result<()> {
     println!("scenarios:");
@@ -281,4 +311,104 @@ fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
     let work = parent.join(format!(".retrywise-generate-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     Ok(work)
+}
+
+/// Runs the learning loop and prints each round's row.
+pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
+    use retrywise_sim::learn::{LearnOptions, Round};
+    let scenario = Arc::new(Scenario::load(&args.scenario)?);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("learn-{}", scenario.name)));
+    let mut opts = LearnOptions::new(Arc::clone(&scenario), &out);
+    opts.rounds = args.rounds;
+    opts.name.clone_from(&args.name);
+    opts.seed = args.seed;
+    opts.eval_seed = args.eval_seed;
+    opts.gate_seed = args.gate_seed;
+    let bar = ProgressBar::new(u64::from(args.rounds) + 1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} learning [{bar:20}] round {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    if !args.json {
+        println!(
+            "learning on `{}`: round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seed {}; each row is the policy in service on seed {}",
+            scenario.name, args.seed, args.gate_seed, args.eval_seed
+        );
+        println!(
+            "{:<6} {:<14} {:>8} {:>9} {:>7} {:>8} {:>9} {:>9} {:>8}  gate (challenger vs in service)",
+            "round",
+            "in service",
+            "success",
+            "attempts",
+            "peak",
+            "p99 ms",
+            "recovery",
+            "recorded",
+            "trained"
+        );
+    }
+    let print = |r: &Round| {
+        if args.json {
+            match serde_json::to_string(r) {
+                Ok(line) => bar.suspend(|| println!("{line}")),
+                Err(e) => bar.suspend(|| eprintln!("error: {e}")),
+            }
+        } else {
+            let policy = match r.decided_with {
+                Some(v) => format!("adaptive (v{v})"),
+                None => "rule-adaptive".to_owned(),
+            };
+            let s = &r.score;
+            let gate = r.gate.as_ref().map_or_else(String::new, |g| {
+                format!(
+                    "  v{} {:.1}% @{:.2} vs {:.1}% @{:.2}: {}",
+                    r.model_version - 1,
+                    g.challenger_success_rate * 100.0,
+                    g.challenger_attempts_per_request,
+                    g.incumbent_success_rate * 100.0,
+                    g.incumbent_attempts_per_request,
+                    if r.promoted { "promoted" } else { "kept out" }
+                )
+            });
+            bar.suspend(|| {
+                println!(
+                    "{:<6} {:<14} {:>7.1}% {:>9.2} {:>6.2}x {:>8} {:>9} {:>9} {:>8}{gate}",
+                    r.round,
+                    policy,
+                    s.success_rate * 100.0,
+                    s.attempts_per_request,
+                    s.peak_load_ratio,
+                    s.p99_ms.map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+                    s.recovery_s
+                        .map_or_else(|| "-".into(), |v| format!("{v:.0} s")),
+                    r.recorded,
+                    format!("v{}", r.model_version),
+                );
+            });
+        }
+        bar.inc(1);
+    };
+    let rounds = retrywise_sim::learn::learn(
+        &opts,
+        |k, step| bar.set_message(format!("{k}: {step}")),
+        print,
+    )?;
+    bar.finish_and_clear();
+    if !args.json
+        && let (Some(first), Some(last)) = (rounds.first(), rounds.last())
+    {
+        println!(
+            "round 0 -> {}: success {:+.1} points, attempts/request {:+.2}; models in {}",
+            last.round,
+            (last.score.success_rate - first.score.success_rate) * 100.0,
+            last.score.attempts_per_request - first.score.attempts_per_request,
+            out.join("models").join(&args.name).display()
+        );
+    }
+    Ok(())
 }

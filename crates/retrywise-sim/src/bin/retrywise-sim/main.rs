@@ -32,6 +32,9 @@ enum Command {
     Upstream(commands::UpstreamArgs),
     /// Generate training data: the suite, every policy, with exploration, as Parquet.
     Generate(commands::GenerateArgs),
+    /// Close the loop on one scenario: record, train, decide with the model, record, retrain…
+    /// and print each round's scoreboard row.
+    Learn(commands::LearnArgs),
     /// Show every resilience policy at work against an in-process flaky upstream, on a
     /// virtual clock (seconds of backoff play out instantly), printing what each did.
     Demo(demo::Args),
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run_board(args),
         Command::Upstream(args) => commands::serve(&args),
         Command::Generate(args) => commands::generate_data(&args),
+        Command::Learn(args) => commands::learn(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {
