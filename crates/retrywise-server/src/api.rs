@@ -392,9 +392,13 @@ pub struct DecideResponse {
     /// `retry`, or why not: `max_attempts`, `low_success_probability`, `deadline`,
     /// `retry_after_too_long`.
     pub reason: String,
-    /// Whether the rule-based fallback decided (the model answered NaN, or was trained on
-    /// too few rows that followed this kind of failure).
+    /// Whether the rule-based fallback decided (no model, the model answered NaN, or it was
+    /// trained on too few rows like this context).
     pub fell_back: bool,
+    /// Whether the decision explored (retries where the model judged no wait worth an
+    /// attempt). The service does not explore: always `false` here; embedded deciders
+    /// built with `ModelDeciderBuilder::explore` do.
+    pub explored: bool,
     /// Every wait weighed, shortest first (when asked with `"alternatives": true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<Vec<AlternativeView>>,
@@ -511,6 +515,7 @@ pub(crate) async fn decide(
         p_success: explained.p_success,
         reason: reason.to_owned(),
         fell_back: weighed.fell_back,
+        explored: weighed.explored,
         alternatives,
         model: m.name.clone(),
         version: m.version,

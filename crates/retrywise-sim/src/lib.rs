@@ -29,6 +29,7 @@ pub mod learn;
 pub mod plot;
 pub mod policies;
 pub mod queueing;
+pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod score;

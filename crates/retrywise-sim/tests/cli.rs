@@ -273,3 +273,104 @@ fn a_served_upstream_is_driven_through_target() {
     );
     drop(child);
 }
+
+#[test]
+fn learn_closes_the_loop_and_writes_a_model_per_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The held-out scenario, shortened to two restarts.
+    let text_of = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/scenarios/rolling-deploy.toml"
+    ))
+    .expect("scenario");
+    let short = text_of.replace("duration_s = 120", "duration_s = 30");
+    assert_ne!(short, text_of);
+    let scenario = dir.path().join("short.toml");
+    std::fs::write(&scenario, short).expect("write");
+    let out_dir = dir.path().join("loop");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "learn",
+            "--scenario",
+            scenario.to_str().expect("utf-8"),
+            "--rounds",
+            "1",
+            "--out",
+            out_dir.to_str().expect("utf-8"),
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
+            .args(a)
+            .output()
+            .expect("runs")
+    };
+    // Scoring on a recorded seed is refused, before anything is written.
+    let bad = run(args(&["--eval-seed", "101"]));
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("eval_seed"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert!(!out_dir.join("models").exists());
+
+    let out = run(args(&["--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rounds: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rounds.len(), 2, "{}", text(&out.stdout));
+    // Round 0: the rules, recorded and trained into version 1.
+    assert_eq!(rounds[0]["round"], 0);
+    assert!(rounds[0]["decided_with"].is_null() && rounds[0]["gate"].is_null());
+    assert_eq!(rounds[0]["model_version"], 1);
+    assert_eq!(rounds[0]["policy"], "rule-adaptive");
+    // Round 1: recorded with version 1, gated, retrained on both rounds into version 2.
+    assert_eq!(rounds[1]["recorded_with"], 1);
+    assert_eq!(rounds[1]["model_version"], 2);
+    let gate = &rounds[1]["gate"];
+    let promoted = rounds[1]["promoted"].as_bool().expect("promoted");
+    let (c, i) = (
+        gate["challenger_success_rate"].as_f64().expect("rate"),
+        gate["incumbent_success_rate"].as_f64().expect("rate"),
+    );
+    assert!(!promoted || c >= i - 0.005, "{gate}");
+    assert_eq!(
+        rounds[1]["decided_with"],
+        if promoted {
+            serde_json::json!(1)
+        } else {
+            serde_json::Value::Null
+        }
+    );
+    for r in &rounds {
+        let s = r["success_rate"].as_f64().expect("scoreboard fields");
+        assert!((0.0..=1.0).contains(&s) && r["attempts_per_request"].as_f64().expect("a") >= 1.0);
+        assert!(r["recorded"].as_u64().expect("recorded") > 1_000);
+    }
+    assert!(
+        rounds[1]["train_rows"].as_u64() > rounds[0]["train_rows"].as_u64(),
+        "retrained on everything so far"
+    );
+    for v in 1..=2 {
+        assert!(
+            out_dir
+                .join(format!("models/learned/{v}/model.json"))
+                .is_file()
+        );
+    }
+    assert!(!out_dir.join(".segments").exists(), "scratch removed");
+
+    // A second loop into the same folder would mix data: refused.
+    let again = run(args(&[]));
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already holds"),
+        "{}",
+        text(&again.stderr)
+    );
+}

@@ -35,6 +35,9 @@ enum Command {
     /// Close the loop on one scenario: record, train, decide with the model, record, retrain…
     /// and print each round's scoreboard row.
     Learn(commands::LearnArgs),
+    /// Every policy on every scenario over several seeds: the results table, the full
+    /// scoreboard, the model-driven policy's targets and goodput plots, into a folder.
+    Report(commands::ReportArgs),
     /// Show every resilience policy at work against an in-process flaky upstream, on a
     /// virtual clock (seconds of backoff play out instantly), printing what each did.
     Demo(demo::Args),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Upstream(args) => commands::serve(&args),
         Command::Generate(args) => commands::generate_data(&args),
         Command::Learn(args) => commands::learn(&args),
+        Command::Report(args) => commands::report(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {

@@ -1,0 +1,410 @@
+//! The results: every policy on every scenario over several seeds, the model-driven
+//! policy's targets, and the plots — what `retrywise sim report` writes and the README
+//! shows.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use retrywise::model::SuccessModel;
+use serde::Serialize;
+
+use crate::driver::RunOptions;
+use crate::policies::CATALOG;
+use crate::scenario::{HELD_OUT, Scenario};
+use crate::score::Score;
+use crate::{SimError, scoreboard};
+
+/// The scenarios whose goodput over time is drawn.
+pub const PLOTTED: [&str; 3] = ["outage", "metastable", "mix"];
+
+/// The model-driven policy.
+const ADAPTIVE: &str = "adaptive";
+/// The upper bound, not a baseline.
+const ORACLE: &str = "oracle";
+
+/// What to report on.
+#[derive(Clone)]
+pub struct ReportOptions {
+    /// The scenarios.
+    pub scenarios: Vec<Arc<Scenario>>,
+    /// The seeds each scenario runs with (the results are their means).
+    pub seeds: Vec<u64>,
+    /// The model of the `adaptive` policy.
+    pub model: Option<Arc<dyn SuccessModel>>,
+    /// Where the model came from (for the report's header).
+    pub model_origin: String,
+}
+
+impl ReportOptions {
+    /// Every built-in scenario, seeds 1 to 3.
+    pub fn new(model: Option<Arc<dyn SuccessModel>>, model_origin: impl Into<String>) -> Self {
+        Self {
+            scenarios: Scenario::builtin().into_iter().map(Arc::new).collect(),
+            seeds: vec![1, 2, 3],
+            model,
+            model_origin: model_origin.into(),
+        }
+    }
+}
+
+/// One policy on one scenario: the means over the seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mean {
+    /// The policy.
+    pub policy: String,
+    /// Logical requests that succeeded.
+    pub success_rate: f64,
+    /// Attempts per logical request.
+    pub attempts_per_request: f64,
+    /// The busiest second's upstream load over the offered load.
+    pub peak_load_ratio: f64,
+    /// 99.9th percentile latency of successes, ms (mean over seeds with successes).
+    pub p999_ms: Option<f64>,
+    /// Seconds from the trigger's end until goodput recovers (mean over seeds; `None` if
+    /// any seed never recovered or the scenario has no trigger).
+    pub recovery_s: Option<f64>,
+    /// Each seed's score.
+    pub seeds: Vec<Score>,
+}
+
+/// One scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResults {
+    /// The scenario.
+    pub scenario: String,
+    /// Whether the training sample leaves it out ([`HELD_OUT`]).
+    pub held_out: bool,
+    /// Every policy, in catalog order.
+    pub policies: Vec<Mean>,
+}
+
+impl ScenarioResults {
+    /// A policy's results.
+    pub fn get(&self, policy: &str) -> Option<&Mean> {
+        self.policies.iter().find(|m| m.policy == policy)
+    }
+
+    /// The fixed (not model-driven, not oracle) policy with the highest success, ties to
+    /// fewer attempts.
+    pub fn best_baseline(&self) -> Option<&Mean> {
+        self.policies
+            .iter()
+            .filter(|m| m.policy != ADAPTIVE && m.policy != ORACLE)
+            .max_by(|a, b| {
+                a.success_rate
+                    .total_cmp(&b.success_rate)
+                    .then(b.attempts_per_request.total_cmp(&a.attempts_per_request))
+            })
+    }
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The seeds.
+    pub seeds: Vec<u64>,
+    /// The model of the `adaptive` policy.
+    pub model: String,
+    /// Per scenario.
+    pub scenarios: Vec<ScenarioResults>,
+    /// The targets of the model-driven policy, judged.
+    pub targets: Vec<Target>,
+}
+
+/// A target of the model-driven policy and whether it holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// Its name: `SCENARIO/baseline` (against the best baseline) or `SCENARIO/goal` (the
+    /// scenario's own goal).
+    pub id: String,
+    /// The scenario.
+    pub scenario: String,
+    /// What is asked.
+    pub goal: String,
+    /// What was measured.
+    pub measured: String,
+    /// Whether it holds.
+    pub met: bool,
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (n, sum) = xs.fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
+    (n > 0).then(|| sum / n as f64)
+}
+
+fn means(policy: &str, seeds: Vec<Score>) -> Mean {
+    let m = |f: fn(&Score) -> f64| mean(seeds.iter().map(f)).unwrap_or(f64::NAN);
+    Mean {
+        policy: policy.to_owned(),
+        success_rate: m(|s| s.success_rate),
+        attempts_per_request: m(|s| s.attempts_per_request),
+        peak_load_ratio: m(|s| s.peak_load_ratio),
+        p999_ms: mean(seeds.iter().filter_map(|s| s.p999_ms)),
+        recovery_s: if seeds.iter().all(|s| s.recovery_s.is_some()) {
+            mean(seeds.iter().filter_map(|s| s.recovery_s))
+        } else {
+            None
+        },
+        seeds,
+    }
+}
+
+/// Runs every policy on every scenario and seed, writes the tables, the JSON and the plots
+/// into `out`, and returns the report. `on_run` is told each finished scenario and seed.
+///
+/// # Errors
+/// Simulation, plot and file errors.
+pub fn report(
+    opts: &ReportOptions,
+    out: &Path,
+    mut on_run: impl FnMut(&str, u64),
+) -> Result<Report, SimError> {
+    std::fs::create_dir_all(out).map_err(|e| SimError::Io {
+        op: format!("create {}", out.display()),
+        source: e,
+    })?;
+    let names: Vec<String> = CATALOG.iter().map(|p| p.name.to_owned()).collect();
+    let mut scenarios = Vec::new();
+    for scenario in &opts.scenarios {
+        let mut per_policy: BTreeMap<usize, Vec<Score>> = BTreeMap::new();
+        for &seed in &opts.seeds {
+            let mut run = RunOptions::new(Arc::clone(scenario));
+            run.seed = seed;
+            run.model.clone_from(&opts.model);
+            let (board, runs) = scoreboard(&names, &run)?;
+            if seed == opts.seeds[0] && PLOTTED.contains(&scenario.name.as_str()) {
+                plot_scenario(scenario, &board.results, &runs, &run, out)?;
+            }
+            for (i, s) in board.results.into_iter().enumerate() {
+                per_policy.entry(i).or_default().push(s);
+            }
+            on_run(&scenario.name, seed);
+        }
+        scenarios.push(ScenarioResults {
+            scenario: scenario.name.clone(),
+            held_out: HELD_OUT.contains(&scenario.name.as_str()),
+            policies: per_policy
+                .into_iter()
+                .map(|(i, seeds)| means(&names[i], seeds))
+                .collect(),
+        });
+    }
+    let targets = targets(&scenarios);
+    let report = Report {
+        seeds: opts.seeds.clone(),
+        model: opts.model_origin.clone(),
+        scenarios,
+        targets,
+    };
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| SimError::Io {
+            op: format!("write {}", path.display()),
+            source: e,
+        })
+    };
+    write("results.md", report.summary_markdown())?;
+    write("scoreboard.md", report.full_markdown())?;
+    write(
+        "results.json",
+        serde_json::to_string_pretty(&report).map_err(|e| SimError::Io {
+            op: "serialize the report".into(),
+            source: e.into(),
+        })?,
+    )?;
+    Ok(report)
+}
+
+/// Goodput over time for the model-driven policy beside the baselines that matter there.
+fn plot_scenario(
+    scenario: &Scenario,
+    scores: &[Score],
+    runs: &[crate::driver::PolicyRun],
+    run: &RunOptions,
+    out: &Path,
+) -> Result<(), SimError> {
+    let best = scores
+        .iter()
+        .filter(|s| s.policy != ADAPTIVE && s.policy != ORACLE)
+        .max_by(|a, b| a.success_rate.total_cmp(&b.success_rate))
+        .map(|s| s.policy.clone());
+    let shown: Vec<crate::driver::PolicyRun> = runs
+        .iter()
+        .filter(|r| {
+            [ADAPTIVE, "exp-full-jitter", "aws-adaptive"].contains(&r.policy.as_str())
+                || Some(&r.policy) == best.as_ref()
+        })
+        .cloned()
+        .collect();
+    let path: PathBuf = out.join(format!("goodput-{}.svg", scenario.name));
+    let title = format!(
+        "{} — goodput and upstream load per second (seed {}, {}/s offered)",
+        scenario.name, run.seed, run.rps
+    );
+    crate::plot::plot(&path, &title, &shown, run.rps)
+}
+
+/// The targets for the model-driven policy, judged on the means.
+fn targets(scenarios: &[ScenarioResults]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let pct = |x: f64| format!("{:.1} %", x * 100.0);
+    for s in scenarios {
+        let (Some(a), Some(best), Some(fj)) =
+            (s.get(ADAPTIVE), s.best_baseline(), s.get("exp-full-jitter"))
+        else {
+            continue;
+        };
+        out.push(Target {
+            id: format!("{}/baseline", s.scenario),
+            scenario: s.scenario.clone(),
+            goal: format!(
+                "success >= the best baseline's ({} {}) - 0.5 points, attempts/request <= exp-full-jitter's ({:.2})",
+                best.policy,
+                pct(best.success_rate),
+                fj.attempts_per_request
+            ),
+            measured: format!("{} at {:.2}", pct(a.success_rate), a.attempts_per_request),
+            // Attempts compared at the table's precision (two decimals).
+            met: a.success_rate >= best.success_rate - 0.005
+                && a.attempts_per_request <= fj.attempts_per_request + 0.005,
+        });
+        let mut goal = |goal: &str, met: bool| {
+            out.push(Target {
+                id: format!("{}/goal", s.scenario),
+                scenario: s.scenario.clone(),
+                goal: goal.to_owned(),
+                measured: format!(
+                    "{} at {:.2}, peak {:.2}x, recovery {}",
+                    pct(a.success_rate),
+                    a.attempts_per_request,
+                    a.peak_load_ratio,
+                    a.recovery_s
+                        .map_or_else(|| "never/-".to_owned(), |r| format!("{r:.1} s"))
+                ),
+                met,
+            });
+        };
+        match s.scenario.as_str() {
+            "outage" => goal(
+                "success >= 88 % at <= 1.25 attempts/request, peak load <= 2x offered",
+                a.success_rate >= 0.88
+                    && a.attempts_per_request <= 1.25
+                    && a.peak_load_ratio <= 2.0,
+            ),
+            "metastable" => {
+                let budget = s.get("budget").and_then(|b| b.recovery_s);
+                goal(
+                    &format!(
+                        "recovers no slower than budget ({}), success >= 63 %",
+                        budget.map_or_else(|| "never".to_owned(), |r| format!("{r:.1} s"))
+                    ),
+                    a.success_rate >= 0.63
+                        && match (a.recovery_s, budget) {
+                            (Some(x), Some(b)) => x <= b + 1e-9,
+                            (Some(_), None) => true,
+                            (None, _) => false,
+                        },
+                );
+            }
+            "mix" => goal(
+                "success >= 93 % at <= 1.25 attempts/request",
+                a.success_rate >= 0.93 && a.attempts_per_request <= 1.25,
+            ),
+            "rate-limited" => goal(
+                "success >= 71 % at <= 1.5 attempts/request",
+                a.success_rate >= 0.71 && a.attempts_per_request <= 1.5,
+            ),
+            "contention" => goal("writes done >= 99 %", a.success_rate >= 0.99),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Report {
+    /// The README's table: per scenario, the model-driven policy beside the best fixed
+    /// policy, exponential backoff with full jitter, the AWS SDKs' adaptive mode and the
+    /// oracle.
+    pub fn summary_markdown(&self) -> String {
+        let cell = |m: Option<&Mean>| {
+            m.map_or_else(
+                || "-".to_owned(),
+                |m| {
+                    format!(
+                        "{:.1} % at {:.2}",
+                        m.success_rate * 100.0,
+                        m.attempts_per_request
+                    )
+                },
+            )
+        };
+        let mut t = format!(
+            "Success and attempts per request, mean of seeds {:?} (virtual time, each scenario's own load); `adaptive` decides with {}.\n\n",
+            self.seeds, self.model
+        );
+        t.push_str("| scenario | adaptive | best fixed policy | exp-full-jitter | aws-adaptive | oracle |\n|---|---|---|---|---|---|\n");
+        for s in &self.scenarios {
+            let best = s.best_baseline();
+            let _ = writeln!(
+                t,
+                "| {}{} | **{}** | {} ({}) | {} | {} | {} |",
+                s.scenario,
+                if s.held_out { " (held out)" } else { "" },
+                cell(s.get(ADAPTIVE)),
+                cell(best),
+                best.map_or("-", |b| b.policy.as_str()),
+                cell(s.get("exp-full-jitter")),
+                cell(s.get("aws-adaptive")),
+                cell(s.get(ORACLE)),
+            );
+        }
+        t.push_str("\n| target | goal | measured | |\n|---|---|---|---|\n");
+        for g in &self.targets {
+            let _ = writeln!(
+                t,
+                "| `{}` | {} | {} | {} |",
+                g.id,
+                g.goal,
+                g.measured,
+                if g.met { "met" } else { "**missed**" }
+            );
+        }
+        t
+    }
+
+    /// Every policy on every scenario.
+    pub fn full_markdown(&self) -> String {
+        let mut t = format!(
+            "Every policy on every scenario, mean of seeds {:?}; `adaptive` decides with {}.\n",
+            self.seeds, self.model
+        );
+        for s in &self.scenarios {
+            let _ = write!(
+                t,
+                "\n### {}{}\n\n| policy | success | attempts/request | peak load | p99.9 ms | recovery s |\n|---|---|---|---|---|---|\n",
+                s.scenario,
+                if s.held_out {
+                    " (held out of the training sample)"
+                } else {
+                    ""
+                }
+            );
+            for m in &s.policies {
+                let _ = writeln!(
+                    t,
+                    "| {} | {:.1} % | {:.2} | {:.2}x | {} | {} |",
+                    m.policy,
+                    m.success_rate * 100.0,
+                    m.attempts_per_request,
+                    m.peak_load_ratio,
+                    m.p999_ms.map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+                    m.recovery_s
+                        .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+                );
+            }
+        }
+        t
+    }
+}
