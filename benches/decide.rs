@@ -2,6 +2,8 @@
 //! decision of the model-driven decider (a 32-wait grid) beside the rule-based ones, on
 //! contexts after the failures the deciders meet most.
 //!
+//! And `Policy::call` with each decider on a call that succeeds at once (`call-ok`).
+//!
 //! Run: `cargo bench -p retrywise-benches --bench decide`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -59,11 +61,18 @@ fn decide(c: &mut Criterion) {
             black_box(model.p_success(black_box(&ctxs[i])))
         });
     });
+    // Every context weighed by the model over the whole grid (none left to the rules for
+    // lack of support, which would measure the rules).
     let learned = ModelDecider::builder()
         .model(model.clone())
         .deadline(Duration::from_secs(10))
+        .min_support(0)
         .build()
         .unwrap();
+    for c in &ctxs {
+        let w = learned.weigh(c);
+        assert!(!w.fell_back && !w.alternatives.is_empty(), "{c:?}");
+    }
     let adaptive = RuleBasedAdaptive::new()
         .with_model(model.clone())
         .deadline(Duration::from_secs(10))
@@ -86,5 +95,60 @@ fn decide(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decide);
+async fn ok1() -> Result<u64, retrywise_benches::BenchError> {
+    Ok(1)
+}
+
+/// `Policy::call` on a call that succeeds at once, with each decider: the model is consulted
+/// only after a failure, so the learned decider must add nothing here.
+fn call(c: &mut Criterion) {
+    let model = shipped();
+    let deciders: [(&str, Arc<dyn RetryDecider>); 3] = [
+        (
+            "model-decider",
+            Arc::new(
+                ModelDecider::builder()
+                    .model(model.clone())
+                    .deadline(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+        (
+            "rule-adaptive-with-model",
+            Arc::new(
+                RuleBasedAdaptive::new()
+                    .with_model(model.clone())
+                    .deadline(Duration::from_secs(10))
+                    .unwrap(),
+            ),
+        ),
+        (
+            "retry-rules",
+            Arc::new(RetryRules::builder().max_attempts(4).build().unwrap()),
+        ),
+    ];
+    let rt = retrywise_benches::runtime();
+    let mut g = c.benchmark_group("call-ok");
+    for (name, d) in deciders {
+        let p = retrywise::policy::Policy::builder("bench")
+            .decider(d)
+            .build()
+            .unwrap();
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| {
+                rt.block_on(async {
+                    let t = std::time::Instant::now();
+                    for _ in 0..n {
+                        black_box(p.call(|_| ok1()).await.unwrap());
+                    }
+                    t.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decide, call);
 criterion_main!(benches);

@@ -170,25 +170,58 @@ pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
     encode_delay(ctx, ctx.delay, x);
 }
 
+/// The delay features proportional to `ln(1 + wait ms)`, in [`log_delay_basis`]'s order:
+/// the log-delay itself, one per error kind, and the one scaled by the failure rate. The
+/// other two [`DELAY_FEATURES`] (`WaitedRetryAfter`, `LogShortOfRetryAfterMs`) are given by
+/// [`delay_terms`].
+pub const LOG_DELAY_FEATURES: [Feature; 10] = [
+    Feature::LogDelayMs,
+    Feature::LogDelayXTimeout,
+    Feature::LogDelayXConnect,
+    Feature::LogDelayXReset,
+    Feature::LogDelayXHttp429,
+    Feature::LogDelayXHttp503,
+    Feature::LogDelayXHttp5xx,
+    Feature::LogDelayXHttp4xx,
+    Feature::LogDelayXOther,
+    Feature::LogDelayXFailureRate,
+];
+
+/// How the [`LOG_DELAY_FEATURES`] of `ctx` scale with `ln(1 + wait ms)`: feature
+/// `LOG_DELAY_FEATURES[i]` is `basis[i] × ln(1 + wait ms)` for every wait. (A linear model
+/// can fold these into one slope per context, and weigh a wait with one multiplication.)
+pub fn log_delay_basis(ctx: &AttemptContext) -> [f64; 10] {
+    let mut m = [0.0; 10];
+    m[0] = 1.0;
+    for (i, kind) in ERROR_KINDS.iter().enumerate() {
+        m[1 + i] = flag(ctx.error == Some(*kind));
+    }
+    m[9] = failure_rate(ctx).unwrap_or(0.0);
+    m
+}
+
+/// The terms of the wait before an attempt: `ln(1 + wait ms)`, whether the wait is at
+/// least the Retry-After asked for (`WaitedRetryAfter`), and `ln(1 + ms short of it)`
+/// (`LogShortOfRetryAfterMs`).
+pub fn delay_terms(ctx: &AttemptContext, delay: Duration) -> (f64, f64, f64) {
+    (
+        log_ms(delay),
+        flag(ctx.retry_after.is_some_and(|ra| delay >= ra)),
+        ctx.retry_after
+            .map_or(0.0, |ra| log_ms(ra.saturating_sub(delay))),
+    )
+}
+
 /// Writes the [`DELAY_FEATURES`] of `ctx` as if the wait before the attempt were `delay`
 /// (the other features of `x` are left as they are): `encode_delay(ctx, d, x)` after
 /// `encode_into(ctx, x)` gives what `encode_into` gives for `ctx` with `delay = d`.
 pub fn encode_delay(ctx: &AttemptContext, delay: Duration, x: &mut [f64; N_FEATURES]) {
-    use Feature as F;
-    let log_delay = log_ms(delay);
-    x[F::LogDelayMs as usize] = log_delay;
-    for (i, kind) in ERROR_KINDS.iter().enumerate() {
-        x[F::LogDelayXTimeout as usize + i] = if ctx.error == Some(*kind) {
-            log_delay
-        } else {
-            0.0
-        };
+    let (log_delay, waited, short) = delay_terms(ctx, delay);
+    for (f, m) in LOG_DELAY_FEATURES.iter().zip(log_delay_basis(ctx)) {
+        x[*f as usize] = m * log_delay;
     }
-    x[F::WaitedRetryAfter as usize] = flag(ctx.retry_after.is_some_and(|ra| delay >= ra));
-    x[F::LogShortOfRetryAfterMs as usize] = ctx
-        .retry_after
-        .map_or(0.0, |ra| log_ms(ra.saturating_sub(delay)));
-    x[F::LogDelayXFailureRate as usize] = log_delay * failure_rate(ctx).unwrap_or(0.0);
+    x[Feature::WaitedRetryAfter as usize] = waited;
+    x[Feature::LogShortOfRetryAfterMs as usize] = short;
 }
 
 /// The failure rate as the encoder reads it: clamped to `[0, 1]`, NaN as unknown.
@@ -377,6 +410,42 @@ mod tests {
             let name = region_name(r);
             let prefix = format!("{}/", kind.as_str());
             prop_assert!(name.starts_with(&prefix), "{}", name);
+        }
+    }
+
+    #[test]
+    fn the_delay_features_are_the_log_delay_family_and_the_retry_after_terms() {
+        let mut all: Vec<Feature> = LOG_DELAY_FEATURES.to_vec();
+        all.extend([Feature::WaitedRetryAfter, Feature::LogShortOfRetryAfterMs]);
+        assert_eq!(all.len(), DELAY_FEATURES.len());
+        for f in DELAY_FEATURES {
+            assert!(all.contains(&f), "{f:?}");
+        }
+    }
+
+    proptest! {
+        /// A linear model may weigh a wait as basis × log-delay plus the Retry-After terms:
+        /// exactly what the encoder writes.
+        #[test]
+        fn the_log_delay_basis_reproduces_the_encoder(
+            kind in proptest::option::of(proptest::sample::select(ERROR_KINDS.to_vec())),
+            rate in proptest::option::of(proptest::num::f64::ANY),
+            ra_ms in proptest::option::of(0u64..100_000),
+            delay_ms in 0u64..1_000_000,
+        ) {
+            let mut ctx = AttemptContext::first("t");
+            ctx.attempt = 2;
+            ctx.error = kind;
+            ctx.failure_rate = rate;
+            ctx.retry_after = ra_ms.map(Duration::from_millis);
+            ctx.delay = Duration::from_millis(delay_ms);
+            let x = encode(&ctx);
+            let (l, waited, short) = delay_terms(&ctx, ctx.delay);
+            for (f, m) in LOG_DELAY_FEATURES.iter().zip(log_delay_basis(&ctx)) {
+                prop_assert_eq!(x[*f as usize], m * l, "{:?}", f);
+            }
+            prop_assert_eq!(x[Feature::WaitedRetryAfter as usize], waited);
+            prop_assert_eq!(x[Feature::LogShortOfRetryAfterMs as usize], short);
         }
     }
 

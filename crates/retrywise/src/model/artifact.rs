@@ -594,20 +594,28 @@ impl SuccessModel for LogisticModel {
         self.rows_like(ctx)
     }
 
-    /// Encodes `ctx` once; per wait, only the features that depend on it
-    /// ([`features::DELAY_FEATURES`]) are re-encoded and re-weighed.
+    /// Encodes `ctx` once and folds the features that move with the wait into one slope
+    /// per `ln(1 + wait ms)` ([`features::log_delay_basis`]) and two Retry-After weights
+    /// ([`features::delay_terms`]): a wait then costs a logarithm, a few multiplications
+    /// and a sigmoid.
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
-        let mut x = features::encode(ctx);
-        let moving = |x: &[f64; N_FEATURES]| {
-            features::DELAY_FEATURES
-                .iter()
-                .map(|f| self.folded[*f as usize] * x[*f as usize])
-                .sum::<f64>()
-        };
-        let fixed = self.logit(&x) - moving(&x);
+        use features::Feature as F;
+        let x = features::encode(ctx);
+        let moving = features::DELAY_FEATURES
+            .iter()
+            .map(|f| self.folded[*f as usize] * x[*f as usize])
+            .sum::<f64>();
+        let fixed = self.logit(&x) - moving;
+        let slope = features::LOG_DELAY_FEATURES
+            .iter()
+            .zip(features::log_delay_basis(ctx))
+            .map(|(f, m)| self.folded[*f as usize] * m)
+            .sum::<f64>();
+        let waited = self.folded[F::WaitedRetryAfter as usize];
+        let short = self.folded[F::LogShortOfRetryAfterMs as usize];
         for (d, o) in delays.iter().zip(out.iter_mut()) {
-            features::encode_delay(ctx, *d, &mut x);
-            *o = sigmoid(fixed + moving(&x));
+            let (l, w, s) = features::delay_terms(ctx, *d);
+            *o = sigmoid(fixed + slope * l + waited * w + short * s);
         }
     }
 }
