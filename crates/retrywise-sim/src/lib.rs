@@ -33,6 +33,7 @@ pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod score;
+pub mod select;
 pub mod server;
 pub mod transport;
 

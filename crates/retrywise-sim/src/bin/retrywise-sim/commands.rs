@@ -160,6 +160,25 @@ struct KnownMisses {
     missed: std::collections::BTreeMap<String, String>,
 }
 
+/// Options of `retrywise-sim select`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SelectArgs {
+    /// A candidate: a `model.json`, a version directory, or a model directory (repeat;
+    /// a model directory with several versions stands for each of them).
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// The seed the candidates are compared on (not one they trained on, nor one they will
+    /// be evaluated on).
+    #[arg(long, default_value_t = 12)]
+    seed: u64,
+    /// What an attempt costs against a success (the decider's default).
+    #[arg(long, default_value_t = 0.1)]
+    attempt_cost: f64,
+    /// Print only the best candidate's path (for scripts).
+    #[arg(long)]
+    best: bool,
+}
+
 /// Names the built-in scenarios and the policies.
 pub(crate) fn list() -> anyhow::Result<()> {
     println!("scenarios:");
@@ -546,5 +565,64 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(failures.is_empty(), "targets: {}", failures.join("; "));
+    Ok(())
+}
+
+/// The candidates a `--model` path stands for: each numbered version of a model directory,
+/// or the path itself.
+fn candidates(path: &std::path::Path) -> Vec<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            e.path().join("model.json").is_file().then(|| (v, e.path()))
+        })
+        .collect();
+    versions.sort();
+    if versions.is_empty() {
+        vec![path.to_path_buf()]
+    } else {
+        versions.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+/// Ranks candidate models by their decisions.
+pub(crate) fn select(args: &SelectArgs) -> anyhow::Result<()> {
+    let mut models = Vec::new();
+    for p in args.models.iter().flat_map(|p| candidates(p)) {
+        let m: Arc<dyn retrywise::model::SuccessModel> = retrywise_sim::policies::load_model(&p)?;
+        models.push((p.display().to_string(), m));
+    }
+    let ranked = retrywise_sim::select::select(
+        models,
+        &retrywise_sim::select::suite(),
+        args.seed,
+        args.attempt_cost,
+    )?;
+    if args.best {
+        if let Some(best) = ranked.first() {
+            println!("{}", best.model);
+        }
+        return Ok(());
+    }
+    println!(
+        "the adaptive policy with each model on the training suite, seed {} (objective: success - {} x attempts)",
+        args.seed, args.attempt_cost
+    );
+    println!(
+        "{:>9} {:>9} {:>9}  model",
+        "success", "attempts", "objective"
+    );
+    for c in &ranked {
+        println!(
+            "{:>8.2}% {:>9.3} {:>9.4}  {}",
+            c.success_rate * 100.0,
+            c.attempts_per_request,
+            c.objective,
+            c.model
+        );
+    }
     Ok(())
 }

@@ -38,6 +38,9 @@ enum Command {
     /// Every policy on every scenario over several seeds: the results table, the full
     /// scoreboard, the model-driven policy's targets and goodput plots, into a folder.
     Report(commands::ReportArgs),
+    /// Rank candidate models by the decisions they make on the training suite, on a seed
+    /// neither training nor evaluation uses.
+    Select(commands::SelectArgs),
     /// Show every resilience policy at work against an in-process flaky upstream, on a
     /// virtual clock (seconds of backoff play out instantly), printing what each did.
     Demo(demo::Args),
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate_data(&args),
         Command::Learn(args) => commands::learn(&args),
         Command::Report(args) => commands::report(&args),
+        Command::Select(args) => commands::select(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {
