@@ -155,8 +155,10 @@ pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
     x[F::Retry as usize] = f64::from(ctx.attempt.saturating_sub(1).min(MAX_RETRY));
     x[F::LogElapsedMs as usize] = log_ms(ctx.elapsed);
     x[F::LogLatencyMs as usize] = ctx.latency.map_or(0.0, log_ms);
-    for (i, kind) in ERROR_KINDS.iter().enumerate() {
-        x[F::ErrorTimeout as usize + i] = flag(ctx.error == Some(*kind));
+    let one_hot = &mut x[F::ErrorTimeout as usize..F::ErrorTimeout as usize + ERROR_KINDS.len()];
+    one_hot.fill(0.0);
+    if let Some(i) = ctx.error.map(error_index) {
+        one_hot[i] = 1.0;
     }
     x[F::Status4xx as usize] = flag(ctx.status.is_some_and(|s| (400..500).contains(&s)));
     x[F::Status5xx as usize] = flag(ctx.status.is_some_and(|s| (500..600).contains(&s)));
@@ -168,6 +170,11 @@ pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
     x[F::LogLatencyP95Ms as usize] = ctx.latency_p95.map_or(0.0, log_ms);
     x[F::LogInFlight as usize] = ctx.in_flight.map_or(0.0, |n| (1.0 + f64::from(n)).ln());
     encode_delay(ctx, ctx.delay, x);
+}
+
+/// The position of `kind` in [`ERROR_KINDS`] (its declaration order, checked by a test).
+fn error_index(kind: ErrorKind) -> usize {
+    kind as usize
 }
 
 /// The delay features proportional to `ln(1 + wait ms)`, in [`log_delay_basis`]'s order:
@@ -193,8 +200,8 @@ pub const LOG_DELAY_FEATURES: [Feature; 10] = [
 pub fn log_delay_basis(ctx: &AttemptContext) -> [f64; 10] {
     let mut m = [0.0; 10];
     m[0] = 1.0;
-    for (i, kind) in ERROR_KINDS.iter().enumerate() {
-        m[1 + i] = flag(ctx.error == Some(*kind));
+    if let Some(i) = ctx.error.map(error_index) {
+        m[1 + i] = 1.0;
     }
     m[9] = failure_rate(ctx).unwrap_or(0.0);
     m
@@ -411,6 +418,20 @@ mod tests {
             let prefix = format!("{}/", kind.as_str());
             prop_assert!(name.starts_with(&prefix), "{}", name);
         }
+    }
+
+    #[test]
+    fn error_indices_follow_the_one_hot_order_and_rows_are_refilled_whole() {
+        for (i, k) in ERROR_KINDS.iter().enumerate() {
+            assert_eq!(error_index(*k), i, "{k:?}");
+        }
+        // A row refilled for another context keeps no trace of the first.
+        let mut x = [7.0; N_FEATURES];
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 2;
+        ctx.error = Some(ErrorKind::Reset);
+        encode_into(&ctx, &mut x);
+        assert_eq!(x, encode(&ctx));
     }
 
     #[test]
