@@ -31,10 +31,10 @@ use serde::Serialize;
 
 use crate::SimError;
 use crate::driver::{self, RunOptions};
-use crate::policies::{self, load_model};
+use crate::policies;
 use crate::scenario::Scenario;
 use crate::score::{Score, score};
-use retrywise::model::SuccessModel;
+use retrywise::model::{LogisticModel, SuccessModel};
 
 /// How to learn.
 #[derive(Debug, Clone)]
@@ -255,7 +255,13 @@ pub fn learn(
         };
         on_round(&round);
         rounds.push(round);
-        let model: Arc<dyn SuccessModel> = load_model(&trained.dir)?;
+        // The model just trained, from the artifact in hand (no second read of the file).
+        let model: Arc<dyn SuccessModel> = Arc::new(
+            LogisticModel::from_artifact(&trained.artifact).map_err(|source| SimError::Model {
+                path: trained.dir.clone(),
+                source,
+            })?,
+        );
         latest = Some((trained.version, model));
     }
     let scratch = opts.out.join(".segments");

@@ -323,7 +323,47 @@ fn targets(scenarios: &[ScenarioResults]) -> Vec<Target> {
     out
 }
 
+/// What [`Report::check`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Checked {
+    /// One line per target: met, or missed and known (with why).
+    pub lines: Vec<String>,
+    /// What fails the check: a miss not known, a known miss that is met, a known miss that
+    /// names no target.
+    pub failures: Vec<String>,
+}
+
 impl Report {
+    /// Judges the targets against `known` misses (target id → why): a miss must be known,
+    /// and a known miss must be missed, so that the list stays true.
+    pub fn check(&self, known: &BTreeMap<String, String>) -> Checked {
+        let mut out = Checked::default();
+        for id in known.keys() {
+            if !self.targets.iter().any(|t| &t.id == id) {
+                out.failures.push(format!(
+                    "known misses name `{id}`, which is no target of this report"
+                ));
+            }
+        }
+        for t in &self.targets {
+            match (t.met, known.get(&t.id)) {
+                (true, None) => out.lines.push(format!("target {}: met", t.id)),
+                (false, Some(why)) => out
+                    .lines
+                    .push(format!("target {}: missed, known: {why}", t.id)),
+                (false, None) => out.failures.push(format!(
+                    "{} missed ({}; measured {})",
+                    t.id, t.goal, t.measured
+                )),
+                (true, Some(_)) => out.failures.push(format!(
+                    "{} is met ({}) but listed as a known miss: remove it from the file",
+                    t.id, t.measured
+                )),
+            }
+        }
+        out
+    }
+
     /// The README's table: per scenario, the model-driven policy beside the best fixed
     /// policy, exponential backoff with full jitter, the AWS SDKs' adaptive mode and the
     /// oracle.
@@ -406,5 +446,53 @@ impl Report {
             }
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(id: &str, met: bool) -> Target {
+        Target {
+            id: id.to_owned(),
+            scenario: id.split('/').next().unwrap_or(id).to_owned(),
+            goal: "a goal".into(),
+            measured: "a figure".into(),
+            met,
+        }
+    }
+
+    #[test]
+    fn a_miss_must_be_known_and_a_known_miss_must_be_missed() {
+        let report = Report {
+            seeds: vec![1],
+            model: "m".into(),
+            scenarios: vec![],
+            targets: vec![target("outage/goal", false), target("blips/baseline", true)],
+        };
+        let known = |ids: &[&str]| -> BTreeMap<String, String> {
+            ids.iter()
+                .map(|i| ((*i).to_owned(), "why".to_owned()))
+                .collect()
+        };
+        let ok = report.check(&known(&["outage/goal"]));
+        assert!(ok.failures.is_empty(), "{ok:?}");
+        assert_eq!(
+            ok.lines,
+            [
+                "target outage/goal: missed, known: why",
+                "target blips/baseline: met"
+            ]
+        );
+        let unlisted = report.check(&known(&[]));
+        assert_eq!(unlisted.failures.len(), 1);
+        assert!(unlisted.failures[0].starts_with("outage/goal missed"));
+        let stale = report.check(&known(&["outage/goal", "blips/baseline"]));
+        assert_eq!(stale.failures.len(), 1);
+        assert!(stale.failures[0].contains("listed as a known miss"));
+        let unknown = report.check(&known(&["outage/goal", "outage/speed"]));
+        assert_eq!(unknown.failures.len(), 1);
+        assert!(unknown.failures[0].contains("`outage/speed`"));
     }
 }

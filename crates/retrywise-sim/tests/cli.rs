@@ -374,3 +374,98 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
         text(&again.stderr)
     );
 }
+
+#[test]
+fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("report");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "report",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--model",
+            model,
+            "--scenario",
+            "contention",
+            "--seeds",
+            "1,2",
+        ];
+        a.extend_from_slice(extra);
+        retrywise(&a)
+    };
+    let first = run(&[]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).contains("| contention (held out) |"));
+    for f in ["results.md", "scoreboard.md", "results.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("read"))
+            .expect("json");
+    assert_eq!(report["seeds"], serde_json::json!([1, 2]));
+    let adaptive = report["scenarios"][0]["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .find(|p| p["policy"] == "adaptive")
+        .expect("adaptive")
+        .clone();
+    assert_eq!(adaptive["seeds"].as_array().expect("seeds").len(), 2);
+    let targets = report["targets"].as_array().expect("targets");
+    let ids = |met: bool| -> Vec<String> {
+        targets
+            .iter()
+            .filter(|t| t["met"] == met)
+            .map(|t| t["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let (met, missed) = (ids(true), ids(false));
+    assert_eq!(met.len() + missed.len(), 2, "contention: baseline and goal");
+    let known = |ids: &[String]| {
+        let path = dir.path().join("known.toml");
+        let body: String = ids.iter().map(|i| format!("\"{i}\" = \"why\"\n")).collect();
+        std::fs::write(&path, format!("[missed]\n{body}")).expect("write");
+        path
+    };
+    // Listing exactly the misses passes.
+    let exact = known(&missed);
+    let ok = run(&["--check", "--known-misses", exact.to_str().expect("utf-8")]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    // An unlisted miss fails, naming it.
+    if let Some(m) = missed.first() {
+        let none = known(&[]);
+        let bad = run(&["--check", "--known-misses", none.to_str().expect("utf-8")]);
+        assert!(!bad.status.success());
+        assert!(
+            text(&bad.stderr).contains(m.as_str()),
+            "{}",
+            text(&bad.stderr)
+        );
+    }
+    // A met target listed as a miss fails: the file must stay true.
+    if let Some(m) = met.first() {
+        let stale = known(&[missed.clone(), vec![m.clone()]].concat());
+        let bad = run(&["--check", "--known-misses", stale.to_str().expect("utf-8")]);
+        assert!(!bad.status.success());
+        assert!(
+            text(&bad.stderr).contains("listed as a known miss"),
+            "{}",
+            text(&bad.stderr)
+        );
+    }
+    // A name that is no target fails.
+    let unknown = known(&["contention/speed".to_owned()]);
+    let bad = run(&[
+        "--check",
+        "--known-misses",
+        unknown.to_str().expect("utf-8"),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("contention/speed"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

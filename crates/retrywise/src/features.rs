@@ -134,20 +134,18 @@ pub fn encode(ctx: &AttemptContext) -> [f64; N_FEATURES] {
 
 /// The features that depend on the wait before the attempt (`ctx.delay`): a decider that
 /// weighs many waits for one context re-encodes only these ([`encode_delay`]).
-pub const DELAY_FEATURES: [Feature; 12] = [
-    Feature::LogDelayMs,
-    Feature::WaitedRetryAfter,
-    Feature::LogShortOfRetryAfterMs,
-    Feature::LogDelayXTimeout,
-    Feature::LogDelayXConnect,
-    Feature::LogDelayXReset,
-    Feature::LogDelayXHttp429,
-    Feature::LogDelayXHttp503,
-    Feature::LogDelayXHttp5xx,
-    Feature::LogDelayXHttp4xx,
-    Feature::LogDelayXOther,
-    Feature::LogDelayXFailureRate,
-];
+pub const DELAY_FEATURES: [Feature; 12] = {
+    // The log-delay family, then the two Retry-After terms of `delay_terms`.
+    let mut out = [Feature::WaitedRetryAfter; 12];
+    let mut i = 0;
+    while i < LOG_DELAY_FEATURES.len() {
+        out[i] = LOG_DELAY_FEATURES[i];
+        i += 1;
+    }
+    out[10] = Feature::WaitedRetryAfter;
+    out[11] = Feature::LogShortOfRetryAfterMs;
+    out
+};
 
 /// Writes the feature vector of `ctx` into `x` (for filling rows of a matrix).
 pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
@@ -273,12 +271,7 @@ pub const N_REGIONS: usize =
 /// assert_eq!(region_index(&region_name(r)), Some(r));
 /// ```
 pub fn region(ctx: &AttemptContext) -> usize {
-    let error = ctx.error.map_or(0, |k| {
-        ERROR_KINDS
-            .iter()
-            .position(|x| *x == k)
-            .map_or(0, |i| i + 1)
-    });
+    let error = ctx.error.map_or(0, |k| error_index(k) + 1);
     let latency = ctx.latency.map_or(0, |d| {
         let ms = d.as_secs_f64() * 1e3;
         if ms < 10.0 {

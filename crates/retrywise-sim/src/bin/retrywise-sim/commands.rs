@@ -543,55 +543,43 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
         }
         None => Default::default(),
     };
-    if let Some(unknown) = known
-        .keys()
-        .find(|id| !report.targets.iter().any(|t| &t.id == *id))
-    {
-        anyhow::bail!("known misses name `{unknown}`, which is no target of this report");
+    let checked = report.check(&known);
+    for line in &checked.lines {
+        println!("{line}");
     }
-    let mut failures = Vec::new();
-    for t in &report.targets {
-        match (t.met, known.get(&t.id)) {
-            (true, None) => println!("target {}: met", t.id),
-            (false, Some(why)) => println!("target {}: missed, known: {why}", t.id),
-            (false, None) => failures.push(format!(
-                "{} missed ({}; measured {})",
-                t.id, t.goal, t.measured
-            )),
-            (true, Some(_)) => failures.push(format!(
-                "{} is met ({}) but listed as a known miss: remove it from the file",
-                t.id, t.measured
-            )),
-        }
-    }
-    anyhow::ensure!(failures.is_empty(), "targets: {}", failures.join("; "));
+    anyhow::ensure!(
+        checked.failures.is_empty(),
+        "targets: {}",
+        checked.failures.join("; ")
+    );
     Ok(())
 }
 
 /// The candidates a `--model` path stands for: each numbered version of a model directory,
 /// or the path itself.
-fn candidates(path: &std::path::Path) -> Vec<PathBuf> {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-            e.path().join("model.json").is_file().then(|| (v, e.path()))
-        })
-        .collect();
-    versions.sort();
+fn candidates(path: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let versions = retrywise_train::store::versions(path)?;
     if versions.is_empty() {
-        vec![path.to_path_buf()]
+        Ok(vec![path.to_path_buf()])
     } else {
-        versions.into_iter().map(|(_, p)| p).collect()
+        Ok(versions
+            .into_iter()
+            .map(|v| path.join(v.to_string()))
+            .collect())
     }
 }
 
 /// Ranks candidate models by their decisions.
 pub(crate) fn select(args: &SelectArgs) -> anyhow::Result<()> {
     let mut models = Vec::new();
-    for p in args.models.iter().flat_map(|p| candidates(p)) {
+    for p in args
+        .models
+        .iter()
+        .map(|p| candidates(p))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+    {
         let m: Arc<dyn retrywise::model::SuccessModel> = retrywise_sim::policies::load_model(&p)?;
         models.push((p.display().to_string(), m));
     }
