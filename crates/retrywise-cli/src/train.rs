@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use retrywise_train::data::Filter;
 use retrywise_train::evaluate::Evaluation;
+use retrywise_train::fit::FitOptions;
 use retrywise_train::metrics::Metrics;
 use retrywise_train::{Step, TrainOptions};
 
@@ -53,6 +54,12 @@ pub(crate) struct TrainArgs {
     /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated.
     #[arg(long, value_delimiter = ',')]
     alphas: Option<Vec<f64>>,
+    /// L-BFGS iterations per fit at most (scikit-learn's `max_iter`).
+    #[arg(long, default_value_t = FitOptions::default().max_iterations)]
+    max_iterations: u64,
+    /// Stop a fit when the gradient of the mean loss is below this (scikit-learn's `tol`).
+    #[arg(long, default_value_t = FitOptions::default().tolerance)]
+    tolerance: f64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -190,6 +197,8 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(a) = &args.alphas {
         opts.fit.alphas = a.clone();
     }
+    opts.fit.max_iterations = args.max_iterations;
+    opts.fit.tolerance = args.tolerance;
     let (bar, mut on) = progress();
     let started = std::time::Instant::now();
     let trained = retrywise_train::train(&opts, &mut on);

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use retrywise::attempt::{AttemptContext, AttemptRecord, Outcome};
 use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, State};
-use retrywise::health::{HealthSnapshot, HealthTracker};
+use retrywise::health::{Ended, HealthSnapshot, HealthTracker};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -44,6 +44,14 @@ pub struct TargetView {
     /// Calls in flight on average over the window (their latencies summed, over the
     /// window: Little's law).
     pub in_flight: u32,
+    /// The failure rate of the attempts that ended in the window's last two tenths; null
+    /// without such attempts.
+    pub failure_rate_recent: Option<f64>,
+    /// Permanent failures among the window's attempts; null without calls.
+    pub permanent_rate: Option<f64>,
+    /// Time since an attempt to the target last succeeded, ms (since the target was first
+    /// seen, before the first success).
+    pub since_success_ms: f64,
     /// The health window, ms.
     pub health_window_ms: f64,
     /// The shared breaker's state: `CLOSED`, `OPEN`, `HALF_OPEN`…
@@ -136,14 +144,16 @@ impl Fleet {
         let Some(t) = self.get_or_create(&rec.context.target, now) else {
             return Observed::Full;
         };
-        if rec.outcome == Outcome::Cancelled {
-            return Observed::Tracked;
-        }
+        let how = match rec.outcome {
+            Outcome::Success => Ended::Success,
+            Outcome::Permanent => Ended::Permanent,
+            Outcome::Retryable => Ended::Failure,
+            Outcome::Cancelled => return Observed::Tracked,
+        };
         // Counted when it ended, as an embedded policy counts it, however late it arrives.
         let age = Duration::from_millis(wall_ms.saturating_sub(ended_ms));
         let ended = now.checked_sub(age).unwrap_or(now);
-        let failed = rec.outcome == Outcome::Retryable;
-        t.health.record(ended, failed, rec.outcome_latency);
+        t.health.record(ended, how, rec.outcome_latency);
         let outcome = match rec.outcome {
             Outcome::Success | Outcome::Permanent => CallOutcome::Success,
             Outcome::Retryable => CallOutcome::Failure,
@@ -155,10 +165,17 @@ impl Fleet {
     }
 
     /// Fills what `ctx` does not say about its target's health from the fleet's view:
-    /// failure rate, p95 latency, calls in flight, and the window they were measured over
-    /// (unless the caller gave its own).
+    /// failure rate, p95 latency, calls in flight, recent failure rate, permanent-failure
+    /// rate, time since the last success, and the window they were measured over (unless
+    /// the caller gave its own).
     pub fn fill(&self, ctx: &mut AttemptContext, now: Instant) {
-        if ctx.failure_rate.is_some() && ctx.latency_p95.is_some() && ctx.in_flight.is_some() {
+        if ctx.failure_rate.is_some()
+            && ctx.latency_p95.is_some()
+            && ctx.in_flight.is_some()
+            && ctx.failure_rate_recent.is_some()
+            && ctx.permanent_rate.is_some()
+            && ctx.since_success.is_some()
+        {
             return;
         }
         let Some(t) = self.get(&ctx.target) else {
@@ -178,6 +195,18 @@ impl Fleet {
             ctx.in_flight = Some(s.in_flight);
             filled = true;
         }
+        if ctx.failure_rate_recent.is_none() {
+            ctx.failure_rate_recent = s.failure_rate_recent;
+            filled = true;
+        }
+        if ctx.permanent_rate.is_none() {
+            ctx.permanent_rate = s.permanent_rate;
+            filled = true;
+        }
+        if ctx.since_success.is_none() {
+            ctx.since_success = Some(s.since_success);
+            filled = true;
+        }
         if filled && ctx.health_window.is_none() {
             ctx.health_window = Some(s.window);
         }
@@ -195,6 +224,9 @@ impl Fleet {
             failure_rate: s.failure_rate,
             latency_p95_ms: s.latency_p95.map(|d| d.as_secs_f64() * 1e3),
             in_flight: s.in_flight,
+            failure_rate_recent: s.failure_rate_recent,
+            permanent_rate: s.permanent_rate,
+            since_success_ms: s.since_success.as_secs_f64() * 1e3,
             health_window_ms: s.window.as_secs_f64() * 1e3,
             breaker_state: breaker.state.as_str().to_owned(),
             allow: !matches!(breaker.state, State::Open | State::ForcedOpen),

@@ -307,14 +307,16 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
             .output()
             .expect("runs")
     };
-    // Scoring on a recorded seed is refused, before anything is written.
-    let bad = run(args(&["--eval-seed", "101"]));
-    assert!(!bad.status.success());
-    assert!(
-        text(&bad.stderr).contains("eval_seed"),
-        "{}",
-        text(&bad.stderr)
-    );
+    // Scoring on a recorded seed, or on a gate seed, is refused, before anything is written.
+    for bad in [["--eval-seed", "101"], ["--eval-seed", "3"]] {
+        let bad = run(args(&bad));
+        assert!(!bad.status.success());
+        assert!(
+            text(&bad.stderr).contains("eval_seed"),
+            "{}",
+            text(&bad.stderr)
+        );
+    }
     assert!(!out_dir.join("models").exists());
 
     let out = run(args(&["--json"]));
@@ -338,7 +340,13 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
         gate["challenger_success_rate"].as_f64().expect("rate"),
         gate["incumbent_success_rate"].as_f64().expect("rate"),
     );
-    assert!(!promoted || c >= i - 0.005, "{gate}");
+    let worst = gate["worst_loss"].as_f64().expect("worst loss");
+    assert!(!promoted || (c >= i - 0.005 && worst <= 0.005), "{gate}");
+    assert!(
+        worst >= i - c - 1e-12,
+        "no seed lost less than the mean: {gate}"
+    );
+    assert_eq!(gate["seeds"], serde_json::json!([2, 3, 4]), "{gate}");
     assert_eq!(
         rounds[1]["decided_with"],
         if promoted {

@@ -300,6 +300,12 @@ pub fn fit(
             opts.alphas
         )));
     }
+    if !(opts.tolerance.is_finite() && opts.tolerance > 0.0) || opts.max_iterations == 0 {
+        return Err(TrainError::Fit(format!(
+            "the tolerance must be a positive number and max_iterations at least 1, got {} and {}",
+            opts.tolerance, opts.max_iterations
+        )));
+    }
     let x64 = matrix(train);
     let s = scaler(&x64);
     // Standardized features in f32 for the solver: each L-BFGS step streams the whole

@@ -120,6 +120,9 @@ pub fn typical_context(rows: &Rows, kind: ErrorKind) -> Option<AttemptContext> {
     ctx.failure_rate = med(&|c| c.failure_rate);
     ctx.latency_p95 = med(&|c| secs(c.latency_p95)).map(Duration::from_secs_f64);
     ctx.in_flight = med(&|c| c.in_flight.map(f64::from)).map(|v| v as u32);
+    ctx.failure_rate_recent = med(&|c| c.failure_rate_recent);
+    ctx.permanent_rate = med(&|c| c.permanent_rate);
+    ctx.since_success = med(&|c| secs(c.since_success)).map(Duration::from_secs_f64);
     Some(ctx)
 }
 

@@ -76,6 +76,9 @@ pub fn records_shifted(n: usize, seed: u64, logit_shift: f64) -> Vec<AttemptReco
         ctx.failure_rate = Some(rate);
         ctx.latency_p95 = Some(Duration::from_secs_f64(r.lognormal(0.08, 0.4)));
         ctx.in_flight = Some((r.unit() * 40.0) as u32);
+        ctx.failure_rate_recent = Some((rate + 0.2 * (r.unit() - 0.5)).clamp(0.0, 1.0));
+        ctx.permanent_rate = Some(0.02 * r.unit());
+        ctx.since_success = Some(Duration::from_secs_f64(r.lognormal(0.02, 1.0)));
         let first = r.unit() < 0.45;
         let mut z;
         if first {

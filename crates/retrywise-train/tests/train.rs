@@ -562,7 +562,7 @@ fn a_corrupt_or_mismatched_model_is_refused_by_the_loader() {
     // Trained on another feature set.
     std::fs::write(
         &path,
-        text.replace("retrywise-features/1", "retrywise-features/9"),
+        text.replace(retrywise::features::FEATURE_SET, "retrywise-features/9"),
     )
     .unwrap();
     let e = store::load_artifact(&t.dir).unwrap_err();

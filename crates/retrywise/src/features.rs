@@ -34,7 +34,7 @@ use std::time::Duration;
 use crate::attempt::{AttemptContext, ErrorKind};
 
 /// The name and version of this feature set, recorded in every model artifact.
-pub const FEATURE_SET: &str = "retrywise-features/1";
+pub const FEATURE_SET: &str = "retrywise-features/2";
 
 /// Retries beyond this count are encoded as this count.
 pub const MAX_RETRY: u32 = 10;
@@ -95,6 +95,9 @@ features! {
     FailureRateKnown = "failure_rate_known": "1 if the target's recent failure rate is known.",
     LogLatencyP95Ms = "log_latency_p95_ms": "ln(1 + the target's recent p95 latency, ms); 0 when unknown.",
     LogInFlight = "log_in_flight": "ln(1 + calls in flight to the target); 0 when unknown.",
+    FailureRateRecent = "failure_rate_recent": "The target's failure rate over the last two tenths of the health window; the window's rate when unknown, 0 when both are.",
+    PermanentRate = "permanent_rate": "Permanent failures among the target's recent calls, in [0, 1]; 0 when unknown.",
+    LogSinceSuccessMs = "log_since_success_ms": "ln(1 + ms since a call to the target last succeeded); 0 when unknown.",
     LogDelayXTimeout = "log_delay_x_timeout": "log_delay_ms after a timeout (0 otherwise).",
     LogDelayXConnect = "log_delay_x_connect": "log_delay_ms after a connect error (0 otherwise).",
     LogDelayXReset = "log_delay_x_reset": "log_delay_ms after a reset (0 otherwise).",
@@ -104,6 +107,8 @@ features! {
     LogDelayXHttp4xx = "log_delay_x_http_4xx": "log_delay_ms after a retryable 4xx (0 otherwise).",
     LogDelayXOther = "log_delay_x_other": "log_delay_ms after another failure (0 otherwise).",
     LogDelayXFailureRate = "log_delay_x_failure_rate": "log_delay_ms times the recent failure rate.",
+    LogDelayXFailureRateRecent = "log_delay_x_failure_rate_recent": "log_delay_ms times failure_rate_recent.",
+    LogDelayXLogSinceSuccess = "log_delay_x_log_since_success": "log_delay_ms times log_since_success_ms: waiting out a failure that has lasted.",
 }
 
 /// The number of features.
@@ -134,16 +139,16 @@ pub fn encode(ctx: &AttemptContext) -> [f64; N_FEATURES] {
 
 /// The features that depend on the wait before the attempt (`ctx.delay`): a decider that
 /// weighs many waits for one context re-encodes only these ([`encode_delay`]).
-pub const DELAY_FEATURES: [Feature; 12] = {
+pub const DELAY_FEATURES: [Feature; N_LOG_DELAY + 2] = {
     // The log-delay family, then the two Retry-After terms of `delay_terms`.
-    let mut out = [Feature::WaitedRetryAfter; 12];
+    let mut out = [Feature::WaitedRetryAfter; N_LOG_DELAY + 2];
     let mut i = 0;
-    while i < LOG_DELAY_FEATURES.len() {
+    while i < N_LOG_DELAY {
         out[i] = LOG_DELAY_FEATURES[i];
         i += 1;
     }
-    out[10] = Feature::WaitedRetryAfter;
-    out[11] = Feature::LogShortOfRetryAfterMs;
+    out[N_LOG_DELAY] = Feature::WaitedRetryAfter;
+    out[N_LOG_DELAY + 1] = Feature::LogShortOfRetryAfterMs;
     out
 };
 
@@ -167,6 +172,9 @@ pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
     x[F::FailureRateKnown as usize] = flag(rate.is_some());
     x[F::LogLatencyP95Ms as usize] = ctx.latency_p95.map_or(0.0, log_ms);
     x[F::LogInFlight as usize] = ctx.in_flight.map_or(0.0, |n| (1.0 + f64::from(n)).ln());
+    x[F::FailureRateRecent as usize] = failure_rate_recent(ctx);
+    x[F::PermanentRate as usize] = unit(ctx.permanent_rate).unwrap_or(0.0);
+    x[F::LogSinceSuccessMs as usize] = ctx.since_success.map_or(0.0, log_ms);
     encode_delay(ctx, ctx.delay, x);
 }
 
@@ -175,11 +183,16 @@ fn error_index(kind: ErrorKind) -> usize {
     kind as usize
 }
 
+/// The number of [`LOG_DELAY_FEATURES`].
+pub const N_LOG_DELAY: usize = 12;
+
 /// The delay features proportional to `ln(1 + wait ms)`, in [`log_delay_basis`]'s order:
-/// the log-delay itself, one per error kind, and the one scaled by the failure rate. The
-/// other two [`DELAY_FEATURES`] (`WaitedRetryAfter`, `LogShortOfRetryAfterMs`) are given by
+/// the log-delay itself, one per error kind, and the ones scaled by the failure rate, the
+/// recent failure rate and the log-time since the last success (how waiting pays depends
+/// on how long the failure has lasted). The other two
+/// [`DELAY_FEATURES`] (`WaitedRetryAfter`, `LogShortOfRetryAfterMs`) are given by
 /// [`delay_terms`].
-pub const LOG_DELAY_FEATURES: [Feature; 10] = [
+pub const LOG_DELAY_FEATURES: [Feature; N_LOG_DELAY] = [
     Feature::LogDelayMs,
     Feature::LogDelayXTimeout,
     Feature::LogDelayXConnect,
@@ -190,18 +203,22 @@ pub const LOG_DELAY_FEATURES: [Feature; 10] = [
     Feature::LogDelayXHttp4xx,
     Feature::LogDelayXOther,
     Feature::LogDelayXFailureRate,
+    Feature::LogDelayXFailureRateRecent,
+    Feature::LogDelayXLogSinceSuccess,
 ];
 
 /// How the [`LOG_DELAY_FEATURES`] of `ctx` scale with `ln(1 + wait ms)`: feature
 /// `LOG_DELAY_FEATURES[i]` is `basis[i] × ln(1 + wait ms)` for every wait. (A linear model
 /// can fold these into one slope per context, and weigh a wait with one multiplication.)
-pub fn log_delay_basis(ctx: &AttemptContext) -> [f64; 10] {
-    let mut m = [0.0; 10];
+pub fn log_delay_basis(ctx: &AttemptContext) -> [f64; N_LOG_DELAY] {
+    let mut m = [0.0; N_LOG_DELAY];
     m[0] = 1.0;
     if let Some(i) = ctx.error.map(error_index) {
         m[1 + i] = 1.0;
     }
     m[9] = failure_rate(ctx).unwrap_or(0.0);
+    m[10] = failure_rate_recent(ctx);
+    m[11] = ctx.since_success.map_or(0.0, log_ms);
     m
 }
 
@@ -229,11 +246,22 @@ pub fn encode_delay(ctx: &AttemptContext, delay: Duration, x: &mut [f64; N_FEATU
     x[Feature::LogShortOfRetryAfterMs as usize] = short;
 }
 
-/// The failure rate as the encoder reads it: clamped to `[0, 1]`, NaN as unknown.
+/// A rate as the encoder reads it: clamped to `[0, 1]`, NaN as unknown.
+fn unit(rate: Option<f64>) -> Option<f64> {
+    rate.filter(|r| !r.is_nan()).map(|r| r.clamp(0.0, 1.0))
+}
+
+/// The failure rate as the encoder reads it ([`unit`]).
 fn failure_rate(ctx: &AttemptContext) -> Option<f64> {
-    ctx.failure_rate
-        .filter(|r| !r.is_nan())
-        .map(|r| r.clamp(0.0, 1.0))
+    unit(ctx.failure_rate)
+}
+
+/// The recent failure rate as the encoder reads it: the window's when unknown (no call
+/// ended in the last tenths of the window), 0 when both are.
+fn failure_rate_recent(ctx: &AttemptContext) -> f64 {
+    unit(ctx.failure_rate_recent)
+        .or_else(|| failure_rate(ctx))
+        .unwrap_or(0.0)
 }
 
 /// Latency decades of a region: under 10 ms, 100 ms, 1 s, and longer.
@@ -362,6 +390,9 @@ mod tests {
         ctx.error = Some(ErrorKind::Http429);
         ctx.retry_after = Some(Duration::from_millis(700));
         ctx.failure_rate = Some(0.4);
+        ctx.failure_rate_recent = Some(0.7);
+        ctx.permanent_rate = Some(0.1);
+        ctx.since_success = Some(Duration::from_secs(4));
         let a = encode(&ctx);
         ctx.delay = Duration::from_secs(3);
         let b = encode(&ctx);
@@ -444,6 +475,8 @@ mod tests {
         fn the_log_delay_basis_reproduces_the_encoder(
             kind in proptest::option::of(proptest::sample::select(ERROR_KINDS.to_vec())),
             rate in proptest::option::of(proptest::num::f64::ANY),
+            recent in proptest::option::of(proptest::num::f64::ANY),
+            since_ms in proptest::option::of(0u64..10_000_000),
             ra_ms in proptest::option::of(0u64..100_000),
             delay_ms in 0u64..1_000_000,
         ) {
@@ -451,6 +484,8 @@ mod tests {
             ctx.attempt = 2;
             ctx.error = kind;
             ctx.failure_rate = rate;
+            ctx.failure_rate_recent = recent;
+            ctx.since_success = since_ms.map(Duration::from_millis);
             ctx.retry_after = ra_ms.map(Duration::from_millis);
             ctx.delay = Duration::from_millis(delay_ms);
             let x = encode(&ctx);
@@ -517,8 +552,14 @@ mod tests {
             rate in proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
             p95 in proptest::option::of(0u64..u64::MAX / 4),
             in_flight in proptest::option::of(any::<u32>()),
+            recent in proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
+            permanent in proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
+            since in proptest::option::of(0u64..u64::MAX / 4),
         ) {
             let mut ctx = AttemptContext::first("t");
+            ctx.failure_rate_recent = recent;
+            ctx.permanent_rate = permanent;
+            ctx.since_success = since.map(Duration::from_nanos);
             ctx.attempt = attempt;
             ctx.error = error;
             ctx.status = status;
@@ -536,6 +577,8 @@ mod tests {
             let inter: f64 = (0..ERROR_KINDS.len()).map(|i| x[Feature::LogDelayXTimeout as usize + i]).sum();
             prop_assert_eq!(inter, if error.is_some() { x[Feature::LogDelayMs as usize] } else { 0.0 });
             prop_assert!(x[Feature::FailureRate as usize] <= 1.0);
+            prop_assert!(x[Feature::FailureRateRecent as usize] <= 1.0);
+            prop_assert!(x[Feature::PermanentRate as usize] <= 1.0);
         }
     }
 }

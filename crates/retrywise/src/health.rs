@@ -1,14 +1,22 @@
-//! A target's recent health — failure rate, p95 latency, calls in flight — as the
+//! A target's recent health — failure rate, p95 latency, calls in flight, how the last
+//! moments went and how long since it last answered well — as the
 //! [`AttemptContext`](crate::attempt::AttemptContext) carries it to models.
 //!
-//! **One definition, everywhere.** The three numbers are measured from the attempts that
+//! **One definition, everywhere.** The numbers are measured from the attempts that
 //! *ended* within the health window (default [`DEFAULT_HEALTH_WINDOW`], 10 s):
 //!
 //! - `failure_rate`: retryable failures among them (a permanent failure such as a 404 is
 //!   an answer from a healthy target; cancelled hedges are left out);
 //! - `latency_p95`: the 95th percentile of their latencies;
 //! - `in_flight`: calls in flight on average over the window — their latencies summed,
-//!   over the window's length (Little's law).
+//!   over the window's length (Little's law);
+//! - `failure_rate_recent`: the failure rate of the attempts that ended in the window's
+//!   last two tenths (its current bucket and the one before: 1–2 s of a 10 s window) —
+//!   the window's rate lags a recovery by the window's length, this one by a second;
+//! - `permanent_rate`: permanent failures among the window's attempts (a caller sending
+//!   invalid requests: the target is healthy, yet fresh calls fail);
+//! - `since_success`: the time since the last success ended (or, before the first, since
+//!   the tracker started) — how long an outage has lasted so far.
 //!
 //! Every number can be computed from attempt records alone, so an embedded
 //! [`Policy`](crate::policy::Policy) (which keeps a [`HealthTracker`] whenever it records
@@ -18,8 +26,9 @@
 //! A breaker's or hedge's own windows serve their own decisions and never feed a model.
 //!
 //! Recording is lock-free and cheap: two compare-and-swaps on packed time buckets, one
-//! thread-striped histogram increment. Reading sums a handful of buckets; the p95 is
-//! recomputed at most once per bucket period.
+//! thread-striped histogram increment (plus one more compare-and-swap for a permanent
+//! failure, and for a success at most one atomic maximum per millisecond). Reading sums a
+//! handful of buckets; the p95 is recomputed at most once per bucket period.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -28,11 +37,23 @@
 //! use retrywise::health::HealthTracker;
 //! use tokio::time::Instant;
 //!
+//! use retrywise::health::Ended;
+//!
 //! let health = HealthTracker::new(Duration::from_secs(10))?;
 //! let now = Instant::now();
-//! health.record(now, false, Duration::from_millis(20));
-//! health.record(now, true, Duration::from_millis(900));
-//! assert_eq!(health.snapshot(now).failure_rate, Some(0.5));
+//! health.record(now, Ended::Success, Duration::from_millis(20));
+//! health.record(now, Ended::Failure, Duration::from_millis(900));
+//! health.record(now, Ended::Permanent, Duration::from_millis(15));
+//! let s = health.snapshot(now);
+//! assert_eq!(s.failure_rate, Some(1.0 / 3.0));
+//! assert_eq!(s.permanent_rate, Some(1.0 / 3.0));
+//!
+//! // Five seconds on, the last seconds saw no call: the recent rate is unknown, and the
+//! // last success is five seconds old.
+//! tokio::time::advance(Duration::from_secs(5)).await;
+//! let s = health.snapshot(Instant::now());
+//! assert_eq!(s.failure_rate_recent, None);
+//! assert_eq!(s.since_success, Duration::from_secs(5));
 //!
 //! // Ten seconds later the window has forgotten both calls.
 //! tokio::time::advance(Duration::from_secs(11)).await;
@@ -64,6 +85,17 @@ const SUM_MAX: u64 = (1 << SUM_BITS) - 1;
 /// The window over which health is measured unless told otherwise.
 pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(10);
 
+/// How a call ended, as health counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It succeeded.
+    Success,
+    /// It failed in a way a retry may fix (the target's health is in question).
+    Failure,
+    /// It failed for good (a 400, a 404): an answer from a healthy target about the request.
+    Permanent,
+}
+
 /// What a [`HealthTracker`] knows of its target at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HealthSnapshot {
@@ -77,6 +109,13 @@ pub struct HealthSnapshot {
     pub latency_p95: Option<Duration>,
     /// Calls in flight on average over the window (see the module's documentation).
     pub in_flight: u32,
+    /// The failure rate of the calls that ended in the current and the previous bucket
+    /// (the last 10–20 % of the window); `None` without such calls.
+    pub failure_rate_recent: Option<f64>,
+    /// Permanent failures among the window's calls; `None` without calls.
+    pub permanent_rate: Option<f64>,
+    /// Time since the last success ended (since the tracker started, before the first).
+    pub since_success: Duration,
     /// The window.
     pub window: Duration,
 }
@@ -101,6 +140,11 @@ pub struct HealthTracker {
     latency: RollingLatency,
     /// `(bucket + 1) << 32 | p95 in ms, saturated`, or 0: the last p95 computed.
     p95_cache: AtomicU64,
+    /// Per bucket, `tag << 40 | permanent failures`.
+    permanents: [AtomicU64; BUCKETS as usize],
+    /// When the last success ended, in whole milliseconds since `origin`, plus one; 0
+    /// before the first.
+    last_success_ms: AtomicU64,
 }
 
 impl HealthTracker {
@@ -121,6 +165,8 @@ impl HealthTracker {
             sums: Default::default(),
             latency: RollingLatency::new(window / 2),
             p95_cache: AtomicU64::new(0),
+            permanents: Default::default(),
+            last_success_ms: AtomicU64::new(0),
         })
     }
 
@@ -135,10 +181,16 @@ impl HealthTracker {
         since / self.bucket_nanos
     }
 
-    /// Records a call that ended at `now`, failed or not, after `latency`.
-    pub fn record(&self, now: Instant, failed: bool, latency: Duration) {
+    /// Records a call that ended at `now` as `ended`, after `latency`.
+    pub fn record(&self, now: Instant, ended: Ended, latency: Duration) {
         let b = self.bucket_at(now);
         let tag = b & TAG_MASK;
+        match ended {
+            Ended::Success => self.succeeded(now),
+            Ended::Permanent => add_tagged(&self.permanents[(b % BUCKETS) as usize], tag, 1),
+            Ended::Failure => {}
+        }
+        let failed = ended == Ended::Failure;
         let slot = &self.buckets[(b % BUCKETS) as usize];
         let mut cur = slot.load(Ordering::Relaxed);
         loop {
@@ -163,23 +215,7 @@ impl HealthTracker {
             }
         }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(SUM_MAX);
-        let slot = &self.sums[(b % BUCKETS) as usize];
-        let mut cur = slot.load(Ordering::Relaxed);
-        loop {
-            let (t, sum) = (cur >> SUM_BITS, cur & SUM_MAX);
-            let sum = if t == tag && cur != 0 {
-                sum
-            } else if cur != 0 && t.wrapping_sub(tag) & TAG_MASK < TAG_MASK / 2 {
-                break; // a newer bucket, as above
-            } else {
-                0
-            };
-            let next = tag << SUM_BITS | sum.saturating_add(micros).min(SUM_MAX);
-            match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(seen) => cur = seen,
-            }
-        }
+        add_tagged(&self.sums[(b % BUCKETS) as usize], tag, micros);
         self.latency.record(now, latency);
     }
 
@@ -204,11 +240,58 @@ impl HealthTracker {
         }
     }
 
+    /// A success ended at `now`: moves the last success forward (at most once per
+    /// millisecond, so that a busy target's successes do not contend on one word).
+    fn succeeded(&self, now: Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(self.origin).as_millis())
+            .unwrap_or(u64::MAX - 1)
+            + 1;
+        if self.last_success_ms.load(Ordering::Relaxed) < ms {
+            self.last_success_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Time since the last success ended as of `now` (since the tracker started, before
+    /// the first), to the millisecond.
+    pub fn since_success(&self, now: Instant) -> Duration {
+        let since = now.saturating_duration_since(self.origin);
+        match self.last_success_ms.load(Ordering::Relaxed) {
+            0 => since,
+            ms => since.saturating_sub(Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// Permanent failures that ended within the window, as of `now`.
+    pub fn permanent_failures(&self, now: Instant) -> u64 {
+        let b = self.bucket_at(now);
+        (0..BUCKETS.min(b + 1))
+            .map(|k| {
+                let want = (b - k) & TAG_MASK;
+                let word = self.permanents[((b - k) % BUCKETS) as usize].load(Ordering::Relaxed);
+                if word != 0 && word >> SUM_BITS == want {
+                    word & SUM_MAX
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
     /// Calls and failures that ended within the window, as of `now`.
     pub fn counts(&self, now: Instant) -> (u64, u64) {
+        self.counts_over(now, BUCKETS)
+    }
+
+    /// Calls and failures that ended in the current bucket and the one before it (the
+    /// last 10–20 % of the window), as of `now`.
+    pub fn recent_counts(&self, now: Instant) -> (u64, u64) {
+        self.counts_over(now, 2)
+    }
+
+    fn counts_over(&self, now: Instant, buckets: u64) -> (u64, u64) {
         let b = self.bucket_at(now);
         let (mut calls, mut failures) = (0, 0);
-        for k in 0..BUCKETS.min(b + 1) {
+        for k in 0..buckets.min(b + 1) {
             let want = (b - k) & TAG_MASK;
             let word = self.buckets[((b - k) % BUCKETS) as usize].load(Ordering::Relaxed);
             let (t, c, f) = unpack(word);
@@ -246,10 +329,15 @@ impl HealthTracker {
     /// Everything the tracker knows, as of `now`.
     pub fn snapshot(&self, now: Instant) -> HealthSnapshot {
         let (calls, failures) = self.counts(now);
+        let (recent_calls, recent_failures) = self.recent_counts(now);
+        let rate = |n: u64, of: u64| (of > 0).then(|| n.min(of) as f64 / of as f64);
         HealthSnapshot {
             calls,
             failures,
-            failure_rate: (calls > 0).then(|| failures as f64 / calls as f64),
+            failure_rate: rate(failures, calls),
+            failure_rate_recent: rate(recent_failures, recent_calls),
+            permanent_rate: rate(self.permanent_failures(now), calls),
+            since_success: self.since_success(now),
             latency_p95: if calls > 0 {
                 self.latency_p95(now)
             } else {
@@ -257,6 +345,28 @@ impl HealthTracker {
             },
             in_flight: self.in_flight(now),
             window: self.window(),
+        }
+    }
+}
+
+/// Adds `n` to the tagged count in `slot` (`tag << 40 | count`, saturating), starting the
+/// count afresh when the slot holds an older bucket, and dropping `n` when it already
+/// holds a newer one (a thread that read the clock earlier and got here later).
+fn add_tagged(slot: &AtomicU64, tag: u64, n: u64) {
+    let mut cur = slot.load(Ordering::Relaxed);
+    loop {
+        let (t, sum) = (cur >> SUM_BITS, cur & SUM_MAX);
+        let sum = if t == tag && cur != 0 {
+            sum
+        } else if cur != 0 && t.wrapping_sub(tag) & TAG_MASK < TAG_MASK / 2 {
+            return;
+        } else {
+            0
+        };
+        let next = tag << SUM_BITS | sum.saturating_add(n).min(SUM_MAX);
+        match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => cur = seen,
         }
     }
 }
@@ -278,6 +388,92 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn ended(failed: bool) -> Ended {
+        if failed {
+            Ended::Failure
+        } else {
+            Ended::Success
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_recent_rate_follows_a_recovery_the_window_still_remembers() {
+        let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
+        // Eight seconds of failures, then two of successes.
+        for s in 0..10u64 {
+            if s > 0 {
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+            for _ in 0..10 {
+                h.record(Instant::now(), ended(s < 8), Duration::from_millis(5));
+            }
+        }
+        let s = h.snapshot(Instant::now());
+        assert_eq!(s.failure_rate, Some(0.8));
+        // The last two buckets hold seconds 8 and 9: all successes.
+        assert_eq!(s.failure_rate_recent, Some(0.0));
+        assert_eq!(h.recent_counts(Instant::now()), (20, 0));
+        // Half a second later, one failure: the recent rate moves at once.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        h.record(Instant::now(), Ended::Failure, Duration::from_millis(5));
+        assert_eq!(h.recent_counts(Instant::now()), (21, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn since_success_is_an_outages_age() {
+        let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            h.since_success(Instant::now()),
+            Duration::from_secs(3),
+            "no success yet: the tracker's age"
+        );
+        h.record(Instant::now(), Ended::Success, Duration::from_millis(5));
+        assert_eq!(h.since_success(Instant::now()), Duration::ZERO);
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_millis(250)).await;
+            h.record(Instant::now(), Ended::Failure, Duration::from_millis(1));
+            h.record(Instant::now(), Ended::Permanent, Duration::from_millis(1));
+        }
+        // Neither failures nor permanent failures are successes.
+        assert_eq!(
+            h.since_success(Instant::now()),
+            Duration::from_millis(7_500)
+        );
+        // A success that ended earlier than the last one (a late record) does not move it back.
+        h.record(
+            Instant::now() - Duration::from_secs(1),
+            Ended::Success,
+            Duration::ZERO,
+        );
+        assert_eq!(h.since_success(Instant::now()), Duration::from_secs(1));
+        h.record(
+            Instant::now() - Duration::from_secs(2),
+            Ended::Success,
+            Duration::ZERO,
+        );
+        assert_eq!(h.since_success(Instant::now()), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_failures_count_as_answers_and_have_their_own_rate() {
+        let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
+        for i in 0..10 {
+            let e = match i {
+                0..3 => Ended::Permanent,
+                3 => Ended::Failure,
+                _ => Ended::Success,
+            };
+            h.record(Instant::now(), e, Duration::from_millis(5));
+        }
+        let s = h.snapshot(Instant::now());
+        assert_eq!((s.calls, s.failures), (10, 1));
+        assert_eq!(s.permanent_rate, Some(0.3));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(h.snapshot(Instant::now()).permanent_rate, None);
+        assert_eq!(h.permanent_failures(Instant::now()), 0);
+    }
+
     #[test]
     fn rejects_a_tiny_window() {
         let e = HealthTracker::new(Duration::from_millis(5)).unwrap_err();
@@ -290,11 +486,11 @@ mod tests {
         let t0 = Instant::now();
         // Second 0: 4 calls, 3 failures. Second 5: 4 calls, 1 failure.
         for failed in [true, true, true, false] {
-            h.record(t0, failed, Duration::from_millis(10));
+            h.record(t0, ended(failed), Duration::from_millis(10));
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         for failed in [true, false, false, false] {
-            h.record(Instant::now(), failed, Duration::from_millis(10));
+            h.record(Instant::now(), ended(failed), Duration::from_millis(10));
         }
         assert_eq!(h.counts(Instant::now()), (8, 4));
         assert_eq!(h.failure_rate(Instant::now()), Some(0.5));
@@ -311,10 +507,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reused_slot_forgets_its_old_counts() {
         let h = HealthTracker::new(Duration::from_secs(1)).unwrap();
-        h.record(Instant::now(), true, Duration::ZERO);
+        h.record(Instant::now(), Ended::Failure, Duration::ZERO);
         // Same slot, ten buckets later.
         tokio::time::advance(Duration::from_secs(1)).await;
-        h.record(Instant::now(), false, Duration::ZERO);
+        h.record(Instant::now(), Ended::Success, Duration::ZERO);
         assert_eq!(h.counts(Instant::now()), (1, 0));
     }
 
@@ -325,7 +521,7 @@ mod tests {
         for i in 0..100u64 {
             h.record(
                 now,
-                false,
+                Ended::Success,
                 Duration::from_millis(if i < 95 { 10 } else { 2_000 }),
             );
         }
@@ -336,7 +532,7 @@ mod tests {
         );
         // Cached within the bucket period, recomputed in the next one.
         for _ in 0..100 {
-            h.record(now, false, Duration::from_millis(2_000));
+            h.record(now, Ended::Success, Duration::from_millis(2_000));
         }
         assert_eq!(h.latency_p95(now), Some(p95));
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -350,10 +546,10 @@ mod tests {
         let now = Instant::now();
         // 100 calls of 250 ms each within 10 s: 2.5 calls in flight on average.
         for _ in 0..100 {
-            h.record(now, false, Duration::from_millis(250));
+            h.record(now, Ended::Success, Duration::from_millis(250));
         }
         assert_eq!(h.in_flight(now), 3, "2.5 rounds to 3");
-        h.record(now, false, Duration::from_millis(4_000));
+        h.record(now, Ended::Success, Duration::from_millis(4_000));
         assert_eq!(h.in_flight(now), 3, "2.9");
         assert_eq!(h.snapshot(now).in_flight, 3);
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -369,7 +565,7 @@ mod tests {
                 let h = std::sync::Arc::clone(&h);
                 std::thread::spawn(move || {
                     for i in 0..10_000u32 {
-                        h.record(now, (i + t) % 4 == 0, Duration::from_millis(1));
+                        h.record(now, ended((i + t) % 4 == 0), Duration::from_millis(1));
                     }
                 })
             })
@@ -381,27 +577,36 @@ mod tests {
     }
 
     proptest! {
-        /// The window's counts equal a brute-force count of the calls that ended in the
-        /// last ten buckets.
+        /// The window's counts, the recent counts, the permanent failures and the time
+        /// since the last success equal a brute-force count of the calls that ended in the
+        /// last ten (two) buckets.
         #[test]
         fn counts_match_a_brute_force_window(
-            events in proptest::collection::vec((0u64..40_000, any::<bool>()), 0..200),
+            events in proptest::collection::vec((0u64..40_000, 0u8..3), 0..200),
             probe in 0u64..45_000,
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
             rt.block_on(async {
                 let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
                 let t0 = Instant::now();
+                let kind = |k: u8| [Ended::Success, Ended::Failure, Ended::Permanent][usize::from(k)];
                 let mut events = events;
                 events.sort_by_key(|e| e.0);
-                for &(ms, failed) in &events {
-                    h.record(t0 + Duration::from_millis(ms), failed, Duration::ZERO);
+                for &(ms, k) in &events {
+                    h.record(t0 + Duration::from_millis(ms), kind(k), Duration::ZERO);
                 }
                 let at = events.last().map_or(0, |e| e.0).max(probe);
+                let now = t0 + Duration::from_millis(at);
                 let b = at / 1_000;
-                let live: Vec<_> = events.iter().filter(|e| e.0 / 1_000 + 10 > b).collect();
-                let want = (live.len() as u64, live.iter().filter(|e| e.1).count() as u64);
-                prop_assert_eq!(h.counts(t0 + Duration::from_millis(at)), want);
+                let count = |buckets: u64, k: u8| {
+                    events.iter().filter(|e| e.0 / 1_000 + buckets > b && e.1 == k).count() as u64
+                };
+                let calls = |buckets| (0..3).map(|k| count(buckets, k)).sum::<u64>();
+                prop_assert_eq!(h.counts(now), (calls(10), count(10, 1)));
+                prop_assert_eq!(h.recent_counts(now), (calls(2), count(2, 1)));
+                prop_assert_eq!(h.permanent_failures(now), count(10, 2));
+                let last_success = events.iter().rev().find(|e| e.1 == 0).map_or(0, |e| e.0);
+                prop_assert_eq!(h.since_success(now), Duration::from_millis(at - last_success));
                 Ok(())
             })?;
         }

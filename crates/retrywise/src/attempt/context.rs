@@ -52,6 +52,14 @@ pub struct AttemptContext {
     pub in_flight: Option<u32>,
     /// The window the three health fields above were measured over (`health_window_ms`).
     pub health_window: Option<Duration>,
+    /// The target's failure rate over the last tenths of the health window (its last two
+    /// buckets), when known (`failure_rate_recent`).
+    pub failure_rate_recent: Option<f64>,
+    /// The share of the target's recent calls that failed for good (invalid requests),
+    /// when known (`permanent_rate`).
+    pub permanent_rate: Option<f64>,
+    /// Time since a call to the target last succeeded, when known (`since_success_ms`).
+    pub since_success: Option<Duration>,
     /// The delay the decider chose, when exploration changed it into `delay` (training
     /// data records both, so that a model can learn what waiting longer or shorter does;
     /// `planned_delay_ms`).
@@ -74,6 +82,9 @@ impl AttemptContext {
             latency_p95: None,
             in_flight: None,
             health_window: None,
+            failure_rate_recent: None,
+            permanent_rate: None,
+            since_success: None,
             planned_delay: None,
         }
     }
@@ -97,6 +108,9 @@ impl AttemptContext {
             latency_p95: self.latency_p95,
             in_flight: self.in_flight,
             health_window: self.health_window,
+            failure_rate_recent: self.failure_rate_recent,
+            permanent_rate: self.permanent_rate,
+            since_success: self.since_success,
             planned_delay: None,
         }
     }

@@ -687,7 +687,7 @@ macro_rules! field {
 }
 
 /// Every field, in wire order (the order records are written and columns stored).
-pub static FIELDS: [Field; 23] = [
+pub static FIELDS: [Field; 26] = [
     field!("schema_version", Record, Version, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "`MAJOR.MINOR` of the schema the record was written with; readers refuse unknown majors and accept any minor",
         Record { get: |r| Value::Version(r.schema_version), set: |r, v| if let Value::Version(x) = v { r.schema_version = x } }),
@@ -739,6 +739,15 @@ pub static FIELDS: [Field; 23] = [
     field!("health_window_ms", Context, Milliseconds, Presence::Optional("unknown"), unit "ms", range NO_RANGE, min_len 0, since 2,
         "The health window over which failure_rate, latency_p95_ms and in_flight were measured",
         Context { get: |c| opt_ms(c.health_window), set: |c, v| c.health_window = v.duration() }),
+    field!("failure_rate_recent", Context, Float64, Presence::Optional("unknown (no attempt ended in the window's last two tenths)"), unit "[0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 3,
+        "The target's failure rate over the last two tenths of the health window (its current and previous bucket: 1-2 s of a 10 s window); it follows a recovery the window's rate still lags",
+        Context { get: |c| c.failure_rate_recent.map_or(Value::Null, Value::Float), set: |c, v| c.failure_rate_recent = v.float() }),
+    field!("permanent_rate", Context, Float64, Presence::Optional("unknown (no attempt ended within the window)"), unit "[0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 3,
+        "Permanent failures (invalid requests: a 400, a 404) among the attempts that ended within the health window",
+        Context { get: |c| c.permanent_rate.map_or(Value::Null, Value::Float), set: |c, v| c.permanent_rate = v.float() }),
+    field!("since_success_ms", Context, Milliseconds, Presence::Optional("unknown"), unit "ms", range NO_RANGE, min_len 0, since 3,
+        "Time since an attempt to the target last succeeded (since health tracking started, before the first): how long an outage has lasted so far",
+        Context { get: |c| opt_ms(c.since_success), set: |c, v| c.since_success = v.duration() }),
     field!("planned_delay_ms", Context, Milliseconds, Presence::Optional("the delay was not explored"), unit "ms", range NO_RANGE, min_len 0, since 1,
         "The delay the decider chose, when exploration changed it into delay_ms",
         Context { get: |c| opt_ms(c.planned_delay), set: |c, v| c.planned_delay = v.duration() }),
@@ -896,6 +905,9 @@ pub(crate) mod tests {
         ctx.latency_p95 = Some(Duration::from_millis(80));
         ctx.in_flight = Some(4);
         ctx.health_window = Some(Duration::from_secs(10));
+        ctx.failure_rate_recent = Some(0.5);
+        ctx.permanent_rate = Some(0.125);
+        ctx.since_success = Some(Duration::from_millis(1500));
         ctx.planned_delay = Some(Duration::from_millis(125));
         let verdict = Verdict::Retryable(
             Failure::new(ErrorKind::Timeout)

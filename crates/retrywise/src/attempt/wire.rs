@@ -330,6 +330,9 @@ const CONTEXT_NAMES: &[&str] = &[
     "latency_p95_ms",
     "in_flight",
     "health_window_ms",
+    "failure_rate_recent",
+    "permanent_rate",
+    "since_success_ms",
     "planned_delay_ms",
 ];
 
@@ -487,7 +490,7 @@ mod tests {
         let mut want: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
         want.sort_unstable();
         assert_eq!(keys, want, "serde_json's map sorts keys");
-        assert!(json.starts_with(r#"{"schema_version":"1.2","started_at_ms":1764000000000,"call_id":7,"hedge":1,"policy":"exp","target":"inventory","attempt":3,"#), "{json}");
+        assert!(json.starts_with(r#"{"schema_version":"1.3","started_at_ms":1764000000000,"call_id":7,"hedge":1,"policy":"exp","target":"inventory","attempt":3,"#), "{json}");
     }
 
     #[test]

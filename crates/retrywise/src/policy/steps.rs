@@ -22,7 +22,7 @@ use crate::attempt::{AttemptContext, AttemptRecord, Failure, Outcome, Verdict};
 use crate::breaker::{CallOutcome, CircuitBreaker, CircuitOpen, Permit};
 use crate::budget::{AdaptiveThrottle, CubicRateLimiter, RetryBudget};
 use crate::bulkhead::Bulkhead;
-use crate::health::HealthTracker;
+use crate::health::{Ended, HealthTracker};
 use crate::hedge::Hedge;
 use crate::recorder::Recorder;
 use crate::retry::{Decision, Exploration, RetryDecider, StopReason};
@@ -154,7 +154,8 @@ impl Inner {
 
     /// Fills `ctx` with the target's health as of `now`, from the health tracker: the
     /// failure rate, p95 latency and calls in flight of the attempts that ended within its
-    /// window, and the window. Without a tracker, the health fields stay unknown.
+    /// window, the window, the recent failure rate, the permanent-failure rate and the time
+    /// since the last success. Without a tracker, the health fields stay unknown.
     pub(crate) fn fill_health(&self, ctx: &mut AttemptContext, now: Instant) {
         let Some(h) = &self.health else {
             return;
@@ -164,6 +165,9 @@ impl Inner {
         ctx.latency_p95 = s.latency_p95;
         ctx.in_flight = Some(s.in_flight);
         ctx.health_window = Some(s.window);
+        ctx.failure_rate_recent = s.failure_rate_recent;
+        ctx.permanent_rate = s.permanent_rate;
+        ctx.since_success = Some(s.since_success);
     }
 
     /// A request ended at `now` after `latency`: the health tracker counts it. A permanent
@@ -171,7 +175,12 @@ impl Inner {
     #[inline]
     pub(crate) fn observe(&self, now: Instant, verdict: &Verdict, latency: Duration) {
         if let Some(h) = &self.health {
-            h.record(now, matches!(verdict, Verdict::Retryable(_)), latency);
+            let ended = match verdict {
+                Verdict::Success => Ended::Success,
+                Verdict::Retryable(_) => Ended::Failure,
+                Verdict::Permanent(_) => Ended::Permanent,
+            };
+            h.record(now, ended, latency);
         }
     }
 

@@ -114,9 +114,14 @@ pub(crate) struct LearnArgs {
     /// Every round is scored on this seed, which no round records nor gates on.
     #[arg(long, default_value_t = 1)]
     eval_seed: u64,
-    /// A new model serves only if it beats the policy in service on this seed.
+    /// A new model serves only if it beats the policy in service on the gate seeds, which
+    /// start here: over all of them it gains success or saves attempts, and on none of them
+    /// does it lose more than half a point of success.
     #[arg(long, default_value_t = 2)]
     gate_seed: u64,
+    /// How many gate seeds (GATE_SEED, GATE_SEED + 1, …).
+    #[arg(long, default_value_t = 3)]
+    gate_seeds: u32,
     /// Print one JSON object per round (the scoreboard's fields and the model version).
     #[arg(long)]
     json: bool,
@@ -384,6 +389,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     opts.seed = args.seed;
     opts.eval_seed = args.eval_seed;
     opts.gate_seed = args.gate_seed;
+    opts.gate_seeds = args.gate_seeds;
     let bar = ProgressBar::new(u64::from(args.rounds) + 1);
     bar.set_style(
         ProgressStyle::with_template("{spinner} learning [{bar:20}] round {pos}/{len} {msg}")
@@ -393,8 +399,13 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
     if !args.json {
         println!(
-            "learning on `{}`: round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seed {}; each row is the policy in service on seed {}",
-            scenario.name, args.seed, args.gate_seed, args.eval_seed
+            "learning on `{}`: round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seeds {}..={} (losing no more than half a point on any); each row is the policy in service on seed {}",
+            scenario.name,
+            args.seed,
+            args.gate_seed,
+            args.gate_seed
+                .saturating_add(u64::from(args.gate_seeds.saturating_sub(1))),
+            args.eval_seed
         );
         println!(
             "{:<6} {:<14} {:>8} {:>9} {:>7} {:>8} {:>9} {:>9} {:>8}  gate (challenger vs in service)",
@@ -423,12 +434,13 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
             let s = &r.score;
             let gate = r.gate.as_ref().map_or_else(String::new, |g| {
                 format!(
-                    "  v{} {:.1}% @{:.2} vs {:.1}% @{:.2}: {}",
+                    "  v{} {:.1}% @{:.2} vs {:.1}% @{:.2}, worst seed -{:.1}: {}",
                     r.model_version - 1,
                     g.challenger_success_rate * 100.0,
                     g.challenger_attempts_per_request,
                     g.incumbent_success_rate * 100.0,
                     g.incumbent_attempts_per_request,
+                    g.worst_loss * 100.0,
                     if r.promoted { "promoted" } else { "kept out" }
                 )
             });
