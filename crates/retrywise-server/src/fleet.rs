@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use retrywise::attempt::{AttemptContext, AttemptRecord, Outcome};
 use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, State};
-use retrywise::health::{Ended, HealthSnapshot, HealthTracker};
+use retrywise::health::{Ended, HealthTracker, knows_health};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -169,46 +169,11 @@ impl Fleet {
     /// rate, time since the last success, and the window they were measured over (unless
     /// the caller gave its own).
     pub fn fill(&self, ctx: &mut AttemptContext, now: Instant) {
-        if ctx.failure_rate.is_some()
-            && ctx.latency_p95.is_some()
-            && ctx.in_flight.is_some()
-            && ctx.failure_rate_recent.is_some()
-            && ctx.permanent_rate.is_some()
-            && ctx.since_success.is_some()
-        {
+        if knows_health(ctx) {
             return;
         }
-        let Some(t) = self.get(&ctx.target) else {
-            return;
-        };
-        let s: HealthSnapshot = t.health.snapshot(now);
-        let mut filled = false;
-        if ctx.failure_rate.is_none() {
-            ctx.failure_rate = s.failure_rate;
-            filled = true;
-        }
-        if ctx.latency_p95.is_none() {
-            ctx.latency_p95 = s.latency_p95;
-            filled = true;
-        }
-        if ctx.in_flight.is_none() {
-            ctx.in_flight = Some(s.in_flight);
-            filled = true;
-        }
-        if ctx.failure_rate_recent.is_none() {
-            ctx.failure_rate_recent = s.failure_rate_recent;
-            filled = true;
-        }
-        if ctx.permanent_rate.is_none() {
-            ctx.permanent_rate = s.permanent_rate;
-            filled = true;
-        }
-        if ctx.since_success.is_none() {
-            ctx.since_success = Some(s.since_success);
-            filled = true;
-        }
-        if filled && ctx.health_window.is_none() {
-            ctx.health_window = Some(s.window);
+        if let Some(t) = self.get(&ctx.target) {
+            t.health.snapshot(now).fill_missing(ctx);
         }
     }
 

@@ -66,6 +66,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::attempt::AttemptContext;
 use crate::error::{Check, ConfigError};
 use crate::hedge::RollingLatency;
 
@@ -118,6 +119,54 @@ pub struct HealthSnapshot {
     pub since_success: Duration,
     /// The window.
     pub window: Duration,
+}
+
+/// Whether `ctx` already says everything health would tell ([`HealthSnapshot::fill_missing`]
+/// would fill nothing).
+pub fn knows_health(ctx: &AttemptContext) -> bool {
+    ctx.failure_rate.is_some()
+        && ctx.latency_p95.is_some()
+        && ctx.in_flight.is_some()
+        && ctx.failure_rate_recent.is_some()
+        && ctx.permanent_rate.is_some()
+        && ctx.since_success.is_some()
+}
+
+impl HealthSnapshot {
+    /// Writes every health field of `ctx` (and the window) from this snapshot: the one
+    /// place that says which context fields health fills.
+    pub fn apply(&self, ctx: &mut AttemptContext) {
+        ctx.failure_rate = self.failure_rate;
+        ctx.latency_p95 = self.latency_p95;
+        ctx.in_flight = Some(self.in_flight);
+        ctx.failure_rate_recent = self.failure_rate_recent;
+        ctx.permanent_rate = self.permanent_rate;
+        ctx.since_success = Some(self.since_success);
+        ctx.health_window = Some(self.window);
+    }
+
+    /// Fills only the health fields `ctx` leaves unknown (a caller's own numbers win), and
+    /// the window when it filled any and `ctx` names none.
+    pub fn fill_missing(&self, ctx: &mut AttemptContext) {
+        fn fill<T>(slot: &mut Option<T>, v: Option<T>) -> bool {
+            let empty = slot.is_none();
+            if empty {
+                *slot = v;
+            }
+            empty
+        }
+        let filled = [
+            fill(&mut ctx.failure_rate, self.failure_rate),
+            fill(&mut ctx.latency_p95, self.latency_p95),
+            fill(&mut ctx.in_flight, Some(self.in_flight)),
+            fill(&mut ctx.failure_rate_recent, self.failure_rate_recent),
+            fill(&mut ctx.permanent_rate, self.permanent_rate),
+            fill(&mut ctx.since_success, Some(self.since_success)),
+        ];
+        if filled.contains(&true) && ctx.health_window.is_none() {
+            ctx.health_window = Some(self.window);
+        }
+    }
 }
 
 /// A rolling window of a target's call outcomes and latencies.
@@ -222,15 +271,7 @@ impl HealthTracker {
     /// Calls in flight on average over the window, as of `now`: the latencies of the calls
     /// that ended within it, summed, over its length (Little's law), rounded.
     pub fn in_flight(&self, now: Instant) -> u32 {
-        let b = self.bucket_at(now);
-        let mut micros = 0u64;
-        for k in 0..BUCKETS.min(b + 1) {
-            let want = (b - k) & TAG_MASK;
-            let word = self.sums[((b - k) % BUCKETS) as usize].load(Ordering::Relaxed);
-            if word != 0 && word >> SUM_BITS == want {
-                micros = micros.saturating_add(word & SUM_MAX);
-            }
-        }
+        let micros = tagged_sum(&self.sums, self.bucket_at(now));
         let window_micros = self.window().as_micros().max(1) as f64;
         let avg = (micros as f64 / window_micros).round();
         if avg >= f64::from(u32::MAX) {
@@ -263,18 +304,7 @@ impl HealthTracker {
 
     /// Permanent failures that ended within the window, as of `now`.
     pub fn permanent_failures(&self, now: Instant) -> u64 {
-        let b = self.bucket_at(now);
-        (0..BUCKETS.min(b + 1))
-            .map(|k| {
-                let want = (b - k) & TAG_MASK;
-                let word = self.permanents[((b - k) % BUCKETS) as usize].load(Ordering::Relaxed);
-                if word != 0 && word >> SUM_BITS == want {
-                    word & SUM_MAX
-                } else {
-                    0
-                }
-            })
-            .sum()
+        tagged_sum(&self.permanents, self.bucket_at(now))
     }
 
     /// Calls and failures that ended within the window, as of `now`.
@@ -349,6 +379,22 @@ impl HealthTracker {
     }
 }
 
+/// The tagged counts (`tag << 40 | count`) of the window ending in bucket `b`, summed
+/// (saturating); a slot holding another bucket counts nothing.
+fn tagged_sum(slots: &[AtomicU64; BUCKETS as usize], b: u64) -> u64 {
+    (0..BUCKETS.min(b + 1))
+        .map(|k| {
+            let want = (b - k) & TAG_MASK;
+            let word = slots[((b - k) % BUCKETS) as usize].load(Ordering::Relaxed);
+            if word != 0 && word >> SUM_BITS == want {
+                word & SUM_MAX
+            } else {
+                0
+            }
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Adds `n` to the tagged count in `slot` (`tag << 40 | count`, saturating), starting the
 /// count afresh when the slot holds an older bucket, and dropping `n` when it already
 /// holds a newer one (a thread that read the clock earlier and got here later).
@@ -417,6 +463,32 @@ mod tests {
         tokio::time::advance(Duration::from_millis(500)).await;
         h.record(Instant::now(), Ended::Failure, Duration::from_millis(5));
         assert_eq!(h.recent_counts(Instant::now()), (21, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_fills_what_a_context_leaves_unknown_and_nothing_else() {
+        let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
+        h.record(Instant::now(), Ended::Failure, Duration::from_millis(40));
+        h.record(Instant::now(), Ended::Permanent, Duration::from_millis(40));
+        let s = h.snapshot(Instant::now());
+        let mut ctx = AttemptContext::first("t");
+        ctx.failure_rate = Some(0.9);
+        assert!(!knows_health(&ctx));
+        s.fill_missing(&mut ctx);
+        assert_eq!(ctx.failure_rate, Some(0.9), "the caller's own number wins");
+        assert_eq!(ctx.permanent_rate, Some(0.5));
+        assert_eq!(ctx.failure_rate_recent, Some(0.5));
+        assert_eq!(ctx.since_success, Some(Duration::ZERO));
+        assert_eq!(ctx.health_window, Some(Duration::from_secs(10)));
+        assert!(knows_health(&ctx));
+        // A context that says everything is left as it is, window included.
+        let mut known = ctx.clone();
+        known.health_window = None;
+        s.fill_missing(&mut known);
+        assert_eq!(known.health_window, None);
+        // `apply` overwrites every field.
+        s.apply(&mut ctx);
+        assert_eq!(ctx.failure_rate, Some(0.5));
     }
 
     #[tokio::test(start_paused = true)]

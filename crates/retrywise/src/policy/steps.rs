@@ -160,14 +160,7 @@ impl Inner {
         let Some(h) = &self.health else {
             return;
         };
-        let s = h.snapshot(now);
-        ctx.failure_rate = s.failure_rate;
-        ctx.latency_p95 = s.latency_p95;
-        ctx.in_flight = Some(s.in_flight);
-        ctx.health_window = Some(s.window);
-        ctx.failure_rate_recent = s.failure_rate_recent;
-        ctx.permanent_rate = s.permanent_rate;
-        ctx.since_success = Some(s.since_success);
+        h.snapshot(now).apply(ctx);
     }
 
     /// A request ended at `now` after `latency`: the health tracker counts it. A permanent
