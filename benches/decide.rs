@@ -45,6 +45,9 @@ fn contexts() -> Vec<AttemptContext> {
         c.failure_rate = Some(0.2);
         c.latency_p95 = Some(Duration::from_millis(120));
         c.in_flight = Some(12);
+        c.failure_rate_recent = Some(0.3);
+        c.permanent_rate = Some(0.0);
+        c.since_success = Some(Duration::from_millis(300));
         out.push(c);
     }
     out

@@ -25,6 +25,11 @@ pub(crate) struct Args {
     /// otherwise: anyone who can reach the service could post attempts and reload models.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// The share of `/v1/decide`'s "not worth an attempt" stops that retry anyway and
+    /// answer `explored: true`, so that recorded attempts keep teaching the model what
+    /// waiting does (RETRYWISE_EXPLORE) [default: 0].
+    #[arg(long)]
+    explore: Option<f64>,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -33,6 +38,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         models: args.models.clone(),
         attempts: args.attempts.clone(),
         allow_unauthenticated: args.allow_unauthenticated.then_some(true),
+        explore: args.explore,
         ..Overrides::default()
     };
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)

@@ -395,10 +395,15 @@ pub struct DecideResponse {
     /// Whether the rule-based fallback decided (no model, the model answered NaN, or it was
     /// trained on too few rows like this context).
     pub fell_back: bool,
-    /// Whether the decision explored (retries where the model judged no wait worth an
-    /// attempt). The service does not explore: always `false` here; embedded deciders
-    /// built with `ModelDeciderBuilder::explore` do.
+    /// Whether the decision explored: a retry, after a wait drawn uniformly from those
+    /// weighed, where the model judged no wait worth an attempt. The service explores that
+    /// share of such stops given by its `explore` setting (default 0, never), so that
+    /// the attempts callers record keep teaching the model; record the attempt as explored.
     pub explored: bool,
+    /// The probability with which this decision was taken when it explored (the
+    /// `explore` share), for an unbiased estimate of what waiting does; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f64>,
     /// Every wait weighed, shortest first (when asked with `"alternatives": true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<Vec<AlternativeView>>,
@@ -435,13 +440,14 @@ impl SuccessModel for Served {
 /// deadline — what an embedded policy configured the same way decides (its near-optimal
 /// wait drawn at random, as every caller's would be).
 fn decider(
-    min_p_success: f64,
+    config: &crate::config::Config,
     model: Arc<LoadedModel>,
     deadline: Option<std::time::Duration>,
 ) -> Result<ModelDecider, ApiError> {
     let mut b = ModelDecider::builder()
         .model(Arc::new(Served(model)))
-        .attempt_cost(min_p_success.clamp(1e-6, 0.999));
+        .attempt_cost(config.min_p_success.clamp(1e-6, 0.999))
+        .explore(config.explore);
     if let Some(d) = deadline {
         b = b.deadline(d);
     }
@@ -478,7 +484,7 @@ pub(crate) async fn decide(
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
         })
         .transpose()?;
-    let weighed = decider(st.config.min_p_success, Arc::clone(&m), deadline)?.weigh(&ctx);
+    let weighed = decider(&st.config, Arc::clone(&m), deadline)?.weigh(&ctx);
     let explained = weighed.explained;
     let (retry, delay, reason) = match explained.decision {
         Decision::Retry(d) => (true, d, "retry"),
@@ -493,6 +499,9 @@ pub(crate) async fn decide(
         .inc();
     if let Some(p) = explained.p_success {
         st.metrics.decision_p.observe(p);
+    }
+    if weighed.explored {
+        st.metrics.decisions_explored.inc();
     }
     if weighed.fell_back {
         st.metrics.decision_fallbacks.inc();
@@ -516,6 +525,7 @@ pub(crate) async fn decide(
         reason: reason.to_owned(),
         fell_back: weighed.fell_back,
         explored: weighed.explored,
+        propensity: weighed.explored.then_some(st.config.explore),
         alternatives,
         model: m.name.clone(),
         version: m.version,

@@ -41,6 +41,12 @@ pub struct Config {
     pub health_window: Duration,
     /// `/v1/decide` stops when p(success) of the next attempt is below this. Default 0.05.
     pub min_p_success: f64,
+    /// The share of `/v1/decide`'s "not worth an attempt" stops that retry anyway, after a
+    /// wait drawn uniformly from those weighed, and answer `explored: true`
+    /// (`retrywise::retry::ModelDeciderBuilder::explore`): so that the attempts callers
+    /// record keep teaching the model what happens after the failures it has learned to
+    /// give up on. Default 0 (never).
+    pub explore: f64,
     /// Listen on a non-loopback address without a token. Default no: the service refuses
     /// to, since anyone who reaches it could post attempts and reload models.
     pub allow_unauthenticated: bool,
@@ -62,6 +68,7 @@ impl Default for Config {
             max_targets: 1000,
             health_window: Duration::from_secs(10),
             min_p_success: 0.05,
+            explore: 0.0,
             allow_unauthenticated: false,
         }
     }
@@ -97,6 +104,8 @@ pub struct Overrides {
     pub health_window_ms: Option<u64>,
     /// `min_p_success`.
     pub min_p_success: Option<f64>,
+    /// `explore`.
+    pub explore: Option<f64>,
     /// `allow_unauthenticated`.
     pub allow_unauthenticated: Option<bool>,
 }
@@ -116,6 +125,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_MAX_TARGETS", "max_targets"),
     ("RETRYWISE_HEALTH_WINDOW_MS", "health_window_ms"),
     ("RETRYWISE_MIN_P_SUCCESS", "min_p_success"),
+    ("RETRYWISE_EXPLORE", "explore"),
     ("RETRYWISE_ALLOW_UNAUTHENTICATED", "allow_unauthenticated"),
 ];
 
@@ -192,12 +202,17 @@ impl Overrides {
                         }
                     });
                 }
-                "min_p_success" => {
-                    o.min_p_success = Some(
+                "min_p_success" | "explore" => {
+                    let x = Some(
                         v.trim()
                             .parse::<f64>()
                             .map_err(|e| bad(format!("is not a number: {e}")))?,
                     );
+                    if *field == "explore" {
+                        o.explore = x;
+                    } else {
+                        o.min_p_success = x;
+                    }
                 }
                 _ => {}
             }
@@ -291,6 +306,12 @@ impl Overrides {
                 ));
             }
             config.min_p_success = p;
+        }
+        if let Some(p) = self.explore {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad("explore", format!("must be within [0, 1], got {p}")));
+            }
+            config.explore = p;
         }
         if let Some(a) = self.allow_unauthenticated {
             config.allow_unauthenticated = a;
@@ -389,6 +410,23 @@ mod tests {
                 .to_string()
                 .contains("min_p_success")
         );
+        let flags = Overrides {
+            explore: Some(-0.1),
+            ..Overrides::default()
+        };
+        assert!(
+            Config::load(None, |_| None, &flags)
+                .unwrap_err()
+                .to_string()
+                .contains("explore")
+        );
+        let c = Config::load(
+            None,
+            |k| (k == "RETRYWISE_EXPLORE").then(|| "0.05".to_owned()),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.explore, 0.05);
         let e = Config::load(
             Some(Path::new("/nonexistent/serve.toml")),
             |_| None,

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub decision_p: Histogram,
     /// Decisions made by the fallback rules (a model answering NaN).
     pub decision_fallbacks: Counter,
+    /// Decisions that explored (the `explore` setting).
+    pub decisions_explored: Counter,
     /// Attempt records accepted by `/v1/attempts`, by target.
     pub ingested: Family<TargetLabels, Counter>,
     /// Ingestion batches refused as invalid (nothing of them written).
@@ -136,6 +138,12 @@ impl Metrics {
             "Retry decisions made by the rule-based fallback (the model answered NaN or had barely seen the failure)",
             decision_fallbacks.clone(),
         );
+        let decisions_explored = Counter::default();
+        registry.register(
+            "decisions_explored",
+            "Retry decisions that explored: retries where the model judged no wait worth an attempt (the `explore` share)",
+            decisions_explored.clone(),
+        );
         let ingested = Family::<TargetLabels, Counter>::default();
         registry.register(
             "ingested_attempts",
@@ -187,6 +195,7 @@ impl Metrics {
             decisions,
             decision_p,
             decision_fallbacks,
+            decisions_explored,
             ingested,
             rejected,
             busy,

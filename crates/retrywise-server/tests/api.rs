@@ -253,6 +253,51 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
     );
 }
 
+/// With `explore = 1`, every "not worth it" stop retries anyway, says so with its
+/// propensity, and is counted; with the default 0 the same context stops.
+#[tokio::test]
+async fn the_service_explores_the_share_of_stops_it_is_told() {
+    let body = json!({"context": {"target": "t", "attempt": 2, "error": "http_503", "failure_rate": 0.9}, "alternatives": true}).to_string();
+    let h = Harness::new(|c| c.min_p_success = 0.2).await;
+    let (_, v) = h.post("/v1/decide", &body).await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["explored"].as_bool()),
+        (Some(false), Some(false)),
+        "{v}"
+    );
+    assert!(v.get("propensity").is_none(), "{v}");
+    let h = Harness::new(|c| {
+        c.min_p_success = 0.2;
+        c.explore = 1.0;
+    })
+    .await;
+    let (s, v) = h.post("/v1/decide", &body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            v["retry"].as_bool(),
+            v["explored"].as_bool(),
+            v["propensity"].as_f64()
+        ),
+        (Some(true), Some(true), Some(1.0)),
+        "{v}"
+    );
+    // The wait is one of those weighed.
+    let waits: Vec<f64> = v["alternatives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["delay_ms"].as_f64().unwrap())
+        .collect();
+    assert!(waits.contains(&v["delay_ms"].as_f64().unwrap()), "{v}");
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("retrywise_decisions_explored_total 1"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
     let h = Harness::new(|c| c.min_p_success = 0.2).await;

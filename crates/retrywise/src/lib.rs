@@ -56,6 +56,7 @@ pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
 mod error;
+mod fastmath;
 pub mod features;
 pub mod health;
 pub mod hedge;

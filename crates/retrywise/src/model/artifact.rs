@@ -560,12 +560,17 @@ impl LogisticModel {
     }
 }
 
-/// The logistic function, stable for large `|z|`.
+/// The logistic function, stable for large `|z|` (NaN stays NaN); its exponential is
+/// inlined (`fastmath`).
+#[inline]
 pub fn sigmoid(z: f64) -> f64 {
+    if z.is_nan() {
+        return z;
+    }
+    let e = crate::fastmath::exp(-z.abs());
     if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
+        1.0 / (1.0 + e)
     } else {
-        let e = z.exp();
         e / (1.0 + e)
     }
 }

@@ -25,6 +25,8 @@ mod rules;
 pub use backoff::{Backoff, Jitter};
 pub use decider::{Decision, Explained, NoRetry, RetryDecider, StopReason};
 pub use explore::Exploration;
-pub use model_decider::{Alternative, MAX_GRID, ModelDecider, ModelDeciderBuilder, Weighed};
+pub use model_decider::{
+    Alternative, MAX_COST_FAILURE_RATE, MAX_GRID, ModelDecider, ModelDeciderBuilder, Weighed,
+};
 pub use rule_adaptive::RuleBasedAdaptive;
 pub use rules::{AttemptTimeout, RetryRules, RetryRulesBuilder};

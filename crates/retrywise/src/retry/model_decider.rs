@@ -32,7 +32,11 @@ pub const MAX_GRID: usize = 64;
 ///   of calls that currently succeed at the target (`1 − f`, `f` its recent failure rate),
 ///   it becomes what the attempt costs everyone: at a failure rate `f` it takes `1/(1 − f)`
 ///   attempts to buy one success, and the attempts a struggling target spends on retries
-///   are taken from other callers' first attempts. Without a known failure rate, `c`;
+///   are taken from other callers' first attempts. Without a known failure rate, `c`; `f`
+///   counts up to [`MAX_COST_FAILURE_RATE`] (the cost up to `5c`): the failure rate looks
+///   back over the health window, and a target down for most of it may be back now — the
+///   model's `p(w)` says whether it is, and an attempt it predicts succeeds more often than
+///   `5c` is worth its load;
 /// - `t·w`: the cost of waiting (`time_cost`, default 0.01 per second);
 /// - `(1 − p(w)) · g(w) · V*`: what a failure then still leaves — the value of continuing
 ///   (`V*`, the best value now), scaled by the share of the time to the deadline that
@@ -104,7 +108,13 @@ pub struct ModelDecider {
     fallbacks: Arc<AtomicU64>,
     /// Stops explored (shared by clones).
     explored: Arc<AtomicU64>,
+    /// Each attempt's timeout and how far it may stretch for a slow but live target.
+    timeout: Option<(Duration, Duration)>,
 }
+
+/// The highest failure rate the attempt's cost counts ([`ModelDecider`]): an attempt costs
+/// at most five times `attempt_cost`.
+pub const MAX_COST_FAILURE_RATE: f64 = 0.8;
 
 /// Why the rules decided: each is logged once per process (a service that builds a decider
 /// per request must not log every request).
@@ -290,7 +300,7 @@ impl ModelDecider {
         let f = ctx
             .failure_rate
             .filter(|f| f.is_finite())
-            .map_or(0.0, |f| f.clamp(0.0, 0.99));
+            .map_or(0.0, |f| f.clamp(0.0, MAX_COST_FAILURE_RATE));
         let cost = self.attempt_cost / (1.0 - f);
         let last = ctx.attempt >= self.max_attempts;
         let attempt_time = ctx.latency.unwrap_or(Duration::ZERO);
@@ -380,9 +390,33 @@ impl RetryDecider for ModelDecider {
         self.decide_into(ctx, None).0
     }
 
+    /// What is left of the deadline, and — with [`ModelDeciderBuilder::attempt_timeout`] —
+    /// the attempt's own timeout: the base, or, when the target is slow (its p95 latency
+    /// beyond half the base) but alive (the model predicts this attempt succeeds more often
+    /// than not), twice its p95 latency up to the maximum: a timeout shorter than the
+    /// target's answers turns a slow success into a failure and a retry. The model is asked
+    /// only about slow targets, so a fast call pays nothing for it.
     fn attempt_timeout(&self, ctx: &AttemptContext) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_sub(ctx.elapsed.saturating_add(ctx.delay)))
+        let left = self
+            .deadline
+            .map(|d| d.saturating_sub(ctx.elapsed.saturating_add(ctx.delay)));
+        let own = self
+            .timeout
+            .map(|(base, max)| match (ctx.latency_p95, &self.model) {
+                (Some(p95), Some(model)) if p95 > base / 2 => {
+                    let p = crate::model::sanitize_probability(model.p_success(ctx));
+                    if p >= 0.5 {
+                        p95.saturating_mul(2).clamp(base, max)
+                    } else {
+                        base
+                    }
+                }
+                _ => base,
+            });
+        match (left, own) {
+            (Some(l), Some(o)) => Some(l.min(o)),
+            (l, o) => l.or(o),
+        }
     }
 }
 
@@ -400,6 +434,7 @@ pub struct ModelDeciderBuilder {
     seed: Option<u64>,
     min_support: u64,
     explore: f64,
+    timeout: Option<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for ModelDeciderBuilder {
@@ -416,6 +451,7 @@ impl std::fmt::Debug for ModelDeciderBuilder {
             .field("seed", &self.seed)
             .field("min_support", &self.min_support)
             .field("explore", &self.explore)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -434,6 +470,7 @@ impl Default for ModelDeciderBuilder {
             seed: None,
             min_support: 100,
             explore: 0.0,
+            timeout: None,
         }
     }
 }
@@ -512,6 +549,13 @@ impl ModelDeciderBuilder {
         self
     }
 
+    /// Times each attempt out after `base`, stretched up to `max` while the target is slow
+    /// but alive ([`ModelDecider`]'s `attempt_timeout`); default none (only the deadline).
+    pub fn attempt_timeout(mut self, base: Duration, max: Duration) -> Self {
+        self.timeout = Some((base, max));
+        self
+    }
+
     /// Draws the near-optimal wait from a generator seeded with `seed` (deterministic).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -540,6 +584,15 @@ impl ModelDeciderBuilder {
         CHECK.at_least_one("max_attempts", u64::from(self.max_attempts))?;
         if let Some(d) = self.deadline {
             CHECK.positive("deadline", d)?;
+        }
+        if let Some((base, max)) = self.timeout {
+            CHECK.positive("attempt_timeout", base)?;
+            if max < base {
+                return Err(CHECK.err(
+                    "attempt_timeout",
+                    format!("the maximum ({max:?}) is below the base ({base:?})"),
+                ));
+            }
         }
         let base = Duration::from_millis(100).min(self.cap);
         let mut fallback = RetryRules::builder()
@@ -587,6 +640,7 @@ impl ModelDeciderBuilder {
             explore: self.explore,
             fallbacks: Arc::default(),
             explored: Arc::default(),
+            timeout: self.timeout,
         })
     }
 }
@@ -667,6 +721,42 @@ mod tests {
 
     fn decider(model: Arc<dyn SuccessModel>) -> ModelDeciderBuilder {
         ModelDecider::builder().model(model).seed(1)
+    }
+
+    #[test]
+    fn the_attempt_timeout_stretches_for_a_slow_live_target_only() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let d = |p: f64| {
+            decider(flat(p))
+                .attempt_timeout(s(1), s(5))
+                .deadline(s(10))
+                .build()
+                .unwrap()
+        };
+        let mut c = after(ErrorKind::Timeout, 2);
+        // Health unknown or a fast target: the base.
+        assert_eq!(d(0.9).attempt_timeout(&c), Some(s(1)));
+        c.latency_p95 = Some(ms(300));
+        assert_eq!(d(0.9).attempt_timeout(&c), Some(s(1)));
+        // Slow and alive: twice its p95, up to the maximum.
+        c.latency_p95 = Some(ms(1_500));
+        assert_eq!(d(0.9).attempt_timeout(&c), Some(s(3)));
+        c.latency_p95 = Some(s(4));
+        assert_eq!(d(0.9).attempt_timeout(&c), Some(s(5)));
+        // Slow and (the model says) dead: no reason to wait longer.
+        assert_eq!(d(0.1).attempt_timeout(&c), Some(s(1)));
+        // Never beyond the deadline.
+        c.elapsed = ms(8_000);
+        assert_eq!(d(0.9).attempt_timeout(&c), Some(s(2)));
+        // Without a timeout of its own, only the deadline.
+        let plain = decider(flat(0.9)).deadline(s(10)).build().unwrap();
+        assert_eq!(plain.attempt_timeout(&c), Some(s(2)));
+        let e = decider(flat(0.9))
+            .attempt_timeout(s(2), s(1))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field, "attempt_timeout");
     }
 
     #[test]
