@@ -54,8 +54,8 @@ pub(crate) fn exp(x: f64) -> f64 {
     // the exponent bits.
     // ln 2 in two parts (Cody and Waite, as in fdlibm): k × the high part is exact, so r
     // keeps its precision however large k is.
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     let k = (x * std::f64::consts::LOG2_E).round();
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let mut p = 1.0 / 479_001_600.0; // 1/12!
