@@ -56,7 +56,6 @@ pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
 mod error;
-mod fastmath;
 pub mod features;
 pub mod health;
 pub mod hedge;

@@ -560,17 +560,12 @@ impl LogisticModel {
     }
 }
 
-/// The logistic function, stable for large `|z|` (NaN stays NaN); its exponential is
-/// inlined (`fastmath`).
-#[inline]
+/// The logistic function, stable for large `|z|`.
 pub fn sigmoid(z: f64) -> f64 {
-    if z.is_nan() {
-        return z;
-    }
-    let e = crate::fastmath::exp(-z.abs());
     if z >= 0.0 {
-        1.0 / (1.0 + e)
+        1.0 / (1.0 + (-z).exp())
     } else {
+        let e = z.exp();
         e / (1.0 + e)
     }
 }
