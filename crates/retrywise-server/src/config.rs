@@ -175,6 +175,11 @@ impl Overrides {
                     .parse::<u64>()
                     .map_err(|e| bad(format!("is not a whole number: {e}")))
             };
+            let float = |v: &str| {
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|e| bad(format!("is not a number: {e}")))
+            };
             let size = |v: &str| {
                 v.trim()
                     .parse::<usize>()
@@ -202,18 +207,8 @@ impl Overrides {
                         }
                     });
                 }
-                "min_p_success" | "explore" => {
-                    let x = Some(
-                        v.trim()
-                            .parse::<f64>()
-                            .map_err(|e| bad(format!("is not a number: {e}")))?,
-                    );
-                    if *field == "explore" {
-                        o.explore = x;
-                    } else {
-                        o.min_p_success = x;
-                    }
-                }
+                "min_p_success" => o.min_p_success = Some(float(&v)?),
+                "explore" => o.explore = Some(float(&v)?),
                 _ => {}
             }
         }
@@ -400,26 +395,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("flags") && e.contains("`addr`"), "{e}");
-        let flags = Overrides {
-            min_p_success: Some(1.5),
-            ..Overrides::default()
-        };
-        assert!(
-            Config::load(None, |_| None, &flags)
-                .unwrap_err()
-                .to_string()
-                .contains("min_p_success")
-        );
-        let flags = Overrides {
-            explore: Some(-0.1),
-            ..Overrides::default()
-        };
-        assert!(
-            Config::load(None, |_| None, &flags)
-                .unwrap_err()
-                .to_string()
-                .contains("explore")
-        );
+        for (flags, field) in [
+            (
+                Overrides {
+                    min_p_success: Some(1.5),
+                    ..Overrides::default()
+                },
+                "min_p_success",
+            ),
+            (
+                Overrides {
+                    explore: Some(-0.1),
+                    ..Overrides::default()
+                },
+                "explore",
+            ),
+        ] {
+            assert!(
+                Config::load(None, |_| None, &flags)
+                    .unwrap_err()
+                    .to_string()
+                    .contains(field)
+            );
+        }
         let c = Config::load(
             None,
             |k| (k == "RETRYWISE_EXPLORE").then(|| "0.05".to_owned()),

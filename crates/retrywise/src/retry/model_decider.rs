@@ -403,20 +403,13 @@ impl RetryDecider for ModelDecider {
         let own = self
             .timeout
             .map(|(base, max)| match (ctx.latency_p95, &self.model) {
-                (Some(p95), Some(model)) if p95 > base / 2 => {
-                    let p = crate::model::sanitize_probability(model.p_success(ctx));
-                    if p >= 0.5 {
-                        p95.saturating_mul(2).clamp(base, max)
-                    } else {
-                        base
-                    }
+                // A NaN answer is no evidence the target is alive: the base.
+                (Some(p95), Some(model)) if p95 > base / 2 && model.p_success(ctx) >= 0.5 => {
+                    p95.saturating_mul(2).clamp(base, max)
                 }
                 _ => base,
             });
-        match (left, own) {
-            (Some(l), Some(o)) => Some(l.min(o)),
-            (l, o) => l.or(o),
-        }
+        [left, own].into_iter().flatten().min()
     }
 }
 
@@ -746,6 +739,8 @@ mod tests {
         assert_eq!(d(0.9).attempt_timeout(&c), Some(s(5)));
         // Slow and (the model says) dead: no reason to wait longer.
         assert_eq!(d(0.1).attempt_timeout(&c), Some(s(1)));
+        // A model answering NaN says nothing: the base.
+        assert_eq!(d(f64::NAN).attempt_timeout(&c), Some(s(1)));
         // Never beyond the deadline.
         c.elapsed = ms(8_000);
         assert_eq!(d(0.9).attempt_timeout(&c), Some(s(2)));
