@@ -8,7 +8,7 @@ use retrywise_train::data::Filter;
 use retrywise_train::evaluate::Evaluation;
 use retrywise_train::fit::FitOptions;
 use retrywise_train::metrics::Metrics;
-use retrywise_train::{Step, TrainOptions};
+use retrywise_train::{SplitBy, Step, TrainOptions};
 
 /// Which rows to use.
 #[derive(Debug, clap::Args)]
@@ -48,9 +48,16 @@ pub(crate) struct TrainArgs {
     name: String,
     #[command(flatten)]
     filter: FilterArgs,
-    /// The share of rows, latest first, held out for validation.
+    /// The share of rows held out for validation: the latest of each target's, or a share of
+    /// the calls (`--split`).
     #[arg(long, default_value_t = 0.2)]
     validation_fraction: f64,
+    /// How validation rows are chosen: `time` holds out each target's latest rows (logs of
+    /// real traffic: validation is the future); `call` holds out a share of the calls, drawn
+    /// by a hash of target and call id (simulated runs, whose latest rows are one phase of
+    /// each scenario).
+    #[arg(long, value_enum, default_value_t = SplitArg::Time)]
+    split: SplitArg,
     /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated.
     #[arg(long, value_delimiter = ',')]
     alphas: Option<Vec<f64>>,
@@ -63,6 +70,24 @@ pub(crate) struct TrainArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--split`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum SplitArg {
+    /// The latest share of each target's rows.
+    Time,
+    /// A share of the calls, with all their attempts.
+    Call,
+}
+
+impl From<SplitArg> for SplitBy {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Time => SplitBy::Time,
+            SplitArg::Call => SplitBy::Call,
+        }
+    }
 }
 
 /// Options of `retrywise eval`.
@@ -194,6 +219,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let mut opts = TrainOptions::new(args.data.clone(), &args.out, &args.name);
     opts.filter = args.filter.filter();
     opts.validation_fraction = args.validation_fraction;
+    opts.split = args.split.into();
     if let Some(a) = &args.alphas {
         opts.fit.alphas = a.clone();
     }
@@ -226,12 +252,18 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
         trained.dir.display(),
         started.elapsed().as_secs_f64()
     );
+    let held_out = match opts.split {
+        SplitBy::Time => format!(
+            "the latest of each of {} targets",
+            t["validation_from_ms"].as_object().map_or(0, |m| m.len())
+        ),
+        SplitBy::Call => format!("{} of the calls", opts.validation_fraction),
+    };
     println!(
-        "{} rows ({} training, {} validation: the latest of each of {} targets), {} files, alpha {}; skipped: {}",
+        "{} rows ({} training, {} validation: {held_out}), {} files, alpha {}; skipped: {}",
         t["rows"],
         t["train_rows"],
         t["validation_rows"],
-        t["validation_from_ms"].as_object().map_or(0, |m| m.len()),
         t["files"].as_array().map_or(0, Vec::len),
         trained.artifact.regularization.alpha,
         t["skipped"]

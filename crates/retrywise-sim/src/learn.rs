@@ -277,11 +277,14 @@ pub fn learn(
         let score = scored(&serving, opts.eval_seed)?;
         // Retrain on everything so far.
         on_step(k, "training");
-        let train = retrywise_train::TrainOptions::new(
+        let mut train = retrywise_train::TrainOptions::new(
             vec![data.to_string_lossy().into_owned()],
             &models,
             &opts.name,
         );
+        // Simulated runs each pass through the scenario's phases once: validate on a share
+        // of the calls, not on the last phase.
+        train.split = retrywise_train::SplitBy::Call;
         let trained = retrywise_train::train(&train, &mut |_| {})?;
         let round = Round {
             round: k,

@@ -15,20 +15,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
-/// The fields the trainer reads: when each attempt started, its context, and its outcome
-/// (the label). Derived from the schema, so a field added there is read here.
+/// The fields the trainer reads: when each attempt started, which call it belongs to, its
+/// context, and its outcome (the label). Derived from the schema, so a field added there is
+/// read here.
 pub fn fields() -> impl Iterator<Item = &'static SchemaField> {
     schema::FIELDS
         .iter()
-        .filter(|f| f.in_context() || f.name == "started_at_ms" || f.name == "outcome")
+        .filter(|f| f.in_context() || matches!(f.name, "started_at_ms" | "call_id" | "outcome"))
 }
 
-/// Columns a log must have: the required fields among those read.
+/// Columns a log must have: the required fields among those read, but `call_id`, which
+/// only the split by call needs (a log without it reads as calls unknown).
 pub fn required() -> impl Iterator<Item = &'static str> {
     fields()
-        .filter(|f| f.presence == Presence::Required)
+        .filter(|f| f.presence == Presence::Required && f.name != CALL_ID)
         .map(|f| f.name)
 }
+
+/// The call id's field.
+const CALL_ID: &str = "call_id";
 
 /// The polars type each field is read as: integers as i64 (so a negative value is seen,
 /// and counted, rather than failing the cast), floats as f64, text as strings.
@@ -209,6 +214,9 @@ pub struct Rows {
     pub success: Vec<bool>,
     /// When it started, ms since the epoch.
     pub started_at_ms: Vec<u64>,
+    /// The call it was an attempt of (the record's `call_id`: the attempts of one call
+    /// share it); `None` when the log has no `call_id`.
+    pub call_id: Vec<Option<u64>>,
     /// The health window the rows' failure rate, p95 latency and calls in flight were
     /// measured over (`health_window_ms`), when the rows say.
     pub health_window: Option<Duration>,
@@ -231,6 +239,7 @@ impl Rows {
             contexts: idx.iter().map(|&i| self.contexts[i].clone()).collect(),
             success: idx.iter().map(|&i| self.success[i]).collect(),
             started_at_ms: idx.iter().map(|&i| self.started_at_ms[i]).collect(),
+            call_id: idx.iter().map(|&i| self.call_id[i]).collect(),
             health_window: self.health_window,
         }
     }
@@ -455,8 +464,13 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
     let mut targets: BTreeMap<String, Arc<str>> = BTreeMap::new();
     'rows: for i in 0..n {
         let mut rec = AttemptRecord::blank();
+        let mut call_known = true;
         for (f, col) in &cols {
             let v = match value(f, col, i) {
+                Ok(Value::Null) if f.name == CALL_ID => {
+                    call_known = false;
+                    continue;
+                }
                 Ok(Value::Text(t)) if f.name == "target" => {
                     let shared = match targets.get(t) {
                         Some(s) => Arc::clone(s),
@@ -492,6 +506,7 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
         rows.contexts.push(rec.context);
         rows.success.push(success);
         rows.started_at_ms.push(rec.started_at_ms);
+        rows.call_id.push(call_known.then_some(rec.call_id));
     }
     Ok(())
 }

@@ -57,8 +57,9 @@ pub enum TrainError {
         /// Successes among them.
         successes: usize,
     },
-    /// Too few rows to split by time.
-    #[error("cannot split by time: {0}")]
+    /// The rows cannot be split into training and validation (too few rows, times or
+    /// calls, or a fraction out of range).
+    #[error("cannot split the rows for validation: {0}")]
     Split(String),
     /// The solver failed.
     #[error("fitting failed: {0}")]

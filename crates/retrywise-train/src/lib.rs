@@ -5,7 +5,7 @@
 //! [`data`] resolves and scans Parquet and NDJSON logs with polars and turns each row back
 //! into an `AttemptContext`; the numbers the model sees come from the one feature encoder,
 //! `retrywise::features`. [`train`] splits the rows by time (validation later than
-//! training), fits linfa-logistic with the L2 penalty chosen on validation ([`fit`]),
+//! training; or, for simulated runs, by call: [`SplitBy`]), fits linfa-logistic with the L2 penalty chosen on validation ([`fit`]),
 //! evaluates the model next to a per-error-kind baseline ([`evaluate`], [`metrics`]) through
 //! the same `LogisticModel` every server and policy uses, and writes a new version
 //! `models/<name>/<version>/{model.json, metrics.json, report.html}` ([`store`], [`report`]).
@@ -52,8 +52,10 @@ pub struct TrainOptions {
     pub name: String,
     /// Which rows.
     pub filter: Filter,
-    /// The share of rows, latest first, held out for validation.
+    /// The share of rows held out for validation (the latest, or a share of calls: `split`).
     pub validation_fraction: f64,
+    /// How the validation rows are chosen.
+    pub split: SplitBy,
     /// The fit.
     pub fit: FitOptions,
 }
@@ -67,6 +69,7 @@ impl TrainOptions {
             name: name.into(),
             filter: Filter::default(),
             validation_fraction: 0.2,
+            split: SplitBy::Time,
             fit: FitOptions::default(),
         }
     }
@@ -101,17 +104,142 @@ pub enum Step {
     Written(PathBuf),
 }
 
-/// The split of rows by time, per target.
+/// How [`train`] holds rows out for validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitBy {
+    /// The latest share of each target's rows ([`split_by_time`]): validation is later than
+    /// training, as the model will meet the future. For logs of real traffic.
+    #[default]
+    Time,
+    /// A share of the calls, drawn by a hash of target and call id ([`split_by_call`]):
+    /// every attempt of a call on one side. For runs that each pass through a regime once —
+    /// the simulator's scenarios, whose latest share is mostly one phase (an outage's end,
+    /// a recovery), which a time split would hold out of training altogether.
+    Call,
+}
+
+impl SplitBy {
+    /// Its name, as the CLI and the artifact spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitBy::Time => "time",
+            SplitBy::Call => "call",
+        }
+    }
+}
+
+/// The split of rows, per target.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SplitSummary {
+    /// How the rows were split.
+    pub split: SplitBy,
     /// Training rows.
     pub train_rows: usize,
     /// Validation rows.
     pub validation_rows: usize,
-    /// Per target: its validation rows are those started at or after this time (ms since
-    /// the epoch); all its training rows started before it. A target with too few rows or
-    /// distinct times to split is left out (all its rows train).
+    /// Split by time, per target: its validation rows are those started at or after this
+    /// time (ms since the epoch); all its training rows started before it. A target with too
+    /// few rows or distinct times to split is left out (all its rows train). Empty when split
+    /// by call.
     pub validation_from_ms: std::collections::BTreeMap<String, u64>,
+}
+
+/// Splits `rows` as `by` says ([`split_by_time`], [`split_by_call`]).
+///
+/// # Errors
+/// As the split's.
+pub fn split(
+    rows: &Rows,
+    by: SplitBy,
+    fraction: f64,
+) -> Result<(Rows, Rows, SplitSummary), TrainError> {
+    match by {
+        SplitBy::Time => split_by_time(rows, fraction),
+        SplitBy::Call => split_by_call(rows, fraction),
+    }
+}
+
+fn check_fraction(fraction: f64) -> Result<(), TrainError> {
+    if fraction > 0.0 && fraction < 1.0 {
+        Ok(())
+    } else {
+        Err(TrainError::Split(format!(
+            "the validation fraction must be within (0, 1), got {fraction}"
+        )))
+    }
+}
+
+/// Where the call `(target, call_id)` falls in `[0, 1)`: FNV-1a over the target's bytes
+/// and the id's, finished by SplitMix64's mixer, so that consecutive ids scatter. The same
+/// on every machine and run.
+fn call_draw(target: &str, call_id: u64) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in target.bytes().chain(call_id.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    // The top 53 bits as a fraction of 2^53.
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Splits rows by call: the calls whose draw (a hash of target and call id) is below
+/// `fraction` go to validation with every attempt they made, the others train. Each side
+/// keeps the rows' time order.
+///
+/// A call's attempts stay together because they share what the model learns from (the
+/// failure that came before, the target's health at the time): split apart, a retry in
+/// validation would be predicted from its own call's first attempt in training.
+///
+/// # Errors
+/// [`TrainError::Split`] when the fraction is not in (0, 1), a row has no call id, or
+/// either side is empty.
+pub fn split_by_call(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSummary), TrainError> {
+    check_fraction(fraction)?;
+    let unknown = rows.call_id.iter().filter(|id| id.is_none()).count();
+    if unknown > 0 {
+        return Err(TrainError::Split(format!(
+            "by call: {unknown} of {} rows have no `call_id` (split by time instead)",
+            rows.len()
+        )));
+    }
+    let (mut t, mut v) = (Vec::new(), Vec::new());
+    for (i, (c, id)) in rows.contexts.iter().zip(&rows.call_id).enumerate() {
+        if call_draw(&c.target, id.unwrap_or_default()) < fraction {
+            v.push(i);
+        } else {
+            t.push(i);
+        }
+    }
+    if t.is_empty() || v.is_empty() {
+        let mut calls: Vec<(&str, Option<u64>)> = rows
+            .contexts
+            .iter()
+            .zip(&rows.call_id)
+            .map(|(c, id)| (c.target.as_ref(), *id))
+            .collect();
+        calls.sort_unstable();
+        calls.dedup();
+        return Err(TrainError::Split(format!(
+            "by call: {} rows of {} distinct calls leave {} to train and {} to validate",
+            rows.len(),
+            calls.len(),
+            t.len(),
+            v.len()
+        )));
+    }
+    for side in [&mut t, &mut v] {
+        side.sort_by_key(|&i| (rows.started_at_ms[i], i));
+    }
+    let summary = SplitSummary {
+        split: SplitBy::Call,
+        train_rows: t.len(),
+        validation_rows: v.len(),
+        validation_from_ms: Default::default(),
+    };
+    Ok((rows.select(&t), rows.select(&v), summary))
 }
 
 /// Splits rows by time, per target: the latest `fraction` (at least) of each target's
@@ -128,11 +256,7 @@ pub struct SplitSummary {
 /// [`TrainError::Split`] when the fraction is not in (0, 1), or no target has rows at two
 /// distinct times.
 pub fn split_by_time(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSummary), TrainError> {
-    if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(TrainError::Split(format!(
-            "the validation fraction must be within (0, 1), got {fraction}"
-        )));
-    }
+    check_fraction(fraction)?;
     let n = rows.len();
     if n < 2 {
         return Err(TrainError::Split(format!("{n} rows")));
@@ -169,6 +293,7 @@ pub fn split_by_time(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSum
         side.sort_by_key(|&i| (rows.started_at_ms[i], i));
     }
     let summary = SplitSummary {
+        split: SplitBy::Time,
         train_rows: t.len(),
         validation_rows: v.len(),
         validation_from_ms: from,
@@ -226,7 +351,13 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             load.rows_read, load.skipped
         )));
     }
-    let (tr, va, split) = split_by_time(&rows, opts.validation_fraction)?;
+    let (tr, va, split) = split(&rows, opts.split, opts.validation_fraction)?;
+    tracing::info!(
+        split = opts.split.name(),
+        train = split.train_rows,
+        validation = split.validation_rows,
+        "split"
+    );
     progress(Step::Split {
         train: tr.len(),
         validation: va.len(),
@@ -275,6 +406,8 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         },
         training: serde_json::json!({
             "rows": rows.len(),
+            "split": split.split,
+            "validation_fraction": opts.validation_fraction,
             "train_rows": split.train_rows,
             "validation_rows": split.validation_rows,
             "validation_from_ms": split.validation_from_ms,

@@ -339,6 +339,123 @@ fn every_target_is_validated_on_its_own_latest_rows() {
     }
 }
 
+/// Rows of 3,000 calls of one to four attempts each over two targets, in time order.
+fn call_rows(dir: &Path) -> retrywise_train::data::Rows {
+    let data = dir.join("calls.parquet");
+    let mut recs = synthetic::records(7_500, 9);
+    let mut call = 0u64;
+    let mut left = 0;
+    for (i, r) in recs.iter_mut().enumerate() {
+        if left == 0 {
+            call += 1;
+            left = 1 + (call % 4);
+        }
+        left -= 1;
+        r.call_id = call;
+        r.context.target = if call.is_multiple_of(3) { "a" } else { "b" }.into();
+        r.started_at_ms = i as u64;
+    }
+    write_parquet(&recs, &data);
+    let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
+    data::load(&files, &Filter::default(), |_| {}).unwrap().0
+}
+
+#[test]
+fn the_call_split_keeps_each_call_whole_and_holds_out_calls_from_all_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = call_rows(dir.path());
+    let (tr, va, s) = retrywise_train::split_by_call(&rows, 0.2).unwrap();
+    assert_eq!(s.split, retrywise_train::SplitBy::Call);
+    assert_eq!((s.train_rows, s.validation_rows), (tr.len(), va.len()));
+    assert_eq!(tr.len() + va.len(), rows.len());
+    // No call on both sides.
+    let calls =
+        |r: &retrywise_train::data::Rows| -> std::collections::BTreeSet<(String, Option<u64>)> {
+            r.contexts
+                .iter()
+                .zip(&r.call_id)
+                .map(|(c, id)| (c.target.to_string(), *id))
+                .collect()
+        };
+    let (ct, cv) = (calls(&tr), calls(&va));
+    assert!(ct.is_disjoint(&cv));
+    // About a fifth of the calls of each target, drawn from every part of the run: the
+    // first and the last third both have validation rows in proportion.
+    for target in ["a", "b"] {
+        let n = |c: &std::collections::BTreeSet<(String, Option<u64>)>| {
+            c.iter().filter(|(t, _)| t == target).count()
+        };
+        let share = n(&cv) as f64 / (n(&cv) + n(&ct)) as f64;
+        assert!((0.15..0.25).contains(&share), "{target}: {share}");
+    }
+    let end = rows.started_at_ms.iter().max().copied().unwrap();
+    for third in [0, 2] {
+        let (lo, hi) = (end * third / 3, end * (third + 1) / 3);
+        let in_third = |r: &retrywise_train::data::Rows| {
+            r.started_at_ms
+                .iter()
+                .filter(|t| (lo..=hi).contains(*t))
+                .count()
+        };
+        let share = in_third(&va) as f64 / (in_third(&va) + in_third(&tr)) as f64;
+        assert!((0.12..0.28).contains(&share), "third {third}: {share}");
+    }
+    // Each side in time order; the same draw every time.
+    for side in [&tr, &va] {
+        assert!(side.started_at_ms.windows(2).all(|w| w[0] <= w[1]));
+    }
+    let (_, again, _) = retrywise_train::split_by_call(&rows, 0.2).unwrap();
+    assert_eq!(again.call_id, va.call_id);
+}
+
+#[test]
+fn the_call_split_says_why_it_cannot_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = call_rows(dir.path());
+    for bad in [0.0, 1.0, -0.5, f64::NAN] {
+        let e = retrywise_train::split_by_call(&rows, bad).unwrap_err();
+        assert!(e.to_string().contains("within (0, 1)"), "{e}");
+    }
+    // One call cannot be on both sides.
+    rows.call_id.iter_mut().for_each(|id| *id = Some(7));
+    rows.contexts.iter_mut().for_each(|c| c.target = "a".into());
+    let e = retrywise_train::split_by_call(&rows, 0.5).unwrap_err();
+    assert!(matches!(e, TrainError::Split(_)), "{e:?}");
+    assert!(e.to_string().contains("1 distinct calls"), "{e}");
+    // A log without call ids cannot be split by call (it can by time).
+    rows.call_id[3] = None;
+    let e = retrywise_train::split_by_call(&rows, 0.5).unwrap_err();
+    assert!(
+        e.to_string().contains("1 of 7500 rows have no `call_id`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn training_split_by_call_says_so_in_the_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    call_rows(dir.path());
+    let models = dir.path().join("models");
+    let mut o = opts(&dir.path().join("calls.parquet"), &models);
+    o.split = retrywise_train::SplitBy::Call;
+    let t = train(&o, &mut quiet).unwrap();
+    assert_eq!(t.artifact.training["split"], "call");
+    assert_eq!(t.artifact.training["validation_fraction"], 0.2);
+    assert_eq!(
+        t.artifact.training["validation_from_ms"],
+        serde_json::json!({})
+    );
+    let v = t.artifact.training["validation_rows"].as_u64().unwrap();
+    assert!((1_000..2_000).contains(&v), "{v}");
+    // The default stays the time split.
+    let t = train(
+        &opts(&dir.path().join("calls.parquet"), &models),
+        &mut quiet,
+    )
+    .unwrap();
+    assert_eq!(t.artifact.training["split"], "time");
+}
+
 fn err_of(data: &Path, models: &Path) -> TrainError {
     train(&opts(data, models), &mut quiet).unwrap_err()
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 use crate::attempt::{AttemptContext, ErrorKind};
 
 /// The name and version of this feature set, recorded in every model artifact.
-pub const FEATURE_SET: &str = "retrywise-features/2";
+pub const FEATURE_SET: &str = "retrywise-features/3";
 
 /// Retries beyond this count are encoded as this count.
 pub const MAX_RETRY: u32 = 10;
@@ -109,6 +109,20 @@ features! {
     LogDelayXFailureRate = "log_delay_x_failure_rate": "log_delay_ms times the recent failure rate.",
     LogDelayXFailureRateRecent = "log_delay_x_failure_rate_recent": "log_delay_ms times failure_rate_recent.",
     LogDelayXLogSinceSuccess = "log_delay_x_log_since_success": "log_delay_ms times log_since_success_ms: waiting out a failure that has lasted.",
+    FailureLogOdds = "failure_log_odds": "The failure rate's log-odds, ln((r + 0.01) / (1 - r + 0.01)); 0 when unknown. With it a target that fails a steady share r of calls can be predicted 1 - r, which a weight on r alone cannot do for every r.",
+    FailureLogOddsRecent = "failure_log_odds_recent": "failure_rate_recent's log-odds, as failure_log_odds.",
+    LogAgeAtAttemptMs = "log_age_at_attempt_ms": "ln(1 + ms since a call to the target last succeeded, counted at the attempt: the time since the last success plus the wait); 0 when unknown.",
+    AgeOver1s = "age_over_1s": "How far log_age_at_attempt_ms is beyond 1 s: max(0, log_age_at_attempt_ms - ln(1 + 1000)). With the other knots, a piecewise-linear curve in the failure's age at the attempt, so that a linear model can say when failures that have lasted tend to end.",
+    AgeOver2s = "age_over_2s": "max(0, log_age_at_attempt_ms - ln(1 + 2000)).",
+    AgeOver4s = "age_over_4s": "max(0, log_age_at_attempt_ms - ln(1 + 4000)).",
+    AgeOver8s = "age_over_8s": "max(0, log_age_at_attempt_ms - ln(1 + 8000)).",
+    AgeOver16s = "age_over_16s": "max(0, log_age_at_attempt_ms - ln(1 + 16000)).",
+    LogAgeAtAttemptXConnect = "log_age_at_attempt_x_connect": "log_age_at_attempt_ms after a refused connection (0 otherwise): a target that refuses is down, and how long downtime lasts is its own curve, unlike an overload's.",
+    AgeOver1sXConnect = "age_over_1s_x_connect": "age_over_1s after a refused connection (0 otherwise).",
+    AgeOver2sXConnect = "age_over_2s_x_connect": "age_over_2s after a refused connection (0 otherwise).",
+    AgeOver4sXConnect = "age_over_4s_x_connect": "age_over_4s after a refused connection (0 otherwise).",
+    AgeOver8sXConnect = "age_over_8s_x_connect": "age_over_8s after a refused connection (0 otherwise).",
+    AgeOver16sXConnect = "age_over_16s_x_connect": "age_over_16s after a refused connection (0 otherwise).",
 }
 
 /// The number of features.
@@ -139,9 +153,10 @@ pub fn encode(ctx: &AttemptContext) -> [f64; N_FEATURES] {
 
 /// The features that depend on the wait before the attempt (`ctx.delay`): a decider that
 /// weighs many waits for one context re-encodes only these ([`encode_delay`]).
-pub const DELAY_FEATURES: [Feature; N_LOG_DELAY + 2] = {
-    // The log-delay family, then the two Retry-After terms of `delay_terms`.
-    let mut out = [Feature::WaitedRetryAfter; N_LOG_DELAY + 2];
+pub const DELAY_FEATURES: [Feature; N_LOG_DELAY + 2 + N_AGE] = {
+    // The log-delay family, the two Retry-After terms of `delay_terms`, then the age terms
+    // of `age_terms`.
+    let mut out = [Feature::WaitedRetryAfter; N_LOG_DELAY + 2 + N_AGE];
     let mut i = 0;
     while i < N_LOG_DELAY {
         out[i] = LOG_DELAY_FEATURES[i];
@@ -149,8 +164,68 @@ pub const DELAY_FEATURES: [Feature; N_LOG_DELAY + 2] = {
     }
     out[N_LOG_DELAY] = Feature::WaitedRetryAfter;
     out[N_LOG_DELAY + 1] = Feature::LogShortOfRetryAfterMs;
+    let mut j = 0;
+    while j < N_AGE {
+        out[N_LOG_DELAY + 2 + j] = AGE_FEATURES[j];
+        j += 1;
+    }
     out
 };
+
+/// The number of [`AGE_FEATURES`]: the curve, and the curve after a refused connection.
+pub const N_AGE: usize = 2 * (1 + AGE_KNOTS_MS.len());
+
+/// Where the piecewise-linear curve in the failure's age bends: octaves from 1 s, the
+/// span over which an outage, a deploy or an overload usually ends (none of them tuned to
+/// a scenario: a model learns the slope between each pair).
+const AGE_KNOTS_MS: [f64; 5] = [1_000.0, 2_000.0, 4_000.0, 8_000.0, 16_000.0];
+
+/// The features of the failure's age at the attempt, in [`age_terms`]' order.
+pub const AGE_FEATURES: [Feature; N_AGE] = [
+    Feature::LogAgeAtAttemptMs,
+    Feature::AgeOver1s,
+    Feature::AgeOver2s,
+    Feature::AgeOver4s,
+    Feature::AgeOver8s,
+    Feature::AgeOver16s,
+    Feature::LogAgeAtAttemptXConnect,
+    Feature::AgeOver1sXConnect,
+    Feature::AgeOver2sXConnect,
+    Feature::AgeOver4sXConnect,
+    Feature::AgeOver8sXConnect,
+    Feature::AgeOver16sXConnect,
+];
+
+/// The [`AGE_FEATURES`] of the attempt in `ctx` after a wait of `delay`: `ln(1 + ms)` of
+/// the time since the target's last success plus the wait, and how far it is beyond each
+/// knot; then the same after a refused connection (zeros otherwise). All zero when the
+/// time since the last success is unknown.
+pub fn age_terms(ctx: &AttemptContext, delay: Duration) -> [f64; N_AGE] {
+    const HALF: usize = N_AGE / 2;
+    let mut out = [0.0; N_AGE];
+    let Some(since) = ctx.since_success else {
+        return out;
+    };
+    let age = log_ms(since.saturating_add(delay));
+    out[0] = age;
+    for (o, knot) in out[1..HALF].iter_mut().zip(AGE_KNOT_LOGS) {
+        *o = (age - knot).max(0.0);
+    }
+    if ctx.error == Some(ErrorKind::Connect) {
+        let (curve, refused) = out.split_at_mut(HALF);
+        refused.copy_from_slice(curve);
+    }
+    out
+}
+
+/// `ln(1 + knot ms)` of each [`AGE_KNOTS_MS`] (checked by a test).
+const AGE_KNOT_LOGS: [f64; AGE_KNOTS_MS.len()] = [
+    6.90875477931522,
+    7.601402334583733,
+    8.294299608857235,
+    8.987321812850125,
+    9.680406499268875,
+];
 
 /// Writes the feature vector of `ctx` into `x` (for filling rows of a matrix).
 pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
@@ -172,7 +247,14 @@ pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
     x[F::FailureRateKnown as usize] = flag(rate.is_some());
     x[F::LogLatencyP95Ms as usize] = ctx.latency_p95.map_or(0.0, log_ms);
     x[F::LogInFlight as usize] = ctx.in_flight.map_or(0.0, |n| (1.0 + f64::from(n)).ln());
-    x[F::FailureRateRecent as usize] = failure_rate_recent(ctx);
+    let recent = failure_rate_recent(ctx);
+    x[F::FailureRateRecent as usize] = recent;
+    x[F::FailureLogOdds as usize] = rate.map_or(0.0, log_odds);
+    x[F::FailureLogOddsRecent as usize] = if rate.is_some() || ctx.failure_rate_recent.is_some() {
+        log_odds(recent)
+    } else {
+        0.0
+    };
     x[F::PermanentRate as usize] = unit(ctx.permanent_rate).unwrap_or(0.0);
     x[F::LogSinceSuccessMs as usize] = ctx.since_success.map_or(0.0, log_ms);
     encode_delay(ctx, ctx.delay, x);
@@ -189,9 +271,9 @@ pub const N_LOG_DELAY: usize = 12;
 /// The delay features proportional to `ln(1 + wait ms)`, in [`log_delay_basis`]'s order:
 /// the log-delay itself, one per error kind, and the ones scaled by the failure rate, the
 /// recent failure rate and the log-time since the last success (how waiting pays depends
-/// on how long the failure has lasted). The other two
-/// [`DELAY_FEATURES`] (`WaitedRetryAfter`, `LogShortOfRetryAfterMs`) are given by
-/// [`delay_terms`].
+/// on how long the failure has lasted). The other
+/// [`DELAY_FEATURES`] are given by [`delay_terms`] (`WaitedRetryAfter`,
+/// `LogShortOfRetryAfterMs`) and [`age_terms`] (the failure's age at the attempt).
 pub const LOG_DELAY_FEATURES: [Feature; N_LOG_DELAY] = [
     Feature::LogDelayMs,
     Feature::LogDelayXTimeout,
@@ -244,7 +326,19 @@ pub fn encode_delay(ctx: &AttemptContext, delay: Duration, x: &mut [f64; N_FEATU
     }
     x[Feature::WaitedRetryAfter as usize] = waited;
     x[Feature::LogShortOfRetryAfterMs as usize] = short;
+    for (f, v) in AGE_FEATURES.iter().zip(age_terms(ctx, delay)) {
+        x[*f as usize] = v;
+    }
 }
+
+/// `ln((r + 0.01) / (1 − r + 0.01))`: a rate's log-odds, kept finite (within ±4.62) at 0
+/// and 1.
+fn log_odds(r: f64) -> f64 {
+    ((r + LOG_ODDS_EPS) / (1.0 - r + LOG_ODDS_EPS)).ln()
+}
+
+/// What keeps [`log_odds`] finite.
+const LOG_ODDS_EPS: f64 = 0.01;
 
 /// A rate as the encoder reads it: clamped to `[0, 1]`, NaN as unknown.
 fn unit(rate: Option<f64>) -> Option<f64> {
@@ -459,9 +553,42 @@ mod tests {
     }
 
     #[test]
+    fn the_age_knots_logs_are_theirs() {
+        for (ms, l) in AGE_KNOTS_MS.iter().zip(AGE_KNOT_LOGS) {
+            assert!(((1.0 + ms).ln() - l).abs() < 1e-12, "{ms}");
+        }
+    }
+
+    #[test]
+    fn the_age_curve_bends_at_its_knots_and_is_zero_when_unknown() {
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 2;
+        ctx.error = Some(ErrorKind::Connect);
+        assert_eq!(age_terms(&ctx, Duration::from_secs(5)), [0.0; N_AGE]);
+        ctx.since_success = Some(Duration::from_millis(2_500));
+        let t = age_terms(&ctx, Duration::from_millis(500));
+        // 3 s at the attempt: beyond the 1 s and 2 s knots, short of 4 s.
+        assert!((t[0] - 3001f64.ln()).abs() < 1e-12);
+        assert!((t[1] - (3001f64 / 1001.0).ln()).abs() < 1e-12);
+        assert!((t[2] - (3001f64 / 2001.0).ln()).abs() < 1e-12);
+        assert_eq!(&t[3..6], &[0.0, 0.0, 0.0]);
+        // After a refused connection the second half repeats the curve; otherwise zeros.
+        assert_eq!(t[..6], t[6..]);
+        ctx.error = Some(ErrorKind::Timeout);
+        let t = age_terms(&ctx, Duration::from_millis(500));
+        assert!(t[0] > 0.0);
+        assert_eq!(&t[6..], &[0.0; 6]);
+        ctx.error = Some(ErrorKind::Connect);
+        // Waiting moves the age, so the terms are delay features.
+        let x = encode(&ctx);
+        assert!((x[Feature::LogAgeAtAttemptMs as usize] - 2501f64.ln()).abs() < 1e-12);
+    }
+
+    #[test]
     fn the_delay_features_are_the_log_delay_family_and_the_retry_after_terms() {
         let mut all: Vec<Feature> = LOG_DELAY_FEATURES.to_vec();
         all.extend([Feature::WaitedRetryAfter, Feature::LogShortOfRetryAfterMs]);
+        all.extend(AGE_FEATURES);
         assert_eq!(all.len(), DELAY_FEATURES.len());
         for f in DELAY_FEATURES {
             assert!(all.contains(&f), "{f:?}");
@@ -495,6 +622,9 @@ mod tests {
             }
             prop_assert_eq!(x[Feature::WaitedRetryAfter as usize], waited);
             prop_assert_eq!(x[Feature::LogShortOfRetryAfterMs as usize], short);
+            for (f, v) in AGE_FEATURES.iter().zip(age_terms(&ctx, ctx.delay)) {
+                prop_assert_eq!(x[*f as usize], v, "{:?}", f);
+            }
         }
     }
 
@@ -521,6 +651,24 @@ mod tests {
         let x = encode(&ctx);
         assert_eq!(x[Feature::WaitedRetryAfter as usize], 1.0);
         assert_eq!(x[Feature::LogShortOfRetryAfterMs as usize], 0.0);
+    }
+
+    #[test]
+    fn a_steady_failure_rate_is_its_own_log_odds() {
+        let mut ctx = AttemptContext::first("t");
+        ctx.failure_rate = Some(0.3);
+        let x = encode(&ctx);
+        let want = (0.31f64 / 0.71).ln();
+        assert!((x[Feature::FailureLogOdds as usize] - want).abs() < 1e-12);
+        // The recent rate falls back on the window's, like failure_rate_recent.
+        assert!((x[Feature::FailureLogOddsRecent as usize] - want).abs() < 1e-12);
+        ctx.failure_rate_recent = Some(1.0);
+        let x = encode(&ctx);
+        assert!((x[Feature::FailureLogOddsRecent as usize] - 101f64.ln()).abs() < 1e-12);
+        // Unknown is 0 (even odds), as the other health features.
+        let x = encode(&AttemptContext::first("t"));
+        assert_eq!(x[Feature::FailureLogOdds as usize], 0.0);
+        assert_eq!(x[Feature::FailureLogOddsRecent as usize], 0.0);
     }
 
     #[test]
@@ -571,7 +719,15 @@ mod tests {
             ctx.latency_p95 = p95.map(Duration::from_nanos);
             ctx.in_flight = in_flight;
             let x = encode(&ctx);
-            prop_assert!(x.iter().all(|v| v.is_finite() && *v >= 0.0), "{:?}", x);
+            let signed = [Feature::FailureLogOdds, Feature::FailureLogOddsRecent];
+            prop_assert!(x.iter().all(|v| v.is_finite()), "{:?}", x);
+            prop_assert!(
+                ALL.iter().filter(|f| !signed.contains(f)).all(|f| x[*f as usize] >= 0.0),
+                "{:?}", x
+            );
+            for f in signed {
+                prop_assert!(x[f as usize].abs() <= 4.62, "{:?}", x);
+            }
             let hot: f64 = (0..ERROR_KINDS.len()).map(|i| x[Feature::ErrorTimeout as usize + i]).sum();
             prop_assert_eq!(hot, if error.is_some() { 1.0 } else { 0.0 });
             let inter: f64 = (0..ERROR_KINDS.len()).map(|i| x[Feature::LogDelayXTimeout as usize + i]).sum();

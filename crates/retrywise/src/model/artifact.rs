@@ -595,9 +595,9 @@ impl SuccessModel for LogisticModel {
     }
 
     /// Encodes `ctx` once and folds the features that move with the wait into one slope
-    /// per `ln(1 + wait ms)` ([`features::log_delay_basis`]) and two Retry-After weights
-    /// ([`features::delay_terms`]): a wait then costs a logarithm, a few multiplications
-    /// and a sigmoid.
+    /// per `ln(1 + wait ms)` ([`features::log_delay_basis`]), two Retry-After weights
+    /// ([`features::delay_terms`]) and the age curve's weights ([`features::age_terms`]):
+    /// a wait then costs two logarithms, a few multiplications and a sigmoid.
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
         use features::Feature as F;
         let x = features::encode(ctx);
@@ -613,9 +613,15 @@ impl SuccessModel for LogisticModel {
             .sum::<f64>();
         let waited = self.folded[F::WaitedRetryAfter as usize];
         let short = self.folded[F::LogShortOfRetryAfterMs as usize];
+        let age = features::AGE_FEATURES.map(|f| self.folded[f as usize]);
         for (d, o) in delays.iter().zip(out.iter_mut()) {
             let (l, w, s) = features::delay_terms(ctx, *d);
-            *o = sigmoid(fixed + slope * l + waited * w + short * s);
+            let a: f64 = features::age_terms(ctx, *d)
+                .iter()
+                .zip(&age)
+                .map(|(v, k)| v * k)
+                .sum();
+            *o = sigmoid(fixed + slope * l + waited * w + short * s + a);
         }
     }
 }
