@@ -21,7 +21,7 @@ use crate::TrainError;
 pub fn fields() -> impl Iterator<Item = &'static SchemaField> {
     schema::FIELDS
         .iter()
-        .filter(|f| f.in_context() || matches!(f.name, "started_at_ms" | "call_id" | "outcome"))
+        .filter(|f| f.in_context() || matches!(f.name, "started_at_ms" | CALL_ID | "outcome"))
 }
 
 /// Columns a log must have: the required fields among those read, but `call_id`, which

@@ -933,6 +933,7 @@ mod tests {
             kind in proptest::sample::select(ErrorKind::ALL.to_vec()),
             ra_ms in proptest::option::of(0u64..20_000),
             rate in proptest::option::of(0.0f64..=1.0),
+            since_ms in proptest::option::of(0u64..60_000),
             delays in proptest::collection::vec(0u64..60_000, 1..40),
         ) {
             let scaler = Scaler { mean, scale };
@@ -942,6 +943,8 @@ mod tests {
             ctx.error = Some(kind);
             ctx.retry_after = ra_ms.map(Duration::from_millis);
             ctx.failure_rate = rate;
+            // The failure's age moves with the wait too (feature set 3's age curve).
+            ctx.since_success = since_ms.map(Duration::from_millis);
             ctx.delay = Duration::from_millis(123);
             let delays: Vec<Duration> = delays.into_iter().map(Duration::from_millis).collect();
             let mut out = vec![0.0; delays.len()];
