@@ -377,6 +377,9 @@ pub struct AlternativeView {
     pub p_success: f64,
     /// Its value in units of one successful call (see `retrywise::retry::ModelDecider`).
     pub value: f64,
+    /// The retries this service already told callers to make where it would land, over
+    /// the calls the target is offered there (`retrywise::retry::RetryCalendar`).
+    pub load: f64,
 }
 
 /// Whether to retry, and after how long.
@@ -430,6 +433,18 @@ impl SuccessModel for Served {
         self.0.model.p_success_by_delay(ctx, delays, out);
     }
 
+    fn p_success_by_logged_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[std::time::Duration],
+        log_delays: &[f64],
+        out: &mut [f64],
+    ) {
+        self.0
+            .model
+            .p_success_by_logged_delay(ctx, delays, log_delays, out);
+    }
+
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
         self.0.model.rows_like(ctx)
     }
@@ -438,14 +453,17 @@ impl SuccessModel for Served {
 /// The decider `/v1/decide` answers with: the crate's model-driven decider with the
 /// serving model, an attempt costing the service's `min_p_success` and the call's
 /// deadline — what an embedded policy configured the same way decides (its near-optimal
-/// wait drawn at random, as every caller's would be).
+/// wait drawn at random, as every caller's would be), with one retry calendar for every
+/// caller, so that callers told of the same failure are told to retry apart.
 fn decider(
-    config: &crate::config::Config,
+    st: &AppState,
     model: Arc<LoadedModel>,
     deadline: Option<std::time::Duration>,
 ) -> Result<ModelDecider, ApiError> {
+    let config = &st.config;
     let mut b = ModelDecider::builder()
         .model(Arc::new(Served(model)))
+        .calendar(Arc::clone(&st.calendar))
         .attempt_cost(config.min_p_success.clamp(1e-6, 0.999))
         .explore(config.explore);
     if let Some(d) = deadline {
@@ -484,7 +502,7 @@ pub(crate) async fn decide(
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
         })
         .transpose()?;
-    let weighed = decider(&st.config, Arc::clone(&m), deadline)?.weigh(&ctx);
+    let weighed = decider(&st, Arc::clone(&m), deadline)?.weigh(&ctx);
     let explained = weighed.explained;
     let (retry, delay, reason) = match explained.decision {
         Decision::Retry(d) => (true, d, "retry"),
@@ -515,6 +533,7 @@ pub(crate) async fn decide(
                 delay_ms: a.wait.as_secs_f64() * 1e3,
                 p_success: a.p_success,
                 value: a.value,
+                load: a.load,
             })
             .collect()
     });

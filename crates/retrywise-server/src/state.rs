@@ -26,6 +26,9 @@ pub struct Shared {
     pub(crate) openapi: bytes::Bytes,
     /// The API routes' concurrency limit, shared by every router of this service.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// The retries `/v1/decide` has told its callers to make, per target and moment, so
+    /// that the next caller's lands where the load is lightest.
+    pub(crate) calendar: Arc<retrywise::retry::RetryCalendar>,
 }
 
 impl Shared {
@@ -67,6 +70,7 @@ impl Service {
             fleet: Fleet::new(config.health_window, config.max_targets),
             metrics: Metrics::new(config.max_target_labels),
             recorder,
+            calendar: Arc::new(retrywise::retry::RetryCalendar::new()),
             openapi,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             config,

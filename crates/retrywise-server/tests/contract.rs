@@ -123,7 +123,10 @@ async fn decide_answers_exactly_what_the_crates_decider_answers() {
     let mut g = Gen(42);
     let mut reasons = std::collections::BTreeMap::new();
     for i in 0..300 {
-        let ctx = context(&mut g);
+        let mut ctx = context(&mut g);
+        // A target of its own per context: the service's retry calendar then holds only
+        // this failure, like the fresh decider's (a test below shows it spreading a crowd).
+        ctx.target = format!("t{i}").into();
         let deadline = (g.below(2) == 0).then(|| Duration::from_millis(1_000 + g.below(30_000)));
         let mut body = json!({ "context": ctx, "alternatives": true });
         let mut decider = ModelDecider::builder()
@@ -218,6 +221,59 @@ async fn decide_answers_exactly_what_the_crates_decider_answers() {
     ] {
         assert!(reasons.contains_key(r), "{r} never came up: {reasons:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn decide_spreads_a_crowd_that_saw_the_same_failure() {
+    // 200 callers told of the same rate limit at the same moment (the clock is paused):
+    // alone, each would draw its wait among the same few near-optimal ones; the service
+    // books each answer in its retry calendar, so later callers see the load the earlier
+    // ones will land in, and are told other waits.
+    let (_dir, s) = service(|_| {}).await;
+    let body = json!({
+        "context": {"target": "payments", "attempt": 2, "error": "http_429", "status": 429,
+            "latency_ms": 2, "elapsed_ms": 2, "retry_after_ms": 1000, "failure_rate": 0.6},
+        "deadline_ms": 10000, "alternatives": true
+    })
+    .to_string();
+    let (_, first) = post(&s, "/v1/decide", body.clone()).await;
+    assert_eq!(first["retry"], true, "{first}");
+    let values = |v: &Value| -> Vec<(f64, f64, f64)> {
+        v["alternatives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["delay_ms"].as_f64().unwrap(),
+                    a["value"].as_f64().unwrap(),
+                    a["load"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let alone = values(&first);
+    assert!(alone.iter().all(|a| a.2 == 0.0), "{first}");
+    let best = alone.iter().map(|a| a.1).fold(f64::NEG_INFINITY, f64::max);
+    let near_alone = alone.iter().filter(|a| a.1 >= best - 0.01).count();
+    let mut told = std::collections::BTreeSet::new();
+    let mut last = first;
+    for _ in 0..199 {
+        let (status, v) = post(&s, "/v1/decide", body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        if v["retry"] == true {
+            told.insert(v["delay_ms"].as_f64().unwrap().to_bits());
+        }
+        last = v;
+    }
+    // The crowd was told more waits than a lone caller could have drawn, and the last
+    // caller saw the load booked where the earlier ones will land.
+    assert!(
+        told.len() > near_alone,
+        "{} waits vs {near_alone}",
+        told.len()
+    );
+    assert!(values(&last).iter().any(|a| a.2 > 0.0), "{last}");
 }
 
 /// A decider that records the context of every decision and stops.

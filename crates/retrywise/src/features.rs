@@ -128,9 +128,13 @@ features! {
 /// The number of features.
 pub const N_FEATURES: usize = ALL.len();
 
-/// `ln(1 + ms)`. (`ln` of the sum rather than `ln_1p`: as exact for waits of a microsecond
-/// and more, and twice as fast.)
-fn log_ms(d: Duration) -> f64 {
+/// `ln(1 + ms)`: how every duration enters the features (a decider weighing a fixed grid
+/// of waits computes it once per wait: [`SuccessModel::p_success_by_logged_delay`]). (`ln`
+/// of the sum rather than `ln_1p`: as exact for waits of a microsecond and more, and twice
+/// as fast.)
+///
+/// [`SuccessModel::p_success_by_logged_delay`]: crate::model::SuccessModel::p_success_by_logged_delay
+pub fn log_ms(d: Duration) -> f64 {
     if d.is_zero() {
         return 0.0;
     }
@@ -308,8 +312,18 @@ pub fn log_delay_basis(ctx: &AttemptContext) -> [f64; N_LOG_DELAY] {
 /// least the Retry-After asked for (`WaitedRetryAfter`), and `ln(1 + ms short of it)`
 /// (`LogShortOfRetryAfterMs`).
 pub fn delay_terms(ctx: &AttemptContext, delay: Duration) -> (f64, f64, f64) {
+    delay_terms_logged(ctx, delay, log_ms(delay))
+}
+
+/// [`delay_terms`] with the wait's `ln(1 + ms)` already computed (`log_delay` must be
+/// [`log_ms`]`(delay)`).
+pub fn delay_terms_logged(
+    ctx: &AttemptContext,
+    delay: Duration,
+    log_delay: f64,
+) -> (f64, f64, f64) {
     (
-        log_ms(delay),
+        log_delay,
         flag(ctx.retry_after.is_some_and(|ra| delay >= ra)),
         ctx.retry_after
             .map_or(0.0, |ra| log_ms(ra.saturating_sub(delay))),

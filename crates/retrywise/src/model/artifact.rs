@@ -597,8 +597,32 @@ impl SuccessModel for LogisticModel {
     /// Encodes `ctx` once and folds the features that move with the wait into one slope
     /// per `ln(1 + wait ms)` ([`features::log_delay_basis`]), two Retry-After weights
     /// ([`features::delay_terms`]) and the age curve's weights ([`features::age_terms`]):
-    /// a wait then costs two logarithms, a few multiplications and a sigmoid.
+    /// a wait then costs two logarithms (one when the caller has the wait's:
+    /// `p_success_by_logged_delay`), a few multiplications and a sigmoid.
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
+        self.by_delay(ctx, delays, None, out);
+    }
+
+    fn p_success_by_logged_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[Duration],
+        log_delays: &[f64],
+        out: &mut [f64],
+    ) {
+        self.by_delay(ctx, delays, Some(log_delays), out);
+    }
+}
+
+impl LogisticModel {
+    /// `p_success_by_delay`, with the waits' logarithms when the caller has them.
+    fn by_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[Duration],
+        logs: Option<&[f64]>,
+        out: &mut [f64],
+    ) {
         use features::Feature as F;
         let x = features::encode(ctx);
         let moving = features::DELAY_FEATURES
@@ -614,8 +638,11 @@ impl SuccessModel for LogisticModel {
         let waited = self.folded[F::WaitedRetryAfter as usize];
         let short = self.folded[F::LogShortOfRetryAfterMs as usize];
         let age = features::AGE_FEATURES.map(|f| self.folded[f as usize]);
-        for (d, o) in delays.iter().zip(out.iter_mut()) {
-            let (l, w, s) = features::delay_terms(ctx, *d);
+        for (i, (d, o)) in delays.iter().zip(out.iter_mut()).enumerate() {
+            let (l, w, s) = match logs.and_then(|l| l.get(i)) {
+                Some(log) => features::delay_terms_logged(ctx, *d, *log),
+                None => features::delay_terms(ctx, *d),
+            };
             let a: f64 = features::age_terms(ctx, *d)
                 .iter()
                 .zip(&age)
@@ -949,6 +976,11 @@ mod tests {
             let delays: Vec<Duration> = delays.into_iter().map(Duration::from_millis).collect();
             let mut out = vec![0.0; delays.len()];
             m.p_success_by_delay(&ctx, &delays, &mut out);
+            // The same, given the waits' logarithms (as a decider's grid has them).
+            let logs: Vec<f64> = delays.iter().map(|d| crate::features::log_ms(*d)).collect();
+            let mut logged = vec![0.0; delays.len()];
+            m.p_success_by_logged_delay(&ctx, &delays, &logs, &mut logged);
+            prop_assert_eq!(&logged, &out);
             for (d, p) in delays.iter().zip(&out) {
                 let mut c = ctx.clone();
                 c.delay = *d;

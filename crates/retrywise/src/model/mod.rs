@@ -69,6 +69,21 @@ pub trait SuccessModel: Send + Sync {
             *o = self.p_success(&c);
         }
     }
+
+    /// [`p_success_by_delay`](Self::p_success_by_delay), given each wait's `ln(1 + ms)`
+    /// ([`crate::features::log_ms`]; `log_delays[i]` for `delays[i]`): a decider weighing
+    /// the same grid of waits at every failure computes them once. The default ignores
+    /// them.
+    fn p_success_by_logged_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[Duration],
+        log_delays: &[f64],
+        out: &mut [f64],
+    ) {
+        let _ = log_delays;
+        self.p_success_by_delay(ctx, delays, out);
+    }
 }
 
 impl<F> SuccessModel for F
@@ -87,6 +102,16 @@ impl<M: SuccessModel + ?Sized> SuccessModel for std::sync::Arc<M> {
 
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
         (**self).p_success_by_delay(ctx, delays, out);
+    }
+
+    fn p_success_by_logged_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[Duration],
+        log_delays: &[f64],
+        out: &mut [f64],
+    ) {
+        (**self).p_success_by_logged_delay(ctx, delays, log_delays, out);
     }
 
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {

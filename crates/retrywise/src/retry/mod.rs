@@ -16,6 +16,7 @@
 //! worth it for *this* call, a budget whether the fleet can afford it.
 
 mod backoff;
+pub mod calendar;
 mod decider;
 mod explore;
 mod model_decider;
@@ -23,6 +24,7 @@ mod rule_adaptive;
 mod rules;
 
 pub use backoff::{Backoff, Jitter};
+pub use calendar::RetryCalendar;
 pub use decider::{Decision, Explained, NoRetry, RetryDecider, StopReason};
 pub use explore::Exploration;
 pub use model_decider::{

@@ -9,7 +9,9 @@ use crate::error::{Check, ConfigError};
 use crate::model::SuccessModel;
 use crate::random::RandomSource;
 
-use super::{Backoff, Decision, Explained, Jitter, RetryDecider, RetryRules, StopReason};
+use super::{
+    Backoff, Decision, Explained, Jitter, RetryCalendar, RetryDecider, RetryRules, StopReason,
+};
 
 const CHECK: Check = Check::new("model_decider");
 
@@ -23,11 +25,11 @@ pub const MAX_GRID: usize = 64;
 /// in units of one successful call:
 ///
 /// ```text
-/// V(w) = p(w) − c / (1 − f) − t·w + (1 − p(w)) · g(w) · V*
+/// V(w) = p(w) − c·(1 + ρ(w)) / (1 − f) − t·w + (1 − p(w)) · g(w) · V*
 /// ```
 ///
 /// - `p(w)`: the model's probability that the attempt after waiting `w` succeeds;
-/// - `c / (1 − f)`: the cost of an attempt. `c` (`attempt_cost`, default 0.1) is the load
+/// - `c·(1 + ρ(w)) / (1 − f)`: the cost of an attempt. `c` (`attempt_cost`, default 0.1) is the load
 ///   one attempt puts on the upstream, against the value of a success; divided by the share
 ///   of calls that currently succeed at the target (`1 − f`, `f` its recent failure rate),
 ///   it becomes what the attempt costs everyone: at a failure rate `f` it takes `1/(1 − f)`
@@ -36,7 +38,12 @@ pub const MAX_GRID: usize = 64;
 ///   counts up to [`MAX_COST_FAILURE_RATE`] (the cost up to `5c`): the failure rate looks
 ///   back over the health window, and a target down for most of it may be back now — the
 ///   model's `p(w)` says whether it is, and an attempt it predicts succeeds more often than
-///   `5c` is worth its load;
+///   `5c` is worth its load. `ρ(w)` is the load already booked where the retry would
+///   land: the retries other decisions sharing its [`RetryCalendar`] scheduled into the
+///   same quarter second, over the calls the target is offered in one (estimated from the
+///   first attempts that failed in the last second and the failure rate). An attempt that lands where
+///   retries already double the load costs twice as much, so a crowd that saw the same
+///   failure spreads over the waits still worth a retry, and stops where none is;
 /// - `t·w`: the cost of waiting (`time_cost`, default 0.01 per second);
 /// - `(1 − p(w)) · g(w) · V*`: what a failure then still leaves — the value of continuing
 ///   (`V*`, the best value now), scaled by the share of the time to the deadline that
@@ -95,6 +102,8 @@ pub struct ModelDecider {
     fallback: RetryRules,
     min_support: u64,
     grid: Vec<Duration>,
+    /// `ln(1 + ms)` of each wait of the grid, for the model.
+    grid_logs: Vec<f64>,
     cap: Duration,
     attempt_cost: f64,
     time_cost: f64,
@@ -110,6 +119,9 @@ pub struct ModelDecider {
     explored: Arc<AtomicU64>,
     /// Each attempt's timeout and how far it may stretch for a slow but live target.
     timeout: Option<(Duration, Duration)>,
+    /// The retries already booked at each target (shared by clones), or none to weigh
+    /// every wait as if alone.
+    calendar: Option<Arc<RetryCalendar>>,
 }
 
 /// The highest failure rate the attempt's cost counts ([`ModelDecider`]): an attempt costs
@@ -168,6 +180,9 @@ pub struct Alternative {
     pub p_success: f64,
     /// Its value (see [`ModelDecider`]), in units of one successful call.
     pub value: f64,
+    /// The retries already booked where it would land, over the calls the target is
+    /// offered there ([`RetryCalendar`]; 0 without one).
+    pub load: f64,
 }
 
 /// A decision with every alternative it weighed (empty when it stopped before weighing or
@@ -248,6 +263,13 @@ impl ModelDecider {
         let Some(model) = &self.model else {
             return self.by_rules(ctx, Why::NoModel);
         };
+        // Every failure tells the calendar of the target's load; the retries others booked
+        // there are the load each wait would land in.
+        let rate_from = ctx.failure_rate_recent.or(ctx.failure_rate);
+        let mut view = self.calendar.as_ref().map(|c| {
+            let now = tokio::time::Instant::now();
+            c.after_failure(&ctx.target, now, ctx.attempt == 2, rate_from)
+        });
         if model
             .trained_on(ctx)
             .is_some_and(|rows| rows < self.min_support)
@@ -267,14 +289,19 @@ impl ModelDecider {
         // The candidates: the grid from the Retry-After up, and the Retry-After itself.
         let floor = ctx.retry_after.unwrap_or(Duration::ZERO);
         let mut waits = [Duration::ZERO; MAX_GRID + 1];
+        let mut logs = [0.0; MAX_GRID + 1];
         let mut n = 0;
         if ctx.retry_after.is_some() {
             waits[0] = floor;
+            logs[0] = crate::features::log_ms(floor);
             n = 1;
         }
-        for w in self.grid.iter().filter(|w| **w > floor) {
-            waits[n] = *w;
-            n += 1;
+        for (w, l) in self.grid.iter().zip(&self.grid_logs) {
+            if *w > floor {
+                waits[n] = *w;
+                logs[n] = *l;
+                n += 1;
+            }
         }
         // No attempt may start at or after the deadline.
         let remaining = self.deadline.map(|d| d.saturating_sub(ctx.elapsed));
@@ -289,7 +316,7 @@ impl ModelDecider {
         let waits = &waits[..n];
         let mut p = [0.0; MAX_GRID + 1];
         let p = &mut p[..n];
-        model.p_success_by_delay(ctx, waits, p);
+        model.p_success_by_logged_delay(ctx, waits, &logs[..n], p);
         if p.iter().any(|x| x.is_nan()) {
             return self.by_rules(ctx, Why::NaN);
         }
@@ -314,6 +341,10 @@ impl ModelDecider {
         let mut b = [0.0; MAX_GRID + 1];
         let mut v_star = f64::NEG_INFINITY;
         let mut best = 0;
+        let mut load = [0.0; MAX_GRID + 1];
+        if let Some(v) = &view {
+            v.loads(waits, &mut load[..n]);
+        }
         for i in 0..n {
             let left = match remaining {
                 _ if last => 0.0,
@@ -323,7 +354,7 @@ impl ModelDecider {
                     after.as_secs_f64() / r.as_secs_f64()
                 }
             };
-            a[i] = p[i] - cost - self.time_cost * waits[i].as_secs_f64();
+            a[i] = p[i] - cost * (1.0 + load[i]) - self.time_cost * waits[i].as_secs_f64();
             b[i] = (1.0 - p[i]) * left;
             let v = if b[i] < 1.0 {
                 a[i] / (1.0 - b[i])
@@ -344,12 +375,16 @@ impl ModelDecider {
                 wait: waits[i],
                 p_success: p[i],
                 value: value(i),
+                load: load[i],
             }));
         }
         if v_star <= 0.0 {
             if self.explore > 0.0 && self.random.next_f64() < self.explore {
                 self.explored.fetch_add(1, Ordering::Relaxed);
                 let i = ((self.random.next_f64() * n as f64) as usize).min(n - 1);
+                if let Some(v) = &mut view {
+                    v.book(waits[i]);
+                }
                 return (
                     Explained {
                         decision: Decision::Retry(waits[i]),
@@ -370,6 +405,9 @@ impl ModelDecider {
         let k = (0..n).filter(near).count();
         let pick = ((self.random.next_f64() * k as f64) as usize).min(k.saturating_sub(1));
         let chosen = (0..n).filter(near).nth(pick).unwrap_or(best);
+        if let Some(v) = &mut view {
+            v.book(waits[chosen]);
+        }
         (
             Explained {
                 decision: Decision::Retry(waits[chosen]),
@@ -428,6 +466,7 @@ pub struct ModelDeciderBuilder {
     min_support: u64,
     explore: f64,
     timeout: Option<(Duration, Duration)>,
+    calendar: Option<Option<Arc<RetryCalendar>>>,
 }
 
 impl std::fmt::Debug for ModelDeciderBuilder {
@@ -445,6 +484,7 @@ impl std::fmt::Debug for ModelDeciderBuilder {
             .field("min_support", &self.min_support)
             .field("explore", &self.explore)
             .field("timeout", &self.timeout)
+            .field("calendar", &self.calendar.as_ref().map(Option::is_some))
             .finish()
     }
 }
@@ -464,6 +504,7 @@ impl Default for ModelDeciderBuilder {
             min_support: 100,
             explore: 0.0,
             timeout: None,
+            calendar: None,
         }
     }
 }
@@ -549,6 +590,21 @@ impl ModelDeciderBuilder {
         self
     }
 
+    /// Books its retries in `calendar` and weighs each wait by the load already booked
+    /// there ([`RetryCalendar`]): deciders sharing one spread their retries together (a
+    /// service shares one across its requests). By default a decider has a calendar of
+    /// its own, shared by its clones.
+    pub fn calendar(mut self, calendar: Arc<RetryCalendar>) -> Self {
+        self.calendar = Some(Some(calendar));
+        self
+    }
+
+    /// Weighs every wait as if no other retry were booked (no [`RetryCalendar`]).
+    pub fn without_calendar(mut self) -> Self {
+        self.calendar = Some(None);
+        self
+    }
+
     /// Draws the near-optimal wait from a generator seeded with `seed` (deterministic).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -608,7 +664,7 @@ impl ModelDeciderBuilder {
         // Zero, then log-spaced from 1 ms to the cap.
         let steps = self.grid_len - 1;
         let (lo, hi) = (1e-3f64.ln(), self.cap.as_secs_f64().ln());
-        let grid = std::iter::once(Duration::ZERO)
+        let grid: Vec<Duration> = std::iter::once(Duration::ZERO)
             .chain((0..steps).map(|i| {
                 let x = if steps == 1 {
                     hi
@@ -618,11 +674,13 @@ impl ModelDeciderBuilder {
                 Duration::from_secs_f64(x.exp()).min(self.cap)
             }))
             .collect();
+        let grid_logs = grid.iter().map(|w| crate::features::log_ms(*w)).collect();
         Ok(ModelDecider {
             model: self.model,
             fallback,
             min_support: self.min_support,
             grid,
+            grid_logs,
             cap: self.cap,
             attempt_cost: self.attempt_cost,
             time_cost: self.time_cost,
@@ -634,6 +692,9 @@ impl ModelDeciderBuilder {
             fallbacks: Arc::default(),
             explored: Arc::default(),
             timeout: self.timeout,
+            calendar: self
+                .calendar
+                .unwrap_or_else(|| Some(Arc::new(RetryCalendar::new()))),
         })
     }
 }
@@ -706,6 +767,70 @@ mod tests {
         c.latency = Some(Duration::from_millis(20));
         c.elapsed = Duration::from_millis(20);
         c
+    }
+
+    /// A crowd of callers that saw the same failure at the same moment, at a target that
+    /// fails every call and is predicted back in a second: the retries each books, by the
+    /// slot they land in.
+    fn crowd(d: &ModelDecider, callers: usize) -> std::collections::BTreeMap<u64, usize> {
+        let mut ctx = after(ErrorKind::Connect, 2);
+        ctx.failure_rate = Some(1.0);
+        let mut landed = std::collections::BTreeMap::new();
+        for _ in 0..callers {
+            if let Decision::Retry(w) = d.decide(&ctx) {
+                let slot = (w.as_nanos() / super::super::calendar::SLOT.as_nanos()) as u64;
+                *landed.entry(slot).or_insert(0) += 1;
+            }
+        }
+        landed
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_spreads_its_retries_by_the_load_already_booked() {
+        let back_in_a_second = Arc::new(|c: &AttemptContext| {
+            if c.delay >= Duration::from_secs(1) {
+                0.95
+            } else {
+                0.0
+            }
+        });
+        let alone = decider(back_in_a_second.clone())
+            .without_calendar()
+            .build()
+            .unwrap();
+        let apart = decider(back_in_a_second).build().unwrap();
+        let callers = 400;
+        // Alone, every caller finds the same waits best: a few slots take the crowd.
+        let a = crowd(&alone, callers);
+        assert_eq!(a.values().sum::<usize>(), callers);
+        assert!(a.values().max().unwrap() * 3 >= callers, "{a:?}");
+        // Sharing a calendar, no slot is booked beyond the load at which a retry stops
+        // being worth its cost: p − c·(1 + ρ)/(1 − f) > 0 with f counted up to 0.8,
+        // ρ < 0.95/0.5 − 1 = 0.9 of the target's attempts per slot (400 failures in this
+        // second at a failure rate of 1: 100 a slot; fewer while the crowd was arriving).
+        let b = crowd(&apart, callers);
+        let per_slot = callers as f64 / 4.0;
+        assert!(
+            b.values().all(|&n| n as f64 <= 0.9 * per_slot + 1.0),
+            "{b:?}"
+        );
+        assert!(b.len() > a.len(), "{a:?} vs {b:?}");
+        // Its retries never wait less than the prediction says is worth it.
+        assert!(b.keys().all(|&slot| slot >= 4), "{b:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_failure_rate_the_calendar_weighs_nothing() {
+        // The attempt rate is unknown, so no load is estimated: the same draws as alone.
+        let m = flat(0.9);
+        let alone = decider(m.clone()).without_calendar().build().unwrap();
+        let shared = decider(m).build().unwrap();
+        let c = after(ErrorKind::Http503, 2);
+        for _ in 0..50 {
+            assert_eq!(alone.decide(&c), shared.decide(&c));
+        }
+        let w = shared.weigh(&c);
+        assert!(w.alternatives.iter().all(|a| a.load == 0.0));
     }
 
     fn flat(p: f64) -> Arc<dyn SuccessModel> {

@@ -1,0 +1,349 @@
+//! The retries already scheduled at each target, so that the next one lands where the load
+//! is lightest.
+//!
+//! A fleet of callers that saw the same failure would, deciding alone, all find the same
+//! moments worth a retry — after an outage, the first second it is over — and retry into
+//! it together: each retry is worth its load alone, not with a thousand others. A
+//! [`RetryCalendar`] remembers, per target, how many retries were booked into each slot
+//! of the coming minute, and estimates the load the target is offered — its calls' first
+//! attempts — from the failures it was told of (first attempts that failed, per second,
+//! over the failure rate). [`ModelDecider`] asks it for the load a wait would land in — the
+//! retries booked in that slot over the first attempts offered in one — and counts an
+//! attempt dearer by that much, so the retries
+//! of a crowd spread over the waits still worth one, and those that would only crowd a
+//! moment already full are not made.
+//!
+//! [`ModelDecider`]: super::ModelDecider
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The length of one slot of a [`RetryCalendar`].
+pub const SLOT: Duration = Duration::from_millis(250);
+
+/// Slots held per target: a minute ahead, and the last second of failures behind.
+const SLOTS: usize = 256;
+
+/// How far ahead a booking counts (beyond it a wait is taken to land in no load).
+pub const HORIZON: Duration = Duration::from_secs(60);
+
+/// Slots over which the failures that estimate the offered rate are counted (one second).
+const RATE_SLOTS: u64 = 4;
+
+/// The lowest failure rate the attempt-rate estimate divides by.
+const MIN_FAILURE_RATE: f64 = 0.01;
+
+/// Targets held before the idle ones are dropped.
+const MAX_TARGETS: usize = 4096;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// The slot's number since the calendar's origin (a slot whose tag differs is empty).
+    tag: u64,
+    /// Retries booked to start within it.
+    booked: u32,
+    /// Failures of first attempts told of within it.
+    first_failed: u32,
+}
+
+#[derive(Debug)]
+struct Target {
+    slots: Box<[Slot; SLOTS]>,
+    /// The latest slot anything was written to.
+    latest: u64,
+}
+
+impl Target {
+    fn new() -> Self {
+        Self {
+            slots: Box::new([Slot::default(); SLOTS]),
+            latest: 0,
+        }
+    }
+
+    fn slot(&mut self, n: u64) -> &mut Slot {
+        let s = &mut self.slots[(n % SLOTS as u64) as usize];
+        if s.tag != n {
+            *s = Slot {
+                tag: n,
+                ..Slot::default()
+            };
+        }
+        self.latest = self.latest.max(n);
+        s
+    }
+
+    fn get(&self, n: u64) -> Slot {
+        let s = self.slots[(n % SLOTS as u64) as usize];
+        if s.tag == n { s } else { Slot::default() }
+    }
+}
+
+/// Per target, the retries booked into each quarter second of the coming minute and the
+/// first attempts that failed in the last second (see the [module](self)); shared by every decider that
+/// should spread its retries with the others (clones of a [`ModelDecider`] share one, and
+/// a service shares one across its requests).
+///
+/// ```
+/// use std::time::Duration;
+/// use retrywise::retry::RetryCalendar;
+///
+/// let calendar = RetryCalendar::new();
+/// let now = tokio::time::Instant::now();
+/// // 50 calls failed their first attempt this second at a target failing every call:
+/// // 50 calls a second.
+/// for _ in 0..49 {
+///     drop(calendar.after_failure("api", now, true, Some(1.0)));
+/// }
+/// let mut view = calendar.after_failure("api", now, true, Some(1.0));
+/// assert!((view.offered_rate() - 50.0).abs() < 1e-9);
+/// assert_eq!(view.load(Duration::from_secs(2)), 0.0);
+/// for _ in 0..25 {
+///     view.book(Duration::from_secs(2));
+/// }
+/// // 25 retries in a quarter second where 12.5 calls arrive: the load tripled.
+/// assert!((view.load(Duration::from_secs(2)) - 2.0).abs() < 1e-9);
+/// ```
+///
+/// [`ModelDecider`]: super::ModelDecider
+#[derive(Debug)]
+pub struct RetryCalendar {
+    origin: Instant,
+    targets: Mutex<HashMap<Arc<str>, Target>>,
+}
+
+impl Default for RetryCalendar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryCalendar {
+    /// An empty calendar, its slots counted from now.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Nanoseconds from the origin to `at` (`u64` holds 584 years).
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    fn slot_of(&self, at: Instant) -> u64 {
+        self.nanos(at) / SLOT.as_nanos() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Target>> {
+        // A panic elsewhere while holding the lock leaves counts, never a broken invariant.
+        self.targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells of one failure at `target` at `now` (`first`: of a call's first attempt), and
+    /// opens the view a decision about it reads: the load each wait would land in, and the
+    /// booking of the wait chosen. `failure_rate` is the target's current failure rate: the
+    /// offered rate (calls per second) is estimated as the last second's failed first
+    /// attempts (this one included) over it, at least [`MIN_FAILURE_RATE`]; without one,
+    /// loads read as zero.
+    pub fn after_failure<'a>(
+        &'a self,
+        target: &'a str,
+        now: Instant,
+        first: bool,
+        failure_rate: Option<f64>,
+    ) -> CalendarView<'a> {
+        let n = self.slot_of(now);
+        let mut map = self.lock();
+        if !map.contains_key(target) {
+            if map.len() >= MAX_TARGETS {
+                // Drop the targets idle for a lap of the ring.
+                map.retain(|_, t| t.latest + SLOTS as u64 > n);
+            }
+            if map.len() >= MAX_TARGETS {
+                // Memory stays bounded: a new target beyond the busy ones is weighed as
+                // if alone (no rate known, nothing booked).
+                return CalendarView {
+                    map,
+                    target,
+                    since_origin: self.nanos(now),
+                    per_slot: 0.0,
+                };
+            }
+        }
+        let t = map.entry(Arc::from(target)).or_insert_with(Target::new);
+        if first {
+            let s = t.slot(n);
+            s.first_failed = s.first_failed.saturating_add(1);
+        }
+        let failures: u64 = (n.saturating_sub(RATE_SLOTS - 1)..=n)
+            .map(|k| u64::from(t.get(k).first_failed))
+            .sum();
+        let per_slot = failure_rate
+            .filter(|f| f.is_finite())
+            .map(|f| failures as f64 / f.clamp(MIN_FAILURE_RATE, 1.0) / RATE_SLOTS as f64)
+            .unwrap_or(0.0);
+        CalendarView {
+            map,
+            target,
+            since_origin: self.nanos(now),
+            per_slot,
+        }
+    }
+
+    /// The retries booked at `target` to start within the slot holding `at`.
+    pub fn booked(&self, target: &str, at: Instant) -> u32 {
+        let n = self.slot_of(at);
+        self.lock().get(target).map_or(0, |t| t.get(n).booked)
+    }
+}
+
+/// One decision's view of a [`RetryCalendar`] (it holds the calendar's lock: keep it for
+/// one decision only).
+pub struct CalendarView<'a> {
+    map: std::sync::MutexGuard<'a, HashMap<Arc<str>, Target>>,
+    target: &'a str,
+    /// The decision's moment, in nanoseconds from the calendar's origin.
+    since_origin: u64,
+    /// Calls (first attempts) the target is offered per slot (estimated).
+    per_slot: f64,
+}
+
+impl std::fmt::Debug for CalendarView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CalendarView")
+            .field("target", &self.target)
+            .field("per_slot", &self.per_slot)
+            .finish()
+    }
+}
+
+impl CalendarView<'_> {
+    /// The calls per second the target is offered (their first attempts), as estimated.
+    pub fn offered_rate(&self) -> f64 {
+        self.per_slot / SLOT.as_secs_f64()
+    }
+
+    fn slot_after(&self, wait: Duration) -> Option<u64> {
+        (wait < HORIZON).then(|| {
+            let at = self.since_origin.saturating_add(wait.as_nanos() as u64);
+            at / SLOT.as_nanos() as u64
+        })
+    }
+
+    /// The retries booked where a retry after `wait` would start, over the first attempts
+    /// the target is offered in a slot: 0 where none are booked (or nothing is known of
+    /// the target's rate), 1 where they double its load.
+    pub fn load(&self, wait: Duration) -> f64 {
+        let mut out = [0.0];
+        self.loads(&[wait], &mut out);
+        out[0]
+    }
+
+    /// [`load`](Self::load) of each of `waits` into `out` (one look-up for them all).
+    pub fn loads(&self, waits: &[Duration], out: &mut [f64]) {
+        let target = self.map.get(self.target).filter(|_| self.per_slot > 0.0);
+        for (w, o) in waits.iter().zip(out.iter_mut()) {
+            *o = match (target, self.slot_after(*w)) {
+                (Some(t), Some(n)) => f64::from(t.get(n).booked) / self.per_slot,
+                _ => 0.0,
+            };
+        }
+    }
+
+    /// Books a retry to start after `wait`.
+    pub fn book(&mut self, wait: Duration) {
+        let Some(n) = self.slot_after(wait) else {
+            return;
+        };
+        let map = &mut *self.map;
+        // The target's entry was made when the view was opened.
+        let Some(t) = map.get_mut(self.target) else {
+            return;
+        };
+        let s = t.slot(n);
+        s.booked = s.booked.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bookings_expire_as_their_slot_passes() {
+        let c = RetryCalendar::new();
+        let now = Instant::now();
+        let mut v = c.after_failure("a", now, true, Some(0.5));
+        v.book(Duration::from_secs(1));
+        drop(v);
+        assert_eq!(c.booked("a", now + Duration::from_secs(1)), 1);
+        assert_eq!(c.booked("b", now + Duration::from_secs(1)), 0);
+        // A slot reused a lap later starts empty.
+        let lap = SLOT * SLOTS as u32;
+        assert_eq!(c.booked("a", now + Duration::from_secs(1) + lap), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_offered_rate_is_first_failures_over_the_failure_rate() {
+        let c = RetryCalendar::new();
+        let now = Instant::now();
+        for _ in 0..9 {
+            drop(c.after_failure("a", now, true, None));
+        }
+        // Ten first attempts failed this second at a 10 % failure rate: 100 calls a second.
+        assert!((c.after_failure("a", now, true, Some(0.1)).offered_rate() - 100.0).abs() < 1e-9);
+        // A retry's failure is not a call offered.
+        assert!((c.after_failure("a", now, false, Some(0.1)).offered_rate() - 100.0).abs() < 1e-9);
+        // No failure rate known: no load is estimated.
+        let v = c.after_failure("a", now, true, None);
+        assert_eq!(v.offered_rate(), 0.0);
+        assert_eq!(v.load(Duration::ZERO), 0.0);
+        drop(v);
+        // A second later only the new failure counts.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let v = c.after_failure("a", Instant::now(), true, Some(0.1));
+        assert!((v.offered_rate() - 10.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_holds_at_most_max_targets_and_makes_room_from_idle_ones() {
+        let c = RetryCalendar::new();
+        let now = Instant::now();
+        for i in 0..MAX_TARGETS {
+            drop(c.after_failure(&format!("t{i}"), now, true, Some(1.0)));
+        }
+        // All busy: one more is weighed as if alone, and not remembered.
+        let mut v = c.after_failure("new", now, true, Some(1.0));
+        assert_eq!(v.offered_rate(), 0.0);
+        v.book(Duration::from_secs(1));
+        drop(v);
+        assert_eq!(c.booked("new", now + Duration::from_secs(1)), 0);
+        assert_eq!(c.lock().len(), MAX_TARGETS);
+        // A lap of the ring later they are idle, and make room.
+        let later = now + SLOT * SLOTS as u32;
+        let mut v = c.after_failure("new", later, true, Some(1.0));
+        assert!(v.offered_rate() > 0.0);
+        v.book(Duration::from_secs(1));
+        drop(v);
+        assert_eq!(c.booked("new", later + Duration::from_secs(1)), 1);
+        assert_eq!(c.lock().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_beyond_the_horizon_land_in_no_load() {
+        let c = RetryCalendar::new();
+        let now = Instant::now();
+        let mut v = c.after_failure("a", now, true, Some(1.0));
+        v.book(HORIZON);
+        assert_eq!(v.load(HORIZON), 0.0);
+        v.book(Duration::ZERO);
+        assert!(v.load(Duration::ZERO) > 0.0);
+    }
+}
