@@ -76,13 +76,22 @@ fn decide(c: &mut Criterion) {
         let w = learned.weigh(c);
         assert!(!w.fell_back && !w.alternatives.is_empty(), "{c:?}");
     }
+    // The same without a retry calendar: what pricing the load of booked retries costs.
+    let alone = ModelDecider::builder()
+        .model(model.clone())
+        .deadline(Duration::from_secs(10))
+        .min_support(0)
+        .without_calendar()
+        .build()
+        .unwrap();
     let adaptive = RuleBasedAdaptive::new()
         .with_model(model.clone())
         .deadline(Duration::from_secs(10))
         .unwrap();
     let rules = RetryRules::builder().max_attempts(4).build().unwrap();
-    let cases: [(&str, &dyn RetryDecider); 3] = [
+    let cases: [(&str, &dyn RetryDecider); 4] = [
         ("model-decider-32", &learned),
+        ("model-decider-32-without-calendar", &alone),
         ("rule-adaptive-with-model", &adaptive),
         ("retry-rules", &rules),
     ];

@@ -112,7 +112,30 @@ impl Target {
 #[derive(Debug)]
 pub struct RetryCalendar {
     origin: Instant,
-    targets: Mutex<HashMap<Arc<str>, Target>>,
+    targets: Mutex<Targets>,
+}
+
+/// The targets' slots, and where each target's are (a decision hashes its target once).
+#[derive(Debug, Default)]
+struct Targets {
+    index: HashMap<Arc<str>, usize>,
+    slots: Vec<Target>,
+}
+
+impl Targets {
+    /// Keeps only the targets written to within the last lap of the ring before slot `n`.
+    fn drop_idle(&mut self, n: u64) {
+        let live = |t: &Target| t.latest + SLOTS as u64 > n;
+        let old = std::mem::take(&mut self.slots);
+        let mut names: Vec<(Arc<str>, usize)> = self.index.drain().collect();
+        names.sort_unstable_by_key(|(_, i)| *i);
+        for ((name, _), t) in names.into_iter().zip(old) {
+            if live(&t) {
+                self.index.insert(name, self.slots.len());
+                self.slots.push(t);
+            }
+        }
+    }
 }
 
 impl Default for RetryCalendar {
@@ -126,7 +149,7 @@ impl RetryCalendar {
     pub fn new() -> Self {
         Self {
             origin: Instant::now(),
-            targets: Mutex::new(HashMap::new()),
+            targets: Mutex::new(Targets::default()),
         }
     }
 
@@ -139,7 +162,7 @@ impl RetryCalendar {
         self.nanos(at) / SLOT.as_nanos() as u64
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Target>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Targets> {
         // A panic elsewhere while holding the lock leaves counts, never a broken invariant.
         self.targets
             .lock()
@@ -152,32 +175,39 @@ impl RetryCalendar {
     /// offered rate (calls per second) is estimated as the last second's failed first
     /// attempts (this one included) over it, at least [`MIN_FAILURE_RATE`]; without one,
     /// loads read as zero.
-    pub fn after_failure<'a>(
-        &'a self,
-        target: &'a str,
+    pub fn after_failure(
+        &self,
+        target: &str,
         now: Instant,
         first: bool,
         failure_rate: Option<f64>,
-    ) -> CalendarView<'a> {
+    ) -> CalendarView<'_> {
         let n = self.slot_of(now);
-        let mut map = self.lock();
-        if !map.contains_key(target) {
-            if map.len() >= MAX_TARGETS {
-                // Drop the targets idle for a lap of the ring.
-                map.retain(|_, t| t.latest + SLOTS as u64 > n);
+        let since_origin = self.nanos(now);
+        let mut all = self.lock();
+        let at = match all.index.get(target) {
+            Some(i) => *i,
+            None => {
+                if all.slots.len() >= MAX_TARGETS {
+                    all.drop_idle(n);
+                }
+                if all.slots.len() >= MAX_TARGETS {
+                    // Memory stays bounded: a new target beyond the busy ones is weighed
+                    // as if alone (no rate known, nothing booked).
+                    return CalendarView {
+                        all,
+                        at: None,
+                        since_origin,
+                        per_slot: 0.0,
+                    };
+                }
+                let i = all.slots.len();
+                all.slots.push(Target::new());
+                all.index.insert(Arc::from(target), i);
+                i
             }
-            if map.len() >= MAX_TARGETS {
-                // Memory stays bounded: a new target beyond the busy ones is weighed as
-                // if alone (no rate known, nothing booked).
-                return CalendarView {
-                    map,
-                    target,
-                    since_origin: self.nanos(now),
-                    per_slot: 0.0,
-                };
-            }
-        }
-        let t = map.entry(Arc::from(target)).or_insert_with(Target::new);
+        };
+        let t = &mut all.slots[at];
         if first {
             let s = t.slot(n);
             s.first_failed = s.first_failed.saturating_add(1);
@@ -190,9 +220,9 @@ impl RetryCalendar {
             .map(|f| failures as f64 / f.clamp(MIN_FAILURE_RATE, 1.0) / RATE_SLOTS as f64)
             .unwrap_or(0.0);
         CalendarView {
-            map,
-            target,
-            since_origin: self.nanos(now),
+            all,
+            at: Some(at),
+            since_origin,
             per_slot,
         }
     }
@@ -200,15 +230,19 @@ impl RetryCalendar {
     /// The retries booked at `target` to start within the slot holding `at`.
     pub fn booked(&self, target: &str, at: Instant) -> u32 {
         let n = self.slot_of(at);
-        self.lock().get(target).map_or(0, |t| t.get(n).booked)
+        let all = self.lock();
+        all.index
+            .get(target)
+            .map_or(0, |i| all.slots[*i].get(n).booked)
     }
 }
 
 /// One decision's view of a [`RetryCalendar`] (it holds the calendar's lock: keep it for
 /// one decision only).
 pub struct CalendarView<'a> {
-    map: std::sync::MutexGuard<'a, HashMap<Arc<str>, Target>>,
-    target: &'a str,
+    all: std::sync::MutexGuard<'a, Targets>,
+    /// Where the target's slots are (none when the calendar had no room for it).
+    at: Option<usize>,
     /// The decision's moment, in nanoseconds from the calendar's origin.
     since_origin: u64,
     /// Calls (first attempts) the target is offered per slot (estimated).
@@ -218,7 +252,7 @@ pub struct CalendarView<'a> {
 impl std::fmt::Debug for CalendarView<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CalendarView")
-            .field("target", &self.target)
+            .field("target", &self.at)
             .field("per_slot", &self.per_slot)
             .finish()
     }
@@ -248,7 +282,10 @@ impl CalendarView<'_> {
 
     /// [`load`](Self::load) of each of `waits` into `out` (one look-up for them all).
     pub fn loads(&self, waits: &[Duration], out: &mut [f64]) {
-        let target = self.map.get(self.target).filter(|_| self.per_slot > 0.0);
+        let target = self
+            .at
+            .map(|i| &self.all.slots[i])
+            .filter(|_| self.per_slot > 0.0);
         for (w, o) in waits.iter().zip(out.iter_mut()) {
             *o = match (target, self.slot_after(*w)) {
                 (Some(t), Some(n)) => f64::from(t.get(n).booked) / self.per_slot,
@@ -262,12 +299,10 @@ impl CalendarView<'_> {
         let Some(n) = self.slot_after(wait) else {
             return;
         };
-        let map = &mut *self.map;
-        // The target's entry was made when the view was opened.
-        let Some(t) = map.get_mut(self.target) else {
+        let Some(i) = self.at else {
             return;
         };
-        let s = t.slot(n);
+        let s = self.all.slots[i].slot(n);
         s.booked = s.booked.saturating_add(1);
     }
 }
@@ -325,15 +360,25 @@ mod tests {
         v.book(Duration::from_secs(1));
         drop(v);
         assert_eq!(c.booked("new", now + Duration::from_secs(1)), 0);
-        assert_eq!(c.lock().len(), MAX_TARGETS);
-        // A lap of the ring later they are idle, and make room.
+        assert_eq!(c.lock().slots.len(), MAX_TARGETS);
+        // One of them books a retry shortly before the others have been idle a lap.
         let later = now + SLOT * SLOTS as u32;
+        let mut v = c.after_failure("t7", later - SLOT * 8, true, Some(1.0));
+        v.book(Duration::from_secs(10));
+        drop(v);
+        // A lap of the ring later the others are idle, and make room.
         let mut v = c.after_failure("new", later, true, Some(1.0));
         assert!(v.offered_rate() > 0.0);
         v.book(Duration::from_secs(1));
         drop(v);
         assert_eq!(c.booked("new", later + Duration::from_secs(1)), 1);
-        assert_eq!(c.lock().len(), 1);
+        assert_eq!(c.lock().slots.len(), 2);
+        assert_eq!(c.lock().index.len(), 2);
+        // The one kept keeps its bookings.
+        assert_eq!(
+            c.booked("t7", later - SLOT * 8 + Duration::from_secs(10)),
+            1
+        );
     }
 
     #[tokio::test(start_paused = true)]
