@@ -8,7 +8,7 @@ use crate::error::{Check, ConfigError};
 
 use super::{BreakerEvent, CircuitBreaker};
 
-const CHECK: Check = Check::new("breaker");
+pub(crate) const CHECK: Check = Check::new("breaker");
 
 /// Which recent calls the failure and slow-call rates are computed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,7 @@ pub struct BreakerConfig {
     pub(crate) max_wait_in_half_open: Option<Duration>,
     pub(crate) open_duration: OpenDuration,
     pub(crate) listeners: Vec<Listener>,
+    pub(crate) predict: Option<super::Prediction>,
 }
 
 impl fmt::Debug for BreakerConfig {
@@ -130,6 +131,7 @@ impl fmt::Debug for BreakerConfig {
             .field("max_wait_in_half_open", &self.max_wait_in_half_open)
             .field("open_duration", &self.open_duration)
             .field("listeners", &self.listeners.len())
+            .field("predict", &self.predict)
             .finish()
     }
 }
@@ -156,6 +158,7 @@ impl BreakerBuilder {
                 max_wait_in_half_open: None,
                 open_duration: OpenDuration::Fixed(Duration::from_secs(60)),
                 listeners: Vec::new(),
+                predict: None,
             },
         }
     }
@@ -218,6 +221,14 @@ impl BreakerBuilder {
         self.open_duration(OpenDuration::Fixed(d))
     }
 
+    /// Consults a success model ([`Prediction`](super::Prediction)): the circuit also
+    /// opens when a fresh call is predicted to fail, and stays open for as long as the
+    /// model predicts a probe would. Defaults to none: rates and the open duration alone.
+    pub fn predict(mut self, prediction: super::Prediction) -> Self {
+        self.cfg.predict = Some(prediction);
+        self
+    }
+
     /// Calls `listener` on every [`BreakerEvent`].
     pub fn on_event(mut self, listener: impl Fn(&BreakerEvent) + Send + Sync + 'static) -> Self {
         self.cfg.listeners.push(Arc::new(listener));
@@ -276,6 +287,9 @@ impl BreakerBuilder {
                 }
             }
             OpenDuration::Custom(_) => {}
+        }
+        if let Some(p) = &c.predict {
+            p.check()?;
         }
         Ok(CircuitBreaker::from_config(self.name, self.cfg))
     }

@@ -77,6 +77,9 @@ struct Shared {
     /// End of OPEN in nanoseconds since `origin`. Written only while `core` is locked,
     /// before `word` announces OPEN.
     open_until: AtomicU64,
+    /// When the last success ended, in nanoseconds since `origin` (kept only with a
+    /// [`super::Prediction`]: the model reads the time since it).
+    last_success: AtomicU64,
     /// Refused calls; counted without the lock so refusing stays cheap.
     not_permitted: Striped,
     /// Outcomes of CLOSED and METRICS_ONLY, written without taking `core` (a count window
@@ -142,6 +145,7 @@ impl CircuitBreaker {
                 origin: Instant::now(),
                 word: AtomicU64::new(pack(0, State::Closed)),
                 open_until: AtomicU64::new(0),
+                last_success: AtomicU64::new(0),
                 not_permitted: Striped::default(),
                 window,
                 totals: Totals::default(),
@@ -318,6 +322,10 @@ impl CircuitBreaker {
             t.slow.add(1);
         }
         t.response_nanos.add(duration_nanos(latency));
+        if outcome == CallOutcome::Success && s.cfg.predict.is_some() {
+            s.last_success
+                .fetch_max(self.now_nanos(), Ordering::Relaxed);
+        }
 
         let (cur_epoch, state) = unpack(s.word.load(Ordering::Acquire));
         if cur_epoch != epoch {
@@ -344,6 +352,11 @@ impl CircuitBreaker {
                         }
                     }
                     self.emit(pending);
+                } else if counts.calls >= needed
+                    && outcome == CallOutcome::Failure
+                    && let Some(pred) = &s.cfg.predict
+                {
+                    self.check_prediction(pred, epoch, state, counts, now);
                 }
             }
             State::HalfOpen => {
@@ -407,6 +420,49 @@ impl CircuitBreaker {
         }
     }
 
+    /// After a failure the rates let pass: opens if the model predicts a fresh call
+    /// succeeds less often than its threshold.
+    fn check_prediction(
+        &self,
+        pred: &super::Prediction,
+        epoch: u64,
+        state: State,
+        counts: Counts,
+        now: Option<u64>,
+    ) {
+        let s = &*self.shared;
+        let now = now.unwrap_or_else(|| self.now_nanos());
+        let ctx = self.fresh_call(counts, now);
+        let Some(p) = pred.p_fresh(&ctx).filter(|p| *p < pred.threshold) else {
+            return;
+        };
+        let mut pending = Pending::default();
+        {
+            let mut core = self.lock();
+            if s.word.load(Ordering::Acquire) == pack(epoch, state) {
+                if !s.cfg.listeners.is_empty() {
+                    pending.0.push(BreakerEvent::SuccessPredictedLow {
+                        name: Arc::clone(&s.name),
+                        p_success: p,
+                    });
+                }
+                if state == State::Closed {
+                    tracing::debug!(breaker = %s.name, p_success = p, "a fresh call is predicted to fail");
+                    self.transition(&mut core, State::Open, Some(now), counts, &mut pending);
+                }
+            }
+        }
+        self.emit(pending);
+    }
+
+    /// A fresh call to the target as the breaker knows it at `now`.
+    fn fresh_call(&self, counts: Counts, now: u64) -> crate::attempt::AttemptContext {
+        let s = &*self.shared;
+        let since = now.saturating_sub(s.last_success.load(Ordering::Relaxed));
+        let rate = (counts.calls > 0).then(|| counts.failure_rate());
+        super::Prediction::fresh(&s.name, rate, Duration::from_nanos(since))
+    }
+
     fn record_probe(
         &self,
         core: &mut Core,
@@ -437,6 +493,22 @@ impl CircuitBreaker {
         let sr_all = f64::from(done.slow) / f64::from(n);
         if fr_all >= cfg.failure_rate_threshold || sr_all >= cfg.slow_call_rate_threshold {
             self.transition(core, State::Open, now, done, pending);
+        } else if outcome == CallOutcome::Failure
+            && let Some(pred) = &cfg.predict
+            && let Some(p) = {
+                let ctx = self.fresh_call(done, now.unwrap_or_else(|| self.now_nanos()));
+                pred.p_fresh(&ctx).filter(|p| *p < pred.threshold)
+            }
+        {
+            // The probes follow the same rule: a failed one after which a fresh call is
+            // predicted to fail reopens the circuit.
+            if !cfg.listeners.is_empty() {
+                pending.0.push(BreakerEvent::SuccessPredictedLow {
+                    name: Arc::clone(&self.shared.name),
+                    p_success: p,
+                });
+            }
+            self.transition(core, State::Open, now, done, pending);
         } else if done.calls >= n {
             self.transition(core, State::Closed, now, done, pending);
         }
@@ -459,11 +531,19 @@ impl CircuitBreaker {
         match to {
             State::Open => {
                 core.consecutive_opens = core.consecutive_opens.saturating_add(1);
-                let d = s.cfg.open_duration.for_opening(&OpenContext {
-                    name: &s.name,
-                    consecutive_opens: core.consecutive_opens,
-                    failure_rate: counts.failure_rate(),
-                    slow_call_rate: counts.slow_rate(),
+                // The model's wait until a probe is worth sending, or the configured one.
+                let predicted = s
+                    .cfg
+                    .predict
+                    .as_ref()
+                    .and_then(|p| p.open_for(&self.fresh_call(counts, now())));
+                let d = predicted.unwrap_or_else(|| {
+                    s.cfg.open_duration.for_opening(&OpenContext {
+                        name: &s.name,
+                        consecutive_opens: core.consecutive_opens,
+                        failure_rate: counts.failure_rate(),
+                        slow_call_rate: counts.slow_rate(),
+                    })
                 });
                 s.open_until
                     .store(now().saturating_add(duration_nanos(d)), Ordering::Release);

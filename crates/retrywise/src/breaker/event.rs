@@ -91,6 +91,14 @@ pub enum BreakerEvent {
         /// The rate.
         rate: f64,
     },
+    /// The model predicts a fresh call succeeds less often than the breaker's
+    /// [`Prediction`](super::Prediction) threshold (emitted in METRICS_ONLY too).
+    SuccessPredictedLow {
+        /// The breaker's name.
+        name: Arc<str>,
+        /// The predicted probability.
+        p_success: f64,
+    },
 }
 
 /// A call was refused by an open circuit breaker.

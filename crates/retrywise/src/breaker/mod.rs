@@ -3,7 +3,9 @@
 //! States CLOSED, OPEN and HALF_OPEN, plus the operator states DISABLED, FORCED_OPEN and
 //! METRICS_ONLY; count- and time-based sliding windows; failure-rate and slow-call-rate
 //! thresholds with a minimum number of calls; a fixed number of HALF_OPEN probes; an open
-//! duration that is fixed, exponential or produced by a function (where a model plugs in);
+//! duration that is fixed, exponential or produced by a function; with a success model
+//! ([`Prediction`]), an opening when a fresh call is predicted to fail and an open duration
+//! the model chooses;
 //! state-change events and a metrics snapshot with the design sketch's totals, success rate and
 //! health score.
 //!
@@ -14,6 +16,7 @@
 mod config;
 mod core;
 mod event;
+mod predict;
 mod window;
 
 pub use config::{
@@ -21,6 +24,7 @@ pub use config::{
 };
 pub use core::{CallOutcome, CircuitBreaker, Permit};
 pub use event::{BreakerEvent, BreakerMetrics, CircuitOpen, State};
+pub use predict::Prediction;
 
 #[cfg(test)]
 mod tests {
@@ -560,6 +564,238 @@ mod tests {
         fn open(&mut self, now: u64) {
             self.state = State::Open;
             self.open_until = now + 30_000;
+        }
+    }
+
+    /// Back 5 s after the last success; until then a fresh call succeeds as often as the
+    /// window's calls did.
+    fn back_in_5s() -> Arc<dyn crate::model::SuccessModel> {
+        Arc::new(|c: &crate::attempt::AttemptContext| {
+            assert_eq!((c.attempt, c.error), (1, None), "a fresh call");
+            let since = c.since_success.expect("the breaker knows") + c.delay;
+            if since >= Duration::from_secs(5) {
+                0.9
+            } else {
+                1.0 - c.failure_rate.unwrap_or(0.0)
+            }
+        })
+    }
+
+    fn predictive(model: Arc<dyn crate::model::SuccessModel>) -> BreakerBuilder {
+        small()
+            .failure_rate_threshold(0.9)
+            .predict(Prediction::new(model).threshold(0.5))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_when_a_fresh_call_is_predicted_to_fail_for_as_long_as_the_model_says() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let b = predictive(back_in_5s())
+            .on_event(move |e| seen.lock().unwrap().push(e.clone()))
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            call(&b, CallOutcome::Success).unwrap();
+        }
+        for _ in 0..2 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        // Half the window failed: p = 0.5 is not below the threshold; the rate (0.9) is far.
+        assert_eq!(b.state(), State::Closed);
+        call(&b, CallOutcome::Failure).unwrap();
+        // 3 of 5: p = 0.4.
+        assert_eq!(b.state(), State::Open);
+        assert!(events.lock().unwrap().iter().any(|e| matches!(
+            e,
+            BreakerEvent::SuccessPredictedLow { p_success, .. } if (*p_success - 0.4).abs() < 1e-9
+        )));
+        // Open until the first weighed wait at which the target is predicted back: 5 s after
+        // the last success, not the configured 30 s.
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert!(
+            left >= Duration::from_secs(5) && left < Duration::from_secs(7),
+            "{left:?}"
+        );
+        tokio::time::advance(left).await;
+        // The target is predicted back: one failed probe is not enough to reopen it...
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.state(), State::HalfOpen);
+        // ...two are (the rate); the model predicts the target back at once, so it reopens
+        // for the shortest wait allowed.
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Open);
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert_eq!(left, Duration::from_millis(500));
+        tokio::time::advance(left).await;
+        call(&b, CallOutcome::Success).unwrap();
+        call(&b, CallOutcome::Success).unwrap();
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_it_when_a_fresh_call_is_predicted_to_fail() {
+        // Never back: every probe that fails says so, and the circuit reopens at once,
+        // for the longest wait allowed.
+        let never =
+            Arc::new(|c: &crate::attempt::AttemptContext| 1.0 - c.failure_rate.unwrap_or(0.0));
+        let b = predictive(never).build().unwrap();
+        for _ in 0..5 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::Open);
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert_eq!(left, Duration::from_secs(60));
+        tokio::time::advance(left).await;
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Open, "one of two probes failed: p = 0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rates_still_open_it_and_the_model_still_times_it() {
+        // A model that never predicts trouble does not keep the rates from opening the
+        // circuit; it then chooses the open duration: the shortest allowed.
+        let b = small()
+            .predict(Prediction::new(Arc::new(
+                |_: &crate::attempt::AttemptContext| 0.99,
+            )))
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::Open);
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert_eq!(left, Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_answering_nan_is_no_evidence() {
+        let nan = Arc::new(|_: &crate::attempt::AttemptContext| f64::NAN);
+        let b = predictive(nan).build().unwrap();
+        for _ in 0..5 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        // Every call failed: the rate opens it, and the configured 30 s apply.
+        assert_eq!(b.state(), State::Open);
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert_eq!(left, Duration::from_secs(30));
+        // And below the rate threshold, NaN never opens it.
+        let b = predictive(Arc::new(|_: &crate::attempt::AttemptContext| f64::NAN))
+            .build()
+            .unwrap();
+        for outcome in [CallOutcome::Success, CallOutcome::Failure].repeat(5) {
+            call(&b, outcome).unwrap();
+        }
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_only_tells_of_the_prediction_and_stays() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let b = predictive(back_in_5s())
+            .on_event(move |e| seen.lock().unwrap().push(e.clone()))
+            .build()
+            .unwrap();
+        b.metrics_only();
+        call(&b, CallOutcome::Success).unwrap();
+        for _ in 0..4 {
+            call(&b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::MetricsOnly);
+        assert!(
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, BreakerEvent::SuccessPredictedLow { .. }))
+        );
+    }
+
+    #[test]
+    fn prediction_settings_are_checked() {
+        let m = back_in_5s();
+        for (p, field) in [
+            (
+                Prediction::new(m.clone()).threshold(0.0),
+                "predict.threshold",
+            ),
+            (
+                Prediction::new(m.clone()).threshold(1.0),
+                "predict.threshold",
+            ),
+            (
+                Prediction::new(m.clone()).threshold(f64::NAN),
+                "predict.threshold",
+            ),
+            (
+                Prediction::new(m.clone()).open_between(Duration::ZERO, Duration::from_secs(1)),
+                "predict.min_open",
+            ),
+            (
+                Prediction::new(m.clone())
+                    .open_between(Duration::from_secs(2), Duration::from_secs(1)),
+                "predict.max_open",
+            ),
+        ] {
+            let err = small().predict(p).build().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the model answers, the circuit opens for a duration within the bounds.
+        #[test]
+        fn the_predicted_open_duration_stays_within_its_bounds(
+            back_after_ms in 0u64..200_000,
+            p_back in 0.0f64..=1.0,
+            p_before in 0.0f64..=1.0,
+            min_ms in 1u64..5_000,
+            extra_ms in 0u64..100_000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
+                    let since = c.since_success.unwrap_or_default() + c.delay;
+                    if since >= Duration::from_millis(back_after_ms) { p_back } else { p_before }
+                });
+                let (min, max) = (
+                    Duration::from_millis(min_ms),
+                    Duration::from_millis(min_ms + extra_ms),
+                );
+                let b = small()
+                    .predict(Prediction::new(model).open_between(min, max))
+                    .build()
+                    .unwrap();
+                for _ in 0..5 {
+                    call(&b, CallOutcome::Failure).unwrap();
+                }
+                prop_assert_eq!(b.state(), State::Open);
+                let left = call(&b, CallOutcome::Success).unwrap_err().remaining.unwrap();
+                prop_assert!(left >= min && left <= max, "{:?} not in {:?}..={:?}", left, min, max);
+                Ok(())
+            })?;
         }
     }
 

@@ -1,0 +1,159 @@
+//! The breaker's predictive trigger and open duration: what a success model says of a
+//! fresh call to the target.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::attempt::AttemptContext;
+use crate::error::ConfigError;
+use crate::model::SuccessModel;
+
+use super::config::CHECK;
+
+/// Waits weighed for the open duration, log-spaced from the shortest to the longest.
+const WAITS: usize = 16;
+
+/// How a [`CircuitBreaker`](super::CircuitBreaker) consults a success model
+/// ([`BreakerBuilder::predict`](super::BreakerBuilder::predict)).
+///
+/// Besides its rate triggers, the breaker then opens when the model predicts that a fresh
+/// call to the target — a first attempt, given the window's failure rate and the time
+/// since the last success — succeeds with a probability below `threshold` (asked after a
+/// failure only: a success never makes a fresh call look worse, and the success path pays
+/// nothing but one clock read). Whatever opened it, it stays open for the shortest wait,
+/// among 16 from `min_open` to `max_open`, after which a probe is predicted to succeed
+/// at least as often as `threshold` (`max_open` when none is), instead of its configured
+/// open duration; a failed probe reopens it the same way. A model answering NaN is no
+/// evidence: no predictive opening, and the configured open duration.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use retrywise::attempt::AttemptContext;
+/// use retrywise::breaker::{CallOutcome, CircuitBreaker, Prediction, SlidingWindow, State};
+///
+/// // Calls succeed as often as the window's calls did, and the target comes back 5 s
+/// // after its last success.
+/// let model = |c: &AttemptContext| {
+///     let since = c.since_success.unwrap_or_default() + c.delay;
+///     if since >= Duration::from_secs(5) { 0.9 } else { 1.0 - c.failure_rate.unwrap_or(0.0) }
+/// };
+/// let breaker = CircuitBreaker::builder("payments")
+///     .window(SlidingWindow::Count(10))
+///     .minimum_calls(4)
+///     .failure_rate_threshold(0.9) // the rate alone would wait for 9 failures in 10
+///     .predict(Prediction::new(Arc::new(model)).threshold(0.5))
+///     .build()?;
+/// for outcome in [CallOutcome::Success, CallOutcome::Failure, CallOutcome::Failure, CallOutcome::Failure] {
+///     breaker.try_acquire().expect("closed").record(outcome, Duration::from_millis(3));
+/// }
+/// // 3 failures in 4: a fresh call is predicted to succeed 25 % of the time.
+/// assert_eq!(breaker.state(), State::Open);
+/// let refused = breaker.try_acquire().unwrap_err();
+/// // Open until about 5 s after the last success (the first wait of the grid past it).
+/// let left = refused.remaining.expect("open");
+/// assert!(left >= Duration::from_secs(5) && left < Duration::from_secs(8), "{left:?}");
+/// # Ok::<(), retrywise::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct Prediction {
+    pub(crate) model: Arc<dyn SuccessModel>,
+    pub(crate) threshold: f64,
+    pub(crate) min_open: Duration,
+    pub(crate) max_open: Duration,
+}
+
+impl fmt::Debug for Prediction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prediction")
+            .field("threshold", &self.threshold)
+            .field("min_open", &self.min_open)
+            .field("max_open", &self.max_open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prediction {
+    /// Consults `model`: opening below p = 0.1 (the model-driven decider's default cost
+    /// of an attempt, against a success), open between 500 ms and 60 s.
+    pub fn new(model: Arc<dyn SuccessModel>) -> Self {
+        Self {
+            model,
+            threshold: 0.1,
+            min_open: Duration::from_millis(500),
+            max_open: Duration::from_secs(60),
+        }
+    }
+
+    /// Opens when a fresh call is predicted to succeed less often than `p` (in `(0, 1)`),
+    /// and probes once one is predicted to succeed at least that often.
+    pub fn threshold(mut self, p: f64) -> Self {
+        self.threshold = p;
+        self
+    }
+
+    /// Bounds the open duration the model chooses (`min ≤ max`, both positive).
+    pub fn open_between(mut self, min: Duration, max: Duration) -> Self {
+        self.min_open = min;
+        self.max_open = max;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        CHECK.in_range("predict.threshold", self.threshold, 1e-9, 1.0 - 1e-9)?;
+        CHECK.positive("predict.min_open", self.min_open)?;
+        if self.max_open < self.min_open {
+            return Err(CHECK.err(
+                "predict.max_open",
+                format!(
+                    "{:?} is below the minimum open duration {:?}",
+                    self.max_open, self.min_open
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A fresh call to `target`, as the breaker knows the target.
+    pub(crate) fn fresh(
+        target: &Arc<str>,
+        failure_rate: Option<f64>,
+        since_success: Duration,
+    ) -> AttemptContext {
+        let mut ctx = AttemptContext::first(Arc::clone(target));
+        ctx.failure_rate = failure_rate;
+        ctx.failure_rate_recent = failure_rate;
+        ctx.since_success = Some(since_success);
+        ctx
+    }
+
+    /// The predicted probability that a fresh call succeeds now; `None` on NaN.
+    pub(crate) fn p_fresh(&self, ctx: &AttemptContext) -> Option<f64> {
+        let p = self.model.p_success(ctx);
+        (!p.is_nan()).then(|| p.clamp(0.0, 1.0))
+    }
+
+    /// The shortest weighed wait after which a probe is worth sending (`max_open` when
+    /// none is); `None` when the model answered NaN.
+    pub(crate) fn open_for(&self, ctx: &AttemptContext) -> Option<Duration> {
+        let (lo, hi) = (self.min_open.as_secs_f64(), self.max_open.as_secs_f64());
+        let mut waits = [Duration::ZERO; WAITS];
+        for (i, w) in waits.iter_mut().enumerate() {
+            let x = lo * (hi / lo).powf(i as f64 / (WAITS - 1) as f64);
+            *w = Duration::from_secs_f64(x).clamp(self.min_open, self.max_open);
+        }
+        let mut p = [0.0; WAITS];
+        self.model.p_success_by_delay(ctx, &waits, &mut p);
+        if p.iter().any(|x| x.is_nan()) {
+            return None;
+        }
+        Some(
+            waits
+                .iter()
+                .zip(p)
+                .find(|(_, p)| *p >= self.threshold)
+                .map_or(self.max_open, |(w, _)| *w),
+        )
+    }
+}
