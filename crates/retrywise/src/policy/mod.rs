@@ -54,6 +54,10 @@ const CHECK: Check = Check::new("policy");
 
 pub use crate::health::DEFAULT_HEALTH_WINDOW;
 
+/// How long a call waiting for the circuit breaker ([`PolicyBuilder::wait_for_breaker`])
+/// waits again when HALF_OPEN's probes are all out (the breaker names no end to that).
+pub const BREAKER_POLL: Duration = Duration::from_millis(100);
+
 /// Which request the operation is asked to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
@@ -145,6 +149,7 @@ impl Policy {
             explore: None,
             throttle: None,
             limiter: None,
+            breaker_wait: None,
             classifier: ErrorsAreRetryable,
         }
     }
@@ -333,11 +338,26 @@ impl<C> Policy<C> {
                     attempt_start = Instant::now();
                 }
             }
-            let permit = match p.permit() {
-                Ok(permit) => permit,
-                Err(open) => {
-                    let reason = p.stopped(StopReason::CircuitOpen);
-                    return refused(number - 1, reason, AttemptError::CircuitOpen(open));
+            let permit = loop {
+                match p.permit() {
+                    Ok(permit) => break permit,
+                    Err(open) => {
+                        let wait = open.remaining.unwrap_or(BREAKER_POLL);
+                        match p.breaker_wait {
+                            Some(deadline) if start.elapsed() + wait < deadline => {
+                                tokio::time::sleep(wait).await;
+                                attempt_start = Instant::now();
+                            }
+                            _ => {
+                                let reason = p.stopped(StopReason::CircuitOpen);
+                                return refused(
+                                    number - 1,
+                                    reason,
+                                    AttemptError::CircuitOpen(open),
+                                );
+                            }
+                        }
+                    }
                 }
             };
             let ended = self.attempt(&mut op, ctx, call_id, attempt_start).await;
@@ -656,6 +676,7 @@ pub struct PolicyBuilder<C = ErrorsAreRetryable> {
     explore: Option<Exploration>,
     throttle: Option<AdaptiveThrottle>,
     limiter: Option<CubicRateLimiter>,
+    breaker_wait: Option<Duration>,
     classifier: C,
 }
 
@@ -745,6 +766,19 @@ impl<C> PolicyBuilder<C> {
         self
     }
 
+    /// A call the circuit breaker refuses waits until the breaker lets calls through again
+    /// (its OPEN duration's end; while HALF_OPEN's probes are all out, another
+    /// [`BREAKER_POLL`]) when it can still start within `deadline` of the call's start,
+    /// instead of failing at once; the wait sends nothing upstream. With a breaker that
+    /// times its openings by a model ([`crate::breaker::Prediction`]), the open duration
+    /// is when the target is predicted back, and a call that has time waits for it — the
+    /// admission answer "wait, and how long" — rather than failing a call it could still
+    /// serve. Defaults to none: a refused call fails fast.
+    pub fn wait_for_breaker(mut self, deadline: Duration) -> Self {
+        self.breaker_wait = Some(deadline);
+        self
+    }
+
     /// Whether permanent failures (4xx) count as failures for the breaker. Defaults to
     /// no: a 404 says nothing about the upstream's health.
     pub fn permanent_failures_trip_breaker(mut self, yes: bool) -> Self {
@@ -768,6 +802,7 @@ impl<C> PolicyBuilder<C> {
             explore: self.explore,
             throttle: self.throttle,
             limiter: self.limiter,
+            breaker_wait: self.breaker_wait,
             classifier,
         }
     }
@@ -812,6 +847,7 @@ impl<C> PolicyBuilder<C> {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 counters: Counters::default(),
+                breaker_wait: self.breaker_wait,
             }),
             classifier: self.classifier,
         })

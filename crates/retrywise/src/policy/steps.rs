@@ -77,6 +77,9 @@ pub(crate) struct Inner {
     pub(super) wall_ms: u64,
     pub(super) permanent_is_failure: bool,
     pub(super) counters: Counters,
+    /// A call the breaker refuses waits for it while it can still start within this long
+    /// of the call's start ([`super::PolicyBuilder::wait_for_breaker`]); none: it fails.
+    pub(super) breaker_wait: Option<Duration>,
 }
 
 impl Inner {

@@ -207,6 +207,95 @@ async fn an_open_breaker_stops_the_call_before_it_is_made() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_with_time_waits_for_the_breaker_and_one_without_fails_fast() {
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .permitted_calls_in_half_open(1)
+        .open_for(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        breaker
+            .try_acquire()
+            .unwrap()
+            .record(crate::breaker::CallOutcome::Failure, MS);
+    }
+    let within = |deadline| {
+        Policy::builder("b")
+            .retry(retry(1, 1))
+            .breaker(breaker.clone())
+            .wait_for_breaker(deadline)
+            .build()
+            .unwrap()
+    };
+    // 3 s left of OPEN: a call that must start within 2 s fails at once, sending nothing.
+    let n = AtomicU32::new(0);
+    let started = Instant::now();
+    let err = within(Duration::from_secs(2))
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>(()) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, n.load(Ordering::SeqCst)),
+        (StopReason::CircuitOpen, 0)
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // One with 5 s waits the 3 s out, is the probe, and closes the circuit.
+    let (ok, report) = within(Duration::from_secs(5))
+        .call_with_report(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>(()) }
+        })
+        .await;
+    ok.unwrap();
+    assert_eq!((report.attempts, n.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert_eq!(breaker.state(), crate::breaker::State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_waiting_on_half_open_probes_poll_until_it_closes() {
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .permitted_calls_in_half_open(1)
+        .open_for(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        breaker
+            .try_acquire()
+            .unwrap()
+            .record(crate::breaker::CallOutcome::Failure, MS);
+    }
+    let p = Policy::builder("b")
+        .retry(retry(1, 1))
+        .breaker(breaker.clone())
+        .wait_for_breaker(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    // The probe takes 250 ms; the second caller, refused while it is out, polls.
+    let slow_probe = p.call(|_| async {
+        tokio::time::sleep(250 * MS).await;
+        Ok::<_, io::Error>(())
+    });
+    let second = async {
+        tokio::time::sleep(1001 * MS).await;
+        p.call(|_| async { Ok::<_, io::Error>(()) }).await
+    };
+    let (a, b) = tokio::join!(slow_probe, second);
+    a.unwrap();
+    b.unwrap();
+    // The probe closed the circuit at 1.25 s; the second caller got in at its next poll.
+    assert_eq!(started.elapsed(), 1001 * MS + 3 * BREAKER_POLL);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_budget_stops_retry_storms() {
     let p = Policy::builder("b")
         .retry(retry(10, 1))
