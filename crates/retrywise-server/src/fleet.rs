@@ -15,8 +15,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use retrywise::attempt::{AttemptContext, AttemptRecord, Outcome};
-use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, State};
+use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, Prediction, State};
 use retrywise::health::{Ended, HealthTracker, knows_health};
+use retrywise::model::SuccessModel;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -58,6 +59,13 @@ pub struct TargetView {
     pub breaker_state: String,
     /// Whether a caller should send to the target now (the shared breaker admits calls).
     pub allow: bool,
+    /// The serving model's probability that a fresh call to the target (a first attempt,
+    /// with the health above) succeeds now; null without a model, or when it answers NaN.
+    pub p_success: Option<f64>,
+    /// How long the shared circuit stays open, ms; null unless it is open.
+    pub open_for_ms: Option<f64>,
+    /// Why `allow` is what it is.
+    pub reason: String,
     /// The breaker's counters.
     #[schema(value_type = Object)]
     pub breaker: BreakerMetrics,
@@ -77,13 +85,25 @@ pub enum Observed {
 /// Every target's state. When the fleet is at its cap, a new target takes the place of
 /// idle ones (no attempt within the window, circuit closed); if none is idle, it is not
 /// tracked.
-#[derive(Debug)]
 pub struct Fleet {
     targets: RwLock<HashMap<Arc<str>, Arc<Target>>>,
     /// How many targets `targets` holds (read without the lock on the prediction path).
     count: AtomicUsize,
     window: Duration,
     max_targets: usize,
+    /// The model the shared breakers consult (the serving default model).
+    model: Option<Arc<dyn SuccessModel>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("targets", &self.len())
+            .field("window", &self.window)
+            .field("max_targets", &self.max_targets)
+            .field("model", &self.model.is_some())
+            .finish()
+    }
 }
 
 impl Fleet {
@@ -94,7 +114,17 @@ impl Fleet {
             count: AtomicUsize::new(0),
             window,
             max_targets,
+            model: None,
         }
+    }
+
+    /// Makes every target's shared breaker predictive ([`Prediction`] with `model`): it
+    /// also opens when a fresh call is predicted to fail, for as long as the model
+    /// predicts a probe would, and each target's view carries the predicted p of a fresh
+    /// call.
+    pub fn with_model(mut self, model: Arc<dyn SuccessModel>) -> Self {
+        self.model = Some(model);
+        self
     }
 
     fn get(&self, target: &str) -> Option<Arc<Target>> {
@@ -123,7 +153,11 @@ impl Fleet {
             }
         }
         let health = HealthTracker::new(self.window).ok()?;
-        let breaker = CircuitBreaker::builder(Arc::clone(target)).build().ok()?;
+        let mut breaker = CircuitBreaker::builder(Arc::clone(target));
+        if let Some(m) = &self.model {
+            breaker = breaker.predict(Prediction::new(Arc::clone(m)));
+        }
+        let breaker = breaker.build().ok()?;
         let t = Arc::new(Target { health, breaker });
         map.insert(Arc::clone(target), Arc::clone(&t));
         self.count.store(map.len(), Ordering::Relaxed);
@@ -182,6 +216,30 @@ impl Fleet {
         let t = self.get(target)?;
         let s = t.health.snapshot(now);
         let breaker = t.breaker.metrics();
+        let p_success = self.model.as_ref().and_then(|m| {
+            let mut ctx = AttemptContext::first(Arc::from(target));
+            s.apply(&mut ctx);
+            Some(m.p_success(&ctx)).filter(|p| !p.is_nan())
+        });
+        let open_for = t.breaker.open_remaining();
+        let threshold = t.breaker.prediction().map(Prediction::p_threshold);
+        let reason = match (breaker.state, open_for, p_success, threshold) {
+            (State::Open, Some(d), _, _) => format!(
+                "the shared circuit is open for another {:.0} ms",
+                d.as_secs_f64() * 1e3
+            ),
+            (State::ForcedOpen, ..) => "an operator forced the shared circuit open".to_owned(),
+            (State::HalfOpen, ..) => {
+                "the shared circuit is probing the target (send only as a probe)".to_owned()
+            }
+            (_, _, Some(p), Some(th)) if p < th => format!(
+                "a fresh call is predicted to succeed with p = {p:.3}, below {th}; the circuit opens at the next failure reported"
+            ),
+            (_, _, Some(p), _) => format!(
+                "the shared circuit is closed; a fresh call is predicted to succeed with p = {p:.3}"
+            ),
+            _ => "the shared circuit is closed".to_owned(),
+        };
         Some(TargetView {
             target: target.to_owned(),
             calls: s.calls,
@@ -195,6 +253,9 @@ impl Fleet {
             health_window_ms: s.window.as_secs_f64() * 1e3,
             breaker_state: breaker.state.as_str().to_owned(),
             allow: !matches!(breaker.state, State::Open | State::ForcedOpen),
+            p_success,
+            open_for_ms: open_for.map(|d| d.as_secs_f64() * 1e3),
+            reason,
             breaker,
         })
     }

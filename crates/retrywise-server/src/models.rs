@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use retrywise::model::{LogisticModel, ModelArtifact};
+use retrywise::attempt::AttemptContext;
+use retrywise::model::{LogisticModel, ModelArtifact, SuccessModel};
 
 /// One loaded model version.
 #[derive(Debug)]
@@ -216,4 +217,50 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
         }
     }
     Ok((next, report, newly))
+}
+
+/// The model serving under one name, as a [`SuccessModel`] that follows reloads: every
+/// question goes to the version serving when it is asked (the fleet's shared breakers
+/// consult it). Without a model of that name it answers NaN — no evidence — and knows of
+/// no training rows.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    models: Arc<Models>,
+    name: String,
+}
+
+impl Serving {
+    /// The model serving as `name` in `models`, whichever version that is when asked.
+    pub fn new(models: Arc<Models>, name: impl Into<String>) -> Self {
+        Self {
+            models,
+            name: name.into(),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<LoadedModel>> {
+        self.models.snapshot().get(&self.name).cloned()
+    }
+}
+
+impl SuccessModel for Serving {
+    fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        self.current().map_or(f64::NAN, |m| m.model.p_success(ctx))
+    }
+
+    fn p_success_by_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[std::time::Duration],
+        out: &mut [f64],
+    ) {
+        match self.current() {
+            Some(m) => m.model.p_success_by_delay(ctx, delays, out),
+            None => out.iter_mut().for_each(|p| *p = f64::NAN),
+        }
+    }
+
+    fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+        self.current().map_or(Some(0), |m| m.model.rows_like(ctx))
+    }
 }

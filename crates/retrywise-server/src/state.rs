@@ -15,7 +15,7 @@ pub struct Shared {
     /// The configuration.
     pub config: Config,
     /// The serving models.
-    pub models: Models,
+    pub models: Arc<Models>,
     /// The fleet view.
     pub fleet: Fleet,
     /// The metrics.
@@ -65,9 +65,12 @@ impl Service {
     /// size...; tests inject slow disks here).
     pub fn with_recorder(config: Config, recorder: SegmentRecorder) -> Self {
         let openapi = crate::openapi::render(config.token.is_some());
+        let models = Arc::new(Models::new(config.models.clone()));
         let state = Arc::new(Shared {
-            models: Models::new(config.models.clone()),
-            fleet: Fleet::new(config.health_window, config.max_targets),
+            models: Arc::clone(&models),
+            fleet: Fleet::new(config.health_window, config.max_targets).with_model(Arc::new(
+                crate::models::Serving::new(models, config.default_model.clone()),
+            )),
             metrics: Metrics::new(config.max_target_labels),
             recorder,
             calendar: Arc::new(retrywise::retry::RetryCalendar::new()),

@@ -1001,6 +1001,37 @@ fn arb_json() -> impl Strategy<Value = Value> {
 }
 
 #[tokio::test]
+async fn the_fleet_predicts_with_the_model_serving_now() {
+    let h = Harness::new(|_| {}).await;
+    let ok: Vec<AttemptRecord> = (0..15).map(|i| record("inventory", true, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&ok).unwrap())
+        .await;
+    let (_, v) = h.get("/v1/targets/inventory").await;
+    assert!((v["p_success"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{v}");
+    // A new version that expects every fresh call to fail: the shared breaker and the
+    // view follow it without a restart.
+    write_model(&h.models, &artifact("default", 2, -10.0));
+    h.service.reload().await.unwrap();
+    let (_, v) = h.get("/v1/targets/inventory").await;
+    assert!(v["p_success"].as_f64().unwrap() < 1e-3, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("below 0.1"), "{v}");
+    assert_eq!(v["breaker_state"].as_str(), Some("CLOSED"), "{v}");
+    // Five failures in twenty calls: a quarter, half the rate threshold; the prediction
+    // opens the shared circuit once the window holds its minimum of 20 calls, and keeps
+    // it open for as long as the model predicts a probe would fail (its maximum here).
+    let bad: Vec<AttemptRecord> = (15..20).map(|i| record("inventory", false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, v) = h.get("/v1/targets/inventory").await;
+    assert_eq!(
+        (v["breaker_state"].as_str(), v["allow"].as_bool()),
+        (Some("OPEN"), Some(false)),
+        "{v}"
+    );
+    assert!(v["open_for_ms"].as_f64().unwrap() > 59_000.0, "{v}");
+}
+
+#[tokio::test]
 async fn the_fleet_opens_a_shared_circuit_when_a_target_keeps_failing() {
     let h = Harness::new(|_| {}).await;
     let ok: Vec<AttemptRecord> = (0..10).map(|i| record("inventory", true, i)).collect();
@@ -1012,6 +1043,12 @@ async fn the_fleet_opens_a_shared_circuit_when_a_target_keeps_failing() {
         (Some("CLOSED"), Some(true)),
         "{v}"
     );
+    // The serving model's p of a fresh call (this harness's model: sigmoid(-4 x the
+    // failure rate), 0.5 for a healthy target), and why calls are allowed.
+    let healthy = v["p_success"].as_f64().expect("the serving model answers");
+    assert!((healthy - 0.5).abs() < 1e-9, "{v}");
+    assert!(v["open_for_ms"].is_null(), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("closed"), "{v}");
     // The breaker's default window is 100 calls with a 50 % threshold.
     let bad: Vec<AttemptRecord> = (10..200).map(|i| record("inventory", false, i)).collect();
     h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
@@ -1023,6 +1060,15 @@ async fn the_fleet_opens_a_shared_circuit_when_a_target_keeps_failing() {
         "{v}"
     );
     assert!(v["failure_rate"].as_f64().unwrap() > 0.9, "{v}");
+    // A fresh call now looks worse, and the answer says for how long the circuit is open
+    // (as long as the model predicts a probe would fail: within the prediction's bounds).
+    assert!(v["p_success"].as_f64().unwrap() < healthy, "{v}");
+    let open_for = v["open_for_ms"].as_f64().unwrap();
+    assert!((0.0..=60_000.0).contains(&open_for), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("open for another"),
+        "{v}"
+    );
     // Attempts posted while the circuit is open are observations of calls already made,
     // not calls the shared breaker refused; and durations are milliseconds.
     assert_eq!(v["breaker"]["not_permitted_calls"], 0, "{v}");

@@ -167,6 +167,23 @@ impl CircuitBreaker {
         unpack(self.shared.word.load(Ordering::Acquire)).1
     }
 
+    /// How long the circuit stays OPEN: the time left of the open duration while OPEN
+    /// (zero once it is up, until a call moves it to HALF_OPEN); `None` in every other
+    /// state. Asking counts nothing.
+    pub fn open_remaining(&self) -> Option<Duration> {
+        let s = &*self.shared;
+        (self.state() == State::Open).then(|| {
+            let until = s.open_until.load(Ordering::Acquire);
+            Duration::from_nanos(until.saturating_sub(self.now_nanos()))
+        })
+    }
+
+    /// The model this breaker consults, if it has a [`super::Prediction`], and its
+    /// threshold.
+    pub fn prediction(&self) -> Option<&super::Prediction> {
+        self.shared.cfg.predict.as_ref()
+    }
+
     /// Asks to make a call. The permit must be given the call's outcome with
     /// [`Permit::record`]; a permit dropped without it counts as [`CallOutcome::Ignored`].
     ///

@@ -100,6 +100,16 @@ impl Prediction {
         self
     }
 
+    /// The model consulted.
+    pub fn model(&self) -> &Arc<dyn SuccessModel> {
+        &self.model
+    }
+
+    /// Below this predicted p of a fresh call the circuit opens.
+    pub fn p_threshold(&self) -> f64 {
+        self.threshold
+    }
+
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
         CHECK.in_range("predict.threshold", self.threshold, 1e-9, 1.0 - 1e-9)?;
         CHECK.positive("predict.min_open", self.min_open)?;
