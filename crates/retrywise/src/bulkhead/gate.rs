@@ -26,7 +26,8 @@ pub(crate) struct Gate {
     /// it) and admissions ever (high 40 bits, wrapping after 10^12), updated together so
     /// that counting an admission costs nothing extra.
     state: AtomicU64,
-    max: u32,
+    /// The most holders admitted (an adaptive limit moves it; holders already in stay).
+    max: AtomicU32,
     /// Tasks inside `enter_within`; `leave` wakes one when non-zero.
     waiting: AtomicU32,
     notify: Notify,
@@ -36,9 +37,22 @@ impl Gate {
     pub(crate) fn new(max: u32) -> Self {
         Self {
             state: AtomicU64::new(0),
-            max,
+            max: AtomicU32::new(max),
             waiting: AtomicU32::new(0),
             notify: Notify::new(),
+        }
+    }
+
+    /// The most holders admitted now.
+    pub(crate) fn max(&self) -> u32 {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Moves the most holders admitted; raising it wakes a waiter.
+    pub(crate) fn set_max(&self, max: u32) {
+        let old = self.max.swap(max.min(MAX_HOLDERS), Ordering::SeqCst);
+        if max > old && self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
         }
     }
 
@@ -58,8 +72,9 @@ impl Gate {
 
     fn try_enter_with(&self, success: Ordering) -> bool {
         let mut cur = self.state.load(Ordering::Relaxed);
+        let max = u64::from(self.max.load(Ordering::Relaxed));
         loop {
-            if (cur & ACTIVE_MASK) >= u64::from(self.max) {
+            if (cur & ACTIVE_MASK) >= max {
                 return false;
             }
             match self.state.compare_exchange_weak(

@@ -6,11 +6,16 @@
 //! - [`PoolBulkhead`] — an isolated pool: the dependency's own workers and bounded queue,
 //!   with the caller running the task itself (back-pressure) or a rejection when the queue
 //!   is full; [`BulkheadRegistry`] keeps one per dependency.
+//! - [`AdaptiveLimit`] — a limit for [`Bulkhead`] that follows the upstream's latency
+//!   (Netflix concurrency-limits' Gradient2): it comes down as the upstream starts to queue
+//!   and probes upwards while it does not.
 
 mod gate;
+mod limit;
 mod pool;
 mod semaphore;
 
+pub use limit::{AdaptiveLimit, AdaptiveLimitBuilder};
 pub use pool::{BulkheadRegistry, PoolBuilder, PoolBulkhead, PoolError, PoolMetrics, WhenFull};
 pub use semaphore::{
     Bulkhead, BulkheadBuilder, BulkheadFull, BulkheadMetrics, BulkheadPermit, OwnedBulkheadPermit,
@@ -46,6 +51,72 @@ mod tests {
         assert!((m.rejection_rate - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(m.active, 0);
         assert_eq!(m.available, 1);
+    }
+
+    /// Fills the bulkhead (as many permits as it grants), then finishes them all after
+    /// `took`; returns how many it granted.
+    fn round(b: &Bulkhead, took: Duration) -> u32 {
+        let mut held = Vec::new();
+        while let Ok(p) = b.try_acquire() {
+            held.push(p);
+        }
+        let n = held.len() as u32;
+        for p in held {
+            p.finish(false, took);
+        }
+        n
+    }
+
+    #[test]
+    fn an_adaptive_bulkhead_admits_what_its_limit_says() {
+        let limit = AdaptiveLimit::builder()
+            .initial(4)
+            .bounds(2, 64)
+            .build()
+            .unwrap();
+        let b = Bulkhead::builder("b")
+            .max_concurrent(1) // ignored: the limit decides
+            .adaptive(limit)
+            .max_wait(Duration::ZERO)
+            .build()
+            .unwrap();
+        assert_eq!(round(&b, Duration::from_millis(10)), 4);
+        // The upstream answers as fast with every permit in use: the limit probes upwards.
+        for _ in 0..30 {
+            round(&b, Duration::from_millis(10));
+        }
+        let grown = b.metrics().max_concurrent;
+        assert!(grown > 4, "{grown}");
+        assert_eq!(grown, b.adaptive_limit().unwrap().current());
+        assert_eq!(round(&b, Duration::from_millis(10)), grown);
+        // It starts queueing (five times slower): the bulkhead admits fewer.
+        for _ in 0..10 {
+            round(&b, Duration::from_millis(50));
+        }
+        let shrunk = b.metrics().max_concurrent;
+        assert!(shrunk < grown, "{shrunk} vs {grown}");
+        assert_eq!(b.metrics().active, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rising_limit_lets_a_waiter_in_while_the_holder_stays() {
+        let gate = Arc::new(gate::Gate::new(1));
+        assert!(gate.try_enter());
+        let g = Arc::clone(&gate);
+        let t0 = tokio::time::Instant::now();
+        let waiter = tokio::spawn(async move {
+            let entered = g.enter_within(Duration::from_secs(1)).await;
+            (entered, t0.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gate.set_max(2);
+        // Woken by the rise, not by its wait running out.
+        assert_eq!(waiter.await.unwrap(), (true, Duration::from_millis(10)));
+        assert_eq!(gate.active(), 2);
+        // Lowering it admits no one new; those inside stay.
+        gate.set_max(1);
+        assert!(!gate.try_enter());
+        assert_eq!(gate.active(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -55,8 +55,9 @@ pub struct Bulkhead {
 struct Shared {
     name: Arc<str>,
     gate: Gate,
-    max: u32,
     max_wait: Duration,
+    /// The limit that moves the gate's maximum, if it adapts.
+    adaptive: Option<super::AdaptiveLimit>,
     /// Calls refused. Striped, like every per-call counter here, so that concurrent
     /// callers do not contend on it. (Admissions are counted by the gate itself.)
     rejected: Striped,
@@ -99,6 +100,7 @@ impl Bulkhead {
             name: name.into(),
             max_concurrent: 25,
             max_wait: Duration::from_millis(100),
+            adaptive: None,
         }
     }
 
@@ -111,7 +113,7 @@ impl Bulkhead {
         self.shared.rejected.add(1);
         BulkheadFull {
             name: Arc::clone(&self.shared.name),
-            max_concurrent: self.shared.max,
+            max_concurrent: self.shared.gate.max(),
         }
     }
 
@@ -202,22 +204,19 @@ impl Bulkhead {
         self.shared.gate.active()
     }
 
-    fn available(&self) -> u32 {
-        self.shared.max.saturating_sub(self.active())
-    }
-
     /// A snapshot of the counters.
     pub fn metrics(&self) -> BulkheadMetrics {
         let s = &*self.shared;
         let rejected = s.rejected.get();
         let total = s.gate.admitted() + rejected;
         let finished = s.finished.get();
-        let available = self.available();
+        let max = s.gate.max();
+        let active = self.active();
         BulkheadMetrics {
             name: Arc::clone(&s.name),
-            active: s.max.saturating_sub(available),
-            available,
-            max_concurrent: s.max,
+            active,
+            available: max.saturating_sub(active),
+            max_concurrent: max,
             total_calls: total,
             rejected_calls: rejected,
             rejection_rate: if total == 0 {
@@ -232,8 +231,17 @@ impl Bulkhead {
         }
     }
 
+    /// The adaptive limit steering this bulkhead, if it has one.
+    pub fn adaptive_limit(&self) -> Option<&super::AdaptiveLimit> {
+        self.shared.adaptive.as_ref()
+    }
+
     fn report(&self, failed: bool, took: Duration) {
         let s = &*self.shared;
+        if let Some(limit) = &s.adaptive {
+            // This call still holds its room: it counts among those in flight.
+            s.gate.set_max(limit.sample(took, s.gate.active()));
+        }
         s.finished.add(1);
         s.exec_nanos
             .add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
@@ -299,9 +307,19 @@ pub struct BulkheadBuilder {
     name: Arc<str>,
     max_concurrent: u32,
     max_wait: Duration,
+    adaptive: Option<super::AdaptiveLimit>,
 }
 
 impl BulkheadBuilder {
+    /// Lets `limit` set how many calls may run at once, from the latency of the calls that
+    /// finish ([`super::AdaptiveLimit`]; reported through the permits' `finish`, as
+    /// [`Policy`](crate::policy::Policy) does); `max_concurrent` is then ignored. Defaults to
+    /// a fixed limit.
+    pub fn adaptive(mut self, limit: super::AdaptiveLimit) -> Self {
+        self.adaptive = Some(limit);
+        self
+    }
+
     /// Calls allowed at once. Defaults to 25.
     pub fn max_concurrent(mut self, n: u32) -> Self {
         self.max_concurrent = n;
@@ -333,9 +351,13 @@ impl BulkheadBuilder {
         Ok(Bulkhead {
             shared: Arc::new(Shared {
                 name: self.name,
-                gate: Gate::new(self.max_concurrent),
-                max: self.max_concurrent,
+                gate: Gate::new(
+                    self.adaptive
+                        .as_ref()
+                        .map_or(self.max_concurrent, super::AdaptiveLimit::current),
+                ),
                 max_wait: self.max_wait,
+                adaptive: self.adaptive,
                 rejected: Striped::default(),
                 failed: Striped::default(),
                 finished: Striped::default(),
