@@ -385,15 +385,20 @@ pub struct AlternativeView {
 /// Whether to retry, and after how long.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DecideResponse {
-    /// Retry or not.
+    /// Retry or not; for a first attempt (`attempt` 1), send the call or not.
     pub retry: bool,
-    /// How long to wait first, ms (0 when not retrying).
+    /// How long to wait first, ms (0 when not retrying, or to send now).
     pub delay_ms: f64,
     /// p(success) the decision rests on: of the retry after that wait, or of the best wait
     /// when not retrying (none when it stopped before weighing).
     pub p_success: Option<f64>,
     /// `retry`, or why not: `max_attempts`, `low_success_probability`, `deadline`,
-    /// `retry_after_too_long`.
+    /// `retry_after_too_long`. For a first attempt (admission): `admit` (send now),
+    /// `predicted_recovery` (wait `delay_ms`: a fresh call is predicted to fail now and to
+    /// succeed often enough after the wait), `circuit_open_wait` (the fleet's shared circuit
+    /// is open for `delay_ms` more, within the deadline), `circuit_open` (open beyond the
+    /// deadline, or forced open: fail fast), `low_success_probability` (no wait within the
+    /// deadline makes a fresh call worth sending).
     pub reason: String,
     /// Whether the rule-based fallback decided (no model, the model answered NaN, or it was
     /// trained on too few rows like this context).
@@ -481,7 +486,9 @@ fn decider(
 /// Whether to retry and how long to wait: `retrywise::retry::ModelDecider` with the
 /// serving model — the wait worth the most by predicted p(success), the attempt's cost
 /// (`min_p_success`, dearer when the target fails often) and the deadline; never before
-/// Retry-After, and a stop when Retry-After is beyond its 30 s cap.
+/// Retry-After, and a stop when Retry-After is beyond its 30 s cap. For a first attempt
+/// (`attempt` 1), admission: send now, wait (for the fleet's shared circuit, or until a
+/// fresh call is predicted worth sending) and how long, or fail fast.
 #[utoipa::path(post, path = "/v1/decide", request_body = DecideRequest,
     responses((status = 200, body = DecideResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -502,6 +509,20 @@ pub(crate) async fn decide(
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
         })
         .transpose()?;
+    if ctx.attempt == 1 {
+        let answer = admit(&st, &m, &ctx, deadline);
+        count_predictions(&st, &m, 1);
+        st.metrics
+            .decisions
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: answer.reason.clone(),
+            })
+            .inc();
+        if let Some(p) = answer.p_success {
+            st.metrics.decision_p.observe(p);
+        }
+        return Ok(Json(answer));
+    }
     let weighed = decider(&st, Arc::clone(&m), deadline)?.weigh(&ctx);
     let explained = weighed.explained;
     let (retry, delay, reason) = match explained.decision {
@@ -549,6 +570,71 @@ pub(crate) async fn decide(
         model: m.name.clone(),
         version: m.version,
     }))
+}
+
+/// Waits weighed for a first attempt predicted to fail now: log-spaced from 0.5 s to 60 s
+/// (the shared breaker's open-duration bounds).
+const ADMISSION_WAITS: usize = 16;
+
+/// Admission of a first attempt: send now, wait and how long, or fail fast — by the fleet's
+/// shared circuit for the target, then by the serving model's p of a fresh call against the
+/// attempt cost (`min_p_success`, the shared breaker's threshold too).
+fn admit(
+    st: &AppState,
+    m: &Arc<LoadedModel>,
+    ctx: &AttemptContext,
+    deadline: Option<std::time::Duration>,
+) -> DecideResponse {
+    use retrywise::breaker::State;
+    use std::time::Duration;
+    let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
+    let fits = |w: Duration| left.is_none_or(|l| w < l);
+    let answer = |send: bool, wait: Duration, p: Option<f64>, reason: &str| DecideResponse {
+        retry: send,
+        delay_ms: wait.as_secs_f64() * 1e3,
+        p_success: p,
+        reason: reason.to_owned(),
+        fell_back: false,
+        explored: false,
+        propensity: None,
+        alternatives: None,
+        model: m.name.clone(),
+        version: m.version,
+    };
+    let p_after = |w: Duration| {
+        let mut c = ctx.clone();
+        c.delay = w;
+        Some(m.model.p_success(&c)).filter(|p| !p.is_nan())
+    };
+    match st.fleet.circuit(&ctx.target) {
+        Some((State::ForcedOpen, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
+        Some((State::Open, Some(r))) if fits(r) => {
+            return answer(true, r, p_after(r), "circuit_open_wait");
+        }
+        Some((State::Open, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
+        _ => {}
+    }
+    let threshold = st.config.min_p_success;
+    let Some(now) = p_after(Duration::ZERO) else {
+        // No evidence either way: send, as without a model.
+        return answer(true, Duration::ZERO, None, "admit");
+    };
+    if now >= threshold {
+        return answer(true, Duration::ZERO, Some(now), "admit");
+    }
+    let (lo, hi): (f64, f64) = (0.5, 60.0);
+    let waits: Vec<Duration> = (0..ADMISSION_WAITS)
+        .map(|i| {
+            Duration::from_secs_f64(lo * (hi / lo).powf(i as f64 / (ADMISSION_WAITS - 1) as f64))
+        })
+        .take_while(|w| fits(*w))
+        .collect();
+    let mut p = vec![0.0; waits.len()];
+    m.model.p_success_by_delay(ctx, &waits, &mut p);
+    match waits.iter().zip(&p).find(|(_, p)| **p >= threshold) {
+        Some((w, p)) => answer(true, *w, Some(*p), "predicted_recovery"),
+        None => answer(false, Duration::ZERO, Some(now), "low_success_probability"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------

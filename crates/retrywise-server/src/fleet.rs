@@ -91,8 +91,8 @@ pub struct Fleet {
     count: AtomicUsize,
     window: Duration,
     max_targets: usize,
-    /// The model the shared breakers consult (the serving default model).
-    model: Option<Arc<dyn SuccessModel>>,
+    /// How the shared breakers consult the serving default model.
+    prediction: Option<Prediction>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -101,7 +101,7 @@ impl std::fmt::Debug for Fleet {
             .field("targets", &self.len())
             .field("window", &self.window)
             .field("max_targets", &self.max_targets)
-            .field("model", &self.model.is_some())
+            .field("prediction", &self.prediction)
             .finish()
     }
 }
@@ -114,17 +114,24 @@ impl Fleet {
             count: AtomicUsize::new(0),
             window,
             max_targets,
-            model: None,
+            prediction: None,
         }
     }
 
     /// Makes every target's shared breaker predictive ([`Prediction`] with `model`): it
-    /// also opens when a fresh call is predicted to fail, for as long as the model
-    /// predicts a probe would, and each target's view carries the predicted p of a fresh
-    /// call.
-    pub fn with_model(mut self, model: Arc<dyn SuccessModel>) -> Self {
-        self.model = Some(model);
+    /// also opens when a fresh call is predicted to succeed less often than `threshold`,
+    /// for as long as the model predicts a probe would, and each target's view carries the
+    /// predicted p of a fresh call.
+    pub fn with_model(mut self, model: Arc<dyn SuccessModel>, threshold: f64) -> Self {
+        self.prediction = Some(Prediction::new(model).threshold(threshold.clamp(1e-6, 0.999)));
         self
+    }
+
+    /// The shared circuit of `target`: its state, and how long it stays open when OPEN;
+    /// `None` for a target not tracked.
+    pub fn circuit(&self, target: &str) -> Option<(State, Option<Duration>)> {
+        let t = self.get(target)?;
+        Some((t.breaker.state(), t.breaker.open_remaining()))
     }
 
     fn get(&self, target: &str) -> Option<Arc<Target>> {
@@ -154,8 +161,8 @@ impl Fleet {
         }
         let health = HealthTracker::new(self.window).ok()?;
         let mut breaker = CircuitBreaker::builder(Arc::clone(target));
-        if let Some(m) = &self.model {
-            breaker = breaker.predict(Prediction::new(Arc::clone(m)));
+        if let Some(p) = &self.prediction {
+            breaker = breaker.predict(p.clone());
         }
         let breaker = breaker.build().ok()?;
         let t = Arc::new(Target { health, breaker });
@@ -216,11 +223,15 @@ impl Fleet {
         let t = self.get(target)?;
         let s = t.health.snapshot(now);
         let breaker = t.breaker.metrics();
-        let p_success = self.model.as_ref().and_then(|m| {
-            let mut ctx = AttemptContext::first(Arc::from(target));
-            s.apply(&mut ctx);
-            Some(m.p_success(&ctx)).filter(|p| !p.is_nan())
-        });
+        let p_success = self
+            .prediction
+            .as_ref()
+            .map(Prediction::model)
+            .and_then(|m| {
+                let mut ctx = AttemptContext::first(Arc::from(target));
+                s.apply(&mut ctx);
+                Some(m.p_success(&ctx)).filter(|p| !p.is_nan())
+            });
         let open_for = t.breaker.open_remaining();
         let threshold = t.breaker.prediction().map(Prediction::p_threshold);
         let reason = match (breaker.state, open_for, p_success, threshold) {

@@ -68,9 +68,13 @@ impl Service {
         let models = Arc::new(Models::new(config.models.clone()));
         let state = Arc::new(Shared {
             models: Arc::clone(&models),
-            fleet: Fleet::new(config.health_window, config.max_targets).with_model(Arc::new(
-                crate::models::Serving::new(models, config.default_model.clone()),
-            )),
+            fleet: Fleet::new(config.health_window, config.max_targets).with_model(
+                Arc::new(crate::models::Serving::new(
+                    models,
+                    config.default_model.clone(),
+                )),
+                config.min_p_success,
+            ),
             metrics: Metrics::new(config.max_target_labels),
             recorder,
             calendar: Arc::new(retrywise::retry::RetryCalendar::new()),
