@@ -60,6 +60,12 @@ impl Gate {
         (self.state.load(Ordering::Relaxed) & ACTIVE_MASK) as u32
     }
 
+    /// Counts an admission made by handing a leaving holder's room to a waiter (the
+    /// number of holders does not change).
+    pub(crate) fn count_admission(&self) {
+        self.state.fetch_add(ADMITTED_ONE, Ordering::Relaxed);
+    }
+
     /// Calls admitted so far.
     pub(crate) fn admitted(&self) -> u64 {
         self.state.load(Ordering::Relaxed) >> ACTIVE_BITS

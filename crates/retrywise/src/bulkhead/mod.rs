@@ -14,6 +14,7 @@ mod gate;
 mod limit;
 mod pool;
 mod semaphore;
+mod shed;
 
 pub use limit::{AdaptiveLimit, AdaptiveLimitBuilder};
 pub use pool::{BulkheadRegistry, PoolBuilder, PoolBulkhead, PoolError, PoolMetrics, WhenFull};
@@ -117,6 +118,85 @@ mod tests {
         gate.set_max(1);
         assert!(!gate.try_enter());
         assert_eq!(gate.active(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_bulkhead_gives_room_to_the_likeliest_and_sheds_the_least_likely() {
+        // p(success) = attempt / 10: the contexts below say how likely each call is.
+        let model = Arc::new(|c: &crate::attempt::AttemptContext| f64::from(c.attempt) / 10.0);
+        let b = Bulkhead::builder("b")
+            .max_concurrent(1)
+            .max_wait(Duration::from_secs(1))
+            .shed_by(model, 2)
+            .build()
+            .unwrap();
+        let held = b.try_acquire().unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let call = |attempt: u32| {
+            let (b, order) = (b.clone(), Arc::clone(&order));
+            tokio::spawn(async move {
+                let mut ctx = crate::attempt::AttemptContext::first("b");
+                ctx.attempt = attempt;
+                let permit = b.acquire_for(&ctx).await?;
+                order.lock().unwrap().push(attempt);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(permit);
+                Ok::<_, BulkheadFull>(())
+            })
+        };
+        let a = call(2);
+        let bb = call(5);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The queue holds two: a likelier newcomer sheds the least likely waiter...
+        let c = call(9);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(a.is_finished(), "the 0.2 call was shed");
+        assert!(a.await.unwrap().is_err());
+        // ...and a less likely one is shed at once.
+        let d = call(1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(d.await.unwrap().is_err());
+        // Room goes to the likeliest first.
+        drop(held);
+        c.await.unwrap().unwrap();
+        bb.await.unwrap().unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![9, 5]);
+        let m = b.metrics();
+        assert_eq!((m.rejected_calls, m.active), (2, 0));
+        assert_eq!(
+            m.total_calls, 5,
+            "the holder, the two let in and the two shed"
+        );
+    }
+
+    #[test]
+    fn a_shedding_queue_needs_a_place() {
+        let model = Arc::new(|_: &crate::attempt::AttemptContext| 0.5);
+        let err = Bulkhead::builder("b")
+            .shed_by(model, 0)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field, "shed_queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ranked_waiter_leaves_the_queue_when_its_wait_runs_out() {
+        let model = Arc::new(|_: &crate::attempt::AttemptContext| 0.5);
+        let b = Bulkhead::builder("b")
+            .max_concurrent(1)
+            .max_wait(Duration::from_millis(100))
+            .shed_by(model, 4)
+            .build()
+            .unwrap();
+        let held = b.try_acquire().unwrap();
+        let t0 = tokio::time::Instant::now();
+        let ctx = crate::attempt::AttemptContext::first("b");
+        assert!(b.acquire_for(&ctx).await.is_err());
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+        // Nobody is left waiting: the room goes back to the bulkhead.
+        drop(held);
+        assert_eq!(b.metrics().active, 0);
+        assert!(b.try_acquire().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

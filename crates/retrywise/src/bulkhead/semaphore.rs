@@ -58,6 +58,8 @@ struct Shared {
     max_wait: Duration,
     /// The limit that moves the gate's maximum, if it adapts.
     adaptive: Option<super::AdaptiveLimit>,
+    /// Waiting calls ordered by predicted p(success), if it sheds by prediction.
+    shed: Option<super::shed::ShedQueue>,
     /// Calls refused. Striped, like every per-call counter here, so that concurrent
     /// callers do not contend on it. (Admissions are counted by the gate itself.)
     rejected: Striped,
@@ -101,6 +103,7 @@ impl Bulkhead {
             max_concurrent: 25,
             max_wait: Duration::from_millis(100),
             adaptive: None,
+            shed: None,
         }
     }
 
@@ -129,11 +132,67 @@ impl Bulkhead {
     /// After [`try_acquire_quiet`](Self::try_acquire_quiet) found no room: waits up to the
     /// maximum wait, counting a rejection if none frees up.
     pub(crate) async fn acquire_after_refusal(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
+        self.acquire_after_refusal_for(None).await
+    }
+
+    /// [`acquire_after_refusal`](Self::acquire_after_refusal) for the call about to be
+    /// made in `ctx` (which a bulkhead that sheds by prediction ranks it by).
+    pub(crate) async fn acquire_after_refusal_for(
+        &self,
+        ctx: Option<&crate::attempt::AttemptContext>,
+    ) -> Result<BulkheadPermit<'_>, BulkheadFull> {
+        use super::shed::Queued;
         let s = &*self.shared;
-        if !s.max_wait.is_zero() && s.gate.enter_within(s.max_wait).await {
+        if s.max_wait.is_zero() {
+            return Err(self.full());
+        }
+        let Some(q) = &s.shed else {
+            return if s.gate.enter_within(s.max_wait).await {
+                Ok(BulkheadPermit { bulkhead: self })
+            } else {
+                Err(self.full())
+            };
+        };
+        let granted = match q.join(&s.gate, q.p(ctx)) {
+            Queued::Entered => true,
+            Queued::Shed => false,
+            Queued::Waiting { id, mut room } => {
+                match tokio::time::timeout(s.max_wait, &mut room).await {
+                    Ok(given) => given.is_ok(),
+                    // Out of time: out of the queue, unless room came meanwhile.
+                    Err(_) => !q.leave_queue(id) && room.try_recv().is_ok(),
+                }
+            }
+        };
+        if granted {
             Ok(BulkheadPermit { bulkhead: self })
         } else {
             Err(self.full())
+        }
+    }
+
+    /// Takes room for the call about to be made in `ctx`, waiting up to the maximum wait;
+    /// a bulkhead that sheds by prediction ([`BulkheadBuilder::shed_by`]) ranks the wait by
+    /// the call's predicted p(success).
+    ///
+    /// # Errors
+    /// [`BulkheadFull`] when no room freed up in time, or the call was shed.
+    pub async fn acquire_for(
+        &self,
+        ctx: &crate::attempt::AttemptContext,
+    ) -> Result<BulkheadPermit<'_>, BulkheadFull> {
+        match self.try_acquire_quiet() {
+            Some(p) => Ok(p),
+            None => self.acquire_after_refusal_for(Some(ctx)).await,
+        }
+    }
+
+    /// Gives a holder's room back: to the likeliest waiter when it sheds by prediction.
+    fn release(&self) {
+        let s = &*self.shared;
+        match &s.shed {
+            Some(q) => q.release(&s.gate),
+            None => s.gate.leave(),
         }
     }
 
@@ -241,6 +300,9 @@ impl Bulkhead {
         if let Some(limit) = &s.adaptive {
             // This call still holds its room: it counts among those in flight.
             s.gate.set_max(limit.sample(took, s.gate.active()));
+            if let Some(q) = &s.shed {
+                q.grant(&s.gate);
+            }
         }
         s.finished.add(1);
         s.exec_nanos
@@ -277,7 +339,7 @@ impl BulkheadPermit<'_> {
 
 impl Drop for BulkheadPermit<'_> {
     fn drop(&mut self) {
-        self.bulkhead.shared.gate.leave();
+        self.bulkhead.release();
     }
 }
 
@@ -297,20 +359,48 @@ impl OwnedBulkheadPermit {
 
 impl Drop for OwnedBulkheadPermit {
     fn drop(&mut self) {
-        self.bulkhead.shared.gate.leave();
+        self.bulkhead.release();
     }
 }
 
 /// Builds a [`Bulkhead`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BulkheadBuilder {
     name: Arc<str>,
     max_concurrent: u32,
     max_wait: Duration,
     adaptive: Option<super::AdaptiveLimit>,
+    shed: Option<(std::sync::Arc<dyn crate::model::SuccessModel>, usize)>,
+}
+
+impl std::fmt::Debug for BulkheadBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkheadBuilder")
+            .field("name", &self.name)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("max_wait", &self.max_wait)
+            .field("adaptive", &self.adaptive)
+            .field("shed_queue", &self.shed.as_ref().map(|s| s.1))
+            .finish()
+    }
 }
 
 impl BulkheadBuilder {
+    /// When the bulkhead is full, ranks the calls that wait by `model`'s predicted
+    /// p(success) of each (given with [`Bulkhead::acquire_for`], as
+    /// [`Policy`](crate::policy::Policy) does; 0.5 for a call acquired without one): room
+    /// that frees up goes to the likeliest, and with `queue` calls waiting, a newcomer
+    /// sheds the least likely one if it is likelier itself, or is shed at once. Defaults
+    /// to waiting unranked (and unbounded but for the maximum wait).
+    pub fn shed_by(
+        mut self,
+        model: std::sync::Arc<dyn crate::model::SuccessModel>,
+        queue: usize,
+    ) -> Self {
+        self.shed = Some((model, queue));
+        self
+    }
+
     /// Lets `limit` set how many calls may run at once, from the latency of the calls that
     /// finish ([`super::AdaptiveLimit`]; reported through the permits' `finish`, as
     /// [`Policy`](crate::policy::Policy) does); `max_concurrent` is then ignored. Defaults to
@@ -342,6 +432,9 @@ impl BulkheadBuilder {
             return Err(CHECK.err("name", "must not be empty"));
         }
         CHECK.at_least_one("max_concurrent", u64::from(self.max_concurrent))?;
+        if let Some((_, queue)) = &self.shed {
+            CHECK.at_least_one("shed_queue", *queue as u64)?;
+        }
         if self.max_concurrent > MAX_CONCURRENT {
             return Err(CHECK.err(
                 "max_concurrent",
@@ -358,6 +451,9 @@ impl BulkheadBuilder {
                 ),
                 max_wait: self.max_wait,
                 adaptive: self.adaptive,
+                shed: self
+                    .shed
+                    .map(|(model, queue)| super::shed::ShedQueue::new(model, queue)),
                 rejected: Striped::default(),
                 failed: Striped::default(),
                 finished: Striped::default(),

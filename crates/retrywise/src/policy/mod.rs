@@ -470,7 +470,7 @@ impl<C> Policy<C> {
             None => None,
             Some(b) => match b.try_acquire_quiet() {
                 Some(permit) => Some(permit),
-                None => match b.acquire_after_refusal().await {
+                None => match b.acquire_after_refusal_for(Some(ctx)).await {
                     Ok(permit) => {
                         started = Instant::now();
                         Some(permit)
