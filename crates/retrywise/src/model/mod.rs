@@ -10,11 +10,13 @@ use std::time::Duration;
 use crate::attempt::AttemptContext;
 
 mod artifact;
+mod shared;
 
 pub use artifact::{
     ARTIFACT_FORMAT, ARTIFACT_SCHEMA, FeatureSpec, LOGISTIC, LabelSpec, LogisticModel,
     ModelArtifact, ModelError, POSITIVE_LABEL, Regularization, Scaler, sigmoid,
 };
+pub use shared::SharedModel;
 
 /// Predicts the probability that an attempt made in a given context succeeds.
 ///

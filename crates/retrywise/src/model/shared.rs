@@ -1,0 +1,139 @@
+//! A model that can be replaced while deciders, breakers and bulkheads use it.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::attempt::AttemptContext;
+
+use super::SuccessModel;
+
+/// A [`SuccessModel`] handle whose model can be swapped at run time: every question goes
+/// to the model current when it is asked, so the components built with one handle (a
+/// `ModelDecider`, a breaker's `Prediction`, a bulkhead's `shed_by`) all move to a new
+/// model at once — an embedded service that reloads its model file swaps it here. A
+/// question is answered by one model whole: a swap never mixes two in one answer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use retrywise::attempt::AttemptContext;
+/// use retrywise::model::{SharedModel, SuccessModel};
+///
+/// let shared = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.2)));
+/// let ctx = AttemptContext::first("api");
+/// assert_eq!(shared.p_success(&ctx), 0.2);
+/// shared.swap(Arc::new(|_: &AttemptContext| 0.9));
+/// assert_eq!(shared.p_success(&ctx), 0.9);
+/// ```
+pub struct SharedModel {
+    current: RwLock<Arc<dyn SuccessModel>>,
+}
+
+impl std::fmt::Debug for SharedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedModel").finish_non_exhaustive()
+    }
+}
+
+impl SharedModel {
+    /// A handle on `model`.
+    pub fn new(model: Arc<dyn SuccessModel>) -> Self {
+        Self {
+            current: RwLock::new(model),
+        }
+    }
+
+    /// The model answering now.
+    pub fn current(&self) -> Arc<dyn SuccessModel> {
+        // A reader cannot leave the slot half-written: poisoning carries no broken state.
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `model` in place of the current one, which it returns; questions already being
+    /// answered finish with the old one.
+    pub fn swap(&self, model: Arc<dyn SuccessModel>) -> Arc<dyn SuccessModel> {
+        let mut slot = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *slot, model)
+    }
+}
+
+impl SuccessModel for SharedModel {
+    fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        self.current().p_success(ctx)
+    }
+
+    fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+        self.current().trained_on(ctx)
+    }
+
+    fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
+        self.current().p_success_by_delay(ctx, delays, out);
+    }
+
+    fn p_success_by_logged_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[Duration],
+        log_delays: &[f64],
+        out: &mut [f64],
+    ) {
+        self.current()
+            .p_success_by_logged_delay(ctx, delays, log_delays, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::{Decision, ModelDecider, RetryDecider, StopReason};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_swap_under_load_moves_every_decider_at_once_and_never_mixes_models() {
+        // Before: retrying is hopeless. After: a retry after any wait succeeds.
+        let shared = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.01)));
+        let decider = ModelDecider::builder()
+            .model(shared.clone())
+            .seed(1)
+            .without_calendar()
+            .build()
+            .unwrap();
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 2;
+        ctx.error = Some(crate::attempt::ErrorKind::Http503);
+        let stop = Decision::Stop(StopReason::LowSuccessProbability);
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (d, c) = (decider.clone(), ctx.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    for _ in 0..2_000 {
+                        let w = d.weigh(&c);
+                        // Every wait of one decision was weighed by the same model.
+                        let ps: Vec<f64> = w.alternatives.iter().map(|a| a.p_success).collect();
+                        assert!(ps.iter().all(|p| *p == ps[0]), "{ps:?}");
+                        seen.push(ps[0]);
+                        tokio::task::yield_now().await;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        shared.swap(Arc::new(|_: &AttemptContext| 0.99));
+        for w in workers {
+            let seen = w.await.unwrap();
+            // Each worker saw the old model, then only the new one.
+            let first_new = seen.iter().position(|p| *p == 0.99).unwrap_or(seen.len());
+            assert!(seen[..first_new].iter().all(|p| *p == 0.01));
+            assert!(seen[first_new..].iter().all(|p| *p == 0.99));
+        }
+        assert_ne!(decider.decide(&ctx), stop);
+    }
+}
