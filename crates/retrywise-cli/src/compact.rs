@@ -80,7 +80,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary, args);
     }
@@ -89,11 +89,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
 
 fn print_summary(s: &CompactSummary, args: &Args) {
     let r = &s.read;
-    println!(
+    outln!(
         "read     {} segments in {} directories ({} bytes): {} lines, {} records",
-        s.segments, s.directories, r.bytes, r.lines, r.records
+        s.segments,
+        s.directories,
+        r.bytes,
+        r.lines,
+        r.records
     );
-    println!(
+    outln!(
         "skipped  {} lines: {} torn, {} malformed, {} without a readable schema version",
         r.skipped(),
         r.torn,
@@ -101,9 +105,9 @@ fn print_summary(s: &CompactSummary, args: &Args) {
         r.unknown_version
     );
     for e in &r.examples {
-        println!("         {e}");
+        outln!("         {e}");
     }
-    println!(
+    outln!(
         "wrote    {} Parquet files, {} rows, {} bytes, under {}",
         s.parts,
         s.rows,
@@ -111,16 +115,16 @@ fn print_summary(s: &CompactSummary, args: &Args) {
         args.output.display()
     );
     for (day, rows) in &s.rows_per_day {
-        println!("         date={day}: {rows} rows");
+        outln!("         date={day}: {rows} rows");
     }
     if s.open_segments_skipped > 0 {
-        println!(
+        outln!(
             "left     {} open segments alone (being written, or left by a writer that has not restarted)",
             s.open_segments_skipped
         );
     }
     match &args.archive {
-        Some(dir) => println!("archived compacted segments into {}", dir.display()),
-        None => println!("removed  compacted segments from {}", args.input.display()),
+        Some(dir) => outln!("archived compacted segments into {}", dir.display()),
+        None => outln!("removed  compacted segments from {}", args.input.display()),
     }
 }

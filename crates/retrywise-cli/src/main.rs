@@ -1,5 +1,7 @@
 //! `retrywise`: the command-line entry point of the project.
 
+#[macro_use]
+mod out;
 mod compact;
 mod serve;
 mod train;

@@ -172,19 +172,30 @@ fn row(name: &str, m: &Metrics) -> String {
 }
 
 fn print_evaluation(e: &Evaluation) {
-    println!(
+    outln!(
         "{:<28} {:>8} {:>9} {:>8} {:>8} {:>9}",
-        "", "AUC", "log-loss", "Brier", "ECE", "rows"
+        "",
+        "AUC",
+        "log-loss",
+        "Brier",
+        "ECE",
+        "rows"
     );
-    println!("{}", row("model", &e.model));
-    println!("{}", row("baseline (rate per error)", &e.baseline));
-    println!();
-    println!(
+    outln!("{}", row("model", &e.model));
+    outln!("{}", row("baseline (rate per error)", &e.baseline));
+    outln!();
+    outln!(
         "{:<14} {:>9} {:>8} {:>9} {:>10} {:>8} {:>10}",
-        "previous error", "rows", "success", "log-loss", "(baseline)", "Brier", "(baseline)"
+        "previous error",
+        "rows",
+        "success",
+        "log-loss",
+        "(baseline)",
+        "Brier",
+        "(baseline)"
     );
     for k in &e.by_error {
-        println!(
+        outln!(
             "{:<14} {:>9} {:>7.1}% {:>9.4} {:>10.4} {:>8.4} {:>10.4}",
             k.kind,
             k.rows,
@@ -195,14 +206,20 @@ fn print_evaluation(e: &Evaluation) {
             k.baseline.brier
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<16} {:>9} {:>8} {:>7} {:>10} {:>7} {:>10}",
-        "target", "rows", "success", "AUC", "(baseline)", "ECE", "(baseline)"
+        "target",
+        "rows",
+        "success",
+        "AUC",
+        "(baseline)",
+        "ECE",
+        "(baseline)"
     );
     let auc = |a: Option<f64>| a.map_or_else(|| "-".to_owned(), |a| format!("{a:.4}"));
     for t in &e.by_target {
-        println!(
+        outln!(
             "{:<16} {:>9} {:>7.1}% {:>7} {:>10} {:>7.4} {:>10.4}",
             t.target,
             t.rows,
@@ -231,7 +248,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let trained = trained.with_context(|| format!("training model `{}`", args.name))?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "name": trained.artifact.name,
@@ -245,7 +262,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let t = &trained.artifact.training;
-    println!(
+    outln!(
         "model {} version {} written to {} in {:.1} s",
         trained.artifact.name,
         trained.version,
@@ -259,7 +276,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
         ),
         SplitBy::Call => format!("{} of the calls", opts.validation_fraction),
     };
-    println!(
+    outln!(
         "{} rows ({} training, {} validation: {held_out}), {} files, alpha {}; skipped: {}",
         t["rows"],
         t["train_rows"],
@@ -268,9 +285,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
         trained.artifact.regularization.alpha,
         t["skipped"]
     );
-    println!();
+    outln!();
     print_evaluation(&trained.evaluation);
-    println!("\nreport: {}", trained.dir.join("report.html").display());
+    outln!("\nreport: {}", trained.dir.join("report.html").display());
     Ok(())
 }
 
@@ -280,10 +297,10 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let report = report.with_context(|| format!("evaluating {}", args.model.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "model {} version {} on {} rows ({} skipped)\n",
         report.model,
         report.version,
@@ -297,14 +314,18 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let a = retrywise_train::store::load_artifact(&args.model)?;
     if args.json {
-        println!("{}", a.to_json());
+        outln!("{}", a.to_json());
         return Ok(());
     }
-    println!(
+    outln!(
         "model {} version {} ({}), created {} by {}",
-        a.name, a.version, a.kind, a.created_at, a.code_version
+        a.name,
+        a.version,
+        a.kind,
+        a.created_at,
+        a.code_version
     );
-    println!(
+    outln!(
         "features: {} ({} columns); L2 alpha {}; p(success) = σ(intercept + Σ w·(x − mean)/scale)\n",
         a.features.set,
         a.weights.len(),
@@ -312,12 +333,15 @@ pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     );
     let mut order: Vec<usize> = (0..a.weights.len()).collect();
     order.sort_by(|&i, &j| a.weights[j].abs().total_cmp(&a.weights[i].abs()));
-    println!(
+    outln!(
         "{:<30} {:>9} {:>9} {:>9}  meaning",
-        "feature", "weight", "mean", "scale"
+        "feature",
+        "weight",
+        "mean",
+        "scale"
     );
     for i in order {
-        println!(
+        outln!(
             "{:<30} {:>+9.4} {:>9.4} {:>9.4}  {}",
             a.features.names[i],
             a.weights[i],
@@ -326,9 +350,9 @@ pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             a.features.descriptions.get(i).map_or("", String::as_str)
         );
     }
-    println!("{:<30} {:>+9.4}", "intercept", a.intercept);
+    outln!("{:<30} {:>+9.4}", "intercept", a.intercept);
     let t = &a.training;
-    println!(
+    outln!(
         "\ntraining: {} rows ({} training, {} validation), time range {} ms, {} files, fingerprint {}",
         t["rows"],
         t["train_rows"],
@@ -343,7 +367,7 @@ pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             x.as_f64()
                 .map_or_else(|| "?".to_owned(), |x| format!("{x:.4}"))
         };
-        println!(
+        outln!(
             "validation (model vs baseline): AUC {} vs {}, log-loss {} vs {}, Brier {} vs {}, ECE {} vs {}",
             f(&v["auc"]),
             f(&b["auc"]),

@@ -186,13 +186,13 @@ pub(crate) struct SelectArgs {
 
 /// Names the built-in scenarios and the policies.
 pub(crate) fn list() -> anyhow::Result<()> {
-    println!("scenarios:");
+    outln!("scenarios:");
     for s in Scenario::builtin() {
-        println!("  {:<14} {}", s.name, s.description);
+        outln!("  {:<14} {}", s.name, s.description);
     }
-    println!("policies:");
+    outln!("policies:");
     for p in CATALOG {
-        println!("  {:<16} {}", p.name, p.description);
+        outln!("  {:<16} {}", p.name, p.description);
     }
     Ok(())
 }
@@ -297,9 +297,9 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     let (board, runs) = retrywise_sim::scoreboard(&policies, &opts)?;
     spinner.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&board)?);
+        outln!("{}", serde_json::to_string_pretty(&board)?);
     } else {
-        print!("{}", board.table());
+        out!("{}", board.table());
     }
     if let Some(path) = args.plot {
         let title = format!("{} — {} at {}/s", scenario.name, board.mode, opts.rps);
@@ -352,7 +352,7 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let _ = std::fs::remove_dir_all(&work);
     let summary = summary?;
-    println!(
+    outln!(
         "{} runs, {} logical requests, {} attempt records, {} bytes of Parquet in {}",
         summary.runs,
         summary.requests,
@@ -398,7 +398,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
     if !args.json {
-        println!(
+        outln!(
             "learning on `{}`: round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seeds {}..={} (losing no more than half a point on any); each row is the policy in service on seed {}",
             scenario.name,
             args.seed,
@@ -407,7 +407,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
                 .saturating_add(u64::from(args.gate_seeds.saturating_sub(1))),
             args.eval_seed
         );
-        println!(
+        outln!(
             "{:<6} {:<14} {:>8} {:>9} {:>7} {:>8} {:>9} {:>9} {:>8}  gate (challenger vs in service)",
             "round",
             "in service",
@@ -423,7 +423,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     let print = |r: &Round| {
         if args.json {
             match serde_json::to_string(r) {
-                Ok(line) => bar.suspend(|| println!("{line}")),
+                Ok(line) => bar.suspend(|| outln!("{line}")),
                 Err(e) => bar.suspend(|| eprintln!("error: {e}")),
             }
         } else {
@@ -445,7 +445,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
                 )
             });
             bar.suspend(|| {
-                println!(
+                outln!(
                     "{:<6} {:<14} {:>7.1}% {:>9.2} {:>6.2}x {:>8} {:>9} {:>9} {:>8}{gate}",
                     r.round,
                     policy,
@@ -471,7 +471,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     if !args.json
         && let (Some(first), Some(last)) = (rounds.first(), rounds.last())
     {
-        println!(
+        outln!(
             "round 0 -> {}: success {:+.1} points, attempts/request {:+.2}; models in {}",
             last.round,
             (last.score.success_rate - first.score.success_rate) * 100.0,
@@ -537,7 +537,7 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
         bar.inc(1);
     })?;
     bar.finish_and_clear();
-    print!("{}", report.summary_markdown());
+    out!("{}", report.summary_markdown());
     eprintln!(
         "written: {} (results.md, scoreboard.md, results.json, goodput-*.svg)",
         args.out.display()
@@ -557,7 +557,7 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     };
     let checked = report.check(&known);
     for line in &checked.lines {
-        println!("{line}");
+        outln!("{line}");
     }
     anyhow::ensure!(
         checked.failures.is_empty(),
@@ -603,20 +603,23 @@ pub(crate) fn select(args: &SelectArgs) -> anyhow::Result<()> {
     )?;
     if args.best {
         if let Some(best) = ranked.first() {
-            println!("{}", best.model);
+            outln!("{}", best.model);
         }
         return Ok(());
     }
-    println!(
+    outln!(
         "the adaptive policy with each model on the training suite, seed {} (objective: success - {} x attempts)",
-        args.seed, args.attempt_cost
+        args.seed,
+        args.attempt_cost
     );
-    println!(
+    outln!(
         "{:>9} {:>9} {:>9}  model",
-        "success", "attempts", "objective"
+        "success",
+        "attempts",
+        "objective"
     );
     for c in &ranked {
-        println!(
+        outln!(
             "{:>8.2}% {:>9.3} {:>9.4}  {}",
             c.success_rate * 100.0,
             c.attempts_per_request,

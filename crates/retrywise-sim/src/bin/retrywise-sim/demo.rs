@@ -120,7 +120,7 @@ impl Rng {
 }
 
 fn heading(title: &str) {
-    println!("\n== {title}");
+    outln!("\n== {title}");
 }
 
 fn ms(d: Duration) -> String {
@@ -169,7 +169,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn tour(seed: u64) -> anyhow::Result<()> {
-    println!("retrywise demo — virtual time, seed {seed}");
+    outln!("retrywise demo — virtual time, seed {seed}");
     retries(seed).await?;
     seed_adaptive();
     budgets(seed).await?;
@@ -177,7 +177,7 @@ async fn tour(seed: u64) -> anyhow::Result<()> {
     bulkheads().await?;
     hedging(seed).await?;
     composition(seed).await?;
-    println!(
+    outln!(
         "\nEvery attempt above was recorded as an AttemptRecord — the training data of the model."
     );
     Ok(())
@@ -204,9 +204,9 @@ async fn retries(seed: u64) -> anyhow::Result<()> {
         .call(|a: Attempt| serve(&calls, script[(a.number as usize - 1).min(2)]))
         .await?;
     for r in rec.take() {
-        println!("  {}", describe(&r));
+        outln!("  {}", describe(&r));
     }
-    println!(
+    outln!(
         "  -> {} after {} requests",
         reply.status,
         calls.load(Ordering::Relaxed)
@@ -227,9 +227,9 @@ async fn retries(seed: u64) -> anyhow::Result<()> {
         .call(|a: Attempt| serve(&calls, script[(a.number as usize - 1).min(1)]))
         .await?;
     for r in rec.take() {
-        println!("  {}", describe(&r));
+        outln!("  {}", describe(&r));
     }
-    println!(
+    outln!(
         "  -> {} after {} (the server asked for 2 s; the backoff alone would wait ≤ 100 ms)",
         reply.status,
         ms(t0.elapsed())
@@ -239,9 +239,9 @@ async fn retries(seed: u64) -> anyhow::Result<()> {
     let calls = AtomicU32::new(0);
     let reply = policy.call(|_| serve(&calls, status(404, 5))).await?;
     for r in rec.take() {
-        println!("  {}", describe(&r));
+        outln!("  {}", describe(&r));
     }
-    println!(
+    outln!(
         "  -> {} after {} request; stops: {:?}",
         reply.status,
         calls.load(Ordering::Relaxed),
@@ -259,9 +259,9 @@ async fn retries(seed: u64) -> anyhow::Result<()> {
     let calls = AtomicU32::new(0);
     let reply = slow.call(|_| serve(&calls, ok(7000))).await?;
     for r in rec.take() {
-        println!("  {}", describe(&r));
+        outln!("  {}", describe(&r));
     }
-    println!(
+    outln!(
         "  -> {}: attempt 1 timed out at 5 s, attempt 2 had 10 s",
         reply.status
     );
@@ -277,9 +277,12 @@ fn seed_adaptive() {
         "the design sketch's adaptive delay: 100 ms × 2^n; timeouts ×2, rate limits ×5, connect errors ÷2; cap 30 s",
     );
     let decider = RuleBasedAdaptive::new();
-    println!(
+    outln!(
         "  {:<10} {:>10} {:>10} {:>10}",
-        "after", "1st retry", "2nd retry", "3rd retry"
+        "after",
+        "1st retry",
+        "2nd retry",
+        "3rd retry"
     );
     for kind in [
         ErrorKind::Http503,
@@ -298,7 +301,7 @@ fn seed_adaptive() {
                 }
             })
             .collect();
-        println!(
+        outln!(
             "  {:<10} {:>10} {:>10} {:>10}",
             kind.as_str(),
             cells[0],
@@ -369,9 +372,9 @@ async fn budgets(seed: u64) -> anyhow::Result<()> {
         ("ratio budget (20 % + 1/s)", ratio),
     ] {
         let amp = storm(policy, 400, every, outage).await;
-        println!("  {name:<28} {amp:.2} requests per call");
+        outln!("  {name:<28} {amp:.2} requests per call");
     }
-    println!("  (during the outage the budgets keep the extra load near zero instead of ×4)");
+    outln!("  (during the outage the budgets keep the extra load near zero instead of ×4)");
     Ok(())
 }
 
@@ -416,14 +419,14 @@ async fn breaker() -> anyhow::Result<()> {
         }
     }
     for line in events.lock().map(|l| l.clone()).unwrap_or_default() {
-        println!("  {line}");
+        outln!("  {line}");
     }
     let m = breaker.metrics();
-    println!(
+    outln!(
         "  50 calls: {} sent upstream, {refused} refused at once while open, {ok_calls} succeeded",
         sent.load(Ordering::Relaxed)
     );
-    println!(
+    outln!(
         "  metrics: state {}, successful {}, failed {}, not permitted {}, success rate {:.2}, health {:.2}",
         m.state,
         m.successful_calls,
@@ -453,7 +456,7 @@ async fn bulkheads() -> anyhow::Result<()> {
         admitted += u32::from(t.await.unwrap_or(false));
     }
     let m = bulkhead.metrics();
-    println!(
+    outln!(
         "  admitted {admitted}, rejected {} (rejection rate {:.0} %), now active {}",
         m.rejected_calls,
         m.rejection_rate * 100.0,
@@ -505,18 +508,24 @@ async fn bulkheads() -> anyhow::Result<()> {
     tokio::time::sleep(10 * MS).await;
     let t0 = Instant::now();
     let paid = registry.execute("payment", async { "charged" }).await?;
-    println!(
+    outln!(
         "  payment answered `{paid}` in {} while shipping is stuck",
         ms(t0.elapsed())
     );
     for s in registry.status() {
-        println!(
+        outln!(
             "  {:<13} active {:>2}/{:<2} queued {:>3}/{:<3} rejected {:>2} healthy {}",
-            s.name, s.active, s.workers, s.queued, s.queue_capacity, s.rejected, s.healthy
+            s.name,
+            s.active,
+            s.workers,
+            s.queued,
+            s.queue_capacity,
+            s.rejected,
+            s.healthy
         );
     }
     if let Err(e) = registry.execute("billing", async {}).await {
-        println!("  an unknown name is an error: {e}");
+        outln!("  an unknown name is an error: {e}");
     }
     for t in stuck {
         t.abort();
@@ -569,12 +578,16 @@ async fn hedging(seed: u64) -> anyhow::Result<()> {
             f64::from(requests.load(Ordering::Relaxed)) / 2000.0 - 1.0,
         ));
     }
-    println!(
+    outln!(
         "  {:<14} {:>7} {:>8} {:>8} {:>14}",
-        "", "p50", "p99", "p99.9", "extra requests"
+        "",
+        "p50",
+        "p99",
+        "p99.9",
+        "extra requests"
     );
     for (name, p50, p99, p999, extra) in table {
-        println!(
+        outln!(
             "  {name:<14} {:>7} {:>8} {:>8} {:>13.1} %",
             ms(p50),
             ms(p99),
@@ -626,10 +639,10 @@ async fn composition(seed: u64) -> anyhow::Result<()> {
         })
         .await?;
     for r in rec.take() {
-        println!("  {}", describe(&r));
-        println!("    {}", serde_json::to_string(&r)?);
+        outln!("  {}", describe(&r));
+        outln!("    {}", serde_json::to_string(&r)?);
     }
-    println!(
+    outln!(
         "  -> {} (reset, then a slow primary beaten by its hedge)",
         reply.status
     );

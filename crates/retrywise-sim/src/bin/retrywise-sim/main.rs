@@ -6,6 +6,8 @@
 //! `test-util` feature), which the production binary, `retrywise` (the service among its
 //! commands), must not link.
 
+#[macro_use]
+mod out;
 mod commands;
 mod demo;
 
