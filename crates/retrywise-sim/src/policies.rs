@@ -68,9 +68,17 @@ fn base(
     name: &str,
     decider: Arc<dyn RetryDecider>,
 ) -> Result<PolicyBuilder<SimClassifier>, SimError> {
+    // Recorded call ids from the run's seed, the policy and the target: the same in every
+    // run, so a split of the records by call is too.
+    let fnv = |s: &str| {
+        s.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+        })
+    };
     let mut b = Policy::builder(Arc::clone(&ctx.target))
         .decider(decider)
         .label(name)
+        .call_id_seed(ctx.seed ^ fnv(name) ^ fnv(&ctx.target).rotate_left(17))
         .classifier(SimClassifier);
     if let Some(r) = &ctx.recorder {
         b = b.recorder(Arc::clone(r));

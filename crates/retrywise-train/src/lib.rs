@@ -187,7 +187,9 @@ fn call_draw(target: &str, call_id: u64) -> f64 {
 
 /// Splits rows by call: the calls whose draw (a hash of target and call id) is below
 /// `fraction` go to validation with every attempt they made, the others train. Each side
-/// keeps the rows' time order.
+/// is ordered by the rows' own keys — target, call, attempt, start — so the same records
+/// split and train the same whatever the order of the files they were read from (the
+/// wall clock of a simulated run is not part of its records' identity).
 ///
 /// A call's attempts stay together because they share what the model learns from (the
 /// failure that came before, the target's health at the time): split apart, a retry in
@@ -230,8 +232,26 @@ pub fn split_by_call(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSum
             v.len()
         )));
     }
+    // Each side in an order of the rows' own (by call, then attempt, then start within
+    // the call), not of the files they came from nor of the wall clock the runs started
+    // at: the same records train the same model whatever their files' order.
     for side in [&mut t, &mut v] {
-        side.sort_by_key(|&i| (rows.started_at_ms[i], i));
+        side.sort_by(|&a, &b| {
+            let key = |i: usize| {
+                let c = &rows.contexts[i];
+                (
+                    c.target.as_ref(),
+                    rows.call_id[i],
+                    c.attempt,
+                    rows.started_at_ms[i],
+                    rows.success[i],
+                    c.delay,
+                    c.latency,
+                    c.elapsed,
+                )
+            };
+            key(a).cmp(&key(b)).then(a.cmp(&b))
+        });
     }
     let summary = SplitSummary {
         split: SplitBy::Call,

@@ -361,6 +361,32 @@ fn call_rows(dir: &Path) -> retrywise_train::data::Rows {
 }
 
 #[test]
+fn the_call_split_is_the_same_whatever_the_order_of_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = call_rows(dir.path());
+    // The same records, read in another order (other files, other clocks).
+    let reversed: Vec<usize> = (0..rows.len()).rev().collect();
+    let shuffled = rows.select(&reversed);
+    let (ta, va, _) = retrywise_train::split_by_call(&rows, 0.2).unwrap();
+    let (tb, vb, _) = retrywise_train::split_by_call(&shuffled, 0.2).unwrap();
+    let key = |r: &retrywise_train::data::Rows| -> Vec<(String, Option<u64>, u32, u64)> {
+        (0..r.len())
+            .map(|i| {
+                let c = &r.contexts[i];
+                (
+                    c.target.to_string(),
+                    r.call_id[i],
+                    c.attempt,
+                    r.started_at_ms[i],
+                )
+            })
+            .collect()
+    };
+    assert_eq!(key(&ta), key(&tb), "training rows, in the same order");
+    assert_eq!(key(&va), key(&vb), "validation rows, in the same order");
+}
+
+#[test]
 fn the_call_split_keeps_each_call_whole_and_holds_out_calls_from_all_times() {
     let dir = tempfile::tempdir().unwrap();
     let rows = call_rows(dir.path());
@@ -400,9 +426,20 @@ fn the_call_split_keeps_each_call_whole_and_holds_out_calls_from_all_times() {
         let share = in_third(&va) as f64 / (in_third(&va) + in_third(&tr)) as f64;
         assert!((0.12..0.28).contains(&share), "third {third}: {share}");
     }
-    // Each side in time order; the same draw every time.
+    // Each side ordered by target, call, attempt and start; the same draw every time.
     for side in [&tr, &va] {
-        assert!(side.started_at_ms.windows(2).all(|w| w[0] <= w[1]));
+        let keys: Vec<_> = (0..side.len())
+            .map(|i| {
+                let c = &side.contexts[i];
+                (
+                    c.target.to_string(),
+                    side.call_id[i],
+                    c.attempt,
+                    side.started_at_ms[i],
+                )
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]));
     }
     let (_, again, _) = retrywise_train::split_by_call(&rows, 0.2).unwrap();
     assert_eq!(again.call_id, va.call_id);

@@ -77,6 +77,9 @@ pub(crate) struct Inner {
     pub(super) wall_ms: u64,
     pub(super) permanent_is_failure: bool,
     pub(super) counters: Counters,
+    /// Recorded calls' ids drawn from this seed and a counter instead of at random
+    /// ([`super::PolicyBuilder::call_id_seed`]).
+    pub(super) call_ids: Option<(u64, std::sync::atomic::AtomicU64)>,
     /// A call the breaker refuses waits for it while it can still start within this long
     /// of the call's start ([`super::PolicyBuilder::wait_for_breaker`]); none: it fails.
     pub(super) breaker_wait: Option<Duration>,
@@ -96,10 +99,19 @@ impl Inner {
             self.count_stop(StopReason::Throttled);
             return Err(StopReason::Throttled);
         }
-        Ok(if self.recording {
-            rand::random::<u64>() >> 11
-        } else {
-            0
+        Ok(match (&self.call_ids, self.recording) {
+            (_, false) => 0,
+            (None, true) => rand::random::<u64>() >> 11,
+            // SplitMix64 of a seeded counter: distinct, and the same in every run.
+            (Some((seed, n)), true) => {
+                let mut z = seed.wrapping_add(
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) >> 11
+            }
         })
     }
 

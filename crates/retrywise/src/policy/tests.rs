@@ -65,6 +65,49 @@ async fn retries_until_success_and_records_every_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn seeded_call_ids_are_distinct_and_the_same_in_every_run() {
+    let run = |seed| async move {
+        let rec = Arc::new(MemoryRecorder::new(100));
+        let p = Policy::builder("inv")
+            .retry(retry(2, 1))
+            .recorder(rec.clone())
+            .call_id_seed(seed)
+            .build()
+            .unwrap();
+        for i in 0..5 {
+            let _ = p
+                .call(|a| async move {
+                    if i % 2 == 0 && a.number == 1 {
+                        Err(reset())
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await;
+        }
+        rec.take()
+            .into_iter()
+            .map(|r| r.call_id)
+            .collect::<Vec<_>>()
+    };
+    let a = run(7).await;
+    assert_eq!(a.len(), 8, "five calls, three of them retried once");
+    let mut calls = a.clone();
+    calls.dedup();
+    assert_eq!(
+        calls.len(),
+        5,
+        "one id per call, shared by its attempts: {a:?}"
+    );
+    let mut distinct = calls.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 5);
+    assert_eq!(run(7).await, a, "the same in every run");
+    assert_ne!(run(8).await, a, "another seed, other ids");
+}
+
+#[tokio::test(start_paused = true)]
 async fn gives_up_with_the_last_error_after_max_attempts() {
     let p = Policy::builder("inv").retry(retry(3, 1)).build().unwrap();
     let n = AtomicU32::new(0);
