@@ -572,10 +572,6 @@ pub(crate) async fn decide(
     }))
 }
 
-/// Waits weighed for a first attempt predicted to fail now: log-spaced from 0.5 s to 60 s
-/// (the shared breaker's open-duration bounds).
-const ADMISSION_WAITS: usize = 16;
-
 /// Admission of a first attempt: send now, wait and how long, or fail fast — by the fleet's
 /// shared circuit for the target, then by the serving model's p of a fresh call against the
 /// attempt cost (`min_p_success`, the shared breaker's threshold too).
@@ -585,7 +581,7 @@ fn admit(
     ctx: &AttemptContext,
     deadline: Option<std::time::Duration>,
 ) -> DecideResponse {
-    use retrywise::breaker::State;
+    use retrywise::breaker::{Recovery, State};
     use std::time::Duration;
     let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
     let fits = |w: Duration| left.is_none_or(|l| w < l);
@@ -622,18 +618,17 @@ fn admit(
     if now >= threshold {
         return answer(true, Duration::ZERO, Some(now), "admit");
     }
-    let (lo, hi): (f64, f64) = (0.5, 60.0);
-    let waits: Vec<Duration> = (0..ADMISSION_WAITS)
-        .map(|i| {
-            Duration::from_secs_f64(lo * (hi / lo).powf(i as f64 / (ADMISSION_WAITS - 1) as f64))
-        })
-        .take_while(|w| fits(*w))
-        .collect();
-    let mut p = vec![0.0; waits.len()];
-    m.model.p_success_by_delay(ctx, &waits, &mut p);
-    match waits.iter().zip(&p).find(|(_, p)| **p >= threshold) {
-        Some((w, p)) => answer(true, *w, Some(*p), "predicted_recovery"),
-        None => answer(false, Duration::ZERO, Some(now), "low_success_probability"),
+    // The breaker's rule for how long to stay open, with the request's model and the
+    // call's deadline.
+    let prediction = retrywise::breaker::Prediction::new(Arc::new(Served(Arc::clone(m))))
+        .threshold(threshold.clamp(1e-6, 0.999));
+    match prediction.recovery(ctx, left) {
+        Recovery::After { wait, p_success } => {
+            answer(true, wait, Some(p_success), "predicted_recovery")
+        }
+        Recovery::NotWithin | Recovery::Unknown => {
+            answer(false, Duration::ZERO, Some(now), "low_success_probability")
+        }
     }
 }
 

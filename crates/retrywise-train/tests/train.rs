@@ -360,6 +360,21 @@ fn call_rows(dir: &Path) -> retrywise_train::data::Rows {
     data::load(&files, &Filter::default(), |_| {}).unwrap().0
 }
 
+/// Each row's target, call, attempt and start, in the rows' order.
+fn row_keys(r: &retrywise_train::data::Rows) -> Vec<(String, Option<u64>, u32, u64)> {
+    (0..r.len())
+        .map(|i| {
+            let c = &r.contexts[i];
+            (
+                c.target.to_string(),
+                r.call_id[i],
+                c.attempt,
+                r.started_at_ms[i],
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn the_call_split_is_the_same_whatever_the_order_of_the_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,21 +384,16 @@ fn the_call_split_is_the_same_whatever_the_order_of_the_rows() {
     let shuffled = rows.select(&reversed);
     let (ta, va, _) = retrywise_train::split_by_call(&rows, 0.2).unwrap();
     let (tb, vb, _) = retrywise_train::split_by_call(&shuffled, 0.2).unwrap();
-    let key = |r: &retrywise_train::data::Rows| -> Vec<(String, Option<u64>, u32, u64)> {
-        (0..r.len())
-            .map(|i| {
-                let c = &r.contexts[i];
-                (
-                    c.target.to_string(),
-                    r.call_id[i],
-                    c.attempt,
-                    r.started_at_ms[i],
-                )
-            })
-            .collect()
-    };
-    assert_eq!(key(&ta), key(&tb), "training rows, in the same order");
-    assert_eq!(key(&va), key(&vb), "validation rows, in the same order");
+    assert_eq!(
+        row_keys(&ta),
+        row_keys(&tb),
+        "training rows, in the same order"
+    );
+    assert_eq!(
+        row_keys(&va),
+        row_keys(&vb),
+        "validation rows, in the same order"
+    );
 }
 
 #[test]
@@ -428,18 +438,7 @@ fn the_call_split_keeps_each_call_whole_and_holds_out_calls_from_all_times() {
     }
     // Each side ordered by target, call, attempt and start; the same draw every time.
     for side in [&tr, &va] {
-        let keys: Vec<_> = (0..side.len())
-            .map(|i| {
-                let c = &side.contexts[i];
-                (
-                    c.target.to_string(),
-                    side.call_id[i],
-                    c.attempt,
-                    side.started_at_ms[i],
-                )
-            })
-            .collect();
-        assert!(keys.windows(2).all(|w| w[0] <= w[1]));
+        assert!(row_keys(side).windows(2).all(|w| w[0] <= w[1]));
     }
     let (_, again, _) = retrywise_train::split_by_call(&rows, 0.2).unwrap();
     assert_eq!(again.call_id, va.call_id);

@@ -24,7 +24,7 @@ pub use config::{
 };
 pub use core::{CallOutcome, CircuitBreaker, Permit};
 pub use event::{BreakerEvent, BreakerMetrics, CircuitOpen, State};
-pub use predict::Prediction;
+pub use predict::{Prediction, Recovery};
 
 #[cfg(test)]
 mod tests {
@@ -581,6 +581,18 @@ mod tests {
         })
     }
 
+    /// Five failures (enough for `small()`'s rate): the circuit is open, for this long.
+    fn opened_by_failures(b: &CircuitBreaker) -> Duration {
+        for _ in 0..5 {
+            call(b, CallOutcome::Failure).unwrap();
+        }
+        assert_eq!(b.state(), State::Open);
+        call(b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .expect("OPEN says for how long")
+    }
+
     fn predictive(model: Arc<dyn crate::model::SuccessModel>) -> BreakerBuilder {
         small()
             .failure_rate_threshold(0.9)
@@ -646,14 +658,7 @@ mod tests {
         let never =
             Arc::new(|c: &crate::attempt::AttemptContext| 1.0 - c.failure_rate.unwrap_or(0.0));
         let b = predictive(never).build().unwrap();
-        for _ in 0..5 {
-            call(&b, CallOutcome::Failure).unwrap();
-        }
-        assert_eq!(b.state(), State::Open);
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = opened_by_failures(&b);
         assert_eq!(left, Duration::from_secs(60));
         tokio::time::advance(left).await;
         call(&b, CallOutcome::Failure).unwrap();
@@ -670,14 +675,7 @@ mod tests {
             )))
             .build()
             .unwrap();
-        for _ in 0..5 {
-            call(&b, CallOutcome::Failure).unwrap();
-        }
-        assert_eq!(b.state(), State::Open);
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = opened_by_failures(&b);
         assert_eq!(left, Duration::from_millis(500));
     }
 
@@ -685,16 +683,8 @@ mod tests {
     async fn a_model_answering_nan_is_no_evidence() {
         let nan = Arc::new(|_: &crate::attempt::AttemptContext| f64::NAN);
         let b = predictive(nan).build().unwrap();
-        for _ in 0..5 {
-            call(&b, CallOutcome::Failure).unwrap();
-        }
         // Every call failed: the rate opens it, and the configured 30 s apply.
-        assert_eq!(b.state(), State::Open);
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
-        assert_eq!(left, Duration::from_secs(30));
+        assert_eq!(opened_by_failures(&b), Duration::from_secs(30));
         // And below the rate threshold, NaN never opens it.
         let b = predictive(Arc::new(|_: &crate::attempt::AttemptContext| f64::NAN))
             .build()
@@ -788,11 +778,7 @@ mod tests {
                     .predict(Prediction::new(model).open_between(min, max))
                     .build()
                     .unwrap();
-                for _ in 0..5 {
-                    call(&b, CallOutcome::Failure).unwrap();
-                }
-                prop_assert_eq!(b.state(), State::Open);
-                let left = call(&b, CallOutcome::Success).unwrap_err().remaining.unwrap();
+                let left = opened_by_failures(&b);
                 prop_assert!(left >= min && left <= max, "{:?} not in {:?}..={:?}", left, min, max);
                 Ok(())
             })?;

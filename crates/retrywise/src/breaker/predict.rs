@@ -147,23 +147,59 @@ impl Prediction {
     /// The shortest weighed wait after which a probe is worth sending (`max_open` when
     /// none is); `None` when the model answered NaN.
     pub(crate) fn open_for(&self, ctx: &AttemptContext) -> Option<Duration> {
+        match self.recovery(ctx, None) {
+            Recovery::After { wait, .. } => Some(wait),
+            Recovery::NotWithin => Some(self.max_open),
+            Recovery::Unknown => None,
+        }
+    }
+
+    /// The shortest of 16 waits, log-spaced between the open-duration bounds (and shorter
+    /// than `within`, when given), after which the fresh call in `ctx` is predicted to
+    /// succeed at least as often as the threshold — what the breaker stays open for, and
+    /// how long a caller told to wait before a first attempt waits.
+    pub fn recovery(&self, ctx: &AttemptContext, within: Option<Duration>) -> Recovery {
         let (lo, hi) = (self.min_open.as_secs_f64(), self.max_open.as_secs_f64());
         let mut waits = [Duration::ZERO; WAITS];
-        for (i, w) in waits.iter_mut().enumerate() {
+        let mut n = 0;
+        for i in 0..WAITS {
             let x = lo * (hi / lo).powf(i as f64 / (WAITS - 1) as f64);
-            *w = Duration::from_secs_f64(x).clamp(self.min_open, self.max_open);
+            let w = Duration::from_secs_f64(x).clamp(self.min_open, self.max_open);
+            if within.is_some_and(|l| w >= l) {
+                break;
+            }
+            waits[n] = w;
+            n += 1;
         }
         let mut p = [0.0; WAITS];
-        self.model.p_success_by_delay(ctx, &waits, &mut p);
-        if p.iter().any(|x| x.is_nan()) {
-            return None;
+        self.model.p_success_by_delay(ctx, &waits[..n], &mut p[..n]);
+        if p[..n].iter().any(|x| x.is_nan()) {
+            return Recovery::Unknown;
         }
-        Some(
-            waits
-                .iter()
-                .zip(p)
-                .find(|(_, p)| *p >= self.threshold)
-                .map_or(self.max_open, |(w, _)| *w),
-        )
+        waits[..n]
+            .iter()
+            .zip(p)
+            .find(|(_, p)| *p >= self.threshold)
+            .map_or(Recovery::NotWithin, |(w, p)| Recovery::After {
+                wait: *w,
+                p_success: p,
+            })
     }
+}
+
+/// What a [`Prediction`] says of waiting before a fresh call ([`Prediction::recovery`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Recovery {
+    /// After this wait a fresh call is predicted to succeed `p_success` of the time, at
+    /// least the threshold.
+    After {
+        /// The wait.
+        wait: Duration,
+        /// The predicted probability of success after it.
+        p_success: f64,
+    },
+    /// No wait weighed makes it worth it.
+    NotWithin,
+    /// The model answered NaN: no evidence.
+    Unknown,
 }

@@ -263,28 +263,36 @@ impl ModelDecider {
         let Some(model) = &self.model else {
             return self.by_rules(ctx, Why::NoModel);
         };
-        // Every failure tells the calendar of the target's load; the retries others booked
-        // there are the load each wait would land in.
+        // Every failure tells the calendar of the target's load (the view it opens reads
+        // the retries others booked: the load each wait would land in). The view holds the
+        // calendar's lock, so it is opened after the model has answered; a decision that
+        // ends before weighing only tells of its failure.
         let rate_from = ctx.failure_rate_recent.or(ctx.failure_rate);
-        let mut view = self.calendar.as_ref().map(|c| {
-            let now = tokio::time::Instant::now();
-            c.after_failure(&ctx.target, now, ctx.attempt == 2, rate_from)
-        });
+        let open = || {
+            self.calendar.as_ref().map(|c| {
+                let now = tokio::time::Instant::now();
+                c.after_failure(&ctx.target, now, ctx.attempt == 2, rate_from)
+            })
+        };
+        let told = |decision| {
+            drop(open());
+            decision
+        };
         if model
             .trained_on(ctx)
             .is_some_and(|rows| rows < self.min_support)
         {
-            return self.by_rules(ctx, Why::Unsupported);
+            return told(self.by_rules(ctx, Why::Unsupported));
         }
         if ctx.attempt > self.max_attempts {
-            return (Self::stop(StopReason::MaxAttempts, None), false, false);
+            return told((Self::stop(StopReason::MaxAttempts, None), false, false));
         }
         if ctx.retry_after.is_some_and(|ra| ra > self.cap) {
-            return (
+            return told((
                 Self::stop(StopReason::RetryAfterTooLong, None),
                 false,
                 false,
-            );
+            ));
         }
         // The candidates: the grid from the Retry-After up, and the Retry-After itself.
         let floor = ctx.retry_after.unwrap_or(Duration::ZERO);
@@ -310,7 +318,7 @@ impl ModelDecider {
                 n -= 1;
             }
             if n == 0 {
-                return (Self::stop(StopReason::Deadline, None), false, false);
+                return told((Self::stop(StopReason::Deadline, None), false, false));
             }
         }
         let waits = &waits[..n];
@@ -318,8 +326,9 @@ impl ModelDecider {
         let p = &mut p[..n];
         model.p_success_by_logged_delay(ctx, waits, &logs[..n], p);
         if p.iter().any(|x| x.is_nan()) {
-            return self.by_rules(ctx, Why::NaN);
+            return told(self.by_rules(ctx, Why::NaN));
         }
+        let mut view = open();
         for x in p.iter_mut() {
             *x = x.clamp(0.0, 1.0);
         }
