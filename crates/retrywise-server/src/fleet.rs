@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use retrywise::attempt::{AttemptContext, AttemptRecord, Outcome};
 use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, Prediction, State};
+use retrywise::bulkhead::AdaptiveLimit;
 use retrywise::health::{Ended, HealthTracker, knows_health};
+use retrywise::hedge::{Hedge, HedgeDelay};
 use retrywise::model::SuccessModel;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -26,6 +28,11 @@ use tokio::time::Instant;
 pub struct Target {
     health: HealthTracker,
     breaker: CircuitBreaker,
+    /// The concurrency limit the reported latencies suggest (Gradient2).
+    limit: AdaptiveLimit,
+    /// Predicts the hedge delay from the reported latencies (primaries a hedge beat are
+    /// censored); never sends anything.
+    hedge: Hedge,
 }
 
 /// What the service knows of a target (`GET /v1/targets/{target}`).
@@ -66,6 +73,16 @@ pub struct TargetView {
     pub open_for_ms: Option<f64>,
     /// Why `allow` is what it is.
     pub reason: String,
+    /// The concurrency limit a caller's bulkhead should hold for the target: Netflix
+    /// concurrency-limits' Gradient2 (as `retrywise::bulkhead::AdaptiveLimit`), fed with
+    /// every reported attempt's latency and the caller's calls in flight — it shrinks when
+    /// latency grows past 1.5x its long-term average (the target is queueing).
+    pub concurrency_limit: u32,
+    /// After how long a call still running should be hedged, ms: the earliest time at
+    /// which a hedge answers first at least as often as not, predicted from the reported
+    /// latencies (`retrywise::hedge::HedgeDelay::Predicted`; 100 ms until 100 are known);
+    /// null when no hedge is worth sending for slowness.
+    pub hedge_delay_ms: Option<f64>,
     /// The breaker's counters.
     #[schema(value_type = Object)]
     pub breaker: BreakerMetrics,
@@ -165,7 +182,22 @@ impl Fleet {
             breaker = breaker.predict(p.clone());
         }
         let breaker = breaker.build().ok()?;
-        let t = Arc::new(Target { health, breaker });
+        let limit = AdaptiveLimit::builder().build().ok()?;
+        let hedge = Hedge::builder()
+            .delay(HedgeDelay::Predicted {
+                min_samples: 100,
+                fallback: Duration::from_millis(100),
+            })
+            .latency_window(self.window)
+            .no_budget()
+            .build()
+            .ok()?;
+        let t = Arc::new(Target {
+            health,
+            breaker,
+            limit,
+            hedge,
+        });
         map.insert(Arc::clone(target), Arc::clone(&t));
         self.count.store(map.len(), Ordering::Relaxed);
         Some(t)
@@ -185,15 +217,26 @@ impl Fleet {
         let Some(t) = self.get_or_create(&rec.context.target, now) else {
             return Observed::Full;
         };
+        // Counted when it ended, as an embedded policy counts it, however late it arrives.
+        let age = Duration::from_millis(wall_ms.saturating_sub(ended_ms));
+        let ended = now.checked_sub(age).unwrap_or(now);
         let how = match rec.outcome {
             Outcome::Success => Ended::Success,
             Outcome::Permanent => Ended::Permanent,
             Outcome::Retryable => Ended::Failure,
-            Outcome::Cancelled => return Observed::Tracked,
+            Outcome::Cancelled => {
+                // A primary a hedge beat: its latency is longer than it ran.
+                if rec.hedge == 0 {
+                    t.hedge.record_beaten(ended, rec.outcome_latency);
+                }
+                return Observed::Tracked;
+            }
         };
-        // Counted when it ended, as an embedded policy counts it, however late it arrives.
-        let age = Duration::from_millis(wall_ms.saturating_sub(ended_ms));
-        let ended = now.checked_sub(age).unwrap_or(now);
+        if rec.hedge == 0 {
+            t.hedge.record_latency(ended, rec.outcome_latency);
+        }
+        let in_flight = rec.context.in_flight.unwrap_or_else(|| t.limit.current());
+        t.limit.sample(rec.outcome_latency, in_flight);
         t.health.record(ended, how, rec.outcome_latency);
         let outcome = match rec.outcome {
             Outcome::Success | Outcome::Permanent => CallOutcome::Success,
@@ -267,6 +310,8 @@ impl Fleet {
             p_success,
             open_for_ms: open_for.map(|d| d.as_secs_f64() * 1e3),
             reason,
+            concurrency_limit: t.limit.current(),
+            hedge_delay_ms: t.hedge.current_delay().map(|d| d.as_secs_f64() * 1e3),
             breaker,
         })
     }

@@ -1218,3 +1218,59 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
     h.post("/v1/attempts", &ingest(&["c"])).await;
     assert_eq!(h.get("/v1/targets/c").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_target_view_suggests_a_concurrency_limit_and_a_hedge_delay() {
+    let h = Harness::new(|_| {}).await;
+    // 2,000 answers at 20 ms with 10 in flight, every 100th a straggler at 2 s.
+    let recs: Vec<AttemptRecord> = (0..2000)
+        .map(|i| {
+            let mut ctx = AttemptContext::first("search");
+            ctx.in_flight = Some(10);
+            let took = if i % 100 == 0 { 2000 } else { 20 + i % 7 };
+            AttemptRecord::new(
+                i,
+                0,
+                now_ms(),
+                ctx,
+                &Verdict::Success,
+                Duration::from_millis(took),
+            )
+        })
+        .collect();
+    for chunk in recs.chunks(500) {
+        let (s, _) = h
+            .post("/v1/attempts", &serde_json::to_string(chunk).unwrap())
+            .await;
+        assert!(s.is_success());
+    }
+    let (_, v) = h.get("/v1/targets/search").await;
+    // Gradient2 from its initial 20: steady latency with half the limit in use, so the
+    // limit holds or grows.
+    let limit = v["concurrency_limit"].as_u64().unwrap();
+    assert!(limit >= 20, "{v}");
+    // The hedge: past the body (20-26 ms), long before the stragglers' 2 s.
+    let delay = v["hedge_delay_ms"]
+        .as_f64()
+        .expect("stragglers are worth hedging");
+    assert!(delay > 20.0 && delay < 100.0, "{v}");
+
+    // A target without stragglers: no hedge is worth it for slowness.
+    let even: Vec<AttemptRecord> = (0..500)
+        .map(|i| {
+            let ctx = AttemptContext::first("ledger");
+            AttemptRecord::new(
+                i,
+                0,
+                now_ms(),
+                ctx,
+                &Verdict::Success,
+                Duration::from_millis(20 + i % 3),
+            )
+        })
+        .collect();
+    h.post("/v1/attempts", &serde_json::to_string(&even).unwrap())
+        .await;
+    let (_, v) = h.get("/v1/targets/ledger").await;
+    assert!(v["hedge_delay_ms"].is_null(), "{v}");
+}

@@ -111,7 +111,12 @@ pub fn generate(
     // sample's recipe stays what data/README.md describes).
     let policies: Vec<_> = CATALOG
         .iter()
-        .filter(|p| !matches!(p.name, "oracle" | "adaptive" | "aws-adaptive"))
+        .filter(|p| {
+            !matches!(
+                p.name,
+                "oracle" | "adaptive" | "adaptive-full" | "aws-adaptive"
+            )
+        })
         .collect();
     let mut summary = GenerateSummary::default();
     for scenario in &opts.scenarios {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use retrywise::budget::{AdaptiveThrottle, CubicRateLimiter, RetryQuota, TokenBucket};
 use retrywise::hedge::{Hedge, HedgeDelay};
-use retrywise::model::{LogisticModel, SuccessModel};
+use retrywise::model::{LogisticModel, SharedModel, SuccessModel};
 use retrywise::policy::{DEFAULT_HEALTH_WINDOW, Policy, PolicyBuilder};
 use retrywise::recorder::Recorder;
 use retrywise::retry::{
@@ -22,6 +22,9 @@ use crate::transport::SimClassifier;
 ///
 /// [`ModelDeciderBuilder::explore`]: retrywise::retry::ModelDeciderBuilder::explore
 pub const STOP_EXPLORATION: f64 = 0.1;
+
+/// The policy whose every mechanism the model drives ([`PolicyBuilder::adaptive`]).
+pub const ADAPTIVE_FULL: &str = "adaptive-full";
 
 /// What every policy of a run shares.
 #[derive(Clone)]
@@ -241,6 +244,27 @@ pub static CATALOG: &[Contender] = &[
             let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
             // The model reads the target's health: track it as the training data did.
             policy(base(c, "adaptive", d)?.track_health(DEFAULT_HEALTH_WINDOW))
+        },
+    },
+    Contender {
+        name: "adaptive-full",
+        description: "the model decides everything: the adaptive retries, a predictive breaker, an adaptive concurrency limit shedding the least likely calls, a predictive hedge (PolicyBuilder::adaptive, one swappable model)",
+        build: |c| {
+            let model = Arc::new(SharedModel::new(c.model.clone().unwrap_or_else(|| {
+                // Without a model every prediction is "no evidence": the decider's rules,
+                // the breaker's rate trigger.
+                Arc::new(|_: &retrywise::attempt::AttemptContext| f64::NAN)
+            })));
+            let d = ModelDecider::builder()
+                .model(Arc::clone(&model) as Arc<dyn SuccessModel>)
+                .deadline(c.deadline)
+                .seed(c.seed ^ 0xADA)
+                .build()?;
+            let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
+            let b = base(c, ADAPTIVE_FULL, Arc::clone(&d))?
+                .adaptive(model)?
+                .decider(d);
+            policy(b)
         },
     },
     Contender {

@@ -11,7 +11,7 @@ use retrywise::model::SuccessModel;
 use serde::Serialize;
 
 use crate::driver::RunOptions;
-use crate::policies::CATALOG;
+use crate::policies::{ADAPTIVE_FULL, CATALOG};
 use crate::scenario::{HELD_OUT, Scenario};
 use crate::score::Score;
 use crate::{SimError, scoreboard};
@@ -23,6 +23,11 @@ pub const PLOTTED: [&str; 3] = ["outage", "metastable", "mix"];
 const ADAPTIVE: &str = "adaptive";
 /// The upper bound, not a baseline.
 const ORACLE: &str = "oracle";
+
+/// Whether `policy` is driven by the model (not a baseline).
+fn is_learned(policy: &str) -> bool {
+    policy == ADAPTIVE || policy == ADAPTIVE_FULL
+}
 
 /// What to report on.
 #[derive(Clone)]
@@ -91,7 +96,7 @@ impl ScenarioResults {
     pub fn best_baseline(&self) -> Option<&Mean> {
         self.policies
             .iter()
-            .filter(|m| m.policy != ADAPTIVE && m.policy != ORACLE)
+            .filter(|m| !is_learned(&m.policy) && m.policy != ORACLE)
             .max_by(|a, b| {
                 a.success_rate
                     .total_cmp(&b.success_rate)
@@ -227,13 +232,14 @@ fn plot_scenario(
 ) -> Result<(), SimError> {
     let best = scores
         .iter()
-        .filter(|s| s.policy != ADAPTIVE && s.policy != ORACLE)
+        .filter(|s| !is_learned(&s.policy) && s.policy != ORACLE)
         .max_by(|a, b| a.success_rate.total_cmp(&b.success_rate))
         .map(|s| s.policy.clone());
     let shown: Vec<crate::driver::PolicyRun> = runs
         .iter()
         .filter(|r| {
-            [ADAPTIVE, "exp-full-jitter", "aws-adaptive"].contains(&r.policy.as_str())
+            [ADAPTIVE, ADAPTIVE_FULL, "exp-full-jitter", "aws-adaptive"]
+                .contains(&r.policy.as_str())
                 || Some(&r.policy) == best.as_ref()
         })
         .cloned()
@@ -319,8 +325,57 @@ fn targets(scenarios: &[ScenarioResults]) -> Vec<Target> {
             "contention" => goal("writes done >= 99 %", a.success_rate >= 0.99),
             _ => {}
         }
+        if let Some(f) = s.get(ADAPTIVE_FULL) {
+            out.push(full_target(&s.scenario, f, a));
+        }
     }
     out
+}
+
+/// The target of `adaptive-full` (`f`) on `scenario`, where `adaptive` measured `a`: the
+/// breaker's and the hedge's own goals in metastable and stragglers, elsewhere no worse
+/// than the learned decider alone.
+fn full_target(scenario: &str, f: &Mean, a: &Mean) -> Target {
+    let pct = |x: f64| format!("{:.1} %", x * 100.0);
+    let slowest = f
+        .seeds
+        .iter()
+        .map(|s| s.recovery_s)
+        .try_fold(0.0f64, |m, r| r.map(|r| m.max(r)));
+    let measured = format!(
+        "{} at {:.2}, p99.9 {}, slowest recovery {}",
+        pct(f.success_rate),
+        f.attempts_per_request,
+        f.p999_ms
+            .map_or_else(|| "-".to_owned(), |p| format!("{p:.0} ms")),
+        slowest.map_or_else(|| "never/-".to_owned(), |r| format!("{r:.1} s"))
+    );
+    let (goal, met) = match scenario {
+        "metastable" => (
+            "every seed recovers within 10 s of the trigger's end, success >= 85 %".to_owned(),
+            f.success_rate >= 0.85 && slowest.is_some_and(|r| r <= 10.0),
+        ),
+        "stragglers" => (
+            "p99.9 <= 60 ms at <= 1.02 attempts/request".to_owned(),
+            f.p999_ms.is_some_and(|p| p <= 60.0) && f.attempts_per_request <= 1.02,
+        ),
+        _ => (
+            format!(
+                "success >= adaptive's ({}) - 0.5 points, attempts/request <= adaptive's ({:.2})",
+                pct(a.success_rate),
+                a.attempts_per_request
+            ),
+            f.success_rate >= a.success_rate - 0.005
+                && f.attempts_per_request <= a.attempts_per_request + 0.005,
+        ),
+    };
+    Target {
+        id: format!("{scenario}/full"),
+        scenario: scenario.to_owned(),
+        goal,
+        measured,
+        met,
+    }
 }
 
 /// What [`Report::check`] found.
@@ -384,15 +439,16 @@ impl Report {
             "Success and attempts per request, mean of seeds {:?} (virtual time, each scenario's own load); `adaptive` decides with {}.\n\n",
             self.seeds, self.model
         );
-        t.push_str("| scenario | adaptive | best fixed policy | exp-full-jitter | aws-adaptive | oracle |\n|---|---|---|---|---|---|\n");
+        t.push_str("| scenario | adaptive | adaptive-full | best fixed policy | exp-full-jitter | aws-adaptive | oracle |\n|---|---|---|---|---|---|---|\n");
         for s in &self.scenarios {
             let best = s.best_baseline();
             let _ = writeln!(
                 t,
-                "| {}{} | **{}** | {} ({}) | {} | {} | {} |",
+                "| {}{} | **{}** | **{}** | {} ({}) | {} | {} | {} |",
                 s.scenario,
                 if s.held_out { " (held out)" } else { "" },
                 cell(s.get(ADAPTIVE)),
+                cell(s.get(ADAPTIVE_FULL)),
                 cell(best),
                 best.map_or("-", |b| b.policy.as_str()),
                 cell(s.get("exp-full-jitter")),

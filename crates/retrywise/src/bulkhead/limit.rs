@@ -106,6 +106,11 @@ impl AdaptiveLimit {
         (self.lock().estimate as u32).clamp(self.min, self.max)
     }
 
+    /// The least and the most the limit may become.
+    pub fn bounds(&self) -> (u32, u32) {
+        (self.min, self.max)
+    }
+
     /// The long-term latency the limit compares samples with; `None` before any sample.
     pub fn baseline(&self) -> Option<Duration> {
         let s = *self.lock();

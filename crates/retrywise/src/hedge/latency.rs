@@ -1,4 +1,5 @@
-//! A rolling latency histogram that records without locking.
+//! A rolling latency histogram that records without locking, and what it predicts of a
+//! request still running: when a hedge is worth sending.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +14,11 @@ const SUB_BITS: u32 = 4;
 /// Microsecond values up to 2^40 µs (about 12.7 days); larger values go in the last bucket.
 const MAX_EXP: u32 = 40;
 const BUCKETS: usize = (SUB + (MAX_EXP - SUB_BITS + 1) * SUB) as usize;
+/// Kinds of observation: a latency (the request answered after it)...
+const ANSWERED: usize = 0;
+/// ...or a lower bound of one (the request was still running then, and was cancelled).
+const CENSORED: usize = 1;
+const KINDS: usize = 2;
 
 fn bucket_of(micros: u64) -> usize {
     if micros < u64::from(SUB) {
@@ -42,8 +48,8 @@ fn upper_of(bucket: usize) -> u64 {
 struct Histogram {
     /// The period this histogram holds, or `u64::MAX` while never used.
     period: AtomicU64,
-    /// One row of buckets per owned stripe (thread), then a shared row:
-    /// `row * BUCKETS + bucket`.
+    /// One row of buckets per owned stripe (thread) and kind of observation, then a
+    /// shared row per kind: `(row * KINDS + kind) * BUCKETS + bucket`.
     counts: Box<[AtomicU32]>,
 }
 
@@ -51,17 +57,24 @@ impl Histogram {
     fn new() -> Self {
         Self {
             period: AtomicU64::new(u64::MAX),
-            counts: (0..BUCKETS * (STRIPES + 1))
+            counts: (0..BUCKETS * KINDS * (STRIPES + 1))
                 .map(|_| AtomicU32::new(0))
                 .collect(),
         }
     }
 
-    /// Bucket `b` summed over the stripes.
-    fn bucket(&self, b: usize) -> u64 {
+    /// Bucket `b` of one kind, summed over the stripes.
+    fn bucket_of_kind(&self, b: usize, kind: usize) -> u64 {
         (0..=STRIPES)
-            .map(|s| u64::from(self.counts[s * BUCKETS + b].load(Ordering::Relaxed)))
+            .map(|s| {
+                u64::from(self.counts[(s * KINDS + kind) * BUCKETS + b].load(Ordering::Relaxed))
+            })
             .sum()
+    }
+
+    /// Bucket `b` summed over the stripes and kinds.
+    fn bucket(&self, b: usize) -> u64 {
+        (0..KINDS).map(|k| self.bucket_of_kind(b, k)).sum()
     }
 }
 
@@ -105,6 +118,18 @@ impl RollingLatency {
     /// Records one latency observed at `now`; returns `now` in nanoseconds since the
     /// origin.
     pub(crate) fn record(&self, now: Instant, latency: Duration) -> u64 {
+        self.record_kind(now, latency, ANSWERED)
+    }
+
+    /// Records, at `now`, a request cancelled after `running` without an answer (a primary
+    /// a hedge beat): its latency is at least that. Counts as one latency for
+    /// [`count`](Self::count) and [`quantile`](Self::quantile) (the time to the call's
+    /// first answer), and as a censored one for [`hedge_delay`](Self::hedge_delay).
+    pub(crate) fn record_censored(&self, now: Instant, running: Duration) -> u64 {
+        self.record_kind(now, running, CENSORED)
+    }
+
+    fn record_kind(&self, now: Instant, latency: Duration, kind: usize) -> u64 {
         let since = self.since_origin(now);
         let p = since / self.period_nanos;
         let h = &self.hists[(p % 2) as usize];
@@ -127,11 +152,12 @@ impl RollingLatency {
         match stripe() {
             // Only this thread writes its row: a plain load and store lose nothing.
             Some(row) => {
-                let c = &h.counts[row * BUCKETS + bucket_of(micros)];
+                let c = &h.counts[(row * KINDS + kind) * BUCKETS + bucket_of(micros)];
                 c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
             }
             None => {
-                h.counts[STRIPES * BUCKETS + bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+                h.counts[(STRIPES * KINDS + kind) * BUCKETS + bucket_of(micros)]
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         since
@@ -174,6 +200,93 @@ impl RollingLatency {
             }
         }
         Some((Duration::from_micros(upper_of(BUCKETS - 1)), total))
+    }
+
+    /// The Kaplan-Meier survival curve of the latencies of the current and previous
+    /// period (answers are events, cancelled requests censored): `(µs, P(latency > µs))`
+    /// at each bucket holding an answer, ascending, and the samples it rests on.
+    fn survival(&self, now: Instant) -> (Vec<(f64, f64)>, u64) {
+        let live: Vec<&Histogram> = self.live(self.period_of(now)).collect();
+        let mut rows = Vec::new();
+        let mut total = 0u64;
+        for b in 0..BUCKETS {
+            let answered: u64 = live.iter().map(|h| h.bucket_of_kind(b, ANSWERED)).sum();
+            let censored: u64 = live.iter().map(|h| h.bucket_of_kind(b, CENSORED)).sum();
+            if answered + censored > 0 {
+                rows.push((upper_of(b) as f64, answered, censored));
+                total += answered + censored;
+            }
+        }
+        let mut at_risk = total;
+        let mut s = 1.0;
+        let mut curve = Vec::with_capacity(rows.len());
+        for (us, answered, censored) in rows {
+            if answered > 0 && at_risk > 0 {
+                s *= 1.0 - answered as f64 / at_risk as f64;
+                curve.push((us, s));
+            }
+            at_risk = at_risk.saturating_sub(answered + censored);
+        }
+        (curve, total)
+    }
+
+    /// When a hedge is worth sending, predicted from the latencies of the current and
+    /// previous period (with the requests hedges beat as censored observations, so a tail
+    /// that hedging cuts off stays known): the earliest time `t` at which a hedge sent
+    /// then, its latency drawn from the same curve, answers before the primary at least as
+    /// often as not — P(L' < L − t | L > t) ≥ ½, so that no more hedges are wasted than
+    /// win. A light tail never qualifies (a request slower than most is not much slower
+    /// than a hedge would be); a tail of stragglers does, once a request still running is
+    /// more likely a straggler than not. `(None, n)` when no time does; `None` without
+    /// samples.
+    pub(crate) fn hedge_delay(&self, now: Instant) -> Option<(Option<Duration>, u64)> {
+        let (curve, total) = self.survival(now);
+        if total == 0 {
+            return None;
+        }
+        // The hedge's latency h: the curve's mass at each point (what is left beyond the
+        // last one never answers within the window's evidence), as a cumulative sum for
+        // P(h < r).
+        let mut cdf = Vec::with_capacity(curve.len());
+        let (mut prev, mut c) = (1.0, 0.0);
+        for (_, s) in &curve {
+            c += prev - s;
+            cdf.push(c);
+            prev = *s;
+        }
+        let answered = c;
+        let below = |r: f64| -> f64 {
+            let i = curve.partition_point(|(us, _)| *us < r);
+            if i == 0 { 0.0 } else { cdf[i - 1] }
+        };
+        let mut previous: Option<(f64, f64)> = None;
+        for (k, (t, s_t)) in curve.iter().enumerate() {
+            if *s_t <= 0.0 {
+                break;
+            }
+            // Over the primary's latency L > t, by the curve's points beyond t: the hedge
+            // wins when it answers within the primary's remaining time.
+            let mut win = 0.0;
+            let mut prev_s = *s_t;
+            for (l, s_l) in &curve[k + 1..] {
+                win += (prev_s - s_l) / s_t * below(l - t);
+                prev_s = *s_l;
+            }
+            // The primary's tail beyond the last answer is still running (censored):
+            // every hedge that answers beats it.
+            win += prev_s / s_t * answered;
+            if win >= 0.5 {
+                // Between two points of the curve (a bucket is 1/16 of its power of two
+                // wide), where the win chance crosses one half.
+                let at = match previous {
+                    Some((t0, w0)) if win > w0 => t0 + (0.5 - w0) / (win - w0) * (t - t0),
+                    _ => *t,
+                };
+                return Some((Some(Duration::from_micros(at as u64)), total));
+            }
+            previous = Some((*t, win));
+        }
+        Some((None, total))
     }
 }
 

@@ -28,6 +28,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Check, ConfigError};
+use crate::model::SuccessModel;
 use crate::striped::Striped;
 
 pub(crate) use latency::RollingLatency;
@@ -59,7 +60,29 @@ pub enum HedgeDelay {
         /// The delay used until then.
         fallback: Duration,
     },
+    /// When a hedge is predicted to be worth its load, from the recent latencies (a
+    /// Kaplan-Meier curve: the primaries a hedge beat count as still running when it
+    /// answered, so the tail hedging cuts off stays known): the earliest time at which a
+    /// hedge sent then answers before the primary at least as often as not *and* is
+    /// expected to save the caller more time than the work it costs the upstream. A
+    /// request still running then is more likely a straggler than not; an upstream
+    /// without stragglers (a light tail) is never hedged for slowness. `fallback` until
+    /// `min_samples` latencies have been seen. With [`HedgeBuilder::predict`], a success
+    /// model also has to predict the hedge more likely to succeed than not. Unlike the
+    /// other delays, a request that *fails* sends no hedge: failures are for the retry
+    /// decision, which knows what failed.
+    Predicted {
+        /// Samples needed before the prediction is trusted.
+        min_samples: u64,
+        /// The delay used until then.
+        fallback: Duration,
+    },
 }
+
+/// The cached delay's value while it is the fallback.
+const FALLBACK: u64 = u64::MAX;
+/// The cached delay's value while no hedge is worth sending for slowness.
+const NEVER: u64 = u64::MAX - 1;
 
 /// Every request of a hedged call failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,13 +128,12 @@ pub struct Hedge {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
     max_hedges: u32,
     delay: HedgeDelay,
     latencies: RollingLatency,
-    /// The current hedge delay in nanoseconds (`u64::MAX`: use the fallback), refreshed
-    /// from `latencies`.
+    /// The current hedge delay in nanoseconds ([`FALLBACK`], [`NEVER`]), refreshed from
+    /// `latencies`.
     cached_nanos: AtomicU64,
     /// Latencies recorded while the delay is still the fallback; paces refreshes then.
     records: AtomicU64,
@@ -123,6 +145,21 @@ struct Shared {
     sent: Mutex<[(u64, u64); 2]>,
     hedges: Striped,
     hedge_wins: Striped,
+    /// Hedges the success model held back.
+    held_back: Striped,
+    /// Asked before each hedge: is it predicted to succeed?
+    model: Option<Arc<dyn SuccessModel>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hedge")
+            .field("max_hedges", &self.max_hedges)
+            .field("delay", &self.delay)
+            .field("budget", &self.budget)
+            .field("predicts", &self.model.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Hedges may be at most `ratio` of the calls answered in the latency window (the current
@@ -178,12 +215,19 @@ pub struct HedgeMetrics {
     pub window_hedges: u64,
     /// `window_hedges / window_calls`: the extra load now.
     pub hedge_rate: f64,
-    /// The delay a call starting now would wait before hedging.
-    #[serde(
-        rename = "current_delay_ms",
-        serialize_with = "crate::attempt::serialize_ms"
-    )]
-    pub current_delay: Duration,
+    /// The delay a call starting now would wait before hedging; `None` when no hedge
+    /// is worth sending for slowness now ([`HedgeDelay::Predicted`]).
+    #[serde(rename = "current_delay_ms", serialize_with = "serialize_opt_ms")]
+    pub current_delay: Option<Duration>,
+    /// Hedges the success model held back as unlikely to succeed ([`HedgeBuilder::predict`]).
+    pub held_back: u64,
+}
+
+fn serialize_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => crate::attempt::serialize_ms(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 impl Hedge {
@@ -199,39 +243,65 @@ impl Hedge {
             },
             window: Duration::from_secs(10),
             budget: Some((0.05, DEFAULT_MIN_HEDGES_PER_SEC)),
+            model: None,
         }
     }
 
-    /// The delay before a hedge for a call starting now.
-    pub fn current_delay(&self) -> Duration {
+    /// The delay before a hedge for a call starting now; `None` when no hedge is worth
+    /// sending for slowness ([`HedgeDelay::Predicted`]: a request that fails still
+    /// hedges at once).
+    pub fn current_delay(&self) -> Option<Duration> {
         let s = &*self.shared;
         match s.delay {
-            HedgeDelay::Fixed(d) => d,
-            HedgeDelay::Percentile { fallback, .. } => {
-                let n = s.cached_nanos.load(Ordering::Relaxed);
-                if n == u64::MAX {
-                    fallback
-                } else {
-                    Duration::from_nanos(n)
+            HedgeDelay::Fixed(d) => Some(d),
+            HedgeDelay::Percentile { fallback, .. } | HedgeDelay::Predicted { fallback, .. } => {
+                match s.cached_nanos.load(Ordering::Relaxed) {
+                    FALLBACK => Some(fallback),
+                    NEVER => None,
+                    n => Some(Duration::from_nanos(n)),
                 }
             }
         }
     }
 
-    /// Records a latency of the upstream (the policy calls this for every answered
-    /// request), feeding the percentile.
+    /// Records the latency of a request that answered (the policy calls this for every
+    /// call a primary answered), feeding the percentile or the prediction.
     pub fn record_latency(&self, now: Instant, latency: Duration) {
-        let s = &*self.shared;
-        let since = s.latencies.record(now, latency);
-        let HedgeDelay::Percentile {
-            quantile,
-            min_samples,
-            ..
-        } = s.delay
-        else {
-            return;
+        let since = self.shared.latencies.record(now, latency);
+        self.refresh(now, since);
+    }
+
+    /// Records a primary that a hedge beat, cancelled after `running`: for the percentile,
+    /// the time to the call's first answer; for the prediction, a latency known to be
+    /// longer than `running`.
+    pub fn record_beaten(&self, now: Instant, running: Duration) {
+        let since = self.shared.latencies.record_censored(now, running);
+        self.refresh(now, since);
+    }
+
+    /// Whether a hedge of the request in `ctx` is worth sending by the success model (at
+    /// least as likely to succeed as not); true without a model or when it answers NaN.
+    pub fn worth_sending(&self, ctx: &crate::attempt::AttemptContext) -> bool {
+        let Some(m) = &self.shared.model else {
+            return true;
         };
-        let filling = s.cached_nanos.load(Ordering::Relaxed) == u64::MAX;
+        let p = m.p_success(ctx);
+        if p < 0.5 {
+            self.shared.held_back.add(1);
+            return false;
+        }
+        true
+    }
+
+    /// Recomputes the cached delay from the window when it is due.
+    fn refresh(&self, now: Instant, since: u64) {
+        let s = &*self.shared;
+        let min_samples = match s.delay {
+            HedgeDelay::Fixed(_) => return,
+            HedgeDelay::Percentile { min_samples, .. }
+            | HedgeDelay::Predicted { min_samples, .. } => min_samples,
+        };
+        let filling = s.cached_nanos.load(Ordering::Relaxed) == FALLBACK;
         let next = s.next_refresh.load(Ordering::Relaxed);
         let due = if filling {
             s.records
@@ -249,11 +319,23 @@ impl Hedge {
                     .is_ok()
         };
         if due {
-            let v = match s.latencies.quantile(now, quantile) {
-                Some((d, n)) if n >= min_samples => {
-                    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+            let nanos = |d: Duration| {
+                u64::try_from(d.as_nanos())
+                    .unwrap_or(NEVER - 1)
+                    .min(NEVER - 1)
+            };
+            let v = match s.delay {
+                HedgeDelay::Percentile { quantile, .. } => {
+                    match s.latencies.quantile(now, quantile) {
+                        Some((d, n)) if n >= min_samples => nanos(d),
+                        _ => FALLBACK,
+                    }
                 }
-                _ => u64::MAX,
+                _ => match s.latencies.hedge_delay(now) {
+                    Some((Some(d), n)) if n >= min_samples => nanos(d),
+                    Some((None, n)) if n >= min_samples => NEVER,
+                    _ => FALLBACK,
+                },
             };
             s.cached_nanos.store(v, Ordering::Relaxed);
             if filling {
@@ -288,6 +370,7 @@ impl Hedge {
                 window_hedges as f64 / window_calls as f64
             },
             current_delay: self.current_delay(),
+            held_back: s.held_back.get(),
         }
     }
 
@@ -307,12 +390,20 @@ impl Hedge {
         Fut: Future<Output = Result<T, E>>,
     {
         let start = Instant::now();
-        let result = self.race(start, make, |_| true).await;
-        if result.is_ok() {
-            let now = Instant::now();
-            self.record_latency(now, now.saturating_duration_since(start));
+        let mut make = make;
+        let tagged = |i| {
+            let request = make(i);
+            async move { request.await.map(|v| (v, i)) }
+        };
+        let (v, winner) = self.race(start, tagged, |_| true).await?;
+        let now = Instant::now();
+        let took = now.saturating_duration_since(start);
+        if winner == 0 {
+            self.record_latency(now, took);
+        } else {
+            self.record_beaten(now, took);
         }
-        result
+        Ok(v)
     }
 
     /// The race itself, for a call that started at `start`: reads the clock only to send a
@@ -381,15 +472,26 @@ impl Hedge {
                         errors: std::mem::take(&mut errors),
                     }));
                 }
-                // While a request runs, the next hedge waits for the delay; once every
-                // request has failed, it goes at once.
+                // While a request runs, the next hedge waits for the delay (or, when no
+                // hedge is worth sending for slowness, for a failure); once every request
+                // has failed, it goes at once.
                 if running {
-                    let t = timer.get_or_insert_with(|| {
-                        Box::pin(tokio::time::sleep_until(start + self.current_delay()))
-                    });
-                    if t.as_mut().poll(cx).is_pending() {
+                    if timer.is_none() {
+                        match self.current_delay() {
+                            Some(d) => timer = Some(Box::pin(tokio::time::sleep_until(start + d))),
+                            None => return Poll::Pending,
+                        }
+                    }
+                    if let Some(t) = timer.as_mut()
+                        && t.as_mut().poll(cx).is_pending()
+                    {
                         return Poll::Pending;
                     }
+                } else if matches!(s.delay, HedgeDelay::Predicted { .. }) {
+                    // A predictive hedge is for slowness: a failure goes back to the
+                    // caller's retry decision, which knows what failed.
+                    may_hedge = false;
+                    continue;
                 }
                 let now = Instant::now();
                 if !s.spend(now) || !may_send(now) {
@@ -403,10 +505,12 @@ impl Hedge {
                 launched += 1;
                 may_hedge = launched <= s.max_hedges;
                 if may_hedge {
-                    let at = now + self.current_delay();
-                    match timer.as_mut() {
-                        Some(t) => t.as_mut().reset(at),
-                        None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    match (self.current_delay(), timer.as_mut()) {
+                        (Some(d), Some(t)) => t.as_mut().reset(now + d),
+                        (Some(d), None) => {
+                            timer = Some(Box::pin(tokio::time::sleep_until(now + d)))
+                        }
+                        (None, _) => timer = None,
                     }
                 }
             }
@@ -416,12 +520,25 @@ impl Hedge {
 }
 
 /// Builds a [`Hedge`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HedgeBuilder {
     max_hedges: u32,
     delay: HedgeDelay,
     window: Duration,
     budget: Option<(f64, u32)>,
+    model: Option<Arc<dyn SuccessModel>>,
+}
+
+impl fmt::Debug for HedgeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HedgeBuilder")
+            .field("max_hedges", &self.max_hedges)
+            .field("delay", &self.delay)
+            .field("window", &self.window)
+            .field("budget", &self.budget)
+            .field("predicts", &self.model.is_some())
+            .finish()
+    }
 }
 
 impl HedgeBuilder {
@@ -452,6 +569,22 @@ impl HedgeBuilder {
         self
     }
 
+    /// Hedges by prediction: the delay [`HedgeDelay::Predicted`] (100 ms until 100
+    /// latencies), and before each hedge `model` is asked — a [`Policy`] asks it with the
+    /// attempt's context, the target's health included — whether the hedge is at least
+    /// as likely to succeed as not; one that is not is held back (a hedge into a failing
+    /// upstream is load without gain). Defaults to none.
+    ///
+    /// [`Policy`]: crate::policy::Policy
+    pub fn predict(mut self, model: Arc<dyn SuccessModel>) -> Self {
+        self.delay = HedgeDelay::Predicted {
+            min_samples: 100,
+            fallback: Duration::from_millis(100),
+        };
+        self.model = Some(model);
+        self
+    }
+
     /// Hedge without a budget (for tests, or when the upstream is known to be idle).
     pub fn no_budget(mut self) -> Self {
         self.budget = None;
@@ -474,6 +607,7 @@ impl HedgeBuilder {
                     ));
                 }
             }
+            HedgeDelay::Predicted { .. } => {}
         }
         CHECK.positive("latency_window", self.window)?;
         let budget = match self.budget {
@@ -495,6 +629,8 @@ impl HedgeBuilder {
                 sent: Mutex::new([(u64::MAX, 0); 2]),
                 hedges: Striped::default(),
                 hedge_wins: Striped::default(),
+                held_back: Striped::default(),
+                model: self.model,
             }),
         })
     }
@@ -655,20 +791,143 @@ mod tests {
             .no_budget()
             .build()
             .unwrap();
-        assert_eq!(h.current_delay(), 7 * MS);
+        assert_eq!(h.current_delay(), Some(7 * MS));
         for i in 0..=200u64 {
             h.record_latency(Instant::now(), Duration::from_millis(i % 100 + 1));
         }
         // Recomputed while filling, then at most every 100 ms.
-        let d = h.current_delay();
+        let d = h.current_delay().unwrap();
         assert!(
             d > 7 * MS && d < 88 * MS,
             "from the first 64 samples: {d:?}"
         );
         tokio::time::advance(Duration::from_millis(100)).await;
         h.record_latency(Instant::now(), Duration::from_millis(50));
-        let d = h.current_delay();
+        let d = h.current_delay().unwrap();
         assert!((88 * MS..=95 * MS).contains(&d), "{d:?}");
+    }
+
+    fn predicted() -> Hedge {
+        Hedge::builder()
+            .delay(HedgeDelay::Predicted {
+                min_samples: 100,
+                fallback: 7 * MS,
+            })
+            .no_budget()
+            .build()
+            .unwrap()
+    }
+
+    /// Latencies of a lognormal body (median 20 ms, shape 0.2) from a fixed sequence of
+    /// uniforms, with every `straggle`-th one 100 times slower.
+    fn body_and_stragglers(h: &Hedge, n: u64, straggle: Option<u64>) {
+        let rng = crate::random::RandomSource::seeded(7);
+        for i in 0..n {
+            // Box-Muller.
+            let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            let mut ms = 20.0 * (0.2 * z).exp();
+            if straggle.is_some_and(|k| i % k == 0) {
+                ms *= 100.0;
+            }
+            h.record_latency(Instant::now(), Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_light_tail_is_never_hedged_for_slowness() {
+        let h = predicted();
+        assert_eq!(
+            h.current_delay(),
+            Some(7 * MS),
+            "the fallback until 100 samples"
+        );
+        body_and_stragglers(&h, 5_000, None);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        h.record_latency(Instant::now(), 20 * MS);
+        assert_eq!(
+            h.current_delay(),
+            None,
+            "a slow request is as slow as a hedge would be"
+        );
+        // A primary that is slow is waited for, one that fails is not hedged.
+        let started = Instant::now();
+        let got = h
+            .call(|i| async move {
+                tokio::time::sleep(if i == 0 { 500 * MS } else { MS }).await;
+                Ok::<_, String>(i)
+            })
+            .await
+            .unwrap();
+        assert_eq!((got, started.elapsed()), (0, 500 * MS));
+        let failed = h
+            .call(|i| async move {
+                if i == 0 {
+                    Err("refused".to_owned())
+                } else {
+                    Ok(i)
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            failed.errors.len(),
+            1,
+            "a failure is the retry decision's, not the hedge's"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stragglers_are_hedged_between_the_body_and_the_tail() {
+        let h = predicted();
+        body_and_stragglers(&h, 10_000, Some(100));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        h.record_latency(Instant::now(), 20 * MS);
+        let d = h.current_delay().expect("stragglers are worth hedging");
+        // Past nearly all of the body (its p99 is 32 ms), long before a straggler (2 s):
+        // a request still running then is more likely a straggler than not.
+        assert!(d > 28 * MS && d < 40 * MS, "{d:?}");
+        // Hedges beat the stragglers from now on: the beaten primaries are recorded as
+        // still running when the hedge answered, so the tail stays known and the delay
+        // stays put.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let rng = crate::random::RandomSource::seeded(9);
+        for i in 0..10_000u64 {
+            let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            let ms = 20.0 * (0.2 * z).exp();
+            let took = Duration::from_secs_f64(ms / 1000.0);
+            if i % 100 == 0 {
+                h.record_beaten(Instant::now(), d + took);
+            } else {
+                h.record_latency(Instant::now(), took);
+            }
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        h.record_latency(Instant::now(), 20 * MS);
+        let again = h.current_delay().expect("still worth hedging");
+        assert!(again > 28 * MS && again < 40 * MS, "{again:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_holds_back_hedges_it_predicts_to_fail() {
+        let p = Arc::new(std::sync::atomic::AtomicU64::new(0.9f64.to_bits()));
+        let model = {
+            let p = Arc::clone(&p);
+            move |_: &crate::attempt::AttemptContext| {
+                f64::from_bits(p.load(std::sync::atomic::Ordering::Relaxed))
+            }
+        };
+        let h = Hedge::builder()
+            .predict(Arc::new(model))
+            .no_budget()
+            .build()
+            .unwrap();
+        let ctx = crate::attempt::AttemptContext::first(Arc::from("api"));
+        assert!(h.worth_sending(&ctx));
+        p.store(0.3f64.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        assert!(!h.worth_sending(&ctx));
+        assert_eq!(h.metrics().held_back, 1);
     }
 
     #[tokio::test(start_paused = true)]

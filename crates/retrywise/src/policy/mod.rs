@@ -38,14 +38,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::attempt::{AttemptContext, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Verdict};
-use crate::breaker::CircuitBreaker;
+use crate::breaker::{CircuitBreaker, Prediction, SlidingWindow};
 use crate::budget::{AdaptiveThrottle, CubicRateLimiter, RetryBudget};
-use crate::bulkhead::{Bulkhead, BulkheadFull};
+use crate::bulkhead::{AdaptiveLimit, Bulkhead, BulkheadFull};
 use crate::error::{Check, ConfigError};
 use crate::health::HealthTracker;
 use crate::hedge::Hedge;
+use crate::model::{SharedModel, SuccessModel};
 use crate::recorder::{NoopRecorder, Recorder};
-use crate::retry::{Exploration, RetryDecider, RetryRules, StopReason};
+use crate::retry::{Exploration, ModelDecider, RetryDecider, RetryRules, StopReason};
 use crate::timeout::{Elapsed, Timeout};
 
 use steps::{Counters, STOP_REASONS};
@@ -150,6 +151,7 @@ impl Policy {
             throttle: None,
             limiter: None,
             breaker_wait: None,
+            decide_refused: false,
             call_id_seed: None,
             classifier: ErrorsAreRetryable,
         }
@@ -339,15 +341,31 @@ impl<C> Policy<C> {
                     attempt_start = Instant::now();
                 }
             }
-            let permit = loop {
+            let admitted = loop {
                 match p.permit() {
-                    Ok(permit) => break permit,
+                    Ok(permit) => break Ok(permit),
                     Err(open) => {
                         let wait = open.remaining.unwrap_or(BREAKER_POLL);
                         match p.breaker_wait {
                             Some(deadline) if start.elapsed() + wait < deadline => {
                                 tokio::time::sleep(wait).await;
                                 attempt_start = Instant::now();
+                            }
+                            _ if p.decide_refused => {
+                                // Nothing was sent: the retry decision weighs waiting it
+                                // out like a failure of the kind the target fails with.
+                                let (kind, took) = p.last_failure();
+                                let now = Instant::now();
+                                match p.plan_retry(ctx, &Failure::new(kind), took, start, now) {
+                                    Ok(planned) => break Err(planned),
+                                    Err(reason) => {
+                                        return refused(
+                                            number - 1,
+                                            reason,
+                                            AttemptError::CircuitOpen(open),
+                                        );
+                                    }
+                                }
                             }
                             _ => {
                                 let reason = p.stopped(StopReason::CircuitOpen);
@@ -359,6 +377,17 @@ impl<C> Policy<C> {
                             }
                         }
                     }
+                }
+            };
+            let permit = match admitted {
+                Ok(permit) => permit,
+                Err(planned) => {
+                    if !planned.delay.is_zero() {
+                        tokio::time::sleep(planned.delay).await;
+                    }
+                    attempt_start = Instant::now();
+                    next = Some(planned);
+                    continue;
                 }
             };
             let ended = self.attempt(&mut op, ctx, call_id, attempt_start).await;
@@ -497,8 +526,13 @@ impl<C> Policy<C> {
             p.observe(now, &verdict, latency);
             if let Some(permit) = permit {
                 // Execution times and failures go to the bulkhead's metrics unless the
-                // breaker already keeps them (no need to count every call twice).
-                if p.breaker.is_none() {
+                // breaker already keeps them (no need to count every call twice) - but an
+                // adaptive limit lives on them.
+                if p.breaker.is_none()
+                    || p.bulkhead
+                        .as_ref()
+                        .is_some_and(|b| b.adaptive_limit().is_some())
+                {
                     permit.finish(!verdict.is_success(), latency);
                 }
             }
@@ -552,19 +586,24 @@ impl<C> Policy<C> {
                             } else {
                                 end.saturating_duration_since(attempt_start)
                             };
-                            Ok((sent, latency, end, first_answer))
+                            Ok((sent, latency, end, first_answer, i))
                         } else {
                             Err((sent, latency))
                         }
                     }
                 },
-                |now| p.may_hedge(now),
+                |now| p.may_hedge(now) && hedge.worth_sending(ctx),
             )
             .await;
         match raced {
-            Ok((sent, latency, end, first_answer)) => {
-                // One latency per answered call: the time to its first answer.
-                hedge.record_latency(end, first_answer);
+            Ok((sent, latency, end, first_answer, winner)) => {
+                // One latency per answered call: the primary's, or - when a hedge beat
+                // it - a lower bound of it (the time to the call's first answer).
+                if winner == 0 {
+                    hedge.record_latency(end, first_answer);
+                } else {
+                    hedge.record_beaten(end, first_answer);
+                }
                 Self::end(sent, latency)
             }
             Err(all) => {
@@ -678,6 +717,7 @@ pub struct PolicyBuilder<C = ErrorsAreRetryable> {
     throttle: Option<AdaptiveThrottle>,
     limiter: Option<CubicRateLimiter>,
     breaker_wait: Option<Duration>,
+    decide_refused: bool,
     call_id_seed: Option<u64>,
     classifier: C,
 }
@@ -762,6 +802,79 @@ impl<C> PolicyBuilder<C> {
         self
     }
 
+    /// Every mechanism driven by one success model, through one handle that can be
+    /// swapped at run time ([`SharedModel::swap`]: an embedded service reloading its model
+    /// file, and everything below moves to the new model at once):
+    ///
+    /// - retries decided by the model ([`ModelDecider`]: the wait worth the most, or none);
+    /// - a predictive circuit breaker ([`Prediction`]): it opens when a fresh call is
+    ///   predicted to succeed less often than the decider's cost of an attempt, and stays
+    ///   open until a probe is predicted worth it (its rate trigger only at 100 % failures
+    ///   over 2 s, at least 20 calls); a call it refuses goes to the retry decision
+    ///   ([`decide_when_refused`](Self::decide_when_refused)), which waits only when
+    ///   waiting is worth it;
+    /// - an adaptive concurrency limit ([`AdaptiveLimit`], Gradient2) whose queue (up to
+    ///   the limit's maximum, each call waiting at most 100 ms) sheds the calls least likely
+    ///   to succeed first ([`BulkheadBuilder::shed_by`](crate::bulkhead::BulkheadBuilder::shed_by));
+    /// - a predictive hedge ([`HedgeBuilder::predict`](crate::hedge::HedgeBuilder::predict)):
+    ///   a request still running is hedged once a hedge is predicted to answer first at
+    ///   least as often as not, and the model predicts it likelier to succeed than not;
+    /// - the target's health tracked over [`DEFAULT_HEALTH_WINDOW`], for the model.
+    ///
+    /// Each part can be replaced afterwards (`.decider(..)`, `.breaker(..)`,
+    /// `.bulkhead(..)`, `.hedge(..)`), e.g. to give the decider a deadline.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use retrywise::attempt::AttemptContext;
+    /// use retrywise::model::SharedModel;
+    /// use retrywise::policy::Policy;
+    ///
+    /// let model = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.9)));
+    /// let policy = Policy::builder("payments").adaptive(Arc::clone(&model)).build()?;
+    /// let answer = policy.call(|_| async { Ok::<_, std::io::Error>("paid") }).await?;
+    /// assert_eq!(answer, "paid");
+    /// // A reloaded model: the decider, breaker, bulkhead and hedge all ask it from now on.
+    /// model.swap(Arc::new(|_: &AttemptContext| 0.95));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// None in practice (every part's configuration is valid); a [`ConfigError`] if that
+    /// ever changes.
+    pub fn adaptive(mut self, model: Arc<SharedModel>) -> Result<Self, ConfigError> {
+        let m: Arc<dyn SuccessModel> = model;
+        self.decider = Some(Arc::new(
+            ModelDecider::builder().model(Arc::clone(&m)).build()?,
+        ));
+        self.breaker = Some(
+            CircuitBreaker::builder(Arc::clone(&self.target))
+                .failure_rate_threshold(1.0)
+                .window(SlidingWindow::Time {
+                    duration: Duration::from_secs(2),
+                    buckets: 10,
+                })
+                .minimum_calls(20)
+                .open_for(Duration::from_secs(5))
+                .predict(Prediction::new(Arc::clone(&m)))
+                .build()?,
+        );
+        let limit = AdaptiveLimit::builder().build()?;
+        let queue = limit.bounds().1 as usize;
+        self.bulkhead = Some(
+            Bulkhead::builder(Arc::clone(&self.target))
+                .adaptive(limit)
+                .shed_by(Arc::clone(&m), queue)
+                .build()?,
+        );
+        self.hedge = Some(Hedge::builder().predict(m).build()?);
+        self.health_window = Some(DEFAULT_HEALTH_WINDOW);
+        self.decide_refused = true;
+        Ok(self)
+    }
+
     /// Reports every request sent to `recorder`. Defaults to none.
     pub fn recorder(mut self, recorder: Arc<dyn Recorder>) -> Self {
         self.recorder = recorder;
@@ -790,6 +903,19 @@ impl<C> PolicyBuilder<C> {
         self
     }
 
+    /// A call the circuit breaker refuses goes to the retry decision as a failed attempt
+    /// that sent nothing, like the target's last failure (its kind, and the time it took
+    /// to fail): the decider may wait
+    /// (a model-driven one weighs what waiting is worth, within the deadline, and spreads
+    /// the waits of a crowd by the load already booked) or stop, and the call fails with
+    /// the open circuit. A refusal counts as an attempt in the context and the report.
+    /// Defaults to no: a refused call fails fast ([`wait_for_breaker`](Self::wait_for_breaker)
+    /// waits for the breaker instead).
+    pub fn decide_when_refused(mut self, yes: bool) -> Self {
+        self.decide_refused = yes;
+        self
+    }
+
     /// Whether permanent failures (4xx) count as failures for the breaker. Defaults to
     /// no: a 404 says nothing about the upstream's health.
     pub fn permanent_failures_trip_breaker(mut self, yes: bool) -> Self {
@@ -814,6 +940,7 @@ impl<C> PolicyBuilder<C> {
             throttle: self.throttle,
             limiter: self.limiter,
             breaker_wait: self.breaker_wait,
+            decide_refused: self.decide_refused,
             call_id_seed: self.call_id_seed,
             classifier,
         }
@@ -860,6 +987,9 @@ impl<C> PolicyBuilder<C> {
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 counters: Counters::default(),
                 breaker_wait: self.breaker_wait,
+                decide_refused: self.decide_refused,
+                last_failure: std::sync::atomic::AtomicU8::new(u8::MAX),
+                last_failure_micros: std::sync::atomic::AtomicU64::new(0),
                 call_ids: self
                     .call_id_seed
                     .map(|seed| (seed, std::sync::atomic::AtomicU64::new(0))),

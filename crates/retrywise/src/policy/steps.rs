@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::attempt::{AttemptContext, AttemptRecord, Failure, Outcome, Verdict};
+use crate::attempt::{AttemptContext, AttemptRecord, ErrorKind, Failure, Outcome, Verdict};
 use crate::breaker::{CallOutcome, CircuitBreaker, CircuitOpen, Permit};
 use crate::budget::{AdaptiveThrottle, CubicRateLimiter, RetryBudget};
 use crate::bulkhead::Bulkhead;
@@ -83,6 +83,14 @@ pub(crate) struct Inner {
     /// A call the breaker refuses waits for it while it can still start within this long
     /// of the call's start ([`super::PolicyBuilder::wait_for_breaker`]); none: it fails.
     pub(super) breaker_wait: Option<Duration>,
+    /// A call the breaker refuses goes to the retry decision
+    /// ([`super::PolicyBuilder::decide_when_refused`]).
+    pub(super) decide_refused: bool,
+    /// The kind of the last retryable failure (its index in [`ErrorKind::ALL`]; `u8::MAX`
+    /// before any): what a refused call is taken to have failed with.
+    pub(super) last_failure: std::sync::atomic::AtomicU8,
+    /// How long the last retryable failure took to fail, in microseconds.
+    pub(super) last_failure_micros: AtomicU64,
 }
 
 impl Inner {
@@ -143,6 +151,16 @@ impl Inner {
         if let Some(l) = &self.limiter {
             let throttled = matches!(verdict, Verdict::Retryable(f) if f.kind == crate::attempt::ErrorKind::Http429);
             l.on_response(Instant::now(), throttled);
+        }
+        if let Verdict::Retryable(f) = verdict
+            && self.decide_refused
+            && let Some(i) = ErrorKind::ALL.iter().position(|k| *k == f.kind)
+        {
+            self.last_failure.store(i as u8, Ordering::Relaxed);
+            self.last_failure_micros.store(
+                u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
         }
         if let Some(permit) = permit {
             let outcome = match verdict {
@@ -262,6 +280,17 @@ impl Inner {
     /// throttles hedges like retries).
     pub(super) fn may_hedge(&self, now: Instant) -> bool {
         self.budget.as_ref().is_none_or(|b| b.withdraw(now))
+    }
+
+    /// The kind of the last retryable failure ([`ErrorKind::Other`] before any) and how
+    /// long it took.
+    pub(super) fn last_failure(&self) -> (ErrorKind, Duration) {
+        let kind = ErrorKind::ALL
+            .get(usize::from(self.last_failure.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(ErrorKind::Other);
+        let took = Duration::from_micros(self.last_failure_micros.load(Ordering::Relaxed));
+        (kind, took)
     }
 
     /// Counts a stop, logs it, and returns its reason.

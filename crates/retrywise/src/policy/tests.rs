@@ -958,3 +958,155 @@ async fn the_aws_rate_limiter_spaces_attempts_after_throttling() {
         "{took:?}"
     );
 }
+
+/// A breaker over the last 4 calls that opens at 100 % failures for `open`.
+fn quick_breaker(open: Duration) -> CircuitBreaker {
+    CircuitBreaker::builder("refused")
+        .window(SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .failure_rate_threshold(1.0)
+        .open_for(open)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
+    // Retries 300 ms apart, up to 10 attempts; the circuit (opened by four failures of
+    // another policy sharing it) stays open for 1 s.
+    let breaker = quick_breaker(Duration::from_secs(1));
+    let opener = Policy::builder("refused")
+        .retry(retry(1, 0))
+        .breaker(breaker.clone())
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let _ = opener.call(|_| async { Err::<(), _>(reset()) }).await;
+    }
+    let p = Policy::builder("refused")
+        .retry(retry(10, 300))
+        .breaker(breaker)
+        .decide_when_refused(true)
+        .build()
+        .unwrap();
+    assert_eq!(p.breaker().unwrap().state(), crate::breaker::State::Open);
+    let sent = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let (r, report) = p
+        .call_with_report(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>("served") }
+        })
+        .await;
+    // Refused at 0, 300, 600 and 900 ms (nothing sent), sent at 1.2 s once the circuit
+    // lets a probe through.
+    assert_eq!(r.unwrap(), "served");
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(t0.elapsed(), 1200 * MS);
+    assert_eq!(report.attempts, 5, "refusals count as attempts");
+    // Without the option the same call fails at once.
+    let fast = Policy::builder("refused")
+        .retry(retry(10, 300))
+        .breaker(quick_breaker(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let _ = fast.call(|_| async { Err::<(), _>(reset()) }).await;
+    }
+    let (r, report) = fast
+        .call_with_report(|_| async { Ok::<_, io::Error>("served") })
+        .await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::CircuitOpen));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_call_the_decider_would_not_retry_fails_with_the_circuit() {
+    // One attempt only: a refusal leaves nothing to wait for.
+    let p = Policy::builder("refused")
+        .retry(retry(1, 300))
+        .breaker(quick_breaker(Duration::from_secs(1)))
+        .decide_when_refused(true)
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
+    }
+    let t0 = Instant::now();
+    let (r, report) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>("served") })
+        .await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::MaxAttempts));
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_limit_learns_from_calls_a_breaker_also_watches() {
+    use crate::bulkhead::AdaptiveLimit;
+    let limit = AdaptiveLimit::builder()
+        .initial(4)
+        .bounds(1, 100)
+        .build()
+        .unwrap();
+    let p = Policy::builder("limited")
+        .retry(retry(1, 0))
+        .breaker(quick_breaker(Duration::from_secs(1)))
+        .bulkhead(
+            Bulkhead::builder("limited")
+                .adaptive(limit)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    // Calls at a steady 10 ms, four at a time: the limit in use probes upwards.
+    for _ in 0..50 {
+        let calls = (0..4).map(|_| {
+            p.call(|_| async {
+                tokio::time::sleep(10 * MS).await;
+                Ok::<_, io::Error>(())
+            })
+        });
+        futures_util::future::join_all(calls).await;
+    }
+    let limit = p.bulkhead().unwrap().adaptive_limit().unwrap();
+    assert!(
+        limit.current() > 4,
+        "the limit saw the latencies: {}",
+        limit.current()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_composition_follows_a_swapped_model() {
+    use crate::model::SharedModel;
+    let model = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.9)));
+    let p = Policy::builder("composed")
+        .adaptive(Arc::clone(&model))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(p.breaker().is_some() && p.bulkhead().is_some() && p.hedge().is_some());
+    let attempts_of = |p: &Policy| {
+        let p = p.clone();
+        async move {
+            let n = AtomicU32::new(0);
+            let (_, report) = p
+                .call_with_report(|_| {
+                    let k = n.fetch_add(1, Ordering::SeqCst);
+                    async move { if k == 0 { Err(reset()) } else { Ok(()) } }
+                })
+                .await;
+            report
+        }
+    };
+    // The model expects a retry to succeed: the failure is retried.
+    let report = attempts_of(&p).await;
+    assert_eq!((report.attempts, report.stopped), (2, None));
+    // Swapped for a model that expects nothing to succeed: the same failure ends the call.
+    model.swap(Arc::new(|_: &AttemptContext| 0.01));
+    let report = attempts_of(&p).await;
+    assert_eq!(report.attempts, 1);
+    assert!(report.stopped.is_some());
+}

@@ -261,11 +261,11 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         opts.requests = n;
     }
     opts.record = args.record;
-    if policies_wanted(&args.policies).any(|p| p == "adaptive") {
+    if policies_wanted(&args.policies).any(|p| p == "adaptive" || p == "adaptive-full") {
         opts.model = adaptive_model(args.model.as_deref())?;
     } else if let Some(m) = &args.model {
         anyhow::bail!(
-            "--model {} is for the `adaptive` policy, which this run does not include",
+            "--model {} is for the `adaptive` and `adaptive-full` policies, which this run does not include",
             m.display()
         );
     }
