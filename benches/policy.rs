@@ -319,11 +319,31 @@ fn budget(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every mechanism driven by the shipped model (`PolicyBuilder::adaptive`).
+fn rw_adaptive_policy() -> Policy {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/default/1/model.json"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let model = retrywise::model::LogisticModel::from_json(&text).unwrap();
+    let shared = std::sync::Arc::new(retrywise::model::SharedModel::new(std::sync::Arc::new(
+        model,
+    )));
+    Policy::builder("bench")
+        .adaptive(shared)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
 fn composition(c: &mut Criterion) {
     let mut g = c.benchmark_group("composition");
     baselines(&mut g);
     let p: &'static Policy = leak(rw_full_policy());
     operation(&mut g, "retrywise-policy", || move || p.call(|_| ok1()));
+    let a: &'static Policy = leak(rw_adaptive_policy());
+    operation(&mut g, "retrywise-adaptive", || move || a.call(|_| ok1()));
     let layer = PolicyLayer::new(rw_full_policy());
     service(&mut g, "retrywise-policy-layer", || layer.layer(inner()));
     let (b, k, r, h) = (

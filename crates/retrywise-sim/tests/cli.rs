@@ -430,7 +430,11 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
             .collect()
     };
     let (met, missed) = (ids(true), ids(false));
-    assert_eq!(met.len() + missed.len(), 2, "contention: baseline and goal");
+    assert_eq!(
+        met.len() + missed.len(),
+        3,
+        "contention: baseline, goal, and adaptive-full's"
+    );
     let known = |ids: &[String]| {
         let path = dir.path().join("known.toml");
         let body: String = ids.iter().map(|i| format!("\"{i}\" = \"why\"\n")).collect();

@@ -39,6 +39,8 @@ fn every_policy_runs_every_scenario() {
                 "none" | "oracle" => 1,
                 "retry-1s" | "hedge-p95" => 2,
                 "adaptive" => 6,
+                // Six attempts, each of which may be hedged once.
+                "adaptive-full" => 12,
                 _ => 4,
             };
             for o in &r.outcomes {

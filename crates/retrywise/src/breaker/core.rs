@@ -261,7 +261,7 @@ impl CircuitBreaker {
     pub fn observe(&self, outcome: CallOutcome, latency: Duration) {
         match self.try_admit() {
             Ok((epoch, state)) => Permit::new(self, epoch, state).record(outcome, latency),
-            Err(_) => self.record(NO_EPOCH, outcome, latency),
+            Err(_) => self.record(NO_EPOCH, outcome, latency, None),
         }
     }
 
@@ -326,8 +326,13 @@ impl CircuitBreaker {
         }
     }
 
-    fn record(&self, epoch: u64, outcome: CallOutcome, latency: Duration) {
+    fn record(&self, epoch: u64, outcome: CallOutcome, latency: Duration, at: Option<Instant>) {
         let s = &*self.shared;
+        // One clock reading at most (none when the caller has one), and only when needed:
+        // a time window dates every outcome, a prediction every success.
+        let dated = matches!(s.cfg.window, SlidingWindow::Time { .. })
+            || (outcome == CallOutcome::Success && s.cfg.predict.is_some());
+        let stamp = dated.then(|| at.map_or_else(|| self.now_nanos(), |i| self.nanos_at(i)));
         let slow = latency >= s.cfg.slow_call_duration;
         let t = &s.totals;
         match outcome {
@@ -339,9 +344,11 @@ impl CircuitBreaker {
             t.slow.add(1);
         }
         t.response_nanos.add(duration_nanos(latency));
-        if outcome == CallOutcome::Success && s.cfg.predict.is_some() {
-            s.last_success
-                .fetch_max(self.now_nanos(), Ordering::Relaxed);
+        if outcome == CallOutcome::Success
+            && s.cfg.predict.is_some()
+            && let Some(now) = stamp
+        {
+            s.last_success.fetch_max(now, Ordering::Relaxed);
         }
 
         let (cur_epoch, state) = unpack(s.word.load(Ordering::Acquire));
@@ -353,8 +360,7 @@ impl CircuitBreaker {
             State::Closed | State::MetricsOnly if outcome != CallOutcome::Ignored => {
                 // Time windows need the time of every outcome; count windows only read the
                 // clock when they transition.
-                let now =
-                    matches!(s.cfg.window, SlidingWindow::Time { .. }).then(|| self.now_nanos());
+                let now = stamp.filter(|_| matches!(s.cfg.window, SlidingWindow::Time { .. }));
                 let counts = s
                     .window
                     .push(now.unwrap_or(0), outcome == CallOutcome::Failure, slow);
@@ -381,8 +387,8 @@ impl CircuitBreaker {
                 {
                     let mut core = self.lock();
                     if s.word.load(Ordering::Acquire) == pack(epoch, state) {
-                        let now = matches!(s.cfg.window, SlidingWindow::Time { .. })
-                            .then(|| self.now_nanos());
+                        let now =
+                            stamp.filter(|_| matches!(s.cfg.window, SlidingWindow::Time { .. }));
                         self.record_probe(&mut core, outcome, slow, now, &mut pending);
                     }
                 }
@@ -603,12 +609,13 @@ impl CircuitBreaker {
     }
 
     fn now_nanos(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.shared.origin)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        self.nanos_at(Instant::now())
+    }
+
+    /// `at` in nanoseconds since the breaker's origin.
+    fn nanos_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.shared.origin).as_nanos())
+            .unwrap_or(u64::MAX)
     }
 
     fn set_state(&self, to: State) {
@@ -739,7 +746,20 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
     pub fn record(mut self, outcome: CallOutcome, latency: Duration) {
         self.recorded = true;
         if self.state != State::Disabled {
-            self.breaker.borrow().record(self.epoch, outcome, latency);
+            self.breaker
+                .borrow()
+                .record(self.epoch, outcome, latency, None);
+        }
+    }
+
+    /// Records how the call ended, how long it took and when (a clock reading the caller
+    /// already has: the breaker reads none of its own).
+    pub fn record_at(mut self, outcome: CallOutcome, latency: Duration, at: Instant) {
+        self.recorded = true;
+        if self.state != State::Disabled {
+            self.breaker
+                .borrow()
+                .record(self.epoch, outcome, latency, Some(at));
         }
     }
 }
@@ -751,7 +771,7 @@ impl<B: Borrow<CircuitBreaker>> Drop for Permit<B> {
         if !self.recorded && self.state != State::Disabled {
             self.breaker
                 .borrow()
-                .record(self.epoch, CallOutcome::Ignored, Duration::ZERO);
+                .record(self.epoch, CallOutcome::Ignored, Duration::ZERO, None);
         }
     }
 }

@@ -48,8 +48,15 @@ pub(crate) struct TimeBuckets {
 }
 
 impl TimeBuckets {
-    fn push(&mut self, now_nanos: u64, failed: bool, slow: bool) {
+    /// Counts one call at `now_nanos`; returns the window's aggregates then (one division
+    /// for both).
+    fn push(&mut self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
         let epoch = now_nanos / self.bucket_nanos;
+        self.push_at(epoch, failed, slow);
+        self.counts_at(epoch)
+    }
+
+    fn push_at(&mut self, epoch: u64, failed: bool, slow: bool) {
         let i = (epoch % self.buckets.len() as u64) as usize;
         let b = &mut self.buckets[i];
         if b.epoch != epoch {
@@ -64,7 +71,10 @@ impl TimeBuckets {
     }
 
     fn counts(&self, now_nanos: u64) -> Counts {
-        let epoch = now_nanos / self.bucket_nanos;
+        self.counts_at(now_nanos / self.bucket_nanos)
+    }
+
+    fn counts_at(&self, epoch: u64) -> Counts {
         let n = self.buckets.len() as u64;
         self.buckets
             .iter()
@@ -181,8 +191,7 @@ impl Window {
             Window::Count(r) => r.push(failed, slow),
             Window::Time(t) => {
                 let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
-                t.push(now_nanos, failed, slow);
-                t.counts(now_nanos)
+                t.push(now_nanos, failed, slow)
             }
         }
     }

@@ -50,7 +50,12 @@ impl Gate {
 
     /// Moves the most holders admitted; raising it wakes a waiter.
     pub(crate) fn set_max(&self, max: u32) {
-        let old = self.max.swap(max.min(MAX_HOLDERS), Ordering::SeqCst);
+        let max = max.min(MAX_HOLDERS);
+        // Most samples leave the limit where it was: no write, no shared cache line dirtied.
+        if self.max.load(Ordering::Relaxed) == max {
+            return;
+        }
+        let old = self.max.swap(max, Ordering::SeqCst);
         if max > old && self.waiting.load(Ordering::SeqCst) > 0 {
             self.notify.notify_one();
         }

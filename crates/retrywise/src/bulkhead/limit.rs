@@ -54,6 +54,8 @@ pub struct AdaptiveLimit {
     smoothing: f64,
     tolerance: f64,
     long_window: u32,
+    /// The long-term average's weight per sample, `2 / (long_window + 1)`.
+    decay: f64,
     state: Mutex<State>,
 }
 
@@ -75,6 +77,7 @@ impl Clone for AdaptiveLimit {
             smoothing: self.smoothing,
             tolerance: self.tolerance,
             long_window: self.long_window,
+            decay: self.decay,
             state: Mutex::new(*self.lock()),
         }
     }
@@ -126,10 +129,9 @@ impl AdaptiveLimit {
         if s.samples <= WARMUP {
             s.long += (rtt - s.long) / f64::from(s.samples);
         } else {
-            let k = 2.0 / (f64::from(self.long_window) + 1.0);
-            s.long += (rtt - s.long) * k;
+            s.long += (rtt - s.long) * self.decay;
         }
-        if s.long / rtt > 2.0 {
+        if s.long > 2.0 * rtt {
             s.long *= 0.95;
         }
         // The caller, not the upstream, limits the load: nothing to learn about the limit.
@@ -231,6 +233,7 @@ impl AdaptiveLimitBuilder {
             smoothing: self.smoothing,
             tolerance: self.tolerance,
             long_window: self.long_window,
+            decay: 2.0 / (f64::from(self.long_window) + 1.0),
             state: Mutex::new(State {
                 estimate: f64::from(self.initial),
                 long: 0.0,

@@ -199,6 +199,53 @@ mod tests {
         assert!(b.try_acquire().is_ok());
     }
 
+    /// Holders leaving without the queue's lock (nobody queued) race calls joining it on
+    /// four threads: every call gets in (none waits out its generous wait) and the
+    /// bulkhead ends empty — no room lost, none counted twice.
+    #[test]
+    fn no_room_frees_up_unseen_between_threads() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        let model = Arc::new(|_: &crate::attempt::AttemptContext| 0.5);
+        let b = Bulkhead::builder("b")
+            .max_concurrent(2)
+            .max_wait(Duration::from_secs(30))
+            .shed_by(model, 64)
+            .build()
+            .unwrap();
+        let refused = rt.block_on(async {
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let b = b.clone();
+                    tokio::spawn(async move {
+                        let ctx = crate::attempt::AttemptContext::first("b");
+                        let mut refused = 0u32;
+                        for _ in 0..2_000 {
+                            match b.acquire_for(&ctx).await {
+                                Ok(permit) => {
+                                    tokio::task::yield_now().await;
+                                    drop(permit);
+                                }
+                                Err(_) => refused += 1,
+                            }
+                        }
+                        refused
+                    })
+                })
+                .collect();
+            let mut refused = 0;
+            for t in tasks {
+                refused += t.await.unwrap();
+            }
+            refused
+        });
+        assert_eq!(refused, 0);
+        assert_eq!(b.metrics().active, 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn execution_metrics() {
         let b = Bulkhead::builder("b").build().unwrap();

@@ -2,7 +2,7 @@
 //! room that frees up goes to the likeliest call, and a full queue sheds the least likely
 //! one — not the last to arrive.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -25,6 +25,9 @@ pub(crate) struct ShedQueue {
     model: Arc<dyn SuccessModel>,
     capacity: usize,
     waiters: Mutex<Vec<Waiter>>,
+    /// `waiters.len()`, written under the lock: a release or a grant that reads zero takes
+    /// no lock (see [`ShedQueue::release`]).
+    queued: AtomicUsize,
     next: AtomicU64,
 }
 
@@ -56,6 +59,7 @@ impl ShedQueue {
             model,
             capacity,
             waiters: Mutex::new(Vec::new()),
+            queued: AtomicUsize::new(0),
             next: AtomicU64::new(0),
         }
     }
@@ -98,6 +102,15 @@ impl ShedQueue {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         w.push(Waiter { id, p, room: tx });
+        self.queued.store(w.len(), Ordering::SeqCst);
+        // A holder that left without the lock (it saw no one queued) left its room in the
+        // gate: after being counted, look once more.
+        fence(Ordering::SeqCst);
+        if gate.try_enter() {
+            w.pop();
+            self.queued.store(w.len(), Ordering::SeqCst);
+            return Queued::Entered;
+        }
         Queued::Waiting { id, room: rx }
     }
 
@@ -108,17 +121,33 @@ impl ShedQueue {
         match w.iter().position(|x| x.id == id) {
             Some(i) => {
                 w.swap_remove(i);
+                self.queued.store(w.len(), Ordering::SeqCst);
                 true
             }
             None => false,
         }
     }
 
-    /// A holder leaves: its room goes to the likeliest waiter, or back to the gate.
+    /// A holder leaves: its room goes to the likeliest waiter, or back to the gate. With
+    /// nobody queued it goes back to the gate without the lock; a call queueing meanwhile
+    /// either is seen after the room is back (and granted it) or sees the room itself
+    /// (its second look in [`join`](Self::join)): both sides write, then read, in one
+    /// sequentially consistent order.
     pub(crate) fn release(&self, gate: &Gate) {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            // `leave` is a sequentially consistent read-modify-write: no fence needed
+            // before the second look.
+            gate.leave();
+            if self.queued.load(Ordering::SeqCst) > 0 {
+                self.grant(gate);
+            }
+            return;
+        }
         let mut w = self.lock();
         while let Some(i) = likeliest(&w) {
-            if w.swap_remove(i).room.send(()).is_ok() {
+            let waiter = w.swap_remove(i);
+            self.queued.store(w.len(), Ordering::SeqCst);
+            if waiter.room.send(()).is_ok() {
                 gate.count_admission();
                 return;
             }
@@ -126,13 +155,18 @@ impl ShedQueue {
         gate.leave();
     }
 
-    /// The gate's maximum rose: gives the new room to the likeliest waiters.
+    /// The gate's maximum rose (or a holder left without the lock): gives the room there
+    /// is to the likeliest waiters. Nothing to do, and no lock, while nobody is queued.
     pub(crate) fn grant(&self, gate: &Gate) {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let mut w = self.lock();
         while !w.is_empty() && gate.try_enter() {
             let mut given = false;
             while let Some(i) = likeliest(&w) {
-                if w.swap_remove(i).room.send(()).is_ok() {
+                let waiter = w.swap_remove(i);
+                if waiter.room.send(()).is_ok() {
                     given = true;
                     break;
                 }
@@ -141,6 +175,7 @@ impl ShedQueue {
                 gate.leave();
             }
         }
+        self.queued.store(w.len(), Ordering::SeqCst);
     }
 }
 

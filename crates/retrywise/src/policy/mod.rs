@@ -206,6 +206,8 @@ impl<T, E> Sent<T, E> {
 struct Ended<T, E> {
     verdict: Verdict,
     latency: Duration,
+    /// When it ended, if the clock was read for it (the breaker dates outcomes with it).
+    at: Option<Instant>,
     /// An answer from the upstream (possibly one classified as a failure).
     answer: Option<T>,
     /// Otherwise, why there was none.
@@ -391,7 +393,14 @@ impl<C> Policy<C> {
                 }
             };
             let ended = self.attempt(&mut op, ctx, call_id, attempt_start).await;
-            p.settle(ctx, permit, &ended.verdict, ended.latency, ended.rejected);
+            p.settle(
+                ctx,
+                permit,
+                &ended.verdict,
+                ended.latency,
+                ended.at,
+                ended.rejected,
+            );
             let failure = match ended.verdict {
                 Verdict::Success => return self.succeeded(ended, number),
                 Verdict::Permanent(_) => {
@@ -441,14 +450,15 @@ impl<C> Policy<C> {
                     .await;
                 // Read the clock only if someone needs the latency: the breaker, or the
                 // retry decision after a failure.
-                let latency = match end {
-                    Some((_, latency)) => latency,
+                let (at, latency) = match end {
+                    Some((at, latency)) => (Some(at), latency),
                     None if p.breaker.is_some() || !sent.verdict().is_success() => {
-                        Instant::now().saturating_duration_since(attempt_start)
+                        let now = Instant::now();
+                        (Some(now), now.saturating_duration_since(attempt_start))
                     }
-                    None => Duration::ZERO,
+                    None => (None, Duration::ZERO),
                 };
-                Self::end(sent, latency)
+                Self::end(sent, latency, at)
             }
             Some(h) => {
                 self.hedged(h, op, number, timeout, attempt_start, ctx, call_id)
@@ -604,7 +614,7 @@ impl<C> Policy<C> {
                 } else {
                     hedge.record_beaten(end, first_answer);
                 }
-                Self::end(sent, latency)
+                Self::end(sent, latency, Some(end))
             }
             Err(all) => {
                 let mut errors = Vec::new();
@@ -628,6 +638,7 @@ impl<C> Policy<C> {
                 Ended {
                     verdict,
                     latency,
+                    at: None,
                     error: answer
                         .is_none()
                         .then_some(AttemptError::AllHedgesFailed(errors)),
@@ -638,7 +649,7 @@ impl<C> Policy<C> {
         }
     }
 
-    fn end<T, E>(sent: Sent<T, E>, latency: Duration) -> Ended<T, E> {
+    fn end<T, E>(sent: Sent<T, E>, latency: Duration, at: Option<Instant>) -> Ended<T, E> {
         let verdict = sent.verdict();
         let (answer, error, rejected) = match sent {
             Sent::Done(Ok(t), _) => (Some(t), None, false),
@@ -649,6 +660,7 @@ impl<C> Policy<C> {
         Ended {
             verdict,
             latency,
+            at,
             answer,
             error,
             rejected,
@@ -833,7 +845,7 @@ impl<C> PolicyBuilder<C> {
     /// use retrywise::policy::Policy;
     ///
     /// let model = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.9)));
-    /// let policy = Policy::builder("payments").adaptive(Arc::clone(&model)).build()?;
+    /// let policy = Policy::builder("payments").adaptive(Arc::clone(&model))?.build()?;
     /// let answer = policy.call(|_| async { Ok::<_, std::io::Error>("paid") }).await?;
     /// assert_eq!(answer, "paid");
     /// // A reloaded model: the decider, breaker, bulkhead and hedge all ask it from now on.

@@ -143,6 +143,7 @@ impl Inner {
         permit: Option<Permit<&CircuitBreaker>>,
         verdict: &Verdict,
         latency: Duration,
+        at: Option<Instant>,
         rejected: bool,
     ) {
         if rejected {
@@ -169,7 +170,10 @@ impl Inner {
                 Verdict::Permanent(_) if self.permanent_is_failure => CallOutcome::Failure,
                 Verdict::Permanent(_) => CallOutcome::Ignored,
             };
-            permit.record(outcome, latency);
+            match at {
+                Some(at) => permit.record_at(outcome, latency, at),
+                None => permit.record(outcome, latency),
+            }
         }
         if let Some(b) = &self.budget {
             match verdict {
