@@ -40,6 +40,7 @@ ROWS = [
     ("budget", "token bucket (gRPC)", "retrywise-token-bucket", [], "baseline-future"),
     ("budget", "ratio budget (Finagle)", "retrywise-ratio", [], "baseline-future"),
     ("composition", "full Policy around a future", "retrywise-policy", [], "baseline-future"),
+    ("composition", "adaptive composition around a future", "retrywise-adaptive", [], "baseline-future"),
     ("composition", "full Policy as a tower layer", "retrywise-policy-layer", [], "baseline-service"),
     ("composition", "all five layers stacked", "retrywise-layers", [("tower-resilience", "tower-resilience-layers")], "baseline-service"),
 ]

@@ -239,7 +239,8 @@ impl BreakerBuilder {
     ///
     /// # Errors
     /// Thresholds outside `(0, 1]` or NaN; a zero slow-call duration; an empty window (zero
-    /// calls, zero duration or zero buckets, or buckets shorter than 1 ms); zero minimum
+    /// calls, zero duration, zero buckets or more than 4,096, or buckets shorter than 1
+    /// ms); zero minimum
     /// calls; zero half-open calls; a zero max wait in HALF_OPEN; a zero fixed open
     /// duration or an exponential one with `initial` zero or above `max`, or a multiplier
     /// below 1; an empty name.
@@ -255,6 +256,15 @@ impl BreakerBuilder {
             SlidingWindow::Count(n) => CHECK.at_least_one("window", u64::from(n))?,
             SlidingWindow::Time { duration, buckets } => {
                 CHECK.at_least_one("window", u64::from(buckets))?;
+                if buckets > super::window::MAX_TIME_BUCKETS {
+                    return Err(CHECK.err(
+                        "window",
+                        format!(
+                            "{buckets} buckets: at most {} (each is one word of the window)",
+                            super::window::MAX_TIME_BUCKETS
+                        ),
+                    ));
+                }
                 if duration / buckets < Duration::from_millis(1) {
                     return Err(CHECK.err(
                         "window",

@@ -347,6 +347,9 @@ impl CircuitBreaker {
         if outcome == CallOutcome::Success
             && s.cfg.predict.is_some()
             && let Some(now) = stamp
+            // Moved at most once a millisecond (what the prediction's context needs): a
+            // success costs a load, not a compare-and-swap loop.
+            && now >= s.last_success.load(Ordering::Relaxed) + 1_000_000
         {
             s.last_success.fetch_max(now, Ordering::Relaxed);
         }

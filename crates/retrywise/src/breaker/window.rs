@@ -1,6 +1,5 @@
 //! Sliding windows of call outcomes.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use super::SlidingWindow;
@@ -34,40 +33,86 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    epoch: u64,
-    counts: Counts,
+/// Bits of a bucket's word: the low bits of its epoch (a tag), then its calls, failures
+/// and slow calls.
+const TAG_BITS: u32 = 20;
+const COUNT_BITS: u32 = 14;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// Calls a bucket counts at most (beyond, its counts stay: the rates still hold).
+const COUNT_MAX: u64 = COUNT_MASK;
+/// Buckets a time window may have: far fewer than the tags, so that tags within a window
+/// never alias, and few enough that a window's sums fit in a `u32`.
+pub(crate) const MAX_TIME_BUCKETS: u32 = 4096;
+/// A slot whose tag is ahead of a call's by at most this many windows holds a newer
+/// bucket (the call is late); further ahead, it is a stale bucket whose tag wrapped.
+const LATE_WINDOWS: u64 = 4;
+
+fn pack(tag: u64, calls: u64, failures: u64, slow: u64) -> u64 {
+    (tag << (3 * COUNT_BITS)) | (calls << (2 * COUNT_BITS)) | (failures << COUNT_BITS) | slow
 }
 
-/// The calls of the last `duration`, in buckets.
+fn unpack(w: u64) -> (u64, u64, u64, u64) {
+    (
+        w >> (3 * COUNT_BITS),
+        (w >> (2 * COUNT_BITS)) & COUNT_MASK,
+        (w >> COUNT_BITS) & COUNT_MASK,
+        w & COUNT_MASK,
+    )
+}
+
+/// The calls of the last `duration`, in buckets, recorded without a lock: each bucket is
+/// one word (its epoch's tag and its three counts) moved by compare-and-swap, like the
+/// health tracker's. A bucket is read as part of the window when its tag is one of the
+/// last `buckets` epochs' (tags wrap after 2^20 bucket lengths: a bucket left untouched
+/// for exactly that long would be read as current — 2.4 days of silence at 200 ms).
 #[derive(Debug)]
 pub(crate) struct TimeBuckets {
-    buckets: Box<[Bucket]>,
+    buckets: Box<[AtomicU64]>,
     bucket_nanos: u64,
 }
 
 impl TimeBuckets {
     /// Counts one call at `now_nanos`; returns the window's aggregates then (one division
     /// for both).
-    fn push(&mut self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
+    fn push(&self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
         let epoch = now_nanos / self.bucket_nanos;
         self.push_at(epoch, failed, slow);
         self.counts_at(epoch)
     }
 
-    fn push_at(&mut self, epoch: u64, failed: bool, slow: bool) {
-        let i = (epoch % self.buckets.len() as u64) as usize;
-        let b = &mut self.buckets[i];
-        if b.epoch != epoch {
-            *b = Bucket {
-                epoch,
-                counts: Counts::default(),
+    fn push_at(&self, epoch: u64, failed: bool, slow: bool) {
+        let n = self.buckets.len() as u64;
+        let tag = epoch & TAG_MASK;
+        let slot = &self.buckets[(epoch % self.buckets.len() as u64) as usize];
+        let mut cur = slot.load(Ordering::Acquire);
+        loop {
+            let (t, calls, failures, slows) = unpack(cur);
+            let ahead = t.wrapping_sub(tag) & TAG_MASK;
+            let (calls, failures, slows) = if calls > 0 && t == tag {
+                (calls, failures, slows)
+            } else if calls > 0 && ahead <= LATE_WINDOWS * n {
+                // The slot already holds a newer bucket: this call ended before it, and
+                // before the window (a thread that read the clock earlier and got here
+                // later).
+                return;
+            } else {
+                (0, 0, 0)
             };
+            if calls >= COUNT_MAX {
+                return;
+            }
+            let next = pack(
+                tag,
+                calls + 1,
+                failures + u64::from(failed),
+                slows + u64::from(slow),
+            );
+            match slot.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
         }
-        b.counts.calls += 1;
-        b.counts.failures += u32::from(failed);
-        b.counts.slow += u32::from(slow);
     }
 
     fn counts(&self, now_nanos: u64) -> Counts {
@@ -76,14 +121,24 @@ impl TimeBuckets {
 
     fn counts_at(&self, epoch: u64) -> Counts {
         let n = self.buckets.len() as u64;
-        self.buckets
-            .iter()
-            .filter(|b| b.epoch <= epoch && epoch - b.epoch < n && b.counts.calls > 0)
-            .fold(Counts::default(), |acc, b| Counts {
-                calls: acc.calls + b.counts.calls,
-                failures: acc.failures + b.counts.failures,
-                slow: acc.slow + b.counts.slow,
-            })
+        let tag = epoch & TAG_MASK;
+        let mut c = Counts::default();
+        for slot in self.buckets.iter() {
+            let (t, calls, failures, slows) = unpack(slot.load(Ordering::Acquire));
+            if calls > 0 && tag.wrapping_sub(t) & TAG_MASK < n {
+                // Each count fits in 14 bits: the sums of a window fit in a u32.
+                c.calls += calls as u32;
+                c.failures += failures as u32;
+                c.slow += slows as u32;
+            }
+        }
+        c
+    }
+
+    fn clear(&self) {
+        for slot in self.buckets.iter() {
+            slot.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -159,20 +214,20 @@ impl CountRing {
 pub(crate) enum Window {
     /// Lock-free.
     Count(CountRing),
-    /// Behind its own short lock (bucket rotation rewrites several fields).
-    Time(Mutex<TimeBuckets>),
+    /// Lock-free too.
+    Time(TimeBuckets),
 }
 
 impl Window {
     pub(crate) fn new(w: SlidingWindow) -> Self {
         match w {
             SlidingWindow::Count(n) => Window::Count(CountRing::new(n)),
-            SlidingWindow::Time { duration, buckets } => Window::Time(Mutex::new(TimeBuckets {
-                buckets: vec![Bucket::default(); buckets as usize].into_boxed_slice(),
+            SlidingWindow::Time { duration, buckets } => Window::Time(TimeBuckets {
+                buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
                 bucket_nanos: u64::try_from(duration.as_nanos() / u128::from(buckets))
                     .unwrap_or(u64::MAX)
                     .max(1),
-            })),
+            }),
         }
     }
 
@@ -189,10 +244,7 @@ impl Window {
     pub(crate) fn push(&self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
         match self {
             Window::Count(r) => r.push(failed, slow),
-            Window::Time(t) => {
-                let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
-                t.push(now_nanos, failed, slow)
-            }
+            Window::Time(t) => t.push(now_nanos, failed, slow),
         }
     }
 
@@ -200,10 +252,7 @@ impl Window {
     pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
         match self {
             Window::Count(r) => r.counts(),
-            Window::Time(t) => t
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .counts(now_nanos),
+            Window::Time(t) => t.counts(now_nanos),
         }
     }
 
@@ -211,11 +260,7 @@ impl Window {
     pub(crate) fn clear(&self) {
         match self {
             Window::Count(r) => r.clear(),
-            Window::Time(t) => t
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .buckets
-                .fill(Bucket::default()),
+            Window::Time(t) => t.clear(),
         }
     }
 }
@@ -336,5 +381,95 @@ mod tests {
                 prop_assert_eq!(w.counts(0), want);
             }
         }
+
+        /// The lock-free time window counts exactly the calls of its last `buckets`
+        /// bucket lengths, whatever the gaps between calls.
+        #[test]
+        fn time_window_matches_the_calls_of_its_last_buckets(
+            buckets in 1u32..8,
+            calls in prop::collection::vec((0u64..3_000_000, any::<bool>(), any::<bool>()), 0..80),
+        ) {
+            let bucket = 1_000_000u64; // 1 ms
+            let w = Window::new(SlidingWindow::Time {
+                duration: std::time::Duration::from_nanos(bucket * u64::from(buckets)),
+                buckets,
+            });
+            let mut now = 0u64;
+            let mut seen: Vec<(u64, bool, bool)> = Vec::new();
+            for (gap, f, s) in calls {
+                // Mostly short gaps; some of up to 3,000 buckets.
+                now += if gap % 97 == 0 { gap * 1_000 } else { gap };
+                let got = w.push(now, f, s);
+                seen.push((now / bucket, f, s));
+                let epoch = now / bucket;
+                let live: Vec<_> = seen
+                    .iter()
+                    .filter(|(e, ..)| epoch - e < u64::from(buckets))
+                    .collect();
+                let want = Counts {
+                    calls: live.len() as u32,
+                    failures: live.iter().filter(|c| c.1).count() as u32,
+                    slow: live.iter().filter(|c| c.2).count() as u32,
+                };
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bucket_whose_tag_wrapped_is_stale_and_a_late_call_is_dropped() {
+        let ms = 1_000_000u64;
+        let w = Window::new(SlidingWindow::Time {
+            duration: Duration::from_millis(4),
+            buckets: 4,
+        });
+        w.push(0, true, false);
+        // 2^20 + 4 buckets later the slot's tag reads as 4 behind: stale, reset.
+        let later = ((1 << 20) + 4) * ms;
+        assert_eq!(
+            w.push(later, false, false),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+        // A call that ended a whole window before the slot's bucket is not counted.
+        w.push(later - 4 * ms, true, true);
+        assert_eq!(
+            w.counts(later),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn concurrent_pushes_into_a_time_window_are_all_counted() {
+        let w = Window::new(SlidingWindow::Time {
+            duration: Duration::from_secs(10),
+            buckets: 10,
+        });
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let w = &w;
+                s.spawn(move || {
+                    for i in 0..3_000u64 {
+                        // Four threads over three buckets.
+                        w.push((i % 3) * 1_000_000_000 + t, i % 2 == 0, i % 3 == 0);
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            w.counts(2_500_000_000),
+            Counts {
+                calls: 12_000,
+                failures: 6_000,
+                slow: 4_000,
+            }
+        );
     }
 }
