@@ -347,7 +347,7 @@ fn full_target(scenario: &str, f: &Mean, a: &Mean) -> Target {
         pct(f.success_rate),
         f.attempts_per_request,
         f.p999_ms
-            .map_or_else(|| "-".to_owned(), |p| format!("{p:.0} ms")),
+            .map_or_else(|| "-".to_owned(), |p| format!("{p:.1} ms")),
         slowest.map_or_else(|| "never/-".to_owned(), |r| format!("{r:.1} s"))
     );
     let (goal, met) = match scenario {

@@ -16,6 +16,7 @@
 //! the baseline must come down with it).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Check, ConfigError};
@@ -56,16 +57,16 @@ pub struct AdaptiveLimit {
     long_window: u32,
     /// The long-term average's weight per sample, `2 / (long_window + 1)`.
     decay: f64,
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct State {
-    /// The limit, unrounded.
-    estimate: f64,
-    /// The long-term latency average, seconds.
-    long: f64,
-    samples: u32,
+    /// The limit, unrounded (`f64` bits); written only under `update`.
+    estimate: AtomicU64,
+    /// The long-term latency average in seconds (`f64` bits), and the samples it rests on:
+    /// moved by every sample with a plain load and store — concurrent samples may lose one
+    /// another's step, which an average over hundreds of samples can afford — so a sample
+    /// that does not move the limit takes no lock.
+    long: AtomicU64,
+    samples: AtomicU32,
+    /// Serializes the limit's updates.
+    update: Mutex<()>,
 }
 
 impl Clone for AdaptiveLimit {
@@ -78,7 +79,10 @@ impl Clone for AdaptiveLimit {
             tolerance: self.tolerance,
             long_window: self.long_window,
             decay: self.decay,
-            state: Mutex::new(*self.lock()),
+            estimate: AtomicU64::new(self.estimate.load(Ordering::Relaxed)),
+            long: AtomicU64::new(self.long.load(Ordering::Relaxed)),
+            samples: AtomicU32::new(self.samples.load(Ordering::Relaxed)),
+            update: Mutex::new(()),
         }
     }
 }
@@ -97,16 +101,13 @@ impl AdaptiveLimit {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Every update leaves the state whole before anything could panic.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn estimate(&self) -> f64 {
+        f64::from_bits(self.estimate.load(Ordering::Relaxed))
     }
 
     /// The limit now.
     pub fn current(&self) -> u32 {
-        (self.lock().estimate as u32).clamp(self.min, self.max)
+        (self.estimate() as u32).clamp(self.min, self.max)
     }
 
     /// The least and the most the limit may become.
@@ -116,34 +117,43 @@ impl AdaptiveLimit {
 
     /// The long-term latency the limit compares samples with; `None` before any sample.
     pub fn baseline(&self) -> Option<Duration> {
-        let s = *self.lock();
-        (s.samples > 0).then(|| Duration::from_secs_f64(s.long))
+        (self.samples.load(Ordering::Relaxed) > 0)
+            .then(|| Duration::from_secs_f64(f64::from_bits(self.long.load(Ordering::Relaxed))))
     }
 
     /// Learns from one finished call that took `latency` while `in_flight` calls (itself
     /// included) were in flight; returns the new limit.
     pub fn sample(&self, latency: Duration, in_flight: u32) -> u32 {
         let rtt = latency.as_secs_f64().max(1e-9);
-        let mut s = self.lock();
-        s.samples = s.samples.saturating_add(1);
-        if s.samples <= WARMUP {
-            s.long += (rtt - s.long) / f64::from(s.samples);
+        let n = self.samples.load(Ordering::Relaxed).saturating_add(1);
+        self.samples.store(n, Ordering::Relaxed);
+        let mut long = f64::from_bits(self.long.load(Ordering::Relaxed));
+        if n <= WARMUP {
+            long += (rtt - long) / f64::from(n);
         } else {
-            s.long += (rtt - s.long) * self.decay;
+            long += (rtt - long) * self.decay;
         }
-        if s.long > 2.0 * rtt {
-            s.long *= 0.95;
+        if long > 2.0 * rtt {
+            long *= 0.95;
         }
+        self.long.store(long.to_bits(), Ordering::Relaxed);
         // The caller, not the upstream, limits the load: nothing to learn about the limit.
-        if f64::from(in_flight) < s.estimate / 2.0 {
-            return (s.estimate as u32).clamp(self.min, self.max);
+        if f64::from(in_flight) < self.estimate() / 2.0 {
+            return self.current();
         }
-        let gradient = (self.tolerance * s.long / rtt).clamp(0.5, 1.0);
-        let queue = s.estimate.sqrt();
-        let target = s.estimate * gradient + queue;
-        let next = s.estimate * (1.0 - self.smoothing) + target * self.smoothing;
-        s.estimate = next.clamp(f64::from(self.min), f64::from(self.max));
-        (s.estimate as u32).clamp(self.min, self.max)
+        // Every update leaves the estimate whole: a poisoned lock guards nothing broken.
+        let _serial = self
+            .update
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let estimate = self.estimate();
+        let gradient = (self.tolerance * long / rtt).clamp(0.5, 1.0);
+        let queue = estimate.sqrt();
+        let target = estimate * gradient + queue;
+        let next = (estimate * (1.0 - self.smoothing) + target * self.smoothing)
+            .clamp(f64::from(self.min), f64::from(self.max));
+        self.estimate.store(next.to_bits(), Ordering::Relaxed);
+        (next as u32).clamp(self.min, self.max)
     }
 }
 
@@ -234,11 +244,10 @@ impl AdaptiveLimitBuilder {
             tolerance: self.tolerance,
             long_window: self.long_window,
             decay: 2.0 / (f64::from(self.long_window) + 1.0),
-            state: Mutex::new(State {
-                estimate: f64::from(self.initial),
-                long: 0.0,
-                samples: 0,
-            }),
+            estimate: AtomicU64::new(f64::from(self.initial).to_bits()),
+            long: AtomicU64::new(0f64.to_bits()),
+            samples: AtomicU32::new(0),
+            update: Mutex::new(()),
         })
     }
 }

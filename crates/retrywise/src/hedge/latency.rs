@@ -204,7 +204,8 @@ impl RollingLatency {
 
     /// The Kaplan-Meier survival curve of the latencies of the current and previous
     /// period (answers are events, cancelled requests censored): `(µs, P(latency > µs))`
-    /// at each bucket holding an answer, ascending, and the samples it rests on.
+    /// at the middle of each bucket holding an answer, ascending, and the samples it rests
+    /// on.
     fn survival(&self, now: Instant) -> (Vec<(f64, f64)>, u64) {
         let live: Vec<&Histogram> = self.live(self.period_of(now)).collect();
         let mut rows = Vec::new();
@@ -213,7 +214,10 @@ impl RollingLatency {
             let answered: u64 = live.iter().map(|h| h.bucket_of_kind(b, ANSWERED)).sum();
             let censored: u64 = live.iter().map(|h| h.bucket_of_kind(b, CENSORED)).sum();
             if answered + censored > 0 {
-                rows.push((upper_of(b) as f64, answered, censored));
+                // The bucket's middle: its upper bound would overstate every latency by up
+                // to 1/16 (half of that on average), and move the delay with it.
+                let lower = if b == 0 { 0 } else { upper_of(b - 1) + 1 };
+                rows.push(((lower + upper_of(b)) as f64 / 2.0, answered, censored));
                 total += answered + censored;
             }
         }

@@ -510,6 +510,12 @@ impl<C> Policy<C> {
             None => None,
             Some(b) => match b.try_acquire_quiet() {
                 Some(permit) => Some(permit),
+                // A hedge never waits for room: a full bulkhead means the upstream is
+                // queueing, where a hedge adds load and wins nothing.
+                None if hedge > 0 => match b.try_acquire() {
+                    Ok(permit) => Some(permit),
+                    Err(full) => return (Sent::Rejected(full), None),
+                },
                 None => match b.acquire_after_refusal_for(Some(ctx)).await {
                     Ok(permit) => {
                         started = Instant::now();

@@ -1110,3 +1110,43 @@ async fn the_adaptive_composition_follows_a_swapped_model() {
     assert_eq!(report.attempts, 1);
     assert!(report.stopped.is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
+    let p = Policy::builder("full")
+        .retry(retry(1, 0))
+        .bulkhead(
+            Bulkhead::builder("full")
+                .max_concurrent(1)
+                .max_wait(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        )
+        .hedge(
+            Hedge::builder()
+                .delay(HedgeDelay::Fixed(5 * MS))
+                .no_budget()
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let started = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let got = p
+        .call(|a| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(if a.hedge == 0 { 100 * MS } else { MS }).await;
+                Ok::<_, io::Error>(a.hedge)
+            }
+        })
+        .await
+        .unwrap();
+    // The primary holds the only room: the hedge is refused at once instead of waiting for
+    // it (it would have got it only when the primary answered).
+    assert_eq!(got, 0);
+    assert_eq!(t0.elapsed(), 100 * MS);
+    let m = p.bulkhead().unwrap().metrics();
+    assert_eq!(m.rejected_calls, 1, "{m:?}");
+}
