@@ -316,6 +316,17 @@ impl Fleet {
         })
     }
 
+    /// What the metrics show of a tracked target, without asking the model: whether its
+    /// shared circuit refuses fresh calls, the suggested concurrency limit and hedge delay.
+    pub fn gauges(&self, target: &str) -> Option<(bool, u32, Option<Duration>)> {
+        let t = self.get(target)?;
+        Some((
+            matches!(t.breaker.state(), State::Open | State::ForcedOpen),
+            t.limit.current(),
+            t.hedge.current_delay(),
+        ))
+    }
+
     /// How many targets are tracked.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

@@ -176,5 +176,30 @@ pub(crate) async fn ingest(
     st.metrics
         .targets
         .set(i64::try_from(st.fleet.len()).unwrap_or(i64::MAX));
+    // Each target of the batch, once: its circuit, limit and hedge delay as of now.
+    let mut targets: Vec<&str> = seen.iter().map(|r| &*r.context.target).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    for target in targets {
+        let label = st.metrics.target_label(target);
+        if label == "other" {
+            continue; // one series for many targets: a gauge of it would mean nothing
+        }
+        if let Some((open, limit, hedge)) = st.fleet.gauges(target) {
+            let labels = crate::metrics::TargetLabels { target: label };
+            st.metrics
+                .circuit_open
+                .get_or_create(&labels)
+                .set(i64::from(open));
+            st.metrics
+                .concurrency_limit
+                .get_or_create(&labels)
+                .set(i64::from(limit));
+            st.metrics
+                .hedge_delay_ms
+                .get_or_create(&labels)
+                .set(hedge.map_or(-1.0, |d| d.as_secs_f64() * 1e3));
+        }
+    }
     Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: n })))
 }

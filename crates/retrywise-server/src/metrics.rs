@@ -87,6 +87,12 @@ pub struct Metrics {
     pub shed: Counter,
     /// Targets tracked by the fleet view.
     pub targets: Gauge,
+    /// Per target (below the label cap): whether the shared circuit refuses fresh calls.
+    pub circuit_open: Family<TargetLabels, Gauge>,
+    /// Per target: the concurrency limit the fleet suggests.
+    pub concurrency_limit: Family<TargetLabels, Gauge>,
+    /// Per target: the suggested hedge delay, ms (-1 while no hedge is worth sending).
+    pub hedge_delay_ms: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     max_target_labels: usize,
     target_names: Mutex<HashSet<String>>,
     dropped_seen: AtomicU64,
@@ -186,6 +192,24 @@ impl Metrics {
             "Targets tracked by the fleet view",
             targets.clone(),
         );
+        let circuit_open = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "fleet_circuit_open",
+            "Whether the shared circuit of a target refuses fresh calls (1) or not (0), as of its last ingested batch",
+            circuit_open.clone(),
+        );
+        let concurrency_limit = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "fleet_concurrency_limit",
+            "The concurrency limit suggested for a target (Gradient2 over the ingested latencies), as of its last ingested batch",
+            concurrency_limit.clone(),
+        );
+        let hedge_delay_ms = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "fleet_hedge_delay_ms",
+            "The hedge delay suggested for a target, ms (-1: no hedge is worth sending for slowness), as of its last ingested batch",
+            hedge_delay_ms.clone(),
+        );
         Self {
             registry,
             requests,
@@ -203,6 +227,9 @@ impl Metrics {
             reloads,
             shed,
             targets,
+            circuit_open,
+            concurrency_limit,
+            hedge_delay_ms,
             max_target_labels,
             target_names: Mutex::new(HashSet::new()),
             dropped_seen: AtomicU64::new(0),

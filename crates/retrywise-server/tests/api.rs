@@ -1273,4 +1273,23 @@ async fn a_target_view_suggests_a_concurrency_limit_and_a_hedge_delay() {
         .await;
     let (_, v) = h.get("/v1/targets/ledger").await;
     assert!(v["hedge_delay_ms"].is_null(), "{v}");
+    // The same on /metrics, per target.
+    let (_, _, m) = h
+        .call(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    let m = m.as_str().unwrap();
+    assert!(
+        m.contains(&format!(
+            "retrywise_fleet_concurrency_limit{{target=\"search\"}} {limit}"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("retrywise_fleet_hedge_delay_ms{target=\"ledger\"} -1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("retrywise_fleet_circuit_open{target=\"search\"} 0"),
+        "{m}"
+    );
 }
