@@ -230,18 +230,7 @@ pub static CATALOG: &[Contender] = &[
         name: "adaptive",
         description: "the model decides: the wait worth the most by predicted p(success), attempt cost and deadline (ModelDecider; rules without a model)",
         build: |c| {
-            let d = ModelDecider::builder()
-                .maybe_model(c.model.clone())
-                .deadline(c.deadline)
-                .seed(c.seed ^ 0xADA)
-                // Recording for training: some stops retry anyway, to keep learning.
-                .explore(if c.explore.is_some() {
-                    STOP_EXPLORATION
-                } else {
-                    0.0
-                })
-                .build()?;
-            let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
+            let d = model_decider(c, c.model.clone())?;
             // The model reads the target's health: track it as the training data did.
             policy(base(c, "adaptive", d)?.track_health(DEFAULT_HEALTH_WINDOW))
         },
@@ -255,12 +244,7 @@ pub static CATALOG: &[Contender] = &[
                 // the breaker's rate trigger.
                 Arc::new(|_: &retrywise::attempt::AttemptContext| f64::NAN)
             })));
-            let d = ModelDecider::builder()
-                .model(Arc::clone(&model) as Arc<dyn SuccessModel>)
-                .deadline(c.deadline)
-                .seed(c.seed ^ 0xADA)
-                .build()?;
-            let d: Arc<dyn RetryDecider> = Arc::new(WithTimeout(d, c.attempt_timeout));
+            let d = model_decider(c, Some(Arc::clone(&model) as Arc<dyn SuccessModel>))?;
             let b = base(c, ADAPTIVE_FULL, Arc::clone(&d))?
                 .adaptive(model)?
                 .decider(d);
@@ -295,6 +279,26 @@ pub static CATALOG: &[Contender] = &[
         build: |_| Ok(Strategy::Oracle),
     },
 ];
+
+/// The model-driven decider of `adaptive` and `adaptive-full`, with the run's deadline and
+/// attempt timeout; when the run records for training, some stops retry anyway, to keep
+/// learning.
+fn model_decider(
+    c: &PolicyContext,
+    model: Option<Arc<dyn SuccessModel>>,
+) -> Result<Arc<dyn RetryDecider>, SimError> {
+    let d = ModelDecider::builder()
+        .maybe_model(model)
+        .deadline(c.deadline)
+        .seed(c.seed ^ 0xADA)
+        .explore(if c.explore.is_some() {
+            STOP_EXPLORATION
+        } else {
+            0.0
+        })
+        .build()?;
+    Ok(Arc::new(WithTimeout(d, c.attempt_timeout)))
+}
 
 /// A decider with the run's attempt timeout (for deciders that set none themselves).
 struct WithTimeout<D>(D, Duration);

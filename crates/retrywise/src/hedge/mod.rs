@@ -281,6 +281,8 @@ impl Hedge {
 
     /// Whether a hedge of the request in `ctx` is worth sending by the success model (at
     /// least as likely to succeed as not); true without a model or when it answers NaN.
+    /// A [`Policy`](crate::policy::Policy) asks it, with the attempt's context, before the
+    /// budgets; [`call`](Self::call) has no context and does not.
     pub fn worth_sending(&self, ctx: &crate::attempt::AttemptContext) -> bool {
         let Some(m) = &self.shared.model else {
             return true;
@@ -395,7 +397,7 @@ impl Hedge {
             let request = make(i);
             async move { request.await.map(|v| (v, i)) }
         };
-        let (v, winner) = self.race(start, tagged, |_| true).await?;
+        let (v, winner) = self.race(start, tagged, None, |_| true).await?;
         let now = Instant::now();
         let took = now.saturating_duration_since(start);
         if winner == 0 {
@@ -408,8 +410,10 @@ impl Hedge {
 
     /// The race itself, for a call that started at `start`: reads the clock only to send a
     /// hedge, and records no latency (the caller records the call's, with the clock
-    /// reading it already has). `may_send` is asked before each hedge, after the hedge's own
-    /// budget (a policy's retry budget throttles hedges too, as gRFC A6 says).
+    /// reading it already has). Before each hedge: with a context, the success model
+    /// ([`worth_sending`](Self::worth_sending), which spends nothing) first; then the
+    /// hedge's own budget; then `may_send` (a policy's retry budget throttles hedges too,
+    /// as gRFC A6 says).
     ///
     /// A request that fails while nothing else is running sends the next hedge at once,
     /// without waiting for the hedge delay (as gRPC's hedging and Polly do): the delay is
@@ -418,6 +422,7 @@ impl Hedge {
         &self,
         start: Instant,
         mut make: F,
+        ctx: Option<&crate::attempt::AttemptContext>,
         mut may_send: impl FnMut(Instant) -> bool,
     ) -> Result<T, AllFailed<E>>
     where
@@ -494,7 +499,7 @@ impl Hedge {
                     continue;
                 }
                 let now = Instant::now();
-                if !s.spend(now) || !may_send(now) {
+                if ctx.is_some_and(|c| !self.worth_sending(c)) || !s.spend(now) || !may_send(now) {
                     may_hedge = false;
                     continue;
                 }

@@ -608,7 +608,8 @@ impl<C> Policy<C> {
                         }
                     }
                 },
-                |now| p.may_hedge(now) && hedge.worth_sending(ctx),
+                Some(ctx),
+                |now| p.may_hedge(now),
             )
             .await;
         match raced {

@@ -249,13 +249,14 @@ async fn an_open_breaker_stops_the_call_before_it_is_made() {
     assert_eq!(err.attempts, 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_call_with_time_waits_for_the_breaker_and_one_without_fails_fast() {
+/// A breaker over the last 4 calls, opened by 4 failures for `open`, one probe in
+/// HALF_OPEN.
+fn open_breaker(open: Duration) -> CircuitBreaker {
     let breaker = CircuitBreaker::builder("b")
         .window(SlidingWindow::Count(4))
         .minimum_calls(4)
         .permitted_calls_in_half_open(1)
-        .open_for(Duration::from_secs(3))
+        .open_for(open)
         .build()
         .unwrap();
     for _ in 0..4 {
@@ -264,6 +265,13 @@ async fn a_call_with_time_waits_for_the_breaker_and_one_without_fails_fast() {
             .unwrap()
             .record(crate::breaker::CallOutcome::Failure, MS);
     }
+    assert_eq!(breaker.state(), crate::breaker::State::Open);
+    breaker
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_with_time_waits_for_the_breaker_and_one_without_fails_fast() {
+    let breaker = open_breaker(Duration::from_secs(3));
     let within = |deadline| {
         Policy::builder("b")
             .retry(retry(1, 1))
@@ -302,19 +310,7 @@ async fn a_call_with_time_waits_for_the_breaker_and_one_without_fails_fast() {
 
 #[tokio::test(start_paused = true)]
 async fn callers_waiting_on_half_open_probes_poll_until_it_closes() {
-    let breaker = CircuitBreaker::builder("b")
-        .window(SlidingWindow::Count(4))
-        .minimum_calls(4)
-        .permitted_calls_in_half_open(1)
-        .open_for(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    for _ in 0..4 {
-        breaker
-            .try_acquire()
-            .unwrap()
-            .record(crate::breaker::CallOutcome::Failure, MS);
-    }
+    let breaker = open_breaker(Duration::from_secs(1));
     let p = Policy::builder("b")
         .retry(retry(1, 1))
         .breaker(breaker.clone())
@@ -959,37 +955,15 @@ async fn the_aws_rate_limiter_spaces_attempts_after_throttling() {
     );
 }
 
-/// A breaker over the last 4 calls that opens at 100 % failures for `open`.
-fn quick_breaker(open: Duration) -> CircuitBreaker {
-    CircuitBreaker::builder("refused")
-        .window(SlidingWindow::Count(4))
-        .minimum_calls(4)
-        .failure_rate_threshold(1.0)
-        .open_for(open)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
-    // Retries 300 ms apart, up to 10 attempts; the circuit (opened by four failures of
-    // another policy sharing it) stays open for 1 s.
-    let breaker = quick_breaker(Duration::from_secs(1));
-    let opener = Policy::builder("refused")
-        .retry(retry(1, 0))
-        .breaker(breaker.clone())
-        .build()
-        .unwrap();
-    for _ in 0..4 {
-        let _ = opener.call(|_| async { Err::<(), _>(reset()) }).await;
-    }
+    // Retries 300 ms apart, up to 10 attempts; the circuit stays open for 1 s.
     let p = Policy::builder("refused")
         .retry(retry(10, 300))
-        .breaker(breaker)
+        .breaker(open_breaker(Duration::from_secs(1)))
         .decide_when_refused(true)
         .build()
         .unwrap();
-    assert_eq!(p.breaker().unwrap().state(), crate::breaker::State::Open);
     let sent = AtomicU32::new(0);
     let t0 = Instant::now();
     let (r, report) = p
@@ -1007,12 +981,9 @@ async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
     // Without the option the same call fails at once.
     let fast = Policy::builder("refused")
         .retry(retry(10, 300))
-        .breaker(quick_breaker(Duration::from_secs(1)))
+        .breaker(open_breaker(Duration::from_secs(1)))
         .build()
         .unwrap();
-    for _ in 0..4 {
-        let _ = fast.call(|_| async { Err::<(), _>(reset()) }).await;
-    }
     let (r, report) = fast
         .call_with_report(|_| async { Ok::<_, io::Error>("served") })
         .await;
@@ -1025,13 +996,10 @@ async fn a_refused_call_the_decider_would_not_retry_fails_with_the_circuit() {
     // One attempt only: a refusal leaves nothing to wait for.
     let p = Policy::builder("refused")
         .retry(retry(1, 300))
-        .breaker(quick_breaker(Duration::from_secs(1)))
+        .breaker(open_breaker(Duration::from_secs(1)))
         .decide_when_refused(true)
         .build()
         .unwrap();
-    for _ in 0..4 {
-        let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
-    }
     let t0 = Instant::now();
     let (r, report) = p
         .call_with_report(|_| async { Ok::<_, io::Error>("served") })
@@ -1051,7 +1019,7 @@ async fn an_adaptive_limit_learns_from_calls_a_breaker_also_watches() {
         .unwrap();
     let p = Policy::builder("limited")
         .retry(retry(1, 0))
-        .breaker(quick_breaker(Duration::from_secs(1)))
+        .breaker(CircuitBreaker::builder("limited").build().unwrap())
         .bulkhead(
             Bulkhead::builder("limited")
                 .adaptive(limit)
@@ -1149,4 +1117,40 @@ async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
     assert_eq!(t0.elapsed(), 100 * MS);
     let m = p.bulkhead().unwrap().metrics();
     assert_eq!(m.rejected_calls, 1, "{m:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_the_model_holds_back_spends_no_budget() {
+    let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
+    let before = bucket.tokens();
+    let hedge = Hedge::builder()
+        .predict(Arc::new(|_: &AttemptContext| 0.3))
+        .delay(HedgeDelay::Fixed(5 * MS))
+        .build()
+        .unwrap();
+    let p = Policy::builder("held")
+        .retry(retry(1, 1))
+        .shared_budget(bucket.clone())
+        .hedge(hedge)
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    p.call(|_| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(20 * MS).await;
+            Ok::<_, io::Error>(())
+        }
+    })
+    .await
+    .unwrap();
+    // Asked first, the model keeps the hedge: neither the hedge's budget nor the retry
+    // budget pays for a hedge that was never sent.
+    let m = p.hedge().unwrap().metrics();
+    assert_eq!(
+        (sent.load(Ordering::SeqCst), m.hedges, m.held_back),
+        (1, 0, 1)
+    );
+    assert_eq!(m.window_hedges, 0, "the hedge budget's ledger");
+    assert!(bucket.tokens() >= before, "the retry budget's tokens");
 }
