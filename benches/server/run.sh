@@ -5,7 +5,10 @@
 #   3. the batch form: predictions per second with 1000 contexts per request;
 #   4. ingestion: 4 clients posting NDJSON batches of 3,000 records as fast as they are
 #      answered, while another process writes and fsyncs on the same disk; then a graceful
-#      stop, and every acknowledged record is counted in the segments (nothing lost).
+#      stop, and every acknowledged record is counted in the segments (nothing lost);
+#   5. the same service sharing its fleet view through Redis (`--fleet`, redis-server on a
+#      loopback port): /v1/predict's maximum throughput beside the in-process one's (1.),
+#      and ingestion as in 4., with the attempts Redis then holds counted.
 # The server is pinned to core 0 and the load tool to core 1 (a 2-core machine); for the
 # batch form a second, unpinned server is used (the load tool barely works there).
 # Results: a table on stdout and $CARGO_TARGET_DIR/server-bench.json.
@@ -32,9 +35,17 @@ taskset -c 0 "$BIN/trivial-server" 127.0.0.1:18182 2>"$work/trivial.log" &
 "$BIN/retrywise" serve --addr 127.0.0.1:18183 --models models --attempts "$work/attempts2" 2>"$work/serve2.log" &
 "$BIN/retrywise" serve --addr 127.0.0.1:18184 --models models --attempts "$work/ingested" 2>"$work/serve3.log" &
 INGEST_PID=$!
+REDIS_PORT="${REDIS_PORT:-18190}"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+FLEET="redis://127.0.0.1:$REDIS_PORT"
+taskset -c 0 "$BIN/retrywise" serve --addr 127.0.0.1:18185 --models models --attempts "$work/attempts5" --fleet "$FLEET" 2>"$work/serve5.log" &
+"$BIN/retrywise" serve --addr 127.0.0.1:18186 --models models --attempts "$work/ingested6" --fleet "$FLEET" 2>"$work/serve6.log" &
+FLEET_INGEST_PID=$!
 for _ in $(seq 50); do
   curl -sf http://127.0.0.1:18181/readyz >/dev/null && curl -sf http://127.0.0.1:18183/readyz >/dev/null \
-    && curl -sf http://127.0.0.1:18184/readyz >/dev/null && curl -s -o /dev/null http://127.0.0.1:18182/ && break
+    && curl -sf http://127.0.0.1:18184/readyz >/dev/null && curl -s -o /dev/null http://127.0.0.1:18182/ \
+    && curl -sf http://127.0.0.1:18185/readyz | grep -q '"fleet":"shared"' && curl -sf http://127.0.0.1:18186/readyz >/dev/null && break
   sleep 0.2
 done
 
@@ -64,8 +75,22 @@ load() { # url body-file-or-string extra-args... -> json on stdout
   taskset -c 1 "$OHA" -z "$DURATION" -w --no-tui --output-format json -m POST -T application/json "${data[@]}" "$@" "$url"
 }
 
+# The predicted target has a fleet view on both servers (health filled from it): a few of
+# its attempts are posted to each every second.
+( while :; do
+    now=$(date +%s%3N)
+    for port in 18181 18185; do
+      printf '{"schema_version":"1.3","started_at_ms":%s,"call_id":1,"hedge":0,"target":"payments","attempt":1,"delay_ms":0,"outcome":"success","outcome_latency_ms":12.5}\n' "$now" \
+        | curl -s -o /dev/null -X POST -H 'content-type: application/x-ndjson' --data-binary @- "http://127.0.0.1:$port/v1/attempts"
+    done
+    sleep 1
+  done ) &
+FEED=$!
+sleep 1.5
 load http://127.0.0.1:18182/v1/predict "$ONE" -c "$CONNS" > "$work/trivial.json"
 load http://127.0.0.1:18181/v1/predict "$ONE" -c "$CONNS" > "$work/predict.json"
+load http://127.0.0.1:18185/v1/predict "$ONE" -c "$CONNS" > "$work/predict_fleet.json"
+kill "$FEED"; wait "$FEED" 2>/dev/null || true
 half=$(python3 -c "import json; print(int(json.load(open('$work/predict.json'))['summary']['requestsPerSec'] / 2))")
 load http://127.0.0.1:18181/v1/predict "$ONE" -c "$CONNS" -q "$half" --latency-correction > "$work/half.json"
 load http://127.0.0.1:18183/v1/predict "$work/batch.json" -c 8 > "$work/batch_out.json"
@@ -74,8 +99,30 @@ load http://127.0.0.1:18183/v1/predict "$work/batch.json" -c 8 > "$work/batch_ou
 NOISE=$!
 "$OHA" -z "$DURATION" --no-tui --output-format json -m POST -T application/x-ndjson -D "$work/records.ndjson" \
   -c 4 http://127.0.0.1:18184/v1/attempts > "$work/ingest.json"
+# The same into a replica sharing its fleet view through Redis; the records are made now,
+# ending over the next seconds, so that none is older than the health window when it
+# arrives (older ones are left out of the fleet view, in process as in Redis).
+python3 - "$work/records_now.ndjson" <<'PY'
+import json, sys, time
+now = int(time.time() * 1000) + 2000
+with open(sys.argv[1], "w") as f:
+    for i in range(3000):
+        f.write(json.dumps({"schema_version": "1.3", "started_at_ms": now + i, "call_id": i, "hedge": 0,
+            "target": f"svc-{i % 20}", "attempt": 1 + i % 3, "error": None if i % 4 else "http_503",
+            "delay_ms": 100.0 * (i % 7), "failure_rate": 0.2, "in_flight": 3, "health_window_ms": 10000.0,
+            "outcome": "success" if i % 4 else "retryable", "outcome_latency_ms": 12.5}) + "\n")
+PY
+"$OHA" -z "$DURATION" --no-tui --output-format json -m POST -T application/x-ndjson -D "$work/records_now.ndjson" \
+  -c 4 http://127.0.0.1:18186/v1/attempts > "$work/ingest_fleet.json"
 kill "$NOISE"; wait "$NOISE" 2>/dev/null || true
+sleep 0.5   # the last writes to Redis (four times per cache period)
+# The attempts Redis holds: every bucket's calls, summed.
+redis-cli -p "$REDIS_PORT" --scan --pattern 'retrywise:fleet:b:*' \
+  | while read -r k; do redis-cli -p "$REDIS_PORT" hget "$k" c; done \
+  | awk '{s += $1} END {print s + 0}' > "$work/redis_calls.txt"
+curl -s http://127.0.0.1:18186/metrics | grep -E '^retrywise_fleet_(shared|redis_errors)' > "$work/fleet_metrics.txt" || true
 kill -TERM "$INGEST_PID"; wait "$INGEST_PID" || true   # a graceful stop: flush and close
+kill -TERM "$FLEET_INGEST_PID"; wait "$FLEET_INGEST_PID" || true
 "$BIN/retrywise" compact --input "$work/ingested" --output "$work/ingested-parquet" --json > "$work/compacted.json"
 
 python3 - "$work" "$CARGO_TARGET_DIR/server-bench.json" "$half" <<'PY'
@@ -83,7 +130,7 @@ import json, sys
 work, out, half = sys.argv[1], sys.argv[2], int(sys.argv[3])
 r = {k: json.load(open(f"{work}/{f}")) for k, f in
      [("trivial", "trivial.json"), ("predict", "predict.json"), ("half", "half.json"), ("batch", "batch_out.json"),
-      ("ingest", "ingest.json")]}
+      ("ingest", "ingest.json"), ("predict_fleet", "predict_fleet.json"), ("ingest_fleet", "ingest_fleet.json")]}
 compacted = json.load(open(f"{work}/compacted.json"))
 def codes(d): return d.get("statusCodeDistribution", {})
 def ok(d): return codes(d).get("200", 0)
@@ -101,6 +148,14 @@ res = {
   "status_codes": {k: codes(v) for k, v in r.items()},
 }
 res["predict_over_trivial"] = res["predict_rps"] / res["trivial_rps"]
+res["predict_fleet_rps"] = r["predict_fleet"]["summary"]["requestsPerSec"]
+res["predict_fleet_over_in_process"] = res["predict_fleet_rps"] / res["predict_rps"]
+ingf = r["ingest_fleet"]
+res["ingest_fleet_records_per_s"] = codes(ingf).get("202", 0) * 3000 / ingf["summary"]["total"]
+res["ingest_fleet_acknowledged_records"] = codes(ingf).get("202", 0) * 3000
+res["ingest_fleet_busy_batches"] = codes(ingf).get("503", 0)
+res["redis_attempts"] = int(open(f"{work}/redis_calls.txt").read().strip() or 0)
+res["fleet_metrics"] = open(f"{work}/fleet_metrics.txt").read().strip().splitlines()
 ing = r["ingest"]
 acked_batches = codes(ing).get("202", 0)
 res["ingest_acknowledged_records"] = acked_batches * 3000
@@ -114,12 +169,16 @@ json.dump(res, open(out, "w"), indent=2)
 print(f"| measure | value | target |\n|---|---|---|")
 print(f"| trivial axum handler, max | {res['trivial_rps']:,.0f} req/s | — |")
 print(f"| POST /v1/predict, max | {res['predict_rps']:,.0f} req/s ({res['predict_over_trivial']:.0%} of trivial) | ≥ 60 % |")
+print(f"| POST /v1/predict, max, fleet view shared through Redis (--fleet) | {res['predict_fleet_rps']:,.0f} req/s ({res['predict_fleet_over_in_process']:.0%} of in-process, same run) | ≥ 90 % |")
 print(f"| /v1/predict at half that ({half:,} req/s, open loop) | p50 {res['half_p50_ms']:.2f} ms, p99 {res['half_p99_ms']:.2f} ms | p99 ≤ 5 ms |")
 print(f"| batch of 1000 contexts | {res['batch_predictions_per_s']:,.0f} predictions/s (p99 {res['batch_p99_ms']:.1f} ms per request) | ≥ 2 M/s |")
 print(f"| ingestion, NDJSON batches of 3,000, 4 clients, disk shared with a writer | {res['ingest_records_per_s']:,.0f} records/s acknowledged; "
       f"{res['ingest_acknowledged_records']:,} acknowledged, {res['ingest_records_in_segments']:,} in the segments after a graceful stop, "
       f"{res['ingest_lost']} lost ({res['ingest_busy_batches']} batches answered 503 busy) | nothing lost |")
-bad = {k: {c: n for c, n in v.items() if c != "200" and not (k == "ingest" and c in ("202", "503"))}
+print(f"| ingestion as above into a --fleet replica | {res['ingest_fleet_records_per_s']:,.0f} records/s acknowledged; "
+      f"{res['ingest_fleet_acknowledged_records']:,} acknowledged, {res['redis_attempts']:,} counted in Redis "
+      f"({res['ingest_fleet_busy_batches']} batches answered 503 busy); {'; '.join(res['fleet_metrics'])} | ≥ 50 k/s |")
+bad = {k: {c: n for c, n in v.items() if c != "200" and not (k.startswith("ingest") and c in ("202", "503"))}
        for k, v in res["status_codes"].items()}
 print("non-200 answers:", {k: v for k, v in bad.items() if v} or "none")
 PY

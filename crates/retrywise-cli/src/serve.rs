@@ -30,6 +30,19 @@ pub(crate) struct Args {
     /// waiting does (RETRYWISE_EXPLORE) [default: 0].
     #[arg(long)]
     explore: Option<f64>,
+    /// Share the fleet view (target health, failure rates, circuits) with the other
+    /// replicas through this Redis: `redis://HOST:PORT[/DB]` (RETRYWISE_FLEET) [default:
+    /// none, each replica keeps its own view in process].
+    #[arg(long, value_name = "REDIS_URL")]
+    fleet: Option<String>,
+    /// How old the shared fleet view answered from may be, ms (RETRYWISE_FLEET_CACHE_MS)
+    /// [default: 250].
+    #[arg(long, value_name = "MS")]
+    fleet_cache_ms: Option<u64>,
+    /// How long a Redis command may take before the replica answers from its own view, ms
+    /// (RETRYWISE_FLEET_TIMEOUT_MS) [default: 100].
+    #[arg(long, value_name = "MS")]
+    fleet_timeout_ms: Option<u64>,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -39,6 +52,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         attempts: args.attempts.clone(),
         allow_unauthenticated: args.allow_unauthenticated.then_some(true),
         explore: args.explore,
+        fleet: args.fleet.clone(),
+        fleet_cache_ms: args.fleet_cache_ms,
+        fleet_timeout_ms: args.fleet_timeout_ms,
         ..Overrides::default()
     };
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)

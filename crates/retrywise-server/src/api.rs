@@ -44,6 +44,13 @@ pub struct Ready {
     pub models: usize,
     /// Whether the model used when a request names none is among them.
     pub default_model: bool,
+    /// Where the fleet view comes from: `in-process` (no `--fleet`), `shared` (Redis
+    /// answers) or `local` (Redis unreachable: this replica's own view until it answers
+    /// again — the replica stays ready).
+    pub fleet: String,
+    /// Why, with a shared fleet view: the last Redis error while `local`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_detail: Option<String>,
 }
 
 /// The process is alive.
@@ -61,10 +68,17 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, Ap
     if n == 0 {
         return Err(ApiError::unavailable("no model is loaded", None));
     }
+    let (fleet, fleet_detail) = match st.fleet.shared().map(|s| s.status()) {
+        None => ("in-process", None),
+        Some(s) if s.shared => ("shared", Some(s.detail)),
+        Some(s) => ("local", Some(s.detail)),
+    };
     Ok(Json(Ready {
         ready: true,
         models: n,
         default_model: st.models.snapshot().contains_key(&st.config.default_model),
+        fleet: fleet.to_owned(),
+        fleet_detail,
     }))
 }
 

@@ -50,6 +50,17 @@ pub struct Config {
     /// Listen on a non-loopback address without a token. Default no: the service refuses
     /// to, since anyone who reaches it could post attempts and reload models.
     pub allow_unauthenticated: bool,
+    /// Where the fleet view is shared between replicas: a Redis URL
+    /// (`redis://HOST:PORT[/DB]`). Default none: every replica keeps its own view in
+    /// process (see [`crate::shared`]).
+    pub fleet: Option<String>,
+    /// How old the shared fleet view a replica answers from may be: it is read from Redis
+    /// this often, and the ingested attempts are written to it four times as often.
+    /// Default 250 ms.
+    pub fleet_cache: Duration,
+    /// How long a Redis command may take before the replica answers from its own view
+    /// (and says so on `/readyz` and `/metrics`). Default 100 ms.
+    pub fleet_timeout: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +81,9 @@ impl Default for Config {
             min_p_success: 0.05,
             explore: 0.0,
             allow_unauthenticated: false,
+            fleet: None,
+            fleet_cache: Duration::from_millis(250),
+            fleet_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -108,6 +122,12 @@ pub struct Overrides {
     pub explore: Option<f64>,
     /// `allow_unauthenticated`.
     pub allow_unauthenticated: Option<bool>,
+    /// `fleet` (a Redis URL).
+    pub fleet: Option<String>,
+    /// `fleet_cache_ms`.
+    pub fleet_cache_ms: Option<u64>,
+    /// `fleet_timeout_ms`.
+    pub fleet_timeout_ms: Option<u64>,
 }
 
 /// The environment variables read, and the setting each gives.
@@ -127,6 +147,9 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_MIN_P_SUCCESS", "min_p_success"),
     ("RETRYWISE_EXPLORE", "explore"),
     ("RETRYWISE_ALLOW_UNAUTHENTICATED", "allow_unauthenticated"),
+    ("RETRYWISE_FLEET", "fleet"),
+    ("RETRYWISE_FLEET_CACHE_MS", "fleet_cache_ms"),
+    ("RETRYWISE_FLEET_TIMEOUT_MS", "fleet_timeout_ms"),
 ];
 
 fn invalid(origin: &str, field: &str, problem: impl Into<String>) -> ServerError {
@@ -209,6 +232,9 @@ impl Overrides {
                 }
                 "min_p_success" => o.min_p_success = Some(float(&v)?),
                 "explore" => o.explore = Some(float(&v)?),
+                "fleet" => o.fleet = Some(v),
+                "fleet_cache_ms" => o.fleet_cache_ms = Some(num(&v)?),
+                "fleet_timeout_ms" => o.fleet_timeout_ms = Some(num(&v)?),
                 _ => {}
             }
         }
@@ -310,6 +336,40 @@ impl Overrides {
         }
         if let Some(a) = self.allow_unauthenticated {
             config.allow_unauthenticated = a;
+        }
+        if let Some(url) = &self.fleet {
+            let url = url.trim();
+            if !url.starts_with("redis://") {
+                return Err(bad(
+                    "fleet",
+                    format!("is not a Redis URL (redis://HOST:PORT[/DB]): {url:?}"),
+                ));
+            }
+            if let Err(e) = redis::Client::open(url) {
+                return Err(bad(
+                    "fleet",
+                    format!("is not a usable Redis URL ({url:?}): {e}"),
+                ));
+            }
+            config.fleet = Some(url.to_owned());
+        }
+        if let Some(ms) = self.fleet_cache_ms {
+            if !(10..=10_000).contains(&ms) {
+                return Err(bad(
+                    "fleet_cache_ms",
+                    format!("must be within [10, 10000], got {ms}"),
+                ));
+            }
+            config.fleet_cache = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.fleet_timeout_ms {
+            if !(1..=10_000).contains(&ms) {
+                return Err(bad(
+                    "fleet_timeout_ms",
+                    format!("must be within [1, 10000], got {ms}"),
+                ));
+            }
+            config.fleet_timeout = Duration::from_millis(ms);
         }
         Ok(())
     }
@@ -425,6 +485,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.explore, 0.05);
+        // The shared fleet view: a Redis URL, a cache period and a timeout within bounds.
+        let c = Config::load(
+            None,
+            |k| match k {
+                "RETRYWISE_FLEET" => Some("redis://127.0.0.1:6379/2".to_owned()),
+                "RETRYWISE_FLEET_CACHE_MS" => Some("100".to_owned()),
+                _ => None,
+            },
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.fleet.as_deref(), Some("redis://127.0.0.1:6379/2"));
+        assert_eq!(c.fleet_cache, Duration::from_millis(100));
+        assert_eq!(c.fleet_timeout, Duration::from_millis(100));
+        for (flags, field) in [
+            (
+                Overrides {
+                    fleet: Some("localhost:6379".into()),
+                    ..Overrides::default()
+                },
+                "`fleet`",
+            ),
+            (
+                Overrides {
+                    fleet_cache_ms: Some(5),
+                    ..Overrides::default()
+                },
+                "fleet_cache_ms",
+            ),
+            (
+                Overrides {
+                    fleet_timeout_ms: Some(0),
+                    ..Overrides::default()
+                },
+                "fleet_timeout_ms",
+            ),
+        ] {
+            let e = Config::load(None, |_| None, &flags).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let e = Overrides::from_toml("fleet_cache_ms = \"soon\"", "serve.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fleet_cache_ms"), "{e}");
         let e = Config::load(
             Some(Path::new("/nonexistent/serve.toml")),
             |_| None,

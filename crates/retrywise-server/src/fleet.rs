@@ -23,6 +23,8 @@ use retrywise::model::SuccessModel;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::shared::{SharedFleet, SharedTarget, wall_ms};
+
 /// One target's state.
 #[derive(Debug)]
 pub struct Target {
@@ -110,6 +112,8 @@ pub struct Fleet {
     max_targets: usize,
     /// How the shared breakers consult the serving default model.
     prediction: Option<Prediction>,
+    /// The view shared with the other replicas through Redis, if any.
+    shared: Option<Arc<SharedFleet>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -119,6 +123,7 @@ impl std::fmt::Debug for Fleet {
             .field("window", &self.window)
             .field("max_targets", &self.max_targets)
             .field("prediction", &self.prediction)
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -132,7 +137,28 @@ impl Fleet {
             window,
             max_targets,
             prediction: None,
+            shared: None,
         }
+    }
+
+    /// Shares the view with the service's other replicas through `shared` (Redis): every
+    /// ingested attempt is also counted there, a circuit this replica opens is opened for
+    /// the fleet, and health, failure rates and circuits are answered from the whole
+    /// fleet's evidence while Redis answers (from this replica's own view while it does
+    /// not).
+    pub fn with_shared(mut self, shared: Arc<SharedFleet>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The shared view, if the fleet has one.
+    pub fn shared(&self) -> Option<&Arc<SharedFleet>> {
+        self.shared.as_ref()
+    }
+
+    /// What the shared view holds of `target`, while it is answered from.
+    fn shared_target(&self, target: &str) -> Option<SharedTarget> {
+        self.shared.as_ref()?.target(target)
     }
 
     /// Makes every target's shared breaker predictive ([`Prediction`] with `model`): it
@@ -147,8 +173,17 @@ impl Fleet {
     /// The shared circuit of `target`: its state, and how long it stays open when OPEN;
     /// `None` for a target not tracked.
     pub fn circuit(&self, target: &str) -> Option<(State, Option<Duration>)> {
-        let t = self.get(target)?;
-        Some((t.breaker.state(), t.breaker.open_remaining()))
+        let shared = self.shared_target(target);
+        let local = self
+            .get(target)
+            .map(|t| (t.breaker.state(), t.breaker.open_remaining()));
+        if local.is_none() && shared.is_none() {
+            return None;
+        }
+        Some(merge_circuit(
+            local.unwrap_or((State::Closed, None)),
+            shared.and_then(|s| s.open_remaining(wall_ms())),
+        ))
     }
 
     fn get(&self, target: &str) -> Option<Arc<Target>> {
@@ -214,23 +249,33 @@ impl Fleet {
         if ended_ms.saturating_add(window_ms) < wall_ms {
             return Observed::Stale;
         }
+        let how = match rec.outcome {
+            Outcome::Success => Some(Ended::Success),
+            Outcome::Permanent => Some(Ended::Permanent),
+            Outcome::Retryable => Some(Ended::Failure),
+            Outcome::Cancelled => None,
+        };
+        if let (Some(shared), Some(how)) = (&self.shared, how) {
+            // Counted when it ended (no later than now, as the local view counts it).
+            shared.record(
+                &rec.context.target,
+                ended_ms.min(wall_ms),
+                how,
+                rec.outcome_latency,
+            );
+        }
         let Some(t) = self.get_or_create(&rec.context.target, now) else {
             return Observed::Full;
         };
         // Counted when it ended, as an embedded policy counts it, however late it arrives.
         let age = Duration::from_millis(wall_ms.saturating_sub(ended_ms));
         let ended = now.checked_sub(age).unwrap_or(now);
-        let how = match rec.outcome {
-            Outcome::Success => Ended::Success,
-            Outcome::Permanent => Ended::Permanent,
-            Outcome::Retryable => Ended::Failure,
-            Outcome::Cancelled => {
-                // A primary a hedge beat: its latency is longer than it ran.
-                if rec.hedge == 0 {
-                    t.hedge.record_beaten(ended, rec.outcome_latency);
-                }
-                return Observed::Tracked;
+        let Some(how) = how else {
+            // Cancelled: a primary a hedge beat, whose latency is longer than it ran.
+            if rec.hedge == 0 {
+                t.hedge.record_beaten(ended, rec.outcome_latency);
             }
+            return Observed::Tracked;
         };
         if rec.hedge == 0 {
             t.hedge.record_latency(ended, rec.outcome_latency);
@@ -245,6 +290,13 @@ impl Fleet {
         };
         // An observation of a call already made, not a request to make one.
         t.breaker.observe(outcome, rec.outcome_latency);
+        if let Some(shared) = &self.shared
+            && t.breaker.state() == State::Open
+            && let Some(left) = t.breaker.open_remaining()
+        {
+            // Open for the whole fleet.
+            shared.record_open(&rec.context.target, left);
+        }
         Observed::Tracked
     }
 
@@ -256,6 +308,10 @@ impl Fleet {
         if knows_health(ctx) {
             return;
         }
+        if let Some(s) = self.shared_target(&ctx.target) {
+            s.snapshot(wall_ms(), self.window).fill_missing(ctx);
+            return;
+        }
         if let Some(t) = self.get(&ctx.target) {
             t.health.snapshot(now).fill_missing(ctx);
         }
@@ -263,9 +319,24 @@ impl Fleet {
 
     /// The view of one target, if it is tracked.
     pub fn view(&self, target: &str, now: Instant) -> Option<TargetView> {
-        let t = self.get(target)?;
-        let s = t.health.snapshot(now);
-        let breaker = t.breaker.metrics();
+        let shared = self.shared_target(target);
+        let t = match self.get(target) {
+            Some(t) => t,
+            // Known only to the other replicas: tracked here from now on.
+            None if shared.is_some() => self.get_or_create(&Arc::from(target), now)?,
+            None => return None,
+        };
+        let wall = wall_ms();
+        let s = shared.map_or_else(
+            || t.health.snapshot(now),
+            |sh| sh.snapshot(wall, self.window),
+        );
+        let mut breaker = t.breaker.metrics();
+        let local = (breaker.state, t.breaker.open_remaining());
+        let shared_open = shared.and_then(|sh| sh.open_remaining(wall));
+        let (state, open_for) = merge_circuit(local, shared_open);
+        let by_fleet = state != local.0;
+        breaker.state = state;
         let p_success = self
             .prediction
             .as_ref()
@@ -275,9 +346,12 @@ impl Fleet {
                 s.apply(&mut ctx);
                 Some(m.p_success(&ctx)).filter(|p| !p.is_nan())
             });
-        let open_for = t.breaker.open_remaining();
         let threshold = t.breaker.prediction().map(Prediction::p_threshold);
         let reason = match (breaker.state, open_for, p_success, threshold) {
+            (State::Open, Some(d), _, _) if by_fleet => format!(
+                "the shared circuit is open for another {:.0} ms (opened by another replica)",
+                d.as_secs_f64() * 1e3
+            ),
             (State::Open, Some(d), _, _) => format!(
                 "the shared circuit is open for another {:.0} ms",
                 d.as_secs_f64() * 1e3
@@ -320,8 +394,11 @@ impl Fleet {
     /// shared circuit refuses fresh calls, the suggested concurrency limit and hedge delay.
     pub fn gauges(&self, target: &str) -> Option<(bool, u32, Option<Duration>)> {
         let t = self.get(target)?;
+        let shared_open = self
+            .shared_target(target)
+            .and_then(|s| s.open_remaining(wall_ms()));
         Some((
-            matches!(t.breaker.state(), State::Open | State::ForcedOpen),
+            matches!(t.breaker.state(), State::Open | State::ForcedOpen) || shared_open.is_some(),
             t.limit.current(),
             t.hedge.current_delay(),
         ))
@@ -335,5 +412,18 @@ impl Fleet {
     /// Whether no target is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A replica's own circuit (state, time left open) beside the fleet's (open for the time
+/// given): a circuit forced open stays so; else the fleet's wins while it is open longer.
+fn merge_circuit(
+    local: (State, Option<Duration>),
+    shared_open: Option<Duration>,
+) -> (State, Option<Duration>) {
+    match (local, shared_open) {
+        ((State::ForcedOpen, _), _) | (_, None) => local,
+        ((State::Open, Some(mine)), Some(fleet)) if mine >= fleet => local,
+        (_, Some(fleet)) => (State::Open, Some(fleet)),
     }
 }

@@ -53,6 +53,7 @@ mod openapi;
 mod poller;
 mod router;
 mod serve;
+pub mod shared;
 mod state;
 
 pub use config::Config;

@@ -93,6 +93,9 @@ pub struct Metrics {
     pub concurrency_limit: Family<TargetLabels, Gauge>,
     /// Per target: the suggested hedge delay, ms (-1 while no hedge is worth sending).
     pub hedge_delay_ms: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    /// With a fleet view shared through Redis: whether it is answered from, Redis errors,
+    /// targets in it.
+    pub shared_fleet: Option<crate::shared::SharedMetrics>,
     max_target_labels: usize,
     target_names: Mutex<HashSet<String>>,
     dropped_seen: AtomicU64,
@@ -103,6 +106,17 @@ impl Metrics {
     /// A registry with every metric, giving at most `max_target_labels` targets their own
     /// label value.
     pub fn new(max_target_labels: usize) -> Self {
+        Self::build(max_target_labels, false)
+    }
+
+    /// [`Metrics::new`], and the series of a fleet view shared through Redis
+    /// (`retrywise_fleet_shared`, `retrywise_fleet_redis_errors`,
+    /// `retrywise_fleet_shared_targets`).
+    pub fn with_shared_fleet(max_target_labels: usize) -> Self {
+        Self::build(max_target_labels, true)
+    }
+
+    fn build(max_target_labels: usize, shared: bool) -> Self {
         let mut registry = Registry::with_prefix("retrywise");
         let requests = Family::<RouteLabels, Counter>::default();
         registry.register(
@@ -210,8 +224,28 @@ impl Metrics {
             "The hedge delay suggested for a target, ms (-1: no hedge is worth sending for slowness), as of its last ingested batch",
             hedge_delay_ms.clone(),
         );
+        let shared_fleet = shared.then(|| {
+            let m = crate::shared::SharedMetrics::default();
+            registry.register(
+                "fleet_shared",
+                "1 while this replica answers from the fleet view shared through Redis, 0 while Redis is unreachable and it answers from its own",
+                m.shared.clone(),
+            );
+            registry.register(
+                "fleet_redis_errors",
+                "Redis commands of the shared fleet view that failed or timed out",
+                m.errors.clone(),
+            );
+            registry.register(
+                "fleet_shared_targets",
+                "Targets in the shared fleet view, as last read from Redis",
+                m.targets.clone(),
+            );
+            m
+        });
         Self {
             registry,
+            shared_fleet,
             requests,
             latency,
             model_serving,

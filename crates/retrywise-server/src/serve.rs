@@ -45,10 +45,17 @@ pub async fn serve(
     tracing::info!(%bound, auth = service.state.config.token.is_some(), "serving");
     on_bound(bound);
     let poller = spawn_poller(&service);
+    let fleet_sync = service.spawn_fleet_sync();
+    if let Some(url) = &service.state.config.fleet {
+        tracing::info!(fleet = %redact(url), cache_ms = service.state.config.fleet_cache.as_millis() as u64, "fleet view shared through Redis");
+    }
     let result = axum::serve(listener, service.router())
         .with_graceful_shutdown(shutdown)
         .await;
     poller.abort();
+    if let Some(sync) = fleet_sync {
+        sync.abort();
+    }
     if let Err(e) = service.flush() {
         tracing::error!(error = %e, "could not flush ingested attempts");
     }
@@ -56,6 +63,16 @@ pub async fn serve(
         tracing::error!(error = %e, "could not close the attempts folder");
     }
     result.map_err(ServerError::Serve)
+}
+
+/// A Redis URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Waits for Ctrl-C or SIGTERM.

@@ -7,6 +7,7 @@ use retrywise_collect::{SegmentRecorder, WriterConfig};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::models::{Models, ReloadReport};
+use crate::shared::SharedFleet;
 use crate::{Config, ServerError};
 
 /// The state every handler shares.
@@ -53,36 +54,65 @@ impl Service {
     /// A service with `config`: no model loaded yet (call [`Service::reload`] or
     /// [`serve`](crate::serve)), ingested attempts written under `config.attempts`.
     ///
+    /// With `config.fleet`, the fleet view is shared through that Redis: call
+    /// [`Service::spawn_fleet_sync`] (as [`serve`](crate::serve) does) to keep it in step.
+    ///
     /// # Errors
-    /// The attempts folder cannot be opened.
+    /// The attempts folder cannot be opened; `config.fleet` is not a Redis URL.
     pub fn new(config: Config) -> Result<Self, ServerError> {
         let recorder = SegmentRecorder::open(&config.attempts, WriterConfig::default())
             .map_err(ServerError::Collector)?;
-        Ok(Self::with_recorder(config, recorder))
+        Self::with_recorder(config, recorder)
     }
 
     /// A service writing ingested attempts through `recorder` (its own storage, queue
     /// size...; tests inject slow disks here).
-    pub fn with_recorder(config: Config, recorder: SegmentRecorder) -> Self {
+    ///
+    /// # Errors
+    /// `config.fleet` is not a Redis URL.
+    pub fn with_recorder(config: Config, recorder: SegmentRecorder) -> Result<Self, ServerError> {
         let openapi = crate::openapi::render(config.token.is_some());
         let models = Arc::new(Models::new(config.models.clone()));
+        let metrics = if config.fleet.is_some() {
+            Metrics::with_shared_fleet(config.max_target_labels)
+        } else {
+            Metrics::new(config.max_target_labels)
+        };
+        let mut fleet = Fleet::new(config.health_window, config.max_targets).with_model(
+            Arc::new(crate::models::Serving::new(
+                models.clone(),
+                config.default_model.clone(),
+            )),
+            config.min_p_success,
+        );
+        if let Some(url) = &config.fleet {
+            let shared = SharedFleet::new(
+                url,
+                config.health_window,
+                config.fleet_cache,
+                config.fleet_timeout,
+                config.max_targets,
+                metrics.shared_fleet.clone().unwrap_or_default(),
+            )?;
+            fleet = fleet.with_shared(Arc::new(shared));
+        }
         let state = Arc::new(Shared {
-            models: Arc::clone(&models),
-            fleet: Fleet::new(config.health_window, config.max_targets).with_model(
-                Arc::new(crate::models::Serving::new(
-                    models,
-                    config.default_model.clone(),
-                )),
-                config.min_p_success,
-            ),
-            metrics: Metrics::new(config.max_target_labels),
+            models,
+            fleet,
+            metrics,
             recorder,
             calendar: Arc::new(retrywise::retry::RetryCalendar::new()),
             openapi,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             config,
         });
-        Self { state }
+        Ok(Self { state })
+    }
+
+    /// Keeps the fleet view shared through Redis in step (writes what is ingested, reads
+    /// the fleet's view back) until the service is dropped; `None` without `config.fleet`.
+    pub fn spawn_fleet_sync(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.state.fleet.shared().map(SharedFleet::spawn)
     }
 
     /// The shared state.

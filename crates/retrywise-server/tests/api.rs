@@ -143,7 +143,7 @@ async fn health_readiness_and_models() {
         h.get("/readyz").await,
         (
             StatusCode::OK,
-            json!({"ready": true, "models": 1, "default_model": true})
+            json!({"ready": true, "models": 1, "default_model": true, "fleet": "in-process"})
         )
     );
     assert_eq!(

@@ -548,7 +548,8 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
             ..Config::default()
         },
         recorder,
-    );
+    )
+    .unwrap();
     // The disk stalls; eight clients post a batch of 1,000 records each, at once.
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     for c in 0..8u64 {

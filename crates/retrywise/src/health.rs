@@ -121,6 +121,39 @@ pub struct HealthSnapshot {
     pub window: Duration,
 }
 
+/// The bucket of the rolling latency histograms that `latency` falls in (each bucket spans
+/// 6.25 % of its values): for histograms kept elsewhere — the service's fleet view shared
+/// between replicas — that must give the quantiles a tracker gives.
+pub fn latency_bucket(latency: Duration) -> usize {
+    crate::hedge::latency::bucket_of(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The `q`-quantile (e.g. 0.95) of a histogram of [`latency_bucket`]s, as `(bucket, count)`
+/// pairs in any order (a bucket may repeat; unknown buckets count in the last): the upper
+/// bound of the bucket holding the quantile, as [`HealthTracker::latency_p95`] computes it;
+/// `None` without samples.
+pub fn latency_quantile(hist: impl IntoIterator<Item = (usize, u64)>, q: f64) -> Option<Duration> {
+    use crate::hedge::latency::{BUCKETS, upper_of};
+    let mut counts = vec![0u64; BUCKETS];
+    for (b, n) in hist {
+        let slot = &mut counts[b.min(BUCKETS - 1)];
+        *slot = slot.saturating_add(n);
+    }
+    let total = counts.iter().fold(0u64, |a, &n| a.saturating_add(n));
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    let mut seen = 0u64;
+    for (b, n) in counts.iter().enumerate() {
+        seen = seen.saturating_add(*n);
+        if seen >= rank {
+            return Some(Duration::from_micros(upper_of(b)));
+        }
+    }
+    Some(Duration::from_micros(upper_of(BUCKETS - 1)))
+}
+
 /// Whether `ctx` already says everything health would tell ([`HealthSnapshot::fill_missing`]
 /// would fill nothing).
 pub fn knows_health(ctx: &AttemptContext) -> bool {
@@ -682,5 +715,36 @@ mod tests {
                 Ok(())
             })?;
         }
+
+        /// A histogram kept elsewhere from [`latency_bucket`]s gives, through
+        /// [`latency_quantile`], the p95 the tracker gives for the same latencies.
+        #[test]
+        fn a_shared_histogram_gives_the_trackers_p95(
+            micros in proptest::collection::vec(0u64..5_000_000, 1..300),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
+                let now = Instant::now();
+                let mut shared = Vec::new();
+                for &us in &micros {
+                    h.record(now, Ended::Success, Duration::from_micros(us));
+                    // Split across two "replicas": the buckets merge.
+                    shared.push((latency_bucket(Duration::from_micros(us)), 1));
+                }
+                let tracker = h.latency_p95(now).unwrap();
+                let merged = latency_quantile(shared, 0.95).unwrap();
+                prop_assert_eq!(tracker.as_millis(), merged.as_millis());
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn an_empty_shared_histogram_has_no_quantile() {
+        assert_eq!(latency_quantile(std::iter::empty(), 0.95), None);
+        assert_eq!(latency_quantile([(3, 0)], 0.95), None);
+        // A bucket beyond the last counts in the last.
+        assert!(latency_quantile([(usize::MAX, 1)], 0.5).is_some());
     }
 }

@@ -13,14 +13,14 @@ const SUB: u32 = 16;
 const SUB_BITS: u32 = 4;
 /// Microsecond values up to 2^40 µs (about 12.7 days); larger values go in the last bucket.
 const MAX_EXP: u32 = 40;
-const BUCKETS: usize = (SUB + (MAX_EXP - SUB_BITS + 1) * SUB) as usize;
+pub(crate) const BUCKETS: usize = (SUB + (MAX_EXP - SUB_BITS + 1) * SUB) as usize;
 /// Kinds of observation: a latency (the request answered after it)...
 const ANSWERED: usize = 0;
 /// ...or a lower bound of one (the request was still running then, and was cancelled).
 const CENSORED: usize = 1;
 const KINDS: usize = 2;
 
-fn bucket_of(micros: u64) -> usize {
+pub(crate) fn bucket_of(micros: u64) -> usize {
     if micros < u64::from(SUB) {
         return micros as usize;
     }
@@ -33,7 +33,7 @@ fn bucket_of(micros: u64) -> usize {
 }
 
 /// The upper bound of a bucket, in microseconds.
-fn upper_of(bucket: usize) -> u64 {
+pub(crate) fn upper_of(bucket: usize) -> u64 {
     let b = bucket as u64;
     if b < u64::from(SUB) {
         return b;

@@ -13,7 +13,7 @@
 //! Each answered call contributes one latency to the window: the time to its first answer
 //! — the primary's latency, or a lower bound of it when a hedge answered first.
 
-mod latency;
+pub(crate) mod latency;
 
 use std::fmt;
 use std::future::Future;

@@ -1,0 +1,689 @@
+//! The fleet view shared by the service's replicas through Redis
+//! (`retrywise serve --fleet redis://HOST:PORT`).
+//!
+//! Without it each replica knows only the attempts posted to it: with three replicas each
+//! sees a third of the evidence, and a circuit opened at one is closed at the other two.
+//! With it, every replica writes what it ingests to Redis and reads back the whole fleet's
+//! view, so each answers from all the evidence.
+//!
+//! # In Redis
+//! Keys start with `retrywise:fleet:`:
+//! - `targets` — a sorted set: each target, scored by the wall-clock time (ms) of its last
+//!   write; targets idle for two health windows leave it;
+//! - `b:{target}:{bucket}` — one hash per tenth of the health window (wall-clock time /
+//!   (window / 10), as `retrywise::health::HealthTracker` splits it): `c` calls, `f`
+//!   failures, `p` permanent failures, `s` summed latency (µs) and `h<N>` the latency
+//!   histogram ([`retrywise::health::latency_bucket`]); it expires two windows after its
+//!   last write;
+//! - `m:{target}` — `first` (when the fleet first saw the target) and `ls` (when an attempt
+//!   to it last succeeded), wall-clock ms; it expires when the target goes idle;
+//! - `o:{target}` — the shared circuit: present while it is open, its TTL the time left.
+//!   A replica whose own breaker opens (on its evidence or on the model's prediction)
+//!   writes it; every replica then reports the circuit open and refuses fresh calls.
+//!
+//! Keys are built inside the scripts, so the layout needs one Redis primary (standalone or
+//! under Sentinel), not Redis Cluster.
+//!
+//! # When
+//! Ingested attempts are counted in process and written four times per cache period, each
+//! write one Lua script (atomic: no replica sees half a batch). Every cache period (250 ms
+//! by default) one Lua script reads back the whole window of every active target; the
+//! predictions read that copy, so a prediction makes no network round trip.
+//!
+//! # Faults
+//! Every Redis command has a timeout (`fleet_timeout`, 100 ms by default). When one fails
+//! or the copy grows older than two cache periods and a timeout, the replica answers from
+//! its own in-process view (which it keeps up to date all along), says so — `/readyz`'s
+//! `fleet` detail, the `retrywise_fleet_shared` gauge, one log line per change — and keeps
+//! the counts it could not write (those still within the window) to write them when Redis
+//! answers again; then it goes back to the shared view. No request waits on Redis.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use retrywise::health::{Ended, HealthSnapshot, latency_bucket, latency_quantile};
+
+use crate::ServerError;
+
+/// Buckets of a health window, as `retrywise::health::HealthTracker` keeps them.
+const BUCKETS: u64 = 10;
+/// Buckets of the recent failure rate.
+const RECENT: u64 = 2;
+/// Buckets of the latency quantile (the last half of the window, as the tracker's).
+const LATENCY: u64 = 5;
+/// Where the keys live.
+const PREFIX: &str = "retrywise:fleet:";
+
+/// Adds the batch's counts (see the module's documentation for the layout).
+/// `ARGV`: prefix, now (ms), ttl (ms), then per target: name, last success (ms, 0: none),
+/// open for (ms, 0: not open), buckets, then per bucket: its number, fields, then the
+/// fields as name/increment pairs.
+const WRITE: &str = r"
+local p = ARGV[1]
+local now = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local z = p .. 'targets'
+local i = 4
+while i <= #ARGV do
+  local name = ARGV[i]
+  local ls = tonumber(ARGV[i + 1])
+  local open = tonumber(ARGV[i + 2])
+  local nb = tonumber(ARGV[i + 3])
+  i = i + 4
+  redis.call('ZADD', z, now, name)
+  local m = p .. 'm:' .. name
+  redis.call('HSETNX', m, 'first', now)
+  if ls > 0 then
+    local cur = tonumber(redis.call('HGET', m, 'ls') or '0')
+    if ls > cur then redis.call('HSET', m, 'ls', ls) end
+  end
+  redis.call('PEXPIRE', m, ttl)
+  if open > 0 then
+    local o = p .. 'o:' .. name
+    if open > redis.call('PTTL', o) then redis.call('SET', o, '1', 'PX', open) end
+  end
+  for _ = 1, nb do
+    local key = p .. 'b:' .. name .. ':' .. ARGV[i]
+    local nf = tonumber(ARGV[i + 1])
+    i = i + 2
+    for _ = 1, nf do
+      redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+      i = i + 2
+    end
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+redis.call('ZREMRANGEBYSCORE', z, '-inf', now - ttl)
+return 1
+";
+
+/// Reads every active target's window. `ARGV`: prefix, now (ms), bucket length (ms),
+/// ttl (ms), most targets, buckets in the window, in the recent rate, in the latency
+/// quantile. Returns per target `{name, {calls, failures, recent calls,
+/// recent failures, permanent failures, latency µs, last success, first seen, circuit
+/// open for (ms; negative: closed), then histogram bucket/count pairs}}`.
+const READ: &str = r"
+local p = ARGV[1]
+local now = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local most = tonumber(ARGV[5])
+local buckets = tonumber(ARGV[6])
+local recent = tonumber(ARGV[7])
+local latency = tonumber(ARGV[8])
+local names = redis.call('ZREVRANGEBYSCORE', p .. 'targets', '+inf', now - ttl, 'LIMIT', 0, most)
+local b = math.floor(now / period)
+local out = {}
+for _, name in ipairs(names) do
+  local c, f, rc, rf, pm, s = 0, 0, 0, 0, 0, 0
+  local hist = {}
+  for k = 0, buckets - 1 do
+    local h = redis.call('HGETALL', p .. 'b:' .. name .. ':' .. (b - k))
+    for j = 1, #h, 2 do
+      local field, v = h[j], tonumber(h[j + 1])
+      if field == 'c' then
+        c = c + v
+        if k < recent then rc = rc + v end
+      elseif field == 'f' then
+        f = f + v
+        if k < recent then rf = rf + v end
+      elseif field == 'p' then pm = pm + v
+      elseif field == 's' then s = s + v
+      elseif k < latency then
+        local hb = tonumber(string.sub(field, 2))
+        if hb then hist[hb] = (hist[hb] or 0) + v end
+      end
+    end
+  end
+  local m = redis.call('HMGET', p .. 'm:' .. name, 'ls', 'first')
+  local row = {c, f, rc, rf, pm, s, tonumber(m[1] or '0'), tonumber(m[2] or '0'),
+    redis.call('PTTL', p .. 'o:' .. name)}
+  for hb, v in pairs(hist) do
+    row[#row + 1] = hb
+    row[#row + 1] = v
+  end
+  out[#out + 1] = {name, row}
+end
+return out
+";
+
+/// The counts of one bucket not yet written.
+#[derive(Debug, Default, Clone)]
+struct BucketDelta {
+    calls: u64,
+    failures: u64,
+    permanents: u64,
+    latency_us: u64,
+    hist: BTreeMap<usize, u64>,
+}
+
+/// One target's counts not yet written.
+#[derive(Debug, Default, Clone)]
+struct TargetDelta {
+    buckets: BTreeMap<u64, BucketDelta>,
+    last_success_ms: u64,
+    open_ms: u64,
+}
+
+impl TargetDelta {
+    fn merge(&mut self, other: TargetDelta) {
+        for (b, d) in other.buckets {
+            let mine = self.buckets.entry(b).or_default();
+            mine.calls += d.calls;
+            mine.failures += d.failures;
+            mine.permanents += d.permanents;
+            mine.latency_us = mine.latency_us.saturating_add(d.latency_us);
+            for (h, n) in d.hist {
+                *mine.hist.entry(h).or_default() += n;
+            }
+        }
+        self.last_success_ms = self.last_success_ms.max(other.last_success_ms);
+        self.open_ms = self.open_ms.max(other.open_ms);
+    }
+}
+
+/// What the shared view holds of one target, as last read from Redis: the whole fleet's
+/// evidence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedTarget {
+    /// Calls that ended within the window.
+    pub calls: u64,
+    /// Failures among them.
+    pub failures: u64,
+    /// Calls that ended in the window's last two tenths.
+    pub recent_calls: u64,
+    /// Failures among them.
+    pub recent_failures: u64,
+    /// Permanent failures within the window.
+    pub permanents: u64,
+    /// The window's latencies summed, µs.
+    pub latency_us: u64,
+    /// p95 latency over the window's last half.
+    pub latency_p95: Option<Duration>,
+    /// When an attempt to the target last succeeded (wall clock, ms).
+    pub last_success_ms: Option<u64>,
+    /// When the fleet first saw the target (wall clock, ms).
+    pub first_seen_ms: u64,
+    /// Until when the shared circuit is open (wall clock, ms), if it is.
+    pub open_until_ms: Option<u64>,
+}
+
+impl SharedTarget {
+    /// The health this view gives as of `wall_ms`, measured over `window` — the numbers a
+    /// `retrywise::health::HealthTracker` fed with every replica's attempts would give.
+    pub fn snapshot(&self, wall_ms: u64, window: Duration) -> HealthSnapshot {
+        let rate = |n: u64, of: u64| (of > 0).then(|| n.min(of) as f64 / of as f64);
+        let window_us = window.as_micros().max(1) as f64;
+        let since = wall_ms.saturating_sub(self.last_success_ms.unwrap_or(self.first_seen_ms));
+        HealthSnapshot {
+            calls: self.calls,
+            failures: self.failures,
+            failure_rate: rate(self.failures, self.calls),
+            latency_p95: if self.calls > 0 {
+                self.latency_p95
+            } else {
+                None
+            },
+            in_flight: (self.latency_us as f64 / window_us)
+                .round()
+                .min(f64::from(u32::MAX)) as u32,
+            failure_rate_recent: rate(self.recent_failures, self.recent_calls),
+            permanent_rate: rate(self.permanents, self.calls),
+            since_success: Duration::from_millis(since),
+            window,
+        }
+    }
+
+    /// How long the shared circuit stays open as of `wall_ms`; `None` when it is closed.
+    pub fn open_remaining(&self, wall_ms: u64) -> Option<Duration> {
+        self.open_until_ms
+            .filter(|&until| until > wall_ms)
+            .map(|until| Duration::from_millis(until - wall_ms))
+    }
+}
+
+/// Where a replica's fleet view comes from now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetStatus {
+    /// Answering from the shared view (`false`: from its own, Redis being unreachable).
+    pub shared: bool,
+    /// What happened last (the Redis error while falling back).
+    pub detail: String,
+    /// Targets in the shared view.
+    pub targets: usize,
+}
+
+/// The Prometheus series a [`SharedFleet`] keeps up to date.
+#[derive(Debug, Clone, Default)]
+pub struct SharedMetrics {
+    /// 1 while the replica answers from the shared view, 0 while it falls back.
+    pub shared: Gauge,
+    /// Redis commands that failed or timed out.
+    pub errors: Counter,
+    /// Targets in the shared view.
+    pub targets: Gauge,
+}
+
+/// The fleet view shared through Redis (see the module's documentation).
+pub struct SharedFleet {
+    client: redis::Client,
+    window: Duration,
+    period_ms: u64,
+    cache: Duration,
+    timeout: Duration,
+    max_targets: usize,
+    pending: Mutex<HashMap<Arc<str>, TargetDelta>>,
+    view: ArcSwap<HashMap<Arc<str>, SharedTarget>>,
+    shared: AtomicBool,
+    /// Wall-clock ms of the last successful read; 0 before the first.
+    read_ms: AtomicU64,
+    detail: Mutex<String>,
+    metrics: SharedMetrics,
+    write: redis::Script,
+    read: redis::Script,
+}
+
+impl std::fmt::Debug for SharedFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFleet")
+            .field("window", &self.window)
+            .field("cache", &self.cache)
+            .field("timeout", &self.timeout)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wall-clock time, ms since the epoch.
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl SharedFleet {
+    /// A shared view in the Redis at `url` over a health `window`, read every `cache`,
+    /// each command given `timeout`, of at most `max_targets` targets. Connects lazily (in
+    /// [`SharedFleet::spawn`]): until Redis answers, the replica answers from its own view.
+    ///
+    /// # Errors
+    /// `url` is not a Redis URL.
+    pub fn new(
+        url: &str,
+        window: Duration,
+        cache: Duration,
+        timeout: Duration,
+        max_targets: usize,
+        metrics: SharedMetrics,
+    ) -> Result<Self, ServerError> {
+        let client = redis::Client::open(url).map_err(|e| ServerError::Config {
+            origin: "fleet".into(),
+            field: "fleet".into(),
+            problem: format!("is not a usable Redis URL: {e}"),
+        })?;
+        Ok(Self {
+            client,
+            window,
+            period_ms: (ms(window) / BUCKETS).max(1),
+            cache,
+            timeout,
+            max_targets,
+            pending: Mutex::new(HashMap::new()),
+            view: ArcSwap::from_pointee(HashMap::new()),
+            shared: AtomicBool::new(false),
+            read_ms: AtomicU64::new(0),
+            detail: Mutex::new("connecting to Redis".into()),
+            metrics,
+            write: redis::Script::new(WRITE),
+            read: redis::Script::new(READ),
+        })
+    }
+
+    /// Counts an attempt to `target` that ended at `ended_ms` (wall clock) as `how` after
+    /// `latency`; written at the next flush.
+    pub fn record(&self, target: &Arc<str>, ended_ms: u64, how: Ended, latency: Duration) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if !pending.contains_key(target) && pending.len() >= self.max_targets {
+            return;
+        }
+        let t = pending.entry(Arc::clone(target)).or_default();
+        let b = t.buckets.entry(ended_ms / self.period_ms).or_default();
+        b.calls += 1;
+        match how {
+            Ended::Success => t.last_success_ms = t.last_success_ms.max(ended_ms.max(1)),
+            Ended::Failure => b.failures += 1,
+            Ended::Permanent => b.permanents += 1,
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        b.latency_us = b.latency_us.saturating_add(us);
+        *b.hist.entry(latency_bucket(latency)).or_default() += 1;
+    }
+
+    /// A replica's own breaker for `target` is open for `remaining`: the fleet's circuit is
+    /// open at least as long (written at the next flush).
+    pub fn record_open(&self, target: &Arc<str>, remaining: Duration) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        let t = pending.entry(Arc::clone(target)).or_default();
+        t.open_ms = t.open_ms.max(ms(remaining).max(1));
+    }
+
+    /// What the shared view holds of `target`, while the replica answers from it (`None`
+    /// while it falls back, or for a target the fleet has not seen).
+    pub fn target(&self, target: &str) -> Option<SharedTarget> {
+        if !self.fresh(wall_ms()) {
+            return None;
+        }
+        self.view.load().get(target).copied()
+    }
+
+    /// Whether the shared view may be answered from at `now_ms`: the last read worked and
+    /// is at most two cache periods and a timeout old.
+    fn fresh(&self, now_ms: u64) -> bool {
+        if !self.shared.load(Ordering::Relaxed) {
+            return false;
+        }
+        let max_age = ms(self.cache * 2 + self.timeout);
+        now_ms.saturating_sub(self.read_ms.load(Ordering::Relaxed)) <= max_age
+    }
+
+    /// The health window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Where the replica's view comes from now, and why.
+    pub fn status(&self) -> FleetStatus {
+        FleetStatus {
+            shared: self.fresh(wall_ms()),
+            detail: self
+                .detail
+                .lock()
+                .map_or_else(|_| String::new(), |d| d.clone()),
+            targets: self.view.load().len(),
+        }
+    }
+
+    /// Writes the counts recorded since the last flush; on failure keeps those still
+    /// within the window for the next.
+    async fn flush(&self, conn: &mut ConnectionManager) -> Result<usize, String> {
+        let batch = match self.pending.lock() {
+            Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
+            _ => return Ok(0),
+        };
+        let now = wall_ms();
+        let ttl = ms(self.window) * 2;
+        let mut call = self.write.prepare_invoke();
+        call.arg(PREFIX).arg(now).arg(ttl);
+        let mut attempts = 0;
+        for (name, t) in &batch {
+            call.arg(&**name)
+                .arg(t.last_success_ms)
+                .arg(t.open_ms)
+                .arg(t.buckets.len());
+            for (b, d) in &t.buckets {
+                attempts += d.calls;
+                let fields = 4 + d.hist.len();
+                call.arg(*b).arg(fields);
+                call.arg("c").arg(d.calls);
+                call.arg("f").arg(d.failures);
+                call.arg("p").arg(d.permanents);
+                call.arg("s").arg(d.latency_us);
+                for (h, n) in &d.hist {
+                    call.arg(format!("h{h}")).arg(*n);
+                }
+            }
+        }
+        let result = tokio::time::timeout(self.timeout, call.invoke_async::<i64>(conn)).await;
+        match result {
+            Ok(Ok(_)) => Ok(usize::try_from(attempts).unwrap_or(usize::MAX)),
+            failed => {
+                // Keep what is still within the window for the next flush.
+                let oldest = now.saturating_sub(ms(self.window)) / self.period_ms;
+                if let Ok(mut p) = self.pending.lock() {
+                    for (name, mut t) in batch {
+                        t.buckets.retain(|&b, _| b >= oldest);
+                        t.open_ms = 0;
+                        p.entry(name).or_default().merge(t);
+                    }
+                }
+                Err(self.describe("writing to", failed.ok().and_then(Result::err)))
+            }
+        }
+    }
+
+    /// Reads the whole fleet's view back.
+    async fn refresh(&self, conn: &mut ConnectionManager) -> Result<usize, String> {
+        let now = wall_ms();
+        let mut call = self.read.prepare_invoke();
+        call.arg(PREFIX)
+            .arg(now)
+            .arg(self.period_ms)
+            .arg(ms(self.window) * 2)
+            .arg(self.max_targets)
+            .arg(BUCKETS)
+            .arg(RECENT)
+            .arg(LATENCY);
+        let rows = match tokio::time::timeout(
+            self.timeout,
+            call.invoke_async::<Vec<(String, Vec<i64>)>>(conn),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return Err(self.describe("reading from", Some(e))),
+            Err(_) => return Err(self.describe("reading from", None)),
+        };
+        let mut view = HashMap::with_capacity(rows.len());
+        for (name, row) in rows {
+            if let Some(t) = parse_row(&row, now) {
+                view.insert(Arc::<str>::from(name), t);
+            }
+        }
+        let n = view.len();
+        self.view.store(Arc::new(view));
+        self.read_ms.store(now, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// What went wrong `doing` Redis: `error`, or no answer within the timeout.
+    fn describe(&self, doing: &str, error: Option<redis::RedisError>) -> String {
+        match error {
+            Some(e) if !e.is_timeout() => format!("{doing} Redis failed: {e}"),
+            _ => format!(
+                "{doing} Redis took longer than {} ms",
+                self.timeout.as_millis()
+            ),
+        }
+    }
+
+    /// Marks the view shared or not, logging and counting each change.
+    fn set_shared(&self, shared: bool, detail: String) {
+        let was = self.shared.swap(shared, Ordering::Relaxed);
+        if was != shared {
+            if shared {
+                tracing::info!(%detail, "fleet view: shared through Redis again");
+            } else {
+                tracing::warn!(%detail, "fleet view: Redis unreachable, answering from this replica's own view");
+            }
+        }
+        self.metrics.shared.set(i64::from(shared));
+        if let Ok(mut d) = self.detail.lock() {
+            *d = detail;
+        }
+    }
+
+    /// Keeps the shared view in step with Redis until `self` is dropped: writes four times
+    /// per cache period, reads once per cache period.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me: Weak<Self> = Arc::downgrade(self);
+        let every = self.cache / 4;
+        tokio::spawn(async move {
+            let mut conn: Option<ConnectionManager> = None;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                if conn.is_none() {
+                    let cfg = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(me.timeout))
+                        .set_response_timeout(Some(me.timeout))
+                        .set_number_of_retries(1);
+                    match ConnectionManager::new_lazy_with_config(me.client.clone(), cfg) {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            me.metrics.errors.inc();
+                            me.set_shared(false, format!("cannot connect to Redis: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                let reading = n.is_multiple_of(4);
+                n = n.wrapping_add(1);
+                let mut result = me.flush(c).await.map(|_| ());
+                if result.is_ok() && reading {
+                    result = me.refresh(c).await.map(|targets| {
+                        me.metrics
+                            .targets
+                            .set(i64::try_from(targets).unwrap_or(i64::MAX));
+                    });
+                }
+                match result {
+                    Ok(()) if reading => me.set_shared(true, "shared through Redis".into()),
+                    Ok(()) => {}
+                    Err(detail) => {
+                        me.metrics.errors.inc();
+                        me.set_shared(false, detail);
+                        // A new connection next time: a command that timed out may have
+                        // left this one stuck.
+                        conn = None;
+                        // Read again as soon as Redis answers.
+                        n = 0;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One target's row of the read script, as of `now` (wall ms); `None` when malformed.
+fn parse_row(row: &[i64], now: u64) -> Option<SharedTarget> {
+    let n = |i: usize| row.get(i).map(|&v| u64::try_from(v).unwrap_or(0));
+    let hist = row.get(9..)?.chunks_exact(2).map(|p| {
+        (
+            usize::try_from(p[0]).unwrap_or(0),
+            u64::try_from(p[1]).unwrap_or(0),
+        )
+    });
+    let pttl = *row.get(8)?;
+    Some(SharedTarget {
+        calls: n(0)?,
+        failures: n(1)?,
+        recent_calls: n(2)?,
+        recent_failures: n(3)?,
+        permanents: n(4)?,
+        latency_us: n(5)?,
+        latency_p95: latency_quantile(hist, 0.95),
+        last_success_ms: n(6).filter(|&v| v > 0),
+        first_seen_ms: n(7)?,
+        open_until_ms: (pttl > 0).then(|| now + pttl.unsigned_abs()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_row_reads_back_into_the_trackers_numbers() {
+        let row = [
+            10, 4, 2, 1, 1, 2_000_000, 9_000, 1_000, 1_500, 100, 3, 120, 7,
+        ];
+        let t = parse_row(&row, 10_000).unwrap();
+        assert_eq!((t.calls, t.failures, t.recent_calls), (10, 4, 2));
+        assert_eq!(t.open_until_ms, Some(11_500));
+        assert_eq!(t.open_remaining(10_500), Some(Duration::from_millis(1_000)));
+        assert_eq!(t.open_remaining(12_000), None);
+        let s = t.snapshot(10_000, Duration::from_secs(10));
+        assert_eq!(s.failure_rate, Some(0.4));
+        assert_eq!(s.failure_rate_recent, Some(0.5));
+        assert_eq!(s.permanent_rate, Some(0.1));
+        // 2 s of latency over a 10 s window: 0.2 calls in flight, rounded.
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(s.since_success, Duration::from_millis(1_000));
+        assert!(s.latency_p95.is_some());
+        // A closed circuit (PTTL -2) and no success yet: since the target was first seen.
+        let row = [0, 0, 0, 0, 0, 0, 0, 1_000, -2];
+        let t = parse_row(&row, 4_000).unwrap();
+        assert_eq!(t.open_until_ms, None);
+        let s = t.snapshot(4_000, Duration::from_secs(10));
+        assert_eq!(s.since_success, Duration::from_secs(3));
+        assert_eq!((s.failure_rate, s.latency_p95), (None, None));
+        // Too short: malformed.
+        assert_eq!(parse_row(&[1, 2], 0), None);
+    }
+
+    #[test]
+    fn unwritten_counts_merge_and_the_view_is_not_answered_from_before_a_read() {
+        let f = SharedFleet::new(
+            "redis://127.0.0.1:1",
+            Duration::from_secs(10),
+            Duration::from_millis(250),
+            Duration::from_millis(100),
+            10,
+            SharedMetrics::default(),
+        )
+        .unwrap();
+        let t: Arc<str> = Arc::from("db");
+        f.record(&t, 5_000, Ended::Failure, Duration::from_millis(3));
+        f.record(&t, 5_100, Ended::Success, Duration::from_millis(5));
+        f.record_open(&t, Duration::from_secs(2));
+        let p = f.pending.lock().unwrap();
+        let d = &p[&t];
+        let b = &d.buckets[&5];
+        assert_eq!((b.calls, b.failures, b.latency_us), (2, 1, 8_000));
+        assert_eq!((d.last_success_ms, d.open_ms), (5_100, 2_000));
+        drop(p);
+        // Nothing read yet: the replica answers from its own view.
+        assert_eq!(f.target("db"), None);
+        assert!(!f.status().shared);
+        let mut a = TargetDelta::default();
+        a.buckets.entry(1).or_default().calls = 2;
+        let mut b = TargetDelta::default();
+        b.buckets.entry(1).or_default().calls = 3;
+        b.last_success_ms = 7;
+        a.merge(b);
+        assert_eq!((a.buckets[&1].calls, a.last_success_ms), (5, 7));
+    }
+
+    #[test]
+    fn a_url_that_is_not_redis_is_refused() {
+        let e = SharedFleet::new(
+            "http://x",
+            Duration::from_secs(10),
+            Duration::from_millis(250),
+            Duration::from_millis(100),
+            10,
+            SharedMetrics::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("fleet"), "{e}");
+    }
+}

@@ -1,0 +1,532 @@
+//! Three replicas of the service sharing their fleet view through a real Redis: a
+//! `redis-server` started on a free loopback port (these tests say why and return where the
+//! binary is not installed; `.ci/run` installs it, so CI always runs them).
+//!
+//! - attempts ingested at one replica move the failure rate the other two report;
+//! - a circuit opened by evidence posted to one replica is open at the other two;
+//! - Redis killed under load: no request fails, each replica falls back to its own view
+//!   and says so (`/metrics`, `/readyz`); Redis restarted: shared again.
+//!
+//! Everything talks to 127.0.0.1; every wait is bounded.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use retrywise_server::Config;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long any condition is waited for before the test fails.
+const PATIENCE: Duration = Duration::from_secs(10);
+/// The replicas' cache period (how old a shared view they answer from may be).
+const CACHE: Duration = Duration::from_millis(100);
+
+/// The `redis-server` binary: `$REDIS_SERVER`, else the first on `PATH`.
+fn redis_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` on 127.0.0.1, killed when dropped.
+struct Redis {
+    bin: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts one, or says why it cannot and gives `None`.
+    async fn start() -> Option<Self> {
+        let Some(bin) = redis_binary() else {
+            eprintln!(
+                "SKIPPED: redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
+            );
+            return None;
+        };
+        let mut r = Self {
+            bin,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.restart().await;
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port) and waits until it answers PING.
+    async fn restart(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && s.read_exact(&mut buf).await.is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < PATIENCE, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops (`STOP`) or resumes (`CONT`) the server: a Redis that accepts connections and
+    /// never answers, as under a long fork or a swap storm.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let s = Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap();
+        assert!(s.success());
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One replica of the service on a free loopback port, sharing through `fleet`.
+struct Replica {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    async fn start(fleet: &str, dir: &Path, name: &str) -> Self {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            models: Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"),
+            attempts: dir.join(name),
+            fleet: Some(fleet.to_owned()),
+            fleet_cache: CACHE,
+            fleet_timeout: Duration::from_millis(50),
+            ..Config::default()
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            retrywise_server::serve(
+                config,
+                async move {
+                    let _ = stop_rx.await;
+                },
+                move |a| {
+                    let _ = addr_tx.send(a);
+                },
+            )
+            .await
+            .unwrap();
+        });
+        let addr = tokio::time::timeout(PATIENCE, addr_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            stop: Some(stop_tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// `n` attempt records to `target` that ended just now, the first `failures` of them
+/// retryable failures.
+fn attempts(target: &str, n: u64, failures: u64) -> String {
+    let now = now_ms();
+    (0..n)
+        .map(|i| {
+            json!({
+                "schema_version": "1.3", "started_at_ms": now - 20, "call_id": i, "hedge": 0,
+                "target": target, "attempt": 1, "delay_ms": 0.0,
+                "outcome": if i < failures { "retryable" } else { "success" },
+                "error": if i < failures { Some("http_503") } else { None },
+                "outcome_latency_ms": 20.0,
+            })
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn ingest(client: &reqwest::Client, base: &str, body: String) {
+    let r = client
+        .post(format!("{base}/v1/attempts"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = client.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn target(client: &reqwest::Client, base: &str, name: &str) -> Option<Value> {
+    let (s, text) = get(client, &format!("{base}/v1/targets/{name}")).await;
+    (s == 200).then(|| serde_json::from_str(&text).unwrap())
+}
+
+/// A replica's `retrywise_fleet_shared` gauge.
+async fn shared_gauge(client: &reqwest::Client, base: &str) -> Option<i64> {
+    let (_, text) = get(client, &format!("{base}/metrics")).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("retrywise_fleet_shared "))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Waits until `check` holds, failing after [`PATIENCE`]; returns how long it took.
+async fn until<F, Fut>(what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < PATIENCE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_health_and_circuits() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        Replica::start(&redis.url(), dir.path(), "a").await,
+        Replica::start(&redis.url(), dir.path(), "b").await,
+        Replica::start(&redis.url(), dir.path(), "c").await,
+    );
+    let client = reqwest::Client::new();
+    for r in [&a, &b, &c] {
+        until("every replica reads the shared view", || async {
+            shared_gauge(&client, &r.base).await == Some(1)
+        })
+        .await;
+        let (s, ready) = get(&client, &format!("{}/readyz", r.base)).await;
+        assert_eq!(s, 200, "{ready}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&ready).unwrap()["fleet"],
+            "shared"
+        );
+    }
+
+    // 40 attempts at A, 10 of them failures: B and C report them as their own.
+    ingest(&client, &a.base, attempts("db", 40, 10)).await;
+    for r in [&b, &c] {
+        let took = until("B and C report what A ingested", || async {
+            target(&client, &r.base, "db")
+                .await
+                .is_some_and(|v| v["calls"] == 40)
+        })
+        .await;
+        eprintln!("seen at {} after {took:?}", r.base);
+        let v = target(&client, &r.base, "db").await.unwrap();
+        assert_eq!(v["failure_rate"], 0.25, "{v}");
+        assert_eq!(v["failures"], 10, "{v}");
+        assert!(v["latency_p95_ms"].as_f64().unwrap() >= 20.0, "{v}");
+    }
+    // A replica started now is not blind: it answers from what the fleet knows.
+    let d = Replica::start(&redis.url(), dir.path(), "d").await;
+    until("a new replica reads the shared view", || async {
+        target(&client, &d.base, "db")
+            .await
+            .is_some_and(|v| v["calls"] == 40 && v["failure_rate"] == 0.25)
+    })
+    .await;
+    d.stop().await;
+    // Evidence split between replicas adds up everywhere: 10 more failures at B.
+    ingest(&client, &b.base, attempts("db", 10, 10)).await;
+    for r in [&a, &b, &c] {
+        until("all three count the evidence of A and B", || async {
+            target(&client, &r.base, "db").await.is_some_and(|v| {
+                v["calls"] == 50 && v["failures"] == 20 && v["failure_rate"] == 0.4
+            })
+        })
+        .await;
+    }
+
+    // A circuit opened by evidence posted to A (30 failures in a row) is open at B and C,
+    // which saw none of it.
+    ingest(&client, &a.base, attempts("payments", 30, 30)).await;
+    let at_a = target(&client, &a.base, "payments").await.unwrap();
+    assert_eq!(at_a["breaker_state"], "OPEN", "{at_a}");
+    for r in [&b, &c] {
+        until("B and C report the circuit A opened", || async {
+            target(&client, &r.base, "payments")
+                .await
+                .is_some_and(|v| v["breaker_state"] == "OPEN" && v["allow"] == false)
+        })
+        .await;
+        let v = target(&client, &r.base, "payments").await.unwrap();
+        assert!(
+            v["reason"].as_str().unwrap().contains("another replica"),
+            "{v}"
+        );
+        assert!(v["open_for_ms"].as_f64().unwrap() > 0.0, "{v}");
+        // And a first attempt asked of B's /v1/decide is held back.
+        let r = client
+            .post(format!("{}/v1/decide", r.base))
+            .header("content-type", "application/json")
+            .body(
+                json!({"context": {"target": "payments", "attempt": 1}, "deadline_ms": 100})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let d: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(d["retry"], false, "{d}");
+        assert_eq!(d["reason"], "circuit_open", "{d}");
+    }
+    for r in [a, b, c] {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_then_restarted() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = Arc::new([
+        Replica::start(&redis.url(), dir.path(), "a").await,
+        Replica::start(&redis.url(), dir.path(), "b").await,
+        Replica::start(&redis.url(), dir.path(), "c").await,
+    ]);
+    let client = reqwest::Client::new();
+    for r in replicas.iter() {
+        until("every replica reads the shared view", || async {
+            shared_gauge(&client, &r.base).await == Some(1)
+        })
+        .await;
+    }
+
+    // Two clients: predictions (health filled from the fleet view) and ingestion, spread
+    // over the three replicas, until told to stop (at most 20,000 requests each).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for kind in 0..2u64 {
+        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+        let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+        load.push(tokio::spawn(async move {
+            for i in 0..20_000usize {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let base = &bases[i % 3];
+                let r = if kind == 0 {
+                    client
+                        .post(format!("{base}/v1/predict"))
+                        .header("content-type", "application/json")
+                        .body(json!({"context": {"target": "db", "attempt": 2, "error": "http_503", "delay_ms": 100}}).to_string())
+                        .send()
+                        .await
+                } else {
+                    client
+                        .post(format!("{base}/v1/attempts"))
+                        .header("content-type", "application/x-ndjson")
+                        .body(attempts("db", 20, 5))
+                        .send()
+                        .await
+                };
+                match r {
+                    Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let a = &replicas[0];
+    until("the load reaches the shared view", || async {
+        target(&client, &replicas[1].base, "db")
+            .await
+            .is_some_and(|v| v["calls"].as_u64().unwrap() > 100)
+    })
+    .await;
+
+    // Redis dies under the load: every replica falls back, and says so.
+    redis.kill();
+    for r in replicas.iter() {
+        until("the fallback shows in /metrics", || async {
+            shared_gauge(&client, &r.base).await == Some(0)
+        })
+        .await;
+        let (s, ready) = get(&client, &format!("{}/readyz", r.base)).await;
+        assert_eq!(s, 200, "still ready: {ready}");
+        let ready: Value = serde_json::from_str(&ready).unwrap();
+        assert_eq!(ready["fleet"], "local", "{ready}");
+        assert!(
+            ready["fleet_detail"].as_str().unwrap().contains("Redis"),
+            "{ready}"
+        );
+    }
+    let (_, metrics) = get(&client, &format!("{}/metrics", a.base)).await;
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("retrywise_fleet_redis_errors_total "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(errors >= 1.0, "{metrics}");
+    // Each answers from its own view meanwhile: A reports what it ingested itself.
+    ingest(&client, &a.base, attempts("local-only", 7, 0)).await;
+    let v = target(&client, &a.base, "local-only").await.unwrap();
+    assert_eq!(v["calls"], 7, "{v}");
+
+    // Redis comes back (empty): shared again, and what is ingested at A is seen at C.
+    let before = ok.load(Ordering::Relaxed);
+    redis.restart().await;
+    for r in replicas.iter() {
+        until("the shared view returns", || async {
+            shared_gauge(&client, &r.base).await == Some(1)
+        })
+        .await;
+    }
+    ingest(&client, &a.base, attempts("after", 12, 3)).await;
+    until("C reports what A ingested after the restart", || async {
+        target(&client, &replicas[2].base, "after")
+            .await
+            .is_some_and(|v| v["calls"] == 12 && v["failures"] == 3)
+    })
+    .await;
+    until("the load goes on", || async {
+        ok.load(Ordering::Relaxed) > before + 20
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests answered, {failed} failed");
+    assert!(ok > 100, "{ok}");
+    assert_eq!(failed, 0, "no request fails because of Redis");
+    let replicas = Arc::into_inner(replicas).unwrap();
+    for r in replicas {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_is_fallen_back_from_and_returned_to() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Replica::start(&redis.url(), dir.path(), "a").await,
+        Replica::start(&redis.url(), dir.path(), "b").await,
+    );
+    let client = reqwest::Client::new();
+    for r in [&a, &b] {
+        until("shared", || async {
+            shared_gauge(&client, &r.base).await == Some(1)
+        })
+        .await;
+    }
+    ingest(&client, &a.base, attempts("db", 10, 5)).await;
+    until("B sees A's attempts", || async {
+        target(&client, &b.base, "db")
+            .await
+            .is_some_and(|v| v["calls"] == 10)
+    })
+    .await;
+    // Redis hangs: commands time out, each replica answers from its own view meanwhile
+    // (B never saw an attempt to db itself) and every request is still answered.
+    redis.signal("STOP");
+    until("B falls back", || async {
+        shared_gauge(&client, &b.base).await == Some(0)
+    })
+    .await;
+    let (s, ready) = get(&client, &format!("{}/readyz", b.base)).await;
+    assert_eq!(s, 200);
+    assert!(ready.contains("longer than 50 ms"), "{ready}");
+    let v = target(&client, &b.base, "db").await.unwrap();
+    assert_eq!(v["calls"], 0, "B's own view: {v}");
+    // Attempts ingested at A while Redis hangs are kept and written when it answers.
+    ingest(&client, &a.base, attempts("db", 6, 0)).await;
+    redis.signal("CONT");
+    until("B sees all of A's attempts once Redis answers", || async {
+        shared_gauge(&client, &b.base).await == Some(1)
+            && target(&client, &b.base, "db")
+                .await
+                .is_some_and(|v| v["calls"] == 16 && v["failures"] == 5)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
