@@ -522,7 +522,9 @@ mod tests {
                 "fleet_timeout_ms",
             ),
         ] {
-            let e = Config::load(None, |_| None, &flags).unwrap_err().to_string();
+            let e = Config::load(None, |_| None, &flags)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(field), "{e}");
         }
         let e = Overrides::from_toml("fleet_cache_ms = \"soon\"", "serve.toml")
