@@ -108,7 +108,10 @@ impl Redis {
     /// never answers, as under a long fork or a swap storm.
     fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
-        let s = Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap();
+        let s = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
         assert!(s.success());
     }
 
