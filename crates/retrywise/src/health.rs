@@ -64,6 +64,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use strength_reduce::StrengthReducedU64;
 use tokio::time::Instant;
 
 use crate::attempt::AttemptContext;
@@ -216,6 +217,8 @@ impl HealthSnapshot {
 pub struct HealthTracker {
     origin: Instant,
     bucket_nanos: u64,
+    /// Divides by `bucket_nanos` with a multiplication.
+    bucket_div: StrengthReducedU64,
     buckets: [AtomicU64; BUCKETS as usize],
     /// Per bucket, `tag << 40 | summed latency in µs`.
     sums: [AtomicU64; BUCKETS as usize],
@@ -243,6 +246,7 @@ impl HealthTracker {
         Ok(Self {
             origin: Instant::now(),
             bucket_nanos,
+            bucket_div: StrengthReducedU64::new(bucket_nanos),
             buckets: Default::default(),
             sums: Default::default(),
             latency: RollingLatency::new(window / 2),
@@ -260,7 +264,7 @@ impl HealthTracker {
     fn bucket_at(&self, now: Instant) -> u64 {
         let since = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
             .unwrap_or(u64::MAX);
-        since / self.bucket_nanos
+        since / self.bucket_div
     }
 
     /// Records a call that ended at `now` as `ended`, after `latency`.

@@ -364,9 +364,17 @@ impl CircuitBreaker {
                 // Time windows need the time of every outcome; count windows only read the
                 // clock when they transition.
                 let now = stamp.filter(|_| matches!(s.cfg.window, SlidingWindow::Time { .. }));
-                let counts = s
-                    .window
-                    .push(now.unwrap_or(0), outcome == CallOutcome::Failure, slow);
+                let failed = outcome == CallOutcome::Failure;
+                let counts = if failed || slow {
+                    s.window.push(now.unwrap_or(0), failed, slow)
+                } else {
+                    // A fast success lowers both rates and asks no prediction: a time
+                    // window is not summed for it (the next failure sums it).
+                    match s.window.push_quiet(now.unwrap_or(0)) {
+                        Some(counts) => counts,
+                        None => return,
+                    }
+                };
                 let needed = s.cfg.minimum_calls.min(s.window.capacity());
                 if counts.calls >= needed && self.exceeds(counts) {
                     let mut pending = Pending::default();

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
+use strength_reduce::StrengthReducedU64;
+
 use super::SlidingWindow;
 
 const FAILED: u8 = 1;
@@ -69,7 +71,10 @@ fn unpack(w: u64) -> (u64, u64, u64, u64) {
 #[derive(Debug)]
 pub(crate) struct TimeBuckets {
     buckets: Box<[AtomicU64]>,
-    bucket_nanos: u64,
+    /// Divides by the bucket length (ns) with a multiplication.
+    bucket_nanos: StrengthReducedU64,
+    /// Divides by the number of buckets likewise.
+    len: StrengthReducedU64,
 }
 
 impl TimeBuckets {
@@ -84,7 +89,7 @@ impl TimeBuckets {
     fn push_at(&self, epoch: u64, failed: bool, slow: bool) {
         let n = self.buckets.len() as u64;
         let tag = epoch & TAG_MASK;
-        let slot = &self.buckets[(epoch % self.buckets.len() as u64) as usize];
+        let slot = &self.buckets[(epoch % self.len) as usize];
         let mut cur = slot.load(Ordering::Acquire);
         loop {
             let (t, calls, failures, slows) = unpack(cur);
@@ -222,12 +227,18 @@ impl Window {
     pub(crate) fn new(w: SlidingWindow) -> Self {
         match w {
             SlidingWindow::Count(n) => Window::Count(CountRing::new(n)),
-            SlidingWindow::Time { duration, buckets } => Window::Time(TimeBuckets {
-                buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
-                bucket_nanos: u64::try_from(duration.as_nanos() / u128::from(buckets))
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            }),
+            SlidingWindow::Time { duration, buckets } => {
+                let buckets = buckets.max(1);
+                Window::Time(TimeBuckets {
+                    buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+                    bucket_nanos: StrengthReducedU64::new(
+                        u64::try_from(duration.as_nanos() / u128::from(buckets))
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    ),
+                    len: StrengthReducedU64::new(u64::from(buckets)),
+                })
+            }
         }
     }
 
@@ -245,6 +256,19 @@ impl Window {
         match self {
             Window::Count(r) => r.push(failed, slow),
             Window::Time(t) => t.push(now_nanos, failed, slow),
+        }
+    }
+
+    /// Adds a call that can open no circuit (a success that was not slow: it lowers both
+    /// rates), without summing the window; `None` when the window is a time window (its
+    /// sum is the costly part), else the aggregates as [`push`](Self::push) gives them.
+    pub(crate) fn push_quiet(&self, now_nanos: u64) -> Option<Counts> {
+        match self {
+            Window::Count(r) => Some(r.push(false, false)),
+            Window::Time(t) => {
+                t.push_at(now_nanos / t.bucket_nanos, false, false);
+                None
+            }
         }
     }
 
@@ -270,6 +294,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_quiet_push_counts_without_summing_a_time_window() {
+        let t = Window::new(SlidingWindow::Time {
+            duration: Duration::from_secs(1),
+            buckets: 10,
+        });
+        t.push(0, true, false);
+        assert_eq!(t.push_quiet(150_000_000), None);
+        assert_eq!(t.push_quiet(150_000_001), None);
+        let c = t.counts(200_000_000);
+        assert_eq!((c.calls, c.failures, c.slow), (3, 1, 0));
+        // A count window sums for free: it answers.
+        let r = Window::new(SlidingWindow::Count(3));
+        r.push(0, true, false);
+        let c = r.push_quiet(0).unwrap();
+        assert_eq!((c.calls, c.failures), (2, 1));
+    }
 
     #[test]
     fn count_window_forgets_the_oldest() {

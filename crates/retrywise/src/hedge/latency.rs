@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use strength_reduce::StrengthReducedU64;
 use tokio::time::Instant;
 
 use crate::striped::{STRIPES, stripe};
@@ -89,14 +90,18 @@ impl Histogram {
 pub(crate) struct RollingLatency {
     origin: Instant,
     period_nanos: u64,
+    /// Divides by `period_nanos` with a multiplication.
+    period_div: StrengthReducedU64,
     hists: [Histogram; 2],
 }
 
 impl RollingLatency {
     pub(crate) fn new(period: Duration) -> Self {
+        let period_nanos = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
         Self {
             origin: Instant::now(),
-            period_nanos: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1),
+            period_nanos,
+            period_div: StrengthReducedU64::new(period_nanos),
             hists: [Histogram::new(), Histogram::new()],
         }
     }
@@ -112,7 +117,7 @@ impl RollingLatency {
     }
 
     pub(crate) fn period_of(&self, now: Instant) -> u64 {
-        self.since_origin(now) / self.period_nanos
+        self.since_origin(now) / self.period_div
     }
 
     /// Records one latency observed at `now`; returns `now` in nanoseconds since the
@@ -131,7 +136,7 @@ impl RollingLatency {
 
     fn record_kind(&self, now: Instant, latency: Duration, kind: usize) -> u64 {
         let since = self.since_origin(now);
-        let p = since / self.period_nanos;
+        let p = since / self.period_div;
         let h = &self.hists[(p % 2) as usize];
         let held = h.period.load(Ordering::Acquire);
         if held != p {
