@@ -130,6 +130,22 @@ impl Drop for Redis {
     }
 }
 
+/// The number of keys in the Redis on `port` (`DBSIZE`).
+async fn dbsize(port: u16) -> u64 {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"DBSIZE\r\n").await.unwrap();
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).await.unwrap();
+    let text = std::str::from_utf8(&buf[..n]).unwrap();
+    text.trim()
+        .strip_prefix(':')
+        .unwrap_or_else(|| panic!("{text}"))
+        .parse()
+        .unwrap()
+}
+
 /// One replica of the service on a free loopback port, sharing through `fleet`.
 struct Replica {
     base: String,
@@ -139,7 +155,12 @@ struct Replica {
 
 impl Replica {
     async fn start(fleet: &str, dir: &Path, name: &str) -> Self {
+        Self::start_with(fleet, dir, name, Duration::from_secs(10)).await
+    }
+
+    async fn start_with(fleet: &str, dir: &Path, name: &str, window: Duration) -> Self {
         let config = Config {
+            health_window: window,
             addr: "127.0.0.1:0".parse().unwrap(),
             models: Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"),
             attempts: dir.join(name),
@@ -532,4 +553,25 @@ async fn a_redis_that_stops_answering_is_fallen_back_from_and_returned_to() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fleet_leaves_nothing_in_redis() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A 300 ms health window: keys live two windows after their last write.
+    let a = Replica::start_with(&redis.url(), dir.path(), "a", Duration::from_millis(300)).await;
+    let client = reqwest::Client::new();
+    ingest(&client, &a.base, attempts("db", 10, 2)).await;
+    until("the attempts reach Redis", || async {
+        dbsize(redis.port).await > 0
+    })
+    .await;
+    until("every key expires once the target is idle", || async {
+        dbsize(redis.port).await == 0
+    })
+    .await;
+    a.stop().await;
 }

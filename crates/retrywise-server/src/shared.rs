@@ -9,7 +9,8 @@
 //! # In Redis
 //! Keys start with `retrywise:fleet:`:
 //! - `targets` — a sorted set: each target, scored by the wall-clock time (ms) of its last
-//!   write; targets idle for two health windows leave it;
+//!   write; targets idle for two health windows leave it (and the set itself expires when
+//!   the whole fleet has been idle that long: an idle fleet leaves nothing in Redis);
 //! - `b:{target}:{bucket}` — one hash per tenth of the health window (wall-clock time /
 //!   (window / 10), as `retrywise::health::HealthTracker` splits it): `c` calls, `f`
 //!   failures, `p` permanent failures, `s` summed latency (µs) and `h<N>` the latency
@@ -100,6 +101,7 @@ while i <= #ARGV do
   end
 end
 redis.call('ZREMRANGEBYSCORE', z, '-inf', now - ttl)
+redis.call('PEXPIRE', z, ttl)
 return 1
 ";
 
