@@ -159,9 +159,7 @@ pub(crate) async fn ingest(
         Err(e) => return Err(ApiError::internal(e)),
     }
     let now = Instant::now();
-    let wall_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let wall_ms = crate::shared::wall_ms();
     for r in &seen {
         if st.fleet.observe(r, now, wall_ms) == crate::fleet::Observed::Full {
             tracing::debug!(target_name = %r.context.target, "fleet view full: target not tracked");
