@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use retrywise_train::data::Filter;
+use retrywise_train::data::{Filter, SampleSummary};
 use retrywise_train::evaluate::Evaluation;
 use retrywise_train::fit::FitOptions;
 use retrywise_train::metrics::Metrics;
@@ -58,6 +58,12 @@ pub(crate) struct TrainArgs {
     /// each scenario).
     #[arg(long, value_enum, default_value_t = SplitArg::Time)]
     split: SplitArg,
+    /// The most rows to read, about: a larger input (counted from the Parquet footers
+    /// first) is read as a uniform sample of whole calls, a hash of each call id deciding,
+    /// in time order, which bounds memory (about 0.7 KiB per row kept) whatever the input's
+    /// size. At least 1.
+    #[arg(long, default_value_t = retrywise_train::data::DEFAULT_MAX_ROWS)]
+    max_rows: u64,
     /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated.
     #[arg(long, value_delimiter = ',')]
     alphas: Option<Vec<f64>>,
@@ -129,6 +135,14 @@ fn progress() -> (ProgressBar, impl FnMut(Step)) {
     let b = bar.clone();
     let on = move |step: Step| match step {
         Step::Resolved { bytes, .. } => b.set_length(bytes),
+        Step::Counted(s) => {
+            if s.sampled() {
+                // Printed whether or not the bar is drawn (it is not when stderr is no
+                // terminal).
+                b.suspend(|| eprintln!("{}", sampling(&s)));
+                b.set_message(format!("sampling {:.2} % of the calls", s.fraction * 100.0));
+            }
+        }
         Step::FileRead(path) => {
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             b.inc(size);
@@ -158,6 +172,16 @@ fn progress() -> (ProgressBar, impl FnMut(Step)) {
         Step::Written(_) => {}
     };
     (bar, on)
+}
+
+/// What sampling an input means, in a line.
+fn sampling(s: &SampleSummary) -> String {
+    format!(
+        "sampling: {} rows in the input, more than --max-rows {}: reading a uniform sample of whole calls, {:.4} % of them, in time order",
+        s.input_rows,
+        s.max_rows,
+        s.fraction * 100.0
+    )
 }
 
 fn row(name: &str, m: &Metrics) -> String {
@@ -237,6 +261,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
     opts.filter = args.filter.filter();
     opts.validation_fraction = args.validation_fraction;
     opts.split = args.split.into();
+    opts.max_rows = args.max_rows;
     if let Some(a) = &args.alphas {
         opts.fit.alphas = a.clone();
     }
@@ -285,6 +310,16 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
         trained.artifact.regularization.alpha,
         t["skipped"]
     );
+    let sample = &t["sample"];
+    if sample["fraction"].as_f64().is_some_and(|f| f < 1.0) {
+        outln!(
+            "sampled: {} rows read of {} in the input ({:.4} % of the calls, by a hash of call_id; --max-rows {})",
+            sample["rows_read"],
+            sample["input_rows"],
+            sample["fraction"].as_f64().unwrap_or(1.0) * 100.0,
+            sample["max_rows"]
+        );
+    }
     outln!();
     print_evaluation(&trained.evaluation);
     outln!("\nreport: {}", trained.dir.join("report.html").display());

@@ -184,12 +184,17 @@ pub struct Filter {
 pub struct LoadSummary {
     /// Files read.
     pub files: usize,
-    /// Rows read (after the filter).
+    /// Rows read (after the filter and the sample).
     pub rows_read: u64,
     /// Rows kept.
     pub rows: u64,
     /// Rows dropped, by reason.
     pub skipped: BTreeMap<String, u64>,
+    /// The input's size and the sample drawn from it, when the rows were counted first:
+    /// training fills it ([`count_rows`], [`Sample::for_rows`]); `None` from [`load`] and
+    /// [`load_sample`], which do not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SampleSummary>,
 }
 
 impl LoadSummary {
@@ -245,6 +250,171 @@ impl Rows {
     }
 }
 
+/// The most rows training reads by default (`TrainOptions::max_rows`, `retrywise train
+/// --max-rows`): a larger input is read as a uniform sample of whole calls of about this
+/// many rows ([`Sample`]). Training peaks near 0.7 KiB per row kept, so the default bounds
+/// it near 1.4 GiB whatever the input (`docs/results/train-scale.md`), while `data/sample`
+/// (1.21 M rows) and the inputs CI trains on are read whole.
+pub const DEFAULT_MAX_ROWS: u64 = 2_000_000;
+
+/// How an input was sampled while it was read (recorded in the artifact's `training`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SampleSummary {
+    /// The most rows asked for (about: the sample keeps whole calls).
+    pub max_rows: u64,
+    /// Rows in the input that pass the filter, before sampling ([`count_rows`]).
+    pub input_rows: u64,
+    /// The share of calls (and so, in expectation, of rows) kept: `max_rows / input_rows`,
+    /// or 1 when the input has no more than `max_rows` rows and is read whole.
+    pub fraction: f64,
+}
+
+impl SampleSummary {
+    /// Whether rows were left out (the fraction is below 1).
+    pub fn sampled(&self) -> bool {
+        self.fraction < 1.0
+    }
+}
+
+/// A uniform sample of whole calls, drawn inside polars while each file is read.
+///
+/// A row is kept when the draw of its call — [`sample_draw`] of its `call_id` (of its
+/// `started_at_ms` in a log without call ids) — is below the sample's threshold, so:
+/// - every attempt of a call shares the draw and a call is kept or dropped whole: the split
+///   by call and the features of a call's later attempts keep their meaning;
+/// - the kept rows keep their order and span the input's whole time range in proportion,
+///   as the split by time needs;
+/// - the draw is a hash, not a random number: the same input gives the same sample on
+///   every run and machine, and it does not depend on the fraction, so a smaller sample of
+///   an input is a subset of a larger one;
+/// - the draw is independent of the split by call's (another hash, of target and call):
+///   a sample's calls split as the input's would.
+///
+/// The predicate is pushed into the scan, so a file is filtered as it is decoded and the
+/// rows left out are never turned into records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// The share of calls kept, in (0, 1].
+    fraction: f64,
+    /// Rows whose draw is below this are kept; `None`: all.
+    threshold: Option<u64>,
+}
+
+impl Sample {
+    /// Every row.
+    pub const ALL: Sample = Sample {
+        fraction: 1.0,
+        threshold: None,
+    };
+
+    /// Keeps each call with probability `fraction` (everything at 1 or more).
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidOption`] when `fraction` is not above 0 (or is NaN).
+    pub fn with_fraction(fraction: f64) -> Result<Sample, TrainError> {
+        if fraction.is_nan() || fraction <= 0.0 {
+            return Err(TrainError::InvalidOption {
+                option: "sample fraction",
+                problem: format!("must be above 0, got {fraction}"),
+            });
+        }
+        if fraction >= 1.0 {
+            return Ok(Sample::ALL);
+        }
+        // fraction × 2^64, below 2^64: the cast cannot saturate.
+        let threshold = (fraction * 18_446_744_073_709_551_616.0) as u64;
+        Ok(Sample {
+            fraction,
+            threshold: Some(threshold),
+        })
+    }
+
+    /// The sample that keeps about `max_rows` of an input of `input_rows` rows: each call
+    /// with probability `max_rows / input_rows`, or everything when the input is no larger.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidOption`] when `max_rows` is 0.
+    pub fn for_rows(max_rows: u64, input_rows: u64) -> Result<Sample, TrainError> {
+        if max_rows == 0 {
+            return Err(TrainError::InvalidOption {
+                option: "max_rows",
+                problem: "must be at least 1 (it is how many rows to sample the input down to)"
+                    .into(),
+            });
+        }
+        if input_rows <= max_rows {
+            return Ok(Sample::ALL);
+        }
+        Sample::with_fraction(max_rows as f64 / input_rows as f64)
+    }
+
+    /// The share of calls kept, in (0, 1].
+    pub fn fraction(&self) -> f64 {
+        self.fraction
+    }
+
+    /// Whether the sample keeps a row of the call `call_id` (`None`: a log without call ids,
+    /// sampled by the row's start instead) started at `started_at_ms`: what the predicate
+    /// pushed into polars decides.
+    pub fn keeps(&self, call_id: Option<u64>, started_at_ms: u64) -> bool {
+        self.threshold
+            .is_none_or(|t| sample_draw(call_id.unwrap_or(started_at_ms)) < t)
+    }
+
+    /// The predicate over a file's own columns (before any cast), or `None` for all rows. A
+    /// row whose call id is missing or negative is drawn by its start, like [`Sample::keeps`]
+    /// does; one without a usable start either is kept, to be counted as skipped later.
+    fn predicate(&self, has_call_id: bool) -> Option<Expr> {
+        let threshold = self.threshold?;
+        let start = col("started_at_ms").cast(DataType::UInt64);
+        let key = if has_call_id {
+            coalesce(&[col(CALL_ID).cast(DataType::UInt64), start])
+        } else {
+            start
+        };
+        Some(
+            sample_draw_expr(key)
+                .lt(u64_lit(threshold))
+                .fill_null(lit(true)),
+        )
+    }
+}
+
+/// The salt of [`sample_draw`], so that key 0 does not draw 0.
+const SAMPLE_SALT: u64 = 0x5851_f42d_4c95_7f2d;
+
+/// Where a call falls in the sample: MurmurHash3's 64-bit finalizer of its key (the call
+/// id) xor a salt, as a `u64` (a bijection, so distinct calls never share a draw by
+/// accident of the hash). Another mixer than the split by call's (`SplitMix64`'s, over an
+/// FNV-1a of target and id), so that which calls are sampled says nothing of which are
+/// held out. The same on every machine and run; [`Sample`] computes it inside polars with
+/// wrapping `u64` arithmetic (a right shift is a division by a power of two), and a test
+/// checks that both agree.
+pub fn sample_draw(key: u64) -> u64 {
+    let mut h = key ^ SAMPLE_SALT;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// A `u64` literal typed as such (a plain `lit` is an untyped integer, which polars
+/// cannot hold above `i64::MAX` without its 128-bit integers).
+fn u64_lit(v: u64) -> Expr {
+    lit(Scalar::from(v))
+}
+
+/// [`sample_draw`] of a `UInt64` expression, in polars (multiplication of unsigned
+/// integers wraps there too).
+fn sample_draw_expr(key: Expr) -> Expr {
+    // `/` divides integers as Rust does: by a power of two, a right shift.
+    let shift = |h: Expr| h.clone().xor(h / u64_lit(1 << 33));
+    let h = shift(key.xor(u64_lit(SAMPLE_SALT)));
+    let h = shift(h * u64_lit(0xff51_afd7_ed55_8ccd));
+    shift(h * u64_lit(0xc4ce_b9fe_1a85_ec53))
+}
+
 fn scan(file: &InputFile) -> Result<LazyFrame, TrainError> {
     let path = file.path.to_str().ok_or_else(|| TrainError::Input {
         path: file.path.clone(),
@@ -276,8 +446,9 @@ fn scan(file: &InputFile) -> Result<LazyFrame, TrainError> {
 }
 
 /// Checks a file's columns: the required ones must exist, and every wanted one present
-/// must have a type that converts.
-fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<Vec<Expr>, TrainError> {
+/// must have a type that converts. Returns the expressions that select and cast them, and
+/// whether the file has call ids.
+fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool), TrainError> {
     let schema = lf.collect_schema().map_err(|e| TrainError::Polars {
         path: file.path.clone(),
         source: e,
@@ -314,7 +485,60 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<Vec<Expr>, Train
             }
         }
     }
-    Ok(exprs)
+    Ok((exprs, schema.get(CALL_ID).is_some()))
+}
+
+/// A file's scan with its schema checked, `filter` applied and the columns the trainer
+/// reads selected and cast (`sample`'s predicate goes first, on the file's own columns, so
+/// that polars pushes it into the scan).
+fn scan_filtered(
+    file: &InputFile,
+    filter: &Filter,
+    sample: &Sample,
+) -> Result<LazyFrame, TrainError> {
+    let mut lf = scan(file)?;
+    let (exprs, has_call_id) = check_schema(file, &mut lf)?;
+    if let Some(p) = sample.predicate(has_call_id) {
+        lf = lf.filter(p);
+    }
+    let mut lf = lf.select(exprs);
+    if !filter.targets.is_empty() {
+        let targets = Series::new("targets".into(), filter.targets.clone());
+        lf = lf.filter(col("target").is_in(lit(targets).implode(false), false));
+    }
+    if let Some(from) = filter.from_ms {
+        lf = lf.filter(col("started_at_ms").gt_eq(lit(from)));
+    }
+    if let Some(until) = filter.until_ms {
+        lf = lf.filter(col("started_at_ms").lt(lit(until)));
+    }
+    Ok(lf)
+}
+
+/// Counts the rows of `files` that pass `filter`, without reading them: polars answers
+/// from the Parquet footers (or, with a filter, reads only the filter's columns) and counts
+/// an NDJSON file's lines. Each file's schema is checked as [`load`] checks it.
+///
+/// # Errors
+/// As [`load`]'s.
+pub fn count_rows(files: &[InputFile], filter: &Filter) -> Result<u64, TrainError> {
+    let mut total = 0u64;
+    for file in files {
+        let polars = |e: PolarsError| TrainError::Polars {
+            path: file.path.clone(),
+            source: e,
+        };
+        let df = scan_filtered(file, filter, &Sample::ALL)?
+            .select([len().cast(DataType::UInt64).alias("rows")])
+            .collect()
+            .map_err(polars)?;
+        let n = df
+            .column("rows")
+            .and_then(|c| c.u64().map(|c| c.get(0)))
+            .map_err(polars)?;
+        total += n.unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// Reads every file, keeps the rows that pass `filter`, and turns them into [`Rows`].
@@ -324,11 +548,28 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<Vec<Expr>, Train
 /// durations, negative counts, an impossible HTTP status, a failure rate outside `[0, 1]`
 /// or NaN, and hedges cancelled before they ended (their outcome is unknown).
 ///
+/// Memory grows with the rows read: [`load_sample`] bounds it.
+///
 /// # Errors
 /// Unreadable files, missing required columns, columns of the wrong type.
 pub fn load(
     files: &[InputFile],
     filter: &Filter,
+    on_file: impl FnMut(&InputFile),
+) -> Result<(Rows, LoadSummary), TrainError> {
+    load_sample(files, filter, &Sample::ALL, on_file)
+}
+
+/// Like [`load`], keeping only the rows of the calls `sample` keeps. Files are read one
+/// at a time with the sample's predicate inside polars, so memory holds the rows kept so
+/// far and one file's (filtered) columns, whatever the input's size.
+///
+/// # Errors
+/// As [`load`]'s.
+pub fn load_sample(
+    files: &[InputFile],
+    filter: &Filter,
+    sample: &Sample,
     mut on_file: impl FnMut(&InputFile),
 ) -> Result<(Rows, LoadSummary), TrainError> {
     let mut summary = LoadSummary {
@@ -337,23 +578,12 @@ pub fn load(
     };
     let mut rows = Rows::default();
     for file in files {
-        let mut lf = scan(file)?;
-        let exprs = check_schema(file, &mut lf)?;
-        let mut lf = lf.select(exprs);
-        if !filter.targets.is_empty() {
-            let targets = Series::new("targets".into(), filter.targets.clone());
-            lf = lf.filter(col("target").is_in(lit(targets).implode(false), false));
-        }
-        if let Some(from) = filter.from_ms {
-            lf = lf.filter(col("started_at_ms").gt_eq(lit(from)));
-        }
-        if let Some(until) = filter.until_ms {
-            lf = lf.filter(col("started_at_ms").lt(lit(until)));
-        }
-        let df = lf.collect().map_err(|e| TrainError::Polars {
-            path: file.path.clone(),
-            source: e,
-        })?;
+        let df = scan_filtered(file, filter, sample)?
+            .collect()
+            .map_err(|e| TrainError::Polars {
+                path: file.path.clone(),
+                source: e,
+            })?;
         convert(&df, &mut rows, &mut summary).map_err(|e| TrainError::Polars {
             path: file.path.clone(),
             source: e,
@@ -509,4 +739,105 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
         rows.call_id.push(call_known.then_some(rec.call_id));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// [`sample_draw`] as polars computes it, over `keys`.
+    fn draws_in_polars(keys: &[u64]) -> Vec<Option<u64>> {
+        let df = DataFrame::new_infer_height(vec![Column::new("k".into(), keys)]).unwrap();
+        let out = df
+            .lazy()
+            .select([sample_draw_expr(col("k")).alias("d")])
+            .collect()
+            .unwrap();
+        let d = out.column("d").unwrap().u64().unwrap();
+        (0..d.len()).map(|i| d.get(i)).collect()
+    }
+
+    #[test]
+    fn polars_draws_what_rust_draws_at_the_edges() {
+        let keys = [
+            0,
+            1,
+            2,
+            SAMPLE_SALT,
+            (1 << 33) - 1,
+            1 << 33,
+            i64::MAX as u64,
+            1 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        let want: Vec<Option<u64>> = keys.iter().map(|&k| Some(sample_draw(k))).collect();
+        assert_eq!(draws_in_polars(&keys), want);
+    }
+
+    #[test]
+    fn fractions_and_max_rows_are_checked() {
+        for bad in [0.0, -0.1, f64::NAN] {
+            let e = Sample::with_fraction(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    TrainError::InvalidOption {
+                        option: "sample fraction",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        assert_eq!(Sample::with_fraction(1.0).unwrap(), Sample::ALL);
+        assert_eq!(Sample::with_fraction(7.0).unwrap(), Sample::ALL);
+        let e = Sample::for_rows(0, 10).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TrainError::InvalidOption {
+                    option: "max_rows",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("`max_rows`: must be at least 1"),
+            "{e}"
+        );
+        // An input no larger than asked for is read whole.
+        assert_eq!(Sample::for_rows(10, 10).unwrap(), Sample::ALL);
+        assert_eq!(Sample::for_rows(10, 0).unwrap(), Sample::ALL);
+        assert_eq!(Sample::for_rows(1, 4).unwrap().fraction(), 0.25);
+    }
+
+    proptest! {
+        /// The predicate polars runs draws exactly what `Sample::keeps` draws, for any ids
+        /// (wrapping multiplication, shifts as divisions).
+        #[test]
+        fn polars_and_rust_agree_on_every_draw(keys in proptest::collection::vec(any::<u64>(), 1..64)) {
+            let want: Vec<Option<u64>> = keys.iter().map(|&k| Some(sample_draw(k))).collect();
+            prop_assert_eq!(draws_in_polars(&keys), want);
+        }
+
+        /// A smaller sample of an input is a subset of a larger one: the draw does not
+        /// depend on the fraction, only the threshold does.
+        #[test]
+        fn a_smaller_sample_is_a_subset_of_a_larger_one(
+            ids in proptest::collection::vec(any::<u64>(), 1..200),
+            small in 1u64..1_000,
+            extra in 0u64..1_000,
+            input in 1_000u64..100_000,
+        ) {
+            let a = Sample::for_rows(small, input).unwrap();
+            let b = Sample::for_rows(small + extra, input).unwrap();
+            prop_assert!(a.fraction() <= b.fraction());
+            for id in ids {
+                prop_assert!(!a.keeps(Some(id), 0) || b.keeps(Some(id), 0), "{id}");
+            }
+        }
+    }
 }

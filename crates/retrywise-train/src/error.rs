@@ -25,6 +25,14 @@ pub enum TrainError {
         /// What is wrong with it.
         problem: String,
     },
+    /// An option has a value it cannot take (`max_rows` of 0, a sample fraction of 0).
+    #[error("invalid option `{option}`: {problem}")]
+    InvalidOption {
+        /// The option, as the library's options name it.
+        option: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
     /// No data to work with.
     #[error("no data: {0}")]
     NoData(String),

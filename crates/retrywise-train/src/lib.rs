@@ -37,7 +37,7 @@ use retrywise::model::{
 };
 use serde::Serialize;
 
-use data::{Filter, InputFile, LoadSummary, Rows};
+use data::{Filter, InputFile, LoadSummary, Rows, Sample, SampleSummary};
 use evaluate::{Baseline, Evaluation, evaluate};
 use fit::{AlphaTrial, FitOptions};
 
@@ -56,12 +56,20 @@ pub struct TrainOptions {
     pub validation_fraction: f64,
     /// How the validation rows are chosen.
     pub split: SplitBy,
+    /// The most rows to train and validate on, about: an input with more rows (after the
+    /// filter; counted from the Parquet footers first) is read as a uniform sample of
+    /// whole calls keeping `max_rows / input rows` of them ([`data::Sample`]), which keeps
+    /// memory bounded whatever the input's size. Default [`data::DEFAULT_MAX_ROWS`]; at
+    /// least 1 ([`TrainError::InvalidOption`] otherwise). The artifact's `training.sample`
+    /// records the input's rows and the fraction kept.
+    pub max_rows: u64,
     /// The fit.
     pub fit: FitOptions,
 }
 
 impl TrainOptions {
-    /// Defaults: all rows, the latest 20 % for validation, the default penalty search.
+    /// Defaults: all rows (a sample of [`data::DEFAULT_MAX_ROWS`] from larger inputs), the
+    /// latest 20 % for validation, the default penalty search.
     pub fn new(data: Vec<String>, models: impl Into<PathBuf>, name: impl Into<String>) -> Self {
         Self {
             data,
@@ -70,6 +78,7 @@ impl TrainOptions {
             filter: Filter::default(),
             validation_fraction: 0.2,
             split: SplitBy::Time,
+            max_rows: data::DEFAULT_MAX_ROWS,
             fit: FitOptions::default(),
         }
     }
@@ -85,6 +94,9 @@ pub enum Step {
         /// Their total size.
         bytes: u64,
     },
+    /// The input's rows counted (from the Parquet footers), before reading: whether and how
+    /// it will be sampled.
+    Counted(SampleSummary),
     /// One file read.
     FileRead(PathBuf),
     /// All files read.
@@ -350,16 +362,38 @@ pub fn code_version() -> String {
 pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trained, TrainError> {
     let span = tracing::info_span!("train", name = %opts.name);
     let _enter = span.enter();
+    // Checked before any file is opened.
+    Sample::for_rows(opts.max_rows, 0)?;
     let files: Vec<InputFile> = data::resolve(&opts.data)?;
     progress(Step::Resolved {
         files: files.len(),
         bytes: files.iter().map(|f| f.bytes).sum(),
     });
-    let (rows, load) = data::load(&files, &opts.filter, |f| {
+    let input_rows = data::count_rows(&files, &opts.filter)?;
+    let sample = Sample::for_rows(opts.max_rows, input_rows)?;
+    let sampled = SampleSummary {
+        max_rows: opts.max_rows,
+        input_rows,
+        fraction: sample.fraction(),
+    };
+    if sampled.sampled() {
+        tracing::info!(
+            input_rows,
+            max_rows = opts.max_rows,
+            fraction = sample.fraction(),
+            "sampling whole calls"
+        );
+    }
+    progress(Step::Counted(sampled));
+    let (rows, mut load) = data::load_sample(&files, &opts.filter, &sample, |f| {
         progress(Step::FileRead(f.path.clone()))
     })?;
+    load.sample = Some(sampled);
     tracing::info!(
         rows = load.rows,
+        rows_read = load.rows_read,
+        input_rows,
+        fraction = sample.fraction(),
         skipped = load.skipped_total(),
         files = files.len(),
         "loaded"
@@ -382,6 +416,16 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         train: tr.len(),
         validation: va.len(),
     });
+    // What the artifact says of all the rows, taken now: the split holds its own copies,
+    // and the rows as read are dropped before the fit builds its matrix.
+    let (t0, t1) = (
+        rows.started_at_ms.iter().copied().min().unwrap_or(0),
+        rows.started_at_ms.iter().copied().max().unwrap_or(0),
+    );
+    let n_rows = rows.len();
+    let success_rate = rows.success.iter().filter(|s| **s).count() as f64 / n_rows as f64;
+    let health_window = rows.health_window;
+    drop(rows);
     let (fitted, trials) = fit::fit(
         &tr.contexts,
         &tr.success,
@@ -399,10 +443,6 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
     )?;
     let baseline = Baseline::fit(&tr.contexts, &tr.success);
     let fingerprint = store::fingerprint(&files)?;
-    let (t0, t1) = (
-        rows.started_at_ms.iter().copied().min().unwrap_or(0),
-        rows.started_at_ms.iter().copied().max().unwrap_or(0),
-    );
     let mut artifact = ModelArtifact {
         format: ARTIFACT_FORMAT.into(),
         schema_version: ARTIFACT_SCHEMA.into(),
@@ -414,7 +454,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             definition: "outcome == \"success\"".into(),
         },
         features: FeatureSpec::current()
-            .with_health_window(rows.health_window)
+            .with_health_window(health_window)
             .with_error_rows(error_rows(&tr.contexts))
             .with_region_rows(region_rows(&tr.contexts)),
         scaler: fitted.scaler.clone(),
@@ -425,17 +465,18 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             alpha: fitted.alpha,
         },
         training: serde_json::json!({
-            "rows": rows.len(),
+            "rows": n_rows,
             "split": split.split,
             "validation_fraction": opts.validation_fraction,
             "train_rows": split.train_rows,
             "validation_rows": split.validation_rows,
             "validation_from_ms": split.validation_from_ms,
             "time_range_ms": [t0, t1],
-            "success_rate": rows.success.iter().filter(|s| **s).count() as f64 / rows.len() as f64,
+            "success_rate": success_rate,
             "files": files.iter().map(|f| serde_json::json!({"path": f.path, "bytes": f.bytes, "format": f.format})).collect::<Vec<_>>(),
             "fingerprint": fingerprint,
             "filter": {"targets": opts.filter.targets, "from_ms": opts.filter.from_ms, "until_ms": opts.filter.until_ms},
+            "sample": {"max_rows": sampled.max_rows, "input_rows": sampled.input_rows, "fraction": sampled.fraction, "rows_read": load.rows_read, "by": "a hash of call_id: whole calls, in time order"},
             "skipped": load.skipped,
             "alpha_search": trials,
             "solver": {"library": "linfa-logistic 0.8 (L-BFGS)", "precision": "f32", "tolerance": opts.fit.tolerance, "max_iterations": opts.fit.max_iterations, "start": "the success log-odds, then a fit on every 20th row"},

@@ -255,6 +255,19 @@ pub fn html(
         artifact.training["validation_rows"],
         esc(&artifact.training["validation_from_ms"].to_string()),
     );
+    let sample = &artifact.training["sample"];
+    if let Some(fraction) = sample["fraction"].as_f64().filter(|f| *f < 1.0) {
+        let _ = write!(
+            h,
+            "<p>Sampled: the input had {} rows, more than the {} asked for (<code>max_rows</code>); \
+             {} rows were read, a uniform sample of whole calls (a hash of <code>call_id</code>) \
+             keeping {:.4} % of them, in time order.</p>",
+            sample["input_rows"],
+            sample["max_rows"],
+            sample["rows_read"],
+            fraction * 100.0
+        );
+    }
     h.push_str("<h2>Validation</h2><table><tr><th></th><th>AUC</th><th>log-loss</th><th>Brier</th><th>ECE (15 bins)</th></tr>");
     for (name, m) in [
         ("model", &eval.model),

@@ -789,3 +789,271 @@ fn eval_scores_a_model_on_other_data() {
         r.evaluation.model.rows
     );
 }
+
+/// Records of calls of one to five attempts over two targets, in time order (one
+/// millisecond apart), written as `files` Parquet files of consecutive rows: a call's
+/// attempts may straddle two files.
+fn call_files(dir: &Path, n: usize, files: usize) -> Vec<AttemptRecord> {
+    let mut recs = synthetic::records(n, 17);
+    let mut call = 1_000u64;
+    let mut left = 0;
+    for (i, r) in recs.iter_mut().enumerate() {
+        if left == 0 {
+            call += 1;
+            left = 1 + (call % 5);
+        }
+        left -= 1;
+        // Ids as a seeded policy records them: far apart, not consecutive.
+        r.call_id = call.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 12;
+        r.context.target = if call.is_multiple_of(3) { "a" } else { "b" }.into();
+        r.started_at_ms = 1_764_000_000_000 + i as u64;
+    }
+    let per = n.div_ceil(files);
+    for (k, chunk) in recs.chunks(per).enumerate() {
+        write_parquet(chunk, &dir.join(format!("part-{k:02}.parquet")));
+    }
+    recs
+}
+
+/// Each row's call and start, in the rows' order.
+fn call_keys(r: &retrywise_train::data::Rows) -> Vec<(Option<u64>, u64)> {
+    r.call_id
+        .iter()
+        .copied()
+        .zip(r.started_at_ms.iter().copied())
+        .collect()
+}
+
+/// The standard deviation of the rows a sample keeps when each group of rows (a call) is
+/// kept whole with probability `f`: `sqrt(f (1 − f) Σ m²)` over the groups' sizes `m`.
+fn sample_sd(f: f64, sizes: impl Iterator<Item = usize>) -> f64 {
+    (f * (1.0 - f) * sizes.map(|m| (m * m) as f64).sum::<f64>()).sqrt()
+}
+
+#[test]
+fn sampling_keeps_about_n_rows_of_whole_calls_in_time_order_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("calls");
+    call_files(&data, 40_000, 4);
+    let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
+    assert_eq!(
+        data::count_rows(&files, &Filter::default()).unwrap(),
+        40_000
+    );
+    let (all, _) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(all.len(), 40_000);
+
+    let n = 8_000;
+    let sample = data::Sample::for_rows(n, 40_000).unwrap();
+    assert_eq!(sample.fraction(), 0.2);
+    let (kept, summary) = data::load_sample(&files, &Filter::default(), &sample, |_| {}).unwrap();
+    assert_eq!(summary.rows_read, kept.len() as u64);
+    assert_eq!(summary.skipped_total(), 0);
+
+    // Exactly the rows of the calls the sample keeps, in the input's order: the predicate
+    // run inside polars is `Sample::keeps`, and filtering keeps the time order.
+    let want: Vec<(Option<u64>, u64)> = call_keys(&all)
+        .into_iter()
+        .filter(|(id, t)| sample.keeps(*id, *t))
+        .collect();
+    assert_eq!(call_keys(&kept), want);
+    assert!(kept.started_at_ms.windows(2).all(|w| w[0] <= w[1]));
+
+    // Whole calls: a call is kept with all of its attempts or not at all.
+    let mut sizes: std::collections::BTreeMap<Option<u64>, usize> = Default::default();
+    for id in &all.call_id {
+        *sizes.entry(*id).or_default() += 1;
+    }
+    let mut kept_sizes: std::collections::BTreeMap<Option<u64>, usize> = Default::default();
+    for id in &kept.call_id {
+        *kept_sizes.entry(*id).or_default() += 1;
+    }
+    assert!(kept_sizes.iter().all(|(id, m)| sizes[id] == *m));
+
+    // About n rows: within four standard deviations of a sample of whole calls.
+    let sd = sample_sd(0.2, sizes.values().copied());
+    let off = (kept.len() as f64 - n as f64).abs();
+    assert!(
+        off <= 4.0 * sd,
+        "{} rows kept, {n} asked, sd {sd}",
+        kept.len()
+    );
+    assert!(sd > 50.0, "the tolerance is not vacuous: sd {sd}");
+
+    // Uniform over time: each quarter of the run keeps its share, within the same bound
+    // computed over the calls' rows in that quarter.
+    let (t0, t1) = (all.started_at_ms[0], all.started_at_ms[all.len() - 1] + 1);
+    for q in 0..4 {
+        let (lo, hi) = (t0 + (t1 - t0) * q / 4, t0 + (t1 - t0) * (q + 1) / 4);
+        let in_q = |r: &retrywise_train::data::Rows| -> Vec<Option<u64>> {
+            r.call_id
+                .iter()
+                .zip(&r.started_at_ms)
+                .filter(|(_, t)| (lo..hi).contains(*t))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let (whole, part) = (in_q(&all), in_q(&kept));
+        let mut per_call: std::collections::BTreeMap<Option<u64>, usize> = Default::default();
+        for id in &whole {
+            *per_call.entry(*id).or_default() += 1;
+        }
+        let sd = sample_sd(0.2, per_call.values().copied());
+        let off = (part.len() as f64 - 0.2 * whole.len() as f64).abs();
+        assert!(
+            off <= 4.0 * sd,
+            "quarter {q}: {} of {}",
+            part.len(),
+            whole.len()
+        );
+    }
+
+    // Deterministic: the same rows again, and the same calls from the files in another
+    // order.
+    let (again, _) = data::load_sample(&files, &Filter::default(), &sample, |_| {}).unwrap();
+    assert_eq!(call_keys(&again), call_keys(&kept));
+    let reversed: Vec<_> = files.iter().rev().cloned().collect();
+    let (other, _) = data::load_sample(&reversed, &Filter::default(), &sample, |_| {}).unwrap();
+    let sorted = |r: &retrywise_train::data::Rows| {
+        let mut k = call_keys(r);
+        k.sort_unstable();
+        k
+    };
+    assert_eq!(sorted(&other), sorted(&kept));
+
+    // A smaller sample is a subset of this one.
+    let small = data::Sample::for_rows(2_000, 40_000).unwrap();
+    let (fewer, _) = data::load_sample(&files, &Filter::default(), &small, |_| {}).unwrap();
+    let kept_set: std::collections::BTreeSet<_> = call_keys(&kept).into_iter().collect();
+    assert!(!fewer.is_empty() && fewer.len() < kept.len());
+    assert!(call_keys(&fewer).iter().all(|k| kept_set.contains(k)));
+
+    // The split by call works on the sample, holding out about a fifth of its calls: the
+    // two draws are independent.
+    let (tr, va, _) = retrywise_train::split_by_call(&kept, 0.2).unwrap();
+    let calls = |r: &retrywise_train::data::Rows| {
+        r.contexts
+            .iter()
+            .zip(&r.call_id)
+            .map(|(c, id)| (c.target.to_string(), *id))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (ct, cv) = (calls(&tr), calls(&va));
+    assert!(ct.is_disjoint(&cv));
+    let share = cv.len() as f64 / (ct.len() + cv.len()) as f64;
+    let sd = (0.2 * 0.8 / (ct.len() + cv.len()) as f64).sqrt();
+    assert!((share - 0.2).abs() <= 4.0 * sd, "{share}");
+}
+
+#[test]
+fn sampling_counts_after_the_filter_and_samples_a_log_without_call_ids_by_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("calls");
+    let recs = call_files(&data, 12_000, 3);
+    let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
+    // The count is of the rows the filter lets through.
+    let filter = Filter {
+        targets: vec!["a".into()],
+        from_ms: None,
+        until_ms: None,
+    };
+    let want = recs.iter().filter(|r| &*r.context.target == "a").count() as u64;
+    assert_eq!(data::count_rows(&files, &filter).unwrap(), want);
+    let sample = data::Sample::for_rows(want / 2, want).unwrap();
+    let (kept, _) = data::load_sample(&files, &filter, &sample, |_| {}).unwrap();
+    assert!(kept.contexts.iter().all(|c| &*c.target == "a"));
+    assert!(kept.len() < want as usize);
+
+    // Without a `call_id` column, rows are sampled by their start.
+    let df = ParquetReader::new(std::fs::File::open(&files[0].path).unwrap())
+        .finish()
+        .unwrap()
+        .drop("call_id")
+        .unwrap();
+    let bare = dir.path().join("bare.parquet");
+    write_df(df, &bare);
+    let files = data::resolve(&[bare.to_string_lossy().into_owned()]).unwrap();
+    let (all, _) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert!(all.call_id.iter().all(Option::is_none));
+    let sample = data::Sample::with_fraction(0.3).unwrap();
+    let (kept, _) = data::load_sample(&files, &Filter::default(), &sample, |_| {}).unwrap();
+    let want: Vec<u64> = all
+        .started_at_ms
+        .iter()
+        .copied()
+        .filter(|t| sample.keeps(None, *t))
+        .collect();
+    assert_eq!(kept.started_at_ms, want);
+    let sd = sample_sd(0.3, std::iter::repeat_n(1, all.len()));
+    assert!((kept.len() as f64 - 0.3 * all.len() as f64).abs() <= 4.0 * sd);
+}
+
+#[test]
+fn training_samples_an_input_larger_than_max_rows_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("calls");
+    let recs = call_files(&data, 20_000, 2);
+    let mut sizes: std::collections::BTreeMap<u64, usize> = Default::default();
+    for r in &recs {
+        *sizes.entry(r.call_id).or_default() += 1;
+    }
+    let models = dir.path().join("models");
+    let mut o = opts(&data, &models);
+    o.split = retrywise_train::SplitBy::Call;
+    o.max_rows = 5_000;
+    let mut counted = Vec::new();
+    let t = train(&o, &mut |s| {
+        if let retrywise_train::Step::Counted(c) = s {
+            counted.push(c);
+        }
+    })
+    .unwrap();
+    assert_eq!(counted.len(), 1);
+    assert!(counted[0].sampled());
+    let s = &t.artifact.training["sample"];
+    assert_eq!(s["max_rows"], 5_000);
+    assert_eq!(s["input_rows"], 20_000);
+    assert_eq!(s["fraction"], 0.25);
+    let rows = t.artifact.training["rows"].as_u64().unwrap();
+    assert_eq!(s["rows_read"], rows);
+    let sd = sample_sd(0.25, sizes.values().copied());
+    assert!((rows as f64 - 5_000.0).abs() <= 4.0 * sd, "{rows}");
+    let html = std::fs::read_to_string(t.dir.join("report.html")).unwrap();
+    assert!(html.contains("Sampled: the input had 20000 rows"), "report");
+
+    // An input within max_rows is read whole, and the artifact says so.
+    o.max_rows = 20_000;
+    let t = train(&o, &mut quiet).unwrap();
+    assert_eq!(t.artifact.training["rows"], 20_000);
+    assert_eq!(t.artifact.training["sample"]["fraction"], 1.0);
+    assert_eq!(t.artifact.training["sample"]["input_rows"], 20_000);
+    let html = std::fs::read_to_string(t.dir.join("report.html")).unwrap();
+    assert!(!html.contains("Sampled:"));
+    // The default reads inputs of up to two million rows whole.
+    assert_eq!(
+        TrainOptions::new(vec![], &models, "x").max_rows,
+        data::DEFAULT_MAX_ROWS
+    );
+}
+
+#[test]
+fn max_rows_of_zero_is_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    // Not even the data is looked at.
+    let mut o = opts(&dir.path().join("nowhere"), &models);
+    o.max_rows = 0;
+    let e = train(&o, &mut quiet).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::InvalidOption {
+                option: "max_rows",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("max_rows"), "{e}");
+    assert!(!models.exists());
+}
