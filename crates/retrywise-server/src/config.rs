@@ -54,9 +54,9 @@ pub struct Config {
     /// (`redis://HOST:PORT[/DB]`). Default none: every replica keeps its own view in
     /// process (see [`crate::shared`]).
     pub fleet: Option<String>,
-    /// How old the shared fleet view a replica answers from may be: it is read from Redis
-    /// this often, and the ingested attempts are written to it four times as often.
-    /// Default 250 ms.
+    /// How old the shared fleet view a replica answers from may be: what any replica
+    /// ingests is written to Redis within a quarter of it and read back by every replica
+    /// within the other three quarters. Default 250 ms.
     pub fleet_cache: Duration,
     /// How long a Redis command may take before the replica answers from its own view
     /// (and says so on `/readyz` and `/metrics`). Default 100 ms.

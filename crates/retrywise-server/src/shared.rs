@@ -26,10 +26,12 @@
 //! under Sentinel), not Redis Cluster.
 //!
 //! # When
-//! Ingested attempts are counted in process and written four times per cache period, each
-//! write one Lua script (atomic: no replica sees half a batch). Every cache period (250 ms
-//! by default) one Lua script reads back the whole window of every active target; the
-//! predictions read that copy, so a prediction makes no network round trip.
+//! Ingested attempts are counted in process and written four times per cache period (250
+//! ms by default), each write one Lua script (atomic: no replica sees half a batch). Every
+//! three quarters of a cache period one Lua script reads back the whole window of every
+//! active target: an attempt ingested at any replica is in every replica's view within one
+//! cache period (a quarter until it is written, three until it is read), plus Redis's round
+//! trips. The predictions read that copy, so a prediction makes no network round trip.
 //!
 //! # Faults
 //! Every Redis command has a timeout (`fleet_timeout`, 100 ms by default). When one fails
@@ -528,8 +530,9 @@ impl SharedFleet {
         }
     }
 
-    /// Keeps the shared view in step with Redis until `self` is dropped: writes four times
-    /// per cache period, reads once per cache period.
+    /// Keeps the shared view in step with Redis until `self` is dropped: writes every
+    /// quarter of a cache period, reads every three quarters (see the module's
+    /// documentation).
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me: Weak<Self> = Arc::downgrade(self);
         let every = self.cache / 4;
@@ -556,7 +559,7 @@ impl SharedFleet {
                     }
                 }
                 let Some(c) = conn.as_mut() else { continue };
-                let reading = n.is_multiple_of(4);
+                let reading = n.is_multiple_of(3);
                 n = n.wrapping_add(1);
                 let mut result = me.flush(c).await.map(|_| ());
                 if result.is_ok() && reading {
