@@ -359,7 +359,18 @@ impl<C> Policy<C> {
                                 let (kind, took) = p.last_failure();
                                 let now = Instant::now();
                                 match p.plan_retry(ctx, &Failure::new(kind), took, start, now) {
-                                    Ok(planned) => break Err(planned),
+                                    Ok(mut planned) => {
+                                        // Sooner than the circuit lets calls through
+                                        // again would only be refused again: the wait
+                                        // counts from then (keeping the decider's
+                                        // spread, so the refused do not return at once).
+                                        if let Some(r) = open.remaining
+                                            && planned.delay < r
+                                        {
+                                            planned.delay += r;
+                                        }
+                                        break Err(planned);
+                                    }
                                     Err(reason) => {
                                         return refused(
                                             number - 1,
@@ -927,7 +938,10 @@ impl<C> PolicyBuilder<C> {
     /// to fail): the decider may wait
     /// (a model-driven one weighs what waiting is worth, within the deadline, and spreads
     /// the waits of a crowd by the load already booked) or stop, and the call fails with
-    /// the open circuit. A refusal counts as an attempt in the context and the report.
+    /// the open circuit. A wait shorter than the circuit stays open counts from when it
+    /// lets calls through again (sooner, the call would only be refused again; counted
+    /// from then, the decider's spread keeps the refused from returning at once). A
+    /// refusal counts as an attempt in the context and the report.
     /// Defaults to no: a refused call fails fast ([`wait_for_breaker`](Self::wait_for_breaker)
     /// waits for the breaker instead).
     pub fn decide_when_refused(mut self, yes: bool) -> Self {
