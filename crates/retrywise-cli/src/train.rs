@@ -107,6 +107,11 @@ pub(crate) struct EvalArgs {
     data: Vec<String>,
     #[command(flatten)]
     filter: FilterArgs,
+    /// The most rows to read, about: a larger input is read as a uniform sample of whole
+    /// calls, as `retrywise train --max-rows` reads it, which bounds memory whatever the
+    /// input's size. At least 1.
+    #[arg(long, default_value_t = retrywise_train::data::DEFAULT_MAX_ROWS)]
+    max_rows: u64,
     /// Print the metrics as JSON.
     #[arg(long)]
     json: bool,
@@ -328,7 +333,13 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
 
 pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let (bar, mut on) = progress();
-    let report = retrywise_train::eval(&args.model, &args.data, &args.filter.filter(), &mut on);
+    let report = retrywise_train::eval(
+        &args.model,
+        &args.data,
+        &args.filter.filter(),
+        args.max_rows,
+        &mut on,
+    );
     bar.finish_and_clear();
     let report = report.with_context(|| format!("evaluating {}", args.model.display()))?;
     if args.json {

@@ -357,35 +357,43 @@ pub fn code_version() -> String {
 
 /// Trains a model and writes it as a new version.
 ///
+/// Reads `data` through `filter` with memory bounded by `max_rows`: the input's rows are
+/// counted first, and a larger input is read as a uniform sample of whole calls
+/// ([`Sample::for_rows`]); the summary records the sample. What training and evaluation
+/// both read their rows with.
+///
 /// # Errors
-/// Unusable inputs, no rows, a single class, a failed fit, or a failed write.
-pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trained, TrainError> {
-    let span = tracing::info_span!("train", name = %opts.name);
-    let _enter = span.enter();
+/// `max_rows` of 0 (before any file is opened), unusable inputs, no usable row.
+fn read_bounded(
+    data: &[String],
+    filter: &Filter,
+    max_rows: u64,
+    progress: &mut dyn FnMut(Step),
+) -> Result<(Vec<InputFile>, data::Rows, LoadSummary, SampleSummary), TrainError> {
     // Checked before any file is opened.
-    Sample::for_rows(opts.max_rows, 0)?;
-    let files: Vec<InputFile> = data::resolve(&opts.data)?;
+    Sample::for_rows(max_rows, 0)?;
+    let files: Vec<InputFile> = data::resolve(data)?;
     progress(Step::Resolved {
         files: files.len(),
         bytes: files.iter().map(|f| f.bytes).sum(),
     });
-    let input_rows = data::count_rows(&files, &opts.filter)?;
-    let sample = Sample::for_rows(opts.max_rows, input_rows)?;
+    let input_rows = data::count_rows(&files, filter)?;
+    let sample = Sample::for_rows(max_rows, input_rows)?;
     let sampled = SampleSummary {
-        max_rows: opts.max_rows,
+        max_rows,
         input_rows,
         fraction: sample.fraction(),
     };
     if sampled.sampled() {
         tracing::info!(
             input_rows,
-            max_rows = opts.max_rows,
+            max_rows,
             fraction = sample.fraction(),
             "sampling whole calls"
         );
     }
     progress(Step::Counted(sampled));
-    let (rows, mut load) = data::load_sample(&files, &opts.filter, &sample, |f| {
+    let (rows, mut load) = data::load_sample(&files, filter, &sample, |f| {
         progress(Step::FileRead(f.path.clone()))
     })?;
     load.sample = Some(sampled);
@@ -405,6 +413,16 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             load.rows_read, load.skipped
         )));
     }
+    Ok((files, rows, load, sampled))
+}
+
+/// # Errors
+/// Unusable inputs, no rows, a single class, a failed fit, or a failed write.
+pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trained, TrainError> {
+    let span = tracing::info_span!("train", name = %opts.name);
+    let _enter = span.enter();
+    let (files, rows, load, sampled) =
+        read_bounded(&opts.data, &opts.filter, opts.max_rows, progress)?;
     let (tr, va, split) = split(&rows, opts.split, opts.validation_fraction)?;
     tracing::info!(
         split = opts.split.name(),
@@ -562,14 +580,17 @@ pub struct EvalReport {
 /// Evaluates the model in `model_dir` (a version folder or its `model.json`) on logs.
 ///
 /// The baseline is the one stored with the model (success rates per previous error kind
-/// of its training data), so both are judged on data neither has seen.
+/// of its training data), so both are judged on data neither has seen. Like training, it
+/// reads at most about `max_rows` rows: a larger input is read as a uniform sample of whole
+/// calls (`load.sample` says so), so memory stays bounded whatever the input's size.
 ///
 /// # Errors
-/// An invalid artifact; unusable inputs; no usable rows.
+/// An invalid artifact; `max_rows` of 0; unusable inputs; no usable rows.
 pub fn eval(
     model_dir: &std::path::Path,
     data: &[String],
     filter: &Filter,
+    max_rows: u64,
     progress: &mut dyn FnMut(Step),
 ) -> Result<EvalReport, TrainError> {
     let artifact = store::load_artifact(model_dir)?;
@@ -577,19 +598,7 @@ pub fn eval(
         path: model_dir.to_path_buf(),
         source,
     })?;
-    let files = data::resolve(data)?;
-    progress(Step::Resolved {
-        files: files.len(),
-        bytes: files.iter().map(|f| f.bytes).sum(),
-    });
-    let (rows, load) = data::load(&files, filter, |f| progress(Step::FileRead(f.path.clone())))?;
-    progress(Step::Loaded(load.clone()));
-    if rows.is_empty() {
-        return Err(TrainError::NoData(format!(
-            "{} rows read, none usable (skipped: {:?})",
-            load.rows_read, load.skipped
-        )));
-    }
+    let (_, rows, load, _) = read_bounded(data, filter, max_rows, progress)?;
     let baseline = artifact
         .metrics
         .get("baseline")

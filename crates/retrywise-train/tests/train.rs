@@ -739,6 +739,7 @@ fn a_corrupt_or_mismatched_model_is_refused_by_the_loader() {
         &t.dir,
         &[data.to_string_lossy().into_owned()],
         &Filter::default(),
+        retrywise_train::data::DEFAULT_MAX_ROWS,
         &mut quiet,
     )
     .unwrap_err();
@@ -774,6 +775,7 @@ fn eval_scores_a_model_on_other_data() {
         &t.dir,
         &[other.to_string_lossy().into_owned()],
         &Filter::default(),
+        retrywise_train::data::DEFAULT_MAX_ROWS,
         &mut quiet,
     )
     .unwrap();
@@ -788,6 +790,37 @@ fn eval_scores_a_model_on_other_data() {
         r.evaluation.by_target.iter().map(|t| t.rows).sum::<u64>(),
         r.evaluation.model.rows
     );
+    // Read whole: the sample says so.
+    let s = r.load.sample.unwrap();
+    assert!(!s.sampled());
+    assert_eq!(s.input_rows, 5_000);
+    // Bounded like training: a fifth of the calls, read and scored as a sample.
+    let small = retrywise_train::eval(
+        &t.dir,
+        &[other.to_string_lossy().into_owned()],
+        &Filter::default(),
+        1_000,
+        &mut quiet,
+    )
+    .unwrap();
+    let s = small.load.sample.unwrap();
+    assert!(s.sampled() && (s.fraction - 0.2).abs() < 1e-12, "{s:?}");
+    assert!(
+        (700..1_300).contains(&small.load.rows),
+        "{}",
+        small.load.rows
+    );
+    assert_eq!(small.evaluation.model.rows, small.load.rows);
+    // And refuses a bound of nothing before reading.
+    let e = retrywise_train::eval(
+        &t.dir,
+        &[other.to_string_lossy().into_owned()],
+        &Filter::default(),
+        0,
+        &mut quiet,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TrainError::InvalidOption { .. }), "{e}");
 }
 
 /// Records of calls of one to five attempts over two targets, in time order (one
