@@ -37,7 +37,10 @@ pub struct Target {
     hedge: Hedge,
 }
 
-/// What the service knows of a target (`GET /v1/targets/{target}`).
+/// What the service knows of a target (`GET /v1/targets/{target}`). With a fleet view
+/// shared through Redis (`--fleet`), the counts, rates, latency and circuit are every
+/// replica's together (while Redis answers); the concurrency limit and hedge delay are
+/// this replica's own estimates.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TargetView {
     /// The target.
