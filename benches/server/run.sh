@@ -57,16 +57,22 @@ ctx = {"target": "payments", "attempt": 2, "error": "http_429", "status": 429, "
 contexts = [dict(ctx, delay_ms=float(i)) for i in range(1000)]
 json.dump({"contexts": contexts}, open(sys.argv[1], "w"))
 PY
-python3 - "$work/records.ndjson" <<'PY'
+# NDJSON batches of 3,000 attempt records to 20 targets, ending over the seconds after
+# the batch is made: made just before each ingestion measure, so that none is older than
+# the health window when it arrives (older ones are left out of the fleet view, in process
+# as in Redis).
+records() { # out-file
+  python3 - "$1" <<'PY'
 import json, sys, time
-now = int(time.time() * 1000)
+now = int(time.time() * 1000) + 2000
 with open(sys.argv[1], "w") as f:
     for i in range(3000):
-        f.write(json.dumps({"schema_version": "1.2", "started_at_ms": now + i, "call_id": i, "hedge": 0,
-            "target": f"svc-{i % 20}", "attempt": 1 + i % 3, "error": None if i % 3 == 0 else "http_503",
+        f.write(json.dumps({"schema_version": "1.3", "started_at_ms": now + i, "call_id": i, "hedge": 0,
+            "target": f"svc-{i % 20}", "attempt": 1 + i % 3, "error": None if i % 4 else "http_503",
             "delay_ms": 100.0 * (i % 7), "failure_rate": 0.2, "in_flight": 3, "health_window_ms": 10000.0,
             "outcome": "success" if i % 4 else "retryable", "outcome_latency_ms": 12.5}) + "\n")
 PY
+}
 
 load() { # url body-file-or-string extra-args... -> json on stdout
   local url="$1" body="$2"; shift 2
@@ -97,21 +103,11 @@ load http://127.0.0.1:18183/v1/predict "$work/batch.json" -c 8 > "$work/batch_ou
 # Ingestion, with another process writing and fsyncing on the same disk meanwhile.
 ( while :; do dd if=/dev/zero of="$work/noise" bs=1M count=256 conv=fsync status=none; done ) &
 NOISE=$!
+records "$work/records.ndjson"
 "$OHA" -z "$DURATION" --no-tui --output-format json -m POST -T application/x-ndjson -D "$work/records.ndjson" \
   -c 4 http://127.0.0.1:18184/v1/attempts > "$work/ingest.json"
-# The same into a replica sharing its fleet view through Redis; the records are made now,
-# ending over the next seconds, so that none is older than the health window when it
-# arrives (older ones are left out of the fleet view, in process as in Redis).
-python3 - "$work/records_now.ndjson" <<'PY'
-import json, sys, time
-now = int(time.time() * 1000) + 2000
-with open(sys.argv[1], "w") as f:
-    for i in range(3000):
-        f.write(json.dumps({"schema_version": "1.3", "started_at_ms": now + i, "call_id": i, "hedge": 0,
-            "target": f"svc-{i % 20}", "attempt": 1 + i % 3, "error": None if i % 4 else "http_503",
-            "delay_ms": 100.0 * (i % 7), "failure_rate": 0.2, "in_flight": 3, "health_window_ms": 10000.0,
-            "outcome": "success" if i % 4 else "retryable", "outcome_latency_ms": 12.5}) + "\n")
-PY
+# The same into a replica sharing its fleet view through Redis.
+records "$work/records_now.ndjson"
 "$OHA" -z "$DURATION" --no-tui --output-format json -m POST -T application/x-ndjson -D "$work/records_now.ndjson" \
   -c 4 http://127.0.0.1:18186/v1/attempts > "$work/ingest_fleet.json"
 kill "$NOISE"; wait "$NOISE" 2>/dev/null || true

@@ -259,8 +259,6 @@ pub struct FleetStatus {
     pub shared: bool,
     /// What happened last (the Redis error while falling back).
     pub detail: String,
-    /// Targets in the shared view.
-    pub targets: usize,
 }
 
 /// The Prometheus series a [`SharedFleet`] keeps up to date.
@@ -404,11 +402,6 @@ impl SharedFleet {
         now_ms.saturating_sub(self.read_ms.load(Ordering::Relaxed)) <= max_age
     }
 
-    /// The health window.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Where the replica's view comes from now, and why.
     pub fn status(&self) -> FleetStatus {
         FleetStatus {
@@ -417,7 +410,6 @@ impl SharedFleet {
                 .detail
                 .lock()
                 .map_or_else(|_| String::new(), |d| d.clone()),
-            targets: self.view.load().len(),
         }
     }
 
@@ -460,6 +452,8 @@ impl SharedFleet {
                 if let Ok(mut p) = self.pending.lock() {
                     for (name, mut t) in batch {
                         t.buckets.retain(|&b, _| b >= oldest);
+                        // A time left open is stale by the next flush: the replica's own
+                        // breaker writes it again with its next ingested attempt.
                         t.open_ms = 0;
                         p.entry(name).or_default().merge(t);
                     }

@@ -748,6 +748,21 @@ async fn permanent_failures_take_no_tokens_from_a_token_bucket() {
     );
 }
 
+/// The requests `p` sends for one call whose every request answers after 20 ms.
+async fn requests_of_a_20ms_call(p: &Policy) -> u32 {
+    let sent = AtomicU32::new(0);
+    p.call(|_| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(20 * MS).await;
+            Ok::<_, io::Error>(())
+        }
+    })
+    .await
+    .unwrap();
+    sent.load(Ordering::SeqCst)
+}
+
 #[tokio::test(start_paused = true)]
 async fn hedges_are_throttled_by_the_token_bucket() {
     let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
@@ -765,32 +780,16 @@ async fn hedges_are_throttled_by_the_token_bucket() {
         .hedge(hedge)
         .build()
         .unwrap();
-    let sent = AtomicU32::new(0);
-    p.call(|_| {
-        sent.fetch_add(1, Ordering::SeqCst);
-        async {
-            tokio::time::sleep(20 * MS).await;
-            Ok::<_, io::Error>(())
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(sent.load(Ordering::SeqCst), 1, "half empty: no hedge");
+    assert_eq!(requests_of_a_20ms_call(&p).await, 1, "half empty: no hedge");
     assert_eq!(p.hedge().unwrap().metrics().hedges, 0);
     for _ in 0..10 {
         bucket.record(true);
     }
-    sent.store(0, Ordering::SeqCst);
-    p.call(|_| {
-        sent.fetch_add(1, Ordering::SeqCst);
-        async {
-            tokio::time::sleep(20 * MS).await;
-            Ok::<_, io::Error>(())
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(sent.load(Ordering::SeqCst), 2, "refilled: the hedge goes");
+    assert_eq!(
+        requests_of_a_20ms_call(&p).await,
+        2,
+        "refilled: the hedge goes"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1135,23 +1134,11 @@ async fn a_hedge_the_model_holds_back_spends_no_budget() {
         .hedge(hedge)
         .build()
         .unwrap();
-    let sent = AtomicU32::new(0);
-    p.call(|_| {
-        sent.fetch_add(1, Ordering::SeqCst);
-        async {
-            tokio::time::sleep(20 * MS).await;
-            Ok::<_, io::Error>(())
-        }
-    })
-    .await
-    .unwrap();
+    let sent = requests_of_a_20ms_call(&p).await;
     // Asked first, the model keeps the hedge: neither the hedge's budget nor the retry
     // budget pays for a hedge that was never sent.
     let m = p.hedge().unwrap().metrics();
-    assert_eq!(
-        (sent.load(Ordering::SeqCst), m.hedges, m.held_back),
-        (1, 0, 1)
-    );
+    assert_eq!((sent, m.hedges, m.held_back), (1, 0, 1));
     assert_eq!(m.window_hedges, 0, "the hedge budget's ledger");
     assert!(bucket.tokens() >= before, "the retry budget's tokens");
 }
