@@ -204,13 +204,24 @@ pub const AGE_FEATURES: [Feature; N_AGE] = [
 /// the time since the target's last success plus the wait, and how far it is beyond each
 /// knot; then the same after a refused connection (zeros otherwise). All zero when the
 /// time since the last success is unknown.
+#[inline]
 pub fn age_terms(ctx: &AttemptContext, delay: Duration) -> [f64; N_AGE] {
+    age_terms_logged(
+        ctx,
+        ctx.since_success
+            .map(|since| log_ms(since.saturating_add(delay))),
+    )
+}
+
+/// [`age_terms`] from `ln(1 + ms)` of the time since the last success plus the wait (none
+/// when the time since the last success is unknown).
+#[inline]
+fn age_terms_logged(ctx: &AttemptContext, age: Option<f64>) -> [f64; N_AGE] {
     const HALF: usize = N_AGE / 2;
     let mut out = [0.0; N_AGE];
-    let Some(since) = ctx.since_success else {
+    let Some(age) = age else {
         return out;
     };
-    let age = log_ms(since.saturating_add(delay));
     out[0] = age;
     for (o, knot) in out[1..HALF].iter_mut().zip(AGE_KNOT_LOGS) {
         *o = (age - knot).max(0.0);
@@ -245,7 +256,8 @@ pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
     x[F::Status4xx as usize] = flag(ctx.status.is_some_and(|s| (400..500).contains(&s)));
     x[F::Status5xx as usize] = flag(ctx.status.is_some_and(|s| (500..600).contains(&s)));
     x[F::RetryAfter as usize] = flag(ctx.retry_after.is_some());
-    x[F::LogRetryAfterMs as usize] = ctx.retry_after.map_or(0.0, log_ms);
+    let log_retry_after = ctx.retry_after.map(log_ms);
+    x[F::LogRetryAfterMs as usize] = log_retry_after.unwrap_or(0.0);
     let rate = failure_rate(ctx);
     x[F::FailureRate as usize] = rate.unwrap_or(0.0);
     x[F::FailureRateKnown as usize] = flag(rate.is_some());
@@ -260,8 +272,29 @@ pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
         0.0
     };
     x[F::PermanentRate as usize] = unit(ctx.permanent_rate).unwrap_or(0.0);
-    x[F::LogSinceSuccessMs as usize] = ctx.since_success.map_or(0.0, log_ms);
-    encode_delay(ctx, ctx.delay, x);
+    let log_since = ctx.since_success.map(log_ms);
+    x[F::LogSinceSuccessMs as usize] = log_since.unwrap_or(0.0);
+    // Each logarithm once: without a wait, the time short of the Retry-After is the
+    // Retry-After, and the failure's age at the attempt is the time since the success.
+    let delay = ctx.delay;
+    let (log_delay, waited, short) = if delay.is_zero() {
+        let waited = flag(ctx.retry_after.is_some_and(|ra| ra.is_zero()));
+        (0.0, waited, log_retry_after.unwrap_or(0.0))
+    } else {
+        delay_terms(ctx, delay)
+    };
+    let age = if delay.is_zero() {
+        log_since
+    } else {
+        ctx.since_success
+            .map(|since| log_ms(since.saturating_add(delay)))
+    };
+    write_delay(
+        (log_delay, waited, short),
+        basis(ctx, rate, recent, log_since),
+        age_terms_logged(ctx, age),
+        x,
+    );
 }
 
 /// The position of `kind` in [`ERROR_KINDS`] (its declaration order, checked by a test).
@@ -297,14 +330,30 @@ pub const LOG_DELAY_FEATURES: [Feature; N_LOG_DELAY] = [
 /// `LOG_DELAY_FEATURES[i]` is `basis[i] × ln(1 + wait ms)` for every wait. (A linear model
 /// can fold these into one slope per context, and weigh a wait with one multiplication.)
 pub fn log_delay_basis(ctx: &AttemptContext) -> [f64; N_LOG_DELAY] {
+    basis(
+        ctx,
+        failure_rate(ctx),
+        failure_rate_recent(ctx),
+        ctx.since_success.map(log_ms),
+    )
+}
+
+/// [`log_delay_basis`] from the rates and the log-time since the last success as
+/// [`encode_into`] reads them.
+fn basis(
+    ctx: &AttemptContext,
+    rate: Option<f64>,
+    recent: f64,
+    log_since: Option<f64>,
+) -> [f64; N_LOG_DELAY] {
     let mut m = [0.0; N_LOG_DELAY];
     m[0] = 1.0;
     if let Some(i) = ctx.error.map(error_index) {
         m[1 + i] = 1.0;
     }
-    m[9] = failure_rate(ctx).unwrap_or(0.0);
-    m[10] = failure_rate_recent(ctx);
-    m[11] = ctx.since_success.map_or(0.0, log_ms);
+    m[9] = rate.unwrap_or(0.0);
+    m[10] = recent;
+    m[11] = log_since.unwrap_or(0.0);
     m
 }
 
@@ -334,13 +383,28 @@ pub fn delay_terms_logged(
 /// (the other features of `x` are left as they are): `encode_delay(ctx, d, x)` after
 /// `encode_into(ctx, x)` gives what `encode_into` gives for `ctx` with `delay = d`.
 pub fn encode_delay(ctx: &AttemptContext, delay: Duration, x: &mut [f64; N_FEATURES]) {
-    let (log_delay, waited, short) = delay_terms(ctx, delay);
-    for (f, m) in LOG_DELAY_FEATURES.iter().zip(log_delay_basis(ctx)) {
+    write_delay(
+        delay_terms(ctx, delay),
+        log_delay_basis(ctx),
+        age_terms(ctx, delay),
+        x,
+    );
+}
+
+/// Writes the [`DELAY_FEATURES`] from the wait's terms ([`delay_terms`]), the context's
+/// [`log_delay_basis`] and the wait's [`age_terms`].
+fn write_delay(
+    (log_delay, waited, short): (f64, f64, f64),
+    basis: [f64; N_LOG_DELAY],
+    age: [f64; N_AGE],
+    x: &mut [f64; N_FEATURES],
+) {
+    for (f, m) in LOG_DELAY_FEATURES.iter().zip(basis) {
         x[*f as usize] = m * log_delay;
     }
     x[Feature::WaitedRetryAfter as usize] = waited;
     x[Feature::LogShortOfRetryAfterMs as usize] = short;
-    for (f, v) in AGE_FEATURES.iter().zip(age_terms(ctx, delay)) {
+    for (f, v) in AGE_FEATURES.iter().zip(age) {
         x[*f as usize] = v;
     }
 }
@@ -619,7 +683,7 @@ mod tests {
             recent in proptest::option::of(proptest::num::f64::ANY),
             since_ms in proptest::option::of(0u64..10_000_000),
             ra_ms in proptest::option::of(0u64..100_000),
-            delay_ms in 0u64..1_000_000,
+            delay_ms in prop_oneof![Just(0u64), 0u64..1_000_000],
         ) {
             let mut ctx = AttemptContext::first("t");
             ctx.attempt = 2;

@@ -570,24 +570,28 @@ pub fn sigmoid(z: f64) -> f64 {
     }
 }
 
-/// `a · b`, in four independent sums (the compiler vectorizes it; one chain of additions
-/// would wait on each).
+/// `a · b`, in eight independent sums: one chain of additions would wait on each, and a
+/// prediction is bound by that latency, not by the arithmetic.
 fn dot(a: &[f64; N_FEATURES], b: &[f64; N_FEATURES]) -> f64 {
-    let mut acc = [0.0; 4];
-    let (ca, ra) = a.as_chunks::<4>();
-    let (cb, rb) = b.as_chunks::<4>();
+    let mut acc = [0.0; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
     for (x, y) in ca.iter().zip(cb) {
-        for k in 0..4 {
+        for k in 0..8 {
             acc[k] += x[k] * y[k];
         }
     }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    for (k, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[k] += x * y;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 impl SuccessModel for LogisticModel {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
-        self.p_features(&features::encode(ctx))
+        let mut x = [0.0; N_FEATURES];
+        features::encode_into(ctx, &mut x);
+        self.p_features(&x)
     }
 
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
