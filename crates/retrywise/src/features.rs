@@ -138,8 +138,48 @@ pub fn log_ms(d: Duration) -> f64 {
     if d.is_zero() {
         return 0.0;
     }
-    (1.0 + d.as_secs_f64() * 1e3).ln()
+    // Milliseconds by two multiplications (`as_secs_f64` divides by 10⁹).
+    let ms = d.as_secs() as f64 * 1e3 + f64::from(d.subsec_nanos()) * 1e-6;
+    (1.0 + ms).ln()
 }
+
+/// `ln(1 + n)`, from a table for the counts of calls in flight a target usually has.
+#[inline]
+fn log_1p_count(n: u32) -> f64 {
+    match LN_1P_COUNTS.get(n as usize) {
+        Some(l) => *l,
+        None => (1.0 + f64::from(n)).ln(),
+    }
+}
+
+/// `ln(1 + n)` for `n` below 256, computed when compiling: `ln x = k·ln 2 + 2 atanh z`
+/// with `x = 2^k · m`, `m` in `[1, 2)`, `z = (m − 1)/(m + 1) ≤ 1/3` (40 terms of the
+/// series are exact in `f64`). A test checks it against `f64::ln`.
+static LN_1P_COUNTS: [f64; 256] = {
+    let mut t = [0.0; 256];
+    let mut n = 0;
+    while n < 256 {
+        let mut m = 1.0 + n as f64;
+        let mut k = 0.0;
+        while m >= 2.0 {
+            m /= 2.0;
+            k += 1.0;
+        }
+        let z = (m - 1.0) / (m + 1.0);
+        let z2 = z * z;
+        let mut term = z;
+        let mut sum = 0.0;
+        let mut i = 0;
+        while i < 40 {
+            sum += term / (2 * i + 1) as f64;
+            term *= z2;
+            i += 1;
+        }
+        t[n] = k * std::f64::consts::LN_2 + 2.0 * sum;
+        n += 1;
+    }
+    t
+};
 
 fn flag(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
@@ -244,56 +284,114 @@ const AGE_KNOT_LOGS: [f64; AGE_KNOTS_MS.len()] = [
 
 /// Writes the feature vector of `ctx` into `x` (for filling rows of a matrix).
 pub fn encode_into(ctx: &AttemptContext, x: &mut [f64; N_FEATURES]) {
-    use Feature as F;
-    x[F::Retry as usize] = f64::from(ctx.attempt.saturating_sub(1).min(MAX_RETRY));
-    x[F::LogElapsedMs as usize] = log_ms(ctx.elapsed);
-    x[F::LogLatencyMs as usize] = ctx.latency.map_or(0.0, log_ms);
-    let one_hot = &mut x[F::ErrorTimeout as usize..F::ErrorTimeout as usize + ERROR_KINDS.len()];
-    one_hot.fill(0.0);
-    if let Some(i) = ctx.error.map(error_index) {
-        one_hot[i] = 1.0;
+    x.fill(0.0);
+    encode_with(ctx, &mut Row(x));
+}
+
+/// Where [`encode_with`] puts the features of a context: each at most once, in any order;
+/// a feature not put is zero. A row ([`encode_into`]) stores them; a linear model sums
+/// them into its score as they come ([`crate::model::LogisticModel`]), so that one
+/// prediction neither stores nor reloads a vector.
+pub trait FeatureSink {
+    /// Feature `f` of the context has value `v`.
+    fn put(&mut self, f: Feature, v: f64);
+}
+
+/// A row of [`N_FEATURES`] values, zeroed before the features are put into it.
+struct Row<'a>(&'a mut [f64; N_FEATURES]);
+
+impl FeatureSink for Row<'_> {
+    #[inline(always)]
+    fn put(&mut self, f: Feature, v: f64) {
+        self.0[f as usize] = v;
     }
-    x[F::Status4xx as usize] = flag(ctx.status.is_some_and(|s| (400..500).contains(&s)));
-    x[F::Status5xx as usize] = flag(ctx.status.is_some_and(|s| (500..600).contains(&s)));
-    x[F::RetryAfter as usize] = flag(ctx.retry_after.is_some());
+}
+
+/// The one-hot column of an error kind (a `match`, not a table: a sink that sums by column
+/// then knows the column when compiled).
+#[inline(always)]
+fn error_column(kind: ErrorKind) -> Feature {
+    match kind {
+        ErrorKind::Timeout => Feature::ErrorTimeout,
+        ErrorKind::Connect => Feature::ErrorConnect,
+        ErrorKind::Reset => Feature::ErrorReset,
+        ErrorKind::Http429 => Feature::ErrorHttp429,
+        ErrorKind::Http503 => Feature::ErrorHttp503,
+        ErrorKind::Http5xx => Feature::ErrorHttp5xx,
+        ErrorKind::Http4xx => Feature::ErrorHttp4xx,
+        ErrorKind::Other => Feature::ErrorOther,
+    }
+}
+
+/// The encoder: puts every feature of `ctx` that is not zero into `out` (see
+/// [`FeatureSink`]). [`encode`] and [`encode_into`] are this with a row; everything that
+/// encodes a context goes through it.
+#[inline]
+pub fn encode_with<S: FeatureSink>(ctx: &AttemptContext, out: &mut S) {
+    use Feature as F;
+    out.put(
+        F::Retry,
+        f64::from(ctx.attempt.saturating_sub(1).min(MAX_RETRY)),
+    );
+    out.put(F::LogElapsedMs, log_ms(ctx.elapsed));
+    if let Some(latency) = ctx.latency {
+        out.put(F::LogLatencyMs, log_ms(latency));
+    }
+    if let Some(kind) = ctx.error {
+        out.put(error_column(kind), 1.0);
+    }
+    match ctx.status {
+        Some(400..=499) => out.put(F::Status4xx, 1.0),
+        Some(500..=599) => out.put(F::Status5xx, 1.0),
+        _ => {}
+    }
     let log_retry_after = ctx.retry_after.map(log_ms);
-    x[F::LogRetryAfterMs as usize] = log_retry_after.unwrap_or(0.0);
+    if let Some(l) = log_retry_after {
+        out.put(F::RetryAfter, 1.0);
+        out.put(F::LogRetryAfterMs, l);
+    }
     let rate = failure_rate(ctx);
-    x[F::FailureRate as usize] = rate.unwrap_or(0.0);
-    x[F::FailureRateKnown as usize] = flag(rate.is_some());
-    x[F::LogLatencyP95Ms as usize] = ctx.latency_p95.map_or(0.0, log_ms);
-    x[F::LogInFlight as usize] = ctx.in_flight.map_or(0.0, |n| (1.0 + f64::from(n)).ln());
+    if let Some(r) = rate {
+        out.put(F::FailureRate, r);
+        out.put(F::FailureRateKnown, 1.0);
+        out.put(F::FailureLogOdds, log_odds(r));
+    }
+    if let Some(p95) = ctx.latency_p95 {
+        out.put(F::LogLatencyP95Ms, log_ms(p95));
+    }
+    if let Some(n) = ctx.in_flight {
+        out.put(F::LogInFlight, log_1p_count(n));
+    }
     let recent = failure_rate_recent(ctx);
-    x[F::FailureRateRecent as usize] = recent;
-    x[F::FailureLogOdds as usize] = rate.map_or(0.0, log_odds);
-    x[F::FailureLogOddsRecent as usize] = if rate.is_some() || ctx.failure_rate_recent.is_some() {
-        log_odds(recent)
-    } else {
-        0.0
-    };
-    x[F::PermanentRate as usize] = unit(ctx.permanent_rate).unwrap_or(0.0);
+    out.put(F::FailureRateRecent, recent);
+    if rate.is_some() || ctx.failure_rate_recent.is_some() {
+        out.put(F::FailureLogOddsRecent, log_odds(recent));
+    }
+    if let Some(p) = unit(ctx.permanent_rate) {
+        out.put(F::PermanentRate, p);
+    }
     let log_since = ctx.since_success.map(log_ms);
-    x[F::LogSinceSuccessMs as usize] = log_since.unwrap_or(0.0);
+    if let Some(l) = log_since {
+        out.put(F::LogSinceSuccessMs, l);
+    }
     // Each logarithm once: without a wait, the time short of the Retry-After is the
     // Retry-After, and the failure's age at the attempt is the time since the success.
     let delay = ctx.delay;
-    let (log_delay, waited, short) = if delay.is_zero() {
+    let (terms, age) = if delay.is_zero() {
         let waited = flag(ctx.retry_after.is_some_and(|ra| ra.is_zero()));
-        (0.0, waited, log_retry_after.unwrap_or(0.0))
+        ((0.0, waited, log_retry_after.unwrap_or(0.0)), log_since)
     } else {
-        delay_terms(ctx, delay)
+        (
+            delay_terms(ctx, delay),
+            ctx.since_success
+                .map(|since| log_ms(since.saturating_add(delay))),
+        )
     };
-    let age = if delay.is_zero() {
-        log_since
-    } else {
-        ctx.since_success
-            .map(|since| log_ms(since.saturating_add(delay)))
-    };
-    write_delay(
-        (log_delay, waited, short),
-        basis(ctx, rate, recent, log_since),
-        age_terms_logged(ctx, age),
-        x,
+    put_delay(
+        terms,
+        &basis(ctx, rate, recent, log_since),
+        &age_terms_logged(ctx, age),
+        out,
     );
 }
 
@@ -383,29 +481,43 @@ pub fn delay_terms_logged(
 /// (the other features of `x` are left as they are): `encode_delay(ctx, d, x)` after
 /// `encode_into(ctx, x)` gives what `encode_into` gives for `ctx` with `delay = d`.
 pub fn encode_delay(ctx: &AttemptContext, delay: Duration, x: &mut [f64; N_FEATURES]) {
-    write_delay(
+    for f in DELAY_FEATURES {
+        x[f as usize] = 0.0;
+    }
+    put_delay(
         delay_terms(ctx, delay),
-        log_delay_basis(ctx),
-        age_terms(ctx, delay),
-        x,
+        &log_delay_basis(ctx),
+        &age_terms(ctx, delay),
+        &mut Row(x),
     );
 }
 
-/// Writes the [`DELAY_FEATURES`] from the wait's terms ([`delay_terms`]), the context's
-/// [`log_delay_basis`] and the wait's [`age_terms`].
-fn write_delay(
+/// Puts the [`DELAY_FEATURES`] that are not zero, from the wait's terms
+/// ([`delay_terms`]), the context's [`log_delay_basis`] and the wait's [`age_terms`].
+#[inline(always)]
+fn put_delay<S: FeatureSink>(
     (log_delay, waited, short): (f64, f64, f64),
-    basis: [f64; N_LOG_DELAY],
-    age: [f64; N_AGE],
-    x: &mut [f64; N_FEATURES],
+    basis: &[f64; N_LOG_DELAY],
+    age: &[f64; N_AGE],
+    out: &mut S,
 ) {
-    for (f, m) in LOG_DELAY_FEATURES.iter().zip(basis) {
-        x[*f as usize] = m * log_delay;
+    if log_delay != 0.0 {
+        for (f, m) in LOG_DELAY_FEATURES.iter().zip(basis) {
+            if *m != 0.0 {
+                out.put(*f, m * log_delay);
+            }
+        }
     }
-    x[Feature::WaitedRetryAfter as usize] = waited;
-    x[Feature::LogShortOfRetryAfterMs as usize] = short;
+    if waited != 0.0 {
+        out.put(Feature::WaitedRetryAfter, waited);
+    }
+    if short != 0.0 {
+        out.put(Feature::LogShortOfRetryAfterMs, short);
+    }
     for (f, v) in AGE_FEATURES.iter().zip(age) {
-        x[*f as usize] = v;
+        if *v != 0.0 {
+            out.put(*f, *v);
+        }
     }
 }
 
@@ -620,6 +732,10 @@ mod tests {
     fn error_indices_follow_the_one_hot_order_and_rows_are_refilled_whole() {
         for (i, k) in ERROR_KINDS.iter().enumerate() {
             assert_eq!(error_index(*k), i, "{k:?}");
+            assert_eq!(
+                error_column(*k) as usize,
+                Feature::ErrorTimeout as usize + i
+            );
         }
         // A row refilled for another context keeps no trace of the first.
         let mut x = [7.0; N_FEATURES];
@@ -628,6 +744,18 @@ mod tests {
         ctx.error = Some(ErrorKind::Reset);
         encode_into(&ctx, &mut x);
         assert_eq!(x, encode(&ctx));
+    }
+
+    #[test]
+    fn the_table_of_counts_holds_their_logarithms() {
+        for n in 0..300u32 {
+            let want = (1.0 + f64::from(n)).ln();
+            let got = log_1p_count(n);
+            assert!(
+                (got - want).abs() <= 2.0 * f64::EPSILON * want,
+                "{n}: {got} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -560,6 +560,21 @@ impl LogisticModel {
     }
 }
 
+/// A linear score summed as the encoder puts the features, in four independent sums
+/// (by column).
+struct Score<'a> {
+    weights: &'a [f64; N_FEATURES],
+    sums: [f64; 4],
+}
+
+impl features::FeatureSink for Score<'_> {
+    #[inline(always)]
+    fn put(&mut self, f: features::Feature, v: f64) {
+        let i = f as usize;
+        self.sums[i % 4] += self.weights[i] * v;
+    }
+}
+
 /// The logistic function, stable for large `|z|`.
 pub fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {
@@ -588,10 +603,17 @@ fn dot(a: &[f64; N_FEATURES], b: &[f64; N_FEATURES]) -> f64 {
 }
 
 impl SuccessModel for LogisticModel {
+    /// The encoder puts each feature straight into the score ([`features::encode_with`]):
+    /// a feature vector stored one value at a time and reloaded in pairs for a dot
+    /// product stalls on every pair.
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
-        let mut x = [0.0; N_FEATURES];
-        features::encode_into(ctx, &mut x);
-        self.p_features(&x)
+        let mut score = Score {
+            weights: &self.folded,
+            sums: [0.0; 4],
+        };
+        features::encode_with(ctx, &mut score);
+        let [a, b, c, d] = score.sums;
+        sigmoid(self.folded_intercept + ((a + b) + (c + d)))
     }
 
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
@@ -952,6 +974,49 @@ mod tests {
             prop_assert!((0.0..=1.0).contains(&p));
             let z = b.clamp(-30.0, 30.0);
             prop_assert!((sigmoid(z) - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
+        }
+
+        /// The score summed as the encoder puts the features is the dot product of the
+        /// encoded vector: one encoder, two ways to read it, one answer.
+        #[test]
+        fn the_streamed_score_is_the_vectors(
+            w in proptest::collection::vec(-3.0f64..3.0, N_FEATURES),
+            mean in proptest::collection::vec(-2.0f64..2.0, N_FEATURES),
+            scale in proptest::collection::vec(0.1f64..5.0, N_FEATURES),
+            b in -3.0f64..3.0,
+            attempt in 1u32..20,
+            kind in proptest::option::of(proptest::sample::select(ErrorKind::ALL.to_vec())),
+            status in proptest::option::of(100u16..600),
+            latency_ms in proptest::option::of(0u64..100_000),
+            elapsed_ms in 0u64..100_000,
+            ra_ms in proptest::option::of(0u64..20_000),
+            delay_ms in prop_oneof![Just(0u64), 0u64..60_000],
+            rate in proptest::option::of(prop_oneof![0.0f64..=1.0, Just(f64::NAN)]),
+            recent in proptest::option::of(0.0f64..=1.0),
+            permanent in proptest::option::of(0.0f64..=1.0),
+            p95_ms in proptest::option::of(0u64..100_000),
+            in_flight in proptest::option::of(prop_oneof![0u32..300, any::<u32>()]),
+            since_ms in proptest::option::of(0u64..600_000),
+        ) {
+            let scaler = Scaler { mean, scale };
+            let m = LogisticModel::from_parts(&scaler, &w, b).unwrap();
+            let mut ctx = AttemptContext::first("t");
+            ctx.attempt = attempt;
+            ctx.error = kind;
+            ctx.status = status;
+            ctx.latency = latency_ms.map(Duration::from_millis);
+            ctx.elapsed = Duration::from_millis(elapsed_ms);
+            ctx.retry_after = ra_ms.map(Duration::from_millis);
+            ctx.delay = Duration::from_millis(delay_ms);
+            ctx.failure_rate = rate;
+            ctx.failure_rate_recent = recent;
+            ctx.permanent_rate = permanent;
+            ctx.latency_p95 = p95_ms.map(Duration::from_millis);
+            ctx.in_flight = in_flight;
+            ctx.since_success = since_ms.map(Duration::from_millis);
+            let dense = m.p_features(&crate::features::encode(&ctx));
+            let streamed = m.p_success(&ctx);
+            prop_assert!((dense - streamed).abs() < 1e-12, "{} vs {}", dense, streamed);
         }
 
         /// Weighing many waits at once gives what asking once per wait gives.
