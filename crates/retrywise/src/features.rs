@@ -640,8 +640,79 @@ pub fn names() -> impl Iterator<Item = &'static str> {
     ALL.iter().map(|f| f.name())
 }
 
+/// Property-test strategies shared by the crate's tests.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An error kind or none.
+    pub(crate) fn kind() -> impl Strategy<Value = Option<ErrorKind>> {
+        prop_oneof![
+            Just(None),
+            proptest::sample::select(ERROR_KINDS.to_vec()).prop_map(Some)
+        ]
+    }
+
+    /// A rate as callers may send it: in range, out of it, NaN, or unknown.
+    fn rate() -> impl Strategy<Value = Option<f64>> {
+        proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)])
+    }
+
+    /// A duration in nanoseconds up to a quarter of `u64`'s range, zero included.
+    fn nanos() -> impl Strategy<Value = Duration> {
+        prop_oneof![Just(0u64), 0u64..u64::MAX / 4].prop_map(Duration::from_nanos)
+    }
+
+    /// Any context: every field over its whole range, each optional one sometimes unknown.
+    pub(crate) fn any_context() -> impl Strategy<Value = AttemptContext> {
+        (
+            (
+                1u32..=u32::MAX,
+                kind(),
+                proptest::option::of(100u16..600),
+                proptest::option::of(nanos()),
+                nanos(),
+                proptest::option::of(nanos()),
+                nanos(),
+            ),
+            (
+                rate(),
+                proptest::option::of(nanos()),
+                proptest::option::of(prop_oneof![0u32..300, any::<u32>()]),
+                rate(),
+                rate(),
+                proptest::option::of(nanos()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (attempt, error, status, latency, elapsed, retry_after, delay),
+                    (rate, p95, in_flight, recent, permanent, since),
+                )| {
+                    let mut ctx = AttemptContext::first("t");
+                    ctx.attempt = attempt;
+                    ctx.error = error;
+                    ctx.status = status;
+                    ctx.latency = latency;
+                    ctx.elapsed = elapsed;
+                    ctx.retry_after = retry_after;
+                    ctx.delay = delay;
+                    ctx.failure_rate = rate;
+                    ctx.latency_p95 = p95;
+                    ctx.in_flight = in_flight;
+                    ctx.failure_rate_recent = recent;
+                    ctx.permanent_rate = permanent;
+                    ctx.since_success = since;
+                    ctx
+                },
+            )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::strategies::any_context;
     use super::*;
     use proptest::prelude::*;
 
@@ -884,46 +955,12 @@ mod tests {
         assert_eq!(encode(&ctx)[Feature::Retry as usize], f64::from(MAX_RETRY));
     }
 
-    fn kind() -> impl Strategy<Value = Option<ErrorKind>> {
-        prop_oneof![
-            Just(None),
-            proptest::sample::select(ERROR_KINDS.to_vec()).prop_map(Some)
-        ]
-    }
-
     proptest! {
         /// Every context encodes to finite numbers, with exactly one error column set
         /// after a failure (none before), and the interaction equal to the log-delay.
         #[test]
-        fn encoding_is_total_and_consistent(
-            attempt in 1u32..=u32::MAX,
-            error in kind(),
-            status in proptest::option::of(100u16..600),
-            latency in proptest::option::of(0u64..u64::MAX / 4),
-            elapsed in 0u64..u64::MAX / 4,
-            retry_after in proptest::option::of(0u64..u64::MAX / 4),
-            delay in 0u64..u64::MAX / 4,
-            rate in proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
-            p95 in proptest::option::of(0u64..u64::MAX / 4),
-            in_flight in proptest::option::of(any::<u32>()),
-            recent in proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
-            permanent in proptest::option::of(prop_oneof![-1.0f64..2.0, Just(f64::NAN)]),
-            since in proptest::option::of(0u64..u64::MAX / 4),
-        ) {
-            let mut ctx = AttemptContext::first("t");
-            ctx.failure_rate_recent = recent;
-            ctx.permanent_rate = permanent;
-            ctx.since_success = since.map(Duration::from_nanos);
-            ctx.attempt = attempt;
-            ctx.error = error;
-            ctx.status = status;
-            ctx.latency = latency.map(Duration::from_nanos);
-            ctx.elapsed = Duration::from_nanos(elapsed);
-            ctx.retry_after = retry_after.map(Duration::from_nanos);
-            ctx.delay = Duration::from_nanos(delay);
-            ctx.failure_rate = rate;
-            ctx.latency_p95 = p95.map(Duration::from_nanos);
-            ctx.in_flight = in_flight;
+        fn encoding_is_total_and_consistent(ctx in any_context()) {
+            let error = ctx.error;
             let x = encode(&ctx);
             let signed = [Feature::FailureLogOdds, Feature::FailureLogOddsRecent];
             prop_assert!(x.iter().all(|v| v.is_finite()), "{:?}", x);

@@ -984,36 +984,10 @@ mod tests {
             mean in proptest::collection::vec(-2.0f64..2.0, N_FEATURES),
             scale in proptest::collection::vec(0.1f64..5.0, N_FEATURES),
             b in -3.0f64..3.0,
-            attempt in 1u32..20,
-            kind in proptest::option::of(proptest::sample::select(ErrorKind::ALL.to_vec())),
-            status in proptest::option::of(100u16..600),
-            latency_ms in proptest::option::of(0u64..100_000),
-            elapsed_ms in 0u64..100_000,
-            ra_ms in proptest::option::of(0u64..20_000),
-            delay_ms in prop_oneof![Just(0u64), 0u64..60_000],
-            rate in proptest::option::of(prop_oneof![0.0f64..=1.0, Just(f64::NAN)]),
-            recent in proptest::option::of(0.0f64..=1.0),
-            permanent in proptest::option::of(0.0f64..=1.0),
-            p95_ms in proptest::option::of(0u64..100_000),
-            in_flight in proptest::option::of(prop_oneof![0u32..300, any::<u32>()]),
-            since_ms in proptest::option::of(0u64..600_000),
+            ctx in crate::features::strategies::any_context(),
         ) {
             let scaler = Scaler { mean, scale };
             let m = LogisticModel::from_parts(&scaler, &w, b).unwrap();
-            let mut ctx = AttemptContext::first("t");
-            ctx.attempt = attempt;
-            ctx.error = kind;
-            ctx.status = status;
-            ctx.latency = latency_ms.map(Duration::from_millis);
-            ctx.elapsed = Duration::from_millis(elapsed_ms);
-            ctx.retry_after = ra_ms.map(Duration::from_millis);
-            ctx.delay = Duration::from_millis(delay_ms);
-            ctx.failure_rate = rate;
-            ctx.failure_rate_recent = recent;
-            ctx.permanent_rate = permanent;
-            ctx.latency_p95 = p95_ms.map(Duration::from_millis);
-            ctx.in_flight = in_flight;
-            ctx.since_success = since_ms.map(Duration::from_millis);
             let dense = m.p_features(&crate::features::encode(&ctx));
             let streamed = m.p_success(&ctx);
             prop_assert!((dense - streamed).abs() < 1e-12, "{} vs {}", dense, streamed);
