@@ -1,8 +1,9 @@
 //! The feature encoder: the one place where an [`AttemptContext`] becomes the numbers a
 //! model sees.
 //!
-//! The trainer, the prediction service and embedded policies all call [`encode`], so a
-//! model can never see different numbers in training and in serving. The set is
+//! The trainer, the prediction service and embedded policies all go through one encoder,
+//! [`encode_with`] — [`encode`] and [`encode_into`] write its row, a linear model sums it
+//! into its score — so a model can never see different numbers in training and in serving. The set is
 //! versioned ([`FEATURE_SET`]); a model artifact names the set it was trained with and is
 //! refused if that is not this one.
 //!
