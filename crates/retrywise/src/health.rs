@@ -1,6 +1,6 @@
 //! A target's recent health — failure rate, p95 latency, calls in flight, how the last
 //! moments went and how long since it last answered well — as the
-//! [`AttemptContext`](crate::attempt::AttemptContext) carries it to models.
+//! [`AttemptContext`] carries it to models.
 //!
 //! **One definition, everywhere.** The numbers are measured from the attempts that
 //! *ended* within the health window (default [`DEFAULT_HEALTH_WINDOW`], 10 s):

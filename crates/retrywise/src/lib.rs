@@ -49,7 +49,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With the `tower` feature, [`layer`] offers every mechanism as a tower `Layer`.
+//! With the `tower` feature, `layer` offers every mechanism as a tower `Layer`.
 
 pub mod attempt;
 pub mod breaker;

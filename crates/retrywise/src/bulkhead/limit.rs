@@ -26,8 +26,9 @@ const CHECK: Check = Check::new("adaptive_limit");
 /// Samples averaged plainly before the long-term average starts decaying.
 const WARMUP: u32 = 10;
 
-/// A concurrency limit that follows the upstream's latency (see the
-/// [module](self)); give it to a [`Bulkhead`](super::Bulkhead) with
+/// A concurrency limit that follows the upstream's latency (Netflix concurrency-limits'
+/// Gradient2: the limit shrinks as the latency grows beyond its unqueued level, and probes
+/// upwards by √limit); give it to a [`Bulkhead`](super::Bulkhead) with
 /// [`BulkheadBuilder::adaptive`](super::BulkheadBuilder::adaptive), or drive it yourself.
 ///
 /// ```

@@ -173,7 +173,7 @@ impl RetryCalendar {
     /// opens the view a decision about it reads: the load each wait would land in, and the
     /// booking of the wait chosen. `failure_rate` is the target's current failure rate: the
     /// offered rate (calls per second) is estimated as the last second's failed first
-    /// attempts (this one included) over it, at least [`MIN_FAILURE_RATE`]; without one,
+    /// attempts (this one included) over it, at least 1 %; without one,
     /// loads read as zero.
     pub fn after_failure(
         &self,
