@@ -639,17 +639,21 @@ mod tests {
         assert_eq!(parse_row(&[1, 2], 0), None);
     }
 
-    #[test]
-    fn unwritten_counts_merge_and_the_view_is_not_answered_from_before_a_read() {
-        let f = SharedFleet::new(
-            "redis://127.0.0.1:1",
+    /// A fleet at `url` with a 10 s window, a 250 ms cache and a 100 ms timeout.
+    fn fleet(url: &str) -> Result<SharedFleet, ServerError> {
+        SharedFleet::new(
+            url,
             Duration::from_secs(10),
             Duration::from_millis(250),
             Duration::from_millis(100),
             10,
             SharedMetrics::default(),
         )
-        .unwrap();
+    }
+
+    #[test]
+    fn unwritten_counts_merge_and_the_view_is_not_answered_from_before_a_read() {
+        let f = fleet("redis://127.0.0.1:1").unwrap();
         let t: Arc<str> = Arc::from("db");
         f.record(&t, 5_000, Ended::Failure, Duration::from_millis(3));
         f.record(&t, 5_100, Ended::Success, Duration::from_millis(5));
@@ -674,15 +678,7 @@ mod tests {
 
     #[test]
     fn a_url_that_is_not_redis_is_refused() {
-        let e = SharedFleet::new(
-            "http://x",
-            Duration::from_secs(10),
-            Duration::from_millis(250),
-            Duration::from_millis(100),
-            10,
-            SharedMetrics::default(),
-        )
-        .unwrap_err();
+        let e = fleet("http://x").unwrap_err();
         assert!(e.to_string().contains("fleet"), "{e}");
     }
 }

@@ -339,22 +339,35 @@ fn every_target_is_validated_on_its_own_latest_rows() {
     }
 }
 
-/// Rows of 3,000 calls of one to four attempts each over two targets, in time order.
-fn call_rows(dir: &Path) -> retrywise_train::data::Rows {
-    let data = dir.join("calls.parquet");
-    let mut recs = synthetic::records(7_500, 9);
-    let mut call = 0u64;
+/// `recs` grouped, in their order, into calls of one to `longest` attempts (call numbers
+/// from `after + 1`, each named `id(number)`), every third call to target "a" and the others
+/// to "b", one millisecond apart from `t0`.
+fn calls_of(
+    mut recs: Vec<AttemptRecord>,
+    longest: u64,
+    after: u64,
+    t0: u64,
+    id: impl Fn(u64) -> u64,
+) -> Vec<AttemptRecord> {
+    let mut call = after;
     let mut left = 0;
     for (i, r) in recs.iter_mut().enumerate() {
         if left == 0 {
             call += 1;
-            left = 1 + (call % 4);
+            left = 1 + (call % longest);
         }
         left -= 1;
-        r.call_id = call;
+        r.call_id = id(call);
         r.context.target = if call.is_multiple_of(3) { "a" } else { "b" }.into();
-        r.started_at_ms = i as u64;
+        r.started_at_ms = t0 + i as u64;
     }
+    recs
+}
+
+/// Rows of 3,000 calls of one to four attempts each over two targets, in time order.
+fn call_rows(dir: &Path) -> retrywise_train::data::Rows {
+    let data = dir.join("calls.parquet");
+    let recs = calls_of(synthetic::records(7_500, 9), 4, 0, 0, |call| call);
     write_parquet(&recs, &data);
     let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
     data::load(&files, &Filter::default(), |_| {}).unwrap().0
@@ -827,20 +840,14 @@ fn eval_scores_a_model_on_other_data() {
 /// millisecond apart), written as `files` Parquet files of consecutive rows: a call's
 /// attempts may straddle two files.
 fn call_files(dir: &Path, n: usize, files: usize) -> Vec<AttemptRecord> {
-    let mut recs = synthetic::records(n, 17);
-    let mut call = 1_000u64;
-    let mut left = 0;
-    for (i, r) in recs.iter_mut().enumerate() {
-        if left == 0 {
-            call += 1;
-            left = 1 + (call % 5);
-        }
-        left -= 1;
-        // Ids as a seeded policy records them: far apart, not consecutive.
-        r.call_id = call.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 12;
-        r.context.target = if call.is_multiple_of(3) { "a" } else { "b" }.into();
-        r.started_at_ms = 1_764_000_000_000 + i as u64;
-    }
+    // Ids as a seeded policy records them: far apart, not consecutive.
+    let recs = calls_of(
+        synthetic::records(n, 17),
+        5,
+        1_000,
+        1_764_000_000_000,
+        |call| call.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 12,
+    );
     let per = n.div_ceil(files);
     for (k, chunk) in recs.chunks(per).enumerate() {
         write_parquet(chunk, &dir.join(format!("part-{k:02}.parquet")));
