@@ -237,7 +237,10 @@ impl SharedTarget {
             in_flight: (self.latency_us as f64 / window_us)
                 .round()
                 .min(f64::from(u32::MAX)) as u32,
-            failure_rate_recent: rate(self.recent_failures, self.recent_calls),
+            failure_rate_recent: retrywise::health::recent_failure_rate(
+                (self.recent_failures, self.recent_calls),
+                (self.failures, self.calls),
+            ),
             permanent_rate: rate(self.permanents, self.calls),
             since_success: Duration::from_millis(since),
             window,
@@ -622,7 +625,9 @@ mod tests {
         assert_eq!(t.open_remaining(12_000), None);
         let s = t.snapshot(10_000, Duration::from_secs(10));
         assert_eq!(s.failure_rate, Some(0.4));
-        assert_eq!(s.failure_rate_recent, Some(0.5));
+        // One failure in the two recent calls is within chance of the window's 40 %: the
+        // recent rate is the window's (`retrywise::health::recent_failure_rate`).
+        assert_eq!(s.failure_rate_recent, Some(0.4));
         assert_eq!(s.permanent_rate, Some(0.1));
         // 2 s of latency over a 10 s window: 0.2 calls in flight, rounded.
         assert_eq!(s.in_flight, 0);

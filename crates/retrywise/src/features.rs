@@ -96,7 +96,7 @@ features! {
     FailureRateKnown = "failure_rate_known": "1 if the target's recent failure rate is known.",
     LogLatencyP95Ms = "log_latency_p95_ms": "ln(1 + the target's recent p95 latency, ms); 0 when unknown.",
     LogInFlight = "log_in_flight": "ln(1 + calls in flight to the target); 0 when unknown.",
-    FailureRateRecent = "failure_rate_recent": "The target's failure rate over the last two tenths of the health window; the window's rate when unknown, 0 when both are.",
+    FailureRateRecent = "failure_rate_recent": "The target's failure rate over the last two tenths of the health window, shrunk towards the window's by chance (health::recent_failure_rate); the window's rate when unknown, 0 when both are.",
     PermanentRate = "permanent_rate": "Permanent failures among the target's recent calls, in [0, 1]; 0 when unknown.",
     LogSinceSuccessMs = "log_since_success_ms": "ln(1 + ms since a call to the target last succeeded); 0 when unknown.",
     LogDelayXTimeout = "log_delay_x_timeout": "log_delay_ms after a timeout (0 otherwise).",

@@ -53,7 +53,9 @@ pub struct AttemptContext {
     /// The window the three health fields above were measured over (`health_window_ms`).
     pub health_window: Option<Duration>,
     /// The target's failure rate over the last tenths of the health window (its last two
-    /// buckets), when known (`failure_rate_recent`).
+    /// buckets), shrunk towards the window's by what chance explains of the difference
+    /// ([`recent_failure_rate`](crate::health::recent_failure_rate)), when known
+    /// (`failure_rate_recent`).
     pub failure_rate_recent: Option<f64>,
     /// The share of the target's recent calls that failed for good (invalid requests),
     /// when known (`permanent_rate`).

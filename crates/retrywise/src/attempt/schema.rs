@@ -740,7 +740,7 @@ pub static FIELDS: [Field; 26] = [
         "The health window over which failure_rate, latency_p95_ms and in_flight were measured",
         Context { get: |c| opt_ms(c.health_window), set: |c, v| c.health_window = v.duration() }),
     field!("failure_rate_recent", Context, Float64, Presence::Optional("unknown (no attempt ended in the window's last two tenths)"), unit "[0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 3,
-        "The target's failure rate over the last two tenths of the health window (its current and previous bucket: 1-2 s of a 10 s window); it follows a recovery the window's rate still lags",
+        "The target's failure rate over the last two tenths of the health window (its current and previous bucket: 1-2 s of a 10 s window), shrunk towards the window's rate by what chance explains of their difference (retrywise::health::recent_failure_rate; records written before 2026-12-03 carry the raw rate); it follows a recovery the window's rate still lags",
         Context { get: |c| c.failure_rate_recent.map_or(Value::Null, Value::Float), set: |c, v| c.failure_rate_recent = v.float() }),
     field!("permanent_rate", Context, Float64, Presence::Optional("unknown (no attempt ended within the window)"), unit "[0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 3,
         "Permanent failures (invalid requests: a 400, a 404) among the attempts that ended within the health window",
