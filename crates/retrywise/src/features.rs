@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::attempt::{AttemptContext, ErrorKind};
 
 /// The name and version of this feature set, recorded in every model artifact.
-pub const FEATURE_SET: &str = "retrywise-features/3";
+pub const FEATURE_SET: &str = "retrywise-features/4";
 
 /// Retries beyond this count are encoded as this count.
 pub const MAX_RETRY: u32 = 10;
@@ -112,6 +112,7 @@ features! {
     LogDelayXLogSinceSuccess = "log_delay_x_log_since_success": "log_delay_ms times log_since_success_ms: waiting out a failure that has lasted.",
     FailureLogOdds = "failure_log_odds": "The failure rate's log-odds, ln((r + 0.01) / (1 - r + 0.01)); 0 when unknown. With it a target that fails a steady share r of calls can be predicted 1 - r, which a weight on r alone cannot do for every r.",
     FailureLogOddsRecent = "failure_log_odds_recent": "failure_rate_recent's log-odds, as failure_log_odds.",
+    PermanentLogOddsShift = "permanent_log_odds_shift": "How far permanent failures move the failure log-odds: the log-odds of failure_rate + permanent_rate (as failure_log_odds) minus failure_log_odds; 0 without permanent failures. A fresh call to a target that fails a share r of calls, and a share q of them for good, succeeds about 1 - r - q: failure_log_odds plus this shift, with weights near -1, say so for every r and q, which a weight on q alone cannot.",
     LogAgeAtAttemptMs = "log_age_at_attempt_ms": "ln(1 + ms since a call to the target last succeeded, counted at the attempt: the time since the last success plus the wait); 0 when unknown.",
     AgeOver1s = "age_over_1s": "How far log_age_at_attempt_ms is beyond 1 s: max(0, log_age_at_attempt_ms - ln(1 + 1000)). With the other knots, a piecewise-linear curve in the failure's age at the attempt, so that a linear model can say when failures that have lasted tend to end.",
     AgeOver2s = "age_over_2s": "max(0, log_age_at_attempt_ms - ln(1 + 2000)).",
@@ -352,10 +353,12 @@ pub fn encode_with<S: FeatureSink>(ctx: &AttemptContext, out: &mut S) {
         out.put(F::LogRetryAfterMs, l);
     }
     let rate = failure_rate(ctx);
+    let mut rate_log_odds = LOG_ODDS_OF_ZERO;
     if let Some(r) = rate {
+        rate_log_odds = log_odds(r);
         out.put(F::FailureRate, r);
         out.put(F::FailureRateKnown, 1.0);
-        out.put(F::FailureLogOdds, log_odds(r));
+        out.put(F::FailureLogOdds, rate_log_odds);
     }
     if let Some(p95) = ctx.latency_p95 {
         out.put(F::LogLatencyP95Ms, log_ms(p95));
@@ -368,8 +371,12 @@ pub fn encode_with<S: FeatureSink>(ctx: &AttemptContext, out: &mut S) {
     if rate.is_some() || ctx.failure_rate_recent.is_some() {
         out.put(F::FailureLogOddsRecent, log_odds(recent));
     }
-    if let Some(p) = unit(ctx.permanent_rate) {
-        out.put(F::PermanentRate, p);
+    if let Some(q) = unit(ctx.permanent_rate) {
+        out.put(F::PermanentRate, q);
+        if q > 0.0 {
+            let all = (rate.unwrap_or(0.0) + q).min(1.0);
+            out.put(F::PermanentLogOddsShift, log_odds(all) - rate_log_odds);
+        }
     }
     let log_since = ctx.since_success.map(log_ms);
     if let Some(l) = log_since {
@@ -530,6 +537,9 @@ fn log_odds(r: f64) -> f64 {
 
 /// What keeps [`log_odds`] finite.
 const LOG_ODDS_EPS: f64 = 0.01;
+
+/// [`log_odds`] of a rate of 0.
+const LOG_ODDS_OF_ZERO: f64 = -4.61512051684126; // ln(0.01 / 1.01)
 
 /// A rate as the encoder reads it: clamped to `[0, 1]`, NaN as unknown.
 fn unit(rate: Option<f64>) -> Option<f64> {
@@ -950,6 +960,33 @@ mod tests {
     }
 
     #[test]
+    fn permanent_failures_shift_the_failure_log_odds() {
+        let mut ctx = AttemptContext::first("t");
+        ctx.failure_rate = Some(0.05);
+        ctx.permanent_rate = Some(0.3);
+        let x = encode(&ctx);
+        let shift = x[Feature::PermanentLogOddsShift as usize];
+        let want = (0.36f64 / 0.66).ln() - (0.06f64 / 0.96).ln();
+        assert!((shift - want).abs() < 1e-12, "{shift} {want}");
+        // With weights of -1 on both, the score's health part is the log-odds of success
+        // of a call that fails 35 % of the time, permanently or not.
+        let health = -(x[Feature::FailureLogOdds as usize] + shift);
+        assert!((health - (0.66f64 / 0.36).ln()).abs() < 1e-12);
+        // None without permanent failures, or without knowing of them.
+        ctx.permanent_rate = Some(0.0);
+        assert_eq!(encode(&ctx)[Feature::PermanentLogOddsShift as usize], 0.0);
+        ctx.permanent_rate = None;
+        assert_eq!(encode(&ctx)[Feature::PermanentLogOddsShift as usize], 0.0);
+        // Without a known failure rate, from a rate of 0.
+        let mut ctx = AttemptContext::first("t");
+        ctx.permanent_rate = Some(0.5);
+        let x = encode(&ctx);
+        let want = (0.51f64 / 0.51).ln() - (0.01f64 / 1.01).ln();
+        assert!((x[Feature::PermanentLogOddsShift as usize] - want).abs() < 1e-12);
+        assert!((LOG_ODDS_OF_ZERO - log_odds(0.0)).abs() < 1e-15);
+    }
+
+    #[test]
     fn retries_are_capped() {
         let mut ctx = AttemptContext::first("t");
         ctx.attempt = u32::MAX;
@@ -972,6 +1009,8 @@ mod tests {
             for f in signed {
                 prop_assert!(x[f as usize].abs() <= 4.62, "{:?}", x);
             }
+            // The shift only ever adds failures: 0 to 2 x 4.62.
+            prop_assert!((0.0..=9.24).contains(&x[Feature::PermanentLogOddsShift as usize]), "{:?}", x);
             let hot: f64 = (0..ERROR_KINDS.len()).map(|i| x[Feature::ErrorTimeout as usize + i]).sum();
             prop_assert_eq!(hot, if error.is_some() { 1.0 } else { 0.0 });
             let inter: f64 = (0..ERROR_KINDS.len()).map(|i| x[Feature::LogDelayXTimeout as usize + i]).sum();
