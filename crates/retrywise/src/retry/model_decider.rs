@@ -48,7 +48,11 @@ pub const MAX_GRID: usize = 64;
 /// - `(1 − p(w)) · g(w) · V*`: what a failure then still leaves — the value of continuing
 ///   (`V*`, the best value now), scaled by the share of the time to the deadline that
 ///   would be left after the wait and an attempt as long as the last (`g`), and zero when
-///   the attempt would be the last allowed.
+///   the attempt would be the last allowed. After a Retry-After, which paces the attempts
+///   to come (each waits at least as long), `g` counts attempts instead: how many still fit
+///   before the deadline after waiting `w`, against how many after waiting exactly the
+///   Retry-After (a wait within the slack loses none; one past it loses a whole attempt,
+///   which the share of the time would spread into a small cost over every wait).
 ///
 /// `V*`, the best of these values, is solved for exactly. It stops when no wait is worth an
 /// attempt (`V* ≤ 0`: with the same prediction for every wait this is exactly "stop below
@@ -354,11 +358,40 @@ impl ModelDecider {
         if let Some(v) = &view {
             v.loads(waits, &mut load[..n]);
         }
+        // With a Retry-After the attempts to come are paced by it: each waits at least as
+        // long (the next failure is likely to ask the same) and takes as long as the last.
+        // What a failure leaves is then how many attempts still fit before the deadline,
+        // against how many would after retrying at the Retry-After itself — a wait within
+        // the slack costs none, one past it costs a whole attempt. (Without one the pace
+        // is the decider's own, and the share of the remaining time stands for it.)
+        let paced = match (remaining, ctx.retry_after) {
+            (Some(r), Some(ra)) if !last => {
+                let step = (ra + attempt_time).as_secs_f64();
+                let allowed = f64::from(self.max_attempts.saturating_sub(ctx.attempt));
+                let fit = move |w: Duration| {
+                    let after = r.saturating_sub(w).saturating_sub(attempt_time);
+                    if step > 0.0 {
+                        (after.as_secs_f64() / step).floor().min(allowed)
+                    } else {
+                        allowed
+                    }
+                };
+                Some((fit, fit(floor)))
+            }
+            _ => None,
+        };
         for i in 0..n {
-            let left = match remaining {
+            let left = match (remaining, &paced) {
                 _ if last => 0.0,
-                None => 1.0,
-                Some(r) => {
+                (_, Some((fit, most))) => {
+                    if *most > 0.0 {
+                        fit(waits[i]) / most
+                    } else {
+                        0.0
+                    }
+                }
+                (None, None) => 1.0,
+                (Some(r), None) => {
                     let after = r.saturating_sub(waits[i]).saturating_sub(attempt_time);
                     after.as_secs_f64() / r.as_secs_f64()
                 }
@@ -957,6 +990,56 @@ mod tests {
         assert!(w < Duration::from_millis(500));
         let c = after(ErrorKind::Http503, 4);
         assert_eq!(d.decide(&c), Decision::Stop(StopReason::MaxAttempts));
+    }
+
+    #[test]
+    fn after_a_retry_after_a_wait_that_loses_an_attempt_to_the_deadline_is_worth_less() {
+        // Retry-After 2 s, attempts of 30 ms, 5.24 s left: retrying within 2.0-3.18 s
+        // leaves one more attempt before the deadline, waiting longer leaves none.
+        let d = decider(flat(0.5))
+            .deadline(Duration::from_secs(8))
+            .without_calendar()
+            .build()
+            .unwrap();
+        let mut c = after(ErrorKind::Http503, 3);
+        c.retry_after = Some(Duration::from_secs(2));
+        c.latency = Some(Duration::from_millis(30));
+        c.elapsed = Duration::from_millis(2_760);
+        let w = d.weigh(&c);
+        let value = |ms: u64| {
+            w.alternatives
+                .iter()
+                .filter(|a| a.wait <= Duration::from_millis(ms))
+                .next_back()
+                .map(|a| (a.wait, a.value))
+                .unwrap()
+        };
+        let (w0, at_ra) = value(2_000);
+        assert_eq!(w0, Duration::from_secs(2));
+        let (w1, within) = value(3_180);
+        let (w2, past) = value(5_000);
+        assert!(
+            w1 > w0 && w2 > Duration::from_millis(3_180),
+            "{w1:?} {w2:?}"
+        );
+        // Within the slack only the time costs (0.01 a second).
+        let slack = (w1 - w0).as_secs_f64() * 0.01;
+        assert!((at_ra - within - slack).abs() < 1e-9, "{at_ra} {within}");
+        // Past it, the attempt it loses: half the time it would have been needed.
+        let v_star = at_ra;
+        let lost = 0.5 * v_star;
+        let time = (w2 - w0).as_secs_f64() * 0.01;
+        assert!((at_ra - past - lost - time).abs() < 1e-9, "{at_ra} {past}");
+        // When no attempt fits after this one, a failure leaves nothing at any wait.
+        c.elapsed = Duration::from_millis(4_500);
+        let w = d.weigh(&c);
+        let first = &w.alternatives[0];
+        assert_eq!(first.wait, Duration::from_secs(2));
+        assert!(
+            (first.value - (0.5 - 0.1 - 0.02)).abs() < 1e-9,
+            "{}",
+            first.value
+        );
     }
 
     #[test]
