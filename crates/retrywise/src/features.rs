@@ -369,7 +369,14 @@ pub fn encode_with<S: FeatureSink>(ctx: &AttemptContext, out: &mut S) {
     let recent = failure_rate_recent(ctx);
     out.put(F::FailureRateRecent, recent);
     if rate.is_some() || ctx.failure_rate_recent.is_some() {
-        out.put(F::FailureLogOddsRecent, log_odds(recent));
+        // Health reports the window's rate as the recent one unless they differ beyond
+        // chance (`health::recent_failure_rate`), so in a steady state they are equal.
+        let recent_log_odds = if rate == Some(recent) {
+            rate_log_odds
+        } else {
+            log_odds(recent)
+        };
+        out.put(F::FailureLogOddsRecent, recent_log_odds);
     }
     if let Some(q) = unit(ctx.permanent_rate) {
         out.put(F::PermanentRate, q);
@@ -1008,6 +1015,14 @@ mod tests {
             );
             for f in signed {
                 prop_assert!(x[f as usize].abs() <= 4.62, "{:?}", x);
+            }
+            // The recent log-odds are the recent rate's, whether or not they were reused
+            // from the window's.
+            if unit(ctx.failure_rate).is_some() || ctx.failure_rate_recent.is_some() {
+                prop_assert_eq!(
+                    x[Feature::FailureLogOddsRecent as usize],
+                    log_odds(failure_rate_recent(&ctx))
+                );
             }
             // The shift only ever adds failures: 0 to 2 x 4.62.
             prop_assert!((0.0..=9.24).contains(&x[Feature::PermanentLogOddsShift as usize]), "{:?}", x);

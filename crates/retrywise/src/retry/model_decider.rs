@@ -1009,8 +1009,7 @@ mod tests {
         let value = |ms: u64| {
             w.alternatives
                 .iter()
-                .filter(|a| a.wait <= Duration::from_millis(ms))
-                .next_back()
+                .rfind(|a| a.wait <= Duration::from_millis(ms))
                 .map(|a| (a.wait, a.value))
                 .unwrap()
         };
