@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::driver::{self, RunOptions};
 use crate::policies::CATALOG;
+use crate::rng::Rng;
 use crate::scenario::{HELD_OUT, Scenario};
 use crate::{SimError, par_map};
 
@@ -32,6 +33,37 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Exploration of retry delays: factors `[lo, hi]`, probability.
     pub explore: (f64, f64, f64),
+    /// How much each phase's length varies from run to run: every run draws, for each
+    /// phase, a factor log-uniformly from `[lo, hi]` and the phase keeps its start and
+    /// lasts its written length times that factor. The default, `(1, 1)`, runs the phases
+    /// as written ([`PHASE_LENGTHS`] is a spread to try).
+    ///
+    /// A suite whose outages all last exactly 10 s teaches a model that a refusal ends
+    /// after exactly 10 s: sure that waiting 8 s into it is useless, and sure that one
+    /// just begun lasts long. Drawn lengths teach the chance that a failure which has
+    /// lasted so long ends within the next wait instead.
+    pub phase_lengths: (f64, f64),
+}
+
+/// A spread of phase lengths to try (`--phase-lengths 0.125,2`): from an eighth of the
+/// written length (a 10 s outage becomes 1.25 s, about one attempt timeout: the shortest
+/// refusal that is still more than a blip) to twice it, log-uniformly, so that every
+/// duration scale in between is as likely as any other. Not the default: README
+/// ("Phase lengths") gives what it wins and loses on the scoreboard.
+pub const PHASE_LENGTHS: (f64, f64) = (0.125, 2.0);
+
+/// `scenario` with each phase's length multiplied by a factor drawn log-uniformly from
+/// `[lo, hi]` (each phase keeps its start). The same scenario, factors and seed give the
+/// same lengths.
+pub fn vary_phase_lengths(scenario: &Scenario, (lo, hi): (f64, f64), seed: u64) -> Scenario {
+    let mut varied = scenario.clone();
+    let mut rng = Rng::new(seed);
+    for phase in &mut varied.phases {
+        let p = phase.get_mut();
+        let factor = lo * (hi / lo).powf(rng.unit());
+        p.end_s = p.start_s + (p.end_s - p.start_s) * factor;
+    }
+    varied
 }
 
 impl GenerateOptions {
@@ -51,6 +83,7 @@ impl GenerateOptions {
             scale: 0.6,
             seed: 1,
             explore: (0.25, 4.0, 0.5),
+            phase_lengths: (1.0, 1.0),
         }
     }
 }
@@ -94,6 +127,13 @@ pub fn generate(
             problem: format!("must be positive, got {}", opts.scale),
         });
     }
+    let (lo, hi) = opts.phase_lengths;
+    if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
+        return Err(SimError::Option {
+            field: "phase_lengths",
+            problem: format!("needs 0 < lo <= hi, both finite; got [{lo}, {hi}]"),
+        });
+    }
     let occupied = std::fs::read_dir(&opts.out).is_ok_and(|mut d| d.next().is_some());
     if occupied && !opts.replace {
         return Err(SimError::Option {
@@ -119,10 +159,17 @@ pub fn generate(
         })
         .collect();
     let mut summary = GenerateSummary::default();
-    for scenario in &opts.scenarios {
+    for (s, scenario) in opts.scenarios.iter().enumerate() {
         let segments = opts.work.join("segments").join(&scenario.name);
         let runs = par_map(&policies, |spec| {
-            let mut run = RunOptions::new(Arc::clone(scenario));
+            // One draw of phase lengths per run: each policy sees its own.
+            let index = policies
+                .iter()
+                .position(|p| p.name == spec.name)
+                .unwrap_or(0);
+            let key = opts.seed ^ ((s as u64) << 40) ^ ((index as u64) << 20) ^ 0x0050_4841_5345;
+            let varied = vary_phase_lengths(scenario, opts.phase_lengths, key);
+            let mut run = RunOptions::new(Arc::new(varied));
             run.requests = ((run.requests as f64 * opts.scale).round() as u64).max(1);
             run.seed = opts.seed;
             run.record = Some(segments.clone());
@@ -160,4 +207,83 @@ pub fn generate(
     }
     std::fs::rename(&staging, &opts.out).map_err(|e| io("move the dataset to", &opts.out, e))?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mix() -> Scenario {
+        Scenario::load("mix").expect("built-in")
+    }
+
+    fn lengths(s: &Scenario) -> Vec<f64> {
+        s.phases
+            .iter()
+            .map(|p| p.get_ref().end_s - p.get_ref().start_s)
+            .collect()
+    }
+
+    #[test]
+    fn factors_of_one_keep_the_phases_as_written() {
+        assert_eq!(vary_phase_lengths(&mix(), (1.0, 1.0), 7), mix());
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_lengths_and_another_seed_others() {
+        let a = vary_phase_lengths(&mix(), PHASE_LENGTHS, 3);
+        assert_eq!(a, vary_phase_lengths(&mix(), PHASE_LENGTHS, 3));
+        assert_ne!(
+            lengths(&a),
+            lengths(&vary_phase_lengths(&mix(), PHASE_LENGTHS, 4))
+        );
+    }
+
+    #[test]
+    fn lengths_spread_log_uniformly_over_the_range() {
+        // Over many draws of the 10 s outage, as many factors fall below the geometric
+        // middle of [1/8, 2] (1/2) as above it, and each end of the range is reached.
+        let outage = Scenario::load("outage").expect("built-in");
+        let factors: Vec<f64> = (0..2_000)
+            .map(|seed| lengths(&vary_phase_lengths(&outage, PHASE_LENGTHS, seed))[0] / 10.0)
+            .collect();
+        let below = factors.iter().filter(|f| **f < 0.5).count();
+        assert!((900..1_100).contains(&below), "{below} of 2000 below 1/2");
+        assert!(factors.iter().any(|f| *f < 0.14) && factors.iter().any(|f| *f > 1.8));
+    }
+
+    #[test]
+    fn generate_refuses_an_empty_or_inverted_range() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for bad in [
+            (0.0, 1.0),
+            (2.0, 1.0),
+            (f64::NAN, 1.0),
+            (1.0, f64::INFINITY),
+        ] {
+            let mut opts = GenerateOptions::new(dir.path().join("out"), dir.path().join("w"));
+            opts.phase_lengths = bad;
+            let e = generate(&opts, |_, _| {}).expect_err("a bad range is refused");
+            assert!(e.to_string().contains("phase_lengths"), "{e}");
+        }
+        assert!(!dir.path().join("out").exists(), "nothing written");
+    }
+
+    proptest! {
+        #[test]
+        fn every_phase_keeps_its_start_and_scales_within_the_range(
+            seed in any::<u64>(), lo in 0.01f64..1.0, spread in 1.0f64..10.0,
+        ) {
+            let hi = lo * spread;
+            let written = mix();
+            let varied = vary_phase_lengths(&written, (lo, hi), seed);
+            for (w, v) in written.phases.iter().zip(&varied.phases) {
+                let (w, v) = (w.get_ref(), v.get_ref());
+                prop_assert_eq!(w.start_s, v.start_s);
+                let factor = (v.end_s - v.start_s) / (w.end_s - w.start_s);
+                prop_assert!(factor >= lo * (1.0 - 1e-12) && factor <= hi * (1.0 + 1e-12));
+            }
+        }
+    }
 }

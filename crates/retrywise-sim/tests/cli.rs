@@ -481,3 +481,22 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
         text(&bad.stderr)
     );
 }
+
+#[test]
+fn generate_refuses_phase_lengths_it_cannot_read_and_names_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("data");
+    let out_arg = out_dir.to_str().expect("utf-8 path");
+    for (bad, says) in [
+        ("2", "expected LO,HI"),
+        ("a,2", "`a` is not a number"),
+        ("0,2", "phase_lengths"),
+        ("2,1", "phase_lengths"),
+    ] {
+        let out = retrywise(&["generate", "--out", out_arg, "--phase-lengths", bad]);
+        assert!(!out.status.success(), "{bad} accepted");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
+    assert!(!out_dir.exists(), "nothing written");
+}

@@ -90,6 +90,24 @@ pub(crate) struct GenerateArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How much each phase's length varies from run to run, as factors `LO,HI` of its
+    /// written length, drawn log-uniformly per run and phase (e.g. `0.125,2`); the default
+    /// runs the phases as written.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_factors, default_value = "1,1")]
+    phase_lengths: (f64, f64),
+}
+
+/// Parses `LO,HI`.
+fn parse_factors(s: &str) -> Result<(f64, f64), String> {
+    let (lo, hi) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected LO,HI (two numbers and a comma), got `{s}`"))?;
+    let num = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|e| format!("`{}` is not a number: {e}", x.trim()))
+    };
+    Ok((num(lo)?, num(hi)?))
 }
 
 /// Options of `retrywise-sim learn`.
@@ -337,6 +355,7 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
     opts.scale = args.scale;
     opts.seed = args.seed;
     opts.replace = args.force;
+    opts.phase_lengths = args.phase_lengths;
     let total =
         (opts.scenarios.len() * CATALOG.iter().filter(|p| p.name != "oracle").count()) as u64;
     let bar = ProgressBar::new(total);
