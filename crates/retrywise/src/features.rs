@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::attempt::{AttemptContext, ErrorKind};
 
 /// The name and version of this feature set, recorded in every model artifact.
-pub const FEATURE_SET: &str = "retrywise-features/4";
+pub const FEATURE_SET: &str = "retrywise-features/5";
 
 /// Retries beyond this count are encoded as this count.
 pub const MAX_RETRY: u32 = 10;
@@ -113,6 +113,7 @@ features! {
     FailureLogOdds = "failure_log_odds": "The failure rate's log-odds, ln((r + 0.01) / (1 - r + 0.01)); 0 when unknown. With it a target that fails a steady share r of calls can be predicted 1 - r, which a weight on r alone cannot do for every r.",
     FailureLogOddsRecent = "failure_log_odds_recent": "failure_rate_recent's log-odds, as failure_log_odds.",
     PermanentLogOddsShift = "permanent_log_odds_shift": "How far permanent failures move the failure log-odds: the log-odds of failure_rate + permanent_rate (as failure_log_odds) minus failure_log_odds; 0 without permanent failures. A fresh call to a target that fails a share r of calls, and a share q of them for good, succeeds about 1 - r - q: failure_log_odds plus this shift, with weights near -1, say so for every r and q, which a weight on q alone cannot.",
+    PermanentFailures = "permanent_failures": "1 if some of the target's recent calls failed for good (permanent_rate > 0). A logistic fit matches the observed success rate on average only over groups that some feature marks alone; with this one it does for targets that fail for good, which the continuous permanent_rate and permanent_log_odds_shift do not guarantee.",
     LogAgeAtAttemptMs = "log_age_at_attempt_ms": "ln(1 + ms since a call to the target last succeeded, counted at the attempt: the time since the last success plus the wait); 0 when unknown.",
     AgeOver1s = "age_over_1s": "How far log_age_at_attempt_ms is beyond 1 s: max(0, log_age_at_attempt_ms - ln(1 + 1000)). With the other knots, a piecewise-linear curve in the failure's age at the attempt, so that a linear model can say when failures that have lasted tend to end.",
     AgeOver2s = "age_over_2s": "max(0, log_age_at_attempt_ms - ln(1 + 2000)).",
@@ -383,6 +384,7 @@ pub fn encode_with<S: FeatureSink>(ctx: &AttemptContext, out: &mut S) {
         if q > 0.0 {
             let all = (rate.unwrap_or(0.0) + q).min(1.0);
             out.put(F::PermanentLogOddsShift, log_odds(all) - rate_log_odds);
+            out.put(F::PermanentFailures, 1.0);
         }
     }
     let log_since = ctx.since_success.map(log_ms);
