@@ -128,6 +128,20 @@ fn decide(c: &mut Criterion) {
             });
         });
     }
+    // After a refused connection the decider values plans of attempts over the grid (a
+    // recursion over pairs of waits): a refusal 2 s into an outage, health known.
+    let mut refused = ctxs[0].clone();
+    refused.error = Some(ErrorKind::Connect);
+    refused.status = None;
+    refused.latency = Some(Duration::from_millis(1));
+    refused.failure_rate = Some(0.6);
+    refused.failure_rate_recent = Some(1.0);
+    refused.since_success = Some(Duration::from_secs(2));
+    let w = learned.weigh(&refused);
+    assert!(!w.fell_back && !w.alternatives.is_empty(), "{refused:?}");
+    g.bench_function("model-decider-32-refused", |b| {
+        b.iter(|| black_box(learned.decide(black_box(&refused))))
+    });
     g.finish();
 }
 

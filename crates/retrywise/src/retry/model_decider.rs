@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::attempt::AttemptContext;
+use crate::attempt::{AttemptContext, ErrorKind};
 use crate::error::{Check, ConfigError};
 use crate::model::SuccessModel;
 use crate::random::RandomSource;
@@ -53,6 +53,14 @@ pub const MAX_GRID: usize = 64;
 ///   before the deadline after waiting `w`, against how many after waiting exactly the
 ///   Retry-After (a wait within the slack loses none; one past it loses a whole attempt,
 ///   which the share of the time would spread into a small cost over every wait).
+///
+/// After a refused connection the attempts are not independent: the target is down until
+/// it is back, and an attempt succeeds if and only if it is sent after that. There `p(w)`
+/// is read as the chance that the target is back by `w` (made non-decreasing in `w`), and
+/// what a failure leaves is the best later attempt, worth only the chance that the target
+/// came back in between (one pass over the grid, `refusal_values`): a retry that
+/// failed is not followed by the same chance again, so an outage of uncertain end does
+/// not draw retry after retry.
 ///
 /// `V*`, the best of these values, is solved for exactly. It stops when no wait is worth an
 /// attempt (`V* ≤ 0`: with the same prediction for every wait this is exactly "stop below
@@ -343,6 +351,7 @@ impl ModelDecider {
             .map_or(0.0, |f| f.clamp(0.0, MAX_COST_FAILURE_RATE));
         let cost = self.attempt_cost / (1.0 - f);
         let last = ctx.attempt >= self.max_attempts;
+        let refused = ctx.error == Some(ErrorKind::Connect);
         let attempt_time = ctx.latency.unwrap_or(Duration::ZERO);
         // V(w_i) = a_i + b_i·V*: what the attempt is worth now, and the share of the value
         // of continuing that a failure leaves (none after the last attempt allowed; with a
@@ -380,32 +389,58 @@ impl ModelDecider {
             }
             _ => None,
         };
-        for i in 0..n {
-            let left = match (remaining, &paced) {
-                _ if last => 0.0,
-                (_, Some((fit, most))) => {
-                    if *most > 0.0 {
-                        fit(waits[i]) / most
-                    } else {
-                        0.0
+        if refused {
+            // After a refused connection the attempts to come are not independent draws:
+            // the target is down until it is back, so a retry that fails says the outage
+            // goes on, and a later one succeeds only if it ends in between. Each wait's
+            // p is then the chance that the outage is over by then (made non-decreasing
+            // in the wait), and a plan of attempts is valued as such (`refusal_values`).
+            let mut values = [0.0; MAX_GRID + 1];
+            refusal_values(
+                waits,
+                p,
+                (cost, &load[..n]),
+                self.time_cost,
+                attempt_time,
+                last,
+                &mut values[..n],
+            );
+            for i in 0..n {
+                a[i] = values[i];
+                b[i] = 0.0;
+                if values[i] > v_star {
+                    v_star = values[i];
+                    best = i;
+                }
+            }
+        } else {
+            for i in 0..n {
+                let left = match (remaining, &paced) {
+                    _ if last => 0.0,
+                    (_, Some((fit, most))) => {
+                        if *most > 0.0 {
+                            fit(waits[i]) / most
+                        } else {
+                            0.0
+                        }
                     }
+                    (None, None) => 1.0,
+                    (Some(r), None) => {
+                        let after = r.saturating_sub(waits[i]).saturating_sub(attempt_time);
+                        after.as_secs_f64() / r.as_secs_f64()
+                    }
+                };
+                a[i] = p[i] - cost * (1.0 + load[i]) - self.time_cost * waits[i].as_secs_f64();
+                b[i] = (1.0 - p[i]) * left;
+                let v = if b[i] < 1.0 {
+                    a[i] / (1.0 - b[i])
+                } else {
+                    f64::NEG_INFINITY
+                };
+                if v > v_star {
+                    v_star = v;
+                    best = i;
                 }
-                (None, None) => 1.0,
-                (Some(r), None) => {
-                    let after = r.saturating_sub(waits[i]).saturating_sub(attempt_time);
-                    after.as_secs_f64() / r.as_secs_f64()
-                }
-            };
-            a[i] = p[i] - cost * (1.0 + load[i]) - self.time_cost * waits[i].as_secs_f64();
-            b[i] = (1.0 - p[i]) * left;
-            let v = if b[i] < 1.0 {
-                a[i] / (1.0 - b[i])
-            } else {
-                f64::NEG_INFINITY
-            };
-            if v > v_star {
-                v_star = v;
-                best = i;
             }
         }
         // (No wait has a finite value only when every prediction is 0 and nothing runs
@@ -458,6 +493,65 @@ impl ModelDecider {
             false,
             false,
         )
+    }
+}
+
+/// The value of first retrying after each wait, when attempts succeed together or not at
+/// all: after a refused connection, the target is back from some moment on, and an attempt
+/// succeeds if and only if it is sent after it. `p[i]` is read as the chance that the
+/// target is back by `waits[i]` (ascending waits), made non-decreasing (`F_i`); an attempt
+/// costs `cost_i = c·(1 + load[i])` for `(c, load)` = `cost`, and waiting `time_cost` (`t`)
+/// per second. A failure at `w_i` leaves the
+/// best later attempt at a wait `w_j` (at least `attempt_time` later), which succeeds only
+/// if the target came back in between — `F_j − F_i` of the `1 − F_i` left — so
+///
+/// ```text
+/// V_i = F_i − cost_i − t·w_i + W_i,   W_i = max(0, max_{j > i} F_j − F_i − cost_j − t·(w_j − w_i) + W_j)
+/// ```
+///
+/// which is `V_i = max(F_i − cost_i − t·w_i, max_{j > i} V_j − cost_i)`: an earlier attempt
+/// adds its price and the chance of being early, not its whole p again. (The later
+/// attempt's price is counted whole, as if it were sure to be sent — it is sent only if
+/// the earlier one failed — which keeps this one pass over the grid and errs towards fewer
+/// attempts.) After the last attempt allowed nothing is left.
+fn refusal_values(
+    waits: &[Duration],
+    p: &[f64],
+    (c, load): (f64, &[f64]),
+    time_cost: f64,
+    attempt_time: Duration,
+    last: bool,
+    out: &mut [f64],
+) {
+    let n = waits.len().min(p.len()).min(load.len()).min(out.len());
+    let mut f = [0.0; MAX_GRID + 1];
+    let mut w = [0.0; MAX_GRID + 1];
+    let mut running = 0.0f64;
+    // Seconds by multiplying (as_secs_f64 divides).
+    let secs = |d: Duration| d.as_nanos() as f64 * 1e-9;
+    for i in 0..n {
+        running = running.max(p[i]);
+        f[i] = running;
+        w[i] = secs(waits[i]);
+    }
+    let gap = secs(attempt_time);
+    // best_from[k]: the best V_j over j >= k (NEG_INFINITY past the end).
+    let mut best_from = [f64::NEG_INFINITY; MAX_GRID + 2];
+    // The first wait at least `gap` after the one being valued.
+    let mut k = n;
+    for i in (0..n).rev() {
+        while k > i + 1 && w[k - 1] >= w[i] + gap {
+            k -= 1;
+        }
+        let cost = c * (1.0 + load[i]);
+        let own = f[i] - cost - time_cost * w[i];
+        let later = if last || k >= n {
+            f64::NEG_INFINITY
+        } else {
+            best_from[k] - cost
+        };
+        out[i] = own.max(later);
+        best_from[i] = best_from[i + 1].max(out[i]);
     }
 }
 
@@ -744,7 +838,6 @@ impl ModelDeciderBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attempt::ErrorKind;
     use proptest::prelude::*;
 
     #[test]
@@ -1054,6 +1147,98 @@ mod tests {
             d.decide(&c),
             Decision::Stop(StopReason::LowSuccessProbability)
         );
+    }
+
+    #[test]
+    fn after_a_refusal_a_later_attempt_buys_only_the_chance_the_target_came_back_between() {
+        let s = Duration::from_secs;
+        let waits = [s(0), s(1), s(2), s(3)];
+        // The target is back by each wait with these chances (0.3 at 2 s counts as 0.4:
+        // what was back by 1 s is still back).
+        let p = [0.1, 0.4, 0.3, 0.9];
+        let mut v = [0.0; 4];
+        refusal_values(
+            &waits,
+            &p,
+            (0.1, &[0.0; 4]),
+            0.01,
+            Duration::ZERO,
+            false,
+            &mut v,
+        );
+        // By hand: F = [0.1, 0.4, 0.4, 0.9]; alone each is worth F_i - 0.1 - 0.01 w_i =
+        // [0, 0.29, 0.28, 0.77], and an earlier try before the 3 s one 0.77 - 0.1.
+        let want = [0.67, 0.67, 0.67, 0.77];
+        for (got, want) in v.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{v:?}");
+        }
+        // Waiting 3 s and trying once is best: early tries only buy the chance the target
+        // is already back, and each costs an attempt.
+        let best = (0..4).max_by(|a, b| v[*a].total_cmp(&v[*b]));
+        assert_eq!(best, Some(3));
+        // The last attempt allowed leaves nothing after it.
+        refusal_values(
+            &waits,
+            &p,
+            (0.1, &[0.0; 4]),
+            0.01,
+            Duration::ZERO,
+            true,
+            &mut v,
+        );
+        let want = [0.0, 0.29, 0.28, 0.77];
+        for (got, want) in v.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_not_retried_for_the_same_chance_again_and_again() {
+        // p = 0.3 whatever the wait. After a 503 each failure leaves another independent
+        // 0.3; after a refusal the target is back or not, and a retry that failed says it
+        // is not, so the first retry's value is its own: 0.3 - 0.1.
+        let d = decider(flat(0.3)).time_cost(0.0).build().unwrap();
+        let mut c = after(ErrorKind::Connect, 2);
+        c.elapsed = Duration::from_millis(1);
+        let refused = d.weigh(&c);
+        assert!(
+            refused
+                .alternatives
+                .iter()
+                .all(|a| (a.value - 0.2).abs() < 1e-12),
+            "{:?}",
+            refused.alternatives
+        );
+        let c = after(ErrorKind::Http503, 2);
+        let independent = d.weigh(&c);
+        assert!(independent.alternatives.iter().all(|a| a.value > 0.2 + 0.1));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_plan_after_a_refusal_is_worth_no_more_than_the_chance_the_target_is_back(
+            p in proptest::collection::vec(0.0f64..=1.0, 1..=MAX_GRID),
+            cost in 0.0f64..0.5, time_cost in 0.0f64..0.05, gap_ms in 0u64..500, last: bool,
+        ) {
+            let n = p.len();
+            let waits: Vec<Duration> = (0..n).map(|i| Duration::from_millis(250 * i as u64)).collect();
+            let loads = vec![0.0; n];
+            let mut v = vec![0.0; n];
+            refusal_values(&waits, &p, (cost, &loads), time_cost, Duration::from_millis(gap_ms), last, &mut v);
+            let mut back = 0.0f64;
+            let top = p.iter().copied().fold(0.0, f64::max);
+            for i in 0..n {
+                back = back.max(p[i]);
+                let own = back - cost - time_cost * waits[i].as_secs_f64();
+                // Trying again is a choice, never a loss; and no plan succeeds more often
+                // than the target is back by the last wait.
+                proptest::prop_assert!(v[i] >= own - 1e-12);
+                proptest::prop_assert!(v[i] <= top - cost - time_cost * waits[i].as_secs_f64() + 1e-12);
+                if last {
+                    proptest::prop_assert!((v[i] - own).abs() < 1e-12);
+                }
+            }
+        }
     }
 
     #[test]
