@@ -1156,16 +1156,21 @@ mod tests {
         // The target is back by each wait with these chances (0.3 at 2 s counts as 0.4:
         // what was back by 1 s is still back).
         let p = [0.1, 0.4, 0.3, 0.9];
-        let mut v = [0.0; 4];
-        refusal_values(
-            &waits,
-            &p,
-            (0.1, &[0.0; 4]),
-            0.01,
-            Duration::ZERO,
-            false,
-            &mut v,
-        );
+        let values = |last: bool| {
+            let mut v = [0.0; 4];
+            let loads = [0.0; 4];
+            refusal_values(
+                &waits,
+                &p,
+                (0.1, &loads),
+                0.01,
+                Duration::ZERO,
+                last,
+                &mut v,
+            );
+            v
+        };
+        let v = values(false);
         // By hand: F = [0.1, 0.4, 0.4, 0.9]; alone each is worth F_i - 0.1 - 0.01 w_i =
         // [0, 0.29, 0.28, 0.77], and an earlier try before the 3 s one 0.77 - 0.1.
         let want = [0.67, 0.67, 0.67, 0.77];
@@ -1177,15 +1182,7 @@ mod tests {
         let best = (0..4).max_by(|a, b| v[*a].total_cmp(&v[*b]));
         assert_eq!(best, Some(3));
         // The last attempt allowed leaves nothing after it.
-        refusal_values(
-            &waits,
-            &p,
-            (0.1, &[0.0; 4]),
-            0.01,
-            Duration::ZERO,
-            true,
-            &mut v,
-        );
+        let v = values(true);
         let want = [0.0, 0.29, 0.28, 0.77];
         for (got, want) in v.iter().zip(want) {
             assert!((got - want).abs() < 1e-12, "{v:?}");
