@@ -527,8 +527,8 @@ fn refusal_values(
     let mut f = [0.0; MAX_GRID + 1];
     let mut w = [0.0; MAX_GRID + 1];
     let mut running = 0.0f64;
-    // Seconds by multiplying (as_secs_f64 divides).
-    let secs = |d: Duration| d.as_nanos() as f64 * 1e-9;
+    // Seconds by multiplying (as_secs_f64 divides; a u128 of nanoseconds converts slowly).
+    let secs = |d: Duration| d.as_secs() as f64 + f64::from(d.subsec_nanos()) * 1e-9;
     for i in 0..n {
         running = running.max(p[i]);
         f[i] = running;
