@@ -566,19 +566,18 @@ impl CircuitBreaker {
             State::Open => {
                 core.consecutive_opens = core.consecutive_opens.saturating_add(1);
                 // The model's wait until a probe is worth sending, or the configured one.
-                let predicted = s
-                    .cfg
-                    .predict
-                    .as_ref()
-                    .and_then(|p| p.open_for(&self.fresh_call(counts, now())));
-                let d = predicted.unwrap_or_else(|| {
+                let configured = || {
                     s.cfg.open_duration.for_opening(&OpenContext {
                         name: &s.name,
                         consecutive_opens: core.consecutive_opens,
                         failure_rate: counts.failure_rate(),
                         slow_call_rate: counts.slow_rate(),
                     })
-                });
+                };
+                let d = match s.cfg.predict.as_ref() {
+                    Some(p) => p.open_for(&self.fresh_call(counts, now()), configured),
+                    None => configured(),
+                };
                 s.open_until
                     .store(now().saturating_add(duration_nanos(d)), Ordering::Release);
             }

@@ -653,16 +653,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_probe_reopens_it_when_a_fresh_call_is_predicted_to_fail() {
-        // Never back: every probe that fails says so, and the circuit reopens at once,
-        // for the longest wait allowed.
+        // Never back: every probe that fails says so, and the circuit reopens at once. No
+        // wait up to the 60 s allowed is predicted worth a probe, which the model cannot
+        // know of a failure longer than it saw: the configured 30 s apply, so the breaker
+        // keeps probing.
         let never =
             Arc::new(|c: &crate::attempt::AttemptContext| 1.0 - c.failure_rate.unwrap_or(0.0));
-        let b = predictive(never).build().unwrap();
+        let b = predictive(never.clone()).build().unwrap();
         let left = opened_by_failures(&b);
-        assert_eq!(left, Duration::from_secs(60));
+        assert_eq!(left, Duration::from_secs(30));
         tokio::time::advance(left).await;
         call(&b, CallOutcome::Failure).unwrap();
         assert_eq!(b.state(), State::Open, "one of two probes failed: p = 0");
+        // Held within the model's bounds: a configured 30 s with at most 10 s allowed.
+        let b = small()
+            .failure_rate_threshold(0.9)
+            .predict(
+                Prediction::new(never)
+                    .threshold(0.5)
+                    .open_between(Duration::from_secs(1), Duration::from_secs(10)),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(opened_by_failures(&b), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,8 +23,9 @@ const WAITS: usize = 16;
 /// failure only: a success never makes a fresh call look worse, and the success path pays
 /// nothing but one clock read). Whatever opened it, it stays open for the shortest wait,
 /// among 16 from `min_open` to `max_open`, after which a probe is predicted to succeed
-/// at least as often as `threshold` (`max_open` when none is), instead of its configured
-/// open duration; a failed probe reopens it the same way. A model answering NaN is no
+/// at least as often as `threshold`, instead of its configured open duration; when no
+/// such wait is predicted, for its configured open duration held within those bounds (the
+/// model would only be extrapolating); a failed probe reopens it the same way. A model answering NaN is no
 /// evidence: no predictive opening, and the configured open duration.
 ///
 /// ```
@@ -144,13 +145,21 @@ impl Prediction {
         (!p.is_nan()).then(|| p.clamp(0.0, 1.0))
     }
 
-    /// The shortest weighed wait after which a probe is worth sending (`max_open` when
-    /// none is); `None` when the model answered NaN.
-    pub(crate) fn open_for(&self, ctx: &AttemptContext) -> Option<Duration> {
+    /// How long the circuit stays open: the shortest weighed wait after which a probe is
+    /// worth sending; when none is, the breaker's own open duration (`configured`) within
+    /// the bounds — a model that sees no probe worth sending within `max_open` is
+    /// extrapolating past what it saw end (a model trained on long outages would otherwise
+    /// hold the circuit for `max_open` after every failed probe, and sit out the end of an
+    /// outage longer than those it saw); `configured` as it is when the model answered NaN.
+    pub(crate) fn open_for(
+        &self,
+        ctx: &AttemptContext,
+        configured: impl FnOnce() -> Duration,
+    ) -> Duration {
         match self.recovery(ctx, None) {
-            Recovery::After { wait, .. } => Some(wait),
-            Recovery::NotWithin => Some(self.max_open),
-            Recovery::Unknown => None,
+            Recovery::After { wait, .. } => wait,
+            Recovery::NotWithin => configured().clamp(self.min_open, self.max_open),
+            Recovery::Unknown => configured(),
         }
     }
 
