@@ -128,8 +128,8 @@ fn decide(c: &mut Criterion) {
             });
         });
     }
-    // After a refused connection the decider values plans of attempts over the grid (a
-    // recursion over pairs of waits): a refusal 2 s into an outage, health known.
+    // After a refused connection (the connect-specific age features in every p, and the
+    // refusal valuation): a refusal 2 s into an outage, health known.
     let mut refused = ctxs[0].clone();
     refused.error = Some(ErrorKind::Connect);
     refused.status = None;

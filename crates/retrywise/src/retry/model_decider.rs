@@ -57,10 +57,10 @@ pub const MAX_GRID: usize = 64;
 /// After a refused connection the attempts are not independent: the target is down until
 /// it is back, and an attempt succeeds if and only if it is sent after that. There `p(w)`
 /// is read as the chance that the target is back by `w` (made non-decreasing in `w`), and
-/// what a failure leaves is the best later attempt, worth only the chance that the target
-/// came back in between (one pass over the grid, `refusal_values`): a retry that
-/// failed is not followed by the same chance again, so an outage of uncertain end does
-/// not draw retry after retry.
+/// a failure leaves nothing (`g = 0`): it says the target is not back yet, and a later
+/// attempt would buy only the chance that it came back in between, at its own price. A
+/// retry that failed is not followed by the same chance again, so an outage of uncertain
+/// end does not draw retry after retry.
 ///
 /// `V*`, the best of these values, is solved for exactly. It stops when no wait is worth an
 /// attempt (`V* ≤ 0`: with the same prediction for every wait this is exactly "stop below
@@ -367,42 +367,18 @@ impl ModelDecider {
         if let Some(v) = &view {
             v.loads(waits, &mut load[..n]);
         }
-        // With a Retry-After the attempts to come are paced by it: each waits at least as
-        // long (the next failure is likely to ask the same) and takes as long as the last.
-        // What a failure leaves is then how many attempts still fit before the deadline,
-        // against how many would after retrying at the Retry-After itself — a wait within
-        // the slack costs none, one past it costs a whole attempt. (Without one the pace
-        // is the decider's own, and the share of the remaining time stands for it.)
-        let paced = match (remaining, ctx.retry_after) {
-            (Some(r), Some(ra)) if !last => {
-                let step = (ra + attempt_time).as_secs_f64();
-                let allowed = f64::from(self.max_attempts.saturating_sub(ctx.attempt));
-                let fit = move |w: Duration| {
-                    let after = r.saturating_sub(w).saturating_sub(attempt_time);
-                    if step > 0.0 {
-                        (after.as_secs_f64() / step).floor().min(allowed)
-                    } else {
-                        allowed
-                    }
-                };
-                Some((fit, fit(floor)))
-            }
-            _ => None,
-        };
         if refused {
             // After a refused connection the attempts to come are not independent draws:
             // the target is down until it is back, so a retry that fails says the outage
-            // goes on, and a later one succeeds only if it ends in between. Each wait's
-            // p is then the chance that the outage is over by then (made non-decreasing
-            // in the wait), and a plan of attempts is valued as such (`refusal_values`).
+            // goes on. Each wait's p is the chance that the outage is over by then (made
+            // non-decreasing in the wait), and each wait is valued as the one attempt it
+            // is (`refusal_values`): a failure leaves no fresh chance behind it.
             let mut values = [0.0; MAX_GRID + 1];
             refusal_values(
                 waits,
                 p,
                 (cost, &load[..n]),
                 self.time_cost,
-                attempt_time,
-                last,
                 &mut values[..n],
             );
             for i in 0..n {
@@ -414,6 +390,28 @@ impl ModelDecider {
                 }
             }
         } else {
+            // With a Retry-After the attempts to come are paced by it: each waits at least as
+            // long (the next failure is likely to ask the same) and takes as long as the last.
+            // What a failure leaves is then how many attempts still fit before the deadline,
+            // against how many would after retrying at the Retry-After itself — a wait within
+            // the slack costs none, one past it costs a whole attempt. (Without one the pace
+            // is the decider's own, and the share of the remaining time stands for it.)
+            let paced = match (remaining, ctx.retry_after) {
+                (Some(r), Some(ra)) if !last => {
+                    let step = (ra + attempt_time).as_secs_f64();
+                    let allowed = f64::from(self.max_attempts.saturating_sub(ctx.attempt));
+                    let fit = move |w: Duration| {
+                        let after = r.saturating_sub(w).saturating_sub(attempt_time);
+                        if step > 0.0 {
+                            (after.as_secs_f64() / step).floor().min(allowed)
+                        } else {
+                            allowed
+                        }
+                    };
+                    Some((fit, fit(floor)))
+                }
+                _ => None,
+            };
             for i in 0..n {
                 let left = match (remaining, &paced) {
                     _ if last => 0.0,
@@ -496,62 +494,34 @@ impl ModelDecider {
     }
 }
 
-/// The value of first retrying after each wait, when attempts succeed together or not at
-/// all: after a refused connection, the target is back from some moment on, and an attempt
+/// The value of retrying after each wait when attempts succeed together or not at all:
+/// after a refused connection the target is back from some moment on, and an attempt
 /// succeeds if and only if it is sent after it. `p[i]` is read as the chance that the
-/// target is back by `waits[i]` (ascending waits), made non-decreasing (`F_i`); an attempt
-/// costs `cost_i = c·(1 + load[i])` for `(c, load)` = `cost`, and waiting `time_cost` (`t`)
-/// per second. A failure at `w_i` leaves the
-/// best later attempt at a wait `w_j` (at least `attempt_time` later), which succeeds only
-/// if the target came back in between — `F_j − F_i` of the `1 − F_i` left — so
+/// target is back by `waits[i]` (ascending waits), made non-decreasing (`F_i`: what was
+/// back by one wait is back by the next); an attempt costs `c·(1 + load[i])` for
+/// `(c, load)` = `cost`, and waiting `time_cost` (`t`) per second:
 ///
 /// ```text
-/// V_i = F_i − cost_i − t·w_i + W_i,   W_i = max(0, max_{j > i} F_j − F_i − cost_j − t·(w_j − w_i) + W_j)
+/// V_i = F_i − c·(1 + load_i) − t·w_i
 /// ```
 ///
-/// which is `V_i = max(F_i − cost_i − t·w_i, max_{j > i} V_j − cost_i)`: an earlier attempt
-/// adds its price and the chance of being early, not its whole p again. (The later
-/// attempt's price is counted whole, as if it were sure to be sent — it is sent only if
-/// the earlier one failed — which keeps this one pass over the grid and errs towards fewer
-/// attempts.) After the last attempt allowed nothing is left.
+/// A failure leaves nothing: it says the target is not back yet, and a later attempt
+/// would only buy the chance that it came back in between, at its own price — a plan of
+/// two attempts is worth the later one's value less the earlier one's price, never more
+/// than the later one alone. (The value of independent draws, which counts a later
+/// retry's whole p again after every failure, would send retry after retry into an
+/// outage of uncertain end.)
 fn refusal_values(
     waits: &[Duration],
     p: &[f64],
     (c, load): (f64, &[f64]),
     time_cost: f64,
-    attempt_time: Duration,
-    last: bool,
     out: &mut [f64],
 ) {
-    let n = waits.len().min(p.len()).min(load.len()).min(out.len());
-    let mut f = [0.0; MAX_GRID + 1];
-    let mut w = [0.0; MAX_GRID + 1];
-    let mut running = 0.0f64;
-    // Seconds by multiplying (as_secs_f64 divides; a u128 of nanoseconds converts slowly).
-    let secs = |d: Duration| d.as_secs() as f64 + f64::from(d.subsec_nanos()) * 1e-9;
-    for i in 0..n {
-        running = running.max(p[i]);
-        f[i] = running;
-        w[i] = secs(waits[i]);
-    }
-    let gap = secs(attempt_time);
-    // best_from[k]: the best V_j over j >= k (NEG_INFINITY past the end).
-    let mut best_from = [f64::NEG_INFINITY; MAX_GRID + 2];
-    // The first wait at least `gap` after the one being valued.
-    let mut k = n;
-    for i in (0..n).rev() {
-        while k > i + 1 && w[k - 1] >= w[i] + gap {
-            k -= 1;
-        }
-        let cost = c * (1.0 + load[i]);
-        let own = f[i] - cost - time_cost * w[i];
-        let later = if last || k >= n {
-            f64::NEG_INFINITY
-        } else {
-            best_from[k] - cost
-        };
-        out[i] = own.max(later);
-        best_from[i] = best_from[i + 1].max(out[i]);
+    let mut back = 0.0f64;
+    for (((v, w), p), load) in out.iter_mut().zip(waits).zip(p).zip(load) {
+        back = back.max(*p);
+        *v = back - c * (1.0 + load) - time_cost * w.as_secs_f64();
     }
 }
 
@@ -1150,30 +1120,16 @@ mod tests {
     }
 
     #[test]
-    fn after_a_refusal_a_later_attempt_buys_only_the_chance_the_target_came_back_between() {
+    fn after_a_refusal_each_wait_is_worth_the_one_attempt_it_is() {
         let s = Duration::from_secs;
         let waits = [s(0), s(1), s(2), s(3)];
         // The target is back by each wait with these chances (0.3 at 2 s counts as 0.4:
         // what was back by 1 s is still back).
         let p = [0.1, 0.4, 0.3, 0.9];
-        let values = |last: bool| {
-            let mut v = [0.0; 4];
-            let loads = [0.0; 4];
-            refusal_values(
-                &waits,
-                &p,
-                (0.1, &loads),
-                0.01,
-                Duration::ZERO,
-                last,
-                &mut v,
-            );
-            v
-        };
-        let v = values(false);
-        // By hand: F = [0.1, 0.4, 0.4, 0.9]; alone each is worth F_i - 0.1 - 0.01 w_i =
-        // [0, 0.29, 0.28, 0.77], and an earlier try before the 3 s one 0.77 - 0.1.
-        let want = [0.67, 0.67, 0.67, 0.77];
+        let mut v = [0.0; 4];
+        refusal_values(&waits, &p, (0.1, &[0.0; 4]), 0.01, &mut v);
+        // By hand: F = [0.1, 0.4, 0.4, 0.9]; each is worth F_i - 0.1 - 0.01 w_i.
+        let want = [0.0, 0.29, 0.28, 0.77];
         for (got, want) in v.iter().zip(want) {
             assert!((got - want).abs() < 1e-12, "{v:?}");
         }
@@ -1181,12 +1137,19 @@ mod tests {
         // is already back, and each costs an attempt.
         let best = (0..4).max_by(|a, b| v[*a].total_cmp(&v[*b]));
         assert_eq!(best, Some(3));
-        // The last attempt allowed leaves nothing after it.
-        let v = values(true);
-        let want = [0.0, 0.29, 0.28, 0.77];
-        for (got, want) in v.iter().zip(want) {
-            assert!((got - want).abs() < 1e-12, "{v:?}");
-        }
+        // The load booked at a wait raises its price.
+        refusal_values(&waits, &p, (0.1, &[0.0, 0.0, 0.0, 1.0]), 0.01, &mut v);
+        assert!((v[3] - 0.67).abs() < 1e-12, "{v:?}");
+        // In the decider a refusal's failure leaves nothing whether or not the attempt is
+        // the last allowed: the values are the same.
+        let model = Arc::new(|c: &AttemptContext| (c.delay.as_secs_f64() / 4.0).min(1.0));
+        let d = decider(model).without_calendar().build().unwrap();
+        let values = |attempt: u32| -> Vec<f64> {
+            let mut c = after(ErrorKind::Connect, attempt);
+            c.elapsed = Duration::from_millis(1);
+            d.weigh(&c).alternatives.iter().map(|a| a.value).collect()
+        };
+        assert_eq!(values(2), values(6));
     }
 
     #[test]
@@ -1215,25 +1178,23 @@ mod tests {
         #[test]
         fn a_plan_after_a_refusal_is_worth_no_more_than_the_chance_the_target_is_back(
             p in proptest::collection::vec(0.0f64..=1.0, 1..=MAX_GRID),
-            cost in 0.0f64..0.5, time_cost in 0.0f64..0.05, gap_ms in 0u64..500, last: bool,
+            cost in 0.0f64..0.5, time_cost in 0.0f64..0.05,
         ) {
             let n = p.len();
             let waits: Vec<Duration> = (0..n).map(|i| Duration::from_millis(250 * i as u64)).collect();
             let loads = vec![0.0; n];
             let mut v = vec![0.0; n];
-            refusal_values(&waits, &p, (cost, &loads), time_cost, Duration::from_millis(gap_ms), last, &mut v);
+            refusal_values(&waits, &p, (cost, &loads), time_cost, &mut v);
             let mut back = 0.0f64;
             let top = p.iter().copied().fold(0.0, f64::max);
             for i in 0..n {
                 back = back.max(p[i]);
                 let own = back - cost - time_cost * waits[i].as_secs_f64();
-                // Trying again is a choice, never a loss; and no plan succeeds more often
-                // than the target is back by the last wait.
+                // Each wait is worth its own attempt, never less; and no plan succeeds more
+                // often than the target is back by the last wait.
                 proptest::prop_assert!(v[i] >= own - 1e-12);
                 proptest::prop_assert!(v[i] <= top - cost - time_cost * waits[i].as_secs_f64() + 1e-12);
-                if last {
-                    proptest::prop_assert!((v[i] - own).abs() < 1e-12);
-                }
+                proptest::prop_assert!((v[i] - own).abs() < 1e-12);
             }
         }
     }
