@@ -377,3 +377,26 @@ fn a_model_path_that_holds_no_model_is_a_clear_error() {
     let e = retrywise_sim::policies::load_model(dir.path()).unwrap_err();
     assert!(matches!(e, SimError::Model { .. }), "{e}");
 }
+
+#[test]
+fn drawn_phase_lengths_reach_the_runs() {
+    // `outage` at half its length (its 10 s outage from 20 s is inside the 30 s run): as
+    // written, and with the outage cut to an eighth (1.25 s). The short outage fails far
+    // fewer calls, so every policy retries less and fewer attempts are recorded.
+    let rows = |lengths: (f64, f64)| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = GenerateOptions::new(dir.path().join("sample"), dir.path().join("work"));
+        opts.scenarios.retain(|s| s.name == "outage");
+        opts.scale = 0.5;
+        opts.phase_lengths = lengths;
+        let s = generate(&opts, |_, _| {}).unwrap();
+        (s.requests, s.rows)
+    };
+    let (written_requests, written) = rows((1.0, 1.0));
+    let (short_requests, short) = rows((0.125, 0.125));
+    assert_eq!(written_requests, short_requests);
+    assert!(
+        short * 10 < written * 9,
+        "1.25 s outage: {short} attempts, 10 s: {written}"
+    );
+}
