@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::attempt::AttemptContext;
 use crate::striped::Striped;
 
 use super::window::{Counts, Window};
@@ -261,7 +262,7 @@ impl CircuitBreaker {
     pub fn observe(&self, outcome: CallOutcome, latency: Duration) {
         match self.try_admit() {
             Ok((epoch, state)) => Permit::new(self, epoch, state).record(outcome, latency),
-            Err(_) => self.record(NO_EPOCH, outcome, latency, None),
+            Err(_) => self.record(NO_EPOCH, outcome, latency, None, None),
         }
     }
 
@@ -278,6 +279,7 @@ impl CircuitBreaker {
                     State::HalfOpen,
                     Some(now),
                     Counts::default(),
+                    None,
                     &mut pending,
                 );
                 state = State::HalfOpen;
@@ -287,7 +289,8 @@ impl CircuitBreaker {
                 && now.saturating_sub(core.probes.since_nanos) >= duration_nanos(max_wait)
             {
                 let done = core.probes.done;
-                epoch = self.transition(&mut core, State::Open, Some(now), done, &mut pending);
+                epoch =
+                    self.transition(&mut core, State::Open, Some(now), done, None, &mut pending);
                 state = State::Open;
             }
             match state {
@@ -326,7 +329,16 @@ impl CircuitBreaker {
         }
     }
 
-    fn record(&self, epoch: u64, outcome: CallOutcome, latency: Duration, at: Option<Instant>) {
+    /// `retry`: the retry that would follow a failure, as the caller's retry decision sees
+    /// it (a reading of a probe for the open duration; [`Permit::record_failure_before`]).
+    fn record(
+        &self,
+        epoch: u64,
+        outcome: CallOutcome,
+        latency: Duration,
+        at: Option<Instant>,
+        retry: Option<&AttemptContext>,
+    ) {
         let s = &*self.shared;
         // One clock reading at most (none when the caller has one), and only when needed:
         // a time window dates every outcome, a prediction every success.
@@ -382,7 +394,7 @@ impl CircuitBreaker {
                         let mut core = self.lock();
                         // Re-check under the lock: another call may have transitioned.
                         if s.word.load(Ordering::Acquire) == pack(epoch, state) {
-                            self.check_rates(&mut core, state, counts, now, &mut pending);
+                            self.check_rates(&mut core, state, counts, now, retry, &mut pending);
                         }
                     }
                     self.emit(pending);
@@ -390,7 +402,7 @@ impl CircuitBreaker {
                     && outcome == CallOutcome::Failure
                     && let Some(pred) = &s.cfg.predict
                 {
-                    self.check_prediction(pred, epoch, state, counts, now);
+                    self.check_prediction(pred, epoch, state, counts, now, retry);
                 }
             }
             State::HalfOpen => {
@@ -400,7 +412,7 @@ impl CircuitBreaker {
                     if s.word.load(Ordering::Acquire) == pack(epoch, state) {
                         let now =
                             stamp.filter(|_| matches!(s.cfg.window, SlidingWindow::Time { .. }));
-                        self.record_probe(&mut core, outcome, slow, now, &mut pending);
+                        self.record_probe(&mut core, outcome, slow, now, retry, &mut pending);
                     }
                 }
                 self.emit(pending);
@@ -424,6 +436,7 @@ impl CircuitBreaker {
         state: State,
         counts: Counts,
         now: Option<u64>,
+        retry: Option<&AttemptContext>,
         pending: &mut Pending,
     ) {
         let cfg = &self.shared.cfg;
@@ -450,7 +463,7 @@ impl CircuitBreaker {
             }
         }
         if state == State::Closed {
-            self.transition(core, State::Open, now, counts, pending);
+            self.transition(core, State::Open, now, counts, retry, pending);
         }
     }
 
@@ -463,6 +476,7 @@ impl CircuitBreaker {
         state: State,
         counts: Counts,
         now: Option<u64>,
+        retry: Option<&AttemptContext>,
     ) {
         let s = &*self.shared;
         let now = now.unwrap_or_else(|| self.now_nanos());
@@ -482,7 +496,14 @@ impl CircuitBreaker {
                 }
                 if state == State::Closed {
                     tracing::debug!(breaker = %s.name, p_success = p, "a fresh call is predicted to fail");
-                    self.transition(&mut core, State::Open, Some(now), counts, &mut pending);
+                    self.transition(
+                        &mut core,
+                        State::Open,
+                        Some(now),
+                        counts,
+                        retry,
+                        &mut pending,
+                    );
                 }
             }
         }
@@ -490,7 +511,7 @@ impl CircuitBreaker {
     }
 
     /// A fresh call to the target as the breaker knows it at `now`.
-    fn fresh_call(&self, counts: Counts, now: u64) -> crate::attempt::AttemptContext {
+    fn fresh_call(&self, counts: Counts, now: u64) -> AttemptContext {
         let s = &*self.shared;
         let since = now.saturating_sub(s.last_success.load(Ordering::Relaxed));
         let rate = (counts.calls > 0).then(|| counts.failure_rate());
@@ -503,6 +524,7 @@ impl CircuitBreaker {
         outcome: CallOutcome,
         slow: bool,
         now: Option<u64>,
+        retry: Option<&AttemptContext>,
         pending: &mut Pending,
     ) {
         let cfg = &self.shared.cfg;
@@ -526,7 +548,7 @@ impl CircuitBreaker {
         let fr_all = f64::from(done.failures) / f64::from(n);
         let sr_all = f64::from(done.slow) / f64::from(n);
         if fr_all >= cfg.failure_rate_threshold || sr_all >= cfg.slow_call_rate_threshold {
-            self.transition(core, State::Open, now, done, pending);
+            self.transition(core, State::Open, now, done, retry, pending);
         } else if outcome == CallOutcome::Failure
             && let Some(pred) = &cfg.predict
             && let Some(p) = {
@@ -542,19 +564,21 @@ impl CircuitBreaker {
                     p_success: p,
                 });
             }
-            self.transition(core, State::Open, now, done, pending);
+            self.transition(core, State::Open, now, done, retry, pending);
         } else if done.calls >= n {
-            self.transition(core, State::Closed, now, done, pending);
+            self.transition(core, State::Closed, now, done, None, pending);
         }
     }
 
-    /// Moves to `to`; returns the new epoch. Must be called with `core` locked.
+    /// Moves to `to`; returns the new epoch. Must be called with `core` locked. `retry`:
+    /// the failure that opens it, as the retry after it (for the open duration).
     fn transition(
         &self,
         core: &mut Core,
         to: State,
         now: Option<u64>,
         counts: Counts,
+        retry: Option<&AttemptContext>,
         pending: &mut Pending,
     ) -> u64 {
         let s = &*self.shared;
@@ -575,7 +599,7 @@ impl CircuitBreaker {
                     })
                 };
                 let d = match s.cfg.predict.as_ref() {
-                    Some(p) => p.open_for(&self.fresh_call(counts, now()), configured),
+                    Some(p) => p.open_for(&self.fresh_call(counts, now()), retry, configured),
                     None => configured(),
                 };
                 s.open_until
@@ -634,7 +658,7 @@ impl CircuitBreaker {
             let mut core = self.lock();
             let now = self.now_nanos();
             let counts = self.shared.window.counts(now);
-            self.transition(&mut core, to, Some(now), counts, &mut pending);
+            self.transition(&mut core, to, Some(now), counts, None, &mut pending);
         }
         self.emit(pending);
     }
@@ -758,7 +782,7 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
         if self.state != State::Disabled {
             self.breaker
                 .borrow()
-                .record(self.epoch, outcome, latency, None);
+                .record(self.epoch, outcome, latency, None, None);
         }
     }
 
@@ -769,7 +793,32 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
         if self.state != State::Disabled {
             self.breaker
                 .borrow()
-                .record(self.epoch, outcome, latency, Some(at));
+                .record(self.epoch, outcome, latency, Some(at), None);
+        }
+    }
+
+    /// Records a failure, how long it took, when it ended (when the caller has the clock
+    /// reading), and the retry that would follow it: `retry`, the next attempt's context as
+    /// the caller's retry decision sees it (the failure's kind, the target's health; its
+    /// `delay` is ignored). A breaker that consults a model
+    /// ([`Prediction`](super::Prediction)) reads a probe after a wait as that retry after
+    /// the wait, besides as a fresh call, and opens until either reading predicts a probe
+    /// worth sending; a breaker without one records a plain failure.
+    pub fn record_failure_before(
+        mut self,
+        latency: Duration,
+        at: Option<Instant>,
+        retry: &AttemptContext,
+    ) {
+        self.recorded = true;
+        if self.state != State::Disabled {
+            self.breaker.borrow().record(
+                self.epoch,
+                CallOutcome::Failure,
+                latency,
+                at,
+                Some(retry),
+            );
         }
     }
 }
@@ -779,9 +828,13 @@ impl<B: Borrow<CircuitBreaker>> Drop for Permit<B> {
         // A call cancelled before its outcome (a timeout, a caller that went away) counts as
         // ignored wherever the breaker counts anything.
         if !self.recorded && self.state != State::Disabled {
-            self.breaker
-                .borrow()
-                .record(self.epoch, CallOutcome::Ignored, Duration::ZERO, None);
+            self.breaker.borrow().record(
+                self.epoch,
+                CallOutcome::Ignored,
+                Duration::ZERO,
+                None,
+                None,
+            );
         }
     }
 }

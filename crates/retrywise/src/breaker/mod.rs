@@ -29,6 +29,7 @@ pub use predict::{Prediction, Recovery};
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attempt::ErrorKind;
     use proptest::prelude::*;
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
@@ -622,14 +623,14 @@ mod tests {
             e,
             BreakerEvent::SuccessPredictedLow { p_success, .. } if (*p_success - 0.4).abs() < 1e-9
         )));
-        // Open until the first weighed wait at which the target is predicted back: 5 s after
-        // the last success, not the configured 30 s.
+        // Open until the target is predicted back: 5 s after the last success (the grid's
+        // step there, 4.67 s to 6.43 s, halved five times), not the configured 30 s.
         let left = call(&b, CallOutcome::Success)
             .unwrap_err()
             .remaining
             .unwrap();
         assert!(
-            left >= Duration::from_secs(5) && left < Duration::from_secs(7),
+            left >= Duration::from_secs(5) && left <= Duration::from_millis(5_055),
             "{left:?}"
         );
         tokio::time::advance(left).await;
@@ -676,6 +677,105 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(opened_by_failures(&b), Duration::from_secs(10));
+    }
+
+    /// A model that knows what waiting does only for retries: a fresh call looks as bad
+    /// after any wait (first attempts never wait in its data), while a retry after a
+    /// refused connection is predicted to get through once 3 s have passed since the last
+    /// success.
+    fn knows_retries() -> Arc<dyn crate::model::SuccessModel> {
+        Arc::new(|c: &crate::attempt::AttemptContext| {
+            if c.error == Some(ErrorKind::Connect) {
+                let since = c.since_success.unwrap_or_default() + c.delay;
+                if since >= Duration::from_secs(3) {
+                    0.9
+                } else {
+                    0.0
+                }
+            } else {
+                1.0 - c.failure_rate.unwrap_or(0.0)
+            }
+        })
+    }
+
+    /// The retry after a refused connection, as a policy's decider would see it.
+    fn retry_after_refusal() -> crate::attempt::AttemptContext {
+        let mut ctx = crate::attempt::AttemptContext::first("p").next(
+            &crate::attempt::Failure::new(ErrorKind::Connect),
+            MS,
+            MS,
+        );
+        ctx.since_success = Some(Duration::ZERO);
+        ctx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_is_also_read_as_the_retry_after_the_failure() {
+        // Told only of failures, the breaker reads a probe as a fresh call: none is worth
+        // sending within 60 s, and the configured 30 s apply.
+        let b = predictive(knows_retries()).build().unwrap();
+        assert_eq!(opened_by_failures(&b), Duration::from_secs(30));
+        // Told of each failure with the retry after it, it opens until that retry is
+        // predicted to get through: 3 s after the last success (within 1/32 of the grid's
+        // step, 2.49 s to 3.42 s, after it).
+        let b = predictive(knows_retries()).build().unwrap();
+        for _ in 0..5 {
+            b.try_acquire()
+                .unwrap()
+                .record_failure_before(MS, None, &retry_after_refusal());
+        }
+        assert_eq!(b.state(), State::Open);
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert!(
+            left >= Duration::from_secs(3) && left <= Duration::from_millis(3_030),
+            "{left:?}"
+        );
+        // Failed probes told the same way reopen it by the same reading (the retry's last
+        // success, as this caller saw it, is still just now: about 3 s again).
+        tokio::time::advance(left).await;
+        b.try_acquire()
+            .unwrap()
+            .record_failure_before(MS, None, &retry_after_refusal());
+        assert_eq!(b.state(), State::Open, "a fresh call is predicted to fail");
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert!(left >= Duration::from_secs(3), "{left:?}");
+        // A breaker without a model records a plain failure.
+        let plain = small().build().unwrap();
+        for _ in 0..5 {
+            plain
+                .try_acquire()
+                .unwrap()
+                .record_failure_before(MS, None, &retry_after_refusal());
+        }
+        assert_eq!(plain.state(), State::Open);
+        assert_eq!(plain.metrics().failed_calls, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_reading_answering_nan_is_no_evidence() {
+        let model = Arc::new(
+            |c: &crate::attempt::AttemptContext| {
+                if c.error.is_some() { f64::NAN } else { 0.99 }
+            },
+        );
+        let b = predictive(model).build().unwrap();
+        for _ in 0..5 {
+            b.try_acquire()
+                .unwrap()
+                .record_failure_before(MS, None, &retry_after_refusal());
+        }
+        // The rate opened it; the fresh reading alone would have said 500 ms.
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert_eq!(left, Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
@@ -795,6 +895,45 @@ mod tests {
                 prop_assert!(left >= min && left <= max, "{:?} not in {:?}..={:?}", left, min, max);
                 Ok(())
             })?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Where a step model crosses the threshold, the wait found is at or after the step
+        /// and within 1/32 of the grid's step of it; before the bounds, the shortest wait;
+        /// past them, none.
+        #[test]
+        fn recovery_ends_within_a_32nd_of_a_step_after_the_crossing(
+            back_after_us in 1u64..120_000_000,
+            min_ms in 1u64..5_000,
+            ratio in 1.0f64..1_000.0,
+        ) {
+            let back = Duration::from_micros(back_after_us);
+            let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
+                if c.since_success.unwrap_or_default() + c.delay >= back { 0.9 } else { 0.0 }
+            });
+            let min = Duration::from_millis(min_ms);
+            let max = min.mul_f64(ratio);
+            let pred = Prediction::new(model).open_between(min, max);
+            let mut ctx = crate::attempt::AttemptContext::first("p");
+            ctx.since_success = Some(Duration::ZERO);
+            let step = ratio.powf(1.0 / 15.0) - 1.0;
+            match pred.recovery(&ctx, None) {
+                Recovery::After { wait, p_success } => {
+                    prop_assert_eq!(p_success, 0.9);
+                    prop_assert!(wait >= min && wait <= max, "{:?}", wait);
+                    if back <= min {
+                        prop_assert_eq!(wait, min);
+                    } else {
+                        prop_assert!(wait >= back, "{:?} before {:?}", wait, back);
+                        let slack = back.mul_f64(step / 32.0) + Duration::from_micros(1);
+                        prop_assert!(wait <= back + slack, "{:?} long after {:?}", wait, back);
+                    }
+                }
+                Recovery::NotWithin => prop_assert!(back > max.mul_f64(1.0 - 1e-9)),
+                Recovery::Unknown => prop_assert!(false, "no NaN here"),
+            }
         }
     }
 

@@ -14,6 +14,11 @@ use super::config::CHECK;
 /// Waits weighed for the open duration, log-spaced from the shortest to the longest.
 const WAITS: usize = 16;
 
+/// Halvings of the step between the last wait weighed that is not worth a probe and the
+/// first that is: the open duration ends within 1/32 of a step (about 1 %) of where the
+/// prediction crosses the threshold, not up to a whole step (38 %) after it.
+const REFINE: usize = 5;
+
 /// How a [`CircuitBreaker`](super::CircuitBreaker) consults a success model
 /// ([`BreakerBuilder::predict`](super::BreakerBuilder::predict)).
 ///
@@ -21,12 +26,26 @@ const WAITS: usize = 16;
 /// call to the target — a first attempt, given the window's failure rate and the time
 /// since the last success — succeeds with a probability below `threshold` (asked after a
 /// failure only: a success never makes a fresh call look worse, and the success path pays
-/// nothing but one clock read). Whatever opened it, it stays open for the shortest wait,
-/// among 16 from `min_open` to `max_open`, after which a probe is predicted to succeed
-/// at least as often as `threshold`, instead of its configured open duration; when no
-/// such wait is predicted, for its configured open duration held within those bounds (the
-/// model would only be extrapolating); a failed probe reopens it the same way. A model answering NaN is no
-/// evidence: no predictive opening, and the configured open duration.
+/// nothing but one clock read). Whatever opened it, it stays open for the shortest wait
+/// from `min_open` to `max_open` (16 log-spaced, the crossing refined by halving) after
+/// which a probe is predicted to succeed at least as often as `threshold`, instead of its
+/// configured open duration; when no such wait is predicted, for its configured open
+/// duration held within those bounds (the model would only be extrapolating); a failed
+/// probe reopens it the same way. A model answering NaN is no evidence: no predictive
+/// opening, and the configured open duration.
+///
+/// A probe after a wait is read two ways, and is worth sending as soon as either reading
+/// says so: as a fresh call after that wait, and — when the caller recorded the failure
+/// with the retry that would follow it ([`Permit::record_failure_before`]) — as that
+/// retry after that wait: the failure's kind and the target's health as the caller's
+/// retry decision sees them. The second is the reading the training data supports (first
+/// attempts never wait, so what waiting does to a fresh call is the model's guess, and
+/// one model's guess can hold the circuit long after the target is back); the first
+/// probes sooner when the model thinks a fresh call may get through before the retry
+/// would. A probe is one call: sending it early costs little, sending it late costs every
+/// call refused meanwhile.
+///
+/// [`Permit::record_failure_before`]: super::Permit::record_failure_before
 ///
 /// ```
 /// use std::sync::Arc;
@@ -145,29 +164,45 @@ impl Prediction {
         (!p.is_nan()).then(|| p.clamp(0.0, 1.0))
     }
 
-    /// How long the circuit stays open: the shortest weighed wait after which a probe is
-    /// worth sending; when none is, the breaker's own open duration (`configured`) within
-    /// the bounds — a model that sees no probe worth sending within `max_open` is
-    /// extrapolating past what it saw end (a model trained on long outages would otherwise
-    /// hold the circuit for `max_open` after every failed probe, and sit out the end of an
-    /// outage longer than those it saw); `configured` as it is when the model answered NaN.
+    /// How long the circuit stays open: the shortest wait after which a probe is worth
+    /// sending, as a fresh call (`ctx`) or as the retry after the failure that opened it
+    /// (`retry`, when the caller gave it); when none is, the breaker's own open duration
+    /// (`configured`) within the bounds — a model that sees no probe worth sending within
+    /// `max_open` is extrapolating past what it saw end (a model trained on long outages
+    /// would otherwise hold the circuit for `max_open` after every failed probe, and sit
+    /// out the end of an outage longer than those it saw); `configured` as it is when the
+    /// model answered NaN.
     pub(crate) fn open_for(
         &self,
         ctx: &AttemptContext,
+        retry: Option<&AttemptContext>,
         configured: impl FnOnce() -> Duration,
     ) -> Duration {
-        match self.recovery(ctx, None) {
+        match self.first_worth(ctx, retry, None) {
             Recovery::After { wait, .. } => wait,
             Recovery::NotWithin => configured().clamp(self.min_open, self.max_open),
             Recovery::Unknown => configured(),
         }
     }
 
-    /// The shortest of 16 waits, log-spaced between the open-duration bounds (and shorter
-    /// than `within`, when given), after which the fresh call in `ctx` is predicted to
-    /// succeed at least as often as the threshold — what the breaker stays open for, and
-    /// how long a caller told to wait before a first attempt waits.
+    /// The shortest wait between the open-duration bounds (and shorter than `within`,
+    /// when given) after which the call in `ctx` is predicted to succeed at least as often
+    /// as the threshold — what the breaker stays open for, and how long a caller told to
+    /// wait before a first attempt waits. Of 16 log-spaced waits the first worth it is
+    /// found, then the step before it is halved five times: the wait returned is worth it,
+    /// and the one 1/32 of a step shorter is not.
     pub fn recovery(&self, ctx: &AttemptContext, within: Option<Duration>) -> Recovery {
+        self.first_worth(ctx, None, within)
+    }
+
+    /// [`recovery`](Self::recovery) of a call read as `ctx` and (when given) as `retry`:
+    /// each wait is worth it when either reading predicts it is.
+    fn first_worth(
+        &self,
+        ctx: &AttemptContext,
+        retry: Option<&AttemptContext>,
+        within: Option<Duration>,
+    ) -> Recovery {
         let (lo, hi) = (self.min_open.as_secs_f64(), self.max_open.as_secs_f64());
         let mut waits = [Duration::ZERO; WAITS];
         let mut n = 0;
@@ -180,19 +215,57 @@ impl Prediction {
             waits[n] = w;
             n += 1;
         }
+        let waits = &waits[..n];
         let mut p = [0.0; WAITS];
-        self.model.p_success_by_delay(ctx, &waits[..n], &mut p[..n]);
-        if p[..n].iter().any(|x| x.is_nan()) {
+        if self.p_by_delay(ctx, retry, waits, &mut p[..n]).is_none() {
             return Recovery::Unknown;
         }
-        waits[..n]
-            .iter()
-            .zip(p)
-            .find(|(_, p)| *p >= self.threshold)
-            .map_or(Recovery::NotWithin, |(w, p)| Recovery::After {
-                wait: *w,
-                p_success: p,
-            })
+        let Some(i) = p[..n].iter().position(|p| *p >= self.threshold) else {
+            return Recovery::NotWithin;
+        };
+        // The crossing lies between the wait before (not worth it) and this one.
+        let (mut below, mut wait, mut p_success) =
+            (i.checked_sub(1).map(|j| waits[j]), waits[i], p[i]);
+        if let Some(below) = &mut below {
+            for _ in 0..REFINE {
+                let mid = (*below + wait) / 2;
+                let mut q = [0.0];
+                if self.p_by_delay(ctx, retry, &[mid], &mut q).is_none() {
+                    break;
+                }
+                if q[0] >= self.threshold {
+                    (wait, p_success) = (mid, q[0]);
+                } else {
+                    *below = mid;
+                }
+            }
+        }
+        Recovery::After { wait, p_success }
+    }
+
+    /// The better of the two readings' predictions after each of `waits`, into `out`;
+    /// `None` if the model answered NaN.
+    fn p_by_delay(
+        &self,
+        ctx: &AttemptContext,
+        retry: Option<&AttemptContext>,
+        waits: &[Duration],
+        out: &mut [f64],
+    ) -> Option<()> {
+        self.model.p_success_by_delay(ctx, waits, out);
+        if let Some(retry) = retry {
+            let mut q = [0.0; WAITS];
+            let q = &mut q[..waits.len()];
+            self.model.p_success_by_delay(retry, waits, q);
+            for (o, q) in out.iter_mut().zip(q.iter()) {
+                *o = if q.is_nan() || o.is_nan() {
+                    f64::NAN
+                } else {
+                    o.max(*q)
+                };
+            }
+        }
+        (!out.iter().any(|x| x.is_nan())).then_some(())
     }
 }
 

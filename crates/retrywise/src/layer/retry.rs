@@ -249,7 +249,7 @@ where
                         g.finish(&verdict, latency);
                     }
                     let ctx = this.ctx.as_deref().unwrap_or(&p.first);
-                    p.settle(ctx, None, &verdict, latency, None, false);
+                    p.settle(ctx, None, &verdict, latency, None, *this.start, false);
                     let failure = match verdict {
                         Verdict::Success => return Poll::Ready(finish(out)),
                         Verdict::Permanent(_) => {

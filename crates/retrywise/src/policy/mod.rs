@@ -410,6 +410,7 @@ impl<C> Policy<C> {
                 &ended.verdict,
                 ended.latency,
                 ended.at,
+                start,
                 ended.rejected,
             );
             let failure = match ended.verdict {

@@ -135,8 +135,12 @@ impl Inner {
     /// Tells the breaker (through its permit), the budget and the throttle how an attempt
     /// ended. A request the bulkhead refused was never sent: it tells them nothing. A
     /// permanent failure (a 400) is an answer, not a sign of trouble: it takes no token
-    /// from the budget (gRFC A6) and trips the breaker only if configured to.
+    /// from the budget (gRFC A6) and trips the breaker only if configured to. A breaker
+    /// that consults a model is told of a retryable failure with the retry after it, as
+    /// the decider would see it (`call_start`: when the call began), to time its opening
+    /// by ([`Permit::record_failure_before`]).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn settle(
         &self,
         ctx: &AttemptContext,
@@ -144,6 +148,7 @@ impl Inner {
         verdict: &Verdict,
         latency: Duration,
         at: Option<Instant>,
+        call_start: Instant,
         rejected: bool,
     ) {
         if rejected {
@@ -164,6 +169,18 @@ impl Inner {
             );
         }
         if let Some(permit) = permit {
+            if let Verdict::Retryable(f) = verdict
+                && self
+                    .breaker
+                    .as_ref()
+                    .is_some_and(|b| b.prediction().is_some())
+            {
+                let now = at.unwrap_or_else(Instant::now);
+                let mut retry = ctx.next(f, latency, now.saturating_duration_since(call_start));
+                self.fill_health(&mut retry, now);
+                permit.record_failure_before(latency, at, &retry);
+                return self.settle_rest(ctx, verdict);
+            }
             let outcome = match verdict {
                 Verdict::Success => CallOutcome::Success,
                 Verdict::Retryable(_) => CallOutcome::Failure,
@@ -175,6 +192,12 @@ impl Inner {
                 None => permit.record(outcome, latency),
             }
         }
+        self.settle_rest(ctx, verdict);
+    }
+
+    /// The budget's and the throttle's part of [`settle`](Self::settle).
+    #[inline]
+    fn settle_rest(&self, ctx: &AttemptContext, verdict: &Verdict) {
         if let Some(b) = &self.budget {
             match verdict {
                 Verdict::Success => b.record_for(ctx, true),

@@ -1142,3 +1142,46 @@ async fn a_hedge_the_model_holds_back_spends_no_budget() {
     assert_eq!(m.window_hedges, 0, "the hedge budget's ledger");
     assert!(bucket.tokens() >= before, "the retry budget's tokens");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_predictive_breaker_is_told_of_each_failure_with_the_retry_after_it() {
+    // The model knows what waiting does only for retries: after a reset a retry gets
+    // through once 2 s have passed; a fresh call looks as bad after any wait.
+    let model = Arc::new(|c: &AttemptContext| match c.error {
+        Some(ErrorKind::Reset) if c.delay >= Duration::from_secs(2) => 0.9,
+        Some(_) => 0.0,
+        None => 0.05,
+    });
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .open_for(Duration::from_secs(30))
+        .predict(crate::breaker::Prediction::new(model))
+        .build()
+        .unwrap();
+    let p = Policy::builder("b")
+        .retry(retry(1, 1))
+        .breaker(breaker.clone())
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        p.call(|_| async { Err::<(), _>(reset()) })
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(breaker.state(), crate::breaker::State::Open);
+    // Open until the retry after a reset is predicted to get through (2 s, within 1/32 of
+    // the grid's step after it), not the configured 30 s a fresh call alone would give.
+    let err = p
+        .call(|_| async { Ok::<_, io::Error>(()) })
+        .await
+        .unwrap_err();
+    let AttemptError::CircuitOpen(open) = err.last else {
+        panic!("refused by the breaker: {:?}", err.last);
+    };
+    let left = open.remaining.unwrap();
+    assert!(
+        left >= Duration::from_secs(2) && left <= Duration::from_millis(2_020),
+        "{left:?}"
+    );
+}
