@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use retrywise::attempt::{AttemptContext, AttemptRecord, Outcome};
+use retrywise::attempt::{AttemptContext, AttemptRecord, Failure, Outcome};
 use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, Prediction, State};
 use retrywise::bulkhead::AdaptiveLimit;
 use retrywise::health::{Ended, HealthTracker, knows_health};
@@ -291,8 +291,31 @@ impl Fleet {
             Outcome::Retryable => CallOutcome::Failure,
             Outcome::Cancelled => CallOutcome::Ignored,
         };
-        // An observation of a call already made, not a request to make one.
-        t.breaker.observe(outcome, rec.outcome_latency);
+        // An observation of a call already made, not a request to make one. A predictive
+        // breaker is told of a failure with the retry after it, as an embedded policy
+        // tells its own: the failure's kind, and the target's health as the caller saw it
+        // (carried over, the time since the last success advanced to the failure's end;
+        // a snapshot of the fleet's own view here, mid-batch, would fix its p95 for the
+        // rest of the health bucket before the batch's later attempts are counted).
+        match rec.outcome_error {
+            Some(kind) if outcome == CallOutcome::Failure && t.breaker.prediction().is_some() => {
+                let failure = Failure {
+                    kind,
+                    status: rec.outcome_status,
+                    retry_after: rec.outcome_retry_after,
+                };
+                let elapsed = rec.context.elapsed + rec.context.delay + rec.outcome_latency;
+                let mut retry = rec.context.next(&failure, rec.outcome_latency, elapsed);
+                retry.delay = Duration::ZERO;
+                retry.since_success = rec
+                    .context
+                    .since_success
+                    .map(|s| s + rec.context.delay + rec.outcome_latency);
+                t.breaker
+                    .observe_failure_before(rec.outcome_latency, &retry);
+            }
+            _ => t.breaker.observe(outcome, rec.outcome_latency),
+        }
         if let Some(shared) = &self.shared
             && t.breaker.state() == State::Open
             && let Some(left) = t.breaker.open_remaining()
@@ -428,5 +451,55 @@ fn merge_circuit(
         ((State::ForcedOpen, _), _) | (_, None) => local,
         ((State::Open, Some(mine)), Some(fleet)) if mine >= fleet => local,
         (_, Some(fleet)) => (State::Open, Some(fleet)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retrywise::attempt::{ErrorKind, Verdict};
+
+    fn refused(target: &str, i: u64, wall: u64) -> AttemptRecord {
+        let verdict = if i == 0 {
+            Verdict::Success
+        } else {
+            Verdict::Retryable(Failure::new(ErrorKind::Connect))
+        };
+        AttemptRecord::new(
+            i,
+            0,
+            wall - 10,
+            AttemptContext::first(target),
+            &verdict,
+            Duration::from_millis(1),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_breaker_reads_a_probe_as_the_retry_after_a_reported_failure() {
+        // A model that knows what waiting does only for retries: after a refused connection
+        // a retry gets through 3 s after the last success; a fresh call never looks worth it.
+        let model = Arc::new(|c: &AttemptContext| {
+            let since = c.since_success.unwrap_or_default() + c.delay;
+            match c.error {
+                Some(ErrorKind::Connect) if since >= Duration::from_secs(3) => 0.9,
+                _ => 0.0,
+            }
+        });
+        let fleet = Fleet::new(Duration::from_secs(10), 10).with_model(model, 0.1);
+        let wall = 1_800_000_000_000;
+        let now = Instant::now();
+        for i in 0..20 {
+            fleet.observe(&refused("inventory", i, wall), now, wall);
+        }
+        let (state, left) = fleet.circuit("inventory").expect("tracked");
+        assert_eq!(state, State::Open);
+        let left = left.expect("open for a while");
+        // Read as a fresh call, no probe is worth sending within a minute; read as the
+        // retry after the refusals, one is 3 s after the last success.
+        assert!(
+            left >= Duration::from_millis(2_990) && left <= Duration::from_millis(3_030),
+            "{left:?}"
+        );
     }
 }

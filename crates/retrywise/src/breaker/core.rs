@@ -266,6 +266,17 @@ impl CircuitBreaker {
         }
     }
 
+    /// [`observe`](Self::observe)s a failure another process reported, with the retry
+    /// that would follow it, as [`Permit::record_failure_before`] records one.
+    pub fn observe_failure_before(&self, latency: Duration, retry: &AttemptContext) {
+        match self.try_admit() {
+            Ok((epoch, state)) => {
+                Permit::new(self, epoch, state).record_failure_before(latency, None, retry);
+            }
+            Err(_) => self.record(NO_EPOCH, CallOutcome::Failure, latency, None, Some(retry)),
+        }
+    }
+
     /// The slow path: OPEN whose time is up, or HALF_OPEN.
     fn acquire_locked(&self, now: u64) -> Result<(u64, State), (State, Option<Duration>)> {
         let s = &*self.shared;
