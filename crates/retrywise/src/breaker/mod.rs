@@ -900,6 +900,42 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Reading a probe two ways never keeps the circuit open longer than a reading that
+        /// finds a probe worth sending alone would; when neither does, the configured
+        /// duration within the bounds.
+        #[test]
+        fn two_readings_open_no_longer_than_either(
+            fresh_back_ms in 1u64..120_000,
+            retry_back_ms in 1u64..120_000,
+            configured_ms in 1u64..100_000,
+        ) {
+            let (fresh_back, retry_back) = (
+                Duration::from_millis(fresh_back_ms),
+                Duration::from_millis(retry_back_ms),
+            );
+            let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
+                let back = if c.error.is_some() { retry_back } else { fresh_back };
+                if c.since_success.unwrap_or_default() + c.delay >= back { 0.9 } else { 0.0 }
+            });
+            let pred = Prediction::new(model);
+            let mut fresh = crate::attempt::AttemptContext::first("p");
+            fresh.since_success = Some(Duration::ZERO);
+            let retry = retry_after_refusal();
+            let configured = Duration::from_millis(configured_ms);
+            let both = pred.open_for(&fresh, Some(&retry), || configured);
+            let alone = [&fresh, &retry].map(|c| match pred.recovery(c, None) {
+                Recovery::After { wait, .. } => Some(wait),
+                _ => None,
+            });
+            match alone.iter().flatten().min() {
+                Some(shortest) => prop_assert!(both <= *shortest, "{:?} > {:?}", both, shortest),
+                None => prop_assert_eq!(both, configured.clamp(pred.min_open, pred.max_open)),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Where a step model crosses the threshold, the wait found is at or after the step
         /// and within 1/32 of the grid's step of it; before the bounds, the shortest wait;
         /// past them, none.
