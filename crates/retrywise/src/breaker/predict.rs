@@ -190,7 +190,8 @@ impl Prediction {
     /// as the threshold — what the breaker stays open for, and how long a caller told to
     /// wait before a first attempt waits. Of 16 log-spaced waits the first worth it is
     /// found, then the step before it is halved five times: the wait returned is worth it,
-    /// and the one 1/32 of a step shorter is not.
+    /// and (for a prediction that grows with the wait) the one 1/32 of a step shorter is
+    /// not.
     pub fn recovery(&self, ctx: &AttemptContext, within: Option<Duration>) -> Recovery {
         self.first_worth(ctx, None, within)
     }
