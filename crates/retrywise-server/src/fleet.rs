@@ -306,7 +306,6 @@ impl Fleet {
                 };
                 let elapsed = rec.context.elapsed + rec.context.delay + rec.outcome_latency;
                 let mut retry = rec.context.next(&failure, rec.outcome_latency, elapsed);
-                retry.delay = Duration::ZERO;
                 retry.since_success = rec
                     .context
                     .since_success

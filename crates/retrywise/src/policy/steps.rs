@@ -169,35 +169,32 @@ impl Inner {
             );
         }
         if let Some(permit) = permit {
-            if let Verdict::Retryable(f) = verdict
-                && self
-                    .breaker
-                    .as_ref()
-                    .is_some_and(|b| b.prediction().is_some())
-            {
-                let now = at.unwrap_or_else(Instant::now);
-                let mut retry = ctx.next(f, latency, now.saturating_duration_since(call_start));
-                self.fill_health(&mut retry, now);
-                permit.record_failure_before(latency, at, &retry);
-                return self.settle_rest(ctx, verdict);
-            }
-            let outcome = match verdict {
-                Verdict::Success => CallOutcome::Success,
-                Verdict::Retryable(_) => CallOutcome::Failure,
-                Verdict::Permanent(_) if self.permanent_is_failure => CallOutcome::Failure,
-                Verdict::Permanent(_) => CallOutcome::Ignored,
-            };
-            match at {
-                Some(at) => permit.record_at(outcome, latency, at),
-                None => permit.record(outcome, latency),
+            let predicts = self
+                .breaker
+                .as_ref()
+                .is_some_and(|b| b.prediction().is_some());
+            match verdict {
+                Verdict::Retryable(f) if predicts => {
+                    let now = at.unwrap_or_else(Instant::now);
+                    let elapsed = now.saturating_duration_since(call_start);
+                    let mut retry = ctx.next(f, latency, elapsed);
+                    self.fill_health(&mut retry, now);
+                    permit.record_failure_before(latency, at, &retry);
+                }
+                _ => {
+                    let outcome = match verdict {
+                        Verdict::Success => CallOutcome::Success,
+                        Verdict::Retryable(_) => CallOutcome::Failure,
+                        Verdict::Permanent(_) if self.permanent_is_failure => CallOutcome::Failure,
+                        Verdict::Permanent(_) => CallOutcome::Ignored,
+                    };
+                    match at {
+                        Some(at) => permit.record_at(outcome, latency, at),
+                        None => permit.record(outcome, latency),
+                    }
+                }
             }
         }
-        self.settle_rest(ctx, verdict);
-    }
-
-    /// The budget's and the throttle's part of [`settle`](Self::settle).
-    #[inline]
-    fn settle_rest(&self, ctx: &AttemptContext, verdict: &Verdict) {
         if let Some(b) = &self.budget {
             match verdict {
                 Verdict::Success => b.record_for(ctx, true),

@@ -373,19 +373,11 @@ impl ModelDecider {
             // goes on. Each wait's p is the chance that the outage is over by then (made
             // non-decreasing in the wait), and each wait is valued as the one attempt it
             // is (`refusal_values`): a failure leaves no fresh chance behind it.
-            let mut values = [0.0; MAX_GRID + 1];
-            refusal_values(
-                waits,
-                p,
-                (cost, &load[..n]),
-                self.time_cost,
-                &mut values[..n],
-            );
-            for i in 0..n {
-                a[i] = values[i];
-                b[i] = 0.0;
-                if values[i] > v_star {
-                    v_star = values[i];
+            // (`b` stays 0.)
+            refusal_values(waits, p, (cost, &load[..n]), self.time_cost, &mut a[..n]);
+            for (i, v) in a[..n].iter().enumerate() {
+                if *v > v_star {
+                    v_star = *v;
                     best = i;
                 }
             }
