@@ -14,6 +14,15 @@
 //! not the upstream, limits the load), and when the long-term latency is more than twice
 //! the sample's it decays by 5 % a sample (latency is back to normal after a long overload:
 //! the baseline must come down with it).
+//!
+//! Gradient2 reads every rise of latency as queueing, and so cuts the limit to its floor
+//! when a dependency merely slows down (replies 40 times slower, with room to serve them)
+//! and turns away the calls it would have served. One rule more tells the two apart, by
+//! Little's law: while the limit binds, the latency of a saturated upstream grows with the
+//! calls in flight when each call started, and a slow upstream's does not (`LoadResponse`:
+//! the slope of `ln latency` on `ln in-flight` over the answered calls of late). When the
+//! slope is below ½ by two standard errors, the latency now becomes the baseline and the
+//! limit at least twice the load it served of late.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -42,9 +51,10 @@ const WARMUP: u32 = 10;
 /// }
 /// let grown = limit.current();
 /// assert!(grown > 20);
-/// // The upstream starts queueing: latency triples, and the limit comes down.
+/// // The upstream starts queueing: at the same load, latency triples, and the limit
+/// // comes down.
 /// for _ in 0..30 {
-///     limit.sample(Duration::from_millis(30), limit.current());
+///     limit.sample(Duration::from_millis(30), grown);
 /// }
 /// assert!(limit.current() < grown);
 /// # Ok::<(), retrywise::ConfigError>(())
@@ -66,8 +76,9 @@ pub struct AdaptiveLimit {
     /// that does not move the limit takes no lock.
     long: AtomicU64,
     samples: AtomicU32,
-    /// Serializes the limit's updates.
-    update: Mutex<()>,
+    /// Serializes the limit's updates, and holds what tells a queueing upstream from a
+    /// slow one.
+    update: Mutex<LoadResponse>,
 }
 
 impl Clone for AdaptiveLimit {
@@ -83,18 +94,24 @@ impl Clone for AdaptiveLimit {
             estimate: AtomicU64::new(self.estimate.load(Ordering::Relaxed)),
             long: AtomicU64::new(self.long.load(Ordering::Relaxed)),
             samples: AtomicU32::new(self.samples.load(Ordering::Relaxed)),
-            update: Mutex::new(()),
+            update: Mutex::new(
+                self.update
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            ),
         }
     }
 }
 
 impl AdaptiveLimit {
-    /// A builder with Gradient2's defaults: start at 20, within 1 to 1,000, smoothing 0.2,
-    /// tolerance 1.5, a long-term window of 600 samples.
+    /// A builder with Gradient2's defaults: start at 20, never below 20 (cut further, a
+    /// limit serves an upstream that is slow but not queueing a trickle), at most 1,000
+    /// (Gradient2: 200), smoothing 0.2, tolerance 1.5, a long-term window of 600 samples.
     pub fn builder() -> AdaptiveLimitBuilder {
         AdaptiveLimitBuilder {
             initial: 20,
-            min: 1,
+            min: 20,
             max: 1000,
             smoothing: 0.2,
             tolerance: 1.5,
@@ -122,9 +139,19 @@ impl AdaptiveLimit {
             .then(|| Duration::from_secs_f64(f64::from_bits(self.long.load(Ordering::Relaxed))))
     }
 
-    /// Learns from one finished call that took `latency` while `in_flight` calls (itself
-    /// included) were in flight; returns the new limit.
+    /// Learns from one finished call that took `latency` and started with `in_flight` calls
+    /// (itself included) in flight; returns the new limit. (The load when it started is
+    /// what its latency answers: a call queued behind many is slow however few are left
+    /// when it ends.)
     pub fn sample(&self, latency: Duration, in_flight: u32) -> u32 {
+        self.sample_call(latency, in_flight, true)
+    }
+
+    /// [`sample`](Self::sample) for a call that `answered` or not (timed out, failed):
+    /// every call's latency steers the limit, but only answered calls tell how the
+    /// upstream's latency follows the load (a timeout's latency is the timeout's, whatever
+    /// the load).
+    pub fn sample_call(&self, latency: Duration, in_flight: u32, answered: bool) -> u32 {
         let rtt = latency.as_secs_f64().max(1e-9);
         let n = self.samples.load(Ordering::Relaxed).saturating_add(1);
         self.samples.store(n, Ordering::Relaxed);
@@ -143,11 +170,24 @@ impl AdaptiveLimit {
             return self.current();
         }
         // Every update leaves the estimate whole: a poisoned lock guards nothing broken.
-        let _serial = self
+        let mut response = self
             .update
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let estimate = self.estimate();
+        let mut estimate = self.estimate();
+        if let Some(slow) = response.add(rtt, in_flight, answered) {
+            // The latency does not follow the load: the upstream is slow, not queueing,
+            // and the cuts only turned calls away. Its latency now is the level to compare
+            // with, and the load it served at it is room it has - probed twice over, as
+            // TCP's slow start doubles its window each round trip until a sign of
+            // congestion (here: the latency growing with the load again, which the
+            // gradient then cuts).
+            if slow.level > long {
+                long = slow.level;
+                self.long.store(long.to_bits(), Ordering::Relaxed);
+            }
+            estimate = estimate.max(2.0 * slow.served);
+        }
         let gradient = (self.tolerance * long / rtt).clamp(0.5, 1.0);
         let queue = estimate.sqrt();
         let target = estimate * gradient + queue;
@@ -155,6 +195,110 @@ impl AdaptiveLimit {
             .clamp(f64::from(self.min), f64::from(self.max));
         self.estimate.store(next.to_bits(), Ordering::Relaxed);
         (next as u32).clamp(self.min, self.max)
+    }
+}
+
+/// How much of its weight [`LoadResponse`] forgets per sample: the last few dozen samples
+/// taken while the limit binds count (a half-life of 22), so that it reads the regime of
+/// the last second or two.
+const FORGET: f64 = 1.0 / 32.0;
+/// The weight (in samples) [`LoadResponse`] needs before it answers.
+const MIN_WEIGHT: f64 = 8.0;
+/// The least spread (standard deviation) of `ln in-flight` it answers on: the load varied
+/// by about a fifth, enough for a saturated upstream's latency to vary as much.
+const MIN_SPREAD: f64 = 0.2;
+/// The slope below which the latency is taken not to follow the load: a quarter, nearer a
+/// slow upstream's 0 than a saturated one's 1, because the two mistakes cost differently -
+/// a slow upstream taken for a saturated one keeps Gradient2's cut a while longer, a
+/// saturated one taken for a slow one is flooded. (An upstream still working on calls its
+/// callers gave up on queues behind work no caller counts in flight, so its slope can come
+/// out well below 1: `metastable` shows 0.4.)
+const MAX_SLOPE: f64 = 0.25;
+
+/// Whether the upstream's latency follows the load while the limit binds. By Little's law
+/// a saturated upstream serves a fixed rate, so a call's latency grows in proportion to
+/// the calls in flight when it started (`ln latency` against `ln in-flight`: slope 1),
+/// while an upstream that is slow but has room keeps its latency whatever the load (slope
+/// 0). Gradient2 alone cannot tell the two apart: it cuts the limit to its floor when a
+/// dependency merely slows down, and turns away calls the upstream would have served.
+/// (failsafe-go's adaptive limiter reads the same tell from the correlation of in-flight
+/// with throughput and latency.) A least-squares slope over exponentially weighted
+/// samples.
+#[derive(Debug, Clone, Default)]
+struct LoadResponse {
+    /// Weighted sums: weight, `x = ln in-flight`, `y = ln latency`, `x²`, `x·y`, `y²`.
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+    yy: f64,
+    /// Weighted counts of the calls and of those that answered.
+    calls: f64,
+    answered: f64,
+    /// The most calls in flight among the recent samples: a maximum that fades like the
+    /// weights (an old overload's load is not room the upstream has now).
+    peak: f64,
+}
+
+/// What [`LoadResponse`] concluded: the upstream is slow, not queueing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Slow {
+    /// The latency (seconds; the samples' geometric mean) to take as unqueued.
+    level: f64,
+    /// The most calls in flight it served at that latency, of late.
+    served: f64,
+}
+
+impl LoadResponse {
+    /// Adds a sample taken while the limit binds: a call that took `rtt` seconds, started
+    /// with `in_flight` calls in flight (itself included), and `answered` or not (a
+    /// timeout's latency is the timeout's, whatever the load). Answers [`Slow`] — and
+    /// starts over — when most calls answer, the load varied ([`MIN_SPREAD`]) and their
+    /// latency grows less than a quarter as fast as the load ([`MAX_SLOPE`]) by two
+    /// standard errors.
+    fn add(&mut self, rtt: f64, in_flight: u32, answered: bool) -> Option<Slow> {
+        let keep = 1.0 - FORGET;
+        self.calls = self.calls * keep + 1.0;
+        self.answered = self.answered * keep + if answered { 1.0 } else { 0.0 };
+        if !answered {
+            return None;
+        }
+        let (x, y) = (f64::from(in_flight.max(1)).ln(), rtt.ln());
+        self.w = self.w * keep + 1.0;
+        self.x = self.x * keep + x;
+        self.y = self.y * keep + y;
+        self.xx = self.xx * keep + x * x;
+        self.xy = self.xy * keep + x * y;
+        self.yy = self.yy * keep + y * y;
+        self.peak = (self.peak * keep).max(f64::from(in_flight));
+        // When most calls do not answer, those that do are the few that beat the timeout:
+        // their latencies say nothing of how latency follows the load.
+        if self.answered < self.calls / 2.0 {
+            return None;
+        }
+        if self.w < MIN_WEIGHT {
+            return None;
+        }
+        let (mx, my) = (self.x / self.w, self.y / self.w);
+        let var_x = self.xx / self.w - mx * mx;
+        let var_y = self.yy / self.w - my * my;
+        let cov = self.xy / self.w - mx * my;
+        if var_x < MIN_SPREAD * MIN_SPREAD {
+            return None;
+        }
+        // The slope and its standard error (the residual variance over the load's spread).
+        let slope = cov / var_x;
+        let se = ((var_y - cov * slope).max(0.0) / (var_x * self.w)).sqrt();
+        if slope + 2.0 * se >= MAX_SLOPE {
+            return None;
+        }
+        let slow = Slow {
+            level: my.exp(),
+            served: self.peak,
+        };
+        *self = Self::default();
+        Some(slow)
     }
 }
 
@@ -176,7 +320,7 @@ impl AdaptiveLimitBuilder {
         self
     }
 
-    /// The least and the most it may become (default 1 and 1,000).
+    /// The least and the most it may become (default 20 and 1,000).
     pub fn bounds(mut self, min: u32, max: u32) -> Self {
         self.min = min;
         self.max = max;
@@ -248,7 +392,7 @@ impl AdaptiveLimitBuilder {
             estimate: AtomicU64::new(f64::from(self.initial).to_bits()),
             long: AtomicU64::new(0f64.to_bits()),
             samples: AtomicU32::new(0),
-            update: Mutex::new(()),
+            update: Mutex::new(LoadResponse::default()),
         })
     }
 }
@@ -285,14 +429,81 @@ mod tests {
         // smoothing one sample takes at most a tenth (less the queue) off the limit.
         let after = l.sample(100 * MS, before);
         assert!(after < before && f64::from(after) >= 0.9 * f64::from(before) - 1.0);
-        // It keeps coming down while the latency stays high, to its floor.
+        // It keeps coming down while the latency stays high at the same load, to its
+        // floor.
         let mut last = after;
         for _ in 0..60 {
-            let n = l.sample(100 * MS, l.current());
+            let n = l.sample(100 * MS, before);
             assert!(n <= last);
             last = n;
         }
         assert_eq!(l.current(), 10);
+    }
+
+    /// Two limits (floor 1, to see the cuts whole) that have seen 200 calls at 20 ms with
+    /// 3 in flight (fewer than half in use: neither moves).
+    fn twins() -> (AdaptiveLimit, AdaptiveLimit) {
+        let l = AdaptiveLimit::builder().bounds(1, 1000).build().unwrap();
+        for _ in 0..200 {
+            l.sample(20 * MS, 3);
+        }
+        assert_eq!(l.current(), 20);
+        (l.clone(), l)
+    }
+
+    /// Replies become 40 times slower whatever the load (alternately 800 ms and 1 s), and
+    /// 90 calls want to be in flight. Told only of calls that did not answer (as Gradient2
+    /// alone), the limit is cut and stays cut; told of answers, it sees the latency not
+    /// follow the cuts, and comes back to the load.
+    #[test]
+    fn a_slow_upstream_with_room_gets_its_limit_back() {
+        let (answers, gradient2) = twins();
+        let mut lowest = u32::MAX;
+        for i in 0..200u32 {
+            let rtt = if i % 2 == 0 { 800 * MS } else { 1000 * MS };
+            answers.sample(rtt, answers.current().min(90));
+            gradient2.sample_call(rtt, gradient2.current().min(90), false);
+            lowest = lowest.min(answers.current());
+        }
+        assert!(lowest < 20, "cut first (lowest {lowest})");
+        assert!(answers.current() >= 90, "limit {}", answers.current());
+        assert!(gradient2.current() < 20, "limit {}", gradient2.current());
+        let baseline = answers.baseline().unwrap();
+        assert!(
+            (800 * MS..=1000 * MS).contains(&baseline),
+            "the slow latency is the new baseline: {baseline:?}"
+        );
+    }
+
+    /// An upstream that serves 100 calls a second: a call's latency is the calls in flight
+    /// when it started over 100/s, ±5 % (Little's law), and 300 want to be in flight. The
+    /// answers show the latency following the load: the limit moves exactly as Gradient2
+    /// alone moves it, sample by sample.
+    #[test]
+    fn a_saturated_upstream_is_never_taken_for_a_slow_one() {
+        let (answers, gradient2) = twins();
+        for i in 0..250u32 {
+            let noise = if i % 2 == 0 { 0.95 } else { 1.05 };
+            let (a, g) = (answers.current().min(300), gradient2.current().min(300));
+            assert_eq!(a, g, "sample {i}");
+            let rtt = Duration::from_secs_f64(f64::from(a) / 100.0 * noise);
+            answers.sample(rtt, a);
+            gradient2.sample_call(rtt, g, false);
+            assert_eq!(answers.baseline(), gradient2.baseline(), "sample {i}");
+        }
+        assert!(answers.current() < 20, "cut: {}", answers.current());
+    }
+
+    /// Gradient2's floor: however slow the calls at whatever load, the default limit
+    /// stays at 20 or more.
+    #[test]
+    fn the_default_limit_never_goes_below_gradient2s_floor() {
+        let l = AdaptiveLimit::builder().build().unwrap();
+        assert_eq!(l.bounds(), (20, 1000));
+        for i in 0..500u64 {
+            l.sample_call(Duration::from_millis(10 + i * 10), 40, false);
+        }
+        assert_eq!(l.current(), 20);
     }
 
     #[test]
@@ -311,22 +522,67 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the latencies and the load, the limit stays within its bounds.
+        /// Whatever the latencies, the load and the answers, the limit stays within its
+        /// bounds.
         #[test]
         fn the_limit_stays_within_its_bounds(
             min in 1u32..50,
             extra in 0u32..500,
-            samples in proptest::collection::vec((0u64..5_000_000, 0u32..2_000), 1..300),
+            samples in proptest::collection::vec(
+                (0u64..5_000_000, 0u32..2_000, any::<bool>()),
+                1..300,
+            ),
         ) {
             let l = AdaptiveLimit::builder()
                 .initial(min)
                 .bounds(min, min + extra)
                 .build()
                 .unwrap();
-            for (us, in_flight) in samples {
-                let n = l.sample(Duration::from_micros(us), in_flight);
+            for (us, in_flight, answered) in samples {
+                let n = l.sample_call(Duration::from_micros(us), in_flight, answered);
                 prop_assert!(n >= min && n <= min + extra);
                 prop_assert_eq!(n, l.current());
+            }
+        }
+
+        /// A latency that grows at least ¾ as fast as the load (`c · in-flight^β`,
+        /// β ≥ 0.75) is never taken for a slow upstream; one that grows at most a
+        /// quarter as fast is, once the load has varied over eight samples or more.
+        #[test]
+        fn the_load_response_tells_queueing_from_slowness(
+            c in 1e-4f64..1.0,
+            beta in 0.0f64..2.0,
+            loads in proptest::collection::vec(1u32..1_000, 8..200),
+        ) {
+            prop_assume!(!(0.25..0.75).contains(&beta));
+            let mut r = LoadResponse::default();
+            let mut answered = None;
+            for (i, n) in loads.iter().enumerate() {
+                let rtt = c * f64::from(*n).powf(beta);
+                if let Some(slow) = r.add(rtt, *n, true) {
+                    answered = Some((i, slow));
+                    break;
+                }
+            }
+            let varied = loads.iter().any(|n| *n != loads[0]);
+            if beta >= 0.75 || !varied {
+                prop_assert_eq!(answered, None);
+            } else if let Some((i, slow)) = answered {
+                prop_assert!(i >= 7, "answered after {} samples", i + 1);
+                // The level lies within the latencies seen, the load served is the most
+                // seen.
+                let lats: Vec<f64> =
+                    loads[..=i].iter().map(|n| c * f64::from(*n).powf(beta)).collect();
+                let (lo, hi) = lats
+                    .iter()
+                    .fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+                prop_assert!(slow.level >= lo * 0.999 && slow.level <= hi * 1.001);
+                let most = loads[..=i].iter().max().copied().unwrap_or(0);
+                prop_assert!(slow.served <= f64::from(most));
+            } else {
+                // Varied only in the last few samples: not enough weight behind it.
+                let first_change = loads.iter().position(|n| *n != loads[0]).unwrap_or(0);
+                prop_assert!(loads.len() - first_change < 40, "{loads:?}");
             }
         }
     }

@@ -57,13 +57,18 @@ mod tests {
     /// Fills the bulkhead (as many permits as it grants), then finishes them all after
     /// `took`; returns how many it granted.
     fn round(b: &Bulkhead, took: Duration) -> u32 {
+        round_with(b, |_| took)
+    }
+
+    /// Takes every permit, then finishes the `i`-th taken (from 1) after `took(i)`.
+    fn round_with(b: &Bulkhead, took: impl Fn(u32) -> Duration) -> u32 {
         let mut held = Vec::new();
         while let Ok(p) = b.try_acquire() {
             held.push(p);
         }
         let n = held.len() as u32;
-        for p in held {
-            p.finish(false, took);
+        for (i, p) in (1..).zip(held) {
+            p.finish(false, took(i));
         }
         n
     }
@@ -90,9 +95,10 @@ mod tests {
         assert!(grown > 4, "{grown}");
         assert_eq!(grown, b.adaptive_limit().unwrap().current());
         assert_eq!(round(&b, Duration::from_millis(10)), grown);
-        // It starts queueing (five times slower): the bulkhead admits fewer.
+        // It starts queueing: each call waits for those before it (10 ms apiece, from 5
+        // times slower than before), and the bulkhead admits fewer.
         for _ in 0..10 {
-            round(&b, Duration::from_millis(50));
+            round_with(&b, |i| Duration::from_millis(10) * (4 + i));
         }
         let shrunk = b.metrics().max_concurrent;
         assert!(shrunk < grown, "{shrunk} vs {grown}");

@@ -120,13 +120,18 @@ impl Bulkhead {
         }
     }
 
+    /// A permit for room just taken, with the calls in flight now (itself included).
+    fn permit(&self) -> BulkheadPermit<'_> {
+        BulkheadPermit {
+            bulkhead: self,
+            in_flight: self.shared.gate.active(),
+        }
+    }
+
     /// Counts a request and takes room if there is some now; a refusal is not counted yet
     /// (the caller may still wait).
     pub(crate) fn try_acquire_quiet(&self) -> Option<BulkheadPermit<'_>> {
-        self.shared
-            .gate
-            .try_enter()
-            .then(|| BulkheadPermit { bulkhead: self })
+        self.shared.gate.try_enter().then(|| self.permit())
     }
 
     /// After [`try_acquire_quiet`](Self::try_acquire_quiet) found no room: waits up to the
@@ -148,7 +153,7 @@ impl Bulkhead {
         }
         let Some(q) = &s.shed else {
             return if s.gate.enter_within(s.max_wait).await {
-                Ok(BulkheadPermit { bulkhead: self })
+                Ok(self.permit())
             } else {
                 Err(self.full())
             };
@@ -165,7 +170,7 @@ impl Bulkhead {
             }
         };
         if granted {
-            Ok(BulkheadPermit { bulkhead: self })
+            Ok(self.permit())
         } else {
             Err(self.full())
         }
@@ -295,11 +300,11 @@ impl Bulkhead {
         self.shared.adaptive.as_ref()
     }
 
-    fn report(&self, failed: bool, took: Duration) {
+    /// Reports a call that took `took` and started with `in_flight` calls in flight.
+    fn report(&self, failed: bool, took: Duration, in_flight: u32) {
         let s = &*self.shared;
         if let Some(limit) = &s.adaptive {
-            // This call still holds its room: it counts among those in flight.
-            s.gate.set_max(limit.sample(took, s.gate.active()));
+            s.gate.set_max(limit.sample_call(took, in_flight, !failed));
             if let Some(q) = &s.shed {
                 q.grant(&s.gate);
             }
@@ -318,12 +323,15 @@ impl Bulkhead {
 #[must_use = "the room is released when the permit is dropped"]
 pub struct BulkheadPermit<'a> {
     bulkhead: &'a Bulkhead,
+    /// Calls in flight when it was given (itself included): the load its latency answers.
+    in_flight: u32,
 }
 
 impl BulkheadPermit<'_> {
     fn into_owned(self) -> OwnedBulkheadPermit {
         let owned = OwnedBulkheadPermit {
             bulkhead: self.bulkhead.clone(),
+            in_flight: self.in_flight,
         };
         // The room now belongs to the owned permit.
         std::mem::forget(self);
@@ -333,7 +341,7 @@ impl BulkheadPermit<'_> {
     /// Reports how the call went (for the execution-time and failure metrics), then
     /// releases the room.
     pub fn finish(self, failed: bool, took: Duration) {
-        self.bulkhead.report(failed, took);
+        self.bulkhead.report(failed, took, self.in_flight);
     }
 }
 
@@ -348,12 +356,14 @@ impl Drop for BulkheadPermit<'_> {
 #[must_use = "the room is released when the permit is dropped"]
 pub struct OwnedBulkheadPermit {
     bulkhead: Bulkhead,
+    /// As [`BulkheadPermit`]'s.
+    in_flight: u32,
 }
 
 impl OwnedBulkheadPermit {
     /// Reports how the call went, then releases the room.
     pub fn finish(self, failed: bool, took: Duration) {
-        self.bulkhead.report(failed, took);
+        self.bulkhead.report(failed, took, self.in_flight);
     }
 }
 

@@ -132,9 +132,11 @@ impl ShedQueue {
     /// nobody queued it goes back to the gate without the lock; a call queueing meanwhile
     /// either is seen after the room is back (and granted it) or sees the room itself
     /// (its second look in [`join`](Self::join)): both sides write, then read, in one
-    /// sequentially consistent order.
+    /// sequentially consistent order. A room above a lowered maximum goes back to the
+    /// gate too, and a waiter gets room only within the maximum ([`grant`](Self::grant)):
+    /// handed on, it would keep the holders above the limit for as long as calls queue.
     pub(crate) fn release(&self, gate: &Gate) {
-        if self.queued.load(Ordering::SeqCst) == 0 {
+        if self.queued.load(Ordering::SeqCst) == 0 || gate.active() > gate.max() {
             // `leave` is a sequentially consistent read-modify-write: no fence needed
             // before the second look.
             gate.leave();
@@ -184,4 +186,34 @@ fn likeliest(w: &[Waiter]) -> Option<usize> {
         .enumerate()
         .max_by(|a, b| a.1.p.total_cmp(&b.1.p))
         .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempt::AttemptContext;
+
+    /// The limit came down while calls wait: the holders above it leave without handing
+    /// their room on, and only a room within the maximum passes to the waiter.
+    #[test]
+    fn a_room_above_a_lowered_maximum_goes_back_to_the_gate() {
+        let gate = Gate::new(3);
+        for _ in 0..3 {
+            assert!(gate.try_enter());
+        }
+        let q = ShedQueue::new(Arc::new(|_: &AttemptContext| 0.5), 4);
+        let Queued::Waiting { mut room, .. } = q.join(&gate, 0.5) else {
+            panic!("the gate is full: the call waits");
+        };
+        gate.set_max(1);
+        for left in [2, 1] {
+            q.release(&gate);
+            assert!(room.try_recv().is_err(), "above the maximum: not handed on");
+            assert_eq!(gate.active(), left);
+        }
+        // The last holder leaves: its room is within the maximum, and passes on.
+        q.release(&gate);
+        assert!(room.try_recv().is_ok());
+        assert_eq!(gate.active(), 1);
+    }
 }
