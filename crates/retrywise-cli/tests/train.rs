@@ -186,9 +186,13 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
     let out = retrywise(&["train", "--data", path(&empty), "--alphas", "-1"]);
     assert!(!out.status.success());
 
-    // Nothing to read is said, with a failing status, by every command that reads.
-    let out = retrywise(&["eval", "--model", path(&model), "--data", path(&empty)]);
+    // Nothing to read is said, with a failing status, by every command that reads (eval
+    // with a valid model: the shipped one).
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/1");
+    let out = retrywise(&["eval", "--model", path(&shipped), "--data", path(&empty)]);
     assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no Parquet or NDJSON files"), "{err}");
     let out = retrywise(&[
         "compact",
         "--input",

@@ -414,16 +414,18 @@ pub struct DecideResponse {
     /// deadline, or forced open: fail fast), `low_success_probability` (no wait within the
     /// deadline makes a fresh call worth sending).
     pub reason: String,
-    /// Whether the rule-based fallback decided (no model, the model answered NaN, or it was
-    /// trained on too few rows like this context).
+    /// Whether the rule-based fallback decided (the model answered NaN, or it was trained
+    /// on too few rows like this context). A model the service does not serve is a 404
+    /// naming the models it does (none until one is loaded: `/readyz` says 503 until then).
     pub fell_back: bool,
     /// Whether the decision explored: a retry, after a wait drawn uniformly from those
     /// weighed, where the model judged no wait worth an attempt. The service explores that
     /// share of such stops given by its `explore` setting (default 0, never), so that
     /// the attempts callers record keep teaching the model; record the attempt as explored.
     pub explored: bool,
-    /// The probability with which this decision was taken when it explored (the
-    /// `explore` share), for an unbiased estimate of what waiting does; absent otherwise.
+    /// The probability with which this decision was taken when it explored: the `explore`
+    /// share times one over the waits weighed (the wait is drawn uniformly among them), for
+    /// an unbiased estimate of what each wait does; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub propensity: Option<f64>,
     /// Every wait weighed, shortest first (when asked with `"alternatives": true`).
@@ -579,7 +581,11 @@ pub(crate) async fn decide(
         reason: reason.to_owned(),
         fell_back: weighed.fell_back,
         explored: weighed.explored,
-        propensity: weighed.explored.then_some(st.config.explore),
+        // The chance of this very wait: the share explored, drawn uniformly among those
+        // weighed.
+        propensity: weighed
+            .explored
+            .then(|| st.config.explore / weighed.alternatives.len().max(1) as f64),
         alternatives,
         model: m.name.clone(),
         version: m.version,

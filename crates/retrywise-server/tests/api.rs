@@ -274,15 +274,11 @@ async fn the_service_explores_the_share_of_stops_it_is_told() {
     let (s, v) = h.post("/v1/decide", &body).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
-        (
-            v["retry"].as_bool(),
-            v["explored"].as_bool(),
-            v["propensity"].as_f64()
-        ),
-        (Some(true), Some(true), Some(1.0)),
+        (v["retry"].as_bool(), v["explored"].as_bool()),
+        (Some(true), Some(true)),
         "{v}"
     );
-    // The wait is one of those weighed.
+    // The wait is one of those weighed, each drawn with chance 1/n: its propensity.
     let waits: Vec<f64> = v["alternatives"]
         .as_array()
         .unwrap()
@@ -290,6 +286,12 @@ async fn the_service_explores_the_share_of_stops_it_is_told() {
         .map(|a| a["delay_ms"].as_f64().unwrap())
         .collect();
     assert!(waits.contains(&v["delay_ms"].as_f64().unwrap()), "{v}");
+    assert!(waits.len() > 1, "{v}");
+    assert_eq!(
+        v["propensity"].as_f64(),
+        Some(1.0 / waits.len() as f64),
+        "{v}"
+    );
     let (_, m) = h.get("/metrics").await;
     let text = m.as_str().unwrap();
     assert!(
@@ -362,6 +364,17 @@ async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
         text.contains("retrywise_decisions_total{reason=\"low_success_probability\"} 1"),
         "{text}"
     );
+    // The p each decision expected: the retry (about 0.5) and the stop at about 0.03 among
+    // them, the stop in the bucket up to 0.05 and the retry not.
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    let count = value("retrywise_decision_p_success_count ");
+    let low = value("retrywise_decision_p_success_bucket{le=\"0.05\"} ");
+    assert!(count >= 2.0 && low >= 1.0 && low < count, "{text}");
 }
 
 #[tokio::test]

@@ -675,7 +675,8 @@ impl ModelDeciderBuilder {
     /// learns what happens after the decisions it lets happen: one that has learned to
     /// stop on some failure never sees that stopping was wrong, unless some of those
     /// stops explore. Explored decisions say so ([`Weighed::explored`]) and are counted
-    /// ([`ModelDecider::explored`]); their propensity is this share.
+    /// ([`ModelDecider::explored`]); the propensity of an explored wait is this share
+    /// over the number of waits weighed.
     pub fn explore(mut self, share: f64) -> Self {
         self.explore = share;
         self
