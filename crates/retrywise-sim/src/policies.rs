@@ -312,6 +312,13 @@ impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
         self.0.explain(ctx)
     }
 
+    fn decide_explored(
+        &self,
+        ctx: &retrywise::attempt::AttemptContext,
+    ) -> (retrywise::retry::Decision, Option<f64>) {
+        self.0.decide_explored(ctx)
+    }
+
     fn attempt_timeout(&self, ctx: &retrywise::attempt::AttemptContext) -> Option<Duration> {
         Some(
             self.0

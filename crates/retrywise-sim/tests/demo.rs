@@ -45,7 +45,7 @@ fn demo_shows_every_mechanism_at_work() {
         "admitted 3, rejected 7",
         "unknown bulkhead `billing`",
         // Records are printed as JSON.
-        "\"schema_version\":\"1.3\"",
+        "\"schema_version\":\"1.4\"",
         "cancelled (another request answered first)",
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");

@@ -66,6 +66,11 @@ pub struct AttemptContext {
     /// data records both, so that a model can learn what waiting longer or shorter does;
     /// `planned_delay_ms`).
     pub planned_delay: Option<Duration>,
+    /// The chance with which the decision to make this attempt was drawn, when the decider
+    /// explored: it judged no retry worth an attempt and retried anyway, after a wait drawn
+    /// uniformly among those it weighed (`ModelDecider`: its explore share over the waits
+    /// weighed). `None` when the decision did not explore (`explore_propensity`).
+    pub explore_propensity: Option<f64>,
 }
 
 impl AttemptContext {
@@ -88,6 +93,7 @@ impl AttemptContext {
             permanent_rate: None,
             since_success: None,
             planned_delay: None,
+            explore_propensity: None,
         }
     }
 
@@ -114,6 +120,7 @@ impl AttemptContext {
             permanent_rate: self.permanent_rate,
             since_success: self.since_success,
             planned_delay: None,
+            explore_propensity: None,
         }
     }
 

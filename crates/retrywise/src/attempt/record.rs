@@ -26,7 +26,7 @@ pub struct SchemaVersion {
 
 impl SchemaVersion {
     /// The version this crate writes.
-    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 3 };
+    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 4 };
 }
 
 impl fmt::Display for SchemaVersion {
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn schema_version_text() {
-        assert_eq!(SchemaVersion::CURRENT.to_string(), "1.3");
+        assert_eq!(SchemaVersion::CURRENT.to_string(), "1.4");
         assert_eq!(
             "2.13".parse::<SchemaVersion>().unwrap(),
             SchemaVersion {
@@ -266,7 +266,7 @@ mod tests {
         );
         let json = serde_json::to_string(&rec).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["schema_version"], "1.3");
+        assert_eq!(v["schema_version"], "1.4");
         assert_eq!(v["target"], "inventory");
         assert_eq!(v["attempt"], 3);
         assert_eq!(v["error"], "timeout");

@@ -687,7 +687,7 @@ macro_rules! field {
 }
 
 /// Every field, in wire order (the order records are written and columns stored).
-pub static FIELDS: [Field; 26] = [
+pub static FIELDS: [Field; 27] = [
     field!("schema_version", Record, Version, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "`MAJOR.MINOR` of the schema the record was written with; readers refuse unknown majors and accept any minor",
         Record { get: |r| Value::Version(r.schema_version), set: |r, v| if let Value::Version(x) = v { r.schema_version = x } }),
@@ -751,6 +751,9 @@ pub static FIELDS: [Field; 26] = [
     field!("planned_delay_ms", Context, Milliseconds, Presence::Optional("the delay was not explored"), unit "ms", range NO_RANGE, min_len 0, since 1,
         "The delay the decider chose, when exploration changed it into delay_ms",
         Context { get: |c| opt_ms(c.planned_delay), set: |c, v| c.planned_delay = v.duration() }),
+    field!("explore_propensity", Context, Float64, Presence::Optional("the decision to make this attempt did not explore"), unit "(0, 1]", range (Some(0.0), Some(1.0)), min_len 0, since 4,
+        "The chance with which the decision to make this attempt was drawn, when the decider explored (it judged no retry worth an attempt and retried anyway, after a wait drawn uniformly among those weighed: the explore share over the waits weighed), so that what each wait does can be estimated without bias",
+        Context { get: |c| c.explore_propensity.map_or(Value::Null, Value::Float), set: |c, v| c.explore_propensity = v.float() }),
     field!("outcome", Outcome, Outcome, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "How the attempt ended (`cancelled`: a hedge that lost, or a call its caller abandoned; the training label is `success`)",
         Record { get: |r| Value::Outcome(r.outcome), set: |r, v| if let Value::Outcome(o) = v { r.outcome = o } }),
@@ -909,6 +912,7 @@ pub(crate) mod tests {
         ctx.permanent_rate = Some(0.125);
         ctx.since_success = Some(Duration::from_millis(1500));
         ctx.planned_delay = Some(Duration::from_millis(125));
+        ctx.explore_propensity = Some(0.03125);
         let verdict = Verdict::Retryable(
             Failure::new(ErrorKind::Timeout)
                 .with_status(408)

@@ -334,6 +334,7 @@ const CONTEXT_NAMES: &[&str] = &[
     "permanent_rate",
     "since_success_ms",
     "planned_delay_ms",
+    "explore_propensity",
 ];
 
 struct RecordVisitor;
@@ -417,6 +418,7 @@ mod tests {
             out_status in prop::option::of(100u16..600), out_latency in any_ms(),
             out_ra in prop::option::of(any_ms()), cancelled in any::<bool>(),
             planned in prop::option::of(any_ms()), policy in prop::option::of("[a-z\\-]{1,12}"),
+            propensity in prop::option::of(1e-6f64..=1.0),
         ) -> AttemptRecord {
             let mut ctx = AttemptContext::first(target.as_str());
             ctx.attempt = attempt;
@@ -431,6 +433,7 @@ mod tests {
             ctx.in_flight = in_flight;
             ctx.health_window = window;
             ctx.planned_delay = planned;
+            ctx.explore_propensity = propensity;
             let verdict = match kind {
                 None => Verdict::Success,
                 Some(k) => {
@@ -490,7 +493,7 @@ mod tests {
         let mut want: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
         want.sort_unstable();
         assert_eq!(keys, want, "serde_json's map sorts keys");
-        assert!(json.starts_with(r#"{"schema_version":"1.3","started_at_ms":1764000000000,"call_id":7,"hedge":1,"policy":"exp","target":"inventory","attempt":3,"#), "{json}");
+        assert!(json.starts_with(r#"{"schema_version":"1.4","started_at_ms":1764000000000,"call_id":7,"hedge":1,"policy":"exp","target":"inventory","attempt":3,"#), "{json}");
     }
 
     #[test]

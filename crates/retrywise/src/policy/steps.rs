@@ -253,10 +253,12 @@ impl Inner {
             .fetch_add(1, Ordering::Relaxed);
         let mut next = ctx.next(failure, latency, now.saturating_duration_since(call_start));
         self.fill_health(&mut next, now);
-        let planned = match self.decider.decide(&next) {
+        let (decision, propensity) = self.decider.decide_explored(&next);
+        let planned = match decision {
             Decision::Stop(reason) => return Err(self.stopped(reason)),
             Decision::Retry(d) => d,
         };
+        next.explore_propensity = propensity;
         let mut delay = planned;
         if let Some(x) = &self.explore
             && let Some(explored) = x.apply(planned)

@@ -1185,3 +1185,43 @@ async fn a_predictive_breaker_is_told_of_each_failure_with_the_retry_after_it() 
         "{left:?}"
     );
 }
+
+/// A decider that explores where it judged no retry worth it: the retry it draws is
+/// recorded with its propensity, and the attempts it did not explore carry none.
+#[tokio::test(start_paused = true)]
+async fn an_explored_retry_is_recorded_with_its_propensity() {
+    use crate::retry::ModelDecider;
+    let rec = Arc::new(MemoryRecorder::new(100));
+    let decider = ModelDecider::builder()
+        .model(Arc::new(|_: &AttemptContext| 0.01))
+        .explore(1.0)
+        .max_attempts(2)
+        .seed(7)
+        .build()
+        .unwrap();
+    let n = decider.grid().len() as f64;
+    let p = Policy::builder("explored")
+        .decider(Arc::new(decider))
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let k = AtomicU32::new(0);
+    let (_, report) = p
+        .call_with_report(|_| {
+            let first = k.fetch_add(1, Ordering::SeqCst) == 0;
+            async move { if first { Err(reset()) } else { Ok(()) } }
+        })
+        .await;
+    assert_eq!((report.attempts, report.stopped), (2, None));
+    let recs = rec.take();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0].context.explore_propensity, None);
+    let propensity = recs[1].context.explore_propensity.expect("explored");
+    // One wait of those weighed (the grid's within the call's time), drawn uniformly:
+    // one over a whole number of waits, at most the grid's.
+    let waits = 1.0 / propensity;
+    assert!(
+        (waits - waits.round()).abs() < 1e-9 && (2.0..=n).contains(&waits),
+        "{propensity}: 1/{waits} of a grid of {n}"
+    );
+}

@@ -134,6 +134,15 @@ pub trait RetryDecider: Send + Sync {
             p_success: None,
         }
     }
+
+    /// [`decide`](Self::decide), with the decision's propensity when it explored: the
+    /// chance with which a decider that sometimes retries where it judged no retry worth
+    /// it drew this retry (`Policy` records it with the attempt as `explore_propensity`,
+    /// so that what waiting does can be estimated without bias). Deciders that explore
+    /// override it, and make `decide` its decision; the default never explores.
+    fn decide_explored(&self, ctx: &AttemptContext) -> (Decision, Option<f64>) {
+        (self.decide(ctx), None)
+    }
 }
 
 /// Never retries: one attempt, then stop.
@@ -157,6 +166,10 @@ impl<D: RetryDecider + ?Sized> RetryDecider for std::sync::Arc<D> {
 
     fn explain(&self, ctx: &AttemptContext) -> Explained {
         (**self).explain(ctx)
+    }
+
+    fn decide_explored(&self, ctx: &AttemptContext) -> (Decision, Option<f64>) {
+        (**self).decide_explored(ctx)
     }
 }
 

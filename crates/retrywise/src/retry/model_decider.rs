@@ -210,6 +210,9 @@ pub struct Weighed {
     /// wait drawn uniformly from those weighed, so that what the model stopped on keeps
     /// being observed.
     pub explored: bool,
+    /// The chance of this decision when it explored: the explore share over the number of
+    /// waits weighed (the wait is drawn uniformly among them); `None` otherwise.
+    pub propensity: Option<f64>,
     /// The waits weighed, shortest first.
     pub alternatives: Vec<Alternative>,
 }
@@ -244,11 +247,12 @@ impl ModelDecider {
     /// Decides, and returns every alternative weighed.
     pub fn weigh(&self, ctx: &AttemptContext) -> Weighed {
         let mut alternatives = Vec::new();
-        let (explained, fell_back, explored) = self.decide_into(ctx, Some(&mut alternatives));
+        let (explained, fell_back, propensity) = self.decide_into(ctx, Some(&mut alternatives));
         Weighed {
             explained,
             fell_back,
-            explored,
+            explored: propensity.is_some(),
+            propensity,
             alternatives,
         }
     }
@@ -260,18 +264,19 @@ impl ModelDecider {
         }
     }
 
-    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, bool, bool) {
+    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, bool, Option<f64>) {
         note(&self.fallbacks, why);
-        (self.fallback.explain(ctx), true, false)
+        (self.fallback.explain(ctx), true, None)
     }
 
-    /// The decision, whether the rules made it, whether it explored, and (when asked) the
+    /// The decision, whether the rules made it, its propensity if it explored (the
+    /// explore share over the waits weighed, one drawn uniformly), and (when asked) the
     /// alternatives.
     fn decide_into(
         &self,
         ctx: &AttemptContext,
         weighed: Option<&mut Vec<Alternative>>,
-    ) -> (Explained, bool, bool) {
+    ) -> (Explained, bool, Option<f64>) {
         let Some(model) = &self.model else {
             return self.by_rules(ctx, Why::NoModel);
         };
@@ -297,14 +302,10 @@ impl ModelDecider {
             return told(self.by_rules(ctx, Why::Unsupported));
         }
         if ctx.attempt > self.max_attempts {
-            return told((Self::stop(StopReason::MaxAttempts, None), false, false));
+            return told((Self::stop(StopReason::MaxAttempts, None), false, None));
         }
         if ctx.retry_after.is_some_and(|ra| ra > self.cap) {
-            return told((
-                Self::stop(StopReason::RetryAfterTooLong, None),
-                false,
-                false,
-            ));
+            return told((Self::stop(StopReason::RetryAfterTooLong, None), false, None));
         }
         // The candidates: the grid from the Retry-After up, and the Retry-After itself.
         let floor = ctx.retry_after.unwrap_or(Duration::ZERO);
@@ -330,7 +331,7 @@ impl ModelDecider {
                 n -= 1;
             }
             if n == 0 {
-                return told((Self::stop(StopReason::Deadline, None), false, false));
+                return told((Self::stop(StopReason::Deadline, None), false, None));
             }
         }
         let waits = &waits[..n];
@@ -458,13 +459,13 @@ impl ModelDecider {
                         p_success: Some(p[i]),
                     },
                     false,
-                    true,
+                    Some(self.explore / n as f64),
                 );
             }
             return (
                 Self::stop(StopReason::LowSuccessProbability, Some(p[best])),
                 false,
-                false,
+                None,
             );
         }
         // A near-optimal wait at random: callers that saw the same failure spread out.
@@ -481,7 +482,7 @@ impl ModelDecider {
                 p_success: Some(p[chosen]),
             },
             false,
-            false,
+            None,
         )
     }
 }
@@ -520,6 +521,13 @@ fn refusal_values(
 impl RetryDecider for ModelDecider {
     fn decide(&self, ctx: &AttemptContext) -> Decision {
         self.explain(ctx).decision
+    }
+
+    /// The decision and, when it explored, its propensity (what a recorded attempt carries
+    /// as `explore_propensity`).
+    fn decide_explored(&self, ctx: &AttemptContext) -> (Decision, Option<f64>) {
+        let (explained, _, propensity) = self.decide_into(ctx, None);
+        (explained.decision, propensity)
     }
 
     fn explain(&self, ctx: &AttemptContext) -> Explained {
@@ -827,13 +835,15 @@ mod tests {
             match w.explained.decision {
                 Decision::Retry(wait) => {
                     assert!(w.explored, "only exploration retries here");
+                    // Its chance: the share explored, one wait drawn of those weighed.
+                    assert_eq!(w.propensity, Some(0.2 / w.alternatives.len() as f64));
                     assert!(d.grid().contains(&wait));
                     waits.insert(wait);
                     explored += 1;
                 }
                 Decision::Stop(r) => {
                     assert_eq!(r, StopReason::LowSuccessProbability);
-                    assert!(!w.explored);
+                    assert!(!w.explored && w.propensity.is_none());
                 }
             }
         }
@@ -844,6 +854,20 @@ mod tests {
             "waits drawn across the grid: {}",
             waits.len()
         );
+        // `decide_explored` (what `Policy` records) says the same.
+        let (mut retried, mut stopped) = (0, 0);
+        for _ in 0..200 {
+            match d.decide_explored(&c) {
+                (Decision::Retry(_), Some(p)) => {
+                    assert!(p > 0.0 && p < 0.2, "{p}");
+                    retried += 1;
+                }
+                (Decision::Stop(_), None) => stopped += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(retried > 0 && stopped > 0, "{retried} / {stopped}");
+        assert_eq!(never.decide_explored(&c).1, None);
         // Exploration never overrides the hard limits.
         let mut last = after(ErrorKind::Connect, 7);
         last.elapsed = Duration::from_millis(20);
