@@ -1079,6 +1079,80 @@ async fn the_adaptive_composition_follows_a_swapped_model() {
     assert!(report.stopped.is_some());
 }
 
+/// The model swapped while calls are in flight: 200 calls, one a millisecond, every other
+/// one failing its first attempt after 5 ms (half: the breaker's rate trigger stays out of
+/// it). Every retry decision taken before the swap followed the first model (every
+/// failure so far retried), none after it did (the second model expects nothing to
+/// succeed: no call retries, neither after its own failure nor after the circuit refuses
+/// it), and the breaker, asked by the new model, opened.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_composition_swaps_its_model_under_load() {
+    use crate::model::SharedModel;
+    let model = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.9)));
+    let p = Policy::builder("swapped")
+        .adaptive(Arc::clone(&model))
+        .unwrap()
+        .build()
+        .unwrap();
+    let first_failures = Arc::new(AtomicU32::new(0));
+    let calls: Vec<_> = (0..200u64)
+        .map(|i| {
+            let (p, failures) = (p.clone(), Arc::clone(&first_failures));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i)).await;
+                p.call_with_report(|a| {
+                    let failures = Arc::clone(&failures);
+                    async move {
+                        tokio::time::sleep(5 * MS).await;
+                        if a.number > 1 || i % 2 == 0 {
+                            return Ok(());
+                        }
+                        if a.hedge == 0 {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(reset())
+                    }
+                })
+                .await
+                .1
+            })
+        })
+        .collect();
+    // Half a millisecond past 100 ms: the first attempts that failed by then (at whole
+    // milliseconds) were decided by then, each in the poll that saw it fail.
+    tokio::time::sleep(Duration::from_micros(100_500)).await;
+    let before = p.metrics();
+    let failed_before = first_failures.load(Ordering::SeqCst);
+    model.swap(Arc::new(|_: &AttemptContext| 0.01));
+    let mut reports = Vec::new();
+    for c in calls {
+        reports.push(c.await.unwrap());
+    }
+    let after = p.metrics();
+    assert!(
+        failed_before >= 45,
+        "failures before the swap: {failed_before}"
+    );
+    assert_eq!(
+        before.retries,
+        u64::from(failed_before),
+        "every decision before the swap retried"
+    );
+    assert_eq!(after.retries, before.retries, "no decision after it did");
+    // No call retried twice; the calls that failed after the swap stopped at once.
+    assert!(reports.iter().all(|r| r.attempts <= 2), "{reports:?}");
+    for (i, r) in reports.iter().enumerate().skip(150) {
+        assert!(r.attempts <= 1, "call {i}: {r:?}");
+        if i % 2 == 1 {
+            assert!(r.stopped.is_some(), "call {i}: {r:?}");
+        }
+    }
+    // The circuit refused nothing before the swap, and opened on the new model's word.
+    let refused = |m: &PolicyMetrics| m.breaker.as_ref().unwrap().not_permitted_calls;
+    assert_eq!(refused(&before), 0);
+    assert!(refused(&after) > 0, "{:?}", after.breaker);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
     let p = Policy::builder("full")
