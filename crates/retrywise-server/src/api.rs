@@ -414,9 +414,10 @@ pub struct DecideResponse {
     /// deadline, or forced open: fail fast), `low_success_probability` (no wait within the
     /// deadline makes a fresh call worth sending).
     pub reason: String,
-    /// Whether the rule-based fallback decided (the model answered NaN, or it was trained
-    /// on too few rows like this context). A model the service does not serve is a 404
-    /// naming the models it does (none until one is loaded: `/readyz` says 503 until then).
+    /// Whether the rule-based fallback decided: no model is serving yet (the default was
+    /// asked for; `version` is then 0), the model answered NaN, or it was trained on too
+    /// few rows like this context. A model named but not served is a 404 naming the models
+    /// that are.
     pub fell_back: bool,
     /// Whether the decision explored: a retry, after a wait drawn uniformly from those
     /// weighed, where the model judged no wait worth an attempt. The service explores that
@@ -431,9 +432,9 @@ pub struct DecideResponse {
     /// Every wait weighed, shortest first (when asked with `"alternatives": true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<Vec<AlternativeView>>,
-    /// The model used.
+    /// The model used (the default's name when none is serving).
     pub model: String,
-    /// Its version.
+    /// Its version; 0 when no model is serving (the rules decided).
     pub version: u32,
 }
 
@@ -478,12 +479,12 @@ impl SuccessModel for Served {
 /// caller, so that callers told of the same failure are told to retry apart.
 fn decider(
     st: &AppState,
-    model: Arc<LoadedModel>,
+    model: Option<Arc<LoadedModel>>,
     deadline: Option<std::time::Duration>,
 ) -> Result<ModelDecider, ApiError> {
     let config = &st.config;
     let mut b = ModelDecider::builder()
-        .model(Arc::new(Served(model)))
+        .maybe_model(model.map(|m| Arc::new(Served(m)) as Arc<dyn SuccessModel>))
         .calendar(Arc::clone(&st.calendar))
         .attempt_cost(config.min_p_success.clamp(1e-6, 0.999))
         .explore(config.explore);
@@ -512,7 +513,22 @@ pub(crate) async fn decide(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
-    let m = pick(&st, req.model.as_deref())?;
+    // No model serving at all (before the first is loaded): the default is answered by the
+    // decider's rules, and says so. A model named but not served stays a 404.
+    let m = match pick(&st, req.model.as_deref()) {
+        Ok(m) => Some(m),
+        Err(_) if req.model.is_none() && st.models.snapshot().is_empty() => {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                tracing::warn!(
+                    model = %st.config.default_model,
+                    "no model is serving: /v1/decide answers with its rules until one is loaded"
+                );
+            });
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let ctx = prepare(&st, req.context, || "context".into(), Instant::now())?;
     let deadline = req
         .deadline_ms
@@ -526,8 +542,13 @@ pub(crate) async fn decide(
         })
         .transpose()?;
     if ctx.attempt == 1 {
-        let answer = admit(&st, &m, &ctx, deadline);
-        count_predictions(&st, &m, 1);
+        let answer = admit(&st, m.as_ref(), &ctx, deadline);
+        if let Some(m) = &m {
+            count_predictions(&st, m, 1);
+        }
+        if answer.fell_back {
+            st.metrics.decision_fallbacks.inc();
+        }
         st.metrics
             .decisions
             .get_or_create(&crate::metrics::ReasonLabels {
@@ -539,13 +560,15 @@ pub(crate) async fn decide(
         }
         return Ok(Json(answer));
     }
-    let weighed = decider(&st, Arc::clone(&m), deadline)?.weigh(&ctx);
+    let weighed = decider(&st, m.clone(), deadline)?.weigh(&ctx);
     let explained = weighed.explained;
     let (retry, delay, reason) = match explained.decision {
         Decision::Retry(d) => (true, d, "retry"),
         Decision::Stop(r) => (false, std::time::Duration::ZERO, r.as_str()),
     };
-    count_predictions(&st, &m, weighed.alternatives.len().max(1) as u64);
+    if let Some(m) = &m {
+        count_predictions(&st, m, weighed.alternatives.len().max(1) as u64);
+    }
     st.metrics
         .decisions
         .get_or_create(&crate::metrics::ReasonLabels {
@@ -560,7 +583,11 @@ pub(crate) async fn decide(
     }
     if weighed.fell_back {
         st.metrics.decision_fallbacks.inc();
-        tracing::debug!(model = %m.name, version = m.version, "/v1/decide fell back to its rules (the model answered NaN or had barely seen this failure)");
+        tracing::debug!(
+            model = %st.config.default_model,
+            version = m.as_ref().map_or(0, |m| m.version),
+            "/v1/decide fell back to its rules (no model serving, the model answered NaN, or it had barely seen this failure)"
+        );
     }
     let alternatives = req.alternatives.then(|| {
         weighed
@@ -587,8 +614,10 @@ pub(crate) async fn decide(
             .explored
             .then(|| st.config.explore / weighed.alternatives.len().max(1) as f64),
         alternatives,
-        model: m.name.clone(),
-        version: m.version,
+        model: m
+            .as_ref()
+            .map_or_else(|| st.config.default_model.clone(), |m| m.name.clone()),
+        version: m.as_ref().map_or(0, |m| m.version),
     }))
 }
 
@@ -597,7 +626,7 @@ pub(crate) async fn decide(
 /// attempt cost (`min_p_success`, the shared breaker's threshold too).
 fn admit(
     st: &AppState,
-    m: &Arc<LoadedModel>,
+    m: Option<&Arc<LoadedModel>>,
     ctx: &AttemptContext,
     deadline: Option<std::time::Duration>,
 ) -> DecideResponse {
@@ -610,17 +639,18 @@ fn admit(
         delay_ms: wait.as_secs_f64() * 1e3,
         p_success: p,
         reason: reason.to_owned(),
-        fell_back: false,
+        // Without a model serving, the fleet's circuit alone decides, and a call is sent.
+        fell_back: m.is_none(),
         explored: false,
         propensity: None,
         alternatives: None,
-        model: m.name.clone(),
-        version: m.version,
+        model: m.map_or_else(|| st.config.default_model.clone(), |m| m.name.clone()),
+        version: m.map_or(0, |m| m.version),
     };
     let p_after = |w: Duration| {
         let mut c = ctx.clone();
         c.delay = w;
-        Some(m.model.p_success(&c)).filter(|p| !p.is_nan())
+        m.map(|m| m.model.p_success(&c)).filter(|p| !p.is_nan())
     };
     match st.fleet.circuit(&ctx.target) {
         Some((State::ForcedOpen, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
@@ -640,6 +670,9 @@ fn admit(
     }
     // The breaker's rule for how long to stay open, with the request's model and the
     // call's deadline.
+    let Some(m) = m else {
+        return answer(true, Duration::ZERO, None, "admit");
+    };
     let prediction = retrywise::breaker::Prediction::new(Arc::new(Served(Arc::clone(m))))
         .threshold(threshold.clamp(1e-6, 0.999));
     match prediction.recovery(ctx, left) {

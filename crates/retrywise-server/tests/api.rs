@@ -192,6 +192,55 @@ async fn health_readiness_and_models() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // Decisions fall back to the rules, and say so: a retry after a 503 by full-jitter
+    // backoff, a first attempt sent.
+    let (s, v) = empty
+        .post(
+            "/v1/decide",
+            r#"{"context": {"target": "t", "attempt": 2, "error": "http_503"}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            v["retry"].as_bool(),
+            v["fell_back"].as_bool(),
+            v["version"].as_u64()
+        ),
+        (Some(true), Some(true), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["model"], "default", "{v}");
+    let (s, v) = empty
+        .post(
+            "/v1/decide",
+            r#"{"context": {"target": "t", "attempt": 1}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            v["retry"].as_bool(),
+            v["reason"].as_str(),
+            v["fell_back"].as_bool()
+        ),
+        (Some(true), Some("admit"), Some(true)),
+        "{v}"
+    );
+    let (_, m) = empty.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("retrywise_decision_fallbacks_total 2"),
+        "{text}"
+    );
+    // A model named but not served is still not found.
+    let (s, v) = empty
+        .post(
+            "/v1/decide",
+            r#"{"model": "nope", "context": {"target": "t", "attempt": 2, "error": "http_503"}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 }
 
 #[tokio::test]
