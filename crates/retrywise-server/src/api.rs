@@ -578,14 +578,15 @@ pub(crate) async fn decide(
     if let Some(p) = explained.p_success {
         st.metrics.decision_p.observe(p);
     }
-    if weighed.explored {
+    if weighed.explored() {
         st.metrics.decisions_explored.inc();
     }
+    let (model, version) = served_as(&st, m.as_ref());
     if weighed.fell_back {
         st.metrics.decision_fallbacks.inc();
         tracing::debug!(
-            model = %st.config.default_model,
-            version = m.as_ref().map_or(0, |m| m.version),
+            model = %model,
+            version,
             "/v1/decide fell back to its rules (no model serving, the model answered NaN, or it had barely seen this failure)"
         );
     }
@@ -607,18 +608,21 @@ pub(crate) async fn decide(
         p_success: explained.p_success,
         reason: reason.to_owned(),
         fell_back: weighed.fell_back,
-        explored: weighed.explored,
-        // The chance of this very wait: the share explored, drawn uniformly among those
-        // weighed.
-        propensity: weighed
-            .explored
-            .then(|| st.config.explore / weighed.alternatives.len().max(1) as f64),
+        explored: weighed.explored(),
+        propensity: weighed.propensity,
         alternatives,
-        model: m
-            .as_ref()
-            .map_or_else(|| st.config.default_model.clone(), |m| m.name.clone()),
-        version: m.as_ref().map_or(0, |m| m.version),
+        model,
+        version,
     }))
+}
+
+/// The name and version a decision names: the model's, or — none serving — the default's
+/// name and version 0.
+fn served_as(st: &AppState, m: Option<&Arc<LoadedModel>>) -> (String, u32) {
+    m.map_or_else(
+        || (st.config.default_model.clone(), 0),
+        |m| (m.name.clone(), m.version),
+    )
 }
 
 /// Admission of a first attempt: send now, wait and how long, or fail fast — by the fleet's
@@ -634,6 +638,7 @@ fn admit(
     use std::time::Duration;
     let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
     let fits = |w: Duration| left.is_none_or(|l| w < l);
+    let (model, version) = served_as(st, m);
     let answer = |send: bool, wait: Duration, p: Option<f64>, reason: &str| DecideResponse {
         retry: send,
         delay_ms: wait.as_secs_f64() * 1e3,
@@ -644,8 +649,8 @@ fn admit(
         explored: false,
         propensity: None,
         alternatives: None,
-        model: m.map_or_else(|| st.config.default_model.clone(), |m| m.name.clone()),
-        version: m.map_or(0, |m| m.version),
+        model: model.clone(),
+        version,
     };
     let p_after = |w: Duration| {
         let mut c = ctx.clone();

@@ -21,8 +21,9 @@
 //! Little's law: while the limit binds, the latency of a saturated upstream grows with the
 //! calls in flight when each call started, and a slow upstream's does not (`LoadResponse`:
 //! the slope of `ln latency` on `ln in-flight` over the answered calls of late). When the
-//! slope is below ½ by two standard errors, the latency now becomes the baseline and the
-//! limit at least twice the load it served of late.
+//! slope is below ¼ by two standard errors — the load having varied by a fifth or more,
+//! most calls answering — the latency now becomes the baseline and the limit at least
+//! twice the load it served of late. The floor is Gradient2's default, 20.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -546,8 +547,9 @@ mod tests {
         }
 
         /// A latency that grows at least ¾ as fast as the load (`c · in-flight^β`,
-        /// β ≥ 0.75) is never taken for a slow upstream; one that grows at most a
-        /// quarter as fast is, once the load has varied over eight samples or more.
+        /// β ≥ 0.75) is never taken for a slow upstream; one that grows less than a
+        /// quarter as fast is, once eight samples or more have seen the load vary (by a
+        /// fifth or more: loads drawn from 1 to 1,000 do).
         #[test]
         fn the_load_response_tells_queueing_from_slowness(
             c in 1e-4f64..1.0,

@@ -205,16 +205,21 @@ pub struct Weighed {
     pub explained: Explained,
     /// Whether the rules decided (no model, or a model answering NaN).
     pub fell_back: bool,
-    /// Whether the decision explored: the model judged no wait worth an attempt, and the
-    /// decider retries anyway (with probability [`ModelDeciderBuilder::explore`]) after a
-    /// wait drawn uniformly from those weighed, so that what the model stopped on keeps
-    /// being observed.
-    pub explored: bool,
-    /// The chance of this decision when it explored: the explore share over the number of
-    /// waits weighed (the wait is drawn uniformly among them); `None` otherwise.
+    /// The chance of this decision when it explored — the model judged no wait worth an
+    /// attempt, and the decider retries anyway (with probability
+    /// [`ModelDeciderBuilder::explore`]) after a wait drawn uniformly from those weighed, so
+    /// that what the model stopped on keeps being observed: the explore share over the
+    /// number of waits weighed. `None` when it did not explore.
     pub propensity: Option<f64>,
     /// The waits weighed, shortest first.
     pub alternatives: Vec<Alternative>,
+}
+
+impl Weighed {
+    /// Whether the decision explored ([`propensity`](Self::propensity) is its chance).
+    pub fn explored(&self) -> bool {
+        self.propensity.is_some()
+    }
 }
 
 impl ModelDecider {
@@ -251,7 +256,6 @@ impl ModelDecider {
         Weighed {
             explained,
             fell_back,
-            explored: propensity.is_some(),
             propensity,
             alternatives,
         }
@@ -682,7 +686,7 @@ impl ModelDeciderBuilder {
     /// wait drawn uniformly from those weighed (default 0; in `[0, 1]`). A model only
     /// learns what happens after the decisions it lets happen: one that has learned to
     /// stop on some failure never sees that stopping was wrong, unless some of those
-    /// stops explore. Explored decisions say so ([`Weighed::explored`]) and are counted
+    /// stops explore. Explored decisions say so ([`Weighed::propensity`]) and are counted
     /// ([`ModelDecider::explored`]); the propensity of an explored wait is this share
     /// over the number of waits weighed.
     pub fn explore(mut self, share: f64) -> Self {
@@ -821,7 +825,7 @@ mod tests {
             .seed(3)
             .build()
             .unwrap();
-        assert!((0..200).all(|_| !never.weigh(&c).explored));
+        assert!((0..200).all(|_| !never.weigh(&c).explored()));
         let d = ModelDecider::builder()
             .model(Arc::new(hopeless))
             .explore(0.2)
@@ -834,7 +838,7 @@ mod tests {
             let w = d.weigh(&c);
             match w.explained.decision {
                 Decision::Retry(wait) => {
-                    assert!(w.explored, "only exploration retries here");
+                    assert!(w.explored(), "only exploration retries here");
                     // Its chance: the share explored, one wait drawn of those weighed.
                     assert_eq!(w.propensity, Some(0.2 / w.alternatives.len() as f64));
                     assert!(d.grid().contains(&wait));
@@ -843,7 +847,7 @@ mod tests {
                 }
                 Decision::Stop(r) => {
                     assert_eq!(r, StopReason::LowSuccessProbability);
-                    assert!(!w.explored && w.propensity.is_none());
+                    assert!(!w.explored());
                 }
             }
         }
