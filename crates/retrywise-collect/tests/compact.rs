@@ -86,6 +86,7 @@ fn segments_become_day_partitioned_parquet_with_the_explicit_schema() {
     assert_eq!(schema.get("date"), Some(&DataType::Date));
     // Values survive: record 5 (attempt 3 after a 503, timeout-free success).
     let five = df
+        .clone()
         .lazy()
         .filter(col("call_id").eq(lit(5u64)))
         .collect()
@@ -119,6 +120,32 @@ fn segments_become_day_partitioned_parquet_with_the_explicit_schema() {
         .get(0)
         .unwrap();
     assert!((latency - want.outcome_latency.as_secs_f64() * 1e3).abs() < 1e-9);
+    // An explored decision keeps its propensity (the trainer and any off-policy estimate
+    // weigh the row by it); every other row says it did not explore.
+    assert_eq!(
+        five.column("explore_propensity")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .get(0),
+        Some(0.25)
+    );
+    let explored = df
+        .column("explore_propensity")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .zip(
+            df.column("call_id")
+                .unwrap()
+                .u64()
+                .unwrap()
+                .into_no_null_iter(),
+        )
+        .filter(|(p, id)| p.is_some() != (id % 10 == 5 && id % 3 != 0))
+        .count();
+    assert_eq!(explored, 0, "rows whose propensity is not the record's");
 
     // Idempotent: a second run finds nothing to do and the rows are the same, once.
     let again = go(&CompactOptions::new(&input, &output));

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use retrywise::model::SuccessModel;
+use retrywise_train::evaluate::Evaluation;
+use retrywise_train::metrics::Metrics;
 use serde::Serialize;
 
 use crate::driver::RunOptions;
@@ -40,6 +42,9 @@ pub struct ReportOptions {
     pub model: Option<Arc<dyn SuccessModel>>,
     /// Where the model came from (for the report's header).
     pub model_origin: String,
+    /// The model's calibration on runs it did not train on (`retrywise eval`'s evaluation),
+    /// judged as the `SCENARIO/calibration` targets; `None` judges none.
+    pub calibration: Option<Evaluation>,
 }
 
 impl ReportOptions {
@@ -50,6 +55,7 @@ impl ReportOptions {
             seeds: vec![1, 2, 3],
             model,
             model_origin: model_origin.into(),
+            calibration: None,
         }
     }
 }
@@ -196,7 +202,10 @@ pub fn report(
                 .collect(),
         });
     }
-    let targets = targets(&scenarios);
+    let mut targets = targets(&scenarios);
+    if let Some(e) = &opts.calibration {
+        targets.extend(calibration_targets(e));
+    }
     let report = Report {
         seeds: opts.seeds.clone(),
         model: opts.model_origin.clone(),
@@ -328,6 +337,61 @@ fn targets(scenarios: &[ScenarioResults]) -> Vec<Target> {
         if let Some(f) = s.get(ADAPTIVE_FULL) {
             out.push(full_target(&s.scenario, f, a));
         }
+    }
+    out
+}
+
+/// The largest expected calibration error on each scenario's rows.
+pub const MAX_SCENARIO_ECE: f64 = 0.05;
+/// The largest expected calibration error on all rows.
+pub const MAX_OVERALL_ECE: f64 = 0.03;
+
+/// The calibration targets of the model the decisions rest on, on rows it did not train
+/// on: `all/calibration` (ECE <= [`MAX_OVERALL_ECE`] on every row) and, per target of the
+/// rows (the simulator's data names each scenario's target after it), `SCENARIO/calibration`:
+/// ECE <= [`MAX_SCENARIO_ECE`] and an AUC above the baseline's (the success rate per previous
+/// error kind) where both rank (the rows hold successes and failures). A decider that compares
+/// p against thresholds needs p to mean what it says in every regime, and an aggregate hides
+/// a small regime predicted badly behind a large one predicted well.
+pub fn calibration_targets(e: &Evaluation) -> Vec<Target> {
+    let auc = |m: &Metrics| m.auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"));
+    let mut out = vec![Target {
+        id: "all/calibration".to_owned(),
+        scenario: "all".to_owned(),
+        goal: format!("ECE <= {MAX_OVERALL_ECE} on every row"),
+        measured: format!(
+            "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows",
+            e.model.ece,
+            e.baseline.ece,
+            auc(&e.model),
+            auc(&e.baseline),
+            e.model.rows
+        ),
+        met: e.model.ece <= MAX_OVERALL_ECE,
+    }];
+    for t in &e.by_target {
+        let ranks = match (t.model.auc, t.baseline.auc) {
+            (Some(m), Some(b)) => m > b,
+            // One class only: nothing to rank, only calibration to judge.
+            _ => true,
+        };
+        out.push(Target {
+            id: format!("{}/calibration", t.target),
+            scenario: t.target.clone(),
+            goal: format!(
+                "ECE <= {MAX_SCENARIO_ECE}, AUC above the per-error baseline's where there is anything to rank"
+            ),
+            measured: format!(
+                "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows, {:.1} % success",
+                t.model.ece,
+                t.baseline.ece,
+                auc(&t.model),
+                auc(&t.baseline),
+                t.rows,
+                t.success_rate * 100.0
+            ),
+            met: t.model.ece <= MAX_SCENARIO_ECE && ranks,
+        });
     }
     out
 }
@@ -508,6 +572,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use retrywise_train::evaluate::TargetReport;
 
     fn target(id: &str, met: bool) -> Target {
         Target {
@@ -517,6 +582,65 @@ mod tests {
             measured: "a figure".into(),
             met,
         }
+    }
+
+    fn target_report(name: &str, model: &[f64], baseline: &[f64], y: &[bool]) -> TargetReport {
+        TargetReport {
+            target: name.to_owned(),
+            rows: y.len() as u64,
+            success_rate: y.iter().filter(|s| **s).count() as f64 / y.len() as f64,
+            model: Metrics::compute(model, y),
+            baseline: Metrics::compute(baseline, y),
+        }
+    }
+
+    #[test]
+    fn calibration_is_judged_per_scenario_beside_the_aggregate() {
+        // outage: the model ranks every row right at the right rates; the baseline says
+        // the mean. Ten rows at p = 0.9 (nine succeed), ten at 0.1 (one succeeds).
+        let y: Vec<bool> = (0..20).map(|i| i < 9 || i == 10).collect();
+        let sharp: Vec<f64> = (0..20).map(|i| if i < 10 { 0.9 } else { 0.1 }).collect();
+        let flat = vec![0.5; 20];
+        let outage = target_report("outage", &sharp, &flat, &y);
+        // permanent: calibrated on average but ranking worse than the baseline.
+        let reversed: Vec<f64> = sharp.iter().map(|p| 1.0 - p).collect();
+        let permanent = target_report("permanent", &flat, &sharp, &y);
+        // rate-limited: ranks perfectly, but says 0.95 and 0.85 where half succeed (ECE 0.45).
+        let half: Vec<bool> = (0..20).map(|i| i % 2 == 0).collect();
+        let overconfident: Vec<f64> = (0..20)
+            .map(|i| if i % 2 == 0 { 0.95 } else { 0.85 })
+            .collect();
+        let rate_limited = target_report("rate-limited", &overconfident, &reversed, &half);
+        // stragglers: every row succeeds, so there is nothing to rank; p = 0.98 is within 0.05.
+        let stragglers = target_report("stragglers", &[0.98; 10], &[0.9; 10], &[true; 10]);
+        let e = Evaluation {
+            model: Metrics::compute(&sharp, &y),
+            baseline: Metrics::compute(&flat, &y),
+            by_error: vec![],
+            by_target: vec![outage, permanent, rate_limited, stragglers],
+        };
+        let t = calibration_targets(&e);
+        let judged: Vec<(&str, bool)> = t.iter().map(|t| (t.id.as_str(), t.met)).collect();
+        assert_eq!(
+            judged,
+            [
+                ("all/calibration", true),
+                ("outage/calibration", true),
+                ("permanent/calibration", false),
+                ("rate-limited/calibration", false),
+                ("stragglers/calibration", true),
+            ]
+        );
+        assert!(t[3].measured.starts_with("ECE 0.450"), "{}", t[3].measured);
+        assert!(
+            t[4].measured.contains("AUC - (baseline -)"),
+            "{}",
+            t[4].measured
+        );
+        // An aggregate beyond 0.03 fails the overall target alone.
+        let mut worse = e.clone();
+        worse.model = Metrics::compute(&[0.9; 20], &y);
+        assert!(!calibration_targets(&worse)[0].met);
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub fn record(i: u64) -> AttemptRecord {
         ctx.status = Some(503);
         ctx.latency = Some(Duration::from_millis(12));
         ctx.delay = Duration::from_millis(100 * i % 700);
+        // One retry in ten was an explored decision: its wait drawn at random among four.
+        if i % 10 == 5 {
+            ctx.explore_propensity = Some(0.25);
+        }
     }
     let verdict = if i.is_multiple_of(4) {
         Verdict::Retryable(Failure::new(ErrorKind::Timeout))

@@ -166,11 +166,17 @@ pub(crate) struct ReportArgs {
     /// Only these scenarios (repeat; default: every built-in one).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
+    /// Also judge the model's calibration on these logs (segment folders or Parquet, from
+    /// runs it did not train on, e.g. `retrywise-sim generate --seed 13`): the targets
+    /// `all/calibration` (ECE <= 0.03) and `SCENARIO/calibration` (ECE <= 0.05, AUC above
+    /// the per-error baseline's).
+    #[arg(long = "calibration-data")]
+    calibration_data: Vec<String>,
     /// Exit non-zero when a target of the model-driven policy is missed (for CI).
     #[arg(long)]
     check: bool,
-    /// With --check: a TOML file of known misses (`"SCENARIO/baseline" = "why"` or
-    /// `"SCENARIO/goal" = "why"` under `[missed]`), reported but not failing; a known miss
+    /// With --check: a TOML file of known misses (`"SCENARIO/baseline" = "why"`,
+    /// `"SCENARIO/goal"`, `"SCENARIO/full"` or `"SCENARIO/calibration"` under `[missed]`), reported but not failing; a known miss
     /// that is met fails the check too, so the file stays true.
     #[arg(long, requires = "check")]
     known_misses: Option<PathBuf>,
@@ -536,7 +542,33 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
         (None, Some(_)) => "the shipped model (models/default)".to_owned(),
         (None, None) => "no model (its fallback rules)".to_owned(),
     };
+    let calibration = if args.calibration_data.is_empty() {
+        None
+    } else {
+        let dir = match (&args.model, &model) {
+            (Some(p), _) => p.clone(),
+            (None, Some(_)) => PathBuf::from("models/default"),
+            (None, None) => {
+                anyhow::bail!("--calibration-data judges a model: name one with --model")
+            }
+        };
+        eprintln!(
+            "evaluating {} on {}",
+            dir.display(),
+            args.calibration_data.join(", ")
+        );
+        let e = retrywise_train::eval(
+            &dir,
+            &args.calibration_data,
+            &retrywise_train::data::Filter::default(),
+            retrywise_train::data::DEFAULT_MAX_ROWS,
+            &mut |_| {},
+        )
+        .with_context(|| format!("evaluating {} for --calibration-data", dir.display()))?;
+        Some(e.evaluation)
+    };
     let mut opts = ReportOptions::new(model, origin);
+    opts.calibration = calibration;
     opts.seeds.clone_from(&args.seeds);
     if !args.scenarios.is_empty() {
         opts.scenarios = args
