@@ -115,6 +115,30 @@ pub(crate) struct EvalArgs {
     /// Print the metrics as JSON.
     #[arg(long)]
     json: bool,
+    /// Exit non-zero unless the model is calibrated enough to decide by: ECE within
+    /// --max-ece-overall on every row, and on each target's rows within --max-ece with an
+    /// AUC above the per-error baseline's where there is anything to rank (for CI, before
+    /// a new model serves).
+    #[arg(long)]
+    check: bool,
+    /// With --check: the largest ECE on each target's rows.
+    #[arg(long, default_value_t = 0.05, requires = "check", value_parser = unit_interval)]
+    max_ece: f64,
+    /// With --check: the largest ECE on every row.
+    #[arg(long, default_value_t = 0.03, requires = "check", value_parser = unit_interval)]
+    max_ece_overall: f64,
+}
+
+/// A number within `[0, 1]` (clap's parser for the ECE limits).
+fn unit_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be within [0, 1], got {v}"))
+    }
 }
 
 /// Options of `retrywise inspect`.
@@ -342,18 +366,56 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     );
     bar.finish_and_clear();
     let report = report.with_context(|| format!("evaluating {}", args.model.display()))?;
+    let checks = args.check.then(|| {
+        report
+            .evaluation
+            .check_calibration(&retrywise_train::evaluate::CalibrationLimits {
+                max_ece_overall: args.max_ece_overall,
+                max_ece: args.max_ece,
+            })
+    });
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(c) = &checks {
+            v["checks"] = serde_json::to_value(c)?;
+        }
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        outln!(
+            "model {} version {} on {} rows ({} skipped)\n",
+            report.model,
+            report.version,
+            report.load.rows,
+            report.load.skipped_total()
+        );
+        print_evaluation(&report.evaluation);
     }
-    outln!(
-        "model {} version {} on {} rows ({} skipped)\n",
-        report.model,
-        report.version,
-        report.load.rows,
-        report.load.skipped_total()
+    let Some(checks) = checks else {
+        return Ok(());
+    };
+    let name = |c: &retrywise_train::evaluate::CalibrationCheck| {
+        c.target.clone().unwrap_or_else(|| "every row".to_owned())
+    };
+    if !args.json {
+        outln!();
+        for c in &checks {
+            outln!(
+                "{} {}: {} ({})",
+                if c.met { "met   " } else { "MISSED" },
+                name(c),
+                c.measured,
+                c.goal
+            );
+        }
+    }
+    let missed: Vec<String> = checks.iter().filter(|c| !c.met).map(name).collect();
+    anyhow::ensure!(
+        missed.is_empty(),
+        "calibration check: {} of {} missed: {}",
+        missed.len(),
+        checks.len(),
+        missed.join(", ")
     );
-    print_evaluation(&report.evaluation);
     Ok(())
 }
 

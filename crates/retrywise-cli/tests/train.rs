@@ -143,6 +143,73 @@ fn train_eval_and_inspect_a_model_of_recorded_traffic() {
         "{table}"
     );
 
+    // eval --check judges the calibration: a limit no model meets fails, naming what
+    // missed...
+    let strict = retrywise(&[
+        "eval",
+        "--model",
+        path(&version),
+        "--data",
+        path(&data),
+        "--check",
+        "--max-ece-overall",
+        "0",
+    ]);
+    assert!(!strict.status.success());
+    let err = text(&strict.stderr);
+    assert!(
+        err.contains("calibration check") && err.contains("every row"),
+        "{err}"
+    );
+    assert!(
+        text(&strict.stdout).contains("MISSED every row: ECE"),
+        "{}",
+        text(&strict.stdout)
+    );
+    // ...the JSON carries every check, the overall one first, then one per target, and
+    // the exit status follows them...
+    let loose = retrywise(&[
+        "eval",
+        "--model",
+        path(&version),
+        "--data",
+        path(&data),
+        "--json",
+        "--check",
+        "--max-ece",
+        "1",
+        "--max-ece-overall",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&loose.stdout).expect("eval --check --json");
+    let checks = v["checks"].as_array().expect("checks");
+    let targets = v["evaluation"]["by_target"].as_array().expect("by_target");
+    assert_eq!(checks.len(), 1 + targets.len());
+    assert!(checks[0]["target"].is_null());
+    assert_eq!(checks[1]["target"], targets[0]["target"]);
+    assert_eq!(
+        loose.status.success(),
+        checks.iter().all(|c| c["met"] == true),
+        "{v}"
+    );
+    // ...and a limit outside [0, 1] is refused by name.
+    let bad = retrywise(&[
+        "eval",
+        "--model",
+        path(&version),
+        "--data",
+        path(&data),
+        "--check",
+        "--max-ece",
+        "2",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("--max-ece"),
+        "{}",
+        text(&bad.stderr)
+    );
+
     // inspect names every feature with its weight.
     let out = ok(&["inspect", "--model", path(&version)]);
     for name in [

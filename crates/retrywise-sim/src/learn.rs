@@ -317,9 +317,92 @@ pub fn learn(
     Ok(rounds)
 }
 
+/// What `learn --check` concludes from the rounds' (success rate, attempts per request) on
+/// the evaluation seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Success rose or attempts fell from round 0 to the last round, and no round lost
+    /// more than half a point of success against round 0.
+    Improved,
+    /// A round served more than half a point less than round 0.
+    Worse {
+        /// The round.
+        round: usize,
+        /// Its success rate.
+        success: f64,
+        /// Round 0's.
+        first: f64,
+    },
+    /// Round 0 already serves every request at one attempt each (at the table's
+    /// precision): no policy can do better, so the scenario cannot show the loop learning.
+    NothingToImprove {
+        /// Round 0's attempts per request.
+        attempts: f64,
+    },
+    /// Neither more success nor fewer attempts in the last round (or no round after 0).
+    NotImproved,
+}
+
+/// Judges a loop's rounds, `(success rate, attempts per request)` each, round 0 first.
+pub fn judge(rounds: &[(f64, f64)]) -> Verdict {
+    let Some(&(s0, a0)) = rounds.first() else {
+        return Verdict::NotImproved;
+    };
+    if let Some((round, &(success, _))) = rounds
+        .iter()
+        .enumerate()
+        .find(|(_, (s, _))| *s < s0 - 0.005)
+    {
+        return Verdict::Worse {
+            round,
+            success,
+            first: s0,
+        };
+    }
+    if s0 >= 0.9995 && a0 < 1.005 {
+        return Verdict::NothingToImprove { attempts: a0 };
+    }
+    match rounds.last() {
+        Some(&(s, a)) if rounds.len() > 1 && (s > s0 || a < a0) => Verdict::Improved,
+        _ => Verdict::NotImproved,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Gate;
+    use super::{Gate, Verdict, judge};
+
+    #[test]
+    fn the_loop_is_judged_on_its_first_and_last_rounds_and_its_worst() {
+        assert_eq!(
+            judge(&[(0.909, 1.40), (1.0, 1.15), (1.0, 1.15)]),
+            Verdict::Improved
+        );
+        // Fewer attempts at the same success is an improvement too.
+        assert_eq!(judge(&[(0.7, 1.04), (0.7, 1.02)]), Verdict::Improved);
+        // Better at the end, but one round on the way lost more than half a point.
+        assert_eq!(
+            judge(&[(0.9, 1.3), (0.89, 1.2), (0.95, 1.1)]),
+            Verdict::Worse {
+                round: 1,
+                success: 0.89,
+                first: 0.9
+            }
+        );
+        assert_eq!(judge(&[(0.9, 1.3), (0.9, 1.3)]), Verdict::NotImproved);
+        assert_eq!(judge(&[(0.9, 1.3)]), Verdict::NotImproved);
+        assert_eq!(judge(&[]), Verdict::NotImproved);
+        // The rules already at the ceiling: said so, not called a failure to learn.
+        assert_eq!(
+            judge(&[(1.0, 1.0002), (1.0, 1.0002)]),
+            Verdict::NothingToImprove { attempts: 1.0002 }
+        );
+        assert_eq!(
+            judge(&[(1.0, 1.06), (1.0, 1.01)]),
+            Verdict::Improved,
+            "every request served, at attempts to save"
+        );
+    }
 
     #[test]
     fn a_gate_promotes_only_a_challenger_that_loses_on_no_seed() {

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use retrywise::model::SuccessModel;
-use retrywise_train::evaluate::Evaluation;
-use retrywise_train::metrics::Metrics;
+use retrywise_train::evaluate::{CalibrationLimits, Evaluation};
 use serde::Serialize;
 
 use crate::driver::RunOptions;
@@ -341,59 +340,25 @@ fn targets(scenarios: &[ScenarioResults]) -> Vec<Target> {
     out
 }
 
-/// The largest expected calibration error on each scenario's rows.
-pub const MAX_SCENARIO_ECE: f64 = 0.05;
-/// The largest expected calibration error on all rows.
-pub const MAX_OVERALL_ECE: f64 = 0.03;
-
 /// The calibration targets of the model the decisions rest on, on rows it did not train
-/// on: `all/calibration` (ECE <= [`MAX_OVERALL_ECE`] on every row) and, per target of the
-/// rows (the simulator's data names each scenario's target after it), `SCENARIO/calibration`:
-/// ECE <= [`MAX_SCENARIO_ECE`] and an AUC above the baseline's (the success rate per previous
-/// error kind) where both rank (the rows hold successes and failures). A decider that compares
-/// p against thresholds needs p to mean what it says in every regime, and an aggregate hides
-/// a small regime predicted badly behind a large one predicted well.
+/// on ([`Evaluation::check_calibration`] with the limits): `all/calibration` (ECE
+/// <= 0.03 on every row) and, per target of the rows (the simulator's data names each
+/// scenario's target after it), `SCENARIO/calibration` (ECE <= 0.05 and an AUC above the
+/// per-error baseline's where both rank).
 pub fn calibration_targets(e: &Evaluation) -> Vec<Target> {
-    let auc = |m: &Metrics| m.auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"));
-    let mut out = vec![Target {
-        id: "all/calibration".to_owned(),
-        scenario: "all".to_owned(),
-        goal: format!("ECE <= {MAX_OVERALL_ECE} on every row"),
-        measured: format!(
-            "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows",
-            e.model.ece,
-            e.baseline.ece,
-            auc(&e.model),
-            auc(&e.baseline),
-            e.model.rows
-        ),
-        met: e.model.ece <= MAX_OVERALL_ECE,
-    }];
-    for t in &e.by_target {
-        let ranks = match (t.model.auc, t.baseline.auc) {
-            (Some(m), Some(b)) => m > b,
-            // One class only: nothing to rank, only calibration to judge.
-            _ => true,
-        };
-        out.push(Target {
-            id: format!("{}/calibration", t.target),
-            scenario: t.target.clone(),
-            goal: format!(
-                "ECE <= {MAX_SCENARIO_ECE}, AUC above the per-error baseline's where there is anything to rank"
-            ),
-            measured: format!(
-                "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows, {:.1} % success",
-                t.model.ece,
-                t.baseline.ece,
-                auc(&t.model),
-                auc(&t.baseline),
-                t.rows,
-                t.success_rate * 100.0
-            ),
-            met: t.model.ece <= MAX_SCENARIO_ECE && ranks,
-        });
-    }
-    out
+    e.check_calibration(&CalibrationLimits::default())
+        .into_iter()
+        .map(|c| {
+            let scenario = c.target.unwrap_or_else(|| "all".to_owned());
+            Target {
+                id: format!("{scenario}/calibration"),
+                scenario,
+                goal: c.goal,
+                measured: c.measured,
+                met: c.met,
+            }
+        })
+        .collect()
 }
 
 /// The target of `adaptive-full` (`f`) on `scenario`, where `adaptive` measured `a`: the
@@ -572,7 +537,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use retrywise_train::evaluate::TargetReport;
 
     fn target(id: &str, met: bool) -> Target {
         Target {
@@ -582,65 +546,6 @@ mod tests {
             measured: "a figure".into(),
             met,
         }
-    }
-
-    fn target_report(name: &str, model: &[f64], baseline: &[f64], y: &[bool]) -> TargetReport {
-        TargetReport {
-            target: name.to_owned(),
-            rows: y.len() as u64,
-            success_rate: y.iter().filter(|s| **s).count() as f64 / y.len() as f64,
-            model: Metrics::compute(model, y),
-            baseline: Metrics::compute(baseline, y),
-        }
-    }
-
-    #[test]
-    fn calibration_is_judged_per_scenario_beside_the_aggregate() {
-        // outage: the model ranks every row right at the right rates; the baseline says
-        // the mean. Ten rows at p = 0.9 (nine succeed), ten at 0.1 (one succeeds).
-        let y: Vec<bool> = (0..20).map(|i| i < 9 || i == 10).collect();
-        let sharp: Vec<f64> = (0..20).map(|i| if i < 10 { 0.9 } else { 0.1 }).collect();
-        let flat = vec![0.5; 20];
-        let outage = target_report("outage", &sharp, &flat, &y);
-        // permanent: calibrated on average but ranking worse than the baseline.
-        let reversed: Vec<f64> = sharp.iter().map(|p| 1.0 - p).collect();
-        let permanent = target_report("permanent", &flat, &sharp, &y);
-        // rate-limited: ranks perfectly, but says 0.95 and 0.85 where half succeed (ECE 0.45).
-        let half: Vec<bool> = (0..20).map(|i| i % 2 == 0).collect();
-        let overconfident: Vec<f64> = (0..20)
-            .map(|i| if i % 2 == 0 { 0.95 } else { 0.85 })
-            .collect();
-        let rate_limited = target_report("rate-limited", &overconfident, &reversed, &half);
-        // stragglers: every row succeeds, so there is nothing to rank; p = 0.98 is within 0.05.
-        let stragglers = target_report("stragglers", &[0.98; 10], &[0.9; 10], &[true; 10]);
-        let e = Evaluation {
-            model: Metrics::compute(&sharp, &y),
-            baseline: Metrics::compute(&flat, &y),
-            by_error: vec![],
-            by_target: vec![outage, permanent, rate_limited, stragglers],
-        };
-        let t = calibration_targets(&e);
-        let judged: Vec<(&str, bool)> = t.iter().map(|t| (t.id.as_str(), t.met)).collect();
-        assert_eq!(
-            judged,
-            [
-                ("all/calibration", true),
-                ("outage/calibration", true),
-                ("permanent/calibration", false),
-                ("rate-limited/calibration", false),
-                ("stragglers/calibration", true),
-            ]
-        );
-        assert!(t[3].measured.starts_with("ECE 0.450"), "{}", t[3].measured);
-        assert!(
-            t[4].measured.contains("AUC - (baseline -)"),
-            "{}",
-            t[4].measured
-        );
-        // An aggregate beyond 0.03 fails the overall target alone.
-        let mut worse = e.clone();
-        worse.model = Metrics::compute(&[0.9; 20], &y);
-        assert!(!calibration_targets(&worse)[0].met);
     }
 
     #[test]

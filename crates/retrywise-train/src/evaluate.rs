@@ -161,9 +161,163 @@ pub fn evaluate(
     }
 }
 
+/// What calibration a model must have to decide by thresholds: p must mean what it says
+/// on every row and in each target's regime ([`Evaluation::check_calibration`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CalibrationLimits {
+    /// The largest expected calibration error on all rows (default 0.03).
+    pub max_ece_overall: f64,
+    /// The largest expected calibration error on each target's rows (default 0.05).
+    pub max_ece: f64,
+}
+
+impl Default for CalibrationLimits {
+    fn default() -> Self {
+        Self {
+            max_ece_overall: 0.03,
+            max_ece: 0.05,
+        }
+    }
+}
+
+/// One judged calibration check of [`Evaluation::check_calibration`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationCheck {
+    /// The target judged, or `None` for every row.
+    pub target: Option<String>,
+    /// What is asked.
+    pub goal: String,
+    /// What was measured.
+    pub measured: String,
+    /// Whether it holds.
+    pub met: bool,
+}
+
+impl Evaluation {
+    /// Judges the calibration a decider that compares p with thresholds needs: the ECE on
+    /// every row within `limits.max_ece_overall`, and on each target's rows within
+    /// `limits.max_ece` with an AUC above the per-error baseline's where both rank (the
+    /// rows hold successes and failures). Aggregates hide regimes — one large target
+    /// predicted well can outweigh a small one predicted no better than chance — so each
+    /// target is judged on its own. The first check is the overall one, then the targets in
+    /// order.
+    pub fn check_calibration(&self, limits: &CalibrationLimits) -> Vec<CalibrationCheck> {
+        let auc = |m: &Metrics| m.auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"));
+        let mut out = vec![CalibrationCheck {
+            target: None,
+            goal: format!("ECE <= {} on every row", limits.max_ece_overall),
+            measured: format!(
+                "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows",
+                self.model.ece,
+                self.baseline.ece,
+                auc(&self.model),
+                auc(&self.baseline),
+                self.model.rows
+            ),
+            met: self.model.ece <= limits.max_ece_overall,
+        }];
+        for t in &self.by_target {
+            let ranks = match (t.model.auc, t.baseline.auc) {
+                (Some(m), Some(b)) => m > b,
+                // One class only: nothing to rank, only the level to judge.
+                _ => true,
+            };
+            out.push(CalibrationCheck {
+                target: Some(t.target.clone()),
+                goal: format!(
+                    "ECE <= {}, AUC above the per-error baseline's where there is anything to rank",
+                    limits.max_ece
+                ),
+                measured: format!(
+                    "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows, {:.1} % success",
+                    t.model.ece,
+                    t.baseline.ece,
+                    auc(&t.model),
+                    auc(&t.baseline),
+                    t.rows,
+                    t.success_rate * 100.0
+                ),
+                met: t.model.ece <= limits.max_ece && ranks,
+            });
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target_report(name: &str, model: &[f64], baseline: &[f64], y: &[bool]) -> TargetReport {
+        TargetReport {
+            target: name.to_owned(),
+            rows: y.len() as u64,
+            success_rate: y.iter().filter(|s| **s).count() as f64 / y.len() as f64,
+            model: Metrics::compute(model, y),
+            baseline: Metrics::compute(baseline, y),
+        }
+    }
+
+    #[test]
+    fn calibration_is_judged_per_target_beside_the_aggregate() {
+        // outage: the model ranks every row right at the right rates; the baseline says
+        // the mean. Ten rows at p = 0.9 (nine succeed), ten at 0.1 (one succeeds).
+        let y: Vec<bool> = (0..20).map(|i| i < 9 || i == 10).collect();
+        let sharp: Vec<f64> = (0..20).map(|i| if i < 10 { 0.9 } else { 0.1 }).collect();
+        let flat = vec![0.5; 20];
+        let outage = target_report("outage", &sharp, &flat, &y);
+        // permanent: calibrated on average but ranking worse than the baseline.
+        let permanent = target_report("permanent", &flat, &sharp, &y);
+        // rate-limited: ranks perfectly, but says 0.95 and 0.85 where half succeed (ECE
+        // 0.45).
+        let half: Vec<bool> = (0..20).map(|i| i % 2 == 0).collect();
+        let overconfident: Vec<f64> = (0..20)
+            .map(|i| if i % 2 == 0 { 0.95 } else { 0.85 })
+            .collect();
+        let rate_limited = target_report("rate-limited", &overconfident, &flat, &half);
+        // stragglers: every row succeeds, so there is nothing to rank; p = 0.98 is within
+        // 0.05.
+        let stragglers = target_report("stragglers", &[0.98; 10], &[0.9; 10], &[true; 10]);
+        let e = Evaluation {
+            model: Metrics::compute(&sharp, &y),
+            baseline: Metrics::compute(&flat, &y),
+            by_error: vec![],
+            by_target: vec![outage, permanent, rate_limited, stragglers],
+        };
+        let limits = CalibrationLimits::default();
+        let t = e.check_calibration(&limits);
+        let judged: Vec<(Option<&str>, bool)> =
+            t.iter().map(|t| (t.target.as_deref(), t.met)).collect();
+        assert_eq!(
+            judged,
+            [
+                (None, true),
+                (Some("outage"), true),
+                (Some("permanent"), false),
+                (Some("rate-limited"), false),
+                (Some("stragglers"), true),
+            ]
+        );
+        assert!(t[3].measured.starts_with("ECE 0.450"), "{}", t[3].measured);
+        assert!(
+            t[4].measured.contains("AUC - (baseline -)"),
+            "{}",
+            t[4].measured
+        );
+        // Looser limits let the overconfident target through; nothing forgives ranking
+        // below the baseline.
+        let loose = CalibrationLimits {
+            max_ece: 0.5,
+            ..limits
+        };
+        assert!(e.check_calibration(&loose)[3].met);
+        assert!(!e.check_calibration(&loose)[2].met);
+        // An aggregate beyond 0.03 fails the overall check alone.
+        let mut worse = e.clone();
+        worse.model = Metrics::compute(&[0.9; 20], &y);
+        let w = worse.check_calibration(&limits);
+        assert!(!w[0].met && w[1].met);
+    }
 
     /// One large, well-predicted target and a small one the model cannot tell apart: the
     /// aggregate looks good, the small target's own AUC shows chance.
