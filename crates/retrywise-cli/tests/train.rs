@@ -145,16 +145,12 @@ fn train_eval_and_inspect_a_model_of_recorded_traffic() {
 
     // eval --check judges the calibration: a limit no model meets fails, naming what
     // missed...
-    let strict = retrywise(&[
-        "eval",
-        "--model",
-        path(&version),
-        "--data",
-        path(&data),
-        "--check",
-        "--max-ece-overall",
-        "0",
-    ]);
+    let eval = |extra: &[&str]| {
+        let mut a = vec!["eval", "--model", path(&version), "--data", path(&data)];
+        a.extend_from_slice(extra);
+        retrywise(&a)
+    };
+    let strict = eval(&["--check", "--max-ece-overall", "0"]);
     assert!(!strict.status.success());
     let err = text(&strict.stderr);
     assert!(
@@ -168,12 +164,7 @@ fn train_eval_and_inspect_a_model_of_recorded_traffic() {
     );
     // ...the JSON carries every check, the overall one first, then one per target, and
     // the exit status follows them...
-    let loose = retrywise(&[
-        "eval",
-        "--model",
-        path(&version),
-        "--data",
-        path(&data),
+    let loose = eval(&[
         "--json",
         "--check",
         "--max-ece",
@@ -193,16 +184,7 @@ fn train_eval_and_inspect_a_model_of_recorded_traffic() {
         "{v}"
     );
     // ...and a limit outside [0, 1] is refused by name.
-    let bad = retrywise(&[
-        "eval",
-        "--model",
-        path(&version),
-        "--data",
-        path(&data),
-        "--check",
-        "--max-ece",
-        "2",
-    ]);
+    let bad = eval(&["--check", "--max-ece", "2"]);
     assert!(!bad.status.success());
     assert!(
         text(&bad.stderr).contains("--max-ece"),

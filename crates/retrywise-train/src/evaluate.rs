@@ -202,44 +202,41 @@ impl Evaluation {
     /// target is judged on its own. The first check is the overall one, then the targets in
     /// order.
     pub fn check_calibration(&self, limits: &CalibrationLimits) -> Vec<CalibrationCheck> {
-        let auc = |m: &Metrics| m.auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"));
+        // What was measured: the model beside the baseline on the same rows.
+        let measured = |m: &Metrics, b: &Metrics| {
+            let auc = |m: &Metrics| m.auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"));
+            format!(
+                "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows, {:.1} % success",
+                m.ece,
+                b.ece,
+                auc(m),
+                auc(b),
+                m.rows,
+                m.success_rate * 100.0
+            )
+        };
         let mut out = vec![CalibrationCheck {
             target: None,
             goal: format!("ECE <= {} on every row", limits.max_ece_overall),
-            measured: format!(
-                "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows",
-                self.model.ece,
-                self.baseline.ece,
-                auc(&self.model),
-                auc(&self.baseline),
-                self.model.rows
-            ),
+            measured: measured(&self.model, &self.baseline),
             met: self.model.ece <= limits.max_ece_overall,
         }];
-        for t in &self.by_target {
+        out.extend(self.by_target.iter().map(|t| {
             let ranks = match (t.model.auc, t.baseline.auc) {
                 (Some(m), Some(b)) => m > b,
                 // One class only: nothing to rank, only the level to judge.
                 _ => true,
             };
-            out.push(CalibrationCheck {
+            CalibrationCheck {
                 target: Some(t.target.clone()),
                 goal: format!(
                     "ECE <= {}, AUC above the per-error baseline's where there is anything to rank",
                     limits.max_ece
                 ),
-                measured: format!(
-                    "ECE {:.3} (baseline {:.3}), AUC {} (baseline {}), {} rows, {:.1} % success",
-                    t.model.ece,
-                    t.baseline.ece,
-                    auc(&t.model),
-                    auc(&t.baseline),
-                    t.rows,
-                    t.success_rate * 100.0
-                ),
+                measured: measured(&t.model, &t.baseline),
                 met: t.model.ece <= limits.max_ece && ranks,
-            });
-        }
+            }
+        }));
         out
     }
 }
