@@ -1,6 +1,6 @@
 //! The policies the scoreboard compares. Adding one is a few lines in [`CATALOG`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -335,7 +335,23 @@ impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
 /// [`SimError::Io`] when it cannot be read, [`SimError::Model`] when the artifact is
 /// invalid or of another feature set, [`SimError::NoModel`] when there is none.
 pub fn load_model(path: &Path) -> Result<Arc<LogisticModel>, SimError> {
-    let file = if path.is_file() {
+    let file = model_file(path)?;
+    let text = std::fs::read_to_string(&file).map_err(|source| SimError::Io {
+        op: format!("read {}", file.display()),
+        source,
+    })?;
+    LogisticModel::from_json(&text)
+        .map(Arc::new)
+        .map_err(|source| SimError::Model { path: file, source })
+}
+
+/// The `model.json` a model path stands for: the file itself, a version folder's, or a
+/// model folder's latest version's (as [`load_model`] reads it).
+///
+/// # Errors
+/// An unreadable folder, or one with no version holding a `model.json`.
+pub fn model_file(path: &Path) -> Result<PathBuf, SimError> {
+    Ok(if path.is_file() {
         path.to_path_buf()
     } else if path.join("model.json").is_file() {
         path.join("model.json")
@@ -355,14 +371,7 @@ pub fn load_model(path: &Path) -> Result<Arc<LogisticModel>, SimError> {
                 path: path.to_path_buf(),
             })?;
         path.join(latest.to_string()).join("model.json")
-    };
-    let text = std::fs::read_to_string(&file).map_err(|source| SimError::Io {
-        op: format!("read {}", file.display()),
-        source,
-    })?;
-    LogisticModel::from_json(&text)
-        .map(Arc::new)
-        .map_err(|source| SimError::Model { path: file, source })
+    })
 }
 
 /// The policy named `name`.

@@ -467,6 +467,47 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
             text(&bad.stderr)
         );
     }
+    // With runs to judge it on, the model's calibration joins the targets: one over every
+    // row, one per scenario of the runs (a model folder stands for its latest version).
+    let runs = dir.path().join("runs");
+    let generated = retrywise(&[
+        "generate",
+        "--seed",
+        "13",
+        "--scale",
+        "0.02",
+        "--out",
+        runs.to_str().expect("utf-8"),
+    ]);
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let judged = run(&["--calibration-data", runs.to_str().expect("utf-8")]);
+    assert!(judged.status.success(), "{}", text(&judged.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("read"))
+            .expect("json");
+    let calibration: Vec<&str> = report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .filter(|id| id.ends_with("/calibration"))
+        .collect();
+    assert_eq!(calibration.first(), Some(&"all/calibration"));
+    for scenario in ["metastable", "outage", "mix"] {
+        assert!(
+            calibration.contains(&format!("{scenario}/calibration").as_str()),
+            "{calibration:?}"
+        );
+    }
+    // Bad data is an error that names the flag, not a report without the targets.
+    let missing = run(&["--calibration-data", "/nonexistent/runs"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("--calibration-data"),
+        "{}",
+        text(&missing.stderr)
+    );
+
     // A name that is no target fails.
     let unknown = known(&["contention/speed".to_owned()]);
     let bad = run(&[

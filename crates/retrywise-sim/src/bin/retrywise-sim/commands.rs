@@ -553,8 +553,8 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
         None
     } else {
         let dir = match (&args.model, &model) {
-            (Some(p), _) => p.clone(),
-            (None, Some(_)) => PathBuf::from("models/default"),
+            (Some(p), _) => retrywise_sim::policies::model_file(p)?,
+            (None, Some(_)) => retrywise_sim::policies::model_file("models/default".as_ref())?,
             (None, None) => {
                 anyhow::bail!("--calibration-data judges a model: name one with --model")
             }
