@@ -176,8 +176,9 @@ pub(crate) struct ReportArgs {
     #[arg(long)]
     check: bool,
     /// With --check: a TOML file of known misses (`"SCENARIO/baseline" = "why"`,
-    /// `"SCENARIO/goal"`, `"SCENARIO/full"` or `"SCENARIO/calibration"` under `[missed]`), reported but not failing; a known miss
-    /// that is met fails the check too, so the file stays true.
+    /// `"SCENARIO/goal"`, `"SCENARIO/full"` or `"SCENARIO/calibration"` under `[missed]`),
+    /// reported but not failing; a known miss that is met fails the check too, so the file
+    /// stays true.
     #[arg(long, requires = "check")]
     known_misses: Option<PathBuf>,
 }
@@ -230,13 +231,17 @@ fn policies_wanted(named: &[String]) -> impl Iterator<Item = &str> {
         .filter(move |n| all || named.iter().any(|x| x == n))
 }
 
+/// The shipped model, relative to the repository root: `adaptive`'s model when no
+/// `--model` is given.
+const SHIPPED_MODEL: &str = "models/default";
+
 /// The model of the `adaptive` policy: the one named (an error if it cannot be loaded), or
 /// the shipped `models/default` when it is there (without it, the policy decides by its
 /// fallback rules, and says so).
 fn adaptive_model(
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<Arc<dyn retrywise::model::SuccessModel>>> {
-    let shipped = std::path::Path::new("models/default");
+    let shipped = std::path::Path::new(SHIPPED_MODEL);
     match path {
         Some(p) => Ok(Some(retrywise_sim::policies::load_model(p)?)),
         None if shipped.is_dir() => Ok(Some(retrywise_sim::policies::load_model(shipped)?)),
@@ -554,7 +559,7 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     } else {
         let dir = match (&args.model, &model) {
             (Some(p), _) => retrywise_sim::policies::model_file(p)?,
-            (None, Some(_)) => retrywise_sim::policies::model_file("models/default".as_ref())?,
+            (None, Some(_)) => retrywise_sim::policies::model_file(SHIPPED_MODEL.as_ref())?,
             (None, None) => {
                 anyhow::bail!("--calibration-data judges a model: name one with --model")
             }
