@@ -96,3 +96,27 @@ fn contention_full_jitter_needs_fewer_calls_than_plain_exponential_backoff() {
         );
     }
 }
+
+/// A dependency that slows down 20 times for 15 s with room for every call
+/// (`slowdown-mild`, outside the built-in suite): the adaptive concurrency limit of
+/// `adaptive-full` sees the slowdown in the calls that started before the load rose, takes
+/// their latency as the baseline, and turns away next to none of the calls the upstream
+/// serves - Gradient2 alone reads the slow latency as queueing once the load follows it
+/// and holds the calls to its floor (94 % served).
+#[test]
+fn a_slow_dependency_with_room_keeps_its_calls() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/scenarios/stress/slowdown-mild.toml"
+    );
+    for seed in [1, 2] {
+        let s = board(path, &["adaptive", "adaptive-full"], seed);
+        let (alone, full) = (&s[0], &s[1]);
+        assert!(
+            full.success_rate >= alone.success_rate - 0.015,
+            "seed {seed}: adaptive-full {:.4} vs the decider alone {:.4}",
+            full.success_rate,
+            alone.success_rate
+        );
+    }
+}

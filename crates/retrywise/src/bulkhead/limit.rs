@@ -23,7 +23,11 @@
 //! the slope of `ln latency` on `ln in-flight` over the answered calls of late). When the
 //! slope is below ¼ by two standard errors — the load having varied by a fifth or more,
 //! most calls answering — the latency now becomes the baseline and the limit at least
-//! twice the load it served of late. The floor is Gradient2's default, 20.
+//! twice the load it served of late. The floor is Gradient2's default, 20. And a slowdown
+//! that shows before the load rises is taken at once: the calls that started with fewer in
+//! flight than half the floor cannot have queued on one another, so when most of the last
+//! five of them take more than twice the baseline (a timeout's latency is the timeout),
+//! their latency (the median of the last three slow ones) becomes the baseline.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -77,6 +81,14 @@ pub struct AdaptiveLimit {
     /// that does not move the limit takes no lock.
     long: AtomicU64,
     samples: AtomicU32,
+    /// Of the last [`UNLOADED`] calls that started with fewer in flight than half the
+    /// floor, which took more than twice the baseline (a bit each, the latest lowest):
+    /// written only when it changes, so a steady upstream only reads it.
+    unloaded_slow: AtomicU32,
+    /// The latencies of the last [`SLOW_KEPT`] of those slow calls (seconds, `f64` bits),
+    /// a ring written at `slow_next`. Plain loads and stores, like `long`.
+    slow: [AtomicU64; SLOW_KEPT],
+    slow_next: AtomicU32,
     /// Serializes the limit's updates, and holds what tells a queueing upstream from a
     /// slow one.
     update: Mutex<LoadResponse>,
@@ -95,6 +107,9 @@ impl Clone for AdaptiveLimit {
             estimate: AtomicU64::new(self.estimate.load(Ordering::Relaxed)),
             long: AtomicU64::new(self.long.load(Ordering::Relaxed)),
             samples: AtomicU32::new(self.samples.load(Ordering::Relaxed)),
+            unloaded_slow: AtomicU32::new(self.unloaded_slow.load(Ordering::Relaxed)),
+            slow: std::array::from_fn(|i| AtomicU64::new(self.slow[i].load(Ordering::Relaxed))),
+            slow_next: AtomicU32::new(self.slow_next.load(Ordering::Relaxed)),
             update: Mutex::new(
                 self.update
                     .lock()
@@ -148,6 +163,33 @@ impl AdaptiveLimit {
         self.sample_call(latency, in_flight, true)
     }
 
+    /// Notes an unloaded call of `rtt` seconds against the baseline `long`; when most of
+    /// the last [`UNLOADED`] took more than twice it, returns the latency they show: the
+    /// median of the last [`SLOW_KEPT`] slow ones.
+    fn unloaded_slowdown(&self, rtt: f64, long: f64) -> Option<f64> {
+        let slow = rtt > 2.0 * long;
+        let bits = self.unloaded_slow.load(Ordering::Relaxed);
+        let next = ((bits << 1) | u32::from(slow)) & ((1 << UNLOADED) - 1);
+        if next != bits {
+            self.unloaded_slow.store(next, Ordering::Relaxed);
+        }
+        if !slow {
+            return None;
+        }
+        let i = self.slow_next.load(Ordering::Relaxed);
+        self.slow_next.store(i.wrapping_add(1), Ordering::Relaxed);
+        self.slow[i as usize % SLOW_KEPT].store(rtt.to_bits(), Ordering::Relaxed);
+        if (next.count_ones() as usize) <= UNLOADED / 2 {
+            return None;
+        }
+        let mut v = [0.0; SLOW_KEPT];
+        for (v, s) in v.iter_mut().zip(&self.slow) {
+            *v = f64::from_bits(s.load(Ordering::Relaxed));
+        }
+        v.sort_unstable_by(f64::total_cmp);
+        Some(v[SLOW_KEPT / 2])
+    }
+
     /// [`sample`](Self::sample) for a call that `answered` or not (timed out, failed):
     /// every call's latency steers the limit, but only answered calls tell how the
     /// upstream's latency follows the load (a timeout's latency is the timeout's, whatever
@@ -168,6 +210,18 @@ impl AdaptiveLimit {
         self.long.store(long.to_bits(), Ordering::Relaxed);
         // The caller, not the upstream, limits the load: nothing to learn about the limit.
         if f64::from(in_flight) < self.estimate() / 2.0 {
+            // Below half the floor, the limit's own premise (an upstream takes `min` calls
+            // at once) says these calls were too few to queue on one another: their
+            // latency is the upstream's own - a timeout's, a lower bound of it. When it
+            // has risen to twice the baseline, the upstream has slowed down, and the
+            // baseline follows at once: Gradient2 would take the slow latency for queueing
+            // as soon as the load rose with it (in flight = rate x latency, by Little's
+            // law), and cut calls the upstream serves.
+            if 2 * in_flight < self.min
+                && let Some(level) = self.unloaded_slowdown(rtt, long)
+            {
+                self.long.store(level.to_bits(), Ordering::Relaxed);
+            }
             return self.current();
         }
         // Every update leaves the estimate whole: a poisoned lock guards nothing broken.
@@ -198,6 +252,13 @@ impl AdaptiveLimit {
         (next as u32).clamp(self.min, self.max)
     }
 }
+
+/// A slowdown shows when most of this many unloaded calls are slow: after three slow
+/// calls, while a straggler or two among five do not move the baseline.
+const UNLOADED: usize = 5;
+/// The baseline becomes the median latency of this many of the latest slow calls (all of
+/// them slow: none older than the last [`UNLOADED`] calls when it is taken).
+const SLOW_KEPT: usize = 3;
 
 /// How much of its weight [`LoadResponse`] forgets per sample: the last few dozen samples
 /// taken while the limit binds count (a half-life of 22), so that it reads the regime of
@@ -393,6 +454,9 @@ impl AdaptiveLimitBuilder {
             estimate: AtomicU64::new(f64::from(self.initial).to_bits()),
             long: AtomicU64::new(0f64.to_bits()),
             samples: AtomicU32::new(0),
+            unloaded_slow: AtomicU32::new(0),
+            slow: std::array::from_fn(|_| AtomicU64::new(0)),
+            slow_next: AtomicU32::new(0),
             update: Mutex::new(LoadResponse::default()),
         })
     }
@@ -495,6 +559,57 @@ mod tests {
         assert!(answers.current() < 20, "cut: {}", answers.current());
     }
 
+    /// A dependency that slows down 20 times while the caller's load is light (3 calls in
+    /// flight at 20 ms): the calls that started before the load rose answer at 400 ms,
+    /// and that becomes the baseline before the load follows (in flight = rate x latency),
+    /// so the limit grows to the 60 calls that then want to be in flight instead of
+    /// holding them to its floor, as it does when the slow answers come only at the load.
+    #[test]
+    fn a_slowdown_seen_before_the_load_rises_is_not_taken_for_queueing() {
+        let light = AdaptiveLimit::builder().build().unwrap();
+        for _ in 0..300 {
+            light.sample(20 * MS, 3);
+        }
+        let loaded = light.clone();
+        for in_flight in 2..10 {
+            light.sample(400 * MS, in_flight);
+        }
+        let baseline = light.baseline().unwrap();
+        assert!(
+            (200 * MS..=400 * MS).contains(&baseline),
+            "the slow latency is the baseline: {baseline:?}"
+        );
+        for _ in 0..150 {
+            light.sample(400 * MS, light.current().min(60));
+            loaded.sample(400 * MS, loaded.current().min(60));
+        }
+        assert!(light.current() >= 60, "limit {}", light.current());
+        assert_eq!(loaded.current(), 20, "the floor");
+    }
+
+    /// One straggler 100 times slower among light calls, or a latency that doubles at a
+    /// load of half the floor or more (a busy upstream, whose latency may be the
+    /// caller's own queueing), leaves the baseline to its long average.
+    #[test]
+    fn a_straggler_or_a_loaded_slowdown_does_not_move_the_baseline_at_once() {
+        let l = AdaptiveLimit::builder().build().unwrap();
+        for _ in 0..300 {
+            l.sample(20 * MS, 3);
+        }
+        l.sample(2_000 * MS, 3);
+        let b = l.baseline().unwrap();
+        assert!(b < 30 * MS, "{b:?}");
+        let busy = AdaptiveLimit::builder().initial(140).build().unwrap();
+        for _ in 0..300 {
+            busy.sample(100 * MS, 28);
+        }
+        for _ in 0..20 {
+            busy.sample(250 * MS, 10);
+        }
+        let b = busy.baseline().unwrap();
+        assert!(b < 120 * MS, "{b:?}");
+    }
+
     /// Gradient2's floor: however slow the calls at whatever load, the default limit
     /// stays at 20 or more.
     #[test]
@@ -543,6 +658,26 @@ mod tests {
                 let n = l.sample_call(Duration::from_micros(us), in_flight, answered);
                 prop_assert!(n >= min && n <= min + extra);
                 prop_assert_eq!(n, l.current());
+            }
+        }
+
+        /// Whatever the latencies and the load, the baseline is never longer than the
+        /// slowest call seen.
+        #[test]
+        fn the_baseline_is_never_past_the_slowest_call(
+            samples in proptest::collection::vec(
+                (1u64..5_000_000, 0u32..40, any::<bool>()),
+                1..300,
+            ),
+        ) {
+            let l = AdaptiveLimit::builder().build().unwrap();
+            let mut slowest = Duration::ZERO;
+            for (us, in_flight, answered) in samples {
+                let latency = Duration::from_micros(us);
+                slowest = slowest.max(latency);
+                l.sample_call(latency, in_flight, answered);
+                let b = l.baseline().unwrap();
+                prop_assert!(b.as_secs_f64() <= slowest.as_secs_f64() * (1.0 + 1e-9), "{:?} past {:?}", b, slowest);
             }
         }
 
