@@ -76,8 +76,9 @@ pub const MAX_GRID: usize = 64;
 /// ([`SuccessModel::trained_on`]: rows in the same region of the context space —
 /// [`crate::features::region`] — or, for older artifacts, after the same kind of failure:
 /// it has not learned that situation, and would only extrapolate), it decides
-/// with rules — [`RetryRules`]' exponential backoff from 100 ms with full jitter, capped
-/// at 10 s, the same attempt limit and deadline — counts it
+/// with rules — [`RetryRules`] with AWS's decorrelated jitter from 100 ms, capped at
+/// 10 s (the fixed policy that serves the most on the simulator's scoreboard), the same
+/// attempt limit and deadline — counts it
 /// ([`fallbacks`](Self::fallbacks)) and logs a warning once. It never panics on a model's
 /// answer.
 ///
@@ -757,12 +758,11 @@ impl ModelDeciderBuilder {
         let base = Duration::from_millis(100).min(self.cap);
         let mut fallback = RetryRules::builder()
             .max_attempts(self.max_attempts)
-            .backoff(Backoff::exponential(
+            .backoff(Backoff::decorrelated_jitter(
                 base,
-                2.0,
                 self.cap.min(Duration::from_secs(10)).max(base),
             )?)
-            .jitter(Jitter::Full)
+            .jitter(Jitter::None)
             // The decider's cap on Retry-After (beyond it, the call stops).
             .retry_after(true, Duration::ZERO, self.cap);
         if let Some(d) = self.deadline {
@@ -1237,7 +1237,7 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_rules_without_a_model_or_on_nan() {
-        // The rules: full jitter on 100 ms × 2ⁿ — a retry after 3 failures within 800 ms.
+        // The rules: decorrelated jitter from 100 ms — the first wait within 100-300 ms.
         let by_rules = |d: &ModelDecider, c: &AttemptContext| match d.explain(c).decision {
             Decision::Retry(w) => w <= Duration::from_millis(800) && d.weigh(c).fell_back,
             Decision::Stop(_) => false,
@@ -1250,6 +1250,25 @@ mod tests {
         assert!(by_rules(&nan, &c));
         assert_eq!(nan.fallbacks(), 2);
         assert!(!decider(flat(0.5)).build().unwrap().weigh(&c).fell_back);
+        // Decorrelated: each wait drawn between 100 ms and three times the last one.
+        let mut waited = c.clone();
+        waited.delay = Duration::from_secs(1);
+        let waits: Vec<Duration> = (0..200)
+            .filter_map(|_| match none.decide(&waited) {
+                Decision::Retry(w) => Some(w),
+                Decision::Stop(_) => None,
+            })
+            .collect();
+        assert_eq!(waits.len(), 200);
+        assert!(
+            waits
+                .iter()
+                .all(|w| (Duration::from_millis(100)..=Duration::from_secs(3)).contains(w))
+        );
+        assert!(
+            waits.iter().any(|w| *w > Duration::from_secs(2)),
+            "grows from the last wait"
+        );
         // The rules keep the attempt limit.
         assert_eq!(
             none.decide(&after(ErrorKind::Http503, 7)),
