@@ -27,7 +27,9 @@
 //! that shows before the load rises is taken at once: the calls that started with fewer in
 //! flight than half the floor cannot have queued on one another, so when most of the last
 //! five of them take more than twice the baseline (a timeout's latency is the timeout),
-//! their latency (the median of the last three slow ones) becomes the baseline.
+//! their latency (the median of the last three slow ones) becomes the baseline, and the
+//! limit at least the caller's load then at the new latency (Little's law: the calls in
+//! flight times the latency's growth).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -216,11 +218,22 @@ impl AdaptiveLimit {
             // has risen to twice the baseline, the upstream has slowed down, and the
             // baseline follows at once: Gradient2 would take the slow latency for queueing
             // as soon as the load rose with it (in flight = rate x latency, by Little's
-            // law), and cut calls the upstream serves.
+            // law), and cut calls the upstream serves. By the same law the limit makes
+            // room at once for the load the caller had, at the new latency: the calls in
+            // flight when this one started, times the latency's growth.
             if 2 * in_flight < self.min
                 && let Some(level) = self.unloaded_slowdown(rtt, long)
             {
                 self.long.store(level.to_bits(), Ordering::Relaxed);
+                let _held = self
+                    .update
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let need = (f64::from(in_flight.max(1)) * level / long.max(1e-9))
+                    .clamp(f64::from(self.min), f64::from(self.max));
+                if need > self.estimate() {
+                    self.estimate.store(need.to_bits(), Ordering::Relaxed);
+                }
             }
             return self.current();
         }
@@ -578,6 +591,14 @@ mod tests {
         assert!(
             (200 * MS..=400 * MS).contains(&baseline),
             "the slow latency is the baseline: {baseline:?}"
+        );
+        // And room for the load at the new latency, at once: the third slow call started
+        // with 4 in flight, and the latency grew about 17 times (from a baseline of 24 ms
+        // that the slow calls had begun to move).
+        assert!(
+            (55..=80).contains(&light.current()),
+            "limit {}",
+            light.current()
         );
         for _ in 0..150 {
             light.sample(400 * MS, light.current().min(60));
