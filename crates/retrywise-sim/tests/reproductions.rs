@@ -101,8 +101,8 @@ fn contention_full_jitter_needs_fewer_calls_than_plain_exponential_backoff() {
 /// (`slowdown-mild`, outside the built-in suite): the adaptive concurrency limit of
 /// `adaptive-full` sees the slowdown in the calls that started before the load rose, takes
 /// their latency as the baseline, and turns away next to none of the calls the upstream
-/// serves - Gradient2 alone reads the slow latency as queueing once the load follows it
-/// and holds the calls to its floor (94 % served).
+/// serves - without that, Gradient2 (with the slope rule) reads the slow latency as
+/// queueing once the load follows it and holds the calls to its floor (94 % served).
 #[test]
 fn a_slow_dependency_with_room_keeps_its_calls() {
     let path = concat!(

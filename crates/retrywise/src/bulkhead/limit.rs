@@ -25,11 +25,11 @@
 //! most calls answering — the latency now becomes the baseline and the limit at least
 //! twice the load it served of late. The floor is Gradient2's default, 20. And a slowdown
 //! that shows before the load rises is taken at once: the calls that started with fewer in
-//! flight than half the floor cannot have queued on one another, so when most of the last
-//! five of them take more than twice the baseline (a timeout's latency is the timeout),
-//! their latency (the median of the last three slow ones) becomes the baseline, and the
-//! limit at least the caller's load then at the new latency (Little's law: the calls in
-//! flight times the latency's growth).
+//! flight than half the floor cannot have queued on one another, so when three of the last
+//! five calls started that light and took more than twice the baseline (a timeout's
+//! latency is the timeout), their latency (the median of the last three slow ones) becomes
+//! the baseline, and the limit at least the caller's load then at the new latency (Little's
+//! law: the calls in flight times the latency's growth).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -83,9 +83,10 @@ pub struct AdaptiveLimit {
     /// that does not move the limit takes no lock.
     long: AtomicU64,
     samples: AtomicU32,
-    /// Of the last [`UNLOADED`] calls that started with fewer in flight than half the
-    /// floor, which took more than twice the baseline (a bit each, the latest lowest):
-    /// written only when it changes, so a steady upstream only reads it.
+    /// Of the last [`UNLOADED`] calls, which started with fewer in flight than half the
+    /// floor and took more than twice the baseline (a bit each, the latest lowest);
+    /// cleared when it is taken. Written only when it changes, so a steady upstream only
+    /// reads it.
     unloaded_slow: AtomicU32,
     /// The latencies of the last [`SLOW_KEPT`] of those slow calls (seconds, `f64` bits),
     /// a ring written at `slow_next`. Plain loads and stores, like `long`.
@@ -166,8 +167,8 @@ impl AdaptiveLimit {
     }
 
     /// Notes an unloaded call of `rtt` seconds against the baseline `long`; when most of
-    /// the last [`UNLOADED`] took more than twice it, returns the latency they show: the
-    /// median of the last [`SLOW_KEPT`] slow ones.
+    /// the last [`UNLOADED`] calls were unloaded and took more than twice it, returns the
+    /// latency they show: the median of the last [`SLOW_KEPT`] slow ones.
     fn unloaded_slowdown(&self, rtt: f64, long: f64) -> Option<f64> {
         let slow = rtt > 2.0 * long;
         let bits = self.unloaded_slow.load(Ordering::Relaxed);
@@ -189,7 +190,20 @@ impl AdaptiveLimit {
             *v = f64::from_bits(s.load(Ordering::Relaxed));
         }
         v.sort_unstable_by(f64::total_cmp);
+        // Taken: the next slowdown is read from calls after this one.
+        self.unloaded_slow.store(0, Ordering::Relaxed);
         Some(v[SLOW_KEPT / 2])
+    }
+
+    /// Notes a call with half the floor or more in flight: in the record of the latest
+    /// calls, one that says nothing of a slowdown (an unloaded call's latency is the
+    /// upstream's own; a loaded one's may be the caller's queueing).
+    fn note_loaded(&self) {
+        let bits = self.unloaded_slow.load(Ordering::Relaxed);
+        if bits != 0 {
+            self.unloaded_slow
+                .store((bits << 1) & ((1 << UNLOADED) - 1), Ordering::Relaxed);
+        }
     }
 
     /// [`sample`](Self::sample) for a call that `answered` or not (timed out, failed):
@@ -210,6 +224,10 @@ impl AdaptiveLimit {
             long *= 0.95;
         }
         self.long.store(long.to_bits(), Ordering::Relaxed);
+        let unloaded = 2 * in_flight < self.min;
+        if !unloaded {
+            self.note_loaded();
+        }
         // The caller, not the upstream, limits the load: nothing to learn about the limit.
         if f64::from(in_flight) < self.estimate() / 2.0 {
             // Below half the floor, the limit's own premise (an upstream takes `min` calls
@@ -221,8 +239,9 @@ impl AdaptiveLimit {
             // law), and cut calls the upstream serves. By the same law the limit makes
             // room at once for the load the caller had, at the new latency: the calls in
             // flight when this one started, times the latency's growth.
-            if 2 * in_flight < self.min
+            if unloaded
                 && let Some(level) = self.unloaded_slowdown(rtt, long)
+                && level > long
             {
                 self.long.store(level.to_bits(), Ordering::Relaxed);
                 let _held = self
@@ -266,8 +285,8 @@ impl AdaptiveLimit {
     }
 }
 
-/// A slowdown shows when most of this many unloaded calls are slow: after three slow
-/// calls, while a straggler or two among five do not move the baseline.
+/// A slowdown shows when most of this many latest calls are unloaded and slow: after three
+/// slow calls, while a straggler or two among five do not move the baseline.
 const UNLOADED: usize = 5;
 /// The baseline becomes the median latency of this many of the latest slow calls (all of
 /// them slow: none older than the last [`UNLOADED`] calls when it is taken).
@@ -608,18 +627,50 @@ mod tests {
         assert_eq!(loaded.current(), 20, "the floor");
     }
 
-    /// One straggler 100 times slower among light calls, or a latency that doubles at a
-    /// load of half the floor or more (a busy upstream, whose latency may be the
-    /// caller's own queueing), leaves the baseline to its long average.
+    /// Stragglers 100 times slower among light calls - one, or two among five - leave the
+    /// baseline to its long average; so do slow light calls with busier ones between
+    /// them (the record is of the latest five calls), and a latency that doubles at a load of
+    /// half the floor or more (a busy upstream, whose latency may be the caller's own
+    /// queueing).
     #[test]
-    fn a_straggler_or_a_loaded_slowdown_does_not_move_the_baseline_at_once() {
-        let l = AdaptiveLimit::builder().build().unwrap();
-        for _ in 0..300 {
-            l.sample(20 * MS, 3);
+    fn stragglers_interrupted_or_loaded_slowdowns_do_not_move_the_baseline_at_once() {
+        let light = || {
+            let l = AdaptiveLimit::builder().build().unwrap();
+            for _ in 0..300 {
+                l.sample(20 * MS, 3);
+            }
+            l
+        };
+        let within = |l: &AdaptiveLimit, lo: Duration, hi: Duration| {
+            let b = l.baseline().unwrap();
+            assert!((lo..hi).contains(&b), "{b:?} not within {lo:?}..{hi:?}");
+        };
+        let one = light();
+        one.sample(2_000 * MS, 3);
+        within(&one, 20 * MS, 30 * MS);
+        let two = light();
+        for ms in [2_000, 20, 2_000, 20] {
+            two.sample(ms * MS, 3);
         }
-        l.sample(2_000 * MS, 3);
-        let b = l.baseline().unwrap();
-        assert!(b < 30 * MS, "{b:?}");
+        within(&two, 20 * MS, 35 * MS);
+        let interrupted = light();
+        interrupted.sample(400 * MS, 3);
+        interrupted.sample(400 * MS, 3);
+        for _ in 0..3 {
+            interrupted.sample(20 * MS, 12);
+        }
+        interrupted.sample(400 * MS, 3);
+        within(&interrupted, 20 * MS, 30 * MS);
+        // Three in a row: the slowdown is taken.
+        interrupted.sample(400 * MS, 3);
+        interrupted.sample(400 * MS, 3);
+        within(&interrupted, 399 * MS, 401 * MS);
+        // A straggler among the slow calls is not the new level: their median is.
+        let mixed = light();
+        for ms in [400, 2_000, 400] {
+            mixed.sample(ms * MS, 3);
+        }
+        within(&mixed, 399 * MS, 401 * MS);
         let busy = AdaptiveLimit::builder().initial(140).build().unwrap();
         for _ in 0..300 {
             busy.sample(100 * MS, 28);
@@ -627,8 +678,7 @@ mod tests {
         for _ in 0..20 {
             busy.sample(250 * MS, 10);
         }
-        let b = busy.baseline().unwrap();
-        assert!(b < 120 * MS, "{b:?}");
+        within(&busy, 100 * MS, 120 * MS);
     }
 
     /// Gradient2's floor: however slow the calls at whatever load, the default limit
