@@ -81,7 +81,9 @@ pub struct TargetView {
     /// The concurrency limit a caller's bulkhead should hold for the target: Netflix
     /// concurrency-limits' Gradient2 (as `retrywise::bulkhead::AdaptiveLimit`), fed with
     /// every reported attempt's latency and the caller's calls in flight — it shrinks when
-    /// latency grows past 1.5x its long-term average (the target is queueing).
+    /// latency grows past 1.5x its long-term average (the target is queueing), unless the
+    /// latency does not follow the load: a target that slows down for calls sent with few
+    /// in flight, or whose latency stays put as the load varies, is slow, not queueing.
     pub concurrency_limit: u32,
     /// After how long a call still running should be hedged, ms: the earliest time at
     /// which a hedge answers first at least as often as not, predicted from the reported
