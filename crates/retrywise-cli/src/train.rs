@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use retrywise_train::data::{Filter, SampleSummary};
-use retrywise_train::evaluate::Evaluation;
+use retrywise_train::evaluate::{CalibrationLimits, Evaluation};
 use retrywise_train::fit::FitOptions;
 use retrywise_train::metrics::Metrics;
 use retrywise_train::{SplitBy, Step, TrainOptions};
@@ -122,10 +122,10 @@ pub(crate) struct EvalArgs {
     #[arg(long)]
     check: bool,
     /// With --check: the largest ECE on each target's rows.
-    #[arg(long, default_value_t = 0.05, requires = "check", value_parser = unit_interval)]
+    #[arg(long, default_value_t = CalibrationLimits::default().max_ece, requires = "check", value_parser = unit_interval)]
     max_ece: f64,
     /// With --check: the largest ECE on every row.
-    #[arg(long, default_value_t = 0.03, requires = "check", value_parser = unit_interval)]
+    #[arg(long, default_value_t = CalibrationLimits::default().max_ece_overall, requires = "check", value_parser = unit_interval)]
     max_ece_overall: f64,
 }
 
@@ -367,12 +367,10 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let report = report.with_context(|| format!("evaluating {}", args.model.display()))?;
     let checks = args.check.then(|| {
-        report
-            .evaluation
-            .check_calibration(&retrywise_train::evaluate::CalibrationLimits {
-                max_ece_overall: args.max_ece_overall,
-                max_ece: args.max_ece,
-            })
+        report.evaluation.check_calibration(&CalibrationLimits {
+            max_ece_overall: args.max_ece_overall,
+            max_ece: args.max_ece,
+        })
     });
     if args.json {
         let mut v = serde_json::to_value(&report)?;

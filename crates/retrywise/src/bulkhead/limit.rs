@@ -172,7 +172,7 @@ impl AdaptiveLimit {
     fn unloaded_slowdown(&self, rtt: f64, long: f64) -> Option<f64> {
         let slow = rtt > 2.0 * long;
         let bits = self.unloaded_slow.load(Ordering::Relaxed);
-        let next = ((bits << 1) | u32::from(slow)) & ((1 << UNLOADED) - 1);
+        let next = pushed(bits, slow);
         if next != bits {
             self.unloaded_slow.store(next, Ordering::Relaxed);
         }
@@ -202,7 +202,7 @@ impl AdaptiveLimit {
         let bits = self.unloaded_slow.load(Ordering::Relaxed);
         if bits != 0 {
             self.unloaded_slow
-                .store((bits << 1) & ((1 << UNLOADED) - 1), Ordering::Relaxed);
+                .store(pushed(bits, false), Ordering::Relaxed);
         }
     }
 
@@ -224,36 +224,33 @@ impl AdaptiveLimit {
             long *= 0.95;
         }
         self.long.store(long.to_bits(), Ordering::Relaxed);
-        let unloaded = 2 * in_flight < self.min;
-        if !unloaded {
+        // Below half the floor, the limit's own premise (an upstream takes `min` calls at
+        // once) says these calls were too few to queue on one another: their latency is
+        // the upstream's own - a timeout's, a lower bound of it. When it has risen to
+        // twice the baseline, the upstream has slowed down, and the baseline follows at
+        // once: Gradient2 would take the slow latency for queueing as soon as the load
+        // rose with it (in flight = rate x latency, by Little's law), and cut calls the
+        // upstream serves. By the same law the limit makes room at once for the load the
+        // caller had, at the new latency: the calls in flight when this one started,
+        // times the latency's growth. (Such a call is always below half the limit too.)
+        if 2 * in_flight >= self.min {
             self.note_loaded();
+        } else if let Some(level) = self.unloaded_slowdown(rtt, long)
+            && level > long
+        {
+            self.long.store(level.to_bits(), Ordering::Relaxed);
+            let _held = self
+                .update
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let need = (f64::from(in_flight.max(1)) * level / long.max(1e-9))
+                .clamp(f64::from(self.min), f64::from(self.max));
+            if need > self.estimate() {
+                self.estimate.store(need.to_bits(), Ordering::Relaxed);
+            }
         }
         // The caller, not the upstream, limits the load: nothing to learn about the limit.
         if f64::from(in_flight) < self.estimate() / 2.0 {
-            // Below half the floor, the limit's own premise (an upstream takes `min` calls
-            // at once) says these calls were too few to queue on one another: their
-            // latency is the upstream's own - a timeout's, a lower bound of it. When it
-            // has risen to twice the baseline, the upstream has slowed down, and the
-            // baseline follows at once: Gradient2 would take the slow latency for queueing
-            // as soon as the load rose with it (in flight = rate x latency, by Little's
-            // law), and cut calls the upstream serves. By the same law the limit makes
-            // room at once for the load the caller had, at the new latency: the calls in
-            // flight when this one started, times the latency's growth.
-            if unloaded
-                && let Some(level) = self.unloaded_slowdown(rtt, long)
-                && level > long
-            {
-                self.long.store(level.to_bits(), Ordering::Relaxed);
-                let _held = self
-                    .update
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let need = (f64::from(in_flight.max(1)) * level / long.max(1e-9))
-                    .clamp(f64::from(self.min), f64::from(self.max));
-                if need > self.estimate() {
-                    self.estimate.store(need.to_bits(), Ordering::Relaxed);
-                }
-            }
             return self.current();
         }
         // Every update leaves the estimate whole: a poisoned lock guards nothing broken.
@@ -288,6 +285,11 @@ impl AdaptiveLimit {
 /// A slowdown shows when most of this many latest calls are unloaded and slow: after three
 /// slow calls, while a straggler or two among five do not move the baseline.
 const UNLOADED: usize = 5;
+/// The record of the last [`UNLOADED`] calls `bits` with one more call, slow or not.
+fn pushed(bits: u32, slow: bool) -> u32 {
+    ((bits << 1) | u32::from(slow)) & ((1 << UNLOADED) - 1)
+}
+
 /// The baseline becomes the median latency of this many of the latest slow calls (all of
 /// them slow: none older than the last [`UNLOADED`] calls when it is taken).
 const SLOW_KEPT: usize = 3;
