@@ -70,24 +70,6 @@ fn decide(c: &mut Criterion) {
             black_box(model.p_success(black_box(&ctxs[i])))
         });
     });
-    // The same contexts in a steady state: the recent failure rate no further from the
-    // window's than chance, which health then reports as the window's (one logarithm
-    // fewer). `p_success` above keeps them apart.
-    let steady: Vec<AttemptContext> = ctxs
-        .iter()
-        .map(|c| {
-            let mut c = c.clone();
-            c.failure_rate_recent = c.failure_rate;
-            c
-        })
-        .collect();
-    g.bench_function("p_success-steady", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = next(i, steady.len());
-            black_box(model.p_success(black_box(&steady[i])))
-        });
-    });
     // Every context weighed by the model over the whole grid (none left to the rules for
     // lack of support, which would measure the rules).
     let learned = ModelDecider::builder()

@@ -61,6 +61,7 @@ pub mod health;
 pub mod hedge;
 #[cfg(feature = "tower")]
 pub mod layer;
+mod math;
 pub mod model;
 pub mod policy;
 mod random;

@@ -674,7 +674,12 @@ impl LogisticModel {
                 .zip(&age)
                 .map(|(v, k)| v * k)
                 .sum();
-            *o = sigmoid(fixed + slope * l + waited * w + short * s + a);
+            *o = fixed + slope * l + waited * w + short * s + a;
+        }
+        // The logistic function in a loop of its own: its calls into the C library would
+        // spill the loop's registers above at every wait.
+        for o in out.iter_mut().take(delays.len()) {
+            *o = sigmoid(*o);
         }
     }
 }
