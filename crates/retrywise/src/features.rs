@@ -33,7 +33,7 @@
 use std::time::Duration;
 
 use crate::attempt::{AttemptContext, ErrorKind};
-use crate::math::ln_pos;
+use crate::math::{ln_const, ln_pos};
 
 /// The name and version of this feature set, recorded in every model artifact.
 pub const FEATURE_SET: &str = "retrywise-features/5";
@@ -155,9 +155,9 @@ fn log_1p_count(n: u32) -> f64 {
     }
 }
 
-/// `ln(1 + n)` for `n` below 256, computed when compiling: `ln x = k·ln 2 + 2 atanh z`
-/// with `x = 2^k · m`, `m` in `[1, 2)`, `z = (m − 1)/(m + 1) ≤ 1/3` (40 terms of the
-/// series are exact in `f64`). A test checks it against `f64::ln`.
+/// `ln(1 + n)` for `n` below 256, computed when compiling: `ln x = k·ln 2 + ln m` with
+/// `x = 2^k · m`, `m` in `[1, 2)` (`ln m` by [`crate::math::ln_const`]). A test checks it
+/// against `f64::ln`.
 static LN_1P_COUNTS: [f64; 256] = {
     let mut t = [0.0; 256];
     let mut n = 0;
@@ -168,17 +168,7 @@ static LN_1P_COUNTS: [f64; 256] = {
             m /= 2.0;
             k += 1.0;
         }
-        let z = (m - 1.0) / (m + 1.0);
-        let z2 = z * z;
-        let mut term = z;
-        let mut sum = 0.0;
-        let mut i = 0;
-        while i < 40 {
-            sum += term / (2 * i + 1) as f64;
-            term *= z2;
-            i += 1;
-        }
-        t[n] = k * std::f64::consts::LN_2 + 2.0 * sum;
+        t[n] = k * std::f64::consts::LN_2 + ln_const(m);
         n += 1;
     }
     t

@@ -62,7 +62,7 @@ static LN_TABLE: [(f64, f64); 1 << LN_TABLE_BITS] = {
 
 /// `ln x` for `x` in `[0.5, 2]`, when compiling: `2 atanh((x - 1)/(x + 1))` by 60 terms
 /// of its series (exact in `f64` there).
-const fn ln_const(x: f64) -> f64 {
+pub(crate) const fn ln_const(x: f64) -> f64 {
     let z = (x - 1.0) / (x + 1.0);
     let z2 = z * z;
     let mut term = z;
