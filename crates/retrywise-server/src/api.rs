@@ -162,7 +162,7 @@ fn summary(m: &LoadedModel) -> ModelSummary {
 }
 
 /// The models serving, with their versions and validation metrics.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 503, body = ErrorBody)))]
 pub(crate) async fn list_models(State(st): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         models: st.models.snapshot().values().map(|m| summary(m)).collect(),
@@ -171,13 +171,15 @@ pub(crate) async fn list_models(State(st): State<AppState>) -> Json<ModelList> {
 
 /// One model: version serving, features and weights, metrics, training summary.
 #[utoipa::path(get, path = "/v1/models/{name}", params(("name" = String, Path, description = "The model's name")),
-    responses((status = 200, body = ModelDetail), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ModelDetail), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn get_model(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ModelDetail>, ApiError> {
     let set = st.models.snapshot();
-    let m = set.get(&name).ok_or_else(|| unknown_model(&name, &set))?;
+    let m = set
+        .get(&name)
+        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?;
     let a = &m.artifact;
     let mut training = a.training.clone();
     if let Some(t) = training.as_object_mut() {
@@ -217,7 +219,16 @@ pub(crate) async fn get_model(
     }))
 }
 
-pub(crate) fn unknown_model(name: &str, set: &crate::models::ModelSet) -> ApiError {
+/// 404 for a model the service does not serve; 503 for the default model (`default`)
+/// while it serves none at all - it is starting, or its models folder has no valid
+/// version yet (`/readyz` says so too): come back, rather than "no such model".
+pub(crate) fn unknown_model(name: &str, set: &crate::models::ModelSet, default: &str) -> ApiError {
+    if set.is_empty() && name == default {
+        return ApiError::unavailable(
+            format!("model: no model is loaded yet (asked for `{name}`)"),
+            Some(1),
+        );
+    }
     let known: Vec<&str> = set.keys().map(String::as_str).collect();
     ApiError::not_found(format!(
         "model: unknown model `{name}` (serving: {})",
@@ -234,7 +245,7 @@ fn pick(st: &AppState, name: Option<&str>) -> Result<Arc<LoadedModel>, ApiError>
     let name = name.unwrap_or(&st.config.default_model);
     set.get(name)
         .cloned()
-        .ok_or_else(|| unknown_model(name, &set))
+        .ok_or_else(|| unknown_model(name, &set, &st.config.default_model))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -412,7 +423,8 @@ pub struct DecideResponse {
     /// succeed often enough after the wait), `circuit_open_wait` (the fleet's shared circuit
     /// is open for `delay_ms` more, within the deadline), `circuit_open` (open beyond the
     /// deadline, or forced open: fail fast), `low_success_probability` (no wait within the
-    /// deadline makes a fresh call worth sending).
+    /// deadline makes a fresh call worth sending), `deadline` (`elapsed_ms` has already
+    /// reached `deadline_ms`: fail fast).
     pub reason: String,
     /// Whether the rule-based fallback decided: no model is serving yet (the default was
     /// asked for; `version` is then 0), the model answered NaN, or it was trained on too
@@ -657,6 +669,15 @@ fn admit(
         c.delay = w;
         m.map(|m| m.model.p_success(&c)).filter(|p| !p.is_nan())
     };
+    if left.is_some_and(|l| l.is_zero()) {
+        // No call may start at or after the deadline (as for a retry).
+        return answer(
+            false,
+            Duration::ZERO,
+            None,
+            retrywise::retry::StopReason::Deadline.as_str(),
+        );
+    }
     match st.fleet.circuit(&ctx.target) {
         Some((State::ForcedOpen, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
         Some((State::Open, Some(r))) if fits(r) => {
@@ -695,7 +716,7 @@ fn admit(
 
 /// A target's rolling health and shared breaker state, from the attempts ingested.
 #[utoipa::path(get, path = "/v1/targets/{target}", params(("target" = String, Path, description = "The target's name")),
-    responses((status = 200, body = crate::fleet::TargetView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = crate::fleet::TargetView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn target(
     State(st): State<AppState>,
     Path(target): Path<String>,

@@ -11,13 +11,8 @@ use crate::error::ApiError;
 
 /// The error for a body that does not deserialize: `what` (where in the request, may be
 /// empty), then the field path, then what serde said.
-fn refusal(
-    what: &str,
-    path: &serde_path_to_error::Path,
-    inner: impl std::fmt::Display,
-) -> ApiError {
-    let path = path.to_string();
-    let at: Vec<&str> = [what, path.as_str()]
+fn refusal(what: &str, path: &str, inner: impl std::fmt::Display) -> ApiError {
+    let at: Vec<&str> = [what, path]
         .into_iter()
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
@@ -39,7 +34,36 @@ pub(crate) fn parse<T: DeserializeOwned>(
         return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| refusal(&what(), e.path(), e.inner()))
+    // What the fast path refused may be a value with more after it (two records on one
+    // line, a second array): refused, never read as the first value alone.
+    match serde_path_to_error::deserialize(&mut *de) {
+        Ok(v) => match de.end() {
+            Ok(()) => Ok(v),
+            Err(e) => Err(refusal(&what(), "", e)),
+        },
+        Err(e) => Err(refusal(&what(), &e.path().to_string(), e.inner())),
+    }
+}
+
+/// Like [`parse`], for a body that must be one JSON object (a request): serde would also
+/// read a struct from an array of its fields in order, which no client means.
+pub(crate) fn parse_object<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => parse(bytes, what),
+        Some(_) => {
+            let at = what();
+            let at = if at.is_empty() { "body".to_owned() } else { at };
+            Err(ApiError::bad_request(format!(
+                "{at}: expected a JSON object"
+            )))
+        }
+        None => Err(ApiError::bad_request(
+            "body: empty (expected a JSON object)",
+        )),
+    }
 }
 
 /// Like [`parse`], from a JSON value already parsed.
@@ -50,7 +74,8 @@ pub(crate) fn parse_value<T: DeserializeOwned>(
     if let Ok(t) = T::deserialize(v) {
         return Ok(t);
     }
-    serde_path_to_error::deserialize(v).map_err(|e| refusal(&what(), e.path(), e.inner()))
+    serde_path_to_error::deserialize(v)
+        .map_err(|e| refusal(&what(), &e.path().to_string(), e.inner()))
 }
 
 /// The media type of a request, lower case, without parameters (`""` when absent).
@@ -114,7 +139,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "expected a JSON body, got Content-Type {ct}"
             )));
         }
-        parse(&bytes, String::new).map(ApiJson)
+        parse_object(&bytes, String::new).map(ApiJson)
     }
 }
 

@@ -179,9 +179,7 @@ impl Fleet {
     /// `None` for a target not tracked.
     pub fn circuit(&self, target: &str) -> Option<(State, Option<Duration>)> {
         let shared = self.shared_target(target);
-        let local = self
-            .get(target)
-            .map(|t| (t.breaker.state(), t.breaker.open_remaining()));
+        let local = self.get(target).map(|t| local_circuit(&t.breaker));
         if local.is_none() && shared.is_none() {
             return None;
         }
@@ -359,7 +357,7 @@ impl Fleet {
             |sh| sh.snapshot(wall, self.window),
         );
         let mut breaker = t.breaker.metrics();
-        let local = (breaker.state, t.breaker.open_remaining());
+        let local = local_circuit(&t.breaker);
         let shared_open = shared.and_then(|sh| sh.open_remaining(wall));
         let (state, open_for) = merge_circuit(local, shared_open);
         let by_fleet = state != local.0;
@@ -425,7 +423,8 @@ impl Fleet {
             .shared_target(target)
             .and_then(|s| s.open_remaining(wall_ms()));
         Some((
-            matches!(t.breaker.state(), State::Open | State::ForcedOpen) || shared_open.is_some(),
+            matches!(local_circuit(&t.breaker).0, State::Open | State::ForcedOpen)
+                || shared_open.is_some(),
             t.limit.current(),
             t.hedge.current_delay(),
         ))
@@ -439,6 +438,18 @@ impl Fleet {
     /// Whether no target is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// This replica's circuit for a target as a caller should read it: its state and the time
+/// it stays open. A breaker leaves OPEN at the first call it is asked to admit after its
+/// open time, and the fleet's breaker is asked by no call (attempts are reported after
+/// they were made): a circuit whose open time has passed is HALF_OPEN - the next call is a
+/// probe - or a caller that waits for it to close would wait for ever.
+fn local_circuit(b: &CircuitBreaker) -> (State, Option<Duration>) {
+    match (b.state(), b.open_remaining()) {
+        (State::Open, Some(left)) if left.is_zero() => (State::HalfOpen, None),
+        (state, left) => (state, left),
     }
 }
 
@@ -502,5 +513,17 @@ mod tests {
             left >= Duration::from_millis(2_990) && left <= Duration::from_millis(3_030),
             "{left:?}"
         );
+        // Nobody reports anything while it is open (callers obey it). Once its time is up
+        // the next call is a probe: the circuit reads HALF_OPEN and allows it, or callers
+        // would wait for ever for evidence none of them sends.
+        tokio::time::advance(left + Duration::from_millis(1)).await;
+        assert_eq!(fleet.circuit("inventory"), Some((State::HalfOpen, None)));
+        let view = fleet.view("inventory", Instant::now()).expect("tracked");
+        assert_eq!(
+            (view.breaker_state.as_str(), view.allow, view.open_for_ms),
+            ("HALF_OPEN", true, None)
+        );
+        assert!(view.reason.contains("probing"), "{}", view.reason);
+        assert_eq!(fleet.gauges("inventory").map(|g| g.0), Some(false));
     }
 }

@@ -214,13 +214,15 @@ pub(crate) async fn server_metadata() -> Json<ServerMetadata> {
 
 /// A model's metadata: its inputs (the context fields, from the attempt schema) and output.
 #[utoipa::path(get, path = "/v2/models/{name}", params(("name" = String, Path, description = "The model")),
-    responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn metadata(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     let set = st.models.snapshot();
-    let m = set.get(&name).ok_or_else(|| unknown_model(&name, &set))?;
+    let m = set
+        .get(&name)
+        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?;
     Ok(Json(ModelMetadata {
         name: m.name.clone(),
         versions: vec![m.version.to_string()],
@@ -234,13 +236,14 @@ pub(crate) async fn metadata(
 
 /// Whether a model is loaded.
 #[utoipa::path(get, path = "/v2/models/{name}/ready", params(("name" = String, Path, description = "The model")),
-    responses((status = 200, body = ModelReady), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ModelReady), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn model_ready(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ModelReady>, ApiError> {
     let set = st.models.snapshot();
-    set.get(&name).ok_or_else(|| unknown_model(&name, &set))?;
+    set.get(&name)
+        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?;
     Ok(Json(ModelReady { name, ready: true }))
 }
 
@@ -447,9 +450,12 @@ pub(crate) async fn infer(
         )));
     }
     let set = st.models.snapshot();
-    let m = Arc::clone(set.get(&name).ok_or_else(|| unknown_model(&name, &set))?);
+    let m = Arc::clone(
+        set.get(&name)
+            .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?,
+    );
     let (json, mut binary) = split(&headers, &bytes)?;
-    let req: InferRequest = crate::extract::parse(json, String::new)?;
+    let req: InferRequest = crate::extract::parse_object(json, String::new)?;
     if req.inputs.is_empty() {
         return Err(ApiError::bad_request(
             "inputs: at least the `attempt` input is required",

@@ -49,9 +49,13 @@ pub async fn serve(
     if let Some(url) = &service.state.config.fleet {
         tracing::info!(fleet = %redact(url), cache_ms = service.state.config.fleet_cache.as_millis() as u64, "fleet view shared through Redis");
     }
-    let result = axum::serve(listener, service.router())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = accept(
+        listener,
+        service.router(),
+        service.state.config.request_timeout,
+        shutdown,
+    )
+    .await;
     poller.abort();
     if let Some(sync) = fleet_sync {
         sync.abort();
@@ -63,6 +67,77 @@ pub async fn serve(
         tracing::error!(error = %e, "could not close the attempts folder");
     }
     result.map_err(ServerError::Serve)
+}
+
+/// Serves HTTP/1 connections from `listener` until `shutdown` resolves, then lets every
+/// open connection finish its request in flight and waits for them to close.
+///
+/// `axum::serve`, but with a deadline on reading a request's headers (`header_timeout`):
+/// without one a client that sends its headers a byte at a time holds a connection and its
+/// task for ever (slowloris), and the request timeout only starts once the headers are in.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    // Every connection holds a receiver of `closed` (the server waits until none is left)
+    // and watches `stop` (dropped at shutdown).
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // The peer gave up before we took its connection: nothing to serve.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors, say: wait for some to be closed.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service =
+            hyper_util::service::TowerToHyperService::new(router.clone().map_request(
+                |r: http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
+            ));
+        let (closed, mut stop) = (closed_rx.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(closed);
+        });
+    }
+    drop((listener, closed_rx, stop_rx));
+    drop(stop_tx);
+    closed_tx.closed().await;
+    Ok(())
 }
 
 /// A Redis URL without its password, for logs.

@@ -191,7 +191,27 @@ async fn health_readiness_and_models() {
             r#"{"context": {"target": "t", "attempt": 1}}"#,
         )
         .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // Not a model that does not exist (404): none is loaded yet, come back.
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no model is loaded yet"),
+        "{v}"
+    );
+    let (s, h, _) = empty
+        .call(
+            Request::post("/v2/models/default/infer")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}]}"#,
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h[header::RETRY_AFTER], "1");
     // Decisions fall back to the rules, and say so: a retry after a 503 by full-jitter
     // backoff, a first attempt sent.
     let (s, v) = empty
@@ -431,11 +451,7 @@ async fn bad_bodies_are_4xx_naming_the_field() {
     let h = Harness::new(|_| {}).await;
     let cases: &[(&str, &str, &str)] = &[
         ("/v1/predict", "{", "EOF while parsing"),
-        (
-            "/v1/predict",
-            "[]",
-            "invalid length 0, expected struct PredictRequest",
-        ),
+        ("/v1/predict", "[]", "body: expected a JSON object"),
         (
             "/v1/predict",
             r#"{"context": {"attempt": 1}}"#,
@@ -639,6 +655,56 @@ async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense(
         .await;
     assert_eq!((s, v["accepted"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
     assert_eq!(h.get("/v1/targets/archive").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_body_with_more_after_its_value_is_refused_and_nothing_written() {
+    let h = Harness::new(|_| {}).await;
+    let line = |id: u64| serde_json::to_string(&record("joined", true, id)).unwrap();
+    let ndjson = |body: String| {
+        Request::post("/v1/attempts")
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    // Two records on one line (or split by a lone carriage return) are not one record:
+    // acknowledging the first and dropping the second would lose an acknowledged write.
+    for body in [
+        format!("{}{}", line(1), line(2)),
+        format!("{}\r{}", line(1), line(2)),
+        format!("{}\n{} {}", line(1), line(2), line(3)),
+    ] {
+        let (s, _, v) = h.call(ndjson(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(error.contains("trailing characters"), "{error}");
+        assert!(error.contains("nothing written"), "{error}");
+    }
+    let (s, v) = h
+        .post("/v1/attempts", &format!("[{}] [{}]", line(1), line(2)))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(h.get("/v1/targets/joined").await.0, StatusCode::NOT_FOUND);
+    // A request followed by anything, or a request written as an array of its fields.
+    let ctx = json!({"target": "t", "attempt": 2});
+    for (uri, body) in [
+        (
+            "/v1/predict",
+            format!("{} trailing", json!({"context": ctx})),
+        ),
+        ("/v1/decide", format!("{} {{}}", json!({"context": ctx}))),
+        ("/v1/predict", json!([null, ctx]).to_string()),
+        ("/v1/decide", json!([null, ctx, null, true]).to_string()),
+        ("/v2/models/default/infer", "[[]]".to_owned()),
+    ] {
+        let (s, v) = h.post(uri, &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri} {body}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains("trailing characters") || error.contains("expected a JSON object"),
+            "{uri} {body}: {error}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1088,6 +1154,14 @@ async fn decide_answers_admission_for_a_first_attempt() {
     );
     assert_eq!(v["delay_ms"].as_f64(), Some(0.0));
     assert!((v["p_success"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{v}");
+    // The same call with its deadline already spent: no attempt starts at or after it.
+    let late = r#"{"target": "a", "attempt": 1, "failure_rate": 0.0, "elapsed_ms": 5000}"#;
+    let (_, v) = h.post("/v1/decide", &ask(late, Some(1_000))).await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("deadline")),
+        "{v}"
+    );
     // Every call failing: p = 0.018, below the attempt cost (0.05), and waiting changes
     // nothing in this model: fail fast.
     let failing = r#"{"target": "a", "attempt": 1, "failure_rate": 1.0}"#;

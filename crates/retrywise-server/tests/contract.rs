@@ -444,7 +444,11 @@ async fn internal_errors_are_logged_once_and_answered_without_internals() {
             .unwrap(),
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "no model serves: {v}");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no model serves yet: {v}"
+    );
     assert!(headers.contains_key("x-request-id"));
 }
 
@@ -639,4 +643,59 @@ async fn it_will_not_listen_beyond_loopback_without_a_token_unless_told() {
     retrywise_server::serve(config, async {}, |addr| assert!(addr.ip().is_loopback()))
         .await
         .unwrap();
+}
+
+/// Over a real socket on loopback, on the paused clock (it moves on whenever every task
+/// waits): a client that never finishes its headers is disconnected once the request
+/// timeout has passed, while a whole request on another connection is served.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        models: shipped_models(),
+        attempts: dir.path().join("attempts"),
+        request_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(retrywise_server::serve(
+        config,
+        async {
+            let _ = stop_rx.await;
+        },
+        move |addr| {
+            let _ = bound_tx.send(addr);
+        },
+    ));
+    let addr = bound_rx.await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    // Closed without an answer (a read of 0 bytes), or reset.
+    let read = tokio::time::timeout(Duration::from_secs(60), slow.read(&mut buf))
+        .await
+        .expect("still connected a minute later");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let mut whole = tokio::net::TcpStream::connect(addr).await.unwrap();
+    whole
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    whole.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }
