@@ -127,4 +127,10 @@ fn print_summary(s: &CompactSummary, args: &Args) {
         Some(dir) => outln!("archived compacted segments into {}", dir.display()),
         None => outln!("removed  compacted segments from {}", args.input.display()),
     }
+    for path in &s.unreadable_kept {
+        outln!(
+            "kept     {}: not one of its lines is a record (see the skipped lines above)",
+            path.display()
+        );
+    }
 }

@@ -125,10 +125,26 @@ fn simulator(args: &[OsString]) -> ExitCode {
             .args(args)
             .status()
             .with_context(|| format!("running {}", exe.display()))?;
-        Ok(status
-            .code()
-            .and_then(|c| u8::try_from(c).ok())
-            .map_or(ExitCode::FAILURE, ExitCode::from))
+        if let Some(code) = status.code() {
+            return Ok(u8::try_from(code).map_or(ExitCode::FAILURE, ExitCode::from));
+        }
+        // Killed by a signal (out of memory, say): say which.
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(signal) = status.signal() {
+                anyhow::bail!(
+                    "{} was killed by signal {signal}{}",
+                    exe.display(),
+                    if signal == 9 {
+                        " (SIGKILL: the kernel's out-of-memory killer, or a `kill -9`)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        anyhow::bail!("{} ended without an exit status ({status})", exe.display())
     };
     run().unwrap_or_else(|err| {
         eprintln!("error: {err}");

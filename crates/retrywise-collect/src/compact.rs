@@ -252,6 +252,10 @@ pub struct CompactSummary {
     pub rows_per_day: BTreeMap<String, u64>,
     /// Whether the run stopped early because the progress callback asked it to.
     pub interrupted: bool,
+    /// Segments left in place because not one of their lines was a record (each was
+    /// skipped as torn, malformed or of no readable version): removing them would destroy
+    /// whatever they hold, and nothing of it reached Parquet.
+    pub unreadable_kept: Vec<PathBuf>,
 }
 
 /// Compacts every closed segment in the tree under `options.input` (every directory a
@@ -299,6 +303,17 @@ pub fn compact(
     let (all, directories) = segment::list_tree(&options.input, &skip)?;
     let open = all.iter().filter(|s| !s.closed).count() as u64;
     let closed: Vec<Segment> = all.into_iter().filter(|s| s.closed).collect();
+    // A segment's Parquet part (and its archived copy) is named after its file name: two
+    // of one name in different folders would overwrite each other - and each be removed.
+    let mut names = std::collections::HashMap::new();
+    for seg in &closed {
+        if let Some(first) = names.insert(seg.path.file_name(), &seg.path) {
+            return Err(CollectError::DuplicateSegmentName {
+                first: first.clone(),
+                second: seg.path.clone(),
+            });
+        }
+    }
     let bytes = closed
         .iter()
         .map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len()))
@@ -336,6 +351,9 @@ pub fn compact(
                             sum.read.merge(&done.read);
                             if done.finished {
                                 sum.segments += 1;
+                            }
+                            if done.unreadable {
+                                sum.unreadable_kept.push(seg.path.clone());
                             }
                             sum.parts += done.parts;
                             sum.rows += done.rows;
@@ -381,6 +399,8 @@ struct SegmentDone {
     bytes: u64,
     rows_per_day: BTreeMap<String, u64>,
     finished: bool,
+    /// Lines, but not one record: left in place.
+    unreadable: bool,
 }
 
 fn compact_segment(
@@ -405,6 +425,7 @@ fn compact_segment(
         bytes: 0,
         rows_per_day: BTreeMap::new(),
         finished: false,
+        unreadable: false,
     };
     for (day, builder) in days {
         if stop.load(Ordering::SeqCst) {
@@ -422,6 +443,11 @@ fn compact_segment(
         emit(CompactEvent::PartWritten { path, rows });
     }
     if stop.load(Ordering::SeqCst) {
+        return Ok(done);
+    }
+    if done.rows == 0 && done.read.skipped() > 0 {
+        // Lines, but no record: keep the file for a person to look at.
+        done.unreadable = true;
         return Ok(done);
     }
     dispose(seg, &options.disposal)?;

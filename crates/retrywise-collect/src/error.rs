@@ -23,6 +23,17 @@ pub enum CollectError {
         /// Its lock file.
         lock: PathBuf,
     },
+    /// Two closed segments to compact have the same file name (copied or restored from
+    /// elsewhere): their Parquet parts and archived copies would overwrite each other.
+    #[error(
+        "segments {first} and {second} have the same name: their Parquet parts would overwrite each other; rename one (nothing was compacted)"
+    )]
+    DuplicateSegmentName {
+        /// One of them.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
     /// An I/O operation on a path failed.
     #[error("{op} {path}")]
     Io {

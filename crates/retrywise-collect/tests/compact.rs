@@ -280,6 +280,53 @@ fn a_killed_compaction_is_finished_by_the_next() {
 }
 
 #[test]
+fn a_segment_without_one_readable_record_is_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let junk = input.join("seg-0000000000001-000001.ndjson");
+    std::fs::write(&junk, "junk\n{\"a\":1}\n").unwrap();
+    let empty = input.join("seg-0000000000002-000001.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    let s = go(&CompactOptions::new(&input, &output));
+    assert_eq!((s.rows, s.read.malformed + s.read.unknown_version), (0, 2));
+    assert_eq!(s.unreadable_kept, vec![junk.clone()]);
+    assert_eq!(std::fs::read_to_string(&junk).unwrap(), "junk\n{\"a\":1}\n");
+    assert!(!empty.exists(), "an empty segment holds nothing to keep");
+}
+
+#[test]
+fn segments_of_the_same_name_in_two_folders_are_refused_before_anything_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    let good = |i| serde_json::to_string(&record(i)).unwrap();
+    for (dir, i) in [("a", 1), ("b", 2)] {
+        std::fs::create_dir_all(input.join(dir)).unwrap();
+        std::fs::write(
+            input
+                .join(dir)
+                .join("seg-0000000000001-000001-aaaaaaaa.ndjson"),
+            format!("{}\n", good(i)),
+        )
+        .unwrap();
+    }
+    let err = compact(&CompactOptions::new(&input, &output), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, CollectError::DuplicateSegmentName { .. }),
+        "{err}"
+    );
+    assert_eq!(segment::list(&input.join("a")).unwrap().len(), 1);
+    assert_eq!(segment::list(&input.join("b")).unwrap().len(), 1);
+    let partitions = std::fs::read_dir(&output)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    assert_eq!(partitions, 0, "no Parquet part written");
+}
+
+#[test]
 fn segments_can_be_archived_instead_of_deleted() {
     let root = tempfile::tempdir().unwrap();
     let (input, output, archive) = (

@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::ServerError;
 
+/// The most requests `max_in_flight` may let in at once: far beyond what one process
+/// serves, and within what a semaphore can count.
+pub const MAX_IN_FLIGHT: usize = 1 << 20;
+
 /// Everything the service can be told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -27,7 +31,7 @@ pub struct Config {
     /// How long a request may take before it is answered 503. Default 10 s.
     pub request_timeout: Duration,
     /// Requests handled at once on the API routes; more are shed with 503 + Retry-After.
-    /// Default 1024.
+    /// Default 1024; at most [`MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
     /// When set, `/admin/*` and `POST /v1/attempts` require `Authorization: Bearer <token>`.
     pub token: Option<String>,
@@ -290,8 +294,11 @@ impl Overrides {
             config.request_timeout = Duration::from_millis(ms);
         }
         if let Some(n) = self.max_in_flight {
-            if n == 0 {
-                return Err(bad("max_in_flight", "must be positive".into()));
+            if !(1..=MAX_IN_FLIGHT).contains(&n) {
+                return Err(bad(
+                    "max_in_flight",
+                    format!("must be within [1, {MAX_IN_FLIGHT}], got {n}"),
+                ));
             }
             config.max_in_flight = n;
         }
@@ -469,6 +476,14 @@ mod tests {
                     ..Overrides::default()
                 },
                 "explore",
+            ),
+            (
+                // More than a semaphore can hold (it panicked at start-up).
+                Overrides {
+                    max_in_flight: Some(1 << 62),
+                    ..Overrides::default()
+                },
+                "max_in_flight",
             ),
         ] {
             assert!(

@@ -65,6 +65,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The models folder is not one: missing, a file, or a model's own folder or a
+    /// version folder instead of the folder that holds the models.
+    #[error("the models folder {path} {problem}")]
+    ModelsLayout {
+        /// The folder asked for.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The attempt collector could not be opened.
     #[error("cannot open the attempts folder")]
     Collector(#[source] retrywise_collect::CollectError),

@@ -25,6 +25,7 @@ pub async fn serve(
             addr: addr.to_string(),
         });
     }
+    check_models_folder(&config.models)?;
     let service = Service::new(config)?;
     match service.reload().await {
         Ok(r) if service.state.models.snapshot().is_empty() => {
@@ -137,6 +138,51 @@ async fn accept(
     drop((listener, closed_rx, stop_rx));
     drop(stop_tx);
     closed_tx.closed().await;
+    Ok(())
+}
+
+/// The models folder holds one folder per model name, each one folder per version
+/// (`MODELS/NAME/VERSION/model.json`). An empty one is fine (the service waits for a first
+/// model); a missing one, a file, or a folder one or two levels too deep is a mistake that
+/// would otherwise only show as "no model loaded yet", every second.
+fn check_models_folder(dir: &std::path::Path) -> Result<(), ServerError> {
+    let problem = |problem: String| ServerError::ModelsLayout {
+        path: dir.to_path_buf(),
+        problem,
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        problem(format!(
+            "cannot be read ({e}): create it, or point --models at the folder that holds one folder per model name"
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(problem("is a file, not a folder".into()));
+    }
+    if dir.join("model.json").is_file() {
+        return Err(problem(format!(
+            "is a version folder (it holds model.json): point --models at {}",
+            dir.parent()
+                .and_then(std::path::Path::parent)
+                .map_or_else(|| "its grandparent".to_owned(), |p| p.display().to_string())
+        )));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| ServerError::Models {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.parse::<u64>().is_ok())
+            && entry.path().join("model.json").is_file()
+        {
+            return Err(problem(format!(
+                "is a model's folder (it holds version {}): point --models at {}",
+                name.to_string_lossy(),
+                dir.parent()
+                    .map_or_else(|| "its parent".to_owned(), |p| p.display().to_string())
+            )));
+        }
+    }
     Ok(())
 }
 

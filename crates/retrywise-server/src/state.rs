@@ -69,8 +69,20 @@ impl Service {
     /// size...; tests inject slow disks here).
     ///
     /// # Errors
-    /// `config.fleet` is not a Redis URL.
+    /// `config.fleet` is not a Redis URL; `config.max_in_flight` is 0 or above
+    /// [`crate::config::MAX_IN_FLIGHT`] (a `Config` built in code, not loaded).
     pub fn with_recorder(config: Config, recorder: SegmentRecorder) -> Result<Self, ServerError> {
+        if !(1..=crate::config::MAX_IN_FLIGHT).contains(&config.max_in_flight) {
+            return Err(ServerError::Config {
+                origin: "Config".into(),
+                field: "max_in_flight".into(),
+                problem: format!(
+                    "must be within [1, {}], got {}",
+                    crate::config::MAX_IN_FLIGHT,
+                    config.max_in_flight
+                ),
+            });
+        }
         let openapi = crate::openapi::render(config.token.is_some());
         let models = Arc::new(Models::new(config.models.clone()));
         let metrics = if config.fleet.is_some() {

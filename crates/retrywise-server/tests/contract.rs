@@ -640,6 +640,28 @@ async fn it_will_not_listen_beyond_loopback_without_a_token_unless_told() {
         attempts: dir.path().join("attempts"),
         ..Config::default()
     };
+    // A models folder that is not one is refused by name before anything listens: missing,
+    // a model's own folder, a version folder.
+    for (models, want) in [
+        (dir.path().join("nowhere"), "cannot be read"),
+        (shipped_models().join("default"), "is a model's folder"),
+        (shipped_models().join("default/1"), "is a version folder"),
+    ] {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            models,
+            attempts: dir.path().join("attempts"),
+            ..Config::default()
+        };
+        let e = retrywise_server::serve(config, async {}, |_| panic!("must not listen"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, retrywise_server::ServerError::ModelsLayout { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains(want), "{e}");
+    }
     retrywise_server::serve(config, async {}, |addr| assert!(addr.ip().is_loopback()))
         .await
         .unwrap();

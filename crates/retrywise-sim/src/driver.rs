@@ -158,6 +158,13 @@ impl Shared {
     }
 }
 
+/// The most logical requests one run sends (its outcomes are kept in memory).
+pub const MAX_REQUESTS: u64 = 100_000_000;
+
+/// The longest a run's arrivals may last, in seconds of its clock: a week (its goodput and
+/// load series keep a bucket per second).
+pub const MAX_RUN_S: f64 = 7.0 * 86_400.0;
+
 /// Runs `spec` under `opts`.
 ///
 /// # Errors
@@ -174,6 +181,22 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
         return Err(SimError::Option {
             field: "rps",
             problem: format!("must be positive, got {}", opts.rps),
+        });
+    }
+    if opts.requests > MAX_REQUESTS {
+        return Err(SimError::Option {
+            field: "requests",
+            problem: format!("at most {MAX_REQUESTS} in one run, got {}", opts.requests),
+        });
+    }
+    let arrivals_s = opts.requests as f64 / opts.rps;
+    if arrivals_s > MAX_RUN_S {
+        return Err(SimError::Option {
+            field: "rps",
+            problem: format!(
+                "{} requests at {}/s would arrive over {arrivals_s:.0} s; a run lasts at most {MAX_RUN_S} s (a week)",
+                opts.requests, opts.rps
+            ),
         });
     }
     let wall = std::time::Instant::now();

@@ -256,6 +256,20 @@ fn bad_run_options_are_refused() {
         run(find("none").unwrap(), &opts),
         Err(SimError::Option { field: "rps", .. })
     ));
+    // Ten requests a billion seconds apart, or more requests than fit in memory: refused
+    // before anything runs (the first ran out of memory keeping a bucket per second).
+    opts.rps = 1e-9;
+    let e = run(find("none").unwrap(), &opts).unwrap_err().to_string();
+    assert!(e.contains("rps") && e.contains("a week"), "{e}");
+    opts.rps = 100.0;
+    opts.requests = 1 << 40;
+    assert!(matches!(
+        run(find("none").unwrap(), &opts),
+        Err(SimError::Option {
+            field: "requests",
+            ..
+        })
+    ));
     let e = find("nope").err().unwrap().to_string();
     assert!(e.contains("exp-full-jitter") && e.contains("oracle"), "{e}");
 }

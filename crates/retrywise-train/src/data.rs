@@ -415,7 +415,7 @@ fn sample_draw_expr(key: Expr) -> Expr {
     shift(h * u64_lit(0xc4ce_b9fe_1a85_ec53))
 }
 
-fn scan(file: &InputFile) -> Result<LazyFrame, TrainError> {
+fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines), TrainError> {
     let path = file.path.to_str().ok_or_else(|| TrainError::Input {
         path: file.path.clone(),
         problem: "is not valid UTF-8".into(),
@@ -427,22 +427,110 @@ fn scan(file: &InputFile) -> Result<LazyFrame, TrainError> {
     match file.format {
         Format::Parquet => {
             LazyFrame::scan_parquet(PlRefPath::new(path), ScanArgsParquet::default())
+                .map(|lf| (lf, BadLines::default()))
                 .map_err(polars)
         }
         Format::Ndjson => {
-            // Read as the types `wanted` asks for (polars' JSON reader does not build every
-            // narrow integer type); a value of the wrong type reads as null and is counted.
+            // Lines are read as the collector reads segments (a torn last line, lines that
+            // are not JSON objects and objects without a readable `schema_version` are
+            // skipped and counted; an unknown major version stops the run), then as the
+            // types `wanted` asks for (polars' JSON reader does not build every narrow
+            // integer type): a value of the wrong type reads as null and is counted.
+            let (lines, bad) = readable_lines(&file.path)?;
             let schema: Schema = wanted()
                 .into_iter()
                 .map(|(name, dt)| Field::new(name.into(), dt))
                 .collect();
-            LazyJsonLineReader::new(PlRefPath::new(path))
-                .with_schema(Some(Arc::new(schema)))
-                .with_ignore_errors(true)
-                .finish()
-                .map_err(polars)
+            let df = if lines.is_empty() {
+                DataFrame::empty_with_schema(&schema)
+            } else {
+                JsonReader::new(std::io::Cursor::new(lines))
+                    .with_json_format(JsonFormat::JsonLines)
+                    .with_schema(Arc::new(schema))
+                    .with_ignore_errors(true)
+                    .finish()
+                    .map_err(polars)?
+            };
+            Ok((df.lazy(), bad))
         }
     }
+}
+
+/// Lines of an NDJSON file skipped before reading it, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BadLines {
+    /// The last line, cut short (a writer that crashed mid-line).
+    pub torn: u64,
+    /// Lines that are not a JSON object.
+    pub malformed: u64,
+    /// JSON objects without a readable `schema_version`.
+    pub unknown_version: u64,
+}
+
+impl BadLines {
+    fn count_into(self, summary: &mut LoadSummary) {
+        summary.skip("NDJSON line cut short (torn)", self.torn);
+        summary.skip("NDJSON line that is not a JSON object", self.malformed);
+        summary.skip(
+            "NDJSON line without a readable schema_version",
+            self.unknown_version,
+        );
+    }
+}
+
+/// The lines of the NDJSON file at `path` that are records of this schema's major version,
+/// joined, and the ones skipped (the collector's rules, `retrywise_collect::SegmentReader`).
+///
+/// # Errors
+/// The file cannot be read; a line of another major version (this trainer is too old for
+/// it: skipping it would lose it silently), named by its line number.
+fn readable_lines(path: &Path) -> Result<(Vec<u8>, BadLines), TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::Input {
+        path: path.to_path_buf(),
+        problem: format!("cannot be read: {e}"),
+    })?;
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut bad = BadLines::default();
+    let ends_unterminated = !bytes.is_empty() && !bytes.ends_with(b"\n");
+    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    let last = lines.len().saturating_sub(1);
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(line)
+        else {
+            if i == last && ends_unterminated {
+                bad.torn += 1;
+            } else {
+                bad.malformed += 1;
+            }
+            continue;
+        };
+        let version = obj
+            .get("schema_version")
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse::<SchemaVersion>().ok());
+        match version {
+            None => bad.unknown_version += 1,
+            Some(v) if v.major != SchemaVersion::CURRENT.major => {
+                return Err(TrainError::Input {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "line {}: schema version {v} is of another major version than this trainer's {} (a newer collector wrote it): upgrade retrywise to read it",
+                        i + 1,
+                        SchemaVersion::CURRENT
+                    ),
+                });
+            }
+            Some(_) => {
+                kept.extend_from_slice(line);
+                kept.push(b'\n');
+            }
+        }
+    }
+    Ok((kept, bad))
 }
 
 /// Checks a file's columns: the required ones must exist, and every wanted one present
@@ -495,8 +583,8 @@ fn scan_filtered(
     file: &InputFile,
     filter: &Filter,
     sample: &Sample,
-) -> Result<LazyFrame, TrainError> {
-    let mut lf = scan(file)?;
+) -> Result<(LazyFrame, BadLines), TrainError> {
+    let (mut lf, bad) = scan(file)?;
     let (exprs, has_call_id) = check_schema(file, &mut lf)?;
     if let Some(p) = sample.predicate(has_call_id) {
         lf = lf.filter(p);
@@ -512,7 +600,7 @@ fn scan_filtered(
     if let Some(until) = filter.until_ms {
         lf = lf.filter(col("started_at_ms").lt(lit(until)));
     }
-    Ok(lf)
+    Ok((lf, bad))
 }
 
 /// Counts the rows of `files` that pass `filter`, without reading them: polars answers
@@ -529,6 +617,7 @@ pub fn count_rows(files: &[InputFile], filter: &Filter) -> Result<u64, TrainErro
             source: e,
         };
         let df = scan_filtered(file, filter, &Sample::ALL)?
+            .0
             .select([len().cast(DataType::UInt64).alias("rows")])
             .collect()
             .map_err(polars)?;
@@ -578,12 +667,12 @@ pub fn load_sample(
     };
     let mut rows = Rows::default();
     for file in files {
-        let df = scan_filtered(file, filter, sample)?
-            .collect()
-            .map_err(|e| TrainError::Polars {
-                path: file.path.clone(),
-                source: e,
-            })?;
+        let (lf, bad) = scan_filtered(file, filter, sample)?;
+        bad.count_into(&mut summary);
+        let df = lf.collect().map_err(|e| TrainError::Polars {
+            path: file.path.clone(),
+            source: e,
+        })?;
         convert(&df, &mut rows, &mut summary).map_err(|e| TrainError::Polars {
             path: file.path.clone(),
             source: e,

@@ -105,6 +105,52 @@ fn edge_records() -> Vec<AttemptRecord> {
 }
 
 #[test]
+fn ndjson_lines_are_read_as_the_collector_reads_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = synthetic::records(300, 5);
+    let path = dir.path().join("seg.ndjson");
+    write_ndjson(&records, &path);
+    let line = serde_json::to_string(&records[0]).unwrap();
+    let without_version = line.replacen("\"schema_version\"", "\"schema\"", 1);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        // Not JSON, a JSON object of no readable version, and a last line cut short by a
+        // crash mid-write.
+        write!(f, "garbage\n{without_version}\n{}", &line[..40]).unwrap();
+    }
+    let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), records.len());
+    for reason in [
+        "NDJSON line cut short (torn)",
+        "NDJSON line that is not a JSON object",
+        "NDJSON line without a readable schema_version",
+    ] {
+        assert_eq!(
+            summary.skipped.get(reason),
+            Some(&1),
+            "{reason}: {summary:?}"
+        );
+    }
+    // A record of another major version: this trainer is too old for it; it says which line.
+    let newer = line.replacen(
+        &format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT),
+        "\"9.0\"",
+        1,
+    );
+    std::fs::write(&path, format!("{line}\n{newer}\n")).unwrap();
+    let e = data::load(&files, &Filter::default(), |_| {}).unwrap_err();
+    assert!(matches!(e, TrainError::Input { .. }), "{e}");
+    assert!(
+        e.to_string().contains("line 2") && e.to_string().contains("9.0"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_record_yields_identical_features_in_training_and_serving() {
     let dir = tempfile::tempdir().unwrap();
     let mut records = synthetic::records(3_000, 11);
