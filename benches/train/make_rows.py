@@ -3,8 +3,8 @@
 
     python3 benches/train/make_rows.py --rows 10000000 --out /tmp/retrywise-rows/10M
 
-Copies every Parquet file of the source (data/sample: 1.21 M rows of the simulator's
-suite) again and again until the output holds exactly --rows rows (the last file is cut
+Copies every Parquet file of the source (data/sample: 2.02 M rows of the simulator's
+suite; the scale runs in docs/results/train-scale.md used the previous 1.21 M-row sample) again and again until the output holds exactly --rows rows (the last file is cut
 short). Copy k is a distinct, later period of the same traffic: its start times move k
 days later (the files go to that day's `date=YYYY-MM-DD/` folder, as `retrywise compact`
 lays them out) and its call ids move by k * 2^53 — the simulator's ids are below 2^53,

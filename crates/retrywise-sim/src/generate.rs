@@ -35,8 +35,8 @@ pub struct GenerateOptions {
     pub explore: (f64, f64, f64),
     /// How much each phase's length varies from run to run: every run draws, for each
     /// phase, a factor log-uniformly from `[lo, hi]` and the phase keeps its start and
-    /// lasts its written length times that factor. The default, `(1, 1)`, runs the phases
-    /// as written ([`PHASE_LENGTHS`] is a spread to try).
+    /// lasts its written length times that factor. The default is [`PHASE_LENGTHS`];
+    /// `(1, 1)` runs the phases as written.
     ///
     /// A suite whose outages all last exactly 10 s teaches a model that a refusal ends
     /// after exactly 10 s: sure that waiting 8 s into it is useless, and sure that one
@@ -45,12 +45,14 @@ pub struct GenerateOptions {
     pub phase_lengths: (f64, f64),
 }
 
-/// A spread of phase lengths to try (`--phase-lengths 0.125,2`): from an eighth of the
-/// written length (a 10 s outage becomes 1.25 s, about one attempt timeout: the shortest
-/// refusal that is still more than a blip) to twice it, log-uniformly, so that every
-/// duration scale in between is as likely as any other. Not the default: README
-/// ("Phase lengths") gives what it wins and loses on the scoreboard.
-pub const PHASE_LENGTHS: (f64, f64) = (0.125, 2.0);
+/// The spread of phase lengths the sample is drawn with (`--phase-lengths 0.125,4`, the
+/// default): from an eighth of the written length (a 10 s outage becomes 1.25 s, about one
+/// attempt timeout: the shortest refusal that is still more than a blip) to four times it
+/// (40 s, eight times the suite's 5 s deadlines), log-uniformly, so that every duration
+/// scale in between is as likely as any other, and at full length (`scale` 1) so that the
+/// long ones are seen ending. README ("Phase lengths") gives what it wins and loses on the
+/// scoreboard against the phases as written.
+pub const PHASE_LENGTHS: (f64, f64) = (0.125, 4.0);
 
 /// `scenario` with each phase's length multiplied by a factor drawn log-uniformly from
 /// `[lo, hi]` (each phase keeps its start). The same scenario, factors and seed give the
@@ -67,9 +69,10 @@ pub fn vary_phase_lengths(scenario: &Scenario, (lo, hi): (f64, f64), seed: u64) 
 }
 
 impl GenerateOptions {
-    /// The built-in suite (without the scenarios held out, [`HELD_OUT`]) at 60 % of each
-    /// scenario's size (about 1.2 M attempt records, 16 MB of Parquet), exploring half of
-    /// the retry delays by factors between 1/4 and 4.
+    /// The built-in suite (without the scenarios held out, [`HELD_OUT`]) at each
+    /// scenario's full size with its phase lengths drawn ([`PHASE_LENGTHS`]; about 2 M
+    /// attempt records, 40 MB of Parquet), exploring half of the retry delays by factors
+    /// between 1/4 and 4.
     pub fn new(out: impl Into<PathBuf>, work: impl Into<PathBuf>) -> Self {
         Self {
             out: out.into(),
@@ -80,10 +83,10 @@ impl GenerateOptions {
                 .filter(|s| !HELD_OUT.contains(&s.name.as_str()))
                 .map(Arc::new)
                 .collect(),
-            scale: 0.6,
+            scale: 1.0,
             seed: 1,
             explore: (0.25, 4.0, 0.5),
-            phase_lengths: (1.0, 1.0),
+            phase_lengths: PHASE_LENGTHS,
         }
     }
 }
@@ -134,7 +137,31 @@ pub fn generate(
             problem: format!("needs 0 < lo <= hi, both finite; got [{lo}, {hi}]"),
         });
     }
+    // Replacing `out` removes it: never the folder we stand in (or one holding it).
+    let out_abs = std::fs::canonicalize(&opts.out)
+        .or_else(|_| std::path::absolute(&opts.out))
+        .map_err(|e| io("resolve", &opts.out, e))?;
+    if std::env::current_dir().is_ok_and(|cwd| cwd.starts_with(&out_abs)) {
+        return Err(SimError::Option {
+            field: "out",
+            problem: format!(
+                "{} is the current folder or holds it: write the dataset to a folder of its own",
+                opts.out.display()
+            ),
+        });
+    }
     let occupied = std::fs::read_dir(&opts.out).is_ok_and(|mut d| d.next().is_some());
+    if occupied && let Some(foreign) = not_a_dataset(&opts.out) {
+        return Err(SimError::Option {
+            field: "out",
+            problem: format!(
+                "{} holds {}, which is not part of a Parquet dataset (`date=YYYY-MM-DD/*.parquet`): \
+                 refusing to write there, with or without `--force`",
+                opts.out.display(),
+                foreign.display()
+            ),
+        });
+    }
     if occupied && !opts.replace {
         return Err(SimError::Option {
             field: "out",
@@ -209,6 +236,38 @@ pub fn generate(
     Ok(summary)
 }
 
+/// The first entry of `dir` that a dataset `generate` wrote would not hold (anything but
+/// `date=…` partitions of Parquet files), if any.
+fn not_a_dataset(dir: &std::path::Path) -> Option<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(_) => return Some(dir.to_path_buf()),
+    };
+    for entry in entries {
+        let Ok(entry) = entry else {
+            return Some(dir.to_path_buf());
+        };
+        let path = entry.path();
+        let partition = entry.file_name().to_string_lossy().starts_with("date=") && path.is_dir();
+        if !partition {
+            return Some(path);
+        }
+        let Ok(files) = std::fs::read_dir(&path) else {
+            return Some(path);
+        };
+        for file in files {
+            let Ok(file) = file else {
+                return Some(path);
+            };
+            let f = file.path();
+            if !(f.is_file() && f.extension().is_some_and(|e| e == "parquet")) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,14 +302,20 @@ mod tests {
     #[test]
     fn lengths_spread_log_uniformly_over_the_range() {
         // Over many draws of the 10 s outage, as many factors fall below the geometric
-        // middle of [1/8, 2] (1/2) as above it, and each end of the range is reached.
+        // middle of the range as above it, and each end of the range is reached.
+        let (lo, hi) = PHASE_LENGTHS;
+        let middle = (lo * hi).sqrt();
         let outage = Scenario::load("outage").expect("built-in");
         let factors: Vec<f64> = (0..2_000)
             .map(|seed| lengths(&vary_phase_lengths(&outage, PHASE_LENGTHS, seed))[0] / 10.0)
             .collect();
-        let below = factors.iter().filter(|f| **f < 0.5).count();
-        assert!((900..1_100).contains(&below), "{below} of 2000 below 1/2");
-        assert!(factors.iter().any(|f| *f < 0.14) && factors.iter().any(|f| *f > 1.8));
+        let below = factors.iter().filter(|f| **f < middle).count();
+        assert!(
+            (900..1_100).contains(&below),
+            "{below} of 2000 below {middle}"
+        );
+        assert!(factors.iter().all(|f| (lo..=hi).contains(f)));
+        assert!(factors.iter().any(|f| *f < lo * 1.1) && factors.iter().any(|f| *f > hi * 0.9));
     }
 
     #[test]
@@ -268,6 +333,35 @@ mod tests {
             assert!(e.to_string().contains("phase_lengths"), "{e}");
         }
         assert!(!dir.path().join("out").exists(), "nothing written");
+    }
+
+    #[test]
+    fn generate_never_replaces_a_folder_that_is_not_a_dataset() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("out");
+        let partition = out.join("date=2026-12-04");
+        std::fs::create_dir_all(&partition).expect("partition");
+        std::fs::write(partition.join("part-1.parquet"), b"PAR1").expect("part");
+        std::fs::write(out.join("notes.txt"), b"keep me").expect("notes");
+        let mut opts = GenerateOptions::new(&out, dir.path().join("w"));
+        opts.replace = true;
+        let e = generate(&opts, |_, _| {}).expect_err("refused");
+        assert!(
+            e.to_string().contains("notes.txt")
+                && e.to_string().contains("not part of a Parquet dataset"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(out.join("notes.txt")).expect("kept"),
+            b"keep me"
+        );
+        assert!(partition.join("part-1.parquet").exists());
+        // Without the stray file it is a dataset: replaced only with `replace`.
+        std::fs::remove_file(out.join("notes.txt")).expect("remove");
+        assert_eq!(not_a_dataset(&out), None);
+        opts.replace = false;
+        let e = generate(&opts, |_, _| {}).expect_err("refused");
+        assert!(e.to_string().contains("--force"), "{e}");
     }
 
     proptest! {

@@ -56,7 +56,10 @@ pub const MAX_GRID: usize = 64;
 ///
 /// After a refused connection the attempts are not independent: the target is down until
 /// it is back, and an attempt succeeds if and only if it is sent after that. There `p(w)`
-/// is read as the chance that the target is back by `w` (made non-decreasing in `w`), and
+/// is read as the chance that the target is back by `w` (made non-decreasing in `w`), an
+/// attempt costs `c·(1 + ρ(w))` (a target that refuses a connection does no work for it,
+/// and takes nothing from other callers' chances: the `1/(1 − f)` above would price a
+/// refusal of unknown length out of any retry once it has filled the failure window), and
 /// a failure leaves nothing (`g = 0`): it says the target is not back yet, and a later
 /// attempt would buy only the chance that it came back in between, at its own price. A
 /// retry that failed is not followed by the same chance again, so an outage of uncertain
@@ -380,8 +383,15 @@ impl ModelDecider {
             // goes on. Each wait's p is the chance that the outage is over by then (made
             // non-decreasing in the wait), and each wait is valued as the one attempt it
             // is (`refusal_values`): a failure leaves no fresh chance behind it.
-            // (`b` stays 0.)
-            refusal_values(waits, p, (cost, &load[..n]), self.time_cost, &mut a[..n]);
+            // (`b` stays 0.) A refused connection costs the target no work: `c`, not
+            // `c/(1 − f)`.
+            refusal_values(
+                waits,
+                p,
+                (self.attempt_cost, &load[..n]),
+                self.time_cost,
+                &mut a[..n],
+            );
             for (i, v) in a[..n].iter().enumerate() {
                 if *v > v_star {
                     v_star = *v;
@@ -1194,6 +1204,34 @@ mod tests {
         let c = after(ErrorKind::Http503, 2);
         let independent = d.weigh(&c);
         assert!(independent.alternatives.iter().all(|a| a.value > 0.2 + 0.1));
+    }
+
+    #[test]
+    fn a_refused_connection_costs_the_target_no_work() {
+        // Deep into a refusal every recent call failed (f counted up to 0.8): a 503 there
+        // costs c/(1 - f) = 0.5, more than p = 0.3 is worth; a refused connection costs c,
+        // so the chance that the target is back is worth a retry.
+        let d = decider(flat(0.3)).time_cost(0.0).build().unwrap();
+        let failing = |kind| {
+            let mut c = after(kind, 2);
+            c.elapsed = Duration::from_millis(1);
+            c.failure_rate = Some(1.0);
+            c
+        };
+        let refused = d.weigh(&failing(ErrorKind::Connect));
+        assert!(
+            refused
+                .alternatives
+                .iter()
+                .all(|a| (a.value - 0.2).abs() < 1e-12),
+            "{:?}",
+            refused.alternatives
+        );
+        assert!(matches!(refused.explained.decision, Decision::Retry(_)));
+        assert_eq!(
+            d.weigh(&failing(ErrorKind::Http503)).explained.decision,
+            Decision::Stop(StopReason::LowSuccessProbability)
+        );
     }
 
     proptest::proptest! {

@@ -81,8 +81,8 @@ pub(crate) struct GenerateArgs {
     /// The Parquet dataset to write.
     #[arg(long, default_value = "data/sample")]
     out: PathBuf,
-    /// Fraction of each scenario's requests to run (the default makes about 16 MB).
-    #[arg(long, default_value_t = 0.6)]
+    /// Fraction of each scenario's requests to run (the default, all, makes about 40 MB).
+    #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Replace the dataset if `--out` already holds one.
     #[arg(long)]
@@ -91,9 +91,9 @@ pub(crate) struct GenerateArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// How much each phase's length varies from run to run, as factors `LO,HI` of its
-    /// written length, drawn log-uniformly per run and phase (e.g. `0.125,2`); the default
-    /// runs the phases as written.
-    #[arg(long, value_name = "LO,HI", value_parser = parse_factors, default_value = "1,1")]
+    /// written length, drawn log-uniformly per run and phase; `1,1` runs the phases as
+    /// written.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_factors, default_value = "0.125,4")]
     phase_lengths: (f64, f64),
 }
 
@@ -283,6 +283,7 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     let mut opts = RunOptions::new(Arc::clone(&scenario));
     opts.seed = args.seed;
     if let Some(r) = args.rps {
+        anyhow::ensure!(r.is_finite() && r > 0.0, "--rps must be positive, got {r}");
         opts.rps = r;
         opts.requests = (r * scenario.duration_s).round() as u64;
     }
@@ -395,6 +396,8 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
 
 /// A fresh working directory next to the output (same file system: cheap renames).
 fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
+    // Beside the output, never inside it (`--out .` has no parent but the folder itself).
+    let out = std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
