@@ -725,10 +725,31 @@ pub(crate) async fn target(
         .view(&target, Instant::now())
         .map(Json)
         .ok_or_else(|| {
+            // Untracked: never reported, only reported with attempts older than the
+            // health window (kept on disk, not health now), or past the fleet's cap.
             ApiError::not_found(format!(
-                "target: no attempts to `{target}` have been ingested"
+                "target: `{}` is not tracked: no attempt to it has been ingested that ended within the last {} s{}",
+                truncate_name(&target),
+                st.config.health_window.as_secs_f64(),
+                if st.fleet.len() >= st.config.max_targets {
+                    format!(
+                        ", or the fleet view is at its cap of {} targets (`max_targets`; its attempts are still written)",
+                        st.config.max_targets
+                    )
+                } else {
+                    String::new()
+                }
             ))
         })
+}
+
+/// A name as an error message quotes it: at most 256 characters (a longer one is not a
+/// target's name, and would be echoed whole).
+fn truncate_name(name: &str) -> String {
+    match name.char_indices().nth(256) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_owned(),
+    }
 }
 
 /// Prometheus metrics.

@@ -63,7 +63,9 @@ impl Service {
             .fallback(|| async { ApiError::not_found("no such route") })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .layer(DefaultBodyLimit::max(c.body_limit))
-            .route_layer(middleware::from_fn_with_state(Arc::clone(&st), observe))
+            // `layer`, not `route_layer`: an unknown route is a request too (its 404 gets
+            // an id and is counted, as `route="unmatched"`).
+            .layer(middleware::from_fn_with_state(Arc::clone(&st), observe))
             .with_state(st)
     }
 }

@@ -568,7 +568,19 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         )
         .await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
-    assert_eq!(h.get("/v1/nowhere").await.0, StatusCode::NOT_FOUND);
+    // An unknown route is answered, identified and counted like any request.
+    let (s, headers, v) = h
+        .call(Request::get("/v1/nowhere").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(headers.contains_key("x-request-id"));
+    let (_, m) = h.get("/metrics").await;
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains(r#"retrywise_http_requests_total{route="unmatched",status="404"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -618,6 +630,7 @@ async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense(
         with("failure_rate", json!(7.5)),
         with("status", json!(42)),
         with("outcome_status", json!(42)),
+        with("target", json!("a\u{0}b")),
     ]);
     let (s, v) = h.post("/v1/attempts", &body.to_string()).await;
     assert_eq!(
@@ -627,7 +640,7 @@ async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense(
     );
     let error = v["error"].as_str().unwrap();
     assert!(
-        error.starts_with("6 invalid records (nothing written): "),
+        error.starts_with("7 invalid records (nothing written): "),
         "{error}"
     );
     for (i, want) in [
@@ -637,6 +650,7 @@ async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense(
         (4, "failure_rate: must be within [0, 1]"),
         (5, "status: must be within [100, 599]"),
         (6, "outcome_status: must be within [100, 599]"),
+        (7, "target: must not hold control characters"),
     ] {
         assert!(error.contains(&format!("[{i}]: {want}")), "{error}");
     }
@@ -1346,9 +1360,20 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
         serde_json::to_string(&recs).unwrap()
     };
     h.post("/v1/attempts", &ingest(&["a", "b"])).await;
-    // Full, and nobody idle: "c" is not tracked.
+    // Full, and nobody idle: "c" is not tracked, and the answer says why it may not be.
     h.post("/v1/attempts", &ingest(&["c"])).await;
-    assert_eq!(h.get("/v1/targets/c").await.0, StatusCode::NOT_FOUND);
+    let (s, v) = h.get("/v1/targets/c").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("not tracked") && error.contains("at its cap of 2 targets"),
+        "{error}"
+    );
+    // A name no target has is quoted only so far.
+    let long = "x".repeat(1_000);
+    let (s, v) = h.get(&format!("/v1/targets/{long}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"].as_str().unwrap().len() < 600, "{v}");
     // "a" and "b" fall idle; "c" takes a place.
     tokio::time::advance(Duration::from_secs(11)).await;
     h.post("/v1/attempts", &ingest(&["c"])).await;

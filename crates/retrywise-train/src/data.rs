@@ -111,6 +111,7 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
     let mut paths = Vec::new();
     for spec in specs {
         let p = Path::new(spec);
+        let before = paths.len();
         if p.is_dir() {
             walk(p, &mut paths)?;
         } else if p.is_file() {
@@ -141,6 +142,18 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
             return Err(TrainError::Input {
                 path: p.to_path_buf(),
                 problem: "does not exist".into(),
+            });
+        }
+        // Each input must add something: a folder or a pattern that matches no file among
+        // others that do is a typo, not "nothing more to read".
+        if paths.len() == before && specs.len() > 1 {
+            return Err(TrainError::Input {
+                path: p.to_path_buf(),
+                problem: if p.is_dir() {
+                    "holds no Parquet or NDJSON file (the other inputs do)".into()
+                } else {
+                    "matches no Parquet or NDJSON file (the other inputs do)".into()
+                },
             });
         }
     }
@@ -845,6 +858,27 @@ mod tests {
             .unwrap();
         let d = out.column("d").unwrap().u64().unwrap();
         (0..d.len()).map(|i| d.get(i)).collect()
+    }
+
+    #[test]
+    fn an_input_that_matches_nothing_beside_others_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data");
+        std::fs::write(data.join("a.parquet"), b"PAR1").expect("file");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).expect("empty");
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        assert_eq!(resolve(&[s(&data)]).expect("one folder").len(), 1);
+        let typo = format!("{}/**/*.parqet", s(dir.path()));
+        for (other, what) in [(s(&empty), "holds no"), (typo, "matches no")] {
+            let e = resolve(&[s(&data), other.clone()]).expect_err("refused");
+            assert!(
+                matches!(&e, TrainError::Input { path, .. } if path == Path::new(&other)),
+                "{e}"
+            );
+            assert!(e.to_string().contains(what), "{e}");
+        }
     }
 
     #[test]

@@ -338,6 +338,9 @@ pub enum Rule {
     Range,
     /// Text shorter or longer than allowed.
     Length,
+    /// Text with control characters (a newline, a NUL): names never hold them, and they
+    /// would break the lines of logs and of the metrics' text format.
+    Characters,
     /// A schema major version this build does not read.
     Version,
 }
@@ -349,6 +352,7 @@ impl Rule {
             Rule::Required => "is required",
             Rule::Range => "is out of range",
             Rule::Length => "has the wrong length",
+            Rule::Characters => "holds control characters",
             Rule::Version => "has an unsupported major version",
         }
     }
@@ -488,6 +492,12 @@ impl Field {
                         ),
                     );
                 }
+                if let Some(c) = s.chars().find(|c| c.is_control()) {
+                    return bad(
+                        Rule::Characters,
+                        format!("must not hold control characters, got {c:?}"),
+                    );
+                }
                 if self.min_len > 0
                     && (s.len() < self.min_len
                         || (self.min_len > 1 && s.chars().count() < self.min_len))
@@ -566,6 +576,8 @@ impl Field {
         }
         if self.ty == FieldType::Text {
             s.insert("maxLength".into(), json!(MAX_TEXT));
+            // No control characters (Unicode's Cc: what `char::is_control` refuses).
+            s.insert("pattern".into(), json!(r"^[^\u0000-\u001F\u007F-\u009F]*$"));
         }
         if let Some(choices) = self.ty.choices() {
             let mut values: Vec<serde_json::Value> =
@@ -872,7 +884,9 @@ pub fn markdown_table() -> String {
             meaning.push_str("; not empty");
         }
         if f.ty == FieldType::Text {
-            meaning.push_str(&format!("; at most {MAX_TEXT} characters"));
+            meaning.push_str(&format!(
+                "; at most {MAX_TEXT} characters, no control characters"
+            ));
         }
         if let Some(m) = f.presence.missing_means() {
             meaning.push_str(&format!("; missing: {m}"));
@@ -1012,6 +1026,11 @@ pub(crate) mod tests {
             (e.field, e.problem.as_str()),
             ("target", "must not be empty")
         );
+        for name in ["a\nb", "\u{0}", "tab\there"] {
+            r.context.target = Arc::from(name);
+            let e = r.validate().unwrap_err();
+            assert_eq!((e.field, e.rule), ("target", Rule::Characters), "{name:?}");
+        }
         r.context.target = Arc::from("t");
         r.outcome_status = Some(42);
         assert_eq!(r.validate().unwrap_err().field, "outcome_status");
