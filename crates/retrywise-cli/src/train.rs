@@ -162,6 +162,14 @@ fn progress() -> (ProgressBar, impl FnMut(Step)) {
     );
     bar.set_prefix("reading");
     let b = bar.clone();
+    // Without a terminal (CI, a log file) the bar is not drawn: each phase gets a line
+    // instead, so a long run is never silent.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = move |line: String| {
+        if plain {
+            eprintln!("{line}");
+        }
+    };
     let on = move |step: Step| match step {
         Step::Resolved { bytes, .. } => b.set_length(bytes),
         Step::Counted(s) => {
@@ -189,15 +197,28 @@ fn progress() -> (ProgressBar, impl FnMut(Step)) {
             b.set_prefix("fitting");
             b.set_message(format!("{} rows", s.rows));
             b.enable_steady_tick(std::time::Duration::from_millis(100));
+            say(format!(
+                "read {} rows from {} files; fitting",
+                s.rows, s.files
+            ));
         }
-        Step::Split { train, validation } => b.set_message(format!(
-            "{train} training rows, {validation} validation rows"
-        )),
-        Step::Trial(t) => b.set_message(format!(
-            "alpha {} → validation log-loss {:.5}",
-            t.alpha, t.validation_log_loss
-        )),
-        Step::Evaluated => b.set_prefix("evaluated"),
+        Step::Split { train, validation } => {
+            let m = format!("{train} training rows, {validation} validation rows");
+            say(format!("split: {m}"));
+            b.set_message(m);
+        }
+        Step::Trial(t) => {
+            let m = format!(
+                "alpha {} → validation log-loss {:.5}",
+                t.alpha, t.validation_log_loss
+            );
+            say(m.clone());
+            b.set_message(m);
+        }
+        Step::Evaluated => {
+            say("evaluated".into());
+            b.set_prefix("evaluated");
+        }
         Step::Written(_) => {}
     };
     (bar, on)

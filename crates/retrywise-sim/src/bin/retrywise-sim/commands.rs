@@ -324,6 +324,17 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         scenario.name
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    if opts.mode != Mode::Virtual && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // Over HTTP a run takes real time and the spinner is not drawn without a terminal.
+        eprintln!(
+            "running {} policies on {} over HTTP: {} requests each at {}/s (about {:.0} s each)",
+            policies.len(),
+            scenario.name,
+            opts.requests,
+            opts.rps,
+            opts.requests as f64 / opts.rps
+        );
+    }
     let (board, runs) = retrywise_sim::scoreboard(&policies, &opts)?;
     spinner.finish_and_clear();
     if args.json {
