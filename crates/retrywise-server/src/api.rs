@@ -388,7 +388,9 @@ pub struct DecideRequest {
     /// The call's overall deadline from its first attempt, ms: no retry that cannot start
     /// before it.
     pub deadline_ms: Option<f64>,
-    /// Also answer every wait weighed, with its p(success) and value (for debugging).
+    /// Also answer every wait weighed, with its p(success) and value (for debugging). A
+    /// retry's decision (`attempt` ≥ 2) weighs a grid of waits; admission (`attempt` 1)
+    /// weighs none, and answers an empty list.
     #[serde(default)]
     pub alternatives: bool,
 }
@@ -441,7 +443,8 @@ pub struct DecideResponse {
     /// an unbiased estimate of what each wait does; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub propensity: Option<f64>,
-    /// Every wait weighed, shortest first (when asked with `"alternatives": true`).
+    /// Every wait weighed, shortest first (when asked with `"alternatives": true`; empty
+    /// for admission, which weighs none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<Vec<AlternativeView>>,
     /// The model used (the default's name when none is serving).
@@ -554,7 +557,10 @@ pub(crate) async fn decide(
         })
         .transpose()?;
     if ctx.attempt == 1 {
-        let answer = admit(&st, m.as_ref(), &ctx, deadline);
+        let mut answer = admit(&st, m.as_ref(), &ctx, deadline);
+        if req.alternatives {
+            answer.alternatives = Some(Vec::new());
+        }
         if let Some(m) = &m {
             count_predictions(&st, m, 1);
         }

@@ -1168,6 +1168,16 @@ async fn decide_answers_admission_for_a_first_attempt() {
     );
     assert_eq!(v["delay_ms"].as_f64(), Some(0.0));
     assert!((v["p_success"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{v}");
+    // Admission weighs no waits: asked for them, it says so with an empty list (it used
+    // to leave the field out, as if not asked).
+    let (s, v) = h
+        .post(
+            "/v1/decide",
+            r#"{"context": {"target": "a", "attempt": 1}, "alternatives": true}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["alternatives"], json!([]), "{v}");
     // The same call with its deadline already spent: no attempt starts at or after it.
     let late = r#"{"target": "a", "attempt": 1, "failure_rate": 0.0, "elapsed_ms": 5000}"#;
     let (_, v) = h.post("/v1/decide", &ask(late, Some(1_000))).await;
