@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use retrywise::attempt::schema::MAX_MS;
@@ -171,10 +171,10 @@ pub(crate) async fn list_models(State(st): State<AppState>) -> Json<ModelList> {
 
 /// One model: version serving, features and weights, metrics, training summary.
 #[utoipa::path(get, path = "/v1/models/{name}", params(("name" = String, Path, description = "The model's name")),
-    responses((status = 200, body = ModelDetail), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = ModelDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn get_model(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
 ) -> Result<Json<ModelDetail>, ApiError> {
     let set = st.models.snapshot();
     let m = set
@@ -722,10 +722,10 @@ fn admit(
 
 /// A target's rolling health and shared breaker state, from the attempts ingested.
 #[utoipa::path(get, path = "/v1/targets/{target}", params(("target" = String, Path, description = "The target's name")),
-    responses((status = 200, body = crate::fleet::TargetView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = crate::fleet::TargetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn target(
     State(st): State<AppState>,
-    Path(target): Path<String>,
+    crate::extract::ApiPath(target): crate::extract::ApiPath<String>,
 ) -> Result<Json<crate::fleet::TargetView>, ApiError> {
     st.fleet
         .view(&target, Instant::now())

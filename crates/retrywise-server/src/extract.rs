@@ -1,7 +1,8 @@
 //! Reading request bodies: JSON parsed with errors that name the field, NDJSON, media types,
 //! and fields that may be absent but not null.
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -140,6 +141,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             )));
         }
         parse_object(&bytes, String::new).map(ApiJson)
+    }
+}
+
+/// A path parameter (`/v1/targets/{target}`), with a 400 and a JSON error body for one that
+/// cannot be read (not UTF-8, say) instead of axum's plain-text answer.
+#[derive(Debug)]
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(t)| ApiPath(t))
+            .map_err(|r| ApiError::bad_request(format!("path: {}", r.body_text())))
     }
 }
 

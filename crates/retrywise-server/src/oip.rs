@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use retrywise::attempt::schema::{self, Field, FieldType, Value};
@@ -214,10 +214,10 @@ pub(crate) async fn server_metadata() -> Json<ServerMetadata> {
 
 /// A model's metadata: its inputs (the context fields, from the attempt schema) and output.
 #[utoipa::path(get, path = "/v2/models/{name}", params(("name" = String, Path, description = "The model")),
-    responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = ModelMetadata), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn metadata(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     let set = st.models.snapshot();
     let m = set
@@ -236,10 +236,10 @@ pub(crate) async fn metadata(
 
 /// Whether a model is loaded.
 #[utoipa::path(get, path = "/v2/models/{name}/ready", params(("name" = String, Path, description = "The model")),
-    responses((status = 200, body = ModelReady), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = ModelReady), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn model_ready(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
 ) -> Result<Json<ModelReady>, ApiError> {
     let set = st.models.snapshot();
     set.get(&name)
@@ -439,7 +439,7 @@ fn split<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8]
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn infer(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let (headers, bytes) = body(req).await?;

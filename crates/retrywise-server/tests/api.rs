@@ -568,6 +568,15 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         )
         .await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
+    // A path parameter that is not UTF-8: a JSON 400 like every other bad input.
+    for uri in ["/v1/targets/%FF", "/v1/models/%FF", "/v2/models/%FF/ready"] {
+        let (s, v) = h.get(uri).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().starts_with("path:"),
+            "{uri}: {v}"
+        );
+    }
     // An unknown route is answered, identified and counted like any request.
     let (s, headers, v) = h
         .call(Request::get("/v1/nowhere").body(Body::empty()).unwrap())
