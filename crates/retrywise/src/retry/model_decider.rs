@@ -1188,48 +1188,35 @@ mod tests {
     fn a_refusal_is_not_retried_for_the_same_chance_again_and_again() {
         // p = 0.3 whatever the wait. After a 503 each failure leaves another independent
         // 0.3; after a refusal the target is back or not, and a retry that failed says it
-        // is not, so the first retry's value is its own: 0.3 - 0.1.
-        let d = decider(flat(0.3)).time_cost(0.0).build().unwrap();
-        let mut c = after(ErrorKind::Connect, 2);
-        c.elapsed = Duration::from_millis(1);
-        let refused = d.weigh(&c);
-        assert!(
-            refused
-                .alternatives
-                .iter()
-                .all(|a| (a.value - 0.2).abs() < 1e-12),
-            "{:?}",
-            refused.alternatives
-        );
-        let c = after(ErrorKind::Http503, 2);
+        // is not, so the first retry's value is its own: 0.3 - 0.1 - whatever the failure
+        // rate: a refused connection costs the target no work (c, not c/(1 - f)).
+        let fresh = || decider(flat(0.3)).time_cost(0.0).build().unwrap();
+        for f in [None, Some(1.0)] {
+            // (A decider of its own each time: the first books its retry in its calendar.)
+            let d = fresh();
+            let mut c = after(ErrorKind::Connect, 2);
+            c.elapsed = Duration::from_millis(1);
+            c.failure_rate = f;
+            let refused = d.weigh(&c);
+            assert!(
+                refused
+                    .alternatives
+                    .iter()
+                    .all(|a| (a.value - 0.2).abs() < 1e-12),
+                "{f:?}: {:?}",
+                refused.alternatives
+            );
+            assert!(matches!(refused.explained.decision, Decision::Retry(_)));
+        }
+        let d = fresh();
+        let mut c = after(ErrorKind::Http503, 2);
         let independent = d.weigh(&c);
         assert!(independent.alternatives.iter().all(|a| a.value > 0.2 + 0.1));
-    }
-
-    #[test]
-    fn a_refused_connection_costs_the_target_no_work() {
-        // Deep into a refusal every recent call failed (f counted up to 0.8): a 503 there
-        // costs c/(1 - f) = 0.5, more than p = 0.3 is worth; a refused connection costs c,
-        // so the chance that the target is back is worth a retry.
-        let d = decider(flat(0.3)).time_cost(0.0).build().unwrap();
-        let failing = |kind| {
-            let mut c = after(kind, 2);
-            c.elapsed = Duration::from_millis(1);
-            c.failure_rate = Some(1.0);
-            c
-        };
-        let refused = d.weigh(&failing(ErrorKind::Connect));
-        assert!(
-            refused
-                .alternatives
-                .iter()
-                .all(|a| (a.value - 0.2).abs() < 1e-12),
-            "{:?}",
-            refused.alternatives
-        );
-        assert!(matches!(refused.explained.decision, Decision::Retry(_)));
+        // Deep into failures (f counted up to 0.8) a 503 costs c/(1 - f) = 0.5, more than
+        // p = 0.3 is worth.
+        c.failure_rate = Some(1.0);
         assert_eq!(
-            d.weigh(&failing(ErrorKind::Http503)).explained.decision,
+            d.weigh(&c).explained.decision,
             Decision::Stop(StopReason::LowSuccessProbability)
         );
     }
