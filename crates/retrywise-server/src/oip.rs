@@ -327,19 +327,49 @@ fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> 
 
 /// The elements of a JSON tensor.
 fn decode_json(input: &InferInput, data: &[serde_json::Value]) -> Result<Vec<Cell>, ApiError> {
+    let dt = input.datatype.as_str();
+    // The range of an integer datatype, to hold each element to what it declares.
+    let range: Option<(f64, f64)> = match dt {
+        "INT8" => Some((f64::from(i8::MIN), f64::from(i8::MAX))),
+        "INT16" => Some((f64::from(i16::MIN), f64::from(i16::MAX))),
+        "INT32" => Some((f64::from(i32::MIN), f64::from(i32::MAX))),
+        "INT64" => Some((i64::MIN as f64, i64::MAX as f64)),
+        "UINT8" => Some((0.0, f64::from(u8::MAX))),
+        "UINT16" => Some((0.0, f64::from(u16::MAX))),
+        "UINT32" => Some((0.0, f64::from(u32::MAX))),
+        "UINT64" => Some((0.0, u64::MAX as f64)),
+        _ => None,
+    };
     data.iter()
         .enumerate()
-        .map(|(i, v)| match v {
-            serde_json::Value::Null => Ok(Cell::Null),
-            serde_json::Value::String(s) => Ok(Cell::Text(s.clone())),
-            serde_json::Value::Number(x) => x
-                .as_f64()
-                .map(Cell::Number)
-                .ok_or_else(|| bad(&format!("{}.data[{i}]", input.name), "not a finite number")),
-            other => Err(bad(
-                &format!("{}.data[{i}]", input.name),
-                format!("expected a number, a string or null, got {other}"),
-            )),
+        .map(|(i, v)| {
+            let at = || format!("{}.data[{i}]", input.name);
+            match v {
+                serde_json::Value::Null => Ok(Cell::Null),
+                serde_json::Value::String(s) if dt == "BYTES" => Ok(Cell::Text(s.clone())),
+                serde_json::Value::Number(x) if dt != "BYTES" => {
+                    let x = x
+                        .as_f64()
+                        .ok_or_else(|| bad(&at(), "not a finite number"))?;
+                    match range {
+                        Some((lo, hi)) if x.fract() != 0.0 || x < lo || x > hi => {
+                            Err(bad(&at(), format!("{x} is not a value of datatype {dt}")))
+                        }
+                        _ => Ok(Cell::Number(x)),
+                    }
+                }
+                other => Err(bad(
+                    &at(),
+                    format!(
+                        "expected {} or null for datatype {dt}, got {other}",
+                        if dt == "BYTES" {
+                            "a string"
+                        } else {
+                            "a number"
+                        }
+                    ),
+                )),
+            }
         })
         .collect()
 }

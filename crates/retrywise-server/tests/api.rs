@@ -537,7 +537,22 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         (
             "/v2/models/default/infer",
             r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1.5]}]}"#,
-            "inputs.attempt.data[0]: expected a whole number",
+            "inputs.attempt.data[0]: 1.5 is not a value of datatype INT64",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT8", "data": [4000000000]}]}"#,
+            "inputs.attempt.data[0]: 4000000000 is not a value of datatype INT8",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "BYTES", "data": [2]}]}"#,
+            "inputs.attempt.data[0]: expected a string or null for datatype BYTES",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "FP64", "data": ["2"]}]}"#,
+            "inputs.attempt.data[0]: expected a number or null for datatype FP64",
         ),
         (
             "/v2/models/default/infer",
