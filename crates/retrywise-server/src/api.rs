@@ -430,7 +430,7 @@ pub struct DecideResponse {
     pub reason: String,
     /// Whether the rule-based fallback decided: no model is serving yet (the default was
     /// asked for; `version` is then 0), the model answered NaN, or it was trained on too
-    /// few rows like this context. A model named but not served is a 404 naming the models
+    /// few rows like this context. Another model named but not served is a 404 naming the models
     /// that are.
     pub fell_back: bool,
     /// Whether the decision explored: a retry, after a wait drawn uniformly from those
@@ -529,10 +529,17 @@ pub(crate) async fn decide(
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
     // No model serving at all (before the first is loaded): the default is answered by the
-    // decider's rules, and says so. A model named but not served stays a 404.
+    // decider's rules, and says so. Another model named but not served stays a 404.
     let m = match pick(&st, req.model.as_deref()) {
         Ok(m) => Some(m),
-        Err(_) if req.model.is_none() && st.models.snapshot().is_empty() => {
+        // The default model, named or not, while none is loaded: the rules decide.
+        Err(_)
+            if req
+                .model
+                .as_deref()
+                .is_none_or(|m| m == st.config.default_model)
+                && st.models.snapshot().is_empty() =>
+        {
             static TOLD: std::sync::Once = std::sync::Once::new();
             TOLD.call_once(|| {
                 tracing::warn!(
@@ -762,6 +769,8 @@ fn truncate_name(name: &str) -> String {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
 pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     st.sync_dropped();
+    let names = st.fleet.names();
+    crate::ingest::set_fleet_gauges(&st, names.iter().map(|n| &**n));
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         st.metrics.render(),

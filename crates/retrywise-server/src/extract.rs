@@ -125,7 +125,8 @@ pub(crate) async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     Ok((headers, bytes))
 }
 
-/// A JSON body (`Content-Type` absent or JSON), parsed with field-naming errors.
+/// A JSON body (`Content-Type` absent or JSON) holding one object - a request; an array,
+/// or anything after the object, is a 400 - parsed with field-naming errors.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 

@@ -430,6 +430,14 @@ impl Fleet {
         ))
     }
 
+    /// The names of the targets tracked.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.targets
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// How many targets are tracked.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

@@ -178,6 +178,14 @@ pub(crate) async fn ingest(
     let mut targets: Vec<&str> = seen.iter().map(|r| &*r.context.target).collect();
     targets.sort_unstable();
     targets.dedup();
+    set_fleet_gauges(&st, targets);
+    Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: n })))
+}
+
+/// Sets each of `targets`' fleet gauges (circuit open, suggested concurrency limit and
+/// hedge delay) as of now: for a batch's targets when it is ingested, and for every tracked
+/// target at a scrape (a circuit's open time runs out with nothing ingested).
+pub(crate) fn set_fleet_gauges<'a>(st: &AppState, targets: impl IntoIterator<Item = &'a str>) {
     for target in targets {
         let label = st.metrics.target_label(target);
         if label == "other" {
@@ -199,5 +207,4 @@ pub(crate) async fn ingest(
                 .set(hedge.map_or(-1.0, |d| d.as_secs_f64() * 1e3));
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: n })))
 }

@@ -328,16 +328,18 @@ fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> 
 /// The elements of a JSON tensor.
 fn decode_json(input: &InferInput, data: &[serde_json::Value]) -> Result<Vec<Cell>, ApiError> {
     let dt = input.datatype.as_str();
-    // The range of an integer datatype, to hold each element to what it declares.
+    // The range of an integer datatype, to hold each element to what it declares: from
+    // `lo` up to, not including, `end` (2^63 and 2^64 are exact in f64; i64::MAX is not).
+    // -1 stands for a missing value in every integer tensor, unsigned ones included.
     let range: Option<(f64, f64)> = match dt {
-        "INT8" => Some((f64::from(i8::MIN), f64::from(i8::MAX))),
-        "INT16" => Some((f64::from(i16::MIN), f64::from(i16::MAX))),
-        "INT32" => Some((f64::from(i32::MIN), f64::from(i32::MAX))),
-        "INT64" => Some((i64::MIN as f64, i64::MAX as f64)),
-        "UINT8" => Some((0.0, f64::from(u8::MAX))),
-        "UINT16" => Some((0.0, f64::from(u16::MAX))),
-        "UINT32" => Some((0.0, f64::from(u32::MAX))),
-        "UINT64" => Some((0.0, u64::MAX as f64)),
+        "INT8" => Some((f64::from(i8::MIN), 128.0)),
+        "INT16" => Some((f64::from(i16::MIN), 32_768.0)),
+        "INT32" => Some((f64::from(i32::MIN), 2_147_483_648.0)),
+        "INT64" => Some((-9_223_372_036_854_775_808.0, 9_223_372_036_854_775_808.0)),
+        "UINT8" => Some((-1.0, 256.0)),
+        "UINT16" => Some((-1.0, 65_536.0)),
+        "UINT32" => Some((-1.0, 4_294_967_296.0)),
+        "UINT64" => Some((-1.0, 18_446_744_073_709_551_616.0)),
         _ => None,
     };
     data.iter()
@@ -352,7 +354,7 @@ fn decode_json(input: &InferInput, data: &[serde_json::Value]) -> Result<Vec<Cel
                         .as_f64()
                         .ok_or_else(|| bad(&at(), "not a finite number"))?;
                     match range {
-                        Some((lo, hi)) if x.fract() != 0.0 || x < lo || x > hi => {
+                        Some((lo, end)) if x.fract() != 0.0 || x < lo || x >= end => {
                             Err(bad(&at(), format!("{x} is not a value of datatype {dt}")))
                         }
                         _ => Ok(Cell::Number(x)),

@@ -53,7 +53,7 @@ pub async fn serve(
     let result = accept(
         listener,
         service.router(),
-        service.state.config.request_timeout,
+        header_timeout(service.state.config.request_timeout),
         shutdown,
     )
     .await;
@@ -73,6 +73,18 @@ pub async fn serve(
 /// Serves HTTP/1 connections from `listener` until `shutdown` resolves, then lets every
 /// open connection finish its request in flight and waits for them to close.
 ///
+/// How long a connection may take to send a request's headers - and, since hyper starts
+/// that clock whenever a connection waits for its next request, how long an idle
+/// keep-alive connection stays open: the request timeout, but at least
+/// [`MIN_HEADER_TIMEOUT`], so that a load balancer's pooled connections (idle for up to
+/// 60 s behind AWS's ALB and nginx by default) are closed by the balancer, not under it.
+pub(crate) fn header_timeout(request_timeout: std::time::Duration) -> std::time::Duration {
+    request_timeout.max(MIN_HEADER_TIMEOUT)
+}
+
+/// The least [`header_timeout`]: longer than the usual 60 s idle timeout of load balancers.
+pub(crate) const MIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
 /// `axum::serve`, but with a deadline on reading a request's headers (`header_timeout`):
 /// without one a client that sends its headers a byte at a time holds a connection and its
 /// task for ever (slowloris), and the request timeout only starts once the headers are in.

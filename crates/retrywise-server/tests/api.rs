@@ -253,7 +253,19 @@ async fn health_readiness_and_models() {
         text.contains("retrywise_decision_fallbacks_total 2"),
         "{text}"
     );
-    // A model named but not served is still not found.
+    // The default model named explicitly is the default: the rules decide.
+    let (s, v) = empty
+        .post(
+            "/v1/decide",
+            r#"{"model": "default", "context": {"target": "t", "attempt": 2, "error": "http_503"}}"#,
+        )
+        .await;
+    assert_eq!(
+        (s, v["fell_back"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{v}"
+    );
+    // Another model named but not served is still not found.
     let (s, v) = empty
         .post(
             "/v1/decide",
@@ -543,6 +555,11 @@ async fn bad_bodies_are_4xx_naming_the_field() {
             "/v2/models/default/infer",
             r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT8", "data": [4000000000]}]}"#,
             "inputs.attempt.data[0]: 4000000000 is not a value of datatype INT8",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [9223372036854775808]}]}"#,
+            "is not a value of datatype INT64",
         ),
         (
             "/v2/models/default/infer",
@@ -1487,4 +1504,32 @@ async fn a_target_view_suggests_a_concurrency_limit_and_a_hedge_delay() {
         m.contains("retrywise_fleet_circuit_open{target=\"search\"} 0"),
         "{m}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_circuit_whose_open_time_is_up_reads_half_open_in_the_view_and_the_metrics() {
+    let h = Harness::new(|_| {}).await;
+    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("down", false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, v) = h.get("/v1/targets/down").await;
+    assert_eq!(v["breaker_state"].as_str(), Some("OPEN"), "{v}");
+    let open_for = v["open_for_ms"].as_f64().unwrap();
+    let gauge = |m: &Value, open: u8| {
+        m.as_str().unwrap().contains(&format!(
+            "retrywise_fleet_circuit_open{{target=\"down\"}} {open}"
+        ))
+    };
+    assert!(gauge(&h.get("/metrics").await.1, 1));
+    // Callers obey it: nothing more is reported. Once its time is up the next call is a
+    // probe, in the view and on /metrics alike.
+    tokio::time::advance(Duration::from_secs_f64(open_for / 1e3) + Duration::from_millis(1)).await;
+    let (_, v) = h.get("/v1/targets/down").await;
+    assert_eq!(
+        (v["breaker_state"].as_str(), v["allow"].as_bool()),
+        (Some("HALF_OPEN"), Some(true)),
+        "{v}"
+    );
+    let (_, m) = h.get("/metrics").await;
+    assert!(gauge(&m, 0), "{m}");
 }

@@ -144,16 +144,12 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
                 problem: "does not exist".into(),
             });
         }
-        // Each input must add something: a folder or a pattern that matches no file among
-        // others that do is a typo, not "nothing more to read".
-        if paths.len() == before && specs.len() > 1 {
+        // A pattern that matches nothing is a typo, not "nothing more to read" (a folder
+        // may well be empty: compaction empties the segments' folder).
+        if paths.len() == before && !p.is_dir() && spec.contains(['*', '?', '[']) {
             return Err(TrainError::Input {
                 path: p.to_path_buf(),
-                problem: if p.is_dir() {
-                    "holds no Parquet or NDJSON file (the other inputs do)".into()
-                } else {
-                    "matches no Parquet or NDJSON file (the other inputs do)".into()
-                },
+                problem: "matches no Parquet or NDJSON file".into(),
             });
         }
     }
@@ -428,7 +424,7 @@ fn sample_draw_expr(key: Expr) -> Expr {
     shift(h * u64_lit(0xc4ce_b9fe_1a85_ec53))
 }
 
-fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines), TrainError> {
+fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines, Option<tempfile::TempPath>), TrainError> {
     let path = file.path.to_str().ok_or_else(|| TrainError::Input {
         path: file.path.clone(),
         problem: "is not valid UTF-8".into(),
@@ -440,31 +436,34 @@ fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines), TrainError> {
     match file.format {
         Format::Parquet => {
             LazyFrame::scan_parquet(PlRefPath::new(path), ScanArgsParquet::default())
-                .map(|lf| (lf, BadLines::default()))
+                .map(|lf| (lf, BadLines::default(), None))
                 .map_err(polars)
         }
         Format::Ndjson => {
-            // Lines are read as the collector reads segments (a torn last line, lines that
-            // are not JSON objects and objects without a readable `schema_version` are
-            // skipped and counted; an unknown major version stops the run), then as the
-            // types `wanted` asks for (polars' JSON reader does not build every narrow
-            // integer type): a value of the wrong type reads as null and is counted.
-            let (lines, bad) = readable_lines(&file.path)?;
+            // Lines are checked as the collector reads segments (a torn last line, lines
+            // that are not JSON objects and an unreadable `schema_version` are skipped and
+            // counted; another major version stops the run), then read by polars, chunk by
+            // chunk, as the types `wanted` asks for (its JSON reader does not build every
+            // narrow integer type): a value of the wrong type reads as null and is counted.
+            // A file with lines to skip is read from a copy without them.
+            let (bad, clean) = check_lines(&file.path)?;
+            let read_from = match &clean {
+                Some(copy) => PlRefPath::new(copy.to_str().ok_or_else(|| TrainError::Input {
+                    path: copy.to_path_buf(),
+                    problem: "is not valid UTF-8".into(),
+                })?),
+                None => PlRefPath::new(path),
+            };
             let schema: Schema = wanted()
                 .into_iter()
                 .map(|(name, dt)| Field::new(name.into(), dt))
                 .collect();
-            let df = if lines.is_empty() {
-                DataFrame::empty_with_schema(&schema)
-            } else {
-                JsonReader::new(std::io::Cursor::new(lines))
-                    .with_json_format(JsonFormat::JsonLines)
-                    .with_schema(Arc::new(schema))
-                    .with_ignore_errors(true)
-                    .finish()
-                    .map_err(polars)?
-            };
-            Ok((df.lazy(), bad))
+            let lf = LazyJsonLineReader::new(read_from)
+                .with_schema(Some(Arc::new(schema)))
+                .with_ignore_errors(true)
+                .finish()
+                .map_err(polars)?;
+            Ok((lf, bad, clean))
         }
     }
 }
@@ -476,7 +475,7 @@ pub(crate) struct BadLines {
     pub torn: u64,
     /// Lines that are not a JSON object.
     pub malformed: u64,
-    /// JSON objects without a readable `schema_version`.
+    /// JSON objects whose `schema_version` is not a version.
     pub unknown_version: u64,
 }
 
@@ -485,65 +484,94 @@ impl BadLines {
         summary.skip("NDJSON line cut short (torn)", self.torn);
         summary.skip("NDJSON line that is not a JSON object", self.malformed);
         summary.skip(
-            "NDJSON line without a readable schema_version",
+            "NDJSON line with an unreadable schema_version",
             self.unknown_version,
         );
     }
+
+    fn any(self) -> bool {
+        self.torn + self.malformed + self.unknown_version > 0
+    }
 }
 
-/// The lines of the NDJSON file at `path` that are records of this schema's major version,
-/// joined, and the ones skipped (the collector's rules, `retrywise_collect::SegmentReader`).
+/// Checks the lines of the NDJSON file at `path` one at a time (the collector's rules,
+/// `retrywise_collect::SegmentReader`; a line without `schema_version` is read, as a
+/// Parquet file needs no such column): what to skip, and - only when there is something to
+/// skip - a temporary copy without those lines (deleted when dropped). Memory holds one
+/// line at a time.
 ///
 /// # Errors
 /// The file cannot be read; a line of another major version (this trainer is too old for
 /// it: skipping it would lose it silently), named by its line number.
-fn readable_lines(path: &Path) -> Result<(Vec<u8>, BadLines), TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::Input {
+fn check_lines(path: &Path) -> Result<(BadLines, Option<tempfile::TempPath>), TrainError> {
+    use std::io::{BufRead, Write};
+    let read_error = |e: std::io::Error| TrainError::Input {
         path: path.to_path_buf(),
         problem: format!("cannot be read: {e}"),
-    })?;
-    let mut kept = Vec::with_capacity(bytes.len());
-    let mut bad = BadLines::default();
-    let ends_unterminated = !bytes.is_empty() && !bytes.ends_with(b"\n");
-    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-    let last = lines.len().saturating_sub(1);
-    for (i, line) in lines.iter().enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    };
+    // Two passes: the first finds what to skip; only then is a copy written.
+    let pass = |mut keep: Option<&mut dyn Write>| -> Result<BadLines, TrainError> {
+        let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(read_error)?);
+        let mut bad = BadLines::default();
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
+                return Ok(bad);
+            }
+            number += 1;
+            let unterminated = !line.ends_with(b"\n");
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice(text) else {
+                if unterminated {
+                    bad.torn += 1;
+                } else {
+                    bad.malformed += 1;
+                }
+                continue;
+            };
+            match obj.get("schema_version") {
+                None => {}
+                Some(v) => match v.as_str().and_then(|v| v.parse::<SchemaVersion>().ok()) {
+                    None => {
+                        bad.unknown_version += 1;
+                        continue;
+                    }
+                    Some(v) if v.major != SchemaVersion::CURRENT.major => {
+                        return Err(TrainError::Input {
+                            path: path.to_path_buf(),
+                            problem: format!(
+                                "line {number}: schema version {v} is of another major version than this trainer's {} (a newer collector wrote it): upgrade retrywise to read it",
+                                SchemaVersion::CURRENT
+                            ),
+                        });
+                    }
+                    Some(_) => {}
+                },
+            }
+            if let Some(out) = keep.as_deref_mut() {
+                out.write_all(text)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(|e| TrainError::io("write", path, e))?;
+            }
         }
-        let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(line)
-        else {
-            if i == last && ends_unterminated {
-                bad.torn += 1;
-            } else {
-                bad.malformed += 1;
-            }
-            continue;
-        };
-        let version = obj
-            .get("schema_version")
-            .and_then(|v| v.as_str())
-            .and_then(|v| v.parse::<SchemaVersion>().ok());
-        match version {
-            None => bad.unknown_version += 1,
-            Some(v) if v.major != SchemaVersion::CURRENT.major => {
-                return Err(TrainError::Input {
-                    path: path.to_path_buf(),
-                    problem: format!(
-                        "line {}: schema version {v} is of another major version than this trainer's {} (a newer collector wrote it): upgrade retrywise to read it",
-                        i + 1,
-                        SchemaVersion::CURRENT
-                    ),
-                });
-            }
-            Some(_) => {
-                kept.extend_from_slice(line);
-                kept.push(b'\n');
-            }
-        }
+    };
+    let bad = pass(None)?;
+    if !bad.any() {
+        return Ok((bad, None));
     }
-    Ok((kept, bad))
+    let copy = tempfile::NamedTempFile::new().map_err(|e| TrainError::io("create", path, e))?;
+    let mut out = std::io::BufWriter::new(copy.as_file());
+    pass(Some(&mut out))?;
+    out.flush()
+        .map_err(|e| TrainError::io("write", copy.path(), e))?;
+    drop(out);
+    Ok((bad, Some(copy.into_temp_path())))
 }
 
 /// Checks a file's columns: the required ones must exist, and every wanted one present
@@ -596,8 +624,8 @@ fn scan_filtered(
     file: &InputFile,
     filter: &Filter,
     sample: &Sample,
-) -> Result<(LazyFrame, BadLines), TrainError> {
-    let (mut lf, bad) = scan(file)?;
+) -> Result<(LazyFrame, BadLines, Option<tempfile::TempPath>), TrainError> {
+    let (mut lf, bad, copy) = scan(file)?;
     let (exprs, has_call_id) = check_schema(file, &mut lf)?;
     if let Some(p) = sample.predicate(has_call_id) {
         lf = lf.filter(p);
@@ -613,7 +641,7 @@ fn scan_filtered(
     if let Some(until) = filter.until_ms {
         lf = lf.filter(col("started_at_ms").lt(lit(until)));
     }
-    Ok((lf, bad))
+    Ok((lf, bad, copy))
 }
 
 /// Counts the rows of `files` that pass `filter`, without reading them: polars answers
@@ -629,8 +657,9 @@ pub fn count_rows(files: &[InputFile], filter: &Filter) -> Result<u64, TrainErro
             path: file.path.clone(),
             source: e,
         };
-        let df = scan_filtered(file, filter, &Sample::ALL)?
-            .0
+        // (`_copy`, a cleaned copy of an NDJSON file, lives until the rows are counted.)
+        let (lf, _, _copy) = scan_filtered(file, filter, &Sample::ALL)?;
+        let df = lf
             .select([len().cast(DataType::UInt64).alias("rows")])
             .collect()
             .map_err(polars)?;
@@ -680,7 +709,7 @@ pub fn load_sample(
     };
     let mut rows = Rows::default();
     for file in files {
-        let (lf, bad) = scan_filtered(file, filter, sample)?;
+        let (lf, bad, _copy) = scan_filtered(file, filter, sample)?;
         bad.count_into(&mut summary);
         let df = lf.collect().map_err(|e| TrainError::Polars {
             path: file.path.clone(),
@@ -861,7 +890,7 @@ mod tests {
     }
 
     #[test]
-    fn an_input_that_matches_nothing_beside_others_is_an_error() {
+    fn a_pattern_that_matches_nothing_is_an_error_an_empty_folder_is_not() {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).expect("data");
@@ -870,15 +899,19 @@ mod tests {
         std::fs::create_dir_all(&empty).expect("empty");
         let s = |p: &Path| p.to_string_lossy().into_owned();
         assert_eq!(resolve(&[s(&data)]).expect("one folder").len(), 1);
+        assert_eq!(
+            resolve(&[s(&data), s(&empty)])
+                .expect("an empty folder")
+                .len(),
+            1
+        );
         let typo = format!("{}/**/*.parqet", s(dir.path()));
-        for (other, what) in [(s(&empty), "holds no"), (typo, "matches no")] {
-            let e = resolve(&[s(&data), other.clone()]).expect_err("refused");
-            assert!(
-                matches!(&e, TrainError::Input { path, .. } if path == Path::new(&other)),
-                "{e}"
-            );
-            assert!(e.to_string().contains(what), "{e}");
-        }
+        let e = resolve(&[s(&data), typo.clone()]).expect_err("refused");
+        assert!(
+            matches!(&e, TrainError::Input { path, .. } if path == Path::new(&typo)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("matches no"), "{e}");
     }
 
     #[test]

@@ -111,23 +111,36 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
     let path = dir.path().join("seg.ndjson");
     write_ndjson(&records, &path);
     let line = serde_json::to_string(&records[0]).unwrap();
-    let without_version = line.replacen("\"schema_version\"", "\"schema\"", 1);
+    let current = format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT);
+    let unreadable = line.replacen(&current, "\"one point four\"", 1);
+    // Without a version it is read, as a Parquet file needs no such column.
+    let without_version = line.replacen(&format!("\"schema_version\":{current},"), "", 1);
+    assert!(!without_version.contains("schema_version"));
     {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
-        // Not JSON, a JSON object of no readable version, and a last line cut short by a
-        // crash mid-write.
-        write!(f, "garbage\n{without_version}\n{}", &line[..40]).unwrap();
+        // Not JSON, a version that is not one, one without, and a last line cut short by
+        // a crash mid-write.
+        write!(
+            f,
+            "garbage\n{unreadable}\n{without_version}\n{}",
+            &line[..40]
+        )
+        .unwrap();
     }
     let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
     let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
-    assert_eq!(rows.len(), records.len());
+    assert_eq!(rows.len(), records.len() + 1);
+    assert_eq!(
+        data::count_rows(&files, &Filter::default()).unwrap(),
+        (records.len() + 1) as u64
+    );
     for reason in [
         "NDJSON line cut short (torn)",
         "NDJSON line that is not a JSON object",
-        "NDJSON line without a readable schema_version",
+        "NDJSON line with an unreadable schema_version",
     ] {
         assert_eq!(
             summary.skipped.get(reason),

@@ -985,8 +985,18 @@ impl<C> PolicyBuilder<C> {
     /// # Errors
     /// An empty target name.
     pub fn build(self) -> Result<Policy<C>, ConfigError> {
-        if self.target.is_empty() {
-            return Err(CHECK.err("target", "must not be empty"));
+        // The names a record carries follow the schema's rules (not empty, at most 256
+        // characters, no control characters): a record that breaks them would be refused
+        // wherever it is shipped, and its batch with it.
+        for (name, value) in [
+            ("target", Some(&self.target)),
+            ("policy", self.label.as_ref()),
+        ] {
+            if let (Some(field), Some(v)) = (crate::attempt::schema::field(name), value)
+                && let Err(e) = field.check(crate::attempt::schema::Value::Text(v))
+            {
+                return Err(CHECK.err(name, e.problem));
+            }
         }
         let decider: Arc<dyn RetryDecider> = match self.decider {
             Some(d) => d,

@@ -646,8 +646,19 @@ async fn deadline_cuts_the_last_attempt() {
 }
 
 #[test]
-fn refuses_an_empty_target() {
+fn refuses_names_a_record_could_not_carry() {
     assert_eq!(Policy::builder("").build().err().unwrap().field, "target");
+    // Names a shipped record could not carry: refused here, not at the collector.
+    let e = Policy::builder("api\tv2").build().err().unwrap();
+    assert_eq!(e.field, "target");
+    assert!(e.to_string().contains("control characters"), "{e}");
+    let long = "x".repeat(300);
+    assert_eq!(
+        Policy::builder(long.as_str()).build().err().unwrap().field,
+        "target"
+    );
+    let e = Policy::builder("api").label("a\nb").build().err().unwrap();
+    assert_eq!(e.field, "policy");
 }
 
 #[tokio::test(start_paused = true)]
