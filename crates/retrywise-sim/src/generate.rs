@@ -9,7 +9,7 @@ use retrywise_collect::compact::{CompactOptions, compact};
 use serde::Serialize;
 
 use crate::driver::{self, RunOptions};
-use crate::policies::CATALOG;
+use crate::policies::{CATALOG, Contender};
 use crate::rng::Rng;
 use crate::scenario::{HELD_OUT, Scenario};
 use crate::{SimError, par_map};
@@ -53,6 +53,22 @@ pub struct GenerateOptions {
 /// long ones are seen ending. README ("Phase lengths") gives what it wins and loses on the
 /// scoreboard against the phases as written.
 pub const PHASE_LENGTHS: (f64, f64) = (0.125, 4.0);
+
+/// The policies whose runs make the sample: the rule-based ones - not the oracle (it sends
+/// only winning attempts), not the model-driven ones (they learn from this data), nor the
+/// AWS baseline (added later; kept out so that the sample's recipe stays what
+/// data/README.md describes).
+pub fn sample_policies() -> Vec<&'static Contender> {
+    CATALOG
+        .iter()
+        .filter(|p| {
+            !matches!(
+                p.name,
+                "oracle" | "adaptive" | "adaptive-full" | "aws-adaptive"
+            )
+        })
+        .collect()
+}
 
 /// `scenario` with each phase's length multiplied by a factor drawn log-uniformly from
 /// `[lo, hi]` (each phase keeps its start). The same scenario, factors and seed give the
@@ -173,18 +189,7 @@ pub fn generate(
     }
     let staging = opts.work.join("parquet");
     std::fs::create_dir_all(&staging).map_err(|e| io("create", &staging, e))?;
-    // The data comes from the sample's rule-based policies: not the model-driven one (it
-    // learns from this data) nor the AWS baseline (added later; kept out so that the
-    // sample's recipe stays what data/README.md describes).
-    let policies: Vec<_> = CATALOG
-        .iter()
-        .filter(|p| {
-            !matches!(
-                p.name,
-                "oracle" | "adaptive" | "adaptive-full" | "aws-adaptive"
-            )
-        })
-        .collect();
+    let policies = sample_policies();
     let mut summary = GenerateSummary::default();
     for (s, scenario) in opts.scenarios.iter().enumerate() {
         let segments = opts.work.join("segments").join(&scenario.name);

@@ -379,8 +379,7 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
     opts.seed = args.seed;
     opts.replace = args.force;
     opts.phase_lengths = args.phase_lengths;
-    let total =
-        (opts.scenarios.len() * CATALOG.iter().filter(|p| p.name != "oracle").count()) as u64;
+    let total = (opts.scenarios.len() * retrywise_sim::generate::sample_policies().len()) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{spinner} generating [{bar:30}] {pos}/{len} runs {msg}")
