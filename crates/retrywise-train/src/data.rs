@@ -429,15 +429,13 @@ fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines, Option<tempfile::TempP
         path: file.path.clone(),
         problem: "is not valid UTF-8".into(),
     })?;
-    let polars = |e: PolarsError| TrainError::Polars {
-        path: file.path.clone(),
-        source: e,
-    };
     match file.format {
         Format::Parquet => {
-            LazyFrame::scan_parquet(PlRefPath::new(path), ScanArgsParquet::default())
-                .map(|lf| (lf, BadLines::default(), None))
-                .map_err(polars)
+            let lf = guarded(file, || {
+                LazyFrame::scan_parquet(PlRefPath::new(path), ScanArgsParquet::default())
+            })?;
+            let (lf, bad) = check_versions(file, lf)?;
+            Ok((lf, bad, None))
         }
         Format::Ndjson => {
             // Lines are checked as the collector reads segments (a torn last line, lines
@@ -458,17 +456,19 @@ fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines, Option<tempfile::TempP
                 .into_iter()
                 .map(|(name, dt)| Field::new(name.into(), dt))
                 .collect();
-            let lf = LazyJsonLineReader::new(read_from)
-                .with_schema(Some(Arc::new(schema)))
-                .with_ignore_errors(true)
-                .finish()
-                .map_err(polars)?;
+            let lf = guarded(file, || {
+                LazyJsonLineReader::new(read_from)
+                    .with_schema(Some(Arc::new(schema)))
+                    .with_ignore_errors(true)
+                    .finish()
+            })?;
             Ok((lf, bad, clean))
         }
     }
 }
 
-/// Lines of an NDJSON file skipped before reading it, by reason.
+/// Lines of an NDJSON file, or rows of a Parquet file, skipped before reading it, by
+/// reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct BadLines {
     /// The last line, cut short (a writer that crashed mid-line).
@@ -477,6 +477,8 @@ pub(crate) struct BadLines {
     pub malformed: u64,
     /// JSON objects whose `schema_version` is not a version.
     pub unknown_version: u64,
+    /// Parquet rows whose `schema_version` is not a version.
+    pub unknown_version_rows: u64,
 }
 
 impl BadLines {
@@ -487,11 +489,107 @@ impl BadLines {
             "NDJSON line with an unreadable schema_version",
             self.unknown_version,
         );
+        summary.skip(
+            "Parquet row with an unreadable schema_version",
+            self.unknown_version_rows,
+        );
     }
 
     fn any(self) -> bool {
         self.torn + self.malformed + self.unknown_version > 0
     }
+}
+
+/// Runs a polars query on `file`'s data. polars returns errors for most bad input, but
+/// some decoders panic on a corrupt page instead: that panic is caught here and becomes
+/// [`TrainError::Input`] naming the file ("is corrupt"), so that no input ends the process.
+fn guarded<T>(file: &InputFile, run: impl FnOnce() -> PolarsResult<T>) -> Result<T, TrainError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r.map_err(|e| TrainError::Polars {
+            path: file.path.clone(),
+            source: e,
+        }),
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            tracing::warn!(path = %file.path.display(), %why, "polars panicked reading a file");
+            Err(TrainError::Input {
+                path: file.path.clone(),
+                problem: format!("is corrupt: polars failed reading it ({why})"),
+            })
+        }
+    }
+}
+
+/// The field every record names its schema version in.
+const SCHEMA_VERSION: &str = "schema_version";
+
+/// Holds a Parquet file's rows to the rules [`check_lines`] holds NDJSON lines to: a row
+/// whose `schema_version` is not a version is skipped and counted, a row without one is
+/// read, and a row of another major version stops the run (this trainer cannot know what
+/// that version's columns mean; skipping them would lose them silently). The versions are
+/// read from the one column, grouped, and parsed as the collector parses them.
+///
+/// # Errors
+/// The column is not text; a row of another major version (named, with how many).
+fn check_versions(
+    file: &InputFile,
+    mut lf: LazyFrame,
+) -> Result<(LazyFrame, BadLines), TrainError> {
+    let schema = guarded(file, || lf.collect_schema())?;
+    match schema.get(SCHEMA_VERSION) {
+        None => return Ok((lf, BadLines::default())),
+        Some(DataType::String) => {}
+        Some(other) => {
+            return Err(TrainError::Schema {
+                path: file.path.clone(),
+                column: SCHEMA_VERSION.to_owned(),
+                problem: format!("has type {other}, expected {}", DataType::String),
+            });
+        }
+    }
+    let (names, counts) = guarded(file, || {
+        let versions = lf
+            .clone()
+            .group_by([col(SCHEMA_VERSION)])
+            .agg([len().cast(DataType::UInt64).alias("rows")])
+            .collect()?;
+        let names = versions.column(SCHEMA_VERSION)?.str()?.clone();
+        let counts = versions.column("rows")?.u64()?.clone();
+        Ok((names, counts))
+    })?;
+    let mut bad = BadLines::default();
+    let mut readable = Vec::new();
+    for (name, rows) in names.iter().zip(counts.iter()) {
+        let (Some(name), rows) = (name, rows.unwrap_or(0)) else {
+            continue;
+        };
+        match name.parse::<SchemaVersion>() {
+            Err(_) => bad.unknown_version_rows += rows,
+            Ok(v) if v.major != SchemaVersion::CURRENT.major => {
+                return Err(TrainError::Input {
+                    path: file.path.clone(),
+                    problem: format!(
+                        "{rows} rows of schema version {v}, another major version than this trainer's {} (a newer writer made the file): upgrade retrywise to read it",
+                        SchemaVersion::CURRENT
+                    ),
+                });
+            }
+            Ok(_) => readable.push(name.to_owned()),
+        }
+    }
+    if bad.unknown_version_rows > 0 {
+        let readable = Series::new("readable".into(), readable);
+        lf = lf.filter(
+            col(SCHEMA_VERSION)
+                .is_null()
+                .or(col(SCHEMA_VERSION).is_in(lit(readable).implode(false), false)),
+        );
+    }
+    Ok((lf, bad))
 }
 
 /// Checks the lines of the NDJSON file at `path` one at a time (the collector's rules,
@@ -535,7 +633,7 @@ fn check_lines(path: &Path) -> Result<(BadLines, Option<tempfile::TempPath>), Tr
                 }
                 continue;
             };
-            match obj.get("schema_version") {
+            match obj.get(SCHEMA_VERSION) {
                 None => {}
                 Some(v) => match v.as_str().and_then(|v| v.parse::<SchemaVersion>().ok()) {
                     None => {
@@ -578,10 +676,7 @@ fn check_lines(path: &Path) -> Result<(BadLines, Option<tempfile::TempPath>), Tr
 /// must have a type that converts. Returns the expressions that select and cast them, and
 /// whether the file has call ids.
 fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool), TrainError> {
-    let schema = lf.collect_schema().map_err(|e| TrainError::Polars {
-        path: file.path.clone(),
-        source: e,
-    })?;
+    let schema = guarded(file, || lf.collect_schema())?;
     for col in required() {
         if schema.get(col).is_none() {
             return Err(TrainError::Schema {
@@ -653,23 +748,35 @@ fn scan_filtered(
 pub fn count_rows(files: &[InputFile], filter: &Filter) -> Result<u64, TrainError> {
     let mut total = 0u64;
     for file in files {
-        let polars = |e: PolarsError| TrainError::Polars {
-            path: file.path.clone(),
-            source: e,
-        };
         // (`_copy`, a cleaned copy of an NDJSON file, lives until the rows are counted.)
         let (lf, _, _copy) = scan_filtered(file, filter, &Sample::ALL)?;
-        let df = lf
-            .select([len().cast(DataType::UInt64).alias("rows")])
-            .collect()
-            .map_err(polars)?;
-        let n = df
-            .column("rows")
-            .and_then(|c| c.u64().map(|c| c.get(0)))
-            .map_err(polars)?;
+        let n = guarded(file, || {
+            let df = lf
+                .select([len().cast(DataType::UInt64).alias("rows")])
+                .collect()?;
+            Ok(df.column("rows")?.u64()?.get(0))
+        })?;
         total += n.unwrap_or(0);
     }
     Ok(total)
+}
+
+/// The targets `files` hold rows of, sorted, each once: what to tell a user whose target
+/// filter matched nothing.
+///
+/// # Errors
+/// As [`load`]'s.
+pub fn targets(files: &[InputFile]) -> Result<Vec<String>, TrainError> {
+    let mut found = std::collections::BTreeSet::new();
+    for file in files {
+        let (lf, _, _copy) = scan_filtered(file, &Filter::default(), &Sample::ALL)?;
+        let names = guarded(file, || {
+            let df = lf.select([col("target").unique()]).collect()?;
+            Ok(df.column("target")?.str()?.clone())
+        })?;
+        found.extend(names.iter().flatten().map(str::to_owned));
+    }
+    Ok(found.into_iter().collect())
 }
 
 /// Reads every file, keeps the rows that pass `filter`, and turns them into [`Rows`].
@@ -711,14 +818,8 @@ pub fn load_sample(
     for file in files {
         let (lf, bad, _copy) = scan_filtered(file, filter, sample)?;
         bad.count_into(&mut summary);
-        let df = lf.collect().map_err(|e| TrainError::Polars {
-            path: file.path.clone(),
-            source: e,
-        })?;
-        convert(&df, &mut rows, &mut summary).map_err(|e| TrainError::Polars {
-            path: file.path.clone(),
-            source: e,
-        })?;
+        let df = guarded(file, || lf.collect())?;
+        guarded(file, || convert(&df, &mut rows, &mut summary))?;
         on_file(file);
     }
     settle_health_window(&mut rows, &mut summary);
@@ -887,6 +988,33 @@ mod tests {
             .unwrap();
         let d = out.column("d").unwrap().u64().unwrap();
         (0..d.len()).map(|i| d.get(i)).collect()
+    }
+
+    /// A panic inside a polars query (its Parquet decoders panic on some corrupt pages:
+    /// `tests/train.rs` damages files at random and finds them) is an error naming the
+    /// file, with the panic's message; an error stays the error it was.
+    #[test]
+    fn a_panic_inside_polars_is_an_error_naming_the_file() {
+        let file = InputFile {
+            path: PathBuf::from("logs/day.parquet"),
+            format: Format::Parquet,
+            bytes: 1,
+        };
+        let e = guarded(&file, || -> PolarsResult<()> {
+            panic!("index out of bounds: the len is 3 but the index is 7")
+        })
+        .unwrap_err();
+        assert!(matches!(e, TrainError::Input { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "logs/day.parquet is corrupt: polars failed reading it (index out of bounds: the len is 3 but the index is 7)"
+        );
+        let e = guarded(&file, || -> PolarsResult<()> {
+            Err(PolarsError::ComputeError("bad".into()))
+        })
+        .unwrap_err();
+        assert!(matches!(e, TrainError::Polars { .. }), "{e}");
+        assert_eq!(guarded(&file, || Ok(7)).unwrap(), 7);
     }
 
     #[test]

@@ -357,6 +357,52 @@ pub fn code_version() -> String {
 
 /// Trains a model and writes it as a new version.
 ///
+/// Why `files` hold no row that passes `filter`, in the filter's terms: the targets asked
+/// for beside those the files hold, and the time window.
+fn no_rows(files: &[InputFile], filter: &Filter) -> Result<String, TrainError> {
+    let mut why = match files.len() {
+        1 => "the input file holds no row".to_owned(),
+        n => format!("the {n} input files hold no row"),
+    };
+    if !filter.targets.is_empty() {
+        let present = data::targets(files)?;
+        const SHOWN: usize = 20;
+        let mut listed = present
+            .iter()
+            .take(SHOWN)
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if present.len() > SHOWN {
+            listed.push_str(&format!(" and {} more", present.len() - SHOWN));
+        }
+        why.push_str(&format!(
+            " of target {} (they hold {})",
+            filter
+                .targets
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            if present.is_empty() {
+                "none".to_owned()
+            } else {
+                listed
+            }
+        ));
+    }
+    let window = match (filter.from_ms, filter.until_ms) {
+        (Some(f), Some(u)) => Some(format!("at or after {f} ms and before {u} ms")),
+        (Some(f), None) => Some(format!("at or after {f} ms")),
+        (None, Some(u)) => Some(format!("before {u} ms")),
+        (None, None) => None,
+    };
+    if let Some(window) = window {
+        why.push_str(&format!(" started {window} (ms since the epoch)"));
+    }
+    Ok(why)
+}
+
 /// Reads `data` through `filter` with memory bounded by `max_rows`: the input's rows are
 /// counted first, and a larger input is read as a uniform sample of whole calls
 /// ([`Sample::for_rows`]); the summary records the sample. What training and evaluation
@@ -378,6 +424,9 @@ fn read_bounded(
         bytes: files.iter().map(|f| f.bytes).sum(),
     });
     let input_rows = data::count_rows(&files, filter)?;
+    if input_rows == 0 {
+        return Err(TrainError::NoData(no_rows(&files, filter)?));
+    }
     let sample = Sample::for_rows(max_rows, input_rows)?;
     let sampled = SampleSummary {
         max_rows,

@@ -163,6 +163,100 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
     );
 }
 
+/// A Parquet file's `schema_version` column is held to the NDJSON lines' rules: rows
+/// whose version is not one are skipped and counted, rows without one are read, and a row
+/// of another major version stops the run, saying which version and how many rows.
+#[test]
+fn parquet_rows_are_held_to_the_schema_version_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = synthetic::records(300, 6);
+    let mut fb = FrameBuilder::new();
+    for r in &records {
+        fb.push(r.clone());
+    }
+    let df = fb.finish().unwrap();
+    let n = df.height();
+    let current = retrywise::attempt::SchemaVersion::CURRENT.to_string();
+    let with_versions = |versions: Vec<Option<&str>>| {
+        let mut df = df.clone();
+        df.with_column(Column::new("schema_version".into(), versions))
+            .unwrap();
+        df
+    };
+    // Three rows of an unreadable version, two without one, the rest current.
+    let mut versions: Vec<Option<&str>> = vec![Some(current.as_str()); n];
+    versions[0] = Some("one point four");
+    versions[1] = Some("1.");
+    versions[2] = Some("");
+    versions[3] = None;
+    versions[4] = None;
+    let path = dir.path().join("a.parquet");
+    write_df(with_versions(versions.clone()), &path);
+    let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+    let (_, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(summary.rows_read, (n - 3) as u64, "{summary:?}");
+    assert_eq!(
+        summary
+            .skipped
+            .get("Parquet row with an unreadable schema_version"),
+        Some(&3),
+        "{summary:?}"
+    );
+    assert_eq!(
+        data::count_rows(&files, &Filter::default()).unwrap(),
+        (n - 3) as u64
+    );
+    // Two rows of a newer major version: named, with their count, never skipped.
+    versions[7] = Some("9.1");
+    versions[8] = Some("9.1");
+    write_df(with_versions(versions), &path);
+    for e in [
+        data::load(&files, &Filter::default(), |_| {}).unwrap_err(),
+        data::count_rows(&files, &Filter::default()).unwrap_err(),
+    ] {
+        assert!(matches!(e, TrainError::Input { .. }), "{e}");
+        assert!(
+            e.to_string().contains("2 rows of schema version 9.1"),
+            "{e}"
+        );
+    }
+    // A version column that is not text is a schema error.
+    let mut df = df.clone();
+    df.with_column(Column::new("schema_version".into(), vec![1u32; n]))
+        .unwrap();
+    write_df(df, &path);
+    let e = data::load(&files, &Filter::default(), |_| {}).unwrap_err();
+    assert!(
+        matches!(&e, TrainError::Schema { column, .. } if column == "schema_version"),
+        "{e}"
+    );
+}
+
+/// A filter that matches nothing says what it asked for and what the files hold.
+#[test]
+fn a_filter_that_matches_nothing_names_what_the_files_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let path = dir.path().join("a.parquet");
+    write_parquet(&synthetic::records(300, 8), &path);
+    let held =
+        data::targets(&data::resolve(&[path.to_string_lossy().into_owned()]).unwrap()).unwrap();
+    assert!(!held.is_empty());
+    let mut o = opts(&path, &models);
+    o.filter.targets = vec!["nowhere".into()];
+    let e = train(&o, &mut quiet).unwrap_err();
+    assert!(matches!(e, TrainError::NoData(_)), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("no row of target `nowhere`"), "{e}");
+    for t in &held {
+        assert!(text.contains(&format!("`{t}`")), "{t}: {e}");
+    }
+    let mut o = opts(&path, &models);
+    o.filter.from_ms = Some(u64::MAX / 2);
+    let e = train(&o, &mut quiet).unwrap_err();
+    assert!(e.to_string().contains("at or after"), "{e}");
+}
+
 #[test]
 fn a_record_yields_identical_features_in_training_and_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -1155,4 +1249,54 @@ fn max_rows_of_zero_is_refused_before_anything_is_read() {
     );
     assert!(e.to_string().contains("max_rows"), "{e}");
     assert!(!models.exists());
+}
+
+/// A small Parquet file's bytes, written once for the damage tests.
+fn parquet_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.parquet");
+        write_parquet(&synthetic::records(400, 9), &path);
+        std::fs::read(path).unwrap()
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whichever bytes of a Parquet file are damaged (a page, the footer, the magic), the
+    /// file reads as rows or as a typed error naming it: nothing panics out of the trainer.
+    /// (polars' decoders panic on about one damage in sixty: `data::guarded` catches it.)
+    #[test]
+    fn a_damaged_parquet_file_is_an_error_never_a_panic(
+        at in 0.0f64..1.0,
+        len in 1usize..48,
+        mask in 1u8..=255,
+    ) {
+        let mut bytes = parquet_bytes().to_vec();
+        let start = ((at * bytes.len() as f64) as usize).min(bytes.len() - 1);
+        let end = (start + len).min(bytes.len());
+        for b in &mut bytes[start..end] {
+            *b ^= mask;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.parquet");
+        std::fs::write(&path, &bytes).unwrap();
+        let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+        let read = std::panic::catch_unwind(|| {
+            (
+                data::count_rows(&files, &Filter::default()).map(|_| ()),
+                data::load(&files, &Filter::default(), |_| {}).map(|_| ()),
+            )
+        });
+        let Ok((count, load)) = read else {
+            return Err(proptest::test_runner::TestCaseError::fail(format!(
+                "a panic escaped at bytes {start}..{end}"
+            )));
+        };
+        for e in [count.err(), load.err()].into_iter().flatten() {
+            proptest::prop_assert!(e.to_string().contains("damaged.parquet"), "{}", e);
+        }
+    }
 }
