@@ -8,7 +8,8 @@
 //! first 10 averaged plainly) stands for the latency without queueing. Their ratio, times a
 //! tolerance (1.5: latency may grow by half before the limit shrinks), clamped to
 //! `[0.5, 1]`, is the gradient; the new limit is `limit × gradient + queue` (the queue,
-//! `√limit` here where Gradient2 defaults to 4, lets the limit probe upwards), smoothed
+//! `√limit` here where Gradient2 defaults to 4 - and 4 once most calls of late did not
+//! answer, [`AdaptiveLimit::regrow_cautiously`] - lets the limit probe upwards), smoothed
 //! (20 % of the way each sample) and clamped to `[min, max]`. Two rules of Gradient2 keep
 //! it stable: the limit does not grow while fewer than half of it are in use (the caller,
 //! not the upstream, limits the load), and when the long-term latency is more than twice
@@ -40,7 +41,7 @@
 //! law: the calls in flight times the latency's growth).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Check, ConfigError};
@@ -100,6 +101,9 @@ pub struct AdaptiveLimit {
     /// a ring written at `slow_next`. Plain loads and stores, like `long`.
     slow: [AtomicU64; SLOW_KEPT],
     slow_next: AtomicU32,
+    /// Whether the limit probes upwards by Gradient2's queue of 4 ([`QUEUE`]) rather than
+    /// by `√limit`: set by [`regrow_cautiously`](Self::regrow_cautiously).
+    cautious: AtomicBool,
     /// Serializes the limit's updates, and holds what tells a queueing upstream from a
     /// slow one.
     update: Mutex<LoadResponse>,
@@ -121,6 +125,7 @@ impl Clone for AdaptiveLimit {
             unloaded_slow: AtomicU32::new(self.unloaded_slow.load(Ordering::Relaxed)),
             slow: std::array::from_fn(|i| AtomicU64::new(self.slow[i].load(Ordering::Relaxed))),
             slow_next: AtomicU32::new(self.slow_next.load(Ordering::Relaxed)),
+            cautious: AtomicBool::new(self.cautious.load(Ordering::Relaxed)),
             update: Mutex::new(
                 self.update
                     .lock()
@@ -153,6 +158,26 @@ impl AdaptiveLimit {
     /// The limit now.
     pub fn current(&self) -> u32 {
         (self.estimate() as u32).clamp(self.min, self.max)
+    }
+
+    /// From now on, probes upwards by Gradient2's queue of 4 calls a sample (about 1.8
+    /// times the limit per round trip, as TCP's slow start) instead of `√limit` (about
+    /// three times at 100): for an upstream that has been overloaded, where the limit
+    /// regrows into a queue it cannot see yet. The limit calls it itself once most of the
+    /// calls of late, while it bound, did not answer: each time a circuit breaker closed
+    /// again on such an upstream whose queue had drained, a limit regrowing by `√limit`
+    /// reached hundreds before the queue it filled showed in the latency, every call timed
+    /// out, and the circuit opened again (`metastable` at twice its load). A limit that
+    /// never sees that keeps the faster probe, which a slowdown with room needs.
+    pub fn regrow_cautiously(&self) {
+        if !self.cautious.load(Ordering::Relaxed) {
+            self.cautious.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`regrow_cautiously`](Self::regrow_cautiously) was called.
+    pub fn is_cautious(&self) -> bool {
+        self.cautious.load(Ordering::Relaxed)
     }
 
     /// The least and the most the limit may become.
@@ -296,8 +321,18 @@ impl AdaptiveLimit {
             }
             estimate = estimate.max(2.0 * slow.served);
         }
+        // Most calls of late, with the limit binding, did not answer: the upstream has been
+        // driven past what it serves (or is down), and regrowing into it fast refills a
+        // queue it cannot drain.
+        if response.calls >= MIN_WEIGHT && response.answered < response.calls / 2.0 {
+            self.regrow_cautiously();
+        }
         let gradient = (self.tolerance * long / rtt).clamp(0.5, 1.0);
-        let queue = estimate.sqrt();
+        let queue = if self.cautious.load(Ordering::Relaxed) {
+            QUEUE
+        } else {
+            estimate.sqrt()
+        };
         let target = estimate * gradient + queue;
         let next = (estimate * (1.0 - self.smoothing) + target * self.smoothing)
             .clamp(f64::from(self.min), f64::from(self.max));
@@ -305,6 +340,9 @@ impl AdaptiveLimit {
         (next as u32).clamp(self.min, self.max)
     }
 }
+
+/// Gradient2's queue: how far a cautious limit probes upwards per sample while it binds.
+const QUEUE: f64 = 4.0;
 
 /// A slowdown shows when most of this many latest calls are unloaded and slow: after three
 /// slow calls, while a straggler or two among five do not move the baseline.
@@ -515,6 +553,7 @@ impl AdaptiveLimitBuilder {
             unloaded_slow: AtomicU32::new(0),
             slow: std::array::from_fn(|_| AtomicU64::new(0)),
             slow_next: AtomicU32::new(0),
+            cautious: AtomicBool::new(false),
             update: Mutex::new(LoadResponse::default()),
         })
     }
@@ -596,6 +635,8 @@ mod tests {
             (800 * MS..=1000 * MS).contains(&baseline),
             "the slow latency is the new baseline: {baseline:?}"
         );
+        // Slow, but answering: the limit keeps its fast probe.
+        assert!(!answers.is_cautious());
     }
 
     /// An upstream that serves 100 calls a second: a call's latency is the calls in flight
@@ -674,6 +715,30 @@ mod tests {
         }
     }
 
+    /// A cautious limit probes upwards by Gradient2's queue of 4 a sample (smoothed: 0.8),
+    /// not by `√limit`: from 100, at a steady latency with the limit in use, 50 samples
+    /// take it to 140 rather than past 250.
+    #[test]
+    fn a_cautious_limit_regrows_by_gradient2s_queue() {
+        let grow = |cautious: bool| {
+            let l = AdaptiveLimit::builder().initial(100).build().unwrap();
+            for _ in 0..20 {
+                l.sample(10 * MS, 1);
+            }
+            assert_eq!(l.current(), 100);
+            if cautious {
+                l.regrow_cautiously();
+            }
+            assert_eq!(l.is_cautious(), cautious);
+            for _ in 0..50 {
+                l.sample(10 * MS, l.current());
+            }
+            l.current()
+        };
+        assert_eq!(grow(true), 140);
+        assert!(grow(false) > 250, "{}", grow(false));
+    }
+
     /// An overloaded upstream where every call times out (at 1 s) for a long while: the
     /// timeouts cut the limit to its floor and keep it there, and the baseline stays the
     /// latency the answered calls had. (Averaged in, the timeouts would raise the
@@ -696,6 +761,8 @@ mod tests {
         assert_eq!(l.current(), 20, "at the floor");
         assert_eq!(l.baseline(), Some(before));
         assert_eq!(highest, 20, "never let the load back");
+        // Most calls did not answer while the limit bound: it will regrow cautiously.
+        assert!(l.is_cautious());
         // A limit that has never seen an answer does not move on timeouts.
         let fresh = AdaptiveLimit::builder().initial(50).build().unwrap();
         for _ in 0..100 {
