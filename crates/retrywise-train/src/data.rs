@@ -527,6 +527,15 @@ fn guarded<T>(file: &InputFile, run: impl FnOnce() -> PolarsResult<T>) -> Result
 /// The field every record names its schema version in.
 const SCHEMA_VERSION: &str = "schema_version";
 
+/// Why a record of version `v`, of another major version than this trainer's, stops the
+/// run (skipping it would lose it silently).
+fn too_new(v: SchemaVersion) -> String {
+    format!(
+        "schema version {v}, another major version than this trainer's {} (a newer writer made it): upgrade retrywise to read it",
+        SchemaVersion::CURRENT
+    )
+}
+
 /// Holds a Parquet file's rows to the rules [`check_lines`] holds NDJSON lines to: a row
 /// whose `schema_version` is not a version is skipped and counted, a row without one is
 /// read, and a row of another major version stops the run (this trainer cannot know what
@@ -572,10 +581,7 @@ fn check_versions(
             Ok(v) if v.major != SchemaVersion::CURRENT.major => {
                 return Err(TrainError::Input {
                     path: file.path.clone(),
-                    problem: format!(
-                        "{rows} rows of schema version {v}, another major version than this trainer's {} (a newer writer made the file): upgrade retrywise to read it",
-                        SchemaVersion::CURRENT
-                    ),
+                    problem: format!("{rows} rows of {}", too_new(v)),
                 });
             }
             Ok(_) => readable.push(name.to_owned()),
@@ -643,10 +649,7 @@ fn check_lines(path: &Path) -> Result<(BadLines, Option<tempfile::TempPath>), Tr
                     Some(v) if v.major != SchemaVersion::CURRENT.major => {
                         return Err(TrainError::Input {
                             path: path.to_path_buf(),
-                            problem: format!(
-                                "line {number}: schema version {v} is of another major version than this trainer's {} (a newer collector wrote it): upgrade retrywise to read it",
-                                SchemaVersion::CURRENT
-                            ),
+                            problem: format!("line {number}: {}", too_new(v)),
                         });
                     }
                     Some(_) => {}

@@ -355,8 +355,6 @@ pub fn code_version() -> String {
     }
 }
 
-/// Trains a model and writes it as a new version.
-///
 /// Why `files` hold no row that passes `filter`, in the filter's terms: the targets asked
 /// for beside those the files hold, and the time window.
 fn no_rows(files: &[InputFile], filter: &Filter) -> Result<String, TrainError> {
@@ -465,6 +463,8 @@ fn read_bounded(
     Ok((files, rows, load, sampled))
 }
 
+/// Trains a model and writes it as a new version.
+///
 /// # Errors
 /// Unusable inputs, no rows, a single class, a failed fit, or a failed write.
 pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trained, TrainError> {
