@@ -994,8 +994,10 @@ mod tests {
     }
 
     /// A panic inside a polars query (its Parquet decoders panic on some corrupt pages:
-    /// `tests/train.rs` damages files at random and finds them) is an error naming the
-    /// file, with the panic's message; an error stays the error it was.
+    /// about one random damage of a small file in sixty) is an error naming the file, with
+    /// the panic's message; an error stays the error it was. (Not every such damage can be
+    /// caught: one panic inside polars' streaming executor panicked again while unwinding
+    /// and aborted the process, so no test damages files at random.)
     #[test]
     fn a_panic_inside_polars_is_an_error_naming_the_file() {
         let file = InputFile {
