@@ -715,31 +715,88 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
     Ok((exprs, schema.get(CALL_ID).is_some()))
 }
 
-/// A file's scan with its schema checked, `filter` applied and the columns the trainer
-/// reads selected and cast (`sample`'s predicate goes first, on the file's own columns, so
-/// that polars pushes it into the scan).
-fn scan_filtered(
-    file: &InputFile,
-    filter: &Filter,
-    sample: &Sample,
-) -> Result<(LazyFrame, BadLines, Option<tempfile::TempPath>), TrainError> {
-    let (mut lf, bad, copy) = scan(file)?;
-    let (exprs, has_call_id) = check_schema(file, &mut lf)?;
-    if let Some(p) = sample.predicate(has_call_id) {
-        lf = lf.filter(p);
+/// An input file opened once for every read of it: its scan with the schema versions
+/// held to the collector's rules ([`check_lines`], [`check_versions`]) and its columns
+/// checked, what was skipped before reading it, and - for an NDJSON file with lines to
+/// skip - the cleaned temporary copy it reads from (deleted when this is dropped). Made by
+/// [`prepare`]; counting ([`count_prepared`]) and loading ([`load_prepared`]) both read
+/// through it, so a file's lines are checked once however often it is read. It holds a
+/// query plan, not rows.
+pub struct Prepared {
+    file: InputFile,
+    /// The scan, versions filtered, before the columns are selected.
+    lf: LazyFrame,
+    /// The expressions that select and cast the trainer's columns.
+    exprs: Vec<Expr>,
+    has_call_id: bool,
+    bad: BadLines,
+    _copy: Option<tempfile::TempPath>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("file", &self.file)
+            .field("has_call_id", &self.has_call_id)
+            .field("bad", &self.bad)
+            .field("cleaned_copy", &self._copy.is_some())
+            .finish_non_exhaustive()
     }
-    let mut lf = lf.select(exprs);
-    if !filter.targets.is_empty() {
-        let targets = Series::new("targets".into(), filter.targets.clone());
-        lf = lf.filter(col("target").is_in(lit(targets).implode(false), false));
+}
+
+impl Prepared {
+    /// The file.
+    pub fn file(&self) -> &InputFile {
+        &self.file
     }
-    if let Some(from) = filter.from_ms {
-        lf = lf.filter(col("started_at_ms").gt_eq(lit(from)));
+
+    /// The scan with `filter` applied and the columns the trainer reads selected and cast
+    /// (`sample`'s predicate goes first, on the file's own columns, so that polars pushes
+    /// it into the scan).
+    fn filtered(&self, filter: &Filter, sample: &Sample) -> LazyFrame {
+        let mut lf = self.lf.clone();
+        if let Some(p) = sample.predicate(self.has_call_id) {
+            lf = lf.filter(p);
+        }
+        let mut lf = lf.select(self.exprs.clone());
+        if !filter.targets.is_empty() {
+            let targets = Series::new("targets".into(), filter.targets.clone());
+            lf = lf.filter(col("target").is_in(lit(targets).implode(false), false));
+        }
+        if let Some(from) = filter.from_ms {
+            lf = lf.filter(col("started_at_ms").gt_eq(lit(from)));
+        }
+        if let Some(until) = filter.until_ms {
+            lf = lf.filter(col("started_at_ms").lt(lit(until)));
+        }
+        lf
     }
-    if let Some(until) = filter.until_ms {
-        lf = lf.filter(col("started_at_ms").lt(lit(until)));
-    }
-    Ok((lf, bad, copy))
+}
+
+/// Opens `files` for reading: each file's versions and columns are checked once, here
+/// (an NDJSON file's lines are parsed one at a time; a Parquet file's `schema_version`
+/// column is grouped), and what is skipped is counted when the file is loaded. While the
+/// result lives, an NDJSON file with lines to skip has a cleaned copy on disk (at most
+/// the inputs' size).
+///
+/// # Errors
+/// As [`load`]'s.
+pub fn prepare(files: &[InputFile]) -> Result<Vec<Prepared>, TrainError> {
+    files
+        .iter()
+        .map(|file| {
+            let (mut lf, bad, copy) = scan(file)?;
+            let (exprs, has_call_id) = check_schema(file, &mut lf)?;
+            Ok(Prepared {
+                file: file.clone(),
+                lf,
+                exprs,
+                has_call_id,
+                bad,
+                _copy: copy,
+            })
+        })
+        .collect()
 }
 
 /// Counts the rows of `files` that pass `filter`, without reading them: polars answers
@@ -749,11 +806,18 @@ fn scan_filtered(
 /// # Errors
 /// As [`load`]'s.
 pub fn count_rows(files: &[InputFile], filter: &Filter) -> Result<u64, TrainError> {
+    count_prepared(&prepare(files)?, filter)
+}
+
+/// [`count_rows`] of files already [`prepare`]d.
+///
+/// # Errors
+/// A file polars cannot read.
+pub fn count_prepared(files: &[Prepared], filter: &Filter) -> Result<u64, TrainError> {
     let mut total = 0u64;
-    for file in files {
-        // (`_copy`, a cleaned copy of an NDJSON file, lives until the rows are counted.)
-        let (lf, _, _copy) = scan_filtered(file, filter, &Sample::ALL)?;
-        let n = guarded(file, || {
+    for p in files {
+        let lf = p.filtered(filter, &Sample::ALL);
+        let n = guarded(&p.file, || {
             let df = lf
                 .select([len().cast(DataType::UInt64).alias("rows")])
                 .collect()?;
@@ -770,10 +834,18 @@ pub fn count_rows(files: &[InputFile], filter: &Filter) -> Result<u64, TrainErro
 /// # Errors
 /// As [`load`]'s.
 pub fn targets(files: &[InputFile]) -> Result<Vec<String>, TrainError> {
+    targets_prepared(&prepare(files)?)
+}
+
+/// [`targets`] of files already [`prepare`]d.
+///
+/// # Errors
+/// A file polars cannot read.
+pub fn targets_prepared(files: &[Prepared]) -> Result<Vec<String>, TrainError> {
     let mut found = std::collections::BTreeSet::new();
-    for file in files {
-        let (lf, _, _copy) = scan_filtered(file, &Filter::default(), &Sample::ALL)?;
-        let names = guarded(file, || {
+    for p in files {
+        let lf = p.filtered(&Filter::default(), &Sample::ALL);
+        let names = guarded(&p.file, || {
             let df = lf.select([col("target").unique()]).collect()?;
             Ok(df.column("target")?.str()?.clone())
         })?;
@@ -811,6 +883,20 @@ pub fn load_sample(
     files: &[InputFile],
     filter: &Filter,
     sample: &Sample,
+    on_file: impl FnMut(&InputFile),
+) -> Result<(Rows, LoadSummary), TrainError> {
+    load_prepared(&prepare(files)?, filter, sample, on_file)
+}
+
+/// [`load_sample`] of files already [`prepare`]d (the lines and rows each file's checks
+/// skipped are counted in the summary here).
+///
+/// # Errors
+/// A file polars cannot read.
+pub fn load_prepared(
+    files: &[Prepared],
+    filter: &Filter,
+    sample: &Sample,
     mut on_file: impl FnMut(&InputFile),
 ) -> Result<(Rows, LoadSummary), TrainError> {
     let mut summary = LoadSummary {
@@ -818,12 +904,12 @@ pub fn load_sample(
         ..LoadSummary::default()
     };
     let mut rows = Rows::default();
-    for file in files {
-        let (lf, bad, _copy) = scan_filtered(file, filter, sample)?;
-        bad.count_into(&mut summary);
-        let df = guarded(file, || lf.collect())?;
-        guarded(file, || convert(&df, &mut rows, &mut summary))?;
-        on_file(file);
+    for p in files {
+        let lf = p.filtered(filter, sample);
+        p.bad.count_into(&mut summary);
+        let df = guarded(&p.file, || lf.collect())?;
+        guarded(&p.file, || convert(&df, &mut rows, &mut summary))?;
+        on_file(&p.file);
     }
     settle_health_window(&mut rows, &mut summary);
     summary.rows = rows.len() as u64;

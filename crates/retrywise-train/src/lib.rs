@@ -357,13 +357,13 @@ pub fn code_version() -> String {
 
 /// Why `files` hold no row that passes `filter`, in the filter's terms: the targets asked
 /// for beside those the files hold, and the time window.
-fn no_rows(files: &[InputFile], filter: &Filter) -> Result<String, TrainError> {
+fn no_rows(files: &[data::Prepared], filter: &Filter) -> Result<String, TrainError> {
     let mut why = match files.len() {
         1 => "the input file holds no row".to_owned(),
         n => format!("the {n} input files hold no row"),
     };
     if !filter.targets.is_empty() {
-        let present = data::targets(files)?;
+        let present = data::targets_prepared(files)?;
         const SHOWN: usize = 20;
         let mut listed = present
             .iter()
@@ -421,9 +421,11 @@ fn read_bounded(
         files: files.len(),
         bytes: files.iter().map(|f| f.bytes).sum(),
     });
-    let input_rows = data::count_rows(&files, filter)?;
+    // Each file's lines or versions are checked once, for the count and the load.
+    let prepared = data::prepare(&files)?;
+    let input_rows = data::count_prepared(&prepared, filter)?;
     if input_rows == 0 {
-        return Err(TrainError::NoData(no_rows(&files, filter)?));
+        return Err(TrainError::NoData(no_rows(&prepared, filter)?));
     }
     let sample = Sample::for_rows(max_rows, input_rows)?;
     let sampled = SampleSummary {
@@ -440,9 +442,10 @@ fn read_bounded(
         );
     }
     progress(Step::Counted(sampled));
-    let (rows, mut load) = data::load_sample(&files, filter, &sample, |f| {
+    let (rows, mut load) = data::load_prepared(&prepared, filter, &sample, |f| {
         progress(Step::FileRead(f.path.clone()))
     })?;
+    drop(prepared);
     load.sample = Some(sampled);
     tracing::info!(
         rows = load.rows,

@@ -163,6 +163,65 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
     );
 }
 
+/// A prepared file is checked once, when prepared: counting and loading it read what that
+/// check passed (an NDJSON file with lines to skip, from the cleaned copy), count each
+/// skipped line once, and agree with reading the files afresh.
+#[test]
+fn a_prepared_file_is_checked_once_and_read_by_count_and_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = synthetic::records(200, 8);
+    let dirty = dir.path().join("dirty.ndjson");
+    write_ndjson(&records, &dirty);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&dirty)
+        .unwrap()
+        .write_all(b"garbage\n")
+        .unwrap();
+    let clean = dir.path().join("clean.parquet");
+    write_parquet(&synthetic::records(150, 9), &clean);
+    let specs = [dir.path().to_string_lossy().into_owned()];
+    let files = data::resolve(&specs).unwrap();
+    let filter = Filter::default();
+    let fresh_count = data::count_rows(&files, &filter).unwrap();
+    let (fresh_rows, fresh) = data::load(&files, &filter, |_| {}).unwrap();
+
+    let prepared = data::prepare(&files).unwrap();
+    assert_eq!(prepared.len(), 2);
+    // The NDJSON file is read from the copy its check made: a line of a newer major
+    // version written into it now is neither read nor checked again.
+    let newer = serde_json::to_string(&records[0]).unwrap().replacen(
+        &format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT),
+        "\"9.0\"",
+        1,
+    );
+    std::fs::write(&dirty, format!("{newer}\n")).unwrap();
+    assert_eq!(
+        data::count_prepared(&prepared, &filter).unwrap(),
+        fresh_count
+    );
+    let mut seen = Vec::new();
+    let (rows, summary) = data::load_prepared(&prepared, &filter, &data::Sample::ALL, |f| {
+        seen.push(f.path.clone())
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        files.iter().map(|f| f.path.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(rows.len(), fresh_rows.len());
+    assert_eq!(rows.len() as u64, fresh_count);
+    assert_eq!(summary, fresh);
+    assert_eq!(
+        summary.skipped.get("NDJSON line that is not a JSON object"),
+        Some(&1),
+        "{summary:?}"
+    );
+    // Read afresh, the changed file is checked again, and refused.
+    let e = data::count_rows(&files, &filter).unwrap_err();
+    assert!(e.to_string().contains("9.0"), "{e}");
+}
+
 /// A Parquet file's `schema_version` column is held to the NDJSON lines' rules: rows
 /// whose version is not one are skipped and counted, rows without one are read, and a row
 /// of another major version stops the run, saying which version and how many rows.
