@@ -287,13 +287,15 @@ impl HealthTracker {
         }
         let bucket_nanos =
             u64::try_from(window.as_nanos() / u128::from(BUCKETS)).unwrap_or(u64::MAX);
+        let origin = Instant::now();
         Ok(Self {
-            origin: Instant::now(),
+            origin,
             bucket_nanos,
             bucket_div: StrengthReducedU64::new(bucket_nanos),
             buckets: Default::default(),
             sums: Default::default(),
-            latency: RollingLatency::new(window / 2),
+            // One origin for both: a call's end is read once, in nanoseconds since it.
+            latency: RollingLatency::with_origin(window / 2, origin),
             p95_cache: AtomicU64::new(0),
             permanents: Default::default(),
             last_success_ms: AtomicU64::new(0),
@@ -305,18 +307,23 @@ impl HealthTracker {
         Duration::from_nanos(self.bucket_nanos.saturating_mul(BUCKETS))
     }
 
+    /// Nanoseconds from the tracker's origin to `now`.
+    fn since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn bucket_at(&self, now: Instant) -> u64 {
-        let since = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
-            .unwrap_or(u64::MAX);
-        since / self.bucket_div
+        self.since_origin(now) / self.bucket_div
     }
 
     /// Records a call that ended at `now` as `ended`, after `latency`.
     pub fn record(&self, now: Instant, ended: Ended, latency: Duration) {
-        let b = self.bucket_at(now);
+        // The clock is read once, for the buckets, the last success and the latencies.
+        let since = self.since_origin(now);
+        let b = since / self.bucket_div;
         let tag = b & TAG_MASK;
         match ended {
-            Ended::Success => self.succeeded(now),
+            Ended::Success => self.succeeded(since),
             Ended::Permanent => add_tagged(&self.permanents[(b % BUCKETS) as usize], tag, 1),
             Ended::Failure => {}
         }
@@ -330,7 +337,7 @@ impl HealthTracker {
             } else if cur != 0 && t.wrapping_sub(tag) & TAG_MASK < TAG_MASK / 2 {
                 // The slot already holds a newer bucket: this call ended out of the window
                 // (a thread that read the clock earlier and got here later).
-                self.latency.record(now, latency);
+                self.latency.record_since(since, latency);
                 return;
             } else {
                 (0, 0)
@@ -346,7 +353,7 @@ impl HealthTracker {
         }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(SUM_MAX);
         add_tagged(&self.sums[(b % BUCKETS) as usize], tag, micros);
-        self.latency.record(now, latency);
+        self.latency.record_since(since, latency);
     }
 
     /// Calls in flight on average over the window, as of `now`: the latencies of the calls
@@ -362,12 +369,11 @@ impl HealthTracker {
         }
     }
 
-    /// A success ended at `now`: moves the last success forward (at most once per
-    /// millisecond, so that a busy target's successes do not contend on one word).
-    fn succeeded(&self, now: Instant) {
-        let ms = u64::try_from(now.saturating_duration_since(self.origin).as_millis())
-            .unwrap_or(u64::MAX - 1)
-            + 1;
+    /// A success ended `since` nanoseconds after the origin: moves the last success
+    /// forward (at most once per millisecond, so that a busy target's successes do not
+    /// contend on one word).
+    fn succeeded(&self, since: u64) {
+        let ms = (since / 1_000_000).min(u64::MAX - 1) + 1;
         if self.last_success_ms.load(Ordering::Relaxed) < ms {
             self.last_success_ms.fetch_max(ms, Ordering::Relaxed);
         }

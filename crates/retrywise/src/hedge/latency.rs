@@ -97,9 +97,15 @@ pub(crate) struct RollingLatency {
 
 impl RollingLatency {
     pub(crate) fn new(period: Duration) -> Self {
+        Self::with_origin(period, Instant::now())
+    }
+
+    /// Periods counted from `origin` (an owner that has read `now - origin` already hands
+    /// it to [`record_since`](Self::record_since) instead of reading it again).
+    pub(crate) fn with_origin(period: Duration, origin: Instant) -> Self {
         let period_nanos = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
         Self {
-            origin: Instant::now(),
+            origin,
             period_nanos,
             period_div: StrengthReducedU64::new(period_nanos),
             hists: [Histogram::new(), Histogram::new()],
@@ -134,8 +140,17 @@ impl RollingLatency {
         self.record_kind(now, running, CENSORED)
     }
 
+    /// [`record`](Self::record) at `since` nanoseconds from the origin
+    /// ([`since_origin`](Self::since_origin)).
+    pub(crate) fn record_since(&self, since: u64, latency: Duration) {
+        self.record_kind_since(since, latency, ANSWERED);
+    }
+
     fn record_kind(&self, now: Instant, latency: Duration, kind: usize) -> u64 {
-        let since = self.since_origin(now);
+        self.record_kind_since(self.since_origin(now), latency, kind)
+    }
+
+    fn record_kind_since(&self, since: u64, latency: Duration, kind: usize) -> u64 {
         let p = since / self.period_div;
         let h = &self.hists[(p % 2) as usize];
         let held = h.period.load(Ordering::Acquire);
