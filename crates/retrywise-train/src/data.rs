@@ -431,6 +431,12 @@ fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines, Option<tempfile::TempP
     })?;
     match file.format {
         Format::Parquet => {
+            // Before polars reserves room for what the footer claims (a damaged length
+            // there aborts the process).
+            crate::footer::check(&file.path).map_err(|problem| TrainError::Input {
+                path: file.path.clone(),
+                problem,
+            })?;
             let lf = guarded(file, || {
                 LazyFrame::scan_parquet(PlRefPath::new(path), ScanArgsParquet::default())
             })?;

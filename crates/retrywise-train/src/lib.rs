@@ -23,6 +23,7 @@ pub mod data;
 mod error;
 pub mod evaluate;
 pub mod fit;
+mod footer;
 pub mod metrics;
 pub mod report;
 pub mod store;

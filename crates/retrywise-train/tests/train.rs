@@ -222,6 +222,52 @@ fn a_prepared_file_is_checked_once_and_read_by_count_and_load() {
     assert!(e.to_string().contains("9.0"), "{e}");
 }
 
+/// A Parquet file's footer is checked before polars decodes it: a list length damaged
+/// there (polars reserves room for it at once, and a failed allocation aborts the process),
+/// a file cut short and a metadata length beyond the file are errors naming the file; a
+/// whole file reads as before.
+#[test]
+fn a_damaged_parquet_footer_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.parquet");
+    write_parquet(&synthetic::records(50, 3), &good);
+    let bytes = std::fs::read(&good).unwrap();
+    let n = bytes.len();
+    let meta_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    // The damage a random search found: 28 bytes from the schema list's length on, each
+    // XOR 0xCC. Unchecked, polars read the length, asked for 223 GB and the process
+    // aborted (SIGABRT).
+    let meta_start = n - 8 - meta_len;
+    let mut damaged = bytes.clone();
+    for b in &mut damaged[meta_start + 4..meta_start + 32] {
+        *b ^= 0xcc;
+    }
+    let path = dir.path().join("damaged.parquet");
+    std::fs::write(&path, &damaged).unwrap();
+    let cut = dir.path().join("cut.parquet");
+    std::fs::write(&cut, &bytes[..n - 3]).unwrap();
+    let lying = dir.path().join("lying.parquet");
+    let mut long = bytes.clone();
+    long[n - 8..n - 4].copy_from_slice(&(n as u32).to_le_bytes());
+    std::fs::write(&lying, &long).unwrap();
+    for (path, says) in [
+        (&path, "claims a list of"),
+        (&cut, "does not end with PAR1"),
+        (&lying, "more than the file's"),
+    ] {
+        let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+        let e = data::count_rows(&files, &Filter::default()).unwrap_err();
+        assert!(matches!(e, TrainError::Input { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&*path.to_string_lossy()) && msg.contains(says),
+            "{msg}"
+        );
+    }
+    let files = data::resolve(&[good.to_string_lossy().into_owned()]).unwrap();
+    assert_eq!(data::count_rows(&files, &Filter::default()).unwrap(), 50);
+}
+
 /// A Parquet file's `schema_version` column is held to the NDJSON lines' rules: rows
 /// whose version is not one are skipped and counted, rows without one are read, and a row
 /// of another major version stops the run, saying which version and how many rows.
