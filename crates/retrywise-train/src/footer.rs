@@ -2,7 +2,7 @@
 //!
 //! A Parquet file ends with its metadata (a Thrift compact-protocol `FileMetaData`), the
 //! metadata's length (4 bytes, little-endian) and `PAR1`. polars' footer decoder reserves
-//! room for a list as soon as it reads the list's length: a damaged length (up to 2³²
+//! room for a list as soon as it reads the list's length: a damaged length (up to 2³¹
 //! elements of a hundred bytes and more) asks for more memory than there is, and Rust
 //! aborts the process on a failed allocation — no `catch_unwind` can turn that into an
 //! error. [`check`] walks the metadata first without building anything, and refuses a
@@ -56,8 +56,8 @@ pub(crate) fn check(path: &Path) -> Result<(), String> {
         .map_err(|why| format!("is corrupt: its footer's metadata {why}"))
 }
 
-/// Walks one Thrift compact-protocol struct that must fill `bytes`' start, checking every
-/// length against what follows it. Returns the bytes read.
+/// Walks the Thrift compact-protocol struct at the start of `bytes`, checking every length
+/// against the bytes that follow it. Returns how many bytes the struct took.
 pub(crate) fn skim(bytes: &[u8]) -> Result<usize, String> {
     let mut r = Reader { bytes, at: 0 };
     r.structure(0)?;
