@@ -736,7 +736,8 @@ pub struct Prepared {
     exprs: Vec<Expr>,
     has_call_id: bool,
     bad: BadLines,
-    _copy: Option<tempfile::TempPath>,
+    /// The cleaned copy read instead of the file, deleted when this is dropped.
+    cleaned_copy: Option<tempfile::TempPath>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -745,7 +746,7 @@ impl std::fmt::Debug for Prepared {
             .field("file", &self.file)
             .field("has_call_id", &self.has_call_id)
             .field("bad", &self.bad)
-            .field("cleaned_copy", &self._copy.is_some())
+            .field("cleaned_copy", &self.cleaned_copy.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -799,7 +800,7 @@ pub fn prepare(files: &[InputFile]) -> Result<Vec<Prepared>, TrainError> {
                 exprs,
                 has_call_id,
                 bad,
-                _copy: copy,
+                cleaned_copy: copy,
             })
         })
         .collect()

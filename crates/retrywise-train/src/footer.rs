@@ -112,15 +112,15 @@ impl Reader<'_> {
     /// A list's or set's length as polars reads it - the varint cut to an `i32`, a
     /// negative one an empty list - when each element takes at least one byte of those
     /// left.
-    fn list_len(&mut self, n: u64) -> Result<usize, String> {
+    fn list_len(&self, n: u64) -> Result<usize, String> {
         // Truncation is the point: it is what polars' decoder does.
         #[allow(clippy::cast_possible_truncation)]
-        let n = i64::from(n as i32).max(0);
-        self.count(n.unsigned_abs(), "list")
+        let n = u64::try_from(n as i32).unwrap_or(0);
+        self.count(n, "list")
     }
 
     /// A count of elements that each take at least one byte.
-    fn count(&mut self, n: u64, what: &str) -> Result<usize, String> {
+    fn count(&self, n: u64, what: &str) -> Result<usize, String> {
         match usize::try_from(n) {
             Ok(n) if n <= self.left() => Ok(n),
             _ => Err(format!(

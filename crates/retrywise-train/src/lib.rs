@@ -446,6 +446,7 @@ fn read_bounded(
     let (rows, mut load) = data::load_prepared(&prepared, filter, &sample, |f| {
         progress(Step::FileRead(f.path.clone()))
     })?;
+    // The cleaned copies of NDJSON files go before the fit.
     drop(prepared);
     load.sample = Some(sampled);
     tracing::info!(

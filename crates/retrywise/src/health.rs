@@ -259,7 +259,6 @@ impl HealthSnapshot {
 /// 10-second window) could read one stale bucket.
 #[derive(Debug)]
 pub struct HealthTracker {
-    origin: Instant,
     bucket_nanos: u64,
     /// Divides by `bucket_nanos` with a multiplication.
     bucket_div: StrengthReducedU64,
@@ -271,7 +270,7 @@ pub struct HealthTracker {
     p95_cache: AtomicU64,
     /// Per bucket, `tag << 40 | permanent failures`.
     permanents: [AtomicU64; BUCKETS as usize],
-    /// When the last success ended, in whole milliseconds since `origin`, plus one; 0
+    /// When the last success ended, in whole milliseconds since the origin, plus one; 0
     /// before the first.
     last_success_ms: AtomicU64,
 }
@@ -287,15 +286,13 @@ impl HealthTracker {
         }
         let bucket_nanos =
             u64::try_from(window.as_nanos() / u128::from(BUCKETS)).unwrap_or(u64::MAX);
-        let origin = Instant::now();
         Ok(Self {
-            origin,
             bucket_nanos,
             bucket_div: StrengthReducedU64::new(bucket_nanos),
             buckets: Default::default(),
             sums: Default::default(),
-            // One origin for both: a call's end is read once, in nanoseconds since it.
-            latency: RollingLatency::with_origin(window / 2, origin),
+            // Its origin is the tracker's: a call's end is read once, in nanoseconds since it.
+            latency: RollingLatency::new(window / 2),
             p95_cache: AtomicU64::new(0),
             permanents: Default::default(),
             last_success_ms: AtomicU64::new(0),
@@ -307,9 +304,9 @@ impl HealthTracker {
         Duration::from_nanos(self.bucket_nanos.saturating_mul(BUCKETS))
     }
 
-    /// Nanoseconds from the tracker's origin to `now`.
+    /// Nanoseconds from the tracker's origin (its latency histogram's) to `now`.
     fn since_origin(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        self.latency.since_origin(now)
     }
 
     fn bucket_at(&self, now: Instant) -> u64 {
@@ -382,7 +379,7 @@ impl HealthTracker {
     /// Time since the last success ended as of `now` (since the tracker started, before
     /// the first), to the millisecond.
     pub fn since_success(&self, now: Instant) -> Duration {
-        let since = now.saturating_duration_since(self.origin);
+        let since = Duration::from_nanos(self.since_origin(now));
         match self.last_success_ms.load(Ordering::Relaxed) {
             0 => since,
             ms => since.saturating_sub(Duration::from_millis(ms - 1)),

@@ -97,15 +97,9 @@ pub(crate) struct RollingLatency {
 
 impl RollingLatency {
     pub(crate) fn new(period: Duration) -> Self {
-        Self::with_origin(period, Instant::now())
-    }
-
-    /// Periods counted from `origin` (an owner that has read `now - origin` already hands
-    /// it to [`record_since`](Self::record_since) instead of reading it again).
-    pub(crate) fn with_origin(period: Duration, origin: Instant) -> Self {
         let period_nanos = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
         Self {
-            origin,
+            origin: Instant::now(),
             period_nanos,
             period_div: StrengthReducedU64::new(period_nanos),
             hists: [Histogram::new(), Histogram::new()],
@@ -141,7 +135,7 @@ impl RollingLatency {
     }
 
     /// [`record`](Self::record) at `since` nanoseconds from the origin
-    /// ([`since_origin`](Self::since_origin)).
+    /// ([`since_origin`](Self::since_origin)), for an owner that has read it already.
     pub(crate) fn record_since(&self, since: u64, latency: Duration) {
         self.record_kind_since(since, latency, ANSWERED);
     }
