@@ -226,7 +226,7 @@ fn attempts(target: &str, n: u64, failures: u64) -> String {
                 "schema_version": "1.3", "started_at_ms": now - 20, "call_id": i, "hedge": 0,
                 "target": target, "attempt": 1, "delay_ms": 0.0,
                 "outcome": if i < failures { "retryable" } else { "success" },
-                "error": if i < failures { Some("http_503") } else { None },
+                "outcome_error": if i < failures { Some("http_503") } else { None },
                 "outcome_latency_ms": 20.0,
             })
             .to_string()

@@ -510,6 +510,11 @@ async fn bad_bodies_are_4xx_naming_the_field() {
             "context.status: must be within [100, 599]",
         ),
         (
+            "/v1/decide",
+            r#"{"context": {"target": "t", "attempt": 1, "error": "timeout"}}"#,
+            "context.error: must be missing when `attempt` is 1 (a first attempt has no attempt before it), got timeout",
+        ),
+        (
             "/v1/predict",
             r#"{"contexts": [{"target": "t", "attempt": 1}, {"target": "t", "attempt": 0}]}"#,
             "contexts[1].attempt",
@@ -672,6 +677,9 @@ async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense(
         with("status", json!(42)),
         with("outcome_status", json!(42)),
         with("target", json!("a\u{0}b")),
+        // Each value in range, but contradicting another of the record.
+        with("outcome_error", json!("timeout")),
+        with("error", json!("connect")),
     ]);
     let (s, v) = h.post("/v1/attempts", &body.to_string()).await;
     assert_eq!(
@@ -681,7 +689,7 @@ async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense(
     );
     let error = v["error"].as_str().unwrap();
     assert!(
-        error.starts_with("7 invalid records (nothing written): "),
+        error.starts_with("9 invalid records (nothing written): "),
         "{error}"
     );
     for (i, want) in [
@@ -692,6 +700,14 @@ async fn ingestion_refuses_records_it_could_not_read_back_or_that_make_no_sense(
         (5, "status: must be within [100, 599]"),
         (6, "outcome_status: must be within [100, 599]"),
         (7, "target: must not hold control characters"),
+        (
+            8,
+            "outcome_error: must be missing when `outcome` is success or cancelled (only a failure has a kind of failure), got timeout",
+        ),
+        (
+            9,
+            "error: must be missing when `attempt` is 1 (a first attempt has no attempt before it), got connect",
+        ),
     ] {
         assert!(error.contains(&format!("[{i}]: {want}")), "{error}");
     }

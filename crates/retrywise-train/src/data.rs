@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use polars::prelude::*;
 use retrywise::attempt::schema::{
-    self, Field as SchemaField, FieldType, Presence, Rule, Storage, Value,
+    self, AGREEMENTS, Agreement, Field as SchemaField, FieldType, Presence, Rule, Storage, Value,
 };
 use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
 use serde::{Deserialize, Serialize};
@@ -1003,8 +1003,9 @@ fn value<'a>(field: &SchemaField, col: &Col<'a>, i: usize) -> Result<Value<'a>, 
 /// Appends the rows of `df` (already cast to the wanted types) to `rows`.
 ///
 /// Each row becomes an [`AttemptRecord`] through the schema's setters and is checked with
-/// the schema's rules (the checks ingestion and the API apply); a row that breaks one is
-/// skipped and counted under the rule, so the summary names the field.
+/// the schema's rules (the checks ingestion and the API apply: each field's, then the
+/// agreements between the fields read); a row that breaks one is skipped and counted under
+/// the rule, so the summary names the field.
 fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> PolarsResult<()> {
     let n = df.height();
     summary.rows_read += n as u64;
@@ -1019,6 +1020,12 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
             Ok((f, col))
         })
         .collect::<PolarsResult<_>>()?;
+    // The agreements between the fields read (not the outcome's kind of failure, which
+    // the trainer does not read: its label is the outcome alone).
+    let agreements: Vec<&Agreement> = AGREEMENTS
+        .iter()
+        .filter(|a| fields().any(|f| f.name == a.field))
+        .collect();
     let mut targets: BTreeMap<String, Arc<str>> = BTreeMap::new();
     'rows: for i in 0..n {
         let mut rec = AttemptRecord::blank();
@@ -1052,6 +1059,10 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
                 continue 'rows;
             }
             f.set(&mut rec, v);
+        }
+        if let Err(e) = agreements.iter().try_for_each(|a| a.check(&rec)) {
+            summary.skip(&e.reason(), 1);
+            continue;
         }
         let success = match rec.outcome {
             Outcome::Success => true,

@@ -874,9 +874,11 @@ fn missing_and_mistyped_columns_name_the_column() {
 fn bad_values_are_skipped_and_counted_by_reason() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("values.parquet");
-    let n = 10;
-    let good = |i: usize| i >= 8;
-    // Rows 0..8 each carry one bad value; rows 8 and 9 are fine.
+    let n = 11;
+    let good = |i: usize| (8..10).contains(&i);
+    // Rows 0..8 each carry one bad value; rows 8 and 9 are fine; row 10 is a first
+    // attempt that says how the attempt before it failed (each value in range, together
+    // a contradiction).
     write_df(
         frame(vec![
             Column::new(
@@ -894,7 +896,11 @@ fn bad_values_are_skipped_and_counted_by_reason() {
             Column::new(
                 "attempt".into(),
                 (0..n)
-                    .map(|i| if i == 2 { 0i64 } else { 2 })
+                    .map(|i| match i {
+                        2 => 0i64,
+                        10 => 1,
+                        _ => 2,
+                    })
                     .collect::<Vec<_>>(),
             ),
             Column::new(
@@ -939,7 +945,7 @@ fn bad_values_are_skipped_and_counted_by_reason() {
     let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
     let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
     assert_eq!(rows.len(), (0..n).filter(|i| good(*i)).count());
-    assert_eq!(summary.rows_read, 10);
+    assert_eq!(summary.rows_read, 11);
     assert_eq!(summary.rows, 2);
     let reasons: Vec<(&str, u64)> = summary
         .skipped
@@ -951,6 +957,7 @@ fn bad_values_are_skipped_and_counted_by_reason() {
         [
             ("`attempt` is out of range", 1),
             ("`delay_ms` is out of range", 1),
+            ("`error` contradicts another field", 1),
             ("`error` is not one of its names", 1),
             ("`failure_rate` is out of range", 1),
             ("`in_flight` is out of range", 1),

@@ -343,6 +343,8 @@ pub enum Rule {
     Characters,
     /// A schema major version this build does not read.
     Version,
+    /// A value that contradicts another field of the record (an [`Agreement`]).
+    Agreement,
 }
 
 impl Rule {
@@ -354,6 +356,7 @@ impl Rule {
             Rule::Length => "has the wrong length",
             Rule::Characters => "holds control characters",
             Rule::Version => "has an unsupported major version",
+            Rule::Agreement => "contradicts another field",
         }
     }
 }
@@ -769,7 +772,7 @@ pub static FIELDS: [Field; 27] = [
     field!("outcome", Outcome, Outcome, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "How the attempt ended (`cancelled`: a hedge that lost, or a call its caller abandoned; the training label is `success`)",
         Record { get: |r| Value::Outcome(r.outcome), set: |r, v| if let Value::Outcome(o) = v { r.outcome = o } }),
-    field!("outcome_error", Outcome, ErrorKind, Presence::Optional("none (a success, or cancelled)"), unit "", range NO_RANGE, min_len 0, since 0,
+    field!("outcome_error", Outcome, ErrorKind, Presence::Optional("none (a success, or cancelled), or not known"), unit "", range NO_RANGE, min_len 0, since 0,
         "The kind of failure of this attempt",
         Record { get: |r| opt_kind(r.outcome_error), set: |r, v| r.outcome_error = v.kind() }),
     field!("outcome_status", Outcome, UInt16, Presence::Optional("no status"), unit "", range (Some(100.0), Some(599.0)), min_len 0, since 0,
@@ -798,14 +801,204 @@ pub fn context_fields() -> impl Iterator<Item = &'static Field> {
     FIELDS.iter().filter(|f| f.in_context())
 }
 
-/// Checks every field of `rec`.
+/// Checks every field of `rec`, then the [`AGREEMENTS`] between them.
 pub(crate) fn validate_record(rec: &AttemptRecord) -> Result<(), InvalidField> {
-    FIELDS.iter().try_for_each(|f| f.check(f.get(rec)))
+    FIELDS.iter().try_for_each(|f| f.check(f.get(rec)))?;
+    check_agreements(rec)
 }
 
-/// Checks every field of `ctx`.
+/// Checks every field of `ctx`, then the [`AGREEMENTS`] a context must keep.
 pub(crate) fn validate_context(ctx: &AttemptContext) -> Result<(), InvalidField> {
-    context_fields().try_for_each(|f| f.check(f.get_context(ctx).unwrap_or(Value::Null)))
+    context_fields().try_for_each(|f| f.check(f.get_context(ctx).unwrap_or(Value::Null)))?;
+    AGREEMENTS
+        .iter()
+        .filter(|a| a.in_context())
+        .try_for_each(|a| a.check_context(ctx))
+}
+
+// -------------------------------------------------------------------------------------
+// Agreements between fields.
+
+/// When an [`Agreement`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// `attempt` is 1: the call's first attempt, with no attempt before it.
+    FirstAttempt,
+    /// `outcome` is one of these.
+    Outcome(&'static [Outcome]),
+}
+
+impl When {
+    fn holds(self, attempt: u32, outcome: Option<Outcome>) -> bool {
+        match self {
+            When::FirstAttempt => attempt == 1,
+            When::Outcome(set) => outcome.is_some_and(|o| set.contains(&o)),
+        }
+    }
+
+    /// The condition in words: "`attempt` is 1".
+    fn describe(self) -> String {
+        match self {
+            When::FirstAttempt => "`attempt` is 1".into(),
+            When::Outcome(set) => {
+                let names: Vec<&str> = set.iter().map(|o| o.as_str()).collect();
+                format!("`outcome` is {}", names.join(" or "))
+            }
+        }
+    }
+
+    /// The condition as a JSON Schema (the `if` of an `if`/`then`).
+    fn json_schema(self) -> serde_json::Value {
+        match self {
+            When::FirstAttempt => {
+                json!({"properties": {"attempt": {"const": 1}}, "required": ["attempt"]})
+            }
+            When::Outcome(set) => {
+                let names: Vec<&str> = set.iter().map(|o| o.as_str()).collect();
+                json!({"properties": {"outcome": {"enum": names}}, "required": ["outcome"]})
+            }
+        }
+    }
+}
+
+/// A rule between fields that each field's own rules cannot state: when a condition on
+/// one field holds, another must be missing. A value that breaks one
+/// contradicts another value of the same record: a success with a kind of failure, a first
+/// attempt that says how the attempt before it failed. Such a record would teach the
+/// model from something that did not happen, so ingestion refuses it (naming the field and
+/// the rule), the trainer skips it (counted under the rule), and the OpenAPI schema states
+/// each rule as an `if`/`then`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreement {
+    /// When the rule applies.
+    pub when: When,
+    /// The field that must then be missing.
+    pub field: &'static str,
+    /// Why, in a few words.
+    pub why: &'static str,
+}
+
+const DONE: &[Outcome] = &[Outcome::Success, Outcome::Cancelled];
+
+/// Every agreement between fields, checked after each field's own rules.
+///
+/// Only contradictions are refused. A failure without its kind is not one (the kind may be
+/// unknown to whoever logged it), nor a retry that does not say how the attempt before
+/// it failed (a prediction may ask about one): missing there means unknown.
+pub static AGREEMENTS: [Agreement; 5] = [
+    Agreement {
+        when: When::FirstAttempt,
+        field: "error",
+        why: "a first attempt has no attempt before it",
+    },
+    Agreement {
+        when: When::FirstAttempt,
+        field: "status",
+        why: "a first attempt has no attempt before it",
+    },
+    Agreement {
+        when: When::FirstAttempt,
+        field: "latency_ms",
+        why: "a first attempt has no attempt before it",
+    },
+    Agreement {
+        when: When::FirstAttempt,
+        field: "retry_after_ms",
+        why: "a first attempt has no attempt before it",
+    },
+    Agreement {
+        when: When::Outcome(DONE),
+        field: "outcome_error",
+        why: "only a failure has a kind of failure",
+    },
+];
+
+impl Agreement {
+    /// Whether a context keeps it: every field it reads is the context's (a rule about
+    /// the outcome is a record's only).
+    pub fn in_context(&self) -> bool {
+        !matches!(self.when, When::Outcome(_)) && self.field().in_context()
+    }
+
+    fn field(&self) -> &'static Field {
+        // Every agreement names a field of the table (a test checks it).
+        field(self.field).unwrap_or(&FIELDS[0])
+    }
+
+    fn check_values(
+        &self,
+        attempt: u32,
+        outcome: Option<Outcome>,
+        v: Value<'_>,
+    ) -> Result<(), InvalidField> {
+        if v.is_null() || !self.when.holds(attempt, outcome) {
+            return Ok(());
+        }
+        let got = v
+            .to_text()
+            .map(|t| t.into_owned())
+            .or_else(|| v.as_f64().map(|x| x.to_string()))
+            .unwrap_or_default();
+        let problem = format!(
+            "must be missing when {} ({}), got {got}",
+            self.when.describe(),
+            self.why
+        );
+        Err(InvalidField {
+            field: self.field,
+            rule: Rule::Agreement,
+            problem,
+        })
+    }
+
+    /// Checks the rule on a record.
+    ///
+    /// # Errors
+    /// Names the field that contradicts the condition.
+    pub fn check(&self, rec: &AttemptRecord) -> Result<(), InvalidField> {
+        self.check_values(
+            rec.context.attempt,
+            Some(rec.outcome),
+            self.field().get(rec),
+        )
+    }
+
+    /// Checks the rule on a context (a rule about the outcome never applies to one).
+    ///
+    /// # Errors
+    /// Names the field that contradicts the condition.
+    pub fn check_context(&self, ctx: &AttemptContext) -> Result<(), InvalidField> {
+        let v = self.field().get_context(ctx).unwrap_or(Value::Null);
+        self.check_values(ctx.attempt, None, v)
+    }
+
+    /// The rule as a JSON Schema `if`/`then`.
+    pub fn json_schema(&self) -> serde_json::Value {
+        json!({
+            "if": self.when.json_schema(),
+            "then": {"properties": {self.field: {"type": "null"}}},
+        })
+    }
+
+    /// The rule in words, for the documentation: "when `attempt` is 1, `error` is missing:
+    /// a first attempt has no attempt before it".
+    pub fn describe(&self) -> String {
+        format!(
+            "when {}, `{}` is missing: {}",
+            self.when.describe(),
+            self.field,
+            self.why
+        )
+    }
+}
+
+/// Checks every agreement on a record (what [`AttemptRecord::validate`] does after each
+/// field's own rules; readers that check field by field call this after them).
+///
+/// # Errors
+/// Names the first field that contradicts another.
+pub fn check_agreements(rec: &AttemptRecord) -> Result<(), InvalidField> {
+    AGREEMENTS.iter().try_for_each(|a| a.check(rec))
 }
 
 /// The JSON Schema (OpenAPI 3.1) of a context object: every context field with its range,
@@ -813,6 +1006,7 @@ pub(crate) fn validate_context(ctx: &AttemptContext) -> Result<(), InvalidField>
 pub fn context_json_schema() -> serde_json::Value {
     object_schema(
         context_fields(),
+        AGREEMENTS.iter().filter(|a| a.in_context()),
         true,
         "What is known before an attempt: the input of every prediction and decision. Durations are milliseconds.",
     )
@@ -823,6 +1017,7 @@ pub fn context_json_schema() -> serde_json::Value {
 pub fn record_json_schema() -> serde_json::Value {
     object_schema(
         FIELDS.iter(),
+        AGREEMENTS.iter(),
         false,
         "One attempt: what was known before it, and how it ended (see data/README.md).",
     )
@@ -830,6 +1025,7 @@ pub fn record_json_schema() -> serde_json::Value {
 
 fn object_schema<'a>(
     fields: impl Iterator<Item = &'a Field>,
+    agreements: impl Iterator<Item = &'a Agreement>,
     closed: bool,
     description: &str,
 ) -> serde_json::Value {
@@ -847,7 +1043,23 @@ fn object_schema<'a>(
         "properties": props,
         "required": required,
         "additionalProperties": !closed,
+        "allOf": agreements.map(Agreement::json_schema).collect::<Vec<_>>(),
     })
+}
+
+/// The agreements between fields as `data/README.md` lists them: one line each.
+pub fn markdown_agreements() -> String {
+    AGREEMENTS
+        .iter()
+        .map(|a| {
+            let scope = if a.in_context() {
+                ""
+            } else {
+                " (records only)"
+            };
+            format!("- {}{scope}.\n", a.describe())
+        })
+        .collect()
 }
 
 /// The column table of `data/README.md`, one row per field: name, JSON and Parquet type,
