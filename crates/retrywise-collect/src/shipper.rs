@@ -277,12 +277,26 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
-        let n = batch.len() as u64;
+        // A record the service would refuse is not sent: it would take the good records
+        // of its batch with it (a batch is taken whole or not at all).
         let mut body = Vec::with_capacity(batch.len() * 360);
+        let (mut n, mut invalid) = (0u64, 0u64);
         for r in batch.drain(..) {
+            if let Err(e) = r.validate() {
+                if invalid == 0 {
+                    tracing::warn!(endpoint = %self.url, call_id = r.call_id, error = %e, "a record breaks the schema's rules; not shipping it");
+                }
+                invalid += 1;
+                continue;
+            }
             if serde_json::to_writer(&mut body, &r).is_ok() {
                 body.push(b'\n');
+                n += 1;
             }
+        }
+        Counters::add(&self.counters.dropped_invalid, invalid);
+        if n == 0 {
+            return;
         }
         let body = bytes::Bytes::from(body);
         let retries_before = self.policy.metrics().retries;

@@ -11,6 +11,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_full: AtomicU64,
     pub(crate) dropped_io: AtomicU64,
     pub(crate) dropped_closed: AtomicU64,
+    pub(crate) dropped_invalid: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) synced: AtomicU64,
     pub(crate) bytes: AtomicU64,
@@ -34,6 +35,7 @@ impl Counters {
             dropped_queue_full: g(&self.dropped_full),
             dropped_io: g(&self.dropped_io),
             dropped_closed: g(&self.dropped_closed),
+            dropped_invalid: g(&self.dropped_invalid),
             written: g(&self.written),
             synced: g(&self.synced),
             bytes_written: g(&self.bytes),
@@ -59,6 +61,10 @@ pub struct RecorderStats {
     pub dropped_io: u64,
     /// Records offered after the recorder was closed.
     pub dropped_closed: u64,
+    /// Records the shipper did not send because they break the schema's rules
+    /// (`AttemptRecord::validate`: an empty target name, say): the service would refuse
+    /// the whole batch that held one, good records and all.
+    pub dropped_invalid: u64,
     /// Records written to a segment (handed to the operating system).
     pub written: u64,
     /// Records made durable by an fsync.

@@ -95,6 +95,36 @@ async fn ships_every_record_in_batches() {
 }
 
 #[tokio::test]
+async fn a_record_the_service_would_refuse_does_not_take_its_batch_with_it() {
+    let (stub, url) = stub().await;
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    for i in 0..10 {
+        let mut r = record(i);
+        if i == 3 {
+            // An empty target name: ingestion refuses a batch that holds it.
+            r.context.target = "".into();
+        }
+        if i == 6 {
+            // A success with a kind of failure.
+            r.outcome_error = Some(retrywise::attempt::ErrorKind::Reset);
+            r.outcome = retrywise::attempt::Outcome::Success;
+        }
+        shipper.record(r);
+    }
+    shipper.flush().await.unwrap();
+    let s = shipper.stats();
+    assert_eq!(
+        (s.recorded, s.shipped, s.dropped_invalid, s.failed),
+        (10, 8, 2, 0)
+    );
+    let got = stub.received.lock().unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.call_id).collect::<Vec<_>>(),
+        [0, 1, 2, 4, 5, 7, 8, 9]
+    );
+}
+
+#[tokio::test]
 async fn retries_unavailable_answers_then_delivers() {
     let (stub, url) = stub().await;
     stub.fail.store(2, Ordering::SeqCst);

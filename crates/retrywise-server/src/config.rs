@@ -318,10 +318,12 @@ impl Overrides {
             config.max_targets = n;
         }
         if let Some(ms) = self.health_window_ms {
-            if ms < 10 {
+            // A day at most: health over a longer window says nothing about now, and the
+            // shared view's expiry (twice the window, in ms) must fit its integers.
+            if !(10..=86_400_000).contains(&ms) {
                 return Err(bad(
                     "health_window_ms",
-                    format!("must be at least 10, got {ms}"),
+                    format!("must be within [10, 86400000] (10 ms to a day), got {ms}"),
                 ));
             }
             config.health_window = Duration::from_millis(ms);
@@ -469,6 +471,13 @@ mod tests {
                     ..Overrides::default()
                 },
                 "min_p_success",
+            ),
+            (
+                Overrides {
+                    health_window_ms: Some(u64::MAX / 2),
+                    ..Overrides::default()
+                },
+                "health_window_ms",
             ),
             (
                 Overrides {

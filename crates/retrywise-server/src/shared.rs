@@ -424,7 +424,7 @@ impl SharedFleet {
             _ => return Ok(0),
         };
         let now = wall_ms();
-        let ttl = ms(self.window) * 2;
+        let ttl = ms(self.window).saturating_mul(2);
         let mut call = self.write.prepare_invoke();
         call.arg(PREFIX).arg(now).arg(ttl);
         let mut attempts = 0;
@@ -473,7 +473,7 @@ impl SharedFleet {
         call.arg(PREFIX)
             .arg(now)
             .arg(self.period_ms)
-            .arg(ms(self.window) * 2)
+            .arg(ms(self.window).saturating_mul(2))
             .arg(self.max_targets)
             .arg(BUCKETS)
             .arg(RECENT)

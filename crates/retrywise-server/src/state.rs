@@ -36,8 +36,9 @@ impl Shared {
     /// Brings the dropped-records counter up to what the collector reports.
     pub(crate) fn sync_dropped(&self) {
         let s = self.recorder.stats();
-        self.metrics
-            .set_dropped(s.dropped_queue_full + s.dropped_io + s.dropped_closed);
+        self.metrics.set_dropped(
+            s.dropped_queue_full + s.dropped_io + s.dropped_closed + s.dropped_invalid,
+        );
     }
 }
 

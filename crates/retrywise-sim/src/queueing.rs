@@ -277,11 +277,12 @@ impl UpstreamModel {
         }
         let free = rep.free_at.peek().map_or(t, |Reverse(f)| *f);
         let start = free.max(t);
-        let finish = start + ms_to_nanos(service);
-        let after = Duration::from_nanos(finish - t);
+        // Saturating: a service time beyond 584 years (ms_to_nanos saturates) is forever.
+        let finish = start.saturating_add(ms_to_nanos(service));
+        let after = Duration::from_nanos(finish.saturating_sub(t));
         match kind {
             Kind::Reset => Fate::Reset {
-                after: Duration::from_nanos(start - t + ms_to_nanos(service) / 2),
+                after: Duration::from_nanos((start - t).saturating_add(ms_to_nanos(service) / 2)),
             },
             Kind::Hang => Fate::Hang { after },
             Kind::Status(status, retry_after_s) => Fate::Answer {
@@ -317,9 +318,9 @@ impl UpstreamModel {
             let busy = match *fate {
                 Fate::Reset { after } => {
                     // The worker served until the reset.
-                    t + nanos(after)
+                    t.saturating_add(nanos(after))
                 }
-                _ => t + nanos(fate.after()),
+                _ => t.saturating_add(nanos(fate.after())),
             };
             rep.free_at.push(Reverse(busy.max(start)));
             if start > t {

@@ -62,19 +62,32 @@ fn check<'de, D: Deserializer<'de>, T: Deserialize<'de> + std::fmt::Display>(
     }
 }
 
+/// The largest number a scenario's rates, lengths, times and factors may hold: beyond it
+/// a value is a mistake (1e9 ms is 11.6 days, 1e9 s 31.7 years), and the durations and
+/// instants it would become overflow.
+pub const MAX_NUMBER: f64 = 1e9;
+
+/// The most workers an upstream may have, over all its replicas (each worker is an entry
+/// of the model's state).
+pub const MAX_WORKERS: u32 = 100_000;
+
+/// The most logical requests a run may hold (`rps` x `duration_s`): each is remembered
+/// until the run's report.
+pub const MAX_REQUESTS: f64 = 1e8;
+
 fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     check(
         d,
-        |v: &f64| v.is_finite() && *v > 0.0,
-        "must be a positive number",
+        |v: &f64| v.is_finite() && *v > 0.0 && *v <= MAX_NUMBER,
+        "must be a positive number, at most 1e9",
     )
 }
 
 fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     check(
         d,
-        |v: &f64| v.is_finite() && *v >= 0.0,
-        "must be a non-negative number",
+        |v: &f64| v.is_finite() && *v >= 0.0 && *v <= MAX_NUMBER,
+        "must be a non-negative number, at most 1e9",
     )
 }
 
@@ -87,7 +100,11 @@ fn probability<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    check(d, |v: &u32| *v >= 1, "must be at least 1")
+    check(
+        d,
+        |v: &u32| (1..=MAX_WORKERS).contains(v),
+        "must be within [1, 100000]",
+    )
 }
 
 fn opt_check<'de, D: Deserializer<'de>, T>(
@@ -114,8 +131,8 @@ opt_with!(opt_at_least_one, at_least_one, u32);
 fn straggler_factor<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     check(
         d,
-        |v: &f64| v.is_finite() && *v >= 1.0,
-        "must be a factor of at least 1",
+        |v: &f64| v.is_finite() && *v >= 1.0 && *v <= MAX_NUMBER,
+        "must be a factor of at least 1, at most 1e9",
     )
 }
 opt_with!(opt_straggler_factor, straggler_factor, f64);
@@ -434,6 +451,19 @@ impl Scenario {
             problem,
         };
         let s: Scenario = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let requests = s.rps * s.duration_s;
+        if requests > MAX_REQUESTS {
+            return Err(err(format!(
+                "rps x duration_s is {requests} requests, more than a run holds ({MAX_REQUESTS})"
+            )));
+        }
+        let workers = u64::from(s.upstream.workers) * u64::from(s.upstream.replicas);
+        if workers > u64::from(MAX_WORKERS) {
+            return Err(err(format!(
+                "upstream: {} replicas of {} workers are {workers} workers, more than {MAX_WORKERS}",
+                s.upstream.replicas, s.upstream.workers
+            )));
+        }
         let base = s.upstream.errors.total();
         if base > 1.0 {
             return Err(err(format!(
@@ -447,6 +477,14 @@ impl Scenario {
                 return Err(err(format!(
                     "line {line}: phases[{i}]: end_s ({}) must be after start_s ({})",
                     p.end_s, p.start_s
+                )));
+            }
+            if let Some(w) = p.workers
+                && u64::from(w) * u64::from(s.upstream.replicas) > u64::from(MAX_WORKERS)
+            {
+                return Err(err(format!(
+                    "line {line}: phases[{i}].workers: {} replicas of {w} workers are more than {MAX_WORKERS}",
+                    s.upstream.replicas
                 )));
             }
             let total = s.upstream.errors.patched(&p.errors).total();
@@ -633,7 +671,44 @@ http_503 = 0.5
         let e = err(&OK.replace("http_503 = 0.1", "http_503 = 1.5"));
         assert!(e.contains("line 11") && e.contains("probability"), "{e}");
         let e = err(&OK.replace("workers = 4", "workers = 0"));
-        assert!(e.contains("line 7") && e.contains("at least 1"), "{e}");
+        assert!(
+            e.contains("line 7") && e.contains("within [1, 100000]"),
+            "{e}"
+        );
+        // Numbers past what a run's durations and instants hold, and runs past its memory.
+        let e = err(&OK.replace("end_s = 4", "end_s = 1e20"));
+        assert!(e.contains("line 15") && e.contains("at most 1e9"), "{e}");
+        let e = err(&OK.replace(
+            "duration_s = 10",
+            "duration_s = 10
+deadline_ms = 1e22",
+        ));
+        assert!(
+            e.contains("deadline_ms") && e.contains("at most 1e9"),
+            "{e}"
+        );
+        let e = err(&OK.replace("workers = 4", "workers = 4000000000"));
+        assert!(e.contains("within [1, 100000]"), "{e}");
+        let e = err(&OK.replace(
+            "workers = 4",
+            "workers = 1000
+replicas = 1000",
+        ));
+        assert!(e.contains("1000000 workers, more than 100000"), "{e}");
+        let e = err(&OK.replace("rps = 100", "rps = 1e9"));
+        assert!(e.contains("more than a run holds"), "{e}");
+        let e = err(&OK
+            .replace(
+                "end_s = 6",
+                "end_s = 6
+workers = 100000",
+            )
+            .replace(
+                "workers = 4",
+                "workers = 4
+replicas = 2",
+            ));
+        assert!(e.contains("phases[1].workers"), "{e}");
         let e = err(&OK.replace("median_ms = 20", "median_ms = -20"));
         assert!(e.contains("line 9") && e.contains("positive"), "{e}");
         let e = err(&OK.replace("rps = 100", "rsp = 100"));

@@ -141,6 +141,22 @@ fn bad_scenarios_and_options_are_named() {
         "{stderr}"
     );
 
+    // Numbers past what a run holds are refused before anything runs.
+    for (args, says) in [
+        (
+            &["run", "--scenario", "blips", "--deadline-ms", "1e22"][..],
+            "--deadline-ms must be positive, at most 1e9",
+        ),
+        (
+            &["run", "--scenario", "blips", "--requests", "1000000000000"][..],
+            "more than a run holds",
+        ),
+    ] {
+        let out = retrywise(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+
     let out = retrywise(&["run", "--scenario", "no-such-scenario"]);
     assert!(
         text(&out.stderr).contains("metastable"),

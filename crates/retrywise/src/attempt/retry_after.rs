@@ -2,6 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::schema::MAX_DURATION;
+
 /// The `Retry-After` value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid Retry-After value `{value}`: expected delay-seconds or an HTTP-date")]
@@ -16,7 +18,10 @@ pub struct InvalidRetryAfter {
 /// Both forms are accepted: a non-negative integer of seconds (`"120"`), and an HTTP-date
 /// in any of the three formats a recipient must accept (IMF-fixdate
 /// `"Sun, 06 Nov 1994 08:49:37 GMT"`, the obsolete RFC 850 and asctime forms). A date in
-/// the past means "retry now" (zero). Seconds beyond what a `Duration` holds saturate.
+/// the past means "retry now" (zero). A wait longer than a record holds
+/// ([`schema::MAX_DURATION`](super::schema::MAX_DURATION), about 31.7 years) saturates
+/// there, so that the attempt's record stays valid: an upstream's absurd answer is no
+/// reason to lose the record of the attempt that got it.
 ///
 /// # Errors
 /// [`InvalidRetryAfter`] when the value is neither form (negative numbers and fractions
@@ -39,10 +44,13 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Result<Duration, Inval
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         // All digits: delay-seconds. Overflowing u64 saturates rather than failing.
         let secs = v.parse::<u64>().unwrap_or(u64::MAX);
-        return Ok(Duration::from_secs(secs));
+        return Ok(Duration::from_secs(secs).min(MAX_DURATION));
     }
     match httpdate::parse_http_date(v) {
-        Ok(at) => Ok(at.duration_since(now).unwrap_or(Duration::ZERO)),
+        Ok(at) => Ok(at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_DURATION)),
         Err(_) => Err(InvalidRetryAfter {
             value: v.chars().take(64).collect(),
         }),
@@ -66,10 +74,19 @@ mod tests {
             parse_retry_after(" 120 ", now()).unwrap(),
             Duration::from_secs(120)
         );
+        // Beyond what a record holds: saturated there, and the record stays valid.
+        for v in ["99999999999999999999999", "1000000001"] {
+            assert_eq!(parse_retry_after(v, now()).unwrap(), MAX_DURATION);
+        }
         assert_eq!(
-            parse_retry_after("99999999999999999999999", now()).unwrap(),
-            Duration::from_secs(u64::MAX)
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now()).unwrap(),
+            MAX_DURATION
         );
+        let mut ctx = crate::attempt::AttemptContext::first("t");
+        ctx.attempt = 2;
+        ctx.error = Some(crate::attempt::ErrorKind::Http429);
+        ctx.retry_after = Some(parse_retry_after("99999999999999999999999", now()).unwrap());
+        assert_eq!(ctx.validate(), Ok(()));
     }
 
     #[test]
@@ -109,7 +126,7 @@ mod tests {
         fn any_integer_parses(n in any::<u32>()) {
             prop_assert_eq!(
                 parse_retry_after(&n.to_string(), now()).unwrap(),
-                Duration::from_secs(u64::from(n))
+                Duration::from_secs(u64::from(n)).min(MAX_DURATION)
             );
         }
     }

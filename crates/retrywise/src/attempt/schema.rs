@@ -42,8 +42,8 @@ use super::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
 /// are refused as the mistakes they are.
 pub const MAX_MS: f64 = 1e12;
 
-/// [`MAX_MS`] as a duration.
-const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
+/// [`MAX_MS`] as a duration: the longest a record holds.
+pub const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
 
 /// The longest text a field holds, in characters (target and policy names).
 pub const MAX_TEXT: usize = 256;

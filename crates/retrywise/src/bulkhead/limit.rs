@@ -282,7 +282,7 @@ impl AdaptiveLimit {
         // upstream serves. By the same law the limit makes room at once for the load the
         // caller had, at the new latency: the calls in flight when this one started,
         // times the latency's growth. (Such a call is always below half the limit too.)
-        if 2 * in_flight >= self.min {
+        if 2 * u64::from(in_flight) >= u64::from(self.min) {
             self.note_loaded();
         } else if let Some(level) = self.unloaded_slowdown(rtt, long)
             && level > long

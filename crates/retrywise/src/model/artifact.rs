@@ -439,7 +439,8 @@ impl LogisticModel {
     ///
     /// # Errors
     /// [`ModelError::Length`] or [`ModelError::Value`] for wrong lengths, non-finite
-    /// numbers or non-positive scales.
+    /// numbers or non-positive scales, and for parts that are finite but fold into a
+    /// model that is not (a weight over a tiny scale).
     pub fn from_parts(
         scaler: &Scaler,
         weights: &[f64],
@@ -490,6 +491,28 @@ impl LogisticModel {
         m.scale.copy_from_slice(&scaler.scale);
         m.weights.copy_from_slice(weights);
         m.fold();
+        // Finite parts can fold to infinite ones (a weight over a scale of 1e-310): such a
+        // model would predict NaN for every context.
+        for (i, &f) in m.folded.iter().enumerate() {
+            if !f.is_finite() {
+                return Err(ModelError::Value {
+                    field: format!("weights[{i}]"),
+                    problem: format!(
+                        "{} over scaler.scale[{i}] = {:e} is not a finite number",
+                        m.weights[i], m.scale[i]
+                    ),
+                });
+            }
+        }
+        if !m.folded_intercept.is_finite() {
+            return Err(ModelError::Value {
+                field: "intercept".into(),
+                problem: format!(
+                    "{} less the weights times the scaler's means over its scales is not a finite number",
+                    m.intercept
+                ),
+            });
+        }
         Ok(m)
     }
 
@@ -845,6 +868,21 @@ mod tests {
             (
                 Box::new(|v| v["regularization"]["alpha"] = (-1.0).into()),
                 "`regularization.alpha` is invalid",
+            ),
+            // Finite parts that fold into a model predicting NaN.
+            (
+                Box::new(|v| {
+                    v["scaler"]["scale"][3] = 1e-310.into();
+                    v["weights"][3] = 1e10.into();
+                }),
+                "`weights[3]` is invalid: 10000000000 over scaler.scale[3] = 1e-310 is not a finite number",
+            ),
+            (
+                Box::new(|v| {
+                    v["scaler"]["mean"][3] = 1e300.into();
+                    v["weights"][3] = 1e300.into();
+                }),
+                "`intercept` is invalid",
             ),
         ];
         for (edit, want) in cases {

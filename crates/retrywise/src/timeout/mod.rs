@@ -95,7 +95,12 @@ impl<F: Future> Future for Timeout<F> {
             Limit::At(at, d) => (Some(at), d),
         };
         if this.sleep.is_none() {
-            let at = deadline.unwrap_or_else(|| Instant::now() + after);
+            // A limit beyond what an `Instant` holds never fires (tokio's own far future).
+            let at = deadline.unwrap_or_else(|| {
+                let now = Instant::now();
+                now.checked_add(after)
+                    .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+            });
             this.sleep.set(Some(tokio::time::sleep_until(at)));
         }
         match this.sleep.as_pin_mut() {
@@ -134,6 +139,17 @@ mod tests {
         })
         .await;
         assert_eq!(r, Ok(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_beyond_what_an_instant_holds_never_fires() {
+        // `Instant::now() + Duration::MAX` overflows: such a limit is no limit.
+        let r = timeout(Duration::MAX, async {
+            tokio::time::sleep(Duration::from_secs(86_400 * 365)).await;
+            5
+        })
+        .await;
+        assert_eq!(r, Ok(5));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,7 @@ use retrywise_sim::driver::{Mode, RunOptions};
 use retrywise_sim::generate::{GenerateOptions, generate};
 use retrywise_sim::policies::CATALOG;
 use retrywise_sim::queueing::UpstreamModel;
-use retrywise_sim::scenario::Scenario;
+use retrywise_sim::scenario::{MAX_NUMBER, MAX_REQUESTS, Scenario};
 
 /// Options of `retrywise-sim run`.
 #[derive(Debug, clap::Args)]
@@ -267,15 +267,15 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     };
     if let Some(d) = args.deadline_ms {
         anyhow::ensure!(
-            d.is_finite() && d > 0.0,
-            "--deadline-ms must be positive, got {d}"
+            d.is_finite() && d > 0.0 && d <= MAX_NUMBER,
+            "--deadline-ms must be positive, at most 1e9, got {d}"
         );
         scenario.deadline_ms = d;
     }
     if let Some(t) = args.attempt_timeout_ms {
         anyhow::ensure!(
-            t.is_finite() && t > 0.0,
-            "--attempt-timeout-ms must be positive, got {t}"
+            t.is_finite() && t > 0.0 && t <= MAX_NUMBER,
+            "--attempt-timeout-ms must be positive, at most 1e9, got {t}"
         );
         scenario.attempt_timeout_ms = t;
     }
@@ -283,13 +283,21 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     let mut opts = RunOptions::new(Arc::clone(&scenario));
     opts.seed = args.seed;
     if let Some(r) = args.rps {
-        anyhow::ensure!(r.is_finite() && r > 0.0, "--rps must be positive, got {r}");
+        anyhow::ensure!(
+            r.is_finite() && r > 0.0 && r <= MAX_NUMBER,
+            "--rps must be positive, at most 1e9, got {r}"
+        );
         opts.rps = r;
         opts.requests = (r * scenario.duration_s).round() as u64;
     }
     if let Some(n) = args.requests {
         opts.requests = n;
     }
+    anyhow::ensure!(
+        opts.requests as f64 <= MAX_REQUESTS,
+        "a run of {} requests is more than a run holds ({MAX_REQUESTS}): lower --requests or --rps",
+        opts.requests
+    );
     opts.record = args.record;
     if policies_wanted(&args.policies).any(|p| p == "adaptive" || p == "adaptive-full") {
         opts.model = adaptive_model(args.model.as_deref())?;
