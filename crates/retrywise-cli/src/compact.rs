@@ -84,6 +84,16 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         print_summary(&summary, args);
     }
+    // Segments, but not one record among them: nothing was compacted.
+    if summary.rows == 0 && !summary.interrupted {
+        anyhow::bail!(
+            "nothing compacted: the {} closed segments under {} hold no record ({} lines skipped; {} left in place)",
+            summary.read.files,
+            args.input.display(),
+            summary.read.skipped(),
+            summary.unreadable_kept.len()
+        );
+    }
     Ok(())
 }
 
@@ -124,8 +134,15 @@ fn print_summary(s: &CompactSummary, args: &Args) {
         );
     }
     match &args.archive {
+        _ if s.segments == 0 => {}
         Some(dir) => outln!("archived compacted segments into {}", dir.display()),
         None => outln!("removed  compacted segments from {}", args.input.display()),
+    }
+    for path in &s.rejected_kept {
+        outln!(
+            "kept     {}: the lines of a removed segment that were not records (see the skipped lines above)",
+            path.display()
+        );
     }
     for path in &s.unreadable_kept {
         outln!(

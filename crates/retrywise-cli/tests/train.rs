@@ -255,4 +255,28 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
         "{}",
         text(&out.stderr)
     );
+    // Segments, but not one record in them: said, failing, and the segment left in place.
+    let junk = dir.path().join("junk");
+    std::fs::create_dir_all(&junk).expect("dir");
+    let seg = junk.join("seg-0000000000001-000001.ndjson");
+    std::fs::write(&seg, "not a record\n").expect("write");
+    let out = retrywise(&[
+        "compact",
+        "--input",
+        path(&junk),
+        "--output",
+        path(&dir.path().join("p")),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("nothing compacted") && err.contains("hold no record"),
+        "{err}"
+    );
+    assert!(
+        !text(&out.stdout).contains("removed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(seg.exists());
 }

@@ -256,7 +256,15 @@ pub struct CompactSummary {
     /// skipped as torn, malformed or of no readable version): removing them would destroy
     /// whatever they hold, and nothing of it reached Parquet.
     pub unreadable_kept: Vec<PathBuf>,
+    /// Files holding the skipped lines of segments that were compacted and removed (each
+    /// beside its segment, named after it, ending in [`REJECTED`]): removing a segment
+    /// must not destroy the lines that could not be read as records.
+    pub rejected_kept: Vec<PathBuf>,
 }
+
+/// The ending of the file that keeps a removed segment's lines that were not records
+/// (`seg-….rejected`: no reader of segments or of NDJSON picks it up).
+pub const REJECTED: &str = ".rejected";
 
 /// Compacts every closed segment in the tree under `options.input` (every directory a
 /// recorder writes, at any depth) into `options.output`.
@@ -355,6 +363,9 @@ pub fn compact(
                             if done.unreadable {
                                 sum.unreadable_kept.push(seg.path.clone());
                             }
+                            if let Some(kept) = done.rejected {
+                                sum.rejected_kept.push(kept);
+                            }
                             sum.parts += done.parts;
                             sum.rows += done.rows;
                             sum.bytes += done.bytes;
@@ -401,6 +412,8 @@ struct SegmentDone {
     finished: bool,
     /// Lines, but not one record: left in place.
     unreadable: bool,
+    /// Where the lines that were not records were kept, when the segment was removed.
+    rejected: Option<PathBuf>,
 }
 
 fn compact_segment(
@@ -410,7 +423,7 @@ fn compact_segment(
     emit: &(impl Fn(CompactEvent) + Sync),
 ) -> Result<SegmentDone, CollectError> {
     let seg_bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
-    let mut reader = SegmentReader::over(vec![seg.clone()]);
+    let mut reader = SegmentReader::over(vec![seg.clone()]).keeping_skipped();
     let mut days: BTreeMap<u64, FrameBuilder> = BTreeMap::new();
     for r in reader.by_ref() {
         let r = r?;
@@ -426,6 +439,7 @@ fn compact_segment(
         rows_per_day: BTreeMap::new(),
         finished: false,
         unreadable: false,
+        rejected: None,
     };
     for (day, builder) in days {
         if stop.load(Ordering::SeqCst) {
@@ -449,6 +463,10 @@ fn compact_segment(
         // Lines, but no record: keep the file for a person to look at.
         done.unreadable = true;
         return Ok(done);
+    }
+    let skipped = reader.take_skipped_lines();
+    if !skipped.is_empty() && matches!(options.disposal, Disposal::Delete) {
+        done.rejected = Some(keep_rejected(seg, &skipped)?);
     }
     dispose(seg, &options.disposal)?;
     done.finished = true;
@@ -491,6 +509,22 @@ fn write_part(
     std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))?;
     segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
     Ok((path, bytes))
+}
+
+/// Writes the lines of `seg` that were not records durably beside it
+/// (`seg-STEM.rejected`: temporary file, fsync, rename, fsync of the directory), before
+/// the segment is removed. Written whole each time, so a re-run after a crash writes the
+/// same file.
+fn keep_rejected(seg: &Segment, lines: &[u8]) -> Result<PathBuf, CollectError> {
+    let dir = seg.path.parent().unwrap_or(Path::new("."));
+    let path = dir.join(format!("{}{REJECTED}", seg.stem));
+    let tmp = dir.join(format!(".{}{REJECTED}.tmp", seg.stem));
+    std::fs::write(&tmp, lines)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .map_err(|e| CollectError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))?;
+    segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
+    Ok(path)
 }
 
 fn dispose(seg: &Segment, disposal: &Disposal) -> Result<(), CollectError> {

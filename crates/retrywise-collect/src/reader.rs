@@ -119,6 +119,8 @@ pub struct SegmentReader {
     line: Vec<u8>,
     summary: ReadSummary,
     done: bool,
+    /// The skipped lines, as read, when asked for ([`SegmentReader::keeping_skipped`]).
+    skipped_lines: Option<Vec<u8>>,
 }
 
 impl SegmentReader {
@@ -138,7 +140,26 @@ impl SegmentReader {
             line: Vec::with_capacity(1024),
             summary: ReadSummary::default(),
             done: false,
+            skipped_lines: None,
         }
+    }
+
+    /// Keeps every line it skips (torn, malformed, of no readable version), byte for byte
+    /// and each ending with a newline, for [`take_skipped_lines`](Self::take_skipped_lines):
+    /// what a compaction that removes the segment keeps beside it.
+    #[must_use]
+    pub fn keeping_skipped(mut self) -> Self {
+        self.skipped_lines = Some(Vec::new());
+        self
+    }
+
+    /// The lines skipped so far, when [`keeping_skipped`](Self::keeping_skipped) (empty
+    /// otherwise); taking them leaves none.
+    pub fn take_skipped_lines(&mut self) -> Vec<u8> {
+        self.skipped_lines
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// What has been read and skipped so far.
@@ -199,6 +220,12 @@ impl Iterator for SegmentReader {
                     return Some(Ok(r));
                 }
                 Err(Ok(bad)) => {
+                    if let Some(kept) = &mut self.skipped_lines {
+                        kept.extend_from_slice(&self.line);
+                        if !terminated {
+                            kept.push(b'\n');
+                        }
+                    }
                     let (path, no) = (path.clone(), *line_no);
                     match bad {
                         Bad::Torn => {

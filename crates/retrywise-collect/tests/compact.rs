@@ -296,6 +296,52 @@ fn a_segment_without_one_readable_record_is_kept() {
 }
 
 #[test]
+fn the_lines_of_a_removed_segment_that_were_not_records_are_kept_beside_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let good = |i: u64| serde_json::to_string(&record(i)).unwrap();
+    let seg = input.join("seg-0000000000001-000001.ndjson");
+    // Two records, a malformed line between them, a line without a version, and a torn
+    // last line (no newline).
+    let text = format!(
+        "{}\nnot json at all\n{}\n{{\"a\":1}}\n{{\"schema_version\":\"1.4\",\"star",
+        good(1),
+        good(2)
+    );
+    std::fs::write(&seg, &text).unwrap();
+    let s = go(&CompactOptions::new(&input, &output));
+    assert_eq!((s.rows, s.segments), (2, 1));
+    assert_eq!(
+        (s.read.malformed, s.read.unknown_version, s.read.torn),
+        (1, 1, 1)
+    );
+    assert!(
+        !seg.exists(),
+        "the segment is removed once its records are in Parquet"
+    );
+    let kept = input.join("seg-0000000000001-000001.rejected");
+    assert_eq!(s.rejected_kept, vec![kept.clone()]);
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        "not json at all\n{\"a\":1}\n{\"schema_version\":\"1.4\",\"star\n",
+        "every line that was not a record, byte for byte"
+    );
+    // Nothing reads it as a segment: a second run finds nothing to do.
+    let s = go(&CompactOptions::new(&input, &output));
+    assert_eq!((s.segments, s.rows, s.read.lines), (0, 0, 0));
+    assert!(kept.exists());
+    // A clean segment leaves no such file.
+    std::fs::write(
+        input.join("seg-0000000000002-000001.ndjson"),
+        good(3) + "\n",
+    )
+    .unwrap();
+    let s = go(&CompactOptions::new(&input, &output));
+    assert_eq!((s.rows, s.rejected_kept.len()), (1, 0));
+}
+
+#[test]
 fn segments_of_the_same_name_in_two_folders_are_refused_before_anything_is_written() {
     let root = tempfile::tempdir().unwrap();
     let (input, output) = (root.path().join("in"), root.path().join("out"));

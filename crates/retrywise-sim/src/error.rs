@@ -45,7 +45,7 @@ pub enum SimError {
         problem: String,
     },
     /// A policy could not be built.
-    #[error("policy configuration: {0}")]
+    #[error("policy configuration")]
     Config(#[from] retrywise::ConfigError),
     /// The HTTP upstream or client failed.
     #[error("{op}")]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::driver::{self, RunOptions};
 use crate::policies::{CATALOG, Contender};
 use crate::rng::Rng;
-use crate::scenario::{HELD_OUT, Scenario};
+use crate::scenario::{HELD_OUT, MAX_REQUESTS, Scenario};
 use crate::{SimError, par_map};
 
 /// How to generate.
@@ -69,6 +69,10 @@ pub fn sample_policies() -> Vec<&'static Contender> {
         })
         .collect()
 }
+
+/// The longest a phase may be stretched (`phase_lengths`' upper factor): a thousand times
+/// its written length is already longer than any run.
+pub const MAX_PHASE_FACTOR: f64 = 1e3;
 
 /// `scenario` with each phase's length multiplied by a factor drawn log-uniformly from
 /// `[lo, hi]` (each phase keeps its start). The same scenario, factors and seed give the
@@ -146,11 +150,28 @@ pub fn generate(
             problem: format!("must be positive, got {}", opts.scale),
         });
     }
+    if let Some(s) = opts
+        .scenarios
+        .iter()
+        .find(|s| s.rps * s.duration_s * opts.scale > MAX_REQUESTS)
+    {
+        return Err(SimError::Option {
+            field: "scale",
+            problem: format!(
+                "{} makes {} a run of {} requests, more than a run holds ({MAX_REQUESTS})",
+                opts.scale,
+                s.name,
+                s.rps * s.duration_s * opts.scale
+            ),
+        });
+    }
     let (lo, hi) = opts.phase_lengths;
-    if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
+    if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= MAX_PHASE_FACTOR) {
         return Err(SimError::Option {
             field: "phase_lengths",
-            problem: format!("needs 0 < lo <= hi, both finite; got [{lo}, {hi}]"),
+            problem: format!(
+                "needs 0 < lo <= hi <= {MAX_PHASE_FACTOR}, both finite; got [{lo}, {hi}]"
+            ),
         });
     }
     // Replacing `out` removes it: never the folder we stand in (or one holding it).
@@ -331,12 +352,18 @@ mod tests {
             (2.0, 1.0),
             (f64::NAN, 1.0),
             (1.0, f64::INFINITY),
+            (1.0, 1e12),
         ] {
             let mut opts = GenerateOptions::new(dir.path().join("out"), dir.path().join("w"));
             opts.phase_lengths = bad;
             let e = generate(&opts, |_, _| {}).expect_err("a bad range is refused");
             assert!(e.to_string().contains("phase_lengths"), "{e}");
         }
+        // A scale that makes a run larger than a run holds.
+        let mut opts = GenerateOptions::new(dir.path().join("out"), dir.path().join("w"));
+        opts.scale = 1e9;
+        let e = generate(&opts, |_, _| {}).expect_err("too large");
+        assert!(e.to_string().contains("more than a run holds"), "{e}");
         assert!(!dir.path().join("out").exists(), "nothing written");
     }
 

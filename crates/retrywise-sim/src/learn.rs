@@ -169,7 +169,24 @@ pub fn learn(
     mut on_step: impl FnMut(u32, &str),
     mut on_round: impl FnMut(&Round),
 ) -> Result<Vec<Round>, SimError> {
-    let last_recorded = opts.seed.saturating_add(u64::from(opts.rounds));
+    if opts.rounds == 0 {
+        return Err(SimError::Option {
+            field: "rounds",
+            problem: "must be at least 1: round 0 runs the rules, and what the loop learns shows in the rounds after it".into(),
+        });
+    }
+    let Some(last_recorded) = opts.seed.checked_add(u64::from(opts.rounds)) else {
+        return Err(SimError::Option {
+            field: "seed",
+            problem: format!(
+                "{} plus {} rounds is past the largest seed",
+                opts.seed, opts.rounds
+            ),
+        });
+    };
+    // Checked before round 0 records and trains: a bad name found after it would leave
+    // data behind that refuses the corrected re-run.
+    retrywise_train::store::check_name(&opts.out.join("models"), &opts.name)?;
     if opts.gate_seeds == 0 {
         return Err(SimError::Option {
             field: "gate_seeds",

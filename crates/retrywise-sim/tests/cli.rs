@@ -309,11 +309,12 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
             "learn",
             "--scenario",
             scenario.to_str().expect("utf-8"),
-            "--rounds",
-            "1",
             "--out",
             out_dir.to_str().expect("utf-8"),
         ];
+        if !extra.contains(&"--rounds") {
+            a.extend_from_slice(&["--rounds", "1"]);
+        }
         a.extend_from_slice(extra);
         a.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
@@ -323,15 +324,19 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
             .output()
             .expect("runs")
     };
-    // Scoring on a recorded seed, or on a gate seed, is refused, before anything is written.
-    for bad in [["--eval-seed", "101"], ["--eval-seed", "3"]] {
+    // Scoring on a recorded seed, or on a gate seed, is refused, before anything is written;
+    // so are no rounds to learn in, seeds past the largest, and a name no model can have.
+    for (bad, says) in [
+        (["--eval-seed", "101"], "eval_seed"),
+        (["--eval-seed", "3"], "eval_seed"),
+        (["--rounds", "0"], "`rounds`: must be at least 1"),
+        (["--seed", "18446744073709551615"], "past the largest seed"),
+        (["--name", "../x"], "is not a valid model name"),
+    ] {
         let bad = run(args(&bad));
         assert!(!bad.status.success());
-        assert!(
-            text(&bad.stderr).contains("eval_seed"),
-            "{}",
-            text(&bad.stderr)
-        );
+        assert!(text(&bad.stderr).contains(says), "{}", text(&bad.stderr));
+        assert!(!out_dir.join("data").exists(), "nothing written");
     }
     assert!(!out_dir.join("models").exists());
 

@@ -273,6 +273,27 @@ pub fn initial_guess<F: Real>(
     )
 }
 
+/// Checks the fit's options: at least one penalty, each a non-negative number, a positive
+/// tolerance, at least one iteration ([`fit`] does, and `train` before it reads anything).
+///
+/// # Errors
+/// [`TrainError::Fit`] naming the option.
+pub fn check_options(opts: &FitOptions) -> Result<(), TrainError> {
+    if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !(a.is_finite() && *a >= 0.0)) {
+        return Err(TrainError::Fit(format!(
+            "alphas must be non-negative numbers, got {:?}",
+            opts.alphas
+        )));
+    }
+    if !(opts.tolerance.is_finite() && opts.tolerance > 0.0) || opts.max_iterations == 0 {
+        return Err(TrainError::Fit(format!(
+            "the tolerance must be a positive number and max_iterations at least 1, got {} and {}",
+            opts.tolerance, opts.max_iterations
+        )));
+    }
+    Ok(())
+}
+
 /// Standardizes on the training rows and fits every candidate penalty, keeping the one
 /// with the lowest validation log-loss. `on_trial` is told each penalty tried.
 ///
@@ -294,18 +315,7 @@ pub fn fit(
             successes,
         });
     }
-    if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !(a.is_finite() && *a >= 0.0)) {
-        return Err(TrainError::Fit(format!(
-            "alphas must be non-negative numbers, got {:?}",
-            opts.alphas
-        )));
-    }
-    if !(opts.tolerance.is_finite() && opts.tolerance > 0.0) || opts.max_iterations == 0 {
-        return Err(TrainError::Fit(format!(
-            "the tolerance must be a positive number and max_iterations at least 1, got {} and {}",
-            opts.tolerance, opts.max_iterations
-        )));
-    }
+    check_options(opts)?;
     let x64 = matrix(train);
     let s = scaler(&x64);
     // Standardized features in f32 for the solver: each L-BFGS step streams the whole

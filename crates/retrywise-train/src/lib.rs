@@ -475,6 +475,10 @@ fn read_bounded(
 pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trained, TrainError> {
     let span = tracing::info_span!("train", name = %opts.name);
     let _enter = span.enter();
+    // Options are checked before the data is read: a typo must not cost a long read.
+    store::check_name(&opts.models, &opts.name)?;
+    check_fraction(opts.validation_fraction)?;
+    fit::check_options(&opts.fit)?;
     let (files, rows, load, sampled) =
         read_bounded(&opts.data, &opts.filter, opts.max_rows, progress)?;
     let (tr, va, split) = split(&rows, opts.split, opts.validation_fraction)?;
@@ -653,12 +657,27 @@ pub fn eval(
         source,
     })?;
     let (_, rows, load, _) = read_bounded(data, filter, max_rows, progress)?;
-    let baseline = artifact
+    let stored = artifact
         .metrics
         .get("baseline")
-        .and_then(|b| b.get("rates"))
-        .and_then(|r| serde_json::from_value::<Baseline>(r.clone()).ok())
-        .unwrap_or_else(|| Baseline::fit(&rows.contexts, &rows.success));
+        .and_then(|b| b.get("rates"));
+    let baseline = match stored {
+        Some(r) => {
+            serde_json::from_value::<Baseline>(r.clone()).map_err(|e| TrainError::Input {
+                path: model_dir.join("model.json"),
+                problem: format!("`metrics.baseline.rates` is not a baseline: {e}"),
+            })?
+        }
+        // An artifact written without one (by hand, or by another tool): the baseline is
+        // fitted on the rows it is judged on, which flatters it - said, not hidden.
+        None => {
+            tracing::warn!(
+                model = %model_dir.display(),
+                "the model stores no baseline (metrics.baseline.rates): fitting it on the evaluation rows, which flatters it"
+            );
+            Baseline::fit(&rows.contexts, &rows.success)
+        }
+    };
     let evaluation = evaluate(&model, &baseline, &rows.contexts, &rows.success);
     progress(Step::Evaluated);
     Ok(EvalReport {

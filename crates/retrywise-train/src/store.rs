@@ -46,8 +46,26 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     f.sync_all().map_err(|e| TrainError::io("sync", path, e))
 }
 
+/// Whether `name` can name a model under `models`: a plain folder name (not empty, not
+/// hidden, no path separators).
+///
+/// # Errors
+/// [`TrainError::Input`] naming the folder it would have been.
+pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+        return Err(TrainError::Input {
+            path: models.join(name),
+            problem: "is not a valid model name (a plain folder name: not empty, not starting with a dot, no slashes)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Writes `artifact` (with its version set), its metrics and `report_html` as the next
 /// version of `models/<name>`. Returns the version and its folder.
+///
+/// The name is checked with [`check_name`]; callers that read and fit for a long time
+/// before writing check it first.
 ///
 /// # Errors
 /// I/O errors; a name that is not a plain folder name.
@@ -57,12 +75,7 @@ pub fn write_new_version(
     artifact: &mut ModelArtifact,
     report_html: &str,
 ) -> Result<(u32, PathBuf), TrainError> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
-        return Err(TrainError::Input {
-            path: models.join(name),
-            problem: "is not a valid model name".into(),
-        });
-    }
+    check_name(models, name)?;
     let dir = models.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("create", &dir, e))?;
     for _ in 0..100 {

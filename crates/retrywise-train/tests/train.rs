@@ -1011,6 +1011,23 @@ fn a_corrupt_or_mismatched_model_is_refused_by_the_loader() {
     // Missing.
     let e = store::load_artifact(&models.join("test/99")).unwrap_err();
     assert!(matches!(e, TrainError::Io { .. }), "{e}");
+    // A stored baseline that is not one is refused, not replaced by one fitted on the
+    // rows it is judged on.
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["metrics"]["baseline"]["rates"] = serde_json::json!("gremlins");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let e = retrywise_train::eval(
+        &t.dir,
+        &[data.to_string_lossy().into_owned()],
+        &Filter::default(),
+        retrywise_train::data::DEFAULT_MAX_ROWS,
+        &mut quiet,
+    )
+    .unwrap_err();
+    assert!(
+        chain(&e).contains("`metrics.baseline.rates` is not a baseline"),
+        "{e}"
+    );
     // Evaluation refuses it too.
     std::fs::write(&path, "{}").unwrap();
     let e = retrywise_train::eval(
@@ -1360,5 +1377,41 @@ fn max_rows_of_zero_is_refused_before_anything_is_read() {
         "{e:?}"
     );
     assert!(e.to_string().contains("max_rows"), "{e}");
+    assert!(!models.exists());
+}
+
+#[test]
+fn bad_options_are_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // Data that is not there: an option error must come first, naming the option.
+    let missing = dir.path().join("no-such-data");
+    let models = dir.path().join("models");
+    let mut read = 0;
+    let mut count = |_: retrywise_train::Step| read += 1;
+    for (edit, says) in [
+        (
+            Box::new(|o: &mut TrainOptions| o.name = "../escape".into())
+                as Box<dyn Fn(&mut TrainOptions)>,
+            "is not a valid model name",
+        ),
+        (
+            Box::new(|o: &mut TrainOptions| o.validation_fraction = 1.5),
+            "the validation fraction must be within (0, 1)",
+        ),
+        (
+            Box::new(|o: &mut TrainOptions| o.fit.alphas = vec![f64::NAN]),
+            "alphas must be non-negative numbers",
+        ),
+        (
+            Box::new(|o: &mut TrainOptions| o.fit.max_iterations = 0),
+            "max_iterations at least 1",
+        ),
+    ] {
+        let mut o = opts(&missing, &models);
+        edit(&mut o);
+        let e = train(&o, &mut count).unwrap_err();
+        assert!(chain(&e).contains(says), "{e}");
+    }
+    assert_eq!(read, 0, "nothing was read");
     assert!(!models.exists());
 }

@@ -21,7 +21,7 @@ pub(crate) struct RunArgs {
     #[arg(long = "policy")]
     policies: Vec<String>,
     /// Virtual time (the default): deterministic and fast.
-    #[arg(long, conflicts_with = "http")]
+    #[arg(long, conflicts_with_all = ["http", "target"])]
     r#virtual: bool,
     /// Over HTTP on loopback, against the scenario's upstream (one per policy).
     #[arg(long)]
