@@ -45,15 +45,28 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    // Without a terminal (CI, a log file) the bar is not drawn: the start and each part
+    // written get a line instead, so a long run is never silent.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let summary = compact(&options, |e| {
         match e {
-            CompactEvent::Started { bytes, .. } => bar.set_length(*bytes),
+            CompactEvent::Started { segments, bytes } => {
+                bar.set_length(*bytes);
+                if plain {
+                    eprintln!("compacting {segments} closed segments ({bytes} bytes)");
+                }
+            }
             CompactEvent::SegmentDone { bytes, .. } => bar.inc(*bytes),
-            CompactEvent::PartWritten { path, .. } => bar.set_message(
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            ),
+            CompactEvent::PartWritten { path, rows } => {
+                if plain {
+                    eprintln!("written {} ({rows} rows)", path.display());
+                }
+                bar.set_message(
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+            }
         }
         ControlFlow::Continue(())
     })

@@ -41,7 +41,7 @@ pub fn suite() -> Vec<Arc<Scenario>> {
 }
 
 /// Scores each `(name, model)` with the `adaptive` policy on `scenarios` at `seed`, best
-/// (highest objective) first.
+/// (highest objective) first. `on_run` is told each finished run (candidate, scenario).
 ///
 /// # Errors
 /// [`SimError::Option`] without candidates or with a negative or non-finite cost;
@@ -51,6 +51,7 @@ pub fn select(
     scenarios: &[Arc<Scenario>],
     seed: u64,
     attempt_cost: f64,
+    mut on_run: impl FnMut(&str, &str),
 ) -> Result<Vec<Candidate>, SimError> {
     if candidates.is_empty() {
         return Err(SimError::Option {
@@ -75,6 +76,7 @@ pub fn select(
             if let Some(s) = board.results.pop() {
                 scores.push((scenario.name.clone(), s));
             }
+            on_run(&name, &scenario.name);
         }
         let n = scores.len().max(1) as f64;
         let success_rate = scores.iter().map(|(_, s)| s.success_rate).sum::<f64>() / n;
@@ -109,13 +111,16 @@ mod tests {
         let hopeless: Arc<dyn SuccessModel> =
             Arc::new(|_: &retrywise::attempt::AttemptContext| 0.0);
         let hopeful: Arc<dyn SuccessModel> = Arc::new(|_: &retrywise::attempt::AttemptContext| 0.9);
+        let mut runs = Vec::new();
         let ranked = select(
             vec![("hopeless".into(), hopeless), ("hopeful".into(), hopeful)],
             &scenarios,
             12,
             0.1,
+            |model, scenario| runs.push(format!("{model}/{scenario}")),
         )
         .unwrap();
+        assert_eq!(runs, ["hopeless/blips", "hopeful/blips"]);
         assert_eq!(ranked[0].model, "hopeful");
         assert!(
             ranked[0].success_rate > 0.99 && ranked[1].success_rate < 0.95,
@@ -123,7 +128,7 @@ mod tests {
         );
         let c = &ranked[1];
         assert!((c.objective - (c.success_rate - 0.1 * c.attempts_per_request)).abs() < 1e-12);
-        assert!(select(vec![], &scenarios, 12, 0.1).is_err());
+        assert!(select(vec![], &scenarios, 12, 0.1, |_, _| {}).is_err());
         assert!(suite().iter().all(|s| !HELD_OUT.contains(&s.name.as_str())));
     }
 }

@@ -342,6 +342,11 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
 
     let out = run(args(&["--json"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Without a terminal the bar is not drawn: each step of each round gets a line.
+    let progress = text(&out.stderr);
+    for step in ["round 0: recording", "round 0: training", "round 1: gating"] {
+        assert!(progress.contains(step), "{step}: {progress}");
+    }
     let rounds: Vec<serde_json::Value> = text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
@@ -427,6 +432,14 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
     let first = run(&[]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(text(&first.stdout).contains("| contention (held out) |"));
+    // Without a terminal the bar is not drawn: each scenario and seed gets a line.
+    let progress = text(&first.stderr);
+    for line in [
+        "scenario and seed 1/2 done: contention seed 1",
+        "scenario and seed 2/2 done: contention seed 2",
+    ] {
+        assert!(progress.contains(line), "{line}: {progress}");
+    }
     for f in ["results.md", "scoreboard.md", "results.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }

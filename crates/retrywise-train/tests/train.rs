@@ -1013,31 +1013,26 @@ fn a_corrupt_or_mismatched_model_is_refused_by_the_loader() {
     assert!(matches!(e, TrainError::Io { .. }), "{e}");
     // A stored baseline that is not one is refused, not replaced by one fitted on the
     // rows it is judged on.
+    let eval_with = |artifact: &str| {
+        std::fs::write(&path, artifact).unwrap();
+        retrywise_train::eval(
+            &t.dir,
+            &[data.to_string_lossy().into_owned()],
+            &Filter::default(),
+            retrywise_train::data::DEFAULT_MAX_ROWS,
+            &mut quiet,
+        )
+        .unwrap_err()
+    };
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["metrics"]["baseline"]["rates"] = serde_json::json!("gremlins");
-    std::fs::write(&path, v.to_string()).unwrap();
-    let e = retrywise_train::eval(
-        &t.dir,
-        &[data.to_string_lossy().into_owned()],
-        &Filter::default(),
-        retrywise_train::data::DEFAULT_MAX_ROWS,
-        &mut quiet,
-    )
-    .unwrap_err();
+    let e = eval_with(&v.to_string());
     assert!(
         chain(&e).contains("`metrics.baseline.rates` is not a baseline"),
         "{e}"
     );
     // Evaluation refuses it too.
-    std::fs::write(&path, "{}").unwrap();
-    let e = retrywise_train::eval(
-        &t.dir,
-        &[data.to_string_lossy().into_owned()],
-        &Filter::default(),
-        retrywise_train::data::DEFAULT_MAX_ROWS,
-        &mut quiet,
-    )
-    .unwrap_err();
+    let e = eval_with("{}");
     assert!(chain(&e).contains("missing field"), "{e}");
 }
 

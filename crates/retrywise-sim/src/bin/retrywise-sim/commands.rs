@@ -11,6 +11,8 @@ use retrywise_sim::policies::CATALOG;
 use retrywise_sim::queueing::UpstreamModel;
 use retrywise_sim::scenario::{MAX_NUMBER, MAX_REQUESTS, Scenario};
 
+use crate::progress::Progress;
+
 /// Options of `retrywise-sim run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
@@ -204,7 +206,8 @@ pub(crate) struct SelectArgs {
     /// What an attempt costs against a success (the decider's default).
     #[arg(long, default_value_t = 0.1)]
     attempt_cost: f64,
-    /// Print only the best candidate's path (for scripts).
+    /// Print only the best candidate's path on stdout, for scripts (the ranking goes to
+    /// stderr).
     #[arg(long)]
     best: bool,
 }
@@ -332,16 +335,24 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         scenario.name
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(100));
-    if opts.mode != Mode::Virtual && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        // Over HTTP a run takes real time and the spinner is not drawn without a terminal.
-        eprintln!(
-            "running {} policies on {} over HTTP: {} requests each at {}/s (about {:.0} s each)",
-            policies.len(),
-            scenario.name,
-            opts.requests,
-            opts.rps,
-            opts.requests as f64 / opts.rps
-        );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // The spinner is not drawn without a terminal: say what the run does instead.
+        if opts.mode == Mode::Virtual {
+            eprintln!(
+                "running {} policies on {} in virtual time",
+                policies.len(),
+                scenario.name
+            );
+        } else {
+            eprintln!(
+                "running {} policies on {} over HTTP: {} requests each at {}/s (about {:.0} s each)",
+                policies.len(),
+                scenario.name,
+                opts.requests,
+                opts.rps,
+                opts.requests as f64 / opts.rps
+            );
+        }
     }
     let (board, runs) = retrywise_sim::scoreboard(&policies, &opts)?;
     spinner.finish_and_clear();
@@ -388,17 +399,15 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
     opts.replace = args.force;
     opts.phase_lengths = args.phase_lengths;
     let total = (opts.scenarios.len() * retrywise_sim::generate::sample_policies().len()) as u64;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} generating [{bar:30}] {pos}/{len} runs {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let bar = Progress::new(
+        total,
+        "{spinner} generating [{bar:30}] {pos}/{len} runs {msg}",
+        "run",
     );
     let summary = generate(&opts, |scenario, policy| {
-        bar.set_message(format!("{scenario} / {policy}"));
-        bar.inc(1);
+        bar.done(format!("{scenario} / {policy}"));
     });
-    bar.finish_and_clear();
+    bar.finish();
     let _ = std::fs::remove_dir_all(&work);
     let summary = summary?;
     outln!(
@@ -441,13 +450,11 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     opts.eval_seed = args.eval_seed;
     opts.gate_seed = args.gate_seed;
     opts.gate_seeds = args.gate_seeds;
-    let bar = ProgressBar::new(u64::from(args.rounds) + 1);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} learning [{bar:20}] round {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let bar = Progress::new(
+        u64::from(args.rounds) + 1,
+        "{spinner} learning [{bar:20}] round {pos}/{len} {msg}",
+        "round",
     );
-    bar.enable_steady_tick(std::time::Duration::from_millis(100));
     if !args.json {
         outln!(
             "learning on `{}`: round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seeds {}..={} (losing no more than half a point on any); each row is the policy in service on seed {}",
@@ -511,14 +518,14 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
                 );
             });
         }
-        bar.inc(1);
+        bar.inc();
     };
     let rounds = retrywise_sim::learn::learn(
         &opts,
-        |k, step| bar.set_message(format!("{k}: {step}")),
+        |k, step| bar.doing(format!("round {k}: {step}")),
         print,
     )?;
-    bar.finish_and_clear();
+    bar.finish();
     if !args.json
         && let (Some(first), Some(last)) = (rounds.first(), rounds.last())
     {
@@ -595,7 +602,11 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
             &args.calibration_data,
             &retrywise_train::data::Filter::default(),
             retrywise_train::data::DEFAULT_MAX_ROWS,
-            &mut |_| {},
+            &mut |step| {
+                if let retrywise_train::Step::Loaded(s) = step {
+                    eprintln!("read {} rows from {} files; scoring", s.rows, s.files);
+                }
+            },
         )
         .with_context(|| format!("evaluating {} for --calibration-data", dir.display()))?;
         Some(e.evaluation)
@@ -610,17 +621,15 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
             .map(|s| Scenario::load(s).map(Arc::new))
             .collect::<Result<_, _>>()?;
     }
-    let bar = ProgressBar::new((opts.scenarios.len() * opts.seeds.len()) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} scoring [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let bar = Progress::new(
+        (opts.scenarios.len() * opts.seeds.len()) as u64,
+        "{spinner} scoring [{bar:30}] {pos}/{len} {msg}",
+        "scenario and seed",
     );
     let report = retrywise_sim::report::report(&opts, &args.out, |scenario, seed| {
-        bar.set_message(format!("{scenario} seed {seed}"));
-        bar.inc(1);
+        bar.done(format!("{scenario} seed {seed}"));
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     out!("{}", report.summary_markdown());
     eprintln!(
         "written: {} (results.md, scoreboard.md, results.json, goodput-*.svg)",
@@ -679,37 +688,41 @@ pub(crate) fn select(args: &SelectArgs) -> anyhow::Result<()> {
         let m: Arc<dyn retrywise::model::SuccessModel> = retrywise_sim::policies::load_model(&p)?;
         models.push((p.display().to_string(), m));
     }
+    let suite = retrywise_sim::select::suite();
+    let bar = Progress::new(
+        (models.len() * suite.len()) as u64,
+        "{spinner} selecting [{bar:30}] {pos}/{len} runs {msg}",
+        "run",
+    );
     let ranked = retrywise_sim::select::select(
         models,
-        &retrywise_sim::select::suite(),
+        &suite,
         args.seed,
         args.attempt_cost,
+        |model, scenario| bar.done(format!("{model} on {scenario}")),
     )?;
-    if args.best {
-        if let Some(best) = ranked.first() {
-            outln!("{}", best.model);
-        }
-        return Ok(());
-    }
-    outln!(
-        "the adaptive policy with each model on the training suite, seed {} (objective: success - {} x attempts)",
-        args.seed,
-        args.attempt_cost
-    );
-    outln!(
-        "{:>9} {:>9} {:>9}  model",
-        "success",
-        "attempts",
-        "objective"
+    bar.finish();
+    let mut table = format!(
+        "the adaptive policy with each model on the training suite, seed {} (objective: success - {} x attempts)\n{:>9} {:>9} {:>9}  model\n",
+        args.seed, args.attempt_cost, "success", "attempts", "objective"
     );
     for c in &ranked {
-        outln!(
-            "{:>8.2}% {:>9.3} {:>9.4}  {}",
+        table.push_str(&format!(
+            "{:>8.2}% {:>9.3} {:>9.4}  {}\n",
             c.success_rate * 100.0,
             c.attempts_per_request,
             c.objective,
             c.model
-        );
+        ));
+    }
+    if args.best {
+        // The ranking goes to stderr, for the log; stdout is the best path alone.
+        eprint!("{table}");
+        if let Some(best) = ranked.first() {
+            outln!("{}", best.model);
+        }
+    } else {
+        out!("{table}");
     }
     Ok(())
 }

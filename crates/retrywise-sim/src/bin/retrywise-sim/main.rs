@@ -10,6 +10,7 @@
 mod out;
 mod commands;
 mod demo;
+mod progress;
 
 use std::process::ExitCode;
 
