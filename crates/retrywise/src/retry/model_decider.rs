@@ -316,18 +316,18 @@ impl ModelDecider {
         if ctx.retry_after.is_some_and(|ra| ra > self.cap) {
             return told((Self::stop(StopReason::RetryAfterTooLong, None), false, None));
         }
-        // The candidates: the grid from the Retry-After up, and the Retry-After itself.
-        let floor = ctx.retry_after.unwrap_or(Duration::ZERO);
+        // The candidates: the Retry-After itself and the grid past it; without one, the
+        // whole grid, from zero.
         let mut waits = [Duration::ZERO; MAX_GRID + 1];
         let mut logs = [0.0; MAX_GRID + 1];
         let mut n = 0;
-        if ctx.retry_after.is_some() {
-            waits[0] = floor;
-            logs[0] = crate::features::log_ms(floor);
+        if let Some(ra) = ctx.retry_after {
+            waits[0] = ra;
+            logs[0] = crate::features::log_ms(ra);
             n = 1;
         }
         for (w, l) in self.grid.iter().zip(&self.grid_logs) {
-            if *w > floor {
+            if ctx.retry_after.is_none_or(|ra| *w > ra) {
                 waits[n] = *w;
                 logs[n] = *l;
                 n += 1;
@@ -417,7 +417,7 @@ impl ModelDecider {
                             allowed
                         }
                     };
-                    Some((fit, fit(floor)))
+                    Some((fit, fit(ra)))
                 }
                 _ => None,
             };
@@ -1041,6 +1041,30 @@ mod tests {
         assert!(
             w >= Duration::from_millis(700) && w <= Duration::from_millis(1500),
             "{w:?}"
+        );
+    }
+
+    #[test]
+    fn every_wait_of_the_grid_is_weighed_from_zero_and_the_retry_after_beside_those_past_it() {
+        let d = decider(flat(0.9)).tolerance(0.0).build().unwrap();
+        let c = after(ErrorKind::Http503, 2);
+        let w = d.weigh(&c);
+        let waits: Vec<Duration> = w.alternatives.iter().map(|a| a.wait).collect();
+        assert_eq!(waits, d.grid(), "the whole grid, zero included");
+        // A flat model: every extra millisecond only costs, so no wait at all.
+        assert_eq!(d.decide(&c), Decision::Retry(Duration::ZERO));
+        let mut c = after(ErrorKind::Http429, 2);
+        c.retry_after = Some(Duration::from_millis(1234));
+        let waits: Vec<Duration> = d.weigh(&c).alternatives.iter().map(|a| a.wait).collect();
+        assert_eq!(waits[0], Duration::from_millis(1234));
+        assert!(waits[1..].iter().all(|w| *w > Duration::from_millis(1234)));
+        assert_eq!(
+            waits.len(),
+            1 + d
+                .grid()
+                .iter()
+                .filter(|g| **g > Duration::from_millis(1234))
+                .count()
         );
     }
 
