@@ -242,14 +242,19 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("no Parquet or NDJSON files"), "{err}");
-    let out = retrywise(&[
-        "compact",
-        "--input",
-        path(&empty),
-        "--output",
-        path(&dir.path().join("p")),
-    ]);
-    assert!(!out.status.success());
+    let parquet = dir.path().join("p");
+    let compact = |input: &Path| {
+        let out = retrywise(&[
+            "compact",
+            "--input",
+            path(input),
+            "--output",
+            path(&parquet),
+        ]);
+        assert!(!out.status.success());
+        out
+    };
+    let out = compact(&empty);
     assert!(
         text(&out.stderr).contains("nothing to compact"),
         "{}",
@@ -260,14 +265,7 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
     std::fs::create_dir_all(&junk).expect("dir");
     let seg = junk.join("seg-0000000000001-000001.ndjson");
     std::fs::write(&seg, "not a record\n").expect("write");
-    let out = retrywise(&[
-        "compact",
-        "--input",
-        path(&junk),
-        "--output",
-        path(&dir.path().join("p")),
-    ]);
-    assert!(!out.status.success());
+    let out = compact(&junk);
     let err = text(&out.stderr);
     assert!(
         err.contains("nothing compacted") && err.contains("hold no record"),

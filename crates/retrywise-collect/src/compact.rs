@@ -503,12 +503,18 @@ fn write_part(
         .with_statistics(StatisticsOptions::full())
         .finish(df)
         .map_err(|e| compact_error(source, &e))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| CollectError::io("sync", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))?;
-    segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
+    publish(&tmp, &path, dir)?;
     Ok((path, bytes))
+}
+
+/// Makes the written temporary file `tmp` durable as `path` in `dir`: fsync of the file,
+/// rename, fsync of the directory.
+fn publish(tmp: &Path, path: &Path, dir: &Path) -> Result<(), CollectError> {
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| CollectError::io("sync", tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| CollectError::io("rename", tmp, e))?;
+    segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
 }
 
 /// Writes the lines of `seg` that were not records durably beside it
@@ -519,11 +525,8 @@ fn keep_rejected(seg: &Segment, lines: &[u8]) -> Result<PathBuf, CollectError> {
     let dir = seg.path.parent().unwrap_or(Path::new("."));
     let path = dir.join(format!("{}{REJECTED}", seg.stem));
     let tmp = dir.join(format!(".{}{REJECTED}.tmp", seg.stem));
-    std::fs::write(&tmp, lines)
-        .and_then(|()| File::open(&tmp)?.sync_all())
-        .map_err(|e| CollectError::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))?;
-    segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
+    std::fs::write(&tmp, lines).map_err(|e| CollectError::io("write", &tmp, e))?;
+    publish(&tmp, &path, dir)?;
     Ok(path)
 }
 

@@ -72,7 +72,7 @@ pub const MAX_NUMBER: f64 = 1e9;
 pub const MAX_WORKERS: u32 = 100_000;
 
 /// The most logical requests a run may hold (`rps` x `duration_s`): each is remembered
-/// until the run's report (56 bytes), and a scoreboard runs its policies side by side.
+/// until the run's report (48 bytes), and a scoreboard runs its policies side by side.
 pub const MAX_REQUESTS: f64 = 1e7;
 
 fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
