@@ -34,8 +34,20 @@ fn the_readme_column_table_is_the_schemas() {
 fn the_parquet_schema_is_the_schemas() {
     let parquet = retrywise_collect::compact::attempt_schema();
     let names: Vec<String> = parquet.iter_names().map(|n| n.to_string()).collect();
-    let want: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
+    // The schema's fields, then the fields of a newer minor version kept as they came.
+    let want: Vec<&str> = FIELDS
+        .iter()
+        .map(|f| f.name)
+        .chain([retrywise_collect::compact::UNKNOWN_FIELDS])
+        .collect();
     assert_eq!(names, want);
+    assert_eq!(
+        parquet
+            .get(retrywise_collect::compact::UNKNOWN_FIELDS)
+            .unwrap()
+            .to_string(),
+        "str"
+    );
     for f in &FIELDS {
         let dtype = parquet.get(f.name).unwrap().to_string();
         let expected = match f.storage().name() {

@@ -40,14 +40,21 @@ fn dtype(storage: Storage) -> DataType {
     }
 }
 
+/// The column of the fields a record carried that this build does not know (a newer
+/// minor version's): one JSON object per row, null when there were none
+/// ([`AttemptRecord::unknown`]). A newer build can read them back; the trainer does not.
+pub const UNKNOWN_FIELDS: &str = "unknown_fields";
+
 /// The Parquet schema of attempt records: one column per field of
-/// [`retrywise::attempt::schema::FIELDS`], in its order and of its storage type (the hive
-/// partition `date` is in the path, not in the files). Documented in `data/README.md`.
+/// [`retrywise::attempt::schema::FIELDS`], in its order and of its storage type, then
+/// [`UNKNOWN_FIELDS`] (the hive partition `date` is in the path, not in the files).
+/// Documented in `data/README.md`.
 pub fn attempt_schema() -> Schema {
     Schema::from_iter(
         FIELDS
             .iter()
-            .map(|f| Field::new(f.name.into(), dtype(f.storage()))),
+            .map(|f| Field::new(f.name.into(), dtype(f.storage())))
+            .chain([Field::new(UNKNOWN_FIELDS.into(), DataType::String)]),
     )
 }
 
@@ -142,7 +149,17 @@ impl FrameBuilder {
     /// A polars error if a column cannot be built (which would be a bug), or if the
     /// frame's schema differs from [`attempt_schema`].
     pub fn finish(self) -> PolarsResult<DataFrame> {
-        let columns: Vec<Column> = FIELDS.iter().map(|f| self.column(f)).collect();
+        let mut columns: Vec<Column> = FIELDS.iter().map(|f| self.column(f)).collect();
+        let unknown: Vec<Option<String>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                r.unknown
+                    .as_ref()
+                    .map(|u| serde_json::Value::Object((**u).clone()).to_string())
+            })
+            .collect();
+        columns.push(Column::new(UNKNOWN_FIELDS.into(), unknown));
         let df = DataFrame::new_infer_height(columns)?;
         let want = attempt_schema();
         if **df.schema() != want {

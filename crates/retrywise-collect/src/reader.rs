@@ -109,7 +109,8 @@ fn parse_line(bytes: &[u8], last_unterminated: bool) -> Result<AttemptRecord, Re
 ///
 /// Bad lines never stop the stream: a torn last line, malformed lines and lines without a
 /// readable schema version are skipped and counted in [`summary`](Self::summary). Records
-/// of a newer *minor* version are read (unknown fields ignored). A record of an unknown
+/// of a newer *minor* version are read, their unknown fields kept
+/// ([`retrywise::attempt::AttemptRecord::unknown`]). A record of an unknown
 /// *major* version is an error — the reader is too old to read that data, and skipping it
 /// silently would lose it — and ends the stream.
 #[derive(Debug)]

@@ -183,6 +183,45 @@ fn bad_lines_are_skipped_and_counted_and_open_segments_left_alone() {
 }
 
 #[test]
+fn fields_of_a_newer_minor_version_are_kept_in_their_own_column() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let own = serde_json::to_string(&record(1)).unwrap();
+    let newer = serde_json::to_string(&record(2))
+        .unwrap()
+        .replacen(
+            &format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT),
+            "\"1.99\"",
+            1,
+        )
+        .replacen('{', r#"{"zone":"eu-1","added":{"n":[1,2.5]},"#, 1);
+    std::fs::write(
+        input.join("seg-0000000000001-000001.ndjson"),
+        format!("{own}\n{newer}\n"),
+    )
+    .unwrap();
+    let s = go(&CompactOptions::new(&input, &output));
+    assert_eq!((s.rows, s.read.skipped()), (2, 0), "{s:?}");
+    let df = scan(&output)
+        .sort(["call_id"], SortMultipleOptions::default())
+        .unwrap();
+    let unknown = df.column("unknown_fields").unwrap().str().unwrap();
+    assert_eq!(unknown.get(0), None, "this build's records have none");
+    let kept: serde_json::Value = serde_json::from_str(unknown.get(1).unwrap()).unwrap();
+    assert_eq!(
+        kept,
+        serde_json::json!({"zone": "eu-1", "added": {"n": [1, 2.5]}})
+    );
+    let versions = df.column("schema_version").unwrap().str().unwrap();
+    assert_eq!(
+        versions.get(1),
+        Some("1.99"),
+        "the record keeps its version"
+    );
+}
+
+#[test]
 fn an_interrupted_run_is_finished_by_the_next_without_duplicates() {
     let root = tempfile::tempdir().unwrap();
     let (input, output) = (root.path().join("in"), root.path().join("out"));

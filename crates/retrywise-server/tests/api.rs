@@ -874,6 +874,14 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"].as_str().unwrap().contains("line 3: "), "{v}");
     nd.remove(2);
+    // A record of a newer minor version, with a field this build does not know: accepted,
+    // and written with that field.
+    let newer = nd[3].replacen(
+        &format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT),
+        "\"1.99\"",
+        1,
+    );
+    nd[3] = newer.replacen('{', r#"{"zone":"eu-1","#, 1);
     let (s, _, v) = h
         .call(req(nd.join("\n"), "application/x-ndjson", "s3cret"))
         .await;
@@ -925,6 +933,10 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
             .collect::<Result<_, _>>()
             .unwrap();
     assert_eq!(read.len(), 14);
+    let kept: Vec<_> = read.iter().filter(|r| r.unknown.is_some()).collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].unknown.as_deref().unwrap()["zone"], "eu-1");
+    assert_eq!(kept[0].schema_version.to_string(), "1.99");
     // And counted.
     let (_, m) = h.get("/metrics").await;
     let text = m.as_str().unwrap();

@@ -25,6 +25,8 @@ pub use context::AttemptContext;
 pub use kind::{ErrorKind, UnknownErrorKind};
 pub(crate) use ms::serialize_ms;
 pub use ms::{duration_to_ms, ms_to_duration};
-pub use record::{AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion, UnknownOutcome};
+pub use record::{
+    AttemptRecord, InvalidSchemaVersion, Outcome, SchemaVersion, UnknownFields, UnknownOutcome,
+};
 pub use retry_after::{InvalidRetryAfter, parse_retry_after};
 pub use schema::{InvalidField, Rule};

@@ -15,7 +15,8 @@ use super::{AttemptContext, ErrorKind, Verdict};
 ///
 /// The major version changes when a field changes meaning or type; readers refuse majors
 /// they do not know. The minor version changes when optional fields are added; readers
-/// accept any minor of a major they know and ignore fields they do not know.
+/// accept any minor of a major they know, and keep the fields they do not know without
+/// reading them ([`AttemptRecord::unknown`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SchemaVersion {
     /// Changes meaning or type of existing fields.
@@ -132,7 +133,9 @@ impl FromStr for Outcome {
 /// Flat on the wire: `schema_version`, `started_at_ms`, `call_id`, `hedge`, `policy`, the
 /// context's fields, then `outcome`, `outcome_error`, `outcome_status`,
 /// `outcome_latency_ms`, `outcome_retry_after_ms`: the order and rules of
-/// [`super::schema::FIELDS`] (see also `data/README.md`).
+/// [`super::schema::FIELDS`] (see also `data/README.md`). Fields this build does not know
+/// (added by a newer minor version) are kept in [`unknown`](Self::unknown) and written back
+/// after the known ones, so a record passed on — ingested, shipped, compacted — loses none.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {
     /// The schema version the record was written with.
@@ -157,7 +160,16 @@ pub struct AttemptRecord {
     pub outcome_latency: Duration,
     /// The wait the upstream asked for in its answer (`outcome_retry_after_ms`).
     pub outcome_retry_after: Option<Duration>,
+    /// The fields of the record this build does not know (a newer minor version's), as
+    /// they came: written back after the known fields, and kept as one JSON object in the
+    /// Parquet column `unknown_fields`. `None` when there are none (records this build
+    /// writes).
+    pub unknown: Option<Box<UnknownFields>>,
 }
+
+/// Fields of a record that the schema of this build does not know: name → JSON value
+/// ([`AttemptRecord::unknown`]).
+pub type UnknownFields = serde_json::Map<String, serde_json::Value>;
 
 impl AttemptRecord {
     /// A record of an attempt made in `context` that ended with `verdict` after `latency`.
@@ -186,6 +198,7 @@ impl AttemptRecord {
             outcome_status: failure.and_then(|f| f.status),
             outcome_latency: latency,
             outcome_retry_after: failure.and_then(|f| f.retry_after),
+            unknown: None,
         }
     }
 
@@ -221,6 +234,7 @@ impl AttemptRecord {
             outcome_status: None,
             outcome_latency: Duration::ZERO,
             outcome_retry_after: None,
+            unknown: None,
         }
     }
 }

@@ -1013,7 +1013,7 @@ pub fn context_json_schema() -> serde_json::Value {
 }
 
 /// The JSON Schema of an attempt record (unknown fields of a newer minor version are
-/// accepted).
+/// accepted, and kept: [`AttemptRecord::unknown`]).
 pub fn record_json_schema() -> serde_json::Value {
     object_schema(
         FIELDS.iter(),

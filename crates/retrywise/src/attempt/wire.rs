@@ -2,8 +2,9 @@
 //! schema table ([`super::schema::FIELDS`]): one flat object, fields in the table's order on
 //! output, any order on input.
 //!
-//! A record tolerates unknown fields (a newer minor version adds optional fields); a
-//! context refuses them (a misspelt field in an API request is an error, not a silent
+//! A record keeps unknown fields (a newer minor version adds optional fields) in
+//! [`AttemptRecord::unknown`] and writes them back after the known ones; a context refuses
+//! them (a misspelt field in an API request is an error, not a silent
 //! default). Missing and `null` mean the same: unknown for optional fields, zero for
 //! defaulted ones; required fields must be present. Durations must be finite and
 //! non-negative; whole numbers must fit their type. Ranges (an attempt of 0, a status of
@@ -11,7 +12,7 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Unexpected, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, Unexpected, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -43,6 +44,9 @@ impl Serialize for AttemptRecord {
             if !v.is_null() {
                 m.serialize_entry(f.name, &v)?;
             }
+        }
+        for (name, v) in self.unknown.iter().flat_map(|u| u.iter()) {
+            m.serialize_entry(name, v)?;
         }
         m.end()
     }
@@ -237,10 +241,10 @@ fn with_str<'de, D: Deserializer<'de>>(
     }
 }
 
-/// A key of a flat object: a field of the schema (by position), or one to skip.
+/// A key of a flat object: a field of the schema (by position), or one it does not know.
 enum Key {
     Field(usize),
-    Skip,
+    Unknown(String),
 }
 
 /// Looks a key up in the schema without copying it, starting where the previous key was
@@ -274,13 +278,13 @@ impl Visitor<'_> for KeySeed {
         match found {
             Some(i) => Ok(Key::Field(i)),
             None if self.context_only => Err(E::unknown_field(v, CONTEXT_NAMES)),
-            None => Ok(Key::Skip),
+            None => Ok(Key::Unknown(v.to_owned())),
         }
     }
 }
 
 /// Reads the fields of a flat object into `rec`: only the context's when `context_only`
-/// (unknown keys refused), else every field (unknown keys ignored).
+/// (unknown keys refused), else every field (unknown keys kept in `rec.unknown`).
 fn read_fields<'de, A: MapAccess<'de>>(
     mut map: A,
     rec: &mut AttemptRecord,
@@ -299,9 +303,14 @@ fn read_fields<'de, A: MapAccess<'de>>(
                 hint = i + 1;
                 map.next_value_seed(FieldSeed { field: f, rec })?;
             }
-            // Fields of a newer minor version: ignored, as the schema's rules say.
-            Key::Skip => {
-                map.next_value::<IgnoredAny>()?;
+            // Fields of a newer minor version: kept as they came, not read.
+            Key::Unknown(name) => {
+                let v = map.next_value::<serde_json::Value>()?;
+                let unknown = rec.unknown.get_or_insert_with(Default::default);
+                if unknown.contains_key(&name) {
+                    return Err(de::Error::custom(format_args!("duplicate field `{name}`")));
+                }
+                unknown.insert(name, v);
             }
         }
     }
@@ -497,16 +506,49 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_ignored_in_records_and_refused_in_contexts() {
-        let r: AttemptRecord = serde_json::from_str(
-            r#"{"schema_version":"1.3","started_at_ms":5,"call_id":1,"target":"t","attempt":1,
-                "outcome":"success","outcome_latency_ms":2.5,"added_in_1_3":{"x":[1,2]}}"#,
-        )
-        .unwrap();
-        assert_eq!(r.schema_version, SchemaVersion { major: 1, minor: 3 });
+    fn unknown_fields_are_kept_in_records_and_refused_in_contexts() {
+        let line = r#"{"schema_version":"1.9","started_at_ms":5,"call_id":1,"added_in_1_9":{"x":[1,2.5,null]},"target":"t","attempt":1,
+                "outcome":"success","outcome_latency_ms":2.5,"zone":"eu-1"}"#;
+        let r: AttemptRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(r.schema_version, SchemaVersion { major: 1, minor: 9 });
         assert_eq!(r.hedge, 0);
         assert_eq!(r.context.delay, Duration::ZERO);
         assert_eq!(r.outcome_latency, Duration::from_micros(2500));
+        let unknown = r.unknown.as_deref().expect("the unknown fields are kept");
+        assert_eq!(unknown.len(), 2);
+        assert_eq!(
+            unknown["added_in_1_9"],
+            serde_json::json!({"x": [1, 2.5, null]})
+        );
+        assert_eq!(unknown["zone"], "eu-1");
+        // Written back after the known fields, as they came: nothing is lost on the way.
+        let out = serde_json::to_string(&r).unwrap();
+        assert!(
+            out.ends_with(
+                r#""outcome_latency_ms":2.5,"added_in_1_9":{"x":[1,2.5,null]},"zone":"eu-1"}"#
+            ),
+            "{out}"
+        );
+        assert_eq!(serde_json::from_str::<AttemptRecord>(&out).unwrap(), r);
+        // A record of this build's version has none.
+        let own: AttemptRecord = serde_json::from_str(
+            &serde_json::to_string(&{
+                let mut r = r.clone();
+                r.unknown = None;
+                r
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(own.unknown, None);
+        // An unknown field twice is as wrong as a known one twice.
+        let e = serde_json::from_str::<AttemptRecord>(
+            r#"{"schema_version":"1.9","started_at_ms":5,"call_id":1,"target":"t","attempt":1,
+                "outcome":"success","outcome_latency_ms":2.5,"zone":"a","zone":"b"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("duplicate field `zone`"), "{e}");
         let e =
             serde_json::from_str::<AttemptContext>(r#"{"target":"t","attempt":1,"dealy_ms":5}"#)
                 .unwrap_err()
