@@ -410,6 +410,39 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
 }
 
 #[test]
+fn a_loop_that_cannot_improve_says_why() {
+    // `permanent`, shortened: the rules already serve every request that can be served,
+    // so no model beats them on the gate seeds and the rules serve every round.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text_of = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/scenarios/permanent.toml"
+    ))
+    .expect("scenario");
+    let short = text_of.replace("duration_s = 30", "duration_s = 15");
+    assert_ne!(short, text_of);
+    let scenario = dir.path().join("short.toml");
+    std::fs::write(&scenario, short).expect("write");
+    let out = retrywise(&[
+        "learn",
+        "--scenario",
+        scenario.to_str().expect("utf-8"),
+        "--out",
+        dir.path().join("loop").to_str().expect("utf-8"),
+        "--rounds",
+        "1",
+        "--check",
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("the loop did not improve"), "{stderr}");
+    assert!(
+        stderr.contains("no model served: each round's challenger did not beat the rules"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("report");

@@ -561,12 +561,21 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
             Verdict::NothingToImprove { attempts } => anyhow::bail!(
                 "nothing to improve: round 0 (the rules) already serves 100.0 % at {attempts:.2} attempts/request on this scenario, so --check cannot tell whether the loop learns; check it on a scenario where the rules fall short"
             ),
-            Verdict::NotImproved => anyhow::bail!(
-                "the loop did not improve: round 0 {}, round {} {}",
-                row(scores.first()),
-                scores.len().saturating_sub(1),
-                row(scores.last())
-            ),
+            Verdict::NotImproved => {
+                // Say why: no model ever served (each challenger kept out by the gate, so
+                // the rules served every round), or the models that served did no better.
+                let why = if rounds.iter().all(|r| r.decided_with.is_none()) {
+                    "; no model served: each round's challenger did not beat the rules on the gate seeds, so the rules served every round"
+                } else {
+                    "; the models that served did no better than the rules"
+                };
+                anyhow::bail!(
+                    "the loop did not improve: round 0 {}, round {} {}{why}",
+                    row(scores.first()),
+                    scores.len().saturating_sub(1),
+                    row(scores.last())
+                )
+            }
         }
     }
     Ok(())
