@@ -105,6 +105,14 @@ pub enum Observed {
     /// Its target is new and the fleet is at its cap: left out.
     Full,
 }
+/// The shortest opening of the fleet's predictive breakers. Longer than an embedded
+/// breaker's 100 ms ([`Prediction::new`]): the service learns how a probe went only when
+/// its caller reports the attempt (`POST /v1/attempts`, batched by a shipper), so an
+/// opening shorter than that feedback lets callers through before the probe's answer is in.
+pub const FLEET_MIN_OPEN: Duration = Duration::from_millis(500);
+
+/// The longest opening of the fleet's predictive breakers.
+pub const FLEET_MAX_OPEN: Duration = Duration::from_secs(60);
 
 /// Every target's state. When the fleet is at its cap, a new target takes the place of
 /// idle ones (no attempt within the window, circuit closed); if none is idle, it is not
@@ -169,9 +177,13 @@ impl Fleet {
     /// Makes every target's shared breaker predictive ([`Prediction`] with `model`): it
     /// also opens when a fresh call is predicted to succeed less often than `threshold`,
     /// for as long as the model predicts a probe would, and each target's view carries the
-    /// predicted p of a fresh call.
+    /// predicted p of a fresh call. It opens for [`FLEET_MIN_OPEN`] at least.
     pub fn with_model(mut self, model: Arc<dyn SuccessModel>, threshold: f64) -> Self {
-        self.prediction = Some(Prediction::new(model).threshold(threshold.clamp(1e-6, 0.999)));
+        self.prediction = Some(
+            Prediction::new(model)
+                .threshold(threshold.clamp(1e-6, 0.999))
+                .open_between(FLEET_MIN_OPEN, FLEET_MAX_OPEN),
+        );
         self
     }
 
