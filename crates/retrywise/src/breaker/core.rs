@@ -96,6 +96,9 @@ struct Core {
     /// Probes admitted, and their outcomes, in the current HALF_OPEN.
     probes: Probes,
     consecutive_opens: u32,
+    /// When the circuit last opened (nanoseconds since `origin`), and the refused-call
+    /// count then: the calls it refused a second since, for the next opening's length.
+    opened: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +156,7 @@ impl CircuitBreaker {
                 core: Mutex::new(Core {
                     probes: Probes::default(),
                     consecutive_opens: 0,
+                    opened: None,
                 }),
             }),
         }
@@ -522,6 +526,28 @@ impl CircuitBreaker {
     }
 
     /// A fresh call to the target as the breaker knows it at `now`.
+    /// The calls a second the circuit would refuse while open: those it refused since it
+    /// last opened, over the time since; on a first opening, the calls of a time window
+    /// over its length (a count window says nothing of time: none).
+    fn call_rate(&self, core: &Core, counts: Counts, now: u64, refused: u64) -> f64 {
+        match core.opened {
+            Some((at, before)) => {
+                let secs = now.saturating_sub(at) as f64 / 1e9;
+                if secs > 0.0 {
+                    refused.saturating_sub(before) as f64 / secs
+                } else {
+                    0.0
+                }
+            }
+            None => match self.shared.cfg.window {
+                super::SlidingWindow::Time { duration, .. } if !duration.is_zero() => {
+                    f64::from(counts.calls) / duration.as_secs_f64()
+                }
+                _ => 0.0,
+            },
+        }
+    }
+
     fn fresh_call(&self, counts: Counts, now: u64) -> AttemptContext {
         let s = &*self.shared;
         let since = now.saturating_sub(s.last_success.load(Ordering::Relaxed));
@@ -609,10 +635,15 @@ impl CircuitBreaker {
                         slow_call_rate: counts.slow_rate(),
                     })
                 };
+                let refused = s.not_permitted.get();
                 let d = match s.cfg.predict.as_ref() {
-                    Some(p) => p.open_for(&self.fresh_call(counts, now()), retry, configured),
+                    Some(p) => {
+                        let rate = self.call_rate(core, counts, now(), refused);
+                        p.open_for(&self.fresh_call(counts, now()), retry, configured, rate)
+                    }
                     None => configured(),
                 };
+                core.opened = Some((now(), refused));
                 s.open_until
                     .store(now().saturating_add(duration_nanos(d)), Ordering::Release);
             }
@@ -625,6 +656,7 @@ impl CircuitBreaker {
             }
             State::Closed => {
                 core.consecutive_opens = 0;
+                core.opened = None;
                 s.window.clear();
             }
             State::Disabled | State::ForcedOpen | State::MetricsOnly => s.window.clear(),

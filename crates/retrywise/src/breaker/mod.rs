@@ -601,6 +601,84 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn under_traffic_a_probe_is_sent_at_the_shortest_opening_unless_the_target_is_surely_down()
+     {
+        // A fresh call to a target failing more than 40 % of its calls is predicted to
+        // succeed `p_down` of the time, whatever the wait: below the threshold (0.1), so
+        // the circuit opens, and alone a probe is never worth it (the configured 30 s).
+        let breaker = |p_down: f64, window: SlidingWindow| {
+            let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
+                if c.failure_rate.unwrap_or(0.0) > 0.4 {
+                    p_down
+                } else {
+                    0.99
+                }
+            });
+            CircuitBreaker::builder("t")
+                .window(window)
+                .minimum_calls(5)
+                .failure_rate_threshold(0.9)
+                .open_for(Duration::from_secs(30))
+                .predict(Prediction::new(model))
+                .build()
+                .unwrap()
+        };
+        // 100 calls a second: successes, then failures until it opens.
+        async fn drive(b: &CircuitBreaker) -> Duration {
+            let mut sent = 0;
+            loop {
+                let outcome = if sent < 60 {
+                    CallOutcome::Success
+                } else {
+                    CallOutcome::Failure
+                };
+                call(b, outcome).unwrap();
+                sent += 1;
+                if b.state() != State::Closed {
+                    break;
+                }
+                tokio::time::advance(10 * MS).await;
+            }
+            call(b, CallOutcome::Success)
+                .unwrap_err()
+                .remaining
+                .unwrap()
+        }
+        let time = || SlidingWindow::Time {
+            duration: Duration::from_secs(1),
+            buckets: 10,
+        };
+        // Under traffic a probe answers for the 10 calls of the shortest opening after it
+        // (p = 0.05 for 11 calls is worth more than 0.1): the circuit probes at 100 ms.
+        let b = breaker(0.05, time());
+        assert_eq!(drive(&b).await, Duration::from_millis(100));
+        // Refused calls keep it so: the probe fails, and it reopens for 100 ms again.
+        for _ in 0..9 {
+            tokio::time::advance(10 * MS).await;
+            assert!(call(&b, CallOutcome::Success).is_err());
+        }
+        tokio::time::advance(20 * MS).await;
+        call(&b, CallOutcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Open);
+        let left = call(&b, CallOutcome::Success)
+            .unwrap_err()
+            .remaining
+            .unwrap();
+        assert_eq!(left, Duration::from_millis(100));
+        // A model sure the target is down (p = 0.001: not worth it for 11 calls either)
+        // keeps the configured duration.
+        assert_eq!(
+            drive(&breaker(0.001, time())).await,
+            Duration::from_secs(30)
+        );
+        // A count window says nothing of the traffic's rate: the threshold alone.
+        assert_eq!(
+            drive(&breaker(0.05, SlidingWindow::Count(100))).await,
+            Duration::from_secs(30)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn opens_when_a_fresh_call_is_predicted_to_fail_for_as_long_as_the_model_says() {
         let events = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&events);
@@ -922,7 +1000,7 @@ mod tests {
             fresh.since_success = Some(Duration::ZERO);
             let retry = retry_after_refusal();
             let configured = Duration::from_millis(configured_ms);
-            let both = pred.open_for(&fresh, Some(&retry), || configured);
+            let both = pred.open_for(&fresh, Some(&retry), || configured, 0.0);
             let alone = [&fresh, &retry].map(|c| match pred.recovery(c, None) {
                 Recovery::After { wait, .. } => Some(wait),
                 _ => None,
@@ -931,6 +1009,31 @@ mod tests {
                 Some(shortest) => prop_assert!(both <= *shortest, "{:?} > {:?}", both, shortest),
                 None => prop_assert_eq!(both, configured.clamp(pred.min_open, pred.max_open)),
             }
+        }
+    }
+
+    proptest! {
+        /// More traffic never holds the circuit longer: a probe answers for the calls the
+        /// circuit would refuse after it.
+        #[test]
+        fn traffic_never_lengthens_an_opening(
+            back_ms in 1u64..120_000,
+            p_before in 0.0f64..0.1,
+            calls_per_s in 0.0f64..10_000.0,
+            more in 0.0f64..10_000.0,
+        ) {
+            let back = Duration::from_millis(back_ms);
+            let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
+                if c.since_success.unwrap_or_default() + c.delay >= back { 0.9 } else { p_before }
+            });
+            let pred = Prediction::new(model);
+            let mut fresh = crate::attempt::AttemptContext::first("p");
+            fresh.since_success = Some(Duration::ZERO);
+            let configured = || Duration::from_secs(5);
+            let less = pred.open_for(&fresh, None, configured, calls_per_s);
+            let busier = pred.open_for(&fresh, None, configured, calls_per_s + more);
+            prop_assert!(busier <= less, "{:?} > {:?}", busier, less);
+            prop_assert!(busier >= pred.min_open && less <= pred.max_open);
         }
     }
 

@@ -28,8 +28,12 @@ const REFINE: usize = 5;
 /// failure only: a success never makes a fresh call look worse, and the success path pays
 /// nothing but one clock read). Whatever opened it, it stays open for the shortest wait
 /// from `min_open` to `max_open` (16 log-spaced, the crossing refined by halving) after
-/// which a probe is predicted to succeed at least as often as `threshold`, instead of its
-/// configured open duration; when no such wait is predicted, for its configured open
+/// which a probe is worth sending, instead of its configured open duration — predicted
+/// to succeed at least as often as `threshold`, counted for itself and for the calls the
+/// circuit would refuse in its shortest opening after it (a probe that finds the target
+/// back lets them through: `p · (1 + λ·min_open) ≥ threshold`, `λ` the calls a second it
+/// refused since it last opened, or on a first opening the calls of a time window over its
+/// length); when no such wait is predicted, for its configured open
 /// duration held within those bounds (the model would only be extrapolating); a failed
 /// probe reopens it the same way. A model answering NaN is no evidence: no predictive
 /// opening, and the configured open duration.
@@ -183,13 +187,29 @@ impl Prediction {
     /// would otherwise hold the circuit for `max_open` after every failed probe, and sit
     /// out the end of an outage longer than those it saw); `configured` as it is when the
     /// model answered NaN.
+    ///
+    /// A probe answers for more than itself: while the circuit is open, every call is
+    /// refused, so a probe that finds the target back lets through the calls that would
+    /// have been refused until the next one. It is worth sending once its predicted p,
+    /// counted for itself and for the calls arriving in the shortest opening after it
+    /// (`calls_per_s` × `min_open`: the calls the circuit refuses a second, as it last
+    /// counted them), reaches the threshold: `p · (1 + λ·min_open) ≥ threshold`. Without
+    /// traffic this is the threshold itself; under traffic the circuit probes at its
+    /// shortest opening unless the model is sure the target is still down.
     pub(crate) fn open_for(
         &self,
         ctx: &AttemptContext,
         retry: Option<&AttemptContext>,
         configured: impl FnOnce() -> Duration,
+        calls_per_s: f64,
     ) -> Duration {
-        match self.first_worth(ctx, retry, None) {
+        let answers_for = 1.0 + calls_per_s.max(0.0) * self.min_open.as_secs_f64();
+        let threshold = if answers_for.is_finite() {
+            self.threshold / answers_for
+        } else {
+            self.threshold
+        };
+        match self.first_worth(ctx, retry, None, threshold) {
             Recovery::After { wait, .. } => wait,
             Recovery::NotWithin => configured().clamp(self.min_open, self.max_open),
             Recovery::Unknown => configured(),
@@ -204,16 +224,17 @@ impl Prediction {
     /// and (for a prediction that grows with the wait) the one 1/32 of a step shorter is
     /// not.
     pub fn recovery(&self, ctx: &AttemptContext, within: Option<Duration>) -> Recovery {
-        self.first_worth(ctx, None, within)
+        self.first_worth(ctx, None, within, self.threshold)
     }
 
-    /// [`recovery`](Self::recovery) of a call read as `ctx` and (when given) as `retry`:
-    /// each wait is worth it when either reading predicts it is.
+    /// [`recovery`](Self::recovery) of a call read as `ctx` and (when given) as `retry`,
+    /// against `threshold`: each wait is worth it when either reading predicts it is.
     fn first_worth(
         &self,
         ctx: &AttemptContext,
         retry: Option<&AttemptContext>,
         within: Option<Duration>,
+        threshold: f64,
     ) -> Recovery {
         let (lo, hi) = (self.min_open.as_secs_f64(), self.max_open.as_secs_f64());
         let mut waits = [Duration::ZERO; WAITS];
@@ -232,7 +253,7 @@ impl Prediction {
         if self.p_by_delay(ctx, retry, waits, &mut p[..n]).is_none() {
             return Recovery::Unknown;
         }
-        let Some(i) = p[..n].iter().position(|p| *p >= self.threshold) else {
+        let Some(i) = p[..n].iter().position(|p| *p >= threshold) else {
             return Recovery::NotWithin;
         };
         // The crossing lies between the wait before (not worth it) and this one.
@@ -245,7 +266,7 @@ impl Prediction {
                 if self.p_by_delay(ctx, retry, &[mid], &mut q).is_none() {
                     break;
                 }
-                if q[0] >= self.threshold {
+                if q[0] >= threshold {
                     (wait, p_success) = (mid, q[0]);
                 } else {
                     *below = mid;
