@@ -639,7 +639,15 @@ impl CircuitBreaker {
                 let d = match s.cfg.predict.as_ref() {
                     Some(p) => {
                         let rate = self.call_rate(core, counts, now(), refused);
-                        p.open_for(&self.fresh_call(counts, now()), retry, configured, rate)
+                        let d =
+                            p.open_for(&self.fresh_call(counts, now()), retry, configured, rate);
+                        tracing::debug!(
+                            breaker = %s.name,
+                            open_ms = d.as_secs_f64() * 1e3,
+                            refused_per_s = rate,
+                            "predicted open duration"
+                        );
+                        d
                     }
                     None => configured(),
                 };
