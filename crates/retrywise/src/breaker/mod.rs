@@ -588,6 +588,11 @@ mod tests {
             call(b, CallOutcome::Failure).unwrap();
         }
         assert_eq!(b.state(), State::Open);
+        remaining(b)
+    }
+
+    /// How long the open circuit refuses a call for.
+    fn remaining(b: &CircuitBreaker) -> Duration {
         call(b, CallOutcome::Success)
             .unwrap_err()
             .remaining
@@ -639,10 +644,7 @@ mod tests {
                 }
                 tokio::time::advance(10 * MS).await;
             }
-            call(b, CallOutcome::Success)
-                .unwrap_err()
-                .remaining
-                .unwrap()
+            remaining(b)
         }
         let time = || SlidingWindow::Time {
             duration: Duration::from_secs(1),
@@ -660,10 +662,7 @@ mod tests {
         tokio::time::advance(20 * MS).await;
         call(&b, CallOutcome::Failure).unwrap();
         assert_eq!(b.state(), State::Open);
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = remaining(&b);
         assert_eq!(left, Duration::from_millis(100));
         // A model sure the target is down (p = 0.001: not worth it for 11 calls either)
         // keeps the configured duration.
@@ -703,10 +702,7 @@ mod tests {
         )));
         // Open until the target is predicted back: 5 s after the last success (the grid's
         // step there, 4.67 s to 6.43 s, halved five times), not the configured 30 s.
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = remaining(&b);
         assert!(
             left >= Duration::from_secs(5) && left <= Duration::from_millis(5_055),
             "{left:?}"
@@ -719,10 +715,7 @@ mod tests {
         // for the shortest wait allowed.
         call(&b, CallOutcome::Failure).unwrap();
         assert_eq!(b.state(), State::Open);
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = remaining(&b);
         assert_eq!(left, Duration::from_millis(100));
         tokio::time::advance(left).await;
         call(&b, CallOutcome::Success).unwrap();
@@ -803,10 +796,7 @@ mod tests {
                 .record_failure_before(MS, None, &retry_after_refusal());
         }
         assert_eq!(b.state(), State::Open);
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = remaining(&b);
         assert!(
             left >= Duration::from_secs(3) && left <= Duration::from_millis(3_033),
             "{left:?}"
@@ -818,10 +808,7 @@ mod tests {
             .unwrap()
             .record_failure_before(MS, None, &retry_after_refusal());
         assert_eq!(b.state(), State::Open, "a fresh call is predicted to fail");
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = remaining(&b);
         assert!(left >= Duration::from_secs(3), "{left:?}");
         // A breaker without a model records a plain failure.
         let plain = small().build().unwrap();
@@ -849,10 +836,7 @@ mod tests {
                 .record_failure_before(MS, None, &retry_after_refusal());
         }
         // The rate opened it; the fresh reading alone would have said 500 ms.
-        let left = call(&b, CallOutcome::Success)
-            .unwrap_err()
-            .remaining
-            .unwrap();
+        let left = remaining(&b);
         assert_eq!(left, Duration::from_secs(30));
     }
 

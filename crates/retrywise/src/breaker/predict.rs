@@ -203,13 +203,9 @@ impl Prediction {
         configured: impl FnOnce() -> Duration,
         calls_per_s: f64,
     ) -> Duration {
+        // At least 1 (NaN and negative rates count as none).
         let answers_for = 1.0 + calls_per_s.max(0.0) * self.min_open.as_secs_f64();
-        let threshold = if answers_for.is_finite() {
-            self.threshold / answers_for
-        } else {
-            self.threshold
-        };
-        match self.first_worth(ctx, retry, None, threshold) {
+        match self.first_worth(ctx, retry, None, self.threshold / answers_for) {
             Recovery::After { wait, .. } => wait,
             Recovery::NotWithin => configured().clamp(self.min_open, self.max_open),
             Recovery::Unknown => configured(),
