@@ -1,6 +1,7 @@
 //! The whole pipeline on one machine: simulate → record → compact → train → serve →
 //! predict and decide over real HTTP (127.0.0.1) → a new model version appears while a
-//! load runs → no request fails, and the new version answers.
+//! load runs → no request fails, and the new version answers → the service stops, and what
+//! it ingested (one record of a newer minor version among them) compacts without a loss.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use polars::prelude::{LazyFrame, PlRefPath, ScanArgsParquet, col};
 use retrywise_collect::compact::{CompactOptions, Disposal, compact};
 use retrywise_server::Config;
 use retrywise_sim::driver::{RunOptions, run};
@@ -135,6 +137,13 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
             }
         }
         assert_eq!(acknowledged, rows, "every recorded attempt ingested");
+        // One more, of a newer minor version and with a field this build does not know:
+        // acknowledged, so it must reach the Parquet with that field (checked below).
+        let newer = first_line(&archive)
+            .replacen(&format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT), "\"1.99\"", 1)
+            .replacen('{', r#"{"zone":"eu-1","#, 1);
+        let r = client.post(format!("{base}/v1/attempts")).header("content-type", "application/x-ndjson").body(newer).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 202);
 
         // A load of four clients while version 2 is trained and appears.
         let stop = Arc::new(AtomicBool::new(false));
@@ -186,4 +195,49 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
         let _ = stop_tx.send(());
         server.await.unwrap().unwrap();
     });
+
+    // After the server stopped, what it acknowledged compacts: every record, and the newer
+    // one's unknown field in its own column.
+    let ingested_parquet = dir.path().join("ingested-parquet");
+    let opts = CompactOptions::new(dir.path().join("ingested"), &ingested_parquet);
+    let s = compact(&opts, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!((s.rows, s.read.skipped()), (rows + 1, 0), "{s:?}");
+    let glob = format!("{}/**/*.parquet", ingested_parquet.display());
+    let df = LazyFrame::scan_parquet(PlRefPath::new(&glob), ScanArgsParquet::default())
+        .unwrap()
+        .filter(col("unknown_fields").is_not_null())
+        .collect()
+        .unwrap();
+    assert_eq!(df.height(), 1);
+    let kept = df
+        .column("unknown_fields")
+        .unwrap()
+        .str()
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(kept).unwrap(),
+        json!({"zone": "eu-1"})
+    );
+    assert_eq!(
+        df.column("schema_version").unwrap().str().unwrap().get(0),
+        Some("1.99")
+    );
+}
+
+/// The first record of the first segment under `dir`.
+fn first_line(dir: &Path) -> String {
+    let seg = std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::read_to_string(seg)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned()
 }
