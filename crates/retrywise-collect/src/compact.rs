@@ -8,8 +8,11 @@
 //! Crash safety and idempotence come from the naming: a part is written to a temporary
 //! file, fsynced and renamed into place, and the segment is removed (or archived) only
 //! after all its parts are durable. A run interrupted anywhere leaves either the segment
-//! (and a re-run rewrites the very same part files, so no row is duplicated) or the parts
+//! (and a re-run finds the very same part files, so no row is duplicated) or the parts
 //! without the segment (and nothing is left to do). Running twice yields the same rows once.
+//! A part is never replaced by other rows: a segment whose part exists with other rows (one
+//! of the same name compacted into the same output before) is refused and kept
+//! ([`CollectError::PartExists`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -512,6 +515,24 @@ fn write_part(
     std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
     let tmp = dir.join(format!(".part-{stem}.parquet.tmp"));
     let path = dir.join(format!("part-{stem}.parquet"));
+    // A part already there is this segment's from a run that stopped before removing it
+    // (the same rows: nothing to write), or another segment's of the same name, which is
+    // never replaced.
+    if let Ok(file) = File::open(&path) {
+        let same = ParquetReader::new(file)
+            .finish()
+            .is_ok_and(|old| old.equals_missing(df));
+        if !same {
+            return Err(CollectError::PartExists {
+                part: path,
+                segment: source.to_path_buf(),
+            });
+        }
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| CollectError::io("stat", &path, e))?
+            .len();
+        return Ok((path, bytes));
+    }
     let file = File::create(&tmp).map_err(|e| CollectError::io("create", &tmp, e))?;
     let level = polars::polars_utils::compression::ZstdLevel::try_new(1)
         .map_err(|e| compact_error(source, &e))?;

@@ -34,6 +34,17 @@ pub enum CollectError {
         /// The other.
         second: PathBuf,
     },
+    /// A part to write exists already and holds other rows: a segment of the same name was
+    /// compacted into the same output before (from another folder, or rewritten since).
+    #[error(
+        "{part} exists and holds other rows than segment {segment} would write there: a segment of the same name was compacted into this output before; rename the segment or move the part away (the segment is kept)"
+    )]
+    PartExists {
+        /// The part already there.
+        part: PathBuf,
+        /// The segment whose part would have replaced it.
+        segment: PathBuf,
+    },
     /// An I/O operation on a path failed.
     #[error("{op} {path}")]
     Io {

@@ -412,6 +412,42 @@ fn segments_of_the_same_name_in_two_folders_are_refused_before_anything_is_writt
 }
 
 #[test]
+fn a_part_is_never_replaced_by_another_segments_rows() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b, output) = (
+        root.path().join("a"),
+        root.path().join("b"),
+        root.path().join("out"),
+    );
+    let name = "seg-0000000000001-000001-aaaaaaaa.ndjson";
+    let lines = |ids: std::ops::Range<u64>| {
+        ids.map(|i| serde_json::to_string(&record(i)).unwrap() + "\n")
+            .collect::<String>()
+    };
+    for (dir, ids) in [(&a, 0..20), (&b, 100..110)] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(name), lines(ids)).unwrap();
+    }
+    assert_eq!(go(&CompactOptions::new(&a, &output)).rows, 20);
+    // Another folder's segment of the same name, later, into the same output: refused, and
+    // both the part and the segment are kept.
+    let err = compact(&CompactOptions::new(&b, &output), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    assert!(matches!(err, CollectError::PartExists { .. }), "{err}");
+    assert!(err.to_string().contains(name), "{err}");
+    assert_eq!(ids(&scan(&output)), (0..20).collect::<Vec<_>>());
+    assert_eq!(segment::list(&b).unwrap().len(), 1, "the segment is kept");
+    // The same segment again (a run stopped before removing it): nothing to write, and it
+    // is removed.
+    std::fs::write(a.join(name), lines(0..20)).unwrap();
+    assert_eq!(go(&CompactOptions::new(&a, &output)).rows, 20);
+    assert_eq!(ids(&scan(&output)), (0..20).collect::<Vec<_>>());
+    assert!(segment::list(&a).unwrap().is_empty());
+}
+
+#[test]
 fn segments_can_be_archived_instead_of_deleted() {
     let root = tempfile::tempdir().unwrap();
     let (input, output, archive) = (
