@@ -890,6 +890,16 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
         (StatusCode::ACCEPTED, Some(4)),
         "{v}"
     );
+    // A start no day can name (beyond 9999-12-31): refused, naming the field.
+    let mut far: serde_json::Value = serde_json::from_str(&nd[0]).unwrap();
+    far["started_at_ms"] = serde_json::json!(1u64 << 63);
+    let far = far.to_string();
+    let (s, _, v) = h.call(req(far, "application/x-ndjson", "s3cret")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("started_at_ms"),
+        "{v}"
+    );
     // Not an array.
     let (s, _, v) = h.call(req("{}".into(), "application/json", "s3cret")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
@@ -945,7 +955,7 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
         "{text}"
     );
     assert!(
-        text.contains("retrywise_rejected_attempt_batches_total 2"),
+        text.contains("retrywise_rejected_attempt_batches_total 3"),
         "{text}"
     );
     assert!(

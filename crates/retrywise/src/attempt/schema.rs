@@ -676,6 +676,10 @@ fn opt_uint(n: Option<impl Into<u64>>) -> Value<'static> {
 
 const NO_RANGE: (Option<f64>, Option<f64>) = (None, None);
 
+/// The last millisecond of 9999-12-31 UTC since the Unix epoch: the latest start a record
+/// may carry (compaction partitions by `date=YYYY-MM-DD`).
+pub const LAST_MS_OF_9999: f64 = 253_402_300_799_999.0;
+
 macro_rules! field {
     (
         $name:literal, $part:ident, $ty:ident, $presence:expr, unit $unit:literal,
@@ -706,8 +710,8 @@ pub static FIELDS: [Field; 27] = [
     field!("schema_version", Record, Version, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "`MAJOR.MINOR` of the schema the record was written with; readers refuse unknown majors and accept any minor",
         Record { get: |r| Value::Version(r.schema_version), set: |r, v| if let Value::Version(x) = v { r.schema_version = x } }),
-    field!("started_at_ms", Record, UInt64, Presence::Required, unit "ms since the Unix epoch", range NO_RANGE, min_len 0, since 0,
-        "Wall-clock start of the attempt",
+    field!("started_at_ms", Record, UInt64, Presence::Required, unit "ms since the Unix epoch", range (None::<f64>, Some(LAST_MS_OF_9999)), min_len 0, since 0,
+        "Wall-clock start of the attempt (at most the last millisecond of 9999-12-31 UTC: the day it names is a `YYYY-MM-DD` partition)",
         Record { get: |r| Value::UInt(r.started_at_ms), set: |r, v| r.started_at_ms = v.uint().unwrap_or(0) }),
     field!("call_id", Record, UInt64, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
         "The logical call the attempt belongs to (random per call)",

@@ -588,6 +588,14 @@ mod tests {
         assert!(err(r#"{"started_at_ms":5,"call_id":1,"target":"t","attempt":1,"outcome":"success","outcome_latency_ms":1}"#).contains("missing field `schema_version`"));
         assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1,"outcome":"success","outcome_latency_ms":-1}"#).contains("non-negative"));
         assert!(err(r#"{"schema_version":"1.0","started_at_ms":"x"}"#).contains("invalid type"));
+        // A start beyond the year 9999 reads, and is invalid: it names no day (compaction
+        // partitions by it).
+        let far: AttemptRecord = serde_json::from_str(r#"{"schema_version":"1.0","started_at_ms":9223372036854775808,"call_id":1,"target":"t","attempt":1,"outcome":"success","outcome_latency_ms":1}"#).unwrap();
+        let far = far.validate().unwrap_err().to_string();
+        assert!(
+            far.contains("started_at_ms") && far.contains("at most 253402300799999"),
+            "{far}"
+        );
         assert!(
             err(r#"{"schema_version":"1.0","schema_version":"1.0"}"#)
                 .contains("duplicate field `schema_version`")
