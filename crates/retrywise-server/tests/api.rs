@@ -23,7 +23,11 @@ use tower::ServiceExt;
 /// A model whose log-odds are `intercept + w · failure_rate` (so tests can tell versions
 /// apart and see the fleet view at work).
 fn artifact(name: &str, version: u32, intercept: f64) -> ModelArtifact {
-    let spec = FeatureSpec::current();
+    let spec = FeatureSpec::current().with_region_rows(
+        (0..retrywise::features::N_REGIONS)
+            .map(|i| (retrywise::features::region_name(i), 1_000))
+            .collect(),
+    );
     let n = spec.names.len();
     let weights = spec
         .names

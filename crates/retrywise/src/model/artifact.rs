@@ -114,14 +114,14 @@ pub struct FeatureSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_window_ms: Option<f64>,
     /// Training rows per previous error kind (`first` for first attempts, else an error
-    /// kind's name); absent in artifacts that did not record it. A decider does not trust
-    /// the model about a failure it was trained on too few rows of.
+    /// kind's name): what the model saw of each failure, for a person reading the
+    /// artifact (deciders judge support by `region_rows`); optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rows: Option<std::collections::BTreeMap<String, u64>>,
     /// Training rows per region of the context space ([`features::region`]; regions
-    /// without rows are left out); absent in artifacts that did not record it. When
-    /// present, a decider judges the model's support by the region of a context rather than
-    /// by its error kind alone.
+    /// without rows are left out). Required by [`ModelArtifact::validate`] (every trainer
+    /// of this feature set records them): a decider judges the model's support by the
+    /// region of a context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region_rows: Option<std::collections::BTreeMap<String, u64>>,
 }
@@ -319,16 +319,25 @@ impl ModelArtifact {
             }
         }
         if let Some(rows) = &self.features.error_rows
-            && let Some(bad) = rows.keys().find(|k| support_index(k).is_none())
+            && let Some(bad) = rows.keys().find(|k| !is_kind_key(k))
         {
             return Err(ModelError::Value {
                 field: format!("features.error_rows.{bad}"),
                 problem: "is neither `first` nor an error kind".into(),
             });
         }
-        if let Some(rows) = &self.features.region_rows
-            && let Some(bad) = rows.keys().find(|k| features::region_index(k).is_none())
-        {
+        // Every trainer of this feature set records them: without them a decider could not
+        // tell the contexts the model never saw from those it learned, and would trust it
+        // everywhere.
+        let Some(rows) = &self.features.region_rows else {
+            return Err(ModelError::Value {
+                field: "features.region_rows".into(),
+                problem: format!(
+                    "is missing: a model of feature set {FEATURE_SET} records its training rows per region (deciders check their support with them)"
+                ),
+            });
+        };
+        if let Some(bad) = rows.keys().find(|k| features::region_index(k).is_none()) {
             return Err(ModelError::Value {
                 field: format!("features.region_rows.{bad}"),
                 problem: "is not a region (error/latency…/failing…/in_flight…)".into(),
@@ -375,19 +384,11 @@ pub struct LogisticModel {
     folded_intercept: f64,
     /// Training rows per region, when the artifact recorded them.
     regions: Option<Box<[u64; features::N_REGIONS]>>,
-    /// Training rows per previous error kind (`first`, then `ErrorKind::ALL`), if known.
-    support: Option<[u64; 1 + ErrorKind::ALL.len()]>,
 }
 
-/// The position of `first` or an error kind's name in [`LogisticModel`]'s support.
-fn support_index(key: &str) -> Option<usize> {
-    if key == "first" {
-        return Some(0);
-    }
-    ErrorKind::ALL
-        .iter()
-        .position(|k| k.as_str() == key)
-        .map(|i| i + 1)
+/// Whether `key` is `first` or an error kind's name (the keys of `features.error_rows`).
+fn is_kind_key(key: &str) -> bool {
+    key == "first" || ErrorKind::ALL.iter().any(|k| k.as_str() == key)
 }
 
 impl LogisticModel {
@@ -398,15 +399,6 @@ impl LogisticModel {
     pub fn from_artifact(a: &ModelArtifact) -> Result<Self, ModelError> {
         a.validate()?;
         let mut m = Self::from_parts(&a.scaler, &a.weights, a.intercept)?;
-        if let Some(rows) = &a.features.error_rows {
-            let mut support = [0; 1 + ErrorKind::ALL.len()];
-            for (k, n) in rows {
-                if let Some(i) = support_index(k) {
-                    support[i] = *n;
-                }
-            }
-            m.support = Some(support);
-        }
         if let Some(rows) = &a.features.region_rows {
             let mut regions = Box::new([0; features::N_REGIONS]);
             for (k, n) in rows {
@@ -419,20 +411,13 @@ impl LogisticModel {
         Ok(m)
     }
 
-    /// Training rows like `ctx`, when the artifact recorded them: those in its region
-    /// ([`features::region`]), or, for artifacts that counted only per error kind, those
-    /// that followed the same previous error (first attempts for none).
+    /// Training rows like `ctx` — those in its region ([`features::region`]) — for a model
+    /// read from an artifact; `None` for one built from its parts (nothing says where it
+    /// was trained).
     pub fn rows_like(&self, ctx: &AttemptContext) -> Option<u64> {
-        if let Some(regions) = &self.regions {
-            return Some(regions[features::region(ctx)]);
-        }
-        let i = ctx.error.map_or(0, |k| {
-            ErrorKind::ALL
-                .iter()
-                .position(|x| *x == k)
-                .map_or(0, |i| i + 1)
-        });
-        self.support.map(|s| s[i])
+        self.regions
+            .as_ref()
+            .map(|regions| regions[features::region(ctx)])
     }
 
     /// A model from its parts: the scaler, one weight per feature, the intercept.
@@ -484,7 +469,6 @@ impl LogisticModel {
             intercept,
             folded: [0.0; N_FEATURES],
             folded_intercept: intercept,
-            support: None,
             regions: None,
         };
         m.mean.copy_from_slice(&scaler.mean);
@@ -549,7 +533,6 @@ impl LogisticModel {
             intercept,
             folded: [0.0; N_FEATURES],
             folded_intercept: intercept,
-            support: None,
             regions: None,
         };
         m.fold();
@@ -727,7 +710,11 @@ mod tests {
                 positive: POSITIVE_LABEL.into(),
                 definition: "outcome == \"success\"".into(),
             },
-            features: FeatureSpec::current(),
+            features: FeatureSpec::current().with_region_rows(
+                (0..features::N_REGIONS)
+                    .map(|i| (features::region_name(i), 1_000))
+                    .collect(),
+            ),
             scaler: Scaler {
                 mean: (0..n).map(|i| i as f64 * 0.1).collect(),
                 scale: (0..n).map(|i| 1.0 + i as f64).collect(),
@@ -923,28 +910,14 @@ mod tests {
     }
 
     #[test]
-    fn training_rows_per_failure_are_read_and_checked() {
+    fn training_rows_per_failure_are_checked() {
         let mut a = artifact();
-        assert_eq!(
-            LogisticModel::from_artifact(&a)
-                .unwrap()
-                .rows_like(&AttemptContext::first("t")),
-            None,
-            "not recorded: unknown"
-        );
         a.features = a.features.with_error_rows(
             [("first".to_owned(), 900), ("http_503".to_owned(), 40)]
                 .into_iter()
                 .collect(),
         );
-        let m = LogisticModel::from_artifact(&a).unwrap();
-        let mut c = AttemptContext::first("t");
-        assert_eq!(m.trained_on(&c), Some(900));
-        c.attempt = 2;
-        c.error = Some(ErrorKind::Http503);
-        assert_eq!(m.trained_on(&c), Some(40));
-        c.error = Some(ErrorKind::Http4xx);
-        assert_eq!(m.trained_on(&c), Some(0), "never seen");
+        a.validate().unwrap();
         let text = serde_json::to_string(&a).unwrap();
         assert_eq!(ModelArtifact::from_json(&text).unwrap(), a);
         a.features.error_rows = Some([("http_999".to_owned(), 1)].into_iter().collect());
@@ -957,7 +930,7 @@ mod tests {
     }
 
     #[test]
-    fn training_rows_per_region_take_precedence_over_rows_per_kind() {
+    fn training_rows_per_region_say_where_the_model_was_trained() {
         let mut c = AttemptContext::first("t");
         c.attempt = 2;
         c.error = Some(ErrorKind::Http503);
@@ -993,6 +966,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Without them the model would be trusted everywhere: refused.
+        a.features.region_rows = None;
+        let err = a.validate().unwrap_err();
+        assert!(
+            matches!(&err, ModelError::Value { field, .. } if field == "features.region_rows"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("is missing"), "{err}");
     }
 
     proptest! {

@@ -77,8 +77,8 @@ pub const MAX_GRID: usize = 64;
 /// **Fallback.** Without a model, when the model answers NaN, or when the model was
 /// trained on fewer than `min_support` rows (default 100) like the context
 /// ([`SuccessModel::trained_on`]: rows in the same region of the context space —
-/// [`crate::features::region`] — or, for older artifacts, after the same kind of failure:
-/// it has not learned that situation, and would only extrapolate), it decides
+/// [`crate::features::region`], which every artifact records: it has not learned that
+/// situation, and would only extrapolate), it decides
 /// with rules — [`RetryRules`] with AWS's decorrelated jitter from 100 ms, capped at
 /// 10 s (on every scenario of the simulator's training suite it serves at least as many
 /// requests as full jitter, at about as many attempts), the same attempt limit and
