@@ -497,6 +497,31 @@ impl LogisticModel {
                 ),
             });
         }
+        // Finite folded weights can still overflow the logit of some context (two weights
+        // of 1e308 and -1e308 sum to NaN): the largest logit any encodable context could
+        // reach must be a finite number.
+        let reach = m.folded_intercept.abs()
+            + m.folded
+                .iter()
+                .map(|w| w.abs() * features::FEATURE_BOUND)
+                .sum::<f64>();
+        if !reach.is_finite() {
+            let (i, _) = m
+                .folded
+                .iter()
+                .enumerate()
+                .fold((0, 0.0f64), |best, (i, w)| {
+                    if w.abs() > best.1 { (i, w.abs()) } else { best }
+                });
+            return Err(ModelError::Value {
+                field: "weights".into(),
+                problem: format!(
+                    "the logit could overflow: weights (over their scales) up to {:e} (weights[{i}]) times features up to {:e} is not a finite number",
+                    m.folded[i],
+                    features::FEATURE_BOUND
+                ),
+            });
+        }
         Ok(m)
     }
 
@@ -870,6 +895,18 @@ mod tests {
                     v["weights"][3] = 1e300.into();
                 }),
                 "`intercept` is invalid",
+            ),
+            // Finite folded weights whose logit overflows for some context.
+            (
+                Box::new(|v| {
+                    v["weights"][0] = 1e308.into();
+                    v["weights"][1] = (-1e308).into();
+                    v["scaler"]["scale"][0] = 1.0.into();
+                    v["scaler"]["scale"][1] = 1.0.into();
+                    v["scaler"]["mean"][0] = 0.0.into();
+                    v["scaler"]["mean"][1] = 0.0.into();
+                }),
+                "`weights` is invalid: the logit could overflow",
             ),
         ];
         for (edit, want) in cases {
