@@ -1,5 +1,6 @@
 //! Shipping records to the service's ingestion endpoint over HTTP.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,15 @@ pub struct ShipperConfig {
     /// First and largest wait between attempts (exponential, full jitter). Defaults to
     /// 200 ms and 10 s.
     pub backoff: (Duration, Duration),
+    /// A directory where batches the endpoint did not take are kept, durably, until it
+    /// takes them (oldest first; while any wait there, new batches join them, so records
+    /// arrive in order). `None` (the default): such a batch is given up and counted as
+    /// failed. Locked by one shipper at a time; batches left by a previous process are
+    /// shipped by the next.
+    pub spool: Option<PathBuf>,
+    /// The most bytes the spool holds; a batch that would exceed it is given up and
+    /// counted as failed. Defaults to 1 GiB.
+    pub spool_max_bytes: u64,
 }
 
 impl ShipperConfig {
@@ -48,7 +58,111 @@ impl ShipperConfig {
             max_attempts: 5,
             attempt_timeout: Duration::from_secs(10),
             backoff: (Duration::from_millis(200), Duration::from_secs(10)),
+            spool: None,
+            spool_max_bytes: 1 << 30,
         }
+    }
+}
+
+/// The spool's batch files: `batch-MS-SEQ.ndjson`, oldest first by name.
+const SPOOL_PREFIX: &str = "batch-";
+const SPOOL_SUFFIX: &str = ".ndjson";
+/// A spooled batch the endpoint refused as invalid, kept beside the others for a person.
+const REFUSED_SUFFIX: &str = ".refused";
+
+/// Batches kept on disk while the endpoint does not take them.
+struct Spool {
+    dir: PathBuf,
+    /// Held for the shipper's life: one shipper per spool.
+    _lock: std::fs::File,
+    max_bytes: u64,
+    /// Bytes of the batch files waiting.
+    bytes: u64,
+    /// Whether any batch waits.
+    waiting: bool,
+    /// The next batch file's number.
+    seq: u64,
+    /// When to try the oldest batch again, and the wait after a failure.
+    next_try: Instant,
+    backoff: Duration,
+}
+
+impl Spool {
+    fn open(dir: &Path, max_bytes: u64, first_backoff: Duration) -> Result<Self, CollectError> {
+        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+        let lock = crate::writer::lock_dir(dir)?;
+        let mut spool = Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            max_bytes,
+            bytes: 0,
+            waiting: false,
+            seq: 0,
+            next_try: Instant::now(),
+            backoff: first_backoff,
+        };
+        let batches = spool.batches()?;
+        for b in &batches {
+            spool.bytes += std::fs::metadata(b).map_or(0, |m| m.len());
+        }
+        spool.waiting = !batches.is_empty();
+        if spool.waiting {
+            tracing::info!(spool = %dir.display(), batches = batches.len(), bytes = spool.bytes, "batches wait in the spool; shipping them first");
+        }
+        Ok(spool)
+    }
+
+    /// The waiting batch files, oldest first.
+    fn batches(&self) -> Result<Vec<PathBuf>, CollectError> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| CollectError::io("list", &self.dir, e))?;
+        let mut out: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(SPOOL_PREFIX) && n.ends_with(SPOOL_SUFFIX))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Writes `body` durably as the newest batch file (temporary file, fsync, rename,
+    /// fsync of the directory).
+    fn keep(&mut self, body: &[u8]) -> Result<(), CollectError> {
+        let len = body.len() as u64;
+        if self.bytes + len > self.max_bytes {
+            return Err(CollectError::Flush {
+                reason: format!(
+                    "the spool {} is full ({} of {} bytes)",
+                    self.dir.display(),
+                    self.bytes,
+                    self.max_bytes
+                ),
+            });
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.seq += 1;
+        let name = format!("{SPOOL_PREFIX}{ms:013}-{:06}{SPOOL_SUFFIX}", self.seq);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let path = self.dir.join(&name);
+        std::fs::write(&tmp, body).map_err(|e| CollectError::io("write", &tmp, e))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| CollectError::io("sync", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))?;
+        crate::segment::sync_dir(&self.dir).map_err(|e| CollectError::io("sync", &self.dir, e))?;
+        self.bytes += len;
+        if !self.waiting {
+            // The endpoint just failed: the spool's first try waits a backoff.
+            self.next_try = Instant::now() + self.backoff;
+        }
+        self.waiting = true;
+        Ok(())
     }
 }
 
@@ -65,7 +179,12 @@ enum Msg {
 /// after a delay) with `POST` and `Content-Type: application/x-ndjson`, retrying with
 /// exponential backoff and full jitter through retrywise's own [`Policy`] (Retry-After is
 /// honoured; 4xx answers are not retried). A batch that exhausts its attempts is dropped
-/// and counted as failed.
+/// and counted as failed — unless a spool is configured ([`ShipperConfig::spool`]): then
+/// it is written there durably and sent again, oldest first, until the endpoint takes it
+/// (a restarted shipper sends what its predecessor left); only a batch the endpoint
+/// refuses as invalid (400, 413, 415, 422) is given up, and a spooled one is kept beside
+/// the others as `batch-….ndjson.refused`. Delivery is at least once: a batch sent but
+/// not acknowledged (a timeout, a crash before its file is removed) is sent again.
 #[derive(Debug, Clone)]
 pub struct ShippingRecorder {
     tx: mpsc::Sender<Msg>,
@@ -95,7 +214,8 @@ impl ShippingRecorder {
     /// # Errors
     /// [`CollectError::Endpoint`] for an endpoint that is not an `http(s)` URL;
     /// [`CollectError::Config`] for zero sizes, attempts or timeouts; an error if called
-    /// outside a tokio runtime.
+    /// outside a tokio runtime; for a spool, [`CollectError::Io`] if its directory cannot
+    /// be created or read, [`CollectError::DirectoryInUse`] if another shipper holds it.
     pub fn spawn(config: ShipperConfig) -> Result<Self, CollectError> {
         let url = reqwest::Url::parse(&config.endpoint).map_err(|e| CollectError::Endpoint {
             endpoint: config.endpoint.clone(),
@@ -144,9 +264,17 @@ impl ShippingRecorder {
                 "the shipper must be started inside a tokio runtime",
             )
         })?;
+        let spool = config
+            .spool
+            .as_deref()
+            .map(|dir| Spool::open(dir, config.spool_max_bytes, config.backoff.0))
+            .transpose()?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let counters = Arc::new(Counters::default());
         let worker = Worker {
+            spool,
+            first_backoff: config.backoff.0,
+            max_backoff: config.backoff.1,
             client: reqwest::Client::new(),
             url,
             token: config.token.clone(),
@@ -177,7 +305,8 @@ impl ShippingRecorder {
         done.await.map_err(|_| CollectError::WriterGone)?
     }
 
-    /// Waits until every record recorded before this call was delivered or given up.
+    /// Waits until every record recorded before this call was delivered, written to the
+    /// spool, or given up.
     ///
     /// # Errors
     /// [`CollectError::Flush`] if records were given up (or dropped for a full queue)
@@ -186,7 +315,8 @@ impl ShippingRecorder {
         self.ask(Msg::Flush).await
     }
 
-    /// Ships what is queued and stops the task.
+    /// Ships what is queued and stops the task (batches in the spool stay there for the
+    /// next shipper of that directory).
     ///
     /// # Errors
     /// As [`flush`](Self::flush).
@@ -213,6 +343,9 @@ impl Recorder for ShippingRecorder {
 }
 
 struct Worker {
+    spool: Option<Spool>,
+    first_backoff: Duration,
+    max_backoff: Duration,
     client: reqwest::Client,
     url: reqwest::Url,
     token: Option<String>,
@@ -228,8 +361,18 @@ impl Worker {
         let mut batch: Vec<AttemptRecord> = Vec::with_capacity(self.batch_size);
         let mut deadline = Instant::now() + self.delay;
         loop {
+            let retry_spool = self
+                .spool
+                .as_ref()
+                .filter(|s| s.waiting)
+                .map(|s| s.next_try);
+            // The spool first: a steady stream of records must not keep it waiting.
             let msg = tokio::select! {
                 biased;
+                () = tokio::time::sleep_until(retry_spool.unwrap_or(deadline)), if retry_spool.is_some() => {
+                    self.reship().await;
+                    continue;
+                }
                 msg = rx.recv() => msg,
                 () = tokio::time::sleep_until(deadline), if !batch.is_empty() => {
                     self.ship(&mut batch).await;
@@ -289,9 +432,15 @@ impl Worker {
                 invalid += 1;
                 continue;
             }
+            let at = body.len();
             if serde_json::to_writer(&mut body, &r).is_ok() {
                 body.push(b'\n');
                 n += 1;
+            } else {
+                // Counted like a record that breaks the rules (a serializer error is one),
+                // and nothing of it sent.
+                body.truncate(at);
+                invalid += 1;
             }
         }
         Counters::add(&self.counters.dropped_invalid, invalid);
@@ -299,6 +448,134 @@ impl Worker {
             return;
         }
         let body = bytes::Bytes::from(body);
+        // While batches wait in the spool, a new one joins them: records arrive in order.
+        if self.spool.as_ref().is_some_and(|s| s.waiting) {
+            self.spill(&body, n);
+            return;
+        }
+        match self.post(body.clone()).await {
+            Ok(a) if (200..300).contains(&a.status) => {
+                Counters::add(&self.counters.shipped, n);
+                Counters::add(&self.counters.batches, 1);
+            }
+            Ok(a) if refused(a.status) => {
+                tracing::error!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch as invalid; dropping it");
+                self.failed(n);
+            }
+            Ok(a) if self.spool.is_some() => {
+                tracing::warn!(endpoint = %self.url, status = a.status, records = n, "ingestion did not take a batch; keeping it in the spool");
+                self.spill(&body, n);
+            }
+            Err(e) if self.spool.is_some() => {
+                tracing::warn!(endpoint = %self.url, error = %e, records = n, "could not deliver a batch; keeping it in the spool");
+                self.spill(&body, n);
+            }
+            Ok(a) => {
+                tracing::error!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch; dropping it");
+                self.failed(n);
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %self.url, error = %e, records = n, "could not deliver a batch; dropping it");
+                self.failed(n);
+            }
+        }
+    }
+
+    /// Keeps a batch the endpoint did not take in the spool (or, if it cannot be written
+    /// there, gives it up).
+    fn spill(&mut self, body: &[u8], n: u64) {
+        let Some(spool) = &mut self.spool else {
+            self.failed(n);
+            return;
+        };
+        match spool.keep(body) {
+            Ok(()) => Counters::add(&self.counters.spooled, n),
+            Err(e) => {
+                tracing::error!(endpoint = %self.url, error = %e, records = n, "could not keep a batch in the spool; dropping it");
+                self.failed(n);
+            }
+        }
+    }
+
+    /// Tries to deliver the oldest batch of the spool: removed once the endpoint took it,
+    /// set aside (`.refused`) if it refuses it as invalid, else tried again after a wait
+    /// that doubles up to the backoff's largest.
+    async fn reship(&mut self) {
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        let oldest = match spool.batches() {
+            Ok(b) => b.into_iter().next(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the spool");
+                None
+            }
+        };
+        let Some(path) = oldest else {
+            spool.waiting = false;
+            spool.bytes = 0;
+            return;
+        };
+        let body = match std::fs::read(&path) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read a spooled batch");
+                spool.next_try = Instant::now() + spool.backoff;
+                spool.backoff = (spool.backoff * 2).min(self.max_backoff);
+                return;
+            }
+        };
+        let n = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count() as u64;
+        let len = body.len() as u64;
+        let answer = self.post(body).await;
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        let (delivered, set_aside) = match &answer {
+            Ok(a) if (200..300).contains(&a.status) => (true, false),
+            Ok(a) if refused(a.status) => (false, true),
+            _ => (false, false),
+        };
+        if delivered || set_aside {
+            let done = if delivered {
+                std::fs::remove_file(&path).map_err(|e| CollectError::io("remove", &path, e))
+            } else {
+                let aside = path.with_extension(format!("ndjson{REFUSED_SUFFIX}"));
+                std::fs::rename(&path, &aside).map_err(|e| CollectError::io("rename", &path, e))
+            }
+            .and_then(|()| {
+                crate::segment::sync_dir(&spool.dir)
+                    .map_err(|e| CollectError::io("sync", &spool.dir, e))
+            });
+            if let Err(e) = done {
+                // Delivered, but still on disk: it would be sent again. Say so.
+                tracing::error!(error = %e, "a spooled batch was handled but could not be removed");
+            }
+            spool.bytes = spool.bytes.saturating_sub(len);
+            spool.backoff = self.first_backoff;
+            spool.next_try = Instant::now();
+            if delivered {
+                Counters::add(&self.counters.shipped, n);
+                Counters::add(&self.counters.batches, 1);
+            } else {
+                tracing::error!(path = %path.display(), records = n, "ingestion refused a spooled batch as invalid; set aside");
+                Counters::add(&self.counters.failed, n);
+                self.failed_since_flush += n;
+            }
+        } else {
+            spool.next_try = Instant::now() + spool.backoff;
+            spool.backoff = (spool.backoff * 2).min(self.max_backoff);
+        }
+    }
+
+    /// One `POST` of `body`, with the shipper's retries.
+    async fn post(
+        &self,
+        body: bytes::Bytes,
+    ) -> Result<Answer, retrywise::policy::CallError<reqwest::Error>> {
         let retries_before = self.policy.metrics().retries;
         let result = self
             .policy
@@ -327,24 +604,17 @@ impl Worker {
             .await;
         let retries = self.policy.metrics().retries - retries_before;
         Counters::add(&self.counters.retries, retries);
-        match result {
-            Ok(a) if (200..300).contains(&a.status) => {
-                Counters::add(&self.counters.shipped, n);
-                Counters::add(&self.counters.batches, 1);
-            }
-            Ok(a) => {
-                tracing::error!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch; dropping it");
-                self.failed(n);
-            }
-            Err(e) => {
-                tracing::error!(endpoint = %self.url, error = %e, records = n, "could not deliver a batch; dropping it");
-                self.failed(n);
-            }
-        }
+        result
     }
 
     fn failed(&mut self, n: u64) {
         Counters::add(&self.counters.failed, n);
         self.failed_since_flush += n;
     }
+}
+
+/// Whether an answer refuses the batch for what it holds (sending it again would not help):
+/// a malformed or too large body, or one of the wrong type.
+fn refused(status: u16) -> bool {
+    matches!(status, 400 | 413 | 415 | 422)
 }

@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub(crate) failed: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) spooled: AtomicU64,
 }
 
 impl Counters {
@@ -45,12 +46,14 @@ impl Counters {
             failed: g(&self.failed),
             batches: g(&self.batches),
             retries: g(&self.retries),
+            spooled: g(&self.spooled),
         }
     }
 }
 
 /// A snapshot of a recorder's counters. Every record handed to `record()` ends up in
-/// exactly one of `written`/`shipped`, `dropped_*` or `failed` (or is still queued).
+/// exactly one of `written`/`shipped`, `dropped_*` or `failed` (or is still queued, in
+/// memory or in a shipper's spool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct RecorderStats {
     /// Records accepted into the queue.
@@ -83,4 +86,8 @@ pub struct RecorderStats {
     pub batches: u64,
     /// Retries the shipper made.
     pub retries: u64,
+    /// Records the shipper wrote to its spool because the endpoint did not take them
+    /// (or others still waited there); each is counted again in `shipped` once
+    /// delivered from it, or in `failed` if the endpoint refuses it as invalid.
+    pub spooled: u64,
 }

@@ -328,7 +328,7 @@ impl Recorder for SegmentRecorder {
     }
 }
 
-fn lock_dir(dir: &Path) -> Result<File, CollectError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, CollectError> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)

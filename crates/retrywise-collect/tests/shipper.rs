@@ -227,3 +227,145 @@ async fn bad_endpoints_are_refused() {
         "{err}"
     );
 }
+
+/// The batch files waiting in a spool directory.
+fn spooled(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with("batch-") && n.ends_with(".ndjson"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits (bounded: 10 s of polls) until `done` holds.
+async fn eventually(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 10 s");
+}
+
+#[tokio::test]
+async fn batches_the_service_does_not_take_wait_in_the_spool_and_arrive_in_order() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    // Down for the first batch's attempts and two tries of the spool.
+    stub.fail.store(5, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(spool.clone()),
+        ..config(url)
+    })
+    .unwrap();
+    for i in 0..1500 {
+        shipper.record(record(i));
+    }
+    // Delivered or kept: nothing was given up.
+    shipper.flush().await.unwrap();
+    let s = shipper.stats();
+    assert_eq!((s.failed, s.dropped_queue_full), (0, 0), "{s:?}");
+    assert!(s.spooled >= 1000, "the first batch at least waits: {s:?}");
+    // The service answers again: everything arrives, once and in order, and the spool
+    // empties.
+    eventually(|| shipper.stats().shipped == 1500).await;
+    assert!(spooled(&spool).is_empty(), "{:?}", spooled(&spool));
+    let got: Vec<u64> = stub
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.call_id)
+        .collect();
+    assert_eq!(got, (0..1500).collect::<Vec<_>>());
+    assert_eq!(shipper.stats().failed, 0);
+}
+
+#[tokio::test]
+async fn a_restarted_shipper_sends_what_its_predecessor_kept() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let cfg = ShipperConfig {
+        spool: Some(spool.clone()),
+        ..config(url)
+    };
+    let first = ShippingRecorder::spawn(cfg.clone()).unwrap();
+    // One shipper per spool.
+    let err = ShippingRecorder::spawn(cfg.clone()).unwrap_err();
+    assert!(matches!(err, CollectError::DirectoryInUse { .. }), "{err}");
+    for i in 0..10 {
+        first.record(record(i));
+    }
+    first.close().await.unwrap();
+    assert_eq!(first.stats().spooled, 10);
+    assert_eq!(spooled(&spool).len(), 1, "kept on disk");
+    drop(first);
+    // The next process, with the service back.
+    stub.fail.store(0, Ordering::SeqCst);
+    let second = ShippingRecorder::spawn(cfg).unwrap();
+    eventually(|| second.stats().shipped == 10).await;
+    assert!(spooled(&spool).is_empty());
+    assert_eq!(stub.received.lock().unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn a_spooled_batch_the_service_refuses_as_invalid_is_set_aside() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    // Unavailable, then refusing.
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(spool.clone()),
+        ..config(url)
+    })
+    .unwrap();
+    shipper.record(record(1));
+    shipper.flush().await.unwrap();
+    assert_eq!(shipper.stats().spooled, 1);
+    stub.fail_with.store(400, Ordering::SeqCst);
+    eventually(|| shipper.stats().failed == 1).await;
+    stub.fail.store(0, Ordering::SeqCst);
+    let kept: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.ends_with(".refused"))
+        .collect();
+    assert_eq!(kept.len(), 1, "kept for a person to look at");
+    assert!(spooled(&spool).is_empty());
+    assert!(
+        shipper.flush().await.is_err(),
+        "the flush says it was given up"
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_gives_up_and_says_so() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(dir.path().to_path_buf()),
+        spool_max_bytes: 100,
+        ..config(url)
+    })
+    .unwrap();
+    shipper.record(record(1));
+    let err = shipper.flush().await.unwrap_err();
+    assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    let s = shipper.stats();
+    assert_eq!((s.spooled, s.failed), (0, 1));
+    assert!(spooled(dir.path()).is_empty());
+}
