@@ -151,10 +151,11 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
         for _ in 0..4 {
             let (client, stop, url, ctx) = (client.clone(), Arc::clone(&stop), format!("{base}/v1/predict"), ctx.clone());
             clients.push(tokio::spawn(async move {
-                let mut seen = Vec::new();
-                // Bounded in count as well as in time.
-                for _ in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) {
+                let mut seen: Vec<(u16, Option<u64>)> = Vec::new();
+                // Until told to stop and having been answered by version 2 (each client's
+                // requests after the swap), bounded in count as well as in time.
+                for _ in 0..500_000 {
+                    if stop.load(Ordering::Relaxed) && seen.last().is_some_and(|(_, v)| *v == Some(2)) {
                         break;
                     }
                     let (s, v) = post(&client, &url, &json!({"context": ctx})).await;
@@ -177,7 +178,6 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
             assert!(tokio::time::Instant::now() < deadline, "version 2 never served");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
         stop.store(true, Ordering::Relaxed);
         let mut total = 0;
         for c in clients {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Faulty, read_ids, record};
 use retrywise::recorder::Recorder;
@@ -97,15 +97,12 @@ fn a_full_queue_drops_and_counts_without_blocking() {
     };
     let rec = SegmentRecorder::with_storage(dir.path(), cfg, storage).unwrap();
     faults.set_stuck(true);
-    rec.record(record(0));
-    // Give the writer the first record so that it is stuck in a write, then fill the queue.
-    let t = Instant::now();
-    while rec.stats().recorded < 1 {}
-    for i in 1..10_000 {
+    // 10 000 offers against a stuck disk: a queue of 100 takes what it can and the rest
+    // is dropped and counted, so record() returned without waiting for the disk (one that
+    // waited would never have found the queue full).
+    for i in 0..10_000 {
         rec.record(record(i));
     }
-    // 10 000 offers against a stuck disk return at once: record() never waits.
-    assert!(t.elapsed() < Duration::from_secs(5));
     let s = rec.stats();
     assert!(s.dropped_queue_full >= 10_000 - 1 - 100 - 1, "{s:?}");
     assert_eq!(s.recorded + s.dropped_queue_full, 10_000);

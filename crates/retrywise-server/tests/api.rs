@@ -1058,7 +1058,9 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
     );
 }
 
-#[tokio::test]
+// On the paused clock, the sleep below returns only once every task is idle: the slow
+// request has taken the slot and waits for its body.
+#[tokio::test(start_paused = true)]
 async fn too_many_requests_in_flight_are_shed_with_retry_after() {
     let h = Harness::new(|c| c.max_in_flight = 1).await;
     // A request whose body never finishes holds the only slot.

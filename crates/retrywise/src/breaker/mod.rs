@@ -443,21 +443,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn half_open_never_admits_more_than_its_probes_under_contention() {
+    #[tokio::test(start_paused = true)]
+    async fn half_open_never_admits_more_than_its_probes_under_contention() {
         let b = CircuitBreaker::builder("c")
             .permitted_calls_in_half_open(3)
             .open_for(MS)
             .build()
             .unwrap();
+        // The threads read the test's paused clock.
+        let rt = tokio::runtime::Handle::current();
         for _ in 0..50 {
             b.trip();
-            std::thread::sleep(2 * MS);
+            tokio::time::advance(2 * MS).await;
             let admitted = std::sync::atomic::AtomicU32::new(0);
             let barrier = std::sync::Barrier::new(8);
             std::thread::scope(|s| {
                 for _ in 0..8 {
                     s.spawn(|| {
+                        let _clock = rt.enter();
                         barrier.wait();
                         let mut held = vec![];
                         for _ in 0..100 {
