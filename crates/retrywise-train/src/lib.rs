@@ -10,13 +10,25 @@
 //! the same `LogisticModel` every server and policy uses, and writes a new version
 //! `models/<name>/<version>/{model.json, metrics.json, report.html}` ([`store`], [`report`]).
 //!
-//! ```no_run
-//! use retrywise_train::{TrainOptions, train};
+//! ```
+//! use std::io::Write;
+//! use retrywise_train::{TrainOptions, synthetic, train};
 //!
-//! let mut opts = TrainOptions::new(vec!["data/sample".into()], "models", "default");
-//! let trained = train(&opts, &mut |step| eprintln!("{step:?}"))?;
-//! println!("version {} in {}", trained.version, trained.dir.display());
-//! # Ok::<(), retrywise_train::TrainError>(())
+//! // Logged attempts (here synthetic ones) as NDJSON, as the collector writes them.
+//! let dir = tempfile::tempdir()?;
+//! let mut logs = std::fs::File::create(dir.path().join("seg.ndjson"))?;
+//! for r in synthetic::records(2_000, 7) {
+//!     writeln!(logs, "{}", serde_json::to_string(&r)?)?;
+//! }
+//! let models = dir.path().join("models");
+//! let mut opts = TrainOptions::new(vec![dir.path().join("seg.ndjson").display().to_string()], &models, "default");
+//! opts.fit.alphas = vec![1.0];
+//! let trained = train(&opts, &mut |_step| {})?;
+//! assert_eq!(trained.version, 1);
+//! assert!(trained.dir.join("model.json").exists());
+//! // The model's "success" is the attempt's success, whatever class the fit took as positive.
+//! assert!(trained.evaluation.model.auc.is_some_and(|auc| auc > 0.5));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod data;
