@@ -171,6 +171,33 @@ fn bad_scenarios_and_options_are_named() {
         text(&out.stderr)
     );
 
+    // A target the simulator cannot speak to, or nothing listens on, is named before the
+    // run (not scored 0 % by every policy). Port 1 of 127.0.0.1: nothing listens there.
+    for (target, says) in [
+        ("ftp://127.0.0.1/x", "plain HTTP"),
+        ("https://127.0.0.1:1/", "plain HTTP"),
+        (
+            "http://127.0.0.1:1/",
+            "cannot connect to `http://127.0.0.1:1/`",
+        ),
+    ] {
+        let out = retrywise(&[
+            "run",
+            "--target",
+            target,
+            "--policy",
+            "none",
+            "--requests",
+            "10",
+        ]);
+        assert!(!out.status.success(), "{target}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{target}: {}",
+            text(&out.stderr)
+        );
+    }
+
     // A model given to a run that has no use for it is not silently ignored.
     let out = retrywise(&[
         "run",
