@@ -230,13 +230,19 @@ pub(crate) fn unknown_model(name: &str, set: &crate::models::ModelSet, default: 
         );
     }
     let known: Vec<&str> = set.keys().map(String::as_str).collect();
+    let serving = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    if name == default {
+        // The caller named no model: say which setting named this one.
+        return ApiError::not_found(format!(
+            "model: the default model `{name}` (setting `default_model`) is not serving (serving: {serving}); name one with `model`"
+        ));
+    }
     ApiError::not_found(format!(
-        "model: unknown model `{name}` (serving: {})",
-        if known.is_empty() {
-            "none".to_owned()
-        } else {
-            known.join(", ")
-        }
+        "model: unknown model `{name}` (serving: {serving})"
     ))
 }
 
@@ -784,6 +790,12 @@ pub struct ReloadResponse {
     pub loaded: Vec<String>,
     /// `name/version: why` refused (the version before keeps serving).
     pub failed: Vec<String>,
+    /// `name/version: why` refused by an earlier reload (by the poller, say) and not tried
+    /// again since its file has not changed: versions above the one serving that cannot.
+    pub still_refused: Vec<String>,
+    /// What else an operator should know: the models folder gone while models serve from
+    /// memory, a serving version removed from disk, no version found at all.
+    pub warnings: Vec<String>,
     /// `name/version` serving now.
     pub serving: Vec<String>,
 }
@@ -808,6 +820,12 @@ pub(crate) async fn reload(State(st): State<AppState>) -> Result<Json<ReloadResp
             .iter()
             .map(|(n, v, why)| format!("{n}/{v}: {why}"))
             .collect(),
+        still_refused: r
+            .still_refused
+            .iter()
+            .map(|(n, v, why)| format!("{n}/{v}: {why}"))
+            .collect(),
+        warnings: r.warnings.clone(),
         serving: st
             .models
             .snapshot()

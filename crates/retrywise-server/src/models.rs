@@ -34,8 +34,8 @@ pub struct LoadedModel {
     pub stamp: (u64, Option<SystemTime>),
 }
 
-/// A refused version, and the size and modification time of the file refused.
-type Refused = HashMap<(String, u32), (u64, Option<SystemTime>)>;
+/// A refused version: the size and modification time of the file refused, and why.
+type Refused = HashMap<(String, u32), ((u64, Option<SystemTime>), String)>;
 
 /// The models serving now, by name.
 pub type ModelSet = BTreeMap<String, Arc<LoadedModel>>;
@@ -47,6 +47,12 @@ pub struct ReloadReport {
     pub loaded: Vec<(String, u32)>,
     /// `(name, version, why)` refused.
     pub failed: Vec<(String, u32, String)>,
+    /// `(name, version, why)` refused by an earlier reload and not tried again (its file
+    /// has not changed since), where it would otherwise serve: above the version serving.
+    pub still_refused: Vec<(String, u32, String)>,
+    /// What an operator should know that is not a refusal: the models folder gone while
+    /// models serve from memory, a serving version removed from disk.
+    pub warnings: Vec<String>,
 }
 
 /// The serving models and how to refresh them.
@@ -131,8 +137,9 @@ impl Models {
     /// Scans the folder and swaps in every name's highest version that is new and valid.
     ///
     /// For each name, versions are tried from the highest down to the one serving (or to
-    /// the lowest, at start-up); the first that loads wins. Refused versions are reported
-    /// once (until their file changes).
+    /// the lowest, at start-up); the first that loads wins. A refused version is reported
+    /// in `failed` once, then in `still_refused` (it is not tried again until its file
+    /// changes).
     ///
     /// # Errors
     /// The folder cannot be read (the models serving keep serving).
@@ -142,12 +149,23 @@ impl Models {
         let current = self.snapshot();
         let refused = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
         // Reading and validating files is blocking work: off the request threads.
-        let (next, report, newly_refused) =
+        let (next, mut report, newly_refused) =
             tokio::task::spawn_blocking(move || scan(&dir, &current, &refused))
                 .await
                 .map_err(std::io::Error::other)??;
         if let Ok(mut r) = self.refused.lock() {
             r.extend(newly_refused);
+        }
+        if report.loaded.is_empty()
+            && report.failed.is_empty()
+            && report.still_refused.is_empty()
+            && self.snapshot().is_empty()
+        {
+            // Nothing serves and nothing could: say where that leaves the service.
+            report.warnings.push(format!(
+                "no model version found under {}",
+                self.dir.display()
+            ));
         }
         if !report.loaded.is_empty() {
             self.current.store(Arc::new(next));
@@ -159,7 +177,7 @@ impl Models {
 type Scan = (
     ModelSet,
     ReloadReport,
-    Vec<((String, u32), (u64, Option<SystemTime>))>,
+    Vec<((String, u32), ((u64, Option<SystemTime>), String))>,
 );
 
 fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Scan> {
@@ -169,7 +187,17 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
     let names = match read_dir(dir) {
         Ok(n) => n,
         // No models folder yet: nothing to serve, not an error (one may be created).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !current.is_empty() {
+                let why = format!(
+                    "the models folder {} does not exist: the versions loaded keep serving from memory",
+                    dir.display()
+                );
+                tracing::warn!("{why}");
+                report.warnings.push(why);
+            }
+            Vec::new()
+        }
         Err(e) => return Err(e),
     };
     for (name, path) in names {
@@ -190,6 +218,10 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
             && !versions.iter().any(|(v, _)| *v == c.version)
         {
             tracing::warn!(model = %name, version = c.version, "the version serving was removed from disk; serving the highest valid one left");
+            report.warnings.push(format!(
+                "{name}/{} was removed from disk; the highest valid version left serves (it keeps serving from memory if none is)",
+                c.version
+            ));
         }
         // The highest valid version on disk serves: a newer one, or an older one when the
         // serving version was removed (a rollback) or rewritten under the same number.
@@ -198,7 +230,12 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
             if cur.is_some_and(|c| c.version == version && c.stamp == st) {
                 break;
             }
-            if refused.get(&(name.clone(), version)) == Some(&st) {
+            if let Some((at, why)) = refused.get(&(name.clone(), version))
+                && *at == st
+            {
+                report
+                    .still_refused
+                    .push((name.clone(), version, why.clone()));
                 continue;
             }
             match load_version(&vpath, &name, version, st) {
@@ -209,9 +246,9 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                     break;
                 }
                 Err(why) => {
-                    tracing::error!(model = %name, version, error = %why, "model refused; the version serving keeps serving");
+                    tracing::error!(model = %name, refused = version, serving = ?serving, error = %why, "model version refused; the version serving keeps serving");
+                    newly.push(((name.clone(), version), (st, why.clone())));
                     report.failed.push((name.clone(), version, why));
-                    newly.push(((name.clone(), version), st));
                 }
             }
         }

@@ -31,7 +31,13 @@ pub async fn serve(
         Ok(r) if service.state.models.snapshot().is_empty() => {
             tracing::warn!(dir = %service.state.models.dir().display(), refused = r.failed.len(), "no model loaded yet; /readyz answers 503 until one is")
         }
-        Ok(r) => tracing::info!(loaded = ?r.loaded, "models loaded"),
+        Ok(r) => {
+            tracing::info!(loaded = ?r.loaded, "models loaded");
+            let default = &service.state.config.default_model;
+            if !service.state.models.snapshot().contains_key(default) {
+                tracing::warn!(default_model = %default, loaded = ?r.loaded, "the default model is not among the models loaded: requests that name no model are answered 404 until it is");
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, dir = %service.state.models.dir().display(), "cannot read the models folder yet")
         }

@@ -1027,6 +1027,14 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
         json!([]),
         "a refused version is not retried until it changes"
     );
+    // ... but it is still said, with why.
+    assert!(
+        v["still_refused"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("default/3: "),
+        "{v}"
+    );
     assert_eq!(h.post("/v1/predict", ask).await.1["version"], 2);
     // Fixed in place: taken.
     std::fs::write(v3.join("model.json"), artifact("default", 3, 2.0).to_json()).unwrap();
@@ -1055,6 +1063,35 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
     assert!(
         text.contains("retrywise_model_serving{model=\"default\",version=\"2\"} 0"),
         "{text}"
+    );
+    // The folder gone: the versions loaded keep serving from memory, and the reload says so.
+    std::fs::remove_dir_all(&h.models).unwrap();
+    let (s, v) = h.post("/admin/reload", "").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("does not exist: the versions loaded keep serving from memory"),
+        "{v}"
+    );
+    assert_eq!(h.post("/v1/predict", ask).await.1["version"], 3);
+}
+
+#[tokio::test]
+async fn a_default_model_that_is_not_serving_is_named_as_the_default() {
+    let h = Harness::new(|c| c.default_model = "nosuch".into()).await;
+    let (s, v) = h
+        .post(
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("the default model `nosuch` (setting `default_model`) is not serving"),
+        "{e}"
     );
 }
 
