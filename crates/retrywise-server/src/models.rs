@@ -91,6 +91,13 @@ fn load_version(
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let artifact =
         ModelArtifact::from_json(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    if artifact.name != name {
+        return Err(format!(
+            "{}: holds model `{}`, but sits in the folder of model `{name}`",
+            file.display(),
+            artifact.name
+        ));
+    }
     if artifact.version != version {
         return Err(format!(
             "{}: holds version {}, but sits in the folder of version {version}",

@@ -1614,3 +1614,23 @@ async fn a_circuit_whose_open_time_is_up_reads_half_open_in_the_view_and_the_met
     let (_, m) = h.get("/metrics").await;
     assert!(gauge(&m, 0), "{m}");
 }
+
+#[tokio::test]
+async fn a_version_holding_another_models_name_is_refused() {
+    let h = Harness::new(|_| {}).await;
+    let v2 = h.models.join("default/2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(
+        v2.join("model.json"),
+        artifact("payments", 2, 1.0).to_json(),
+    )
+    .unwrap();
+    let (_, v) = h.post("/admin/reload", "").await;
+    let failed = v["failed"][0].as_str().unwrap();
+    assert!(
+        failed.starts_with("default/2: ")
+            && failed.contains("holds model `payments`, but sits in the folder of model `default`"),
+        "{v}"
+    );
+    assert_eq!(v["serving"], json!(["default/1"]));
+}

@@ -282,6 +282,24 @@ impl ModelArtifact {
                 found: self.schema_version.clone(),
             });
         }
+        // The name is the models folder's name for the model: a plain folder name.
+        if self.name.is_empty() || self.name.starts_with('.') || self.name.contains(['/', '\\']) {
+            return Err(ModelError::Value {
+                field: "name".into(),
+                problem: format!(
+                    "`{}` is not a model name (a plain folder name: not empty, not starting with a dot, no slashes)",
+                    self.name
+                ),
+            });
+        }
+        if let Some(w) = self.features.health_window_ms
+            && !(w.is_finite() && w > 0.0)
+        {
+            return Err(ModelError::Value {
+                field: "features.health_window_ms".into(),
+                problem: format!("{w} is not a positive number of milliseconds"),
+            });
+        }
         if self.kind != LOGISTIC {
             return Err(ModelError::Kind(self.kind.clone()));
         }
@@ -880,6 +898,14 @@ mod tests {
             (
                 Box::new(|v| v["regularization"]["alpha"] = (-1.0).into()),
                 "`regularization.alpha` is invalid",
+            ),
+            (
+                Box::new(|v| v["name"] = "../../etc".into()),
+                "`name` is invalid: `../../etc` is not a model name",
+            ),
+            (
+                Box::new(|v| v["features"]["health_window_ms"] = (-5.0).into()),
+                "`features.health_window_ms` is invalid: -5 is not a positive number",
             ),
             // Finite parts that fold into a model predicting NaN.
             (
