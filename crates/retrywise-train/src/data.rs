@@ -1037,6 +1037,10 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
                     continue;
                 }
                 Ok(Value::Text(t)) if f.name == "target" => {
+                    if let Err(e) = f.check(Value::Text(t)) {
+                        summary.skip(&e.reason(), 1);
+                        continue 'rows;
+                    }
                     let shared = match targets.get(t) {
                         Some(s) => Arc::clone(s),
                         None => {

@@ -874,11 +874,11 @@ fn missing_and_mistyped_columns_name_the_column() {
 fn bad_values_are_skipped_and_counted_by_reason() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("values.parquet");
-    let n = 11;
+    let n = 12;
     let good = |i: usize| (8..10).contains(&i);
     // Rows 0..8 each carry one bad value; rows 8 and 9 are fine; row 10 is a first
     // attempt that says how the attempt before it failed (each value in range, together
-    // a contradiction).
+    // a contradiction); row 11 names an empty target.
     write_df(
         frame(vec![
             Column::new(
@@ -890,7 +890,11 @@ fn bad_values_are_skipped_and_counted_by_reason() {
             Column::new(
                 "target".into(),
                 (0..n)
-                    .map(|i| if i == 1 { None } else { Some("t") })
+                    .map(|i| match i {
+                        1 => None,
+                        11 => Some(""),
+                        _ => Some("t"),
+                    })
                     .collect::<Vec<_>>(),
             ),
             Column::new(
@@ -945,7 +949,7 @@ fn bad_values_are_skipped_and_counted_by_reason() {
     let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
     let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
     assert_eq!(rows.len(), (0..n).filter(|i| good(*i)).count());
-    assert_eq!(summary.rows_read, 11);
+    assert_eq!(summary.rows_read, 12);
     assert_eq!(summary.rows, 2);
     let reasons: Vec<(&str, u64)> = summary
         .skipped
@@ -963,6 +967,7 @@ fn bad_values_are_skipped_and_counted_by_reason() {
             ("`in_flight` is out of range", 1),
             ("`latency_ms` is out of range", 1),
             ("`started_at_ms` is out of range", 1),
+            ("`target` has the wrong length", 1),
             ("`target` is required", 1),
         ]
     );
