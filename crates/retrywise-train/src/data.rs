@@ -705,6 +705,13 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
                 } else {
                     have.is_primitive_numeric()
                 };
+                // A whole-number field stored as floats is read as floats, so that a value
+                // with a fraction is refused rather than truncated (`value`).
+                let want = if want == DataType::Int64 && have.is_float() {
+                    DataType::Float64
+                } else {
+                    want
+                };
                 if !ok {
                     return Err(TrainError::Schema {
                         path: file.path.clone(),
@@ -995,6 +1002,16 @@ fn value<'a>(field: &SchemaField, col: &Col<'a>, i: usize) -> Result<Value<'a>, 
             Some(v) if field.ty == FieldType::Milliseconds => {
                 Value::Duration(retrywise::attempt::ms_to_duration(v).map_err(|_| out_of_range())?)
             }
+            // A whole-number field stored as floats: whole values only.
+            Some(v) if field.ty.max_whole().is_some() => {
+                if v.fract() != 0.0 || !v.is_finite() {
+                    return Err(format!("`{}` is not a whole number", field.name));
+                }
+                if v < 0.0 || field.ty.max_whole().is_some_and(|max| v > max as f64) {
+                    return Err(out_of_range());
+                }
+                Value::UInt(v as u64)
+            }
             Some(v) => Value::Float(v),
         },
     })
@@ -1012,7 +1029,8 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
     let cols: Vec<(&'static SchemaField, Col<'_>)> = fields()
         .map(|f| {
             let c = df.column(f.name)?;
-            let col = match read_type(f) {
+            // As cast by `check_schema` (a whole-number field may have come as floats).
+            let col = match c.dtype() {
                 DataType::String => Col::Text(c.str()?),
                 DataType::Int64 => Col::Int(c.i64()?),
                 _ => Col::Float(c.f64()?),

@@ -871,6 +871,34 @@ fn missing_and_mistyped_columns_name_the_column() {
 }
 
 #[test]
+fn whole_numbers_stored_as_floats_are_read_when_whole_and_refused_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("floats.parquet");
+    write_df(
+        frame(vec![
+            Column::new("started_at_ms".into(), [1.0f64, 2.0, 3.0]),
+            Column::new("target".into(), ["a", "a", "a"]),
+            Column::new("attempt".into(), [1.0f64, 1.5, 2.0]),
+            Column::new("error".into(), [None, Some("timeout"), Some("timeout")]),
+            Column::new("outcome".into(), ["success", "success", "retryable"]),
+        ]),
+        &p,
+    );
+    let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows.contexts.iter().map(|c| c.attempt).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        summary.skipped.get("`attempt` is not a whole number"),
+        Some(&1),
+        "{summary:?}"
+    );
+}
+
+#[test]
 fn bad_values_are_skipped_and_counted_by_reason() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("values.parquet");
