@@ -286,28 +286,6 @@ async fn drive(
                     ),
                 });
             }
-            if target.is_some() {
-                // A target nothing listens on would score every policy 0 % and say nothing
-                // else: say so before the run.
-                let host = url.host_str().unwrap_or_default().to_owned();
-                let port = url.port_or_known_default().unwrap_or(80);
-                let reach = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    tokio::net::TcpStream::connect((host.as_str(), port)),
-                )
-                .await;
-                let problem = match reach {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("no connection within 5 s".to_owned()),
-                };
-                if let Some(p) = problem {
-                    return Err(SimError::Option {
-                        field: "target",
-                        problem: format!("cannot connect to `{url}`: {p}"),
-                    });
-                }
-            }
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(opts.max_connections)
                 .tcp_nodelay(true)

@@ -158,6 +158,68 @@ fn io(op: &str, path: &Path, source: std::io::Error) -> SimError {
     }
 }
 
+impl LearnOptions {
+    /// Checks the options before anything runs: at least one round and one gate seed, a
+    /// valid model name, and evaluation and gate seeds that are not among the recorded
+    /// ones (models are judged on traffic they did not train on) nor each other.
+    ///
+    /// # Errors
+    /// [`SimError::Option`] naming the option, or the name's error.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let opts = self;
+        if opts.rounds == 0 {
+            return Err(SimError::Option {
+                field: "rounds",
+                problem: "must be at least 1: round 0 runs the rules, and what the loop learns shows in the rounds after it".into(),
+            });
+        }
+        let Some(last_recorded) = opts.seed.checked_add(u64::from(opts.rounds)) else {
+            return Err(SimError::Option {
+                field: "seed",
+                problem: format!(
+                    "{} plus {} rounds is past the largest seed",
+                    opts.seed, opts.rounds
+                ),
+            });
+        };
+        // Checked before round 0 records and trains: a bad name found after it would leave
+        // data behind that refuses the corrected re-run.
+        retrywise_train::store::check_name(&opts.out.join("models"), &opts.name)?;
+        if opts.gate_seeds == 0 {
+            return Err(SimError::Option {
+                field: "gate_seeds",
+                problem: "must be at least 1".into(),
+            });
+        }
+        let gate_seeds: Vec<u64> = (0..u64::from(opts.gate_seeds))
+            .map(|i| opts.gate_seed.saturating_add(i))
+            .collect();
+        let checked = std::iter::once(("eval_seed", opts.eval_seed))
+            .chain(gate_seeds.iter().map(|s| ("gate_seed", *s)));
+        for (field, seed) in checked {
+            if (opts.seed..=last_recorded).contains(&seed) {
+                return Err(SimError::Option {
+                    field,
+                    problem: format!(
+                        "{seed} is one of the recorded seeds {}..={last_recorded}: models must be judged on traffic they did not train on",
+                        opts.seed
+                    ),
+                });
+            }
+        }
+        if gate_seeds.contains(&opts.eval_seed) {
+            return Err(SimError::Option {
+                field: "eval_seed",
+                problem: format!(
+                    "{} is one of the gate seeds {gate_seeds:?}: the score must come from traffic the gate did not see",
+                    opts.eval_seed
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Runs the loop; `on_round` is told each round as it finishes (and `on_step` what is
 /// happening, for a progress display).
 ///
@@ -169,55 +231,10 @@ pub fn learn(
     mut on_step: impl FnMut(u32, &str),
     mut on_round: impl FnMut(&Round),
 ) -> Result<Vec<Round>, SimError> {
-    if opts.rounds == 0 {
-        return Err(SimError::Option {
-            field: "rounds",
-            problem: "must be at least 1: round 0 runs the rules, and what the loop learns shows in the rounds after it".into(),
-        });
-    }
-    let Some(last_recorded) = opts.seed.checked_add(u64::from(opts.rounds)) else {
-        return Err(SimError::Option {
-            field: "seed",
-            problem: format!(
-                "{} plus {} rounds is past the largest seed",
-                opts.seed, opts.rounds
-            ),
-        });
-    };
-    // Checked before round 0 records and trains: a bad name found after it would leave
-    // data behind that refuses the corrected re-run.
-    retrywise_train::store::check_name(&opts.out.join("models"), &opts.name)?;
-    if opts.gate_seeds == 0 {
-        return Err(SimError::Option {
-            field: "gate_seeds",
-            problem: "must be at least 1".into(),
-        });
-    }
+    opts.validate()?;
     let gate_seeds: Vec<u64> = (0..u64::from(opts.gate_seeds))
         .map(|i| opts.gate_seed.saturating_add(i))
         .collect();
-    let checked = std::iter::once(("eval_seed", opts.eval_seed))
-        .chain(gate_seeds.iter().map(|s| ("gate_seed", *s)));
-    for (field, seed) in checked {
-        if (opts.seed..=last_recorded).contains(&seed) {
-            return Err(SimError::Option {
-                field,
-                problem: format!(
-                    "{seed} is one of the recorded seeds {}..={last_recorded}: models must be judged on traffic they did not train on",
-                    opts.seed
-                ),
-            });
-        }
-    }
-    if gate_seeds.contains(&opts.eval_seed) {
-        return Err(SimError::Option {
-            field: "eval_seed",
-            problem: format!(
-                "{} is one of the gate seeds {gate_seeds:?}: the score must come from traffic the gate did not see",
-                opts.eval_seed
-            ),
-        });
-    }
     let data = opts.out.join("data");
     let models = opts.out.join("models");
     for dir in [&data, &models.join(&opts.name)] {

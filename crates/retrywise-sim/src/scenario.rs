@@ -479,6 +479,18 @@ impl Scenario {
                     p.end_s, p.start_s
                 )));
             }
+            // (A phase past the run's end is allowed: it is what a shortened run of a
+            // longer scenario looks like.)
+            if !p.outage
+                && p.workers.is_none()
+                && p.rate_limit.is_none()
+                && p.latency == LatencyPatch::default()
+                && p.errors == ErrorsPatch::default()
+            {
+                return Err(err(format!(
+                    "line {line}: phases[{i}] changes nothing: give it an outage, workers, a rate_limit, latency or errors"
+                )));
+            }
             if let Some(w) = p.workers
                 && u64::from(w) * u64::from(s.upstream.replicas) > u64::from(MAX_WORKERS)
             {
@@ -720,6 +732,9 @@ replicas = 2",
             e.contains("line 18") && e.contains("phases[1].errors") && e.contains("add up"),
             "{e}"
         );
+        // A phase that changes nothing is a mistake.
+        let e = err(&format!("{OK}\n[[phases]]\nstart_s = 1\nend_s = 2\n"));
+        assert!(e.contains("phases[2] changes nothing"), "{e}");
         let e = err("name = \"t\"\nrps = 1\nduration_s = 1\n");
         assert!(e.contains("missing field `upstream`"), "{e}");
         let e = err("not toml [");

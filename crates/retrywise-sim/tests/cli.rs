@@ -178,7 +178,7 @@ fn bad_scenarios_and_options_are_named() {
         ("https://127.0.0.1:1/", "plain HTTP"),
         (
             "http://127.0.0.1:1/",
-            "cannot connect to `http://127.0.0.1:1/`",
+            "cannot connect to --target `http://127.0.0.1:1/`",
         ),
     ] {
         let out = retrywise(&[

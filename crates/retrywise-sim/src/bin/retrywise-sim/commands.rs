@@ -310,6 +310,9 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
             m.display()
         );
     }
+    if let Some(target) = &args.target {
+        reachable(target)?;
+    }
     if args.http || args.target.is_some() {
         opts.mode = Mode::Http {
             target: args.target,
@@ -369,6 +372,34 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a `--target` the simulator cannot speak to, or that nothing listens on: every
+/// policy would score 0 % against it and say nothing else.
+fn reachable(target: &str) -> anyhow::Result<()> {
+    let url =
+        reqwest::Url::parse(target).with_context(|| format!("--target `{target}` is not a URL"))?;
+    anyhow::ensure!(
+        url.scheme() == "http",
+        "--target `{url}`: the simulator speaks plain HTTP (`http://`), not `{}`",
+        url.scheme()
+    );
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .with_context(|| format!("--target `{url}`: cannot resolve `{host}`"))?
+        .collect();
+    let mut last = None;
+    for addr in &addrs {
+        match std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => anyhow::bail!("cannot connect to --target `{url}`: {e}"),
+        None => anyhow::bail!("--target `{url}`: `{host}` resolves to no address"),
+    }
+}
+
 /// Serves a scenario's upstream until Ctrl-C.
 pub(crate) fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
     let scenario = Arc::new(Scenario::load(&args.scenario)?);
@@ -392,6 +423,12 @@ pub(crate) fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
 
 /// Generates the training sample.
 pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
+    // Before seventy runs, not after them.
+    anyhow::ensure!(
+        !args.out.exists() || args.out.is_dir(),
+        "--out {} is a file, not a folder",
+        args.out.display()
+    );
     let work = tempfile_dir(&args.out)?;
     let mut opts = GenerateOptions::new(&args.out, &work);
     opts.scale = args.scale;
@@ -450,6 +487,8 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     opts.eval_seed = args.eval_seed;
     opts.gate_seed = args.gate_seed;
     opts.gate_seeds = args.gate_seeds;
+    // Before the header: a refused option prints nothing else.
+    opts.validate()?;
     let bar = Progress::new(
         u64::from(args.rounds) + 1,
         "{spinner} learning [{bar:20}] round {pos}/{len} {msg}",
@@ -585,6 +624,21 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
 pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     use retrywise_sim::report::ReportOptions;
     anyhow::ensure!(!args.seeds.is_empty(), "--seeds names no seed");
+    // Read before the runs, so that a file that is not there or not TOML is said at once.
+    let known = match (&args.known_misses, args.check) {
+        (Some(path), true) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<KnownMisses>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+                .missed
+        }
+        (Some(path), false) => anyhow::bail!(
+            "--known-misses {} is read by --check, which this report does not run",
+            path.display()
+        ),
+        (None, _) => Default::default(),
+    };
     let model = adaptive_model(args.model.as_deref())?;
     let origin = match (&args.model, &model) {
         (Some(p), _) => format!("the model at {}", p.display()),
@@ -647,16 +701,6 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     if !args.check {
         return Ok(());
     }
-    let known = match &args.known_misses {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<KnownMisses>(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
-                .missed
-        }
-        None => Default::default(),
-    };
     let checked = report.check(&known);
     for line in &checked.lines {
         outln!("{line}");
