@@ -29,6 +29,12 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    if args.input.exists() && !args.input.is_dir() {
+        anyhow::bail!(
+            "--input {} is a file, not a folder of segments",
+            args.input.display()
+        );
+    }
     if !args.input.is_dir() {
         anyhow::bail!("input directory {} does not exist", args.input.display());
     }

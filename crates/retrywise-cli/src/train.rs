@@ -153,7 +153,9 @@ pub(crate) struct InspectArgs {
 }
 
 /// A progress display for the steps of a run: a byte bar while reading, then a spinner.
-fn progress() -> (ProgressBar, impl FnMut(Step)) {
+/// The progress of a load, then of `after` ("fitting" for training, "scoring" for an
+/// evaluation).
+fn progress(after: &'static str) -> (ProgressBar, impl FnMut(Step)) {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
@@ -194,11 +196,11 @@ fn progress() -> (ProgressBar, impl FnMut(Step)) {
                 ProgressStyle::with_template("{spinner} {prefix} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            b.set_prefix("fitting");
+            b.set_prefix(after);
             b.set_message(format!("{} rows", s.rows));
             b.enable_steady_tick(std::time::Duration::from_millis(100));
             say(format!(
-                "read {} rows from {} files; fitting",
+                "read {} rows from {} files; {after}",
                 s.rows, s.files
             ));
         }
@@ -307,6 +309,12 @@ fn print_evaluation(e: &Evaluation) {
 }
 
 pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    // Before the fit, not after it.
+    anyhow::ensure!(
+        !args.out.exists() || args.out.is_dir(),
+        "--out {} is a file, not a models folder",
+        args.out.display()
+    );
     let mut opts = TrainOptions::new(args.data.clone(), &args.out, &args.name);
     opts.filter = args.filter.filter();
     opts.validation_fraction = args.validation_fraction;
@@ -317,7 +325,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
     }
     opts.fit.max_iterations = args.max_iterations;
     opts.fit.tolerance = args.tolerance;
-    let (bar, mut on) = progress();
+    let (bar, mut on) = progress("fitting");
     let started = std::time::Instant::now();
     let trained = retrywise_train::train(&opts, &mut on);
     bar.finish_and_clear();
@@ -377,7 +385,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let (bar, mut on) = progress();
+    let (bar, mut on) = progress("scoring");
     let report = retrywise_train::eval(
         &args.model,
         &args.data,
@@ -400,8 +408,19 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         }
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        let skipped = if report.load.skipped_total() == 0 {
+            String::new()
+        } else {
+            let why: Vec<String> = report
+                .load
+                .skipped
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            format!(": {}", why.join(", "))
+        };
         outln!(
-            "model {} version {} on {} rows ({} skipped)\n",
+            "model {} version {} on {} rows ({} skipped{skipped})\n",
             report.model,
             report.version,
             report.load.rows,

@@ -304,6 +304,14 @@ pub fn compact(
     if options.threads == 0 {
         return Err(CollectError::config("threads", "must be at least 1"));
     }
+    for (field, dir) in [("input", &options.input), ("output", &options.output)] {
+        if dir.exists() && !dir.is_dir() {
+            return Err(CollectError::config(
+                field,
+                format!("{} is a file, not a folder", dir.display()),
+            ));
+        }
+    }
     std::fs::create_dir_all(&options.output)
         .map_err(|e| CollectError::io("create", &options.output, e))?;
     if let Disposal::Archive(dir) = &options.disposal {

@@ -162,6 +162,12 @@ impl SegmentRecorder {
     ) -> Result<Self, CollectError> {
         config.check()?;
         let dir = dir.as_ref().to_path_buf();
+        if dir.exists() && !dir.is_dir() {
+            return Err(CollectError::config(
+                "dir",
+                format!("{} is a file, not a segment directory", dir.display()),
+            ));
+        }
         std::fs::create_dir_all(&dir).map_err(|e| CollectError::io("create", &dir, e))?;
         let lock = lock_dir(&dir)?;
         recover(&dir)?;

@@ -108,16 +108,26 @@ pub(crate) fn is_ndjson(ct: &str) -> bool {
     )
 }
 
+/// The body limit in force (`Config::body_limit`), for the 413's message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimit(pub(crate) usize);
+
 /// The request's headers and body, with 413 for a body over the limit.
 pub(crate) async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     // The headers are moved out, not copied: the body limit lives in the extensions.
     let (mut parts, b) = req.into_parts();
     let headers = std::mem::take(&mut parts.headers);
+    let limit = parts.extensions.get::<BodyLimit>().map(|l| l.0);
     let bytes = Bytes::from_request(Request::from_parts(parts, b), &())
         .await
         .map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(r.body_text())
+                ApiError::PayloadTooLarge(match limit {
+                    Some(n) => format!(
+                        "the body is larger than the limit of {n} bytes (setting body_limit_bytes); send fewer records or contexts per request"
+                    ),
+                    None => r.body_text(),
+                })
             } else {
                 ApiError::bad_request(r.body_text())
             }

@@ -63,6 +63,7 @@ impl Service {
             .fallback(|| async { ApiError::not_found("no such route") })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .layer(DefaultBodyLimit::max(c.body_limit))
+            .layer(axum::Extension(crate::extract::BodyLimit(c.body_limit)))
             // `layer`, not `route_layer`: an unknown route is a request too (its 404 gets
             // an id and is counted, as `route="unmatched"`).
             .layer(middleware::from_fn_with_state(Arc::clone(&st), observe))

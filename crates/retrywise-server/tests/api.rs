@@ -642,7 +642,13 @@ async fn bodies_over_the_limit_get_413() {
     );
     let (s, v) = h.post("/v1/predict", &big).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-    assert!(v["error"].as_str().is_some());
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit of 4096 bytes (setting body_limit_bytes)"),
+        "{v}"
+    );
 }
 
 fn record(target: &str, ok: bool, i: u64) -> AttemptRecord {
