@@ -97,6 +97,41 @@ impl RetryBudget for TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against gRFC A6 kept in thousandths by hand: after any sequence of successes,
+        /// failures and asks, the bucket holds what the specification says (within
+        /// `[0, max_tokens]`), and a retry is allowed exactly while more than half of it
+        /// remains.
+        #[test]
+        fn the_bucket_is_grfc_a6(
+            max_tokens in 1u32..=1000,
+            ratio_share in 0.001f64..=1.0,
+            ops in proptest::collection::vec(0u8..3, 0..400),
+        ) {
+            let ratio = (ratio_share * f64::from(max_tokens) * 1000.0).round().max(1.0) / 1000.0;
+            let b = TokenBucket::new(max_tokens, ratio).unwrap();
+            let (max, refill) = (u64::from(max_tokens) * 1000, (ratio * 1000.0).round() as u64);
+            let mut tokens = max;
+            let now = Instant::now();
+            for op in ops {
+                match op {
+                    0 => {
+                        b.record(true);
+                        tokens = (tokens + refill).min(max);
+                    }
+                    1 => {
+                        b.record(false);
+                        tokens = tokens.saturating_sub(1000);
+                    }
+                    _ => prop_assert_eq!(b.withdraw(now), tokens * 2 > max),
+                }
+                prop_assert!((b.tokens() - tokens as f64 / 1000.0).abs() < 1e-9);
+                prop_assert!((0.0..=f64::from(max_tokens)).contains(&b.tokens()));
+            }
+        }
+    }
 
     #[test]
     fn drains_to_half_then_refills() {

@@ -310,6 +310,40 @@ impl CalendarView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever failures were told and retries booked, and whenever: every load is a
+        /// finite number of at least zero, a booking within the horizon adds exactly one
+        /// retry over the calls offered in a slot to the load of its wait, and one beyond
+        /// the horizon (or with no rate known) adds nothing.
+        #[test]
+        fn a_booking_adds_exactly_one_retry_where_it_lands(
+            mut events in proptest::collection::vec(
+                (0u64..120_000, any::<bool>(), proptest::option::of(0.0f64..=1.0), 0u64..70_000),
+                1..150,
+            ),
+        ) {
+            events.sort_by_key(|e| e.0);
+            let c = RetryCalendar::new();
+            let t0 = Instant::now();
+            for (at_ms, first, rate, wait_ms) in events {
+                let now = t0 + Duration::from_millis(at_ms);
+                let wait = Duration::from_millis(wait_ms);
+                let mut v = c.after_failure("t", now, first, rate);
+                let per_slot = v.offered_rate() * SLOT.as_secs_f64();
+                let before = v.load(wait);
+                prop_assert!(before.is_finite() && before >= 0.0, "{before}");
+                v.book(wait);
+                let after = v.load(wait);
+                if wait < HORIZON && per_slot > 0.0 {
+                    prop_assert!((after - before - 1.0 / per_slot).abs() <= 1e-9 * (1.0 + after));
+                } else {
+                    prop_assert_eq!(after, before);
+                }
+            }
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bookings_expire_as_their_slot_passes() {
