@@ -183,7 +183,17 @@ impl Overrides {
     /// A syntax error, unknown key or wrong type, naming the key.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ServerError> {
         toml::from_str(text).map_err(|e| {
-            let field = e.message().split('`').nth(1).unwrap_or("?").to_owned();
+            // The key is the one on the line the error points at (a wrong type points at
+            // the value, an unknown key at the key); else the one the message quotes.
+            let on_line = e.span().and_then(|span| {
+                let start = text.get(..span.start)?.rfind('\n').map_or(0, |i| i + 1);
+                let key = text.get(start..)?.split(['=', '\n']).next()?.trim();
+                let key = key.trim_matches('"');
+                (!key.is_empty() && !key.starts_with('[')).then(|| key.to_owned())
+            });
+            let field = on_line
+                .or_else(|| e.message().split('`').nth(1).map(str::to_owned))
+                .unwrap_or_else(|| "?".to_owned());
             invalid(origin, &field, e.to_string().trim().replace('\n', " "))
         })
     }
@@ -441,10 +451,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("serve.toml") && e.contains("adr"), "{e}");
-        let e = Overrides::from_toml("max_in_flight = \"many\"", "serve.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("max_in_flight"), "{e}");
+        // A wrong type is named by its key (the error points at the value).
+        for text in [
+            "max_in_flight = \"many\"",
+            "addr = \"127.0.0.1:1\"\nmax_in_flight = -1",
+        ] {
+            match Overrides::from_toml(text, "serve.toml").unwrap_err() {
+                ServerError::Config { field, .. } => assert_eq!(field, "max_in_flight"),
+                other => panic!("{other}"),
+            }
+        }
         let e = Config::load(
             None,
             |k| (k == "RETRYWISE_BODY_LIMIT_BYTES").then(|| "big".to_owned()),

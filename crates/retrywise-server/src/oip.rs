@@ -605,6 +605,11 @@ pub(crate) async fn infer(
         for (field, cells) in &columns {
             let at = format!("{}.data[{i}]", field.name);
             let v = value(field, &cells[i], &at)?;
+            if v.is_null() && field.name == "attempt" {
+                // Required: -1 or NaN here is not a context (the blank's 0 would be
+                // reported as out of range).
+                return Err(bad(&at, "is required: -1 (or NaN, or null) means missing"));
+            }
             if !(v.is_null() && field.name == "target") {
                 field.set_context(&mut rec.context, v);
             }

@@ -572,6 +572,11 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         ),
         (
             "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [-1]}]}"#,
+            "attempt.data[0]: is required: -1 (or NaN, or null) means missing",
+        ),
+        (
+            "/v2/models/default/infer",
             r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "BYTES", "data": [2]}]}"#,
             "inputs.attempt.data[0]: expected a string or null for datatype BYTES",
         ),

@@ -198,6 +198,22 @@ fn bad_scenarios_and_options_are_named() {
         );
     }
 
+    let out = retrywise(&[
+        "run",
+        "--scenario",
+        "blips",
+        "--policy",
+        "none",
+        "--policy",
+        "none",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("given twice"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A model given to a run that has no use for it is not silently ignored.
     let out = retrywise(&[
         "run",

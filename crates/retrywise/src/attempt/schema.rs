@@ -456,7 +456,10 @@ impl Field {
             Value::UInt(_) | Value::Float(_) | Value::Duration(_) => {
                 let x = v.as_f64().unwrap_or(f64::NAN);
                 if !x.is_finite() {
-                    return bad(Rule::Range, format!("must be a finite number, got {x}"));
+                    return bad(
+                        Rule::Range,
+                        format!("must be a finite number, got {}", shown(x)),
+                    );
                 }
                 let (lo, hi) = self.bounds();
                 match (lo, hi) {
@@ -465,7 +468,12 @@ impl Field {
                         if !(lo..=hi).contains(&x) {
                             return bad(
                                 Rule::Range,
-                                format!("must be within [{lo}, {hi}], got {x}"),
+                                format!(
+                                    "must be within [{}, {}], got {}",
+                                    shown(lo),
+                                    shown(hi),
+                                    shown(x)
+                                ),
                             );
                         }
                     }
@@ -473,12 +481,18 @@ impl Field {
                         if let Some(lo) = lo
                             && x < lo
                         {
-                            return bad(Rule::Range, format!("must be at least {lo}, got {x}"));
+                            return bad(
+                                Rule::Range,
+                                format!("must be at least {}, got {}", shown(lo), shown(x)),
+                            );
                         }
                         if let Some(hi) = hi
                             && x > hi
                         {
-                            return bad(Rule::Range, format!("must be at most {hi}, got {x}"));
+                            return bad(
+                                Rule::Range,
+                                format!("must be at most {}, got {}", shown(hi), shown(x)),
+                            );
                         }
                     }
                 }
@@ -675,6 +689,16 @@ fn opt_uint(n: Option<impl Into<u64>>) -> Value<'static> {
 }
 
 const NO_RANGE: (Option<f64>, Option<f64>) = (None, None);
+
+/// A number as an error message shows it: in scientific notation when plain digits would
+/// run long (`1e300`, not three hundred digits).
+pub fn shown(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && (x.abs() >= 1e15 || x.abs() < 1e-6) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
 
 /// The last millisecond of 9999-12-31 UTC since the Unix epoch: the latest start a record
 /// may carry (compaction partitions by `date=YYYY-MM-DD`).

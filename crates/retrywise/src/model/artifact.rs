@@ -297,7 +297,10 @@ impl ModelArtifact {
         {
             return Err(ModelError::Value {
                 field: "features.health_window_ms".into(),
-                problem: format!("{w} is not a positive number of milliseconds"),
+                problem: format!(
+                    "{} is not a positive number of milliseconds",
+                    crate::attempt::schema::shown(w)
+                ),
             });
         }
         if self.kind != LOGISTIC {
@@ -365,7 +368,10 @@ impl ModelArtifact {
         if !(self.regularization.alpha.is_finite() && self.regularization.alpha >= 0.0) {
             return Err(ModelError::Value {
                 field: "regularization.alpha".into(),
-                problem: format!("{} is not a non-negative number", self.regularization.alpha),
+                problem: format!(
+                    "{} is not a non-negative number",
+                    crate::attempt::schema::shown(self.regularization.alpha)
+                ),
             });
         }
         Ok(())
@@ -501,7 +507,8 @@ impl LogisticModel {
                     field: format!("weights[{i}]"),
                     problem: format!(
                         "{} over scaler.scale[{i}] = {:e} is not a finite number",
-                        m.weights[i], m.scale[i]
+                        crate::attempt::schema::shown(m.weights[i]),
+                        m.scale[i]
                     ),
                 });
             }

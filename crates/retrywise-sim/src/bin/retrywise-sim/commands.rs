@@ -318,6 +318,12 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
             target: args.target,
         };
     }
+    for (i, p) in args.policies.iter().enumerate() {
+        anyhow::ensure!(
+            !args.policies[..i].contains(p),
+            "--policy {p} is given twice (each policy runs once per scoreboard)"
+        );
+    }
     let policies: Vec<String> = if args.policies.is_empty() {
         CATALOG
             .iter()
