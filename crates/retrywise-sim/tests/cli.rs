@@ -14,6 +14,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Runs `args`, which must fail with `says` on stderr.
+fn refused(args: &[&str], says: &str) {
+    let out = retrywise(args);
+    assert!(!out.status.success(), "{args:?}");
+    assert!(
+        text(&out.stderr).contains(says),
+        "{args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn list_names_every_scenario_and_policy() {
     let out = retrywise(&["list"]);
@@ -181,70 +192,57 @@ fn bad_scenarios_and_options_are_named() {
             "cannot connect to --target `http://127.0.0.1:1/`",
         ),
     ] {
-        let out = retrywise(&[
-            "run",
-            "--target",
-            target,
-            "--policy",
-            "none",
-            "--requests",
-            "10",
-        ]);
-        assert!(!out.status.success(), "{target}");
-        assert!(
-            text(&out.stderr).contains(says),
-            "{target}: {}",
-            text(&out.stderr)
+        refused(
+            &[
+                "run",
+                "--target",
+                target,
+                "--policy",
+                "none",
+                "--requests",
+                "10",
+            ],
+            says,
         );
     }
 
-    let out = retrywise(&[
-        "run",
-        "--scenario",
-        "blips",
-        "--policy",
-        "none",
-        "--policy",
-        "none",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("given twice"),
-        "{}",
-        text(&out.stderr)
+    refused(
+        &[
+            "run",
+            "--scenario",
+            "blips",
+            "--policy",
+            "none",
+            "--policy",
+            "none",
+        ],
+        "given twice",
     );
-
     // A model given to a run that has no use for it is not silently ignored.
-    let out = retrywise(&[
-        "run",
-        "--scenario",
-        "blips",
-        "--policy",
-        "none",
-        "--model",
-        "models/default",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("adaptive"),
-        "{}",
-        text(&out.stderr)
+    refused(
+        &[
+            "run",
+            "--scenario",
+            "blips",
+            "--policy",
+            "none",
+            "--model",
+            "models/default",
+        ],
+        "adaptive",
     );
     // A model that is not there is named.
-    let out = retrywise(&[
-        "run",
-        "--scenario",
-        "blips",
-        "--policy",
-        "adaptive",
-        "--model",
+    refused(
+        &[
+            "run",
+            "--scenario",
+            "blips",
+            "--policy",
+            "adaptive",
+            "--model",
+            "no/such/model",
+        ],
         "no/such/model",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("no/such/model"),
-        "{}",
-        text(&out.stderr)
     );
 }
 
