@@ -27,6 +27,7 @@ mod error;
 mod reader;
 pub mod segment;
 mod shipper;
+mod spool;
 mod stats;
 mod storage;
 mod writer;

@@ -1,6 +1,6 @@
 //! Shipping records to the service's ingestion endpoint over HTTP.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::CollectError;
+use crate::spool::{self, Spool};
 use crate::stats::{Counters, RecorderStats};
 
 /// How the shipper batches and retries.
@@ -64,108 +65,6 @@ impl ShipperConfig {
     }
 }
 
-/// The spool's batch files: `batch-MS-SEQ.ndjson`, oldest first by name.
-const SPOOL_PREFIX: &str = "batch-";
-const SPOOL_SUFFIX: &str = ".ndjson";
-/// A spooled batch the endpoint refused as invalid, kept beside the others for a person.
-const REFUSED_SUFFIX: &str = ".refused";
-
-/// Batches kept on disk while the endpoint does not take them.
-struct Spool {
-    dir: PathBuf,
-    /// Held for the shipper's life: one shipper per spool.
-    _lock: std::fs::File,
-    max_bytes: u64,
-    /// Bytes of the batch files waiting.
-    bytes: u64,
-    /// Whether any batch waits.
-    waiting: bool,
-    /// The next batch file's number.
-    seq: u64,
-    /// When to try the oldest batch again, and the wait after a failure.
-    next_try: Instant,
-    backoff: Duration,
-}
-
-impl Spool {
-    fn open(dir: &Path, max_bytes: u64, first_backoff: Duration) -> Result<Self, CollectError> {
-        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
-        let lock = crate::writer::lock_dir(dir)?;
-        let mut spool = Self {
-            dir: dir.to_path_buf(),
-            _lock: lock,
-            max_bytes,
-            bytes: 0,
-            waiting: false,
-            seq: 0,
-            next_try: Instant::now(),
-            backoff: first_backoff,
-        };
-        let batches = spool.batches()?;
-        for b in &batches {
-            spool.bytes += std::fs::metadata(b).map_or(0, |m| m.len());
-        }
-        spool.waiting = !batches.is_empty();
-        if spool.waiting {
-            tracing::info!(spool = %dir.display(), batches = batches.len(), bytes = spool.bytes, "batches wait in the spool; shipping them first");
-        }
-        Ok(spool)
-    }
-
-    /// The waiting batch files, oldest first.
-    fn batches(&self) -> Result<Vec<PathBuf>, CollectError> {
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(|e| CollectError::io("list", &self.dir, e))?;
-        let mut out: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(SPOOL_PREFIX) && n.ends_with(SPOOL_SUFFIX))
-            })
-            .collect();
-        out.sort();
-        Ok(out)
-    }
-
-    /// Writes `body` durably as the newest batch file (temporary file, fsync, rename,
-    /// fsync of the directory).
-    fn keep(&mut self, body: &[u8]) -> Result<(), CollectError> {
-        let len = body.len() as u64;
-        if self.bytes + len > self.max_bytes {
-            return Err(CollectError::Flush {
-                reason: format!(
-                    "the spool {} is full ({} of {} bytes)",
-                    self.dir.display(),
-                    self.bytes,
-                    self.max_bytes
-                ),
-            });
-        }
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        self.seq += 1;
-        let name = format!("{SPOOL_PREFIX}{ms:013}-{:06}{SPOOL_SUFFIX}", self.seq);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let path = self.dir.join(&name);
-        std::fs::write(&tmp, body).map_err(|e| CollectError::io("write", &tmp, e))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| CollectError::io("sync", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))?;
-        crate::segment::sync_dir(&self.dir).map_err(|e| CollectError::io("sync", &self.dir, e))?;
-        self.bytes += len;
-        if !self.waiting {
-            // The endpoint just failed: the spool's first try waits a backoff.
-            self.next_try = Instant::now() + self.backoff;
-        }
-        self.waiting = true;
-        Ok(())
-    }
-}
-
 enum Msg {
     Record(Box<AttemptRecord>),
     Flush(oneshot::Sender<Result<(), CollectError>>),
@@ -181,10 +80,14 @@ enum Msg {
 /// honoured; 4xx answers are not retried). A batch that exhausts its attempts is dropped
 /// and counted as failed — unless a spool is configured ([`ShipperConfig::spool`]): then
 /// it is written there durably and sent again, oldest first, until the endpoint takes it
-/// (a restarted shipper sends what its predecessor left); only a batch the endpoint
-/// refuses as invalid (400, 413, 415, 422) is given up, and a spooled one is kept beside
-/// the others as `batch-….ndjson.refused`. Delivery is at least once: a batch sent but
-/// not acknowledged (a timeout, a crash before its file is removed) is sent again.
+/// (a restarted shipper sends what its predecessor left), one attempt at a time with the
+/// backoff between; only a batch the endpoint refuses as invalid (400, 413, 415, 422) is
+/// given up, and a spooled one is kept beside the others as `batch-….ndjson.refused` (one
+/// that cannot be read as `….unreadable`). A batch the spool cannot keep (full, or its
+/// disk refusing) is sent once more directly before it is given up. Delivery is at least
+/// once: a batch sent but not acknowledged (a timeout, a crash before its file is removed)
+/// is sent again. The spool's file operations run on tokio's blocking pool, and the queue
+/// is read between the spooled batches it sends.
 #[derive(Debug, Clone)]
 pub struct ShippingRecorder {
     tx: mpsc::Sender<Msg>,
@@ -267,14 +170,30 @@ impl ShippingRecorder {
         let spool = config
             .spool
             .as_deref()
-            .map(|dir| Spool::open(dir, config.spool_max_bytes, config.backoff.0))
+            .map(|dir| Spool::open(dir, config.spool_max_bytes))
             .transpose()?;
+        // A spooled batch is tried once at a time: the spool's own backoff is its retry.
+        let once = Policy::builder("retrywise-ingest-spool")
+            .retry(
+                RetryRules::builder()
+                    .max_attempts(1)
+                    .attempt_timeout(AttemptTimeout::Fixed(config.attempt_timeout))
+                    .build()
+                    .map_err(|e| CollectError::config(e.field, e.problem))?,
+            )
+            .classifier(HttpClassifier)
+            .build()
+            .map_err(|e| CollectError::config(e.field, e.problem))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let counters = Arc::new(Counters::default());
         let worker = Worker {
             spool,
+            next_try: Instant::now(),
+            spool_backoff: config.backoff.0,
             first_backoff: config.backoff.0,
             max_backoff: config.backoff.1,
+            once,
+            drain: config.queue_capacity,
             client: reqwest::Client::new(),
             url,
             token: config.token.clone(),
@@ -344,8 +263,15 @@ impl Recorder for ShippingRecorder {
 
 struct Worker {
     spool: Option<Spool>,
+    /// When to try the spool's oldest batch again, and the wait after a failure.
+    next_try: Instant,
+    spool_backoff: Duration,
     first_backoff: Duration,
     max_backoff: Duration,
+    /// The policy of a spooled batch: one attempt.
+    once: Policy<HttpClassifier>,
+    /// The most messages taken from the queue after each spooled batch tried.
+    drain: usize,
     client: reqwest::Client,
     url: reqwest::Url,
     token: Option<String>,
@@ -365,12 +291,20 @@ impl Worker {
                 .spool
                 .as_ref()
                 .filter(|s| s.waiting)
-                .map(|s| s.next_try);
-            // The spool first: a steady stream of records must not keep it waiting.
+                .map(|_| self.next_try);
+            // The spool first, so that a steady stream of records does not keep it waiting;
+            // after each batch tried from it, what arrived meanwhile is taken (so neither
+            // intake nor a flush waits for a whole drain).
             let msg = tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(retry_spool.unwrap_or(deadline)), if retry_spool.is_some() => {
                     self.reship().await;
+                    for _ in 0..self.drain {
+                        let Ok(msg) = rx.try_recv() else { break };
+                        if self.handle(msg, &mut batch, &mut deadline).await.is_break() {
+                            return;
+                        }
+                    }
                     continue;
                 }
                 msg = rx.recv() => msg,
@@ -379,31 +313,47 @@ impl Worker {
                     continue;
                 }
             };
-            match msg {
-                Some(Msg::Record(r)) => {
-                    if batch.is_empty() {
-                        deadline = Instant::now() + self.delay;
-                    }
-                    batch.push(*r);
-                    if batch.len() >= self.batch_size {
-                        self.ship(&mut batch).await;
-                    }
-                }
-                Some(Msg::Flush(ack)) => {
-                    self.ship(&mut batch).await;
-                    let _ = ack.send(self.take_flush_result());
-                }
-                Some(Msg::Close(ack)) => {
-                    self.ship(&mut batch).await;
-                    let _ = ack.send(self.take_flush_result());
-                    return;
-                }
-                None => {
-                    self.ship(&mut batch).await;
-                    return;
-                }
+            let Some(msg) = msg else {
+                self.ship(&mut batch).await;
+                return;
+            };
+            if self.handle(msg, &mut batch, &mut deadline).await.is_break() {
+                return;
             }
         }
+    }
+
+    /// One message from the queue; `Break` after a close.
+    async fn handle(
+        &mut self,
+        msg: Msg,
+        batch: &mut Vec<AttemptRecord>,
+        deadline: &mut Instant,
+    ) -> std::ops::ControlFlow<()> {
+        match msg {
+            Msg::Record(r) => {
+                if batch.is_empty() {
+                    *deadline = Instant::now() + self.delay;
+                }
+                batch.push(*r);
+                if batch.len() >= self.batch_size {
+                    self.ship(batch).await;
+                }
+            }
+            Msg::Flush(ack) => {
+                self.ship(batch).await;
+                let _ = ack.send(self.take_flush_result());
+            }
+            Msg::Close(ack) => {
+                self.ship(batch).await;
+                // The spool's lock is released before the close is acknowledged: a shipper
+                // started right after may take it.
+                self.spool = None;
+                let _ = ack.send(self.take_flush_result());
+                return std::ops::ControlFlow::Break(());
+            }
+        }
+        std::ops::ControlFlow::Continue(())
     }
 
     fn take_flush_result(&mut self) -> Result<(), CollectError> {
@@ -450,10 +400,10 @@ impl Worker {
         let body = bytes::Bytes::from(body);
         // While batches wait in the spool, a new one joins them: records arrive in order.
         if self.spool.as_ref().is_some_and(|s| s.waiting) {
-            self.spill(&body, n);
+            self.spill(body, n).await;
             return;
         }
-        match self.post(body.clone()).await {
+        match self.post(&self.policy, body.clone()).await {
             Ok(a) if (200..300).contains(&a.status) => {
                 Counters::add(&self.counters.shipped, n);
                 Counters::add(&self.counters.batches, 1);
@@ -464,11 +414,11 @@ impl Worker {
             }
             Ok(a) if self.spool.is_some() => {
                 tracing::warn!(endpoint = %self.url, status = a.status, records = n, "ingestion did not take a batch; keeping it in the spool");
-                self.spill(&body, n);
+                self.spill(body, n).await;
             }
             Err(e) if self.spool.is_some() => {
                 tracing::warn!(endpoint = %self.url, error = %e, records = n, "could not deliver a batch; keeping it in the spool");
-                self.spill(&body, n);
+                self.spill(body, n).await;
             }
             Ok(a) => {
                 tracing::error!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch; dropping it");
@@ -481,47 +431,118 @@ impl Worker {
         }
     }
 
-    /// Keeps a batch the endpoint did not take in the spool (or, if it cannot be written
-    /// there, gives it up).
-    fn spill(&mut self, body: &[u8], n: u64) {
+    /// Keeps a batch the endpoint did not take in the spool. If it cannot be written there
+    /// (the spool is full, or its disk refuses), it is sent once more directly — out of
+    /// order, but not lost — and given up only if that fails too.
+    async fn spill(&mut self, body: bytes::Bytes, n: u64) {
         let Some(spool) = &mut self.spool else {
             self.failed(n);
             return;
         };
-        match spool.keep(body) {
-            Ok(()) => Counters::add(&self.counters.spooled, n),
+        let len = body.len() as u64;
+        let kept = if spool.bytes + len > spool.max_bytes {
+            Err(CollectError::Flush {
+                reason: format!(
+                    "the spool {} is full ({} of {} bytes)",
+                    spool.dir.display(),
+                    spool.bytes,
+                    spool.max_bytes
+                ),
+            })
+        } else {
+            let (dir, name, b) = (spool.dir.clone(), spool.next_name(), body.clone());
+            tokio::task::spawn_blocking(move || spool::write(&dir, &name, &b))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(CollectError::Flush {
+                        reason: e.to_string(),
+                    })
+                })
+        };
+        match kept {
+            Ok(()) => {
+                if !spool.waiting {
+                    // The endpoint just failed: the spool's first try waits a backoff.
+                    self.next_try = Instant::now() + self.spool_backoff;
+                }
+                spool.waiting = true;
+                spool.bytes += len;
+                Counters::add(&self.counters.spooled, n);
+            }
             Err(e) => {
-                tracing::error!(endpoint = %self.url, error = %e, records = n, "could not keep a batch in the spool; dropping it");
-                self.failed(n);
+                tracing::error!(endpoint = %self.url, error = %e, records = n, "could not keep a batch in the spool; sending it once more directly");
+                match self.post(&self.once, body).await {
+                    Ok(a) if (200..300).contains(&a.status) => {
+                        Counters::add(&self.counters.shipped, n);
+                        Counters::add(&self.counters.batches, 1);
+                    }
+                    _ => {
+                        tracing::error!(endpoint = %self.url, records = n, "could not deliver a batch the spool could not keep; dropping it");
+                        self.failed(n);
+                    }
+                }
             }
         }
     }
 
-    /// Tries to deliver the oldest batch of the spool: removed once the endpoint took it,
-    /// set aside (`.refused`) if it refuses it as invalid, else tried again after a wait
-    /// that doubles up to the backoff's largest.
+    /// Waits longer before the spool's next try (doubling up to the backoff's largest).
+    fn back_off(&mut self) {
+        self.next_try = Instant::now() + self.spool_backoff;
+        self.spool_backoff = (self.spool_backoff * 2).min(self.max_backoff);
+    }
+
+    /// Tries to deliver the oldest batch of the spool, once: removed when the endpoint took
+    /// it, set aside (`.refused`) if it refuses it as invalid, else tried again after a
+    /// backoff. A batch handled whose file cannot be removed or set aside is skipped for
+    /// the rest of the process (a restart sends a delivered one again: at least once); a
+    /// batch that cannot be read is set aside as `.unreadable`, so nothing behind it waits
+    /// for it.
     async fn reship(&mut self) {
         let Some(spool) = &mut self.spool else {
             return;
         };
-        let oldest = match spool.batches() {
-            Ok(b) => b.into_iter().next(),
+        let dir = spool.dir.clone();
+        let listed = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || spool::list(&dir)).await
+        };
+        let batches = match listed {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                // What waits is unknown: it keeps waiting.
+                tracing::error!(spool = %dir.display(), error = %e, "cannot list the spool");
+                self.back_off();
+                return;
+            }
             Err(e) => {
-                tracing::error!(error = %e, "cannot list the spool");
-                None
+                tracing::error!(error = %e, "the spool's listing task failed");
+                self.back_off();
+                return;
             }
         };
-        let Some(path) = oldest else {
+        let waiting: Vec<(PathBuf, u64)> = batches
+            .into_iter()
+            .filter(|(p, _)| !spool.handled.contains(p))
+            .collect();
+        spool.bytes = waiting.iter().map(|(_, len)| len).sum();
+        let Some((path, _)) = waiting.into_iter().next() else {
             spool.waiting = false;
-            spool.bytes = 0;
             return;
         };
-        let body = match std::fs::read(&path) {
-            Ok(b) => bytes::Bytes::from(b),
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(&path)).await
+        };
+        let body = match read {
+            Ok(Ok(b)) => bytes::Bytes::from(b),
+            Ok(Err(e)) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read a spooled batch; setting it aside");
+                self.settle(path, spool::UNREADABLE).await;
+                return;
+            }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read a spooled batch");
-                spool.next_try = Instant::now() + spool.backoff;
-                spool.backoff = (spool.backoff * 2).min(self.max_backoff);
+                tracing::error!(error = %e, "the spool's reading task failed");
+                self.back_off();
                 return;
             }
         };
@@ -529,56 +550,58 @@ impl Worker {
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .count() as u64;
-        let len = body.len() as u64;
-        let answer = self.post(body).await;
-        let Some(spool) = &mut self.spool else {
-            return;
-        };
-        let (delivered, set_aside) = match &answer {
-            Ok(a) if (200..300).contains(&a.status) => (true, false),
-            Ok(a) if refused(a.status) => (false, true),
-            _ => (false, false),
-        };
-        if delivered || set_aside {
-            let done = if delivered {
-                std::fs::remove_file(&path).map_err(|e| CollectError::io("remove", &path, e))
-            } else {
-                let aside = path.with_extension(format!("ndjson{REFUSED_SUFFIX}"));
-                std::fs::rename(&path, &aside).map_err(|e| CollectError::io("rename", &path, e))
-            }
-            .and_then(|()| {
-                crate::segment::sync_dir(&spool.dir)
-                    .map_err(|e| CollectError::io("sync", &spool.dir, e))
-            });
-            if let Err(e) = done {
-                // Delivered, but still on disk: it would be sent again. Say so.
-                tracing::error!(error = %e, "a spooled batch was handled but could not be removed");
-            }
-            spool.bytes = spool.bytes.saturating_sub(len);
-            spool.backoff = self.first_backoff;
-            spool.next_try = Instant::now();
-            if delivered {
+        match self.post(&self.once, body).await {
+            Ok(a) if (200..300).contains(&a.status) => {
                 Counters::add(&self.counters.shipped, n);
                 Counters::add(&self.counters.batches, 1);
-            } else {
-                tracing::error!(path = %path.display(), records = n, "ingestion refused a spooled batch as invalid; set aside");
-                Counters::add(&self.counters.failed, n);
-                self.failed_since_flush += n;
+                self.settle(path, "").await;
             }
-        } else {
-            spool.next_try = Instant::now() + spool.backoff;
-            spool.backoff = (spool.backoff * 2).min(self.max_backoff);
+            Ok(a) if refused(a.status) => {
+                tracing::error!(path = %path.display(), status = a.status, records = n, "ingestion refused a spooled batch as invalid; setting it aside");
+                self.failed(n);
+                self.settle(path, spool::REFUSED).await;
+            }
+            _ => self.back_off(),
         }
     }
 
-    /// One `POST` of `body`, with the shipper's retries.
+    /// Removes a delivered batch file (`aside` empty) or sets it aside as `NAME.aside`;
+    /// either way it no longer waits, and the next batch is tried at once.
+    async fn settle(&mut self, path: PathBuf, aside: &'static str) {
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        let dir = spool.dir.clone();
+        let p = path.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if aside.is_empty() {
+                spool::remove(&dir, &p)
+            } else {
+                spool::set_aside(&dir, &p, aside)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(CollectError::Flush {
+                reason: e.to_string(),
+            })
+        });
+        if let Err(e) = done {
+            tracing::error!(path = %path.display(), error = %e, "a spooled batch was handled but its file stays; skipping it until the shipper restarts");
+            spool.handled.insert(path);
+        }
+        self.spool_backoff = self.first_backoff;
+        self.next_try = Instant::now();
+    }
+
+    /// One `POST` of `body` under `policy` (the shipper's retries, or one attempt).
     async fn post(
         &self,
+        policy: &Policy<HttpClassifier>,
         body: bytes::Bytes,
     ) -> Result<Answer, retrywise::policy::CallError<reqwest::Error>> {
-        let retries_before = self.policy.metrics().retries;
-        let result = self
-            .policy
+        let retries_before = policy.metrics().retries;
+        let result = policy
             .call(|_| {
                 let mut req = self
                     .client
@@ -602,7 +625,7 @@ impl Worker {
                 }
             })
             .await;
-        let retries = self.policy.metrics().retries - retries_before;
+        let retries = policy.metrics().retries - retries_before;
         Counters::add(&self.counters.retries, retries);
         result
     }

@@ -88,6 +88,8 @@ pub struct RecorderStats {
     pub retries: u64,
     /// Records the shipper wrote to its spool because the endpoint did not take them
     /// (or others still waited there); each is counted again in `shipped` once
-    /// delivered from it, or in `failed` if the endpoint refuses it as invalid.
+    /// delivered from it, or in `failed` if the endpoint refuses it as invalid. (A
+    /// shipper that opens a spool its predecessor left counts what it delivers from it
+    /// in `shipped` only.)
     pub spooled: u64,
 }

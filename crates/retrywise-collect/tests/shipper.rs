@@ -256,7 +256,7 @@ async fn batches_the_service_does_not_take_wait_in_the_spool_and_arrive_in_order
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    // Down for the first batch's attempts and two tries of the spool.
+    // Down for the first batch's three attempts and two tries of the spool (one attempt each).
     stub.fail.store(5, Ordering::SeqCst);
     stub.fail_with.store(503, Ordering::SeqCst);
     let shipper = ShippingRecorder::spawn(ShipperConfig {
@@ -368,4 +368,35 @@ async fn a_full_spool_gives_up_and_says_so() {
     let s = shipper.stats();
     assert_eq!((s.spooled, s.failed), (0, 1));
     assert!(spooled(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A crash left an unreadable "batch" (a directory of its name) before a good one.
+    std::fs::create_dir(dir.path().join("batch-00000000000000000001.ndjson")).unwrap();
+    std::fs::write(
+        dir.path().join("batch-00000000000000000002.ndjson"),
+        format!("{}\n", serde_json::to_string(&record(7)).unwrap()),
+    )
+    .unwrap();
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(dir.path().to_path_buf()),
+        ..config(url)
+    })
+    .unwrap();
+    eventually(|| shipper.stats().shipped == 1).await;
+    assert_eq!(stub.received.lock().unwrap()[0].call_id, 7);
+    assert!(spooled(dir.path()).is_empty());
+    assert!(
+        dir.path()
+            .join("batch-00000000000000000001.ndjson.unreadable")
+            .exists()
+    );
+    // New records follow (through the spool while it still counts itself waiting).
+    shipper.record(record(8));
+    shipper.flush().await.unwrap();
+    eventually(|| shipper.stats().shipped == 2).await;
+    assert_eq!(shipper.stats().failed, 0);
 }

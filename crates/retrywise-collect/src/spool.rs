@@ -1,0 +1,203 @@
+//! The shipper's spool: batches the endpoint did not take, kept on disk until it does.
+//!
+//! Each batch is one file, `batch-SEQ.ndjson` with `SEQ` a zero-padded counter that
+//! continues from the largest found when the spool is opened, so files sort oldest first
+//! whatever the wall clock does. A file is written durably (temporary file, fsync, rename,
+//! fsync of the directory). The directory is locked by one shipper at a time. Every file
+//! operation here blocks: the shipper runs them on tokio's blocking pool.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::CollectError;
+
+const PREFIX: &str = "batch-";
+const SUFFIX: &str = ".ndjson";
+/// A spooled batch the endpoint refused as invalid, set aside for a person.
+pub(crate) const REFUSED: &str = "refused";
+/// A spooled batch that could not be read, set aside for a person.
+pub(crate) const UNREADABLE: &str = "unreadable";
+
+/// The spool's directory, what waits in it, and what to skip.
+#[derive(Debug)]
+pub(crate) struct Spool {
+    pub(crate) dir: PathBuf,
+    /// Held for the shipper's life: one shipper per spool.
+    _lock: File,
+    pub(crate) max_bytes: u64,
+    /// Bytes of the batch files waiting.
+    pub(crate) bytes: u64,
+    /// Whether any batch waits.
+    pub(crate) waiting: bool,
+    /// The next batch file's number.
+    next_seq: u64,
+    /// Batches handled (delivered, or set aside) whose file could not be removed or
+    /// renamed: skipped for the rest of this process (a restart sends a delivered one
+    /// again, once: at least once).
+    pub(crate) handled: HashSet<PathBuf>,
+}
+
+/// The number of a batch file's name, if it is one.
+fn seq_of(name: &str) -> Option<u64> {
+    name.strip_prefix(PREFIX)?
+        .strip_suffix(SUFFIX)?
+        .parse()
+        .ok()
+}
+
+impl Spool {
+    /// Opens (creating it) and locks the spool `dir`, removes the temporary files a crash
+    /// left, and counts what waits.
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> Result<Self, CollectError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(CollectError::config(
+                "spool",
+                format!("{} is a file, not a spool directory", dir.display()),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+        let lock = crate::writer::lock_dir(dir)?;
+        let entries = std::fs::read_dir(dir).map_err(|e| CollectError::io("list", dir, e))?;
+        let mut next_seq = 1;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp") {
+                // Written by a shipper that stopped before renaming it: never acknowledged
+                // as kept, so the records in it were counted as failed or sent.
+                let _ = std::fs::remove_file(entry.path());
+            } else {
+                let base = name
+                    .strip_suffix(&format!(".{REFUSED}"))
+                    .or_else(|| name.strip_suffix(&format!(".{UNREADABLE}")))
+                    .unwrap_or(name);
+                if let Some(seq) = seq_of(base) {
+                    next_seq = next_seq.max(seq.saturating_add(1));
+                }
+            }
+        }
+        let batches = list(dir).map_err(|e| CollectError::io("list", dir, e))?;
+        let bytes = batches.iter().map(|(_, len)| len).sum();
+        if !batches.is_empty() {
+            tracing::info!(spool = %dir.display(), batches = batches.len(), bytes, "batches wait in the spool; shipping them first");
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            max_bytes,
+            bytes,
+            waiting: !batches.is_empty(),
+            next_seq,
+            handled: HashSet::new(),
+        })
+    }
+
+    /// The name the next batch is kept under, counted.
+    pub(crate) fn next_name(&mut self) -> String {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        format!("{PREFIX}{seq:020}{SUFFIX}")
+    }
+}
+
+/// The waiting batch files of `dir` with their sizes, oldest first.
+pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_str().and_then(seq_of).is_some() {
+            let len = entry.metadata().map_or(0, |m| m.len());
+            out.push((entry.path(), len));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes `body` durably as `dir/name` (temporary file, fsync, rename, fsync of the
+/// directory); on failure nothing of it is left behind.
+pub(crate) fn write(dir: &Path, name: &str, body: &[u8]) -> Result<(), CollectError> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    let written = std::fs::write(&tmp, body)
+        .map_err(|e| CollectError::io("write", &tmp, e))
+        .and_then(|()| {
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| CollectError::io("sync", &tmp, e))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    crate::segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
+}
+
+/// Removes a delivered batch file durably.
+pub(crate) fn remove(dir: &Path, path: &Path) -> Result<(), CollectError> {
+    std::fs::remove_file(path).map_err(|e| CollectError::io("remove", path, e))?;
+    crate::segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
+}
+
+/// Sets a batch file aside as `NAME.suffix` (no longer waiting, kept for a person).
+pub(crate) fn set_aside(dir: &Path, path: &Path, suffix: &str) -> Result<(), CollectError> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".{suffix}"));
+    std::fs::rename(path, &aside).map_err(|e| CollectError::io("rename", path, e))?;
+    crate::segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_oldest_first_and_continue_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        let names: Vec<String> = (0..12).map(|_| s.next_name()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "the counter orders them, not the clock");
+        for n in &names[..3] {
+            write(dir.path(), n, b"{}\n").unwrap();
+        }
+        std::fs::write(dir.path().join(format!(".{}.tmp", names[3])), b"{").unwrap();
+        set_aside(dir.path(), &dir.path().join(&names[2]), REFUSED).unwrap();
+        drop(s);
+        let mut again = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(again.waiting);
+        assert_eq!(again.bytes, 6, "two batches of three bytes wait");
+        assert!(
+            again.next_name() > names[2],
+            "numbers go on past the last kept"
+        );
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "a crash's temporary file is removed: {left:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_is_not_a_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        let err = Spool::open(&file, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("is a file, not a spool directory"),
+            "{err}"
+        );
+    }
+}
