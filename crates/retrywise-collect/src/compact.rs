@@ -10,9 +10,10 @@
 //! after all its parts are durable. A run interrupted anywhere leaves either the segment
 //! (and a re-run finds the very same part files, so no row is duplicated) or the parts
 //! without the segment (and nothing is left to do). Running twice yields the same rows once.
-//! A part is never replaced by other rows: a segment whose part exists with other rows (one
-//! of the same name compacted into the same output before) is refused and kept
-//! ([`CollectError::PartExists`]).
+//! A part is never replaced: a segment whose part exists without some of its rows (one of
+//! the same name compacted into the same output before) stops the run and is kept
+//! ([`CollectError::PartExists`]); one whose part holds all of them (its own, from a run
+//! that stopped, by this build or an earlier one with fewer columns) leaves it as it is.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -524,12 +525,15 @@ fn write_part(
     let tmp = dir.join(format!(".part-{stem}.parquet.tmp"));
     let path = dir.join(format!("part-{stem}.parquet"));
     // A part already there is this segment's from a run that stopped before removing it
-    // (the same rows: nothing to write), or another segment's of the same name, which is
-    // never replaced.
+    // (it holds every row this run would write — written by this build or an earlier one,
+    // with fewer columns or rows this build now skips: keeping it loses nothing), or
+    // another segment's of the same name, which is never replaced.
     if let Ok(file) = File::open(&path) {
         let same = ParquetReader::new(file)
             .finish()
-            .is_ok_and(|old| old.equals_missing(df));
+            .ok()
+            .and_then(|old| holds_rows_of(&old, df))
+            .unwrap_or(false);
         if !same {
             return Err(CollectError::PartExists {
                 part: path,
@@ -551,6 +555,35 @@ fn write_part(
         .map_err(|e| compact_error(source, &e))?;
     publish(&tmp, &path, dir)?;
     Ok((path, bytes))
+}
+
+/// Whether every row of `new` is in `old`, by the attempt's identity (target, call,
+/// attempt, hedge and start); `None` if either lacks those columns.
+fn holds_rows_of(old: &DataFrame, new: &DataFrame) -> Option<bool> {
+    /// An attempt's identity: target, call, attempt, hedge, start.
+    type Key = (String, u64, u32, u32, u64);
+    fn keys(df: &DataFrame) -> Option<std::collections::HashSet<Key>> {
+        let target = df.column("target").ok()?.str().ok()?;
+        let call = df.column("call_id").ok()?.u64().ok()?;
+        let attempt = df.column("attempt").ok()?.u32().ok()?;
+        let hedge = df.column("hedge").ok()?.u32().ok()?;
+        let start = df.column("started_at_ms").ok()?.u64().ok()?;
+        Some(
+            (0..df.height())
+                .map(|i| {
+                    (
+                        target.get(i).unwrap_or_default().to_owned(),
+                        call.get(i).unwrap_or_default(),
+                        attempt.get(i).unwrap_or_default(),
+                        hedge.get(i).unwrap_or_default(),
+                        start.get(i).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        )
+    }
+    let (old, new) = (keys(old)?, keys(new)?);
+    Some(new.is_subset(&old))
 }
 
 /// Makes the written temporary file `tmp` durable as `path` in `dir`: fsync of the file,

@@ -37,7 +37,7 @@ pub enum CollectError {
     /// A part to write exists already and holds other rows: a segment of the same name was
     /// compacted into the same output before (from another folder, or rewritten since).
     #[error(
-        "{part} exists and holds other rows than segment {segment} would write there: a segment of the same name was compacted into this output before; rename the segment or move the part away (the segment is kept)"
+        "{part} exists without rows segment {segment} would write there: a segment of the same name was compacted into this output before; rename the segment or move the part away (the segment is kept, and the run stopped)"
     )]
     PartExists {
         /// The part already there.

@@ -445,6 +445,26 @@ fn a_part_is_never_replaced_by_another_segments_rows() {
     assert_eq!(go(&CompactOptions::new(&a, &output)).rows, 20);
     assert_eq!(ids(&scan(&output)), (0..20).collect::<Vec<_>>());
     assert!(segment::list(&a).unwrap().is_empty());
+    // ... also when an earlier build wrote its part (without the columns added since).
+    let part = std::fs::read_dir(&output)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let mut older = ParquetReader::new(std::fs::File::open(&part).unwrap())
+        .finish()
+        .unwrap()
+        .drop("unknown_fields")
+        .unwrap();
+    ParquetWriter::new(std::fs::File::create(&part).unwrap())
+        .finish(&mut older)
+        .unwrap();
+    std::fs::write(a.join(name), lines(0..20)).unwrap();
+    assert_eq!(go(&CompactOptions::new(&a, &output)).rows, 20);
+    assert!(segment::list(&a).unwrap().is_empty());
 }
 
 #[test]

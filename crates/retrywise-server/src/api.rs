@@ -179,7 +179,8 @@ pub(crate) async fn get_model(
     let set = st.models.snapshot();
     let m = set
         .get(&name)
-        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?;
+        // Named in the path: not the default's error, even when it is the default's name.
+        .ok_or_else(|| unknown_model(&name, &set, ""))?;
     let a = &m.artifact;
     let mut training = a.training.clone();
     if let Some(t) = training.as_object_mut() {

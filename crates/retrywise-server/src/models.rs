@@ -207,6 +207,18 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
         }
         Err(e) => return Err(e),
     };
+    // (When the whole folder is gone, that one warning says it.)
+    let folder_gone = !report.warnings.is_empty();
+    for gone in current
+        .keys()
+        .filter(|n| !folder_gone && !names.iter().any(|(name, _)| name == *n))
+    {
+        let why = format!(
+            "the folder of model `{gone}` was removed: its version loaded keeps serving from memory"
+        );
+        tracing::warn!("{why}");
+        report.warnings.push(why);
+    }
     for (name, path) in names {
         let mut versions: Vec<(u32, PathBuf)> = match read_dir(&path) {
             Ok(v) => v

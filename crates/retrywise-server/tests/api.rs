@@ -1075,6 +1075,16 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
         text.contains("retrywise_model_serving{model=\"default\",version=\"2\"} 0"),
         "{text}"
     );
+    // A model's folder gone: it keeps serving from memory, and the reload says so.
+    std::fs::remove_dir_all(h.models.join("payments")).unwrap();
+    let (_, v) = h.post("/admin/reload", "").await;
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("the folder of model `payments` was removed"),
+        "{v}"
+    );
     // The folder gone: the versions loaded keep serving from memory, and the reload says so.
     std::fs::remove_dir_all(&h.models).unwrap();
     let (s, v) = h.post("/admin/reload", "").await;
