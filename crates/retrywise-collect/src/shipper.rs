@@ -186,6 +186,11 @@ impl ShippingRecorder {
             .map_err(|e| CollectError::config(e.field, e.problem))?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let counters = Arc::new(Counters::default());
+        if let Some(s) = &spool {
+            counters
+                .spool_bytes
+                .store(s.bytes, std::sync::atomic::Ordering::Relaxed);
+        }
         let worker = Worker {
             spool,
             next_try: Instant::now(),
@@ -467,6 +472,9 @@ impl Worker {
                 }
                 spool.waiting = true;
                 spool.bytes += len;
+                self.counters
+                    .spool_bytes
+                    .store(spool.bytes, std::sync::atomic::Ordering::Relaxed);
                 Counters::add(&self.counters.spooled, n);
             }
             Err(e) => {
@@ -525,6 +533,9 @@ impl Worker {
             .filter(|(p, _)| !spool.handled.contains(p))
             .collect();
         spool.bytes = waiting.iter().map(|(_, len)| len).sum();
+        self.counters
+            .spool_bytes
+            .store(spool.bytes, std::sync::atomic::Ordering::Relaxed);
         let Some((path, _)) = waiting.into_iter().next() else {
             spool.waiting = false;
             return;

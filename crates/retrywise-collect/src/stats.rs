@@ -22,6 +22,8 @@ pub(crate) struct Counters {
     pub(crate) batches: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) spooled: AtomicU64,
+    /// A gauge: bytes waiting in the shipper's spool.
+    pub(crate) spool_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -47,6 +49,7 @@ impl Counters {
             batches: g(&self.batches),
             retries: g(&self.retries),
             spooled: g(&self.spooled),
+            spool_bytes: g(&self.spool_bytes),
         }
     }
 }
@@ -92,4 +95,7 @@ pub struct RecorderStats {
     /// shipper that opens a spool its predecessor left counts what it delivers from it
     /// in `shipped` only.)
     pub spooled: u64,
+    /// Bytes of batches waiting in the shipper's spool now (a gauge, not a count): how far
+    /// behind the service the shipper is.
+    pub spool_bytes: u64,
 }

@@ -272,10 +272,12 @@ async fn batches_the_service_does_not_take_wait_in_the_spool_and_arrive_in_order
     let s = shipper.stats();
     assert_eq!((s.failed, s.dropped_queue_full), (0, 0), "{s:?}");
     assert!(s.spooled >= 1000, "the first batch at least waits: {s:?}");
+    assert!(s.spool_bytes > 0, "{s:?}");
     // The service answers again: everything arrives, once and in order, and the spool
     // empties.
     eventually(|| shipper.stats().shipped == 1500).await;
     assert!(spooled(&spool).is_empty(), "{:?}", spooled(&spool));
+    eventually(|| shipper.stats().spool_bytes == 0).await;
     let got: Vec<u64> = stub
         .received
         .lock()
