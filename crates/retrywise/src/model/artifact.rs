@@ -292,6 +292,15 @@ impl ModelArtifact {
                 ),
             });
         }
+        if !is_rfc3339(&self.created_at) {
+            return Err(ModelError::Value {
+                field: "created_at".into(),
+                problem: format!(
+                    "`{}` is not an RFC 3339 time (YYYY-MM-DDTHH:MM:SS, then Z or an offset)",
+                    self.created_at
+                ),
+            });
+        }
         if let Some(w) = self.features.health_window_ms
             && !(w.is_finite() && w > 0.0)
         {
@@ -375,6 +384,49 @@ impl ModelArtifact {
             });
         }
         Ok(())
+    }
+}
+
+/// Whether `t` reads as an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS`, optional fractional
+/// seconds, then `Z` or `±HH:MM` (what the trainer writes; checked by shape, not calendar).
+fn is_rfc3339(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shape = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && matches!(b.get(10), Some(b'T' | b't' | b' '))
+        && digits(11..13)
+        && b.get(13) == Some(&b':')
+        && digits(14..16)
+        && b.get(16) == Some(&b':')
+        && digits(17..19);
+    if !shape {
+        return false;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            i + 6 == b.len()
+                && digits(i + 1..i + 3)
+                && b.get(i + 3) == Some(&b':')
+                && digits(i + 4..i + 6)
+        }
+        _ => false,
     }
 }
 
@@ -907,6 +959,10 @@ mod tests {
                 "`regularization.alpha` is invalid",
             ),
             (
+                Box::new(|v| v["created_at"] = "yesterday".into()),
+                "`created_at` is invalid: `yesterday` is not an RFC 3339 time",
+            ),
+            (
                 Box::new(|v| v["name"] = "../../etc".into()),
                 "`name` is invalid: `../../etc` is not a model name",
             ),
@@ -977,6 +1033,30 @@ mod tests {
         ctx.attempt = 2;
         ctx.error = Some(ErrorKind::Http429);
         assert!((m.p_success(&ctx) - sigmoid(2.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn creation_times_are_rfc3339() {
+        for ok in [
+            "2026-11-27T00:00:00Z",
+            "2026-11-27T00:00:00.123Z",
+            "2026-11-27T00:00:00+01:00",
+            "2026-11-27 00:00:00-05:30",
+        ] {
+            assert!(is_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-27",
+            "2026-11-27T00:00:00",
+            "2026-11-27T00:00:00.Z",
+            "2026-11-27T00:00:00+0100",
+            "2026-11-27T00:00:00Zjunk",
+            "2026-11-2ÿT00:00:00Z",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
     }
 
     #[test]
