@@ -580,6 +580,13 @@ pub(crate) async fn decide(
         }
         if answer.fell_back {
             st.metrics.decision_fallbacks.inc();
+            // Admission falls back only without a model.
+            st.metrics
+                .fallbacks_by
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "no_model".into(),
+                })
+                .inc();
         }
         st.metrics
             .decisions
@@ -615,11 +622,19 @@ pub(crate) async fn decide(
     }
     let (model, version) = served_as(&st, m.as_ref());
     if weighed.fell_back {
+        let why = weighed.fallback.unwrap_or("unknown");
         st.metrics.decision_fallbacks.inc();
+        st.metrics
+            .fallbacks_by
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: why.to_owned(),
+            })
+            .inc();
         tracing::debug!(
             model = %model,
             version,
-            "/v1/decide fell back to its rules (no model serving, the model answered NaN, or it had barely seen this failure)"
+            reason = why,
+            "/v1/decide fell back to its rules"
         );
     }
     let alternatives = req.alternatives.then(|| {

@@ -85,6 +85,18 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     /// Requests shed with 503 because too many were in flight.
     pub shed: Counter,
+    /// Requests answered 503 because they outlasted the request timeout.
+    pub timeouts: Counter,
+    /// Model reloads, how long each took (the folder scanned, new versions validated).
+    pub reload_seconds: Histogram,
+    /// When a reload last ended without an error reading the folder, Unix seconds.
+    pub reload_last_success: Gauge<f64, AtomicU64>,
+    /// Records the collector has taken and not yet written (ingestion's backlog).
+    pub collector_pending: Gauge,
+    /// Accepted records the collector dropped, by cause (queue full, I/O errors, closed).
+    pub dropped_by: Family<ReasonLabels, Counter>,
+    /// Decisions made by the fallback rules, by why (`no_model`, `unsupported`, `nan`).
+    pub fallbacks_by: Family<ReasonLabels, Counter>,
     /// Targets tracked by the fleet view.
     pub targets: Gauge,
     /// Per target (below the label cap): whether the shared circuit refuses fresh calls.
@@ -99,6 +111,7 @@ pub struct Metrics {
     max_target_labels: usize,
     target_names: Mutex<HashSet<String>>,
     dropped_seen: AtomicU64,
+    dropped_by_seen: Mutex<std::collections::HashMap<&'static str, u64>>,
     serving: Mutex<HashSet<(String, String)>>,
 }
 
@@ -200,6 +213,42 @@ impl Metrics {
             "Requests answered 503 because too many were in flight",
             shed.clone(),
         );
+        let timeouts = Counter::default();
+        registry.register(
+            "request_timeouts",
+            "Requests answered 503 because they outlasted the request timeout",
+            timeouts.clone(),
+        );
+        let reload_seconds = Histogram::new(exponential_buckets(0.000_1, 4.0, 10));
+        registry.register(
+            "model_reload_duration_seconds",
+            "How long each model reload took (the folder scanned, new versions validated)",
+            reload_seconds.clone(),
+        );
+        let reload_last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "model_reload_last_success_timestamp_seconds",
+            "When a reload last read the models folder without an error, Unix seconds",
+            reload_last_success.clone(),
+        );
+        let collector_pending = Gauge::default();
+        registry.register(
+            "collector_pending_records",
+            "Ingested records taken by the collector and not yet written (its backlog)",
+            collector_pending.clone(),
+        );
+        let dropped_by = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "dropped_attempts_by_cause",
+            "Accepted attempt records the collector dropped, by cause (queue_full, io, closed)",
+            dropped_by.clone(),
+        );
+        let fallbacks_by = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "decision_fallbacks_by_reason",
+            "Retry decisions made by the rule-based fallback, by why: no_model, unsupported (the model saw too few rows like the context), nan",
+            fallbacks_by.clone(),
+        );
         let targets = Gauge::default();
         registry.register(
             "fleet_targets",
@@ -260,6 +309,12 @@ impl Metrics {
             dropped,
             reloads,
             shed,
+            timeouts,
+            reload_seconds,
+            reload_last_success,
+            collector_pending,
+            dropped_by,
+            fallbacks_by,
             targets,
             circuit_open,
             concurrency_limit,
@@ -267,6 +322,7 @@ impl Metrics {
             max_target_labels,
             target_names: Mutex::new(HashSet::new()),
             dropped_seen: AtomicU64::new(0),
+            dropped_by_seen: Mutex::new(std::collections::HashMap::new()),
             serving: Mutex::new(HashSet::new()),
         }
     }
@@ -292,6 +348,22 @@ impl Metrics {
         let before = self.dropped_seen.fetch_max(total, Ordering::Relaxed);
         if total > before {
             self.dropped.inc_by(total - before);
+        }
+    }
+
+    /// Brings the dropped counter of `cause` up to the collector's running total of it.
+    pub fn set_dropped_by(&self, cause: &'static str, total: u64) {
+        let Ok(mut seen) = self.dropped_by_seen.lock() else {
+            return;
+        };
+        let before = seen.entry(cause).or_insert(0);
+        if total > *before {
+            self.dropped_by
+                .get_or_create(&ReasonLabels {
+                    reason: cause.to_owned(),
+                })
+                .inc_by(total - *before);
+            *before = total;
         }
     }
 

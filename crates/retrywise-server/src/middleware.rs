@@ -20,6 +20,10 @@ pub(crate) const REQUEST_ID: &str = "x-request-id";
 #[derive(Debug, Clone, Copy)]
 struct Shed;
 
+/// Marks a response of the request timeout (counted apart from the shed ones).
+#[derive(Debug, Clone, Copy)]
+struct TimedOut;
+
 /// Answers what the load-shedding and timeout layers refuse: 503, with `Retry-After: 1`
 /// when shed.
 pub(crate) async fn shed(err: BoxError) -> Response {
@@ -32,11 +36,13 @@ pub(crate) async fn shed(err: BoxError) -> Response {
         r.extensions_mut().insert(Shed);
         r
     } else if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::unavailable(
+        let mut r = ApiError::unavailable(
             "the request took longer than the server's request timeout",
             None,
         )
-        .into_response()
+        .into_response();
+        r.extensions_mut().insert(TimedOut);
+        r
     } else {
         ApiError::Internal(err).into_response()
     }
@@ -69,12 +75,9 @@ pub(crate) async fn observe(State(st): State<AppState>, req: Request, next: Next
     let method = req.method().clone();
     let id = request_id(&req);
     let started = std::time::Instant::now();
-    let span = tracing::debug_span!("request", %method, route = %route, request_id = %id);
-    let mut response = {
-        let _e = span.enter();
-        next.run(req)
-    }
-    .await;
+    // Around the whole handler (not only its creation): what it logs carries the id.
+    let span = tracing::info_span!("request", %method, route = %route, request_id = %id);
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
     if let Some(InternalFault(e)) = response.extensions_mut().remove::<InternalFault>() {
         tracing::error!(%method, route = %route, request_id = %id, error = %chain(e.as_ref()), "internal error");
         let headers = std::mem::take(response.headers_mut());
@@ -102,6 +105,10 @@ pub(crate) async fn observe(State(st): State<AppState>, req: Request, next: Next
     st.metrics.latency.get_or_create(&labels).observe(secs);
     if response.extensions().get::<Shed>().is_some() {
         st.metrics.shed.inc();
+    }
+    if response.extensions().get::<TimedOut>().is_some() {
+        st.metrics.timeouts.inc();
+        tracing::warn!(%method, route = %labels.route, request_id = %id, "request timed out");
     }
     tracing::debug!(%method, route = %labels.route, status, ms = secs * 1e3, request_id = %id, "request");
     response

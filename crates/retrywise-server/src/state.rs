@@ -39,6 +39,17 @@ impl Shared {
         self.metrics.set_dropped(
             s.dropped_queue_full + s.dropped_io + s.dropped_closed + s.dropped_invalid,
         );
+        for (cause, n) in [
+            ("queue_full", s.dropped_queue_full),
+            ("io", s.dropped_io),
+            ("closed", s.dropped_closed),
+            ("invalid", s.dropped_invalid),
+        ] {
+            self.metrics.set_dropped_by(cause, n);
+        }
+        self.metrics
+            .collector_pending
+            .set(i64::try_from(self.recorder.pending()).unwrap_or(i64::MAX));
     }
 }
 
@@ -163,13 +174,21 @@ pub async fn reload(st: &AppState) -> std::io::Result<ReloadReport> {
             })
             .inc_by(n as u64);
     };
-    let r = match st.models.reload().await {
+    let started = std::time::Instant::now();
+    let r = st.models.reload().await;
+    st.metrics
+        .reload_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let r = match r {
         Ok(r) => r,
         Err(e) => {
             count("failure", 1);
             return Err(e);
         }
     };
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        st.metrics.reload_last_success.set(now.as_secs_f64());
+    }
     count("success", r.loaded.len());
     count("failure", r.failed.len());
     let window = st.config.health_window;

@@ -257,6 +257,10 @@ async fn health_readiness_and_models() {
         text.contains("retrywise_decision_fallbacks_total 2"),
         "{text}"
     );
+    assert!(
+        text.contains("retrywise_decision_fallbacks_by_reason_total{reason=\"no_model\"} 2"),
+        "{text}"
+    );
     // The default model named explicitly is the default: the rules decide.
     let (s, v) = empty
         .post(
@@ -969,6 +973,11 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
         text.contains("retrywise_ingested_attempts_total{target=\"payments\"} 14"),
         "{text}"
     );
+    // The collector's backlog is exported (nothing waits once flushed).
+    assert!(
+        text.contains("retrywise_collector_pending_records 0"),
+        "{text}"
+    );
     assert!(
         text.contains("retrywise_rejected_attempt_batches_total 3"),
         "{text}"
@@ -1067,6 +1076,18 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
         text.contains("retrywise_model_reloads_total{result=\"failure\"} 1"),
         "{text}"
     );
+    // Every reload timed, and the last good one stamped.
+    assert!(
+        text.contains("retrywise_model_reload_duration_seconds_count "),
+        "{text}"
+    );
+    let stamp: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("retrywise_model_reload_last_success_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(stamp > 1.7e9, "{stamp}");
     assert!(
         text.contains("retrywise_model_serving{model=\"default\",version=\"3\"} 1"),
         "{text}"
@@ -1478,7 +1499,7 @@ async fn the_fleet_opens_a_shared_circuit_when_a_target_keeps_failing() {
     assert_eq!(v["health_window_ms"], 10_000.0, "{v}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_slower_than_the_timeout_gets_503() {
     let h = Harness::new(|c| c.request_timeout = Duration::from_millis(100)).await;
     // A body that never arrives.
@@ -1495,6 +1516,11 @@ async fn a_request_slower_than_the_timeout_gets_503() {
         v["error"].as_str().unwrap().contains("request timeout"),
         "{v}"
     );
+    // Counted apart from the requests shed.
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(text.contains("retrywise_request_timeouts_total 1"), "{text}");
+    assert!(text.contains("retrywise_shed_requests_total 0"), "{text}");
 }
 
 #[tokio::test(start_paused = true)]

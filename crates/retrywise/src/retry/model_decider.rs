@@ -154,6 +154,17 @@ enum Why {
     NaN = 2,
 }
 
+impl Why {
+    /// The name a metric labels it with.
+    fn as_str(self) -> &'static str {
+        match self {
+            Why::NoModel => "no_model",
+            Why::Unsupported => "unsupported",
+            Why::NaN => "nan",
+        }
+    }
+}
+
 static WARNED: [AtomicBool; 3] = [
     AtomicBool::new(false),
     AtomicBool::new(false),
@@ -208,8 +219,12 @@ pub struct Alternative {
 pub struct Weighed {
     /// The decision and the probability it expected.
     pub explained: Explained,
-    /// Whether the rules decided (no model, or a model answering NaN).
+    /// Whether the rules decided (no model, a model answering NaN, or a context in a
+    /// region the model saw too few rows of).
     pub fell_back: bool,
+    /// Why the rules decided: `no_model`, `nan` or `unsupported`; `None` when the model
+    /// did.
+    pub fallback: Option<&'static str>,
     /// The chance of this decision when it explored — the model judged no wait worth an
     /// attempt, and the decider retries anyway (with probability
     /// [`ModelDeciderBuilder::explore`]) after a wait drawn uniformly from those weighed, so
@@ -257,10 +272,11 @@ impl ModelDecider {
     /// Decides, and returns every alternative weighed.
     pub fn weigh(&self, ctx: &AttemptContext) -> Weighed {
         let mut alternatives = Vec::new();
-        let (explained, fell_back, propensity) = self.decide_into(ctx, Some(&mut alternatives));
+        let (explained, why, propensity) = self.decide_into(ctx, Some(&mut alternatives));
         Weighed {
             explained,
-            fell_back,
+            fell_back: why.is_some(),
+            fallback: why.map(Why::as_str),
             propensity,
             alternatives,
         }
@@ -273,9 +289,9 @@ impl ModelDecider {
         }
     }
 
-    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, bool, Option<f64>) {
+    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, Option<Why>, Option<f64>) {
         note(&self.fallbacks, why);
-        (self.fallback.explain(ctx), true, None)
+        (self.fallback.explain(ctx), Some(why), None)
     }
 
     /// The decision, whether the rules made it, its propensity if it explored (the
@@ -285,7 +301,7 @@ impl ModelDecider {
         &self,
         ctx: &AttemptContext,
         weighed: Option<&mut Vec<Alternative>>,
-    ) -> (Explained, bool, Option<f64>) {
+    ) -> (Explained, Option<Why>, Option<f64>) {
         let Some(model) = &self.model else {
             return self.by_rules(ctx, Why::NoModel);
         };
@@ -311,10 +327,10 @@ impl ModelDecider {
             return told(self.by_rules(ctx, Why::Unsupported));
         }
         if ctx.attempt > self.max_attempts {
-            return told((Self::stop(StopReason::MaxAttempts, None), false, None));
+            return told((Self::stop(StopReason::MaxAttempts, None), None, None));
         }
         if ctx.retry_after.is_some_and(|ra| ra > self.cap) {
-            return told((Self::stop(StopReason::RetryAfterTooLong, None), false, None));
+            return told((Self::stop(StopReason::RetryAfterTooLong, None), None, None));
         }
         // The candidates: the Retry-After itself and the grid past it; without one, the
         // whole grid, from zero.
@@ -340,7 +356,7 @@ impl ModelDecider {
                 n -= 1;
             }
             if n == 0 {
-                return told((Self::stop(StopReason::Deadline, None), false, None));
+                return told((Self::stop(StopReason::Deadline, None), None, None));
             }
         }
         let waits = &waits[..n];
@@ -474,13 +490,13 @@ impl ModelDecider {
                         decision: Decision::Retry(waits[i]),
                         p_success: Some(p[i]),
                     },
-                    false,
+                    None,
                     Some(self.explore / n as f64),
                 );
             }
             return (
                 Self::stop(StopReason::LowSuccessProbability, Some(p[best])),
-                false,
+                None,
                 None,
             );
         }
@@ -497,7 +513,7 @@ impl ModelDecider {
                 decision: Decision::Retry(waits[chosen]),
                 p_success: Some(p[chosen]),
             },
-            false,
+            None,
             None,
         )
     }
