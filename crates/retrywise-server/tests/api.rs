@@ -1519,7 +1519,10 @@ async fn a_request_slower_than_the_timeout_gets_503() {
     // Counted apart from the requests shed.
     let (_, m) = h.get("/metrics").await;
     let text = m.as_str().unwrap();
-    assert!(text.contains("retrywise_request_timeouts_total 1"), "{text}");
+    assert!(
+        text.contains("retrywise_request_timeouts_total 1"),
+        "{text}"
+    );
     assert!(text.contains("retrywise_shed_requests_total 0"), "{text}");
 }
 
