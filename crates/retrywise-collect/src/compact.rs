@@ -553,7 +553,7 @@ fn write_part(
         .with_statistics(StatisticsOptions::full())
         .finish(df)
         .map_err(|e| compact_error(source, &e))?;
-    publish(&tmp, &path, dir)?;
+    segment::publish(&tmp, &path, dir)?;
     Ok((path, bytes))
 }
 
@@ -586,16 +586,6 @@ fn holds_rows_of(old: &DataFrame, new: &DataFrame) -> Option<bool> {
     Some(new.is_subset(&old))
 }
 
-/// Makes the written temporary file `tmp` durable as `path` in `dir`: fsync of the file,
-/// rename, fsync of the directory.
-fn publish(tmp: &Path, path: &Path, dir: &Path) -> Result<(), CollectError> {
-    File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| CollectError::io("sync", tmp, e))?;
-    std::fs::rename(tmp, path).map_err(|e| CollectError::io("rename", tmp, e))?;
-    segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
-}
-
 /// Writes the lines of `seg` that were not records durably beside it
 /// (`seg-STEM.rejected`: temporary file, fsync, rename, fsync of the directory), before
 /// the segment is removed. Written whole each time, so a re-run after a crash writes the
@@ -605,7 +595,7 @@ fn keep_rejected(seg: &Segment, lines: &[u8]) -> Result<PathBuf, CollectError> {
     let path = dir.join(format!("{}{REJECTED}", seg.stem));
     let tmp = dir.join(format!(".{}{REJECTED}.tmp", seg.stem));
     std::fs::write(&tmp, lines).map_err(|e| CollectError::io("write", &tmp, e))?;
-    publish(&tmp, &path, dir)?;
+    segment::publish(&tmp, &path, dir)?;
     Ok(path)
 }
 

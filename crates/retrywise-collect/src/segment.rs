@@ -109,6 +109,17 @@ pub fn list_tree(root: &Path, skip: &[&Path]) -> Result<(Vec<Segment>, usize), C
     Ok((out, dirs_with_segments))
 }
 
+/// Makes the written temporary file `tmp` durable as `path` in `dir`: fsync of the file,
+/// rename, fsync of the directory (compaction's parts and rejected lines, the shipper's
+/// spooled batches).
+pub(crate) fn publish(tmp: &Path, path: &Path, dir: &Path) -> Result<(), CollectError> {
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| CollectError::io("sync", tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| CollectError::io("rename", tmp, e))?;
+    sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
+}
+
 /// Makes `dir`'s entries durable (a new or renamed file survives a crash).
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -456,13 +456,7 @@ impl Worker {
             })
         } else {
             let (dir, name, b) = (spool.dir.clone(), spool.next_name(), body.clone());
-            tokio::task::spawn_blocking(move || spool::write(&dir, &name, &b))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(CollectError::Flush {
-                        reason: e.to_string(),
-                    })
-                })
+            blocking(move || spool::write(&dir, &name, &b)).await
         };
         match kept {
             Ok(()) => {
@@ -512,18 +506,13 @@ impl Worker {
         let dir = spool.dir.clone();
         let listed = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || spool::list(&dir)).await
+            blocking(move || spool::list(&dir).map_err(|e| CollectError::io("list", &dir, e))).await
         };
         let batches = match listed {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                // What waits is unknown: it keeps waiting.
-                tracing::error!(spool = %dir.display(), error = %e, "cannot list the spool");
-                self.back_off();
-                return;
-            }
+            Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %e, "the spool's listing task failed");
+                // What waits is unknown: it keeps waiting.
+                tracing::error!(error = %e, "cannot list the spool");
                 self.back_off();
                 return;
             }
@@ -542,18 +531,14 @@ impl Worker {
         };
         let read = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::read(&path)).await
+            blocking(move || std::fs::read(&path).map_err(|e| CollectError::io("read", &path, e)))
+                .await
         };
         let body = match read {
-            Ok(Ok(b)) => bytes::Bytes::from(b),
-            Ok(Err(e)) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read a spooled batch; setting it aside");
-                self.settle(path, spool::UNREADABLE).await;
-                return;
-            }
+            Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
-                tracing::error!(error = %e, "the spool's reading task failed");
-                self.back_off();
+                tracing::error!(error = %e, "cannot read a spooled batch; setting it aside");
+                self.settle(path, Some(spool::UNREADABLE)).await;
                 return;
             }
         };
@@ -565,38 +550,30 @@ impl Worker {
             Ok(a) if (200..300).contains(&a.status) => {
                 Counters::add(&self.counters.shipped, n);
                 Counters::add(&self.counters.batches, 1);
-                self.settle(path, "").await;
+                self.settle(path, None).await;
             }
             Ok(a) if refused(a.status) => {
                 tracing::error!(path = %path.display(), status = a.status, records = n, "ingestion refused a spooled batch as invalid; setting it aside");
                 self.failed(n);
-                self.settle(path, spool::REFUSED).await;
+                self.settle(path, Some(spool::REFUSED)).await;
             }
             _ => self.back_off(),
         }
     }
 
-    /// Removes a delivered batch file (`aside` empty) or sets it aside as `NAME.aside`;
+    /// Removes a delivered batch file (`aside` none) or sets it aside as `NAME.aside`;
     /// either way it no longer waits, and the next batch is tried at once.
-    async fn settle(&mut self, path: PathBuf, aside: &'static str) {
+    async fn settle(&mut self, path: PathBuf, aside: Option<&'static str>) {
         let Some(spool) = &mut self.spool else {
             return;
         };
         let dir = spool.dir.clone();
         let p = path.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            if aside.is_empty() {
-                spool::remove(&dir, &p)
-            } else {
-                spool::set_aside(&dir, &p, aside)
-            }
+        let done = blocking(move || match aside {
+            None => spool::remove(&dir, &p),
+            Some(suffix) => spool::set_aside(&dir, &p, suffix),
         })
-        .await
-        .unwrap_or_else(|e| {
-            Err(CollectError::Flush {
-                reason: e.to_string(),
-            })
-        });
+        .await;
         if let Err(e) = done {
             tracing::error!(path = %path.display(), error = %e, "a spooled batch was handled but its file stays; skipping it until the shipper restarts");
             spool.handled.insert(path);
@@ -645,6 +622,17 @@ impl Worker {
         Counters::add(&self.counters.failed, n);
         self.failed_since_flush += n;
     }
+}
+
+/// Runs the spool's file work `f` on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CollectError> + Send + 'static,
+) -> Result<T, CollectError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(CollectError::Flush {
+            reason: format!("the spool's file task failed: {e}"),
+        })
+    })
 }
 
 /// Whether an answer refuses the batch for what it holds (sending it again would not help):

@@ -120,22 +120,13 @@ pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
 /// directory); on failure nothing of it is left behind.
 pub(crate) fn write(dir: &Path, name: &str, body: &[u8]) -> Result<(), CollectError> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
     let written = std::fs::write(&tmp, body)
         .map_err(|e| CollectError::io("write", &tmp, e))
-        .and_then(|()| {
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| CollectError::io("sync", &tmp, e))
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, &path).map_err(|e| CollectError::io("rename", &tmp, e))
-        });
+        .and_then(|()| crate::segment::publish(&tmp, &dir.join(name), dir));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    written?;
-    crate::segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
+    written
 }
 
 /// Removes a delivered batch file durably.
