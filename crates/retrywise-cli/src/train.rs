@@ -309,12 +309,6 @@ fn print_evaluation(e: &Evaluation) {
 }
 
 pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
-    // Before the fit, not after it.
-    anyhow::ensure!(
-        !args.out.exists() || args.out.is_dir(),
-        "--out {} is a file, not a models folder",
-        args.out.display()
-    );
     let mut opts = TrainOptions::new(args.data.clone(), &args.out, &args.name);
     opts.filter = args.filter.filter();
     opts.validation_fraction = args.validation_fraction;

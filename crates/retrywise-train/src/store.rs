@@ -47,11 +47,18 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 /// Whether `name` can name a model under `models`: a plain folder name (not empty, not
-/// hidden, no path separators).
+/// hidden, no path separators), under a `models` that is not a file — checked before any
+/// work, so neither is found only when the model is written.
 ///
 /// # Errors
-/// [`TrainError::Input`] naming the folder it would have been.
+/// [`TrainError::Input`] naming the folder it would have been (or the file).
 pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
+    if models.exists() && !models.is_dir() {
+        return Err(TrainError::Input {
+            path: models.to_path_buf(),
+            problem: "is a file, not a models folder".into(),
+        });
+    }
     if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
         return Err(TrainError::Input {
             path: models.join(name),

@@ -1414,6 +1414,7 @@ fn bad_options_are_refused_before_anything_is_read() {
     // Data that is not there: an option error must come first, naming the option.
     let missing = dir.path().join("no-such-data");
     let models = dir.path().join("models");
+    std::fs::write(dir.path().join("file"), b"").unwrap();
     let mut read = 0;
     let mut count = |_: retrywise_train::Step| read += 1;
     for (edit, says) in [
@@ -1433,6 +1434,10 @@ fn bad_options_are_refused_before_anything_is_read() {
         (
             Box::new(|o: &mut TrainOptions| o.fit.max_iterations = 0),
             "max_iterations at least 1",
+        ),
+        (
+            Box::new(|o: &mut TrainOptions| o.models.set_file_name("file")),
+            "is a file, not a models folder",
         ),
     ] {
         let mut o = opts(&missing, &models);
