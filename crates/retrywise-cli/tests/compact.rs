@@ -58,4 +58,20 @@ fn compacts_a_directory_and_reports_what_it_did() {
         .expect("runs");
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+    // A file given as the input folder is named as one.
+    let file = output.join("not-a-folder");
+    std::fs::write(&file, b"").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_retrywise"))
+        .args(["compact", "--input"])
+        .arg(&file)
+        .args(["--output"])
+        .arg(output.join("elsewhere"))
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a file, not a folder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -579,14 +579,8 @@ pub(crate) async fn decide(
             count_predictions(&st, m, 1);
         }
         if answer.fell_back {
-            st.metrics.decision_fallbacks.inc();
             // Admission falls back only without a model.
-            st.metrics
-                .fallbacks_by
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    reason: "no_model".into(),
-                })
-                .inc();
+            st.metrics.fallback("no_model");
         }
         st.metrics
             .decisions
@@ -623,13 +617,7 @@ pub(crate) async fn decide(
     let (model, version) = served_as(&st, m.as_ref());
     if weighed.fell_back {
         let why = weighed.fallback.unwrap_or("unknown");
-        st.metrics.decision_fallbacks.inc();
-        st.metrics
-            .fallbacks_by
-            .get_or_create(&crate::metrics::ReasonLabels {
-                reason: why.to_owned(),
-            })
-            .inc();
+        st.metrics.fallback(why);
         tracing::debug!(
             model = %model,
             version,

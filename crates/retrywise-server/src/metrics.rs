@@ -351,6 +351,16 @@ impl Metrics {
         }
     }
 
+    /// Counts a decision made by the fallback rules, in the total and under its `reason`.
+    pub fn fallback(&self, reason: &str) {
+        self.decision_fallbacks.inc();
+        self.fallbacks_by
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Brings the dropped counter of `cause` up to the collector's running total of it.
     pub fn set_dropped_by(&self, cause: &'static str, total: u64) {
         let Ok(mut seen) = self.dropped_by_seen.lock() else {

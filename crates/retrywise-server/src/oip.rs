@@ -24,7 +24,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use retrywise::attempt::schema::{self, Field, FieldType, Value};
+use retrywise::attempt::schema::{self, Field, FieldType, Presence, Value};
 use retrywise::attempt::{AttemptRecord, ErrorKind, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
 use serde::{Deserialize, Serialize};
@@ -605,9 +605,9 @@ pub(crate) async fn infer(
         for (field, cells) in &columns {
             let at = format!("{}.data[{i}]", field.name);
             let v = value(field, &cells[i], &at)?;
-            if v.is_null() && field.name == "attempt" {
-                // Required: -1 or NaN here is not a context (the blank's 0 would be
-                // reported as out of range).
+            if v.is_null() && field.presence == Presence::Required && field.name != "target" {
+                // A required field missing is said to be (the blank's default would be
+                // reported as out of range); `target` defaults to the model's name.
                 return Err(bad(&at, "is required: -1 (or NaN, or null) means missing"));
             }
             if !(v.is_null() && field.name == "target") {
