@@ -228,11 +228,16 @@ pub static CATALOG: &[Contender] = &[
     },
     Contender {
         name: "adaptive",
-        description: "the model decides: the wait worth the most by predicted p(success), attempt cost and deadline (ModelDecider; rules without a model)",
+        description: "the model decides: the wait worth the most by predicted p(success), attempt cost and deadline (ModelDecider; rules without a model), with the AWS quota on retries after timeouts",
         build: |c| {
             let d = model_decider(c, c.model.clone())?;
-            // The model reads the target's health: track it as the training data did.
-            policy(base(c, "adaptive", d)?.track_health(DEFAULT_HEALTH_WINDOW))
+            // The model reads the target's health: track it as the training data did. The
+            // quota on retries after timeouts is the one `PolicyBuilder::adaptive` sets.
+            policy(
+                base(c, "adaptive", d)?
+                    .track_health(DEFAULT_HEALTH_WINDOW)
+                    .budget(RetryQuota::after_timeouts()),
+            )
         },
     },
     Contender {

@@ -3,6 +3,7 @@
 //! reference this follows).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,12 +19,19 @@ const QUOTA: Check = Check::new("retry_quota");
 /// 5 (10 after a timeout) and is refused when the pool cannot pay; a call that succeeds on
 /// its first attempt puts 1 back, a retry that succeeds puts back what it cost. Under an
 /// outage about 100 retries drain the pool and retries stop until successes refill it.
+///
+/// [`after_timeouts`](Self::after_timeouts) charges only the retries after a timeout — the
+/// failure whose work the target may still be doing, and the one an overloaded target
+/// answers with: what the model-driven policy ([`crate::policy::PolicyBuilder::adaptive`])
+/// uses, since it prices every other retry itself.
+///
+/// Lock-free: the pool is one atomic counter.
 #[derive(Debug)]
 pub struct RetryQuota {
     capacity: u32,
     retry_cost: u32,
     timeout_cost: u32,
-    available: Mutex<u32>,
+    available: AtomicU32,
 }
 
 impl Default for RetryQuota {
@@ -33,21 +41,21 @@ impl Default for RetryQuota {
             capacity: 500,
             retry_cost: 5,
             timeout_cost: 10,
-            available: Mutex::new(500),
+            available: AtomicU32::new(500),
         }
     }
 }
 
 impl RetryQuota {
-    /// A full quota of `capacity` units; a retry costs `retry_cost`, `timeout_cost` after a
-    /// timeout.
+    /// A full quota of `capacity` units; a retry costs `retry_cost` (0: free, drawing
+    /// nothing), `timeout_cost` after a timeout.
     ///
     /// # Errors
-    /// A zero capacity or cost, or a cost above the capacity.
+    /// A zero capacity or timeout cost, or a cost above the capacity.
     pub fn new(capacity: u32, retry_cost: u32, timeout_cost: u32) -> Result<Self, ConfigError> {
         QUOTA.at_least_one("capacity", u64::from(capacity))?;
+        QUOTA.at_least_one("timeout_cost", u64::from(timeout_cost))?;
         for (field, cost) in [("retry_cost", retry_cost), ("timeout_cost", timeout_cost)] {
-            QUOTA.at_least_one(field, u64::from(cost))?;
             if cost > capacity {
                 return Err(QUOTA.err(field, format!("{cost} is above the capacity {capacity}")));
             }
@@ -56,13 +64,28 @@ impl RetryQuota {
             capacity,
             retry_cost,
             timeout_cost,
-            available: Mutex::new(capacity),
+            available: AtomicU32::new(capacity),
         })
+    }
+
+    /// The SDKs' quota (500 units, 10 per retry after a timeout, 1 back for a call that
+    /// succeeds at once) charged only for retries after a timeout; every other retry is
+    /// free. Retries after timeouts then go on while timeouts stay under about one answer
+    /// in eleven (each success puts back a tenth of one), after a burst of 50; a target
+    /// that times out more — an overloaded one, whose queue has outgrown the callers'
+    /// timeouts — gets no more retries of them than its successes pay for.
+    pub fn after_timeouts() -> Self {
+        Self {
+            capacity: 500,
+            retry_cost: 0,
+            timeout_cost: 10,
+            available: AtomicU32::new(500),
+        }
     }
 
     /// The units left.
     pub fn available(&self) -> u32 {
-        *self.available.lock().unwrap_or_else(|p| p.into_inner())
+        self.available.load(Ordering::Relaxed)
     }
 
     /// What a retry after `error` costs.
@@ -74,29 +97,42 @@ impl RetryQuota {
         }
     }
 
-    fn update<R>(&self, f: impl FnOnce(&mut u32) -> R) -> R {
-        // The count is valid whatever a panicking holder left.
-        f(&mut self.available.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// Takes `cost` units if the quota has them.
     fn take(&self, cost: u32) -> bool {
-        self.update(|a| {
-            let ok = *a >= cost;
-            if ok {
-                *a -= cost;
-            }
-            ok
-        })
+        cost == 0
+            || self
+                .available
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                    a.checked_sub(cost)
+                })
+                .is_ok()
+    }
+
+    /// Puts `units` back, up to the capacity.
+    fn give(&self, units: u32) {
+        let cap = self.capacity;
+        // None (nothing to put back) when the quota is already full.
+        let _ = self
+            .available
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                (a < cap).then(|| a.saturating_add(units).min(cap))
+            });
     }
 }
 
 impl RetryBudget for RetryQuota {
     fn deposit(&self, _now: Instant) {}
 
-    /// A retry of unknown cause costs the plain retry cost.
+    /// A retry of unknown cause costs the plain retry cost — or, when only timeouts are
+    /// charged ([`after_timeouts`](RetryQuota::after_timeouts)), the timeout cost: a policy
+    /// asks without a cause for a hedge, sent because its attempt ran past the hedge
+    /// delay, and an overloaded target's slow answers draw hedges as they draw timeouts.
     fn withdraw(&self, _now: Instant) -> bool {
-        self.take(self.retry_cost)
+        self.take(if self.retry_cost == 0 {
+            self.timeout_cost
+        } else {
+            self.retry_cost
+        })
     }
 
     fn withdraw_for(&self, _now: Instant, next: &AttemptContext) -> bool {
@@ -113,8 +149,9 @@ impl RetryBudget for RetryQuota {
         } else {
             self.cost(ctx.error)
         };
-        let cap = self.capacity;
-        self.update(|a| *a = (*a + back).min(cap));
+        if back > 0 {
+            self.give(back);
+        }
     }
 }
 
@@ -324,9 +361,73 @@ mod tests {
     }
 
     #[test]
+    fn the_timeouts_quota_charges_only_retries_after_timeouts() {
+        let q = RetryQuota::after_timeouts();
+        let now = Instant::now();
+        // Any number of retries after other failures: free.
+        for kind in [ErrorKind::Http503, ErrorKind::Reset, ErrorKind::Connect] {
+            for _ in 0..1000 {
+                assert!(q.withdraw_for(now, &after(kind, 2)));
+            }
+        }
+        assert_eq!(q.available(), 500);
+        // Fifty retries after timeouts drain it.
+        for _ in 0..50 {
+            assert!(q.withdraw_for(now, &after(ErrorKind::Timeout, 2)));
+        }
+        assert!(!q.withdraw_for(now, &after(ErrorKind::Timeout, 2)));
+        assert!(q.withdraw_for(now, &after(ErrorKind::Http5xx, 2)));
+        // Ten calls that succeed at once pay for the next one.
+        for _ in 0..9 {
+            q.record_for(&AttemptContext::first("t"), true);
+        }
+        assert!(!q.withdraw_for(now, &after(ErrorKind::Timeout, 2)));
+        q.record_for(&AttemptContext::first("t"), true);
+        assert!(q.withdraw_for(now, &after(ErrorKind::Timeout, 2)));
+        // A free retry that succeeds puts nothing back.
+        q.record_for(&after(ErrorKind::Http503, 2), true);
+        assert_eq!(q.available(), 0);
+    }
+
+    proptest! {
+        /// The quota is the reference arithmetic: a retry is allowed exactly when the
+        /// units left pay for it, and the units stay within 0..=capacity.
+        #[test]
+        fn the_quota_keeps_its_books(
+            (capacity, retry_cost, timeout_cost) in (1u32..200).prop_flat_map(|c| (Just(c), 0..=c, 1..=c)),
+            ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 1u32..4, any::<bool>()), 0..300),
+        ) {
+            let q = RetryQuota::new(capacity, retry_cost, timeout_cost).unwrap();
+            let now = Instant::now();
+            let mut left = capacity;
+            for (retry, timeout, attempt, success) in ops {
+                let kind = if timeout { ErrorKind::Timeout } else { ErrorKind::Http503 };
+                let cost = if timeout { timeout_cost } else { retry_cost };
+                if retry {
+                    let ok = q.withdraw_for(now, &after(kind, attempt + 1));
+                    prop_assert_eq!(ok, left >= cost);
+                    if ok {
+                        left -= cost;
+                    }
+                } else {
+                    let ctx = if attempt == 1 { AttemptContext::first("t") } else { after(kind, attempt) };
+                    q.record_for(&ctx, success);
+                    if success {
+                        let back = if attempt == 1 { 1 } else { cost };
+                        left = (left + back).min(capacity);
+                    }
+                }
+                prop_assert_eq!(q.available(), left);
+                prop_assert!(left <= capacity);
+            }
+        }
+    }
+
+    #[test]
     fn refuses_bad_quota_configuration() {
         assert_eq!(RetryQuota::new(0, 5, 10).unwrap_err().field, "capacity");
-        assert_eq!(RetryQuota::new(10, 0, 10).unwrap_err().field, "retry_cost");
+        assert_eq!(RetryQuota::new(10, 5, 0).unwrap_err().field, "timeout_cost");
+        assert_eq!(RetryQuota::new(10, 11, 5).unwrap_err().field, "retry_cost");
         assert_eq!(
             RetryQuota::new(10, 5, 11).unwrap_err().field,
             "timeout_cost"

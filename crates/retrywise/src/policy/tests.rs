@@ -1090,6 +1090,57 @@ async fn the_adaptive_composition_follows_a_swapped_model() {
     assert!(report.stopped.is_some());
 }
 
+/// The adaptive composition's retries after timeouts go on only as far as the target's
+/// successes pay for them (the AWS quota, charged for nothing else): a target that times
+/// out on every call gets 50 retries of them, then none, while its other failures are
+/// still retried; ten calls that succeed at once pay for one more.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_composition_rations_retries_after_timeouts() {
+    use crate::model::SharedModel;
+    let model = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.9)));
+    let p = Policy::builder("overloaded")
+        .adaptive(model)
+        .unwrap()
+        .build()
+        .unwrap();
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "attempt timeout");
+    // Calls 200 ms apart: fewer than the breaker's 20 in its 2 s window, so that only the
+    // quota stops retries.
+    let mut retries = 0;
+    let mut stopped = None;
+    for _ in 0..20 {
+        let (_, report) = p
+            .call_with_report(|_| async { Err::<(), _>(timed_out()) })
+            .await;
+        retries += report.attempts - 1;
+        stopped = report.stopped;
+        tokio::time::sleep(200 * MS).await;
+    }
+    assert_eq!(retries, 50, "500 units at 10 a retry after a timeout");
+    assert_eq!(stopped, Some(StopReason::BudgetExhausted));
+    // Other failures are the decider's to price: still retried.
+    let n = AtomicU32::new(0);
+    let (r, report) = p
+        .call_with_report(|_| {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            async move { if k == 0 { Err(reset()) } else { Ok(()) } }
+        })
+        .await;
+    assert!(r.is_ok());
+    assert_eq!(report.attempts, 2);
+    // (A retry that was free puts nothing back.) Ten calls that succeed at once: one more
+    // retry after a timeout.
+    for _ in 0..10 {
+        tokio::time::sleep(200 * MS).await;
+        p.call(|_| async { Ok::<_, io::Error>(()) }).await.unwrap();
+    }
+    let (_, report) = p
+        .call_with_report(|_| async { Err::<(), _>(timed_out()) })
+        .await;
+    assert_eq!(report.attempts, 2);
+    assert_eq!(report.stopped, Some(StopReason::BudgetExhausted));
+}
+
 /// The model swapped while calls are in flight: 200 calls, one a millisecond, every other
 /// one failing its first attempt after 5 ms (half: the breaker's rate trigger stays out of
 /// it). Every retry decision taken before the swap followed the first model (every
