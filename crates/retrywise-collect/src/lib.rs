@@ -6,7 +6,7 @@
 //! whatever it has to drop. [`SegmentReader`] streams the records back, skipping and
 //! counting what crashes and bugs leave behind. [`ShippingRecorder`] batches records to the
 //! service's ingestion endpoint instead of the disk. With the `parquet` feature,
-//! [`compact`] turns closed segments into day-partitioned Parquet.
+//! `compact` turns closed segments into day-partitioned Parquet.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -193,10 +193,7 @@ impl ShippingRecorder {
         }
         let worker = Worker {
             spool,
-            next_try: Instant::now(),
-            spool_backoff: config.backoff.0,
-            first_backoff: config.backoff.0,
-            max_backoff: config.backoff.1,
+            schedule: spool::Schedule::new(config.backoff.0, config.backoff.1, Instant::now()),
             once,
             drain: config.queue_capacity,
             client: reqwest::Client::new(),
@@ -268,11 +265,8 @@ impl Recorder for ShippingRecorder {
 
 struct Worker {
     spool: Option<Spool>,
-    /// When to try the spool's oldest batch again, and the wait after a failure.
-    next_try: Instant,
-    spool_backoff: Duration,
-    first_backoff: Duration,
-    max_backoff: Duration,
+    /// When to try the spool's oldest batch again.
+    schedule: spool::Schedule,
     /// The policy of a spooled batch: one attempt.
     once: Policy<HttpClassifier>,
     /// The most messages taken from the queue after each spooled batch tried.
@@ -296,7 +290,7 @@ impl Worker {
                 .spool
                 .as_ref()
                 .filter(|s| s.waiting)
-                .map(|_| self.next_try);
+                .map(|_| self.schedule.due());
             // The spool first, so that a steady stream of records does not keep it waiting;
             // after each batch tried from it, what arrived meanwhile is taken (so neither
             // intake nor a flush waits for a whole drain).
@@ -462,7 +456,7 @@ impl Worker {
             Ok(()) => {
                 if !spool.waiting {
                     // The endpoint just failed: the spool's first try waits a backoff.
-                    self.next_try = Instant::now() + self.spool_backoff;
+                    self.schedule.failed(Instant::now());
                 }
                 spool.waiting = true;
                 spool.bytes += len;
@@ -487,12 +481,6 @@ impl Worker {
         }
     }
 
-    /// Waits longer before the spool's next try (doubling up to the backoff's largest).
-    fn back_off(&mut self) {
-        self.next_try = Instant::now() + self.spool_backoff;
-        self.spool_backoff = (self.spool_backoff * 2).min(self.max_backoff);
-    }
-
     /// Tries to deliver the oldest batch of the spool, once: removed when the endpoint took
     /// it, set aside (`.refused`) if it refuses it as invalid, else tried again after a
     /// backoff. A batch handled whose file cannot be removed or set aside is skipped for
@@ -513,7 +501,7 @@ impl Worker {
             Err(e) => {
                 // What waits is unknown: it keeps waiting.
                 tracing::error!(error = %e, "cannot list the spool");
-                self.back_off();
+                self.schedule.failed(Instant::now());
                 return;
             }
         };
@@ -557,7 +545,7 @@ impl Worker {
                 self.failed(n);
                 self.settle(path, Some(spool::REFUSED)).await;
             }
-            _ => self.back_off(),
+            _ => self.schedule.failed(Instant::now()),
         }
     }
 
@@ -578,8 +566,7 @@ impl Worker {
             tracing::error!(path = %path.display(), error = %e, "a spooled batch was handled but its file stays; skipping it until the shipper restarts");
             spool.handled.insert(path);
         }
-        self.spool_backoff = self.first_backoff;
-        self.next_try = Instant::now();
+        self.schedule.handled(Instant::now());
     }
 
     /// One `POST` of `body` under `policy` (the shipper's retries, or one attempt).

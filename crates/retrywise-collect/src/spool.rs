@@ -4,11 +4,15 @@
 //! continues from the largest found when the spool is opened, so files sort oldest first
 //! whatever the wall clock does. A file is written durably (temporary file, fsync, rename,
 //! fsync of the directory). The directory is locked by one shipper at a time. Every file
-//! operation here blocks: the shipper runs them on tokio's blocking pool.
+//! operation here blocks: the shipper runs them on tokio's blocking pool. `Schedule`
+//! says when the oldest batch is tried next.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::CollectError;
 
@@ -36,6 +40,48 @@ pub(crate) struct Spool {
     /// renamed: skipped for the rest of this process (a restart sends a delivered one
     /// again, once: at least once).
     pub(crate) handled: HashSet<PathBuf>,
+}
+
+/// When the spool's oldest batch is tried next: after the endpoint fails (a batch spilled
+/// into the spool, or a spooled batch not taken), a backoff that doubles from the first
+/// up to the largest; after a batch is handled, at once and from the first again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Schedule {
+    next_try: Instant,
+    backoff: Duration,
+    first: Duration,
+    max: Duration,
+}
+
+impl Schedule {
+    /// Due at once, backing off from `first` up to `max` (a `max` below `first` is taken
+    /// as `first`).
+    pub(crate) fn new(first: Duration, max: Duration, now: Instant) -> Self {
+        Self {
+            next_try: now,
+            backoff: first,
+            first,
+            max: max.max(first),
+        }
+    }
+
+    /// When the next try is due.
+    pub(crate) fn due(&self) -> Instant {
+        self.next_try
+    }
+
+    /// The endpoint failed at `now`: wait the current backoff, and double it.
+    pub(crate) fn failed(&mut self, now: Instant) {
+        self.next_try = now + self.backoff;
+        self.backoff = self.backoff.saturating_mul(2).min(self.max);
+    }
+
+    /// A batch was handled at `now`: the next is due at once, and a later failure waits
+    /// the first backoff again.
+    pub(crate) fn handled(&mut self, now: Instant) {
+        self.next_try = now;
+        self.backoff = self.first;
+    }
 }
 
 /// The number of a batch file's name, if it is one.
@@ -146,6 +192,68 @@ pub(crate) fn set_aside(dir: &Path, path: &Path, suffix: &str) -> Result<(), Col
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// On the paused clock: the spool's tries after failures wait 200, 400, 800 ms … up to
+    /// the largest backoff, and the first batch handled makes the next due at once and the
+    /// backoff start again.
+    #[tokio::test(start_paused = true)]
+    async fn tries_after_failures_back_off_and_a_delivery_starts_again() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(200 * MS, 1_000 * MS, t0);
+        assert_eq!(s.due(), t0, "due at once");
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let now = Instant::now();
+            s.failed(now);
+            waits.push(s.due() - now);
+            tokio::time::sleep_until(s.due()).await;
+        }
+        assert_eq!(
+            waits,
+            [200 * MS, 400 * MS, 800 * MS, 1_000 * MS, 1_000 * MS]
+        );
+        assert_eq!(Instant::now() - t0, 3_400 * MS);
+        s.handled(Instant::now());
+        assert_eq!(s.due(), Instant::now());
+        s.failed(Instant::now());
+        assert_eq!(s.due() - Instant::now(), 200 * MS);
+    }
+
+    proptest::proptest! {
+        /// Every wait lies between the first backoff and the largest, and never shrinks
+        /// from one failure to the next.
+        #[test]
+        fn waits_stay_within_the_backoffs_bounds(
+            first_ms in 1u64..10_000,
+            extra_ms in 0u64..100_000,
+            events in proptest::collection::vec(proptest::bool::weighted(0.8), 1..64),
+        ) {
+            let (first, max) = (
+                Duration::from_millis(first_ms),
+                Duration::from_millis(first_ms + extra_ms),
+            );
+            let now = Instant::now();
+            let mut s = Schedule::new(first, max, now);
+            let mut last = None;
+            for failure in events {
+                if failure {
+                    s.failed(now);
+                    let wait = s.due() - now;
+                    proptest::prop_assert!(first <= wait && wait <= max, "{wait:?}");
+                    if let Some(l) = last {
+                        proptest::prop_assert!(wait >= l);
+                    }
+                    last = Some(wait);
+                } else {
+                    s.handled(now);
+                    proptest::prop_assert_eq!(s.due(), now);
+                    last = None;
+                }
+            }
+        }
+    }
 
     #[test]
     fn names_sort_oldest_first_and_continue_after_a_restart() {

@@ -242,7 +242,7 @@ pub static CATALOG: &[Contender] = &[
     },
     Contender {
         name: "adaptive-full",
-        description: "the model decides everything: the adaptive retries, a predictive breaker, an adaptive concurrency limit shedding the least likely calls, a predictive hedge (PolicyBuilder::adaptive, one swappable model)",
+        description: "the model decides everything: the adaptive retries, a predictive breaker, an adaptive concurrency limit shedding the least likely calls, a predictive hedge, the AWS quota on retries after timeouts (PolicyBuilder::adaptive, one swappable model)",
         build: |c| {
             let model = Arc::new(SharedModel::new(c.model.clone().unwrap_or_else(|| {
                 // Without a model every prediction is "no evidence": the decider's rules,

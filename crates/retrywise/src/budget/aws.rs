@@ -47,8 +47,10 @@ impl Default for RetryQuota {
 }
 
 impl RetryQuota {
-    /// A full quota of `capacity` units; a retry costs `retry_cost` (0: free, drawing
-    /// nothing), `timeout_cost` after a timeout.
+    /// A full quota of `capacity` units; a retry costs `retry_cost`, `timeout_cost` after
+    /// a timeout. A `retry_cost` of 0 makes every retry but those after timeouts free; a
+    /// hedge (asked for without a cause) then costs `timeout_cost`, see
+    /// [`after_timeouts`](Self::after_timeouts).
     ///
     /// # Errors
     /// A zero capacity or timeout cost, or a cost above the capacity.
@@ -73,7 +75,10 @@ impl RetryQuota {
     /// free. Retries after timeouts then go on while timeouts stay under about one answer
     /// in eleven (each success puts back a tenth of one), after a burst of 50; a target
     /// that times out more — an overloaded one, whose queue has outgrown the callers'
-    /// timeouts — gets no more retries of them than its successes pay for.
+    /// timeouts — gets no more retries of them than its successes pay for. A hedge, asked
+    /// for without a cause ([`RetryBudget::withdraw`]), costs what a retry after a timeout
+    /// does: it is sent because its attempt ran past the hedge delay, and an overloaded
+    /// target's slow answers draw hedges as they draw timeouts.
     pub fn after_timeouts() -> Self {
         Self {
             capacity: 500,
@@ -387,6 +392,13 @@ mod tests {
         // A free retry that succeeds puts nothing back.
         q.record_for(&after(ErrorKind::Http503, 2), true);
         assert_eq!(q.available(), 0);
+        // A hedge (no cause) costs what a retry after a timeout does.
+        for _ in 0..10 {
+            q.record_for(&AttemptContext::first("t"), true);
+        }
+        assert!(q.withdraw(now));
+        assert_eq!(q.available(), 0);
+        assert!(!q.withdraw(now));
     }
 
     proptest! {

@@ -19,6 +19,8 @@
 //! - [`RetryQuota`] and [`CubicRateLimiter`] — the AWS SDKs' `standard` retry quota (500
 //!   units, 5 per retry, 10 after a timeout) and the `adaptive` mode's client-side rate
 //!   limiter, whose rate follows CUBIC after throttling answers.
+//!   [`RetryQuota::after_timeouts`] charges only the retries after timeouts (and hedges):
+//!   the budget of the model-driven composition.
 //!
 //! Budgets are shared: one instance per upstream, used by every call to it.
 
@@ -39,9 +41,11 @@ use crate::attempt::AttemptContext;
 /// A budget that decides whether the fleet of calls can afford a retry.
 ///
 /// The executor calls [`deposit`](Self::deposit) once per logical call,
-/// [`withdraw`](Self::withdraw) before every retry (a refused withdrawal stops the call
-/// with [`StopReason::BudgetExhausted`](crate::retry::StopReason::BudgetExhausted)), and
-/// [`record`](Self::record) after every attempt.
+/// [`withdraw_for`](Self::withdraw_for) before every retry (a refused withdrawal stops
+/// the call with [`StopReason::BudgetExhausted`](crate::retry::StopReason::BudgetExhausted);
+/// waiting out a circuit breaker's refusal, decided as a retry, is withdrawn as one),
+/// [`withdraw`](Self::withdraw) before every hedge, and [`record_for`](Self::record_for)
+/// after every attempt.
 ///
 /// ```
 /// use retrywise::budget::{RatioBudget, RetryBudget};

@@ -1002,6 +1002,43 @@ async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
     assert_eq!(report.stopped, Some(StopReason::CircuitOpen));
 }
 
+/// Waiting out an open circuit is budgeted as the retry it is decided as: with nothing
+/// left in the quota the refused call fails fast instead, and sends nothing.
+#[tokio::test(start_paused = true)]
+async fn waiting_out_a_refusal_is_budgeted_as_a_retry() {
+    use crate::budget::RetryQuota;
+    let quota = Arc::new(RetryQuota::new(5, 5, 5).unwrap());
+    let p = Policy::builder("refused")
+        .retry(retry(10, 300))
+        .breaker(open_breaker(Duration::from_secs(1)))
+        .decide_when_refused(true)
+        .shared_budget(quota.clone())
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let call = || {
+        p.call_with_report(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>("served") }
+        })
+    };
+    assert!(quota.withdraw(Instant::now()));
+    let (r, report) = call().await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::BudgetExhausted));
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
+    // With the units for one retry, it waits the circuit out and is served; the retry
+    // that succeeded puts its cost back.
+    for _ in 0..5 {
+        quota.record_for(&AttemptContext::first("refused"), true);
+    }
+    let (r, report) = call().await;
+    assert_eq!(r.unwrap(), "served");
+    assert_eq!((report.attempts, report.stopped), (2, None));
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(quota.available(), 5);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_the_decider_would_not_retry_fails_with_the_circuit() {
     // One attempt only: a refusal leaves nothing to wait for.
@@ -1104,8 +1141,9 @@ async fn the_adaptive_composition_rations_retries_after_timeouts() {
         .build()
         .unwrap();
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "attempt timeout");
-    // Calls 200 ms apart: fewer than the breaker's 20 in its 2 s window, so that only the
-    // quota stops retries.
+    // Calls 2 s apart: the attempts of at most two calls (up to 12) in the breaker's 2 s
+    // window, fewer than the 20 its rate trigger needs, so that only the quota stops
+    // retries.
     let mut retries = 0;
     let mut stopped = None;
     for _ in 0..20 {
@@ -1114,7 +1152,7 @@ async fn the_adaptive_composition_rations_retries_after_timeouts() {
             .await;
         retries += report.attempts - 1;
         stopped = report.stopped;
-        tokio::time::sleep(200 * MS).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     assert_eq!(retries, 50, "500 units at 10 a retry after a timeout");
     assert_eq!(stopped, Some(StopReason::BudgetExhausted));

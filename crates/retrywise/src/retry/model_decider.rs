@@ -74,6 +74,14 @@ pub const MAX_GRID: usize = 64;
 /// retry in lockstep. Every decision carries the probability it expected
 /// ([`RetryDecider::explain`]); [`weigh`](Self::weigh) gives every alternative.
 ///
+/// **Overload.** It weighs each retry by what the model predicts for it; a target whose
+/// queue has outgrown its callers' timeouts still answers most retries (on another
+/// replica, or a shorter line) while every retry lengthens the line for everyone, and
+/// nothing the decider sees tells those timeouts from a slowdown's. A [`crate::policy::Policy`]
+/// around it should ration retries after timeouts with
+/// [`RetryQuota::after_timeouts`](crate::budget::RetryQuota::after_timeouts) as its budget
+/// ([`PolicyBuilder::adaptive`](crate::policy::PolicyBuilder::adaptive) does).
+///
 /// **Fallback.** Without a model, when the model answers NaN, or when the model was
 /// trained on fewer than `min_support` rows (default 100) like the context
 /// ([`SuccessModel::trained_on`]: rows in the same region of the context space —
