@@ -3,7 +3,7 @@
 //! reference this follows).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -32,6 +32,11 @@ pub struct RetryQuota {
     retry_cost: u32,
     timeout_cost: u32,
     available: AtomicU32,
+    /// Whether a retry has been refused since the quota was last refilled to half its
+    /// capacity, and how many: running dry is logged once, and so is the refill (a quota
+    /// that hovers near empty, refusing and refilling by turns, logs neither again).
+    dry: AtomicBool,
+    refused: AtomicU64,
 }
 
 impl Default for RetryQuota {
@@ -42,6 +47,8 @@ impl Default for RetryQuota {
             retry_cost: 5,
             timeout_cost: 10,
             available: AtomicU32::new(500),
+            dry: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
         }
     }
 }
@@ -67,6 +74,8 @@ impl RetryQuota {
             retry_cost,
             timeout_cost,
             available: AtomicU32::new(capacity),
+            dry: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -85,12 +94,20 @@ impl RetryQuota {
             retry_cost: 0,
             timeout_cost: 10,
             available: AtomicU32::new(500),
+            dry: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
         }
     }
 
     /// The units left.
     pub fn available(&self) -> u32 {
         self.available.load(Ordering::Relaxed)
+    }
+
+    /// Whether the quota has refused a retry since it was last refilled to half its
+    /// capacity (logged as a warning when it starts, at info when it ends).
+    pub fn exhausted(&self) -> bool {
+        self.dry.load(Ordering::Relaxed)
     }
 
     /// What a retry after `error` costs.
@@ -104,24 +121,49 @@ impl RetryQuota {
 
     /// Takes `cost` units if the quota has them.
     fn take(&self, cost: u32) -> bool {
-        cost == 0
+        let ok = cost == 0
             || self
                 .available
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
                     a.checked_sub(cost)
                 })
-                .is_ok()
+                .is_ok();
+        if !ok {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            if !self.dry.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    cost,
+                    available = self.available(),
+                    "retry quota exhausted: retries it charges are refused until successes refill it"
+                );
+            }
+        }
+        ok
     }
 
     /// Puts `units` back, up to the capacity.
     fn give(&self, units: u32) {
         let cap = self.capacity;
         // None (nothing to put back) when the quota is already full.
-        let _ = self
+        if let Ok(before) = self
             .available
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
                 (a < cap).then(|| a.saturating_add(units).min(cap))
-            });
+            })
+        {
+            let after = before.saturating_add(units).min(cap);
+            if after >= cap / 2
+                && self.dry.load(Ordering::Relaxed)
+                && self.dry.swap(false, Ordering::Relaxed)
+            {
+                let refused = self.refused.swap(0, Ordering::Relaxed);
+                tracing::info!(
+                    available = after,
+                    refused,
+                    "retry quota refilled to half: retries resume"
+                );
+            }
+        }
     }
 }
 
@@ -399,6 +441,14 @@ mod tests {
         assert!(q.withdraw(now));
         assert_eq!(q.available(), 0);
         assert!(!q.withdraw(now));
+        // Dry until refilled to half its capacity, not merely to the next retry's cost.
+        assert!(q.exhausted());
+        for _ in 0..249 {
+            q.record_for(&AttemptContext::first("t"), true);
+        }
+        assert!(q.exhausted());
+        q.record_for(&AttemptContext::first("t"), true);
+        assert!(!q.exhausted());
     }
 
     proptest! {
