@@ -105,7 +105,8 @@ impl RetryQuota {
     }
 
     /// Whether the quota has refused a retry since it was last refilled to half its
-    /// capacity (logged as a warning when it starts, at info when it ends).
+    /// capacity (logged at info when it starts and when it ends, as a circuit breaker's
+    /// state changes are).
     pub fn exhausted(&self) -> bool {
         self.dry.load(Ordering::Relaxed)
     }
@@ -131,7 +132,7 @@ impl RetryQuota {
         if !ok {
             self.refused.fetch_add(1, Ordering::Relaxed);
             if !self.dry.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
+                tracing::info!(
                     cost,
                     available = self.available(),
                     "retry quota exhausted: retries it charges are refused until successes refill it"
