@@ -137,6 +137,11 @@ pub struct PolicyRun {
     pub series: Series,
     /// Wall-clock time the run took.
     pub wall: std::time::Duration,
+    /// Calls the policy gave up on, by reason (`"budget_exhausted"`, …; the policy's own
+    /// count, [`retrywise::policy::PolicyMetrics::stops`]), the reasons that never
+    /// happened left out; empty for the oracle. A request whose deadline ran out while
+    /// its call waited or ran is not a stop: the driver cancelled it.
+    pub stops: Vec<(String, u64)>,
 }
 
 struct Shared {
@@ -234,12 +239,13 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
     if let Some(r) = recorder {
         r.close()?;
     }
-    let (outcomes, series) = result?;
+    let (outcomes, series, stops) = result?;
     Ok(PolicyRun {
         policy: spec.name.to_owned(),
         outcomes,
         series,
         wall: wall.elapsed(),
+        stops,
     })
 }
 
@@ -247,7 +253,7 @@ async fn drive(
     spec: &Contender,
     opts: &RunOptions,
     recorder: Option<Arc<dyn Recorder>>,
-) -> Result<(Vec<Outcome>, Series), SimError> {
+) -> Result<(Vec<Outcome>, Series, Vec<(String, u64)>), SimError> {
     let scenario = &opts.scenario;
     let ctx = PolicyContext {
         target: Arc::from(scenario.name.as_str()),
@@ -380,7 +386,21 @@ async fn drive(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Ok((outcomes.into_iter().map(|(_, o)| o).collect(), series))
+    let stops = match &*strategy {
+        Strategy::Policy(p) => p
+            .metrics()
+            .stops
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| (reason.to_owned(), n))
+            .collect(),
+        Strategy::Oracle => Vec::new(),
+    };
+    Ok((
+        outcomes.into_iter().map(|(_, o)| o).collect(),
+        series,
+        stops,
+    ))
 }
 
 /// The oracle: looks at what an attempt would do before sending it, sends only one that

@@ -32,6 +32,9 @@ pub struct Score {
     pub attempts: u64,
     /// Wall-clock seconds the run took.
     pub wall_s: f64,
+    /// Calls the policy gave up on, by reason (`max_attempts`, `budget_exhausted`,
+    /// `low_success_probability`, …): why its requests that failed stopped retrying.
+    pub stops: std::collections::BTreeMap<String, u64>,
 }
 
 fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -84,6 +87,7 @@ pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
         requests: n,
         attempts,
         wall_s: run.wall.as_secs_f64(),
+        stops: run.stops.iter().cloned().collect(),
     }
 }
 

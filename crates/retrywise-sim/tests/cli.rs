@@ -95,6 +95,15 @@ fn run_prints_the_scoreboard_as_json_and_draws_the_plot() {
     assert!(
         results[1]["attempts_per_request"].as_f64() < results[0]["attempts_per_request"].as_f64()
     );
+    // Why the calls that failed gave up: plain exponential backoff's collide until their
+    // attempts run out; each failed write is one stop (none ran into its 60 s deadline).
+    for r in results {
+        let stops = r["stops"].as_object().expect("stops by reason");
+        let failed = r["requests"].as_f64().unwrap() * (1.0 - r["success_rate"].as_f64().unwrap());
+        let stopped: u64 = stops.values().map(|n| n.as_u64().unwrap()).sum();
+        assert_eq!(stopped, failed.round() as u64, "{r}");
+    }
+    assert!(results[0]["stops"]["max_attempts"].as_u64() > Some(0));
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.contains("exp-full-jitter"));
     // One segment directory per policy, holding the attempts.
