@@ -33,7 +33,9 @@ pub struct Score {
     /// Wall-clock seconds the run took.
     pub wall_s: f64,
     /// Calls the policy gave up on, by reason (`max_attempts`, `budget_exhausted`,
-    /// `low_success_probability`, …): why its requests that failed stopped retrying.
+    /// `low_success_probability`, …): why its requests that failed stopped retrying. At
+    /// most the failed requests: one the driver's deadline cancelled while it waited or
+    /// ran (a rate limiter's token, a bulkhead's queue) is not a stop.
     pub stops: std::collections::BTreeMap<String, u64>,
 }
 

@@ -3,7 +3,7 @@
 //! reference this follows).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,18 +25,22 @@ const QUOTA: Check = Check::new("retry_quota");
 /// answers with: what the model-driven policy ([`crate::policy::PolicyBuilder::adaptive`])
 /// uses, since it prices every other retry itself.
 ///
-/// Lock-free: the pool is one atomic counter.
+/// Lock-free: the pool is one atomic counter, and one more counts the retries refused
+/// while it is dry. Running dry is logged (info, as a circuit breaker's state changes) when
+/// the first retry is refused, and the refill once the pool is back to half its capacity
+/// (or to the dearest retry, if that is more), with the retries refused meanwhile — a pool
+/// hovering near empty, refusing and paying by turns, logs neither again.
 #[derive(Debug)]
 pub struct RetryQuota {
     capacity: u32,
     retry_cost: u32,
     timeout_cost: u32,
     available: AtomicU32,
-    /// Whether a retry has been refused since the quota was last refilled to half its
-    /// capacity, and how many: running dry is logged once, and so is the refill (a quota
-    /// that hovers near empty, refusing and refilling by turns, logs neither again).
-    dry: AtomicBool,
+    /// Retries (and hedges) refused since the pool was last back at `refill_at`; 0 while
+    /// it is not dry.
     refused: AtomicU64,
+    /// Where a dry pool counts as refilled: half the capacity, or the dearest retry.
+    refill_at: u32,
 }
 
 impl Default for RetryQuota {
@@ -47,8 +51,8 @@ impl Default for RetryQuota {
             retry_cost: 5,
             timeout_cost: 10,
             available: AtomicU32::new(500),
-            dry: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            refill_at: 250,
         }
     }
 }
@@ -74,8 +78,8 @@ impl RetryQuota {
             retry_cost,
             timeout_cost,
             available: AtomicU32::new(capacity),
-            dry: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            refill_at: capacity.div_ceil(2).max(retry_cost).max(timeout_cost),
         })
     }
 
@@ -94,8 +98,8 @@ impl RetryQuota {
             retry_cost: 0,
             timeout_cost: 10,
             available: AtomicU32::new(500),
-            dry: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            refill_at: 250,
         }
     }
 
@@ -104,11 +108,11 @@ impl RetryQuota {
         self.available.load(Ordering::Relaxed)
     }
 
-    /// Whether the quota has refused a retry since it was last refilled to half its
-    /// capacity (logged at info when it starts and when it ends, as a circuit breaker's
-    /// state changes are).
+    /// Whether the quota has refused a retry or hedge since it was last back at half its
+    /// capacity (or the dearest retry): a hysteresis, so it stays true while a pool near
+    /// empty pays for some retries and refuses others.
     pub fn exhausted(&self) -> bool {
-        self.dry.load(Ordering::Relaxed)
+        self.refused.load(Ordering::Relaxed) > 0
     }
 
     /// What a retry after `error` costs.
@@ -129,15 +133,12 @@ impl RetryQuota {
                     a.checked_sub(cost)
                 })
                 .is_ok();
-        if !ok {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            if !self.dry.swap(true, Ordering::Relaxed) {
-                tracing::info!(
-                    cost,
-                    available = self.available(),
-                    "retry quota exhausted: retries it charges are refused until successes refill it"
-                );
-            }
+        if !ok && self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::info!(
+                cost,
+                capacity = self.capacity,
+                "retry quota exhausted: retries it charges are refused until successes pay for them"
+            );
         }
         ok
     }
@@ -145,23 +146,23 @@ impl RetryQuota {
     /// Puts `units` back, up to the capacity.
     fn give(&self, units: u32) {
         let cap = self.capacity;
-        // None (nothing to put back) when the quota is already full.
-        if let Ok(before) = self
+        // Err (nothing to put back) when the quota is already full: then it is refilled
+        // too (a refusal counted while another call's success filled it ends there).
+        let after = match self
             .available
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
                 (a < cap).then(|| a.saturating_add(units).min(cap))
-            })
-        {
-            let after = before.saturating_add(units).min(cap);
-            if after >= cap / 2
-                && self.dry.load(Ordering::Relaxed)
-                && self.dry.swap(false, Ordering::Relaxed)
-            {
-                let refused = self.refused.swap(0, Ordering::Relaxed);
+            }) {
+            Ok(before) => before.saturating_add(units).min(cap),
+            Err(full) => full,
+        };
+        if after >= self.refill_at && self.refused.load(Ordering::Relaxed) > 0 {
+            let refused = self.refused.swap(0, Ordering::Relaxed);
+            if refused > 0 {
                 tracing::info!(
                     available = after,
                     refused,
-                    "retry quota refilled to half: retries resume"
+                    "retry quota refilled to half its capacity"
                 );
             }
         }
@@ -454,7 +455,9 @@ mod tests {
 
     proptest! {
         /// The quota is the reference arithmetic: a retry is allowed exactly when the
-        /// units left pay for it, and the units stay within 0..=capacity.
+        /// units left pay for it, and the units stay within 0..=capacity; it is exhausted
+        /// from a refusal until a success brings it back to half its capacity (or the
+        /// dearest retry).
         #[test]
         fn the_quota_keeps_its_books(
             (capacity, retry_cost, timeout_cost) in (1u32..200).prop_flat_map(|c| (Just(c), 0..=c, 1..=c)),
@@ -463,6 +466,8 @@ mod tests {
             let q = RetryQuota::new(capacity, retry_cost, timeout_cost).unwrap();
             let now = Instant::now();
             let mut left = capacity;
+            let refill_at = capacity.div_ceil(2).max(retry_cost).max(timeout_cost);
+            let mut dry = false;
             for (retry, timeout, attempt, success) in ops {
                 let kind = if timeout { ErrorKind::Timeout } else { ErrorKind::Http503 };
                 let cost = if timeout { timeout_cost } else { retry_cost };
@@ -471,6 +476,8 @@ mod tests {
                     prop_assert_eq!(ok, left >= cost);
                     if ok {
                         left -= cost;
+                    } else {
+                        dry = true;
                     }
                 } else {
                     let ctx = if attempt == 1 { AttemptContext::first("t") } else { after(kind, attempt) };
@@ -478,12 +485,35 @@ mod tests {
                     if success {
                         let back = if attempt == 1 { 1 } else { cost };
                         left = (left + back).min(capacity);
+                        if back > 0 && left >= refill_at {
+                            dry = false;
+                        }
                     }
                 }
                 prop_assert_eq!(q.available(), left);
+                prop_assert_eq!(q.exhausted(), dry);
                 prop_assert!(left <= capacity);
             }
         }
+    }
+
+    #[test]
+    fn a_small_quota_is_refilled_only_when_it_pays_for_its_dearest_retry() {
+        let q = RetryQuota::new(5, 5, 5).unwrap();
+        let now = Instant::now();
+        assert!(q.withdraw(now));
+        assert!(!q.withdraw(now));
+        for _ in 0..4 {
+            q.record_for(&AttemptContext::first("t"), true);
+            assert!(q.exhausted(), "half of 5 does not pay for a retry of 5");
+        }
+        q.record_for(&AttemptContext::first("t"), true);
+        assert!(!q.exhausted());
+        // A refusal counted while another call's success filled the quota ends at the next
+        // success, full as it is.
+        q.refused.store(1, Ordering::Relaxed);
+        q.record_for(&AttemptContext::first("t"), true);
+        assert!(!q.exhausted());
     }
 
     #[test]
