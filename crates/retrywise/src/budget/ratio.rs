@@ -83,7 +83,7 @@ pub struct RatioBudget {
     slots: [Slot; SLOTS as usize],
     /// Retries always allowed per window.
     floor: u64,
-    /// The ratio in parts per million.
+    /// The ratio in whole parts per million, never above the configured one.
     ratio_ppm: u64,
     withdraw: Mutex<()>,
 }
@@ -106,7 +106,11 @@ impl RatioBudget {
             slot_nanos,
             slots: Default::default(),
             floor,
-            ratio_ppm: (ratio * PPM as f64).round() as u64,
+            // Down to a whole part per million, so that the budget never allows more than
+            // `ratio` (0.116666549 allowed 7 retries for 60 calls when rounded up to
+            // 116,667 ppm); the millionth of a part keeps a decimal ratio whose double is
+            // a hair under it (0.29 × 10⁶ = 289,999.99999999994) at its own value.
+            ratio_ppm: (ratio * PPM as f64 + 1e-6).floor() as u64,
             withdraw: Mutex::new(()),
         })
     }
@@ -176,6 +180,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::sync::Arc;
+
+    #[test]
+    fn the_ratio_is_never_exceeded_and_a_decimal_ratio_is_kept() {
+        let allowed = |ratio: f64, calls: usize| {
+            let b = RatioBudget::new(Duration::from_secs(10), 0, ratio).unwrap();
+            let now = Instant::now();
+            for _ in 0..calls {
+                b.deposit(now);
+            }
+            (0..calls).filter(|_| b.withdraw(now)).count()
+        };
+        // 60 × 0.116666549… = 6.99999…: six, not seven.
+        assert_eq!(allowed(0.116_666_549_709_315, 60), 6);
+        // 0.29 is a hair under 0.29 as a double: still 29 of 100.
+        assert_eq!(allowed(0.29, 100), 29);
+        assert_eq!(allowed(0.2, 1000), 200);
+    }
 
     #[test]
     fn floor_allows_retries_without_traffic() {
