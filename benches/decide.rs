@@ -80,7 +80,7 @@ fn decide(c: &mut Criterion) {
         .unwrap();
     for c in &ctxs {
         let w = learned.weigh(c);
-        assert!(!w.fell_back && !w.alternatives.is_empty(), "{c:?}");
+        assert!(!w.fell_back() && !w.alternatives.is_empty(), "{c:?}");
     }
     // The same without a retry calendar: what pricing the load of booked retries costs.
     let alone = ModelDecider::builder()
@@ -120,7 +120,7 @@ fn decide(c: &mut Criterion) {
     refused.failure_rate_recent = Some(1.0);
     refused.since_success = Some(Duration::from_secs(2));
     let w = learned.weigh(&refused);
-    assert!(!w.fell_back && !w.alternatives.is_empty(), "{refused:?}");
+    assert!(!w.fell_back() && !w.alternatives.is_empty(), "{refused:?}");
     g.bench_function("model-decider-32-refused", |b| {
         b.iter(|| black_box(learned.decide(black_box(&refused))))
     });

@@ -141,12 +141,11 @@ impl ShippingRecorder {
                 return Err(CollectError::config(field, "must be greater than zero"));
             }
         }
+        let backoff = Backoff::exponential(config.backoff.0, 2.0, config.backoff.1)
+            .map_err(|e| CollectError::config("backoff", e.problem))?;
         let retry = RetryRules::builder()
             .max_attempts(config.max_attempts)
-            .backoff(
-                Backoff::exponential(config.backoff.0, 2.0, config.backoff.1)
-                    .map_err(|e| CollectError::config("backoff", e.problem))?,
-            )
+            .backoff(backoff.clone())
             .jitter(Jitter::Full)
             .attempt_timeout(AttemptTimeout::Fixed(config.attempt_timeout))
             .retry_after(
@@ -193,7 +192,7 @@ impl ShippingRecorder {
         }
         let worker = Worker {
             spool,
-            schedule: spool::Schedule::new(config.backoff.0, config.backoff.1, Instant::now()),
+            schedule: spool::Schedule::new(backoff, Instant::now()),
             once,
             drain: config.queue_capacity,
             client: reqwest::Client::new(),

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use retrywise::retry::Backoff;
 use tokio::time::Instant;
 
 use crate::CollectError;
@@ -43,25 +44,23 @@ pub(crate) struct Spool {
 }
 
 /// When the spool's oldest batch is tried next: after the endpoint fails (a batch spilled
-/// into the spool, or a spooled batch not taken), a backoff that doubles from the first
-/// up to the largest; after a batch is handled, at once and from the first again.
-#[derive(Debug, Clone, Copy)]
+/// into the spool, or a spooled batch not taken), the shipper's backoff for as many
+/// failures in a row (without jitter); after a batch is handled, at once, and the count
+/// starts again.
+#[derive(Debug, Clone)]
 pub(crate) struct Schedule {
     next_try: Instant,
-    backoff: Duration,
-    first: Duration,
-    max: Duration,
+    backoff: Backoff,
+    failures: u32,
 }
 
 impl Schedule {
-    /// Due at once, backing off from `first` up to `max` (a `max` below `first` is taken
-    /// as `first`).
-    pub(crate) fn new(first: Duration, max: Duration, now: Instant) -> Self {
+    /// Due at once.
+    pub(crate) fn new(backoff: Backoff, now: Instant) -> Self {
         Self {
             next_try: now,
-            backoff: first,
-            first,
-            max: max.max(first),
+            backoff,
+            failures: 0,
         }
     }
 
@@ -70,17 +69,17 @@ impl Schedule {
         self.next_try
     }
 
-    /// The endpoint failed at `now`: wait the current backoff, and double it.
+    /// The endpoint failed at `now`: wait the backoff of one more failure in a row.
     pub(crate) fn failed(&mut self, now: Instant) {
-        self.next_try = now + self.backoff;
-        self.backoff = self.backoff.saturating_mul(2).min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        self.next_try = now + self.backoff.delay(self.failures, Duration::ZERO, 0.0);
     }
 
     /// A batch was handled at `now`: the next is due at once, and a later failure waits
     /// the first backoff again.
     pub(crate) fn handled(&mut self, now: Instant) {
         self.next_try = now;
-        self.backoff = self.first;
+        self.failures = 0;
     }
 }
 
@@ -201,7 +200,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tries_after_failures_back_off_and_a_delivery_starts_again() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(200 * MS, 1_000 * MS, t0);
+        let mut s = Schedule::new(Backoff::exponential(200 * MS, 2.0, 1_000 * MS).unwrap(), t0);
         assert_eq!(s.due(), t0, "due at once");
         let mut waits = Vec::new();
         for _ in 0..5 {
@@ -235,7 +234,7 @@ mod tests {
                 Duration::from_millis(first_ms + extra_ms),
             );
             let now = Instant::now();
-            let mut s = Schedule::new(first, max, now);
+            let mut s = Schedule::new(Backoff::exponential(first, 2.0, max).unwrap(), now);
             let mut last = None;
             for failure in events {
                 if failure {

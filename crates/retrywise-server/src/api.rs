@@ -179,8 +179,7 @@ pub(crate) async fn get_model(
     let set = st.models.snapshot();
     let m = set
         .get(&name)
-        // Named in the path: not the default's error, even when it is the default's name.
-        .ok_or_else(|| unknown_model(&name, &set, ""))?;
+        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?;
     let a = &m.artifact;
     let mut training = a.training.clone();
     if let Some(t) = training.as_object_mut() {
@@ -222,8 +221,15 @@ pub(crate) async fn get_model(
 
 /// 404 for a model the service does not serve; 503 for the default model (`default`)
 /// while it serves none at all - it is starting, or its models folder has no valid
-/// version yet (`/readyz` says so too): come back, rather than "no such model".
-pub(crate) fn unknown_model(name: &str, set: &crate::models::ModelSet, default: &str) -> ApiError {
+/// version yet (`/readyz` says so too): come back, rather than "no such model". A caller
+/// that named no model (`defaulted`) is told which setting named this one; one that named
+/// it (a body's `model`, a path) is not.
+pub(crate) fn unknown_model(
+    name: &str,
+    set: &crate::models::ModelSet,
+    default: &str,
+    defaulted: bool,
+) -> ApiError {
     if set.is_empty() && name == default {
         return ApiError::unavailable(
             format!("model: no model is loaded yet (asked for `{name}`)"),
@@ -236,7 +242,7 @@ pub(crate) fn unknown_model(name: &str, set: &crate::models::ModelSet, default: 
     } else {
         known.join(", ")
     };
-    if name == default {
+    if defaulted {
         // The caller named no model: say which setting named this one.
         return ApiError::not_found(format!(
             "model: the default model `{name}` (setting `default_model`) is not serving (serving: {serving}); name one with `model`"
@@ -247,12 +253,12 @@ pub(crate) fn unknown_model(name: &str, set: &crate::models::ModelSet, default: 
     ))
 }
 
-fn pick(st: &AppState, name: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+fn pick(st: &AppState, named: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
     let set = st.models.snapshot();
-    let name = name.unwrap_or(&st.config.default_model);
+    let name = named.unwrap_or(&st.config.default_model);
     set.get(name)
         .cloned()
-        .ok_or_else(|| unknown_model(name, &set, &st.config.default_model))
+        .ok_or_else(|| unknown_model(name, &set, &st.config.default_model, named.is_none()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -615,8 +621,7 @@ pub(crate) async fn decide(
         st.metrics.decisions_explored.inc();
     }
     let (model, version) = served_as(&st, m.as_ref());
-    if weighed.fell_back {
-        let why = weighed.fallback.unwrap_or("unknown");
+    if let Some(why) = weighed.fallback {
         st.metrics.fallback(why);
         tracing::debug!(
             model = %model,
@@ -642,7 +647,7 @@ pub(crate) async fn decide(
         delay_ms: delay.as_secs_f64() * 1e3,
         p_success: explained.p_success,
         reason: reason.to_owned(),
-        fell_back: weighed.fell_back,
+        fell_back: weighed.fell_back(),
         explored: weighed.explored(),
         propensity: weighed.propensity,
         alternatives,

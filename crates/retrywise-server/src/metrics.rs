@@ -53,6 +53,17 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Why the collector dropped an accepted record (`dropped_attempts_by_cause`'s labels).
+pub const DROP_CAUSES: [&str; 4] = ["queue_full", "io", "closed", "invalid"];
+
+/// Raises `counter` by what `total` (a running total) has grown since `seen`.
+fn advance(counter: &Counter, seen: &AtomicU64, total: u64) {
+    let before = seen.fetch_max(total, Ordering::Relaxed);
+    if total > before {
+        counter.inc_by(total - before);
+    }
+}
+
 /// Everything the service counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -93,7 +104,7 @@ pub struct Metrics {
     pub reload_last_success: Gauge<f64, AtomicU64>,
     /// Records the collector has taken and not yet written (ingestion's backlog).
     pub collector_pending: Gauge,
-    /// Accepted records the collector dropped, by cause (queue full, I/O errors, closed).
+    /// Accepted records the collector dropped, by cause ([`DROP_CAUSES`]).
     pub dropped_by: Family<ReasonLabels, Counter>,
     /// Decisions made by the fallback rules, by why (`no_model`, `unsupported`, `nan`).
     pub fallbacks_by: Family<ReasonLabels, Counter>,
@@ -111,7 +122,7 @@ pub struct Metrics {
     max_target_labels: usize,
     target_names: Mutex<HashSet<String>>,
     dropped_seen: AtomicU64,
-    dropped_by_seen: Mutex<std::collections::HashMap<&'static str, u64>>,
+    dropped_by_seen: [AtomicU64; DROP_CAUSES.len()],
     serving: Mutex<HashSet<(String, String)>>,
 }
 
@@ -240,7 +251,7 @@ impl Metrics {
         let dropped_by = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "dropped_attempts_by_cause",
-            "Accepted attempt records the collector dropped, by cause (queue_full, io, closed)",
+            "Accepted attempt records the collector dropped, by cause (queue_full, io, closed, invalid)",
             dropped_by.clone(),
         );
         let fallbacks_by = Family::<ReasonLabels, Counter>::default();
@@ -322,7 +333,7 @@ impl Metrics {
             max_target_labels,
             target_names: Mutex::new(HashSet::new()),
             dropped_seen: AtomicU64::new(0),
-            dropped_by_seen: Mutex::new(std::collections::HashMap::new()),
+            dropped_by_seen: Default::default(),
             serving: Mutex::new(HashSet::new()),
         }
     }
@@ -345,10 +356,7 @@ impl Metrics {
 
     /// Brings the dropped counter up to the collector's running total.
     pub fn set_dropped(&self, total: u64) {
-        let before = self.dropped_seen.fetch_max(total, Ordering::Relaxed);
-        if total > before {
-            self.dropped.inc_by(total - before);
-        }
+        advance(&self.dropped, &self.dropped_seen, total);
     }
 
     /// Counts a decision made by the fallback rules, in the total and under its `reason`.
@@ -361,19 +369,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Brings the dropped counter of `cause` up to the collector's running total of it.
-    pub fn set_dropped_by(&self, cause: &'static str, total: u64) {
-        let Ok(mut seen) = self.dropped_by_seen.lock() else {
-            return;
-        };
-        let before = seen.entry(cause).or_insert(0);
-        if total > *before {
-            self.dropped_by
-                .get_or_create(&ReasonLabels {
-                    reason: cause.to_owned(),
-                })
-                .inc_by(total - *before);
-            *before = total;
+    /// Brings the dropped counter of each cause ([`DROP_CAUSES`], in that order) up to the
+    /// collector's running total of it.
+    pub fn set_dropped_by(&self, totals: [u64; DROP_CAUSES.len()]) {
+        for ((cause, total), seen) in DROP_CAUSES.iter().zip(totals).zip(&self.dropped_by_seen) {
+            if total > seen.load(Ordering::Relaxed) {
+                let counter = self.dropped_by.get_or_create(&ReasonLabels {
+                    reason: (*cause).to_owned(),
+                });
+                advance(&counter, seen, total);
+            }
         }
     }
 

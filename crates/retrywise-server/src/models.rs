@@ -64,6 +64,8 @@ pub struct Models {
     refused: Mutex<Refused>,
     /// One reload at a time (the poller and `/admin/reload`).
     reloading: tokio::sync::Mutex<()>,
+    /// The last reload's warnings: each is logged when it first appears, not at every poll.
+    warned: Mutex<std::collections::HashSet<String>>,
 }
 
 fn read_dir(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
@@ -127,6 +129,7 @@ impl Models {
             dir: dir.into(),
             current: ArcSwap::from_pointee(ModelSet::new()),
             refused: Mutex::new(HashMap::new()),
+            warned: Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
         }
     }
@@ -174,6 +177,12 @@ impl Models {
                 self.dir.display()
             ));
         }
+        if let Ok(mut last) = self.warned.lock() {
+            for w in report.warnings.iter().filter(|w| !last.contains(*w)) {
+                tracing::warn!("{w}");
+            }
+            *last = report.warnings.iter().cloned().collect();
+        }
         if !report.loaded.is_empty() {
             self.current.store(Arc::new(next));
         }
@@ -191,6 +200,7 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
     let mut next = current.clone();
     let mut report = ReloadReport::default();
     let mut newly = Vec::new();
+    let mut folder_gone = false;
     let names = match read_dir(dir) {
         Ok(n) => n,
         // No models folder yet: nothing to serve, not an error (one may be created).
@@ -200,15 +210,14 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                     "the models folder {} does not exist: the versions loaded keep serving from memory",
                     dir.display()
                 );
-                tracing::warn!("{why}");
                 report.warnings.push(why);
+                folder_gone = true;
             }
             Vec::new()
         }
         Err(e) => return Err(e),
     };
     // (When the whole folder is gone, that one warning says it.)
-    let folder_gone = !report.warnings.is_empty();
     for gone in current
         .keys()
         .filter(|n| !folder_gone && !names.iter().any(|(name, _)| name == *n))
@@ -216,7 +225,6 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
         let why = format!(
             "the folder of model `{gone}` was removed: its version loaded keeps serving from memory"
         );
-        tracing::warn!("{why}");
         report.warnings.push(why);
     }
     for (name, path) in names {
@@ -236,7 +244,6 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
         if let Some(c) = cur
             && !versions.iter().any(|(v, _)| *v == c.version)
         {
-            tracing::warn!(model = %name, version = c.version, "the version serving was removed from disk; serving the highest valid one left");
             report.warnings.push(format!(
                 "{name}/{} was removed from disk; the highest valid version left serves (it keeps serving from memory if none is)",
                 c.version

@@ -222,7 +222,7 @@ pub(crate) async fn metadata(
     let set = st.models.snapshot();
     let m = set
         .get(&name)
-        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?;
+        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?;
     Ok(Json(ModelMetadata {
         name: m.name.clone(),
         versions: vec![m.version.to_string()],
@@ -243,7 +243,7 @@ pub(crate) async fn model_ready(
 ) -> Result<Json<ModelReady>, ApiError> {
     let set = st.models.snapshot();
     set.get(&name)
-        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?;
+        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?;
     Ok(Json(ModelReady { name, ready: true }))
 }
 
@@ -377,27 +377,29 @@ fn decode_json(input: &InferInput, data: &[serde_json::Value]) -> Result<Vec<Cel
 }
 
 /// The value a cell gives `field` (missing spelt as the schema's tensors spell it).
-fn value<'a>(field: &Field, cell: &'a Cell, at: &str) -> Result<Value<'a>, ApiError> {
+fn value<'a>(field: &Field, cell: &'a Cell, row: usize) -> Result<Value<'a>, ApiError> {
+    // Where, for an error only: the well-formed cell of a request allocates nothing.
+    let at = || at(field, row);
     Ok(match (field.ty, cell) {
         (_, Cell::Null) => Value::Null,
         (FieldType::Text, Cell::Text(s)) if s.is_empty() => Value::Null,
         (FieldType::Text, Cell::Text(s)) => Value::Text(s),
         (FieldType::ErrorKind, Cell::Text(s)) if s.is_empty() => Value::Null,
         (FieldType::ErrorKind, Cell::Text(s)) => {
-            Value::ErrorKind(s.parse::<ErrorKind>().map_err(|e| bad(at, e))?)
+            Value::ErrorKind(s.parse::<ErrorKind>().map_err(|e| bad(&at(), e))?)
         }
         (FieldType::UInt16 | FieldType::UInt32 | FieldType::UInt64, Cell::Number(x)) => {
             if x.is_nan() || *x == -1.0 {
                 Value::Null
             } else if x.fract() != 0.0 || *x < 0.0 {
                 return Err(bad(
-                    at,
+                    &at(),
                     format!("expected a whole number (or -1 for missing), got {x}"),
                 ));
             } else {
                 let max = field.ty.max_whole().unwrap_or(u64::MAX) as f64;
                 if *x > max {
-                    return Err(bad(at, format!("{x} is out of range")));
+                    return Err(bad(&at(), format!("{x} is out of range")));
                 }
                 Value::UInt(*x as u64)
             }
@@ -406,14 +408,19 @@ fn value<'a>(field: &Field, cell: &'a Cell, at: &str) -> Result<Value<'a>, ApiEr
         (FieldType::Float64, Cell::Number(x)) => Value::Float(*x),
         (FieldType::Milliseconds, Cell::Number(x)) if x.is_nan() => Value::Null,
         (FieldType::Milliseconds, Cell::Number(x)) => {
-            Value::Duration(ms_to_duration(*x).map_err(|e| bad(at, e))?)
+            Value::Duration(ms_to_duration(*x).map_err(|e| bad(&at(), e))?)
         }
         (FieldType::Text | FieldType::ErrorKind, Cell::Number(x)) => {
-            return Err(bad(at, format!("expected a string (BYTES), got {x}")));
+            return Err(bad(&at(), format!("expected a string (BYTES), got {x}")));
         }
-        (_, Cell::Text(s)) => return Err(bad(at, format!("expected a number, got {s:?}"))),
-        _ => return Err(bad(at, "not a context value")),
+        (_, Cell::Text(s)) => return Err(bad(&at(), format!("expected a number, got {s:?}"))),
+        _ => return Err(bad(&at(), "not a context value")),
     })
+}
+
+/// A cell's place in the request, for errors: `NAME.data[ROW]`.
+fn at(field: &Field, row: usize) -> String {
+    format!("{}.data[{row}]", field.name)
 }
 
 /// Whether the request asks for binary outputs.
@@ -484,7 +491,7 @@ pub(crate) async fn infer(
     let set = st.models.snapshot();
     let m = Arc::clone(
         set.get(&name)
-            .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model))?,
+            .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?,
     );
     let (json, mut binary) = split(&headers, &bytes)?;
     let req: InferRequest = crate::extract::parse_object(json, String::new)?;
@@ -603,12 +610,14 @@ pub(crate) async fn infer(
         let mut rec = AttemptRecord::blank();
         rec.context.target = Arc::from(m.name.as_str());
         for (field, cells) in &columns {
-            let at = format!("{}.data[{i}]", field.name);
-            let v = value(field, &cells[i], &at)?;
+            let v = value(field, &cells[i], i)?;
             if v.is_null() && field.presence == Presence::Required && field.name != "target" {
                 // A required field missing is said to be (the blank's default would be
                 // reported as out of range); `target` defaults to the model's name.
-                return Err(bad(&at, "is required: -1 (or NaN, or null) means missing"));
+                return Err(bad(
+                    &at(field, i),
+                    "is required: -1 (or NaN, or null) means missing",
+                ));
             }
             if !(v.is_null() && field.name == "target") {
                 field.set_context(&mut rec.context, v);
@@ -705,24 +714,24 @@ mod tests {
     fn missing_is_spelt_as_the_schema_says() {
         let f = |n| schema::field(n).unwrap();
         assert_eq!(
-            value(f("error"), &Cell::Text(String::new()), "e").unwrap(),
+            value(f("error"), &Cell::Text(String::new()), 0).unwrap(),
             Value::Null
         );
         assert_eq!(
-            value(f("status"), &Cell::Number(-1.0), "s").unwrap(),
+            value(f("status"), &Cell::Number(-1.0), 0).unwrap(),
             Value::Null
         );
         assert_eq!(
-            value(f("latency_ms"), &Cell::Number(f64::NAN), "l").unwrap(),
+            value(f("latency_ms"), &Cell::Number(f64::NAN), 0).unwrap(),
             Value::Null
         );
         assert_eq!(
-            value(f("status"), &Cell::Number(503.0), "s").unwrap(),
+            value(f("status"), &Cell::Number(503.0), 0).unwrap(),
             Value::UInt(503)
         );
-        assert!(value(f("status"), &Cell::Number(-2.0), "s").is_err());
-        assert!(value(f("attempt"), &Cell::Number(1.5), "a").is_err());
-        assert!(value(f("error"), &Cell::Text("gremlins".into()), "e").is_err());
-        assert!(value(f("delay_ms"), &Cell::Number(-5.0), "d").is_err());
+        assert!(value(f("status"), &Cell::Number(-2.0), 0).is_err());
+        assert!(value(f("attempt"), &Cell::Number(1.5), 0).is_err());
+        assert!(value(f("error"), &Cell::Text("gremlins".into()), 0).is_err());
+        assert!(value(f("delay_ms"), &Cell::Number(-5.0), 0).is_err());
     }
 }

@@ -39,14 +39,13 @@ impl Shared {
         self.metrics.set_dropped(
             s.dropped_queue_full + s.dropped_io + s.dropped_closed + s.dropped_invalid,
         );
-        for (cause, n) in [
-            ("queue_full", s.dropped_queue_full),
-            ("io", s.dropped_io),
-            ("closed", s.dropped_closed),
-            ("invalid", s.dropped_invalid),
-        ] {
-            self.metrics.set_dropped_by(cause, n);
-        }
+        // In `metrics::DROP_CAUSES`' order.
+        self.metrics.set_dropped_by([
+            s.dropped_queue_full,
+            s.dropped_io,
+            s.dropped_closed,
+            s.dropped_invalid,
+        ]);
         self.metrics
             .collector_pending
             .set(i64::try_from(self.recorder.pending()).unwrap_or(i64::MAX));

@@ -168,10 +168,10 @@ async fn decide_answers_exactly_what_the_crates_decider_answers() {
         };
         assert_eq!(
             v["fell_back"].as_bool(),
-            Some(want.fell_back),
+            Some(want.fell_back()),
             "context {i}"
         );
-        if want.fell_back {
+        if want.fell_back() {
             // A context in a region the model was trained on too few rows of (a retryable
             // 4xx, say, or a failure in a quiet target where the sample only failed under
             // load): full-jitter backoff decides, its wait drawn at random below its 10 s cap

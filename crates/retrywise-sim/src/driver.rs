@@ -141,7 +141,7 @@ pub struct PolicyRun {
     /// count, [`retrywise::policy::PolicyMetrics::stops`]), the reasons that never
     /// happened left out; empty for the oracle. A request whose deadline ran out while
     /// its call waited or ran is not a stop: the driver cancelled it.
-    pub stops: Vec<(String, u64)>,
+    pub stops: std::collections::BTreeMap<String, u64>,
 }
 
 struct Shared {
@@ -253,7 +253,14 @@ async fn drive(
     spec: &Contender,
     opts: &RunOptions,
     recorder: Option<Arc<dyn Recorder>>,
-) -> Result<(Vec<Outcome>, Series, Vec<(String, u64)>), SimError> {
+) -> Result<
+    (
+        Vec<Outcome>,
+        Series,
+        std::collections::BTreeMap<String, u64>,
+    ),
+    SimError,
+> {
     let scenario = &opts.scenario;
     let ctx = PolicyContext {
         target: Arc::from(scenario.name.as_str()),
@@ -394,7 +401,7 @@ async fn drive(
             .filter(|(_, n)| *n > 0)
             .map(|(reason, n)| (reason.to_owned(), n))
             .collect(),
-        Strategy::Oracle => Vec::new(),
+        Strategy::Oracle => Default::default(),
     };
     Ok((
         outcomes.into_iter().map(|(_, o)| o).collect(),

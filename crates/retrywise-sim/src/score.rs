@@ -89,7 +89,7 @@ pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
         requests: n,
         attempts,
         wall_s: run.wall.as_secs_f64(),
-        stops: run.stops.iter().cloned().collect(),
+        stops: run.stops.clone(),
     }
 }
 

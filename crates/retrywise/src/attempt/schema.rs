@@ -692,7 +692,7 @@ const NO_RANGE: (Option<f64>, Option<f64>) = (None, None);
 
 /// A number as an error message shows it: in scientific notation when plain digits would
 /// run long (`1e300`, not three hundred digits).
-pub fn shown(x: f64) -> String {
+pub(crate) fn shown(x: f64) -> String {
     if x != 0.0 && x.is_finite() && (x.abs() >= 1e15 || x.abs() < 1e-6) {
         format!("{x:e}")
     } else {

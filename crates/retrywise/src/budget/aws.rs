@@ -46,14 +46,7 @@ pub struct RetryQuota {
 impl Default for RetryQuota {
     /// The SDKs' constants: 500 units, 5 per retry, 10 per retry after a timeout.
     fn default() -> Self {
-        Self {
-            capacity: 500,
-            retry_cost: 5,
-            timeout_cost: 10,
-            available: AtomicU32::new(500),
-            refused: AtomicU64::new(0),
-            refill_at: 250,
-        }
+        Self::full(500, 5, 10)
     }
 }
 
@@ -73,14 +66,19 @@ impl RetryQuota {
                 return Err(QUOTA.err(field, format!("{cost} is above the capacity {capacity}")));
             }
         }
-        Ok(Self {
+        Ok(Self::full(capacity, retry_cost, timeout_cost))
+    }
+
+    /// A full quota of checked values.
+    fn full(capacity: u32, retry_cost: u32, timeout_cost: u32) -> Self {
+        Self {
             capacity,
             retry_cost,
             timeout_cost,
             available: AtomicU32::new(capacity),
             refused: AtomicU64::new(0),
             refill_at: capacity.div_ceil(2).max(retry_cost).max(timeout_cost),
-        })
+        }
     }
 
     /// The SDKs' quota (500 units, 10 per retry after a timeout, 1 back for a call that
@@ -93,14 +91,7 @@ impl RetryQuota {
     /// does: it is sent because its attempt ran past the hedge delay, and an overloaded
     /// target's slow answers draw hedges as they draw timeouts.
     pub fn after_timeouts() -> Self {
-        Self {
-            capacity: 500,
-            retry_cost: 0,
-            timeout_cost: 10,
-            available: AtomicU32::new(500),
-            refused: AtomicU64::new(0),
-            refill_at: 250,
-        }
+        Self::full(500, 0, 10)
     }
 
     /// The units left.

@@ -227,11 +227,9 @@ pub struct Alternative {
 pub struct Weighed {
     /// The decision and the probability it expected.
     pub explained: Explained,
-    /// Whether the rules decided (no model, a model answering NaN, or a context in a
-    /// region the model saw too few rows of).
-    pub fell_back: bool,
-    /// Why the rules decided: `no_model`, `nan` or `unsupported`; `None` when the model
-    /// did.
+    /// Why the rules decided: `no_model`, `nan` or `unsupported` (no model, a model
+    /// answering NaN, or a context in a region the model saw too few rows of); `None` when
+    /// the model did.
     pub fallback: Option<&'static str>,
     /// The chance of this decision when it explored — the model judged no wait worth an
     /// attempt, and the decider retries anyway (with probability
@@ -247,6 +245,11 @@ impl Weighed {
     /// Whether the decision explored ([`propensity`](Self::propensity) is its chance).
     pub fn explored(&self) -> bool {
         self.propensity.is_some()
+    }
+
+    /// Whether the rules decided ([`fallback`](Self::fallback) says why).
+    pub fn fell_back(&self) -> bool {
+        self.fallback.is_some()
     }
 }
 
@@ -283,7 +286,6 @@ impl ModelDecider {
         let (explained, why, propensity) = self.decide_into(ctx, Some(&mut alternatives));
         Weighed {
             explained,
-            fell_back: why.is_some(),
             fallback: why.map(Why::as_str),
             propensity,
             alternatives,
@@ -1315,7 +1317,7 @@ mod tests {
         let by_rules = |d: &ModelDecider, c: &AttemptContext| match d.explain(c).decision {
             Decision::Retry(w) => {
                 (Duration::from_millis(100)..=Duration::from_millis(300)).contains(&w)
-                    && d.weigh(c).fell_back
+                    && d.weigh(c).fell_back()
             }
             Decision::Stop(_) => false,
         };
@@ -1326,7 +1328,7 @@ mod tests {
         let nan = decider(flat(f64::NAN)).build().unwrap();
         assert!(by_rules(&nan, &c));
         assert_eq!(nan.fallbacks(), 2);
-        assert!(!decider(flat(0.5)).build().unwrap().weigh(&c).fell_back);
+        assert!(!decider(flat(0.5)).build().unwrap().weigh(&c).fell_back());
         // Decorrelated: each wait drawn between 100 ms and three times the last one.
         let mut waited = c.clone();
         waited.delay = Duration::from_secs(1);
@@ -1380,11 +1382,11 @@ mod tests {
         );
         // After a 4xx it has seen 5 times, the rules retry.
         let w = d.weigh(&after(ErrorKind::Http4xx, 2));
-        assert!(w.fell_back && matches!(w.explained.decision, Decision::Retry(_)));
+        assert!(w.fell_back() && matches!(w.explained.decision, Decision::Retry(_)));
         assert_eq!(d.fallbacks(), 1);
         // Unless told to trust it anyway.
         let trusting = decider(Arc::new(Sparse)).min_support(0).build().unwrap();
-        assert!(!trusting.weigh(&after(ErrorKind::Http4xx, 2)).fell_back);
+        assert!(!trusting.weigh(&after(ErrorKind::Http4xx, 2)).fell_back());
     }
 
     #[test]
@@ -1447,7 +1449,7 @@ mod tests {
             if let Decision::Retry(wait) = w.explained.decision {
                 prop_assert!(wait >= c.retry_after.unwrap_or_default());
                 prop_assert!(c.elapsed + wait < Duration::from_secs(10));
-                if !w.fell_back {
+                if !w.fell_back() {
                     let best = w.alternatives.iter().map(|a| a.value).fold(f64::NEG_INFINITY, f64::max);
                     let chosen = w.alternatives.iter().find(|a| a.wait == wait).unwrap();
                     prop_assert!(chosen.value >= best - 0.01 - 1e-9);

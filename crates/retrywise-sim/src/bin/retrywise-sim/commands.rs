@@ -259,6 +259,13 @@ fn adaptive_model(
 
 /// Runs policies and prints the scoreboard.
 pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
+    // Before any work (a model to load, a target to reach).
+    for (i, p) in args.policies.iter().enumerate() {
+        anyhow::ensure!(
+            !args.policies[..i].contains(p),
+            "--policy {p} is given twice (each policy runs once per scoreboard)"
+        );
+    }
     let mut scenario = match &args.scenario {
         Some(name) => Scenario::load(name)?,
         // Only an endpoint: the load and the timeouts come from the flags.
@@ -317,12 +324,6 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         opts.mode = Mode::Http {
             target: args.target,
         };
-    }
-    for (i, p) in args.policies.iter().enumerate() {
-        anyhow::ensure!(
-            !args.policies[..i].contains(p),
-            "--policy {p} is given twice (each policy runs once per scoreboard)"
-        );
     }
     let policies: Vec<String> = if args.policies.is_empty() {
         CATALOG
