@@ -1,6 +1,7 @@
 //! The collector's speed: the cost of `record()` on the calling thread while the writer is
 //! busy (with its tail latency), sustained write throughput to NDJSON, and compaction
-//! throughput to Parquet.
+//! throughput to Parquet, and how fast a shipper empties a spool an outage filled (the time
+//! per batch must not grow with the batches waiting).
 //!
 //! Run: `cargo bench -p retrywise-benches --bench collect`, then `python3 benches/report.py`.
 
@@ -14,7 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Failure, Verdict};
 use retrywise::recorder::Recorder;
 use retrywise_collect::compact::{CompactOptions, compact};
-use retrywise_collect::{SegmentRecorder, WriterConfig};
+use retrywise_collect::{SegmentRecorder, ShipperConfig, ShippingRecorder, WriterConfig};
 
 /// A realistic record: a retry after a 503, with the target's health filled in.
 fn record(i: u64) -> AttemptRecord {
@@ -194,9 +195,63 @@ fn read_segment(c: &mut Criterion) {
     g.finish();
 }
 
+/// A shipper started on a spool of `n` one-record batches (an outage's backlog) until the
+/// local endpoint has taken them all, per batch: it must stay flat as `n` grows (each
+/// batch costs a POST and a durable removal, not a listing of the others).
+fn spool_drain(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = rt.block_on(async {
+        let app = axum::Router::new().route(
+            "/v1/attempts",
+            axum::routing::post(|| async { axum::http::StatusCode::ACCEPTED }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/v1/attempts")
+    });
+    let line = format!("{}\n", serde_json::to_string(&record(1)).unwrap());
+    let mut g = c.benchmark_group("spool-drain");
+    g.sample_size(10);
+    for n in [250u64, 2_000] {
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(format!("{n}-batches"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = tempfile::tempdir().unwrap();
+                    for seq in 1..=n {
+                        let name = format!("batch-{seq:020}.ndjson");
+                        std::fs::write(dir.path().join(name), &line).unwrap();
+                    }
+                    let config = ShipperConfig {
+                        spool: Some(dir.path().to_path_buf()),
+                        ..ShipperConfig::new(endpoint.clone())
+                    };
+                    let start = Instant::now();
+                    rt.block_on(async {
+                        let shipper = ShippingRecorder::spawn(config).unwrap();
+                        while shipper.stats().shipped < n {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        total += start.elapsed();
+                        shipper.close().await.unwrap();
+                    });
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5)).configure_from_args();
-    targets = read_segment, record_cost
+    targets = read_segment, record_cost, spool_drain
 }
 criterion_main!(benches);

@@ -73,7 +73,7 @@ for group, job, ours, peers, base in ROWS:
 def collector():
     """The collector's figures (benches/collect.rs), if that bench was run."""
     base = os.path.join(root, "collect")
-    def med(name):
+    def med(name, base=base):
         try:
             with open(os.path.join(base, name, "new", "estimates.json")) as f:
                 return json.load(f)["median"]["point_estimate"]
@@ -87,7 +87,8 @@ def collector():
             lat = json.load(f)
     except FileNotFoundError:
         lat = None
-    if rec is None and write is None and comp is None:
+    drains = {n: med(f"{n}-batches", os.path.join(root, "spool-drain")) for n in (250, 2000)}
+    if rec is None and write is None and comp is None and all(v is None for v in drains.values()):
         return
     n = 2_000_000
     print()
@@ -102,6 +103,10 @@ def collector():
         print(f"| sustained write to NDJSON, until durable | {n / (write / 1e9) / 1e6:.2f} M records/s | ≥ 1 M/s |")
     if comp is not None:
         print(f"| compaction to Parquet (zstd, 2 threads) | {n / (comp / 1e9) / 1e6:.2f} M records/s | ≥ 2 M/s |")
+    if all(v is not None for v in drains.values()):
+        per = {k: v / k / 1e6 for k, v in drains.items()}
+        print(f"| a spool emptied, per batch: 250 / 2,000 waiting | {per[250]:.2f} / {per[2000]:.2f} ms | "
+              f"flat in the batches waiting |")
 
 
 collector()

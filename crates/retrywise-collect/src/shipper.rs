@@ -1,6 +1,6 @@
 //! Shipping records to the service's ingestion endpoint over HTTP.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,9 +186,7 @@ impl ShippingRecorder {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let counters = Arc::new(Counters::default());
         if let Some(s) = &spool {
-            counters
-                .spool_bytes
-                .store(s.bytes, std::sync::atomic::Ordering::Relaxed);
+            s.gauge(&counters);
         }
         let worker = Worker {
             spool,
@@ -288,7 +286,7 @@ impl Worker {
             let retry_spool = self
                 .spool
                 .as_ref()
-                .filter(|s| s.waiting)
+                .filter(|s| s.waiting())
                 .map(|_| self.schedule.due());
             // The spool first, so that a steady stream of records does not keep it waiting;
             // after each batch tried from it, what arrived meanwhile is taken (so neither
@@ -397,7 +395,7 @@ impl Worker {
         }
         let body = bytes::Bytes::from(body);
         // While batches wait in the spool, a new one joins them: records arrive in order.
-        if self.spool.as_ref().is_some_and(|s| s.waiting) {
+        if self.spool.as_ref().is_some_and(Spool::waiting) {
             self.spill(body, n).await;
             return;
         }
@@ -449,19 +447,19 @@ impl Worker {
             })
         } else {
             let (dir, name, b) = (spool.dir.clone(), spool.next_name(), body.clone());
-            blocking(move || spool::write(&dir, &name, &b)).await
+            let path = dir.join(&name);
+            blocking(move || spool::write(&dir, &name, &b))
+                .await
+                .map(|()| path)
         };
         match kept {
-            Ok(()) => {
-                if !spool.waiting {
+            Ok(path) => {
+                if !spool.waiting() {
                     // The endpoint just failed: the spool's first try waits a backoff.
                     self.schedule.failed(Instant::now());
                 }
-                spool.waiting = true;
-                spool.bytes += len;
-                self.counters
-                    .spool_bytes
-                    .store(spool.bytes, std::sync::atomic::Ordering::Relaxed);
+                spool.kept(path, len);
+                spool.gauge(&self.counters);
                 Counters::add(&self.counters.spooled, n);
             }
             Err(e) => {
@@ -490,30 +488,7 @@ impl Worker {
         let Some(spool) = &mut self.spool else {
             return;
         };
-        let dir = spool.dir.clone();
-        let listed = {
-            let dir = dir.clone();
-            blocking(move || spool::list(&dir).map_err(|e| CollectError::io("list", &dir, e))).await
-        };
-        let batches = match listed {
-            Ok(b) => b,
-            Err(e) => {
-                // What waits is unknown: it keeps waiting.
-                tracing::error!(error = %e, "cannot list the spool");
-                self.schedule.failed(Instant::now());
-                return;
-            }
-        };
-        let waiting: Vec<(PathBuf, u64)> = batches
-            .into_iter()
-            .filter(|(p, _)| !spool.handled.contains(p))
-            .collect();
-        spool.bytes = waiting.iter().map(|(_, len)| len).sum();
-        self.counters
-            .spool_bytes
-            .store(spool.bytes, std::sync::atomic::Ordering::Relaxed);
-        let Some((path, _)) = waiting.into_iter().next() else {
-            spool.waiting = false;
+        let Some(path) = spool.oldest().map(Path::to_path_buf) else {
             return;
         };
         let read = {
@@ -563,8 +538,9 @@ impl Worker {
         .await;
         if let Err(e) = done {
             tracing::error!(path = %path.display(), error = %e, "a spooled batch was handled but its file stays; skipping it until the shipper restarts");
-            spool.handled.insert(path);
         }
+        spool.handled_oldest();
+        spool.gauge(&self.counters);
         self.schedule.handled(Instant::now());
     }
 

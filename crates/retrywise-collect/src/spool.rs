@@ -3,11 +3,14 @@
 //! Each batch is one file, `batch-SEQ.ndjson` with `SEQ` a zero-padded counter that
 //! continues from the largest found when the spool is opened, so files sort oldest first
 //! whatever the wall clock does. A file is written durably (temporary file, fsync, rename,
-//! fsync of the directory). The directory is locked by one shipper at a time. Every file
+//! fsync of the directory). The directory is locked by one shipper at a time, which lists
+//! it once, when it opens it, and from then on keeps the queue of waiting batches in
+//! memory (so a long outage's thousands of batches cost no listing per batch resent; a
+//! file put into the directory by hand is picked up at the next start). Every file
 //! operation here blocks: the shipper runs them on tokio's blocking pool. `Schedule`
 //! says when the oldest batch is tried next.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +19,7 @@ use retrywise::retry::Backoff;
 use tokio::time::Instant;
 
 use crate::CollectError;
+use crate::stats::Counters;
 
 const PREFIX: &str = "batch-";
 const SUFFIX: &str = ".ndjson";
@@ -33,14 +37,13 @@ pub(crate) struct Spool {
     pub(crate) max_bytes: u64,
     /// Bytes of the batch files waiting.
     pub(crate) bytes: u64,
-    /// Whether any batch waits.
-    pub(crate) waiting: bool,
-    /// The next batch file's number.
-    next_seq: u64,
-    /// Batches handled (delivered, or set aside) whose file could not be removed or
+    /// The batch files waiting with their sizes, oldest first. A batch leaves it when it
+    /// is handled (delivered, or set aside), even if its file could not be removed or
     /// renamed: skipped for the rest of this process (a restart sends a delivered one
     /// again, once: at least once).
-    pub(crate) handled: HashSet<PathBuf>,
+    queue: VecDeque<(PathBuf, u64)>,
+    /// The next batch file's number.
+    next_seq: u64,
 }
 
 /// When the spool's oldest batch is tried next: after the endpoint fails (a batch spilled
@@ -105,37 +108,77 @@ impl Spool {
         let lock = crate::writer::lock_dir(dir)?;
         let entries = std::fs::read_dir(dir).map_err(|e| CollectError::io("list", dir, e))?;
         let mut next_seq = 1;
-        for entry in entries.flatten() {
+        let mut queue = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| CollectError::io("list", dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp") {
                 // Written by a shipper that stopped before renaming it: never acknowledged
                 // as kept, so the records in it were counted as failed or sent.
                 let _ = std::fs::remove_file(entry.path());
-            } else {
-                let base = name
-                    .strip_suffix(&format!(".{REFUSED}"))
-                    .or_else(|| name.strip_suffix(&format!(".{UNREADABLE}")))
-                    .unwrap_or(name);
-                if let Some(seq) = seq_of(base) {
-                    next_seq = next_seq.max(seq.saturating_add(1));
-                }
+                continue;
+            }
+            if let Some(seq) = seq_of(name) {
+                let len = entry
+                    .metadata()
+                    .map_err(|e| CollectError::io("read the size of", entry.path(), e))?
+                    .len();
+                queue.push((seq, entry.path(), len));
+                next_seq = next_seq.max(seq.saturating_add(1));
+            } else if let Some(seq) = name
+                .strip_suffix(&format!(".{REFUSED}"))
+                .or_else(|| name.strip_suffix(&format!(".{UNREADABLE}")))
+                .and_then(seq_of)
+            {
+                next_seq = next_seq.max(seq.saturating_add(1));
             }
         }
-        let batches = list(dir).map_err(|e| CollectError::io("list", dir, e))?;
-        let bytes = batches.iter().map(|(_, len)| len).sum();
-        if !batches.is_empty() {
-            tracing::info!(spool = %dir.display(), batches = batches.len(), bytes, "batches wait in the spool; shipping them first");
+        queue.sort_unstable();
+        let bytes = queue.iter().map(|(_, _, len)| len).sum();
+        if !queue.is_empty() {
+            tracing::info!(spool = %dir.display(), batches = queue.len(), bytes, "batches wait in the spool; shipping them first");
         }
         Ok(Self {
             dir: dir.to_path_buf(),
             _lock: lock,
             max_bytes,
             bytes,
-            waiting: !batches.is_empty(),
+            queue: queue.into_iter().map(|(_, p, len)| (p, len)).collect(),
             next_seq,
-            handled: HashSet::new(),
         })
+    }
+
+    /// Whether any batch waits.
+    pub(crate) fn waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Shows what waits in the shipper's gauges.
+    pub(crate) fn gauge(&self, counters: &Counters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        counters.spool_bytes.store(self.bytes, Relaxed);
+        counters
+            .spool_batches
+            .store(self.queue.len() as u64, Relaxed);
+    }
+
+    /// The oldest batch waiting, if any.
+    pub(crate) fn oldest(&self) -> Option<&Path> {
+        self.queue.front().map(|(p, _)| p.as_path())
+    }
+
+    /// A batch of `len` bytes was written as `path`: it waits behind the others.
+    pub(crate) fn kept(&mut self, path: PathBuf, len: u64) {
+        self.bytes += len;
+        self.queue.push_back((path, len));
+    }
+
+    /// The oldest batch was handled (delivered, or set aside): it waits no longer.
+    pub(crate) fn handled_oldest(&mut self) {
+        if let Some((_, len)) = self.queue.pop_front() {
+            self.bytes -= len;
+        }
     }
 
     /// The name the next batch is kept under, counted.
@@ -144,21 +187,6 @@ impl Spool {
         self.next_seq += 1;
         format!("{PREFIX}{seq:020}{SUFFIX}")
     }
-}
-
-/// The waiting batch files of `dir` with their sizes, oldest first.
-pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_str().and_then(seq_of).is_some() {
-            let len = entry.metadata().map_or(0, |m| m.len());
-            out.push((entry.path(), len));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Writes `body` durably as `dir/name` (temporary file, fsync, rename, fsync of the
@@ -269,8 +297,13 @@ mod tests {
         set_aside(dir.path(), &dir.path().join(&names[2]), REFUSED).unwrap();
         drop(s);
         let mut again = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert!(again.waiting);
+        assert!(again.waiting());
         assert_eq!(again.bytes, 6, "two batches of three bytes wait");
+        assert_eq!(again.queue.len(), 2);
+        assert_eq!(again.oldest(), Some(dir.path().join(&names[0]).as_path()));
+        again.handled_oldest();
+        assert_eq!(again.oldest(), Some(dir.path().join(&names[1]).as_path()));
+        assert_eq!(again.bytes, 3);
         assert!(
             again.next_name() > names[2],
             "numbers go on past the last kept"

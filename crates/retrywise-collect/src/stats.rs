@@ -24,6 +24,8 @@ pub(crate) struct Counters {
     pub(crate) spooled: AtomicU64,
     /// A gauge: bytes waiting in the shipper's spool.
     pub(crate) spool_bytes: AtomicU64,
+    /// A gauge: batches waiting in the shipper's spool.
+    pub(crate) spool_batches: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +52,7 @@ impl Counters {
             retries: g(&self.retries),
             spooled: g(&self.spooled),
             spool_bytes: g(&self.spool_bytes),
+            spool_batches: g(&self.spool_batches),
         }
     }
 }
@@ -98,4 +101,6 @@ pub struct RecorderStats {
     /// Bytes of batches waiting in the shipper's spool now (a gauge, not a count): how far
     /// behind the service the shipper is.
     pub spool_bytes: u64,
+    /// Batches waiting in the shipper's spool now (a gauge).
+    pub spool_batches: u64,
 }

@@ -272,12 +272,13 @@ async fn batches_the_service_does_not_take_wait_in_the_spool_and_arrive_in_order
     let s = shipper.stats();
     assert_eq!((s.failed, s.dropped_queue_full), (0, 0), "{s:?}");
     assert!(s.spooled >= 1000, "the first batch at least waits: {s:?}");
-    assert!(s.spool_bytes > 0, "{s:?}");
+    assert!(s.spool_bytes > 0 && s.spool_batches > 0, "{s:?}");
     // The service answers again: everything arrives, once and in order, and the spool
     // empties.
     eventually(|| shipper.stats().shipped == 1500).await;
     assert!(spooled(&spool).is_empty(), "{:?}", spooled(&spool));
     eventually(|| shipper.stats().spool_bytes == 0).await;
+    assert_eq!(shipper.stats().spool_batches, 0);
     let got: Vec<u64> = stub
         .received
         .lock()
@@ -401,4 +402,40 @@ async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on()
     shipper.flush().await.unwrap();
     eventually(|| shipper.stats().shipped == 2).await;
     assert_eq!(shipper.stats().failed, 0);
+}
+
+#[tokio::test]
+async fn a_spooled_batch_removed_by_hand_does_not_hold_up_the_rest() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (seq, id) in [(1, 5), (2, 6)] {
+        std::fs::write(
+            dir.path().join(format!("batch-{seq:020}.ndjson")),
+            format!("{}\n", serde_json::to_string(&record(id)).unwrap()),
+        )
+        .unwrap();
+    }
+    // Down while the shipper opens its spool and tries the oldest batch.
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(dir.path().to_path_buf()),
+        ..config(url)
+    })
+    .unwrap();
+    assert_eq!(shipper.stats().spool_batches, 2, "both found when opened");
+    // A person takes the oldest away; then the service answers again.
+    std::fs::remove_file(dir.path().join(format!("batch-{:020}.ndjson", 1))).unwrap();
+    stub.fail.store(0, Ordering::SeqCst);
+    eventually(|| shipper.stats().shipped == 1).await;
+    let got: Vec<u64> = stub
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.call_id)
+        .collect();
+    assert_eq!(got, [6]);
+    eventually(|| shipper.stats().spool_batches == 0).await;
+    assert!(spooled(dir.path()).is_empty());
 }
