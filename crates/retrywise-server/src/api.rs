@@ -346,19 +346,11 @@ pub(crate) async fn predict(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> Result<Json<PredictResponse>, ApiError> {
-    let m = pick(&st, req.model.as_deref())?;
     let now = Instant::now();
-    match (req.context.into_option(), req.contexts.into_option()) {
-        (Some(ctx), None) => {
-            let ctx = prepare(&st, ctx, || "context".into(), now)?;
-            let p = sanitize_probability(m.model.p_success(&ctx));
-            count_predictions(&st, &m, 1);
-            Ok(Json(PredictResponse::One(Prediction {
-                model: m.name.clone(),
-                version: m.version,
-                p_success: p,
-            })))
-        }
+    // Every context is checked before the model is looked up: a request that can never
+    // succeed is not answered 503 (with a Retry-After) while no model is loaded.
+    let (ctxs, batch) = match (req.context.into_option(), req.contexts.into_option()) {
+        (Some(ctx), None) => (vec![prepare(&st, ctx, || "context".into(), now)?], false),
         (None, Some(ctxs)) => {
             if ctxs.is_empty() || ctxs.len() > MAX_BATCH {
                 return Err(ApiError::bad_request(format!(
@@ -366,25 +358,43 @@ pub(crate) async fn predict(
                     ctxs.len()
                 )));
             }
-            let mut p = Vec::with_capacity(ctxs.len());
-            for (i, ctx) in ctxs.into_iter().enumerate() {
-                let ctx = prepare(&st, ctx, || format!("contexts[{i}]"), now)?;
-                p.push(sanitize_probability(m.model.p_success(&ctx)));
-            }
-            count_predictions(&st, &m, p.len() as u64);
-            Ok(Json(PredictResponse::Batch(BatchPrediction {
-                model: m.name.clone(),
-                version: m.version,
-                p_success: p,
-            })))
+            let ctxs = ctxs
+                .into_iter()
+                .enumerate()
+                .map(|(i, ctx)| prepare(&st, ctx, || format!("contexts[{i}]"), now))
+                .collect::<Result<Vec<_>, _>>()?;
+            (ctxs, true)
         }
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "context, contexts: give one, not both",
-        )),
-        (None, None) => Err(ApiError::bad_request(
-            "context: missing field `context` (or `contexts` for a batch)",
-        )),
-    }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "context, contexts: give one, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "context: missing field `context` (or `contexts` for a batch)",
+            ));
+        }
+    };
+    let m = pick(&st, req.model.as_deref())?;
+    let p: Vec<f64> = ctxs
+        .iter()
+        .map(|ctx| sanitize_probability(m.model.p_success(ctx)))
+        .collect();
+    count_predictions(&st, &m, p.len() as u64);
+    Ok(Json(if batch {
+        PredictResponse::Batch(BatchPrediction {
+            model: m.name.clone(),
+            version: m.version,
+            p_success: p,
+        })
+    } else {
+        PredictResponse::One(Prediction {
+            model: m.name.clone(),
+            version: m.version,
+            p_success: p[0],
+        })
+    }))
 }
 
 /// `POST /v1/decide` (its schema in the OpenAPI document is derived from the attempt
@@ -577,16 +587,16 @@ pub(crate) async fn decide(
         })
         .transpose()?;
     if ctx.attempt == 1 {
-        let mut answer = admit(&st, m.as_ref(), &ctx, deadline);
+        let (mut answer, fallback) = admit(&st, m.as_ref(), &ctx, deadline);
         if req.alternatives {
             answer.alternatives = Some(Vec::new());
         }
         if let Some(m) = &m {
             count_predictions(&st, m, 1);
         }
-        if answer.fell_back {
-            // Admission falls back only without a model.
-            st.metrics.fallback("no_model");
+        if let Some(why) = fallback {
+            st.metrics.fallback(why);
+            warn_admission_fallback_once(why);
         }
         st.metrics
             .decisions
@@ -665,6 +675,23 @@ fn served_as(st: &AppState, m: Option<&Arc<LoadedModel>>) -> (String, u32) {
     )
 }
 
+/// Logs, the first time for each reason, that admission was decided without the model.
+fn warn_admission_fallback_once(why: &'static str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
+    let (i, reason) = match why {
+        "no_model" => (0, "no model is serving"),
+        "unsupported" => (1, "the model was trained on too few rows like this call"),
+        _ => (2, "the model answered NaN"),
+    };
+    if !WARNED[i].swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            reason,
+            "/v1/decide admitted a first attempt without the model"
+        );
+    }
+}
+
 /// Admission of a first attempt: send now, wait and how long, or fail fast — by the fleet's
 /// shared circuit for the target, then by the serving model's p of a fresh call against the
 /// attempt cost (`min_p_success`, the shared breaker's threshold too).
@@ -673,29 +700,54 @@ fn admit(
     m: Option<&Arc<LoadedModel>>,
     ctx: &AttemptContext,
     deadline: Option<std::time::Duration>,
-) -> DecideResponse {
+) -> (DecideResponse, Option<&'static str>) {
     use retrywise::breaker::{Recovery, State};
     use std::time::Duration;
     let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
     let fits = |w: Duration| left.is_none_or(|l| w < l);
     let (model, version) = served_as(st, m);
-    let answer = |send: bool, wait: Duration, p: Option<f64>, reason: &str| DecideResponse {
-        retry: send,
-        delay_ms: wait.as_secs_f64() * 1e3,
-        p_success: p,
-        reason: reason.to_owned(),
-        // Without a model serving, the fleet's circuit alone decides, and a call is sent.
-        fell_back: m.is_none(),
-        explored: false,
-        propensity: None,
-        alternatives: None,
-        model: model.clone(),
-        version,
+    // The model's p of a fresh call now, or why the model is not asked (as for a retry:
+    // none serving, too few training rows like this call, a NaN answer): then the fleet's
+    // circuit alone decides, and a call is sent.
+    let fresh = match m {
+        None => Err("no_model"),
+        Some(m)
+            if m.model
+                .trained_on(ctx)
+                .is_some_and(|rows| rows < retrywise::retry::DEFAULT_MIN_SUPPORT) =>
+        {
+            Err("unsupported")
+        }
+        Some(m) => {
+            let mut c = ctx.clone();
+            c.delay = Duration::ZERO;
+            Some(m.model.p_success(&c))
+                .filter(|p| !p.is_nan())
+                .ok_or("nan")
+        }
+    };
+    let fallback = fresh.err();
+    let answer = |send: bool, wait: Duration, p: Option<f64>, reason: &str| {
+        let response = DecideResponse {
+            retry: send,
+            delay_ms: wait.as_secs_f64() * 1e3,
+            p_success: p,
+            reason: reason.to_owned(),
+            fell_back: fallback.is_some(),
+            explored: false,
+            propensity: None,
+            alternatives: None,
+            model: model.clone(),
+            version,
+        };
+        (response, fallback)
     };
     let p_after = |w: Duration| {
         let mut c = ctx.clone();
         c.delay = w;
-        m.map(|m| m.model.p_success(&c)).filter(|p| !p.is_nan())
+        m.filter(|_| fallback.is_none())
+            .map(|m| m.model.p_success(&c))
+            .filter(|p| !p.is_nan())
     };
     if left.is_some_and(|l| l.is_zero()) {
         // No call may start at or after the deadline (as for a retry).
@@ -715,8 +767,7 @@ fn admit(
         _ => {}
     }
     let threshold = st.config.min_p_success;
-    let Some(now) = p_after(Duration::ZERO) else {
-        // No evidence either way: send, as without a model.
+    let (Ok(now), Some(m)) = (fresh, m) else {
         return answer(true, Duration::ZERO, None, "admit");
     };
     if now >= threshold {
@@ -724,9 +775,6 @@ fn admit(
     }
     // The breaker's rule for how long to stay open, with the request's model and the
     // call's deadline.
-    let Some(m) = m else {
-        return answer(true, Duration::ZERO, None, "admit");
-    };
     let prediction = retrywise::breaker::Prediction::new(Arc::new(Served(Arc::clone(m))))
         .threshold(threshold.clamp(1e-6, 0.999));
     match prediction.recovery(ctx, left) {

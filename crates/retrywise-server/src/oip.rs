@@ -108,6 +108,7 @@ pub struct ModelMetadata {
 
 /// One input tensor.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InferInput {
     /// A context field (see the model's metadata).
     pub name: String,
@@ -125,6 +126,7 @@ pub struct InferInput {
 
 /// An output asked for.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InferOutputRequest {
     /// `p_success`.
     pub name: String,
@@ -135,6 +137,7 @@ pub struct InferOutputRequest {
 
 /// An inference request.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InferRequest {
     /// Echoed in the response.
     pub id: Option<String>,
@@ -423,20 +426,32 @@ fn at(field: &Field, row: usize) -> String {
     format!("{}.data[{row}]", field.name)
 }
 
-/// Whether the request asks for binary outputs.
-fn wants_binary(req: &InferRequest) -> bool {
-    let flag = |p: &Option<serde_json::Map<String, serde_json::Value>>, key: &str| {
-        p.as_ref()
-            .and_then(|p| p.get(key))
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false)
-    };
-    flag(&req.parameters, "binary_data_output")
-        || req
-            .outputs
-            .iter()
-            .flatten()
-            .any(|o| flag(&o.parameters, "binary_data"))
+/// Whether the request asks for binary outputs; a flag that is not `true` or `false` is
+/// refused (read as `false`, it would answer JSON to a client waiting for binary).
+fn wants_binary(req: &InferRequest) -> Result<bool, ApiError> {
+    fn flag(
+        parameters: &Option<serde_json::Map<String, serde_json::Value>>,
+        key: &str,
+        at: impl FnOnce() -> String,
+    ) -> Result<bool, ApiError> {
+        match parameters.as_ref().and_then(|p| p.get(key)) {
+            None => Ok(false),
+            Some(serde_json::Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "{}.{key}: expected true or false, got {v}",
+                at()
+            ))),
+        }
+    }
+    let mut any = flag(&req.parameters, "binary_data_output", || {
+        "parameters".into()
+    })?;
+    for (i, o) in req.outputs.iter().flatten().enumerate() {
+        any |= flag(&o.parameters, "binary_data", || {
+            format!("outputs[{i}].parameters")
+        })?;
+    }
+    Ok(any)
 }
 
 /// Splits a request body into its JSON header and binary part.
@@ -488,18 +503,14 @@ pub(crate) async fn infer(
             "expected a JSON or binary-extension body, got Content-Type {ct}"
         )));
     }
-    let set = st.models.snapshot();
-    let m = Arc::clone(
-        set.get(&name)
-            .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?,
-    );
     let (json, mut binary) = split(&headers, &bytes)?;
     let req: InferRequest = crate::extract::parse_object(json, String::new)?;
-    if req.inputs.is_empty() {
+    if !req.inputs.iter().any(|i| i.name == "attempt") {
         return Err(ApiError::bad_request(
-            "inputs: at least the `attempt` input is required",
+            "inputs: the `attempt` input is required",
         ));
     }
+    let binary_out = wants_binary(&req)?;
     if let Some(o) = req.outputs.iter().flatten().find(|o| o.name != "p_success") {
         return Err(ApiError::bad_request(format!(
             "outputs: unknown output `{}` (the model has `p_success`)",
@@ -546,7 +557,13 @@ pub(crate) async fn infer(
             })
             .transpose()?;
         let cells = match (binary_size, &input.data) {
-            (Some(size), _) => {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    &input.name,
+                    "both `data` and `parameters.binary_data_size`: give one",
+                ));
+            }
+            (Some(size), None) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size > binary.len() {
                     return Err(bad(
@@ -599,16 +616,23 @@ pub(crate) async fn infer(
         )));
     }
     let n = n.unwrap_or(0);
+    if n == 0 {
+        return Err(ApiError::bad_request(
+            "inputs: no contexts (the inputs hold 0 values)",
+        ));
+    }
     if n > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
             "inputs: at most {MAX_BATCH} contexts, got {n}"
         )));
     }
     let now = Instant::now();
-    let mut p = Vec::with_capacity(n);
+    // The model's name (the path's) is every context's target unless one is given.
+    let target: Arc<str> = Arc::from(name.as_str());
+    let mut ctxs = Vec::with_capacity(n);
     for i in 0..n {
         let mut rec = AttemptRecord::blank();
-        rec.context.target = Arc::from(m.name.as_str());
+        rec.context.target = Arc::clone(&target);
         for (field, cells) in &columns {
             let v = value(field, &cells[i], i)?;
             if v.is_null() && field.presence == Presence::Required && field.name != "target" {
@@ -623,20 +647,24 @@ pub(crate) async fn infer(
                 field.set_context(&mut rec.context, v);
             }
         }
-        if !columns.iter().any(|(f, _)| f.name == "attempt") {
-            return Err(ApiError::bad_request(
-                "inputs: the `attempt` input is required",
-            ));
-        }
-        let ctx = rec.context;
+        let mut ctx = rec.context;
         ctx.validate()
             .map_err(|e| bad(&format!("{}.data[{i}]", e.field), e.problem))?;
-        let mut ctx = ctx;
         st.fleet.fill(&mut ctx, now);
-        p.push(sanitize_probability(m.model.p_success(&ctx)));
+        ctxs.push(ctx);
     }
+    // The model is looked up once the request is known to be good: a request that can
+    // never succeed is not answered 503 (with a Retry-After) while no model is loaded.
+    let set = st.models.snapshot();
+    let m = Arc::clone(
+        set.get(&name)
+            .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?,
+    );
+    let p: Vec<f64> = ctxs
+        .iter()
+        .map(|ctx| sanitize_probability(m.model.p_success(ctx)))
+        .collect();
     count_predictions(&st, &m, p.len() as u64);
-    let binary_out = wants_binary(&req);
     let output = InferOutput {
         name: "p_success".into(),
         shape: vec![p.len() as u64],

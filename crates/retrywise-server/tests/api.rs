@@ -216,6 +216,21 @@ async fn health_readiness_and_models() {
         .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h[header::RETRY_AFTER], "1");
+    // A request that can never succeed is refused as such, not told to come back.
+    let (s, v) = empty
+        .post(
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 0}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = empty
+        .post(
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [0]}]}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     // Decisions fall back to the rules, and say so: a retry after a 503 by full-jitter
     // backoff, a first attempt sent.
     let (s, v) = empty
@@ -556,6 +571,41 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         ),
         (
             "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "failure_rate", "shape": [0], "datatype": "FP64", "data": []}]}"#,
+            "the `attempt` input is required",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [0], "datatype": "INT64", "data": []}]}"#,
+            "inputs: no contexts",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}], "ouputs": []}"#,
+            "unknown field `ouputs`",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "dta": [1]}]}"#,
+            "unknown field `dta`",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}], "parameters": {"binary_data_output": "true"}}"#,
+            "parameters.binary_data_output: expected true or false, got \"true\"",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}], "outputs": [{"name": "p_success", "parameters": {"binary_data": 1}}]}"#,
+            "outputs[0].parameters.binary_data: expected true or false, got 1",
+        ),
+        (
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1], "parameters": {"binary_data_size": 8}}]}"#,
+            "both `data` and `parameters.binary_data_size`",
+        ),
+        (
+            "/v2/models/default/infer",
             r#"{"inputs": [{"name": "attempt", "shape": [2], "datatype": "INT64", "data": [1]}]}"#,
             "inputs.attempt: shape [2] with 1 values",
         ),
@@ -596,7 +646,7 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         ),
         (
             "/v2/models/nope/infer",
-            r#"{"inputs": []}"#,
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}]}"#,
             "unknown model `nope`",
         ),
     ];
@@ -909,6 +959,18 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
         (StatusCode::ACCEPTED, Some(4)),
         "{v}"
     );
+    // A field this build does not know in a record of its own version: a misspelling,
+    // refused (written, the value it was meant to carry would be lost).
+    let typo = nd[0].replacen('{', r#"{"retry_after_m":1000,"#, 1);
+    let (s, _, v) = h.call(req(typo, "application/x-ndjson", "s3cret")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("line 1: unknown field `retry_after_m`"),
+        "{v}"
+    );
     // A start no day can name (beyond 9999-12-31): refused, naming the field.
     let mut far: serde_json::Value = serde_json::from_str(&nd[0]).unwrap();
     far["started_at_ms"] = serde_json::json!(1u64 << 63);
@@ -979,7 +1041,7 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
         "{text}"
     );
     assert!(
-        text.contains("retrywise_rejected_attempt_batches_total 3"),
+        text.contains("retrywise_rejected_attempt_batches_total 4"),
         "{text}"
     );
     assert!(
@@ -1118,6 +1180,62 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
         "{v}"
     );
     assert_eq!(h.post("/v1/predict", ask).await.1["version"], 3);
+}
+
+#[tokio::test]
+async fn a_model_trained_on_too_few_calls_like_this_one_is_not_trusted_with_its_admission() {
+    let h = Harness::new(|_| {}).await;
+    let mut thin = artifact("thin", 1, -5.0);
+    thin.features = thin.features.with_region_rows(
+        (0..retrywise::features::N_REGIONS)
+            .map(|i| (retrywise::features::region_name(i), 10))
+            .collect(),
+    );
+    write_model(&h.models, &thin);
+    h.post("/admin/reload", "").await;
+    // Its p of a fresh call is 0.7 %, below the threshold, but it has seen 10 such calls:
+    // the call is sent, as without a model, and the answer says it fell back.
+    for (ctx, reason) in [
+        (r#"{"target": "t", "attempt": 1}"#, "admit"),
+        (
+            r#"{"target": "t", "attempt": 2, "error": "http_503"}"#,
+            "retry",
+        ),
+    ] {
+        let (s, v) = h
+            .post(
+                "/v1/decide",
+                &format!(r#"{{"model": "thin", "context": {ctx}}}"#),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            (v["reason"].as_str(), v["fell_back"].as_bool()),
+            (Some(reason), Some(true)),
+            "{v}"
+        );
+    }
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains("retrywise_decision_fallbacks_by_reason_total{reason=\"unsupported\"} 2"),
+        "{text}"
+    );
+    // The same model with the support it needs is trusted: a fresh call it gives 0.7 % is
+    // not sent.
+    write_model(&h.models, &artifact("strict", 1, -5.0));
+    h.post("/admin/reload", "").await;
+    let (_, v) = h
+        .post(
+            "/v1/decide",
+            r#"{"model": "strict", "context": {"target": "t", "attempt": 1}}"#,
+        )
+        .await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["fell_back"].as_bool()),
+        (Some(false), Some(false)),
+        "{v}"
+    );
 }
 
 #[tokio::test]

@@ -444,10 +444,11 @@ async fn internal_errors_are_logged_once_and_answered_without_internals() {
             .unwrap(),
     )
     .await;
-    assert_eq!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no model serves yet: {v}"
+    // (A request that can never succeed is refused as such even while no model serves.)
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().starts_with("context.attempt"),
+        "{v}"
     );
     assert!(headers.contains_key("x-request-id"));
 }

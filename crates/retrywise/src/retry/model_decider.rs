@@ -18,6 +18,10 @@ const CHECK: Check = Check::new("model_decider");
 /// The most waits a grid may hold (the Retry-After asked for is weighed beside them).
 pub const MAX_GRID: usize = 64;
 
+/// The fewest training rows like a context for a model to be trusted with it, unless
+/// configured ([`ModelDeciderBuilder::min_support`]).
+pub const DEFAULT_MIN_SUPPORT: u64 = 100;
+
 /// Decides retries by what a [`SuccessModel`] predicts each wait is worth.
 ///
 /// After a retryable failure it weighs candidate waits — a grid from zero to the cap, and
@@ -649,7 +653,7 @@ impl Default for ModelDeciderBuilder {
             max_attempts: 6,
             deadline: None,
             seed: None,
-            min_support: 100,
+            min_support: DEFAULT_MIN_SUPPORT,
             explore: 0.0,
             timeout: None,
             calendar: None,
