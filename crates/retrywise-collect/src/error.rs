@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What went wrong in `retrywise-collect`.
 #[derive(Debug, thiserror::Error)]
@@ -124,4 +125,40 @@ impl CollectError {
             problem: problem.into(),
         }
     }
+
+    /// Checks a configured duration: above zero and at most a year (a
+    /// clock plus a duration beyond any real setting would overflow).
+    pub(crate) fn check_duration(field: &'static str, d: Duration) -> Result<(), Self> {
+        if d.is_zero() {
+            return Err(Self::config(field, "must be greater than zero"));
+        }
+        if d > MAX_CONFIG_DURATION {
+            return Err(Self::config(
+                field,
+                format!("must be at most a year, got {d:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a configured count of records: at least 1 and at most 2^24
+    /// (queues and batches are allocated up front).
+    pub(crate) fn check_records(field: &'static str, n: usize) -> Result<(), Self> {
+        if n == 0 {
+            return Err(Self::config(field, "must be at least 1"));
+        }
+        if n > MAX_CONFIG_RECORDS {
+            return Err(Self::config(
+                field,
+                format!("must be at most {MAX_CONFIG_RECORDS}, got {n}"),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// The longest duration a collector setting takes: a year.
+pub(crate) const MAX_CONFIG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The most records a collector's queue or batch holds (their memory is reserved up front).
+pub(crate) const MAX_CONFIG_RECORDS: usize = 1 << 24;

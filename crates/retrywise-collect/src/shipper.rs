@@ -15,7 +15,8 @@ use crate::CollectError;
 use crate::spool::{self, Spool};
 use crate::stats::{Counters, RecorderStats};
 
-/// How the shipper batches and retries.
+/// How the shipper batches and retries. Counts of records are at most 2^24 and durations
+/// at most a year (a value beyond is refused, naming the field).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShipperConfig {
     /// The ingestion endpoint, e.g. `http://127.0.0.1:8080/v1/attempts`.
@@ -130,16 +131,24 @@ impl ShippingRecorder {
                 problem: format!("scheme `{}` is not http or https", url.scheme()),
             });
         }
-        for (field, zero) in [
-            ("queue_capacity", config.queue_capacity == 0),
-            ("batch_size", config.batch_size == 0),
-            ("max_attempts", config.max_attempts == 0),
-            ("attempt_timeout", config.attempt_timeout.is_zero()),
-            ("max_batch_delay", config.max_batch_delay.is_zero()),
-        ] {
-            if zero {
-                return Err(CollectError::config(field, "must be greater than zero"));
-            }
+        CollectError::check_records("queue_capacity", config.queue_capacity)?;
+        CollectError::check_records("batch_size", config.batch_size)?;
+        if config.max_attempts == 0 {
+            return Err(CollectError::config(
+                "max_attempts",
+                "must be greater than zero",
+            ));
+        }
+        CollectError::check_duration("attempt_timeout", config.attempt_timeout)?;
+        CollectError::check_duration("max_batch_delay", config.max_batch_delay)?;
+        if config.backoff.1 > crate::error::MAX_CONFIG_DURATION {
+            return Err(CollectError::config(
+                "backoff",
+                format!(
+                    "its largest wait must be at most a year, got {:?}",
+                    config.backoff.1
+                ),
+            ));
         }
         let backoff = Backoff::exponential(config.backoff.0, 2.0, config.backoff.1)
             .map_err(|e| CollectError::config("backoff", e.problem))?;
@@ -446,11 +455,16 @@ impl Worker {
                 ),
             })
         } else {
-            let (dir, name, b) = (spool.dir.clone(), spool.next_name(), body.clone());
-            let path = dir.join(&name);
-            blocking(move || spool::write(&dir, &name, &b))
-                .await
-                .map(|()| path)
+            match spool.next_name() {
+                Ok(name) => {
+                    let (dir, b) = (spool.dir.clone(), body.clone());
+                    let path = dir.join(&name);
+                    blocking(move || spool::write(&dir, &name, &b))
+                        .await
+                        .map(|()| path)
+                }
+                Err(e) => Err(e),
+            }
         };
         match kept {
             Ok(path) => {
@@ -508,16 +522,18 @@ impl Worker {
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .count() as u64;
+        // Settled before it is counted: once the counters say so, the spool no longer
+        // holds it as waiting.
         match self.post(&self.once, body).await {
             Ok(a) if (200..300).contains(&a.status) => {
+                self.settle(path, None).await;
                 Counters::add(&self.counters.shipped, n);
                 Counters::add(&self.counters.batches, 1);
-                self.settle(path, None).await;
             }
             Ok(a) if refused(a.status) => {
                 tracing::error!(path = %path.display(), status = a.status, records = n, "ingestion refused a spooled batch as invalid; setting it aside");
-                self.failed(n);
                 self.settle(path, Some(spool::REFUSED)).await;
+                self.failed(n);
             }
             _ => self.schedule.failed(Instant::now()),
         }

@@ -181,11 +181,18 @@ impl Spool {
         }
     }
 
-    /// The name the next batch is kept under, counted.
-    pub(crate) fn next_name(&mut self) -> String {
+    /// The name the next batch is kept under, counted; an error once the numbers are used
+    /// up (a file numbered `u64::MAX` put there by hand), rather than a name that would
+    /// replace a batch waiting.
+    pub(crate) fn next_name(&mut self) -> Result<String, CollectError> {
         let seq = self.next_seq;
-        self.next_seq += 1;
-        format!("{PREFIX}{seq:020}{SUFFIX}")
+        self.next_seq = seq.checked_add(1).ok_or_else(|| CollectError::Flush {
+            reason: format!(
+                "the spool {} has used up its batch numbers (a file numbered {seq} is in it)",
+                self.dir.display()
+            ),
+        })?;
+        Ok(format!("{PREFIX}{seq:020}{SUFFIX}"))
     }
 }
 
@@ -286,7 +293,7 @@ mod tests {
     fn names_sort_oldest_first_and_continue_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
-        let names: Vec<String> = (0..12).map(|_| s.next_name()).collect();
+        let names: Vec<String> = (0..12).map(|_| s.next_name().unwrap()).collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "the counter orders them, not the clock");
@@ -305,7 +312,7 @@ mod tests {
         assert_eq!(again.oldest(), Some(dir.path().join(&names[1]).as_path()));
         assert_eq!(again.bytes, 3);
         assert!(
-            again.next_name() > names[2],
+            again.next_name().unwrap() > names[2],
             "numbers go on past the last kept"
         );
         let left: Vec<String> = std::fs::read_dir(dir.path())
@@ -318,6 +325,21 @@ mod tests {
             left.is_empty(),
             "a crash's temporary file is removed: {left:?}"
         );
+    }
+
+    #[test]
+    fn the_last_number_is_not_followed_by_a_name_already_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = format!("{PREFIX}{}{SUFFIX}", u64::MAX);
+        write(dir.path(), &last, b"{}\n").unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        let err = s.next_name().unwrap_err();
+        assert!(
+            err.to_string().contains("used up its batch numbers"),
+            "{err}"
+        );
+        assert!(s.next_name().is_err(), "and stays so");
+        assert_eq!(s.queue.len(), 1, "the batch waiting is kept");
     }
 
     #[test]

@@ -21,7 +21,8 @@ use crate::storage::{FileSystem, Storage};
 /// The lock file that keeps two writers out of one directory.
 pub const LOCK_FILE: &str = ".writer.lock";
 
-/// How the segment writer batches, rotates and syncs.
+/// How the segment writer batches, rotates and syncs. Counts of records are at most 2^24
+/// and durations at most a year (a value beyond is refused, naming the field).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriterConfig {
     /// Records the queue holds before `record()` starts dropping. Defaults to 65 536.
@@ -51,27 +52,15 @@ impl Default for WriterConfig {
 
 impl WriterConfig {
     fn check(&self) -> Result<(), CollectError> {
-        if self.queue_capacity == 0 {
-            return Err(CollectError::config("queue_capacity", "must be at least 1"));
-        }
+        CollectError::check_records("queue_capacity", self.queue_capacity)?;
         if self.max_segment_bytes < 1024 {
             return Err(CollectError::config(
                 "max_segment_bytes",
                 "must be at least 1024",
             ));
         }
-        if self.max_segment_age.is_zero() {
-            return Err(CollectError::config(
-                "max_segment_age",
-                "must be greater than zero",
-            ));
-        }
-        if self.fsync_interval.is_zero() {
-            return Err(CollectError::config(
-                "fsync_interval",
-                "must be greater than zero",
-            ));
-        }
+        CollectError::check_duration("max_segment_age", self.max_segment_age)?;
+        CollectError::check_duration("fsync_interval", self.fsync_interval)?;
         if self.write_buffer == 0 {
             return Err(CollectError::config("write_buffer", "must be at least 1"));
         }

@@ -465,6 +465,28 @@ fn a_part_is_never_replaced_by_another_segments_rows() {
     std::fs::write(a.join(name), lines(0..20)).unwrap();
     assert_eq!(go(&CompactOptions::new(&a, &output)).rows, 20);
     assert!(segment::list(&a).unwrap().is_empty());
+    // A damaged part of that name: not this segment's, so kept and refused, never read as
+    // if it were (nor the end of the run).
+    std::fs::write(a.join(name), lines(0..20)).unwrap();
+    let part = std::fs::read_dir(&output)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let mut damaged = b"PAR1".to_vec();
+    damaged.extend([0xff; 64]);
+    damaged.extend(40u32.to_le_bytes());
+    damaged.extend(b"PAR1");
+    std::fs::write(&part, &damaged).unwrap();
+    let err = compact(&CompactOptions::new(&a, &output), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    assert!(matches!(err, CollectError::PartExists { .. }), "{err}");
+    assert_eq!(std::fs::read(&part).unwrap(), damaged, "kept as it was");
 }
 
 #[test]

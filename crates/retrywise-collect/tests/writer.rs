@@ -177,6 +177,28 @@ fn bad_configuration_is_refused() {
             },
             "fsync_interval",
         ),
+        // Beyond any real setting, where a clock plus it would overflow.
+        (
+            WriterConfig {
+                fsync_interval: Duration::MAX,
+                ..WriterConfig::default()
+            },
+            "fsync_interval",
+        ),
+        (
+            WriterConfig {
+                max_segment_age: Duration::MAX,
+                ..WriterConfig::default()
+            },
+            "max_segment_age",
+        ),
+        (
+            WriterConfig {
+                queue_capacity: usize::MAX,
+                ..WriterConfig::default()
+            },
+            "queue_capacity",
+        ),
     ];
     for (cfg, field) in bad {
         match SegmentRecorder::open(dir.path(), cfg) {

@@ -451,10 +451,14 @@ impl Scenario {
             problem,
         };
         let s: Scenario = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-        let requests = s.rps * s.duration_s;
+        // A burst sends `rps` requests at once; Poisson arrivals `rps` a second for the run.
+        let (requests, what) = match s.arrivals {
+            Arrivals::Poisson => (s.rps * s.duration_s, "rps x duration_s"),
+            Arrivals::Burst => (s.rps, "rps (a burst sends them at once)"),
+        };
         if requests > MAX_REQUESTS {
             return Err(err(format!(
-                "rps x duration_s is {requests} requests, more than a run holds ({MAX_REQUESTS})"
+                "{what} is {requests} requests, more than a run holds ({MAX_REQUESTS})"
             )));
         }
         let workers = u64::from(s.upstream.workers) * u64::from(s.upstream.replicas);
@@ -709,6 +713,15 @@ replicas = 1000",
         assert!(e.contains("1000000 workers, more than 100000"), "{e}");
         let e = err(&OK.replace("rps = 100", "rps = 1e9"));
         assert!(e.contains("more than a run holds"), "{e}");
+        // A burst's requests are its rps, whatever its (short) duration.
+        let e = err(&OK.replace(
+            "rps = 100\nduration_s = 10",
+            "rps = 1e8\nduration_s = 0.01\narrivals = \"burst\"",
+        ));
+        assert!(
+            e.contains("rps (a burst sends them at once) is 100000000"),
+            "{e}"
+        );
         let e = err(&OK
             .replace(
                 "end_s = 6",

@@ -39,6 +39,21 @@ impl Baseline {
             .collect();
         Self { rate, overall }
     }
+
+    /// Checks that every rate is a probability (a baseline read from a file).
+    ///
+    /// # Errors
+    /// The first rate that is not within `[0, 1]`, named.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |p: f64| !(0.0..=1.0).contains(&p);
+        if bad(self.overall) {
+            return Err(format!("`overall` is {}, not within [0, 1]", self.overall));
+        }
+        match self.rate.iter().find(|(_, p)| bad(**p)) {
+            Some((k, p)) => Err(format!("the rate of `{k}` is {p}, not within [0, 1]")),
+            None => Ok(()),
+        }
+    }
 }
 
 impl SuccessModel for Baseline {

@@ -151,6 +151,10 @@ impl Reader<'_> {
     /// A value of compact type `kind`; a boolean field carries its value in its type, a
     /// boolean element of a list takes a byte.
     fn value(&mut self, kind: u8, depth: usize, field: bool) -> Result<(), String> {
+        // Lists and maps nest as structs do: each level is a frame of this recursion.
+        if depth > MAX_DEPTH {
+            return Err(format!("nests deeper than {MAX_DEPTH} levels"));
+        }
         match kind {
             1 | 2 if field => Ok(()),
             1..=3 => self.skip(1),
@@ -248,6 +252,18 @@ mod tests {
         }
         let deep = vec![0x1c; 1_000];
         assert!(skim(&deep).unwrap_err().contains("nests deeper"));
+        // A field that is a list of one list of one list …: each level a byte, each a
+        // frame of the walk (unchecked, 100,000 of them overflowed the stack).
+        let lists = vec![0x19; 100_000];
+        assert!(skim(&lists).unwrap_err().contains("nests deeper"));
+        // … and maps of maps.
+        let mut maps = Vec::new();
+        for _ in 0..100_000 {
+            maps.extend([0x01, 0xbb]);
+        }
+        let mut field = vec![0x1b];
+        field.extend(maps);
+        assert!(skim(&field).unwrap_err().contains("nests deeper"));
     }
 
     proptest::proptest! {

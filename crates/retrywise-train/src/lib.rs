@@ -668,18 +668,25 @@ pub fn eval(
         path: model_dir.to_path_buf(),
         source,
     })?;
-    let (_, rows, load, _) = read_bounded(data, filter, max_rows, progress)?;
+    // The stored baseline is checked before any data is read: a bad artifact is refused at
+    // once.
     let stored = artifact
         .metrics
         .get("baseline")
-        .and_then(|b| b.get("rates"));
+        .and_then(|b| b.get("rates"))
+        .map(|r| {
+            serde_json::from_value::<Baseline>(r.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.check().map(|()| b))
+                .map_err(|e| TrainError::Input {
+                    path: model_dir.join("model.json"),
+                    problem: format!("`metrics.baseline.rates` is not a baseline: {e}"),
+                })
+        })
+        .transpose()?;
+    let (_, rows, load, _) = read_bounded(data, filter, max_rows, progress)?;
     let baseline = match stored {
-        Some(r) => {
-            serde_json::from_value::<Baseline>(r.clone()).map_err(|e| TrainError::Input {
-                path: model_dir.join("model.json"),
-                problem: format!("`metrics.baseline.rates` is not a baseline: {e}"),
-            })?
-        }
+        Some(b) => b,
         // An artifact written without one (by hand, or by another tool): the baseline is
         // fitted on the rows it is judged on, which flatters it - said, not hidden.
         None => {

@@ -1064,6 +1064,16 @@ fn a_corrupt_or_mismatched_model_is_refused_by_the_loader() {
         chain(&e).contains("`metrics.baseline.rates` is not a baseline"),
         "{e}"
     );
+    // Nor is one whose rates are not probabilities.
+    v["metrics"]["baseline"]["rates"] = serde_json::json!({"rate": {"first": 7.5}, "overall": 0.5});
+    let e = eval_with(&v.to_string());
+    assert!(
+        chain(&e).contains("the rate of `first` is 7.5, not within [0, 1]"),
+        "{e}"
+    );
+    v["metrics"]["baseline"]["rates"] = serde_json::json!({"rate": {}, "overall": -3});
+    let e = eval_with(&v.to_string());
+    assert!(chain(&e).contains("`overall` is -3"), "{e}");
     // Evaluation refuses it too.
     let e = eval_with("{}");
     assert!(chain(&e).contains("missing field"), "{e}");
