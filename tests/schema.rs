@@ -196,6 +196,40 @@ proptest! {
     }
 }
 
+/// The schema tells a client what ingestion does with a field this build does not know:
+/// refused in a record of this build's version or an older one (a misspelling), kept in a
+/// record of a newer minor version.
+#[test]
+fn unknown_fields_are_for_newer_minor_versions_only() {
+    let validator = jsonschema::validator_for(&schema::record_json_schema()).unwrap();
+    let record = |version: &str, extra: bool| {
+        let mut o = json!({
+            "schema_version": version, "started_at_ms": 1_764_000_000_000u64, "call_id": 7,
+            "target": "inventory", "attempt": 1, "outcome": "success", "outcome_latency_ms": 12.5,
+        });
+        if extra {
+            o["retry_after_m"] = json!(1000);
+        }
+        o
+    };
+    let current = retrywise::attempt::SchemaVersion::CURRENT;
+    let newer = format!("{}.{}", current.major, current.minor + 1);
+    for (version, extra, valid) in [
+        (current.to_string(), false, true),
+        (current.to_string(), true, false),
+        (format!("{}.0{}", current.major, current.minor), true, false),
+        (format!("{}.0", current.major), true, false),
+        (newer.clone(), true, true),
+        (format!("{}.{}0", current.major, current.minor), true, true),
+    ] {
+        assert_eq!(
+            validator.is_valid(&record(&version, extra)),
+            valid,
+            "{version} with an unknown field: {extra}"
+        );
+    }
+}
+
 #[test]
 fn a_record_that_contradicts_itself_is_refused_naming_the_field() {
     let rec = |attempt: u32, error: Option<&str>, outcome: &str, outcome_error: Option<&str>| {

@@ -1043,12 +1043,31 @@ pub fn context_json_schema() -> serde_json::Value {
 /// The JSON Schema of an attempt record (unknown fields of a newer minor version are
 /// accepted, and kept: [`AttemptRecord::unknown`]).
 pub fn record_json_schema() -> serde_json::Value {
-    object_schema(
+    let mut schema = object_schema(
         FIELDS.iter(),
         AGREEMENTS.iter(),
         false,
         "One attempt: what was known before it, and how it ended (see data/README.md).",
-    )
+    );
+    // Only a newer minor version adds fields: a record of this build's version or an older
+    // one has none but the schema's (another is a misspelling, and ingestion refuses it).
+    let current = SchemaVersion::CURRENT;
+    let minors: Vec<String> = (0..=current.minor).map(|m| m.to_string()).collect();
+    let names: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
+    if let Some(all) = schema.get_mut("allOf").and_then(|a| a.as_array_mut()) {
+        all.push(json!({
+            "description": "A record of this build's schema version or an older one has only the fields above (a newer minor version may add some).",
+            "if": {
+                "required": ["schema_version"],
+                "properties": {"schema_version": {
+                    "type": "string",
+                    "pattern": format!(r"^{}\.0*({})$", current.major, minors.join("|")),
+                }},
+            },
+            "then": {"propertyNames": {"enum": names}},
+        }));
+    }
+    schema
 }
 
 fn object_schema<'a>(
