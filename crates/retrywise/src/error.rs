@@ -33,6 +33,10 @@ impl ConfigError {
     }
 }
 
+/// The longest duration any setting of the crate takes (10^9 s, about 31 years: the
+/// longest duration an attempt record holds, [`crate::attempt::schema::MAX_DURATION`]).
+pub const MAX_CONFIG_DURATION: Duration = crate::attempt::schema::MAX_DURATION;
+
 /// Validation helpers shared by every builder in the crate.
 pub(crate) struct Check {
     pub(crate) component: &'static str,
@@ -47,10 +51,25 @@ impl Check {
         ConfigError::new(self.component, field, problem)
     }
 
-    /// A duration that must be strictly positive.
+    /// A duration that must be strictly positive, and at most [`MAX_CONFIG_DURATION`].
     pub(crate) fn positive(&self, field: &'static str, d: Duration) -> Result<(), ConfigError> {
         if d.is_zero() {
             return Err(self.err(field, "must be greater than zero"));
+        }
+        self.bounded(field, d)
+    }
+
+    /// A duration of at most [`MAX_CONFIG_DURATION`] (zero allowed): a clock plus a longer
+    /// one could overflow, and no real setting is longer.
+    pub(crate) fn bounded(&self, field: &'static str, d: Duration) -> Result<(), ConfigError> {
+        if d > MAX_CONFIG_DURATION {
+            return Err(self.err(
+                field,
+                format!(
+                    "must be at most {} s (about 31 years), got {d:?}",
+                    MAX_CONFIG_DURATION.as_secs()
+                ),
+            ));
         }
         Ok(())
     }

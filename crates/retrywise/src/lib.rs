@@ -70,4 +70,4 @@ pub mod retry;
 mod striped;
 pub mod timeout;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, MAX_CONFIG_DURATION};

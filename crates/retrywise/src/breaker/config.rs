@@ -240,7 +240,8 @@ impl BreakerBuilder {
     /// # Errors
     /// Thresholds outside `(0, 1]` or NaN; a zero slow-call duration; an empty window (zero
     /// calls, zero duration, zero buckets or more than 4,096, or buckets shorter than 1
-    /// ms); zero minimum
+    /// ms) or one of more than 2^20 calls; a duration beyond
+    /// [`crate::MAX_CONFIG_DURATION`]; zero minimum
     /// calls; zero half-open calls; a zero max wait in HALF_OPEN; a zero fixed open
     /// duration or an exponential one with `initial` zero or above `max`, or a multiplier
     /// below 1; an empty name.
@@ -253,7 +254,19 @@ impl BreakerBuilder {
         CHECK.rate("slow_call_rate_threshold", c.slow_call_rate_threshold)?;
         CHECK.positive("slow_call_duration", c.slow_call_duration)?;
         match c.window {
-            SlidingWindow::Count(n) => CHECK.at_least_one("window", u64::from(n))?,
+            SlidingWindow::Count(n) => {
+                CHECK.at_least_one("window", u64::from(n))?;
+                // A slot a call, allocated up front and walked when the window clears.
+                if n > super::window::MAX_COUNT {
+                    return Err(CHECK.err(
+                        "window",
+                        format!(
+                            "must hold at most {} calls, got {n}",
+                            super::window::MAX_COUNT
+                        ),
+                    ));
+                }
+            }
             SlidingWindow::Time { duration, buckets } => {
                 CHECK.at_least_one("window", u64::from(buckets))?;
                 if buckets > super::window::MAX_TIME_BUCKETS {

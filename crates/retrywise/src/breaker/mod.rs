@@ -403,6 +403,20 @@ mod tests {
                 "slow_call_duration",
             ),
             (small().window(SlidingWindow::Count(0)), "window"),
+            (small().window(SlidingWindow::Count(u32::MAX)), "window"),
+            (
+                small().predict(
+                    Prediction::new(std::sync::Arc::new(|_: &crate::attempt::AttemptContext| {
+                        0.5
+                    }))
+                    .open_between(MS, Duration::MAX),
+                ),
+                "predict.max_open",
+            ),
+            (
+                small().slow_call_duration(Duration::MAX),
+                "slow_call_duration",
+            ),
             (
                 small().window(SlidingWindow::Time {
                     duration: MS,
@@ -751,6 +765,29 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(opened_by_failures(&b), Duration::from_secs(10));
+    }
+
+    /// The longest open duration a configuration may give: the waits weighed reach it
+    /// without overflowing (a product of floats rounded past a `Duration` was a panic).
+    #[test]
+    fn the_longest_open_duration_allowed_is_weighed_without_overflow() {
+        let late = Duration::from_secs(100_000_000);
+        let p = Prediction::new(Arc::new(
+            move |c: &crate::attempt::AttemptContext| {
+                if c.delay >= late { 0.9 } else { 0.0 }
+            },
+        ))
+        .threshold(0.5)
+        .open_between(MS, crate::MAX_CONFIG_DURATION);
+        match p.recovery(&crate::attempt::AttemptContext::first("t"), None) {
+            Recovery::After { wait, .. } => {
+                assert!(
+                    late <= wait && wait <= crate::MAX_CONFIG_DURATION,
+                    "{wait:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A model that knows what waiting does only for retries: a fresh call looks as bad

@@ -148,6 +148,7 @@ impl Prediction {
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
         CHECK.in_range("predict.threshold", self.threshold, 1e-9, 1.0 - 1e-9)?;
         CHECK.positive("predict.min_open", self.min_open)?;
+        CHECK.positive("predict.max_open", self.max_open)?;
         if self.max_open < self.min_open {
             return Err(CHECK.err(
                 "predict.max_open",
@@ -237,7 +238,10 @@ impl Prediction {
         let mut n = 0;
         for i in 0..WAITS {
             let x = lo * (hi / lo).powf(i as f64 / (WAITS - 1) as f64);
-            let w = Duration::from_secs_f64(x).clamp(self.min_open, self.max_open);
+            // (A product rounded past what a `Duration` holds is the longest wait.)
+            let w = Duration::try_from_secs_f64(x)
+                .unwrap_or(self.max_open)
+                .clamp(self.min_open, self.max_open);
             if within.is_some_and(|l| w >= l) {
                 break;
             }
@@ -257,7 +261,7 @@ impl Prediction {
             (i.checked_sub(1).map(|j| waits[j]), waits[i], p[i]);
         if let Some(below) = &mut below {
             for _ in 0..REFINE {
-                let mid = (*below + wait) / 2;
+                let mid = *below + (wait - *below) / 2;
                 let mut q = [0.0];
                 if self.p_by_delay(ctx, retry, &[mid], &mut q).is_none() {
                     break;

@@ -46,6 +46,9 @@ const COUNT_MAX: u64 = COUNT_MASK;
 /// Buckets a time window may have: far fewer than the tags, so that tags within a window
 /// never alias, and few enough that a window's sums fit in a `u32`.
 pub(crate) const MAX_TIME_BUCKETS: u32 = 4096;
+
+/// The most calls a count window holds (a slot each, allocated up front).
+pub(crate) const MAX_COUNT: u32 = 1 << 20;
 /// A slot whose tag is ahead of a call's by at most this many windows holds a newer
 /// bucket (the call is late); further ahead, it is a stale bucket whose tag wrapped.
 const LATE_WINDOWS: u64 = 4;

@@ -105,7 +105,8 @@ impl Gate {
         if self.try_enter() {
             return true;
         }
-        let deadline = Instant::now() + max_wait;
+        // (A wait beyond any setting is a wait of that longest setting: no overflow.)
+        let deadline = Instant::now() + max_wait.min(crate::MAX_CONFIG_DURATION);
         // Announce the wait before the last look at the counter: either that look sees the
         // room a `leave` made, or that `leave` sees the waiter and wakes it (both sides use
         // SeqCst, so one of the two orders holds).

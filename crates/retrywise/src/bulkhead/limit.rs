@@ -187,8 +187,11 @@ impl AdaptiveLimit {
 
     /// The long-term latency the limit compares samples with; `None` before any sample.
     pub fn baseline(&self) -> Option<Duration> {
-        (self.samples.load(Ordering::Relaxed) > 0)
-            .then(|| Duration::from_secs_f64(f64::from_bits(self.long.load(Ordering::Relaxed))))
+        (self.samples.load(Ordering::Relaxed) > 0).then(|| {
+            // (A mean of latencies near `Duration::MAX` may round past it: the longest.)
+            Duration::try_from_secs_f64(f64::from_bits(self.long.load(Ordering::Relaxed)))
+                .unwrap_or(Duration::MAX)
+        })
     }
 
     /// Learns from one finished call that took `latency` and started with `in_flight` calls

@@ -278,6 +278,14 @@ mod tests {
         );
         assert_eq!(Bulkhead::builder("").build().unwrap_err().field, "name");
         assert_eq!(
+            Bulkhead::builder("b")
+                .max_wait(Duration::MAX)
+                .build()
+                .unwrap_err()
+                .field,
+            "max_wait"
+        );
+        assert_eq!(
             PoolBulkhead::builder("p").build().unwrap_err().field,
             "runtime"
         );

@@ -436,10 +436,20 @@ impl BulkheadBuilder {
     /// Checks and builds.
     ///
     /// # Errors
-    /// `max_concurrent` zero or above 2^24 - 1; an empty name.
+    /// `max_concurrent` zero or above 2^24 - 1; an empty name; a `max_wait` beyond
+    /// [`crate::MAX_CONFIG_DURATION`]; a shed queue of zero or more than 2^24 - 1 calls.
     pub fn build(self) -> Result<Bulkhead, ConfigError> {
         if self.name.is_empty() {
             return Err(CHECK.err("name", "must not be empty"));
+        }
+        CHECK.bounded("max_wait", self.max_wait)?;
+        if let Some((_, queue)) = &self.shed
+            && *queue > MAX_CONCURRENT as usize
+        {
+            return Err(CHECK.err(
+                "shed_queue",
+                format!("must be at most {MAX_CONCURRENT}, got {queue}"),
+            ));
         }
         CHECK.at_least_one("max_concurrent", u64::from(self.max_concurrent))?;
         if let Some((_, queue)) = &self.shed {

@@ -599,20 +599,24 @@ impl HedgeBuilder {
     /// Checks and builds.
     ///
     /// # Errors
-    /// A zero fixed delay; a quantile outside `(0, 1)` or NaN; a zero latency window; a
-    /// budget ratio outside `[0, 1]` or NaN.
+    /// A zero fixed delay or fallback (every call would hedge at once); a quantile outside
+    /// `(0, 1)` or NaN; a zero latency window; a budget ratio outside `[0, 1]` or NaN; a
+    /// delay, fallback or window beyond [`crate::MAX_CONFIG_DURATION`].
     pub fn build(self) -> Result<Hedge, ConfigError> {
         match self.delay {
             HedgeDelay::Fixed(d) => CHECK.positive("delay", d)?,
-            HedgeDelay::Percentile { quantile, .. } => {
+            HedgeDelay::Percentile {
+                quantile, fallback, ..
+            } => {
                 if !(quantile > 0.0 && quantile < 1.0) {
                     return Err(CHECK.err(
                         "delay",
                         format!("quantile must be within (0, 1), got {quantile}"),
                     ));
                 }
+                CHECK.positive("delay", fallback)?;
             }
-            HedgeDelay::Predicted { .. } => {}
+            HedgeDelay::Predicted { fallback, .. } => CHECK.positive("delay", fallback)?,
         }
         CHECK.positive("latency_window", self.window)?;
         let budget = match self.budget {
@@ -980,6 +984,28 @@ mod tests {
             "latency_window"
         );
         assert_eq!(b().budget(-1.0, 0).build().unwrap_err().field, "budget");
+        // A zero fallback hedges every call at once until the window fills; one beyond
+        // any setting overflows the clock.
+        for fallback in [Duration::ZERO, Duration::MAX] {
+            let d = HedgeDelay::Percentile {
+                quantile: 0.95,
+                min_samples: 1,
+                fallback,
+            };
+            assert_eq!(b().delay(d).build().unwrap_err().field, "delay");
+            let d = HedgeDelay::Predicted {
+                min_samples: 1,
+                fallback,
+            };
+            assert_eq!(b().delay(d).build().unwrap_err().field, "delay");
+        }
+        assert_eq!(
+            b().delay(HedgeDelay::Fixed(Duration::MAX))
+                .build()
+                .unwrap_err()
+                .field,
+            "delay"
+        );
     }
 
     proptest! {

@@ -50,52 +50,87 @@ impl Backoff {
     /// The same wait before every retry.
     ///
     /// # Errors
-    /// None today; the constructor is fallible for symmetry with the others.
+    /// A wait beyond [`crate::MAX_CONFIG_DURATION`].
     pub fn constant(delay: Duration) -> Result<Self, ConfigError> {
-        Ok(Backoff::Constant { delay })
+        let b = Backoff::Constant { delay };
+        b.check()?;
+        Ok(b)
     }
 
     /// A wait growing by `step` per retry from `initial`, capped at `max`.
     ///
     /// # Errors
-    /// `initial` above `max`.
+    /// `initial` above `max`; a duration beyond [`crate::MAX_CONFIG_DURATION`].
     pub fn linear(initial: Duration, step: Duration, max: Duration) -> Result<Self, ConfigError> {
-        if initial > max {
-            return Err(CHECK.err("initial", format!("{initial:?} is above max {max:?}")));
-        }
-        Ok(Backoff::Linear { initial, step, max })
+        let b = Backoff::Linear { initial, step, max };
+        b.check()?;
+        Ok(b)
     }
 
     /// A wait multiplied by `multiplier` per retry from `initial`, capped at `max`.
     ///
     /// # Errors
-    /// `multiplier` below 1, NaN or infinite; `initial` above `max`.
+    /// `multiplier` below 1, NaN or infinite; `initial` above `max`; a duration beyond
+    /// [`crate::MAX_CONFIG_DURATION`].
     pub fn exponential(
         initial: Duration,
         multiplier: f64,
         max: Duration,
     ) -> Result<Self, ConfigError> {
-        CHECK.in_range("multiplier", multiplier, 1.0, 1e6)?;
-        if initial > max {
-            return Err(CHECK.err("initial", format!("{initial:?} is above max {max:?}")));
-        }
-        Ok(Backoff::Exponential {
+        let b = Backoff::Exponential {
             initial,
             multiplier,
             max,
-        })
+        };
+        b.check()?;
+        Ok(b)
     }
 
     /// Decorrelated jitter between `base` and `max`.
     ///
     /// # Errors
-    /// `base` zero (the curve would never leave zero) or above `max`.
+    /// `base` zero (the curve would never leave zero) or above `max`; `max` beyond
+    /// [`crate::MAX_CONFIG_DURATION`].
     pub fn decorrelated_jitter(base: Duration, max: Duration) -> Result<Self, ConfigError> {
-        CHECK.positive("base", base)?;
-        if base > max {
-            return Err(CHECK.err("base", format!("{base:?} is above max {max:?}")));
+        let b = Backoff::DecorrelatedJitter { base, max };
+        b.check()?;
+        Ok(b)
+    }
+
+    /// Checks a curve as its constructor does (the variants are public, so a curve may be
+    /// built without one; [`RetryRules`](super::RetryRules)' builder checks it again).
+    ///
+    /// # Errors
+    /// What the curve's constructor refuses.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let below_max = |field: &'static str, d: Duration, max: Duration| {
+            if d > max {
+                return Err(CHECK.err(field, format!("{d:?} is above max {max:?}")));
+            }
+            Ok(())
+        };
+        match *self {
+            Backoff::Constant { delay } => CHECK.bounded("delay", delay),
+            Backoff::Linear { initial, step, max } => {
+                CHECK.bounded("max", max)?;
+                CHECK.bounded("step", step)?;
+                below_max("initial", initial, max)
+            }
+            Backoff::Exponential {
+                initial,
+                multiplier,
+                max,
+            } => {
+                CHECK.in_range("multiplier", multiplier, 1.0, 1e6)?;
+                CHECK.bounded("max", max)?;
+                below_max("initial", initial, max)
+            }
+            Backoff::DecorrelatedJitter { base, max } => {
+                CHECK.positive("base", base)?;
+                CHECK.bounded("max", max)?;
+                below_max("base", base, max)
+            }
         }
-        Ok(Backoff::DecorrelatedJitter { base, max })
     }
 
     /// The cap no delay of this curve exceeds.

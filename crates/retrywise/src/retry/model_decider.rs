@@ -437,7 +437,7 @@ impl ModelDecider {
             // is the decider's own, and the share of the remaining time stands for it.)
             let paced = match (remaining, ctx.retry_after) {
                 (Some(r), Some(ra)) if !last => {
-                    let step = (ra + attempt_time).as_secs_f64();
+                    let step = ra.saturating_add(attempt_time).as_secs_f64();
                     let allowed = f64::from(self.max_attempts.saturating_sub(ctx.attempt));
                     let fit = move |w: Duration| {
                         let after = r.saturating_sub(w).saturating_sub(attempt_time);
@@ -779,6 +779,7 @@ impl ModelDeciderBuilder {
         if self.cap < Duration::from_millis(1) {
             return Err(CHECK.err("cap", format!("must be at least 1 ms, got {:?}", self.cap)));
         }
+        CHECK.bounded("cap", self.cap)?;
         CHECK.in_range("attempt_cost", self.attempt_cost, 1e-6, 0.999)?;
         CHECK.in_range("time_cost", self.time_cost, 0.0, 1e3)?;
         CHECK.in_range("tolerance", self.tolerance, 0.0, 1.0)?;
@@ -823,7 +824,8 @@ impl ModelDeciderBuilder {
                 } else {
                     lo + (hi - lo) * i as f64 / (steps - 1) as f64
                 };
-                Duration::from_secs_f64(x.exp()).min(self.cap)
+                // (`exp` may round a hair past the cap: the cap.)
+                Duration::try_from_secs_f64(x.exp()).map_or(self.cap, |w| w.min(self.cap))
             }))
             .collect();
         let grid_logs = grid.iter().map(|w| crate::features::log_ms(*w)).collect();
@@ -1399,6 +1401,17 @@ mod tests {
         assert_eq!(b().grid(1).build().unwrap_err().field, "grid");
         assert_eq!(b().grid(MAX_GRID + 1).build().unwrap_err().field, "grid");
         assert_eq!(b().cap(Duration::ZERO).build().unwrap_err().field, "cap");
+        assert_eq!(b().cap(Duration::MAX).build().unwrap_err().field, "cap");
+        // The longest cap allowed builds, whatever the grid (`exp` of the last log-spaced
+        // wait may round past it).
+        for grid in [2, 29, 32, 45, 47, 56, MAX_GRID] {
+            let d = b()
+                .cap(crate::MAX_CONFIG_DURATION)
+                .grid(grid)
+                .build()
+                .unwrap();
+            assert!(d.grid.iter().all(|w| *w <= crate::MAX_CONFIG_DURATION));
+        }
         assert_eq!(
             b().attempt_cost(0.0).build().unwrap_err().field,
             "attempt_cost"

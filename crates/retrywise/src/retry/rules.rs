@@ -133,9 +133,11 @@ impl RetryDecider for RetryRules {
             return Decision::Stop(StopReason::TargetUnhealthy);
         }
         let cap = self.backoff.max();
-        let base = self
-            .backoff
-            .delay(ctx.attempt - 1, ctx.delay, self.random.next_f64());
+        let base = self.backoff.delay(
+            ctx.attempt.saturating_sub(1),
+            ctx.delay,
+            self.random.next_f64(),
+        );
         let mut delay = match self.jitter {
             Jitter::None => base,
             j => j.apply(base, self.random.next_f64(), cap),
@@ -266,17 +268,16 @@ impl RetryRulesBuilder {
     /// Checks the configuration and builds the policy.
     ///
     /// # Errors
-    /// `max_attempts` zero; a `Jitter::Proportional` factor outside `[0, 1]`; a deadline,
-    /// fixed or first attempt timeout of zero; Retry-After `min` above `max`; a failure
-    /// rate limit outside `(0, 1]`.
+    /// `max_attempts` zero; a `Jitter::Proportional` factor outside `[0, 1]`; a backoff its
+    /// constructor would refuse ([`Backoff::check`]); a deadline, fixed or first attempt
+    /// timeout of zero; Retry-After `min` above `max`; a failure rate limit outside
+    /// `(0, 1]`; a duration beyond [`crate::MAX_CONFIG_DURATION`].
     pub fn build(self) -> Result<RetryRules, ConfigError> {
         CHECK.at_least_one("max_attempts", u64::from(self.max_attempts))?;
         if let Jitter::Proportional(f) = self.jitter {
             CHECK.in_range("jitter", f, 0.0, 1.0)?;
         }
-        if let Backoff::Exponential { multiplier, .. } = self.backoff {
-            CHECK.in_range("multiplier", multiplier, 1.0, 1e6)?;
-        }
+        self.backoff.check()?;
         if let Some(d) = self.deadline {
             CHECK.positive("deadline", d)?;
         }
@@ -285,6 +286,10 @@ impl RetryRulesBuilder {
                 CHECK.positive("attempt_timeout", d)?
             }
             AttemptTimeout::None => {}
+        }
+        CHECK.bounded("retry_after", self.retry_after_max)?;
+        if let AttemptTimeout::Growing { step, .. } = self.attempt_timeout {
+            CHECK.bounded("attempt_timeout", step)?;
         }
         if self.retry_after_min > self.retry_after_max {
             return Err(CHECK.err(
@@ -360,10 +365,51 @@ mod tests {
                 }),
                 "multiplier",
             ),
+            // The variants are public: one built without its constructor is checked too.
+            (
+                RetryRules::builder().backoff(Backoff::DecorrelatedJitter {
+                    base: Duration::ZERO,
+                    max: MS,
+                }),
+                "base",
+            ),
+            (
+                RetryRules::builder().backoff(Backoff::Linear {
+                    initial: 2 * MS,
+                    step: MS,
+                    max: MS,
+                }),
+                "initial",
+            ),
+            // Beyond any real setting (a clock plus it would overflow).
+            (RetryRules::builder().deadline(Duration::MAX), "deadline"),
+            (
+                RetryRules::builder().backoff(Backoff::Constant {
+                    delay: Duration::MAX,
+                }),
+                "delay",
+            ),
+            (
+                RetryRules::builder().retry_after(true, MS, Duration::MAX),
+                "retry_after",
+            ),
         ];
         for (b, field) in cases {
             assert_eq!(b.build().unwrap_err().field, field);
         }
+    }
+
+    /// A context of attempt 0 (a caller's mistake: attempts count from 1) is read as the
+    /// first retry's, not wrapped to the four billionth.
+    #[test]
+    fn attempt_zero_is_not_wrapped() {
+        let p = RetryRules::builder()
+            .backoff(Backoff::exponential(100 * MS, 2.0, Duration::from_secs(10)).unwrap())
+            .jitter(Jitter::None)
+            .max_attempts(u32::MAX)
+            .build()
+            .unwrap();
+        assert_eq!(p.decide(&ctx(0)), Decision::Retry(100 * MS));
     }
 
     #[test]
