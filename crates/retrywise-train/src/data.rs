@@ -36,11 +36,14 @@ pub fn required() -> impl Iterator<Item = &'static str> {
 const CALL_ID: &str = "call_id";
 
 /// The polars type each field is read as: integers as i64 (so a negative value is seen,
-/// and counted, rather than failing the cast), floats as f64, text as strings.
+/// and counted, rather than failing the cast) but u64 fields as u64 (a call id may use all
+/// 64 bits; from NDJSON a negative one reads as null, and is counted as missing), floats
+/// as f64, text as strings.
 fn read_type(f: &SchemaField) -> DataType {
     match f.storage() {
         Storage::String => DataType::String,
-        Storage::UInt16 | Storage::UInt32 | Storage::UInt64 => DataType::Int64,
+        Storage::UInt16 | Storage::UInt32 => DataType::Int64,
+        Storage::UInt64 => DataType::UInt64,
         Storage::Float64 => DataType::Float64,
     }
 }
@@ -706,9 +709,13 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
                     have.is_primitive_numeric()
                 };
                 // A whole-number field stored as floats is read as floats, so that a value
-                // with a fraction is refused rather than truncated (`value`).
-                let want = if want == DataType::Int64 && have.is_float() {
+                // with a fraction is refused rather than truncated (`value`); a u64 field
+                // stored signed is read signed, so that a negative value is seen and
+                // counted rather than cast to null.
+                let want = if want.is_integer() && have.is_float() {
                     DataType::Float64
+                } else if want == DataType::UInt64 && have.is_signed_integer() {
+                    DataType::Int64
                 } else {
                     want
                 };
@@ -719,8 +726,9 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
                         problem: format!("has type {have}, expected {want}"),
                     });
                 }
-                // Lossless for every integer and float type but u64 beyond i64::MAX, which
-                // becomes null and is counted below as unreadable.
+                // Lossless for every integer and float type but an unsigned u64 field's
+                // values beyond i64::MAX, which become null and are counted below as
+                // unreadable.
                 exprs.push(col(name).cast(want.clone()).alias(name));
             }
         }
@@ -922,7 +930,9 @@ pub fn load_prepared(
         let lf = p.filtered(filter, sample);
         p.bad.count_into(&mut summary);
         let df = guarded(&p.file, || lf.collect())?;
-        guarded(&p.file, || convert(&df, &mut rows, &mut summary))?;
+        guarded(&p.file, || {
+            convert(&df, p.has_call_id, &mut rows, &mut summary)
+        })?;
         on_file(&p.file);
     }
     settle_health_window(&mut rows, &mut summary);
@@ -967,6 +977,7 @@ fn settle_health_window(rows: &mut Rows, summary: &mut LoadSummary) {
 enum Col<'a> {
     Text(&'a StringChunked),
     Int(&'a Int64Chunked),
+    UInt(&'a UInt64Chunked),
     Float(&'a Float64Chunked),
 }
 
@@ -991,6 +1002,15 @@ fn value<'a>(field: &SchemaField, col: &Col<'a>, i: usize) -> Result<Value<'a>, 
             None => Value::Null,
             Some(v) => {
                 let n = u64::try_from(v).map_err(|_| out_of_range())?;
+                if field.ty.max_whole().is_some_and(|max| n > max) {
+                    return Err(out_of_range());
+                }
+                Value::UInt(n)
+            }
+        },
+        Col::UInt(c) => match c.get(i) {
+            None => Value::Null,
+            Some(n) => {
                 if field.ty.max_whole().is_some_and(|max| n > max) {
                     return Err(out_of_range());
                 }
@@ -1023,7 +1043,12 @@ fn value<'a>(field: &SchemaField, col: &Col<'a>, i: usize) -> Result<Value<'a>, 
 /// the schema's rules (the checks ingestion and the API apply: each field's, then the
 /// agreements between the fields read); a row that breaks one is skipped and counted under
 /// the rule, so the summary names the field.
-fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> PolarsResult<()> {
+fn convert(
+    df: &DataFrame,
+    has_call_id: bool,
+    rows: &mut Rows,
+    summary: &mut LoadSummary,
+) -> PolarsResult<()> {
     let n = df.height();
     summary.rows_read += n as u64;
     let cols: Vec<(&'static SchemaField, Col<'_>)> = fields()
@@ -1033,6 +1058,7 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
             let col = match c.dtype() {
                 DataType::String => Col::Text(c.str()?),
                 DataType::Int64 => Col::Int(c.i64()?),
+                DataType::UInt64 => Col::UInt(c.u64()?),
                 _ => Col::Float(c.f64()?),
             };
             Ok((f, col))
@@ -1050,7 +1076,9 @@ fn convert(df: &DataFrame, rows: &mut Rows, summary: &mut LoadSummary) -> Polars
         let mut call_known = true;
         for (f, col) in &cols {
             let v = match value(f, col, i) {
-                Ok(Value::Null) if f.name == CALL_ID => {
+                // A log without call ids (no such column): the call is unknown. A null in
+                // the column of a log with them is a record missing a required field.
+                Ok(Value::Null) if f.name == CALL_ID && !has_call_id => {
                     call_known = false;
                     continue;
                 }

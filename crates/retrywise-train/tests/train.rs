@@ -1458,3 +1458,43 @@ fn bad_options_are_refused_before_anything_is_read() {
     assert_eq!(read, 0, "nothing was read");
     assert!(!models.exists());
 }
+
+/// A call id is any u64 (the schema's, and ingestion's): one beyond `i64::MAX` (a client
+/// drawing random 64-bit ids draws one in every other call) is read as itself from
+/// Parquet and from NDJSON, never as "no call id".
+#[test]
+fn call_ids_beyond_i64_are_read_as_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = [u64::MAX, 1 << 63, (1 << 63) - 1, 7];
+    let recs = calls_of(synthetic::records(ids.len(), 9), 1, 0, 0, |call| {
+        ids[call as usize - 1]
+    });
+    for (name, write) in [
+        ("ids.parquet", write_parquet as fn(&[AttemptRecord], &Path)),
+        ("ids.ndjson", write_ndjson),
+    ] {
+        let path = dir.path().join(name);
+        write(&recs, &path);
+        let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+        let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+        let mut got: Vec<Option<u64>> = rows.call_id.clone();
+        got.sort();
+        let mut want: Vec<Option<u64>> = ids.iter().copied().map(Some).collect();
+        want.sort();
+        assert_eq!(got, want, "{name}: {summary:?}");
+    }
+    // A negative one is no call id: the line is counted as skipped, not read as a log
+    // without call ids.
+    let path = dir.path().join("negative.ndjson");
+    write_ndjson(&recs, &path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"call_id\":7,", "\"call_id\":-7,", 1)).unwrap();
+    let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), 3, "{summary:?}");
+    assert!(rows.call_id.iter().all(Option::is_some));
+    assert!(
+        summary.skipped.keys().any(|why| why.contains("call_id")),
+        "{summary:?}"
+    );
+}
