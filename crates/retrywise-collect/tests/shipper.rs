@@ -26,6 +26,18 @@ struct Stub {
     auth: Mutex<Vec<Option<String>>>,
 }
 
+impl Stub {
+    /// The call ids of the records received, in order.
+    fn call_ids(&self) -> Vec<u64> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.call_id)
+            .collect()
+    }
+}
+
 async fn ingest(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: String) -> StatusCode {
     stub.requests.fetch_add(1, Ordering::SeqCst);
     stub.auth.lock().unwrap().push(
@@ -316,13 +328,7 @@ async fn batches_the_service_does_not_take_wait_in_the_spool_and_arrive_in_order
     eventually(|| spooled(&spool).is_empty()).await;
     eventually(|| shipper.stats().spool_bytes == 0).await;
     assert_eq!(shipper.stats().spool_batches, 0);
-    let got: Vec<u64> = stub
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| r.call_id)
-        .collect();
+    let got = stub.call_ids();
     assert_eq!(got, (0..1500).collect::<Vec<_>>());
     assert_eq!(shipper.stats().failed, 0);
 }
@@ -465,13 +471,7 @@ async fn a_spooled_batch_removed_by_hand_does_not_hold_up_the_rest() {
     std::fs::remove_file(dir.path().join(format!("batch-{:020}.ndjson", 1))).unwrap();
     stub.fail.store(0, Ordering::SeqCst);
     eventually(|| shipper.stats().shipped == 1).await;
-    let got: Vec<u64> = stub
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| r.call_id)
-        .collect();
+    let got = stub.call_ids();
     assert_eq!(got, [6]);
     eventually(|| shipper.stats().spool_batches == 0).await;
     assert!(spooled(dir.path()).is_empty());
