@@ -529,13 +529,18 @@ fn write_part(
     // with fewer columns or rows this build now skips: keeping it loses nothing), or
     // another segment's of the same name, which is never replaced.
     if let Ok(file) = File::open(&path) {
-        // A damaged part may make the reader panic: it is then not this segment's part,
-        // and is kept (refused below), not the end of the compaction.
-        let old = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ParquetReader::new(file).finish().ok()
-        }))
-        .ok()
-        .flatten();
+        // A damaged part is not this segment's part, and is kept (refused below), not the
+        // end of the compaction: its footer is checked before the reader reserves what it
+        // claims (an abort no `catch_unwind` stops), and a panic of the reader is caught.
+        let old = crate::footer::check(&path)
+            .ok()
+            .and_then(|()| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ParquetReader::new(file).finish().ok()
+                }))
+                .ok()
+            })
+            .flatten();
         let same = old.and_then(|old| holds_rows_of(&old, df)).unwrap_or(false);
         if !same {
             return Err(CollectError::PartExists {

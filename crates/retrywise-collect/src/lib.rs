@@ -34,6 +34,8 @@ mod writer;
 
 #[cfg(feature = "parquet")]
 pub mod compact;
+#[cfg(feature = "parquet")]
+pub mod footer;
 
 pub use error::CollectError;
 pub use reader::{ReadSummary, SegmentReader};

@@ -436,7 +436,7 @@ fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines, Option<tempfile::TempP
         Format::Parquet => {
             // Before polars reserves room for what the footer claims (a damaged length
             // there aborts the process).
-            crate::footer::check(&file.path).map_err(|problem| TrainError::Input {
+            retrywise_collect::footer::check(&file.path).map_err(|problem| TrainError::Input {
                 path: file.path.clone(),
                 problem,
             })?;

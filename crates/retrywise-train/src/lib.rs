@@ -35,7 +35,6 @@ pub mod data;
 mod error;
 pub mod evaluate;
 pub mod fit;
-mod footer;
 pub mod metrics;
 pub mod report;
 pub mod store;

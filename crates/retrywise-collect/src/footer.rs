@@ -8,7 +8,8 @@
 //! error. [`check`] walks the metadata first without building anything, and refuses a
 //! footer whose lengths cannot fit in the bytes that follow them (every element of a list,
 //! set or map takes at least one byte), so that polars only ever reserves room for what is
-//! there.
+//! there. The trainer checks every Parquet file it reads with it, and compaction an
+//! existing part before it reads it back.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -23,7 +24,7 @@ const MAX_DEPTH: usize = 64;
 /// # Errors
 /// What is wrong, as a phrase to follow the file's name ("is corrupt: …"); or the I/O
 /// error reading it.
-pub(crate) fn check(path: &Path) -> Result<(), String> {
+pub fn check(path: &Path) -> Result<(), String> {
     let mut f = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
     let len = f
         .metadata()
