@@ -112,7 +112,8 @@ fn the_openapi_context_and_the_kserve_inputs_are_the_schemas() {
 }
 
 /// A JSON object with the fields the agreements between fields read, each present or
-/// missing, in or out of its own range (`context`: only a context's fields).
+/// missing, in or out of its own range (`context`: only a context's fields; a record may
+/// carry a field no version has, in a record of this build's version or a newer one).
 fn any_object(context: bool) -> impl Strategy<Value = serde_json::Value> {
     let kind = prop::option::of(prop::sample::select(vec![
         "timeout", "connect", "http_429", "http_503", "other",
@@ -127,12 +128,33 @@ fn any_object(context: bool) -> impl Strategy<Value = serde_json::Value> {
         prop::sample::select(vec!["success", "retryable", "permanent", "cancelled"]),
         kind,
         any::<bool>(),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            move |(attempt, error, status, latency, retry_after, outcome, outcome_error, nulls)| {
+            move |(
+                attempt,
+                error,
+                status,
+                latency,
+                retry_after,
+                outcome,
+                outcome_error,
+                nulls,
+                (extra, newer),
+            )| {
                 let mut o = serde_json::Map::new();
                 if !context {
-                    o.insert("schema_version".into(), json!("1.4"));
+                    // A field this build does not know, in a record of its version or of a
+                    // newer minor one.
+                    let current = retrywise::attempt::SchemaVersion::CURRENT;
+                    let minor = current.minor + u16::from(newer);
+                    o.insert(
+                        "schema_version".into(),
+                        json!(format!("{}.{minor}", current.major)),
+                    );
+                    if extra {
+                        o.insert("zone".into(), json!("eu-1"));
+                    }
                     o.insert("started_at_ms".into(), json!(1_764_000_000_000u64));
                     o.insert("call_id".into(), json!(7));
                 }

@@ -42,8 +42,8 @@ pub(crate) struct Spool {
     /// renamed: skipped for the rest of this process (a restart sends a delivered one
     /// again, once: at least once).
     queue: VecDeque<(PathBuf, u64)>,
-    /// The next batch file's number.
-    next_seq: u64,
+    /// The next batch file's number; `None` once `u64::MAX` is taken.
+    next_seq: Option<u64>,
 }
 
 /// When the spool's oldest batch is tried next: after the endpoint fails (a batch spilled
@@ -107,7 +107,8 @@ impl Spool {
         std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
         let lock = crate::writer::lock_dir(dir)?;
         let entries = std::fs::read_dir(dir).map_err(|e| CollectError::io("list", dir, e))?;
-        let mut next_seq = 1;
+        // The largest number taken, by a batch waiting or set aside.
+        let mut largest = 0;
         let mut queue = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| CollectError::io("list", dir, e))?;
@@ -125,13 +126,13 @@ impl Spool {
                     .map_err(|e| CollectError::io("read the size of", entry.path(), e))?
                     .len();
                 queue.push((seq, entry.path(), len));
-                next_seq = next_seq.max(seq.saturating_add(1));
+                largest = largest.max(seq);
             } else if let Some(seq) = name
                 .strip_suffix(&format!(".{REFUSED}"))
                 .or_else(|| name.strip_suffix(&format!(".{UNREADABLE}")))
                 .and_then(seq_of)
             {
-                next_seq = next_seq.max(seq.saturating_add(1));
+                largest = largest.max(seq);
             }
         }
         queue.sort_unstable();
@@ -145,7 +146,7 @@ impl Spool {
             max_bytes,
             bytes,
             queue: queue.into_iter().map(|(_, p, len)| (p, len)).collect(),
-            next_seq,
+            next_seq: largest.checked_add(1),
         })
     }
 
@@ -185,13 +186,14 @@ impl Spool {
     /// up (a file numbered `u64::MAX` put there by hand), rather than a name that would
     /// replace a batch waiting.
     pub(crate) fn next_name(&mut self) -> Result<String, CollectError> {
-        let seq = self.next_seq;
-        self.next_seq = seq.checked_add(1).ok_or_else(|| CollectError::Flush {
+        let seq = self.next_seq.ok_or_else(|| CollectError::Flush {
             reason: format!(
-                "the spool {} has used up its batch numbers (a file numbered {seq} is in it)",
-                self.dir.display()
+                "the spool {} has used up its batch numbers (the last, {}, is taken)",
+                self.dir.display(),
+                u64::MAX
             ),
         })?;
+        self.next_seq = seq.checked_add(1);
         Ok(format!("{PREFIX}{seq:020}{SUFFIX}"))
     }
 }
@@ -325,6 +327,19 @@ mod tests {
             left.is_empty(),
             "a crash's temporary file is removed: {left:?}"
         );
+    }
+
+    #[test]
+    fn the_last_number_is_handed_out_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = format!("{PREFIX}{}{SUFFIX}", u64::MAX - 1);
+        write(dir.path(), &before, b"{}\n").unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            s.next_name().unwrap(),
+            format!("{PREFIX}{}{SUFFIX}", u64::MAX)
+        );
+        assert!(s.next_name().is_err());
     }
 
     #[test]

@@ -121,19 +121,21 @@ async fn a_record_the_service_would_refuse_does_not_take_its_batch_with_it() {
             r.outcome_error = Some(retrywise::attempt::ErrorKind::Reset);
             r.outcome = retrywise::attempt::Outcome::Success;
         }
+        if i == 8 {
+            // A field this version does not have (a record read back from a file, say).
+            let mut extra = retrywise::attempt::UnknownFields::new();
+            extra.insert("retry_after_m".into(), serde_json::json!(1000));
+            r.unknown = Some(Box::new(extra));
+        }
         shipper.record(r);
     }
     shipper.flush().await.unwrap();
     let s = shipper.stats();
     assert_eq!(
         (s.recorded, s.shipped, s.dropped_invalid, s.failed),
-        (10, 8, 2, 0)
+        (10, 7, 3, 0)
     );
-    let got = stub.received.lock().unwrap();
-    assert_eq!(
-        got.iter().map(|r| r.call_id).collect::<Vec<_>>(),
-        [0, 1, 2, 4, 5, 7, 8, 9]
-    );
+    assert_eq!(stub.call_ids(), [0, 1, 2, 4, 5, 7, 9]);
 }
 
 #[tokio::test]

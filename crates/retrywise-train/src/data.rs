@@ -488,6 +488,9 @@ pub(crate) struct BadLines {
     pub unknown_version: u64,
     /// Parquet rows whose `schema_version` is not a version.
     pub unknown_version_rows: u64,
+    /// (Not a skip.) NDJSON lines that name a `call_id`: without any, the file is a log
+    /// without call ids (its calls unknown), as a Parquet file without the column is.
+    pub call_id_lines: u64,
 }
 
 impl BadLines {
@@ -648,6 +651,7 @@ fn check_lines(path: &Path) -> Result<(BadLines, Option<tempfile::TempPath>), Tr
                 }
                 continue;
             };
+            bad.call_id_lines += u64::from(obj.contains_key(CALL_ID));
             match obj.get(SCHEMA_VERSION) {
                 None => {}
                 Some(v) => match v.as_str().and_then(|v| v.parse::<SchemaVersion>().ok()) {
@@ -726,9 +730,9 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
                         problem: format!("has type {have}, expected {want}"),
                     });
                 }
-                // Lossless for every integer and float type but an unsigned u64 field's
-                // values beyond i64::MAX, which become null and are counted below as
-                // unreadable.
+                // Lossless for every integer and float type, but for a u16 or u32 field
+                // stored as u64 whose value is beyond i64::MAX: it becomes null and is
+                // counted below as missing.
                 exprs.push(col(name).cast(want.clone()).alias(name));
             }
         }
@@ -808,7 +812,13 @@ pub fn prepare(files: &[InputFile]) -> Result<Vec<Prepared>, TrainError> {
         .iter()
         .map(|file| {
             let (mut lf, bad, copy) = scan(file)?;
-            let (exprs, has_call_id) = check_schema(file, &mut lf)?;
+            let (exprs, has_column) = check_schema(file, &mut lf)?;
+            // NDJSON is read with every column of the schema: whether it has call ids is
+            // whether any line names one.
+            let has_call_id = match file.format {
+                Format::Parquet => has_column,
+                Format::Ndjson => bad.call_id_lines > 0,
+            };
             Ok(Prepared {
                 file: file.clone(),
                 lf,

@@ -1496,5 +1496,20 @@ fn call_ids_beyond_i64_are_read_as_themselves() {
     assert!(
         summary.skipped.keys().any(|why| why.contains("call_id")),
         "{summary:?}"
-    );
+    ); // A log whose lines name no call id at all is a log without call ids: its calls are
+    // unknown, its rows kept (as from a Parquet file without the column).
+    let path = dir.path().join("bare.ndjson");
+    let bare: String = recs
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap();
+            v.as_object_mut().unwrap().remove("call_id");
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&path, bare).unwrap();
+    let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), 4, "{summary:?}");
+    assert!(rows.call_id.iter().all(Option::is_none));
 }

@@ -209,7 +209,9 @@ impl AttemptRecord {
 
     /// Checks every field against the schema's rules ([`super::schema::FIELDS`]): a
     /// schema major this build reads, the context's rules, an HTTP status within
-    /// 100..=599. Ingestion, the trainer and the API all check records with this.
+    /// 100..=599, no field this build does not know unless the record is of a newer minor
+    /// version. Ingestion, the shipper, the trainer and the API all check records with
+    /// this.
     ///
     /// # Errors
     /// Names the first field that breaks a rule.

@@ -345,6 +345,10 @@ pub enum Rule {
     Version,
     /// A value that contradicts another field of the record (an [`Agreement`]).
     Agreement,
+    /// A field the record's schema version does not have: only a newer minor version than
+    /// this build's may add fields ([`AttemptRecord::unknown`]); in a record of this
+    /// build's version or an older one it is a misspelling.
+    Unknown,
 }
 
 impl Rule {
@@ -357,6 +361,7 @@ impl Rule {
             Rule::Characters => "holds control characters",
             Rule::Version => "has an unsupported major version",
             Rule::Agreement => "contradicts another field",
+            Rule::Unknown => "is not a field of its schema version",
         }
     }
 }
@@ -832,7 +837,27 @@ pub fn context_fields() -> impl Iterator<Item = &'static Field> {
 /// Checks every field of `rec`, then the [`AGREEMENTS`] between them.
 pub(crate) fn validate_record(rec: &AttemptRecord) -> Result<(), InvalidField> {
     FIELDS.iter().try_for_each(|f| f.check(f.get(rec)))?;
-    check_agreements(rec)
+    check_agreements(rec)?;
+    check_unknown(rec)
+}
+
+/// A field this build does not know is kept only in a record of a newer minor version
+/// (which adds fields); in one of this build's version or an older one it is a misspelling,
+/// which would be written without the value it was meant to carry. Named `unknown_fields`
+/// after the column such fields are kept in.
+fn check_unknown(rec: &AttemptRecord) -> Result<(), InvalidField> {
+    let current = SchemaVersion::CURRENT;
+    match rec.unknown.as_ref().and_then(|u| u.keys().next()) {
+        Some(name) if rec.schema_version.minor <= current.minor => Err(InvalidField {
+            field: "unknown_fields",
+            rule: Rule::Unknown,
+            problem: format!(
+                "`{name}` is not a field of schema_version {} (only a newer minor version than this build's {current} may add fields)",
+                rec.schema_version
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks every field of `ctx`, then the [`AGREEMENTS`] a context must keep.

@@ -252,7 +252,10 @@ impl BreakerBuilder {
         }
         CHECK.rate("failure_rate_threshold", c.failure_rate_threshold)?;
         CHECK.rate("slow_call_rate_threshold", c.slow_call_rate_threshold)?;
-        CHECK.positive("slow_call_duration", c.slow_call_duration)?;
+        // Only compared with latencies: any length (`Duration::MAX` turns slow calls off).
+        if c.slow_call_duration.is_zero() {
+            return Err(CHECK.err("slow_call_duration", "must be greater than zero"));
+        }
         match c.window {
             SlidingWindow::Count(n) => {
                 CHECK.at_least_one("window", u64::from(n))?;
