@@ -126,16 +126,18 @@ impl CollectError {
         }
     }
 
-    /// Checks a configured duration: above zero and at most a year (a
-    /// clock plus a duration beyond any real setting would overflow).
+    /// Checks a configured duration: above zero and at most
+    /// [`retrywise::MAX_CONFIG_DURATION`], the policy crate's bound (a clock plus a
+    /// duration beyond any real setting would overflow).
     pub(crate) fn check_duration(field: &'static str, d: Duration) -> Result<(), Self> {
         if d.is_zero() {
             return Err(Self::config(field, "must be greater than zero"));
         }
-        if d > MAX_CONFIG_DURATION {
+        let max = retrywise::MAX_CONFIG_DURATION;
+        if d > max {
             return Err(Self::config(
                 field,
-                format!("must be at most a year, got {d:?}"),
+                format!("must be at most {} s, got {d:?}", max.as_secs()),
             ));
         }
         Ok(())
@@ -156,9 +158,6 @@ impl CollectError {
         Ok(())
     }
 }
-
-/// The longest duration a collector setting takes: a year.
-pub(crate) const MAX_CONFIG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The most records a collector's queue or batch holds (their memory is reserved up front).
 pub(crate) const MAX_CONFIG_RECORDS: usize = 1 << 24;

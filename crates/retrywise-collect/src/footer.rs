@@ -132,10 +132,8 @@ impl Reader<'_> {
         }
     }
 
+    /// A struct's fields to its STOP (their values check the depth).
     fn structure(&mut self, depth: usize) -> Result<(), String> {
-        if depth > MAX_DEPTH {
-            return Err(format!("nests deeper than {MAX_DEPTH} levels"));
-        }
         loop {
             let header = self.byte()?;
             let kind = header & 0x0f;
@@ -152,7 +150,7 @@ impl Reader<'_> {
     /// A value of compact type `kind`; a boolean field carries its value in its type, a
     /// boolean element of a list takes a byte.
     fn value(&mut self, kind: u8, depth: usize, field: bool) -> Result<(), String> {
-        // Lists and maps nest as structs do: each level is a frame of this recursion.
+        // Structs, lists and maps nest: each level is a frame of this recursion.
         if depth > MAX_DEPTH {
             return Err(format!("nests deeper than {MAX_DEPTH} levels"));
         }

@@ -16,7 +16,7 @@ use crate::spool::{self, Spool};
 use crate::stats::{Counters, RecorderStats};
 
 /// How the shipper batches and retries. Counts of records are at most 2^24 and durations
-/// at most a year (a value beyond is refused, naming the field).
+/// at most [`retrywise::MAX_CONFIG_DURATION`] (a value beyond is refused, naming the field).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShipperConfig {
     /// The ingestion endpoint, e.g. `http://127.0.0.1:8080/v1/attempts`.
@@ -141,15 +141,6 @@ impl ShippingRecorder {
         }
         CollectError::check_duration("attempt_timeout", config.attempt_timeout)?;
         CollectError::check_duration("max_batch_delay", config.max_batch_delay)?;
-        if config.backoff.1 > crate::error::MAX_CONFIG_DURATION {
-            return Err(CollectError::config(
-                "backoff",
-                format!(
-                    "its largest wait must be at most a year, got {:?}",
-                    config.backoff.1
-                ),
-            ));
-        }
         let backoff = Backoff::exponential(config.backoff.0, 2.0, config.backoff.1)
             .map_err(|e| CollectError::config("backoff", e.problem))?;
         let retry = RetryRules::builder()
@@ -444,35 +435,13 @@ impl Worker {
             self.failed(n);
             return;
         };
-        let len = body.len() as u64;
-        let kept = if spool.bytes + len > spool.max_bytes {
-            Err(CollectError::Flush {
-                reason: format!(
-                    "the spool {} is full ({} of {} bytes)",
-                    spool.dir.display(),
-                    spool.bytes,
-                    spool.max_bytes
-                ),
-            })
-        } else {
-            match spool.next_name() {
-                Ok(name) => {
-                    let (dir, b) = (spool.dir.clone(), body.clone());
-                    let path = dir.join(&name);
-                    blocking(move || spool::write(&dir, &name, &b))
-                        .await
-                        .map(|()| path)
-                }
-                Err(e) => Err(e),
-            }
-        };
-        match kept {
-            Ok(path) => {
-                if !spool.waiting() {
+        let was_waiting = spool.waiting();
+        match keep(spool, &body).await {
+            Ok(()) => {
+                if !was_waiting {
                     // The endpoint just failed: the spool's first try waits a backoff.
                     self.schedule.failed(Instant::now());
                 }
-                spool.kept(path, len);
                 spool.gauge(&self.counters);
                 Counters::add(&self.counters.spooled, n);
             }
@@ -600,6 +569,28 @@ impl Worker {
         Counters::add(&self.counters.failed, n);
         self.failed_since_flush += n;
     }
+}
+
+/// Writes `body` into `spool` as its newest batch, or says why it cannot (the spool is
+/// full, out of batch numbers, or its disk refuses).
+async fn keep(spool: &mut Spool, body: &bytes::Bytes) -> Result<(), CollectError> {
+    let len = body.len() as u64;
+    if spool.bytes + len > spool.max_bytes {
+        return Err(CollectError::Flush {
+            reason: format!(
+                "the spool {} is full ({} of {} bytes)",
+                spool.dir.display(),
+                spool.bytes,
+                spool.max_bytes
+            ),
+        });
+    }
+    let name = spool.next_name()?;
+    let (dir, b) = (spool.dir.clone(), body.clone());
+    let path = dir.join(&name);
+    blocking(move || spool::write(&dir, &name, &b)).await?;
+    spool.kept(path, len);
+    Ok(())
 }
 
 /// Runs the spool's file work `f` on tokio's blocking pool.

@@ -22,7 +22,8 @@ use crate::storage::{FileSystem, Storage};
 pub const LOCK_FILE: &str = ".writer.lock";
 
 /// How the segment writer batches, rotates and syncs. Counts of records are at most 2^24
-/// and durations at most a year (a value beyond is refused, naming the field).
+/// and durations at most [`retrywise::MAX_CONFIG_DURATION`] (a value beyond is refused,
+/// naming the field).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriterConfig {
     /// Records the queue holds before `record()` starts dropping. Defaults to 65 536.

@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use retrywise::attempt::schema::MAX_MS;
 use retrywise::attempt::{AttemptContext, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
-use retrywise::retry::{Decision, ModelDecider};
+use retrywise::retry::{DEFAULT_MIN_SUPPORT, Decision, Fallback, ModelDecider, supports};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
@@ -595,8 +595,8 @@ pub(crate) async fn decide(
             count_predictions(&st, m, 1);
         }
         if let Some(why) = fallback {
-            st.metrics.fallback(why);
-            warn_admission_fallback_once(why);
+            st.metrics.fallback(why.as_str());
+            why.warn_once();
         }
         st.metrics
             .decisions
@@ -675,23 +675,6 @@ fn served_as(st: &AppState, m: Option<&Arc<LoadedModel>>) -> (String, u32) {
     )
 }
 
-/// Logs, the first time for each reason, that admission was decided without the model.
-fn warn_admission_fallback_once(why: &'static str) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static WARNED: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
-    let (i, reason) = match why {
-        "no_model" => (0, "no model is serving"),
-        "unsupported" => (1, "the model was trained on too few rows like this call"),
-        _ => (2, "the model answered NaN"),
-    };
-    if !WARNED[i].swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            reason,
-            "/v1/decide admitted a first attempt without the model"
-        );
-    }
-}
-
 /// Admission of a first attempt: send now, wait and how long, or fail fast — by the fleet's
 /// shared circuit for the target, then by the serving model's p of a fresh call against the
 /// attempt cost (`min_p_success`, the shared breaker's threshold too).
@@ -700,7 +683,7 @@ fn admit(
     m: Option<&Arc<LoadedModel>>,
     ctx: &AttemptContext,
     deadline: Option<std::time::Duration>,
-) -> (DecideResponse, Option<&'static str>) {
+) -> (DecideResponse, Option<Fallback>) {
     use retrywise::breaker::{Recovery, State};
     use std::time::Duration;
     let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
@@ -710,20 +693,14 @@ fn admit(
     // none serving, too few training rows like this call, a NaN answer): then the fleet's
     // circuit alone decides, and a call is sent.
     let fresh = match m {
-        None => Err("no_model"),
-        Some(m)
-            if m.model
-                .trained_on(ctx)
-                .is_some_and(|rows| rows < retrywise::retry::DEFAULT_MIN_SUPPORT) =>
-        {
-            Err("unsupported")
-        }
+        None => Err(Fallback::NoModel),
+        Some(m) if !supports(&m.model, ctx, DEFAULT_MIN_SUPPORT) => Err(Fallback::Unsupported),
         Some(m) => {
             let mut c = ctx.clone();
             c.delay = Duration::ZERO;
             Some(m.model.p_success(&c))
                 .filter(|p| !p.is_nan())
-                .ok_or("nan")
+                .ok_or(Fallback::NaN)
         }
     };
     let fallback = fresh.err();

@@ -28,8 +28,8 @@ pub use calendar::RetryCalendar;
 pub use decider::{Decision, Explained, NoRetry, RetryDecider, StopReason};
 pub use explore::Exploration;
 pub use model_decider::{
-    Alternative, DEFAULT_MIN_SUPPORT, MAX_COST_FAILURE_RATE, MAX_GRID, ModelDecider,
-    ModelDeciderBuilder, Weighed,
+    Alternative, DEFAULT_MIN_SUPPORT, Fallback, MAX_COST_FAILURE_RATE, MAX_GRID, ModelDecider,
+    ModelDeciderBuilder, Weighed, supports,
 };
 pub use rule_adaptive::RuleBasedAdaptive;
 pub use rules::{AttemptTimeout, RetryRules, RetryRulesBuilder};

@@ -157,43 +157,54 @@ pub struct ModelDecider {
 /// at most five times `attempt_cost`.
 pub const MAX_COST_FAILURE_RATE: f64 = 0.8;
 
-/// Why the rules decided: each is logged once per process (a service that builds a decider
-/// per request must not log every request).
-#[derive(Debug, Clone, Copy)]
-enum Why {
+/// Why a decision was made without the model (by the rules, or — for a service's admission
+/// of a first attempt — by sending it): each is logged once per process (a service that
+/// builds a decider per request must not log every request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// No model is serving.
     NoModel = 0,
+    /// The model was trained on too few rows like the context ([`supports`]).
     Unsupported = 1,
+    /// The model answered NaN.
     NaN = 2,
 }
 
-impl Why {
-    /// The name a metric labels it with.
-    fn as_str(self) -> &'static str {
+impl Fallback {
+    /// The name a metric labels it with: `no_model`, `unsupported`, `nan`.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            Why::NoModel => "no_model",
-            Why::Unsupported => "unsupported",
-            Why::NaN => "nan",
+            Fallback::NoModel => "no_model",
+            Fallback::Unsupported => "unsupported",
+            Fallback::NaN => "nan",
+        }
+    }
+
+    /// Logs that a decision was made without the model, the first time for each reason
+    /// in the process.
+    pub fn warn_once(self) {
+        static WARNED: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
+        if !WARNED[self as usize].swap(true, Ordering::Relaxed) {
+            let reason = match self {
+                Fallback::NoModel => "no model",
+                Fallback::Unsupported => "the model was trained on too few rows like this one",
+                Fallback::NaN => "the model answered NaN",
+            };
+            tracing::warn!(reason, "deciding without the model");
         }
     }
 }
 
-static WARNED: [AtomicBool; 3] = [
-    AtomicBool::new(false),
-    AtomicBool::new(false),
-    AtomicBool::new(false),
-];
+/// Whether `model` was trained on at least `min_support` rows like `ctx`
+/// ([`SuccessModel::trained_on`]; a model that does not say is trusted).
+pub fn supports(model: &dyn SuccessModel, ctx: &AttemptContext, min_support: u64) -> bool {
+    model.trained_on(ctx).is_none_or(|rows| rows >= min_support)
+}
 
 /// Counts a decision made by the rules, and logs its reason the first time.
-fn note(fallbacks: &AtomicU64, why: Why) {
+fn note(fallbacks: &AtomicU64, why: Fallback) {
     fallbacks.fetch_add(1, Ordering::Relaxed);
-    if !WARNED[why as usize].swap(true, Ordering::Relaxed) {
-        let reason = match why {
-            Why::NoModel => "no model",
-            Why::Unsupported => "the model was trained on too few rows like this one",
-            Why::NaN => "the model answered NaN",
-        };
-        tracing::warn!(reason, "model decider: deciding with the rule-based policy");
-    }
+    why.warn_once();
 }
 
 impl std::fmt::Debug for ModelDecider {
@@ -290,7 +301,7 @@ impl ModelDecider {
         let (explained, why, propensity) = self.decide_into(ctx, Some(&mut alternatives));
         Weighed {
             explained,
-            fallback: why.map(Why::as_str),
+            fallback: why.map(Fallback::as_str),
             propensity,
             alternatives,
         }
@@ -303,7 +314,11 @@ impl ModelDecider {
         }
     }
 
-    fn by_rules(&self, ctx: &AttemptContext, why: Why) -> (Explained, Option<Why>, Option<f64>) {
+    fn by_rules(
+        &self,
+        ctx: &AttemptContext,
+        why: Fallback,
+    ) -> (Explained, Option<Fallback>, Option<f64>) {
         note(&self.fallbacks, why);
         (self.fallback.explain(ctx), Some(why), None)
     }
@@ -315,9 +330,9 @@ impl ModelDecider {
         &self,
         ctx: &AttemptContext,
         weighed: Option<&mut Vec<Alternative>>,
-    ) -> (Explained, Option<Why>, Option<f64>) {
+    ) -> (Explained, Option<Fallback>, Option<f64>) {
         let Some(model) = &self.model else {
-            return self.by_rules(ctx, Why::NoModel);
+            return self.by_rules(ctx, Fallback::NoModel);
         };
         // Every failure tells the calendar of the target's load (the view it opens reads
         // the retries others booked: the load each wait would land in). The view holds the
@@ -334,11 +349,8 @@ impl ModelDecider {
             drop(open());
             decision
         };
-        if model
-            .trained_on(ctx)
-            .is_some_and(|rows| rows < self.min_support)
-        {
-            return told(self.by_rules(ctx, Why::Unsupported));
+        if !supports(model.as_ref(), ctx, self.min_support) {
+            return told(self.by_rules(ctx, Fallback::Unsupported));
         }
         if ctx.attempt > self.max_attempts {
             return told((Self::stop(StopReason::MaxAttempts, None), None, None));
@@ -378,7 +390,7 @@ impl ModelDecider {
         let p = &mut p[..n];
         model.p_success_by_logged_delay(ctx, waits, &logs[..n], p);
         if p.iter().any(|x| x.is_nan()) {
-            return told(self.by_rules(ctx, Why::NaN));
+            return told(self.by_rules(ctx, Fallback::NaN));
         }
         let mut view = open();
         for x in p.iter_mut() {
