@@ -427,7 +427,9 @@ fn sample_draw_expr(key: Expr) -> Expr {
     shift(h * u64_lit(0xc4ce_b9fe_1a85_ec53))
 }
 
-fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines, Option<tempfile::TempPath>), TrainError> {
+fn scan(
+    file: &InputFile,
+) -> Result<(LazyFrame, LineCheck, Option<tempfile::TempPath>), TrainError> {
     let path = file.path.to_str().ok_or_else(|| TrainError::Input {
         path: file.path.clone(),
         problem: "is not valid UTF-8".into(),
@@ -476,10 +478,10 @@ fn scan(file: &InputFile) -> Result<(LazyFrame, BadLines, Option<tempfile::TempP
     }
 }
 
-/// Lines of an NDJSON file, or rows of a Parquet file, skipped before reading it, by
-/// reason.
+/// What the pre-read of a file found: its NDJSON lines or Parquet rows skipped, by
+/// reason, and (not a skip) how many NDJSON lines name a call id.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct BadLines {
+pub(crate) struct LineCheck {
     /// The last line, cut short (a writer that crashed mid-line).
     pub torn: u64,
     /// Lines that are not a JSON object.
@@ -493,7 +495,7 @@ pub(crate) struct BadLines {
     pub call_id_lines: u64,
 }
 
-impl BadLines {
+impl LineCheck {
     fn count_into(self, summary: &mut LoadSummary) {
         summary.skip("NDJSON line cut short (torn)", self.torn);
         summary.skip("NDJSON line that is not a JSON object", self.malformed);
@@ -559,10 +561,10 @@ fn too_new(v: SchemaVersion) -> String {
 fn check_versions(
     file: &InputFile,
     mut lf: LazyFrame,
-) -> Result<(LazyFrame, BadLines), TrainError> {
+) -> Result<(LazyFrame, LineCheck), TrainError> {
     let schema = guarded(file, || lf.collect_schema())?;
     match schema.get(SCHEMA_VERSION) {
-        None => return Ok((lf, BadLines::default())),
+        None => return Ok((lf, LineCheck::default())),
         Some(DataType::String) => {}
         Some(other) => {
             return Err(TrainError::Schema {
@@ -582,7 +584,7 @@ fn check_versions(
         let counts = versions.column("rows")?.u64()?.clone();
         Ok((names, counts))
     })?;
-    let mut bad = BadLines::default();
+    let mut bad = LineCheck::default();
     let mut readable = Vec::new();
     for (name, rows) in names.iter().zip(counts.iter()) {
         let (Some(name), rows) = (name, rows.unwrap_or(0)) else {
@@ -619,16 +621,16 @@ fn check_versions(
 /// # Errors
 /// The file cannot be read; a line of another major version (this trainer is too old for
 /// it: skipping it would lose it silently), named by its line number.
-fn check_lines(path: &Path) -> Result<(BadLines, Option<tempfile::TempPath>), TrainError> {
+fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), TrainError> {
     use std::io::{BufRead, Write};
     let read_error = |e: std::io::Error| TrainError::Input {
         path: path.to_path_buf(),
         problem: format!("cannot be read: {e}"),
     };
     // Two passes: the first finds what to skip; only then is a copy written.
-    let pass = |mut keep: Option<&mut dyn Write>| -> Result<BadLines, TrainError> {
+    let pass = |mut keep: Option<&mut dyn Write>| -> Result<LineCheck, TrainError> {
         let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(read_error)?);
-        let mut bad = BadLines::default();
+        let mut bad = LineCheck::default();
         let mut line = Vec::new();
         let mut number = 0u64;
         loop {
@@ -754,7 +756,7 @@ pub struct Prepared {
     /// The expressions that select and cast the trainer's columns.
     exprs: Vec<Expr>,
     has_call_id: bool,
-    bad: BadLines,
+    bad: LineCheck,
     /// The cleaned copy read instead of the file, deleted when this is dropped.
     cleaned_copy: Option<tempfile::TempPath>,
 }
