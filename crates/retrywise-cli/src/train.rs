@@ -64,9 +64,11 @@ pub(crate) struct TrainArgs {
     /// size. At least 1.
     #[arg(long, default_value_t = retrywise_train::data::DEFAULT_MAX_ROWS)]
     max_rows: u64,
-    /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    alphas: Option<Vec<f64>>,
+    /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated; the one with the
+    /// lowest validation log-loss is kept.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true,
+          default_values_t = FitOptions::default().alphas)]
+    alphas: Vec<f64>,
     /// L-BFGS iterations per fit at most (scikit-learn's `max_iter`).
     #[arg(long, default_value_t = FitOptions::default().max_iterations)]
     max_iterations: u64,
@@ -314,9 +316,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
     opts.validation_fraction = args.validation_fraction;
     opts.split = args.split.into();
     opts.max_rows = args.max_rows;
-    if let Some(a) = &args.alphas {
-        opts.fit.alphas = a.clone();
-    }
+    opts.fit.alphas = args.alphas.clone();
     opts.fit.max_iterations = args.max_iterations;
     opts.fit.tolerance = args.tolerance;
     let (bar, mut on) = progress("fitting");

@@ -232,8 +232,14 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
         "{err}"
     );
 
-    let out = retrywise(&["train", "--data", path(&empty), "--alphas", "-1"]);
+    // The options are checked before anything is read (the folder is empty too).
+    let out = retrywise(&["train", "--data", path(&empty), "--alphas", "1,-1"]);
     assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("alphas must be non-negative numbers, got [1.0, -1.0]"),
+        "{err}"
+    );
 
     // Nothing to read is said, with a failing status, by every command that reads (eval
     // with a valid model: the shipped one).

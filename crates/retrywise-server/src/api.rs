@@ -443,7 +443,8 @@ pub struct DecideResponse {
     /// when not retrying (none when it stopped before weighing).
     pub p_success: Option<f64>,
     /// `retry`, or why not: `max_attempts`, `low_success_probability`, `deadline`,
-    /// `retry_after_too_long`. For a first attempt (admission): `admit` (send now),
+    /// `retry_after_too_long`, `not_retryable` (a permanent `status`: a 4xx other than 408,
+    /// 425 and 429). For a first attempt (admission): `admit` (send now),
     /// `predicted_recovery` (wait `delay_ms`: a fresh call is predicted to fail now and to
     /// succeed often enough after the wait), `circuit_open_wait` (the fleet's shared circuit
     /// is open for `delay_ms` more, within the deadline), `circuit_open` (open beyond the

@@ -434,6 +434,21 @@ async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
         .post("/v1/decide", &json!({"context": ctx(0.0, 9)}).to_string())
         .await;
     assert_eq!(v["reason"], "max_attempts", "{v}");
+    // A permanent status is never retried, however healthy the target; a 425 is retried.
+    for (status, reason) in [
+        (400, "not_retryable"),
+        (404, "not_retryable"),
+        (425, "retry"),
+    ] {
+        let mut c = ctx(0.0, 2);
+        c["error"] = json!("http_4xx");
+        c["status"] = json!(status);
+        let (_, v) = h
+            .post("/v1/decide", &json!({"context": c}).to_string())
+            .await;
+        assert_eq!(v["reason"], reason, "{status}: {v}");
+        assert_eq!(v["fell_back"], false, "{status}: {v}");
+    }
     let mut late = ctx(0.0, 2);
     late["elapsed_ms"] = json!(5_000);
     let (_, v) = h

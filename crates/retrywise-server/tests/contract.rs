@@ -626,7 +626,9 @@ async fn it_will_not_listen_beyond_loopback_without_a_token_unless_told() {
         attempts: dir.path().join("attempts"),
         ..Config::default()
     };
-    let e = retrywise_server::serve(config, std::future::pending(), |_| {})
+    // Were the refusal gone, the service would stop at once instead of listening on
+    // every interface until the test ends.
+    let e = retrywise_server::serve(config, async {}, |_| panic!("must not listen"))
         .await
         .unwrap_err();
     assert!(

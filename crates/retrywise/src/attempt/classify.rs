@@ -179,9 +179,10 @@ impl HttpClassifier {
             status: Some(status),
             retry_after,
         };
-        match status {
-            408 | 425 | 429 | 500..=599 => Verdict::Retryable(failure),
-            _ => Verdict::Permanent(failure),
+        if ErrorKind::is_permanent_status(status) {
+            Verdict::Permanent(failure)
+        } else {
+            Verdict::Retryable(failure)
         }
     }
 }

@@ -73,6 +73,14 @@ impl ErrorKind {
         }
     }
 
+    /// Whether an HTTP status is a permanent failure, never worth a retry: a 4xx other
+    /// than 408, 425 and 429 (400, 401, 403, 404 and 422 among them). The one rule
+    /// [`HttpClassifier`](crate::attempt::HttpClassifier) and the
+    /// [`ModelDecider`](crate::retry::ModelDecider) share.
+    pub const fn is_permanent_status(status: u16) -> bool {
+        matches!(status, 400..=499) && !matches!(status, 408 | 425 | 429)
+    }
+
     /// The kind of an I/O error, by its [`std::io::ErrorKind`].
     pub fn from_io(e: &std::io::Error) -> ErrorKind {
         use std::io::ErrorKind as Io;
@@ -163,6 +171,22 @@ mod tests {
         assert_eq!(ErrorKind::from_status(503), Some(ErrorKind::Http503));
         assert_eq!(ErrorKind::from_status(500), Some(ErrorKind::Http5xx));
         assert_eq!(ErrorKind::from_status(404), Some(ErrorKind::Http4xx));
+        for (status, permanent) in [(400, true), (404, true), (422, true), (499, true)]
+            .into_iter()
+            .chain([
+                (408, false),
+                (425, false),
+                (429, false),
+                (399, false),
+                (500, false),
+            ])
+        {
+            assert_eq!(
+                ErrorKind::is_permanent_status(status),
+                permanent,
+                "{status}"
+            );
+        }
     }
 
     #[derive(Debug, thiserror::Error)]

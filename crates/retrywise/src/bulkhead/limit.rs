@@ -865,15 +865,39 @@ mod tests {
     }
 
     /// Gradient2's floor: however slow the calls at whatever load, the default limit
-    /// stays at 20 or more.
+    /// stays at 20 or more - and so does the estimate behind it, so that it regrows from
+    /// the floor at once when the latency falls back, not from wherever cuts drove it.
     #[test]
     fn the_default_limit_never_goes_below_gradient2s_floor() {
-        let l = AdaptiveLimit::builder().build().unwrap();
+        let l = AdaptiveLimit::builder().initial(200).build().unwrap();
         assert_eq!(l.bounds(), (20, 1000));
-        for i in 0..500u64 {
-            l.sample_call(Duration::from_millis(10 + i * 10), 40, false);
+        for _ in 0..100 {
+            l.sample(10 * MS, 150);
         }
-        assert_eq!(l.current(), 20);
+        assert!(
+            l.current() >= 150,
+            "fast calls keep the limit: {}",
+            l.current()
+        );
+        // Queueing: every call ten to a hundred times the baseline, with the limit full.
+        let mut lowest = u32::MAX;
+        for i in 0..500u32 {
+            let limit = l.current();
+            l.sample(Duration::from_millis(100 + u64::from(i % 10) * 100), limit);
+            lowest = lowest.min(l.current());
+            assert!(
+                l.estimate() >= 20.0,
+                "estimate {} below the floor",
+                l.estimate()
+            );
+        }
+        assert_eq!(lowest, 20, "the cuts reach the floor and stop there");
+        // Fast again: the limit grows from the floor within a few samples.
+        for _ in 0..5 {
+            let limit = l.current();
+            l.sample(10 * MS, limit);
+        }
+        assert!(l.current() > 20, "regrows from the floor: {}", l.current());
     }
 
     #[test]

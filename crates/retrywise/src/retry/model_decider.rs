@@ -331,6 +331,11 @@ impl ModelDecider {
         ctx: &AttemptContext,
         weighed: Option<&mut Vec<Alternative>>,
     ) -> (Explained, Option<Fallback>, Option<f64>) {
+        // A permanent status (a 400, a 404) is never retried, whatever a model or the
+        // rules would make of it: the caller of `/v1/decide` may ask after one.
+        if ctx.status.is_some_and(ErrorKind::is_permanent_status) {
+            return (Self::stop(StopReason::NotRetryable, None), None, None);
+        }
         let Some(model) = &self.model else {
             return self.by_rules(ctx, Fallback::NoModel);
         };
@@ -1405,6 +1410,35 @@ mod tests {
         // Unless told to trust it anyway.
         let trusting = decider(Arc::new(Sparse)).min_support(0).build().unwrap();
         assert!(!trusting.weigh(&after(ErrorKind::Http4xx, 2)).fell_back());
+    }
+
+    #[test]
+    fn a_permanent_status_is_never_retried() {
+        let sure = decider(flat(0.99)).build().unwrap();
+        let rules = ModelDecider::builder().build().unwrap();
+        for status in [400, 401, 403, 404, 422] {
+            let mut c = after(ErrorKind::Http4xx, 2);
+            c.status = Some(status);
+            for d in [&sure, &rules] {
+                let w = d.weigh(&c);
+                assert_eq!(
+                    w.explained.decision,
+                    Decision::Stop(StopReason::NotRetryable),
+                    "{status}"
+                );
+                assert!(!w.fell_back(), "{status}");
+            }
+        }
+        // 408, 425 and 429 are retryable: the model decides.
+        for (kind, status) in [
+            (ErrorKind::Timeout, 408),
+            (ErrorKind::Http4xx, 425),
+            (ErrorKind::Http429, 429),
+        ] {
+            let mut c = after(kind, 2);
+            c.status = Some(status);
+            assert!(matches!(sure.decide(&c), Decision::Retry(_)), "{status}");
+        }
     }
 
     #[test]
