@@ -572,8 +572,15 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
     // The collector takes what its queue holds (two batches) and waits with them; the
     // other six are refused at once with 503 and Retry-After: nothing acknowledged yet.
     let mut acknowledged = Vec::new();
+    // Each answer within a minute: a writer that never lets go fails the test, not hangs it.
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(60), answers.recv())
+            .await
+            .expect("an answer within a minute")
+            .expect("a client's answer")
+    };
     for _ in 0..6 {
-        let (status, retry_after, _) = answers.recv().await.unwrap();
+        let (status, retry_after, _) = next().await;
         assert_eq!(
             (status, retry_after),
             (StatusCode::SERVICE_UNAVAILABLE, true)
@@ -583,7 +590,7 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
     // The disk catches up: the two batches taken are written, then acknowledged.
     gate.set_open(true);
     for _ in 0..2 {
-        let (status, _, recs) = answers.recv().await.unwrap();
+        let (status, _, recs) = next().await;
         assert_eq!(status, StatusCode::ACCEPTED);
         acknowledged.extend(recs.iter().map(|r| r.call_id));
     }

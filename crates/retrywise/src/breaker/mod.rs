@@ -647,21 +647,19 @@ mod tests {
         };
         // 100 calls a second: successes, then failures until it opens.
         async fn drive(b: &CircuitBreaker) -> Duration {
-            let mut sent = 0;
-            loop {
+            for sent in 0..10_000 {
                 let outcome = if sent < 60 {
                     CallOutcome::Success
                 } else {
                     CallOutcome::Failure
                 };
                 call(b, outcome).unwrap();
-                sent += 1;
                 if b.state() != State::Closed {
-                    break;
+                    return remaining(b);
                 }
                 tokio::time::advance(10 * MS).await;
             }
-            remaining(b)
+            panic!("10,000 calls, most of them failures, never opened the circuit");
         }
         let time = || SlidingWindow::Time {
             duration: Duration::from_secs(1),

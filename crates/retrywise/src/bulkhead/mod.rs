@@ -30,6 +30,18 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
+    /// Yields to the pool's tasks while `busy` holds, a bounded number of times: a pool
+    /// that never gets there fails the test instead of hanging it.
+    async fn settle(busy: impl Fn() -> bool) {
+        for _ in 0..100_000 {
+            if !busy() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the pool never settled");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn waits_up_to_max_wait_then_rejects() {
         let b = Bulkhead::builder("b")
@@ -345,9 +357,7 @@ mod tests {
         // The worker is busy: one task fits in the queue...
         let p = pool.clone();
         let queued = tokio::spawn(async move { p.execute(async { 2 }).await });
-        while pool.metrics().queued < 1 {
-            tokio::task::yield_now().await;
-        }
+        settle(|| pool.metrics().queued < 1).await;
         assert!(!pool.metrics().healthy);
         // ...and the next runs on the caller.
         assert_eq!(pool.execute(async { 3 }).await.unwrap(), 3);
@@ -379,14 +389,10 @@ mod tests {
         let p = pool.clone();
         let busy =
             tokio::spawn(async move { p.execute(async move { release_rx.await.ok() }).await });
-        while pool.metrics().active < 1 {
-            tokio::task::yield_now().await;
-        }
+        settle(|| pool.metrics().active < 1).await;
         let p = pool.clone();
         let queued = tokio::spawn(async move { p.execute(async {}).await });
-        while pool.metrics().queued < 1 {
-            tokio::task::yield_now().await;
-        }
+        settle(|| pool.metrics().queued < 1).await;
         assert!(matches!(
             pool.execute(async {}).await,
             Err(PoolError::Full(_))
