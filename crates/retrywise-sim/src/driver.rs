@@ -170,6 +170,12 @@ pub const MAX_REQUESTS: u64 = 100_000_000;
 /// load series keep a bucket per second).
 pub const MAX_RUN_S: f64 = 7.0 * 86_400.0;
 
+/// The most requests a run may have in flight at once: each is a task of some 6 KiB
+/// until it ends (its deadline at the latest), so this bounds a run's memory to about
+/// 1.5 GiB. A burst sends all its requests at once; Poisson arrivals keep about `rps` x
+/// the deadline in flight at worst.
+pub const MAX_IN_FLIGHT: f64 = 262_144.0;
+
 /// Runs `spec` under `opts`.
 ///
 /// # Errors
@@ -201,6 +207,23 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
             problem: format!(
                 "{} requests at {}/s would arrive over {arrivals_s:.0} s; a run lasts at most {MAX_RUN_S} s (a week)",
                 opts.requests, opts.rps
+            ),
+        });
+    }
+    let deadline_s = opts.scenario.deadline_ms / 1e3;
+    let (in_flight, how) = match opts.scenario.arrivals {
+        Arrivals::Burst => (opts.requests as f64, "a burst sends them all at once"),
+        Arrivals::Poisson => (
+            (opts.rps * deadline_s).min(opts.requests as f64),
+            "rps x the deadline",
+        ),
+    };
+    if in_flight > MAX_IN_FLIGHT {
+        return Err(SimError::Option {
+            field: "rps",
+            problem: format!(
+                "{in_flight:.0} requests would be in flight at once ({how}: {} a second, a {deadline_s} s deadline, {} requests); a run holds at most {MAX_IN_FLIGHT} (about 6 KiB each)",
+                opts.rps, opts.requests
             ),
         });
     }

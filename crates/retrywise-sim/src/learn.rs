@@ -36,6 +36,9 @@ use crate::scenario::Scenario;
 use crate::score::{Score, score};
 use retrywise::model::{LogisticModel, SuccessModel};
 
+/// The most gate seeds a loop may judge on (each is a run of both policies per round).
+pub const MAX_GATE_SEEDS: u32 = 1_000;
+
 /// How to learn.
 #[derive(Debug, Clone)]
 pub struct LearnOptions {
@@ -55,7 +58,7 @@ pub struct LearnOptions {
     /// The challenger and the policy in service are compared on the seeds `gate_seed ..
     /// gate_seed + gate_seeds`, which no round records.
     pub gate_seed: u64,
-    /// How many gate seeds (at least 1).
+    /// How many gate seeds (1 to [`MAX_GATE_SEEDS`]).
     pub gate_seeds: u32,
     /// Exploration of retry waits while recording: factors `[lo, hi]`, probability.
     pub explore: (f64, f64, f64),
@@ -185,15 +188,25 @@ impl LearnOptions {
         // Checked before round 0 records and trains: a bad name found after it would leave
         // data behind that refuses the corrected re-run.
         retrywise_train::store::check_name(&opts.out.join("models"), &opts.name)?;
-        if opts.gate_seeds == 0 {
+        if !(1..=MAX_GATE_SEEDS).contains(&opts.gate_seeds) {
             return Err(SimError::Option {
                 field: "gate_seeds",
-                problem: "must be at least 1".into(),
+                problem: format!(
+                    "must be within [1, {MAX_GATE_SEEDS}] (each is a run of both policies per round), got {}",
+                    opts.gate_seeds
+                ),
             });
         }
-        let gate_seeds: Vec<u64> = (0..u64::from(opts.gate_seeds))
-            .map(|i| opts.gate_seed.saturating_add(i))
-            .collect();
+        let Some(last_gate) = opts.gate_seed.checked_add(u64::from(opts.gate_seeds) - 1) else {
+            return Err(SimError::Option {
+                field: "gate_seed",
+                problem: format!(
+                    "{} plus {} gate seeds is past the largest seed",
+                    opts.gate_seed, opts.gate_seeds
+                ),
+            });
+        };
+        let gate_seeds: Vec<u64> = (opts.gate_seed..=last_gate).collect();
         let checked = std::iter::once(("eval_seed", opts.eval_seed))
             .chain(gate_seeds.iter().map(|s| ("gate_seed", *s)));
         for (field, seed) in checked {

@@ -268,21 +268,26 @@ impl UpstreamModel {
             rep.waiting.pop();
         }
         resize(rep, b.workers as usize, t);
-        if rep.waiting.len() >= u.queue as usize {
+        let free = rep.free_at.peek().map_or(t, |Reverse(f)| *f);
+        // Only a request that would wait for a worker stands in line (a queue of 0: none
+        // waits, and a free worker still serves).
+        if free > t && rep.waiting.len() >= u.queue as usize {
             return Fate::Answer {
                 status: 503,
                 retry_after_s: None,
                 after: Duration::ZERO,
             };
         }
-        let free = rep.free_at.peek().map_or(t, |Reverse(f)| *f);
         let start = free.max(t);
-        // Saturating: a service time beyond 584 years (ms_to_nanos saturates) is forever.
-        let finish = start.saturating_add(ms_to_nanos(service));
+        // Saturating: a service time beyond 584 years (ms_to_nanos saturates) is forever;
+        // at least a nanosecond, since an answer after no time at all is a refusal at the
+        // door (`commit`).
+        let service_ns = ms_to_nanos(service).max(1);
+        let finish = start.saturating_add(service_ns);
         let after = Duration::from_nanos(finish.saturating_sub(t));
         match kind {
             Kind::Reset => Fate::Reset {
-                after: Duration::from_nanos((start - t).saturating_add(ms_to_nanos(service) / 2)),
+                after: Duration::from_nanos((start - t).saturating_add((service_ns / 2).max(1))),
             },
             Kind::Hang => Fate::Hang { after },
             Kind::Status(status, retry_after_s) => Fate::Answer {
@@ -371,6 +376,27 @@ mod tests {
         assert_eq!(after, [100, 100, 200, 200, 0, 0]);
         assert!(matches!(fates[4], Fate::Answer { status: 503, .. }));
         assert_eq!(u.counts().refused, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_queue_free_workers_still_serve() {
+        let text = "name = \"t\"\nrps = 10\nduration_s = 10\n[upstream]\nworkers = 2\nqueue = 0\n[upstream.latency]\nmedian_ms = 100\n";
+        let u = UpstreamModel::new(Arc::new(Scenario::parse(text, "t").unwrap()), 1);
+        let now = Instant::now();
+        let after: Vec<u64> = (0..4)
+            .map(|_| u.serve(now, None).after().as_millis() as u64)
+            .collect();
+        assert_eq!(after, [100, 100, 0, 0]);
+        assert_eq!((u.counts().succeeded, u.counts().refused), (2, 2));
+        // A service time that rounds to nothing is still a service, not a refusal.
+        let text = text.replace("median_ms = 100", "median_ms = 1e-300");
+        let u = UpstreamModel::new(Arc::new(Scenario::parse(&text, "t").unwrap()), 1);
+        let fate = u.serve(now, None);
+        assert!(
+            fate.is_success() && fate.after() > Duration::ZERO,
+            "{fate:?}"
+        );
+        assert_eq!((u.counts().succeeded, u.counts().refused), (1, 0));
     }
 
     #[tokio::test(start_paused = true)]

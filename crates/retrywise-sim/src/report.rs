@@ -171,6 +171,23 @@ pub fn report(
     out: &Path,
     mut on_run: impl FnMut(&str, u64),
 ) -> Result<Report, SimError> {
+    // The means are over distinct seeds: a repeated one would weigh one run twice.
+    for (i, seed) in opts.seeds.iter().enumerate() {
+        if opts.seeds[..i].contains(seed) {
+            return Err(SimError::Option {
+                field: "seeds",
+                problem: format!(
+                    "seed {seed} is given twice (the results are means over distinct seeds)"
+                ),
+            });
+        }
+    }
+    if opts.seeds.is_empty() {
+        return Err(SimError::Option {
+            field: "seeds",
+            problem: "names no seed".into(),
+        });
+    }
     std::fs::create_dir_all(out).map_err(|e| SimError::Io {
         op: format!("create {}", out.display()),
         source: e,

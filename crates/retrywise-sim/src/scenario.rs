@@ -83,6 +83,37 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     )
 }
 
+/// The shortest deadline or attempt timeout a scenario may give, ms (a microsecond):
+/// shorter ones round to a zero duration.
+pub const MIN_DURATION_MS: f64 = 1e-3;
+
+/// The most phases a scenario may have (each is checked and looked up as a run goes).
+pub const MAX_PHASES: usize = 10_000;
+
+/// The largest scenario file read, bytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A deadline or timeout in milliseconds: at least a microsecond, at most 1e9 ms.
+fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    check(
+        d,
+        |v: &f64| (MIN_DURATION_MS..=MAX_NUMBER).contains(v),
+        "must be from 0.001 ms (a microsecond) to at most 1e9 ms",
+    )
+}
+
+/// The widest lognormal shape a latency may have: at 10 a draw three deviations out is
+/// already e^30 (10^13) times the median.
+pub const MAX_SIGMA: f64 = 10.0;
+
+fn sigma<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    check(
+        d,
+        |v: &f64| (0.0..=MAX_SIGMA).contains(v),
+        "must be within [0, 10] (a lognormal's shape)",
+    )
+}
+
 fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     check(
         d,
@@ -125,6 +156,7 @@ macro_rules! opt_with {
 
 opt_with!(opt_positive, positive, f64);
 opt_with!(opt_non_negative, non_negative, f64);
+opt_with!(opt_sigma, sigma, f64);
 opt_with!(opt_probability, probability, f64);
 opt_with!(opt_at_least_one, at_least_one, u32);
 
@@ -155,8 +187,8 @@ pub struct Latency {
     /// Median service time, ms.
     #[serde(deserialize_with = "positive")]
     pub median_ms: f64,
-    /// Lognormal shape (0: constant).
-    #[serde(default, deserialize_with = "non_negative")]
+    /// Lognormal shape (0: constant; at most [`MAX_SIGMA`]).
+    #[serde(default, deserialize_with = "sigma")]
     pub sigma: f64,
     /// Probability that a reply is a straggler.
     #[serde(default, deserialize_with = "probability")]
@@ -178,7 +210,7 @@ pub struct LatencyPatch {
     #[serde(default, deserialize_with = "opt_positive")]
     pub median_ms: Option<f64>,
     /// See [`Latency::sigma`].
-    #[serde(default, deserialize_with = "opt_non_negative")]
+    #[serde(default, deserialize_with = "opt_sigma")]
     pub sigma: Option<f64>,
     /// See [`Latency::straggler_p`].
     #[serde(default, deserialize_with = "opt_probability")]
@@ -380,10 +412,10 @@ pub struct Scenario {
     #[serde(deserialize_with = "positive")]
     pub duration_s: f64,
     /// Deadline of each logical request, ms.
-    #[serde(default = "deadline", deserialize_with = "positive")]
+    #[serde(default = "deadline", deserialize_with = "duration_ms")]
     pub deadline_ms: f64,
     /// Timeout of each attempt, ms (the same for every policy).
-    #[serde(default = "attempt_timeout", deserialize_with = "positive")]
+    #[serde(default = "attempt_timeout", deserialize_with = "duration_ms")]
     pub attempt_timeout_ms: f64,
     /// How requests arrive.
     #[serde(default)]
@@ -410,12 +442,18 @@ fn attempt_timeout() -> f64 {
     2_000.0
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
-        .count()
-        + 1
+/// The line numbers of byte offsets in `text`: its newlines found once, each offset's line
+/// by a binary search (a scenario of many phases is checked in linear time).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Self {
+        Self(text.match_indices('\n').map(|(i, _)| i).collect())
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
 }
 
 impl Scenario {
@@ -451,11 +489,29 @@ impl Scenario {
             problem,
         };
         let s: Scenario = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        if s.name.trim().is_empty() || s.name.chars().any(char::is_control) {
+            return Err(err(format!(
+                "name: must be a non-empty name without control characters, got {:?}",
+                s.name
+            )));
+        }
+        if s.phases.len() > MAX_PHASES {
+            return Err(err(format!(
+                "{} phases, more than a scenario may have ({MAX_PHASES})",
+                s.phases.len()
+            )));
+        }
+        let lines = Lines::of(text);
         // A burst sends `rps` requests at once; Poisson arrivals `rps` a second for the run.
         let (requests, what) = match s.arrivals {
             Arrivals::Poisson => (s.rps * s.duration_s, "rps x duration_s"),
             Arrivals::Burst => (s.rps, "rps (a burst sends them at once)"),
         };
+        if requests.round() < 1.0 {
+            return Err(err(format!(
+                "{what} is {requests} requests: a run needs at least one"
+            )));
+        }
         if requests > MAX_REQUESTS {
             return Err(err(format!(
                 "{what} is {requests} requests, more than a run holds ({MAX_REQUESTS})"
@@ -475,7 +531,7 @@ impl Scenario {
             )));
         }
         for (i, phase) in s.phases.iter().enumerate() {
-            let line = line_of(text, phase.span().start);
+            let line = lines.line(phase.span().start);
             let p = phase.get_ref();
             if p.end_s <= p.start_s {
                 return Err(err(format!(
@@ -511,7 +567,7 @@ impl Scenario {
             }
         }
         for (i, r) in s.replica.iter().enumerate() {
-            let line = line_of(text, r.span().start);
+            let line = lines.line(r.span().start);
             if i as u32 >= s.upstream.replicas {
                 return Err(err(format!(
                     "line {line}: replica[{i}]: the upstream has only {} replicas",
@@ -537,8 +593,25 @@ impl Scenario {
             return Self::parse(text, name_or_path);
         }
         let path = Path::new(name_or_path);
-        if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|source| SimError::ReadScenario {
+        // A name with a separator or an extension is a path: a missing file is said as such.
+        let looks_like_path =
+            name_or_path.contains(['/', '\\']) || path.extension().is_some_and(|e| e == "toml");
+        if path.exists() || looks_like_path {
+            let read = |path: &Path| -> std::io::Result<String> {
+                use std::io::Read;
+                let mut text = String::new();
+                std::fs::File::open(path)?
+                    .take(MAX_FILE_BYTES + 1)
+                    .read_to_string(&mut text)?;
+                if text.len() as u64 > MAX_FILE_BYTES {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("larger than a scenario file may be ({MAX_FILE_BYTES} bytes)"),
+                    ));
+                }
+                Ok(text)
+            };
+            let text = read(path).map_err(|source| SimError::ReadScenario {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -680,6 +753,66 @@ http_503 = 0.5
 
     fn err(text: &str) -> String {
         Scenario::parse(text, "bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn what_a_run_cannot_hold_or_would_read_as_zero_is_refused_by_name() {
+        let e = err(&OK.replace("name = \"t\"", "name = \" \""));
+        assert!(e.contains("name: must be a non-empty name"), "{e}");
+        let e = err(&OK.replace("name = \"t\"", "name = \"a\\nb\""));
+        assert!(e.contains("without control characters"), "{e}");
+        // A deadline that rounds to no time at all, not "must be greater than zero" later.
+        for field in ["deadline_ms", "attempt_timeout_ms"] {
+            let e = err(&OK.replace(
+                "duration_s = 10",
+                &format!("duration_s = 10\n{field} = 1e-300"),
+            ));
+            assert!(e.contains(field) && e.contains("0.001 ms"), "{e}");
+        }
+        let e = err(&OK.replace("duration_s = 10", "duration_s = 1e-300"));
+        assert!(e.contains("a run needs at least one"), "{e}");
+        let e = err(&OK.replace("median_ms = 20", "median_ms = 20\nsigma = 1e9"));
+        assert!(e.contains("sigma") && e.contains("within [0, 10]"), "{e}");
+        // Many phases: refused past the limit, and checked in linear time below it (the
+        // line of each is found by a binary search; this took minutes when it rescanned).
+        let phase = "[[phases]]\nstart_s = 1\nend_s = 2\noutage = true\n";
+        let e = err(&format!("{OK}{}", phase.repeat(MAX_PHASES)));
+        assert!(e.contains("10002 phases, more than"), "{e}");
+        let many = format!("{OK}{}", phase.repeat(MAX_PHASES - 3));
+        assert_eq!(
+            Scenario::parse(&many, "t").unwrap().phases.len(),
+            MAX_PHASES - 1
+        );
+        let bad_last = format!("{many}[[phases]]\nstart_s = 3\nend_s = 3\noutage = true\n");
+        let line = bad_last.lines().count() - 3;
+        let e = err(&bad_last);
+        assert!(e.contains(&format!("line {line}: phases[9999]")), "{e}");
+    }
+
+    #[test]
+    fn a_path_is_read_as_one_and_no_further_than_a_scenario_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere.toml");
+        let e = Scenario::load(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, SimError::ReadScenario { .. }), "{e}");
+        assert!(e.to_string().contains("nowhere.toml"), "{e}");
+        let e = Scenario::load("stress/slowdown").unwrap_err();
+        assert!(matches!(e, SimError::ReadScenario { .. }), "{e}");
+        // A name that is no path is looked up among the built-in ones.
+        let e = Scenario::load("outages").unwrap_err();
+        assert!(e.to_string().contains("known: blips"), "{e}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(
+            &big,
+            format!("{OK}\n{}", "#".repeat(MAX_FILE_BYTES as usize)),
+        )
+        .unwrap();
+        let e = Scenario::load(big.to_str().unwrap()).unwrap_err();
+        assert!(
+            std::error::Error::source(&e)
+                .is_some_and(|s| s.to_string().contains("larger than a scenario file")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -123,13 +123,25 @@ impl Transport {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned),
                 };
-                // Read the body so the connection goes back to the pool.
-                let _ = resp.bytes().await;
+                // Read the body so the connection goes back to the pool, a chunk at a time
+                // and no further than MAX_BODY: a longer one is dropped with its connection
+                // (the simulator only needs the status), never held in memory whole.
+                let mut resp = resp;
+                let mut read = 0usize;
+                while read <= MAX_BODY {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => read += chunk.len(),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
                 Ok(reply)
             }
         }
     }
 }
+
+/// The most of a reply's body the HTTP transport reads to reuse its connection (64 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Plays a fate out in time.
 pub async fn deliver(fate: Fate) -> Result<Reply, TransportError> {

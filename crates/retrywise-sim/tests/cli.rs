@@ -167,7 +167,19 @@ fn bad_scenarios_and_options_are_named() {
     for (args, says) in [
         (
             &["run", "--scenario", "blips", "--deadline-ms", "1e22"][..],
-            "--deadline-ms must be positive, at most 1e9",
+            "--deadline-ms must be within [0.001, 1e9]",
+        ),
+        (
+            &["run", "--scenario", "blips", "--attempt-timeout-ms", "1e-7"][..],
+            "--attempt-timeout-ms must be within [0.001, 1e9]",
+        ),
+        (
+            &["run", "--scenario", "blips", "--rps", "1e-9"][..],
+            "is no request at all",
+        ),
+        (
+            &["run", "--target", "http://127.0.0.1:9/", "--rps", "1e-9"][..],
+            "--requests 1000 at --rps 0.000000001",
         ),
         (
             &["run", "--scenario", "blips", "--requests", "1000000000000"][..],
@@ -383,6 +395,11 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
         (["--eval-seed", "3"], "eval_seed"),
         (["--rounds", "0"], "`rounds`: must be at least 1"),
         (["--seed", "18446744073709551615"], "past the largest seed"),
+        (["--gate-seeds", "4294967295"], "must be within [1, 1000]"),
+        (
+            ["--gate-seed", "18446744073709551615"],
+            "gate seeds is past the largest seed",
+        ),
         (["--name", "../x"], "is not a valid model name"),
     ] {
         let bad = run(args(&bad));

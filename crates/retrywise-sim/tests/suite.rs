@@ -270,6 +270,15 @@ fn bad_run_options_are_refused() {
             ..
         })
     ));
+    // More requests in flight at once than a run's memory holds (about 6 KiB each):
+    // 100,000 a second with blips' 5 s deadline.
+    opts.requests = 1_000_000;
+    opts.rps = 100_000.0;
+    let e = run(find("none").unwrap(), &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("500000 requests would be in flight at once"),
+        "{e}"
+    );
     let e = find("nope").err().unwrap().to_string();
     assert!(e.contains("exp-full-jitter") && e.contains("oracle"), "{e}");
 }
@@ -413,4 +422,24 @@ fn drawn_phase_lengths_reach_the_runs() {
         short * 10 < written * 9,
         "1.25 s outage: {short} attempts, 10 s: {written}"
     );
+}
+
+#[test]
+fn a_report_over_no_seed_or_a_seed_twice_is_refused_before_anything_runs() {
+    use retrywise_sim::report::{ReportOptions, report};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let mut opts = ReportOptions::new(None, "none");
+    for (seeds, says) in [
+        (vec![], "names no seed"),
+        (vec![1, 2, 1], "seed 1 is given twice"),
+    ] {
+        opts.seeds = seeds;
+        let e = report(&opts, &out, |_, _| panic!("nothing runs")).unwrap_err();
+        assert!(
+            matches!(e, SimError::Option { field: "seeds", .. }) && e.to_string().contains(says),
+            "{e}"
+        );
+        assert!(!out.exists(), "nothing written");
+    }
 }

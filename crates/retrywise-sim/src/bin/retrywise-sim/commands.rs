@@ -9,7 +9,7 @@ use retrywise_sim::driver::{Mode, RunOptions};
 use retrywise_sim::generate::{GenerateOptions, generate};
 use retrywise_sim::policies::CATALOG;
 use retrywise_sim::queueing::UpstreamModel;
-use retrywise_sim::scenario::{MAX_NUMBER, MAX_REQUESTS, Scenario};
+use retrywise_sim::scenario::{MAX_NUMBER, MAX_REQUESTS, MIN_DURATION_MS, Scenario};
 
 use crate::progress::Progress;
 
@@ -272,20 +272,31 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         None => {
             let rps = args.rps.unwrap_or(100.0);
             let requests = args.requests.unwrap_or(1_000);
-            Scenario::for_target(rps, requests as f64 / rps, 10_000.0, 2_000.0)?
+            anyhow::ensure!(
+                rps.is_finite() && rps > 0.0 && rps <= MAX_NUMBER,
+                "--rps must be positive, at most 1e9, got {rps}"
+            );
+            let duration_s = requests as f64 / rps;
+            anyhow::ensure!(
+                (1..=MAX_REQUESTS as u64).contains(&requests)
+                    && duration_s <= retrywise_sim::driver::MAX_RUN_S,
+                "--requests {requests} at --rps {rps}: a run sends 1 to {MAX_REQUESTS} requests \
+                 over at most a week ({duration_s:.0} s here)"
+            );
+            Scenario::for_target(rps, duration_s, 10_000.0, 2_000.0)?
         }
     };
     if let Some(d) = args.deadline_ms {
         anyhow::ensure!(
-            d.is_finite() && d > 0.0 && d <= MAX_NUMBER,
-            "--deadline-ms must be positive, at most 1e9, got {d}"
+            (MIN_DURATION_MS..=MAX_NUMBER).contains(&d),
+            "--deadline-ms must be within [0.001, 1e9] (a microsecond to 11.6 days), got {d}"
         );
         scenario.deadline_ms = d;
     }
     if let Some(t) = args.attempt_timeout_ms {
         anyhow::ensure!(
-            t.is_finite() && t > 0.0 && t <= MAX_NUMBER,
-            "--attempt-timeout-ms must be positive, at most 1e9, got {t}"
+            (MIN_DURATION_MS..=MAX_NUMBER).contains(&t),
+            "--attempt-timeout-ms must be within [0.001, 1e9] (a microsecond to 11.6 days), got {t}"
         );
         scenario.attempt_timeout_ms = t;
     }
@@ -299,6 +310,11 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         );
         opts.rps = r;
         opts.requests = (r * scenario.duration_s).round() as u64;
+        anyhow::ensure!(
+            opts.requests >= 1 || args.requests.is_some(),
+            "--rps {r} over the scenario's {} s is no request at all: raise --rps or give --requests",
+            scenario.duration_s
+        );
     }
     if let Some(n) = args.requests {
         opts.requests = n;
@@ -630,6 +646,12 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
 pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     use retrywise_sim::report::ReportOptions;
     anyhow::ensure!(!args.seeds.is_empty(), "--seeds names no seed");
+    for (i, seed) in args.seeds.iter().enumerate() {
+        anyhow::ensure!(
+            !args.seeds[..i].contains(seed),
+            "--seeds gives seed {seed} twice (the results are means over distinct seeds)"
+        );
+    }
     // Read before the runs, so that a file that is not there or not TOML is said at once.
     let known = match (&args.known_misses, args.check) {
         (Some(path), true) => {
