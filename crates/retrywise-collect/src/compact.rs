@@ -287,6 +287,85 @@ pub struct CompactSummary {
 /// (`seg-….rejected`: no reader of segments or of NDJSON picks it up).
 pub const REJECTED: &str = ".rejected";
 
+/// A path made absolute, its `.` and `..` taken away, and the part that exists resolved
+/// (symbolic links), so that two names of one folder compare equal; the part that does
+/// not exist yet is appended as given.
+fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut plain = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                plain.pop();
+            }
+            other => plain.push(other),
+        }
+    }
+    let mut existing = plain.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return plain,
+        }
+    }
+}
+
+/// The input, the output and the archive are three folders apart: the output and the
+/// archive neither the same nor one inside the other (the dataset would hold the archived
+/// segments, and training read every row twice), and the input not the output or the
+/// archive nor inside either (its segments would be skipped as theirs, or read beside
+/// their own Parquet). The output and the archive may lie inside the input: they are
+/// skipped there.
+fn check_folders(options: &CompactOptions) -> Result<(), CollectError> {
+    let input = resolved(&options.input);
+    let output = resolved(&options.output);
+    let inside = |a: &Path, b: &Path| a.starts_with(b);
+    let say = |field: &'static str, what: String| Err(CollectError::config(field, what));
+    if inside(&input, &output) {
+        return say(
+            "input",
+            format!(
+                "{} is the output folder {} or inside it: compacted Parquet and segments must not mix",
+                options.input.display(),
+                options.output.display()
+            ),
+        );
+    }
+    if let Disposal::Archive(dir) = &options.disposal {
+        let archive = resolved(dir);
+        if inside(&archive, &output) || inside(&output, &archive) {
+            return say(
+                "archive",
+                format!(
+                    "{} and the output folder {} are the same or one holds the other: the dataset would hold the archived segments, and training read their rows twice",
+                    dir.display(),
+                    options.output.display()
+                ),
+            );
+        }
+        if inside(&input, &archive) {
+            return say(
+                "input",
+                format!(
+                    "{} is the archive folder {} or inside it",
+                    options.input.display(),
+                    dir.display()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Compacts every closed segment in the tree under `options.input` (every directory a
 /// recorder writes, at any depth) into `options.output`.
 ///
@@ -313,6 +392,7 @@ pub fn compact(
             ));
         }
     }
+    check_folders(options)?;
     std::fs::create_dir_all(&options.output)
         .map_err(|e| CollectError::io("create", &options.output, e))?;
     if let Disposal::Archive(dir) = &options.disposal {

@@ -75,7 +75,13 @@ enum Bad {
 /// Parses one line; `Err(Err(_))` for a fatal unsupported schema.
 fn parse_line(bytes: &[u8], last_unterminated: bool) -> Result<AttemptRecord, Result<Bad, String>> {
     match serde_json::from_slice::<AttemptRecord>(bytes) {
-        Ok(r) if r.schema_version.major == SchemaVersion::CURRENT.major => Ok(r),
+        // A record the schema's rules refuse (a start past the year 9999, an unknown field
+        // in a version this build knows) is malformed here as it is at ingestion: compacted,
+        // it would only be skipped by the trainer, and its segment gone.
+        Ok(r) if r.schema_version.major == SchemaVersion::CURRENT.major => match r.validate() {
+            Ok(()) => Ok(r),
+            Err(e) => Err(Ok(Bad::Malformed(e.to_string()))),
+        },
         Ok(r) => Err(Err(r.schema_version.to_string())),
         Err(e) => {
             // The slow path: find out why, to count it right.

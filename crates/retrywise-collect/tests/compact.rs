@@ -532,3 +532,71 @@ fn an_unknown_major_version_stops_and_keeps_the_segment() {
     );
     assert_eq!(segment::list(&input).unwrap().len(), 1);
 }
+
+#[test]
+fn overlapping_folders_are_refused_before_anything_moves() {
+    let root = tempfile::tempdir().unwrap();
+    let (input, output) = (root.path().join("in"), root.path().join("out"));
+    write(&input, 0..50, 1 << 20);
+    let before = segment::list(&input).unwrap().len();
+    let refused = |opts: CompactOptions, field: &str, says: &str| {
+        let err = compact(&opts, |_| ControlFlow::Continue(())).unwrap_err();
+        assert!(
+            matches!(&err, CollectError::Config { field: f, .. } if *f == field),
+            "{err}"
+        );
+        assert!(err.to_string().contains(says), "{err}");
+        assert_eq!(
+            segment::list(&input).unwrap().len(),
+            before,
+            "nothing moved"
+        );
+    };
+    let with_archive = |archive: std::path::PathBuf| {
+        let mut o = CompactOptions::new(&input, &output);
+        o.disposal = Disposal::Archive(archive);
+        o
+    };
+    // The archive is the output, inside it, or holds it: the dataset would hold the
+    // archived segments (two names of one folder included).
+    refused(
+        with_archive(output.clone()),
+        "archive",
+        "the same or one holds the other",
+    );
+    refused(
+        with_archive(output.join("old")),
+        "archive",
+        "the same or one holds the other",
+    );
+    refused(
+        with_archive(root.path().join("in/../out/x/..")),
+        "archive",
+        "the same or one holds the other",
+    );
+    let mut o = CompactOptions::new(&input, root.path().join("out/ds"));
+    o.disposal = Disposal::Archive(output.clone());
+    refused(o, "archive", "the same or one holds the other");
+    // The input is the output or the archive, or inside them.
+    refused(
+        CompactOptions::new(&input, &input),
+        "input",
+        "is the output folder",
+    );
+    refused(
+        CompactOptions::new(&input, root.path()),
+        "input",
+        "or inside it",
+    );
+    refused(
+        with_archive(input.clone()),
+        "input",
+        "is the archive folder",
+    );
+    // The output and the archive inside the input are skipped there: allowed.
+    let mut o = CompactOptions::new(&input, input.join("parquet"));
+    o.disposal = Disposal::Archive(input.join("archive"));
+    let s = go(&o);
+    assert_eq!(s.rows, 50);
+    assert_eq!(segment::list(&input.join("archive")).unwrap().len(), before);
+}
