@@ -237,7 +237,7 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("alphas must be non-negative numbers, got [1.0, -1.0]"),
+        err.contains("alphas must be non-negative numbers, at most 1e12, got [1.0, -1.0]"),
         "{err}"
     );
 

@@ -144,7 +144,11 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
         } else {
             return Err(TrainError::Input {
                 path: p.to_path_buf(),
-                problem: "does not exist".into(),
+                problem: if p.exists() {
+                    "is neither a file nor a folder (a device, a socket or a pipe)".into()
+                } else {
+                    "does not exist".into()
+                },
             });
         }
         // A pattern that matches nothing is a typo, not "nothing more to read" (a folder

@@ -273,15 +273,19 @@ pub fn initial_guess<F: Real>(
     )
 }
 
+/// The largest L2 penalty a fit takes: far beyond it every weight is shrunk to zero, and
+/// a penalty past `f32::MAX` is infinite to a single-precision fit.
+pub const MAX_ALPHA: f64 = 1e12;
+
 /// Checks the fit's options: at least one penalty, each a non-negative number, a positive
 /// tolerance, at least one iteration ([`fit`] does, and `train` before it reads anything).
 ///
 /// # Errors
 /// [`TrainError::Fit`] naming the option.
 pub fn check_options(opts: &FitOptions) -> Result<(), TrainError> {
-    if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !(a.is_finite() && *a >= 0.0)) {
+    if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !(0.0..=MAX_ALPHA).contains(a)) {
         return Err(TrainError::Fit(format!(
-            "alphas must be non-negative numbers, got {:?}",
+            "alphas must be non-negative numbers, at most 1e12, got {:?}",
             opts.alphas
         )));
     }

@@ -471,6 +471,12 @@ fn read_bounded(
     );
     progress(Step::Loaded(load.clone()));
     if rows.is_empty() {
+        // A sample of a few rows' worth may keep no call at all: say so, not "no data".
+        if sampled.sampled() && load.rows_read == 0 {
+            return Err(TrainError::NoData(format!(
+                "the sample of about {max_rows} rows (--max-rows) of the {input_rows} in the input kept no call: raise it"
+            )));
+        }
         return Err(TrainError::NoData(format!(
             "{} rows read, none usable (skipped: {:?})",
             load.rows_read, load.skipped

@@ -38,6 +38,15 @@ pub fn versions(model_dir: &Path) -> Result<Vec<u32>, TrainError> {
     Ok(out)
 }
 
+/// A staging folder, removed when dropped (a no-op once renamed into place).
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| TrainError::io("create", path, e))?;
@@ -47,11 +56,13 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 /// Whether `name` can name a model under `models`: a plain folder name (not empty, not
-/// hidden, no path separators), under a `models` that is not a file — checked before any
-/// work, so neither is found only when the model is written.
+/// hidden, no path separators), under a `models` that is not a file and can be written
+/// (its nearest existing folder takes a new folder, made and removed at once) — checked
+/// before any work, so none is found only when the model is written.
 ///
 /// # Errors
-/// [`TrainError::Input`] naming the folder it would have been (or the file).
+/// [`TrainError::Input`] naming the folder it would have been (or the file), or the folder
+/// that cannot be written.
 pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
     if models.exists() && !models.is_dir() {
         return Err(TrainError::Input {
@@ -63,6 +74,30 @@ pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
         return Err(TrainError::Input {
             path: models.join(name),
             problem: "is not a valid model name (a plain folder name: not empty, not starting with a dot, no slashes)".into(),
+        });
+    }
+    let dir = models.join(name);
+    let nearest = dir
+        .ancestors()
+        .find(|a| a.is_dir() || a.as_os_str().is_empty())
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .unwrap_or(Path::new("."));
+    if let Err(e) = tempfile::Builder::new()
+        .prefix(".probe-")
+        .tempdir_in(nearest)
+    {
+        return Err(TrainError::Input {
+            problem: format!(
+                "cannot be written ({} refuses a new folder: {e})",
+                nearest.display()
+            ),
+            path: dir.clone(),
         });
     }
     Ok(())
@@ -96,9 +131,16 @@ pub fn write_new_version(
                 problem: "holds version 4294967295: no version number is left".into(),
             })?;
         artifact.version = version;
-        let staging = dir.join(format!(".staging-{version}-{}", std::process::id()));
+        // A staging folder of its own (two trainers in one process once shared one by
+        // name, and one's clean-up could delete the other's files before its rename),
+        // removed when dropped: after a failed write, or an empty name once renamed.
+        static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staging = dir.join(format!(".staging-{version}-{}-{n}", std::process::id()));
+        // (A leftover of this name is a crashed run's of the same pid: its own.)
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir(&staging).map_err(|e| TrainError::io("create", &staging, e))?;
+        let staging_dir = Staging(staging.clone());
         write_file(&staging.join("model.json"), artifact.to_json().as_bytes())?;
         let metrics = serde_json::to_string_pretty(&serde_json::json!({
             "name": artifact.name,
@@ -111,24 +153,20 @@ pub fn write_new_version(
         write_file(&staging.join("report.html"), report_html.as_bytes())?;
         let target = dir.join(version.to_string());
         if target.exists() {
-            let _ = std::fs::remove_dir_all(&staging);
             continue;
         }
         match std::fs::rename(&staging, &target) {
             Ok(()) => {
+                // Renamed: nothing is left for the staging folder's clean-up to remove.
+                drop(staging_dir);
                 if let Ok(d) = std::fs::File::open(&dir) {
                     let _ = d.sync_all();
                 }
                 return Ok((version, target));
             }
             // Someone else took the number between the check and the rename.
-            Err(_) if target.exists() => {
-                let _ = std::fs::remove_dir_all(&staging);
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                return Err(TrainError::io("rename", &staging, e));
-            }
+            Err(_) if target.exists() => {}
+            Err(e) => return Err(TrainError::io("rename", &staging, e)),
         }
     }
     Err(TrainError::Input {
@@ -194,4 +232,61 @@ pub fn fingerprint(files: &[InputFile]) -> Result<String, TrainError> {
         }
     }
     Ok(format!("blake3:{}", h.finalize().to_hex()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> ModelArtifact {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/1");
+        load_artifact(&dir).unwrap()
+    }
+
+    /// Trainers racing in one process (and so with one pid) each get a version of their
+    /// own, whole: a staging folder is never shared, nor removed under another writer.
+    #[test]
+    fn writers_racing_in_one_process_each_write_a_whole_version() {
+        let root = tempfile::tempdir().unwrap();
+        let models = root.path().join("models");
+        let versions: Vec<u32> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut a = shipped();
+                        write_new_version(&models, "m", &mut a, "<html></html>")
+                            .unwrap()
+                            .0
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=8).collect::<Vec<_>>(), "{versions:?}");
+        for v in 1..=8 {
+            let dir = models.join("m").join(v.to_string());
+            assert_eq!(load_artifact(&dir).unwrap().version, v);
+            for f in ["metrics.json", "report.html"] {
+                assert!(dir.join(f).is_file(), "{}", dir.join(f).display());
+            }
+        }
+        let left: Vec<_> = std::fs::read_dir(models.join("m"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "staging folders left: {left:?}");
+    }
+
+    #[test]
+    fn a_models_folder_that_cannot_be_written_is_found_before_any_work() {
+        let e = check_name(Path::new("/proc/retrywise-models"), "m").unwrap_err();
+        assert!(e.to_string().contains("cannot be written"), "{e}");
+        let root = tempfile::tempdir().unwrap();
+        check_name(&root.path().join("not/yet/there"), "m").unwrap();
+        assert!(!root.path().join("not").exists(), "the check makes nothing");
+    }
 }

@@ -1389,6 +1389,16 @@ fn training_samples_an_input_larger_than_max_rows_and_says_so() {
     assert_eq!(t.artifact.training["sample"]["input_rows"], 20_000);
     let html = std::fs::read_to_string(t.dir.join("report.html")).unwrap();
     assert!(!html.contains("Sampled:"));
+    // A sample so small that it keeps no call says that, not "no data" (these calls'
+    // draws, fixed by their ids, keep none of them at a share of 1 in 20,000).
+    o.max_rows = 1;
+    let e = train(&o, &mut quiet).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "the sample of about 1 rows (--max-rows) of the 20000 in the input kept no call"
+        ),
+        "{e}"
+    );
     // The default reads inputs of up to two million rows whole.
     assert_eq!(
         TrainOptions::new(vec![], &models, "x").max_rows,
@@ -1449,6 +1459,14 @@ fn bad_options_are_refused_before_anything_is_read() {
             Box::new(|o: &mut TrainOptions| o.models.set_file_name("file")),
             "is a file, not a models folder",
         ),
+        (
+            Box::new(|o: &mut TrainOptions| o.fit.alphas = vec![1.0, 1e300]),
+            "at most 1e12",
+        ),
+        (
+            Box::new(|o: &mut TrainOptions| o.models = "/proc/retrywise/models".into()),
+            "cannot be written",
+        ),
     ] {
         let mut o = opts(&missing, &models);
         edit(&mut o);
@@ -1457,6 +1475,22 @@ fn bad_options_are_refused_before_anything_is_read() {
     }
     assert_eq!(read, 0, "nothing was read");
     assert!(!models.exists());
+}
+
+/// Input that is neither a file nor a folder (a device) is named as such, not as missing.
+#[test]
+fn a_device_given_as_data_is_named_for_what_it_is() {
+    let e = data::resolve(&["/dev/null".to_owned()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/dev/null") && e.contains("neither a file nor a folder"),
+        "{e}"
+    );
+    let e = data::resolve(&["/no/such/data".to_owned()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
 }
 
 /// A call id is any u64 (the schema's, and ingestion's): one beyond `i64::MAX` (a client
