@@ -177,6 +177,20 @@ fn bad_scenarios_and_options_are_named() {
             &["run", "--scenario", "blips", "--rps", "1e-9"][..],
             "is no request at all",
         ),
+        // Where the result would go is checked before the work, not after it.
+        (
+            &["run", "--scenario", "blips", "--plot", "/proc/board.svg"][..],
+            "--plot /proc/board.svg",
+        ),
+        (
+            &[
+                "generate",
+                "--scale=-1",
+                "--out",
+                "/tmp/retrywise-never-made/x",
+            ][..],
+            "--scale must be a positive number",
+        ),
         (
             &["run", "--target", "http://127.0.0.1:9/", "--rps", "1e-9"][..],
             "--requests 1000 at --rps 0.000000001",
@@ -190,6 +204,7 @@ fn bad_scenarios_and_options_are_named() {
         assert!(!out.status.success(), "{args:?}");
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
     }
+    assert!(!std::path::Path::new("/tmp/retrywise-never-made").exists());
 
     let out = retrywise(&["run", "--scenario", "no-such-scenario"]);
     assert!(

@@ -300,6 +300,9 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
         );
         scenario.attempt_timeout_ms = t;
     }
+    if let Some(path) = &args.plot {
+        writable(path).with_context(|| format!("--plot {}", path.display()))?;
+    }
     let scenario = Arc::new(scenario);
     let mut opts = RunOptions::new(Arc::clone(&scenario));
     opts.seed = args.seed;
@@ -451,6 +454,11 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
         "--out {} is a file, not a folder",
         args.out.display()
     );
+    anyhow::ensure!(
+        args.scale.is_finite() && args.scale > 0.0,
+        "--scale must be a positive number, got {}",
+        args.scale
+    );
     let work = tempfile_dir(&args.out)?;
     let mut opts = GenerateOptions::new(&args.out, &work);
     opts.scale = args.scale;
@@ -477,6 +485,21 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
         summary.bytes,
         args.out.display()
     );
+    Ok(())
+}
+
+/// Whether a file can be written at `path`, found before the work whose result it would
+/// hold: opened for appending (created, and removed again, when it is not there yet).
+fn writable(path: &std::path::Path) -> anyhow::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .context("cannot be written")?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 
