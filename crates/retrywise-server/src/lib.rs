@@ -18,9 +18,12 @@
 //! ([`models`]). The features come from `retrywise::features`, the encoder the trainer used;
 //! the request schemas of the OpenAPI document come from the attempt schema.
 //!
-//! Inside: `state` (the shared state and [`Service`]), `router` (routes and limits),
-//! `middleware` (request ids, metrics, the token, shedding), `api`, `ingest` and [`oip`]
-//! (handlers), `openapi`, `poller` (model hot swap), `serve` (start and stop).
+//! Inside: `state` (the shared state and [`Service`]), [`config`] (defaults, file,
+//! environment, flags), `router` (routes and limits), `middleware` (request ids, metrics,
+//! the token, shedding), `extract` (bodies read and refused by name), [`api`], `ingest`
+//! and [`oip`] (handlers), [`fleet`] (each target's health, circuit, limit and hedge
+//! delay), [`shared`] (that view shared between replicas through Redis), [`metrics`],
+//! `openapi`, `poller` (model hot swap), `serve` (start and stop).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -1817,3 +1817,53 @@ async fn a_version_holding_another_models_name_is_refused() {
     );
     assert_eq!(v["serving"], json!(["default/1"]));
 }
+
+/// README's reference tables cannot drift from the service: every route of the OpenAPI
+/// document (as `METHOD path`), every metric `/metrics` exposes, and every setting with its
+/// variable is named there.
+#[tokio::test]
+async fn the_readme_names_every_route_metric_and_setting() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let h = Harness::new(|_| {}).await;
+    let (_, doc) = h.get("/openapi.json").await;
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 16, "{}", paths.len());
+    for (path, methods) in paths {
+        for method in methods.as_object().expect("methods").keys() {
+            let route = format!("`{} {path}`", method.to_uppercase());
+            assert!(readme.contains(&route), "README does not name {route}");
+        }
+    }
+    // A family shows on /metrics once it has a value: a prediction, decisions (one by the
+    // rules' fallback) and an ingested record give most of them one.
+    let ctx = json!({"target": "t", "attempt": 2, "error": "http_503"});
+    h.post("/v1/predict", &json!({ "context": ctx }).to_string())
+        .await;
+    h.post("/v1/decide", &json!({ "context": ctx }).to_string())
+        .await;
+    let body = serde_json::to_string(&[record("t", true, 1)]).unwrap();
+    assert_eq!(h.post("/v1/attempts", &body).await.0, StatusCode::ACCEPTED);
+    let (_, m) = h.get("/metrics").await;
+    let names: Vec<&str> = m
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 20, "{names:?}");
+    for name in names {
+        assert!(
+            readme.contains(&format!("`{name}")),
+            "README does not name {name}"
+        );
+    }
+    for (var, key) in retrywise_server::config::ENV {
+        assert!(
+            readme.contains(&format!("| `{key}` | `{var}` |")),
+            "README's settings table does not give {key} ({var})"
+        );
+    }
+}

@@ -3,8 +3,10 @@
 //! A laboratory for retry policies: a fault-injecting upstream configured by scenario
 //! files ([`scenario`], [`queueing`]), an open-loop load driver ([`driver`]) that runs the
 //! same retrywise policies ([`policies`]) in virtual time (deterministic, fast) or over
-//! HTTP on loopback, a scoreboard ([`score`]) and plots ([`plot`]), and the generator of
-//! training data ([`generate`]).
+//! HTTP on loopback ([`transport`], [`server`]: the upstream served on a port), a
+//! scoreboard ([`score`]) and plots ([`plot`]), the generator of training data
+//! ([`generate`]), the learning loop ([`learn`]: record, train, gate, serve), the results
+//! report ([`report`]) and the choice of the model that decides best ([`select`]).
 //!
 //! ```
 //! use std::sync::Arc;
