@@ -1,6 +1,7 @@
 //! Three replicas of the service sharing their fleet view through a real Redis: a
 //! `redis-server` started on a free loopback port (these tests say why and return where the
-//! binary is not installed; `.ci/run` installs it, so CI always runs them).
+//! binary is not installed; `.ci/run` installs it and sets `RETRYWISE_REQUIRE_REDIS`, so
+//! CI always runs them: there a missing binary fails them).
 //!
 //! - attempts ingested at one replica move the failure rate the other two report;
 //! - a circuit opened by evidence posted to one replica is open at the other two;
@@ -57,6 +58,11 @@ impl Redis {
     /// Starts one, or says why it cannot and gives `None`.
     async fn start() -> Option<Self> {
         let Some(bin) = redis_binary() else {
+            // CI installs it and says so: there a missing binary fails, never skips.
+            assert!(
+                std::env::var_os("RETRYWISE_REQUIRE_REDIS").is_none(),
+                "RETRYWISE_REQUIRE_REDIS is set and redis-server is not installed"
+            );
             eprintln!(
                 "SKIPPED: redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
             );

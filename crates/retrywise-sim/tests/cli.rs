@@ -596,26 +596,21 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
     let exact = known(&missed);
     let ok = run(&["--check", "--known-misses", exact.to_str().expect("utf-8")]);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
-    // An unlisted miss fails, naming it.
-    if let Some(m) = missed.first() {
-        let none = known(&[]);
-        let bad = run(&["--check", "--known-misses", none.to_str().expect("utf-8")]);
-        assert!(!bad.status.success());
-        assert!(
-            text(&bad.stderr).contains(m.as_str()),
-            "{}",
-            text(&bad.stderr)
-        );
-    }
-    // A met target listed as a miss fails: the file must stay true.
-    if let Some(m) = met.first() {
-        let stale = known(&[missed.clone(), vec![m.clone()]].concat());
+    // Contention's three are met on these seeds (docs/results/results.md): none may be
+    // listed as a miss. (An unlisted miss failing the check is `Report::check`'s unit
+    // test, `a_miss_must_be_known_and_a_known_miss_must_be_missed`.)
+    assert!(
+        missed.is_empty() && met.len() == 3,
+        "met {met:?}, missed {missed:?}"
+    );
+    for m in &met {
+        let stale = known(std::slice::from_ref(m));
         let bad = run(&["--check", "--known-misses", stale.to_str().expect("utf-8")]);
-        assert!(!bad.status.success());
+        assert!(!bad.status.success(), "{m}");
+        let err = text(&bad.stderr);
         assert!(
-            text(&bad.stderr).contains("listed as a known miss"),
-            "{}",
-            text(&bad.stderr)
+            err.contains("listed as a known miss") && err.contains(m.as_str()),
+            "{err}"
         );
     }
     // With runs to judge it on, the model's calibration joins the targets: one over every

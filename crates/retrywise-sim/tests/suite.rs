@@ -376,10 +376,25 @@ fn the_adaptive_policy_runs_with_and_without_a_model() {
         let r = run(spec, &opts).unwrap();
         let with = score(&r, &opts.scenario, opts.rps);
         assert!(r.outcomes.iter().all(|o| o.attempts <= 6), "{scenario}");
-        assert!(
-            with.success_rate > 0.0 && without.success_rate > 0.0,
-            "{scenario}"
+        // With a model or without, its retries serve more than none at all; and a 400 is
+        // never retried: the calls that end on one are those that end on one without
+        // retries (every such call gets it on its first attempt).
+        let none = score(
+            &run(find("none").unwrap(), &opts).unwrap(),
+            &opts.scenario,
+            opts.rps,
         );
+        for (who, s) in [("with", &with), ("without", &without)] {
+            assert!(
+                s.success_rate > none.success_rate + 0.02,
+                "{scenario} {who}: {s:?} against none's {none:?}"
+            );
+            assert_eq!(
+                s.stops.get("not_retryable"),
+                none.stops.get("not_retryable"),
+                "{scenario} {who}"
+            );
+        }
         if scenario != "permanent" {
             // Where retries matter, the model's decisions are not the rules'.
             assert!(

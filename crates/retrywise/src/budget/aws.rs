@@ -551,11 +551,23 @@ mod tests {
             l.on_response(at(3000 + i * 10), false);
         }
         assert!(l.rate() > cut, "{} vs {cut}", l.rate());
+        // ... and plateaus there: some 100 answers a second, however long they go on.
+        for i in 401..=3000 {
+            l.on_response(at(3000 + i * 10), false);
+        }
+        let measured = l.lock().measured;
+        assert!((90.0..=110.0).contains(&measured), "{measured}");
+        assert!(
+            (l.rate() - 2.0 * measured).abs() < 1e-9,
+            "{} against {measured}",
+            l.rate()
+        );
     }
 
     proptest! {
         /// Whatever the answers, the quota stays within its capacity, the limiter's rate at
-        /// or above its floor, and every wait finite.
+        /// or above its floor and at most twice the measured send rate, and every wait
+        /// finite.
         #[test]
         fn invariants_hold(events in proptest::collection::vec((0u64..50, any::<bool>(), 1u32..5, any::<bool>()), 1..300)) {
             let q = RetryQuota::default();
@@ -573,6 +585,12 @@ mod tests {
                 }
                 l.on_response(t, throttled);
                 prop_assert!(l.rate() >= MIN_RATE && l.rate().is_finite());
+                // CUBIC grows the rate back, never above twice the send rate measured.
+                let measured = l.lock().measured;
+                prop_assert!(
+                    l.rate() <= (MAX_ADJUST * measured).max(MIN_RATE) + 1e-9,
+                    "{} against {measured}", l.rate()
+                );
             }
         }
     }

@@ -222,9 +222,11 @@ async fn an_open_breaker_stops_the_call_before_it_is_made() {
         .open_for(Duration::from_secs(10))
         .build()
         .unwrap();
+    let rec = Arc::new(MemoryRecorder::new(100));
     let p = Policy::builder("b")
         .retry(retry(10, 1))
         .breaker(breaker.clone())
+        .recorder(rec.clone())
         .build()
         .unwrap();
     let n = AtomicU32::new(0);
@@ -240,6 +242,8 @@ async fn an_open_breaker_stops_the_call_before_it_is_made() {
         4,
         "the breaker opened after 4 failures"
     );
+    // A record per request sent, none for the ones the breaker refused.
+    assert_eq!(rec.take().len(), 4);
     assert_eq!(err.reason, StopReason::CircuitOpen);
     assert!(matches!(err.last, AttemptError::CircuitOpen(_)));
     let err = p
@@ -247,6 +251,7 @@ async fn an_open_breaker_stops_the_call_before_it_is_made() {
         .await
         .unwrap_err();
     assert_eq!(err.attempts, 0);
+    assert!(rec.take().is_empty(), "a refused call is not a request");
 }
 
 /// A breaker over the last 4 calls, opened by 4 failures for `open`, one probe in
@@ -336,9 +341,11 @@ async fn callers_waiting_on_half_open_probes_poll_until_it_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn the_budget_stops_retry_storms() {
+    let rec = Arc::new(MemoryRecorder::new(100));
     let p = Policy::builder("b")
         .retry(retry(10, 1))
         .budget(TokenBucket::new(4, 0.1).unwrap())
+        .recorder(rec.clone())
         .build()
         .unwrap();
     let n = AtomicU32::new(0);
@@ -352,6 +359,8 @@ async fn the_budget_stops_retry_storms() {
     // 4 tokens: failures take them to 3, then 2 — no retry at or below half.
     assert_eq!(n.load(Ordering::SeqCst), 2);
     assert_eq!(err.reason, StopReason::BudgetExhausted);
+    // The two requests sent are recorded; the retry the budget refused is not.
+    assert_eq!(rec.take().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -363,10 +372,12 @@ async fn a_full_bulkhead_rejects_without_calling() {
         .unwrap();
     let held = bulkhead.try_acquire().unwrap();
     let tokens = Arc::new(TokenBucket::new(4, 0.1).unwrap());
+    let rec = Arc::new(MemoryRecorder::new(100));
     let p = Policy::builder("b")
         .retry(retry(3, 1))
         .bulkhead(bulkhead.clone())
         .shared_budget(tokens.clone())
+        .recorder(rec.clone())
         .build()
         .unwrap();
     let n = AtomicU32::new(0);
@@ -383,6 +394,7 @@ async fn a_full_bulkhead_rejects_without_calling() {
         "the operation is not asked for a request the bulkhead refused"
     );
     assert_eq!(err.reason, StopReason::BulkheadFull);
+    assert!(rec.take().is_empty(), "nor is one recorded");
     assert_eq!(
         tokens.tokens(),
         4.0,

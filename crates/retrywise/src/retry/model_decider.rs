@@ -1130,6 +1130,7 @@ mod tests {
                 panic!()
             };
             assert!(w >= Duration::from_millis(1234), "{w:?}");
+            assert!(w <= Duration::from_secs(5), "{w:?}");
         }
         // A flat model: every extra millisecond only costs, so exactly the Retry-After.
         let exact = decider(flat(0.9)).tolerance(0.0).build().unwrap();

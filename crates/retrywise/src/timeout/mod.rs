@@ -114,6 +114,24 @@ impl<F: Future> Future for Timeout<F> {
 mod tests {
     use super::*;
 
+    /// A runtime without a timer panics when a timer is armed on it: a quick future's
+    /// timeout must not arm one (nor `until`'s), and a slow one's does.
+    #[test]
+    fn a_quick_call_never_touches_the_timer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(timeout(Duration::from_secs(1), async { 7 }).await, Ok(7));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            assert_eq!(Timeout::until(async { 8 }, deadline).await, Ok(8));
+        });
+        let armed = std::panic::catch_unwind(|| {
+            rt.block_on(timeout(Duration::from_secs(1), tokio::task::yield_now()))
+        });
+        assert!(armed.is_err(), "a pending future arms the timer");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn limits_slow_futures() {
         let t0 = Instant::now();
