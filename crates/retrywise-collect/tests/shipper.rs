@@ -1,4 +1,7 @@
-//! The shipper against a local stub of the ingestion endpoint (127.0.0.1 only).
+//! The shipper against a local stub of the ingestion endpoint (127.0.0.1 only), on
+//! tokio's paused clock: its backoff, timeouts, spool retries and the stub's delays are
+//! virtual time (the clock moves only while every task waits; loopback I/O is polled
+//! before it does).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -85,7 +88,7 @@ fn config(endpoint: String) -> ShipperConfig {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn ships_every_record_in_batches() {
     let (stub, url) = stub().await;
     let shipper = ShippingRecorder::spawn(config(url)).unwrap();
@@ -106,7 +109,7 @@ async fn ships_every_record_in_batches() {
     assert_eq!(got[7], record(7), "records arrive intact");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_record_the_service_would_refuse_does_not_take_its_batch_with_it() {
     let (stub, url) = stub().await;
     let shipper = ShippingRecorder::spawn(config(url)).unwrap();
@@ -138,7 +141,7 @@ async fn a_record_the_service_would_refuse_does_not_take_its_batch_with_it() {
     assert_eq!(stub.call_ids(), [0, 1, 2, 4, 5, 7, 9]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retries_unavailable_answers_then_delivers() {
     let (stub, url) = stub().await;
     stub.fail.store(2, Ordering::SeqCst);
@@ -153,7 +156,7 @@ async fn retries_unavailable_answers_then_delivers() {
     assert_eq!(stub.requests.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn gives_up_after_its_attempts_and_says_so() {
     let (stub, url) = stub().await;
     stub.fail.store(u32::MAX, Ordering::SeqCst);
@@ -170,7 +173,7 @@ async fn gives_up_after_its_attempts_and_says_so() {
     shipper.flush().await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refused_batches_are_not_retried() {
     let (stub, url) = stub().await;
     stub.fail.store(1, Ordering::SeqCst);
@@ -182,7 +185,7 @@ async fn refused_batches_are_not_retried() {
     assert_eq!(shipper.stats().failed, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sends_the_token() {
     let (stub, url) = stub().await;
     let shipper = ShippingRecorder::spawn(ShipperConfig {
@@ -198,7 +201,7 @@ async fn sends_the_token() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn memory_is_bounded_by_the_queue() {
     let (stub, url) = stub().await;
     stub.delay_ms.store(300, Ordering::SeqCst);
@@ -219,7 +222,7 @@ async fn memory_is_bounded_by_the_queue() {
     assert_eq!(shipper.stats().shipped, s.recorded);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bad_endpoints_are_refused() {
     for bad in ["not a url", "ftp://127.0.0.1/x"] {
         let err = ShippingRecorder::spawn(ShipperConfig::new(bad)).unwrap_err();
@@ -290,7 +293,7 @@ fn spooled(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
-/// Waits (bounded: 10 s of polls) until `done` holds.
+/// Waits (bounded: 1,000 polls, 10 s of the paused clock) until `done` holds.
 async fn eventually(mut done: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if done() {
@@ -301,7 +304,7 @@ async fn eventually(mut done: impl FnMut() -> bool) {
     panic!("not within 10 s");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn batches_the_service_does_not_take_wait_in_the_spool_and_arrive_in_order() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
@@ -335,7 +338,7 @@ async fn batches_the_service_does_not_take_wait_in_the_spool_and_arrive_in_order
     assert_eq!(shipper.stats().failed, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_restarted_shipper_sends_what_its_predecessor_kept() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
@@ -365,7 +368,7 @@ async fn a_restarted_shipper_sends_what_its_predecessor_kept() {
     assert_eq!(stub.received.lock().unwrap().len(), 10);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_spooled_batch_the_service_refuses_as_invalid_is_set_aside() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
@@ -398,7 +401,7 @@ async fn a_spooled_batch_the_service_refuses_as_invalid_is_set_aside() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_full_spool_gives_up_and_says_so() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
@@ -418,7 +421,7 @@ async fn a_full_spool_gives_up_and_says_so() {
     assert!(spooled(dir.path()).is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
@@ -449,7 +452,7 @@ async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on()
     assert_eq!(shipper.stats().failed, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_spooled_batch_removed_by_hand_does_not_hold_up_the_rest() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
