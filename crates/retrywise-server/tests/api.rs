@@ -1860,6 +1860,20 @@ async fn the_readme_names_every_route_metric_and_setting() {
             "README does not name {name}"
         );
     }
+    // Requests are counted by route template, never by the raw path (a label per target
+    // or model name would grow without bound): three targets none has reported on, 404.
+    for target in ["a", "b", "c"] {
+        h.get(&format!("/v1/targets/{target}")).await;
+    }
+    let (_, m) = h.get("/metrics").await;
+    let text = m.as_str().unwrap();
+    assert!(
+        text.contains(
+            "retrywise_http_requests_total{route=\"/v1/targets/{target}\",status=\"404\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("route=\"/v1/targets/a\""), "{text}");
     for (var, key) in retrywise_server::config::ENV {
         assert!(
             readme.contains(&format!("| `{key}` | `{var}` |")),

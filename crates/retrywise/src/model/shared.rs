@@ -136,4 +136,56 @@ mod tests {
         }
         assert_ne!(decider.decide(&ctx), stop);
     }
+
+    /// The swap lands while a decision is inside the model (held there until it has):
+    /// that decision is the old model's throughout, the next one the new model's.
+    #[test]
+    fn a_swap_in_the_middle_of_a_decision_leaves_it_whole() {
+        use std::sync::Barrier;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Held {
+            inside: Barrier,
+            swapped: Barrier,
+            once: AtomicBool,
+        }
+        impl SuccessModel for Held {
+            fn p_success(&self, _: &AttemptContext) -> f64 {
+                if !self.once.swap(true, Ordering::SeqCst) {
+                    self.inside.wait();
+                    self.swapped.wait();
+                }
+                0.01
+            }
+        }
+        let held = Arc::new(Held {
+            inside: Barrier::new(2),
+            swapped: Barrier::new(2),
+            once: AtomicBool::new(false),
+        });
+        let shared = Arc::new(SharedModel::new(held.clone()));
+        let decider = ModelDecider::builder()
+            .model(shared.clone())
+            .without_calendar()
+            .build()
+            .unwrap();
+        let mut ctx = AttemptContext::first("t");
+        ctx.attempt = 2;
+        ctx.error = Some(crate::attempt::ErrorKind::Http503);
+        let during = std::thread::scope(|s| {
+            let d = s.spawn(|| decider.weigh(&ctx));
+            held.inside.wait();
+            shared.swap(Arc::new(|_: &AttemptContext| 0.99));
+            held.swapped.wait();
+            d.join().unwrap()
+        });
+        let ps: Vec<f64> = during.alternatives.iter().map(|a| a.p_success).collect();
+        assert!(ps.len() > 1 && ps.iter().all(|p| *p == 0.01), "{ps:?}");
+        assert_eq!(
+            during.explained.decision,
+            Decision::Stop(StopReason::LowSuccessProbability)
+        );
+        let after = decider.weigh(&ctx);
+        assert!(after.alternatives.iter().all(|a| a.p_success == 0.99));
+        assert!(matches!(after.explained.decision, Decision::Retry(_)));
+    }
 }
