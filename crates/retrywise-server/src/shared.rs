@@ -656,6 +656,28 @@ mod tests {
         )
     }
 
+    /// The view is answered from only while its last read worked and is at most two
+    /// cache periods and a timeout old (here 2 × 250 + 100 = 600 ms), to the millisecond.
+    #[test]
+    fn the_view_is_fresh_for_two_cache_periods_and_a_timeout_after_a_read() {
+        let f = fleet("redis://127.0.0.1:1").unwrap();
+        f.read_ms.store(10_000, Ordering::Relaxed);
+        assert!(!f.fresh(10_000), "not before a read worked");
+        f.shared.store(true, Ordering::Relaxed);
+        for (now, fresh) in [
+            (10_000, true),
+            (10_600, true),
+            (10_601, false),
+            (60_000, false),
+        ] {
+            assert_eq!(f.fresh(now), fresh, "{now}");
+        }
+        // A clock that stepped back reads as age 0, not as ancient.
+        assert!(f.fresh(9_000));
+        f.shared.store(false, Ordering::Relaxed);
+        assert!(!f.fresh(10_000), "a failed read falls back at once");
+    }
+
     #[test]
     fn unwritten_counts_merge_and_the_view_is_not_answered_from_before_a_read() {
         let f = fleet("redis://127.0.0.1:1").unwrap();
