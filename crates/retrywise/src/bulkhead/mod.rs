@@ -187,6 +187,47 @@ mod tests {
         );
     }
 
+    /// A waiter dropped after room was handed to it, before it ran (its caller timed
+    /// out, its client left), gives the room back; one dropped while still queued leaves
+    /// the queue. Either way the bulkhead keeps its whole capacity.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_dropped_in_the_queue_keeps_no_room() {
+        let model = Arc::new(|_: &crate::attempt::AttemptContext| 0.5);
+        let b = Bulkhead::builder("b")
+            .max_concurrent(1)
+            .max_wait(Duration::from_secs(60))
+            .shed_by(model, 2)
+            .build()
+            .unwrap();
+        let held = b.try_acquire().unwrap();
+        let wait = |b: &Bulkhead| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let ctx = crate::attempt::AttemptContext::first("b");
+                b.acquire_for(&ctx).await.map(drop)
+            })
+        };
+        // Still queued when dropped: it leaves the queue.
+        let gone = wait(&b);
+        settle(|| b.queued() == 0).await;
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        assert_eq!(b.queued(), 0, "a dropped waiter leaves the queue");
+        // Handed the room, then dropped before it ran: the room comes back.
+        let handed = wait(&b);
+        settle(|| b.queued() == 0).await;
+        drop(held);
+        handed.abort();
+        assert!(handed.await.unwrap_err().is_cancelled());
+        assert_eq!(b.metrics().active, 0, "{:?}", b.metrics());
+        let again = b.try_acquire();
+        assert!(again.is_ok(), "the room came back");
+        // ...and nobody is left in the queue to take room meant for a newcomer.
+        drop(again);
+        let m = b.metrics();
+        assert_eq!((m.active, m.available), (0, 1), "{m:?}");
+    }
+
     #[test]
     fn a_shedding_queue_needs_a_place() {
         let model = Arc::new(|_: &crate::attempt::AttemptContext| 0.5);

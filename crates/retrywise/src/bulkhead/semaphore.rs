@@ -95,6 +95,31 @@ pub struct BulkheadMetrics {
     pub avg_execution_time: Duration,
 }
 
+/// A call waiting in a shedding bulkhead's queue. Until its wait is settled, dropping it
+/// takes it out of the queue — or, when room was handed to it meanwhile (under the queue's
+/// lock, so one or the other holds), gives that room back: otherwise a slot would stay
+/// taken for good by a call that never ran.
+struct Waiting<'a> {
+    bulkhead: &'a Bulkhead,
+    id: u64,
+    room: tokio::sync::oneshot::Receiver<()>,
+    settled: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let Some(q) = &self.bulkhead.shared.shed else {
+            return;
+        };
+        if !q.leave_queue(self.id) && self.room.try_recv().is_ok() {
+            self.bulkhead.release();
+        }
+    }
+}
+
 impl Bulkhead {
     /// A builder: 25 concurrent calls and a 100 ms wait unless set.
     pub fn builder(name: impl Into<Arc<str>>) -> BulkheadBuilder {
@@ -161,11 +186,22 @@ impl Bulkhead {
         let granted = match q.join(&s.gate, q.p(ctx)) {
             Queued::Entered => true,
             Queued::Shed => false,
-            Queued::Waiting { id, mut room } => {
-                match tokio::time::timeout(s.max_wait, &mut room).await {
+            Queued::Waiting { id, room } => {
+                // Dropped while waiting (the caller's own timeout, a client gone), the
+                // guard takes the call out of the queue, or gives back the room handed to
+                // it that it will never use.
+                let mut wait = Waiting {
+                    bulkhead: self,
+                    id,
+                    room,
+                    settled: false,
+                };
+                let given = tokio::time::timeout(s.max_wait, &mut wait.room).await;
+                wait.settled = true;
+                match given {
                     Ok(given) => given.is_ok(),
                     // Out of time: out of the queue, unless room came meanwhile.
-                    Err(_) => !q.leave_queue(id) && room.try_recv().is_ok(),
+                    Err(_) => !q.leave_queue(id) && wait.room.try_recv().is_ok(),
                 }
             }
         };
@@ -190,6 +226,12 @@ impl Bulkhead {
             Some(p) => Ok(p),
             None => self.acquire_after_refusal_for(Some(ctx)).await,
         }
+    }
+
+    /// Calls waiting in a shedding bulkhead's queue.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.shared.shed.as_ref().map_or(0, |q| q.queued())
     }
 
     /// Gives a holder's room back: to the likeliest waiter when it sheds by prediction.

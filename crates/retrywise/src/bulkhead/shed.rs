@@ -114,6 +114,12 @@ impl ShedQueue {
         Queued::Waiting { id, room: rx }
     }
 
+    /// Calls waiting now.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
     /// Takes waiter `id` out of the queue (its wait ran out); false if it was no longer
     /// there (given room or shed meanwhile).
     pub(crate) fn leave_queue(&self, id: u64) -> bool {
