@@ -342,6 +342,11 @@ impl<C> Policy<C> {
                     tokio::time::sleep(wait).await;
                     attempt_start = Instant::now();
                 }
+                // The limiter's waits may have taken what was left of the deadline.
+                if p.attempt_timeout_at(ctx, start, attempt_start) == Some(Duration::ZERO) {
+                    let reason = p.stopped(StopReason::Deadline);
+                    return refused(number - 1, reason, AttemptError::Throttled);
+                }
             }
             let admitted = loop {
                 match p.permit() {
@@ -352,6 +357,16 @@ impl<C> Policy<C> {
                             Some(deadline) if start.elapsed() + wait < deadline => {
                                 tokio::time::sleep(wait).await;
                                 attempt_start = Instant::now();
+                                if p.attempt_timeout_at(ctx, start, attempt_start)
+                                    == Some(Duration::ZERO)
+                                {
+                                    let reason = p.stopped(StopReason::Deadline);
+                                    return refused(
+                                        number - 1,
+                                        reason,
+                                        AttemptError::CircuitOpen(open),
+                                    );
+                                }
                             }
                             _ if p.decide_refused => {
                                 // Nothing was sent: the retry decision weighs waiting it
@@ -369,6 +384,17 @@ impl<C> Policy<C> {
                                             && planned.delay < r
                                         {
                                             planned.delay += r;
+                                            // Pushed past the deadline: no attempt.
+                                            if p.decider.attempt_timeout(&planned)
+                                                == Some(Duration::ZERO)
+                                            {
+                                                let reason = p.stopped(StopReason::Deadline);
+                                                return refused(
+                                                    number - 1,
+                                                    reason,
+                                                    AttemptError::CircuitOpen(open),
+                                                );
+                                            }
                                         }
                                         break Err(planned);
                                     }
@@ -404,7 +430,9 @@ impl<C> Policy<C> {
                     continue;
                 }
             };
-            let ended = self.attempt(&mut op, ctx, call_id, attempt_start).await;
+            let ended = self
+                .attempt(&mut op, ctx, call_id, start, attempt_start)
+                .await;
             p.settle(
                 ctx,
                 permit,
@@ -445,6 +473,7 @@ impl<C> Policy<C> {
         op: &mut F,
         ctx: &AttemptContext,
         call_id: u64,
+        call_start: Instant,
         attempt_start: Instant,
     ) -> Ended<T, E>
     where
@@ -454,7 +483,7 @@ impl<C> Policy<C> {
     {
         let p = &*self.inner;
         let number = ctx.attempt;
-        let timeout = p.decider.attempt_timeout(ctx);
+        let timeout = p.attempt_timeout_at(ctx, call_start, attempt_start);
         match &p.hedge {
             None => {
                 let make = || op(Attempt { number, hedge: 0 });

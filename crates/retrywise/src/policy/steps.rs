@@ -123,6 +123,29 @@ impl Inner {
         })
     }
 
+    /// The timeout of the attempt in `ctx` sent at `at`, for the call begun at `start`:
+    /// the decider's, counted from when it is really sent. Waits the plan did not include
+    /// (the rate limiter's, the breaker's) took time from the deadline: then the context is
+    /// read as of `at`. `Some(ZERO)`: no time is left, and nothing may be sent.
+    pub(super) fn attempt_timeout_at(
+        &self,
+        ctx: &AttemptContext,
+        start: Instant,
+        at: Instant,
+    ) -> Option<Duration> {
+        let planned = ctx.elapsed.saturating_add(ctx.delay);
+        let actual = at.saturating_duration_since(start);
+        // (Within a millisecond of the plan: the decision's own time; read as planned, so
+        // that the usual attempt copies no context.)
+        if actual <= planned + Duration::from_millis(1) {
+            return self.decider.attempt_timeout(ctx);
+        }
+        let mut late = ctx.clone();
+        late.elapsed = actual;
+        late.delay = Duration::ZERO;
+        self.decider.attempt_timeout(&late)
+    }
+
     /// A breaker permit for the next attempt, if the policy has a breaker.
     #[inline]
     pub(super) fn permit(&self) -> Result<Option<Permit<&CircuitBreaker>>, CircuitOpen> {

@@ -1051,6 +1051,83 @@ async fn waiting_out_a_refusal_is_budgeted_as_a_retry() {
     assert_eq!(quota.available(), 5);
 }
 
+/// A refused call's wait is pushed to when the circuit lets calls through again: past
+/// the call's deadline, nothing is sent (it used to send an attempt with no time left,
+/// which failed at once and took a probe's place).
+#[tokio::test(start_paused = true)]
+async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
+    let rules = RetryRules::builder()
+        .max_attempts(10)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let p = Policy::builder("refused")
+        .retry(rules)
+        .breaker(open_breaker(Duration::from_secs(10)))
+        .decide_when_refused(true)
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let (r, report) = p
+        .call_with_report(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>("served") }
+        })
+        .await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::Deadline));
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
+    assert_eq!(t0.elapsed(), Duration::ZERO, "it did not wait for nothing");
+    // With time for the circuit's 10 s, it waits them out and is served.
+    let rules = RetryRules::builder()
+        .max_attempts(10)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let p = Policy::builder("refused")
+        .retry(rules)
+        .breaker(open_breaker(Duration::from_secs(10)))
+        .decide_when_refused(true)
+        .build()
+        .unwrap();
+    let (r, _) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>("served") })
+        .await;
+    assert_eq!(r.unwrap(), "served");
+}
+
+/// Waiting for the breaker within the caller's own bound, a call whose retry rules give it
+/// less time sends nothing once that time is spent, rather than an attempt with no time.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_wait_past_the_rules_deadline_sends_nothing() {
+    let rules = RetryRules::builder()
+        .max_attempts(3)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let p = Policy::builder("refused")
+        .retry(rules)
+        .breaker(open_breaker(Duration::from_secs(5)))
+        .wait_for_breaker(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let (r, report) = p
+        .call_with_report(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>("served") }
+        })
+        .await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::Deadline));
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_the_decider_would_not_retry_fails_with_the_circuit() {
     // One attempt only: a refusal leaves nothing to wait for.
