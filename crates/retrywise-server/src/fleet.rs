@@ -226,7 +226,8 @@ impl Fleet {
                 return None;
             }
         }
-        let health = HealthTracker::new(self.window).ok()?;
+        // Unstriped: a service keeps these per target, up to `max_targets` of them.
+        let health = HealthTracker::unstriped(self.window).ok()?;
         let mut breaker = CircuitBreaker::builder(Arc::clone(target));
         if let Some(p) = &self.prediction {
             breaker = breaker.predict(p.clone());
@@ -240,6 +241,7 @@ impl Fleet {
             })
             .latency_window(self.window)
             .no_budget()
+            .unstriped()
             .build()
             .ok()?;
         let t = Arc::new(Target {

@@ -281,6 +281,24 @@ impl HealthTracker {
     /// # Errors
     /// A window shorter than 10 ms.
     pub fn new(window: Duration) -> Result<Self, ConfigError> {
+        Self::build(window, RollingLatency::new)
+    }
+
+    /// A tracker over the last `window` whose latencies are kept unstriped: each one an
+    /// atomic add to one shared row rather than a plain store in its thread's own, in 1/17
+    /// of the memory (some 10 KiB instead of 165 KiB) — for a process that keeps one per
+    /// target (a service's fleet view) rather than one per hot path.
+    ///
+    /// # Errors
+    /// A window shorter than 10 ms.
+    pub fn unstriped(window: Duration) -> Result<Self, ConfigError> {
+        Self::build(window, RollingLatency::unstriped)
+    }
+
+    fn build(
+        window: Duration,
+        latency: fn(Duration) -> RollingLatency,
+    ) -> Result<Self, ConfigError> {
         if window < Duration::from_millis(10) {
             return Err(CHECK.err("window", format!("must be at least 10 ms, got {window:?}")));
         }
@@ -292,7 +310,7 @@ impl HealthTracker {
             buckets: Default::default(),
             sums: Default::default(),
             // Its origin is the tracker's: a call's end is read once, in nanoseconds since it.
-            latency: RollingLatency::new(window / 2),
+            latency: latency(window / 2),
             p95_cache: AtomicU64::new(0),
             permanents: Default::default(),
             last_success_ms: AtomicU64::new(0),

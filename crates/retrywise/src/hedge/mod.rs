@@ -244,6 +244,7 @@ impl Hedge {
             window: Duration::from_secs(10),
             budget: Some((0.05, DEFAULT_MIN_HEDGES_PER_SEC)),
             model: None,
+            unstriped: false,
         }
     }
 
@@ -532,6 +533,7 @@ pub struct HedgeBuilder {
     window: Duration,
     budget: Option<(f64, u32)>,
     model: Option<Arc<dyn SuccessModel>>,
+    unstriped: bool,
 }
 
 impl fmt::Debug for HedgeBuilder {
@@ -542,6 +544,7 @@ impl fmt::Debug for HedgeBuilder {
             .field("window", &self.window)
             .field("budget", &self.budget)
             .field("predicts", &self.model.is_some())
+            .field("unstriped", &self.unstriped)
             .finish()
     }
 }
@@ -596,6 +599,15 @@ impl HedgeBuilder {
         self
     }
 
+    /// Keeps the latency histogram unstriped: each latency an atomic add to one shared
+    /// row rather than a plain store in its thread's own, in 1/17 of the memory (some
+    /// 10 KiB instead of 165 KiB) — for a process that keeps a hedge per target (a
+    /// service's fleet view) rather than one per hot path. Defaults to striped.
+    pub fn unstriped(mut self) -> Self {
+        self.unstriped = true;
+        self
+    }
+
     /// Checks and builds.
     ///
     /// # Errors
@@ -630,7 +642,11 @@ impl HedgeBuilder {
             shared: Arc::new(Shared {
                 max_hedges: self.max_hedges,
                 delay: self.delay,
-                latencies: RollingLatency::new(self.window),
+                latencies: if self.unstriped {
+                    RollingLatency::unstriped(self.window)
+                } else {
+                    RollingLatency::new(self.window)
+                },
                 cached_nanos: AtomicU64::new(u64::MAX),
                 records: AtomicU64::new(0),
                 next_refresh: AtomicU64::new(0),
