@@ -248,8 +248,10 @@ pub(crate) fn unknown_model(
             "model: the default model `{name}` (setting `default_model`) is not serving (serving: {serving}); name one with `model`"
         ));
     }
+    // (The name as given may be a megabyte: the answer quotes its first 256 characters.)
     ApiError::not_found(format!(
-        "model: unknown model `{name}` (serving: {serving})"
+        "model: unknown model `{}` (serving: {serving})",
+        truncate_name(name)
     ))
 }
 

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{body, content_type, is_json, is_ndjson, parse, parse_value};
+use crate::extract::{body, content_type, is_json, is_ndjson, parse};
 use crate::openapi::MAX_BATCH;
 
 /// What ingestion did.
@@ -69,12 +69,16 @@ fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
             }
         }
     } else if is_json(ct) {
-        let items: Vec<serde_json::Value> = parse(bytes, || "body".into()).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{} (expected a JSON array of attempt records)",
-                e.message()
-            ))
-        })?;
+        // Each record kept as its text and read by the record's own deserializer, as an
+        // NDJSON line is: read into `Value` maps first, a duplicated key kept its last
+        // value silently (an NDJSON line with one is refused).
+        let items: Vec<Box<serde_json::value::RawValue>> =
+            parse(bytes, || "body".into()).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{} (expected a JSON array of attempt records)",
+                    e.message()
+                ))
+            })?;
         // A JSON array is bounded as the OpenAPI document says; NDJSON only by the body
         // limit (shippers send large batches that way).
         if items.len() > MAX_BATCH {
@@ -85,7 +89,7 @@ fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
         }
         for (i, v) in items.into_iter().enumerate() {
             let at = || format!("[{i}]");
-            match parse_value::<AttemptRecord>(&v, at)
+            match parse::<AttemptRecord>(v.get().as_bytes(), at)
                 .map_err(|e| e.message())
                 .and_then(|r| check_record(r, at))
             {

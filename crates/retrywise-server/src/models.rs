@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use retrywise::attempt::AttemptContext;
-use retrywise::model::{LogisticModel, ModelArtifact, SuccessModel};
+use retrywise::model::{LogisticModel, MAX_ARTIFACT_BYTES, ModelArtifact, SuccessModel};
 
 /// One loaded model version.
 #[derive(Debug)]
@@ -82,6 +82,29 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// A `model.json`'s text: a regular file (a pipe would block the reload for as long as
+/// nothing writes to it) of at most [`MAX_ARTIFACT_BYTES`].
+fn read_artifact(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", file.display());
+    if !std::fs::metadata(file).map_err(cannot)?.is_file() {
+        return Err(format!("{} is not a regular file", file.display()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .map_err(cannot)?
+        .take(MAX_ARTIFACT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_ARTIFACT_BYTES {
+        return Err(format!(
+            "{} is larger than a model artifact may be ({MAX_ARTIFACT_BYTES} bytes)",
+            file.display()
+        ));
+    }
+    Ok(text)
+}
+
 fn load_version(
     path: &Path,
     name: &str,
@@ -89,8 +112,7 @@ fn load_version(
     stamp: (u64, Option<SystemTime>),
 ) -> Result<LoadedModel, String> {
     let file = path.join("model.json");
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let text = read_artifact(&file)?;
     let artifact =
         ModelArtifact::from_json(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     if artifact.name != name {

@@ -1881,3 +1881,113 @@ async fn the_readme_names_every_route_metric_and_setting() {
         );
     }
 }
+
+/// Bodies the service cannot read as sent are refused at once and by what is wrong: a
+/// duplicated key in a record of a JSON array (as in an NDJSON line), a compressed body
+/// (415), a Content-Length over the limit (413 before any of the body is read), and a
+/// huge model name is quoted only in part.
+#[tokio::test]
+async fn bodies_it_cannot_read_as_sent_are_refused_by_what_is_wrong() {
+    let h = Harness::new(|c| c.body_limit = 4096).await;
+    let good = serde_json::to_string(&record("t", true, 1)).unwrap();
+    let dup = good.replacen(
+        "\"outcome\":\"success\"",
+        "\"outcome\":\"success\",\"outcome\":\"permanent\"",
+        1,
+    );
+    assert_ne!(dup, good);
+    let (s, v) = h.post("/v1/attempts", &format!("[{dup}]")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate field `outcome`"),
+        "{v}"
+    );
+    let (s, _) = h.post("/v1/attempts", &format!("[{good}]")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    // Compressed, or claiming to be.
+    for (path, body) in [
+        (
+            "/v1/predict",
+            r#"{"context": {"target": "t", "attempt": 1}}"#.to_owned(),
+        ),
+        ("/v1/attempts", format!("[{good}]")),
+    ] {
+        for enc in ["gzip", "br"] {
+            let (s, _, v) = h
+                .call(
+                    Request::post(path)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .header(header::CONTENT_ENCODING, enc)
+                        .body(Body::from(body.clone()))
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path} {enc}: {v}");
+            assert!(
+                v["error"].as_str().unwrap().contains("Content-Encoding"),
+                "{v}"
+            );
+        }
+    }
+    // A Content-Length past the limit is answered before a body that never comes.
+    let (s, _, v) = h
+        .call(
+            Request::post("/v1/attempts")
+                .header(header::CONTENT_TYPE, "application/x-ndjson")
+                .header(header::CONTENT_LENGTH, "5000000")
+                .body(Body::from_stream(futures_never()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // An unknown model's name is quoted in part.
+    let name = "m".repeat(3_000);
+    let (s, v) = h
+        .post(
+            "/v1/predict",
+            &json!({"model": name, "context": {"target": "t", "attempt": 1}}).to_string(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        v["error"].as_str().unwrap().len() < 1_000,
+        "{}",
+        v["error"].as_str().unwrap().len()
+    );
+}
+
+/// A body that never sends a byte: answered or dropped before it is read.
+fn futures_never() -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::pending()
+}
+
+/// A `model.json` that is a pipe (a read would block the reload until something writes
+/// to it) is refused as not a regular file, and the version serving keeps serving.
+#[tokio::test]
+async fn a_model_file_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    let h = Harness::new(|_| {}).await;
+    let v2 = h.models.join("default/2");
+    std::fs::create_dir_all(&v2).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(v2.join("model.json"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let report = tokio::time::timeout(Duration::from_secs(10), h.service.reload())
+        .await
+        .expect("the reload does not wait on the pipe")
+        .unwrap();
+    assert!(report.loaded.is_empty(), "{report:?}");
+    assert!(
+        report
+            .failed
+            .iter()
+            .any(|(n, v, why)| n == "default" && *v == 2 && why.contains("is not a regular file")),
+        "{report:?}"
+    );
+    let (_, v) = h.get("/v1/models/default").await;
+    assert_eq!(v["version"], 1, "{v}");
+}

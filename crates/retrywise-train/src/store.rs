@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use retrywise::model::ModelArtifact;
+use retrywise::model::{MAX_ARTIFACT_BYTES, ModelArtifact};
 
 use crate::TrainError;
 use crate::data::InputFile;
@@ -185,7 +185,25 @@ pub fn load_artifact(path: &Path) -> Result<ModelArtifact, TrainError> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|e| TrainError::io("read", &file, e))?;
+    // A regular file of at most MAX_ARTIFACT_BYTES: a pipe would block, a link to an
+    // endless device read without end.
+    let meta = std::fs::metadata(&file).map_err(|e| TrainError::io("read", &file, e))?;
+    if !meta.is_file() {
+        return Err(TrainError::Input {
+            path: file,
+            problem: "is not a regular file".into(),
+        });
+    }
+    let mut text = String::new();
+    std::fs::File::open(&file)
+        .and_then(|f| f.take(MAX_ARTIFACT_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| TrainError::io("read", &file, e))?;
+    if text.len() as u64 > MAX_ARTIFACT_BYTES {
+        return Err(TrainError::Input {
+            path: file,
+            problem: format!("is larger than a model artifact may be ({MAX_ARTIFACT_BYTES} bytes)"),
+        });
+    }
     let artifact = ModelArtifact::from_json(&text).map_err(|source| TrainError::Model {
         path: file.clone(),
         source,

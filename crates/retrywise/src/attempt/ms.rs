@@ -2,30 +2,37 @@
 
 use std::time::Duration;
 
-/// Converts milliseconds to a duration, rounded to the nanosecond, refusing negative or
-/// non-finite values.
+/// Converts milliseconds to a duration, rounded to the nanosecond, refusing negative,
+/// non-finite and larger values than [`MAX_MS`](super::schema::MAX_MS) (about 31.7 years:
+/// the schema's bound for every duration), each named with the number as given.
 ///
 /// The one conversion from milliseconds on the wire — records, NDJSON, Parquet, the HTTP
 /// API — so every path builds the same `Duration` from the same number: an integral
 /// number gives exactly `Duration::from_millis`, and a duration written with
 /// [`duration_to_ms`] reads back unchanged (below 2⁵³ ns, about 104 days).
 pub fn ms_to_duration(ms: f64) -> Result<Duration, String> {
+    use super::schema::{MAX_MS, shown};
     if !ms.is_finite() {
         return Err(format!(
-            "expected a finite number of milliseconds, got {ms}"
+            "expected a finite number of milliseconds, got {}",
+            shown(ms)
         ));
     }
     if ms < 0.0 {
         return Err(format!(
-            "expected a non-negative number of milliseconds, got {ms}"
+            "expected a non-negative number of milliseconds, got {}",
+            shown(ms)
         ));
     }
-    let nanos = (ms * 1e6).round();
-    // u64::MAX as f64 rounds up to 2^64, itself out of range.
-    if nanos >= u64::MAX as f64 {
-        return Err(format!("{ms} milliseconds does not fit in a duration"));
+    // Checked on the number given, not on the duration it would round to (1e12 + 1 read
+    // back as 1000000000000.9999).
+    if ms > MAX_MS {
+        return Err(format!(
+            "must be at most {MAX_MS:e} milliseconds (about 31.7 years), got {}",
+            shown(ms)
+        ));
     }
-    Ok(Duration::from_nanos(nanos as u64))
+    Ok(Duration::from_nanos((ms * 1e6).round() as u64))
 }
 
 /// Milliseconds of a duration as `f64` (what records and the HTTP API carry).
@@ -37,4 +44,33 @@ pub fn duration_to_ms(d: Duration) -> f64 {
 /// snapshots, whose wire names end in `_ms`).
 pub(crate) fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(duration_to_ms(*d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_number_as_given() {
+        for (ms, says) in [
+            (f64::NAN, "finite number of milliseconds, got NaN"),
+            (-1e-300, "non-negative number of milliseconds, got -1e-300"),
+            (
+                1e308,
+                "at most 1e12 milliseconds (about 31.7 years), got 1e308",
+            ),
+            (
+                1e12 + 1.0,
+                "at most 1e12 milliseconds (about 31.7 years), got 1000000000001",
+            ),
+        ] {
+            let e = ms_to_duration(ms).unwrap_err();
+            assert!(e.contains(says), "{ms}: {e}");
+        }
+        assert_eq!(
+            ms_to_duration(1e12).unwrap(),
+            Duration::from_secs(1_000_000_000)
+        );
+        assert_eq!(ms_to_duration(2.5).unwrap(), Duration::from_micros(2500));
+    }
 }

@@ -38,18 +38,29 @@ impl fmt::Display for SchemaVersion {
 
 /// The text is not `MAJOR.MINOR`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid schema version `{0}`: expected MAJOR.MINOR, e.g. 1.0")]
+#[error(
+    "invalid schema version `{0}`: expected MAJOR.MINOR, each 0 to 9999 without leading zeros, e.g. 1.0"
+)]
 pub struct InvalidSchemaVersion(pub String);
 
 impl FromStr for SchemaVersion {
     type Err = InvalidSchemaVersion;
 
+    /// Only the canonical form, as this crate writes it and the OpenAPI schema's pattern
+    /// allows: `1.4`, never `01.4`, `1.04`, `+1.4` or `1.10000` (each read as a version,
+    /// and written back as another text, would disagree with a reader of the pattern).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || InvalidSchemaVersion(s.chars().take(32).collect());
+        let number = |part: &str| -> Option<u16> {
+            let canonical = (1..=4).contains(&part.len())
+                && part.bytes().all(|b| b.is_ascii_digit())
+                && (part == "0" || !part.starts_with('0'));
+            canonical.then(|| part.parse().ok()).flatten()
+        };
         let (major, minor) = s.split_once('.').ok_or_else(bad)?;
         Ok(SchemaVersion {
-            major: major.parse().map_err(|_| bad())?,
-            minor: minor.parse().map_err(|_| bad())?,
+            major: number(major).ok_or_else(bad)?,
+            minor: number(minor).ok_or_else(bad)?,
         })
     }
 }
@@ -256,8 +267,26 @@ mod tests {
                 minor: 13
             }
         );
-        for bad in ["1", "1.x", "", "a.b", "1.0.0"] {
+        for bad in [
+            "1", "1.x", "", "a.b", "1.0.0", "01.4", "1.04", "+1.4", "1.+4", "1.10000", " 1.4",
+            "1.4 ", "-1.4", "1.",
+        ] {
             assert!(bad.parse::<SchemaVersion>().is_err(), "{bad}");
+        }
+        for good in ["0.0", "1.0", "1.4", "1.9999", "9999.10"] {
+            let v: SchemaVersion = good.parse().unwrap();
+            assert_eq!(v.to_string(), good, "read and written back alike");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever text is read as a version is the text the version writes: the parser
+        /// takes exactly the canonical form (and so the OpenAPI pattern's).
+        #[test]
+        fn a_version_read_is_written_back_as_its_text(s in "[-+0-9.]{0,8}") {
+            if let Ok(v) = s.parse::<SchemaVersion>() {
+                proptest::prop_assert_eq!(v.to_string(), s);
+            }
         }
     }
 

@@ -613,7 +613,10 @@ impl Field {
             // Only the major this build reads: another is refused.
             s.insert(
                 "pattern".into(),
-                json!(format!(r"^{}\.[0-9]{{1,4}}$", SchemaVersion::CURRENT.major)),
+                json!(format!(
+                    r"^{}\.(0|[1-9][0-9]{{0,3}})$",
+                    SchemaVersion::CURRENT.major
+                )),
             );
         }
         let unit = if self.unit.is_empty() {

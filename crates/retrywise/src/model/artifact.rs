@@ -12,6 +12,11 @@ use crate::features::{self, FEATURE_SET, N_FEATURES};
 /// The artifact format this crate reads and writes.
 pub const ARTIFACT_FORMAT: &str = "retrywise-model";
 
+/// The largest `model.json` a reader takes, bytes (64 MiB; a trained model is some
+/// 120 KiB): a larger file is not an artifact, and one without end (a link to
+/// `/dev/zero`) must not be read whole.
+pub const MAX_ARTIFACT_BYTES: u64 = 64 << 20;
+
 /// The artifact schema version this crate writes; it reads any `1.x`.
 pub const ARTIFACT_SCHEMA: &str = "1.0";
 

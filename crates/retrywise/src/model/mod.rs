@@ -14,7 +14,7 @@ mod shared;
 
 pub use artifact::{
     ARTIFACT_FORMAT, ARTIFACT_SCHEMA, FeatureSpec, LOGISTIC, LabelSpec, LogisticModel,
-    ModelArtifact, ModelError, POSITIVE_LABEL, Regularization, Scaler, sigmoid,
+    MAX_ARTIFACT_BYTES, ModelArtifact, ModelError, POSITIVE_LABEL, Regularization, Scaler, sigmoid,
 };
 pub use shared::SharedModel;
 
