@@ -343,6 +343,12 @@ impl Bulkhead {
     }
 
     /// Reports a call that took `took` and started with `in_flight` calls in flight.
+    /// Whether its limit follows the calls' latency ([`BulkheadBuilder::adaptive`]): then
+    /// every holder should [`finish`](BulkheadPermit::finish) with its call's.
+    pub(crate) fn adapts(&self) -> bool {
+        self.shared.adaptive.is_some()
+    }
+
     fn report(&self, failed: bool, took: Duration, in_flight: u32) {
         let s = &*self.shared;
         if let Some(limit) = &s.adaptive {

@@ -200,6 +200,16 @@ impl Shared {
         slot.1 += 1;
         true
     }
+
+    /// Takes back a hedge [`spend`](Self::spend) counted at `now` and that was not sent.
+    fn unspend(&self, now: Instant) {
+        let p = self.latencies.period_of(now);
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut sent[(p % 2) as usize];
+        if slot.0 == p {
+            slot.1 = slot.1.saturating_sub(1);
+        }
+    }
 }
 
 /// A point-in-time view of a [`Hedge`].
@@ -500,7 +510,14 @@ impl Hedge {
                     continue;
                 }
                 let now = Instant::now();
-                if ctx.is_some_and(|c| !self.worth_sending(c)) || !s.spend(now) || !may_send(now) {
+                if ctx.is_some_and(|c| !self.worth_sending(c)) || !s.spend(now) {
+                    may_hedge = false;
+                    continue;
+                }
+                // The caller's budget refused it: no hedge was sent, and none is counted
+                // against the hedge budget (it went on refusing hedges for a window).
+                if !may_send(now) {
+                    s.unspend(now);
                     may_hedge = false;
                     continue;
                 }

@@ -37,7 +37,10 @@ impl<S> Layer<S> for BulkheadLayer {
 
 /// A service behind a bulkhead. Room is taken in `call`: at once when there is some (the
 /// request goes straight to the inner service); otherwise the future waits up to the
-/// bulkhead's maximum wait with its own clone of the inner service.
+/// bulkhead's maximum wait with its own clone of the inner service. With an adaptive limit
+/// ([`crate::bulkhead::BulkheadBuilder::adaptive`]) each call's latency and failure go to
+/// it when the call ends, as [`crate::policy::Policy`] reports them; a fixed limit reads no
+/// clock.
 #[derive(Debug, Clone)]
 pub struct BulkheadService<S> {
     inner: S,
@@ -65,6 +68,7 @@ where
                 state: State::Admitted {
                     fut: self.inner.call(req),
                     permit: Some(permit),
+                    started: self.bulkhead.adapts().then(tokio::time::Instant::now),
                 },
             };
         }
@@ -84,8 +88,12 @@ where
                         .acquire_owned_after_refusal()
                         .await
                         .map_err(Error::new)?;
+                    let started = bulkhead.adapts().then(tokio::time::Instant::now);
                     let out = oneshot(svc, req).await.map_err(Error::new);
-                    drop(permit);
+                    match started {
+                        Some(t) => permit.finish(out.is_err(), t.elapsed()),
+                        None => drop(permit),
+                    }
                     out
                 }),
             },
@@ -108,6 +116,8 @@ pin_project! {
             #[pin]
             fut: F,
             permit: Option<OwnedBulkheadPermit>,
+            // When the call began, for an adaptive limit (none for a fixed one).
+            started: Option<tokio::time::Instant>,
         },
         Waiting {
             fut: BoxFuture<Result<T, Error>>,
@@ -127,9 +137,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Admitted { fut, permit } => {
+            StateProj::Admitted {
+                fut,
+                permit,
+                started,
+            } => {
                 let out = std::task::ready!(fut.poll(cx));
-                drop(permit.take());
+                match (permit.take(), started.take()) {
+                    (Some(p), Some(t)) => p.finish(out.is_err(), t.elapsed()),
+                    (p, _) => drop(p),
+                }
                 Poll::Ready(out.map_err(Error::new))
             }
             StateProj::Waiting { fut } => fut.as_mut().poll(cx),

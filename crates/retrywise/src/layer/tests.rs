@@ -95,6 +95,45 @@ async fn bulkhead_layer_waits_then_rejects() {
     assert_eq!(bulkhead.metrics().rejected_calls, 1);
 }
 
+/// Through the layer, an adaptive limit hears of each call's latency and failure as it
+/// does through a `Policy`: its limit moves, and the bulkhead's metrics count them.
+#[tokio::test(start_paused = true)]
+async fn bulkhead_layer_reports_calls_to_an_adaptive_limit() {
+    use crate::bulkhead::AdaptiveLimit;
+    let bulkhead = Bulkhead::builder("b")
+        .adaptive(
+            AdaptiveLimit::builder()
+                .initial(4)
+                .bounds(1, 100)
+                .build()
+                .unwrap(),
+        )
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let svc = BulkheadLayer::new(bulkhead.clone()).layer(service_fn(|fail: bool| async move {
+        tokio::time::sleep(10 * MS).await;
+        if fail {
+            Err(io::Error::other("failed"))
+        } else {
+            Ok(())
+        }
+    }));
+    // Calls that keep the limit full, fast: the limit grows.
+    for round in 0..50 {
+        let calls: Vec<_> = (0..bulkhead.metrics().max_concurrent)
+            .map(|i| tokio::spawn(svc.clone().oneshot(round == 0 && i == 0)))
+            .collect();
+        for c in calls {
+            let _ = c.await.unwrap();
+        }
+    }
+    let m = bulkhead.metrics();
+    assert!(m.max_concurrent > 4, "{m:?}");
+    assert_eq!(m.failed_calls, 1, "{m:?}");
+    assert_eq!(m.avg_execution_time, 10 * MS, "{m:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn timeout_layer() {
     let slow = service_fn(|d: u64| async move {

@@ -815,6 +815,35 @@ async fn hedges_are_throttled_by_the_token_bucket() {
     );
 }
 
+/// A hedge the retry budget refuses was not sent: the hedge budget does not count it
+/// either (it went on refusing hedges for a window after the retry budget recovered).
+#[tokio::test(start_paused = true)]
+async fn a_hedge_the_retry_budget_refuses_spends_no_hedge_budget() {
+    let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
+    for _ in 0..5 {
+        bucket.record(false);
+    }
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(5 * MS))
+        .budget(0.0, 1)
+        .build()
+        .unwrap();
+    let p = Policy::builder("a6")
+        .retry(retry(1, 1))
+        .shared_budget(bucket.clone())
+        .hedge(hedge)
+        .build()
+        .unwrap();
+    assert_eq!(requests_of_a_20ms_call(&p).await, 1, "half empty: no hedge");
+    assert_eq!(p.hedge().unwrap().metrics().window_hedges, 0);
+    for _ in 0..10 {
+        bucket.record(true);
+    }
+    // The hedge budget's one hedge a second is still there to spend.
+    assert_eq!(requests_of_a_20ms_call(&p).await, 2);
+    assert_eq!(p.hedge().unwrap().metrics().window_hedges, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hedge_follows_a_failed_primary_at_once() {
     let hedge = Hedge::builder()
