@@ -304,6 +304,7 @@ impl BreakerBuilder {
                 max,
             } => {
                 CHECK.positive("open_duration", *initial)?;
+                CHECK.positive("open_duration", *max)?;
                 CHECK.in_range("open_duration", *multiplier, 1.0, 1e6)?;
                 if initial > max {
                     return Err(CHECK.err(

@@ -445,6 +445,14 @@ mod tests {
                 }),
                 "open_duration",
             ),
+            (
+                small().open_duration(OpenDuration::Exponential {
+                    initial: MS,
+                    multiplier: 2.0,
+                    max: Duration::MAX,
+                }),
+                "open_duration",
+            ),
             (CircuitBreaker::builder(""), "name"),
         ];
         assert!(

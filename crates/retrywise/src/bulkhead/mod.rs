@@ -228,6 +228,47 @@ mod tests {
         assert_eq!((m.active, m.available), (0, 1), "{m:?}");
     }
 
+    /// A task still queued when the pool's runtime shuts down is lost to the shutdown,
+    /// and said so (`Closed`), not reported as a panic.
+    #[test]
+    fn a_queued_task_lost_to_a_shutdown_is_closed_not_panicked() {
+        let pool_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool = PoolBulkhead::builder("p")
+            .workers(1)
+            .queue(4)
+            .runtime(pool_rt.handle().clone())
+            .build()
+            .unwrap();
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        caller.block_on(async move {
+            let (hold, held) = tokio::sync::oneshot::channel::<()>();
+            let p = pool.clone();
+            let busy = tokio::spawn(async move { p.execute(async move { held.await.ok() }).await });
+            let p = pool.clone();
+            let queued = tokio::spawn(async move { p.execute(async { 5 }).await });
+            for _ in 0..1_000_000 {
+                let m = pool.metrics();
+                if m.active == 1 && m.queued == 1 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let m = pool.metrics();
+            assert_eq!((m.active, m.queued), (1, 1), "{m:?}");
+            pool_rt.shutdown_background();
+            assert!(matches!(queued.await.unwrap(), Err(PoolError::Closed(_))));
+            assert!(matches!(busy.await.unwrap(), Err(PoolError::Closed(_))));
+            drop(hold);
+        });
+    }
+
     #[test]
     fn a_shedding_queue_needs_a_place() {
         let model = Arc::new(|_: &crate::attempt::AttemptContext| 0.5);

@@ -139,12 +139,12 @@ impl PoolBulkhead {
         T: Send + 'static,
     {
         let s = &*self.shared;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel::<Option<T>>();
         let job: Job = Box::pin(async move {
-            // A panicking task must not take its worker down; the caller hears of it.
-            if let Ok(out) = AssertUnwindSafe(task).catch_unwind().await {
-                let _ = tx.send(out);
-            }
+            // A panicking task must not take its worker down; the caller hears of it
+            // (`None`). A job dropped unrun (the runtime shut down) sends nothing.
+            let out = AssertUnwindSafe(task).catch_unwind().await.ok();
+            let _ = tx.send(out);
         });
         match s.tx.try_send(job) {
             Ok(()) => {}
@@ -165,8 +165,11 @@ impl PoolBulkhead {
                 return Err(PoolError::Closed(Arc::clone(&s.name)));
             }
         }
-        rx.await
-            .map_err(|_| PoolError::Panicked(Arc::clone(&s.name)))
+        match rx.await {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => Err(PoolError::Panicked(Arc::clone(&s.name))),
+            Err(_) => Err(PoolError::Closed(Arc::clone(&s.name))),
+        }
     }
 
     /// A snapshot of the pool.
