@@ -287,23 +287,28 @@ pub struct CompactSummary {
 /// (`seg-….rejected`: no reader of segments or of NDJSON picks it up).
 pub const REJECTED: &str = ".rejected";
 
-/// A path made absolute, its `.` and `..` taken away, and the part that exists resolved
-/// (symbolic links), so that two names of one folder compare equal; the part that does
-/// not exist yet is appended as given.
+/// A path made absolute with every part that exists resolved (symbolic links, `.`, and
+/// `..` from where a link led), so that two names of one folder compare equal; the part
+/// that does not exist yet is appended as given (its own `..` taken lexically).
 fn resolved(path: &Path) -> PathBuf {
     use std::path::Component;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut plain = PathBuf::new();
+    let mut at = PathBuf::new();
     for c in abs.components() {
         match c {
             Component::CurDir => {}
             Component::ParentDir => {
-                plain.pop();
+                // `..` of a link is the parent of where it leads.
+                if let Ok(real) = at.canonicalize() {
+                    at = real;
+                }
+                at.pop();
             }
-            other => plain.push(other),
+            other => at.push(other),
         }
     }
-    let mut existing = plain.as_path();
+    // The longest part that exists, resolved; the rest as given.
+    let mut existing = at.as_path();
     let mut rest = Vec::new();
     loop {
         if let Ok(real) = existing.canonicalize() {
@@ -314,7 +319,7 @@ fn resolved(path: &Path) -> PathBuf {
                 rest.push(name.to_os_string());
                 existing = parent;
             }
-            _ => return plain,
+            _ => return at,
         }
     }
 }

@@ -577,6 +577,15 @@ fn overlapping_folders_are_refused_before_anything_moves() {
     let mut o = CompactOptions::new(&input, root.path().join("out/ds"));
     o.disposal = Disposal::Archive(output.clone());
     refused(o, "archive", "the same or one holds the other");
+    // Through a link: `..` of a link is the parent of where it leads (`l` leads to `a/b`,
+    // so `l/../../out/z` is `out/z`; read as text it would be outside the root).
+    std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+    std::os::unix::fs::symlink(root.path().join("a/b"), root.path().join("l")).unwrap();
+    refused(
+        with_archive(root.path().join("l/../../out/z")),
+        "archive",
+        "the same or one holds the other",
+    );
     // The input is the output or the archive, or inside them.
     refused(
         CompactOptions::new(&input, &input),

@@ -286,7 +286,7 @@ impl HealthTracker {
 
     /// A tracker over the last `window` whose latencies are kept unstriped: each one an
     /// atomic add to one shared row rather than a plain store in its thread's own, in 1/17
-    /// of the memory (some 10 KiB instead of 165 KiB) — for a process that keeps one per
+    /// of the memory (some 10 KiB instead of 161 KiB) — for a process that keeps one per
     /// target (a service's fleet view) rather than one per hot path.
     ///
     /// # Errors

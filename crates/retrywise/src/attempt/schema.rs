@@ -740,7 +740,7 @@ macro_rules! field {
 /// Every field, in wire order (the order records are written and columns stored).
 pub static FIELDS: [Field; 27] = [
     field!("schema_version", Record, Version, Presence::Required, unit "", range NO_RANGE, min_len 0, since 0,
-        "`MAJOR.MINOR` of the schema the record was written with; readers refuse unknown majors and accept any minor",
+        "`MAJOR.MINOR` of the schema the record was written with, each 0 to 9999 without leading zeros (`1.4`); readers refuse unknown majors and accept any minor",
         Record { get: |r| Value::Version(r.schema_version), set: |r, v| if let Value::Version(x) = v { r.schema_version = x } }),
     field!("started_at_ms", Record, UInt64, Presence::Required, unit "ms since the Unix epoch", range (None::<f64>, Some(LAST_MS_OF_9999)), min_len 0, since 0,
         "Wall-clock start of the attempt (at most the last millisecond of 9999-12-31 UTC: the day it names is a `YYYY-MM-DD` partition)",

@@ -618,7 +618,7 @@ impl HedgeBuilder {
 
     /// Keeps the latency histogram unstriped: each latency an atomic add to one shared
     /// row rather than a plain store in its thread's own, in 1/17 of the memory (some
-    /// 10 KiB instead of 165 KiB) — for a process that keeps a hedge per target (a
+    /// 10 KiB instead of 161 KiB) — for a process that keeps a hedge per target (a
     /// service's fleet view) rather than one per hot path. Defaults to striped.
     pub fn unstriped(mut self) -> Self {
         self.unstriped = true;

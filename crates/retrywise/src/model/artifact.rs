@@ -307,12 +307,12 @@ impl ModelArtifact {
             });
         }
         if let Some(w) = self.features.health_window_ms
-            && !(w.is_finite() && w > 0.0)
+            && !(w.is_finite() && w > 0.0 && w <= crate::attempt::schema::MAX_MS)
         {
             return Err(ModelError::Value {
                 field: "features.health_window_ms".into(),
                 problem: format!(
-                    "{} is not a positive number of milliseconds",
+                    "{} is not a positive number of milliseconds, at most 1e12",
                     crate::attempt::schema::shown(w)
                 ),
             });

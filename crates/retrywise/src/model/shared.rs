@@ -138,31 +138,37 @@ mod tests {
     }
 
     /// The swap lands while a decision is inside the model (held there until it has):
-    /// that decision is the old model's throughout, the next one the new model's.
+    /// that decision is the old model's throughout, the next one the new model's. (Each
+    /// hand-over waits at most 10 s: a decider that stopped asking the model fails this.)
     #[test]
     fn a_swap_in_the_middle_of_a_decision_leaves_it_whole() {
-        use std::sync::Barrier;
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Mutex;
+        use std::sync::mpsc::{Receiver, Sender, channel};
+        use std::time::Duration as D;
         struct Held {
-            inside: Barrier,
-            swapped: Barrier,
-            once: AtomicBool,
+            inside: Mutex<Option<Sender<()>>>,
+            swapped: Mutex<Receiver<()>>,
         }
         impl SuccessModel for Held {
             fn p_success(&self, _: &AttemptContext) -> f64 {
-                if !self.once.swap(true, Ordering::SeqCst) {
-                    self.inside.wait();
-                    self.swapped.wait();
+                if let Some(tell) = self.inside.lock().unwrap().take() {
+                    tell.send(()).unwrap();
+                    self.swapped
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(D::from_secs(10))
+                        .expect("swapped within 10 s");
                 }
                 0.01
             }
         }
+        let (tell_inside, inside) = channel();
+        let (tell_swapped, swapped) = channel();
         let held = Arc::new(Held {
-            inside: Barrier::new(2),
-            swapped: Barrier::new(2),
-            once: AtomicBool::new(false),
+            inside: Mutex::new(Some(tell_inside)),
+            swapped: Mutex::new(swapped),
         });
-        let shared = Arc::new(SharedModel::new(held.clone()));
+        let shared = Arc::new(SharedModel::new(held));
         let decider = ModelDecider::builder()
             .model(shared.clone())
             .without_calendar()
@@ -173,9 +179,11 @@ mod tests {
         ctx.error = Some(crate::attempt::ErrorKind::Http503);
         let during = std::thread::scope(|s| {
             let d = s.spawn(|| decider.weigh(&ctx));
-            held.inside.wait();
+            inside
+                .recv_timeout(D::from_secs(10))
+                .expect("the decision asked the model within 10 s");
             shared.swap(Arc::new(|_: &AttemptContext| 0.99));
-            held.swapped.wait();
+            tell_swapped.send(()).unwrap();
             d.join().unwrap()
         });
         let ps: Vec<f64> = during.alternatives.iter().map(|a| a.p_success).collect();

@@ -338,14 +338,17 @@ impl<C> Policy<C> {
             let ctx = next.as_ref().unwrap_or(&p.first);
             let number = ctx.attempt;
             if p.limiter.is_some() {
-                while let Err(wait) = p.limit(Instant::now()) {
+                loop {
+                    let now = Instant::now();
+                    let Err(wait) = p.limit(now) else { break };
+                    // A wait that takes what is left of the deadline is not waited: the
+                    // call stops now, and takes no token it could not use.
+                    if p.attempt_timeout_at(ctx, start, now + wait) == Some(Duration::ZERO) {
+                        let reason = p.stopped(StopReason::Deadline);
+                        return refused(number - 1, reason, AttemptError::Throttled);
+                    }
                     tokio::time::sleep(wait).await;
                     attempt_start = Instant::now();
-                }
-                // The limiter's waits may have taken what was left of the deadline.
-                if p.attempt_timeout_at(ctx, start, attempt_start) == Some(Duration::ZERO) {
-                    let reason = p.stopped(StopReason::Deadline);
-                    return refused(number - 1, reason, AttemptError::Throttled);
                 }
             }
             let admitted = loop {
@@ -355,9 +358,9 @@ impl<C> Policy<C> {
                         let wait = open.remaining.unwrap_or(BREAKER_POLL);
                         match p.breaker_wait {
                             Some(deadline) if start.elapsed() + wait < deadline => {
-                                tokio::time::sleep(wait).await;
-                                attempt_start = Instant::now();
-                                if p.attempt_timeout_at(ctx, start, attempt_start)
+                                // Not waited when it takes what is left of the rules'
+                                // deadline: the call stops now.
+                                if p.attempt_timeout_at(ctx, start, Instant::now() + wait)
                                     == Some(Duration::ZERO)
                                 {
                                     let reason = p.stopped(StopReason::Deadline);
@@ -367,6 +370,8 @@ impl<C> Policy<C> {
                                         AttemptError::CircuitOpen(open),
                                     );
                                 }
+                                tokio::time::sleep(wait).await;
+                                attempt_start = Instant::now();
                             }
                             _ if p.decide_refused => {
                                 // Nothing was sent: the retry decision weighs waiting it

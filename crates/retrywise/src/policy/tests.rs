@@ -823,9 +823,11 @@ async fn a_hedge_the_retry_budget_refuses_spends_no_hedge_budget() {
     for _ in 0..5 {
         bucket.record(false);
     }
+    // One hedge a second, over a window of a second: one hedge in all.
     let hedge = Hedge::builder()
         .delay(HedgeDelay::Fixed(5 * MS))
         .budget(0.0, 1)
+        .latency_window(Duration::from_secs(1))
         .build()
         .unwrap();
     let p = Policy::builder("a6")
@@ -839,9 +841,14 @@ async fn a_hedge_the_retry_budget_refuses_spends_no_hedge_budget() {
     for _ in 0..10 {
         bucket.record(true);
     }
-    // The hedge budget's one hedge a second is still there to spend.
+    // The hedge budget's one hedge is still there to spend, and then spent.
     assert_eq!(requests_of_a_20ms_call(&p).await, 2);
     assert_eq!(p.hedge().unwrap().metrics().window_hedges, 1);
+    assert_eq!(
+        requests_of_a_20ms_call(&p).await,
+        1,
+        "the hedge budget is spent"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1006,6 +1013,55 @@ async fn the_aws_rate_limiter_spaces_attempts_after_throttling() {
     );
 }
 
+/// A call whose wait for the rate limiter's next token would take what is left of its
+/// deadline stops at once, sending nothing and taking no token.
+#[tokio::test(start_paused = true)]
+async fn a_limiter_wait_past_the_deadline_is_not_waited() {
+    use crate::budget::CubicRateLimiter;
+    let rules = RetryRules::builder()
+        .max_attempts(1)
+        .deadline(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let p = Policy::builder("aws")
+        .retry(rules)
+        .rate_limiter(CubicRateLimiter::default())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    // Throttled at once: the limiter comes on at its floor rate (0.5 a second).
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
+        .await;
+    let sent = AtomicU32::new(0);
+    let mut stopped = 0;
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        let (r, report) = p
+            .call_with_report(|_| {
+                sent.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, io::Error>(Resp(200, None)) }
+            })
+            .await;
+        if report.stopped == Some(StopReason::Deadline) {
+            assert!(matches!(r.unwrap_err().last, AttemptError::Throttled));
+            stopped += 1;
+        }
+    }
+    // At most the bucket's one token is sent; the others stop without waiting.
+    assert!(
+        sent.load(Ordering::SeqCst) <= 1,
+        "{}",
+        sent.load(Ordering::SeqCst)
+    );
+    assert!(stopped >= 4, "{stopped}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(5),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
     // Retries 300 ms apart, up to 10 attempts; the circuit stays open for 1 s.
@@ -1146,6 +1202,7 @@ async fn a_breaker_wait_past_the_rules_deadline_sends_nothing() {
         .build()
         .unwrap();
     let sent = AtomicU32::new(0);
+    let t0 = Instant::now();
     let (r, report) = p
         .call_with_report(|_| {
             sent.fetch_add(1, Ordering::SeqCst);
@@ -1155,6 +1212,11 @@ async fn a_breaker_wait_past_the_rules_deadline_sends_nothing() {
     assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
     assert_eq!(report.stopped, Some(StopReason::Deadline));
     assert_eq!(sent.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "the 5 s it could not use were not waited"
+    );
 }
 
 #[tokio::test(start_paused = true)]

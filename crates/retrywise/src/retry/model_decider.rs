@@ -75,7 +75,11 @@ pub const DEFAULT_MIN_SUPPORT: u64 = 100;
 /// start before the deadline, after `max_attempts`, or when the upstream asked for a
 /// Retry-After beyond the cap. The chosen wait is drawn at random among the near-optimal
 /// ones (within `tolerance` of `V*`), so that callers that saw the same failure do not
-/// retry in lockstep. Every decision carries the probability it expected
+/// retry in lockstep. A context whose `status` is permanent
+/// ([`ErrorKind::is_permanent_status`]: a 4xx other than 408, 425 and 429, the
+/// [`HttpClassifier`](crate::attempt::HttpClassifier)'s rule) is never retried
+/// (`not_retryable`), whatever a classifier made of it, the model or the rules would say:
+/// `/v1/decide` is asked by callers without the crate's classifier. Every decision carries the probability it expected
 /// ([`RetryDecider::explain`]); [`weigh`](Self::weigh) gives every alternative.
 ///
 /// **Overload.** It weighs each retry by what the model predicts for it; a target whose
