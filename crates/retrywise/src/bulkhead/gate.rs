@@ -71,6 +71,12 @@ impl Gate {
         self.state.fetch_add(ADMITTED_ONE, Ordering::Relaxed);
     }
 
+    /// Takes back an admission counted for a call that never ran (handed room, then
+    /// dropped before taking it).
+    pub(crate) fn uncount_admission(&self) {
+        self.state.fetch_sub(ADMITTED_ONE, Ordering::Relaxed);
+    }
+
     /// Calls admitted so far.
     pub(crate) fn admitted(&self) -> u64 {
         self.state.load(Ordering::Relaxed) >> ACTIVE_BITS

@@ -226,6 +226,8 @@ mod tests {
         drop(again);
         let m = b.metrics();
         assert_eq!((m.active, m.available), (0, 1), "{m:?}");
+        // Admitted: the holder and the last call; the two dropped never ran.
+        assert_eq!(m.total_calls, 2, "{m:?}");
     }
 
     /// A task still queued when the pool's runtime shuts down is lost to the shutdown,

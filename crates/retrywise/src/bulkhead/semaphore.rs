@@ -115,6 +115,8 @@ impl Drop for Waiting<'_> {
             return;
         };
         if !q.leave_queue(self.id) && self.room.try_recv().is_ok() {
+            // Counted admitted when the room was handed over; it never ran.
+            self.bulkhead.shared.gate.uncount_admission();
             self.bulkhead.release();
         }
     }
@@ -345,6 +347,7 @@ impl Bulkhead {
     /// Reports a call that took `took` and started with `in_flight` calls in flight.
     /// Whether its limit follows the calls' latency ([`BulkheadBuilder::adaptive`]): then
     /// every holder should [`finish`](BulkheadPermit::finish) with its call's.
+    #[cfg(feature = "tower")]
     pub(crate) fn adapts(&self) -> bool {
         self.shared.adaptive.is_some()
     }
