@@ -355,6 +355,12 @@ impl<C> Policy<C> {
                 match p.permit() {
                     Ok(permit) => break Ok(permit),
                     Err(open) => {
+                        // Refused, and the wait for the circuit would end past the
+                        // deadline: nothing is sent.
+                        let out_of_time = |open| {
+                            let reason = p.stopped(StopReason::Deadline);
+                            refused(number - 1, reason, AttemptError::CircuitOpen(open))
+                        };
                         let wait = open.remaining.unwrap_or(BREAKER_POLL);
                         match p.breaker_wait {
                             Some(deadline) if start.elapsed() + wait < deadline => {
@@ -363,12 +369,7 @@ impl<C> Policy<C> {
                                 if p.attempt_timeout_at(ctx, start, Instant::now() + wait)
                                     == Some(Duration::ZERO)
                                 {
-                                    let reason = p.stopped(StopReason::Deadline);
-                                    return refused(
-                                        number - 1,
-                                        reason,
-                                        AttemptError::CircuitOpen(open),
-                                    );
+                                    return out_of_time(open);
                                 }
                                 tokio::time::sleep(wait).await;
                                 attempt_start = Instant::now();
@@ -393,12 +394,7 @@ impl<C> Policy<C> {
                                             if p.decider.attempt_timeout(&planned)
                                                 == Some(Duration::ZERO)
                                             {
-                                                let reason = p.stopped(StopReason::Deadline);
-                                                return refused(
-                                                    number - 1,
-                                                    reason,
-                                                    AttemptError::CircuitOpen(open),
-                                                );
+                                                return out_of_time(open);
                                             }
                                         }
                                         break Err(planned);

@@ -1141,19 +1141,23 @@ async fn waiting_out_a_refusal_is_budgeted_as_a_retry() {
 /// which failed at once and took a probe's place).
 #[tokio::test(start_paused = true)]
 async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
-    let rules = RetryRules::builder()
-        .max_attempts(10)
-        .backoff(Backoff::constant(100 * MS).unwrap())
-        .jitter(Jitter::None)
-        .deadline(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let p = Policy::builder("refused")
-        .retry(rules)
-        .breaker(open_breaker(Duration::from_secs(10)))
-        .decide_when_refused(true)
-        .build()
-        .unwrap();
+    // Retries 100 ms apart within `deadline`, behind a circuit open for 10 s.
+    let refused_for_10s = |deadline: Duration| {
+        let rules = RetryRules::builder()
+            .max_attempts(10)
+            .backoff(Backoff::constant(100 * MS).unwrap())
+            .jitter(Jitter::None)
+            .deadline(deadline)
+            .build()
+            .unwrap();
+        Policy::builder("refused")
+            .retry(rules)
+            .breaker(open_breaker(Duration::from_secs(10)))
+            .decide_when_refused(true)
+            .build()
+            .unwrap()
+    };
+    let p = refused_for_10s(Duration::from_secs(5));
     let sent = AtomicU32::new(0);
     let t0 = Instant::now();
     let (r, report) = p
@@ -1167,19 +1171,7 @@ async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
     assert_eq!(sent.load(Ordering::SeqCst), 0);
     assert_eq!(t0.elapsed(), Duration::ZERO, "it did not wait for nothing");
     // With time for the circuit's 10 s, it waits them out and is served.
-    let rules = RetryRules::builder()
-        .max_attempts(10)
-        .backoff(Backoff::constant(100 * MS).unwrap())
-        .jitter(Jitter::None)
-        .deadline(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let p = Policy::builder("refused")
-        .retry(rules)
-        .breaker(open_breaker(Duration::from_secs(10)))
-        .decide_when_refused(true)
-        .build()
-        .unwrap();
+    let p = refused_for_10s(Duration::from_secs(30));
     let (r, _) = p
         .call_with_report(|_| async { Ok::<_, io::Error>("served") })
         .await;
