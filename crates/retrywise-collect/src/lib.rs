@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bounded;
 mod error;
 mod reader;
 pub mod segment;
@@ -37,6 +38,7 @@ pub mod compact;
 #[cfg(feature = "parquet")]
 pub mod footer;
 
+pub use bounded::read_bounded;
 pub use error::CollectError;
 pub use reader::{ReadSummary, SegmentReader};
 pub use shipper::{ShipperConfig, ShippingRecorder};

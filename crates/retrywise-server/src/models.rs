@@ -85,24 +85,8 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 /// A `model.json`'s text: a regular file (a pipe would block the reload for as long as
 /// nothing writes to it) of at most [`MAX_ARTIFACT_BYTES`].
 fn read_artifact(file: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", file.display());
-    if !std::fs::metadata(file).map_err(cannot)?.is_file() {
-        return Err(format!("{} is not a regular file", file.display()));
-    }
-    let mut text = String::new();
-    std::fs::File::open(file)
-        .map_err(cannot)?
-        .take(MAX_ARTIFACT_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(cannot)?;
-    if text.len() as u64 > MAX_ARTIFACT_BYTES {
-        return Err(format!(
-            "{} is larger than a model artifact may be ({MAX_ARTIFACT_BYTES} bytes)",
-            file.display()
-        ));
-    }
-    Ok(text)
+    retrywise_collect::read_bounded(file, MAX_ARTIFACT_BYTES, "a model artifact")
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
 }
 
 fn load_version(

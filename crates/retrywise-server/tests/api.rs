@@ -1985,7 +1985,7 @@ async fn a_model_file_that_is_not_a_regular_file_is_refused_without_reading_it()
         report
             .failed
             .iter()
-            .any(|(n, v, why)| n == "default" && *v == 2 && why.contains("is not a regular file")),
+            .any(|(n, v, why)| n == "default" && *v == 2 && why.contains("not a regular file")),
         "{report:?}"
     );
     let (_, v) = h.get("/v1/models/default").await;

@@ -597,24 +597,11 @@ impl Scenario {
         let looks_like_path =
             name_or_path.contains(['/', '\\']) || path.extension().is_some_and(|e| e == "toml");
         if path.exists() || looks_like_path {
-            let read = |path: &Path| -> std::io::Result<String> {
-                use std::io::Read;
-                let mut text = String::new();
-                std::fs::File::open(path)?
-                    .take(MAX_FILE_BYTES + 1)
-                    .read_to_string(&mut text)?;
-                if text.len() as u64 > MAX_FILE_BYTES {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("larger than a scenario file may be ({MAX_FILE_BYTES} bytes)"),
-                    ));
-                }
-                Ok(text)
-            };
-            let text = read(path).map_err(|source| SimError::ReadScenario {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let text = retrywise_collect::read_bounded(path, MAX_FILE_BYTES, "a scenario file")
+                .map_err(|source| SimError::ReadScenario {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             return Self::parse(&text, &path.display().to_string());
         }
         Err(SimError::Unknown {

@@ -187,23 +187,8 @@ pub fn load_artifact(path: &Path) -> Result<ModelArtifact, TrainError> {
     };
     // A regular file of at most MAX_ARTIFACT_BYTES: a pipe would block, a link to an
     // endless device read without end.
-    let meta = std::fs::metadata(&file).map_err(|e| TrainError::io("read", &file, e))?;
-    if !meta.is_file() {
-        return Err(TrainError::Input {
-            path: file,
-            problem: "is not a regular file".into(),
-        });
-    }
-    let mut text = String::new();
-    std::fs::File::open(&file)
-        .and_then(|f| f.take(MAX_ARTIFACT_BYTES + 1).read_to_string(&mut text))
+    let text = retrywise_collect::read_bounded(&file, MAX_ARTIFACT_BYTES, "a model artifact")
         .map_err(|e| TrainError::io("read", &file, e))?;
-    if text.len() as u64 > MAX_ARTIFACT_BYTES {
-        return Err(TrainError::Input {
-            path: file,
-            problem: format!("is larger than a model artifact may be ({MAX_ARTIFACT_BYTES} bytes)"),
-        });
-    }
     let artifact = ModelArtifact::from_json(&text).map_err(|source| TrainError::Model {
         path: file.clone(),
         source,

@@ -94,10 +94,8 @@ mod tests {
     use super::*;
     use crate::retry::{Decision, ModelDecider, RetryDecider, StopReason};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_swap_under_load_moves_every_decider_at_once_and_never_mixes_models() {
-        // Before: retrying is hopeless. After: a retry after any wait succeeds.
-        let shared = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.01)));
+    /// A decider asking `shared` (no calendar, seed 1), and the retry after a 503 to ask.
+    fn deciding_with(shared: &Arc<SharedModel>) -> (ModelDecider, AttemptContext) {
         let decider = ModelDecider::builder()
             .model(shared.clone())
             .seed(1)
@@ -107,6 +105,14 @@ mod tests {
         let mut ctx = AttemptContext::first("t");
         ctx.attempt = 2;
         ctx.error = Some(crate::attempt::ErrorKind::Http503);
+        (decider, ctx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_swap_under_load_moves_every_decider_at_once_and_never_mixes_models() {
+        // Before: retrying is hopeless. After: a retry after any wait succeeds.
+        let shared = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.01)));
+        let (decider, ctx) = deciding_with(&shared);
         let stop = Decision::Stop(StopReason::LowSuccessProbability);
         let workers: Vec<_> = (0..2)
             .map(|_| {
@@ -169,14 +175,7 @@ mod tests {
             swapped: Mutex::new(swapped),
         });
         let shared = Arc::new(SharedModel::new(held));
-        let decider = ModelDecider::builder()
-            .model(shared.clone())
-            .without_calendar()
-            .build()
-            .unwrap();
-        let mut ctx = AttemptContext::first("t");
-        ctx.attempt = 2;
-        ctx.error = Some(crate::attempt::ErrorKind::Http503);
+        let (decider, ctx) = deciding_with(&shared);
         let during = std::thread::scope(|s| {
             let d = s.spawn(|| decider.weigh(&ctx));
             inside

@@ -1062,6 +1062,19 @@ async fn a_limiter_wait_past_the_deadline_is_not_waited() {
     );
 }
 
+/// One call whose every request is served at once: its result, its report, and how many
+/// requests it sent.
+async fn served_once(p: &Policy) -> (Result<&'static str, CallError<io::Error>>, CallReport, u32) {
+    let sent = AtomicU32::new(0);
+    let (r, report) = p
+        .call_with_report(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>("served") }
+        })
+        .await;
+    (r, report, sent.into_inner())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
     // Retries 300 ms apart, up to 10 attempts; the circuit stays open for 1 s.
@@ -1071,19 +1084,13 @@ async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
         .decide_when_refused(true)
         .build()
         .unwrap();
-    let sent = AtomicU32::new(0);
     let t0 = Instant::now();
-    let (r, report) = p
-        .call_with_report(|_| {
-            sent.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, io::Error>("served") }
-        })
-        .await;
+    let (r, report, sent) = served_once(&p).await;
     // Refused at 0 (nothing sent) with the circuit open for 1 s more: a retry 300 ms
     // later would only be refused again, so the decider's 300 ms count from when the
     // circuit lets a probe through - sent at 1.3 s.
     assert_eq!(r.unwrap(), "served");
-    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(sent, 1);
     assert_eq!(t0.elapsed(), 1300 * MS);
     assert_eq!(report.attempts, 2, "a refusal counts as an attempt");
     // Without the option the same call fails at once.
@@ -1092,9 +1099,7 @@ async fn a_refused_call_goes_to_the_retry_decision_and_waits_out_the_circuit() {
         .breaker(open_breaker(Duration::from_secs(1)))
         .build()
         .unwrap();
-    let (r, report) = fast
-        .call_with_report(|_| async { Ok::<_, io::Error>("served") })
-        .await;
+    let (r, report, _) = served_once(&fast).await;
     assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
     assert_eq!(report.stopped, Some(StopReason::CircuitOpen));
 }
@@ -1112,27 +1117,20 @@ async fn waiting_out_a_refusal_is_budgeted_as_a_retry() {
         .shared_budget(quota.clone())
         .build()
         .unwrap();
-    let sent = AtomicU32::new(0);
-    let call = || {
-        p.call_with_report(|_| {
-            sent.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, io::Error>("served") }
-        })
-    };
     assert!(quota.withdraw(Instant::now()));
-    let (r, report) = call().await;
+    let (r, report, sent) = served_once(&p).await;
     assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
     assert_eq!(report.stopped, Some(StopReason::BudgetExhausted));
-    assert_eq!(sent.load(Ordering::SeqCst), 0);
+    assert_eq!(sent, 0);
     // With the units for one retry, it waits the circuit out and is served; the retry
     // that succeeded puts its cost back.
     for _ in 0..5 {
         quota.record_for(&AttemptContext::first("refused"), true);
     }
-    let (r, report) = call().await;
+    let (r, report, sent) = served_once(&p).await;
     assert_eq!(r.unwrap(), "served");
     assert_eq!((report.attempts, report.stopped), (2, None));
-    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(sent, 1);
     assert_eq!(quota.available(), 5);
 }
 
@@ -1157,24 +1155,14 @@ async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
             .build()
             .unwrap()
     };
-    let p = refused_for_10s(Duration::from_secs(5));
-    let sent = AtomicU32::new(0);
     let t0 = Instant::now();
-    let (r, report) = p
-        .call_with_report(|_| {
-            sent.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, io::Error>("served") }
-        })
-        .await;
+    let (r, report, sent) = served_once(&refused_for_10s(Duration::from_secs(5))).await;
     assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
     assert_eq!(report.stopped, Some(StopReason::Deadline));
-    assert_eq!(sent.load(Ordering::SeqCst), 0);
+    assert_eq!(sent, 0);
     assert_eq!(t0.elapsed(), Duration::ZERO, "it did not wait for nothing");
     // With time for the circuit's 10 s, it waits them out and is served.
-    let p = refused_for_10s(Duration::from_secs(30));
-    let (r, _) = p
-        .call_with_report(|_| async { Ok::<_, io::Error>("served") })
-        .await;
+    let (r, _, _) = served_once(&refused_for_10s(Duration::from_secs(30))).await;
     assert_eq!(r.unwrap(), "served");
 }
 
@@ -1193,17 +1181,11 @@ async fn a_breaker_wait_past_the_rules_deadline_sends_nothing() {
         .wait_for_breaker(Duration::from_secs(60))
         .build()
         .unwrap();
-    let sent = AtomicU32::new(0);
     let t0 = Instant::now();
-    let (r, report) = p
-        .call_with_report(|_| {
-            sent.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, io::Error>("served") }
-        })
-        .await;
+    let (r, report, sent) = served_once(&p).await;
     assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
     assert_eq!(report.stopped, Some(StopReason::Deadline));
-    assert_eq!(sent.load(Ordering::SeqCst), 0);
+    assert_eq!(sent, 0);
     assert_eq!(
         t0.elapsed(),
         Duration::ZERO,
@@ -1221,9 +1203,7 @@ async fn a_refused_call_the_decider_would_not_retry_fails_with_the_circuit() {
         .build()
         .unwrap();
     let t0 = Instant::now();
-    let (r, report) = p
-        .call_with_report(|_| async { Ok::<_, io::Error>("served") })
-        .await;
+    let (r, report, _) = served_once(&p).await;
     assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
     assert_eq!(report.stopped, Some(StopReason::MaxAttempts));
     assert_eq!(t0.elapsed(), Duration::ZERO);
