@@ -324,6 +324,16 @@ impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
         self.0.decide_explored(ctx)
     }
 
+    fn replanned(
+        &self,
+        ctx: &retrywise::attempt::AttemptContext,
+        decided_at: tokio::time::Instant,
+        planned: Duration,
+        sent: Option<Duration>,
+    ) {
+        self.0.replanned(ctx, decided_at, planned, sent);
+    }
+
     fn attempt_timeout(&self, ctx: &retrywise::attempt::AttemptContext) -> Option<Duration> {
         Some(
             self.0

@@ -293,15 +293,24 @@ impl Inner {
                 next.planned_delay = Some(planned);
             }
         }
+        // A retry refused here is not made, and one explored starts after its explored
+        // wait: the decider moves what it booked for it (a calendar of retries).
+        let refused = |reason| {
+            self.decider.replanned(&next, now, planned, None);
+            Err(self.stopped(reason))
+        };
         if let Some(t) = &self.throttle
             && !t.admit(now)
         {
-            return Err(self.stopped(StopReason::Throttled));
+            return refused(StopReason::Throttled);
         }
         if let Some(b) = &self.budget
             && !b.withdraw_for(now, &next)
         {
-            return Err(self.stopped(StopReason::BudgetExhausted));
+            return refused(StopReason::BudgetExhausted);
+        }
+        if delay != planned {
+            self.decider.replanned(&next, now, planned, Some(delay));
         }
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(

@@ -1551,3 +1551,78 @@ async fn an_explored_retry_is_recorded_with_its_propensity() {
         "{propensity}: 1/{waits} of a grid of {n}"
     );
 }
+
+/// A model decider booking its retries in `calendar`: the target is predicted back after a
+/// second (so every retry waits at least that long), at most `max` attempts.
+fn booking_decider(calendar: &Arc<crate::retry::RetryCalendar>, max: u32) -> Arc<dyn RetryDecider> {
+    let back_in_a_second = Arc::new(|c: &AttemptContext| {
+        if c.delay >= Duration::from_secs(1) {
+            0.95
+        } else {
+            0.0
+        }
+    });
+    Arc::new(
+        crate::retry::ModelDecider::builder()
+            .model(back_in_a_second)
+            .max_attempts(max)
+            .calendar(Arc::clone(calendar))
+            .seed(7)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// The retries booked at `target` in the minute from `t0`.
+fn booked_from(calendar: &crate::retry::RetryCalendar, target: &str, t0: Instant) -> u32 {
+    (0..240)
+        .map(|k| calendar.booked(target, t0 + crate::retry::calendar::SLOT * k))
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_budget_refuses_leaves_no_booking_behind() {
+    let calendar = Arc::new(crate::retry::RetryCalendar::new());
+    let p = Policy::builder("b")
+        .decider(booking_decider(&calendar, 10))
+        .budget(TokenBucket::new(4, 0.1).unwrap())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let n = AtomicU32::new(0);
+    let err = p
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(reset()) }
+        })
+        .await
+        .unwrap_err();
+    // The budget let one retry through and refused the next (as in the storm test above):
+    // only the retry made is booked, so no other caller weighs the load of the refused one.
+    assert_eq!(err.reason, StopReason::BudgetExhausted);
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+    assert_eq!(booked_from(&calendar, "b", t0), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_explored_retry_is_booked_where_it_starts() {
+    let calendar = Arc::new(crate::retry::RetryCalendar::new());
+    let rec = Arc::new(MemoryRecorder::new(10));
+    let p = Policy::builder("x")
+        .decider(booking_decider(&calendar, 2))
+        .explore(crate::retry::Exploration::new(2.0, 2.0, 1.0).unwrap())
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
+    let recs = rec.take();
+    assert_eq!(recs.len(), 2);
+    let planned = recs[1].context.planned_delay.unwrap();
+    assert!(planned >= Duration::from_secs(1), "{planned:?}");
+    assert_eq!(recs[1].context.delay, planned * 2);
+    // Decided at t0 (the attempt failed at once): booked twice the plan ahead, not at it.
+    assert_eq!(calendar.booked("x", t0 + planned * 2), 1);
+    assert_eq!(calendar.booked("x", t0 + planned), 0);
+    assert_eq!(booked_from(&calendar, "x", t0), 1);
+}

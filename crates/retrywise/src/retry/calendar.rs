@@ -227,6 +227,41 @@ impl RetryCalendar {
         }
     }
 
+    /// Moves a retry booked at `target` by a decision at `decided_at` to start after
+    /// `booked`: to start after `sent` instead, or (`None`) nowhere — the retry will not
+    /// be made (a budget or the throttle refused it) — so that no other decision weighs
+    /// the load of a retry nobody sends. A booking the calendar never made (beyond the
+    /// horizon, or with no room for the target) is not there to move; a slot whose
+    /// bookings were all moved away stays at zero.
+    pub fn rebook(
+        &self,
+        target: &str,
+        decided_at: Instant,
+        booked: Duration,
+        sent: Option<Duration>,
+    ) {
+        let from = self.nanos(decided_at);
+        let slot = |wait: Duration| {
+            (wait < HORIZON)
+                .then(|| from.saturating_add(wait.as_nanos() as u64) / SLOT.as_nanos() as u64)
+        };
+        let mut all = self.lock();
+        let Some(i) = all.index.get(target).copied() else {
+            return;
+        };
+        let t = &mut all.slots[i];
+        if let Some(n) = slot(booked)
+            && t.get(n).booked > 0
+        {
+            let s = t.slot(n);
+            s.booked -= 1;
+        }
+        if let Some(n) = sent.and_then(slot) {
+            let s = t.slot(n);
+            s.booked = s.booked.saturating_add(1);
+        }
+    }
+
     /// The retries booked at `target` to start within the slot holding `at`.
     pub fn booked(&self, target: &str, at: Instant) -> u32 {
         let n = self.slot_of(at);
@@ -343,6 +378,66 @@ mod tests {
                 }
             }
         }
+
+        /// Whatever retries are booked, then kept, called off or moved, in any order: each
+        /// slot holds exactly the retries that will start in it (within the horizon).
+        #[test]
+        fn a_slot_holds_the_retries_that_will_start_in_it(
+            plans in proptest::collection::vec(
+                (0u64..3_000, 0u64..70_000, proptest::option::of(proptest::option::of(0u64..70_000))),
+                1..100,
+            ),
+            order in any::<proptest::sample::Index>(),
+        ) {
+            let c = RetryCalendar::new();
+            let t0 = Instant::now();
+            let ms = Duration::from_millis;
+            // Book every retry (slots within one lap of the ring: none is reused).
+            for (at, wait, _) in &plans {
+                c.after_failure("t", t0 + ms(*at), true, Some(1.0)).book(ms(*wait));
+            }
+            // Then call off or move some, starting anywhere in the list.
+            let start = order.index(plans.len());
+            let mut expected = std::collections::BTreeMap::<u64, u32>::new();
+            for (at, wait, change) in plans.iter().cycle().skip(start).take(plans.len()) {
+                let sent = match change {
+                    None => Some(*wait),
+                    Some(to) => {
+                        c.rebook("t", t0 + ms(*at), ms(*wait), to.map(ms));
+                        *to
+                    }
+                };
+                if let Some(w) = sent.filter(|w| ms(*w) < HORIZON) {
+                    *expected.entry(c.slot_of(t0 + ms(*at) + ms(w))).or_default() += 1;
+                }
+            }
+            for n in 0..SLOTS as u64 {
+                let at = c.origin + SLOT * n as u32;
+                prop_assert_eq!(c.booked("t", at), expected.get(&n).copied().unwrap_or(0), "slot {}", n);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_called_off_or_moved_leaves_its_slot() {
+        let c = RetryCalendar::new();
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        for _ in 0..2 {
+            c.after_failure("a", now, true, Some(1.0)).book(s(1));
+        }
+        // One is refused by a budget: one is left.
+        c.rebook("a", now, s(1), None);
+        assert_eq!(c.booked("a", now + s(1)), 1);
+        // The other is explored to three seconds.
+        c.rebook("a", now, s(1), Some(s(3)));
+        assert_eq!(c.booked("a", now + s(1)), 0);
+        assert_eq!(c.booked("a", now + s(3)), 1);
+        // Nothing left to call off: the slot stays empty; an unknown target is no one's.
+        c.rebook("a", now, s(1), None);
+        c.rebook("b", now, s(1), Some(s(2)));
+        assert_eq!(c.booked("a", now + s(1)), 0);
+        assert_eq!(c.booked("b", now + s(2)), 0);
     }
 
     #[tokio::test(start_paused = true)]

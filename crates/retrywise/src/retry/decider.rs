@@ -143,6 +143,22 @@ pub trait RetryDecider: Send + Sync {
     fn decide_explored(&self, ctx: &AttemptContext) -> (Decision, Option<f64>) {
         (self.decide(ctx), None)
     }
+
+    /// The retry this decider chose for `ctx` — `Retry(planned)`, decided at
+    /// `decided_at` — will be made after `sent` instead, or (`None`) not at all: the
+    /// executor's throttle or retry budget refused it, or its exploration moved it. A
+    /// decider that books its retries so that others weigh their load (the
+    /// [`ModelDecider`](super::ModelDecider)'s [`RetryCalendar`](super::RetryCalendar))
+    /// moves the booking; the default has nothing to move.
+    fn replanned(
+        &self,
+        ctx: &AttemptContext,
+        decided_at: tokio::time::Instant,
+        planned: Duration,
+        sent: Option<Duration>,
+    ) {
+        let _ = (ctx, decided_at, planned, sent);
+    }
 }
 
 /// Never retries: one attempt, then stop.
@@ -170,6 +186,16 @@ impl<D: RetryDecider + ?Sized> RetryDecider for std::sync::Arc<D> {
 
     fn decide_explored(&self, ctx: &AttemptContext) -> (Decision, Option<f64>) {
         (**self).decide_explored(ctx)
+    }
+
+    fn replanned(
+        &self,
+        ctx: &AttemptContext,
+        decided_at: tokio::time::Instant,
+        planned: Duration,
+        sent: Option<Duration>,
+    ) {
+        (**self).replanned(ctx, decided_at, planned, sent);
     }
 }
 

@@ -340,13 +340,11 @@ impl ModelDecider {
         if ctx.status.is_some_and(ErrorKind::is_permanent_status) {
             return (Self::stop(StopReason::NotRetryable, None), None, None);
         }
-        let Some(model) = &self.model else {
-            return self.by_rules(ctx, Fallback::NoModel);
-        };
         // Every failure tells the calendar of the target's load (the view it opens reads
         // the retries others booked: the load each wait would land in). The view holds the
         // calendar's lock, so it is opened after the model has answered; a decision that
-        // ends before weighing only tells of its failure.
+        // ends before weighing only tells of its failure. Every retry decided is booked,
+        // the rules' too, so that `replanned` finds each one it is told of.
         let rate_from = ctx.failure_rate_recent.or(ctx.failure_rate);
         let open = || {
             self.calendar.as_ref().map(|c| {
@@ -354,9 +352,14 @@ impl ModelDecider {
                 c.after_failure(&ctx.target, now, ctx.attempt == 2, rate_from)
             })
         };
-        let told = |decision| {
-            drop(open());
-            decision
+        let told = |decided: (Explained, Option<Fallback>, Option<f64>)| {
+            if let (Some(mut view), Decision::Retry(wait)) = (open(), decided.0.decision) {
+                view.book(wait);
+            }
+            decided
+        };
+        let Some(model) = &self.model else {
+            return told(self.by_rules(ctx, Fallback::NoModel));
         };
         if !supports(model.as_ref(), ctx, self.min_support) {
             return told(self.by_rules(ctx, Fallback::Unsupported));
@@ -599,6 +602,20 @@ impl RetryDecider for ModelDecider {
 
     fn explain(&self, ctx: &AttemptContext) -> Explained {
         self.decide_into(ctx, None).0
+    }
+
+    /// Moves the retry's booking in the calendar (every retry this decider decides is
+    /// booked): to where it will start, or away when it will not be made.
+    fn replanned(
+        &self,
+        ctx: &AttemptContext,
+        decided_at: tokio::time::Instant,
+        planned: Duration,
+        sent: Option<Duration>,
+    ) {
+        if let Some(c) = &self.calendar {
+            c.rebook(&ctx.target, decided_at, planned, sent);
+        }
     }
 
     /// What is left of the deadline, and — with [`ModelDeciderBuilder::attempt_timeout`] —
