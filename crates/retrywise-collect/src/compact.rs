@@ -703,12 +703,24 @@ fn dispose(seg: &Segment, disposal: &Disposal) -> Result<(), CollectError> {
             };
             let to = dir.join(name);
             if std::fs::rename(&seg.path, &to).is_err() {
-                // Another file system: copy durably, then remove.
-                std::fs::copy(&seg.path, &to)
-                    .and_then(|_| File::open(&to)?.sync_all())
-                    .map_err(|e| CollectError::io("archive", &seg.path, e))?;
+                // Another file system: the copy made durable under its name (a temporary
+                // file, fsynced, renamed, the archive fsynced) before the segment is
+                // removed - never the other way round, which a crash could leave with
+                // neither.
+                let mut tmp = name.to_owned();
+                tmp.push(".tmp");
+                let tmp = dir.join(tmp);
+                let copied = std::fs::copy(&seg.path, &tmp)
+                    .map_err(|e| CollectError::io("archive", &seg.path, e))
+                    .and_then(|_| segment::publish(&tmp, &to, dir));
+                if let Err(e) = copied {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
                 std::fs::remove_file(&seg.path)
                     .map_err(|e| CollectError::io("remove", &seg.path, e))?;
+                let from = seg.path.parent().unwrap_or(Path::new("."));
+                return segment::sync_dir(from).map_err(|e| CollectError::io("sync", from, e));
             }
             segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
         }

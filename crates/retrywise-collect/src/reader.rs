@@ -185,10 +185,27 @@ impl Iterator for SegmentReader {
         loop {
             if self.current.is_none() {
                 let seg = self.segments.next()?;
-                match File::open(&seg.path) {
-                    Ok(f) => {
+                // An open segment may have been closed (renamed) since it was listed:
+                // then it is read under its closed name.
+                let opened = File::open(&seg.path)
+                    .map(|f| (seg.path.clone(), f))
+                    .or_else(|e| {
+                        let stem = seg
+                            .path
+                            .to_str()
+                            .and_then(|p| p.strip_suffix(segment::OPEN));
+                        match stem {
+                            Some(stem) if e.kind() == std::io::ErrorKind::NotFound => {
+                                let closed = PathBuf::from(format!("{stem}{}", segment::CLOSED));
+                                File::open(&closed).map(|f| (closed, f))
+                            }
+                            _ => Err(e),
+                        }
+                    });
+                match opened {
+                    Ok((path, f)) => {
                         self.summary.files += 1;
-                        self.current = Some((seg.path, BufReader::with_capacity(256 << 10, f), 0));
+                        self.current = Some((path, BufReader::with_capacity(256 << 10, f), 0));
                     }
                     // Compacted or removed since it was listed: nothing to read there.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

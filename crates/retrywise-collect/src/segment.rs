@@ -77,16 +77,18 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
 /// first within each, and how many directories held any: a recorder writes one directory,
 /// the simulator one per policy (`sim run --record DIR`), a fleet one per writer.
 /// Symbolic links are not followed; directories in `skip` (an archive inside the tree) are
-/// left out.
+/// left out, however their paths are spelled (`./`, `..`, absolute, through a link): a
+/// directory is skipped when it is the same directory as one of them.
 ///
 /// # Errors
 /// [`CollectError::Io`] if a directory cannot be listed.
 pub fn list_tree(root: &Path, skip: &[&Path]) -> Result<(Vec<Segment>, usize), CollectError> {
     let mut out = Vec::new();
     let mut dirs_with_segments = 0;
+    let skipped: Vec<DirId> = skip.iter().filter_map(|s| DirId::of(s)).collect();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        if skip.iter().any(|s| *s == dir) {
+        if !skipped.is_empty() && DirId::of(&dir).is_some_and(|id| skipped.contains(&id)) {
             continue;
         }
         let found = list(&dir)?;
@@ -107,6 +109,32 @@ pub fn list_tree(root: &Path, skip: &[&Path]) -> Result<(Vec<Segment>, usize), C
         }
     }
     Ok((out, dirs_with_segments))
+}
+
+/// A directory's identity: its device and inode where there are such, its resolved path
+/// elsewhere.
+#[derive(Debug, PartialEq, Eq)]
+enum DirId {
+    #[cfg(unix)]
+    Inode(u64, u64),
+    #[cfg(not(unix))]
+    Path(std::path::PathBuf),
+}
+
+impl DirId {
+    /// The identity of the directory at `path` (links followed); none if there is none.
+    fn of(path: &Path) -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(path).ok().filter(|m| m.is_dir())?;
+            Some(Self::Inode(m.dev(), m.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            path.canonicalize().ok().map(Self::Path)
+        }
+    }
 }
 
 /// Makes the written temporary file `tmp` durable as `path` in `dir`: fsync of the file,
@@ -168,7 +196,8 @@ mod tests {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join(name), "").unwrap();
         }
-        let archive = root.path().join("archive");
+        // The archive spelled another way than the walk spells it: still skipped.
+        let archive = root.path().join("exp/../archive");
         let (segs, dirs) = list_tree(root.path(), &[&archive]).unwrap();
         let mut stems: Vec<&str> = segs.iter().map(|s| &s.stem[4..17]).collect();
         stems.sort_unstable();

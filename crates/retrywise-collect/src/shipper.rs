@@ -404,10 +404,7 @@ impl Worker {
                 Counters::add(&self.counters.shipped, n);
                 Counters::add(&self.counters.batches, 1);
             }
-            Ok(a) if refused(a.status) => {
-                tracing::error!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch as invalid; dropping it");
-                self.failed(n);
-            }
+            Ok(a) if refused(a.status) => self.refused_live(body, n, a.status).await,
             Ok(a) if self.spool.is_some() => {
                 tracing::warn!(endpoint = %self.url, status = a.status, records = n, "ingestion did not take a batch; keeping it in the spool");
                 self.spill(body, n).await;
@@ -425,6 +422,41 @@ impl Worker {
                 self.failed(n);
             }
         }
+    }
+
+    /// A batch the endpoint refused as invalid (400, 413, 415, 422) on its first delivery:
+    /// never sent again, but with a spool kept there for a person as `….refused`, as a
+    /// spooled batch refused is (its records may be good and only the batch too large);
+    /// given up either way (`failed`).
+    async fn refused_live(&mut self, body: bytes::Bytes, n: u64, status: u16) {
+        let url = &self.url;
+        match &mut self.spool {
+            Some(spool) => {
+                let kept = match spool.next_name() {
+                    Ok(name) => {
+                        let dir = spool.dir.clone();
+                        let aside = format!("{name}.{}", spool::REFUSED);
+                        let path = dir.join(&aside);
+                        blocking(move || spool::write(&dir, &aside, &body))
+                            .await
+                            .map(|()| path)
+                    }
+                    Err(e) => Err(e),
+                };
+                match kept {
+                    Ok(path) => {
+                        tracing::error!(endpoint = %url, status, records = n, path = %path.display(), "ingestion refused a batch as invalid; set aside in the spool");
+                    }
+                    Err(e) => {
+                        tracing::error!(endpoint = %url, status, records = n, error = %e, "ingestion refused a batch as invalid and the spool could not keep it; dropping it");
+                    }
+                }
+            }
+            None => {
+                tracing::error!(endpoint = %url, status, records = n, "ingestion refused a batch as invalid; dropping it");
+            }
+        }
+        self.failed(n);
     }
 
     /// Keeps a batch the endpoint did not take in the spool. If it cannot be written there

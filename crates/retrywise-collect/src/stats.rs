@@ -76,7 +76,8 @@ pub struct RecorderStats {
     pub dropped_invalid: u64,
     /// Records written to a segment (handed to the operating system).
     pub written: u64,
-    /// Records made durable by an fsync.
+    /// Records made durable by an fsync (a record written whose fsync failed is never
+    /// counted here: it stays `written`, and the next flush fails).
     pub synced: u64,
     /// Bytes written to segments.
     pub bytes_written: u64,

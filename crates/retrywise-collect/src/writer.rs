@@ -356,6 +356,11 @@ fn recover(dir: &Path) -> Result<(), CollectError> {
             std::fs::remove_file(&seg.path)
                 .map_err(|e| CollectError::io("remove", &seg.path, e))?;
         } else {
+            // What the crashed writer wrote in its last second may still be only in the
+            // page cache: made durable before the segment is closed.
+            std::fs::File::open(&seg.path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| CollectError::io("sync", &seg.path, e))?;
             let closed = dir.join(format!("{}{CLOSED}", seg.stem));
             std::fs::rename(&seg.path, &closed)
                 .map_err(|e| CollectError::io("rename", &seg.path, e))?;
@@ -495,19 +500,45 @@ impl<S: Storage> Writer<S> {
         }
     }
 
+    /// Whether the writer is backing off after an I/O error (records are dropped until
+    /// then); clears the backoff once it is over.
+    fn broken(&mut self) -> bool {
+        match self.broken_until {
+            Some(until) if self.storage.now() < until => true,
+            Some(_) => {
+                self.broken_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Counts `n` records dropped while the writer backs off.
+    fn drop_broken(&mut self, n: u64) {
+        Counters::add(&self.counters.dropped_io, n);
+        self.lost_since_flush += n;
+        self.lost_total += n;
+    }
+
     fn append(&mut self, r: &AttemptRecord) {
         // A record that arrives after its segment's time is up starts the next one.
         let now = self.storage.now();
         self.rotate_if_due(now);
-        if let Some(until) = self.broken_until {
-            if self.storage.now() < until {
-                Counters::add(&self.counters.dropped_io, 1);
-                self.lost_since_flush += 1;
-                self.lost_total += 1;
-                return;
-            }
-            self.broken_until = None;
+        if self.broken() {
+            self.drop_broken(1);
+            return;
         }
+        self.encode(r);
+        // A segment never grows past its size limit by more than one record (or batch).
+        let len = self.seg.as_ref().map_or(0, |s| s.len);
+        if len + self.buf.len() as u64 >= self.cfg.max_segment_bytes {
+            self.write_buf();
+            let _ = self.close_segment();
+        }
+    }
+
+    /// Serializes `r` into the buffer, a line.
+    fn encode(&mut self, r: &AttemptRecord) {
         let before = self.buf.len();
         match serde_json::to_writer(&mut self.buf, r) {
             Ok(()) => {
@@ -521,22 +552,27 @@ impl<S: Storage> Writer<S> {
                 tracing::error!(error = %e, "could not serialize an attempt record");
             }
         }
-        // A segment never grows past its size limit by more than one record.
-        let len = self.seg.as_ref().map_or(0, |s| s.len);
-        if len + self.buf.len() as u64 >= self.cfg.max_segment_bytes {
-            self.write_buf();
-            let _ = self.close_segment();
-        }
     }
 
-    /// Appends a batch, writes it out, and answers: every record written, or how many an
-    /// I/O error lost.
+    /// Writes a batch whole or not at all, and answers: every record written, or how many
+    /// an I/O error lost. The batch goes into one segment in one write (it is not cut by
+    /// the segment's size limit: a segment may outgrow it by one batch), so a failure
+    /// — a write refused, a backoff still running — leaves none of it behind: the
+    /// segment is cut back to before it, and a sender that is told to send it again
+    /// stores it once.
     fn batch(&mut self, records: &[AttemptRecord], ack: BatchAck) {
         let lost_before = self.lost_total;
-        for r in records {
-            self.append(r);
+        let now = self.storage.now();
+        self.rotate_if_due(now);
+        if self.broken() {
+            self.drop_broken(records.len() as u64);
+        } else {
+            for r in records {
+                self.encode(r);
+            }
+            // (A segment it filled is closed by the next message or tick.)
+            self.write_buf();
         }
-        self.write_buf();
         let n = records.len() as u64;
         let lost = self.lost_total - lost_before;
         self.pending.fetch_sub(n, Ordering::AcqRel);
@@ -626,14 +662,18 @@ impl<S: Storage> Writer<S> {
         if let Some(seg) = self.seg.as_mut() {
             let path = seg.open_path.clone();
             if let Err(e) = self.storage.sync(&mut seg.file) {
+                self.unsure();
                 self.fail("sync", &e);
                 return Err(CollectError::io("sync", path, e));
             }
         }
         if self.dir_dirty {
-            self.storage
-                .sync_dir(&self.dir)
-                .map_err(|e| CollectError::io("sync", &self.dir, e))?;
+            if let Err(e) = self.storage.sync_dir(&self.dir) {
+                // The segments' names may not be durable: nor, then, what they hold.
+                Counters::add(&self.counters.io_errors, 1);
+                self.unsure();
+                return Err(CollectError::io("sync", &self.dir, e));
+            }
             self.dir_dirty = false;
         }
         Counters::add(&self.counters.synced, self.unsynced);
@@ -690,6 +730,17 @@ impl<S: Storage> Writer<S> {
             }
         }
         synced
+    }
+
+    /// An fsync failed: the records written since the last one that succeeded may never
+    /// reach the disk (after a failed fsync the kernel may drop the pages, and a later
+    /// fsync succeeds without them). They are counted lost — the next flush, or the batch
+    /// in flight, fails — and never as synced (they stay `written`: they may still be read
+    /// back).
+    fn unsure(&mut self) {
+        self.lost_since_flush += self.unsynced;
+        self.lost_total += self.unsynced;
+        self.unsynced = 0;
     }
 
     /// An I/O error: drop what is buffered, abandon the segment (cut back to its last

@@ -508,6 +508,48 @@ fn segments_can_be_archived_instead_of_deleted() {
     assert_eq!(segment::list(&archive).unwrap().len(), 1);
 }
 
+/// An archive on another file system (here /dev/shm, a tmpfs, where the machine has one
+/// apart from the temporary folder): segments are copied there whole, nothing temporary is
+/// left, and the input is emptied.
+#[test]
+fn segments_are_archived_across_file_systems() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile::tempdir().unwrap();
+    let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm here: the rename path is tested above");
+        return;
+    };
+    let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+    assert_ne!(dev(root.path()), dev(other.path()), "two file systems");
+    let (input, output, archive) = (
+        root.path().join("in"),
+        root.path().join("out"),
+        other.path().join("old"),
+    );
+    std::fs::create_dir_all(&archive).unwrap();
+    write(&input, 0..100, 1 << 30);
+    let segments = segment::list(&input).unwrap();
+    let bytes: Vec<Vec<u8>> = segments
+        .iter()
+        .map(|s| std::fs::read(&s.path).unwrap())
+        .collect();
+    let mut opts = CompactOptions::new(&input, &output);
+    opts.disposal = Disposal::Archive(archive.clone());
+    assert_eq!(go(&opts).rows, 100);
+    assert!(segment::list(&input).unwrap().is_empty());
+    let archived = segment::list(&archive).unwrap();
+    assert_eq!(archived.len(), segments.len());
+    for (a, b) in archived.iter().zip(&bytes) {
+        assert_eq!(&std::fs::read(&a.path).unwrap(), b, "copied whole");
+    }
+    let names: Vec<String> = std::fs::read_dir(&archive)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
 #[test]
 fn an_unknown_major_version_stops_and_keeps_the_segment() {
     let root = tempfile::tempdir().unwrap();
@@ -608,4 +650,15 @@ fn overlapping_folders_are_refused_before_anything_moves() {
     let s = go(&o);
     assert_eq!(s.rows, 50);
     assert_eq!(segment::list(&input.join("archive")).unwrap().len(), before);
+    // However the archive is spelled, what was archived is not compacted again: into the
+    // same output or a fresh one (which would hold every archived row a second time).
+    for (output, archive) in [
+        (input.join("parquet"), root.path().join("in/../in/archive")),
+        (input.join("fresh"), root.path().join("in/./archive")),
+    ] {
+        let mut o = CompactOptions::new(&input, output);
+        o.disposal = Disposal::Archive(archive);
+        let s = go(&o);
+        assert_eq!((s.segments, s.rows), (0, 0), "{s:?}");
+    }
 }

@@ -150,6 +150,96 @@ fn a_full_disk_drops_and_counts_then_writing_resumes() {
     );
 }
 
+/// Waits (at most 10 s: the writer's thread parks 10 ms at most) until `done` holds.
+fn until(rec: &SegmentRecorder, done: impl Fn(&retrywise_collect::RecorderStats) -> bool) {
+    for _ in 0..10_000 {
+        if done(&rec.stats()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("the writer never got there: {:?}", rec.stats());
+}
+
+#[test]
+fn a_background_fsync_that_fails_fails_the_next_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = Faulty::new();
+    let rec = SegmentRecorder::with_storage(dir.path(), WriterConfig::default(), storage).unwrap();
+    for i in 0..10 {
+        rec.record(record(i));
+    }
+    until(&rec, |s| s.written == 10);
+    // The periodic fsync fails (EIO): nobody is waiting on it.
+    faults.sync_fails.store(true, Ordering::SeqCst);
+    faults.advance(Duration::from_secs(2));
+    until(&rec, |s| s.io_errors == 1);
+    // Past the backoff, writing works again, but the ten may never reach the disk: the
+    // next flush says so, and they are never counted durable.
+    faults.advance(Duration::from_secs(10));
+    let err = rec.flush().unwrap_err();
+    assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    let s = rec.stats();
+    assert_eq!((s.written, s.synced), (10, 0), "{s:?}");
+    // What comes after is written and synced as usual.
+    for i in 10..20 {
+        rec.record(record(i));
+    }
+    rec.flush().unwrap();
+    assert_eq!(rec.stats().synced, 10);
+    rec.close().unwrap();
+}
+
+/// A batch is written whole or not at all: one that fills its segment is not cut there
+/// (the next segment's creation could fail and leave its head written while the sender is
+/// told to send it all again), and one that meets a failure leaves nothing behind.
+#[tokio::test]
+async fn a_batch_is_written_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = Faulty::new();
+    // One segment may be created; the disk refuses the next.
+    faults.creates_left.store(1, Ordering::SeqCst);
+    faults.creates_limited.store(true, Ordering::SeqCst);
+    let cfg = WriterConfig {
+        max_segment_bytes: 1024,
+        ..WriterConfig::default()
+    };
+    let rec = SegmentRecorder::with_storage(dir.path(), cfg, storage).unwrap();
+    // Ten records are about 4 KiB: four segments' worth, written into the one.
+    assert_eq!(
+        rec.write_batch((0..10).map(record).collect())
+            .await
+            .unwrap(),
+        10
+    );
+    // The next batch finds the segment full and no room for another: none of it is
+    // written.
+    let err = rec
+        .write_batch((10..20).map(record).collect())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    // Nor while the writer backs off, though the disk is back.
+    faults.creates_limited.store(false, Ordering::SeqCst);
+    assert!(
+        rec.write_batch((20..30).map(record).collect())
+            .await
+            .is_err()
+    );
+    faults.advance(Duration::from_secs(10));
+    assert_eq!(
+        rec.write_batch((30..40).map(record).collect())
+            .await
+            .unwrap(),
+        10
+    );
+    let _ = rec.flush();
+    rec.close().unwrap();
+    let (ids, summary) = read_ids(dir.path());
+    assert_eq!(ids, (0..10).chain(30..40).collect::<Vec<_>>());
+    assert_eq!(summary.skipped(), 0, "{summary:?}");
+}
+
 #[test]
 fn a_directory_that_becomes_unwritable_drops_then_recovers() {
     let root = tempfile::tempdir().unwrap();

@@ -140,6 +140,19 @@ fn segments_are_read_oldest_first() {
     assert_eq!(s.files, 3);
 }
 
+#[test]
+fn an_open_segment_closed_after_it_was_listed_is_read_under_its_closed_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("seg-0000000000001-000001.ndjson.open");
+    std::fs::write(&open, format!("{}\n{}\n{}\n", line(1), line(2), line(3))).unwrap();
+    let mut reader = SegmentReader::open(dir.path()).unwrap();
+    // Its writer closes it between the listing and the first read.
+    std::fs::rename(&open, dir.path().join("seg-0000000000001-000001.ndjson")).unwrap();
+    let ids: Vec<u64> = reader.by_ref().map(|r| r.unwrap().call_id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(reader.summary().files, 1);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Whatever garbage is mixed in, every whole record comes back, in order, and every

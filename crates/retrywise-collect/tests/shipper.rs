@@ -401,6 +401,46 @@ async fn a_spooled_batch_the_service_refuses_as_invalid_is_set_aside() {
     );
 }
 
+/// A batch refused as invalid on its first delivery is not lost either: with a spool it is
+/// set aside there, whole, for a person (a 413 refuses good records that only came too
+/// many at once), and never sent again.
+#[tokio::test(start_paused = true)]
+async fn a_batch_refused_on_its_first_delivery_is_set_aside_in_the_spool() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    stub.fail.store(1, Ordering::SeqCst);
+    stub.fail_with.store(413, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(spool.clone()),
+        ..config(url)
+    })
+    .unwrap();
+    for i in 0..20 {
+        shipper.record(record(i));
+    }
+    assert!(shipper.flush().await.is_err(), "given up, and said so");
+    assert_eq!(shipper.stats().failed, 20);
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 1);
+    let kept: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".refused"))
+        .collect();
+    assert_eq!(kept.len(), 1, "kept for a person to look at");
+    let body = std::fs::read_to_string(kept[0].path()).unwrap();
+    let ids: Vec<u64> = body
+        .lines()
+        .map(|l| serde_json::from_str::<AttemptRecord>(l).unwrap().call_id)
+        .collect();
+    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+    // Not waiting: nothing is sent again, and what comes next is delivered.
+    assert!(spooled(&spool).is_empty());
+    shipper.record(record(99));
+    shipper.flush().await.unwrap();
+    assert_eq!(stub.call_ids(), [99]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_spool_gives_up_and_says_so() {
     let (stub, url) = stub().await;

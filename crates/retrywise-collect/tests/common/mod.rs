@@ -57,6 +57,12 @@ pub struct Faults {
     pub stuck: Mutex<bool>,
     pub unstuck: Condvar,
     pub advanced_ms: AtomicU64,
+    /// The next fsync of a file fails (once).
+    pub sync_fails: AtomicBool,
+    /// When set, files may be created only while `creates_left` lasts (then ENOSPC).
+    pub creates_limited: AtomicBool,
+    /// Files that may still be created while `creates_limited` is set.
+    pub creates_left: AtomicU64,
 }
 
 impl Faults {
@@ -123,7 +129,13 @@ impl Storage for Faulty {
     type File = FaultyFile;
 
     fn create_new(&mut self, path: &Path) -> io::Result<FaultyFile> {
-        if self.faults.full.load(Ordering::SeqCst) {
+        let refused = self.faults.creates_limited.load(Ordering::SeqCst)
+            && self
+                .faults
+                .creates_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err();
+        if refused || self.faults.full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(28));
         }
         Ok(FaultyFile {
@@ -133,6 +145,9 @@ impl Storage for Faulty {
     }
 
     fn sync(&mut self, file: &mut FaultyFile) -> io::Result<()> {
+        if self.faults.sync_fails.swap(false, Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
         FileSystem.sync(&mut file.file)
     }
 
