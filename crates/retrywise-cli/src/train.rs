@@ -65,7 +65,8 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = retrywise_train::data::DEFAULT_MAX_ROWS)]
     max_rows: u64,
     /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated; the one with the
-    /// lowest validation log-loss is kept.
+    /// lowest log-loss on a share of the training rows held out (split as --split says)
+    /// is fitted on all of them.
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true,
           default_values_t = FitOptions::default().alphas)]
     alphas: Vec<f64>,
@@ -213,7 +214,7 @@ fn progress(after: &'static str) -> (ProgressBar, impl FnMut(Step)) {
         }
         Step::Trial(t) => {
             let m = format!(
-                "alpha {} → validation log-loss {:.5}",
+                "alpha {} → held-out log-loss {:.5}",
                 t.alpha, t.validation_log_loss
             );
             say(m.clone());

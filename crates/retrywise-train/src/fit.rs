@@ -64,12 +64,13 @@ impl Fitted {
     }
 }
 
-/// One candidate penalty and how it did on the validation rows.
+/// One candidate penalty and how it did on the rows it was chosen on ([`fit`]'s
+/// validation rows: `train` chooses on a share of its training rows).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlphaTrial {
     /// The penalty.
     pub alpha: f64,
-    /// Validation log-loss.
+    /// Log-loss on the rows the penalty was chosen on.
     pub validation_log_loss: f64,
 }
 

@@ -4,8 +4,9 @@
 //!
 //! [`data`] resolves and scans Parquet and NDJSON logs with polars and turns each row back
 //! into an `AttemptContext`; the numbers the model sees come from the one feature encoder,
-//! `retrywise::features`. [`train`] splits the rows by time (validation later than
-//! training; or, for simulated runs, by call: [`SplitBy`]), fits linfa-logistic with the L2 penalty chosen on validation ([`fit`]),
+//! `retrywise::features`. [`train`] splits the rows by time, per target (each target's
+//! validation rows later than its training rows — not than other targets'; or, for
+//! simulated runs, by call: [`SplitBy`]), fits linfa-logistic with the L2 penalty chosen on validation ([`fit`]),
 //! evaluates the model next to a per-error-kind baseline ([`evaluate`], [`metrics`]) through
 //! the same `LogisticModel` every server and policy uses, and writes a new version
 //! `models/<name>/<version>/{model.json, metrics.json, report.html}` ([`store`], [`report`]).
@@ -132,8 +133,9 @@ pub enum Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SplitBy {
-    /// The latest share of each target's rows ([`split_by_time`]): validation is later than
-    /// training, as the model will meet the future. For logs of real traffic.
+    /// The latest share of each target's rows ([`split_by_time`]): a target's validation
+    /// rows are later than its training rows, as the model will meet the future (another
+    /// target's training rows may overlap them in time). For logs of real traffic.
     #[default]
     Time,
     /// A share of the calls, drawn by a hash of target and call id ([`split_by_call`]):
@@ -519,21 +521,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
     let success_rate = rows.success.iter().filter(|s| **s).count() as f64 / n_rows as f64;
     let health_window = rows.health_window;
     drop(rows);
-    let (fitted, trials) = fit::fit(
-        &tr.contexts,
-        &tr.success,
-        &va.contexts,
-        &va.success,
-        &opts.fit,
-        |t| {
-            tracing::info!(
-                alpha = t.alpha,
-                validation_log_loss = t.validation_log_loss,
-                "fitted"
-            );
-            progress(Step::Trial(t.clone()));
-        },
-    )?;
+    let (fitted, trials, chosen_on) = fit_chosen(&tr, &va, opts, progress)?;
     let baseline = Baseline::fit(&tr.contexts, &tr.success);
     let fingerprint = store::fingerprint(&files)?;
     let mut artifact = ModelArtifact {
@@ -572,6 +560,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             "sample": {"max_rows": sampled.max_rows, "input_rows": sampled.input_rows, "fraction": sampled.fraction, "rows_read": load.rows_read, "by": "a hash of call_id: whole calls, in time order"},
             "skipped": load.skipped,
             "alpha_search": trials,
+            "alpha_chosen_on": chosen_on,
             "solver": {"library": "linfa-logistic 0.8 (L-BFGS)", "precision": "f32", "tolerance": opts.fit.tolerance, "max_iterations": opts.fit.max_iterations, "start": "the success log-odds, then a fit on every 20th row"},
         }),
         metrics: serde_json::Value::Null,
@@ -591,8 +580,9 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         "by_target": evaluation.by_target,
         "delay_curves": report::delay_curves(&model, &va),
     });
-    let html = report::html(&artifact, &evaluation, &model, &va)?;
-    let (version, dir) = store::write_new_version(&opts.models, &opts.name, &mut artifact, &html)?;
+    let (version, dir) = store::write_new_version(&opts.models, &opts.name, &mut artifact, |a| {
+        report::html(a, &evaluation, &model, &va)
+    })?;
     tracing::info!(version, dir = %dir.display(), "written");
     progress(Step::Written(dir.clone()));
     Ok(Trained {
@@ -601,6 +591,74 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
         artifact,
         evaluation,
     })
+}
+
+/// Fits the model on `tr`, its L2 penalty chosen among several on rows the validation
+/// rows `va` are not: the penalties are tried on the training rows split again as `opts`
+/// splits (a share held out to choose on), and the one chosen is fitted on all of `tr` —
+/// so the metrics `va` gives are of a model no choice was made on them for. With one
+/// penalty there is no choice, and its trial is scored on `va`. Returns the fit, the
+/// trials and what the choice was made on.
+fn fit_chosen(
+    tr: &Rows,
+    va: &Rows,
+    opts: &TrainOptions,
+    progress: &mut dyn FnMut(Step),
+) -> Result<(fit::Fitted, Vec<fit::AlphaTrial>, &'static str), TrainError> {
+    let mut trial = |t: &fit::AlphaTrial| {
+        tracing::info!(alpha = t.alpha, log_loss = t.validation_log_loss, "fitted");
+        progress(Step::Trial(t.clone()));
+    };
+    let choose_on = (opts.fit.alphas.len() > 1)
+        .then(|| split(tr, opts.split, opts.validation_fraction).ok())
+        .flatten()
+        .filter(|(inner, held, _)| {
+            let mixed = |r: &Rows| r.success.iter().any(|s| *s) && r.success.iter().any(|s| !*s);
+            mixed(inner) && !held.is_empty()
+        });
+    let Some((inner, held, _)) = choose_on else {
+        let (fitted, trials) = fit::fit(
+            &tr.contexts,
+            &tr.success,
+            &va.contexts,
+            &va.success,
+            &opts.fit,
+            &mut trial,
+        )?;
+        let on = if opts.fit.alphas.len() > 1 {
+            // (Training rows too few to split again: said in the artifact.)
+            "the validation rows (the training rows could not be split again)"
+        } else {
+            "no choice (one penalty)"
+        };
+        return Ok((fitted, trials, on));
+    };
+    let (chosen, trials) = fit::fit(
+        &inner.contexts,
+        &inner.success,
+        &held.contexts,
+        &held.success,
+        &opts.fit,
+        &mut trial,
+    )?;
+    drop((inner, held));
+    let once = fit::FitOptions {
+        alphas: vec![chosen.alpha],
+        ..opts.fit.clone()
+    };
+    let (fitted, _) = fit::fit(
+        &tr.contexts,
+        &tr.success,
+        &va.contexts,
+        &va.success,
+        &once,
+        |_| {},
+    )?;
+    Ok((
+        fitted,
+        trials,
+        "a share of the training rows held out as the validation rows are",
+    ))
 }
 
 /// Training rows per region of the context space ([`retrywise::features::region`]), the
@@ -660,7 +718,8 @@ pub struct EvalReport {
 /// calls (`load.sample` says so), so memory stays bounded whatever the input's size.
 ///
 /// # Errors
-/// An invalid artifact; `max_rows` of 0; unusable inputs; no usable rows.
+/// An invalid artifact; `max_rows` of 0; unusable inputs; no usable rows; rows whose
+/// target health was measured over another window than the model learned it over.
 pub fn eval(
     model_dir: &std::path::Path,
     data: &[String],
@@ -690,6 +749,21 @@ pub fn eval(
         })
         .transpose()?;
     let (_, rows, load, _) = read_bounded(data, filter, max_rows, progress)?;
+    // Health measured over another window means something else to the model: its metrics
+    // on those rows would judge a model nobody serves with them.
+    if let (Some(learned), Some(measured)) = (artifact.features.health_window(), rows.health_window)
+        && learned != measured
+    {
+        return Err(TrainError::Input {
+            path: model_dir.to_path_buf(),
+            problem: format!(
+                "the model learned target health over {} ms, but the data measured it over {} ms \
+                 (`health_window_ms`): its health features mean something else there",
+                learned.as_millis(),
+                measured.as_millis()
+            ),
+        });
+    }
     let baseline = match stored {
         Some(b) => b,
         // An artifact written without one (by hand, or by another tool): the baseline is

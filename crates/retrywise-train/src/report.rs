@@ -223,6 +223,21 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.4}"))
 }
 
+/// What the validation rows were, as the split chose them.
+fn validated_on(training: &serde_json::Value) -> String {
+    let rows = &training["validation_rows"];
+    match training["split"].as_str() {
+        Some("call") => format!(
+            "{rows} rows: every attempt of a share of the calls ({}), drawn by a hash of target and call id",
+            training["validation_fraction"]
+        ),
+        _ => format!(
+            "the {rows} latest rows of each target (from, in ms: {})",
+            training["validation_from_ms"]
+        ),
+    }
+}
+
 /// The whole report.
 ///
 /// # Errors
@@ -246,14 +261,13 @@ pub fn html(
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
          th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}</style></head><body>\
          <h1>{title}</h1><p>Created {} by {}. p(success) of the next attempt: logistic regression on the \
-         <code>{}</code> features, L2 α = {}. Trained on {} rows; validated on the {} latest, per target (from, in ms: {}).</p>",
+         <code>{}</code> features, L2 α = {}. Trained on {} rows; validated on {}.</p>",
         esc(&artifact.created_at),
         esc(&artifact.code_version),
         esc(&artifact.features.set),
         artifact.regularization.alpha,
         artifact.training["train_rows"],
-        artifact.training["validation_rows"],
-        esc(&artifact.training["validation_from_ms"].to_string()),
+        esc(&validated_on(&artifact.training)),
     );
     let sample = &artifact.training["sample"];
     if let Some(fraction) = sample["fraction"].as_f64().filter(|f| *f < 1.0) {

@@ -103,8 +103,9 @@ pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Writes `artifact` (with its version set), its metrics and `report_html` as the next
-/// version of `models/<name>`. Returns the version and its folder.
+/// Writes `artifact` (with its version set), its metrics and its report (`report_html` of
+/// the artifact as written, its version set) as the next version of `models/<name>`.
+/// Returns the version and its folder.
 ///
 /// The name is checked with [`check_name`]; callers that read and fit for a long time
 /// before writing check it first.
@@ -115,7 +116,7 @@ pub fn write_new_version(
     models: &Path,
     name: &str,
     artifact: &mut ModelArtifact,
-    report_html: &str,
+    report_html: impl Fn(&ModelArtifact) -> Result<String, TrainError>,
 ) -> Result<(u32, PathBuf), TrainError> {
     check_name(models, name)?;
     let dir = models.join(name);
@@ -150,7 +151,10 @@ pub fn write_new_version(
         }))
         .unwrap_or_default();
         write_file(&staging.join("metrics.json"), metrics.as_bytes())?;
-        write_file(&staging.join("report.html"), report_html.as_bytes())?;
+        write_file(
+            &staging.join("report.html"),
+            report_html(artifact)?.as_bytes(),
+        )?;
         let target = dir.join(version.to_string());
         if target.exists() {
             continue;
@@ -257,9 +261,11 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         let mut a = shipped();
-                        write_new_version(&models, "m", &mut a, "<html></html>")
-                            .unwrap()
-                            .0
+                        write_new_version(&models, "m", &mut a, |a| {
+                            Ok(format!("<html>version {}</html>", a.version))
+                        })
+                        .unwrap()
+                        .0
                     })
                 })
                 .collect();
@@ -271,9 +277,12 @@ mod tests {
         for v in 1..=8 {
             let dir = models.join("m").join(v.to_string());
             assert_eq!(load_artifact(&dir).unwrap().version, v);
-            for f in ["metrics.json", "report.html"] {
-                assert!(dir.join(f).is_file(), "{}", dir.join(f).display());
-            }
+            assert!(dir.join("metrics.json").is_file(), "{}", dir.display());
+            // The report is of the version it is written as, whichever number it took.
+            assert_eq!(
+                std::fs::read_to_string(dir.join("report.html")).unwrap(),
+                format!("<html>version {v}</html>")
+            );
         }
         let left: Vec<_> = std::fs::read_dir(models.join("m"))
             .unwrap()

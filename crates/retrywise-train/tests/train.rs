@@ -452,6 +452,9 @@ fn trains_a_model_that_beats_the_baseline_and_never_overwrites_a_version() {
     );
     let html = std::fs::read_to_string(first.dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("http_429"));
+    // The report names the version it was written as, and the split it was validated by.
+    assert!(html.contains("<title>retrywise model test — version 1</title>"));
+    assert!(html.contains("latest rows of each target"), "time split");
 
     // Training again makes version 2; version 1 is left byte for byte.
     let before = std::fs::read(first.dir.join("model.json")).unwrap();
@@ -754,6 +757,15 @@ fn training_split_by_call_says_so_in_the_artifact() {
     );
     let v = t.artifact.training["validation_rows"].as_u64().unwrap();
     assert!((1_000..2_000).contains(&v), "{v}");
+    // So does its report: no "latest" rows, no cut-off times.
+    let html = std::fs::read_to_string(t.dir.join("report.html")).unwrap();
+    assert!(
+        html.contains(&format!(
+            "validated on {v} rows: every attempt of a share of the calls (0.2)"
+        )),
+        "call split"
+    );
+    assert!(!html.contains("latest"), "call split");
     // The default stays the time split.
     let t = train(
         &opts(&dir.path().join("calls.parquet"), &models),
@@ -1154,6 +1166,96 @@ fn eval_scores_a_model_on_other_data() {
     )
     .unwrap_err();
     assert!(matches!(e, TrainError::InvalidOption { .. }), "{e}");
+}
+
+/// Where the latest rows say nothing (their outcomes are coin flips), the validation rows
+/// would choose the strongest penalty (a flat model loses least on noise), and then report
+/// metrics of a model chosen for them. Chosen on training rows held out, the penalty is the
+/// weak one the training rows support, and the validation rows only judge it.
+#[test]
+fn the_penalty_is_chosen_on_held_out_training_rows_not_on_the_validation_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut recs = synthetic::records(20_000, 31);
+    let mut coin = 0x9E37_79B9_u64;
+    for r in recs.iter_mut().skip(16_000) {
+        coin = coin
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let verdict = if coin >> 63 == 1 {
+            Verdict::Success
+        } else {
+            Verdict::Retryable(Failure::new(ErrorKind::Http503).with_status(503))
+        };
+        *r = AttemptRecord::new(
+            r.call_id,
+            r.hedge,
+            r.started_at_ms,
+            r.context.clone(),
+            &verdict,
+            Duration::from_millis(40),
+        );
+    }
+    let data = dir.path().join("noisy-tail.parquet");
+    write_parquet(&recs, &data);
+    let mut o = opts(&data, &dir.path().join("models"));
+    o.fit.alphas = vec![1e-2, 1e5];
+    let t = train(&o, &mut quiet).unwrap();
+    let training = &t.artifact.training;
+    assert_eq!(
+        training["alpha_chosen_on"],
+        "a share of the training rows held out as the validation rows are"
+    );
+    let loss = |i: usize| {
+        training["alpha_search"][i]["validation_log_loss"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(loss(0) < loss(1), "{}", training["alpha_search"]);
+    assert_eq!(t.artifact.regularization.alpha, 1e-2);
+    // The validation rows judge it: on coin flips it is no better than the flat baseline.
+    let m = &t.evaluation.model;
+    assert!(m.auc.unwrap() < 0.55, "{m:?}");
+    // With one penalty there is nothing to choose.
+    o.fit.alphas = vec![1.0];
+    let t = train(&o, &mut quiet).unwrap();
+    assert_eq!(
+        t.artifact.training["alpha_chosen_on"],
+        "no choice (one penalty)"
+    );
+}
+
+#[test]
+fn eval_refuses_data_whose_health_was_measured_over_another_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let windowed = |n, seed, ms| {
+        let mut recs = synthetic::records(n, seed);
+        for r in &mut recs {
+            r.context.health_window = Some(Duration::from_millis(ms));
+        }
+        recs
+    };
+    let data = dir.path().join("train.parquet");
+    write_parquet(&windowed(20_000, 21, 10_000), &data);
+    let t = train(&opts(&data, &dir.path().join("models")), &mut quiet).unwrap();
+    let eval_on = |ms| {
+        let other = dir.path().join(format!("other-{ms}.ndjson"));
+        write_ndjson(&windowed(2_000, 22, ms), &other);
+        retrywise_train::eval(
+            &t.dir,
+            &[other.to_string_lossy().into_owned()],
+            &Filter::default(),
+            retrywise_train::data::DEFAULT_MAX_ROWS,
+            &mut quiet,
+        )
+    };
+    assert_eq!(eval_on(10_000).unwrap().evaluation.model.rows, 2_000);
+    let e = eval_on(30_000).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "the model learned target health over 10000 ms, but the data measured it over 30000 ms"
+        ),
+        "{e}"
+    );
 }
 
 /// Records of calls of one to five attempts over two targets, in time order (one
