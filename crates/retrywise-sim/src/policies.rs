@@ -50,7 +50,8 @@ pub struct PolicyContext {
 pub enum Strategy {
     /// Through a retrywise [`Policy`].
     Policy(Policy<SimClassifier>),
-    /// Looks at each attempt's fate before sending it (virtual time only): the upper bound.
+    /// Looks at each attempt's fate before sending it (virtual time only): a reference,
+    /// not a strict bound (see the `oracle` contender).
     Oracle,
 }
 
@@ -280,7 +281,7 @@ pub static CATALOG: &[Contender] = &[
     },
     Contender {
         name: "oracle",
-        description: "sends an attempt only when it will succeed (virtual time only): the upper bound",
+        description: "sends an attempt only when it will succeed within the deadline (virtual time only): a reference, not a strict bound - it has no attempt timeout, looks again every 50 ms, greedily",
         build: |_| Ok(Strategy::Oracle),
     },
 ];

@@ -580,6 +580,20 @@ impl Scenario {
                     "line {line}: replica[{i}].errors: the probabilities add up to {total}, more than 1"
                 )));
             }
+            // The replica's differences apply within every phase too.
+            for (k, p) in s.phases.iter().enumerate() {
+                let total = s
+                    .upstream
+                    .errors
+                    .patched(&p.get_ref().errors)
+                    .patched(&r.get_ref().errors)
+                    .total();
+                if total > 1.0 {
+                    return Err(err(format!(
+                        "line {line}: replica[{i}].errors within phases[{k}]: the probabilities add up to {total}, more than 1"
+                    )));
+                }
+            }
         }
         Ok(s)
     }
@@ -738,8 +752,44 @@ http_503 = 0.5
         assert_eq!(s.trigger_end(), Some(6.0));
     }
 
+    /// Recovery is measured after every built-in scenario's trigger: it ends where one of
+    /// its phases does, with at least five seconds of the run after it (three bins of a
+    /// second make a recovery).
+    #[test]
+    fn every_builtin_trigger_ends_a_phase_with_room_after_it() {
+        for s in Scenario::builtin() {
+            let Some(end) = s.trigger_end() else {
+                continue;
+            };
+            assert!(
+                s.phases.iter().any(|p| p.get_ref().end_s == end),
+                "{}: no phase ends at {end} s",
+                s.name
+            );
+            assert!(
+                s.duration_s >= end + 5.0,
+                "{}: the run ends {end} s in",
+                s.name
+            );
+        }
+    }
+
     fn err(text: &str) -> String {
         Scenario::parse(text, "bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_replica_whose_errors_overflow_within_a_phase_is_refused() {
+        let replicas = OK.replace("workers = 4", "workers = 4\nreplicas = 2");
+        let within = format!("{replicas}\n[[replica]]\n[replica.errors]\nhttp_500 = 0.6\n");
+        // Alone the replica's 0.6 and the base's 0.1 fit; within the 503 phase (0.5) not.
+        let e = err(&within);
+        assert!(
+            e.contains("replica[0].errors within phases[1]: the probabilities add up to 1.1"),
+            "{e}"
+        );
+        let fits = within.replace("http_500 = 0.6", "http_500 = 0.4");
+        assert!(Scenario::parse(&fits, "ok.toml").is_ok());
     }
 
     #[test]

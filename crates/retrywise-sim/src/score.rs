@@ -69,7 +69,8 @@ pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
             let offered = s.offered.get(i).copied().unwrap_or(0);
             offered > 0 && s.goodput.get(i).copied().unwrap_or(0) as f64 >= 0.9 * offered as f64
         };
-        (first..s.offered.len().saturating_sub(3))
+        // Windows of three bins that the run holds: the last starts three from the end.
+        (first..s.offered.len().saturating_sub(2))
             .find(|&i| (i..i + 3).all(healthy))
             .map(|i| (i as f64 * bin_s - end).max(0.0))
     });
@@ -145,5 +146,65 @@ impl Scoreboard {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::Series;
+
+    fn run(offered: Vec<u64>, goodput: Vec<u64>) -> PolicyRun {
+        PolicyRun {
+            policy: "p".into(),
+            outcomes: Vec::new(),
+            series: Series {
+                bin: std::time::Duration::from_secs(1),
+                attempts: offered.clone(),
+                offered,
+                goodput,
+            },
+            wall: std::time::Duration::ZERO,
+            stops: Default::default(),
+        }
+    }
+
+    fn ended_at(end_s: u32) -> Scenario {
+        let text = format!(
+            "name = \"t\"\nrps = 10\nduration_s = 6\ntrigger_end_s = {end_s}\n\
+             [upstream]\nworkers = 4\n[upstream.latency]\nmedian_ms = 20\n\
+             [[phases]]\nstart_s = 1\nend_s = {end_s}\noutage = true\n"
+        );
+        Scenario::parse(&text, "t").unwrap()
+    }
+
+    /// Recovery is the first of three healthy bins in a row after the trigger, the last
+    /// three of the run included.
+    #[test]
+    fn recovery_counts_the_last_three_bins_of_the_run() {
+        let s = score(
+            &run(vec![10; 6], vec![0, 0, 0, 10, 10, 10]),
+            &ended_at(3),
+            10.0,
+        );
+        assert_eq!(s.recovery_s, Some(0.0));
+        let s = score(
+            &run(vec![10; 6], vec![0, 0, 0, 0, 10, 10]),
+            &ended_at(3),
+            10.0,
+        );
+        assert_eq!(s.recovery_s, None, "two healthy bins are not a recovery");
+        let s = score(
+            &run(vec![10; 6], vec![0, 0, 10, 9, 10, 10]),
+            &ended_at(2),
+            10.0,
+        );
+        assert_eq!(s.recovery_s, Some(0.0));
+        let s = score(
+            &run(vec![10; 6], vec![0, 0, 8, 10, 10, 10]),
+            &ended_at(2),
+            10.0,
+        );
+        assert_eq!(s.recovery_s, Some(1.0), "under 90 % is not healthy");
     }
 }

@@ -339,6 +339,34 @@ fn a_served_upstream_is_driven_through_target() {
     let success = r["success_rate"].as_f64().expect("number");
     assert!((0.55..0.85).contains(&success), "{r}");
 
+    // A burst scenario's --rps is its burst (all sent at once), not a rate over its
+    // duration (this one's 0.25 s would make 8 of 30).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let burst = dir.path().join("short-burst.toml");
+    let contention = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/scenarios/contention.toml"
+    ))
+    .expect("scenario");
+    std::fs::write(
+        &burst,
+        contention.replace("duration_s = 1", "duration_s = 0.25"),
+    )
+    .expect("write");
+    let out = retrywise(&[
+        "run",
+        "--scenario",
+        burst.to_str().expect("utf-8"),
+        "--policy",
+        "none",
+        "--rps",
+        "30",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let board: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(board["results"][0]["requests"], 30);
+
     // An endpoint alone needs no scenario: the load and timeouts come from flags.
     let out = retrywise(&[
         "run",

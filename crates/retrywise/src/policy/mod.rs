@@ -620,20 +620,29 @@ impl<C> Policy<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let p = &*self.inner;
+        // Each request's future is made only once the bulkhead has admitted it (as an
+        // unhedged attempt's is): the operation is called for requests really sent - a
+        // hedge turned away, or a primary cancelled while it queued, calls it not at all.
+        // The racing requests share it behind a lock held only while one is made
+        // (a `Mutex`, not a `RefCell`, so that the call stays `Send`).
+        let op = std::sync::Mutex::new(op);
+        let op = &op;
         let raced = hedge
             .race(
                 attempt_start,
                 |i| {
-                    let fut = op(Attempt { number, hedge: i });
                     let started = if i == 0 {
                         attempt_start
                     } else {
                         Instant::now()
                     };
                     async move {
-                        let (sent, end) = self
-                            .send(move || fut, timeout, started, ctx, call_id, i)
-                            .await;
+                        let make = move || {
+                            let mut op =
+                                op.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            (*op)(Attempt { number, hedge: i })
+                        };
+                        let (sent, end) = self.send(make, timeout, started, ctx, call_id, i).await;
                         let (end, latency) = end.unwrap_or_else(|| {
                             let now = Instant::now();
                             (now, now.saturating_duration_since(started))

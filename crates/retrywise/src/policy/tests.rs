@@ -1443,6 +1443,8 @@ async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
     assert_eq!(t0.elapsed(), 100 * MS);
     let m = p.bulkhead().unwrap().metrics();
     assert_eq!(m.rejected_calls, 1, "{m:?}");
+    // The operation is called for requests sent only: not for the hedge turned away.
+    assert_eq!(started.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -312,7 +312,12 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
             "--rps must be positive, at most 1e9, got {r}"
         );
         opts.rps = r;
-        opts.requests = (r * scenario.duration_s).round() as u64;
+        // A burst sends its rps at once, whatever its (short) duration; Poisson arrivals
+        // come at the rate for the run.
+        opts.requests = match scenario.arrivals {
+            retrywise_sim::scenario::Arrivals::Burst => r.round() as u64,
+            _ => (r * scenario.duration_s).round() as u64,
+        };
         anyhow::ensure!(
             opts.requests >= 1 || args.requests.is_some(),
             "--rps {r} over the scenario's {} s is no request at all: raise --rps or give --requests",
