@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -24,6 +25,11 @@ use crate::timeout::{Elapsed, Timeout};
 ///
 /// The policy's breaker, bulkhead and hedge, if it has any, are not applied here: stack
 /// their own layers, or use [`PolicyLayer`](super::PolicyLayer) for the whole composition.
+/// A request a retrywise breaker or bulkhead layer inside refuses unsent (its error holds
+/// a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull)) is no attempt: nothing is recorded,
+/// and the call stops with that reason ([`GaveUp`]), as `Policy::call` does. A retry's
+/// wait for the service to be ready counts within its attempt timeout.
 ///
 /// When the service answers with a response the classifier judges a failure and the
 /// policy stops, that response is returned (as tower's retry does).
@@ -115,7 +121,7 @@ impl<S: std::fmt::Debug, C> std::fmt::Debug for RetryService<S, C> {
 impl<S, C, Req> Service<Req> for RetryService<S, C>
 where
     S: Service<Req> + Clone,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + 'static,
     C: Classifier<S::Response, S::Error> + Clone,
     Req: Clone,
 {
@@ -132,24 +138,47 @@ where
         let start = Instant::now();
         let policy = self.policy.clone();
         let p = policy.inner();
+        // The service the future keeps for its retries. When the first attempt is not
+        // sent now, the readiness `poll_ready` reserved goes with the future (which sends
+        // it later) or is let go (a refusal): kept in `self`, it could hold the only slot
+        // of a concurrency limit that the future's clone then waits for.
+        let mut service = None;
         let (state, call_id, guard) = match p.begin(start) {
-            Err(reason) => (State::Refused { reason }, 0, None),
-            Ok(call_id) => {
-                if let Err(wait) = p.limit(start) {
-                    // The rate limiter asks the first attempt to wait for its token.
+            Err(reason) => {
+                drop(super::take_ready(&mut self.inner));
+                let refused =
+                    Refused::new(reason, 0, "refused by the client-side adaptive throttle");
+                (State::Refused { refused }, 0, None)
+            }
+            Ok(call_id) => match p.limit(start) {
+                // The rate limiter asks the first attempt to wait for its token - unless
+                // the wait would take what is left of the deadline: then nothing is sent.
+                Err(wait)
+                    if p.attempt_timeout_at(&p.first, start, start + wait)
+                        == Some(Duration::ZERO) =>
+                {
+                    drop(super::take_ready(&mut self.inner));
+                    let reason = p.stopped(StopReason::Deadline);
+                    let refused =
+                        Refused::new(reason, 0, "the rate limiter's wait would pass the deadline");
+                    (State::Refused { refused }, call_id, None)
+                }
+                Err(wait) => {
+                    service = Some(super::take_ready(&mut self.inner));
                     let sleep = Box::pin(tokio::time::sleep(wait));
                     (State::Limited { sleep }, call_id, None)
-                } else {
+                }
+                Ok(()) => {
                     let timeout = p.decider.attempt_timeout(&p.first);
                     let guard = p.guard(&p.first, call_id, 0, start).map(Box::new);
                     let fut = Timeout::new(self.inner.call(req.clone()), timeout);
                     (State::Calling { fut }, call_id, guard)
                 }
-            }
+            },
         };
         RetryFuture {
             policy,
-            service: self.inner.clone(),
+            service: service.unwrap_or_else(|| self.inner.clone()),
             request: req,
             ctx: None,
             call_id,
@@ -163,6 +192,7 @@ where
 
 pin_project! {
     /// The future of [`RetryService`].
+    #[project = RetryFutureProj]
     pub struct RetryFuture<S, Req, C>
     where
         S: Service<Req>,
@@ -201,10 +231,33 @@ pin_project! {
         },
         // Take the rate limiter's token (or wait for it), then get ready.
         Reserving,
-        Readying,
-        Refused {
-            reason: StopReason,
+        // Waiting for the service to be ready, within the attempt's timeout (the attempt
+        // has started: `Policy` runs readiness and the call under one timeout too).
+        Readying {
+            timeout: Option<Duration>,
+            expires: Option<Pin<Box<Sleep>>>,
         },
+        Refused {
+            refused: Refused,
+        },
+    }
+}
+
+/// Why a call stops without (another) attempt sent.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    reason: StopReason,
+    attempts: u32,
+    why: &'static str,
+}
+
+impl Refused {
+    fn new(reason: StopReason, attempts: u32, why: &'static str) -> Self {
+        Self {
+            reason,
+            attempts,
+            why,
+        }
     }
 }
 
@@ -215,10 +268,114 @@ fn finish<T, E: Into<BoxError>>(out: Result<Result<T, E>, Elapsed>) -> Result<T,
     }
 }
 
+/// Why a retrywise layer inside refused a request without sending it (the circuit was
+/// open, the bulkhead full), if `e` is such a refusal: this crate's [`Error`], or a
+/// `BoxError`, holding a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull).
+fn refused_inside<E: 'static>(e: &E) -> Option<StopReason> {
+    let any: &dyn std::any::Any = e;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> =
+        if let Some(e) = any.downcast_ref::<Error>() {
+            Some(e.inner())
+        } else {
+            any.downcast_ref::<BoxError>()
+                .map(|b| b.as_ref() as &(dyn std::error::Error + 'static))
+        };
+    while let Some(err) = cur {
+        if err.is::<crate::breaker::CircuitOpen>() {
+            return Some(StopReason::CircuitOpen);
+        }
+        if err.is::<crate::bulkhead::BulkheadFull>() {
+            return Some(StopReason::BulkheadFull);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// What follows an attempt that ended with `out` (its answer, or its timeout): the call's
+/// output when it is over, or `None` with the next state set (the wait before a retry).
+fn attempt_ended<S, Req, C>(
+    this: &mut RetryFutureProj<'_, S, Req, C>,
+    out: Result<Result<S::Response, S::Error>, Elapsed>,
+) -> Option<Result<S::Response, Error>>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    C: Classifier<S::Response, S::Error>,
+{
+    let p = this.policy.inner();
+    // Refused unsent by a retrywise layer inside (an open circuit, a full bulkhead):
+    // not an attempt - nothing recorded, no health, no retry budget - and the call
+    // stops as `Policy::call` stops on its own breaker's or bulkhead's refusal.
+    let out = match out {
+        Ok(Err(e)) => match refused_inside(&e) {
+            Some(reason) => {
+                if let Some(g) = this.guard.take() {
+                    g.discard();
+                }
+                let ctx = this.ctx.as_deref().unwrap_or(&p.first);
+                let reason = p.stopped(reason);
+                return Some(Err(Error::new(GaveUp {
+                    target: Arc::clone(this.policy.target()),
+                    attempts: ctx.attempt - 1,
+                    reason,
+                    last: Error::new(e),
+                })));
+            }
+            None => Ok(Err(e)),
+        },
+        other => other,
+    };
+    let verdict = match &out {
+        Ok(r) => this.policy.classifier().classify(r),
+        Err(_) => Verdict::Retryable(Failure::new(ErrorKind::Timeout)),
+    };
+    let retryable = matches!(verdict, Verdict::Retryable(_));
+    // Read the clock only if someone needs it.
+    let now = (retryable || this.guard.is_some() || p.health.is_some()).then(Instant::now);
+    let latency = now.map_or_else(Default::default, |n| {
+        n.saturating_duration_since(*this.attempt_start)
+    });
+    if let Some(now) = now {
+        p.observe(now, &verdict, latency);
+    }
+    if let Some(g) = this.guard.take() {
+        g.finish(&verdict, latency);
+    }
+    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
+    p.settle(ctx, None, &verdict, latency, None, *this.start, false);
+    let failure = match verdict {
+        Verdict::Success => return Some(finish(out)),
+        Verdict::Permanent(_) => {
+            p.stopped(StopReason::NotRetryable);
+            return Some(finish(out));
+        }
+        Verdict::Retryable(f) => f,
+    };
+    let now = now.unwrap_or_else(Instant::now);
+    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
+    match p.plan_retry(ctx, &failure, latency, *this.start, now) {
+        Err(_) => return Some(finish(out)),
+        Ok(next) => {
+            let delay = next.delay;
+            *this.ctx = Some(Box::new(next));
+            if delay.is_zero() {
+                this.state.set(State::Reserving);
+            } else {
+                this.state.set(State::Sleeping {
+                    sleep: Box::pin(tokio::time::sleep(delay)),
+                });
+            }
+        }
+    }
+    None
+}
+
 impl<S, C, Req> Future for RetryFuture<S, Req, C>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + 'static,
     C: Classifier<S::Response, S::Error>,
     Req: Clone,
 {
@@ -230,84 +387,79 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { fut } => {
                     let out = ready!(fut.poll(cx));
-                    let p = this.policy.inner();
-                    let verdict = match &out {
-                        Ok(r) => this.policy.classifier().classify(r),
-                        Err(_) => Verdict::Retryable(Failure::new(ErrorKind::Timeout)),
-                    };
-                    let retryable = matches!(verdict, Verdict::Retryable(_));
-                    // Read the clock only if someone needs it.
-                    let now = (retryable || this.guard.is_some() || p.health.is_some())
-                        .then(Instant::now);
-                    let latency = now.map_or_else(Default::default, |n| {
-                        n.saturating_duration_since(*this.attempt_start)
-                    });
-                    if let Some(now) = now {
-                        p.observe(now, &verdict, latency);
-                    }
-                    if let Some(g) = this.guard.take() {
-                        g.finish(&verdict, latency);
-                    }
-                    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
-                    p.settle(ctx, None, &verdict, latency, None, *this.start, false);
-                    let failure = match verdict {
-                        Verdict::Success => return Poll::Ready(finish(out)),
-                        Verdict::Permanent(_) => {
-                            p.stopped(StopReason::NotRetryable);
-                            return Poll::Ready(finish(out));
-                        }
-                        Verdict::Retryable(f) => f,
-                    };
-                    let now = now.unwrap_or_else(Instant::now);
-                    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
-                    match p.plan_retry(ctx, &failure, latency, *this.start, now) {
-                        Err(_) => return Poll::Ready(finish(out)),
-                        Ok(next) => {
-                            let delay = next.delay;
-                            *this.ctx = Some(Box::new(next));
-                            if delay.is_zero() {
-                                this.state.set(State::Reserving);
-                            } else {
-                                this.state.set(State::Sleeping {
-                                    sleep: Box::pin(tokio::time::sleep(delay)),
-                                });
-                            }
-                        }
+                    if let Some(done) = attempt_ended(&mut this, out) {
+                        return Poll::Ready(done);
                     }
                 }
                 StateProj::Sleeping { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Reserving);
                 }
-                StateProj::Reserving => match this.policy.inner().limit(Instant::now()) {
-                    Ok(()) => this.state.set(State::Readying),
-                    Err(wait) => this.state.set(State::Limited {
-                        sleep: Box::pin(tokio::time::sleep(wait)),
-                    }),
-                },
+                StateProj::Reserving => {
+                    let p = this.policy.inner();
+                    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
+                    let now = Instant::now();
+                    match p.limit(now) {
+                        Ok(()) => {
+                            // The attempt starts: it is recorded from now, and its
+                            // timeout (what is left of the deadline, if less) runs from
+                            // now, readiness included.
+                            *this.attempt_start = now;
+                            *this.guard = p.guard(ctx, *this.call_id, 0, now).map(Box::new);
+                            let timeout = p.attempt_timeout_at(ctx, *this.start, now);
+                            let expires = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+                            this.state.set(State::Readying { timeout, expires });
+                        }
+                        // A wait that would take what is left of the deadline is not
+                        // waited: the call stops now, and takes no token.
+                        Err(wait)
+                            if p.attempt_timeout_at(ctx, *this.start, now + wait)
+                                == Some(Duration::ZERO) =>
+                        {
+                            let reason = p.stopped(StopReason::Deadline);
+                            let refused = Refused::new(
+                                reason,
+                                ctx.attempt - 1,
+                                "the rate limiter's wait would pass the deadline",
+                            );
+                            this.state.set(State::Refused { refused });
+                        }
+                        Err(wait) => this.state.set(State::Limited {
+                            sleep: Box::pin(tokio::time::sleep(wait)),
+                        }),
+                    }
+                }
                 StateProj::Limited { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Reserving);
                 }
-                StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        return Poll::Ready(Err(Error::new(e)));
+                StateProj::Readying { timeout, expires } => match this.service.poll_ready(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::new(e))),
+                    Poll::Ready(Ok(())) => {
+                        let left = expires
+                            .as_ref()
+                            .map(|e| e.deadline().saturating_duration_since(Instant::now()));
+                        let fut = Timeout::new(this.service.call(this.request.clone()), left);
+                        this.state.set(State::Calling { fut });
                     }
-                    let now = Instant::now();
-                    *this.attempt_start = now;
-                    let p = this.policy.inner();
-                    let ctx = this.ctx.as_deref().unwrap_or(&p.first);
-                    *this.guard = p.guard(ctx, *this.call_id, 0, now).map(Box::new);
-                    let timeout = p.decider.attempt_timeout(ctx);
-                    let fut = Timeout::new(this.service.call(this.request.clone()), timeout);
-                    this.state.set(State::Calling { fut });
-                }
-                StateProj::Refused { reason } => {
+                    Poll::Pending => {
+                        let Some(e) = expires else {
+                            return Poll::Pending;
+                        };
+                        ready!(e.as_mut().poll(cx));
+                        // Never ready within the attempt's time: the attempt timed out.
+                        let after = timeout.unwrap_or_default();
+                        if let Some(done) = attempt_ended(&mut this, Err(Elapsed { after })) {
+                            return Poll::Ready(done);
+                        }
+                    }
+                },
+                StateProj::Refused { refused } => {
                     return Poll::Ready(Err(Error::new(GaveUp {
                         target: Arc::clone(this.policy.target()),
-                        attempts: 0,
-                        reason: *reason,
-                        last: Error::new("refused by the client-side adaptive throttle"),
+                        attempts: refused.attempts,
+                        reason: refused.reason,
+                        last: Error::new(refused.why),
                     })));
                 }
             }

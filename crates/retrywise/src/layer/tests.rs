@@ -329,3 +329,155 @@ async fn retry_layer_waits_for_the_aws_rate_limiter_like_policy() {
         "{took:?}"
     );
 }
+
+/// The first attempt waits for the rate limiter's token while the caller's handle is still
+/// held (`ready().await?.call(..)` keeps it): the readiness it reserved - here the only
+/// slot of a concurrency limit - goes with the call, which would otherwise wait for the
+/// slot its own caller holds, for ever.
+#[tokio::test(start_paused = true)]
+async fn a_first_attempt_the_rate_limiter_delays_keeps_the_readiness_reserved_for_it() {
+    use crate::budget::CubicRateLimiter;
+    let status = Arc::new(AtomicU32::new(200));
+    let s = Arc::clone(&status);
+    let upstream = service_fn(move |_: ()| {
+        let code = s.load(Ordering::SeqCst) as u16;
+        async move { Ok::<_, io::Error>(http::Response::builder().status(code).body(()).unwrap()) }
+    });
+    let policy = crate::policy::Policy::builder("aws")
+        .decider(quick_retry(1))
+        .rate_limiter(CubicRateLimiter::default())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(upstream);
+    let mut svc = RetryLayer::new(policy).layer(limited);
+    // One 429 turns the limiter on: from then on first attempts wait for tokens.
+    status.store(429, Ordering::SeqCst);
+    let _ = svc.ready().await.unwrap().call(()).await;
+    status.store(200, Ordering::SeqCst);
+    for _ in 0..20 {
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            svc.ready().await.unwrap().call(()).await
+        })
+        .await
+        .expect("a call waiting for its own caller's slot never ends");
+        assert_eq!(answer.unwrap().status(), 200);
+    }
+}
+
+/// Readiness is part of the attempt, as under `Policy` (readiness and the call run under
+/// one timeout there): a service that is never ready again does not hold a retry past the
+/// deadline.
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_readiness_no_longer_than_the_deadline() {
+    #[derive(Clone)]
+    struct ReadyOnce {
+        readied: Arc<AtomicU32>,
+    }
+    impl Service<u32> for ReadyOnce {
+        type Response = u32;
+        type Error = io::Error;
+        type Future = std::future::Ready<Result<u32, io::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), io::Error>> {
+            // Ready once; after that, never again (a limit held by hung calls).
+            if self.readied.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::task::Poll::Ready(Ok(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        }
+        fn call(&mut self, _: u32) -> Self::Future {
+            std::future::ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset")))
+        }
+    }
+    let rules = RetryRules::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(10 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let policy = Policy::builder("never-ready").retry(rules).build().unwrap();
+    let mut svc = RetryLayer::new(policy.clone()).layer(ReadyOnce {
+        readied: Arc::new(AtomicU32::new(0)),
+    });
+    let t0 = tokio::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        svc.ready().await.unwrap().call(1).await
+    })
+    .await
+    .expect("a retry waiting for readiness outlived its deadline");
+    assert!(out.is_err());
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    let stops = policy.metrics().stops;
+    assert!(stops.contains(&("deadline", 1)), "{stops:?}");
+}
+
+/// A wait for the rate limiter's token that would take what is left of the deadline is
+/// not waited, as under `Policy`: the call stops at once with `deadline`.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limiter_wait_past_the_deadline_is_not_waited() {
+    use crate::budget::CubicRateLimiter;
+    let upstream = service_fn(|_: ()| async {
+        Ok::<_, io::Error>(http::Response::builder().status(429).body(()).unwrap())
+    });
+    let rules = RetryRules::builder()
+        .max_attempts(1)
+        .deadline(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let policy = crate::policy::Policy::builder("aws")
+        .retry(rules)
+        .rate_limiter(CubicRateLimiter::default())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let mut svc = RetryLayer::new(policy.clone()).layer(upstream);
+    // Throttled: the limiter comes on at its floor rate, far slower than 5 ms a call.
+    let _ = svc.ready().await.unwrap().call(()).await;
+    let t0 = tokio::time::Instant::now();
+    let mut stopped = 0;
+    for _ in 0..5 {
+        if let Err(e) = svc.ready().await.unwrap().call(()).await {
+            assert!(e.to_string().contains("deadline"), "{e}");
+            stopped += 1;
+        }
+    }
+    assert!(stopped > 0);
+    assert!(
+        t0.elapsed() < Duration::from_millis(25),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+/// A retry layer over a breaker layer: a call the open circuit refuses was never sent - no
+/// record of an upstream failure, no retry into the open circuit - and stops as
+/// `Policy::call` stops on its own breaker's refusal.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_by_a_breaker_layer_inside_is_no_attempt() {
+    let breaker = CircuitBreaker::builder("b").build().unwrap();
+    breaker.force_open();
+    let calls = Arc::new(AtomicU32::new(0));
+    let rec = Arc::new(crate::recorder::MemoryRecorder::new(10));
+    let policy = Policy::builder("b")
+        .decider(quick_retry(3))
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let mut svc = RetryLayer::new(policy.clone()).layer(
+        CircuitBreakerLayer::new(breaker, ErrorsAreRetryable).layer(failing(calls.clone(), 0)),
+    );
+    let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
+    assert_eq!(gave_up.reason, crate::retry::StopReason::CircuitOpen, "{e}");
+    assert_eq!(gave_up.attempts, 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(rec.take().is_empty(), "nothing was sent: nothing recorded");
+    let m = policy.metrics();
+    assert!(m.stops.contains(&("circuit_open", 1)), "{m:?}");
+    assert_eq!(m.retries, 0, "{m:?}");
+}

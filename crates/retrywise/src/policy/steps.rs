@@ -127,7 +127,7 @@ impl Inner {
     /// the decider's, counted from when it is really sent. Waits the plan did not include
     /// (the rate limiter's, the breaker's) took time from the deadline: then the context is
     /// read as of `at`. `Some(ZERO)`: no time is left, and nothing may be sent.
-    pub(super) fn attempt_timeout_at(
+    pub(crate) fn attempt_timeout_at(
         &self,
         ctx: &AttemptContext,
         start: Instant,
@@ -442,6 +442,12 @@ impl RecordGuard {
     /// The request ended with `verdict` after `latency`.
     pub(crate) fn finish(mut self, verdict: &Verdict, latency: Duration) {
         self.record(verdict, latency, None);
+    }
+
+    /// The request was never sent (refused on this side): nothing is recorded.
+    #[cfg(feature = "tower")]
+    pub(crate) fn discard(mut self) {
+        self.ctx = None;
     }
 }
 
