@@ -561,6 +561,84 @@ async fn a_redis_that_stops_answering_is_fallen_back_from_and_returned_to() {
     b.stop().await;
 }
 
+/// Keeps the Redis on `port` busy for `ms` milliseconds (a script that loops until then,
+/// as a slow command or a long fork would): commands sent meanwhile wait, and run after it.
+async fn busy(port: u16, ms: u64) {
+    let script = format!(
+        "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] \
+         while true do local n = redis.call('TIME') \
+         if n[1] * 1000000 + n[2] - s > {} then break end end return 1",
+        ms * 1000
+    );
+    let cmd = format!(
+        "*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n",
+        script.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(cmd.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b":1\r\n");
+}
+
+/// A write that times out on the replica's side may still run on Redis's (a command
+/// queued behind a slow one): the replica sends the same batch again, under the same name,
+/// and the fleet counts each attempt once - neither lost nor twice. Redis is kept busy
+/// while the attempts arrive, so the replica's write waits behind the busy script and
+/// times out there. (Here redis-rs's dropped connection does not get its command run;
+/// the script's own test of a name written twice is in `shared.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_timed_out_but_ran_is_not_counted_twice() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Replica::start(&redis.url(), dir.path(), "a").await,
+        Replica::start(&redis.url(), dir.path(), "b").await,
+    );
+    let client = reqwest::Client::new();
+    for r in [&a, &b] {
+        until("shared", || async {
+            shared_gauge(&client, &r.base).await == Some(1)
+        })
+        .await;
+    }
+    let stall = tokio::spawn(busy(redis.port, 400));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ingest(&client, &a.base, attempts("db", 10, 4)).await;
+    until("A's write times out", || async {
+        shared_gauge(&client, &a.base).await == Some(0)
+    })
+    .await;
+    tokio::time::timeout(PATIENCE, stall)
+        .await
+        .unwrap()
+        .unwrap();
+    until("A shares again", || async {
+        shared_gauge(&client, &a.base).await == Some(1)
+    })
+    .await;
+    until("B sees A's attempts", || async {
+        target(&client, &b.base, "db")
+            .await
+            .is_some_and(|v| v["calls"] != 0)
+    })
+    .await;
+    // A few more cache periods: every try of the batch has run by now.
+    tokio::time::sleep(CACHE * 5).await;
+    let v = target(&client, &b.base, "db").await.unwrap();
+    assert_eq!(
+        (v["calls"].as_u64(), v["failures"].as_u64()),
+        (Some(10), Some(4)),
+        "{v}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_fleet_leaves_nothing_in_redis() {
     let Some(redis) = Redis::start().await else {

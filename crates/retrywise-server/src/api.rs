@@ -449,7 +449,8 @@ pub struct DecideResponse {
     /// 425 and 429). For a first attempt (admission): `admit` (send now),
     /// `predicted_recovery` (wait `delay_ms`: a fresh call is predicted to fail now and to
     /// succeed often enough after the wait), `circuit_open_wait` (the fleet's shared circuit
-    /// is open for `delay_ms` more, within the deadline), `circuit_open` (open beyond the
+    /// is open a while more: `delay_ms` is that time and up to half as much again, drawn per
+    /// caller so that callers told at once do not return together, within the deadline), `circuit_open` (open beyond the
     /// deadline, or forced open: fail fast), `low_success_probability` (no wait within the
     /// deadline makes a fresh call worth sending), `deadline` (`elapsed_ms` has already
     /// reached `deadline_ms`: fail fast).
@@ -741,7 +742,11 @@ fn admit(
     match st.fleet.circuit(&ctx.target) {
         Some((State::ForcedOpen, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
         Some((State::Open, Some(r))) if fits(r) => {
-            return answer(true, r, p_after(r), "circuit_open_wait");
+            // Spread over half as long again: callers all told the same moment would
+            // arrive together at a target just recovering (within the deadline).
+            let w = r + r.mul_f64(0.5 * rand::random::<f64>());
+            let w = if fits(w) { w } else { r };
+            return answer(true, w, p_after(w), "circuit_open_wait");
         }
         Some((State::Open, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
         _ => {}

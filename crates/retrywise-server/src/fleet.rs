@@ -115,8 +115,8 @@ pub const FLEET_MIN_OPEN: Duration = Duration::from_millis(500);
 pub const FLEET_MAX_OPEN: Duration = Duration::from_secs(60);
 
 /// Every target's state. When the fleet is at its cap, a new target takes the place of
-/// idle ones (no attempt within the window, circuit closed); if none is idle, it is not
-/// tracked.
+/// idle ones (no attempt within the window, no circuit still open); if none is idle, it is
+/// not tracked.
 pub struct Fleet {
     targets: RwLock<HashMap<Arc<str>, Arc<Target>>>,
     /// How many targets `targets` holds (read without the lock on the prediction path).
@@ -218,9 +218,17 @@ impl Fleet {
             return Some(Arc::clone(t));
         }
         if map.len() >= self.max_targets {
-            // Make room by forgetting targets that are idle: nothing within the window and a
-            // closed (or never used) shared circuit.
-            map.retain(|_, t| t.health.counts(now).0 > 0 || t.breaker.state() != State::Closed);
+            // Make room by forgetting targets that are idle: nothing within the window, and
+            // no circuit still open - closed, never used, or open past its time (callers
+            // read that as HALF_OPEN; obeying it they report nothing, so it would
+            // otherwise stay for ever). One an operator forced open, disabled or set to
+            // metrics only is kept.
+            let holds = |t: &Target| match local_circuit(&t.breaker) {
+                (State::Open, left) => left.is_some_and(|l| !l.is_zero()),
+                (State::Closed | State::HalfOpen, _) => false,
+                (State::ForcedOpen | State::Disabled | State::MetricsOnly, _) => true,
+            };
+            map.retain(|_, t| t.health.counts(now).0 > 0 || holds(t));
             self.count.store(map.len(), Ordering::Relaxed);
             if map.len() >= self.max_targets {
                 return None;
@@ -547,5 +555,44 @@ mod tests {
         );
         assert!(view.reason.contains("probing"), "{}", view.reason);
         assert_eq!(fleet.gauges("inventory").map(|g| g.0), Some(false));
+    }
+
+    /// At its cap the fleet makes room from idle targets: one whose circuit opened, whose
+    /// callers then stopped (they obey it), and whose open time has passed is idle too -
+    /// else such targets would fill the fleet for good. One still open is kept.
+    #[tokio::test(start_paused = true)]
+    async fn a_target_whose_circuit_opened_and_went_quiet_makes_room() {
+        let fleet = Fleet::new(Duration::from_secs(10), 1);
+        let wall = 1_800_000_000_000;
+        let now = Instant::now();
+        for i in 1..40 {
+            fleet.observe(&refused("a", i, wall), now, wall);
+        }
+        let (state, left) = fleet.circuit("a").expect("tracked");
+        assert_eq!(state, State::Open);
+        let left = left.expect("open for a while");
+        // While it is open, a new target finds no room.
+        let ok = AttemptRecord::new(
+            1,
+            0,
+            wall - 10,
+            AttemptContext::first("b"),
+            &Verdict::Success,
+            Duration::from_millis(1),
+        );
+        assert_eq!(fleet.observe(&ok, Instant::now(), wall), Observed::Full);
+        // Two minutes later: nothing in the window, its open time long past.
+        tokio::time::advance(Duration::from_secs(120).max(left)).await;
+        let wall = wall + 120_000;
+        let ok = AttemptRecord::new(
+            2,
+            0,
+            wall - 10,
+            AttemptContext::first("b"),
+            &Verdict::Success,
+            Duration::from_millis(1),
+        );
+        assert_eq!(fleet.observe(&ok, Instant::now(), wall), Observed::Tracked);
+        assert_eq!(fleet.circuit("a"), None);
     }
 }

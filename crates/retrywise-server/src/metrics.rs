@@ -382,15 +382,17 @@ impl Metrics {
         }
     }
 
-    /// Marks exactly the `(model, version)` pairs of `serving` as serving (1), and every
-    /// pair marked before and no longer serving as 0.
-    pub fn set_serving(&self, serving: &[(String, u32)]) {
+    /// Marks exactly the `(model, version)` pairs `serving` gives (called under the gauge's
+    /// lock) as serving (1), and every pair marked before and no longer serving as 0.
+    pub fn set_serving(&self, serving: impl FnOnce() -> Vec<(String, u32)>) {
         let Ok(mut marked) = self.serving.lock() else {
             return;
         };
-        let now: HashSet<(String, String)> = serving
-            .iter()
-            .map(|(m, v)| (m.clone(), v.to_string()))
+        // Read under the lock: of two reloads racing, the one that marks last reads the
+        // set that serves last.
+        let now: HashSet<(String, String)> = serving()
+            .into_iter()
+            .map(|(m, v)| (m, v.to_string()))
             .collect();
         for (model, version) in marked.iter().filter(|k| !now.contains(*k)) {
             self.model_serving

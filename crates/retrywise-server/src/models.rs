@@ -281,6 +281,12 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                     tracing::error!(model = %name, refused = version, serving = ?serving, error = %why, "model version refused; the version serving keeps serving");
                     newly.push(((name.clone(), version), (st, why.clone())));
                     report.failed.push((name.clone(), version, why));
+                    // The serving version itself, rewritten and now refused (a copy caught
+                    // half-written, say): it keeps serving from memory - no older version
+                    // takes its place.
+                    if serving == Some(version) {
+                        break;
+                    }
                 }
             }
         }

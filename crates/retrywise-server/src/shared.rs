@@ -63,16 +63,23 @@ const LATENCY: u64 = 5;
 /// Where the keys live.
 const PREFIX: &str = "retrywise:fleet:";
 
-/// Adds the batch's counts (see the module's documentation for the layout).
-/// `ARGV`: prefix, now (ms), ttl (ms), then per target: name, last success (ms, 0: none),
-/// open for (ms, 0: not open), buckets, then per bucket: its number, fields, then the
-/// fields as name/increment pairs.
+/// Adds the batch's counts (see the module's documentation for the layout), once: a batch
+/// is named, and one whose name was written already (a write that timed out on the
+/// replica's side and ran on Redis's, sent again) adds nothing. `ARGV`: prefix, now (ms),
+/// ttl (ms), the batch's name, then per target: name, last success (ms, 0: none), open for
+/// (ms, 0: not open), buckets, then per bucket: its number, fields, then the fields as
+/// name/increment pairs. Increments go through `pcall`: one that cannot be added (a count
+/// past what Redis holds) is skipped, and the rest - every expiry among them - still
+/// happen (Redis does not undo a script that stops on an error).
 const WRITE: &str = r"
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+if not redis.call('SET', p .. 'w:' .. ARGV[4], '1', 'NX', 'PX', ttl) then
+  return 0
+end
 local z = p .. 'targets'
-local i = 4
+local i = 5
 while i <= #ARGV do
   local name = ARGV[i]
   local ls = tonumber(ARGV[i + 1])
@@ -96,7 +103,7 @@ while i <= #ARGV do
     local nf = tonumber(ARGV[i + 1])
     i = i + 2
     for _ = 1, nf do
-      redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+      redis.pcall('HINCRBY', key, ARGV[i], ARGV[i + 1])
       i = i + 2
     end
     redis.call('PEXPIRE', key, ttl)
@@ -175,22 +182,20 @@ struct TargetDelta {
     open_ms: u64,
 }
 
-impl TargetDelta {
-    fn merge(&mut self, other: TargetDelta) {
-        for (b, d) in other.buckets {
-            let mine = self.buckets.entry(b).or_default();
-            mine.calls += d.calls;
-            mine.failures += d.failures;
-            mine.permanents += d.permanents;
-            mine.latency_us = mine.latency_us.saturating_add(d.latency_us);
-            for (h, n) in d.hist {
-                *mine.hist.entry(h).or_default() += n;
-            }
-        }
-        self.last_success_ms = self.last_success_ms.max(other.last_success_ms);
-        self.open_ms = self.open_ms.max(other.open_ms);
-    }
+/// A batch of counts whose write failed.
+#[derive(Debug)]
+struct Unsent {
+    /// Its name in Redis (the script adds a name once).
+    name: u64,
+    /// When it was made (wall ms).
+    made_ms: u64,
+    batch: HashMap<Arc<str>, TargetDelta>,
 }
+
+/// The latency one attempt adds to its bucket's sum, at most (about 28 hours): so that no
+/// sum of a bucket's attempts passes what Redis holds (`i64`), whatever the durations
+/// recorded.
+const MAX_LATENCY_US: u64 = 100_000_000_000;
 
 /// What the shared view holds of one target, as last read from Redis: the whole fleet's
 /// evidence.
@@ -284,6 +289,9 @@ pub struct SharedFleet {
     timeout: Duration,
     max_targets: usize,
     pending: Mutex<HashMap<Arc<str>, TargetDelta>>,
+    /// A batch whose write failed, with its name and when it was made: sent again, whole
+    /// and under the same name, before anything newer (so Redis adds it at most once).
+    unsent: Mutex<Option<Unsent>>,
     view: ArcSwap<HashMap<Arc<str>, SharedTarget>>,
     shared: AtomicBool,
     /// Wall-clock ms of the last successful read; 0 before the first.
@@ -344,6 +352,7 @@ impl SharedFleet {
             timeout,
             max_targets,
             pending: Mutex::new(HashMap::new()),
+            unsent: Mutex::new(None),
             view: ArcSwap::from_pointee(HashMap::new()),
             shared: AtomicBool::new(false),
             read_ms: AtomicU64::new(0),
@@ -371,7 +380,8 @@ impl SharedFleet {
             Ended::Failure => b.failures += 1,
             Ended::Permanent => b.permanents += 1,
         }
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let us =
+            u64::try_from(latency.as_micros()).map_or(MAX_LATENCY_US, |us| us.min(MAX_LATENCY_US));
         b.latency_us = b.latency_us.saturating_add(us);
         *b.hist.entry(latency_bucket(latency)).or_default() += 1;
     }
@@ -416,20 +426,35 @@ impl SharedFleet {
         }
     }
 
-    /// Writes the counts recorded since the last flush; on failure keeps those still
-    /// within the window for the next.
+    /// Writes the counts recorded since the last flush, as a named batch Redis adds once.
+    /// A batch whose write failed (refused, or timed out - it may still have run on Redis)
+    /// is kept whole under its name and sent again, before anything newer, with what is
+    /// still within the window; the counts recorded meanwhile wait for the next flush.
     async fn flush(&self, conn: &mut ConnectionManager) -> Result<usize, String> {
-        let batch = match self.pending.lock() {
-            Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
-            _ => return Ok(0),
-        };
         let now = wall_ms();
+        let retried = self.unsent.lock().ok().and_then(|mut u| u.take());
+        let (name, made_ms, mut batch) = match retried {
+            Some(u) => (u.name, u.made_ms, u.batch),
+            None => match self.pending.lock() {
+                Ok(mut p) if !p.is_empty() => (batch_name(), now, std::mem::take(&mut *p)),
+                _ => return Ok(0),
+            },
+        };
+        // What is older than the window is read by no one: not sent again. An open
+        // circuit's time counts from when it was recorded.
+        let oldest = now.saturating_sub(ms(self.window)) / self.period_ms;
+        let waited = now.saturating_sub(made_ms);
+        for t in batch.values_mut() {
+            t.buckets.retain(|&b, _| b >= oldest);
+            t.open_ms = t.open_ms.saturating_sub(waited);
+        }
+        batch.retain(|_, t| !t.buckets.is_empty() || t.open_ms > 0 || t.last_success_ms > 0);
         let ttl = ms(self.window).saturating_mul(2);
         let mut call = self.write.prepare_invoke();
-        call.arg(PREFIX).arg(now).arg(ttl);
+        call.arg(PREFIX).arg(now).arg(ttl).arg(name);
         let mut attempts = 0;
-        for (name, t) in &batch {
-            call.arg(&**name)
+        for (target, t) in &batch {
+            call.arg(&**target)
                 .arg(t.last_success_ms)
                 .arg(t.open_ms)
                 .arg(t.buckets.len());
@@ -450,16 +475,12 @@ impl SharedFleet {
         match result {
             Ok(Ok(_)) => Ok(usize::try_from(attempts).unwrap_or(usize::MAX)),
             failed => {
-                // Keep what is still within the window for the next flush.
-                let oldest = now.saturating_sub(ms(self.window)) / self.period_ms;
-                if let Ok(mut p) = self.pending.lock() {
-                    for (name, mut t) in batch {
-                        t.buckets.retain(|&b, _| b >= oldest);
-                        // A time left open is stale by the next flush: the replica's own
-                        // breaker writes it again with its next ingested attempt.
-                        t.open_ms = 0;
-                        p.entry(name).or_default().merge(t);
-                    }
+                if let Ok(mut u) = self.unsent.lock() {
+                    *u = Some(Unsent {
+                        name,
+                        made_ms: now,
+                        batch,
+                    });
                 }
                 Err(self.describe("writing to", failed.ok().and_then(Result::err)))
             }
@@ -584,6 +605,11 @@ impl SharedFleet {
     }
 }
 
+/// A batch's name: random, so that no two replicas' batches share one.
+fn batch_name() -> u64 {
+    rand::random()
+}
+
 /// One target's row of the read script, as of `now` (wall ms); `None` when malformed.
 fn parse_row(row: &[i64], now: u64) -> Option<SharedTarget> {
     let n = |i: usize| row.get(i).map(|&v| u64::try_from(v).unwrap_or(0));
@@ -679,7 +705,7 @@ mod tests {
     }
 
     #[test]
-    fn unwritten_counts_merge_and_the_view_is_not_answered_from_before_a_read() {
+    fn unwritten_counts_add_up_and_the_view_is_not_answered_from_before_a_read() {
         let f = fleet("redis://127.0.0.1:1").unwrap();
         let t: Arc<str> = Arc::from("db");
         f.record(&t, 5_000, Ended::Failure, Duration::from_millis(3));
@@ -694,13 +720,96 @@ mod tests {
         // Nothing read yet: the replica answers from its own view.
         assert_eq!(f.target("db"), None);
         assert!(!f.status().shared);
-        let mut a = TargetDelta::default();
-        a.buckets.entry(1).or_default().calls = 2;
-        let mut b = TargetDelta::default();
-        b.buckets.entry(1).or_default().calls = 3;
-        b.last_success_ms = 7;
-        a.merge(b);
-        assert_eq!((a.buckets[&1].calls, a.last_success_ms), (5, 7));
+        // A latency past what a bucket's sum may hold adds at most MAX_LATENCY_US.
+        f.record(&t, 5_000, Ended::Success, Duration::from_secs(1 << 40));
+        let p = f.pending.lock().unwrap();
+        assert_eq!(p[&t].buckets[&5].latency_us, 8_000 + MAX_LATENCY_US);
+    }
+
+    /// The write script against a real `redis-server` (started on a free loopback port;
+    /// skipped where none is installed, unless CI's `RETRYWISE_REQUIRE_REDIS` is set): a
+    /// batch run twice under one name - a write that timed out on the replica's side, ran
+    /// on Redis's, and was sent again - counts once; a count past what Redis holds is
+    /// skipped and every key still gets its expiry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_written_twice_under_one_name_counts_once() {
+        let Some(bin) = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("redis-server"))
+                .find(|p| p.is_file())
+        }) else {
+            assert!(
+                std::env::var_os("RETRYWISE_REQUIRE_REDIS").is_none(),
+                "RETRYWISE_REQUIRE_REDIS is set and redis-server is not installed"
+            );
+            eprintln!("SKIPPED: redis-server is not installed");
+            return;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = None;
+        for _ in 0..500 {
+            if let Ok(c) = client.get_multiplexed_async_connection().await {
+                conn = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut conn = conn.expect("redis-server answers within 5 s");
+        let write = redis::Script::new(WRITE);
+        let run = |name: u64, s_us: i64| {
+            let mut call = write.prepare_invoke();
+            call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(name);
+            call.arg("db").arg(0).arg(0).arg(1);
+            call.arg(7).arg(2).arg("c").arg(3).arg("s").arg(s_us);
+            call
+        };
+        let key = format!("{PREFIX}b:db:7");
+        for (name, applied) in [(1, 1), (1, 0), (2, 1)] {
+            let n: i64 = run(name, 5).invoke_async(&mut conn).await.unwrap();
+            assert_eq!(n, applied, "batch {name}");
+        }
+        let calls: i64 = redis::cmd("HGET")
+            .arg(&key)
+            .arg("c")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(calls, 6, "two batches of three, one of them sent twice");
+        // A latency sum past i64: that increment is skipped, the rest is written and
+        // every key expires.
+        let n: i64 = run(3, i64::MAX).invoke_async(&mut conn).await.unwrap();
+        assert_eq!(n, 1);
+        let calls: i64 = redis::cmd("HGET")
+            .arg(&key)
+            .arg("c")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(calls, 9);
+        for k in [key.clone(), format!("{PREFIX}m:db"), format!("{PREFIX}w:3")] {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{k} expires: {ttl}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

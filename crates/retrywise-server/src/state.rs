@@ -206,14 +206,14 @@ pub async fn reload(st: &AppState) -> std::io::Result<ReloadReport> {
             );
         }
     }
-    // Recomputed from what serves now on every reload, so two reloads racing cannot leave
-    // a stale version marked as serving.
-    let serving: Vec<(String, u32)> = st
-        .models
-        .snapshot()
-        .values()
-        .map(|m| (m.name.clone(), m.version))
-        .collect();
-    st.metrics.set_serving(&serving);
+    // Recomputed from what serves now on every reload, read under the gauge's lock, so
+    // two reloads racing cannot leave a stale version marked as serving.
+    st.metrics.set_serving(|| {
+        st.models
+            .snapshot()
+            .values()
+            .map(|m| (m.name.clone(), m.version))
+            .collect()
+    });
     Ok(r)
 }

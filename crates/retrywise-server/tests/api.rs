@@ -918,6 +918,14 @@ async fn a_rollback_or_a_rewritten_version_is_followed() {
         text.contains("retrywise_model_serving{model=\"default\",version=\"1\"} 0"),
         "{text}"
     );
+    // Version 2 rewritten in place and caught half-written: refused, and the version in
+    // memory keeps serving - version 1 does not take its place.
+    std::fs::write(h.models.join("default/2/model.json"), "{").unwrap();
+    let (_, v) = h.post("/admin/reload", "").await;
+    assert_eq!(v["serving"], json!(["default/2"]), "{v}");
+    let (_, v) = h.post("/v1/predict", ask).await;
+    assert_eq!(v["version"], 2);
+    assert!((p_of(&v) - sigmoid(-1.0)).abs() < 1e-12, "{v}");
 }
 
 #[tokio::test]
@@ -1531,7 +1539,19 @@ async fn decide_answers_admission_for_a_first_attempt() {
         "{v}"
     );
     let wait = v["delay_ms"].as_f64().unwrap();
-    assert!(wait > 0.0 && wait <= open_for, "{v} vs {t}");
+    assert!(wait > 0.0 && wait <= 1.5 * open_for, "{v} vs {t}");
+    // Callers asking at once are spread over the open time and half as long again, not
+    // sent back together at its end.
+    let mut waits = Vec::new();
+    for _ in 0..20 {
+        let (_, v) = h.post("/v1/decide", &ask(fresh, None)).await;
+        waits.push(v["delay_ms"].as_f64().unwrap());
+    }
+    let (lo, hi) = waits
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), w| (lo.min(*w), hi.max(*w)));
+    assert!(hi - lo > 0.1 * open_for, "{waits:?}");
+    assert!(hi <= 1.5 * open_for, "{waits:?}");
     let (_, v) = h.post("/v1/decide", &ask(fresh, Some(10))).await;
     assert_eq!(
         (v["retry"].as_bool(), v["reason"].as_str()),
