@@ -130,6 +130,10 @@ pub(crate) struct EvalArgs {
     /// With --check: the largest ECE on every row.
     #[arg(long, default_value_t = CalibrationLimits::default().max_ece_overall, requires = "check", value_parser = unit_interval)]
     max_ece_overall: f64,
+    /// With --check: the fewest rows a check is judged on (below it even a calibrated
+    /// model's ECE is mostly noise); a target with fewer is reported as not judged.
+    #[arg(long, default_value_t = CalibrationLimits::default().min_rows, requires = "check")]
+    min_rows: u64,
 }
 
 /// A number within `[0, 1]` (clap's parser for the ECE limits).
@@ -394,6 +398,7 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         report.evaluation.check_calibration(&CalibrationLimits {
             max_ece_overall: args.max_ece_overall,
             max_ece: args.max_ece,
+            min_rows: args.min_rows,
         })
     });
     if args.json {
@@ -434,14 +439,28 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         for c in &checks {
             outln!(
                 "{} {}: {} ({})",
-                if c.met { "met   " } else { "MISSED" },
+                match (c.judged, c.met) {
+                    (false, _) => "not judged (too few rows)",
+                    (true, true) => "met   ",
+                    (true, false) => "MISSED",
+                },
                 name(c),
                 c.measured,
                 c.goal
             );
         }
     }
-    let missed: Vec<String> = checks.iter().filter(|c| !c.met).map(name).collect();
+    anyhow::ensure!(
+        checks.iter().any(|c| c.judged),
+        "calibration check: too few rows to judge anything ({} rows; --min-rows {})",
+        report.load.rows,
+        args.min_rows
+    );
+    let missed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.judged && !c.met)
+        .map(name)
+        .collect();
     anyhow::ensure!(
         missed.is_empty(),
         "calibration check: {} of {} missed: {}",

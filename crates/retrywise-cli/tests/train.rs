@@ -180,8 +180,24 @@ fn train_eval_and_inspect_a_model_of_recorded_traffic() {
     assert_eq!(checks[1]["target"], targets[0]["target"]);
     assert_eq!(
         loose.status.success(),
-        checks.iter().all(|c| c["met"] == true),
+        checks
+            .iter()
+            .all(|c| c["met"] == true || c["judged"] == false),
         "{v}"
+    );
+    // ...rows too few to judge anything are said, and fail...
+    let few = eval(&["--check", "--min-rows", "1000000"]);
+    assert!(!few.status.success());
+    assert!(
+        text(&few.stderr)
+            .contains("too few rows to judge anything (6000 rows; --min-rows 1000000)"),
+        "{}",
+        text(&few.stderr)
+    );
+    assert!(
+        text(&few.stdout).contains("not judged (too few rows) every row"),
+        "{}",
+        text(&few.stdout)
     );
     // ...and a limit outside [0, 1] is refused by name.
     let bad = eval(&["--check", "--max-ece", "2"]);

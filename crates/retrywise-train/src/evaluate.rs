@@ -184,13 +184,24 @@ pub struct CalibrationLimits {
     pub max_ece_overall: f64,
     /// The largest expected calibration error on each target's rows (default 0.05).
     pub max_ece: f64,
+    /// The fewest rows a check is judged on (default [`MIN_JUDGED_ROWS`]): below it the
+    /// ECE of even a perfectly calibrated model is mostly noise, and the check is reported
+    /// as not judged.
+    pub min_rows: u64,
 }
+
+/// Rows below which a calibration check is not judged: on fewer, a perfectly calibrated
+/// model's ECE (15 bins, predictions spread over `[0, 1]`) averages about 0.04 and
+/// exceeds 0.05 one time in twenty at 1,000 rows; at 2,000 it averages 0.028 and stays
+/// under 0.04.
+pub const MIN_JUDGED_ROWS: u64 = 2_000;
 
 impl Default for CalibrationLimits {
     fn default() -> Self {
         Self {
             max_ece_overall: 0.03,
             max_ece: 0.05,
+            min_rows: MIN_JUDGED_ROWS,
         }
     }
 }
@@ -204,8 +215,15 @@ pub struct CalibrationCheck {
     pub goal: String,
     /// What was measured.
     pub measured: String,
-    /// Whether it holds.
+    /// Whether it was judged: its rows were at least [`CalibrationLimits::min_rows`].
+    #[serde(default = "judged")]
+    pub judged: bool,
+    /// Whether it was judged and holds.
     pub met: bool,
+}
+
+fn judged() -> bool {
+    true
 }
 
 impl Evaluation {
@@ -230,11 +248,13 @@ impl Evaluation {
                 m.success_rate * 100.0
             )
         };
+        let judged = |m: &Metrics| m.rows >= limits.min_rows;
         let mut out = vec![CalibrationCheck {
             target: None,
             goal: format!("ECE <= {} on every row", limits.max_ece_overall),
             measured: measured(&self.model, &self.baseline),
-            met: self.model.ece <= limits.max_ece_overall,
+            judged: judged(&self.model),
+            met: judged(&self.model) && self.model.ece <= limits.max_ece_overall,
         }];
         out.extend(self.by_target.iter().map(|t| {
             let ranks = match (t.model.auc, t.baseline.auc) {
@@ -249,7 +269,8 @@ impl Evaluation {
                     limits.max_ece
                 ),
                 measured: measured(&t.model, &t.baseline),
-                met: t.model.ece <= limits.max_ece && ranks,
+                judged: judged(&t.model),
+                met: judged(&t.model) && t.model.ece <= limits.max_ece && ranks,
             }
         }));
         out
@@ -296,7 +317,11 @@ mod tests {
             by_error: vec![],
             by_target: vec![outage, permanent, rate_limited, stragglers],
         };
-        let limits = CalibrationLimits::default();
+        // (Twenty rows a target: judged here from one row on.)
+        let limits = CalibrationLimits {
+            min_rows: 1,
+            ..CalibrationLimits::default()
+        };
         let t = e.check_calibration(&limits);
         let judged: Vec<(Option<&str>, bool)> =
             t.iter().map(|t| (t.target.as_deref(), t.met)).collect();
@@ -329,6 +354,22 @@ mod tests {
         worse.model = Metrics::compute(&[0.9; 20], &y);
         let w = worse.check_calibration(&limits);
         assert!(!w[0].met && w[1].met);
+        // By default twenty rows are too few to judge: nothing is met, nothing judged.
+        let d = e.check_calibration(&CalibrationLimits::default());
+        assert!(d.iter().all(|c| !c.judged && !c.met), "{d:?}");
+        // From enough rows a check is judged: a flat model at its target's level is
+        // calibrated, but ranks no better than the baseline.
+        let y: Vec<bool> = (0..3_000).map(|i| i % 10 < 7).collect();
+        let flat = target_report("flat", &[0.7; 3_000], &[0.7; 3_000], &y);
+        let e = Evaluation {
+            model: flat.model.clone(),
+            baseline: flat.baseline.clone(),
+            by_error: vec![],
+            by_target: vec![flat],
+        };
+        let c = e.check_calibration(&CalibrationLimits::default());
+        assert!(c.iter().all(|c| c.judged), "{c:?}");
+        assert!(c[0].met && !c[1].met, "{c:?}");
     }
 
     /// One large, well-predicted target and a small one the model cannot tell apart: the
