@@ -8,7 +8,15 @@
 //! [`BulkheadFull`](crate::bulkhead::BulkheadFull), [`Elapsed`](crate::timeout::Elapsed),
 //! ...), which callers tell apart with [`Error::downcast_ref`]. Unlike a bare `BoxError`
 //! it implements `std::error::Error`, so layers stacked on each other can classify each
-//! other's errors; it converts into `BoxError` for the rest of the tower ecosystem.
+//! other's errors; it converts into `BoxError` for the rest of the tower ecosystem. The
+//! layers that run a retry loop ([`PolicyLayer`], [`RetryLayer`] when the policy stops
+//! without an answer) give up with a [`GaveUp`] (the stop's reason, and the last error as
+//! its `last` and `source()`): `downcast_ref::<GaveUp>()` first, then its `last`.
+//!
+//! Order matters as in any tower stack: a timeout outside a breaker or an adaptive
+//! bulkhead cancels the call they wait on, and a cancelled call is neither a failure to
+//! the breaker nor a latency sample to the limit - put the [`TimeoutLayer`] inside them
+//! (as below), where its `Elapsed` is an outcome they count.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::attempt::{AttemptContext, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Verdict};
 use crate::breaker::{CircuitBreaker, Prediction, SlidingWindow};
 use crate::budget::{AdaptiveThrottle, CubicRateLimiter, RetryBudget, RetryQuota};
-use crate::bulkhead::{AdaptiveLimit, Bulkhead, BulkheadFull};
+use crate::bulkhead::{AdaptiveLimit, Bulkhead, BulkheadFull, BulkheadPermit};
 use crate::error::{Check, ConfigError};
 use crate::health::HealthTracker;
 use crate::hedge::Hedge;
@@ -489,7 +489,7 @@ impl<C> Policy<C> {
             None => {
                 let make = || op(Attempt { number, hedge: 0 });
                 let (sent, end) = self
-                    .send(make, timeout, attempt_start, ctx, call_id, 0)
+                    .send(make, timeout, attempt_start, ctx, call_id, 0, None)
                     .await;
                 // Read the clock only if someone needs the latency: the breaker, or the
                 // retry decision after a failure.
@@ -532,16 +532,19 @@ impl<C> Policy<C> {
         }
     }
 
-    /// Sends one request: bulkhead, then the operation (made by `make` once admitted)
-    /// under its timeout, classification, health, record.
-    async fn send<T, E, Fut>(
-        &self,
+    /// Sends one request: bulkhead (unless `admitted` already holds its room), then the
+    /// operation (made by `make` once admitted) under its timeout, classification, health,
+    /// record.
+    #[allow(clippy::too_many_arguments)]
+    async fn send<'b, T, E, Fut>(
+        &'b self,
         make: impl FnOnce() -> Fut,
         timeout: Option<Duration>,
         started: Instant,
         ctx: &AttemptContext,
         call_id: u64,
         hedge: u32,
+        admitted: Option<BulkheadPermit<'b>>,
     ) -> (Sent<T, E>, Option<(Instant, Duration)>)
     where
         C: Classifier<T, E>,
@@ -549,9 +552,10 @@ impl<C> Policy<C> {
     {
         let p = &*self.inner;
         let mut started = started;
-        let permit = match &p.bulkhead {
-            None => None,
-            Some(b) => match b.try_acquire_quiet() {
+        let permit = match (&p.bulkhead, admitted) {
+            (_, Some(permit)) => Some(permit),
+            (None, None) => None,
+            (Some(b), None) => match b.try_acquire_quiet() {
                 Some(permit) => Some(permit),
                 // A hedge never waits for room: a full bulkhead means the upstream is
                 // queueing, where a hedge adds load and wins nothing.
@@ -620,29 +624,53 @@ impl<C> Policy<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let p = &*self.inner;
-        // Each request's future is made only once the bulkhead has admitted it (as an
-        // unhedged attempt's is): the operation is called for requests really sent - a
-        // hedge turned away, or a primary cancelled while it queued, calls it not at all.
-        // The racing requests share it behind a lock held only while one is made
-        // (a `Mutex`, not a `RefCell`, so that the call stays `Send`).
-        let op = std::sync::Mutex::new(op);
-        let op = &op;
+        // Every request's operation is called only once the bulkhead holds its room (as an
+        // unhedged attempt's is), so that a request turned away or cancelled while it
+        // queued is no request made. The primary is admitted first - waiting for room if
+        // it must - and the race starts when it is sent: the hedge's delay counts from
+        // then, not from a wait in this process's queue.
+        let mut attempt_start = attempt_start;
+        let mut primary = match &p.bulkhead {
+            None => None,
+            Some(b) => match b.try_acquire_quiet() {
+                Some(permit) => Some(permit),
+                None => match b.acquire_after_refusal_for(Some(ctx)).await {
+                    Ok(permit) => {
+                        attempt_start = Instant::now();
+                        Some(permit)
+                    }
+                    Err(full) => {
+                        return Self::all_failed(vec![(Sent::Rejected(full), Duration::ZERO)]);
+                    }
+                },
+            },
+        };
         let raced = hedge
             .race(
                 attempt_start,
                 |i| {
+                    // A hedge never waits for the bulkhead's room: admitted or refused now,
+                    // and its operation is called only when admitted - a hedge turned away
+                    // is no request made.
+                    let admitted = match (i, &p.bulkhead) {
+                        (0, _) => Ok(primary.take()),
+                        (_, None) => Ok(None),
+                        (_, Some(b)) => b.try_acquire().map(Some),
+                    }
+                    .map(|permit| (permit, op(Attempt { number, hedge: i })));
                     let started = if i == 0 {
                         attempt_start
                     } else {
                         Instant::now()
                     };
                     async move {
-                        let make = move || {
-                            let mut op =
-                                op.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            (*op)(Attempt { number, hedge: i })
+                        let (sent, end) = match admitted {
+                            Ok((permit, fut)) => {
+                                self.send(move || fut, timeout, started, ctx, call_id, i, permit)
+                                    .await
+                            }
+                            Err(full) => (Sent::Rejected(full), None),
                         };
-                        let (sent, end) = self.send(make, timeout, started, ctx, call_id, i).await;
                         let (end, latency) = end.unwrap_or_else(|| {
                             let now = Instant::now();
                             (now, now.saturating_duration_since(started))
@@ -675,36 +703,40 @@ impl<C> Policy<C> {
                 }
                 Self::end(sent, latency, Some(end))
             }
-            Err(all) => {
-                let mut errors = Vec::new();
-                let mut answer = None;
-                let mut last = None;
-                let mut all_rejected = true;
-                for (sent, latency) in all.errors {
-                    last = Some((sent.verdict(), latency));
-                    all_rejected &= matches!(sent, Sent::Rejected(_));
-                    match sent {
-                        Sent::Done(Ok(t), _) => answer = Some(t),
-                        Sent::Done(Err(e), _) => errors.push(AttemptError::Inner(e)),
-                        Sent::TimedOut(e) => errors.push(AttemptError::Timeout(e)),
-                        Sent::Rejected(e) => errors.push(AttemptError::BulkheadFull(e)),
-                    }
-                }
-                let (verdict, latency) = last.unwrap_or((
-                    Verdict::Retryable(Failure::new(ErrorKind::Other)),
-                    Duration::ZERO,
-                ));
-                Ended {
-                    verdict,
-                    latency,
-                    at: None,
-                    error: answer
-                        .is_none()
-                        .then_some(AttemptError::AllHedgesFailed(errors)),
-                    answer,
-                    rejected: all_rejected,
-                }
+            Err(all) => Self::all_failed(all.errors),
+        }
+    }
+
+    /// The attempt when no request answered for good: every error, the last one's verdict,
+    /// and whether every request was turned away by the bulkhead.
+    fn all_failed<T, E>(all: Vec<(Sent<T, E>, Duration)>) -> Ended<T, E> {
+        let mut errors = Vec::new();
+        let mut answer = None;
+        let mut last = None;
+        let mut all_rejected = true;
+        for (sent, latency) in all {
+            last = Some((sent.verdict(), latency));
+            all_rejected &= matches!(sent, Sent::Rejected(_));
+            match sent {
+                Sent::Done(Ok(t), _) => answer = Some(t),
+                Sent::Done(Err(e), _) => errors.push(AttemptError::Inner(e)),
+                Sent::TimedOut(e) => errors.push(AttemptError::Timeout(e)),
+                Sent::Rejected(e) => errors.push(AttemptError::BulkheadFull(e)),
             }
+        }
+        let (verdict, latency) = last.unwrap_or((
+            Verdict::Retryable(Failure::new(ErrorKind::Other)),
+            Duration::ZERO,
+        ));
+        Ended {
+            verdict,
+            latency,
+            at: None,
+            error: answer
+                .is_none()
+                .then_some(AttemptError::AllHedgesFailed(errors)),
+            answer,
+            rejected: all_rejected,
         }
     }
 

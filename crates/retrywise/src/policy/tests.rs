@@ -1448,6 +1448,46 @@ async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hedged_call_cancelled_while_it_queues_calls_nothing() {
+    let p = Policy::builder("queue")
+        .retry(retry(1, 0))
+        .bulkhead(
+            Bulkhead::builder("queue")
+                .max_concurrent(1)
+                .max_wait(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        )
+        .hedge(
+            Hedge::builder()
+                .delay(HedgeDelay::Fixed(5 * MS))
+                .no_budget()
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let started = AtomicU32::new(0);
+    let slow = |_: Attempt| {
+        started.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(100 * MS).await;
+            Ok::<_, io::Error>(())
+        }
+    };
+    // The first call holds the only room for 100 ms; the second queues for it and its
+    // caller gives up after 50 ms.
+    let first = p.call(slow);
+    let second = tokio::time::timeout(50 * MS, p.call(slow));
+    let (a, b) = tokio::join!(first, second);
+    a.unwrap();
+    assert!(b.is_err());
+    // One request was made: the first call's primary. Its hedge found no room, and the
+    // second call's primary never had any.
+    assert_eq!(started.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hedge_the_model_holds_back_spends_no_budget() {
     let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
     let before = bucket.tokens();
