@@ -270,6 +270,21 @@ async fn shared_gauge(client: &reqwest::Client, base: &str) -> Option<i64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
+/// Two replicas sharing through `redis`, once both say so.
+async fn two_sharing(redis: &Redis, dir: &Path, client: &reqwest::Client) -> (Replica, Replica) {
+    let (a, b) = (
+        Replica::start(&redis.url(), dir, "a").await,
+        Replica::start(&redis.url(), dir, "b").await,
+    );
+    for r in [&a, &b] {
+        until("shared", || async {
+            shared_gauge(client, &r.base).await == Some(1)
+        })
+        .await;
+    }
+    (a, b)
+}
+
 /// Waits until `check` holds, failing after [`PATIENCE`]; returns how long it took.
 async fn until<F, Fut>(what: &str, mut check: F) -> Duration
 where
@@ -517,17 +532,8 @@ async fn a_redis_that_stops_answering_is_fallen_back_from_and_returned_to() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        Replica::start(&redis.url(), dir.path(), "a").await,
-        Replica::start(&redis.url(), dir.path(), "b").await,
-    );
     let client = reqwest::Client::new();
-    for r in [&a, &b] {
-        until("shared", || async {
-            shared_gauge(&client, &r.base).await == Some(1)
-        })
-        .await;
-    }
+    let (a, b) = two_sharing(&redis, dir.path(), &client).await;
     ingest(&client, &a.base, attempts("db", 10, 5)).await;
     until("B sees A's attempts", || async {
         target(&client, &b.base, "db")
@@ -595,17 +601,8 @@ async fn a_write_that_timed_out_but_ran_is_not_counted_twice() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        Replica::start(&redis.url(), dir.path(), "a").await,
-        Replica::start(&redis.url(), dir.path(), "b").await,
-    );
     let client = reqwest::Client::new();
-    for r in [&a, &b] {
-        until("shared", || async {
-            shared_gauge(&client, &r.base).await == Some(1)
-        })
-        .await;
-    }
+    let (a, b) = two_sharing(&redis, dir.path(), &client).await;
     let stall = tokio::spawn(busy(redis.port, 400));
     tokio::time::sleep(Duration::from_millis(20)).await;
     ingest(&client, &a.base, attempts("db", 10, 4)).await;

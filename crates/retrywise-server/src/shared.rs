@@ -726,6 +726,16 @@ mod tests {
         assert_eq!(p[&t].buckets[&5].latency_us, 8_000 + MAX_LATENCY_US);
     }
 
+    /// The calls counted in the bucket hash `key`.
+    async fn count(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+        redis::cmd("HGET")
+            .arg(key)
+            .arg("c")
+            .query_async(conn)
+            .await
+            .unwrap()
+    }
+
     /// The write script against a real `redis-server` (started on a free loopback port;
     /// skipped where none is installed, unless CI's `RETRYWISE_REQUIRE_REDIS` is set): a
     /// batch run twice under one name - a write that timed out on the replica's side, ran
@@ -782,23 +792,13 @@ mod tests {
             let n: i64 = run(name, 5).invoke_async(&mut conn).await.unwrap();
             assert_eq!(n, applied, "batch {name}");
         }
-        let calls: i64 = redis::cmd("HGET")
-            .arg(&key)
-            .arg("c")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let calls = count(&mut conn, &key).await;
         assert_eq!(calls, 6, "two batches of three, one of them sent twice");
         // A latency sum past i64: that increment is skipped, the rest is written and
         // every key expires.
         let n: i64 = run(3, i64::MAX).invoke_async(&mut conn).await.unwrap();
         assert_eq!(n, 1);
-        let calls: i64 = redis::cmd("HGET")
-            .arg(&key)
-            .arg("c")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let calls = count(&mut conn, &key).await;
         assert_eq!(calls, 9);
         for k in [key.clone(), format!("{PREFIX}m:db"), format!("{PREFIX}w:3")] {
             let ttl: i64 = redis::cmd("PTTL")

@@ -292,21 +292,32 @@ async fn the_retry_layer_takes_no_tokens_for_permanent_failures() {
     assert_eq!(bucket.tokens(), 10.0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn retry_layer_waits_for_the_aws_rate_limiter_like_policy() {
-    use crate::budget::CubicRateLimiter;
-    let status = Arc::new(AtomicU32::new(200));
-    let s = Arc::clone(&status);
+/// An upstream answering the status `status` holds, and a one-attempt policy with the AWS
+/// SDKs' client-side rate limiter.
+fn behind_the_aws_limiter(
+    status: &Arc<AtomicU32>,
+) -> (
+    impl Service<(), Response = http::Response<()>, Error = io::Error, Future: Send> + Clone,
+    Policy<HttpClassifier>,
+) {
+    let s = Arc::clone(status);
     let upstream = service_fn(move |_: ()| {
         let code = s.load(Ordering::SeqCst) as u16;
         async move { Ok::<_, io::Error>(http::Response::builder().status(code).body(()).unwrap()) }
     });
     let policy = crate::policy::Policy::builder("aws")
         .decider(quick_retry(1))
-        .rate_limiter(CubicRateLimiter::default())
+        .rate_limiter(crate::budget::CubicRateLimiter::default())
         .classifier(HttpClassifier)
         .build()
         .unwrap();
+    (upstream, policy)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_layer_waits_for_the_aws_rate_limiter_like_policy() {
+    let status = Arc::new(AtomicU32::new(200));
+    let (upstream, policy) = behind_the_aws_limiter(&status);
     let mut svc = RetryLayer::new(policy).layer(upstream);
     // 50 calls a second for 2 s: nothing held back.
     let t0 = tokio::time::Instant::now();
@@ -336,19 +347,8 @@ async fn retry_layer_waits_for_the_aws_rate_limiter_like_policy() {
 /// slot its own caller holds, for ever.
 #[tokio::test(start_paused = true)]
 async fn a_first_attempt_the_rate_limiter_delays_keeps_the_readiness_reserved_for_it() {
-    use crate::budget::CubicRateLimiter;
     let status = Arc::new(AtomicU32::new(200));
-    let s = Arc::clone(&status);
-    let upstream = service_fn(move |_: ()| {
-        let code = s.load(Ordering::SeqCst) as u16;
-        async move { Ok::<_, io::Error>(http::Response::builder().status(code).body(()).unwrap()) }
-    });
-    let policy = crate::policy::Policy::builder("aws")
-        .decider(quick_retry(1))
-        .rate_limiter(CubicRateLimiter::default())
-        .classifier(HttpClassifier)
-        .build()
-        .unwrap();
+    let (upstream, policy) = behind_the_aws_limiter(&status);
     let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(upstream);
     let mut svc = RetryLayer::new(policy).layer(limited);
     // One 429 turns the limiter on: from then on first attempts wait for tokens.

@@ -624,27 +624,6 @@ impl<C> Policy<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let p = &*self.inner;
-        // Every request's operation is called only once the bulkhead holds its room (as an
-        // unhedged attempt's is), so that a request turned away or cancelled while it
-        // queued is no request made. The primary is admitted first - waiting for room if
-        // it must - and the race starts when it is sent: the hedge's delay counts from
-        // then, not from a wait in this process's queue.
-        let mut attempt_start = attempt_start;
-        let mut primary = match &p.bulkhead {
-            None => None,
-            Some(b) => match b.try_acquire_quiet() {
-                Some(permit) => Some(permit),
-                None => match b.acquire_after_refusal_for(Some(ctx)).await {
-                    Ok(permit) => {
-                        attempt_start = Instant::now();
-                        Some(permit)
-                    }
-                    Err(full) => {
-                        return Self::all_failed(vec![(Sent::Rejected(full), Duration::ZERO)]);
-                    }
-                },
-            },
-        };
         let raced = hedge
             .race(
                 attempt_start,
@@ -653,8 +632,7 @@ impl<C> Policy<C> {
                     // and its operation is called only when admitted - a hedge turned away
                     // is no request made.
                     let admitted = match (i, &p.bulkhead) {
-                        (0, _) => Ok(primary.take()),
-                        (_, None) => Ok(None),
+                        (0, _) | (_, None) => Ok(None),
                         (_, Some(b)) => b.try_acquire().map(Some),
                     }
                     .map(|permit| (permit, op(Attempt { number, hedge: i })));
@@ -703,40 +681,36 @@ impl<C> Policy<C> {
                 }
                 Self::end(sent, latency, Some(end))
             }
-            Err(all) => Self::all_failed(all.errors),
-        }
-    }
-
-    /// The attempt when no request answered for good: every error, the last one's verdict,
-    /// and whether every request was turned away by the bulkhead.
-    fn all_failed<T, E>(all: Vec<(Sent<T, E>, Duration)>) -> Ended<T, E> {
-        let mut errors = Vec::new();
-        let mut answer = None;
-        let mut last = None;
-        let mut all_rejected = true;
-        for (sent, latency) in all {
-            last = Some((sent.verdict(), latency));
-            all_rejected &= matches!(sent, Sent::Rejected(_));
-            match sent {
-                Sent::Done(Ok(t), _) => answer = Some(t),
-                Sent::Done(Err(e), _) => errors.push(AttemptError::Inner(e)),
-                Sent::TimedOut(e) => errors.push(AttemptError::Timeout(e)),
-                Sent::Rejected(e) => errors.push(AttemptError::BulkheadFull(e)),
+            Err(all) => {
+                let mut errors = Vec::new();
+                let mut answer = None;
+                let mut last = None;
+                let mut all_rejected = true;
+                for (sent, latency) in all.errors {
+                    last = Some((sent.verdict(), latency));
+                    all_rejected &= matches!(sent, Sent::Rejected(_));
+                    match sent {
+                        Sent::Done(Ok(t), _) => answer = Some(t),
+                        Sent::Done(Err(e), _) => errors.push(AttemptError::Inner(e)),
+                        Sent::TimedOut(e) => errors.push(AttemptError::Timeout(e)),
+                        Sent::Rejected(e) => errors.push(AttemptError::BulkheadFull(e)),
+                    }
+                }
+                let (verdict, latency) = last.unwrap_or((
+                    Verdict::Retryable(Failure::new(ErrorKind::Other)),
+                    Duration::ZERO,
+                ));
+                Ended {
+                    verdict,
+                    latency,
+                    at: None,
+                    error: answer
+                        .is_none()
+                        .then_some(AttemptError::AllHedgesFailed(errors)),
+                    answer,
+                    rejected: all_rejected,
+                }
             }
-        }
-        let (verdict, latency) = last.unwrap_or((
-            Verdict::Retryable(Failure::new(ErrorKind::Other)),
-            Duration::ZERO,
-        ));
-        Ended {
-            verdict,
-            latency,
-            at: None,
-            error: answer
-                .is_none()
-                .then_some(AttemptError::AllHedgesFailed(errors)),
-            answer,
-            rejected: all_rejected,
         }
     }
 
