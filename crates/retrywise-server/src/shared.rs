@@ -449,6 +449,9 @@ impl SharedFleet {
             t.open_ms = t.open_ms.saturating_sub(waited);
         }
         batch.retain(|_, t| !t.buckets.is_empty() || t.open_ms > 0 || t.last_success_ms > 0);
+        if batch.is_empty() {
+            return Ok(0);
+        }
         let ttl = ms(self.window).saturating_mul(2);
         let mut call = self.write.prepare_invoke();
         call.arg(PREFIX).arg(now).arg(ttl).arg(name);

@@ -1,5 +1,6 @@
 //! The fit: the encoder's features, standardized, into linfa-logistic with L2
-//! regularization chosen on the validation rows.
+//! regularization chosen on the rows [`fit`] is given to choose on ([`crate::train`] gives
+//! it a share of the training rows held out, so its validation rows only judge).
 //!
 //! linfa-logistic minimizes `Σᵢ log-loss + α/2 |w|²` — a *sum* over rows, where
 //! scikit-learn minimizes the mean. Its default gradient tolerance (1e-4) is absolute, so
@@ -300,7 +301,8 @@ pub fn check_options(opts: &FitOptions) -> Result<(), TrainError> {
 }
 
 /// Standardizes on the training rows and fits every candidate penalty, keeping the one
-/// with the lowest validation log-loss. `on_trial` is told each penalty tried.
+/// with the lowest log-loss on `validation` (the rows to choose on). `on_trial` is told
+/// each penalty tried.
 ///
 /// # Errors
 /// [`TrainError::SingleClass`] if the training rows are all successes or all failures;

@@ -557,12 +557,7 @@ impl<C> Policy<C> {
             (None, None) => None,
             (Some(b), None) => match b.try_acquire_quiet() {
                 Some(permit) => Some(permit),
-                // A hedge never waits for room: a full bulkhead means the upstream is
-                // queueing, where a hedge adds load and wins nothing.
-                None if hedge > 0 => match b.try_acquire() {
-                    Ok(permit) => Some(permit),
-                    Err(full) => return (Sent::Rejected(full), None),
-                },
+                // (A hedge comes admitted: `hedged` never lets one wait for room.)
                 None => match b.acquire_after_refusal_for(Some(ctx)).await {
                     Ok(permit) => {
                         started = Instant::now();
@@ -628,9 +623,10 @@ impl<C> Policy<C> {
             .race(
                 attempt_start,
                 |i| {
-                    // A hedge never waits for the bulkhead's room: admitted or refused now,
-                    // and its operation is called only when admitted - a hedge turned away
-                    // is no request made.
+                    // A hedge never waits for the bulkhead's room (a full bulkhead means
+                    // the upstream is queueing, where a hedge adds load and wins nothing):
+                    // admitted or refused now, and its operation is called only when
+                    // admitted - a hedge turned away is no request made.
                     let admitted = match (i, &p.bulkhead) {
                         (0, _) | (_, None) => Ok(None),
                         (_, Some(b)) => b.try_acquire().map(Some),

@@ -82,6 +82,12 @@ impl Target {
     }
 }
 
+/// The slot a retry `wait` after `from` (nanoseconds from the calendar's origin) starts
+/// in; none beyond the horizon.
+fn slot_after(from: u64, wait: Duration) -> Option<u64> {
+    (wait < HORIZON).then(|| from.saturating_add(wait.as_nanos() as u64) / SLOT.as_nanos() as u64)
+}
+
 /// Per target, the retries booked into each quarter second of the coming minute and the
 /// first attempts that failed in the last second (see the [module](self)); shared by every decider that
 /// should spread its retries with the others (clones of a [`ModelDecider`] share one, and
@@ -241,10 +247,7 @@ impl RetryCalendar {
         sent: Option<Duration>,
     ) {
         let from = self.nanos(decided_at);
-        let slot = |wait: Duration| {
-            (wait < HORIZON)
-                .then(|| from.saturating_add(wait.as_nanos() as u64) / SLOT.as_nanos() as u64)
-        };
+        let slot = |wait| slot_after(from, wait);
         let mut all = self.lock();
         let Some(i) = all.index.get(target).copied() else {
             return;
@@ -300,10 +303,7 @@ impl CalendarView<'_> {
     }
 
     fn slot_after(&self, wait: Duration) -> Option<u64> {
-        (wait < HORIZON).then(|| {
-            let at = self.since_origin.saturating_add(wait.as_nanos() as u64);
-            at / SLOT.as_nanos() as u64
-        })
+        slot_after(self.since_origin, wait)
     }
 
     /// The retries booked where a retry after `wait` would start, over the first attempts
