@@ -451,7 +451,11 @@ pub struct DecideResponse {
     /// succeed often enough after the wait), `circuit_open_wait` (the fleet's shared circuit
     /// is open a while more: `delay_ms` is that time and up to half as much again, drawn per
     /// caller so that callers told at once do not return together, within the deadline), `circuit_open` (open beyond the
-    /// deadline, or forced open: fail fast), `low_success_probability` (no wait within the
+    /// deadline, or forced open: fail fast), `probe` (the shared circuit's open time has
+    /// passed: send now as one of its probes, whatever the model says), `circuit_half_open_wait`
+    /// (its probes are all out: wait for their verdict, `delay_ms` spread as for
+    /// `circuit_open_wait`), `circuit_half_open` (its probes are all out and their verdict
+    /// will not come within the deadline: fail fast), `low_success_probability` (no wait within the
     /// deadline makes a fresh call worth sending), `deadline` (`elapsed_ms` has already
     /// reached `deadline_ms`: fail fast).
     pub reason: String,
@@ -749,6 +753,22 @@ fn admit(
             return answer(true, w, p_after(w), "circuit_open_wait");
         }
         Some((State::Open, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
+        Some((State::HalfOpen, _)) => {
+            // Probing: the first few callers go as its probes; the rest wait for their
+            // verdict (spread as for an open circuit), or fail fast without the time.
+            if let Err(r) = st.fleet.admit_probe(&ctx.target, Instant::now()) {
+                if !fits(r) {
+                    return answer(false, Duration::ZERO, None, "circuit_half_open");
+                }
+                let w = r + r.mul_f64(0.5 * rand::random::<f64>());
+                let w = if fits(w) { w } else { r };
+                return answer(true, w, p_after(w), "circuit_half_open_wait");
+            }
+            // A probe: sent whatever the model says of a fresh call, or the circuit would
+            // wait for ever for evidence nobody sends.
+            let p = fresh.ok();
+            return answer(true, Duration::ZERO, p, "probe");
+        }
         _ => {}
     }
     let threshold = st.config.min_p_success;

@@ -10,12 +10,14 @@
 //! without bound; attempts to targets beyond the cap are counted and not tracked.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use retrywise::attempt::{AttemptContext, AttemptRecord, Failure, Outcome};
-use retrywise::breaker::{BreakerMetrics, CallOutcome, CircuitBreaker, Prediction, State};
+use retrywise::breaker::{
+    BreakerEvent, BreakerMetrics, CallOutcome, CircuitBreaker, Prediction, State,
+};
 use retrywise::bulkhead::AdaptiveLimit;
 use retrywise::health::{Ended, HealthTracker, knows_health};
 use retrywise::hedge::{Hedge, HedgeDelay};
@@ -35,6 +37,23 @@ pub struct Target {
     /// Predicts the hedge delay from the reported latencies (primaries a hedge beat are
     /// censored); never sends anything.
     hedge: Hedge,
+    /// How many times the shared breaker has opened (counted by its event listener): a
+    /// HALF_OPEN circuit is the end of the opening it follows.
+    openings: Arc<AtomicU64>,
+    /// The probes admission has let through since the circuit's open time passed.
+    probes: Mutex<Probes>,
+}
+
+/// The probes `/v1/decide` has admitted to a HALF_OPEN circuit: how many, in which lease,
+/// after which opening.
+#[derive(Debug, Default)]
+struct Probes {
+    /// The opening the lease follows ([`Target::openings`]).
+    opening: u64,
+    /// When the lease began: its first probe's admission.
+    since: Option<Instant>,
+    /// The probes admitted in it.
+    admitted: u32,
 }
 
 /// What the service knows of a target (`GET /v1/targets/{target}`). With a fleet view
@@ -113,6 +132,19 @@ pub const FLEET_MIN_OPEN: Duration = Duration::from_millis(500);
 
 /// The longest opening of the fleet's predictive breakers.
 pub const FLEET_MAX_OPEN: Duration = Duration::from_secs(60);
+
+/// The probes a shared circuit judges when its open time has passed (HALF_OPEN): the
+/// outcomes of the first this many attempts reported close or reopen it, and admission
+/// (`/v1/decide` for a first attempt) lets this many fresh calls through per
+/// [`PROBE_LEASE`] - resilience4j's `permittedNumberOfCallsInHalfOpenState`, default 10.
+pub const FLEET_PROBES: u32 = 10;
+
+/// How long the probes admitted to a HALF_OPEN circuit hold their places: while their
+/// outcomes are not yet reported, admission tells every other caller to wait; after it,
+/// as many again are let through (a probe's report may be lost). A probe's outcome reaches
+/// the service when its caller's shipper sends the batch (within its default batch delay
+/// of 1 s) after the probe's own time.
+pub const PROBE_LEASE: Duration = Duration::from_secs(2);
 
 /// Every target's state. When the fleet is at its cap, a new target takes the place of
 /// idle ones (no attempt within the window, no circuit still open); if none is idle, it is
@@ -201,6 +233,38 @@ impl Fleet {
         ))
     }
 
+    /// Admission of a fresh call to `target` while its shared circuit is HALF_OPEN: `Ok`
+    /// lets it through as a probe, one of at most [`FLEET_PROBES`] per [`PROBE_LEASE`]
+    /// after each opening; `Err` says how long the lease of those already let through
+    /// still runs (the caller should wait for their verdict). A target this replica does
+    /// not track (its circuit is another replica's) is let through. Each replica admits
+    /// its own probes.
+    pub fn admit_probe(&self, target: &str, now: Instant) -> Result<(), Duration> {
+        let Some(t) = self.get(target) else {
+            return Ok(());
+        };
+        let opening = t.openings.load(Ordering::Relaxed);
+        let Ok(mut probes) = t.probes.lock() else {
+            return Ok(());
+        };
+        let lease_over = probes
+            .since
+            .is_none_or(|since| now.saturating_duration_since(since) >= PROBE_LEASE);
+        if probes.opening != opening || lease_over {
+            *probes = Probes {
+                opening,
+                since: Some(now),
+                admitted: 0,
+            };
+        }
+        if probes.admitted < FLEET_PROBES {
+            probes.admitted += 1;
+            return Ok(());
+        }
+        let since = probes.since.unwrap_or(now);
+        Err(PROBE_LEASE.saturating_sub(now.saturating_duration_since(since)))
+    }
+
     fn get(&self, target: &str) -> Option<Arc<Target>> {
         if self.count.load(Ordering::Relaxed) == 0 {
             return None;
@@ -236,7 +300,18 @@ impl Fleet {
         }
         // Unstriped: a service keeps these per target, up to `max_targets` of them.
         let health = HealthTracker::unstriped(self.window).ok()?;
-        let mut breaker = CircuitBreaker::builder(Arc::clone(target));
+        let openings = Arc::new(AtomicU64::new(0));
+        let opened = Arc::clone(&openings);
+        let mut breaker = CircuitBreaker::builder(Arc::clone(target))
+            .permitted_calls_in_half_open(FLEET_PROBES)
+            .on_event(move |e| {
+                if let BreakerEvent::StateTransition {
+                    to: State::Open, ..
+                } = e
+                {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+            });
         if let Some(p) = &self.prediction {
             breaker = breaker.predict(p.clone());
         }
@@ -257,6 +332,8 @@ impl Fleet {
             breaker,
             limit,
             hedge,
+            openings,
+            probes: Mutex::new(Probes::default()),
         });
         map.insert(Arc::clone(target), Arc::clone(&t));
         self.count.store(map.len(), Ordering::Relaxed);

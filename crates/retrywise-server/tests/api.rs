@@ -1574,6 +1574,92 @@ async fn decide_answers_admission_for_a_first_attempt() {
     }
 }
 
+/// A shared circuit whose open time has passed lets a few fresh calls through as its
+/// probes and holds the rest until their verdict, as an embedded breaker's HALF_OPEN does:
+/// admitting every caller would send the whole fleet's traffic at a target just
+/// recovering.
+#[tokio::test(start_paused = true)]
+async fn admission_lets_a_half_open_circuit_probe_with_a_few_calls() {
+    use retrywise_server::fleet::{FLEET_PROBES, PROBE_LEASE};
+    let h = Harness::new(|_| {}).await;
+    let ask = |deadline: Option<u64>| {
+        let d = deadline.map_or(String::new(), |ms| format!(r#", "deadline_ms": {ms}"#));
+        format!(r#"{{"context": {{"target": "b", "attempt": 1}}{d}}}"#)
+    };
+    let reason = |v: &Value| {
+        (
+            v["retry"].as_bool(),
+            v["reason"].as_str().map(str::to_owned),
+        )
+    };
+    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("b", false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, t) = h.get("/v1/targets/b").await;
+    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
+    let open_for = Duration::from_secs_f64(t["open_for_ms"].as_f64().unwrap() / 1e3);
+    tokio::time::advance(open_for + Duration::from_millis(1)).await;
+    let (_, t) = h.get("/v1/targets/b").await;
+    assert_eq!(t["breaker_state"].as_str(), Some("HALF_OPEN"), "{t}");
+    // The probes: sent now, whatever the model says of a fresh call.
+    for _ in 0..FLEET_PROBES {
+        let (_, v) = h.post("/v1/decide", &ask(None)).await;
+        assert_eq!(reason(&v), (Some(true), Some("probe".to_owned())), "{v}");
+        assert_eq!(v["delay_ms"].as_f64(), Some(0.0), "{v}");
+    }
+    // Everyone after them waits for their verdict, at most the lease and half again...
+    let lease = PROBE_LEASE.as_secs_f64() * 1e3;
+    let (_, v) = h.post("/v1/decide", &ask(None)).await;
+    assert_eq!(
+        reason(&v),
+        (Some(true), Some("circuit_half_open_wait".to_owned())),
+        "{v}"
+    );
+    let wait = v["delay_ms"].as_f64().unwrap();
+    assert!(wait > 0.0 && wait <= 1.5 * lease, "{v}");
+    // ... or, without the time, fails fast.
+    let (_, v) = h.post("/v1/decide", &ask(Some(10))).await;
+    assert_eq!(
+        reason(&v),
+        (Some(false), Some("circuit_half_open".to_owned())),
+        "{v}"
+    );
+    // No verdict within the lease (a probe's report lost): as many probes again.
+    tokio::time::advance(PROBE_LEASE).await;
+    let (_, v) = h.post("/v1/decide", &ask(None)).await;
+    assert_eq!(reason(&v), (Some(true), Some("probe".to_owned())), "{v}");
+    // The probes succeed: the circuit closes and admission is the model's again.
+    let ok: Vec<AttemptRecord> = (300..300 + u64::from(FLEET_PROBES))
+        .map(|i| record("b", true, i))
+        .collect();
+    h.post("/v1/attempts", &serde_json::to_string(&ok).unwrap())
+        .await;
+    let (_, t) = h.get("/v1/targets/b").await;
+    assert_eq!(t["breaker_state"].as_str(), Some("CLOSED"), "{t}");
+    let (_, v) = h.post("/v1/decide", &ask(None)).await;
+    assert_ne!(reason(&v).1.as_deref(), Some("probe"), "{v}");
+    assert_ne!(
+        reason(&v).1.as_deref(),
+        Some("circuit_half_open_wait"),
+        "{v}"
+    );
+    // A second opening probes afresh, with a lease of its own.
+    let bad: Vec<AttemptRecord> = (400..600).map(|i| record("b", false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, t) = h.get("/v1/targets/b").await;
+    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
+    let open_for = Duration::from_secs_f64(t["open_for_ms"].as_f64().unwrap() / 1e3);
+    tokio::time::advance(open_for + Duration::from_millis(1)).await;
+    let (_, v) = h.post("/v1/decide", &ask(None)).await;
+    assert_eq!(reason(&v), (Some(true), Some("probe".to_owned())), "{v}");
+    let (_, m) = h.get("/metrics").await;
+    let m = m.as_str().unwrap().to_owned();
+    for r in ["probe", "circuit_half_open_wait", "circuit_half_open"] {
+        assert!(m.contains(&format!("reason=\"{r}\"")), "{r} not counted");
+    }
+}
+
 #[tokio::test]
 async fn the_fleet_predicts_with_the_model_serving_now() {
     let h = Harness::new(|_| {}).await;
