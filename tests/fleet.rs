@@ -152,6 +152,21 @@ async fn dbsize(port: u16) -> u64 {
         .unwrap()
 }
 
+/// A replica's configuration: a free loopback port, sharing through `fleet`, attempts
+/// written under `dir/name`.
+fn replica_config(fleet: &str, dir: &Path, name: &str, window: Duration) -> Config {
+    Config {
+        health_window: window,
+        addr: "127.0.0.1:0".parse().unwrap(),
+        models: Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"),
+        attempts: dir.join(name),
+        fleet: Some(fleet.to_owned()),
+        fleet_cache: CACHE,
+        fleet_timeout: Duration::from_millis(50),
+        ..Config::default()
+    }
+}
+
 /// One replica of the service on a free loopback port, sharing through `fleet`.
 struct Replica {
     base: String,
@@ -165,16 +180,10 @@ impl Replica {
     }
 
     async fn start_with(fleet: &str, dir: &Path, name: &str, window: Duration) -> Self {
-        let config = Config {
-            health_window: window,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            models: Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"),
-            attempts: dir.join(name),
-            fleet: Some(fleet.to_owned()),
-            fleet_cache: CACHE,
-            fleet_timeout: Duration::from_millis(50),
-            ..Config::default()
-        };
+        Self::start_config(replica_config(fleet, dir, name, window)).await
+    }
+
+    async fn start_config(config: Config) -> Self {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
         let task = tokio::spawn(async move {
@@ -299,6 +308,39 @@ where
         assert!(started.elapsed() < PATIENCE, "never: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A replica that stops writes what it counted and had not yet written: with a cache
+/// period of a minute, its sync task writes every 15 s, and the attempts ingested just
+/// before it stops would otherwise never reach the other replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_writes_its_last_counts() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let slow = |name: &str| {
+        let mut config = replica_config(&redis.url(), dir.path(), name, Duration::from_secs(10));
+        config.fleet_cache = Duration::from_secs(60);
+        config
+    };
+    let a = Replica::start_config(slow("a")).await;
+    until("shared", || async {
+        shared_gauge(&client, &a.base).await == Some(1)
+    })
+    .await;
+    ingest(&client, &a.base, attempts("db", 10, 2)).await;
+    a.stop().await;
+    // A replica started after it reads the whole fleet's counts at once.
+    let b = Replica::start_config(slow("b")).await;
+    until("the stopped replica's attempts are counted", || async {
+        target(&client, &b.base, "db")
+            .await
+            .is_some_and(|v| v["calls"] == 10 && v["failures"] == 2)
+    })
+    .await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,17 @@ pub async fn serve(
     poller.abort();
     if let Some(sync) = fleet_sync {
         sync.abort();
+        // The task is gone: what it had not yet written goes now, or the other replicas
+        // never count this one's last attempts.
+        let _ = sync.await;
+        if let Some(shared) = service.state.fleet.shared() {
+            match shared.close().await {
+                Ok(n) => tracing::info!(attempts = n, "fleet view: last counts written to Redis"),
+                Err(detail) => {
+                    tracing::warn!(%detail, "fleet view: the last counts could not be written to Redis")
+                }
+            }
+        }
     }
     if let Err(e) = service.flush() {
         tracing::error!(error = %e, "could not flush ingested attempts");
