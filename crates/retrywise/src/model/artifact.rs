@@ -194,7 +194,10 @@ pub struct Regularization {
 ///
 /// Everything needed to evaluate it is typed; what describes the training (`training`,
 /// `metrics`) is kept as JSON for display. Fields this build does not know (added by a
-/// later `1.x`) are ignored; a missing or mistyped field is an error naming it.
+/// later `1.x`) are ignored: a later minor version may only add what describes a model,
+/// never what changes how its p is computed — a calibration step or another link is a
+/// new `kind`, which a build that cannot evaluate it refuses
+/// ([`ModelError::Kind`]). A missing or mistyped field is an error naming it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelArtifact {
     /// [`ARTIFACT_FORMAT`].
@@ -868,11 +871,17 @@ mod tests {
     }
 
     #[test]
-    fn fields_from_a_later_minor_version_are_ignored() {
+    fn fields_from_a_later_minor_version_are_ignored_and_a_new_way_to_compute_p_refused() {
         let mut v = serde_json::to_value(artifact()).unwrap();
         v["schema_version"] = "1.7".into();
-        v["calibration"] = serde_json::json!({"kind": "isotonic"});
+        v["lineage"] = serde_json::json!({"parent": 3});
         assert!(ModelArtifact::from_json(&v.to_string()).is_ok());
+        // A model whose p is the logistic's passed through a calibration step is a new
+        // kind: evaluating it as a plain logistic would answer other probabilities.
+        v["kind"] = "logistic+isotonic".into();
+        v["calibration"] = serde_json::json!({"kind": "isotonic"});
+        let e = ModelArtifact::from_json(&v.to_string()).unwrap_err();
+        assert!(matches!(e, ModelError::Kind(_)), "{e}");
     }
 
     #[test]
