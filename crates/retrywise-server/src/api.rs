@@ -837,6 +837,7 @@ fn truncate_name(name: &str) -> String {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
 pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     st.sync_dropped();
+    st.metrics.release(|name| st.fleet.tracks(name));
     let names = st.fleet.names();
     crate::ingest::set_fleet_gauges(&st, names.iter().map(|n| &**n));
     (

@@ -537,6 +537,11 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// Whether `target` is tracked by this replica.
+    pub fn tracks(&self, target: &str) -> bool {
+        self.get(target).is_some()
+    }
+
     /// How many targets are tracked.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

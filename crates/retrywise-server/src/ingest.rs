@@ -165,13 +165,15 @@ pub(crate) async fn ingest(
     let now = Instant::now();
     let wall_ms = crate::shared::wall_ms();
     for r in &seen {
-        if st.fleet.observe(r, now, wall_ms) == crate::fleet::Observed::Full {
+        let observed = st.fleet.observe(r, now, wall_ms);
+        if observed == crate::fleet::Observed::Full {
             tracing::debug!(target_name = %r.context.target, "fleet view full: target not tracked");
         }
+        let tracked = observed == crate::fleet::Observed::Tracked;
         st.metrics
             .ingested
             .get_or_create(&crate::metrics::TargetLabels {
-                target: st.metrics.target_label(&r.context.target),
+                target: st.metrics.target_label(&r.context.target, tracked),
             })
             .inc();
     }
@@ -191,7 +193,7 @@ pub(crate) async fn ingest(
 /// target at a scrape (a circuit's open time runs out with nothing ingested).
 pub(crate) fn set_fleet_gauges<'a>(st: &AppState, targets: impl IntoIterator<Item = &'a str>) {
     for target in targets {
-        let label = st.metrics.target_label(target);
+        let label = st.metrics.target_label(target, false);
         if label == "other" {
             continue; // one series for many targets: a gauge of it would mean nothing
         }

@@ -338,20 +338,46 @@ impl Metrics {
         }
     }
 
-    /// The label value for `target`: itself for the first `max_target_labels` targets
-    /// seen, `other` for the rest (so clients cannot explode the series count).
-    pub fn target_label(&self, target: &str) -> String {
+    /// The label value for `target`: itself while it holds one of the `max_target_labels`
+    /// slots, `other` otherwise (so clients cannot explode the series count). A target
+    /// takes a free slot only when `tracked` (the fleet view tracks it): the slots of
+    /// targets the fleet no longer tracks are given back ([`release`](Self::release)), and
+    /// a target past the fleet's cap would otherwise take one back and forth.
+    pub fn target_label(&self, target: &str, tracked: bool) -> String {
         let Ok(mut names) = self.target_names.lock() else {
             return "other".into();
         };
         if names.contains(target) {
             return target.to_owned();
         }
-        if names.len() < self.max_target_labels {
+        if tracked && names.len() < self.max_target_labels {
             names.insert(target.to_owned());
             return target.to_owned();
         }
         "other".into()
+    }
+
+    /// Gives back the label slots of the targets `tracked` says the fleet view no longer
+    /// tracks (it forgot them idle to make room), with their series: a gauge of a target
+    /// nobody tracks would show its last value for ever, and the first `max_target_labels`
+    /// targets ever seen would keep every slot. A target that comes back counts afresh.
+    /// The targets released.
+    pub fn release(&self, tracked: impl Fn(&str) -> bool) -> usize {
+        let Ok(mut names) = self.target_names.lock() else {
+            return 0;
+        };
+        let gone: Vec<String> = names.iter().filter(|n| !tracked(n)).cloned().collect();
+        for name in &gone {
+            names.remove(name);
+            let labels = TargetLabels {
+                target: name.clone(),
+            };
+            self.ingested.remove(&labels);
+            self.circuit_open.remove(&labels);
+            self.concurrency_limit.remove(&labels);
+            self.hedge_delay_ms.remove(&labels);
+        }
+        gone.len()
     }
 
     /// Brings the dropped counter up to the collector's running total.

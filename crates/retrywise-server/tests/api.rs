@@ -1769,6 +1769,7 @@ async fn a_request_slower_than_the_timeout_gets_503() {
 async fn at_its_cap_the_fleet_forgets_idle_targets() {
     let h = Harness::new(|c| {
         c.max_targets = 2;
+        c.max_target_labels = 2;
         c.health_window = Duration::from_secs(10);
     })
     .await;
@@ -1795,10 +1796,45 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
     let (s, v) = h.get(&format!("/v1/targets/{long}")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].as_str().unwrap().len() < 600, "{v}");
+    // Two metric labels for two tracked targets; "c", past the cap, is `other`.
+    let scrape = || async {
+        let (_, m) = h.get("/metrics").await;
+        m.as_str().unwrap().to_owned()
+    };
+    let series = |m: &str, target: &str| {
+        m.lines()
+            .filter(|l| l.contains(&format!("target=\"{target}\"")))
+            .count()
+    };
+    let m = scrape().await;
+    assert!(
+        m.contains(r#"retrywise_ingested_attempts_total{target="a"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"retrywise_ingested_attempts_total{target="other"} 1"#),
+        "{m}"
+    );
+    assert_eq!(series(&m, "c"), 0, "{m}");
     // "a" and "b" fall idle; "c" takes a place.
     tokio::time::advance(Duration::from_secs(11)).await;
     h.post("/v1/attempts", &ingest(&["c"])).await;
     assert_eq!(h.get("/v1/targets/c").await.0, StatusCode::OK);
+    // The next scrape gives back the forgotten targets' labels, with their series (a
+    // gauge nobody updates would show its last value for ever); "c" takes one at its next
+    // attempt and counts from there.
+    let m = scrape().await;
+    assert_eq!((series(&m, "a"), series(&m, "b")), (0, 0), "{m}");
+    h.post("/v1/attempts", &ingest(&["c"])).await;
+    let m = scrape().await;
+    assert!(
+        m.contains(r#"retrywise_ingested_attempts_total{target="c"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"retrywise_fleet_concurrency_limit{target="c"}"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
