@@ -423,8 +423,9 @@ impl Hedge {
     /// hedge, and records no latency (the caller records the call's, with the clock
     /// reading it already has). Before each hedge: with a context, the success model
     /// ([`worth_sending`](Self::worth_sending), which spends nothing) first; then the
-    /// hedge's own budget; then `may_send` (a policy's retry budget throttles hedges too,
-    /// as gRFC A6 says).
+    /// hedge's own budget; then `may_send` (a policy's bulkhead room, and its retry budget,
+    /// which throttles hedges too, as gRFC A6 says); a refusal there gives the hedge
+    /// budget back and ends the attempt's hedging.
     ///
     /// A request that fails while nothing else is running sends the next hedge at once,
     /// without waiting for the hedge delay (as gRPC's hedging and Polly do): the delay is

@@ -619,17 +619,22 @@ impl<C> Policy<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let p = &*self.inner;
+        // A hedge never waits for the bulkhead's room (a full bulkhead means the upstream
+        // is queueing, where a hedge adds load and wins nothing): the room is asked for
+        // before anything else is spent on it - the hedge's budget, a retry budget's
+        // token - and handed to the hedge here; a hedge turned away is no request made,
+        // spends nothing and is not counted as sent.
+        // (A lock, not a cell: the call's future stays `Send`; it is taken only as a hedge
+        // fires, never on the primary's path.)
+        let room: std::sync::Mutex<Option<BulkheadPermit<'_>>> = std::sync::Mutex::new(None);
+        let take_room = || room.lock().ok().and_then(|mut r| r.take());
         let raced = hedge
             .race(
                 attempt_start,
                 |i| {
-                    // A hedge never waits for the bulkhead's room (a full bulkhead means
-                    // the upstream is queueing, where a hedge adds load and wins nothing):
-                    // admitted or refused now, and its operation is called only when
-                    // admitted - a hedge turned away is no request made.
                     let admitted = match (i, &p.bulkhead) {
                         (0, _) | (_, None) => Ok(None),
-                        (_, Some(b)) => b.try_acquire().map(Some),
+                        (_, Some(b)) => take_room().map_or_else(|| b.try_acquire(), Ok).map(Some),
                     }
                     .map(|permit| (permit, op(Attempt { number, hedge: i })));
                     let started = if i == 0 {
@@ -663,7 +668,23 @@ impl<C> Policy<C> {
                     }
                 },
                 Some(ctx),
-                |now| p.may_hedge(now),
+                |now| {
+                    if let Some(b) = &p.bulkhead {
+                        match b.try_acquire() {
+                            Ok(permit) => {
+                                if let Ok(mut r) = room.lock() {
+                                    *r = Some(permit);
+                                }
+                            }
+                            Err(_) => return false,
+                        }
+                    }
+                    // The budget refused it: the room goes back.
+                    p.may_hedge(now) || {
+                        drop(take_room());
+                        false
+                    }
+                },
             )
             .await;
         match raced {

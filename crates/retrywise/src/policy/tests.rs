@@ -1407,9 +1407,10 @@ async fn the_adaptive_composition_swaps_its_model_under_load() {
 
 /// One attempt, hedged after 5 ms, through a bulkhead of one request that queues callers
 /// for `max_wait`.
-fn hedged_through_one_room(max_wait: Duration) -> Policy {
+fn hedged_through_one_room(max_wait: Duration, budget: Arc<TokenBucket>) -> Policy {
     Policy::builder("one-room")
         .retry(retry(1, 0))
+        .shared_budget(budget)
         .bulkhead(
             Bulkhead::builder("one-room")
                 .max_concurrent(1)
@@ -1420,7 +1421,7 @@ fn hedged_through_one_room(max_wait: Duration) -> Policy {
         .hedge(
             Hedge::builder()
                 .delay(HedgeDelay::Fixed(5 * MS))
-                .no_budget()
+                .budget(0.5, 10)
                 .build()
                 .unwrap(),
         )
@@ -1430,7 +1431,9 @@ fn hedged_through_one_room(max_wait: Duration) -> Policy {
 
 #[tokio::test(start_paused = true)]
 async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
-    let p = hedged_through_one_room(Duration::from_secs(1));
+    let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
+    let before = bucket.tokens();
+    let p = hedged_through_one_room(Duration::from_secs(1), bucket.clone());
     let started = AtomicU32::new(0);
     let t0 = Instant::now();
     let got = p
@@ -1451,6 +1454,10 @@ async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
     assert_eq!(m.rejected_calls, 1, "{m:?}");
     // The operation is called for requests sent only: not for the hedge turned away.
     assert_eq!(started.load(Ordering::SeqCst), 1);
+    // Nor is it counted as sent, or paid for by the hedge's budget or the retry budget.
+    let h = p.hedge().unwrap().metrics();
+    assert_eq!((h.hedges, h.window_hedges), (0, 0), "{h:?}");
+    assert!(bucket.tokens() >= before, "the retry budget's tokens");
 }
 
 #[tokio::test(start_paused = true)]
