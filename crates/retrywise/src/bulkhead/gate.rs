@@ -48,7 +48,8 @@ impl Gate {
         self.max.load(Ordering::Relaxed)
     }
 
-    /// Moves the most holders admitted; raising it wakes a waiter.
+    /// Moves the most holders admitted; raising it wakes as many waiters as it makes room
+    /// for (one each: a waiter that gets in wakes nobody).
     pub(crate) fn set_max(&self, max: u32) {
         let max = max.min(MAX_HOLDERS);
         // Most samples leave the limit where it was: no write, no shared cache line dirtied.
@@ -56,8 +57,11 @@ impl Gate {
             return;
         }
         let old = self.max.swap(max, Ordering::SeqCst);
-        if max > old && self.waiting.load(Ordering::SeqCst) > 0 {
-            self.notify.notify_one();
+        if max > old {
+            let waiting = self.waiting.load(Ordering::SeqCst);
+            for _ in 0..(max - old).min(waiting) {
+                self.notify.notify_one();
+            }
         }
     }
 
@@ -144,5 +148,49 @@ struct Waiting<'a>(&'a AtomicU32);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Arc;
+
+    /// A limit raised by many places lets as many waiters in at once: waking one of them
+    /// would leave the rest waiting for holders to leave (or timing out) beside free room.
+    #[tokio::test(start_paused = true)]
+    async fn raising_the_limit_lets_in_as_many_waiters_as_it_makes_room_for() {
+        let gate = Arc::new(Gate::new(1));
+        assert!(gate.try_enter());
+        let started = Instant::now();
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move { gate.enter_within(Duration::from_secs(1)).await })
+            })
+            .collect();
+        while gate.waiting.load(Ordering::SeqCst) < 5 {
+            tokio::task::yield_now().await;
+        }
+        // Room for three more: three get in now, two wait on until their time is up.
+        gate.set_max(4);
+        let mut entered = Vec::new();
+        for w in waiters {
+            entered.push((w.await.unwrap(), started.elapsed()));
+        }
+        let now: Vec<_> = entered
+            .iter()
+            .filter(|(ok, at)| *ok && at.is_zero())
+            .collect();
+        assert_eq!(now.len(), 3, "{entered:?}");
+        assert_eq!(gate.active(), 4);
+        assert!(
+            entered
+                .iter()
+                .filter(|(ok, _)| !ok)
+                .all(|(_, at)| *at == Duration::from_secs(1)),
+            "{entered:?}"
+        );
     }
 }
