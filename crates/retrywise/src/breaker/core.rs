@@ -396,7 +396,10 @@ impl CircuitBreaker {
                     s.window.push(now.unwrap_or(0), failed, slow)
                 } else {
                     // A fast success lowers both rates and asks no prediction: a time
-                    // window is not summed for it (the next failure sums it).
+                    // window is not summed for it (the next failure sums it). So a success
+                    // that brings a time window to its minimum of calls, over a failure
+                    // rate above the threshold, does not open it (resilience4j would): the
+                    // next failure or slow call does.
                     match s.window.push_quiet(now.unwrap_or(0)) {
                         Some(counts) => counts,
                         None => return,
@@ -688,8 +691,11 @@ impl CircuitBreaker {
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
-        // Every critical section leaves Core consistent before anything that could panic
-        // (listeners run outside the lock), so a poisoned lock still guards valid data.
+        // Listeners run outside the lock. What runs inside it and could panic is the
+        // open duration (a custom function, or the model a `Prediction` asks): a panic
+        // there leaves the consecutive-opens count and a probe's count one ahead of a
+        // state that did not change - counts, never a torn state word, so a poisoned lock
+        // is still used.
         self.shared.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -801,7 +807,11 @@ fn duration_nanos(d: Duration) -> u64 {
 /// Permission to make one call; give it the call's outcome with [`record`](Self::record).
 ///
 /// Dropping it without recording counts as [`CallOutcome::Ignored`] (a cancelled call
-/// gives its HALF_OPEN probe slot back). `B` is `&CircuitBreaker` for a borrowed permit
+/// gives its HALF_OPEN probe slot back, as resilience4j releases the permission of a
+/// cancelled call: a circuit whose every probe is cancelled - callers whose deadline is
+/// shorter than the upstream's hang, with no attempt timeout inside the breaker - keeps
+/// probing; give the attempt a timeout, which records a failure, or set
+/// [`max_wait_in_half_open`](super::BreakerBuilder::max_wait_in_half_open)). `B` is `&CircuitBreaker` for a borrowed permit
 /// and `CircuitBreaker` for an owned one.
 #[derive(Debug)]
 #[must_use = "a permit must be given the call's outcome"]

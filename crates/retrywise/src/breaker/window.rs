@@ -41,7 +41,9 @@ const TAG_BITS: u32 = 20;
 const COUNT_BITS: u32 = 14;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-/// Calls a bucket counts at most (beyond, its counts stay: the rates still hold).
+/// Calls a bucket counts at most: a call that finds it full halves its three counts first
+/// (its rates stay, its weight against the other buckets halves), so that a bucket of a
+/// busy second still sees the failures that come late in it.
 const COUNT_MAX: u64 = COUNT_MASK;
 /// Buckets a time window may have: far fewer than the tags, so that tags within a window
 /// never alias, and few enough that a window's sums fit in a `u32`.
@@ -107,9 +109,11 @@ impl TimeBuckets {
             } else {
                 (0, 0, 0)
             };
-            if calls >= COUNT_MAX {
-                return;
-            }
+            let (calls, failures, slows) = if calls >= COUNT_MAX {
+                (calls.div_ceil(2), failures.div_ceil(2), slows.div_ceil(2))
+            } else {
+                (calls, failures, slows)
+            };
             let next = pack(
                 tag,
                 calls + 1,
@@ -314,6 +318,30 @@ mod tests {
         r.push(0, true, false);
         let c = r.push_quiet(0).unwrap();
         assert_eq!((c.calls, c.failures), (2, 1));
+    }
+
+    /// A bucket past its count keeps counting at half weight: the failures of a busy
+    /// bucket's end are not lost.
+    #[test]
+    fn a_full_bucket_still_sees_its_late_failures() {
+        let t = Window::new(SlidingWindow::Time {
+            duration: Duration::from_secs(1),
+            buckets: 10,
+        });
+        for _ in 0..COUNT_MAX {
+            t.push_quiet(0);
+        }
+        let c = t.counts(0);
+        assert_eq!((c.calls, c.failures), (COUNT_MAX as u32, 0));
+        for _ in 0..2_000 {
+            t.push(0, true, false);
+        }
+        let c = t.counts(0);
+        assert!(c.failures >= 1_000, "{c:?}");
+        assert!(
+            c.calls <= COUNT_MAX as u32 && c.failures <= c.calls,
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! An adaptive concurrency limit: the gradient of the upstream's latency steers how many
 //! calls may be in flight.
 //!
-//! The algorithm is Netflix concurrency-limits' `Gradient2Limit` (the one failsafe-go's
-//! adaptive limiter and Envoy's adaptive concurrency filter also build on: compare the
-//! latency now with the latency the upstream has when it is not queueing). Each finished
+//! The algorithm is Netflix concurrency-limits' `Gradient2Limit`, with the `√limit` queue
+//! of its older `GradientLimit` (Envoy's adaptive concurrency filter is a gradient
+//! controller of that older kind: it measures the unqueued latency in periodic windows
+//! with the concurrency pinned low, where Gradient2 keeps a long-term average;
+//! failsafe-go's adaptive limiter is a Vegas-style one). All compare the latency now with
+//! the latency the upstream has when it is not queueing. Each finished
 //! call's latency is a short-term sample; a long-term exponential average (600 samples, the
 //! first 10 averaged plainly) stands for the latency without queueing. Their ratio, times a
 //! tolerance (1.5: latency may grow by half before the limit shrinks), clamped to

@@ -83,7 +83,7 @@ impl ShedQueue {
         if gate.try_enter() {
             return Queued::Entered;
         }
-        if w.len() >= self.capacity {
+        let shed = if w.len() >= self.capacity {
             let Some((i, least)) = w
                 .iter()
                 .enumerate()
@@ -96,9 +96,12 @@ impl ShedQueue {
             if p <= least {
                 return Queued::Shed;
             }
-            // The least likely waiter is shed (its sender dropped) to make this one's place.
-            w.swap_remove(i);
-        }
+            // The least likely waiter is shed (its sender dropped) to make this one's place
+            // - once this one is sure to wait.
+            Some(w.swap_remove(i))
+        } else {
+            None
+        };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         w.push(Waiter { id, p, room: tx });
@@ -108,9 +111,12 @@ impl ShedQueue {
         fence(Ordering::SeqCst);
         if gate.try_enter() {
             w.pop();
+            // In without a place: the waiter it would have taken the place of keeps it.
+            w.extend(shed);
             self.queued.store(w.len(), Ordering::SeqCst);
             return Queued::Entered;
         }
+        drop(shed);
         Queued::Waiting { id, room: rx }
     }
 

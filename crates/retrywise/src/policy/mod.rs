@@ -431,8 +431,13 @@ impl<C> Policy<C> {
                     continue;
                 }
             };
+            // A HALF_OPEN probe is one request: a hedge beside it would make it two, and
+            // let the hedge's answer speak for a primary that failed.
+            let probe = permit
+                .as_ref()
+                .is_some_and(|permit| permit.state() == crate::breaker::State::HalfOpen);
             let ended = self
-                .attempt(&mut op, ctx, call_id, start, attempt_start)
+                .attempt(&mut op, ctx, call_id, start, attempt_start, probe)
                 .await;
             p.settle(
                 ctx,
@@ -468,7 +473,8 @@ impl<C> Policy<C> {
         }
     }
 
-    /// One attempt: a request, or hedged requests; what it ended with.
+    /// One attempt: a request, or hedged requests (never for a HALF_OPEN `probe`); what
+    /// it ended with.
     async fn attempt<T, E, F, Fut>(
         &self,
         op: &mut F,
@@ -476,6 +482,7 @@ impl<C> Policy<C> {
         call_id: u64,
         call_start: Instant,
         attempt_start: Instant,
+        probe: bool,
     ) -> Ended<T, E>
     where
         C: Classifier<T, E>,
@@ -485,7 +492,7 @@ impl<C> Policy<C> {
         let p = &*self.inner;
         let number = ctx.attempt;
         let timeout = p.attempt_timeout_at(ctx, call_start, attempt_start);
-        match &p.hedge {
+        match p.hedge.as_ref().filter(|_| !probe) {
             None => {
                 let make = || op(Attempt { number, hedge: 0 });
                 let (sent, end) = self

@@ -1429,6 +1429,52 @@ fn hedged_through_one_room(max_wait: Duration, budget: Arc<TokenBucket>) -> Poli
         .unwrap()
 }
 
+/// A HALF_OPEN probe is one request: the hedge waits until the circuit has closed.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_probe_is_not_hedged() {
+    let breaker = CircuitBreaker::builder("probe")
+        .window(SlidingWindow::Count(2))
+        .minimum_calls(2)
+        .permitted_calls_in_half_open(1)
+        .open_for(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let p = Policy::builder("probe")
+        .retry(retry(1, 0))
+        .breaker(breaker.clone())
+        .hedge(
+            Hedge::builder()
+                .delay(HedgeDelay::Fixed(5 * MS))
+                .no_budget()
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        p.call(|_| async { Err::<(), _>(reset()) })
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(breaker.state(), crate::breaker::State::Open);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let sent = AtomicU32::new(0);
+    let slow_call = || {
+        p.call(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(20 * MS).await;
+                Ok::<_, io::Error>(())
+            }
+        })
+    };
+    slow_call().await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 1, "the probe alone");
+    assert_eq!(breaker.state(), crate::breaker::State::Closed);
+    slow_call().await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 3, "closed: hedged after 5 ms");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hedge_never_waits_for_room_in_the_bulkhead() {
     let bucket = Arc::new(TokenBucket::new(10, 0.1).unwrap());
