@@ -343,6 +343,54 @@ async fn a_replica_that_stops_writes_its_last_counts() {
     b.stop().await;
 }
 
+/// A replica that stops while a write is on its way (here queued behind a busy Redis, its
+/// script not yet known to it: the write that would follow the refusal is never sent)
+/// sends that batch again as it closes, under its name: the attempts are counted once,
+/// not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_mid_write_sends_the_batch_again() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut config = replica_config(&redis.url(), dir.path(), "a", Duration::from_secs(10));
+    config.fleet_timeout = Duration::from_secs(5);
+    let a = Replica::start_config(config).await;
+    until("shared", || async {
+        shared_gauge(&client, &a.base).await == Some(1)
+    })
+    .await;
+    let stall = tokio::spawn(busy(redis.port, 600));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ingest(&client, &a.base, attempts("db", 10, 3)).await;
+    // Several write periods: the write is out, waiting behind the busy script.
+    tokio::time::sleep(CACHE).await;
+    a.stop().await;
+    tokio::time::timeout(PATIENCE, stall)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = Replica::start(&redis.url(), dir.path(), "b").await;
+    until(
+        "the attempts of the cut-short write are counted",
+        || async {
+            target(&client, &b.base, "db")
+                .await
+                .is_some_and(|v| v["calls"] == 10)
+        },
+    )
+    .await;
+    tokio::time::sleep(CACHE * 5).await;
+    let v = target(&client, &b.base, "db").await.unwrap();
+    assert_eq!(
+        (v["calls"].as_u64(), v["failures"].as_u64()),
+        (Some(10), Some(3)),
+        "{v}"
+    );
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_health_and_circuits() {
     let Some(redis) = Redis::start().await else {

@@ -474,19 +474,27 @@ impl SharedFleet {
                 }
             }
         }
+        // Kept under its name until Redis answers that it was added: a write that fails,
+        // or is cut short (the replica shutting down mid-write: `close` sends it again),
+        // is sent again whole, and Redis counts it once.
+        if let Ok(mut u) = self.unsent.lock() {
+            *u = Some(Unsent {
+                name,
+                made_ms: now,
+                batch,
+            });
+        }
         let result = tokio::time::timeout(self.timeout, call.invoke_async::<i64>(conn)).await;
         match result {
-            Ok(Ok(_)) => Ok(usize::try_from(attempts).unwrap_or(usize::MAX)),
-            failed => {
-                if let Ok(mut u) = self.unsent.lock() {
-                    *u = Some(Unsent {
-                        name,
-                        made_ms: now,
-                        batch,
-                    });
+            Ok(Ok(_)) => {
+                if let Ok(mut u) = self.unsent.lock()
+                    && u.as_ref().is_some_and(|u| u.name == name)
+                {
+                    *u = None;
                 }
-                Err(self.describe("writing to", failed.ok().and_then(Result::err)))
+                Ok(usize::try_from(attempts).unwrap_or(usize::MAX))
             }
+            failed => Err(self.describe("writing to", failed.ok().and_then(Result::err))),
         }
     }
 
