@@ -457,7 +457,8 @@ pub struct DecideResponse {
     /// `circuit_open_wait`), `circuit_half_open` (its probes are all out and their verdict
     /// will not come within the deadline: fail fast), `low_success_probability` (no wait within the
     /// deadline makes a fresh call worth sending), `deadline` (`elapsed_ms` has already
-    /// reached `deadline_ms`: fail fast).
+    /// reached `deadline_ms`: fail fast). An admission that says wait is answered for now:
+    /// wait `delay_ms`, then ask again before sending (the circuit may have moved on).
     pub reason: String,
     /// Whether the rule-based fallback decided: no model is serving yet (the default was
     /// asked for; `version` is then 0), the model answered NaN, or it was trained on too

@@ -139,7 +139,8 @@ pub const FLEET_MAX_OPEN: Duration = Duration::from_secs(60);
 /// [`PROBE_LEASE`] - resilience4j's `permittedNumberOfCallsInHalfOpenState`, default 10.
 pub const FLEET_PROBES: u32 = 10;
 
-/// How long the probes admitted to a HALF_OPEN circuit hold their places: while their
+/// How long, at least, the probes admitted to a HALF_OPEN circuit hold their places (the
+/// target's p95 latency and a second, when longer): while their
 /// outcomes are not yet reported, admission tells every other caller to wait; after it,
 /// as many again are let through (a probe's report may be lost). A probe's outcome reaches
 /// the service when its caller's shipper sends the batch (within its default batch delay
@@ -234,11 +235,13 @@ impl Fleet {
     }
 
     /// Admission of a fresh call to `target` while its shared circuit is HALF_OPEN: `Ok`
-    /// lets it through as a probe, one of at most [`FLEET_PROBES`] per [`PROBE_LEASE`]
-    /// after each opening; `Err` says how long the lease of those already let through
-    /// still runs (the caller should wait for their verdict). A target this replica does
-    /// not track (its circuit is another replica's) is let through. Each replica admits
-    /// its own probes.
+    /// lets it through as a probe, one of at most [`FLEET_PROBES`] per lease after each
+    /// opening; `Err` says how long the lease of those already let through still runs (the
+    /// caller should wait for their verdict), or - the circuit reopened meanwhile - how
+    /// long it stays open. A lease lasts [`PROBE_LEASE`], or the target's p95 latency and
+    /// a second (a shipper's batch delay) when that is longer: a probe's verdict cannot
+    /// come sooner. A target this replica does not track (its circuit is another
+    /// replica's) is let through. Each replica admits its own probes.
     pub fn admit_probe(&self, target: &str, now: Instant) -> Result<(), Duration> {
         let Some(t) = self.get(target) else {
             return Ok(());
@@ -247,9 +250,21 @@ impl Fleet {
         let Ok(mut probes) = t.probes.lock() else {
             return Ok(());
         };
+        // Read under the lock, after the opening: a probe that failed since the caller
+        // read the circuit may have reopened it (a new opening, whose lease has not begun).
+        if let (State::Open, Some(left)) = local_circuit(&t.breaker) {
+            return Err(left);
+        }
+        let lease = t
+            .health
+            .snapshot(now)
+            .latency_p95
+            .map_or(PROBE_LEASE, |p95| {
+                PROBE_LEASE.max(p95 + Duration::from_secs(1))
+            });
         let lease_over = probes
             .since
-            .is_none_or(|since| now.saturating_duration_since(since) >= PROBE_LEASE);
+            .is_none_or(|since| now.saturating_duration_since(since) >= lease);
         if probes.opening != opening || lease_over {
             *probes = Probes {
                 opening,
@@ -262,7 +277,7 @@ impl Fleet {
             return Ok(());
         }
         let since = probes.since.unwrap_or(now);
-        Err(PROBE_LEASE.saturating_sub(now.saturating_duration_since(since)))
+        Err(lease.saturating_sub(now.saturating_duration_since(since)))
     }
 
     fn get(&self, target: &str) -> Option<Arc<Target>> {
@@ -637,6 +652,39 @@ mod tests {
         );
         assert!(view.reason.contains("probing"), "{}", view.reason);
         assert_eq!(fleet.gauges("inventory").map(|g| g.0), Some(false));
+    }
+
+    /// A target whose calls take seconds gets a probe lease as long as a probe's verdict
+    /// takes to come: its p95 latency and a second, not the 2 s floor (else ten more
+    /// probes would go out every 2 s while the first are still running).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_target_holds_its_probes_for_as_long_as_their_verdict_takes() {
+        // A health window that still holds the slow calls when the circuit's open time
+        // (a minute) is up.
+        let fleet = Fleet::new(Duration::from_secs(600), 10);
+        let wall = 1_800_000_000_000;
+        let now = Instant::now();
+        for i in 0..40 {
+            let mut r = refused("slow", i + 1, wall);
+            r.outcome_latency = Duration::from_secs(5);
+            r.started_at_ms = wall - 5_010;
+            fleet.observe(&r, now, wall);
+        }
+        let (state, left) = fleet.circuit("slow").expect("tracked");
+        assert_eq!(state, State::Open);
+        tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
+        let now = Instant::now();
+        for _ in 0..FLEET_PROBES {
+            assert_eq!(fleet.admit_probe("slow", now), Ok(()));
+        }
+        let wait = fleet
+            .admit_probe("slow", now)
+            .expect_err("the probes are out");
+        assert!(wait >= Duration::from_secs(6), "{wait:?}");
+        // Still held after the 2 s floor; let go once the lease is over.
+        let later = now + Duration::from_secs(3);
+        assert!(fleet.admit_probe("slow", later).is_err());
+        assert_eq!(fleet.admit_probe("slow", now + wait), Ok(()));
     }
 
     /// At its cap the fleet makes room from idle targets: one whose circuit opened, whose

@@ -171,11 +171,9 @@ pub(crate) async fn ingest(
         }
         let tracked = observed == crate::fleet::Observed::Tracked;
         st.metrics
-            .ingested
-            .get_or_create(&crate::metrics::TargetLabels {
-                target: st.metrics.target_label(&r.context.target, tracked),
-            })
-            .inc();
+            .with_target_label(&r.context.target, tracked, |labels| {
+                st.metrics.ingested.get_or_create(&labels).inc();
+            });
     }
     st.metrics
         .targets
@@ -193,12 +191,13 @@ pub(crate) async fn ingest(
 /// target at a scrape (a circuit's open time runs out with nothing ingested).
 pub(crate) fn set_fleet_gauges<'a>(st: &AppState, targets: impl IntoIterator<Item = &'a str>) {
     for target in targets {
-        let label = st.metrics.target_label(target, false);
-        if label == "other" {
-            continue; // one series for many targets: a gauge of it would mean nothing
-        }
-        if let Some((open, limit, hedge)) = st.fleet.gauges(target) {
-            let labels = crate::metrics::TargetLabels { target: label };
+        let Some((open, limit, hedge)) = st.fleet.gauges(target) else {
+            continue;
+        };
+        st.metrics.with_target_label(target, false, |labels| {
+            if labels.target != target || target == "other" {
+                return; // `other`: one series for many targets, a gauge of it means nothing
+            }
             st.metrics
                 .circuit_open
                 .get_or_create(&labels)
@@ -211,6 +210,6 @@ pub(crate) fn set_fleet_gauges<'a>(st: &AppState, targets: impl IntoIterator<Ite
                 .hedge_delay_ms
                 .get_or_create(&labels)
                 .set(hedge.map_or(-1.0, |d| d.as_secs_f64() * 1e3));
-        }
+        });
     }
 }

@@ -39,7 +39,7 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-/// Labels of a per-target count (capped: see [`Metrics::target_label`]).
+/// Labels of a per-target count (capped: see [`Metrics::with_target_label`]).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     /// The target, or `other` beyond the cap.
@@ -338,23 +338,29 @@ impl Metrics {
         }
     }
 
-    /// The label value for `target`: itself while it holds one of the `max_target_labels`
-    /// slots, `other` otherwise (so clients cannot explode the series count). A target
-    /// takes a free slot only when `tracked` (the fleet view tracks it): the slots of
-    /// targets the fleet no longer tracks are given back ([`release`](Self::release)), and
-    /// a target past the fleet's cap would otherwise take one back and forth.
-    pub fn target_label(&self, target: &str, tracked: bool) -> String {
+    /// Runs `f` with the label value for `target`: itself while it holds one of the
+    /// `max_target_labels` slots, `other` otherwise (so clients cannot explode the series
+    /// count). A target takes a free slot only when `tracked` (the fleet view tracks it):
+    /// the slots of targets the fleet no longer tracks are given back
+    /// ([`release`](Self::release)), and a target past the fleet's cap would otherwise take
+    /// one back and forth. `f` runs under the slots' lock, so that a series it creates or
+    /// moves is never one a release has just removed (it would stay, without a slot).
+    pub fn with_target_label<R>(
+        &self,
+        target: &str,
+        tracked: bool,
+        f: impl FnOnce(TargetLabels) -> R,
+    ) -> R {
         let Ok(mut names) = self.target_names.lock() else {
-            return "other".into();
+            return f(TargetLabels {
+                target: "other".into(),
+            });
         };
-        if names.contains(target) {
-            return target.to_owned();
-        }
-        if tracked && names.len() < self.max_target_labels {
-            names.insert(target.to_owned());
-            return target.to_owned();
-        }
-        "other".into()
+        let own = names.contains(target)
+            || (tracked && names.len() < self.max_target_labels && names.insert(target.to_owned()));
+        f(TargetLabels {
+            target: if own { target } else { "other" }.to_owned(),
+        })
     }
 
     /// Gives back the label slots of the targets `tracked` says the fleet view no longer

@@ -628,9 +628,9 @@ impl<C> Policy<C> {
         let p = &*self.inner;
         // A hedge never waits for the bulkhead's room (a full bulkhead means the upstream
         // is queueing, where a hedge adds load and wins nothing): the room is asked for
-        // before anything else is spent on it - the hedge's budget, a retry budget's
-        // token - and handed to the hedge here; a hedge turned away is no request made,
-        // spends nothing and is not counted as sent.
+        // before the retry budget's token, and handed to the hedge here; a hedge turned
+        // away is no request made, takes no token, gives its share of the hedge budget
+        // back at once (`race` counts it first) and is not counted as sent.
         // (A lock, not a cell: the call's future stays `Send`; it is taken only as a hedge
         // fires, never on the primary's path.)
         let room: std::sync::Mutex<Option<BulkheadPermit<'_>>> = std::sync::Mutex::new(None);
