@@ -43,9 +43,9 @@ ROWS = [
     ("composition", "adaptive composition around a future", "retrywise-adaptive", [], "baseline-future"),
     ("composition", "full Policy as a tower layer", "retrywise-policy-layer", [], "baseline-service"),
     ("composition", "all five layers stacked", "retrywise-layers", [("tower-resilience", "tower-resilience-layers")], "baseline-service"),
-    ("waiting", "timeout layer, answer at the 2nd poll", "retrywise-timeout-layer", [("tower-resilience", "tower-resilience-timeout-layer")], "baseline-service"),
-    ("waiting", "hedge layer, answer at the 2nd poll", "retrywise-hedge-layer", [("tower-resilience", "tower-resilience-hedge-layer")], "baseline-service"),
-    ("waiting", "five layers stacked, answer at the 2nd poll", "retrywise-layers", [("tower-resilience", "tower-resilience-layers")], "baseline-service"),
+    ("waiting", "timeout layer, a call that waits", "retrywise-timeout-layer", [("tower-resilience", "tower-resilience-timeout-layer")], "baseline-service"),
+    ("waiting", "hedge layer, a call that waits", "retrywise-hedge-layer", [("tower-resilience", "tower-resilience-hedge-layer")], "baseline-service"),
+    ("waiting", "five layers stacked, a call that waits", "retrywise-layers", [("tower-resilience", "tower-resilience-layers")], "baseline-service"),
 ]
 
 
