@@ -1,9 +1,13 @@
 //! The scenario's upstream over HTTP (`retrywise sim upstream`), served with axum.
 //!
 //! Every request except the two below gets the model's fate: an answer after its latency
-//! (with Retry-After when the model gives one), or a connection closed without an answer
-//! for a reset or a refusal. The `x-retrywise-request` header names the logical request
-//! (so an invalid request stays invalid on retry).
+//! (with Retry-After when the model gives one), a connection closed without an answer for
+//! a reset, or - for a refused connection, which cannot be staged per request on a pooled
+//! connection already open - a 503 that says so in [`REFUSED_HEADER`] and closes the
+//! connection: the simulator's client reads it as the refused connection it stands for
+//! (`connect`, as in virtual time; read as a reset, the data taught a model that refusals
+//! look like resets). The `x-retrywise-request` header names the logical request (so an
+//! invalid request stays invalid on retry).
 //!
 //! - `GET /_sim/health` — `ok`, never faulted (for readiness checks);
 //! - `GET /_sim/counts` — what the upstream has seen, as JSON.
@@ -133,6 +137,10 @@ async fn counts(State(upstream): State<UpstreamModel>) -> impl IntoResponse {
 /// The header naming the logical request an attempt belongs to (see [`UpstreamModel::serve`]).
 pub const REQUEST_HEADER: &str = "x-retrywise-request";
 
+/// The header of an answer that stands for a refused connection (see the module's
+/// documentation).
+pub const REFUSED_HEADER: &str = "x-retrywise-refused";
+
 async fn answer(
     State(upstream): State<UpstreamModel>,
     headers: axum::http::HeaderMap,
@@ -151,9 +159,20 @@ async fn answer(
             retry_after_s,
             ..
         } => (status, retry_after_s),
-        Fate::Reset { .. } | Fate::Connect => {
+        Fate::Reset { .. } => {
             let mut resp = Response::new(Body::empty());
             resp.extensions_mut().insert(CloseConnection);
+            return resp;
+        }
+        Fate::Connect => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            let h = resp.headers_mut();
+            h.insert(REFUSED_HEADER, axum::http::HeaderValue::from_static("1"));
+            h.insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
             return resp;
         }
         Fate::Hang { .. } => (504, None),

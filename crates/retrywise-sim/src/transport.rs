@@ -115,6 +115,11 @@ impl Transport {
                     .send()
                     .await
                     .map_err(http_error)?;
+                // The simulator's upstream stands for a refused connection so (its
+                // connection closes with it).
+                if resp.headers().contains_key(crate::server::REFUSED_HEADER) {
+                    return Err(TransportError::Connect);
+                }
                 let reply = Reply {
                     status: resp.status().as_u16(),
                     retry_after: resp

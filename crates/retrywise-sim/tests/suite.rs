@@ -189,6 +189,43 @@ fn a_target_url_is_driven_like_the_builtin_upstream() {
     drop(server);
 }
 
+/// Over HTTP a refused connection is told from a reset, as in virtual time: the
+/// simulator's upstream answers a refusal with a 503 that says so, and the client reads
+/// it as `connect` (closed without an answer, it read as a reset).
+#[test]
+fn over_http_a_refusal_is_a_connect_error_and_a_reset_a_reset() {
+    use retrywise_sim::transport::{Transport, TransportError};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (errors, expected) in [
+        ("connect = 1.0", TransportError::Connect),
+        ("reset = 1.0", TransportError::Reset),
+    ] {
+        let toml = format!(
+            "name = \"faults\"\nrps = 10\nduration_s = 5\n[upstream]\nworkers = 4\n[upstream.latency]\nmedian_ms = 1\nsigma = 0.1\n[upstream.errors]\n{errors}\n"
+        );
+        let scenario = Arc::new(Scenario::parse(&toml, "test").unwrap());
+        rt.block_on(async {
+            let upstream = UpstreamModel::new(Arc::clone(&scenario), 7);
+            let server = retrywise_sim::server::spawn(upstream, "127.0.0.1:0")
+                .await
+                .unwrap();
+            let transport = Transport::Http {
+                client: reqwest::Client::new(),
+                url: format!("http://{}/", server.addr).parse().unwrap(),
+                permits: Arc::new(tokio::sync::Semaphore::new(4)),
+            };
+            for request in 0..3 {
+                let got = transport.send(request).await;
+                assert_eq!(got, Err(expected.clone()), "{errors}");
+            }
+        });
+    }
+}
+
 #[test]
 fn a_target_that_is_not_a_url_is_refused_by_name() {
     let mut opts = small("blips", 10);
