@@ -367,13 +367,23 @@ fn composition(c: &mut Criterion) {
     operation(&mut g, "retrywise-adaptive", || move || a.call(|_| ok1()));
     let layer = PolicyLayer::new(rw_full_policy());
     service(&mut g, "retrywise-policy-layer", || layer.layer(inner()));
+    stacks(&mut g, inner);
+    g.finish();
+}
+
+/// All five layers stacked around `inner()`, retrywise's and tower-resilience's.
+fn stacks<S>(g: &mut BenchmarkGroup<'_, WallTime>, inner: fn() -> S)
+where
+    S: Service<(), Response = u64, Error = BenchError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let (b, k, r, h) = (
         rw_breaker(),
         rw_bulkhead(),
         Policy::builder("bench").retry(rw_retry()).build().unwrap(),
         rw_hedge(),
     );
-    service(&mut g, "retrywise-layers", || {
+    service(g, "retrywise-layers", || {
         RetryLayer::new(r.clone()).layer(
             CircuitBreakerLayer::new(b.clone(), ErrorsAreRetryable).layer(
                 HedgeLayer::new(h.clone()).layer(
@@ -386,11 +396,10 @@ fn composition(c: &mut Criterion) {
     // tower-resilience's hedge needs a `Clone` error, which only the inner service's is:
     // it goes innermost. Its retry must name the nested error type.
     let (tb, tk, th, tt) = (tr_breaker(), tr_bulkhead(), tr_hedge(), tr_timeout());
-    service(&mut g, "tower-resilience-layers", || {
+    service(g, "tower-resilience-layers", || {
         let stack = tb.layer(tk.layer(tt.layer(th.layer(inner()))));
         tr_retry().layer(stack)
     });
-    g.finish();
 }
 
 /// The timeout, the hedge and the stacked layers around a call that waits for its answer:
@@ -414,27 +423,7 @@ fn waiting(c: &mut Criterion) {
     service(&mut g, "tower-resilience-hedge-layer", || {
         th.layer(inner_waiting())
     });
-    let (b, k, r, h) = (
-        rw_breaker(),
-        rw_bulkhead(),
-        Policy::builder("bench").retry(rw_retry()).build().unwrap(),
-        rw_hedge(),
-    );
-    service(&mut g, "retrywise-layers", || {
-        RetryLayer::new(r.clone()).layer(
-            CircuitBreakerLayer::new(b.clone(), ErrorsAreRetryable).layer(
-                HedgeLayer::new(h.clone()).layer(
-                    BulkheadLayer::new(k.clone())
-                        .layer(TimeoutLayer::new(Duration::from_secs(5)).layer(inner_waiting())),
-                ),
-            ),
-        )
-    });
-    let (tb, tk, th, tt) = (tr_breaker(), tr_bulkhead(), tr_hedge(), tr_timeout());
-    service(&mut g, "tower-resilience-layers", || {
-        let stack = tb.layer(tk.layer(tt.layer(th.layer(inner_waiting()))));
-        tr_retry().layer(stack)
-    });
+    stacks(&mut g, inner_waiting);
     g.finish();
 }
 
