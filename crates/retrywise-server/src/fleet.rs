@@ -228,10 +228,36 @@ impl Fleet {
         if local.is_none() && shared.is_none() {
             return None;
         }
-        Some(merge_circuit(
+        Some(self.read_circuit(
+            target,
             local.unwrap_or((State::Closed, None)),
-            shared.and_then(|s| s.open_remaining(wall_ms())),
+            shared.as_ref(),
+            wall_ms(),
         ))
+    }
+
+    /// The circuit as callers read it: this replica's own, the fleet's if it is open
+    /// longer, and - its own closed - HALF_OPEN while the fleet probes a circuit whose
+    /// open time has passed ([`SharedFleet::probing_since`]: opened by another replica,
+    /// this one's breaker never saw it).
+    fn read_circuit(
+        &self,
+        target: &str,
+        local: (State, Option<Duration>),
+        shared: Option<&SharedTarget>,
+        wall: u64,
+    ) -> (State, Option<Duration>) {
+        match merge_circuit(local, shared.and_then(|sh| sh.open_remaining(wall))) {
+            (State::Closed, _) if self.fleet_probing(target, wall).is_some() => {
+                (State::HalfOpen, None)
+            }
+            merged => merged,
+        }
+    }
+
+    /// When the fleet's circuit for `target` closed its open time, while it is probing.
+    fn fleet_probing(&self, target: &str, wall: u64) -> Option<u64> {
+        self.shared.as_ref()?.probing_since(target, wall)
     }
 
     /// Admission of a fresh call to `target` while its shared circuit is HALF_OPEN: `Ok`
@@ -243,10 +269,27 @@ impl Fleet {
     /// come sooner. A target this replica does not track (its circuit is another
     /// replica's) is let through. Each replica admits its own probes.
     pub fn admit_probe(&self, target: &str, now: Instant) -> Result<(), Duration> {
-        let Some(t) = self.get(target) else {
-            return Ok(());
+        let wall = wall_ms();
+        let t = match self.get(target) {
+            Some(t) => t,
+            // Probed by the fleet, known here only from Redis: tracked from now on.
+            None if self.fleet_probing(target, wall).is_some() => {
+                match self.get_or_create(&Arc::from(target), now) {
+                    Some(t) => t,
+                    None => return Ok(()),
+                }
+            }
+            None => return Ok(()),
         };
-        let opening = t.openings.load(Ordering::Relaxed);
+        // The episode: this replica's own opening while its breaker is HALF_OPEN, else the
+        // fleet's (the end of its open time, told apart from the count by the top bit).
+        let opening = match (
+            local_circuit(&t.breaker).0,
+            self.fleet_probing(target, wall),
+        ) {
+            (State::Closed, Some(until)) => until | 1 << 63,
+            _ => t.openings.load(Ordering::Relaxed),
+        };
         let Ok(mut probes) = t.probes.lock() else {
             return Ok(());
         };
@@ -472,8 +515,7 @@ impl Fleet {
         );
         let mut breaker = t.breaker.metrics();
         let local = local_circuit(&t.breaker);
-        let shared_open = shared.and_then(|sh| sh.open_remaining(wall));
-        let (state, open_for) = merge_circuit(local, shared_open);
+        let (state, open_for) = self.read_circuit(target, local, shared.as_ref(), wall);
         let by_fleet = state != local.0;
         breaker.state = state;
         let p_success = self
@@ -496,6 +538,9 @@ impl Fleet {
                 d.as_secs_f64() * 1e3
             ),
             (State::ForcedOpen, ..) => "an operator forced the shared circuit open".to_owned(),
+            (State::HalfOpen, ..) if by_fleet => {
+                "the shared circuit is probing the target (its open time, set by another replica, has passed and no success has been reported since: send only as a probe)".to_owned()
+            }
             (State::HalfOpen, ..) => {
                 "the shared circuit is probing the target (send only as a probe)".to_owned()
             }
@@ -652,6 +697,66 @@ mod tests {
         );
         assert!(view.reason.contains("probing"), "{}", view.reason);
         assert_eq!(fleet.gauges("inventory").map(|g| g.0), Some(false));
+    }
+
+    /// A replica that learned of an opening only from Redis (its own breaker never saw
+    /// the failures) reads the circuit as HALF_OPEN once the fleet's open time has passed,
+    /// and rations its probes as the replica whose breaker opened does - until a success
+    /// is reported, or the circuit reopens.
+    #[tokio::test]
+    async fn a_circuit_opened_by_another_replica_is_probed_here_too() {
+        use crate::shared::SharedMetrics;
+        let shared = Arc::new(
+            SharedFleet::new(
+                "redis://127.0.0.1:1",
+                Duration::from_secs(10),
+                Duration::from_millis(250),
+                Duration::from_millis(100),
+                10,
+                SharedMetrics::default(),
+            )
+            .unwrap(),
+        );
+        let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
+        let target = |open_until_ms, last_success_ms| SharedTarget {
+            calls: 40,
+            failures: 40,
+            recent_calls: 8,
+            recent_failures: 8,
+            permanents: 0,
+            latency_us: 40_000,
+            latency_p95: Some(Duration::from_millis(1)),
+            last_success_ms,
+            first_seen_ms: 1,
+            open_until_ms,
+        };
+        let install = |name: &str, t: SharedTarget| {
+            shared.install_for_test(HashMap::from([(Arc::<str>::from(name), t)]));
+        };
+        // Open for the fleet: this replica, which never tracked the target, says so.
+        let wall = wall_ms();
+        install("cache", target(Some(wall + 60_000), None));
+        assert!(matches!(
+            fleet.circuit("cache"),
+            Some((State::Open, Some(_)))
+        ));
+        // Read while open, its open time over since (its key then gone from Redis), and
+        // nothing succeeded since: probing.
+        let closed_at = wall - 100;
+        install("db", target(Some(closed_at), Some(closed_at - 5_000)));
+        install("db", target(None, Some(closed_at - 5_000)));
+        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+        let now = Instant::now();
+        for _ in 0..FLEET_PROBES {
+            assert_eq!(fleet.admit_probe("db", now), Ok(()));
+        }
+        assert!(fleet.admit_probe("db", now).is_err(), "the probes are out");
+        let view = fleet.view("db", now).expect("tracked");
+        assert_eq!(view.breaker_state, "HALF_OPEN");
+        assert!(view.reason.contains("another replica"), "{}", view.reason);
+        // A success reported after the open time: closed, admission is the model's again.
+        install("db", target(None, Some(closed_at + 50)));
+        assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
     }
 
     /// A target whose calls take seconds gets a probe lease as long as a probe's verdict

@@ -192,6 +192,10 @@ struct Unsent {
     batch: HashMap<Arc<str>, TargetDelta>,
 }
 
+/// How long after its open time a shared circuit with no success reported since is read
+/// as probing, at most (then as closed: the longest opening of the fleet's breakers).
+pub const PROBING_AT_MOST: Duration = Duration::from_secs(60);
+
 /// The latency one attempt adds to its bucket's sum, at most (about 28 hours): so that no
 /// sum of a bucket's attempts passes what Redis holds (`i64`), whatever the durations
 /// recorded.
@@ -293,6 +297,10 @@ pub struct SharedFleet {
     /// and under the same name, before anything newer (so Redis adds it at most once).
     unsent: Mutex<Option<Unsent>>,
     view: ArcSwap<HashMap<Arc<str>, SharedTarget>>,
+    /// The latest end of an open shared circuit read per target (wall ms), kept after the
+    /// circuit's key expires: a circuit whose open time has passed, with no success
+    /// reported since, is probing ([`probing_since`](Self::probing_since)).
+    opened: Mutex<HashMap<Arc<str>, u64>>,
     shared: AtomicBool,
     /// Wall-clock ms of the last successful read; 0 before the first.
     read_ms: AtomicU64,
@@ -354,6 +362,7 @@ impl SharedFleet {
             pending: Mutex::new(HashMap::new()),
             unsent: Mutex::new(None),
             view: ArcSwap::from_pointee(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
             shared: AtomicBool::new(false),
             read_ms: AtomicU64::new(0),
             detail: Mutex::new("connecting to Redis".into()),
@@ -527,9 +536,53 @@ impl SharedFleet {
             }
         }
         let n = view.len();
+        self.install(view, now);
+        Ok(n)
+    }
+
+    /// Answers from `view`, read at `now` (wall ms) from now on, and keeps the end of each
+    /// open circuit in it.
+    fn install(&self, view: HashMap<Arc<str>, SharedTarget>, now: u64) {
+        if let Ok(mut opened) = self.opened.lock() {
+            for (name, t) in &view {
+                if let Some(until) = t.open_until_ms {
+                    let u = opened.entry(Arc::clone(name)).or_default();
+                    *u = (*u).max(until);
+                }
+            }
+            opened.retain(|_, &mut until| until.saturating_add(ms(PROBING_AT_MOST)) > now);
+        }
         self.view.store(Arc::new(view));
         self.read_ms.store(now, Ordering::Relaxed);
-        Ok(n)
+    }
+
+    /// When the shared circuit of `target` last closed its open time (wall ms), while the
+    /// fleet is probing it: that time has passed as of `now_ms` (less than
+    /// [`PROBING_AT_MOST`] ago), no attempt to it has succeeded since, and it has not
+    /// reopened. `None` otherwise, and while the view is not answered from. A replica
+    /// that learned of the opening only from Redis reads the circuit as HALF_OPEN then, as
+    /// the replica whose breaker opened it does, instead of letting every caller through
+    /// at once.
+    pub fn probing_since(&self, target: &str, now_ms: u64) -> Option<u64> {
+        if !self.fresh(now_ms) {
+            return None;
+        }
+        let until = *self.opened.lock().ok()?.get(target)?;
+        let view = self.view.load();
+        let t = view.get(target);
+        let reopened = t.is_some_and(|t| t.open_remaining(now_ms).is_some());
+        let answered = t
+            .and_then(|t| t.last_success_ms)
+            .is_some_and(|s| s >= until);
+        (until <= now_ms && now_ms - until < ms(PROBING_AT_MOST) && !reopened && !answered)
+            .then_some(until)
+    }
+
+    /// Installs `view` as if just read from Redis (tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn install_for_test(&self, view: HashMap<Arc<str>, SharedTarget>) {
+        self.shared.store(true, Ordering::Relaxed);
+        self.install(view, wall_ms());
     }
 
     /// What went wrong `doing` Redis: `error`, or no answer within the timeout.
