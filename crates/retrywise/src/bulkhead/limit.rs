@@ -252,7 +252,8 @@ impl AdaptiveLimit {
     /// baseline, and the limit stays where it is.
     pub fn sample_call(&self, latency: Duration, in_flight: u32, answered: bool) -> u32 {
         let rtt = latency.as_secs_f64().max(1e-9);
-        let mut long = f64::from_bits(self.long.load(Ordering::Relaxed));
+        let read = self.long.load(Ordering::Relaxed);
+        let mut long = f64::from_bits(read);
         // Only an answered call measures the latency: a timeout's is where the caller
         // stopped waiting, and while an upstream is overloaded every call times out - an
         // average over them climbs to the timeout within a long window, and a baseline
@@ -271,7 +272,18 @@ impl AdaptiveLimit {
             if long > 2.0 * rtt {
                 long *= 0.95;
             }
-            self.long.store(long.to_bits(), Ordering::Relaxed);
+            // Moved from what was read, or not at all: a reset of the baseline (a slowdown
+            // found, below) made meanwhile by another call is kept, not overwritten by a
+            // step from the baseline before it (this step is lost instead, as concurrent
+            // steps may lose one another's).
+            if let Err(now) = self.long.compare_exchange(
+                read,
+                long.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                long = f64::from_bits(now);
+            }
         } else if self.samples.load(Ordering::Relaxed) == 0 {
             // No latency measured yet: nothing to compare with.
             return self.current();
