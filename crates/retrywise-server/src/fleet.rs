@@ -42,6 +42,9 @@ pub struct Target {
     openings: Arc<AtomicU64>,
     /// The probes admission has let through since the circuit's open time passed.
     probes: Mutex<Probes>,
+    /// When the shared breaker last closed after probing (wall ms; 0: never): the fleet's
+    /// probing of an opening that ended before it is over here.
+    closed_ms: Arc<AtomicU64>,
 }
 
 /// The probes `/v1/decide` has admitted to a HALF_OPEN circuit: how many, in which lease,
@@ -224,16 +227,11 @@ impl Fleet {
     /// `None` for a target not tracked.
     pub fn circuit(&self, target: &str) -> Option<(State, Option<Duration>)> {
         let shared = self.shared_target(target);
-        let local = self.get(target).map(|t| local_circuit(&t.breaker));
-        if local.is_none() && shared.is_none() {
+        let t = self.get(target);
+        if t.is_none() && shared.is_none() {
             return None;
         }
-        Some(self.read_circuit(
-            target,
-            local.unwrap_or((State::Closed, None)),
-            shared.as_ref(),
-            wall_ms(),
-        ))
+        Some(self.read_circuit(target, t.as_deref(), shared.as_ref(), wall_ms()))
     }
 
     /// The circuit as callers read it: this replica's own, the fleet's if it is open
@@ -243,21 +241,27 @@ impl Fleet {
     fn read_circuit(
         &self,
         target: &str,
-        local: (State, Option<Duration>),
+        local: Option<&Target>,
         shared: Option<&SharedTarget>,
         wall: u64,
     ) -> (State, Option<Duration>) {
-        match merge_circuit(local, shared.and_then(|sh| sh.open_remaining(wall))) {
-            (State::Closed, _) if self.fleet_probing(target, wall).is_some() => {
+        let own = local.map_or((State::Closed, None), |t| local_circuit(&t.breaker));
+        match merge_circuit(own, shared.and_then(|sh| sh.open_remaining(wall))) {
+            (State::Closed, _) if self.fleet_probing(target, local, wall).is_some() => {
                 (State::HalfOpen, None)
             }
             merged => merged,
         }
     }
 
-    /// When the fleet's circuit for `target` closed its open time, while it is probing.
-    fn fleet_probing(&self, target: &str, wall: u64) -> Option<u64> {
-        self.shared.as_ref()?.probing_since(target, wall)
+    /// When the fleet's circuit for `target` closed its open time, while it is probing -
+    /// unless this replica's breaker closed after probing since.
+    fn fleet_probing(&self, target: &str, local: Option<&Target>, wall: u64) -> Option<u64> {
+        let closed = local.map_or(0, |t| t.closed_ms.load(Ordering::Relaxed));
+        self.shared
+            .as_ref()?
+            .probing_since(target, wall)
+            .filter(|&until| closed < until)
     }
 
     /// Admission of a fresh call to `target` while its shared circuit is HALF_OPEN: `Ok`
@@ -272,8 +276,11 @@ impl Fleet {
         let wall = wall_ms();
         let t = match self.get(target) {
             Some(t) => t,
-            // Probed by the fleet, known here only from Redis: tracked from now on.
-            None if self.fleet_probing(target, wall).is_some() => {
+            // Probed by the fleet, known here only from Redis: tracked from now on (if
+            // there is room without making it: else every admission would scan the map).
+            None if self.fleet_probing(target, None, wall).is_some()
+                && self.len() < self.max_targets =>
+            {
                 match self.get_or_create(&Arc::from(target), now) {
                     Some(t) => t,
                     None => return Ok(()),
@@ -285,7 +292,7 @@ impl Fleet {
         // fleet's (the end of its open time, told apart from the count by the top bit).
         let opening = match (
             local_circuit(&t.breaker).0,
-            self.fleet_probing(target, wall),
+            self.fleet_probing(target, Some(&t), wall),
         ) {
             (State::Closed, Some(until)) => until | 1 << 63,
             _ => t.openings.load(Ordering::Relaxed),
@@ -298,13 +305,16 @@ impl Fleet {
         if let (State::Open, Some(left)) = local_circuit(&t.breaker) {
             return Err(left);
         }
-        let lease = t
+        // The fleet's p95 where this replica has none of its own (it learned of the
+        // target from Redis, or its window aged out during a long opening).
+        let p95 = t
             .health
             .snapshot(now)
             .latency_p95
-            .map_or(PROBE_LEASE, |p95| {
-                PROBE_LEASE.max(p95 + Duration::from_secs(1))
-            });
+            .or_else(|| self.shared_target(target).and_then(|s| s.latency_p95));
+        let lease = p95.map_or(PROBE_LEASE, |p95| {
+            PROBE_LEASE.max(p95 + Duration::from_secs(1))
+        });
         let lease_over = probes
             .since
             .is_none_or(|since| now.saturating_duration_since(since) >= lease);
@@ -359,16 +369,31 @@ impl Fleet {
         // Unstriped: a service keeps these per target, up to `max_targets` of them.
         let health = HealthTracker::unstriped(self.window).ok()?;
         let openings = Arc::new(AtomicU64::new(0));
-        let opened = Arc::clone(&openings);
+        let closed_ms = Arc::new(AtomicU64::new(0));
+        let (opened, closed) = (Arc::clone(&openings), Arc::clone(&closed_ms));
+        let (shared, name) = (self.shared.clone(), Arc::clone(target));
         let mut breaker = CircuitBreaker::builder(Arc::clone(target))
             .permitted_calls_in_half_open(FLEET_PROBES)
-            .on_event(move |e| {
-                if let BreakerEvent::StateTransition {
+            .on_event(move |e| match e {
+                BreakerEvent::StateTransition {
                     to: State::Open, ..
-                } = e
-                {
+                } => {
                     opened.fetch_add(1, Ordering::Relaxed);
                 }
+                BreakerEvent::StateTransition {
+                    from: State::HalfOpen,
+                    to: State::Closed,
+                    ..
+                } => {
+                    // Its probes answered: the fleet's probing is over, here at once and
+                    // for the other replicas at the next write.
+                    let now = wall_ms();
+                    closed.store(now, Ordering::Relaxed);
+                    if let Some(shared) = &shared {
+                        shared.record_closed(&name, now);
+                    }
+                }
+                _ => {}
             });
         if let Some(p) = &self.prediction {
             breaker = breaker.predict(p.clone());
@@ -392,6 +417,7 @@ impl Fleet {
             hedge,
             openings,
             probes: Mutex::new(Probes::default()),
+            closed_ms,
         });
         map.insert(Arc::clone(target), Arc::clone(&t));
         self.count.store(map.len(), Ordering::Relaxed);
@@ -515,7 +541,7 @@ impl Fleet {
         );
         let mut breaker = t.breaker.metrics();
         let local = local_circuit(&t.breaker);
-        let (state, open_for) = self.read_circuit(target, local, shared.as_ref(), wall);
+        let (state, open_for) = self.read_circuit(target, Some(&t), shared.as_ref(), wall);
         let by_fleet = state != local.0;
         breaker.state = state;
         let p_success = self
@@ -718,7 +744,7 @@ mod tests {
             .unwrap(),
         );
         let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
-        let target = |open_until_ms, last_success_ms| SharedTarget {
+        let target = |open_until_ms, last_success_ms, closed_ms| SharedTarget {
             calls: 40,
             failures: 40,
             recent_calls: 8,
@@ -729,13 +755,14 @@ mod tests {
             last_success_ms,
             first_seen_ms: 1,
             open_until_ms,
+            closed_ms,
         };
         let install = |name: &str, t: SharedTarget| {
             shared.install_for_test(HashMap::from([(Arc::<str>::from(name), t)]));
         };
         // Open for the fleet: this replica, which never tracked the target, says so.
         let wall = wall_ms();
-        install("cache", target(Some(wall + 60_000), None));
+        install("cache", target(Some(wall + 60_000), None, None));
         assert!(matches!(
             fleet.circuit("cache"),
             Some((State::Open, Some(_)))
@@ -743,8 +770,8 @@ mod tests {
         // Read while open, its open time over since (its key then gone from Redis), and
         // nothing succeeded since: probing.
         let closed_at = wall - 100;
-        install("db", target(Some(closed_at), Some(closed_at - 5_000)));
-        install("db", target(None, Some(closed_at - 5_000)));
+        install("db", target(Some(closed_at), Some(closed_at - 5_000), None));
+        install("db", target(None, Some(closed_at - 5_000), None));
         assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
         let now = Instant::now();
         for _ in 0..FLEET_PROBES {
@@ -755,8 +782,78 @@ mod tests {
         assert_eq!(view.breaker_state, "HALF_OPEN");
         assert!(view.reason.contains("another replica"), "{}", view.reason);
         // A success reported after the open time: closed, admission is the model's again.
-        install("db", target(None, Some(closed_at + 50)));
+        install("db", target(None, Some(closed_at + 50), None));
         assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
+        // Or no success (the probes were answered 4xx), but a replica's breaker closed
+        // after probing: closed too.
+        install(
+            "db",
+            target(None, Some(closed_at - 5_000), Some(closed_at + 80)),
+        );
+        assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
+        // Gone from the view altogether: nothing says it is probing.
+        install("db", target(None, Some(closed_at - 5_000), None));
+        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+        install("cache", target(None, None, None));
+        assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::Closed));
+    }
+
+    /// The replica whose breaker closed after its probes answered stops reading the
+    /// fleet's probing at once (before its own write and the next read carry the news).
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_closed_after_probing_ends_the_fleets_probing_here() {
+        use crate::shared::SharedMetrics;
+        let shared = Arc::new(
+            SharedFleet::new(
+                "redis://127.0.0.1:1",
+                Duration::from_secs(10),
+                Duration::from_millis(250),
+                Duration::from_millis(100),
+                10,
+                SharedMetrics::default(),
+            )
+            .unwrap(),
+        );
+        let fleet = Fleet::new(Duration::from_secs(600), 10).with_shared(Arc::clone(&shared));
+        let wall = wall_ms();
+        let now = Instant::now();
+        for i in 1..40 {
+            fleet.observe(&refused("inv", i, wall), now, wall);
+        }
+        let (_, left) = fleet.circuit("inv").expect("tracked");
+        tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
+        // The fleet's view: its open time ended a moment ago, no success since.
+        let t = SharedTarget {
+            calls: 40,
+            failures: 39,
+            recent_calls: 8,
+            recent_failures: 8,
+            permanents: 0,
+            latency_us: 40_000,
+            latency_p95: Some(Duration::from_millis(1)),
+            last_success_ms: None,
+            first_seen_ms: 1,
+            open_until_ms: Some(wall - 100),
+            closed_ms: None,
+        };
+        shared.install_for_test(HashMap::from([(Arc::<str>::from("inv"), t)]));
+        // Its own probes answer: ten successes close this replica's breaker.
+        for i in 0..FLEET_PROBES {
+            let ok = AttemptRecord::new(
+                100 + u64::from(i),
+                0,
+                wall - 10,
+                AttemptContext::first("inv"),
+                &Verdict::Success,
+                Duration::from_millis(1),
+            );
+            fleet.observe(&ok, Instant::now(), wall);
+        }
+        let t = fleet.get("inv").unwrap();
+        assert_eq!(t.breaker.state(), State::Closed);
+        assert!(t.closed_ms.load(Ordering::Relaxed) >= wall - 100);
+        // The view (read before) still says probing; this replica knows better.
+        assert_eq!(fleet.circuit("inv"), Some((State::Closed, None)));
     }
 
     /// A target whose calls take seconds gets a probe lease as long as a probe's verdict

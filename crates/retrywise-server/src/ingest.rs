@@ -195,7 +195,7 @@ pub(crate) fn set_fleet_gauges<'a>(st: &AppState, targets: impl IntoIterator<Ite
             continue;
         };
         st.metrics.with_target_label(target, false, |labels| {
-            if labels.target != target || target == "other" {
+            if labels.target != target || labels.target == "other" {
                 return; // `other`: one series for many targets, a gauge of it means nothing
             }
             st.metrics

@@ -356,8 +356,12 @@ impl Metrics {
                 target: "other".into(),
             });
         };
-        let own = names.contains(target)
-            || (tracked && names.len() < self.max_target_labels && names.insert(target.to_owned()));
+        // A target named `other` never takes a slot: its series is the overflow's.
+        let own = target != "other"
+            && (names.contains(target)
+                || (tracked
+                    && names.len() < self.max_target_labels
+                    && names.insert(target.to_owned())));
         f(TargetLabels {
             target: if own { target } else { "other" }.to_owned(),
         })

@@ -67,7 +67,8 @@ const PREFIX: &str = "retrywise:fleet:";
 /// is named, and one whose name was written already (a write that timed out on the
 /// replica's side and ran on Redis's, sent again) adds nothing. `ARGV`: prefix, now (ms),
 /// ttl (ms), the batch's name, then per target: name, last success (ms, 0: none), open for
-/// (ms, 0: not open), buckets, then per bucket: its number, fields, then the fields as
+/// (ms, 0: not open), when a replica's breaker last closed after probing (ms, 0: not since
+/// the last batch), buckets, then per bucket: its number, fields, then the fields as
 /// name/increment pairs. Increments go through `pcall`: one that cannot be added (a count
 /// past what Redis holds) is skipped, and the rest - every expiry among them - still
 /// happen (Redis does not undo a script that stops on an error).
@@ -84,14 +85,19 @@ while i <= #ARGV do
   local name = ARGV[i]
   local ls = tonumber(ARGV[i + 1])
   local open = tonumber(ARGV[i + 2])
-  local nb = tonumber(ARGV[i + 3])
-  i = i + 4
+  local cl = tonumber(ARGV[i + 3])
+  local nb = tonumber(ARGV[i + 4])
+  i = i + 5
   redis.call('ZADD', z, now, name)
   local m = p .. 'm:' .. name
   redis.call('HSETNX', m, 'first', now)
   if ls > 0 then
     local cur = tonumber(redis.call('HGET', m, 'ls') or '0')
     if ls > cur then redis.call('HSET', m, 'ls', ls) end
+  end
+  if cl > 0 then
+    local cur = tonumber(redis.call('HGET', m, 'cl') or '0')
+    if cl > cur then redis.call('HSET', m, 'cl', cl) end
   end
   redis.call('PEXPIRE', m, ttl)
   if open > 0 then
@@ -118,7 +124,8 @@ return 1
 /// ttl (ms), most targets, buckets in the window, in the recent rate, in the latency
 /// quantile. Returns per target `{name, {calls, failures, recent calls,
 /// recent failures, permanent failures, latency µs, last success, first seen, circuit
-/// open for (ms; negative: closed), then histogram bucket/count pairs}}`.
+/// open for (ms; negative: closed), last closed after probing, then histogram
+/// bucket/count pairs}}`.
 const READ: &str = r"
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -152,9 +159,9 @@ for _, name in ipairs(names) do
       end
     end
   end
-  local m = redis.call('HMGET', p .. 'm:' .. name, 'ls', 'first')
+  local m = redis.call('HMGET', p .. 'm:' .. name, 'ls', 'first', 'cl')
   local row = {c, f, rc, rf, pm, s, tonumber(m[1] or '0'), tonumber(m[2] or '0'),
-    redis.call('PTTL', p .. 'o:' .. name)}
+    redis.call('PTTL', p .. 'o:' .. name), tonumber(m[3] or '0')}
   for hb, v in pairs(hist) do
     row[#row + 1] = hb
     row[#row + 1] = v
@@ -180,6 +187,7 @@ struct TargetDelta {
     buckets: BTreeMap<u64, BucketDelta>,
     last_success_ms: u64,
     open_ms: u64,
+    closed_ms: u64,
 }
 
 /// A batch of counts whose write failed.
@@ -191,6 +199,9 @@ struct Unsent {
     made_ms: u64,
     batch: HashMap<Arc<str>, TargetDelta>,
 }
+
+/// Ends of an opening read less than this apart (ms) are the same opening's.
+const SAME_OPENING_MS: u64 = 1_000;
 
 /// How long after its open time a shared circuit with no success reported since is read
 /// as probing, at most (then as closed: the longest opening of the fleet's breakers).
@@ -225,6 +236,8 @@ pub struct SharedTarget {
     pub first_seen_ms: u64,
     /// Until when the shared circuit is open (wall clock, ms), if it is.
     pub open_until_ms: Option<u64>,
+    /// When a replica's breaker for the target last closed after probing (wall clock, ms).
+    pub closed_ms: Option<u64>,
 }
 
 impl SharedTarget {
@@ -405,6 +418,19 @@ impl SharedFleet {
         t.open_ms = t.open_ms.max(ms(remaining).max(1));
     }
 
+    /// A replica's own breaker for `target` closed at `wall_ms` after probing: the fleet's
+    /// probing of that circuit is over (written at the next flush).
+    pub fn record_closed(&self, target: &Arc<str>, wall_ms: u64) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if !pending.contains_key(target) && pending.len() >= self.max_targets {
+            return;
+        }
+        let t = pending.entry(Arc::clone(target)).or_default();
+        t.closed_ms = t.closed_ms.max(wall_ms.max(1));
+    }
+
     /// What the shared view holds of `target`, while the replica answers from it (`None`
     /// while it falls back, or for a target the fleet has not seen).
     pub fn target(&self, target: &str) -> Option<SharedTarget> {
@@ -457,7 +483,9 @@ impl SharedFleet {
             t.buckets.retain(|&b, _| b >= oldest);
             t.open_ms = t.open_ms.saturating_sub(waited);
         }
-        batch.retain(|_, t| !t.buckets.is_empty() || t.open_ms > 0 || t.last_success_ms > 0);
+        batch.retain(|_, t| {
+            !t.buckets.is_empty() || t.open_ms > 0 || t.last_success_ms > 0 || t.closed_ms > 0
+        });
         if batch.is_empty() {
             return Ok(0);
         }
@@ -469,6 +497,7 @@ impl SharedFleet {
             call.arg(&**target)
                 .arg(t.last_success_ms)
                 .arg(t.open_ms)
+                .arg(t.closed_ms)
                 .arg(t.buckets.len());
             for (b, d) in &t.buckets {
                 attempts += d.calls;
@@ -547,10 +576,23 @@ impl SharedFleet {
             for (name, t) in &view {
                 if let Some(until) = t.open_until_ms {
                     let u = opened.entry(Arc::clone(name)).or_default();
-                    *u = (*u).max(until);
+                    // Read as now + PTTL, the same end reads a few ms apart: a read just
+                    // before the key expired is not a reopening once the end has passed.
+                    let same = *u <= now && until.saturating_sub(*u) < SAME_OPENING_MS;
+                    if !same {
+                        *u = (*u).max(until);
+                    }
                 }
             }
             opened.retain(|_, &mut until| until.saturating_add(ms(PROBING_AT_MOST)) > now);
+            // At most twice as many as the view holds targets: the latest kept.
+            let cap = 2 * self.max_targets.max(1);
+            if opened.len() > cap {
+                let mut ends: Vec<u64> = opened.values().copied().collect();
+                ends.sort_unstable();
+                let keep_from = ends[ends.len() - cap];
+                opened.retain(|_, &mut until| until >= keep_from);
+            }
         }
         self.view.store(Arc::new(view));
         self.read_ms.store(now, Ordering::Relaxed);
@@ -569,11 +611,14 @@ impl SharedFleet {
         }
         let until = *self.opened.lock().ok()?.get(target)?;
         let view = self.view.load();
-        let t = view.get(target);
-        let reopened = t.is_some_and(|t| t.open_remaining(now_ms).is_some());
-        let answered = t
-            .and_then(|t| t.last_success_ms)
-            .is_some_and(|s| s >= until);
+        // A target gone from the view (nothing written for two windows, or beyond the
+        // targets read) says nothing of its probes: not read as probing.
+        let t = view.get(target)?;
+        let reopened = t.open_remaining(now_ms).is_some();
+        // Answered: an attempt succeeded since, or a replica's breaker closed since (its
+        // probes answered, 4xx answers included, which are no successes).
+        let answered = t.last_success_ms.is_some_and(|s| s >= until)
+            || t.closed_ms.is_some_and(|c| c >= until);
         (until <= now_ms && now_ms - until < ms(PROBING_AT_MOST) && !reopened && !answered)
             .then_some(until)
     }
@@ -700,7 +745,7 @@ fn batch_name() -> u64 {
 /// One target's row of the read script, as of `now` (wall ms); `None` when malformed.
 fn parse_row(row: &[i64], now: u64) -> Option<SharedTarget> {
     let n = |i: usize| row.get(i).map(|&v| u64::try_from(v).unwrap_or(0));
-    let hist = row.get(9..)?.chunks_exact(2).map(|p| {
+    let hist = row.get(10..)?.chunks_exact(2).map(|p| {
         (
             usize::try_from(p[0]).unwrap_or(0),
             u64::try_from(p[1]).unwrap_or(0),
@@ -718,6 +763,7 @@ fn parse_row(row: &[i64], now: u64) -> Option<SharedTarget> {
         last_success_ms: n(6).filter(|&v| v > 0),
         first_seen_ms: n(7)?,
         open_until_ms: (pttl > 0).then(|| now + pttl.unsigned_abs()),
+        closed_ms: n(9).filter(|&v| v > 0),
     })
 }
 
@@ -729,11 +775,11 @@ mod tests {
     #[test]
     fn a_row_reads_back_into_the_trackers_numbers() {
         let row = [
-            10, 4, 2, 1, 1, 2_000_000, 9_000, 1_000, 1_500, 100, 3, 120, 7,
+            10, 4, 2, 1, 1, 2_000_000, 9_000, 1_000, 1_500, 9_500, 100, 3, 120, 7,
         ];
         let t = parse_row(&row, 10_000).unwrap();
         assert_eq!((t.calls, t.failures, t.recent_calls), (10, 4, 2));
-        assert_eq!(t.open_until_ms, Some(11_500));
+        assert_eq!((t.open_until_ms, t.closed_ms), (Some(11_500), Some(9_500)));
         assert_eq!(t.open_remaining(10_500), Some(Duration::from_millis(1_000)));
         assert_eq!(t.open_remaining(12_000), None);
         let s = t.snapshot(10_000, Duration::from_secs(10));
@@ -747,9 +793,9 @@ mod tests {
         assert_eq!(s.since_success, Duration::from_millis(1_000));
         assert!(s.latency_p95.is_some());
         // A closed circuit (PTTL -2) and no success yet: since the target was first seen.
-        let row = [0, 0, 0, 0, 0, 0, 0, 1_000, -2];
+        let row = [0, 0, 0, 0, 0, 0, 0, 1_000, -2, 0];
         let t = parse_row(&row, 4_000).unwrap();
-        assert_eq!(t.open_until_ms, None);
+        assert_eq!((t.open_until_ms, t.closed_ms), (None, None));
         let s = t.snapshot(4_000, Duration::from_secs(10));
         assert_eq!(s.since_success, Duration::from_secs(3));
         assert_eq!((s.failure_rate, s.latency_p95), (None, None));
@@ -870,7 +916,7 @@ mod tests {
         let run = |name: u64, s_us: i64| {
             let mut call = write.prepare_invoke();
             call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(name);
-            call.arg("db").arg(0).arg(0).arg(1);
+            call.arg("db").arg(0).arg(0).arg(0).arg(1);
             call.arg(7).arg(2).arg("c").arg(3).arg("s").arg(s_us);
             call
         };
