@@ -467,9 +467,20 @@ impl SharedFleet {
     /// still within the window; the counts recorded meanwhile wait for the next flush.
     async fn flush(&self, conn: &mut ConnectionManager) -> Result<usize, String> {
         let now = wall_ms();
+        let oldest = now.saturating_sub(ms(self.window)) / self.period_ms;
         let retried = self.unsent.lock().ok().and_then(|mut u| u.take());
         let (name, made_ms, mut batch) = match retried {
-            Some(u) => (u.name, u.made_ms, u.batch),
+            Some(u) => {
+                // The counts waiting behind a batch Redis keeps refusing lose what has left
+                // the window meanwhile (nobody would read it): through a long outage they
+                // hold one window, not one bucket a period for as long as it lasts.
+                if let Ok(mut p) = self.pending.lock() {
+                    for t in p.values_mut() {
+                        t.buckets = t.buckets.split_off(&oldest);
+                    }
+                }
+                (u.name, u.made_ms, u.batch)
+            }
             None => match self.pending.lock() {
                 Ok(mut p) if !p.is_empty() => (batch_name(), now, std::mem::take(&mut *p)),
                 _ => return Ok(0),
@@ -477,7 +488,6 @@ impl SharedFleet {
         };
         // What is older than the window is read by no one: not sent again. An open
         // circuit's time counts from when it was recorded.
-        let oldest = now.saturating_sub(ms(self.window)) / self.period_ms;
         let waited = now.saturating_sub(made_ms);
         for t in batch.values_mut() {
             t.buckets.retain(|&b, _| b >= oldest);
@@ -835,6 +845,41 @@ mod tests {
         assert!(f.fresh(9_000));
         f.shared.store(false, Ordering::Relaxed);
         assert!(!f.fresh(10_000), "a failed read falls back at once");
+    }
+
+    /// While Redis refuses a batch, the counts waiting behind it keep one window's worth
+    /// of buckets, not one more a period for as long as the outage lasts.
+    #[tokio::test]
+    async fn counts_waiting_behind_a_refused_batch_keep_one_window() {
+        let f = fleet("redis://127.0.0.1:1").unwrap();
+        let t: Arc<str> = Arc::from("db");
+        let now = wall_ms();
+        // An hour of an outage's counts: one every second.
+        for s in 0..3_600u64 {
+            f.record(
+                &t,
+                now - s * 1_000,
+                Ended::Failure,
+                Duration::from_millis(1),
+            );
+        }
+        assert!(f.pending.lock().unwrap()[&t].buckets.len() >= 3_600);
+        let waiting = std::mem::take(&mut *f.pending.lock().unwrap());
+        *f.unsent.lock().unwrap() = Some(Unsent {
+            name: 1,
+            made_ms: now,
+            batch: waiting.clone(),
+        });
+        *f.pending.lock().unwrap() = waiting;
+        let mut conn =
+            ConnectionManager::new_lazy_with_config(f.client.clone(), f.config()).unwrap();
+        assert!(
+            f.flush(&mut conn).await.is_err(),
+            "nothing listens on port 1"
+        );
+        // The 10 s window in buckets of a tenth of it, and the one being filled.
+        let kept = f.pending.lock().unwrap()[&t].buckets.len();
+        assert!((10..=12).contains(&kept), "{kept}");
     }
 
     #[test]
