@@ -796,6 +796,14 @@ mod tests {
         assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
         install("cache", target(None, None, None));
         assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::Closed));
+        // An opening that ended, a success just after, then failed probes reopening it for
+        // 700 ms (the shortest opening is 500 ms): once that ends, the new opening is
+        // probed afresh - read as the first one's, the success would close it.
+        let first = wall - 2_000;
+        install("queue", target(Some(first), Some(first - 5_000), None));
+        install("queue", target(Some(first + 700), Some(first + 50), None));
+        install("queue", target(None, Some(first + 50), None));
+        assert_eq!(fleet.circuit("queue"), Some((State::HalfOpen, None)));
     }
 
     /// The replica whose breaker closed after its probes answered stops reading the

@@ -16,8 +16,9 @@
 //!   failures, `p` permanent failures, `s` summed latency (µs) and `h<N>` the latency
 //!   histogram ([`retrywise::health::latency_bucket`]); it expires two windows after its
 //!   last write;
-//! - `m:{target}` — `first` (when the fleet first saw the target) and `ls` (when an attempt
-//!   to it last succeeded), wall-clock ms; it expires when the target goes idle;
+//! - `m:{target}` — `first` (when the fleet first saw the target), `ls` (when an attempt
+//!   to it last succeeded) and `cl` (when a replica's breaker last closed after probing),
+//!   wall-clock ms; it expires when the target goes idle;
 //! - `o:{target}` — the shared circuit: present while it is open, its TTL the time left.
 //!   A replica whose own breaker opens (on its evidence or on the model's prediction)
 //!   writes it; every replica then reports the circuit open and refuses fresh calls.
@@ -186,7 +187,9 @@ struct BucketDelta {
 struct TargetDelta {
     buckets: BTreeMap<u64, BucketDelta>,
     last_success_ms: u64,
-    open_ms: u64,
+    /// Until when this replica's breaker is open (wall ms; 0: not): the time left is
+    /// reckoned when written, however long the batch waited.
+    open_until_ms: u64,
     closed_ms: u64,
 }
 
@@ -195,13 +198,15 @@ struct TargetDelta {
 struct Unsent {
     /// Its name in Redis (the script adds a name once).
     name: u64,
-    /// When it was made (wall ms).
-    made_ms: u64,
     batch: HashMap<Arc<str>, TargetDelta>,
 }
 
-/// Ends of an opening read less than this apart (ms) are the same opening's.
-const SAME_OPENING_MS: u64 = 1_000;
+/// Ends of an opening read at most this far apart are the same opening's, at most: a
+/// read reckons the end as its own clock plus the key's time to live, so two reads of one
+/// end differ by up to a read's latency (its timeout bounds it) - and a reopening after
+/// failed probes lasts the fleet's shortest opening (500 ms) or longer, so half of that
+/// tells them apart.
+const SAME_OPENING_AT_MOST: Duration = Duration::from_millis(250);
 
 /// How long after its open time a shared circuit with no success reported since is read
 /// as probing, at most (then as closed: the longest opening of the fleet's breakers).
@@ -415,7 +420,9 @@ impl SharedFleet {
             return;
         };
         let t = pending.entry(Arc::clone(target)).or_default();
-        t.open_ms = t.open_ms.max(ms(remaining).max(1));
+        t.open_until_ms = t
+            .open_until_ms
+            .max(wall_ms().saturating_add(ms(remaining).max(1)));
     }
 
     /// A replica's own breaker for `target` closed at `wall_ms` after probing: the fleet's
@@ -469,7 +476,7 @@ impl SharedFleet {
         let now = wall_ms();
         let oldest = now.saturating_sub(ms(self.window)) / self.period_ms;
         let retried = self.unsent.lock().ok().and_then(|mut u| u.take());
-        let (name, made_ms, mut batch) = match retried {
+        let (name, mut batch) = match retried {
             Some(u) => {
                 // The counts waiting behind a batch Redis keeps refusing lose what has left
                 // the window meanwhile (nobody would read it): through a long outage they
@@ -479,22 +486,23 @@ impl SharedFleet {
                         t.buckets = t.buckets.split_off(&oldest);
                     }
                 }
-                (u.name, u.made_ms, u.batch)
+                (u.name, u.batch)
             }
             None => match self.pending.lock() {
-                Ok(mut p) if !p.is_empty() => (batch_name(), now, std::mem::take(&mut *p)),
+                Ok(mut p) if !p.is_empty() => (batch_name(), std::mem::take(&mut *p)),
                 _ => return Ok(0),
             },
         };
-        // What is older than the window is read by no one: not sent again. An open
-        // circuit's time counts from when it was recorded.
-        let waited = now.saturating_sub(made_ms);
+        // What is older than the window is read by no one: not sent again; nor is an
+        // opening that has ended.
         for t in batch.values_mut() {
             t.buckets.retain(|&b, _| b >= oldest);
-            t.open_ms = t.open_ms.saturating_sub(waited);
+            if t.open_until_ms <= now {
+                t.open_until_ms = 0;
+            }
         }
         batch.retain(|_, t| {
-            !t.buckets.is_empty() || t.open_ms > 0 || t.last_success_ms > 0 || t.closed_ms > 0
+            !t.buckets.is_empty() || t.open_until_ms > 0 || t.last_success_ms > 0 || t.closed_ms > 0
         });
         if batch.is_empty() {
             return Ok(0);
@@ -506,7 +514,7 @@ impl SharedFleet {
         for (target, t) in &batch {
             call.arg(&**target)
                 .arg(t.last_success_ms)
-                .arg(t.open_ms)
+                .arg(t.open_until_ms.saturating_sub(now))
                 .arg(t.closed_ms)
                 .arg(t.buckets.len());
             for (b, d) in &t.buckets {
@@ -526,11 +534,7 @@ impl SharedFleet {
         // or is cut short (the replica shutting down mid-write: `close` sends it again),
         // is sent again whole, and Redis counts it once.
         if let Ok(mut u) = self.unsent.lock() {
-            *u = Some(Unsent {
-                name,
-                made_ms: now,
-                batch,
-            });
+            *u = Some(Unsent { name, batch });
         }
         let result = tokio::time::timeout(self.timeout, call.invoke_async::<i64>(conn)).await;
         match result {
@@ -582,13 +586,14 @@ impl SharedFleet {
     /// Answers from `view`, read at `now` (wall ms) from now on, and keeps the end of each
     /// open circuit in it.
     fn install(&self, view: HashMap<Arc<str>, SharedTarget>, now: u64) {
+        let tolerance = ms(self.timeout.min(SAME_OPENING_AT_MOST));
         if let Ok(mut opened) = self.opened.lock() {
             for (name, t) in &view {
                 if let Some(until) = t.open_until_ms {
                     let u = opened.entry(Arc::clone(name)).or_default();
                     // Read as now + PTTL, the same end reads a few ms apart: a read just
                     // before the key expired is not a reopening once the end has passed.
-                    let same = *u <= now && until.saturating_sub(*u) < SAME_OPENING_MS;
+                    let same = *u <= now && until.saturating_sub(*u) <= tolerance;
                     if !same {
                         *u = (*u).max(until);
                     }
@@ -867,7 +872,6 @@ mod tests {
         let waiting = std::mem::take(&mut *f.pending.lock().unwrap());
         *f.unsent.lock().unwrap() = Some(Unsent {
             name: 1,
-            made_ms: now,
             batch: waiting.clone(),
         });
         *f.pending.lock().unwrap() = waiting;
@@ -893,7 +897,9 @@ mod tests {
         let d = &p[&t];
         let b = &d.buckets[&5];
         assert_eq!((b.calls, b.failures, b.latency_us), (2, 1, 8_000));
-        assert_eq!((d.last_success_ms, d.open_ms), (5_100, 2_000));
+        assert_eq!(d.last_success_ms, 5_100);
+        let left = d.open_until_ms - wall_ms();
+        assert!((1_900..=2_000).contains(&left), "{left}");
         drop(p);
         // Nothing read yet: the replica answers from its own view.
         assert_eq!(f.target("db"), None);
@@ -986,6 +992,30 @@ mod tests {
                 .unwrap();
             assert!(ttl > 0, "{k} expires: {ttl}");
         }
+        // What the read script gives back: the last success and the last close after
+        // probing as maxima, the circuit's time left.
+        let mut call = write.prepare_invoke();
+        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(4);
+        call.arg("db").arg(999_000).arg(5_000).arg(999_500).arg(0);
+        let n: i64 = call.invoke_async(&mut conn).await.unwrap();
+        assert_eq!(n, 1);
+        let read_script = redis::Script::new(READ);
+        let mut read = read_script.prepare_invoke();
+        read.arg(PREFIX)
+            .arg(1_000_000)
+            .arg(1_000)
+            .arg(60_000)
+            .arg(10);
+        read.arg(BUCKETS).arg(RECENT).arg(LATENCY);
+        let rows: Vec<(String, Vec<i64>)> = read.invoke_async(&mut conn).await.unwrap();
+        let (_, row) = rows.iter().find(|(name, _)| name == "db").unwrap();
+        let t = parse_row(row, 1_000_000).unwrap();
+        assert_eq!(
+            (t.last_success_ms, t.closed_ms),
+            (Some(999_000), Some(999_500))
+        );
+        let open = t.open_remaining(1_000_000).unwrap();
+        assert!(open > Duration::from_millis(4_000), "{open:?}");
         let _ = child.kill();
         let _ = child.wait();
     }
