@@ -725,26 +725,28 @@ mod tests {
         assert_eq!(fleet.gauges("inventory").map(|g| g.0), Some(false));
     }
 
-    /// A replica that learned of an opening only from Redis (its own breaker never saw
-    /// the failures) reads the circuit as HALF_OPEN once the fleet's open time has passed,
-    /// and rations its probes as the replica whose breaker opened does - until a success
-    /// is reported, or the circuit reopens.
-    #[tokio::test]
-    async fn a_circuit_opened_by_another_replica_is_probed_here_too() {
-        use crate::shared::SharedMetrics;
-        let shared = Arc::new(
+    /// A shared view whose Redis never answers (its view is installed by hand).
+    fn unreachable_fleet() -> Arc<SharedFleet> {
+        Arc::new(
             SharedFleet::new(
                 "redis://127.0.0.1:1",
                 Duration::from_secs(10),
                 Duration::from_millis(250),
                 Duration::from_millis(100),
                 10,
-                SharedMetrics::default(),
+                crate::shared::SharedMetrics::default(),
             )
             .unwrap(),
-        );
-        let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
-        let target = |open_until_ms, last_success_ms, closed_ms| SharedTarget {
+        )
+    }
+
+    /// What the fleet's view holds of a target whose every call failed of late.
+    fn failing(
+        open_until_ms: Option<u64>,
+        last_success_ms: Option<u64>,
+        closed_ms: Option<u64>,
+    ) -> SharedTarget {
+        SharedTarget {
             calls: 40,
             failures: 40,
             recent_calls: 8,
@@ -756,7 +758,18 @@ mod tests {
             first_seen_ms: 1,
             open_until_ms,
             closed_ms,
-        };
+        }
+    }
+
+    /// A replica that learned of an opening only from Redis (its own breaker never saw
+    /// the failures) reads the circuit as HALF_OPEN once the fleet's open time has passed,
+    /// and rations its probes as the replica whose breaker opened does - until a success
+    /// is reported, or the circuit reopens.
+    #[tokio::test]
+    async fn a_circuit_opened_by_another_replica_is_probed_here_too() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
+        let target = failing;
         let install = |name: &str, t: SharedTarget| {
             shared.install_for_test(HashMap::from([(Arc::<str>::from(name), t)]));
         };
@@ -810,18 +823,7 @@ mod tests {
     /// fleet's probing at once (before its own write and the next read carry the news).
     #[tokio::test(start_paused = true)]
     async fn a_breaker_closed_after_probing_ends_the_fleets_probing_here() {
-        use crate::shared::SharedMetrics;
-        let shared = Arc::new(
-            SharedFleet::new(
-                "redis://127.0.0.1:1",
-                Duration::from_secs(10),
-                Duration::from_millis(250),
-                Duration::from_millis(100),
-                10,
-                SharedMetrics::default(),
-            )
-            .unwrap(),
-        );
+        let shared = unreachable_fleet();
         let fleet = Fleet::new(Duration::from_secs(600), 10).with_shared(Arc::clone(&shared));
         let wall = wall_ms();
         let now = Instant::now();
@@ -831,19 +833,7 @@ mod tests {
         let (_, left) = fleet.circuit("inv").expect("tracked");
         tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
         // The fleet's view: its open time ended a moment ago, no success since.
-        let t = SharedTarget {
-            calls: 40,
-            failures: 39,
-            recent_calls: 8,
-            recent_failures: 8,
-            permanents: 0,
-            latency_us: 40_000,
-            latency_p95: Some(Duration::from_millis(1)),
-            last_success_ms: None,
-            first_seen_ms: 1,
-            open_until_ms: Some(wall - 100),
-            closed_ms: None,
-        };
+        let t = failing(Some(wall - 100), None, None);
         shared.install_for_test(HashMap::from([(Arc::<str>::from("inv"), t)]));
         // Its own probes answer: ten successes close this replica's breaker.
         for i in 0..FLEET_PROBES {
