@@ -744,13 +744,16 @@ fn admit(
             retrywise::retry::StopReason::Deadline.as_str(),
         );
     }
+    // A wait of `r` for the circuit, spread over half as long again: callers all told the
+    // same moment would arrive together at a target just recovering (within the deadline).
+    let spread = |r: Duration| {
+        let w = r + r.mul_f64(0.5 * rand::random::<f64>());
+        if fits(w) { w } else { r }
+    };
     match st.fleet.circuit(&ctx.target) {
         Some((State::ForcedOpen, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
         Some((State::Open, Some(r))) if fits(r) => {
-            // Spread over half as long again: callers all told the same moment would
-            // arrive together at a target just recovering (within the deadline).
-            let w = r + r.mul_f64(0.5 * rand::random::<f64>());
-            let w = if fits(w) { w } else { r };
+            let w = spread(r);
             return answer(true, w, p_after(w), "circuit_open_wait");
         }
         Some((State::Open, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
@@ -761,8 +764,7 @@ fn admit(
                 if !fits(r) {
                     return answer(false, Duration::ZERO, None, "circuit_half_open");
                 }
-                let w = r + r.mul_f64(0.5 * rand::random::<f64>());
-                let w = if fits(w) { w } else { r };
+                let w = spread(r);
                 return answer(true, w, p_after(w), "circuit_half_open_wait");
             }
             // A probe: sent whatever the model says of a fresh call, or the circuit would

@@ -769,13 +769,12 @@ mod tests {
     async fn a_circuit_opened_by_another_replica_is_probed_here_too() {
         let shared = unreachable_fleet();
         let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
-        let target = failing;
         let install = |name: &str, t: SharedTarget| {
             shared.install_for_test(HashMap::from([(Arc::<str>::from(name), t)]));
         };
         // Open for the fleet: this replica, which never tracked the target, says so.
         let wall = wall_ms();
-        install("cache", target(Some(wall + 60_000), None, None));
+        install("cache", failing(Some(wall + 60_000), None, None));
         assert!(matches!(
             fleet.circuit("cache"),
             Some((State::Open, Some(_)))
@@ -783,8 +782,11 @@ mod tests {
         // Read while open, its open time over since (its key then gone from Redis), and
         // nothing succeeded since: probing.
         let closed_at = wall - 100;
-        install("db", target(Some(closed_at), Some(closed_at - 5_000), None));
-        install("db", target(None, Some(closed_at - 5_000), None));
+        install(
+            "db",
+            failing(Some(closed_at), Some(closed_at - 5_000), None),
+        );
+        install("db", failing(None, Some(closed_at - 5_000), None));
         assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
         let now = Instant::now();
         for _ in 0..FLEET_PROBES {
@@ -795,27 +797,27 @@ mod tests {
         assert_eq!(view.breaker_state, "HALF_OPEN");
         assert!(view.reason.contains("another replica"), "{}", view.reason);
         // A success reported after the open time: closed, admission is the model's again.
-        install("db", target(None, Some(closed_at + 50), None));
+        install("db", failing(None, Some(closed_at + 50), None));
         assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
         // Or no success (the probes were answered 4xx), but a replica's breaker closed
         // after probing: closed too.
         install(
             "db",
-            target(None, Some(closed_at - 5_000), Some(closed_at + 80)),
+            failing(None, Some(closed_at - 5_000), Some(closed_at + 80)),
         );
         assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
         // Gone from the view altogether: nothing says it is probing.
-        install("db", target(None, Some(closed_at - 5_000), None));
+        install("db", failing(None, Some(closed_at - 5_000), None));
         assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
-        install("cache", target(None, None, None));
+        install("cache", failing(None, None, None));
         assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::Closed));
         // An opening that ended, a success just after, then failed probes reopening it for
         // 700 ms (the shortest opening is 500 ms): once that ends, the new opening is
         // probed afresh - read as the first one's, the success would close it.
         let first = wall - 2_000;
-        install("queue", target(Some(first), Some(first - 5_000), None));
-        install("queue", target(Some(first + 700), Some(first + 50), None));
-        install("queue", target(None, Some(first + 50), None));
+        install("queue", failing(Some(first), Some(first - 5_000), None));
+        install("queue", failing(Some(first + 700), Some(first + 50), None));
+        install("queue", failing(None, Some(first + 50), None));
         assert_eq!(fleet.circuit("queue"), Some((State::HalfOpen, None)));
     }
 

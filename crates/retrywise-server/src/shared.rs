@@ -393,24 +393,31 @@ impl SharedFleet {
     /// Counts an attempt to `target` that ended at `ended_ms` (wall clock) as `how` after
     /// `latency`; written at the next flush.
     pub fn record(&self, target: &Arc<str>, ended_ms: u64, how: Ended, latency: Duration) {
+        self.with_pending(target, |t| {
+            let b = t.buckets.entry(ended_ms / self.period_ms).or_default();
+            b.calls += 1;
+            match how {
+                Ended::Success => t.last_success_ms = t.last_success_ms.max(ended_ms.max(1)),
+                Ended::Failure => b.failures += 1,
+                Ended::Permanent => b.permanents += 1,
+            }
+            let us = u64::try_from(latency.as_micros())
+                .map_or(MAX_LATENCY_US, |us| us.min(MAX_LATENCY_US));
+            b.latency_us = b.latency_us.saturating_add(us);
+            *b.hist.entry(latency_bucket(latency)).or_default() += 1;
+        });
+    }
+
+    /// Runs `f` on what `target` has not yet written - unless it has nothing pending and
+    /// the batch already holds `max_targets` targets (the rest are left out).
+    fn with_pending(&self, target: &Arc<str>, f: impl FnOnce(&mut TargetDelta)) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
         if !pending.contains_key(target) && pending.len() >= self.max_targets {
             return;
         }
-        let t = pending.entry(Arc::clone(target)).or_default();
-        let b = t.buckets.entry(ended_ms / self.period_ms).or_default();
-        b.calls += 1;
-        match how {
-            Ended::Success => t.last_success_ms = t.last_success_ms.max(ended_ms.max(1)),
-            Ended::Failure => b.failures += 1,
-            Ended::Permanent => b.permanents += 1,
-        }
-        let us =
-            u64::try_from(latency.as_micros()).map_or(MAX_LATENCY_US, |us| us.min(MAX_LATENCY_US));
-        b.latency_us = b.latency_us.saturating_add(us);
-        *b.hist.entry(latency_bucket(latency)).or_default() += 1;
+        f(pending.entry(Arc::clone(target)).or_default());
     }
 
     /// A replica's own breaker for `target` is open for `remaining`: the fleet's circuit is
@@ -428,14 +435,7 @@ impl SharedFleet {
     /// A replica's own breaker for `target` closed at `wall_ms` after probing: the fleet's
     /// probing of that circuit is over (written at the next flush).
     pub fn record_closed(&self, target: &Arc<str>, wall_ms: u64) {
-        let Ok(mut pending) = self.pending.lock() else {
-            return;
-        };
-        if !pending.contains_key(target) && pending.len() >= self.max_targets {
-            return;
-        }
-        let t = pending.entry(Arc::clone(target)).or_default();
-        t.closed_ms = t.closed_ms.max(wall_ms.max(1));
+        self.with_pending(target, |t| t.closed_ms = t.closed_ms.max(wall_ms.max(1)));
     }
 
     /// What the shared view holds of `target`, while the replica answers from it (`None`

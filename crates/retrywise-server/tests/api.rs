@@ -1806,14 +1806,18 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
             .filter(|l| l.contains(&format!("target=\"{target}\"")))
             .count()
     };
+    let shows = |m: &str, lines: &[&str]| {
+        for line in lines {
+            assert!(m.contains(line), "{line} not in {m}");
+        }
+    };
     let m = scrape().await;
-    assert!(
-        m.contains(r#"retrywise_ingested_attempts_total{target="a"} 1"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"retrywise_ingested_attempts_total{target="other"} 1"#),
-        "{m}"
+    shows(
+        &m,
+        &[
+            r#"retrywise_ingested_attempts_total{target="a"} 1"#,
+            r#"retrywise_ingested_attempts_total{target="other"} 1"#,
+        ],
     );
     assert_eq!(series(&m, "c"), 0, "{m}");
     // "a" and "b" fall idle; "c" takes a place.
@@ -1827,13 +1831,12 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
     assert_eq!((series(&m, "a"), series(&m, "b")), (0, 0), "{m}");
     h.post("/v1/attempts", &ingest(&["c"])).await;
     let m = scrape().await;
-    assert!(
-        m.contains(r#"retrywise_ingested_attempts_total{target="c"} 1"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"retrywise_fleet_concurrency_limit{target="c"}"#),
-        "{m}"
+    shows(
+        &m,
+        &[
+            r#"retrywise_ingested_attempts_total{target="c"} 1"#,
+            r#"retrywise_fleet_concurrency_limit{target="c"}"#,
+        ],
     );
 }
 
