@@ -40,11 +40,20 @@ def main():
     ap.add_argument("--sim", default=str(ROOT / "target" / "release" / "retrywise-sim"))
     ap.add_argument("--model", default=None)
     ap.add_argument("--seeds", default="21,22")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated scenario names (built-in or stress) to run, instead of all")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     stress = sorted(f"data/scenarios/stress/{p.name}" for p in (ROOT / "data/scenarios/stress").glob("*.toml"))
+    scenarios = BUILTIN + stress
+    if args.only:
+        wanted = set(args.only.split(","))
+        scenarios = [s for s in scenarios if Path(s).stem in wanted]
+        missing = wanted - {Path(s).stem for s in scenarios}
+        if missing:
+            ap.error(f"no such scenario: {', '.join(sorted(missing))}")
     cells = []
-    for s in BUILTIN + stress:
+    for s in scenarios:
         t = tomllib.loads(scenario_file(s).read_text())
         variants = [("own", [])]
         if t.get("rps"):

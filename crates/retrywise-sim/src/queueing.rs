@@ -169,7 +169,9 @@ impl UpstreamModel {
 
     /// Decides the fate of a request arriving at `now`, but lets the request in (takes a
     /// worker, a token, a place in line) only if `accept` approves the fate: the oracle
-    /// looks before it sends. Returns `None` when it was not accepted.
+    /// looks before it sends. Returns `None` when it was not accepted; the next look then
+    /// goes to the next replica, as the oracle would send elsewhere (else a replica that
+    /// refuses every call would hold every look of the round-robin).
     pub fn serve_if(
         &self,
         now: Instant,
@@ -184,6 +186,7 @@ impl UpstreamModel {
         let b = self.scenario.behaviour(replica, t_s);
         let fate = self.decide(st, replica, &b, t, request);
         if !accept(&fate) {
+            st.next_replica = st.next_replica.wrapping_add(1);
             return None;
         }
         st.next_replica = st.next_replica.wrapping_add(1);
@@ -443,6 +446,20 @@ mod tests {
         assert_eq!(u.counts().requests, 0);
         assert!(u.serve_if(now, None, Fate::is_success).is_some());
         assert_eq!(u.counts().requests, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oracle_looks_past_a_replica_that_refuses() {
+        let text = "name = \"t\"\nrps = 10\nduration_s = 10\n[upstream]\nreplicas = 2\nworkers = 2\n\
+            [upstream.latency]\nmedian_ms = 10\n[[replica]]\n[replica.errors]\nconnect = 1.0\n\
+            [[replica]]\n";
+        let u = UpstreamModel::new(Arc::new(Scenario::parse(text, "t").unwrap()), 1);
+        let now = Instant::now();
+        // Replica 0 refuses: not accepted, and the next look reaches replica 1.
+        assert_eq!(u.serve_if(now, None, Fate::is_success), None);
+        assert!(u.serve_if(now, None, Fate::is_success).is_some());
+        // The round-robin goes on from there: replica 0 again, for a call sent anyway.
+        assert_eq!(u.serve(now, None), Fate::Connect);
     }
 
     #[tokio::test(start_paused = true)]

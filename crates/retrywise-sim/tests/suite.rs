@@ -495,3 +495,23 @@ fn a_report_over_no_seed_or_a_seed_twice_is_refused_before_anything_runs() {
         assert!(!out.exists(), "nothing written");
     }
 }
+
+/// Every scenario file of `data/scenarios/stress/` (the README's `stress/NAME`) reads: the
+/// files the README's tables quote cannot rot unseen.
+#[test]
+fn every_stress_scenario_loads() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/scenarios/stress");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let s = Scenario::load(p.to_str().unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            names.push(s.name);
+        }
+    }
+    names.sort();
+    for name in ["flapping", "one-replica-down", "outage-3s", "slowdown"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+}
