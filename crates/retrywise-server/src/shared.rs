@@ -40,7 +40,11 @@
 //! its own in-process view (which it keeps up to date all along), says so — `/readyz`'s
 //! `fleet` detail, the `retrywise_fleet_shared` gauge, one log line per change — and keeps
 //! the counts it could not write (those still within the window) to write them when Redis
-//! answers again; then it goes back to the shared view. No request waits on Redis.
+//! answers again; then it goes back to the shared view. No request waits on Redis. While
+//! Redis keeps failing, the replica tries again after an exponential backoff with jitter
+//! (twice the quarter cache period per failure in a row, at most [`RECONNECT_AT_MOST`],
+//! drawn between half and all of it), so that a fleet does not hammer a Redis that is
+//! coming back with a new connection from every replica every quarter period.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -211,6 +215,21 @@ const SAME_OPENING_AT_MOST: Duration = Duration::from_millis(250);
 /// How long after its open time a shared circuit with no success reported since is read
 /// as probing, at most (then as closed: the longest opening of the fleet's breakers).
 pub const PROBING_AT_MOST: Duration = Duration::from_secs(60);
+
+/// The longest a replica waits before it tries Redis again after failures in a row (see
+/// the module's documentation).
+pub const RECONNECT_AT_MOST: Duration = Duration::from_secs(2);
+
+/// How long to wait before trying Redis again after `failures` in a row (at least one),
+/// the writes' period being `every`: `every · 2^failures`, at most [`RECONNECT_AT_MOST`]
+/// (and at least `every`), scaled by `jitter` in `[0, 1)` to between half and all of it.
+fn reconnect_after(every: Duration, failures: u32, jitter: f64) -> Duration {
+    let full = every
+        .saturating_mul(1 << failures.min(16))
+        .min(RECONNECT_AT_MOST)
+        .max(every);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
 
 /// The latency one attempt adds to its bucket's sum, at most (about 28 hours): so that no
 /// sum of a bucket's attempts passes what Redis holds (`i64`), whatever the durations
@@ -700,8 +719,8 @@ impl SharedFleet {
     }
 
     /// Keeps the shared view in step with Redis until `self` is dropped: writes every
-    /// quarter of a cache period, reads every three quarters (see the module's
-    /// documentation).
+    /// quarter of a cache period, reads every three quarters, and after a failure tries
+    /// again after a backoff (see the module's documentation).
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me: Weak<Self> = Arc::downgrade(self);
         let every = self.cache / 4;
@@ -710,8 +729,14 @@ impl SharedFleet {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n: u64 = 0;
+            // Failures in a row, and when to try again after the last.
+            let mut failures: u32 = 0;
+            let mut resume: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
+                if resume.is_some_and(|at| tokio::time::Instant::now() < at) {
+                    continue;
+                }
                 let Some(me) = me.upgrade() else { return };
                 if conn.is_none() {
                     match ConnectionManager::new_lazy_with_config(me.client.clone(), me.config()) {
@@ -719,6 +744,11 @@ impl SharedFleet {
                         Err(e) => {
                             me.metrics.errors.inc();
                             me.set_shared(false, format!("cannot connect to Redis: {e}"));
+                            failures = failures.saturating_add(1);
+                            resume = Some(
+                                tokio::time::Instant::now()
+                                    + reconnect_after(every, failures, rand::random()),
+                            );
                             continue;
                         }
                     }
@@ -734,6 +764,10 @@ impl SharedFleet {
                             .set(i64::try_from(targets).unwrap_or(i64::MAX));
                     });
                 }
+                if result.is_ok() {
+                    failures = 0;
+                    resume = None;
+                }
                 match result {
                     Ok(()) if reading => me.set_shared(true, "shared through Redis".into()),
                     Ok(()) => {}
@@ -745,6 +779,11 @@ impl SharedFleet {
                         conn = None;
                         // Read again as soon as Redis answers.
                         n = 0;
+                        failures = failures.saturating_add(1);
+                        resume = Some(
+                            tokio::time::Instant::now()
+                                + reconnect_after(every, failures, rand::random()),
+                        );
                     }
                 }
             }
@@ -884,6 +923,39 @@ mod tests {
         // The 10 s window in buckets of a tenth of it, and the one being filled.
         let kept = f.pending.lock().unwrap()[&t].buckets.len();
         assert!((10..=12).contains(&kept), "{kept}");
+    }
+
+    #[test]
+    fn the_backoff_doubles_per_failure_between_half_and_all_of_it_up_to_its_cap() {
+        let every = Duration::from_millis(62);
+        assert_eq!(reconnect_after(every, 1, 0.999_999).as_millis(), 123);
+        assert_eq!(reconnect_after(every, 1, 0.0).as_millis(), 62);
+        assert_eq!(reconnect_after(every, 3, 0.0).as_millis(), 248);
+        for failures in [6, 40, u32::MAX] {
+            assert_eq!(reconnect_after(every, failures, 0.0), RECONNECT_AT_MOST / 2);
+            assert!(reconnect_after(every, failures, 0.999) <= RECONNECT_AT_MOST);
+        }
+        // A period longer than the cap: every period, as before.
+        let slow = Duration::from_secs(5);
+        assert_eq!(reconnect_after(slow, 1, 0.999_999).as_millis(), 4_999);
+    }
+
+    /// While Redis cannot be reached, a replica tries it again after a backoff, not every
+    /// quarter period (a 250 ms cache: 4 × 20 = 80 tries in 20 s without it), and keeps
+    /// trying.
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_redis_is_tried_again_after_a_backoff() {
+        let f = Arc::new(fleet("redis://127.0.0.1:1").unwrap());
+        let t: Arc<str> = Arc::from("db");
+        f.record(&t, wall_ms(), Ended::Failure, Duration::from_millis(1));
+        let task = f.spawn();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let tries = f.metrics.errors.get();
+        task.abort();
+        // Doubling from 62.5 ms to the 2 s cap (drawn between half and all): about 5 tries
+        // on the way up, then one every 1-2 s.
+        assert!((8..=30).contains(&tries), "{tries} tries in 20 s");
+        assert!(!f.status().shared);
     }
 
     #[test]
