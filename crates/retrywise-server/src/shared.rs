@@ -940,9 +940,9 @@ mod tests {
         assert_eq!(reconnect_after(slow, 1, 0.999_999).as_millis(), 4_999);
     }
 
-    /// While Redis cannot be reached, a replica tries it again after a backoff, not every
-    /// quarter period (a 250 ms cache: 4 × 20 = 80 tries in 20 s without it), and keeps
-    /// trying.
+    /// While Redis cannot be reached, a replica tries it again after a backoff, not at every
+    /// quarter period's tick (a 250 ms cache: 199 tries in 20 s without it, each failing
+    /// within its 100 ms timeout), and keeps trying.
     #[tokio::test(start_paused = true)]
     async fn an_unreachable_redis_is_tried_again_after_a_backoff() {
         let f = Arc::new(fleet("redis://127.0.0.1:1").unwrap());
