@@ -6,6 +6,12 @@
 //! exploring, so the data keeps teaching what waiting does — records, and retrains on
 //! everything recorded so far.
 //!
+//! A loop can also start where a deployment stands: with a model already in service
+//! ([`LearnOptions::from`], `learn --from MODEL`, the shipped one say). Round 0 then runs
+//! the model-driven policy with that model (version 0 in the rounds), exploring as every
+//! later round does, and each new model must beat it to serve: what the traffic of a
+//! regime the model never saw teaches it, with no rule-based round in between.
+//!
 //! A model decides in service only once it has earned it, as a canary would: the policy
 //! in service (the rules at first) and the model-driven challenger are both run on a gate
 //! seed that no round records, and the challenger is promoted when it loses no more than
@@ -36,6 +42,9 @@ use crate::scenario::Scenario;
 use crate::score::{Score, score};
 use retrywise::model::{LogisticModel, SuccessModel};
 
+/// The version number the rounds give the model a loop starts from ([`LearnOptions::from`]).
+pub const FROM_VERSION: u32 = 0;
+
 /// The most gate seeds a loop may judge on (each is a run of both policies per round).
 pub const MAX_GATE_SEEDS: u32 = 1_000;
 
@@ -62,6 +71,10 @@ pub struct LearnOptions {
     pub gate_seeds: u32,
     /// Exploration of retry waits while recording: factors `[lo, hi]`, probability.
     pub explore: (f64, f64, f64),
+    /// The model in service when the loop starts (version [`FROM_VERSION`] in the rounds):
+    /// round 0 runs the model-driven policy with it instead of the rules, and the first
+    /// model trained must beat it to serve. `None`: round 0 runs the rules.
+    pub from: Option<Arc<LogisticModel>>,
 }
 
 impl LearnOptions {
@@ -79,6 +92,7 @@ impl LearnOptions {
             gate_seed: 2,
             gate_seeds: 3,
             explore: (0.25, 4.0, 0.5),
+            from: None,
         }
     }
 }
@@ -88,9 +102,11 @@ impl LearnOptions {
 pub struct Round {
     /// Its number (0: the rules).
     pub round: u32,
-    /// The model version the round's recorded traffic was decided with (none in round 0).
+    /// The model version the round's recorded traffic was decided with (none: the rules;
+    /// [`FROM_VERSION`]: the model the loop started from).
     pub recorded_with: Option<u32>,
-    /// The model version in service after the round's gate (none: the rules).
+    /// The model version in service after the round's gate (none: the rules;
+    /// [`FROM_VERSION`]: the model the loop started from).
     pub decided_with: Option<u32>,
     /// Whether this round's challenger was promoted (round 0 has none).
     pub promoted: bool,
@@ -173,7 +189,7 @@ impl LearnOptions {
         if opts.rounds == 0 {
             return Err(SimError::Option {
                 field: "rounds",
-                problem: "must be at least 1: round 0 runs the rules, and what the loop learns shows in the rounds after it".into(),
+                problem: "must be at least 1: round 0 runs the policy in service (the rules, or the model the loop starts from), and what the loop learns shows in the rounds after it".into(),
             });
         }
         let Some(last_recorded) = opts.seed.checked_add(u64::from(opts.rounds)) else {
@@ -263,9 +279,14 @@ pub fn learn(
     }
     std::fs::create_dir_all(&data).map_err(|e| io("create", &data, e))?;
     let mut rounds = Vec::new();
-    // The latest model (the challenger) and the one in service (none: the rules).
-    let mut latest: Option<(u32, Arc<dyn SuccessModel>)> = None;
-    let mut serving: Option<(u32, Arc<dyn SuccessModel>)> = None;
+    // The latest model (the challenger) and the one in service (none: the rules), both the
+    // model the loop starts from, if any.
+    let start = opts.from.as_ref().map(|m| {
+        let m: Arc<dyn SuccessModel> = Arc::clone(m) as Arc<dyn SuccessModel>;
+        (FROM_VERSION, m)
+    });
+    let mut latest: Option<(u32, Arc<dyn SuccessModel>)> = start.clone();
+    let mut serving: Option<(u32, Arc<dyn SuccessModel>)> = start;
     let scored = |model: &Option<(u32, Arc<dyn SuccessModel>)>, seed: u64| {
         let spec = policies::find(if model.is_some() {
             "adaptive"
@@ -284,9 +305,11 @@ pub fn learn(
         } else {
             "rule-adaptive"
         };
-        // Gate the latest model against the policy in service.
+        // Gate the latest model against the policy in service (not the model the loop
+        // started from against itself).
         let mut gate = None;
-        if let Some(challenger) = &latest {
+        let in_service = serving.as_ref().map(|(v, _)| *v);
+        if let Some(challenger) = latest.as_ref().filter(|(v, _)| in_service != Some(*v)) {
             on_step(k, "gating");
             let mut runs = Vec::with_capacity(gate_seeds.len());
             for &seed in &gate_seeds {

@@ -118,9 +118,15 @@ pub(crate) struct LearnArgs {
     /// A built-in scenario name or a scenario file.
     #[arg(long)]
     scenario: String,
-    /// Rounds after round 0 (round 0 runs the rules).
+    /// Rounds after round 0 (round 0 runs the rules, or the model given with --from).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Start from this model in service, as a deployment running it would (a `model.json`,
+    /// a version directory or a model directory: its latest version; e.g. `models/default`):
+    /// round 0 runs the adaptive policy with it, exploring, instead of the rules, and each
+    /// new model must beat it to serve (it is v0 in the rows).
+    #[arg(long, value_name = "MODEL")]
+    from: Option<PathBuf>,
     /// Where the data (`DIR/data`) and the models (`DIR/models/NAME/VERSION`) go; it must
     /// not hold a previous loop's data (default: `learn-SCENARIO`).
     #[arg(long)]
@@ -537,8 +543,16 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     opts.eval_seed = args.eval_seed;
     opts.gate_seed = args.gate_seed;
     opts.gate_seeds = args.gate_seeds;
+    if let Some(path) = &args.from {
+        opts.from = Some(retrywise_sim::policies::load_model(path)?);
+    }
     // Before the header: a refused option prints nothing else.
     opts.validate()?;
+    let round0 = if args.from.is_some() {
+        "the adaptive policy with the model given (v0)"
+    } else {
+        "the rules"
+    };
     let bar = Progress::new(
         u64::from(args.rounds) + 1,
         "{spinner} learning [{bar:20}] round {pos}/{len} {msg}",
@@ -546,7 +560,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     );
     if !args.json {
         outln!(
-            "learning on `{}`: round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seeds {}..={} (losing no more than half a point on any); each row is the policy in service on seed {}",
+            "learning on `{}`: round 0 runs {round0}; round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seeds {}..={} (losing no more than half a point on any); each row is the policy in service on seed {}",
             scenario.name,
             args.seed,
             args.gate_seed,
@@ -648,15 +662,18 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
                 pct(first)
             ),
             Verdict::NothingToImprove { attempts } => anyhow::bail!(
-                "nothing to improve: round 0 (the rules) already serves 100.0 % at {attempts:.2} attempts/request on this scenario, so --check cannot tell whether the loop learns; check it on a scenario where the rules fall short"
+                "nothing to improve: round 0 ({round0}) already serves 100.0 % at {attempts:.2} attempts/request on this scenario, so --check cannot tell whether the loop learns; check it on a scenario where it falls short"
             ),
             Verdict::NotImproved => {
                 // Say why: no model ever served (each challenger kept out by the gate, so
                 // the rules served every round), or the models that served did no better.
-                let why = if rounds.iter().all(|r| r.decided_with.is_none()) {
-                    "; no model served: each round's challenger did not beat the rules on the gate seeds, so the rules served every round"
+                let first = rounds.first().and_then(|r| r.decided_with);
+                let why = if rounds.iter().all(|r| r.decided_with == first) {
+                    format!(
+                        "; no new model served: each round's challenger did not beat {round0} on the gate seeds, so it served every round"
+                    )
                 } else {
-                    "; the models that served did no better than the rules"
+                    format!("; the models that served did no better than {round0}")
                 };
                 anyhow::bail!(
                     "the loop did not improve: round 0 {}, round {} {}{why}",
