@@ -43,7 +43,7 @@
 //! answers again; then it goes back to the shared view. No request waits on Redis. While
 //! Redis keeps failing, the replica tries again after an exponential backoff with jitter
 //! (twice the quarter cache period per failure in a row, at most [`RECONNECT_AT_MOST`],
-//! drawn between half and all of it), so that a fleet does not hammer a Redis that is
+//! drawn between half and all of it, at the first quarter period's tick after it), so that a fleet does not hammer a Redis that is
 //! coming back with a new connection from every replica every quarter period.
 
 use std::collections::{BTreeMap, HashMap};
@@ -734,10 +734,10 @@ impl SharedFleet {
             let mut resume: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
+                let Some(me) = me.upgrade() else { return };
                 if resume.is_some_and(|at| tokio::time::Instant::now() < at) {
                     continue;
                 }
-                let Some(me) = me.upgrade() else { return };
                 if conn.is_none() {
                     match ConnectionManager::new_lazy_with_config(me.client.clone(), me.config()) {
                         Ok(c) => conn = Some(c),
@@ -935,7 +935,8 @@ mod tests {
             assert_eq!(reconnect_after(every, failures, 0.0), RECONNECT_AT_MOST / 2);
             assert!(reconnect_after(every, failures, 0.999) <= RECONNECT_AT_MOST);
         }
-        // A period longer than the cap: every period, as before.
+        // A period longer than the cap: a wait under a period, so the next tick tries again
+        // (or the one after, when the try itself outlasted the wait's lead on that tick).
         let slow = Duration::from_secs(5);
         assert_eq!(reconnect_after(slow, 1, 0.999_999).as_millis(), 4_999);
     }

@@ -100,7 +100,7 @@ impl LearnOptions {
 /// One round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
-    /// Its number (0: the rules).
+    /// Its number (0: the rules, or the model the loop started from).
     pub round: u32,
     /// The model version the round's recorded traffic was decided with (none: the rules;
     /// [`FROM_VERSION`]: the model the loop started from).
