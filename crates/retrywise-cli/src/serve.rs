@@ -30,6 +30,11 @@ pub(crate) struct Args {
     /// waiting does (RETRYWISE_EXPLORE) [default: 0].
     #[arg(long)]
     explore: Option<f64>,
+    /// Answer a request that names no model with the model named after its target when one
+    /// is serving (`models/payments/` for target `payments`), else the default model
+    /// (RETRYWISE_MODEL_PER_TARGET) [default: no].
+    #[arg(long)]
+    model_per_target: bool,
     /// Share the fleet view (target health, failure rates, circuits) with the other
     /// replicas through this Redis: `redis://HOST:PORT[/DB]` (RETRYWISE_FLEET) [default:
     /// none, each replica keeps its own view in process].
@@ -52,6 +57,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         attempts: args.attempts.clone(),
         allow_unauthenticated: args.allow_unauthenticated.then_some(true),
         explore: args.explore,
+        model_per_target: args.model_per_target.then_some(true),
         fleet: args.fleet.clone(),
         fleet_cache_ms: args.fleet_cache_ms,
         fleet_timeout_ms: args.fleet_timeout_ms,

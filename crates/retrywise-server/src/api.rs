@@ -255,12 +255,33 @@ pub(crate) fn unknown_model(
     ))
 }
 
-fn pick(st: &AppState, named: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+/// The model a request is answered by: the one it names; else, with `model_per_target`,
+/// the one named after `target` (the contexts' one target) when it is serving; else the
+/// default model.
+fn pick(
+    st: &AppState,
+    named: Option<&str>,
+    target: Option<&str>,
+) -> Result<Arc<LoadedModel>, ApiError> {
     let set = st.models.snapshot();
+    if named.is_none()
+        && st.config.model_per_target
+        && let Some(own) = target.and_then(|t| set.get(t))
+    {
+        return Ok(Arc::clone(own));
+    }
     let name = named.unwrap_or(&st.config.default_model);
     set.get(name)
         .cloned()
         .ok_or_else(|| unknown_model(name, &set, &st.config.default_model, named.is_none()))
+}
+
+/// The one target of `ctxs`, if they share one.
+fn one_target(ctxs: &[AttemptContext]) -> Option<&str> {
+    let first = ctxs.first()?;
+    ctxs.iter()
+        .all(|c| c.target == first.target)
+        .then_some(&*first.target)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -271,7 +292,8 @@ fn pick(st: &AppState, named: Option<&str>) -> Result<Arc<LoadedModel>, ApiError
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
-    /// The model's name (default: the default model).
+    /// The model's name (default: with `model_per_target`, the model named after the
+    /// target when one is serving; else the default model).
     pub model: Option<String>,
     /// One context.
     #[serde(default)]
@@ -378,7 +400,7 @@ pub(crate) async fn predict(
             ));
         }
     };
-    let m = pick(&st, req.model.as_deref())?;
+    let m = pick(&st, req.model.as_deref(), one_target(&ctxs))?;
     let p: Vec<f64> = ctxs
         .iter()
         .map(|ctx| sanitize_probability(m.model.p_success(ctx)))
@@ -404,7 +426,8 @@ pub(crate) async fn predict(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideRequest {
-    /// The model's name (default: the default model).
+    /// The model's name (default: with `model_per_target`, the model named after the
+    /// target when one is serving; else the default model).
     pub model: Option<String>,
     /// The context of the attempt that would come next: `attempt` is its number, `error`
     /// how the last one failed, `elapsed_ms` the time spent so far.
@@ -562,7 +585,7 @@ pub(crate) async fn decide(
 ) -> Result<Json<DecideResponse>, ApiError> {
     // No model serving at all (before the first is loaded): the default is answered by the
     // decider's rules, and says so. Another model named but not served stays a 404.
-    let m = match pick(&st, req.model.as_deref()) {
+    let m = match pick(&st, req.model.as_deref(), Some(&req.context.target)) {
         Ok(m) => Some(m),
         // The default model, named or not, while none is loaded: the rules decide.
         Err(_)

@@ -22,6 +22,13 @@ pub struct Config {
     pub models: PathBuf,
     /// The model used when a request names none. Default `default`.
     pub default_model: String,
+    /// A request that names no model is answered by the model named after its context's
+    /// target when one is serving (`models/payments/` for target `payments`), and by
+    /// `default_model` otherwise - predictions, decisions and the fleet's breakers alike:
+    /// targets that fail in different ways each get a model trained on their own attempts
+    /// (`retrywise train --target T --name T`) with no change to their callers. Default
+    /// no.
+    pub model_per_target: bool,
     /// How often the models folder is polled for new versions. Default 1 s.
     pub poll_interval: Duration,
     /// Where ingested attempts are written (NDJSON segments). Default `data/attempts`.
@@ -74,6 +81,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             models: PathBuf::from("models"),
             default_model: "default".into(),
+            model_per_target: false,
             poll_interval: Duration::from_secs(1),
             attempts: PathBuf::from("data/attempts"),
             body_limit: 1 << 20,
@@ -103,6 +111,8 @@ pub struct Overrides {
     pub models: Option<PathBuf>,
     /// `default_model`.
     pub default_model: Option<String>,
+    /// `model_per_target`.
+    pub model_per_target: Option<bool>,
     /// `poll_interval_ms`.
     pub poll_interval_ms: Option<u64>,
     /// `attempts`.
@@ -140,6 +150,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_ADDR", "addr"),
     ("RETRYWISE_MODELS", "models"),
     ("RETRYWISE_DEFAULT_MODEL", "default_model"),
+    ("RETRYWISE_MODEL_PER_TARGET", "model_per_target"),
     ("RETRYWISE_POLL_INTERVAL_MS", "poll_interval_ms"),
     ("RETRYWISE_ATTEMPTS", "attempts"),
     ("RETRYWISE_BODY_LIMIT_BYTES", "body_limit_bytes"),
@@ -223,10 +234,16 @@ impl Overrides {
                     .parse::<usize>()
                     .map_err(|e| bad(format!("is not a whole number: {e}")))
             };
+            let flag = |v: &str| match v.trim() {
+                "1" | "true" | "yes" => Ok(true),
+                "0" | "false" | "no" => Ok(false),
+                other => Err(bad(format!("is not true or false: {other:?}"))),
+            };
             match *field {
                 "addr" => o.addr = Some(v),
                 "models" => o.models = Some(v.into()),
                 "default_model" => o.default_model = Some(v),
+                "model_per_target" => o.model_per_target = Some(flag(&v)?),
                 "poll_interval_ms" => o.poll_interval_ms = Some(num(&v)?),
                 "attempts" => o.attempts = Some(v.into()),
                 "body_limit_bytes" => o.body_limit_bytes = Some(size(&v)?),
@@ -236,15 +253,7 @@ impl Overrides {
                 "max_target_labels" => o.max_target_labels = Some(size(&v)?),
                 "max_targets" => o.max_targets = Some(size(&v)?),
                 "health_window_ms" => o.health_window_ms = Some(num(&v)?),
-                "allow_unauthenticated" => {
-                    o.allow_unauthenticated = Some(match v.trim() {
-                        "1" | "true" | "yes" => true,
-                        "0" | "false" | "no" => false,
-                        other => {
-                            return Err(bad(format!("is not true or false: {other:?}")));
-                        }
-                    });
-                }
+                "allow_unauthenticated" => o.allow_unauthenticated = Some(flag(&v)?),
                 "min_p_success" => o.min_p_success = Some(float(&v)?),
                 "explore" => o.explore = Some(float(&v)?),
                 "fleet" => o.fleet = Some(v),
@@ -276,6 +285,9 @@ impl Overrides {
                 return Err(bad("default_model", format!("is not a model name: {d:?}")));
             }
             config.default_model.clone_from(d);
+        }
+        if let Some(p) = self.model_per_target {
+            config.model_per_target = p;
         }
         if let Some(ms) = self.poll_interval_ms {
             if ms < 10 {

@@ -296,12 +296,14 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
 
 /// The model serving under one name, as a [`SuccessModel`] that follows reloads: every
 /// question goes to the version serving when it is asked (the fleet's shared breakers
-/// consult it). Without a model of that name it answers NaN — no evidence — and knows of
-/// no training rows.
+/// consult it) - with [`per_target`](Self::per_target), to the model named after the
+/// question's target when one is serving. Without a model to ask it answers NaN — no
+/// evidence — and knows of no training rows.
 #[derive(Debug, Clone)]
 pub struct Serving {
     models: Arc<Models>,
     name: String,
+    per_target: bool,
 }
 
 impl Serving {
@@ -310,17 +312,32 @@ impl Serving {
         Self {
             models,
             name: name.into(),
+            per_target: false,
         }
     }
 
-    fn current(&self) -> Option<Arc<LoadedModel>> {
-        self.models.snapshot().get(&self.name).cloned()
+    /// Asks the model named after each question's target instead, when one is serving
+    /// (the service's `model_per_target`).
+    pub fn per_target(mut self, per_target: bool) -> Self {
+        self.per_target = per_target;
+        self
+    }
+
+    fn current(&self, target: &str) -> Option<Arc<LoadedModel>> {
+        let set = self.models.snapshot();
+        let own = if self.per_target {
+            set.get(target)
+        } else {
+            None
+        };
+        own.or_else(|| set.get(&self.name)).cloned()
     }
 }
 
 impl SuccessModel for Serving {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
-        self.current().map_or(f64::NAN, |m| m.model.p_success(ctx))
+        self.current(&ctx.target)
+            .map_or(f64::NAN, |m| m.model.p_success(ctx))
     }
 
     fn p_success_by_delay(
@@ -329,13 +346,14 @@ impl SuccessModel for Serving {
         delays: &[std::time::Duration],
         out: &mut [f64],
     ) {
-        match self.current() {
+        match self.current(&ctx.target) {
             Some(m) => m.model.p_success_by_delay(ctx, delays, out),
             None => out.iter_mut().for_each(|p| *p = f64::NAN),
         }
     }
 
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
-        self.current().map_or(Some(0), |m| m.model.rows_like(ctx))
+        self.current(&ctx.target)
+            .map_or(Some(0), |m| m.model.rows_like(ctx))
     }
 }

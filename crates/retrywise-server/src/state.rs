@@ -102,10 +102,10 @@ impl Service {
             Metrics::new(config.max_target_labels)
         };
         let mut fleet = Fleet::new(config.health_window, config.max_targets).with_model(
-            Arc::new(crate::models::Serving::new(
-                models.clone(),
-                config.default_model.clone(),
-            )),
+            Arc::new(
+                crate::models::Serving::new(models.clone(), config.default_model.clone())
+                    .per_target(config.model_per_target),
+            ),
             config.min_p_success,
         );
         if let Some(url) = &config.fleet {

@@ -1691,6 +1691,61 @@ async fn the_fleet_predicts_with_the_model_serving_now() {
     assert!(v["open_for_ms"].as_f64().unwrap() > 59_000.0, "{v}");
 }
 
+/// With `model_per_target`, a request that names no model is answered by the model named
+/// after its target when one is serving - predictions, decisions and the fleet's view -
+/// and by the default model for every other target; a model named in the request wins.
+/// Without it, the default model answers everything.
+#[tokio::test]
+async fn each_target_is_answered_by_its_own_model_when_asked_to() {
+    for per_target in [true, false] {
+        let h = Harness::new(|c| c.model_per_target = per_target).await;
+        // `payments` has a model of its own, which expects every call to it to fail.
+        write_model(&h.models, &artifact("payments", 1, -10.0));
+        h.service.reload().await.unwrap();
+        let own = if per_target { "payments" } else { "default" };
+        let ctx = |target: &str| json!({"target": target, "attempt": 2, "error": "http_503"});
+        for (target, model) in [("payments", own), ("search", "default")] {
+            let (s, v) = h
+                .post(
+                    "/v1/predict",
+                    &json!({ "context": ctx(target) }).to_string(),
+                )
+                .await;
+            assert_eq!(
+                (s, v["model"].as_str()),
+                (StatusCode::OK, Some(model)),
+                "{v}"
+            );
+            let batch = json!({ "contexts": [ctx(target), ctx(target)] });
+            let (_, v) = h.post("/v1/predict", &batch.to_string()).await;
+            assert_eq!(v["model"].as_str(), Some(model), "{v}");
+            let (_, v) = h
+                .post("/v1/decide", &json!({ "context": ctx(target) }).to_string())
+                .await;
+            assert_eq!(v["model"].as_str(), Some(model), "{v}");
+        }
+        // A batch over several targets, and a request that names its model: as named, or
+        // the default.
+        let mixed = json!({ "contexts": [ctx("payments"), ctx("search")] });
+        let (_, v) = h.post("/v1/predict", &mixed.to_string()).await;
+        assert_eq!(v["model"].as_str(), Some("default"), "{v}");
+        let named = json!({ "model": "default", "context": ctx("payments") });
+        let (_, v) = h.post("/v1/predict", &named.to_string()).await;
+        assert_eq!(v["model"].as_str(), Some("default"), "{v}");
+        // The fleet's view of a fresh call asks the target's model too.
+        let ok: Vec<AttemptRecord> = (0..15).map(|i| record("payments", true, i)).collect();
+        h.post("/v1/attempts", &serde_json::to_string(&ok).unwrap())
+            .await;
+        let (_, v) = h.get("/v1/targets/payments").await;
+        let p = v["p_success"].as_f64().unwrap();
+        if per_target {
+            assert!(p < 1e-3, "{v}");
+        } else {
+            assert!((p - 0.5).abs() < 1e-9, "{v}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_fleet_opens_a_shared_circuit_when_a_target_keeps_failing() {
     let h = Harness::new(|_| {}).await;
