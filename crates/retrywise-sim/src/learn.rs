@@ -12,6 +12,11 @@
 //! later round does, and each new model must beat it to serve: what the traffic of a
 //! regime the model never saw teaches it, with no rule-based round in between.
 //!
+//! A model trained on one scenario's traffic alone may forget what the model in service
+//! knew of others (a dead replica's refusals taught, an outage's forgotten): the gate can
+//! also guard other scenarios ([`LearnOptions::guards`], `learn --guard S`), on each of
+//! which the challenger must lose no more than half a point of success on any gate seed.
+//!
 //! A model decides in service only once it has earned it, as a canary would: the policy
 //! in service (the rules at first) and the model-driven challenger are both run on a gate
 //! seed that no round records, and the challenger is promoted when it loses no more than
@@ -75,6 +80,10 @@ pub struct LearnOptions {
     /// round 0 runs the model-driven policy with it instead of the rules, and the first
     /// model trained must beat it to serve. `None`: round 0 runs the rules.
     pub from: Option<Arc<LogisticModel>>,
+    /// Other scenarios the gate guards: on each, the challenger and the policy in service
+    /// run on the gate seeds too, and the challenger serves only if it loses no more than
+    /// half a point of success on any of them there. Empty: the scenario alone.
+    pub guards: Vec<Arc<Scenario>>,
 }
 
 impl LearnOptions {
@@ -93,6 +102,7 @@ impl LearnOptions {
             gate_seeds: 3,
             explore: (0.25, 4.0, 0.5),
             from: None,
+            guards: Vec::new(),
         }
     }
 }
@@ -139,6 +149,19 @@ pub struct Gate {
     /// The most success the challenger lost against the policy in service on one seed (0
     /// when it lost none).
     pub worst_loss: f64,
+    /// The same on each guarded scenario ([`LearnOptions::guards`]).
+    pub guards: Vec<Guarded>,
+}
+
+/// A gate's look at one guarded scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Guarded {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The challenger and the policy in service on it, on the gate seeds (its own
+    /// `guards` empty).
+    #[serde(flatten)]
+    pub gate: Gate,
 }
 
 /// One policy's run on a gate seed: (success rate, attempts per request).
@@ -156,17 +179,19 @@ impl Gate {
             incumbent_success_rate: mean(&|r| r.1.0),
             incumbent_attempts_per_request: mean(&|r| r.1.1),
             worst_loss: runs.iter().map(|r| r.1.0 - r.0.0).fold(0.0, f64::max),
+            guards: Vec::new(),
         }
     }
 
     /// Whether the challenger earns its place: on no seed more than half a point of success
     /// lost, and over all of them success gained or attempts saved. (One seed is one
     /// draw of the traffic; a model that wins on one and loses on another is not yet
-    /// better.)
+    /// better.) On every guarded scenario, too, no seed lost more than half a point.
     pub fn passed(&self) -> bool {
         self.worst_loss <= 0.005
             && (self.challenger_success_rate > self.incumbent_success_rate
                 || self.challenger_attempts_per_request < self.incumbent_attempts_per_request)
+            && self.guards.iter().all(|g| g.gate.worst_loss <= 0.005)
     }
 }
 
@@ -287,16 +312,35 @@ pub fn learn(
     });
     let mut latest: Option<(u32, Arc<dyn SuccessModel>)> = start.clone();
     let mut serving: Option<(u32, Arc<dyn SuccessModel>)> = start;
+    let scored_on =
+        |scenario: &Arc<Scenario>, model: &Option<(u32, Arc<dyn SuccessModel>)>, seed: u64| {
+            let spec = policies::find(if model.is_some() {
+                "adaptive"
+            } else {
+                "rule-adaptive"
+            })?;
+            let mut run = RunOptions::new(Arc::clone(scenario));
+            run.seed = seed;
+            run.model = model.as_ref().map(|(_, m)| Arc::clone(m));
+            Ok::<_, SimError>(score(&driver::run(spec, &run)?, scenario, run.rps))
+        };
     let scored = |model: &Option<(u32, Arc<dyn SuccessModel>)>, seed: u64| {
-        let spec = policies::find(if model.is_some() {
-            "adaptive"
-        } else {
-            "rule-adaptive"
-        })?;
-        let mut run = RunOptions::new(Arc::clone(&opts.scenario));
-        run.seed = seed;
-        run.model = model.as_ref().map(|(_, m)| Arc::clone(m));
-        Ok::<_, SimError>(score(&driver::run(spec, &run)?, &opts.scenario, run.rps))
+        scored_on(&opts.scenario, model, seed)
+    };
+    // The challenger and the policy in service on `scenario`, paired by gate seed.
+    let gate_on = |scenario: &Arc<Scenario>,
+                   challenger: &(u32, Arc<dyn SuccessModel>),
+                   serving: &Option<(u32, Arc<dyn SuccessModel>)>| {
+        let mut runs = Vec::with_capacity(gate_seeds.len());
+        for &seed in &gate_seeds {
+            let c = scored_on(scenario, &Some(challenger.clone()), seed)?;
+            let i = scored_on(scenario, serving, seed)?;
+            runs.push((
+                (c.success_rate, c.attempts_per_request),
+                (i.success_rate, i.attempts_per_request),
+            ));
+        }
+        Ok::<_, SimError>(Gate::new(gate_seeds.clone(), &runs))
     };
     for k in 0..=opts.rounds {
         let _span = tracing::info_span!("round", k).entered();
@@ -311,16 +355,13 @@ pub fn learn(
         let in_service = serving.as_ref().map(|(v, _)| *v);
         if let Some(challenger) = latest.as_ref().filter(|(v, _)| in_service != Some(*v)) {
             on_step(k, "gating");
-            let mut runs = Vec::with_capacity(gate_seeds.len());
-            for &seed in &gate_seeds {
-                let c = scored(&Some(challenger.clone()), seed)?;
-                let i = scored(&serving, seed)?;
-                runs.push((
-                    (c.success_rate, c.attempts_per_request),
-                    (i.success_rate, i.attempts_per_request),
-                ));
+            let mut g = gate_on(&opts.scenario, challenger, &serving)?;
+            for guard in &opts.guards {
+                g.guards.push(Guarded {
+                    scenario: guard.name.clone(),
+                    gate: gate_on(guard, challenger, &serving)?,
+                });
             }
-            let g = Gate::new(gate_seeds.clone(), &runs);
             if g.passed() {
                 serving = Some(challenger.clone());
             }
@@ -440,7 +481,7 @@ pub fn judge(rounds: &[(f64, f64)]) -> Verdict {
 
 #[cfg(test)]
 mod tests {
-    use super::{Gate, Verdict, judge};
+    use super::{Gate, Guarded, Verdict, judge};
 
     #[test]
     fn the_loop_is_judged_on_its_first_and_last_rounds_and_its_worst() {
@@ -499,5 +540,23 @@ mod tests {
         let g = Gate::new(vec![2], &[((0.91, 1.4), (0.91, 1.4))]);
         assert!(!g.passed());
         assert_eq!(g.worst_loss, 0.0);
+    }
+
+    #[test]
+    fn a_guarded_scenario_lost_on_one_seed_keeps_a_winner_out() {
+        let mut g = Gate::new(vec![2], &[((0.99, 1.5), (0.90, 1.4))]);
+        assert!(g.passed());
+        // Half a point on the guard at most: still promoted.
+        g.guards.push(Guarded {
+            scenario: "outage".into(),
+            gate: Gate::new(vec![2], &[((0.906, 1.2), (0.91, 1.2))]),
+        });
+        assert!(g.passed(), "{g:?}");
+        // More on a second guard: kept out.
+        g.guards.push(Guarded {
+            scenario: "mix".into(),
+            gate: Gate::new(vec![2], &[((0.92, 1.2), (0.94, 1.2))]),
+        });
+        assert!(!g.passed(), "{g:?}");
     }
 }

@@ -596,6 +596,80 @@ fn learn_from_the_shipped_model_learns_a_regime_it_never_saw() {
     );
 }
 
+/// A guarded scenario (`--guard`) keeps out a model that forgets it: the model trained on
+/// a dead replica's traffic alone beats the shipped one there, and loses `outage`, which
+/// the shipped one knew.
+#[test]
+fn a_guard_keeps_out_a_model_that_forgets_another_scenario() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text_of = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/scenarios/stress/one-replica-down.toml"
+    ))
+    .expect("scenario");
+    let scenario = dir.path().join("short.toml");
+    std::fs::write(
+        &scenario,
+        text_of.replace("duration_s = 60", "duration_s = 20"),
+    )
+    .expect("write");
+    let out_dir = dir.path().join("loop");
+    let args = |guard: &str| {
+        [
+            "learn",
+            "--scenario",
+            scenario.to_str().expect("utf-8"),
+            "--out",
+            out_dir.to_str().expect("utf-8"),
+            "--rounds",
+            "1",
+            "--gate-seeds",
+            "1",
+            "--json",
+            "--from",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default"),
+            "--guard",
+            guard,
+        ]
+        .map(str::to_owned)
+    };
+    let run = |a: [String; 14]| {
+        Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
+            .args(a)
+            .output()
+            .expect("runs")
+    };
+    // A guard that is no scenario is refused before anything is written.
+    let bad = run(args("no-such-scenario"));
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("no-such-scenario"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert!(!out_dir.exists(), "nothing written");
+
+    let out = run(args("outage"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rounds: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let gate = &rounds[1]["gate"];
+    let rate = |v: &serde_json::Value, k: &str| v[k].as_f64().expect("a rate");
+    // It wins its own scenario...
+    assert!(
+        rate(gate, "challenger_success_rate") > rate(gate, "incumbent_success_rate") + 0.03,
+        "{gate}"
+    );
+    // ... and loses the guarded one, so the shipped model stays in service.
+    let guard = &gate["guards"][0];
+    assert_eq!(guard["scenario"], "outage", "{gate}");
+    assert!(rate(guard, "worst_loss") > 0.005, "{gate}");
+    assert_eq!(rounds[1]["promoted"], false, "{gate}");
+    assert_eq!(rounds[1]["decided_with"], 0);
+}
+
 #[test]
 fn a_loop_that_cannot_improve_says_why() {
     // `permanent`, shortened: the rules already serve every request that can be served,

@@ -127,6 +127,12 @@ pub(crate) struct LearnArgs {
     /// new model must beat it to serve (it is v0 in the rows).
     #[arg(long, value_name = "MODEL")]
     from: Option<PathBuf>,
+    /// Also guard this scenario (a built-in name or a file; repeat for several): a new
+    /// model serves only if, on each, it loses no more than half a point of success
+    /// against the policy in service on any gate seed - a model trained on one scenario's
+    /// traffic alone may forget what the one in service knew of others.
+    #[arg(long = "guard", value_name = "SCENARIO")]
+    guards: Vec<String>,
     /// Where the data (`DIR/data`) and the models (`DIR/models/NAME/VERSION`) go; it must
     /// not hold a previous loop's data (default: `learn-SCENARIO`).
     #[arg(long)]
@@ -546,6 +552,9 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.from {
         opts.from = Some(retrywise_sim::policies::load_model(path)?);
     }
+    for guard in &args.guards {
+        opts.guards.push(Arc::new(Scenario::load(guard)?));
+    }
     // Before the header: a refused option prints nothing else.
     opts.validate()?;
     let round0 = if args.from.is_some() {
@@ -558,9 +567,18 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
         "{spinner} learning [{bar:20}] round {pos}/{len} {msg}",
         "round",
     );
+    let guarded = if args.guards.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = opts.guards.iter().map(|g| g.name.as_str()).collect();
+        format!(
+            " and loses no more than that on any of them on {}",
+            names.join(", ")
+        )
+    };
     if !args.json {
         outln!(
-            "learning on `{}`: round 0 runs {round0}; round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seeds {}..={} (losing no more than half a point on any); each row is the policy in service on seed {}",
+            "learning on `{}`: round 0 runs {round0}; round k records seed {}+k with exploration, using the latest model; a model serves once it beats the policy in service on seeds {}..={} (losing no more than half a point on any){guarded}; each row is the policy in service on seed {}",
             scenario.name,
             args.seed,
             args.gate_seed,
@@ -594,8 +612,21 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
             };
             let s = &r.score;
             let gate = r.gate.as_ref().map_or_else(String::new, |g| {
+                let guards: String = g
+                    .guards
+                    .iter()
+                    .map(|x| {
+                        format!(
+                            "; {} {:.1}% vs {:.1}%, worst seed -{:.1}",
+                            x.scenario,
+                            x.gate.challenger_success_rate * 100.0,
+                            x.gate.incumbent_success_rate * 100.0,
+                            x.gate.worst_loss * 100.0
+                        )
+                    })
+                    .collect();
                 format!(
-                    "  v{} {:.1}% @{:.2} vs {:.1}% @{:.2}, worst seed -{:.1}: {}",
+                    "  v{} {:.1}% @{:.2} vs {:.1}% @{:.2}, worst seed -{:.1}{guards}: {}",
                     r.model_version - 1,
                     g.challenger_success_rate * 100.0,
                     g.challenger_attempts_per_request,
