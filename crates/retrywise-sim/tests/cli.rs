@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
-fn retrywise(args: &[&str]) -> Output {
+fn retrywise<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
         .args(args)
         .output()
@@ -12,6 +12,30 @@ fn retrywise(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// `data/scenarios/NAME` with its `duration_s = FROM` made `TO`, written into `dir`.
+fn shortened(dir: &std::path::Path, name: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/scenarios")
+        .join(name);
+    let text_of = std::fs::read_to_string(path).expect("scenario");
+    let short = text_of.replace(
+        &format!("duration_s = {from}"),
+        &format!("duration_s = {to}"),
+    );
+    assert_ne!(short, text_of, "{name} has duration_s = {from}");
+    let out = dir.join(format!("short-{}", name.replace('/', "-")));
+    std::fs::write(&out, short).expect("write");
+    out
+}
+
+/// The JSON objects a `--json` run printed, one per line.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
 }
 
 /// Runs `args`, which must fail with `says` on stderr.
@@ -342,17 +366,7 @@ fn a_served_upstream_is_driven_through_target() {
     // A burst scenario's --rps is its burst (all sent at once), not a rate over its
     // duration (this one's 0.25 s would make 8 of 30).
     let dir = tempfile::tempdir().expect("tempdir");
-    let burst = dir.path().join("short-burst.toml");
-    let contention = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/scenarios/contention.toml"
-    ))
-    .expect("scenario");
-    std::fs::write(
-        &burst,
-        contention.replace("duration_s = 1", "duration_s = 0.25"),
-    )
-    .expect("write");
+    let burst = shortened(dir.path(), "contention.toml", "1", "0.25");
     let out = retrywise(&[
         "run",
         "--scenario",
@@ -401,15 +415,7 @@ fn a_served_upstream_is_driven_through_target() {
 fn learn_closes_the_loop_and_writes_a_model_per_round() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The held-out scenario, shortened to two restarts.
-    let text_of = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/scenarios/rolling-deploy.toml"
-    ))
-    .expect("scenario");
-    let short = text_of.replace("duration_s = 120", "duration_s = 30");
-    assert_ne!(short, text_of);
-    let scenario = dir.path().join("short.toml");
-    std::fs::write(&scenario, short).expect("write");
+    let scenario = shortened(dir.path(), "rolling-deploy.toml", "120", "30");
     let out_dir = dir.path().join("loop");
     let args = |extra: &[&str]| {
         let mut a = vec![
@@ -425,12 +431,7 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
         a.extend_from_slice(extra);
         a.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
-    let run = |a: Vec<String>| {
-        Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
-            .args(a)
-            .output()
-            .expect("runs")
-    };
+    let run = |a: Vec<String>| retrywise(&a);
     // Scoring on a recorded seed, or on a gate seed, is refused, before anything is written;
     // so are no rounds to learn in, seeds past the largest, and a name no model can have.
     for (bad, says) in [
@@ -459,10 +460,7 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
     for step in ["round 0: recording", "round 0: training", "round 1: gating"] {
         assert!(progress.contains(step), "{step}: {progress}");
     }
-    let rounds: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let rounds = json_lines(&out);
     assert_eq!(rounds.len(), 2, "{}", text(&out.stdout));
     // Round 0: the rules, recorded and trained into version 1.
     assert_eq!(rounds[0]["round"], 0);
@@ -528,15 +526,7 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
 #[test]
 fn learn_from_the_shipped_model_learns_a_regime_it_never_saw() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text_of = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/scenarios/stress/one-replica-down.toml"
-    ))
-    .expect("scenario");
-    let short = text_of.replace("duration_s = 60", "duration_s = 20");
-    assert_ne!(short, text_of);
-    let scenario = dir.path().join("short.toml");
-    std::fs::write(&scenario, short).expect("write");
+    let scenario = shortened(dir.path(), "stress/one-replica-down.toml", "60", "20");
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default");
     let out_dir = dir.path().join("loop");
     let args = |from: &str| {
@@ -554,12 +544,7 @@ fn learn_from_the_shipped_model_learns_a_regime_it_never_saw() {
         ]
         .map(str::to_owned)
     };
-    let run = |a: [String; 10]| {
-        Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
-            .args(a)
-            .output()
-            .expect("runs")
-    };
+    let run = |a: [String; 10]| retrywise(&a);
     // A model that cannot be read is refused before anything is written.
     let bad = run(args(dir.path().join("nothing").to_str().expect("utf-8")));
     assert!(!bad.status.success());
@@ -572,10 +557,7 @@ fn learn_from_the_shipped_model_learns_a_regime_it_never_saw() {
 
     let out = run(args(shipped));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let rounds: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let rounds = json_lines(&out);
     assert_eq!(rounds.len(), 2, "{}", text(&out.stdout));
     // Round 0: the shipped model in service, recorded, not gated against itself.
     assert_eq!(rounds[0]["policy"], "adaptive");
@@ -602,17 +584,7 @@ fn learn_from_the_shipped_model_learns_a_regime_it_never_saw() {
 #[test]
 fn a_guard_keeps_out_a_model_that_forgets_another_scenario() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text_of = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/scenarios/stress/one-replica-down.toml"
-    ))
-    .expect("scenario");
-    let scenario = dir.path().join("short.toml");
-    std::fs::write(
-        &scenario,
-        text_of.replace("duration_s = 60", "duration_s = 20"),
-    )
-    .expect("write");
+    let scenario = shortened(dir.path(), "stress/one-replica-down.toml", "60", "20");
     let out_dir = dir.path().join("loop");
     let args = |guard: &str| {
         [
@@ -633,12 +605,7 @@ fn a_guard_keeps_out_a_model_that_forgets_another_scenario() {
         ]
         .map(str::to_owned)
     };
-    let run = |a: [String; 14]| {
-        Command::new(env!("CARGO_BIN_EXE_retrywise-sim"))
-            .args(a)
-            .output()
-            .expect("runs")
-    };
+    let run = |a: [String; 14]| retrywise(&a);
     // A guard that is no scenario is refused before anything is written.
     let bad = run(args("no-such-scenario"));
     assert!(!bad.status.success());
@@ -651,10 +618,7 @@ fn a_guard_keeps_out_a_model_that_forgets_another_scenario() {
 
     let out = run(args("outage"));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let rounds: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let rounds = json_lines(&out);
     let gate = &rounds[1]["gate"];
     let rate = |v: &serde_json::Value, k: &str| v[k].as_f64().expect("a rate");
     // It wins its own scenario...
@@ -675,15 +639,7 @@ fn a_loop_that_cannot_improve_says_why() {
     // `permanent`, shortened: the rules already serve every request that can be served,
     // so no model beats them on the gate seeds and the rules serve every round.
     let dir = tempfile::tempdir().expect("tempdir");
-    let text_of = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../data/scenarios/permanent.toml"
-    ))
-    .expect("scenario");
-    let short = text_of.replace("duration_s = 30", "duration_s = 15");
-    assert_ne!(short, text_of);
-    let scenario = dir.path().join("short.toml");
-    std::fs::write(&scenario, short).expect("write");
+    let scenario = shortened(dir.path(), "permanent.toml", "30", "15");
     let out = retrywise(&[
         "learn",
         "--scenario",
