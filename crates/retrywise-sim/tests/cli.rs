@@ -519,6 +519,40 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
     );
 }
 
+/// The shipped model.
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default");
+
+/// `learn` for one round on `scenario` into `out`, starting from the model at `from`,
+/// printing JSON; `extra` options after.
+fn learn_one_round(
+    scenario: &std::path::Path,
+    out: &std::path::Path,
+    from: &str,
+    extra: &[&str],
+) -> Output {
+    let mut a = vec![
+        "learn",
+        "--scenario",
+        scenario.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--rounds",
+        "1",
+        "--json",
+        "--from",
+        from,
+    ];
+    a.extend_from_slice(extra);
+    retrywise(&a)
+}
+
+/// `out` failed saying `says`, and nothing was written into `dir`.
+fn refused_before_writing(out: &Output, says: &str, dir: &std::path::Path) {
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    assert!(!dir.exists(), "nothing written");
+}
+
 /// A loop that starts from a model in service (`--from`), as a deployment running the
 /// shipped model would: round 0 is that model's (v0), and its own traffic teaches the next
 /// model a regime the shipped one never saw - one dead replica of three, whose refusals
@@ -527,35 +561,13 @@ fn learn_closes_the_loop_and_writes_a_model_per_round() {
 fn learn_from_the_shipped_model_learns_a_regime_it_never_saw() {
     let dir = tempfile::tempdir().expect("tempdir");
     let scenario = shortened(dir.path(), "stress/one-replica-down.toml", "60", "20");
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default");
     let out_dir = dir.path().join("loop");
-    let args = |from: &str| {
-        [
-            "learn",
-            "--scenario",
-            scenario.to_str().expect("utf-8"),
-            "--out",
-            out_dir.to_str().expect("utf-8"),
-            "--rounds",
-            "1",
-            "--json",
-            "--from",
-            from,
-        ]
-        .map(str::to_owned)
-    };
-    let run = |a: [String; 10]| retrywise(&a);
     // A model that cannot be read is refused before anything is written.
-    let bad = run(args(dir.path().join("nothing").to_str().expect("utf-8")));
-    assert!(!bad.status.success());
-    assert!(
-        text(&bad.stderr).contains("nothing"),
-        "{}",
-        text(&bad.stderr)
-    );
-    assert!(!out_dir.exists(), "nothing written");
+    let nothing = dir.path().join("nothing");
+    let bad = learn_one_round(&scenario, &out_dir, nothing.to_str().expect("utf-8"), &[]);
+    refused_before_writing(&bad, "nothing", &out_dir);
 
-    let out = run(args(shipped));
+    let out = learn_one_round(&scenario, &out_dir, SHIPPED, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rounds = json_lines(&out);
     assert_eq!(rounds.len(), 2, "{}", text(&out.stdout));
@@ -586,37 +598,19 @@ fn a_guard_keeps_out_a_model_that_forgets_another_scenario() {
     let dir = tempfile::tempdir().expect("tempdir");
     let scenario = shortened(dir.path(), "stress/one-replica-down.toml", "60", "20");
     let out_dir = dir.path().join("loop");
-    let args = |guard: &str| {
-        [
-            "learn",
-            "--scenario",
-            scenario.to_str().expect("utf-8"),
-            "--out",
-            out_dir.to_str().expect("utf-8"),
-            "--rounds",
-            "1",
-            "--gate-seeds",
-            "1",
-            "--json",
-            "--from",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default"),
-            "--guard",
-            guard,
-        ]
-        .map(str::to_owned)
+    let guarded = |guard: &str| {
+        learn_one_round(
+            &scenario,
+            &out_dir,
+            SHIPPED,
+            &["--gate-seeds", "1", "--guard", guard],
+        )
     };
-    let run = |a: [String; 14]| retrywise(&a);
     // A guard that is no scenario is refused before anything is written.
-    let bad = run(args("no-such-scenario"));
-    assert!(!bad.status.success());
-    assert!(
-        text(&bad.stderr).contains("no-such-scenario"),
-        "{}",
-        text(&bad.stderr)
-    );
-    assert!(!out_dir.exists(), "nothing written");
+    let bad = guarded("no-such-scenario");
+    refused_before_writing(&bad, "no-such-scenario", &out_dir);
 
-    let out = run(args("outage"));
+    let out = guarded("outage");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rounds = json_lines(&out);
     let gate = &rounds[1]["gate"];
