@@ -738,45 +738,41 @@ impl SharedFleet {
                 if resume.is_some_and(|at| tokio::time::Instant::now() < at) {
                     continue;
                 }
-                if conn.is_none() {
-                    match ConnectionManager::new_lazy_with_config(me.client.clone(), me.config()) {
-                        Ok(c) => conn = Some(c),
-                        Err(e) => {
-                            me.metrics.errors.inc();
-                            me.set_shared(false, format!("cannot connect to Redis: {e}"));
-                            failures = failures.saturating_add(1);
-                            resume = Some(
-                                tokio::time::Instant::now()
-                                    + reconnect_after(every, failures, rand::random()),
-                            );
-                            continue;
-                        }
-                    }
-                }
-                let Some(c) = conn.as_mut() else { continue };
                 let reading = n.is_multiple_of(3);
                 n = n.wrapping_add(1);
-                let mut result = me.flush(c).await.map(|_| ());
-                if result.is_ok() && reading {
-                    result = me.refresh(c).await.map(|targets| {
-                        me.metrics
-                            .targets
-                            .set(i64::try_from(targets).unwrap_or(i64::MAX));
-                    });
-                }
-                if result.is_ok() {
-                    failures = 0;
-                    resume = None;
-                }
+                let result = match conn.take().map_or_else(
+                    || ConnectionManager::new_lazy_with_config(me.client.clone(), me.config()),
+                    Ok,
+                ) {
+                    Ok(mut c) => {
+                        let mut result = me.flush(&mut c).await.map(|_| ());
+                        if result.is_ok() && reading {
+                            result = me.refresh(&mut c).await.map(|targets| {
+                                me.metrics
+                                    .targets
+                                    .set(i64::try_from(targets).unwrap_or(i64::MAX));
+                            });
+                        }
+                        // Kept only while it works: a command that timed out may have left
+                        // it stuck, so a failure makes a new one next time.
+                        if result.is_ok() {
+                            conn = Some(c);
+                        }
+                        result
+                    }
+                    Err(e) => Err(format!("cannot connect to Redis: {e}")),
+                };
                 match result {
-                    Ok(()) if reading => me.set_shared(true, "shared through Redis".into()),
-                    Ok(()) => {}
+                    Ok(()) => {
+                        failures = 0;
+                        resume = None;
+                        if reading {
+                            me.set_shared(true, "shared through Redis".into());
+                        }
+                    }
                     Err(detail) => {
                         me.metrics.errors.inc();
                         me.set_shared(false, detail);
-                        // A new connection next time: a command that timed out may have
-                        // left this one stuck.
-                        conn = None;
                         // Read again as soon as Redis answers.
                         n = 0;
                         failures = failures.saturating_add(1);
