@@ -164,6 +164,10 @@ pub struct Guarded {
     pub gate: Gate,
 }
 
+/// Which run of the policy in service a gate reads: scenario, seed, model version (none:
+/// the rules).
+type IncumbentRun = (String, u64, Option<u32>);
+
 /// One policy's run on a gate seed: (success rate, attempts per request).
 pub type GateRun = (f64, f64);
 
@@ -306,10 +310,10 @@ pub fn learn(
     let mut rounds = Vec::new();
     // The latest model (the challenger) and the one in service (none: the rules), both the
     // model the loop starts from, if any.
-    let start = opts.from.as_ref().map(|m| {
-        let m: Arc<dyn SuccessModel> = Arc::clone(m) as Arc<dyn SuccessModel>;
-        (FROM_VERSION, m)
-    });
+    let start = opts
+        .from
+        .as_ref()
+        .map(|m| (FROM_VERSION, Arc::clone(m) as Arc<dyn SuccessModel>));
     let mut latest: Option<(u32, Arc<dyn SuccessModel>)> = start.clone();
     let mut serving: Option<(u32, Arc<dyn SuccessModel>)> = start;
     let scored_on =
@@ -327,6 +331,11 @@ pub fn learn(
     let scored = |model: &Option<(u32, Arc<dyn SuccessModel>)>, seed: u64| {
         scored_on(&opts.scenario, model, seed)
     };
+    // The policy in service on a gate seed, by scenario, seed and model version (none: the
+    // rules): a run is a pure function of them, and the policy in service is gated against
+    // round after round until a challenger replaces it.
+    let incumbent_runs =
+        std::cell::RefCell::new(std::collections::HashMap::<IncumbentRun, Score>::new());
     // The challenger and the policy in service on `scenario`, paired by gate seed.
     let gate_on = |scenario: &Arc<Scenario>,
                    challenger: &(u32, Arc<dyn SuccessModel>),
@@ -334,7 +343,20 @@ pub fn learn(
         let mut runs = Vec::with_capacity(gate_seeds.len());
         for &seed in &gate_seeds {
             let c = scored_on(scenario, &Some(challenger.clone()), seed)?;
-            let i = scored_on(scenario, serving, seed)?;
+            let key = (
+                scenario.name.clone(),
+                seed,
+                serving.as_ref().map(|(v, _)| *v),
+            );
+            let cached = incumbent_runs.borrow().get(&key).cloned();
+            let i = match cached {
+                Some(i) => i,
+                None => {
+                    let i = scored_on(scenario, serving, seed)?;
+                    incumbent_runs.borrow_mut().insert(key, i.clone());
+                    i
+                }
+            };
             runs.push((
                 (c.success_rate, c.attempts_per_request),
                 (i.success_rate, i.attempts_per_request),
