@@ -1,5 +1,6 @@
-//! The whole pipeline on one machine: simulate → record → compact → train → serve →
-//! predict and decide over real HTTP (127.0.0.1) → a new model version appears while a
+//! The whole pipeline on one machine: simulate → record → compact → train (a default
+//! model, and one of a single target's attempts) → serve → predict and decide over real
+//! HTTP (127.0.0.1), that target answered by its own model → a new model version appears while a
 //! load runs → no request fails, and the new version answers → the service stops, and what
 //! it ingested (one record of a newer minor version among them) compacts without a loss.
 
@@ -84,6 +85,20 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
     // (The three runs follow each other, so the time split validates on the last one: the
     // model's quality is tested elsewhere; here it must simply exist and score.)
     assert!(first.evaluation.model.auc.is_some());
+    // A model of one target's attempts alone (`retrywise train --target outage --name
+    // outage`), which the service answers that target's requests with.
+    let mut outage = TrainOptions::new(
+        vec![parquet.to_string_lossy().into_owned()],
+        &models,
+        "outage",
+    );
+    outage.fit.alphas = vec![1.0];
+    outage.filter.targets = vec!["outage".into()];
+    let own = train(&outage, &mut |_| {}).unwrap();
+    assert!(
+        own.artifact.training["rows"].as_u64().unwrap() < rows,
+        "one target's rows"
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -96,6 +111,7 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
             models: models.clone(),
             attempts: dir.path().join("ingested"),
             poll_interval: Duration::from_millis(50),
+            model_per_target: true,
             ..Config::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -123,6 +139,13 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
         let (s, v) = post(&client, &format!("{base}/v1/decide"), &json!({"context": ctx, "deadline_ms": 10_000})).await;
         assert_eq!(s, 200, "{v}");
         assert!(v["retry"].is_boolean() && v["reason"].is_string(), "{v}");
+        assert_eq!(v["model"], "default", "{v}");
+        // The target with a model of its own is answered by it (`model_per_target`).
+        let refused = json!({"target": "outage", "attempt": 2, "error": "connect", "latency_ms": 0, "elapsed_ms": 1});
+        for (route, body) in [("predict", json!({"context": refused})), ("decide", json!({"context": refused, "deadline_ms": 5_000}))] {
+            let (s, v) = post(&client, &format!("{base}/v1/{route}"), &body).await;
+            assert_eq!((s, v["model"].as_str()), (200, Some("outage")), "{route}: {v}");
+        }
         // Ingest what the simulator recorded (the archived segments), as NDJSON batches
         // of 1,000 lines: every record acknowledged.
         let mut acknowledged = 0;
