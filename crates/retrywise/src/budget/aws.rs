@@ -179,6 +179,13 @@ impl RetryBudget for RetryQuota {
         self.take(self.cost(next.error))
     }
 
+    fn refund(&self, _withdrawn_at: Instant, next: &AttemptContext) {
+        let cost = self.cost(next.error);
+        if cost > 0 {
+            self.give(cost);
+        }
+    }
+
     fn record_for(&self, ctx: &AttemptContext, success: bool) {
         if !success {
             return;

@@ -89,4 +89,12 @@ pub trait RetryBudget: Send + Sync {
         let _ = ctx;
         self.record(success);
     }
+
+    /// The retry `next`, paid for at `withdrawn_at` ([`withdraw_for`](Self::withdraw_for)
+    /// said yes), will not be sent after all (its call stopped first, or was dropped
+    /// while it waited): budgets that spent something on it give it back. Defaults to
+    /// nothing (a budget whose `withdraw` spends nothing, like gRFC A6's token bucket).
+    fn refund(&self, withdrawn_at: Instant, next: &AttemptContext) {
+        let _ = (withdrawn_at, next);
+    }
 }

@@ -38,6 +38,17 @@ impl SlotCounter {
             });
     }
 
+    /// Takes one back for `epoch`, if the counter still holds that epoch and counted one
+    /// (a counter moved on has forgotten it already).
+    fn decr(&self, epoch: u32) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (e, n) = unpack(v);
+                (e == epoch && n > 0).then(|| pack(e, n - 1))
+            });
+    }
+
     /// The count if the counter belongs to a slot within `window` slots up to `epoch`.
     fn count_within(&self, epoch: u32, window: u32) -> u64 {
         let (e, n) = unpack(self.0.load(Ordering::Acquire));
@@ -172,6 +183,11 @@ impl RetryBudget for RatioBudget {
         }
         self.slots[(e % SLOTS) as usize].withdrawals.incr(e);
         true
+    }
+
+    fn refund(&self, withdrawn_at: Instant, _next: &crate::attempt::AttemptContext) {
+        let e = self.epoch(withdrawn_at);
+        self.slots[(e % SLOTS) as usize].withdrawals.decr(e);
     }
 }
 

@@ -164,22 +164,26 @@ impl Bulkhead {
     /// After [`try_acquire_quiet`](Self::try_acquire_quiet) found no room: waits up to the
     /// maximum wait, counting a rejection if none frees up.
     pub(crate) async fn acquire_after_refusal(&self) -> Result<BulkheadPermit<'_>, BulkheadFull> {
-        self.acquire_after_refusal_for(None).await
+        self.acquire_after_refusal_for(None, None).await
     }
 
     /// [`acquire_after_refusal`](Self::acquire_after_refusal) for the call about to be
-    /// made in `ctx` (which a bulkhead that sheds by prediction ranks it by).
+    /// made in `ctx` (which a bulkhead that sheds by prediction ranks it by), waiting no
+    /// longer than `within` when it is given and shorter than the maximum wait (the time
+    /// the call has left).
     pub(crate) async fn acquire_after_refusal_for(
         &self,
         ctx: Option<&crate::attempt::AttemptContext>,
+        within: Option<Duration>,
     ) -> Result<BulkheadPermit<'_>, BulkheadFull> {
         use super::shed::Queued;
         let s = &*self.shared;
-        if s.max_wait.is_zero() {
+        let max_wait = within.map_or(s.max_wait, |w| w.min(s.max_wait));
+        if max_wait.is_zero() {
             return Err(self.full());
         }
         let Some(q) = &s.shed else {
-            return if s.gate.enter_within(s.max_wait).await {
+            return if s.gate.enter_within(max_wait).await {
                 Ok(self.permit())
             } else {
                 Err(self.full())
@@ -198,7 +202,7 @@ impl Bulkhead {
                     room,
                     settled: false,
                 };
-                let given = tokio::time::timeout(s.max_wait, &mut wait.room).await;
+                let given = tokio::time::timeout(max_wait, &mut wait.room).await;
                 wait.settled = true;
                 match given {
                     Ok(given) => given.is_ok(),
@@ -226,7 +230,7 @@ impl Bulkhead {
     ) -> Result<BulkheadPermit<'_>, BulkheadFull> {
         match self.try_acquire_quiet() {
             Some(p) => Ok(p),
-            None => self.acquire_after_refusal_for(Some(ctx)).await,
+            None => self.acquire_after_refusal_for(Some(ctx), None).await,
         }
     }
 
@@ -352,10 +356,14 @@ impl Bulkhead {
         self.shared.adaptive.is_some()
     }
 
-    fn report(&self, failed: bool, took: Duration, in_flight: u32) {
+    /// Counts a finished call; an adaptive limit learns from its latency, and only an
+    /// `answered` call's measures the upstream (see [`AdaptiveLimit::sample_call`]).
+    ///
+    /// [`AdaptiveLimit::sample_call`]: super::AdaptiveLimit::sample_call
+    fn report(&self, failed: bool, answered: bool, took: Duration, in_flight: u32) {
         let s = &*self.shared;
         if let Some(limit) = &s.adaptive {
-            s.gate.set_max(limit.sample_call(took, in_flight, !failed));
+            s.gate.set_max(limit.sample_call(took, in_flight, answered));
             if let Some(q) = &s.shed {
                 q.grant(&s.gate);
             }
@@ -390,9 +398,24 @@ impl BulkheadPermit<'_> {
     }
 
     /// Reports how the call went (for the execution-time and failure metrics), then
-    /// releases the room.
+    /// releases the room. A failed call is taken for one the upstream did not answer
+    /// (an adaptive limit learns its latency as a lower bound only); [`finish_with`]
+    /// tells the two apart.
+    ///
+    /// [`finish_with`]: Self::finish_with
     pub fn finish(self, failed: bool, took: Duration) {
-        self.bulkhead.report(failed, took, self.in_flight);
+        self.bulkhead.report(failed, !failed, took, self.in_flight);
+    }
+
+    /// Reports how the call went by its verdict, then releases the room: a permanent
+    /// failure (a 404) is a failure for the metrics, but an answer from a healthy
+    /// upstream, whose latency an adaptive limit measures the upstream by as it does a
+    /// success's; a retryable one (a timeout, a 503) is not.
+    pub fn finish_with(self, verdict: &crate::attempt::Verdict, took: Duration) {
+        use crate::attempt::Verdict;
+        let answered = matches!(verdict, Verdict::Success | Verdict::Permanent(_));
+        self.bulkhead
+            .report(!verdict.is_success(), answered, took, self.in_flight);
     }
 }
 
@@ -414,7 +437,7 @@ pub struct OwnedBulkheadPermit {
 impl OwnedBulkheadPermit {
     /// Reports how the call went, then releases the room.
     pub fn finish(self, failed: bool, took: Duration) {
-        self.bulkhead.report(failed, took, self.in_flight);
+        self.bulkhead.report(failed, !failed, took, self.in_flight);
     }
 }
 

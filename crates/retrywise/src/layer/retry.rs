@@ -181,6 +181,7 @@ where
             service: service.unwrap_or_else(|| self.inner.clone()),
             request: req,
             ctx: None,
+            paid: Paid::Nothing,
             call_id,
             start,
             attempt_start: start,
@@ -203,6 +204,8 @@ pin_project! {
         // The next attempt's context, once an attempt failed.
         // (Boxed: allocated only when a call is retried; the future stays small.)
         ctx: Option<Box<AttemptContext>>,
+        // The retry in `ctx`, paid for: given back if it is never sent.
+        paid: Paid,
         call_id: u64,
         start: Instant,
         attempt_start: Instant,
@@ -212,6 +215,32 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
     }
+
+    impl<S, Req, C> PinnedDrop for RetryFuture<S, Req, C>
+    where
+        S: Service<Req>,
+    {
+        // Dropped while a retry waits (its backoff, the rate limiter, readiness): the
+        // retry is never sent, and its budget and booking are given back.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (Paid::Waiting(at), Some(ctx)) = (*this.paid, this.ctx.as_deref()) {
+                this.policy.inner().unsent(at, ctx);
+            }
+        }
+    }
+}
+
+/// Where the retry planned at a time (its budget paid, its place in the decider's
+/// calendar booked) stands.
+#[derive(Debug, Clone, Copy)]
+enum Paid {
+    /// No retry planned (the first attempt), or the planned one settled.
+    Nothing,
+    /// Planned, not sent yet.
+    Waiting(Instant),
+    /// Handed to the service inside, which may still turn it away unsent.
+    Handed(Instant),
 }
 
 pin_project! {
@@ -305,9 +334,11 @@ where
     C: Classifier<S::Response, S::Error>,
 {
     let p = this.policy.inner();
+    let paid = std::mem::replace(this.paid, Paid::Nothing);
     // Refused unsent by a retrywise layer inside (an open circuit, a full bulkhead):
-    // not an attempt - nothing recorded, no health, no retry budget - and the call
-    // stops as `Policy::call` stops on its own breaker's or bulkhead's refusal.
+    // not an attempt - nothing recorded, no health, no retry budget (what this retry
+    // paid is given back) - and the call stops as `Policy::call` stops on its own
+    // breaker's or bulkhead's refusal.
     let out = match out {
         Ok(Err(e)) => match refused_inside(&e) {
             Some(reason) => {
@@ -315,6 +346,11 @@ where
                     g.discard();
                 }
                 let ctx = this.ctx.as_deref().unwrap_or(&p.first);
+                if let (Paid::Handed(at) | Paid::Waiting(at), Some(planned)) =
+                    (paid, this.ctx.as_deref())
+                {
+                    p.unsent(at, planned);
+                }
                 let reason = p.stopped(reason);
                 return Some(Err(Error::new(GaveUp {
                     target: Arc::clone(this.policy.target()),
@@ -355,11 +391,12 @@ where
     };
     let now = now.unwrap_or_else(Instant::now);
     let ctx = this.ctx.as_deref().unwrap_or(&p.first);
-    match p.plan_retry(ctx, &failure, latency, *this.start, now) {
+    match p.plan_retry(ctx, &failure, latency, *this.start, now, None) {
         Err(_) => return Some(finish(out)),
         Ok(next) => {
             let delay = next.delay;
             *this.ctx = Some(Box::new(next));
+            *this.paid = Paid::Waiting(now);
             if delay.is_zero() {
                 this.state.set(State::Reserving);
             } else {
@@ -416,6 +453,10 @@ where
                             if p.attempt_timeout_at(ctx, *this.start, now + wait)
                                 == Some(Duration::ZERO) =>
                         {
+                            // Nor does the retry keep what it paid.
+                            if let Paid::Waiting(at) = std::mem::replace(this.paid, Paid::Nothing) {
+                                p.unsent(at, ctx);
+                            }
                             let reason = p.stopped(StopReason::Deadline);
                             let refused = Refused::new(
                                 reason,
@@ -440,6 +481,9 @@ where
                             .as_ref()
                             .map(|e| e.deadline().saturating_duration_since(Instant::now()));
                         let fut = Timeout::new(this.service.call(this.request.clone()), left);
+                        if let Paid::Waiting(at) = *this.paid {
+                            *this.paid = Paid::Handed(at);
+                        }
                         this.state.set(State::Calling { fut });
                     }
                     Poll::Pending => {

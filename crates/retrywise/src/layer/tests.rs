@@ -481,3 +481,42 @@ async fn a_refusal_by_a_breaker_layer_inside_is_no_attempt() {
     assert!(m.stops.contains(&("circuit_open", 1)), "{m:?}");
     assert_eq!(m.retries, 0, "{m:?}");
 }
+
+/// A retry the layer paid for and never sent - turned away by a breaker layer inside, or
+/// dropped while it waits - gives back what it paid (it kept the AWS retry quota's units).
+#[tokio::test(start_paused = true)]
+async fn a_retry_never_sent_gives_back_what_it_paid() {
+    use crate::budget::RetryQuota;
+    let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
+    let policy = || {
+        Policy::builder("b")
+            .decider(quick_retry(3))
+            .shared_budget(quota.clone())
+            .build()
+            .unwrap()
+    };
+    // The first attempt fails, and the circuit is forced open before the retry.
+    let breaker = CircuitBreaker::builder("b").build().unwrap();
+    let opens = breaker.clone();
+    let upstream = service_fn(move |_: u32| {
+        opens.force_open();
+        async { Err::<u32, _>(io::Error::new(io::ErrorKind::ConnectionReset, "reset")) }
+    });
+    let mut svc = RetryLayer::new(policy())
+        .layer(CircuitBreakerLayer::new(breaker, ErrorsAreRetryable).layer(upstream));
+    let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
+    assert_eq!(gave_up.reason, crate::retry::StopReason::CircuitOpen, "{e}");
+    assert_eq!(quota.available(), 500);
+    // Dropped in its 10 ms backoff.
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut svc = RetryLayer::new(policy()).layer(failing(calls.clone(), 1));
+    let call = svc.ready().await.unwrap().call(1);
+    assert!(tokio::time::timeout(5 * MS, call).await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(quota.available(), 500);
+    // A retry sent and failed keeps what it paid.
+    let mut svc = RetryLayer::new(policy()).layer(failing(Arc::new(AtomicU32::new(0)), 9));
+    assert!(svc.ready().await.unwrap().call(1).await.is_err());
+    assert_eq!(quota.available(), 500 - 2 * 5);
+}

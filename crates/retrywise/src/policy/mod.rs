@@ -173,6 +173,22 @@ pub struct CallReport {
     pub stopped: Option<StopReason>,
 }
 
+/// A retry planned (its budget paid, its place in the decider's calendar booked) and not
+/// sent yet, with when it was decided: dropped unsent - the call stopped before it, or
+/// was dropped while it waited - it is given back ([`Inner::unsent`]).
+struct Unsent<'a> {
+    inner: &'a Inner,
+    paid: Option<(Instant, AttemptContext)>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some((at, planned)) = self.paid.take() {
+            self.inner.unsent(at, &planned);
+        }
+    }
+}
+
 /// The outcome of one request sent upstream.
 enum Sent<T, E> {
     /// The operation returned, and the classifier judged it.
@@ -333,6 +349,12 @@ impl<C> Policy<C> {
         };
         // `None` while on the first attempt: its context is the shared `first`.
         let mut next: Option<AttemptContext> = None;
+        // The retry planned and not sent yet: given back if the call stops before sending
+        // it, or is dropped while it waits.
+        let mut unsent = Unsent {
+            inner: p,
+            paid: None,
+        };
         let mut attempt_start = start;
         loop {
             let ctx = next.as_ref().unwrap_or(&p.first);
@@ -378,25 +400,17 @@ impl<C> Policy<C> {
                                 // Nothing was sent: the retry decision weighs waiting it
                                 // out like a failure of the kind the target fails with,
                                 // and the throttle and budget take it as that retry.
+                                // Sooner than the circuit lets calls through again
+                                // would only be refused again: the wait counts from
+                                // then, and a retry pushed past the deadline is not
+                                // made (nor paid for).
                                 let (kind, took) = p.last_failure();
                                 let now = Instant::now();
-                                match p.plan_retry(ctx, &Failure::new(kind), took, start, now) {
-                                    Ok(mut planned) => {
-                                        // Sooner than the circuit lets calls through
-                                        // again would only be refused again: the wait
-                                        // counts from then (keeping the decider's
-                                        // spread, so the refused do not return at once).
-                                        if let Some(r) = open.remaining
-                                            && planned.delay < r
-                                        {
-                                            planned.delay += r;
-                                            // Pushed past the deadline: no attempt.
-                                            if p.decider.attempt_timeout(&planned)
-                                                == Some(Duration::ZERO)
-                                            {
-                                                return out_of_time(open);
-                                            }
-                                        }
+                                let failure = Failure::new(kind);
+                                match p.plan_retry(ctx, &failure, took, start, now, open.remaining)
+                                {
+                                    Ok(planned) => {
+                                        unsent.paid = Some((now, planned.clone()));
                                         break Err(planned);
                                     }
                                     Err(reason) => {
@@ -436,9 +450,16 @@ impl<C> Policy<C> {
             let probe = permit
                 .as_ref()
                 .is_some_and(|permit| permit.state() == crate::breaker::State::HalfOpen);
+            // Sent from here on (unless the bulkhead turns it away).
+            let paid = unsent.paid.take();
             let ended = self
                 .attempt(&mut op, ctx, call_id, start, attempt_start, probe)
                 .await;
+            if ended.rejected
+                && let Some((at, planned)) = &paid
+            {
+                p.unsent(*at, planned);
+            }
             p.settle(
                 ctx,
                 permit,
@@ -460,9 +481,10 @@ impl<C> Policy<C> {
                 return give_up(ended, number, p.stopped(StopReason::BulkheadFull));
             }
             let now = Instant::now();
-            match p.plan_retry(ctx, &failure, ended.latency, start, now) {
+            match p.plan_retry(ctx, &failure, ended.latency, start, now, None) {
                 Err(reason) => return give_up(ended, number, reason),
                 Ok(planned) => {
+                    unsent.paid = Some((now, planned.clone()));
                     if !planned.delay.is_zero() {
                         tokio::time::sleep(planned.delay).await;
                     }
@@ -491,12 +513,11 @@ impl<C> Policy<C> {
     {
         let p = &*self.inner;
         let number = ctx.attempt;
-        let timeout = p.attempt_timeout_at(ctx, call_start, attempt_start);
         match p.hedge.as_ref().filter(|_| !probe) {
             None => {
                 let make = || op(Attempt { number, hedge: 0 });
                 let (sent, end) = self
-                    .send(make, timeout, attempt_start, ctx, call_id, 0, None)
+                    .send(make, call_start, attempt_start, ctx, call_id, 0, None)
                     .await;
                 // Read the clock only if someone needs the latency: the breaker, or the
                 // retry decision after a failure.
@@ -511,7 +532,7 @@ impl<C> Policy<C> {
                 Self::end(sent, latency, at)
             }
             Some(h) => {
-                self.hedged(h, op, number, timeout, attempt_start, ctx, call_id)
+                self.hedged(h, op, number, call_start, attempt_start, ctx, call_id)
                     .await
             }
         }
@@ -541,12 +562,15 @@ impl<C> Policy<C> {
 
     /// Sends one request: bulkhead (unless `admitted` already holds its room), then the
     /// operation (made by `make` once admitted) under its timeout, classification, health,
-    /// record.
+    /// record. The timeout is the decider's for a request sent when it is (`started`, or
+    /// when the bulkhead let it in): a wait for room, or a hedge sent late, never carries
+    /// the call past its deadline (`call_start`: when the call began), and the wait for
+    /// room lasts no longer than the attempt's timeout.
     #[allow(clippy::too_many_arguments)]
     async fn send<'b, T, E, Fut>(
         &'b self,
         make: impl FnOnce() -> Fut,
-        timeout: Option<Duration>,
+        call_start: Instant,
         started: Instant,
         ctx: &AttemptContext,
         call_id: u64,
@@ -559,15 +583,17 @@ impl<C> Policy<C> {
     {
         let p = &*self.inner;
         let mut started = started;
+        let mut timeout = p.attempt_timeout_at(ctx, call_start, started);
         let permit = match (&p.bulkhead, admitted) {
             (_, Some(permit)) => Some(permit),
             (None, None) => None,
             (Some(b), None) => match b.try_acquire_quiet() {
                 Some(permit) => Some(permit),
                 // (A hedge comes admitted: `hedged` never lets one wait for room.)
-                None => match b.acquire_after_refusal_for(Some(ctx)).await {
+                None => match b.acquire_after_refusal_for(Some(ctx), timeout).await {
                     Ok(permit) => {
                         started = Instant::now();
+                        timeout = p.attempt_timeout_at(ctx, call_start, started);
                         Some(permit)
                     }
                     Err(full) => return (Sent::Rejected(full), None),
@@ -598,7 +624,7 @@ impl<C> Policy<C> {
                         .as_ref()
                         .is_some_and(|b| b.adaptive_limit().is_some())
                 {
-                    permit.finish(!verdict.is_success(), latency);
+                    permit.finish_with(&verdict, latency);
                 }
             }
             if let Some(g) = guard.take() {
@@ -615,7 +641,7 @@ impl<C> Policy<C> {
         hedge: &Hedge,
         op: &mut F,
         number: u32,
-        timeout: Option<Duration>,
+        call_start: Instant,
         attempt_start: Instant,
         ctx: &AttemptContext,
         call_id: u64,
@@ -652,7 +678,7 @@ impl<C> Policy<C> {
                     async move {
                         let (sent, end) = match admitted {
                             Ok((permit, fut)) => {
-                                self.send(move || fut, timeout, started, ctx, call_id, i, permit)
+                                self.send(move || fut, call_start, started, ctx, call_id, i, permit)
                                     .await
                             }
                             Err(full) => (Sent::Rejected(full), None),

@@ -137,7 +137,7 @@ impl Inner {
         let actual = at.saturating_duration_since(start);
         // (Within a millisecond of the plan: the decision's own time; read as planned, so
         // that the usual attempt copies no context.)
-        if actual <= planned + Duration::from_millis(1) {
+        if actual <= planned.saturating_add(Duration::from_millis(1)) {
             return self.decider.attempt_timeout(ctx);
         }
         let mut late = ctx.clone();
@@ -262,7 +262,11 @@ impl Inner {
     /// before it — or why there is none.
     ///
     /// The decider sees the target's health and the previous wait; its wait may be
-    /// explored; the throttle and the budget have the last word.
+    /// explored; a wait shorter than `not_before` (what is left of an open circuit's
+    /// refusal) is pushed past it, keeping the decider's spread so that the refused do not
+    /// all return at once, and a retry pushed past the deadline is not made; the throttle
+    /// and the budget have the last word, so that none of them is paid for a retry that
+    /// is not made.
     pub(crate) fn plan_retry(
         &self,
         ctx: &AttemptContext,
@@ -270,6 +274,7 @@ impl Inner {
         latency: Duration,
         call_start: Instant,
         now: Instant,
+        not_before: Option<Duration>,
     ) -> Result<AttemptContext, StopReason> {
         self.counters
             .failed_attempts
@@ -295,19 +300,28 @@ impl Inner {
         }
         // A retry refused here is not made, and one explored starts after its explored
         // wait: the decider moves what it booked for it (a calendar of retries).
-        let refused = |reason| {
-            self.decider.replanned(&next, now, planned, None);
+        let refused = |next: &AttemptContext, reason| {
+            self.decider.replanned(next, now, planned, None);
             Err(self.stopped(reason))
         };
+        if let Some(r) = not_before
+            && delay < r
+        {
+            delay = delay.saturating_add(r);
+            next.delay = delay;
+            if self.decider.attempt_timeout(&next) == Some(Duration::ZERO) {
+                return refused(&next, StopReason::Deadline);
+            }
+        }
         if let Some(t) = &self.throttle
             && !t.admit(now)
         {
-            return refused(StopReason::Throttled);
+            return refused(&next, StopReason::Throttled);
         }
         if let Some(b) = &self.budget
             && !b.withdraw_for(now, &next)
         {
-            return refused(StopReason::BudgetExhausted);
+            return refused(&next, StopReason::BudgetExhausted);
         }
         if delay != planned {
             self.decider.replanned(&next, now, planned, Some(delay));
@@ -322,6 +336,16 @@ impl Inner {
         );
         next.delay = delay;
         Ok(next)
+    }
+
+    /// A retry planned at `decided_at` ([`plan_retry`](Self::plan_retry)) will not be
+    /// sent (the call stopped before it, or was dropped while it waited): the budget gets
+    /// back what it paid, and the decider's calendar forgets it.
+    pub(crate) fn unsent(&self, decided_at: Instant, next: &AttemptContext) {
+        if let Some(b) = &self.budget {
+            b.refund(decided_at, next);
+        }
+        self.decider.replanned(next, decided_at, next.delay, None);
     }
 
     /// A rate limiter's token for the attempt about to be sent at `now`, or how long until

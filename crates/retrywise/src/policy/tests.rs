@@ -1139,7 +1139,9 @@ async fn waiting_out_a_refusal_is_budgeted_as_a_retry() {
 /// which failed at once and took a probe's place).
 #[tokio::test(start_paused = true)]
 async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
-    // Retries 100 ms apart within `deadline`, behind a circuit open for 10 s.
+    // Retries 100 ms apart within `deadline`, behind a circuit open for 10 s, with the
+    // AWS SDKs' retry quota (5 units a retry).
+    let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
     let refused_for_10s = |deadline: Duration| {
         let rules = RetryRules::builder()
             .max_attempts(10)
@@ -1152,6 +1154,7 @@ async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
             .retry(rules)
             .breaker(open_breaker(Duration::from_secs(10)))
             .decide_when_refused(true)
+            .shared_budget(quota.clone())
             .build()
             .unwrap()
     };
@@ -1161,6 +1164,9 @@ async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
     assert_eq!(report.stopped, Some(StopReason::Deadline));
     assert_eq!(sent, 0);
     assert_eq!(t0.elapsed(), Duration::ZERO, "it did not wait for nothing");
+    // Nor did it pay for the retry it did not make (it paid 5 units a refused call, and
+    // a hundred refused calls emptied the quota for the retries that followed).
+    assert_eq!(quota.available(), 500);
     // With time for the circuit's 10 s, it waits them out and is served.
     let (r, _, _) = served_once(&refused_for_10s(Duration::from_secs(30))).await;
     assert_eq!(r.unwrap(), "served");
@@ -1191,6 +1197,103 @@ async fn a_breaker_wait_past_the_rules_deadline_sends_nothing() {
         Duration::ZERO,
         "the 5 s it could not use were not waited"
     );
+}
+
+/// A call dropped while it waits to retry gives back what the retry paid: the retry
+/// quota's units, and (for a decider that books its retries) the booking.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_it_waits_to_retry_gives_the_retry_back() {
+    let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
+    let p = Policy::builder("dropped")
+        .retry(retry(3, 1000))
+        .shared_budget(quota.clone())
+        .build()
+        .unwrap();
+    let call = p.call(|_| async { Err::<(), _>(reset()) });
+    assert!(
+        tokio::time::timeout(100 * MS, call).await.is_err(),
+        "dropped in its 1 s backoff"
+    );
+    assert_eq!(quota.available(), 500);
+    // A retry that is sent keeps what it paid (a failure does not pay it back).
+    let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
+    assert_eq!(quota.available(), 500 - 2 * 5);
+}
+
+/// One attempt that hangs, within a deadline (and no attempt timeout of its own).
+fn hangs_within(deadline: Duration) -> RetryRules {
+    RetryRules::builder()
+        .max_attempts(1)
+        .deadline(deadline)
+        .build()
+        .unwrap()
+}
+
+/// The time a call takes whose every request hangs for a minute.
+async fn time_to_give_up(p: &Policy) -> (Duration, u32) {
+    let sent = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let r = p
+        .call(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, io::Error>(())
+            }
+        })
+        .await;
+    assert!(r.is_err(), "a request that hangs past the deadline fails");
+    (t0.elapsed(), sent.load(Ordering::SeqCst))
+}
+
+/// The wait for the bulkhead's room is part of the call's time: the request sent after
+/// it gets what the deadline leaves, not a fresh attempt timeout (it used to end at
+/// 300 ms of waiting plus the whole 350 ms).
+#[tokio::test(start_paused = true)]
+async fn a_wait_for_the_bulkhead_never_carries_a_call_past_its_deadline() {
+    let bulkhead = Bulkhead::builder("b")
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let p = Policy::builder("b")
+        .retry(hangs_within(350 * MS))
+        .bulkhead(bulkhead.clone())
+        .build()
+        .unwrap();
+    let held = bulkhead.try_acquire().unwrap();
+    let (took, sent) = tokio::join!(time_to_give_up(&p), async {
+        tokio::time::sleep(300 * MS).await;
+        drop(held);
+    })
+    .0;
+    assert_eq!(
+        sent, 1,
+        "room came within the deadline: the request was sent"
+    );
+    assert_eq!(took, 350 * MS);
+    // Room that comes only after the deadline: the call waits no longer than it has.
+    let _held = bulkhead.try_acquire().unwrap();
+    let (took, sent) = time_to_give_up(&p).await;
+    assert_eq!((took, sent), (350 * MS, 0));
+}
+
+/// A hedge sent late gets what the call's deadline leaves (it used to get a whole attempt
+/// timeout from its own start: the call ended at 1.5 s).
+#[tokio::test(start_paused = true)]
+async fn a_hedge_never_carries_a_call_past_its_deadline() {
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(500 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let p = Policy::builder("h")
+        .retry(hangs_within(Duration::from_secs(1)))
+        .hedge(hedge)
+        .build()
+        .unwrap();
+    let (took, sent) = time_to_give_up(&p).await;
+    assert_eq!((took, sent), (Duration::from_secs(1), 2));
 }
 
 #[tokio::test(start_paused = true)]
