@@ -606,7 +606,15 @@ fn write_part(
     df: &mut DataFrame,
     source: &Path,
 ) -> Result<(PathBuf, u64), CollectError> {
-    std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+        // The new partition folder (`date=D`) durable in its parent before any segment
+        // whose rows it holds is removed: else a crash could keep the removal and lose
+        // the folder, and the rows with it.
+        if let Some(parent) = dir.parent() {
+            segment::sync_dir(parent).map_err(|e| CollectError::io("sync", parent, e))?;
+        }
+    }
     let tmp = dir.join(format!(".part-{stem}.parquet.tmp"));
     let path = dir.join(format!("part-{stem}.parquet"));
     // A part already there is this segment's from a run that stopped before removing it

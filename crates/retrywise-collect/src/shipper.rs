@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use retrywise::attempt::{AttemptRecord, HttpClassifier, HttpResponse};
@@ -201,6 +202,7 @@ impl ShippingRecorder {
             policy,
             counters: Arc::clone(&counters),
             failed_since_flush: 0,
+            full_at_flush: 0,
         };
         handle.spawn(worker.run(rx));
         Ok(Self { tx, counters })
@@ -276,6 +278,9 @@ struct Worker {
     policy: Policy<HttpClassifier>,
     counters: Arc<Counters>,
     failed_since_flush: u64,
+    /// Records dropped for a full queue as of the previous flush (the count itself is the
+    /// handle's: the worker never sees them).
+    full_at_flush: u64,
 }
 
 impl Worker {
@@ -298,7 +303,7 @@ impl Worker {
                     for _ in 0..self.drain {
                         let Ok(msg) = rx.try_recv() else { break };
                         if self.handle(msg, &mut batch, &mut deadline).await.is_break() {
-                            return;
+                            return self.drop_queued(&mut rx);
                         }
                     }
                     continue;
@@ -314,9 +319,23 @@ impl Worker {
                 return;
             };
             if self.handle(msg, &mut batch, &mut deadline).await.is_break() {
-                return;
+                return self.drop_queued(&mut rx);
             }
         }
+    }
+
+    /// After a close: takes no more records, and counts those queued behind the close as
+    /// dropped (they were recorded, and would otherwise end in no count at all). A flush
+    /// queued there is answered that the shipper is gone.
+    fn drop_queued(&self, rx: &mut mpsc::Receiver<Msg>) {
+        rx.close();
+        let mut dropped = 0;
+        while let Ok(msg) = rx.try_recv() {
+            if matches!(msg, Msg::Record(_)) {
+                dropped += 1;
+            }
+        }
+        Counters::add(&self.counters.dropped_closed, dropped);
     }
 
     /// One message from the queue; `Break` after a close.
@@ -354,12 +373,27 @@ impl Worker {
 
     fn take_flush_result(&mut self) -> Result<(), CollectError> {
         let failed = std::mem::take(&mut self.failed_since_flush);
+        let full = self.counters.dropped_full.load(Ordering::Relaxed);
+        let dropped = full.saturating_sub(std::mem::replace(&mut self.full_at_flush, full));
+        let mut lost = Vec::new();
         if failed > 0 {
-            return Err(CollectError::Flush {
-                reason: format!("{failed} records could not be delivered to {}", self.url),
-            });
+            lost.push(format!(
+                "{failed} records could not be delivered to {}",
+                self.url
+            ));
         }
-        Ok(())
+        if dropped > 0 {
+            lost.push(format!(
+                "{dropped} records were dropped because the shipper's queue was full"
+            ));
+        }
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(CollectError::Flush {
+                reason: lost.join("; "),
+            })
+        }
     }
 
     async fn ship(&mut self, batch: &mut Vec<AttemptRecord>) {

@@ -12,6 +12,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_io: AtomicU64,
     pub(crate) dropped_closed: AtomicU64,
     pub(crate) dropped_invalid: AtomicU64,
+    pub(crate) refused_io: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) synced: AtomicU64,
     pub(crate) bytes: AtomicU64,
@@ -41,6 +42,7 @@ impl Counters {
             dropped_io: g(&self.dropped_io),
             dropped_closed: g(&self.dropped_closed),
             dropped_invalid: g(&self.dropped_invalid),
+            refused_io: g(&self.refused_io),
             written: g(&self.written),
             synced: g(&self.synced),
             bytes_written: g(&self.bytes),
@@ -74,6 +76,12 @@ pub struct RecorderStats {
     /// (`AttemptRecord::validate`: an empty target name, say): the service would refuse
     /// the whole batch that held one, good records and all.
     pub dropped_invalid: u64,
+    /// Records of batches ([`SegmentRecorder::write_batch`]) refused because storage
+    /// failed under them: not dropped - the batch's caller was answered an error, and
+    /// keeps them (the service answers 503, and its client sends them again).
+    ///
+    /// [`SegmentRecorder::write_batch`]: crate::SegmentRecorder::write_batch
+    pub refused_io: u64,
     /// Records written to a segment (handed to the operating system).
     pub written: u64,
     /// Records made durable by an fsync (a record written whose fsync failed is never

@@ -181,6 +181,7 @@ impl SegmentRecorder {
             backoff: INITIAL_BACKOFF,
             lost_since_flush: 0,
             lost_total: 0,
+            refusing: false,
             pending: Arc::clone(&pending),
             seq: 0,
             id: segment::writer_id(),
@@ -410,6 +411,9 @@ struct Writer<S: Storage> {
     lost_since_flush: u64,
     /// Records lost to I/O errors since the start (a batch compares it before and after).
     lost_total: u64,
+    /// While a batch is written: records an I/O error costs are the batch's, whose caller
+    /// is told (refused, not dropped).
+    refusing: bool,
     /// Shared with the recorder: batch records not yet answered.
     pending: Arc<AtomicU64>,
     seq: u32,
@@ -431,7 +435,8 @@ impl<S: Storage> Writer<S> {
                 Ok(msg) => {
                     park = MIN_PARK;
                     if let Some(ack) = self.handle(msg) {
-                        return self.close(&ack);
+                        self.close(&ack);
+                        return self.drop_queued(rx);
                     }
                     if self.buf.len() >= self.cfg.write_buffer {
                         self.write_buf();
@@ -513,10 +518,24 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    /// Counts `n` records dropped while the writer backs off.
-    fn drop_broken(&mut self, n: u64) {
-        Counters::add(&self.counters.dropped_io, n);
-        self.lost_since_flush += n;
+    /// Where records an I/O error costs are counted: refused while a batch is written
+    /// (its caller is told), dropped otherwise.
+    fn lost_counter(&self) -> &AtomicU64 {
+        if self.refusing {
+            &self.counters.refused_io
+        } else {
+            &self.counters.dropped_io
+        }
+    }
+
+    /// Counts `n` records an I/O error cost (written and failed, or refused while the
+    /// writer backs off): a batch's are refused (its caller is told,
+    /// and a flush has nothing to add), others dropped (the next flush fails).
+    fn lose(&mut self, n: u64) {
+        Counters::add(self.lost_counter(), n);
+        if !self.refusing {
+            self.lost_since_flush += n;
+        }
         self.lost_total += n;
     }
 
@@ -525,7 +544,7 @@ impl<S: Storage> Writer<S> {
         let now = self.storage.now();
         self.rotate_if_due(now);
         if self.broken() {
-            self.drop_broken(1);
+            self.lose(1);
             return;
         }
         self.encode(r);
@@ -561,11 +580,15 @@ impl<S: Storage> Writer<S> {
     /// segment is cut back to before it, and a sender that is told to send it again
     /// stores it once.
     fn batch(&mut self, records: &[AttemptRecord], ack: BatchAck) {
+        // What was recorded before the batch is written first: a failure from here on
+        // costs the batch's records only, which its caller is told of.
+        self.write_buf();
         let lost_before = self.lost_total;
         let now = self.storage.now();
         self.rotate_if_due(now);
+        self.refusing = true;
         if self.broken() {
-            self.drop_broken(records.len() as u64);
+            self.lose(records.len() as u64);
         } else {
             for r in records {
                 self.encode(r);
@@ -573,6 +596,7 @@ impl<S: Storage> Writer<S> {
             // (A segment it filled is closed by the next message or tick.)
             self.write_buf();
         }
+        self.refusing = false;
         let n = records.len() as u64;
         let lost = self.lost_total - lost_before;
         self.pending.fetch_sub(n, Ordering::AcqRel);
@@ -698,6 +722,19 @@ impl<S: Storage> Writer<S> {
         let _ = ack.send(result);
     }
 
+    /// After a close: counts the records queued behind it as dropped (they were
+    /// recorded, and would otherwise end in no count at all; those offered once the
+    /// queue is gone are counted by `record`).
+    fn drop_queued(&self, rx: &mpsc::Receiver<Msg>) {
+        let mut dropped = 0;
+        while let Ok(msg) = rx.try_recv() {
+            if matches!(msg, Msg::Record(_)) {
+                dropped += 1;
+            }
+        }
+        Counters::add(&self.counters.dropped_closed, dropped);
+    }
+
     fn close(&mut self, ack: &Ack) {
         let mut result = self.close_segment();
         if result.is_ok() && self.lost_since_flush > 0 {
@@ -747,9 +784,7 @@ impl<S: Storage> Writer<S> {
     /// whole record and closed), and drop new records for a backoff before trying again.
     fn fail(&mut self, op: &'static str, e: &std::io::Error) {
         Counters::add(&self.counters.io_errors, 1);
-        Counters::add(&self.counters.dropped_io, self.buf_records);
-        self.lost_since_flush += self.buf_records;
-        self.lost_total += self.buf_records;
+        self.lose(self.buf_records);
         self.buf.clear();
         self.buf_records = 0;
         if let Some(mut seg) = self.seg.take() {

@@ -192,6 +192,33 @@ fn a_background_fsync_that_fails_fails_the_next_flush() {
     rec.close().unwrap();
 }
 
+/// A new segment's name is made durable (its directory fsynced) before its records are
+/// counted durable: a flush whose directory fsync fails fails, and counts nothing synced.
+#[test]
+fn a_new_segment_is_durable_only_with_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = Faulty::new();
+    let rec = SegmentRecorder::with_storage(dir.path(), WriterConfig::default(), storage).unwrap();
+    let before = faults.dir_syncs.load(Ordering::SeqCst);
+    // The first segment is created for these: its name is not durable yet.
+    faults.dir_sync_fails.store(true, Ordering::SeqCst);
+    for i in 0..10 {
+        rec.record(record(i));
+    }
+    let err = rec.flush().unwrap_err();
+    assert!(matches!(err, CollectError::Io { .. }), "{err}");
+    let s = rec.stats();
+    assert_eq!((s.written, s.synced), (10, 0), "{s:?}");
+    // The next flush syncs the directory, and what comes after is durable.
+    for i in 10..20 {
+        rec.record(record(i));
+    }
+    rec.flush().unwrap();
+    assert!(faults.dir_syncs.load(Ordering::SeqCst) > before);
+    assert_eq!(rec.stats().synced, 10);
+    rec.close().unwrap();
+}
+
 /// A batch is written whole or not at all: one that fills its segment is not cut there
 /// (the next segment's creation could fail and leave its head written while the sender is
 /// told to send it all again), and one that meets a failure leaves nothing behind.
@@ -235,6 +262,10 @@ async fn a_batch_is_written_whole_or_not_at_all() {
             .unwrap(),
         10
     );
+    // The refused batches' records are not dropped: their sender was told, and keeps
+    // them (they used to be counted as dropped, and the service reported them lost).
+    let s = rec.stats();
+    assert_eq!((s.refused_io, s.dropped_io), (20, 0), "{s:?}");
     let _ = rec.flush();
     rec.close().unwrap();
     let (ids, summary) = read_ids(dir.path());

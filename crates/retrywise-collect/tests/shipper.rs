@@ -218,8 +218,41 @@ async fn memory_is_bounded_by_the_queue() {
     assert!(s.dropped_queue_full >= 1000 - 50 - 10, "{s:?}");
     assert_eq!(s.recorded + s.dropped_queue_full, 1000);
     stub.delay_ms.store(0, Ordering::SeqCst);
-    shipper.flush().await.unwrap();
+    // The flush says records were lost, and how many (it used to answer Ok).
+    let err = shipper.flush().await.unwrap_err();
+    assert!(
+        matches!(&err, CollectError::Flush { reason }
+            if reason.contains(&format!("{} records were dropped", s.dropped_queue_full))),
+        "{err}"
+    );
     assert_eq!(shipper.stats().shipped, s.recorded);
+    // Each loss is told once: the next flush has nothing to report.
+    shipper.flush().await.unwrap();
+}
+
+/// Records queued behind a close are neither shipped nor lost without a word: they are
+/// counted as dropped for the close (they used to end in no count at all).
+#[tokio::test(start_paused = true)]
+async fn records_queued_behind_a_close_are_counted_as_dropped() {
+    let (stub, url) = stub().await;
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    shipper.record(record(0));
+    let closing = tokio::spawn({
+        let shipper = shipper.clone();
+        async move { shipper.close().await }
+    });
+    // The close is asked for (the task sent it, and waits for its answer) before these.
+    tokio::task::yield_now().await;
+    for i in 1..4 {
+        shipper.record(record(i));
+    }
+    closing.await.unwrap().unwrap();
+    let s = shipper.stats();
+    assert_eq!((s.recorded, s.shipped), (4, 1), "{s:?}");
+    assert_eq!(s.dropped_closed, 3, "{s:?}");
+    shipper.record(record(9));
+    assert_eq!(shipper.stats().dropped_closed, 4);
+    assert_eq!(stub.call_ids().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -63,6 +63,10 @@ pub struct Faults {
     pub creates_limited: AtomicBool,
     /// Files that may still be created while `creates_limited` is set.
     pub creates_left: AtomicU64,
+    /// Directory fsyncs made (each makes new or renamed segments' names durable).
+    pub dir_syncs: AtomicU64,
+    /// The next fsync of a directory fails (once).
+    pub dir_sync_fails: AtomicBool,
 }
 
 impl Faults {
@@ -160,6 +164,10 @@ impl Storage for Faulty {
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        if self.faults.dir_sync_fails.swap(false, Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.faults.dir_syncs.fetch_add(1, Ordering::SeqCst);
         FileSystem.sync_dir(dir)
     }
 
