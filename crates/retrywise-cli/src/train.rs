@@ -180,8 +180,19 @@ fn progress(after: &'static str) -> (ProgressBar, impl FnMut(Step)) {
         }
     };
     let on = move |step: Step| match step {
-        Step::Resolved { bytes, .. } => b.set_length(bytes),
+        Step::Resolved { files, bytes } => {
+            // Checking every file's lines and counting its rows comes first, a pass over
+            // all of them: the bar moves (and a line says so) from now on, not only once
+            // reading starts.
+            b.set_length(bytes);
+            b.set_message(format!("checking and counting the rows of {files} files"));
+            b.enable_steady_tick(std::time::Duration::from_millis(100));
+            say(format!(
+                "found {files} files ({bytes} bytes); checking and counting their rows"
+            ));
+        }
         Step::Counted(s) => {
+            say(format!("counted {} rows; reading them", s.input_rows));
             if s.sampled() {
                 // Printed whether or not the bar is drawn (it is not when stderr is no
                 // terminal).

@@ -56,7 +56,7 @@ fn train_eval_and_inspect_a_model_of_recorded_traffic() {
     let models = dir.path().join("models");
     record_tree(&segments);
     // The NDJSON tree trains as it is...
-    let out = ok(&[
+    let run = retrywise(&[
         "train",
         "--data",
         path(&segments),
@@ -67,7 +67,17 @@ fn train_eval_and_inspect_a_model_of_recorded_traffic() {
         "--alphas",
         "1",
     ]);
+    let (out, err) = (text(&run.stdout), text(&run.stderr));
+    assert!(run.status.success(), "{err}");
     assert!(out.contains("model ndjson version 1 written"), "{out}");
+    // ...saying, without a terminal, what it does before the first row is read: each
+    // file's lines are checked and counted first (it used to be silent through them).
+    let (found, counted, read) = (
+        err.find("checking and counting their rows").expect(&err),
+        err.find("counted 6000 rows; reading them").expect(&err),
+        err.find("read 6000 rows").expect(&err),
+    );
+    assert!(found < counted && counted < read, "{err}");
     // ...and compacts, every directory of it, into Parquet.
     let out = ok(&[
         "compact",

@@ -454,11 +454,11 @@ fn scan(
         }
         Format::Ndjson => {
             // Lines are checked as the collector reads segments (a torn last line, lines
-            // that are not JSON objects and an unreadable `schema_version` are skipped and
-            // counted; another major version stops the run), then read by polars, chunk by
-            // chunk, as the types `wanted` asks for (its JSON reader does not build every
-            // narrow integer type): a value of the wrong type reads as null and is counted.
-            // A file with lines to skip is read from a copy without them.
+            // that are not JSON objects or not records of their schema and an unreadable
+            // `schema_version` are skipped and counted; another major version stops the
+            // run), then read by polars, chunk by chunk, as the types `wanted` asks for
+            // (its JSON reader does not build every narrow integer type). A file with
+            // lines to skip is read from a copy without them.
             let (bad, clean) = check_lines(&file.path)?;
             let read_from = match &clean {
                 Some(copy) => PlRefPath::new(copy.to_str().ok_or_else(|| TrainError::Input {
@@ -492,6 +492,9 @@ pub(crate) struct LineCheck {
     pub malformed: u64,
     /// JSON objects whose `schema_version` is not a version.
     pub unknown_version: u64,
+    /// Records of this schema that do not parse as one (a value of the wrong type) or
+    /// break its rules.
+    pub invalid: u64,
     /// Parquet rows whose `schema_version` is not a version.
     pub unknown_version_rows: u64,
     /// (Not a skip.) NDJSON lines that name a `call_id`: without any, the file is a log
@@ -504,6 +507,10 @@ impl LineCheck {
         summary.skip("NDJSON line cut short (torn)", self.torn);
         summary.skip("NDJSON line that is not a JSON object", self.malformed);
         summary.skip(
+            "NDJSON record with a value of the wrong type or against the schema's rules",
+            self.invalid,
+        );
+        summary.skip(
             "NDJSON line with an unreadable schema_version",
             self.unknown_version,
         );
@@ -514,7 +521,7 @@ impl LineCheck {
     }
 
     fn any(self) -> bool {
-        self.torn + self.malformed + self.unknown_version > 0
+        self.torn + self.malformed + self.unknown_version + self.invalid > 0
     }
 }
 
@@ -671,7 +678,28 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
                             problem: format!("line {number}: {}", too_new(v)),
                         });
                     }
-                    Some(_) => {}
+                    // A record of this schema is read as the collector reads it: one
+                    // that does not parse as one (`"delay_ms": "250"`, which polars
+                    // would read as null - a wait of 0) or breaks the schema's rules is
+                    // skipped and counted, as the collector skips it as malformed.
+                    // (A log without call ids is read, its calls unknown: a line without
+                    // one is checked as if it had one.)
+                    Some(_) => {
+                        let record = if obj.contains_key(CALL_ID) {
+                            serde_json::from_slice::<AttemptRecord>(text)
+                        } else {
+                            let mut with_id = obj.clone();
+                            with_id.insert(CALL_ID.to_owned(), 0.into());
+                            serde_json::from_value(serde_json::Value::Object(with_id))
+                        }
+                        .map_err(|e| e.to_string())
+                        .and_then(|r: AttemptRecord| r.validate().map_err(|e| e.to_string()));
+                        if let Err(why) = record {
+                            tracing::debug!(line = number, %why, "invalid record skipped");
+                            bad.invalid += 1;
+                            continue;
+                        }
+                    }
                 },
             }
             if let Some(out) = keep.as_deref_mut() {

@@ -225,6 +225,18 @@ fn call_draw(target: &str, call_id: u64) -> f64 {
 /// [`TrainError::Split`] when the fraction is not in (0, 1), a row has no call id, or
 /// either side is empty.
 pub fn split_by_call(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSummary), TrainError> {
+    split_calls_from(rows, fraction, 0.0)
+}
+
+/// [`split_by_call`] among calls whose draws are at least `from` (the training side of a
+/// split by call at the fraction `from`): each draw rescaled to `[0, 1)` from there, so
+/// that splitting the training rows again holds out `fraction` of their calls (with the
+/// draws unscaled, every one is at or above the first split's fraction, and none would).
+fn split_calls_from(
+    rows: &Rows,
+    fraction: f64,
+    from: f64,
+) -> Result<(Rows, Rows, SplitSummary), TrainError> {
     check_fraction(fraction)?;
     let unknown = rows.call_id.iter().filter(|id| id.is_none()).count();
     if unknown > 0 {
@@ -235,7 +247,7 @@ pub fn split_by_call(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSum
     }
     let (mut t, mut v) = (Vec::new(), Vec::new());
     for (i, (c, id)) in rows.contexts.iter().zip(&rows.call_id).enumerate() {
-        if call_draw(&c.target, id.unwrap_or_default()) < fraction {
+        if (call_draw(&c.target, id.unwrap_or_default()) - from) / (1.0 - from) < fraction {
             v.push(i);
         } else {
             t.push(i);
@@ -609,8 +621,14 @@ fn fit_chosen(
         tracing::info!(alpha = t.alpha, log_loss = t.validation_log_loss, "fitted");
         progress(Step::Trial(t.clone()));
     };
+    // The training rows split again the way the rows were: by time, the latest share of
+    // them; by call, a share of their calls (drawn again among theirs).
+    let again = |tr: &Rows| match opts.split {
+        SplitBy::Time => split_by_time(tr, opts.validation_fraction),
+        SplitBy::Call => split_calls_from(tr, opts.validation_fraction, opts.validation_fraction),
+    };
     let choose_on = (opts.fit.alphas.len() > 1)
-        .then(|| split(tr, opts.split, opts.validation_fraction).ok())
+        .then(|| again(tr).ok())
         .flatten()
         .filter(|(inner, held, _)| {
             let mixed = |r: &Rows| r.success.iter().any(|s| *s) && r.success.iter().any(|s| !*s);

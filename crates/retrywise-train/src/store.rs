@@ -55,6 +55,13 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     f.sync_all().map_err(|e| TrainError::io("sync", path, e))
 }
 
+/// Makes a folder's entries durable (the files created or renamed in it).
+fn sync_dir(dir: &Path) -> Result<(), TrainError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| TrainError::io("sync", dir, e))
+}
+
 /// Whether `name` can name a model under `models`: a plain folder name (not empty, not
 /// hidden, no path separators), under a `models` that is not a file and can be written
 /// (its nearest existing folder takes a new folder, made and removed at once) — checked
@@ -120,7 +127,13 @@ pub fn write_new_version(
 ) -> Result<(u32, PathBuf), TrainError> {
     check_name(models, name)?;
     let dir = models.join(name);
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("create", &dir, e))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("create", &dir, e))?;
+        // The model's folder itself survives a crash, not only what is renamed into it.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
     for _ in 0..100 {
         let version = versions(&dir)?
             .last()
@@ -155,6 +168,9 @@ pub fn write_new_version(
             &staging.join("report.html"),
             report_html(artifact)?.as_bytes(),
         )?;
+        // The staging folder's entries durable before it is renamed into place: a
+        // version that appears after a crash holds its files.
+        sync_dir(&staging)?;
         let target = dir.join(version.to_string());
         if target.exists() {
             continue;
@@ -163,9 +179,8 @@ pub fn write_new_version(
             Ok(()) => {
                 // Renamed: nothing is left for the staging folder's clean-up to remove.
                 drop(staging_dir);
-                if let Ok(d) = std::fs::File::open(&dir) {
-                    let _ = d.sync_all();
-                }
+                // Written is durable: a version reported written survives a crash.
+                sync_dir(&dir)?;
                 return Ok((version, target));
             }
             // Someone else took the number between the check and the rename.

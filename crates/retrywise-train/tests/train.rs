@@ -116,6 +116,17 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
     // Without a version it is read, as a Parquet file needs no such column.
     let without_version = line.replacen(&format!("\"schema_version\":{current},"), "", 1);
     assert!(!without_version.contains("schema_version"));
+    // A record whose wait is a string: polars would read it as null (a wait of 0), the
+    // collector refuses it; so does the trainer now.
+    let start = line.find("\"delay_ms\":").expect(&line) + "\"delay_ms\":".len();
+    let end = start + line[start..].find(',').expect(&line);
+    let delay_text = format!(
+        "{}\"{}\"{}",
+        &line[..start],
+        &line[start..end],
+        &line[end..]
+    );
+    serde_json::from_str::<serde_json::Value>(&delay_text).expect("still a JSON object");
     {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -125,7 +136,7 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
         // a crash mid-write.
         write!(
             f,
-            "garbage\n{unreadable}\n{without_version}\n{}",
+            "garbage\n{unreadable}\n{without_version}\n{delay_text}\n{}",
             &line[..40]
         )
         .unwrap();
@@ -141,6 +152,7 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
         "NDJSON line cut short (torn)",
         "NDJSON line that is not a JSON object",
         "NDJSON line with an unreadable schema_version",
+        "NDJSON record with a value of the wrong type or against the schema's rules",
     ] {
         assert_eq!(
             summary.skipped.get(reason),
@@ -757,6 +769,13 @@ fn training_split_by_call_says_so_in_the_artifact() {
     );
     let v = t.artifact.training["validation_rows"].as_u64().unwrap();
     assert!((1_000..2_000).contains(&v), "{v}");
+    // The penalty is chosen on a share of the training rows' calls, never on the
+    // validation rows (splitting the training rows again by the same draw held out none
+    // of them, and the choice fell back to the validation rows every time).
+    assert_eq!(
+        t.artifact.training["alpha_chosen_on"],
+        "a share of the training rows held out as the validation rows are"
+    );
     // So does its report: no "latest" rows, no cut-off times.
     let html = std::fs::read_to_string(t.dir.join("report.html")).unwrap();
     assert!(
@@ -1629,8 +1648,11 @@ fn call_ids_beyond_i64_are_read_as_themselves() {
     let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
     assert_eq!(rows.len(), 3, "{summary:?}");
     assert!(rows.call_id.iter().all(Option::is_some));
-    assert!(
-        summary.skipped.keys().any(|why| why.contains("call_id")),
+    assert_eq!(
+        summary
+            .skipped
+            .get("NDJSON record with a value of the wrong type or against the schema's rules"),
+        Some(&1),
         "{summary:?}"
     ); // A log whose lines name no call id at all is a log without call ids: its calls are
     // unknown, its rows kept (as from a Parquet file without the column).
