@@ -322,7 +322,9 @@ async fn a_replica_that_stops_writes_its_last_counts() {
     let client = reqwest::Client::new();
     let slow = |name: &str| {
         let mut config = replica_config(&redis.url(), dir.path(), name, Duration::from_secs(10));
-        config.fleet_cache = Duration::from_secs(60);
+        // The longest cache period a setting allows: no tick writes the counts before
+        // the stop does.
+        config.fleet_cache = Duration::from_secs(10);
         config
     };
     let a = Replica::start_config(slow("a")).await;
@@ -431,6 +433,13 @@ async fn three_replicas_share_health_and_circuits() {
         assert_eq!(v["failures"], 10, "{v}");
         assert!(v["latency_p95_ms"].as_f64().unwrap() >= 20.0, "{v}");
     }
+    // C has ingested nothing, yet tracks the target it was asked about: its gauge says so
+    // (it was set by ingestion only, and read 0 here).
+    let (_, text) = get(&client, &format!("{}/metrics", c.base)).await;
+    assert!(
+        text.lines().any(|l| l == "retrywise_fleet_targets 1"),
+        "{text}"
+    );
     // A replica started now is not blind: it answers from what the fleet knows.
     let d = Replica::start(&redis.url(), dir.path(), "d").await;
     until("a new replica reads the shared view", || async {

@@ -865,6 +865,11 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     st.sync_dropped();
     st.metrics.release(|name| st.fleet.tracks(name));
     let names = st.fleet.names();
+    // Targets come into the fleet view through questions too (`/v1/targets/{t}`, a
+    // probe's admission), not only through ingestion: counted as of the scrape.
+    st.metrics
+        .targets
+        .set(i64::try_from(st.fleet.len()).unwrap_or(i64::MAX));
     crate::ingest::set_fleet_gauges(&st, names.iter().map(|n| &**n));
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

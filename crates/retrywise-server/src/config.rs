@@ -326,10 +326,24 @@ impl Overrides {
             config.max_in_flight = n;
         }
         if let Some(t) = &self.token {
-            if t.trim().is_empty() {
+            // A secret read from a file usually ends in a newline, which no header can
+            // carry: the token is what is left without the white space around it, and it
+            // must be something a client can send (visible ASCII, RFC 6750's b64token and
+            // more), or every guarded route would answer 401 to every client.
+            let t = t.trim();
+            if t.is_empty() {
                 return Err(bad("token", "must not be empty".into()));
             }
-            config.token = Some(t.clone());
+            if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+                return Err(bad(
+                    "token",
+                    format!(
+                        "must be visible ASCII (an Authorization header cannot carry it \
+                         otherwise), found {c:?}"
+                    ),
+                ));
+            }
+            config.token = Some(t.to_owned());
         }
         if let Some(n) = self.max_target_labels {
             config.max_target_labels = n;
@@ -408,6 +422,50 @@ impl Overrides {
 }
 
 impl Config {
+    /// Checks every value as [`Config::load`] checks a setting, for a `Config` built in
+    /// code (errors name the setting, from origin `Config`; a duration is taken in whole
+    /// milliseconds, as the settings give it).
+    ///
+    /// # Errors
+    /// A value out of range ([`ServerError::Config`]): a zero poll interval, say, which
+    /// would stop the model poller at its first tick.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let every = Overrides {
+            addr: None,
+            models: None,
+            default_model: Some(self.default_model.clone()),
+            model_per_target: None,
+            poll_interval_ms: Some(ms(self.poll_interval)),
+            attempts: None,
+            body_limit_bytes: Some(self.body_limit),
+            request_timeout_ms: Some(ms(self.request_timeout)),
+            max_in_flight: Some(self.max_in_flight),
+            token: self.token.clone(),
+            max_target_labels: None,
+            max_targets: Some(self.max_targets),
+            health_window_ms: Some(ms(self.health_window)),
+            min_p_success: Some(self.min_p_success),
+            explore: Some(self.explore),
+            allow_unauthenticated: None,
+            fleet: self.fleet.clone(),
+            fleet_cache_ms: Some(ms(self.fleet_cache)),
+            fleet_timeout_ms: Some(ms(self.fleet_timeout)),
+        };
+        let mut checked = self.clone();
+        every.apply(&mut checked, "Config")?;
+        // A loaded token is taken without the white space around it; one given in code
+        // with some would never match what a client sends.
+        if checked.token != self.token {
+            return Err(invalid(
+                "Config",
+                "token",
+                "has white space around it, which no Authorization header carries",
+            ));
+        }
+        Ok(())
+    }
+
     /// Defaults, then `file` (if any), then the environment (through `env`), then `flags`.
     ///
     /// # Errors
@@ -456,6 +514,93 @@ mod tests {
         assert_eq!(c.max_in_flight, 16);
         assert_eq!(c.token.as_deref(), Some("s3cret"));
         assert_eq!(c.body_limit, 1 << 20);
+    }
+
+    /// A `Config` built in code is held to the settings' rules (a zero poll interval
+    /// stopped the model poller at its first tick; a 1 ms health window was reported as
+    /// "fleet view full" for every target).
+    #[test]
+    fn a_config_built_in_code_is_checked_as_a_loaded_one() {
+        Config::default().validate().unwrap();
+        let bad = [
+            (
+                Config {
+                    poll_interval: Duration::ZERO,
+                    ..Config::default()
+                },
+                "poll_interval_ms",
+            ),
+            (
+                Config {
+                    health_window: Duration::from_millis(1),
+                    ..Config::default()
+                },
+                "health_window_ms",
+            ),
+            (
+                Config {
+                    explore: 2.0,
+                    ..Config::default()
+                },
+                "explore",
+            ),
+            (
+                Config {
+                    min_p_success: f64::NAN,
+                    ..Config::default()
+                },
+                "min_p_success",
+            ),
+            (
+                Config {
+                    max_targets: 0,
+                    ..Config::default()
+                },
+                "max_targets",
+            ),
+            (
+                Config {
+                    fleet_cache: Duration::from_nanos(3),
+                    ..Config::default()
+                },
+                "fleet_cache_ms",
+            ),
+            (
+                Config {
+                    token: Some("s3cret\n".into()),
+                    ..Config::default()
+                },
+                "token",
+            ),
+        ];
+        for (config, want) in bad {
+            match config.validate().unwrap_err() {
+                ServerError::Config { origin, field, .. } => {
+                    assert_eq!((origin.as_str(), field.as_str()), ("Config", want));
+                }
+                other => panic!("{want}: {other}"),
+            }
+        }
+    }
+
+    /// A token read from a file ends in a newline, which no header carries: it is taken
+    /// without it. One that no client could send is refused, naming the setting.
+    #[test]
+    fn a_token_is_what_a_client_can_send() {
+        let token = |t: &'static str| {
+            Config::load(
+                None,
+                move |k| (k == "RETRYWISE_TOKEN").then(|| t.to_owned()),
+                &Overrides::default(),
+            )
+        };
+        assert_eq!(token("s3cret\n").unwrap().token.as_deref(), Some("s3cret"));
+        for bad in ["pässwort", "two words", " \n"] {
+            match token(bad).unwrap_err() {
+                ServerError::Config { field, .. } => assert_eq!(field, "token", "{bad:?}"),
+                other => panic!("{bad:?}: {other}"),
+            }
+        }
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub(crate) async fn ingest(
         }
         Err(e @ CollectError::Flush { .. }) => {
             // Storage failed under the batch: the client keeps it and sends it again.
+            st.metrics.storage_failed.inc();
             tracing::warn!(error = %e, records = n, "an ingested batch was not written");
             return Err(ApiError::unavailable(
                 "the collector could not write the batch (storage failing): send again later",

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub rejected: Counter,
     /// Ingestion batches refused because the collector was busy (503).
     pub busy: Counter,
+    /// Ingestion batches refused because storage failed under them (503).
+    pub storage_failed: Counter,
     /// Accepted records the collector dropped (queue full, I/O errors).
     pub dropped: Counter,
     /// Model reloads by result (a failure is a version refused).
@@ -123,6 +125,9 @@ pub struct Metrics {
     target_names: Mutex<HashSet<String>>,
     dropped_seen: AtomicU64,
     dropped_by_seen: [AtomicU64; DROP_CAUSES.len()],
+    /// The collector's storage: I/O errors, records written, records synced.
+    collector_io: [Counter; 3],
+    collector_io_seen: [AtomicU64; 3],
     serving: Mutex<HashSet<(String, String)>>,
 }
 
@@ -141,6 +146,8 @@ impl Metrics {
     }
 
     fn build(max_target_labels: usize, shared: bool) -> Self {
+        /// Doublings from 50 µs in the request latency histogram (its top: 26.2 s).
+        const LATENCY_BUCKETS: u16 = 20;
         let mut registry = Registry::with_prefix("retrywise");
         let requests = Family::<RouteLabels, Counter>::default();
         registry.register(
@@ -149,7 +156,10 @@ impl Metrics {
             requests.clone(),
         );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))) as fn() -> Histogram,
+            // 50 µs to 26 s: past the default request timeout (10 s), so that a slow
+            // request's quantiles are computed, not lost in +Inf.
+            (|| Histogram::new(exponential_buckets(0.000_05, 2.0, LATENCY_BUCKETS)))
+                as fn() -> Histogram,
         );
         registry.register(
             "http_request_duration_seconds",
@@ -206,12 +216,38 @@ impl Metrics {
             "Ingestion batches refused with 503 because the collector had too much to write",
             busy.clone(),
         );
+        let storage_failed = Counter::default();
+        registry.register(
+            "storage_failed_attempt_batches",
+            "Ingestion batches refused with 503 because storage failed under them (nothing acknowledged: the client sends them again)",
+            storage_failed.clone(),
+        );
         let dropped = Counter::default();
         registry.register(
             "dropped_attempts",
-            "Accepted attempt records the collector dropped",
+            "Attempt records the collector dropped (never those of a batch refused with 503)",
             dropped.clone(),
         );
+        let collector_io: [Counter; 3] = Default::default();
+        for (name, help, c) in [
+            (
+                "collector_io_errors",
+                "I/O errors of the collector's storage (each may cost a batch, refused)",
+                &collector_io[0],
+            ),
+            (
+                "collector_written_records",
+                "Attempt records the collector wrote to its segments",
+                &collector_io[1],
+            ),
+            (
+                "collector_synced_records",
+                "Attempt records the collector made durable by an fsync (written minus synced: at risk until the next sync; one whose sync failed never counts here)",
+                &collector_io[2],
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "model_reloads",
@@ -317,6 +353,7 @@ impl Metrics {
             ingested,
             rejected,
             busy,
+            storage_failed,
             dropped,
             reloads,
             shed,
@@ -334,6 +371,8 @@ impl Metrics {
             target_names: Mutex::new(HashSet::new()),
             dropped_seen: AtomicU64::new(0),
             dropped_by_seen: Default::default(),
+            collector_io,
+            collector_io_seen: Default::default(),
             serving: Mutex::new(HashSet::new()),
         }
     }
@@ -388,6 +427,19 @@ impl Metrics {
             self.hedge_delay_ms.remove(&labels);
         }
         gone.len()
+    }
+
+    /// Brings the collector's storage counters up to its running totals: I/O errors,
+    /// records written, records synced.
+    pub fn set_collector_io(&self, totals: [u64; 3]) {
+        for ((c, seen), total) in self
+            .collector_io
+            .iter()
+            .zip(&self.collector_io_seen)
+            .zip(totals)
+        {
+            advance(c, seen, total);
+        }
     }
 
     /// Brings the dropped counter up to the collector's running total.
@@ -455,5 +507,40 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request as slow as the request timeout lets it be lands in a bucket of its own,
+    /// not in +Inf (the buckets stopped at 1.6 s, below the 10 s timeout).
+    #[test]
+    fn slow_requests_have_finite_latency_buckets() {
+        let m = Metrics::new(10);
+        let labels = RouteLabels {
+            route: "/v1/attempts".to_owned(),
+            status: 202,
+        };
+        m.latency.get_or_create(&labels).observe(5.0);
+        let text = m.render();
+        // The cumulative count of the bucket whose bound is `le` (to a relative 1e-9).
+        let bucket = |le: f64| {
+            text.lines()
+                .filter(|l| l.starts_with("retrywise_http_request_duration_seconds_bucket"))
+                .find(|l| {
+                    l.split("le=\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| ((v - le) / le).abs() < 1e-9)
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(bucket(3.2768).as_deref(), Some("0"), "{text}");
+        assert_eq!(bucket(6.5536).as_deref(), Some("1"), "{text}");
+        assert!(bucket(26.2144).is_some(), "{text}");
     }
 }

@@ -237,7 +237,21 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
         let mut versions: Vec<(u32, PathBuf)> = match read_dir(&path) {
             Ok(v) => v
                 .into_iter()
-                .filter_map(|(v, p)| v.parse::<u32>().ok().map(|v| (v, p)))
+                .filter_map(|(v, p)| match v.parse::<u32>() {
+                    Ok(n) => Some((n, p)),
+                    Err(_) => {
+                        // A model in a folder that is not a version number (`v3`,
+                        // `2025-12-06`): never served, and said so.
+                        if p.join("model.json").is_file() {
+                            report.warnings.push(format!(
+                                "{name}/{v} holds a model.json but `{v}` is not a version \
+                                 number (a whole number up to {}): it is not served",
+                                u32::MAX
+                            ));
+                        }
+                        None
+                    }
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!(model = %name, error = %e, "cannot read model folder");

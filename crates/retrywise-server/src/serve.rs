@@ -201,7 +201,7 @@ fn check_models_folder(dir: &std::path::Path) -> Result<(), ServerError> {
     })?;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if name.to_str().is_some_and(|n| n.parse::<u64>().is_ok())
+        if name.to_str().is_some_and(|n| n.parse::<u32>().is_ok())
             && entry.path().join("model.json").is_file()
         {
             return Err(problem(format!(

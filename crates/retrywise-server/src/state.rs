@@ -47,6 +47,8 @@ impl Shared {
             s.dropped_invalid,
         ]);
         self.metrics
+            .set_collector_io([s.io_errors, s.written, s.synced]);
+        self.metrics
             .collector_pending
             .set(i64::try_from(self.recorder.pending()).unwrap_or(i64::MAX));
     }
@@ -80,20 +82,10 @@ impl Service {
     /// size...; tests inject slow disks here).
     ///
     /// # Errors
-    /// `config.fleet` is not a Redis URL; `config.max_in_flight` is 0 or above
-    /// [`crate::config::MAX_IN_FLIGHT`] (a `Config` built in code, not loaded).
+    /// A value of `config` out of range ([`Config::validate`]: a `Config` built in code
+    /// is checked as a loaded one is).
     pub fn with_recorder(config: Config, recorder: SegmentRecorder) -> Result<Self, ServerError> {
-        if !(1..=crate::config::MAX_IN_FLIGHT).contains(&config.max_in_flight) {
-            return Err(ServerError::Config {
-                origin: "Config".into(),
-                field: "max_in_flight".into(),
-                problem: format!(
-                    "must be within [1, {}], got {}",
-                    crate::config::MAX_IN_FLIGHT,
-                    config.max_in_flight
-                ),
-            });
-        }
+        config.validate()?;
         let openapi = crate::openapi::render(config.token.is_some());
         let models = Arc::new(Models::new(config.models.clone()));
         let metrics = if config.fleet.is_some() {

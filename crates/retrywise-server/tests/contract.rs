@@ -623,6 +623,104 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
     );
 }
 
+/// A storage whose writes fail while `failing` is set (a disk gone read-only).
+struct Failing(Arc<std::sync::atomic::AtomicBool>);
+
+struct FailingFile {
+    file: std::fs::File,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl io::Write for FailingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::other("read-only file system"));
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Storage for Failing {
+    type File = FailingFile;
+
+    fn create_new(&mut self, path: &Path) -> io::Result<FailingFile> {
+        Ok(FailingFile {
+            file: FileSystem.create_new(path)?,
+            failing: self.0.clone(),
+        })
+    }
+
+    fn sync(&mut self, file: &mut FailingFile) -> io::Result<()> {
+        FileSystem.sync(&mut file.file)
+    }
+
+    fn truncate(&mut self, file: &mut FailingFile, len: u64) -> io::Result<()> {
+        FileSystem.truncate(&mut file.file, len)
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        FileSystem.rename(from, to)
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        FileSystem.sync_dir(dir)
+    }
+}
+
+/// Storage failing under a batch: 503 with Retry-After, nothing of it in the segments,
+/// and the metrics say a batch was refused for storage - not that records were dropped
+/// (they were counted as dropped, though the client keeps and resends them).
+#[tokio::test]
+async fn a_batch_storage_fails_under_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = dir.path().join("attempts");
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recorder =
+        SegmentRecorder::with_storage(&attempts, WriterConfig::default(), Failing(failing.clone()))
+            .unwrap();
+    let s = Service::with_recorder(
+        Config {
+            models: shipped_models(),
+            attempts: attempts.clone(),
+            ..Config::default()
+        },
+        recorder,
+    )
+    .unwrap();
+    let (status, v) = post(
+        &s,
+        "/v1/attempts",
+        serde_json::to_string(&batch(0, 10)).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let req = Request::post("/v1/attempts")
+        .body(Body::from(serde_json::to_string(&batch(10, 10)).unwrap()))
+        .unwrap();
+    let (status, headers, v) = call(&s, req).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    s.state().recorder.close().unwrap();
+    let mut reader = retrywise_collect::SegmentReader::open(&attempts).unwrap();
+    let written: Vec<u64> = reader.by_ref().map(|r| r.unwrap().call_id).collect();
+    assert_eq!(written, (0..10).collect::<Vec<_>>());
+    let (_, _, metrics) = call(&s, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let text = metrics.as_str().unwrap();
+    for line in [
+        "retrywise_storage_failed_attempt_batches_total 1",
+        "retrywise_dropped_attempts_total 0",
+        "retrywise_collector_io_errors_total 1",
+        "retrywise_collector_written_records_total 10",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn it_will_not_listen_beyond_loopback_without_a_token_unless_told() {
     let dir = tempfile::tempdir().unwrap();
