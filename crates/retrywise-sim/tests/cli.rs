@@ -814,3 +814,64 @@ fn generate_refuses_phase_lengths_it_cannot_read_and_names_them() {
     }
     assert!(!out_dir.exists(), "nothing written");
 }
+
+/// `generate --scenario` makes a sample of the scenarios named (a file of one's own
+/// regime, say) instead of the training suite; one it cannot find is refused, naming it,
+/// before anything is written.
+#[test]
+fn generate_takes_the_scenarios_it_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("data");
+    let out_arg = out_dir.to_str().expect("utf-8 path");
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/scenarios/blips.toml"
+    );
+    let one = retrywise(&[
+        "generate",
+        "--scenario",
+        scenario,
+        "--scale",
+        "0.02",
+        "--out",
+        out_arg,
+    ]);
+    assert!(one.status.success(), "{}", text(&one.stderr));
+    let all = retrywise(&[
+        "generate",
+        "--scale",
+        "0.02",
+        "--out",
+        dir.path().join("all").to_str().expect("utf-8"),
+    ]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    // The runs made: the sample's policies on one scenario, against the whole suite.
+    let runs = |out: &[u8]| -> u64 {
+        text(out)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a count of runs")
+    };
+    let (one_runs, all_runs) = (runs(&one.stdout), runs(&all.stdout));
+    assert!(
+        one_runs > 0 && all_runs > one_runs,
+        "{one_runs} vs {all_runs}"
+    );
+    assert_eq!(all_runs % one_runs, 0, "{one_runs} vs {all_runs}");
+    let missing = dir.path().join("missing");
+    let bad = retrywise(&[
+        "generate",
+        "--scenario",
+        "no-such-scenario",
+        "--out",
+        missing.to_str().expect("utf-8"),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("no-such-scenario"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert!(!missing.exists(), "nothing written");
+}

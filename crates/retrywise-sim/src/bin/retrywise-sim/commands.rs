@@ -97,6 +97,10 @@ pub(crate) struct GenerateArgs {
     /// written.
     #[arg(long, value_name = "LO,HI", value_parser = parse_factors, default_value = "0.125,4")]
     phase_lengths: (f64, f64),
+    /// Only these scenarios, built-in names or TOML files (repeat; default: the built-in
+    /// training suite, every built-in scenario but the held-out ones).
+    #[arg(long = "scenario", value_name = "SCENARIO")]
+    scenarios: Vec<String>,
 }
 
 /// Parses `LO,HI`.
@@ -476,8 +480,17 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
         "--scale must be a positive number, got {}",
         args.scale
     );
+    // Every scenario read before any run, and before the working folder exists.
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|s| Scenario::load(s).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let work = tempfile_dir(&args.out)?;
     let mut opts = GenerateOptions::new(&args.out, &work);
+    if !scenarios.is_empty() {
+        opts.scenarios = scenarios;
+    }
     opts.scale = args.scale;
     opts.seed = args.seed;
     opts.replace = args.force;
