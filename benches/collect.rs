@@ -1,7 +1,8 @@
 //! The collector's speed: the cost of `record()` on the calling thread while the writer is
 //! busy (with its tail latency), sustained write throughput to NDJSON, and compaction
 //! throughput to Parquet, and how fast a shipper empties a spool an outage filled (the time
-//! per batch must not grow with the batches waiting).
+//! per batch must not grow with the batches waiting), and what answering ingested batches
+//! only once they are durable costs (group commit).
 //!
 //! Run: `cargo bench -p retrywise-benches --bench collect`, then `python3 benches/report.py`.
 
@@ -249,9 +250,75 @@ fn spool_drain(c: &mut Criterion) {
     g.finish();
 }
 
+/// Batches as the service's ingestion writes them (4 senders at once, batches of 3,000),
+/// each answered once written, or once durable (`WriterConfig::sync_batches`: the batches
+/// that wait meanwhile share one fsync): what answering only durable batches costs.
+fn batch_ingest(c: &mut Criterion) {
+    const SENDERS: u64 = 4;
+    const PER_SENDER: u64 = 25;
+    const SIZE: u64 = 3_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("batches");
+    g.throughput(Throughput::Elements(SENDERS * PER_SENDER * SIZE));
+    g.sample_size(10);
+    for (name, sync_batches) in [
+        ("answered-when-written", false),
+        ("answered-when-durable", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = tempfile::tempdir().unwrap();
+                    let cfg = WriterConfig {
+                        sync_batches,
+                        ..WriterConfig::default()
+                    };
+                    let rec = std::sync::Arc::new(SegmentRecorder::open(dir.path(), cfg).unwrap());
+                    let senders: Vec<Vec<Vec<AttemptRecord>>> = (0..SENDERS)
+                        .map(|s| {
+                            (0..PER_SENDER)
+                                .map(|k| {
+                                    let first = (s * PER_SENDER + k) * SIZE;
+                                    (first..first + SIZE).map(record).collect()
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    rt.block_on(async {
+                        let tasks: Vec<_> = senders
+                            .into_iter()
+                            .map(|batches| {
+                                let rec = std::sync::Arc::clone(&rec);
+                                tokio::spawn(async move {
+                                    for batch in batches {
+                                        rec.write_batch(batch).await.unwrap();
+                                    }
+                                })
+                            })
+                            .collect();
+                        for task in tasks {
+                            task.await.unwrap();
+                        }
+                    });
+                    total += t.elapsed();
+                    rec.close().unwrap();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5)).configure_from_args();
-    targets = read_segment, record_cost, spool_drain
+    targets = read_segment, record_cost, spool_drain, batch_ingest
 }
 criterion_main!(benches);

@@ -35,6 +35,11 @@ pub(crate) struct Args {
     /// (RETRYWISE_MODEL_PER_TARGET) [default: no].
     #[arg(long)]
     model_per_target: bool,
+    /// Answer `POST /v1/attempts` with 202 once the batch is written and fsynced (`true`),
+    /// or once it is written, made durable within a second (`false`)
+    /// (RETRYWISE_SYNC_INGEST) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    sync_ingest: Option<bool>,
     /// Share the fleet view (target health, failure rates, circuits) with the other
     /// replicas through this Redis: `redis://HOST:PORT[/DB]` (RETRYWISE_FLEET) [default:
     /// none, each replica keeps its own view in process].
@@ -58,6 +63,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         allow_unauthenticated: args.allow_unauthenticated.then_some(true),
         explore: args.explore,
         model_per_target: args.model_per_target.then_some(true),
+        sync_ingest: args.sync_ingest,
         fleet: args.fleet.clone(),
         fleet_cache_ms: args.fleet_cache_ms,
         fleet_timeout_ms: args.fleet_timeout_ms,

@@ -37,7 +37,17 @@ pub struct WriterConfig {
     /// Serialized records are written to the file in chunks of about this size.
     /// Defaults to 256 KiB.
     pub write_buffer: usize,
+    /// [`SegmentRecorder::write_batch`] answers only once the batch is durable (written
+    /// and fsynced, with its segment's directory entry), not once it is written: the
+    /// batches that arrive while the writer is busy share one fsync (group commit), made
+    /// as soon as the queue is empty or 64 batches wait. Defaults to `false` (answered
+    /// once written; made durable within `fsync_interval`).
+    pub sync_batches: bool,
 }
+
+/// Batches answered by one fsync at most, under [`WriterConfig::sync_batches`] (a steady
+/// stream of batches never leaves its queue empty).
+const GROUP_COMMIT_MAX: usize = 64;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -47,6 +57,7 @@ impl Default for WriterConfig {
             max_segment_age: Duration::from_secs(300),
             fsync_interval: Duration::from_secs(1),
             write_buffer: 256 << 10,
+            sync_batches: false,
         }
     }
 }
@@ -182,6 +193,9 @@ impl SegmentRecorder {
             lost_since_flush: 0,
             lost_total: 0,
             refusing: false,
+            awaiting_sync: Vec::new(),
+            sync_failures: 0,
+            awaiting_since: 0,
             pending: Arc::clone(&pending),
             seq: 0,
             id: segment::writer_id(),
@@ -232,7 +246,8 @@ impl SegmentRecorder {
     }
 
     /// Writes `records` to the current segment and answers once they are written (handed
-    /// to the operating system: a graceful stop makes them durable), or why not.
+    /// to the operating system: a graceful stop makes them durable) - with
+    /// [`WriterConfig::sync_batches`], once they are durable - or why not.
     ///
     /// Unlike [`record`](Recorder::record), which drops what the queue cannot hold, a batch
     /// is either taken whole or refused at once with [`CollectError::Busy`] when the
@@ -414,6 +429,13 @@ struct Writer<S: Storage> {
     /// While a batch is written: records an I/O error costs are the batch's, whose caller
     /// is told (refused, not dropped).
     refusing: bool,
+    /// Batches written and not answered yet, with their sizes (`sync_batches`).
+    awaiting_sync: Vec<(BatchAck, u64)>,
+    /// Failed fsyncs (of a file or the directory) so far.
+    sync_failures: u64,
+    /// `sync_failures` when the oldest batch in `awaiting_sync` was written: one failed
+    /// since (a segment closed under it, say) may have cost it.
+    awaiting_since: u64,
     /// Shared with the recorder: batch records not yet answered.
     pending: Arc<AtomicU64>,
     seq: u32,
@@ -441,12 +463,17 @@ impl<S: Storage> Writer<S> {
                     if self.buf.len() >= self.cfg.write_buffer {
                         self.write_buf();
                     }
+                    if self.awaiting_sync.len() >= GROUP_COMMIT_MAX {
+                        self.settle_batches();
+                    }
                 }
                 Err(TryRecvError::Empty) => {
-                    // Hand what arrived to the operating system before resting.
+                    // Hand what arrived to the operating system before resting, and
+                    // make the batches waiting for it durable.
                     if !self.buf.is_empty() {
                         self.write_buf();
                     }
+                    self.settle_batches();
                     self.on_tick();
                     let until_deadline = self
                         .next_deadline()
@@ -456,6 +483,7 @@ impl<S: Storage> Writer<S> {
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => {
+                    self.settle_batches();
                     let _ = self.close_segment();
                     return;
                 }
@@ -600,6 +628,14 @@ impl<S: Storage> Writer<S> {
         let n = records.len() as u64;
         let lost = self.lost_total - lost_before;
         self.pending.fetch_sub(n, Ordering::AcqRel);
+        if lost == 0 && self.cfg.sync_batches {
+            // Answered once durable, with the batches written meanwhile.
+            if self.awaiting_sync.is_empty() {
+                self.awaiting_since = self.sync_failures;
+            }
+            self.awaiting_sync.push((ack, n));
+            return;
+        }
         let _ = ack.send(if lost == 0 {
             Ok(n)
         } else {
@@ -706,6 +742,7 @@ impl<S: Storage> Writer<S> {
     }
 
     fn flush(&mut self, ack: &Ack) {
+        self.settle_batches();
         // Rotation due by size or age happens before the acknowledgement, so that a flush
         // leaves the directory in the state its clock implies.
         self.on_tick();
@@ -735,7 +772,37 @@ impl<S: Storage> Writer<S> {
         Counters::add(&self.counters.dropped_closed, dropped);
     }
 
+    /// Makes the batches written and not yet answered durable with one fsync, and
+    /// answers them (`sync_batches`). A failed fsync refuses them: their callers send
+    /// them again (at least once - what was written may still be read).
+    fn settle_batches(&mut self) {
+        if self.awaiting_sync.is_empty() {
+            return;
+        }
+        let waiting: u64 = self.awaiting_sync.iter().map(|(_, n)| n).sum();
+        let mut synced = self.sync();
+        if synced.is_ok() && self.sync_failures != self.awaiting_since {
+            synced = Err(CollectError::Flush {
+                reason: "an fsync failed since it was written".into(),
+            });
+        }
+        if synced.is_err() {
+            // Refused, not lost: their callers are told (`unsure` counted them lost).
+            self.lost_since_flush = self.lost_since_flush.saturating_sub(waiting);
+            Counters::add(&self.counters.refused_io, waiting);
+        }
+        for (ack, n) in self.awaiting_sync.drain(..) {
+            let _ = ack.send(match &synced {
+                Ok(()) => Ok(n),
+                Err(e) => Err(CollectError::Flush {
+                    reason: format!("the batch was written but could not be made durable: {e}"),
+                }),
+            });
+        }
+    }
+
     fn close(&mut self, ack: &Ack) {
+        self.settle_batches();
         let mut result = self.close_segment();
         if result.is_ok() && self.lost_since_flush > 0 {
             result = Err(CollectError::Flush {
@@ -775,6 +842,7 @@ impl<S: Storage> Writer<S> {
     /// in flight, fails — and never as synced (they stay `written`: they may still be read
     /// back).
     fn unsure(&mut self) {
+        self.sync_failures += 1;
         self.lost_since_flush += self.unsynced;
         self.lost_total += self.unsynced;
         self.unsynced = 0;

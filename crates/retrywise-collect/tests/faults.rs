@@ -370,3 +370,67 @@ fn a_real_full_file_system() {
     assert_eq!(ids.len() as u64, full.synced + 100, "{summary:?}");
     assert!(ids.ends_with(&(1_000_000..1_000_100).collect::<Vec<_>>()));
 }
+
+/// With `sync_batches` a batch is answered once it is durable - and the batches that
+/// arrive while the writer is busy share one fsync; a failed fsync refuses the batches
+/// waiting on it (their senders keep them), and the next batch is durable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_answered_once_durable_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = Faulty::new();
+    let cfg = WriterConfig {
+        sync_batches: true,
+        ..WriterConfig::default()
+    };
+    let rec = std::sync::Arc::new(SegmentRecorder::with_storage(dir.path(), cfg, storage).unwrap());
+    // (The clock stands still: no periodic fsync makes anything durable.)
+    assert_eq!(
+        rec.write_batch((0..10).map(record).collect())
+            .await
+            .unwrap(),
+        10
+    );
+    let s = rec.stats();
+    assert_eq!((s.written, s.synced), (10, 10), "{s:?}");
+    // Twenty batches while the disk stalls: they wait in the queue, and once it moves
+    // they are written and answered by a few fsyncs, not one each.
+    faults.set_stuck(true);
+    let syncs = faults.file_syncs.load(Ordering::SeqCst);
+    let mut sent = Vec::new();
+    for b in 0..20u64 {
+        let rec = std::sync::Arc::clone(&rec);
+        sent.push(tokio::spawn(async move {
+            rec.write_batch((100 + b * 10..110 + b * 10).map(record).collect())
+                .await
+        }));
+    }
+    while rec.pending() < 200 {
+        tokio::task::yield_now().await;
+    }
+    faults.set_stuck(false);
+    for s in sent {
+        assert_eq!(s.await.unwrap().unwrap(), 10);
+    }
+    let s = rec.stats();
+    assert_eq!((s.written, s.synced), (210, 210), "{s:?}");
+    let shared = faults.file_syncs.load(Ordering::SeqCst) - syncs;
+    assert!(shared <= 3, "{shared} fsyncs for 20 batches");
+    // The fsync fails: the batch is refused, not dropped; the next one is durable.
+    faults.sync_fails.store(true, Ordering::SeqCst);
+    let err = rec
+        .write_batch((300..310).map(record).collect())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    let s = rec.stats();
+    assert_eq!((s.refused_io, s.dropped_io), (10, 0), "{s:?}");
+    faults.advance(Duration::from_secs(10));
+    assert_eq!(
+        rec.write_batch((400..410).map(record).collect())
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(rec.stats().synced, 220);
+    rec.flush().unwrap();
+}

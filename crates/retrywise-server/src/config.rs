@@ -33,6 +33,11 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Where ingested attempts are written (NDJSON segments). Default `data/attempts`.
     pub attempts: PathBuf,
+    /// `POST /v1/attempts` answers 202 only once the batch is durable (written and
+    /// fsynced; the batches that arrive meanwhile share one fsync), not once it is
+    /// written: a client (a shipper) that then forgets the batch cannot lose it to a
+    /// power cut. Default yes.
+    pub sync_ingest: bool,
     /// The largest request body accepted; larger ones get 413. Default 1 MiB.
     pub body_limit: usize,
     /// How long a request may take before it is answered 503. Default 10 s.
@@ -84,6 +89,7 @@ impl Default for Config {
             model_per_target: false,
             poll_interval: Duration::from_secs(1),
             attempts: PathBuf::from("data/attempts"),
+            sync_ingest: true,
             body_limit: 1 << 20,
             request_timeout: Duration::from_secs(10),
             max_in_flight: 1024,
@@ -117,6 +123,8 @@ pub struct Overrides {
     pub poll_interval_ms: Option<u64>,
     /// `attempts`.
     pub attempts: Option<PathBuf>,
+    /// `sync_ingest`.
+    pub sync_ingest: Option<bool>,
     /// `body_limit_bytes`.
     pub body_limit_bytes: Option<usize>,
     /// `request_timeout_ms`.
@@ -153,6 +161,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_MODEL_PER_TARGET", "model_per_target"),
     ("RETRYWISE_POLL_INTERVAL_MS", "poll_interval_ms"),
     ("RETRYWISE_ATTEMPTS", "attempts"),
+    ("RETRYWISE_SYNC_INGEST", "sync_ingest"),
     ("RETRYWISE_BODY_LIMIT_BYTES", "body_limit_bytes"),
     ("RETRYWISE_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
     ("RETRYWISE_MAX_IN_FLIGHT", "max_in_flight"),
@@ -246,6 +255,7 @@ impl Overrides {
                 "model_per_target" => o.model_per_target = Some(flag(&v)?),
                 "poll_interval_ms" => o.poll_interval_ms = Some(num(&v)?),
                 "attempts" => o.attempts = Some(v.into()),
+                "sync_ingest" => o.sync_ingest = Some(flag(&v)?),
                 "body_limit_bytes" => o.body_limit_bytes = Some(size(&v)?),
                 "request_timeout_ms" => o.request_timeout_ms = Some(num(&v)?),
                 "max_in_flight" => o.max_in_flight = Some(size(&v)?),
@@ -300,6 +310,9 @@ impl Overrides {
         }
         if let Some(a) = &self.attempts {
             config.attempts.clone_from(a);
+        }
+        if let Some(s) = self.sync_ingest {
+            config.sync_ingest = s;
         }
         if let Some(b) = self.body_limit_bytes {
             if b < 1024 {
@@ -438,6 +451,7 @@ impl Config {
             model_per_target: None,
             poll_interval_ms: Some(ms(self.poll_interval)),
             attempts: None,
+            sync_ingest: None,
             body_limit_bytes: Some(self.body_limit),
             request_timeout_ms: Some(ms(self.request_timeout)),
             max_in_flight: Some(self.max_in_flight),

@@ -73,8 +73,12 @@ impl Service {
     /// # Errors
     /// The attempts folder cannot be opened; `config.fleet` is not a Redis URL.
     pub fn new(config: Config) -> Result<Self, ServerError> {
-        let recorder = SegmentRecorder::open(&config.attempts, WriterConfig::default())
-            .map_err(ServerError::Collector)?;
+        let writer = WriterConfig {
+            sync_batches: config.sync_ingest,
+            ..WriterConfig::default()
+        };
+        let recorder =
+            SegmentRecorder::open(&config.attempts, writer).map_err(ServerError::Collector)?;
         Self::with_recorder(config, recorder)
     }
 

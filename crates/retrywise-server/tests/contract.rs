@@ -623,6 +623,27 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
     );
 }
 
+/// By default a 202 means durable: the batch is fsynced (with the batches arriving
+/// meanwhile) before it is acknowledged, so a shipper that forgets it on the 202 cannot
+/// lose it to a power cut.
+#[tokio::test]
+async fn a_202_means_durable_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Service::new(Config {
+        models: shipped_models(),
+        attempts: dir.path().join("attempts"),
+        ..Config::default()
+    })
+    .unwrap();
+    for first in [0, 10] {
+        let body = serde_json::to_string(&batch(first, 10)).unwrap();
+        let (status, v) = post(&s, "/v1/attempts", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        let stats = s.state().recorder.stats();
+        assert_eq!(stats.synced, first + 10, "{stats:?}");
+    }
+}
+
 /// A storage whose writes fail while `failing` is set (a disk gone read-only).
 struct Failing(Arc<std::sync::atomic::AtomicBool>);
 

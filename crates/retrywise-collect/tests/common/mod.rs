@@ -65,6 +65,8 @@ pub struct Faults {
     pub creates_left: AtomicU64,
     /// Directory fsyncs made (each makes new or renamed segments' names durable).
     pub dir_syncs: AtomicU64,
+    /// File fsyncs made.
+    pub file_syncs: AtomicU64,
     /// The next fsync of a directory fails (once).
     pub dir_sync_fails: AtomicBool,
 }
@@ -152,6 +154,7 @@ impl Storage for Faulty {
         if self.faults.sync_fails.swap(false, Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
+        self.faults.file_syncs.fetch_add(1, Ordering::SeqCst);
         FileSystem.sync(&mut file.file)
     }
 
