@@ -472,16 +472,34 @@ impl Gate {
     }
 }
 
-struct Gated(Gate);
+/// The real file system, whose writes wait while the gate is shut (a stalled disk) and
+/// fail while `failing` is set (a disk gone read-only).
+struct Gated {
+    gate: Gate,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gated {
+    fn new(gate: Gate) -> Self {
+        Self {
+            gate,
+            failing: Arc::default(),
+        }
+    }
+}
 
 struct GatedFile {
     file: std::fs::File,
     gate: Gate,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl io::Write for GatedFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.gate.wait_open();
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::other("read-only file system"));
+        }
         self.file.write(buf)
     }
 
@@ -496,7 +514,8 @@ impl Storage for Gated {
     fn create_new(&mut self, path: &Path) -> io::Result<GatedFile> {
         Ok(GatedFile {
             file: FileSystem.create_new(path)?,
-            gate: self.0.clone(),
+            gate: self.gate.clone(),
+            failing: Arc::clone(&self.failing),
         })
     }
 
@@ -543,7 +562,7 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
             queue_capacity: 2_000,
             ..WriterConfig::default()
         },
-        Gated(gate.clone()),
+        Gated::new(gate.clone()),
     )
     .unwrap();
     let s = Service::with_recorder(
@@ -644,54 +663,6 @@ async fn a_202_means_durable_by_default() {
     }
 }
 
-/// A storage whose writes fail while `failing` is set (a disk gone read-only).
-struct Failing(Arc<std::sync::atomic::AtomicBool>);
-
-struct FailingFile {
-    file: std::fs::File,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl io::Write for FailingFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(io::Error::other("read-only file system"));
-        }
-        self.file.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Storage for Failing {
-    type File = FailingFile;
-
-    fn create_new(&mut self, path: &Path) -> io::Result<FailingFile> {
-        Ok(FailingFile {
-            file: FileSystem.create_new(path)?,
-            failing: self.0.clone(),
-        })
-    }
-
-    fn sync(&mut self, file: &mut FailingFile) -> io::Result<()> {
-        FileSystem.sync(&mut file.file)
-    }
-
-    fn truncate(&mut self, file: &mut FailingFile, len: u64) -> io::Result<()> {
-        FileSystem.truncate(&mut file.file, len)
-    }
-
-    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        FileSystem.rename(from, to)
-    }
-
-    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
-        FileSystem.sync_dir(dir)
-    }
-}
-
 /// Storage failing under a batch: 503 with Retry-After, nothing of it in the segments,
 /// and the metrics say a batch was refused for storage - not that records were dropped
 /// (they were counted as dropped, though the client keeps and resends them).
@@ -699,10 +670,12 @@ impl Storage for Failing {
 async fn a_batch_storage_fails_under_is_refused_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let attempts = dir.path().join("attempts");
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = Gate::default();
+    gate.set_open(true);
+    let storage = Gated::new(gate);
+    let failing = Arc::clone(&storage.failing);
     let recorder =
-        SegmentRecorder::with_storage(&attempts, WriterConfig::default(), Failing(failing.clone()))
-            .unwrap();
+        SegmentRecorder::with_storage(&attempts, WriterConfig::default(), storage).unwrap();
     let s = Service::with_recorder(
         Config {
             models: shipped_models(),
