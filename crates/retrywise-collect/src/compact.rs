@@ -398,10 +398,11 @@ pub fn compact(
         }
     }
     check_folders(options)?;
-    std::fs::create_dir_all(&options.output)
+    // Durable before any segment is removed or moved into them.
+    segment::create_dir_durable(&options.output)
         .map_err(|e| CollectError::io("create", &options.output, e))?;
     if let Disposal::Archive(dir) = &options.disposal {
-        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+        segment::create_dir_durable(dir).map_err(|e| CollectError::io("create", dir, e))?;
     }
     let lock_path = options.output.join(".compact.lock");
     let lock = std::fs::OpenOptions::new()
@@ -606,15 +607,10 @@ fn write_part(
     df: &mut DataFrame,
     source: &Path,
 ) -> Result<(PathBuf, u64), CollectError> {
-    if !dir.is_dir() {
-        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
-        // The new partition folder (`date=D`) durable in its parent before any segment
-        // whose rows it holds is removed: else a crash could keep the removal and lose
-        // the folder, and the rows with it.
-        if let Some(parent) = dir.parent() {
-            segment::sync_dir(parent).map_err(|e| CollectError::io("sync", parent, e))?;
-        }
-    }
+    // The partition folder (`date=D`) durable in its parent before any segment whose
+    // rows it holds is removed: else a crash could keep the removal and lose the folder,
+    // and the rows with it.
+    segment::create_dir_durable(dir).map_err(|e| CollectError::io("create", dir, e))?;
     let tmp = dir.join(format!(".part-{stem}.parquet.tmp"));
     let path = dir.join(format!("part-{stem}.parquet"));
     // A part already there is this segment's from a run that stopped before removing it

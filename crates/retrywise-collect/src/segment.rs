@@ -153,9 +153,56 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and the folders missing above it, and makes each durable in its parent
+/// (and `dir` in its parent always: one a crashed run created and never synced is synced
+/// now), so that a crash cannot lose a folder whose contents were reported written - the
+/// compaction's output before the segments it holds are removed, a model version before
+/// it is reported.
+///
+/// # Errors
+/// A folder cannot be created, or a parent cannot be synced.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    let parent_of = |p: &Path| -> Option<std::path::PathBuf> {
+        p.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+    };
+    // The levels missing, innermost first.
+    let mut missing = Vec::new();
+    let mut cur = Some(dir.to_path_buf());
+    while let Some(c) = cur.filter(|c| !c.is_dir()) {
+        cur = parent_of(&c);
+        missing.push(c);
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut parents: Vec<std::path::PathBuf> =
+        missing.iter().filter_map(|m| parent_of(m)).collect();
+    parents.extend(parent_of(dir));
+    parents.sort();
+    parents.dedup();
+    for p in parents {
+        sync_dir(&p)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_durable_folder_is_made_with_every_level_missing_above_it() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("out").join("date=2026-12-06");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        // Again, when it is there: nothing to create, its parent synced all the same.
+        create_dir_durable(&deep).unwrap();
+        // A file where a folder should be is an error, not a success.
+        let file = root.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(create_dir_durable(&file.join("below")).is_err());
+    }
 
     #[test]
     fn names_sort_by_start_then_sequence() {

@@ -78,7 +78,9 @@ pub struct RecorderStats {
     pub dropped_invalid: u64,
     /// Records of batches ([`SegmentRecorder::write_batch`]) refused because storage
     /// failed under them: not dropped - the batch's caller was answered an error, and
-    /// keeps them (the service answers 503, and its client sends them again).
+    /// keeps them (the service answers 503, and its client sends them again). Those
+    /// refused because their fsync failed (`WriterConfig::sync_batches`) were written
+    /// first, and are counted `written` too.
     ///
     /// [`SegmentRecorder::write_batch`]: crate::SegmentRecorder::write_batch
     pub refused_io: u64,

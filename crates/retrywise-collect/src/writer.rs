@@ -194,6 +194,7 @@ impl SegmentRecorder {
             lost_total: 0,
             refusing: false,
             awaiting_sync: Vec::new(),
+            awaiting_records: 0,
             sync_failures: 0,
             awaiting_since: 0,
             pending: Arc::clone(&pending),
@@ -431,6 +432,9 @@ struct Writer<S: Storage> {
     refusing: bool,
     /// Batches written and not answered yet, with their sizes (`sync_batches`).
     awaiting_sync: Vec<(BatchAck, u64)>,
+    /// The records of `awaiting_sync`: a failed fsync refuses them (their callers are
+    /// told), it does not lose them.
+    awaiting_records: u64,
     /// Failed fsyncs (of a file or the directory) so far.
     sync_failures: u64,
     /// `sync_failures` when the oldest batch in `awaiting_sync` was written: one failed
@@ -516,7 +520,11 @@ impl<S: Storage> Writer<S> {
         let now = self.storage.now();
         if now >= self.next_sync {
             self.next_sync = now + self.cfg.fsync_interval;
-            if !self.buf.is_empty() || self.unsynced > 0 {
+            if !self.awaiting_sync.is_empty() {
+                // A steady stream of records never leaves the queue empty: the batches
+                // waiting are answered by the interval's fsync at the latest.
+                self.settle_batches();
+            } else if !self.buf.is_empty() || self.unsynced > 0 {
                 let _ = self.sync();
             }
         }
@@ -634,6 +642,7 @@ impl<S: Storage> Writer<S> {
                 self.awaiting_since = self.sync_failures;
             }
             self.awaiting_sync.push((ack, n));
+            self.awaiting_records += n;
             return;
         }
         let _ = ack.send(if lost == 0 {
@@ -765,8 +774,15 @@ impl<S: Storage> Writer<S> {
     fn drop_queued(&self, rx: &mpsc::Receiver<Msg>) {
         let mut dropped = 0;
         while let Ok(msg) = rx.try_recv() {
-            if matches!(msg, Msg::Record(_)) {
-                dropped += 1;
+            match msg {
+                Msg::Record(_) => dropped += 1,
+                // Its caller is answered that the writer is gone (the answer dropped).
+                Msg::Batch(records, _) => {
+                    let n = records.len() as u64;
+                    self.pending.fetch_sub(n, Ordering::AcqRel);
+                    dropped += n;
+                }
+                Msg::Flush(_) | Msg::Close(_) => {}
             }
         }
         Counters::add(&self.counters.dropped_closed, dropped);
@@ -786,9 +802,9 @@ impl<S: Storage> Writer<S> {
                 reason: "an fsync failed since it was written".into(),
             });
         }
+        self.awaiting_records = 0;
         if synced.is_err() {
-            // Refused, not lost: their callers are told (`unsure` counted them lost).
-            self.lost_since_flush = self.lost_since_flush.saturating_sub(waiting);
+            // Refused, not lost: their callers are told (and keep them).
             Counters::add(&self.counters.refused_io, waiting);
         }
         for (ack, n) in self.awaiting_sync.drain(..) {
@@ -843,7 +859,10 @@ impl<S: Storage> Writer<S> {
     /// back).
     fn unsure(&mut self) {
         self.sync_failures += 1;
-        self.lost_since_flush += self.unsynced;
+        // The records of batches waiting for their fsync are refused when they are
+        // answered (`settle_batches`), not lost: the next flush fails for the others.
+        let awaiting = self.awaiting_records.min(self.unsynced);
+        self.lost_since_flush += self.unsynced - awaiting;
         self.lost_total += self.unsynced;
         self.unsynced = 0;
     }
@@ -857,7 +876,11 @@ impl<S: Storage> Writer<S> {
         self.buf_records = 0;
         if let Some(mut seg) = self.seg.take() {
             let _ = self.storage.truncate(&mut seg.file, seg.len);
-            let _ = self.storage.sync(&mut seg.file);
+            // What it held before may not be durable: a batch waiting for its fsync is
+            // then refused, not answered as durable by a later fsync of another segment.
+            if self.storage.sync(&mut seg.file).is_err() && self.unsynced > 0 {
+                self.unsure();
+            }
             drop(seg.file);
             let _ = self.storage.rename(&seg.open_path, &seg.closed_path);
             let _ = self.storage.sync_dir(&self.dir);

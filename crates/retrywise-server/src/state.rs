@@ -71,8 +71,10 @@ impl Service {
     /// [`Service::spawn_fleet_sync`] (as [`serve`](crate::serve) does) to keep it in step.
     ///
     /// # Errors
-    /// The attempts folder cannot be opened; `config.fleet` is not a Redis URL.
+    /// A value of `config` out of range ([`Config::validate`], before the attempts folder
+    /// is opened); the attempts folder cannot be opened; `config.fleet` is not a Redis URL.
     pub fn new(config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
         let writer = WriterConfig {
             sync_batches: config.sync_ingest,
             ..WriterConfig::default()
@@ -83,7 +85,9 @@ impl Service {
     }
 
     /// A service writing ingested attempts through `recorder` (its own storage, queue
-    /// size...; tests inject slow disks here).
+    /// size...; tests inject slow disks here). The recorder's own
+    /// [`WriterConfig::sync_batches`] decides when a batch is answered: `config.sync_ingest`
+    /// is what [`Service::new`] opens its recorder with.
     ///
     /// # Errors
     /// A value of `config` out of range ([`Config::validate`]: a `Config` built in code

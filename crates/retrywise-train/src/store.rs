@@ -127,13 +127,9 @@ pub fn write_new_version(
 ) -> Result<(u32, PathBuf), TrainError> {
     check_name(models, name)?;
     let dir = models.join(name);
-    if !dir.is_dir() {
-        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io("create", &dir, e))?;
-        // The model's folder itself survives a crash, not only what is renamed into it.
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
-    }
+    // The model's folder itself survives a crash, not only what is renamed into it.
+    retrywise_collect::segment::create_dir_durable(&dir)
+        .map_err(|e| TrainError::io("create", &dir, e))?;
     for _ in 0..100 {
         let version = versions(&dir)?
             .last()

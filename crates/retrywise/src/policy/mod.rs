@@ -410,7 +410,13 @@ impl<C> Policy<C> {
                                 match p.plan_retry(ctx, &failure, took, start, now, open.remaining)
                                 {
                                     Ok(planned) => {
-                                        unsent.paid = Some((now, planned.clone()));
+                                        // A retry planned before and refused by the
+                                        // circuit was never sent either.
+                                        if let Some((at, refused)) =
+                                            unsent.paid.replace((now, planned.clone()))
+                                        {
+                                            p.unsent(at, &refused);
+                                        }
                                         break Err(planned);
                                     }
                                     Err(reason) => {

@@ -1199,6 +1199,35 @@ async fn a_breaker_wait_past_the_rules_deadline_sends_nothing() {
     );
 }
 
+/// A retry refused by the circuit, and planned again, never sent its first plan either:
+/// every plan the circuit refused gives back what it paid (a forced-open circuit, retries
+/// 100 ms apart until the deadline).
+#[tokio::test(start_paused = true)]
+async fn every_retry_the_circuit_refused_gives_back_what_it_paid() {
+    let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
+    let breaker = CircuitBreaker::builder("forced").build().unwrap();
+    breaker.force_open();
+    let rules = RetryRules::builder()
+        .max_attempts(10)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let p = Policy::builder("forced")
+        .retry(rules)
+        .breaker(breaker)
+        .decide_when_refused(true)
+        .shared_budget(quota.clone())
+        .build()
+        .unwrap();
+    let (r, report, sent) = served_once(&p).await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert!(report.attempts > 2, "refused and planned again: {report:?}");
+    assert_eq!(sent, 0);
+    assert_eq!(quota.available(), 500);
+}
+
 /// A call dropped while it waits to retry gives back what the retry paid: the retry
 /// quota's units, and (for a decider that books its retries) the booking.
 #[tokio::test(start_paused = true)]
