@@ -194,7 +194,6 @@ impl SegmentRecorder {
             lost_total: 0,
             refusing: false,
             awaiting_sync: Vec::new(),
-            awaiting_records: 0,
             sync_failures: 0,
             awaiting_since: 0,
             pending: Arc::clone(&pending),
@@ -432,9 +431,6 @@ struct Writer<S: Storage> {
     refusing: bool,
     /// Batches written and not answered yet, with their sizes (`sync_batches`).
     awaiting_sync: Vec<(BatchAck, u64)>,
-    /// The records of `awaiting_sync`: a failed fsync refuses them (their callers are
-    /// told), it does not lose them.
-    awaiting_records: u64,
     /// Failed fsyncs (of a file or the directory) so far.
     sync_failures: u64,
     /// `sync_failures` when the oldest batch in `awaiting_sync` was written: one failed
@@ -642,7 +638,6 @@ impl<S: Storage> Writer<S> {
                 self.awaiting_since = self.sync_failures;
             }
             self.awaiting_sync.push((ack, n));
-            self.awaiting_records += n;
             return;
         }
         let _ = ack.send(if lost == 0 {
@@ -795,14 +790,13 @@ impl<S: Storage> Writer<S> {
         if self.awaiting_sync.is_empty() {
             return;
         }
-        let waiting: u64 = self.awaiting_sync.iter().map(|(_, n)| n).sum();
+        let waiting = self.awaiting_records();
         let mut synced = self.sync();
         if synced.is_ok() && self.sync_failures != self.awaiting_since {
             synced = Err(CollectError::Flush {
                 reason: "an fsync failed since it was written".into(),
             });
         }
-        self.awaiting_records = 0;
         if synced.is_err() {
             // Refused, not lost: their callers are told (and keep them).
             Counters::add(&self.counters.refused_io, waiting);
@@ -852,6 +846,11 @@ impl<S: Storage> Writer<S> {
         synced
     }
 
+    /// The records of the batches waiting for their fsync (`sync_batches`).
+    fn awaiting_records(&self) -> u64 {
+        self.awaiting_sync.iter().map(|(_, n)| n).sum()
+    }
+
     /// An fsync failed: the records written since the last one that succeeded may never
     /// reach the disk (after a failed fsync the kernel may drop the pages, and a later
     /// fsync succeeds without them). They are counted lost — the next flush, or the batch
@@ -861,7 +860,7 @@ impl<S: Storage> Writer<S> {
         self.sync_failures += 1;
         // The records of batches waiting for their fsync are refused when they are
         // answered (`settle_batches`), not lost: the next flush fails for the others.
-        let awaiting = self.awaiting_records.min(self.unsynced);
+        let awaiting = self.awaiting_records().min(self.unsynced);
         self.lost_since_flush += self.unsynced - awaiting;
         self.lost_total += self.unsynced;
         self.unsynced = 0;

@@ -536,6 +536,19 @@ impl Storage for Gated {
     }
 }
 
+/// The service with the shipped models, ingesting into `attempts` through `recorder`.
+fn serving(attempts: &Path, recorder: SegmentRecorder) -> Service {
+    Service::with_recorder(
+        Config {
+            models: shipped_models(),
+            attempts: attempts.to_path_buf(),
+            ..Config::default()
+        },
+        recorder,
+    )
+    .unwrap()
+}
+
 fn batch(first_id: u64, n: u64) -> Vec<AttemptRecord> {
     (first_id..first_id + n)
         .map(|id| {
@@ -565,15 +578,7 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
         Gated::new(gate.clone()),
     )
     .unwrap();
-    let s = Service::with_recorder(
-        Config {
-            models: shipped_models(),
-            attempts: attempts.clone(),
-            ..Config::default()
-        },
-        recorder,
-    )
-    .unwrap();
+    let s = serving(&attempts, recorder);
     // The disk stalls; eight clients post a batch of 1,000 records each, at once.
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     for c in 0..8u64 {
@@ -676,15 +681,7 @@ async fn a_batch_storage_fails_under_is_refused_not_dropped() {
     let failing = Arc::clone(&storage.failing);
     let recorder =
         SegmentRecorder::with_storage(&attempts, WriterConfig::default(), storage).unwrap();
-    let s = Service::with_recorder(
-        Config {
-            models: shipped_models(),
-            attempts: attempts.clone(),
-            ..Config::default()
-        },
-        recorder,
-    )
-    .unwrap();
+    let s = serving(&attempts, recorder);
     let (status, v) = post(
         &s,
         "/v1/attempts",
