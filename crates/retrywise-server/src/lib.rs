@@ -7,7 +7,7 @@
 //! - `POST /v1/decide` — retry or not, the wait, p(success) and the reason: the answer of
 //!   the `retrywise` crate's decider, never the handler's own;
 //! - `POST /v1/attempts` — attempt records (JSON array or NDJSON) written through the
-//!   collector (a 202 means written); they feed each target's rolling health — the same
+//!   collector (a 202 means written and fsynced, unless `sync_ingest` is off); they feed each target's rolling health — the same
 //!   definition embedded policies use — and a shared breaker (`GET /v1/targets/{target}`),
 //!   which fill what predictions are not told;
 //! - `GET /v1/models[/{name}]`, `POST /admin/reload`, `GET /metrics`, `GET /openapi.json`,

@@ -155,7 +155,10 @@ impl Shared {
     }
 
     fn count(&self, which: fn(&mut Series) -> &mut Vec<u64>) {
-        let at = self.since();
+        self.count_at(which, self.since());
+    }
+
+    fn count_at(&self, which: fn(&mut Series) -> &mut Vec<u64>, at: Duration) {
         self.series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -176,6 +179,10 @@ pub const MAX_RUN_S: f64 = 7.0 * 86_400.0;
 /// the deadline in flight at worst.
 pub const MAX_IN_FLIGHT: f64 = 262_144.0;
 
+/// The queue between a recording run and its segment writer, in records. A run that
+/// outpaces its writer by more fails with [`SimError::RecordsLost`].
+const RECORD_QUEUE: usize = 1 << 20;
+
 /// Runs `spec` under `opts`.
 ///
 /// # Errors
@@ -186,6 +193,15 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
         return Err(SimError::Option {
             field: "requests",
             problem: "must be at least 1".into(),
+        });
+    }
+    if opts.bin < Duration::from_millis(1) {
+        return Err(SimError::Option {
+            field: "bin",
+            problem: format!(
+                "must be at least 1 ms (a bin per nanosecond would not fit in memory), got {:?}",
+                opts.bin
+            ),
         });
     }
     if !(opts.rps.is_finite() && opts.rps > 0.0) {
@@ -232,7 +248,7 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
         Some(dir) => Some(SegmentRecorder::open(
             dir.join(spec.name),
             WriterConfig {
-                queue_capacity: 1 << 20,
+                queue_capacity: RECORD_QUEUE,
                 ..WriterConfig::default()
             },
         )?),
@@ -261,6 +277,17 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
     ));
     if let Some(r) = recorder {
         r.close()?;
+        // A virtual run outpacing its writer thread drops records rather than waiting:
+        // data with holes must not pass for a run's whole record.
+        let stats = r.stats();
+        let dropped = stats.dropped_queue_full + stats.dropped_closed + stats.dropped_invalid;
+        if dropped > 0 {
+            return Err(SimError::RecordsLost {
+                policy: spec.name.to_owned(),
+                dropped,
+                capacity: RECORD_QUEUE,
+            });
+        }
     }
     let (outcomes, series, stops) = result?;
     Ok(PolicyRun {
@@ -354,11 +381,17 @@ async fn drive(
     // Tasks run detached, so each is freed as it finishes; every task holds a sender, and
     // the channel closes when the last one is done.
     let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    // Over HTTP on the real clock, a request arrives when it was scheduled to, however
+    // late a busy runtime starts it: its latency and its deadline count from then (no
+    // coordinated omission). In virtual time it starts when scheduled, on the timer's
+    // whole millisecond.
+    let on_schedule = matches!(opts.mode, Mode::Http { .. });
     for i in 0..opts.requests {
         if scenario.arrivals == Arrivals::Poisson {
             at += arrivals.exponential(opts.rps);
             tokio::time::sleep_until(shared.start + Duration::from_secs_f64(at)).await;
         }
+        let scheduled = shared.start + Duration::from_secs_f64(at);
         let (strategy, transport, shared, outcomes, upstream) = (
             Arc::clone(&strategy),
             transport.clone(),
@@ -370,17 +403,23 @@ async fn drive(
         let alive = alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let arrival = shared.since();
-            shared.count(|s| &mut s.offered);
+            let start = if on_schedule {
+                scheduled
+            } else {
+                Instant::now()
+            };
+            let arrival = start.saturating_duration_since(shared.start);
+            shared.count_at(|s| &mut s.offered, arrival);
             let attempts = AtomicU32::new(0);
             let last = match &*strategy {
                 Strategy::Policy(p) => {
                     let call = p.call(|_| {
-                        attempts.fetch_add(1, Ordering::Relaxed);
-                        shared.count(|s| &mut s.attempts);
-                        transport.send(i)
+                        transport.send_counted(i, || {
+                            attempts.fetch_add(1, Ordering::Relaxed);
+                            shared.count(|s| &mut s.attempts);
+                        })
                     });
-                    match tokio::time::timeout(deadline, call).await {
+                    match tokio::time::timeout_at(start + deadline, call).await {
                         Ok(Ok(reply)) => Some(reply),
                         _ => None,
                     }

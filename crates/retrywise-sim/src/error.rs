@@ -59,6 +59,19 @@ pub enum SimError {
     /// Recording or compaction failed.
     #[error(transparent)]
     Collect(#[from] retrywise_collect::CollectError),
+    /// A recording run lost attempt records (the writer's queue overflowed): its data
+    /// would be incomplete, so the run fails instead.
+    #[error(
+        "recording `{policy}`: {dropped} attempt records were dropped (the writer's queue of {capacity} was full); the recorded data is incomplete"
+    )]
+    RecordsLost {
+        /// The policy whose run was recorded.
+        policy: String,
+        /// Records dropped.
+        dropped: u64,
+        /// The queue's capacity.
+        capacity: usize,
+    },
     /// Training a model failed (`sim learn`).
     #[error("training")]
     Train(#[from] retrywise_train::TrainError),

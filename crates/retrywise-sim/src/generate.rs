@@ -131,9 +131,9 @@ fn io(op: &str, path: &Path, source: std::io::Error) -> SimError {
     }
 }
 
-/// Runs every scenario with every policy but the oracle (which sends only winning
-/// attempts: no data to learn from), recording with exploration, compacts the records
-/// to Parquet, and moves the dataset to `out`. Runs use every CPU.
+/// Runs every scenario with every policy of [`sample_policies`] (the rule-based ones),
+/// recording with exploration, compacts the records to Parquet, and moves the dataset to
+/// `out`. Runs use every CPU.
 ///
 /// `on_run` is told each finished run (scenario, policy).
 ///
@@ -250,15 +250,33 @@ pub fn generate(
     }
     let lock = staging.join(".compact.lock");
     std::fs::remove_file(&lock).map_err(|e| io("remove", &lock, e))?;
-    if occupied {
-        std::fs::remove_dir_all(&opts.out).map_err(|e| io("remove", &opts.out, e))?;
+    // The old dataset steps aside, the new one takes its place, and only then is the old
+    // one removed: a failed move puts it back, so `out` is never left without a dataset.
+    let backup = occupied.then(|| {
+        let name = opts.out.file_name().map_or_else(
+            || "dataset".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        opts.out
+            .with_file_name(format!(".{name}.replaced-{}", std::process::id()))
+    });
+    if let Some(b) = &backup {
+        std::fs::rename(&opts.out, b).map_err(|e| io("move aside", &opts.out, e))?;
     } else if opts.out.exists() {
         std::fs::remove_dir(&opts.out).map_err(|e| io("remove", &opts.out, e))?;
     }
     if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
     }
-    std::fs::rename(&staging, &opts.out).map_err(|e| io("move the dataset to", &opts.out, e))?;
+    if let Err(e) = std::fs::rename(&staging, &opts.out) {
+        if let Some(b) = &backup {
+            let _ = std::fs::rename(b, &opts.out);
+        }
+        return Err(io("move the dataset to", &opts.out, e));
+    }
+    if let Some(b) = &backup {
+        std::fs::remove_dir_all(b).map_err(|e| io("remove the replaced dataset", b, e))?;
+    }
     Ok(summary)
 }
 

@@ -164,9 +164,9 @@ pub struct Guarded {
     pub gate: Gate,
 }
 
-/// Which run of the policy in service a gate reads: scenario, seed, model version (none:
-/// the rules).
-type IncumbentRun = (String, u64, Option<u32>);
+/// Which run of the policy in service a gate reads: scenario (its address: the loop's
+/// scenarios live as long as it does), seed, model version (none: the rules).
+type IncumbentRun = (usize, u64, Option<u32>);
 
 /// One policy's run on a gate seed: (success rate, attempts per request).
 pub type GateRun = (f64, f64);
@@ -306,6 +306,13 @@ pub fn learn(
             });
         }
     }
+    // Segments an interrupted loop left behind are no round's whole record: a round's
+    // recording starts from an empty folder, or its data would hold them twice.
+    let scratch = opts.out.join(".segments");
+    if scratch.exists() {
+        tracing::warn!(dir = %scratch.display(), "removing the segments an interrupted loop left");
+        std::fs::remove_dir_all(&scratch).map_err(|e| io("remove", &scratch, e))?;
+    }
     std::fs::create_dir_all(&data).map_err(|e| io("create", &data, e))?;
     let mut rounds = Vec::new();
     // The latest model (the challenger) and the one in service (none: the rules), both the
@@ -343,8 +350,9 @@ pub fn learn(
         let mut runs = Vec::with_capacity(gate_seeds.len());
         for &seed in &gate_seeds {
             let c = scored_on(scenario, &Some(challenger.clone()), seed)?;
+            // The scenario by identity: a guard's file may reuse another's name.
             let key = (
-                scenario.name.clone(),
+                Arc::as_ptr(scenario) as usize,
                 seed,
                 serving.as_ref().map(|(v, _)| *v),
             );

@@ -57,6 +57,12 @@ pub fn scoreboard(
         .iter()
         .map(|p| policies::find(p))
         .collect::<Result<Vec<_>, _>>()?;
+    // Refused before any run: not after the policies before it ran over HTTP for minutes.
+    if opts.mode != Mode::Virtual
+        && let Some(spec) = specs.iter().find(|s| s.virtual_only())
+    {
+        return Err(SimError::VirtualOnly(spec.name.to_owned()));
+    }
     let runs: Vec<Result<PolicyRun, SimError>> = if opts.mode == Mode::Virtual {
         par_map(&specs, |spec| driver::run(spec, opts))
     } else {
@@ -72,6 +78,9 @@ pub fn scoreboard(
         rps: opts.rps,
         seed: opts.seed,
         trigger_end_s: opts.scenario.trigger_end(),
+        recovery_measurable: runs
+            .first()
+            .is_some_and(|r| score::recovery_measurable(r, &opts.scenario)),
         results: runs
             .iter()
             .map(|r| score(r, &opts.scenario, opts.rps))

@@ -65,6 +65,17 @@ pub struct Contender {
     pub build: fn(&PolicyContext) -> Result<Strategy, SimError>,
 }
 
+impl Contender {
+    /// Whether it runs only in virtual time (the oracle: it looks at the upstream's fates
+    /// before sending).
+    pub fn virtual_only(&self) -> bool {
+        self.name == ORACLE
+    }
+}
+
+/// The oracle's name in the catalog.
+const ORACLE: &str = "oracle";
+
 /// A builder with what every policy shares: the classifier, the name, the recorder, the
 /// exploration, and the decider (with the attempt timeout and deadline).
 fn base(
@@ -280,7 +291,7 @@ pub static CATALOG: &[Contender] = &[
         },
     },
     Contender {
-        name: "oracle",
+        name: ORACLE,
         description: "sends an attempt only when it will succeed within the deadline (virtual time only): a reference, not a strict bound - it has no attempt timeout, looks again every 50 ms, greedily",
         build: |_| Ok(Strategy::Oracle),
     },

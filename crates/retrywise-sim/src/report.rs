@@ -103,11 +103,18 @@ impl ScenarioResults {
             .iter()
             .filter(|m| !is_learned(&m.policy) && m.policy != ORACLE)
             .max_by(|a, b| {
-                a.success_rate
-                    .total_cmp(&b.success_rate)
-                    .then(b.attempts_per_request.total_cmp(&a.attempts_per_request))
+                baseline_order(
+                    (a.success_rate, a.attempts_per_request),
+                    (b.success_rate, b.attempts_per_request),
+                )
             })
     }
+}
+
+/// How baselines rank, `(success rate, attempts per request)`: by success, then by fewer
+/// attempts (the table's best and the plot's are chosen alike).
+fn baseline_order(a: (f64, f64), b: (f64, f64)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1))
 }
 
 /// The report.
@@ -258,7 +265,12 @@ fn plot_scenario(
     let best = scores
         .iter()
         .filter(|s| !is_learned(&s.policy) && s.policy != ORACLE)
-        .max_by(|a, b| a.success_rate.total_cmp(&b.success_rate))
+        .max_by(|a, b| {
+            baseline_order(
+                (a.success_rate, a.attempts_per_request),
+                (b.success_rate, b.attempts_per_request),
+            )
+        })
         .map(|s| s.policy.clone());
     let shown: Vec<crate::driver::PolicyRun> = runs
         .iter()

@@ -489,9 +489,18 @@ impl Scenario {
             problem,
         };
         let s: Scenario = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-        if s.name.trim().is_empty() || s.name.chars().any(char::is_control) {
+        // The name names folders (a run's segments, `sim learn`'s output): one plain
+        // path component.
+        if s.name.is_empty()
+            || s.name == "."
+            || s.name == ".."
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
             return Err(err(format!(
-                "name: must be a non-empty name without control characters, got {:?}",
+                "name: must be letters, digits, `.`, `_` and `-` (it names folders), got {:?}",
                 s.name
             )));
         }
@@ -516,6 +525,35 @@ impl Scenario {
             return Err(err(format!(
                 "{what} is {requests} requests, more than a run holds ({MAX_REQUESTS})"
             )));
+        }
+        if s.arrivals == Arrivals::Poisson && s.duration_s > crate::driver::MAX_RUN_S {
+            return Err(err(format!(
+                "duration_s is {} s; a run lasts at most {} s (a week)",
+                s.duration_s,
+                crate::driver::MAX_RUN_S
+            )));
+        }
+        let (in_flight, how) = match s.arrivals {
+            Arrivals::Burst => (s.rps, "a burst sends rps requests at once"),
+            Arrivals::Poisson => (s.rps * s.deadline_ms / 1e3, "rps x deadline_ms"),
+        };
+        if in_flight > crate::driver::MAX_IN_FLIGHT {
+            return Err(err(format!(
+                "{in_flight:.0} requests would be in flight at once ({how}); a run holds at most {}",
+                crate::driver::MAX_IN_FLIGHT
+            )));
+        }
+        if s.upstream.hang_ms <= s.attempt_timeout_ms {
+            return Err(err(format!(
+                "upstream.hang_ms ({}) must be longer than attempt_timeout_ms ({}): a hung request outlasts the client's wait (a slow answer is `latency`)",
+                s.upstream.hang_ms, s.attempt_timeout_ms
+            )));
+        }
+        let small_burst = |r: &Option<RateLimit>| r.is_some_and(|r| r.burst < 1.0);
+        if small_burst(&s.upstream.rate_limit) {
+            return Err(err(
+                "upstream.rate_limit.burst must be at least 1 (a bucket that cannot hold one token refuses every request)".into(),
+            ));
         }
         let workers = u64::from(s.upstream.workers) * u64::from(s.upstream.replicas);
         if workers > u64::from(MAX_WORKERS) {
@@ -563,6 +601,11 @@ impl Scenario {
             if total > 1.0 {
                 return Err(err(format!(
                     "line {line}: phases[{i}].errors: the probabilities add up to {total}, more than 1"
+                )));
+            }
+            if small_burst(&p.rate_limit) {
+                return Err(err(format!(
+                    "line {line}: phases[{i}].rate_limit.burst must be at least 1 (a bucket that cannot hold one token refuses every request)"
                 )));
             }
         }
@@ -795,9 +838,9 @@ http_503 = 0.5
     #[test]
     fn what_a_run_cannot_hold_or_would_read_as_zero_is_refused_by_name() {
         let e = err(&OK.replace("name = \"t\"", "name = \" \""));
-        assert!(e.contains("name: must be a non-empty name"), "{e}");
+        assert!(e.contains("name: must be letters"), "{e}");
         let e = err(&OK.replace("name = \"t\"", "name = \"a\\nb\""));
-        assert!(e.contains("without control characters"), "{e}");
+        assert!(e.contains("name: must be letters"), "{e}");
         // A deadline that rounds to no time at all, not "must be greater than zero" later.
         for field in ["deadline_ms", "attempt_timeout_ms"] {
             let e = err(&OK.replace(
@@ -908,6 +951,39 @@ replicas = 2",
         assert!(e.contains("line 9") && e.contains("positive"), "{e}");
         let e = err(&OK.replace("rps = 100", "rsp = 100"));
         assert!(e.contains("unknown field `rsp`"), "{e}");
+        // The name names folders: one plain path component.
+        for name in ["../elsewhere", "/tmp/x", "a b", "..", "."] {
+            let e = err(&OK.replace("name = \"t\"", &format!("name = {name:?}")));
+            assert!(e.contains("name: must be letters"), "{name}: {e}");
+        }
+        // A hang shorter than the attempt timeout would be a slow 504, not a timeout.
+        let e = err(&OK.replace("workers = 4", "workers = 4\nhang_ms = 500"));
+        assert!(
+            e.contains("hang_ms (500) must be longer than attempt_timeout_ms (2000)"),
+            "{e}"
+        );
+        // A bucket that cannot hold a token refuses everything, in the base or a phase.
+        let e = err(&OK.replace(
+            "[upstream.errors]",
+            "[upstream.rate_limit]\nrps = 10\nburst = 0.5\n[upstream.errors]",
+        ));
+        assert!(e.contains("upstream.rate_limit.burst must be at least 1"), "{e}");
+        let e = err(&OK.replace(
+            "[phases.errors]",
+            "[phases.rate_limit]\nrps = 10\nburst = 0.5\n[phases.errors]",
+        ));
+        assert!(e.contains("phases[1].rate_limit.burst"), "{e}");
+        // The run's own limits, said of the file's fields rather than of a run option.
+        let e = err(&OK.replace(
+            "rps = 100\nduration_s = 10",
+            "rps = 100000\nduration_s = 10\ndeadline_ms = 5000",
+        ));
+        assert!(e.contains("500000 requests would be in flight at once"), "{e}");
+        let e = err(&OK.replace(
+            "rps = 100\nduration_s = 10",
+            "rps = 0.001\nduration_s = 1e7",
+        ));
+        assert!(e.contains("duration_s is 10000000 s"), "{e}");
         let e = err(&OK.replace("end_s = 4", "end_s = 1"));
         assert!(e.contains("line 13") && e.contains("phases[0]"), "{e}");
         let e = err(&OK.replace("http_503 = 0.5", "http_503 = 0.5\nhttp_500 = 0.6"));

@@ -47,6 +47,23 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank - 1])
 }
 
+/// The first whole bin at or after `end_s` seconds (in nanoseconds: a float division
+/// would put 1.1 s over 0.1 s bins at 12, not 11).
+fn first_bin_after(end_s: f64, bin: std::time::Duration) -> usize {
+    let end = (end_s * 1e9).round() as u128;
+    let bin = bin.as_nanos().max(1);
+    usize::try_from(end.div_ceil(bin)).unwrap_or(usize::MAX)
+}
+
+/// Whether `run` lasts long enough to measure recovery from `scenario`'s trigger: three
+/// bins of arrivals after its end (a run shortened with `--requests` may not). Without a
+/// trigger there is nothing to measure.
+pub fn recovery_measurable(run: &PolicyRun, scenario: &Scenario) -> bool {
+    scenario.trigger_end().is_some_and(|end| {
+        first_bin_after(end, run.series.bin).saturating_add(3) <= run.series.offered.len()
+    })
+}
+
 /// Scores a run of `scenario` at `rps`.
 pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
     let n = run.outcomes.len() as u64;
@@ -64,7 +81,7 @@ pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
     let offered_per_bin = rps * bin_s;
     let peak = s.attempts.iter().copied().max().unwrap_or(0) as f64 / offered_per_bin;
     let recovery_s = scenario.trigger_end().and_then(|end| {
-        let first = (end / bin_s).ceil() as usize;
+        let first = first_bin_after(end, s.bin);
         let healthy = |i: usize| {
             let offered = s.offered.get(i).copied().unwrap_or(0);
             offered > 0 && s.goodput.get(i).copied().unwrap_or(0) as f64 >= 0.9 * offered as f64
@@ -107,6 +124,9 @@ pub struct Scoreboard {
     pub seed: u64,
     /// When the scenario's trigger ends, seconds (recovery is measured from there).
     pub trigger_end_s: Option<f64>,
+    /// Whether the runs last three bins past the trigger's end, so that a recovery can be
+    /// seen: when not, no policy's `recovery_s` says anything ("n/a" in the table).
+    pub recovery_measurable: bool,
     /// One score per policy, in the order run.
     pub results: Vec<Score>,
 }
@@ -130,7 +150,8 @@ impl Scoreboard {
         for r in &self.results {
             let recovery = match (r.recovery_s, self.trigger_end_s) {
                 (Some(s), _) => format!("{s:.0} s"),
-                (None, Some(_)) => "never".to_owned(),
+                (None, Some(_)) if self.recovery_measurable => "never".to_owned(),
+                (None, Some(_)) => "n/a".to_owned(),
                 (None, None) => "-".to_owned(),
             };
             out.push_str(&format!(
@@ -206,5 +227,34 @@ mod tests {
             10.0,
         );
         assert_eq!(s.recovery_s, Some(1.0), "under 90 % is not healthy");
+    }
+
+    /// A run that ends within three bins of the trigger's end cannot show a recovery: it
+    /// says so rather than "never".
+    #[test]
+    fn recovery_is_measurable_only_with_three_bins_after_the_trigger() {
+        assert!(recovery_measurable(&run(vec![10; 6], vec![0; 6]), &ended_at(3)));
+        assert!(!recovery_measurable(&run(vec![10; 6], vec![0; 6]), &ended_at(4)));
+        let board = |measurable| Scoreboard {
+            scenario: "t".into(),
+            mode: "virtual".into(),
+            rps: 10.0,
+            seed: 1,
+            trigger_end_s: Some(4.0),
+            recovery_measurable: measurable,
+            results: vec![score(
+                &run(vec![10; 6], vec![0; 6]),
+                &ended_at(4),
+                10.0,
+            )],
+        };
+        assert!(board(false).table().contains("n/a"), "{}", board(false).table());
+        assert!(board(true).table().contains("never"));
+        // Bins counted in whole nanoseconds: 1.1 s over 0.1 s bins starts at bin 11.
+        assert_eq!(
+            first_bin_after(1.1, std::time::Duration::from_millis(100)),
+            11
+        );
+        assert_eq!(first_bin_after(3.0, std::time::Duration::from_secs(1)), 3);
     }
 }

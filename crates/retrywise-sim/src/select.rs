@@ -6,6 +6,7 @@
 //! the training suite, on a seed that neither training nor the final evaluation uses, and
 //! ranks them by the decider's own objective: success minus `attempt_cost` per attempt.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use retrywise::model::SuccessModel;
@@ -38,6 +39,26 @@ pub fn suite() -> Vec<Arc<Scenario>> {
         .filter(|s| !HELD_OUT.contains(&s.name.as_str()))
         .map(Arc::new)
         .collect()
+}
+
+/// The candidates a `--model` path stands for: a file (a `model.json`) is one; a model
+/// directory is each of its numbered versions; any other directory (a version's) is one.
+///
+/// # Errors
+/// [`SimError::Train`] when a directory cannot be listed.
+pub fn candidates(path: &Path) -> Result<Vec<PathBuf>, SimError> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let versions = retrywise_train::store::versions(path)?;
+    if versions.is_empty() {
+        Ok(vec![path.to_path_buf()])
+    } else {
+        Ok(versions
+            .into_iter()
+            .map(|v| path.join(v.to_string()))
+            .collect())
+    }
 }
 
 /// Scores each `(name, model)` with the `adaptive` policy on `scenarios` at `seed`, best
@@ -130,5 +151,22 @@ mod tests {
         assert!((c.objective - (c.success_rate - 0.1 * c.attempts_per_request)).abs() < 1e-12);
         assert!(select(vec![], &scenarios, 12, 0.1, |_, _| {}).is_err());
         assert!(suite().iter().all(|s| !HELD_OUT.contains(&s.name.as_str())));
+    }
+
+    #[test]
+    fn a_model_file_a_version_and_a_model_directory_are_candidates() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        for v in ["1", "2"] {
+            std::fs::create_dir_all(model.join(v)).unwrap();
+            std::fs::write(model.join(v).join("model.json"), "{}").unwrap();
+        }
+        let file = model.join("2").join("model.json");
+        assert_eq!(candidates(&file).unwrap(), [file.clone()]);
+        assert_eq!(candidates(&model.join("1")).unwrap(), [model.join("1")]);
+        assert_eq!(
+            candidates(&model).unwrap(),
+            [model.join("1"), model.join("2")]
+        );
     }
 }

@@ -96,8 +96,20 @@ pub enum Transport {
 impl Transport {
     /// Sends one attempt of logical request `request`.
     pub async fn send(&self, request: u64) -> Result<Reply, TransportError> {
+        self.send_counted(request, || {}).await
+    }
+
+    /// [`send`](Self::send), calling `on_sent` when the attempt leaves for the upstream:
+    /// over HTTP, once it holds a connection (an attempt that timed out waiting for one
+    /// never reached the upstream, and is no load on it).
+    pub async fn send_counted(
+        &self,
+        request: u64,
+        on_sent: impl FnOnce(),
+    ) -> Result<Reply, TransportError> {
         match self {
             Transport::Virtual(u) => {
+                on_sent();
                 deliver(u.serve(tokio::time::Instant::now(), Some(request))).await
             }
             Transport::Http {
@@ -109,6 +121,7 @@ impl Transport {
                     .acquire()
                     .await
                     .map_err(|_| TransportError::Other("client closed".into()))?;
+                on_sent();
                 let resp = client
                     .get(url.clone())
                     .header(crate::server::REQUEST_HEADER, request)

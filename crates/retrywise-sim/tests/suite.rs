@@ -275,6 +275,16 @@ fn the_oracle_only_runs_in_virtual_time() {
         matches!(e, SimError::VirtualOnly(ref p) if p == "oracle"),
         "{e}"
     );
+    // A scoreboard refuses it before running the policies named before it: `none` would
+    // fail first, on a target it cannot speak to, if it ran.
+    opts.mode = Mode::Http {
+        target: Some("https://127.0.0.1:9/".into()),
+    };
+    let e = retrywise_sim::scoreboard(&["none".into(), "oracle".into()], &opts).unwrap_err();
+    assert!(
+        matches!(e, SimError::VirtualOnly(ref p) if p == "oracle"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -318,6 +328,13 @@ fn bad_run_options_are_refused() {
     );
     let e = find("nope").err().unwrap().to_string();
     assert!(e.contains("exp-full-jitter") && e.contains("oracle"), "{e}");
+    // A bin under a millisecond: a bucket per nanosecond would not fit in memory.
+    let mut opts = small("blips", 10);
+    opts.bin = std::time::Duration::ZERO;
+    assert!(matches!(
+        run(find("none").unwrap(), &opts),
+        Err(SimError::Option { field: "bin", .. })
+    ));
 }
 
 #[test]

@@ -830,28 +830,14 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The candidates a `--model` path stands for: each numbered version of a model directory,
-/// or the path itself.
-fn candidates(path: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
-    let versions = retrywise_train::store::versions(path)?;
-    if versions.is_empty() {
-        Ok(vec![path.to_path_buf()])
-    } else {
-        Ok(versions
-            .into_iter()
-            .map(|v| path.join(v.to_string()))
-            .collect())
-    }
-}
-
 /// Ranks candidate models by their decisions.
 pub(crate) fn select(args: &SelectArgs) -> anyhow::Result<()> {
     let mut models = Vec::new();
     for p in args
         .models
         .iter()
-        .map(|p| candidates(p))
-        .collect::<anyhow::Result<Vec<_>>>()?
+        .map(|p| retrywise_sim::select::candidates(p))
+        .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .flatten()
     {
