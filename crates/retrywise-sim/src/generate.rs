@@ -253,10 +253,10 @@ pub fn generate(
     // The old dataset steps aside, the new one takes its place, and only then is the old
     // one removed: a failed move puts it back, so `out` is never left without a dataset.
     let backup = occupied.then(|| {
-        let name = opts.out.file_name().map_or_else(
-            || "dataset".into(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+        let name = opts
+            .out
+            .file_name()
+            .map_or_else(|| "dataset".into(), |n| n.to_string_lossy().into_owned());
         opts.out
             .with_file_name(format!(".{name}.replaced-{}", std::process::id()))
     });

@@ -967,7 +967,10 @@ replicas = 2",
             "[upstream.errors]",
             "[upstream.rate_limit]\nrps = 10\nburst = 0.5\n[upstream.errors]",
         ));
-        assert!(e.contains("upstream.rate_limit.burst must be at least 1"), "{e}");
+        assert!(
+            e.contains("upstream.rate_limit.burst must be at least 1"),
+            "{e}"
+        );
         let e = err(&OK.replace(
             "[phases.errors]",
             "[phases.rate_limit]\nrps = 10\nburst = 0.5\n[phases.errors]",
@@ -978,7 +981,10 @@ replicas = 2",
             "rps = 100\nduration_s = 10",
             "rps = 100000\nduration_s = 10\ndeadline_ms = 5000",
         ));
-        assert!(e.contains("500000 requests would be in flight at once"), "{e}");
+        assert!(
+            e.contains("500000 requests would be in flight at once"),
+            "{e}"
+        );
         let e = err(&OK.replace(
             "rps = 100\nduration_s = 10",
             "rps = 0.001\nduration_s = 1e7",

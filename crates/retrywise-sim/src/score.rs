@@ -233,8 +233,14 @@ mod tests {
     /// says so rather than "never".
     #[test]
     fn recovery_is_measurable_only_with_three_bins_after_the_trigger() {
-        assert!(recovery_measurable(&run(vec![10; 6], vec![0; 6]), &ended_at(3)));
-        assert!(!recovery_measurable(&run(vec![10; 6], vec![0; 6]), &ended_at(4)));
+        assert!(recovery_measurable(
+            &run(vec![10; 6], vec![0; 6]),
+            &ended_at(3)
+        ));
+        assert!(!recovery_measurable(
+            &run(vec![10; 6], vec![0; 6]),
+            &ended_at(4)
+        ));
         let board = |measurable| Scoreboard {
             scenario: "t".into(),
             mode: "virtual".into(),
@@ -242,13 +248,13 @@ mod tests {
             seed: 1,
             trigger_end_s: Some(4.0),
             recovery_measurable: measurable,
-            results: vec![score(
-                &run(vec![10; 6], vec![0; 6]),
-                &ended_at(4),
-                10.0,
-            )],
+            results: vec![score(&run(vec![10; 6], vec![0; 6]), &ended_at(4), 10.0)],
         };
-        assert!(board(false).table().contains("n/a"), "{}", board(false).table());
+        assert!(
+            board(false).table().contains("n/a"),
+            "{}",
+            board(false).table()
+        );
         assert!(board(true).table().contains("never"));
         // Bins counted in whole nanoseconds: 1.1 s over 0.1 s bins starts at bin 11.
         assert_eq!(

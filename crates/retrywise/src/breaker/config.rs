@@ -272,6 +272,7 @@ impl BreakerBuilder {
             }
             SlidingWindow::Time { duration, buckets } => {
                 CHECK.at_least_one("window", u64::from(buckets))?;
+                CHECK.bounded("window", duration)?;
                 if buckets > super::window::MAX_TIME_BUCKETS {
                     return Err(CHECK.err(
                         "window",

@@ -83,8 +83,8 @@ struct Shared {
     last_success: AtomicU64,
     /// Refused calls; counted without the lock so refusing stays cheap.
     not_permitted: Striped,
-    /// Outcomes of CLOSED and METRICS_ONLY, written without taking `core` (a count window
-    /// is lock-free; a time window has its own short lock).
+    /// Outcomes of CLOSED and METRICS_ONLY, written without taking `core` (both kinds of
+    /// window are lock-free).
     window: Window,
     totals: Totals,
     /// Transitions and HALF_OPEN bookkeeping.

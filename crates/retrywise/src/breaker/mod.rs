@@ -427,6 +427,13 @@ mod tests {
                 }),
                 "window",
             ),
+            (
+                small().window(SlidingWindow::Time {
+                    duration: Duration::MAX,
+                    buckets: 10,
+                }),
+                "window",
+            ),
             (small().minimum_calls(0), "minimum_calls"),
             (
                 small().permitted_calls_in_half_open(0),

@@ -244,14 +244,20 @@ impl RollingLatency {
     /// and how many samples it rests on; `None` without samples.
     pub(crate) fn quantile(&self, now: Instant, q: f64) -> Option<(Duration, u64)> {
         let live: Vec<&Histogram> = self.live(self.period_of(now)).collect();
-        let total: u64 = live.iter().map(|h| h.total()).sum();
+        // Each bucket read once, and the total summed from those readings: a writer that
+        // rolls a histogram over to the next period mid-scan cannot leave the rank beyond
+        // every bucket (which read as the largest latency there is).
+        let counts: Vec<u64> = (0..BUCKETS)
+            .map(|b| live.iter().map(|h| h.bucket(b)).sum())
+            .collect();
+        let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
-        for b in 0..BUCKETS {
-            seen += live.iter().map(|h| h.bucket(b)).sum::<u64>();
+        for (b, n) in counts.iter().enumerate() {
+            seen += n;
             if seen >= rank {
                 return Some((Duration::from_micros(upper_of(b)), total));
             }

@@ -7,8 +7,9 @@
 //! runs sends the next hedge at once (as gRPC's hedging and Polly do). The first *answer*
 //! wins and the others are cancelled (dropped). If every request fails, the error carries
 //! every failure. A hedge budget caps the extra load (by default hedges may be at most 5 %
-//! of the calls answered in the latency window, plus one per second so that a new or quiet
-//! hedge can hedge at all), so hedging can never double the load on a slow upstream.
+//! of the calls answered in the latency window, plus one per second of one period over
+//! the window's two — half a hedge a second — so that a new or quiet hedge can hedge at
+//! all), so hedging can never double the load on a slow upstream.
 //!
 //! Each answered call contributes one latency to the window: the time to its first answer
 //! — the primary's latency, or a lower bound of it when a hedge answered first.
@@ -63,9 +64,8 @@ pub enum HedgeDelay {
     /// When a hedge is predicted to be worth its load, from the recent latencies (a
     /// Kaplan-Meier curve: the primaries a hedge beat count as still running when it
     /// answered, so the tail hedging cuts off stays known): the earliest time at which a
-    /// hedge sent then answers before the primary at least as often as not *and* is
-    /// expected to save the caller more time than the work it costs the upstream. A
-    /// request still running then is more likely a straggler than not; an upstream
+    /// hedge sent then answers before the primary at least as often as not (a request
+    /// still running then is more likely a straggler than not); an upstream
     /// without stragglers (a light tail) is never hedged for slowness. `fallback` until
     /// `min_samples` latencies have been seen. With [`HedgeBuilder::predict`], a success
     /// model also has to predict the hedge more likely to succeed than not. Unlike the
@@ -408,13 +408,17 @@ impl Hedge {
             let request = make(i);
             async move { request.await.map(|v| (v, i)) }
         };
-        let (v, winner) = self.race(start, tagged, None, |_| true).await?;
-        let now = Instant::now();
-        let took = now.saturating_duration_since(start);
-        if winner == 0 {
-            self.record_latency(now, took);
-        } else {
-            self.record_beaten(now, took);
+        let ((v, winner), at_once) = self.race(start, tagged, None, |_| true).await?;
+        // An answer on the first poll could not have been hedged (a cache's hit): it is
+        // no sample of the latency a hedge waits out, and would drag the percentile to 0.
+        if !at_once {
+            let now = Instant::now();
+            let took = now.saturating_duration_since(start);
+            if winner == 0 {
+                self.record_latency(now, took);
+            } else {
+                self.record_beaten(now, took);
+            }
         }
         Ok(v)
     }
@@ -430,13 +434,16 @@ impl Hedge {
     /// A request that fails while nothing else is running sends the next hedge at once,
     /// without waiting for the hedge delay (as gRPC's hedging and Polly do): the delay is
     /// for slow requests, not failed ones.
+    ///
+    /// The answer comes with whether the primary gave it on its first poll (then nothing
+    /// could have been hedged, and the caller records no latency).
     pub(crate) async fn race<F, Fut, T, E>(
         &self,
         start: Instant,
         mut make: F,
         ctx: Option<&crate::attempt::AttemptContext>,
         mut may_send: impl FnMut(Instant) -> bool,
-    ) -> Result<T, AllFailed<E>>
+    ) -> Result<(T, bool), AllFailed<E>>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -449,7 +456,7 @@ impl Hedge {
         // is needed.
         let first = std::future::poll_fn(|cx| Poll::Ready(primary.as_mut().poll(cx))).await;
         let mut primary_running = match first {
-            Poll::Ready(Ok(v)) => return Ok(v),
+            Poll::Ready(Ok(v)) => return Ok((v, true)),
             Poll::Ready(Err(e)) => {
                 errors.push(e);
                 false
@@ -465,7 +472,7 @@ impl Hedge {
                 if primary_running && let Poll::Ready(r) = primary.as_mut().poll(cx) {
                     primary_running = false;
                     match r {
-                        Ok(v) => return Poll::Ready(Ok(v)),
+                        Ok(v) => return Poll::Ready(Ok((v, false))),
                         Err(e) => errors.push(e),
                     }
                 }
@@ -474,7 +481,7 @@ impl Hedge {
                         match r {
                             Ok(v) => {
                                 s.hedge_wins.add(1);
-                                return Poll::Ready(Ok(v));
+                                return Poll::Ready(Ok((v, false)));
                             }
                             Err(e) => errors.push(e),
                         }
@@ -543,6 +550,11 @@ impl Hedge {
     }
 }
 
+/// The most hedges a call may send (gRPC allows at most 5 attempts: 4 hedges). A request
+/// that fails at once sends the next at once, so a large number would be a burst of
+/// requests from one call.
+pub const MAX_HEDGES: u32 = 16;
+
 /// Builds a [`Hedge`].
 #[derive(Clone)]
 pub struct HedgeBuilder {
@@ -568,7 +580,7 @@ impl fmt::Debug for HedgeBuilder {
 }
 
 impl HedgeBuilder {
-    /// Hedges per call at most. Defaults to 1.
+    /// Hedges per call at most, up to [`MAX_HEDGES`]. Defaults to 1.
     pub fn max_hedges(mut self, n: u32) -> Self {
         self.max_hedges = n;
         self
@@ -631,8 +643,18 @@ impl HedgeBuilder {
     /// # Errors
     /// A zero fixed delay or fallback (every call would hedge at once); a quantile outside
     /// `(0, 1)` or NaN; a zero latency window; a budget ratio outside `[0, 1]` or NaN; a
-    /// delay, fallback or window beyond [`crate::MAX_CONFIG_DURATION`].
+    /// delay, fallback or window beyond [`crate::MAX_CONFIG_DURATION`]; more than
+    /// [`MAX_HEDGES`] hedges.
     pub fn build(self) -> Result<Hedge, ConfigError> {
+        if self.max_hedges > MAX_HEDGES {
+            return Err(CHECK.err(
+                "max_hedges",
+                format!(
+                    "at most {MAX_HEDGES} (each failing at once sends the next), got {}",
+                    self.max_hedges
+                ),
+            ));
+        }
         match self.delay {
             HedgeDelay::Fixed(d) => CHECK.positive("delay", d)?,
             HedgeDelay::Percentile {
@@ -850,6 +872,36 @@ mod tests {
         assert!((88 * MS..=95 * MS).contains(&d), "{d:?}");
     }
 
+    /// Answers on the first poll (a cache's hits) are no samples of the latency a hedge
+    /// waits out: 95 % of them would make the p95 zero and hedge every miss at once.
+    #[tokio::test(start_paused = true)]
+    async fn answers_on_the_first_poll_do_not_set_the_delay() {
+        let h = Hedge::builder()
+            .delay(HedgeDelay::Percentile {
+                quantile: 0.95,
+                min_samples: 10,
+                fallback: 7 * MS,
+            })
+            .no_budget()
+            .build()
+            .unwrap();
+        let log = Arc::new(Mutex::new(vec![]));
+        for i in 0..400u32 {
+            if i % 20 == 0 {
+                // A miss: 40 ms upstream.
+                let r = h.call(|j| request(j, 40 * MS, true, &log)).await;
+                assert!(r.is_ok());
+            } else {
+                let r = h.call(|j| async move { Ok::<u32, String>(j) }).await;
+                assert_eq!(r, Ok(0));
+            }
+            tokio::time::advance(MS).await;
+        }
+        assert_eq!(h.metrics().window_calls, 20, "only the misses are samples");
+        let d = h.current_delay().unwrap();
+        assert!(d >= 35 * MS, "the misses' own p95, not 0: {d:?}");
+    }
+
     fn predicted() -> Hedge {
         Hedge::builder()
             .delay(HedgeDelay::Predicted {
@@ -1018,6 +1070,11 @@ mod tests {
             "latency_window"
         );
         assert_eq!(b().budget(-1.0, 0).build().unwrap_err().field, "budget");
+        assert_eq!(
+            b().max_hedges(MAX_HEDGES + 1).build().unwrap_err().field,
+            "max_hedges"
+        );
+        assert!(b().max_hedges(MAX_HEDGES).build().is_ok());
         // A zero fallback hedges every call at once until the window fills; one beyond
         // any setting overflows the clock.
         for fallback in [Duration::ZERO, Duration::MAX] {

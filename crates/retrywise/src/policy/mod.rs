@@ -727,13 +727,14 @@ impl<C> Policy<C> {
             )
             .await;
         match raced {
-            Ok((sent, latency, end, first_answer, winner)) => {
+            Ok(((sent, latency, end, first_answer, winner), at_once)) => {
                 // One latency per answered call: the primary's, or - when a hedge beat
-                // it - a lower bound of it (the time to the call's first answer).
-                if winner == 0 {
-                    hedge.record_latency(end, first_answer);
-                } else {
-                    hedge.record_beaten(end, first_answer);
+                // it - a lower bound of it (the time to the call's first answer). None
+                // for an answer on the first poll, which no hedge could have raced.
+                match (at_once, winner) {
+                    (true, _) => {}
+                    (false, 0) => hedge.record_latency(end, first_answer),
+                    (false, _) => hedge.record_beaten(end, first_answer),
                 }
                 Self::end(sent, latency, Some(end))
             }
