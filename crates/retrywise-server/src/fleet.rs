@@ -192,9 +192,10 @@ impl Fleet {
 
     /// Shares the view with the service's other replicas through `shared` (Redis): every
     /// ingested attempt is also counted there, a circuit this replica opens is opened for
-    /// the fleet, and health, failure rates and circuits are answered from the whole
-    /// fleet's evidence while Redis answers (from this replica's own view while it does
-    /// not).
+    /// the fleet, and health and failure rates are answered from the whole fleet's
+    /// evidence while Redis answers (from this replica's own view while it does not; a
+    /// fleet's opening read before stays open until its end). Each replica's breaker opens
+    /// on the attempts ingested there, or on the model's prediction.
     pub fn with_shared(mut self, shared: Arc<SharedFleet>) -> Self {
         self.shared = Some(shared);
         self
@@ -228,10 +229,28 @@ impl Fleet {
     pub fn circuit(&self, target: &str) -> Option<(State, Option<Duration>)> {
         let shared = self.shared_target(target);
         let t = self.get(target);
-        if t.is_none() && shared.is_none() {
+        let wall = wall_ms();
+        if t.is_none() && shared.is_none() && self.fleet_open(target, None, wall).is_none() {
             return None;
         }
-        Some(self.read_circuit(target, t.as_deref(), shared.as_ref(), wall_ms()))
+        Some(self.read_circuit(target, t.as_deref(), shared.as_ref(), wall))
+    }
+
+    /// How long the fleet's circuit for `target` stays open as of `wall`: as the view read
+    /// from Redis says, or - the view stale, Redis not answering - as the latest end of it
+    /// this replica read (an opening does not end because Redis hiccupped).
+    fn fleet_open(
+        &self,
+        target: &str,
+        shared: Option<&SharedTarget>,
+        wall: u64,
+    ) -> Option<Duration> {
+        let read = shared.and_then(|sh| sh.open_remaining(wall));
+        let known = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.known_open(target, wall));
+        read.max(known)
     }
 
     /// The circuit as callers read it: this replica's own, the fleet's if it is open
@@ -246,7 +265,7 @@ impl Fleet {
         wall: u64,
     ) -> (State, Option<Duration>) {
         let own = local.map_or((State::Closed, None), |t| local_circuit(&t.breaker));
-        match merge_circuit(own, shared.and_then(|sh| sh.open_remaining(wall))) {
+        match merge_circuit(own, self.fleet_open(target, shared, wall)) {
             (State::Closed, _) if self.fleet_probing(target, local, wall).is_some() => {
                 (State::HalfOpen, None)
             }
@@ -441,6 +460,11 @@ impl Fleet {
             Outcome::Retryable => Some(Ended::Failure),
             Outcome::Cancelled => None,
         };
+        let Some(t) = self.get_or_create(&rec.context.target, now) else {
+            // Not tracked here, nor written to the fleet: a client naming targets without
+            // end fills neither this replica's memory nor the shared view.
+            return Observed::Full;
+        };
         if let (Some(shared), Some(how)) = (&self.shared, how) {
             // Counted when it ended (no later than now, as the local view counts it).
             shared.record(
@@ -450,9 +474,6 @@ impl Fleet {
                 rec.outcome_latency,
             );
         }
-        let Some(t) = self.get_or_create(&rec.context.target, now) else {
-            return Observed::Full;
-        };
         // Counted when it ended, as an embedded policy counts it, however late it arrives.
         let age = Duration::from_millis(wall_ms.saturating_sub(ended_ms));
         let ended = now.checked_sub(age).unwrap_or(now);
@@ -604,9 +625,7 @@ impl Fleet {
     /// shared circuit refuses fresh calls, the suggested concurrency limit and hedge delay.
     pub fn gauges(&self, target: &str) -> Option<(bool, u32, Option<Duration>)> {
         let t = self.get(target)?;
-        let shared_open = self
-            .shared_target(target)
-            .and_then(|s| s.open_remaining(wall_ms()));
+        let shared_open = self.fleet_open(target, self.shared_target(target).as_ref(), wall_ms());
         Some((
             matches!(local_circuit(&t.breaker).0, State::Open | State::ForcedOpen)
                 || shared_open.is_some(),
@@ -819,6 +838,56 @@ mod tests {
         install("queue", failing(Some(first + 700), Some(first + 50), None));
         install("queue", failing(None, Some(first + 50), None));
         assert_eq!(fleet.circuit("queue"), Some((State::HalfOpen, None)));
+    }
+
+    /// A target this replica refuses for want of room is not written to the fleet either:
+    /// endless target names fill neither its memory nor Redis.
+    #[tokio::test]
+    async fn a_target_refused_for_room_is_not_written_to_the_fleet() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(10), 1).with_shared(Arc::clone(&shared));
+        let wall = wall_ms();
+        let now = Instant::now();
+        assert_eq!(
+            fleet.observe(&refused("a", 1, wall), now, wall),
+            Observed::Tracked
+        );
+        assert_eq!(
+            fleet.observe(&refused("b", 2, wall), now, wall),
+            Observed::Full
+        );
+        assert_eq!(shared.pending_targets(), [Arc::<str>::from("a")]);
+    }
+
+    /// A Redis hiccup does not close a circuit another replica opened: its end, read
+    /// before, is kept until it passes, while health falls back to the replica's own.
+    #[tokio::test]
+    async fn a_stale_view_keeps_the_fleets_openings_until_they_end() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
+        let wall = wall_ms();
+        shared.install_for_test(HashMap::from([
+            (
+                Arc::<str>::from("db"),
+                failing(Some(wall + 30_000), None, None),
+            ),
+            (
+                Arc::<str>::from("ended"),
+                failing(Some(wall - 1), None, None),
+            ),
+        ]));
+        fleet
+            .view("db", Instant::now())
+            .expect("tracked from the view");
+        shared.fall_back_for_test();
+        assert!(!shared.status().shared);
+        assert_eq!(shared.target("db"), None, "health: the replica's own");
+        let (state, left) = fleet.circuit("db").expect("known open");
+        assert_eq!(state, State::Open);
+        assert!(left.unwrap() > Duration::from_secs(29), "{left:?}");
+        assert!(fleet.gauges("db").unwrap().0, "the gauge says open too");
+        // An opening whose end has passed is over, stale view or not.
+        assert_eq!(fleet.circuit("ended"), None);
     }
 
     /// The replica whose breaker closed after its probes answered stops reading the

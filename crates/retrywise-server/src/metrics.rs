@@ -140,7 +140,7 @@ impl Metrics {
 
     /// [`Metrics::new`], and the series of a fleet view shared through Redis
     /// (`retrywise_fleet_shared`, `retrywise_fleet_redis_errors`,
-    /// `retrywise_fleet_shared_targets`).
+    /// `retrywise_fleet_shared_targets`, `retrywise_fleet_foreign_targets`).
     pub fn with_shared_fleet(max_target_labels: usize) -> Self {
         Self::build(max_target_labels, true)
     }
@@ -329,13 +329,18 @@ impl Metrics {
             );
             registry.register(
                 "fleet_redis_errors",
-                "Redis commands of the shared fleet view that failed or timed out",
+                "Ticks of the shared fleet view (a write, and every third a read) whose Redis commands failed or timed out",
                 m.errors.clone(),
             );
             registry.register(
                 "fleet_shared_targets",
                 "Targets in the shared fleet view, as last read from Redis",
                 m.targets.clone(),
+            );
+            registry.register(
+                "fleet_foreign_targets",
+                "Targets a write to or a read from Redis skipped: their keys under the fleet's prefix hold what this service did not write (another type, a name that is not UTF-8)",
+                m.foreign.clone(),
             );
             m
         });

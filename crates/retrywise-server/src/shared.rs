@@ -4,7 +4,11 @@
 //! Without it each replica knows only the attempts posted to it: with three replicas each
 //! sees a third of the evidence, and a circuit opened at one is closed at the other two.
 //! With it, every replica writes what it ingests to Redis and reads back the whole fleet's
-//! view, so each answers from all the evidence.
+//! view, so each answers health and failure rates from all the evidence, and a circuit
+//! any replica's breaker opens is open at every replica. (A breaker still opens on the
+//! attempts ingested at its own replica, or on the model's prediction from the shared
+//! health: behind a round-robin balancer, each replica sees enough of a failing target's
+//! attempts soon after the fleet does.)
 //!
 //! # In Redis
 //! Keys start with `retrywise:fleet:`:
@@ -23,8 +27,8 @@
 //!   A replica whose own breaker opens (on its evidence or on the model's prediction)
 //!   writes it; every replica then reports the circuit open and refuses fresh calls.
 //!
-//! Keys are built inside the scripts, so the layout needs one Redis primary (standalone or
-//! under Sentinel), not Redis Cluster.
+//! Keys are built inside the scripts, so the layout needs one Redis primary at a fixed
+//! address (standalone; not Redis Cluster, and no Sentinel discovery).
 //!
 //! # When
 //! Ingested attempts are counted in process and written four times per cache period (250
@@ -37,8 +41,10 @@
 //! # Faults
 //! Every Redis command has a timeout (`fleet_timeout`, 100 ms by default). When one fails
 //! or the copy grows older than two cache periods and a timeout, the replica answers from
-//! its own in-process view (which it keeps up to date all along), says so — `/readyz`'s
-//! `fleet` detail, the `retrywise_fleet_shared` gauge, one log line per change — and keeps
+//! its own in-process view (which it keeps up to date all along) - except that a circuit
+//! the fleet opened stays open here until the end this replica last read - says so —
+//! `/readyz`'s `fleet` detail, the `retrywise_fleet_shared` gauge, one log line per
+//! change — and keeps
 //! the counts it could not write (those still within the window) to write them when Redis
 //! answers again; then it goes back to the shared view. No request waits on Redis. While
 //! Redis keeps failing, the replica tries again after an exponential backoff with jitter
@@ -74,17 +80,29 @@ const PREFIX: &str = "retrywise:fleet:";
 /// ttl (ms), the batch's name, then per target: name, last success (ms, 0: none), open for
 /// (ms, 0: not open), when a replica's breaker last closed after probing (ms, 0: not since
 /// the last batch), buckets, then per bucket: its number, fields, then the fields as
-/// name/increment pairs. Increments go through `pcall`: one that cannot be added (a count
-/// past what Redis holds) is skipped, and the rest - every expiry among them - still
-/// happen (Redis does not undo a script that stops on an error).
+/// name/increment pairs. Returns `{added (0: already added), targets skipped}`.
+///
+/// Nothing in it stops halfway (Redis would not undo what ran before): a key of ours
+/// holding another type (written by something else) is found before any write - the
+/// targets set refuses the batch, a target's own keys skip that target (counted); a
+/// value that is not a number reads as 0; an increment that cannot be added (a count past
+/// what Redis holds, or a field that is not an integer) is skipped through `pcall`.
 const WRITE: &str = r"
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-if not redis.call('SET', p .. 'w:' .. ARGV[4], '1', 'NX', 'PX', ttl) then
-  return 0
-end
 local z = p .. 'targets'
+local function is(key, t)
+  local got = redis.call('TYPE', key)['ok']
+  return got == 'none' or got == t
+end
+if not is(z, 'zset') then
+  return redis.error_reply(z .. ' is not a sorted set: another program writes under the prefix')
+end
+if redis.call('EXISTS', p .. 'w:' .. ARGV[4]) == 1 then
+  return {0, 0}
+end
+local skipped = 0
 local i = 5
 while i <= #ARGV do
   local name = ARGV[i]
@@ -92,37 +110,49 @@ while i <= #ARGV do
   local open = tonumber(ARGV[i + 2])
   local cl = tonumber(ARGV[i + 3])
   local nb = tonumber(ARGV[i + 4])
-  i = i + 5
-  redis.call('ZADD', z, now, name)
   local m = p .. 'm:' .. name
-  redis.call('HSETNX', m, 'first', now)
-  if ls > 0 then
-    local cur = tonumber(redis.call('HGET', m, 'ls') or '0')
-    if ls > cur then redis.call('HSET', m, 'ls', ls) end
-  end
-  if cl > 0 then
-    local cur = tonumber(redis.call('HGET', m, 'cl') or '0')
-    if cl > cur then redis.call('HSET', m, 'cl', cl) end
-  end
-  redis.call('PEXPIRE', m, ttl)
-  if open > 0 then
-    local o = p .. 'o:' .. name
-    if open > redis.call('PTTL', o) then redis.call('SET', o, '1', 'PX', open) end
-  end
+  local o = p .. 'o:' .. name
+  local ok = is(m, 'hash') and is(o, 'string')
+  local j = i + 5
   for _ = 1, nb do
-    local key = p .. 'b:' .. name .. ':' .. ARGV[i]
-    local nf = tonumber(ARGV[i + 1])
-    i = i + 2
-    for _ = 1, nf do
-      redis.pcall('HINCRBY', key, ARGV[i], ARGV[i + 1])
-      i = i + 2
+    if not is(p .. 'b:' .. name .. ':' .. ARGV[j], 'hash') then ok = false end
+    j = j + 2 + 2 * tonumber(ARGV[j + 1])
+  end
+  if not ok then
+    skipped = skipped + 1
+    i = j
+  else
+    i = i + 5
+    redis.call('ZADD', z, now, name)
+    redis.call('HSETNX', m, 'first', now)
+    if ls > 0 then
+      local cur = tonumber(redis.call('HGET', m, 'ls')) or 0
+      if ls > cur then redis.call('HSET', m, 'ls', ls) end
     end
-    redis.call('PEXPIRE', key, ttl)
+    if cl > 0 then
+      local cur = tonumber(redis.call('HGET', m, 'cl')) or 0
+      if cl > cur then redis.call('HSET', m, 'cl', cl) end
+    end
+    redis.call('PEXPIRE', m, ttl)
+    if open > 0 then
+      if open > redis.call('PTTL', o) then redis.call('SET', o, '1', 'PX', open) end
+    end
+    for _ = 1, nb do
+      local key = p .. 'b:' .. name .. ':' .. ARGV[i]
+      local nf = tonumber(ARGV[i + 1])
+      i = i + 2
+      for _ = 1, nf do
+        redis.pcall('HINCRBY', key, ARGV[i], ARGV[i + 1])
+        i = i + 2
+      end
+      redis.call('PEXPIRE', key, ttl)
+    end
   end
 end
 redis.call('ZREMRANGEBYSCORE', z, '-inf', now - ttl)
 redis.call('PEXPIRE', z, ttl)
-return 1
+redis.call('SET', p .. 'w:' .. ARGV[4], '1', 'PX', ttl)
+return {1, skipped}
 ";
 
 /// Reads every active target's window. `ARGV`: prefix, now (ms), bucket length (ms),
@@ -130,7 +160,8 @@ return 1
 /// quantile. Returns per target `{name, {calls, failures, recent calls,
 /// recent failures, permanent failures, latency µs, last success, first seen, circuit
 /// open for (ms; negative: closed), last closed after probing, then histogram
-/// bucket/count pairs}}`.
+/// bucket/count pairs}}`. A key of another type than ours reads as empty, and a value
+/// that is not a number as 0: one foreign key does not take the whole view down.
 const READ: &str = r"
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -142,14 +173,18 @@ local recent = tonumber(ARGV[7])
 local latency = tonumber(ARGV[8])
 local names = redis.call('ZREVRANGEBYSCORE', p .. 'targets', '+inf', now - ttl, 'LIMIT', 0, most)
 local b = math.floor(now / period)
+local function table_or_empty(r)
+  if type(r) == 'table' and not r['err'] then return r end
+  return {}
+end
 local out = {}
 for _, name in ipairs(names) do
   local c, f, rc, rf, pm, s = 0, 0, 0, 0, 0, 0
   local hist = {}
   for k = 0, buckets - 1 do
-    local h = redis.call('HGETALL', p .. 'b:' .. name .. ':' .. (b - k))
+    local h = table_or_empty(redis.pcall('HGETALL', p .. 'b:' .. name .. ':' .. (b - k)))
     for j = 1, #h, 2 do
-      local field, v = h[j], tonumber(h[j + 1])
+      local field, v = h[j], tonumber(h[j + 1]) or 0
       if field == 'c' then
         c = c + v
         if k < recent then rc = rc + v end
@@ -164,9 +199,9 @@ for _, name in ipairs(names) do
       end
     end
   end
-  local m = redis.call('HMGET', p .. 'm:' .. name, 'ls', 'first', 'cl')
-  local row = {c, f, rc, rf, pm, s, tonumber(m[1] or '0'), tonumber(m[2] or '0'),
-    redis.call('PTTL', p .. 'o:' .. name), tonumber(m[3] or '0')}
+  local m = table_or_empty(redis.pcall('HMGET', p .. 'm:' .. name, 'ls', 'first', 'cl'))
+  local row = {c, f, rc, rf, pm, s, tonumber(m[1]) or 0, tonumber(m[2]) or 0,
+    redis.call('PTTL', p .. 'o:' .. name), tonumber(m[3]) or 0}
   for hb, v in pairs(hist) do
     row[#row + 1] = hb
     row[#row + 1] = v
@@ -315,10 +350,12 @@ pub struct FleetStatus {
 pub struct SharedMetrics {
     /// 1 while the replica answers from the shared view, 0 while it falls back.
     pub shared: Gauge,
-    /// Redis commands that failed or timed out.
+    /// Ticks (a write, and every third a read) whose Redis commands failed or timed out.
     pub errors: Counter,
     /// Targets in the shared view.
     pub targets: Gauge,
+    /// Targets skipped because their keys in Redis hold what the service did not write.
+    pub foreign: Counter,
 }
 
 /// The fleet view shared through Redis (see the module's documentation).
@@ -555,9 +592,17 @@ impl SharedFleet {
         if let Ok(mut u) = self.unsent.lock() {
             *u = Some(Unsent { name, batch });
         }
-        let result = tokio::time::timeout(self.timeout, call.invoke_async::<i64>(conn)).await;
+        let result =
+            tokio::time::timeout(self.timeout, call.invoke_async::<(i64, u64)>(conn)).await;
         match result {
-            Ok(Ok(_)) => {
+            Ok(Ok((_, skipped))) => {
+                if skipped > 0 {
+                    self.metrics.foreign.inc_by(skipped);
+                    tracing::warn!(
+                        skipped,
+                        "fleet view: targets not written - their keys in Redis hold values of another type than this service writes"
+                    );
+                }
                 if let Ok(mut u) = self.unsent.lock()
                     && u.as_ref().is_some_and(|u| u.name == name)
                 {
@@ -583,7 +628,7 @@ impl SharedFleet {
             .arg(LATENCY);
         let rows = match tokio::time::timeout(
             self.timeout,
-            call.invoke_async::<Vec<(String, Vec<i64>)>>(conn),
+            call.invoke_async::<Vec<(Vec<u8>, Vec<i64>)>>(conn),
         )
         .await
         {
@@ -592,10 +637,21 @@ impl SharedFleet {
             Err(_) => return Err(self.describe("reading from", None)),
         };
         let mut view = HashMap::with_capacity(rows.len());
+        let mut foreign = 0u64;
         for (name, row) in rows {
-            if let Some(t) = parse_row(&row, now) {
-                view.insert(Arc::<str>::from(name), t);
+            match (String::from_utf8(name), parse_row(&row, now)) {
+                (Ok(name), Some(t)) => {
+                    view.insert(Arc::<str>::from(name), t);
+                }
+                _ => foreign += 1,
             }
+        }
+        if foreign > 0 {
+            self.metrics.foreign.inc_by(foreign);
+            tracing::warn!(
+                foreign,
+                "fleet view: targets left out of the read - a name that is not UTF-8 or a row this service did not write"
+            );
         }
         let n = view.len();
         self.install(view, now);
@@ -632,6 +688,15 @@ impl SharedFleet {
         self.read_ms.store(now, Ordering::Relaxed);
     }
 
+    /// How long the fleet's circuit for `target` stays open as of `now_ms`, by the latest
+    /// end of it read from Redis - kept while the view is stale: a Redis hiccup does not
+    /// close a circuit another replica opened, whose end this one already knows (an
+    /// opening is only ever extended, and ends when its time is up).
+    pub fn known_open(&self, target: &str, now_ms: u64) -> Option<Duration> {
+        let until = *self.opened.lock().ok()?.get(target)?;
+        (until > now_ms).then(|| Duration::from_millis(until - now_ms))
+    }
+
     /// When the shared circuit of `target` last closed its open time (wall ms), while the
     /// fleet is probing it: that time has passed as of `now_ms` (less than
     /// [`PROBING_AT_MOST`] ago), no attempt to it has succeeded since, and it has not
@@ -664,6 +729,20 @@ impl SharedFleet {
         self.install(view, wall_ms());
     }
 
+    /// The targets with counts not yet written (tests).
+    #[cfg(test)]
+    pub(crate) fn pending_targets(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<_> = self.pending.lock().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Falls back to the replica's own view as a failed tick does (tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn fall_back_for_test(&self) {
+        self.set_shared(false, "writing to Redis took longer than 100 ms".into());
+    }
+
     /// What went wrong `doing` Redis: `error`, or no answer within the timeout.
     fn describe(&self, doing: &str, error: Option<redis::RedisError>) -> String {
         match error {
@@ -686,6 +765,10 @@ impl SharedFleet {
             }
         }
         self.metrics.shared.set(i64::from(shared));
+        if !shared {
+            // No target is answered from the shared view now.
+            self.metrics.targets.set(0);
+        }
         if let Ok(mut d) = self.detail.lock() {
             *d = detail;
         }
@@ -732,9 +815,29 @@ impl SharedFleet {
             // Failures in a row, and when to try again after the last.
             let mut failures: u32 = 0;
             let mut resume: Option<tokio::time::Instant> = None;
+            let mut was_fresh = false;
             loop {
                 tick.tick().await;
                 let Some(me) = me.upgrade() else { return };
+                // A view that aged past its limit without a failure (reads slower than
+                // their period, a starved task) is not answered from either: said as a
+                // failure is, in the gauge, the detail and one log line.
+                let fresh = me.fresh(wall_ms());
+                if was_fresh && !fresh && me.shared.load(Ordering::Relaxed) {
+                    let age = wall_ms().saturating_sub(me.read_ms.load(Ordering::Relaxed));
+                    tracing::warn!(
+                        age_ms = age,
+                        "fleet view: the last read from Redis is too old, answering from this replica's own view"
+                    );
+                    if let Ok(mut d) = me.detail.lock() {
+                        *d = format!(
+                            "the last read from Redis is {age} ms old (at most {} ms)",
+                            ms(me.cache * 2 + me.timeout)
+                        );
+                    }
+                }
+                me.metrics.shared.set(i64::from(fresh));
+                was_fresh = fresh;
                 if resume.is_some_and(|at| tokio::time::Instant::now() < at) {
                     continue;
                 }
@@ -768,11 +871,13 @@ impl SharedFleet {
                         resume = None;
                         if reading {
                             me.set_shared(true, "shared through Redis".into());
+                            was_fresh = true;
                         }
                     }
                     Err(detail) => {
                         me.metrics.errors.inc();
                         me.set_shared(false, detail);
+                        was_fresh = false;
                         // Read again as soon as Redis answers.
                         n = 0;
                         failures = failures.saturating_add(1);
@@ -1042,14 +1147,14 @@ mod tests {
         };
         let key = format!("{PREFIX}b:db:7");
         for (name, applied) in [(1, 1), (1, 0), (2, 1)] {
-            let n: i64 = run(name, 5).invoke_async(&mut conn).await.unwrap();
-            assert_eq!(n, applied, "batch {name}");
+            let (n, skipped): (i64, u64) = run(name, 5).invoke_async(&mut conn).await.unwrap();
+            assert_eq!((n, skipped), (applied, 0), "batch {name}");
         }
         let calls = count(&mut conn, &key).await;
         assert_eq!(calls, 6, "two batches of three, one of them sent twice");
         // A latency sum past i64: that increment is skipped, the rest is written and
         // every key expires.
-        let n: i64 = run(3, i64::MAX).invoke_async(&mut conn).await.unwrap();
+        let (n, _): (i64, u64) = run(3, i64::MAX).invoke_async(&mut conn).await.unwrap();
         assert_eq!(n, 1);
         let calls = count(&mut conn, &key).await;
         assert_eq!(calls, 9);
@@ -1066,7 +1171,7 @@ mod tests {
         let mut call = write.prepare_invoke();
         call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(4);
         call.arg("db").arg(999_000).arg(5_000).arg(999_500).arg(0);
-        let n: i64 = call.invoke_async(&mut conn).await.unwrap();
+        let (n, _): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
         assert_eq!(n, 1);
         let read_script = redis::Script::new(READ);
         let mut read = read_script.prepare_invoke();
@@ -1076,8 +1181,8 @@ mod tests {
             .arg(60_000)
             .arg(10);
         read.arg(BUCKETS).arg(RECENT).arg(LATENCY);
-        let rows: Vec<(String, Vec<i64>)> = read.invoke_async(&mut conn).await.unwrap();
-        let (_, row) = rows.iter().find(|(name, _)| name == "db").unwrap();
+        let rows: Vec<(Vec<u8>, Vec<i64>)> = read.invoke_async(&mut conn).await.unwrap();
+        let (_, row) = rows.iter().find(|(name, _)| name == b"db").unwrap();
         let t = parse_row(row, 1_000_000).unwrap();
         assert_eq!(
             (t.last_success_ms, t.closed_ms),
@@ -1085,6 +1190,74 @@ mod tests {
         );
         let open = t.open_remaining(1_000_000).unwrap();
         assert!(open > Duration::from_millis(4_000), "{open:?}");
+
+        // What another program left under the prefix stops nothing halfway. A bucket key
+        // of another type: that target is skipped (and counted), the batch's other
+        // targets are written, and the batch counts as added.
+        let plain = conn.clone();
+        let set = |k: String, v: &'static str| {
+            let mut c = plain.clone();
+            async move {
+                let _: () = redis::cmd("SET")
+                    .arg(k)
+                    .arg(v)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        };
+        set(format!("{PREFIX}b:bad:7"), "x").await;
+        let mut call = write.prepare_invoke();
+        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(5);
+        call.arg("bad").arg(0).arg(0).arg(0).arg(1);
+        call.arg(7).arg(1).arg("c").arg(1);
+        call.arg("db").arg(0).arg(0).arg(0).arg(1);
+        call.arg(7).arg(1).arg("c").arg(1);
+        let (n, skipped): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
+        assert_eq!((n, skipped), (1, 1));
+        assert_eq!(
+            count(&mut conn, &key).await,
+            10,
+            "db written after the skipped target"
+        );
+        // A last success that is not a number reads as none, in the write's comparison
+        // and in the read; a count that is not one reads as 0. Nothing fails.
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{PREFIX}m:db"))
+            .arg("ls")
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let now_key = format!("{PREFIX}b:db:1000");
+        let _: () = redis::cmd("HSET")
+            .arg(&now_key)
+            .arg("f")
+            .arg("many")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut call = write.prepare_invoke();
+        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(6);
+        call.arg("db").arg(999_900).arg(0).arg(0).arg(1);
+        call.arg(1000).arg(1).arg("c").arg(2);
+        let (n, skipped): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
+        assert_eq!((n, skipped), (1, 0));
+        let rows: Vec<(Vec<u8>, Vec<i64>)> = read.invoke_async(&mut conn).await.unwrap();
+        let (_, row) = rows.iter().find(|(name, _)| name == b"db").unwrap();
+        let t = parse_row(row, 1_000_000).unwrap();
+        assert_eq!(
+            (t.calls, t.failures, t.last_success_ms),
+            (2, 0, Some(999_900))
+        );
+        // The targets set of another type refuses the batch before any write.
+        set(format!("{PREFIX}targets"), "x").await;
+        let e = run(7, 5)
+            .invoke_async::<(i64, u64)>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("is not a sorted set"), "{e}");
+        assert_eq!(count(&mut conn, &key).await, 10, "nothing written");
         let _ = child.kill();
         let _ = child.wait();
     }

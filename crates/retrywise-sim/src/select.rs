@@ -162,7 +162,7 @@ mod tests {
             std::fs::write(model.join(v).join("model.json"), "{}").unwrap();
         }
         let file = model.join("2").join("model.json");
-        assert_eq!(candidates(&file).unwrap(), [file.clone()]);
+        assert_eq!(candidates(&file).unwrap(), std::slice::from_ref(&file));
         assert_eq!(candidates(&model.join("1")).unwrap(), [model.join("1")]);
         assert_eq!(
             candidates(&model).unwrap(),
