@@ -25,7 +25,11 @@
 //!   wall-clock ms; it expires when the target goes idle;
 //! - `o:{target}` — the shared circuit: present while it is open, its TTL the time left.
 //!   A replica whose own breaker opens (on its evidence or on the model's prediction)
-//!   writes it; every replica then reports the circuit open and refuses fresh calls.
+//!   writes it; every replica then reports the circuit open and refuses fresh calls;
+//! - `w:{replica}` — the number of the replica's last batch added (a replica's name is
+//!   drawn at random when it starts): a batch sent again after a write that timed out
+//!   on the replica's side but ran on Redis's is added once; it expires two windows
+//!   after the replica's last write.
 //!
 //! Keys are built inside the scripts, so the layout needs one Redis primary at a fixed
 //! address (standalone; not Redis Cluster, and no Sentinel discovery).
@@ -75,9 +79,12 @@ const LATENCY: u64 = 5;
 const PREFIX: &str = "retrywise:fleet:";
 
 /// Adds the batch's counts (see the module's documentation for the layout), once: a batch
-/// is named, and one whose name was written already (a write that timed out on the
-/// replica's side and ran on Redis's, sent again) adds nothing. `ARGV`: prefix, now (ms),
-/// ttl (ms), the batch's name, then per target: name, last success (ms, 0: none), open for
+/// is numbered in its replica's sequence, and one at or below the replica's last number
+/// written (a write that timed out on the replica's side and ran on Redis's, sent again)
+/// adds nothing - a replica sends its batches in order, a failed one again before any
+/// newer, so one number a replica (`w:{replica}`, expiring with the window) is all the
+/// memory this takes. `ARGV`: prefix, now (ms), ttl (ms), the replica, the batch's number,
+/// then per target: name, last success (ms, 0: none), open for
 /// (ms, 0: not open), when a replica's breaker last closed after probing (ms, 0: not since
 /// the last batch), buckets, then per bucket: its number, fields, then the fields as
 /// name/increment pairs. Returns `{added (0: already added), targets skipped}`.
@@ -99,11 +106,16 @@ end
 if not is(z, 'zset') then
   return redis.error_reply(z .. ' is not a sorted set: another program writes under the prefix')
 end
-if redis.call('EXISTS', p .. 'w:' .. ARGV[4]) == 1 then
+local w = p .. 'w:' .. ARGV[4]
+local seq = tonumber(ARGV[5])
+if not is(w, 'string') then
+  return redis.error_reply(w .. ' is not a string: another program writes under the prefix')
+end
+if seq <= (tonumber(redis.call('GET', w)) or 0) then
   return {0, 0}
 end
 local skipped = 0
-local i = 5
+local i = 6
 while i <= #ARGV do
   local name = ARGV[i]
   local ls = tonumber(ARGV[i + 1])
@@ -151,7 +163,7 @@ while i <= #ARGV do
 end
 redis.call('ZREMRANGEBYSCORE', z, '-inf', now - ttl)
 redis.call('PEXPIRE', z, ttl)
-redis.call('SET', p .. 'w:' .. ARGV[4], '1', 'PX', ttl)
+redis.call('SET', w, ARGV[5], 'PX', ttl)
 return {1, skipped}
 ";
 
@@ -235,7 +247,7 @@ struct TargetDelta {
 /// A batch of counts whose write failed.
 #[derive(Debug)]
 struct Unsent {
-    /// Its name in Redis (the script adds a name once).
+    /// Its number in the replica's sequence (the script adds a number once).
     name: u64,
     batch: HashMap<Arc<str>, TargetDelta>,
 }
@@ -367,9 +379,14 @@ pub struct SharedFleet {
     timeout: Duration,
     max_targets: usize,
     pending: Mutex<HashMap<Arc<str>, TargetDelta>>,
-    /// A batch whose write failed, with its name and when it was made: sent again, whole
-    /// and under the same name, before anything newer (so Redis adds it at most once).
+    /// A batch whose write failed, with its number: sent again, whole and under the same
+    /// number, before anything newer (so Redis adds it at most once).
     unsent: Mutex<Option<Unsent>>,
+    /// This replica's name in Redis: random, so that no two replicas (nor two runs of
+    /// one) share a sequence.
+    replica: u64,
+    /// The next batch's number (from 1).
+    sequence: AtomicU64,
     view: ArcSwap<HashMap<Arc<str>, SharedTarget>>,
     /// The latest end of an open shared circuit read per target (wall ms), kept after the
     /// circuit's key expires: a circuit whose open time has passed, with no success
@@ -435,6 +452,8 @@ impl SharedFleet {
             max_targets,
             pending: Mutex::new(HashMap::new()),
             unsent: Mutex::new(None),
+            replica: rand::random(),
+            sequence: AtomicU64::new(1),
             view: ArcSwap::from_pointee(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
             shared: AtomicBool::new(false),
@@ -545,7 +564,10 @@ impl SharedFleet {
                 (u.name, u.batch)
             }
             None => match self.pending.lock() {
-                Ok(mut p) if !p.is_empty() => (batch_name(), std::mem::take(&mut *p)),
+                Ok(mut p) if !p.is_empty() => (
+                    self.sequence.fetch_add(1, Ordering::Relaxed),
+                    std::mem::take(&mut *p),
+                ),
                 _ => return Ok(0),
             },
         };
@@ -565,7 +587,11 @@ impl SharedFleet {
         }
         let ttl = ms(self.window).saturating_mul(2);
         let mut call = self.write.prepare_invoke();
-        call.arg(PREFIX).arg(now).arg(ttl).arg(name);
+        call.arg(PREFIX)
+            .arg(now)
+            .arg(ttl)
+            .arg(self.replica)
+            .arg(name);
         let mut attempts = 0;
         for (target, t) in &batch {
             call.arg(&**target)
@@ -892,11 +918,6 @@ impl SharedFleet {
     }
 }
 
-/// A batch's name: random, so that no two replicas' batches share one.
-fn batch_name() -> u64 {
-    rand::random()
-}
-
 /// One target's row of the read script, as of `now` (wall ms); `None` when malformed.
 fn parse_row(row: &[i64], now: u64) -> Option<SharedTarget> {
     let n = |i: usize| row.get(i).map(|&v| u64::try_from(v).unwrap_or(0));
@@ -1140,7 +1161,11 @@ mod tests {
         let write = redis::Script::new(WRITE);
         let run = |name: u64, s_us: i64| {
             let mut call = write.prepare_invoke();
-            call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(name);
+            call.arg(PREFIX)
+                .arg(1_000_000)
+                .arg(60_000)
+                .arg(77)
+                .arg(name);
             call.arg("db").arg(0).arg(0).arg(0).arg(1);
             call.arg(7).arg(2).arg("c").arg(3).arg("s").arg(s_us);
             call
@@ -1152,13 +1177,25 @@ mod tests {
         }
         let calls = count(&mut conn, &key).await;
         assert_eq!(calls, 6, "two batches of three, one of them sent twice");
+        // Another replica's first batch is its own sequence's: added.
+        let mut other = write.prepare_invoke();
+        other.arg(PREFIX).arg(1_000_000).arg(60_000).arg(78).arg(1);
+        other.arg("db").arg(0).arg(0).arg(0).arg(1);
+        other.arg(7).arg(1).arg("c").arg(1);
+        let (n, _): (i64, u64) = other.invoke_async(&mut conn).await.unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(count(&mut conn, &key).await, 7);
         // A latency sum past i64: that increment is skipped, the rest is written and
         // every key expires.
         let (n, _): (i64, u64) = run(3, i64::MAX).invoke_async(&mut conn).await.unwrap();
         assert_eq!(n, 1);
         let calls = count(&mut conn, &key).await;
-        assert_eq!(calls, 9);
-        for k in [key.clone(), format!("{PREFIX}m:db"), format!("{PREFIX}w:3")] {
+        assert_eq!(calls, 10);
+        for k in [
+            key.clone(),
+            format!("{PREFIX}m:db"),
+            format!("{PREFIX}w:77"),
+        ] {
             let ttl: i64 = redis::cmd("PTTL")
                 .arg(&k)
                 .query_async(&mut conn)
@@ -1169,7 +1206,7 @@ mod tests {
         // What the read script gives back: the last success and the last close after
         // probing as maxima, the circuit's time left.
         let mut call = write.prepare_invoke();
-        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(4);
+        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(77).arg(4);
         call.arg("db").arg(999_000).arg(5_000).arg(999_500).arg(0);
         let (n, _): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
         assert_eq!(n, 1);
@@ -1208,7 +1245,7 @@ mod tests {
         };
         set(format!("{PREFIX}b:bad:7"), "x").await;
         let mut call = write.prepare_invoke();
-        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(5);
+        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(77).arg(5);
         call.arg("bad").arg(0).arg(0).arg(0).arg(1);
         call.arg(7).arg(1).arg("c").arg(1);
         call.arg("db").arg(0).arg(0).arg(0).arg(1);
@@ -1217,7 +1254,7 @@ mod tests {
         assert_eq!((n, skipped), (1, 1));
         assert_eq!(
             count(&mut conn, &key).await,
-            10,
+            11,
             "db written after the skipped target"
         );
         // A last success that is not a number reads as none, in the write's comparison
@@ -1238,7 +1275,7 @@ mod tests {
             .await
             .unwrap();
         let mut call = write.prepare_invoke();
-        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(6);
+        call.arg(PREFIX).arg(1_000_000).arg(60_000).arg(77).arg(6);
         call.arg("db").arg(999_900).arg(0).arg(0).arg(1);
         call.arg(1000).arg(1).arg("c").arg(2);
         let (n, skipped): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
@@ -1257,7 +1294,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("is not a sorted set"), "{e}");
-        assert_eq!(count(&mut conn, &key).await, 10, "nothing written");
+        assert_eq!(count(&mut conn, &key).await, 11, "nothing written");
         let _ = child.kill();
         let _ = child.wait();
     }

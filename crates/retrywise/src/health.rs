@@ -7,7 +7,10 @@
 //!
 //! - `failure_rate`: retryable failures among them (a permanent failure such as a 404 is
 //!   an answer from a healthy target; cancelled hedges are left out);
-//! - `latency_p95`: the 95th percentile of their latencies;
+//! - `latency_p95`: the 95th percentile of the latencies of those that ended in the
+//!   window's later part (its histogram turns over every half window: the last 50–100 %
+//!   of it), so that it follows a slowdown within half a window; unknown when none ended
+//!   there, even if earlier ones did;
 //! - `in_flight`: calls in flight on average over the window — their latencies summed,
 //!   over the window's length (Little's law);
 //! - `failure_rate_recent`: the failure rate of the attempts that ended in the window's
@@ -109,7 +112,8 @@ pub struct HealthSnapshot {
     pub failures: u64,
     /// `failures / calls`; `None` without calls.
     pub failure_rate: Option<f64>,
-    /// The 95th percentile latency of the window's calls; `None` without calls.
+    /// The 95th percentile latency of the calls that ended in the window's later part
+    /// (the last 50–100 % of it, by half-window periods); `None` without calls there.
     pub latency_p95: Option<Duration>,
     /// Calls in flight on average over the window (see the module's documentation).
     pub in_flight: u32,
@@ -255,8 +259,10 @@ impl HealthSnapshot {
 /// calls and failures, and the tag with the 40-bit sum of their latencies in microseconds
 /// — updated by compare-and-swap; a bucket saturates at about a million calls (or 12 days
 /// of summed latency), beyond which it rests on what it has. A bucket is recognized by its
-/// tag, so a tracker left idle for exactly 2²⁴ bucket periods (about 194 days with a
-/// 10-second window) could read one stale bucket.
+/// tag, which wraps after 2²⁴ bucket periods (about 194 days with a 10-second window, 4.7
+/// hours with the shortest): so once per bucket period the first call (or reading) sweeps
+/// out the slots more than a window old, and after an idle spell of 2²³ periods or more,
+/// every slot - no slot lives long enough for its tag to come round again.
 #[derive(Debug)]
 pub struct HealthTracker {
     bucket_nanos: u64,
@@ -273,6 +279,8 @@ pub struct HealthTracker {
     /// When the last success ended, in whole milliseconds since the origin, plus one; 0
     /// before the first.
     last_success_ms: AtomicU64,
+    /// The bucket period the slots were last swept in ([`HealthTracker::sweep`]).
+    swept: AtomicU64,
 }
 
 impl HealthTracker {
@@ -314,6 +322,7 @@ impl HealthTracker {
             p95_cache: AtomicU64::new(0),
             permanents: Default::default(),
             last_success_ms: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
         })
     }
 
@@ -328,7 +337,45 @@ impl HealthTracker {
     }
 
     fn bucket_at(&self, now: Instant) -> u64 {
-        self.since_origin(now) / self.bucket_div
+        let b = self.since_origin(now) / self.bucket_div;
+        self.sweep(b);
+        b
+    }
+
+    /// Once per bucket period (the first call or reading in it): clears the slots that
+    /// hold a bucket more than a window behind `b` - all of them after an idle spell of
+    /// 2²³ periods, when a tag may have come round - so that no slot's 24-bit tag lives
+    /// long enough to wrap and read as current (or as newer, dropping calls). One load on
+    /// every other call.
+    fn sweep(&self, b: u64) {
+        let last = self.swept.load(Ordering::Relaxed);
+        if last >= b
+            || self
+                .swept
+                .compare_exchange(last, b, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let idle = b - last >= TAG_MASK / 2;
+        let now_tag = b & TAG_MASK;
+        for (slots, shift) in [
+            (&self.buckets, 2 * COUNT_BITS),
+            (&self.sums, SUM_BITS),
+            (&self.permanents, SUM_BITS),
+        ] {
+            for slot in slots {
+                let cur = slot.load(Ordering::Relaxed);
+                let behind = now_tag.wrapping_sub(cur >> shift) & TAG_MASK;
+                // Behind by more than two windows (a late call lands at most one behind),
+                // and not ahead (a call of the next period, read a moment earlier).
+                let old = behind > 2 * BUCKETS && behind < TAG_MASK - 4 * BUCKETS;
+                if cur != 0 && (idle || old) {
+                    // Lost to a concurrent write: that slot is current again.
+                    let _ = slot.compare_exchange(cur, 0, Ordering::Relaxed, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Records a call that ended at `now` as `ended`, after `latency`.
@@ -336,6 +383,7 @@ impl HealthTracker {
         // The clock is read once, for the buckets, the last success and the latencies.
         let since = self.since_origin(now);
         let b = since / self.bucket_div;
+        self.sweep(b);
         let tag = b & TAG_MASK;
         match ended {
             Ended::Success => self.succeeded(since),
@@ -349,7 +397,7 @@ impl HealthTracker {
             let (t, calls, failures) = unpack(cur);
             let (calls, failures) = if t == tag && cur != 0 {
                 (calls, failures)
-            } else if cur != 0 && t.wrapping_sub(tag) & TAG_MASK < TAG_MASK / 2 {
+            } else if cur != 0 && is_ahead(t, tag) {
                 // The slot already holds a newer bucket: this call ended out of the window
                 // (a thread that read the clock earlier and got here later).
                 self.latency.record_since(since, latency);
@@ -441,8 +489,10 @@ impl HealthTracker {
         (calls > 0).then(|| failures as f64 / calls as f64)
     }
 
-    /// The 95th percentile latency of the window's calls (to within 6.25 %, in whole
-    /// milliseconds), recomputed at most once per bucket period; `None` without calls.
+    /// The 95th percentile latency of the calls that ended in the window's later part
+    /// (the current and the previous half-window period: the last 50–100 % of it), to
+    /// within 6.25 %, in whole milliseconds, recomputed at most once per bucket period;
+    /// `None` without calls there.
     pub fn latency_p95(&self, now: Instant) -> Option<Duration> {
         let b = self.bucket_at(now);
         let key = (b & 0xFFFF_FFFF) + 1;
@@ -509,7 +559,7 @@ fn add_tagged(slot: &AtomicU64, tag: u64, n: u64) {
         let (t, sum) = (cur >> SUM_BITS, cur & SUM_MAX);
         let sum = if t == tag && cur != 0 {
             sum
-        } else if cur != 0 && t.wrapping_sub(tag) & TAG_MASK < TAG_MASK / 2 {
+        } else if cur != 0 && is_ahead(t, tag) {
             return;
         } else {
             0
@@ -520,6 +570,14 @@ fn add_tagged(slot: &AtomicU64, tag: u64, n: u64) {
             Err(seen) => cur = seen,
         }
     }
+}
+
+/// Whether a slot tagged `t` holds a later bucket than `tag`: a few windows ahead at most
+/// (a thread that read the clock earlier and got here later); a tag further round is an
+/// old bucket's.
+fn is_ahead(t: u64, tag: u64) -> bool {
+    let ahead = t.wrapping_sub(tag) & TAG_MASK;
+    ahead != 0 && ahead <= 4 * BUCKETS
 }
 
 fn pack(tag: u64, calls: u64, failures: u64) -> u64 {
@@ -718,6 +776,40 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         let later = h.latency_p95(Instant::now()).unwrap();
         assert!(later >= Duration::from_millis(1_800), "{later:?}");
+    }
+
+    /// A slot's tag is 24 bits and its place the period modulo 10: after 5 x 2²⁴ bucket
+    /// periods both come round. A tracker left idle that long (23 hours of the shortest
+    /// window's 1 ms buckets) neither reads its old calls as current nor, a little
+    /// earlier - or half of the time after 2²³ periods - takes its slots for newer
+    /// buckets and drops the calls that land there.
+    #[tokio::test(start_paused = true)]
+    async fn a_tag_that_comes_round_after_an_idle_spell_reads_nothing_old() {
+        let period = Duration::from_millis(1);
+        for idle in [5u64 << 24, (5 << 24) - 10, (1 << 23) + 2] {
+            let h = HealthTracker::new(Duration::from_millis(10)).unwrap();
+            let t0 = Instant::now();
+            for _ in 0..5 {
+                h.record(t0, Ended::Failure, Duration::from_millis(1));
+                h.record(t0, Ended::Permanent, Duration::from_millis(1));
+            }
+            assert_eq!(h.counts(t0), (10, 5));
+            let later = t0 + period * u32::try_from(idle).unwrap();
+            assert_eq!(h.counts(later), (0, 0), "idle for {idle} periods");
+            assert_eq!(h.permanent_failures(later), 0, "idle for {idle} periods");
+            assert_eq!(h.in_flight(later), 0);
+            h.record(later, Ended::Success, Duration::from_millis(1));
+            assert_eq!(h.counts(later), (1, 0), "counted after {idle} idle periods");
+        }
+        // Sparse calls keep the tracker swept one slot at a time: a call every 2²² periods,
+        // for five times round the tag, always finds its own slot empty of old calls.
+        let h = HealthTracker::new(Duration::from_millis(10)).unwrap();
+        let t0 = Instant::now();
+        for k in 0..=20u32 {
+            let at = t0 + period * (k << 22);
+            h.record(at, Ended::Failure, Duration::from_millis(1));
+            assert_eq!(h.counts(at), (1, 1), "call {k}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

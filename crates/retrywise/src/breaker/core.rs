@@ -392,15 +392,20 @@ impl CircuitBreaker {
                 // clock when they transition.
                 let now = stamp.filter(|_| matches!(s.cfg.window, SlidingWindow::Time { .. }));
                 let failed = outcome == CallOutcome::Failure;
+                // `None`: a transition cleared the window for a later state since this call's
+                // epoch was read above - it decides nothing.
                 let counts = if failed || slow {
-                    s.window.push(now.unwrap_or(0), failed, slow)
+                    match s.window.push_in(epoch, now.unwrap_or(0), failed, slow) {
+                        Some(counts) => counts,
+                        None => return,
+                    }
                 } else {
                     // A fast success lowers both rates and asks no prediction: a time
                     // window is not summed for it (the next failure sums it). So a success
                     // that brings a time window to its minimum of calls, over a failure
                     // rate above the threshold, does not open it (resilience4j would): the
                     // next failure or slow call does.
-                    match s.window.push_quiet(now.unwrap_or(0)) {
+                    match s.window.push_quiet_in(epoch, now.unwrap_or(0)) {
                         Some(counts) => counts,
                         None => return,
                     }
@@ -665,12 +670,14 @@ impl CircuitBreaker {
                     since_nanos: now(),
                 };
             }
+            // Cleared for the new epoch before it is announced: a call of the old one
+            // that read its epoch just before counts nothing in the new window.
             State::Closed => {
                 core.consecutive_opens = 0;
                 core.opened = None;
-                s.window.clear();
+                s.window.clear_for(next);
             }
-            State::Disabled | State::ForcedOpen | State::MetricsOnly => s.window.clear(),
+            State::Disabled | State::ForcedOpen | State::MetricsOnly => s.window.clear_for(next),
         }
         s.word.store(pack(next, to), Ordering::Release);
         tracing::info!(breaker = %s.name, from = %from, to = %to, "circuit breaker state change");

@@ -1,6 +1,6 @@
 //! Sliding windows of call outcomes.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use strength_reduce::StrengthReducedU64;
 
@@ -71,8 +71,10 @@ fn unpack(w: u64) -> (u64, u64, u64, u64) {
 /// The calls of the last `duration`, in buckets, recorded without a lock: each bucket is
 /// one word (its epoch's tag and its three counts) moved by compare-and-swap, like the
 /// health tracker's. A bucket is read as part of the window when its tag is one of the
-/// last `buckets` epochs' (tags wrap after 2^20 bucket lengths: a bucket left untouched
-/// for exactly that long would be read as current — 2.4 days of silence at 200 ms).
+/// last `buckets` epochs'. Tags wrap after 2^20 bucket lengths (2.4 days at 200 ms), so
+/// once per epoch the first call or reading sweeps out the buckets that have left the
+/// window, and after a silence of 2^19 epochs every bucket: none lives long enough for
+/// its tag to come round and read as current (or as newer, dropping calls).
 #[derive(Debug)]
 pub(crate) struct TimeBuckets {
     buckets: Box<[AtomicU64]>,
@@ -80,18 +82,60 @@ pub(crate) struct TimeBuckets {
     bucket_nanos: StrengthReducedU64,
     /// Divides by the number of buckets likewise.
     len: StrengthReducedU64,
+    /// The epoch the buckets were last swept in ([`TimeBuckets::sweep`]).
+    swept: AtomicU64,
+    /// The breaker epoch whose calls the window holds (not a bucket's epoch).
+    state: AtomicU64,
 }
 
 impl TimeBuckets {
-    /// Counts one call at `now_nanos`; returns the window's aggregates then (one division
-    /// for both).
-    fn push(&self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
-        let epoch = now_nanos / self.bucket_nanos;
-        self.push_at(epoch, failed, slow);
-        self.counts_at(epoch)
+    /// Once per epoch (the first call or reading in it): clears the buckets that have
+    /// left the window as of `epoch` - all of them after 2^19 epochs of silence, when a tag
+    /// may have come round. One load on every other call.
+    fn sweep(&self, epoch: u64) {
+        let last = self.swept.load(Ordering::Relaxed);
+        if last >= epoch
+            || self
+                .swept
+                .compare_exchange(last, epoch, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let n = self.buckets.len() as u64;
+        let silent = epoch - last >= TAG_MASK / 2;
+        let tag = epoch & TAG_MASK;
+        for slot in self.buckets.iter() {
+            let cur = slot.load(Ordering::Acquire);
+            let behind = tag.wrapping_sub(cur >> (3 * COUNT_BITS)) & TAG_MASK;
+            // Out of the window, and not a newer bucket (a call that read the clock later
+            // and got here first).
+            let old = behind >= n && behind <= TAG_MASK - LATE_WINDOWS * n;
+            if cur != 0 && (silent || old) {
+                // Lost to a concurrent write: that bucket is current again.
+                let _ = slot.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
     }
 
-    fn push_at(&self, epoch: u64, failed: bool, slow: bool) {
+    /// Counts one call of breaker epoch `state` at `now_nanos`; returns the window's
+    /// aggregates then (one division for both), or `None` when the window holds another
+    /// state's calls.
+    fn push(&self, state: u64, now_nanos: u64, failed: bool, slow: bool) -> Option<Counts> {
+        let epoch = now_nanos / self.bucket_nanos;
+        self.push_at(state, epoch, failed, slow)
+            .then(|| self.counts_at(epoch))
+    }
+
+    /// Counts a call of breaker epoch `state` in bucket `epoch`; false when the window
+    /// holds another state's calls. (A push that read the state just before a clear
+    /// announced the next can still land after it: one call of the old state in the new
+    /// window, counted as it was.)
+    fn push_at(&self, state: u64, epoch: u64, failed: bool, slow: bool) -> bool {
+        if self.state.load(Ordering::Acquire) != state {
+            return false;
+        }
+        self.sweep(epoch);
         let n = self.buckets.len() as u64;
         let tag = epoch & TAG_MASK;
         let slot = &self.buckets[(epoch % self.len) as usize];
@@ -105,7 +149,7 @@ impl TimeBuckets {
                 // The slot already holds a newer bucket: this call ended before it, and
                 // before the window (a thread that read the clock earlier and got here
                 // later).
-                return;
+                return true;
             } else {
                 (0, 0, 0)
             };
@@ -121,14 +165,16 @@ impl TimeBuckets {
                 slows + u64::from(slow),
             );
             match slot.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(seen) => cur = seen,
             }
         }
     }
 
     fn counts(&self, now_nanos: u64) -> Counts {
-        self.counts_at(now_nanos / self.bucket_nanos)
+        let epoch = now_nanos / self.bucket_nanos;
+        self.sweep(epoch);
+        self.counts_at(epoch)
     }
 
     fn counts_at(&self, epoch: u64) -> Counts {
@@ -147,7 +193,8 @@ impl TimeBuckets {
         c
     }
 
-    fn clear(&self) {
+    fn clear(&self, state: u64) {
+        self.state.store(state, Ordering::Release);
         for slot in self.buckets.iter() {
             slot.store(0, Ordering::Release);
         }
@@ -159,22 +206,57 @@ impl TimeBuckets {
 /// adjusted only when the flags change. The aggregates always equal the flags in the ring
 /// once concurrent pushes complete; while they are in flight they may be off by those
 /// pushes, which rates can afford.
+///
+/// The ring holds the calls of one breaker epoch (the state it was cleared for): each
+/// flag and each count carries the epoch's low bits, and a push of an earlier epoch's
+/// call - one that raced the transition that cleared the ring - changes no count, and
+/// its flag, left in a slot, is none of the new epoch's. (At most it adds one to the
+/// calls, in the direction that lowers both rates.)
 #[derive(Debug)]
 pub(crate) struct CountRing {
+    /// `tag << 2 | flags`, the tag the low 6 bits of the epoch of the call.
     slots: Box<[AtomicU8]>,
     /// Pushes since the last clear.
     head: AtomicU64,
-    failures: AtomicI64,
-    slow: AtomicI64,
+    /// `epoch << 32 | count` (the epoch's low 32 bits).
+    failures: AtomicU64,
+    slow: AtomicU64,
+    /// The epoch whose calls the ring holds.
+    epoch: AtomicU64,
 }
 
-fn adjust(counter: &AtomicI64, had: bool, has: bool) -> u32 {
-    let v = match (had, has) {
-        (false, true) => counter.fetch_add(1, Ordering::AcqRel) + 1,
-        (true, false) => counter.fetch_sub(1, Ordering::AcqRel) - 1,
-        _ => counter.load(Ordering::Acquire),
-    };
-    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+/// A slot's tag: the epoch's low 6 bits (the flags take 2). A slot keeps a flag of an
+/// earlier epoch only after a push raced a clear, until the next clear zeroes it: tags
+/// never come round while one is left.
+fn slot_tag(epoch: u64) -> u8 {
+    (epoch & 0x3f) as u8
+}
+
+/// Moves the count in `counter` by the change of a flag from `had` to `has`, if the
+/// counter is `epoch`'s; its count then, or `None` for a count of another epoch.
+fn adjust(counter: &AtomicU64, epoch: u64, had: bool, has: bool) -> Option<u32> {
+    let tag = epoch & 0xffff_ffff;
+    let mut cur = counter.load(Ordering::Acquire);
+    loop {
+        if cur >> 32 != tag {
+            return None;
+        }
+        let count = cur & 0xffff_ffff;
+        let next = match (had, has) {
+            (false, true) => count + 1,
+            (true, false) => count.saturating_sub(1),
+            _ => return Some(u32::try_from(count).unwrap_or(u32::MAX)),
+        };
+        match counter.compare_exchange_weak(
+            cur,
+            tag << 32 | next,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Some(u32::try_from(next).unwrap_or(u32::MAX)),
+            Err(seen) => cur = seen,
+        }
+    }
 }
 
 impl CountRing {
@@ -182,28 +264,37 @@ impl CountRing {
         Self {
             slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
             head: AtomicU64::new(0),
-            failures: AtomicI64::new(0),
-            slow: AtomicI64::new(0),
+            failures: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         }
     }
 
-    fn push(&self, failed: bool, slow: bool) -> Counts {
-        let flags = (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
+    /// Counts a call of `epoch`; `None` when the ring holds another epoch's calls.
+    fn push(&self, epoch: u64, failed: bool, slow: bool) -> Option<Counts> {
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return None;
+        }
+        let tag = slot_tag(epoch);
+        let flags = tag << 2 | (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
         let n = self.slots.len() as u64;
         let i = self.head.fetch_add(1, Ordering::AcqRel);
         let old = self.slots[(i % n) as usize].swap(flags, Ordering::AcqRel);
-        Counts {
+        // A flag of another epoch was taken out of the counts when the ring was cleared.
+        let had = if old >> 2 == tag { old & 3 } else { 0 };
+        Some(Counts {
             calls: u32::try_from((i + 1).min(n)).unwrap_or(u32::MAX),
-            failures: adjust(&self.failures, old & FAILED != 0, failed),
-            slow: adjust(&self.slow, old & SLOW != 0, slow),
-        }
+            failures: adjust(&self.failures, epoch, had & FAILED != 0, failed)?,
+            slow: adjust(&self.slow, epoch, had & SLOW != 0, slow)?,
+        })
     }
 
     fn counts(&self) -> Counts {
         let n = self.slots.len() as u64;
         let calls = self.head.load(Ordering::Acquire).min(n);
-        let read =
-            |c: &AtomicI64| u32::try_from(c.load(Ordering::Acquire).max(0)).unwrap_or(u32::MAX);
+        let read = |c: &AtomicU64| {
+            u32::try_from(c.load(Ordering::Acquire) & 0xffff_ffff).unwrap_or(u32::MAX)
+        };
         Counts {
             calls: u32::try_from(calls).unwrap_or(u32::MAX),
             failures: read(&self.failures),
@@ -211,12 +302,16 @@ impl CountRing {
         }
     }
 
-    fn clear(&self) {
+    /// Empties the ring for the calls of `epoch`: announced first, so that a push of an
+    /// earlier epoch that comes after changes nothing.
+    fn clear(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
         for slot in self.slots.iter() {
-            let old = slot.swap(0, Ordering::AcqRel);
-            adjust(&self.failures, old & FAILED != 0, false);
-            adjust(&self.slow, old & SLOW != 0, false);
+            slot.store(0, Ordering::Release);
         }
+        let fresh = (epoch & 0xffff_ffff) << 32;
+        self.failures.store(fresh, Ordering::Release);
+        self.slow.store(fresh, Ordering::Release);
         self.head.store(0, Ordering::Release);
     }
 }
@@ -244,6 +339,8 @@ impl Window {
                             .max(1),
                     ),
                     len: StrengthReducedU64::new(u64::from(buckets)),
+                    swept: AtomicU64::new(0),
+                    state: AtomicU64::new(0),
                 })
             }
         }
@@ -257,23 +354,31 @@ impl Window {
         }
     }
 
-    /// Adds a call that ended `now_nanos` after the breaker's origin; returns the
-    /// window's counts including it.
-    pub(crate) fn push(&self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
+    /// Adds a call of breaker epoch `state` that ended `now_nanos` after the breaker's
+    /// origin; returns the window's counts including it, or `None` when the window was
+    /// cleared for a later state (the call raced a transition: it decides nothing).
+    pub(crate) fn push_in(
+        &self,
+        state: u64,
+        now_nanos: u64,
+        failed: bool,
+        slow: bool,
+    ) -> Option<Counts> {
         match self {
-            Window::Count(r) => r.push(failed, slow),
-            Window::Time(t) => t.push(now_nanos, failed, slow),
+            Window::Count(r) => r.push(state, failed, slow),
+            Window::Time(t) => t.push(state, now_nanos, failed, slow),
         }
     }
 
     /// Adds a call that can open no circuit (a success that was not slow: it lowers both
     /// rates), without summing the window; `None` when the window is a time window (its
-    /// sum is the costly part), else the aggregates as [`push`](Self::push) gives them.
-    pub(crate) fn push_quiet(&self, now_nanos: u64) -> Option<Counts> {
+    /// sum is the costly part) or holds a later state's calls, else the aggregates as
+    /// [`push_in`](Self::push_in) gives them.
+    pub(crate) fn push_quiet_in(&self, state: u64, now_nanos: u64) -> Option<Counts> {
         match self {
-            Window::Count(r) => Some(r.push(false, false)),
+            Window::Count(r) => r.push(state, false, false),
             Window::Time(t) => {
-                t.push_at(now_nanos / t.bucket_nanos, false, false);
+                t.push_at(state, now_nanos / t.bucket_nanos, false, false);
                 None
             }
         }
@@ -287,12 +392,40 @@ impl Window {
         }
     }
 
-    /// Forgets every call.
-    pub(crate) fn clear(&self) {
+    /// Forgets every call, and holds the calls of breaker epoch `state` from now on.
+    pub(crate) fn clear_for(&self, state: u64) {
         match self {
-            Window::Count(r) => r.clear(),
-            Window::Time(t) => t.clear(),
+            Window::Count(r) => r.clear(state),
+            Window::Time(t) => t.clear(state),
         }
+    }
+
+    /// The breaker epoch whose calls the window holds (tests).
+    #[cfg(test)]
+    fn state(&self) -> u64 {
+        match self {
+            Window::Count(r) => r.epoch.load(Ordering::Acquire),
+            Window::Time(t) => t.state.load(Ordering::Acquire),
+        }
+    }
+
+    /// [`push_in`](Self::push_in) for the state the window holds (tests).
+    #[cfg(test)]
+    pub(crate) fn push(&self, now_nanos: u64, failed: bool, slow: bool) -> Counts {
+        self.push_in(self.state(), now_nanos, failed, slow)
+            .unwrap_or_default()
+    }
+
+    /// [`push_quiet_in`](Self::push_quiet_in) for the state the window holds (tests).
+    #[cfg(test)]
+    pub(crate) fn push_quiet(&self, now_nanos: u64) -> Option<Counts> {
+        self.push_quiet_in(self.state(), now_nanos)
+    }
+
+    /// Forgets every call (tests).
+    #[cfg(test)]
+    pub(crate) fn clear(&self) {
+        self.clear_for(self.state());
     }
 }
 
@@ -517,6 +650,97 @@ mod tests {
                 slow: 0
             }
         );
+    }
+
+    /// After a silence of as many epochs as the tags hold (or a few fewer), the old
+    /// failures neither read as current nor make the slot look newer than the calls that
+    /// land in it: they are swept out.
+    #[test]
+    fn a_silence_as_long_as_the_tags_go_round_leaves_nothing_behind() {
+        let ms = 1_000_000u64;
+        for silence in [1u64 << 20, (1 << 20) - 2, (1 << 19) + 1] {
+            let w = Window::new(SlidingWindow::Time {
+                duration: Duration::from_millis(4),
+                buckets: 4,
+            });
+            for _ in 0..3 {
+                w.push(0, true, true);
+            }
+            let later = silence * ms;
+            assert_eq!(w.counts(later), Counts::default(), "after {silence}");
+            assert_eq!(
+                w.push(later, true, false),
+                Counts {
+                    calls: 1,
+                    failures: 1,
+                    slow: 0
+                },
+                "after {silence}"
+            );
+        }
+        // Calls now and then: each finds its bucket swept of the calls a window ago.
+        let w = Window::new(SlidingWindow::Time {
+            duration: Duration::from_millis(4),
+            buckets: 4,
+        });
+        for k in 0..40u64 {
+            let at = k * (1 << 18) * ms;
+            assert_eq!(w.push(at, true, false).calls, 1, "call {k}");
+        }
+    }
+
+    /// A push of an earlier epoch that raced the clear for a new one counts nothing in
+    /// the new window: its flag, left in a slot after the clear, is not the new epoch's
+    /// (before, it was a failure with no call behind it: one success later the failure
+    /// rate read 100 %).
+    #[test]
+    fn a_push_that_raced_a_clear_counts_nothing_in_the_new_window() {
+        let r = CountRing::new(3);
+        assert!(r.push(0, true, true).is_some());
+        r.clear(1);
+        assert_eq!(r.push(0, true, false), None, "an earlier epoch's call");
+        // What a push of epoch 0 leaves when its swap lands after the clear's: a flag in
+        // its slot, and one more push counted.
+        r.slots[0].store(slot_tag(0) << 2 | FAILED | SLOW, Ordering::Release);
+        r.head.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(r.counts().failures, 0);
+        for _ in 0..3 {
+            let c = r.push(1, false, false).unwrap();
+            assert_eq!((c.failures, c.slow), (0, 0), "{c:?}");
+        }
+        let c = r.push(1, true, false).unwrap();
+        assert_eq!((c.calls, c.failures, c.slow), (3, 1, 0));
+    }
+
+    /// Old-epoch pushes from several threads while the ring is cleared for a new epoch:
+    /// whatever the interleaving, the new epoch's counts hold none of them.
+    #[test]
+    fn concurrent_pushes_of_an_old_epoch_never_reach_a_cleared_ring() {
+        for _ in 0..20 {
+            let r = CountRing::new(8);
+            let go = std::sync::Barrier::new(5);
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        go.wait();
+                        for _ in 0..2_000 {
+                            let _ = r.push(0, true, true);
+                        }
+                    });
+                }
+                go.wait();
+                std::thread::yield_now();
+                r.clear(1);
+            });
+            let c = r.counts();
+            assert_eq!((c.failures, c.slow), (0, 0), "{c:?}");
+            let tagged = r
+                .slots
+                .iter()
+                .filter(|s| s.load(Ordering::Acquire) >> 2 == slot_tag(1))
+                .count();
+            assert_eq!(tagged, 0, "no flag of the new epoch");
+        }
     }
 
     #[test]
