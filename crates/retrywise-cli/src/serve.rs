@@ -69,6 +69,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         fleet_timeout_ms: args.fleet_timeout_ms,
         ..Overrides::default()
     };
+    for warning in retrywise_server::config::check_env(std::env::vars_os())
+        .context("reading the configuration")?
+    {
+        tracing::warn!("{warning}");
+    }
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)
         .context("reading the configuration")?;
     let models = config.models.clone();

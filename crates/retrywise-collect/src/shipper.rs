@@ -85,7 +85,10 @@ enum Msg {
 /// (a restarted shipper sends what its predecessor left), one attempt at a time with the
 /// backoff between; only a batch the endpoint refuses as invalid (400, 413, 415, 422) is
 /// given up, and a spooled one is kept beside the others as `batch-….ndjson.refused` (one
-/// that cannot be read as `….unreadable`). A batch the spool cannot keep (full, or its
+/// that cannot be read as `….unreadable`). A batch refused so on its first delivery is
+/// sent again in halves, down to single records: a batch too large for the endpoint's
+/// body limit goes in pieces that fit, and only a record the endpoint refuses is given up
+/// (set aside alone), not the good records beside it. A batch the spool cannot keep (full, or its
 /// disk refusing) is sent once more directly before it is given up. Delivery is at least
 /// once: a batch sent but not acknowledged (a timeout, a crash before its file is removed)
 /// is sent again. The spool's file operations run on tokio's blocking pool, and the queue
@@ -433,7 +436,32 @@ impl Worker {
             self.spill(body, n).await;
             return;
         }
-        match self.post(&self.policy, body.clone()).await {
+        // A batch refused for what it holds is split in halves, each sent on its own, down
+        // to single records: a body too large for the endpoint (413) goes in smaller
+        // pieces, and a record the endpoint refuses (400: a newer schema's rule, say) is
+        // all that is given up, not the good records beside it.
+        let mut pieces = vec![(body, n)];
+        while let Some((body, n)) = pieces.pop() {
+            match self.post(&self.policy, body.clone()).await {
+                Ok(a) if refused(a.status) && n > 1 => {
+                    let (first, second) = split_lines(&body, n);
+                    tracing::warn!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch; sending it in halves");
+                    pieces.push(second);
+                    pieces.push(first);
+                }
+                answer => self.delivered(body, n, answer).await,
+            }
+        }
+    }
+
+    /// What becomes of a batch after its delivery was tried and answered (or not).
+    async fn delivered(
+        &mut self,
+        body: bytes::Bytes,
+        n: u64,
+        answer: Result<Answer, retrywise::policy::CallError<reqwest::Error>>,
+    ) {
+        match answer {
             Ok(a) if (200..300).contains(&a.status) => {
                 Counters::add(&self.counters.shipped, n);
                 Counters::add(&self.counters.batches, 1);
@@ -458,10 +486,10 @@ impl Worker {
         }
     }
 
-    /// A batch the endpoint refused as invalid (400, 413, 415, 422) on its first delivery:
-    /// never sent again, but with a spool kept there for a person as `….refused`, as a
-    /// spooled batch refused is (its records may be good and only the batch too large);
-    /// given up either way (`failed`).
+    /// A batch the endpoint refused as invalid (400, 413, 415, 422) on its first delivery,
+    /// a single record once halving found it (or a record too large alone): never sent
+    /// again, but with a spool kept there for a person as `….refused`, as a spooled batch
+    /// refused is; given up either way (`failed`).
     async fn refused_live(&mut self, body: bytes::Bytes, n: u64, status: u16) {
         let url = &self.url;
         match &mut self.spool {
@@ -668,6 +696,19 @@ async fn blocking<T: Send + 'static>(
             reason: format!("the spool's file task failed: {e}"),
         })
     })
+}
+
+/// An NDJSON body of `n` records (one a line) cut into its first `n / 2` records and the
+/// rest, without copying.
+fn split_lines(body: &bytes::Bytes, n: u64) -> ((bytes::Bytes, u64), (bytes::Bytes, u64)) {
+    let half = n / 2;
+    let cut = body
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(usize::try_from(half.saturating_sub(1)).unwrap_or(usize::MAX))
+        .map_or(body.len(), |(i, _)| i + 1);
+    ((body.slice(..cut), half), (body.slice(cut..), n - half))
 }
 
 /// Whether an answer refuses the batch for what it holds (sending it again would not help):

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ struct Stub {
     fail_with: AtomicU32,
     requests: AtomicU32,
     delay_ms: AtomicU32,
+    /// Answer 413 to a body of more records than this (0: any number).
+    max_records: AtomicU32,
+    /// Answer 400 to a body that holds the record of this call id plus one (0: none).
+    bad_call: AtomicU64,
     received: Mutex<Vec<AttemptRecord>>,
     auth: Mutex<Vec<Option<String>>>,
 }
@@ -60,10 +64,19 @@ async fn ingest(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: String)
         return StatusCode::from_u16(stub.fail_with.load(Ordering::SeqCst) as u16).unwrap();
     }
     assert_eq!(headers.get("content-type").unwrap(), "application/x-ndjson");
-    let mut got = stub.received.lock().unwrap();
-    for line in body.lines() {
-        got.push(serde_json::from_str(line).unwrap());
+    let records: Vec<AttemptRecord> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let most = stub.max_records.load(Ordering::SeqCst);
+    if most > 0 && records.len() > most as usize {
+        return StatusCode::PAYLOAD_TOO_LARGE;
     }
+    let bad = stub.bad_call.load(Ordering::SeqCst);
+    if bad > 0 && records.iter().any(|r| r.call_id + 1 == bad) {
+        return StatusCode::BAD_REQUEST;
+    }
+    stub.received.lock().unwrap().extend(records);
     StatusCode::ACCEPTED
 }
 
@@ -434,16 +447,15 @@ async fn a_spooled_batch_the_service_refuses_as_invalid_is_set_aside() {
     );
 }
 
-/// A batch refused as invalid on its first delivery is not lost either: with a spool it is
-/// set aside there, whole, for a person (a 413 refuses good records that only came too
-/// many at once), and never sent again.
+/// A record refused as invalid on its first delivery is not lost either: its batch is
+/// sent in halves until it stands alone - every good record beside it is delivered - and
+/// with a spool it is set aside there for a person, never sent again.
 #[tokio::test(start_paused = true)]
-async fn a_batch_refused_on_its_first_delivery_is_set_aside_in_the_spool() {
+async fn a_record_refused_on_its_first_delivery_is_set_aside_alone() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    stub.fail.store(1, Ordering::SeqCst);
-    stub.fail_with.store(413, Ordering::SeqCst);
+    stub.bad_call.store(7 + 1, Ordering::SeqCst);
     let shipper = ShippingRecorder::spawn(ShipperConfig {
         spool: Some(spool.clone()),
         ..config(url)
@@ -452,9 +464,14 @@ async fn a_batch_refused_on_its_first_delivery_is_set_aside_in_the_spool() {
     for i in 0..20 {
         shipper.record(record(i));
     }
-    assert!(shipper.flush().await.is_err(), "given up, and said so");
-    assert_eq!(shipper.stats().failed, 20);
-    assert_eq!(stub.requests.load(Ordering::SeqCst), 1);
+    assert!(shipper.flush().await.is_err(), "one given up, and said so");
+    let s = shipper.stats();
+    assert_eq!((s.shipped, s.failed), (19, 1));
+    // 20 -> 10 + 10 -> 5 + 5 -> 2 + 3 -> 1 + 2 -> 1 + 1: 9 requests.
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 9);
+    let mut want: Vec<u64> = (0..20).collect();
+    want.retain(|&i| i != 7);
+    assert_eq!(stub.call_ids(), want, "in order, all but the bad one");
     let kept: Vec<_> = std::fs::read_dir(&spool)
         .unwrap()
         .flatten()
@@ -466,12 +483,31 @@ async fn a_batch_refused_on_its_first_delivery_is_set_aside_in_the_spool() {
         .lines()
         .map(|l| serde_json::from_str::<AttemptRecord>(l).unwrap().call_id)
         .collect();
-    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+    assert_eq!(ids, [7]);
     // Not waiting: nothing is sent again, and what comes next is delivered.
     assert!(spooled(&spool).is_empty());
     shipper.record(record(99));
     shipper.flush().await.unwrap();
-    assert_eq!(stub.call_ids(), [99]);
+    assert_eq!(stub.call_ids().last(), Some(&99));
+}
+
+/// A batch too large for the endpoint (413: its body limit) is sent in halves until the
+/// pieces fit: nothing is lost because the endpoint takes less at once than the shipper
+/// sends.
+#[tokio::test(start_paused = true)]
+async fn a_batch_too_large_is_sent_in_pieces_that_fit() {
+    let (stub, url) = stub().await;
+    stub.max_records.store(300, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    for i in 0..1000 {
+        shipper.record(record(i));
+    }
+    shipper.flush().await.unwrap();
+    let s = shipper.stats();
+    assert_eq!((s.shipped, s.failed, s.batches), (1000, 0, 4));
+    // 1000 -> 500 + 500 -> four of 250.
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 7);
+    assert_eq!(stub.call_ids(), (0..1000).collect::<Vec<_>>());
 }
 
 #[tokio::test(start_paused = true)]

@@ -583,9 +583,12 @@ pub(crate) async fn decide(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
+    // The context is checked before the model is looked up (as `/v1/predict` does): a bad
+    // context is a 400 naming its field, not a 404 for the model it would have used.
+    let ctx = prepare(&st, req.context, || "context".into(), Instant::now())?;
     // No model serving at all (before the first is loaded): the default is answered by the
     // decider's rules, and says so. Another model named but not served stays a 404.
-    let m = match pick(&st, req.model.as_deref(), Some(&req.context.target)) {
+    let m = match pick(&st, req.model.as_deref(), Some(&ctx.target)) {
         Ok(m) => Some(m),
         // The default model, named or not, while none is loaded: the rules decide.
         Err(_)
@@ -606,7 +609,6 @@ pub(crate) async fn decide(
         }
         Err(e) => return Err(e),
     };
-    let ctx = prepare(&st, req.context, || "context".into(), Instant::now())?;
     let deadline = req
         .deadline_ms
         .map(|ms| {

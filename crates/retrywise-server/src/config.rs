@@ -177,6 +177,47 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_FLEET_TIMEOUT_MS", "fleet_timeout_ms"),
 ];
 
+/// What the process environment says wrongly of the settings, before [`Config::load`]
+/// reads it: an error for a setting's variable that is not UTF-8 (read as unset, a token
+/// so given would leave the service open), and a warning for each `RETRYWISE_…` variable
+/// that names no setting (a misspelling: `RETRYWISE_TOKN`). `vars` is the environment
+/// (`std::env::vars_os()`).
+///
+/// # Errors
+/// [`ServerError::Config`] naming the first setting's variable that is not UTF-8.
+pub fn check_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<String>, ServerError> {
+    /// Variables the project's own tests and tools read: not settings, not misspellings.
+    const OTHERS: &[&str] = &[
+        "RETRYWISE_REQUIRE_REDIS",
+        "RETRYWISE_GIT_COMMIT",
+        "RETRYWISE_VENV",
+        "RETRYWISE_NOTEBOOK_MODEL",
+        "RETRYWISE_COMPACT_CRASH_CHILD",
+        "RETRYWISE_COLLECT_CRASH_CHILD",
+    ];
+    let mut warnings = Vec::new();
+    for (name, value) in vars {
+        let name = name.to_string_lossy();
+        if !name.starts_with("RETRYWISE_") {
+            continue;
+        }
+        match ENV.iter().find(|(var, _)| *var == name) {
+            Some((var, _)) if value.to_str().is_none() => {
+                return Err(invalid("environment", var, "is not valid UTF-8"));
+            }
+            Some(_) => {}
+            None if OTHERS.contains(&name.as_ref()) => {}
+            None => warnings.push(format!(
+                "{name} is not a setting of the service (settings: {}); ignored",
+                ENV.iter().map(|(v, _)| *v).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+    Ok(warnings)
+}
+
 fn invalid(origin: &str, field: &str, problem: impl Into<String>) -> ServerError {
     ServerError::Config {
         origin: origin.to_owned(),
@@ -300,10 +341,12 @@ impl Overrides {
             config.model_per_target = p;
         }
         if let Some(ms) = self.poll_interval_ms {
-            if ms < 10 {
+            // At most an hour: a longer one is no poll (one of u64::MAX ticked once, then
+            // never again, and models silently stopped reloading).
+            if !(10..=3_600_000).contains(&ms) {
                 return Err(bad(
                     "poll_interval_ms",
-                    format!("must be at least 10, got {ms}"),
+                    format!("must be within [10, 3600000] (an hour), got {ms}"),
                 ));
             }
             config.poll_interval = Duration::from_millis(ms);
@@ -324,8 +367,11 @@ impl Overrides {
             config.body_limit = b;
         }
         if let Some(ms) = self.request_timeout_ms {
-            if ms == 0 {
-                return Err(bad("request_timeout_ms", "must be positive".into()));
+            if !(1..=3_600_000).contains(&ms) {
+                return Err(bad(
+                    "request_timeout_ms",
+                    format!("must be within [1, 3600000] (an hour), got {ms}"),
+                ));
             }
             config.request_timeout = Duration::from_millis(ms);
         }
@@ -503,6 +549,28 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_setting_not_in_utf8_is_refused_and_a_misspelt_one_is_warned_of() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let var = |k: &str, v: Vec<u8>| (OsString::from(k), OsString::from_vec(v));
+        let e = check_env([var("RETRYWISE_TOKEN", b"s3cr\xffet".to_vec())]).unwrap_err();
+        assert!(
+            e.to_string().contains("RETRYWISE_TOKEN") && e.to_string().contains("UTF-8"),
+            "{e}"
+        );
+        let w = check_env([
+            var("RETRYWISE_TOKN", b"s3cret".to_vec()),
+            var("RETRYWISE_TOKEN", b"s3cret".to_vec()),
+            var("RETRYWISE_REQUIRE_REDIS", b"1".to_vec()),
+            var("HOME", b"/root".to_vec()),
+        ])
+        .unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("RETRYWISE_TOKN is not a setting"), "{w:?}");
+    }
 
     #[test]
     fn file_then_environment_then_flags() {

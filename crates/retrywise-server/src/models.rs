@@ -238,14 +238,16 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
             Ok(v) => v
                 .into_iter()
                 .filter_map(|(v, p)| match v.parse::<u32>() {
-                    Ok(n) => Some((n, p)),
-                    Err(_) => {
+                    // Version 0 is the answers' word for "no model: the rules decided".
+                    Ok(n) if n > 0 => Some((n, p)),
+                    _ => {
                         // A model in a folder that is not a version number (`v3`,
-                        // `2025-12-06`): never served, and said so.
+                        // `2025-12-06`, `0`): never served, and said so.
                         if p.join("model.json").is_file() {
                             report.warnings.push(format!(
                                 "{name}/{v} holds a model.json but `{v}` is not a version \
-                                 number (a whole number up to {}): it is not served",
+                                 number (a whole number from 1 to {}; 0 stands for no model \
+                                 in the answers): it is not served",
                                 u32::MAX
                             ));
                         }

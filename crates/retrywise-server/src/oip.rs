@@ -456,8 +456,9 @@ fn wants_binary(req: &InferRequest) -> Result<bool, ApiError> {
 
 /// Splits a request body into its JSON header and binary part.
 fn split<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    // (`extract::body` refuses these first; the same rule here: `Identity` is identity.)
     if let Some(enc) = headers.get(header::CONTENT_ENCODING)
-        && enc.as_bytes() != b"identity"
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
     {
         return Err(ApiError::UnsupportedMediaType(format!(
             "Content-Encoding {:?} is not supported; send the body uncompressed",

@@ -99,6 +99,11 @@ local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local z = p .. 'targets'
+local function num(x)
+  local v = tonumber(x)
+  if v == nil or v ~= v or v == math.huge or v == -math.huge then return 0 end
+  return v
+end
 local function is(key, t)
   local got = redis.call('TYPE', key)['ok']
   return got == 'none' or got == t
@@ -111,7 +116,7 @@ local seq = tonumber(ARGV[5])
 if not is(w, 'string') then
   return redis.error_reply(w .. ' is not a string: another program writes under the prefix')
 end
-if seq <= (tonumber(redis.call('GET', w)) or 0) then
+if seq <= num(redis.call('GET', w)) then
   return {0, 0}
 end
 local skipped = 0
@@ -138,11 +143,11 @@ while i <= #ARGV do
     redis.call('ZADD', z, now, name)
     redis.call('HSETNX', m, 'first', now)
     if ls > 0 then
-      local cur = tonumber(redis.call('HGET', m, 'ls')) or 0
+      local cur = num(redis.call('HGET', m, 'ls'))
       if ls > cur then redis.call('HSET', m, 'ls', ls) end
     end
     if cl > 0 then
-      local cur = tonumber(redis.call('HGET', m, 'cl')) or 0
+      local cur = num(redis.call('HGET', m, 'cl'))
       if cl > cur then redis.call('HSET', m, 'cl', cl) end
     end
     redis.call('PEXPIRE', m, ttl)
@@ -185,6 +190,11 @@ local recent = tonumber(ARGV[7])
 local latency = tonumber(ARGV[8])
 local names = redis.call('ZREVRANGEBYSCORE', p .. 'targets', '+inf', now - ttl, 'LIMIT', 0, most)
 local b = math.floor(now / period)
+local function num(x)
+  local v = tonumber(x)
+  if v == nil or v ~= v or v == math.huge or v == -math.huge then return 0 end
+  return v
+end
 local function table_or_empty(r)
   if type(r) == 'table' and not r['err'] then return r end
   return {}
@@ -196,7 +206,7 @@ for _, name in ipairs(names) do
   for k = 0, buckets - 1 do
     local h = table_or_empty(redis.pcall('HGETALL', p .. 'b:' .. name .. ':' .. (b - k)))
     for j = 1, #h, 2 do
-      local field, v = h[j], tonumber(h[j + 1]) or 0
+      local field, v = h[j], num(h[j + 1])
       if field == 'c' then
         c = c + v
         if k < recent then rc = rc + v end
@@ -206,14 +216,14 @@ for _, name in ipairs(names) do
       elseif field == 'p' then pm = pm + v
       elseif field == 's' then s = s + v
       elseif k < latency then
-        local hb = tonumber(string.sub(field, 2))
-        if hb then hist[hb] = (hist[hb] or 0) + v end
+        local hb = num(string.sub(field, 2))
+        if hb >= 0 and hb < 1024 and hb == math.floor(hb) then hist[hb] = (hist[hb] or 0) + v end
       end
     end
   end
   local m = table_or_empty(redis.pcall('HMGET', p .. 'm:' .. name, 'ls', 'first', 'cl'))
-  local row = {c, f, rc, rf, pm, s, tonumber(m[1]) or 0, tonumber(m[2]) or 0,
-    redis.call('PTTL', p .. 'o:' .. name), tonumber(m[3]) or 0}
+  local row = {c, f, rc, rf, pm, s, num(m[1]), num(m[2]),
+    redis.call('PTTL', p .. 'o:' .. name), num(m[3])}
   for hb, v in pairs(hist) do
     row[#row + 1] = hb
     row[#row + 1] = v
@@ -387,6 +397,10 @@ pub struct SharedFleet {
     replica: u64,
     /// The next batch's number (from 1).
     sequence: AtomicU64,
+    /// Held through a flush: batches are numbered and sent one flush at a time, so a
+    /// later number never reaches Redis before an earlier one (which Redis would then
+    /// take for a batch already added).
+    flushing: tokio::sync::Mutex<()>,
     view: ArcSwap<HashMap<Arc<str>, SharedTarget>>,
     /// The latest end of an open shared circuit read per target (wall ms), kept after the
     /// circuit's key expires: a circuit whose open time has passed, with no success
@@ -454,6 +468,7 @@ impl SharedFleet {
             unsent: Mutex::new(None),
             replica: rand::random(),
             sequence: AtomicU64::new(1),
+            flushing: tokio::sync::Mutex::new(()),
             view: ArcSwap::from_pointee(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
             shared: AtomicBool::new(false),
@@ -548,6 +563,7 @@ impl SharedFleet {
     /// is kept whole under its name and sent again, before anything newer, with what is
     /// still within the window; the counts recorded meanwhile wait for the next flush.
     async fn flush(&self, conn: &mut ConnectionManager) -> Result<usize, String> {
+        let _one_at_a_time = self.flushing.lock().await;
         let now = wall_ms();
         let oldest = now.saturating_sub(ms(self.window)) / self.period_ms;
         let retried = self.unsent.lock().ok().and_then(|mut u| u.take());
@@ -842,6 +858,8 @@ impl SharedFleet {
             let mut failures: u32 = 0;
             let mut resume: Option<tokio::time::Instant> = None;
             let mut was_fresh = false;
+            // The view went stale without a failure, and was said to.
+            let mut stale = false;
             loop {
                 tick.tick().await;
                 let Some(me) = me.upgrade() else { return };
@@ -855,6 +873,8 @@ impl SharedFleet {
                         age_ms = age,
                         "fleet view: the last read from Redis is too old, answering from this replica's own view"
                     );
+                    stale = true;
+                    me.metrics.targets.set(0);
                     if let Ok(mut d) = me.detail.lock() {
                         *d = format!(
                             "the last read from Redis is {age} ms old (at most {} ms)",
@@ -896,6 +916,10 @@ impl SharedFleet {
                         failures = 0;
                         resume = None;
                         if reading {
+                            if stale {
+                                tracing::info!("fleet view: shared through Redis again");
+                                stale = false;
+                            }
                             me.set_shared(true, "shared through Redis".into());
                             was_fresh = true;
                         }
@@ -904,6 +928,8 @@ impl SharedFleet {
                         me.metrics.errors.inc();
                         me.set_shared(false, detail);
                         was_fresh = false;
+                        // A failure's own log line says it from here on.
+                        stale = false;
                         // Read again as soon as Redis answers.
                         n = 0;
                         failures = failures.saturating_add(1);
@@ -1267,10 +1293,18 @@ mod tests {
             .await
             .unwrap();
         let now_key = format!("{PREFIX}b:db:1000");
+        // Lua reads "nan" as a number, NaN: neither a field named so nor a value so may
+        // fail the read or poison the sums.
         let _: () = redis::cmd("HSET")
             .arg(&now_key)
             .arg("f")
             .arg("many")
+            .arg("hnan")
+            .arg("5")
+            .arg("h3")
+            .arg("nan")
+            .arg("s")
+            .arg("inf")
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -1287,6 +1321,7 @@ mod tests {
             (t.calls, t.failures, t.last_success_ms),
             (2, 0, Some(999_900))
         );
+        assert_eq!(t.latency_us, 0, "an infinite sum reads as 0");
         // The targets set of another type refuses the batch before any write.
         set(format!("{PREFIX}targets"), "x").await;
         let e = run(7, 5)

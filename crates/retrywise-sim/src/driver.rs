@@ -280,11 +280,12 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
         // A virtual run outpacing its writer thread drops records rather than waiting:
         // data with holes must not pass for a run's whole record.
         let stats = r.stats();
-        let dropped = stats.dropped_queue_full + stats.dropped_closed + stats.dropped_invalid;
-        if dropped > 0 {
+        if stats.dropped_queue_full + stats.dropped_closed + stats.dropped_invalid > 0 {
             return Err(SimError::RecordsLost {
                 policy: spec.name.to_owned(),
-                dropped,
+                queue_full: stats.dropped_queue_full,
+                invalid: stats.dropped_invalid,
+                closed: stats.dropped_closed,
                 capacity: RECORD_QUEUE,
             });
         }
@@ -384,7 +385,9 @@ async fn drive(
     // Over HTTP on the real clock, a request arrives when it was scheduled to, however
     // late a busy runtime starts it: its latency and its deadline count from then (no
     // coordinated omission). In virtual time it starts when scheduled, on the timer's
-    // whole millisecond.
+    // whole millisecond. (The policy's own deadline counts from when its call starts: a
+    // request started late may be cut off by the driver's before the policy's runs out,
+    // as a caller's deadline cuts off a policy that started late.)
     let on_schedule = matches!(opts.mode, Mode::Http { .. });
     for i in 0..opts.requests {
         if scenario.arrivals == Arrivals::Poisson {

@@ -62,13 +62,17 @@ pub enum SimError {
     /// A recording run lost attempt records (the writer's queue overflowed): its data
     /// would be incomplete, so the run fails instead.
     #[error(
-        "recording `{policy}`: {dropped} attempt records were dropped (the writer's queue of {capacity} was full); the recorded data is incomplete"
+        "recording `{policy}`: attempt records were dropped ({queue_full} for the writer's queue of {capacity} being full, {invalid} breaking the schema's rules, {closed} after the writer closed); the recorded data is incomplete"
     )]
     RecordsLost {
         /// The policy whose run was recorded.
         policy: String,
-        /// Records dropped.
-        dropped: u64,
+        /// Records dropped because the queue was full.
+        queue_full: u64,
+        /// Records dropped as invalid.
+        invalid: u64,
+        /// Records offered after the writer closed.
+        closed: u64,
         /// The queue's capacity.
         capacity: usize,
     },

@@ -257,8 +257,13 @@ pub fn generate(
             .out
             .file_name()
             .map_or_else(|| "dataset".into(), |n| n.to_string_lossy().into_owned());
+        // Unique per run: a leftover of a failed run (the same pid in a container) is
+        // not in the way.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         opts.out
-            .with_file_name(format!(".{name}.replaced-{}", std::process::id()))
+            .with_file_name(format!(".{name}.replaced-{}-{nanos}", std::process::id()))
     });
     if let Some(b) = &backup {
         std::fs::rename(&opts.out, b).map_err(|e| io("move aside", &opts.out, e))?;
@@ -274,8 +279,11 @@ pub fn generate(
         }
         return Err(io("move the dataset to", &opts.out, e));
     }
-    if let Some(b) = &backup {
-        std::fs::remove_dir_all(b).map_err(|e| io("remove the replaced dataset", b, e))?;
+    if let Some(b) = &backup
+        && let Err(e) = std::fs::remove_dir_all(b)
+    {
+        // The new dataset is in place: the run did what it was asked.
+        tracing::warn!(dir = %b.display(), error = %e, "the replaced dataset could not be removed; remove it by hand");
     }
     Ok(summary)
 }

@@ -349,23 +349,38 @@ impl HealthTracker {
     /// every other call.
     fn sweep(&self, b: u64) {
         let last = self.swept.load(Ordering::Relaxed);
-        if last >= b
-            || self
-                .swept
-                .compare_exchange(last, b, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+        if last >= b {
+            return;
+        }
+        // Read before the sweep is claimed: a slot written after this (a call of the new
+        // period, by a thread that found the sweep claimed) no longer holds what was read,
+        // and is not cleared.
+        let read = |slots: &[AtomicU64; BUCKETS as usize]| -> [u64; BUCKETS as usize] {
+            std::array::from_fn(|i| slots[i].load(Ordering::Relaxed))
+        };
+        let seen = [
+            read(&self.buckets),
+            read(&self.sums),
+            read(&self.permanents),
+        ];
+        if self
+            .swept
+            .compare_exchange(last, b, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
         {
             return;
         }
         let idle = b - last >= TAG_MASK / 2;
         let now_tag = b & TAG_MASK;
-        for (slots, shift) in [
+        for ((slots, shift), seen) in [
             (&self.buckets, 2 * COUNT_BITS),
             (&self.sums, SUM_BITS),
             (&self.permanents, SUM_BITS),
-        ] {
-            for slot in slots {
-                let cur = slot.load(Ordering::Relaxed);
+        ]
+        .into_iter()
+        .zip(&seen)
+        {
+            for (slot, &cur) in slots.iter().zip(seen) {
                 let behind = now_tag.wrapping_sub(cur >> shift) & TAG_MASK;
                 // Behind by more than two windows (a late call lands at most one behind),
                 // and not ahead (a call of the next period, read a moment earlier).
@@ -384,6 +399,12 @@ impl HealthTracker {
         let since = self.since_origin(now);
         let b = since / self.bucket_div;
         self.sweep(b);
+        // A call that ended a window or more before the last period swept is out of the
+        // window (its slot may hold a period of any age by then): only its latency counts.
+        if b.saturating_add(BUCKETS) <= self.swept.load(Ordering::Relaxed) {
+            self.latency.record_since(since, latency);
+            return;
+        }
         let tag = b & TAG_MASK;
         match ended {
             Ended::Success => self.succeeded(since),

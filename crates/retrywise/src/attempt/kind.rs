@@ -143,7 +143,7 @@ impl FromStr for ErrorKind {
         ErrorKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownErrorKind(s.to_owned()))
+            .ok_or_else(|| UnknownErrorKind(super::clipped(s)))
     }
 }
 

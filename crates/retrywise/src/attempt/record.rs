@@ -131,7 +131,7 @@ impl FromStr for Outcome {
         Outcome::ALL
             .into_iter()
             .find(|o| o.as_str() == s)
-            .ok_or_else(|| UnknownOutcome(s.to_owned()))
+            .ok_or_else(|| UnknownOutcome(super::clipped(s)))
     }
 }
 

@@ -855,7 +855,8 @@ fn check_unknown(rec: &AttemptRecord) -> Result<(), InvalidField> {
             field: "unknown_fields",
             rule: Rule::Unknown,
             problem: format!(
-                "`{name}` is not a field of schema_version {} (only a newer minor version than this build's {current} may add fields)",
+                "`{}` is not a field of schema_version {} (only a newer minor version than this build's {current} may add fields)",
+                super::clipped(name),
                 rec.schema_version
             ),
         }),

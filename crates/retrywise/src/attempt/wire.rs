@@ -160,9 +160,14 @@ impl<'de> Deserialize<'de> for Whole {
             }
 
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Whole, E> {
-                // 2^64 is the first f64 above u64::MAX.
-                if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                // Written as a float, a whole number is exact only below 2^53: past it,
+                // `9007199254740993.0` would read as ...992 - another call id, silently.
+                if v.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&v) {
                     Ok(Whole(v as u64))
+                } else if v.fract() == 0.0 && v >= 0.0 {
+                    Err(E::custom(format!(
+                        "{v} written with a decimal point or an exponent is past 2^53, where a float is no longer exact: write the whole number without one"
+                    )))
                 } else {
                     Err(E::invalid_value(Unexpected::Float(v), &self))
                 }
@@ -277,7 +282,7 @@ impl Visitor<'_> for KeySeed {
             .filter(|&i| !self.context_only || FIELDS[i].in_context());
         match found {
             Some(i) => Ok(Key::Field(i)),
-            None if self.context_only => Err(E::unknown_field(v, CONTEXT_NAMES)),
+            None if self.context_only => Err(E::unknown_field(&super::clipped(v), CONTEXT_NAMES)),
             None => Ok(Key::Unknown(v.to_owned())),
         }
     }
@@ -664,6 +669,20 @@ mod tests {
         assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1,"error":"http_418","outcome":"success","outcome_latency_ms":1}"#).contains("unknown error kind `http_418`"));
         assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1.5,"outcome":"success","outcome_latency_ms":1}"#).contains("a non-negative whole number"));
         assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":-1,"outcome":"success","outcome_latency_ms":1}"#).contains("a non-negative whole number"));
+        // A long unknown value is quoted in part: an error is not the value sent back.
+        let long = "x".repeat(100_000);
+        let e = err(&format!(
+            r#"{{"schema_version":"1.0","started_at_ms":5,"call_id":1,"target":"t","attempt":1,"outcome":"{long}","outcome_latency_ms":1}}"#
+        ));
+        assert!(
+            e.contains("unknown outcome") && e.len() < 1_000,
+            "{}",
+            e.len()
+        );
+        // A call id written as a float past 2^53 would read as another one: refused.
+        assert!(err(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":9007199254740993.0,"target":"t","attempt":1,"outcome":"success","outcome_latency_ms":1}"#).contains("past 2^53"));
+        let exact: AttemptRecord = serde_json::from_str(r#"{"schema_version":"1.0","started_at_ms":5,"call_id":9007199254740991.0,"target":"t","attempt":1,"outcome":"success","outcome_latency_ms":1}"#).unwrap();
+        assert_eq!(exact.call_id, 9_007_199_254_740_991);
         let whole: AttemptContext =
             serde_json::from_str(r#"{"target":"t","attempt":2.0,"status":503.0}"#).unwrap();
         assert_eq!(

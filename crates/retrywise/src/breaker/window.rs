@@ -94,19 +94,28 @@ impl TimeBuckets {
     /// may have come round. One load on every other call.
     fn sweep(&self, epoch: u64) {
         let last = self.swept.load(Ordering::Relaxed);
-        if last >= epoch
-            || self
-                .swept
-                .compare_exchange(last, epoch, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+        if last >= epoch {
+            return;
+        }
+        // Read before the sweep is claimed: a bucket written after this (a call of the
+        // new epoch, by a thread that found the sweep claimed) no longer holds what was
+        // read, and is not cleared.
+        let seen: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Acquire))
+            .collect();
+        if self
+            .swept
+            .compare_exchange(last, epoch, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
         {
             return;
         }
         let n = self.buckets.len() as u64;
         let silent = epoch - last >= TAG_MASK / 2;
         let tag = epoch & TAG_MASK;
-        for slot in self.buckets.iter() {
-            let cur = slot.load(Ordering::Acquire);
+        for (slot, &cur) in self.buckets.iter().zip(&seen) {
             let behind = tag.wrapping_sub(cur >> (3 * COUNT_BITS)) & TAG_MASK;
             // Out of the window, and not a newer bucket (a call that read the clock later
             // and got here first).
@@ -136,6 +145,11 @@ impl TimeBuckets {
             return false;
         }
         self.sweep(epoch);
+        // A call that ended a window or more before the last bucket swept is out of the
+        // window: dropped (its slot may hold a bucket of any age by then).
+        if epoch.saturating_add(self.buckets.len() as u64) <= self.swept.load(Ordering::Relaxed) {
+            return true;
+        }
         let n = self.buckets.len() as u64;
         let tag = epoch & TAG_MASK;
         let slot = &self.buckets[(epoch % self.len) as usize];
@@ -232,6 +246,13 @@ fn slot_tag(epoch: u64) -> u8 {
     (epoch & 0x3f) as u8
 }
 
+/// The count in a counter's low 32 bits: signed, since a push that takes a flag out may
+/// be counted before the push that put it in (the sum is right once both are); read as 0
+/// meanwhile.
+fn count_of(word: u64) -> u32 {
+    u32::try_from((word as u32 as i32).max(0)).unwrap_or(0)
+}
+
 /// Moves the count in `counter` by the change of a flag from `had` to `has`, if the
 /// counter is `epoch`'s; its count then, or `None` for a count of another epoch.
 fn adjust(counter: &AtomicU64, epoch: u64, had: bool, has: bool) -> Option<u32> {
@@ -241,19 +262,15 @@ fn adjust(counter: &AtomicU64, epoch: u64, had: bool, has: bool) -> Option<u32> 
         if cur >> 32 != tag {
             return None;
         }
-        let count = cur & 0xffff_ffff;
+        let count = cur as u32;
         let next = match (had, has) {
-            (false, true) => count + 1,
-            (true, false) => count.saturating_sub(1),
-            _ => return Some(u32::try_from(count).unwrap_or(u32::MAX)),
+            (false, true) => count.wrapping_add(1),
+            (true, false) => count.wrapping_sub(1),
+            _ => return Some(count_of(cur)),
         };
-        match counter.compare_exchange_weak(
-            cur,
-            tag << 32 | next,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => return Some(u32::try_from(next).unwrap_or(u32::MAX)),
+        let word = tag << 32 | u64::from(next);
+        match counter.compare_exchange_weak(cur, word, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(count_of(word)),
             Err(seen) => cur = seen,
         }
     }
@@ -279,7 +296,21 @@ impl CountRing {
         let flags = tag << 2 | (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
         let n = self.slots.len() as u64;
         let i = self.head.fetch_add(1, Ordering::AcqRel);
-        let old = self.slots[(i % n) as usize].swap(flags, Ordering::AcqRel);
+        let slot = &self.slots[(i % n) as usize];
+        // The slot is read, then the epoch checked, then the flag swapped in only if the
+        // slot is as read: a clear and a new epoch's push cannot both come between (the
+        // push would change the slot), so this push never evicts a newer epoch's flag -
+        // whose count would then outlive it.
+        let mut old = slot.load(Ordering::Acquire);
+        loop {
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return None;
+            }
+            match slot.compare_exchange_weak(old, flags, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(seen) => old = seen,
+            }
+        }
         // A flag of another epoch was taken out of the counts when the ring was cleared.
         let had = if old >> 2 == tag { old & 3 } else { 0 };
         Some(Counts {
@@ -292,9 +323,7 @@ impl CountRing {
     fn counts(&self) -> Counts {
         let n = self.slots.len() as u64;
         let calls = self.head.load(Ordering::Acquire).min(n);
-        let read = |c: &AtomicU64| {
-            u32::try_from(c.load(Ordering::Acquire) & 0xffff_ffff).unwrap_or(u32::MAX)
-        };
+        let read = |c: &AtomicU64| count_of(c.load(Ordering::Acquire));
         Counts {
             calls: u32::try_from(calls).unwrap_or(u32::MAX),
             failures: read(&self.failures),

@@ -7,7 +7,8 @@
 //! runs sends the next hedge at once (as gRPC's hedging and Polly do). The first *answer*
 //! wins and the others are cancelled (dropped). If every request fails, the error carries
 //! every failure. A hedge budget caps the extra load (by default hedges may be at most 5 %
-//! of the calls answered in the latency window, plus one per second of one period over
+//! of the calls answered in the latency window after a wait - not those answered on the
+//! primary's first poll, which no hedge could race - plus one per second of one period over
 //! the window's two — half a hedge a second — so that a new or quiet hedge can hedge at
 //! all), so hedging can never double the load on a slow upstream.
 //!
@@ -163,7 +164,7 @@ impl fmt::Debug for Shared {
 }
 
 /// Hedges may be at most `ratio` of the calls answered in the latency window (the current
-/// and previous period), plus `min_per_sec` per second of one period. The calls are the
+/// and previous period) after a wait, plus `min_per_sec` per second of one period. The calls are the
 /// latency histogram's own counts, so the budget adds nothing to a call that does not hedge.
 #[derive(Debug)]
 struct HedgeBudget {
@@ -219,7 +220,8 @@ pub struct HedgeMetrics {
     pub hedges: u64,
     /// Calls a hedge answered first, in all.
     pub hedge_wins: u64,
-    /// Calls answered within the latency window.
+    /// Calls answered within the latency window, after a wait (an answer on the primary's
+    /// first poll is no sample, and no call a hedge could race).
     pub window_calls: u64,
     /// Hedges sent within the latency window.
     pub window_hedges: u64,
@@ -467,12 +469,15 @@ impl Hedge {
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         let mut launched = 1u32;
         let mut may_hedge = s.max_hedges > 0;
-        std::future::poll_fn(|cx| {
-            loop {
+        // Whether the race ever waited: a primary that failed at once and a hedge that
+        // answered at once are an answer on the first poll too.
+        let mut waited = false;
+        let raced = std::future::poll_fn(|cx| {
+            let mut poll = || loop {
                 if primary_running && let Poll::Ready(r) = primary.as_mut().poll(cx) {
                     primary_running = false;
                     match r {
-                        Ok(v) => return Poll::Ready(Ok((v, false))),
+                        Ok(v) => return Poll::Ready(Ok(v)),
                         Err(e) => errors.push(e),
                     }
                 }
@@ -481,7 +486,7 @@ impl Hedge {
                         match r {
                             Ok(v) => {
                                 s.hedge_wins.add(1);
-                                return Poll::Ready(Ok((v, false)));
+                                return Poll::Ready(Ok(v));
                             }
                             Err(e) => errors.push(e),
                         }
@@ -544,9 +549,13 @@ impl Hedge {
                         (None, _) => timer = None,
                     }
                 }
-            }
+            };
+            let polled = poll();
+            waited |= polled.is_pending();
+            polled
         })
-        .await
+        .await;
+        raced.map(|v| (v, !waited))
     }
 }
 
@@ -599,8 +608,8 @@ impl HedgeBuilder {
         self
     }
 
-    /// Hedges may be at most `ratio` of the calls answered in the latency window, plus
-    /// `min_per_sec` per second of one period. Defaults to 5 % and
+    /// Hedges may be at most `ratio` of the calls answered in the latency window after a
+    /// wait, plus `min_per_sec` per second of one period. Defaults to 5 % and
     /// [`DEFAULT_MIN_HEDGES_PER_SEC`] (1) per second.
     pub fn budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
         self.budget = Some((ratio, min_per_sec));
@@ -900,6 +909,21 @@ mod tests {
         assert_eq!(h.metrics().window_calls, 20, "only the misses are samples");
         let d = h.current_delay().unwrap();
         assert!(d >= 35 * MS, "the misses' own p95, not 0: {d:?}");
+        // A primary that fails at once sends its hedge at once; answered at once, that is
+        // no sample either (the primary was not beaten: it failed).
+        let hedges = h.metrics().hedges;
+        let r = h
+            .call(|j| async move {
+                if j == 0 {
+                    Err("refused".to_owned())
+                } else {
+                    Ok(j)
+                }
+            })
+            .await;
+        assert_eq!(r, Ok(1));
+        assert_eq!(h.metrics().hedges, hedges + 1);
+        assert_eq!(h.metrics().window_calls, 20);
     }
 
     fn predicted() -> Hedge {

@@ -12,10 +12,11 @@ use crate::features::{self, FEATURE_SET, N_FEATURES};
 /// The artifact format this crate reads and writes.
 pub const ARTIFACT_FORMAT: &str = "retrywise-model";
 
-/// The largest `model.json` a reader takes, bytes (64 MiB; a trained model is some
+/// The largest `model.json` a reader takes, bytes (4 MiB; a trained model is some
 /// 120 KiB): a larger file is not an artifact, and one without end (a link to
-/// `/dev/zero`) must not be read whole.
-pub const MAX_ARTIFACT_BYTES: u64 = 64 << 20;
+/// `/dev/zero`) must not be read whole. It also bounds what a file of long arrays
+/// (`"weights": [0, 0, …]`) allocates before its lengths are checked: some 40 MiB.
+pub const MAX_ARTIFACT_BYTES: u64 = 4 << 20;
 
 /// The artifact schema version this crate writes; it reads any `1.x`.
 pub const ARTIFACT_SCHEMA: &str = "1.0";
@@ -121,14 +122,68 @@ pub struct FeatureSpec {
     /// Training rows per previous error kind (`first` for first attempts, else an error
     /// kind's name): what the model saw of each failure, for a person reading the
     /// artifact (deciders judge support by `region_rows`); optional.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_counts"
+    )]
     pub error_rows: Option<std::collections::BTreeMap<String, u64>>,
     /// Training rows per region of the context space ([`features::region`]; regions
     /// without rows are left out). Required by [`ModelArtifact::validate`] (every trainer
     /// of this feature set records them): a decider judges the model's support by the
     /// region of a context.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_counts"
+    )]
     pub region_rows: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// A map of row counts in which a key given twice is an error naming it (a plain map
+/// would keep the last: a region read as unsupported, or supported, by the order of two
+/// lines).
+fn unique_counts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::collections::BTreeMap<String, u64>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<std::collections::BTreeMap<String, u64>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of names to row counts, or null")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = std::collections::BTreeMap::new();
+            while let Some((k, v)) = a.next_entry::<String, u64>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "`{}` is given twice",
+                        crate::attempt::clipped(&k)
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(V)
 }
 
 impl FeatureSpec {
@@ -285,11 +340,15 @@ impl ModelArtifact {
         if self.format != ARTIFACT_FORMAT {
             return Err(ModelError::Format(self.format.clone()));
         }
-        if self.schema_version.split('.').next() != Some("1") {
+        // `1.MINOR`, the minor a whole number: `1`, `1.`, `1.x` or `1.0.0-rc` are no
+        // version this crate knows.
+        let minor_ok = |m: &str| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit());
+        if !matches!(self.schema_version.split_once('.'), Some(("1", m)) if minor_ok(m)) {
             return Err(ModelError::Schema {
                 found: self.schema_version.clone(),
             });
         }
+
         // The name is the models folder's name for the model: a plain folder name.
         if self.name.is_empty() || self.name.starts_with('.') || self.name.contains(['/', '\\']) {
             return Err(ModelError::Value {
@@ -659,18 +718,14 @@ impl LogisticModel {
         sigmoid(self.logit(x))
     }
 
-    /// Each feature's contribution to the log-odds for `ctx` (weight × standardized value).
+    /// Each feature's contribution to the log-odds for `ctx` (weight × standardized value,
+    /// computed with the folded weight - weight over scale - that validation checked
+    /// finite: a tiny scale under a zero weight gives 0, not 0 × ∞).
     pub fn contributions(&self, ctx: &AttemptContext) -> [f64; N_FEATURES] {
         let x = features::encode(ctx);
         let mut c = [0.0; N_FEATURES];
-        for ((((ci, &xi), &m), &s), &w) in c
-            .iter_mut()
-            .zip(&x)
-            .zip(&self.mean)
-            .zip(&self.scale)
-            .zip(&self.weights)
-        {
-            *ci = w * ((xi - m) / s);
+        for (((ci, &xi), &m), &f) in c.iter_mut().zip(&x).zip(&self.mean).zip(&self.folded) {
+            *ci = f * (xi - m);
         }
         c
     }
@@ -909,6 +964,18 @@ mod tests {
                 .contains("`label.positive`: invalid type: integer `1`"),
             "{e}"
         );
+        // A region given twice: refused, naming it (a plain map kept the last).
+        let json = artifact().to_json();
+        let at = json.find("\"region_rows\"").unwrap();
+        let open = at + json[at..].find('{').unwrap() + 1;
+        let key_end = open + json[open..].find(':').unwrap();
+        let key = json[open..key_end].trim().to_owned();
+        let twice = format!("{}{key}: 0, {}", &json[..open], &json[open..]);
+        let e = ModelArtifact::from_json(&twice).unwrap_err().to_string();
+        assert!(
+            e.contains("features.region_rows") && e.contains("is given twice"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -931,6 +998,18 @@ mod tests {
             (
                 Box::new(|v| v["schema_version"] = "2.0".into()),
                 "`schema_version` 2.0 is not supported",
+            ),
+            (
+                Box::new(|v| v["schema_version"] = "1".into()),
+                "`schema_version` 1 is not supported",
+            ),
+            (
+                Box::new(|v| v["schema_version"] = "1.0.0-rc".into()),
+                "`schema_version` 1.0.0-rc is not supported",
+            ),
+            (
+                Box::new(|v| v["schema_version"] = "1.x".into()),
+                "`schema_version` 1.x is not supported",
             ),
             (Box::new(|v| v["kind"] = "gbdt".into()), "`kind` is `gbdt`"),
             (

@@ -314,6 +314,13 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
             (MIN_DURATION_MS..=MAX_NUMBER).contains(&t),
             "--attempt-timeout-ms must be within [0.001, 1e9] (a microsecond to 11.6 days), got {t}"
         );
+        // The scenario's rule, for a simulated upstream: a hang outlasts the attempt
+        // timeout (else it is a slow 504, recorded as one, not as a timeout).
+        anyhow::ensure!(
+            args.scenario.is_none() || t < scenario.upstream.hang_ms,
+            "--attempt-timeout-ms {t} must be shorter than the scenario's upstream.hang_ms ({}): a hung request outlasts the client's wait",
+            scenario.upstream.hang_ms
+        );
         scenario.attempt_timeout_ms = t;
     }
     if let Some(path) = &args.plot {
