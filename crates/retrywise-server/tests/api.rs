@@ -1182,43 +1182,24 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
         "{text}"
     );
     // A model in a folder that is not a version number is not served, and said so (it
-    // used to be skipped without a word).
-    let named = h.models.join("default").join("v4");
-    std::fs::create_dir_all(&named).unwrap();
-    std::fs::write(
-        named.join("model.json"),
-        artifact("default", 4, 1.0).to_json(),
-    )
-    .unwrap();
-    let (_, v) = h.post("/admin/reload", "").await;
-    assert_eq!(v["loaded"], json!([]), "{v}");
-    assert!(
-        v["warnings"][0]
-            .as_str()
-            .unwrap()
-            .contains("default/v4 holds a model.json but `v4` is not a version number"),
-        "{v}"
-    );
-    assert_eq!(h.post("/v1/predict", ask).await.1["version"], 3);
-    std::fs::remove_dir_all(&named).unwrap();
-    // Nor is version 0, which the answers use for "no model: the rules decided".
-    let zero = h.models.join("default").join("0");
-    std::fs::create_dir_all(&zero).unwrap();
-    std::fs::write(
-        zero.join("model.json"),
-        artifact("default", 0, 1.0).to_json(),
-    )
-    .unwrap();
-    let (_, v) = h.post("/admin/reload", "").await;
-    assert_eq!(v["loaded"], json!([]), "{v}");
-    assert!(
-        v["warnings"][0]
-            .as_str()
-            .unwrap()
-            .contains("default/0 holds a model.json but `0` is not a version number"),
-        "{v}"
-    );
-    std::fs::remove_dir_all(&zero).unwrap();
+    // used to be skipped without a word); nor is version 0, which the answers use for "no
+    // model: the rules decided".
+    for (folder, version) in [("v4", 4), ("0", 0)] {
+        let named = h.models.join("default").join(folder);
+        std::fs::create_dir_all(&named).unwrap();
+        std::fs::write(
+            named.join("model.json"),
+            artifact("default", version, 1.0).to_json(),
+        )
+        .unwrap();
+        let (_, v) = h.post("/admin/reload", "").await;
+        assert_eq!(v["loaded"], json!([]), "{v}");
+        let says =
+            format!("default/{folder} holds a model.json but `{folder}` is not a version number");
+        assert!(v["warnings"][0].as_str().unwrap().contains(&says), "{v}");
+        assert_eq!(h.post("/v1/predict", ask).await.1["version"], 3);
+        std::fs::remove_dir_all(&named).unwrap();
+    }
     // A model's folder gone: it keeps serving from memory, and the reload says so.
     std::fs::remove_dir_all(h.models.join("payments")).unwrap();
     let (_, v) = h.post("/admin/reload", "").await;

@@ -221,7 +221,10 @@ pin_project! {
         S: Service<Req>,
     {
         // Dropped while a retry waits (its backoff, the rate limiter, readiness): the
-        // retry is never sent, and its budget and booking are given back.
+        // retry is never sent, and its budget and booking are given back. (Once handed to
+        // the service inside, it keeps them: a bulkhead layer inside that then waits for
+        // room in its future is out of this layer's sight - `Policy` with its own bulkhead
+        // refunds that case too.)
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let (Paid::Waiting(at), Some(ctx)) = (*this.paid, this.ctx.as_deref()) {
@@ -299,27 +302,27 @@ fn finish<T, E: Into<BoxError>>(out: Result<Result<T, E>, Elapsed>) -> Result<T,
 
 /// Why a retrywise layer inside refused a request without sending it (the circuit was
 /// open, the bulkhead full), if `e` is such a refusal: this crate's [`Error`], or a
-/// `BoxError`, holding a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
-/// [`BulkheadFull`](crate::bulkhead::BulkheadFull).
+/// `BoxError`, that *is* a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull), through this crate's own wrappers only.
+/// Not one found further down a cause chain: an inner policy that sent its attempts and
+/// gave up on an open circuit ([`GaveUp`]), or a service whose own error wraps a refusal
+/// of another call, sent this request.
 fn refused_inside<E: 'static>(e: &E) -> Option<StopReason> {
     let any: &dyn std::any::Any = e;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> =
-        if let Some(e) = any.downcast_ref::<Error>() {
-            Some(e.inner())
-        } else {
-            any.downcast_ref::<BoxError>()
-                .map(|b| b.as_ref() as &(dyn std::error::Error + 'static))
-        };
-    while let Some(err) = cur {
-        if err.is::<crate::breaker::CircuitOpen>() {
+    let mut cur: &(dyn std::error::Error + 'static) = if let Some(e) = any.downcast_ref::<Error>() {
+        e.inner()
+    } else {
+        any.downcast_ref::<BoxError>()?.as_ref()
+    };
+    loop {
+        if cur.is::<crate::breaker::CircuitOpen>() {
             return Some(StopReason::CircuitOpen);
         }
-        if err.is::<crate::bulkhead::BulkheadFull>() {
+        if cur.is::<crate::bulkhead::BulkheadFull>() {
             return Some(StopReason::BulkheadFull);
         }
-        cur = err.source();
+        cur = cur.downcast_ref::<Error>()?.inner();
     }
-    None
 }
 
 /// What follows an attempt that ended with `out` (its answer, or its timeout): the call's
@@ -475,7 +478,14 @@ where
                     this.state.set(State::Reserving);
                 }
                 StateProj::Readying { timeout, expires } => match this.service.poll_ready(cx) {
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::new(e))),
+                    Poll::Ready(Err(e)) => {
+                        // Nothing was sent: no attempt to record (a cancelled one would
+                        // stand in the training data for a request never made).
+                        if let Some(g) = this.guard.take() {
+                            g.discard();
+                        }
+                        return Poll::Ready(Err(Error::new(e)));
+                    }
                     Poll::Ready(Ok(())) => {
                         let left = expires
                             .as_ref()
@@ -508,5 +518,37 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use crate::breaker::{CircuitOpen, State};
+
+    /// A refusal is this crate's own error, through its wrappers; one further down a
+    /// cause chain - an inner policy that sent its attempts and gave up on an open circuit
+    /// - is a request that was sent.
+    #[test]
+    fn only_a_refusal_itself_reads_as_refused() {
+        let open = || CircuitOpen {
+            name: "db".into(),
+            state: State::Open,
+            remaining: None,
+        };
+        assert_eq!(
+            refused_inside(&Error::new(open())),
+            Some(StopReason::CircuitOpen)
+        );
+        let boxed: BoxError = Box::new(open());
+        assert_eq!(refused_inside(&boxed), Some(StopReason::CircuitOpen));
+        let gave_up = Error::new(crate::layer::GaveUp {
+            target: "db".into(),
+            attempts: 3,
+            reason: StopReason::CircuitOpen,
+            last: Error::new(open()),
+        });
+        assert_eq!(refused_inside(&gave_up), None);
+        assert_eq!(refused_inside(&std::io::Error::other("x")), None);
     }
 }

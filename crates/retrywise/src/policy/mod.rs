@@ -32,7 +32,7 @@ pub(crate) use steps::RecordGuard;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -175,15 +175,21 @@ pub struct CallReport {
 
 /// A retry planned (its budget paid, its place in the decider's calendar booked) and not
 /// sent yet, with when it was decided: dropped unsent - the call stopped before it, or
-/// was dropped while it waited - it is given back ([`Inner::unsent`]).
+/// was dropped while it waited, for its delay or for the bulkhead's room - it is given
+/// back ([`Inner::unsent`]).
 struct Unsent<'a> {
     inner: &'a Inner,
     paid: Option<(Instant, AttemptContext)>,
+    /// Set once the retry's request leaves (`send`, past any wait for room): from then on
+    /// it keeps what it paid.
+    left: AtomicBool,
 }
 
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
-        if let Some((at, planned)) = self.paid.take() {
+        if let Some((at, planned)) = self.paid.take()
+            && !self.left.load(Ordering::Relaxed)
+        {
             self.inner.unsent(at, &planned);
         }
     }
@@ -354,6 +360,7 @@ impl<C> Policy<C> {
         let mut unsent = Unsent {
             inner: p,
             paid: None,
+            left: AtomicBool::new(false),
         };
         let mut attempt_start = start;
         loop {
@@ -456,11 +463,22 @@ impl<C> Policy<C> {
             let probe = permit
                 .as_ref()
                 .is_some_and(|permit| permit.state() == crate::breaker::State::HalfOpen);
-            // Sent from here on (unless the bulkhead turns it away).
-            let paid = unsent.paid.take();
+            // Sent once `send` says it left (dropped before, it is refunded; turned away by
+            // the bulkhead, below).
             let ended = self
-                .attempt(&mut op, ctx, call_id, start, attempt_start, probe)
+                .attempt(
+                    &mut op,
+                    ctx,
+                    call_id,
+                    start,
+                    attempt_start,
+                    probe,
+                    &unsent.left,
+                )
                 .await;
+            let paid = unsent.paid.take();
+            // Ready for the next retry planned, which has not left.
+            unsent.left.store(false, Ordering::Relaxed);
             if ended.rejected
                 && let Some((at, planned)) = &paid
             {
@@ -503,6 +521,7 @@ impl<C> Policy<C> {
 
     /// One attempt: a request, or hedged requests (never for a HALF_OPEN `probe`); what
     /// it ended with.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt<T, E, F, Fut>(
         &self,
         op: &mut F,
@@ -511,6 +530,7 @@ impl<C> Policy<C> {
         call_start: Instant,
         attempt_start: Instant,
         probe: bool,
+        left: &AtomicBool,
     ) -> Ended<T, E>
     where
         C: Classifier<T, E>,
@@ -523,7 +543,16 @@ impl<C> Policy<C> {
             None => {
                 let make = || op(Attempt { number, hedge: 0 });
                 let (sent, end) = self
-                    .send(make, call_start, attempt_start, ctx, call_id, 0, None)
+                    .send(
+                        make,
+                        call_start,
+                        attempt_start,
+                        ctx,
+                        call_id,
+                        0,
+                        None,
+                        Some(left),
+                    )
                     .await;
                 // Read the clock only if someone needs the latency: the breaker, or the
                 // retry decision after a failure.
@@ -538,7 +567,7 @@ impl<C> Policy<C> {
                 Self::end(sent, latency, at)
             }
             Some(h) => {
-                self.hedged(h, op, number, call_start, attempt_start, ctx, call_id)
+                self.hedged(h, op, number, call_start, attempt_start, ctx, call_id, left)
                     .await
             }
         }
@@ -582,6 +611,7 @@ impl<C> Policy<C> {
         call_id: u64,
         hedge: u32,
         admitted: Option<BulkheadPermit<'b>>,
+        left: Option<&AtomicBool>,
     ) -> (Sent<T, E>, Option<(Instant, Duration)>)
     where
         C: Classifier<T, E>,
@@ -607,6 +637,9 @@ impl<C> Policy<C> {
             },
         };
         let mut guard = self.inner.guard(ctx, call_id, hedge, started);
+        if let Some(left) = left {
+            left.store(true, Ordering::Relaxed);
+        }
         let sent = match Timeout::new(make(), timeout).await {
             Ok(result) => {
                 let verdict = self.classifier.classify(&result);
@@ -651,6 +684,7 @@ impl<C> Policy<C> {
         attempt_start: Instant,
         ctx: &AttemptContext,
         call_id: u64,
+        left: &AtomicBool,
     ) -> Ended<T, E>
     where
         C: Classifier<T, E>,
@@ -684,8 +718,19 @@ impl<C> Policy<C> {
                     async move {
                         let (sent, end) = match admitted {
                             Ok((permit, fut)) => {
-                                self.send(move || fut, call_start, started, ctx, call_id, i, permit)
-                                    .await
+                                // The primary tells the retry it carries that it left.
+                                let left = (i == 0).then_some(left);
+                                self.send(
+                                    move || fut,
+                                    call_start,
+                                    started,
+                                    ctx,
+                                    call_id,
+                                    i,
+                                    permit,
+                                    left,
+                                )
+                                .await
                             }
                             Err(full) => (Sent::Rejected(full), None),
                         };

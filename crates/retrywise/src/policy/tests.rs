@@ -1249,6 +1249,62 @@ async fn a_call_dropped_while_it_waits_to_retry_gives_the_retry_back() {
     assert_eq!(quota.available(), 500 - 2 * 5);
 }
 
+/// A call dropped while its retry waits for the bulkhead's room gives the retry back too:
+/// nothing was sent (50 such drops used to empty a 500-unit quota of retries after
+/// timeouts, in the overload the adaptive composition is built for). A retry that got its
+/// room and left keeps what it paid, whether or not its answer came.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_its_retry_waits_for_room_gives_the_retry_back() {
+    use crate::budget::RetryQuota;
+    let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
+    let bulkhead = Bulkhead::builder("full")
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let p = Policy::builder("full")
+        .retry(retry(3, 100))
+        .bulkhead(bulkhead.clone())
+        .shared_budget(quota.clone())
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let failing = |_| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>(reset()) }
+    };
+    // The first attempt fails, its retry is paid and waits out its backoff; meanwhile the
+    // room is taken, so the retry waits for it - and the call is dropped there.
+    let held = Arc::new(std::sync::Mutex::new(None));
+    let call = p.call(failing);
+    let take = {
+        let held = Arc::clone(&held);
+        let bulkhead = bulkhead.clone();
+        async move {
+            tokio::time::sleep(MS).await;
+            *held.lock().unwrap() = Some(bulkhead.try_acquire_owned_quiet().unwrap());
+        }
+    };
+    let (r, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(1), call), take);
+    assert!(r.is_err(), "dropped while its retry waited for room");
+    assert_eq!(sent.load(Ordering::SeqCst), 1, "the retry never left");
+    assert_eq!(quota.available(), 500);
+    // Room again: a retry that leaves keeps what it paid, even dropped before its answer.
+    drop(held.lock().unwrap().take());
+    let call = p.call(|a: Attempt| async move {
+        if a.number > 1 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        Err::<(), _>(reset())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .is_err()
+    );
+    assert_eq!(quota.available(), 500 - 5);
+}
+
 /// One attempt that hangs, within a deadline (and no attempt timeout of its own).
 fn hangs_within(deadline: Duration) -> RetryRules {
     RetryRules::builder()

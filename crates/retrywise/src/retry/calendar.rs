@@ -126,11 +126,20 @@ pub struct RetryCalendar {
 struct Targets {
     index: HashMap<Arc<str>, usize>,
     slots: Vec<Target>,
+    /// The slot of the last `drop_idle` plus one (0: never): at most one a slot, so that
+    /// a full calendar of busy targets does not rebuild itself on every new target's
+    /// failure, under the lock every decision takes.
+    dropped_in: u64,
 }
 
 impl Targets {
-    /// Keeps only the targets written to within the last lap of the ring before slot `n`.
+    /// Keeps only the targets written to within the last lap of the ring before slot `n`
+    /// (at most once a slot: a later call in the same slot finds nothing more to drop).
     fn drop_idle(&mut self, n: u64) {
+        if self.dropped_in == n + 1 {
+            return;
+        }
+        self.dropped_in = n + 1;
         let live = |t: &Target| t.latest + SLOTS as u64 > n;
         let old = std::mem::take(&mut self.slots);
         let mut names: Vec<(Arc<str>, usize)> = self.index.drain().collect();

@@ -67,8 +67,8 @@ pub enum Decision {
 }
 
 /// A decision and what it rests on: the probability of success the decider expected for
-/// the attempt it decided about (after the chosen wait; of an immediate retry when it
-/// stopped), when it consulted a model.
+/// the attempt it decided about (after the chosen wait; when it stopped, after the wait it
+/// found most worth it - which still was not), when it consulted a model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Explained {
     /// The decision.
