@@ -291,6 +291,13 @@ impl Inner {
         if let Some(x) = &self.explore
             && let Some(explored) = x.apply(planned)
         {
+            // Never before a Retry-After the decider honoured: exploring what waiting does
+            // does not break what the server asked for (and a decider that honours it
+            // never weighs an earlier retry, so there is nothing to learn there).
+            let explored = match next.retry_after {
+                Some(asked) if planned >= asked => explored.max(asked),
+                _ => explored,
+            };
             // Keep the explored wait only if the next attempt still has time to run.
             next.delay = explored;
             if self.decider.attempt_timeout(&next) != Some(Duration::ZERO) {
@@ -313,15 +320,21 @@ impl Inner {
                 return refused(&next, StopReason::Deadline);
             }
         }
-        if let Some(t) = &self.throttle
-            && !t.admit(now)
-        {
-            return refused(&next, StopReason::Throttled);
-        }
+        // The budget first: a retry it refuses is no request for the throttle to count
+        // (each would raise the throttle's odds of refusing first attempts); one the
+        // throttle then refuses gives the budget back.
         if let Some(b) = &self.budget
             && !b.withdraw_for(now, &next)
         {
             return refused(&next, StopReason::BudgetExhausted);
+        }
+        if let Some(t) = &self.throttle
+            && !t.admit(now)
+        {
+            if let Some(b) = &self.budget {
+                b.refund(now, &next);
+            }
+            return refused(&next, StopReason::Throttled);
         }
         if delay != planned {
             self.decider.replanned(&next, now, planned, Some(delay));

@@ -156,6 +156,65 @@ async fn permanent_failures_are_not_retried_and_the_answer_is_returned() {
     assert!(p.metrics().stops.contains(&("not_retryable", 1)));
 }
 
+/// A retry the budget refuses is no request for the adaptive throttle: the throttle's odds
+/// of refusing follow the requests the calls made, not the retries they were refused (each
+/// used to count, raising the odds of refusing first attempts through a whole outage).
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_budget_refuses_is_not_counted_by_the_throttle() {
+    use crate::budget::{AdaptiveThrottle, RetryQuota};
+    let throttle = AdaptiveThrottle::new(2.0, Duration::from_secs(120)).unwrap();
+    let quota = RetryQuota::new(5, 5, 5).unwrap();
+    assert!(
+        quota.withdraw(Instant::now()),
+        "emptied: every retry is refused"
+    );
+    let p = Policy::builder("t")
+        .retry(retry(3, 1))
+        .throttle(throttle)
+        .budget(quota)
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        let _ = p.call(|_| async { Err::<(), _>(reset()) }).await;
+    }
+    // Ten requests, none accepted: (10 - 2 x 0) / (10 + 1). With the refused retries
+    // counted it read 11 / 12 (and refused some of the first attempts).
+    let odds = p
+        .inner
+        .throttle
+        .as_ref()
+        .unwrap()
+        .rejection_probability(Instant::now());
+    assert!((odds - 10.0 / 11.0).abs() < 1e-9, "{odds}");
+}
+
+/// Exploration varies the wait the decider chose, but never to before a Retry-After the
+/// decider honoured (an explored quarter of a 3 s Retry-After was a retry at 0.75 s).
+#[tokio::test(start_paused = true)]
+async fn exploration_never_retries_before_the_retry_after() {
+    let rec = Arc::new(MemoryRecorder::new(100));
+    let p = Policy::builder("api")
+        .retry(retry(2, 10))
+        .classifier(HttpClassifier)
+        .explore(crate::retry::Exploration::new(0.25, 0.25, 1.0).unwrap())
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let r = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, Some("3"))) })
+        .await
+        .unwrap();
+    assert_eq!(r.0, 429);
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(3),
+        "the Retry-After, not 0.75 s"
+    );
+    let recs = rec.take();
+    assert_eq!(recs[1].context.delay, Duration::from_secs(3));
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_waited_and_the_last_answer_returned() {
     let p = Policy::builder("api")

@@ -16,6 +16,10 @@ const CHECK: Check = Check::new("exploration");
 /// 2 s; exploration spreads the waits around each decision. The policy records both the
 /// delay it waited and the one the decider planned (`planned_delay_ms`), and since the
 /// factor is log-uniform with known bounds, the propensity of each wait is known.
+///
+/// A [`Policy`](crate::policy::Policy) never explores to before a Retry-After the decider
+/// honoured: an explored wait shorter than what the server asked for is the Retry-After
+/// (a decider that honours it weighs no earlier retry, so nothing is lost to learning).
 #[derive(Debug, Clone)]
 pub struct Exploration {
     ln_min: f64,
