@@ -630,6 +630,13 @@ impl<C> Policy<C> {
                     Ok(permit) => {
                         started = Instant::now();
                         timeout = p.attempt_timeout_at(ctx, call_start, started);
+                        if timeout == Some(Duration::ZERO) {
+                            // The room came when the deadline had no time left: nothing
+                            // is sent (a request that cannot succeed, and a fake timeout
+                            // for health and the budget), as if it never came.
+                            drop(permit);
+                            return (Sent::Rejected(b.full()), None);
+                        }
                         Some(permit)
                     }
                     Err(full) => return (Sent::Rejected(full), None),

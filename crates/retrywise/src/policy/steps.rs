@@ -295,7 +295,9 @@ impl Inner {
             // does not break what the server asked for (and a decider that honours it
             // never weighs an earlier retry, so there is nothing to learn there).
             let explored = match next.retry_after {
-                Some(asked) if planned >= asked => explored.max(asked),
+                Some(asked) if planned >= asked && !x.explores_below_retry_after() => {
+                    explored.max(asked)
+                }
                 _ => explored,
             };
             // Keep the explored wait only if the next attempt still has time to run.

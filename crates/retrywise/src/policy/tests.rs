@@ -213,6 +213,22 @@ async fn exploration_never_retries_before_the_retry_after() {
     );
     let recs = rec.take();
     assert_eq!(recs[1].context.delay, Duration::from_secs(3));
+    // A simulation may explore there (no server to offend): a quarter of it.
+    let p = Policy::builder("api")
+        .retry(retry(2, 10))
+        .classifier(HttpClassifier)
+        .explore(
+            crate::retry::Exploration::new(0.25, 0.25, 1.0)
+                .unwrap()
+                .below_retry_after(true),
+        )
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, Some("3"))) })
+        .await;
+    assert_eq!(t0.elapsed(), 750 * MS);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1416,6 +1432,15 @@ async fn a_wait_for_the_bulkhead_never_carries_a_call_past_its_deadline() {
         "room came within the deadline: the request was sent"
     );
     assert_eq!(took, 350 * MS);
+    // Room that comes exactly at the deadline: nothing is sent (a request with no time
+    // to run would fail at once, a fake timeout for health and the budget).
+    let held = bulkhead.try_acquire().unwrap();
+    let (took, sent) = tokio::join!(time_to_give_up(&p), async {
+        tokio::time::sleep(350 * MS).await;
+        drop(held);
+    })
+    .0;
+    assert_eq!((took, sent), (350 * MS, 0));
     // Room that comes only after the deadline: the call waits no longer than it has.
     let _held = bulkhead.try_acquire().unwrap();
     let (took, sent) = time_to_give_up(&p).await;

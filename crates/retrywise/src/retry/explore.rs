@@ -19,13 +19,15 @@ const CHECK: Check = Check::new("exploration");
 ///
 /// A [`Policy`](crate::policy::Policy) never explores to before a Retry-After the decider
 /// honoured: an explored wait shorter than what the server asked for is the Retry-After
-/// (a decider that honours it weighs no earlier retry, so nothing is lost to learning).
+/// (a decider that honours it weighs no earlier retry). A simulation with no server to
+/// offend may explore there too ([`below_retry_after`](Self::below_retry_after)).
 #[derive(Debug, Clone)]
 pub struct Exploration {
     ln_min: f64,
     ln_max: f64,
     probability: f64,
     random: RandomSource,
+    below_retry_after: bool,
 }
 
 impl Exploration {
@@ -49,7 +51,20 @@ impl Exploration {
             ln_max: max_factor.ln(),
             probability,
             random: RandomSource::Thread,
+            below_retry_after: false,
         })
+    }
+
+    /// Explores waits shorter than a Retry-After the decider honoured too - for a
+    /// simulated upstream, never a real server, which asked for the wait. Off by default.
+    pub fn below_retry_after(mut self, yes: bool) -> Self {
+        self.below_retry_after = yes;
+        self
+    }
+
+    /// Whether it explores waits shorter than a Retry-After the decider honoured.
+    pub fn explores_below_retry_after(&self) -> bool {
+        self.below_retry_after
     }
 
     /// Draws from a generator seeded with `seed` (deterministic).
