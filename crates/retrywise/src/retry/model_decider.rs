@@ -346,11 +346,15 @@ impl ModelDecider {
         // ends before weighing only tells of its failure. Every retry decided is booked,
         // the rules' too, so that `replanned` finds each one it is told of.
         let rate_from = ctx.failure_rate_recent.or(ctx.failure_rate);
+        // The decision's instant, read before the model is asked: the caller read its own
+        // just before (a retry it does not send is unbooked at that one), so the two fall
+        // in the same quarter-second slot but for microseconds at a slot's edge.
+        let decided_at = self.calendar.as_ref().map(|_| tokio::time::Instant::now());
         let open = || {
-            self.calendar.as_ref().map(|c| {
-                let now = tokio::time::Instant::now();
-                c.after_failure(&ctx.target, now, ctx.attempt == 2, rate_from)
-            })
+            self.calendar
+                .as_ref()
+                .zip(decided_at)
+                .map(|(c, now)| c.after_failure(&ctx.target, now, ctx.attempt == 2, rate_from))
         };
         let told = |decided: (Explained, Option<Fallback>, Option<f64>)| {
             if let (Some(mut view), Decision::Retry(wait)) = (open(), decided.0.decision) {
