@@ -439,6 +439,22 @@ where
                     let p = this.policy.inner();
                     let ctx = this.ctx.as_deref().unwrap_or(&p.first);
                     let now = Instant::now();
+                    // Got here past the deadline (the backoff's timer, or the task, late):
+                    // nothing is sent - a request with no time would fail at once, a fake
+                    // timeout for health and the budget - and the retry keeps nothing.
+                    if p.attempt_timeout_at(ctx, *this.start, now) == Some(Duration::ZERO) {
+                        if let Paid::Waiting(at) = std::mem::replace(this.paid, Paid::Nothing) {
+                            p.unsent(at, ctx);
+                        }
+                        let reason = p.stopped(StopReason::Deadline);
+                        let refused = Refused::new(
+                            reason,
+                            ctx.attempt.saturating_sub(1),
+                            "the deadline passed before the attempt could start",
+                        );
+                        this.state.set(State::Refused { refused });
+                        continue;
+                    }
                     match p.limit(now) {
                         Ok(()) => {
                             // The attempt starts: it is recorded from now, and its

@@ -454,6 +454,42 @@ async fn a_rate_limiter_wait_past_the_deadline_is_not_waited() {
     );
 }
 
+/// A retry that gets to its turn past the deadline (its task ran late) sends nothing: no
+/// request with no time left, no fake timeout; the call stops with `deadline`.
+#[tokio::test(start_paused = true)]
+async fn a_retry_late_past_the_deadline_sends_nothing() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let rules = RetryRules::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let policy = crate::policy::Policy::builder("late")
+        .retry(rules)
+        .build()
+        .unwrap();
+    let mut svc = RetryLayer::new(policy).layer(failing(calls.clone(), 100));
+    let call = svc.ready().await.unwrap().call(1);
+    let mut call = std::pin::pin!(call);
+    // The first attempt fails; its retry waits out its 100 ms backoff.
+    let first =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
+            .await;
+    assert!(first, "waiting to retry");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The task is not polled again until well past the 500 ms deadline.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let e = call.await.unwrap_err();
+    assert!(e.to_string().contains("deadline"), "{e}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "nothing sent with no time left"
+    );
+}
+
 /// A retry layer over a breaker layer: a call the open circuit refuses was never sent - no
 /// record of an upstream failure, no retry into the open circuit - and stops as
 /// `Policy::call` stops on its own breaker's refusal.

@@ -513,6 +513,17 @@ impl<C> Policy<C> {
                         tokio::time::sleep(planned.delay).await;
                     }
                     attempt_start = Instant::now();
+                    // The wait ended past the deadline (a late timer, a busy runtime):
+                    // nothing is sent - a request with no time would fail at once, a
+                    // fake timeout for health and the budget - and the retry is given
+                    // back; the call ends with the failure before it.
+                    if p.attempt_timeout_at(&planned, start, attempt_start) == Some(Duration::ZERO)
+                    {
+                        if let Some((at, paid)) = unsent.paid.take() {
+                            p.unsent(at, &paid);
+                        }
+                        return give_up(ended, number, p.stopped(StopReason::Deadline));
+                    }
                     next = Some(planned);
                 }
             }

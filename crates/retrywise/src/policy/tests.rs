@@ -1380,6 +1380,47 @@ async fn a_call_dropped_while_its_retry_waits_for_room_gives_the_retry_back() {
     assert_eq!(quota.available(), 500 - 5);
 }
 
+/// A retry whose wait ends past the deadline (its task ran late) sends nothing and gives
+/// back what it paid: the call ends with the failure before it, stopped by the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_retry_late_past_the_deadline_sends_nothing() {
+    use crate::budget::RetryQuota;
+    let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
+    let rules = RetryRules::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let p = Policy::builder("late")
+        .retry(rules)
+        .shared_budget(quota.clone())
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let call = p.call_with_report(|_| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>(reset()) }
+    });
+    let mut call = std::pin::pin!(call);
+    let waiting =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
+            .await;
+    assert!(waiting, "the first attempt failed; its retry waits 100 ms");
+    // Not polled again until well past the 500 ms deadline.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (r, report) = call.await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::Inner(_)));
+    assert_eq!(report.stopped, Some(StopReason::Deadline));
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        1,
+        "nothing sent with no time left"
+    );
+    assert_eq!(quota.available(), 500, "the retry given back");
+}
+
 /// One attempt that hangs, within a deadline (and no attempt timeout of its own).
 fn hangs_within(deadline: Duration) -> RetryRules {
     RetryRules::builder()
