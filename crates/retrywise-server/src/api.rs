@@ -251,7 +251,7 @@ pub(crate) fn unknown_model(
     // (The name as given may be a megabyte: the answer quotes its first 256 characters.)
     ApiError::not_found(format!(
         "model: unknown model `{}` (serving: {serving})",
-        truncate_name(name)
+        retrywise::attempt::clipped(name)
     ))
 }
 
@@ -838,7 +838,7 @@ pub(crate) async fn target(
             // health window (kept on disk, not health now), or past the fleet's cap.
             ApiError::not_found(format!(
                 "target: `{}` is not tracked: no attempt to it has been ingested that ended within the last {} s{}",
-                truncate_name(&target),
+                retrywise::attempt::clipped(&target),
                 st.config.health_window.as_secs_f64(),
                 if st.fleet.len() >= st.config.max_targets {
                     format!(
@@ -850,15 +850,6 @@ pub(crate) async fn target(
                 }
             ))
         })
-}
-
-/// A name as an error message quotes it: at most 256 characters (a longer one is not a
-/// target's name, and would be echoed whole).
-fn truncate_name(name: &str) -> String {
-    match name.char_indices().nth(256) {
-        Some((at, _)) => format!("{}…", &name[..at]),
-        None => name.to_owned(),
-    }
 }
 
 /// Prometheus metrics.

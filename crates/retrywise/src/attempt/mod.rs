@@ -16,9 +16,9 @@ mod retry_after;
 pub mod schema;
 mod wire;
 
-/// `s` as an error quotes it: at most 256 characters, and an ellipsis when cut (a 500 KB
-/// value is not sent back whole in a 400).
-pub(crate) fn clipped(s: &str) -> String {
+/// `s` as an error quotes it: at most 256 characters (the longest name a record holds),
+/// and an ellipsis when cut - a 500 KB value is not sent back whole in a 400.
+pub fn clipped(s: &str) -> String {
     match s.char_indices().nth(256) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s.to_owned(),

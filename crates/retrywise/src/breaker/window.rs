@@ -97,14 +97,19 @@ impl TimeBuckets {
         if last >= epoch {
             return;
         }
-        // Read before the sweep is claimed: a bucket written after this (a call of the
-        // new epoch, by a thread that found the sweep claimed) no longer holds what was
-        // read, and is not cleared.
-        let seen: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Acquire))
-            .collect();
+        let silent = epoch - last >= TAG_MASK / 2;
+        // After a silence every bucket goes, a tag equal to the new epoch's included: read
+        // before the sweep is claimed, so that a bucket written after (a call of the new
+        // epoch, by a thread that found the sweep claimed) no longer holds what was read,
+        // and is not cleared. (Once per silence: the one allocation on this path.) An
+        // ordinary sweep clears only buckets out of the window, which no current call
+        // writes without changing them first.
+        let seen: Option<Vec<u64>> = silent.then(|| {
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Acquire))
+                .collect()
+        });
         if self
             .swept
             .compare_exchange(last, epoch, Ordering::Relaxed, Ordering::Relaxed)
@@ -113,9 +118,11 @@ impl TimeBuckets {
             return;
         }
         let n = self.buckets.len() as u64;
-        let silent = epoch - last >= TAG_MASK / 2;
         let tag = epoch & TAG_MASK;
-        for (slot, &cur) in self.buckets.iter().zip(&seen) {
+        for (i, slot) in self.buckets.iter().enumerate() {
+            let cur = seen
+                .as_ref()
+                .map_or_else(|| slot.load(Ordering::Acquire), |s| s[i]);
             let behind = tag.wrapping_sub(cur >> (3 * COUNT_BITS)) & TAG_MASK;
             // Out of the window, and not a newer bucket (a call that read the clock later
             // and got here first).

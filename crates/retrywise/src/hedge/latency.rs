@@ -247,9 +247,8 @@ impl RollingLatency {
         // Each bucket read once, and the total summed from those readings: a writer that
         // rolls a histogram over to the next period mid-scan cannot leave the rank beyond
         // every bucket (which read as the largest latency there is).
-        let counts: Vec<u64> = (0..BUCKETS)
-            .map(|b| live.iter().map(|h| h.bucket(b)).sum())
-            .collect();
+        let counts: [u64; BUCKETS] =
+            std::array::from_fn(|b| live.iter().map(|h| h.bucket(b)).sum());
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;

@@ -10,6 +10,17 @@ use std::sync::atomic::AtomicU32;
 
 const MS: Duration = Duration::from_millis(1);
 
+/// At most `max` attempts, 100 ms apart (no jitter), within `deadline`.
+fn every_100ms_within(max: u32, deadline: Duration) -> RetryRules {
+    RetryRules::builder()
+        .max_attempts(max)
+        .backoff(Backoff::constant(100 * MS).unwrap())
+        .jitter(Jitter::None)
+        .deadline(deadline)
+        .build()
+        .unwrap()
+}
+
 fn retry(max: u32, delay_ms: u32) -> RetryRules {
     RetryRules::builder()
         .max_attempts(max)
@@ -709,13 +720,7 @@ async fn a_policy_without_a_recorder_tracks_health_only_when_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_cuts_the_last_attempt() {
-    let policy = RetryRules::builder()
-        .max_attempts(10)
-        .backoff(Backoff::constant(100 * MS).unwrap())
-        .jitter(Jitter::None)
-        .deadline(Duration::from_millis(350))
-        .build()
-        .unwrap();
+    let policy = every_100ms_within(10, Duration::from_millis(350));
     let p = Policy::builder("d").retry(policy).build().unwrap();
     let t0 = Instant::now();
     let err = p
@@ -1218,13 +1223,7 @@ async fn a_refusal_that_outlasts_the_deadline_sends_nothing() {
     // AWS SDKs' retry quota (5 units a retry).
     let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
     let refused_for_10s = |deadline: Duration| {
-        let rules = RetryRules::builder()
-            .max_attempts(10)
-            .backoff(Backoff::constant(100 * MS).unwrap())
-            .jitter(Jitter::None)
-            .deadline(deadline)
-            .build()
-            .unwrap();
+        let rules = every_100ms_within(10, deadline);
         Policy::builder("refused")
             .retry(rules)
             .breaker(open_breaker(Duration::from_secs(10)))
@@ -1282,13 +1281,7 @@ async fn every_retry_the_circuit_refused_gives_back_what_it_paid() {
     let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
     let breaker = CircuitBreaker::builder("forced").build().unwrap();
     breaker.force_open();
-    let rules = RetryRules::builder()
-        .max_attempts(10)
-        .backoff(Backoff::constant(100 * MS).unwrap())
-        .jitter(Jitter::None)
-        .deadline(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let rules = every_100ms_within(10, Duration::from_secs(1));
     let p = Policy::builder("forced")
         .retry(rules)
         .breaker(breaker)
@@ -1386,13 +1379,7 @@ async fn a_call_dropped_while_its_retry_waits_for_room_gives_the_retry_back() {
 async fn a_retry_late_past_the_deadline_sends_nothing() {
     use crate::budget::RetryQuota;
     let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
-    let rules = RetryRules::builder()
-        .max_attempts(3)
-        .backoff(Backoff::constant(100 * MS).unwrap())
-        .jitter(Jitter::None)
-        .deadline(Duration::from_millis(500))
-        .build()
-        .unwrap();
+    let rules = every_100ms_within(3, Duration::from_millis(500));
     let p = Policy::builder("late")
         .retry(rules)
         .shared_budget(quota.clone())
