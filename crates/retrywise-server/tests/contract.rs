@@ -825,3 +825,71 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The collector's shipper against the real service over loopback, both with their
+/// defaults but for the service's body limit: a batch too large for the limit (413) is sent
+/// in halves until the pieces fit, and a record the service would refuse (an empty target)
+/// is set aside alone. After a graceful stop the service's segments hold every other record,
+/// once each, in the order recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipper_delivers_through_the_services_limits_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = dir.path().join("attempts");
+    let config = Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        models: shipped_models(),
+        attempts: attempts.clone(),
+        // A few hundred records' worth: the shipper's batch of 1,000 does not fit.
+        body_limit: 64 << 10,
+        ..Config::default()
+    };
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(retrywise_server::serve(
+        config,
+        async {
+            let _ = stop_rx.await;
+        },
+        move |addr| {
+            let _ = bound_tx.send(addr);
+        },
+    ));
+    let addr = tokio::time::timeout(Duration::from_secs(60), bound_rx)
+        .await
+        .expect("bound within a minute")
+        .unwrap();
+    let shipper = retrywise_collect::ShippingRecorder::spawn(retrywise_collect::ShipperConfig {
+        batch_size: 1_000,
+        backoff: (Duration::from_millis(1), Duration::from_millis(10)),
+        ..retrywise_collect::ShipperConfig::new(format!("http://{addr}/v1/attempts"))
+    })
+    .unwrap();
+    let bad = 617;
+    let mut records = batch(0, 1_000);
+    records[bad].context.target = "".into();
+    let one_size = serde_json::to_string(&records[0]).unwrap().len() + 1;
+    assert!(one_size * 1_000 > 64 << 10 && one_size * 100 < 64 << 10);
+    for r in &records {
+        retrywise::recorder::Recorder::record(&shipper, r.clone());
+    }
+    tokio::time::timeout(Duration::from_secs(60), shipper.flush())
+        .await
+        .expect("shipped within a minute")
+        .unwrap();
+    let s = shipper.stats();
+    // The shipper checks each record as the service does: the bad one is set aside (and
+    // counted) before it is sent, and takes no batch with it.
+    assert_eq!(
+        (s.recorded, s.shipped, s.dropped_invalid, s.failed),
+        (1_000, 999, 1, 0)
+    );
+    assert!(s.batches > 1, "sent in pieces: {s:?}");
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let written: Vec<u64> = retrywise_collect::SegmentReader::open(&attempts)
+        .unwrap()
+        .map(|r| r.unwrap().call_id)
+        .collect();
+    let want: Vec<u64> = (0..1_000).filter(|&i| i != bad as u64).collect();
+    assert_eq!(written, want);
+}
