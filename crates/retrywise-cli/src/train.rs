@@ -529,7 +529,7 @@ pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         t["train_rows"],
         t["validation_rows"],
         t["time_range_ms"],
-        t["files"].as_array().map_or(0, Vec::len),
+        retrywise_train::store::file_count(t),
         t["fingerprint"].as_str().unwrap_or("?")
     );
     if let Some(v) = a.metrics.get("validation") {

@@ -84,6 +84,12 @@ pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
         });
     }
     let dir = models.join(name);
+    if dir.exists() && !dir.is_dir() {
+        return Err(TrainError::Input {
+            path: dir,
+            problem: "is a file, not a model's folder of versions".into(),
+        });
+    }
     let nearest = dir
         .ancestors()
         .find(|a| a.is_dir() || a.as_os_str().is_empty())
@@ -127,6 +133,8 @@ pub fn write_new_version(
 ) -> Result<(u32, PathBuf), TrainError> {
     check_name(models, name)?;
     let dir = models.join(name);
+    // Sized before anything is written: a version no reader can load is refused.
+    model_json(artifact, &dir)?;
     // The model's folder itself survives a crash, not only what is renamed into it.
     retrywise_collect::segment::create_dir_durable(&dir)
         .map_err(|e| TrainError::io("create", &dir, e))?;
@@ -151,7 +159,10 @@ pub fn write_new_version(
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir(&staging).map_err(|e| TrainError::io("create", &staging, e))?;
         let staging_dir = Staging(staging.clone());
-        write_file(&staging.join("model.json"), artifact.to_json().as_bytes())?;
+        write_file(
+            &staging.join("model.json"),
+            model_json(artifact, &dir)?.as_bytes(),
+        )?;
         let metrics = serde_json::to_string_pretty(&serde_json::json!({
             "name": artifact.name,
             "version": version,
@@ -188,6 +199,68 @@ pub fn write_new_version(
         path: dir,
         problem: "no free version number after 100 tries".into(),
     })
+}
+
+/// `model.json`'s text: the whole artifact when it fits in [`MAX_ARTIFACT_BYTES`] (the
+/// most the service, `eval` and `inspect` read), otherwise without the detail that grows
+/// with the input — the list of input files (kept as its count, beside the fingerprint),
+/// each target's validation split time (kept as their count) and the metrics per target —
+/// which `metrics.json` keeps whole. `detail` then names where the rest is.
+///
+/// # Errors
+/// [`TrainError::Input`] when even that is too large (`dir`: the model's folder).
+fn model_json(artifact: &ModelArtifact, dir: &Path) -> Result<String, TrainError> {
+    let text = artifact.to_json();
+    if text.len() as u64 <= MAX_ARTIFACT_BYTES {
+        return Ok(text);
+    }
+    let mut slim = artifact.clone();
+    if let Some(t) = slim.training.as_object_mut() {
+        if let Some(files) = t.remove("files") {
+            let n = files.as_array().map_or(0, Vec::len);
+            t.insert("file_count".into(), n.into());
+        }
+        if let Some(from) = t.remove("validation_from_ms") {
+            let n = from.as_object().map_or(0, serde_json::Map::len);
+            t.insert("validation_targets".into(), n.into());
+        }
+        t.insert("detail".into(), "metrics.json".into());
+    }
+    if let Some(m) = slim.metrics.as_object_mut()
+        && m.remove("by_target").is_some()
+    {
+        m.insert("detail".into(), "metrics.json".into());
+    }
+    let text = slim.to_json();
+    if text.len() as u64 <= MAX_ARTIFACT_BYTES {
+        tracing::warn!(
+            bytes = artifact.to_json().len(),
+            most = MAX_ARTIFACT_BYTES,
+            "model.json leaves out its per-file and per-target detail to stay readable; metrics.json holds it"
+        );
+        return Ok(text);
+    }
+    Err(TrainError::Input {
+        path: dir.to_path_buf(),
+        problem: format!(
+            "its model.json would take {} bytes even without its per-file and per-target detail, more than the {MAX_ARTIFACT_BYTES} any reader takes",
+            text.len()
+        ),
+    })
+}
+
+/// The number of input files a model was trained on, as its `training` records them (a
+/// list, or its count when `model.json` was too large to hold the list).
+pub fn file_count(training: &serde_json::Value) -> usize {
+    training["files"].as_array().map_or_else(
+        || {
+            training["file_count"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(0)
+        },
+        Vec::len,
+    )
 }
 
 /// Reads and validates `model.json` from a version folder (or the file itself).
@@ -311,5 +384,61 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         check_name(&root.path().join("not/yet/there"), "m").unwrap();
         assert!(!root.path().join("not").exists(), "the check makes nothing");
+        // A file where the model's folder would be.
+        std::fs::write(root.path().join("m"), "").unwrap();
+        let e = check_name(root.path(), "m").unwrap_err();
+        assert!(e.to_string().contains("is a file"), "{e}");
+    }
+
+    /// A model trained on enough files and targets that its description outgrows what every
+    /// reader takes is still written loadable: `model.json` leaves out the per-file and
+    /// per-target detail (counted), `metrics.json` keeps it whole, and the model's p is
+    /// the same.
+    #[test]
+    fn a_model_whose_detail_outgrows_the_readers_limit_is_written_loadable() {
+        let mut a = shipped();
+        let files: Vec<_> = (0..40_000)
+            .map(|i| serde_json::json!({"path": format!("data/attempts/part-{i:08}.parquet"), "bytes": 1_000_000, "format": "parquet"}))
+            .collect();
+        a.training["files"] = files.into();
+        let targets: serde_json::Map<_, _> = (0..2_000)
+            .map(|i| {
+                (
+                    format!("target-{i}"),
+                    serde_json::json!(1_764_000_000_000u64),
+                )
+            })
+            .collect();
+        a.training["validation_from_ms"] = targets.into();
+        assert!(a.to_json().len() as u64 > MAX_ARTIFACT_BYTES);
+        let root = tempfile::tempdir().unwrap();
+        let (_, dir) =
+            write_new_version(root.path(), "big", &mut a, |_| Ok(String::new())).unwrap();
+        let back = load_artifact(&dir).unwrap();
+        assert_eq!(
+            (back.weights, back.intercept),
+            (a.weights.clone(), a.intercept)
+        );
+        assert_eq!(file_count(&back.training), 40_000);
+        assert_eq!(back.training["validation_targets"], 2_000);
+        assert_eq!(back.training["detail"], "metrics.json");
+        assert!(back.metrics.get("by_target").is_none());
+        assert_eq!(back.metrics["validation"], a.metrics["validation"]);
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            metrics["training"]["files"].as_array().unwrap().len(),
+            40_000
+        );
+        assert_eq!(metrics["metrics"]["by_target"], a.metrics["by_target"]);
+        // A model that fits is written whole.
+        let mut small = shipped();
+        let (_, dir) =
+            write_new_version(root.path(), "small", &mut small, |_| Ok(String::new())).unwrap();
+        let back = load_artifact(&dir).unwrap();
+        assert_eq!(back.training["files"], small.training["files"]);
+        assert_eq!(file_count(&back.training), file_count(&small.training));
+        assert!(file_count(&back.training) > 0);
     }
 }
