@@ -60,8 +60,9 @@ pub(crate) struct TrainArgs {
     split: SplitArg,
     /// The most rows to read, about: a larger input (counted from the Parquet footers
     /// first) is read as a uniform sample of whole calls, a hash of each call id deciding,
-    /// in time order, which bounds memory (about 0.7 KiB per row kept) whatever the input's
-    /// size. At least 1.
+    /// in time order (a log without call ids: a hash of each row's start, row by row),
+    /// which bounds memory (about 0.7 KiB per row kept) whatever the input's size. At
+    /// least 1.
     #[arg(long, default_value_t = retrywise_train::data::DEFAULT_MAX_ROWS)]
     max_rows: u64,
     /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated; the one with the
@@ -378,6 +379,12 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
         trained.artifact.regularization.alpha,
         t["skipped"]
     );
+    if let Some(on) = t["alpha_chosen_on"]
+        .as_str()
+        .filter(|on| on.starts_with("the validation rows"))
+    {
+        outln!("note: the penalty was chosen on {on}; the validation metrics are optimistic");
+    }
     let sample = &t["sample"];
     if sample["fraction"].as_f64().is_some_and(|f| f < 1.0) {
         outln!(

@@ -161,7 +161,10 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
         }
     }
     paths.sort();
-    paths.dedup();
+    // One file named twice (`logs` and `./logs/a.parquet`) is read once: its rows would
+    // count twice.
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
     if paths.is_empty() {
         return Err(TrainError::NoData(format!(
             "no Parquet or NDJSON files in {}",
@@ -666,7 +669,21 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
             };
             bad.call_id_lines += u64::from(obj.contains_key(CALL_ID));
             match obj.get(SCHEMA_VERSION) {
-                None => {}
+                // A line without a version (another tool's log) is read by polars, which
+                // reads a value of the wrong JSON type as null (`"delay_ms": "250"`: a wait
+                // of 0): such a line is skipped and counted, as a versioned one is; the
+                // values' rules are checked on the columns read.
+                None => {
+                    if let Some(f) = mistyped(&obj) {
+                        tracing::debug!(
+                            line = number,
+                            field = f,
+                            "record with a value of the wrong type skipped"
+                        );
+                        bad.invalid += 1;
+                        continue;
+                    }
+                }
                 Some(v) => match v.as_str().and_then(|v| v.parse::<SchemaVersion>().ok()) {
                     None => {
                         bad.unknown_version += 1;
@@ -720,6 +737,23 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
         .map_err(|e| TrainError::io("write", copy.path(), e))?;
     drop(out);
     Ok((bad, Some(copy.into_temp_path())))
+}
+
+/// The first field of the schema that `obj` holds with a value of the wrong JSON type (a
+/// string for a number, or the other way round; `null` is read as missing).
+fn mistyped(obj: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
+    fields().map(|f| (f, obj.get(f.name))).find_map(|(f, v)| {
+        let ok = match v {
+            None | Some(serde_json::Value::Null) => true,
+            Some(v) => match f.storage() {
+                Storage::String => v.is_string(),
+                Storage::UInt16 | Storage::UInt32 | Storage::UInt64 | Storage::Float64 => {
+                    v.is_number()
+                }
+            },
+        };
+        (!ok).then_some(f.name)
+    })
 }
 
 /// Checks a file's columns: the required ones must exist, and every wanted one present
@@ -1230,6 +1264,14 @@ mod tests {
         std::fs::create_dir_all(&empty).expect("empty");
         let s = |p: &Path| p.to_string_lossy().into_owned();
         assert_eq!(resolve(&[s(&data)]).expect("one folder").len(), 1);
+        // The same file under three spellings is one file.
+        let again = dir.path().join("./data/../data/a.parquet");
+        assert_eq!(
+            resolve(&[s(&data), s(&data.join("a.parquet")), s(&again)])
+                .expect("one file")
+                .len(),
+            1
+        );
         assert_eq!(
             resolve(&[s(&data), s(&empty)])
                 .expect("an empty folder")

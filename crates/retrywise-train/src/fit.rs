@@ -283,19 +283,31 @@ pub const MAX_ALPHA: f64 = 1e12;
 /// tolerance, at least one iteration ([`fit`] does, and `train` before it reads anything).
 ///
 /// # Errors
-/// [`TrainError::Fit`] naming the option.
+/// [`TrainError::InvalidOption`] naming the option.
 pub fn check_options(opts: &FitOptions) -> Result<(), TrainError> {
     if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !(0.0..=MAX_ALPHA).contains(a)) {
-        return Err(TrainError::Fit(format!(
-            "alphas must be non-negative numbers, at most 1e12, got {:?}",
-            opts.alphas
-        )));
+        return Err(TrainError::InvalidOption {
+            option: "alphas",
+            problem: format!(
+                "alphas must be non-negative numbers, at most 1e12, got {:?}",
+                opts.alphas
+            ),
+        });
     }
-    if !(opts.tolerance.is_finite() && opts.tolerance > 0.0) || opts.max_iterations == 0 {
-        return Err(TrainError::Fit(format!(
-            "the tolerance must be a positive number and max_iterations at least 1, got {} and {}",
-            opts.tolerance, opts.max_iterations
-        )));
+    if !(opts.tolerance.is_finite() && opts.tolerance > 0.0) {
+        return Err(TrainError::InvalidOption {
+            option: "tolerance",
+            problem: format!(
+                "the tolerance must be a positive number, got {}",
+                opts.tolerance
+            ),
+        });
+    }
+    if opts.max_iterations == 0 {
+        return Err(TrainError::InvalidOption {
+            option: "max_iterations",
+            problem: "max_iterations must be at least 1, got 0".into(),
+        });
     }
     Ok(())
 }

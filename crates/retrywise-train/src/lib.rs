@@ -190,9 +190,10 @@ fn check_fraction(fraction: f64) -> Result<(), TrainError> {
     if fraction > 0.0 && fraction < 1.0 {
         Ok(())
     } else {
-        Err(TrainError::Split(format!(
-            "the validation fraction must be within (0, 1), got {fraction}"
-        )))
+        Err(TrainError::InvalidOption {
+            option: "validation_fraction",
+            problem: format!("the validation fraction must be within (0, 1), got {fraction}"),
+        })
     }
 }
 
@@ -222,8 +223,8 @@ fn call_draw(target: &str, call_id: u64) -> f64 {
 /// validation would be predicted from its own call's first attempt in training.
 ///
 /// # Errors
-/// [`TrainError::Split`] when the fraction is not in (0, 1), a row has no call id, or
-/// either side is empty.
+/// [`TrainError::InvalidOption`] when the fraction is not in (0, 1); [`TrainError::Split`]
+/// when a row has no call id, or either side is empty.
 pub fn split_by_call(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSummary), TrainError> {
     split_calls_from(rows, fraction, 0.0)
 }
@@ -308,11 +309,12 @@ fn split_calls_from(
 /// single cut-off over data whose targets were recorded one after another (the
 /// simulator's suite, or a fleet's targets with different histories) would validate — and
 /// choose the regularization — on the last targets alone. A target with a single
-/// distinct time trains only.
+/// distinct time trains only; one whose rows mostly share its earliest time validates on
+/// the rows after it.
 ///
 /// # Errors
-/// [`TrainError::Split`] when the fraction is not in (0, 1), or no target has rows at two
-/// distinct times.
+/// [`TrainError::InvalidOption`] when the fraction is not in (0, 1); [`TrainError::Split`]
+/// when no target has rows at two distinct times.
 pub fn split_by_time(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSummary), TrainError> {
     check_fraction(fraction)?;
     let n = rows.len();
@@ -329,9 +331,18 @@ pub fn split_by_time(rows: &Rows, fraction: f64) -> Result<(Rows, Rows, SplitSum
         idx.sort_by_key(|&i| rows.started_at_ms[i]);
         let m = idx.len();
         let cut = (((m as f64) * (1.0 - fraction)).floor() as usize).clamp(1, m.max(2) - 1);
-        let at = idx.get(cut).map(|&i| rows.started_at_ms[i]);
+        let time = |k: usize| idx.get(k).map(|&i| rows.started_at_ms[i]);
+        let mut at = time(cut);
         // Everything at the cut-off time goes to validation.
-        let first_val = at.map_or(0, |at| idx.partition_point(|&i| rows.started_at_ms[i] < at));
+        let mut first_val = at.map_or(0, |at| idx.partition_point(|&i| rows.started_at_ms[i] < at));
+        if first_val == 0
+            && let Some(earliest) = at
+        {
+            // The cut-off fell on the target's earliest millisecond: validate on the rows
+            // after it, if any (fewer than the fraction, but the latest there are).
+            first_val = idx.partition_point(|&i| rows.started_at_ms[i] <= earliest);
+            at = time(first_val);
+        }
         match at {
             Some(at) if first_val > 0 => {
                 t.extend_from_slice(&idx[..first_val]);
@@ -569,7 +580,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
             "files": files.iter().map(|f| serde_json::json!({"path": f.path, "bytes": f.bytes, "format": f.format})).collect::<Vec<_>>(),
             "fingerprint": fingerprint,
             "filter": {"targets": opts.filter.targets, "from_ms": opts.filter.from_ms, "until_ms": opts.filter.until_ms},
-            "sample": {"max_rows": sampled.max_rows, "input_rows": sampled.input_rows, "fraction": sampled.fraction, "rows_read": load.rows_read, "by": "a hash of call_id: whole calls, in time order"},
+            "sample": {"max_rows": sampled.max_rows, "input_rows": sampled.input_rows, "fraction": sampled.fraction, "rows_read": load.rows_read, "by": "a hash of call_id: whole calls, in time order (rows without one: a hash of started_at_ms, row by row)"},
             "skipped": load.skipped,
             "alpha_search": trials,
             "alpha_chosen_on": chosen_on,
@@ -644,7 +655,11 @@ fn fit_chosen(
             &mut trial,
         )?;
         let on = if opts.fit.alphas.len() > 1 {
-            // (Training rows too few to split again: said in the artifact.)
+            // (Training rows too few to split again: said in the artifact and the log.)
+            tracing::warn!(
+                train_rows = tr.len(),
+                "the training rows cannot be split again to choose the penalty on: it is chosen on the validation rows, whose metrics are then optimistic"
+            );
             "the validation rows (the training rows could not be split again)"
         } else {
             "no choice (one penalty)"

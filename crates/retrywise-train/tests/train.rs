@@ -127,6 +127,10 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
         &line[end..]
     );
     serde_json::from_str::<serde_json::Value>(&delay_text).expect("still a JSON object");
+    // The same without a version: polars would read it as null too.
+    let delay_text_unversioned =
+        delay_text.replacen(&format!("\"schema_version\":{current},"), "", 1);
+    assert!(!delay_text_unversioned.contains("schema_version"));
     {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -136,7 +140,7 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
         // a crash mid-write.
         write!(
             f,
-            "garbage\n{unreadable}\n{without_version}\n{delay_text}\n{}",
+            "garbage\n{unreadable}\n{without_version}\n{delay_text}\n{delay_text_unversioned}\n{}",
             &line[..40]
         )
         .unwrap();
@@ -148,15 +152,18 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
         data::count_rows(&files, &Filter::default()).unwrap(),
         (records.len() + 1) as u64
     );
-    for reason in [
-        "NDJSON line cut short (torn)",
-        "NDJSON line that is not a JSON object",
-        "NDJSON line with an unreadable schema_version",
-        "NDJSON record with a value of the wrong type or against the schema's rules",
+    for (reason, n) in [
+        ("NDJSON line cut short (torn)", 1),
+        ("NDJSON line that is not a JSON object", 1),
+        ("NDJSON line with an unreadable schema_version", 1),
+        (
+            "NDJSON record with a value of the wrong type or against the schema's rules",
+            2,
+        ),
     ] {
         assert_eq!(
             summary.skipped.get(reason),
-            Some(&1),
+            Some(&n),
             "{reason}: {summary:?}"
         );
     }
@@ -582,6 +589,26 @@ fn the_time_split_never_leaks_the_future_into_training() {
     for (c, t) in va.contexts.iter().zip(&va.started_at_ms) {
         assert!(*t >= from(c));
     }
+}
+
+/// A target whose rows mostly share its earliest millisecond (a batch imported at once,
+/// then a few more) is validated on the rows after it, not trained on whole.
+#[test]
+fn a_target_crowded_at_its_first_millisecond_is_still_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a.parquet");
+    let mut recs = synthetic::records(1_000, 4);
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.context.target = "t".into();
+        r.started_at_ms = if i < 900 { 5_000 } else { 9_000 + i as u64 };
+    }
+    write_parquet(&recs, &data);
+    let files = data::resolve(&[data.to_string_lossy().into_owned()]).unwrap();
+    let (rows, _) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    let (tr, va, s) = retrywise_train::split_by_time(&rows, 0.2).unwrap();
+    assert_eq!((tr.len(), va.len()), (900, 100));
+    assert_eq!(s.validation_from_ms["t"], 9_900);
+    assert!(tr.started_at_ms.iter().all(|&t| t == 5_000));
 }
 
 #[test]
@@ -1574,7 +1601,7 @@ fn bad_options_are_refused_before_anything_is_read() {
         ),
         (
             Box::new(|o: &mut TrainOptions| o.fit.max_iterations = 0),
-            "max_iterations at least 1",
+            "max_iterations must be at least 1",
         ),
         (
             Box::new(|o: &mut TrainOptions| o.models.set_file_name("file")),
@@ -1593,6 +1620,9 @@ fn bad_options_are_refused_before_anything_is_read() {
         edit(&mut o);
         let e = train(&o, &mut count).unwrap_err();
         assert!(chain(&e).contains(says), "{e}");
+        if !says.contains("model") && !says.contains("written") {
+            assert!(matches!(e, TrainError::InvalidOption { .. }), "{e:?}");
+        }
     }
     assert_eq!(read, 0, "nothing was read");
     assert!(!models.exists());
