@@ -96,9 +96,10 @@ pub struct ModelSummary {
     pub created_at: String,
     /// The feature set it was trained on.
     pub feature_set: String,
-    /// Validation metrics (AUC, log-loss, Brier, ECE…).
-    #[schema(value_type = Object)]
-    pub validation: serde_json::Value,
+    /// Validation metrics (AUC, log-loss, Brier, ECE…); `null` when the model file holds
+    /// none.
+    #[schema(value_type = Option<Object>)]
+    pub validation: Option<serde_json::Value>,
 }
 
 /// The models serving.
@@ -156,13 +157,13 @@ fn summary(m: &LoadedModel) -> ModelSummary {
             .artifact
             .metrics
             .get("validation")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null),
+            .filter(|v| !v.is_null())
+            .cloned(),
     }
 }
 
 /// The models serving, with their versions and validation metrics.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
 pub(crate) async fn list_models(State(st): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         models: st.models.snapshot().values().map(|m| summary(m)).collect(),
@@ -583,9 +584,21 @@ pub(crate) async fn decide(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
-    // The context is checked before the model is looked up (as `/v1/predict` does): a bad
-    // context is a 400 naming its field, not a 404 for the model it would have used.
+    // The request is checked before the model is looked up (as `/v1/predict` does): a bad
+    // context or deadline is a 400 naming its field, not a 404 for the model it would have
+    // used.
     let ctx = prepare(&st, req.context, || "context".into(), Instant::now())?;
+    let deadline = req
+        .deadline_ms
+        .map(|ms| {
+            if !(1e-6..=MAX_MS).contains(&ms) {
+                return Err(ApiError::bad_request(format!(
+                    "deadline_ms: must be within [1e-6, {MAX_MS}] (a nanosecond to about 31 years), got {ms}"
+                )));
+            }
+            ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
+        })
+        .transpose()?;
     // No model serving at all (before the first is loaded): the default is answered by the
     // decider's rules, and says so. Another model named but not served stays a 404.
     let m = match pick(&st, req.model.as_deref(), Some(&ctx.target)) {
@@ -609,17 +622,6 @@ pub(crate) async fn decide(
         }
         Err(e) => return Err(e),
     };
-    let deadline = req
-        .deadline_ms
-        .map(|ms| {
-            if !(1e-6..=MAX_MS).contains(&ms) {
-                return Err(ApiError::bad_request(format!(
-                    "deadline_ms: must be within [1e-6, {MAX_MS}] (a nanosecond to about 31 years), got {ms}"
-                )));
-            }
-            ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
-        })
-        .transpose()?;
     if ctx.attempt == 1 {
         let (mut answer, fallback) = admit(&st, m.as_ref(), &ctx, deadline);
         if req.alternatives {
@@ -888,8 +890,9 @@ pub struct ReloadResponse {
 }
 
 /// Looks for new model versions now.
-#[utoipa::path(post, path = "/admin/reload", responses((status = 200, body = ReloadResponse), (status = 401, body = ErrorBody),
-    (status = 500, body = ErrorBody)), security(("token" = [])))]
+/// (Its security and 401 are declared when a token guards it: see `openapi`.)
+#[utoipa::path(post, path = "/admin/reload", responses((status = 200, body = ReloadResponse),
+    (status = 500, body = ErrorBody)))]
 pub(crate) async fn reload(State(st): State<AppState>) -> Result<Json<ReloadResponse>, ApiError> {
     let r = crate::reload(&st).await.map_err(|e| {
         ApiError::internal(std::io::Error::new(

@@ -447,13 +447,19 @@ impl Overrides {
             if !url.starts_with("redis://") {
                 return Err(bad(
                     "fleet",
-                    format!("is not a Redis URL (redis://HOST:PORT[/DB]): {url:?}"),
+                    format!(
+                        "is not a Redis URL (redis://HOST:PORT[/DB]; TLS and unix sockets are not supported): {:?}",
+                        crate::serve::redact(url)
+                    ),
                 ));
             }
             if let Err(e) = redis::Client::open(url) {
                 return Err(bad(
                     "fleet",
-                    format!("is not a usable Redis URL ({url:?}): {e}"),
+                    format!(
+                        "is not a usable Redis URL ({:?}): {e}",
+                        crate::serve::redact(url)
+                    ),
                 ));
             }
             config.fleet = Some(url.to_owned());
@@ -806,6 +812,20 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field), "{e}");
+        }
+        // A URL that does not serve never prints its password.
+        for url in [
+            "redis://:s3cret@127.0.0.1:notaport",
+            "rediss://:s3cret@127.0.0.1:6379",
+        ] {
+            let flags = Overrides {
+                fleet: Some(url.into()),
+                ..Overrides::default()
+            };
+            let e = Config::load(None, |_| None, &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`fleet`") && !e.contains("s3cret"), "{e}");
         }
         let e = Overrides::from_toml("fleet_cache_ms = \"soon\"", "serve.toml")
             .unwrap_err()

@@ -116,6 +116,17 @@ pub(crate) async fn observe(State(st): State<AppState>, req: Request, next: Next
     response
 }
 
+/// Whether `given` is `token`, in time that depends on `token`'s length alone: every byte
+/// of the token is compared (against 0 past the end of what is given), and a difference in
+/// length is folded into the same result.
+fn tokens_match(given: &[u8], token: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != token.len());
+    for (i, t) in token.iter().enumerate() {
+        diff |= given.get(i).copied().unwrap_or(0) ^ t;
+    }
+    std::hint::black_box(diff) == 0
+}
+
 /// Refuses requests without the configured bearer token (401).
 pub(crate) async fn authorize(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.config.token {
@@ -130,16 +141,43 @@ pub(crate) async fn authorize(State(st): State<AppState>, req: Request, next: Ne
                     .map(|_| &v[7..])
             })
             .unwrap_or("");
-        // Compare without stopping at the first difference.
-        let same = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        // Compare without stopping at the first difference, nor at a difference of length:
+        // the time taken depends on the token's length alone, whatever is given.
+        let same = tokens_match(given.as_bytes(), token.as_bytes());
         if !same {
             return ApiError::Unauthorized.into_response();
         }
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_token_matches_itself_only() {
+        assert!(tokens_match(b"s3cret", b"s3cret"));
+        for given in [
+            &b""[..],
+            b"s3cre",
+            b"s3cret ",
+            b"s3creT",
+            b"s3cret\0",
+            b"\0",
+        ] {
+            assert!(!tokens_match(given, b"s3cret"), "{given:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever is given, it matches exactly when it equals the token.
+        #[test]
+        fn matches_exactly_when_equal(given in proptest::collection::vec(any::<u8>(), 0..12),
+                                      token in proptest::collection::vec(any::<u8>(), 1..12)) {
+            prop_assert_eq!(tokens_match(&given, &token), given == token);
+            prop_assert!(tokens_match(&token, &token));
+        }
+    }
 }

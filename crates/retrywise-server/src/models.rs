@@ -239,7 +239,9 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                 .into_iter()
                 .filter_map(|(v, p)| match v.parse::<u32>() {
                     // Version 0 is the answers' word for "no model: the rules decided".
-                    Ok(n) if n > 0 => Some((n, p)),
+                    // Written as numbers are (`3`, not `03` or `+3`): two spellings of one
+                    // number would take turns serving.
+                    Ok(n) if n > 0 && n.to_string() == v => Some((n, p)),
                     _ => {
                         // A model in a folder that is not a version number (`v3`,
                         // `2025-12-06`, `0`): never served, and said so.
@@ -284,6 +286,11 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                 report
                     .still_refused
                     .push((name.clone(), version, why.clone()));
+                // The serving version, refused when rewritten: it keeps serving from memory
+                // at every later scan too, not only the first.
+                if serving == Some(version) {
+                    break;
+                }
                 continue;
             }
             match load_version(&vpath, &name, version, st) {

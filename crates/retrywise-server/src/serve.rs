@@ -216,7 +216,7 @@ fn check_models_folder(dir: &std::path::Path) -> Result<(), ServerError> {
 }
 
 /// A Redis URL without its password, for logs.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])

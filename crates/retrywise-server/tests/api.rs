@@ -296,6 +296,15 @@ async fn health_readiness_and_models() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // A bad request is a 400 naming its field before any model is looked up.
+    let (s, v) = empty
+        .post(
+            "/v1/decide",
+            r#"{"model": "nope", "deadline_ms": -5, "context": {"target": "t", "attempt": 2, "error": "http_503"}}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("deadline_ms"), "{v}");
 }
 
 #[tokio::test]
@@ -921,11 +930,32 @@ async fn a_rollback_or_a_rewritten_version_is_followed() {
     // Version 2 rewritten in place and caught half-written: refused, and the version in
     // memory keeps serving - version 1 does not take its place.
     std::fs::write(h.models.join("default/2/model.json"), "{").unwrap();
+    // Every later reload too, while the file stays refused; and when it is removed.
+    for edit in [
+        None,
+        None,
+        Some(|m: &std::path::Path| std::fs::remove_file(m.join("default/2/model.json")).unwrap()),
+        None,
+    ] {
+        if let Some(edit) = edit {
+            edit(&h.models);
+        }
+        let (_, v) = h.post("/admin/reload", "").await;
+        assert_eq!(v["serving"], json!(["default/2"]), "{v}");
+        let (_, v) = h.post("/v1/predict", ask).await;
+        assert_eq!(v["version"], 2);
+        assert!((p_of(&v) - sigmoid(-1.0)).abs() < 1e-12, "{v}");
+    }
+    // A folder named `02` is not version 2 (nor `+3` version 3): not served, and said so.
+    std::fs::remove_dir_all(h.models.join("default/2")).unwrap();
+    write_model(&h.models, &artifact("default", 3, 2.0));
+    std::fs::rename(h.models.join("default/3"), h.models.join("default/+3")).unwrap();
     let (_, v) = h.post("/admin/reload", "").await;
-    assert_eq!(v["serving"], json!(["default/2"]), "{v}");
-    let (_, v) = h.post("/v1/predict", ask).await;
-    assert_eq!(v["version"], 2);
-    assert!((p_of(&v) - sigmoid(-1.0)).abs() < 1e-12, "{v}");
+    assert_eq!(v["serving"], json!(["default/1"]), "{v}");
+    assert!(
+        v.to_string().contains("`+3` is not a version number"),
+        "{v}"
+    );
 }
 
 #[tokio::test]

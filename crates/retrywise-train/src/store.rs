@@ -28,7 +28,7 @@ pub fn versions(model_dir: &Path) -> Result<Vec<u32>, TrainError> {
         if let Some(v) = entry
             .file_name()
             .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
+            .and_then(|s| s.parse::<u32>().ok().filter(|n| n.to_string() == s))
             && entry.path().is_dir()
         {
             out.push(v);
