@@ -215,18 +215,32 @@ pub(crate) async fn server_metadata() -> Json<ServerMetadata> {
     })
 }
 
-/// A model's metadata: its inputs (the context fields, from the attempt schema) and output.
-#[utoipa::path(get, path = "/v2/models/{name}", params(("name" = String, Path, description = "The model")),
-    responses((status = 200, body = ModelMetadata), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub(crate) async fn metadata(
-    State(st): State<AppState>,
-    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
-) -> Result<Json<ModelMetadata>, ApiError> {
+/// The model serving as `name`, and — when the path names a version — only if that is
+/// the version serving (the service serves one version of a model at a time): a 404
+/// naming the version that serves otherwise.
+fn serving_as(
+    st: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<crate::models::LoadedModel>, ApiError> {
     let set = st.models.snapshot();
     let m = set
-        .get(&name)
-        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?;
-    Ok(Json(ModelMetadata {
+        .get(name)
+        .ok_or_else(|| unknown_model(name, &set, &st.config.default_model, false))?;
+    if let Some(v) = version
+        && v != m.version.to_string()
+    {
+        return Err(ApiError::not_found(format!(
+            "model: `{name}` version `{}` is not serving (version {} serves)",
+            retrywise::attempt::clipped(v),
+            m.version
+        )));
+    }
+    Ok(Arc::clone(m))
+}
+
+fn metadata_of(m: &crate::models::LoadedModel) -> ModelMetadata {
+    ModelMetadata {
         name: m.name.clone(),
         versions: vec![m.version.to_string()],
         platform: "retrywise_logistic".into(),
@@ -234,7 +248,30 @@ pub(crate) async fn metadata(
             .map(|f| tensor_metadata(f.name, f.tensor().datatype))
             .collect(),
         outputs: vec![tensor_metadata("p_success", "FP64")],
-    }))
+    }
+}
+
+/// A model's metadata: its inputs (the context fields, from the attempt schema) and output.
+#[utoipa::path(get, path = "/v2/models/{name}", params(("name" = String, Path, description = "The model")),
+    responses((status = 200, body = ModelMetadata), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn metadata(
+    State(st): State<AppState>,
+    crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    let m = serving_as(&st, &name, None)?;
+    Ok(Json(metadata_of(&m)))
+}
+
+/// A model version's metadata (404 unless that version is serving).
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", params(("name" = String, Path, description = "The model"),
+    ("version" = String, Path, description = "The version")),
+    responses((status = 200, body = ModelMetadata), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn version_metadata(
+    State(st): State<AppState>,
+    crate::extract::ApiPath((name, version)): crate::extract::ApiPath<(String, String)>,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    let m = serving_as(&st, &name, Some(&version))?;
+    Ok(Json(metadata_of(&m)))
 }
 
 /// Whether a model is loaded.
@@ -244,9 +281,19 @@ pub(crate) async fn model_ready(
     State(st): State<AppState>,
     crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
 ) -> Result<Json<ModelReady>, ApiError> {
-    let set = st.models.snapshot();
-    set.get(&name)
-        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?;
+    serving_as(&st, &name, None)?;
+    Ok(Json(ModelReady { name, ready: true }))
+}
+
+/// Whether a model version is loaded and serving.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", params(("name" = String, Path, description = "The model"),
+    ("version" = String, Path, description = "The version")),
+    responses((status = 200, body = ModelReady), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn version_ready(
+    State(st): State<AppState>,
+    crate::extract::ApiPath((name, version)): crate::extract::ApiPath<(String, String)>,
+) -> Result<Json<ModelReady>, ApiError> {
+    serving_as(&st, &name, Some(&version))?;
     Ok(Json(ModelReady { name, ready: true }))
 }
 
@@ -328,8 +375,43 @@ fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> 
         .collect())
 }
 
+/// A JSON tensor's elements in row-major order: the protocol lets them come flat
+/// (`[1, 2]`) or nested by the shape's dimensions (`[[1], [2]]` for shape `[2, 1]`), at
+/// most as deep as the shape has dimensions.
+fn flatten<'a>(
+    input: &InferInput,
+    data: &'a [serde_json::Value],
+) -> Result<Vec<&'a serde_json::Value>, ApiError> {
+    fn walk<'a>(
+        data: &'a [serde_json::Value],
+        depth: usize,
+        out: &mut Vec<&'a serde_json::Value>,
+    ) -> Result<(), ()> {
+        for v in data {
+            match v {
+                serde_json::Value::Array(inner) if depth > 1 => walk(inner, depth - 1, out)?,
+                serde_json::Value::Array(_) => return Err(()),
+                v => out.push(v),
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::with_capacity(data.len());
+    walk(data, input.shape.len().max(1), &mut out).map_err(|()| {
+        bad(
+            &format!("{}.data", input.name),
+            format!(
+                "nested deeper than its shape {:?} has dimensions",
+                input.shape
+            ),
+        )
+    })?;
+    Ok(out)
+}
+
 /// The elements of a JSON tensor.
 fn decode_json(input: &InferInput, data: &[serde_json::Value]) -> Result<Vec<Cell>, ApiError> {
+    let data = flatten(input, data)?;
     let dt = input.datatype.as_str();
     // The range of an integer datatype, to hold each element to what it declares: from
     // `lo` up to, not including, `end` (2^63 and 2^64 are exact in f64; i64::MAX is not).
@@ -497,6 +579,29 @@ pub(crate) async fn infer(
     crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    infer_as(&st, &name, None, req).await
+}
+
+/// As `/v2/models/{name}/infer`, by the version serving only (404 otherwise).
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", params(("name" = String, Path, description = "The model"),
+    ("version" = String, Path, description = "The version")),
+    request_body = InferRequest,
+    responses((status = 200, body = InferResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn version_infer(
+    State(st): State<AppState>,
+    crate::extract::ApiPath((name, version)): crate::extract::ApiPath<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    infer_as(&st, &name, Some(&version), req).await
+}
+
+async fn infer_as(
+    st: &AppState,
+    name: &str,
+    version: Option<&str>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (headers, bytes) = body(req).await?;
     let ct = content_type(&headers);
     if !(crate::extract::is_json(&ct) || ct == "application/octet-stream") {
@@ -629,7 +734,7 @@ pub(crate) async fn infer(
     }
     let now = Instant::now();
     // The model's name (the path's) is every context's target unless one is given.
-    let target: Arc<str> = Arc::from(name.as_str());
+    let target: Arc<str> = Arc::from(name);
     let mut ctxs = Vec::with_capacity(n);
     for i in 0..n {
         let mut rec = AttemptRecord::blank();
@@ -656,16 +761,12 @@ pub(crate) async fn infer(
     }
     // The model is looked up once the request is known to be good: a request that can
     // never succeed is not answered 503 (with a Retry-After) while no model is loaded.
-    let set = st.models.snapshot();
-    let m = Arc::clone(
-        set.get(&name)
-            .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?,
-    );
+    let m = serving_as(st, name, version)?;
     let p: Vec<f64> = ctxs
         .iter()
         .map(|ctx| sanitize_probability(m.model.p_success(ctx)))
         .collect();
-    count_predictions(&st, &m, p.len() as u64);
+    count_predictions(st, &m, p.len() as u64);
     let output = InferOutput {
         name: "p_success".into(),
         shape: vec![p.len() as u64],

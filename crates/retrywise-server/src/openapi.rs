@@ -34,7 +34,10 @@ use crate::{api, ingest, oip};
         oip::ready,
         oip::metadata,
         oip::model_ready,
-        oip::infer
+        oip::infer,
+        oip::version_metadata,
+        oip::version_ready,
+        oip::version_infer
     )
 )]
 struct ApiDoc;

@@ -45,7 +45,19 @@ impl Service {
             .route("/v1/targets/{target}", get(api::target))
             .route("/v2/models/{name}", get(oip::metadata))
             .route("/v2/models/{name}/ready", get(oip::model_ready))
-            .route("/v2/models/{name}/infer", post(oip::infer));
+            .route("/v2/models/{name}/infer", post(oip::infer))
+            .route(
+                "/v2/models/{name}/versions/{version}",
+                get(oip::version_metadata),
+            )
+            .route(
+                "/v2/models/{name}/versions/{version}/ready",
+                get(oip::version_ready),
+            )
+            .route(
+                "/v2/models/{name}/versions/{version}/infer",
+                post(oip::version_infer),
+            );
         let guarded = Router::new()
             .route("/v1/attempts", post(ingest::ingest))
             .route("/admin/reload", post(api::reload))

@@ -364,6 +364,56 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
         h.get("/v2/models/other/ready").await.0,
         StatusCode::NOT_FOUND
     );
+    // The same tensors nested by the shape's dimensions ([2, 1]), as the protocol allows:
+    // the same answer; nested deeper than the shape is refused, naming the input.
+    let nested = json!({"id": "r1", "inputs": [
+        {"name": "attempt", "shape": [2, 1], "datatype": "INT64", "data": [[1], [2]]},
+        {"name": "failure_rate", "shape": [2], "datatype": "FP64", "data": [0.0, 0.25]},
+        {"name": "error", "shape": [2, 1], "datatype": "BYTES", "data": [[null], ["timeout"]]}
+    ]});
+    let (s, nv) = h
+        .post("/v2/models/default/infer", &nested.to_string())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{nv}");
+    assert_eq!(nv["outputs"], v_outputs(&h, &body).await);
+    let mut deep = nested.clone();
+    deep["inputs"][1]["data"] = json!([[0.0], [0.25]]);
+    let (s, e) = h.post("/v2/models/default/infer", &deep.to_string()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e.to_string().contains("failure_rate.data"), "{e}");
+    // By version: the version serving answers as the model does; another is a 404 naming
+    // the version that serves.
+    let (s, vv) = h
+        .post("/v2/models/default/versions/1/infer", &body.to_string())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{vv}");
+    assert_eq!(vv["outputs"], v_outputs(&h, &body).await);
+    assert_eq!(
+        h.get("/v2/models/default/versions/1").await.1["versions"],
+        json!(["1"])
+    );
+    assert_eq!(
+        h.get("/v2/models/default/versions/1/ready").await,
+        (StatusCode::OK, json!({"name": "default", "ready": true}))
+    );
+    for (s, e) in [
+        h.post("/v2/models/default/versions/7/infer", &body.to_string())
+            .await,
+        h.get("/v2/models/default/versions/7").await,
+        h.get("/v2/models/default/versions/7/ready").await,
+        h.get("/v2/models/other/versions/1/ready").await,
+    ] {
+        assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    }
+    let (_, e) = h.get("/v2/models/default/versions/7").await;
+    assert!(e.to_string().contains("version 1 serves"), "{e}");
+}
+
+/// The outputs `/v2/models/default/infer` answers to `body`.
+async fn v_outputs(h: &Harness, body: &Value) -> Value {
+    let (s, v) = h.post("/v2/models/default/infer", &body.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["outputs"].clone()
 }
 
 /// With `explore = 1`, every "not worth it" stop retries anyway, says so with its
