@@ -83,16 +83,20 @@ enum Msg {
 /// and counted as failed — unless a spool is configured ([`ShipperConfig::spool`]): then
 /// it is written there durably and sent again, oldest first, until the endpoint takes it
 /// (a restarted shipper sends what its predecessor left), one attempt at a time with the
-/// backoff between; only a batch the endpoint refuses as invalid (400, 413, 415, 422) is
-/// given up, and a spooled one is kept beside the others as `batch-….ndjson.refused` (one
-/// that cannot be read as `….unreadable`). A batch refused so on its first delivery is
-/// sent again in halves, down to single records: a batch too large for the endpoint's
-/// body limit goes in pieces that fit, and only a record the endpoint refuses is given up
-/// (set aside alone), not the good records beside it. A batch the spool cannot keep (full, or its
-/// disk refusing) is sent once more directly before it is given up. Delivery is at least
-/// once: a batch sent but not acknowledged (a timeout, a crash before its file is removed)
-/// is sent again. The spool's file operations run on tokio's blocking pool, and the queue
-/// is read between the spooled batches it sends.
+/// backoff between (or the wait a Retry-After asks, if longer, up to an hour); only what
+/// the endpoint refuses as invalid (400, 413, 415, 422) is given up, and with a spool kept
+/// beside the others as `batch-….ndjson.refused` (a spooled batch that cannot be read, as
+/// `….unreadable`, counted in `spool_unreadable` and reported by the next flush). A batch
+/// refused for what it holds (400, 413, 422: not 415, which refuses how every body is
+/// sent) is sent again in halves, down to single records, on its first delivery and from
+/// the spool alike: a batch too large for the endpoint's body limit goes in pieces that
+/// fit, and only a record the endpoint refuses is given up (set aside alone), not the good
+/// records beside it; pieces after one that failed follow it into the spool, in order.
+/// A batch the spool cannot keep (full, or its disk refusing) is sent once more directly
+/// before it is given up. Delivery is at least once: a batch sent but not acknowledged (a
+/// timeout, a crash before its file is removed) is sent again. The spool's file operations
+/// run on tokio's blocking pool, and the queue is read between the spooled batches it
+/// sends.
 #[derive(Debug, Clone)]
 pub struct ShippingRecorder {
     tx: mpsc::Sender<Msg>,
@@ -205,6 +209,7 @@ impl ShippingRecorder {
             policy,
             counters: Arc::clone(&counters),
             failed_since_flush: 0,
+            unreadable_since_flush: 0,
             full_at_flush: 0,
         };
         handle.spawn(worker.run(rx));
@@ -281,6 +286,8 @@ struct Worker {
     policy: Policy<HttpClassifier>,
     counters: Arc<Counters>,
     failed_since_flush: u64,
+    /// Spooled batches set aside unreadable since the last flush.
+    unreadable_since_flush: u64,
     /// Records dropped for a full queue as of the previous flush (the count itself is the
     /// handle's: the worker never sees them).
     full_at_flush: u64,
@@ -376,6 +383,7 @@ impl Worker {
 
     fn take_flush_result(&mut self) -> Result<(), CollectError> {
         let failed = std::mem::take(&mut self.failed_since_flush);
+        let unreadable = std::mem::take(&mut self.unreadable_since_flush);
         let full = self.counters.dropped_full.load(Ordering::Relaxed);
         let dropped = full.saturating_sub(std::mem::replace(&mut self.full_at_flush, full));
         let mut lost = Vec::new();
@@ -388,6 +396,11 @@ impl Worker {
         if dropped > 0 {
             lost.push(format!(
                 "{dropped} records were dropped because the shipper's queue was full"
+            ));
+        }
+        if unreadable > 0 {
+            lost.push(format!(
+                "{unreadable} spooled batches could not be read and were set aside (`….unreadable`)"
             ));
         }
         if lost.is_empty() {
@@ -442,8 +455,13 @@ impl Worker {
         // all that is given up, not the good records beside it.
         let mut pieces = vec![(body, n)];
         while let Some((body, n)) = pieces.pop() {
+            // A piece that failed went to the spool: the pieces after it join it, in order.
+            if self.spool.as_ref().is_some_and(Spool::waiting) {
+                self.spill(body, n).await;
+                continue;
+            }
             match self.post(&self.policy, body.clone()).await {
-                Ok(a) if refused(a.status) && n > 1 => {
+                Ok(a) if splits(a.status) && n > 1 => {
                     let (first, second) = split_lines(&body, n);
                     tracing::warn!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch; sending it in halves");
                     pieces.push(second);
@@ -491,34 +509,37 @@ impl Worker {
     /// again, but with a spool kept there for a person as `….refused`, as a spooled batch
     /// refused is; given up either way (`failed`).
     async fn refused_live(&mut self, body: bytes::Bytes, n: u64, status: u16) {
-        let url = &self.url;
-        match &mut self.spool {
-            Some(spool) => {
-                let kept = match spool.next_name() {
-                    Ok(name) => {
-                        let dir = spool.dir.clone();
-                        let aside = format!("{name}.{}", spool::REFUSED);
-                        let path = dir.join(&aside);
-                        blocking(move || spool::write(&dir, &aside, &body))
-                            .await
-                            .map(|()| path)
-                    }
-                    Err(e) => Err(e),
-                };
-                match kept {
-                    Ok(path) => {
-                        tracing::error!(endpoint = %url, status, records = n, path = %path.display(), "ingestion refused a batch as invalid; set aside in the spool");
-                    }
-                    Err(e) => {
-                        tracing::error!(endpoint = %url, status, records = n, error = %e, "ingestion refused a batch as invalid and the spool could not keep it; dropping it");
-                    }
+        let url = self.url.clone();
+        match &self.spool {
+            Some(_) => match self.set_aside_new(body).await {
+                Ok(path) => {
+                    tracing::error!(endpoint = %url, status, records = n, path = %path.display(), "ingestion refused a batch as invalid; set aside in the spool");
                 }
-            }
+                Err(e) => {
+                    tracing::error!(endpoint = %url, status, records = n, error = %e, "ingestion refused a batch as invalid and the spool could not keep it; dropping it");
+                }
+            },
             None => {
                 tracing::error!(endpoint = %url, status, records = n, "ingestion refused a batch as invalid; dropping it");
             }
         }
         self.failed(n);
+    }
+
+    /// Writes refused records into the spool as a new `….refused` file, for a person (not
+    /// counted in the spool's bytes: nothing waits on it). Returns its path.
+    async fn set_aside_new(&mut self, body: bytes::Bytes) -> Result<PathBuf, CollectError> {
+        let Some(spool) = &mut self.spool else {
+            return Err(CollectError::Flush {
+                reason: "no spool to set a batch aside in".into(),
+            });
+        };
+        let name = spool.next_name()?;
+        let dir = spool.dir.clone();
+        let aside = format!("{name}.{}", spool::REFUSED);
+        let path = dir.join(&aside);
+        blocking(move || spool::write(&dir, &aside, &body)).await?;
+        Ok(path)
     }
 
     /// Keeps a batch the endpoint did not take in the spool. If it cannot be written there
@@ -556,11 +577,16 @@ impl Worker {
     }
 
     /// Tries to deliver the oldest batch of the spool, once: removed when the endpoint took
-    /// it, set aside (`.refused`) if it refuses it as invalid, else tried again after a
-    /// backoff. A batch handled whose file cannot be removed or set aside is skipped for
-    /// the rest of the process (a restart sends a delivered one again: at least once); a
-    /// batch that cannot be read is set aside as `.unreadable`, so nothing behind it waits
-    /// for it.
+    /// it, else tried again after a backoff (or the wait its answer asked for, if longer).
+    /// A batch refused for what it holds (400, 413, 422) is sent again in halves at once,
+    /// as on its first delivery, down to single records; a record refused alone (or a
+    /// batch refused with 415, which halving cannot help) is set aside as `….refused`. If
+    /// the endpoint stops taking pieces halfway, what is left replaces the batch's file, in
+    /// order, and waits. A batch handled whose file cannot be removed is skipped for the
+    /// rest of the process (a restart sends a delivered one again: at least once); a batch
+    /// that cannot be read is tried again if the failure may pass, and set aside as
+    /// `.unreadable` if not (a directory where the file should be), so nothing behind it
+    /// waits for it.
     async fn reship(&mut self) {
         let Some(spool) = &mut self.spool else {
             return;
@@ -575,9 +601,26 @@ impl Worker {
         };
         let body = match read {
             Ok(b) => bytes::Bytes::from(b),
-            Err(e) => {
+            // Taken away by a person: nothing waits on it any more.
+            Err(CollectError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tracing::warn!(path = %path.display(), "a spooled batch is gone from the spool; going on with the next");
+                spool.handled_oldest();
+                spool.gauge(&self.counters);
+                self.schedule.handled(Instant::now());
+                return;
+            }
+            Err(e) if unreadable_for_good(&e) => {
                 tracing::error!(error = %e, "cannot read a spooled batch; setting it aside");
+                Counters::add(&self.counters.spool_unreadable, 1);
+                self.unreadable_since_flush += 1;
                 self.settle(path, Some(spool::UNREADABLE)).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a spooled batch now; trying again later");
+                self.schedule.failed(Instant::now());
                 return;
             }
         };
@@ -585,20 +628,81 @@ impl Worker {
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .count() as u64;
-        // Settled before it is counted: once the counters say so, the spool no longer
-        // holds it as waiting.
-        match self.post(&self.once, body).await {
-            Ok(a) if (200..300).contains(&a.status) => {
-                self.settle(path, None).await;
-                Counters::add(&self.counters.shipped, n);
-                Counters::add(&self.counters.batches, 1);
+        let mut pieces = vec![(body, n)];
+        let mut handled = false;
+        // Counted once the file is settled or rewritten: the counters never say delivered
+        // what the spool still holds as waiting.
+        let (mut shipped, mut batches) = (0, 0);
+        while let Some((piece, k)) = pieces.pop() {
+            match self.post(&self.once, piece.clone()).await {
+                Ok(a) if (200..300).contains(&a.status) => {
+                    handled = true;
+                    shipped += k;
+                    batches += 1;
+                }
+                Ok(a) if splits(a.status) && k > 1 => {
+                    tracing::warn!(path = %path.display(), status = a.status, records = k, "ingestion refused a spooled batch; sending it in halves");
+                    let (first, second) = split_lines(&piece, k);
+                    pieces.push(second);
+                    pieces.push(first);
+                }
+                Ok(a) if refused(a.status) => {
+                    handled = true;
+                    match self.set_aside_new(piece).await {
+                        Ok(aside) => {
+                            tracing::error!(path = %aside.display(), status = a.status, records = k, "ingestion refused spooled records as invalid; set aside");
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), status = a.status, records = k, error = %e, "ingestion refused spooled records as invalid and they cannot be set aside; dropping them");
+                        }
+                    }
+                    self.failed(k);
+                }
+                answer => {
+                    let asked = answer.as_ref().ok().and_then(|a| {
+                        let v = a.retry_after.as_deref()?;
+                        retrywise::attempt::parse_retry_after(v, std::time::SystemTime::now()).ok()
+                    });
+                    if handled {
+                        // What is left, in order, replaces the batch's file.
+                        let mut left = Vec::with_capacity(piece.len());
+                        left.extend_from_slice(&piece);
+                        for (p, _) in pieces.iter().rev() {
+                            left.extend_from_slice(p);
+                        }
+                        self.rewrite_oldest(&path, left).await;
+                    }
+                    Counters::add(&self.counters.shipped, shipped);
+                    Counters::add(&self.counters.batches, batches);
+                    self.schedule.failed_asked(Instant::now(), asked);
+                    return;
+                }
             }
-            Ok(a) if refused(a.status) => {
-                tracing::error!(path = %path.display(), status = a.status, records = n, "ingestion refused a spooled batch as invalid; setting it aside");
-                self.settle(path, Some(spool::REFUSED)).await;
-                self.failed(n);
+        }
+        self.settle(path, None).await;
+        Counters::add(&self.counters.shipped, shipped);
+        Counters::add(&self.counters.batches, batches);
+    }
+
+    /// Replaces the oldest batch's file with `left` (what is left of it to deliver).
+    async fn rewrite_oldest(&mut self, path: &Path, left: Vec<u8>) {
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        let dir = spool.dir.clone();
+        let len = left.len() as u64;
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            return;
+        };
+        match blocking(move || spool::write(&dir, &name, &left)).await {
+            Ok(()) => {
+                spool.rewrote_oldest(len);
+                spool.gauge(&self.counters);
             }
-            _ => self.schedule.failed(Instant::now()),
+            // The whole batch stays: what was delivered of it is sent again (at least once).
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot rewrite a spooled batch with what is left of it; it will be sent whole again");
+            }
         }
     }
 
@@ -715,4 +819,25 @@ fn split_lines(body: &bytes::Bytes, n: u64) -> ((bytes::Bytes, u64), (bytes::Byt
 /// a malformed or too large body, or one of the wrong type.
 fn refused(status: u16) -> bool {
     matches!(status, 400 | 413 | 415 | 422)
+}
+
+/// Whether a refusal may be for some of the batch's records (a malformed one, a body too
+/// large), so that halves of it may be taken: not a 415, which refuses how every body is
+/// sent.
+fn splits(status: u16) -> bool {
+    refused(status) && status != 415
+}
+
+/// Whether a spooled batch's file cannot be read for good (a directory or something else
+/// that is not a file where it should be, bytes that are not a file's), rather than for a
+/// reason that may pass (too many open files, an I/O error, no memory).
+fn unreadable_for_good(e: &CollectError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        CollectError::Io { source, .. } => matches!(
+            source.kind(),
+            ErrorKind::IsADirectory | ErrorKind::InvalidData | ErrorKind::InvalidInput
+        ),
+        _ => true,
+    }
 }

@@ -25,6 +25,8 @@ const PREFIX: &str = "batch-";
 const SUFFIX: &str = ".ndjson";
 /// A spooled batch the endpoint refused as invalid, set aside for a person.
 pub(crate) const REFUSED: &str = "refused";
+/// The longest wait an answer's Retry-After can ask of the spool.
+const MAX_ASKED_WAIT: Duration = Duration::from_secs(3_600);
 /// A spooled batch that could not be read, set aside for a person.
 pub(crate) const UNREADABLE: &str = "unreadable";
 
@@ -74,8 +76,16 @@ impl Schedule {
 
     /// The endpoint failed at `now`: wait the backoff of one more failure in a row.
     pub(crate) fn failed(&mut self, now: Instant) {
+        self.failed_asked(now, None);
+    }
+
+    /// A failure whose answer asked for a wait (Retry-After): the next try is after the
+    /// backoff's wait or the one asked, whichever is longer (at most an hour).
+    pub(crate) fn failed_asked(&mut self, now: Instant, asked: Option<Duration>) {
         self.failures = self.failures.saturating_add(1);
-        self.next_try = now + self.backoff.delay(self.failures, Duration::ZERO, 0.0);
+        let backoff = self.backoff.delay(self.failures, Duration::ZERO, 0.0);
+        let asked = asked.unwrap_or_default().min(MAX_ASKED_WAIT);
+        self.next_try = now + backoff.max(asked);
     }
 
     /// A batch was handled at `now`: the next is due at once, and a later failure waits
@@ -176,6 +186,15 @@ impl Spool {
     }
 
     /// The oldest batch was handled (delivered, or set aside): it waits no longer.
+    /// The oldest batch's file now holds `len` bytes (what is left of it after some of
+    /// its records were delivered or set aside).
+    pub(crate) fn rewrote_oldest(&mut self, len: u64) {
+        if let Some((_, old)) = self.queue.front_mut() {
+            self.bytes = self.bytes - *old + len;
+            *old = len;
+        }
+    }
+
     pub(crate) fn handled_oldest(&mut self) {
         if let Some((_, len)) = self.queue.pop_front() {
             self.bytes -= len;

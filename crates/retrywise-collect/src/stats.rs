@@ -23,6 +23,7 @@ pub(crate) struct Counters {
     pub(crate) batches: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) spooled: AtomicU64,
+    pub(crate) spool_unreadable: AtomicU64,
     /// A gauge: bytes waiting in the shipper's spool.
     pub(crate) spool_bytes: AtomicU64,
     /// A gauge: batches waiting in the shipper's spool.
@@ -53,6 +54,7 @@ impl Counters {
             batches: g(&self.batches),
             retries: g(&self.retries),
             spooled: g(&self.spooled),
+            spool_unreadable: g(&self.spool_unreadable),
             spool_bytes: g(&self.spool_bytes),
             spool_batches: g(&self.spool_batches),
         }
@@ -109,6 +111,11 @@ pub struct RecorderStats {
     /// shipper that opens a spool its predecessor left counts what it delivers from it
     /// in `shipped` only.)
     pub spooled: u64,
+    /// Spooled batches set aside because they cannot be read (`….unreadable`: a directory
+    /// where a batch file should be, say); their records cannot be counted, so they are in
+    /// no other count. A read that fails for a passing reason (too many open files, an I/O
+    /// error) is tried again instead.
+    pub spool_unreadable: u64,
     /// Bytes of batches waiting in the shipper's spool now (a gauge, not a count): how far
     /// behind the service the shipper is.
     pub spool_bytes: u64,

@@ -31,6 +31,12 @@ struct Stub {
     bad_call: AtomicU64,
     received: Mutex<Vec<AttemptRecord>>,
     auth: Mutex<Vec<Option<String>>>,
+    /// Bodies taken.
+    accepted: AtomicU32,
+    /// Once this many bodies are taken, fail the next this many requests (with `fail_with`).
+    burst: Mutex<Option<(u32, u32)>>,
+    /// Sent as `Retry-After` with each failure.
+    retry_after: Mutex<Option<String>>,
 }
 
 impl Stub {
@@ -45,7 +51,22 @@ impl Stub {
     }
 }
 
-async fn ingest(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: String) -> StatusCode {
+async fn ingest(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = answer(&stub, &headers, body).await;
+    match stub.retry_after.lock().unwrap().clone() {
+        Some(after) if !status.is_success() => {
+            (status, [(axum::http::header::RETRY_AFTER, after)]).into_response()
+        }
+        _ => status.into_response(),
+    }
+}
+
+async fn answer(stub: &Stub, headers: &HeaderMap, body: String) -> StatusCode {
     stub.requests.fetch_add(1, Ordering::SeqCst);
     stub.auth.lock().unwrap().push(
         headers
@@ -77,6 +98,14 @@ async fn ingest(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: String)
         return StatusCode::BAD_REQUEST;
     }
     stub.received.lock().unwrap().extend(records);
+    let taken = stub.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut burst = stub.burst.lock().unwrap();
+    if let Some((after, failures)) = *burst
+        && taken >= after
+    {
+        stub.fail.fetch_add(failures, Ordering::SeqCst);
+        *burst = None;
+    }
     StatusCode::ACCEPTED
 }
 
@@ -554,11 +583,19 @@ async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on()
             .join("batch-00000000000000000001.ndjson.unreadable")
             .exists()
     );
-    // New records follow (through the spool while it still counts itself waiting).
+    assert_eq!(shipper.stats().spool_unreadable, 1);
+    // New records follow (through the spool while it still counts itself waiting). The
+    // flush says what was set aside since the last (once).
     shipper.record(record(8));
-    shipper.flush().await.unwrap();
+    let e = shipper.flush().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 spooled batches could not be read"),
+        "{e}"
+    );
     eventually(|| shipper.stats().shipped == 2).await;
     assert_eq!(shipper.stats().failed, 0);
+    shipper.flush().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -589,4 +626,111 @@ async fn a_spooled_batch_removed_by_hand_does_not_hold_up_the_rest() {
     assert_eq!(got, [6]);
     eventually(|| shipper.stats().spool_batches == 0).await;
     assert!(spooled(dir.path()).is_empty());
+}
+
+/// The records of every `.ndjson` batch file (waiting or set aside) in `dir`, in name order.
+fn spooled_ids(dir: &std::path::Path) -> Vec<u64> {
+    spooled(dir)
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_to_string(dir.join(n))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<AttemptRecord>(l).unwrap().call_id)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A batch that waited in the spool through an outage and is then too large for the
+/// endpoint (413) is sent in halves, as on a first delivery: not set aside whole. When the
+/// endpoint stops taking pieces halfway (503 asking for 30 s), what is left replaces the
+/// batch's file, in order, and the spool waits what was asked before it tries again.
+#[tokio::test(start_paused = true)]
+async fn a_spooled_batch_too_large_goes_in_pieces_and_what_is_left_waits_in_order() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(dir.path().to_path_buf()),
+        ..config(url)
+    })
+    .unwrap();
+    for i in 0..1010 {
+        shipper.record(record(i));
+    }
+    shipper.flush().await.unwrap();
+    assert_eq!(
+        spooled(dir.path()).len(),
+        2,
+        "a batch of 1,000 and one of 10"
+    );
+    // Back, with a body limit of 300 records; after two pieces taken it fails once more.
+    stub.max_records.store(300, Ordering::SeqCst);
+    *stub.retry_after.lock().unwrap() = Some("30".into());
+    *stub.burst.lock().unwrap() = Some((2, 1));
+    stub.fail.store(0, Ordering::SeqCst);
+    // 1000 -> 413; 500 -> 413; 250 taken; 250 taken; 500 -> 503 (after the batch's
+    // three attempts in the outage).
+    eventually(|| stub.requests.load(Ordering::SeqCst) >= 3 + 5).await;
+    let at = stub.requests.load(Ordering::SeqCst);
+    assert_eq!(at, 3 + 5);
+    assert_eq!(shipper.stats().shipped, 500);
+    assert_eq!(stub.call_ids(), (0..500).collect::<Vec<_>>());
+    assert_eq!(
+        spooled_ids(dir.path()),
+        (500..1010).collect::<Vec<_>>(),
+        "what is left waits, in order"
+    );
+    // Nothing is tried before the 30 s asked have passed.
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(stub.requests.load(Ordering::SeqCst), at);
+    eventually(|| shipper.stats().shipped == 1010).await;
+    assert_eq!(stub.call_ids(), (0..1010).collect::<Vec<_>>());
+    eventually(|| spooled(dir.path()).is_empty()).await;
+    let s = shipper.stats();
+    assert_eq!((s.failed, s.spool_bytes, s.spool_batches), (0, 0, 0));
+}
+
+/// A batch split on its first delivery whose piece then fails (503) goes to the spool, and
+/// the pieces after it join it there: records arrive in order, even though the endpoint
+/// takes the next piece at once.
+#[tokio::test(start_paused = true)]
+async fn the_pieces_after_one_that_failed_follow_it_into_the_spool() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    stub.max_records.store(300, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    // The first piece is taken; the second fails its three attempts; then all is well.
+    *stub.burst.lock().unwrap() = Some((1, 3));
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        spool: Some(dir.path().to_path_buf()),
+        ..config(url)
+    })
+    .unwrap();
+    for i in 0..1000 {
+        shipper.record(record(i));
+    }
+    shipper.flush().await.unwrap();
+    eventually(|| shipper.stats().shipped == 1000).await;
+    assert_eq!(stub.call_ids(), (0..1000).collect::<Vec<_>>());
+    let s = shipper.stats();
+    assert_eq!((s.failed, s.spooled), (0, 750), "{s:?}");
+}
+
+/// A 415 refuses how every body is sent, not what a batch holds: the batch is set aside
+/// whole, not sent again in ever smaller pieces.
+#[tokio::test(start_paused = true)]
+async fn a_batch_refused_for_its_media_type_is_not_split() {
+    let (stub, url) = stub().await;
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(415, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(config(url)).unwrap();
+    for i in 0..100 {
+        shipper.record(record(i));
+    }
+    assert!(shipper.flush().await.is_err());
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(shipper.stats().failed, 100);
 }
