@@ -617,7 +617,13 @@ fn write_part(
     // (it holds every row this run would write — written by this build or an earlier one,
     // with fewer columns or rows this build now skips: keeping it loses nothing), or
     // another segment's of the same name, which is never replaced.
-    if let Ok(file) = File::open(&path) {
+    let existing = match File::open(&path) {
+        Ok(file) => Some(file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // There but unreadable (its permissions, say): never written over.
+        Err(e) => return Err(CollectError::io("open", &path, e)),
+    };
+    if let Some(file) = existing {
         // A damaged part is not this segment's part, and is kept (refused below), not the
         // end of the compaction: its footer is checked before the reader reserves what it
         // claims (an abort no `catch_unwind` stops), and a panic of the reader is caught.

@@ -490,6 +490,26 @@ fn a_part_is_never_replaced_by_another_segments_rows() {
     .unwrap_err();
     assert!(matches!(err, CollectError::PartExists { .. }), "{err}");
     assert_eq!(std::fs::read(&part).unwrap(), damaged, "kept as it was");
+    // A part of that name that cannot even be opened (here a link to itself: the open
+    // fails, as it would for a file this process may not read): never written over.
+    std::fs::remove_file(&part).unwrap();
+    std::os::unix::fs::symlink(&part, &part).unwrap();
+    let err = compact(&CompactOptions::new(&a, &output), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    assert!(matches!(err, CollectError::Io { .. }), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&part)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "kept as it was"
+    );
+    assert!(
+        !segment::list(&a).unwrap().is_empty(),
+        "the segment is kept"
+    );
 }
 
 #[test]
