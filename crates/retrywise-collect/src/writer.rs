@@ -191,6 +191,7 @@ impl SegmentRecorder {
             broken_until: None,
             backoff: INITIAL_BACKOFF,
             lost_since_flush: 0,
+            unclosed_since_flush: 0,
             lost_total: 0,
             refusing: false,
             awaiting_sync: Vec::new(),
@@ -424,6 +425,9 @@ struct Writer<S: Storage> {
     backoff: Duration,
     /// Records lost to I/O errors since the last flush (a flush then reports failure).
     lost_since_flush: u64,
+    /// Segments that could not be closed since the last flush (what they hold may be lost;
+    /// a flush then reports failure).
+    unclosed_since_flush: u64,
     /// Records lost to I/O errors since the start (a batch compares it before and after).
     lost_total: u64,
     /// While a batch is written: records an I/O error costs are the batch's, whose caller
@@ -751,15 +755,13 @@ impl<S: Storage> Writer<S> {
         // leaves the directory in the state its clock implies.
         self.on_tick();
         let mut result = self.sync();
-        if result.is_ok() && self.lost_since_flush > 0 {
-            result = Err(CollectError::Flush {
-                reason: format!(
-                    "{} I/O failures since the previous flush lost records (see the drop counters)",
-                    self.lost_since_flush
-                ),
-            });
+        // (A flush that fails of itself says so, and the losses before it go with it.)
+        let losses = self.losses("since the previous flush");
+        if result.is_ok()
+            && let Some(reason) = losses
+        {
+            result = Err(CollectError::Flush { reason });
         }
-        self.lost_since_flush = 0;
         let _ = ack.send(result);
     }
 
@@ -814,12 +816,31 @@ impl<S: Storage> Writer<S> {
     fn close(&mut self, ack: &Ack) {
         self.settle_batches();
         let mut result = self.close_segment();
-        if result.is_ok() && self.lost_since_flush > 0 {
-            result = Err(CollectError::Flush {
-                reason: format!("{} records were lost to I/O errors", self.lost_since_flush),
-            });
+        if result.is_ok()
+            && let Some(reason) = self.losses("since the last flush")
+        {
+            result = Err(CollectError::Flush { reason });
         }
         let _ = ack.send(result);
+    }
+
+    /// What I/O errors cost since the last flush, said `when`, if anything; the counts
+    /// start again.
+    fn losses(&mut self, when: &str) -> Option<String> {
+        let lost = std::mem::take(&mut self.lost_since_flush);
+        let unclosed = std::mem::take(&mut self.unclosed_since_flush);
+        let mut said = Vec::new();
+        if lost > 0 {
+            said.push(format!(
+                "{lost} records were lost to I/O errors {when} (see the drop counters)"
+            ));
+        }
+        if unclosed > 0 {
+            said.push(format!(
+                "{unclosed} segments could not be closed {when} (the folder changed under the writer: what they hold may be lost)"
+            ));
+        }
+        (!said.is_empty()).then(|| said.join("; "))
     }
 
     /// Syncs and closes the current segment (renaming it to its closed name).
@@ -837,7 +858,7 @@ impl<S: Storage> Writer<S> {
                 let err = CollectError::io("close segment", &seg.open_path, e);
                 tracing::error!(error = %err, "segment could not be closed");
                 Counters::add(&self.counters.io_errors, 1);
-                self.lost_since_flush += 1;
+                self.unclosed_since_flush += 1;
                 self.broken_until = Some(self.storage.now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 return Err(err);
