@@ -9,7 +9,8 @@
 //! `Retry-After`, which the shipper honours: nothing is acknowledged that is not written.
 //! A request that times out while its batch is being written may leave it written (the
 //! client then sends it again): delivery is at least once, and the records carry
-//! `call_id`, `attempt`, `hedge` and `started_at_ms` to remove duplicates by.
+//! `call_id`, `attempt`, `hedge` and `started_at_ms`, by which the trainer reads a record
+//! delivered twice once.
 
 use axum::Json;
 use axum::extract::{Request, State};

@@ -19,9 +19,9 @@ use crate::TrainError;
 /// context, and its outcome (the label). Derived from the schema, so a field added there is
 /// read here.
 pub fn fields() -> impl Iterator<Item = &'static SchemaField> {
-    schema::FIELDS
-        .iter()
-        .filter(|f| f.in_context() || matches!(f.name, "started_at_ms" | CALL_ID | "outcome"))
+    schema::FIELDS.iter().filter(|f| {
+        f.in_context() || matches!(f.name, "started_at_ms" | CALL_ID | "hedge" | "outcome")
+    })
 }
 
 /// Columns a log must have: the required fields among those read, but `call_id`, which
@@ -1004,18 +1004,51 @@ pub fn load_prepared(
         ..LoadSummary::default()
     };
     let mut rows = Rows::default();
+    let mut hedges = Vec::new();
     for p in files {
         let lf = p.filtered(filter, sample);
         p.bad.count_into(&mut summary);
         let df = guarded(&p.file, || lf.collect())?;
         guarded(&p.file, || {
-            convert(&df, p.has_call_id, &mut rows, &mut summary)
+            convert(&df, p.has_call_id, &mut rows, &mut hedges, &mut summary)
         })?;
         on_file(&p.file);
     }
+    drop_duplicates(&mut rows, &hedges, &mut summary);
+    drop(hedges);
     settle_health_window(&mut rows, &mut summary);
     summary.rows = rows.len() as u64;
     Ok((rows, summary))
+}
+
+/// The reason a repeated record is skipped under.
+pub const DUPLICATE: &str =
+    "duplicate record (the same target, call, attempt, hedge and start as an earlier one)";
+
+/// Drops the rows that repeat an earlier row's attempt — the same target, call, attempt,
+/// hedge (`hedges`, beside the rows) and start: one record delivered twice, as shipping
+/// and ingestion deliver at least once — and counts them. Rows without a call id are all
+/// kept: nothing tells their calls apart.
+fn drop_duplicates(rows: &mut Rows, hedges: &[u32], summary: &mut LoadSummary) {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let keep: Vec<usize> = (0..rows.len())
+        .filter(|&i| match rows.call_id[i] {
+            Some(call) => seen.insert((
+                rows.contexts[i].target.as_ref(),
+                call,
+                rows.contexts[i].attempt,
+                hedges.get(i).copied().unwrap_or(0),
+                rows.started_at_ms[i],
+            )),
+            None => true,
+        })
+        .collect();
+    drop(seen);
+    let repeated = rows.len() - keep.len();
+    if repeated > 0 {
+        summary.skip(DUPLICATE, repeated as u64);
+        *rows = rows.select(&keep);
+    }
 }
 
 /// Makes the rows' health inputs mean one thing: keeps the rows measured over the most
@@ -1115,7 +1148,8 @@ fn value<'a>(field: &SchemaField, col: &Col<'a>, i: usize) -> Result<Value<'a>, 
     })
 }
 
-/// Appends the rows of `df` (already cast to the wanted types) to `rows`.
+/// Appends the rows of `df` (already cast to the wanted types) to `rows`, and each row's
+/// hedge number to `hedges`.
 ///
 /// Each row becomes an [`AttemptRecord`] through the schema's setters and is checked with
 /// the schema's rules (the checks ingestion and the API apply: each field's, then the
@@ -1125,6 +1159,7 @@ fn convert(
     df: &DataFrame,
     has_call_id: bool,
     rows: &mut Rows,
+    hedges: &mut Vec<u32>,
     summary: &mut LoadSummary,
 ) -> PolarsResult<()> {
     let n = df.height();
@@ -1204,6 +1239,7 @@ fn convert(
         rows.success.push(success);
         rows.started_at_ms.push(rec.started_at_ms);
         rows.call_id.push(call_known.then_some(rec.call_id));
+        hedges.push(rec.hedge);
     }
     Ok(())
 }

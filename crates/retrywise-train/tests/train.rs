@@ -113,8 +113,15 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
     let line = serde_json::to_string(&records[0]).unwrap();
     let current = format!("\"{}\"", retrywise::attempt::SchemaVersion::CURRENT);
     let unreadable = line.replacen(&current, "\"one point four\"", 1);
-    // Without a version it is read, as a Parquet file needs no such column.
-    let without_version = line.replacen(&format!("\"schema_version\":{current},"), "", 1);
+    // Without a version it is read, as a Parquet file needs no such column (another call
+    // than the first line's: the same would be the same attempt, read once).
+    let mut other = records[0].clone();
+    other.call_id += 1 << 40;
+    let without_version = serde_json::to_string(&other).unwrap().replacen(
+        &format!("\"schema_version\":{current},"),
+        "",
+        1,
+    );
     assert!(!without_version.contains("schema_version"));
     // A record whose wait is a string: polars would read it as null (a wait of 0), the
     // collector refuses it; so does the trainer now.
@@ -198,7 +205,11 @@ fn a_prepared_file_is_checked_once_and_read_by_count_and_load() {
         .write_all(b"garbage\n")
         .unwrap();
     let clean = dir.path().join("clean.parquet");
-    write_parquet(&synthetic::records(150, 9), &clean);
+    // Other calls than the first file's (the same call ids would be the same attempts,
+    // read once).
+    let mut others = synthetic::records(150, 9);
+    others.iter_mut().for_each(|r| r.call_id += 1 << 40);
+    write_parquet(&others, &clean);
     let specs = [dir.path().to_string_lossy().into_owned()];
     let files = data::resolve(&specs).unwrap();
     let filter = Filter::default();
@@ -589,6 +600,51 @@ fn the_time_split_never_leaks_the_future_into_training() {
     for (c, t) in va.contexts.iter().zip(&va.started_at_ms) {
         assert!(*t >= from(c));
     }
+}
+
+/// A record delivered twice (shipping and ingestion are at least once) — in one segment,
+/// or in two files, NDJSON and Parquet — is read once and counted as a duplicate; two
+/// hedges of one attempt started in the same millisecond are two rows; a log without call
+/// ids keeps every row.
+#[test]
+fn a_record_delivered_twice_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = synthetic::records(400, 6);
+    let n = records.len();
+    let mut with_repeats = records.clone();
+    with_repeats.extend(records[..10].iter().cloned());
+    let mut hedge = records[20].clone();
+    hedge.hedge += 1;
+    with_repeats.push(hedge);
+    write_ndjson(&with_repeats, &dir.path().join("a.ndjson"));
+    write_parquet(&records[..5], &dir.path().join("b.parquet"));
+    let files = data::resolve(&[dir.path().to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), n + 1);
+    assert_eq!(
+        summary.skipped.get(data::DUPLICATE),
+        Some(&15),
+        "{summary:?}"
+    );
+    // The first of each is kept, in place.
+    assert_eq!(
+        rows.started_at_ms[..n],
+        records.iter().map(|r| r.started_at_ms).collect::<Vec<_>>()[..]
+    );
+    // Without call ids nothing tells two calls apart: every row is kept.
+    let lines: Vec<String> = with_repeats
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap();
+            v.as_object_mut().unwrap().remove("call_id");
+            v.to_string()
+        })
+        .collect();
+    let plain = tempfile::tempdir().unwrap();
+    std::fs::write(plain.path().join("a.ndjson"), lines.join("\n") + "\n").unwrap();
+    let files = data::resolve(&[plain.path().to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), with_repeats.len(), "{summary:?}");
 }
 
 /// A target whose rows mostly share its earliest millisecond (a batch imported at once,
