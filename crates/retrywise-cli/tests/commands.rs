@@ -61,3 +61,21 @@ fn sim_and_demo_run_the_simulators_binary_or_say_how_to_build_it() {
         );
     }
 }
+
+/// Output into a pipe whose reader has gone (`… | head` after its lines) ends the command
+/// as SIGPIPE would (status 141), never with 0: a check whose verdict was not printed yet
+/// must not pass under `set -o pipefail`.
+#[test]
+fn a_closed_pipe_ends_the_command_with_141() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    // Closed before the command writes a line.
+    drop(reader);
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default/1");
+    let status = Command::new(env!("CARGO_BIN_EXE_retrywise"))
+        .args(["inspect", "--model", model])
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the binary runs");
+    assert_eq!(status.code(), Some(141), "{status:?}");
+}
