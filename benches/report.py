@@ -53,8 +53,13 @@ def fmt(ns):
     return "n/a" if ns is None else f"{ns:.1f}"
 
 
+if not os.path.isdir(root):
+    sys.exit(f"no criterion results under {root}: run `cargo bench -p retrywise-benches` first, "
+             "or pass the target folder it used (TARGET_DIR, or set CARGO_TARGET_DIR)")
+
 print("| job | threads | retrywise (ns added) | tower-resilience | failsafe | retrywise / fastest peer |")
 print("|---|---|---|---|---|---|")
+printed = 0
 for group, job, ours, peers, base in ROWS:
     for threads in ("1t", "2t"):
         b = median(group, base, threads)
@@ -71,6 +76,7 @@ for group, job, ours, peers, base in ROWS:
         ratio = f"{added / min(present):.2f}" if present else "-"
         print(f"| {job} | {threads[0]} | {fmt(added)} | {fmt(cols['tower-resilience'])} | "
               f"{fmt(cols['failsafe'])} | {ratio} |")
+        printed += 1
 
 
 def collector():
@@ -92,7 +98,7 @@ def collector():
         lat = None
     drains = {n: med(f"{n}-batches", os.path.join(root, "spool-drain")) for n in (250, 2000)}
     if rec is None and write is None and comp is None and all(v is None for v in drains.values()):
-        return
+        return False
     n = 2_000_000
     print()
     print("| collector | measured | target |")
@@ -111,5 +117,9 @@ def collector():
         print(f"| a spool emptied, per batch: 250 / 2,000 waiting | {per[250]:.2f} / {per[2000]:.2f} ms | "
               f"flat in the batches waiting |")
 
+    return True
 
-collector()
+
+if not collector() and printed == 0:
+    sys.exit(f"no benchmark results of retrywise-benches under {root}: run "
+             "`cargo bench -p retrywise-benches --bench policy` (or `--bench collect`) first")

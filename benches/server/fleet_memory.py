@@ -25,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: {sys.argv[0]} PATH/TO/retrywise [PORT]")
     binary = sys.argv[1]
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 18191
     work = tempfile.mkdtemp(prefix="fleet-memory-")
@@ -39,6 +41,9 @@ def main() -> None:
                 return int(f.read().split("VmRSS:")[1].split()[0]) // 1024
 
         for _ in range(100):
+            if server.poll() is not None:
+                sys.exit(f"the service exited with {server.returncode} before it was ready "
+                         f"(run `{binary} serve` by hand to see why)")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 c.request("GET", "/readyz")

@@ -23,6 +23,9 @@ if [ -z "$OHA" ]; then
   OHA="$TOOLS/bin/oha"
   [ -x "$OHA" ] || cargo install --locked oha --root "$TOOLS"
 fi
+for tool in redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed (the fleet runs, 5.): apt-get install redis-server" >&2; exit 1; }
+done
 cargo build --release -q -p retrywise-cli -p retrywise-server-benches
 BIN="$CARGO_TARGET_DIR/release"
 work="$(mktemp -d)"
@@ -38,6 +41,7 @@ INGEST_PID=$!
 REDIS_PORT="${REDIS_PORT:-18190}"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || { echo "redis-server did not start:" >&2; cat "$work/redis.log" >&2; exit 1; }
 FLEET="redis://127.0.0.1:$REDIS_PORT"
 taskset -c 0 "$BIN/retrywise" serve --addr 127.0.0.1:18185 --models models --attempts "$work/attempts5" --fleet "$FLEET" 2>"$work/serve5.log" &
 "$BIN/retrywise" serve --addr 127.0.0.1:18186 --models models --attempts "$work/ingested6" --fleet "$FLEET" 2>"$work/serve6.log" &
@@ -45,9 +49,16 @@ FLEET_INGEST_PID=$!
 for _ in $(seq 50); do
   curl -sf http://127.0.0.1:18181/readyz >/dev/null && curl -sf http://127.0.0.1:18183/readyz >/dev/null \
     && curl -sf http://127.0.0.1:18184/readyz >/dev/null && curl -s -o /dev/null http://127.0.0.1:18182/ \
-    && curl -sf http://127.0.0.1:18185/readyz | grep -q '"fleet":"shared"' && curl -sf http://127.0.0.1:18186/readyz >/dev/null && break
+    && curl -sf http://127.0.0.1:18185/readyz | grep -q '"fleet":"shared"' && curl -sf http://127.0.0.1:18186/readyz >/dev/null \
+    && ready=1 && break
   sleep 0.2
 done
+if [ -z "${ready:-}" ]; then
+  # Measuring a server that is not up (or a fleet view not shared) would report nonsense.
+  echo "the servers did not become ready within 10 s:" >&2
+  tail -n 5 "$work"/serve*.log "$work/trivial.log" >&2
+  exit 1
+fi
 
 ONE='{"context":{"target":"payments","attempt":2,"error":"http_503","status":503,"latency_ms":42,"elapsed_ms":45,"delay_ms":200,"failure_rate":0.2}}'
 python3 - "$work/batch.json" <<'PY'

@@ -12,7 +12,9 @@ model to the shipped one. Virtual time: about five minutes on two cores.
 """
 import argparse
 import json
+import os
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -31,18 +33,24 @@ def run(sim, model, scenario, seed, extra):
     cmd = [sim, "run", "--scenario", scenario, "--seed", str(seed), "--json"] + extra
     if model:
         cmd += ["--model", model]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    return {r["policy"]: r for r in json.loads(out)["results"]}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
+    return {r["policy"]: r for r in json.loads(done.stdout)["results"]}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sim", default=str(ROOT / "target" / "release" / "retrywise-sim"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    ap.add_argument("--sim", default=str(target / "release" / "retrywise-sim"))
     ap.add_argument("--model", default=None)
     ap.add_argument("--seeds", default="21,22")
     ap.add_argument("--only", default=None,
                     help="comma-separated scenario names (built-in or stress) to run, instead of all")
     args = ap.parse_args()
+    if not Path(args.sim).is_file():
+        sys.exit(f"no simulator at {args.sim}: build it with `cargo build --release -p retrywise-sim`, "
+                 "or pass --sim")
     seeds = [int(s) for s in args.seeds.split(",")]
     stress = sorted(f"data/scenarios/stress/{p.name}" for p in (ROOT / "data/scenarios/stress").glob("*.toml"))
     scenarios = BUILTIN + stress

@@ -141,6 +141,9 @@ def check_schemathesis(base, venv_bin, workdir):
     st = Path(venv_bin) / "st"
     if not st.exists():
         st = shutil.which("st")
+    if st is None:
+        sys.exit(f"Schemathesis (`st`) is neither in {venv_bin} nor on PATH: "
+                 "pip install -r tests/python/requirements.txt")
     cmd = [
         str(st), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
         "run", f"{base}/openapi.json",
