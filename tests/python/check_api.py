@@ -134,6 +134,12 @@ def check_triton(base, host):
     result = client.infer("default", [t for _, t in tensors(True)])
     if result.as_numpy("p_success").tolist() != expected:
         sys.exit("tritonclient without outputs disagrees with /v1/predict")
+    # By version (the client's `model_version`: /v2/models/default/versions/1/infer).
+    result = client.infer("default", [t for _, t in tensors(True)], model_version="1")
+    if result.as_numpy("p_success").tolist() != expected:
+        sys.exit("tritonclient by version disagrees with /v1/predict")
+    if not client.is_model_ready("default", model_version="1"):
+        sys.exit("tritonclient: version 1 of default is not ready")
     print(f"tritonclient: {len(CONTEXTS)} contexts agree with /v1/predict in JSON and binary, both ways")
 
 

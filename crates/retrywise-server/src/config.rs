@@ -43,7 +43,9 @@ pub struct Config {
     /// How long a request may take before it is answered 503. Default 10 s.
     pub request_timeout: Duration,
     /// Requests handled at once on the API routes; more are shed with 503 + Retry-After.
-    /// Default 1024; at most [`MAX_IN_FLIGHT`].
+    /// Ingestion (`POST /v1/attempts`) takes at most a quarter of them (at least one), so
+    /// that batches waiting on slow storage never crowd out predictions. Default 1024; at
+    /// most [`MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
     /// When set, `/admin/*` and `POST /v1/attempts` require `Authorization: Bearer <token>`.
     pub token: Option<String>,

@@ -58,8 +58,15 @@ impl Service {
                 "/v2/models/{name}/versions/{version}/infer",
                 post(oip::version_infer),
             );
+        // Ingestion within its own share of the room, shed beyond it.
+        let ingest_limited = ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(shed))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+                Arc::clone(&st.ingest_in_flight),
+            ));
         let guarded = Router::new()
-            .route("/v1/attempts", post(ingest::ingest))
+            .route("/v1/attempts", post(ingest::ingest).layer(ingest_limited))
             .route("/admin/reload", post(api::reload))
             .route_layer(middleware::from_fn_with_state(Arc::clone(&st), authorize));
         let api = open.merge(guarded).layer(limited);

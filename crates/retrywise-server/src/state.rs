@@ -27,9 +27,20 @@ pub struct Shared {
     pub(crate) openapi: bytes::Bytes,
     /// The API routes' concurrency limit, shared by every router of this service.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Ingestion's own share of it ([`ingest_in_flight`]): batches waiting on slow storage
+    /// never take the room predictions and decisions need.
+    pub(crate) ingest_in_flight: Arc<tokio::sync::Semaphore>,
     /// The retries `/v1/decide` has told its callers to make, per target and moment, so
     /// that the next caller's lands where the load is lightest.
     pub(crate) calendar: Arc<retrywise::retry::RetryCalendar>,
+}
+
+/// The ingestion requests handled at once, of `max_in_flight` API requests: a quarter (at
+/// least one). Each waits for its batch to be written (and fsynced, with `sync_ingest`)
+/// on a thread of the blocking pool; the rest of the room stays for predictions and
+/// decisions, and for model reloads' file reads on that pool.
+pub(crate) fn ingest_in_flight(max_in_flight: usize) -> usize {
+    (max_in_flight / 4).max(1)
 }
 
 impl Shared {
@@ -127,6 +138,9 @@ impl Service {
             calendar: Arc::new(retrywise::retry::RetryCalendar::new()),
             openapi,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            ingest_in_flight: Arc::new(tokio::sync::Semaphore::new(ingest_in_flight(
+                config.max_in_flight,
+            ))),
             config,
         });
         Ok(Self { state })

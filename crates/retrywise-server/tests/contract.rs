@@ -647,6 +647,83 @@ async fn a_202_means_written_even_when_storage_stops_keeping_up() {
     );
 }
 
+/// Ingestion waits on storage within its own share of the room (a quarter of
+/// `max_in_flight`): with the disk stalled, the batch being written holds ingestion's one
+/// place, the next batch is shed at once with 503 and Retry-After (its client sends it
+/// again), and predictions are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_waiting_on_storage_leaves_room_for_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = dir.path().join("attempts");
+    let gate = Gate::default();
+    let recorder =
+        SegmentRecorder::with_storage(&attempts, WriterConfig::default(), Gated::new(gate.clone()))
+            .unwrap();
+    let s = Service::with_recorder(
+        Config {
+            models: shipped_models(),
+            attempts: attempts.clone(),
+            max_in_flight: 4,
+            ..Config::default()
+        },
+        recorder,
+    )
+    .unwrap();
+    s.reload().await.unwrap();
+    // However the test ends, the disk comes back (a writer stuck on it would hold the
+    // runtime's shutdown, and the failure, forever).
+    struct Reopen(Gate);
+    impl Drop for Reopen {
+        fn drop(&mut self) {
+            self.0.set_open(true);
+        }
+    }
+    let _reopen = Reopen(gate.clone());
+    let first = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            post(
+                &s,
+                "/v1/attempts",
+                serde_json::to_string(&batch(0, 10)).unwrap(),
+            )
+            .await
+        })
+    };
+    // The first batch is with the writer, which waits for the disk.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while s.state().recorder.pending() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first batch reaches the writer");
+    let req = Request::post("/v1/attempts")
+        .body(Body::from(serde_json::to_string(&batch(100, 10)).unwrap()))
+        .unwrap();
+    let (status, headers, v) = tokio::time::timeout(Duration::from_secs(20), call(&s, req))
+        .await
+        .expect("shed at once, not queued behind the disk");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    for _ in 0..3 {
+        let (status, v) = tokio::time::timeout(
+            Duration::from_secs(60),
+            post(
+                &s,
+                "/v1/predict",
+                r#"{"context": {"target": "t", "attempt": 1}}"#.into(),
+            ),
+        )
+        .await
+        .expect("answered while ingestion waits");
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    gate.set_open(true);
+    let (status, v) = first.await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+}
+
 /// By default a 202 means durable: the batch is fsynced (with the batches arriving
 /// meanwhile) before it is acknowledged, so a shipper that forgets it on the 202 cannot
 /// lose it to a power cut.

@@ -523,6 +523,13 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
     fit::check_options(&opts.fit)?;
     let (files, rows, load, sampled) =
         read_bounded(&opts.data, &opts.filter, opts.max_rows, progress)?;
+    // Hashed right after the read (the files likely still in the page cache), so that it
+    // names the bytes trained on, and a file compacted away during the fit cannot throw
+    // the fit away.
+    let fingerprint = {
+        let _s = tracing::info_span!("fingerprint", files = files.len()).entered();
+        store::fingerprint(&files)?
+    };
     let (tr, va, split) = split(&rows, opts.split, opts.validation_fraction)?;
     tracing::info!(
         split = opts.split.name(),
@@ -546,7 +553,6 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
     drop(rows);
     let (fitted, trials, chosen_on) = fit_chosen(&tr, &va, opts, progress)?;
     let baseline = Baseline::fit(&tr.contexts, &tr.success);
-    let fingerprint = store::fingerprint(&files)?;
     let mut artifact = ModelArtifact {
         format: ARTIFACT_FORMAT.into(),
         schema_version: ARTIFACT_SCHEMA.into(),
