@@ -120,6 +120,14 @@ async fn stub() -> (Arc<Stub>, String) {
     (stub, format!("http://{addr}/v1/attempts"))
 }
 
+/// [`config`] with a spool in `dir`.
+fn spooling(endpoint: String, dir: &std::path::Path) -> ShipperConfig {
+    ShipperConfig {
+        spool: Some(dir.to_path_buf()),
+        ..config(endpoint)
+    }
+}
+
 fn config(endpoint: String) -> ShipperConfig {
     ShipperConfig {
         batch_size: 1000,
@@ -570,11 +578,7 @@ async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on()
         format!("{}\n", serde_json::to_string(&record(7)).unwrap()),
     )
     .unwrap();
-    let shipper = ShippingRecorder::spawn(ShipperConfig {
-        spool: Some(dir.path().to_path_buf()),
-        ..config(url)
-    })
-    .unwrap();
+    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
     eventually(|| shipper.stats().shipped == 1).await;
     assert_eq!(stub.received.lock().unwrap()[0].call_id, 7);
     assert!(spooled(dir.path()).is_empty());
@@ -612,11 +616,7 @@ async fn a_spooled_batch_removed_by_hand_does_not_hold_up_the_rest() {
     // Down while the shipper opens its spool and tries the oldest batch.
     stub.fail.store(u32::MAX, Ordering::SeqCst);
     stub.fail_with.store(503, Ordering::SeqCst);
-    let shipper = ShippingRecorder::spawn(ShipperConfig {
-        spool: Some(dir.path().to_path_buf()),
-        ..config(url)
-    })
-    .unwrap();
+    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
     assert_eq!(shipper.stats().spool_batches, 2, "both found when opened");
     // A person takes the oldest away; then the service answers again.
     std::fs::remove_file(dir.path().join(format!("batch-{:020}.ndjson", 1))).unwrap();
@@ -652,11 +652,7 @@ async fn a_spooled_batch_too_large_goes_in_pieces_and_what_is_left_waits_in_orde
     let dir = tempfile::tempdir().unwrap();
     stub.fail.store(u32::MAX, Ordering::SeqCst);
     stub.fail_with.store(503, Ordering::SeqCst);
-    let shipper = ShippingRecorder::spawn(ShipperConfig {
-        spool: Some(dir.path().to_path_buf()),
-        ..config(url)
-    })
-    .unwrap();
+    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
     for i in 0..1010 {
         shipper.record(record(i));
     }
@@ -704,11 +700,7 @@ async fn the_pieces_after_one_that_failed_follow_it_into_the_spool() {
     stub.fail_with.store(503, Ordering::SeqCst);
     // The first piece is taken; the second fails its three attempts; then all is well.
     *stub.burst.lock().unwrap() = Some((1, 3));
-    let shipper = ShippingRecorder::spawn(ShipperConfig {
-        spool: Some(dir.path().to_path_buf()),
-        ..config(url)
-    })
-    .unwrap();
+    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
     for i in 0..1000 {
         shipper.record(record(i));
     }

@@ -843,6 +843,31 @@ async fn it_will_not_listen_beyond_loopback_without_a_token_unless_told() {
         .unwrap();
 }
 
+/// The service serving `config` on its loopback address (port 0: a free one) until the
+/// sender returned is used: its address, the stop, and the task (its result once stopped,
+/// after the graceful flush).
+async fn serving_on_loopback(
+    config: Config,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), retrywise_server::ServerError>>,
+) {
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(retrywise_server::serve(
+        config,
+        async {
+            let _ = stop_rx.await;
+        },
+        move |addr| {
+            let _ = bound_tx.send(addr);
+        },
+    ));
+    let addr = bound_rx.await.expect("the service binds");
+    (addr, stop_tx, server)
+}
+
 /// Over a real socket on loopback, on the paused clock (it moves on whenever every task
 /// waits): a client that never finishes its headers is disconnected once the header
 /// timeout has passed (75 s: it is also how long an idle keep-alive connection stays open,
@@ -859,18 +884,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
         request_timeout: Duration::from_secs(2),
         ..Config::default()
     };
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(retrywise_server::serve(
-        config,
-        async {
-            let _ = stop_rx.await;
-        },
-        move |addr| {
-            let _ = bound_tx.send(addr);
-        },
-    ));
-    let addr = bound_rx.await.unwrap();
+    let (addr, stop_tx, server) = serving_on_loopback(config).await;
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -920,21 +934,10 @@ async fn the_shipper_delivers_through_the_services_limits_and_refusals() {
         body_limit: 64 << 10,
         ..Config::default()
     };
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(retrywise_server::serve(
-        config,
-        async {
-            let _ = stop_rx.await;
-        },
-        move |addr| {
-            let _ = bound_tx.send(addr);
-        },
-    ));
-    let addr = tokio::time::timeout(Duration::from_secs(60), bound_rx)
-        .await
-        .expect("bound within a minute")
-        .unwrap();
+    let (addr, stop_tx, server) =
+        tokio::time::timeout(Duration::from_secs(60), serving_on_loopback(config))
+            .await
+            .expect("bound within a minute");
     let shipper = retrywise_collect::ShippingRecorder::spawn(retrywise_collect::ShipperConfig {
         batch_size: 1_000,
         backoff: (Duration::from_millis(1), Duration::from_millis(10)),
