@@ -110,6 +110,14 @@ struct Answer {
     retry_after: Option<String>,
 }
 
+impl Answer {
+    /// The wait its Retry-After asks for, if it says one.
+    fn asked(&self) -> Option<std::time::Duration> {
+        let v = self.retry_after.as_deref()?;
+        retrywise::attempt::parse_retry_after(v, std::time::SystemTime::now()).ok()
+    }
+}
+
 impl HttpResponse for Answer {
     fn status_code(&self) -> u16 {
         self.status
@@ -446,7 +454,7 @@ impl Worker {
         let body = bytes::Bytes::from(body);
         // While batches wait in the spool, a new one joins them: records arrive in order.
         if self.spool.as_ref().is_some_and(Spool::waiting) {
-            self.spill(body, n).await;
+            self.spill(body, n, None).await;
             return;
         }
         // A batch refused for what it holds is split in halves, each sent on its own, down
@@ -457,7 +465,7 @@ impl Worker {
         while let Some((body, n)) = pieces.pop() {
             // A piece that failed went to the spool: the pieces after it join it, in order.
             if self.spool.as_ref().is_some_and(Spool::waiting) {
-                self.spill(body, n).await;
+                self.spill(body, n, None).await;
                 continue;
             }
             match self.post(&self.policy, body.clone()).await {
@@ -487,11 +495,12 @@ impl Worker {
             Ok(a) if refused(a.status) => self.refused_live(body, n, a.status).await,
             Ok(a) if self.spool.is_some() => {
                 tracing::warn!(endpoint = %self.url, status = a.status, records = n, "ingestion did not take a batch; keeping it in the spool");
-                self.spill(body, n).await;
+                let asked = a.asked();
+                self.spill(body, n, asked).await;
             }
             Err(e) if self.spool.is_some() => {
                 tracing::warn!(endpoint = %self.url, error = %e, records = n, "could not deliver a batch; keeping it in the spool");
-                self.spill(body, n).await;
+                self.spill(body, n, None).await;
             }
             Ok(a) => {
                 tracing::error!(endpoint = %self.url, status = a.status, records = n, "ingestion refused a batch; dropping it");
@@ -545,7 +554,7 @@ impl Worker {
     /// Keeps a batch the endpoint did not take in the spool. If it cannot be written there
     /// (the spool is full, or its disk refuses), it is sent once more directly — out of
     /// order, but not lost — and given up only if that fails too.
-    async fn spill(&mut self, body: bytes::Bytes, n: u64) {
+    async fn spill(&mut self, body: bytes::Bytes, n: u64, asked: Option<Duration>) {
         let Some(spool) = &mut self.spool else {
             self.failed(n);
             return;
@@ -554,8 +563,9 @@ impl Worker {
         match keep(spool, &body).await {
             Ok(()) => {
                 if !was_waiting {
-                    // The endpoint just failed: the spool's first try waits a backoff.
-                    self.schedule.failed(Instant::now());
+                    // The endpoint just failed: the spool's first try waits a backoff, or
+                    // what its answer asked for if longer.
+                    self.schedule.failed_asked(Instant::now(), asked);
                 }
                 spool.gauge(&self.counters);
                 Counters::add(&self.counters.spooled, n);
@@ -579,14 +589,16 @@ impl Worker {
     /// Tries to deliver the oldest batch of the spool, once: removed when the endpoint took
     /// it, else tried again after a backoff (or the wait its answer asked for, if longer).
     /// A batch refused for what it holds (400, 413, 422) is sent again in halves at once,
-    /// as on its first delivery, down to single records; a record refused alone (or a
-    /// batch refused with 415, which halving cannot help) is set aside as `….refused`. If
-    /// the endpoint stops taking pieces halfway, what is left replaces the batch's file, in
-    /// order, and waits. A batch handled whose file cannot be removed is skipped for the
-    /// rest of the process (a restart sends a delivered one again: at least once); a batch
-    /// that cannot be read is tried again if the failure may pass, and set aside as
-    /// `.unreadable` if not (a directory where the file should be), so nothing behind it
-    /// waits for it.
+    /// as on its first delivery, down to single records; a record refused alone is set
+    /// aside in a `….refused` file of its own, and a whole file refused (a 415, which
+    /// halving cannot help, or a batch of one) is renamed so. If the endpoint stops taking
+    /// pieces halfway, what is left replaces the batch's file, in order, and waits (if the
+    /// file cannot be rewritten, the spool remembers where what is left starts). A batch
+    /// handled whose file cannot be removed is skipped for the rest of the process (a
+    /// restart sends a delivered one again: at least once); a batch that cannot be read is
+    /// tried again if the failure may pass, and set aside as `.unreadable` if not (a
+    /// directory where the file should be, a file this process may not read), so nothing
+    /// behind it waits for it.
     async fn reship(&mut self) {
         let Some(spool) = &mut self.spool else {
             return;
@@ -599,8 +611,13 @@ impl Worker {
             blocking(move || std::fs::read(&path).map_err(|e| CollectError::io("read", &path, e)))
                 .await
         };
+        let skip = usize::try_from(spool.oldest_skip()).unwrap_or(usize::MAX);
         let body = match read {
-            Ok(b) => bytes::Bytes::from(b),
+            // What is left of it (all of it, unless a rewrite of it failed).
+            Ok(b) => {
+                let b = bytes::Bytes::from(b);
+                b.slice(skip.min(b.len())..)
+            }
             // Taken away by a person: nothing waits on it any more.
             Err(CollectError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -628,10 +645,10 @@ impl Worker {
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .count() as u64;
-        let mut pieces = vec![(body, n)];
+        let mut pieces = vec![(body.clone(), n)];
         let mut handled = false;
-        // Counted once the file is settled or rewritten: the counters never say delivered
-        // what the spool still holds as waiting.
+        // Counted once the file is settled or what is left of it recorded: the counters
+        // never say delivered what the spool still holds as waiting.
         let (mut shipped, mut batches) = (0, 0);
         while let Some((piece, k)) = pieces.pop() {
             match self.post(&self.once, piece.clone()).await {
@@ -646,6 +663,14 @@ impl Worker {
                     pieces.push(second);
                     pieces.push(first);
                 }
+                // The whole file refused (a 415, or a batch of one): set aside as it is, a
+                // rename that needs no room on a disk that may be full.
+                Ok(a) if refused(a.status) && !handled && pieces.is_empty() && skip == 0 => {
+                    tracing::error!(path = %path.display(), status = a.status, records = k, "ingestion refused a spooled batch as invalid; setting it aside");
+                    self.settle(path, Some(spool::REFUSED)).await;
+                    self.failed(k);
+                    return;
+                }
                 Ok(a) if refused(a.status) => {
                     handled = true;
                     match self.set_aside_new(piece).await {
@@ -659,18 +684,16 @@ impl Worker {
                     self.failed(k);
                 }
                 answer => {
-                    let asked = answer.as_ref().ok().and_then(|a| {
-                        let v = a.retry_after.as_deref()?;
-                        retrywise::attempt::parse_retry_after(v, std::time::SystemTime::now()).ok()
-                    });
+                    let asked = answer.as_ref().ok().and_then(Answer::asked);
                     if handled {
-                        // What is left, in order, replaces the batch's file.
+                        // What is left, in order: this piece, then the others.
                         let mut left = Vec::with_capacity(piece.len());
                         left.extend_from_slice(&piece);
                         for (p, _) in pieces.iter().rev() {
                             left.extend_from_slice(p);
                         }
-                        self.rewrite_oldest(&path, left).await;
+                        let done = skip + (body.len() - left.len());
+                        self.rewrite_oldest(&path, left, done as u64).await;
                     }
                     Counters::add(&self.counters.shipped, shipped);
                     Counters::add(&self.counters.batches, batches);
@@ -684,26 +707,31 @@ impl Worker {
         Counters::add(&self.counters.batches, batches);
     }
 
-    /// Replaces the oldest batch's file with `left` (what is left of it to deliver).
-    async fn rewrite_oldest(&mut self, path: &Path, left: Vec<u8>) {
+    /// Replaces the oldest batch's file with `left` (what is left of it to deliver, after
+    /// the first `done` bytes of the file). If it cannot be rewritten, the file stays and
+    /// the spool remembers where what is left starts: what was delivered is not sent
+    /// again by this process (a restart sends it again: at least once).
+    async fn rewrite_oldest(&mut self, path: &Path, left: Vec<u8>, done: u64) {
         let Some(spool) = &mut self.spool else {
             return;
         };
         let dir = spool.dir.clone();
         let len = left.len() as u64;
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-            return;
+        let name = path.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+        let written = match name {
+            Some(name) => blocking(move || spool::write(&dir, &name, &left)).await,
+            None => Err(CollectError::Flush {
+                reason: "a spooled batch's name is not UTF-8".into(),
+            }),
         };
-        match blocking(move || spool::write(&dir, &name, &left)).await {
-            Ok(()) => {
-                spool.rewrote_oldest(len);
-                spool.gauge(&self.counters);
-            }
-            // The whole batch stays: what was delivered of it is sent again (at least once).
+        match written {
+            Ok(()) => spool.rewrote_oldest(len, 0),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot rewrite a spooled batch with what is left of it; it will be sent whole again");
+                tracing::error!(path = %path.display(), error = %e, "cannot rewrite a spooled batch with what is left of it; sending the rest from where it stopped");
+                spool.rewrote_oldest(len, done);
             }
         }
+        spool.gauge(&self.counters);
     }
 
     /// Removes a delivered batch file (`aside` none) or sets it aside as `NAME.aside`;
@@ -829,14 +857,17 @@ fn splits(status: u16) -> bool {
 }
 
 /// Whether a spooled batch's file cannot be read for good (a directory or something else
-/// that is not a file where it should be, bytes that are not a file's), rather than for a
-/// reason that may pass (too many open files, an I/O error, no memory).
+/// that is not a file where it should be, a file this process may not read), rather than
+/// for a reason that may pass (too many open files, an I/O error, no memory).
 fn unreadable_for_good(e: &CollectError) -> bool {
     use std::io::ErrorKind;
     match e {
         CollectError::Io { source, .. } => matches!(
             source.kind(),
-            ErrorKind::IsADirectory | ErrorKind::InvalidData | ErrorKind::InvalidInput
+            ErrorKind::IsADirectory
+                | ErrorKind::InvalidData
+                | ErrorKind::InvalidInput
+                | ErrorKind::PermissionDenied
         ),
         _ => true,
     }

@@ -39,11 +39,12 @@ pub(crate) struct Spool {
     pub(crate) max_bytes: u64,
     /// Bytes of the batch files waiting.
     pub(crate) bytes: u64,
-    /// The batch files waiting with their sizes, oldest first. A batch leaves it when it
-    /// is handled (delivered, or set aside), even if its file could not be removed or
-    /// renamed: skipped for the rest of this process (a restart sends a delivered one
-    /// again, once: at least once).
-    queue: VecDeque<(PathBuf, u64)>,
+    /// The batch files waiting with the bytes of each left to deliver and where those
+    /// start in the file (0 but after a failed rewrite), oldest first. A batch leaves it
+    /// when it is handled (delivered, or set aside), even if its file could not be removed
+    /// or renamed: skipped for the rest of this process (a restart sends a delivered one,
+    /// or a part of one delivered before a rewrite failed, again: at least once).
+    queue: VecDeque<(PathBuf, u64, u64)>,
     /// The next batch file's number; `None` once `u64::MAX` is taken.
     next_seq: Option<u64>,
 }
@@ -155,7 +156,7 @@ impl Spool {
             _lock: lock,
             max_bytes,
             bytes,
-            queue: queue.into_iter().map(|(_, p, len)| (p, len)).collect(),
+            queue: queue.into_iter().map(|(_, p, len)| (p, len, 0)).collect(),
             next_seq: largest.checked_add(1),
         })
     }
@@ -176,27 +177,35 @@ impl Spool {
 
     /// The oldest batch waiting, if any.
     pub(crate) fn oldest(&self) -> Option<&Path> {
-        self.queue.front().map(|(p, _)| p.as_path())
+        self.queue.front().map(|(p, _, _)| p.as_path())
     }
 
     /// A batch of `len` bytes was written as `path`: it waits behind the others.
     pub(crate) fn kept(&mut self, path: PathBuf, len: u64) {
         self.bytes += len;
-        self.queue.push_back((path, len));
+        self.queue.push_back((path, len, 0));
     }
 
-    /// The oldest batch was handled (delivered, or set aside): it waits no longer.
-    /// The oldest batch's file now holds `len` bytes (what is left of it after some of
-    /// its records were delivered or set aside).
-    pub(crate) fn rewrote_oldest(&mut self, len: u64) {
-        if let Some((_, old)) = self.queue.front_mut() {
+    /// Of the oldest batch, `len` bytes are left to deliver: its file now holds them alone,
+    /// or (`skip`: the file could not be rewritten) they are its last `len` bytes, the
+    /// `skip` before them handled already.
+    pub(crate) fn rewrote_oldest(&mut self, len: u64, skip: u64) {
+        if let Some((_, old, at)) = self.queue.front_mut() {
             self.bytes = self.bytes - *old + len;
             *old = len;
+            *at = skip;
         }
     }
 
+    /// Where what is left of the oldest batch starts in its file (0 unless a rewrite of
+    /// it failed).
+    pub(crate) fn oldest_skip(&self) -> u64 {
+        self.queue.front().map_or(0, |(_, _, skip)| *skip)
+    }
+
+    /// The oldest batch was handled (delivered, or set aside): it waits no longer.
     pub(crate) fn handled_oldest(&mut self) {
-        if let Some((_, len)) = self.queue.pop_front() {
+        if let Some((_, len, _)) = self.queue.pop_front() {
             self.bytes -= len;
         }
     }

@@ -726,3 +726,70 @@ async fn a_batch_refused_for_its_media_type_is_not_split() {
     assert_eq!(stub.requests.load(Ordering::SeqCst), 1);
     assert_eq!(shipper.stats().failed, 100);
 }
+
+/// When what is left of a spooled batch cannot be written back (its disk refuses), the
+/// spool remembers where it starts: the records delivered are not sent again, and the
+/// rest arrive once each, in order.
+#[tokio::test(start_paused = true)]
+async fn what_is_left_is_sent_from_where_it_stopped_when_its_file_cannot_be_rewritten() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
+    for i in 0..1000 {
+        shipper.record(record(i));
+    }
+    shipper.flush().await.unwrap();
+    let name = spooled(dir.path()).remove(0);
+    // The rewrite's temporary file cannot be created: a folder holds its name.
+    std::fs::create_dir(dir.path().join(format!(".{name}.tmp"))).unwrap();
+    stub.max_records.store(300, Ordering::SeqCst);
+    *stub.retry_after.lock().unwrap() = Some("30".into());
+    *stub.burst.lock().unwrap() = Some((2, 1));
+    stub.fail.store(0, Ordering::SeqCst);
+    eventually(|| shipper.stats().shipped == 500).await;
+    assert_eq!(
+        spooled(dir.path()),
+        std::slice::from_ref(&name),
+        "the file stays whole"
+    );
+    // (Tried again once the 30 s asked have passed.)
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    eventually(|| shipper.stats().shipped == 1000).await;
+    assert_eq!(
+        stub.call_ids(),
+        (0..1000).collect::<Vec<_>>(),
+        "each record once, in order"
+    );
+    eventually(|| spooled(dir.path()).is_empty()).await;
+    let s = shipper.stats();
+    assert_eq!((s.failed, s.spool_bytes, s.spool_batches), (0, 0, 0));
+}
+
+/// A batch that goes to the spool because the endpoint answered 503 with Retry-After is
+/// first tried from there once that wait has passed, not after the shipper's own backoff.
+#[tokio::test(start_paused = true)]
+async fn the_spool_first_waits_what_the_answer_that_filled_it_asked() {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    stub.fail.store(3, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    *stub.retry_after.lock().unwrap() = Some("2".into());
+    let shipper = ShippingRecorder::spawn(ShipperConfig {
+        // Beyond the shipper's retries: the spool's first try is its to time.
+        max_attempts: 1,
+        ..spooling(url, dir.path())
+    })
+    .unwrap();
+    shipper.record(record(1));
+    shipper.flush().await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 1);
+    eventually(|| stub.requests.load(Ordering::SeqCst) == 2).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1_990),
+        "{:?}",
+        t0.elapsed()
+    );
+}

@@ -163,7 +163,7 @@ fn summary(m: &LoadedModel) -> ModelSummary {
 }
 
 /// The models serving, with their versions and validation metrics.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 503, body = ErrorBody)))]
 pub(crate) async fn list_models(State(st): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         models: st.models.snapshot().values().map(|m| summary(m)).collect(),

@@ -920,7 +920,8 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 /// The collector's shipper against the real service over loopback, both with their
 /// defaults but for the service's body limit: a batch too large for the limit (413) is sent
 /// in halves until the pieces fit, and a record the service would refuse (an empty target)
-/// is set aside alone. After a graceful stop the service's segments hold every other record,
+/// is not sent at all (the shipper checks each record as the service does), so it takes no
+/// batch with it. After a graceful stop the service's segments hold every other record,
 /// once each, in the order recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipper_delivers_through_the_services_limits_and_refusals() {

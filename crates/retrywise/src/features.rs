@@ -379,7 +379,8 @@ pub fn encode_with<S: FeatureSink>(ctx: &AttemptContext, out: &mut S) {
         out.put(F::LogLatencyP95Ms, log_p95);
     }
     out.put(F::FailureRateRecent, recent);
-    if rate.is_some() || ctx.failure_rate_recent.is_some() {
+    // (A NaN recent rate is unknown, as a NaN rate is.)
+    if rate.is_some() || unit(ctx.failure_rate_recent).is_some() {
         out.put(F::FailureLogOddsRecent, recent_log_odds);
     }
     if let Some(q) = permanent {
@@ -997,6 +998,10 @@ mod tests {
         let x = encode(&AttemptContext::first("t"));
         assert_eq!(x[Feature::FailureLogOdds as usize], 0.0);
         assert_eq!(x[Feature::FailureLogOddsRecent as usize], 0.0);
+        // So is a NaN recent rate (an embedded caller's: the wire cannot carry one).
+        let mut nan = AttemptContext::first("t");
+        nan.failure_rate_recent = Some(f64::NAN);
+        assert_eq!(encode(&nan), encode(&AttemptContext::first("t")));
     }
 
     #[test]
@@ -1048,12 +1053,15 @@ mod tests {
             for f in signed {
                 prop_assert!(x[f as usize].abs() <= 4.62, "{:?}", x);
             }
-            // The recent log-odds are the recent rate's.
-            if unit(ctx.failure_rate).is_some() || ctx.failure_rate_recent.is_some() {
+            // The recent log-odds are the recent rate's; with neither rate known (a NaN
+            // one is not), there are none.
+            if unit(ctx.failure_rate).is_some() || unit(ctx.failure_rate_recent).is_some() {
                 let r = failure_rate_recent(&ctx);
                 let want = ((r + 0.01) / (1.0 - r + 0.01)).ln();
                 let tolerance = 4.0 * f64::EPSILON * want.abs().max(0.5);
                 prop_assert!((x[Feature::FailureLogOddsRecent as usize] - want).abs() <= tolerance);
+            } else {
+                prop_assert_eq!(x[Feature::FailureLogOddsRecent as usize], 0.0);
             }
             // The shift only ever adds failures: 0 to 2 x 4.62.
             prop_assert!((0.0..=9.24).contains(&x[Feature::PermanentLogOddsShift as usize]), "{:?}", x);

@@ -151,7 +151,8 @@ impl<B> HttpResponse for http::Response<B> {
 /// The classifier for HTTP clients.
 ///
 /// - 1xx, 2xx and 3xx are successes;
-/// - 408, 425, 429 and every 5xx are retryable;
+/// - 408, 425, 429 and every 5xx are retryable, and so is a status outside 100–599 (no
+///   HTTP status: a broken upstream's), as `other` without a status;
 /// - every other 4xx is permanent (400, 401, 403, 404 and 422 among them);
 /// - `Retry-After` is read as seconds or as an HTTP-date (an unreadable value is
 ///   ignored, never an error);
@@ -164,6 +165,9 @@ impl HttpClassifier {
     /// The verdict for a response with `status` and an optional raw `Retry-After` value,
     /// with HTTP-dates measured from `now`.
     pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
+        if !(100..=599).contains(&status) {
+            return Verdict::Retryable(Failure::new(ErrorKind::Other));
+        }
         let Some(kind) = ErrorKind::from_status(status) else {
             return Verdict::Success;
         };
@@ -253,6 +257,15 @@ mod tests {
             assert_eq!(
                 HttpClassifier::classify_status(s, None, now()),
                 Verdict::Success
+            );
+        }
+        // No HTTP status (a broken upstream's 600 or 999; 0): retryable, and no status is
+        // recorded that the schema would refuse.
+        for s in [0, 99, 600, 999, u16::MAX] {
+            assert_eq!(
+                HttpClassifier::classify_status(s, Some("7"), now()),
+                Verdict::Retryable(Failure::new(ErrorKind::Other)),
+                "{s}"
             );
         }
     }

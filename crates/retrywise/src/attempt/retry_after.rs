@@ -18,7 +18,10 @@ pub struct InvalidRetryAfter {
 /// Both forms are accepted: a non-negative integer of seconds (`"120"`), and an HTTP-date
 /// in any of the three formats a recipient must accept (IMF-fixdate
 /// `"Sun, 06 Nov 1994 08:49:37 GMT"`, the obsolete RFC 850 and asctime forms). A date in
-/// the past means "retry now" (zero). A wait longer than a record holds
+/// the past means "retry now" (zero). Dates are read as the `httpdate` crate reads them:
+/// from 1970 on, with a weekday that must match the date, and RFC 850's two-digit years
+/// 70–99 as 19xx and 00–69 as 20xx; a date outside that is refused like any unreadable
+/// value (a classifier then ignores the header). A wait longer than a record holds
 /// ([`schema::MAX_DURATION`](super::schema::MAX_DURATION), about 31.7 years) saturates
 /// there, so that the attempt's record stays valid: an upstream's absurd answer is no
 /// reason to lose the record of the attempt that got it.
