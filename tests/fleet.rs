@@ -311,8 +311,8 @@ where
 }
 
 /// A replica that stops writes what it counted and had not yet written: with a cache
-/// period of a minute, its sync task writes every 15 s, and the attempts ingested just
-/// before it stops would otherwise never reach the other replicas.
+/// period of 10 s (the most allowed), its sync task writes every 2.5 s, and the attempts
+/// ingested just before it stops would otherwise never reach the other replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_stops_writes_its_last_counts() {
     let Some(redis) = Redis::start().await else {

@@ -409,9 +409,14 @@ async fn a_batch_is_answered_once_durable_when_asked() {
                 .await
         }));
     }
-    while rec.pending() < 200 {
-        tokio::task::yield_now().await;
-    }
+    // (Bounded: a batch that never reaches the writer fails the test, not hangs it.)
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while rec.pending() < 200 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the twenty batches reach the writer");
     faults.set_stuck(false);
     for s in sent {
         assert_eq!(s.await.unwrap().unwrap(), 10);

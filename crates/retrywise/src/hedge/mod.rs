@@ -810,16 +810,17 @@ mod tests {
         assert!(err.to_string().contains("all 3 hedged requests failed"));
     }
 
+    /// A request that fails while another is still running does not end the call: the
+    /// primary fails at 50 ms, the hedge sent at 10 ms answers at 60 ms.
     #[tokio::test(start_paused = true)]
     async fn a_failure_waits_for_the_others() {
         let h = fixed(10, 1);
         let log = Arc::new(Mutex::new(vec![]));
-        let r = h.call(|i| request(i, 50 * MS, i == 0, &log)).await;
-        assert_eq!(
-            r,
-            Ok(0),
-            "hedge 1 failed at 60 ms; the primary still answered"
-        );
+        let t0 = Instant::now();
+        let r = h.call(|i| request(i, 50 * MS, i == 1, &log)).await;
+        assert_eq!(r, Ok(1), "the primary failed at 50 ms; the hedge answered");
+        assert_eq!(t0.elapsed(), 60 * MS);
+        assert_eq!(h.metrics().hedges, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -114,29 +114,39 @@ mod tests {
         let shared = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.01)));
         let (decider, ctx) = deciding_with(&shared);
         let stop = Decision::Stop(StopReason::LowSuccessProbability);
+        // Decisions made, by both workers: the swap comes once each has decided.
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let workers: Vec<_> = (0..2)
             .map(|_| {
-                let (d, c) = (decider.clone(), ctx.clone());
+                let (d, c, made) = (decider.clone(), ctx.clone(), Arc::clone(&made));
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
-                    for _ in 0..2_000 {
+                    // Until 200 decisions with the new model (at most a million in all).
+                    for _ in 0..1_000_000 {
                         let w = d.weigh(&c);
                         // Every wait of one decision was weighed by the same model.
                         let ps: Vec<f64> = w.alternatives.iter().map(|a| a.p_success).collect();
                         assert!(ps.iter().all(|p| *p == ps[0]), "{ps:?}");
                         seen.push(ps[0]);
+                        made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if seen.iter().rev().take_while(|p| **p == 0.99).count() >= 200 {
+                            break;
+                        }
                         tokio::task::yield_now().await;
                     }
                     seen
                 })
             })
             .collect();
-        tokio::task::yield_now().await;
+        while made.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+            tokio::task::yield_now().await;
+        }
         shared.swap(Arc::new(|_: &AttemptContext| 0.99));
         for w in workers {
             let seen = w.await.unwrap();
-            // Each worker saw the old model, then only the new one.
-            let first_new = seen.iter().position(|p| *p == 0.99).unwrap_or(seen.len());
+            // Each worker saw the old model, then, from one decision on, only the new one.
+            let first_new = seen.iter().position(|p| *p == 0.99);
+            let first_new = first_new.expect("every worker saw the new model");
             assert!(seen[..first_new].iter().all(|p| *p == 0.01));
             assert!(seen[first_new..].iter().all(|p| *p == 0.99));
         }

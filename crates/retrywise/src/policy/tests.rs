@@ -657,7 +657,8 @@ async fn a_recording_policy_stamps_every_attempt_with_the_targets_health() {
         [(None, Some(0)), (Some(0.0), Some(0)), (Some(0.5), Some(0))]
     );
     assert_eq!(recs[1].context.latency_p95.map(|d| d.as_millis()), Some(20));
-    // Two concurrent calls see each other in flight.
+    // Two concurrent calls: in flight is the window's average (Little's law), not the
+    // calls running at the moment — 80 ms of latency over 10 s rounds to none.
     let (a, b) = tokio::join!(
         p.call(|_| async {
             tokio::time::sleep(20 * MS).await;
