@@ -695,7 +695,7 @@ async fn busy(port: u16, ms: u64) {
 /// times out there. (Here redis-rs's dropped connection does not get its command run;
 /// the script's own test of a name written twice is in `shared.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_that_timed_out_but_ran_is_not_counted_twice() {
+async fn a_write_that_timed_out_is_sent_again_and_counted_once() {
     let Some(redis) = Redis::start().await else {
         return;
     };
