@@ -30,12 +30,19 @@ pub struct LoadedModel {
     pub artifact: ModelArtifact,
     /// The model, ready to evaluate.
     pub model: LogisticModel,
-    /// The size and modification time of the file it was loaded from.
-    pub stamp: (u64, Option<SystemTime>),
+    /// What told the file it was loaded from apart when it was read ([`Stamp`]).
+    pub stamp: Stamp,
 }
 
-/// A refused version: the size and modification time of the file refused, and why.
-type Refused = HashMap<(String, u32), ((u64, Option<SystemTime>), String)>;
+/// What tells one content of a model file from another without reading it: its size, its
+/// modification time, and — where the platform has them — its inode and status-change
+/// time. A copy that keeps the modification time (`cp -p`, `rsync -t`, `tar x`) still
+/// changes the status-change time, which no program sets, or the inode, when it renames a
+/// new file into place.
+pub type Stamp = (u64, Option<SystemTime>, Option<(u64, i64, i64)>);
+
+/// A refused version: the stamp of the file refused, and why.
+type Refused = HashMap<(String, u32), (Stamp, String)>;
 
 /// The models serving now, by name.
 pub type ModelSet = BTreeMap<String, Arc<LoadedModel>>;
@@ -93,7 +100,7 @@ fn load_version(
     path: &Path,
     name: &str,
     version: u32,
-    stamp: (u64, Option<SystemTime>),
+    stamp: Stamp,
 ) -> Result<LoadedModel, String> {
     let file = path.join("model.json");
     let text = read_artifact(&file)?;
@@ -124,8 +131,17 @@ fn load_version(
     })
 }
 
-fn stamp(path: &Path) -> (u64, Option<SystemTime>) {
-    std::fs::metadata(path.join("model.json")).map_or((0, None), |m| (m.len(), m.modified().ok()))
+fn stamp(path: &Path) -> Stamp {
+    std::fs::metadata(path.join("model.json")).map_or((0, None, None), |m| {
+        #[cfg(unix)]
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            Some((m.ino(), m.ctime(), m.ctime_nsec()))
+        };
+        #[cfg(not(unix))]
+        let changed = None;
+        (m.len(), m.modified().ok(), changed)
+    })
 }
 
 impl Models {
@@ -199,7 +215,7 @@ impl Models {
 type Scan = (
     ModelSet,
     ReloadReport,
-    Vec<((String, u32), ((u64, Option<SystemTime>), String))>,
+    Vec<((String, u32), (Stamp, String))>,
 );
 
 fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Scan> {

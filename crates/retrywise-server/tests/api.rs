@@ -996,6 +996,37 @@ async fn a_rollback_or_a_rewritten_version_is_followed() {
         assert_eq!(v["version"], 2);
         assert!((p_of(&v) - sigmoid(-1.0)).abs() < 1e-12, "{v}");
     }
+    // A copy that keeps the file's size and modification time (`cp -p`, `rsync -t`): a
+    // new model all the same, and followed.
+    let file = h.models.join("default/2/model.json");
+    write_model(&h.models, &artifact("default", 2, -1.0));
+    h.post("/admin/reload", "").await;
+    let before = std::fs::metadata(&file).unwrap();
+    let mut same_size = artifact("default", 2, -3.0).to_json();
+    assert!(
+        same_size.len() <= before.len() as usize,
+        "{}",
+        same_size.len()
+    );
+    same_size.push_str(&" ".repeat(before.len() as usize - same_size.len()));
+    let copy = h.models.join("default/2/.model.json.copy");
+    std::fs::write(&copy, &same_size).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+    let (_, v) = h.post("/admin/reload", "").await;
+    assert_eq!(v["loaded"], json!(["default/2"]), "{v}");
+    let (_, v) = h.post("/v1/predict", ask).await;
+    assert!((p_of(&v) - sigmoid(-3.0)).abs() < 1e-12, "{v}");
     // A folder named `02` is not version 2 (nor `+3` version 3): not served, and said so.
     std::fs::remove_dir_all(h.models.join("default/2")).unwrap();
     write_model(&h.models, &artifact("default", 3, 2.0));
