@@ -80,9 +80,14 @@ pub(crate) fn content_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-/// Whether a media type is JSON (absent counts as JSON: most clients send none).
+/// Whether a media type is read as JSON: JSON itself, none (most clients send none), and
+/// `application/x-www-form-urlencoded`, which `curl -d` puts on the JSON it sends — on
+/// every JSON route alike.
 pub(crate) fn is_json(ct: &str) -> bool {
-    ct.is_empty() || ct == "application/json" || ct.ends_with("+json")
+    ct.is_empty()
+        || ct == "application/json"
+        || ct.ends_with("+json")
+        || ct == "application/x-www-form-urlencoded"
 }
 
 /// Whether a media type is newline-delimited JSON.
@@ -157,7 +162,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let (headers, bytes) = body(req).await?;
         let ct = content_type(&headers);
-        if !(is_json(&ct) || ct == "application/x-www-form-urlencoded") {
+        if !is_json(&ct) {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "expected a JSON body, got Content-Type {ct}"
             )));

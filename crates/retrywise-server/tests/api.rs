@@ -1039,6 +1039,37 @@ async fn a_rollback_or_a_rewritten_version_is_followed() {
     );
 }
 
+/// `curl -d` labels the JSON it sends as a form: every JSON route reads it as JSON —
+/// predictions, ingestion and KServe inference alike.
+#[tokio::test]
+async fn curls_json_is_read_as_json_on_every_route() {
+    let h = Harness::new(|_| {}).await;
+    let form = |uri: &str, body: String| {
+        Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let ask = r#"{"context": {"target": "t", "attempt": 1}}"#.to_owned();
+    let (s, _, v) = h.call(form("/v1/predict", ask)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let recs: Vec<AttemptRecord> = (0..3).map(|i| record("payments", true, i)).collect();
+    let (s, _, v) = h
+        .call(form("/v1/attempts", serde_json::to_string(&recs).unwrap()))
+        .await;
+    assert_eq!(
+        (s, v["accepted"].as_u64()),
+        (StatusCode::ACCEPTED, Some(3)),
+        "{v}"
+    );
+    let infer =
+        json!({"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}]});
+    let (s, _, v) = h
+        .call(form("/v2/models/default/infer", infer.to_string()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
 #[tokio::test]
 async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_token() {
     let h = Harness::new(|c| c.token = Some("s3cret".into())).await;
