@@ -642,31 +642,62 @@ fn spooled_ids(dir: &std::path::Path) -> Vec<u64> {
         .collect()
 }
 
+/// A spooling shipper whose first `n` records all went to the spool: the endpoint was
+/// down (503) throughout. The endpoint stays down until the test says otherwise.
+async fn kept_through_an_outage(n: u64) -> (Arc<Stub>, tempfile::TempDir, ShippingRecorder) {
+    let (stub, url) = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    stub.fail.store(u32::MAX, Ordering::SeqCst);
+    stub.fail_with.store(503, Ordering::SeqCst);
+    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
+    for i in 0..n {
+        shipper.record(record(i));
+    }
+    shipper.flush().await.unwrap();
+    (stub, dir, shipper)
+}
+
+/// The endpoint back with a body limit of 300 records, taking two pieces and then failing
+/// once more (503, asking for 30 s).
+fn back_with_a_limit_then_a_hiccup(stub: &Stub) {
+    stub.max_records.store(300, Ordering::SeqCst);
+    *stub.retry_after.lock().unwrap() = Some("30".into());
+    *stub.burst.lock().unwrap() = Some((2, 1));
+    stub.fail.store(0, Ordering::SeqCst);
+}
+
+/// Every one of the `n` records arrives, once each and in order, and the spool empties
+/// with nothing given up.
+async fn all_arrive_once_in_order(
+    stub: &Stub,
+    shipper: &ShippingRecorder,
+    dir: &std::path::Path,
+    n: u64,
+) {
+    eventually(|| shipper.stats().shipped == n).await;
+    assert_eq!(
+        stub.call_ids(),
+        (0..n).collect::<Vec<_>>(),
+        "each record once, in order"
+    );
+    eventually(|| spooled(dir).is_empty()).await;
+    let s = shipper.stats();
+    assert_eq!((s.failed, s.spool_bytes, s.spool_batches), (0, 0, 0));
+}
+
 /// A batch that waited in the spool through an outage and is then too large for the
 /// endpoint (413) is sent in halves, as on a first delivery: not set aside whole. When the
 /// endpoint stops taking pieces halfway (503 asking for 30 s), what is left replaces the
 /// batch's file, in order, and the spool waits what was asked before it tries again.
 #[tokio::test(start_paused = true)]
 async fn a_spooled_batch_too_large_goes_in_pieces_and_what_is_left_waits_in_order() {
-    let (stub, url) = stub().await;
-    let dir = tempfile::tempdir().unwrap();
-    stub.fail.store(u32::MAX, Ordering::SeqCst);
-    stub.fail_with.store(503, Ordering::SeqCst);
-    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
-    for i in 0..1010 {
-        shipper.record(record(i));
-    }
-    shipper.flush().await.unwrap();
+    let (stub, dir, shipper) = kept_through_an_outage(1010).await;
     assert_eq!(
         spooled(dir.path()).len(),
         2,
         "a batch of 1,000 and one of 10"
     );
-    // Back, with a body limit of 300 records; after two pieces taken it fails once more.
-    stub.max_records.store(300, Ordering::SeqCst);
-    *stub.retry_after.lock().unwrap() = Some("30".into());
-    *stub.burst.lock().unwrap() = Some((2, 1));
-    stub.fail.store(0, Ordering::SeqCst);
+    back_with_a_limit_then_a_hiccup(&stub);
     // 1000 -> 413; 500 -> 413; 250 taken; 250 taken; 500 -> 503 (after the batch's
     // three attempts in the outage).
     eventually(|| stub.requests.load(Ordering::SeqCst) >= 3 + 5).await;
@@ -682,11 +713,7 @@ async fn a_spooled_batch_too_large_goes_in_pieces_and_what_is_left_waits_in_orde
     // Nothing is tried before the 30 s asked have passed.
     tokio::time::sleep(Duration::from_secs(29)).await;
     assert_eq!(stub.requests.load(Ordering::SeqCst), at);
-    eventually(|| shipper.stats().shipped == 1010).await;
-    assert_eq!(stub.call_ids(), (0..1010).collect::<Vec<_>>());
-    eventually(|| spooled(dir.path()).is_empty()).await;
-    let s = shipper.stats();
-    assert_eq!((s.failed, s.spool_bytes, s.spool_batches), (0, 0, 0));
+    all_arrive_once_in_order(&stub, &shipper, dir.path(), 1010).await;
 }
 
 /// A batch split on its first delivery whose piece then fails (503) goes to the spool, and
@@ -732,22 +759,11 @@ async fn a_batch_refused_for_its_media_type_is_not_split() {
 /// rest arrive once each, in order.
 #[tokio::test(start_paused = true)]
 async fn what_is_left_is_sent_from_where_it_stopped_when_its_file_cannot_be_rewritten() {
-    let (stub, url) = stub().await;
-    let dir = tempfile::tempdir().unwrap();
-    stub.fail.store(u32::MAX, Ordering::SeqCst);
-    stub.fail_with.store(503, Ordering::SeqCst);
-    let shipper = ShippingRecorder::spawn(spooling(url, dir.path())).unwrap();
-    for i in 0..1000 {
-        shipper.record(record(i));
-    }
-    shipper.flush().await.unwrap();
+    let (stub, dir, shipper) = kept_through_an_outage(1000).await;
     let name = spooled(dir.path()).remove(0);
     // The rewrite's temporary file cannot be created: a folder holds its name.
     std::fs::create_dir(dir.path().join(format!(".{name}.tmp"))).unwrap();
-    stub.max_records.store(300, Ordering::SeqCst);
-    *stub.retry_after.lock().unwrap() = Some("30".into());
-    *stub.burst.lock().unwrap() = Some((2, 1));
-    stub.fail.store(0, Ordering::SeqCst);
+    back_with_a_limit_then_a_hiccup(&stub);
     eventually(|| shipper.stats().shipped == 500).await;
     assert_eq!(
         spooled(dir.path()),
@@ -756,15 +772,7 @@ async fn what_is_left_is_sent_from_where_it_stopped_when_its_file_cannot_be_rewr
     );
     // (Tried again once the 30 s asked have passed.)
     tokio::time::sleep(Duration::from_secs(30)).await;
-    eventually(|| shipper.stats().shipped == 1000).await;
-    assert_eq!(
-        stub.call_ids(),
-        (0..1000).collect::<Vec<_>>(),
-        "each record once, in order"
-    );
-    eventually(|| spooled(dir.path()).is_empty()).await;
-    let s = shipper.stats();
-    assert_eq!((s.failed, s.spool_bytes, s.spool_batches), (0, 0, 0));
+    all_arrive_once_in_order(&stub, &shipper, dir.path(), 1000).await;
 }
 
 /// A batch that goes to the spool because the endpoint answered 503 with Retry-After is

@@ -177,10 +177,7 @@ pub(crate) async fn get_model(
     State(st): State<AppState>,
     crate::extract::ApiPath(name): crate::extract::ApiPath<String>,
 ) -> Result<Json<ModelDetail>, ApiError> {
-    let set = st.models.snapshot();
-    let m = set
-        .get(&name)
-        .ok_or_else(|| unknown_model(&name, &set, &st.config.default_model, false))?;
+    let m = pick(&st, Some(&name), None)?;
     let a = &m.artifact;
     let mut training = a.training.clone();
     if let Some(t) = training.as_object_mut() {
@@ -259,7 +256,7 @@ pub(crate) fn unknown_model(
 /// The model a request is answered by: the one it names; else, with `model_per_target`,
 /// the one named after `target` (the contexts' one target) when it is serving; else the
 /// default model.
-fn pick(
+pub(crate) fn pick(
     st: &AppState,
     named: Option<&str>,
     target: Option<&str>,

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::{count_predictions, unknown_model};
+use crate::api::{count_predictions, pick};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{body, content_type};
 use crate::openapi::MAX_BATCH;
@@ -223,10 +223,7 @@ fn serving_as(
     name: &str,
     version: Option<&str>,
 ) -> Result<Arc<crate::models::LoadedModel>, ApiError> {
-    let set = st.models.snapshot();
-    let m = set
-        .get(name)
-        .ok_or_else(|| unknown_model(name, &set, &st.config.default_model, false))?;
+    let m = pick(st, Some(name), None)?;
     if let Some(v) = version
         && v != m.version.to_string()
     {
@@ -236,7 +233,7 @@ fn serving_as(
             m.version
         )));
     }
-    Ok(Arc::clone(m))
+    Ok(m)
 }
 
 fn metadata_of(m: &crate::models::LoadedModel) -> ModelMetadata {

@@ -134,7 +134,13 @@ pub fn write_new_version(
     check_name(models, name)?;
     let dir = models.join(name);
     // Sized before anything is written: a version no reader can load is refused.
-    model_json(artifact, &dir)?;
+    if let (_, Some(whole)) = model_json(artifact, &dir)? {
+        tracing::warn!(
+            bytes = whole,
+            most = MAX_ARTIFACT_BYTES,
+            "model.json leaves out its per-file and per-target detail to stay readable; metrics.json holds it"
+        );
+    }
     // The model's folder itself survives a crash, not only what is renamed into it.
     retrywise_collect::segment::create_dir_durable(&dir)
         .map_err(|e| TrainError::io("create", &dir, e))?;
@@ -161,7 +167,7 @@ pub fn write_new_version(
         let staging_dir = Staging(staging.clone());
         write_file(
             &staging.join("model.json"),
-            model_json(artifact, &dir)?.as_bytes(),
+            model_json(artifact, &dir)?.0.as_bytes(),
         )?;
         let metrics = serde_json::to_string_pretty(&serde_json::json!({
             "name": artifact.name,
@@ -205,15 +211,17 @@ pub fn write_new_version(
 /// most the service, `eval` and `inspect` read), otherwise without the detail that grows
 /// with the input — the list of input files (kept as its count, beside the fingerprint),
 /// each target's validation split time (kept as their count) and the metrics per target —
-/// which `metrics.json` keeps whole. `detail` then names where the rest is.
+/// which `metrics.json` keeps whole. `detail` then names where the rest is. Returns the
+/// text and, when the detail was left out, the whole artifact's size.
 ///
 /// # Errors
 /// [`TrainError::Input`] when even that is too large (`dir`: the model's folder).
-fn model_json(artifact: &ModelArtifact, dir: &Path) -> Result<String, TrainError> {
+fn model_json(artifact: &ModelArtifact, dir: &Path) -> Result<(String, Option<usize>), TrainError> {
     let text = artifact.to_json();
     if text.len() as u64 <= MAX_ARTIFACT_BYTES {
-        return Ok(text);
+        return Ok((text, None));
     }
+    let whole = text.len();
     let mut slim = artifact.clone();
     if let Some(t) = slim.training.as_object_mut() {
         if let Some(files) = t.remove("files") {
@@ -233,12 +241,7 @@ fn model_json(artifact: &ModelArtifact, dir: &Path) -> Result<String, TrainError
     }
     let text = slim.to_json();
     if text.len() as u64 <= MAX_ARTIFACT_BYTES {
-        tracing::warn!(
-            bytes = artifact.to_json().len(),
-            most = MAX_ARTIFACT_BYTES,
-            "model.json leaves out its per-file and per-target detail to stay readable; metrics.json holds it"
-        );
-        return Ok(text);
+        return Ok((text, Some(whole)));
     }
     Err(TrainError::Input {
         path: dir.to_path_buf(),
