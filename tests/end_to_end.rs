@@ -127,7 +127,12 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
         ));
         let addr = tokio::time::timeout(Duration::from_secs(10), addr_rx).await.unwrap().unwrap();
         let base = format!("http://{addr}");
-        let client = reqwest::Client::new();
+        // Straight to loopback (no proxy from the environment), every request bounded.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
 
         // Predict and decide over HTTP.
         let ctx = json!({"target": "blips", "attempt": 2, "error": "http_503", "status": 503, "latency_ms": 30, "elapsed_ms": 30, "delay_ms": 200});

@@ -250,6 +250,17 @@ fn attempts(target: &str, n: u64, failures: u64) -> String {
         .join("\n")
 }
 
+/// A client for the replicas: straight to loopback (no proxy from the environment), and no
+/// request outlasting [`PATIENCE`] - a replica that blocked on a stopped Redis fails the
+/// test instead of hanging it.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
 async fn ingest(client: &reqwest::Client, base: &str, body: String) {
     let r = client
         .post(format!("{base}/v1/attempts"))
@@ -319,7 +330,7 @@ async fn a_replica_that_stops_writes_its_last_counts() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let slow = |name: &str| {
         let mut config = replica_config(&redis.url(), dir.path(), name, Duration::from_secs(10));
         // The longest cache period a setting allows: no tick writes the counts before
@@ -355,7 +366,7 @@ async fn a_replica_stopped_mid_write_sends_the_batch_again() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let mut config = replica_config(&redis.url(), dir.path(), "a", Duration::from_secs(10));
     config.fleet_timeout = Duration::from_secs(5);
     let a = Replica::start_config(config).await;
@@ -404,7 +415,7 @@ async fn three_replicas_share_health_and_circuits() {
         Replica::start(&redis.url(), dir.path(), "b").await,
         Replica::start(&redis.url(), dir.path(), "c").await,
     );
-    let client = reqwest::Client::new();
+    let client = client();
     for r in [&a, &b, &c] {
         until("every replica reads the shared view", || async {
             shared_gauge(&client, &r.base).await == Some(1)
@@ -509,7 +520,7 @@ async fn redis_killed_under_load_then_restarted() {
         Replica::start(&redis.url(), dir.path(), "b").await,
         Replica::start(&redis.url(), dir.path(), "c").await,
     ]);
-    let client = reqwest::Client::new();
+    let client = client();
     for r in replicas.iter() {
         until("every replica reads the shared view", || async {
             shared_gauge(&client, &r.base).await == Some(1)
@@ -631,7 +642,7 @@ async fn a_redis_that_stops_answering_is_fallen_back_from_and_returned_to() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let (a, b) = two_sharing(&redis, dir.path(), &client).await;
     ingest(&client, &a.base, attempts("db", 10, 5)).await;
     until("B sees A's attempts", || async {
@@ -700,7 +711,7 @@ async fn a_write_that_timed_out_is_sent_again_and_counted_once() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = client();
     let (a, b) = two_sharing(&redis, dir.path(), &client).await;
     let stall = tokio::spawn(busy(redis.port, 400));
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -743,7 +754,7 @@ async fn an_idle_fleet_leaves_nothing_in_redis() {
     let dir = tempfile::tempdir().unwrap();
     // A 300 ms health window: keys live two windows after their last write.
     let a = Replica::start_with(&redis.url(), dir.path(), "a", Duration::from_millis(300)).await;
-    let client = reqwest::Client::new();
+    let client = client();
     ingest(&client, &a.base, attempts("db", 10, 2)).await;
     until("the attempts reach Redis", || async {
         dbsize(redis.port).await > 0

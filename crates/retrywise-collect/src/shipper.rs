@@ -209,7 +209,7 @@ impl ShippingRecorder {
             schedule: spool::Schedule::new(backoff, Instant::now()),
             once,
             drain: config.queue_capacity,
-            client: reqwest::Client::new(),
+            client: client_for(&url)?,
             url,
             token: config.token.clone(),
             batch_size: config.batch_size,
@@ -871,4 +871,22 @@ fn unreadable_for_good(e: &CollectError) -> bool {
         ),
         _ => true,
     }
+}
+
+/// The HTTP client for `url`: the environment's proxy settings (`HTTPS_PROXY`, …) apply,
+/// except to an endpoint on this machine, which no proxy should stand between.
+fn client_for(url: &reqwest::Url) -> Result<reqwest::Client, CollectError> {
+    let local = url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    let builder = reqwest::Client::builder();
+    let builder = if local { builder.no_proxy() } else { builder };
+    builder.build().map_err(|e| CollectError::Endpoint {
+        endpoint: url.to_string(),
+        problem: format!("no HTTP client for it: {e}"),
+    })
 }

@@ -16,7 +16,7 @@ use crate::SimError;
 use crate::policies::{Contender, PolicyContext, Strategy};
 use crate::queueing::{Fate, UpstreamModel};
 use crate::rng::Rng;
-use crate::scenario::{Arrivals, Scenario};
+use crate::scenario::{Arrivals, MAX_NUMBER, MIN_DURATION_MS, Scenario};
 use crate::transport::{Reply, Transport, deliver};
 
 /// Where the driver sends requests.
@@ -166,8 +166,10 @@ impl Shared {
     }
 }
 
-/// The most logical requests one run sends (its outcomes are kept in memory).
-pub const MAX_REQUESTS: u64 = 100_000_000;
+/// The most logical requests one run sends (its outcomes are kept in memory, 56 bytes
+/// each, and a scoreboard runs its policies side by side): the scenario's own limit,
+/// [`crate::scenario::MAX_REQUESTS`].
+pub const MAX_REQUESTS: u64 = crate::scenario::MAX_REQUESTS as u64;
 
 /// The longest a run's arrivals may last, in seconds of its clock: a week (its goodput and
 /// load series keep a bucket per second).
@@ -189,60 +191,7 @@ const RECORD_QUEUE: usize = 1 << 20;
 /// The oracle outside virtual time; policy construction errors; recorder or HTTP setup
 /// failures.
 pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
-    if opts.requests == 0 {
-        return Err(SimError::Option {
-            field: "requests",
-            problem: "must be at least 1".into(),
-        });
-    }
-    if opts.bin < Duration::from_millis(1) {
-        return Err(SimError::Option {
-            field: "bin",
-            problem: format!(
-                "must be at least 1 ms (a bin per nanosecond would not fit in memory), got {:?}",
-                opts.bin
-            ),
-        });
-    }
-    if !(opts.rps.is_finite() && opts.rps > 0.0) {
-        return Err(SimError::Option {
-            field: "rps",
-            problem: format!("must be positive, got {}", opts.rps),
-        });
-    }
-    if opts.requests > MAX_REQUESTS {
-        return Err(SimError::Option {
-            field: "requests",
-            problem: format!("at most {MAX_REQUESTS} in one run, got {}", opts.requests),
-        });
-    }
-    let arrivals_s = opts.requests as f64 / opts.rps;
-    if arrivals_s > MAX_RUN_S {
-        return Err(SimError::Option {
-            field: "rps",
-            problem: format!(
-                "{} requests at {}/s would arrive over {arrivals_s:.0} s; a run lasts at most {MAX_RUN_S} s (a week)",
-                opts.requests, opts.rps
-            ),
-        });
-    }
-    let deadline_s = opts.scenario.deadline_ms / 1e3;
-    let (in_flight, how) = match opts.scenario.arrivals {
-        Arrivals::Burst => (opts.requests as f64, "a burst sends them all at once"),
-        Arrivals::Poisson => (
-            (opts.rps * deadline_s).min(opts.requests as f64),
-            "rps x the deadline",
-        ),
-    };
-    if in_flight > MAX_IN_FLIGHT {
-        return Err(SimError::Option {
-            field: "rps",
-            problem: format!(
-                "{in_flight:.0} requests would be in flight at once ({how}: {} a second, a {deadline_s} s deadline, {} requests); a run holds at most {MAX_IN_FLIGHT} (about 6 KiB each)",
-                opts.rps, opts.requests
-            ),
-        });
-    }
+    check(opts)?;
     let wall = std::time::Instant::now();
     let recorder = match &opts.record {
         Some(dir) => Some(SegmentRecorder::open(
@@ -300,6 +249,117 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
     })
 }
 
+/// Whether a run under `opts` can be made: what [`run`] checks before it starts (a
+/// caller that makes many runs checks them all first).
+///
+/// # Errors
+/// [`SimError::Option`] naming the option or scenario field a run cannot hold.
+pub fn check(opts: &RunOptions) -> Result<(), SimError> {
+    if opts.requests == 0 {
+        return Err(SimError::Option {
+            field: "requests",
+            problem: "must be at least 1".into(),
+        });
+    }
+    if opts.bin < Duration::from_millis(1) {
+        return Err(SimError::Option {
+            field: "bin",
+            problem: format!(
+                "must be at least 1 ms (a bin per nanosecond would not fit in memory), got {:?}",
+                opts.bin
+            ),
+        });
+    }
+    if !(opts.rps.is_finite() && opts.rps > 0.0) {
+        return Err(SimError::Option {
+            field: "rps",
+            problem: format!("must be positive, got {}", opts.rps),
+        });
+    }
+    if opts.requests > MAX_REQUESTS {
+        return Err(SimError::Option {
+            field: "requests",
+            problem: format!("at most {MAX_REQUESTS} in one run, got {}", opts.requests),
+        });
+    }
+    let arrivals_s = opts.requests as f64 / opts.rps;
+    if arrivals_s > MAX_RUN_S {
+        return Err(SimError::Option {
+            field: "rps",
+            problem: format!(
+                "{} requests at {}/s would arrive over {arrivals_s:.0} s; a run lasts at most {MAX_RUN_S} s (a week)",
+                opts.requests, opts.rps
+            ),
+        });
+    }
+    // A scenario's fields are public (the command line sets some after parsing): what the
+    // run turns into durations and indexes is checked again here.
+    let sc = &opts.scenario;
+    for (field, ms) in [
+        ("scenario.deadline_ms", sc.deadline_ms),
+        ("scenario.attempt_timeout_ms", sc.attempt_timeout_ms),
+    ] {
+        if !(MIN_DURATION_MS..=MAX_NUMBER).contains(&ms) {
+            return Err(SimError::Option {
+                field,
+                problem: format!("must be within [{MIN_DURATION_MS}, {MAX_NUMBER}] ms, got {ms}"),
+            });
+        }
+    }
+    if sc.upstream.replicas == 0 || sc.upstream.workers == 0 {
+        return Err(SimError::Option {
+            field: "scenario.upstream",
+            problem: format!(
+                "needs at least one replica of one worker, got {} of {}",
+                sc.upstream.replicas, sc.upstream.workers
+            ),
+        });
+    }
+    let deadline_s = opts.scenario.deadline_ms / 1e3;
+    let (in_flight, how) = match opts.scenario.arrivals {
+        Arrivals::Burst => (opts.requests as f64, "a burst sends them all at once"),
+        Arrivals::Poisson => (
+            (opts.rps * deadline_s).min(opts.requests as f64),
+            "rps x the deadline",
+        ),
+    };
+    if in_flight > MAX_IN_FLIGHT {
+        return Err(SimError::Option {
+            field: "rps",
+            problem: format!(
+                "{in_flight:.0} requests would be in flight at once ({how}: {} a second, a {deadline_s} s deadline, {} requests); a run holds at most {MAX_IN_FLIGHT} (about 6 KiB each)",
+                opts.rps, opts.requests
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The connections a run over HTTP may hold: `wanted`, or fewer where the process's
+/// open-files limit would run out first - a socket that cannot be opened would be scored
+/// as the upstream refusing it. Each connection takes one descriptor, two with the
+/// upstream `in_process`; a reserve is left for everything else.
+fn connections_within_limit(wanted: usize, in_process: bool) -> usize {
+    const RESERVE: u64 = 128;
+    let wanted = wanted.max(1);
+    let Ok((soft, _)) = rlimit::Resource::NOFILE.get() else {
+        return wanted;
+    };
+    let per = if in_process { 2 } else { 1 };
+    let room = usize::try_from(soft.saturating_sub(RESERVE) / per)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if room < wanted {
+        tracing::warn!(
+            wanted,
+            room,
+            open_files = soft,
+            "the open-files limit holds fewer connections than asked: requests beyond wait for one (raise `ulimit -n`)"
+        );
+    }
+    wanted.min(room)
+}
+
 async fn drive(
     spec: &Contender,
     opts: &RunOptions,
@@ -350,7 +410,13 @@ async fn drive(
                     ),
                 });
             }
+            // A load tool's requests go where they are aimed: not through a proxy the
+            // environment names (`HTTP_PROXY` would take the loopback upstream's traffic
+            // elsewhere and reshape its faults), and a 3xx is an answer, not a hop the
+            // attempt count would miss.
             let client = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(opts.max_connections)
                 .tcp_nodelay(true)
                 .build()
@@ -358,7 +424,8 @@ async fn drive(
                     field: "target",
                     problem: e.to_string(),
                 })?;
-            let permits = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+            let connections = connections_within_limit(opts.max_connections, server.is_some());
+            let permits = Arc::new(tokio::sync::Semaphore::new(connections));
             (
                 Transport::Http {
                     client,

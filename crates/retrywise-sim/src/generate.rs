@@ -150,20 +150,38 @@ pub fn generate(
             problem: format!("must be positive, got {}", opts.scale),
         });
     }
-    if let Some(s) = opts
-        .scenarios
-        .iter()
-        .find(|s| s.rps * s.duration_s * opts.scale > MAX_REQUESTS)
-    {
-        return Err(SimError::Option {
+    // A scenario's name is its runs' target: two of one name would be one target in the
+    // data, and one scenario twice would weigh double.
+    for (i, s) in opts.scenarios.iter().enumerate() {
+        if opts.scenarios[..i].iter().any(|o| o.name == s.name) {
+            return Err(SimError::Option {
+                field: "scenarios",
+                problem: format!(
+                    "`{}` is given twice (a scenario's name is the target its records are of)",
+                    s.name
+                ),
+            });
+        }
+    }
+    // Every run is checked before the first starts, as the driver checks it (a burst's
+    // requests arrive at once, scaled or not).
+    for s in &opts.scenarios {
+        let mut run = RunOptions::new(Arc::clone(s));
+        let requests = run.requests as f64 * opts.scale;
+        run.requests = (requests.round() as u64).max(1);
+        if requests > MAX_REQUESTS {
+            return Err(SimError::Option {
+                field: "scale",
+                problem: format!(
+                    "{} makes {} a run of {requests} requests, more than a run holds ({MAX_REQUESTS})",
+                    opts.scale, s.name
+                ),
+            });
+        }
+        driver::check(&run).map_err(|e| SimError::Option {
             field: "scale",
-            problem: format!(
-                "{} makes {} a run of {} requests, more than a run holds ({MAX_REQUESTS})",
-                opts.scale,
-                s.name,
-                s.rps * s.duration_s * opts.scale
-            ),
-        });
+            problem: format!("{} makes {}'s runs impossible: {e}", opts.scale, s.name),
+        })?;
     }
     let (lo, hi) = opts.phase_lengths;
     if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= MAX_PHASE_FACTOR) {
@@ -390,6 +408,33 @@ mod tests {
         opts.scale = 1e9;
         let e = generate(&opts, |_, _| {}).expect_err("too large");
         assert!(e.to_string().contains("more than a run holds"), "{e}");
+        assert!(!dir.path().join("out").exists(), "nothing written");
+    }
+
+    #[test]
+    fn every_run_is_checked_as_the_driver_checks_it_before_any_starts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A burst's requests arrive at once: scaled, more than a run holds in flight,
+        // though fewer than a run holds in all.
+        let burst = Scenario::parse(
+            "name = \"burst\"\narrivals = \"burst\"\nrps = 100000\nduration_s = 0.25\n[upstream]\nworkers = 4\n[upstream.latency]\nmedian_ms = 1\n",
+            "test",
+        )
+        .expect("burst");
+        let mut opts = GenerateOptions::new(dir.path().join("out"), dir.path().join("w"));
+        opts.scenarios = vec![Arc::new(burst)];
+        opts.scale = 3.0;
+        let e = generate(&opts, |_, _| {}).expect_err("too many in flight");
+        assert!(
+            e.to_string().contains("scale") && e.to_string().contains("in flight"),
+            "{e}"
+        );
+        // One scenario twice (or two of one name) would be one target, weighed double.
+        let mut opts = GenerateOptions::new(dir.path().join("out"), dir.path().join("w"));
+        let blips = Arc::new(Scenario::load("blips").expect("blips"));
+        opts.scenarios = vec![Arc::clone(&blips), blips];
+        let e = generate(&opts, |_, _| {}).expect_err("twice");
+        assert!(e.to_string().contains("`blips` is given twice"), "{e}");
         assert!(!dir.path().join("out").exists(), "nothing written");
     }
 

@@ -1,7 +1,9 @@
 //! Scenario files: how an upstream behaves over time, and the load offered to it.
 //!
-//! A scenario is TOML (see `data/scenarios/`). Unknown fields are refused, every value is
-//! range-checked as it is read, and errors name the field and the line.
+//! A scenario is TOML (see `data/scenarios/`). Unknown fields are refused, every number
+//! that becomes a duration, a rate or a probability is range-checked as it is read (errors
+//! name the field and its line), and the rules between fields are checked after (errors
+//! name the fields).
 
 use std::path::Path;
 
@@ -598,7 +600,7 @@ impl Scenario {
                 )));
             }
             let total = s.upstream.errors.patched(&p.errors).total();
-            if total > 1.0 {
+            if total > 1.0 + 1e-9 {
                 return Err(err(format!(
                     "line {line}: phases[{i}].errors: the probabilities add up to {total}, more than 1"
                 )));
@@ -618,7 +620,7 @@ impl Scenario {
                 )));
             }
             let total = s.upstream.errors.patched(&r.get_ref().errors).total();
-            if total > 1.0 {
+            if total > 1.0 + 1e-9 {
                 return Err(err(format!(
                     "line {line}: replica[{i}].errors: the probabilities add up to {total}, more than 1"
                 )));
@@ -631,7 +633,7 @@ impl Scenario {
                     .patched(&p.get_ref().errors)
                     .patched(&r.get_ref().errors)
                     .total();
-                if total > 1.0 {
+                if total > 1.0 + 1e-9 {
                     return Err(err(format!(
                         "line {line}: replica[{i}].errors within phases[{k}]: the probabilities add up to {total}, more than 1"
                     )));

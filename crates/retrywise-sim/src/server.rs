@@ -24,18 +24,19 @@ use axum::routing::get;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use crate::SimError;
 use crate::queueing::{Fate, UpstreamModel};
 
-/// A running upstream server; dropping it stops accepting connections.
+/// A running upstream server; dropping it stops it: it accepts no more connections and
+/// closes those open.
 #[derive(Debug)]
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
+    _stop: watch::Sender<()>,
 }
 
 /// Marks a response that must not be sent: the connection is closed instead.
@@ -56,7 +57,8 @@ pub fn router(upstream: UpstreamModel) -> Router {
         .with_state(upstream)
 }
 
-/// Serves `upstream` on `addr` until the returned [`Server`] is dropped.
+/// Serves `upstream` on `addr` until the returned [`Server`] is dropped (then its open
+/// connections are closed too: a client keeping one alive is not served on).
 ///
 /// Accept errors (such as running out of file descriptors) are logged at most once a
 /// second and retried after a short pause, so a loaded machine degrades instead of
@@ -76,14 +78,16 @@ pub async fn spawn(upstream: UpstreamModel, addr: &str) -> Result<Server, SimErr
         source,
     })?;
     let app = router(upstream);
-    let (stop, mut stopped) = oneshot::channel::<()>();
+    // Dropping the sender ends `changed()` with an error in every receiver: the accept
+    // loop and each connection's task stop.
+    let (stop, mut stopped) = watch::channel(());
     tokio::spawn(async move {
         let mut last_warning: Option<std::time::Instant> = None;
         let mut suppressed = 0u64;
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
-                _ = &mut stopped => return,
+                _ = stopped.changed() => return,
             };
             let stream = match accepted {
                 Ok((stream, _)) => stream,
@@ -101,6 +105,7 @@ pub async fn spawn(upstream: UpstreamModel, addr: &str) -> Result<Server, SimErr
             };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
+            let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let app = app.clone();
@@ -116,9 +121,12 @@ pub async fn spawn(upstream: UpstreamModel, addr: &str) -> Result<Server, SimErr
                         }
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stopped.changed() => {}
+                }
             });
         }
     });

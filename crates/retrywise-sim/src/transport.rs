@@ -186,7 +186,11 @@ pub async fn deliver(fate: Fate) -> Result<Reply, TransportError> {
 }
 
 fn http_error(e: reqwest::Error) -> TransportError {
-    if e.is_connect() {
+    if let Some(why) = local_limit(&e) {
+        // This process ran out of sockets: no answer of the upstream's, and not a refusal
+        // to record as one.
+        TransportError::Other(why)
+    } else if e.is_connect() {
         TransportError::Connect
     } else if e.is_timeout() {
         TransportError::Timeout
@@ -195,5 +199,47 @@ fn http_error(e: reqwest::Error) -> TransportError {
         TransportError::Reset
     } else {
         TransportError::Other(e.to_string())
+    }
+}
+
+/// Why `e` is this process's own limit rather than the upstream's doing: a socket could not
+/// be opened for want of file descriptors (EMFILE, ENFILE).
+fn local_limit(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    // EMFILE and ENFILE have these numbers on Linux, the BSDs and macOS.
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(ENFILE | EMFILE))
+        {
+            return Some(format!(
+                "out of file descriptors, no socket opened ({io}): raise `ulimit -n` or lower the connections"
+            ));
+        }
+        cause = c.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connect failed")]
+    struct Wrapped(#[source] std::io::Error);
+
+    #[test]
+    fn running_out_of_file_descriptors_is_told_apart_from_a_refusal() {
+        for errno in [23, 24] {
+            let e = Wrapped(std::io::Error::from_raw_os_error(errno));
+            let why = local_limit(&e).unwrap();
+            assert!(why.contains("file descriptors"), "{why}");
+        }
+        // A refused connection is the upstream's doing.
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(local_limit(&refused), None);
     }
 }

@@ -399,6 +399,27 @@ fn a_served_upstream_is_driven_through_target() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let board: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(board["scenario"], "target");
+
+    // The load an endpoint alone is checked for is the one the flags make: 50,000 a
+    // second within 5 ms deadlines is 250 in flight (within the default 10 s deadline it
+    // would be 500,000, more than a run holds).
+    let out = retrywise(&[
+        "run",
+        "--target",
+        &url,
+        "--policy",
+        "none",
+        "--requests",
+        "100",
+        "--rps",
+        "50000",
+        "--deadline-ms",
+        "5",
+        "--attempt-timeout-ms",
+        "5",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(board["results"][0]["requests"], 100);
     // Without either, the error says what is missing.
     let out = retrywise(&["run", "--policy", "none"]);

@@ -214,7 +214,7 @@ fn over_http_a_refusal_is_a_connect_error_and_a_reset_a_reset() {
                 .await
                 .unwrap();
             let transport = Transport::Http {
-                client: reqwest::Client::new(),
+                client: reqwest::Client::builder().no_proxy().build().unwrap(),
                 url: format!("http://{}/", server.addr).parse().unwrap(),
                 permits: Arc::new(tokio::sync::Semaphore::new(4)),
             };
@@ -224,6 +224,78 @@ fn over_http_a_refusal_is_a_connect_error_and_a_reset_a_reset() {
             }
         });
     }
+}
+
+/// A scenario's fields are public: what a library caller sets after parsing is checked
+/// again by the run, by name, instead of panicking inside it.
+#[test]
+fn a_scenario_changed_after_parsing_is_checked_again_by_the_run() {
+    for (change, field) in [
+        (
+            (|s: &mut Scenario| s.deadline_ms = f64::NAN) as fn(&mut Scenario),
+            "scenario.deadline_ms",
+        ),
+        (
+            |s| s.attempt_timeout_ms = -1.0,
+            "scenario.attempt_timeout_ms",
+        ),
+        (|s| s.upstream.replicas = 0, "scenario.upstream"),
+    ] {
+        let mut scenario = Scenario::load("blips").unwrap();
+        change(&mut scenario);
+        let mut opts = RunOptions::new(Arc::new(scenario));
+        opts.requests = 10;
+        let e = run(find("none").unwrap(), &opts).unwrap_err();
+        assert!(
+            matches!(e, SimError::Option { field: f, .. } if f == field),
+            "{field}: {e}"
+        );
+    }
+}
+
+/// Dropping the upstream's server stops it whole: a client holding a kept-alive
+/// connection is not served on it.
+#[test]
+fn a_dropped_upstream_closes_its_open_connections() {
+    use retrywise_sim::transport::Transport;
+    let scenario = Arc::new(Scenario::load("blips").unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let upstream = UpstreamModel::new(Arc::clone(&scenario), 7);
+        let server = retrywise_sim::server::spawn(upstream.clone(), "127.0.0.1:0")
+            .await
+            .unwrap();
+        let transport = Transport::Http {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            url: format!("http://{}/", server.addr).parse().unwrap(),
+            permits: Arc::new(tokio::sync::Semaphore::new(1)),
+        };
+        // One connection, kept alive between the attempts.
+        for request in 0..3 {
+            let _ = transport.send(request).await;
+        }
+        let seen = upstream.counts().requests;
+        assert_eq!(seen, 3);
+        drop(server);
+        // Give the connection's task its turn to see the stop.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for request in 3..6 {
+            assert!(transport.send(request).await.is_err());
+        }
+        assert_eq!(
+            upstream.counts().requests,
+            seen,
+            "nothing served after the drop"
+        );
+    });
 }
 
 #[test]

@@ -282,6 +282,18 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
             "--policy {p} is given twice (each policy runs once per scoreboard)"
         );
     }
+    if let Some(d) = args.deadline_ms {
+        anyhow::ensure!(
+            (MIN_DURATION_MS..=MAX_NUMBER).contains(&d),
+            "--deadline-ms must be within [0.001, 1e9] (a microsecond to 11.6 days), got {d}"
+        );
+    }
+    if let Some(t) = args.attempt_timeout_ms {
+        anyhow::ensure!(
+            (MIN_DURATION_MS..=MAX_NUMBER).contains(&t),
+            "--attempt-timeout-ms must be within [0.001, 1e9] (a microsecond to 11.6 days), got {t}"
+        );
+    }
     let mut scenario = match &args.scenario {
         Some(name) => Scenario::load(name)?,
         // Only an endpoint: the load and the timeouts come from the flags.
@@ -299,21 +311,21 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
                 "--requests {requests} at --rps {rps}: a run sends 1 to {MAX_REQUESTS} requests \
                  over at most a week ({duration_s:.0} s here)"
             );
-            Scenario::for_target(rps, duration_s, 10_000.0, 2_000.0)?
+            // Checked with the deadline and timeout the run uses (the load in flight is
+            // the rate times the deadline).
+            Scenario::for_target(
+                rps,
+                duration_s,
+                args.deadline_ms.unwrap_or(10_000.0),
+                args.attempt_timeout_ms.unwrap_or(2_000.0),
+            )
+            .context("--rps, --requests, --deadline-ms and --attempt-timeout-ms")?
         }
     };
     if let Some(d) = args.deadline_ms {
-        anyhow::ensure!(
-            (MIN_DURATION_MS..=MAX_NUMBER).contains(&d),
-            "--deadline-ms must be within [0.001, 1e9] (a microsecond to 11.6 days), got {d}"
-        );
         scenario.deadline_ms = d;
     }
     if let Some(t) = args.attempt_timeout_ms {
-        anyhow::ensure!(
-            (MIN_DURATION_MS..=MAX_NUMBER).contains(&t),
-            "--attempt-timeout-ms must be within [0.001, 1e9] (a microsecond to 11.6 days), got {t}"
-        );
         // The scenario's rule, for a simulated upstream: a hang outlasts the attempt
         // timeout (else it is a slow 504, recorded as one, not as a timeout).
         anyhow::ensure!(
@@ -467,6 +479,12 @@ pub(crate) fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
             "serving scenario `{}` on http://{} (phases run from now; Ctrl-C to stop)",
             scenario.name, server.addr
         );
+        if !server.addr.ip().is_loopback() {
+            eprintln!(
+                "warning: {} is reachable from other machines - this upstream injects faults on purpose; bind 127.0.0.1 unless that is what you want",
+                server.addr
+            );
+        }
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;

@@ -58,6 +58,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Over HTTP a run holds up to 2,048 connections, two sockets each with the upstream in
+    // process: more than the usual soft limit of 1,024 open files. Raised to the hard
+    // limit (the driver holds fewer connections where that is still short, and says so).
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     let result = match cli.command {
         Command::List => commands::list(),
         Command::Run(args) => commands::run_board(args),
