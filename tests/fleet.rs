@@ -332,9 +332,9 @@ async fn a_replica_that_stops_writes_its_last_counts() {
     let dir = tempfile::tempdir().unwrap();
     let client = client();
     let slow = |name: &str| {
-        let mut config = replica_config(&redis.url(), dir.path(), name, Duration::from_secs(10));
-        // The longest cache period a setting allows: no tick writes the counts before
-        // the stop does.
+        // The longest cache period a setting allows (within a window that holds twice
+        // it): no tick writes the counts before the stop does.
+        let mut config = replica_config(&redis.url(), dir.path(), name, Duration::from_secs(30));
         config.fleet_cache = Duration::from_secs(10);
         config
     };

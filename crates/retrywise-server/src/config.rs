@@ -179,6 +179,13 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_FLEET_TIMEOUT_MS", "fleet_timeout_ms"),
 ];
 
+/// The most targets a fleet view may track (`max_targets`).
+pub const MAX_TARGETS: usize = 100_000;
+
+/// The most targets a fleet view shared through Redis may track (`max_targets` with
+/// `fleet`).
+pub const MAX_SHARED_TARGETS: usize = 10_000;
+
 /// What the process environment says wrongly of the settings, before [`Config::load`]
 /// reads it: an error for a setting's variable that is not UTF-8 (read as unset, a token
 /// so given would leave the service open), and a warning for each `RETRYWISE_…` variable
@@ -522,6 +529,7 @@ impl Config {
         };
         let mut checked = self.clone();
         every.apply(&mut checked, "Config")?;
+        self.check_together()?;
         // A loaded token is taken without the white space around it; one given in code
         // with some would never match what a client sends.
         if checked.token != self.token {
@@ -530,6 +538,48 @@ impl Config {
                 "token",
                 "has white space around it, which no Authorization header carries",
             ));
+        }
+        Ok(())
+    }
+
+    /// The rules between settings (each is checked alone as it is read).
+    fn check_together(&self) -> Result<(), ServerError> {
+        let ms = |d: Duration| d.as_millis();
+        if self.max_targets > MAX_TARGETS {
+            return Err(invalid(
+                "Config",
+                "max_targets",
+                format!(
+                    "must be at most {MAX_TARGETS} (about 30 KiB of memory each), got {}",
+                    self.max_targets
+                ),
+            ));
+        }
+        if self.fleet.is_some() {
+            if self.max_targets > MAX_SHARED_TARGETS {
+                return Err(invalid(
+                    "Config",
+                    "max_targets",
+                    format!(
+                        "must be at most {MAX_SHARED_TARGETS} with a fleet view shared through Redis (every read of it is one script over every target's window, which holds Redis meanwhile), got {}",
+                        self.max_targets
+                    ),
+                ));
+            }
+            // The shared view is answered from for two cache periods and a timeout after
+            // its read: no longer than the window it counts.
+            let oldest = self.fleet_cache * 2 + self.fleet_timeout;
+            if oldest > self.health_window {
+                return Err(invalid(
+                    "Config",
+                    "fleet_cache_ms",
+                    format!(
+                        "twice it and fleet_timeout_ms ({} ms: how old a shared view may be answered from) must be at most health_window_ms ({} ms), or the counts answered would be older than the window they stand for",
+                        ms(oldest),
+                        ms(self.health_window)
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -549,6 +599,7 @@ impl Config {
         }
         Overrides::from_env(env)?.apply(&mut c, "environment")?;
         flags.apply(&mut c, "flags")?;
+        c.check_together()?;
         Ok(c)
     }
 }
@@ -691,6 +742,73 @@ mod tests {
                 other => panic!("{bad:?}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn settings_that_do_not_fit_together_are_refused_by_name() {
+        let fleet = || Overrides {
+            fleet: Some("redis://127.0.0.1:6379".into()),
+            ..Overrides::default()
+        };
+        for (flags, field, says) in [
+            // A shared view answered from for 20 s counts a 1 s window.
+            (
+                Overrides {
+                    health_window_ms: Some(1_000),
+                    fleet_cache_ms: Some(10_000),
+                    ..fleet()
+                },
+                "fleet_cache_ms",
+                "at most health_window_ms",
+            ),
+            // Every read of the shared view covers every target.
+            (
+                Overrides {
+                    max_targets: Some(MAX_SHARED_TARGETS + 1),
+                    ..fleet()
+                },
+                "max_targets",
+                "with a fleet view shared",
+            ),
+            (
+                Overrides {
+                    max_targets: Some(MAX_TARGETS + 1),
+                    ..Overrides::default()
+                },
+                "max_targets",
+                "at most 100000",
+            ),
+        ] {
+            match Config::load(None, |_| None, &flags).unwrap_err() {
+                ServerError::Config {
+                    field: f, problem, ..
+                } => {
+                    assert_eq!(f, field);
+                    assert!(problem.contains(says), "{problem}");
+                }
+                other => panic!("{other}"),
+            }
+        }
+        // Alone, each is fine: without a fleet view, and within the window.
+        let ok = Overrides {
+            max_targets: Some(MAX_SHARED_TARGETS + 1),
+            health_window_ms: Some(1_000),
+            fleet_cache_ms: Some(10_000),
+            ..Overrides::default()
+        };
+        Config::load(None, |_| None, &ok)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let ok = Overrides {
+            health_window_ms: Some(30_000),
+            fleet_cache_ms: Some(10_000),
+            ..fleet()
+        };
+        Config::load(None, |_| None, &ok)
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -45,6 +45,20 @@ pub struct Target {
     /// When the shared breaker last closed after probing (wall ms; 0: never): the fleet's
     /// probing of an opening that ended before it is over here.
     closed_ms: Arc<AtomicU64>,
+    /// When this replica's breaker's latest opening ends (wall ms; 0: it never opened): a
+    /// success the fleet reports after it answers the opening.
+    open_until_ms: AtomicU64,
+    /// When the breaker's latest opening ends, and when it last closed after probing, on
+    /// the breaker's clock: an attempt that ended before the state the breaker is in
+    /// began is reported late, and is no probe nor evidence of the target since.
+    moved_on: Arc<Mutex<MovedOn>>,
+}
+
+/// When a breaker's latest opening ends and when it last closed, on its clock.
+#[derive(Debug, Default, Clone, Copy)]
+struct MovedOn {
+    open_until: Option<Instant>,
+    closed_at: Option<Instant>,
 }
 
 /// The probes `/v1/decide` has admitted to a HALF_OPEN circuit: how many, in which lease,
@@ -163,6 +177,9 @@ pub struct Fleet {
     prediction: Option<Prediction>,
     /// The view shared with the other replicas through Redis, if any.
     shared: Option<Arc<SharedFleet>>,
+    /// When the fleet, at its cap, last looked for idle targets to forget: at most once a
+    /// tenth of the window (each look holds the map's write lock over every target).
+    evicted: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -187,6 +204,7 @@ impl Fleet {
             max_targets,
             prediction: None,
             shared: None,
+            evicted: Mutex::new(None),
         }
     }
 
@@ -264,6 +282,9 @@ impl Fleet {
         shared: Option<&SharedTarget>,
         wall: u64,
     ) -> (State, Option<Duration>) {
+        if let Some(t) = local {
+            self.settle(t, shared);
+        }
         let own = local.map_or((State::Closed, None), |t| local_circuit(&t.breaker));
         match merge_circuit(own, self.fleet_open(target, shared, wall)) {
             (State::Closed, _) if self.fleet_probing(target, local, wall).is_some() => {
@@ -271,6 +292,45 @@ impl Fleet {
             }
             merged => merged,
         }
+    }
+
+    /// Closes this replica's breaker, past its open time, once the fleet reports its
+    /// opening answered - an attempt succeeded after the opening ended, or another
+    /// replica's breaker closed after probing since - as a replica that learned of the
+    /// opening from Redis reads it ([`SharedFleet::probing_since`]). Else, when the
+    /// probes' reports all reach other replicas, this one would read HALF_OPEN (letting a
+    /// lease's probes through, telling everyone else to wait) until its own ingestion saw
+    /// them.
+    fn settle(&self, t: &Target, shared: Option<&SharedTarget>) {
+        let Some(sh) = shared else { return };
+        if local_circuit(&t.breaker).0 != State::HalfOpen {
+            return;
+        }
+        let until = t.open_until_ms.load(Ordering::Relaxed);
+        let answered = until > 0
+            && (sh.last_success_ms.is_some_and(|s| s >= until)
+                || sh.closed_ms.is_some_and(|c| c >= until));
+        if answered {
+            t.breaker.reset();
+            t.closed_ms.fetch_max(wall_ms(), Ordering::Relaxed);
+            if let Ok(mut m) = t.moved_on.lock() {
+                m.closed_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Whether the fleet, at its cap, may look for idle targets to forget at `now`: once
+    /// a tenth of the window at most (a client naming new targets without end would
+    /// otherwise have every request scan the map under its write lock).
+    fn may_evict(&self, now: Instant) -> bool {
+        let Ok(mut last) = self.evicted.lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| now.saturating_duration_since(at) < self.window / 10) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// When the fleet's circuit for `target` closed its open time, while it is probing -
@@ -297,16 +357,17 @@ impl Fleet {
             Some(t) => t,
             // Probed by the fleet, known here only from Redis: tracked from now on (if
             // there is room without making it: else every admission would scan the map).
-            None if self.fleet_probing(target, None, wall).is_some()
-                && self.len() < self.max_targets =>
-            {
+            None if self.fleet_probing(target, None, wall).is_some() => {
                 match self.get_or_create(&Arc::from(target), now) {
                     Some(t) => t,
-                    None => return Ok(()),
+                    // No room to track it, so none to count its probes: this replica
+                    // admits none (the replicas tracking it admit theirs) rather than all.
+                    None => return Err(PROBE_LEASE),
                 }
             }
             None => return Ok(()),
         };
+        self.settle(&t, self.shared_target(target).as_ref());
         // The episode: this replica's own opening while its breaker is HALF_OPEN, else the
         // fleet's (the end of its open time, told apart from the count by the top bit).
         let opening = match (
@@ -364,6 +425,9 @@ impl Fleet {
         if let Some(t) = self.get(target) {
             return Some(t);
         }
+        if self.len() >= self.max_targets && !self.may_evict(now) {
+            return None;
+        }
         let mut map = self.targets.write().ok()?;
         if let Some(t) = map.get(target) {
             return Some(Arc::clone(t));
@@ -389,7 +453,9 @@ impl Fleet {
         let health = HealthTracker::unstriped(self.window).ok()?;
         let openings = Arc::new(AtomicU64::new(0));
         let closed_ms = Arc::new(AtomicU64::new(0));
+        let moved_on = Arc::new(Mutex::new(MovedOn::default()));
         let (opened, closed) = (Arc::clone(&openings), Arc::clone(&closed_ms));
+        let closed_at = Arc::clone(&moved_on);
         let (shared, name) = (self.shared.clone(), Arc::clone(target));
         let mut breaker = CircuitBreaker::builder(Arc::clone(target))
             .permitted_calls_in_half_open(FLEET_PROBES)
@@ -408,6 +474,9 @@ impl Fleet {
                     // for the other replicas at the next write.
                     let now = wall_ms();
                     closed.store(now, Ordering::Relaxed);
+                    if let Ok(mut m) = closed_at.lock() {
+                        m.closed_at = Some(Instant::now());
+                    }
                     if let Some(shared) = &shared {
                         shared.record_closed(&name, now);
                     }
@@ -437,6 +506,8 @@ impl Fleet {
             openings,
             probes: Mutex::new(Probes::default()),
             closed_ms,
+            open_until_ms: AtomicU64::new(0),
+            moved_on,
         });
         map.insert(Arc::clone(target), Arc::clone(&t));
         self.count.store(map.len(), Ordering::Relaxed);
@@ -477,6 +548,15 @@ impl Fleet {
         // Counted when it ended, as an embedded policy counts it, however late it arrives.
         let age = Duration::from_millis(wall_ms.saturating_sub(ended_ms));
         let ended = now.checked_sub(age).unwrap_or(now);
+        // A report that arrived after the breaker moved on - an attempt that ended before
+        // its latest opening ended (a shipper batches for up to a second), or before it
+        // last closed - is no evidence of the target since: in the totals only.
+        let moved_on = t.moved_on.lock().map(|m| *m).unwrap_or_default();
+        let late = match t.breaker.state() {
+            State::Open | State::HalfOpen => moved_on.open_until.is_some_and(|u| ended < u),
+            State::Closed => moved_on.closed_at.is_some_and(|c| ended < c),
+            _ => false,
+        };
         let Some(how) = how else {
             // Cancelled: a primary a hedge beat, whose latency is longer than it ran.
             if rec.hedge == 0 {
@@ -502,6 +582,7 @@ impl Fleet {
         // a snapshot of the fleet's own view here, mid-batch, would fix its p95 for the
         // rest of the health bucket before the batch's later attempts are counted).
         match rec.outcome_error {
+            _ if late => t.breaker.observe_late(outcome, rec.outcome_latency),
             Some(kind) if outcome == CallOutcome::Failure && t.breaker.prediction().is_some() => {
                 let failure = Failure {
                     kind,
@@ -519,12 +600,18 @@ impl Fleet {
             }
             _ => t.breaker.observe(outcome, rec.outcome_latency),
         }
-        if let Some(shared) = &self.shared
-            && t.breaker.state() == State::Open
+        if t.breaker.state() == State::Open
             && let Some(left) = t.breaker.open_remaining()
         {
-            // Open for the whole fleet.
-            shared.record_open(&rec.context.target, left);
+            let until = wall_ms.saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+            t.open_until_ms.fetch_max(until, Ordering::Relaxed);
+            if let Ok(mut m) = t.moved_on.lock() {
+                m.open_until = m.open_until.max(Some(now + left));
+            }
+            if let Some(shared) = &self.shared {
+                // Open for the whole fleet.
+                shared.record_open(&rec.context.target, left);
+            }
         }
         Observed::Tracked
     }
@@ -840,6 +927,115 @@ mod tests {
         assert_eq!(fleet.circuit("queue"), Some((State::HalfOpen, None)));
     }
 
+    /// Opens `target`'s breaker at `wall` with failures reported there, lets its open time
+    /// pass on the paused clock, and returns the wall clock then (moved on with it) and
+    /// the opening's end.
+    async fn opened_and_past(fleet: &Fleet, target: &str, wall: u64) -> (u64, u64) {
+        for i in 1..40 {
+            fleet.observe(&refused(target, i, wall), Instant::now(), wall);
+        }
+        let (state, left) = fleet.circuit(target).expect("tracked");
+        assert_eq!(state, State::Open);
+        let left = left.expect("open");
+        let until = wall + u64::try_from(left.as_millis()).unwrap();
+        tokio::time::advance(left + Duration::from_millis(1)).await;
+        (until + 1, until)
+    }
+
+    /// A shipper batches for up to a second: a failure that ended while the circuit was
+    /// open and is reported once its open time has passed is no probe, and does not
+    /// reopen it; probes that fail after the opening do.
+    #[tokio::test(start_paused = true)]
+    async fn a_report_that_arrives_late_is_no_probe() {
+        let fleet = Fleet::new(Duration::from_secs(600), 10);
+        let (wall, until) = opened_and_past(&fleet, "late", 1_800_000_000_000).await;
+        for i in 0..FLEET_PROBES {
+            // Ended a little before the opening's end, reported after it.
+            let mut r = refused("late", 100 + u64::from(i), until);
+            r.started_at_ms = until - 20;
+            fleet.observe(&r, Instant::now(), wall);
+        }
+        assert_eq!(fleet.circuit("late").map(|c| c.0), Some(State::HalfOpen));
+        for i in 0..FLEET_PROBES {
+            let mut r = refused("late", 200 + u64::from(i), wall);
+            r.started_at_ms = wall;
+            fleet.observe(&r, Instant::now(), wall);
+        }
+        assert_eq!(fleet.circuit("late").map(|c| c.0), Some(State::Open));
+    }
+
+    /// The replica whose breaker opened reads it closed once the fleet reports a success
+    /// after the opening - its probes' reports may all have reached other replicas - as
+    /// the replicas that learned of the opening from Redis read it, instead of HALF_OPEN
+    /// until its own ingestion sees probes.
+    #[tokio::test(start_paused = true)]
+    async fn the_opening_replica_closes_when_the_fleet_reports_its_probes_answered() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(600), 10).with_shared(Arc::clone(&shared));
+        let (_, until) = opened_and_past(&fleet, "db", wall_ms()).await;
+        assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::HalfOpen));
+        // A success before the opening ended answers nothing.
+        let install = |t| shared.install_for_test(HashMap::from([(Arc::<str>::from("db"), t)]));
+        install(failing(None, Some(until - 50), None));
+        assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::HalfOpen));
+        // One after it, reported at another replica: closed here too.
+        install(failing(None, Some(until + 20), None));
+        assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
+        let view = fleet.view("db", Instant::now()).expect("tracked");
+        assert!(view.allow && view.breaker_state == "CLOSED", "{view:?}");
+    }
+
+    /// A replica at its cap of targets cannot count the probes of a target the fleet is
+    /// probing: it lets none through (the replicas tracking it admit theirs), rather than
+    /// every caller.
+    #[tokio::test]
+    async fn a_replica_at_its_cap_lets_no_caller_through_as_a_probe() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(10), 1).with_shared(Arc::clone(&shared));
+        let wall = wall_ms();
+        let now = Instant::now();
+        assert_eq!(
+            fleet.observe(&refused("busy", 1, wall), now, wall),
+            Observed::Tracked
+        );
+        let closed_at = wall - 100;
+        shared.install_for_test(HashMap::from([(
+            Arc::<str>::from("db"),
+            failing(Some(closed_at), None, None),
+        )]));
+        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+        for _ in 0..3 {
+            assert_eq!(fleet.admit_probe("db", now), Err(PROBE_LEASE));
+        }
+    }
+
+    /// At its cap, the fleet looks for idle targets to forget at most once a tenth of the
+    /// window: a client naming new targets without end does not have every request scan
+    /// the map under its write lock.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_fleet_looks_for_room_once_a_tenth_of_the_window() {
+        let fleet = Fleet::new(Duration::from_secs(10), 1);
+        let wall = 1_800_000_000_000;
+        let at = |ms: u64| {
+            let fleet = &fleet;
+            move |name: &str, i: u64| {
+                let mut r = refused(name, i, wall + ms);
+                r.outcome = Outcome::Success;
+                fleet.observe(&r, Instant::now(), wall + ms)
+            }
+        };
+        assert_eq!(at(0)("a", 1), Observed::Tracked);
+        tokio::time::advance(Duration::from_millis(9_500)).await;
+        // `a` still active: no room.
+        assert_eq!(at(9_500)("b", 2), Observed::Full);
+        tokio::time::advance(Duration::from_millis(700)).await;
+        // `a` idle now, but the last look was 0.7 s ago.
+        assert_eq!(at(10_200)("c", 3), Observed::Full);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(at(10_600)("d", 4), Observed::Tracked);
+        assert!(!fleet.tracks("a") && fleet.tracks("d"));
+    }
+
     /// A target this replica refuses for want of room is not written to the fleet either:
     /// endless target names fill neither its memory nor Redis.
     #[tokio::test]
@@ -902,16 +1098,21 @@ mod tests {
             fleet.observe(&refused("inv", i, wall), now, wall);
         }
         let (_, left) = fleet.circuit("inv").expect("tracked");
-        tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
+        let left = left.expect("open") + Duration::from_millis(1);
+        tokio::time::advance(left).await;
+        // The reports' wall clock moves on with the paused one (the breaker's close is
+        // stamped with the real one, which stands still here).
+        let closed_after = wall - 100;
+        let wall = wall + u64::try_from(left.as_millis()).unwrap();
         // The fleet's view: its open time ended a moment ago, no success since.
-        let t = failing(Some(wall - 100), None, None);
+        let t = failing(Some(closed_after), None, None);
         shared.install_for_test(HashMap::from([(Arc::<str>::from("inv"), t)]));
         // Its own probes answer: ten successes close this replica's breaker.
         for i in 0..FLEET_PROBES {
             let ok = AttemptRecord::new(
                 100 + u64::from(i),
                 0,
-                wall - 10,
+                wall - 1,
                 AttemptContext::first("inv"),
                 &Verdict::Success,
                 Duration::from_millis(1),
@@ -920,7 +1121,7 @@ mod tests {
         }
         let t = fleet.get("inv").unwrap();
         assert_eq!(t.breaker.state(), State::Closed);
-        assert!(t.closed_ms.load(Ordering::Relaxed) >= wall - 100);
+        assert!(t.closed_ms.load(Ordering::Relaxed) >= closed_after);
         // The view (read before) still says probing; this replica knows better.
         assert_eq!(fleet.circuit("inv"), Some((State::Closed, None)));
     }

@@ -339,7 +339,7 @@ impl Metrics {
             );
             registry.register(
                 "fleet_foreign_targets",
-                "Targets a write to or a read from Redis skipped: their keys under the fleet's prefix hold what this service did not write (another type, a name that is not UTF-8)",
+                "Targets a write to or a read from Redis skipped: their keys under the fleet's prefix hold what this service did not write (another type, a name that is not UTF-8), or times it would not have written (later than Redis's clock, a circuit open longer than the longest opening: read as none, and as that opening)",
                 m.foreign.clone(),
             );
             m

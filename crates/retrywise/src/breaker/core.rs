@@ -270,6 +270,13 @@ impl CircuitBreaker {
         }
     }
 
+    /// Records the outcome of a call another process made that ended before the breaker's
+    /// current state began - a report that arrived late: in the totals only, never in the
+    /// CLOSED window nor as a HALF_OPEN probe (it says nothing of the target since).
+    pub fn observe_late(&self, outcome: CallOutcome, latency: Duration) {
+        self.record(NO_EPOCH, outcome, latency, None, None);
+    }
+
     /// [`observe`](Self::observe)s a failure another process reported, with the retry
     /// that would follow it, as [`Permit::record_failure_before`] records one.
     pub fn observe_failure_before(&self, latency: Duration, retry: &AttemptContext) {
