@@ -360,7 +360,9 @@ impl LimiterState {
     fn refill(&mut self, t: f64) {
         let dt = (t - self.last_refill).max(0.0);
         self.capacity = (self.capacity + dt * self.fill_rate).min(self.max_capacity);
-        self.last_refill = t;
+        // Never back: a caller that read the clock before another took the lock would
+        // otherwise have the next refill credit the time between them twice.
+        self.last_refill = self.last_refill.max(t);
     }
 }
 

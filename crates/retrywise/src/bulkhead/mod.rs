@@ -230,6 +230,38 @@ mod tests {
         assert_eq!(m.total_calls, 2, "{m:?}");
     }
 
+    /// A caller that stops waiting takes its task with it: queued, it never starts;
+    /// running, it is dropped - the workers do no work nobody waits for.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_whose_caller_gave_up_is_not_run_on() {
+        let pool = PoolBulkhead::builder("p")
+            .workers(1)
+            .queue(4)
+            .build()
+            .unwrap();
+        let ran = Arc::new(AtomicU32::new(0));
+        let task = |ms: u64| {
+            let ran = Arc::clone(&ran);
+            async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let give_up = Duration::from_millis(50);
+        // The first runs (and is given up on mid-run); the second waits in the queue.
+        let (first, queued) = tokio::join!(
+            tokio::time::timeout(give_up, pool.execute(task(1_000))),
+            tokio::time::timeout(give_up, pool.execute(task(10))),
+        );
+        assert!(first.is_err() && queued.is_err(), "both given up on");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "neither ran to its end");
+        // The worker is free: a task waited for runs at once.
+        pool.execute(task(10)).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.metrics().active, 0);
+    }
+
     /// A task still queued when the pool's runtime shuts down is lost to the shutdown,
     /// and said so (`Closed`), not reported as a panic.
     #[test]

@@ -129,6 +129,11 @@ impl PoolBulkhead {
 
     /// Runs `task` on the pool's workers and returns its output.
     ///
+    /// A caller that stops waiting (drops the returned future: its own timeout, say) takes
+    /// its task with it: one still queued is not started, and one running is dropped where
+    /// it stands - the pool's workers do no work nobody waits for, which is what a pool
+    /// behind a hanging dependency needs to recover.
+    ///
     /// # Errors
     /// [`PoolError::Full`] when the queue is full and the pool rejects;
     /// [`PoolError::Panicked`] when the task panicked; [`PoolError::Closed`] when the
@@ -140,11 +145,22 @@ impl PoolBulkhead {
     {
         let s = &*self.shared;
         let (tx, rx) = oneshot::channel::<Option<T>>();
+        let mut tx = tx;
         let job: Job = Box::pin(async move {
+            // Its caller gone while it waited in the queue: not run.
+            if tx.is_closed() {
+                return;
+            }
             // A panicking task must not take its worker down; the caller hears of it
             // (`None`). A job dropped unrun (the runtime shut down) sends nothing.
-            let out = AssertUnwindSafe(task).catch_unwind().await.ok();
-            let _ = tx.send(out);
+            let run = AssertUnwindSafe(task).catch_unwind();
+            tokio::select! {
+                out = run => {
+                    let _ = tx.send(out.ok());
+                }
+                // Its caller gone while it ran: dropped where it stands.
+                () = tx.closed() => {}
+            }
         });
         match s.tx.try_send(job) {
             Ok(()) => {}

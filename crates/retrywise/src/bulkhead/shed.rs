@@ -196,7 +196,9 @@ impl ShedQueue {
 fn likeliest(w: &[Waiter]) -> Option<usize> {
     w.iter()
         .enumerate()
-        .max_by(|a, b| a.1.p.total_cmp(&b.1.p))
+        // Of equal chances, the one that came first: the lowest id (`max_by` keeps the
+        // last maximum, and `swap_remove` reorders the waiters).
+        .max_by(|a, b| a.1.p.total_cmp(&b.1.p).then(b.1.id.cmp(&a.1.id)))
         .map(|(i, _)| i)
 }
 
@@ -227,5 +229,35 @@ mod tests {
         q.release(&gate);
         assert!(room.try_recv().is_ok());
         assert_eq!(gate.active(), 1);
+    }
+
+    /// Of waiters with equal chances (a model that answers one p, or none), room goes to
+    /// the one that came first - also after one in the middle left and the others were
+    /// reordered.
+    #[test]
+    fn equal_chances_are_served_in_arrival_order() {
+        let gate = Gate::new(1);
+        assert!(gate.try_enter());
+        let q = ShedQueue::new(Arc::new(|_: &AttemptContext| 0.5), 8);
+        let mut rooms = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let Queued::Waiting { id, room } = q.join(&gate, 0.5) else {
+                panic!("the gate is full: the call waits");
+            };
+            ids.push(id);
+            rooms.push(room);
+        }
+        // The second's wait runs out: the last is moved into its place.
+        assert!(q.leave_queue(ids[1]));
+        for served in [0, 2, 3, 4] {
+            q.release(&gate);
+            assert!(rooms[served].try_recv().is_ok(), "waiter {served} is next");
+            for (i, r) in rooms.iter_mut().enumerate().skip(served + 1) {
+                if i != 1 {
+                    assert!(r.try_recv().is_err(), "waiter {i} still waits");
+                }
+            }
+        }
     }
 }

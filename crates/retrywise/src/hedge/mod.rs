@@ -410,7 +410,7 @@ impl Hedge {
             let request = make(i);
             async move { request.await.map(|v| (v, i)) }
         };
-        let ((v, winner), at_once) = self.race(start, tagged, None, |_| true).await?;
+        let ((v, winner), at_once) = self.race(start, tagged, None, |_| true, |_| false).await?;
         // An answer on the first poll could not have been hedged (a cache's hit): it is
         // no sample of the latency a hedge waits out, and would drag the percentile to 0.
         if !at_once {
@@ -445,6 +445,7 @@ impl Hedge {
         mut make: F,
         ctx: Option<&crate::attempt::AttemptContext>,
         mut may_send: impl FnMut(Instant) -> bool,
+        backs_off: impl Fn(&E) -> bool,
     ) -> Result<(T, bool), AllFailed<E>>
     where
         F: FnMut(u32) -> Fut,
@@ -516,9 +517,13 @@ impl Hedge {
                     {
                         return Poll::Pending;
                     }
-                } else if matches!(s.delay, HedgeDelay::Predicted { .. }) {
+                } else if matches!(s.delay, HedgeDelay::Predicted { .. })
+                    || errors.last().is_some_and(&backs_off)
+                {
                     // A predictive hedge is for slowness: a failure goes back to the
-                    // caller's retry decision, which knows what failed.
+                    // caller's retry decision, which knows what failed. So does a
+                    // failure that asked the caller to back off (a 429, a Retry-After):
+                    // a request sent at once would go against what it asked.
                     may_hedge = false;
                     continue;
                 }

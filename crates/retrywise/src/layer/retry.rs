@@ -226,9 +226,17 @@ pin_project! {
         // room in its future is out of this layer's sight - `Policy` with its own bulkhead
         // refunds that case too.)
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
+            let mut this = this.project();
             if let (Paid::Waiting(at), Some(ctx)) = (*this.paid, this.ctx.as_deref()) {
                 this.policy.inner().unsent(at, ctx);
+            }
+            // Dropped while the service inside was not yet ready: nothing was sent, so no
+            // attempt is recorded (a cancelled one would stand in the training data for a
+            // request never made).
+            if matches!(this.state.as_mut().project(), StateProj::Readying { .. })
+                && let Some(g) = this.guard.take()
+            {
+                g.discard();
             }
         }
     }

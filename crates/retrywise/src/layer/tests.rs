@@ -518,6 +518,50 @@ async fn a_refusal_by_a_breaker_layer_inside_is_no_attempt() {
     assert_eq!(m.retries, 0, "{m:?}");
 }
 
+/// A service ready once (for the first attempt, which fails), then never again.
+#[derive(Clone)]
+struct ReadyOnce(Arc<AtomicU32>);
+
+impl Service<u32> for ReadyOnce {
+    type Response = u32;
+    type Error = io::Error;
+    type Future = std::future::Ready<Result<u32, io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), io::Error>> {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        std::future::ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset")))
+    }
+}
+
+/// A retry dropped while the service inside is not yet ready sent nothing: only the first
+/// attempt is recorded (a cancelled retry would stand in the training data for a request
+/// never made).
+#[tokio::test(start_paused = true)]
+async fn a_retry_dropped_before_the_service_was_ready_records_nothing() {
+    let rec = Arc::new(crate::recorder::MemoryRecorder::new(10));
+    let policy = Policy::builder("b")
+        .decider(quick_retry(3))
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let mut svc = RetryLayer::new(policy).layer(ReadyOnce(Arc::new(AtomicU32::new(0))));
+    let call = svc.ready().await.unwrap().call(1);
+    // The first attempt fails at once; the retry, 10 ms later, waits for readiness.
+    assert!(tokio::time::timeout(50 * MS, call).await.is_err());
+    let recs = rec.take();
+    assert_eq!(recs.len(), 1, "the first attempt only: {recs:?}");
+}
+
 /// A retry the layer paid for and never sent - turned away by a breaker layer inside, or
 /// dropped while it waits - gives back what it paid (it kept the AWS retry quota's units).
 #[tokio::test(start_paused = true)]

@@ -771,7 +771,14 @@ impl<C> Policy<C> {
                 },
                 Some(ctx),
                 |now| {
+                    // No hedge the deadline leaves no time for: it would be sent with a
+                    // zero timeout, spend the budgets and record a timeout it never had.
+                    if p.attempt_timeout_at(ctx, call_start, now) == Some(Duration::ZERO) {
+                        return false;
+                    }
                     if let Some(b) = &p.bulkhead {
+                        // Turned away, a hedge counts as the bulkhead's rejection (the
+                        // pressure an operator should see), not as a request sent.
                         match b.try_acquire() {
                             Ok(permit) => {
                                 if let Ok(mut r) = room.lock() {
@@ -787,6 +794,7 @@ impl<C> Policy<C> {
                         false
                     }
                 },
+                |(sent, _)| backs_off(&sent.verdict()),
             )
             .await;
         match raced {
@@ -807,7 +815,16 @@ impl<C> Policy<C> {
                 let mut last = None;
                 let mut all_rejected = true;
                 for (sent, latency) in all.errors {
-                    last = Some((sent.verdict(), latency));
+                    // The attempt's verdict: the last request's, unless an earlier one
+                    // asked to back off (a 429, a Retry-After) and it did not - the retry
+                    // decision, the rate limiter and the budget must hear that.
+                    let verdict = sent.verdict();
+                    if last
+                        .as_ref()
+                        .is_none_or(|(v, _)| !backs_off(v) || backs_off(&verdict))
+                    {
+                        last = Some((verdict, latency));
+                    }
                     all_rejected &= matches!(sent, Sent::Rejected(_));
                     match sent {
                         Sent::Done(Ok(t), _) => answer = Some(t),
@@ -1221,3 +1238,11 @@ impl<C> PolicyBuilder<C> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `verdict` is a failure that asked the caller to back off: a 429, or any answer
+/// with a Retry-After.
+fn backs_off(verdict: &Verdict) -> bool {
+    verdict
+        .failure()
+        .is_some_and(|f| f.retry_after.is_some() || f.kind == ErrorKind::Http429)
+}

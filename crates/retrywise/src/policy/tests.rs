@@ -1494,6 +1494,105 @@ async fn a_hedge_never_carries_a_call_past_its_deadline() {
     assert_eq!((took, sent), (Duration::from_secs(1), 2));
 }
 
+/// A primary that ran into the deadline leaves the hedge no time: none is sent (it used
+/// to go at once with a zero timeout, spending the budgets and recording a timeout).
+#[tokio::test(start_paused = true)]
+async fn no_hedge_is_sent_when_the_deadline_has_no_time_left() {
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(500 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let rec = Arc::new(MemoryRecorder::new(10));
+    let p = Policy::builder("h")
+        .retry(hangs_within(300 * MS))
+        .hedge(hedge)
+        .recorder(rec.clone())
+        .build()
+        .unwrap();
+    let (took, sent) = time_to_give_up(&p).await;
+    assert_eq!((took, sent), (300 * MS, 1));
+    assert_eq!(rec.take().len(), 1, "no hedge recorded");
+}
+
+/// A failure that asked to back off (a 429 with Retry-After) is not followed by a hedge at
+/// once, and the attempt's verdict is that failure - not a hedge's later timeout - so the
+/// retry decision waits what it asked.
+#[tokio::test(start_paused = true)]
+async fn a_failure_that_asks_to_back_off_is_not_hedged_at_once_and_is_the_verdict() {
+    let hedge = || {
+        Hedge::builder()
+            .delay(HedgeDelay::Fixed(10 * MS))
+            .no_budget()
+            .build()
+            .unwrap()
+    };
+    let rules = || {
+        RetryRules::builder()
+            .max_attempts(2)
+            .backoff(Backoff::constant(MS).unwrap())
+            .jitter(Jitter::None)
+            .retry_after(true, Duration::ZERO, Duration::from_secs(10))
+            .attempt_timeout(AttemptTimeout::Fixed(Duration::from_secs(1)))
+            .build()
+            .unwrap()
+    };
+    // Alone: the primary's 429 at 5 ms, before the hedge's delay, is not hedged at once.
+    let p = Policy::builder("h")
+        .retry(rules())
+        .hedge(hedge())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let _ = p
+        .call(|_| {
+            let n = sent.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(5 * MS).await;
+                Ok::<_, io::Error>(Resp(if n == 0 { 429 } else { 200 }, Some("3")))
+            }
+        })
+        .await;
+    assert_eq!(sent.load(Ordering::SeqCst), 2, "the retry, and no hedge");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(3) + 10 * MS,
+        "Retry-After honoured"
+    );
+    // With a hedge running that then times out: the 429 is the attempt's verdict, and
+    // the retry waits the 3 s it asked for (not the 1 ms backoff after a timeout).
+    let p = Policy::builder("h")
+        .retry(rules())
+        .hedge(hedge())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    let t0 = Instant::now();
+    let _ = p
+        .call(|a| {
+            let n = sent.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if a.number == 1 && a.hedge == 0 {
+                    tokio::time::sleep(50 * MS).await;
+                    Ok::<_, io::Error>(Resp(429, Some("3")))
+                } else if a.number == 1 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(Resp(200, None))
+                } else {
+                    let _ = n;
+                    Ok(Resp(200, None))
+                }
+            }
+        })
+        .await;
+    assert_eq!(sent.load(Ordering::SeqCst), 3, "primary, hedge, retry");
+    // The hedge went at 10 ms and timed out at 1.01 s; the retry 3 s after that.
+    assert_eq!(t0.elapsed(), Duration::from_millis(4_010));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_the_decider_would_not_retry_fails_with_the_circuit() {
     // One attempt only: a refusal leaves nothing to wait for.
