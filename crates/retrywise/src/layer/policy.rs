@@ -92,16 +92,17 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        // The readiness `poll_ready` reserved is let go: the policy may wait before its
+        // first request (for an open circuit, the rate limiter, the bulkhead's room), and
+        // held meanwhile it could be the only slot of a concurrency limit inside that
+        // every other clone waits for. Each request readies a clone of its own.
         let ready = take_ready(&mut self.inner);
+        let spare = ready.clone();
+        drop(ready);
         let policy = self.policy.clone();
         Box::pin(async move {
-            let spare = ready.clone();
-            let mut first = Some(ready);
             policy
-                .call(move |_| {
-                    let svc = first.take().unwrap_or_else(|| spare.clone());
-                    oneshot(svc, req.clone())
-                })
+                .call(move |_| oneshot(spare.clone(), req.clone()))
                 .await
                 .map_err(|e: CallError<S::Error>| {
                     Error::new(GaveUp {

@@ -365,6 +365,54 @@ async fn a_first_attempt_the_rate_limiter_delays_keeps_the_readiness_reserved_fo
     }
 }
 
+/// The policy layer lets go of the readiness `poll_ready` reserved: while one call waits
+/// for an open circuit before its first request, another clone of the service - over the
+/// same concurrency limit of one - is ready and served (it waited for the slot the
+/// waiting call held).
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_the_circuit_holds_no_slot_of_the_service_inside() {
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(2))
+        .minimum_calls(2)
+        .open_for(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        breaker
+            .try_acquire()
+            .unwrap()
+            .record(crate::breaker::CallOutcome::Failure, MS);
+    }
+    let waits = Policy::builder("b")
+        .decider(quick_retry(1))
+        .breaker(breaker)
+        .wait_for_breaker(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(failing(calls.clone(), 0));
+    let mut waiting = PolicyLayer::new(waits).layer(limited.clone());
+    let call = waiting.ready().await.unwrap().call(1);
+    let waiting_call = tokio::spawn(call);
+    tokio::task::yield_now().await;
+    // Another service over the same limit, without a circuit of its own.
+    let mut other = PolicyLayer::new(
+        Policy::builder("o")
+            .decider(quick_retry(1))
+            .build()
+            .unwrap(),
+    )
+    .layer(limited);
+    let served = tokio::time::timeout(100 * MS, async {
+        other.ready().await.unwrap().call(5).await
+    })
+    .await
+    .expect("the slot is not held by the call waiting for the circuit");
+    assert_eq!(served.unwrap(), 6);
+    // The waiting call is sent once the circuit lets it through.
+    assert_eq!(waiting_call.await.unwrap().unwrap(), 2);
+}
+
 /// Readiness is part of the attempt, as under `Policy` (readiness and the call run under
 /// one timeout there): a service that is never ready again does not hold a retry past the
 /// deadline.
