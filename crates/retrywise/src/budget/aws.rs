@@ -321,6 +321,16 @@ impl CubicRateLimiter {
         }
     }
 
+    /// Gives back a token [`try_acquire`](Self::try_acquire) took for an attempt that was
+    /// then not sent (an open circuit refused it): tokens pace requests sent, and one no
+    /// request used is not spent.
+    pub fn give_back(&self) {
+        let mut s = self.lock();
+        if s.enabled {
+            s.capacity = (s.capacity + 1.0).min(s.max_capacity);
+        }
+    }
+
     /// An answer arrived at `now`; `throttled` when it was a throttling error (a 429).
     pub fn on_response(&self, now: Instant, throttled: bool) {
         let t = self.secs(now);

@@ -387,6 +387,7 @@ impl<C> Policy<C> {
                         // Refused, and the wait for the circuit would end past the
                         // deadline: nothing is sent.
                         let out_of_time = |open| {
+                            p.unlimit();
                             let reason = p.stopped(StopReason::Deadline);
                             refused(number - 1, reason, AttemptError::CircuitOpen(open))
                         };
@@ -424,9 +425,13 @@ impl<C> Policy<C> {
                                         {
                                             p.unsent(at, &refused);
                                         }
+                                        // Nor was the rate limiter's token used: the
+                                        // retry takes its own.
+                                        p.unlimit();
                                         break Err(planned);
                                     }
                                     Err(reason) => {
+                                        p.unlimit();
                                         return refused(
                                             number - 1,
                                             reason,
@@ -436,6 +441,7 @@ impl<C> Policy<C> {
                                 }
                             }
                             _ => {
+                                p.unlimit();
                                 let reason = p.stopped(StopReason::CircuitOpen);
                                 return refused(
                                     number - 1,

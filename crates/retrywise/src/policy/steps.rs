@@ -373,6 +373,13 @@ impl Inner {
         }
     }
 
+    /// Gives back the rate limiter's token taken for an attempt that was not sent.
+    pub(crate) fn unlimit(&self) {
+        if let Some(l) = &self.limiter {
+            l.give_back();
+        }
+    }
+
     /// Whether a hedge may be sent now: the budget, if any, must allow it (gRFC A6
     /// throttles hedges like retries).
     pub(super) fn may_hedge(&self, now: Instant) -> bool {

@@ -1094,6 +1094,39 @@ async fn the_aws_rate_limiter_spaces_attempts_after_throttling() {
     );
 }
 
+/// A call the open circuit refuses sent nothing: the rate limiter's token it took is given
+/// back, and the next call sends at once instead of waiting for a new one.
+#[tokio::test(start_paused = true)]
+async fn a_call_the_circuit_refuses_gives_the_limiters_token_back() {
+    use crate::budget::CubicRateLimiter;
+    let breaker = CircuitBreaker::builder("aws").build().unwrap();
+    let p = Policy::builder("aws")
+        .retry(retry(1, 1))
+        .rate_limiter(CubicRateLimiter::default())
+        .breaker(breaker.clone())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    // Throttled: the limiter comes on at its floor rate (0.5 a second); 3 s fill its one
+    // token.
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    breaker.force_open();
+    let (r, report) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::CircuitOpen));
+    breaker.reset();
+    let t0 = Instant::now();
+    p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await
+        .unwrap();
+    assert_eq!(t0.elapsed(), Duration::ZERO, "the token was there");
+}
+
 /// A call whose wait for the rate limiter's next token would take what is left of its
 /// deadline stops at once, sending nothing and taking no token.
 #[tokio::test(start_paused = true)]
