@@ -558,6 +558,42 @@ fn writable(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes the working folders that runs stopped mid-way (Ctrl-C, a kill) left in
+/// `parent`: those named for a process that no longer runs. Where that cannot be told
+/// (no `/proc`), none is touched.
+fn sweep_stale_work(parent: &std::path::Path) {
+    let proc = std::path::Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".retrywise-generate-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || proc.join(pid.to_string()).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => eprintln!(
+                "removed {}, left by a run that stopped before cleaning up",
+                e.path().display()
+            ),
+            Err(err) => eprintln!(
+                "warning: cannot remove {}, left by a stopped run: {err}",
+                e.path().display()
+            ),
+        }
+    }
+}
+
 /// A fresh working directory next to the output (same file system: cheap renames).
 fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
     // Beside the output, never inside it (`--out .` has no parent but the folder itself).
@@ -567,6 +603,7 @@ fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    sweep_stale_work(parent);
     let work = parent.join(format!(".retrywise-generate-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     Ok(work)
