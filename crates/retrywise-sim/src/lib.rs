@@ -53,6 +53,19 @@ pub fn scoreboard(
     policies: &[String],
     opts: &RunOptions,
 ) -> Result<(Scoreboard, Vec<PolicyRun>), SimError> {
+    scoreboard_with(policies, opts, |_| {})
+}
+
+/// [`scoreboard`], calling `on_run` with each policy's name as its run ends (a progress
+/// bar's step: over HTTP each run takes the scenario's whole duration).
+///
+/// # Errors
+/// As [`scoreboard`].
+pub fn scoreboard_with(
+    policies: &[String],
+    opts: &RunOptions,
+    on_run: impl Fn(&str) + Sync,
+) -> Result<(Scoreboard, Vec<PolicyRun>), SimError> {
     let specs = policies
         .iter()
         .map(|p| policies::find(p))
@@ -63,10 +76,15 @@ pub fn scoreboard(
     {
         return Err(SimError::VirtualOnly(spec.name.to_owned()));
     }
+    let run = |spec: &&policies::Contender| {
+        let r = driver::run(spec, opts);
+        on_run(spec.name);
+        r
+    };
     let runs: Vec<Result<PolicyRun, SimError>> = if opts.mode == Mode::Virtual {
-        par_map(&specs, |spec| driver::run(spec, opts))
+        par_map(&specs, run)
     } else {
-        specs.iter().map(|spec| driver::run(spec, opts)).collect()
+        specs.iter().map(run).collect()
     };
     let runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
     let board = Scoreboard {

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
 use retrywise_sim::driver::{Mode, RunOptions};
 use retrywise_sim::generate::{GenerateOptions, generate};
 use retrywise_sim::policies::CATALOG;
@@ -393,19 +392,8 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.policies
     };
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(
-        ProgressStyle::with_template("{spinner} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    spinner.set_message(format!(
-        "running {} policies on {}",
-        policies.len(),
-        scenario.name
-    ));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    // One step a policy: over HTTP each run lasts the scenario's whole duration.
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        // The spinner is not drawn without a terminal: say what the run does instead.
         if opts.mode == Mode::Virtual {
             eprintln!(
                 "running {} policies on {} in virtual time",
@@ -414,7 +402,7 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
             );
         } else {
             eprintln!(
-                "running {} policies on {} over HTTP: {} requests each at {}/s (about {:.0} s each)",
+                "running {} policies on {} over HTTP, one after another: {} requests each at {}/s (about {:.0} s each)",
                 policies.len(),
                 scenario.name,
                 opts.requests,
@@ -423,8 +411,18 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let (board, runs) = retrywise_sim::scoreboard(&policies, &opts)?;
-    spinner.finish_and_clear();
+    let progress = Progress::new(
+        policies.len() as u64,
+        &format!(
+            "{{spinner}} [{{bar:30}}] {{pos}}/{{len}} policies on {}, {{elapsed}} (about {{eta}} left) {{msg}}",
+            scenario.name
+        ),
+        "run",
+    );
+    let (board, runs) = retrywise_sim::scoreboard_with(&policies, &opts, |policy| {
+        progress.done(policy.to_owned());
+    })?;
+    progress.finish();
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&board)?);
     } else {
