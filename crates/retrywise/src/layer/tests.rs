@@ -418,29 +418,6 @@ async fn a_call_waiting_for_the_circuit_holds_no_slot_of_the_service_inside() {
 /// deadline.
 #[tokio::test(start_paused = true)]
 async fn a_retry_waits_for_readiness_no_longer_than_the_deadline() {
-    #[derive(Clone)]
-    struct ReadyOnce {
-        readied: Arc<AtomicU32>,
-    }
-    impl Service<u32> for ReadyOnce {
-        type Response = u32;
-        type Error = io::Error;
-        type Future = std::future::Ready<Result<u32, io::Error>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), io::Error>> {
-            // Ready once; after that, never again (a limit held by hung calls).
-            if self.readied.fetch_add(1, Ordering::SeqCst) == 0 {
-                std::task::Poll::Ready(Ok(()))
-            } else {
-                std::task::Poll::Pending
-            }
-        }
-        fn call(&mut self, _: u32) -> Self::Future {
-            std::future::ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset")))
-        }
-    }
     let rules = RetryRules::builder()
         .max_attempts(3)
         .backoff(Backoff::constant(10 * MS).unwrap())
@@ -449,9 +426,8 @@ async fn a_retry_waits_for_readiness_no_longer_than_the_deadline() {
         .build()
         .unwrap();
     let policy = Policy::builder("never-ready").retry(rules).build().unwrap();
-    let mut svc = RetryLayer::new(policy.clone()).layer(ReadyOnce {
-        readied: Arc::new(AtomicU32::new(0)),
-    });
+    // Ready once; after that, never again (a limit held by hung calls).
+    let mut svc = RetryLayer::new(policy.clone()).layer(ReadyOnce(Arc::new(AtomicU32::new(0))));
     let t0 = tokio::time::Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(60), async {
         svc.ready().await.unwrap().call(1).await

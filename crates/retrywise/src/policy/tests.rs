@@ -1570,13 +1570,16 @@ async fn a_failure_that_asks_to_back_off_is_not_hedged_at_once_and_is_the_verdic
             .build()
             .unwrap()
     };
+    let policy = || {
+        Policy::builder("h")
+            .retry(rules())
+            .hedge(hedge())
+            .classifier(HttpClassifier)
+            .build()
+            .unwrap()
+    };
     // Alone: the primary's 429 at 5 ms, before the hedge's delay, is not hedged at once.
-    let p = Policy::builder("h")
-        .retry(rules())
-        .hedge(hedge())
-        .classifier(HttpClassifier)
-        .build()
-        .unwrap();
+    let p = policy();
     let sent = AtomicU32::new(0);
     let t0 = Instant::now();
     let _ = p
@@ -1596,17 +1599,12 @@ async fn a_failure_that_asks_to_back_off_is_not_hedged_at_once_and_is_the_verdic
     );
     // With a hedge running that then times out: the 429 is the attempt's verdict, and
     // the retry waits the 3 s it asked for (not the 1 ms backoff after a timeout).
-    let p = Policy::builder("h")
-        .retry(rules())
-        .hedge(hedge())
-        .classifier(HttpClassifier)
-        .build()
-        .unwrap();
+    let p = policy();
     let sent = AtomicU32::new(0);
     let t0 = Instant::now();
     let _ = p
         .call(|a| {
-            let n = sent.fetch_add(1, Ordering::SeqCst);
+            sent.fetch_add(1, Ordering::SeqCst);
             async move {
                 if a.number == 1 && a.hedge == 0 {
                     tokio::time::sleep(50 * MS).await;
@@ -1615,7 +1613,6 @@ async fn a_failure_that_asks_to_back_off_is_not_hedged_at_once_and_is_the_verdic
                     tokio::time::sleep(Duration::from_secs(60)).await;
                     Ok(Resp(200, None))
                 } else {
-                    let _ = n;
                     Ok(Resp(200, None))
                 }
             }
