@@ -303,6 +303,7 @@ impl Fleet {
     /// them.
     fn settle(&self, t: &Target, shared: Option<&SharedTarget>) {
         let Some(sh) = shared else { return };
+        let opening = t.openings.load(Ordering::Relaxed);
         if local_circuit(&t.breaker).0 != State::HalfOpen {
             return;
         }
@@ -310,7 +311,12 @@ impl Fleet {
         let answered = until > 0
             && (sh.last_success_ms.is_some_and(|s| s >= until)
                 || sh.closed_ms.is_some_and(|c| c >= until));
-        if answered {
+        // Still the opening judged (failed probes ingested meanwhile reopen it: a new
+        // opening, not answered by what answered this one).
+        if answered
+            && t.openings.load(Ordering::Relaxed) == opening
+            && local_circuit(&t.breaker).0 == State::HalfOpen
+        {
             t.breaker.reset();
             t.closed_ms.fetch_max(wall_ms(), Ordering::Relaxed);
             if let Ok(mut m) = t.moved_on.lock() {
@@ -434,13 +440,24 @@ impl Fleet {
         }
         if map.len() >= self.max_targets {
             // Make room by forgetting targets that are idle: nothing within the window, and
-            // no circuit still open - closed, never used, or open past its time (callers
-            // read that as HALF_OPEN; obeying it they report nothing, so it would
-            // otherwise stay for ever). One an operator forced open, disabled or set to
-            // metrics only is kept.
+            // no circuit still open - closed, never used, or open past its time for longer
+            // than the fleet reads a circuit as probing (callers read it as HALF_OPEN;
+            // obeying it they report nothing, so it would otherwise stay for ever; within
+            // that time, forgotten, its probes would be nobody's to count). One an
+            // operator forced open, disabled or set to metrics only is kept.
+            let probing = |t: &Target| {
+                t.moved_on
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.open_until)
+                    .is_some_and(|until| {
+                        now.saturating_duration_since(until) < crate::shared::PROBING_AT_MOST
+                    })
+            };
             let holds = |t: &Target| match local_circuit(&t.breaker) {
                 (State::Open, left) => left.is_some_and(|l| !l.is_zero()),
-                (State::Closed | State::HalfOpen, _) => false,
+                (State::HalfOpen, _) => probing(t),
+                (State::Closed, _) => false,
                 (State::ForcedOpen | State::Disabled | State::MetricsOnly, _) => true,
             };
             map.retain(|_, t| t.health.counts(now).0 > 0 || holds(t));
@@ -600,8 +617,11 @@ impl Fleet {
             }
             _ => t.breaker.observe(outcome, rec.outcome_latency),
         }
+        // (Open with no time left is an opening that ended, which an attempt reported late
+        // leaves as it was: its end is not moved to now.)
         if t.breaker.state() == State::Open
             && let Some(left) = t.breaker.open_remaining()
+            && !left.is_zero()
         {
             let until = wall_ms.saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
             t.open_until_ms.fetch_max(until, Ordering::Relaxed);
@@ -949,16 +969,21 @@ mod tests {
     async fn a_report_that_arrives_late_is_no_probe() {
         let fleet = Fleet::new(Duration::from_secs(600), 10);
         let (wall, until) = opened_and_past(&fleet, "late", 1_800_000_000_000).await;
+        // Reported 600 ms after the opening's end, in one batch.
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let wall = wall + 600;
         for i in 0..FLEET_PROBES {
-            // Ended a little before the opening's end, reported after it.
+            // Ended a little before the opening's end.
             let mut r = refused("late", 100 + u64::from(i), until);
             r.started_at_ms = until - 20;
             fleet.observe(&r, Instant::now(), wall);
         }
         assert_eq!(fleet.circuit("late").map(|c| c.0), Some(State::HalfOpen));
+        // Probes that ended after the opening's end - before the late ones arrived, which
+        // did not move that end to their arrival - and failed: reopened.
         for i in 0..FLEET_PROBES {
-            let mut r = refused("late", 200 + u64::from(i), wall);
-            r.started_at_ms = wall;
+            let mut r = refused("late", 200 + u64::from(i), until);
+            r.started_at_ms = until + 100;
             fleet.observe(&r, Instant::now(), wall);
         }
         assert_eq!(fleet.circuit("late").map(|c| c.0), Some(State::Open));
@@ -983,6 +1008,20 @@ mod tests {
         assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
         let view = fleet.view("db", Instant::now()).expect("tracked");
         assert!(view.allow && view.breaker_state == "CLOSED", "{view:?}");
+    }
+
+    /// At its cap, the fleet keeps a target whose own circuit is probing after its opening
+    /// (nothing within the window: callers obeying the circuit report nothing) while the
+    /// fleet reads it as probing: forgotten, its probes would be nobody's to count.
+    #[tokio::test(start_paused = true)]
+    async fn a_circuit_probing_after_its_opening_is_not_forgotten_for_room() {
+        let fleet = Fleet::new(Duration::from_secs(10), 1);
+        let (wall, _) = opened_and_past(&fleet, "db", wall_ms()).await;
+        assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::HalfOpen));
+        let mut other = refused("other", 1, wall);
+        other.started_at_ms = wall;
+        assert_eq!(fleet.observe(&other, Instant::now(), wall), Observed::Full);
+        assert!(fleet.tracks("db"));
     }
 
     /// A replica at its cap of targets cannot count the probes of a target the fleet is

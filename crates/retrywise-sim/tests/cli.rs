@@ -848,15 +848,16 @@ fn generate_takes_the_scenarios_it_is_given() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../data/scenarios/blips.toml"
     );
-    // What a run stopped mid-way left beside the output (its process gone) is removed;
-    // a running one's folder (this test's process stands for it) is left alone.
+    // What a run stopped mid-way left beside the output (its lock file no longer held)
+    // is removed; a running one's folder (this test holds its lock) is left alone.
     let stale = dir.path().join(".retrywise-generate-4000000000");
-    let running = dir
-        .path()
-        .join(format!(".retrywise-generate-{}", std::process::id()));
+    let running = dir.path().join(".retrywise-generate-4000000001");
     for d in [&stale, &running] {
         std::fs::create_dir_all(d.join("segments")).expect("a working folder");
     }
+    std::fs::File::create(stale.join(".lock")).expect("a lock file nobody holds");
+    let held = std::fs::File::create(running.join(".lock")).expect("a lock file");
+    held.lock().expect("held");
     let one = retrywise(&[
         "generate",
         "--scenario",
@@ -867,11 +868,10 @@ fn generate_takes_the_scenarios_it_is_given() {
         out_arg,
     ]);
     assert!(one.status.success(), "{}", text(&one.stderr));
-    if std::path::Path::new("/proc/self").exists() {
-        assert!(!stale.exists(), "{}", text(&one.stderr));
-        assert!(text(&one.stderr).contains("left by a run that stopped"));
-    }
-    assert!(running.exists(), "a running process's folder is kept");
+    assert!(!stale.exists(), "{}", text(&one.stderr));
+    assert!(text(&one.stderr).contains("left by a run that stopped"));
+    assert!(running.exists(), "a running run's folder is kept");
+    drop(held);
     let all = retrywise(&[
         "generate",
         "--scale",

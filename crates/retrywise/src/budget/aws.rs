@@ -303,17 +303,23 @@ impl CubicRateLimiter {
     /// # Errors
     /// The wait until a token is due, when none is there.
     pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        self.take(now).map(|_| ())
+    }
+
+    /// [`try_acquire`](Self::try_acquire), saying whether a token was taken (none is while
+    /// the limiter is off): what [`give_back`](Self::give_back) may return.
+    pub(crate) fn take(&self, now: Instant) -> Result<bool, Duration> {
         let t = self.secs(now);
         let mut s = self.lock();
         if !s.enabled {
-            return Ok(());
+            return Ok(false);
         }
         s.refill(t);
         // (A token due after exactly the wait it announced may fall short of 1 by the
         // rounding of that wait to nanoseconds.)
         if s.capacity >= 1.0 - 1e-6 {
             s.capacity -= 1.0;
-            Ok(())
+            Ok(true)
         } else {
             let due = (1.0 - s.capacity) / s.fill_rate;
             // At least a microsecond, so that a caller that sleeps it finds the token.
@@ -321,10 +327,10 @@ impl CubicRateLimiter {
         }
     }
 
-    /// Gives back a token [`try_acquire`](Self::try_acquire) took for an attempt that was
-    /// then not sent (an open circuit refused it): tokens pace requests sent, and one no
-    /// request used is not spent.
-    pub fn give_back(&self) {
+    /// Gives back a token taken for an attempt that was then not sent (an open circuit
+    /// refused it): tokens pace requests sent, and one no request used is not spent. Only
+    /// for a token taken (`take` said so): one taken while the limiter was off is none.
+    pub(crate) fn give_back(&self) {
         let mut s = self.lock();
         if s.enabled {
             s.capacity = (s.capacity + 1.0).min(s.max_capacity);

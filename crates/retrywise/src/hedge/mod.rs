@@ -518,12 +518,13 @@ impl Hedge {
                         return Poll::Pending;
                     }
                 } else if matches!(s.delay, HedgeDelay::Predicted { .. })
-                    || errors.last().is_some_and(&backs_off)
+                    || errors.iter().any(&backs_off)
                 {
                     // A predictive hedge is for slowness: a failure goes back to the
                     // caller's retry decision, which knows what failed. So does a
-                    // failure that asked the caller to back off (a 429, a Retry-After):
-                    // a request sent at once would go against what it asked.
+                    // failure that asked the caller to back off (a 429, a Retry-After),
+                    // whichever request failed last: a request sent at once would go
+                    // against what it asked.
                     may_hedge = false;
                     continue;
                 }

@@ -366,10 +366,18 @@ impl<C> Policy<C> {
         loop {
             let ctx = next.as_ref().unwrap_or(&p.first);
             let number = ctx.attempt;
+            // Whether this attempt took a rate-limiter token (given back if it is not sent).
+            let mut token = false;
             if p.limiter.is_some() {
                 loop {
                     let now = Instant::now();
-                    let Err(wait) = p.limit(now) else { break };
+                    let wait = match p.limit_taken(now) {
+                        Ok(taken) => {
+                            token = taken;
+                            break;
+                        }
+                        Err(wait) => wait,
+                    };
                     // A wait that takes what is left of the deadline is not waited: the
                     // call stops now, and takes no token it could not use.
                     if p.attempt_timeout_at(ctx, start, now + wait) == Some(Duration::ZERO) {
@@ -387,7 +395,7 @@ impl<C> Policy<C> {
                         // Refused, and the wait for the circuit would end past the
                         // deadline: nothing is sent.
                         let out_of_time = |open| {
-                            p.unlimit();
+                            p.unlimit(token);
                             let reason = p.stopped(StopReason::Deadline);
                             refused(number - 1, reason, AttemptError::CircuitOpen(open))
                         };
@@ -427,11 +435,11 @@ impl<C> Policy<C> {
                                         }
                                         // Nor was the rate limiter's token used: the
                                         // retry takes its own.
-                                        p.unlimit();
+                                        p.unlimit(token);
                                         break Err(planned);
                                     }
                                     Err(reason) => {
-                                        p.unlimit();
+                                        p.unlimit(token);
                                         return refused(
                                             number - 1,
                                             reason,
@@ -441,7 +449,7 @@ impl<C> Policy<C> {
                                 }
                             }
                             _ => {
-                                p.unlimit();
+                                p.unlimit(token);
                                 let reason = p.stopped(StopReason::CircuitOpen);
                                 return refused(
                                     number - 1,
@@ -817,7 +825,8 @@ impl<C> Policy<C> {
             }
             Err(all) => {
                 let mut errors = Vec::new();
-                let mut answer = None;
+                // The answer that goes with the verdict kept, else the last other one.
+                let (mut answer, mut other) = (None, None);
                 let mut last = None;
                 let mut all_rejected = true;
                 for (sent, latency) in all.errors {
@@ -825,15 +834,19 @@ impl<C> Policy<C> {
                     // asked to back off (a 429, a Retry-After) and it did not - the retry
                     // decision, the rate limiter and the budget must hear that.
                     let verdict = sent.verdict();
-                    if last
+                    let kept = last
                         .as_ref()
-                        .is_none_or(|(v, _)| !backs_off(v) || backs_off(&verdict))
-                    {
+                        .is_none_or(|(v, _)| !backs_off(v) || backs_off(&verdict));
+                    if kept {
                         last = Some((verdict, latency));
+                        if let Some(t) = answer.take() {
+                            other = Some(t);
+                        }
                     }
                     all_rejected &= matches!(sent, Sent::Rejected(_));
                     match sent {
-                        Sent::Done(Ok(t), _) => answer = Some(t),
+                        Sent::Done(Ok(t), _) if kept => answer = Some(t),
+                        Sent::Done(Ok(t), _) => other = Some(t),
                         Sent::Done(Err(e), _) => errors.push(AttemptError::Inner(e)),
                         Sent::TimedOut(e) => errors.push(AttemptError::Timeout(e)),
                         Sent::Rejected(e) => errors.push(AttemptError::BulkheadFull(e)),
@@ -843,6 +856,7 @@ impl<C> Policy<C> {
                     Verdict::Retryable(Failure::new(ErrorKind::Other)),
                     Duration::ZERO,
                 ));
+                let answer = answer.or(other);
                 Ended {
                     verdict,
                     latency,

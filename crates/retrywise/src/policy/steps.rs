@@ -373,9 +373,19 @@ impl Inner {
         }
     }
 
-    /// Gives back the rate limiter's token taken for an attempt that was not sent.
-    pub(crate) fn unlimit(&self) {
-        if let Some(l) = &self.limiter {
+    /// [`limit`](Self::limit), saying whether a token was taken (none while the limiter is
+    /// off, or without one).
+    pub(crate) fn limit_taken(&self, now: Instant) -> Result<bool, Duration> {
+        match &self.limiter {
+            None => Ok(false),
+            Some(l) => l.take(now),
+        }
+    }
+
+    /// Gives back the rate limiter's token taken (`taken`) for an attempt that was not
+    /// sent.
+    pub(crate) fn unlimit(&self, taken: bool) {
+        if taken && let Some(l) = &self.limiter {
             l.give_back();
         }
     }

@@ -1623,6 +1623,45 @@ async fn a_failure_that_asks_to_back_off_is_not_hedged_at_once_and_is_the_verdic
     assert_eq!(t0.elapsed(), Duration::from_millis(4_010));
 }
 
+/// A failure that asked to back off holds back the hedges after it whichever request
+/// failed last, and its answer is the one the caller gets.
+#[tokio::test(start_paused = true)]
+async fn a_back_off_is_heard_whatever_fails_after_it() {
+    let p = Policy::builder("h")
+        .retry(retry(1, 1))
+        .hedge(
+            Hedge::builder()
+                .delay(HedgeDelay::Fixed(40 * MS))
+                .max_hedges(2)
+                .no_budget()
+                .build()
+                .unwrap(),
+        )
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    // The first hedge (at 40 ms) answers 503 at 65 ms, after the primary's 429 at 50 ms
+    // and before the second hedge's delay (80 ms): no second hedge goes out at once, and
+    // the 429 is the answer.
+    let r = p
+        .call(|a| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if a.hedge == 0 {
+                    tokio::time::sleep(50 * MS).await;
+                    Ok::<_, io::Error>(Resp(429, Some("3")))
+                } else {
+                    tokio::time::sleep(25 * MS).await;
+                    Ok(Resp(503, None))
+                }
+            }
+        })
+        .await;
+    assert_eq!(sent.load(Ordering::SeqCst), 2, "the primary and one hedge");
+    assert_eq!(r.unwrap().0, 429);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_the_decider_would_not_retry_fails_with_the_circuit() {
     // One attempt only: a refusal leaves nothing to wait for.

@@ -509,7 +509,7 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| Scenario::load(s).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let work = tempfile_dir(&args.out)?;
+    let (work, _held) = tempfile_dir(&args.out)?;
     let mut opts = GenerateOptions::new(&args.out, &work);
     if !scenarios.is_empty() {
         opts.scenarios = scenarios;
@@ -556,27 +556,30 @@ fn writable(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file in a working folder its run holds locked while it runs (the lock goes with the
+/// process, however it ends).
+const WORK_LOCK: &str = ".lock";
+
 /// Removes the working folders that runs stopped mid-way (Ctrl-C, a kill) left in
-/// `parent`: those named for a process that no longer runs. Where that cannot be told
-/// (no `/proc`), none is touched.
+/// `parent`: those whose lock file nobody holds any more. A folder without one, or whose
+/// lock cannot be tried, is left alone.
 fn sweep_stale_work(parent: &std::path::Path) {
-    let proc = std::path::Path::new("/proc");
-    if !proc.join("self").exists() {
-        return;
-    }
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
+        let named = e
+            .file_name()
             .to_str()
-            .and_then(|n| n.strip_prefix(".retrywise-generate-"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+            .is_some_and(|n| n.starts_with(".retrywise-generate-"));
+        if !named {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(e.path().join(WORK_LOCK)) else {
             continue;
         };
-        if pid == std::process::id() || proc.join(pid.to_string()).exists() {
+        // Held: its run goes on.
+        if lock.try_lock().is_err() {
             continue;
         }
         match std::fs::remove_dir_all(e.path()) {
@@ -592,8 +595,9 @@ fn sweep_stale_work(parent: &std::path::Path) {
     }
 }
 
-/// A fresh working directory next to the output (same file system: cheap renames).
-fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
+/// A fresh working directory next to the output (same file system: cheap renames), and
+/// its lock file, held: keep it until the folder is removed.
+fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
     // Beside the output, never inside it (`--out .` has no parent but the folder itself).
     let out = std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
     let parent = out
@@ -604,7 +608,11 @@ fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
     sweep_stale_work(parent);
     let work = parent.join(format!(".retrywise-generate-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    Ok(work)
+    let path = work.join(WORK_LOCK);
+    let lock = std::fs::File::create(&path)
+        .and_then(|f| f.lock().map(|()| f))
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok((work, lock))
 }
 
 /// Runs the learning loop and prints each round's row.
