@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -97,6 +97,16 @@ enum Msg {
     Close(Ack),
 }
 
+/// What a closed writer leaves: the queue's receiving end, so that nothing offered to the
+/// queue goes uncounted.
+#[derive(Debug, Default)]
+struct AfterClose {
+    /// Set by the writer as it takes the close, before its last drain.
+    closed: AtomicBool,
+    /// The receiving end, handed over under this lock with the last drain.
+    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+}
+
 /// A [`Recorder`] that writes records durably to NDJSON segments in a directory.
 ///
 /// [`record`](Recorder::record) only offers the record to a bounded queue and returns: it
@@ -139,6 +149,10 @@ pub struct SegmentRecorder {
     worker: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The writer thread, to wake it for flushes (records never wake it: see `run`).
     thread: std::thread::Thread,
+    /// Once closed: the queue's receiving end, kept (dropped, it would take the records
+    /// offered in the moment after the last drain with it, counted as recorded and then
+    /// in no count at all) and drained into `dropped_closed` when asked.
+    after: Arc<AfterClose>,
     dir: PathBuf,
 }
 
@@ -202,9 +216,11 @@ impl SegmentRecorder {
             id: segment::writer_id(),
             _lock: lock,
         };
+        let after = Arc::new(AfterClose::default());
+        let handed = Arc::clone(&after);
         let worker = std::thread::Builder::new()
             .name("retrywise-segment-writer".into())
-            .spawn(move || writer.run(&rx))
+            .spawn(move || writer.run(rx, &handed))
             .map_err(|e| CollectError::io("spawn writer for", &dir, e))?;
         Ok(Self {
             tx,
@@ -213,6 +229,7 @@ impl SegmentRecorder {
             capacity,
             thread: worker.thread().clone(),
             worker: Arc::new(Mutex::new(Some(worker))),
+            after,
             dir,
         })
     }
@@ -224,15 +241,54 @@ impl SegmentRecorder {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> RecorderStats {
+        self.drain_closed();
         self.counters.snapshot()
     }
 
+    /// Whether the writer took a close.
+    fn closed(&self) -> bool {
+        self.after.closed.load(Ordering::SeqCst)
+    }
+
+    /// After a close: counts what was queued since as dropped (a batch's or a flush's
+    /// caller is answered that the writer is gone). Before the writer hands the queue
+    /// over it does nothing: the writer's own last drain counts those.
+    fn drain_closed(&self) {
+        if !self.closed() {
+            return;
+        }
+        if let Ok(slot) = self.after.rx.lock()
+            && let Some(rx) = slot.as_ref()
+        {
+            drain(rx, &self.pending, &self.counters);
+        }
+    }
+
     fn ask(&self, make: impl FnOnce(Ack) -> Msg) -> Result<(), CollectError> {
+        if self.closed() {
+            return Err(CollectError::WriterGone);
+        }
         let (ack, done) = mpsc::sync_channel(1);
-        self.tx
-            .send(make(ack))
-            .map_err(|_| CollectError::WriterGone)?;
+        let mut msg = make(ack);
+        // Not a blocking send: once closed, nobody empties the queue by itself.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(CollectError::WriterGone),
+                Err(TrySendError::Full(m)) => {
+                    if self.closed() {
+                        return Err(CollectError::WriterGone);
+                    }
+                    msg = m;
+                    self.thread.unpark();
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        }
         self.thread.unpark();
+        // Closed meanwhile, and the message maybe left after the writer's last drain: it
+        // is drained here (its answer then says the writer is gone).
+        self.drain_closed();
         done.recv().map_err(|_| CollectError::WriterGone)?
     }
 
@@ -265,6 +321,9 @@ impl SegmentRecorder {
         if n == 0 {
             return Ok(0);
         }
+        if self.closed() {
+            return Err(CollectError::WriterGone);
+        }
         let before = self.pending.fetch_add(n, Ordering::AcqRel);
         // A batch larger than the queue still goes through when nothing else waits.
         if before > 0 && before + n > self.capacity {
@@ -289,6 +348,8 @@ impl SegmentRecorder {
             }
         }
         self.thread.unpark();
+        // Closed meanwhile: see `ask`.
+        self.drain_closed();
         // Waited for on the blocking pool: the writer is a thread of its own (and a test's
         // paused clock does not jump ahead while it works).
         tokio::task::spawn_blocking(move || answer.recv())
@@ -324,6 +385,7 @@ impl SegmentRecorder {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        self.drain_closed();
         match result {
             Err(CollectError::WriterGone) => Ok(()),
             other => other,
@@ -335,6 +397,10 @@ impl Recorder for SegmentRecorder {
     fn record(&self, record: AttemptRecord) {
         match self.tx.try_send(Msg::Record(record)) {
             Ok(()) => Counters::add(&self.counters.recorded, 1),
+            // (Full after a close: the queue nobody empties any more.)
+            Err(TrySendError::Full(_)) if self.closed() => {
+                Counters::add(&self.counters.dropped_closed, 1);
+            }
             Err(TrySendError::Full(_)) => Counters::add(&self.counters.dropped_full, 1),
             Err(TrySendError::Disconnected(_)) => Counters::add(&self.counters.dropped_closed, 1),
         }
@@ -454,15 +520,22 @@ impl<S: Storage> Writer<S> {
     /// blocked must wake it with a system call, on the caller's path. Instead the writer
     /// drains the queue, writes, and parks for a short, growing while (100 µs to 10 ms);
     /// only flushes and closes wake it.
-    fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>, after: &AfterClose) {
         let mut park = MIN_PARK;
         loop {
             match rx.try_recv() {
                 Ok(msg) => {
                     park = MIN_PARK;
                     if let Some(ack) = self.handle(msg) {
+                        after.closed.store(true, Ordering::SeqCst);
                         self.close(&ack);
-                        return self.drop_queued(rx);
+                        // The last drain and the hand-over under one lock: a sender that
+                        // finds the writer closed after its send drains what it sent
+                        // once the queue is handed over, if this drain missed it.
+                        let mut slot = after.rx.lock().unwrap_or_else(|p| p.into_inner());
+                        drain(&rx, &self.pending, &self.counters);
+                        *slot = Some(rx);
+                        return;
                     }
                     if self.buf.len() >= self.cfg.write_buffer {
                         self.write_buf();
@@ -765,26 +838,6 @@ impl<S: Storage> Writer<S> {
         let _ = ack.send(result);
     }
 
-    /// After a close: counts the records queued behind it as dropped (they were
-    /// recorded, and would otherwise end in no count at all; those offered once the
-    /// queue is gone are counted by `record`).
-    fn drop_queued(&self, rx: &mpsc::Receiver<Msg>) {
-        let mut dropped = 0;
-        while let Ok(msg) = rx.try_recv() {
-            match msg {
-                Msg::Record(_) => dropped += 1,
-                // Its caller is answered that the writer is gone (the answer dropped).
-                Msg::Batch(records, _) => {
-                    let n = records.len() as u64;
-                    self.pending.fetch_sub(n, Ordering::AcqRel);
-                    dropped += n;
-                }
-                Msg::Flush(_) | Msg::Close(_) => {}
-            }
-        }
-        Counters::add(&self.counters.dropped_closed, dropped);
-    }
-
     /// Makes the batches written and not yet answered durable with one fsync, and
     /// answers them (`sync_batches`). A failed fsync refuses them: their callers send
     /// them again (at least once - what was written may still be read).
@@ -914,4 +967,22 @@ impl<S: Storage> Writer<S> {
         self.broken_until = Some(self.storage.now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Counts the records queued in `rx` as dropped for the close; a batch's caller is answered
+/// that the writer is gone (its answer dropped), and so is a flush's.
+fn drain(rx: &mpsc::Receiver<Msg>, pending: &AtomicU64, counters: &Counters) {
+    let mut dropped = 0;
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            Msg::Record(_) => dropped += 1,
+            Msg::Batch(records, _) => {
+                let n = records.len() as u64;
+                pending.fetch_sub(n, Ordering::AcqRel);
+                dropped += n;
+            }
+            Msg::Flush(_) | Msg::Close(_) => {}
+        }
+    }
+    Counters::add(&counters.dropped_closed, dropped);
 }

@@ -153,13 +153,17 @@ impl PoolBulkhead {
             }
             // A panicking task must not take its worker down; the caller hears of it
             // (`None`). A job dropped unrun (the runtime shut down) sends nothing.
-            let run = AssertUnwindSafe(task).catch_unwind();
-            tokio::select! {
-                out = run => {
-                    let _ = tx.send(out.ok());
+            let finished = {
+                let run = std::pin::pin!(AssertUnwindSafe(task).catch_unwind());
+                let gone = std::pin::pin!(tx.closed());
+                match futures_util::future::select(run, gone).await {
+                    futures_util::future::Either::Left((out, _)) => Some(out),
+                    // Its caller gone while it ran: dropped where it stands.
+                    futures_util::future::Either::Right(_) => None,
                 }
-                // Its caller gone while it ran: dropped where it stands.
-                () = tx.closed() => {}
+            };
+            if let Some(out) = finished {
+                let _ = tx.send(out.ok());
             }
         });
         match s.tx.try_send(job) {

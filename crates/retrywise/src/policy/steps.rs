@@ -366,6 +366,7 @@ impl Inner {
     /// A rate limiter's token for the attempt about to be sent at `now`, or how long until
     /// one is due (sleep, then ask again).
     #[inline]
+    #[cfg(feature = "tower")]
     pub(crate) fn limit(&self, now: Instant) -> Result<(), Duration> {
         match &self.limiter {
             None => Ok(()),
