@@ -45,19 +45,19 @@ pub struct Target {
     /// When the shared breaker last closed after probing (wall ms; 0: never): the fleet's
     /// probing of an opening that ended before it is over here.
     closed_ms: Arc<AtomicU64>,
-    /// When this replica's breaker's latest opening ends (wall ms; 0: it never opened): a
-    /// success the fleet reports after it answers the opening.
-    open_until_ms: AtomicU64,
-    /// When the breaker's latest opening ends, and when it last closed after probing, on
-    /// the breaker's clock: an attempt that ended before the state the breaker is in
-    /// began is reported late, and is no probe nor evidence of the target since.
+    /// When the breaker's latest opening ends, and when it last closed after probing.
     moved_on: Arc<Mutex<MovedOn>>,
 }
 
-/// When a breaker's latest opening ends and when it last closed, on its clock.
+/// When a breaker's latest opening ends and when it last closed: on its clock, an attempt
+/// that ended before the state the breaker is in began is reported late, and is no probe
+/// nor evidence of the target since; on the wall clock, a success the fleet reports after
+/// the opening's end answers it.
 #[derive(Debug, Default, Clone, Copy)]
 struct MovedOn {
     open_until: Option<Instant>,
+    /// The same end, wall ms (0: it never opened).
+    open_until_ms: u64,
     closed_at: Option<Instant>,
 }
 
@@ -307,7 +307,7 @@ impl Fleet {
         if local_circuit(&t.breaker).0 != State::HalfOpen {
             return;
         }
-        let until = t.open_until_ms.load(Ordering::Relaxed);
+        let until = t.moved_on.lock().map_or(0, |m| m.open_until_ms);
         let answered = until > 0
             && (sh.last_success_ms.is_some_and(|s| s >= until)
                 || sh.closed_ms.is_some_and(|c| c >= until));
@@ -523,7 +523,6 @@ impl Fleet {
             openings,
             probes: Mutex::new(Probes::default()),
             closed_ms,
-            open_until_ms: AtomicU64::new(0),
             moved_on,
         });
         map.insert(Arc::clone(target), Arc::clone(&t));
@@ -624,9 +623,9 @@ impl Fleet {
             && !left.is_zero()
         {
             let until = wall_ms.saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
-            t.open_until_ms.fetch_max(until, Ordering::Relaxed);
             if let Ok(mut m) = t.moved_on.lock() {
                 m.open_until = m.open_until.max(Some(now + left));
+                m.open_until_ms = m.open_until_ms.max(until);
             }
             if let Some(shared) = &self.shared {
                 // Open for the whole fleet.

@@ -279,7 +279,10 @@ pub fn check(opts: &RunOptions) -> Result<(), SimError> {
     if opts.requests > MAX_REQUESTS {
         return Err(SimError::Option {
             field: "requests",
-            problem: format!("at most {MAX_REQUESTS} in one run, got {}", opts.requests),
+            problem: format!(
+                "a run of {} requests is more than a run holds ({MAX_REQUESTS})",
+                opts.requests
+            ),
         });
     }
     let arrivals_s = opts.requests as f64 / opts.rps;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::driver::{self, RunOptions};
 use crate::policies::{CATALOG, Contender};
 use crate::rng::Rng;
-use crate::scenario::{HELD_OUT, MAX_REQUESTS, Scenario};
+use crate::scenario::{HELD_OUT, Scenario};
 use crate::{SimError, par_map};
 
 /// How to generate.
@@ -131,6 +131,12 @@ fn io(op: &str, path: &Path, source: std::io::Error) -> SimError {
     }
 }
 
+/// `run` with its requests scaled by `scale` (at least one).
+fn scaled(mut run: RunOptions, scale: f64) -> RunOptions {
+    run.requests = ((run.requests as f64 * scale).round() as u64).max(1);
+    run
+}
+
 /// Runs every scenario with every policy of [`sample_policies`] (the rule-based ones),
 /// recording with exploration, compacts the records to Parquet, and moves the dataset to
 /// `out`. Runs use every CPU.
@@ -166,18 +172,7 @@ pub fn generate(
     // Every run is checked before the first starts, as the driver checks it (a burst's
     // requests arrive at once, scaled or not).
     for s in &opts.scenarios {
-        let mut run = RunOptions::new(Arc::clone(s));
-        let requests = run.requests as f64 * opts.scale;
-        run.requests = (requests.round() as u64).max(1);
-        if requests > MAX_REQUESTS {
-            return Err(SimError::Option {
-                field: "scale",
-                problem: format!(
-                    "{} makes {} a run of {requests} requests, more than a run holds ({MAX_REQUESTS})",
-                    opts.scale, s.name
-                ),
-            });
-        }
+        let run = scaled(RunOptions::new(Arc::clone(s)), opts.scale);
         driver::check(&run).map_err(|e| SimError::Option {
             field: "scale",
             problem: format!("{} makes {}'s runs impossible: {e}", opts.scale, s.name),
@@ -240,8 +235,7 @@ pub fn generate(
                 .unwrap_or(0);
             let key = opts.seed ^ ((s as u64) << 40) ^ ((index as u64) << 20) ^ 0x0050_4841_5345;
             let varied = vary_phase_lengths(scenario, opts.phase_lengths, key);
-            let mut run = RunOptions::new(Arc::new(varied));
-            run.requests = ((run.requests as f64 * opts.scale).round() as u64).max(1);
+            let mut run = scaled(RunOptions::new(Arc::new(varied)), opts.scale);
             run.seed = opts.seed;
             run.record = Some(segments.clone());
             run.explore = Some(opts.explore);
