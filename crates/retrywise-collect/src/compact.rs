@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -28,7 +29,7 @@ use retrywise::attempt::{AttemptRecord, SchemaVersion, duration_to_ms};
 use serde::Serialize;
 
 use crate::CollectError;
-use crate::reader::{ReadSummary, SegmentReader};
+use crate::reader::{ReadSummary, SegmentReader, SkippedLine, copy_skipped_lines};
 use crate::segment::{self, Segment};
 
 const MS_PER_DAY: u64 = 86_400_000;
@@ -693,11 +694,21 @@ fn holds_rows_of(old: &DataFrame, new: &DataFrame) -> Option<bool> {
 /// (`seg-STEM.rejected`: temporary file, fsync, rename, fsync of the directory), before
 /// the segment is removed. Written whole each time, so a re-run after a crash writes the
 /// same file.
-fn keep_rejected(seg: &Segment, lines: &[u8]) -> Result<PathBuf, CollectError> {
+fn keep_rejected(seg: &Segment, lines: &[SkippedLine]) -> Result<PathBuf, CollectError> {
     let dir = seg.path.parent().unwrap_or(Path::new("."));
     let path = dir.join(format!("{}{REJECTED}", seg.stem));
     let tmp = dir.join(format!(".{}{REJECTED}.tmp", seg.stem));
-    std::fs::write(&tmp, lines).map_err(|e| CollectError::io("write", &tmp, e))?;
+    let written = std::fs::File::create(&tmp)
+        .map_err(|e| CollectError::io("create", &tmp, e))
+        .and_then(|f| {
+            let mut out = std::io::BufWriter::new(f);
+            copy_skipped_lines(lines, &mut out, &tmp)?;
+            out.flush().map_err(|e| CollectError::io("write", &tmp, e))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     segment::publish(&tmp, &path, dir)?;
     Ok(path)
 }

@@ -38,9 +38,9 @@ pub mod compact;
 #[cfg(feature = "parquet")]
 pub mod footer;
 
-pub use bounded::read_bounded;
+pub use bounded::{Line, read_bounded, read_line_bounded};
 pub use error::CollectError;
-pub use reader::{ReadSummary, SegmentReader};
+pub use reader::{ReadSummary, SegmentReader, SkippedLine, copy_skipped_lines};
 pub use shipper::{ShipperConfig, ShippingRecorder};
 pub use stats::RecorderStats;
 pub use storage::{FileSystem, Storage};

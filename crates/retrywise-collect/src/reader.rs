@@ -2,9 +2,10 @@
 //! behind.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use retrywise::attempt::schema::MAX_LINE_BYTES;
 use retrywise::attempt::{AttemptRecord, SchemaVersion};
 use serde::Serialize;
 
@@ -25,7 +26,8 @@ pub struct ReadSummary {
     pub records: u64,
     /// Last lines cut short by a crash mid-write (no newline, not a whole record).
     pub torn: u64,
-    /// Lines that are not a record: not JSON, wrong types, missing fields, bad values.
+    /// Lines that are not a record: not JSON, wrong types, missing fields, bad values,
+    /// longer than any record ([`MAX_LINE_BYTES`], read past without being held).
     pub malformed: u64,
     /// JSON objects without a readable `schema_version`.
     pub unknown_version: u64,
@@ -70,6 +72,8 @@ enum Bad {
     Torn,
     Malformed(String),
     UnknownVersion,
+    /// Longer than [`MAX_LINE_BYTES`]: this many bytes.
+    TooLong(u64),
 }
 
 /// Parses one line; `Err(Err(_))` for a fatal unsupported schema.
@@ -122,12 +126,79 @@ fn parse_line(bytes: &[u8], last_unterminated: bool) -> Result<AttemptRecord, Re
 #[derive(Debug)]
 pub struct SegmentReader {
     segments: std::vec::IntoIter<Segment>,
-    current: Option<(PathBuf, BufReader<File>, u64)>,
+    current: Option<Current>,
     line: Vec<u8>,
     summary: ReadSummary,
     done: bool,
-    /// The skipped lines, as read, when asked for ([`SegmentReader::keeping_skipped`]).
-    skipped_lines: Option<Vec<u8>>,
+    /// Where the skipped lines are, when asked for ([`SegmentReader::keeping_skipped`]).
+    skipped_lines: Option<Vec<SkippedLine>>,
+}
+
+/// The segment being read.
+#[derive(Debug)]
+struct Current {
+    path: PathBuf,
+    reader: BufReader<File>,
+    /// Lines read so far.
+    line: u64,
+    /// Bytes read so far: where the next line starts.
+    offset: u64,
+}
+
+/// Where a line [`SegmentReader`] skipped is: its segment, and its bytes there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedLine {
+    /// The segment.
+    pub path: PathBuf,
+    /// Where the line starts in it.
+    pub offset: u64,
+    /// Its length, its newline included.
+    pub len: u64,
+    /// It ends with a newline (a torn last line does not).
+    pub terminated: bool,
+}
+
+/// Copies the skipped `lines` from their segments to `out`, byte for byte, each ending
+/// with a newline - a line of any length, a piece at a time.
+///
+/// # Errors
+/// A segment cannot be read, or is shorter than a line said ([`CollectError::Io`]);
+/// `out` cannot be written (`what_out` names it).
+pub fn copy_skipped_lines(
+    lines: &[SkippedLine],
+    out: &mut impl Write,
+    what_out: &Path,
+) -> Result<(), CollectError> {
+    let write_error = |e| CollectError::io("write", what_out, e);
+    for l in lines {
+        let mut f = File::open(&l.path).map_err(|e| CollectError::io("open", &l.path, e))?;
+        f.seek(std::io::SeekFrom::Start(l.offset))
+            .map_err(|e| CollectError::io("read", &l.path, e))?;
+        let copied = std::io::copy(&mut f.take(l.len), out).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                CollectError::io("read", &l.path, e)
+            } else {
+                write_error(e)
+            }
+        })?;
+        if copied != l.len {
+            return Err(CollectError::io(
+                "read",
+                &l.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "a skipped line of {} bytes at byte {} is cut short (the segment changed while it was read)",
+                        l.len, l.offset
+                    ),
+                ),
+            ));
+        }
+        if !l.terminated {
+            out.write_all(b"\n").map_err(write_error)?;
+        }
+    }
+    Ok(())
 }
 
 impl SegmentReader {
@@ -151,18 +222,19 @@ impl SegmentReader {
         }
     }
 
-    /// Keeps every line it skips (torn, malformed, of no readable version), byte for byte
-    /// and each ending with a newline, for [`take_skipped_lines`](Self::take_skipped_lines):
-    /// what a compaction that removes the segment keeps beside it.
+    /// Notes where every line it skips is (torn, malformed, of no readable version, too
+    /// long), for [`take_skipped_lines`](Self::take_skipped_lines): what a compaction that
+    /// removes the segment keeps beside it ([`copy_skipped_lines`]). Memory holds where
+    /// they are, not the lines.
     #[must_use]
     pub fn keeping_skipped(mut self) -> Self {
         self.skipped_lines = Some(Vec::new());
         self
     }
 
-    /// The lines skipped so far, when [`keeping_skipped`](Self::keeping_skipped) (empty
-    /// otherwise); taking them leaves none.
-    pub fn take_skipped_lines(&mut self) -> Vec<u8> {
+    /// Where the lines skipped so far are, when [`keeping_skipped`](Self::keeping_skipped)
+    /// (none otherwise); taking them leaves none.
+    pub fn take_skipped_lines(&mut self) -> Vec<SkippedLine> {
         self.skipped_lines
             .as_mut()
             .map(std::mem::take)
@@ -205,7 +277,12 @@ impl Iterator for SegmentReader {
                 match opened {
                     Ok((path, f)) => {
                         self.summary.files += 1;
-                        self.current = Some((path, BufReader::with_capacity(256 << 10, f), 0));
+                        self.current = Some(Current {
+                            path,
+                            reader: BufReader::with_capacity(256 << 10, f),
+                            line: 0,
+                            offset: 0,
+                        });
                     }
                     // Compacted or removed since it was listed: nothing to read there.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -215,42 +292,51 @@ impl Iterator for SegmentReader {
                     }
                 }
             }
-            let Some((path, reader, line_no)) = self.current.as_mut() else {
+            let Some(cur) = self.current.as_mut() else {
                 continue;
             };
-            self.line.clear();
-            let n = match reader.read_until(b'\n', &mut self.line) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(CollectError::io("read", path.clone(), e)));
-                }
-            };
-            if n == 0 {
+            let read =
+                match crate::read_line_bounded(&mut cur.reader, &mut self.line, MAX_LINE_BYTES) {
+                    Ok(read) => read,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(CollectError::io("read", cur.path.clone(), e)));
+                    }
+                };
+            if read.consumed == 0 {
                 self.current = None;
                 continue;
             }
-            *line_no += 1;
-            self.summary.bytes += n as u64;
-            let terminated = self.line.last() == Some(&b'\n');
+            let start = cur.offset;
+            cur.offset += read.consumed;
+            cur.line += 1;
+            self.summary.bytes += read.consumed;
+            let terminated = read.terminated;
             let body = self.line.trim_ascii();
-            if body.is_empty() {
+            if body.is_empty() && !read.too_long {
                 continue;
             }
             self.summary.lines += 1;
-            match parse_line(body, !terminated) {
+            let parsed = if read.too_long {
+                Err(Ok(Bad::TooLong(read.consumed)))
+            } else {
+                parse_line(body, !terminated)
+            };
+            match parsed {
                 Ok(r) => {
                     self.summary.records += 1;
                     return Some(Ok(r));
                 }
                 Err(Ok(bad)) => {
                     if let Some(kept) = &mut self.skipped_lines {
-                        kept.extend_from_slice(&self.line);
-                        if !terminated {
-                            kept.push(b'\n');
-                        }
+                        kept.push(SkippedLine {
+                            path: cur.path.clone(),
+                            offset: start,
+                            len: read.consumed,
+                            terminated,
+                        });
                     }
-                    let (path, no) = (path.clone(), *line_no);
+                    let (path, no) = (cur.path.clone(), cur.line);
                     match bad {
                         Bad::Torn => {
                             self.summary.torn += 1;
@@ -260,6 +346,16 @@ impl Iterator for SegmentReader {
                         Bad::Malformed(why) => {
                             self.summary.malformed += 1;
                             self.summary.example(&path, no, why);
+                        }
+                        Bad::TooLong(len) => {
+                            self.summary.malformed += 1;
+                            self.summary.example(
+                                &path,
+                                no,
+                                format!(
+                                    "a line of {len} bytes, longer than any record ({MAX_LINE_BYTES} bytes at most)"
+                                ),
+                            );
                         }
                         Bad::UnknownVersion => {
                             self.summary.unknown_version += 1;
@@ -271,8 +367,8 @@ impl Iterator for SegmentReader {
                 Err(Err(version)) => {
                     self.done = true;
                     return Some(Err(CollectError::UnsupportedSchema {
-                        path: path.clone(),
-                        line: *line_no,
+                        path: cur.path.clone(),
+                        line: cur.line,
                         version,
                         known: SchemaVersion::CURRENT.major,
                     }));

@@ -341,10 +341,12 @@ fn the_lines_of_a_removed_segment_that_were_not_records_are_kept_beside_it() {
     std::fs::create_dir_all(&input).unwrap();
     let good = |i: u64| serde_json::to_string(&record(i)).unwrap();
     let seg = input.join("seg-0000000000001-000001.ndjson");
-    // Two records, a malformed line between them, a line without a version, and a torn
-    // last line (no newline).
+    // Two records, a malformed line between them, a line without a version, a line longer
+    // than any record (read past a piece at a time, never held whole), and a torn last
+    // line (no newline).
+    let endless = format!("{{\"note\":\"{}\"}}", "x".repeat(3 << 20));
     let text = format!(
-        "{}\nnot json at all\n{}\n{{\"a\":1}}\n{{\"schema_version\":\"1.4\",\"star",
+        "{}\nnot json at all\n{}\n{{\"a\":1}}\n{endless}\n{{\"schema_version\":\"1.4\",\"star",
         good(1),
         good(2)
     );
@@ -353,7 +355,16 @@ fn the_lines_of_a_removed_segment_that_were_not_records_are_kept_beside_it() {
     assert_eq!((s.rows, s.segments), (2, 1));
     assert_eq!(
         (s.read.malformed, s.read.unknown_version, s.read.torn),
-        (1, 1, 1)
+        (2, 1, 1)
+    );
+    assert!(
+        s.read.examples.iter().any(|e| e.ends_with(&format!(
+            ":5: a line of {} bytes, longer than any record ({} bytes at most)",
+            endless.len() + 1,
+            retrywise::attempt::schema::MAX_LINE_BYTES
+        ))),
+        "{:?}",
+        s.read.examples
     );
     assert!(
         !seg.exists(),
@@ -361,9 +372,11 @@ fn the_lines_of_a_removed_segment_that_were_not_records_are_kept_beside_it() {
     );
     let kept = input.join("seg-0000000000001-000001.rejected");
     assert_eq!(s.rejected_kept, vec![kept.clone()]);
-    assert_eq!(
-        std::fs::read_to_string(&kept).unwrap(),
-        "not json at all\n{\"a\":1}\n{\"schema_version\":\"1.4\",\"star\n",
+    assert!(
+        std::fs::read_to_string(&kept).unwrap()
+            == format!(
+                "not json at all\n{{\"a\":1}}\n{endless}\n{{\"schema_version\":\"1.4\",\"star\n"
+            ),
         "every line that was not a record, byte for byte"
     );
     // Nothing reads it as a segment: a second run finds nothing to do.

@@ -176,9 +176,21 @@ impl Service {
 
 /// Looks for new model versions, counting and logging what happened.
 ///
+/// The reload runs on a task of its own: a caller that stops waiting (an `/admin/reload`
+/// past the request timeout, a client gone) does not cut it short, so what it scanned is
+/// swapped in, counted and logged, and the next reload waits for it rather than scanning
+/// the folder beside it.
+///
 /// # Errors
 /// The models folder cannot be read.
 pub async fn reload(st: &AppState) -> std::io::Result<ReloadReport> {
+    let st = Arc::clone(st);
+    tokio::spawn(async move { reload_here(&st).await })
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+async fn reload_here(st: &AppState) -> std::io::Result<ReloadReport> {
     let count = |result: &str, n: usize| {
         st.metrics
             .reloads

@@ -1242,6 +1242,31 @@ async fn target_labels_are_capped() {
 }
 
 #[tokio::test]
+async fn a_reload_whose_caller_stops_waiting_still_swaps_its_version_in() {
+    let h = Harness::new(|_| {}).await;
+    write_model(&h.models, &artifact("default", 2, 1.0));
+    // The caller gives up once the reload has started (a request timeout, a client gone).
+    let call = h
+        .router()
+        .oneshot(Request::post("/admin/reload").body(Body::empty()).unwrap());
+    let mut call = Box::pin(call);
+    assert!(futures_util::FutureExt::now_or_never(call.as_mut()).is_none());
+    drop(call);
+    // The next reload waits for that one, which loaded version 2: nothing is left to load.
+    let (s, v) = h.post("/admin/reload", "").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["loaded"], json!([]), "{v}");
+    assert_eq!(v["serving"], json!(["default/2"]), "{v}");
+    let (_, text) = h.get("/metrics").await;
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("retrywise_model_reloads_total{result=\"success\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
     let h = Harness::new(|_| {}).await;
     let ask = r#"{"context": {"target": "t", "attempt": 1, "failure_rate": 0}}"#;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use polars::prelude::*;
 use retrywise::attempt::schema::{
-    self, AGREEMENTS, Agreement, Field as SchemaField, FieldType, Presence, Rule, Storage, Value,
+    self, AGREEMENTS, Agreement, Field as SchemaField, FieldType, MAX_LINE_BYTES, Presence, Rule,
+    Storage, Value,
 };
 use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, Outcome, SchemaVersion};
 use serde::{Deserialize, Serialize};
@@ -493,6 +494,8 @@ pub(crate) struct LineCheck {
     pub torn: u64,
     /// Lines that are not a JSON object.
     pub malformed: u64,
+    /// Lines longer than any record (`MAX_LINE_BYTES`), read past without being held.
+    pub too_long: u64,
     /// JSON objects whose `schema_version` is not a version.
     pub unknown_version: u64,
     /// Records of this schema that do not parse as one (a value of the wrong type) or
@@ -510,6 +513,10 @@ impl LineCheck {
         summary.skip("NDJSON line cut short (torn)", self.torn);
         summary.skip("NDJSON line that is not a JSON object", self.malformed);
         summary.skip(
+            "NDJSON line longer than any record (1 MiB at most)",
+            self.too_long,
+        );
+        summary.skip(
             "NDJSON record with a value of the wrong type or against the schema's rules",
             self.invalid,
         );
@@ -524,7 +531,7 @@ impl LineCheck {
     }
 
     fn any(self) -> bool {
-        self.torn + self.malformed + self.unknown_version + self.invalid > 0
+        self.torn + self.malformed + self.too_long + self.unknown_version + self.invalid > 0
     }
 }
 
@@ -630,13 +637,13 @@ fn check_versions(
 /// `retrywise_collect::SegmentReader`; a line without `schema_version` is read, as a
 /// Parquet file needs no such column): what to skip, and - only when there is something to
 /// skip - a temporary copy without those lines (deleted when dropped). Memory holds one
-/// line at a time.
+/// line at a time, of at most `MAX_LINE_BYTES`: a longer one is skipped as no record.
 ///
 /// # Errors
 /// The file cannot be read; a line of another major version (this trainer is too old for
 /// it: skipping it would lose it silently), named by its line number.
 fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), TrainError> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let read_error = |e: std::io::Error| TrainError::Input {
         path: path.to_path_buf(),
         problem: format!("cannot be read: {e}"),
@@ -648,12 +655,22 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
         let mut line = Vec::new();
         let mut number = 0u64;
         loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
+            let read = retrywise_collect::read_line_bounded(&mut reader, &mut line, MAX_LINE_BYTES)
+                .map_err(read_error)?;
+            if read.consumed == 0 {
                 return Ok(bad);
             }
             number += 1;
-            let unterminated = !line.ends_with(b"\n");
+            if read.too_long {
+                tracing::debug!(
+                    line = number,
+                    bytes = read.consumed,
+                    "line longer than any record skipped"
+                );
+                bad.too_long += 1;
+                continue;
+            }
+            let unterminated = !read.terminated;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
             if text.iter().all(u8::is_ascii_whitespace) {

@@ -143,11 +143,13 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
             .append(true)
             .open(&path)
             .unwrap();
-        // Not JSON, a version that is not one, one without, and a last line cut short by
-        // a crash mid-write.
+        // Not JSON, a version that is not one, one without, a line longer than any record
+        // (a record with a 3 MiB field: read past, never held whole), and a last line cut
+        // short by a crash mid-write.
+        let endless = line.replacen('{', &format!("{{\"note\":\"{}\",", "x".repeat(3 << 20)), 1);
         write!(
             f,
-            "garbage\n{unreadable}\n{without_version}\n{delay_text}\n{delay_text_unversioned}\n{}",
+            "garbage\n{unreadable}\n{without_version}\n{delay_text}\n{delay_text_unversioned}\n{endless}\n{}",
             &line[..40]
         )
         .unwrap();
@@ -162,6 +164,7 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
     for (reason, n) in [
         ("NDJSON line cut short (torn)", 1),
         ("NDJSON line that is not a JSON object", 1),
+        ("NDJSON line longer than any record (1 MiB at most)", 1),
         ("NDJSON line with an unreadable schema_version", 1),
         (
             "NDJSON record with a value of the wrong type or against the schema's rules",

@@ -48,6 +48,17 @@ pub const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
 /// The longest text a field holds, in characters (target and policy names).
 pub const MAX_TEXT: usize = 256;
 
+/// The most bytes the fields of a newer minor version ([`AttemptRecord::unknown`]) take
+/// in a record, written as JSON: a record is a few hundred bytes, and what a newer
+/// version adds is of that order, not a payload.
+pub const MAX_UNKNOWN_BYTES: usize = 64 << 10;
+
+/// The longest line readers of NDJSON logs hold in memory: a line longer than this
+/// (no record is: its text fields and its [unknown fields](MAX_UNKNOWN_BYTES) are bounded)
+/// is skipped as no record without being read into memory whole - a file that is one
+/// endless line does not exhaust memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 /// Which part of a record a field belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -847,7 +858,7 @@ pub(crate) fn validate_record(rec: &AttemptRecord) -> Result<(), InvalidField> {
 /// A field this build does not know is kept only in a record of a newer minor version
 /// (which adds fields); in one of this build's version or an older one it is a misspelling,
 /// which would be written without the value it was meant to carry. Named `unknown_fields`
-/// after the column such fields are kept in.
+/// after the column such fields are kept in. They take at most [`MAX_UNKNOWN_BYTES`].
 fn check_unknown(rec: &AttemptRecord) -> Result<(), InvalidField> {
     let current = SchemaVersion::CURRENT;
     match rec.unknown.as_ref().and_then(|u| u.keys().next()) {
@@ -860,8 +871,39 @@ fn check_unknown(rec: &AttemptRecord) -> Result<(), InvalidField> {
                 rec.schema_version
             ),
         }),
-        _ => Ok(()),
+        Some(_) => {
+            let size = json_size(rec.unknown.as_deref());
+            if size > MAX_UNKNOWN_BYTES {
+                return Err(InvalidField {
+                    field: "unknown_fields",
+                    rule: Rule::Length,
+                    problem: format!(
+                        "the fields of a newer minor version take at most {MAX_UNKNOWN_BYTES} bytes as JSON, got {size}"
+                    ),
+                });
+            }
+            Ok(())
+        }
+        None => Ok(()),
     }
+}
+
+/// How many bytes `value` takes written as JSON (without writing it anywhere).
+fn json_size(value: impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a JSON map to a writer that takes every byte cannot fail.
+    let _ = serde_json::to_writer(&mut count, &value);
+    count.0
 }
 
 /// Checks every field of `ctx`, then the [`AGREEMENTS`] a context must keep.

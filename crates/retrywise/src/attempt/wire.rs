@@ -594,6 +594,28 @@ mod tests {
             "{out}"
         );
         assert_eq!(serde_json::from_str::<AttemptRecord>(&out).unwrap(), r);
+        r.validate().unwrap();
+        // What a newer version adds is bounded: a record is no payload.
+        let mut big = r.clone();
+        let limit = crate::attempt::schema::MAX_UNKNOWN_BYTES;
+        big.unknown
+            .as_mut()
+            .unwrap()
+            .insert("zone".into(), serde_json::Value::String("z".repeat(limit)));
+        let e = big.validate().unwrap_err();
+        assert_eq!(
+            (e.field, e.rule),
+            ("unknown_fields", crate::attempt::Rule::Length)
+        );
+        assert!(
+            e.to_string().contains(&format!("at most {limit} bytes")),
+            "{e}"
+        );
+        big.unknown.as_mut().unwrap().insert(
+            "zone".into(),
+            serde_json::Value::String("z".repeat(limit - 100)),
+        );
+        big.validate().unwrap();
         // A record of this build's version has none.
         let own: AttemptRecord = serde_json::from_str(
             &serde_json::to_string(&{
