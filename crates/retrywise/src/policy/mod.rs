@@ -643,29 +643,16 @@ impl<C> Policy<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let p = &*self.inner;
-        let mut started = started;
-        let mut timeout = p.attempt_timeout_at(ctx, call_start, started);
-        let permit = match (&p.bulkhead, admitted) {
-            (_, Some(permit)) => Some(permit),
-            (None, None) => None,
-            (Some(b), None) => match b.try_acquire_quiet() {
-                Some(permit) => Some(permit),
-                // (A hedge comes admitted: `hedged` never lets one wait for room.)
-                None => match b.acquire_after_refusal_for(Some(ctx), timeout).await {
-                    Ok(permit) => {
-                        started = Instant::now();
-                        timeout = p.attempt_timeout_at(ctx, call_start, started);
-                        if timeout == Some(Duration::ZERO) {
-                            // The room came when the deadline had no time left: nothing
-                            // is sent (a request that cannot succeed, and a fake timeout
-                            // for health and the budget), as if it never came.
-                            drop(permit);
-                            return (Sent::Rejected(b.full()), None);
-                        }
-                        Some(permit)
-                    }
-                    Err(full) => return (Sent::Rejected(full), None),
-                },
+        let (permit, started, timeout) = match admitted {
+            Some(permit) => (
+                Some(permit),
+                started,
+                p.attempt_timeout_at(ctx, call_start, started),
+            ),
+            // (A hedge comes admitted: `hedged` never lets one wait for room.)
+            None => match self.admit(call_start, started, ctx).await {
+                Ok(admitted) => admitted,
+                Err(full) => return (Sent::Rejected(full), None),
             },
         };
         let mut guard = self.inner.guard(ctx, call_id, hedge, started);
@@ -705,6 +692,39 @@ impl<C> Policy<C> {
         (sent, end)
     }
 
+    /// Room in the bulkhead (if there is one) for a request to be sent at `started`: the
+    /// permit, when the request goes (later than `started` if it waited for room) and its
+    /// timeout. The wait for room lasts no longer than the attempt's timeout.
+    ///
+    /// # Errors
+    /// The bulkhead stayed full, or its room came when the deadline had no time left.
+    async fn admit<'b>(
+        &'b self,
+        call_start: Instant,
+        started: Instant,
+        ctx: &AttemptContext,
+    ) -> Result<(Option<BulkheadPermit<'b>>, Instant, Option<Duration>), BulkheadFull> {
+        let p = &*self.inner;
+        let timeout = p.attempt_timeout_at(ctx, call_start, started);
+        let Some(b) = &p.bulkhead else {
+            return Ok((None, started, timeout));
+        };
+        if let Some(permit) = b.try_acquire_quiet() {
+            return Ok((Some(permit), started, timeout));
+        }
+        let permit = b.acquire_after_refusal_for(Some(ctx), timeout).await?;
+        let started = Instant::now();
+        let timeout = p.attempt_timeout_at(ctx, call_start, started);
+        if timeout == Some(Duration::ZERO) {
+            // The room came when the deadline had no time left: nothing is sent (a
+            // request that cannot succeed, and a fake timeout for health and the budget),
+            // as if it never came.
+            drop(permit);
+            return Err(b.full());
+        }
+        Ok((Some(permit), started, timeout))
+    }
+
     /// One attempt with hedged requests.
     #[allow(clippy::too_many_arguments)]
     async fn hedged<T, E, F, Fut>(
@@ -724,6 +744,20 @@ impl<C> Policy<C> {
         Fut: Future<Output = Result<T, E>>,
     {
         let p = &*self.inner;
+        // The primary waits for its room before anything is made: `op` is called only
+        // once a request can go, and the hedge delay counts from when the primary went.
+        let (primary_room, attempt_start) = match self.admit(call_start, attempt_start, ctx).await {
+            Ok((permit, started, _)) => (permit, started),
+            Err(full) => {
+                let now = Instant::now();
+                return Self::end(
+                    Sent::Rejected(full),
+                    now.saturating_duration_since(attempt_start),
+                    Some(now),
+                );
+            }
+        };
+        let mut primary_room = Some(primary_room);
         // A hedge never waits for the bulkhead's room (a full bulkhead means the upstream
         // is queueing, where a hedge adds load and wins nothing): the room is asked for
         // before the retry budget's token, and handed to the hedge here; a hedge turned
@@ -738,7 +772,8 @@ impl<C> Policy<C> {
                 attempt_start,
                 |i| {
                     let admitted = match (i, &p.bulkhead) {
-                        (0, _) | (_, None) => Ok(None),
+                        (0, _) => Ok(primary_room.take().flatten()),
+                        (_, None) => Ok(None),
                         (_, Some(b)) => take_room().map_or_else(|| b.try_acquire(), Ok).map(Some),
                     }
                     .map(|permit| (permit, op(Attempt { number, hedge: i })));

@@ -1509,6 +1509,56 @@ async fn a_wait_for_the_bulkhead_never_carries_a_call_past_its_deadline() {
     assert_eq!((took, sent), (350 * MS, 0));
 }
 
+/// With hedging, the primary too is made only once the bulkhead has room (it used to be
+/// made before it waited), and the hedge delay counts from when it went: a wait for room
+/// is no slow request to hedge.
+#[tokio::test(start_paused = true)]
+async fn a_hedged_primary_is_made_once_the_bulkhead_has_room() {
+    let bulkhead = Bulkhead::builder("b")
+        .max_concurrent(2)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(100 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let p = Policy::builder("b")
+        .retry(retry(1, 1))
+        .bulkhead(bulkhead.clone())
+        .hedge(hedge)
+        .build()
+        .unwrap();
+    let held = (
+        bulkhead.try_acquire().unwrap(),
+        bulkhead.try_acquire().unwrap(),
+    );
+    let t0 = Instant::now();
+    let made = std::sync::Mutex::new(Vec::new());
+    let call = p.call(|a| {
+        made.lock().unwrap().push((a.hedge, t0.elapsed()));
+        async {
+            tokio::time::sleep(150 * MS).await;
+            Ok::<_, io::Error>(())
+        }
+    });
+    let (r, ()) = tokio::join!(call, async {
+        tokio::time::sleep(300 * MS).await;
+        assert!(
+            made.lock().unwrap().is_empty(),
+            "nothing is made while the bulkhead is full"
+        );
+        drop(held);
+    });
+    r.unwrap();
+    assert_eq!(
+        *made.lock().unwrap(),
+        vec![(0, 300 * MS), (1, 400 * MS)],
+        "the primary when room came, the hedge its delay after"
+    );
+}
+
 /// A hedge sent late gets what the call's deadline leaves (it used to get a whole attempt
 /// timeout from its own start: the call ended at 1.5 s).
 #[tokio::test(start_paused = true)]
