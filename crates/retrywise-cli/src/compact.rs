@@ -54,13 +54,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             CompactEvent::Started { segments, bytes } => {
                 bar.set_length(*bytes);
                 if plain {
-                    eprintln!("compacting {segments} closed segments ({bytes} bytes)");
+                    errln!("compacting {segments} closed segments ({bytes} bytes)");
                 }
             }
             CompactEvent::SegmentDone { bytes, .. } => bar.inc(*bytes),
             CompactEvent::PartWritten { path, rows } => {
                 if plain {
-                    eprintln!("written {} ({rows} rows)", path.display());
+                    errln!("written {} ({rows} rows)", path.display());
                 }
                 bar.set_message(
                     path.file_name()

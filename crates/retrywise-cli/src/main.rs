@@ -88,9 +88,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            errln!("error: {err}");
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                errln!("  caused by: {cause}");
             }
             ExitCode::FAILURE
         }
@@ -147,9 +147,9 @@ fn simulator(args: &[OsString]) -> ExitCode {
         anyhow::bail!("{} ended without an exit status ({status})", exe.display())
     };
     run().unwrap_or_else(|err| {
-        eprintln!("error: {err}");
+        errln!("error: {err}");
         for cause in err.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            errln!("  caused by: {cause}");
         }
         ExitCode::FAILURE
     })

@@ -86,13 +86,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             config,
             retrywise_server::shutdown_signal(),
             |addr| {
-                eprintln!(
+                errln!(
                     "retrywise serving on http://{addr} (models from {}; Ctrl-C stops)",
                     models.display()
                 );
             },
         ))
         .context("serving")?;
-    eprintln!("retrywise stopped");
+    errln!("retrywise stopped");
     Ok(())
 }

@@ -177,7 +177,7 @@ fn progress(after: &'static str) -> (ProgressBar, impl FnMut(Step)) {
     let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let say = move |line: String| {
         if plain {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     };
     let on = move |step: Step| match step {
@@ -197,7 +197,7 @@ fn progress(after: &'static str) -> (ProgressBar, impl FnMut(Step)) {
             if s.sampled() {
                 // Printed whether or not the bar is drawn (it is not when stderr is no
                 // terminal).
-                b.suspend(|| eprintln!("{}", sampling(&s)));
+                b.suspend(|| errln!("{}", sampling(&s)));
                 b.set_message(format!("sampling {:.2} % of the calls", s.fraction * 100.0));
             }
         }

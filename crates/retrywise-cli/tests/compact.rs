@@ -75,3 +75,42 @@ fn compacts_a_directory_and_reports_what_it_did() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A closed standard error (`2>&1 | head` after its lines) loses the messages, never the
+/// work: the command goes on and ends as it would (`eprintln!` panicked mid-way, status
+/// 101, the segments left uncompacted).
+#[test]
+fn a_closed_standard_error_loses_messages_not_the_work() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let input = root.path().join("attempts");
+    let output = root.path().join("parquet");
+    let rec = SegmentRecorder::open(&input, WriterConfig::default()).expect("recorder");
+    for i in 0..10u64 {
+        rec.record(AttemptRecord::new(
+            i,
+            0,
+            1_764_000_000_000 + i,
+            AttemptContext::first("inventory"),
+            &Verdict::Success,
+            Default::default(),
+        ));
+    }
+    rec.close().expect("close");
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_retrywise"))
+        .args(["compact", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stderr(writer)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("10 records"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(output.join("date=2025-11-24").is_dir());
+}

@@ -133,7 +133,8 @@ impl ShippingRecorder {
     ///
     /// # Errors
     /// [`CollectError::Endpoint`] for an endpoint that is not an `http(s)` URL;
-    /// [`CollectError::Config`] for zero sizes, attempts or timeouts; an error if called
+    /// [`CollectError::Config`] for zero sizes, attempts or timeouts, or a token a header
+    /// cannot carry; an error if called
     /// outside a tokio runtime; for a spool, [`CollectError::Io`] if its directory cannot
     /// be created or read, [`CollectError::DirectoryInUse`] if another shipper holds it.
     pub fn spawn(config: ShipperConfig) -> Result<Self, CollectError> {
@@ -147,6 +148,23 @@ impl ShippingRecorder {
                 problem: format!("scheme `{}` is not http or https", url.scheme()),
             });
         }
+        // A token that cannot be a header (a newline read from a file with it) would make
+        // every request fail before it is sent, as a retryable error naming nothing.
+        let auth = config
+            .token
+            .as_deref()
+            .map(|t| {
+                let mut v = reqwest::header::HeaderValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| {
+                        CollectError::config(
+                            "token",
+                            "holds a character a header cannot carry (a newline or another control character; trim a token read from a file)",
+                        )
+                    })?;
+                v.set_sensitive(true);
+                Ok::<_, CollectError>(v)
+            })
+            .transpose()?;
         CollectError::check_records("queue_capacity", config.queue_capacity)?;
         CollectError::check_records("batch_size", config.batch_size)?;
         if config.max_attempts == 0 {
@@ -211,7 +229,7 @@ impl ShippingRecorder {
             drain: config.queue_capacity,
             client: client_for(&url)?,
             url,
-            token: config.token.clone(),
+            auth,
             batch_size: config.batch_size,
             delay: config.max_batch_delay,
             policy,
@@ -288,7 +306,8 @@ struct Worker {
     drain: usize,
     client: reqwest::Client,
     url: reqwest::Url,
-    token: Option<String>,
+    /// `Authorization: Bearer <token>`, checked at spawn.
+    auth: Option<reqwest::header::HeaderValue>,
     batch_size: usize,
     delay: Duration,
     policy: Policy<HttpClassifier>,
@@ -608,8 +627,16 @@ impl Worker {
         };
         let read = {
             let path = path.clone();
-            blocking(move || std::fs::read(&path).map_err(|e| CollectError::io("read", &path, e)))
-                .await
+            // Bounded, and never a pipe (opening one waits for a writer, and the worker
+            // with it) nor a link to a device: a file a person put there may be anything;
+            // what is no batch is set aside as unreadable.
+            let max = spool.max_bytes;
+            blocking(move || {
+                crate::read_bounded(&path, max, "a spooled batch (the spool's max_bytes)")
+                    .map(String::into_bytes)
+                    .map_err(|e| CollectError::io("read", &path, e))
+            })
+            .await
         };
         let skip = usize::try_from(spool.oldest_skip()).unwrap_or(usize::MAX);
         let body = match read {
@@ -768,8 +795,8 @@ impl Worker {
                     .client
                     .post(self.url.clone())
                     .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
-                if let Some(t) = &self.token {
-                    req = req.bearer_auth(t);
+                if let Some(v) = &self.auth {
+                    req = req.header(reqwest::header::AUTHORIZATION, v.clone());
                 }
                 // `Bytes` clones share the buffer: each attempt sends the same body.
                 let req = req.body(body.clone());

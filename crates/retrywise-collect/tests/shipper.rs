@@ -249,6 +249,20 @@ async fn sends_the_token() {
         stub.auth.lock().unwrap().as_slice(),
         [Some("Bearer s3cret".to_owned())]
     );
+    // A token no header can carry (read from a file with its newline) is refused at once,
+    // naming it: every request would fail unsent, as an error naming nothing.
+    let (stub, url) = self::stub().await;
+    let Err(e) = ShippingRecorder::spawn(ShipperConfig {
+        token: Some("s3cret\n".into()),
+        ..config(url)
+    }) else {
+        panic!("a token with a newline was taken");
+    };
+    assert!(
+        matches!(e, CollectError::Config { field: "token", .. }),
+        "{e}"
+    );
+    assert_eq!(stub.requests.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -571,10 +585,19 @@ async fn a_full_spool_gives_up_and_says_so() {
 async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on() {
     let (stub, url) = stub().await;
     let dir = tempfile::tempdir().unwrap();
-    // A crash left an unreadable "batch" (a directory of its name) before a good one.
+    // A crash left an unreadable "batch" (a directory of its name), and a person a pipe
+    // of a batch's name (opening it would wait for a writer, and the shipper with it),
+    // before a good one.
     std::fs::create_dir(dir.path().join("batch-00000000000000000001.ndjson")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(dir.path().join("batch-00000000000000000002.ndjson"))
+            .status()
+            .unwrap()
+            .success()
+    );
     std::fs::write(
-        dir.path().join("batch-00000000000000000002.ndjson"),
+        dir.path().join("batch-00000000000000000003.ndjson"),
         format!("{}\n", serde_json::to_string(&record(7)).unwrap()),
     )
     .unwrap();
@@ -582,19 +605,22 @@ async fn a_spooled_batch_that_cannot_be_read_is_set_aside_and_the_rest_goes_on()
     eventually(|| shipper.stats().shipped == 1).await;
     assert_eq!(stub.received.lock().unwrap()[0].call_id, 7);
     assert!(spooled(dir.path()).is_empty());
-    assert!(
-        dir.path()
-            .join("batch-00000000000000000001.ndjson.unreadable")
-            .exists()
-    );
-    assert_eq!(shipper.stats().spool_unreadable, 1);
+    for n in 1..=2 {
+        assert!(
+            dir.path()
+                .join(format!("batch-0000000000000000000{n}.ndjson.unreadable"))
+                .symlink_metadata()
+                .is_ok()
+        );
+    }
+    assert_eq!(shipper.stats().spool_unreadable, 2);
     // New records follow (through the spool while it still counts itself waiting). The
     // flush says what was set aside since the last (once).
     shipper.record(record(8));
     let e = shipper.flush().await.unwrap_err();
     assert!(
         e.to_string()
-            .contains("1 spooled batches could not be read"),
+            .contains("2 spooled batches could not be read"),
         "{e}"
     );
     eventually(|| shipper.stats().shipped == 2).await;

@@ -199,6 +199,26 @@ pub struct Filter {
     pub until_ms: Option<u64>,
 }
 
+impl Filter {
+    /// Checks that the filter can keep anything: a window whose start is not before its
+    /// end (`--from-ms` and `--until-ms` swapped, say) keeps no row of any input, and is
+    /// refused before one is read.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidOption`] naming both ends.
+    pub fn check(&self) -> Result<(), TrainError> {
+        match (self.from_ms, self.until_ms) {
+            (Some(from), Some(until)) if from >= until => Err(TrainError::InvalidOption {
+                option: "from_ms",
+                problem: format!(
+                    "the time window is empty: it starts at {from} ms (from_ms), not before its end at {until} ms (until_ms)"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What loading read and dropped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadSummary {
@@ -451,7 +471,15 @@ fn scan(
                 problem,
             })?;
             let lf = guarded(file, || {
-                LazyFrame::scan_parquet(PlRefPath::new(path), ScanArgsParquet::default())
+                // The file as named: `resolve` expanded the user's patterns, and a name
+                // with `[` or `*` in it is no pattern here.
+                LazyFrame::scan_parquet(
+                    PlRefPath::new(path),
+                    ScanArgsParquet {
+                        glob: false,
+                        ..ScanArgsParquet::default()
+                    },
+                )
             })?;
             let (lf, bad) = check_versions(file, lf)?;
             Ok((lf, bad, None))
@@ -462,8 +490,10 @@ fn scan(
             // `schema_version` are skipped and counted; another major version stops the
             // run), then read by polars, chunk by chunk, as the types `wanted` asks for
             // (its JSON reader does not build every narrow integer type). A file with
-            // lines to skip is read from a copy without them.
-            let (bad, clean) = check_lines(&file.path)?;
+            // lines to skip is read from a copy without them; so is one whose name polars
+            // would take for a pattern (its NDJSON scan always expands `*`, `?` and `[`:
+            // `a[1].ndjson` would read `a1.ndjson`).
+            let (bad, clean) = check_lines(&file.path, path.contains(['*', '?', '[']))?;
             let read_from = match &clean {
                 Some(copy) => PlRefPath::new(copy.to_str().ok_or_else(|| TrainError::Input {
                     path: copy.to_path_buf(),
@@ -496,6 +526,9 @@ pub(crate) struct LineCheck {
     pub malformed: u64,
     /// Lines longer than any record (`MAX_LINE_BYTES`), read past without being held.
     pub too_long: u64,
+    /// (Not a skip.) Lines without a version whose whole numbers, written as floats, are
+    /// read from a copy as integers.
+    pub rewritten: u64,
     /// JSON objects whose `schema_version` is not a version.
     pub unknown_version: u64,
     /// Records of this schema that do not parse as one (a value of the wrong type) or
@@ -531,7 +564,13 @@ impl LineCheck {
     }
 
     fn any(self) -> bool {
-        self.torn + self.malformed + self.too_long + self.unknown_version + self.invalid > 0
+        self.torn
+            + self.malformed
+            + self.too_long
+            + self.unknown_version
+            + self.invalid
+            + self.rewritten
+            > 0
     }
 }
 
@@ -636,17 +675,35 @@ fn check_versions(
 /// Checks the lines of the NDJSON file at `path` one at a time (the collector's rules,
 /// `retrywise_collect::SegmentReader`; a line without `schema_version` is read, as a
 /// Parquet file needs no such column): what to skip, and - only when there is something to
-/// skip - a temporary copy without those lines (deleted when dropped). Memory holds one
+/// skip or rewrite, or `copy_anyway` - a temporary copy without those lines (deleted when
+/// dropped). Memory holds one
 /// line at a time, of at most `MAX_LINE_BYTES`: a longer one is skipped as no record.
 ///
 /// # Errors
 /// The file cannot be read; a line of another major version (this trainer is too old for
 /// it: skipping it would lose it silently), named by its line number.
-fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), TrainError> {
+fn check_lines(
+    path: &Path,
+    copy_anyway: bool,
+) -> Result<(LineCheck, Option<tempfile::TempPath>), TrainError> {
     use std::io::Write;
     let read_error = |e: std::io::Error| TrainError::Input {
         path: path.to_path_buf(),
         problem: format!("cannot be read: {e}"),
+    };
+    // The copy is the trainer's own file, in the temporary folder: its errors name that
+    // (the input is never written).
+    let copy_error = |what: &str, e: std::io::Error| TrainError::Input {
+        path: path.to_path_buf(),
+        problem: format!(
+            "has lines to skip or rewrite, and a cleaned copy of it cannot be {} in the temporary folder {} ({e}; set TMPDIR to a folder with room)",
+            if what == "create" {
+                "created"
+            } else {
+                "written"
+            },
+            std::env::temp_dir().display()
+        ),
     };
     // Two passes: the first finds what to skip; only then is a copy written.
     let pass = |mut keep: Option<&mut dyn Write>| -> Result<LineCheck, TrainError> {
@@ -676,7 +733,7 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice(text) else {
+            let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(text) else {
                 if unterminated {
                     bad.torn += 1;
                 } else {
@@ -685,13 +742,15 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
                 continue;
             };
             bad.call_id_lines += u64::from(obj.contains_key(CALL_ID));
+            // The line as polars should read it, when it is not `text` as written.
+            let mut rewritten = false;
             match obj.get(SCHEMA_VERSION) {
                 // A line without a version (another tool's log) is read by polars, which
                 // reads a value of the wrong JSON type as null (`"delay_ms": "250"`: a wait
                 // of 0): such a line is skipped and counted, as a versioned one is; the
                 // values' rules are checked on the columns read.
-                None => {
-                    if let Some(f) = mistyped(&obj) {
+                None => match typed(&mut obj) {
+                    Typed::Wrong(f) => {
                         tracing::debug!(
                             line = number,
                             field = f,
@@ -700,7 +759,16 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
                         bad.invalid += 1;
                         continue;
                     }
-                }
+                    // Whole numbers written as floats (`"status": 503.0`, as a tool that
+                    // keeps integers with gaps as floats writes them): read as the
+                    // integers they are, as from Parquet - polars would read them as
+                    // missing.
+                    Typed::Rewritten => {
+                        bad.rewritten += 1;
+                        rewritten = true;
+                    }
+                    Typed::AsWritten => {}
+                },
                 Some(v) => match v.as_str().and_then(|v| v.parse::<SchemaVersion>().ok()) {
                     None => {
                         bad.unknown_version += 1;
@@ -737,40 +805,84 @@ fn check_lines(path: &Path) -> Result<(LineCheck, Option<tempfile::TempPath>), T
                 },
             }
             if let Some(out) = keep.as_deref_mut() {
-                out.write_all(text)
-                    .and_then(|()| out.write_all(b"\n"))
-                    .map_err(|e| TrainError::io("write", path, e))?;
+                if rewritten {
+                    serde_json::to_writer(&mut *out, &obj).map_err(std::io::Error::from)
+                } else {
+                    out.write_all(text)
+                }
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(|e| copy_error("write", e))?;
             }
         }
     };
     let bad = pass(None)?;
-    if !bad.any() {
+    if !bad.any() && !copy_anyway {
         return Ok((bad, None));
     }
-    let copy = tempfile::NamedTempFile::new().map_err(|e| TrainError::io("create", path, e))?;
+    let copy = tempfile::Builder::new()
+        .prefix(".retrywise-cleaned-")
+        .suffix(".ndjson")
+        .tempfile()
+        .map_err(|e| copy_error("create", e))?;
     let mut out = std::io::BufWriter::new(copy.as_file());
     pass(Some(&mut out))?;
-    out.flush()
-        .map_err(|e| TrainError::io("write", copy.path(), e))?;
+    out.flush().map_err(|e| copy_error("write", e))?;
     drop(out);
     Ok((bad, Some(copy.into_temp_path())))
 }
 
-/// The first field of the schema that `obj` holds with a value of the wrong JSON type (a
-/// string for a number, or the other way round; `null` is read as missing).
-fn mistyped(obj: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
-    fields().map(|f| (f, obj.get(f.name))).find_map(|(f, v)| {
-        let ok = match v {
-            None | Some(serde_json::Value::Null) => true,
-            Some(v) => match f.storage() {
-                Storage::String => v.is_string(),
-                Storage::UInt16 | Storage::UInt32 | Storage::UInt64 | Storage::Float64 => {
-                    v.is_number()
-                }
-            },
+/// What [`typed`] found in a line without a schema version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Typed {
+    /// Every value has a type polars reads as it should.
+    AsWritten,
+    /// Whole numbers written as floats in integer fields were rewritten as integers.
+    Rewritten,
+    /// This field holds a value of the wrong type: a string for a number or the other way
+    /// round, a fraction or a number beyond the column's range in an integer field.
+    Wrong(&'static str),
+}
+
+/// Checks the types of the schema's fields in `obj` (a line without a schema version,
+/// which polars reads as it finds it: a value of the wrong type as null), rewriting whole
+/// numbers written as floats in integer fields as integers. `null` is read as missing.
+fn typed(obj: &mut serde_json::Map<String, serde_json::Value>) -> Typed {
+    use serde_json::Value as Json;
+    /// Floats hold every integer up to 2^53 exactly; beyond, `1e300` is no count.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let mut found = Typed::AsWritten;
+    for f in fields() {
+        let Some(v) = obj.get_mut(f.name) else {
+            continue;
         };
-        (!ok).then_some(f.name)
-    })
+        let ok = match (f.storage(), &*v) {
+            (_, Json::Null) => true,
+            (Storage::String, v) => v.is_string(),
+            (Storage::Float64, v) => v.is_number(),
+            (int, Json::Number(n)) => {
+                // Read as i64, or as u64 for the 64-bit fields (`read_type`).
+                let in_range = match int {
+                    Storage::UInt64 => n.is_u64() || n.is_i64(),
+                    _ => n.is_i64(),
+                };
+                match n.as_f64() {
+                    _ if in_range => true,
+                    Some(x) if n.is_f64() && x.fract() == 0.0 && x.abs() <= EXACT => {
+                        // Exact: |x| <= 2^53 fits an i64 with room to spare.
+                        *v = Json::from(x as i64);
+                        found = Typed::Rewritten;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if !ok {
+            return Typed::Wrong(f.name);
+        }
+    }
+    found
 }
 
 /// Checks a file's columns: the required ones must exist, and every wanted one present

@@ -279,6 +279,14 @@ pub fn initial_guess<F: Real>(
 /// a penalty past `f32::MAX` is infinite to a single-precision fit.
 pub const MAX_ALPHA: f64 = 1e12;
 
+/// The smallest gradient tolerance per training row: scaled by one row, still a normal
+/// 32-bit float (the f32 fit holds it as one).
+pub const MIN_TOLERANCE: f64 = 1e-20;
+
+/// The largest gradient tolerance per training row: scaled by a billion rows, still far
+/// from a 32-bit float's infinity (and far above any useful one: the default is 1e-4).
+pub const MAX_TOLERANCE: f64 = 1e6;
+
 /// Checks the fit's options: at least one penalty, each a non-negative number, a positive
 /// tolerance, at least one iteration ([`fit`] does, and `train` before it reads anything).
 ///
@@ -294,11 +302,11 @@ pub fn check_options(opts: &FitOptions) -> Result<(), TrainError> {
             ),
         });
     }
-    if !(opts.tolerance.is_finite() && opts.tolerance > 0.0) {
+    if !(MIN_TOLERANCE..=MAX_TOLERANCE).contains(&opts.tolerance) {
         return Err(TrainError::InvalidOption {
             option: "tolerance",
             problem: format!(
-                "the tolerance must be a positive number, got {}",
+                "the tolerance must be a number from {MIN_TOLERANCE:e} to {MAX_TOLERANCE:e} (it is scaled by the training rows and held as a 32-bit float, where a smaller one is zero and a larger one infinite), got {}",
                 opts.tolerance
             ),
         });

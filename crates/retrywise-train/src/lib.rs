@@ -453,6 +453,7 @@ fn read_bounded(
 ) -> Result<(Vec<InputFile>, data::Rows, LoadSummary, SampleSummary), TrainError> {
     // Checked before any file is opened.
     Sample::for_rows(max_rows, 0)?;
+    filter.check()?;
     let files: Vec<InputFile> = data::resolve(data)?;
     progress(Step::Resolved {
         files: files.len(),

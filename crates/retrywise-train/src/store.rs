@@ -185,6 +185,16 @@ pub fn write_new_version(
         // version that appears after a crash holds its files.
         sync_dir(&staging)?;
         let target = dir.join(version.to_string());
+        // A file or a broken link of the version's name is never a version (`versions`
+        // passes over it), so the next number would be this one again on every try.
+        if std::fs::symlink_metadata(&target).is_ok() && !target.is_dir() {
+            return Err(TrainError::Input {
+                path: target,
+                problem: format!(
+                    "is in the way of version {version}: not a version folder (a file, or a link to nothing); move it away"
+                ),
+            });
+        }
         if target.exists() {
             continue;
         }
@@ -378,6 +388,39 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with('.'))
             .collect();
         assert!(left.is_empty(), "staging folders left: {left:?}");
+    }
+
+    /// A file or a broken link named like the next version is named in the error (it
+    /// used to be passed over as no version and tried again 100 times, or blamed on the
+    /// staging folder), and nothing is left behind.
+    #[test]
+    fn an_entry_in_the_way_of_the_next_version_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let write = || write_new_version(root.path(), "m", &mut shipped(), |_| Ok(String::new()));
+        assert_eq!(write().unwrap().0, 1);
+        let m = root.path().join("m");
+        for make in [
+            (|p: &Path| std::fs::write(p, "")) as fn(&Path) -> std::io::Result<()>,
+            |p: &Path| std::os::unix::fs::symlink("/nonexistent/retrywise", p),
+        ] {
+            make(&m.join("2")).unwrap();
+            let e = write().unwrap_err();
+            match &e {
+                TrainError::Input { path, problem } => {
+                    assert_eq!(path, &m.join("2"));
+                    assert!(problem.contains("in the way of version 2"), "{e}");
+                }
+                _ => panic!("{e}"),
+            }
+            std::fs::remove_file(m.join("2")).unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(&m)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("1")]);
+        assert_eq!(write().unwrap().0, 2);
     }
 
     #[test]

@@ -1015,6 +1015,119 @@ fn whole_numbers_stored_as_floats_are_read_when_whole_and_refused_when_not() {
     );
 }
 
+/// Another tool's NDJSON log (no `schema_version`) that writes integers as floats - as
+/// one that keeps integer columns with gaps as floats does - is read as the Parquet path
+/// reads such a file: whole numbers as the integers they are (polars' JSON reader read
+/// them as missing, silently: every row lost its status), fractions and numbers beyond the
+/// column's range skipped and counted.
+#[test]
+fn ndjson_integers_written_as_floats_are_read_when_whole_and_refused_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.ndjson");
+    let current = format!(
+        "\"schema_version\":\"{}\",",
+        retrywise::attempt::SchemaVersion::CURRENT
+    );
+    let mut ctx = AttemptContext::first("floats");
+    ctx.attempt = 2;
+    ctx.error = Some(ErrorKind::Http503);
+    ctx.status = Some(503);
+    ctx.in_flight = Some(4);
+    let lines: Vec<String> = (0..4u64)
+        .map(|i| {
+            let r = AttemptRecord::new(
+                i,
+                0,
+                1_764_000_000_000 + i,
+                ctx.clone(),
+                &Verdict::Success,
+                Duration::from_millis(3),
+            );
+            let line = serde_json::to_string(&r).unwrap().replacen(&current, "", 1);
+            assert!(line.contains("\"status\":503,"), "{line}");
+            match i {
+                0 => line,
+                1 => line
+                    .replacen("\"status\":503,", "\"status\":503.0,", 1)
+                    .replacen("\"in_flight\":4,", "\"in_flight\":4.0,", 1),
+                2 => line.replacen("\"status\":503,", "\"status\":503.5,", 1),
+                _ => line.replacen("\"status\":503,", "\"status\":1e300,", 1),
+            }
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let files = data::resolve(&[path.to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), 2, "{summary:?}");
+    for c in &rows.contexts {
+        assert_eq!((c.status, c.in_flight), (Some(503), Some(4)), "{summary:?}");
+    }
+    assert_eq!(
+        summary
+            .skipped
+            .get("NDJSON record with a value of the wrong type or against the schema's rules"),
+        Some(&2),
+        "{summary:?}"
+    );
+}
+
+/// A file whose name holds `[`, `*` or `?` is read as named: polars took such a name for
+/// a pattern, refusing `a[1].parquet` or reading `a1.parquet` in its place.
+#[test]
+fn a_file_named_like_a_pattern_is_read_as_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = synthetic::records(60, 4);
+    let (left, right) = records.split_at(records.len() / 2);
+    let at = |name: &str| dir.path().join(name);
+    write_parquet(left, &at("a[1].parquet"));
+    write_parquet(right, &at("a1.parquet"));
+    write_ndjson(left, &at("b[1].ndjson"));
+    write_ndjson(right, &at("b1.ndjson"));
+    for (named, other) in [("a[1].parquet", "a1.parquet"), ("b[1].ndjson", "b1.ndjson")] {
+        let files = data::resolve(&[at(named).to_string_lossy().into_owned()]).unwrap();
+        let (rows, _) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+        assert_eq!(rows.len(), left.len(), "{named}");
+        let want: Vec<u64> = left.iter().map(|r| r.started_at_ms).collect();
+        let mut got = rows.started_at_ms.clone();
+        got.sort_unstable();
+        let mut want = want;
+        want.sort_unstable();
+        assert_eq!(got, want, "{named} read, not {other}");
+    }
+}
+
+/// Options that cannot work are refused before any input is read: a tolerance a 32-bit
+/// fit holds as zero or infinity, a time window that ends before it starts.
+#[test]
+fn options_that_cannot_work_are_refused_before_the_data_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent");
+    let models = dir.path().join("models");
+    for tolerance in [1e-60, 1e35, 0.0, f64::NAN] {
+        let mut o = opts(&missing, &models);
+        o.fit.tolerance = tolerance;
+        match train(&o, &mut quiet).unwrap_err() {
+            TrainError::InvalidOption { option, .. } => assert_eq!(option, "tolerance"),
+            e => panic!("{tolerance}: {e}"),
+        }
+    }
+    let mut o = opts(&missing, &models);
+    o.filter.from_ms = Some(1_700_000_000_000);
+    o.filter.until_ms = Some(1_600_000_000_000);
+    let e = train(&o, &mut quiet).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::InvalidOption {
+                option: "from_ms",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("the time window is empty"), "{e}");
+}
+
 #[test]
 fn bad_values_are_skipped_and_counted_by_reason() {
     let dir = tempfile::tempdir().unwrap();

@@ -264,7 +264,7 @@ fn adaptive_model(
         Some(p) => Ok(Some(retrywise_sim::policies::load_model(p)?)),
         None if shipped.is_dir() => Ok(Some(retrywise_sim::policies::load_model(shipped)?)),
         None => {
-            eprintln!(
+            errln!(
                 "warning: no --model and no models/default here: `adaptive` decides by its fallback rules"
             );
             Ok(None)
@@ -395,13 +395,13 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     // One step a policy: over HTTP each run lasts the scenario's whole duration.
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         if opts.mode == Mode::Virtual {
-            eprintln!(
+            errln!(
                 "running {} policies on {} in virtual time",
                 policies.len(),
                 scenario.name
             );
         } else {
-            eprintln!(
+            errln!(
                 "running {} policies on {} over HTTP, one after another: {} requests each at {}/s (about {:.0} s each)",
                 policies.len(),
                 scenario.name,
@@ -431,7 +431,7 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = args.plot {
         let title = format!("{} — {} at {}/s", scenario.name, board.mode, opts.rps);
         retrywise_sim::plot::plot(&path, &title, &runs, opts.rps)?;
-        eprintln!("plot written to {}", path.display());
+        errln!("plot written to {}", path.display());
     }
     Ok(())
 }
@@ -473,12 +473,12 @@ pub(crate) fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let upstream = UpstreamModel::new(Arc::clone(&scenario), args.seed);
         let server = retrywise_sim::server::spawn(upstream, &args.addr).await?;
-        eprintln!(
+        errln!(
             "serving scenario `{}` on http://{} (phases run from now; Ctrl-C to stop)",
             scenario.name, server.addr
         );
         if !server.addr.ip().is_loopback() {
-            eprintln!(
+            errln!(
                 "warning: {} is reachable from other machines - this upstream injects faults on purpose; bind 127.0.0.1 unless that is what you want",
                 server.addr
             );
@@ -583,11 +583,11 @@ fn sweep_stale_work(parent: &std::path::Path) {
             continue;
         }
         match std::fs::remove_dir_all(e.path()) {
-            Ok(()) => eprintln!(
+            Ok(()) => errln!(
                 "removed {}, left by a run that stopped before cleaning up",
                 e.path().display()
             ),
-            Err(err) => eprintln!(
+            Err(err) => errln!(
                 "warning: cannot remove {}, left by a stopped run: {err}",
                 e.path().display()
             ),
@@ -684,7 +684,7 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
         if args.json {
             match serde_json::to_string(r) {
                 Ok(line) => bar.suspend(|| outln!("{line}")),
-                Err(e) => bar.suspend(|| eprintln!("error: {e}")),
+                Err(e) => bar.suspend(|| errln!("error: {e}")),
             }
         } else {
             let policy = match r.decided_with {
@@ -840,7 +840,7 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
                 anyhow::bail!("--calibration-data judges a model: name one with --model")
             }
         };
-        eprintln!(
+        errln!(
             "evaluating {} on {}",
             dir.display(),
             args.calibration_data.join(", ")
@@ -852,7 +852,7 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
             retrywise_train::data::DEFAULT_MAX_ROWS,
             &mut |step| {
                 if let retrywise_train::Step::Loaded(s) = step {
-                    eprintln!("read {} rows from {} files; scoring", s.rows, s.files);
+                    errln!("read {} rows from {} files; scoring", s.rows, s.files);
                 }
             },
         )
@@ -879,7 +879,7 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     })?;
     bar.finish();
     out!("{}", report.summary_markdown());
-    eprintln!(
+    errln!(
         "written: {} (results.md, scoreboard.md, results.json, goodput-*.svg)",
         args.out.display()
     );
@@ -941,7 +941,7 @@ pub(crate) fn select(args: &SelectArgs) -> anyhow::Result<()> {
     }
     if args.best {
         // The ranking goes to stderr, for the log; stdout is the best path alone.
-        eprint!("{table}");
+        errout!("{table}");
         if let Some(best) = ranked.first() {
             outln!("{}", best.model);
         }

@@ -35,7 +35,7 @@ impl Progress {
     /// What is under way now (on the bar; a plain line when stderr is no terminal).
     pub(crate) fn doing(&self, what: String) {
         if self.plain {
-            eprintln!("{what}");
+            errln!("{what}");
         }
         self.bar.set_message(what);
     }
@@ -44,7 +44,7 @@ impl Progress {
     pub(crate) fn done(&self, what: String) {
         self.bar.inc(1);
         if self.plain {
-            eprintln!(
+            errln!(
                 "{} {}/{} done: {what}",
                 self.noun,
                 self.bar.position(),
