@@ -746,7 +746,17 @@ impl<C> Policy<C> {
         let p = &*self.inner;
         // The primary waits for its room before anything is made: `op` is called only
         // once a request can go, and the hedge delay counts from when the primary went.
-        let (primary_room, attempt_start) = match self.admit(call_start, attempt_start, ctx).await {
+        // Room at once is taken without an await; only a wait for room (boxed: its state
+        // would otherwise enlarge every hedged call's future) goes through `admit`.
+        let at_once = match &p.bulkhead {
+            None => Some(None),
+            Some(b) => b.try_acquire_quiet().map(Some),
+        };
+        let admitted = match at_once {
+            Some(room) => Ok((room, attempt_start, None)),
+            None => Box::pin(self.admit(call_start, attempt_start, ctx)).await,
+        };
+        let (primary_room, attempt_start) = match admitted {
             Ok((permit, started, _)) => (permit, started),
             Err(full) => {
                 let now = Instant::now();
