@@ -12,6 +12,8 @@
 //! `call_id`, `attempt`, `hedge` and `started_at_ms`, by which the trainer reads a record
 //! delivered twice once.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -140,7 +142,23 @@ pub(crate) async fn ingest(
     let n = records.len() as u64;
     // The fleet view learns from what is written: keep what it needs of each record.
     let seen: Vec<AttemptRecord> = records.clone();
-    let written = st.recorder.write_batch(records).await;
+    // The write goes on a task of its own that holds its place until the writer answers,
+    // even once this request has ended: a request timeout frees the request's room, not
+    // the thread its write waits on.
+    let Ok(place) = Arc::clone(&st.ingest_writing).try_acquire_owned() else {
+        st.metrics.busy.inc();
+        return Err(ApiError::unavailable(
+            "the collector is still writing earlier batches (storage slow): nothing written, send again later",
+            Some(1),
+        ));
+    };
+    let recorder = st.recorder.clone();
+    let written = tokio::spawn(async move {
+        let _place = place;
+        recorder.write_batch(records).await
+    })
+    .await
+    .map_err(ApiError::internal)?;
     st.sync_dropped();
     match written {
         Ok(_) => {}

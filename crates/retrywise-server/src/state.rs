@@ -30,6 +30,10 @@ pub struct Shared {
     /// Ingestion's own share of it ([`ingest_in_flight`]): batches waiting on slow storage
     /// never take the room predictions and decisions need.
     pub(crate) ingest_in_flight: Arc<tokio::sync::Semaphore>,
+    /// The batches being written, as many as ingestion's share: each write holds a place
+    /// until the writer answers, also after its request ended (a request timeout, a client
+    /// gone) - so a stalled disk parks no more of the blocking pool's threads than that.
+    pub(crate) ingest_writing: Arc<tokio::sync::Semaphore>,
     /// The retries `/v1/decide` has told its callers to make, per target and moment, so
     /// that the next caller's lands where the load is lightest.
     pub(crate) calendar: Arc<retrywise::retry::RetryCalendar>,
@@ -139,6 +143,9 @@ impl Service {
             openapi,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             ingest_in_flight: Arc::new(tokio::sync::Semaphore::new(ingest_in_flight(
+                config.max_in_flight,
+            ))),
+            ingest_writing: Arc::new(tokio::sync::Semaphore::new(ingest_in_flight(
                 config.max_in_flight,
             ))),
             config,

@@ -698,14 +698,17 @@ async fn ingestion_waiting_on_storage_leaves_room_for_predictions() {
     })
     .await
     .expect("the first batch reaches the writer");
-    let req = Request::post("/v1/attempts")
-        .body(Body::from(serde_json::to_string(&batch(100, 10)).unwrap()))
-        .unwrap();
-    let (status, headers, v) = tokio::time::timeout(Duration::from_secs(20), call(&s, req))
-        .await
-        .expect("shed at once, not queued behind the disk");
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert!(headers.contains_key(header::RETRY_AFTER));
+    let shed_at_once = || async {
+        let req = Request::post("/v1/attempts")
+            .body(Body::from(serde_json::to_string(&batch(100, 10)).unwrap()))
+            .unwrap();
+        let (status, headers, v) = tokio::time::timeout(Duration::from_secs(20), call(&s, req))
+            .await
+            .expect("shed at once, not queued behind the disk");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(headers.contains_key(header::RETRY_AFTER));
+    };
+    shed_at_once().await;
     for _ in 0..3 {
         let (status, v) = tokio::time::timeout(
             Duration::from_secs(60),
@@ -719,8 +722,37 @@ async fn ingestion_waiting_on_storage_leaves_room_for_predictions() {
         .expect("answered while ingestion waits");
         assert_eq!(status, StatusCode::OK, "{v}");
     }
+    // The first batch's caller gives up (a request timeout, a client gone): its write
+    // still waits on the disk, on a thread of the blocking pool, and keeps its place -
+    // the next batch is shed as before rather than parking another thread (a stalled disk
+    // took the whole pool that way, 512 threads, and the model reloads with it).
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    shed_at_once().await;
+    assert_eq!(s.state().recorder.pending(), 10);
     gate.set_open(true);
-    let (status, v) = first.await.unwrap();
+    // Written all the same once the disk is back (its client, which saw no answer, sends
+    // it again: at least once).
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while s.state().recorder.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first batch is written");
+    s.state().recorder.flush_async().await.unwrap();
+    let written = retrywise_collect::SegmentReader::open(&attempts)
+        .unwrap()
+        .map(|r| r.unwrap().call_id)
+        .collect::<Vec<_>>();
+    assert_eq!(written.len(), 10, "{written:?}");
+    // And the place is free again.
+    let (status, v) = post(
+        &s,
+        "/v1/attempts",
+        serde_json::to_string(&batch(200, 10)).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{v}");
 }
 
