@@ -190,32 +190,14 @@ impl SegmentRecorder {
         let pending = Arc::new(AtomicU64::new(0));
         let capacity = config.queue_capacity as u64;
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
-        let next_sync = storage.now() + config.fsync_interval;
-        let mut writer = Writer {
+        let mut writer = Writer::new(
             storage,
-            dir: dir.clone(),
-            next_sync,
-            cfg: config,
-            counters: Arc::clone(&counters),
-            seg: None,
-            buf: Vec::new(),
-            buf_records: 0,
-            unsynced: 0,
-            dir_dirty: false,
-            broken_until: None,
-            backoff: INITIAL_BACKOFF,
-            lost_since_flush: 0,
-            unclosed_since_flush: 0,
-            lost_total: 0,
-            refusing: false,
-            awaiting_sync: Vec::new(),
-            sync_failures: 0,
-            awaiting_since: 0,
-            pending: Arc::clone(&pending),
-            seq: 0,
-            id: segment::writer_id(),
-            _lock: lock,
-        };
+            dir.clone(),
+            config,
+            Arc::clone(&counters),
+            Arc::clone(&pending),
+            lock,
+        );
         let after = Arc::new(AfterClose::default());
         let handed = Arc::clone(&after);
         let worker = std::thread::Builder::new()
@@ -482,6 +464,10 @@ struct Writer<S: Storage> {
     buf_records: u64,
     /// Records written but not yet fsynced.
     unsynced: u64,
+    /// Of those, the records of batches waiting for their fsync (`awaiting_sync`): once an
+    /// fsync succeeds (a rotation's, say) they are durable, and a later failure costs only
+    /// what was written after.
+    awaiting_unsynced: u64,
     /// When written records are next fsynced.
     next_sync: Instant,
     /// A segment was created or renamed since the directory was last synced.
@@ -516,6 +502,44 @@ struct Writer<S: Storage> {
 }
 
 impl<S: Storage> Writer<S> {
+    /// A writer of segments into `dir` (locked by `lock`), with nothing written yet.
+    fn new(
+        storage: S,
+        dir: PathBuf,
+        cfg: WriterConfig,
+        counters: Arc<Counters>,
+        pending: Arc<AtomicU64>,
+        lock: File,
+    ) -> Self {
+        let next_sync = storage.now() + cfg.fsync_interval;
+        Writer {
+            storage,
+            dir,
+            next_sync,
+            cfg,
+            counters,
+            seg: None,
+            buf: Vec::new(),
+            buf_records: 0,
+            unsynced: 0,
+            awaiting_unsynced: 0,
+            dir_dirty: false,
+            broken_until: None,
+            backoff: INITIAL_BACKOFF,
+            lost_since_flush: 0,
+            unclosed_since_flush: 0,
+            lost_total: 0,
+            refusing: false,
+            awaiting_sync: Vec::new(),
+            sync_failures: 0,
+            awaiting_since: 0,
+            pending,
+            seq: 0,
+            id: segment::writer_id(),
+            _lock: lock,
+        }
+    }
+
     /// The writer's loop. It never blocks on the queue: a sender that finds a receiver
     /// blocked must wake it with a system call, on the caller's path. Instead the writer
     /// drains the queue, writes, and parks for a short, growing while (100 µs to 10 ms);
@@ -692,9 +716,12 @@ impl<S: Storage> Writer<S> {
         // What was recorded before the batch is written first: a failure from here on
         // costs the batch's records only, which its caller is told of.
         self.write_buf();
-        let lost_before = self.lost_total;
         let now = self.storage.now();
         self.rotate_if_due(now);
+        // After the rotation: what closing the old segment costs (a failed fsync of it or
+        // of the directory) is the earlier records', counted for the next flush, not the
+        // batch's - which is written whole to the new segment.
+        let lost_before = self.lost_total;
         self.refusing = true;
         if self.broken() {
             self.lose(records.len() as u64);
@@ -715,6 +742,7 @@ impl<S: Storage> Writer<S> {
                 self.awaiting_since = self.sync_failures;
             }
             self.awaiting_sync.push((ack, n));
+            self.awaiting_unsynced += n;
             return;
         }
         let _ = ack.send(if lost == 0 {
@@ -819,6 +847,7 @@ impl<S: Storage> Writer<S> {
         }
         Counters::add(&self.counters.synced, self.unsynced);
         self.unsynced = 0;
+        self.awaiting_unsynced = 0;
         Ok(())
     }
 
@@ -934,10 +963,13 @@ impl<S: Storage> Writer<S> {
         self.sync_failures += 1;
         // The records of batches waiting for their fsync are refused when they are
         // answered (`settle_batches`), not lost: the next flush fails for the others.
-        let awaiting = self.awaiting_records().min(self.unsynced);
+        // (Only those still unsynced: a batch an earlier fsync made durable - a rotation's
+        // - is no excuse for the records written after it.)
+        let awaiting = self.awaiting_unsynced.min(self.unsynced);
         self.lost_since_flush += self.unsynced - awaiting;
         self.lost_total += self.unsynced;
         self.unsynced = 0;
+        self.awaiting_unsynced = 0;
     }
 
     /// An I/O error: drop what is buffered, abandon the segment (cut back to its last
@@ -985,4 +1017,153 @@ fn drain(rx: &mpsc::Receiver<Msg>, pending: &AtomicU64, counters: &Counters) {
         }
     }
     Counters::add(&counters.dropped_closed, dropped);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use retrywise::attempt::{AttemptContext, Verdict};
+
+    use super::*;
+
+    /// The real file system with a clock that moves only when told, and fsyncs (of a file,
+    /// of the directory) that fail once when told.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        advanced_ms: Arc<AtomicU64>,
+        file_sync_fails: Arc<AtomicBool>,
+        dir_sync_fails: Arc<AtomicBool>,
+        epoch: Arc<std::sync::OnceLock<Instant>>,
+    }
+
+    impl Storage for Scripted {
+        type File = File;
+
+        fn create_new(&mut self, path: &Path) -> std::io::Result<File> {
+            FileSystem.create_new(path)
+        }
+
+        fn sync(&mut self, file: &mut File) -> std::io::Result<()> {
+            if self.file_sync_fails.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            FileSystem.sync(file)
+        }
+
+        fn truncate(&mut self, file: &mut File, len: u64) -> std::io::Result<()> {
+            FileSystem.truncate(file, len)
+        }
+
+        fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+            FileSystem.rename(from, to)
+        }
+
+        fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+            if self.dir_sync_fails.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            FileSystem.sync_dir(dir)
+        }
+
+        fn now(&self) -> Instant {
+            *self.epoch.get_or_init(Instant::now)
+                + Duration::from_millis(self.advanced_ms.load(Ordering::SeqCst))
+        }
+    }
+
+    fn record(i: u64) -> AttemptRecord {
+        AttemptRecord::new(
+            i,
+            0,
+            1_764_000_000_000 + i,
+            AttemptContext::first("inventory"),
+            &Verdict::Success,
+            Duration::from_millis(2),
+        )
+    }
+
+    /// A writer driven by hand, on the test's thread.
+    fn writer(dir: &Path, cfg: WriterConfig) -> (Writer<Scripted>, Scripted) {
+        let storage = Scripted::default();
+        let lock = lock_dir(dir).unwrap();
+        let w = Writer::new(
+            storage.clone(),
+            dir.to_path_buf(),
+            cfg,
+            Arc::default(),
+            Arc::default(),
+            lock,
+        );
+        (w, storage)
+    }
+
+    fn batch(w: &mut Writer<Scripted>, ids: std::ops::Range<u64>) -> Result<u64, CollectError> {
+        let records: Vec<AttemptRecord> = ids.map(record).collect();
+        w.pending.fetch_add(records.len() as u64, Ordering::SeqCst);
+        let (ack, answer) = mpsc::sync_channel(1);
+        w.batch(&records, ack);
+        w.settle_batches();
+        answer.recv().unwrap()
+    }
+
+    fn flush(w: &mut Writer<Scripted>) -> Result<(), CollectError> {
+        let (ack, answer) = mpsc::sync_channel(1);
+        w.flush(&ack);
+        answer.recv().unwrap()
+    }
+
+    /// A batch that arrives when its segment's time is up starts the next segment; the
+    /// rotation's failed directory fsync costs the records written before it - said at the
+    /// next flush - not the batch, which is written whole (it used to be answered "an I/O
+    /// error lost 1 of the batch's 10 records", its sender sending again what was written).
+    #[test]
+    fn a_rotation_that_fails_under_a_batch_costs_the_earlier_records_not_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, storage) = writer(dir.path(), WriterConfig::default());
+        w.append(&record(0));
+        assert!(w.write_buf());
+        storage.advanced_ms.store(301_000, Ordering::SeqCst);
+        storage.dir_sync_fails.store(true, Ordering::SeqCst);
+        assert_eq!(batch(&mut w, 1..11).unwrap(), 10);
+        let e = flush(&mut w).unwrap_err();
+        assert!(e.to_string().contains("1 records were lost"), "{e}");
+        assert_eq!(w.counters.snapshot().refused_io, 0);
+    }
+
+    /// With batches answered once durable: a batch that a rotation's fsync made durable
+    /// does not cover the records written after it when the next fsync fails - the next
+    /// flush fails for them (it used to pass, the five counted neither synced nor lost).
+    #[test]
+    fn a_failed_fsync_after_a_rotation_fails_the_next_flush_for_what_came_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WriterConfig {
+            sync_batches: true,
+            max_segment_bytes: 4096,
+            ..WriterConfig::default()
+        };
+        let (mut w, storage) = writer(dir.path(), cfg);
+        // (A record takes about 200 bytes: forty fill the segment, five do not.)
+        // A batch that fills its segment waits for its fsync...
+        let (ack, answer) = mpsc::sync_channel(1);
+        let records: Vec<AttemptRecord> = (0..40).map(record).collect();
+        w.pending.fetch_add(40, Ordering::SeqCst);
+        w.batch(&records, ack);
+        // ...which the rotation of the full segment gives it.
+        w.on_tick();
+        assert_eq!(w.unsynced, 0);
+        for i in 40..45 {
+            w.append(&record(i));
+        }
+        assert!(w.write_buf());
+        assert_eq!(w.unsynced, 5);
+        storage.file_sync_fails.store(true, Ordering::SeqCst);
+        w.settle_batches();
+        // (The batch is refused: an fsync failed since it was written. Its sender sends it
+        // again - at least once.)
+        assert!(answer.recv().unwrap().is_err());
+        let e = flush(&mut w).unwrap_err();
+        assert!(e.to_string().contains("5 records were lost"), "{e}");
+        assert_eq!(w.counters.snapshot().synced, 40);
+    }
 }
