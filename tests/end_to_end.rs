@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use polars::prelude::{LazyFrame, PlRefPath, ScanArgsParquet, col};
 use retrywise_collect::compact::{CompactOptions, Disposal, compact};
 use retrywise_server::Config;
@@ -114,19 +116,8 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
             model_per_target: true,
             ..Config::default()
         };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(retrywise_server::serve(
-            config,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |a| {
-                let _ = addr_tx.send(a);
-            },
-        ));
-        let addr = tokio::time::timeout(Duration::from_secs(10), addr_rx).await.unwrap().unwrap();
-        let base = format!("http://{addr}");
+        let server = common::Running::start(config).await;
+        let base = server.base();
         // Straight to loopback (no proxy from the environment), every request bounded.
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -220,8 +211,7 @@ fn simulate_record_compact_train_serve_and_swap_a_model_under_load() {
         assert!(total > 100, "{total} requests under load");
         let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains("retrywise_model_serving{model=\"default\",version=\"2\"} 1"), "{metrics}");
-        let _ = stop_tx.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
     });
 
     // After the server stopped, what it acknowledged compacts: every record, and the newer

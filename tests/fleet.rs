@@ -12,12 +12,13 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod common;
 
 use retrywise_server::Config;
 use serde_json::{Value, json};
@@ -170,8 +171,7 @@ fn replica_config(fleet: &str, dir: &Path, name: &str, window: Duration) -> Conf
 /// One replica of the service on a free loopback port, sharing through `fleet`.
 struct Replica {
     base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    server: common::Running,
 }
 
 impl Replica {
@@ -184,40 +184,15 @@ impl Replica {
     }
 
     async fn start_config(config: Config) -> Self {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-        let task = tokio::spawn(async move {
-            retrywise_server::serve(
-                config,
-                async move {
-                    let _ = stop_rx.await;
-                },
-                move |a| {
-                    let _ = addr_tx.send(a);
-                },
-            )
-            .await
-            .unwrap();
-        });
-        let addr = tokio::time::timeout(PATIENCE, addr_rx)
-            .await
-            .unwrap()
-            .unwrap();
+        let server = common::Running::start(config).await;
         Self {
-            base: format!("http://{addr}"),
-            stop: Some(stop_tx),
-            task,
+            base: server.base(),
+            server,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(PATIENCE, &mut self.task)
-            .await
-            .unwrap()
-            .unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::time::Duration;
 
 use retrywise::attempt::{AttemptContext, AttemptRecord, Verdict};
@@ -36,26 +38,12 @@ async fn a_batch_over_the_body_limit_goes_in_halves_to_the_real_service() {
         body_limit: 16 << 10,
         ..Config::default()
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(retrywise_server::serve(
-        config,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |a| {
-            let _ = addr_tx.send(a);
-        },
-    ));
-    let addr = tokio::time::timeout(Duration::from_secs(10), addr_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let server = common::Running::start(config).await;
     let shipper = ShippingRecorder::spawn(ShipperConfig {
         batch_size: 400,
         max_batch_delay: Duration::from_millis(50),
         attempt_timeout: Duration::from_secs(5),
-        ..ShipperConfig::new(format!("http://{addr}/v1/attempts"))
+        ..ShipperConfig::new(format!("{}/v1/attempts", server.base()))
     })
     .unwrap();
     for i in 0..400 {
@@ -70,12 +58,7 @@ async fn a_batch_over_the_body_limit_goes_in_halves_to_the_real_service() {
     // Halved until the pieces fit (400 -> 200 -> 100 -> 50), every 413 read as one: no
     // retry of a piece, none spooled.
     assert_eq!((s.batches, s.retries, s.spooled), (8, 0, 0), "{s:?}");
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop().await;
     let mut ids: Vec<u64> = SegmentReader::open(&attempts)
         .unwrap()
         .map(|r| r.unwrap().call_id)
