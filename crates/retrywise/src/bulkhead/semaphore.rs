@@ -380,7 +380,7 @@ impl Bulkhead {
 /// Room for one call in a [`Bulkhead`]; released when dropped.
 ///
 /// A permit dropped without [`finish`](Self::finish) or [`finish_with`](Self::finish_with)
-/// - a hedge that lost its race, a call its caller cancelled - gives an adaptive limit no
+/// (a hedge that lost its race, a call its caller cancelled) gives an adaptive limit no
 /// sample: how long it ran is only a lower bound of its latency, which would bias the
 /// limit towards a faster upstream than there is (Netflix's concurrency-limits ignores
 /// such a request the same way, `Limiter.Listener.onIgnore`).
