@@ -297,10 +297,10 @@ pub struct PredictRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub context: Given<AttemptContext>,
-    /// Several contexts.
+    /// Several contexts (at most [`MAX_BATCH`](crate::openapi::MAX_BATCH)).
     #[serde(default)]
     #[schema(value_type = Object)]
-    pub contexts: Given<Vec<AttemptContext>>,
+    pub contexts: Given<crate::extract::AtMost<AttemptContext, { crate::openapi::MAX_BATCH }>>,
 }
 
 /// The probability that an attempt in the context succeeds.
@@ -373,7 +373,7 @@ pub(crate) async fn predict(
     // succeed is not answered 503 (with a Retry-After) while no model is loaded.
     let (ctxs, batch) = match (req.context.into_option(), req.contexts.into_option()) {
         (Some(ctx), None) => (vec![prepare(&st, ctx, || "context".into(), now)?], false),
-        (None, Some(ctxs)) => {
+        (None, Some(crate::extract::AtMost(ctxs))) => {
             if ctxs.is_empty() || ctxs.len() > MAX_BATCH {
                 return Err(ApiError::bad_request(format!(
                     "contexts: must hold 1 to {MAX_BATCH} contexts, got {}",
@@ -889,7 +889,7 @@ pub struct ReloadResponse {
 /// Looks for new model versions now.
 /// (Its security and 401 are declared when a token guards it: see `openapi`.)
 #[utoipa::path(post, path = "/admin/reload", responses((status = 200, body = ReloadResponse),
-    (status = 500, body = ErrorBody)))]
+    (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn reload(State(st): State<AppState>) -> Result<Json<ReloadResponse>, ApiError> {
     let r = crate::reload(&st).await.map_err(|e| {
         ApiError::internal(std::io::Error::new(

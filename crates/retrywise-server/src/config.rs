@@ -13,6 +13,14 @@ use crate::ServerError;
 /// serves, and within what a semaphore can count.
 pub const MAX_IN_FLIGHT: usize = 1 << 20;
 
+/// The largest body limit a configuration may set (1 GiB): a body is read into memory
+/// whole, so a larger limit is no limit.
+pub const MAX_BODY_LIMIT: usize = 1 << 30;
+
+/// The most target names a configuration may give a Prometheus label value each: every
+/// one adds a series to each per-target family.
+pub const MAX_TARGET_LABELS: usize = 10_000;
+
 /// Everything the service can be told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -38,7 +46,8 @@ pub struct Config {
     /// written: a client (a shipper) that then forgets the batch cannot lose it to a
     /// power cut. Default yes.
     pub sync_ingest: bool,
-    /// The largest request body accepted; larger ones get 413. Default 1 MiB.
+    /// The largest request body accepted; larger ones get 413. Default 1 MiB; at least
+    /// 1024 bytes, at most [`MAX_BODY_LIMIT`].
     pub body_limit: usize,
     /// How long a request may take before it is answered 503. Default 10 s.
     pub request_timeout: Duration,
@@ -50,7 +59,7 @@ pub struct Config {
     /// When set, `/admin/*` and `POST /v1/attempts` require `Authorization: Bearer <token>`.
     pub token: Option<String>,
     /// Distinct target names given their own Prometheus label value; the rest are counted
-    /// as `other`. Default 100.
+    /// as `other`. Default 100; at most [`MAX_TARGET_LABELS`].
     pub max_target_labels: usize,
     /// Targets whose health the fleet view keeps (about 30 KiB each: 1,000 targets took a
     /// service from 35 to 65 MiB); at the cap, idle
@@ -367,10 +376,10 @@ impl Overrides {
             config.sync_ingest = s;
         }
         if let Some(b) = self.body_limit_bytes {
-            if b < 1024 {
+            if !(1024..=MAX_BODY_LIMIT).contains(&b) {
                 return Err(bad(
                     "body_limit_bytes",
-                    format!("must be at least 1024, got {b}"),
+                    format!("must be within [1024, {MAX_BODY_LIMIT}] (1 KiB to 1 GiB), got {b}"),
                 ));
             }
             config.body_limit = b;
@@ -414,6 +423,12 @@ impl Overrides {
             config.token = Some(t.to_owned());
         }
         if let Some(n) = self.max_target_labels {
+            if n > MAX_TARGET_LABELS {
+                return Err(bad(
+                    "max_target_labels",
+                    format!("must be at most {MAX_TARGET_LABELS}, got {n}"),
+                ));
+            }
             config.max_target_labels = n;
         }
         if let Some(n) = self.max_targets {
@@ -517,7 +532,7 @@ impl Config {
             request_timeout_ms: Some(ms(self.request_timeout)),
             max_in_flight: Some(self.max_in_flight),
             token: self.token.clone(),
-            max_target_labels: None,
+            max_target_labels: Some(self.max_target_labels),
             max_targets: Some(self.max_targets),
             health_window_ms: Some(ms(self.health_window)),
             min_p_success: Some(self.min_p_success),
@@ -712,6 +727,21 @@ mod tests {
                     ..Config::default()
                 },
                 "token",
+            ),
+            // Limits so large they are none.
+            (
+                Config {
+                    body_limit: usize::MAX,
+                    ..Config::default()
+                },
+                "body_limit_bytes",
+            ),
+            (
+                Config {
+                    max_target_labels: usize::MAX,
+                    ..Config::default()
+                },
+                "max_target_labels",
             ),
         ];
         for (config, want) in bad {

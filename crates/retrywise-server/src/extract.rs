@@ -213,3 +213,113 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
         T::deserialize(d).map(Given::Given)
     }
 }
+
+/// A JSON array of at most `N` items, refused at the first item beyond them: a body of
+/// many small items is never held whole in its larger parsed form (a 27-byte context
+/// parses into some 250 bytes) only to be refused for its length.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AtMost<T, const N: usize>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for AtMost<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Items<T, N> {
+            type Value = Vec<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of at most {N} items")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+                while let Some(item) = seq.next_element()? {
+                    if out.len() == N {
+                        return Err(serde::de::Error::custom(format!(
+                            "at most {N} items, got more"
+                        )));
+                    }
+                    out.push(item);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Items::<T, N>(std::marker::PhantomData))
+            .map(AtMost)
+    }
+}
+
+/// A tensor's values (the inference protocol's `data`): JSON scalars, flat or in nested
+/// arrays, at most `N` scalars in all - refused at the first beyond them, so that a body
+/// of a million `1,`s is never held as a million parsed values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scalars<const N: usize>(pub Vec<serde_json::Value>);
+
+impl<'de, const N: usize> Deserialize<'de> for Scalars<N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{DeserializeSeed, Error, SeqAccess, Visitor};
+        use serde_json::Value;
+        /// Builds one value, counting its scalars in `left`.
+        struct Seed<'a, const N: usize>(&'a std::cell::Cell<usize>);
+        impl<'a, const N: usize> Seed<'a, N> {
+            fn scalar<E: Error>(&self, v: Value) -> Result<Value, E> {
+                let n = self.0.get() + 1;
+                if n > N {
+                    return Err(E::custom(format!("at most {N} values, got more")));
+                }
+                self.0.set(n);
+                Ok(v)
+            }
+        }
+        impl<'de, const N: usize> DeserializeSeed<'de> for Seed<'_, N> {
+            type Value = Value;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de, const N: usize> Visitor<'de> for Seed<'_, N> {
+            type Value = Value;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number, a string, null, or an array of them")
+            }
+            fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
+                self.scalar(Value::Bool(v))
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
+                self.scalar(Value::from(v))
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
+                self.scalar(Value::from(v))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
+                self.scalar(Value::from(v))
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+                self.scalar(Value::String(v.to_owned()))
+            }
+            fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+                self.scalar(Value::String(v))
+            }
+            fn visit_unit<E: Error>(self) -> Result<Value, E> {
+                self.scalar(Value::Null)
+            }
+            fn visit_none<E: Error>(self) -> Result<Value, E> {
+                self.scalar(Value::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element_seed(Seed::<N>(self.0))? {
+                    out.push(v);
+                }
+                Ok(Value::Array(out))
+            }
+        }
+        let left = std::cell::Cell::new(0);
+        match Seed::<N>(&left).deserialize(d)? {
+            Value::Array(values) => Ok(Scalars(values)),
+            _ => Err(D::Error::custom("expected an array of values")),
+        }
+    }
+}

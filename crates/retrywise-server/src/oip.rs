@@ -25,7 +25,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use retrywise::attempt::schema::{self, Field, FieldType, Presence, Value};
-use retrywise::attempt::{AttemptRecord, ErrorKind, ms_to_duration};
+use retrywise::attempt::{AttemptContext, AttemptRecord, ErrorKind, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -36,6 +36,9 @@ use crate::api::{count_predictions, pick};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{body, content_type};
 use crate::openapi::MAX_BATCH;
+
+/// The most input tensors a request may hold: one per context field, with room to spare.
+pub(crate) const MAX_INPUTS: usize = 64;
 
 /// The tensor datatypes read (numeric ones convert to the field's type).
 pub const DATATYPES: &[&str] = &[
@@ -119,9 +122,10 @@ pub struct InferInput {
     /// `binary_data_size` when the values are in the binary part.
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    /// The `n` values, row-major (absent with binary data).
+    /// The `n` values, row-major (absent with binary data); at most
+    /// [`MAX_BATCH`] of them.
     #[schema(value_type = Option<Vec<Object>>)]
-    pub data: Option<Vec<serde_json::Value>>,
+    pub data: Option<crate::extract::Scalars<MAX_BATCH>>,
 }
 
 /// An output asked for.
@@ -144,8 +148,9 @@ pub struct InferRequest {
     /// `binary_data_output: true` for binary answers.
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    /// The input tensors.
-    pub inputs: Vec<InferInput>,
+    /// The input tensors (at most [`MAX_INPUTS`]).
+    #[schema(value_type = Vec<InferInput>)]
+    pub inputs: crate::extract::AtMost<InferInput, { MAX_INPUTS }>,
     /// The outputs wanted (all when absent or empty).
     pub outputs: Option<Vec<InferOutputRequest>>,
 }
@@ -317,13 +322,27 @@ fn width(datatype: &str) -> Option<usize> {
     })
 }
 
-/// The elements of a binary tensor.
-fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> {
+/// Values beyond the `rows` a tensor's shape declares.
+fn beyond(input: &InferInput, rows: usize) -> ApiError {
+    bad(
+        &input.name,
+        format!(
+            "shape {:?} declares {rows} values, and more follow",
+            input.shape
+        ),
+    )
+}
+
+/// The elements of a binary tensor, of at most `rows` (its shape's).
+fn decode_binary(input: &InferInput, raw: &[u8], rows: usize) -> Result<Vec<Cell>, ApiError> {
     let name = &input.name;
     if input.datatype == "BYTES" {
         let mut out = Vec::new();
         let mut rest = raw;
         while !rest.is_empty() {
+            if out.len() == rows {
+                return Err(beyond(input, rows));
+            }
             let (len, tail) = rest
                 .split_first_chunk::<4>()
                 .ok_or_else(|| bad(name, "a BYTES element is cut short"))?;
@@ -349,6 +368,9 @@ fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> 
                 input.datatype
             ),
         ));
+    }
+    if raw.len() / w > rows {
+        return Err(beyond(input, rows));
     }
     Ok(raw
         .chunks_exact(w)
@@ -378,37 +400,51 @@ fn decode_binary(input: &InferInput, raw: &[u8]) -> Result<Vec<Cell>, ApiError> 
 fn flatten<'a>(
     input: &InferInput,
     data: &'a [serde_json::Value],
+    rows: usize,
 ) -> Result<Vec<&'a serde_json::Value>, ApiError> {
+    enum Wrong {
+        Deep,
+        Beyond,
+    }
     fn walk<'a>(
         data: &'a [serde_json::Value],
         depth: usize,
+        rows: usize,
         out: &mut Vec<&'a serde_json::Value>,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Wrong> {
         for v in data {
             match v {
-                serde_json::Value::Array(inner) if depth > 1 => walk(inner, depth - 1, out)?,
-                serde_json::Value::Array(_) => return Err(()),
+                serde_json::Value::Array(inner) if depth > 1 => {
+                    walk(inner, depth - 1, rows, out)?;
+                }
+                serde_json::Value::Array(_) => return Err(Wrong::Deep),
+                _ if out.len() == rows => return Err(Wrong::Beyond),
                 v => out.push(v),
             }
         }
         Ok(())
     }
-    let mut out = Vec::with_capacity(data.len());
-    walk(data, input.shape.len().max(1), &mut out).map_err(|()| {
-        bad(
+    let mut out = Vec::with_capacity(data.len().min(rows));
+    walk(data, input.shape.len().max(1), rows, &mut out).map_err(|wrong| match wrong {
+        Wrong::Deep => bad(
             &format!("{}.data", input.name),
             format!(
                 "nested deeper than its shape {:?} has dimensions",
                 input.shape
             ),
-        )
+        ),
+        Wrong::Beyond => beyond(input, rows),
     })?;
     Ok(out)
 }
 
-/// The elements of a JSON tensor.
-fn decode_json(input: &InferInput, data: &[serde_json::Value]) -> Result<Vec<Cell>, ApiError> {
-    let data = flatten(input, data)?;
+/// The elements of a JSON tensor, of at most `rows` (its shape's).
+fn decode_json(
+    input: &InferInput,
+    data: &[serde_json::Value],
+    rows: usize,
+) -> Result<Vec<Cell>, ApiError> {
+    let data = flatten(input, data, rows)?;
     let dt = input.datatype.as_str();
     // The range of an integer datatype, to hold each element to what it declares: from
     // `lo` up to, not including, `end` (2^63 and 2^64 are exact in f64; i64::MAX is not).
@@ -608,7 +644,8 @@ async fn infer_as(
     }
     let (json, mut binary) = split(&headers, &bytes)?;
     let req: InferRequest = crate::extract::parse_object(json, String::new)?;
-    if !req.inputs.iter().any(|i| i.name == "attempt") {
+    let inputs = &req.inputs.0;
+    if !inputs.iter().any(|i| i.name == "attempt") {
         return Err(ApiError::bad_request(
             "inputs: the `attempt` input is required",
         ));
@@ -623,7 +660,7 @@ async fn infer_as(
     // Decode every tensor, in input order (binary parts follow that order).
     let mut columns: Vec<(&'static Field, Vec<Cell>)> = Vec::new();
     let mut n: Option<usize> = None;
-    for input in &req.inputs {
+    for input in inputs {
         let field = schema::context_fields()
             .find(|f| f.name == input.name)
             .ok_or_else(|| {
@@ -659,6 +696,26 @@ async fn infer_as(
                 })
             })
             .transpose()?;
+        // The rows the shape declares, checked before anything is decoded: values beyond
+        // them are refused as they are met, never all decoded first.
+        let rows = match input.shape.as_slice() {
+            [k] | [k, 1] => usize::try_from(*k).unwrap_or(usize::MAX),
+            _ => {
+                return Err(bad(
+                    &input.name,
+                    format!("shape {:?}: expected [n] (or [n, 1])", input.shape),
+                ));
+            }
+        };
+        if rows > MAX_BATCH {
+            return Err(bad(
+                &input.name,
+                format!(
+                    "shape {:?}: at most {MAX_BATCH} contexts, got {rows}",
+                    input.shape
+                ),
+            ));
+        }
         let cells = match (binary_size, &input.data) {
             (Some(_), Some(_)) => {
                 return Err(bad(
@@ -679,9 +736,9 @@ async fn infer_as(
                 }
                 let (raw, rest) = binary.split_at(size);
                 binary = rest;
-                decode_binary(input, raw)?
+                decode_binary(input, raw, rows)?
             }
-            (None, Some(data)) => decode_json(input, data)?,
+            (None, Some(data)) => decode_json(input, &data.0, rows)?,
             (None, None) => {
                 return Err(bad(
                     &input.name,
@@ -689,9 +746,8 @@ async fn infer_as(
                 ));
             }
         };
-        let rows = cells.len();
-        let ok_shape = matches!(input.shape.as_slice(), [k] | [k, 1] if *k == rows as u64);
-        if !ok_shape {
+        if cells.len() != rows {
+            let rows = cells.len();
             return Err(bad(
                 &input.name,
                 format!(
@@ -730,7 +786,18 @@ async fn infer_as(
         )));
     }
     let now = Instant::now();
-    // The model's name (the path's) is every context's target unless one is given.
+    // The model's name (the path's) is every context's target unless one is given. A name
+    // that is no target name (too long, a control character) is no model's either: the
+    // caller is told the model is unknown, not that an input it never sent is wrong.
+    if !columns.iter().any(|(f, _)| f.name == "target")
+        && let Err(e) = AttemptContext::first(name).validate()
+    {
+        serving_as(st, name, version)?;
+        return Err(bad(
+            "target",
+            format!("the model's name is no target name, so send a `target` input ({e})"),
+        ));
+    }
     let target: Arc<str> = Arc::from(name);
     let mut ctxs = Vec::with_capacity(n);
     for i in 0..n {
@@ -818,23 +885,36 @@ mod tests {
             raw.extend_from_slice(s.as_bytes());
         }
         assert_eq!(
-            decode_binary(&input("error", "BYTES"), &raw).unwrap(),
+            decode_binary(&input("error", "BYTES"), &raw, 2).unwrap(),
             [Cell::Text("timeout".into()), Cell::Text(String::new())]
         );
         let raw: Vec<u8> = [2i64, -1].iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(
-            decode_binary(&input("attempt", "INT64"), &raw).unwrap(),
+            decode_binary(&input("attempt", "INT64"), &raw, 2).unwrap(),
             [Cell::Number(2.0), Cell::Number(-1.0)]
         );
         let raw: Vec<u8> = [0.5f32, f32::NAN]
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect();
-        let cells = decode_binary(&input("failure_rate", "FP32"), &raw).unwrap();
+        let cells = decode_binary(&input("failure_rate", "FP32"), &raw, 2).unwrap();
         assert_eq!(cells[0], Cell::Number(0.5));
         assert!(matches!(cells[1], Cell::Number(x) if x.is_nan()));
-        assert!(decode_binary(&input("attempt", "INT64"), &[1, 2, 3]).is_err());
-        assert!(decode_binary(&input("error", "BYTES"), &[9, 0, 0, 0, b'x']).is_err());
+        assert!(decode_binary(&input("attempt", "INT64"), &[1, 2, 3], 2).is_err());
+        assert!(decode_binary(&input("error", "BYTES"), &[9, 0, 0, 0, b'x'], 2).is_err());
+        // No more values than the shape's rows are decoded.
+        let raw: Vec<u8> = [2i64, 1, 1].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert!(decode_binary(&input("attempt", "INT64"), &raw, 2).is_err());
+        let mut raw = Vec::new();
+        for _ in 0..3 {
+            raw.extend_from_slice(&1u32.to_le_bytes());
+            raw.push(b'x');
+        }
+        let e = decode_binary(&input("error", "BYTES"), &raw, 2).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("declares 2 values, and more follow"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -103,23 +103,46 @@ pub fn openapi(auth: bool) -> Value {
                         With the binary tensor extension, `parameters.binary_data_size` replaces `data`.",
         "properties": {
             "name": {"type": "string", "enum": tensors},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_BATCH}, "minItems": 1, "maxItems": 2},
+            "shape": {
+                "type": "array",
+                "prefixItems": [{"type": "integer", "minimum": 0, "maximum": MAX_BATCH}, {"const": 1}],
+                "items": false,
+                "minItems": 1,
+            },
             "datatype": {"type": "string", "enum": oip::DATATYPES},
             "parameters": {"type": ["object", "null"]},
-            "data": {"type": "array", "maxItems": MAX_BATCH},
+            "data": {
+                "type": ["array", "null"], "maxItems": MAX_BATCH,
+                "description": "The values, flat or nested by the shape; at most the shape's n (and 1000) in all.",
+            },
         },
-        "required": ["name", "shape", "datatype", "data"],
+        "required": ["name", "shape", "datatype"],
+        "anyOf": [
+            {"required": ["data"]},
+            {"required": ["parameters"], "properties": {"parameters": {"type": "object", "required": ["binary_data_size"]}}},
+        ],
+        "additionalProperties": false,
     });
     schemas["InferRequest"] = json!({
         "type": "object",
         "properties": {
             "id": {"type": ["string", "null"]},
             "parameters": {"type": ["object", "null"]},
-            "inputs": {"type": "array", "items": component("InferInput"), "minItems": 1},
+            "inputs": {"type": "array", "items": component("InferInput"), "minItems": 1, "maxItems": oip::MAX_INPUTS},
             "outputs": {"type": ["array", "null"], "items": component("InferOutputRequest")},
         },
         "required": ["inputs"],
+        "additionalProperties": false,
     });
+    // The binary tensor extension: the JSON request, its length in
+    // `Inference-Header-Content-Length`, then the tensors' bytes.
+    for path in ["/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"] {
+        doc["paths"][path]["post"]["requestBody"]["content"]["application/octet-stream"] = json!({
+            "schema": {"type": "string", "format": "binary",
+                       "description": "KServe's binary tensor extension: the JSON InferRequest (its length in the \
+                                       Inference-Header-Content-Length header), then the inputs' bytes in input order."},
+        });
+    }
     doc["paths"]["/v1/attempts"]["post"]["requestBody"] = json!({
         "description": "Attempt records: a JSON array, or NDJSON (one record per line). A batch is written whole or \
                         refused whole: one invalid record refuses it (400, naming the record and field).",

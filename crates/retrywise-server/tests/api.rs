@@ -407,6 +407,57 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
     }
     let (_, e) = h.get("/v2/models/default/versions/7").await;
     assert!(e.to_string().contains("version 1 serves"), "{e}");
+    // A model name that could be no target's is an unknown model (it was a 400 about a
+    // `target` input the caller never sent).
+    let one =
+        json!({"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}]});
+    for name in ["x".repeat(300), "a%0Ab".to_owned()] {
+        let (s, e) = h
+            .post(&format!("/v2/models/{name}/infer"), &one.to_string())
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{name}: {e}");
+    }
+    // Too many contexts is said before they are decoded: by the shape, or by the values
+    // beyond it (a body of 10,000 values was decoded whole, then refused).
+    let many = vec![1; 10_000];
+    for (input, said) in [
+        (
+            json!({"name": "attempt", "shape": [10_000], "datatype": "INT64", "data": many}),
+            "inputs[0].data[1000]: at most 1000 values, got more",
+        ),
+        (
+            json!({"name": "attempt", "shape": [2_000], "datatype": "INT64", "data": [1, 1]}),
+            "inputs.attempt: shape [2000]: at most 1000 contexts, got 2000",
+        ),
+        (
+            json!({"name": "attempt", "shape": [2], "datatype": "INT64", "data": [1, 1, 1, 1]}),
+            "inputs.attempt: shape [2] declares 2 values, and more follow",
+        ),
+        (
+            json!({"name": "attempt", "shape": [2, 1], "datatype": "INT64", "data": [[1, 1, 1, 1]]}),
+            "inputs.attempt: shape [2, 1] declares 2 values, and more follow",
+        ),
+    ] {
+        let (s, e) = h
+            .post(
+                "/v2/models/default/infer",
+                &json!({"inputs": [input]}).to_string(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+        assert!(e.to_string().contains(said), "{said}: {e}");
+    }
+    // And on /v1/predict: contexts beyond the batch's limit are refused as they are met.
+    let contexts = vec![json!({"target": "t", "attempt": 1}); 5_000];
+    let (s, e) = h
+        .post("/v1/predict", &json!({"contexts": contexts}).to_string())
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        e.to_string()
+            .contains("contexts: at most 1000 items, got more"),
+        "{e}"
+    );
 }
 
 /// The outputs `/v2/models/default/infer` answers to `body`.
