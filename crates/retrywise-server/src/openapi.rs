@@ -136,7 +136,10 @@ pub fn openapi(auth: bool) -> Value {
     });
     // The binary tensor extension: the JSON request, its length in
     // `Inference-Header-Content-Length`, then the tensors' bytes.
-    for path in ["/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"] {
+    for path in [
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    ] {
         doc["paths"][path]["post"]["requestBody"]["content"]["application/octet-stream"] = json!({
             "schema": {"type": "string", "format": "binary",
                        "description": "KServe's binary tensor extension: the JSON InferRequest (its length in the \

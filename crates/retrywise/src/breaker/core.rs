@@ -383,7 +383,8 @@ impl CircuitBreaker {
             && let Some(now) = stamp
             // Moved at most once a millisecond (what the prediction's context needs): a
             // success costs a load, not a compare-and-swap loop.
-            && now >= s.last_success.load(Ordering::Relaxed) + 1_000_000
+            // (Saturating: a clock read past what the nanoseconds hold stays there.)
+            && now >= s.last_success.load(Ordering::Relaxed).saturating_add(1_000_000)
         {
             s.last_success.fetch_max(now, Ordering::Relaxed);
         }

@@ -631,6 +631,23 @@ mod tests {
             .expect("OPEN says for how long")
     }
 
+    /// A clock read past what its nanoseconds hold (584 years on) saturates there, and a
+    /// success after it overflows nothing (it panicked in a debug build).
+    #[tokio::test(start_paused = true)]
+    async fn a_success_centuries_on_overflows_nothing() {
+        let model = Arc::new(|_: &crate::attempt::AttemptContext| 0.9);
+        let b = predictive(model).build().unwrap();
+        let far = tokio::time::Instant::now() + Duration::from_secs(600 * 365 * 86_400);
+        b.try_acquire()
+            .unwrap()
+            .record_at(CallOutcome::Success, MS, far);
+        b.try_acquire().unwrap().record(CallOutcome::Success, MS);
+        b.try_acquire()
+            .unwrap()
+            .record_at(CallOutcome::Success, MS, far);
+        assert_eq!(b.state(), State::Closed);
+    }
+
     fn predictive(model: Arc<dyn crate::model::SuccessModel>) -> BreakerBuilder {
         small()
             .failure_rate_threshold(0.9)
@@ -1108,6 +1125,41 @@ mod tests {
                     }
                 }
                 Recovery::NotWithin => prop_assert!(back > max.mul_f64(1.0 - 1e-9)),
+                Recovery::Unknown => prop_assert!(false, "no NaN here"),
+            }
+        }
+
+        /// Asked for a wait shorter than `within`, it finds one whenever one is worth it -
+        /// also one between the grid's last point under `within` and `within` itself (it
+        /// answered "not within" there).
+        #[test]
+        fn recovery_within_a_limit_finds_every_crossing_under_it(
+            back_after_us in 1u64..120_000_000,
+            within_us in 1u64..120_000_000,
+            min_ms in 1u64..5_000,
+            ratio in 1.0f64..1_000.0,
+        ) {
+            let back = Duration::from_micros(back_after_us);
+            let within = Duration::from_micros(within_us);
+            let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
+                if c.since_success.unwrap_or_default() + c.delay >= back { 0.9 } else { 0.0 }
+            });
+            let min = Duration::from_millis(min_ms);
+            let max = min.mul_f64(ratio);
+            let pred = Prediction::new(model).open_between(min, max);
+            let mut ctx = crate::attempt::AttemptContext::first("p");
+            ctx.since_success = Some(Duration::ZERO);
+            // The longest wait it may answer: under `within`, within the bounds.
+            let edge = within.saturating_sub(Duration::from_micros(1)).clamp(min, max);
+            let findable = edge < within && back <= edge;
+            match pred.recovery(&ctx, Some(within)) {
+                Recovery::After { wait, p_success } => {
+                    prop_assert!(findable, "{:?} found though none is", wait);
+                    prop_assert_eq!(p_success, 0.9);
+                    prop_assert!(wait < within && wait >= min && wait <= max, "{:?}", wait);
+                    prop_assert!(wait >= back || wait == min, "{:?} before {:?}", wait, back);
+                }
+                Recovery::NotWithin => prop_assert!(!findable, "missed: back {:?}, within {:?}", back, within),
                 Recovery::Unknown => prop_assert!(false, "no NaN here"),
             }
         }

@@ -234,6 +234,7 @@ impl Prediction {
         threshold: f64,
     ) -> Recovery {
         let (lo, hi) = (self.min_open.as_secs_f64(), self.max_open.as_secs_f64());
+        // (At most `WAITS`: the edge takes the place of the grid point it stands for.)
         let mut waits = [Duration::ZERO; WAITS];
         let mut n = 0;
         for i in 0..WAITS {
@@ -242,15 +243,29 @@ impl Prediction {
             let w = Duration::try_from_secs_f64(x)
                 .unwrap_or(self.max_open)
                 .clamp(self.min_open, self.max_open);
-            if within.is_some_and(|l| w >= l) {
+            if let Some(l) = within
+                && w >= l
+            {
+                // Cut by `within`: the last wait shorter than it is weighed too, so that a
+                // crossing between the grid's last point and `within` is found.
+                let edge = l
+                    .saturating_sub(Duration::from_micros(1))
+                    .clamp(self.min_open, self.max_open);
+                if edge < l && (n == 0 || edge > waits[n - 1]) {
+                    waits[n] = edge;
+                    n += 1;
+                }
                 break;
             }
             waits[n] = w;
             n += 1;
         }
         let waits = &waits[..n];
+        // One model for the grid and its refinement, even if it is swapped meanwhile.
+        let pinned = self.model.pinned();
+        let model: &dyn SuccessModel = pinned.as_deref().unwrap_or(self.model.as_ref());
         let mut p = [0.0; WAITS];
-        if self.p_by_delay(ctx, retry, waits, &mut p[..n]).is_none() {
+        if Self::p_by_delay(model, ctx, retry, waits, &mut p[..n]).is_none() {
             return Recovery::Unknown;
         }
         let Some(i) = p[..n].iter().position(|p| *p >= threshold) else {
@@ -263,7 +278,7 @@ impl Prediction {
             for _ in 0..REFINE {
                 let mid = *below + (wait - *below) / 2;
                 let mut q = [0.0];
-                if self.p_by_delay(ctx, retry, &[mid], &mut q).is_none() {
+                if Self::p_by_delay(model, ctx, retry, &[mid], &mut q).is_none() {
                     break;
                 }
                 if q[0] >= threshold {
@@ -279,17 +294,17 @@ impl Prediction {
     /// The better of the two readings' predictions after each of `waits`, into `out`;
     /// `None` if the model answered NaN.
     fn p_by_delay(
-        &self,
+        model: &dyn SuccessModel,
         ctx: &AttemptContext,
         retry: Option<&AttemptContext>,
         waits: &[Duration],
         out: &mut [f64],
     ) -> Option<()> {
-        self.model.p_success_by_delay(ctx, waits, out);
+        model.p_success_by_delay(ctx, waits, out);
         if let Some(retry) = retry {
             let mut q = [0.0; WAITS];
             let q = &mut q[..waits.len()];
-            self.model.p_success_by_delay(retry, waits, q);
+            model.p_success_by_delay(retry, waits, q);
             for (o, q) in out.iter_mut().zip(q.iter()) {
                 *o = if q.is_nan() || o.is_nan() {
                     f64::NAN

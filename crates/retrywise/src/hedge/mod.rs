@@ -327,7 +327,7 @@ impl Hedge {
                 && s.next_refresh
                     .compare_exchange(
                         next,
-                        since + REFRESH_NANOS,
+                        since.saturating_add(REFRESH_NANOS),
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     )
@@ -355,7 +355,7 @@ impl Hedge {
             s.cached_nanos.store(v, Ordering::Relaxed);
             if filling {
                 s.next_refresh
-                    .store(since + REFRESH_NANOS, Ordering::Relaxed);
+                    .store(since.saturating_add(REFRESH_NANOS), Ordering::Relaxed);
             }
         }
     }
@@ -791,6 +791,18 @@ mod tests {
         assert_eq!(log, [(0, "cancelled"), (1, "cancelled"), (2, "finished")]);
         assert_eq!(h.metrics().hedges, 2);
         assert_eq!(h.metrics().hedge_wins, 1);
+    }
+
+    /// Latencies recorded centuries on (a clock past what the nanoseconds hold) overflow
+    /// nothing (the next refresh's time panicked in a debug build).
+    #[tokio::test(start_paused = true)]
+    async fn latencies_recorded_centuries_on_overflow_nothing() {
+        let h = Hedge::builder().build().unwrap();
+        let far = Instant::now() + Duration::from_secs(600 * 365 * 86_400);
+        for _ in 0..3 {
+            h.record_latency(far, 10 * MS);
+        }
+        h.record_latency(Instant::now(), 10 * MS);
     }
 
     #[tokio::test(start_paused = true)]

@@ -86,6 +86,14 @@ pub trait SuccessModel: Send + Sync {
         let _ = log_delays;
         self.p_success_by_delay(ctx, delays, out);
     }
+
+    /// The model answering now, for a model that can be swapped
+    /// ([`SharedModel`](shared::SharedModel)): a decision that asks several questions asks
+    /// them all of it, so that one model's support check never lets another model's
+    /// predictions through. `None` (the default) for a model that is always itself.
+    fn pinned(&self) -> Option<std::sync::Arc<dyn SuccessModel>> {
+        None
+    }
 }
 
 impl<F> SuccessModel for F
@@ -118,6 +126,10 @@ impl<M: SuccessModel + ?Sized> SuccessModel for std::sync::Arc<M> {
 
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
         (**self).trained_on(ctx)
+    }
+
+    fn pinned(&self) -> Option<std::sync::Arc<dyn SuccessModel>> {
+        (**self).pinned()
     }
 }
 

@@ -73,6 +73,10 @@ impl SuccessModel for SharedModel {
         self.current().trained_on(ctx)
     }
 
+    fn pinned(&self) -> Option<Arc<dyn SuccessModel>> {
+        Some(self.current())
+    }
+
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
         self.current().p_success_by_delay(ctx, delays, out);
     }
@@ -204,5 +208,69 @@ mod tests {
         let after = decider.weigh(&ctx);
         assert!(after.alternatives.iter().all(|a| a.p_success == 0.99));
         assert!(matches!(after.explained.decision, Decision::Retry(_)));
+    }
+
+    /// The model whose support check a decision passed is the one that answers it: a swap
+    /// between the check and the predictions (to a model that never saw such a context)
+    /// does not let the new model's predictions through (it did: the decision was the new
+    /// model's retry, on the old model's support).
+    #[test]
+    fn a_swap_after_the_support_check_leaves_the_decision_to_the_model_checked() {
+        use std::sync::Mutex;
+        use std::sync::mpsc::{Receiver, Sender, channel};
+        use std::time::Duration as D;
+        struct Held {
+            inside: Mutex<Option<Sender<()>>>,
+            swapped: Mutex<Receiver<()>>,
+        }
+        impl SuccessModel for Held {
+            fn p_success(&self, _: &AttemptContext) -> f64 {
+                0.01
+            }
+            fn trained_on(&self, _: &AttemptContext) -> Option<u64> {
+                if let Some(tell) = self.inside.lock().unwrap().take() {
+                    tell.send(()).unwrap();
+                    self.swapped
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(D::from_secs(10))
+                        .expect("swapped within 10 s");
+                }
+                Some(1_000_000)
+            }
+        }
+        /// Sure of success, about contexts it never saw.
+        struct Unseen;
+        impl SuccessModel for Unseen {
+            fn p_success(&self, _: &AttemptContext) -> f64 {
+                0.99
+            }
+            fn trained_on(&self, _: &AttemptContext) -> Option<u64> {
+                Some(0)
+            }
+        }
+        let (tell_inside, inside) = channel();
+        let (tell_swapped, swapped) = channel();
+        let held = Arc::new(Held {
+            inside: Mutex::new(Some(tell_inside)),
+            swapped: Mutex::new(swapped),
+        });
+        let shared = Arc::new(SharedModel::new(held));
+        let (decider, ctx) = deciding_with(&shared);
+        let during = std::thread::scope(|s| {
+            let d = s.spawn(|| decider.weigh(&ctx));
+            inside
+                .recv_timeout(D::from_secs(10))
+                .expect("the decision asked the model within 10 s");
+            shared.swap(Arc::new(Unseen));
+            tell_swapped.send(()).unwrap();
+            d.join().unwrap()
+        });
+        let ps: Vec<f64> = during.alternatives.iter().map(|a| a.p_success).collect();
+        assert!(ps.len() > 1 && ps.iter().all(|p| *p == 0.01), "{ps:?}");
+        assert_eq!(
+            during.explained.decision,
+            Decision::Stop(StopReason::LowSuccessProbability)
+        );
     }
 }

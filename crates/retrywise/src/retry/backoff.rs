@@ -159,6 +159,11 @@ impl Backoff {
                 multiplier,
                 max,
             } => {
+                // A zero start stays zero however far the curve goes (0 × ∞ is NaN, which
+                // would read as the cap).
+                if initial.is_zero() {
+                    return Duration::ZERO;
+                }
                 let exp = i32::try_from(n - 1).unwrap_or(i32::MAX);
                 let secs = initial.as_secs_f64() * multiplier.powi(exp);
                 secs_capped(secs, max)
@@ -328,6 +333,16 @@ mod tests {
             Just(Jitter::Equal),
             (0.0f64..=1.0).prop_map(Jitter::Proportional),
         ]
+    }
+
+    /// A curve that starts at zero stays there (past the 1,100th retry, 0 × ∞ read as the
+    /// cap: a 10 s wait from a curve of zeros).
+    #[test]
+    fn an_exponential_from_zero_stays_at_zero() {
+        let e = Backoff::exponential(Duration::ZERO, 2.0, Duration::from_secs(10)).unwrap();
+        for n in [1, 2, 60, 1_100, u32::MAX] {
+            assert_eq!(e.delay(n, Duration::ZERO, 0.5), Duration::ZERO, "retry {n}");
+        }
     }
 
     proptest! {

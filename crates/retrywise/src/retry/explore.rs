@@ -9,7 +9,8 @@ use crate::random::RandomSource;
 const CHECK: Check = Check::new("exploration");
 
 /// Multiplies a decider's delay, with some probability, by a factor drawn log-uniformly
-/// from `[min_factor, max_factor]`.
+/// from `[min_factor, max_factor]` - a delay under a millisecond (none, or a jitter's
+/// smallest) as if it were one, so that "at once" is compared with "a little later" too.
 ///
 /// A model can only learn the effect of waiting from data in which the wait varied for the
 /// same situation. A policy that always waits 200 ms after a 503 teaches nothing about
@@ -73,14 +74,15 @@ impl Exploration {
         self
     }
 
-    /// The explored delay for a planned one, or `None` when this decision is not explored.
+    /// The explored delay for a planned one (taken as at least a millisecond), or `None`
+    /// when this decision is not explored.
     pub fn apply(&self, planned: Duration) -> Option<Duration> {
         if self.random.next_f64() >= self.probability {
             return None;
         }
         let ln = self.ln_min + (self.ln_max - self.ln_min) * self.random.next_f64();
-        // A zero delay explores around a small floor, so that "immediately" is compared
-        // with "a little later" too.
+        // A delay under a millisecond explores around that floor, so that "immediately" is
+        // compared with "a little later" too.
         let base = planned.max(Duration::from_millis(1)).as_secs_f64();
         Duration::try_from_secs_f64(base * ln.exp()).ok()
     }

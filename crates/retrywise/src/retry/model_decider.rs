@@ -365,7 +365,10 @@ impl ModelDecider {
         let Some(model) = &self.model else {
             return told(self.by_rules(ctx, Fallback::NoModel));
         };
-        if !supports(model.as_ref(), ctx, self.min_support) {
+        // One model for the whole decision, even if it is swapped meanwhile.
+        let pinned = model.pinned();
+        let model: &dyn SuccessModel = pinned.as_deref().unwrap_or(model.as_ref());
+        if !supports(model, ctx, self.min_support) {
             return told(self.by_rules(ctx, Fallback::Unsupported));
         }
         if ctx.attempt > self.max_attempts {
@@ -635,8 +638,15 @@ impl RetryDecider for ModelDecider {
         let own = self
             .timeout
             .map(|(base, max)| match (ctx.latency_p95, &self.model) {
-                // A NaN answer is no evidence the target is alive: the base.
-                (Some(p95), Some(model)) if p95 > base / 2 && model.p_success(ctx) >= 0.5 => {
+                // A NaN answer is no evidence the target is alive, nor one about what the
+                // model has barely seen: the base.
+                (Some(p95), Some(model))
+                    if p95 > base / 2 && {
+                        let pinned = model.pinned();
+                        let model: &dyn SuccessModel = pinned.as_deref().unwrap_or(model.as_ref());
+                        supports(model, ctx, self.min_support) && model.p_success(ctx) >= 0.5
+                    } =>
+                {
                     p95.saturating_mul(2).clamp(base, max)
                 }
                 _ => base,
@@ -832,6 +842,7 @@ impl ModelDeciderBuilder {
         }
         if let Some((base, max)) = self.timeout {
             CHECK.positive("attempt_timeout", base)?;
+            CHECK.bounded("attempt_timeout", max)?;
             if max < base {
                 return Err(CHECK.err(
                     "attempt_timeout",
@@ -859,7 +870,7 @@ impl ModelDeciderBuilder {
         // Zero, then log-spaced from 1 ms to the cap.
         let steps = self.grid_len - 1;
         let (lo, hi) = (1e-3f64.ln(), self.cap.as_secs_f64().ln());
-        let grid: Vec<Duration> = std::iter::once(Duration::ZERO)
+        let mut grid: Vec<Duration> = std::iter::once(Duration::ZERO)
             .chain((0..steps).map(|i| {
                 let x = if steps == 1 {
                     hi
@@ -870,6 +881,9 @@ impl ModelDeciderBuilder {
                 Duration::try_from_secs_f64(x.exp()).map_or(self.cap, |w| w.min(self.cap))
             }))
             .collect();
+        // A cap of a millisecond (the shortest) leaves points that coincide: each wait is
+        // weighed (and explored, with its propensity) once.
+        grid.dedup();
         let grid_logs = grid.iter().map(|w| crate::features::log_ms(*w)).collect();
         Ok(ModelDecider {
             model: self.model,
@@ -1077,6 +1091,23 @@ mod tests {
         assert_eq!(d(0.1).attempt_timeout(&c), Some(s(1)));
         // A model answering NaN says nothing: the base.
         assert_eq!(d(f64::NAN).attempt_timeout(&c), Some(s(1)));
+        // Nor does one about what it has barely seen (it stretched the timeout on a
+        // prediction every other use of the model would have refused).
+        struct Unseen;
+        impl SuccessModel for Unseen {
+            fn p_success(&self, _: &AttemptContext) -> f64 {
+                0.9
+            }
+            fn trained_on(&self, _: &AttemptContext) -> Option<u64> {
+                Some(0)
+            }
+        }
+        let unseen = decider(Arc::new(Unseen))
+            .attempt_timeout(s(1), s(5))
+            .deadline(s(10))
+            .build()
+            .unwrap();
+        assert_eq!(unseen.attempt_timeout(&c), Some(s(1)));
         // Never beyond the deadline.
         c.elapsed = ms(8_000);
         assert_eq!(d(0.9).attempt_timeout(&c), Some(s(2)));
@@ -1102,6 +1133,11 @@ mod tests {
         assert_eq!(g[1], Duration::from_millis(1));
         assert_eq!(*g.last().unwrap(), Duration::from_secs(10));
         assert!(g.windows(2).all(|w| w[0] < w[1]));
+        // The shortest cap, a millisecond: each wait once (63 copies of 1 ms skewed the
+        // random pick and the explored waits' propensity).
+        let cap = Duration::from_millis(1);
+        let d = ModelDecider::builder().cap(cap).grid(64).build().unwrap();
+        assert_eq!(d.grid(), [Duration::ZERO, cap]);
     }
 
     #[test]

@@ -90,9 +90,11 @@ impl RuleBasedAdaptive {
     /// The base wait and the cap.
     ///
     /// # Errors
-    /// `base` zero or above `cap`.
+    /// `base` zero or above `cap`; `cap` beyond [`crate::MAX_CONFIG_DURATION`] (a wait no
+    /// record could hold).
     pub fn delays(mut self, base: Duration, cap: Duration) -> Result<Self, ConfigError> {
         CHECK.positive("base", base)?;
+        CHECK.bounded("cap", cap)?;
         if base > cap {
             return Err(CHECK.err("base", format!("{base:?} is above cap {cap:?}")));
         }
@@ -162,7 +164,10 @@ impl RetryDecider for RuleBasedAdaptive {
             Some(ErrorKind::Connect) => secs /= 2.0,
             _ => {}
         }
-        let mut delay = cap(secs, self.cap);
+        // The server's Retry-After is a floor the wait never goes under: the model is asked
+        // about the wait that would be taken, not the backoff's shorter one.
+        let floor = ctx.retry_after.unwrap_or(Duration::ZERO);
+        let mut delay = cap(secs, self.cap).max(floor);
         if let Some(p) = p_after(delay) {
             if p < self.stop_below {
                 return Explained {
@@ -176,9 +181,7 @@ impl RetryDecider for RuleBasedAdaptive {
                 delay = cap(delay.as_secs_f64() * 3.0, self.cap);
             }
         }
-        if let Some(ra) = ctx.retry_after {
-            delay = delay.max(ra);
-        }
+        let delay = delay.max(floor);
         if let Some(deadline) = self.deadline
             && ctx.elapsed.saturating_add(delay) >= deadline
         {
@@ -333,6 +336,24 @@ mod tests {
         assert_eq!(s.decide(&c), Decision::Stop(StopReason::Deadline));
     }
 
+    /// The model is asked about the wait that will be taken - the Retry-After when it is
+    /// longer than the backoff's - not the shorter one: a 429 whose Retry-After clears it
+    /// is retried after it (it was given up on by the backoff's p), and halving a wait
+    /// never goes under the Retry-After.
+    #[test]
+    fn the_model_weighs_the_wait_the_retry_after_sets() {
+        let s = RuleBasedAdaptive::new().with_model(Arc::new(|c: &AttemptContext| {
+            if c.delay >= Duration::from_secs(5) {
+                0.9
+            } else {
+                0.05
+            }
+        }));
+        let mut c = after(ErrorKind::Http429, 2);
+        c.retry_after = Some(Duration::from_secs(5));
+        assert_eq!(s.decide(&c), Decision::Retry(Duration::from_secs(5)));
+    }
+
     #[test]
     fn refuses_bad_values() {
         assert_eq!(
@@ -352,6 +373,14 @@ mod tests {
                 .unwrap_err()
                 .field,
             "base"
+        );
+        // A cap no record could hold (a retry 190 years on was decided).
+        assert_eq!(
+            RuleBasedAdaptive::new()
+                .delays(MS, Duration::MAX)
+                .unwrap_err()
+                .field,
+            "cap"
         );
         assert_eq!(
             RuleBasedAdaptive::new()
