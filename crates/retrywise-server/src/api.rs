@@ -855,7 +855,7 @@ pub(crate) async fn target(
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
 pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     st.sync_dropped();
-    st.metrics.release(|name| st.fleet.tracks(name));
+    crate::ingest::release_labels(&st, tokio::time::Instant::now());
     let names = st.fleet.names();
     // Targets come into the fleet view through questions too (`/v1/targets/{t}`, a
     // probe's admission), not only through ingestion: counted as of the scrape.

@@ -49,6 +49,32 @@ pub struct Target {
     moved_on: Arc<Mutex<MovedOn>>,
 }
 
+impl Target {
+    /// Idle at `now`: nothing within the window, and no circuit still holding - closed,
+    /// never used, or open past its time for longer than the fleet reads a circuit as
+    /// probing (callers read it as HALF_OPEN; obeying it they report nothing, so it would
+    /// otherwise hold for ever). One an operator forced open, disabled or set to metrics
+    /// only holds.
+    fn idle(&self, now: Instant) -> bool {
+        let probing = || {
+            self.moved_on
+                .lock()
+                .ok()
+                .and_then(|m| m.open_until)
+                .is_some_and(|until| {
+                    now.saturating_duration_since(until) < crate::shared::PROBING_AT_MOST
+                })
+        };
+        let holds = match local_circuit(&self.breaker) {
+            (State::Open, left) => left.is_some_and(|l| !l.is_zero()),
+            (State::HalfOpen, _) => probing(),
+            (State::Closed, _) => false,
+            (State::ForcedOpen | State::Disabled | State::MetricsOnly, _) => true,
+        };
+        self.health.counts(now).0 == 0 && !holds
+    }
+}
+
 /// When a breaker's latest opening ends and when it last closed: on its clock, an attempt
 /// that ended before the state the breaker is in began is reported late, and is no probe
 /// nor evidence of the target since; on the wall clock, a success the fleet reports after
@@ -445,22 +471,7 @@ impl Fleet {
             // obeying it they report nothing, so it would otherwise stay for ever; within
             // that time, forgotten, its probes would be nobody's to count). One an
             // operator forced open, disabled or set to metrics only is kept.
-            let probing = |t: &Target| {
-                t.moved_on
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.open_until)
-                    .is_some_and(|until| {
-                        now.saturating_duration_since(until) < crate::shared::PROBING_AT_MOST
-                    })
-            };
-            let holds = |t: &Target| match local_circuit(&t.breaker) {
-                (State::Open, left) => left.is_some_and(|l| !l.is_zero()),
-                (State::HalfOpen, _) => probing(t),
-                (State::Closed, _) => false,
-                (State::ForcedOpen | State::Disabled | State::MetricsOnly, _) => true,
-            };
-            map.retain(|_, t| t.health.counts(now).0 > 0 || holds(t));
+            map.retain(|_, t| !t.idle(now));
             self.count.store(map.len(), Ordering::Relaxed);
             if map.len() >= self.max_targets {
                 return None;
@@ -751,6 +762,12 @@ impl Fleet {
     /// Whether `target` is tracked by this replica.
     pub fn tracks(&self, target: &str) -> bool {
         self.get(target).is_some()
+    }
+
+    /// Whether `target` is idle at `now` - nothing within the window, and no circuit that
+    /// still holds - as the fleet at its cap forgets such targets; one not tracked is.
+    pub fn idle(&self, target: &str, now: Instant) -> bool {
+        self.get(target).is_none_or(|t| t.idle(now))
     }
 
     /// How many targets are tracked.

@@ -186,10 +186,33 @@ pub(crate) async fn ingest(
     let wall_ms = crate::shared::wall_ms();
     for r in &seen {
         let observed = st.fleet.observe(r, now, wall_ms);
-        if observed == crate::fleet::Observed::Full {
-            tracing::debug!(target_name = %r.context.target, "fleet view full: target not tracked");
+        let reason = match observed {
+            crate::fleet::Observed::Tracked => None,
+            crate::fleet::Observed::Stale => Some("stale"),
+            crate::fleet::Observed::Full => {
+                tracing::debug!(target_name = %r.context.target, "fleet view full: target not tracked");
+                Some("fleet_full")
+            }
+        };
+        if let Some(reason) = reason {
+            st.metrics
+                .untracked
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc();
         }
         let tracked = observed == crate::fleet::Observed::Tracked;
+        // A busy target is not counted as `other` behind idle ones that hold every slot.
+        if tracked
+            && st.metrics.labels_full()
+            && !st.metrics.has_label(&r.context.target)
+            && st
+                .metrics
+                .may_make_label_room(now, st.config.health_window / 10)
+        {
+            release_labels(&st, now);
+        }
         st.metrics
             .with_target_label(&r.context.target, tracked, |labels| {
                 st.metrics.ingested.get_or_create(&labels).inc();
@@ -204,6 +227,15 @@ pub(crate) async fn ingest(
     targets.dedup();
     set_fleet_gauges(&st, targets);
     Ok((StatusCode::ACCEPTED, Json(IngestResponse { accepted: n })))
+}
+
+/// Gives back label slots: those of targets the fleet view forgot and - while every slot
+/// is taken - those of targets idle in it, so that busy targets are not counted as
+/// `other` behind idle ones holding every slot.
+pub(crate) fn release_labels(st: &AppState, now: Instant) {
+    let full = st.metrics.labels_full();
+    st.metrics
+        .release(|name| st.fleet.tracks(name) && !(full && st.fleet.idle(name, now)));
 }
 
 /// Sets each of `targets`' fleet gauges (circuit open, suggested concurrency limit and

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
 
@@ -86,6 +87,10 @@ pub struct Metrics {
     pub decisions_explored: Counter,
     /// Attempt records accepted by `/v1/attempts`, by target.
     pub ingested: Family<TargetLabels, Counter>,
+    /// Accepted attempt records the fleet view left out of its health and circuits, by
+    /// why: `stale` (it ended before the health window), `fleet_full` (its target is new
+    /// and the fleet tracks `max_targets` busy ones).
+    pub untracked: Family<ReasonLabels, Counter>,
     /// Ingestion batches refused as invalid (nothing of them written).
     pub rejected: Counter,
     /// Ingestion batches refused because the collector was busy (503).
@@ -123,6 +128,8 @@ pub struct Metrics {
     pub shared_fleet: Option<crate::shared::SharedMetrics>,
     max_target_labels: usize,
     target_names: Mutex<HashSet<String>>,
+    /// When ingestion last looked for idle targets' label slots to give back.
+    label_room_at: Mutex<Option<tokio::time::Instant>>,
     dropped_seen: AtomicU64,
     dropped_by_seen: [AtomicU64; DROP_CAUSES.len()],
     /// The collector's storage: I/O errors, records written, records synced.
@@ -203,6 +210,12 @@ impl Metrics {
             "ingested_attempts",
             "Attempt records accepted, by target",
             ingested.clone(),
+        );
+        let untracked = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "untracked_attempts",
+            "Accepted attempt records the fleet view left out of its health and circuits, by why: stale (ended before the health window), fleet_full (a new target while max_targets busy ones are tracked)",
+            untracked.clone(),
         );
         let rejected = Counter::default();
         registry.register(
@@ -356,6 +369,7 @@ impl Metrics {
             decision_fallbacks,
             decisions_explored,
             ingested,
+            untracked,
             rejected,
             busy,
             storage_failed,
@@ -374,6 +388,7 @@ impl Metrics {
             hedge_delay_ms,
             max_target_labels,
             target_names: Mutex::new(HashSet::new()),
+            label_room_at: Mutex::new(None),
             dropped_seen: AtomicU64::new(0),
             dropped_by_seen: Default::default(),
             collector_io,
@@ -411,16 +426,42 @@ impl Metrics {
         })
     }
 
-    /// Gives back the label slots of the targets `tracked` says the fleet view no longer
-    /// tracks (it forgot them idle to make room), with their series: a gauge of a target
-    /// nobody tracks would show its last value for ever, and the first `max_target_labels`
-    /// targets ever seen would keep every slot. A target that comes back counts afresh.
-    /// The targets released.
-    pub fn release(&self, tracked: impl Fn(&str) -> bool) -> usize {
+    /// Whether every label slot is taken.
+    pub fn labels_full(&self) -> bool {
+        self.target_names
+            .lock()
+            .map_or(true, |n| n.len() >= self.max_target_labels)
+    }
+
+    /// Whether ingestion may look for label slots to give back at `now`: once per `every`
+    /// at most (a stream of new targets would otherwise have every batch scan the slots).
+    pub fn may_make_label_room(&self, now: tokio::time::Instant, every: Duration) -> bool {
+        let Ok(mut last) = self.label_room_at.lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| now.saturating_duration_since(at) < every) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Whether `target` holds a label slot.
+    pub fn has_label(&self, target: &str) -> bool {
+        self.target_names.lock().is_ok_and(|n| n.contains(target))
+    }
+
+    /// Gives back the label slots of the targets `keep` does not keep - those the fleet
+    /// view no longer tracks (it forgot them idle to make room) and, while every slot is
+    /// taken, those idle there - with their series: a gauge of a target nobody tracks
+    /// would show its last value for ever, and the first `max_target_labels` targets ever
+    /// seen would keep every slot, the targets after them counted as `other` however busy.
+    /// A target that comes back counts afresh. The targets released.
+    pub fn release(&self, keep: impl Fn(&str) -> bool) -> usize {
         let Ok(mut names) = self.target_names.lock() else {
             return 0;
         };
-        let gone: Vec<String> = names.iter().filter(|n| !tracked(n)).cloned().collect();
+        let gone: Vec<String> = names.iter().filter(|n| !keep(n)).cloned().collect();
         for name in &gone {
             names.remove(name);
             let labels = TargetLabels {

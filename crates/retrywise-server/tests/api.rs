@@ -2111,6 +2111,8 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
         &[
             r#"retrywise_ingested_attempts_total{target="a"} 1"#,
             r#"retrywise_ingested_attempts_total{target="other"} 1"#,
+            // Said why it is not in the fleet view (it was counted nowhere).
+            r#"retrywise_untracked_attempts_total{reason="fleet_full"} 1"#,
         ],
     );
     assert_eq!(series(&m, "c"), 0, "{m}");
@@ -2118,9 +2120,9 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
     tokio::time::advance(Duration::from_secs(11)).await;
     h.post("/v1/attempts", &ingest(&["c"])).await;
     assert_eq!(h.get("/v1/targets/c").await.0, StatusCode::OK);
-    // The next scrape gives back the forgotten targets' labels, with their series (a
-    // gauge nobody updates would show its last value for ever); "c" takes one at its next
-    // attempt and counts from there.
+    // The forgotten targets' labels are given back, with their series (a gauge nobody
+    // updates would show its last value for ever), and "c" takes one at once: every slot
+    // was taken, by targets idle or gone.
     let m = scrape().await;
     assert_eq!((series(&m, "a"), series(&m, "b")), (0, 0), "{m}");
     h.post("/v1/attempts", &ingest(&["c"])).await;
@@ -2128,10 +2130,50 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
     shows(
         &m,
         &[
-            r#"retrywise_ingested_attempts_total{target="c"} 1"#,
+            r#"retrywise_ingested_attempts_total{target="c"} 2"#,
             r#"retrywise_fleet_concurrency_limit{target="c"}"#,
         ],
     );
+}
+
+/// Below the fleet's cap, the label slots follow activity: targets idle in the fleet view
+/// give theirs back, while every slot is taken, to a busy target that has none (the first
+/// `max_target_labels` targets ever seen kept every slot, and a busy target's series and
+/// circuit gauges never showed).
+#[tokio::test(start_paused = true)]
+async fn busy_targets_take_the_label_slots_of_idle_ones() {
+    let h = Harness::new(|c| {
+        c.max_target_labels = 2;
+        c.health_window = Duration::from_secs(10);
+    })
+    .await;
+    let ingest = |names: &[&str]| {
+        let recs: Vec<AttemptRecord> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| record(n, true, i as u64))
+            .collect();
+        serde_json::to_string(&recs).unwrap()
+    };
+    h.post("/v1/attempts", &ingest(&["a", "b"])).await;
+    // While "a" and "b" are busy, "c" is `other`.
+    h.post("/v1/attempts", &ingest(&["c"])).await;
+    let (_, m) = h.get("/metrics").await;
+    let m = m.as_str().unwrap().to_owned();
+    assert!(!m.contains(r#"target="c""#), "{m}");
+    // Idle: "c" takes a slot at once, with its gauges.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    h.post("/v1/attempts", &ingest(&["c", "a"])).await;
+    let (_, m) = h.get("/metrics").await;
+    let m = m.as_str().unwrap().to_owned();
+    for line in [
+        r#"retrywise_ingested_attempts_total{target="c"} 1"#,
+        r#"retrywise_fleet_circuit_open{target="c"} 0"#,
+        r#"retrywise_ingested_attempts_total{target="a"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line} not in {m}");
+    }
+    assert!(!m.contains(r#"target="b""#), "{m}");
 }
 
 #[tokio::test]
