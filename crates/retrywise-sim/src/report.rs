@@ -142,7 +142,10 @@ pub struct Target {
     pub goal: String,
     /// What was measured.
     pub measured: String,
-    /// Whether it holds.
+    /// Whether it was judged: a calibration check on too few rows is not (its ECE would
+    /// be mostly noise), and is neither met nor missed.
+    pub judged: bool,
+    /// Whether it was judged and holds.
     pub met: bool,
 }
 
@@ -309,6 +312,7 @@ fn targets(scenarios: &[ScenarioResults]) -> Vec<Target> {
                 fj.attempts_per_request
             ),
             measured: format!("{} at {:.2}", pct(a.success_rate), a.attempts_per_request),
+            judged: true,
             // Attempts compared with a tolerance of half the table's last digit (0.005),
             // as success is with half a point: no rounding of either side.
             met: a.success_rate >= best.success_rate - 0.005
@@ -327,6 +331,7 @@ fn targets(scenarios: &[ScenarioResults]) -> Vec<Target> {
                     a.recovery_s
                         .map_or_else(|| "never/-".to_owned(), |r| format!("{r:.1} s"))
                 ),
+                judged: true,
                 met,
             });
         };
@@ -385,6 +390,7 @@ pub fn calibration_targets(e: &Evaluation) -> Vec<Target> {
                 scenario,
                 goal: c.goal,
                 measured: c.measured,
+                judged: c.judged,
                 met: c.met,
             }
         })
@@ -433,6 +439,7 @@ fn full_target(scenario: &str, f: &Mean, a: &Mean) -> Target {
         scenario: scenario.to_owned(),
         goal,
         measured,
+        judged: true,
         met,
     }
 }
@@ -460,6 +467,18 @@ impl Report {
             }
         }
         for t in &self.targets {
+            if !t.judged {
+                match known.get(&t.id) {
+                    None => out
+                        .lines
+                        .push(format!("target {}: not judged ({})", t.id, t.measured)),
+                    Some(_) => out.failures.push(format!(
+                        "{} is not judged ({}) but listed as a known miss: remove it from the file",
+                        t.id, t.measured
+                    )),
+                }
+                continue;
+            }
             match (t.met, known.get(&t.id)) {
                 (true, None) => out.lines.push(format!("target {}: met", t.id)),
                 (false, Some(why)) => out
@@ -523,7 +542,11 @@ impl Report {
                 g.id,
                 g.goal,
                 g.measured,
-                if g.met { "met" } else { "**missed**" }
+                match (g.judged, g.met) {
+                    (false, _) => "not judged",
+                    (true, true) => "met",
+                    (true, false) => "**missed**",
+                }
             );
         }
         t
@@ -574,6 +597,7 @@ mod tests {
             scenario: id.split('/').next().unwrap_or(id).to_owned(),
             goal: "a goal".into(),
             measured: "a figure".into(),
+            judged: true,
             met,
         }
     }
@@ -609,5 +633,50 @@ mod tests {
         let unknown = report.check(&known(&["outage/goal", "outage/speed"]));
         assert_eq!(unknown.failures.len(), 1);
         assert!(unknown.failures[0].contains("`outage/speed`"));
+    }
+
+    /// A calibration check on too few rows is not judged: neither met nor missed, and not
+    /// a miss to list (it failed the check as an unlisted miss, and listed it would have
+    /// failed once the rows grew).
+    #[test]
+    fn a_calibration_check_on_too_few_rows_is_not_judged() {
+        use retrywise_train::metrics::Metrics;
+        // Twenty rows ranked and calibrated well: too few to judge by default.
+        let y: Vec<bool> = (0..20).map(|i| i < 9 || i == 10).collect();
+        let sharp: Vec<f64> = (0..20).map(|i| if i < 10 { 0.9 } else { 0.1 }).collect();
+        let model = Metrics::compute(&sharp, &y);
+        let baseline = Metrics::compute(&[0.5; 20], &y);
+        let e = Evaluation {
+            model: model.clone(),
+            baseline: baseline.clone(),
+            by_error: vec![],
+            by_target: vec![retrywise_train::evaluate::TargetReport {
+                target: "outage".into(),
+                rows: 20,
+                success_rate: 0.5,
+                model,
+                baseline,
+            }],
+        };
+        let targets = calibration_targets(&e);
+        assert!(targets.iter().all(|t| !t.judged && !t.met), "{targets:?}");
+        let report = Report {
+            seeds: vec![1],
+            model: "m".into(),
+            scenarios: vec![],
+            targets,
+        };
+        let checked = report.check(&BTreeMap::new());
+        assert!(checked.failures.is_empty(), "{checked:?}");
+        assert!(
+            checked
+                .lines
+                .iter()
+                .any(|l| l.starts_with("target outage/calibration: not judged")),
+            "{checked:?}"
+        );
+        let listed = report.check(&[("outage/calibration".to_owned(), "why".to_owned())].into());
+        assert!(listed.failures[0].contains("not judged"), "{listed:?}");
+        assert!(report.summary_markdown().contains("| not judged |"));
     }
 }

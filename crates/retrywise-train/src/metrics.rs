@@ -48,7 +48,7 @@ impl Metrics {
     /// Scores probabilities `p` of success against outcomes `y`.
     ///
     /// Both slices have the same length; an empty input scores as zero rows with NaN
-    /// means.
+    /// means (its ECE too: no row is no evidence of calibration).
     pub fn compute(p: &[f64], y: &[bool]) -> Self {
         let n = p.len().min(y.len());
         let (p, y) = (&p[..n], &y[..n]);
@@ -68,7 +68,7 @@ impl Metrics {
             bins[b].1 += pi;
             bins[b].2 += u64::from(yi);
         }
-        let mut ece = 0.0;
+        let mut ece = if n == 0 { f64::NAN } else { 0.0 };
         let mut calibration = Vec::new();
         for (i, &(count, sum_p, hits)) in bins.iter().enumerate() {
             if count == 0 {
@@ -99,9 +99,12 @@ impl Metrics {
 
 /// The area under the ROC curve: the probability that a random success is scored above a
 /// random failure, ties counting half (the Mann-Whitney statistic). `None` unless both
-/// classes are present.
+/// classes are present, and for a NaN score (it ranks with nothing).
 pub fn auc(p: &[f64], y: &[bool]) -> Option<f64> {
     let n = p.len().min(y.len());
+    if p[..n].iter().any(|x| x.is_nan()) {
+        return None;
+    }
     let mut idx: Vec<usize> = (0..n).collect();
     idx.sort_unstable_by(|&a, &b| p[a].total_cmp(&p[b]));
     let pos = y[..n].iter().filter(|v| **v).count() as f64;
@@ -140,6 +143,18 @@ mod tests {
         assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &y), Some(0.0));
         assert_eq!(auc(&[0.5; 4], &y), Some(0.5));
         assert_eq!(auc(&[0.5, 0.6], &[true, true]), None);
+        // A NaN score ranks with nothing (it sorted above every number: a confident 0 or 1).
+        assert_eq!(auc(&[f64::NAN, 0.9], &[false, true]), None);
+        assert_eq!(auc(&[f64::NAN, 0.9], &[true, false]), None);
+    }
+
+    /// No row is no evidence of calibration: the ECE of nothing is NaN, like the means
+    /// (it was 0: a perfect calibration).
+    #[test]
+    fn nothing_scores_nan_not_perfect() {
+        let m = Metrics::compute(&[], &[]);
+        assert_eq!(m.rows, 0);
+        assert!(m.ece.is_nan() && m.log_loss.is_nan() && m.success_rate.is_nan());
     }
 
     #[test]
