@@ -404,13 +404,28 @@ impl Hedge {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.call_backing_off(make, |_| false).await
+    }
+
+    /// [`call`](Self::call), sending no hedge at once after a failure `backs_off` says to
+    /// back off from (a refusal by a breaker or bulkhead inside: nothing was sent, and a
+    /// request at once would be refused the same way).
+    pub(crate) async fn call_backing_off<F, Fut, T, E>(
+        &self,
+        make: F,
+        backs_off: impl Fn(&E) -> bool,
+    ) -> Result<T, AllFailed<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let start = Instant::now();
         let mut make = make;
         let tagged = |i| {
             let request = make(i);
             async move { request.await.map(|v| (v, i)) }
         };
-        let ((v, winner), at_once) = self.race(start, tagged, None, |_| true, |_| false).await?;
+        let ((v, winner), at_once) = self.race(start, tagged, None, |_| true, backs_off).await?;
         // An answer on the first poll could not have been hedged (a cache's hit): it is
         // no sample of the latency a hedge waits out, and would drag the percentile to 0.
         if !at_once {

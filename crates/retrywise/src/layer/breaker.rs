@@ -9,12 +9,15 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, Error};
+use super::{BoxError, Error, refused_inside};
 use crate::attempt::{Classifier, Verdict};
 use crate::breaker::{CallOutcome, CircuitBreaker, CircuitOpen, Permit};
 
 /// Wraps services in a [`CircuitBreaker`]; `classifier` decides which results are failures
-/// (permanent failures, such as a 404, are ignored by the breaker).
+/// (permanent failures, such as a 404, are ignored by the breaker). A refusal by a breaker
+/// or bulkhead layer inside (`CircuitOpen`, `BulkheadFull`) sent nothing, and tells the
+/// breaker nothing: it is ignored, whatever the classifier would make of it (read as a
+/// failure, a full bulkhead would open the circuit on an upstream that never failed).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer<C> {
     breaker: CircuitBreaker,
@@ -44,7 +47,9 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
 }
 
 /// A service behind a circuit breaker. The breaker is asked in `call`, not `poll_ready`,
-/// so an open circuit fails calls fast without holding readiness.
+/// so an open circuit fails calls fast without waiting for the inner service (whose
+/// readiness a refused call leaves reserved on this handle, as tower's `Filter` does; drop
+/// the handle, or call it again, to use it).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerService<S, C> {
     inner: S,
@@ -55,7 +60,7 @@ pub struct CircuitBreakerService<S, C> {
 impl<S, C, Req> Service<Req> for CircuitBreakerService<S, C>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + 'static,
     C: Classifier<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
@@ -110,7 +115,7 @@ pin_project! {
 impl<F, C, T, E> Future for CircuitBreakerFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    E: Into<BoxError> + 'static,
     C: Classifier<T, E>,
 {
     type Output = Result<T, Error>;
@@ -125,10 +130,13 @@ where
             } => {
                 let result = std::task::ready!(fut.poll(cx));
                 if let Some(permit) = permit.take() {
-                    let outcome = match classifier.classify(&result) {
-                        Verdict::Success => CallOutcome::Success,
-                        Verdict::Retryable(_) => CallOutcome::Failure,
-                        Verdict::Permanent(_) => CallOutcome::Ignored,
+                    let outcome = match &result {
+                        Err(e) if refused_inside(e).is_some() => CallOutcome::Ignored,
+                        _ => match classifier.classify(&result) {
+                            Verdict::Success => CallOutcome::Success,
+                            Verdict::Retryable(_) => CallOutcome::Failure,
+                            Verdict::Permanent(_) => CallOutcome::Ignored,
+                        },
                     };
                     permit.record(outcome, started.elapsed());
                 }

@@ -37,10 +37,13 @@ impl<S> Layer<S> for BulkheadLayer {
 
 /// A service behind a bulkhead. Room is taken in `call`: at once when there is some (the
 /// request goes straight to the inner service); otherwise the future waits up to the
-/// bulkhead's maximum wait with its own clone of the inner service. With an adaptive limit
-/// ([`crate::bulkhead::BulkheadBuilder::adaptive`]) each call's latency and failure go to
-/// it when the call ends, as [`crate::policy::Policy`] reports them; a fixed limit reads no
-/// clock.
+/// bulkhead's maximum wait with its own clone of the inner service; a call refused (no
+/// room, no wait) gives back the readiness `poll_ready` reserved. With an adaptive limit
+/// ([`crate::bulkhead::BulkheadBuilder::adaptive`]) each call's latency goes to it when the
+/// call ends, an `Err` as a failure and an `Ok` as an answer, whatever it holds: the layer
+/// has no classifier, so an HTTP 503 answers as fast as a 200 does here (a
+/// [`crate::policy::Policy`] with a bulkhead reports by its classifier's verdict). A
+/// fixed limit reads no clock.
 #[derive(Debug, Clone)]
 pub struct BulkheadService<S> {
     inner: S,
@@ -73,6 +76,9 @@ where
             };
         }
         if !self.bulkhead.waits() {
+            // Nothing is sent: the inner service's reserved readiness (a concurrency
+            // limit's permit, say) is not held on this handle for the next call.
+            drop(take_ready(&mut self.inner));
             return BulkheadFuture {
                 state: State::Full {
                     full: Some(self.bulkhead.full()),

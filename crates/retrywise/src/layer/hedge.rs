@@ -5,11 +5,15 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, BoxFuture, Error, oneshot, take_ready};
+use super::{BoxError, BoxFuture, Error, oneshot, refused_inside, take_ready};
 use crate::hedge::{AllFailed, Hedge};
 
 /// Hedges calls of the wrapped service with a [`Hedge`]: the first `Ok` wins. Requests
-/// must be `Clone` and the service `Clone` (each hedge calls its own clone).
+/// must be `Clone` and the service `Clone` (each hedge calls its own clone). A request a
+/// breaker or bulkhead inside refused (`CircuitOpen`, `BulkheadFull`: nothing was sent)
+/// is not hedged at once - the hedge would be refused the same way - and when every
+/// request was refused so, the call fails with the refusal itself, so that a retry layer
+/// outside reads it as one.
 #[derive(Debug, Clone)]
 pub struct HedgeLayer {
     hedge: Hedge,
@@ -64,14 +68,17 @@ where
         Box::pin(async move {
             let mut primary = Some(ready);
             let result = hedge
-                .call(move |_| {
-                    let svc = primary.take().unwrap_or_else(|| spare.clone());
-                    let req = req.clone();
-                    async move { oneshot(svc, req).await.map_err(Error::new) }
-                })
+                .call_backing_off(
+                    move |_| {
+                        let svc = primary.take().unwrap_or_else(|| spare.clone());
+                        let req = req.clone();
+                        async move { oneshot(svc, req).await.map_err(Error::new) }
+                    },
+                    |e: &Error| refused_inside(e).is_some(),
+                )
                 .await;
             result.map_err(|mut all: AllFailed<Error>| {
-                if all.errors.len() == 1 {
+                if all.errors.len() == 1 || all.errors.iter().all(|e| refused_inside(e).is_some()) {
                     all.errors.remove(0)
                 } else {
                     Error::new(all)

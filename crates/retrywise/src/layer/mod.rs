@@ -1,17 +1,27 @@
 //! Tower layers for every mechanism (feature `tower`).
 //!
-//! Each mechanism is a [`Layer`](tower_layer::Layer) usable around any tower
-//! [`Service`](tower_service::Service) — axum handlers, hyper and tonic clients, reqwest
-//! through tower — and [`PolicyLayer`] applies a whole [`Policy`](crate::policy::Policy).
+//! Each mechanism is a [`Layer`](tower_layer::Layer) usable around a tower
+//! [`Service`](tower_service::Service), and [`PolicyLayer`] applies a whole
+//! [`Policy`](crate::policy::Policy). The breaker, bulkhead and timeout layers take any
+//! service and request. The layers that may send a request more than once - [`RetryLayer`],
+//! [`HedgeLayer`], [`PolicyLayer`] - need a `Clone` request and a `Clone` service: a
+//! request that cannot be cloned (an `http::Request` with a streaming body,
+//! `reqwest::Request`) is rebuilt for each attempt by calling the policy with a closure
+//! ([`Policy::call`](crate::policy::Policy::call)) instead, and a service that is not
+//! `Clone` goes behind tower's `Buffer` (whose `BoxError` a closure classifier judges).
 //! Every layer's error is [`Error`]: a transparent wrapper of the inner service's error or
 //! of a rejection of this crate ([`CircuitOpen`](crate::breaker::CircuitOpen),
 //! [`BulkheadFull`](crate::bulkhead::BulkheadFull), [`Elapsed`](crate::timeout::Elapsed),
 //! ...), which callers tell apart with [`Error::downcast_ref`]. Unlike a bare `BoxError`
 //! it implements `std::error::Error`, so layers stacked on each other can classify each
-//! other's errors; it converts into `BoxError` for the rest of the tower ecosystem. The
-//! layers that run a retry loop ([`PolicyLayer`], [`RetryLayer`] when the policy stops
-//! without an answer) give up with a [`GaveUp`] (the stop's reason, and the last error as
-//! its `last` and `source()`): `downcast_ref::<GaveUp>()` first, then its `last`.
+//! other's errors; it converts into `BoxError` for the rest of the tower ecosystem.
+//! [`PolicyLayer`] gives up with a [`GaveUp`] (the stop's reason, and the last error as its
+//! `last` and `source()`): `downcast_ref::<GaveUp>()` first, then its `last`.
+//! [`RetryLayer`] ends, as tower's retry does, with its last attempt's error or answer,
+//! and with a [`GaveUp`] only when it has none to give (a refusal inside before any
+//! attempt, the client-side throttle, a deadline that passed before the first attempt).
+//! A refusal by a breaker or bulkhead layer inside (nothing sent) is no failure to a
+//! breaker layer outside, no reason to hedge at once, and no attempt to a retry layer.
 //!
 //! Order matters as in any tower stack: a timeout outside a breaker or an adaptive
 //! bulkhead cancels the call they wait on, and a cancelled call is neither a failure to
@@ -66,6 +76,31 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 fn take_ready<S: Clone>(svc: &mut S) -> S {
     let clone = svc.clone();
     std::mem::replace(svc, clone)
+}
+
+/// Why a retrywise layer inside refused a request without sending it (the circuit was
+/// open, the bulkhead full), if `e` is such a refusal: this crate's [`Error`], or a
+/// `BoxError`, that *is* a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull), through this crate's own wrappers only.
+/// Not one found further down a cause chain: an inner policy that sent its attempts and
+/// gave up on an open circuit ([`GaveUp`]), or a service whose own error wraps a refusal
+/// of another call, sent this request.
+pub(crate) fn refused_inside<E: 'static>(e: &E) -> Option<crate::retry::StopReason> {
+    let any: &dyn std::any::Any = e;
+    let mut cur: &(dyn std::error::Error + 'static) = if let Some(e) = any.downcast_ref::<Error>() {
+        e.inner()
+    } else {
+        any.downcast_ref::<BoxError>()?.as_ref()
+    };
+    loop {
+        if cur.is::<crate::breaker::CircuitOpen>() {
+            return Some(crate::retry::StopReason::CircuitOpen);
+        }
+        if cur.is::<crate::bulkhead::BulkheadFull>() {
+            return Some(crate::retry::StopReason::BulkheadFull);
+        }
+        cur = cur.downcast_ref::<Error>()?.inner();
+    }
 }
 
 /// Drives `svc` to readiness and calls it once.

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, Error, GaveUp};
+use super::{BoxError, Error, GaveUp, refused_inside};
 use crate::attempt::{AttemptContext, Classifier, ErrorKind, Failure, Verdict};
 use crate::policy::{Policy, RecordGuard};
 use crate::retry::StopReason;
@@ -186,6 +186,7 @@ where
             start,
             attempt_start: start,
             guard,
+            last: None,
             state,
         }
     }
@@ -212,6 +213,10 @@ pin_project! {
         // Records the request in flight, if the policy records.
         // (Boxed: a policy that does not record keeps the future small.)
         guard: Option<Box<RecordGuard>>,
+        // The last attempt's result while its retry waits: what the call returns if the
+        // retry is never sent (the deadline passed meanwhile), as `Policy::call` returns it.
+        // (Boxed: allocated only when a call is retried.)
+        last: Option<Box<Result<Result<S::Response, S::Error>, Elapsed>>>,
         #[pin]
         state: State<S::Future>,
     }
@@ -308,31 +313,6 @@ fn finish<T, E: Into<BoxError>>(out: Result<Result<T, E>, Elapsed>) -> Result<T,
     }
 }
 
-/// Why a retrywise layer inside refused a request without sending it (the circuit was
-/// open, the bulkhead full), if `e` is such a refusal: this crate's [`Error`], or a
-/// `BoxError`, that *is* a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
-/// [`BulkheadFull`](crate::bulkhead::BulkheadFull), through this crate's own wrappers only.
-/// Not one found further down a cause chain: an inner policy that sent its attempts and
-/// gave up on an open circuit ([`GaveUp`]), or a service whose own error wraps a refusal
-/// of another call, sent this request.
-fn refused_inside<E: 'static>(e: &E) -> Option<StopReason> {
-    let any: &dyn std::any::Any = e;
-    let mut cur: &(dyn std::error::Error + 'static) = if let Some(e) = any.downcast_ref::<Error>() {
-        e.inner()
-    } else {
-        any.downcast_ref::<BoxError>()?.as_ref()
-    };
-    loop {
-        if cur.is::<crate::breaker::CircuitOpen>() {
-            return Some(StopReason::CircuitOpen);
-        }
-        if cur.is::<crate::bulkhead::BulkheadFull>() {
-            return Some(StopReason::BulkheadFull);
-        }
-        cur = cur.downcast_ref::<Error>()?.inner();
-    }
-}
-
 /// What follows an attempt that ended with `out` (its answer, or its timeout): the call's
 /// output when it is over, or `None` with the next state set (the wait before a retry).
 fn attempt_ended<S, Req, C>(
@@ -408,6 +388,7 @@ where
             let delay = next.delay;
             *this.ctx = Some(Box::new(next));
             *this.paid = Paid::Waiting(now);
+            *this.last = Some(Box::new(out));
             if delay.is_zero() {
                 this.state.set(State::Reserving);
             } else {
@@ -455,6 +436,11 @@ where
                             p.unsent(at, ctx);
                         }
                         let reason = p.stopped(StopReason::Deadline);
+                        // The last attempt's failure is the call's, as after the last
+                        // attempt the policy allows.
+                        if let Some(last) = this.last.take() {
+                            return Poll::Ready(finish(*last));
+                        }
                         let refused = Refused::new(
                             reason,
                             ctx.attempt.saturating_sub(1),
@@ -485,6 +471,9 @@ where
                                 p.unsent(at, ctx);
                             }
                             let reason = p.stopped(StopReason::Deadline);
+                            if let Some(last) = this.last.take() {
+                                return Poll::Ready(finish(*last));
+                            }
                             let refused = Refused::new(
                                 reason,
                                 ctx.attempt - 1,
@@ -518,6 +507,8 @@ where
                         if let Paid::Waiting(at) = *this.paid {
                             *this.paid = Paid::Handed(at);
                         }
+                        // Sent: the previous attempt's result is no longer the call's.
+                        *this.last = None;
                         this.state.set(State::Calling { fut });
                     }
                     Poll::Pending => {
