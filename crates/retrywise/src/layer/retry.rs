@@ -143,6 +143,7 @@ where
         // it later) or is let go (a refusal): kept in `self`, it could hold the only slot
         // of a concurrency limit that the future's clone then waits for.
         let mut service = None;
+        let mut token = false;
         let (state, call_id, guard) = match p.begin(start) {
             Err(reason) => {
                 drop(super::take_ready(&mut self.inner));
@@ -150,7 +151,7 @@ where
                     Refused::new(reason, 0, "refused by the client-side adaptive throttle");
                 (State::Refused { refused }, 0, None)
             }
-            Ok(call_id) => match p.limit(start) {
+            Ok(call_id) => match p.limit_taken(start) {
                 // The rate limiter asks the first attempt to wait for its token - unless
                 // the wait would take what is left of the deadline: then nothing is sent.
                 Err(wait)
@@ -168,7 +169,8 @@ where
                     let sleep = Box::pin(tokio::time::sleep(wait));
                     (State::Limited { sleep }, call_id, None)
                 }
-                Ok(()) => {
+                Ok(taken) => {
+                    token = taken;
                     let timeout = p.decider.attempt_timeout(&p.first);
                     let guard = p.guard(&p.first, call_id, 0, start).map(Box::new);
                     let fut = Timeout::new(self.inner.call(req.clone()), timeout);
@@ -187,6 +189,7 @@ where
             attempt_start: start,
             guard,
             last: None,
+            token,
             state,
         }
     }
@@ -217,6 +220,9 @@ pin_project! {
         // retry is never sent (the deadline passed meanwhile), as `Policy::call` returns it.
         // (Boxed: allocated only when a call is retried.)
         last: Option<Box<Result<Result<S::Response, S::Error>, Elapsed>>>,
+        // The rate limiter's token taken for the attempt in flight: given back if a layer
+        // inside turns it away unsent (a token no request used is not spent).
+        token: bool,
         #[pin]
         state: State<S::Future>,
     }
@@ -238,10 +244,11 @@ pin_project! {
             // Dropped while the service inside was not yet ready: nothing was sent, so no
             // attempt is recorded (a cancelled one would stand in the training data for a
             // request never made).
-            if matches!(this.state.as_mut().project(), StateProj::Readying { .. })
-                && let Some(g) = this.guard.take()
-            {
-                g.discard();
+            if matches!(this.state.as_mut().project(), StateProj::Readying { .. }) {
+                if let Some(g) = this.guard.take() {
+                    g.discard();
+                }
+                this.policy.inner().unlimit(std::mem::take(this.token));
             }
         }
     }
@@ -326,6 +333,7 @@ where
 {
     let p = this.policy.inner();
     let paid = std::mem::replace(this.paid, Paid::Nothing);
+    let token = std::mem::take(this.token);
     // Refused unsent by a retrywise layer inside (an open circuit, a full bulkhead):
     // not an attempt - nothing recorded, no health, no retry budget (what this retry
     // paid is given back) - and the call stops as `Policy::call` stops on its own
@@ -336,6 +344,7 @@ where
                 if let Some(g) = this.guard.take() {
                     g.discard();
                 }
+                p.unlimit(token);
                 let ctx = this.ctx.as_deref().unwrap_or(&p.first);
                 if let (Paid::Handed(at) | Paid::Waiting(at), Some(planned)) =
                     (paid, this.ctx.as_deref())
@@ -449,8 +458,9 @@ where
                         this.state.set(State::Refused { refused });
                         continue;
                     }
-                    match p.limit(now) {
-                        Ok(()) => {
+                    match p.limit_taken(now) {
+                        Ok(taken) => {
+                            *this.token = taken;
                             // The attempt starts: it is recorded from now, and its
                             // timeout (what is left of the deadline, if less) runs from
                             // now, readiness included.
@@ -497,6 +507,7 @@ where
                         if let Some(g) = this.guard.take() {
                             g.discard();
                         }
+                        this.policy.inner().unlimit(std::mem::take(this.token));
                         return Poll::Ready(Err(Error::new(e)));
                     }
                     Poll::Ready(Ok(())) => {

@@ -424,6 +424,43 @@ async fn retry_layer_waits_for_the_aws_rate_limiter_like_policy() {
     );
 }
 
+/// A call a breaker layer inside refuses used no rate limiter token: the token taken for
+/// it is given back (every refused call spent one, and an open circuit drained the
+/// pacing of the calls after it).
+#[tokio::test(start_paused = true)]
+async fn a_refused_attempt_gives_its_rate_limiter_token_back() {
+    let status = Arc::new(AtomicU32::new(429));
+    let (upstream, policy) = behind_the_aws_limiter(&status);
+    let breaker = CircuitBreaker::builder("b").build().unwrap();
+    let svc = RetryLayer::new(policy.clone())
+        .layer(CircuitBreakerLayer::new(breaker.clone(), HttpClassifier).layer(upstream));
+    // A 429 turns the limiter on; after a while its bucket holds tokens again.
+    let _ = svc.clone().oneshot(()).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let limiter = policy.inner().limiter.as_ref().unwrap();
+    assert!(limiter.enabled());
+    // How many tokens the bucket holds now: taken one by one (and put back).
+    let count = || {
+        let now = tokio::time::Instant::now();
+        let mut n = 0;
+        while limiter.take(now) == Ok(true) {
+            n += 1;
+        }
+        for _ in 0..n {
+            limiter.give_back();
+        }
+        n
+    };
+    let before = count();
+    assert!(before > 0);
+    breaker.force_open();
+    for _ in 0..3 {
+        let e = svc.clone().oneshot(()).await.unwrap_err();
+        assert!(e.to_string().contains("circuit"), "{e}");
+    }
+    assert_eq!(count(), before, "no token spent on a call never sent");
+}
+
 /// The first attempt waits for the rate limiter's token while the caller's handle is still
 /// held (`ready().await?.call(..)` keeps it): the readiness it reserved - here the only
 /// slot of a concurrency limit - goes with the call, which would otherwise wait for the

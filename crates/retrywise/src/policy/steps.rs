@@ -363,19 +363,9 @@ impl Inner {
         self.decider.replanned(next, decided_at, next.delay, None);
     }
 
-    /// A rate limiter's token for the attempt about to be sent at `now`, or how long until
-    /// one is due (sleep, then ask again).
-    #[inline]
-    #[cfg(feature = "tower")]
-    pub(crate) fn limit(&self, now: Instant) -> Result<(), Duration> {
-        match &self.limiter {
-            None => Ok(()),
-            Some(l) => l.try_acquire(now),
-        }
-    }
-
-    /// [`limit`](Self::limit), saying whether a token was taken (none while the limiter is
-    /// off, or without one).
+    /// A rate limiter's token for the attempt about to be sent at `now` (whether one was
+    /// taken: none while the limiter is off, or without one), or how long until one is
+    /// due (sleep, then ask again).
     pub(crate) fn limit_taken(&self, now: Instant) -> Result<bool, Duration> {
         match &self.limiter {
             None => Ok(false),
