@@ -74,7 +74,8 @@ pub(crate) struct TrainArgs {
     /// L-BFGS iterations per fit at most (scikit-learn's `max_iter`).
     #[arg(long, default_value_t = FitOptions::default().max_iterations)]
     max_iterations: u64,
-    /// Stop a fit when the gradient of the mean loss is below this (scikit-learn's `tol`).
+    /// Stop a fit when the gradient of the mean loss is below this (scikit-learn's `tol`;
+    /// from 1e-20 to 1e6).
     #[arg(long, default_value_t = FitOptions::default().tolerance)]
     tolerance: f64,
     /// Print the result as JSON.
@@ -131,8 +132,10 @@ pub(crate) struct EvalArgs {
     /// With --check: the largest ECE on every row.
     #[arg(long, default_value_t = CalibrationLimits::default().max_ece_overall, requires = "check", value_parser = unit_interval)]
     max_ece_overall: f64,
-    /// With --check: the fewest rows a check is judged on (below it even a calibrated
-    /// model's ECE is mostly noise); a target with fewer is reported as not judged.
+    /// With --check: the fewest rows a target's check is judged on (below it even a
+    /// calibrated model's ECE is mostly noise); a target with fewer is reported as not
+    /// judged. The every-row check, to its tighter limit, needs min-rows x
+    /// (max-ece / max-ece-overall)^2 rows (5,556 by default).
     #[arg(long, default_value_t = CalibrationLimits::default().min_rows, requires = "check")]
     min_rows: u64,
 }

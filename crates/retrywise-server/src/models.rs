@@ -395,4 +395,31 @@ impl SuccessModel for Serving {
         self.current(&ctx.target)
             .map_or(Some(0), |m| m.model.rows_like(ctx))
     }
+
+    /// The version serving for `ctx`'s target now: a breaker's recovery asks it all its
+    /// questions, even if a reload swaps it meanwhile.
+    fn pinned(&self, ctx: &AttemptContext) -> Option<Arc<dyn SuccessModel>> {
+        self.current(&ctx.target)
+            .map(|m| m as Arc<dyn SuccessModel>)
+    }
+}
+
+/// A loaded version answers as its model does (what [`Serving::pinned`] hands out).
+impl SuccessModel for LoadedModel {
+    fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        self.model.p_success(ctx)
+    }
+
+    fn p_success_by_delay(
+        &self,
+        ctx: &AttemptContext,
+        delays: &[std::time::Duration],
+        out: &mut [f64],
+    ) {
+        self.model.p_success_by_delay(ctx, delays, out);
+    }
+
+    fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
+        self.model.rows_like(ctx)
+    }
 }

@@ -447,10 +447,11 @@ fn full_target(scenario: &str, f: &Mean, a: &Mean) -> Target {
 /// What [`Report::check`] found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checked {
-    /// One line per target: met, or missed and known (with why).
+    /// One line per target: met, missed and known (with why), or not judged (a
+    /// calibration check on too few rows).
     pub lines: Vec<String>,
-    /// What fails the check: a miss not known, a known miss that is met, a known miss that
-    /// names no target.
+    /// What fails the check: a miss not known, a known miss that is met or not judged, a
+    /// known miss that names no target.
     pub failures: Vec<String>,
 }
 

@@ -940,7 +940,8 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
 /// An input file opened once for every read of it: its scan with the schema versions
 /// held to the collector's rules ([`check_lines`], [`check_versions`]) and its columns
 /// checked, what was skipped before reading it, and - for an NDJSON file with lines to
-/// skip - the cleaned temporary copy it reads from (deleted when this is dropped). Made by
+/// skip or rewrite, or a name polars would take for a pattern - the cleaned temporary copy
+/// it reads from (deleted when this is dropped). Made by
 /// [`prepare`]; counting ([`count_prepared`]) and loading ([`load_prepared`]) both read
 /// through it, so a file's lines are checked once however often it is read. It holds a
 /// query plan, not rows.
@@ -999,8 +1000,8 @@ impl Prepared {
 /// Opens `files` for reading: each file's versions and columns are checked once, here
 /// (an NDJSON file's lines are parsed one at a time; a Parquet file's `schema_version`
 /// column is grouped), and what is skipped is counted when the file is loaded. While the
-/// result lives, an NDJSON file with lines to skip has a cleaned copy on disk (at most
-/// the inputs' size).
+/// result lives, an NDJSON file with lines to skip or rewrite (or a name like a pattern)
+/// has a cleaned copy on disk (at most the inputs' size).
 ///
 /// # Errors
 /// As [`load`]'s.

@@ -184,13 +184,14 @@ pub struct CalibrationLimits {
     pub max_ece_overall: f64,
     /// The largest expected calibration error on each target's rows (default 0.05).
     pub max_ece: f64,
-    /// The fewest rows a check is judged on (default [`MIN_JUDGED_ROWS`]): below it the
-    /// ECE of even a perfectly calibrated model is mostly noise, and the check is reported
-    /// as not judged.
+    /// The fewest rows a target's check is judged on (default [`MIN_JUDGED_ROWS`]): below
+    /// it the ECE of even a perfectly calibrated model is mostly noise, and the check is
+    /// reported as not judged. The every-row check, to its tighter limit, is judged from
+    /// `min_rows × (max_ece / max_ece_overall)²` rows.
     pub min_rows: u64,
 }
 
-/// Rows below which a calibration check is not judged: on fewer, a perfectly calibrated
+/// Rows below which a target's calibration check is not judged: on fewer, a perfectly calibrated
 /// model's ECE (15 bins, predictions spread over `[0, 1]`) averages about 0.04 and
 /// exceeds 0.05 one time in twenty at 1,000 rows; at 2,000 it averages 0.028 and stays
 /// under 0.04.
@@ -215,7 +216,8 @@ pub struct CalibrationCheck {
     pub goal: String,
     /// What was measured.
     pub measured: String,
-    /// Whether it was judged: its rows were at least [`CalibrationLimits::min_rows`].
+    /// Whether it was judged: its rows were enough ([`CalibrationLimits::min_rows`] for a
+    /// target; scaled to the tighter limit for every row).
     #[serde(default = "judged")]
     pub judged: bool,
     /// Whether it was judged and holds.

@@ -287,8 +287,8 @@ pub const MIN_TOLERANCE: f64 = 1e-20;
 /// from a 32-bit float's infinity (and far above any useful one: the default is 1e-4).
 pub const MAX_TOLERANCE: f64 = 1e6;
 
-/// Checks the fit's options: at least one penalty, each a non-negative number, a positive
-/// tolerance, at least one iteration ([`fit`] does, and `train` before it reads anything).
+/// Checks the fit's options: at least one penalty, each a non-negative number, a tolerance
+/// from [`MIN_TOLERANCE`] to [`MAX_TOLERANCE`], at least one iteration ([`fit`] does, and `train` before it reads anything).
 ///
 /// # Errors
 /// [`TrainError::InvalidOption`] naming the option.

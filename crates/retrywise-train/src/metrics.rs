@@ -32,7 +32,8 @@ pub struct Metrics {
     pub rows: u64,
     /// Observed success rate.
     pub success_rate: f64,
-    /// Area under the ROC curve (ties count half); `None` with a single class.
+    /// Area under the ROC curve (ties count half); `None` with a single class or a NaN
+    /// score.
     pub auc: Option<f64>,
     /// Mean negative log-likelihood (natural log).
     pub log_loss: f64,

@@ -262,7 +262,7 @@ impl Prediction {
         }
         let waits = &waits[..n];
         // One model for the grid and its refinement, even if it is swapped meanwhile.
-        let pinned = self.model.pinned();
+        let pinned = self.model.pinned(ctx);
         let model: &dyn SuccessModel = pinned.as_deref().unwrap_or(self.model.as_ref());
         let mut p = [0.0; WAITS];
         if Self::p_by_delay(model, ctx, retry, waits, &mut p[..n]).is_none() {

@@ -17,9 +17,10 @@
 //! other's errors; it converts into `BoxError` for the rest of the tower ecosystem.
 //! [`PolicyLayer`] gives up with a [`GaveUp`] (the stop's reason, and the last error as its
 //! `last` and `source()`): `downcast_ref::<GaveUp>()` first, then its `last`.
-//! [`RetryLayer`] ends, as tower's retry does, with its last attempt's error or answer,
-//! and with a [`GaveUp`] only when it has none to give (a refusal inside before any
-//! attempt, the client-side throttle, a deadline that passed before the first attempt).
+//! [`RetryLayer`] ends, as tower's retry does, with its last attempt's error or answer
+//! when its policy stops, and with a [`GaveUp`] when a layer inside refuses an attempt
+//! unsent, on the client-side throttle, and when the deadline passed before the first
+//! attempt could start.
 //! A refusal by a breaker or bulkhead layer inside (nothing sent) is no failure to a
 //! breaker layer outside, no reason to hedge at once, and no attempt to a retry layer.
 //!

@@ -87,11 +87,13 @@ pub trait SuccessModel: Send + Sync {
         self.p_success_by_delay(ctx, delays, out);
     }
 
-    /// The model answering now, for a model that can be swapped
-    /// ([`SharedModel`](shared::SharedModel)): a decision that asks several questions asks
-    /// them all of it, so that one model's support check never lets another model's
-    /// predictions through. `None` (the default) for a model that is always itself.
-    fn pinned(&self) -> Option<std::sync::Arc<dyn SuccessModel>> {
+    /// The model answering questions about `ctx` now, for a model that can be swapped
+    /// ([`SharedModel`](shared::SharedModel), a service's model that follows reloads): a
+    /// decision that asks several questions asks them all of it, so that one model's
+    /// support check never lets another model's predictions through. `None` (the
+    /// default) for a model that is always itself.
+    fn pinned(&self, ctx: &AttemptContext) -> Option<std::sync::Arc<dyn SuccessModel>> {
+        let _ = ctx;
         None
     }
 }
@@ -128,8 +130,8 @@ impl<M: SuccessModel + ?Sized> SuccessModel for std::sync::Arc<M> {
         (**self).trained_on(ctx)
     }
 
-    fn pinned(&self) -> Option<std::sync::Arc<dyn SuccessModel>> {
-        (**self).pinned()
+    fn pinned(&self, ctx: &AttemptContext) -> Option<std::sync::Arc<dyn SuccessModel>> {
+        (**self).pinned(ctx)
     }
 }
 

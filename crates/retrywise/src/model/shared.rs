@@ -11,7 +11,9 @@ use super::SuccessModel;
 /// to the model current when it is asked, so the components built with one handle (a
 /// `ModelDecider`, a breaker's `Prediction`, a bulkhead's `shed_by`) all move to a new
 /// model at once — an embedded service that reloads its model file swaps it here. A
-/// question is answered by one model whole: a swap never mixes two in one answer.
+/// question is answered by one model whole: a swap never mixes two in one answer; and a
+/// decision that asks several questions (a `ModelDecider`'s, a breaker's recovery) asks
+/// them all of the model current when it began ([`SuccessModel::pinned`]).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -73,7 +75,7 @@ impl SuccessModel for SharedModel {
         self.current().trained_on(ctx)
     }
 
-    fn pinned(&self) -> Option<Arc<dyn SuccessModel>> {
+    fn pinned(&self, _: &AttemptContext) -> Option<Arc<dyn SuccessModel>> {
         Some(self.current())
     }
 

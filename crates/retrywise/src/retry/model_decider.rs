@@ -366,7 +366,7 @@ impl ModelDecider {
             return told(self.by_rules(ctx, Fallback::NoModel));
         };
         // One model for the whole decision, even if it is swapped meanwhile.
-        let pinned = model.pinned();
+        let pinned = model.pinned(ctx);
         let model: &dyn SuccessModel = pinned.as_deref().unwrap_or(model.as_ref());
         if !supports(model, ctx, self.min_support) {
             return told(self.by_rules(ctx, Fallback::Unsupported));
@@ -627,8 +627,9 @@ impl RetryDecider for ModelDecider {
 
     /// What is left of the deadline, and — with [`ModelDeciderBuilder::attempt_timeout`] —
     /// the attempt's own timeout: the base, or, when the target is slow (its p95 latency
-    /// beyond half the base) but alive (the model predicts this attempt succeeds more often
-    /// than not), twice its p95 latency up to the maximum: a timeout shorter than the
+    /// beyond half the base) but alive (the model, trained on enough rows like this context,
+    /// predicts this attempt succeeds more often than not), twice its p95 latency up to the
+    /// maximum: a timeout shorter than the
     /// target's answers turns a slow success into a failure and a retry. The model is asked
     /// only about slow targets, so a fast call pays nothing for it.
     fn attempt_timeout(&self, ctx: &AttemptContext) -> Option<Duration> {
@@ -642,7 +643,7 @@ impl RetryDecider for ModelDecider {
                 // model has barely seen: the base.
                 (Some(p95), Some(model))
                     if p95 > base / 2 && {
-                        let pinned = model.pinned();
+                        let pinned = model.pinned(ctx);
                         let model: &dyn SuccessModel = pinned.as_deref().unwrap_or(model.as_ref());
                         supports(model, ctx, self.min_support) && model.p_success(ctx) >= 0.5
                     } =>
@@ -727,7 +728,7 @@ impl ModelDeciderBuilder {
     }
 
     /// The number of waits weighed: zero, then log-spaced from 1 ms to the cap (2 to
-    /// [`MAX_GRID`]).
+    /// [`MAX_GRID`]; with a cap of 1 ms, the two waits there are).
     pub fn grid(mut self, len: usize) -> Self {
         self.grid_len = len;
         self
@@ -820,7 +821,9 @@ impl ModelDeciderBuilder {
     ///
     /// # Errors
     /// A grid of fewer than 2 or more than [`MAX_GRID`] waits, a cap under 1 ms, costs
-    /// outside their ranges, a negative tolerance, no attempts, a zero deadline.
+    /// outside their ranges, a negative tolerance, no attempts, a zero deadline, an attempt
+    /// timeout whose base is zero or above its maximum, or whose maximum is beyond
+    /// [`crate::MAX_CONFIG_DURATION`].
     pub fn build(self) -> Result<ModelDecider, ConfigError> {
         if !(2..=MAX_GRID).contains(&self.grid_len) {
             return Err(CHECK.err(

@@ -194,8 +194,8 @@ pub(crate) struct ReportArgs {
     check: bool,
     /// With --check: a TOML file of known misses (`"SCENARIO/baseline" = "why"`,
     /// `"SCENARIO/goal"`, `"SCENARIO/full"` or `"SCENARIO/calibration"` under `[missed]`),
-    /// reported but not failing; a known miss that is met fails the check too, so the file
-    /// stays true.
+    /// reported but not failing; a known miss that is met, or not judged (a calibration
+    /// check on too few rows), fails the check too, so the file stays true.
     #[arg(long, requires = "check")]
     known_misses: Option<PathBuf>,
 }
