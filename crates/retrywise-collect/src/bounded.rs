@@ -15,6 +15,9 @@ pub struct Line {
     pub terminated: bool,
     /// Longer than the bound: read past, and none of it kept.
     pub too_long: bool,
+    /// A line longer than the bound held nothing but ASCII white space (a blank line,
+    /// however long); `false` for the others, whose text is in the buffer.
+    pub blank: bool,
 }
 
 /// Reads the next line of `reader` into `line` (cleared first; the newline kept), holding
@@ -34,6 +37,7 @@ pub fn read_line_bounded<R: BufRead + ?Sized>(
         consumed: 0,
         terminated: false,
         too_long: false,
+        blank: false,
     };
     loop {
         let buf = match reader.fill_buf() {
@@ -51,10 +55,14 @@ pub fn read_line_bounded<R: BufRead + ?Sized>(
         if !read.too_long {
             if line.len() + n > max {
                 read.too_long = true;
+                read.blank = line.iter().all(u8::is_ascii_whitespace);
                 line.clear();
             } else {
                 line.extend_from_slice(&buf[..n]);
             }
+        }
+        if read.too_long && read.blank {
+            read.blank = buf[..n].iter().all(u8::is_ascii_whitespace);
         }
         reader.consume(n);
         read.consumed += n as u64;
@@ -120,7 +128,13 @@ mod tests {
         assert_eq!(lines[0].0, b"short\n");
         assert!(lines[0].1.terminated && !lines[0].1.too_long);
         assert!(lines[1].0.is_empty() && lines[1].1.too_long && lines[1].1.terminated);
+        assert!(!lines[1].1.blank);
         assert_eq!(lines[1].1.consumed, 10_001);
+        // A long line of white space is a blank line, however long.
+        let mut spaces = vec![b' '; 5_000];
+        spaces.extend(b"\t\r\n");
+        let read = lines_of(&spaces, 64, 100);
+        assert!(read[0].1.too_long && read[0].1.blank, "{:?}", read[0].1);
         assert_eq!(lines[2].0, b"last");
         assert!(!lines[2].1.terminated && !lines[2].1.too_long);
     }
@@ -151,6 +165,10 @@ mod tests {
                 prop_assert_eq!(read.consumed, want.len() as u64);
                 prop_assert_eq!(read.terminated, want.ends_with(b"\n"));
                 prop_assert_eq!(read.too_long, want.len() > max);
+                prop_assert_eq!(
+                    read.blank,
+                    read.too_long && want.iter().all(u8::is_ascii_whitespace)
+                );
                 if read.too_long {
                     prop_assert!(got.is_empty());
                 } else {

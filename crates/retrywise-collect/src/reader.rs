@@ -174,13 +174,21 @@ pub fn copy_skipped_lines(
         let mut f = File::open(&l.path).map_err(|e| CollectError::io("open", &l.path, e))?;
         f.seek(std::io::SeekFrom::Start(l.offset))
             .map_err(|e| CollectError::io("read", &l.path, e))?;
-        let copied = std::io::copy(&mut f.take(l.len), out).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                CollectError::io("read", &l.path, e)
-            } else {
-                write_error(e)
-            }
-        })?;
+        // A piece at a time, each error named by its side: the segment's reads, the
+        // output's writes.
+        let mut piece = vec![0u8; (64 << 10).min(usize::try_from(l.len).unwrap_or(usize::MAX))];
+        let mut from = (&mut f).take(l.len);
+        let mut copied = 0u64;
+        loop {
+            let n = match from.read(&mut piece) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CollectError::io("read", &l.path, e)),
+            };
+            out.write_all(&piece[..n]).map_err(write_error)?;
+            copied += n as u64;
+        }
         if copied != l.len {
             return Err(CollectError::io(
                 "read",
@@ -313,7 +321,7 @@ impl Iterator for SegmentReader {
             self.summary.bytes += read.consumed;
             let terminated = read.terminated;
             let body = self.line.trim_ascii();
-            if body.is_empty() && !read.too_long {
+            if (body.is_empty() && !read.too_long) || read.blank {
                 continue;
             }
             self.summary.lines += 1;

@@ -217,8 +217,29 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
 /// A JSON array of at most `N` items, refused at the first item beyond them: a body of
 /// many small items is never held whole in its larger parsed form (a 27-byte context
 /// parses into some 250 bytes) only to be refused for its length.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct AtMost<T, const N: usize>(pub Vec<T>);
+
+impl<T: std::fmt::Debug, const N: usize> std::fmt::Debug for AtMost<T, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T, const N: usize> std::ops::Deref for AtMost<T, N> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<'a, T, const N: usize> IntoIterator for &'a AtMost<T, N> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for AtMost<T, N> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -251,75 +272,154 @@ impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for AtMost<T, N>
     }
 }
 
+/// Builds a JSON value counting every node of it (scalars, arrays and their items,
+/// objects and their entries) in `count`, refused at the first past `limit`; objects only
+/// where `maps`.
+struct Counted<'a> {
+    count: &'a std::cell::Cell<usize>,
+    limit: usize,
+    maps: bool,
+    /// Said when the limit is passed.
+    said: &'a str,
+}
+
+impl Counted<'_> {
+    fn node<E: serde::de::Error>(&self) -> Result<(), E> {
+        let n = self.count.get() + 1;
+        if n > self.limit {
+            return Err(E::custom(self.said));
+        }
+        self.count.set(n);
+        Ok(())
+    }
+
+    fn again(&self) -> Self {
+        Counted {
+            count: self.count,
+            limit: self.limit,
+            maps: self.maps,
+            said: self.said,
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Counted<'_> {
+    type Value = serde_json::Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Counted<'_> {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.maps {
+            f.write_str("a JSON value")
+        } else {
+            f.write_str("a number, a string, null, or an array of them")
+        }
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        self.node()?;
+        Ok(serde_json::Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        self.node()?;
+        Ok(v.into())
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        self.node()?;
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        self.node()?;
+        Ok(v.into())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        self.node()?;
+        Ok(serde_json::Value::String(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        self.node()?;
+        Ok(serde_json::Value::String(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.node()?;
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.visit_unit()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        self.node()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(self.again())? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        if !self.maps {
+            return Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Map,
+                &self,
+            ));
+        }
+        self.node()?;
+        let mut out = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(self.again())?;
+            out.insert(k, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
 /// A tensor's values (the inference protocol's `data`): JSON scalars, flat or in nested
-/// arrays, at most `N` scalars in all - refused at the first beyond them, so that a body
-/// of a million `1,`s is never held as a million parsed values.
+/// arrays, as many as `N` rows hold - `2N + 1` values in all, scalars and arrays alike
+/// (`[[1], [2], …]`), refused at the first beyond them, so that a body of a million `1,`s
+/// (or `[],`s) is never held as a million parsed values.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scalars<const N: usize>(pub Vec<serde_json::Value>);
 
 impl<'de, const N: usize> Deserialize<'de> for Scalars<N> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{DeserializeSeed, Error, SeqAccess, Visitor};
-        use serde_json::Value;
-        /// Builds one value, counting its scalars in `left`.
-        struct Seed<'a, const N: usize>(&'a std::cell::Cell<usize>);
-        impl<'a, const N: usize> Seed<'a, N> {
-            fn scalar<E: Error>(&self, v: Value) -> Result<Value, E> {
-                let n = self.0.get() + 1;
-                if n > N {
-                    return Err(E::custom(format!("at most {N} values, got more")));
-                }
-                self.0.set(n);
-                Ok(v)
-            }
-        }
-        impl<'de, const N: usize> DeserializeSeed<'de> for Seed<'_, N> {
-            type Value = Value;
-            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-                d.deserialize_any(self)
-            }
-        }
-        impl<'de, const N: usize> Visitor<'de> for Seed<'_, N> {
-            type Value = Value;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a number, a string, null, or an array of them")
-            }
-            fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
-                self.scalar(Value::Bool(v))
-            }
-            fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
-                self.scalar(Value::from(v))
-            }
-            fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
-                self.scalar(Value::from(v))
-            }
-            fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
-                self.scalar(Value::from(v))
-            }
-            fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
-                self.scalar(Value::String(v.to_owned()))
-            }
-            fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
-                self.scalar(Value::String(v))
-            }
-            fn visit_unit<E: Error>(self) -> Result<Value, E> {
-                self.scalar(Value::Null)
-            }
-            fn visit_none<E: Error>(self) -> Result<Value, E> {
-                self.scalar(Value::Null)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(v) = seq.next_element_seed(Seed::<N>(self.0))? {
-                    out.push(v);
-                }
-                Ok(Value::Array(out))
-            }
-        }
-        let left = std::cell::Cell::new(0);
-        match Seed::<N>(&left).deserialize(d)? {
-            Value::Array(values) => Ok(Scalars(values)),
+        use serde::de::{DeserializeSeed, Error};
+        let count = std::cell::Cell::new(0);
+        // The outer array, and `N` rows: flat, or each nested in an array of its own.
+        let said = format!("more values than {N} rows hold");
+        let seed = Counted {
+            count: &count,
+            limit: N.saturating_mul(2).saturating_add(1),
+            maps: false,
+            said: &said,
+        };
+        match seed.deserialize(d)? {
+            serde_json::Value::Array(values) => Ok(Scalars(values)),
             _ => Err(D::Error::custom("expected an array of values")),
+        }
+    }
+}
+
+/// A small JSON object (the inference protocol's `parameters`): at most `N` nodes in all,
+/// refused at the first beyond them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params<const N: usize>(pub serde_json::Map<String, serde_json::Value>);
+
+impl<'de, const N: usize> Deserialize<'de> for Params<N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{DeserializeSeed, Error};
+        let count = std::cell::Cell::new(0);
+        let said = format!("at most {N} values, got more");
+        let seed = Counted {
+            count: &count,
+            limit: N,
+            maps: true,
+            said: &said,
+        };
+        match seed.deserialize(d)? {
+            serde_json::Value::Object(map) => Ok(Params(map)),
+            _ => Err(D::Error::custom("expected an object")),
         }
     }
 }

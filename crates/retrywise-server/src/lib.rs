@@ -61,7 +61,7 @@ mod state;
 
 pub use config::Config;
 pub use error::{ApiError, ErrorBody, ServerError};
-pub use extract::{ApiJson, AtMost, Given, Scalars};
+pub use extract::{ApiJson, AtMost, Given, Params, Scalars};
 pub use ingest::IngestResponse;
 pub use openapi::openapi;
 pub use poller::spawn_poller;

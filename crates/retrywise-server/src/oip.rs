@@ -40,6 +40,9 @@ use crate::openapi::MAX_BATCH;
 /// The most input tensors a request may hold: one per context field, with room to spare.
 pub(crate) const MAX_INPUTS: usize = 64;
 
+/// The most values a request's or a tensor's `parameters` hold (a flag or a size each).
+const MAX_PARAMS: usize = 64;
+
 /// The tensor datatypes read (numeric ones convert to the field's type).
 pub const DATATYPES: &[&str] = &[
     "BYTES", "FP64", "FP32", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16",
@@ -116,12 +119,13 @@ pub struct InferInput {
     /// A context field (see the model's metadata).
     pub name: String,
     /// `[n]` (or `[n, 1]`).
-    pub shape: Vec<u64>,
+    #[schema(value_type = Vec<u64>)]
+    pub shape: crate::extract::AtMost<u64, 2>,
     /// Its datatype.
     pub datatype: String,
     /// `binary_data_size` when the values are in the binary part.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    pub parameters: Option<crate::extract::Params<MAX_PARAMS>>,
     /// The `n` values, row-major (absent with binary data); at most
     /// [`MAX_BATCH`] of them.
     #[schema(value_type = Option<Vec<Object>>)]
@@ -136,7 +140,7 @@ pub struct InferOutputRequest {
     pub name: String,
     /// `binary_data: true` for a binary answer.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    pub parameters: Option<crate::extract::Params<MAX_PARAMS>>,
 }
 
 /// An inference request.
@@ -147,12 +151,13 @@ pub struct InferRequest {
     pub id: Option<String>,
     /// `binary_data_output: true` for binary answers.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    pub parameters: Option<crate::extract::Params<MAX_PARAMS>>,
     /// The input tensors (at most [`MAX_INPUTS`]).
     #[schema(value_type = Vec<InferInput>)]
     pub inputs: crate::extract::AtMost<InferInput, { MAX_INPUTS }>,
     /// The outputs wanted (all when absent or empty).
-    pub outputs: Option<Vec<InferOutputRequest>>,
+    #[schema(value_type = Option<Vec<InferOutputRequest>>)]
+    pub outputs: Option<crate::extract::AtMost<InferOutputRequest, { MAX_INPUTS }>>,
 }
 
 /// An output tensor.
@@ -545,11 +550,11 @@ fn at(field: &Field, row: usize) -> String {
 /// refused (read as `false`, it would answer JSON to a client waiting for binary).
 fn wants_binary(req: &InferRequest) -> Result<bool, ApiError> {
     fn flag(
-        parameters: &Option<serde_json::Map<String, serde_json::Value>>,
+        parameters: &Option<crate::extract::Params<MAX_PARAMS>>,
         key: &str,
         at: impl FnOnce() -> String,
     ) -> Result<bool, ApiError> {
-        match parameters.as_ref().and_then(|p| p.get(key)) {
+        match parameters.as_ref().and_then(|p| p.0.get(key)) {
             None => Ok(false),
             Some(serde_json::Value::Bool(b)) => Ok(*b),
             Some(v) => Err(ApiError::bad_request(format!(
@@ -686,7 +691,7 @@ async fn infer_as(
         let binary_size = input
             .parameters
             .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
+            .and_then(|p| p.0.get("binary_data_size"))
             .map(|v| {
                 v.as_u64().ok_or_else(|| {
                     bad(
@@ -698,7 +703,7 @@ async fn infer_as(
             .transpose()?;
         // The rows the shape declares, checked before anything is decoded: values beyond
         // them are refused as they are met, never all decoded first.
-        let rows = match input.shape.as_slice() {
+        let rows = match &input.shape[..] {
             [k] | [k, 1] => usize::try_from(*k).unwrap_or(usize::MAX),
             _ => {
                 return Err(bad(
@@ -870,7 +875,7 @@ mod tests {
     fn input(name: &str, datatype: &str) -> InferInput {
         InferInput {
             name: name.into(),
-            shape: vec![2],
+            shape: crate::extract::AtMost(vec![2]),
             datatype: datatype.into(),
             parameters: None,
             data: None,

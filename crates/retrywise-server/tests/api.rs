@@ -423,7 +423,18 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
     for (input, said) in [
         (
             json!({"name": "attempt", "shape": [10_000], "datatype": "INT64", "data": many}),
-            "inputs[0].data[1000]: at most 1000 values, got more",
+            "inputs[0].data[2000]: more values than 1000 rows hold",
+        ),
+        // Empty arrays are values too (they were not counted).
+        (
+            json!({"name": "attempt", "shape": [1], "datatype": "INT64", "data": vec![json!([]); 5_000]}),
+            "inputs[0].data[2000]: more values than 1000 rows hold",
+        ),
+        // Free-form parameters are bounded as well.
+        (
+            json!({"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1],
+                   "parameters": {"x": vec![0; 1_000]}}),
+            "inputs[0].parameters.x[62]: at most 64 values, got more",
         ),
         (
             json!({"name": "attempt", "shape": [2_000], "datatype": "INT64", "data": [1, 1]}),
@@ -447,6 +458,13 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
         assert!(e.to_string().contains(said), "{said}: {e}");
     }
+    // A whole batch, each value nested in its own row, is taken.
+    let rows = json!({"inputs": [
+        {"name": "attempt", "shape": [1_000, 1], "datatype": "INT64", "data": vec![json!([1]); 1_000]}
+    ]});
+    let (s, v) = h.post("/v2/models/default/infer", &rows.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["outputs"][0]["shape"], json!([1_000]));
     // And on /v1/predict: contexts beyond the batch's limit are refused as they are met.
     let contexts = vec![json!({"target": "t", "attempt": 1}); 5_000];
     let (s, e) = h

@@ -718,6 +718,9 @@ fn check_lines(
                 return Ok(bad);
             }
             number += 1;
+            if read.too_long && read.blank {
+                continue;
+            }
             if read.too_long {
                 tracing::debug!(
                     line = number,
@@ -850,6 +853,8 @@ fn typed(obj: &mut serde_json::Map<String, serde_json::Value>) -> Typed {
     use serde_json::Value as Json;
     /// Floats hold every integer up to 2^53 exactly; beyond, `1e300` is no count.
     const EXACT: f64 = 9_007_199_254_740_992.0;
+    /// 2^64: the end of what a u64 holds.
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
     let mut found = Typed::AsWritten;
     for f in fields() {
         let Some(v) = obj.get_mut(f.name) else {
@@ -870,6 +875,18 @@ fn typed(obj: &mut serde_json::Map<String, serde_json::Value>) -> Typed {
                     Some(x) if n.is_f64() && x.fract() == 0.0 && x.abs() <= EXACT => {
                         // Exact: |x| <= 2^53 fits an i64 with room to spare.
                         *v = Json::from(x as i64);
+                        found = Typed::Rewritten;
+                        true
+                    }
+                    // A 64-bit field (a call id) written as a float beyond 2^53, as the
+                    // Parquet path reads one: the whole number the float holds.
+                    Some(x)
+                        if int == Storage::UInt64
+                            && n.is_f64()
+                            && x.fract() == 0.0
+                            && (0.0..U64_END).contains(&x) =>
+                    {
+                        *v = Json::from(x as u64);
                         found = Typed::Rewritten;
                         true
                     }

@@ -1047,9 +1047,11 @@ fn ndjson_integers_written_as_floats_are_read_when_whole_and_refused_when_not() 
             assert!(line.contains("\"status\":503,"), "{line}");
             match i {
                 0 => line,
+                // (A call id beyond 2^53, as a float: the whole number it holds.)
                 1 => line
                     .replacen("\"status\":503,", "\"status\":503.0,", 1)
-                    .replacen("\"in_flight\":4,", "\"in_flight\":4.0,", 1),
+                    .replacen("\"in_flight\":4,", "\"in_flight\":4.0,", 1)
+                    .replacen("\"call_id\":1,", "\"call_id\":1.2345678901234567e18,", 1),
                 2 => line.replacen("\"status\":503,", "\"status\":503.5,", 1),
                 _ => line.replacen("\"status\":503,", "\"status\":1e300,", 1),
             }
@@ -1062,6 +1064,11 @@ fn ndjson_integers_written_as_floats_are_read_when_whole_and_refused_when_not() 
     for c in &rows.contexts {
         assert_eq!((c.status, c.in_flight), (Some(503), Some(4)), "{summary:?}");
     }
+    assert!(
+        rows.call_id.contains(&Some(1_234_567_890_123_456_768)),
+        "{:?}",
+        rows.call_id
+    );
     assert_eq!(
         summary
             .skipped

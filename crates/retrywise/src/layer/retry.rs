@@ -468,6 +468,10 @@ where
                             *this.guard = p.guard(ctx, *this.call_id, 0, now).map(Box::new);
                             let timeout = p.attempt_timeout_at(ctx, *this.start, now);
                             let expires = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+                            // The retry goes: the previous attempt's result is let go now
+                            // (a response holding the only connection would keep the
+                            // service from becoming ready).
+                            *this.last = None;
                             this.state.set(State::Readying { timeout, expires });
                         }
                         // A wait that would take what is left of the deadline is not
@@ -518,8 +522,6 @@ where
                         if let Paid::Waiting(at) = *this.paid {
                             *this.paid = Paid::Handed(at);
                         }
-                        // Sent: the previous attempt's result is no longer the call's.
-                        *this.last = None;
                         this.state.set(State::Calling { fut });
                     }
                     Poll::Pending => {
