@@ -864,6 +864,16 @@ fn record(target: &str, ok: bool, i: u64) -> AttemptRecord {
     AttemptRecord::new(i, 0, now_ms() + i, ctx, &verdict, Duration::from_millis(20))
 }
 
+/// A batch of one successful attempt to each of `targets`, as JSON.
+fn successes(targets: &[&str]) -> String {
+    let recs: Vec<AttemptRecord> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| record(n, true, i as u64))
+        .collect();
+    serde_json::to_string(&recs).unwrap()
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -2085,17 +2095,9 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
         c.health_window = Duration::from_secs(10);
     })
     .await;
-    let ingest = |names: &[&str]| {
-        let recs: Vec<AttemptRecord> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| record(n, true, i as u64))
-            .collect();
-        serde_json::to_string(&recs).unwrap()
-    };
-    h.post("/v1/attempts", &ingest(&["a", "b"])).await;
+    h.post("/v1/attempts", &successes(&["a", "b"])).await;
     // Full, and nobody idle: "c" is not tracked, and the answer says why it may not be.
-    h.post("/v1/attempts", &ingest(&["c"])).await;
+    h.post("/v1/attempts", &successes(&["c"])).await;
     let (s, v) = h.get("/v1/targets/c").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let error = v["error"].as_str().unwrap();
@@ -2136,14 +2138,14 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
     assert_eq!(series(&m, "c"), 0, "{m}");
     // "a" and "b" fall idle; "c" takes a place.
     tokio::time::advance(Duration::from_secs(11)).await;
-    h.post("/v1/attempts", &ingest(&["c"])).await;
+    h.post("/v1/attempts", &successes(&["c"])).await;
     assert_eq!(h.get("/v1/targets/c").await.0, StatusCode::OK);
     // The forgotten targets' labels are given back, with their series (a gauge nobody
     // updates would show its last value for ever), and "c" takes one at once: every slot
     // was taken, by targets idle or gone.
     let m = scrape().await;
     assert_eq!((series(&m, "a"), series(&m, "b")), (0, 0), "{m}");
-    h.post("/v1/attempts", &ingest(&["c"])).await;
+    h.post("/v1/attempts", &successes(&["c"])).await;
     let m = scrape().await;
     shows(
         &m,
@@ -2165,23 +2167,15 @@ async fn busy_targets_take_the_label_slots_of_idle_ones() {
         c.health_window = Duration::from_secs(10);
     })
     .await;
-    let ingest = |names: &[&str]| {
-        let recs: Vec<AttemptRecord> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| record(n, true, i as u64))
-            .collect();
-        serde_json::to_string(&recs).unwrap()
-    };
-    h.post("/v1/attempts", &ingest(&["a", "b"])).await;
+    h.post("/v1/attempts", &successes(&["a", "b"])).await;
     // While "a" and "b" are busy, "c" is `other`.
-    h.post("/v1/attempts", &ingest(&["c"])).await;
+    h.post("/v1/attempts", &successes(&["c"])).await;
     let (_, m) = h.get("/metrics").await;
     let m = m.as_str().unwrap().to_owned();
     assert!(!m.contains(r#"target="c""#), "{m}");
     // Idle: "c" takes a slot at once, with its gauges.
     tokio::time::advance(Duration::from_secs(11)).await;
-    h.post("/v1/attempts", &ingest(&["c", "a"])).await;
+    h.post("/v1/attempts", &successes(&["c", "a"])).await;
     let (_, m) = h.get("/metrics").await;
     let m = m.as_str().unwrap().to_owned();
     for line in [

@@ -98,7 +98,7 @@ impl SuccessModel for SharedModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retry::{Decision, ModelDecider, RetryDecider, StopReason};
+    use crate::retry::{Decision, ModelDecider, RetryDecider, StopReason, Weighed};
 
     /// A decider asking `shared` (no calendar, seed 1), and the retry after a 503 to ask.
     fn deciding_with(shared: &Arc<SharedModel>) -> (ModelDecider, AttemptContext) {
@@ -159,20 +159,25 @@ mod tests {
         assert_ne!(decider.decide(&ctx), stop);
     }
 
-    /// The swap lands while a decision is inside the model (held there until it has):
-    /// that decision is the old model's throughout, the next one the new model's. (Each
-    /// hand-over waits at most 10 s: a decider that stopped asking the model fails this.)
-    #[test]
-    fn a_swap_in_the_middle_of_a_decision_leaves_it_whole() {
+    /// A model answering 0.01 (with plenty of rows like every context) that holds the
+    /// first question asked of it - in `p_success`, or in `trained_on` - until the test
+    /// has swapped it out: the decision made while `swap` swaps, and the next one. (Each
+    /// hand-over waits at most 10 s: a decider that stopped asking the model fails the
+    /// test.)
+    fn swapped_mid_decision(
+        hold_in_support: bool,
+        swap: impl FnOnce(&SharedModel),
+    ) -> (Weighed, Weighed) {
         use std::sync::Mutex;
         use std::sync::mpsc::{Receiver, Sender, channel};
         use std::time::Duration as D;
         struct Held {
+            in_support: bool,
             inside: Mutex<Option<Sender<()>>>,
             swapped: Mutex<Receiver<()>>,
         }
-        impl SuccessModel for Held {
-            fn p_success(&self, _: &AttemptContext) -> f64 {
+        impl Held {
+            fn hold(&self) {
                 if let Some(tell) = self.inside.lock().unwrap().take() {
                     tell.send(()).unwrap();
                     self.swapped
@@ -181,12 +186,26 @@ mod tests {
                         .recv_timeout(D::from_secs(10))
                         .expect("swapped within 10 s");
                 }
+            }
+        }
+        impl SuccessModel for Held {
+            fn p_success(&self, _: &AttemptContext) -> f64 {
+                if !self.in_support {
+                    self.hold();
+                }
                 0.01
+            }
+            fn trained_on(&self, _: &AttemptContext) -> Option<u64> {
+                if self.in_support {
+                    self.hold();
+                }
+                Some(1_000_000)
             }
         }
         let (tell_inside, inside) = channel();
         let (tell_swapped, swapped) = channel();
         let held = Arc::new(Held {
+            in_support: hold_in_support,
             inside: Mutex::new(Some(tell_inside)),
             swapped: Mutex::new(swapped),
         });
@@ -197,9 +216,19 @@ mod tests {
             inside
                 .recv_timeout(D::from_secs(10))
                 .expect("the decision asked the model within 10 s");
-            shared.swap(Arc::new(|_: &AttemptContext| 0.99));
+            swap(&shared);
             tell_swapped.send(()).unwrap();
             d.join().unwrap()
+        });
+        (during, decider.weigh(&ctx))
+    }
+
+    /// The swap lands while a decision is inside the model (held there until it has):
+    /// that decision is the old model's throughout, the next one the new model's.
+    #[test]
+    fn a_swap_in_the_middle_of_a_decision_leaves_it_whole() {
+        let (during, after) = swapped_mid_decision(false, |shared| {
+            shared.swap(Arc::new(|_: &AttemptContext| 0.99));
         });
         let ps: Vec<f64> = during.alternatives.iter().map(|a| a.p_success).collect();
         assert!(ps.len() > 1 && ps.iter().all(|p| *p == 0.01), "{ps:?}");
@@ -207,7 +236,6 @@ mod tests {
             during.explained.decision,
             Decision::Stop(StopReason::LowSuccessProbability)
         );
-        let after = decider.weigh(&ctx);
         assert!(after.alternatives.iter().all(|a| a.p_success == 0.99));
         assert!(matches!(after.explained.decision, Decision::Retry(_)));
     }
@@ -218,29 +246,6 @@ mod tests {
     /// model's retry, on the old model's support).
     #[test]
     fn a_swap_after_the_support_check_leaves_the_decision_to_the_model_checked() {
-        use std::sync::Mutex;
-        use std::sync::mpsc::{Receiver, Sender, channel};
-        use std::time::Duration as D;
-        struct Held {
-            inside: Mutex<Option<Sender<()>>>,
-            swapped: Mutex<Receiver<()>>,
-        }
-        impl SuccessModel for Held {
-            fn p_success(&self, _: &AttemptContext) -> f64 {
-                0.01
-            }
-            fn trained_on(&self, _: &AttemptContext) -> Option<u64> {
-                if let Some(tell) = self.inside.lock().unwrap().take() {
-                    tell.send(()).unwrap();
-                    self.swapped
-                        .lock()
-                        .unwrap()
-                        .recv_timeout(D::from_secs(10))
-                        .expect("swapped within 10 s");
-                }
-                Some(1_000_000)
-            }
-        }
         /// Sure of success, about contexts it never saw.
         struct Unseen;
         impl SuccessModel for Unseen {
@@ -251,22 +256,8 @@ mod tests {
                 Some(0)
             }
         }
-        let (tell_inside, inside) = channel();
-        let (tell_swapped, swapped) = channel();
-        let held = Arc::new(Held {
-            inside: Mutex::new(Some(tell_inside)),
-            swapped: Mutex::new(swapped),
-        });
-        let shared = Arc::new(SharedModel::new(held));
-        let (decider, ctx) = deciding_with(&shared);
-        let during = std::thread::scope(|s| {
-            let d = s.spawn(|| decider.weigh(&ctx));
-            inside
-                .recv_timeout(D::from_secs(10))
-                .expect("the decision asked the model within 10 s");
+        let (during, _) = swapped_mid_decision(true, |shared| {
             shared.swap(Arc::new(Unseen));
-            tell_swapped.send(()).unwrap();
-            d.join().unwrap()
         });
         let ps: Vec<f64> = during.alternatives.iter().map(|a| a.p_success).collect();
         assert!(ps.len() > 1 && ps.iter().all(|p| *p == 0.01), "{ps:?}");
