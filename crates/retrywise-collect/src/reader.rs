@@ -170,13 +170,18 @@ pub fn copy_skipped_lines(
     what_out: &Path,
 ) -> Result<(), CollectError> {
     let write_error = |e| CollectError::io("write", what_out, e);
+    let mut piece = Vec::new();
     for l in lines {
         let mut f = File::open(&l.path).map_err(|e| CollectError::io("open", &l.path, e))?;
         f.seek(std::io::SeekFrom::Start(l.offset))
             .map_err(|e| CollectError::io("read", &l.path, e))?;
         // A piece at a time, each error named by its side: the segment's reads, the
         // output's writes.
-        let mut piece = vec![0u8; (64 << 10).min(usize::try_from(l.len).unwrap_or(usize::MAX))];
+        // One buffer for every line, as large as the longest needs (64 KiB at most).
+        let want = (64 << 10).min(usize::try_from(l.len).unwrap_or(usize::MAX));
+        if piece.len() < want {
+            piece.resize(want, 0);
+        }
         let mut from = (&mut f).take(l.len);
         let mut copied = 0u64;
         loop {

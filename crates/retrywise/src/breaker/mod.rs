@@ -1091,6 +1091,33 @@ mod tests {
         }
     }
 
+    /// A prediction whose model steps from 0 to 0.9 once `back` has passed since the last
+    /// success, opening from `min_ms` to `ratio` times that; the fresh call it is asked
+    /// about, just after a success; and the bounds.
+    fn step_at(
+        back: Duration,
+        min_ms: u64,
+        ratio: f64,
+    ) -> (
+        Prediction,
+        crate::attempt::AttemptContext,
+        Duration,
+        Duration,
+    ) {
+        let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
+            if c.since_success.unwrap_or_default() + c.delay >= back {
+                0.9
+            } else {
+                0.0
+            }
+        });
+        let min = Duration::from_millis(min_ms);
+        let max = min.mul_f64(ratio);
+        let mut ctx = crate::attempt::AttemptContext::first("p");
+        ctx.since_success = Some(Duration::ZERO);
+        (Prediction::new(model).open_between(min, max), ctx, min, max)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Where a step model crosses the threshold, the wait found is at or after the step
@@ -1103,14 +1130,7 @@ mod tests {
             ratio in 1.0f64..1_000.0,
         ) {
             let back = Duration::from_micros(back_after_us);
-            let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
-                if c.since_success.unwrap_or_default() + c.delay >= back { 0.9 } else { 0.0 }
-            });
-            let min = Duration::from_millis(min_ms);
-            let max = min.mul_f64(ratio);
-            let pred = Prediction::new(model).open_between(min, max);
-            let mut ctx = crate::attempt::AttemptContext::first("p");
-            ctx.since_success = Some(Duration::ZERO);
+            let (pred, ctx, min, max) = step_at(back, min_ms, ratio);
             let step = ratio.powf(1.0 / 15.0) - 1.0;
             match pred.recovery(&ctx, None) {
                 Recovery::After { wait, p_success } => {
@@ -1141,14 +1161,7 @@ mod tests {
         ) {
             let back = Duration::from_micros(back_after_us);
             let within = Duration::from_micros(within_us);
-            let model = Arc::new(move |c: &crate::attempt::AttemptContext| {
-                if c.since_success.unwrap_or_default() + c.delay >= back { 0.9 } else { 0.0 }
-            });
-            let min = Duration::from_millis(min_ms);
-            let max = min.mul_f64(ratio);
-            let pred = Prediction::new(model).open_between(min, max);
-            let mut ctx = crate::attempt::AttemptContext::first("p");
-            ctx.since_success = Some(Duration::ZERO);
+            let (pred, ctx, min, max) = step_at(back, min_ms, ratio);
             // The longest wait it may answer: under `within`, within the bounds.
             let edge = within.saturating_sub(Duration::from_micros(1)).clamp(min, max);
             let findable = edge < within && back <= edge;

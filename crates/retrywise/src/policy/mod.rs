@@ -756,7 +756,7 @@ impl<C> Policy<C> {
             Some(room) => Ok((room, attempt_start, None)),
             None => Box::pin(self.admit(call_start, attempt_start, ctx)).await,
         };
-        let (primary_room, attempt_start) = match admitted {
+        let (mut primary_room, attempt_start) = match admitted {
             Ok((permit, started, _)) => (permit, started),
             Err(full) => {
                 let now = Instant::now();
@@ -767,7 +767,6 @@ impl<C> Policy<C> {
                 );
             }
         };
-        let mut primary_room = Some(primary_room);
         // A hedge never waits for the bulkhead's room (a full bulkhead means the upstream
         // is queueing, where a hedge adds load and wins nothing): the room is asked for
         // before the retry budget's token, and handed to the hedge here; a hedge turned
@@ -782,7 +781,8 @@ impl<C> Policy<C> {
                 attempt_start,
                 |i| {
                     let admitted = match (i, &p.bulkhead) {
-                        (0, _) => Ok(primary_room.take().flatten()),
+                        // (Launched once: the room taken for it, if any.)
+                        (0, _) => Ok(primary_room.take()),
                         (_, None) => Ok(None),
                         (_, Some(b)) => take_room().map_or_else(|| b.try_acquire(), Ok).map(Some),
                     }
