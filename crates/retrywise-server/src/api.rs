@@ -45,8 +45,9 @@ pub struct Ready {
     /// Whether the model used when a request names none is among them.
     pub default_model: bool,
     /// Where the fleet view comes from: `in-process` (no `--fleet`), `shared` (Redis
-    /// answers) or `local` (Redis unreachable: this replica's own view until it answers
-    /// again — the replica stays ready).
+    /// answers) or `local` (Redis unreachable, or the fleet in Redis counts with another
+    /// health window: this replica's own view until that changes — the replica stays
+    /// ready).
     pub fleet: String,
     /// Why, with a shared fleet view: the last Redis error while `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -829,6 +830,13 @@ pub(crate) async fn target(
     State(st): State<AppState>,
     crate::extract::ApiPath(target): crate::extract::ApiPath<String>,
 ) -> Result<Json<crate::fleet::TargetView>, ApiError> {
+    // A name no record could carry (too long, control characters) is the caller's
+    // mistake, said as such, not a target that was never reported.
+    if let Some(field) = retrywise::attempt::schema::field("target")
+        && let Err(e) = field.check(retrywise::attempt::schema::Value::Text(&target))
+    {
+        return Err(ApiError::bad_request(format!("target: {}", e.problem)));
+    }
     st.fleet
         .view(&target, Instant::now())
         .map(Json)

@@ -101,8 +101,8 @@ struct Probes {
 
 /// What the service knows of a target (`GET /v1/targets/{target}`). With a fleet view
 /// shared through Redis (`--fleet`), the counts, rates, latency and circuit are every
-/// replica's together (while Redis answers); the concurrency limit and hedge delay are
-/// this replica's own estimates.
+/// replica's together (while Redis answers); the concurrency limit, the hedge delay and
+/// the breaker's counters (`breaker`) are this replica's own.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TargetView {
     /// The target.
@@ -132,6 +132,9 @@ pub struct TargetView {
     /// The shared breaker's state: `CLOSED`, `OPEN`, `HALF_OPEN`…
     pub breaker_state: String,
     /// Whether a caller should send to the target now (the shared breaker admits calls).
+    /// While it is HALF_OPEN this says that probes are wanted, not that this caller's is
+    /// one: probes are rationed through `/v1/decide` (a first attempt), which answers
+    /// whether this call may go.
     pub allow: bool,
     /// The serving model's probability that a fresh call to the target (a first attempt,
     /// with the health above) succeeds now; null without a model, or when it answers NaN.
@@ -183,7 +186,7 @@ pub const FLEET_MAX_OPEN: Duration = Duration::from_secs(60);
 pub const FLEET_PROBES: u32 = 10;
 
 /// How long, at least, the probes admitted to a HALF_OPEN circuit hold their places (the
-/// target's p95 latency and a second, when longer): while their
+/// target's p95 latency and a second, when longer, up to [`FLEET_MAX_OPEN`]): while their
 /// outcomes are not yet reported, admission tells every other caller to wait; after it,
 /// as many again are let through (a probe's report may be lost). A probe's outcome reaches
 /// the service when its caller's shipper sends the batch (within its default batch delay
@@ -424,8 +427,12 @@ impl Fleet {
             .snapshot(now)
             .latency_p95
             .or_else(|| self.shared_target(target).and_then(|s| s.latency_p95));
+        // (At most the longest opening: a p95 of hours, reported by a caller, would hold
+        // the probes' places for hours.)
         let lease = p95.map_or(PROBE_LEASE, |p95| {
-            PROBE_LEASE.max(p95 + Duration::from_secs(1))
+            PROBE_LEASE
+                .max(p95.saturating_add(Duration::from_secs(1)))
+                .min(FLEET_MAX_OPEN)
         });
         let lease_over = probes
             .since
@@ -1212,6 +1219,33 @@ mod tests {
         let later = now + Duration::from_secs(3);
         assert!(fleet.admit_probe("slow", later).is_err());
         assert_eq!(fleet.admit_probe("slow", now + wait), Ok(()));
+    }
+
+    /// A p95 latency of hours (a caller's report) holds the probes' places no longer than
+    /// the longest opening: admission would otherwise tell every caller to wait for hours.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_lease_lasts_no_longer_than_the_longest_opening() {
+        let fleet = Fleet::new(Duration::from_secs(600), 10);
+        let wall = 1_800_000_000_000;
+        let now = Instant::now();
+        for i in 0..40 {
+            let mut r = refused("hours", i + 1, wall);
+            r.outcome_latency = Duration::from_secs(7_200);
+            r.started_at_ms = wall - 7_200_010;
+            fleet.observe(&r, now, wall);
+        }
+        let (state, left) = fleet.circuit("hours").expect("tracked");
+        assert_eq!(state, State::Open);
+        tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
+        let now = Instant::now();
+        for _ in 0..FLEET_PROBES {
+            assert_eq!(fleet.admit_probe("hours", now), Ok(()));
+        }
+        let wait = fleet
+            .admit_probe("hours", now)
+            .expect_err("the probes are out");
+        assert!(wait <= FLEET_MAX_OPEN, "{wait:?}");
+        assert_eq!(fleet.admit_probe("hours", now + FLEET_MAX_OPEN), Ok(()));
     }
 
     /// At its cap the fleet makes room from idle targets: one whose circuit opened, whose

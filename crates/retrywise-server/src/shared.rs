@@ -31,7 +31,12 @@
 //! - `w:{replica}` — the number of the replica's last batch added (a replica's name is
 //!   drawn at random when it starts): a batch sent again after a write that timed out
 //!   on the replica's side but ran on Redis's is added once; it expires two windows
-//!   after the replica's last write.
+//!   after the replica's last write;
+//! - `period` — the bucket length (ms) the fleet writes with; it expires two windows
+//!   after the last write. A replica with another health window (so other buckets, and
+//!   another window to prune targets by) neither writes nor reads: it answers from its
+//!   own view and says why (`/readyz`'s `fleet` detail, the log) until the others have
+//!   been gone for two of their windows.
 //!
 //! Keys are built inside the scripts, so the layout needs one Redis primary at a fixed
 //! address (standalone; not Redis Cluster, and no Sentinel discovery).
@@ -90,6 +95,11 @@ const RECENT: u64 = 2;
 const LATENCY: u64 = 5;
 /// Where the keys live.
 const PREFIX: &str = "retrywise:fleet:";
+/// The warnings logged once per change ([`SharedFleet::changed`]): targets a write
+/// skipped, a read left out, a read found odd times for.
+const WARNED_SKIPPED: usize = 0;
+const WARNED_FOREIGN: usize = 1;
+const WARNED_ODD: usize = 2;
 
 /// The clock every replica's times are reckoned on: Redis's own (`TIME`), so that replicas
 /// whose clocks disagree still agree on which buckets are recent, on when a target last
@@ -101,6 +111,7 @@ const CLOCK: &str = r"
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local PERIOD_MISMATCH = 'the fleet counts in buckets of a tenth of its health window; give every replica the same health_window_ms: the fleet counts in buckets of '
 local function num(x)
   local v = tonumber(x)
   if v == nil or v ~= v or v == math.huge or v == -math.huge then return 0 end
@@ -153,6 +164,14 @@ local w = p .. 'w:' .. ARGV[5]
 local seq = tonumber(ARGV[6])
 if not is(w, 'string') then
   return redis.error_reply(w .. ' is not a string: another program writes under the prefix')
+end
+local wk = p .. 'period'
+if not is(wk, 'string') then
+  return redis.error_reply(wk .. ' is not a string: another program writes under the prefix')
+end
+local fleet_period = redis.call('GET', wk)
+if fleet_period and fleet_period ~= ARGV[2] then
+  return redis.error_reply(PERIOD_MISMATCH .. fleet_period .. ' ms, this replica in buckets of ' .. ARGV[2] .. ' ms')
 end
 if seq <= num(redis.call('GET', w)) then
   return {0, 0}
@@ -217,6 +236,7 @@ end
 redis.call('ZREMRANGEBYSCORE', z, '-inf', now - ttl)
 extend(z, keep_z)
 redis.call('SET', w, ARGV[6], 'PX', ttl)
+redis.call('SET', wk, ARGV[2], 'PX', ttl)
 return {1, skipped}
 ";
 
@@ -235,6 +255,10 @@ local p = ARGV[1]
 local period = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local most = tonumber(ARGV[4])
+local fleet_period = redis.pcall('GET', p .. 'period')
+if type(fleet_period) == 'string' and fleet_period ~= ARGV[2] then
+  return redis.error_reply(PERIOD_MISMATCH .. fleet_period .. ' ms, this replica in buckets of ' .. ARGV[2] .. ' ms')
+end
 local buckets = tonumber(ARGV[5])
 local recent = tonumber(ARGV[6])
 local latency = tonumber(ARGV[7])
@@ -457,6 +481,10 @@ pub struct SharedFleet {
     /// reported since, is probing ([`probing_since`](Self::probing_since)).
     opened: Mutex<HashMap<Arc<str>, u64>>,
     shared: AtomicBool,
+    /// How many targets the last write skipped, the last read left out, and the last read
+    /// found odd times for: each warning is logged when its count changes, not at every
+    /// write or read that finds the same foreign keys again (the counter counts them all).
+    warned: [AtomicU64; 3],
     /// Wall-clock ms of the last successful read; 0 before the first.
     read_ms: AtomicU64,
     detail: Mutex<String>,
@@ -521,6 +549,7 @@ impl SharedFleet {
             flushing: tokio::sync::Mutex::new(()),
             view: ArcSwap::from_pointee(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
+            warned: Default::default(),
             shared: AtomicBool::new(false),
             read_ms: AtomicU64::new(0),
             detail: Mutex::new("connecting to Redis".into()),
@@ -699,8 +728,8 @@ impl SharedFleet {
             tokio::time::timeout(self.timeout, call.invoke_async::<(i64, u64)>(conn)).await;
         match result {
             Ok(Ok((_, skipped))) => {
-                if skipped > 0 {
-                    self.metrics.foreign.inc_by(skipped);
+                self.metrics.foreign.inc_by(skipped);
+                if self.changed(WARNED_SKIPPED, skipped) {
                     tracing::warn!(
                         skipped,
                         "fleet view: targets not written - their keys in Redis hold values of another type than this service writes"
@@ -715,6 +744,12 @@ impl SharedFleet {
             }
             failed => Err(self.describe("writing to", failed.ok().and_then(Result::err))),
         }
+    }
+
+    /// Whether a warning's count `n` is new and worth a log line: not zero, and not what
+    /// the last write or read found (remembered either way).
+    fn changed(&self, which: usize, n: u64) -> bool {
+        self.warned[which].swap(n, Ordering::Relaxed) != n && n > 0
     }
 
     /// Reads the whole fleet's view back.
@@ -750,15 +785,15 @@ impl SharedFleet {
                 _ => foreign += 1,
             }
         }
-        if foreign > 0 {
-            self.metrics.foreign.inc_by(foreign);
+        self.metrics.foreign.inc_by(foreign);
+        self.metrics.foreign.inc_by(odd);
+        if self.changed(WARNED_FOREIGN, foreign) {
             tracing::warn!(
                 foreign,
                 "fleet view: targets left out of the read - a name that is not UTF-8 or a row this service did not write"
             );
         }
-        if odd > 0 {
-            self.metrics.foreign.inc_by(odd);
+        if self.changed(WARNED_ODD, odd) {
             tracing::warn!(
                 targets = odd,
                 "fleet view: times in Redis this service would not have written (later than Redis's clock, or a circuit open longer than the longest opening) - read as none, and as the longest opening"
@@ -872,7 +907,7 @@ impl SharedFleet {
             if shared {
                 tracing::info!(%detail, "fleet view: shared through Redis again");
             } else {
-                tracing::warn!(%detail, "fleet view: Redis unreachable, answering from this replica's own view");
+                tracing::warn!(%detail, "fleet view: not shared through Redis, answering from this replica's own view");
             }
         }
         self.metrics.shared.set(i64::from(shared));
@@ -1489,6 +1524,45 @@ mod tests {
             "m:open kept for the opening and a window: {ttl}"
         );
 
+        // A replica with another health window (buckets of 1.1 s, not 1 s) neither writes
+        // nor reads: its buckets are not the fleet's, nor is the window it prunes by.
+        let mut call = head(80, 1, TTL);
+        call.arg("db").arg(-1).arg(0).arg(-1).arg(1);
+        call.arg(0).arg(1).arg("c").arg(1);
+        let (n, _): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
+        assert_eq!(n, 1);
+        let before = calls().await;
+        let mut other = write.prepare_invoke();
+        other
+            .arg(PREFIX)
+            .arg(1_100)
+            .arg(TTL)
+            .arg(longest)
+            .arg(79)
+            .arg(1);
+        other.arg("db").arg(-1).arg(0).arg(-1).arg(1);
+        other.arg(0).arg(1).arg("c").arg(1);
+        let e = other
+            .invoke_async::<(i64, u64)>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("give every replica the same health_window_ms")
+                && e.to_string()
+                    .contains("buckets of 1000 ms, this replica in buckets of 1100 ms"),
+            "{e}"
+        );
+        let mut other = read_script.prepare_invoke();
+        other.arg(PREFIX).arg(1_100).arg(TTL).arg(10);
+        other.arg(BUCKETS).arg(RECENT).arg(LATENCY);
+        let e = other
+            .invoke_async::<Vec<(Vec<u8>, Vec<i64>)>>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("same health_window_ms"), "{e}");
+        assert_eq!(calls().await, before, "nothing of it written");
+
         // The targets set of another type refuses the batch before any write.
         set(format!("{PREFIX}targets"), "x").await;
         let e = run(9, 5)
@@ -1498,6 +1572,21 @@ mod tests {
         assert!(e.to_string().contains("is not a sorted set"), "{e}");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// One foreign key found at every write or read is one warning, not sixteen a
+    /// second: a warning is logged when its count changes (and again if it comes back).
+    #[test]
+    fn foreign_keys_are_warned_of_once_per_change() {
+        let f = fleet("redis://127.0.0.1:1").unwrap();
+        let seen: Vec<bool> = [3, 3, 3, 0, 0, 3, 4]
+            .into_iter()
+            .map(|n| f.changed(WARNED_FOREIGN, n))
+            .collect();
+        assert_eq!(seen, [true, false, false, false, false, true, true]);
+        // Each kind of warning on its own.
+        assert!(f.changed(WARNED_SKIPPED, 4));
+        assert!(!f.changed(WARNED_FOREIGN, 4));
     }
 
     #[test]

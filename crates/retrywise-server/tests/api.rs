@@ -820,6 +820,19 @@ async fn bad_bodies_are_4xx_naming_the_field() {
             "{uri}: {v}"
         );
     }
+    // A target name no record could carry: a 400 naming why, not "not tracked".
+    let long = format!("/v1/targets/{}", "t".repeat(300));
+    for (uri, says) in [
+        (long.as_str(), "target: must have at most 256 characters"),
+        (
+            "/v1/targets/a%0Ab",
+            "target: must not hold control characters",
+        ),
+    ] {
+        let (s, v) = h.get(uri).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        assert!(v["error"].as_str().unwrap().starts_with(says), "{uri}: {v}");
+    }
     // An unknown route is answered, identified and counted like any request.
     let (s, headers, v) = h
         .call(Request::get("/v1/nowhere").body(Body::empty()).unwrap())
@@ -2105,11 +2118,11 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
         error.contains("not tracked") && error.contains("at its cap of 2 targets"),
         "{error}"
     );
-    // A name no target has is quoted only so far.
+    // A name no target could have is refused without being quoted back.
     let long = "x".repeat(1_000);
     let (s, v) = h.get(&format!("/v1/targets/{long}")).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    assert!(v["error"].as_str().unwrap().len() < 600, "{v}");
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().len() < 100, "{v}");
     // Two metric labels for two tracked targets; "c", past the cap, is `other`.
     let scrape = || async {
         let (_, m) = h.get("/metrics").await;

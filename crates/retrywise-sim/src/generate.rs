@@ -71,7 +71,9 @@ pub fn sample_policies() -> Vec<&'static Contender> {
 }
 
 /// The longest a phase may be stretched (`phase_lengths`' upper factor): a thousand times
-/// its written length is already longer than any run.
+/// its written length is already longer than any run. Its inverse is the most it may be
+/// shrunk (so that the ratio of the two factors, which the draw raises to a power, stays a
+/// finite number).
 pub const MAX_PHASE_FACTOR: f64 = 1e3;
 
 /// `scenario` with each phase's length multiplied by a factor drawn log-uniformly from
@@ -179,11 +181,17 @@ pub fn generate(
         })?;
     }
     let (lo, hi) = opts.phase_lengths;
-    if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= MAX_PHASE_FACTOR) {
+    if !(lo.is_finite()
+        && hi.is_finite()
+        && lo >= 1.0 / MAX_PHASE_FACTOR
+        && lo <= hi
+        && hi <= MAX_PHASE_FACTOR)
+    {
         return Err(SimError::Option {
             field: "phase_lengths",
             problem: format!(
-                "needs 0 < lo <= hi <= {MAX_PHASE_FACTOR}, both finite; got [{lo}, {hi}]"
+                "needs {} <= lo <= hi <= {MAX_PHASE_FACTOR}; got [{lo}, {hi}]",
+                1.0 / MAX_PHASE_FACTOR
             ),
         });
     }

@@ -398,8 +398,12 @@ pub fn model_file(path: &Path) -> Result<PathBuf, SimError> {
         let latest = versions
             .filter_map(Result::ok)
             .filter_map(|e| {
-                let v: u64 = e.file_name().to_str()?.parse().ok()?;
-                e.path().join("model.json").is_file().then_some(v)
+                // A version is its number as written (`7`, not `07` or `+7`): the folder
+                // joined below is the one read here.
+                let name = e.file_name();
+                let v: u64 = name.to_str()?.parse().ok()?;
+                let canonical = name.to_str() == Some(v.to_string().as_str());
+                (canonical && e.path().join("model.json").is_file()).then_some(v)
             })
             .max()
             .ok_or_else(|| SimError::NoModel {

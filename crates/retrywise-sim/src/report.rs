@@ -461,9 +461,19 @@ impl Report {
     pub fn check(&self, known: &BTreeMap<String, String>) -> Checked {
         let mut out = Checked::default();
         for id in known.keys() {
-            if !self.targets.iter().any(|t| &t.id == id) {
+            if self.targets.iter().any(|t| &t.id == id) {
+                continue;
+            }
+            // A known miss of a scenario this report leaves out (`--scenario` picks some)
+            // is not judged; one that names no target of a scenario it has is wrong.
+            let scenario = id.split_once('/').map_or(id.as_str(), |(s, _)| s);
+            if self.targets.iter().any(|t| t.scenario == scenario) {
                 out.failures.push(format!(
                     "known misses name `{id}`, which is no target of this report"
+                ));
+            } else {
+                out.lines.push(format!(
+                    "known miss {id}: not judged (this report has no `{scenario}`)"
                 ));
             }
         }
@@ -634,6 +644,16 @@ mod tests {
         let unknown = report.check(&known(&["outage/goal", "outage/speed"]));
         assert_eq!(unknown.failures.len(), 1);
         assert!(unknown.failures[0].contains("`outage/speed`"));
+        // A known miss of a scenario the report leaves out is not judged, and says so.
+        let elsewhere = report.check(&known(&["outage/goal", "mix/goal"]));
+        assert!(elsewhere.failures.is_empty(), "{elsewhere:?}");
+        assert!(
+            elsewhere
+                .lines
+                .iter()
+                .any(|l| l.contains("mix/goal: not judged (this report has no `mix`)")),
+            "{elsewhere:?}"
+        );
     }
 
     /// A calibration check on too few rows is not judged: neither met nor missed, and not

@@ -321,7 +321,9 @@ pub struct RateLimit {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
-    /// Replicas; requests go to them in turn (a hedge reaches a different one).
+    /// Replicas; requests go to them in turn, whichever call they belong to (so a hedge
+    /// reaches another replica than its primary's, except when the requests sent between
+    /// the two bring the turn round to the same one).
     #[serde(default = "one_u32", deserialize_with = "at_least_one")]
     pub replicas: u32,
     /// Workers per replica: requests served at once.
@@ -460,7 +462,9 @@ impl Lines {
 
 impl Scenario {
     /// A scenario for driving an endpoint the simulator does not model (`sim run --target
-    /// URL`): only the load and the timeouts matter; the upstream is whatever answers.
+    /// URL`): only the load and the timeouts matter; the upstream is whatever answers (its
+    /// simulated hang, which no attempt timeout may outlast, is as long as a duration may
+    /// be).
     ///
     /// # Errors
     /// [`SimError::Scenario`] for a rate, length or timeout that is not positive.
@@ -475,7 +479,7 @@ impl Scenario {
                 "name = \"target\"\ndescription = \"an endpoint given with --target\"\n\
                  rps = {rps:?}\nduration_s = {duration_s:?}\ndeadline_ms = {deadline_ms:?}\n\
                  attempt_timeout_ms = {attempt_timeout_ms:?}\n\
-                 [upstream]\nworkers = 1\n[upstream.latency]\nmedian_ms = 1\n"
+                 [upstream]\nworkers = 1\nhang_ms = {MAX_NUMBER:?}\n[upstream.latency]\nmedian_ms = 1\n"
             ),
             "--target options",
         )
@@ -581,7 +585,8 @@ impl Scenario {
                 )));
             }
             // (A phase past the run's end is allowed: it is what a shortened run of a
-            // longer scenario looks like.)
+            // longer scenario looks like - the recovery it would be measured from is then
+            // "n/a" in the table.)
             if !p.outage
                 && p.workers.is_none()
                 && p.rate_limit.is_none()
@@ -970,6 +975,9 @@ replicas = 2",
             let e = err(&OK.replace("name = \"t\"", &format!("name = {name:?}")));
             assert!(e.contains("name: must be letters"), "{name}: {e}");
         }
+        // An endpoint of its own (`--target`) takes any attempt timeout: its hangs are
+        // its own (a 30 s timeout was refused against the simulated hang's 30 s).
+        assert!(Scenario::for_target(100.0, 10.0, 60_000.0, 30_000.0).is_ok());
         // A hang shorter than the attempt timeout would be a slow 504, not a timeout.
         let e = err(&OK.replace("workers = 4", "workers = 4\nhang_ms = 500"));
         assert!(

@@ -22,9 +22,10 @@ pub struct Score {
     pub p99_ms: Option<f64>,
     /// 99.9th percentile, ms.
     pub p999_ms: Option<f64>,
-    /// Seconds from the end of the trigger until goodput is back to 90 % of the offered
-    /// load for three bins in a row; `None` if it never comes back (or the scenario has no
-    /// trigger).
+    /// Seconds from the end of the trigger until goodput (the successes that end in a bin,
+    /// whenever their request arrived) is back to 90 % of the offered load (the requests
+    /// that arrive in it) for three bins in a row; `None` if it never comes back (or the
+    /// scenario has no trigger).
     pub recovery_s: Option<f64>,
     /// Logical requests offered.
     pub requests: u64,

@@ -139,6 +139,27 @@ fn run_prints_the_scoreboard_as_json_and_draws_the_plot() {
             .count();
         assert!(segments > 0, "{name}");
     }
+    // Recording again into the same folder would mix two runs under the same call ids:
+    // refused before anything runs, the first run's records untouched.
+    let out = retrywise(&[
+        "run",
+        "--scenario",
+        "contention",
+        "--policy",
+        "exp",
+        "--seed",
+        "4",
+        "--record",
+        record.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("already holds records of another run"),
+        "{err}"
+    );
+    let segments = std::fs::read_dir(record.join("exp")).expect("segments");
+    assert!(segments.count() > 0);
 }
 
 #[test]
@@ -827,6 +848,8 @@ fn generate_refuses_phase_lengths_it_cannot_read_and_names_them() {
         ("a,2", "`a` is not a number"),
         ("0,2", "phase_lengths"),
         ("2,1", "phase_lengths"),
+        // A factor so small that hi/lo is no number: every phase lasted for ever.
+        ("1e-309,1", "phase_lengths"),
     ] {
         let out = retrywise(&["generate", "--out", out_arg, "--phase-lengths", bad]);
         assert!(!out.status.success(), "{bad} accepted");

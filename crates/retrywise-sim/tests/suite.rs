@@ -540,6 +540,15 @@ fn a_model_path_that_holds_no_model_is_a_clear_error() {
     std::fs::write(dir.path().join("model.json"), "{").unwrap();
     let e = retrywise_sim::policies::load_model(dir.path()).unwrap_err();
     assert!(matches!(e, SimError::Model { .. }), "{e}");
+    // A model folder's versions are its folders named by a number as written: `09` is
+    // none (it was taken for 9, and `9/model.json` looked for), so version 5 is the latest.
+    let models = tempfile::tempdir().unwrap();
+    for v in ["5", "09", "+7"] {
+        std::fs::create_dir(models.path().join(v)).unwrap();
+        std::fs::write(models.path().join(v).join("model.json"), "{}").unwrap();
+    }
+    let file = retrywise_sim::policies::model_file(models.path()).unwrap();
+    assert_eq!(file, models.path().join("5").join("model.json"));
 }
 
 #[test]

@@ -422,7 +422,8 @@ mod tests {
     #[test]
     fn each_target_is_scored_on_its_own() {
         let model =
-            LogisticModel::from_weights(0.0, |f| if f == "failure_rate" { -8.0 } else { 0.0 });
+            LogisticModel::from_weights(0.0, |f| if f == "failure_rate" { -8.0 } else { 0.0 })
+                .unwrap();
         let mut contexts = Vec::new();
         let mut success = Vec::new();
         let mut x: u64 = 7;

@@ -405,7 +405,7 @@ fn a_record_yields_identical_features_in_training_and_serving() {
     write_parquet(&records, &parquet);
     std::fs::create_dir_all(ndjson.parent().unwrap()).unwrap();
     write_ndjson(&records, &ndjson);
-    let model = LogisticModel::from_weights(0.1, |name| (name.len() as f64 - 15.0) / 40.0);
+    let model = LogisticModel::from_weights(0.1, |name| (name.len() as f64 - 15.0) / 40.0).unwrap();
     for file in [&parquet, &ndjson] {
         let files = data::resolve(&[file.to_string_lossy().into_owned()]).unwrap();
         let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();

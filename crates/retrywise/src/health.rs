@@ -137,8 +137,9 @@ pub fn latency_bucket(latency: Duration) -> usize {
 
 /// The `q`-quantile (e.g. 0.95) of a histogram of [`latency_bucket`]s, as `(bucket, count)`
 /// pairs in any order (a bucket may repeat; unknown buckets count in the last): the upper
-/// bound of the bucket holding the quantile, as [`HealthTracker::latency_p95`] computes it;
-/// `None` without samples.
+/// bound of the bucket holding the quantile, in whole milliseconds, as
+/// [`HealthTracker::latency_p95`] computes it (the feature a model was trained on from a
+/// tracker's records); `None` without samples.
 pub fn latency_quantile(hist: impl IntoIterator<Item = (usize, u64)>, q: f64) -> Option<Duration> {
     use crate::hedge::latency::{BUCKETS, upper_of};
     let mut counts = vec![0u64; BUCKETS];
@@ -155,10 +156,21 @@ pub fn latency_quantile(hist: impl IntoIterator<Item = (usize, u64)>, q: f64) ->
     for (b, n) in counts.iter().enumerate() {
         seen = seen.saturating_add(*n);
         if seen >= rank {
-            return Some(Duration::from_micros(upper_of(b)));
+            return Some(Duration::from_millis(whole_ms(Duration::from_micros(
+                upper_of(b),
+            ))));
         }
     }
-    Some(Duration::from_micros(upper_of(BUCKETS - 1)))
+    Some(Duration::from_millis(whole_ms(Duration::from_micros(
+        upper_of(BUCKETS - 1),
+    ))))
+}
+
+/// A latency quantile as health reports it: whole milliseconds, at most `u32::MAX`.
+fn whole_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(0xFFFF_FFFF)
 }
 
 /// How many standard deviations of chance a recent failure rate must depart from the
@@ -522,9 +534,7 @@ impl HealthTracker {
             return Some(Duration::from_millis(cached & 0xFFFF_FFFF));
         }
         let (p95, _) = self.latency.quantile(now, 0.95)?;
-        let ms = u64::try_from(p95.as_millis())
-            .unwrap_or(u64::MAX)
-            .min(0xFFFF_FFFF);
+        let ms = whole_ms(p95);
         self.p95_cache.store(key << 32 | ms, Ordering::Relaxed);
         Some(Duration::from_millis(ms))
     }
@@ -966,7 +976,7 @@ mod tests {
                 }
                 let tracker = h.latency_p95(now).unwrap();
                 let merged = latency_quantile(shared, 0.95).unwrap();
-                prop_assert_eq!(tracker.as_millis(), merged.as_millis());
+                prop_assert_eq!(tracker, merged);
                 Ok(())
             })?;
         }

@@ -117,6 +117,35 @@ mod tests {
         assert_eq!(b.metrics().active, 0);
     }
 
+    /// `Bulkhead::call` teaches an adaptive limit how long its calls take, and counts
+    /// them (it did neither: the limit stayed at its first value for good).
+    #[tokio::test(start_paused = true)]
+    async fn calls_run_through_the_bulkhead_teach_its_adaptive_limit() {
+        let limit = AdaptiveLimit::builder()
+            .initial(4)
+            .bounds(2, 64)
+            .build()
+            .unwrap();
+        let b = Bulkhead::builder("b")
+            .adaptive(limit)
+            .max_wait(Duration::ZERO)
+            .build()
+            .unwrap();
+        for _ in 0..20 {
+            let out = b
+                .call(async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    7
+                })
+                .await;
+            assert_eq!(out, Ok(7));
+        }
+        let baseline = b.adaptive_limit().unwrap().baseline();
+        assert_eq!(baseline, Some(Duration::from_millis(10)));
+        assert_eq!(b.metrics().total_calls, 20);
+        assert_eq!(b.metrics().active, 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_rising_limit_lets_a_waiter_in_while_the_holder_stays() {
         let gate = Arc::new(gate::Gate::new(1));

@@ -300,14 +300,19 @@ impl Bulkhead {
         !self.shared.max_wait.is_zero()
     }
 
-    /// Runs `fut` inside the bulkhead.
+    /// Runs `fut` inside the bulkhead. A future that completes is a call answered, in the
+    /// metrics and for an adaptive limit, which learns from how long it took (whatever it
+    /// returned: to tell a failure the upstream did not answer from an answer, take a
+    /// permit and [`finish_with`](BulkheadPermit::finish_with) its verdict, or run the
+    /// call through a `Policy`); one dropped before it completes teaches the limit nothing.
     ///
     /// # Errors
     /// [`BulkheadFull`] when there was no room within the maximum wait.
     pub async fn call<F: std::future::Future>(&self, fut: F) -> Result<F::Output, BulkheadFull> {
         let permit = self.acquire().await?;
+        let started = tokio::time::Instant::now();
         let out = fut.await;
-        drop(permit);
+        permit.finish(false, started.elapsed());
         Ok(out)
     }
 

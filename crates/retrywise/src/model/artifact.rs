@@ -15,7 +15,8 @@ pub const ARTIFACT_FORMAT: &str = "retrywise-model";
 /// The largest `model.json` a reader takes, bytes (4 MiB; a trained model is some
 /// 120 KiB): a larger file is not an artifact, and one without end (a link to
 /// `/dev/zero`) must not be read whole. It also bounds what a file of long arrays
-/// (`"weights": [0, 0, …]`) allocates before its lengths are checked: some 40 MiB.
+/// (`"weights": [0, 0, …]`, or 2 million empty feature names) allocates before its
+/// lengths are checked: tens of MiB, not more.
 pub const MAX_ARTIFACT_BYTES: u64 = 4 << 20;
 
 /// The artifact schema version this crate writes; it reads any `1.x`.
@@ -304,10 +305,7 @@ impl ModelArtifact {
     /// # Errors
     /// A [`ModelError`] naming what is wrong.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let artifact: ModelArtifact = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
+        let json_error = |path: String, inner: serde_json::Error| {
             let (line, column) = (inner.line(), inner.column());
             let message = inner.to_string();
             let suffix = format!(" at line {line} column {column}");
@@ -321,7 +319,19 @@ impl ModelArtifact {
                 line,
                 column,
             }
-        })?;
+        };
+        // What says which artifact this is comes first: another format, a schema this build
+        // does not know, another kind of model, label or feature set is refused as such,
+        // not as the field its different shape lacks.
+        if let Ok(header) = serde_json::from_str::<Header>(text) {
+            header.check()?;
+        }
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let artifact: ModelArtifact = serde_path_to_error::deserialize(&mut *de)
+            .map_err(|e| json_error(e.path().to_string(), e.into_inner()))?;
+        // Anything after the document (a shorter file written over a longer one) makes it
+        // no artifact: the tail may be what the writer meant.
+        de.end().map_err(|e| json_error(".".to_owned(), e))?;
         artifact.validate()?;
         Ok(artifact)
     }
@@ -337,17 +347,8 @@ impl ModelArtifact {
     /// # Errors
     /// A [`ModelError`] naming the first problem.
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.format != ARTIFACT_FORMAT {
-            return Err(ModelError::Format(self.format.clone()));
-        }
-        // `1.MINOR`, the minor a whole number: `1`, `1.`, `1.x` or `1.0.0-rc` are no
-        // version this crate knows.
-        let minor_ok = |m: &str| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit());
-        if !matches!(self.schema_version.split_once('.'), Some(("1", m)) if minor_ok(m)) {
-            return Err(ModelError::Schema {
-                found: self.schema_version.clone(),
-            });
-        }
+        check_format(&self.format)?;
+        check_schema(&self.schema_version)?;
 
         // The name is the models folder's name for the model: a plain folder name.
         if self.name.is_empty() || self.name.starts_with('.') || self.name.contains(['/', '\\']) {
@@ -379,17 +380,9 @@ impl ModelArtifact {
                 ),
             });
         }
-        if self.kind != LOGISTIC {
-            return Err(ModelError::Kind(self.kind.clone()));
-        }
-        if self.label.positive != POSITIVE_LABEL {
-            return Err(ModelError::Label(self.label.positive.clone()));
-        }
-        if self.features.set != FEATURE_SET {
-            return Err(ModelError::FeatureSet {
-                found: self.features.set.clone(),
-            });
-        }
+        check_kind(&self.kind)?;
+        check_label(&self.label.positive)?;
+        check_feature_set(&self.features.set)?;
         let n = N_FEATURES;
         for (field, found) in [
             ("features.names", self.features.names.len()),
@@ -454,6 +447,100 @@ impl ModelArtifact {
     }
 }
 
+/// The fields that say which artifact a document is, read whatever shape the rest has
+/// (each one only where it is a string).
+/// (The other fields are skipped, not kept.)
+#[derive(Deserialize)]
+struct Header {
+    format: Option<serde_json::Value>,
+    schema_version: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
+    label: Option<LabelHeader>,
+    features: Option<FeaturesHeader>,
+}
+
+#[derive(Deserialize)]
+struct LabelHeader {
+    positive: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct FeaturesHeader {
+    set: Option<serde_json::Value>,
+}
+
+impl Header {
+    /// The first of the checks [`ModelArtifact::validate`] makes of these fields that fails.
+    fn check(&self) -> Result<(), ModelError> {
+        fn text(v: Option<&serde_json::Value>) -> Option<&str> {
+            v.and_then(serde_json::Value::as_str)
+        }
+        if let Some(f) = text(self.format.as_ref()) {
+            check_format(f)?;
+        }
+        if let Some(v) = text(self.schema_version.as_ref()) {
+            check_schema(v)?;
+        }
+        if let Some(k) = text(self.kind.as_ref()) {
+            check_kind(k)?;
+        }
+        if let Some(l) = text(self.label.as_ref().and_then(|l| l.positive.as_ref())) {
+            check_label(l)?;
+        }
+        if let Some(set) = text(self.features.as_ref().and_then(|f| f.set.as_ref())) {
+            check_feature_set(set)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_format(format: &str) -> Result<(), ModelError> {
+    if format == ARTIFACT_FORMAT {
+        Ok(())
+    } else {
+        Err(ModelError::Format(format.to_owned()))
+    }
+}
+
+fn check_schema(version: &str) -> Result<(), ModelError> {
+    // `1.MINOR`, the minor a whole number: `1`, `1.`, `1.x` or `1.0.0-rc` are no version
+    // this crate knows.
+    let minor_ok = |m: &str| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit());
+    if matches!(version.split_once('.'), Some(("1", m)) if minor_ok(m)) {
+        Ok(())
+    } else {
+        Err(ModelError::Schema {
+            found: version.to_owned(),
+        })
+    }
+}
+
+fn check_kind(kind: &str) -> Result<(), ModelError> {
+    if kind == LOGISTIC {
+        Ok(())
+    } else {
+        Err(ModelError::Kind(kind.to_owned()))
+    }
+}
+
+fn check_label(positive: &str) -> Result<(), ModelError> {
+    if positive == POSITIVE_LABEL {
+        Ok(())
+    } else {
+        Err(ModelError::Label(positive.to_owned()))
+    }
+}
+
+fn check_feature_set(set: &str) -> Result<(), ModelError> {
+    if set == FEATURE_SET {
+        Ok(())
+    } else {
+        Err(ModelError::FeatureSet {
+            found: set.to_owned(),
+        })
+    }
+}
+
 /// Whether `t` reads as an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS`, optional fractional
 /// seconds, then `Z` or `±HH:MM` (what the trainer writes; checked by shape, not calendar).
 fn is_rfc3339(t: &str) -> bool {
@@ -508,13 +595,14 @@ fn is_rfc3339(t: &str) -> bool {
 /// let model = LogisticModel::from_weights(-1.0, |name| match name {
 ///     "log_delay_x_http_429" => 0.5,
 ///     _ => 0.0,
-/// });
+/// })?;
 /// let mut ctx = AttemptContext::first("api");
 /// ctx.attempt = 2;
 /// ctx.error = Some(ErrorKind::Http429);
 /// let soon = model.p_success(&ctx);
 /// ctx.delay = std::time::Duration::from_secs(5);
 /// assert!(model.p_success(&ctx) > soon);
+/// # Ok::<(), retrywise::model::ModelError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogisticModel {
@@ -689,23 +777,18 @@ impl LogisticModel {
     }
 
     /// A model on unscaled features with the weights `weight(name)` (for tests, examples
-    /// and hand-made models).
-    pub fn from_weights(intercept: f64, weight: impl Fn(&str) -> f64) -> Self {
-        let mut weights = [0.0; N_FEATURES];
-        for (w, f) in weights.iter_mut().zip(features::ALL) {
-            *w = weight(f.name());
-        }
-        let mut m = Self {
-            mean: [0.0; N_FEATURES],
-            scale: [1.0; N_FEATURES],
-            weights,
-            intercept,
-            folded: [0.0; N_FEATURES],
-            folded_intercept: intercept,
-            regions: None,
+    /// and hand-made models), checked as [`from_parts`](Self::from_parts) checks a model.
+    ///
+    /// # Errors
+    /// [`ModelError::Value`] for a weight or intercept that is not a finite number, or
+    /// weights whose logit could overflow for some context.
+    pub fn from_weights(intercept: f64, weight: impl Fn(&str) -> f64) -> Result<Self, ModelError> {
+        let weights: Vec<f64> = features::ALL.iter().map(|f| weight(f.name())).collect();
+        let scaler = Scaler {
+            mean: vec![0.0; N_FEATURES],
+            scale: vec![1.0; N_FEATURES],
         };
-        m.fold();
-        m
+        Self::from_parts(&scaler, &weights, intercept)
     }
 
     /// The linear score (log-odds of success) of a feature vector.
@@ -979,6 +1062,75 @@ mod tests {
     }
 
     #[test]
+    fn what_follows_the_document_makes_it_no_artifact() {
+        // A shorter artifact written over a longer one, the file not cut to its length.
+        let json = artifact().to_json();
+        assert!(ModelArtifact::from_json(&format!("{json}\n")).is_ok());
+        let e = ModelArtifact::from_json(&format!("{json}0.5, 0.25]}}")).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::Json { field, .. } if field == "the document")
+                && e.to_string().contains("trailing characters"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn another_kind_of_artifact_is_refused_as_such_whatever_its_shape() {
+        let e = ModelArtifact::from_json(r#"{"format": "onnx", "graph": {}}"#).unwrap_err();
+        assert!(matches!(&e, ModelError::Format(f) if f == "onnx"), "{e}");
+        // A tree model has no scaler or weights: refused for its kind, not for them.
+        let mut v = serde_json::to_value(artifact()).unwrap();
+        v["kind"] = "gbdt".into();
+        v["trees"] = serde_json::json!([]);
+        let o = v.as_object_mut().unwrap();
+        o.remove("scaler");
+        o.remove("weights");
+        let e = ModelArtifact::from_json(&v.to_string()).unwrap_err();
+        assert!(matches!(&e, ModelError::Kind(k) if k == "gbdt"), "{e}");
+        // A schema 2 whose weights became an object.
+        let mut v = serde_json::to_value(artifact()).unwrap();
+        v["schema_version"] = "2.0".into();
+        v["weights"] = serde_json::json!({"bias": 1.0});
+        let e = ModelArtifact::from_json(&v.to_string()).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::Schema { found } if found == "2.0"),
+            "{e}"
+        );
+        // Another feature set, and another label, whatever else changed with them.
+        let mut v = serde_json::to_value(artifact()).unwrap();
+        v["features"]["set"] = "99".into();
+        v["features"]["names"] = serde_json::json!(["a"]);
+        let e = ModelArtifact::from_json(&v.to_string()).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::FeatureSet { found } if found == "99"),
+            "{e}"
+        );
+        let mut v = serde_json::to_value(artifact()).unwrap();
+        v["label"]["positive"] = "failure".into();
+        v.as_object_mut().unwrap().remove("intercept");
+        let e = ModelArtifact::from_json(&v.to_string()).unwrap_err();
+        assert!(matches!(&e, ModelError::Label(l) if l == "failure"), "{e}");
+    }
+
+    #[test]
+    fn a_hand_made_model_is_checked_like_a_loaded_one() {
+        let e = LogisticModel::from_weights(f64::NAN, |_| 0.0).unwrap_err();
+        assert!(e.to_string().contains("intercept"), "{e}");
+        let e = LogisticModel::from_weights(0.0, |n| {
+            if n == Feature::ErrorHttp429.name() {
+                f64::INFINITY
+            } else {
+                0.0
+            }
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("weights["), "{e}");
+        // Finite weights whose logit could overflow: 1e308 and -1e308 sum to NaN.
+        let e = LogisticModel::from_weights(0.0, |_| 1e308).unwrap_err();
+        assert!(e.to_string().contains("could overflow"), "{e}");
+    }
+
+    #[test]
     fn refuses_an_incompatible_artifact_naming_the_field() {
         type Edit = Box<dyn Fn(&mut serde_json::Value)>;
         let short_weights = format!(
@@ -1121,7 +1273,8 @@ mod tests {
             } else {
                 0.0
             }
-        });
+        })
+        .unwrap();
         let mut ctx = AttemptContext::first("t");
         ctx.attempt = 2;
         ctx.error = Some(ErrorKind::Http429);

@@ -24,7 +24,10 @@ pub use shared::SharedModel;
 /// 200 ms? 2 s?" by evaluating the same context with different delays.
 ///
 /// Implementations must be cheap (they run on the retry path) and must return a number in
-/// `[0, 1]`; callers clamp anything else and treat NaN as "unknown" (0.5).
+/// `[0, 1]`. Callers clamp anything else, and none takes NaN for an answer: the model
+/// decider falls back to its rules, the breaker takes it for no prediction, and the
+/// rule-based adaptive decider and the shedding queue read it as 0.5
+/// ([`sanitize_probability`]).
 ///
 /// ```
 /// use retrywise::attempt::{AttemptContext, ErrorKind};

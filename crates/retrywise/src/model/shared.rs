@@ -75,8 +75,11 @@ impl SuccessModel for SharedModel {
         self.current().trained_on(ctx)
     }
 
-    fn pinned(&self, _: &AttemptContext) -> Option<Arc<dyn SuccessModel>> {
-        Some(self.current())
+    fn pinned(&self, ctx: &AttemptContext) -> Option<Arc<dyn SuccessModel>> {
+        // The model now in place, pinned in turn if it can itself be swapped (a shared
+        // handle inside a shared handle, a service's serving set).
+        let current = self.current();
+        Some(current.pinned(ctx).unwrap_or(current))
     }
 
     fn p_success_by_delay(&self, ctx: &AttemptContext, delays: &[Duration], out: &mut [f64]) {
@@ -221,6 +224,19 @@ mod tests {
             d.join().unwrap()
         });
         (during, decider.weigh(&ctx))
+    }
+
+    /// A shared handle inside a shared handle: what the outer one pins is the model in
+    /// place in the inner one, not the inner handle, which a swap there would change.
+    #[test]
+    fn a_handle_inside_a_handle_pins_the_model_inside() {
+        let inner = Arc::new(SharedModel::new(Arc::new(|_: &AttemptContext| 0.25)));
+        let outer = SharedModel::new(Arc::clone(&inner) as Arc<dyn SuccessModel>);
+        let ctx = AttemptContext::first("api");
+        let pinned = outer.pinned(&ctx).expect("a shared handle pins");
+        inner.swap(Arc::new(|_: &AttemptContext| 0.75));
+        assert_eq!(pinned.p_success(&ctx), 0.25);
+        assert_eq!(outer.p_success(&ctx), 0.75);
     }
 
     /// The swap lands while a decision is inside the model (held there until it has):

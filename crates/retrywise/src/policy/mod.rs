@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::attempt::{AttemptContext, Classifier, ErrorKind, ErrorsAreRetryable, Failure, Verdict};
-use crate::breaker::{CircuitBreaker, Prediction, SlidingWindow};
+use crate::breaker::{CircuitBreaker, CircuitOpen, Prediction, SlidingWindow};
 use crate::budget::{AdaptiveThrottle, CubicRateLimiter, RetryBudget, RetryQuota};
 use crate::bulkhead::{AdaptiveLimit, Bulkhead, BulkheadFull, BulkheadPermit};
 use crate::error::{Check, ConfigError};
@@ -363,6 +363,10 @@ impl<C> Policy<C> {
             left: AtomicBool::new(false),
         };
         let mut attempt_start = start;
+        // What the attempt about to go last waited for that its plan did not include (the
+        // rate limiter: `None`; an open circuit: `Some`), if it did: the deadline may have
+        // passed meanwhile (a late timer, a busy runtime).
+        let mut waited: Option<Option<CircuitOpen>> = None;
         loop {
             let ctx = next.as_ref().unwrap_or(&p.first);
             let number = ctx.attempt;
@@ -386,6 +390,7 @@ impl<C> Policy<C> {
                     }
                     tokio::time::sleep(wait).await;
                     attempt_start = Instant::now();
+                    waited = Some(None);
                 }
             }
             let admitted = loop {
@@ -411,6 +416,7 @@ impl<C> Policy<C> {
                                 }
                                 tokio::time::sleep(wait).await;
                                 attempt_start = Instant::now();
+                                waited = Some(Some(open));
                             }
                             _ if p.decide_refused => {
                                 // Nothing was sent: the retry decision weighs waiting it
@@ -436,7 +442,7 @@ impl<C> Policy<C> {
                                         // Nor was the rate limiter's token used: the
                                         // retry takes its own.
                                         p.unlimit(token);
-                                        break Err(planned);
+                                        break Err((planned, open));
                                     }
                                     Err(reason) => {
                                         p.unlimit(token);
@@ -463,15 +469,35 @@ impl<C> Policy<C> {
             };
             let permit = match admitted {
                 Ok(permit) => permit,
-                Err(planned) => {
+                Err((planned, open)) => {
                     if !planned.delay.is_zero() {
                         tokio::time::sleep(planned.delay).await;
                     }
                     attempt_start = Instant::now();
+                    waited = Some(Some(open));
                     next = Some(planned);
                     continue;
                 }
             };
+            // A wait the plan did not include ended with no time left: nothing is sent (a
+            // request with no time would fail at once: a fake timeout for health, the
+            // budget and a HALF_OPEN probe), the permit goes back unused and so do the
+            // token and the retry paid for it.
+            if let Some(cause) = waited.take()
+                && p.attempt_timeout_at(ctx, start, attempt_start) == Some(Duration::ZERO)
+            {
+                drop(permit);
+                p.unlimit(token);
+                if let Some((at, paid)) = unsent.paid.take() {
+                    p.unsent(at, &paid);
+                }
+                let reason = p.stopped(StopReason::Deadline);
+                let last = match cause {
+                    Some(open) => AttemptError::CircuitOpen(open),
+                    None => AttemptError::Throttled,
+                };
+                return refused(number - 1, reason, last);
+            }
             // A HALF_OPEN probe is one request: a hedge beside it would make it two, and
             // let the hedge's answer speak for a primary that failed.
             let probe = permit
@@ -493,10 +519,13 @@ impl<C> Policy<C> {
             let paid = unsent.paid.take();
             // Ready for the next retry planned, which has not left.
             unsent.left.store(false, Ordering::Relaxed);
-            if ended.rejected
-                && let Some((at, planned)) = &paid
-            {
-                p.unsent(*at, planned);
+            if ended.rejected {
+                // Turned away by the bulkhead: nothing was sent, so neither the retry nor
+                // the rate limiter's token was used.
+                if let Some((at, planned)) = &paid {
+                    p.unsent(*at, planned);
+                }
+                p.unlimit(token);
             }
             p.settle(
                 ctx,
@@ -659,7 +688,7 @@ impl<C> Policy<C> {
         if let Some(left) = left {
             left.store(true, Ordering::Relaxed);
         }
-        let sent = match Timeout::new(make(), timeout).await {
+        let sent = match Timeout::starting(make(), started, timeout).await {
             Ok(result) => {
                 let verdict = self.classifier.classify(&result);
                 Sent::Done(result, verdict)

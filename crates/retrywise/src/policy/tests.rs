@@ -1094,6 +1094,43 @@ async fn the_aws_rate_limiter_spaces_attempts_after_throttling() {
     );
 }
 
+/// A call the full bulkhead turns away sent nothing either: its rate limiter's token is
+/// given back (it was lost, and the next call waited two seconds for another).
+#[tokio::test(start_paused = true)]
+async fn a_call_the_bulkhead_turns_away_gives_the_limiters_token_back() {
+    use crate::budget::CubicRateLimiter;
+    let bulkhead = Bulkhead::builder("aws")
+        .max_concurrent(1)
+        .max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    let p = Policy::builder("aws")
+        .retry(retry(1, 1))
+        .rate_limiter(CubicRateLimiter::default())
+        .bulkhead(bulkhead.clone())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    // Throttled: the limiter comes on at its floor rate (0.5 a second); 3 s fill its one
+    // token.
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = bulkhead.try_acquire().unwrap();
+    let (r, report) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::BulkheadFull(_)));
+    assert_eq!(report.stopped, Some(StopReason::BulkheadFull));
+    drop(held);
+    let t0 = Instant::now();
+    p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await
+        .unwrap();
+    assert_eq!(t0.elapsed(), Duration::ZERO, "the token was there");
+}
+
 /// A call the open circuit refuses sent nothing: the rate limiter's token it took is given
 /// back, and the next call sends at once instead of waiting for a new one.
 #[tokio::test(start_paused = true)]
@@ -1440,6 +1477,87 @@ async fn a_retry_late_past_the_deadline_sends_nothing() {
         "nothing sent with no time left"
     );
     assert_eq!(quota.available(), 500, "the retry given back");
+}
+
+/// A wait the plan did not include - for the circuit to let calls through, for the rate
+/// limiter's token - that ends past the deadline (the task ran late) sends nothing: the
+/// call stops on the deadline, gives back the retry it paid for, and takes no HALF_OPEN
+/// probe's place with a request that had no time (one was sent with a timeout of zero,
+/// failed as a timeout and opened the circuit again).
+#[tokio::test(start_paused = true)]
+async fn a_wait_for_the_circuit_or_a_token_late_past_the_deadline_sends_nothing() {
+    use crate::breaker::State;
+    use crate::budget::CubicRateLimiter;
+    let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
+    let sent = AtomicU32::new(0);
+    // Runs `p`'s call until it waits, lets it sleep well past its deadline, then ends it.
+    let late = async |p: &Policy| {
+        let call = p.call_with_report(|_| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>("served") }
+        });
+        let mut call = std::pin::pin!(call);
+        let waiting =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
+                .await;
+        assert!(waiting, "it waits");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        call.await
+    };
+    // Refused by a circuit open for 300 ms, the retry decision waits it out, within 1 s.
+    let p = Policy::builder("refused")
+        .retry(every_100ms_within(10, Duration::from_secs(1)))
+        .breaker(open_breaker(Duration::from_millis(300)))
+        .decide_when_refused(true)
+        .shared_budget(quota.clone())
+        .build()
+        .unwrap();
+    let (r, report) = late(&p).await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::Deadline));
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        0,
+        "nothing sent with no time left"
+    );
+    assert_eq!(quota.available(), 500, "the retry given back");
+    let state = p.breaker().map(CircuitBreaker::state);
+    assert_eq!(state, Some(State::HalfOpen), "its probe still to come");
+    // Waiting for the circuit within the caller's bound, the same.
+    let p = Policy::builder("waits")
+        .retry(every_100ms_within(10, Duration::from_secs(1)))
+        .breaker(open_breaker(Duration::from_millis(300)))
+        .wait_for_breaker(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (r, report) = late(&p).await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
+    assert_eq!(report.stopped, Some(StopReason::Deadline));
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
+    // Waiting for the rate limiter's next token (throttled once: 0.5 tokens a second).
+    let p = Policy::builder("aws")
+        .retry(every_100ms_within(1, Duration::from_secs(3)))
+        .rate_limiter(CubicRateLimiter::default())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
+        .await;
+    let call = p.call_with_report(|_| {
+        sent.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, io::Error>(Resp(200, None)) }
+    });
+    let mut call = std::pin::pin!(call);
+    let waiting =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
+            .await;
+    assert!(waiting, "it waits for a token");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let (r, report) = call.await;
+    assert!(matches!(r.unwrap_err().last, AttemptError::Throttled));
+    assert_eq!(report.stopped, Some(StopReason::Deadline));
+    assert_eq!(sent.load(Ordering::SeqCst), 0);
 }
 
 /// One attempt that hangs, within a deadline (and no attempt timeout of its own).

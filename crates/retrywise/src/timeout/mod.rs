@@ -3,8 +3,9 @@
 //! [`Timeout`] polls the inner future first and arms its timer only if the future is not
 //! ready on the first poll, so a call that completes at once never touches the timer
 //! wheel. The time limit therefore counts from the first time the call has to wait (the
-//! first poll's own CPU time is not counted), unless an absolute deadline is given with
-//! [`Timeout::until`].
+//! first poll's own CPU time is not counted), unless it is given from a start already read
+//! ([`Timeout::starting`], what `Policy` uses) or as an absolute deadline
+//! ([`Timeout::until`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +50,24 @@ impl<F: Future> Timeout<F> {
             future,
             sleep: None,
             limit: after.map_or(Limit::None, Limit::After),
+        }
+    }
+
+    /// Limits `future` to `after` counted from `started` (an instant already read: the
+    /// request's start, so that the first poll's own work counts against the limit and the
+    /// limit reads no clock); `None` means no limit.
+    pub fn starting(future: F, started: Instant, after: Option<Duration>) -> Self {
+        let limit = match after {
+            None => Limit::None,
+            // (Beyond what an `Instant` holds: counted from the first wait, as `new`'s.)
+            Some(after) => started
+                .checked_add(after)
+                .map_or(Limit::After(after), |at| Limit::At(at, after)),
+        };
+        Self {
+            future,
+            sleep: None,
+            limit,
         }
     }
 
@@ -130,6 +149,26 @@ mod tests {
             rt.block_on(timeout(Duration::from_secs(1), tokio::task::yield_now()))
         });
         assert!(armed.is_err(), "a pending future arms the timer");
+    }
+
+    /// A limit counted from a start already read: time spent before the first wait (here
+    /// 600 ms of a 1 s limit) counts against it.
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_from_a_start_counts_the_time_before_the_first_wait() {
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let slow = tokio::time::sleep(Duration::from_secs(5));
+        let r = Timeout::starting(slow, t0, Some(Duration::from_secs(1))).await;
+        assert_eq!(
+            r,
+            Err(Elapsed {
+                after: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        assert_eq!(Timeout::starting(async { 3 }, t0, None).await, Ok(3));
+        let far = Timeout::starting(async { 4 }, t0, Some(Duration::MAX)).await;
+        assert_eq!(far, Ok(4));
     }
 
     #[tokio::test(start_paused = true)]

@@ -326,9 +326,10 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = args.attempt_timeout_ms {
         // The scenario's rule, for a simulated upstream: a hang outlasts the attempt
-        // timeout (else it is a slow 504, recorded as one, not as a timeout).
+        // timeout (else it is a slow 504, recorded as one, not as a timeout). A real
+        // endpoint's hangs are its own.
         anyhow::ensure!(
-            args.scenario.is_none() || t < scenario.upstream.hang_ms,
+            args.target.is_some() || args.scenario.is_none() || t < scenario.upstream.hang_ms,
             "--attempt-timeout-ms {t} must be shorter than the scenario's upstream.hang_ms ({}): a hung request outlasts the client's wait",
             scenario.upstream.hang_ms
         );
@@ -392,6 +393,21 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.policies
     };
+    // Records of another run in the same folder would share this run's call ids (made of
+    // the seed, the policy and the target): a trainer splitting by call would join calls
+    // that never were one.
+    if let Some(dir) = &opts.record {
+        for policy in &policies {
+            let segments = dir.join(policy);
+            let holds = std::fs::read_dir(&segments).is_ok_and(|mut d| d.next().is_some());
+            anyhow::ensure!(
+                !holds,
+                "--record {}: {} already holds records of another run, whose call ids this run's would repeat; record into an empty folder",
+                dir.display(),
+                segments.display()
+            );
+        }
+    }
     // One step a policy: over HTTP each run lasts the scenario's whole duration.
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         if opts.mode == Mode::Virtual {

@@ -1,6 +1,7 @@
 //! `retrywise-sim demo` (and `retrywise demo`): every mechanism of the policy crate at work against an in-process
 //! flaky upstream, on tokio's virtual clock, so the whole tour takes milliseconds and
-//! prints the same thing every time for the same seed.
+//! prints the same thing every time for the same seed, but for the wall-clock start times
+//! (`started_at_ms`) in the attempt records it shows.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
