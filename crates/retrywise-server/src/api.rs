@@ -480,10 +480,15 @@ pub struct DecideResponse {
     /// will not come within the deadline: fail fast), `low_success_probability` (no wait within the
     /// deadline makes a fresh call worth sending), `deadline` (`elapsed_ms` has already
     /// reached `deadline_ms`: fail fast). An admission that says wait is answered for now:
-    /// wait `delay_ms`, then ask again before sending (the circuit may have moved on).
+    /// wait `delay_ms`, then ask again before sending (the circuit may have moved on). A
+    /// retry passes the same shared circuit: one the decider would send sooner than the
+    /// circuit lets calls through is answered `circuit_open_wait` or
+    /// `circuit_half_open_wait` (with `delay_ms` as above), `circuit_open` or
+    /// `circuit_half_open` (not within the deadline), or `probe` (one of a HALF_OPEN
+    /// circuit's probes, after the decider's wait).
     pub reason: String,
-    /// Whether the rule-based fallback decided: no model is serving yet (the default was
-    /// asked for; `version` is then 0), the model answered NaN, or it was trained on too
+    /// Whether the rule-based fallback decided: the default model is not serving (it was
+    /// asked for, by name or by naming none; `version` is then 0), the model answered NaN, or it was trained on too
     /// few rows like this context. Another model named but not served is a 404 naming the models
     /// that are.
     pub fell_back: bool,
@@ -597,23 +602,26 @@ pub(crate) async fn decide(
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
         })
         .transpose()?;
-    // No model serving at all (before the first is loaded): the default is answered by the
-    // decider's rules, and says so. Another model named but not served stays a 404.
+    // The default model not serving (before it is loaded, or while its only versions are
+    // refused, whatever other models serve): the default is answered by the decider's
+    // rules, and says so. Another model named but not served stays a 404.
     let m = match pick(&st, req.model.as_deref(), Some(&ctx.target)) {
         Ok(m) => Some(m),
-        // The default model, named or not, while none is loaded: the rules decide.
         Err(_)
             if req
                 .model
                 .as_deref()
                 .is_none_or(|m| m == st.config.default_model)
-                && st.models.snapshot().is_empty() =>
+                && !st
+                    .models
+                    .snapshot()
+                    .contains_key(st.config.default_model.as_str()) =>
         {
             static TOLD: std::sync::Once = std::sync::Once::new();
             TOLD.call_once(|| {
                 tracing::warn!(
                     model = %st.config.default_model,
-                    "no model is serving: /v1/decide answers with its rules until one is loaded"
+                    "the default model is not serving: /v1/decide answers with its rules until it is loaded"
                 );
             });
             None
@@ -649,6 +657,31 @@ pub(crate) async fn decide(
         Decision::Retry(d) => (true, d, "retry"),
         Decision::Stop(r) => (false, std::time::Duration::ZERO, r.as_str()),
     };
+    // A retry is a call to the target like a first attempt: the fleet's shared circuit
+    // has its say (an embedded policy asks its breaker before every attempt), so that no
+    // caller is told to retry in a second into a circuit open for thirty.
+    let (retry, delay, reason, p_success) = if retry {
+        let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
+        match gate(&st, &ctx, delay, left) {
+            Gate::Pass => (true, delay, reason, explained.p_success),
+            Gate::Probe => (true, delay, "probe", explained.p_success),
+            Gate::Wait(w, why) => {
+                let p = m
+                    .as_ref()
+                    .filter(|_| weighed.fallback.is_none())
+                    .map(|m| {
+                        let mut c = ctx.clone();
+                        c.delay = w;
+                        m.model.p_success(&c)
+                    })
+                    .filter(|p| !p.is_nan());
+                (true, w, why, p)
+            }
+            Gate::Refuse(why) => (false, std::time::Duration::ZERO, why, None),
+        }
+    } else {
+        (retry, delay, reason, explained.p_success)
+    };
     if let Some(m) = &m {
         count_predictions(&st, m, weighed.alternatives.len().max(1) as u64);
     }
@@ -658,7 +691,7 @@ pub(crate) async fn decide(
             reason: reason.to_owned(),
         })
         .inc();
-    if let Some(p) = explained.p_success {
+    if let Some(p) = p_success {
         st.metrics.decision_p.observe(p);
     }
     if weighed.explored() {
@@ -689,7 +722,7 @@ pub(crate) async fn decide(
     Ok(Json(DecideResponse {
         retry,
         delay_ms: delay.as_secs_f64() * 1e3,
-        p_success: explained.p_success,
+        p_success,
         reason: reason.to_owned(),
         fell_back: weighed.fell_back(),
         explored: weighed.explored(),
@@ -709,6 +742,67 @@ fn served_as(st: &AppState, m: Option<&Arc<LoadedModel>>) -> (String, u32) {
     )
 }
 
+/// The reasons a decision gives besides the stop reasons of `retrywise::retry::StopReason`
+/// (the OpenAPI lists them all as `DecideResponse.reason`'s enum).
+pub(crate) const DECISION_REASONS: [&str; 7] = [
+    "retry",
+    "probe",
+    "admit",
+    "predicted_recovery",
+    "circuit_open_wait",
+    "circuit_half_open_wait",
+    "circuit_half_open",
+];
+
+/// What the fleet's shared circuit for a target says of a call to it that would go after
+/// `wait` (`left`: the time to the call's deadline).
+enum Gate {
+    /// Closed, or open no longer than the wait: go as decided.
+    Pass,
+    /// HALF_OPEN, and this call is one of its probes.
+    Probe,
+    /// Wait this long first (the circuit's open time, or its probes' lease, spread over
+    /// half as long again within the deadline), for this reason.
+    Wait(std::time::Duration, &'static str),
+    /// Fail fast, for this reason: forced open, or open (or probing) beyond the deadline.
+    Refuse(&'static str),
+}
+
+/// The shared circuit's say in a call that would go after `wait` (see [`Gate`]): a first
+/// attempt's admission, and every retry's.
+fn gate(
+    st: &AppState,
+    ctx: &AttemptContext,
+    wait: std::time::Duration,
+    left: Option<std::time::Duration>,
+) -> Gate {
+    use retrywise::breaker::State;
+    use std::time::Duration;
+    let fits = |w: Duration| left.is_none_or(|l| w < l);
+    // A wait of `r` for the circuit, spread over half as long again: callers all told the
+    // same moment would arrive together at a target just recovering (within the deadline).
+    let spread = |r: Duration| {
+        let w = r + r.mul_f64(0.5 * rand::random::<f64>());
+        if fits(w) { w } else { r }
+    };
+    match st.fleet.circuit(&ctx.target) {
+        Some((State::ForcedOpen, _)) => Gate::Refuse("circuit_open"),
+        // A call that would go once the open time has passed anyway goes as decided.
+        Some((State::Open, Some(r))) if wait >= r => Gate::Pass,
+        Some((State::Open, Some(r))) if fits(r) => Gate::Wait(spread(r), "circuit_open_wait"),
+        Some((State::Open, _)) => Gate::Refuse("circuit_open"),
+        // Probing: the first few callers go as its probes; the rest wait for their verdict
+        // (spread as for an open circuit), or fail fast without the time.
+        Some((State::HalfOpen, _)) => match st.fleet.admit_probe(&ctx.target, Instant::now()) {
+            Ok(()) => Gate::Probe,
+            Err(r) if wait >= r => Gate::Pass,
+            Err(r) if fits(r) => Gate::Wait(spread(r), "circuit_half_open_wait"),
+            Err(_) => Gate::Refuse("circuit_half_open"),
+        },
+        _ => Gate::Pass,
+    }
+}
+
 /// Admission of a first attempt: send now, wait and how long, or fail fast — by the fleet's
 /// shared circuit for the target, then by the serving model's p of a fresh call against the
 /// attempt cost (`min_p_success`, the shared breaker's threshold too).
@@ -718,10 +812,9 @@ fn admit(
     ctx: &AttemptContext,
     deadline: Option<std::time::Duration>,
 ) -> (DecideResponse, Option<Fallback>) {
-    use retrywise::breaker::{Recovery, State};
+    use retrywise::breaker::Recovery;
     use std::time::Duration;
     let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
-    let fits = |w: Duration| left.is_none_or(|l| w < l);
     let (model, version) = served_as(st, m);
     // The model's p of a fresh call now, or why the model is not asked (as for a retry:
     // none serving, too few training rows like this call, a NaN answer): then the fleet's
@@ -769,35 +862,13 @@ fn admit(
             retrywise::retry::StopReason::Deadline.as_str(),
         );
     }
-    // A wait of `r` for the circuit, spread over half as long again: callers all told the
-    // same moment would arrive together at a target just recovering (within the deadline).
-    let spread = |r: Duration| {
-        let w = r + r.mul_f64(0.5 * rand::random::<f64>());
-        if fits(w) { w } else { r }
-    };
-    match st.fleet.circuit(&ctx.target) {
-        Some((State::ForcedOpen, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
-        Some((State::Open, Some(r))) if fits(r) => {
-            let w = spread(r);
-            return answer(true, w, p_after(w), "circuit_open_wait");
-        }
-        Some((State::Open, _)) => return answer(false, Duration::ZERO, None, "circuit_open"),
-        Some((State::HalfOpen, _)) => {
-            // Probing: the first few callers go as its probes; the rest wait for their
-            // verdict (spread as for an open circuit), or fail fast without the time.
-            if let Err(r) = st.fleet.admit_probe(&ctx.target, Instant::now()) {
-                if !fits(r) {
-                    return answer(false, Duration::ZERO, None, "circuit_half_open");
-                }
-                let w = spread(r);
-                return answer(true, w, p_after(w), "circuit_half_open_wait");
-            }
-            // A probe: sent whatever the model says of a fresh call, or the circuit would
-            // wait for ever for evidence nobody sends.
-            let p = fresh.ok();
-            return answer(true, Duration::ZERO, p, "probe");
-        }
-        _ => {}
+    match gate(st, ctx, Duration::ZERO, left) {
+        Gate::Pass => {}
+        Gate::Refuse(why) => return answer(false, Duration::ZERO, None, why),
+        Gate::Wait(w, why) => return answer(true, w, p_after(w), why),
+        // A probe: sent whatever the model says of a fresh call, or the circuit would
+        // wait for ever for evidence nobody sends.
+        Gate::Probe => return answer(true, Duration::ZERO, fresh.ok(), "probe"),
     }
     let threshold = st.config.min_p_success;
     let (Ok(now), Some(m)) = (fresh, m) else {

@@ -96,6 +96,23 @@ pub fn openapi(auth: bool) -> Value {
         "required": ["context"],
         "additionalProperties": false,
     });
+    // Every reason a decision gives, so that a generated client has them as an enum (and a
+    // conformance check catches one it does not list).
+    let mut reasons: Vec<&str> = crate::api::DECISION_REASONS.to_vec();
+    for r in retrywise::retry::StopReason::ALL {
+        if !reasons.contains(&r.as_str()) {
+            reasons.push(r.as_str());
+        }
+    }
+    schemas["DecideResponse"]["properties"]["reason"]["enum"] = json!(reasons);
+    // A target's name in a path is a name a record could carry: the context's `target`.
+    let target = schemas["AttemptContext"]["properties"]["target"].clone();
+    if let Some(params) = doc["paths"]["/v1/targets/{target}"]["get"]["parameters"].as_array_mut() {
+        for p in params.iter_mut().filter(|p| p["name"] == "target") {
+            p["schema"] = target.clone();
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
     let tensors: Vec<&str> = schema::context_fields().map(|f| f.name).collect();
     schemas["InferInput"] = json!({
         "type": "object",
@@ -177,6 +194,42 @@ pub(crate) fn render(auth: bool) -> bytes::Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decision's reasons are an enum: the stop reasons and the service's own.
+    #[test]
+    fn a_decisions_reasons_are_listed() {
+        let doc = openapi(false);
+        let reasons =
+            &doc["components"]["schemas"]["DecideResponse"]["properties"]["reason"]["enum"];
+        let reasons: Vec<&str> = reasons
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for r in [
+            "retry",
+            "admit",
+            "probe",
+            "circuit_open",
+            "retry_after_too_long",
+        ] {
+            assert!(reasons.contains(&r), "{r}: {reasons:?}");
+        }
+        assert_eq!(reasons.len(), 17, "{reasons:?}");
+    }
+
+    /// The target in `/v1/targets/{target}` is described as a record's target is: a name
+    /// longer or with other characters is refused (400), so a conforming client sends none.
+    #[test]
+    fn a_target_in_a_path_is_a_records_target() {
+        let doc = openapi(false);
+        let param = &doc["paths"]["/v1/targets/{target}"]["get"]["parameters"][0];
+        assert_eq!(param["name"], "target");
+        let target = &doc["components"]["schemas"]["AttemptContext"]["properties"]["target"];
+        assert_eq!(param["schema"], *target);
+        assert_eq!(param["schema"]["maxLength"], 256);
+    }
 
     #[test]
     fn the_context_schema_is_the_attempt_schemas() {

@@ -296,6 +296,26 @@ async fn health_readiness_and_models() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // Another model serving does not make the default's absence a 404: while the
+    // default is not serving (its version refused, say), its decisions are the rules'.
+    write_model(
+        &empty.models.with_file_name("empty"),
+        &artifact("payments", 1, 0.0),
+    );
+    empty.service.reload().await.unwrap();
+    for context in [
+        r#"{"target": "t", "attempt": 2, "error": "http_503"}"#,
+        r#"{"target": "t", "attempt": 1}"#,
+    ] {
+        let (s, v) = empty
+            .post("/v1/decide", &format!(r#"{{"context": {context}}}"#))
+            .await;
+        assert_eq!(
+            (s, v["fell_back"].as_bool(), v["version"].as_u64()),
+            (StatusCode::OK, Some(true), Some(0)),
+            "{v}"
+        );
+    }
     // A bad request is a 400 naming its field before any model is looked up.
     let (s, v) = empty
         .post(
@@ -1852,6 +1872,58 @@ async fn decide_answers_admission_for_a_first_attempt() {
             "{reason} not counted"
         );
     }
+}
+
+/// A retry passes the fleet's shared circuit as a first attempt does (an embedded policy
+/// asks its breaker before every attempt): a decider that would retry in a few hundred
+/// milliseconds into a circuit open for longer is answered with the circuit's wait, or
+/// told to stop when that wait does not fit the deadline. (Retries went straight to the
+/// decider, which knows nothing of the circuit.)
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_the_shared_circuit_as_a_first_attempt_does() {
+    let h = Harness::new(|_| {}).await;
+    // p = 0.95 at once, falling with the wait (0.86 after 10 ms, 0.67 after 100 ms): the
+    // decider retries within milliseconds.
+    let mut soon_better = artifact("default", 2, 3.0);
+    let i = soon_better
+        .features
+        .names
+        .iter()
+        .position(|n| n == "log_delay_ms")
+        .unwrap();
+    soon_better.weights[i] = -0.5;
+    write_model(&h.models, &soon_better);
+    h.service.reload().await.unwrap();
+    let retry = |deadline: f64| {
+        format!(
+            r#"{{"context": {{"target": "b", "attempt": 2, "error": "http_503", "status": 503, "latency_ms": 5, "elapsed_ms": 5, "failure_rate": 0.0}}, "deadline_ms": {deadline}}}"#
+        )
+    };
+    let (_, v) = h.post("/v1/decide", &retry(120_000.0)).await;
+    assert_eq!(v["reason"], "retry", "{v}");
+    let soon = v["delay_ms"].as_f64().unwrap();
+    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("b", false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, t) = h.get("/v1/targets/b").await;
+    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
+    let open_for = t["open_for_ms"].as_f64().unwrap();
+    assert!(soon < open_for, "{soon} vs {open_for}");
+    let (_, v) = h.post("/v1/decide", &retry(120_000.0)).await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["reason"].as_str()),
+        (Some(true), Some("circuit_open_wait")),
+        "{v}"
+    );
+    let wait = v["delay_ms"].as_f64().unwrap();
+    assert!(wait >= open_for && wait <= 1.5 * open_for, "{v} vs {t}");
+    assert!(v["p_success"].as_f64().is_some_and(|p| p > 0.0), "{v}");
+    let (_, v) = h.post("/v1/decide", &retry(open_for / 2.0)).await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("circuit_open")),
+        "{v}"
+    );
 }
 
 /// A shared circuit whose open time has passed lets a few fresh calls through as its

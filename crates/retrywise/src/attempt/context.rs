@@ -69,7 +69,9 @@ pub struct AttemptContext {
     /// The chance with which the decision to make this attempt was drawn, when the decider
     /// explored: it judged no retry worth an attempt and retried anyway, after a wait drawn
     /// uniformly among those it weighed (`ModelDecider`: its explore share over the waits
-    /// weighed). `None` when the decision did not explore (`explore_propensity`).
+    /// weighed) - the chance of the decider's wait, which is `planned_delay` when a
+    /// policy's exploration then moved the wait too. `None` when the decision did not
+    /// explore (`explore_propensity`).
     pub explore_propensity: Option<f64>,
 }
 

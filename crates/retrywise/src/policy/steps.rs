@@ -28,18 +28,7 @@ use crate::recorder::Recorder;
 use crate::retry::{Decision, Exploration, RetryDecider, StopReason};
 
 /// Every reason a call can stop, in the order metrics list them.
-pub(super) const STOP_REASONS: [StopReason; 10] = [
-    StopReason::NotRetryable,
-    StopReason::MaxAttempts,
-    StopReason::Deadline,
-    StopReason::BudgetExhausted,
-    StopReason::LowSuccessProbability,
-    StopReason::TargetUnhealthy,
-    StopReason::RetryAfterTooLong,
-    StopReason::CircuitOpen,
-    StopReason::BulkheadFull,
-    StopReason::Throttled,
-];
+pub(super) const STOP_REASONS: [StopReason; 10] = StopReason::ALL;
 
 /// Counted on the failure path only, so successful calls pay nothing for them.
 #[derive(Default)]

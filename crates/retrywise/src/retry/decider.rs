@@ -13,7 +13,8 @@ pub enum StopReason {
     NotRetryable,
     /// The maximum number of attempts was made.
     MaxAttempts,
-    /// The next attempt could not finish before the call's deadline.
+    /// No attempt could start before the call's deadline (one that starts is given the
+    /// time left as its timeout, at most).
     Deadline,
     /// The retry budget refused another retry (a retry storm is being prevented).
     BudgetExhausted,
@@ -33,6 +34,20 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [StopReason; 10] = [
+        StopReason::NotRetryable,
+        StopReason::MaxAttempts,
+        StopReason::Deadline,
+        StopReason::BudgetExhausted,
+        StopReason::LowSuccessProbability,
+        StopReason::TargetUnhealthy,
+        StopReason::RetryAfterTooLong,
+        StopReason::CircuitOpen,
+        StopReason::BulkheadFull,
+        StopReason::Throttled,
+    ];
+
     /// A stable snake_case name, for metrics labels and the service API.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -202,6 +217,26 @@ impl<D: RetryDecider + ?Sized> RetryDecider for std::sync::Arc<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ALL` lists every reason once (the match fails to compile when one is added).
+    #[test]
+    fn every_stop_reason_is_listed_once() {
+        let position = |r: StopReason| match r {
+            StopReason::NotRetryable => 0,
+            StopReason::MaxAttempts => 1,
+            StopReason::Deadline => 2,
+            StopReason::BudgetExhausted => 3,
+            StopReason::LowSuccessProbability => 4,
+            StopReason::TargetUnhealthy => 5,
+            StopReason::RetryAfterTooLong => 6,
+            StopReason::CircuitOpen => 7,
+            StopReason::BulkheadFull => 8,
+            StopReason::Throttled => 9,
+        };
+        for (i, r) in StopReason::ALL.into_iter().enumerate() {
+            assert_eq!(position(r), i, "{r}");
+        }
+    }
 
     #[test]
     fn object_safe() {

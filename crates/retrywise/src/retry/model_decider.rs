@@ -74,8 +74,8 @@ pub const DEFAULT_MIN_SUPPORT: u64 = 100;
 /// p = c", the design sketch's "stop below p = 0.1"), when no wait lets another attempt
 /// start before the deadline, after `max_attempts`, or when the upstream asked for a
 /// Retry-After beyond the cap. The chosen wait is drawn at random among the near-optimal
-/// ones (within `tolerance` of `V*`), so that callers that saw the same failure do not
-/// retry in lockstep. A context whose `status` is permanent
+/// ones (within `tolerance` of `V*`, and themselves worth an attempt), so that callers that
+/// saw the same failure do not retry in lockstep. A context whose `status` is permanent
 /// ([`ErrorKind::is_permanent_status`]: a 4xx other than 408, 425 and 429, the
 /// [`HttpClassifier`](crate::attempt::HttpClassifier)'s rule) is never retried
 /// (`not_retryable`), whatever a classifier made of it, the model or the rules would say:
@@ -545,8 +545,14 @@ impl ModelDecider {
                 None,
             );
         }
-        // A near-optimal wait at random: callers that saw the same failure spread out.
-        let near = |i: &usize| value(*i) >= v_star - self.tolerance;
+        // A near-optimal wait at random: callers that saw the same failure spread out -
+        // among the waits worth an attempt (near the best of a best barely worth one, a
+        // wait within the tolerance may be worth less than stopping).
+        let floor = (v_star - self.tolerance).max(0.0);
+        let near = |i: &usize| {
+            let v = value(*i);
+            v >= floor && (v > 0.0 || *i == best)
+        };
         let k = (0..n).filter(near).count();
         let pick = ((self.random.next_f64() * k as f64) as usize).min(k.saturating_sub(1));
         let chosen = (0..n).filter(near).nth(pick).unwrap_or(best);
@@ -1397,6 +1403,35 @@ mod tests {
             }
         }
         assert!(seen.len() >= 10, "{} distinct waits", seen.len());
+    }
+
+    /// Near a best wait barely worth an attempt, the tolerance reaches waits worth less
+    /// than stopping: none is chosen (two such waits were drawn about one time in eleven -
+    /// here the last attempt allowed, so a failure leaves nothing, and p = 0.105 for every
+    /// wait, so only the wait's own cost tells them apart).
+    #[test]
+    fn no_wait_worth_less_than_stopping_is_chosen() {
+        let d = decider(flat(0.105))
+            .without_calendar()
+            .max_attempts(2)
+            .build()
+            .unwrap();
+        let c = after(ErrorKind::Http503, 2);
+        let mut retried = 0;
+        for _ in 0..500 {
+            let w = d.weigh(&c);
+            let Decision::Retry(wait) = w.explained.decision else {
+                continue;
+            };
+            retried += 1;
+            let chosen = w.alternatives.iter().find(|a| a.wait == wait).unwrap();
+            assert!(chosen.value >= 0.0, "{wait:?}: {}", chosen.value);
+        }
+        assert!(retried > 0, "a best wait worth an attempt is taken");
+        assert!(
+            d.weigh(&c).alternatives.iter().any(|a| a.value < 0.0),
+            "some waits weighed are worth less than stopping"
+        );
     }
 
     #[test]
