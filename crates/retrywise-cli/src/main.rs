@@ -37,7 +37,8 @@ enum Command {
     Compact(compact::Args),
     /// The laboratory: a fault-injecting upstream, an open-loop load driver, and a
     /// scoreboard of retry policies, in virtual time or over HTTP: runs `retrywise-sim`
-    /// (`list`, `run`, `upstream`, `generate`, `learn`, `report`, `select`; `retrywise sim --help` for
+    /// (`list`, `run`, `upstream`, `generate`, `learn`, `report`, `select`, `demo`;
+    /// `retrywise sim --help` for
     /// more).
     #[command(disable_help_flag = true)]
     Sim {

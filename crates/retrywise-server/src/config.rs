@@ -67,7 +67,9 @@ pub struct Config {
     pub max_targets: usize,
     /// The window of each target's rolling health. Default 10 s.
     pub health_window: Duration,
-    /// `/v1/decide` stops when p(success) of the next attempt is below this. Default 0.05.
+    /// The cost of an attempt `/v1/decide` weighs each wait's p(success) against (divided by
+    /// the share of the target's calls that succeed), and the p below which the fleet's
+    /// predictive breaker opens and admission holds a fresh call. Default 0.05.
     pub min_p_success: f64,
     /// The share of `/v1/decide`'s "not worth an attempt" stops that retry anyway, after a
     /// wait drawn uniformly from those weighed, and answer `explored: true`

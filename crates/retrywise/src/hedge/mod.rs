@@ -292,6 +292,17 @@ impl Hedge {
         self.refresh(now, since);
     }
 
+    /// Records a primary that ran `running` into its timeout with no request of its call
+    /// answering. A predicted delay ([`HedgeDelay::Predicted`]) learns from it a latency
+    /// known to be longer than that (censored; without it a hedge whose hedges were not
+    /// sent, or failed, would never learn that some requests hang); a percentile of the
+    /// time to a call's first answer has no answer to count, and is left as it is.
+    pub fn record_unanswered(&self, now: Instant, running: Duration) {
+        if matches!(self.shared.delay, HedgeDelay::Predicted { .. }) {
+            self.record_beaten(now, running);
+        }
+    }
+
     /// Whether a hedge of the request in `ctx` is worth sending by the success model (at
     /// least as likely to succeed as not); true without a model or when it answers NaN.
     /// A [`Policy`](crate::policy::Policy) asks it, with the attempt's context, before the

@@ -853,7 +853,7 @@ impl<C> Policy<C> {
                             };
                             Ok((sent, latency, end, first_answer, i))
                         } else {
-                            Err((sent, latency))
+                            Err((sent, latency, i))
                         }
                     }
                 },
@@ -882,7 +882,7 @@ impl<C> Policy<C> {
                         false
                     }
                 },
-                |(sent, _)| backs_off(&sent.verdict()),
+                |(sent, _, _)| backs_off(&sent.verdict()),
             )
             .await;
         match raced {
@@ -903,7 +903,14 @@ impl<C> Policy<C> {
                 let (mut answer, mut other) = (None, None);
                 let mut last = None;
                 let mut all_rejected = true;
-                for (sent, latency) in all.errors {
+                for (sent, latency, i) in all.errors {
+                    // A primary that ran into its timeout with no hedge answering is a
+                    // latency the hedge has not seen the end of: known only to be longer
+                    // than it ran (without it, a predicted delay would never learn that
+                    // some requests hang, and never hedge them).
+                    if i == 0 && matches!(sent, Sent::TimedOut(_)) {
+                        hedge.record_unanswered(Instant::now(), latency);
+                    }
                     // The attempt's verdict: the last request's, unless an earlier one
                     // asked to back off (a 429, a Retry-After) and it did not - the retry
                     // decision, the rate limiter and the budget must hear that.

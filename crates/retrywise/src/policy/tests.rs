@@ -523,6 +523,52 @@ async fn hedges_are_recorded_and_losers_marked_cancelled() {
     assert_eq!(recs[1].outcome_latency, 20 * MS);
 }
 
+/// A primary that runs into its timeout, with no hedge answering, is a latency a predicted
+/// hedge delay learns from (known only to be at least that long): one call in ten hanging
+/// shows in what it has seen, where before only answered calls did, and a hedge whose
+/// hedges were not sent or failed never learned that requests hang. A percentile of the
+/// time to a call's first answer has no answer to count.
+#[tokio::test(start_paused = true)]
+async fn a_primary_that_timed_out_teaches_a_predicted_hedge_its_tail() {
+    let seen = async |delay: HedgeDelay| {
+        let hedge = Hedge::builder().delay(delay).no_budget().build().unwrap();
+        let rules = RetryRules::builder()
+            .max_attempts(1)
+            .attempt_timeout(crate::retry::AttemptTimeout::Fixed(500 * MS))
+            .build()
+            .unwrap();
+        let p = Policy::builder("h")
+            .retry(rules)
+            .hedge(hedge)
+            .build()
+            .unwrap();
+        for call in 0..100u32 {
+            let _ = p
+                .call(|a| async move {
+                    if a.hedge > 0 {
+                        // Every hedge fails at once: nothing but the primary answers.
+                        return Err(reset());
+                    }
+                    let took = if call % 10 == 0 { 60_000 * MS } else { 20 * MS };
+                    tokio::time::sleep(took).await;
+                    Ok::<_, io::Error>(())
+                })
+                .await;
+        }
+        p.hedge().unwrap().latency_quantile(0.99).unwrap()
+    };
+    let predicted = HedgeDelay::Predicted {
+        min_samples: 100,
+        fallback: 5 * MS,
+    };
+    let (p99, n) = seen(predicted).await;
+    assert_eq!(n, 100, "every primary recorded");
+    assert!(p99 >= 500 * MS, "{p99:?}");
+    let (p99, n) = seen(HedgeDelay::Fixed(5 * MS)).await;
+    assert_eq!(n, 90, "the answers only");
+    assert!(p99 < 500 * MS, "{p99:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn all_hedges_failing_is_one_failed_attempt() {
     let hedge = Hedge::builder()
