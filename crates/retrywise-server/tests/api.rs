@@ -62,6 +62,13 @@ fn artifact(name: &str, version: u32, intercept: f64) -> ModelArtifact {
     }
 }
 
+/// `a` with the weight of `feature` set to `w`.
+fn weighted(mut a: ModelArtifact, feature: &str, w: f64) -> ModelArtifact {
+    let i = a.features.names.iter().position(|n| n == feature).unwrap();
+    a.weights[i] = w;
+    a
+}
+
 fn write_model(models: &Path, a: &ModelArtifact) {
     let dir = models.join(&a.name).join(a.version.to_string());
     std::fs::create_dir_all(&dir).unwrap();
@@ -1802,15 +1809,10 @@ async fn decide_answers_admission_for_a_first_attempt() {
     );
     // A model that expects the target back after about 9 s (the wait's log-odds climb):
     // wait for it when the deadline allows, fail fast when it does not.
-    let mut recovering = artifact("default", 2, -8.0);
-    let i = recovering
-        .features
-        .names
-        .iter()
-        .position(|n| n == "log_delay_ms")
-        .unwrap();
-    recovering.weights[i] = 1.0;
-    write_model(&h.models, &recovering);
+    write_model(
+        &h.models,
+        &weighted(artifact("default", 2, -8.0), "log_delay_ms", 1.0),
+    );
     h.service.reload().await.unwrap();
     let (_, v) = h.post("/v1/decide", &ask(failing, Some(30_000))).await;
     assert_eq!(
@@ -1884,15 +1886,10 @@ async fn a_retry_waits_for_the_shared_circuit_as_a_first_attempt_does() {
     let h = Harness::new(|_| {}).await;
     // p = 0.95 at once, falling with the wait (0.86 after 10 ms, 0.67 after 100 ms): the
     // decider retries within milliseconds.
-    let mut soon_better = artifact("default", 2, 3.0);
-    let i = soon_better
-        .features
-        .names
-        .iter()
-        .position(|n| n == "log_delay_ms")
-        .unwrap();
-    soon_better.weights[i] = -0.5;
-    write_model(&h.models, &soon_better);
+    write_model(
+        &h.models,
+        &weighted(artifact("default", 2, 3.0), "log_delay_ms", -0.5),
+    );
     h.service.reload().await.unwrap();
     let retry = |deadline: f64| {
         format!(

@@ -141,22 +141,19 @@ fn run_prints_the_scoreboard_as_json_and_draws_the_plot() {
     }
     // Recording again into the same folder would mix two runs under the same call ids:
     // refused before anything runs, the first run's records untouched.
-    let out = retrywise(&[
-        "run",
-        "--scenario",
-        "contention",
-        "--policy",
-        "exp",
-        "--seed",
-        "4",
-        "--record",
-        record.to_str().expect("utf-8"),
-    ]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("already holds records of another run"),
-        "{err}"
+    refused(
+        &[
+            "run",
+            "--scenario",
+            "contention",
+            "--policy",
+            "exp",
+            "--seed",
+            "4",
+            "--record",
+            record.to_str().expect("utf-8"),
+        ],
+        "already holds records of another run",
     );
     let segments = std::fs::read_dir(record.join("exp")).expect("segments");
     assert!(segments.count() > 0);

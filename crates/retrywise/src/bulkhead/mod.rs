@@ -85,16 +85,20 @@ mod tests {
         n
     }
 
-    #[test]
-    fn an_adaptive_bulkhead_admits_what_its_limit_says() {
-        let limit = AdaptiveLimit::builder()
+    /// An adaptive limit from 4, between 2 and 64.
+    fn from_4_within_2_to_64() -> AdaptiveLimit {
+        AdaptiveLimit::builder()
             .initial(4)
             .bounds(2, 64)
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn an_adaptive_bulkhead_admits_what_its_limit_says() {
         let b = Bulkhead::builder("b")
             .max_concurrent(1) // ignored: the limit decides
-            .adaptive(limit)
+            .adaptive(from_4_within_2_to_64())
             .max_wait(Duration::ZERO)
             .build()
             .unwrap();
@@ -121,13 +125,8 @@ mod tests {
     /// them (it did neither: the limit stayed at its first value for good).
     #[tokio::test(start_paused = true)]
     async fn calls_run_through_the_bulkhead_teach_its_adaptive_limit() {
-        let limit = AdaptiveLimit::builder()
-            .initial(4)
-            .bounds(2, 64)
-            .build()
-            .unwrap();
         let b = Bulkhead::builder("b")
-            .adaptive(limit)
+            .adaptive(from_4_within_2_to_64())
             .max_wait(Duration::ZERO)
             .build()
             .unwrap();

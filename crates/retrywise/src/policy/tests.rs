@@ -1140,74 +1140,78 @@ async fn the_aws_rate_limiter_spaces_attempts_after_throttling() {
     );
 }
 
-/// A call the full bulkhead turns away sent nothing either: its rate limiter's token is
-/// given back (it was lost, and the next call waited two seconds for another).
+/// `b` with the AWS SDKs' rate limiter, throttled once: it comes on at its floor rate (0.5
+/// a second), and 3 s fill its one token.
+async fn throttled(b: PolicyBuilder<HttpClassifier>) -> Policy<HttpClassifier> {
+    let p = b
+        .retry(retry(1, 1))
+        .rate_limiter(crate::budget::CubicRateLimiter::default())
+        .build()
+        .unwrap();
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p
+}
+
+/// A call refused before it is sent (between `refuse` and `allow`), and why; then whether
+/// the next call was sent at once (the rate limiter's token there).
+async fn refused_then_sent_at_once(
+    p: &Policy<HttpClassifier>,
+    refuse: impl FnOnce(),
+    allow: impl FnOnce(),
+) -> (AttemptError<io::Error>, Option<StopReason>, bool) {
+    refuse();
+    let (r, report) = p
+        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await;
+    allow();
+    let t0 = Instant::now();
+    p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await
+        .unwrap();
+    (r.unwrap_err().last, report.stopped, t0.elapsed().is_zero())
+}
+
+/// A call the open circuit refuses, or the full bulkhead turns away, sent nothing: the
+/// rate limiter's token it took is given back, and the next call sends at once instead of
+/// waiting two seconds for a new one (the bulkhead's refusal lost it).
 #[tokio::test(start_paused = true)]
-async fn a_call_the_bulkhead_turns_away_gives_the_limiters_token_back() {
-    use crate::budget::CubicRateLimiter;
+async fn a_call_refused_before_it_is_sent_gives_the_limiters_token_back() {
+    let breaker = CircuitBreaker::builder("aws").build().unwrap();
+    let p = throttled(
+        Policy::builder("aws")
+            .breaker(breaker.clone())
+            .classifier(HttpClassifier),
+    )
+    .await;
+    let (last, stopped, at_once) =
+        refused_then_sent_at_once(&p, || breaker.force_open(), || breaker.reset()).await;
+    assert!(matches!(last, AttemptError::CircuitOpen(_)));
+    assert_eq!(stopped, Some(StopReason::CircuitOpen));
+    assert!(at_once, "the token was there");
     let bulkhead = Bulkhead::builder("aws")
         .max_concurrent(1)
         .max_wait(Duration::ZERO)
         .build()
         .unwrap();
-    let p = Policy::builder("aws")
-        .retry(retry(1, 1))
-        .rate_limiter(CubicRateLimiter::default())
-        .bulkhead(bulkhead.clone())
-        .classifier(HttpClassifier)
-        .build()
-        .unwrap();
-    // Throttled: the limiter comes on at its floor rate (0.5 a second); 3 s fill its one
-    // token.
-    let _ = p
-        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
-        .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let held = bulkhead.try_acquire().unwrap();
-    let (r, report) = p
-        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
-        .await;
-    assert!(matches!(r.unwrap_err().last, AttemptError::BulkheadFull(_)));
-    assert_eq!(report.stopped, Some(StopReason::BulkheadFull));
-    drop(held);
-    let t0 = Instant::now();
-    p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
-        .await
-        .unwrap();
-    assert_eq!(t0.elapsed(), Duration::ZERO, "the token was there");
-}
-
-/// A call the open circuit refuses sent nothing: the rate limiter's token it took is given
-/// back, and the next call sends at once instead of waiting for a new one.
-#[tokio::test(start_paused = true)]
-async fn a_call_the_circuit_refuses_gives_the_limiters_token_back() {
-    use crate::budget::CubicRateLimiter;
-    let breaker = CircuitBreaker::builder("aws").build().unwrap();
-    let p = Policy::builder("aws")
-        .retry(retry(1, 1))
-        .rate_limiter(CubicRateLimiter::default())
-        .breaker(breaker.clone())
-        .classifier(HttpClassifier)
-        .build()
-        .unwrap();
-    // Throttled: the limiter comes on at its floor rate (0.5 a second); 3 s fill its one
-    // token.
-    let _ = p
-        .call(|_| async { Ok::<_, io::Error>(Resp(429, None)) })
-        .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    breaker.force_open();
-    let (r, report) = p
-        .call_with_report(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
-        .await;
-    assert!(matches!(r.unwrap_err().last, AttemptError::CircuitOpen(_)));
-    assert_eq!(report.stopped, Some(StopReason::CircuitOpen));
-    breaker.reset();
-    let t0 = Instant::now();
-    p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
-        .await
-        .unwrap();
-    assert_eq!(t0.elapsed(), Duration::ZERO, "the token was there");
+    let p = throttled(
+        Policy::builder("aws")
+            .bulkhead(bulkhead.clone())
+            .classifier(HttpClassifier),
+    )
+    .await;
+    let held = std::cell::RefCell::new(None);
+    let (last, stopped, at_once) = refused_then_sent_at_once(
+        &p,
+        || *held.borrow_mut() = bulkhead.try_acquire_owned_quiet(),
+        || *held.borrow_mut() = None,
+    )
+    .await;
+    assert!(matches!(last, AttemptError::BulkheadFull(_)));
+    assert_eq!(stopped, Some(StopReason::BulkheadFull));
+    assert!(at_once, "the token was there");
 }
 
 /// A call whose wait for the rate limiter's next token would take what is left of its

@@ -569,8 +569,12 @@ async fn hedging(seed: u64) -> anyhow::Result<()> {
             latencies.push(t.elapsed());
         }
         latencies.sort();
-        let q =
-            |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        // Nearest rank, as the scoreboard's quantiles: the p-quantile of n is the
+        // ceil(p·n)-th smallest.
+        let q = |p: f64| {
+            let n = latencies.len();
+            latencies[((p * n as f64).ceil() as usize).clamp(1, n) - 1]
+        };
         table.push((
             if hedged { "hedged (p95)" } else { "no hedge" },
             q(0.5),
