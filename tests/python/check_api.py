@@ -10,7 +10,11 @@ Starts `retrywise serve` on a free loopback port with the shipped model and a to
    default), a batch mixing first attempts (no previous error: an empty string) with
    retries, missing values spelt as the schema says (-1, NaN), binary and JSON outputs —
    and checks every probability against `POST /v1/predict` for the same contexts;
-2. runs `st run /openapi.json` with every check (Schemathesis; the checks and their one
+2. asks `POST /v1/decide` as a caller without the crate would: every answer's `reason` is
+   one the OpenAPI document lists; after 200 failed attempts to a target are posted, its
+   fresh calls are held or sent as the circuit's probes (never simply admitted), and a
+   retry to it is never told to go before the circuit lets calls through;
+3. runs `st run /openapi.json` with every check (Schemathesis; the checks and their one
    documented exception in schemathesis.toml; bounded and deterministic, the token given)
    and fails on any failure.
 
@@ -41,9 +45,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def post(url, body):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+def post(url, body, token=None):
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
         return json.load(r)
 
 
@@ -143,6 +155,47 @@ def check_triton(base, host):
     print(f"tritonclient: {len(CONTEXTS)} contexts agree with /v1/predict in JSON and binary, both ways")
 
 
+def check_decide(base):
+    reasons = set(get(f"{base}/openapi.json")["components"]["schemas"]["DecideResponse"]["properties"]["reason"]["enum"])
+    asked = [
+        {"context": {"target": "fine", "attempt": 1, "failure_rate": 0.0}},
+        {"context": {"target": "fine", "attempt": 2, "error": "http_503", "status": 503, "latency_ms": 5.0,
+                     "elapsed_ms": 5.0, "failure_rate": 0.05}, "deadline_ms": 10000, "alternatives": True},
+        {"context": {"target": "fine", "attempt": 2, "error": "http_4xx", "status": 404, "latency_ms": 5.0,
+                     "elapsed_ms": 5.0}},
+    ]
+    for body in asked:
+        d = post(f"{base}/v1/decide", body)
+        if d["reason"] not in reasons or not isinstance(d["retry"], bool) or d["delay_ms"] < 0:
+            sys.exit(f"/v1/decide {body} answered {d}, reasons listed: {sorted(reasons)}")
+    if post(f"{base}/v1/decide", asked[2])["retry"]:
+        sys.exit("/v1/decide retries a 404")
+    # Every reported call to `flaky` failed: the fleet's shared circuit opens.
+    now = int(time.time() * 1000)
+    records = [{"schema_version": "1.4", "started_at_ms": now - 200 + i % 100, "call_id": i + 1, "target": "flaky",
+                "attempt": 1, "outcome": "retryable", "outcome_error": "http_503", "outcome_status": 503,
+                "outcome_latency_ms": 5.0} for i in range(200)]
+    accepted = post(f"{base}/v1/attempts", records, token=TOKEN)
+    if accepted.get("accepted") != 200:
+        sys.exit(f"/v1/attempts answered {accepted}")
+    view = get(f"{base}/v1/targets/flaky")
+    seen = time.monotonic()
+    if view["breaker_state"] != "OPEN" or view["allow"]:
+        sys.exit(f"200 failures reported, yet the circuit reads {view}")
+    fresh = post(f"{base}/v1/decide", {"context": {"target": "flaky", "attempt": 1}})
+    # Open, or (its open time over) probing: held, or sent as one of its probes.
+    if fresh["reason"] not in ("circuit_open_wait", "probe", "circuit_half_open_wait"):
+        sys.exit(f"a fresh call to a target whose circuit opened was answered {fresh}")
+    retry = post(f"{base}/v1/decide", {"context": {"target": "flaky", "attempt": 2, "error": "http_503", "status": 503,
+                                                    "latency_ms": 5.0, "elapsed_ms": 5.0}, "deadline_ms": 120000})
+    # Sent as decided only if the wait outlasts what was left of the opening (50 ms of slack
+    # for the clocks' reading).
+    left = view["open_for_ms"] - (time.monotonic() - seen) * 1e3
+    if retry["reason"] not in reasons or (retry["reason"] == "retry" and retry["delay_ms"] < left - 50):
+        sys.exit(f"a retry to a target whose circuit was open for {left:.0f} ms more was answered {retry}")
+    print(f"/v1/decide: {len(asked) + 2} answers with listed reasons; an open circuit holds fresh calls and retries")
+
+
 def check_schemathesis(base, venv_bin, workdir):
     st = Path(venv_bin) / "st"
     if not st.exists():
@@ -183,6 +236,7 @@ def main():
         try:
             wait_ready(base, server)
             check_triton(base, host)
+            check_decide(base)
             check_schemathesis(base, Path(sys.executable).parent, tmp)
         finally:
             server.terminate()
