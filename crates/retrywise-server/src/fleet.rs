@@ -673,10 +673,20 @@ impl Fleet {
     /// The view of one target, if it is tracked.
     pub fn view(&self, target: &str, now: Instant) -> Option<TargetView> {
         let shared = self.shared_target(target);
+        // Known only to the other replicas - from the shared view, or (Redis not
+        // answering) by a circuit the fleet opened, which stays open here until its end:
+        // tracked here from now on, so that the view says what `/v1/decide` answers.
+        let known_open = || {
+            self.shared
+                .as_ref()
+                .and_then(|s| s.known_open(target, wall_ms()))
+                .is_some()
+        };
         let t = match self.get(target) {
             Some(t) => t,
-            // Known only to the other replicas: tracked here from now on.
-            None if shared.is_some() => self.get_or_create(&Arc::from(target), now)?,
+            None if shared.is_some() || known_open() => {
+                self.get_or_create(&Arc::from(target), now)?
+            }
             None => return None,
         };
         let wall = wall_ms();
@@ -1133,6 +1143,10 @@ mod tests {
                 Arc::<str>::from("ended"),
                 failing(Some(wall - 1), None, None),
             ),
+            (
+                Arc::<str>::from("cache"),
+                failing(Some(wall + 30_000), None, None),
+            ),
         ]));
         fleet
             .view("db", Instant::now())
@@ -1146,6 +1160,11 @@ mod tests {
         assert!(fleet.gauges("db").unwrap().0, "the gauge says open too");
         // An opening whose end has passed is over, stale view or not.
         assert_eq!(fleet.circuit("ended"), None);
+        // A target this replica never tracked, whose circuit the fleet opened: its view
+        // says open, as `/v1/decide` does (it was "not tracked", a 404).
+        let view = fleet.view("cache", Instant::now()).expect("known open");
+        assert_eq!(view.breaker_state, "OPEN");
+        assert!(!view.allow);
     }
 
     /// The replica whose breaker closed after its probes answered stops reading the
