@@ -14,7 +14,9 @@ use axum::response::IntoResponse;
 use retrywise::attempt::schema::MAX_MS;
 use retrywise::attempt::{AttemptContext, ms_to_duration};
 use retrywise::model::{SuccessModel, sanitize_probability};
-use retrywise::retry::{DEFAULT_MIN_SUPPORT, Decision, Fallback, ModelDecider, supports};
+use retrywise::retry::{
+    DEFAULT_MIN_SUPPORT, Decision, Fallback, ModelDecider, RetryDecider, supports,
+};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use utoipa::ToSchema;
@@ -481,11 +483,11 @@ pub struct DecideResponse {
     /// deadline makes a fresh call worth sending), `deadline` (`elapsed_ms` has already
     /// reached `deadline_ms`: fail fast). An admission that says wait is answered for now:
     /// wait `delay_ms`, then ask again before sending (the circuit may have moved on). A
-    /// retry passes the same shared circuit: one the decider would send sooner than the
-    /// circuit lets calls through is answered `circuit_open_wait` or
-    /// `circuit_half_open_wait` (with `delay_ms` as above), `circuit_open` or
+    /// retry passes the same shared circuit: while it is not closed, a retry is answered
+    /// `circuit_open_wait` or `circuit_half_open_wait` (`delay_ms` as above, or the
+    /// decider's own wait when longer; then ask again), `circuit_open` or
     /// `circuit_half_open` (not within the deadline), or `probe` (one of a HALF_OPEN
-    /// circuit's probes, after the decider's wait).
+    /// circuit's probes: send now).
     pub reason: String,
     /// Whether the rule-based fallback decided: the default model is not serving (it was
     /// asked for, by name or by naming none; `version` is then 0), the model answered NaN, or it was trained on too
@@ -651,7 +653,9 @@ pub(crate) async fn decide(
         }
         return Ok(Json(answer));
     }
-    let weighed = decider(&st, m.clone(), deadline)?.weigh(&ctx);
+    let decided_at = Instant::now();
+    let decider = decider(&st, m.clone(), deadline)?;
+    let mut weighed = decider.weigh(&ctx);
     let explained = weighed.explained;
     let (retry, delay, reason) = match explained.decision {
         Decision::Retry(d) => (true, d, "retry"),
@@ -662,22 +666,31 @@ pub(crate) async fn decide(
     // caller is told to retry in a second into a circuit open for thirty.
     let (retry, delay, reason, p_success) = if retry {
         let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
-        match gate(&st, &ctx, delay, left) {
-            Gate::Pass => (true, delay, reason, explained.p_success),
-            Gate::Probe => (true, delay, "probe", explained.p_success),
-            Gate::Wait(w, why) => {
+        let gated = match gate(&st, &ctx, delay, left) {
+            Gate::Pass => None,
+            Gate::Probe => Some((true, std::time::Duration::ZERO, "probe")),
+            Gate::Wait(w, why) => Some((true, w, why)),
+            Gate::Refuse(why) => Some((false, std::time::Duration::ZERO, why)),
+        };
+        match gated {
+            None => (true, delay, reason, explained.p_success),
+            Some((send, w, why)) => {
+                // Not the retry the decider weighed: what it booked for it moves (or goes:
+                // no phantom load for the callers after), and an explored retry that the
+                // circuit moved is no longer the draw its propensity was of.
+                decider.replanned(&ctx, decided_at, delay, send.then_some(w));
+                weighed.propensity = None;
                 let p = m
                     .as_ref()
-                    .filter(|_| weighed.fallback.is_none())
+                    .filter(|_| send && weighed.fallback.is_none())
                     .map(|m| {
                         let mut c = ctx.clone();
                         c.delay = w;
                         m.model.p_success(&c)
                     })
                     .filter(|p| !p.is_nan());
-                (true, w, why, p)
+                (send, w, why, p)
             }
-            Gate::Refuse(why) => (false, std::time::Duration::ZERO, why, None),
         }
     } else {
         (retry, delay, reason, explained.p_success)
@@ -757,19 +770,23 @@ pub(crate) const DECISION_REASONS: [&str; 7] = [
 /// What the fleet's shared circuit for a target says of a call to it that would go after
 /// `wait` (`left`: the time to the call's deadline).
 enum Gate {
-    /// Closed, or open no longer than the wait: go as decided.
+    /// Closed: go as decided.
     Pass,
-    /// HALF_OPEN, and this call is one of its probes.
+    /// HALF_OPEN, and this call is one of its probes: send it now (the circuit's open time
+    /// was its wait; its verdict is what the circuit waits for).
     Probe,
-    /// Wait this long first (the circuit's open time, or its probes' lease, spread over
-    /// half as long again within the deadline), for this reason.
+    /// Wait this long, then ask again before sending (the circuit's open time, or its
+    /// probes' lease, spread over half as long again within the deadline, or the decider's
+    /// own wait when longer: the circuit will have moved on by then), for this reason.
     Wait(std::time::Duration, &'static str),
     /// Fail fast, for this reason: forced open, or open (or probing) beyond the deadline.
     Refuse(&'static str),
 }
 
 /// The shared circuit's say in a call that would go after `wait` (see [`Gate`]): a first
-/// attempt's admission, and every retry's.
+/// attempt's admission, and every retry's. While the circuit is not closed no call is
+/// simply let through: one that would go after its open time is told to ask again then,
+/// as a HALF_OPEN circuit rations its probes when they are sent.
 fn gate(
     st: &AppState,
     ctx: &AttemptContext,
@@ -780,22 +797,20 @@ fn gate(
     use std::time::Duration;
     let fits = |w: Duration| left.is_none_or(|l| w < l);
     // A wait of `r` for the circuit, spread over half as long again: callers all told the
-    // same moment would arrive together at a target just recovering (within the deadline).
+    // same moment would arrive together at a target just recovering (within the deadline);
+    // never sooner than the call would have gone.
     let spread = |r: Duration| {
         let w = r + r.mul_f64(0.5 * rand::random::<f64>());
-        if fits(w) { w } else { r }
+        (if fits(w) { w } else { r }).max(wait)
     };
     match st.fleet.circuit(&ctx.target) {
         Some((State::ForcedOpen, _)) => Gate::Refuse("circuit_open"),
-        // A call that would go once the open time has passed anyway goes as decided.
-        Some((State::Open, Some(r))) if wait >= r => Gate::Pass,
         Some((State::Open, Some(r))) if fits(r) => Gate::Wait(spread(r), "circuit_open_wait"),
         Some((State::Open, _)) => Gate::Refuse("circuit_open"),
-        // Probing: the first few callers go as its probes; the rest wait for their verdict
-        // (spread as for an open circuit), or fail fast without the time.
+        // Probing: the first few callers go as its probes, now; the rest wait for their
+        // verdict (spread as for an open circuit), or fail fast without the time.
         Some((State::HalfOpen, _)) => match st.fleet.admit_probe(&ctx.target, Instant::now()) {
             Ok(()) => Gate::Probe,
-            Err(r) if wait >= r => Gate::Pass,
             Err(r) if fits(r) => Gate::Wait(spread(r), "circuit_half_open_wait"),
             Err(_) => Gate::Refuse("circuit_half_open"),
         },

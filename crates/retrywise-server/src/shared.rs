@@ -36,7 +36,8 @@
 //!   after the last write. A replica with another health window (so other buckets, and
 //!   another window to prune targets by) neither writes nor reads: it answers from its
 //!   own view and says why (`/readyz`'s `fleet` detail, the log) until the others have
-//!   been gone for two of their windows.
+//!   been gone for two of their windows (a fleet that changes its window all at once
+//!   shares again two old windows after its last write with the old one).
 //!
 //! Keys are built inside the scripts, so the layout needs one Redis primary at a fixed
 //! address (standalone; not Redis Cluster, and no Sentinel discovery).

@@ -1923,6 +1923,55 @@ async fn a_retry_waits_for_the_shared_circuit_as_a_first_attempt_does() {
     );
 }
 
+/// A retry the decider would send after the circuit's open time is not simply let through
+/// (it would reach a HALF_OPEN circuit uncounted, beside its rationed probes): it is told
+/// to wait its own wait and ask again. Once the circuit probes, a retry goes at once as one
+/// of its probes while they last, and then waits for their verdict like a fresh call.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_the_open_time_asks_again_and_probes_are_rationed_for_retries_too() {
+    use retrywise_server::fleet::FLEET_PROBES;
+    let h = Harness::new(|_| {}).await;
+    // The longer the wait the likelier success (0.55 after 0.5 s, 0.96 after 10 s): the
+    // decider waits seconds, longer than the circuit's open time.
+    write_model(
+        &h.models,
+        &weighted(artifact("default", 2, -6.0), "log_delay_ms", 1.0),
+    );
+    h.service.reload().await.unwrap();
+    let retry = r#"{"context": {"target": "b", "attempt": 2, "error": "http_503", "status": 503, "latency_ms": 5, "elapsed_ms": 5, "failure_rate": 0.0}, "deadline_ms": 120000}"#;
+    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("b", false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, t) = h.get("/v1/targets/b").await;
+    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
+    let open_for = t["open_for_ms"].as_f64().unwrap();
+    let (_, v) = h.post("/v1/decide", retry).await;
+    assert_eq!(
+        (v["retry"].as_bool(), v["reason"].as_str()),
+        (Some(true), Some("circuit_open_wait")),
+        "{v}"
+    );
+    assert!(v["delay_ms"].as_f64().unwrap() >= open_for, "{v} vs {t}");
+    // The open time over: the circuit probes, and a retry goes now as a probe, while
+    // probes last (fresh calls and retries draw on the same few).
+    tokio::time::advance(Duration::from_secs_f64(open_for / 1e3 + 0.001)).await;
+    let mut reasons = Vec::new();
+    for _ in 0..FLEET_PROBES + 1 {
+        let (_, v) = h.post("/v1/decide", retry).await;
+        reasons.push((
+            v["reason"].as_str().unwrap().to_owned(),
+            v["delay_ms"].as_f64().unwrap(),
+        ));
+    }
+    let probes = reasons
+        .iter()
+        .filter(|(r, d)| r == "probe" && *d == 0.0)
+        .count();
+    assert_eq!(probes, FLEET_PROBES as usize, "{reasons:?}");
+    let last = reasons.last().unwrap();
+    assert_eq!(last.0, "circuit_half_open_wait", "{reasons:?}");
+}
+
 /// A shared circuit whose open time has passed lets a few fresh calls through as its
 /// probes and holds the rest until their verdict, as an embedded breaker's HALF_OPEN does:
 /// admitting every caller would send the whole fleet's traffic at a target just

@@ -464,10 +464,13 @@ impl Report {
             if self.targets.iter().any(|t| &t.id == id) {
                 continue;
             }
-            // A known miss of a scenario this report leaves out (`--scenario` picks some)
-            // is not judged; one that names no target of a scenario it has is wrong.
+            // A known miss of a built-in scenario this report leaves out (`--scenario`
+            // picks some) is not judged; one that names no target of a scenario it has, or
+            // no scenario at all (a typo, a renamed one), is wrong.
             let scenario = id.split_once('/').map_or(id.as_str(), |(s, _)| s);
-            if self.targets.iter().any(|t| t.scenario == scenario) {
+            let left_out = !self.targets.iter().any(|t| t.scenario == scenario)
+                && crate::scenario::Scenario::builtin_names().contains(&scenario);
+            if !left_out {
                 out.failures.push(format!(
                     "known misses name `{id}`, which is no target of this report"
                 ));
@@ -647,6 +650,10 @@ mod tests {
         // A known miss of a scenario the report leaves out is not judged, and says so.
         let elsewhere = report.check(&known(&["outage/goal", "mix/goal"]));
         assert!(elsewhere.failures.is_empty(), "{elsewhere:?}");
+        // One that names no scenario at all is wrong (a typo would be carried for ever).
+        let typo = report.check(&known(&["outage/goal", "outge/goal"]));
+        assert_eq!(typo.failures.len(), 1, "{typo:?}");
+        assert!(typo.failures[0].contains("`outge/goal`"));
         assert!(
             elsewhere
                 .lines

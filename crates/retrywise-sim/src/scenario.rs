@@ -462,9 +462,8 @@ impl Lines {
 
 impl Scenario {
     /// A scenario for driving an endpoint the simulator does not model (`sim run --target
-    /// URL`): only the load and the timeouts matter; the upstream is whatever answers (its
-    /// simulated hang, which no attempt timeout may outlast, is as long as a duration may
-    /// be).
+    /// URL`): only the load and the timeouts matter; the upstream is whatever answers (no
+    /// simulated hang limits its attempt timeout).
     ///
     /// # Errors
     /// [`SimError::Scenario`] for a rate, length or timeout that is not positive.
@@ -474,15 +473,28 @@ impl Scenario {
         deadline_ms: f64,
         attempt_timeout_ms: f64,
     ) -> Result<Self, SimError> {
-        Self::parse(
+        const ORIGIN: &str = "--target options";
+        // (Checked as a scenario file's is, then set: the simulated hang, which must outlast
+        // the attempt timeout, is no part of an endpoint of one's own.)
+        if !(MIN_DURATION_MS..=MAX_NUMBER).contains(&attempt_timeout_ms) {
+            return Err(SimError::Scenario {
+                origin: ORIGIN.to_owned(),
+                problem: format!(
+                    "attempt_timeout_ms: {attempt_timeout_ms} must be from 0.001 ms (a microsecond) to at most 1e9 ms"
+                ),
+            });
+        }
+        let mut s = Self::parse(
             &format!(
                 "name = \"target\"\ndescription = \"an endpoint given with --target\"\n\
                  rps = {rps:?}\nduration_s = {duration_s:?}\ndeadline_ms = {deadline_ms:?}\n\
-                 attempt_timeout_ms = {attempt_timeout_ms:?}\n\
-                 [upstream]\nworkers = 1\nhang_ms = {MAX_NUMBER:?}\n[upstream.latency]\nmedian_ms = 1\n"
+                 attempt_timeout_ms = {MIN_DURATION_MS:?}\n\
+                 [upstream]\nworkers = 1\n[upstream.latency]\nmedian_ms = 1\n"
             ),
-            "--target options",
-        )
+            ORIGIN,
+        )?;
+        s.attempt_timeout_ms = attempt_timeout_ms;
+        Ok(s)
     }
 
     /// Parses and checks a scenario; `origin` names it in errors.
@@ -977,7 +989,12 @@ replicas = 2",
         }
         // An endpoint of its own (`--target`) takes any attempt timeout: its hangs are
         // its own (a 30 s timeout was refused against the simulated hang's 30 s).
-        assert!(Scenario::for_target(100.0, 10.0, 60_000.0, 30_000.0).is_ok());
+        for timeout in [30_000.0, MAX_NUMBER] {
+            let s = Scenario::for_target(100.0, 10.0, 60_000.0, timeout).unwrap();
+            assert_eq!(s.attempt_timeout_ms, timeout);
+        }
+        let e = Scenario::for_target(100.0, 10.0, 60_000.0, 2e9).unwrap_err();
+        assert!(e.to_string().contains("attempt_timeout_ms"), "{e}");
         // A hang shorter than the attempt timeout would be a slow 504, not a timeout.
         let e = err(&OK.replace("workers = 4", "workers = 4\nhang_ms = 500"));
         assert!(

@@ -292,8 +292,9 @@ impl Hedge {
         self.refresh(now, since);
     }
 
-    /// Records a primary that ran `running` into its timeout with no request of its call
-    /// answering. A predicted delay ([`HedgeDelay::Predicted`]) learns from it a latency
+    /// Records a primary that ran `running` into its timeout in an attempt that failed
+    /// (no request of its call succeeded; a hedge may have answered with a failure). A
+    /// predicted delay ([`HedgeDelay::Predicted`]) learns from it a latency
     /// known to be longer than that (censored; without it a hedge whose hedges were not
     /// sent, or failed, would never learn that some requests hang); a percentile of the
     /// time to a call's first answer has no answer to count, and is left as it is.

@@ -325,6 +325,16 @@ impl ModelArtifact {
         // not as the field its different shape lacks.
         if let Ok(header) = serde_json::from_str::<Header>(text) {
             header.check()?;
+        } else if let Ok(top) = serde_json::from_str::<TopHeader>(text) {
+            // `label` or `features` of another shape: what the top level says, at least.
+            Header {
+                format: top.format,
+                schema_version: top.schema_version,
+                kind: top.kind,
+                label: None,
+                features: None,
+            }
+            .check()?;
         }
         let de = &mut serde_json::Deserializer::from_str(text);
         let artifact: ModelArtifact = serde_path_to_error::deserialize(&mut *de)
@@ -457,6 +467,15 @@ struct Header {
     kind: Option<serde_json::Value>,
     label: Option<LabelHeader>,
     features: Option<FeaturesHeader>,
+}
+
+/// [`Header`]'s top-level fields alone, for a document whose `label` or `features` is not
+/// an object.
+#[derive(Deserialize)]
+struct TopHeader {
+    format: Option<serde_json::Value>,
+    schema_version: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -1087,6 +1106,16 @@ mod tests {
         o.remove("weights");
         let e = ModelArtifact::from_json(&v.to_string()).unwrap_err();
         assert!(matches!(&e, ModelError::Kind(k) if k == "gbdt"), "{e}");
+        // A schema 2 whose features became a string: the header's objects are not there,
+        // its top level is.
+        let mut v = serde_json::to_value(artifact()).unwrap();
+        v["schema_version"] = "2.0".into();
+        v["features"] = "v3".into();
+        let e = ModelArtifact::from_json(&v.to_string()).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::Schema { found } if found == "2.0"),
+            "{e}"
+        );
         // A schema 2 whose weights became an object.
         let mut v = serde_json::to_value(artifact()).unwrap();
         v["schema_version"] = "2.0".into();

@@ -904,8 +904,8 @@ impl<C> Policy<C> {
                 let mut last = None;
                 let mut all_rejected = true;
                 for (sent, latency, i) in all.errors {
-                    // A primary that ran into its timeout with no hedge answering is a
-                    // latency the hedge has not seen the end of: known only to be longer
+                    // A primary that ran into its timeout in an attempt that failed (no
+                    // hedge succeeded) is a latency the hedge has not seen the end of: known only to be longer
                     // than it ran (without it, a predicted delay would never learn that
                     // some requests hang, and never hedge them).
                     if i == 0 && matches!(sent, Sent::TimedOut(_)) {

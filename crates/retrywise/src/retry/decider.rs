@@ -218,7 +218,9 @@ impl<D: RetryDecider + ?Sized> RetryDecider for std::sync::Arc<D> {
 mod tests {
     use super::*;
 
-    /// `ALL` lists every reason once (the match fails to compile when one is added).
+    /// `ALL` lists the reasons in order, each once (a reason added to the enum makes the
+    /// match fail to compile, a reminder to list it in `ALL` too; the test cannot see one
+    /// left out of both).
     #[test]
     fn every_stop_reason_is_listed_once() {
         let position = |r: StopReason| match r {
