@@ -62,6 +62,17 @@ fn artifact(name: &str, version: u32, intercept: f64) -> ModelArtifact {
     }
 }
 
+/// Reports 200 failed calls to `target`: the fleet's shared circuit opens. How long it
+/// stays open (ms), and the target's view.
+async fn open_circuit(h: &Harness, target: &str) -> (f64, Value) {
+    let bad: Vec<AttemptRecord> = (0..200).map(|i| record(target, false, i)).collect();
+    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
+        .await;
+    let (_, t) = h.get(&format!("/v1/targets/{target}")).await;
+    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
+    (t["open_for_ms"].as_f64().unwrap(), t)
+}
+
 /// `a` with the weight of `feature` set to `w`.
 fn weighted(mut a: ModelArtifact, feature: &str, w: f64) -> ModelArtifact {
     let i = a.features.names.iter().position(|n| n == feature).unwrap();
@@ -1827,12 +1838,7 @@ async fn decide_answers_admission_for_a_first_attempt() {
     assert_eq!(v["reason"].as_str(), Some("low_success_probability"), "{v}");
     // The fleet's shared circuit opens for the target (every reported call failed): a
     // caller with time waits it out, one without fails fast, whatever the model says.
-    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("b", false, i)).collect();
-    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
-        .await;
-    let (_, t) = h.get("/v1/targets/b").await;
-    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
-    let open_for = t["open_for_ms"].as_f64().unwrap();
+    let (open_for, t) = open_circuit(&h, "b").await;
     let fresh = r#"{"target": "b", "attempt": 1}"#;
     let (_, v) = h.post("/v1/decide", &ask(fresh, None)).await;
     assert_eq!(
@@ -1899,12 +1905,7 @@ async fn a_retry_waits_for_the_shared_circuit_as_a_first_attempt_does() {
     let (_, v) = h.post("/v1/decide", &retry(120_000.0)).await;
     assert_eq!(v["reason"], "retry", "{v}");
     let soon = v["delay_ms"].as_f64().unwrap();
-    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("b", false, i)).collect();
-    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
-        .await;
-    let (_, t) = h.get("/v1/targets/b").await;
-    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
-    let open_for = t["open_for_ms"].as_f64().unwrap();
+    let (open_for, t) = open_circuit(&h, "b").await;
     assert!(soon < open_for, "{soon} vs {open_for}");
     let (_, v) = h.post("/v1/decide", &retry(120_000.0)).await;
     assert_eq!(
@@ -1939,12 +1940,7 @@ async fn a_retry_after_the_open_time_asks_again_and_probes_are_rationed_for_retr
     );
     h.service.reload().await.unwrap();
     let retry = r#"{"context": {"target": "b", "attempt": 2, "error": "http_503", "status": 503, "latency_ms": 5, "elapsed_ms": 5, "failure_rate": 0.0}, "deadline_ms": 120000}"#;
-    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("b", false, i)).collect();
-    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
-        .await;
-    let (_, t) = h.get("/v1/targets/b").await;
-    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
-    let open_for = t["open_for_ms"].as_f64().unwrap();
+    let (open_for, t) = open_circuit(&h, "b").await;
     let (_, v) = h.post("/v1/decide", retry).await;
     assert_eq!(
         (v["retry"].as_bool(), v["reason"].as_str()),
@@ -1990,12 +1986,8 @@ async fn admission_lets_a_half_open_circuit_probe_with_a_few_calls() {
             v["reason"].as_str().map(str::to_owned),
         )
     };
-    let bad: Vec<AttemptRecord> = (0..200).map(|i| record("b", false, i)).collect();
-    h.post("/v1/attempts", &serde_json::to_string(&bad).unwrap())
-        .await;
-    let (_, t) = h.get("/v1/targets/b").await;
-    assert_eq!(t["breaker_state"].as_str(), Some("OPEN"), "{t}");
-    let open_for = Duration::from_secs_f64(t["open_for_ms"].as_f64().unwrap() / 1e3);
+    let (open_for, _) = open_circuit(&h, "b").await;
+    let open_for = Duration::from_secs_f64(open_for / 1e3);
     tokio::time::advance(open_for + Duration::from_millis(1)).await;
     let (_, t) = h.get("/v1/targets/b").await;
     assert_eq!(t["breaker_state"].as_str(), Some("HALF_OPEN"), "{t}");

@@ -1494,6 +1494,18 @@ async fn a_call_dropped_while_its_retry_waits_for_room_gives_the_retry_back() {
     assert_eq!(quota.available(), 500 - 5);
 }
 
+/// Polls `call` until it waits (it must), lets the clock run `by` on without it - a task
+/// that runs late - then ends it.
+async fn late_by<T>(call: impl Future<Output = T>, by: Duration) -> T {
+    let mut call = std::pin::pin!(call);
+    let waiting =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
+            .await;
+    assert!(waiting, "it waits");
+    tokio::time::advance(by).await;
+    call.await
+}
+
 /// A retry whose wait ends past the deadline (its task ran late) sends nothing and gives
 /// back what it paid: the call ends with the failure before it, stopped by the deadline.
 #[tokio::test(start_paused = true)]
@@ -1507,18 +1519,13 @@ async fn a_retry_late_past_the_deadline_sends_nothing() {
         .build()
         .unwrap();
     let sent = AtomicU32::new(0);
+    // The first attempt fails; its retry waits 100 ms, and the call is not polled again
+    // until well past the 500 ms deadline.
     let call = p.call_with_report(|_| {
         sent.fetch_add(1, Ordering::SeqCst);
         async { Err::<(), _>(reset()) }
     });
-    let mut call = std::pin::pin!(call);
-    let waiting =
-        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
-            .await;
-    assert!(waiting, "the first attempt failed; its retry waits 100 ms");
-    // Not polled again until well past the 500 ms deadline.
-    tokio::time::advance(Duration::from_secs(1)).await;
-    let (r, report) = call.await;
+    let (r, report) = late_by(call, Duration::from_secs(1)).await;
     assert!(matches!(r.unwrap_err().last, AttemptError::Inner(_)));
     assert_eq!(report.stopped, Some(StopReason::Deadline));
     assert_eq!(
@@ -1540,19 +1547,13 @@ async fn a_wait_for_the_circuit_or_a_token_late_past_the_deadline_sends_nothing(
     use crate::budget::CubicRateLimiter;
     let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
     let sent = AtomicU32::new(0);
-    // Runs `p`'s call until it waits, lets it sleep well past its deadline, then ends it.
+    // `p`'s call, left sleeping well past its deadline.
     let late = async |p: &Policy| {
         let call = p.call_with_report(|_| {
             sent.fetch_add(1, Ordering::SeqCst);
             async { Ok::<_, io::Error>("served") }
         });
-        let mut call = std::pin::pin!(call);
-        let waiting =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
-                .await;
-        assert!(waiting, "it waits");
-        tokio::time::advance(Duration::from_secs(5)).await;
-        call.await
+        late_by(call, Duration::from_secs(5)).await
     };
     // Refused by a circuit open for 300 ms, the retry decision waits it out, within 1 s.
     let p = Policy::builder("refused")
@@ -1598,13 +1599,7 @@ async fn a_wait_for_the_circuit_or_a_token_late_past_the_deadline_sends_nothing(
         sent.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, io::Error>(Resp(200, None)) }
     });
-    let mut call = std::pin::pin!(call);
-    let waiting =
-        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending()))
-            .await;
-    assert!(waiting, "it waits for a token");
-    tokio::time::advance(Duration::from_secs(5)).await;
-    let (r, report) = call.await;
+    let (r, report) = late_by(call, Duration::from_secs(5)).await;
     assert!(matches!(r.unwrap_err().last, AttemptError::Throttled));
     assert_eq!(report.stopped, Some(StopReason::Deadline));
     assert_eq!(sent.load(Ordering::SeqCst), 0);
