@@ -635,7 +635,8 @@ pub(crate) async fn decide(
         if req.alternatives {
             answer.alternatives = Some(Vec::new());
         }
-        if let Some(m) = &m {
+        // The model was asked about a fresh call unless its rules admitted it.
+        if let Some(m) = m.as_ref().filter(|_| fallback.is_none()) {
             count_predictions(&st, m, 1);
         }
         if let Some(why) = fallback {
@@ -696,7 +697,11 @@ pub(crate) async fn decide(
         (retry, delay, reason, explained.p_success)
     };
     if let Some(m) = &m {
-        count_predictions(&st, m, weighed.alternatives.len().max(1) as u64);
+        // One p(success) per wait weighed: none when the decision stopped before weighing
+        // (a permanent status, the last attempt, no time) or the rules decided.
+        if weighed.fallback.is_none() && !weighed.alternatives.is_empty() {
+            count_predictions(&st, m, weighed.alternatives.len() as u64);
+        }
     }
     st.metrics
         .decisions

@@ -660,6 +660,34 @@ async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
     let count = value("retrywise_decision_p_success_count ");
     let low = value("retrywise_decision_p_success_bucket{le=\"0.05\"} ");
     assert!(count >= 2.0 && low >= 1.0 && low < count, "{text}");
+    // Predictions are counted as made: one per wait weighed, none for a decision that
+    // stopped before asking the model (a permanent status).
+    let predictions = || async {
+        let (_, m) = h.get("/metrics").await;
+        let text = m.as_str().unwrap().to_owned();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("retrywise_predictions_total{model=\"default\",version=\"1\"} ")
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no predictions counted in {text}"))
+    };
+    let before = predictions().await;
+    let mut c = ctx(0.0, 2);
+    c["error"] = json!("http_4xx");
+    c["status"] = json!(404);
+    h.post("/v1/decide", &json!({"context": c}).to_string())
+        .await;
+    assert_eq!(predictions().await, before, "a 404 asks the model nothing");
+    let (_, v) = h
+        .post(
+            "/v1/decide",
+            &json!({"context": ctx(0.0, 2), "alternatives": true}).to_string(),
+        )
+        .await;
+    let weighed = v["alternatives"].as_array().unwrap().len() as u64;
+    assert!(weighed > 1, "{v}");
+    assert_eq!(predictions().await, before + weighed);
 }
 
 #[tokio::test]
