@@ -1207,32 +1207,40 @@ mod tests {
         assert_eq!(fleet.circuit("inv"), Some((State::Closed, None)));
     }
 
+    /// Opens `target`'s circuit on calls that each failed after `latency` (in a health
+    /// window that still holds them when its open time is up), lets the open time pass and
+    /// admits all its probes: how long the next caller is told to wait for their verdict,
+    /// and when it was told.
+    async fn probes_out(fleet: &Fleet, target: &str, latency: Duration) -> (Instant, Duration) {
+        let wall = 1_800_000_000_000;
+        let ms = u64::try_from(latency.as_millis()).unwrap();
+        let now = Instant::now();
+        for i in 0..40 {
+            let mut r = refused(target, i + 1, wall);
+            r.outcome_latency = latency;
+            r.started_at_ms = wall - ms - 10;
+            fleet.observe(&r, now, wall);
+        }
+        let (state, left) = fleet.circuit(target).expect("tracked");
+        assert_eq!(state, State::Open);
+        tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
+        let now = Instant::now();
+        for _ in 0..FLEET_PROBES {
+            assert_eq!(fleet.admit_probe(target, now), Ok(()));
+        }
+        let wait = fleet
+            .admit_probe(target, now)
+            .expect_err("the probes are out");
+        (now, wait)
+    }
+
     /// A target whose calls take seconds gets a probe lease as long as a probe's verdict
     /// takes to come: its p95 latency and a second, not the 2 s floor (else ten more
     /// probes would go out every 2 s while the first are still running).
     #[tokio::test(start_paused = true)]
     async fn a_slow_target_holds_its_probes_for_as_long_as_their_verdict_takes() {
-        // A health window that still holds the slow calls when the circuit's open time
-        // (a minute) is up.
         let fleet = Fleet::new(Duration::from_secs(600), 10);
-        let wall = 1_800_000_000_000;
-        let now = Instant::now();
-        for i in 0..40 {
-            let mut r = refused("slow", i + 1, wall);
-            r.outcome_latency = Duration::from_secs(5);
-            r.started_at_ms = wall - 5_010;
-            fleet.observe(&r, now, wall);
-        }
-        let (state, left) = fleet.circuit("slow").expect("tracked");
-        assert_eq!(state, State::Open);
-        tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
-        let now = Instant::now();
-        for _ in 0..FLEET_PROBES {
-            assert_eq!(fleet.admit_probe("slow", now), Ok(()));
-        }
-        let wait = fleet
-            .admit_probe("slow", now)
-            .expect_err("the probes are out");
+        let (now, wait) = probes_out(&fleet, "slow", Duration::from_secs(5)).await;
         assert!(wait >= Duration::from_secs(6), "{wait:?}");
         // Still held after the 2 s floor; let go once the lease is over.
         let later = now + Duration::from_secs(3);
@@ -1245,24 +1253,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_lease_lasts_no_longer_than_the_longest_opening() {
         let fleet = Fleet::new(Duration::from_secs(600), 10);
-        let wall = 1_800_000_000_000;
-        let now = Instant::now();
-        for i in 0..40 {
-            let mut r = refused("hours", i + 1, wall);
-            r.outcome_latency = Duration::from_secs(7_200);
-            r.started_at_ms = wall - 7_200_010;
-            fleet.observe(&r, now, wall);
-        }
-        let (state, left) = fleet.circuit("hours").expect("tracked");
-        assert_eq!(state, State::Open);
-        tokio::time::advance(left.expect("open") + Duration::from_millis(1)).await;
-        let now = Instant::now();
-        for _ in 0..FLEET_PROBES {
-            assert_eq!(fleet.admit_probe("hours", now), Ok(()));
-        }
-        let wait = fleet
-            .admit_probe("hours", now)
-            .expect_err("the probes are out");
+        let (now, wait) = probes_out(&fleet, "hours", Duration::from_secs(7_200)).await;
         assert!(wait <= FLEET_MAX_OPEN, "{wait:?}");
         assert_eq!(fleet.admit_probe("hours", now + FLEET_MAX_OPEN), Ok(()));
     }

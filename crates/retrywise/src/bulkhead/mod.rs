@@ -44,11 +44,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waits_up_to_max_wait_then_rejects() {
-        let b = Bulkhead::builder("b")
-            .max_concurrent(1)
-            .max_wait(Duration::from_millis(100))
-            .build()
-            .unwrap();
+        let b = Bulkhead::one_at_a_time("b", Duration::from_millis(100));
         let held = b.try_acquire().unwrap();
         let t0 = tokio::time::Instant::now();
         let err = b.acquire().await.unwrap_err();

@@ -300,6 +300,16 @@ impl Bulkhead {
         !self.shared.max_wait.is_zero()
     }
 
+    /// A bulkhead of one call that waits `max_wait` for room (tests).
+    #[cfg(test)]
+    pub(crate) fn one_at_a_time(name: &str, max_wait: Duration) -> Self {
+        Self::builder(name)
+            .max_concurrent(1)
+            .max_wait(max_wait)
+            .build()
+            .expect("one call, a valid wait")
+    }
+
     /// Runs `fut` inside the bulkhead. A future that completes is a call answered, in the
     /// metrics and for an adaptive limit, which learns from how long it took (whatever it
     /// returned: to tell a failure the upstream did not answer from an answer, take a

@@ -87,11 +87,7 @@ async fn a_breaker_layer_ignores_refusals_by_a_bulkhead_inside() {
         .minimum_calls(3)
         .build()
         .unwrap();
-    let bulkhead = Bulkhead::builder("b")
-        .max_concurrent(1)
-        .max_wait(Duration::ZERO)
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("b", Duration::ZERO);
     let svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
         .layer(BulkheadLayer::new(bulkhead).layer(slow()));
     let hog = tokio::spawn(svc.clone().oneshot(1000));
@@ -109,11 +105,7 @@ async fn a_breaker_layer_ignores_refusals_by_a_bulkhead_inside() {
 /// service inside (it kept a concurrency limit's only permit on the handle).
 #[tokio::test(start_paused = true)]
 async fn a_bulkhead_layer_refusal_holds_no_readiness_inside() {
-    let bulkhead = Bulkhead::builder("b")
-        .max_concurrent(1)
-        .max_wait(Duration::ZERO)
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("b", Duration::ZERO);
     let held = bulkhead.try_acquire().unwrap();
     let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(slow());
     let mut a = BulkheadLayer::new(bulkhead.clone()).layer(limited.clone());
@@ -133,11 +125,7 @@ async fn a_bulkhead_layer_refusal_holds_no_readiness_inside() {
 /// `AllFailed`), so that a retry layer outside reads it as no attempt.
 #[tokio::test(start_paused = true)]
 async fn a_hedge_layer_does_not_hedge_a_refusal() {
-    let bulkhead = Bulkhead::builder("b")
-        .max_concurrent(1)
-        .max_wait(Duration::ZERO)
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("b", Duration::ZERO);
     let hedge = Hedge::builder()
         .delay(HedgeDelay::Fixed(20 * MS))
         .build()
@@ -153,11 +141,7 @@ async fn a_hedge_layer_does_not_hedge_a_refusal() {
 
 #[tokio::test(start_paused = true)]
 async fn bulkhead_layer_waits_then_rejects() {
-    let bulkhead = Bulkhead::builder("b")
-        .max_concurrent(1)
-        .max_wait(50 * MS)
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("b", 50 * MS);
     let slow = service_fn(|d: u64| async move {
         tokio::time::sleep(Duration::from_millis(d)).await;
         Ok::<_, io::Error>(d)

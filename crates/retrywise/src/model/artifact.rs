@@ -357,7 +357,7 @@ impl ModelArtifact {
     /// # Errors
     /// A [`ModelError`] naming the first problem.
     pub fn validate(&self) -> Result<(), ModelError> {
-        check_format(&self.format)?;
+        must_be(&self.format, ARTIFACT_FORMAT, ModelError::Format)?;
         check_schema(&self.schema_version)?;
 
         // The name is the models folder's name for the model: a plain folder name.
@@ -390,9 +390,11 @@ impl ModelArtifact {
                 ),
             });
         }
-        check_kind(&self.kind)?;
-        check_label(&self.label.positive)?;
-        check_feature_set(&self.features.set)?;
+        must_be(&self.kind, LOGISTIC, ModelError::Kind)?;
+        must_be(&self.label.positive, POSITIVE_LABEL, ModelError::Label)?;
+        must_be(&self.features.set, FEATURE_SET, |found| {
+            ModelError::FeatureSet { found }
+        })?;
         let n = N_FEATURES;
         for (field, found) in [
             ("features.names", self.features.names.len()),
@@ -495,29 +497,30 @@ impl Header {
             v.and_then(serde_json::Value::as_str)
         }
         if let Some(f) = text(self.format.as_ref()) {
-            check_format(f)?;
+            must_be(f, ARTIFACT_FORMAT, ModelError::Format)?;
         }
         if let Some(v) = text(self.schema_version.as_ref()) {
             check_schema(v)?;
         }
         if let Some(k) = text(self.kind.as_ref()) {
-            check_kind(k)?;
+            must_be(k, LOGISTIC, ModelError::Kind)?;
         }
         if let Some(l) = text(self.label.as_ref().and_then(|l| l.positive.as_ref())) {
-            check_label(l)?;
+            must_be(l, POSITIVE_LABEL, ModelError::Label)?;
         }
         if let Some(set) = text(self.features.as_ref().and_then(|f| f.set.as_ref())) {
-            check_feature_set(set)?;
+            must_be(set, FEATURE_SET, |found| ModelError::FeatureSet { found })?;
         }
         Ok(())
     }
 }
 
-fn check_format(format: &str) -> Result<(), ModelError> {
-    if format == ARTIFACT_FORMAT {
+/// Nothing, when `found` is `want`; else the error `wrong` makes of what was found.
+fn must_be(found: &str, want: &str, wrong: fn(String) -> ModelError) -> Result<(), ModelError> {
+    if found == want {
         Ok(())
     } else {
-        Err(ModelError::Format(format.to_owned()))
+        Err(wrong(found.to_owned()))
     }
 }
 
@@ -530,32 +533,6 @@ fn check_schema(version: &str) -> Result<(), ModelError> {
     } else {
         Err(ModelError::Schema {
             found: version.to_owned(),
-        })
-    }
-}
-
-fn check_kind(kind: &str) -> Result<(), ModelError> {
-    if kind == LOGISTIC {
-        Ok(())
-    } else {
-        Err(ModelError::Kind(kind.to_owned()))
-    }
-}
-
-fn check_label(positive: &str) -> Result<(), ModelError> {
-    if positive == POSITIVE_LABEL {
-        Ok(())
-    } else {
-        Err(ModelError::Label(positive.to_owned()))
-    }
-}
-
-fn check_feature_set(set: &str) -> Result<(), ModelError> {
-    if set == FEATURE_SET {
-        Ok(())
-    } else {
-        Err(ModelError::FeatureSet {
-            found: set.to_owned(),
         })
     }
 }

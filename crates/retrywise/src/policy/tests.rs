@@ -451,11 +451,7 @@ async fn the_budget_stops_retry_storms() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_bulkhead_rejects_without_calling() {
-    let bulkhead = Bulkhead::builder("b")
-        .max_concurrent(1)
-        .max_wait(Duration::ZERO)
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("b", Duration::ZERO);
     let held = bulkhead.try_acquire().unwrap();
     let tokens = Arc::new(TokenBucket::new(4, 0.1).unwrap());
     let rec = Arc::new(MemoryRecorder::new(100));
@@ -523,10 +519,10 @@ async fn hedges_are_recorded_and_losers_marked_cancelled() {
     assert_eq!(recs[1].outcome_latency, 20 * MS);
 }
 
-/// A primary that runs into its timeout, with no hedge answering, is a latency a predicted
-/// hedge delay learns from (known only to be at least that long): one call in ten hanging
-/// shows in what it has seen, where before only answered calls did, and a hedge whose
-/// hedges were not sent or failed never learned that requests hang. A percentile of the
+/// A primary that runs into its timeout in an attempt that fails (no hedge succeeding) is a
+/// latency a predicted hedge delay learns from (known only to be at least that long): one
+/// call in ten hanging shows in what it has seen, where before only answered calls did,
+/// and a hedge whose hedges were not sent or failed never learned that requests hang. A percentile of the
 /// time to a call's first answer has no answer to count.
 #[tokio::test(start_paused = true)]
 async fn a_primary_that_timed_out_teaches_a_predicted_hedge_its_tail() {
@@ -1191,11 +1187,7 @@ async fn a_call_refused_before_it_is_sent_gives_the_limiters_token_back() {
     assert!(matches!(last, AttemptError::CircuitOpen(_)));
     assert_eq!(stopped, Some(StopReason::CircuitOpen));
     assert!(at_once, "the token was there");
-    let bulkhead = Bulkhead::builder("aws")
-        .max_concurrent(1)
-        .max_wait(Duration::ZERO)
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("aws", Duration::ZERO);
     let p = throttled(
         Policy::builder("aws")
             .bulkhead(bulkhead.clone())
@@ -1446,11 +1438,7 @@ async fn a_call_dropped_while_it_waits_to_retry_gives_the_retry_back() {
 async fn a_call_dropped_while_its_retry_waits_for_room_gives_the_retry_back() {
     use crate::budget::RetryQuota;
     let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
-    let bulkhead = Bulkhead::builder("full")
-        .max_concurrent(1)
-        .max_wait(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("full", Duration::from_secs(10));
     let p = Policy::builder("full")
         .retry(retry(3, 100))
         .bulkhead(bulkhead.clone())
@@ -1636,11 +1624,7 @@ async fn time_to_give_up(p: &Policy) -> (Duration, u32) {
 /// 300 ms of waiting plus the whole 350 ms).
 #[tokio::test(start_paused = true)]
 async fn a_wait_for_the_bulkhead_never_carries_a_call_past_its_deadline() {
-    let bulkhead = Bulkhead::builder("b")
-        .max_concurrent(1)
-        .max_wait(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("b", Duration::from_secs(1));
     let p = Policy::builder("b")
         .retry(hangs_within(350 * MS))
         .bulkhead(bulkhead.clone())
@@ -2093,13 +2077,7 @@ fn hedged_through_one_room(max_wait: Duration, budget: Arc<TokenBucket>) -> Poli
     Policy::builder("one-room")
         .retry(retry(1, 0))
         .shared_budget(budget)
-        .bulkhead(
-            Bulkhead::builder("one-room")
-                .max_concurrent(1)
-                .max_wait(max_wait)
-                .build()
-                .unwrap(),
-        )
+        .bulkhead(Bulkhead::one_at_a_time("one-room", max_wait))
         .hedge(
             Hedge::builder()
                 .delay(HedgeDelay::Fixed(5 * MS))

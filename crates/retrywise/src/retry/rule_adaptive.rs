@@ -275,15 +275,15 @@ mod tests {
         );
     }
 
+    /// A model that predicts 0.9 after a wait of `at` or more, `before` for shorter ones.
+    fn succeeds_after(at: Duration, before: f64) -> Arc<dyn SuccessModel> {
+        Arc::new(move |c: &AttemptContext| if c.delay >= at { 0.9 } else { before })
+    }
+
     #[test]
     fn model_sees_the_delay_it_is_asked_about() {
-        let s = RuleBasedAdaptive::new().with_model(Arc::new(|c: &AttemptContext| {
-            if c.delay >= Duration::from_millis(400) {
-                0.9
-            } else {
-                0.0
-            }
-        }));
+        let s =
+            RuleBasedAdaptive::new().with_model(succeeds_after(Duration::from_millis(400), 0.0));
         assert_eq!(
             s.decide(&after(ErrorKind::Timeout, 2)),
             Decision::Retry(200 * MS)
@@ -342,13 +342,7 @@ mod tests {
     /// never goes under the Retry-After.
     #[test]
     fn the_model_weighs_the_wait_the_retry_after_sets() {
-        let s = RuleBasedAdaptive::new().with_model(Arc::new(|c: &AttemptContext| {
-            if c.delay >= Duration::from_secs(5) {
-                0.9
-            } else {
-                0.05
-            }
-        }));
+        let s = RuleBasedAdaptive::new().with_model(succeeds_after(Duration::from_secs(5), 0.05));
         let mut c = after(ErrorKind::Http429, 2);
         c.retry_after = Some(Duration::from_secs(5));
         assert_eq!(s.decide(&c), Decision::Retry(Duration::from_secs(5)));
