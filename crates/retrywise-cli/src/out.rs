@@ -3,6 +3,8 @@
 //! (status 141), never 0: a check whose verdict was not yet printed must not pass for one
 //! that held (`eval --check | head` under `set -o pipefail`). And standard error that
 //! never panics when it is closed (`errln!`).
+//!
+//! One file for both binaries: `retrywise-sim` includes it by path.
 
 use std::io::Write;
 
@@ -43,4 +45,10 @@ pub(crate) fn write(args: std::fmt::Arguments<'_>) {
 macro_rules! outln {
     () => { $crate::out::write(format_args!("\n")) };
     ($($arg:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` that ends quietly on a closed pipe.
+#[allow(unused_macros)]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::out::write(format_args!($($arg)*)) };
 }

@@ -76,6 +76,15 @@ pub enum CollectError {
     /// The writer thread is gone (the recorder was closed or the thread panicked).
     #[error("the segment writer has stopped")]
     WriterGone,
+    /// The writer thread panicked: what it had queued, buffered or not yet synced may be
+    /// lost (its counters say what it had written).
+    #[error(
+        "the segment writer thread panicked ({message}): records queued or not yet synced may be lost"
+    )]
+    WriterPanicked {
+        /// The panic's message, when it had one.
+        message: String,
+    },
     /// A segment holds records of a schema major version this reader does not know.
     #[error(
         "{path}:{line}: schema version {version} is not supported (this reader knows major {known}); \
@@ -157,6 +166,20 @@ impl CollectError {
         }
         Ok(())
     }
+}
+
+/// The whole chain of an error, `a: b: c`: what a log line or a flush's reason shows (an
+/// [`CollectError::Io`]'s message names the operation and the path; the operating
+/// system's reason - no space left, a permission - is its source).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 /// The most records a collector's queue or batch holds (their memory is reserved up front).

@@ -42,7 +42,8 @@ pub(crate) fn writer_id() -> u32 {
     h.finish() as u32
 }
 
-/// The segments of `dir`, oldest first; other files are ignored.
+/// The segments of `dir`, oldest first; other files are ignored, and so is anything named
+/// like a segment that is not a regular file (or a link to one), with a warning.
 ///
 /// # Errors
 /// [`CollectError::Io`] if the directory cannot be listed.
@@ -63,6 +64,20 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
         } else {
             continue;
         };
+        // A folder, a pipe or a device under a segment's name is none (a pipe would block
+        // its reader for good, `/dev/zero` feed it forever): said and left out. A link to
+        // a segment is one.
+        match std::fs::metadata(entry.path()) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                tracing::warn!(path = %entry.path().display(), "named like a segment but not a regular file; skipping it");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "named like a segment but unreadable (a broken link?); skipping it");
+                continue;
+            }
+        }
         out.push(Segment {
             stem: stem.to_owned(),
             path: entry.path(),
@@ -162,28 +177,39 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// # Errors
 /// A folder cannot be created, or a parent cannot be synced.
 pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
-    let parent_of = |p: &Path| -> Option<std::path::PathBuf> {
-        p.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-    };
-    // The levels missing, innermost first.
-    let mut missing = Vec::new();
-    let mut cur = Some(dir.to_path_buf());
-    while let Some(c) = cur.filter(|c| !c.is_dir()) {
-        cur = parent_of(&c);
-        missing.push(c);
-    }
+    let parents = parents_to_sync(dir, Path::is_dir);
     std::fs::create_dir_all(dir)?;
-    let mut parents: Vec<std::path::PathBuf> =
-        missing.iter().filter_map(|m| parent_of(m)).collect();
-    parents.extend(parent_of(dir));
-    parents.sort();
-    parents.dedup();
     for p in parents {
         sync_dir(&p)?;
     }
     Ok(())
+}
+
+/// The folders whose entries [`create_dir_durable`] syncs once `dir` exists: the parent
+/// of each level of `dir` that `is_dir` says is missing, and `dir`'s own parent. A
+/// relative path's top level lives in the working directory (`.`), synced like any other
+/// parent.
+fn parents_to_sync(dir: &Path, is_dir: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let parent_of = |p: &Path| -> Option<PathBuf> {
+        match p.parent() {
+            // `.` (and `/`) is the top.
+            _ if p == Path::new(".") => None,
+            Some(parent) if parent.as_os_str().is_empty() => Some(PathBuf::from(".")),
+            parent => parent.map(Path::to_path_buf),
+        }
+    };
+    // The levels missing, innermost first.
+    let mut missing = Vec::new();
+    let mut cur = Some(dir.to_path_buf());
+    while let Some(c) = cur.filter(|c| !is_dir(c)) {
+        cur = parent_of(&c);
+        missing.push(c);
+    }
+    let mut parents: Vec<PathBuf> = missing.iter().filter_map(|m| parent_of(m)).collect();
+    parents.extend(parent_of(dir));
+    parents.sort();
+    parents.dedup();
+    parents
 }
 
 #[cfg(test)]
@@ -202,6 +228,60 @@ mod tests {
         let file = root.path().join("file");
         std::fs::write(&file, b"x").unwrap();
         assert!(create_dir_durable(&file.join("below")).is_err());
+    }
+
+    #[test]
+    fn a_new_relative_folder_is_made_durable_in_the_working_directory() {
+        let none = |_: &Path| false;
+        assert_eq!(parents_to_sync(Path::new("out"), none), [Path::new(".")]);
+        assert_eq!(
+            parents_to_sync(Path::new("data/parquet"), none),
+            [Path::new("."), Path::new("data")]
+        );
+        // Only the missing levels' parents, and the folder's own parent always.
+        let only_data = |p: &Path| p == Path::new("data") || p == Path::new(".");
+        assert_eq!(
+            parents_to_sync(Path::new("data/parquet/x"), only_data),
+            [Path::new("data"), Path::new("data/parquet")]
+        );
+        assert_eq!(
+            parents_to_sync(Path::new("/srv/new/attempts"), |p: &Path| p
+                == Path::new("/srv")),
+            [Path::new("/srv"), Path::new("/srv/new")]
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("seg-0000000000001-000001-00000001.ndjson")).unwrap();
+        std::fs::write(d.join("seg-0000000000002-000001-00000001.ndjson"), b"").unwrap();
+        // A device behind a segment's name would be read forever.
+        std::os::unix::fs::symlink(
+            "/dev/zero",
+            d.join("seg-0000000000003-000001-00000001.ndjson"),
+        )
+        .unwrap();
+        // A link to a segment is one; a broken link is none.
+        std::os::unix::fs::symlink(
+            d.join("seg-0000000000002-000001-00000001.ndjson"),
+            d.join("seg-0000000000004-000001-00000001.ndjson"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            d.join("gone"),
+            d.join("seg-0000000000005-000001-00000001.ndjson"),
+        )
+        .unwrap();
+        let stems: Vec<String> = list(d).unwrap().into_iter().map(|s| s.stem).collect();
+        assert_eq!(
+            stems,
+            [
+                "seg-0000000000002-000001-00000001",
+                "seg-0000000000004-000001-00000001"
+            ]
+        );
     }
 
     #[test]

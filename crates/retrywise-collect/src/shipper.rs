@@ -173,6 +173,14 @@ impl ShippingRecorder {
                 "must be greater than zero",
             ));
         }
+        if config.spool.is_some() && config.spool_max_bytes == 0 {
+            // Every batch kept would be given up, and every batch a predecessor left set
+            // aside as unreadable.
+            return Err(CollectError::config(
+                "spool_max_bytes",
+                "must be greater than zero with a spool (leave `spool` unset to keep none)",
+            ));
+        }
         CollectError::check_duration("attempt_timeout", config.attempt_timeout)?;
         CollectError::check_duration("max_batch_delay", config.max_batch_delay)?;
         let backoff = Backoff::exponential(config.backoff.0, 2.0, config.backoff.1)
@@ -237,6 +245,7 @@ impl ShippingRecorder {
             failed_since_flush: 0,
             unreadable_since_flush: 0,
             full_at_flush: 0,
+            invalid_at_flush: 0,
         };
         handle.spawn(worker.run(rx));
         Ok(Self { tx, counters })
@@ -263,8 +272,8 @@ impl ShippingRecorder {
     /// spool, or given up.
     ///
     /// # Errors
-    /// [`CollectError::Flush`] if records were given up (or dropped for a full queue)
-    /// since the previous flush.
+    /// [`CollectError::Flush`] if records were given up (undeliverable, dropped for a full
+    /// queue, or breaking the schema's rules) since the previous flush.
     pub async fn flush(&self) -> Result<(), CollectError> {
         self.ask(Msg::Flush).await
     }
@@ -318,6 +327,8 @@ struct Worker {
     /// Records dropped for a full queue as of the previous flush (the count itself is the
     /// handle's: the worker never sees them).
     full_at_flush: u64,
+    /// `dropped_invalid` at the last flush.
+    invalid_at_flush: u64,
 }
 
 impl Worker {
@@ -413,6 +424,8 @@ impl Worker {
         let unreadable = std::mem::take(&mut self.unreadable_since_flush);
         let full = self.counters.dropped_full.load(Ordering::Relaxed);
         let dropped = full.saturating_sub(std::mem::replace(&mut self.full_at_flush, full));
+        let bad = self.counters.dropped_invalid.load(Ordering::Relaxed);
+        let invalid = bad.saturating_sub(std::mem::replace(&mut self.invalid_at_flush, bad));
         let mut lost = Vec::new();
         if failed > 0 {
             lost.push(format!(
@@ -423,6 +436,11 @@ impl Worker {
         if dropped > 0 {
             lost.push(format!(
                 "{dropped} records were dropped because the shipper's queue was full"
+            ));
+        }
+        if invalid > 0 {
+            lost.push(format!(
+                "{invalid} records broke the schema's rules and were not shipped"
             ));
         }
         if unreadable > 0 {
@@ -450,7 +468,7 @@ impl Worker {
         for r in batch.drain(..) {
             if let Err(e) = r.validate() {
                 if invalid == 0 {
-                    tracing::warn!(endpoint = %self.url, call_id = r.call_id, error = %e, "a record breaks the schema's rules; not shipping it");
+                    tracing::warn!(endpoint = %self.url, call_id = r.call_id, error = %crate::error::chain(&e), "a record breaks the schema's rules; not shipping it");
                 }
                 invalid += 1;
                 continue;
@@ -518,7 +536,7 @@ impl Worker {
                 self.spill(body, n, asked).await;
             }
             Err(e) if self.spool.is_some() => {
-                tracing::warn!(endpoint = %self.url, error = %e, records = n, "could not deliver a batch; keeping it in the spool");
+                tracing::warn!(endpoint = %self.url, error = %crate::error::chain(&e), records = n, "could not deliver a batch; keeping it in the spool");
                 self.spill(body, n, None).await;
             }
             Ok(a) => {
@@ -526,7 +544,7 @@ impl Worker {
                 self.failed(n);
             }
             Err(e) => {
-                tracing::error!(endpoint = %self.url, error = %e, records = n, "could not deliver a batch; dropping it");
+                tracing::error!(endpoint = %self.url, error = %crate::error::chain(&e), records = n, "could not deliver a batch; dropping it");
                 self.failed(n);
             }
         }
@@ -544,7 +562,7 @@ impl Worker {
                     tracing::error!(endpoint = %url, status, records = n, path = %path.display(), "ingestion refused a batch as invalid; set aside in the spool");
                 }
                 Err(e) => {
-                    tracing::error!(endpoint = %url, status, records = n, error = %e, "ingestion refused a batch as invalid and the spool could not keep it; dropping it");
+                    tracing::error!(endpoint = %url, status, records = n, error = %crate::error::chain(&e), "ingestion refused a batch as invalid and the spool could not keep it; dropping it");
                 }
             },
             None => {
@@ -590,7 +608,7 @@ impl Worker {
                 Counters::add(&self.counters.spooled, n);
             }
             Err(e) => {
-                tracing::error!(endpoint = %self.url, error = %e, records = n, "could not keep a batch in the spool; sending it once more directly");
+                tracing::error!(endpoint = %self.url, error = %crate::error::chain(&e), records = n, "could not keep a batch in the spool; sending it once more directly");
                 match self.post(&self.once, body).await {
                     Ok(a) if (200..300).contains(&a.status) => {
                         Counters::add(&self.counters.shipped, n);
@@ -656,14 +674,14 @@ impl Worker {
                 return;
             }
             Err(e) if unreadable_for_good(&e) => {
-                tracing::error!(error = %e, "cannot read a spooled batch; setting it aside");
+                tracing::error!(error = %crate::error::chain(&e), "cannot read a spooled batch; setting it aside");
                 Counters::add(&self.counters.spool_unreadable, 1);
                 self.unreadable_since_flush += 1;
                 self.settle(path, Some(spool::UNREADABLE)).await;
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read a spooled batch now; trying again later");
+                tracing::warn!(error = %crate::error::chain(&e), "cannot read a spooled batch now; trying again later");
                 self.schedule.failed(Instant::now());
                 return;
             }
@@ -705,7 +723,7 @@ impl Worker {
                             tracing::error!(path = %aside.display(), status = a.status, records = k, "ingestion refused spooled records as invalid; set aside");
                         }
                         Err(e) => {
-                            tracing::error!(path = %path.display(), status = a.status, records = k, error = %e, "ingestion refused spooled records as invalid and they cannot be set aside; dropping them");
+                            tracing::error!(path = %path.display(), status = a.status, records = k, error = %crate::error::chain(&e), "ingestion refused spooled records as invalid and they cannot be set aside; dropping them");
                         }
                     }
                     self.failed(k);
@@ -754,7 +772,7 @@ impl Worker {
         match written {
             Ok(()) => spool.rewrote_oldest(len, 0),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot rewrite a spooled batch with what is left of it; sending the rest from where it stopped");
+                tracing::error!(path = %path.display(), error = %crate::error::chain(&e), "cannot rewrite a spooled batch with what is left of it; sending the rest from where it stopped");
                 spool.rewrote_oldest(len, done);
             }
         }
@@ -775,7 +793,7 @@ impl Worker {
         })
         .await;
         if let Err(e) = done {
-            tracing::error!(path = %path.display(), error = %e, "a spooled batch was handled but its file stays; skipping it until the shipper restarts");
+            tracing::error!(path = %path.display(), error = %crate::error::chain(&e), "a spooled batch was handled but its file stays; skipping it until the shipper restarts");
         }
         spool.handled_oldest();
         spool.gauge(&self.counters);

@@ -115,7 +115,8 @@ impl Spool {
                 format!("{} is a file, not a spool directory", dir.display()),
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|e| CollectError::io("create", dir, e))?;
+        // Durable in its parent, like the batches counted spooled in it.
+        crate::segment::create_dir_durable(dir).map_err(|e| CollectError::io("create", dir, e))?;
         let lock = crate::writer::lock_dir(dir)?;
         let entries = std::fs::read_dir(dir).map_err(|e| CollectError::io("list", dir, e))?;
         // The largest number taken, by a batch waiting or set aside.

@@ -183,7 +183,10 @@ impl SegmentRecorder {
                 format!("{} is a file, not a segment directory", dir.display()),
             ));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| CollectError::io("create", &dir, e))?;
+        // Durable in its parent: a batch acknowledged as written must not vanish with a
+        // new folder whose entry a crash lost.
+        crate::segment::create_dir_durable(&dir)
+            .map_err(|e| CollectError::io("create", &dir, e))?;
         let lock = lock_dir(&dir)?;
         recover(&dir)?;
         let counters = Arc::new(Counters::default());
@@ -360,14 +363,22 @@ impl SegmentRecorder {
     /// Records offered afterwards are dropped and counted.
     ///
     /// # Errors
-    /// As [`flush`](Self::flush).
+    /// As [`flush`](Self::flush); [`CollectError::WriterPanicked`] if the writer thread
+    /// had died of a panic (a second close, by another handle, returns `Ok`).
     pub fn close(&self) -> Result<(), CollectError> {
         let result = self.ask(Msg::Close);
         let handle = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        let panicked = handle.and_then(|h| h.join().err());
         self.drain_closed();
+        if let Some(panic) = panicked {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!(dir = %self.dir.display(), %message, "the segment writer thread panicked");
+            return Err(CollectError::WriterPanicked { message });
+        }
         match result {
             Err(CollectError::WriterGone) => Ok(()),
             other => other,
@@ -889,7 +900,10 @@ impl<S: Storage> Writer<S> {
             let _ = ack.send(match &synced {
                 Ok(()) => Ok(n),
                 Err(e) => Err(CollectError::Flush {
-                    reason: format!("the batch was written but could not be made durable: {e}"),
+                    reason: format!(
+                        "the batch was written but could not be made durable: {}",
+                        crate::error::chain(e)
+                    ),
                 }),
             });
         }
@@ -938,7 +952,7 @@ impl<S: Storage> Writer<S> {
                 // The directory changed under us (removed, replaced): what the segment
                 // holds may be gone. Say so at the next flush, and back off.
                 let err = CollectError::io("close segment", &seg.open_path, e);
-                tracing::error!(error = %err, "segment could not be closed");
+                tracing::error!(error = %crate::error::chain(&err), "segment could not be closed");
                 Counters::add(&self.counters.io_errors, 1);
                 self.unclosed_since_flush += 1;
                 self.broken_until = Some(self.storage.now() + self.backoff);
@@ -1161,9 +1175,55 @@ mod tests {
         w.settle_batches();
         // (The batch is refused: an fsync failed since it was written. Its sender sends it
         // again - at least once.)
-        assert!(answer.recv().unwrap().is_err());
+        // It says why, down to the operating system's reason.
+        let refused = answer.recv().unwrap().unwrap_err().to_string();
+        assert!(refused.contains("(os error 5)"), "{refused}");
         let e = flush(&mut w).unwrap_err();
         assert!(e.to_string().contains("5 records were lost"), "{e}");
         assert_eq!(w.counters.snapshot().synced, 40);
+    }
+
+    /// The file system, but a file's fsync panics (a bug in a `Storage`, say).
+    struct PanicsOnSync;
+
+    impl Storage for PanicsOnSync {
+        type File = File;
+
+        fn create_new(&mut self, path: &Path) -> std::io::Result<File> {
+            FileSystem.create_new(path)
+        }
+
+        fn sync(&mut self, _: &mut File) -> std::io::Result<()> {
+            panic!("sync exploded")
+        }
+
+        fn truncate(&mut self, file: &mut File, len: u64) -> std::io::Result<()> {
+            FileSystem.truncate(file, len)
+        }
+
+        fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+            FileSystem.rename(from, to)
+        }
+
+        fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+            FileSystem.sync_dir(dir)
+        }
+    }
+
+    /// A writer that died of a panic is not a clean close: what it held may be lost.
+    #[test]
+    fn closing_a_writer_that_panicked_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = SegmentRecorder::with_storage(dir.path(), WriterConfig::default(), PanicsOnSync)
+            .unwrap();
+        for i in 0..10 {
+            rec.record(record(i));
+        }
+        assert!(rec.flush().is_err(), "the flush's fsync panicked");
+        let e = rec.close().unwrap_err();
+        assert!(
+            matches!(&e, CollectError::WriterPanicked { message } if message == "sync exploded"),
+            "{e}"
+        );
     }
 }

@@ -182,13 +182,18 @@ async fn a_record_the_service_would_refuse_does_not_take_its_batch_with_it() {
         }
         shipper.record(r);
     }
-    shipper.flush().await.unwrap();
+    // The flush says that records were given up, and how many.
+    let e = shipper.flush().await.unwrap_err().to_string();
+    assert!(e.contains("3 records broke the schema's rules"), "{e}");
     let s = shipper.stats();
     assert_eq!(
         (s.recorded, s.shipped, s.dropped_invalid, s.failed),
         (10, 7, 3, 0)
     );
     assert_eq!(stub.call_ids(), [0, 1, 2, 4, 5, 7, 9]);
+    // ... once: the next flush, with nothing given up since, passes.
+    shipper.record(record(10));
+    shipper.flush().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -263,6 +268,31 @@ async fn sends_the_token() {
         "{e}"
     );
     assert_eq!(stub.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spool_that_can_hold_nothing_is_refused_and_keeps_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("batch-00000000000000000001.ndjson");
+    std::fs::write(&kept, b"{}\n").unwrap();
+    let Err(e) = ShippingRecorder::spawn(ShipperConfig {
+        spool_max_bytes: 0,
+        ..spooling("http://127.0.0.1:9/v1/attempts".into(), dir.path())
+    }) else {
+        panic!("a spool of no bytes was taken");
+    };
+    assert!(
+        matches!(
+            e,
+            CollectError::Config {
+                field: "spool_max_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // What a predecessor left is not set aside.
+    assert!(kept.exists());
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,7 +4,9 @@
 //! **A 202 means written.** A batch is checked whole — one invalid record refuses it, with
 //! a 400 naming the record and the field, and nothing is written — then handed to the
 //! collector, and the answer waits until the collector has written it to the segment files
-//! (a graceful stop makes them durable). When the collector already has as many records to
+//! and synced them (`sync_ingest`, the default: a 202 survives a crash of the host), or,
+//! with `sync_ingest = false`, until it has written them (a graceful stop makes them
+//! durable; a host crash can lose the last fsync interval's). When the collector already has as many records to
 //! write as its queue holds (slow or failing storage), the batch is refused with 503 and
 //! `Retry-After`, which the shipper honours: nothing is acknowledged that is not written.
 //! A request that times out while its batch is being written may leave it written (the
@@ -121,7 +123,8 @@ fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
 }
 
 /// Attempt records, as a JSON array (`Content-Type: application/json`) or NDJSON
-/// (`application/x-ndjson`). 202 once the whole batch is written; 400 if any record is
+/// (`application/x-ndjson`). 202 once the whole batch is written and synced to disk (with
+/// the service's default `sync_ingest`; written only without it); 400 if any record is
 /// invalid (nothing written); 503 with `Retry-After` when the collector cannot take it now.
 #[utoipa::path(post, path = "/v1/attempts",
     request_body(content = Vec<Object>, description = "Attempt records (see data/README.md), a JSON array or NDJSON"),

@@ -21,16 +21,30 @@ const COLORS: [RGBColor; 10] = [
 ];
 
 /// Draws two panels — goodput per second and upstream load per second, one line per
-/// policy, with the offered load dashed — into `path`.
+/// policy, with the offered load dashed — into `path`, whole or not at all (drawn in
+/// memory, then written beside it and renamed over it).
 ///
 /// # Errors
-/// [`SimError::Plot`] if the file cannot be written.
+/// [`SimError::Plot`] if the plot cannot be drawn, [`SimError::Io`] if the file cannot
+/// be written.
 pub fn plot(path: &Path, title: &str, runs: &[PolicyRun], rps: f64) -> Result<(), SimError> {
+    let mut svg = String::new();
+    draw(&mut svg, path, title, runs, rps)?;
+    crate::report::write_atomically(path, svg.as_bytes())
+}
+
+fn draw(
+    svg: &mut String,
+    path: &Path,
+    title: &str,
+    runs: &[PolicyRun],
+    rps: f64,
+) -> Result<(), SimError> {
     let err = |e: &dyn std::fmt::Display| SimError::Plot {
         path: path.to_path_buf(),
         problem: e.to_string(),
     };
-    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (1000, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let root = root
         .titled(title, ("sans-serif", 22))

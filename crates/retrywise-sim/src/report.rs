@@ -238,13 +238,7 @@ pub fn report(
         scenarios,
         targets,
     };
-    let write = |name: &str, text: String| {
-        let path = out.join(name);
-        std::fs::write(&path, text).map_err(|e| SimError::Io {
-            op: format!("write {}", path.display()),
-            source: e,
-        })
-    };
+    let write = |name: &str, text: String| write_atomically(&out.join(name), text.as_bytes());
     write("results.md", report.summary_markdown())?;
     write("scoreboard.md", report.full_markdown())?;
     write(
@@ -255,6 +249,36 @@ pub fn report(
         })?,
     )?;
     Ok(report)
+}
+
+/// Writes `bytes` to `path` whole or not at all: into a file beside it, synced, then
+/// renamed over it, so that a report interrupted (or a disk that fills) never leaves a
+/// truncated table or plot where the last whole one was.
+///
+/// # Errors
+/// [`SimError::Io`] naming the file and the step that failed; the temporary file is
+/// removed.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let io = |op: &str, p: &Path, e: std::io::Error| SimError::Io {
+        op: format!("{op} {}", p.display()),
+        source: e,
+    };
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|e| io("write", &tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io("rename into", path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Goodput over time for the model-driven policy beside the baselines that matter there.
@@ -604,6 +628,37 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_file_is_replaced_whole_and_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.md");
+        std::fs::write(&path, "the last whole table").unwrap();
+        write_atomically(&path, b"the new table").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "the new table");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["results.md"], "no temporary file is left");
+    }
+
+    #[test]
+    fn a_report_file_that_cannot_be_written_names_it_and_keeps_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder where the file would go: the rename fails, the folder stays.
+        let path = dir.path().join("results.md");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("kept"), "x").unwrap();
+        let e = write_atomically(&path, b"new").unwrap_err().to_string();
+        assert!(e.contains("results.md"), "{e}");
+        assert!(path.join("kept").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["results.md"], "the temporary file is removed");
+    }
 
     fn target(id: &str, met: bool) -> Target {
         Target {

@@ -6,7 +6,9 @@
 //! `test-util` feature), which the production binary, `retrywise` (the service among its
 //! commands), must not link.
 
+// The one copy, shared with `retrywise` (the CLI).
 #[macro_use]
+#[path = "../../../../retrywise-cli/src/out.rs"]
 mod out;
 mod commands;
 mod demo;
