@@ -108,6 +108,12 @@ impl ErrorKind {
     pub fn from_error(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = cur {
+            // A layer's error is transparent: what it wraps is the next link.
+            #[cfg(feature = "tower")]
+            if let Some(wrapper) = err.downcast_ref::<crate::layer::Error>() {
+                cur = Some(wrapper.inner());
+                continue;
+            }
             if let Some(io) = err.downcast_ref::<std::io::Error>() {
                 let kind = ErrorKind::from_io(io);
                 if kind != ErrorKind::Other {

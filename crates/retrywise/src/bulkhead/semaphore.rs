@@ -433,10 +433,17 @@ impl BulkheadPermit<'_> {
     /// upstream, whose latency an adaptive limit measures the upstream by as it does a
     /// success's; a retryable one (a timeout, a 503) is not.
     pub fn finish_with(self, verdict: &crate::attempt::Verdict, took: Duration) {
+        self.bulkhead.report_verdict(verdict, took, self.in_flight);
+    }
+}
+
+impl Bulkhead {
+    /// [`Self::report`] by a verdict: a permanent failure is an answer (the upstream's
+    /// latency), a retryable one is not.
+    fn report_verdict(&self, verdict: &crate::attempt::Verdict, took: Duration, in_flight: u32) {
         use crate::attempt::Verdict;
         let answered = matches!(verdict, Verdict::Success | Verdict::Permanent(_));
-        self.bulkhead
-            .report(!verdict.is_success(), answered, took, self.in_flight);
+        self.report(!verdict.is_success(), answered, took, in_flight);
     }
 }
 
@@ -459,6 +466,12 @@ impl OwnedBulkheadPermit {
     /// Reports how the call went, then releases the room.
     pub fn finish(self, failed: bool, took: Duration) {
         self.bulkhead.report(failed, !failed, took, self.in_flight);
+    }
+
+    /// Reports how the call went by its verdict, then releases the room, as
+    /// [`BulkheadPermit::finish_with`].
+    pub fn finish_with(self, verdict: &crate::attempt::Verdict, took: Duration) {
+        self.bulkhead.report_verdict(verdict, took, self.in_flight);
     }
 }
 

@@ -8,31 +8,86 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{BoxError, BoxFuture, Error, oneshot, take_ready};
+use super::{BoxError, BoxFuture, Error, oneshot, refused_inside, take_ready};
+use crate::attempt::{Classifier, ErrorKind, Failure, Verdict};
 use crate::bulkhead::{Bulkhead, BulkheadFull, OwnedBulkheadPermit};
 
 /// Wraps services in a [`Bulkhead`].
 #[derive(Debug, Clone)]
-pub struct BulkheadLayer {
+pub struct BulkheadLayer<C = ByOutcome> {
     bulkhead: Bulkhead,
+    classifier: C,
 }
 
 impl BulkheadLayer {
-    /// A layer sharing `bulkhead` among every service it wraps.
+    /// A layer sharing `bulkhead` among every service it wraps, telling an adaptive limit
+    /// of each call by its outcome alone ([`ByOutcome`]).
     pub fn new(bulkhead: Bulkhead) -> Self {
-        Self { bulkhead }
+        Self {
+            bulkhead,
+            classifier: ByOutcome,
+        }
     }
 }
 
-impl<S> Layer<S> for BulkheadLayer {
-    type Service = BulkheadService<S>;
+impl<C> BulkheadLayer<C> {
+    /// Judges each call by `classifier` for an adaptive limit, as a
+    /// [`Policy`](crate::policy::Policy) with a bulkhead does: an answer (a success, or a
+    /// permanent failure such as a 404) is a latency sample of the upstream; a retryable
+    /// failure (a timeout, a 503 shed fast by an overloaded upstream) is a call it did not
+    /// answer, never taken for a fast answer. A fixed limit consults no classifier.
+    pub fn with_classifier<D>(self, classifier: D) -> BulkheadLayer<D> {
+        BulkheadLayer {
+            bulkhead: self.bulkhead,
+            classifier,
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for BulkheadLayer<C> {
+    type Service = BulkheadService<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         BulkheadService {
             inner,
             bulkhead: self.bulkhead.clone(),
+            classifier: self.classifier.clone(),
         }
     }
+}
+
+/// The bulkhead layer's default judge: every `Ok` is an answer, every `Err` a call the
+/// upstream did not answer. An HTTP client's 503 is an `Ok`: give the layer an
+/// [`HttpClassifier`](crate::attempt::HttpClassifier) with
+/// [`BulkheadLayer::with_classifier`] for it to count as one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByOutcome;
+
+impl<T, E> Classifier<T, E> for ByOutcome {
+    fn classify(&self, result: &Result<T, E>) -> Verdict {
+        match result {
+            Ok(_) => Verdict::Success,
+            Err(_) => Verdict::Retryable(Failure::new(ErrorKind::Other)),
+        }
+    }
+}
+
+/// Reports a call that ended to an adaptive limit, by `classifier`'s verdict. A refusal
+/// by a retrywise layer inside (an open circuit, a full bulkhead: nothing was sent) is no
+/// call of the upstream's: the room is given back unreported.
+fn finish<T, E: 'static, C: Classifier<T, E>>(
+    permit: OwnedBulkheadPermit,
+    classifier: &C,
+    out: &Result<T, E>,
+    took: std::time::Duration,
+) {
+    if let Err(e) = out
+        && refused_inside(e).is_some()
+    {
+        drop(permit);
+        return;
+    }
+    permit.finish_with(&classifier.classify(out), took);
 }
 
 /// A service behind a bulkhead. Room is taken in `call`: at once when there is some (the
@@ -40,26 +95,29 @@ impl<S> Layer<S> for BulkheadLayer {
 /// bulkhead's maximum wait with its own clone of the inner service; a call refused (no
 /// room, no wait) gives back the readiness `poll_ready` reserved. With an adaptive limit
 /// ([`crate::bulkhead::BulkheadBuilder::adaptive`]) each call's latency goes to it when the
-/// call ends, an `Err` as a failure and an `Ok` as an answer, whatever it holds: the layer
-/// has no classifier, so an HTTP 503 answers as fast as a 200 does here (a
-/// [`crate::policy::Policy`] with a bulkhead reports by its classifier's verdict). A
+/// call ends, judged by the layer's classifier (by default [`ByOutcome`]: an `Err` is a
+/// failure, an `Ok` an answer whatever it holds; see
+/// [`BulkheadLayer::with_classifier`]); a refusal by a layer inside is not reported. A
 /// fixed limit reads no clock.
 #[derive(Debug, Clone)]
-pub struct BulkheadService<S> {
+pub struct BulkheadService<S, C = ByOutcome> {
     inner: S,
     bulkhead: Bulkhead,
+    classifier: C,
 }
 
-impl<S, Req> Service<Req> for BulkheadService<S>
+impl<S, Req, C> Service<Req> for BulkheadService<S, C>
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Into<BoxError>,
+    S::Response: 'static,
+    S::Error: Into<BoxError> + 'static,
+    C: Classifier<S::Response, S::Error> + Clone + 'static,
     Req: Send + 'static,
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = BulkheadFuture<S::Future, S::Response>;
+    type Future = BulkheadFuture<S::Future, S::Response, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Error::new)
@@ -67,11 +125,13 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if let Some(permit) = self.bulkhead.try_acquire_owned_quiet() {
+            let adapts = self.bulkhead.adapts();
             return BulkheadFuture {
                 state: State::Admitted {
                     fut: self.inner.call(req),
                     permit: Some(permit),
-                    started: self.bulkhead.adapts().then(tokio::time::Instant::now),
+                    started: adapts.then(tokio::time::Instant::now),
+                    classifier: adapts.then(|| self.classifier.clone()),
                 },
             };
         }
@@ -87,6 +147,7 @@ where
         }
         let svc = take_ready(&mut self.inner);
         let bulkhead = self.bulkhead.clone();
+        let classifier = self.classifier.clone();
         BulkheadFuture {
             state: State::Waiting {
                 fut: Box::pin(async move {
@@ -95,12 +156,12 @@ where
                         .await
                         .map_err(Error::new)?;
                     let started = bulkhead.adapts().then(tokio::time::Instant::now);
-                    let out = oneshot(svc, req).await.map_err(Error::new);
+                    let out = oneshot(svc, req).await;
                     match started {
-                        Some(t) => permit.finish(out.is_err(), t.elapsed()),
+                        Some(t) => finish(permit, &classifier, &out, t.elapsed()),
                         None => drop(permit),
                     }
-                    out
+                    out.map_err(Error::new)
                 }),
             },
         }
@@ -109,21 +170,23 @@ where
 
 pin_project! {
     /// The future of [`BulkheadService`].
-    pub struct BulkheadFuture<F, T> {
+    pub struct BulkheadFuture<F, T, C = ByOutcome> {
         #[pin]
-        state: State<F, T>,
+        state: State<F, T, C>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, T> {
+    enum State<F, T, C> {
         Admitted {
             #[pin]
             fut: F,
             permit: Option<OwnedBulkheadPermit>,
-            // When the call began, for an adaptive limit (none for a fixed one).
+            // When the call began, and its judge, for an adaptive limit (none for a fixed
+            // one).
             started: Option<tokio::time::Instant>,
+            classifier: Option<C>,
         },
         Waiting {
             fut: BoxFuture<Result<T, Error>>,
@@ -134,10 +197,11 @@ pin_project! {
     }
 }
 
-impl<F, T, E> Future for BulkheadFuture<F, T>
+impl<F, T, E, C> Future for BulkheadFuture<F, T, C>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    E: Into<BoxError> + 'static,
+    C: Classifier<T, E>,
 {
     type Output = Result<T, Error>;
 
@@ -147,11 +211,12 @@ where
                 fut,
                 permit,
                 started,
+                classifier,
             } => {
                 let out = std::task::ready!(fut.poll(cx));
-                match (permit.take(), started.take()) {
-                    (Some(p), Some(t)) => p.finish(out.is_err(), t.elapsed()),
-                    (p, _) => drop(p),
+                match (permit.take(), started.take(), classifier.take()) {
+                    (Some(p), Some(t), Some(c)) => finish(p, &c, &out, t.elapsed()),
+                    (p, _, _) => drop(p),
                 }
                 Poll::Ready(out.map_err(Error::new))
             }

@@ -9,14 +9,17 @@ use super::BoxError;
 /// [`BulkheadFull`](crate::bulkhead::BulkheadFull), [`Elapsed`](crate::timeout::Elapsed),
 /// [`GaveUp`](super::GaveUp), ...).
 ///
-/// It displays as what it wraps, and its [`source`](std::error::Error::source) is what it
-/// wraps, so walking the chain (as [`ErrorKind::from_error`](crate::attempt::ErrorKind::from_error)
-/// does to classify) reaches the inner service's error. It implements
-/// [`std::error::Error`], so stacked layers can classify each other's errors (`BoxError`
-/// alone cannot be classified: it does not implement `Error`). Wrapping never nests: a
-/// layer's error wrapped by the next layer stays one level deep. Use
-/// [`downcast_ref`](Self::downcast_ref) to tell the cases apart; it converts into a
-/// `BoxError` for the rest of the tower ecosystem.
+/// It is transparent: it displays as what it wraps, and its
+/// [`source`](std::error::Error::source) is the wrapped error's own, so a printed chain
+/// says each cause once (`reset by peer`, not `reset by peer: reset by peer`).
+/// [`ErrorKind::from_error`](crate::attempt::ErrorKind::from_error) looks inside it to
+/// classify. It implements [`std::error::Error`], so stacked layers can classify each
+/// other's errors (`BoxError` alone cannot be classified: it does not implement `Error`).
+/// Wrapping never nests: a layer's error wrapped by the next layer stays one level deep.
+/// Use [`downcast_ref`](Self::downcast_ref) to tell the cases apart. It converts into a
+/// `BoxError` for the rest of the tower ecosystem, boxed whole: code that asks a
+/// `BoxError` what it is (`is::<tower::timeout::error::Elapsed>()`, an axum
+/// `HandleErrorLayer`) wants [`into_inner`](Self::into_inner) first.
 pub struct Error(BoxError);
 
 impl Error {
@@ -59,6 +62,31 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.0.as_ref())
+        self.0.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let e = Error::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by peer",
+        ));
+        let mut chain = vec![e.to_string()];
+        let mut cur = std::error::Error::source(&e);
+        while let Some(s) = cur {
+            chain.push(s.to_string());
+            cur = s.source();
+        }
+        assert_eq!(chain, ["reset by peer"]);
+        // ... and it is classified by what it wraps.
+        assert_eq!(
+            crate::attempt::ErrorKind::from_error(&e),
+            crate::attempt::ErrorKind::Reset
+        );
     }
 }

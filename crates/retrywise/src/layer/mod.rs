@@ -2,8 +2,10 @@
 //!
 //! Each mechanism is a [`Layer`](tower_layer::Layer) usable around a tower
 //! [`Service`](tower_service::Service), and [`PolicyLayer`] applies a whole
-//! [`Policy`](crate::policy::Policy). The breaker, bulkhead and timeout layers take any
-//! service and request. The layers that may send a request more than once - [`RetryLayer`],
+//! [`Policy`](crate::policy::Policy). The breaker and timeout layers take any service and
+//! request; the bulkhead layer, which waits for room in its future with a clone of the
+//! service, a `Clone + Send + 'static` service with a `Send` future and request. The
+//! layers that may send a request more than once - [`RetryLayer`],
 //! [`HedgeLayer`], [`PolicyLayer`] - need a `Clone` request and a `Clone` service: a
 //! request that cannot be cloned (an `http::Request` with a streaming body,
 //! `reqwest::Request`) is rebuilt for each attempt by calling the policy with a closure
@@ -58,7 +60,7 @@ mod retry;
 mod timeout;
 
 pub use breaker::{CircuitBreakerFuture, CircuitBreakerLayer, CircuitBreakerService};
-pub use bulkhead::{BulkheadFuture, BulkheadLayer, BulkheadService};
+pub use bulkhead::{BulkheadFuture, BulkheadLayer, BulkheadService, ByOutcome};
 pub use error::Error;
 pub use hedge::{HedgeLayer, HedgeService};
 pub use policy::{GaveUp, PolicyLayer, PolicyService};
@@ -82,10 +84,12 @@ fn take_ready<S: Clone>(svc: &mut S) -> S {
 /// Why a retrywise layer inside refused a request without sending it (the circuit was
 /// open, the bulkhead full), if `e` is such a refusal: this crate's [`Error`], or a
 /// `BoxError`, that *is* a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
-/// [`BulkheadFull`](crate::bulkhead::BulkheadFull), through this crate's own wrappers only.
-/// Not one found further down a cause chain: an inner policy that sent its attempts and
-/// gave up on an open circuit ([`GaveUp`]), or a service whose own error wraps a refusal
-/// of another call, sent this request.
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull), through this crate's own wrappers only,
+/// or a [`GaveUp`] of a retry or policy layer inside that made no attempt (its breaker,
+/// bulkhead or throttle refused the first, or its deadline passed before it): nothing
+/// was sent. Not one found further down a cause chain: an inner policy that sent its
+/// attempts and gave up on an open circuit (a [`GaveUp`] with attempts), or a service
+/// whose own error wraps a refusal of another call, sent this request.
 pub(crate) fn refused_inside<E: 'static>(e: &E) -> Option<crate::retry::StopReason> {
     let any: &dyn std::any::Any = e;
     let mut cur: &(dyn std::error::Error + 'static) = if let Some(e) = any.downcast_ref::<Error>() {
@@ -99,6 +103,9 @@ pub(crate) fn refused_inside<E: 'static>(e: &E) -> Option<crate::retry::StopReas
         }
         if cur.is::<crate::bulkhead::BulkheadFull>() {
             return Some(crate::retry::StopReason::BulkheadFull);
+        }
+        if let Some(g) = cur.downcast_ref::<GaveUp>() {
+            return (g.attempts == 0).then_some(g.reason);
         }
         cur = cur.downcast_ref::<Error>()?.inner();
     }

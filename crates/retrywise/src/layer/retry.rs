@@ -577,6 +577,25 @@ mod refusal_tests {
             last: Error::new(open()),
         });
         assert_eq!(refused_inside(&gave_up), None);
+        // An inner retry or policy layer that sent nothing: its refusal passes up.
+        let unsent = |reason| {
+            Error::new(crate::layer::GaveUp {
+                target: "db".into(),
+                attempts: 0,
+                reason,
+                last: Error::new(open()),
+            })
+        };
+        for reason in [
+            StopReason::CircuitOpen,
+            StopReason::BulkheadFull,
+            StopReason::Throttled,
+            StopReason::Deadline,
+        ] {
+            assert_eq!(refused_inside(&unsent(reason)), Some(reason));
+            let boxed: BoxError = unsent(reason).into();
+            assert_eq!(refused_inside(&boxed), Some(reason));
+        }
         assert_eq!(refused_inside(&std::io::Error::other("x")), None);
     }
 }

@@ -4,7 +4,7 @@ use crate::breaker::{CircuitBreaker, CircuitOpen, SlidingWindow};
 use crate::bulkhead::{Bulkhead, BulkheadFull};
 use crate::hedge::{Hedge, HedgeDelay};
 use crate::policy::Policy;
-use crate::retry::{Backoff, Jitter, RetryRules};
+use crate::retry::{Backoff, Jitter, RetryRules, StopReason};
 use crate::timeout::Elapsed;
 use std::io;
 use std::sync::Arc;
@@ -95,6 +95,35 @@ async fn a_breaker_layer_ignores_refusals_by_a_bulkhead_inside() {
     for _ in 0..3 {
         let e = svc.clone().oneshot(1).await.unwrap_err();
         assert!(e.downcast_ref::<BulkheadFull>().is_some(), "{e}");
+    }
+    assert_eq!(breaker.state(), crate::breaker::State::Closed);
+    hog.await.unwrap().unwrap();
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
+}
+
+/// ... and so through a retry layer between them: its `GaveUp` with no attempt made is
+/// the same refusal.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_layer_ignores_refusals_passed_up_by_a_retry_layer() {
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(3))
+        .minimum_calls(3)
+        .build()
+        .unwrap();
+    let bulkhead = Bulkhead::one_at_a_time("b", Duration::ZERO);
+    let svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable).layer(
+        RetryLayer::new(retry_policy("r", quick_retry(3), ErrorsAreRetryable))
+            .layer(BulkheadLayer::new(bulkhead).layer(slow())),
+    );
+    let hog = tokio::spawn(svc.clone().oneshot(1000));
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        let e = svc.clone().oneshot(1).await.unwrap_err();
+        let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
+        assert_eq!(
+            (gave_up.attempts, gave_up.reason),
+            (0, StopReason::BulkheadFull)
+        );
     }
     assert_eq!(breaker.state(), crate::breaker::State::Closed);
     hog.await.unwrap().unwrap();
@@ -199,6 +228,59 @@ async fn bulkhead_layer_reports_calls_to_an_adaptive_limit() {
     assert!(m.max_concurrent > 4, "{m:?}");
     assert_eq!(m.failed_calls, 1, "{m:?}");
     assert_eq!(m.avg_execution_time, 10 * MS, "{m:?}");
+}
+
+/// With a classifier, a 503 shed fast by an overloaded upstream is a call it did not
+/// answer, not a fast answer that pulls the limit's baseline down; a refusal by a layer
+/// inside (nothing sent) is no call of the upstream's at all.
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_bulkhead_layer_judges_answers_by_its_classifier() {
+    use crate::bulkhead::AdaptiveLimit;
+    let adaptive = || {
+        Bulkhead::builder("b")
+            .adaptive(
+                AdaptiveLimit::builder()
+                    .initial(4)
+                    .bounds(1, 100)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let shed = || {
+        service_fn(|status: u16| async move {
+            tokio::time::sleep(MS).await;
+            Ok::<_, io::Error>(http::Response::builder().status(status).body(()).unwrap())
+        })
+    };
+    let by_outcome = adaptive();
+    let svc = BulkheadLayer::new(by_outcome.clone()).layer(shed());
+    let judged = adaptive();
+    let http = BulkheadLayer::new(judged.clone())
+        .with_classifier(HttpClassifier)
+        .layer(shed());
+    for status in [503, 503, 200, 404] {
+        svc.clone().oneshot(status).await.unwrap();
+        http.clone().oneshot(status).await.unwrap();
+    }
+    assert_eq!(by_outcome.metrics().failed_calls, 0, "an `Ok` is an answer");
+    // The 503s failed; a 404 is a failure too, though an answer of the upstream's.
+    assert_eq!(judged.metrics().failed_calls, 3);
+    assert_eq!(judged.metrics().total_calls, 4);
+
+    // An open circuit inside refuses every call unsent: nothing to report.
+    let breaker = CircuitBreaker::builder("b").build().unwrap();
+    breaker.force_open();
+    let refused = adaptive();
+    let svc = BulkheadLayer::new(refused.clone())
+        .layer(CircuitBreakerLayer::new(breaker, ErrorsAreRetryable).layer(slow()));
+    for _ in 0..5 {
+        let e = svc.clone().oneshot(1).await.unwrap_err();
+        assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}");
+    }
+    let m = refused.metrics();
+    assert_eq!((m.failed_calls, m.active), (0, 0), "{m:?}");
 }
 
 #[tokio::test(start_paused = true)]
