@@ -49,36 +49,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     // Without a terminal (CI, a log file) the bar is not drawn: the start and each part
     // written get a line instead, so a long run is never silent.
     let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let summary = compact(&options, |e| {
-        match e {
-            CompactEvent::Started { segments, bytes } => {
-                bar.set_length(*bytes);
-                if plain {
-                    errln!("compacting {segments} closed segments ({bytes} bytes)");
-                }
-            }
-            CompactEvent::SegmentDone { bytes, .. } => bar.inc(*bytes),
-            CompactEvent::PartWritten { path, rows } => {
-                if plain {
-                    errln!("written {} ({rows} rows)", path.display());
-                }
-                bar.set_message(
-                    path.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                );
-            }
-        }
-        ControlFlow::Continue(())
-    })
-    .with_context(|| {
-        format!(
-            "compacting {} into {}",
-            args.input.display(),
-            args.output.display()
-        )
-    })?;
-    bar.finish_and_clear();
+    let summary = compact_with_bar(&options, args, &bar, plain)?;
     if summary.read.files == 0 {
         anyhow::bail!(
             "nothing to compact: no closed segment (seg-*.ndjson) in {} or below{}",
@@ -109,6 +80,47 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Compacts as `options` say, `bar` showing the progress (and, when `plain`, a line on
+/// stderr for the start and each part written). The bar is cleared whether the compaction
+/// succeeds or not, so an error is never printed under a bar left drawn above it.
+fn compact_with_bar(
+    options: &CompactOptions,
+    args: &Args,
+    bar: &ProgressBar,
+    plain: bool,
+) -> anyhow::Result<CompactSummary> {
+    let result = compact(options, |e| {
+        match e {
+            CompactEvent::Started { segments, bytes } => {
+                bar.set_length(*bytes);
+                if plain {
+                    errln!("compacting {segments} closed segments ({bytes} bytes)");
+                }
+            }
+            CompactEvent::SegmentDone { bytes, .. } => bar.inc(*bytes),
+            CompactEvent::PartWritten { path, rows } => {
+                if plain {
+                    errln!("written {} ({rows} rows)", path.display());
+                }
+                bar.set_message(
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    bar.finish_and_clear();
+    result.with_context(|| {
+        format!(
+            "compacting {} into {}",
+            args.input.display(),
+            args.output.display()
+        )
+    })
 }
 
 fn print_summary(s: &CompactSummary, args: &Args) {
@@ -163,5 +175,34 @@ fn print_summary(s: &CompactSummary, args: &Args) {
             "kept     {}: not one of its lines is a record (see the skipped lines above)",
             path.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compaction that fails clears its progress bar before the error is returned (the
+    /// error used to return first, leaving the bar drawn above the message).
+    #[test]
+    fn a_failed_compaction_clears_its_bar() {
+        let root = tempfile::tempdir().unwrap();
+        let input = root.path().join("attempts");
+        std::fs::create_dir(&input).unwrap();
+        // A file where the Parquet dataset's folder would be: `compact` refuses it.
+        let output = root.path().join("parquet");
+        std::fs::write(&output, "").unwrap();
+        let args = Args {
+            input: input.clone(),
+            output: output.clone(),
+            archive: None,
+            threads: None,
+            json: false,
+        };
+        let bar = ProgressBar::hidden();
+        let e = compact_with_bar(&CompactOptions::new(&input, &output), &args, &bar, false)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("compacting"), "{e:#}");
+        assert!(bar.is_finished(), "the bar is left drawn above: {e:#}");
     }
 }

@@ -53,9 +53,10 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = 0.2)]
     validation_fraction: f64,
     /// How validation rows are chosen: `time` holds out each target's latest rows (logs of
-    /// real traffic: validation is the future); `call` holds out a share of the calls, drawn
-    /// by a hash of target and call id (simulated runs, whose latest rows are one phase of
-    /// each scenario).
+    /// real traffic), with a cut-off time per target: no training row of a target is later
+    /// than a validation row of the same target, but another target's training rows may
+    /// be; `call` holds out a share of the calls, drawn by a hash of target and call id
+    /// (simulated runs, whose latest rows are one phase of each scenario).
     #[arg(long, value_enum, default_value_t = SplitArg::Time)]
     split: SplitArg,
     /// The most rows to read, about: a larger input (counted from the Parquet footers

@@ -985,10 +985,16 @@ async fn the_shipper_delivers_through_the_services_limits_and_refusals() {
     for r in &records {
         retrywise::recorder::Recorder::record(&shipper, r.clone());
     }
-    tokio::time::timeout(Duration::from_secs(60), shipper.flush())
+    // The flush says that one record was given up.
+    let e = tokio::time::timeout(Duration::from_secs(60), shipper.flush())
         .await
         .expect("shipped within a minute")
-        .unwrap();
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 records broke the schema's rules and were not shipped"),
+        "{e}"
+    );
     let s = shipper.stats();
     // The shipper checks each record as the service does: the bad one is set aside (and
     // counted) before it is sent, and takes no batch with it.

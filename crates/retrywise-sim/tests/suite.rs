@@ -427,7 +427,10 @@ fn the_plot_draws_every_policy() {
     );
     let e = retrywise_sim::plot::plot(&dir.path().join("no/such/dir/p.svg"), "x", &runs, 1.0)
         .unwrap_err();
-    assert!(matches!(e, SimError::Plot { .. }), "{e}");
+    // Drawn in memory, then written: a file that cannot be written is an I/O error
+    // naming it.
+    assert!(matches!(e, SimError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("p.svg"), "{e}");
 }
 
 #[test]

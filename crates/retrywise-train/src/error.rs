@@ -69,9 +69,15 @@ pub enum TrainError {
     /// calls, or a fraction out of range).
     #[error("cannot split the rows for validation: {0}")]
     Split(String),
-    /// The solver failed.
-    #[error("fitting failed: {0}")]
-    Fit(String),
+    /// linfa-logistic refused the data or its solver failed.
+    #[error("fitting failed: {what}")]
+    Fit {
+        /// What was being fitted: the penalty, and the rows and features it was fitted on.
+        what: String,
+        /// linfa-logistic's error.
+        #[source]
+        source: linfa_logistic::error::Error,
+    },
     /// A model artifact is unusable.
     #[error("model {path} is refused")]
     Model {

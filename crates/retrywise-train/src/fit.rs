@@ -177,9 +177,14 @@ macro_rules! real {
                     params = params.initial_params(init);
                 }
                 let ds = DatasetView::new(x.view(), y.view());
-                let fitted = params
-                    .fit(&ds)
-                    .map_err(|e| TrainError::Fit(e.to_string()))?;
+                let fitted = params.fit(&ds).map_err(|source| TrainError::Fit {
+                    what: format!(
+                        "logistic regression with L2 penalty α = {alpha} on {} rows of {} features",
+                        x.nrows(),
+                        x.ncols()
+                    ),
+                    source,
+                })?;
                 Ok((
                     fitted.params().mapv(f64::from),
                     f64::from(fitted.intercept()),
@@ -320,6 +325,68 @@ pub fn check_options(opts: &FitOptions) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Checks the training rows and the options, and returns the training rows' scaler, their
+/// standardized features in f32 (what the solver reads) and their labels.
+fn prepare(
+    train: &[AttemptContext],
+    y_train: &[bool],
+    opts: &FitOptions,
+) -> Result<(Scaler, Array2<f32>, Array1<bool>), TrainError> {
+    let successes = y_train.iter().filter(|v| **v).count();
+    if successes == 0 || successes == y_train.len() {
+        return Err(TrainError::SingleClass {
+            rows: y_train.len(),
+            successes,
+        });
+    }
+    check_options(opts)?;
+    let x64 = matrix(train);
+    let s = scaler(&x64);
+    // Standardized features in f32 for the solver: each L-BFGS step streams the whole
+    // matrix twice, so half the bytes is nearly half the time.
+    let x = standardized::<f32>(&x64, &s);
+    drop(x64);
+    Ok((s, x, Array1::from(y_train.to_vec())))
+}
+
+/// Standardizes on the training rows and fits the one penalty `alpha` (with `opts`'
+/// tolerance and iterations; its penalties are not read), scoring it on nothing: the fit
+/// of a penalty already chosen. Its weights are those [`fit`] finds with `alpha` as its
+/// only penalty, bit for bit — validation rows only score a penalty, they never steer the
+/// solver — without the validation rows' feature matrix (or, given none, a 64-bit copy of
+/// the training rows' to score on) that `fit` builds for a score nobody reads.
+///
+/// # Errors
+/// As [`fit`]'s.
+pub fn fit_alpha(
+    train: &[AttemptContext],
+    y_train: &[bool],
+    alpha: f64,
+    opts: &FitOptions,
+) -> Result<Fitted, TrainError> {
+    let once = FitOptions {
+        alphas: vec![alpha],
+        ..opts.clone()
+    };
+    let (s, x, y) = prepare(train, y_train, &once)?;
+    // The start `fit` takes for its first (here its only) penalty.
+    let start = initial_guess(&x, &y, alpha, once.tolerance, once.max_iterations)?;
+    let (w, b) = fit_penalty(
+        &x,
+        &y,
+        alpha,
+        once.tolerance * x.nrows() as f64,
+        once.max_iterations,
+        Some(&start),
+    )?;
+    Ok(Fitted {
+        scaler: s,
+        weights: w.to_vec(),
+        intercept: b,
+        alpha,
+    })
+}
+
 /// Standardizes on the training rows and fits every candidate penalty, keeping the one
 /// with the lowest log-loss on `validation` (the rows to choose on). `on_trial` is told
 /// each penalty tried.
@@ -335,23 +402,9 @@ pub fn fit(
     opts: &FitOptions,
     mut on_trial: impl FnMut(&AlphaTrial),
 ) -> Result<(Fitted, Vec<AlphaTrial>), TrainError> {
-    let successes = y_train.iter().filter(|v| **v).count();
-    if successes == 0 || successes == y_train.len() {
-        return Err(TrainError::SingleClass {
-            rows: y_train.len(),
-            successes,
-        });
-    }
-    check_options(opts)?;
-    let x64 = matrix(train);
-    let s = scaler(&x64);
-    // Standardized features in f32 for the solver: each L-BFGS step streams the whole
-    // matrix twice, so half the bytes is nearly half the time.
-    let x = standardized::<f32>(&x64, &s);
-    drop(x64);
+    let (s, x, y) = prepare(train, y_train, opts)?;
     let mut xv = matrix(validation);
     standardize(&mut xv, &s);
-    let y = Array1::from(y_train.to_vec());
 
     let mut trials = Vec::new();
     let mut best: Option<(f64, Array1<f64>, f64, f64)> = None;
@@ -388,7 +441,11 @@ pub fn fit(
         }
         start = Some((w, b));
     }
-    let (_, w, b, alpha) = best.ok_or_else(|| TrainError::Fit("no penalty was tried".into()))?;
+    // (`check_options` refuses an empty list of penalties: there is always a best.)
+    let (_, w, b, alpha) = best.ok_or_else(|| TrainError::InvalidOption {
+        option: "alphas",
+        problem: "no penalty to try".into(),
+    })?;
     Ok((
         Fitted {
             scaler: s,
@@ -398,4 +455,71 @@ pub fn fit(
         },
         trials,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retrywise::attempt::Outcome;
+
+    fn rows(n: usize, seed: u64) -> (Vec<AttemptContext>, Vec<bool>) {
+        let recs = crate::synthetic::records(n, seed);
+        (
+            recs.iter().map(|r| r.context.clone()).collect(),
+            recs.iter().map(|r| r.outcome == Outcome::Success).collect(),
+        )
+    }
+
+    /// linfa-logistic's error is kept as the fit error's source (it used to be flattened
+    /// into the message), so the binary's error chain shows why the fit failed.
+    #[test]
+    fn a_fit_failure_carries_linfa_s_error_as_its_source() {
+        let mut x = Array2::<f64>::zeros((4, 2).f());
+        x[[1, 0]] = f64::NAN;
+        let y = Array1::from(vec![true, false, true, false]);
+        let e = fit_penalty(&x, &y, 1.0, 1e-4, 10, None).unwrap_err();
+        assert!(matches!(e, TrainError::Fit { .. }), "{e:?}");
+        let source = std::error::Error::source(&e).expect("linfa's error as the source");
+        assert!(
+            source.to_string().contains("must be finite"),
+            "{e} / {source}"
+        );
+        assert!(e.to_string().starts_with("fitting failed"), "{e}");
+    }
+
+    /// The refit of a chosen penalty scores it on nothing, and its weights are bit for bit
+    /// those of a fit with that penalty alone, whichever rows that fit scores on: the
+    /// validation rows it no longer builds a matrix of never steered the solver.
+    #[test]
+    fn the_refit_of_one_penalty_is_the_fit_of_it_alone_bit_for_bit() {
+        let (train, y) = rows(3_000, 4);
+        let (held, y_held) = rows(800, 5);
+        let (other, y_other) = rows(500, 6);
+        let opts = FitOptions::default();
+        for alpha in [1e-2, 1e2] {
+            let once = FitOptions {
+                alphas: vec![alpha],
+                ..opts.clone()
+            };
+            let bits = |f: &Fitted| {
+                (
+                    f.weights.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+                    f.intercept.to_bits(),
+                    f.scaler.clone(),
+                    f.alpha,
+                )
+            };
+            let refit = bits(&fit_alpha(&train, &y, alpha, &opts).unwrap());
+            for (v, yv) in [(&held[..], &y_held[..]), (&other, &y_other), (&[], &[])] {
+                let (fitted, trials) = fit(&train, &y, v, yv, &once, |_| {}).unwrap();
+                assert_eq!(trials.len(), 1);
+                assert_eq!(
+                    bits(&fitted),
+                    refit,
+                    "alpha {alpha}, {} rows to score",
+                    v.len()
+                );
+            }
+        }
+    }
 }

@@ -682,18 +682,9 @@ fn fit_chosen(
         &mut trial,
     )?;
     drop((inner, held));
-    let once = fit::FitOptions {
-        alphas: vec![chosen.alpha],
-        ..opts.fit.clone()
-    };
-    let (fitted, _) = fit::fit(
-        &tr.contexts,
-        &tr.success,
-        &va.contexts,
-        &va.success,
-        &once,
-        |_| {},
-    )?;
+    // The chosen penalty on all the training rows, scored on nothing: the validation rows
+    // would only score it (a score nobody reads), at the cost of their feature matrix.
+    let fitted = fit::fit_alpha(&tr.contexts, &tr.success, chosen.alpha, &opts.fit)?;
     Ok((
         fitted,
         trials,

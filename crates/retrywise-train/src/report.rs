@@ -94,6 +94,8 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// A typical context after an error of `kind` in `rows`: the second attempt, with the
 /// median latency, Retry-After (when most rows have one) and failure rate of such rows.
+/// Its `elapsed` is that latency: the call's first attempt started it and failed after it,
+/// and `elapsed` is the time before the wait, as recorded contexts and the decider hold it.
 pub fn typical_context(rows: &Rows, kind: ErrorKind) -> Option<AttemptContext> {
     let of_kind: Vec<&AttemptContext> = rows
         .contexts
@@ -112,6 +114,7 @@ pub fn typical_context(rows: &Rows, kind: ErrorKind) -> Option<AttemptContext> {
     ctx.attempt = 2;
     ctx.status = med(&|c| c.status.map(f64::from)).map(|s| s as u16);
     ctx.latency = med(&|c| secs(c.latency)).map(Duration::from_secs_f64);
+    ctx.elapsed = ctx.latency.unwrap_or_default();
     let with_ra = of_kind.iter().filter(|c| c.retry_after.is_some()).count();
     ctx.retry_after = (with_ra * 2 > of_kind.len())
         .then(|| med(&|c| secs(c.retry_after)))
@@ -134,7 +137,8 @@ pub fn delay_grid() -> Vec<f64> {
 }
 
 /// The model's p(success) against the wait after one error kind, at that kind's
-/// [`typical_context`].
+/// [`typical_context`], as a decider weighing those waits sees it: only the wait varies
+/// (the time elapsed before it stays the context's).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DelayCurve {
     /// The previous error kind.
@@ -145,21 +149,18 @@ pub struct DelayCurve {
     pub points: Vec<[f64; 2]>,
 }
 
-/// One [`DelayCurve`] per error kind present in `rows`.
+/// One [`DelayCurve`] per error kind present in `rows`, each from the model's own
+/// [`SuccessModel::p_success_by_delay`], the function the decider asks.
 pub fn delay_curves(model: &LogisticModel, rows: &Rows) -> Vec<DelayCurve> {
+    let grid = delay_grid();
+    let delays: Vec<Duration> = grid.iter().map(|d| Duration::from_secs_f64(*d)).collect();
+    let mut p = vec![0.0; delays.len()];
     ERROR_KINDS
         .iter()
         .filter_map(|kind| {
             let base = typical_context(rows, *kind)?;
-            let points = delay_grid()
-                .into_iter()
-                .map(|d| {
-                    let mut c = base.clone();
-                    c.delay = Duration::from_secs_f64(d);
-                    c.elapsed = c.latency.unwrap_or_default() + c.delay;
-                    [d * 1e3, model.p_success(&c)]
-                })
-                .collect();
+            model.p_success_by_delay(&base, &delays, &mut p);
+            let points = grid.iter().zip(&p).map(|(d, p)| [d * 1e3, *p]).collect();
             Some(DelayCurve {
                 kind: kind.as_str().to_owned(),
                 context: base,
@@ -365,4 +366,64 @@ pub fn html(
         esc(&serde_json::to_string_pretty(&artifact.training).unwrap_or_default())
     );
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retrywise::features::{Feature, N_FEATURES};
+    use retrywise::model::Scaler;
+
+    /// A model whose only weight is on `log_elapsed_ms` says waiting changes nothing (the
+    /// time elapsed before the wait does not move with it): the report's curves are the
+    /// decider's `p_success_by_delay`, flat. They used to count the wait into the elapsed
+    /// time and fall with it.
+    #[test]
+    fn the_delay_curves_are_the_decider_s_with_the_elapsed_time_fixed() {
+        let mut weights = vec![0.0; N_FEATURES];
+        weights[Feature::LogElapsedMs as usize] = -0.8;
+        let scaler = Scaler {
+            mean: vec![0.0; N_FEATURES],
+            scale: vec![1.0; N_FEATURES],
+        };
+        let model = LogisticModel::from_parts(&scaler, &weights, 4.0).unwrap();
+        let mut rows = Rows::default();
+        for (i, kind) in [ErrorKind::Timeout, ErrorKind::Http429, ErrorKind::Connect]
+            .into_iter()
+            .enumerate()
+        {
+            let mut c = AttemptContext::first("t");
+            c.attempt = 3;
+            c.error = Some(kind);
+            c.latency = Some(Duration::from_millis(200 + 100 * i as u64));
+            c.elapsed = Duration::from_millis(1_500);
+            c.delay = Duration::from_millis(700);
+            rows.contexts.push(c);
+            rows.success.push(i % 2 == 0);
+            rows.started_at_ms.push(1_764_000_000_000 + i as u64);
+            rows.call_id.push(Some(i as u64));
+        }
+        let curves = delay_curves(&model, &rows);
+        assert_eq!(curves.len(), 3);
+        let delays: Vec<Duration> = delay_grid()
+            .into_iter()
+            .map(Duration::from_secs_f64)
+            .collect();
+        for curve in &curves {
+            let mut decider = vec![0.0; delays.len()];
+            model.p_success_by_delay(&curve.context, &delays, &mut decider);
+            let report: Vec<f64> = curve.points.iter().map(|[_, p]| *p).collect();
+            assert_eq!(report, decider, "{}", curve.kind);
+            // Flat at the context's own p(success): the wait moves nothing this model reads.
+            let at_context = model.p_success(&curve.context);
+            for p in &report {
+                assert!(
+                    (p - at_context).abs() < 1e-12,
+                    "{}: {p} vs {at_context}",
+                    curve.kind
+                );
+            }
+            assert_eq!(Some(curve.context.elapsed), curve.context.latency);
+        }
+    }
 }

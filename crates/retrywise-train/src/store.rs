@@ -3,9 +3,15 @@
 //! A version is written into a hidden staging folder and renamed into place, so a reader
 //! never sees half a version; an existing version is never overwritten (two trainers
 //! racing for the same number: the loser takes the next one).
+//!
+//! Trainers in different containers may share one models volume, and there each may be
+//! PID 1: a staging folder is therefore named at random and made with a call that fails
+//! when the name is taken, and a writer removes no staging folder but its own — and those
+//! a crashed trainer left, once they are older than [`STALE_STAGING`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use retrywise::model::{MAX_ARTIFACT_BYTES, ModelArtifact};
 
@@ -38,12 +44,62 @@ pub fn versions(model_dir: &Path) -> Result<Vec<u32>, TrainError> {
     Ok(out)
 }
 
-/// A staging folder, removed when dropped (a no-op once renamed into place).
-struct Staging(PathBuf);
+/// How old a staging folder must be before a writer removes it as a crashed trainer's
+/// leftover. Writing a version takes seconds; a folder an hour old belongs to no live
+/// trainer, while a younger one may be another trainer's, still being written.
+pub const STALE_STAGING: Duration = Duration::from_secs(60 * 60);
 
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// The prefix of every staging folder's name.
+const STAGING_PREFIX: &str = ".staging-";
+
+/// Removes the staging folders under `dir` last modified more than [`STALE_STAGING`] ago
+/// (left by trainers that crashed before their rename), logging each one removed. A folder
+/// whose age cannot be read, or whose time is ahead of this machine's clock, is left
+/// alone; a failure to list or remove is logged and does not stop the write.
+fn remove_stale_staging(dir: &Path) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot list the model's folder for stale staging folders");
+            return;
+        }
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        // `symlink_metadata`: a link named like a staging folder is not followed.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let Some(age) = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+        else {
+            continue;
+        };
+        if !meta.is_dir() || age <= STALE_STAGING {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(
+                path = %path.display(),
+                age_s = age.as_secs(),
+                "removed a staging folder a crashed trainer left"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot remove a staging folder a crashed trainer left"
+            ),
+        }
     }
 }
 
@@ -53,6 +109,18 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     f.write_all(bytes)
         .map_err(|e| TrainError::io("write", path, e))?;
     f.sync_all().map_err(|e| TrainError::io("sync", path, e))
+}
+
+/// `e` and the errors under it, joined by colons: what a log line says of an error.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut under = e.source();
+    while let Some(u) = under {
+        text.push_str(": ");
+        text.push_str(&u.to_string());
+        under = u.source();
+    }
+    text
 }
 
 /// Makes a folder's entries durable (the files created or renamed in it).
@@ -121,15 +189,33 @@ pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
 /// Returns the version and its folder.
 ///
 /// The name is checked with [`check_name`]; callers that read and fit for a long time
-/// before writing check it first.
+/// before writing check it first. Staging folders under `models/<name>` older than
+/// [`STALE_STAGING`] are removed first (each removal is logged).
+///
+/// Once the version is renamed into place it is visible and will be served, so the write
+/// succeeds even if the model's folder then cannot be synced: that failure is logged as a
+/// warning (the version's entry may not survive a crash of the machine), since reporting
+/// it as a failure would have a retry publish the same model again as another version.
 ///
 /// # Errors
-/// I/O errors; a name that is not a plain folder name.
+/// I/O errors before the rename; a name that is not a plain folder name.
 pub fn write_new_version(
     models: &Path,
     name: &str,
     artifact: &mut ModelArtifact,
     report_html: impl Fn(&ModelArtifact) -> Result<String, TrainError>,
+) -> Result<(u32, PathBuf), TrainError> {
+    write_version_with(models, name, artifact, report_html, sync_dir)
+}
+
+/// [`write_new_version`], syncing the model's folder after the rename with `sync_parent`
+/// (tests make it fail).
+fn write_version_with(
+    models: &Path,
+    name: &str,
+    artifact: &mut ModelArtifact,
+    report_html: impl Fn(&ModelArtifact) -> Result<String, TrainError>,
+    sync_parent: impl Fn(&Path) -> Result<(), TrainError>,
 ) -> Result<(u32, PathBuf), TrainError> {
     check_name(models, name)?;
     let dir = models.join(name);
@@ -144,6 +230,7 @@ pub fn write_new_version(
     // The model's folder itself survives a crash, not only what is renamed into it.
     retrywise_collect::segment::create_dir_durable(&dir)
         .map_err(|e| TrainError::io("create", &dir, e))?;
+    remove_stale_staging(&dir);
     for _ in 0..100 {
         let version = versions(&dir)?
             .last()
@@ -155,16 +242,17 @@ pub fn write_new_version(
                 problem: "holds version 4294967295: no version number is left".into(),
             })?;
         artifact.version = version;
-        // A staging folder of its own (two trainers in one process once shared one by
-        // name, and one's clean-up could delete the other's files before its rename),
-        // removed when dropped: after a failed write, or an empty name once renamed.
-        static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let staging = dir.join(format!(".staging-{version}-{}-{n}", std::process::id()));
-        // (A leftover of this name is a crashed run's of the same pid: its own.)
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir(&staging).map_err(|e| TrainError::io("create", &staging, e))?;
-        let staging_dir = Staging(staging.clone());
+        // A staging folder no other writer holds: a random name, made by a call that fails
+        // when the name exists (and is then tried again with another). A name built from
+        // the pid and a counter was shared by trainers in two containers (both PID 1), and
+        // one removed the other's half-written folder as its own crashed run's. Removed
+        // when dropped, after a failed write; kept (as nothing) once renamed.
+        let staging_dir = tempfile::Builder::new()
+            .prefix(&format!("{STAGING_PREFIX}{version}-"))
+            .rand_bytes(12)
+            .tempdir_in(&dir)
+            .map_err(|e| TrainError::io("create a staging folder in", &dir, e))?;
+        let staging = staging_dir.path().to_path_buf();
         write_file(
             &staging.join("model.json"),
             model_json(artifact, &dir)?.0.as_bytes(),
@@ -201,9 +289,19 @@ pub fn write_new_version(
         match std::fs::rename(&staging, &target) {
             Ok(()) => {
                 // Renamed: nothing is left for the staging folder's clean-up to remove.
-                drop(staging_dir);
-                // Written is durable: a version reported written survives a crash.
-                sync_dir(&dir)?;
+                let _ = staging_dir.keep();
+                // The rename made durable, so that a version reported written survives a
+                // crash. The version is in place and will be served whatever the sync
+                // says, so its failure is a warning, not an error a retry would answer
+                // with another version of the same model.
+                if let Err(e) = sync_parent(&dir) {
+                    tracing::warn!(
+                        version,
+                        dir = %target.display(),
+                        error = %chain(&e),
+                        "the version is in place, but the model's folder could not be synced: its entry may not survive a crash of the machine"
+                    );
+                }
                 return Ok((version, target));
             }
             // Someone else took the number between the check and the rename.
@@ -388,6 +486,104 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with('.'))
             .collect();
         assert!(left.is_empty(), "staging folders left: {left:?}");
+    }
+
+    /// A staging folder named as this process's used to be (`.staging-<version>-<pid>-<n>`)
+    /// may be another trainer's, in another container with the same pid, still being
+    /// written: a write leaves it and its files alone (it used to remove it as its own
+    /// crashed run's), and writes its version in a folder of its own.
+    #[test]
+    fn a_young_staging_folder_named_as_this_process_would_survives_a_write() {
+        let root = tempfile::tempdir().unwrap();
+        let m = root.path().join("m");
+        std::fs::create_dir(&m).unwrap();
+        // The names the old counter gave this process's first writes of version 1.
+        let theirs: Vec<PathBuf> = (0..16)
+            .map(|n| m.join(format!(".staging-1-{}-{n}", std::process::id())))
+            .collect();
+        for dir in &theirs {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("model.json"), "theirs").unwrap();
+        }
+        let (version, dir) =
+            write_new_version(root.path(), "m", &mut shipped(), |_| Ok(String::new())).unwrap();
+        assert_eq!((version, load_artifact(&dir).unwrap().version), (1, 1));
+        for dir in &theirs {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("model.json")).unwrap(),
+                "theirs",
+                "{}",
+                dir.display()
+            );
+        }
+        let hidden = std::fs::read_dir(&m)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(
+            hidden,
+            theirs.len(),
+            "only the other writer's folders are left"
+        );
+        // The version's folder is made as any folder is (the umask's mode, not a
+        // temporary folder's owner-only one): a server running as another user reads it.
+        let mode = |p: &Path| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+        };
+        assert_eq!(mode(&dir), mode(&theirs[0]));
+    }
+
+    /// A staging folder older than [`STALE_STAGING`] is a crashed trainer's leftover: a
+    /// write removes it (they used to pile up forever), and leaves a young one alone.
+    #[test]
+    fn a_staging_folder_older_than_the_bound_is_removed_by_a_write() {
+        let root = tempfile::tempdir().unwrap();
+        let m = root.path().join("m");
+        std::fs::create_dir(&m).unwrap();
+        let (old, young) = (m.join(".staging-3-1-0"), m.join(".staging-3-1-1"));
+        for dir in [&old, &young] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("model.json"), "crashed").unwrap();
+        }
+        let then = SystemTime::now() - STALE_STAGING - Duration::from_secs(60);
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        write_new_version(root.path(), "m", &mut shipped(), |_| Ok(String::new())).unwrap();
+        assert!(!old.exists(), "{} is left", old.display());
+        assert!(
+            young.join("model.json").is_file(),
+            "{} is removed",
+            young.display()
+        );
+    }
+
+    /// Once a version is renamed into place it is served: a model's folder that cannot
+    /// then be synced is a warning, not a failure a retry would answer with a second
+    /// version of the same model.
+    #[test]
+    fn a_version_in_place_is_written_even_if_its_folder_cannot_be_synced() {
+        let root = tempfile::tempdir().unwrap();
+        let failing = |d: &Path| {
+            Err(TrainError::io(
+                "sync",
+                d,
+                std::io::Error::other("injected sync failure"),
+            ))
+        };
+        let (version, dir) = write_version_with(
+            root.path(),
+            "m",
+            &mut shipped(),
+            |_| Ok(String::new()),
+            failing,
+        )
+        .unwrap();
+        assert_eq!(version, 1);
+        assert_eq!(load_artifact(&dir).unwrap().version, 1);
+        assert_eq!(versions(&root.path().join("m")).unwrap(), vec![1]);
     }
 
     /// A file or a broken link named like the next version is named in the error (it

@@ -5,8 +5,10 @@
 //! with delays, Retry-After hints and target health drawn per row, and success drawn from
 //! a known, partly non-linear rule (waiting out a Retry-After helps a 429 a lot, waiting
 //! helps a connect error a little, a high failure rate hurts everything, timeouts get worse
-//! with elapsed time), so a linear model can do well but not perfectly. The generator is
-//! SplitMix64: the same seed gives the same records on every machine.
+//! with the time since the call started, the wait included), so a linear model can do well
+//! but not perfectly. A row's `elapsed` is the time before its wait, as recorded contexts
+//! hold it. The generator is SplitMix64: the same seed gives the same records on every
+//! machine.
 //!
 //! ```
 //! let recs = retrywise_train::synthetic::records(1_000, 7);
@@ -88,10 +90,15 @@ pub fn records_shifted(n: usize, seed: u64, logit_shift: f64) -> Vec<AttemptReco
             ctx.attempt = 2 + (r.next() % 4) as u32;
             ctx.error = Some(kind);
             ctx.status = status;
-            ctx.latency = Some(Duration::from_secs_f64(r.lognormal(0.05, 0.8)));
+            let latency = r.lognormal(0.05, 0.8);
+            ctx.latency = Some(Duration::from_secs_f64(latency));
             let delay = r.lognormal(0.3, 1.2).min(60.0);
             ctx.delay = Duration::from_secs_f64(delay);
-            ctx.elapsed = Duration::from_secs_f64(delay + r.lognormal(0.2, 1.0));
+            // The time since the call's first attempt started, before this wait (as
+            // recorded contexts and the decider hold it): the previous attempt's latency
+            // and the attempts and waits before it.
+            let before = latency + r.lognormal(0.2, 1.0);
+            ctx.elapsed = Duration::from_secs_f64(before);
             let ld = (delay * 1e3).ln_1p();
             z = 0.8 - 4.0 * rate - 0.25 * f64::from(ctx.attempt - 2);
             match kind {
@@ -109,7 +116,8 @@ pub fn records_shifted(n: usize, seed: u64, logit_shift: f64) -> Vec<AttemptReco
                     z += 0.15 * (ld - 5.0);
                 }
                 ErrorKind::Connect => z += -1.5 + 0.35 * (ld - 5.0),
-                ErrorKind::Timeout => z += -0.5 - 0.3 * ctx.elapsed.as_secs_f64().min(10.0),
+                // The time since the call started when this attempt starts: after the wait.
+                ErrorKind::Timeout => z += -0.5 - 0.3 * (before + delay).min(10.0),
                 ErrorKind::Reset | ErrorKind::Http5xx => z += 0.5,
                 ErrorKind::Http4xx | ErrorKind::Other => z += -0.8,
             }
@@ -137,4 +145,42 @@ pub fn records_shifted(n: usize, seed: u64, logit_shift: f64) -> Vec<AttemptReco
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A retry's `elapsed` is the time before its wait, as recorded contexts hold it: at
+    /// least the latency of the attempt that failed, and not moving with the wait (it
+    /// used to count the wait in).
+    #[test]
+    fn a_retry_s_elapsed_time_is_before_its_wait() {
+        let retries: Vec<AttemptContext> = records(20_000, 3)
+            .into_iter()
+            .map(|r| r.context)
+            .filter(|c| c.attempt > 1)
+            .collect();
+        assert!(retries.len() > 5_000);
+        for c in &retries {
+            assert!(c.elapsed >= c.latency.unwrap_or_default(), "{c:?}");
+        }
+        // The correlation of ln(elapsed) and ln(delay): the wait is drawn apart.
+        let pairs: Vec<(f64, f64)> = retries
+            .iter()
+            .map(|c| (c.elapsed.as_secs_f64().ln(), c.delay.as_secs_f64().ln()))
+            .collect();
+        let n = pairs.len() as f64;
+        let (ma, mb) = pairs
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+        let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+        for (x, y) in &pairs {
+            ab += (x - ma) * (y - mb);
+            aa += (x - ma) * (x - ma);
+            bb += (y - mb) * (y - mb);
+        }
+        let corr = ab / (aa * bb).sqrt();
+        assert!(corr.abs() < 0.05, "ln(elapsed) follows ln(delay): {corr}");
+    }
 }
