@@ -66,13 +66,20 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
         };
         // A folder, a pipe or a device under a segment's name is none (a pipe would block
         // its reader for good, `/dev/zero` feed it forever): said and left out. A link to
-        // a segment is one.
-        match std::fs::metadata(entry.path()) {
-            Ok(m) if m.is_file() => {}
+        // a segment is one. (The entry's own type, from the listing; only a link costs a
+        // look at what it points to. A segment renamed or removed meanwhile by its writer
+        // or a compaction is passed over quietly.)
+        let kind = match entry.file_type() {
+            Ok(t) if t.is_symlink() => std::fs::metadata(entry.path()).map(|m| m.file_type()),
+            other => other,
+        };
+        match kind {
+            Ok(t) if t.is_file() => {}
             Ok(_) => {
                 tracing::warn!(path = %entry.path().display(), "named like a segment but not a regular file; skipping it");
                 continue;
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_link(&entry) => continue,
             Err(e) => {
                 tracing::warn!(path = %entry.path().display(), error = %e, "named like a segment but unreadable (a broken link?); skipping it");
                 continue;
@@ -86,6 +93,12 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Whether a listed entry is a symbolic link (a broken one is worth a warning; a file
+/// gone since the listing is not).
+fn is_link(entry: &std::fs::DirEntry) -> bool {
+    entry.file_type().is_ok_and(|t| t.is_symlink())
 }
 
 /// The segments of every directory in the tree under `root` (`root` included), oldest
@@ -177,10 +190,20 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// # Errors
 /// A folder cannot be created, or a parent cannot be synced.
 pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    let existed = dir.is_dir();
     let parents = parents_to_sync(dir, Path::is_dir);
     std::fs::create_dir_all(dir)?;
     for p in parents {
-        sync_dir(&p)?;
+        match sync_dir(&p) {
+            Ok(()) => {}
+            // A folder that was there already may sit in a parent this process cannot
+            // open (`/data` at 0711 over a service's own `/data/attempts`): it was made
+            // durable by whoever made it, or by an earlier run.
+            Err(e) if existed => {
+                tracing::debug!(parent = %p.display(), error = %e, "cannot sync the parent of an existing folder");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -120,6 +120,10 @@ impl Default for Config {
     }
 }
 
+/// The settings whose values an error never shows: the token, and the fleet's Redis URL
+/// (which may hold a password).
+pub const SECRETS: [&str; 2] = ["token", "fleet"];
+
 /// The settings a file, the environment or flags may give; every one optional.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -259,7 +263,8 @@ impl Overrides {
         Self::from_toml(&text, &path.display().to_string())
     }
 
-    /// The overrides of TOML text (`origin` names it in errors).
+    /// The overrides of TOML text (`origin` names it in errors; never the text of a line,
+    /// nor the value of a [`SECRETS`] key).
     ///
     /// # Errors
     /// A syntax error, unknown key or wrong type, naming the key.
@@ -276,7 +281,26 @@ impl Overrides {
             let field = on_line
                 .or_else(|| e.message().split('`').nth(1).map(str::to_owned))
                 .unwrap_or_else(|| "?".to_owned());
-            invalid(origin, &field, e.to_string().trim().replace('\n', " "))
+            // The message and where, never the line itself: it may hold the token, or a
+            // Redis URL's password, written without quotes.
+            let place = e.span().and_then(|span| {
+                let before = text.get(..span.start)?;
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                Some(format!(" (line {line}, column {column})"))
+            });
+            // A wrong type's message quotes the value: not a secret's.
+            let message = if SECRETS.contains(&field.as_str()) {
+                "has the wrong type or syntax (its value is not shown: it may be a secret)"
+                    .to_owned()
+            } else {
+                e.message().trim().replace('\n', " ")
+            };
+            invalid(
+                origin,
+                &field,
+                format!("{message}{}", place.unwrap_or_default()),
+            )
         })
     }
 
@@ -352,7 +376,12 @@ impl Overrides {
             config.models.clone_from(m);
         }
         if let Some(d) = &self.default_model {
-            if d.is_empty() || d.contains(['/', '\\']) || d.starts_with('.') {
+            if d.is_empty()
+                || d.contains(['/', '\\'])
+                || d.starts_with('.')
+                || d.chars().any(char::is_control)
+                || d.trim() != d
+            {
                 return Err(bad("default_model", format!("is not a model name: {d:?}")));
             }
             config.default_model.clone_from(d);
@@ -858,6 +887,24 @@ mod tests {
                 ServerError::Config { field, .. } => assert_eq!(field, "max_in_flight"),
                 other => panic!("{other}"),
             }
+        }
+        // A secret written without quotes is a wrong type: the error says where, and not
+        // the line that holds it.
+        let e = Overrides::from_toml("addr = \"127.0.0.1:1\"\ntoken = 8675309\n", "serve.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("8675309"), "{e}");
+        assert!(e.contains("token") && e.contains("line 2, column 9"), "{e}");
+        // A default model's name read with its newline would match no model, ever.
+        for name in ["default\n", " default", "def\u{7}ault"] {
+            let e = Config::load(
+                None,
+                |k| (k == "RETRYWISE_DEFAULT_MODEL").then(|| name.to_owned()),
+                &Overrides::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("default_model"), "{e}");
         }
         let e = Config::load(
             None,

@@ -1,6 +1,6 @@
 //! Prometheus metrics: one registry per service instance, rendered at `GET /metrics`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -99,7 +99,8 @@ pub struct Metrics {
     pub storage_failed: Counter,
     /// Accepted records the collector dropped (queue full, I/O errors).
     pub dropped: Counter,
-    /// Model reloads by result (a failure is a version refused).
+    /// Model reloads by result: `success` a version loaded, `failure` a version refused,
+    /// `error` a scan that could not read the models folder.
     pub reloads: Family<ResultLabels, Counter>,
     /// Requests shed with 503 because too many were in flight.
     pub shed: Counter,
@@ -135,8 +136,15 @@ pub struct Metrics {
     /// The collector's storage: I/O errors, records written, records synced.
     collector_io: [Counter; 3],
     collector_io_seen: [AtomicU64; 3],
-    serving: Mutex<HashSet<(String, String)>>,
+    /// The `(model, version)` pairs marked: serving (`None`), or retired at a time and
+    /// shown at 0 until [`RETIRED_KEPT`] has passed.
+    serving: Mutex<HashMap<(String, String), Option<std::time::Instant>>>,
 }
+
+/// How long a retired model version's series stay (its `model_serving` at 0, its
+/// `predictions_total`) before they go: long enough for every scrape to see the change,
+/// and a service retrained every hour keeps a handful, not one per version ever served.
+pub const RETIRED_KEPT: Duration = Duration::from_secs(15 * 60);
 
 impl Metrics {
     /// A registry with every metric, giving at most `max_target_labels` targets their own
@@ -264,7 +272,7 @@ impl Metrics {
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "model_reloads",
-            "Model versions loaded (success) or refused (failure)",
+            "Model versions loaded (success) or refused (failure), and scans that could not read the models folder (error)",
             reloads.clone(),
         );
         let shed = Counter::default();
@@ -393,7 +401,7 @@ impl Metrics {
             dropped_by_seen: Default::default(),
             collector_io,
             collector_io_seen: Default::default(),
-            serving: Mutex::new(HashSet::new()),
+            serving: Mutex::new(HashMap::new()),
         }
     }
 
@@ -517,34 +525,53 @@ impl Metrics {
     }
 
     /// Marks exactly the `(model, version)` pairs `serving` gives (called under the gauge's
-    /// lock) as serving (1), and every pair marked before and no longer serving as 0.
+    /// lock) as serving (1), and every pair marked before and no longer serving as 0 - for
+    /// [`RETIRED_KEPT`], after which its series (and its `predictions_total`) are removed.
     pub fn set_serving(&self, serving: impl FnOnce() -> Vec<(String, u32)>) {
+        self.set_serving_at(std::time::Instant::now(), serving);
+    }
+
+    /// [`Self::set_serving`] at `now`.
+    fn set_serving_at(
+        &self,
+        now: std::time::Instant,
+        serving: impl FnOnce() -> Vec<(String, u32)>,
+    ) {
         let Ok(mut marked) = self.serving.lock() else {
             return;
         };
         // Read under the lock: of two reloads racing, the one that marks last reads the
         // set that serves last.
-        let now: HashSet<(String, String)> = serving()
+        let live: HashSet<(String, String)> = serving()
             .into_iter()
             .map(|(m, v)| (m, v.to_string()))
             .collect();
-        for (model, version) in marked.iter().filter(|k| !now.contains(*k)) {
-            self.model_serving
-                .get_or_create(&ModelLabels {
-                    model: model.clone(),
-                    version: version.clone(),
-                })
-                .set(0);
+        let labels = |(model, version): &(String, String)| ModelLabels {
+            model: model.clone(),
+            version: version.clone(),
+        };
+        marked.retain(|pair, retired| {
+            if live.contains(pair) {
+                return true;
+            }
+            match retired {
+                None => {
+                    self.model_serving.get_or_create(&labels(pair)).set(0);
+                    *retired = Some(now);
+                    true
+                }
+                Some(at) if now.saturating_duration_since(*at) < RETIRED_KEPT => true,
+                Some(_) => {
+                    self.model_serving.remove(&labels(pair));
+                    self.predictions.remove(&labels(pair));
+                    false
+                }
+            }
+        });
+        for pair in live {
+            self.model_serving.get_or_create(&labels(&pair)).set(1);
+            marked.insert(pair, None);
         }
-        for (model, version) in &now {
-            self.model_serving
-                .get_or_create(&ModelLabels {
-                    model: model.clone(),
-                    version: version.clone(),
-                })
-                .set(1);
-        }
-        marked.extend(now);
     }
 
     /// The Prometheus text exposition (format 0.0.4; see [`CONTENT_TYPE`]).
@@ -559,6 +586,65 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A retired version shows 0 for a while, then its series go: a service retrained
+    /// every hour does not grow a series per version it ever served.
+    #[test]
+    fn a_retired_version_s_series_go_after_a_while() {
+        let m = Metrics::new(10);
+        let t0 = std::time::Instant::now();
+        let serving = |t, v: u32| {
+            m.set_serving_at(t, || vec![("default".to_owned(), v)]);
+            m.predictions
+                .get_or_create(&ModelLabels {
+                    model: "default".into(),
+                    version: v.to_string(),
+                })
+                .inc();
+        };
+        let lines = |text: &str, prefix: &str| {
+            let mut l: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_owned)
+                .collect();
+            l.sort();
+            l
+        };
+        serving(t0, 1);
+        serving(t0 + Duration::from_secs(1), 2);
+        let text = m.render();
+        assert_eq!(
+            lines(&text, "retrywise_model_serving{"),
+            [
+                "retrywise_model_serving{model=\"default\",version=\"1\"} 0",
+                "retrywise_model_serving{model=\"default\",version=\"2\"} 1"
+            ]
+        );
+        // Many versions later, past the time a retired one is kept: only the last ones.
+        for v in 3..=30 {
+            serving(t0 + RETIRED_KEPT * v, v);
+        }
+        let text = m.render();
+        assert_eq!(
+            lines(&text, "retrywise_model_serving{"),
+            [
+                "retrywise_model_serving{model=\"default\",version=\"29\"} 0",
+                "retrywise_model_serving{model=\"default\",version=\"30\"} 1"
+            ]
+        );
+        assert_eq!(
+            lines(&text, "retrywise_predictions_total{").len(),
+            2,
+            "{text}"
+        );
+        // A version rolled back to serves again.
+        serving(t0 + RETIRED_KEPT * 31, 29);
+        assert!(
+            m.render()
+                .contains("retrywise_model_serving{model=\"default\",version=\"29\"} 1")
+        );
+    }
 
     /// A request as slow as the request timeout lets it be lands in a bucket of its own,
     /// not in +Inf (the buckets stopped at 1.6 s, below the 10 s timeout).

@@ -60,6 +60,9 @@ pub struct ReloadReport {
     /// What an operator should know that is not a refusal: the models folder gone while
     /// models serve from memory, a serving version removed from disk.
     pub warnings: Vec<String>,
+    /// The models folder was not there while models serve from memory: the scan read
+    /// nothing (no successful reload, for the staleness gauge).
+    pub folder_missing: bool,
 }
 
 /// The serving models and how to refresh them.
@@ -233,6 +236,7 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                     dir.display()
                 );
                 report.warnings.push(why);
+                report.folder_missing = true;
                 folder_gone = true;
             }
             Vec::new()

@@ -15,7 +15,8 @@
 //! JSON header (its length in `Inference-Header-Content-Length`) followed by each binary
 //! input's raw little-endian bytes in input order (`parameters.binary_data_size`; `BYTES`
 //! elements each prefixed by their 4-byte length). Outputs are answered in binary when the
-//! request asks (`parameters.binary_data_output`, or an output's `parameters.binary_data`).
+//! request asks: a listed output by its own `parameters.binary_data`, the outputs not listed
+//! by the request's `parameters.binary_data_output` (as Triton reads them).
 
 use std::sync::Arc;
 
@@ -149,13 +150,14 @@ pub struct InferOutputRequest {
 pub struct InferRequest {
     /// Echoed in the response.
     pub id: Option<String>,
-    /// `binary_data_output: true` for binary answers.
+    /// `binary_data_output: true` for binary answers (of the outputs not listed in
+    /// `outputs`: a listed one follows its own `binary_data`).
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<crate::extract::Params<MAX_PARAMS>>,
     /// The input tensors (at most [`MAX_INPUTS`]).
     #[schema(value_type = Vec<InferInput>)]
     pub inputs: crate::extract::AtMost<InferInput, { MAX_INPUTS }>,
-    /// The outputs wanted (all when absent or empty).
+    /// The outputs wanted (all when absent or empty; at most [`MAX_INPUTS`]).
     #[schema(value_type = Option<Vec<InferOutputRequest>>)]
     pub outputs: Option<crate::extract::AtMost<InferOutputRequest, { MAX_INPUTS }>>,
 }
@@ -563,10 +565,17 @@ fn wants_binary(req: &InferRequest) -> Result<bool, ApiError> {
             ))),
         }
     }
-    let mut any = flag(&req.parameters, "binary_data_output", || {
+    // The request-wide flag covers the outputs the request does not list; a listed output
+    // follows its own `binary_data` (unset: JSON), as KServe's binary extension and
+    // Triton have it.
+    let all = flag(&req.parameters, "binary_data_output", || {
         "parameters".into()
     })?;
-    for (i, o) in req.outputs.iter().flatten().enumerate() {
+    let Some(listed) = req.outputs.as_ref().filter(|o| !o.is_empty()) else {
+        return Ok(all);
+    };
+    let mut any = false;
+    for (i, o) in listed.iter().enumerate() {
         any |= flag(&o.parameters, "binary_data", || {
             format!("outputs[{i}].parameters")
         })?;
@@ -880,6 +889,29 @@ mod tests {
             parameters: None,
             data: None,
         }
+    }
+
+    /// The request-wide `binary_data_output` covers the outputs not listed; a listed
+    /// output follows its own `binary_data`, unset meaning JSON (KServe, Triton).
+    #[test]
+    fn a_listed_output_follows_its_own_binary_flag() {
+        let wants = |json: &str| {
+            let req: InferRequest = serde_json::from_str(json).unwrap();
+            wants_binary(&req).unwrap()
+        };
+        let all = r#""parameters": {"binary_data_output": true}"#;
+        assert!(wants(&format!(r#"{{"inputs": [], {all}}}"#)));
+        assert!(wants(&format!(r#"{{"inputs": [], {all}, "outputs": []}}"#)));
+        assert!(!wants(&format!(
+            r#"{{"inputs": [], {all}, "outputs": [{{"name": "p_success", "parameters": {{"binary_data": false}}}}]}}"#
+        )));
+        assert!(!wants(&format!(
+            r#"{{"inputs": [], {all}, "outputs": [{{"name": "p_success"}}]}}"#
+        )));
+        assert!(wants(
+            r#"{"inputs": [], "outputs": [{"name": "p_success", "parameters": {"binary_data": true}}]}"#
+        ));
+        assert!(!wants(r#"{"inputs": []}"#));
     }
 
     #[test]

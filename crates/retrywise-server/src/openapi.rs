@@ -146,7 +146,7 @@ pub fn openapi(auth: bool) -> Value {
             "id": {"type": ["string", "null"]},
             "parameters": {"type": ["object", "null"]},
             "inputs": {"type": "array", "items": component("InferInput"), "minItems": 1, "maxItems": oip::MAX_INPUTS},
-            "outputs": {"type": ["array", "null"], "items": component("InferOutputRequest")},
+            "outputs": {"type": ["array", "null"], "items": component("InferOutputRequest"), "maxItems": oip::MAX_INPUTS},
         },
         "required": ["inputs"],
         "additionalProperties": false,

@@ -214,11 +214,16 @@ async fn reload_here(st: &AppState) -> std::io::Result<ReloadReport> {
     let r = match r {
         Ok(r) => r,
         Err(e) => {
-            count("failure", 1);
+            // The folder could not be read: no version was refused.
+            count("error", 1);
             return Err(e);
         }
     };
-    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+    // A scan of a folder that is gone read nothing: not a success an alert on staleness
+    // should take for one.
+    if !r.folder_missing
+        && let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+    {
         st.metrics.reload_last_success.set(now.as_secs_f64());
     }
     count("success", r.loaded.len());

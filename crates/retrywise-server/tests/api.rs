@@ -1536,6 +1536,14 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
         "{v}"
     );
     // The folder gone: the versions loaded keep serving from memory, and the reload says so.
+    let metrics = || async { h.get("/metrics").await.1.as_str().unwrap().to_owned() };
+    let stamp_of = |text: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix("retrywise_model_reload_last_success_timestamp_seconds "))
+            .unwrap()
+            .to_owned()
+    };
+    let before = stamp_of(&metrics().await);
     std::fs::remove_dir_all(&h.models).unwrap();
     let (s, v) = h.post("/admin/reload", "").await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -1546,6 +1554,21 @@ async fn a_new_version_is_swapped_in_and_a_corrupt_one_refused() {
             .contains("does not exist: the versions loaded keep serving from memory"),
         "{v}"
     );
+    assert_eq!(h.post("/v1/predict", ask).await.1["version"], 3);
+    // ... and it is no clean scan: the staleness gauge stands still.
+    let text = metrics().await;
+    assert_eq!(stamp_of(&text), before, "{text}");
+    // A folder that cannot be read is a scan's error, not a version refused.
+    std::fs::write(&h.models, "not a folder").unwrap();
+    let (s, v) = h.post("/admin/reload", "").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    let text = metrics().await;
+    assert!(
+        text.contains("retrywise_model_reloads_total{result=\"error\"} 1")
+            && text.contains("retrywise_model_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    assert_eq!(stamp_of(&text), before, "{text}");
     assert_eq!(h.post("/v1/predict", ask).await.1["version"], 3);
 }
 

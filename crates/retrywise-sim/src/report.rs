@@ -252,33 +252,54 @@ pub fn report(
 }
 
 /// Writes `bytes` to `path` whole or not at all: into a file beside it, synced, then
-/// renamed over it, so that a report interrupted (or a disk that fills) never leaves a
-/// truncated table or plot where the last whole one was.
+/// renamed over it (and the folder synced), so that a report interrupted (or a disk that
+/// fills) never leaves a truncated table or plot where the last whole one was. A link is
+/// followed (the file it names is replaced); a path that is no regular file
+/// (`/dev/stdout`, a pipe) is written to directly.
 ///
 /// # Errors
 /// [`SimError::Io`] naming the file and the step that failed; the temporary file is
 /// removed.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
     use std::io::Write;
-    let name = path
-        .file_name()
-        .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let io = |op: &str, p: &Path, e: std::io::Error| SimError::Io {
         op: format!("{op} {}", p.display()),
         source: e,
     };
+    let target = match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return std::fs::write(path, bytes).map_err(|e| io("write", path, e));
+        }
+        Ok(_) => std::fs::canonicalize(path).map_err(|e| io("resolve", path, e))?,
+        Err(_) => path.to_path_buf(),
+    };
+    let name = target
+        .file_name()
+        .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
+    // One name per process and write: two writes of one path never share it.
+    let tmp = target.with_file_name(format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let written = std::fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
             f.sync_all()
         })
         .map_err(|e| io("write", &tmp, e))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io("rename into", path, e)));
+        .and_then(|()| std::fs::rename(&tmp, &target).map_err(|e| io("rename into", &target, e)));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return written;
     }
-    written
+    // The new entry durable too (best effort: the file itself is whole either way).
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 /// Goodput over time for the model-driven policy beside the baselines that matter there.
@@ -641,6 +662,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["results.md"], "no temporary file is left");
+    }
+
+    #[test]
+    fn a_report_file_behind_a_link_is_replaced_and_a_non_file_written_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.md");
+        std::fs::write(&real, "old").unwrap();
+        let link = dir.path().join("link.md");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomically(&link, b"new").unwrap();
+        assert!(link.is_symlink(), "the link stays a link");
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+        // Not a regular file: written as it is (here a device that takes anything).
+        write_atomically(Path::new("/dev/null"), b"anything").unwrap();
     }
 
     #[test]

@@ -74,9 +74,9 @@ pub enum TrainError {
     Fit {
         /// What was being fitted: the penalty, and the rows and features it was fitted on.
         what: String,
-        /// linfa-logistic's error.
+        /// linfa-logistic's error (boxed: no linfa type in this crate's API).
         #[source]
-        source: linfa_logistic::error::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A model artifact is unusable.
     #[error("model {path} is refused")]

@@ -183,7 +183,7 @@ macro_rules! real {
                         x.nrows(),
                         x.ncols()
                     ),
-                    source,
+                    source: Box::new(source),
                 })?;
                 Ok((
                     fitted.params().mapv(f64::from),

@@ -23,8 +23,9 @@
 //! when its policy stops, and with a [`GaveUp`] when a layer inside refuses an attempt
 //! unsent, on the client-side throttle, and when the deadline passed before the first
 //! attempt could start.
-//! A refusal by a breaker or bulkhead layer inside (nothing sent) is no failure to a
-//! breaker layer outside, no reason to hedge at once, and no attempt to a retry layer.
+//! A refusal by a breaker or bulkhead layer inside (nothing sent), or a [`GaveUp`] of a
+//! retry or policy layer inside that sent nothing, is no failure to a breaker layer
+//! outside, no reason to hedge at once, and no attempt to a retry layer.
 //!
 //! Order matters as in any tower stack: a timeout outside a breaker or an adaptive
 //! bulkhead cancels the call they wait on, and a cancelled call is neither a failure to

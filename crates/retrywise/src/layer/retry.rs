@@ -25,10 +25,11 @@ use crate::timeout::{Elapsed, Timeout};
 ///
 /// The policy's breaker, bulkhead and hedge, if it has any, are not applied here: stack
 /// their own layers, or use [`PolicyLayer`](super::PolicyLayer) for the whole composition.
-/// A request a retrywise breaker or bulkhead layer inside refuses unsent (its error holds
-/// a [`CircuitOpen`](crate::breaker::CircuitOpen) or a
-/// [`BulkheadFull`](crate::bulkhead::BulkheadFull)) is no attempt: nothing is recorded,
-/// and the call stops with that reason ([`GaveUp`]), as `Policy::call` does. A retry's
+/// A request a retrywise layer inside refuses unsent (its error holds a
+/// [`CircuitOpen`](crate::breaker::CircuitOpen) or a
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull), or is the [`GaveUp`] of a retry or
+/// policy layer inside that made no attempt) is no attempt: nothing is recorded, and the
+/// call stops with that reason ([`GaveUp`]), as `Policy::call` does. A retry's
 /// wait for the service to be ready counts within its attempt timeout.
 ///
 /// When the service answers with a response the classifier judges a failure and the

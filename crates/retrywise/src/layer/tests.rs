@@ -130,6 +130,34 @@ async fn a_breaker_layer_ignores_refusals_passed_up_by_a_retry_layer() {
     assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
 }
 
+/// ... and through a policy layer whose own bulkhead turns the first attempt away.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_layer_ignores_a_policy_layers_own_bulkhead_refusals() {
+    let breaker = CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(3))
+        .minimum_calls(3)
+        .build()
+        .unwrap();
+    let policy = Policy::builder("p")
+        .bulkhead(Bulkhead::one_at_a_time("p", Duration::ZERO))
+        .build()
+        .unwrap();
+    let svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
+        .layer(PolicyLayer::new(policy).layer(slow()));
+    let hog = tokio::spawn(svc.clone().oneshot(1000));
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        let e = svc.clone().oneshot(1).await.unwrap_err();
+        let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
+        assert_eq!(
+            (gave_up.attempts, gave_up.reason),
+            (0, StopReason::BulkheadFull)
+        );
+    }
+    assert_eq!(breaker.state(), crate::breaker::State::Closed);
+    hog.await.unwrap().unwrap();
+}
+
 /// A call the bulkhead refuses gives back the readiness `poll_ready` reserved in the
 /// service inside (it kept a concurrency limit's only permit on the handle).
 #[tokio::test(start_paused = true)]

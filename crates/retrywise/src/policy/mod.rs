@@ -545,7 +545,9 @@ impl<C> Policy<C> {
             };
             if ended.rejected {
                 p.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                return give_up(ended, number, p.stopped(StopReason::BulkheadFull));
+                // Nothing of this attempt was sent: the call made one attempt fewer (none,
+                // when the first was turned away - a refusal, to a layer outside).
+                return give_up(ended, number - 1, p.stopped(StopReason::BulkheadFull));
             }
             let now = Instant::now();
             match p.plan_retry(ctx, &failure, ended.latency, start, now, None) {

@@ -558,7 +558,8 @@ pub(crate) fn generate_data(args: &GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Whether a file can be written at `path`, found before the work whose result it would
-/// hold: opened for appending (created, and removed again, when it is not there yet).
+/// hold: opened for appending (created, and removed again, when it is not there yet), and,
+/// since a regular file is replaced whole, its folder takes a new file.
 fn writable(path: &std::path::Path) -> anyhow::Result<()> {
     let existed = path.exists();
     std::fs::OpenOptions::new()
@@ -568,6 +569,19 @@ fn writable(path: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot be written")?;
     if !existed {
         let _ = std::fs::remove_file(path);
+    }
+    // A regular file is replaced whole (written beside it, then renamed over it): its
+    // folder must take a new file too.
+    if !existed || std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir = match real.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let probe = dir.join(format!(".retrywise-sim-check.{}.tmp", std::process::id()));
+        std::fs::File::create(&probe)
+            .with_context(|| format!("its folder {} takes no new file", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
     }
     Ok(())
 }
