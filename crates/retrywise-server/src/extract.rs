@@ -106,7 +106,9 @@ pub(crate) fn is_ndjson(ct: &str) -> bool {
 pub(crate) struct BodyLimit(pub(crate) usize);
 
 /// The request's headers and body, with 413 for a body over the limit — at once when its
-/// `Content-Length` says so, before waiting for a body that will not be read — and 415
+/// `Content-Length` says so, before waiting for a body that will not be kept (read
+/// through and dropped meanwhile, up to [`DRAIN_MAX`] and for [`DRAIN_FOR`], so that the
+/// connection is not reset under the answer) — and 415
 /// for a compressed one (no route reads an encoded body: read as it is, a gzipped body
 /// was a puzzling 400, and a plain one that claimed gzip was taken).
 pub(crate) async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
@@ -128,12 +130,21 @@ pub(crate) async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
         ))
     };
     if let Some(n) = limit
-        && headers
+        && let Some(len) = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|len| len > n as u64)
+            .filter(|&len| len > n as u64)
     {
+        // Answered at once, and the body read (and dropped) meanwhile when it is not too
+        // much: closing a connection with a body unread in it resets it, and the client
+        // may then never read its 413 - a shipper would send the batch whole again
+        // instead of in halves.
+        if len <= DRAIN_MAX {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(DRAIN_FOR, drain(b, len)).await;
+            });
+        }
         return Err(too_large(n));
     }
     let bytes = Bytes::from_request(Request::from_parts(parts, b), &())
@@ -149,6 +160,25 @@ pub(crate) async fn body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
             }
         })?;
     Ok((headers, bytes))
+}
+
+/// The largest body over the limit that is read through after its 413 (a larger one is
+/// not read, and its client may see the connection reset before the answer).
+const DRAIN_MAX: u64 = 16 << 20;
+
+/// How long a body refused as too large is read for, at most.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads `body` to its end, or past `most` bytes, keeping nothing.
+async fn drain(mut body: axum::body::Body, most: u64) {
+    use http_body_util::BodyExt;
+    let mut read = 0u64;
+    while read <= most {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => break,
+        }
+    }
 }
 
 /// A JSON body (`Content-Type` absent or JSON) holding one object - a request; an array,
