@@ -170,8 +170,9 @@ impl CollectError {
 
 /// The whole chain of an error, `a: b: c`: what a log line or a flush's reason shows (an
 /// [`CollectError::Io`]'s message names the operation and the path; the operating
-/// system's reason - no space left, a permission - is its source).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// system's reason - no space left, a permission - is its source). The service and the
+/// trainer log errors with it too.
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {

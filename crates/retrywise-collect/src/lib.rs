@@ -39,7 +39,7 @@ pub mod compact;
 pub mod footer;
 
 pub use bounded::{Line, read_bounded, read_line_bounded};
-pub use error::CollectError;
+pub use error::{CollectError, chain as error_chain};
 pub use reader::{ReadSummary, SegmentReader, SkippedLine, copy_skipped_lines};
 pub use shipper::{ShipperConfig, ShippingRecorder};
 pub use stats::RecorderStats;

@@ -216,14 +216,5 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The whole chain of an error, `a: b: c`.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+// The whole chain of an error, `a: b: c`.
+pub(crate) use retrywise_collect::error_chain as chain;

@@ -111,18 +111,6 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     f.sync_all().map_err(|e| TrainError::io("sync", path, e))
 }
 
-/// `e` and the errors under it, joined by colons: what a log line says of an error.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut under = e.source();
-    while let Some(u) = under {
-        text.push_str(": ");
-        text.push_str(&u.to_string());
-        under = u.source();
-    }
-    text
-}
-
 /// Makes a folder's entries durable (the files created or renamed in it).
 fn sync_dir(dir: &Path) -> Result<(), TrainError> {
     std::fs::File::open(dir)
@@ -298,7 +286,7 @@ fn write_version_with(
                     tracing::warn!(
                         version,
                         dir = %target.display(),
-                        error = %chain(&e),
+                        error = %retrywise_collect::error_chain(&e),
                         "the version is in place, but the model's folder could not be synced: its entry may not survive a crash of the machine"
                     );
                 }

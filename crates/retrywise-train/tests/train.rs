@@ -43,17 +43,8 @@ fn write_df(mut df: DataFrame, path: &Path) {
 
 fn quiet(_: retrywise_train::Step) {}
 
-/// An error and its sources, as `main` prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+// An error and its sources, as `main` prints them.
+use retrywise_collect::error_chain as chain;
 
 fn opts(data: &Path, models: &Path) -> TrainOptions {
     let mut o = TrainOptions::new(vec![data.to_string_lossy().into_owned()], models, "test");

@@ -51,11 +51,7 @@ fn quick_retry(max: u32) -> Arc<RetryRules> {
 
 #[tokio::test(start_paused = true)]
 async fn breaker_layer_opens_and_fails_fast() {
-    let breaker = CircuitBreaker::builder("b")
-        .window(SlidingWindow::Count(3))
-        .minimum_calls(3)
-        .build()
-        .unwrap();
+    let breaker = breaker_of_three();
     let calls = Arc::new(AtomicU32::new(0));
     let mut svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
         .layer(failing(calls.clone(), 100));
@@ -77,16 +73,43 @@ fn slow()
     })
 }
 
+/// A breaker that opens on three failures of three calls.
+fn breaker_of_three() -> CircuitBreaker {
+    CircuitBreaker::builder("b")
+        .window(SlidingWindow::Count(3))
+        .minimum_calls(3)
+        .build()
+        .unwrap()
+}
+
+/// While one call holds the only room inside `svc`, three more are given up with no
+/// attempt made (`GaveUp`, `BulkheadFull`), and `breaker` outside stays closed.
+async fn three_refusals_leave_the_breaker_closed<S>(breaker: &CircuitBreaker, svc: S)
+where
+    S: Service<u64, Response = u64, Error = Error> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let hog = tokio::spawn(svc.clone().oneshot(1000));
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        let e = svc.clone().oneshot(1).await.unwrap_err();
+        let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
+        assert_eq!(
+            (gave_up.attempts, gave_up.reason),
+            (0, StopReason::BulkheadFull)
+        );
+    }
+    assert_eq!(breaker.state(), crate::breaker::State::Closed);
+    hog.await.unwrap().unwrap();
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
+}
+
 /// A full bulkhead inside refuses calls without sending them: the breaker outside hears
 /// nothing of the upstream from them (it counted them as failures, and opened the circuit
 /// on an upstream that never failed).
 #[tokio::test(start_paused = true)]
 async fn a_breaker_layer_ignores_refusals_by_a_bulkhead_inside() {
-    let breaker = CircuitBreaker::builder("b")
-        .window(SlidingWindow::Count(3))
-        .minimum_calls(3)
-        .build()
-        .unwrap();
+    let breaker = breaker_of_three();
     let bulkhead = Bulkhead::one_at_a_time("b", Duration::ZERO);
     let svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
         .layer(BulkheadLayer::new(bulkhead).layer(slow()));
@@ -105,57 +128,26 @@ async fn a_breaker_layer_ignores_refusals_by_a_bulkhead_inside() {
 /// the same refusal.
 #[tokio::test(start_paused = true)]
 async fn a_breaker_layer_ignores_refusals_passed_up_by_a_retry_layer() {
-    let breaker = CircuitBreaker::builder("b")
-        .window(SlidingWindow::Count(3))
-        .minimum_calls(3)
-        .build()
-        .unwrap();
+    let breaker = breaker_of_three();
     let bulkhead = Bulkhead::one_at_a_time("b", Duration::ZERO);
     let svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable).layer(
         RetryLayer::new(retry_policy("r", quick_retry(3), ErrorsAreRetryable))
             .layer(BulkheadLayer::new(bulkhead).layer(slow())),
     );
-    let hog = tokio::spawn(svc.clone().oneshot(1000));
-    tokio::task::yield_now().await;
-    for _ in 0..3 {
-        let e = svc.clone().oneshot(1).await.unwrap_err();
-        let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
-        assert_eq!(
-            (gave_up.attempts, gave_up.reason),
-            (0, StopReason::BulkheadFull)
-        );
-    }
-    assert_eq!(breaker.state(), crate::breaker::State::Closed);
-    hog.await.unwrap().unwrap();
-    assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1);
+    three_refusals_leave_the_breaker_closed(&breaker, svc).await;
 }
 
 /// ... and through a policy layer whose own bulkhead turns the first attempt away.
 #[tokio::test(start_paused = true)]
 async fn a_breaker_layer_ignores_a_policy_layers_own_bulkhead_refusals() {
-    let breaker = CircuitBreaker::builder("b")
-        .window(SlidingWindow::Count(3))
-        .minimum_calls(3)
-        .build()
-        .unwrap();
+    let breaker = breaker_of_three();
     let policy = Policy::builder("p")
         .bulkhead(Bulkhead::one_at_a_time("p", Duration::ZERO))
         .build()
         .unwrap();
     let svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
         .layer(PolicyLayer::new(policy).layer(slow()));
-    let hog = tokio::spawn(svc.clone().oneshot(1000));
-    tokio::task::yield_now().await;
-    for _ in 0..3 {
-        let e = svc.clone().oneshot(1).await.unwrap_err();
-        let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
-        assert_eq!(
-            (gave_up.attempts, gave_up.reason),
-            (0, StopReason::BulkheadFull)
-        );
-    }
-    assert_eq!(breaker.state(), crate::breaker::State::Closed);
-    hog.await.unwrap().unwrap();
+    three_refusals_leave_the_breaker_closed(&breaker, svc).await;
 }
 
 /// A call the bulkhead refuses gives back the readiness `poll_ready` reserved in the
