@@ -51,6 +51,10 @@ pub struct Config {
     pub body_limit: usize,
     /// How long a request may take before it is answered 503. Default 10 s.
     pub request_timeout: Duration,
+    /// How long a graceful stop waits for the connections open when it began to finish
+    /// their requests; those still open then are closed (an ingested batch not yet
+    /// answered is not acknowledged: its client sends it again). Default 30 s.
+    pub shutdown_timeout: Duration,
     /// Requests handled at once on the API routes; more are shed with 503 + Retry-After.
     /// Ingestion (`POST /v1/attempts`) takes at most a quarter of them (at least one), so
     /// that batches waiting on slow storage never crowd out predictions. Default 1024; at
@@ -105,6 +109,7 @@ impl Default for Config {
             sync_ingest: true,
             body_limit: 1 << 20,
             request_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
             max_in_flight: 1024,
             token: None,
             max_target_labels: 100,
@@ -146,6 +151,8 @@ pub struct Overrides {
     pub body_limit_bytes: Option<usize>,
     /// `request_timeout_ms`.
     pub request_timeout_ms: Option<u64>,
+    /// `shutdown_timeout_ms`.
+    pub shutdown_timeout_ms: Option<u64>,
     /// `max_in_flight`.
     pub max_in_flight: Option<usize>,
     /// `token`.
@@ -181,6 +188,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_SYNC_INGEST", "sync_ingest"),
     ("RETRYWISE_BODY_LIMIT_BYTES", "body_limit_bytes"),
     ("RETRYWISE_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
+    ("RETRYWISE_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms"),
     ("RETRYWISE_MAX_IN_FLIGHT", "max_in_flight"),
     ("RETRYWISE_TOKEN", "token"),
     ("RETRYWISE_MAX_TARGET_LABELS", "max_target_labels"),
@@ -343,6 +351,7 @@ impl Overrides {
                 "sync_ingest" => o.sync_ingest = Some(flag(&v)?),
                 "body_limit_bytes" => o.body_limit_bytes = Some(size(&v)?),
                 "request_timeout_ms" => o.request_timeout_ms = Some(num(&v)?),
+                "shutdown_timeout_ms" => o.shutdown_timeout_ms = Some(num(&v)?),
                 "max_in_flight" => o.max_in_flight = Some(size(&v)?),
                 "token" => o.token = Some(v),
                 "max_target_labels" => o.max_target_labels = Some(size(&v)?),
@@ -423,6 +432,15 @@ impl Overrides {
                 ));
             }
             config.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.shutdown_timeout_ms {
+            if !(1..=3_600_000).contains(&ms) {
+                return Err(bad(
+                    "shutdown_timeout_ms",
+                    format!("must be within [1, 3600000] (an hour), got {ms}"),
+                ));
+            }
+            config.shutdown_timeout = Duration::from_millis(ms);
         }
         if let Some(n) = self.max_in_flight {
             if !(1..=MAX_IN_FLIGHT).contains(&n) {
@@ -561,6 +579,7 @@ impl Config {
             sync_ingest: None,
             body_limit_bytes: Some(self.body_limit),
             request_timeout_ms: Some(ms(self.request_timeout)),
+            shutdown_timeout_ms: Some(ms(self.shutdown_timeout)),
             max_in_flight: Some(self.max_in_flight),
             token: self.token.clone(),
             max_target_labels: Some(self.max_target_labels),

@@ -60,6 +60,7 @@ pub async fn serve(
         listener,
         service.router(),
         header_timeout(service.state.config.request_timeout),
+        service.state.config.shutdown_timeout,
         shutdown,
     )
     .await;
@@ -88,7 +89,10 @@ pub async fn serve(
 }
 
 /// Serves HTTP/1 connections from `listener` until `shutdown` resolves, then lets every
-/// open connection finish its request in flight and waits for them to close.
+/// open connection finish its request in flight and waits for them to close - for
+/// `drain` at most: a client that sends its body a byte at a time, or never reads its
+/// answer, does not hold the stop (the connections still open then are dropped, and the
+/// collector is flushed and closed all the same).
 ///
 /// How long a connection may take to send a request's headers - and, since hyper starts
 /// that clock whenever a connection waits for its next request, how long an idle
@@ -109,6 +113,7 @@ async fn accept(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     header_timeout: std::time::Duration,
+    drain: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -166,7 +171,16 @@ async fn accept(
     }
     drop((listener, closed_rx, stop_rx));
     drop(stop_tx);
-    closed_tx.closed().await;
+    if tokio::time::timeout(drain, closed_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = closed_tx.receiver_count(),
+            drain_ms = drain.as_millis() as u64,
+            "connections still open after the shutdown timeout; closing them"
+        );
+    }
     Ok(())
 }
 

@@ -949,6 +949,46 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     server.await.unwrap().unwrap();
 }
 
+/// A graceful stop waits for the requests in flight, but not longer than the shutdown
+/// timeout: a client that sends its body a trickle at a time (here: never the rest)
+/// does not hold it (it held it for the request timeout, up to an hour), and the
+/// collector is closed all the same.
+#[tokio::test(start_paused = true)]
+async fn a_stop_waits_for_a_trickling_client_no_longer_than_the_shutdown_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        models: shipped_models(),
+        attempts: dir.path().join("attempts"),
+        request_timeout: Duration::from_secs(3_600),
+        shutdown_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let (addr, stop_tx, server) = serving_on_loopback(config).await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/attempts HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 100\r\n\r\n{\"sch",
+    )
+    .await
+    .unwrap();
+    // The request is in flight (its body half read) when the stop begins.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopping = tokio::time::Instant::now();
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("stopped within a minute")
+        .unwrap()
+        .unwrap();
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    drop(slow);
+}
+
 /// The collector's shipper against the real service over loopback, both with their
 /// defaults but for the service's body limit: a batch too large for the limit (413) is sent
 /// in halves until the pieces fit, and a record the service would refuse (an empty target)
