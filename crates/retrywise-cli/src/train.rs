@@ -62,8 +62,9 @@ pub(crate) struct TrainArgs {
     /// The most rows to read, about: a larger input (counted from the Parquet footers
     /// first) is read as a uniform sample of whole calls, a hash of each call id deciding,
     /// in time order (a log without call ids: a hash of each row's start, row by row),
-    /// which bounds memory (about 0.7 KiB per row kept) whatever the input's size. At
-    /// least 1.
+    /// which bounds memory (about 0.7 KiB per row kept) whatever the input's size. Rows
+    /// are counted before duplicates and invalid rows are dropped: an input full of them
+    /// keeps fewer rows than this, never more. At least 1.
     #[arg(long, default_value_t = retrywise_train::data::DEFAULT_MAX_ROWS)]
     max_rows: u64,
     /// Candidate L2 penalties (scikit-learn's 1/C), comma-separated; the one with the

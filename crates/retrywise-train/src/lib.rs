@@ -74,7 +74,10 @@ pub struct TrainOptions {
     /// whole calls keeping `max_rows / input rows` of them ([`data::Sample`]), which keeps
     /// memory bounded whatever the input's size. Default [`data::DEFAULT_MAX_ROWS`]; at
     /// least 1 ([`TrainError::InvalidOption`] otherwise). The artifact's `training.sample`
-    /// records the input's rows and the fraction kept.
+    /// records the input's rows and the fraction kept. The rows are counted before rows
+    /// delivered twice and invalid ones are dropped (telling them apart needs every row
+    /// read, which the count avoids), so an input full of duplicates keeps fewer rows than
+    /// this, never more.
     pub max_rows: u64,
     /// The fit.
     pub fit: FitOptions,

@@ -92,8 +92,9 @@ fn finish<T, E: 'static, C: Classifier<T, E>>(
 
 /// A service behind a bulkhead. Room is taken in `call`: at once when there is some (the
 /// request goes straight to the inner service); otherwise the future waits up to the
-/// bulkhead's maximum wait with its own clone of the inner service; a call refused (no
-/// room, no wait) gives back the readiness `poll_ready` reserved. With an adaptive limit
+/// bulkhead's maximum wait with its own clone of the inner service - but a hedge layer's
+/// hedge (outside) is refused at once, never queued; a call refused (no room, no wait)
+/// gives back the readiness `poll_ready` reserved. With an adaptive limit
 /// ([`crate::bulkhead::BulkheadBuilder::adaptive`]) each call's latency goes to it when the
 /// call ends, judged by the layer's classifier (by default [`ByOutcome`]: an `Err` is a
 /// failure, an `Ok` an answer whatever it holds; see
@@ -135,7 +136,8 @@ where
                 },
             };
         }
-        if !self.bulkhead.waits() {
+        // A hedge layer's hedge waits for no room (its primary is still running).
+        if !self.bulkhead.waits() || super::sending_a_hedge() {
             // Nothing is sent: the inner service's reserved readiness (a concurrency
             // limit's permit, say) is not held on this handle for the next call.
             drop(take_ready(&mut self.inner));

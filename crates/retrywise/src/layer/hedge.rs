@@ -5,6 +5,8 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use futures_util::future::Either;
+
 use super::{BoxError, BoxFuture, Error, oneshot, refused_inside, take_ready};
 use crate::hedge::{AllFailed, Hedge};
 
@@ -69,10 +71,17 @@ where
             let mut primary = Some(ready);
             let result = hedge
                 .call_backing_off(
-                    move |_| {
+                    move |i| {
                         let svc = primary.take().unwrap_or_else(|| spare.clone());
                         let req = req.clone();
-                        async move { oneshot(svc, req).await.map_err(Error::new) }
+                        let request = async move { oneshot(svc, req).await.map_err(Error::new) };
+                        // A hedge takes a bulkhead's room inside only if there is some (the
+                        // primary, most calls' only request, pays nothing for the mark).
+                        if i == 0 {
+                            Either::Left(request)
+                        } else {
+                            Either::Right(super::HEDGE.scope(true, request))
+                        }
                     },
                     |e: &Error| refused_inside(e).is_some(),
                 )

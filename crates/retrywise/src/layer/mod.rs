@@ -112,6 +112,20 @@ pub(crate) fn refused_inside<E: 'static>(e: &E) -> Option<crate::retry::StopReas
     }
 }
 
+tokio::task_local! {
+    /// Whether the request being sent is a hedge layer's hedge (not its primary): a
+    /// bulkhead layer inside then takes room only if it has some at once. A hedge never
+    /// waits for room, as a [`Policy`](crate::policy::Policy)'s hedges never do: queued, it
+    /// would compete with other callers' first requests for a slot while its primary may
+    /// still answer.
+    static HEDGE: bool;
+}
+
+/// Whether the request being made is a hedge layer's hedge ([`HEDGE`]).
+fn sending_a_hedge() -> bool {
+    HEDGE.try_with(|h| *h).unwrap_or(false)
+}
+
 /// Drives `svc` to readiness and calls it once.
 async fn oneshot<S, Req>(mut svc: S, req: Req) -> Result<S::Response, S::Error>
 where

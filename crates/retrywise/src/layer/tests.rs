@@ -188,6 +188,36 @@ async fn a_hedge_layer_does_not_hedge_a_refusal() {
     hog.await.unwrap().unwrap();
 }
 
+/// A hedge does not queue for the bulkhead's room inside, as `Policy`'s hedges do not: the
+/// primary holds the only room, the hedge is turned away at once (it used to wait the
+/// bulkhead's 100 ms in the queue, beside other callers' first requests), and the
+/// primary's answer is the call's.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_layer_s_hedge_waits_for_no_room_inside() {
+    let bulkhead = Bulkhead::one_at_a_time("b", 100 * MS);
+    let hedge = Hedge::builder()
+        .delay(HedgeDelay::Fixed(20 * MS))
+        .no_budget()
+        .build()
+        .unwrap();
+    let svc =
+        HedgeLayer::new(hedge.clone()).layer(BulkheadLayer::new(bulkhead.clone()).layer(slow()));
+    let t0 = tokio::time::Instant::now();
+    let call = tokio::spawn(svc.clone().oneshot(1000));
+    // Past the hedge delay, with the hedge's refusal: the room is still the primary's,
+    // and nothing waits for it.
+    tokio::time::sleep(30 * MS).await;
+    let m = bulkhead.metrics();
+    assert_eq!((m.active, m.rejected_calls), (1, 1), "{m:?}");
+    assert_eq!(call.await.unwrap().unwrap(), 1000);
+    assert_eq!(t0.elapsed(), 1000 * MS);
+    // A caller's own first request still waits for room: it gets it once freed.
+    let hog = tokio::spawn(svc.clone().oneshot(50));
+    tokio::task::yield_now().await;
+    assert_eq!(svc.clone().oneshot(5).await.unwrap(), 5);
+    hog.await.unwrap().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn bulkhead_layer_waits_then_rejects() {
     let bulkhead = Bulkhead::one_at_a_time("b", 50 * MS);
