@@ -40,7 +40,7 @@ pub(crate) struct TrainArgs {
     /// Parquet or NDJSON logs: files, folders, globs.
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<String>,
-    /// The models folder; the model is written to OUT/NAME/<next version>/.
+    /// The models folder; the model is written to `OUT/NAME/<next version>/`.
     #[arg(long, default_value = "models")]
     out: PathBuf,
     /// The model's name.

@@ -300,7 +300,7 @@ pub struct PredictRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub context: Given<AttemptContext>,
-    /// Several contexts (at most [`MAX_BATCH`](crate::openapi::MAX_BATCH)).
+    /// Several contexts (at most 1000).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub contexts: Given<crate::extract::AtMost<AttemptContext, { crate::openapi::MAX_BATCH }>>,

@@ -128,7 +128,7 @@ pub struct InferInput {
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<crate::extract::Params<MAX_PARAMS>>,
     /// The `n` values, row-major (absent with binary data); at most
-    /// [`MAX_BATCH`] of them.
+    /// 1000 of them.
     #[schema(value_type = Option<Vec<Object>>)]
     pub data: Option<crate::extract::Scalars<MAX_BATCH>>,
 }
@@ -154,10 +154,10 @@ pub struct InferRequest {
     /// `outputs`: a listed one follows its own `binary_data`).
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<crate::extract::Params<MAX_PARAMS>>,
-    /// The input tensors (at most [`MAX_INPUTS`]).
+    /// The input tensors (at most 64).
     #[schema(value_type = Vec<InferInput>)]
     pub inputs: crate::extract::AtMost<InferInput, { MAX_INPUTS }>,
-    /// The outputs wanted (all when absent or empty; at most [`MAX_INPUTS`]).
+    /// The outputs wanted (all when absent or empty; at most 64).
     #[schema(value_type = Option<Vec<InferOutputRequest>>)]
     pub outputs: Option<crate::extract::AtMost<InferOutputRequest, { MAX_INPUTS }>>,
 }

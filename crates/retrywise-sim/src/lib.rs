@@ -4,7 +4,7 @@
 //! files ([`scenario`], [`queueing`]), an open-loop load driver ([`driver`]) that runs the
 //! same retrywise policies ([`policies`]) in virtual time (deterministic, fast) or over
 //! HTTP on loopback ([`transport`], [`server`]: the upstream served on a port), a
-//! scoreboard ([`score`]) and plots ([`plot`]), the generator of training data
+//! scoreboard ([`score`](mod@score)) and plots ([`plot`]), the generator of training data
 //! ([`generate`]), the learning loop ([`learn`]: record, train, gate, serve), the results
 //! report ([`report`]) and the choice of the model that decides best ([`select`]).
 //!

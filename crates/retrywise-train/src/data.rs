@@ -955,7 +955,7 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
 }
 
 /// An input file opened once for every read of it: its scan with the schema versions
-/// held to the collector's rules ([`check_lines`], [`check_versions`]) and its columns
+/// held to the collector's rules (`check_lines`, `check_versions`) and its columns
 /// checked, what was skipped before reading it, and - for an NDJSON file with lines to
 /// skip or rewrite, or a name polars would take for a pattern - the cleaned temporary copy
 /// it reads from (deleted when this is dropped). Made by

@@ -7,7 +7,7 @@
 //! `retrywise::features`. [`train`] splits the rows by time, per target (each target's
 //! validation rows later than its training rows — not than other targets'; or, for
 //! simulated runs, by call: [`SplitBy`]), fits linfa-logistic with the L2 penalty chosen on a share of the training rows held out ([`fit`]),
-//! evaluates the model next to a per-error-kind baseline ([`evaluate`], [`metrics`]) through
+//! evaluates the model next to a per-error-kind baseline ([`evaluate`](mod@evaluate), [`metrics`]) through
 //! the same `LogisticModel` every server and policy uses, and writes a new version
 //! `models/<name>/<version>/{model.json, metrics.json, report.html}` ([`store`], [`report`]).
 //!

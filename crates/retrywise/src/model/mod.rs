@@ -91,7 +91,7 @@ pub trait SuccessModel: Send + Sync {
     }
 
     /// The model answering questions about `ctx` now, for a model that can be swapped
-    /// ([`SharedModel`](shared::SharedModel), a service's model that follows reloads): a
+    /// ([`shared::SharedModel`], a service's model that follows reloads): a
     /// decision that asks several questions asks them all of it, so that one model's
     /// support check never lets another model's predictions through. `None` (the
     /// default) for a model that is always itself.
