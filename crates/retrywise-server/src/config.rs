@@ -398,16 +398,21 @@ impl Overrides {
         if let Some(p) = self.model_per_target {
             config.model_per_target = p;
         }
+        // A duration in milliseconds from `lo` to an hour.
+        let up_to_an_hour = |field: &str, ms: u64, lo: u64| {
+            if (lo..=3_600_000).contains(&ms) {
+                Ok(Duration::from_millis(ms))
+            } else {
+                Err(bad(
+                    field,
+                    format!("must be within [{lo}, 3600000] (an hour), got {ms}"),
+                ))
+            }
+        };
         if let Some(ms) = self.poll_interval_ms {
             // At most an hour: a longer one is no poll (one of u64::MAX ticked once, then
             // never again, and models silently stopped reloading).
-            if !(10..=3_600_000).contains(&ms) {
-                return Err(bad(
-                    "poll_interval_ms",
-                    format!("must be within [10, 3600000] (an hour), got {ms}"),
-                ));
-            }
-            config.poll_interval = Duration::from_millis(ms);
+            config.poll_interval = up_to_an_hour("poll_interval_ms", ms, 10)?;
         }
         if let Some(a) = &self.attempts {
             config.attempts.clone_from(a);
@@ -425,22 +430,10 @@ impl Overrides {
             config.body_limit = b;
         }
         if let Some(ms) = self.request_timeout_ms {
-            if !(1..=3_600_000).contains(&ms) {
-                return Err(bad(
-                    "request_timeout_ms",
-                    format!("must be within [1, 3600000] (an hour), got {ms}"),
-                ));
-            }
-            config.request_timeout = Duration::from_millis(ms);
+            config.request_timeout = up_to_an_hour("request_timeout_ms", ms, 1)?;
         }
         if let Some(ms) = self.shutdown_timeout_ms {
-            if !(1..=3_600_000).contains(&ms) {
-                return Err(bad(
-                    "shutdown_timeout_ms",
-                    format!("must be within [1, 3600000] (an hour), got {ms}"),
-                ));
-            }
-            config.shutdown_timeout = Duration::from_millis(ms);
+            config.shutdown_timeout = up_to_an_hour("shutdown_timeout_ms", ms, 1)?;
         }
         if let Some(n) = self.max_in_flight {
             if !(1..=MAX_IN_FLIGHT).contains(&n) {
@@ -742,6 +735,20 @@ mod tests {
                     ..Config::default()
                 },
                 "health_window_ms",
+            ),
+            (
+                Config {
+                    shutdown_timeout: Duration::ZERO,
+                    ..Config::default()
+                },
+                "shutdown_timeout_ms",
+            ),
+            (
+                Config {
+                    request_timeout: Duration::from_secs(3_601),
+                    ..Config::default()
+                },
+                "request_timeout_ms",
             ),
             (
                 Config {

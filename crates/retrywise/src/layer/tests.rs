@@ -241,19 +241,23 @@ async fn bulkhead_layer_waits_then_rejects() {
     assert_eq!(bulkhead.metrics().rejected_calls, 1);
 }
 
+/// A bulkhead whose adaptive limit starts at 4 (between 1 and 100).
+fn adaptive_from_four() -> crate::bulkhead::BulkheadBuilder {
+    use crate::bulkhead::AdaptiveLimit;
+    Bulkhead::builder("b").adaptive(
+        AdaptiveLimit::builder()
+            .initial(4)
+            .bounds(1, 100)
+            .build()
+            .unwrap(),
+    )
+}
+
 /// Through the layer, an adaptive limit hears of each call's latency and failure as it
 /// does through a `Policy`: its limit moves, and the bulkhead's metrics count them.
 #[tokio::test(start_paused = true)]
 async fn bulkhead_layer_reports_calls_to_an_adaptive_limit() {
-    use crate::bulkhead::AdaptiveLimit;
-    let bulkhead = Bulkhead::builder("b")
-        .adaptive(
-            AdaptiveLimit::builder()
-                .initial(4)
-                .bounds(1, 100)
-                .build()
-                .unwrap(),
-        )
+    let bulkhead = adaptive_from_four()
         .max_wait(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -285,19 +289,7 @@ async fn bulkhead_layer_reports_calls_to_an_adaptive_limit() {
 /// inside (nothing sent) is no call of the upstream's at all.
 #[tokio::test(start_paused = true)]
 async fn an_adaptive_bulkhead_layer_judges_answers_by_its_classifier() {
-    use crate::bulkhead::AdaptiveLimit;
-    let adaptive = || {
-        Bulkhead::builder("b")
-            .adaptive(
-                AdaptiveLimit::builder()
-                    .initial(4)
-                    .bounds(1, 100)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap()
-    };
+    let adaptive = || adaptive_from_four().build().unwrap();
     let shed = || {
         service_fn(|status: u16| async move {
             tokio::time::sleep(MS).await;
