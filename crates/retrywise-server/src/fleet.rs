@@ -673,23 +673,17 @@ impl Fleet {
     /// The view of one target, if it is tracked.
     pub fn view(&self, target: &str, now: Instant) -> Option<TargetView> {
         let shared = self.shared_target(target);
+        let wall = wall_ms();
         // Known only to the other replicas - from the shared view, or (Redis not
         // answering) by a circuit the fleet opened, which stays open here until its end:
         // tracked here from now on, so that the view says what `/v1/decide` answers.
-        let known_open = || {
-            self.shared
-                .as_ref()
-                .and_then(|s| s.known_open(target, wall_ms()))
-                .is_some()
-        };
         let t = match self.get(target) {
             Some(t) => t,
-            None if shared.is_some() || known_open() => {
+            None if shared.is_some() || self.fleet_open(target, None, wall).is_some() => {
                 self.get_or_create(&Arc::from(target), now)?
             }
             None => return None,
         };
-        let wall = wall_ms();
         let s = shared.map_or_else(
             || t.health.snapshot(now),
             |sh| sh.snapshot(wall, self.window),

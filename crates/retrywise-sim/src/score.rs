@@ -40,7 +40,9 @@ pub struct Score {
     pub stops: std::collections::BTreeMap<String, u64>,
 }
 
-fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+/// The `q`-quantile of `sorted` by nearest rank: its `ceil(q·n)`-th smallest (the first
+/// for `q` = 0); none of an empty slice. The scoreboard's quantiles, and the demo's.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }

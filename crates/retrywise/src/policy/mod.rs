@@ -49,7 +49,7 @@ use crate::recorder::{NoopRecorder, Recorder};
 use crate::retry::{Exploration, ModelDecider, RetryDecider, RetryRules, StopReason};
 use crate::timeout::{Elapsed, Timeout};
 
-use steps::{Counters, STOP_REASONS};
+use steps::Counters;
 
 const CHECK: Check = Check::new("policy");
 
@@ -277,7 +277,7 @@ impl<C> Policy<C> {
             target: Arc::clone(&p.target),
             retries: p.counters.retries.load(Ordering::Relaxed),
             failed_attempts: p.counters.failed_attempts.load(Ordering::Relaxed),
-            stops: STOP_REASONS
+            stops: StopReason::ALL
                 .iter()
                 .zip(&p.counters.stops)
                 .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))

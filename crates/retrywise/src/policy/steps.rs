@@ -27,15 +27,12 @@ use crate::hedge::Hedge;
 use crate::recorder::Recorder;
 use crate::retry::{Decision, Exploration, RetryDecider, StopReason};
 
-/// Every reason a call can stop, in the order metrics list them.
-pub(super) const STOP_REASONS: [StopReason; 10] = StopReason::ALL;
-
 /// Counted on the failure path only, so successful calls pay nothing for them.
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) retries: AtomicU64,
     pub(super) failed_attempts: AtomicU64,
-    pub(super) stops: [AtomicU64; STOP_REASONS.len()],
+    pub(super) stops: [AtomicU64; StopReason::ALL.len()],
 }
 
 /// A policy's mechanisms and state, shared by its clones.
@@ -394,7 +391,7 @@ impl Inner {
     }
 
     fn count_stop(&self, reason: StopReason) {
-        if let Some(i) = STOP_REASONS.iter().position(|r| *r == reason) {
+        if let Some(i) = StopReason::ALL.iter().position(|r| *r == reason) {
             self.counters.stops[i].fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(target_name = %self.target, reason = %reason, "giving up");

@@ -569,12 +569,8 @@ async fn hedging(seed: u64) -> anyhow::Result<()> {
             latencies.push(t.elapsed());
         }
         latencies.sort();
-        // Nearest rank, as the scoreboard's quantiles: the p-quantile of n is the
-        // ceil(p·n)-th smallest.
-        let q = |p: f64| {
-            let n = latencies.len();
-            latencies[((p * n as f64).ceil() as usize).clamp(1, n) - 1]
-        };
+        // Nearest rank, as the scoreboard's quantiles.
+        let q = |p: f64| retrywise_sim::score::quantile(&latencies, p).unwrap_or_default();
         table.push((
             if hedged { "hedged (p95)" } else { "no hedge" },
             q(0.5),
