@@ -442,6 +442,14 @@ pub struct DecideRequest {
     /// weighs none, and answers an empty list.
     #[serde(default)]
     pub alternatives: bool,
+    /// When asking again about a retry after waiting as told (a `circuit_open_wait` or
+    /// `circuit_half_open_wait` answer): the time waited since the failure in `context`,
+    /// ms, at most its `elapsed_ms` (which counts it). The decider then weighs the retry as
+    /// at the failure (`elapsed_ms` less this), and the answer is what is left of its wait
+    /// (none when the wait already waited is longer). Without it a retry is decided afresh
+    /// from now: its wait, a Retry-After's above all, is waited in full. Admission
+    /// (`attempt` 1) ignores it: a fresh call is judged as of now.
+    pub waited_ms: Option<f64>,
 }
 
 /// One wait `/v1/decide` weighed.
@@ -487,7 +495,9 @@ pub struct DecideResponse {
     /// `circuit_open_wait` or `circuit_half_open_wait` (`delay_ms` as above, or the
     /// decider's own wait when longer; then ask again), `circuit_open` or
     /// `circuit_half_open` (not within the deadline), or `probe` (one of a HALF_OPEN
-    /// circuit's probes: send now).
+    /// circuit's probes: send after `delay_ms`, the decider's own wait, never before a
+    /// Retry-After). Asking again after such a wait, give `waited_ms`: the retry is then
+    /// weighed as at its failure, and only what is left of its wait is answered.
     pub reason: String,
     /// Whether the rule-based fallback decided: the default model is not serving (it was
     /// asked for, by name or by naming none; `version` is then 0), the model answered NaN, or it was trained on too
@@ -604,6 +614,21 @@ pub(crate) async fn decide(
             ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("deadline_ms: {e}")))
         })
         .transpose()?;
+    let waited = req
+        .waited_ms
+        .map(|ms| {
+            let elapsed = ctx.elapsed.as_secs_f64() * 1e3;
+            if !(0.0..=elapsed).contains(&ms) {
+                return Err(ApiError::bad_request(format!(
+                    "waited_ms: must be within [0, context.elapsed_ms = {elapsed}] (the time spent so far counts the wait), got {ms}"
+                )));
+            }
+            Ok(ms_to_duration(ms)
+                .unwrap_or(std::time::Duration::ZERO)
+                .min(ctx.elapsed))
+        })
+        .transpose()?
+        .unwrap_or_default();
     // The default model not serving (before it is loaded, or while its only versions are
     // refused, whatever other models serve): the default is answered by the decider's
     // rules, and says so. Another model named but not served stays a 404.
@@ -656,7 +681,14 @@ pub(crate) async fn decide(
     }
     let decided_at = Instant::now();
     let decider = decider(&st, m.clone(), deadline)?;
-    let mut weighed = decider.weigh(&ctx);
+    // Asked again after a wait it was told: decided as at the failure, the wait waited
+    // already counted towards the decider's.
+    let at_failure = {
+        let mut c = ctx.clone();
+        c.elapsed = c.elapsed.saturating_sub(waited);
+        c
+    };
+    let mut weighed = decider.weigh_after(&at_failure, waited);
     let explained = weighed.explained;
     let (retry, delay, reason) = match explained.decision {
         Decision::Retry(d) => (true, d, "retry"),
@@ -668,25 +700,28 @@ pub(crate) async fn decide(
     let (retry, delay, reason, p_success) = if retry {
         let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
         let gated = match gate(&st, &ctx, delay, left) {
-            Gate::Pass => None,
-            Gate::Probe => Some((true, std::time::Duration::ZERO, "probe")),
-            Gate::Wait(w, why) => Some((true, w, why)),
-            Gate::Refuse(why) => Some((false, std::time::Duration::ZERO, why)),
+            Gate::Pass => (true, delay, reason),
+            // One of the probes, sent when the decider's wait is over (a Retry-After is
+            // the target's word, probing or not).
+            Gate::Probe => (true, delay, "probe"),
+            Gate::Wait(w, why) => (true, w, why),
+            Gate::Refuse(why) => (false, std::time::Duration::ZERO, why),
         };
         match gated {
-            None => (true, delay, reason, explained.p_success),
-            Some((send, w, why)) => {
+            // The decider's own retry, on its own time: only the reason may differ.
+            (true, w, why) if w == delay => (true, w, why, explained.p_success),
+            (send, w, why) => {
                 // Not the retry the decider weighed: what it booked for it moves (or goes:
                 // no phantom load for the callers after), and an explored retry that the
                 // circuit moved is no longer the draw its propensity was of.
-                decider.replanned(&ctx, decided_at, delay, send.then_some(w));
+                decider.replanned(&at_failure, decided_at, delay, send.then_some(w));
                 weighed.propensity = None;
                 let p = m
                     .as_ref()
                     .filter(|_| send && weighed.fallback.is_none())
                     .map(|m| {
-                        let mut c = ctx.clone();
-                        c.delay = w;
+                        let mut c = at_failure.clone();
+                        c.delay = w.saturating_add(waited);
                         m.model.p_success(&c)
                     })
                     .filter(|p| !p.is_nan());

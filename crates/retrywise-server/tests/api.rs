@@ -1977,8 +1977,9 @@ async fn a_retry_waits_for_the_shared_circuit_as_a_first_attempt_does() {
 
 /// A retry the decider would send after the circuit's open time is not simply let through
 /// (it would reach a HALF_OPEN circuit uncounted, beside its rationed probes): it is told
-/// to wait its own wait and ask again. Once the circuit probes, a retry goes at once as one
-/// of its probes while they last, and then waits for their verdict like a fresh call.
+/// to wait its own wait and ask again. Asked again with the wait it waited (`waited_ms`),
+/// once the circuit probes, a retry goes at once as one of its probes while they last, and
+/// then waits for their verdict like a fresh call.
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_the_open_time_asks_again_and_probes_are_rationed_for_retries_too() {
     use retrywise_server::fleet::FLEET_PROBES;
@@ -1998,25 +1999,71 @@ async fn a_retry_after_the_open_time_asks_again_and_probes_are_rationed_for_retr
         (Some(true), Some("circuit_open_wait")),
         "{v}"
     );
-    assert!(v["delay_ms"].as_f64().unwrap() >= open_for, "{v} vs {t}");
-    // The open time over: the circuit probes, and a retry goes now as a probe, while
-    // probes last (fresh calls and retries draw on the same few).
-    tokio::time::advance(Duration::from_secs_f64(open_for / 1e3 + 0.001)).await;
+    let told = v["delay_ms"].as_f64().unwrap();
+    assert!(told >= open_for, "{v} vs {t}");
+    // The open time over: the circuit probes, and a retry asked again after its wait goes
+    // now as a probe, while probes last (fresh calls and retries draw on the same few).
+    tokio::time::advance(Duration::from_secs_f64(told / 1e3 + 0.001)).await;
+    let again = format!(
+        r#"{{"context": {{"target": "b", "attempt": 2, "error": "http_503", "status": 503, "latency_ms": 5, "elapsed_ms": {}, "failure_rate": 0.0}}, "deadline_ms": 120000, "waited_ms": {told}}}"#,
+        5.0 + told
+    );
     let mut reasons = Vec::new();
     for _ in 0..FLEET_PROBES + 1 {
-        let (_, v) = h.post("/v1/decide", retry).await;
+        let (_, v) = h.post("/v1/decide", &again).await;
         reasons.push((
             v["reason"].as_str().unwrap().to_owned(),
             v["delay_ms"].as_f64().unwrap(),
         ));
     }
-    let probes = reasons
-        .iter()
-        .filter(|(r, d)| r == "probe" && *d == 0.0)
-        .count();
-    assert_eq!(probes, FLEET_PROBES as usize, "{reasons:?}");
+    // (Each weighed as at its failure, among the waits not yet over.)
+    let probes = reasons.iter().filter(|(r, _)| r == "probe").count();
+    assert_eq!(probes, FLEET_PROBES as usize, "{reasons:?} after {told}");
     let last = reasons.last().unwrap();
     assert_eq!(last.0, "circuit_half_open_wait", "{reasons:?}");
+}
+
+/// A retry asked about for the first time while the circuit probes goes as one of its
+/// probes after the decider's own wait, never sooner than the Retry-After the target
+/// gave: a probe is no licence to ignore the target's word. Asked again with the time it
+/// waited, what is left of the wait is answered; a `waited_ms` beyond the time spent is
+/// refused, naming the field.
+#[tokio::test(start_paused = true)]
+async fn a_retry_probes_a_half_open_circuit_after_its_own_wait_and_retry_after() {
+    let h = Harness::new(|_| {}).await;
+    // p = 0.95 whatever the wait (at no failure rate): each millisecond only costs.
+    write_model(&h.models, &artifact("default", 2, 3.0));
+    h.service.reload().await.unwrap();
+    let (open_for, _) = open_circuit(&h, "b").await;
+    tokio::time::advance(Duration::from_secs_f64(open_for / 1e3 + 0.001)).await;
+    let (_, t) = h.get("/v1/targets/b").await;
+    assert_eq!(t["breaker_state"].as_str(), Some("HALF_OPEN"), "{t}");
+    let ask = |elapsed: f64, waited: Option<f64>| {
+        let w = waited.map_or(String::new(), |ms| format!(r#", "waited_ms": {ms}"#));
+        format!(
+            r#"{{"context": {{"target": "b", "attempt": 2, "error": "http_429", "status": 429, "retry_after_ms": 4000, "latency_ms": 5, "elapsed_ms": {elapsed}, "failure_rate": 0.0}}, "deadline_ms": 60000{w}}}"#
+        )
+    };
+    let (status, v) = h.post("/v1/decide", &ask(5.0, None)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["reason"].as_str(), Some("probe"), "{v}");
+    assert_eq!(v["retry"].as_bool(), Some(true), "{v}");
+    let first = v["delay_ms"].as_f64().unwrap();
+    assert!(first >= 4000.0, "a probe sent before its Retry-After: {v}");
+    assert!(first < 6000.0, "{v}");
+    // Asked again 3 s into that wait: only the rest of it (the same decision, as at the
+    // failure).
+    let (_, v) = h.post("/v1/decide", &ask(3005.0, Some(3000.0))).await;
+    assert_eq!(v["reason"].as_str(), Some("probe"), "{v}");
+    let rest = v["delay_ms"].as_f64().unwrap();
+    assert!(rest >= 1000.0 && rest < first, "{v} after {first}");
+    // Waited past it: now.
+    let (_, v) = h.post("/v1/decide", &ask(first + 5.0, Some(first))).await;
+    assert_eq!(v["delay_ms"].as_f64(), Some(0.0), "{v}");
+    // More waited than spent is no context at all.
+    let (status, v) = h.post("/v1/decide", &ask(5.0, Some(10.0))).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("waited_ms"), "{v}");
 }
 
 /// A shared circuit whose open time has passed lets a few fresh calls through as its

@@ -349,6 +349,17 @@ impl CalendarView<'_> {
         let s = self.all.slots[i].slot(n);
         s.booked = s.booked.saturating_add(1);
     }
+
+    /// Takes back one retry booked to start after `wait` (none there: nothing to take).
+    pub fn unbook(&mut self, wait: Duration) {
+        let (Some(n), Some(i)) = (self.slot_after(wait), self.at) else {
+            return;
+        };
+        let t = &mut self.all.slots[i];
+        if t.get(n).booked > 0 {
+            t.slot(n).booked -= 1;
+        }
+    }
 }
 
 #[cfg(test)]

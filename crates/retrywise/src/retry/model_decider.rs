@@ -301,8 +301,21 @@ impl ModelDecider {
 
     /// Decides, and returns every alternative weighed.
     pub fn weigh(&self, ctx: &AttemptContext) -> Weighed {
+        self.weigh_after(ctx, Duration::ZERO)
+    }
+
+    /// Decides about a retry whose wait began `waited` ago: `ctx` is the context at the
+    /// failure (its `elapsed` the time spent until then), and the decision is the one made
+    /// then, among the waits not yet over — those of at least `waited`, with `waited`
+    /// itself (send now) as the shortest, as a Retry-After is — counted from now: a
+    /// `Retry(w)` says wait `w` more. The alternatives' waits are counted from now too,
+    /// and the calendar reads and books the load where each would land from now. The
+    /// failure is not told to the calendar again. For a caller that waited as another
+    /// part of the system told it (a circuit open a while more) and asks again:
+    /// `/v1/decide`'s `waited_ms`. `weigh` is `weigh_after` with no wait begun.
+    pub fn weigh_after(&self, ctx: &AttemptContext, waited: Duration) -> Weighed {
         let mut alternatives = Vec::new();
-        let (explained, why, propensity) = self.decide_into(ctx, Some(&mut alternatives));
+        let (explained, why, propensity) = self.decide_into(ctx, waited, Some(&mut alternatives));
         Weighed {
             explained,
             fallback: why.map(Fallback::as_str),
@@ -329,12 +342,15 @@ impl ModelDecider {
 
     /// The decision, whether the rules made it, its propensity if it explored (the
     /// explore share over the waits weighed, one drawn uniformly), and (when asked) the
-    /// alternatives.
+    /// alternatives; with the wait begun `since` ago (see [`weigh_after`](Self::weigh_after)).
     fn decide_into(
         &self,
         ctx: &AttemptContext,
+        since: Duration,
         weighed: Option<&mut Vec<Alternative>>,
     ) -> (Explained, Option<Fallback>, Option<f64>) {
+        // A wait from the failure, counted from now.
+        let ahead = |w: Duration| w.saturating_sub(since);
         // A permanent status (a 400, a 404) is never retried, whatever a model or the
         // rules would make of it: the caller of `/v1/decide` may ask after one.
         if ctx.status.is_some_and(ErrorKind::is_permanent_status) {
@@ -351,14 +367,25 @@ impl ModelDecider {
         // in the same quarter-second slot but for microseconds at a slot's edge.
         let decided_at = self.calendar.as_ref().map(|_| tokio::time::Instant::now());
         let open = || {
-            self.calendar
-                .as_ref()
-                .zip(decided_at)
-                .map(|(c, now)| c.after_failure(&ctx.target, now, ctx.attempt == 2, rate_from))
+            self.calendar.as_ref().zip(decided_at).map(|(c, now)| {
+                // Asked again, the failure was told when it was first asked about, and the
+                // retry it was told to make then was booked where it stands now: it is this
+                // one, not another's load.
+                let first = ctx.attempt == 2 && since.is_zero();
+                let mut view = c.after_failure(&ctx.target, now, first, rate_from);
+                if !since.is_zero() {
+                    view.unbook(Duration::ZERO);
+                }
+                view
+            })
         };
-        let told = |decided: (Explained, Option<Fallback>, Option<f64>)| {
-            if let (Some(mut view), Decision::Retry(wait)) = (open(), decided.0.decision) {
-                view.book(wait);
+        let told = |mut decided: (Explained, Option<Fallback>, Option<f64>)| {
+            let view = open();
+            if let Decision::Retry(wait) = decided.0.decision {
+                decided.0.decision = Decision::Retry(ahead(wait));
+                if let Some(mut view) = view {
+                    view.book(ahead(wait));
+                }
             }
             decided
         };
@@ -378,17 +405,22 @@ impl ModelDecider {
             return told((Self::stop(StopReason::RetryAfterTooLong, None), None, None));
         }
         // The candidates: the Retry-After itself and the grid past it; without one, the
-        // whole grid, from zero.
+        // whole grid, from zero. (Likewise the wait already waited, when longer: sending
+        // now, and the grid past it.)
         let mut waits = [Duration::ZERO; MAX_GRID + 1];
         let mut logs = [0.0; MAX_GRID + 1];
         let mut n = 0;
-        if let Some(ra) = ctx.retry_after {
-            waits[0] = ra;
-            logs[0] = crate::features::log_ms(ra);
+        let first = match ctx.retry_after {
+            Some(ra) => Some(ra.max(since)),
+            None => Some(since).filter(|s| !s.is_zero()),
+        };
+        if let Some(w) = first {
+            waits[0] = w;
+            logs[0] = crate::features::log_ms(w);
             n = 1;
         }
         for (w, l) in self.grid.iter().zip(&self.grid_logs) {
-            if ctx.retry_after.is_none_or(|ra| *w > ra) {
+            if first.is_none_or(|f| *w > f) {
                 waits[n] = *w;
                 logs[n] = *l;
                 n += 1;
@@ -412,6 +444,15 @@ impl ModelDecider {
             return told(self.by_rules(ctx, Fallback::NaN));
         }
         let mut view = open();
+        let mut shifted = [Duration::ZERO; MAX_GRID + 1];
+        let from_now: &[Duration] = if since.is_zero() {
+            waits
+        } else {
+            for (to, w) in shifted.iter_mut().zip(waits) {
+                *to = ahead(*w);
+            }
+            &shifted[..n]
+        };
         for x in p.iter_mut() {
             *x = x.clamp(0.0, 1.0);
         }
@@ -436,7 +477,7 @@ impl ModelDecider {
         let mut best = 0;
         let mut load = [0.0; MAX_GRID + 1];
         if let Some(v) = &view {
-            v.loads(waits, &mut load[..n]);
+            v.loads(from_now, &mut load[..n]);
         }
         if refused {
             // After a refused connection the attempts to come are not independent draws:
@@ -447,7 +488,7 @@ impl ModelDecider {
             // (`b` stays 0.) A refused connection costs the target no work: `c`, not
             // `c/(1 − f)`.
             refusal_values(
-                waits,
+                from_now,
                 p,
                 (self.attempt_cost, &load[..n]),
                 self.time_cost,
@@ -498,7 +539,7 @@ impl ModelDecider {
                         after.as_secs_f64() / r.as_secs_f64()
                     }
                 };
-                a[i] = p[i] - cost * (1.0 + load[i]) - self.time_cost * waits[i].as_secs_f64();
+                a[i] = p[i] - cost * (1.0 + load[i]) - self.time_cost * from_now[i].as_secs_f64();
                 b[i] = (1.0 - p[i]) * left;
                 let v = if b[i] < 1.0 {
                     a[i] / (1.0 - b[i])
@@ -517,7 +558,7 @@ impl ModelDecider {
         let value = |i: usize| a[i] + b[i] * cont;
         if let Some(out) = weighed {
             out.extend((0..n).map(|i| Alternative {
-                wait: waits[i],
+                wait: from_now[i],
                 p_success: p[i],
                 value: value(i),
                 load: load[i],
@@ -528,11 +569,11 @@ impl ModelDecider {
                 self.explored.fetch_add(1, Ordering::Relaxed);
                 let i = ((self.random.next_f64() * n as f64) as usize).min(n - 1);
                 if let Some(v) = &mut view {
-                    v.book(waits[i]);
+                    v.book(from_now[i]);
                 }
                 return (
                     Explained {
-                        decision: Decision::Retry(waits[i]),
+                        decision: Decision::Retry(from_now[i]),
                         p_success: Some(p[i]),
                     },
                     None,
@@ -557,11 +598,11 @@ impl ModelDecider {
         let pick = ((self.random.next_f64() * k as f64) as usize).min(k.saturating_sub(1));
         let chosen = (0..n).filter(near).nth(pick).unwrap_or(best);
         if let Some(v) = &mut view {
-            v.book(waits[chosen]);
+            v.book(from_now[chosen]);
         }
         (
             Explained {
-                decision: Decision::Retry(waits[chosen]),
+                decision: Decision::Retry(from_now[chosen]),
                 p_success: Some(p[chosen]),
             },
             None,
@@ -609,12 +650,12 @@ impl RetryDecider for ModelDecider {
     /// The decision and, when it explored, its propensity (what a recorded attempt carries
     /// as `explore_propensity`).
     fn decide_explored(&self, ctx: &AttemptContext) -> (Decision, Option<f64>) {
-        let (explained, _, propensity) = self.decide_into(ctx, None);
+        let (explained, _, propensity) = self.decide_into(ctx, Duration::ZERO, None);
         (explained.decision, propensity)
     }
 
     fn explain(&self, ctx: &AttemptContext) -> Explained {
-        self.decide_into(ctx, None).0
+        self.decide_into(ctx, Duration::ZERO, None).0
     }
 
     /// Moves the retry's booking in the calendar (every retry this decider decides is
@@ -1051,6 +1092,42 @@ mod tests {
         assert!(b.len() > a.len(), "{a:?} vs {b:?}");
         // Its retries never wait less than the prediction says is worth it.
         assert!(b.keys().all(|&slot| slot >= 4), "{b:?}");
+    }
+
+    /// A caller told to wait (by a circuit open a while more) and asking again is the
+    /// retry it was booked as, not more load: its booking, where it stands now, is taken
+    /// back and booked again where the retry goes now.
+    #[tokio::test(start_paused = true)]
+    async fn asked_again_a_retry_replaces_its_own_booking() {
+        let back_in_a_second = Arc::new(|c: &AttemptContext| {
+            if c.delay >= Duration::from_secs(1) {
+                0.95
+            } else {
+                0.0
+            }
+        });
+        let calendar = Arc::new(RetryCalendar::new());
+        let d = decider(back_in_a_second)
+            .calendar(Arc::clone(&calendar))
+            .tolerance(0.0)
+            .build()
+            .unwrap();
+        let mut c = after(ErrorKind::Http503, 2);
+        c.failure_rate = Some(1.0);
+        let Decision::Retry(w) = d.decide(&c) else {
+            panic!("should retry");
+        };
+        assert!(w >= Duration::from_secs(1), "{w:?}");
+        let start = tokio::time::Instant::now();
+        assert_eq!(calendar.booked(&c.target, start + w), 1);
+        // Told to wait twice as long, it asks again then: the retry goes now, once.
+        tokio::time::advance(2 * w).await;
+        let now = tokio::time::Instant::now();
+        calendar.rebook(&c.target, start, w, Some(2 * w));
+        assert_eq!(calendar.booked(&c.target, now), 1);
+        let again = d.weigh_after(&c, 2 * w);
+        assert_eq!(again.explained.decision, Decision::Retry(Duration::ZERO));
+        assert_eq!(calendar.booked(&c.target, now), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1618,6 +1695,54 @@ mod tests {
                     prop_assert!(chosen.value >= best - 0.01 - 1e-9);
                     prop_assert!((0.0..=1.0).contains(&w.explained.p_success.unwrap()));
                 }
+            }
+        }
+
+        /// Asked again after waiting (`weigh_after`), it weighs the waits from the failure
+        /// that are not over yet - the wait waited itself (now) and the grid past it, past
+        /// a Retry-After too - with the model's p of each wait from the failure, and
+        /// answers them counted from now; the chosen one is valued within the tolerance
+        /// of the best, and never outlasts the deadline counted from the failure.
+        #[test]
+        fn asked_again_it_weighs_only_the_waits_not_yet_over(
+            waited_ms in 1u64..8_000,
+            ra_ms in proptest::option::of(0u64..6_000),
+            elapsed_ms in 0u64..2_000,
+        ) {
+            // p rises with the wait from the failure.
+            let model = Arc::new(|c: &AttemptContext| {
+                1.0 - (-c.delay.as_secs_f64()).exp() * 0.9
+            });
+            let d = decider(model).deadline(Duration::from_secs(10)).build().unwrap();
+            let mut c = after(ErrorKind::Http429, 2);
+            c.retry_after = ra_ms.map(Duration::from_millis);
+            c.elapsed = Duration::from_millis(elapsed_ms);
+            let waited = Duration::from_millis(waited_ms);
+            let w = d.weigh_after(&c, waited);
+            let floor = c.retry_after.unwrap_or_default().max(waited);
+            let from_failure: Vec<Duration> = w.alternatives.iter().map(|a| a.wait + waited).collect();
+            if let Some(first) = from_failure.first() {
+                prop_assert_eq!(*first, floor);
+                prop_assert!(from_failure[1..].iter().all(|x| *x > floor));
+                let expected: Vec<&Duration> = d.grid().iter().filter(|g| **g > floor && c.elapsed + **g < Duration::from_secs(10)).collect();
+                prop_assert_eq!(from_failure.len() - 1, expected.len());
+            }
+            for (a, f) in w.alternatives.iter().zip(&from_failure) {
+                let expected = 1.0 - (-f.as_secs_f64()).exp() * 0.9;
+                prop_assert!((a.p_success - expected).abs() < 1e-12, "{:?}: {} vs {}", f, a.p_success, expected);
+            }
+            match w.explained.decision {
+                Decision::Retry(wait) => {
+                    prop_assert!(wait + waited >= floor);
+                    prop_assert!(c.elapsed + waited + wait < Duration::from_secs(10));
+                    let best = w.alternatives.iter().map(|a| a.value).fold(f64::NEG_INFINITY, f64::max);
+                    let chosen = w.alternatives.iter().find(|a| a.wait == wait).unwrap();
+                    prop_assert!(chosen.value >= best - 0.01 - 1e-9);
+                }
+                Decision::Stop(r) => prop_assert!(
+                    w.alternatives.is_empty() == (r == StopReason::Deadline),
+                    "{:?} with {} alternatives", r, w.alternatives.len()
+                ),
             }
         }
     }
