@@ -145,6 +145,8 @@ struct Shared {
     /// `(period, count)`; the budget's ledger and the source of the hedge rate.
     sent: Mutex<[(u64, u64); 2]>,
     hedges: Striped,
+    /// Hedges counted in `hedges` that a breaker or bulkhead inside refused: not sent.
+    unsent: Striped,
     hedge_wins: Striped,
     /// Hedges the success model held back.
     held_back: Striped,
@@ -387,7 +389,11 @@ impl Hedge {
             in_window(&sent, s.latencies.period_of(now))
         };
         HedgeMetrics {
-            hedges: s.hedges.get(),
+            // (Read first: every hedge it counts was counted in `hedges` before.)
+            hedges: {
+                let unsent = s.unsent.get();
+                s.hedges.get().saturating_sub(unsent)
+            },
             hedge_wins: s.hedge_wins.get(),
             window_calls,
             window_hedges,
@@ -437,7 +443,10 @@ impl Hedge {
             let request = make(i);
             async move { request.await.map(|v| (v, i)) }
         };
-        let ((v, winner), at_once) = self.race(start, tagged, None, |_| true, backs_off).await?;
+        // (A refusal inside is no request sent: a hedge refused so is taken back.)
+        let ((v, winner), at_once) = self
+            .race(start, tagged, None, |_| true, &backs_off, &backs_off)
+            .await?;
         // An answer on the first poll could not have been hedged (a cache's hit): it is
         // no sample of the latency a hedge waits out, and would drag the percentile to 0.
         if !at_once {
@@ -458,7 +467,9 @@ impl Hedge {
     /// ([`worth_sending`](Self::worth_sending), which spends nothing) first; then the
     /// hedge's own budget; then `may_send` (a policy's bulkhead room, and its retry budget,
     /// which throttles hedges too, as gRFC A6 says); a refusal there gives the hedge
-    /// budget back and ends the attempt's hedging.
+    /// budget back and ends the attempt's hedging. A hedge that fails as `unsent` says
+    /// (refused inside, by a breaker or bulkhead: nothing reached the upstream) is taken
+    /// back too: its share of the hedge budget, and its count as sent.
     ///
     /// A request that fails while nothing else is running sends the next hedge at once,
     /// without waiting for the hedge delay (as gRPC's hedging and Polly do): the delay is
@@ -473,6 +484,7 @@ impl Hedge {
         ctx: Option<&crate::attempt::AttemptContext>,
         mut may_send: impl FnMut(Instant) -> bool,
         backs_off: impl Fn(&E) -> bool,
+        unsent: impl Fn(&E) -> bool,
     ) -> Result<(T, bool), AllFailed<E>>
     where
         F: FnMut(u32) -> Fut,
@@ -496,6 +508,9 @@ impl Hedge {
         let mut hedges: Option<FuturesUnordered<Fut>> = None;
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         let mut launched = 1u32;
+        // When the last hedge was counted (a refusal inside comes back at once: it is that
+        // hedge's).
+        let mut spent_at = start;
         let mut may_hedge = s.max_hedges > 0;
         // Whether the race ever waited: a primary that failed at once and a hedge that
         // answered at once are an answer on the first poll too.
@@ -516,7 +531,13 @@ impl Hedge {
                                 s.hedge_wins.add(1);
                                 return Poll::Ready(Ok(v));
                             }
-                            Err(e) => errors.push(e),
+                            Err(e) => {
+                                if unsent(&e) {
+                                    s.unspend(spent_at);
+                                    s.unsent.add(1);
+                                }
+                                errors.push(e);
+                            }
                         }
                     }
                 }
@@ -568,6 +589,7 @@ impl Hedge {
                     continue;
                 }
                 s.hedges.add(1);
+                spent_at = now;
                 hedges
                     .get_or_insert_with(FuturesUnordered::new)
                     .push(make(launched));
@@ -735,6 +757,7 @@ impl HedgeBuilder {
                 budget,
                 sent: Mutex::new([(u64::MAX, 0); 2]),
                 hedges: Striped::default(),
+                unsent: Striped::default(),
                 hedge_wins: Striped::default(),
                 held_back: Striped::default(),
                 model: self.model,

@@ -209,6 +209,10 @@ async fn a_hedge_layer_s_hedge_waits_for_no_room_inside() {
     tokio::time::sleep(30 * MS).await;
     let m = bulkhead.metrics();
     assert_eq!((m.active, m.rejected_calls), (1, 1), "{m:?}");
+    // Turned away, the hedge was never sent: not counted as one, nor in the ledger that
+    // a budget reads.
+    let h = hedge.metrics();
+    assert_eq!((h.hedges, h.window_hedges), (0, 0), "{h:?}");
     assert_eq!(call.await.unwrap().unwrap(), 1000);
     assert_eq!(t0.elapsed(), 1000 * MS);
     // A caller's own first request still waits for room: it gets it once freed.

@@ -885,6 +885,7 @@ impl<C> Policy<C> {
                     }
                 },
                 |(sent, _, _)| backs_off(&sent.verdict()),
+                |(sent, _, _)| matches!(sent, Sent::Rejected(_)),
             )
             .await;
         match raced {
