@@ -444,13 +444,12 @@ impl ModelDecider {
             return told(self.by_rules(ctx, Fallback::NaN));
         }
         let mut view = open();
-        let mut shifted = [Duration::ZERO; MAX_GRID + 1];
+        // (Filled only when asked again: the usual decision copies nothing.)
+        let shifted: [Duration; MAX_GRID + 1];
         let from_now: &[Duration] = if since.is_zero() {
             waits
         } else {
-            for (to, w) in shifted.iter_mut().zip(waits) {
-                *to = ahead(*w);
-            }
+            shifted = std::array::from_fn(|i| waits.get(i).map_or(Duration::ZERO, |w| ahead(*w)));
             &shifted[..n]
         };
         for x in p.iter_mut() {
