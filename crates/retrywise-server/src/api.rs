@@ -525,10 +525,32 @@ pub struct DecideResponse {
 }
 
 /// The serving model, as the crate's `SuccessModel`.
-struct Served(Arc<LoadedModel>);
+/// Counts the predictions made through it (`retrywise_predictions_total`: every p the
+/// model computed for a request, whichever step asked).
+struct Served(Arc<LoadedModel>, std::sync::atomic::AtomicU64);
+
+impl Served {
+    fn new(m: &Arc<LoadedModel>) -> Arc<Self> {
+        Arc::new(Self(Arc::clone(m), std::sync::atomic::AtomicU64::new(0)))
+    }
+
+    fn made(&self, n: usize) {
+        self.1
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts the predictions made so far as the model's.
+    fn count(&self, st: &AppState) {
+        let n = self.1.load(std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            count_predictions(st, &self.0, n);
+        }
+    }
+}
 
 impl SuccessModel for Served {
     fn p_success(&self, ctx: &AttemptContext) -> f64 {
+        self.made(1);
         self.0.model.p_success(ctx)
     }
 
@@ -538,6 +560,7 @@ impl SuccessModel for Served {
         delays: &[std::time::Duration],
         out: &mut [f64],
     ) {
+        self.made(delays.len().min(out.len()));
         self.0.model.p_success_by_delay(ctx, delays, out);
     }
 
@@ -548,6 +571,7 @@ impl SuccessModel for Served {
         log_delays: &[f64],
         out: &mut [f64],
     ) {
+        self.made(delays.len().min(out.len()));
         self.0
             .model
             .p_success_by_logged_delay(ctx, delays, log_delays, out);
@@ -565,12 +589,12 @@ impl SuccessModel for Served {
 /// caller, so that callers told of the same failure are told to retry apart.
 fn decider(
     st: &AppState,
-    model: Option<Arc<LoadedModel>>,
+    model: Option<Arc<Served>>,
     deadline: Option<std::time::Duration>,
 ) -> Result<ModelDecider, ApiError> {
     let config = &st.config;
     let mut b = ModelDecider::builder()
-        .maybe_model(model.map(|m| Arc::new(Served(m)) as Arc<dyn SuccessModel>))
+        .maybe_model(model.map(|m| m as Arc<dyn SuccessModel>))
         .calendar(Arc::clone(&st.calendar))
         .attempt_cost(config.min_p_success.clamp(1e-6, 0.999))
         .explore(config.explore);
@@ -656,13 +680,13 @@ pub(crate) async fn decide(
         Err(e) => return Err(e),
     };
     if ctx.attempt == 1 {
-        let (mut answer, fallback) = admit(&st, m.as_ref(), &ctx, deadline);
+        let served = m.as_ref().map(Served::new);
+        let (mut answer, fallback) = admit(&st, served.as_ref(), &ctx, deadline);
         if req.alternatives {
             answer.alternatives = Some(Vec::new());
         }
-        // The model was asked about a fresh call unless its rules admitted it.
-        if let Some(m) = m.as_ref().filter(|_| fallback.is_none()) {
-            count_predictions(&st, m, 1);
+        if let Some(s) = &served {
+            s.count(&st);
         }
         if let Some(why) = fallback {
             st.metrics.fallback(why.as_str());
@@ -680,7 +704,8 @@ pub(crate) async fn decide(
         return Ok(Json(answer));
     }
     let decided_at = Instant::now();
-    let decider = decider(&st, m.clone(), deadline)?;
+    let served = m.as_ref().map(Served::new);
+    let decider = decider(&st, served.clone(), deadline)?;
     // Asked again after a wait it was told: decided as at the failure, the wait waited
     // already counted towards the decider's.
     let at_failure = {
@@ -716,13 +741,13 @@ pub(crate) async fn decide(
                 // circuit moved is no longer the draw its propensity was of.
                 decider.replanned(&at_failure, decided_at, delay, send.then_some(w));
                 weighed.propensity = None;
-                let p = m
+                let p = served
                     .as_ref()
                     .filter(|_| send && weighed.fallback.is_none())
                     .map(|m| {
                         let mut c = at_failure.clone();
                         c.delay = w.saturating_add(waited);
-                        m.model.p_success(&c)
+                        m.p_success(&c)
                     })
                     .filter(|p| !p.is_nan());
                 (send, w, why, p)
@@ -731,12 +756,11 @@ pub(crate) async fn decide(
     } else {
         (retry, delay, reason, explained.p_success)
     };
-    if let Some(m) = &m {
-        // One p(success) per wait weighed: none when the decision stopped before weighing
-        // (a permanent status, the last attempt, no time) or the rules decided.
-        if weighed.fallback.is_none() && !weighed.alternatives.is_empty() {
-            count_predictions(&st, m, weighed.alternatives.len() as u64);
-        }
+    // One p(success) per wait weighed (none when the decision stopped before weighing:
+    // a permanent status, the last attempt, no time), and one for a retry the circuit
+    // moved.
+    if let Some(s) = &served {
+        s.count(&st);
     }
     st.metrics
         .decisions
@@ -863,24 +887,24 @@ fn gate(
 /// attempt cost (`min_p_success`, the shared breaker's threshold too).
 fn admit(
     st: &AppState,
-    m: Option<&Arc<LoadedModel>>,
+    m: Option<&Arc<Served>>,
     ctx: &AttemptContext,
     deadline: Option<std::time::Duration>,
 ) -> (DecideResponse, Option<Fallback>) {
     use retrywise::breaker::Recovery;
     use std::time::Duration;
     let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
-    let (model, version) = served_as(st, m);
+    let (model, version) = served_as(st, m.map(|m| &m.0));
     // The model's p of a fresh call now, or why the model is not asked (as for a retry:
     // none serving, too few training rows like this call, a NaN answer): then the fleet's
     // circuit alone decides, and a call is sent.
     let fresh = match m {
         None => Err(Fallback::NoModel),
-        Some(m) if !supports(&m.model, ctx, DEFAULT_MIN_SUPPORT) => Err(Fallback::Unsupported),
+        Some(m) if !supports(&m.0.model, ctx, DEFAULT_MIN_SUPPORT) => Err(Fallback::Unsupported),
         Some(m) => {
             let mut c = ctx.clone();
             c.delay = Duration::ZERO;
-            Some(m.model.p_success(&c))
+            Some(m.p_success(&c))
                 .filter(|p| !p.is_nan())
                 .ok_or(Fallback::NaN)
         }
@@ -905,7 +929,7 @@ fn admit(
         let mut c = ctx.clone();
         c.delay = w;
         m.filter(|_| fallback.is_none())
-            .map(|m| m.model.p_success(&c))
+            .map(|m| m.p_success(&c))
             .filter(|p| !p.is_nan())
     };
     if left.is_some_and(|l| l.is_zero()) {
@@ -934,7 +958,7 @@ fn admit(
     }
     // The breaker's rule for how long to stay open, with the request's model and the
     // call's deadline.
-    let prediction = retrywise::breaker::Prediction::new(Arc::new(Served(Arc::clone(m))))
+    let prediction = retrywise::breaker::Prediction::new(Arc::clone(m) as Arc<dyn SuccessModel>)
         .threshold(threshold.clamp(1e-6, 0.999));
     match prediction.recovery(ctx, left) {
         Recovery::After { wait, p_success } => {

@@ -1876,12 +1876,26 @@ async fn decide_answers_admission_for_a_first_attempt() {
         &weighted(artifact("default", 2, -8.0), "log_delay_ms", 1.0),
     );
     h.service.reload().await.unwrap();
+    let predictions = || async {
+        let (_, m) = h.get("/metrics").await;
+        let text = m.as_str().unwrap().to_owned();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("retrywise_predictions_total{model=\"default\",version=\"2\"} ")
+            })
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let before = predictions().await;
     let (_, v) = h.post("/v1/decide", &ask(failing, Some(30_000))).await;
     assert_eq!(
         (v["retry"].as_bool(), v["reason"].as_str()),
         (Some(true), Some("predicted_recovery")),
         "{v}"
     );
+    // Counted as made: the fresh call's p, and each wait of the scan for the recovery
+    // (16 log-spaced, then the crossing refined).
+    let made = predictions().await - before;
+    assert!(made > 16, "{made} predictions counted");
     let waited = v["delay_ms"].as_f64().unwrap();
     assert!((8_600.0..12_000.0).contains(&waited), "{v}");
     assert!(v["p_success"].as_f64().unwrap() >= 0.05, "{v}");
