@@ -495,9 +495,11 @@ pub struct DecideResponse {
     /// `circuit_open_wait` or `circuit_half_open_wait` (`delay_ms` as above, or the
     /// decider's own wait when longer; then ask again), `circuit_open` or
     /// `circuit_half_open` (not within the deadline), or `probe` (one of a HALF_OPEN
-    /// circuit's probes: send after `delay_ms`, the decider's own wait, never before a
-    /// Retry-After). Asking again after such a wait, give `waited_ms`: the retry is then
-    /// weighed as at its failure, and only what is left of its wait is answered.
+    /// circuit's probes: send now). While the circuit probes, a retry the decider would
+    /// send later (its own wait, a Retry-After) is told `circuit_half_open_wait` with that
+    /// wait, and takes no probe's place until it asks again. Asking again after any such
+    /// wait, give `waited_ms`: the retry is then weighed as at its failure, and only what
+    /// is left of its wait is answered.
     pub reason: String,
     /// Whether the rule-based fallback decided: the default model is not serving (it was
     /// asked for, by name or by naming none; `version` is then 0), the model answered NaN, or it was trained on too
@@ -726,8 +728,7 @@ pub(crate) async fn decide(
         let left = deadline.map(|d| d.saturating_sub(ctx.elapsed));
         let gated = match gate(&st, &ctx, delay, left) {
             Gate::Pass => (true, delay, reason),
-            // One of the probes, sent when the decider's wait is over (a Retry-After is
-            // the target's word, probing or not).
+            // One of the probes, sent now (its wait, a Retry-After's above all, is over).
             Gate::Probe => (true, delay, "probe"),
             Gate::Wait(w, why) => (true, w, why),
             Gate::Refuse(why) => (false, std::time::Duration::ZERO, why),
@@ -871,6 +872,10 @@ fn gate(
         Some((State::ForcedOpen, _)) => Gate::Refuse("circuit_open"),
         Some((State::Open, Some(r))) if fits(r) => Gate::Wait(spread(r), "circuit_open_wait"),
         Some((State::Open, _)) => Gate::Refuse("circuit_open"),
+        // Probing, and the call would go later (a retry's own wait, a Retry-After): no
+        // probe's place is taken now for a request sent then - the places are rationed
+        // per lease, as probes are sent. It waits, and asks again when its wait is over.
+        Some((State::HalfOpen, _)) if !wait.is_zero() => Gate::Wait(wait, "circuit_half_open_wait"),
         // Probing: the first few callers go as its probes, now; the rest wait for their
         // verdict (spread as for an open circuit), or fail fast without the time.
         Some((State::HalfOpen, _)) => match st.fleet.admit_probe(&ctx.target, Instant::now()) {

@@ -2016,14 +2016,16 @@ async fn a_retry_after_the_open_time_asks_again_and_probes_are_rationed_for_retr
     let told = v["delay_ms"].as_f64().unwrap();
     assert!(told >= open_for, "{v} vs {t}");
     // The open time over: the circuit probes, and a retry asked again after its wait goes
-    // now as a probe, while probes last (fresh calls and retries draw on the same few).
+    // now as a probe, while probes last (fresh calls and retries draw on the same few),
+    // unless it is weighed worth more a while later: then it waits that long, taking no
+    // probe's place.
     tokio::time::advance(Duration::from_secs_f64(told / 1e3 + 0.001)).await;
     let again = format!(
         r#"{{"context": {{"target": "b", "attempt": 2, "error": "http_503", "status": 503, "latency_ms": 5, "elapsed_ms": {}, "failure_rate": 0.0}}, "deadline_ms": 120000, "waited_ms": {told}}}"#,
         5.0 + told
     );
     let mut reasons = Vec::new();
-    for _ in 0..FLEET_PROBES + 1 {
+    for _ in 0..6 * FLEET_PROBES {
         let (_, v) = h.post("/v1/decide", &again).await;
         reasons.push((
             v["reason"].as_str().unwrap().to_owned(),
@@ -2031,19 +2033,27 @@ async fn a_retry_after_the_open_time_asks_again_and_probes_are_rationed_for_retr
         ));
     }
     // (Each weighed as at its failure, among the waits not yet over.)
+    assert!(
+        reasons.iter().all(
+            |(r, d)| (r == "probe" && *d == 0.0) || (r == "circuit_half_open_wait" && *d > 0.0)
+        ),
+        "{reasons:?}"
+    );
     let probes = reasons.iter().filter(|(r, _)| r == "probe").count();
     assert_eq!(probes, FLEET_PROBES as usize, "{reasons:?} after {told}");
     let last = reasons.last().unwrap();
     assert_eq!(last.0, "circuit_half_open_wait", "{reasons:?}");
 }
 
-/// A retry asked about for the first time while the circuit probes goes as one of its
-/// probes after the decider's own wait, never sooner than the Retry-After the target
-/// gave: a probe is no licence to ignore the target's word. Asked again with the time it
-/// waited, what is left of the wait is answered; a `waited_ms` beyond the time spent is
-/// refused, naming the field.
+/// A retry asked about for the first time while the circuit probes is told to wait the
+/// decider's own wait, never less than the Retry-After the target gave (a probe is no
+/// licence to ignore the target's word), and takes no probe's place meanwhile: places are
+/// rationed per lease as probes are sent. Asked again with the time it waited, what is
+/// left of the wait is answered, and once it is over it goes as a probe; a `waited_ms`
+/// beyond the time spent is refused, naming the field.
 #[tokio::test(start_paused = true)]
 async fn a_retry_probes_a_half_open_circuit_after_its_own_wait_and_retry_after() {
+    use retrywise_server::fleet::FLEET_PROBES;
     let h = Harness::new(|_| {}).await;
     // p = 0.95 whatever the wait (at no failure rate): each millisecond only costs.
     write_model(&h.models, &artifact("default", 2, 3.0));
@@ -2058,21 +2068,32 @@ async fn a_retry_probes_a_half_open_circuit_after_its_own_wait_and_retry_after()
             r#"{{"context": {{"target": "b", "attempt": 2, "error": "http_429", "status": 429, "retry_after_ms": 4000, "latency_ms": 5, "elapsed_ms": {elapsed}, "failure_rate": 0.0}}, "deadline_ms": 60000{w}}}"#
         )
     };
-    let (status, v) = h.post("/v1/decide", &ask(5.0, None)).await;
-    assert_eq!(status, 200, "{v}");
+    let mut first = 0.0;
+    for _ in 0..2 * FLEET_PROBES {
+        let (status, v) = h.post("/v1/decide", &ask(5.0, None)).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["reason"].as_str(), Some("circuit_half_open_wait"), "{v}");
+        assert_eq!(v["retry"].as_bool(), Some(true), "{v}");
+        first = v["delay_ms"].as_f64().unwrap();
+        assert!(first >= 4000.0, "a retry sent before its Retry-After: {v}");
+    }
+    // None of them took a probe's place: a fresh call still goes as one.
+    let (_, v) = h
+        .post(
+            "/v1/decide",
+            r#"{"context": {"target": "b", "attempt": 1}}"#,
+        )
+        .await;
     assert_eq!(v["reason"].as_str(), Some("probe"), "{v}");
-    assert_eq!(v["retry"].as_bool(), Some(true), "{v}");
-    let first = v["delay_ms"].as_f64().unwrap();
-    assert!(first >= 4000.0, "a probe sent before its Retry-After: {v}");
-    assert!(first < 6000.0, "{v}");
     // Asked again 3 s into that wait: only the rest of it (the same decision, as at the
     // failure).
     let (_, v) = h.post("/v1/decide", &ask(3005.0, Some(3000.0))).await;
-    assert_eq!(v["reason"].as_str(), Some("probe"), "{v}");
+    assert_eq!(v["reason"].as_str(), Some("circuit_half_open_wait"), "{v}");
     let rest = v["delay_ms"].as_f64().unwrap();
-    assert!(rest >= 1000.0 && rest < first, "{v} after {first}");
-    // Waited past it: now.
-    let (_, v) = h.post("/v1/decide", &ask(first + 5.0, Some(first))).await;
+    assert!(rest >= 1000.0, "{v} after {first}");
+    // Waited past it (and past every wait the grid holds): a probe, now.
+    let (_, v) = h.post("/v1/decide", &ask(59_005.0, Some(59_000.0))).await;
+    assert_eq!(v["reason"].as_str(), Some("probe"), "{v}");
     assert_eq!(v["delay_ms"].as_f64(), Some(0.0), "{v}");
     // More waited than spent is no context at all.
     let (status, v) = h.post("/v1/decide", &ask(5.0, Some(10.0))).await;

@@ -174,23 +174,37 @@ pub struct CallReport {
 }
 
 /// A retry planned (its budget paid, its place in the decider's calendar booked) and not
-/// sent yet, with when it was decided: dropped unsent - the call stopped before it, or
-/// was dropped while it waited, for its delay or for the bulkhead's room - it is given
-/// back ([`Inner::unsent`]).
+/// sent yet, with when it was decided, and the rate limiter's token taken for the attempt
+/// about to go: dropped unsent - the call stopped before it, or was dropped (or its
+/// operation panicked) while it waited, for its delay, the breaker or the bulkhead's room
+/// - they are given back ([`Inner::unsent`], [`Inner::unlimit`]).
 struct Unsent<'a> {
     inner: &'a Inner,
     paid: Option<(Instant, AttemptContext)>,
-    /// Set once the retry's request leaves (`send`, past any wait for room): from then on
-    /// it keeps what it paid.
+    /// Whether the attempt about to go took a rate-limiter token.
+    token: bool,
+    /// Set once the attempt's request leaves (`send`, past any wait for room): from then
+    /// on it keeps what it paid, and its token.
     left: AtomicBool,
+}
+
+impl Unsent<'_> {
+    /// Gives the rate limiter's token back (the attempt will not use it).
+    fn unlimit(&mut self) {
+        self.inner.unlimit(std::mem::take(&mut self.token));
+    }
 }
 
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
+        let left = self.left.load(Ordering::Relaxed);
         if let Some((at, planned)) = self.paid.take()
-            && !self.left.load(Ordering::Relaxed)
+            && !left
         {
             self.inner.unsent(at, &planned);
+        }
+        if !left {
+            self.unlimit();
         }
     }
 }
@@ -360,6 +374,7 @@ impl<C> Policy<C> {
         let mut unsent = Unsent {
             inner: p,
             paid: None,
+            token: false,
             left: AtomicBool::new(false),
         };
         let mut attempt_start = start;
@@ -371,13 +386,13 @@ impl<C> Policy<C> {
             let ctx = next.as_ref().unwrap_or(&p.first);
             let number = ctx.attempt;
             // Whether this attempt took a rate-limiter token (given back if it is not sent).
-            let mut token = false;
+            unsent.token = false;
             if p.limiter.is_some() {
                 loop {
                     let now = Instant::now();
                     let wait = match p.limit_taken(now) {
                         Ok(taken) => {
-                            token = taken;
+                            unsent.token = taken;
                             break;
                         }
                         Err(wait) => wait,
@@ -399,8 +414,8 @@ impl<C> Policy<C> {
                     Err(open) => {
                         // Refused, and the wait for the circuit would end past the
                         // deadline: nothing is sent.
-                        let out_of_time = |open| {
-                            p.unlimit(token);
+                        let out_of_time = |open, unsent: &mut Unsent<'_>| {
+                            unsent.unlimit();
                             let reason = p.stopped(StopReason::Deadline);
                             refused(number - 1, reason, AttemptError::CircuitOpen(open))
                         };
@@ -412,7 +427,7 @@ impl<C> Policy<C> {
                                 if p.attempt_timeout_at(ctx, start, Instant::now() + wait)
                                     == Some(Duration::ZERO)
                                 {
-                                    return out_of_time(open);
+                                    return out_of_time(open, &mut unsent);
                                 }
                                 tokio::time::sleep(wait).await;
                                 attempt_start = Instant::now();
@@ -441,11 +456,11 @@ impl<C> Policy<C> {
                                         }
                                         // Nor was the rate limiter's token used: the
                                         // retry takes its own.
-                                        p.unlimit(token);
+                                        unsent.unlimit();
                                         break Err((planned, open));
                                     }
                                     Err(reason) => {
-                                        p.unlimit(token);
+                                        unsent.unlimit();
                                         return refused(
                                             number - 1,
                                             reason,
@@ -455,7 +470,7 @@ impl<C> Policy<C> {
                                 }
                             }
                             _ => {
-                                p.unlimit(token);
+                                unsent.unlimit();
                                 let reason = p.stopped(StopReason::CircuitOpen);
                                 return refused(
                                     number - 1,
@@ -487,7 +502,7 @@ impl<C> Policy<C> {
                 && p.attempt_timeout_at(ctx, start, attempt_start) == Some(Duration::ZERO)
             {
                 drop(permit);
-                p.unlimit(token);
+                unsent.unlimit();
                 if let Some((at, paid)) = unsent.paid.take() {
                     p.unsent(at, &paid);
                 }
@@ -517,16 +532,18 @@ impl<C> Policy<C> {
                 )
                 .await;
             let paid = unsent.paid.take();
-            // Ready for the next retry planned, which has not left.
-            unsent.left.store(false, Ordering::Relaxed);
             if ended.rejected {
                 // Turned away by the bulkhead: nothing was sent, so neither the retry nor
                 // the rate limiter's token was used.
                 if let Some((at, planned)) = &paid {
                     p.unsent(*at, planned);
                 }
-                p.unlimit(token);
+                unsent.unlimit();
             }
+            // Spent, or given back: the next attempt takes its own.
+            unsent.token = false;
+            // Ready for the next retry planned, which has not left.
+            unsent.left.store(false, Ordering::Relaxed);
             p.settle(
                 ctx,
                 permit,

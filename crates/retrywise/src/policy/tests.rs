@@ -1206,6 +1206,39 @@ async fn a_call_refused_before_it_is_sent_gives_the_limiters_token_back() {
     assert!(at_once, "the token was there");
 }
 
+/// A call dropped while it waits for the bulkhead's room (its caller's own timeout) sent
+/// nothing: the rate limiter's token it took goes back with it, and the next call sends at
+/// once (the token was lost, and the next call waited two seconds for a new one).
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_before_it_is_sent_gives_the_limiters_token_back() {
+    let bulkhead = Bulkhead::one_at_a_time("aws", Duration::from_secs(10));
+    let p = throttled(
+        Policy::builder("aws")
+            .bulkhead(bulkhead.clone())
+            .classifier(HttpClassifier),
+    )
+    .await;
+    let held = bulkhead.try_acquire_owned_quiet();
+    assert!(held.is_some());
+    let waiting = p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), waiting)
+            .await
+            .is_err(),
+        "it waited for room"
+    );
+    drop(held);
+    let t0 = Instant::now();
+    p.call(|_| async { Ok::<_, io::Error>(Resp(200, None)) })
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed().is_zero(),
+        "the token was there: {:?}",
+        t0.elapsed()
+    );
+}
+
 /// A call whose wait for the rate limiter's next token would take what is left of its
 /// deadline stops at once, sending nothing and taking no token.
 #[tokio::test(start_paused = true)]
