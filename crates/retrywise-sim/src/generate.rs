@@ -77,15 +77,29 @@ pub fn sample_policies() -> Vec<&'static Contender> {
 pub const MAX_PHASE_FACTOR: f64 = 1e3;
 
 /// `scenario` with each phase's length multiplied by a factor drawn log-uniformly from
-/// `[lo, hi]` (each phase keeps its start). The same scenario, factors and seed give the
-/// same lengths.
+/// `[lo, hi]` (each phase keeps its start), a stretched phase ending at the latest where
+/// the next phase written after it begins: phases that followed one another as written
+/// still do, so that a phase is never cut short by the next and then resumed after it (a
+/// 20 s storm stretched four times would run through the rate limit 20 s after it, and
+/// come back when that ends). A phase written inside another keeps overriding it. The
+/// same scenario, factors and seed give the same lengths.
 pub fn vary_phase_lengths(scenario: &Scenario, (lo, hi): (f64, f64), seed: u64) -> Scenario {
+    let written = scenario;
     let mut varied = scenario.clone();
     let mut rng = Rng::new(seed);
-    for phase in &mut varied.phases {
+    for (i, phase) in varied.phases.iter_mut().enumerate() {
         let p = phase.get_mut();
         let factor = lo * (hi / lo).powf(rng.unit());
-        p.end_s = p.start_s + (p.end_s - p.start_s) * factor;
+        // The first phase to begin once this one ended, as written.
+        let next = written
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|(j, q)| *j != i && q.get_ref().start_s >= p.end_s)
+            .map(|(_, q)| q.get_ref().start_s)
+            .reduce(f64::min);
+        let end = p.start_s + (p.end_s - p.start_s) * factor;
+        p.end_s = next.map_or(end, |n| end.min(n.max(p.end_s)));
     }
     varied
 }
@@ -481,8 +495,39 @@ mod tests {
                 let (w, v) = (w.get_ref(), v.get_ref());
                 prop_assert_eq!(w.start_s, v.start_s);
                 let factor = (v.end_s - v.start_s) / (w.end_s - w.start_s);
-                prop_assert!(factor >= lo * (1.0 - 1e-12) && factor <= hi * (1.0 + 1e-12));
+                // Within the range, or stretched up to the next phase's start.
+                let next = written
+                    .phases
+                    .iter()
+                    .map(|q| q.get_ref().start_s)
+                    .filter(|s| *s >= w.end_s)
+                    .reduce(f64::min);
+                prop_assert!(factor >= lo * (1.0 - 1e-12), "{factor}");
+                prop_assert!(factor <= hi * (1.0 + 1e-12) || Some(v.end_s) == next, "{factor}");
+                prop_assert!(next.is_none_or(|n| v.end_s <= n), "{} past {:?}", v.end_s, next);
             }
+        }
+
+        /// Phases that followed one another as written still do, however they are
+        /// stretched: none runs into the next (mix's storm stretched four times ran
+        /// through its rate limit and came back after it); and a phase written inside
+        /// another is not cut short by it.
+        #[test]
+        fn stretched_phases_never_run_into_the_next(seed in any::<u64>()) {
+            let varied = vary_phase_lengths(&mix(), PHASE_LENGTHS, seed);
+            let phases: Vec<_> = varied.phases.iter().map(|p| p.get_ref()).collect();
+            for w in phases.windows(2) {
+                prop_assert!(w[0].end_s <= w[1].start_s, "{} > {}", w[0].end_s, w[1].start_s);
+            }
+            let mut nested = mix();
+            nested.phases.truncate(2);
+            for (phase, (start, end)) in nested.phases.iter_mut().zip([(0.0, 100.0), (40.0, 50.0)]) {
+                let p = phase.get_mut();
+                (p.start_s, p.end_s) = (start, end);
+            }
+            let varied = vary_phase_lengths(&nested, (2.0, 2.0), seed);
+            let ends: Vec<f64> = varied.phases.iter().map(|p| p.get_ref().end_s).collect();
+            prop_assert_eq!(ends, vec![200.0, 60.0]);
         }
     }
 }
