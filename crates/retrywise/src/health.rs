@@ -299,7 +299,7 @@ impl HealthTracker {
     /// A tracker over the last `window` (at least 10 ms).
     ///
     /// # Errors
-    /// A window shorter than 10 ms.
+    /// A window shorter than 10 ms, or longer than [`crate::MAX_CONFIG_DURATION`].
     pub fn new(window: Duration) -> Result<Self, ConfigError> {
         Self::build(window, RollingLatency::new)
     }
@@ -310,7 +310,7 @@ impl HealthTracker {
     /// target (a service's fleet view) rather than one per hot path.
     ///
     /// # Errors
-    /// A window shorter than 10 ms.
+    /// A window shorter than 10 ms, or longer than [`crate::MAX_CONFIG_DURATION`].
     pub fn unstriped(window: Duration) -> Result<Self, ConfigError> {
         Self::build(window, RollingLatency::unstriped)
     }
@@ -322,6 +322,9 @@ impl HealthTracker {
         if window < Duration::from_millis(10) {
             return Err(CHECK.err("window", format!("must be at least 10 ms, got {window:?}")));
         }
+        // (Every record carries it as `health_window_ms`: longer than the schema allows,
+        // each would be refused wherever it is shipped, and its batch with it.)
+        CHECK.bounded("window", window)?;
         let bucket_nanos =
             u64::try_from(window.as_nanos() / u128::from(BUCKETS)).unwrap_or(u64::MAX);
         Ok(Self {

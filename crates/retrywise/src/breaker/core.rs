@@ -852,6 +852,20 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
         self.state
     }
 
+    /// What a permanent failure (a 4xx other than 408, 425 and 429: the target answered,
+    /// about the request) says of the call: nothing while the circuit is CLOSED (no failure
+    /// of the target, and no success to dilute its failure rate with), but that the target
+    /// answers while it probes (HALF_OPEN) - a probe's verdict. Ignored there, a probe's
+    /// place went to the next call and the circuit never closed on a target whose traffic
+    /// is mostly lookups answering 404.
+    pub fn permanent_outcome(&self) -> CallOutcome {
+        if self.state == State::HalfOpen {
+            CallOutcome::Success
+        } else {
+            CallOutcome::Ignored
+        }
+    }
+
     /// Records how the call ended and how long it took.
     pub fn record(mut self, outcome: CallOutcome, latency: Duration) {
         self.recorded = true;

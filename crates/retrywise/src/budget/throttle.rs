@@ -35,12 +35,14 @@ impl AdaptiveThrottle {
     /// A throttle with multiplier `k` over `window`.
     ///
     /// # Errors
-    /// `k` below 1 or not a number; `window` below 12 ms.
+    /// `k` below 1 or not a number; `window` below 12 ms or above
+    /// [`crate::MAX_CONFIG_DURATION`].
     pub fn new(k: f64, window: Duration) -> Result<Self, ConfigError> {
         CHECK.in_range("k", k, 1.0, 1e6)?;
         if window < Duration::from_millis(SLOTS as u64) {
             return Err(CHECK.err("window", format!("must be at least 12 ms, got {window:?}")));
         }
+        CHECK.bounded("window", window)?;
         Ok(Self {
             k,
             origin: Instant::now(),
@@ -160,6 +162,10 @@ mod tests {
             AdaptiveThrottle::new(2.0, Duration::ZERO)
                 .unwrap_err()
                 .field,
+            "window"
+        );
+        assert_eq!(
+            AdaptiveThrottle::new(2.0, Duration::MAX).unwrap_err().field,
             "window"
         );
     }

@@ -17,7 +17,9 @@ mod semaphore;
 mod shed;
 
 pub use limit::{AdaptiveLimit, AdaptiveLimitBuilder};
-pub use pool::{BulkheadRegistry, PoolBuilder, PoolBulkhead, PoolError, PoolMetrics, WhenFull};
+pub use pool::{
+    BulkheadRegistry, MAX_POOL_WORKERS, PoolBuilder, PoolBulkhead, PoolError, PoolMetrics, WhenFull,
+};
 pub use semaphore::{
     Bulkhead, BulkheadBuilder, BulkheadFull, BulkheadMetrics, BulkheadPermit, OwnedBulkheadPermit,
 };
@@ -440,6 +442,15 @@ mod tests {
         assert_eq!(
             PoolBulkhead::builder("p").build().unwrap_err().field,
             "runtime"
+        );
+        // (Refused before a runtime is asked for, or a task spawned.)
+        assert_eq!(
+            PoolBulkhead::builder("p")
+                .workers(u32::MAX)
+                .build()
+                .unwrap_err()
+                .field,
+            "workers"
         );
     }
 

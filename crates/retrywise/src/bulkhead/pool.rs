@@ -16,6 +16,9 @@ use crate::error::{Check, ConfigError};
 
 const CHECK: Check = Check::new("pool_bulkhead");
 
+/// The most workers a pool may have: each is a task spawned when it is built.
+pub const MAX_POOL_WORKERS: u32 = 1 << 16;
+
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a full pool does with one more task.
@@ -252,13 +255,20 @@ impl PoolBuilder {
     /// when the last handle to the pool is dropped and the queue is drained.
     ///
     /// # Errors
-    /// Zero workers, a zero queue, an empty name, or no runtime to spawn on (no
+    /// Zero workers or more than [`MAX_POOL_WORKERS`], a zero queue, an empty name, or no runtime to spawn on (no
     /// [`runtime`](Self::runtime) given and not called within one).
     pub fn build(self) -> Result<PoolBulkhead, ConfigError> {
         if self.name.is_empty() {
             return Err(CHECK.err("name", "must not be empty"));
         }
         CHECK.at_least_one("workers", u64::from(self.workers))?;
+        // (Each is a task spawned now: four billion would exhaust memory, not fail.)
+        if self.workers > MAX_POOL_WORKERS {
+            return Err(CHECK.err(
+                "workers",
+                format!("must be at most {MAX_POOL_WORKERS}, got {}", self.workers),
+            ));
+        }
         CHECK.at_least_one("queue", u64::from(self.queue))?;
         let handle = match self.handle {
             Some(h) => h,

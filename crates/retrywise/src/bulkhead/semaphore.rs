@@ -378,7 +378,11 @@ impl Bulkhead {
     fn report(&self, failed: bool, answered: bool, took: Duration, in_flight: u32) {
         let s = &*self.shared;
         if let Some(limit) = &s.adaptive {
-            s.gate.set_max(limit.sample_call(took, in_flight, answered));
+            limit.sample_call(took, in_flight, answered);
+            // The latest estimate, read just before it is set, not the one this sample
+            // computed: a sample computed before it but set after would leave the gate at
+            // a stale limit until the next report.
+            s.gate.set_max(limit.current());
             if let Some(q) = &s.shed {
                 q.grant(&s.gate);
             }

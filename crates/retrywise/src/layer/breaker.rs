@@ -135,7 +135,7 @@ where
                         _ => match classifier.classify(&result) {
                             Verdict::Success => CallOutcome::Success,
                             Verdict::Retryable(_) => CallOutcome::Failure,
-                            Verdict::Permanent(_) => CallOutcome::Ignored,
+                            Verdict::Permanent(_) => permit.permanent_outcome(),
                         },
                     };
                     permit.record(outcome, started.elapsed());

@@ -307,9 +307,13 @@ impl<C> Policy<C> {
     /// `op` is called once per request, with the attempt number and hedge index, once the
     /// bulkhead has room (a hedge's future is made when the hedge is launched). The
     /// result is the first successful answer; or the last answer, if the last attempt
-    /// answered with something the classifier judged a failure (an HTTP 503 response,
-    /// say — [`call_with_report`](Self::call_with_report) also says why no further attempt
-    /// was made); or a [`CallError`] saying why the call gave up without an answer.
+    /// answered with something the classifier judged a failure and the retry decision
+    /// stopped (an HTTP 503 response, say — [`call_with_report`](Self::call_with_report)
+    /// also says why no further attempt was made); or a [`CallError`] saying why the call
+    /// gave up without an answer. A retry that was decided but refused before it was sent
+    /// (an open circuit, a full bulkhead, the rate limiter's wait past the deadline) ends
+    /// the call with that refusal as its error, as a breaker or bulkhead layer inside a
+    /// retry layer would: the answer before it is not returned.
     ///
     /// # Errors
     /// [`CallError`] when the last attempt produced no answer: the operation's error, a
@@ -1311,6 +1315,9 @@ impl<C> PolicyBuilder<C> {
             {
                 return Err(CHECK.err(name, e.problem));
             }
+        }
+        if let Some(wait) = self.breaker_wait {
+            CHECK.bounded("wait_for_breaker", wait)?;
         }
         let decider: Arc<dyn RetryDecider> = match self.decider {
             Some(d) => d,

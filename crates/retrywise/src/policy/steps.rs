@@ -195,7 +195,7 @@ impl Inner {
                         Verdict::Success => CallOutcome::Success,
                         Verdict::Retryable(_) => CallOutcome::Failure,
                         Verdict::Permanent(_) if self.permanent_is_failure => CallOutcome::Failure,
-                        Verdict::Permanent(_) => CallOutcome::Ignored,
+                        Verdict::Permanent(_) => permit.permanent_outcome(),
                     };
                     match at {
                         Some(at) => permit.record_at(outcome, latency, at),

@@ -360,6 +360,36 @@ fn open_breaker(open: Duration) -> CircuitBreaker {
     breaker
 }
 
+/// A probe answered with a permanent failure (a 404: the target answered, about the
+/// request) is a probe's verdict that the target is back: the circuit closes. It was
+/// ignored, its place given to the next call, and a circuit whose traffic is mostly
+/// lookups answering 404 stayed HALF_OPEN for good. While CLOSED a 404 still counts
+/// neither way.
+#[tokio::test(start_paused = true)]
+async fn a_probe_answered_404_closes_the_circuit() {
+    use crate::breaker::State;
+    let breaker = open_breaker(Duration::from_secs(1));
+    let p = Policy::builder("b")
+        .retry(retry(1, 1))
+        .breaker(breaker.clone())
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(404, None)) })
+        .await;
+    assert_eq!(breaker.state(), State::Closed);
+    let before = breaker.metrics();
+    let _ = p
+        .call(|_| async { Ok::<_, io::Error>(Resp(404, None)) })
+        .await;
+    let after = breaker.metrics();
+    assert_eq!(after.window_calls, before.window_calls, "{after:?}");
+    assert_eq!(after.ignored_calls, before.ignored_calls + 1, "{after:?}");
+    assert_eq!(breaker.state(), State::Closed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_call_with_time_waits_for_the_breaker_and_one_without_fails_fast() {
     let breaker = open_breaker(Duration::from_secs(3));
@@ -794,6 +824,32 @@ fn refuses_names_a_record_could_not_carry() {
     );
     let e = Policy::builder("api").label("a\nb").build().err().unwrap();
     assert_eq!(e.field, "policy");
+}
+
+/// Durations beyond what any setting means are refused at build: a health window every
+/// record would carry past the schema's limit (each refused where it is shipped, and its
+/// batch with it), a wait for the breaker of centuries.
+#[test]
+fn refuses_durations_beyond_any_setting() {
+    let e = Policy::builder("api")
+        .track_health(Duration::from_secs(2_000_000_000))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!((e.component, e.field), ("health", "window"));
+    let e = Policy::builder("api")
+        .wait_for_breaker(Duration::MAX)
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(e.field, "wait_for_breaker");
+    assert!(
+        Policy::builder("api")
+            .track_health(Duration::from_secs(60))
+            .wait_for_breaker(Duration::from_secs(60))
+            .build()
+            .is_ok()
+    );
 }
 
 #[tokio::test(start_paused = true)]
