@@ -324,8 +324,9 @@ impl Fleet {
     }
 
     /// Closes this replica's breaker, past its open time, once the fleet reports its
-    /// opening answered - an attempt succeeded after the opening ended, or another
-    /// replica's breaker closed after probing since - as a replica that learned of the
+    /// opening answered ([`SharedTarget::answered_since`]: another replica's breaker
+    /// closed after probing since, or an attempt succeeded after the opening ended while
+    /// the fleet's recent attempts mostly succeed) - as a replica that learned of the
     /// opening from Redis reads it ([`SharedFleet::probing_since`]). Else, when the
     /// probes' reports all reach other replicas, this one would read HALF_OPEN (letting a
     /// lease's probes through, telling everyone else to wait) until its own ingestion saw
@@ -337,9 +338,7 @@ impl Fleet {
             return;
         }
         let until = t.moved_on.lock().map_or(0, |m| m.open_until_ms);
-        let answered = until > 0
-            && (sh.last_success_ms.is_some_and(|s| s >= until)
-                || sh.closed_ms.is_some_and(|c| c >= until));
+        let answered = until > 0 && sh.answered_since(until);
         // Still the opening judged (failed probes ingested meanwhile reopen it: a new
         // opening, not answered by what answered this one).
         if answered
@@ -893,6 +892,15 @@ mod tests {
         )
     }
 
+    /// What the fleet's view holds of a target whose calls of late mostly succeed (after
+    /// an outage: the window's older calls failed).
+    fn recovering(last_success_ms: Option<u64>) -> SharedTarget {
+        SharedTarget {
+            recent_failures: 1,
+            ..failing(None, last_success_ms, None)
+        }
+    }
+
     /// What the fleet's view holds of a target whose every call failed of late.
     fn failing(
         open_until_ms: Option<u64>,
@@ -949,8 +957,12 @@ mod tests {
         let view = fleet.view("db", now).expect("tracked");
         assert_eq!(view.breaker_state, "HALF_OPEN");
         assert!(view.reason.contains("another replica"), "{}", view.reason);
-        // A success reported after the open time: closed, admission is the model's again.
+        // A success reported after the open time, while the fleet's recent calls still
+        // fail: one lucky probe, no answer.
         install("db", failing(None, Some(closed_at + 50), None));
+        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+        // The recent calls mostly succeed: closed, admission is the model's again.
+        install("db", recovering(Some(closed_at + 50)));
         assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
         // Or no success (the probes were answered 4xx), but a replica's breaker closed
         // after probing: closed too.
@@ -970,7 +982,7 @@ mod tests {
         let first = wall - 2_000;
         install("queue", failing(Some(first), Some(first - 5_000), None));
         install("queue", failing(Some(first + 700), Some(first + 50), None));
-        install("queue", failing(None, Some(first + 50), None));
+        install("queue", recovering(Some(first + 50)));
         assert_eq!(fleet.circuit("queue"), Some((State::HalfOpen, None)));
     }
 
@@ -1030,8 +1042,12 @@ mod tests {
         let install = |t| shared.install_for_test(HashMap::from([(Arc::<str>::from("db"), t)]));
         install(failing(None, Some(until - 50), None));
         assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::HalfOpen));
-        // One after it, reported at another replica: closed here too.
+        // One after it, reported at another replica, among probes that mostly fail (a
+        // target serving one call in ten): still probing.
         install(failing(None, Some(until + 20), None));
+        assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::HalfOpen));
+        // Among probes that mostly succeed: closed here too.
+        install(recovering(Some(until + 20)));
         assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
         let view = fleet.view("db", Instant::now()).expect("tracked");
         assert!(view.allow && view.breaker_state == "CLOSED", "{view:?}");

@@ -396,7 +396,25 @@ pub struct SharedTarget {
     pub closed_ms: Option<u64>,
 }
 
+/// The fleet's recent failure rate below which a success after an opening answers it: the
+/// fleet breaker's failure-rate threshold (resilience4j's default, 50 %).
+pub const ANSWERED_BELOW: f64 = 0.5;
+
 impl SharedTarget {
+    /// Whether the fleet reports the opening that ended at `until` (wall ms) answered: a
+    /// replica's breaker closed after probing since (its probes answered, 4xx answers
+    /// included, which are no successes), or an attempt succeeded since while the fleet's
+    /// recent attempts (the window's last two tenths, every replica's) fail less often
+    /// than [`ANSWERED_BELOW`]. One lucky success among failing probes answers nothing: a
+    /// target that serves one call in ten would close every replica's circuit with it,
+    /// and take the whole fleet's traffic again.
+    pub fn answered_since(&self, until: u64) -> bool {
+        let recovering = self.recent_calls > 0
+            && (self.recent_failures as f64) < ANSWERED_BELOW * self.recent_calls as f64;
+        self.closed_ms.is_some_and(|c| c >= until)
+            || (recovering && self.last_success_ms.is_some_and(|s| s >= until))
+    }
+
     /// The health this view gives as of `wall_ms`, measured over `window` — the numbers a
     /// `retrywise::health::HealthTracker` fed with every replica's attempts would give.
     pub fn snapshot(&self, wall_ms: u64, window: Duration) -> HealthSnapshot {
@@ -846,7 +864,8 @@ impl SharedFleet {
 
     /// When the shared circuit of `target` last closed its open time (wall ms), while the
     /// fleet is probing it: that time has passed as of `now_ms` (less than
-    /// [`PROBING_AT_MOST`] ago), no attempt to it has succeeded since, and it has not
+    /// [`PROBING_AT_MOST`] ago), the opening is not answered since
+    /// ([`SharedTarget::answered_since`]), and it has not
     /// reopened. `None` otherwise, and while the view is not answered from. A replica
     /// that learned of the opening only from Redis reads the circuit as HALF_OPEN then, as
     /// the replica whose breaker opened it does, instead of letting every caller through
@@ -861,10 +880,7 @@ impl SharedFleet {
         // targets read) says nothing of its probes: not read as probing.
         let t = view.get(target)?;
         let reopened = t.open_remaining(now_ms).is_some();
-        // Answered: an attempt succeeded since, or a replica's breaker closed since (its
-        // probes answered, 4xx answers included, which are no successes).
-        let answered = t.last_success_ms.is_some_and(|s| s >= until)
-            || t.closed_ms.is_some_and(|c| c >= until);
+        let answered = t.answered_since(until);
         (until <= now_ms && now_ms - until < ms(PROBING_AT_MOST) && !reopened && !answered)
             .then_some(until)
     }
