@@ -383,8 +383,10 @@ impl Fleet {
     /// caller should wait for their verdict), or - the circuit reopened meanwhile - how
     /// long it stays open. A lease lasts [`PROBE_LEASE`], or the target's p95 latency and
     /// a second (a shipper's batch delay) when that is longer: a probe's verdict cannot
-    /// come sooner. A target this replica does not track (its circuit is another
-    /// replica's) is let through. Each replica admits its own probes.
+    /// come sooner. A target the fleet probes that this replica does not track (opened by
+    /// another replica) is tracked from now on, or - no room for it - gets no probe here
+    /// (`Err(PROBE_LEASE)`: the replicas tracking it admit theirs); an untracked target the
+    /// fleet does not probe is let through. Each replica admits its own probes.
     pub fn admit_probe(&self, target: &str, now: Instant) -> Result<(), Duration> {
         let wall = wall_ms();
         let t = match self.get(target) {

@@ -89,7 +89,8 @@ pub struct Metrics {
     pub ingested: Family<TargetLabels, Counter>,
     /// Accepted attempt records the fleet view left out of its health and circuits, by
     /// why: `stale` (it ended before the health window), `fleet_full` (its target is new
-    /// and the fleet tracks `max_targets` busy ones).
+    /// and the fleet tracks `max_targets` targets, none found idle: it looks for idle ones
+    /// to forget at most once a tenth of the health window).
     pub untracked: Family<ReasonLabels, Counter>,
     /// Ingestion batches refused as invalid (nothing of them written).
     pub rejected: Counter,
@@ -222,7 +223,7 @@ impl Metrics {
         let untracked = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "untracked_attempts",
-            "Accepted attempt records the fleet view left out of its health and circuits, by why: stale (ended before the health window), fleet_full (a new target while max_targets busy ones are tracked)",
+            "Accepted attempt records the fleet view left out of its health and circuits, by why: stale (ended before the health window), fleet_full (a new target while max_targets are tracked and none was found idle; idle ones are looked for once a tenth of the health window)",
             untracked.clone(),
         );
         let rejected = Counter::default();
