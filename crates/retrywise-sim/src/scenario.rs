@@ -553,7 +553,11 @@ impl Scenario {
         }
         let (in_flight, how) = match s.arrivals {
             Arrivals::Burst => (s.rps, "a burst sends rps requests at once"),
-            Arrivals::Poisson => (s.rps * s.deadline_ms / 1e3, "rps x deadline_ms"),
+            // (No more than the run sends, as the driver counts it.)
+            Arrivals::Poisson => (
+                (s.rps * s.deadline_ms / 1e3).min(s.rps * s.duration_s),
+                "rps x deadline_ms",
+            ),
         };
         if in_flight > crate::driver::MAX_IN_FLIGHT {
             return Err(err(format!(
@@ -579,6 +583,14 @@ impl Scenario {
                 "upstream: {} replicas of {} workers are {workers} workers, more than {MAX_WORKERS}",
                 s.upstream.replicas, s.upstream.workers
             )));
+        }
+        // A straggler no slower than any reply is none: a `straggler_p` without its
+        // `straggler_x` (1 by default) would add no straggler, and say nothing.
+        let no_stragglers = |l: Latency| l.straggler_p > 0.0 && l.straggler_x <= 1.0;
+        if no_stragglers(s.upstream.latency) {
+            return Err(err(
+                "upstream.latency: straggler_p without a straggler_x above 1 (how many times slower a straggler is) makes no straggler".into(),
+            ));
         }
         let base = s.upstream.errors.total();
         // (A sum of exactly 1 may round a hair above it.)
@@ -628,6 +640,26 @@ impl Scenario {
                     "line {line}: phases[{i}].rate_limit.burst must be at least 1 (a bucket that cannot hold one token refuses every request)"
                 )));
             }
+            if no_stragglers(s.upstream.latency.patched(&p.latency)) {
+                return Err(err(format!(
+                    "line {line}: phases[{i}].latency: straggler_p without a straggler_x above 1 (here or in upstream.latency) makes no straggler"
+                )));
+            }
+        }
+        // The trigger recovery is measured from ends after the first phase has begun: a
+        // trigger that has not begun has nothing to recover from, and every policy would
+        // "recover" at once. (One past the run's end is a shortened run's: "n/a".)
+        if let Some(t) = s.trigger_end_s
+            && let Some(first) = s
+                .phases
+                .iter()
+                .map(|p| p.get_ref().start_s)
+                .reduce(f64::min)
+            && t <= first
+        {
+            return Err(err(format!(
+                "trigger_end_s ({t}) must be after the first phase's start ({first} s)"
+            )));
         }
         for (i, r) in s.replica.iter().enumerate() {
             let line = lines.line(r.span().start);
@@ -641,6 +673,11 @@ impl Scenario {
             if total > 1.0 + 1e-9 {
                 return Err(err(format!(
                     "line {line}: replica[{i}].errors: the probabilities add up to {total}, more than 1"
+                )));
+            }
+            if no_stragglers(s.upstream.latency.patched(&r.get_ref().latency)) {
+                return Err(err(format!(
+                    "line {line}: replica[{i}].latency: straggler_p without a straggler_x above 1 (here or in upstream.latency) makes no straggler"
                 )));
             }
             // The replica's differences apply within every phase too.
@@ -1024,6 +1061,40 @@ replicas = 2",
             e.contains("500000 requests would be in flight at once"),
             "{e}"
         );
+        // A trigger that ends before the first phase begins measures nothing.
+        let e = err(&OK.replace("duration_s = 10", "duration_s = 10\ntrigger_end_s = 1"));
+        assert!(e.contains("trigger_end_s (1) must be after"), "{e}");
+        assert!(
+            Scenario::parse(
+                &OK.replace("duration_s = 10", "duration_s = 10\ntrigger_end_s = 4"),
+                "t"
+            )
+            .is_ok()
+        );
+        // Stragglers that are no slower than any reply are none.
+        let e = err(&OK.replace("median_ms = 20", "median_ms = 20\nstraggler_p = 0.01"));
+        assert!(e.contains("upstream.latency: straggler_p"), "{e}");
+        let e = err(&OK.replace(
+            "[phases.errors]",
+            "[phases.latency]\nstraggler_p = 0.01\n[phases.errors]",
+        ));
+        assert!(e.contains("phases[1].latency: straggler_p"), "{e}");
+        assert!(
+            Scenario::parse(
+                &OK.replace(
+                    "median_ms = 20",
+                    "median_ms = 20\nstraggler_p = 0.01\nstraggler_x = 10"
+                ),
+                "t"
+            )
+            .is_ok()
+        );
+        // No more in flight than the run sends: a short intense run holds.
+        let short = OK.replace(
+            "rps = 100\nduration_s = 10",
+            "rps = 100000\nduration_s = 0.05\ndeadline_ms = 5000",
+        );
+        assert!(Scenario::parse(&short, "t").is_ok());
         let e = err(&OK.replace(
             "rps = 100\nduration_s = 10",
             "rps = 0.001\nduration_s = 1e7",

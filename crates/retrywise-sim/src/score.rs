@@ -14,7 +14,8 @@ pub struct Score {
     pub success_rate: f64,
     /// Requests sent upstream per logical request (amplification).
     pub attempts_per_request: f64,
-    /// The busiest second's upstream load, over the offered load.
+    /// The busiest bin's upstream load (a second by default: `RunOptions::bin`), over the
+    /// load offered in a bin (the rate's share; a burst's whole run).
     pub peak_load_ratio: f64,
     /// Median end-to-end latency of successes, ms.
     pub p50_ms: Option<f64>,
@@ -81,7 +82,12 @@ pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
     lat.sort_by(f64::total_cmp);
     let s = &run.series;
     let bin_s = s.bin.as_secs_f64();
-    let offered_per_bin = rps * bin_s;
+    // The load offered in a bin: the rate's share of it, or - a burst sends every request
+    // at once, however many `--requests` asked for - the whole run's.
+    let offered_per_bin = match scenario.arrivals {
+        crate::scenario::Arrivals::Poisson => rps * bin_s,
+        crate::scenario::Arrivals::Burst => (n as f64).max(1.0),
+    };
     let peak = s.attempts.iter().copied().max().unwrap_or(0) as f64 / offered_per_bin;
     let recovery_s = scenario.trigger_end().and_then(|end| {
         let first = first_bin_after(end, s.bin);
@@ -230,6 +236,35 @@ mod tests {
             10.0,
         );
         assert_eq!(s.recovery_s, Some(1.0), "under 90 % is not healthy");
+    }
+
+    /// A burst offers every request at once: its peak is over the whole run's requests,
+    /// however many `--requests` asked for (over the scenario's rate, 1,000 requests
+    /// sent once each read as a peak of 10x); a Poisson run's, over the rate's share of
+    /// a bin.
+    #[test]
+    fn a_burst_s_peak_is_over_the_requests_it_offered_at_once() {
+        let burst = Scenario::load("contention").expect("built-in");
+        let once = |n: usize| {
+            let mut r = run(vec![n as u64], vec![n as u64]);
+            r.outcomes = (0..n)
+                .map(|_| crate::driver::Outcome {
+                    arrival: std::time::Duration::ZERO,
+                    done: std::time::Duration::from_millis(5),
+                    ok: true,
+                    attempts: 1,
+                    status: Some(200),
+                })
+                .collect();
+            r
+        };
+        assert_eq!(score(&once(1_000), &burst, burst.rps).peak_load_ratio, 1.0);
+        assert_eq!(score(&once(40), &burst, burst.rps).peak_load_ratio, 1.0);
+        let mut twice = once(40);
+        twice.series.attempts = vec![80];
+        assert_eq!(score(&twice, &burst, burst.rps).peak_load_ratio, 2.0);
+        let s = score(&run(vec![10; 6], vec![10; 6]), &ended_at(3), 10.0);
+        assert_eq!(s.peak_load_ratio, 1.0);
     }
 
     /// A run that ends within three bins of the trigger's end cannot show a recovery: it
