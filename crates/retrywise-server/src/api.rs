@@ -444,8 +444,9 @@ pub struct DecideRequest {
     pub alternatives: bool,
     /// When asking again about a retry after waiting as told (a `circuit_open_wait` or
     /// `circuit_half_open_wait` answer): the time waited since the failure in `context`,
-    /// ms, at most its `elapsed_ms` (which counts it). The decider then weighs the retry as
-    /// at the failure (`elapsed_ms` less this), and the answer is what is left of its wait
+    /// ms (`elapsed_ms` counts it: one shorter reads the failure as at the call's start).
+    /// The decider then weighs the retry as at the failure (`elapsed_ms` less this), and
+    /// the answer is what is left of its wait
     /// (none when the wait already waited is longer). Without it a retry is decided afresh
     /// from now: its wait, a Retry-After's above all, is waited in full. Admission
     /// (`attempt` 1) ignores it: a fresh call is judged as of now.
@@ -643,15 +644,12 @@ pub(crate) async fn decide(
     let waited = req
         .waited_ms
         .map(|ms| {
-            let elapsed = ctx.elapsed.as_secs_f64() * 1e3;
-            if !(0.0..=elapsed).contains(&ms) {
+            if !(0.0..=MAX_MS).contains(&ms) {
                 return Err(ApiError::bad_request(format!(
-                    "waited_ms: must be within [0, context.elapsed_ms = {elapsed}] (the time spent so far counts the wait), got {ms}"
+                    "waited_ms: must be within [0, {MAX_MS}], got {ms}"
                 )));
             }
-            Ok(ms_to_duration(ms)
-                .unwrap_or(std::time::Duration::ZERO)
-                .min(ctx.elapsed))
+            ms_to_duration(ms).map_err(|e| ApiError::bad_request(format!("waited_ms: {e}")))
         })
         .transpose()?
         .unwrap_or_default();

@@ -92,6 +92,10 @@ pub fn openapi(auth: bool) -> Value {
                 "type": "boolean",
                 "description": "Also answer every wait weighed, with its p(success) and value (for debugging).",
             },
+            "waited_ms": {
+                "type": ["number", "null"], "minimum": 0, "maximum": MAX_MS,
+                "description": "Asking again about a retry after waiting as told (`circuit_open_wait`, `circuit_half_open_wait`): the time waited since the failure in `context`, ms (`elapsed_ms` counts it). The retry is weighed as at its failure, and what is left of its wait is answered.",
+            },
         },
         "required": ["context"],
         "additionalProperties": false,
@@ -221,6 +225,27 @@ mod tests {
 
     /// The target in `/v1/targets/{target}` is described as a record's target is: a name
     /// longer or with other characters is refused (400), so a conforming client sends none.
+    /// The hand-written request schemas name every field the handlers read, and no other:
+    /// a field added to a request and not here would be refused by a client or gateway
+    /// that validates against the document.
+    #[test]
+    fn the_request_schemas_name_the_requests_fields() {
+        let doc = openapi(false);
+        let generated = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let keys = |v: &Value| {
+            let mut k: Vec<String> = v["properties"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            k.sort();
+            k
+        };
+        let schema = &doc["components"]["schemas"]["DecideRequest"];
+        let derived = &generated["components"]["schemas"]["DecideRequest"];
+        assert!(!keys(derived).is_empty());
+        assert_eq!(keys(schema), keys(derived));
+    }
+
     #[test]
     fn a_target_in_a_path_is_a_records_target() {
         let doc = openapi(false);

@@ -405,12 +405,14 @@ impl SharedTarget {
     /// replica's breaker closed after probing since (its probes answered, 4xx answers
     /// included, which are no successes), or an attempt succeeded since while the fleet's
     /// recent attempts (the window's last two tenths, every replica's) fail less often
-    /// than [`ANSWERED_BELOW`]. One lucky success among failing probes answers nothing: a
+    /// than [`ANSWERED_BELOW`] (or none is recent). One lucky success among failing probes answers nothing: a
     /// target that serves one call in ten would close every replica's circuit with it,
     /// and take the whole fleet's traffic again.
     pub fn answered_since(&self, until: u64) -> bool {
-        let recovering = self.recent_calls > 0
-            && (self.recent_failures as f64) < ANSWERED_BELOW * self.recent_calls as f64;
+        // (No recent attempt to judge by - the probes reported too late to count as recent
+        // - and the success alone answers, as it did before.)
+        let recovering = self.recent_calls == 0
+            || (self.recent_failures as f64) < ANSWERED_BELOW * self.recent_calls as f64;
         self.closed_ms.is_some_and(|c| c >= until)
             || (recovering && self.last_success_ms.is_some_and(|s| s >= until))
     }
@@ -603,6 +605,13 @@ impl SharedFleet {
             return;
         };
         if !pending.contains_key(target) && pending.len() >= self.max_targets {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                tracing::warn!(
+                    max_targets = self.max_targets,
+                    "the counts waiting to be written to Redis hold max_targets targets: a new target's are left out of the shared view until they are written"
+                );
+            });
             return;
         }
         f(pending.entry(Arc::clone(target)).or_default());
@@ -671,9 +680,30 @@ impl SharedFleet {
                 // the window meanwhile (nobody would read it): through a long outage they
                 // hold one window, not one bucket a period for as long as it lasts.
                 if let Ok(mut p) = self.pending.lock() {
+                    let window_start = now.saturating_sub(ms(self.window));
                     for t in p.values_mut() {
                         t.buckets = t.buckets.split_off(&oldest);
+                        // An opening over, and stamps from before the window, tell the
+                        // view nothing it would read now.
+                        if t.open_until_ms <= now {
+                            t.open_until_ms = 0;
+                        }
+                        if t.last_success_ms < window_start {
+                            t.last_success_ms = 0;
+                        }
+                        if t.closed_ms < window_start {
+                            t.closed_ms = 0;
+                        }
                     }
+                    // A target left with nothing to write holds no place: else, through an
+                    // outage with targets coming and going, the places fill with stale
+                    // entries and a new target's counts are left out.
+                    p.retain(|_, t| {
+                        !t.buckets.is_empty()
+                            || t.last_success_ms > 0
+                            || t.open_until_ms > 0
+                            || t.closed_ms > 0
+                    });
                 }
                 (u.name, u.batch)
             }
@@ -1239,6 +1269,43 @@ mod tests {
         // The 10 s window in buckets of a tenth of it, and the one being filled.
         let kept = f.pending.lock().unwrap()[&t].buckets.len();
         assert!((10..=12).contains(&kept), "{kept}");
+    }
+
+    /// A target whose waiting counts have all left the window holds no place among them:
+    /// else, through an outage with targets coming and going, the places fill with empty
+    /// entries and a new target's counts are left out unsaid.
+    #[tokio::test]
+    async fn targets_with_nothing_left_to_write_give_their_place_up() {
+        let f = fleet("redis://127.0.0.1:1").unwrap();
+        let (old, live): (Arc<str>, Arc<str>) = (Arc::from("gone"), Arc::from("db"));
+        let now = wall_ms();
+        // A success and a failure from an hour ago: outside the 10 s window.
+        f.record(
+            &old,
+            now - 3_600_000,
+            Ended::Failure,
+            Duration::from_millis(1),
+        );
+        f.record(
+            &old,
+            now - 3_600_000,
+            Ended::Success,
+            Duration::from_millis(1),
+        );
+        f.record(&live, now, Ended::Failure, Duration::from_millis(1));
+        let waiting = std::mem::take(&mut *f.pending.lock().unwrap());
+        *f.unsent.lock().unwrap() = Some(Unsent {
+            name: 1,
+            batch: waiting.clone(),
+        });
+        *f.pending.lock().unwrap() = waiting;
+        let mut conn =
+            ConnectionManager::new_lazy_with_config(f.client.clone(), f.config()).unwrap();
+        assert!(
+            f.flush(&mut conn).await.is_err(),
+            "nothing listens on port 1"
+        );
+        assert_eq!(f.pending_targets(), vec![live]);
     }
 
     #[test]

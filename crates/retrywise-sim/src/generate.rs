@@ -78,11 +78,13 @@ pub const MAX_PHASE_FACTOR: f64 = 1e3;
 
 /// `scenario` with each phase's length multiplied by a factor drawn log-uniformly from
 /// `[lo, hi]` (each phase keeps its start), a stretched phase ending at the latest where
-/// the next phase written after it begins: phases that followed one another as written
-/// still do, so that a phase is never cut short by the next and then resumed after it (a
-/// 20 s storm stretched four times would run through the rate limit 20 s after it, and
-/// come back when that ends). A phase written inside another keeps overriding it. The
-/// same scenario, factors and seed give the same lengths.
+/// the next phase that begins within or after it and outlasts it (as written) begins:
+/// phases that followed one another as written still do, so that a phase is never cut
+/// short by the next and then resumed after it (a 20 s storm stretched four times would
+/// run through the rate limit 20 s after it, and come back when that ends), and one that
+/// a later phase overlapped does not resume after that one ends. A phase written inside
+/// another keeps overriding it, and the other resumes after it as written. The same
+/// scenario, factors and seed give the same lengths.
 pub fn vary_phase_lengths(scenario: &Scenario, (lo, hi): (f64, f64), seed: u64) -> Scenario {
     let written = scenario;
     let mut varied = scenario.clone();
@@ -90,13 +92,14 @@ pub fn vary_phase_lengths(scenario: &Scenario, (lo, hi): (f64, f64), seed: u64) 
     for (i, phase) in varied.phases.iter_mut().enumerate() {
         let p = phase.get_mut();
         let factor = lo * (hi / lo).powf(rng.unit());
-        // The first phase to begin once this one ended, as written.
+        // The first phase to begin within or after this one and outlast it, as written.
         let next = written
             .phases
             .iter()
             .enumerate()
-            .filter(|(j, q)| *j != i && q.get_ref().start_s >= p.end_s)
-            .map(|(_, q)| q.get_ref().start_s)
+            .map(|(j, q)| (j, q.get_ref()))
+            .filter(|(j, q)| *j != i && q.start_s >= p.start_s && q.end_s > p.end_s)
+            .map(|(_, q)| q.start_s)
             .reduce(f64::min);
         let end = p.start_s + (p.end_s - p.start_s) * factor;
         p.end_s = next.map_or(end, |n| end.min(n.max(p.end_s)));
@@ -499,8 +502,9 @@ mod tests {
                 let next = written
                     .phases
                     .iter()
-                    .map(|q| q.get_ref().start_s)
-                    .filter(|s| *s >= w.end_s)
+                    .map(|q| q.get_ref())
+                    .filter(|q| q.start_s >= w.start_s && q.end_s > w.end_s)
+                    .map(|q| q.start_s)
                     .reduce(f64::min);
                 prop_assert!(factor >= lo * (1.0 - 1e-12), "{factor}");
                 prop_assert!(factor <= hi * (1.0 + 1e-12) || Some(v.end_s) == next, "{factor}");
@@ -528,6 +532,16 @@ mod tests {
             let varied = vary_phase_lengths(&nested, (2.0, 2.0), seed);
             let ends: Vec<f64> = varied.phases.iter().map(|p| p.get_ref().end_s).collect();
             prop_assert_eq!(ends, vec![200.0, 60.0]);
+            // One that a later phase overlaps (0-20, then 10-30) does not come back after
+            // that one ends.
+            let mut overlapped = nested.clone();
+            for (phase, (start, end)) in overlapped.phases.iter_mut().zip([(0.0, 20.0), (10.0, 30.0)]) {
+                let p = phase.get_mut();
+                (p.start_s, p.end_s) = (start, end);
+            }
+            let varied = vary_phase_lengths(&overlapped, (2.0, 2.0), seed);
+            let ends: Vec<f64> = varied.phases.iter().map(|p| p.get_ref().end_s).collect();
+            prop_assert_eq!(ends, vec![20.0, 50.0]);
         }
     }
 }

@@ -381,6 +381,32 @@ fn a_served_upstream_is_driven_through_target() {
     let success = r["success_rate"].as_f64().expect("number");
     assert!((0.55..0.85).contains(&success), "{r}");
 
+    // A scenario's phases are not the target's: the run says so and measures no
+    // recovery from them (each policy's run would measure from its own start).
+    let out = retrywise(&[
+        "run",
+        "--scenario",
+        "outage",
+        "--target",
+        &url,
+        "--policy",
+        "none",
+        "--requests",
+        "50",
+        "--rps",
+        "400",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no recovery is measured"),
+        "{}",
+        text(&out.stderr)
+    );
+    let board: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(board["trigger_end_s"].is_null(), "{board}");
+    assert!(board["results"][0]["recovery_s"].is_null(), "{board}");
+
     // A burst scenario's --rps is its burst (all sent at once), not a rate over its
     // duration (this one's 0.25 s would make 8 of 30).
     let dir = tempfile::tempdir().expect("tempdir");

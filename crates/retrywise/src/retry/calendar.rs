@@ -350,14 +350,20 @@ impl CalendarView<'_> {
         s.booked = s.booked.saturating_add(1);
     }
 
-    /// Takes back one retry booked to start after `wait` (none there: nothing to take).
-    pub fn unbook(&mut self, wait: Duration) {
-        let (Some(n), Some(i)) = (self.slot_after(wait), self.at) else {
+    /// Takes back one retry booked to start now: in the current slot, or - none there -
+    /// the one before (a caller asking again when its wait is over asks a round trip, and
+    /// its timer's lateness, after the slot its retry was booked in). Bookings carry no
+    /// name: where several are due, one is taken, whoever's.
+    pub fn unbook_due(&mut self) {
+        let (Some(n), Some(i)) = (self.slot_after(Duration::ZERO), self.at) else {
             return;
         };
         let t = &mut self.all.slots[i];
-        if t.get(n).booked > 0 {
-            t.slot(n).booked -= 1;
+        for k in [n, n.saturating_sub(1)] {
+            if t.get(k).booked > 0 {
+                t.slot(k).booked -= 1;
+                return;
+            }
         }
     }
 }

@@ -308,9 +308,11 @@ impl ModelDecider {
     /// failure (its `elapsed` the time spent until then), and the decision is the one made
     /// then, among the waits not yet over — those of at least `waited`, with `waited`
     /// itself (send now) as the shortest, as a Retry-After is — counted from now: a
-    /// `Retry(w)` says wait `w` more. The alternatives' waits are counted from now too,
+    /// `Retry(w)` says wait `w` more, `w` the shortest of the near-optimal waits (not
+    /// drawn at random: the spread was the first decision's). The alternatives' waits are counted from now too,
     /// and the calendar reads and books the load where each would land from now. The
-    /// failure is not told to the calendar again. For a caller that waited as another
+    /// failure is not told to the calendar again, and the booking this retry made when it
+    /// was told to wait, now due, is taken back ([`CalendarView::unbook_due`]). For a caller that waited as another
     /// part of the system told it (a circuit open a while more) and asks again:
     /// `/v1/decide`'s `waited_ms`. `weigh` is `weigh_after` with no wait begun.
     pub fn weigh_after(&self, ctx: &AttemptContext, waited: Duration) -> Weighed {
@@ -374,7 +376,7 @@ impl ModelDecider {
                 let first = ctx.attempt == 2 && since.is_zero();
                 let mut view = c.after_failure(&ctx.target, now, first, rate_from);
                 if !since.is_zero() {
-                    view.unbook(Duration::ZERO);
+                    view.unbook_due();
                 }
                 view
             })
@@ -593,9 +595,16 @@ impl ModelDecider {
             let v = value(*i);
             v >= floor && (v > 0.0 || *i == best)
         };
-        let k = (0..n).filter(near).count();
-        let pick = ((self.random.next_f64() * k as f64) as usize).min(k.saturating_sub(1));
-        let chosen = (0..n).filter(near).nth(pick).unwrap_or(best);
+        // Asked again after a wait, the spread is done (the wait was drawn, or spread by
+        // the circuit that set it): the shortest near-optimal wait, so that a retry asked
+        // about again is not drawn again - and told to wait again - each time.
+        let chosen = if since.is_zero() {
+            let k = (0..n).filter(near).count();
+            let pick = ((self.random.next_f64() * k as f64) as usize).min(k.saturating_sub(1));
+            (0..n).filter(near).nth(pick).unwrap_or(best)
+        } else {
+            (0..n).find(near).unwrap_or(best)
+        };
         if let Some(v) = &mut view {
             v.book(from_now[chosen]);
         }

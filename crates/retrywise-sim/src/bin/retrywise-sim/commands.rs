@@ -378,6 +378,18 @@ pub(crate) fn run_board(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(target) = &args.target {
         reachable(target)?;
+        // The scenario gives the load and the timeouts; its phases are the target's own
+        // business, and began when it did, not with this run: no recovery from them is
+        // measured (each policy's run would measure from its own start).
+        if opts.scenario.trigger_end().is_some() {
+            eprintln!(
+                "note: against --target, {}'s phases are not this run's: no recovery is measured",
+                opts.scenario.name
+            );
+            let own = std::sync::Arc::make_mut(&mut opts.scenario);
+            own.phases.clear();
+            own.trigger_end_s = None;
+        }
     }
     if args.http || args.target.is_some() {
         opts.mode = Mode::Http {
