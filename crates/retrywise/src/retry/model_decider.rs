@@ -312,7 +312,7 @@ impl ModelDecider {
     /// drawn at random: the spread was the first decision's). The alternatives' waits are counted from now too,
     /// and the calendar reads and books the load where each would land from now. The
     /// failure is not told to the calendar again, and the booking this retry made when it
-    /// was told to wait, now due, is taken back ([`CalendarView::unbook_due`]). For a caller that waited as another
+    /// was told to wait, now due, is taken back ([`CalendarView::unbook_due`](super::calendar::CalendarView::unbook_due)). For a caller that waited as another
     /// part of the system told it (a circuit open a while more) and asks again:
     /// `/v1/decide`'s `waited_ms`. `weigh` is `weigh_after` with no wait begun.
     pub fn weigh_after(&self, ctx: &AttemptContext, waited: Duration) -> Weighed {
