@@ -479,6 +479,23 @@ async fn three_replicas_share_health_and_circuits() {
         assert_eq!(d["retry"], false, "{d}");
         assert_eq!(d["reason"], "circuit_open", "{d}");
     }
+    // A replica started once the opening has ended, while the fleet probes (no probe has
+    // answered), reads the circuit as HALF_OPEN from the end Redis keeps - not as CLOSED,
+    // letting every caller through while the others ration their probes.
+    let open_for = at_a["open_for_ms"].as_f64().unwrap();
+    assert!(open_for <= 60_000.0, "{at_a}");
+    tokio::time::sleep(Duration::from_millis(open_for as u64 + 300)).await;
+    let d = Replica::start(&redis.url(), dir.path(), "d2").await;
+    until(
+        "a replica started while the fleet probes reads it probing",
+        || async {
+            target(&client, &d.base, "payments")
+                .await
+                .is_some_and(|v| v["breaker_state"] == "HALF_OPEN")
+        },
+    )
+    .await;
+    d.stop().await;
     for r in [a, b, c] {
         r.stop().await;
     }

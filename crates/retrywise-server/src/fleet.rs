@@ -921,7 +921,41 @@ mod tests {
             first_seen_ms: 1,
             open_until_ms,
             closed_ms,
+            opening_ended_ms: None,
         }
+    }
+
+    /// A replica that starts (or first reads the fleet) after the opening ended, while the
+    /// fleet probes, reads the circuit as HALF_OPEN from the opening's end Redis keeps (its
+    /// `o:` key already gone), not as CLOSED - letting every caller through while the
+    /// other replicas ration their probes.
+    #[tokio::test]
+    async fn a_replica_that_starts_while_the_fleet_probes_probes_too() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
+        let ended = wall_ms() - 100;
+        let probing = SharedTarget {
+            opening_ended_ms: Some(ended),
+            ..failing(None, Some(ended - 5_000), None)
+        };
+        shared.install_for_test(HashMap::from([(Arc::<str>::from("db"), probing)]));
+        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+        // Answered since (a replica's breaker closed after probing): closed.
+        shared.install_for_test(HashMap::from([(
+            Arc::<str>::from("db"),
+            SharedTarget {
+                closed_ms: Some(ended + 50),
+                ..probing
+            },
+        )]));
+        assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
+        // An opening that ended longer ago than probing lasts is no probing.
+        let old = SharedTarget {
+            opening_ended_ms: Some(wall_ms() - 3_600_000),
+            ..failing(None, None, None)
+        };
+        shared.install_for_test(HashMap::from([(Arc::<str>::from("cache"), old)]));
+        assert_eq!(fleet.circuit("cache").map(|c| c.0), Some(State::Closed));
     }
 
     /// A replica that learned of an opening only from Redis (its own breaker never saw

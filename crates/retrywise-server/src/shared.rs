@@ -23,8 +23,10 @@
 //!   histogram ([`retrywise::health::latency_bucket`]); it expires two windows after its
 //!   last write;
 //! - `m:{target}` — `first` (when the fleet first saw the target), `ls` (when an attempt
-//!   to it last succeeded) and `cl` (when a replica's breaker last closed after probing),
-//!   ms; it expires when the target goes idle (and its circuit's opening has ended);
+//!   to it last succeeded), `cl` (when a replica's breaker last closed after probing) and
+//!   `ou` (when the circuit's last opening ends: kept after `o:` expires, so that a replica
+//!   that starts, or first reads, while the fleet probes knows it does), ms; it expires
+//!   when the target goes idle (and its circuit's opening has ended);
 //! - `o:{target}` — the shared circuit: present while it is open, its TTL the time left.
 //!   A replica whose own breaker opens (on its evidence or on the model's prediction)
 //!   writes it; every replica then reports the circuit open and refuses fresh calls;
@@ -221,6 +223,9 @@ while i <= #ARGV do
     extend(m, ttl + open)
     if open > 0 then
       if open > redis.call('PTTL', o) then redis.call('SET', o, '1', 'PX', open) end
+      local ou = now + open
+      local was = num(redis.call('HGET', m, 'ou'))
+      if ou > was or was > now + longest then redis.call('HSET', m, 'ou', ou) end
     end
     for _ = 1, nb do
       local key = p .. 'b:' .. name .. ':' .. (cur - tonumber(ARGV[i]))
@@ -246,8 +251,8 @@ return {1, skipped}
 /// per target `{name, {calls, failures, recent calls, recent failures, permanent
 /// failures, latency µs, how long ago an attempt last succeeded (ms; -1: none), how long
 /// ago the fleet first saw it, circuit open for (ms; negative: closed), how long ago a
-/// replica's breaker last closed after probing (-1: never), then histogram bucket/count
-/// pairs}}` - ages on Redis's clock, which the reader adds to its own (a time later than
+/// replica's breaker last closed after probing (-1: never), how long ago its last opening
+/// ended (-1: none, or not yet), then histogram bucket/count pairs}}` - ages on Redis's clock, which the reader adds to its own (a time later than
 /// Redis's now reads as an age below -1: another program's, or a clock that ran ahead). A
 /// key of another type than ours reads as empty, and a value that is not a number as 0:
 /// one foreign key does not take the whole view down.
@@ -296,9 +301,13 @@ for _, name in ipairs(names) do
       end
     end
   end
-  local m = table_or_empty(redis.pcall('HMGET', p .. 'm:' .. name, 'ls', 'first', 'cl'))
+  local m = table_or_empty(redis.pcall('HMGET', p .. 'm:' .. name, 'ls', 'first', 'cl', 'ou'))
+  -- The last opening's end, once it has passed (while open, the PTTL says it).
+  local ou = num(m[4])
+  local ou_age = -1
+  if ou > 0 and ou <= now then ou_age = now - ou end
   local row = {c, f, rc, rf, pm, s, age(num(m[1])), age(num(m[2])),
-    redis.call('PTTL', p .. 'o:' .. name), age(num(m[3]))}
+    redis.call('PTTL', p .. 'o:' .. name), age(num(m[3])), ou_age}
   for hb, v in pairs(hist) do
     row[#row + 1] = hb
     row[#row + 1] = v
@@ -394,6 +403,9 @@ pub struct SharedTarget {
     pub open_until_ms: Option<u64>,
     /// When a replica's breaker for the target last closed after probing (wall clock, ms).
     pub closed_ms: Option<u64>,
+    /// When the shared circuit's last opening ended (wall clock, ms), once it has: a
+    /// replica that starts, or first reads, while the fleet probes it learns of it here.
+    pub opening_ended_ms: Option<u64>,
 }
 
 /// The fleet's recent failure rate below which a success after an opening answers it: the
@@ -859,6 +871,16 @@ impl SharedFleet {
         let tolerance = ms(self.timeout.min(SAME_OPENING_AT_MOST));
         if let Ok(mut opened) = self.opened.lock() {
             for (name, t) in &view {
+                // An opening that ended before this replica read it open (it started, or
+                // Redis was out of its reach, meanwhile): its end, for the probing after it.
+                if t.open_until_ms.is_none()
+                    && let Some(ended) = t.opening_ended_ms
+                {
+                    let u = opened.entry(Arc::clone(name)).or_default();
+                    if ended.saturating_sub(*u) > tolerance {
+                        *u = ended;
+                    }
+                }
                 if let Some(until) = t.open_until_ms {
                     let u = opened.entry(Arc::clone(name)).or_default();
                     // Read as now + PTTL, the same end reads a few ms apart: a read just
@@ -1102,7 +1124,7 @@ impl SharedFleet {
 /// opening (and a second of slack) as open for that long. `None` when malformed.
 fn parse_row(row: &[i64], now: u64) -> Option<(SharedTarget, bool)> {
     let n = |i: usize| row.get(i).map(|&v| u64::try_from(v).unwrap_or(0));
-    let hist = row.get(10..)?.chunks_exact(2).map(|p| {
+    let hist = row.get(11..)?.chunks_exact(2).map(|p| {
         (
             usize::try_from(p[0]).unwrap_or(0),
             u64::try_from(p[1]).unwrap_or(0),
@@ -1120,6 +1142,7 @@ fn parse_row(row: &[i64], now: u64) -> Option<(SharedTarget, bool)> {
     let last_success_ms = at(6)?;
     let first_seen_ms = at(7)?.unwrap_or(now);
     let closed_ms = at(9)?;
+    let opening_ended_ms = at(10)?;
     let longest = ms(crate::fleet::FLEET_MAX_OPEN);
     let pttl = *row.get(8)?;
     let open_for = u64::try_from(pttl).ok().filter(|&t| t > 0).map(|t| {
@@ -1141,6 +1164,7 @@ fn parse_row(row: &[i64], now: u64) -> Option<(SharedTarget, bool)> {
             first_seen_ms,
             open_until_ms: open_for.map(|t| now.saturating_add(t)),
             closed_ms,
+            opening_ended_ms,
         },
         clean,
     ))
@@ -1153,14 +1177,16 @@ mod tests {
 
     #[test]
     fn a_row_reads_back_into_the_trackers_numbers() {
-        // Ages on Redis's clock: a success 1 s ago, first seen 9 s ago, closed 0.5 s ago.
+        // Ages on Redis's clock: a success 1 s ago, first seen 9 s ago, closed 0.5 s ago,
+        // an opening that ended 8 s ago.
         let row = [
-            10, 4, 2, 1, 1, 2_000_000, 1_000, 9_000, 1_500, 500, 100, 3, 120, 7,
+            10, 4, 2, 1, 1, 2_000_000, 1_000, 9_000, 1_500, 500, 8_000, 100, 3, 120, 7,
         ];
         let (t, clean) = parse_row(&row, 10_000).unwrap();
         assert!(clean);
         assert_eq!((t.calls, t.failures, t.recent_calls), (10, 4, 2));
         assert_eq!((t.open_until_ms, t.closed_ms), (Some(11_500), Some(9_500)));
+        assert_eq!(t.opening_ended_ms, Some(2_000));
         assert_eq!(t.open_remaining(10_500), Some(Duration::from_millis(1_000)));
         assert_eq!(t.open_remaining(12_000), None);
         let s = t.snapshot(10_000, Duration::from_secs(10));
@@ -1174,7 +1200,7 @@ mod tests {
         assert_eq!(s.since_success, Duration::from_millis(1_000));
         assert!(s.latency_p95.is_some());
         // A closed circuit (PTTL -2) and no success yet: since the target was first seen.
-        let row = [0, 0, 0, 0, 0, 0, -1, 3_000, -2, -1];
+        let row = [0, 0, 0, 0, 0, 0, -1, 3_000, -2, -1, -1];
         let (t, clean) = parse_row(&row, 4_000).unwrap();
         assert!(clean);
         assert_eq!((t.open_until_ms, t.closed_ms), (None, None));
@@ -1193,6 +1219,7 @@ mod tests {
             -9_000_000_000,
             3_000,
             9_000_000_000_000_000,
+            -1,
             -1,
         ];
         let (t, clean) = parse_row(&row, 4_000).unwrap();
