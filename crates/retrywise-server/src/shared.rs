@@ -1264,6 +1264,23 @@ mod tests {
         assert!(!f.fresh(10_000), "a failed read falls back at once");
     }
 
+    /// Makes what is pending a batch whose write failed (and the counts waiting behind
+    /// it), and flushes to a Redis that is not there.
+    async fn flush_behind_a_refused_batch(f: &SharedFleet) {
+        let waiting = std::mem::take(&mut *f.pending.lock().unwrap());
+        *f.unsent.lock().unwrap() = Some(Unsent {
+            name: 1,
+            batch: waiting.clone(),
+        });
+        *f.pending.lock().unwrap() = waiting;
+        let mut conn =
+            ConnectionManager::new_lazy_with_config(f.client.clone(), f.config()).unwrap();
+        assert!(
+            f.flush(&mut conn).await.is_err(),
+            "nothing listens on port 1"
+        );
+    }
+
     /// While Redis refuses a batch, the counts waiting behind it keep one window's worth
     /// of buckets, not one more a period for as long as the outage lasts.
     #[tokio::test]
@@ -1281,18 +1298,7 @@ mod tests {
             );
         }
         assert!(f.pending.lock().unwrap()[&t].buckets.len() >= 3_600);
-        let waiting = std::mem::take(&mut *f.pending.lock().unwrap());
-        *f.unsent.lock().unwrap() = Some(Unsent {
-            name: 1,
-            batch: waiting.clone(),
-        });
-        *f.pending.lock().unwrap() = waiting;
-        let mut conn =
-            ConnectionManager::new_lazy_with_config(f.client.clone(), f.config()).unwrap();
-        assert!(
-            f.flush(&mut conn).await.is_err(),
-            "nothing listens on port 1"
-        );
+        flush_behind_a_refused_batch(&f).await;
         // The 10 s window in buckets of a tenth of it, and the one being filled.
         let kept = f.pending.lock().unwrap()[&t].buckets.len();
         assert!((10..=12).contains(&kept), "{kept}");
@@ -1320,18 +1326,7 @@ mod tests {
             Duration::from_millis(1),
         );
         f.record(&live, now, Ended::Failure, Duration::from_millis(1));
-        let waiting = std::mem::take(&mut *f.pending.lock().unwrap());
-        *f.unsent.lock().unwrap() = Some(Unsent {
-            name: 1,
-            batch: waiting.clone(),
-        });
-        *f.pending.lock().unwrap() = waiting;
-        let mut conn =
-            ConnectionManager::new_lazy_with_config(f.client.clone(), f.config()).unwrap();
-        assert!(
-            f.flush(&mut conn).await.is_err(),
-            "nothing listens on port 1"
-        );
+        flush_behind_a_refused_batch(&f).await;
         assert_eq!(f.pending_targets(), vec![live]);
     }
 

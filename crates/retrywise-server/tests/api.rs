@@ -133,6 +133,17 @@ impl Harness {
         (s, v)
     }
 
+    /// `retrywise_predictions_total` of the default model's `version` (0 before any).
+    async fn predictions(&self, version: u32) -> u64 {
+        let (_, m) = self.get("/metrics").await;
+        let text = m.as_str().unwrap().to_owned();
+        let series =
+            format!("retrywise_predictions_total{{model=\"default\",version=\"{version}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    }
+
     async fn post(&self, uri: &str, body: &str) -> (StatusCode, Value) {
         let (s, _, v) = self
             .call(
@@ -662,16 +673,7 @@ async fn decisions_follow_the_model_the_deadline_and_the_attempt_limit() {
     assert!(count >= 2.0 && low >= 1.0 && low < count, "{text}");
     // Predictions are counted as made: one per wait weighed, none for a decision that
     // stopped before asking the model (a permanent status).
-    let predictions = || async {
-        let (_, m) = h.get("/metrics").await;
-        let text = m.as_str().unwrap().to_owned();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("retrywise_predictions_total{model=\"default\",version=\"1\"} ")
-            })
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no predictions counted in {text}"))
-    };
+    let predictions = || h.predictions(1);
     let before = predictions().await;
     let mut c = ctx(0.0, 2);
     c["error"] = json!("http_4xx");
@@ -1876,15 +1878,7 @@ async fn decide_answers_admission_for_a_first_attempt() {
         &weighted(artifact("default", 2, -8.0), "log_delay_ms", 1.0),
     );
     h.service.reload().await.unwrap();
-    let predictions = || async {
-        let (_, m) = h.get("/metrics").await;
-        let text = m.as_str().unwrap().to_owned();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("retrywise_predictions_total{model=\"default\",version=\"2\"} ")
-            })
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
-    };
+    let predictions = || h.predictions(2);
     let before = predictions().await;
     let (_, v) = h.post("/v1/decide", &ask(failing, Some(30_000))).await;
     assert_eq!(

@@ -523,25 +523,21 @@ mod tests {
             for w in phases.windows(2) {
                 prop_assert!(w[0].end_s <= w[1].start_s, "{} > {}", w[0].end_s, w[1].start_s);
             }
-            let mut nested = mix();
-            nested.phases.truncate(2);
-            for (phase, (start, end)) in nested.phases.iter_mut().zip([(0.0, 100.0), (40.0, 50.0)]) {
-                let p = phase.get_mut();
-                (p.start_s, p.end_s) = (start, end);
-            }
-            let varied = vary_phase_lengths(&nested, (2.0, 2.0), seed);
-            let ends: Vec<f64> = varied.phases.iter().map(|p| p.get_ref().end_s).collect();
-            prop_assert_eq!(ends, vec![200.0, 60.0]);
+            // Two of mix's phases at `at`, each stretched twice: their ends.
+            let doubled = |at: [(f64, f64); 2]| -> Vec<f64> {
+                let mut two = mix();
+                two.phases.truncate(2);
+                for (phase, (start, end)) in two.phases.iter_mut().zip(at) {
+                    let p = phase.get_mut();
+                    (p.start_s, p.end_s) = (start, end);
+                }
+                let varied = vary_phase_lengths(&two, (2.0, 2.0), seed);
+                varied.phases.iter().map(|p| p.get_ref().end_s).collect()
+            };
+            prop_assert_eq!(doubled([(0.0, 100.0), (40.0, 50.0)]), vec![200.0, 60.0]);
             // One that a later phase overlaps (0-20, then 10-30) does not come back after
             // that one ends.
-            let mut overlapped = nested.clone();
-            for (phase, (start, end)) in overlapped.phases.iter_mut().zip([(0.0, 20.0), (10.0, 30.0)]) {
-                let p = phase.get_mut();
-                (p.start_s, p.end_s) = (start, end);
-            }
-            let varied = vary_phase_lengths(&overlapped, (2.0, 2.0), seed);
-            let ends: Vec<f64> = varied.phases.iter().map(|p| p.get_ref().end_s).collect();
-            prop_assert_eq!(ends, vec![20.0, 50.0]);
+            prop_assert_eq!(doubled([(0.0, 20.0), (10.0, 30.0)]), vec![20.0, 50.0]);
         }
     }
 }

@@ -1068,15 +1068,20 @@ mod tests {
         landed
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_crowd_spreads_its_retries_by_the_load_already_booked() {
-        let back_in_a_second = Arc::new(|c: &AttemptContext| {
+    /// A target predicted back a second after the failure: p = 0.95 from a wait of 1 s.
+    fn back_in_a_second() -> Arc<dyn SuccessModel> {
+        Arc::new(|c: &AttemptContext| {
             if c.delay >= Duration::from_secs(1) {
                 0.95
             } else {
                 0.0
             }
-        });
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_spreads_its_retries_by_the_load_already_booked() {
+        let back_in_a_second = back_in_a_second();
         let alone = decider(back_in_a_second.clone())
             .without_calendar()
             .build()
@@ -1107,13 +1112,7 @@ mod tests {
     /// back and booked again where the retry goes now.
     #[tokio::test(start_paused = true)]
     async fn asked_again_a_retry_replaces_its_own_booking() {
-        let back_in_a_second = Arc::new(|c: &AttemptContext| {
-            if c.delay >= Duration::from_secs(1) {
-                0.95
-            } else {
-                0.0
-            }
-        });
+        let back_in_a_second = back_in_a_second();
         let calendar = Arc::new(RetryCalendar::new());
         let d = decider(back_in_a_second)
             .calendar(Arc::clone(&calendar))
