@@ -28,9 +28,18 @@ const COLORS: [RGBColor; 10] = [
 /// [`SimError::Plot`] if the plot cannot be drawn, [`SimError::Io`] if the file cannot
 /// be written.
 pub fn plot(path: &Path, title: &str, runs: &[PolicyRun], rps: f64) -> Result<(), SimError> {
+    let svg = svg(path, title, runs, rps)?;
+    crate::report::write_atomically(path, svg.as_bytes())
+}
+
+/// The plot [`plot`] writes to `path` (named in errors), drawn in memory.
+///
+/// # Errors
+/// [`SimError::Plot`] if the plot cannot be drawn.
+pub fn svg(path: &Path, title: &str, runs: &[PolicyRun], rps: f64) -> Result<String, SimError> {
     let mut svg = String::new();
     draw(&mut svg, path, title, runs, rps)?;
-    crate::report::write_atomically(path, svg.as_bytes())
+    Ok(svg)
 }
 
 fn draw(

@@ -204,6 +204,10 @@ pub fn report(
     })?;
     let names: Vec<String> = CATALOG.iter().map(|p| p.name.to_owned()).collect();
     let mut scenarios = Vec::new();
+    // Drawn as each scenario's first seed is run, written with the tables once every run
+    // is done: a report stopped or failed halfway leaves the last whole set, not new plots
+    // beside old tables.
+    let mut plots: Vec<(PathBuf, String)> = Vec::new();
     for scenario in &opts.scenarios {
         let mut per_policy: BTreeMap<usize, Vec<Score>> = BTreeMap::new();
         for &seed in &opts.seeds {
@@ -212,7 +216,7 @@ pub fn report(
             run.model.clone_from(&opts.model);
             let (board, runs) = scoreboard(&names, &run)?;
             if seed == opts.seeds[0] && PLOTTED.contains(&scenario.name.as_str()) {
-                plot_scenario(scenario, &board.results, &runs, &run, out)?;
+                plots.push(plot_scenario(scenario, &board.results, &runs, &run, out)?);
             }
             for (i, s) in board.results.into_iter().enumerate() {
                 per_policy.entry(i).or_default().push(s);
@@ -238,6 +242,9 @@ pub fn report(
         scenarios,
         targets,
     };
+    for (path, svg) in &plots {
+        write_atomically(path, svg.as_bytes())?;
+    }
     let write = |name: &str, text: String| write_atomically(&out.join(name), text.as_bytes());
     write("results.md", report.summary_markdown())?;
     write("scoreboard.md", report.full_markdown())?;
@@ -302,14 +309,15 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SimError
     Ok(())
 }
 
-/// Goodput over time for the model-driven policy beside the baselines that matter there.
+/// Goodput over time for the model-driven policy beside the baselines that matter there:
+/// where it goes, and the plot drawn in memory.
 fn plot_scenario(
     scenario: &Scenario,
     scores: &[Score],
     runs: &[crate::driver::PolicyRun],
     run: &RunOptions,
     out: &Path,
-) -> Result<(), SimError> {
+) -> Result<(PathBuf, String), SimError> {
     let best = scores
         .iter()
         .filter(|s| !is_learned(&s.policy) && s.policy != ORACLE)
@@ -334,7 +342,8 @@ fn plot_scenario(
         "{} — goodput and upstream load per second (seed {}, {}/s offered)",
         scenario.name, run.seed, run.rps
     );
-    crate::plot::plot(&path, &title, &shown, run.rps)
+    let svg = crate::plot::svg(&path, &title, &shown, run.rps)?;
+    Ok((path, svg))
 }
 
 /// The targets for the model-driven policy, judged on the means.
