@@ -93,12 +93,18 @@ pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
         let first = first_bin_after(end, s.bin);
         let healthy = |i: usize| {
             let offered = s.offered.get(i).copied().unwrap_or(0);
-            offered > 0 && s.goodput.get(i).copied().unwrap_or(0) as f64 >= 0.9 * offered as f64
+            s.goodput.get(i).copied().unwrap_or(0) as f64 >= 0.9 * offered as f64
         };
-        // Windows of three bins that the run holds: the last starts three from the end.
-        (first..s.offered.len().saturating_sub(2))
-            .find(|&i| (i..i + 3).all(healthy))
-            .map(|i| (i as f64 * bin_s - end).max(0.0))
+        // Three bins in a row that had arrivals, all healthy: a bin nobody arrived in says
+        // nothing either way (at a few requests a second, one in seven is empty, and
+        // counted unhealthy it made recovery a matter of luck). The run must hold them:
+        // the last three with arrivals are the last window.
+        let busy: Vec<usize> = (first..s.offered.len())
+            .filter(|&i| s.offered.get(i).is_some_and(|&n| n > 0))
+            .collect();
+        busy.windows(3)
+            .find(|w| w.iter().all(|&i| healthy(i)))
+            .map(|w| (w[0] as f64 * bin_s - end).max(0.0))
     });
     Score {
         policy: run.policy.clone(),
@@ -265,6 +271,25 @@ mod tests {
         assert_eq!(score(&twice, &burst, burst.rps).peak_load_ratio, 2.0);
         let s = score(&run(vec![10; 6], vec![10; 6]), &ended_at(3), 10.0);
         assert_eq!(s.peak_load_ratio, 1.0);
+    }
+
+    /// A bin nobody arrived in says nothing of recovery: the three healthy bins in a row
+    /// are three with arrivals (at a few requests a second an empty one made recovery a
+    /// matter of luck).
+    #[test]
+    fn recovery_skips_bins_without_arrivals() {
+        let s = score(
+            &run(vec![10, 10, 10, 0, 10, 0, 10, 10], vec![0, 0, 0, 0, 10, 0, 10, 10]),
+            &ended_at(3),
+            10.0,
+        );
+        assert_eq!(s.recovery_s, Some(1.0));
+        let s = score(
+            &run(vec![10, 10, 10, 0, 10, 0, 10, 0], vec![0, 0, 0, 0, 10, 0, 10, 0]),
+            &ended_at(3),
+            10.0,
+        );
+        assert_eq!(s.recovery_s, None, "two busy healthy bins are not a recovery");
     }
 
     /// A run that ends within three bins of the trigger's end cannot show a recovery: it
