@@ -279,17 +279,26 @@ mod tests {
     #[test]
     fn recovery_skips_bins_without_arrivals() {
         let s = score(
-            &run(vec![10, 10, 10, 0, 10, 0, 10, 10], vec![0, 0, 0, 0, 10, 0, 10, 10]),
+            &run(
+                vec![10, 10, 10, 0, 10, 0, 10, 10],
+                vec![0, 0, 0, 0, 10, 0, 10, 10],
+            ),
             &ended_at(3),
             10.0,
         );
         assert_eq!(s.recovery_s, Some(1.0));
         let s = score(
-            &run(vec![10, 10, 10, 0, 10, 0, 10, 0], vec![0, 0, 0, 0, 10, 0, 10, 0]),
+            &run(
+                vec![10, 10, 10, 0, 10, 0, 10, 0],
+                vec![0, 0, 0, 0, 10, 0, 10, 0],
+            ),
             &ended_at(3),
             10.0,
         );
-        assert_eq!(s.recovery_s, None, "two busy healthy bins are not a recovery");
+        assert_eq!(
+            s.recovery_s, None,
+            "two busy healthy bins are not a recovery"
+        );
     }
 
     /// A run that ends within three bins of the trigger's end cannot show a recovery: it

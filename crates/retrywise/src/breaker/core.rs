@@ -115,7 +115,9 @@ struct Totals {
     failed: Striped,
     ignored: Striped,
     slow: Striped,
-    response_nanos: Striped,
+    /// Every recorded call's latency summed, µs (in nanoseconds the sum wrapped after
+    /// about 580 years of latency: 21 days of 10,000 calls a second taking a second).
+    response_micros: Striped,
 }
 
 /// An epoch no state ever has (epochs are packed in 56 bits): a call recorded with it
@@ -377,7 +379,8 @@ impl CircuitBreaker {
         if slow {
             t.slow.add(1);
         }
-        t.response_nanos.add(duration_nanos(latency));
+        t.response_micros
+            .add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         if outcome == CallOutcome::Success
             && s.cfg.predict.is_some()
             && let Some(now) = stamp
@@ -771,7 +774,7 @@ impl CircuitBreaker {
         let t = &s.totals;
         let (successful, failed, ignored) = (t.successful.get(), t.failed.get(), t.ignored.get());
         let recorded = successful + failed + ignored;
-        let avg = Duration::from_nanos(t.response_nanos.get().checked_div(recorded).unwrap_or(0));
+        let avg = Duration::from_micros(t.response_micros.get().checked_div(recorded).unwrap_or(0));
         let success_rate = if successful + failed == 0 {
             1.0
         } else {

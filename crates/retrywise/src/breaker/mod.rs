@@ -371,6 +371,16 @@ mod tests {
         );
         assert_eq!(m.avg_response_time, 70 * MS);
         assert!((m.success_rate - 2.0 / 3.0).abs() < 1e-12);
+        // The lifetime sum holds what a busy service records for years (in nanoseconds,
+        // two calls of 317 years passed what a u64 holds, and the average wrapped).
+        let long = Duration::from_secs(10_000_000_000);
+        let busy = CircuitBreaker::builder("busy").build().unwrap();
+        for _ in 0..2 {
+            busy.try_acquire()
+                .unwrap()
+                .record(CallOutcome::Success, long);
+        }
+        assert_eq!(busy.metrics().avg_response_time, long);
         // Window: 3 calls, 1 failed, 1 slow.
         let want = (1.0 - 1.0 / 3.0) * (1.0 - 0.5 / 3.0);
         assert!((m.health_score - want).abs() < 1e-12);
