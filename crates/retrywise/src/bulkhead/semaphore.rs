@@ -414,6 +414,15 @@ pub struct BulkheadPermit<'a> {
 }
 
 impl BulkheadPermit<'_> {
+    /// Gives the room back unused, the call turned away: room came when the call could no
+    /// longer run (no time was left), so it counts as refused, not as admitted too.
+    pub(crate) fn turned_away(self) -> BulkheadFull {
+        let bulkhead = self.bulkhead;
+        bulkhead.shared.gate.uncount_admission();
+        drop(self);
+        bulkhead.full()
+    }
+
     fn into_owned(self) -> OwnedBulkheadPermit {
         let owned = OwnedBulkheadPermit {
             bulkhead: self.bulkhead.clone(),

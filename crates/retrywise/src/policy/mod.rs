@@ -770,9 +770,8 @@ impl<C> Policy<C> {
         if timeout == Some(Duration::ZERO) {
             // The room came when the deadline had no time left: nothing is sent (a
             // request that cannot succeed, and a fake timeout for health and the budget),
-            // as if it never came.
-            drop(permit);
-            return Err(b.full());
+            // as if it never came: a call turned away, not admitted too.
+            return Err(permit.turned_away());
         }
         Ok((Some(permit), started, timeout))
     }

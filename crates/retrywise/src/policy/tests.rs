@@ -1733,12 +1733,17 @@ async fn a_wait_for_the_bulkhead_never_carries_a_call_past_its_deadline() {
     // Room that comes exactly at the deadline: nothing is sent (a request with no time
     // to run would fail at once, a fake timeout for health and the budget).
     let held = bulkhead.try_acquire().unwrap();
+    let before = bulkhead.metrics();
     let (took, sent) = tokio::join!(time_to_give_up(&p), async {
         tokio::time::sleep(350 * MS).await;
         drop(held);
     })
     .0;
     assert_eq!((took, sent), (350 * MS, 0));
+    // Counted once, as turned away (it was counted admitted too).
+    let after = bulkhead.metrics();
+    assert_eq!(after.total_calls, before.total_calls + 1, "{after:?}");
+    assert_eq!(after.rejected_calls, before.rejected_calls + 1, "{after:?}");
     // Room that comes only after the deadline: the call waits no longer than it has.
     let _held = bulkhead.try_acquire().unwrap();
     let (took, sent) = time_to_give_up(&p).await;
