@@ -202,6 +202,17 @@ impl CircuitBreaker {
             .map(|(epoch, state)| Permit::new(self, epoch, state))
     }
 
+    /// [`try_acquire`](Self::try_acquire) for a call already refused that asks again while
+    /// it waits for the circuit (`PolicyBuilder::wait_for_breaker`): refused again, it is
+    /// neither counted nor announced - one call is one refusal, however often it looks.
+    /// (Counted per look, a call polling a HALF_OPEN circuit every 100 ms read as ten
+    /// refused calls a second to the predictive breaker's rate of refusals.)
+    pub(crate) fn try_acquire_again(&self) -> Result<Permit<&CircuitBreaker>, CircuitOpen> {
+        self.try_admit()
+            .map(|(epoch, state)| Permit::new(self, epoch, state))
+            .map_err(|(state, remaining)| self.open(state, remaining))
+    }
+
     /// Like [`try_acquire`](Self::try_acquire), with a permit that owns a handle to the
     /// breaker (for futures that must be `'static`).
     ///
@@ -346,8 +357,13 @@ impl CircuitBreaker {
                 state,
             }]));
         }
+        self.open(state, remaining)
+    }
+
+    /// The refusal, not counted.
+    fn open(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {
         CircuitOpen {
-            name: Arc::clone(&s.name),
+            name: Arc::clone(&self.shared.name),
             state,
             remaining,
         }

@@ -412,8 +412,16 @@ impl<C> Policy<C> {
                     waited = Some(None);
                 }
             }
+            // Whether this attempt was refused already and waits for the circuit: looking
+            // again, it is not another refused call.
+            let mut refused_once = false;
             let admitted = loop {
-                match p.permit() {
+                let asked = if refused_once {
+                    p.permit_again()
+                } else {
+                    p.permit()
+                };
+                match asked {
                     Ok(permit) => break Ok(permit),
                     Err(open) => {
                         // Refused, and the wait for the circuit would end past the
@@ -436,6 +444,7 @@ impl<C> Policy<C> {
                                 tokio::time::sleep(wait).await;
                                 attempt_start = Instant::now();
                                 waited = Some(Some(open));
+                                refused_once = true;
                             }
                             _ if p.decide_refused => {
                                 // Nothing was sent: the retry decision weighs waiting it

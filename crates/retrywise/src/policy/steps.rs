@@ -141,6 +141,15 @@ impl Inner {
             .transpose()
     }
 
+    /// [`permit`](Self::permit) for an attempt the breaker refused that asks again while
+    /// it waits for the circuit: a refusal again is not counted.
+    pub(super) fn permit_again(&self) -> Result<Option<Permit<&CircuitBreaker>>, CircuitOpen> {
+        self.breaker
+            .as_ref()
+            .map(CircuitBreaker::try_acquire_again)
+            .transpose()
+    }
+
     /// Tells the breaker (through its permit), the budget and the throttle how an attempt
     /// ended. A request the bulkhead refused was never sent: it tells them nothing. A
     /// permanent failure (a 400) is an answer, not a sign of trouble: it takes no token

@@ -390,6 +390,31 @@ async fn a_probe_answered_404_closes_the_circuit() {
     assert_eq!(breaker.state(), State::Closed);
 }
 
+/// A call waiting for a HALF_OPEN circuit's probes looks again every 100 ms: it is one
+/// refused call, not ten a second (the predictive breaker reads the rate of refused calls
+/// as the load waiting for it).
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_the_circuit_is_refused_once() {
+    use crate::breaker::CallOutcome;
+    let breaker = open_breaker(Duration::from_secs(1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The one probe HALF_OPEN allows is out.
+    let probe = breaker.try_acquire().unwrap();
+    let p = Policy::builder("b")
+        .retry(retry(1, 1))
+        .breaker(breaker.clone())
+        .wait_for_breaker(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let before = breaker.metrics().not_permitted_calls;
+    let (r, _) = tokio::join!(p.call(|_| async { Ok::<_, io::Error>(()) }), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        probe.record(CallOutcome::Success, MS);
+    });
+    assert!(r.is_ok());
+    assert_eq!(breaker.metrics().not_permitted_calls, before + 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_call_with_time_waits_for_the_breaker_and_one_without_fails_fast() {
     let breaker = open_breaker(Duration::from_secs(3));
