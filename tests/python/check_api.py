@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -246,15 +247,26 @@ def run_echoed(cmd, workdir, env):
     """Runs `cmd`, echoing its output as it comes; returns its exit code and output."""
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")
+    # Killed after 15 minutes even if it hangs without a word (the read below would wait).
+    fired = threading.Event()
+
+    def kill():
+        fired.set()
+        proc.kill()
+
+    timer = threading.Timer(900, kill)
+    timer.start()
     lines = []
-    deadline = time.monotonic() + 900
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        lines.append(line)
-        if time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("schemathesis ran for more than 15 minutes")
-    return proc.wait(timeout=60), "".join(lines)
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        sys.exit("schemathesis ran for more than 15 minutes")
+    return code, "".join(lines)
 
 
 def tool_error_only(out):

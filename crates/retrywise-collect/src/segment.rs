@@ -69,9 +69,12 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
         // a segment is one. (The entry's own type, from the listing; only a link costs a
         // look at what it points to. A segment renamed or removed meanwhile by its writer
         // or a compaction is passed over quietly.)
-        let kind = match entry.file_type() {
-            Ok(t) if t.is_symlink() => std::fs::metadata(entry.path()).map(|m| m.file_type()),
-            other => other,
+        let own = entry.file_type();
+        let link = own.as_ref().is_ok_and(std::fs::FileType::is_symlink);
+        let kind = if link {
+            std::fs::metadata(entry.path()).map(|m| m.file_type())
+        } else {
+            own
         };
         match kind {
             Ok(t) if t.is_file() => {}
@@ -79,7 +82,8 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
                 tracing::warn!(path = %entry.path().display(), "named like a segment but not a regular file; skipping it");
                 continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !is_link(&entry) => continue,
+            // (A broken link is worth a warning; a file gone since the listing is not.)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !link => continue,
             Err(e) => {
                 tracing::warn!(path = %entry.path().display(), error = %e, "named like a segment but unreadable (a broken link?); skipping it");
                 continue;
@@ -93,12 +97,6 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Whether a listed entry is a symbolic link (a broken one is worth a warning; a file
-/// gone since the listing is not).
-fn is_link(entry: &std::fs::DirEntry) -> bool {
-    entry.file_type().is_ok_and(|t| t.is_symlink())
 }
 
 /// The segments of every directory in the tree under `root` (`root` included), oldest

@@ -385,12 +385,7 @@ impl Overrides {
             config.models.clone_from(m);
         }
         if let Some(d) = &self.default_model {
-            if d.is_empty()
-                || d.contains(['/', '\\'])
-                || d.starts_with('.')
-                || d.chars().any(char::is_control)
-                || d.trim() != d
-            {
+            if !retrywise::model::is_model_name(d) {
                 return Err(bad("default_model", format!("is not a model name: {d:?}")));
             }
             config.default_model.clone_from(d);

@@ -225,7 +225,6 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
     let mut next = current.clone();
     let mut report = ReloadReport::default();
     let mut newly = Vec::new();
-    let mut folder_gone = false;
     let names = match read_dir(dir) {
         Ok(n) => n,
         // No models folder yet: nothing to serve, not an error (one may be created).
@@ -237,7 +236,6 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                 );
                 report.warnings.push(why);
                 report.folder_missing = true;
-                folder_gone = true;
             }
             Vec::new()
         }
@@ -246,7 +244,7 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
     // (When the whole folder is gone, that one warning says it.)
     for gone in current
         .keys()
-        .filter(|n| !folder_gone && !names.iter().any(|(name, _)| name == *n))
+        .filter(|n| !report.folder_missing && !names.iter().any(|(name, _)| name == *n))
     {
         let why = format!(
             "the folder of model `{gone}` was removed: its version loaded keeps serving from memory"

@@ -223,11 +223,9 @@ mod tests {
         assert_eq!(reasons.len(), 17, "{reasons:?}");
     }
 
-    /// The target in `/v1/targets/{target}` is described as a record's target is: a name
-    /// longer or with other characters is refused (400), so a conforming client sends none.
-    /// The hand-written request schemas name every field the handlers read, and no other:
-    /// a field added to a request and not here would be refused by a client or gateway
-    /// that validates against the document.
+    /// The hand-written `DecideRequest` schema names every field the handler reads, and no
+    /// other (the derived one is the struct's): a field added to the request and not here
+    /// would be refused by a client or gateway that validates against the document.
     #[test]
     fn the_request_schemas_name_the_requests_fields() {
         let doc = openapi(false);
@@ -246,6 +244,8 @@ mod tests {
         assert_eq!(keys(schema), keys(derived));
     }
 
+    /// The target in `/v1/targets/{target}` is described as a record's target is: a name
+    /// longer or with other characters is refused (400), so a conforming client sends none.
     #[test]
     fn a_target_in_a_path_is_a_records_target() {
         let doc = openapi(false);

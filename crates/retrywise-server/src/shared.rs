@@ -871,17 +871,10 @@ impl SharedFleet {
         let tolerance = ms(self.timeout.min(SAME_OPENING_AT_MOST));
         if let Ok(mut opened) = self.opened.lock() {
             for (name, t) in &view {
-                // An opening that ended before this replica read it open (it started, or
-                // Redis was out of its reach, meanwhile): its end, for the probing after it.
-                if t.open_until_ms.is_none()
-                    && let Some(ended) = t.opening_ended_ms
-                {
-                    let u = opened.entry(Arc::clone(name)).or_default();
-                    if ended.saturating_sub(*u) > tolerance {
-                        *u = ended;
-                    }
-                }
-                if let Some(until) = t.open_until_ms {
+                // An open circuit's end, or - closed - that of its last opening, which this
+                // replica may never have read open (it started, or Redis was out of its
+                // reach, meanwhile): for the probing after it.
+                if let Some(until) = t.open_until_ms.or(t.opening_ended_ms) {
                     let u = opened.entry(Arc::clone(name)).or_default();
                     // Read as now + PTTL, the same end reads a few ms apart: a read just
                     // before the key expired is not a reopening once the end has passed.

@@ -2095,9 +2095,12 @@ async fn a_retry_probes_a_half_open_circuit_after_its_own_wait_and_retry_after()
     let (status, v) = h.post("/v1/decide", &bad).await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("waited_ms"), "{v}");
-    // More waited than the time spent says: the failure read as at the call's start.
+    // More waited than the time spent says: the failure read as at the call's start, the
+    // 10 ms waited counted off the Retry-After's 4 s.
     let (status, v) = h.post("/v1/decide", &ask(5.0, Some(10.0))).await;
     assert_eq!(status, 200, "{v}");
+    let rest = v["delay_ms"].as_f64().unwrap();
+    assert!((rest - 3990.0).abs() < 1.0, "{v}");
 }
 
 /// A shared circuit whose open time has passed lets a few fresh calls through as its

@@ -25,8 +25,8 @@ pub struct Score {
     pub p999_ms: Option<f64>,
     /// Seconds from the end of the trigger until goodput (the successes that end in a bin,
     /// whenever their request arrived) is back to 90 % of the offered load (the requests
-    /// that arrive in it) for three bins in a row; `None` if it never comes back (or the
-    /// scenario has no trigger).
+    /// that arrive in it) for three bins in a row that had arrivals (empty bins skipped);
+    /// `None` if it never comes back (or the scenario has no trigger).
     pub recovery_s: Option<f64>,
     /// Logical requests offered.
     pub requests: u64,
@@ -60,12 +60,21 @@ fn first_bin_after(end_s: f64, bin: std::time::Duration) -> usize {
 }
 
 /// Whether `run` lasts long enough to measure recovery from `scenario`'s trigger: three
-/// bins of arrivals after its end (a run shortened with `--requests` may not). Without a
-/// trigger there is nothing to measure.
+/// bins with arrivals after its end (a run shortened with `--requests` may not have
+/// them). Without a trigger there is nothing to measure.
 pub fn recovery_measurable(run: &PolicyRun, scenario: &Scenario) -> bool {
-    scenario.trigger_end().is_some_and(|end| {
-        first_bin_after(end, run.series.bin).saturating_add(3) <= run.series.offered.len()
-    })
+    scenario
+        .trigger_end()
+        .is_some_and(|end| busy_bins_after(&run.series, end).len() >= 3)
+}
+
+/// The bins after `end` (seconds) that had arrivals: recovery is judged on them alone (a
+/// bin nobody arrived in says nothing either way; at a few requests a second one in seven
+/// is empty, and counted unhealthy it made recovery a matter of luck).
+fn busy_bins_after(s: &crate::driver::Series, end: f64) -> Vec<usize> {
+    (first_bin_after(end, s.bin)..s.offered.len())
+        .filter(|&i| s.offered[i] > 0)
+        .collect()
 }
 
 /// Scores a run of `scenario` at `rps`.
@@ -90,19 +99,12 @@ pub fn score(run: &PolicyRun, scenario: &Scenario, rps: f64) -> Score {
     };
     let peak = s.attempts.iter().copied().max().unwrap_or(0) as f64 / offered_per_bin;
     let recovery_s = scenario.trigger_end().and_then(|end| {
-        let first = first_bin_after(end, s.bin);
-        let healthy = |i: usize| {
-            let offered = s.offered.get(i).copied().unwrap_or(0);
-            s.goodput.get(i).copied().unwrap_or(0) as f64 >= 0.9 * offered as f64
-        };
-        // Three bins in a row that had arrivals, all healthy: a bin nobody arrived in says
-        // nothing either way (at a few requests a second, one in seven is empty, and
-        // counted unhealthy it made recovery a matter of luck). The run must hold them:
-        // the last three with arrivals are the last window.
-        let busy: Vec<usize> = (first..s.offered.len())
-            .filter(|&i| s.offered.get(i).is_some_and(|&n| n > 0))
-            .collect();
-        busy.windows(3)
+        let healthy =
+            |i: usize| s.goodput.get(i).copied().unwrap_or(0) as f64 >= 0.9 * s.offered[i] as f64;
+        // Three bins in a row that had arrivals, all healthy; the last three the run holds
+        // are the last window.
+        busy_bins_after(s, end)
+            .windows(3)
             .find(|w| w.iter().all(|&i| healthy(i)))
             .map(|w| (w[0] as f64 * bin_s - end).max(0.0))
     });
@@ -218,30 +220,25 @@ mod tests {
     /// three of the run included.
     #[test]
     fn recovery_counts_the_last_three_bins_of_the_run() {
-        let s = score(
-            &run(vec![10; 6], vec![0, 0, 0, 10, 10, 10]),
-            &ended_at(3),
-            10.0,
+        let ten = || vec![10; 6];
+        assert_eq!(recovery(ten(), vec![0, 0, 0, 10, 10, 10], 3), Some(0.0));
+        assert_eq!(
+            recovery(ten(), vec![0, 0, 0, 0, 10, 10], 3),
+            None,
+            "two healthy bins are not a recovery"
         );
-        assert_eq!(s.recovery_s, Some(0.0));
-        let s = score(
-            &run(vec![10; 6], vec![0, 0, 0, 0, 10, 10]),
-            &ended_at(3),
-            10.0,
+        assert_eq!(recovery(ten(), vec![0, 0, 10, 9, 10, 10], 2), Some(0.0));
+        assert_eq!(
+            recovery(ten(), vec![0, 0, 8, 10, 10, 10], 2),
+            Some(1.0),
+            "under 90 % is not healthy"
         );
-        assert_eq!(s.recovery_s, None, "two healthy bins are not a recovery");
-        let s = score(
-            &run(vec![10; 6], vec![0, 0, 10, 9, 10, 10]),
-            &ended_at(2),
-            10.0,
-        );
-        assert_eq!(s.recovery_s, Some(0.0));
-        let s = score(
-            &run(vec![10; 6], vec![0, 0, 8, 10, 10, 10]),
-            &ended_at(2),
-            10.0,
-        );
-        assert_eq!(s.recovery_s, Some(1.0), "under 90 % is not healthy");
+    }
+
+    /// The recovery a run with these counts per 1 s bin scores after a trigger ending at
+    /// `end_s`.
+    fn recovery(offered: Vec<u64>, goodput: Vec<u64>, end_s: u32) -> Option<f64> {
+        score(&run(offered, goodput), &ended_at(end_s), 10.0).recovery_s
     }
 
     /// A burst offers every request at once: its peak is over the whole run's requests,
@@ -278,25 +275,21 @@ mod tests {
     /// matter of luck).
     #[test]
     fn recovery_skips_bins_without_arrivals() {
-        let s = score(
-            &run(
+        assert_eq!(
+            recovery(
                 vec![10, 10, 10, 0, 10, 0, 10, 10],
                 vec![0, 0, 0, 0, 10, 0, 10, 10],
+                3
             ),
-            &ended_at(3),
-            10.0,
-        );
-        assert_eq!(s.recovery_s, Some(1.0));
-        let s = score(
-            &run(
-                vec![10, 10, 10, 0, 10, 0, 10, 0],
-                vec![0, 0, 0, 0, 10, 0, 10, 0],
-            ),
-            &ended_at(3),
-            10.0,
+            Some(1.0)
         );
         assert_eq!(
-            s.recovery_s, None,
+            recovery(
+                vec![10, 10, 10, 0, 10, 0, 10, 0],
+                vec![0, 0, 0, 0, 10, 0, 10, 0],
+                3
+            ),
+            None,
             "two busy healthy bins are not a recovery"
         );
     }

@@ -299,6 +299,17 @@ fn finite(field: impl fmt::Display, v: f64) -> Result<(), ModelError> {
     }
 }
 
+/// Whether `name` can name a model: it is the models folder's name for it, a plain folder
+/// name - not empty, not starting with a dot, no slashes, no control characters, no
+/// surrounding spaces. (An artifact's `name` and a service's `default_model` alike.)
+pub fn is_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
+}
+
 impl ModelArtifact {
     /// Parses and validates an artifact.
     ///
@@ -361,11 +372,11 @@ impl ModelArtifact {
         check_schema(&self.schema_version)?;
 
         // The name is the models folder's name for the model: a plain folder name.
-        if self.name.is_empty() || self.name.starts_with('.') || self.name.contains(['/', '\\']) {
+        if !is_model_name(&self.name) {
             return Err(ModelError::Value {
                 field: "name".into(),
                 problem: format!(
-                    "`{}` is not a model name (a plain folder name: not empty, not starting with a dot, no slashes)",
+                    "`{}` is not a model name (a plain folder name: not empty, not starting with a dot, no slashes, control characters or surrounding spaces)",
                     self.name
                 ),
             });
@@ -1216,6 +1227,10 @@ mod tests {
             (
                 Box::new(|v| v["name"] = "../../etc".into()),
                 "`name` is invalid: `../../etc` is not a model name",
+            ),
+            (
+                Box::new(|v| v["name"] = " default".into()),
+                "`name` is invalid: ` default` is not a model name",
             ),
             (
                 Box::new(|v| v["features"]["health_window_ms"] = (-5.0).into()),

@@ -14,7 +14,8 @@ mod shared;
 
 pub use artifact::{
     ARTIFACT_FORMAT, ARTIFACT_SCHEMA, FeatureSpec, LOGISTIC, LabelSpec, LogisticModel,
-    MAX_ARTIFACT_BYTES, ModelArtifact, ModelError, POSITIVE_LABEL, Regularization, Scaler, sigmoid,
+    MAX_ARTIFACT_BYTES, ModelArtifact, ModelError, POSITIVE_LABEL, Regularization, Scaler,
+    is_model_name, sigmoid,
 };
 pub use shared::SharedModel;
 

@@ -389,8 +389,8 @@ impl<C> Policy<C> {
         loop {
             let ctx = next.as_ref().unwrap_or(&p.first);
             let number = ctx.attempt;
-            // Whether this attempt took a rate-limiter token (given back if it is not sent).
-            unsent.token = false;
+            // Whether this attempt takes a rate-limiter token (`unsent.token`, false here):
+            // a call that ends before the request leaves gives it back through the guard.
             if p.limiter.is_some() {
                 loop {
                     let now = Instant::now();
@@ -426,8 +426,7 @@ impl<C> Policy<C> {
                     Err(open) => {
                         // Refused, and the wait for the circuit would end past the
                         // deadline: nothing is sent.
-                        let out_of_time = |open, unsent: &mut Unsent<'_>| {
-                            unsent.unlimit();
+                        let out_of_time = |open| {
                             let reason = p.stopped(StopReason::Deadline);
                             refused(number - 1, reason, AttemptError::CircuitOpen(open))
                         };
@@ -439,7 +438,7 @@ impl<C> Policy<C> {
                                 if p.attempt_timeout_at(ctx, start, Instant::now() + wait)
                                     == Some(Duration::ZERO)
                                 {
-                                    return out_of_time(open, &mut unsent);
+                                    return out_of_time(open);
                                 }
                                 tokio::time::sleep(wait).await;
                                 attempt_start = Instant::now();
@@ -473,7 +472,6 @@ impl<C> Policy<C> {
                                         break Err((planned, open));
                                     }
                                     Err(reason) => {
-                                        unsent.unlimit();
                                         return refused(
                                             number - 1,
                                             reason,
@@ -483,7 +481,6 @@ impl<C> Policy<C> {
                                 }
                             }
                             _ => {
-                                unsent.unlimit();
                                 let reason = p.stopped(StopReason::CircuitOpen);
                                 return refused(
                                     number - 1,
@@ -515,7 +512,6 @@ impl<C> Policy<C> {
                 && p.attempt_timeout_at(ctx, start, attempt_start) == Some(Duration::ZERO)
             {
                 drop(permit);
-                unsent.unlimit();
                 if let Some((at, paid)) = unsent.paid.take() {
                     p.unsent(at, &paid);
                 }

@@ -583,8 +583,9 @@ fn writable(path: &std::path::Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     // A regular file is replaced whole (written beside it, then renamed over it): its
-    // folder must take a new file too.
-    if !existed || std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+    // folder must take a new file too. (A path that did not exist was just created
+    // there: its folder took one.)
+    if existed && std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let dir = match real.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
