@@ -241,6 +241,16 @@ fn progress(after: &'static str) -> (ProgressBar, impl FnMut(Step)) {
             say(m.clone());
             b.set_message(m);
         }
+        Step::Fingerprinting => {
+            let m = "fingerprinting the training files".to_owned();
+            say(m.clone());
+            b.set_message(m);
+        }
+        Step::Refit { alpha, rows } => {
+            let m = format!("fitting alpha {alpha} on all {rows} training rows");
+            say(m.clone());
+            b.set_message(m);
+        }
         Step::Evaluated => {
             say("evaluated".into());
             b.set_prefix("evaluated");
@@ -352,7 +362,8 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "name": trained.artifact.name,
                 "version": trained.version,
-                "dir": trained.dir,
+                // (Lossy: `json!` would panic on a path that is not UTF-8.)
+                "dir": trained.dir.to_string_lossy(),
                 "alpha": trained.artifact.regularization.alpha,
                 "training": trained.artifact.training,
                 "validation": trained.evaluation,

@@ -371,7 +371,14 @@ impl<D: RetryDecider> RetryDecider for WithTimeout<D> {
 /// invalid or of another feature set, [`SimError::NoModel`] when there is none.
 pub fn load_model(path: &Path) -> Result<Arc<LogisticModel>, SimError> {
     let file = model_file(path)?;
-    let text = std::fs::read_to_string(&file).map_err(|source| SimError::Io {
+    // A regular file of bounded size, as the service and the trainer read one (a pipe
+    // would block, a link to an endless device read without end).
+    let text = retrywise_collect::read_bounded(
+        &file,
+        retrywise::model::MAX_ARTIFACT_BYTES,
+        "a model artifact",
+    )
+    .map_err(|source| SimError::Io {
         op: format!("read {}", file.display()),
         source,
     })?;

@@ -919,7 +919,10 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
     let mut exprs = Vec::new();
     for (name, want) in wanted() {
         match schema.get(name) {
-            None => exprs.push(lit(NULL).cast(want).alias(name)),
+            // A column typed null holds no value (pyarrow and pandas write a column that
+            // was empty in every row so: no 429 all day, no `retry_after_ms`): the same as
+            // one that is not there.
+            None | Some(DataType::Null) => exprs.push(lit(NULL).cast(want).alias(name)),
             Some(have) => {
                 let ok = if want == DataType::String {
                     have == &DataType::String
@@ -1132,11 +1135,14 @@ pub fn load_sample(
     sample: &Sample,
     on_file: impl FnMut(&InputFile),
 ) -> Result<(Rows, LoadSummary), TrainError> {
-    load_prepared(&prepare(files)?, filter, sample, on_file)
+    load_prepared(&prepare(files)?, filter, sample, None, on_file)
 }
 
 /// [`load_sample`] of files already [`prepare`]d (the lines and rows each file's checks
-/// skipped are counted in the summary here).
+/// skipped are counted in the summary here). Rows whose target health was measured over
+/// another window than the most common one are dropped and counted; with `window` (a
+/// model's, for its evaluation), the rows measured over it are kept instead where there
+/// are any.
 ///
 /// # Errors
 /// A file polars cannot read.
@@ -1144,6 +1150,7 @@ pub fn load_prepared(
     files: &[Prepared],
     filter: &Filter,
     sample: &Sample,
+    window: Option<Duration>,
     mut on_file: impl FnMut(&InputFile),
 ) -> Result<(Rows, LoadSummary), TrainError> {
     let mut summary = LoadSummary {
@@ -1163,7 +1170,7 @@ pub fn load_prepared(
     }
     drop_duplicates(&mut rows, &hedges, &mut summary);
     drop(hedges);
-    settle_health_window(&mut rows, &mut summary);
+    settle_health_window(&mut rows, &mut summary, window);
     summary.rows = rows.len() as u64;
     Ok((rows, summary))
 }
@@ -1198,20 +1205,23 @@ fn drop_duplicates(rows: &mut Rows, hedges: &[u32], summary: &mut LoadSummary) {
     }
 }
 
-/// Makes the rows' health inputs mean one thing: keeps the rows measured over the most
-/// common health window (and those that do not say, written before schema 1.2), drops and
-/// counts the others, and records the window in `rows`.
-fn settle_health_window(rows: &mut Rows, summary: &mut LoadSummary) {
+/// Makes the rows' health inputs mean one thing: keeps the rows measured over `wanted`
+/// when any were, else over the most common health window (and those that do not say,
+/// written before schema 1.2), drops and counts the others, and records the window in
+/// `rows`.
+fn settle_health_window(rows: &mut Rows, summary: &mut LoadSummary, wanted: Option<Duration>) {
     let mut counts: BTreeMap<Duration, usize> = BTreeMap::new();
     for c in &rows.contexts {
         if let Some(w) = c.health_window {
             *counts.entry(w).or_default() += 1;
         }
     }
-    let Some((&window, _)) = counts
-        .iter()
-        .max_by_key(|(w, n)| (**n, std::cmp::Reverse(**w)))
-    else {
+    let Some(window) = wanted.filter(|w| counts.contains_key(w)).or_else(|| {
+        counts
+            .iter()
+            .max_by_key(|(w, n)| (**n, std::cmp::Reverse(**w)))
+            .map(|(w, _)| *w)
+    }) else {
         return;
     };
     rows.health_window = Some(window);
@@ -1223,7 +1233,7 @@ fn settle_health_window(rows: &mut Rows, summary: &mut LoadSummary) {
         .collect();
     summary.skip(
         &format!(
-            "`health_window_ms` is not the dataset's {} ms",
+            "`health_window_ms` is not the {} ms kept",
             window.as_millis()
         ),
         (rows.len() - keep.len()) as u64,

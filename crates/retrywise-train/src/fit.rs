@@ -470,6 +470,59 @@ mod tests {
         )
     }
 
+    /// A warm start is handed to linfa in its own orientation, whichever class it takes
+    /// as positive (the more frequent): started at the optimum for success, one L-BFGS
+    /// step stays there, where a start with the sign the wrong way round is far off (the
+    /// full fits from the other tests converge from any start, and would not tell).
+    #[test]
+    fn a_warm_start_keeps_its_meaning_when_success_is_rare_or_common() {
+        let n = 4_000;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut unit = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut x = Array2::<f64>::zeros((n, 2).f());
+        let mut noise = vec![0.0; n];
+        for i in 0..n {
+            x[[i, 0]] = unit() * 2.0 - 1.0;
+            x[[i, 1]] = unit() * 2.0 - 1.0;
+            noise[i] = unit();
+        }
+        for rate in [0.05f64, 0.95] {
+            // p(success) = σ(3·x0 − x1 + b), b putting the rate about where it is asked.
+            let b = (rate / (1.0 - rate)).ln();
+            let y: Vec<bool> = (0..n)
+                .map(|i| {
+                    let z = 3.0 * x[[i, 0]] - x[[i, 1]] + b;
+                    noise[i] < 1.0 / (1.0 + (-z).exp())
+                })
+                .collect();
+            let successes = y.iter().filter(|s| **s).count() as f64 / n as f64;
+            assert!((successes < 0.2) == (rate < 0.5), "{successes}");
+            let ya = Array1::from(y.clone());
+            let best = fit_penalty(&x, &ya, 1.0, 1e-6, 500, None).unwrap();
+            let loss = |(w, b): &(Array1<f64>, f64)| log_loss(&x, &y, w, *b);
+            let kept = fit_penalty(&x, &ya, 1.0, 1e-6, 1, Some(&best)).unwrap();
+            assert!(
+                loss(&kept) < loss(&best) + 1e-6,
+                "rate {rate}: {} from the optimum against {}",
+                loss(&kept),
+                loss(&best)
+            );
+            let flipped = (-best.0.clone(), -best.1);
+            let wrong = fit_penalty(&x, &ya, 1.0, 1e-6, 1, Some(&flipped)).unwrap();
+            assert!(
+                loss(&wrong) > loss(&best) + 1e-3,
+                "rate {rate}: the test tells a flipped start ({} against {})",
+                loss(&wrong),
+                loss(&best)
+            );
+        }
+    }
+
     /// linfa-logistic's error is kept as the fit error's source (it used to be flattened
     /// into the message), so the binary's error chain shows why the fit failed.
     #[test]

@@ -124,8 +124,18 @@ pub enum Step {
         /// Validation rows.
         validation: usize,
     },
+    /// The training files being fingerprinted (BLAKE3 over every byte, for the artifact's
+    /// lineage).
+    Fingerprinting,
     /// A penalty fitted.
     Trial(AlphaTrial),
+    /// The chosen penalty being fitted on all the training rows (after the trials).
+    Refit {
+        /// The penalty.
+        alpha: f64,
+        /// The training rows.
+        rows: usize,
+    },
     /// Evaluated.
     Evaluated,
     /// Written.
@@ -452,6 +462,7 @@ fn read_bounded(
     data: &[String],
     filter: &Filter,
     max_rows: u64,
+    window: Option<std::time::Duration>,
     progress: &mut dyn FnMut(Step),
 ) -> Result<(Vec<InputFile>, data::Rows, LoadSummary, SampleSummary), TrainError> {
     // Checked before any file is opened.
@@ -483,7 +494,7 @@ fn read_bounded(
         );
     }
     progress(Step::Counted(sampled));
-    let (rows, mut load) = data::load_prepared(&prepared, filter, &sample, |f| {
+    let (rows, mut load) = data::load_prepared(&prepared, filter, &sample, window, |f| {
         progress(Step::FileRead(f.path.clone()))
     })?;
     // The cleaned copies of NDJSON files go before the fit.
@@ -514,6 +525,34 @@ fn read_bounded(
     Ok((files, rows, load, sampled))
 }
 
+/// Refuses a split that left the training rows a single class when the rows as read held
+/// both (an outage in the last hours of a log, and the time split holding them all out):
+/// the fit's own "single class" would read as if the data had no failures.
+fn one_class_by_the_split(
+    all: &[bool],
+    train: &[bool],
+    opts: &TrainOptions,
+) -> Result<(), TrainError> {
+    let one_class = |ys: &[bool]| {
+        let successes = ys.iter().filter(|s| **s).count();
+        successes == 0 || successes == ys.len()
+    };
+    if one_class(train) && !one_class(all) {
+        let (held, kept) = if train.first() == Some(&true) {
+            ("failures", "successes")
+        } else {
+            ("successes", "failures")
+        };
+        return Err(TrainError::Split(format!(
+            "the {} split (--validation-fraction {}) holds out every one of the rows' {held}:              the {} training rows are all {kept}; split by call (--split call) or hold out              less",
+            opts.split.name(),
+            opts.validation_fraction,
+            train.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Trains a model and writes it as a new version.
 ///
 /// # Errors
@@ -526,15 +565,17 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(Step)) -> Result<Trai
     check_fraction(opts.validation_fraction)?;
     fit::check_options(&opts.fit)?;
     let (files, rows, load, sampled) =
-        read_bounded(&opts.data, &opts.filter, opts.max_rows, progress)?;
+        read_bounded(&opts.data, &opts.filter, opts.max_rows, None, progress)?;
     // Hashed right after the read (the files likely still in the page cache), so that it
     // names the bytes trained on, and a file compacted away during the fit cannot throw
     // the fit away.
+    progress(Step::Fingerprinting);
     let fingerprint = {
         let _s = tracing::info_span!("fingerprint", files = files.len()).entered();
         store::fingerprint(&files)?
     };
     let (tr, va, split) = split(&rows, opts.split, opts.validation_fraction)?;
+    one_class_by_the_split(&rows.success, &tr.success, opts)?;
     tracing::info!(
         split = opts.split.name(),
         train = split.train_rows,
@@ -685,6 +726,10 @@ fn fit_chosen(
         &mut trial,
     )?;
     drop((inner, held));
+    progress(Step::Refit {
+        alpha: chosen.alpha,
+        rows: tr.len(),
+    });
     // The chosen penalty on all the training rows, scored on nothing: the validation rows
     // would only score it (a score nobody reads), at the cost of their feature matrix.
     let fitted = fit::fit_alpha(&tr.contexts, &tr.success, chosen.alpha, &opts.fit)?;
@@ -782,10 +827,13 @@ pub fn eval(
                 })
         })
         .transpose()?;
-    let (_, rows, load, _) = read_bounded(data, filter, max_rows, progress)?;
+    // The rows measured over the model's health window are kept where the data holds
+    // any (the others are counted as skipped).
+    let learned = artifact.features.health_window();
+    let (_, rows, load, _) = read_bounded(data, filter, max_rows, learned, progress)?;
     // Health measured over another window means something else to the model: its metrics
     // on those rows would judge a model nobody serves with them.
-    if let (Some(learned), Some(measured)) = (artifact.features.health_window(), rows.health_window)
+    if let (Some(learned), Some(measured)) = (learned, rows.health_window)
         && learned != measured
     {
         return Err(TrainError::Input {

@@ -133,10 +133,10 @@ pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
             problem: "is a file, not a models folder".into(),
         });
     }
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+    if !retrywise::model::is_model_name(name) {
         return Err(TrainError::Input {
             path: models.join(name),
-            problem: "is not a valid model name (a plain folder name: not empty, not starting with a dot, no slashes)".into(),
+            problem: "is not a valid model name (a plain folder name: not empty, not starting with a dot, no slashes, no control characters, no spaces at either end)".into(),
         });
     }
     let dir = models.join(name);
@@ -186,7 +186,8 @@ pub fn check_name(models: &Path, name: &str) -> Result<(), TrainError> {
 /// it as a failure would have a retry publish the same model again as another version.
 ///
 /// # Errors
-/// I/O errors before the rename; a name that is not a plain folder name.
+/// I/O errors before the rename; a name that is not a plain folder name, or not the
+/// artifact's own.
 pub fn write_new_version(
     models: &Path,
     name: &str,
@@ -207,6 +208,16 @@ fn write_version_with(
 ) -> Result<(u32, PathBuf), TrainError> {
     check_name(models, name)?;
     let dir = models.join(name);
+    // A version in the folder of another model's name is one no reader loads.
+    if artifact.name != name {
+        return Err(TrainError::Input {
+            path: dir,
+            problem: format!(
+                "would hold an artifact named `{}`: a model's versions carry its folder's name",
+                artifact.name
+            ),
+        });
+    }
     // Sized before anything is written: a version no reader can load is refused.
     if let (_, Some(whole)) = model_json(artifact, &dir)? {
         tracing::warn!(
@@ -380,21 +391,27 @@ pub fn load_artifact(path: &Path) -> Result<ModelArtifact, TrainError> {
         path: file.clone(),
         source,
     })?;
-    // In a version folder, the folder and the file must agree on the version.
-    if let Some(folder) = file
-        .parent()
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.parse::<u32>().ok())
-        && folder != artifact.version
-    {
-        return Err(TrainError::Input {
-            path: file,
-            problem: format!(
-                "holds version {}, but sits in the folder of version {folder}",
-                artifact.version
-            ),
-        });
+    // In a version folder (`<name>/<version>/model.json`), the folders and the file must
+    // agree on the model and the version, as the service requires.
+    fn folder_name(p: Option<&Path>) -> Option<&str> {
+        p.and_then(Path::file_name).and_then(|n| n.to_str())
+    }
+    let version_dir = file.parent();
+    if let Some(version) = folder_name(version_dir).and_then(|n| n.parse::<u32>().ok()) {
+        let name = folder_name(version_dir.and_then(Path::parent)).unwrap_or_default();
+        // A version folder under a folder that is not a model's name (`./3/model.json`
+        // read from anywhere) is checked on its version alone.
+        let name = if retrywise::model::is_model_name(name) {
+            name
+        } else {
+            artifact.name.as_str()
+        };
+        if let Some(problem) = artifact.misplaced(name, version) {
+            return Err(TrainError::Input {
+                path: file,
+                problem,
+            });
+        }
     }
     Ok(artifact)
 }
@@ -428,9 +445,12 @@ pub fn fingerprint(files: &[InputFile]) -> Result<String, TrainError> {
 mod tests {
     use super::*;
 
-    fn shipped() -> ModelArtifact {
+    /// The shipped model's artifact, named `name` (a model's versions carry its name).
+    fn shipped_as(name: &str) -> ModelArtifact {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/1");
-        load_artifact(&dir).unwrap()
+        let mut a = load_artifact(&dir).unwrap();
+        a.name = name.to_owned();
+        a
     }
 
     /// Trainers racing in one process (and so with one pid) each get a version of their
@@ -443,7 +463,7 @@ mod tests {
             let writers: Vec<_> = (0..8)
                 .map(|_| {
                     s.spawn(|| {
-                        let mut a = shipped();
+                        let mut a = shipped_as("m");
                         write_new_version(&models, "m", &mut a, |a| {
                             Ok(format!("<html>version {}</html>", a.version))
                         })
@@ -494,7 +514,13 @@ mod tests {
             std::fs::write(dir.join("model.json"), "theirs").unwrap();
         }
         let (version, dir) =
-            write_new_version(root.path(), "m", &mut shipped(), |_| Ok(String::new())).unwrap();
+            write_new_version(
+                root.path(),
+                "m",
+                &mut shipped_as("m"),
+                |_| Ok(String::new()),
+            )
+            .unwrap();
         assert_eq!((version, load_artifact(&dir).unwrap().version), (1, 1));
         for dir in &theirs {
             assert_eq!(
@@ -539,7 +565,13 @@ mod tests {
             .unwrap()
             .set_modified(then)
             .unwrap();
-        write_new_version(root.path(), "m", &mut shipped(), |_| Ok(String::new())).unwrap();
+        write_new_version(
+            root.path(),
+            "m",
+            &mut shipped_as("m"),
+            |_| Ok(String::new()),
+        )
+        .unwrap();
         assert!(!old.exists(), "{} is left", old.display());
         assert!(
             young.join("model.json").is_file(),
@@ -564,7 +596,7 @@ mod tests {
         let (version, dir) = write_version_with(
             root.path(),
             "m",
-            &mut shipped(),
+            &mut shipped_as("m"),
             |_| Ok(String::new()),
             failing,
         )
@@ -580,7 +612,14 @@ mod tests {
     #[test]
     fn an_entry_in_the_way_of_the_next_version_is_named() {
         let root = tempfile::tempdir().unwrap();
-        let write = || write_new_version(root.path(), "m", &mut shipped(), |_| Ok(String::new()));
+        let write = || {
+            write_new_version(
+                root.path(),
+                "m",
+                &mut shipped_as("m"),
+                |_| Ok(String::new()),
+            )
+        };
         assert_eq!(write().unwrap().0, 1);
         let m = root.path().join("m");
         for make in [
@@ -626,7 +665,7 @@ mod tests {
     /// the same.
     #[test]
     fn a_model_whose_detail_outgrows_the_readers_limit_is_written_loadable() {
-        let mut a = shipped();
+        let mut a = shipped_as("big");
         let files: Vec<_> = (0..40_000)
             .map(|i| serde_json::json!({"path": format!("data/attempts/part-{i:08}.parquet"), "bytes": 1_000_000, "format": "parquet"}))
             .collect();
@@ -663,12 +702,30 @@ mod tests {
         );
         assert_eq!(metrics["metrics"]["by_target"], a.metrics["by_target"]);
         // A model that fits is written whole.
-        let mut small = shipped();
+        let mut small = shipped_as("small");
         let (_, dir) =
             write_new_version(root.path(), "small", &mut small, |_| Ok(String::new())).unwrap();
         let back = load_artifact(&dir).unwrap();
         assert_eq!(back.training["files"], small.training["files"]);
         assert_eq!(file_count(&back.training), file_count(&small.training));
         assert!(file_count(&back.training) > 0);
+    }
+
+    /// A version is written only in the folder of the artifact's own name (the service
+    /// refuses one that sits in another model's).
+    #[test]
+    fn an_artifact_is_written_only_under_its_own_name() {
+        let root = tempfile::tempdir().unwrap();
+        let e = write_new_version(root.path(), "other", &mut shipped_as("m"), |_| {
+            Ok(String::new())
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "would hold an artifact named `m`: a model's versions carry its folder's name"
+            ),
+            "{e}"
+        );
+        assert!(!root.path().join("other").exists());
     }
 }

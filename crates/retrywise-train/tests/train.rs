@@ -225,7 +225,7 @@ fn a_prepared_file_is_checked_once_and_read_by_count_and_load() {
         fresh_count
     );
     let mut seen = Vec::new();
-    let (rows, summary) = data::load_prepared(&prepared, &filter, &data::Sample::ALL, |f| {
+    let (rows, summary) = data::load_prepared(&prepared, &filter, &data::Sample::ALL, None, |f| {
         seen.push(f.path.clone())
     })
     .unwrap();
@@ -447,11 +447,21 @@ fn trains_a_model_that_beats_the_baseline_and_never_overwrites_a_version() {
     for f in ["model.json", "metrics.json", "report.html"] {
         assert!(first.dir.join(f).is_file(), "{f}");
     }
+    // Every phase of a long run is told: the fingerprint after the read, the trials, then
+    // the chosen penalty's fit on all the training rows.
+    let at = |want: fn(&retrywise_train::Step) -> bool| steps.iter().position(want);
+    let loaded = at(|s| matches!(s, retrywise_train::Step::Loaded(_))).unwrap();
+    let hashing = at(|s| matches!(s, retrywise_train::Step::Fingerprinting)).unwrap();
+    let trial = at(|s| matches!(s, retrywise_train::Step::Trial(_))).unwrap();
+    let refit = at(|s| matches!(s, retrywise_train::Step::Refit { .. })).unwrap();
     assert!(
-        steps
-            .iter()
-            .any(|s| matches!(s, retrywise_train::Step::Trial(_)))
+        loaded < hashing && hashing < trial && trial < refit,
+        "{steps:?}"
     );
+    assert!(matches!(
+        steps[refit],
+        retrywise_train::Step::Refit { rows, .. } if rows == first.artifact.training["train_rows"].as_u64().unwrap() as usize
+    ));
     // What was written is what the loader accepts, and predicts as trained.
     let art = store::load_artifact(&first.dir).unwrap();
     assert_eq!(art, first.artifact);
@@ -929,6 +939,29 @@ fn no_data_empty_data_and_a_single_class_are_clear_errors() {
         "{e}"
     );
     assert!(e.to_string().contains("single class"), "{e}");
+    // Failures only in the log's last minutes (an outage at its end): the time split holds
+    // them all out, and says so rather than that the data has no failures.
+    let mut late: Vec<_> = synthetic::records(2_000, 2);
+    late.sort_by_key(|r| r.started_at_ms);
+    let n = late.len();
+    for r in &mut late[..n - n / 20] {
+        r.outcome = retrywise::attempt::Outcome::Success;
+    }
+    assert!(
+        late[n - n / 20..]
+            .iter()
+            .any(|r| r.outcome != retrywise::attempt::Outcome::Success)
+    );
+    let tail = dir.path().join("tail/a.parquet");
+    write_parquet(&late, &tail);
+    let e = err_of(&tail, &models);
+    assert!(matches!(e, TrainError::Split(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("holds out every one of the rows' failures"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--split call"), "{e}");
     // Nothing was written for any of them.
     assert!(!models.exists() || store::versions(&models.join("test")).unwrap().is_empty());
 }
@@ -976,6 +1009,38 @@ fn missing_and_mistyped_columns_name_the_column() {
             .contains("column `target` has type i32, expected str"),
         "{e}"
     );
+}
+
+#[test]
+fn a_column_typed_null_is_read_as_empty() {
+    // As pyarrow writes a log where a column was empty all day (no 429s: no
+    // `retry_after_ms`).
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pyarrow.parquet");
+    write_df(
+        frame(vec![
+            Column::new("started_at_ms".into(), [1u64, 2, 3]),
+            Column::new("target".into(), ["a", "a", "b"]),
+            Column::new("attempt".into(), [1u32, 2, 1]),
+            Column::new("error".into(), [None, Some("timeout"), None]),
+            Column::new_empty("retry_after_ms".into(), &DataType::Null)
+                .extend_constant(AnyValue::Null, 3)
+                .unwrap(),
+            Column::new("outcome".into(), ["retryable", "success", "success"]),
+        ]),
+        &p,
+    );
+    let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), 3, "{summary:?}");
+    assert_eq!(
+        rows.contexts
+            .iter()
+            .map(|c| c.target.as_ref())
+            .collect::<Vec<_>>(),
+        ["a", "a", "b"]
+    );
+    assert!(rows.contexts.iter().all(|c| c.retry_after.is_none()));
 }
 
 #[test]
@@ -1269,6 +1334,16 @@ fn a_corrupt_or_mismatched_model_is_refused_by_the_loader() {
     std::fs::write(moved.join("model.json"), &text).unwrap();
     let e = store::load_artifact(&moved).unwrap_err();
     assert!(e.to_string().contains("holds version 1"), "{e}");
+    // Copied under another model's name (the service would refuse it).
+    let renamed = models.join("other/1");
+    std::fs::create_dir_all(&renamed).unwrap();
+    std::fs::write(renamed.join("model.json"), &text).unwrap();
+    let e = store::load_artifact(&renamed).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("holds model `test`, but sits in the folder of model `other`"),
+        "{e}"
+    );
     // Missing.
     let e = store::load_artifact(&models.join("test/99")).unwrap_err();
     assert!(matches!(e, TrainError::Io { .. }), "{e}");
@@ -1471,6 +1546,32 @@ fn eval_refuses_data_whose_health_was_measured_over_another_window() {
             "the model learned target health over 10000 ms, but the data measured it over 30000 ms"
         ),
         "{e}"
+    );
+    // A fleet part way through a change of window: the rows measured over the model's
+    // window are judged even where they are fewer, and the others counted as skipped.
+    let mixed = dir.path().join("mixed.ndjson");
+    let mut recs = windowed(2_000, 23, 30_000);
+    for r in &mut recs[1_200..] {
+        r.context.health_window = Some(Duration::from_millis(10_000));
+    }
+    write_ndjson(&recs, &mixed);
+    let report = retrywise_train::eval(
+        &t.dir,
+        &[mixed.to_string_lossy().into_owned()],
+        &Filter::default(),
+        retrywise_train::data::DEFAULT_MAX_ROWS,
+        &mut quiet,
+    )
+    .unwrap();
+    assert_eq!(report.evaluation.model.rows, 800);
+    assert_eq!(
+        report
+            .load
+            .skipped
+            .get("`health_window_ms` is not the 10000 ms kept"),
+        Some(&1_200),
+        "{:?}",
+        report.load.skipped
     );
 }
 
@@ -1759,6 +1860,11 @@ fn bad_options_are_refused_before_anything_is_read() {
         (
             Box::new(|o: &mut TrainOptions| o.name = "../escape".into())
                 as Box<dyn Fn(&mut TrainOptions)>,
+            "is not a valid model name",
+        ),
+        (
+            // A stray space from a shell variable: the artifact would refuse it after the fit.
+            Box::new(|o: &mut TrainOptions| o.name = "prod ".into()),
             "is not a valid model name",
         ),
         (

@@ -311,6 +311,27 @@ pub fn is_model_name(name: &str) -> bool {
 }
 
 impl ModelArtifact {
+    /// Whether the artifact sits where a models folder keeps it, `<name>/<version>/`:
+    /// `None` when the folders `name` and `version` it was read from are its own name and
+    /// version, else what disagrees. (One rule for every reader of a models folder: a
+    /// model copied under another name, or a version folder renamed, is refused the same
+    /// way by the trainer's `eval` and by the service.)
+    pub fn misplaced(&self, name: &str, version: u32) -> Option<String> {
+        if self.name != name {
+            Some(format!(
+                "holds model `{}`, but sits in the folder of model `{name}`",
+                self.name
+            ))
+        } else if self.version != version {
+            Some(format!(
+                "holds version {}, but sits in the folder of version {version}",
+                self.version
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Parses and validates an artifact.
     ///
     /// # Errors
