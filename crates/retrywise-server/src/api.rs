@@ -44,7 +44,8 @@ pub struct Ready {
     pub ready: bool,
     /// Models serving.
     pub models: usize,
-    /// Whether the model used when a request names none is among them.
+    /// Whether the model used when a request names none is among them (always, when
+    /// ready: without it the answer is 503).
     pub default_model: bool,
     /// Where the fleet view comes from: `in-process` (no `--fleet`), `shared` (Redis
     /// answers) or `local` (Redis unreachable, or the fleet in Redis counts with another
@@ -64,13 +65,11 @@ pub(crate) async fn healthz() -> Json<Health> {
     })
 }
 
-/// A model is loaded: 200, else 503.
+/// The default model is serving: 200, else 503 naming what is missing.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
 pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    not_ready(&st)?;
     let n = st.models.snapshot().len();
-    if n == 0 {
-        return Err(ApiError::unavailable("no model is loaded", None));
-    }
     let (fleet, fleet_detail) = match st.fleet.shared().map(|s| s.status()) {
         None => ("in-process", None),
         Some(s) if s.shared => ("shared", Some(s.detail)),
@@ -83,6 +82,32 @@ pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, Ap
         fleet: fleet.to_owned(),
         fleet_detail,
     }))
+}
+
+/// Why the service is not ready, if it is not: its default model (`default_model`) is not
+/// serving - no model is loaded yet, or others are but not that one (its versions refused,
+/// or not there): requests that name no model would be answered without it, so a load
+/// balancer should send them elsewhere. (`/readyz` and the KServe `/v2/health/ready`.)
+pub(crate) fn not_ready(st: &AppState) -> Result<(), ApiError> {
+    let set = st.models.snapshot();
+    let default = &st.config.default_model;
+    if set.contains_key(default) {
+        return Ok(());
+    }
+    Err(ApiError::unavailable(
+        if set.is_empty() {
+            "no model is loaded".to_owned()
+        } else {
+            format!(
+                "the default model `{default}` (setting `default_model`) is not serving (serving: {})",
+                set.keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        None,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1009,7 +1034,7 @@ pub(crate) async fn target(
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String)))]
 pub(crate) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     st.sync_dropped();
-    crate::ingest::release_labels(&st, tokio::time::Instant::now());
+    crate::ingest::release_forgotten_labels(&st);
     let names = st.fleet.names();
     // Targets come into the fleet view through questions too (`/v1/targets/{t}`, a
     // probe's admission), not only through ingestion: counted as of the scrape.

@@ -57,7 +57,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Requests handled at once on the API routes; more are shed with 503 + Retry-After.
     /// Ingestion (`POST /v1/attempts`) takes at most a quarter of them (at least one), so
-    /// that batches waiting on slow storage never crowd out predictions. Default 1024; at
+    /// that batches waiting on slow storage never crowd out predictions (below 4, that one
+    /// is half of 2 and all of 1: give a replica that ingests at least 4). Default 1024; at
     /// most [`MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
     /// When set, `/admin/*` and `POST /v1/attempts` require `Authorization: Bearer <token>`.

@@ -138,7 +138,11 @@ pub(crate) async fn ingest(
     let records = match records(&content_type(&headers), &bytes) {
         Ok(r) => r,
         Err(e) => {
-            st.metrics.rejected.inc();
+            // Invalid batches (400), as the counter says: not a body of another media
+            // type (415), which no record was read from.
+            if matches!(e, ApiError::BadRequest(_)) {
+                st.metrics.rejected.inc();
+            }
             return Err(e);
         }
     };
@@ -180,6 +184,15 @@ pub(crate) async fn ingest(
             tracing::warn!(error = %e, records = n, "an ingested batch was not written");
             return Err(ApiError::unavailable(
                 "the collector could not write the batch (storage failing): send again later",
+                Some(1),
+            ));
+        }
+        Err(CollectError::WriterGone) => {
+            // The service is shutting down and closed its collector with this batch still
+            // on its way: nothing of it was written, and another replica (or this one,
+            // restarted) takes it.
+            return Err(ApiError::unavailable(
+                "the collector is closed (the service is shutting down): nothing written, send again",
                 Some(1),
             ));
         }
@@ -233,12 +246,19 @@ pub(crate) async fn ingest(
 }
 
 /// Gives back label slots: those of targets the fleet view forgot and - while every slot
-/// is taken - those of targets idle in it, so that busy targets are not counted as
-/// `other` behind idle ones holding every slot.
+/// is taken - those of targets idle in it, so that a busy target (ingestion calls this for
+/// one without a slot) is not counted as `other` behind idle ones holding every slot.
 pub(crate) fn release_labels(st: &AppState, now: Instant) {
     let full = st.metrics.labels_full();
     st.metrics
         .release(|name| st.fleet.tracks(name) && !(full && st.fleet.idle(name, now)));
+}
+
+/// Gives back the label slots of the targets the fleet view forgot (a scrape's: a gauge of
+/// a target nobody tracks would show its last value for ever). Idle targets keep theirs
+/// until a busy target needs one.
+pub(crate) fn release_forgotten_labels(st: &AppState) {
+    st.metrics.release(|name| st.fleet.tracks(name));
 }
 
 /// Sets each of `targets`' fleet gauges (circuit open, suggested concurrency limit and

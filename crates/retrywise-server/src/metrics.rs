@@ -465,17 +465,26 @@ impl Metrics {
     /// taken, those idle there - with their series: a gauge of a target nobody tracks
     /// would show its last value for ever, and the first `max_target_labels` targets ever
     /// seen would keep every slot, the targets after them counted as `other` however busy.
-    /// A target that comes back counts afresh. The targets released.
+    /// A target that comes back counts afresh; what it had counted moves to `other`, so
+    /// that the sum over every series never goes down (and no count since the last scrape
+    /// is lost: counts are taken under the same lock). The targets released.
     pub fn release(&self, keep: impl Fn(&str) -> bool) -> usize {
         let Ok(mut names) = self.target_names.lock() else {
             return 0;
         };
         let gone: Vec<String> = names.iter().filter(|n| !keep(n)).cloned().collect();
+        let other = TargetLabels {
+            target: "other".into(),
+        };
         for name in &gone {
             names.remove(name);
             let labels = TargetLabels {
                 target: name.clone(),
             };
+            let counted = self.ingested.get_or_create(&labels).get();
+            if counted > 0 {
+                self.ingested.get_or_create(&other).inc_by(counted);
+            }
             self.ingested.remove(&labels);
             self.circuit_open.remove(&labels);
             self.concurrency_limit.remove(&labels);

@@ -60,8 +60,8 @@ pub struct ReloadReport {
     /// What an operator should know that is not a refusal: the models folder gone while
     /// models serve from memory, a serving version removed from disk.
     pub warnings: Vec<String>,
-    /// The models folder was not there while models serve from memory: the scan read
-    /// nothing (no successful reload, for the staleness gauge).
+    /// The models folder was not there: the scan read nothing (no successful reload, for
+    /// the staleness gauge), whether or not models serve from memory.
     pub folder_missing: bool,
 }
 
@@ -92,11 +92,43 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// Why a version was not loaded.
+#[derive(Debug)]
+struct Refusal {
+    why: String,
+    /// Whether it holds until the file changes (what it holds, its size, its type), so
+    /// that the version is not read again before: not a read the system failed (too many
+    /// open files, an I/O error), which the next scan tries again.
+    lasting: bool,
+}
+
+impl Refusal {
+    fn lasting(why: String) -> Self {
+        Self { why, lasting: true }
+    }
+}
+
+/// Whether a failed read of a `model.json` holds until the file changes (its stamp): it
+/// is not there, not a regular file, too large, not UTF-8, or not readable by the
+/// service (changing its mode changes its stamp) - rather than a read the system failed
+/// this once.
+fn read_error_lasts(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::NotFound | K::InvalidInput | K::InvalidData | K::PermissionDenied
+    )
+}
+
 /// A `model.json`'s text: a regular file (a pipe would block the reload for as long as
 /// nothing writes to it) of at most [`MAX_ARTIFACT_BYTES`].
-fn read_artifact(file: &Path) -> Result<String, String> {
-    retrywise_collect::read_bounded(file, MAX_ARTIFACT_BYTES, "a model artifact")
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+fn read_artifact(file: &Path) -> Result<String, Refusal> {
+    retrywise_collect::read_bounded(file, MAX_ARTIFACT_BYTES, "a model artifact").map_err(|e| {
+        Refusal {
+            why: format!("cannot read {}: {e}", file.display()),
+            lasting: read_error_lasts(e.kind()),
+        }
+    })
 }
 
 fn load_version(
@@ -104,27 +136,16 @@ fn load_version(
     name: &str,
     version: u32,
     stamp: Stamp,
-) -> Result<LoadedModel, String> {
+) -> Result<LoadedModel, Refusal> {
     let file = path.join("model.json");
     let text = read_artifact(&file)?;
-    let artifact =
-        ModelArtifact::from_json(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-    if artifact.name != name {
-        return Err(format!(
-            "{}: holds model `{}`, but sits in the folder of model `{name}`",
-            file.display(),
-            artifact.name
-        ));
+    let artifact = ModelArtifact::from_json(&text)
+        .map_err(|e| Refusal::lasting(format!("{}: {e}", file.display())))?;
+    if let Some(problem) = artifact.misplaced(name, version) {
+        return Err(Refusal::lasting(format!("{}: {problem}", file.display())));
     }
-    if artifact.version != version {
-        return Err(format!(
-            "{}: holds version {}, but sits in the folder of version {version}",
-            file.display(),
-            artifact.version
-        ));
-    }
-    let model =
-        LogisticModel::from_artifact(&artifact).map_err(|e| format!("{}: {e}", file.display()))?;
+    let model = LogisticModel::from_artifact(&artifact)
+        .map_err(|e| Refusal::lasting(format!("{}: {e}", file.display())))?;
     Ok(LoadedModel {
         name: name.to_owned(),
         version,
@@ -229,13 +250,14 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
         Ok(n) => n,
         // No models folder yet: nothing to serve, not an error (one may be created).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // (A scan of no folder read nothing: not a successful reload.)
+            report.folder_missing = true;
             if !current.is_empty() {
                 let why = format!(
                     "the models folder {} does not exist: the versions loaded keep serving from memory",
                     dir.display()
                 );
                 report.warnings.push(why);
-                report.folder_missing = true;
             }
             Vec::new()
         }
@@ -318,9 +340,13 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                     next.insert(name.clone(), Arc::new(m));
                     break;
                 }
-                Err(why) => {
+                Err(Refusal { why, lasting }) => {
                     tracing::error!(model = %name, refused = version, serving = ?serving, error = %why, "model version refused; the version serving keeps serving");
-                    newly.push(((name.clone(), version), (st, why.clone())));
+                    // Remembered until the file changes - unless the system failed the
+                    // read (too many open files, say): the next scan reads it again.
+                    if lasting {
+                        newly.push(((name.clone(), version), (st, why.clone())));
+                    }
                     report.failed.push((name.clone(), version, why));
                     // The serving version itself, rewritten and now refused (a copy caught
                     // half-written, say): it keeps serving from memory - no older version
@@ -423,5 +449,37 @@ impl SuccessModel for LoadedModel {
 
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
         self.model.rows_like(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read the system failed this once is tried again at the next scan; what holds
+    /// until the file changes (and so its stamp) is remembered.
+    #[test]
+    fn only_reads_that_hold_until_the_file_changes_are_remembered() {
+        use std::io::ErrorKind as K;
+        for kind in [
+            K::NotFound,
+            K::InvalidInput,
+            K::InvalidData,
+            K::PermissionDenied,
+        ] {
+            assert!(read_error_lasts(kind), "{kind:?}");
+        }
+        for kind in [K::Interrupted, K::OutOfMemory, K::Other, K::TimedOut] {
+            assert!(!read_error_lasts(kind), "{kind:?}");
+        }
+        // Too many open files (EMFILE) reads as no kind of its own.
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(!read_error_lasts(emfile.kind()), "{emfile}");
+        // As read: a folder where the file should be is refused for good (until changed).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("model.json")).unwrap();
+        let r = read_artifact(&dir.path().join("model.json")).unwrap_err();
+        assert!(r.lasting, "{}", r.why);
+        assert!(r.why.contains("not a regular file"), "{}", r.why);
     }
 }

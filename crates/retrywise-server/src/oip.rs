@@ -208,12 +208,10 @@ pub(crate) async fn live() -> Json<Live> {
     Json(Live { live: true })
 }
 
-/// Ready: a model is loaded.
+/// Ready: the default model is serving (as `/readyz`).
 #[utoipa::path(get, path = "/v2/health/ready", responses((status = 200, body = ServerReady), (status = 503, body = ErrorBody)))]
 pub(crate) async fn ready(State(st): State<AppState>) -> Result<Json<ServerReady>, ApiError> {
-    if st.models.snapshot().is_empty() {
-        return Err(ApiError::unavailable("no model is loaded", None));
-    }
+    crate::api::not_ready(&st)?;
     Ok(Json(ServerReady { ready: true }))
 }
 

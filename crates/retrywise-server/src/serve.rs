@@ -35,7 +35,7 @@ pub async fn serve(
             tracing::info!(loaded = ?r.loaded, "models loaded");
             let default = &service.state.config.default_model;
             if !service.state.models.snapshot().contains_key(default) {
-                tracing::warn!(default_model = %default, loaded = ?r.loaded, "the default model is not among the models loaded: requests that name no model are answered 404 until it is");
+                tracing::warn!(default_model = %default, loaded = ?r.loaded, "the default model is not among the models loaded: requests that name no model are answered 404, and /readyz 503, until it is");
             }
         }
         Err(e) => {

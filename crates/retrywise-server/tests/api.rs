@@ -218,6 +218,18 @@ async fn health_readiness_and_models() {
         empty.get("/v2/health/ready").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    // (A models folder that is not there: the scans read nothing, and the staleness gauge
+    // never says they did.)
+    let (_, m) = empty.get("/metrics").await;
+    let stamp: f64 = m
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("retrywise_model_reload_last_success_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(stamp, 0.0);
     let (s, v) = empty
         .post(
             "/v1/predict",
@@ -1309,6 +1321,9 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
     // Not an array.
     let (s, _, v) = h.call(req("{}".into(), "application/json", "s3cret")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // A body of another media type: 415, no invalid batch (none was read).
+    let (s, _, v) = h.call(req(nd[0].clone(), "text/plain", "s3cret")).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
 
     // The fleet view: 14 attempts, 4 + 5 failed... counted as ingested.
     let (s, v) = h.get("/v1/targets/payments").await;
@@ -1645,6 +1660,18 @@ async fn a_default_model_that_is_not_serving_is_named_as_the_default() {
         e.contains("the default model `nosuch` (setting `default_model`) is not serving"),
         "{e}"
     );
+    // Other models serve, not the default: not ready (a load balancer sends the requests
+    // that name no model elsewhere), and both readiness routes say why.
+    for route in ["/readyz", "/v2/health/ready"] {
+        let (s, v) = h.get(route).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{route}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(
+                "the default model `nosuch` (setting `default_model`) is not serving (serving: default)"
+            ),
+            "{route}: {v}"
+        );
+    }
 }
 
 // On the paused clock, the sleep below returns only once every task is idle: the slow
@@ -2414,6 +2441,22 @@ async fn at_its_cap_the_fleet_forgets_idle_targets() {
     );
 }
 
+#[tokio::test]
+async fn a_batch_that_meets_the_collector_closed_is_told_to_come_again() {
+    // As a connection still uploading when a shutdown closed the collector.
+    let h = Harness::new(|_| {}).await;
+    h.service.state().recorder.close().unwrap();
+    let (s, v) = h.post("/v1/attempts", &successes(&["a"])).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("the collector is closed (the service is shutting down): nothing written"),
+        "{v}"
+    );
+}
+
 /// Below the fleet's cap, the label slots follow activity: targets idle in the fleet view
 /// give theirs back, while every slot is taken, to a busy target that has none (the first
 /// `max_target_labels` targets ever seen kept every slot, and a busy target's series and
@@ -2431,8 +2474,19 @@ async fn busy_targets_take_the_label_slots_of_idle_ones() {
     let (_, m) = h.get("/metrics").await;
     let m = m.as_str().unwrap().to_owned();
     assert!(!m.contains(r#"target="c""#), "{m}");
-    // Idle: "c" takes a slot at once, with its gauges.
+    // Idle, with nobody waiting for a slot: a scrape leaves their series as they are.
     tokio::time::advance(Duration::from_secs(11)).await;
+    let (_, m) = h.get("/metrics").await;
+    let m = m.as_str().unwrap().to_owned();
+    for line in [
+        r#"retrywise_ingested_attempts_total{target="a"} 1"#,
+        r#"retrywise_ingested_attempts_total{target="b"} 1"#,
+        r#"retrywise_ingested_attempts_total{target="other"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line} not in {m}");
+    }
+    // A busy target without one: "c" takes a slot at once, with its gauges; what the idle
+    // targets counted moves to `other` (the sum never goes down).
     h.post("/v1/attempts", &successes(&["c", "a"])).await;
     let (_, m) = h.get("/metrics").await;
     let m = m.as_str().unwrap().to_owned();
@@ -2440,6 +2494,7 @@ async fn busy_targets_take_the_label_slots_of_idle_ones() {
         r#"retrywise_ingested_attempts_total{target="c"} 1"#,
         r#"retrywise_fleet_circuit_open{target="c"} 0"#,
         r#"retrywise_ingested_attempts_total{target="a"} 1"#,
+        r#"retrywise_ingested_attempts_total{target="other"} 3"#,
     ] {
         assert!(m.contains(line), "{line} not in {m}");
     }
