@@ -10,10 +10,11 @@
 //! after all its parts are durable. A run interrupted anywhere leaves either the segment
 //! (and a re-run finds the very same part files, so no row is duplicated) or the parts
 //! without the segment (and nothing is left to do). Running twice yields the same rows once.
-//! A part is never replaced: a segment whose part exists without some of its rows (one of
-//! the same name compacted into the same output before) stops the run and is kept
-//! ([`CollectError::PartExists`]); one whose part holds all of them (its own, from a run
-//! that stopped, by this build or an earlier one with fewer columns) leaves it as it is.
+//! A part is never replaced by other rows: a segment whose part exists without some of its
+//! rows (one of the same name compacted into the same output before), or damaged, stops the
+//! run and is kept ([`CollectError::PartExists`], saying which); one whose part holds all
+//! of them (its own, from a run that stopped) leaves it as it is - or, written by an
+//! earlier build without columns added since, writes it over with them.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -209,7 +210,8 @@ pub struct CompactOptions {
     pub output: PathBuf,
     /// What happens to compacted segments. Defaults to [`Disposal::Delete`].
     pub disposal: Disposal,
-    /// Segments compacted at once. Defaults to the number of CPUs.
+    /// Segments compacted at once, from 1 to [`MAX_THREADS`]. Defaults to the number of
+    /// CPUs (at most that).
     pub threads: usize,
 }
 
@@ -220,7 +222,7 @@ impl CompactOptions {
             input: input.into(),
             output: output.into(),
             disposal: Disposal::Delete,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_THREADS)),
         }
     }
 }
@@ -375,6 +377,10 @@ fn check_folders(options: &CompactOptions) -> Result<(), CollectError> {
 /// Compacts every closed segment in the tree under `options.input` (every directory a
 /// recorder writes, at any depth) into `options.output`.
 ///
+/// The most worker threads a compaction may run ([`CompactOptions::threads`]): each holds
+/// a whole segment's records in memory, and one the system refuses would stop the run.
+pub const MAX_THREADS: usize = 256;
+
 /// `on_event` is called from the worker threads as the run progresses; returning
 /// `ControlFlow::Break(())` stops the run at the next safe point (a segment whose parts
 /// are not all written is left in place, to be redone by the next run).
@@ -387,8 +393,14 @@ pub fn compact(
     options: &CompactOptions,
     on_event: impl Fn(&CompactEvent) -> ControlFlow<()> + Sync,
 ) -> Result<CompactSummary, CollectError> {
-    if options.threads == 0 {
-        return Err(CollectError::config("threads", "must be at least 1"));
+    if !(1..=MAX_THREADS).contains(&options.threads) {
+        return Err(CollectError::config(
+            "threads",
+            format!(
+                "must be within [1, {MAX_THREADS}] (each holds one segment's records), got {}",
+                options.threads
+            ),
+        ));
     }
     for (field, dir) in [("input", &options.input), ("output", &options.output)] {
         if dir.exists() && !dir.is_dir() {
@@ -615,9 +627,10 @@ fn write_part(
     let tmp = dir.join(format!(".part-{stem}.parquet.tmp"));
     let path = dir.join(format!("part-{stem}.parquet"));
     // A part already there is this segment's from a run that stopped before removing it
-    // (it holds every row this run would write — written by this build or an earlier one,
-    // with fewer columns or rows this build now skips: keeping it loses nothing), or
-    // another segment's of the same name, which is never replaced.
+    // (it holds every row this run would write — written by this build, kept; or by an
+    // earlier one without columns added since, written over with them: the segment's
+    // values of those columns would otherwise be lost with it), or another segment's of
+    // the same name, which is never replaced.
     let existing = match File::open(&path) {
         Ok(file) => Some(file),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -629,25 +642,43 @@ fn write_part(
         // end of the compaction: its footer is checked before the reader reserves what it
         // claims (an abort no `catch_unwind` stops), and a panic of the reader is caught.
         let old = crate::footer::check(&path)
-            .ok()
+            .map_err(|e| format!("its footer is damaged: {e}"))
             .and_then(|()| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    ParquetReader::new(file).finish().ok()
+                    ParquetReader::new(file)
+                        .finish()
+                        .map_err(|e| format!("it cannot be read: {e}"))
                 }))
-                .ok()
-            })
-            .flatten();
-        let same = old.and_then(|old| holds_rows_of(&old, df)).unwrap_or(false);
-        if !same {
-            return Err(CollectError::PartExists {
-                part: path,
-                segment: source.to_path_buf(),
+                .unwrap_or_else(|_| Err("it cannot be read (the reader panicked)".into()))
             });
+        let refused = |why: String| CollectError::PartExists {
+            part: path.clone(),
+            segment: source.to_path_buf(),
+            why,
+        };
+        let old = old.map_err(refused)?;
+        match holds_rows_of(&old, df) {
+            Some(true) => {}
+            Some(false) => return Err(refused("it holds rows this segment does not".into())),
+            None => {
+                return Err(refused(
+                    "it lacks the columns that name an attempt (target, call, attempt, hedge, start)"
+                        .into(),
+                ));
+            }
         }
-        let bytes = std::fs::metadata(&path)
-            .map_err(|e| CollectError::io("stat", &path, e))?
-            .len();
-        return Ok((path, bytes));
+        let lacks = df
+            .get_column_names()
+            .into_iter()
+            .any(|c| old.column(c).is_err());
+        if !lacks {
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| CollectError::io("stat", &path, e))?
+                .len();
+            return Ok((path, bytes));
+        }
+        // An earlier build's part of this segment, without columns added since: written
+        // over below (atomically: the old part stays whole until the new one replaces it).
     }
     let file = File::create(&tmp).map_err(|e| CollectError::io("create", &tmp, e))?;
     let level = polars::polars_utils::compression::ZstdLevel::try_new(1)

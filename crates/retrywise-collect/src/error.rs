@@ -16,8 +16,11 @@ pub enum CollectError {
         /// What is wrong with it.
         problem: String,
     },
-    /// Another writer holds the segment directory.
-    #[error("segment directory {dir} is in use by another writer (lock file {lock} is held)")]
+    /// Another recorder holds the folder: a segment writer, or a shipper's spool (one
+    /// each per folder).
+    #[error(
+        "folder {dir} is in use by another segment writer or shipper's spool (lock file {lock} is held)"
+    )]
     DirectoryInUse {
         /// The directory.
         dir: PathBuf,
@@ -38,13 +41,16 @@ pub enum CollectError {
     /// A part to write exists already and holds other rows: a segment of the same name was
     /// compacted into the same output before (from another folder, or rewritten since).
     #[error(
-        "{part} exists without rows segment {segment} would write there: a segment of the same name was compacted into this output before; rename the segment or move the part away (the segment is kept, and the run stopped)"
+        "{part} exists without rows segment {segment} would write there ({why}): a segment of the same name was compacted into this output before, or the part is damaged; rename the segment or move the part away (the segment is kept, and the run stopped)"
     )]
     PartExists {
         /// The part already there.
         part: PathBuf,
         /// The segment whose part would have replaced it.
         segment: PathBuf,
+        /// What was found: rows of another segment, or a part that cannot be read (and
+        /// why).
+        why: String,
     },
     /// An I/O operation on a path failed.
     #[error("{op} {path}")]

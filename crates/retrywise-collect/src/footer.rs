@@ -272,14 +272,18 @@ mod tests {
             let _ = skim(&bytes);
         }
 
-        /// Damage to a whole footer is found or harmless: the walk never reads past it.
+        /// Damage to a whole footer is found or harmless: a walk that accepts it took
+        /// exactly the bytes of one struct - the same answer from those bytes alone (it
+        /// never looked past them), and a refusal from any fewer (it needed every one).
         #[test]
-        fn damage_never_reads_past_the_end(at in 0usize..16, mask in 1u8..=255) {
+        fn damage_is_found_or_walked_exactly(at in 0usize..64, mask in 1u8..=255) {
             let mut bytes = GOOD.to_vec();
             let i = at % bytes.len();
             bytes[i] ^= mask;
             if let Ok(n) = skim(&bytes) {
                 proptest::prop_assert!(n <= bytes.len());
+                proptest::prop_assert_eq!(skim(&bytes[..n]), Ok(n));
+                proptest::prop_assert!(skim(&bytes[..n - 1]).is_err());
             }
         }
     }

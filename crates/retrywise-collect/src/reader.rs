@@ -24,7 +24,8 @@ pub struct ReadSummary {
     pub lines: u64,
     /// Records returned.
     pub records: u64,
-    /// Last lines cut short by a crash mid-write (no newline, not a whole record).
+    /// Last lines without a newline that are not a whole record (a write cut short by a
+    /// crash, or any unterminated last line that is not a JSON object).
     pub torn: u64,
     /// Lines that are not a record: not JSON, wrong types, missing fields, bad values,
     /// longer than any record ([`MAX_LINE_BYTES`], read past without being held).
@@ -313,6 +314,11 @@ impl Iterator for SegmentReader {
                     Ok(read) => read,
                     Err(e) => {
                         self.done = true;
+                        // Where in the segment, beside the system's reason.
+                        let e = std::io::Error::new(
+                            e.kind(),
+                            format!("at byte {} (line {}): {e}", cur.offset, cur.line + 1),
+                        );
                         return Some(Err(CollectError::io("read", cur.path.clone(), e)));
                     }
                 };

@@ -19,7 +19,7 @@ pub const OPEN: &str = ".ndjson.open";
 /// A segment file found in a directory.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Segment {
-    /// Its file name without suffix (`seg-1764000000000-000001`).
+    /// Its file name without suffix (`seg-1764000000000-000001-0a1b2c3d`).
     pub stem: String,
     /// Its path.
     pub path: PathBuf,

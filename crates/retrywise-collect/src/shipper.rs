@@ -914,7 +914,9 @@ fn unreadable_for_good(e: &CollectError) -> bool {
                 | ErrorKind::InvalidInput
                 | ErrorKind::PermissionDenied
         ),
-        _ => true,
+        // The blocking task that reads it failed (panicked, or cancelled at a shutdown):
+        // nothing is known of the file, which is read again later.
+        _ => false,
     }
 }
 
@@ -934,4 +936,33 @@ fn client_for(url: &reqwest::Url) -> Result<reqwest::Client, CollectError> {
         endpoint: url.to_string(),
         problem: format!("no HTTP client for it: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only what the file itself is (not a file, not readable by this process, not a
+    /// batch) sets a spooled batch aside for good; a read that failed for a passing
+    /// reason, or whose task failed, is tried again.
+    #[test]
+    fn only_a_file_that_cannot_be_read_for_good_is_set_aside() {
+        let io = |kind| CollectError::io("read", "spool/x", std::io::Error::from(kind));
+        use std::io::ErrorKind as K;
+        for kind in [
+            K::IsADirectory,
+            K::InvalidData,
+            K::InvalidInput,
+            K::PermissionDenied,
+        ] {
+            assert!(unreadable_for_good(&io(kind)), "{kind:?}");
+        }
+        for kind in [K::Interrupted, K::OutOfMemory, K::Other] {
+            assert!(!unreadable_for_good(&io(kind)), "{kind:?}");
+        }
+        let task = CollectError::Flush {
+            reason: "the spool's file task failed: task 7 panicked".into(),
+        };
+        assert!(!unreadable_for_good(&task));
+    }
 }

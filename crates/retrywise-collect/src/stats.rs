@@ -63,7 +63,8 @@ impl Counters {
 
 /// A snapshot of a recorder's counters. Every record handed to `record()` ends up in
 /// exactly one of `written`/`shipped`, `dropped_*` or `failed` (or is still queued, in
-/// memory or in a shipper's spool).
+/// memory or in a shipper's spool). A batch's records (`write_batch`) end up `written` or
+/// `refused_io` - both, when their fsync failed after they were written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct RecorderStats {
     /// Records accepted into the queue.

@@ -142,8 +142,9 @@ struct AfterClose {
 pub struct SegmentRecorder {
     tx: SyncSender<Msg>,
     counters: Arc<Counters>,
-    /// Records taken by [`write_batch`](Self::write_batch) and not yet answered: at most
-    /// the queue's capacity (plus one batch taken while none was pending).
+    /// Records taken by [`write_batch`](Self::write_batch) and not yet written (a batch
+    /// written and waiting for its fsync no longer counts): at most the queue's capacity
+    /// (plus one batch taken while none was pending).
     pending: Arc<AtomicU64>,
     capacity: u64,
     worker: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -281,8 +282,9 @@ impl SegmentRecorder {
     /// fsynced, with its segment's directory entry).
     ///
     /// # Errors
-    /// [`CollectError::Flush`] if records were lost to I/O errors since the previous flush
-    /// or the sync failed; [`CollectError::WriterGone`] after [`close`](Self::close).
+    /// [`CollectError::Flush`] if records were lost since the previous flush (to I/O
+    /// errors, or dropped because the queue was full) or the sync failed;
+    /// [`CollectError::WriterGone`] after [`close`](Self::close).
     pub fn flush(&self) -> Result<(), CollectError> {
         self.ask(Msg::Flush)
     }
@@ -299,7 +301,8 @@ impl SegmentRecorder {
     ///
     /// # Errors
     /// [`CollectError::Busy`]: not taken, nothing written. [`CollectError::Flush`]: taken,
-    /// but an I/O error lost some or all of them (counted as dropped).
+    /// but an I/O error lost some or all of them (counted as refused, `refused_io`: the
+    /// caller was told, and sends them again), naming the file and the system's reason.
     /// [`CollectError::WriterGone`] after [`close`](Self::close).
     pub async fn write_batch(&self, records: Vec<AttemptRecord>) -> Result<u64, CollectError> {
         let n = records.len() as u64;
@@ -493,6 +496,12 @@ struct Writer<S: Storage> {
     unclosed_since_flush: u64,
     /// Records lost to I/O errors since the start (a batch compares it before and after).
     lost_total: u64,
+    /// The last I/O error: what could not be done, to which file, and the system's reason
+    /// (the errors that report losses quote it).
+    last_io_error: Option<String>,
+    /// The records dropped for a full queue as of the last flush (a flush reports those
+    /// dropped since).
+    full_at_flush: u64,
     /// While a batch is written: records an I/O error costs are the batch's, whose caller
     /// is told (refused, not dropped).
     refusing: bool,
@@ -540,6 +549,8 @@ impl<S: Storage> Writer<S> {
             lost_since_flush: 0,
             unclosed_since_flush: 0,
             lost_total: 0,
+            last_io_error: None,
+            full_at_flush: 0,
             refusing: false,
             awaiting_sync: Vec::new(),
             sync_failures: 0,
@@ -761,8 +772,9 @@ impl<S: Storage> Writer<S> {
         } else {
             Err(CollectError::Flush {
                 reason: format!(
-                    "an I/O error lost {} of the batch's {n} records (see the drop counters)",
-                    lost.min(n)
+                    "an I/O error lost {} of the batch's {n} records ({}; counted as refused_io)",
+                    lost.min(n),
+                    self.last_error()
                 ),
             })
         });
@@ -836,7 +848,7 @@ impl<S: Storage> Writer<S> {
     fn sync(&mut self) -> Result<(), CollectError> {
         if !self.write_buf() {
             return Err(CollectError::Flush {
-                reason: "a write failed; see the writer's error counters".into(),
+                reason: format!("a write failed ({})", self.last_error()),
             });
         }
         if let Some(seg) = self.seg.as_mut() {
@@ -868,12 +880,15 @@ impl<S: Storage> Writer<S> {
         // leaves the directory in the state its clock implies.
         self.on_tick();
         let mut result = self.sync();
-        // (A flush that fails of itself says so, and the losses before it go with it.)
-        let losses = self.losses("since the previous flush");
-        if result.is_ok()
-            && let Some(reason) = losses
-        {
-            result = Err(CollectError::Flush { reason });
+        // (A flush that fails of itself says so, with the losses before it.)
+        if let Some(losses) = self.losses("since the previous flush") {
+            result = match result {
+                Ok(()) => Err(CollectError::Flush { reason: losses }),
+                Err(CollectError::Flush { reason }) => Err(CollectError::Flush {
+                    reason: format!("{reason}; {losses}"),
+                }),
+                Err(e) => Err(e),
+            };
         }
         let _ = ack.send(result);
     }
@@ -922,13 +937,28 @@ impl<S: Storage> Writer<S> {
 
     /// What I/O errors cost since the last flush, said `when`, if anything; the counts
     /// start again.
+    /// The last I/O error, as the errors that report losses quote it.
+    fn last_error(&self) -> &str {
+        self.last_io_error
+            .as_deref()
+            .unwrap_or("no I/O error recorded")
+    }
+
     fn losses(&mut self, when: &str) -> Option<String> {
         let lost = std::mem::take(&mut self.lost_since_flush);
         let unclosed = std::mem::take(&mut self.unclosed_since_flush);
+        let full = self.counters.dropped_full.load(Ordering::Relaxed);
+        let dropped = full.saturating_sub(std::mem::replace(&mut self.full_at_flush, full));
         let mut said = Vec::new();
+        if dropped > 0 {
+            said.push(format!(
+                "{dropped} records were dropped {when} because the writer's queue was full (the disk is slower than they came; see queue_capacity)"
+            ));
+        }
         if lost > 0 {
             said.push(format!(
-                "{lost} records were lost to I/O errors {when} (see the drop counters)"
+                "{lost} records were lost to I/O errors {when} (the last: {}; see the drop counters)",
+                self.last_error()
             ));
         }
         if unclosed > 0 {
@@ -990,6 +1020,8 @@ impl<S: Storage> Writer<S> {
     /// whole record and closed), and drop new records for a backoff before trying again.
     fn fail(&mut self, op: &'static str, e: &std::io::Error) {
         Counters::add(&self.counters.io_errors, 1);
+        let path = self.seg.as_ref().map_or(&self.dir, |s| &s.open_path);
+        self.last_io_error = Some(format!("cannot {op} {}: {e}", path.display()));
         self.lose(self.buf_records);
         self.buf.clear();
         self.buf_records = 0;

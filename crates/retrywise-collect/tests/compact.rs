@@ -425,6 +425,21 @@ fn segments_of_the_same_name_in_two_folders_are_refused_before_anything_is_writt
 }
 
 #[test]
+fn a_number_of_threads_out_of_bounds_is_refused_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    for threads in [0, retrywise_collect::compact::MAX_THREADS + 1, usize::MAX] {
+        let mut o = CompactOptions::new(root.path().join("in"), root.path().join("out"));
+        o.threads = threads;
+        let err = compact(&o, |_| ControlFlow::Continue(())).unwrap_err();
+        let said = err.to_string();
+        assert!(
+            said.contains("threads") && said.contains("must be within [1, 256]"),
+            "{said}"
+        );
+    }
+}
+
+#[test]
 fn a_part_is_never_replaced_by_another_segments_rows() {
     let root = tempfile::tempdir().unwrap();
     let (a, b, output) = (
@@ -450,6 +465,11 @@ fn a_part_is_never_replaced_by_another_segments_rows() {
     .unwrap_err();
     assert!(matches!(err, CollectError::PartExists { .. }), "{err}");
     assert!(err.to_string().contains(name), "{err}");
+    assert!(
+        err.to_string()
+            .contains("it holds rows this segment does not"),
+        "{err}"
+    );
     assert_eq!(ids(&scan(&output)), (0..20).collect::<Vec<_>>());
     assert_eq!(segment::list(&b).unwrap().len(), 1, "the segment is kept");
     // The same segment again (a run stopped before removing it): nothing to write, and it
@@ -478,6 +498,13 @@ fn a_part_is_never_replaced_by_another_segments_rows() {
     std::fs::write(a.join(name), lines(0..20)).unwrap();
     assert_eq!(go(&CompactOptions::new(&a, &output)).rows, 20);
     assert!(segment::list(&a).unwrap().is_empty());
+    // ... written over with them: the segment's values of those columns are not lost with
+    // it.
+    let now = ParquetReader::new(std::fs::File::open(&part).unwrap())
+        .finish()
+        .unwrap();
+    assert!(now.column("unknown_fields").is_ok(), "{:?}", now.schema());
+    assert_eq!(ids(&scan(&output)), (0..20).collect::<Vec<_>>());
     // A damaged part of that name: not this segment's, so kept and refused, never read as
     // if it were (nor the end of the run).
     std::fs::write(a.join(name), lines(0..20)).unwrap();
@@ -502,6 +529,7 @@ fn a_part_is_never_replaced_by_another_segments_rows() {
     })
     .unwrap_err();
     assert!(matches!(err, CollectError::PartExists { .. }), "{err}");
+    assert!(err.to_string().contains("its footer is damaged"), "{err}");
     assert_eq!(std::fs::read(&part).unwrap(), damaged, "kept as it was");
     // A part of that name that cannot even be opened (here a link to itself: the open
     // fails, as it would for a file this process may not read): never written over.

@@ -123,6 +123,13 @@ fn a_full_disk_drops_and_counts_then_writing_resumes() {
     }
     let err = rec.flush().unwrap_err();
     assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    // It names the file it could not write and the system's reason.
+    let said = err.to_string();
+    assert!(
+        said.contains("cannot write") && said.contains(&dir.path().display().to_string()),
+        "{said}"
+    );
+    assert!(said.contains("os error 28"), "{said}");
     // While the writer backs off, new records are dropped too.
     for i in 200..210 {
         rec.record(record(i));
@@ -248,6 +255,12 @@ async fn a_batch_is_written_whole_or_not_at_all() {
         .await
         .unwrap_err();
     assert!(matches!(err, CollectError::Flush { .. }), "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("lost 10 of the batch's 10 records (cannot create a segment in")
+            && said.contains("counted as refused_io"),
+        "{said}"
+    );
     // Nor while the writer backs off, though the disk is back.
     faults.creates_limited.store(false, Ordering::SeqCst);
     assert!(

@@ -107,6 +107,16 @@ fn a_full_queue_drops_and_counts_without_blocking() {
     assert!(s.dropped_queue_full >= 10_000 - 1 - 100 - 1, "{s:?}");
     assert_eq!(s.recorded + s.dropped_queue_full, 10_000);
     faults.set_stuck(false);
+    // The next flush says so (it used to answer Ok), once.
+    let err = rec.flush().unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "{} records were dropped since the previous flush because the writer's queue was full",
+            s.dropped_queue_full
+        )),
+        "{err}"
+    );
+    rec.flush().unwrap();
     rec.close().unwrap();
     let (ids, _) = read_ids(dir.path());
     assert_eq!(ids.len() as u64, rec.stats().recorded);
