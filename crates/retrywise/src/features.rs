@@ -91,7 +91,7 @@ features! {
     ErrorHttp429 = "error_http_429": "1 if the previous attempt was rate limited (429).",
     ErrorHttp503 = "error_http_503": "1 if the previous attempt got 503.",
     ErrorHttp5xx = "error_http_5xx": "1 if the previous attempt got another 5xx.",
-    ErrorHttp4xx = "error_http_4xx": "1 if the previous attempt got a retryable 4xx other than 408 and 429 (e.g. 425).",
+    ErrorHttp4xx = "error_http_4xx": "1 if the previous attempt got a 4xx other than 408 and 429 (a 425, or a permanent one such as 400 or 404).",
     ErrorOther = "error_other": "1 if the previous attempt failed otherwise.",
     Status4xx = "status_4xx": "1 if the previous attempt's HTTP status was 4xx.",
     Status5xx = "status_5xx": "1 if the previous attempt's HTTP status was 5xx.",

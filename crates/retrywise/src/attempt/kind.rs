@@ -114,10 +114,27 @@ impl ErrorKind {
                 cur = Some(wrapper.inner());
                 continue;
             }
+            // Hedged requests that all failed (the hedge and policy layers' error): the
+            // kind of the last one's failure, as its message says.
+            #[cfg(feature = "tower")]
+            if let Some(all) = err.downcast_ref::<crate::hedge::AllFailed<crate::layer::Error>>() {
+                cur = all
+                    .errors
+                    .last()
+                    .map(|e| e as &(dyn std::error::Error + 'static));
+                continue;
+            }
             if let Some(io) = err.downcast_ref::<std::io::Error>() {
                 let kind = ErrorKind::from_io(io);
                 if kind != ErrorKind::Other {
                     return kind;
+                }
+                // An `io::Error`'s `source()` is the source of the error it wraps, not
+                // that error (a timeout or a refused connection wrapped again by a TLS or
+                // body adapter): the wrapped error is the next link.
+                if let Some(inner) = io.get_ref() {
+                    cur = Some(inner);
+                    continue;
                 }
             }
             if err.is::<crate::timeout::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
@@ -210,5 +227,32 @@ mod tests {
         assert_eq!(ErrorKind::from_error(&timed_out), ErrorKind::Timeout);
         let other = io::Error::other("?");
         assert_eq!(ErrorKind::from_error(&other), ErrorKind::Other);
+        // Wrapped in an `io::Error` again (as TLS and body adapters do): its `source()`
+        // skips the wrapped error, which is read all the same.
+        let twice = io::Error::other(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(ErrorKind::from_error(&twice), ErrorKind::Connect);
+        let elapsed = io::Error::other(crate::timeout::Elapsed {
+            after: std::time::Duration::from_millis(5),
+        });
+        assert_eq!(ErrorKind::from_error(&elapsed), ErrorKind::Timeout);
+    }
+
+    /// Hedged requests that all failed are of the kind of the last one's failure (they
+    /// read as `other`, and a retry layer outside recorded timeouts as such).
+    #[cfg(feature = "tower")]
+    #[test]
+    fn hedged_requests_that_all_failed_are_of_their_last_failures_kind() {
+        use std::io;
+        let all = crate::hedge::AllFailed {
+            errors: vec![
+                crate::layer::Error::new(io::Error::from(io::ErrorKind::ConnectionReset)),
+                crate::layer::Error::new(crate::timeout::Elapsed {
+                    after: std::time::Duration::from_millis(50),
+                }),
+            ],
+        };
+        assert_eq!(ErrorKind::from_error(&all), ErrorKind::Timeout);
+        let wrapped = crate::layer::Error::new(all);
+        assert_eq!(ErrorKind::from_error(&wrapped), ErrorKind::Timeout);
     }
 }

@@ -37,8 +37,10 @@ pub(crate) use latency::RollingLatency;
 
 const CHECK: Check = Check::new("hedge");
 
-/// The default budget's floor: hedges allowed per second whatever the traffic, so that a
-/// fresh hedge (or a quiet one) hedges before it has seen calls answered.
+/// The default budget's floor, in hedges per second whatever the traffic, so that a fresh
+/// hedge (or a quiet one) hedges before it has seen calls answered: the budget's window is
+/// two periods, and it allows this many per period in it - half a hedge a second, at the
+/// default of 1.
 pub const DEFAULT_MIN_HEDGES_PER_SEC: u32 = 1;
 
 /// The cached delay is recomputed from the histogram (a scan of about a microsecond) at
@@ -246,7 +248,8 @@ fn serialize_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<
 
 impl Hedge {
     /// A builder: one hedge after the p95 (100 ms until 20 samples), a budget of 5 % plus
-    /// one hedge per second.
+    /// a floor of [`DEFAULT_MIN_HEDGES_PER_SEC`] per second of one period over the
+    /// two-period window (half a hedge a second).
     pub fn builder() -> HedgeBuilder {
         HedgeBuilder {
             max_hedges: 1,
@@ -444,17 +447,18 @@ impl Hedge {
             async move { request.await.map(|v| (v, i)) }
         };
         // (A refusal inside is no request sent: a hedge refused so is taken back.)
-        let ((v, winner), at_once) = self
+        let ((v, winner), at_once, beaten) = self
             .race(start, tagged, None, |_| true, &backs_off, &backs_off)
             .await?;
         // An answer on the first poll could not have been hedged (a cache's hit): it is
         // no sample of the latency a hedge waits out, and would drag the percentile to 0.
+        // A primary that failed before a hedge answered is none either (it was not slow).
         if !at_once {
             let now = Instant::now();
             let took = now.saturating_duration_since(start);
             if winner == 0 {
                 self.record_latency(now, took);
-            } else {
+            } else if beaten {
                 self.record_beaten(now, took);
             }
         }
@@ -476,7 +480,9 @@ impl Hedge {
     /// for slow requests, not failed ones.
     ///
     /// The answer comes with whether the primary gave it on its first poll (then nothing
-    /// could have been hedged, and the caller records no latency).
+    /// could have been hedged, and the caller records no latency), and whether the primary
+    /// was still running when a hedge answered (beaten: its latency is at least the
+    /// call's time to that answer; one that had failed is no such sample).
     pub(crate) async fn race<F, Fut, T, E>(
         &self,
         start: Instant,
@@ -485,7 +491,7 @@ impl Hedge {
         mut may_send: impl FnMut(Instant) -> bool,
         backs_off: impl Fn(&E) -> bool,
         unsent: impl Fn(&E) -> bool,
-    ) -> Result<(T, bool), AllFailed<E>>
+    ) -> Result<(T, bool, bool), AllFailed<E>>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -498,7 +504,7 @@ impl Hedge {
         // is needed.
         let first = std::future::poll_fn(|cx| Poll::Ready(primary.as_mut().poll(cx))).await;
         let mut primary_running = match first {
-            Poll::Ready(Ok(v)) => return Ok((v, true)),
+            Poll::Ready(Ok(v)) => return Ok((v, true, false)),
             Poll::Ready(Err(e)) => {
                 errors.push(e);
                 false
@@ -610,7 +616,7 @@ impl Hedge {
             polled
         })
         .await;
-        raced.map(|v| (v, !waited))
+        raced.map(|v| (v, !waited, primary_running))
     }
 }
 
@@ -664,8 +670,8 @@ impl HedgeBuilder {
     }
 
     /// Hedges may be at most `ratio` of the calls answered in the latency window after a
-    /// wait, plus `min_per_sec` per second of one period. Defaults to 5 % and
-    /// [`DEFAULT_MIN_HEDGES_PER_SEC`] (1) per second.
+    /// wait, plus `min_per_sec` per second of one period (the window holds two: half of
+    /// `min_per_sec` a second). Defaults to 5 % and [`DEFAULT_MIN_HEDGES_PER_SEC`] (1).
     pub fn budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
         self.budget = Some((ratio, min_per_sec));
         self
@@ -992,6 +998,21 @@ mod tests {
             .await;
         assert_eq!(r, Ok(1));
         assert_eq!(h.metrics().hedges, hedges + 1);
+        assert_eq!(h.metrics().window_calls, 20);
+        // Nor is a primary that failed after a while, its hedge answering later: it was
+        // not slow, and a "slower than the hedge's answer" would weigh the tail (it was
+        // counted as beaten).
+        let r = h
+            .call(|j| async move {
+                tokio::time::sleep(if j == 0 { 10 * MS } else { 20 * MS }).await;
+                if j == 0 {
+                    Err("reset".to_owned())
+                } else {
+                    Ok(j)
+                }
+            })
+            .await;
+        assert_eq!(r, Ok(1));
         assert_eq!(h.metrics().window_calls, 20);
     }
 

@@ -42,19 +42,36 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             inner,
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
+            decided: None,
         }
     }
 }
 
-/// A service behind a circuit breaker. The breaker is asked in `call`, not `poll_ready`,
-/// so an open circuit fails calls fast without waiting for the inner service (whose
-/// readiness a refused call leaves reserved on this handle, as tower's `Filter` does; drop
-/// the handle, or call it again, to use it).
-#[derive(Debug, Clone)]
+/// A service behind a circuit breaker. The breaker is asked in `poll_ready`, before the
+/// inner service: an open circuit answers ready at once, and the call then fails fast with
+/// [`CircuitOpen`], never waiting for an inner service that may itself be stuck behind the
+/// failing upstream (a concurrency limit held by hung calls, say). An admitted call's
+/// permit is held while the inner service gets ready (dropped unused, it counts as
+/// neither outcome). A handle called without `poll_ready` asks the breaker in `call`. A
+/// clone starts without the original's reservation.
+#[derive(Debug)]
 pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
+    /// What the breaker said for the next call, asked in `poll_ready`.
+    decided: Option<Result<Permit<CircuitBreaker>, CircuitOpen>>,
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+            decided: None,
+        }
+    }
 }
 
 impl<S, C, Req> Service<Req> for CircuitBreakerService<S, C>
@@ -68,11 +85,22 @@ where
     type Future = CircuitBreakerFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Error::new)
+        let decided = self
+            .decided
+            .get_or_insert_with(|| self.breaker.try_acquire_owned());
+        match decided {
+            // Refused: ready to fail fast, whatever the inner service is doing.
+            Err(_) => Poll::Ready(Ok(())),
+            Ok(_) => self.inner.poll_ready(cx).map_err(Error::new),
+        }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.breaker.try_acquire_owned() {
+        let decided = self
+            .decided
+            .take()
+            .unwrap_or_else(|| self.breaker.try_acquire_owned());
+        match decided {
             Ok(permit) => CircuitBreakerFuture {
                 state: State::Running {
                     fut: self.inner.call(req),

@@ -174,7 +174,10 @@ where
                     token = taken;
                     let timeout = p.decider.attempt_timeout(&p.first);
                     let guard = p.guard(&p.first, call_id, 0, start).map(Box::new);
-                    let fut = Timeout::new(self.inner.call(req.clone()), timeout);
+                    // Counted from the call's start, as its latency and deadline are (and
+                    // `Policy::call`'s timeout): a future first polled late is not given
+                    // its whole timeout again.
+                    let fut = Timeout::starting(self.inner.call(req.clone()), start, timeout);
                     (State::Calling { fut }, call_id, guard)
                 }
             },

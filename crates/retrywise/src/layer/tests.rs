@@ -64,6 +64,32 @@ async fn breaker_layer_opens_and_fails_fast() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+/// An open circuit fails a call fast even while the service inside cannot take one (its
+/// one slot held by a call to a hung upstream): the breaker is asked before the inner
+/// service is waited for (it was asked in `call`, after `ready()` had waited).
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_fails_fast_while_the_inner_service_is_not_ready() {
+    let breaker = breaker_of_three();
+    let hung = service_fn(|_: u32| async {
+        std::future::pending::<()>().await;
+        Ok::<u32, io::Error>(0)
+    });
+    let mut svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
+        .layer(tower::limit::ConcurrencyLimitLayer::new(1).layer(hung));
+    let mut other = svc.clone();
+    let stuck = tokio::spawn(svc.ready().await.unwrap().call(1));
+    tokio::task::yield_now().await;
+    breaker.force_open();
+    let refused = tokio::time::timeout(Duration::from_secs(1), async {
+        other.ready().await.unwrap().call(2).await
+    })
+    .await
+    .expect("refused at once, not after the hung call");
+    let e = refused.unwrap_err();
+    assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}");
+    stuck.abort();
+}
+
 /// A service taking `d` ms to answer `d`.
 fn slow()
 -> impl Service<u64, Response = u64, Error = io::Error, Future: Send> + Clone + Send + 'static {
@@ -339,6 +365,26 @@ async fn timeout_layer() {
     assert_eq!(svc.clone().oneshot(50).await.unwrap(), 50);
     let e = svc.oneshot(500).await.unwrap_err();
     assert!(e.downcast_ref::<Elapsed>().is_some());
+}
+
+/// The first attempt's timeout counts from the call, as its latency and deadline do: a
+/// future first polled late is not given its whole timeout again.
+#[tokio::test(start_paused = true)]
+async fn the_first_attempts_timeout_counts_from_the_call() {
+    let rules = RetryRules::builder()
+        .max_attempts(1)
+        .attempt_timeout(crate::retry::AttemptTimeout::Fixed(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let mut svc =
+        RetryLayer::new(retry_policy("t", Arc::new(rules), ErrorsAreRetryable)).layer(slow());
+    let t0 = tokio::time::Instant::now();
+    let call = svc.ready().await.unwrap().call(500);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let e = call.await.unwrap_err();
+    assert!(e.downcast_ref::<Elapsed>().is_some(), "{e}");
+    // Timed out at its first poll, 2 s in, not after 500 ms more of the upstream.
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
 }
 
 #[tokio::test(start_paused = true)]

@@ -914,14 +914,16 @@ impl<C> Policy<C> {
             )
             .await;
         match raced {
-            Ok(((sent, latency, end, first_answer, winner), at_once)) => {
+            Ok(((sent, latency, end, first_answer, winner), at_once, beaten)) => {
                 // One latency per answered call: the primary's, or - when a hedge beat
                 // it - a lower bound of it (the time to the call's first answer). None
-                // for an answer on the first poll, which no hedge could have raced.
+                // for an answer on the first poll, which no hedge could have raced, nor
+                // for a primary that had failed before a hedge answered (not slow).
                 match (at_once, winner) {
                     (true, _) => {}
                     (false, 0) => hedge.record_latency(end, first_answer),
-                    (false, _) => hedge.record_beaten(end, first_answer),
+                    (false, _) if beaten => hedge.record_beaten(end, first_answer),
+                    (false, _) => {}
                 }
                 Self::end(sent, latency, Some(end))
             }
