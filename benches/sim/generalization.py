@@ -8,7 +8,7 @@ choice ever used, against the best fixed policy of the same run.
 Prints one row per scenario and variant (the mean over the seeds) and how many cells each
 of `adaptive` and `adaptive-full` serves within half a point of the best fixed policy. The
 simulator defaults to the release build (`cargo build --release -p retrywise-sim`), the
-model to the shipped one. Virtual time: about five minutes on two cores.
+model to the shipped one. Virtual time: about eight minutes on two cores.
 """
 import argparse
 import json
