@@ -244,6 +244,20 @@ impl CircuitBreaker {
         Ok(out)
     }
 
+    /// Whether a call asked now would surely be refused - OPEN with time left, or
+    /// FORCED_OPEN - read without admitting, counting or moving the circuit (HALF_OPEN
+    /// with its probes taken is not told: only admitting a call finds that out). For a
+    /// tower layer's `poll_ready`, which must not take a permit nor count a refusal for a
+    /// handle that may never be called.
+    pub(crate) fn refuses_now(&self) -> bool {
+        let s = &*self.shared;
+        match unpack(s.word.load(Ordering::Acquire)).1 {
+            State::ForcedOpen => true,
+            State::Open => self.now_nanos() < s.open_until.load(Ordering::Acquire),
+            _ => false,
+        }
+    }
+
     /// Admits a call: the epoch and state it is admitted in.
     fn admit(&self) -> Result<(u64, State), CircuitOpen> {
         self.try_admit()

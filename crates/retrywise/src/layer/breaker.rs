@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -42,25 +43,27 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             inner,
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            decided: None,
+            refusing: false,
         }
     }
 }
 
-/// A service behind a circuit breaker. The breaker is asked in `poll_ready`, before the
-/// inner service: an open circuit answers ready at once, and the call then fails fast with
-/// [`CircuitOpen`], never waiting for an inner service that may itself be stuck behind the
-/// failing upstream (a concurrency limit held by hung calls, say). An admitted call's
-/// permit is held while the inner service gets ready (dropped unused, it counts as
-/// neither outcome). A handle called without `poll_ready` asks the breaker in `call`. A
-/// clone starts without the original's reservation.
+/// A service behind a circuit breaker. `poll_ready` looks at the circuit first, without
+/// admitting or counting anything: while it is surely refusing (OPEN with time left, or
+/// FORCED_OPEN) the handle is ready at once, and the call fails fast with [`CircuitOpen`],
+/// never waiting for an inner service that may itself be stuck behind the failing
+/// upstream (a concurrency limit held by hung calls, say). Otherwise it waits for the
+/// inner service, and the breaker admits the call in `call` (a call it refuses then
+/// leaves the inner service's readiness reserved on this handle, as tower's `Filter`
+/// does; drop the handle, or call it again, to use it). A handle polled ready and dropped
+/// takes no permit and counts no refusal.
 #[derive(Debug)]
 pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
-    /// What the breaker said for the next call, asked in `poll_ready`.
-    decided: Option<Result<Permit<CircuitBreaker>, CircuitOpen>>,
+    /// `poll_ready` found the circuit refusing, and did not wait for the inner service.
+    refusing: bool,
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
@@ -69,7 +72,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            decided: None,
+            refusing: false,
         }
     }
 }
@@ -85,22 +88,32 @@ where
     type Future = CircuitBreakerFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let decided = self
-            .decided
-            .get_or_insert_with(|| self.breaker.try_acquire_owned());
-        match decided {
-            // Refused: ready to fail fast, whatever the inner service is doing.
-            Err(_) => Poll::Ready(Ok(())),
-            Ok(_) => self.inner.poll_ready(cx).map_err(Error::new),
+        // Looked at afresh at every poll: a refusal seen before goes with the circuit.
+        self.refusing = self.breaker.refuses_now();
+        if self.refusing {
+            return Poll::Ready(Ok(()));
         }
+        self.inner.poll_ready(cx).map_err(Error::new)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let decided = self
-            .decided
-            .take()
-            .unwrap_or_else(|| self.breaker.try_acquire_owned());
-        match decided {
+        let refusing = std::mem::take(&mut self.refusing);
+        match self.breaker.try_acquire_owned() {
+            // Admitted, but the inner service was not waited for (the circuit let calls
+            // through again between the two): refused all the same - the service inside
+            // may not be called unready - and the permit goes back unused.
+            Ok(permit) if refusing => {
+                drop(permit);
+                CircuitBreakerFuture {
+                    state: State::Refused {
+                        open: Some(CircuitOpen {
+                            name: Arc::clone(self.breaker.name()),
+                            state: self.breaker.state(),
+                            remaining: None,
+                        }),
+                    },
+                }
+            }
             Ok(permit) => CircuitBreakerFuture {
                 state: State::Running {
                     fut: self.inner.call(req),

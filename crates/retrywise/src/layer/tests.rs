@@ -90,6 +90,34 @@ async fn an_open_circuit_fails_fast_while_the_inner_service_is_not_ready() {
     stuck.abort();
 }
 
+/// A handle polled ready and dropped (as a policy layer drops its ready handle) takes
+/// no permit and counts no refusal; a refusal seen at one poll is looked at again at the
+/// next, so a circuit that closed meanwhile lets the call through.
+#[tokio::test(start_paused = true)]
+async fn readiness_neither_counts_nor_keeps_a_refusal() {
+    let breaker = breaker_of_three();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut svc = CircuitBreakerLayer::new(breaker.clone(), ErrorsAreRetryable)
+        .layer(failing(calls.clone(), 0));
+    breaker.force_open();
+    for _ in 0..3 {
+        let mut handle = svc.clone();
+        let _ = handle.ready().await.unwrap();
+    }
+    let m = breaker.metrics();
+    assert_eq!((m.not_permitted_calls, m.ignored_calls), (0, 0), "{m:?}");
+    // Polled ready while open, then closed before the call: the next poll looks again.
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    breaker.reset();
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A call while open is one refusal.
+    breaker.force_open();
+    let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}");
+    assert_eq!(breaker.metrics().not_permitted_calls, 1);
+}
+
 /// A service taking `d` ms to answer `d`.
 fn slow()
 -> impl Service<u64, Response = u64, Error = io::Error, Future: Send> + Clone + Send + 'static {
