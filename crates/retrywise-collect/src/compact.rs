@@ -374,13 +374,13 @@ fn check_folders(options: &CompactOptions) -> Result<(), CollectError> {
     Ok(())
 }
 
-/// Compacts every closed segment in the tree under `options.input` (every directory a
-/// recorder writes, at any depth) into `options.output`.
-///
 /// The most worker threads a compaction may run ([`CompactOptions::threads`]): each holds
 /// a whole segment's records in memory, and one the system refuses would stop the run.
 pub const MAX_THREADS: usize = 256;
 
+/// Compacts every closed segment in the tree under `options.input` (every directory a
+/// recorder writes, at any depth) into `options.output`.
+///
 /// `on_event` is called from the worker threads as the run progresses; returning
 /// `ControlFlow::Break(())` stops the run at the next safe point (a segment whose parts
 /// are not all written is left in place, to be redone by the next run).
@@ -430,6 +430,9 @@ pub fn compact(
             lock: lock_path,
         });
     }
+    // The input too: two compactions of one folder into two outputs would each write
+    // every segment's rows, and one fail to remove what the other removed.
+    let input_lock = lock_input(&options.input)?;
     remove_stale_temporaries(&options.output)?;
 
     let skip: Vec<&Path> = match &options.disposal {
@@ -527,7 +530,7 @@ pub fn compact(
             segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))?;
         }
     }
-    drop(lock);
+    drop((lock, input_lock));
     Ok(summary)
 }
 
@@ -659,7 +662,11 @@ fn write_part(
         let old = old.map_err(refused)?;
         match holds_rows_of(&old, df) {
             Some(true) => {}
-            Some(false) => return Err(refused("it holds rows this segment does not".into())),
+            Some(false) => {
+                return Err(refused(
+                    "it lacks rows this segment holds: another segment's, of the same name".into(),
+                ));
+            }
             None => {
                 return Err(refused(
                     "it lacks the columns that name an attempt (target, call, attempt, hedge, start)"
@@ -671,7 +678,13 @@ fn write_part(
             .get_column_names()
             .into_iter()
             .any(|c| old.column(c).is_err());
-        if !lacks {
+        // Written over only when it holds exactly this segment's rows: one with more (rows
+        // an earlier build kept that this one skips) is kept as it is, those rows with it.
+        let same_rows = old.height() == df.height() && holds_rows_of(df, &old) == Some(true);
+        if lacks && !same_rows {
+            tracing::warn!(part = %path.display(), "an earlier build's part holds more rows than this build reads from its segment: kept as it is, without the columns added since");
+        }
+        if !lacks || !same_rows {
             let bytes = std::fs::metadata(&path)
                 .map_err(|e| CollectError::io("stat", &path, e))?
                 .len();
@@ -778,6 +791,35 @@ fn dispose(seg: &Segment, disposal: &Disposal) -> Result<(), CollectError> {
         }
     }
 }
+
+/// The lock on a compaction's input folder (`INPUT/.compact-input.lock`), held for the
+/// run; none when the folder is not there (nothing to compact).
+///
+/// # Errors
+/// [`CollectError::DirectoryInUse`] while another compaction holds it; the lock file
+/// cannot be opened.
+fn lock_input(input: &Path) -> Result<Option<File>, CollectError> {
+    if !input.is_dir() {
+        return Ok(None);
+    }
+    let path = input.join(INPUT_LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CollectError::io("open", &path, e))?;
+    if lock.try_lock().is_err() {
+        return Err(CollectError::DirectoryInUse {
+            dir: input.to_path_buf(),
+            lock: path,
+        });
+    }
+    Ok(Some(lock))
+}
+
+/// The lock file a compaction holds in its input folder.
+pub const INPUT_LOCK: &str = ".compact-input.lock";
 
 /// Removes temporary parts left by a run that crashed mid-write.
 fn remove_stale_temporaries(output: &Path) -> Result<(), CollectError> {

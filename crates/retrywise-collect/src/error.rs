@@ -16,10 +16,10 @@ pub enum CollectError {
         /// What is wrong with it.
         problem: String,
     },
-    /// Another recorder holds the folder: a segment writer, or a shipper's spool (one
-    /// each per folder).
+    /// Another holds the folder: a segment writer or a shipper's spool (one each per
+    /// folder), or a compaction (of that input, or into that output).
     #[error(
-        "folder {dir} is in use by another segment writer or shipper's spool (lock file {lock} is held)"
+        "folder {dir} is in use by another segment writer, shipper's spool or compaction (lock file {lock} is held)"
     )]
     DirectoryInUse {
         /// The directory.

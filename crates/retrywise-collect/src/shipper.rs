@@ -650,9 +650,19 @@ impl Worker {
             // what is no batch is set aside as unreadable.
             let max = spool.max_bytes;
             blocking(move || {
-                crate::read_bounded(&path, max, "a spooled batch (the spool's max_bytes)")
-                    .map(String::into_bytes)
-                    .map_err(|e| CollectError::io("read", &path, e))
+                // A read that panics is the file's doing, every time (set aside); the
+                // task failing otherwise - cancelled at a shutdown - is not (read again).
+                std::panic::catch_unwind(|| {
+                    crate::read_bounded(&path, max, "a spooled batch (the spool's max_bytes)")
+                })
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "reading it panicked",
+                    ))
+                })
+                .map(String::into_bytes)
+                .map_err(|e| CollectError::io("read", &path, e))
             })
             .await
         };
@@ -914,8 +924,9 @@ fn unreadable_for_good(e: &CollectError) -> bool {
                 | ErrorKind::InvalidInput
                 | ErrorKind::PermissionDenied
         ),
-        // The blocking task that reads it failed (panicked, or cancelled at a shutdown):
-        // nothing is known of the file, which is read again later.
+        // The blocking task that reads it failed (cancelled at a shutdown; a read that
+        // panics is an `InvalidData` above): nothing is known of the file, which is read
+        // again later.
         _ => false,
     }
 }

@@ -935,8 +935,6 @@ impl<S: Storage> Writer<S> {
         let _ = ack.send(result);
     }
 
-    /// What I/O errors cost since the last flush, said `when`, if anything; the counts
-    /// start again.
     /// The last I/O error, as the errors that report losses quote it.
     fn last_error(&self) -> &str {
         self.last_io_error
@@ -944,6 +942,8 @@ impl<S: Storage> Writer<S> {
             .unwrap_or("no I/O error recorded")
     }
 
+    /// What was lost since the last flush (to I/O errors, or dropped for a full queue),
+    /// said `when`, if anything; the counts start again.
     fn losses(&mut self, when: &str) -> Option<String> {
         let lost = std::mem::take(&mut self.lost_since_flush);
         let unclosed = std::mem::take(&mut self.unclosed_since_flush);

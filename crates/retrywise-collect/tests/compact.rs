@@ -424,6 +424,32 @@ fn segments_of_the_same_name_in_two_folders_are_refused_before_anything_is_writt
     assert_eq!(partitions, 0, "no Parquet part written");
 }
 
+/// Two compactions of one input into two outputs would each write every segment's rows:
+/// the second is refused while the first holds the input.
+#[test]
+fn an_input_another_compaction_holds_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let held = std::fs::File::create(input.join(retrywise_collect::compact::INPUT_LOCK)).unwrap();
+    held.try_lock().unwrap();
+    let err = compact(
+        &CompactOptions::new(&input, root.path().join("out")),
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, CollectError::DirectoryInUse { dir, .. } if *dir == input),
+        "{err}"
+    );
+    drop(held);
+    compact(
+        &CompactOptions::new(&input, root.path().join("out")),
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_number_of_threads_out_of_bounds_is_refused_by_name() {
     let root = tempfile::tempdir().unwrap();
@@ -466,8 +492,7 @@ fn a_part_is_never_replaced_by_another_segments_rows() {
     assert!(matches!(err, CollectError::PartExists { .. }), "{err}");
     assert!(err.to_string().contains(name), "{err}");
     assert!(
-        err.to_string()
-            .contains("it holds rows this segment does not"),
+        err.to_string().contains("it lacks rows this segment holds"),
         "{err}"
     );
     assert_eq!(ids(&scan(&output)), (0..20).collect::<Vec<_>>());

@@ -118,9 +118,10 @@ async fn accept(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
-    // Every connection holds a receiver of `closed` (the server waits until none is left)
-    // and watches `stop` (dropped at shutdown).
-    let (closed_tx, closed_rx) = tokio::sync::watch::channel(());
+    // Every connection is a task of `connections` (the server waits until none is left,
+    // and aborts those still open after the drain) and watches `stop` (dropped at
+    // shutdown).
+    let mut connections = tokio::task::JoinSet::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -147,8 +148,10 @@ async fn accept(
             hyper_util::service::TowerToHyperService::new(router.clone().map_request(
                 |r: http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
             ));
-        let (closed, mut stop) = (closed_rx.clone(), stop_rx.clone());
-        tokio::spawn(async move {
+        let mut stop = stop_rx.clone();
+        // (The connections that ended are let go as new ones come.)
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -166,20 +169,23 @@ async fn accept(
                     let _ = conn.await;
                 }
             }
-            drop(closed);
         });
     }
-    drop((listener, closed_rx, stop_rx));
+    drop((listener, stop_rx));
     drop(stop_tx);
-    if tokio::time::timeout(drain, closed_tx.closed())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
-            open = closed_tx.receiver_count(),
+            open = connections.len(),
             drain_ms = drain.as_millis() as u64,
             "connections still open after the shutdown timeout; closing them"
         );
+        // Closed now, with their requests: none runs on into the collector's close (a
+        // batch that does is answered 503, and its client sends it again).
+        connections.shutdown().await;
     }
     Ok(())
 }

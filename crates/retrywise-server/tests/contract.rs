@@ -986,7 +986,14 @@ async fn a_stop_waits_for_a_trickling_client_no_longer_than_the_shutdown_timeout
         took >= Duration::from_secs(5) && took < Duration::from_secs(6),
         "{took:?}"
     );
-    drop(slow);
+    // ... and its connection is closed with the stop, not left running on (it went on
+    // waiting for the rest of the body after the server had returned).
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(60), slow.read(&mut buf))
+        .await
+        .expect("the server closed the connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
 
 /// The collector's shipper against the real service over loopback, both with their

@@ -225,7 +225,9 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
             .map(|r| Arc::new(r.clone()) as Arc<dyn Recorder>),
     ));
     if let Some(r) = recorder {
-        r.close()?;
+        // (Its error, when records were dropped, is the one below, which names the
+        // policy: what was lost is said first.)
+        let closed = r.close();
         // A virtual run outpacing its writer thread drops records rather than waiting:
         // data with holes must not pass for a run's whole record.
         let stats = r.stats();
@@ -238,6 +240,7 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
                 capacity: RECORD_QUEUE,
             });
         }
+        closed?;
     }
     let (outcomes, series, stops) = result?;
     Ok(PolicyRun {

@@ -543,8 +543,13 @@ fn one_class_by_the_split(
         } else {
             ("successes", "failures")
         };
+        let instead = match opts.split {
+            SplitBy::Time => "split by call (--split call) or hold out less",
+            SplitBy::Call => "hold out less (--validation-fraction)",
+        };
         return Err(TrainError::Split(format!(
-            "the {} split (--validation-fraction {}) holds out every one of the rows' {held}:              the {} training rows are all {kept}; split by call (--split call) or hold out              less",
+            "the {} split (--validation-fraction {}) holds out every one of the rows' {held}: \
+             the {} training rows are all {kept}; {instead}",
             opts.split.name(),
             opts.validation_fraction,
             train.len()

@@ -391,26 +391,23 @@ pub fn load_artifact(path: &Path) -> Result<ModelArtifact, TrainError> {
         path: file.clone(),
         source,
     })?;
-    // In a version folder (`<name>/<version>/model.json`), the folders and the file must
-    // agree on the model and the version, as the service requires.
+    // In a version folder (`<name>/<version>/model.json`), the folder and the file must
+    // agree on the version. On the model's name only a warning: a model copied anywhere
+    // (`/tmp/3/`) may be read, but the service would refuse it where it sits.
     fn folder_name(p: Option<&Path>) -> Option<&str> {
         p.and_then(Path::file_name).and_then(|n| n.to_str())
     }
     let version_dir = file.parent();
     if let Some(version) = folder_name(version_dir).and_then(|n| n.parse::<u32>().ok()) {
-        let name = folder_name(version_dir.and_then(Path::parent)).unwrap_or_default();
-        // A version folder under a folder that is not a model's name (`./3/model.json`
-        // read from anywhere) is checked on its version alone.
-        let name = if retrywise::model::is_model_name(name) {
-            name
-        } else {
-            artifact.name.as_str()
-        };
-        if let Some(problem) = artifact.misplaced(name, version) {
+        if let Some(problem) = artifact.misplaced(&artifact.name, version) {
             return Err(TrainError::Input {
                 path: file,
                 problem,
             });
+        }
+        let name = folder_name(version_dir.and_then(Path::parent)).unwrap_or_default();
+        if let Some(problem) = artifact.misplaced(name, version) {
+            tracing::warn!(path = %file.display(), %problem, "a service reading this models folder would refuse the model");
         }
     }
     Ok(artifact)
