@@ -417,22 +417,15 @@ pub fn compact(
     if let Disposal::Archive(dir) = &options.disposal {
         segment::create_dir_durable(dir).map_err(|e| CollectError::io("create", dir, e))?;
     }
-    let lock_path = options.output.join(".compact.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| CollectError::io("open", &lock_path, e))?;
-    if lock.try_lock().is_err() {
-        return Err(CollectError::DirectoryInUse {
-            dir: options.output.clone(),
-            lock: lock_path,
-        });
-    }
+    let lock = crate::writer::lock_folder(&options.output, ".compact.lock")?;
     // The input too: two compactions of one folder into two outputs would each write
-    // every segment's rows, and one fail to remove what the other removed.
-    let input_lock = lock_input(&options.input)?;
+    // every segment's rows, and one fail to remove what the other removed. (None when
+    // it is not there: nothing to compact.)
+    let input_lock = if options.input.is_dir() {
+        Some(crate::writer::lock_folder(&options.input, INPUT_LOCK)?)
+    } else {
+        None
+    };
     remove_stale_temporaries(&options.output)?;
 
     let skip: Vec<&Path> = match &options.disposal {
@@ -790,32 +783,6 @@ fn dispose(seg: &Segment, disposal: &Disposal) -> Result<(), CollectError> {
             segment::sync_dir(dir).map_err(|e| CollectError::io("sync", dir, e))
         }
     }
-}
-
-/// The lock on a compaction's input folder (`INPUT/.compact-input.lock`), held for the
-/// run; none when the folder is not there (nothing to compact).
-///
-/// # Errors
-/// [`CollectError::DirectoryInUse`] while another compaction holds it; the lock file
-/// cannot be opened.
-fn lock_input(input: &Path) -> Result<Option<File>, CollectError> {
-    if !input.is_dir() {
-        return Ok(None);
-    }
-    let path = input.join(INPUT_LOCK);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| CollectError::io("open", &path, e))?;
-    if lock.try_lock().is_err() {
-        return Err(CollectError::DirectoryInUse {
-            dir: input.to_path_buf(),
-            lock: path,
-        });
-    }
-    Ok(Some(lock))
 }
 
 /// The lock file a compaction holds in its input folder.

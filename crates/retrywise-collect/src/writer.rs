@@ -403,8 +403,20 @@ impl Recorder for SegmentRecorder {
     }
 }
 
+/// Locks `dir` for this writer (its [`LOCK_FILE`]).
 pub(crate) fn lock_dir(dir: &Path) -> Result<File, CollectError> {
-    let path = dir.join(LOCK_FILE);
+    lock_folder(dir, LOCK_FILE)
+}
+
+/// Locks `dir` with the lock file `name` in it (created when missing), held while the
+/// file is open: the one rule of a segment writer's folder, a spool's and a compaction's
+/// input and output.
+///
+/// # Errors
+/// [`CollectError::DirectoryInUse`] while another holds it; the lock file cannot be
+/// opened or locked.
+pub(crate) fn lock_folder(dir: &Path, name: &str) -> Result<File, CollectError> {
+    let path = dir.join(name);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
