@@ -653,19 +653,16 @@ fn write_part(
             why,
         };
         let old = old.map_err(refused)?;
-        match holds_rows_of(&old, df) {
-            Some(true) => {}
-            Some(false) => {
-                return Err(refused(
-                    "it lacks rows this segment holds: another segment's, of the same name".into(),
-                ));
-            }
-            None => {
-                return Err(refused(
-                    "it lacks the columns that name an attempt (target, call, attempt, hedge, start)"
-                        .into(),
-                ));
-            }
+        let rows = part_rows(&old, df).ok_or_else(|| {
+            refused(
+                "it lacks the columns that name an attempt (target, call, attempt, hedge, start)"
+                    .into(),
+            )
+        })?;
+        if rows == PartRows::Missing {
+            return Err(refused(
+                "it lacks rows this segment holds: another segment's, of the same name".into(),
+            ));
         }
         let lacks = df
             .get_column_names()
@@ -673,11 +670,10 @@ fn write_part(
             .any(|c| old.column(c).is_err());
         // Written over only when it holds exactly this segment's rows: one with more (rows
         // an earlier build kept that this one skips) is kept as it is, those rows with it.
-        let same_rows = old.height() == df.height() && holds_rows_of(df, &old) == Some(true);
-        if lacks && !same_rows {
+        if lacks && rows == PartRows::More {
             tracing::warn!(part = %path.display(), "an earlier build's part holds more rows than this build reads from its segment: kept as it is, without the columns added since");
         }
-        if !lacks || !same_rows {
+        if !lacks || rows == PartRows::More {
             let bytes = std::fs::metadata(&path)
                 .map_err(|e| CollectError::io("stat", &path, e))?
                 .len();
@@ -698,9 +694,21 @@ fn write_part(
     Ok((path, bytes))
 }
 
-/// Whether every row of `new` is in `old`, by the attempt's identity (target, call,
-/// attempt, hedge and start); `None` if either lacks those columns.
-fn holds_rows_of(old: &DataFrame, new: &DataFrame) -> Option<bool> {
+/// How a part already there holds a segment's rows, by the attempt's identity (target,
+/// call, attempt, hedge and start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartRows {
+    /// Exactly the segment's.
+    Same,
+    /// Every one of the segment's, and more.
+    More,
+    /// Not every one of the segment's.
+    Missing,
+}
+
+/// How `old` (a part) holds the rows of `new` (a segment's); `None` if either lacks the
+/// columns that name an attempt.
+fn part_rows(old: &DataFrame, new: &DataFrame) -> Option<PartRows> {
     /// An attempt's identity: target, call, attempt, hedge, start.
     type Key = (String, u64, u32, u32, u64);
     fn keys(df: &DataFrame) -> Option<std::collections::HashSet<Key>> {
@@ -724,7 +732,13 @@ fn holds_rows_of(old: &DataFrame, new: &DataFrame) -> Option<bool> {
         )
     }
     let (old, new) = (keys(old)?, keys(new)?);
-    Some(new.is_subset(&old))
+    Some(if !new.is_subset(&old) {
+        PartRows::Missing
+    } else if old.len() == new.len() {
+        PartRows::Same
+    } else {
+        PartRows::More
+    })
 }
 
 /// Writes the lines of `seg` that were not records durably beside it

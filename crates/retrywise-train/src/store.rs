@@ -450,6 +450,11 @@ mod tests {
         a
     }
 
+    /// Writes the shipped model as the next version of `models/m`, with an empty report.
+    fn write_m(models: &Path) -> Result<(u32, PathBuf), TrainError> {
+        write_new_version(models, "m", &mut shipped_as("m"), |_| Ok(String::new()))
+    }
+
     /// Trainers racing in one process (and so with one pid) each get a version of their
     /// own, whole: a staging folder is never shared, nor removed under another writer.
     #[test]
@@ -510,14 +515,7 @@ mod tests {
             std::fs::create_dir(dir).unwrap();
             std::fs::write(dir.join("model.json"), "theirs").unwrap();
         }
-        let (version, dir) =
-            write_new_version(
-                root.path(),
-                "m",
-                &mut shipped_as("m"),
-                |_| Ok(String::new()),
-            )
-            .unwrap();
+        let (version, dir) = write_m(root.path()).unwrap();
         assert_eq!((version, load_artifact(&dir).unwrap().version), (1, 1));
         for dir in &theirs {
             assert_eq!(
@@ -562,13 +560,7 @@ mod tests {
             .unwrap()
             .set_modified(then)
             .unwrap();
-        write_new_version(
-            root.path(),
-            "m",
-            &mut shipped_as("m"),
-            |_| Ok(String::new()),
-        )
-        .unwrap();
+        write_m(root.path()).unwrap();
         assert!(!old.exists(), "{} is left", old.display());
         assert!(
             young.join("model.json").is_file(),
@@ -609,14 +601,7 @@ mod tests {
     #[test]
     fn an_entry_in_the_way_of_the_next_version_is_named() {
         let root = tempfile::tempdir().unwrap();
-        let write = || {
-            write_new_version(
-                root.path(),
-                "m",
-                &mut shipped_as("m"),
-                |_| Ok(String::new()),
-            )
-        };
+        let write = || write_m(root.path());
         assert_eq!(write().unwrap().0, 1);
         let m = root.path().join("m");
         for make in [
