@@ -61,7 +61,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                 )
             } else {
                 String::new()
-            }
+            } + &unlisted_note(&summary.folders_unlisted)
         );
     }
     if args.json {
@@ -123,6 +123,20 @@ fn compact_with_bar(
     })
 }
 
+/// What "nothing to compact" adds when folders could not be listed: their segments,
+/// if any, were not seen.
+fn unlisted_note(folders: &[std::path::PathBuf]) -> String {
+    match folders {
+        [] => String::new(),
+        [one] => format!("; {} could not be listed", one.display()),
+        [first, rest @ ..] => format!(
+            "; {} and {} more folders could not be listed",
+            first.display(),
+            rest.len()
+        ),
+    }
+}
+
 fn print_summary(s: &CompactSummary, args: &Args) {
     let r = &s.read;
     outln!(
@@ -167,6 +181,12 @@ fn print_summary(s: &CompactSummary, args: &Args) {
     for path in &s.rejected_kept {
         outln!(
             "kept     {}: the lines of a removed segment that were not records (see the skipped lines above)",
+            path.display()
+        );
+    }
+    for path in &s.folders_unlisted {
+        outln!(
+            "skipped  {}: the folder cannot be listed (no permission, or removed meanwhile); any segments in it were left there",
             path.display()
         );
     }

@@ -264,6 +264,9 @@ pub struct CompactSummary {
     /// Segments still open (being written, or of a writer that crashed and has not been
     /// restarted): left alone.
     pub open_segments_skipped: u64,
+    /// Folders below the input that could not be listed (no permission, or removed
+    /// meanwhile): any segments in them were left where they are.
+    pub folders_unlisted: Vec<PathBuf>,
     /// Lines and records read, lines skipped by reason.
     pub read: ReadSummary,
     /// Parquet files written.
@@ -432,9 +435,9 @@ pub fn compact(
         Disposal::Archive(dir) => vec![dir.as_path(), options.output.as_path()],
         Disposal::Delete => vec![options.output.as_path()],
     };
-    let (all, directories) = segment::list_tree(&options.input, &skip)?;
-    let open = all.iter().filter(|s| !s.closed).count() as u64;
-    let closed: Vec<Segment> = all.into_iter().filter(|s| s.closed).collect();
+    let tree = segment::list_tree(&options.input, &skip)?;
+    let open = tree.segments.iter().filter(|s| !s.closed).count() as u64;
+    let closed: Vec<Segment> = tree.segments.into_iter().filter(|s| s.closed).collect();
     // A segment's Parquet part (and its archived copy) is named after its file name: two
     // of one name in different folders would overwrite each other - and each be removed.
     let mut names = std::collections::HashMap::new();
@@ -462,8 +465,9 @@ pub fn compact(
     });
 
     let summary = Mutex::new(CompactSummary {
-        directories: directories as u64,
+        directories: tree.directories as u64,
         open_segments_skipped: open,
+        folders_unlisted: tree.unlisted,
         ..CompactSummary::default()
     });
     let first_error: Mutex<Option<CollectError>> = Mutex::new(None);

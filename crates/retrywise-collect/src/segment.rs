@@ -99,42 +99,83 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, CollectError> {
     Ok(out)
 }
 
+/// What [`list_tree`] found under its root.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// The segments, oldest first within each directory.
+    pub segments: Vec<Segment>,
+    /// How many directories held any segment.
+    pub directories: usize,
+    /// Directories below the root that could not be listed (no permission - a
+    /// `lost+found` at a mount point - or removed while the tree was walked): whatever
+    /// they hold is left where it is, and the caller says so.
+    pub unlisted: Vec<PathBuf>,
+}
+
 /// The segments of every directory in the tree under `root` (`root` included), oldest
 /// first within each, and how many directories held any: a recorder writes one directory,
 /// the simulator one per policy (`sim run --record DIR`), a fleet one per writer.
 /// Symbolic links are not followed; directories in `skip` (an archive inside the tree) are
 /// left out, however their paths are spelled (`./`, `..`, absolute, through a link): a
-/// directory is skipped when it is the same directory as one of them.
+/// directory is skipped when it is the same directory as one of them. A directory below
+/// `root` that the process may not list, or that is gone by the time it is listed, is
+/// left out and named in [`Tree::unlisted`] (with a warning), so that one such folder
+/// does not stop the rest of the tree from being read.
 ///
 /// # Errors
-/// [`CollectError::Io`] if a directory cannot be listed.
-pub fn list_tree(root: &Path, skip: &[&Path]) -> Result<(Vec<Segment>, usize), CollectError> {
-    let mut out = Vec::new();
-    let mut dirs_with_segments = 0;
+/// [`CollectError::Io`] if `root` cannot be listed, or a directory below it fails to list
+/// for another reason.
+pub fn list_tree(root: &Path, skip: &[&Path]) -> Result<Tree, CollectError> {
+    walk(root, skip, |dir| {
+        let mut subfolders = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                subfolders.push(entry.path());
+            }
+        }
+        Ok(subfolders)
+    })
+}
+
+/// [`list_tree`], with `subfolders` listing a directory's subdirectories (a test makes
+/// one fail).
+fn walk(
+    root: &Path,
+    skip: &[&Path],
+    mut subfolders: impl FnMut(&Path) -> std::io::Result<Vec<PathBuf>>,
+) -> Result<Tree, CollectError> {
+    let mut tree = Tree::default();
     let skipped: Vec<DirId> = skip.iter().filter_map(|s| DirId::of(s)).collect();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         if !skipped.is_empty() && DirId::of(&dir).is_some_and(|id| skipped.contains(&id)) {
             continue;
         }
+        let below = match subfolders(&dir) {
+            Ok(below) => below,
+            Err(e)
+                if dir != root
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                    ) =>
+            {
+                tracing::warn!(folder = %dir.display(), error = %e, "a folder below the segments' root cannot be listed: left out");
+                tree.unlisted.push(dir);
+                continue;
+            }
+            Err(e) => return Err(CollectError::io("list", &dir, e)),
+        };
         let found = list(&dir)?;
         if !found.is_empty() {
-            dirs_with_segments += 1;
+            tree.directories += 1;
         }
-        out.extend(found);
-        let entries = std::fs::read_dir(&dir).map_err(|e| CollectError::io("list", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| CollectError::io("list", &dir, e))?;
-            let is_dir = entry
-                .file_type()
-                .map_err(|e| CollectError::io("list", &dir, e))?
-                .is_dir();
-            if is_dir {
-                stack.push(entry.path());
-            }
-        }
+        tree.segments.extend(found);
+        stack.extend(below);
     }
-    Ok((out, dirs_with_segments))
+    tree.unlisted.sort();
+    Ok(tree)
 }
 
 /// A directory's identity: its device and inode where there are such, its resolved path
@@ -346,7 +387,11 @@ mod tests {
         }
         // The archive spelled another way than the walk spells it: still skipped.
         let archive = root.path().join("exp/../archive");
-        let (segs, dirs) = list_tree(root.path(), &[&archive]).unwrap();
+        let Tree {
+            segments: segs,
+            directories: dirs,
+            ..
+        } = list_tree(root.path(), &[&archive]).unwrap();
         let mut stems: Vec<&str> = segs.iter().map(|s| &s.stem[4..17]).collect();
         stems.sort_unstable();
         assert_eq!(
@@ -378,5 +423,58 @@ mod tests {
         assert!(segs[0].closed);
         assert!(!segs[1].closed);
         assert!(list(&dir.path().join("missing")).is_err());
+    }
+
+    /// A folder below the root that may not be listed (a `lost+found` at a mount point)
+    /// is left out and named; the rest of the tree is read. The root itself, or another
+    /// kind of failure, is still an error. (Tests run as root here, where no folder is
+    /// unreadable: the listing fails by hand.)
+    #[test]
+    fn an_unlistable_subfolder_is_named_and_the_rest_read() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, lost) = (root.path().join("a"), root.path().join("lost+found"));
+        for dir in [&a, &lost] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("seg-0000000000001-000001.ndjson"), b"").unwrap();
+        }
+        std::fs::write(root.path().join("seg-0000000000002-000001.ndjson"), b"").unwrap();
+        let real = |dir: &Path| -> std::io::Result<Vec<PathBuf>> {
+            Ok(std::fs::read_dir(dir)?
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect())
+        };
+        let refusing = |kind: std::io::ErrorKind, at: PathBuf| {
+            move |dir: &Path| {
+                if dir == at {
+                    Err(std::io::Error::from(kind))
+                } else {
+                    real(dir)
+                }
+            }
+        };
+        for kind in [
+            std::io::ErrorKind::PermissionDenied,
+            std::io::ErrorKind::NotFound,
+        ] {
+            let tree = walk(root.path(), &[], refusing(kind, lost.clone())).unwrap();
+            assert_eq!(tree.unlisted, std::slice::from_ref(&lost), "{kind:?}");
+            assert_eq!((tree.segments.len(), tree.directories), (2, 2), "{kind:?}");
+        }
+        // Nothing refused: everything is read, nothing named.
+        let all = list_tree(root.path(), &[]).unwrap();
+        assert_eq!((all.segments.len(), all.directories), (3, 3));
+        assert!(all.unlisted.is_empty());
+        // The root, and a failure that is not about permission or a folder gone, stop it.
+        let denied = std::io::ErrorKind::PermissionDenied;
+        let e = walk(
+            root.path(),
+            &[],
+            refusing(denied, root.path().to_path_buf()),
+        )
+        .unwrap_err();
+        assert!(matches!(e, CollectError::Io { .. }), "{e}");
+        let e = walk(root.path(), &[], refusing(std::io::ErrorKind::Other, lost)).unwrap_err();
+        assert!(e.to_string().contains("lost+found"), "{e}");
     }
 }
