@@ -841,7 +841,7 @@ impl Worker {
                 }
             })
             .await;
-        let retries = policy.metrics().retries - retries_before;
+        let retries = policy.metrics().retries.saturating_sub(retries_before);
         Counters::add(&self.counters.retries, retries);
         result
     }

@@ -20,9 +20,11 @@ const PPM: u128 = 1_000_000;
 struct SlotCounter(AtomicU64);
 
 impl SlotCounter {
-    /// Adds one for `epoch`, resetting the counter if it still holds an older epoch.
-    /// A counter already moved to a newer epoch is left alone (the event is dropped,
-    /// which can only make the budget stricter).
+    /// Adds one for `epoch`, resetting the counter if it holds another epoch. A counter
+    /// already moved to a slightly newer epoch (a caller that read its epoch a ring
+    /// earlier) is left alone: the event is dropped, which can only make the budget
+    /// stricter. One far "ahead" is an old epoch seen across the wrap of the epoch
+    /// counter (after a long idle spell): it is reset, not left to drop every event.
     fn incr(&self, epoch: u32) {
         let _ = self
             .0
@@ -30,10 +32,10 @@ impl SlotCounter {
                 let (e, n) = unpack(v);
                 if e == epoch {
                     Some(pack(e, n.saturating_add(1)))
-                } else if newer(epoch, e) {
-                    Some(pack(epoch, 1))
-                } else {
+                } else if ahead_by_a_little(e, epoch) {
                     None
+                } else {
+                    Some(pack(epoch, 1))
                 }
             });
     }
@@ -68,9 +70,10 @@ fn unpack(v: u64) -> (u32, u32) {
     ((v >> 32) as u32, v as u32)
 }
 
-/// Whether epoch `a` is after `b`, allowing for wrap-around.
-fn newer(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
+/// Whether epoch `a` is after `b` by at most a few rings of slots (allowing for
+/// wrap-around): a counter a racing caller moved on. Further is an old epoch.
+fn ahead_by_a_little(a: u32, b: u32) -> bool {
+    (1..=4 * SLOTS).contains(&a.wrapping_sub(b))
 }
 
 #[derive(Debug, Default)]
@@ -212,6 +215,27 @@ mod tests {
         // 0.29 is a hair under 0.29 as a double: still 29 of 100.
         assert_eq!(allowed(0.29, 100), 29);
         assert_eq!(allowed(0.2, 1000), 200);
+    }
+
+    /// A slot counter still holding an epoch from before the epoch counter wrapped (a long
+    /// idle spell: 2^31 slot periods, 25 days with 1 ms slots) reads as "newer" by
+    /// wrapping arithmetic: it is reset, not left to drop every event (withdrawals
+    /// dropped read as none, and a floor then allowed every retry). One moved on by a
+    /// ring, by a caller racing ahead, is still left alone.
+    #[test]
+    fn a_slot_from_before_the_epoch_wrapped_is_reset() {
+        let c = SlotCounter::default();
+        let old = 3_000_000_000u32;
+        c.incr(old);
+        c.incr(old);
+        assert_eq!(c.count_within(old, SLOTS), 2);
+        // 2^31 + 10 epochs later (the same slot), wrapped past u32::MAX.
+        let now = old.wrapping_add((1 << 31) + 10);
+        c.incr(now);
+        assert_eq!(c.count_within(now, SLOTS), 1);
+        // A caller a ring behind: dropped, the newer count kept.
+        c.incr(now - SLOTS);
+        assert_eq!(c.count_within(now, SLOTS), 1);
     }
 
     #[test]

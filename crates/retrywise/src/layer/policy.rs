@@ -65,6 +65,9 @@ fn boxed<E: Into<BoxError>>(e: AttemptError<E>) -> BoxError {
         AttemptError::CircuitOpen(e) => Box::new(e),
         AttemptError::BulkheadFull(e) => Box::new(e),
         AttemptError::Throttled => "refused by the client-side adaptive throttle".into(),
+        AttemptError::RateLimited => {
+            "the client-side rate limiter's next token comes too late for the deadline".into()
+        }
         AttemptError::AllHedgesFailed(all) => Box::new(crate::hedge::AllFailed {
             errors: all
                 .into_iter()

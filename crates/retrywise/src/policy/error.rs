@@ -20,6 +20,9 @@ pub enum AttemptError<E> {
     BulkheadFull(BulkheadFull),
     /// The client-side adaptive throttle refused to send it.
     Throttled,
+    /// The client-side rate limiter's next token would come when the deadline leaves no
+    /// time for the attempt (or came after it had run out): nothing was sent.
+    RateLimited,
     /// Every request of a hedged attempt failed; one error per request.
     AllHedgesFailed(Vec<AttemptError<E>>),
 }
@@ -32,6 +35,9 @@ impl<E: fmt::Display> fmt::Display for AttemptError<E> {
             AttemptError::CircuitOpen(e) => e.fmt(f),
             AttemptError::BulkheadFull(e) => e.fmt(f),
             AttemptError::Throttled => f.write_str("refused by the client-side adaptive throttle"),
+            AttemptError::RateLimited => f.write_str(
+                "the client-side rate limiter's next token comes too late for the deadline",
+            ),
             AttemptError::AllHedgesFailed(all) => {
                 write!(f, "all {} hedged requests failed", all.len())?;
                 if let Some(last) = all.last() {
@@ -50,7 +56,7 @@ impl<E: std::error::Error + 'static> std::error::Error for AttemptError<E> {
             AttemptError::Timeout(e) => Some(e),
             AttemptError::CircuitOpen(e) => Some(e),
             AttemptError::BulkheadFull(e) => Some(e),
-            AttemptError::Throttled => None,
+            AttemptError::Throttled | AttemptError::RateLimited => None,
             AttemptError::AllHedgesFailed(all) => all.last().map(|e| e as _),
         }
     }

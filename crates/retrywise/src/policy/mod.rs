@@ -119,7 +119,8 @@ pub struct Policy<C = ErrorsAreRetryable> {
 pub struct PolicyMetrics {
     /// The target.
     pub target: Arc<str>,
-    /// Retries made.
+    /// Retries sent (a retry planned and then not sent - turned away by the bulkhead, out
+    /// of time after its wait, refused by the circuit, or its call dropped - is not one).
     pub retries: u64,
     /// Attempts that failed (retryable or not, timeouts and rejections included).
     pub failed_attempts: u64,
@@ -405,7 +406,7 @@ impl<C> Policy<C> {
                     // call stops now, and takes no token it could not use.
                     if p.attempt_timeout_at(ctx, start, now + wait) == Some(Duration::ZERO) {
                         let reason = p.stopped(StopReason::Deadline);
-                        return refused(number - 1, reason, AttemptError::Throttled);
+                        return refused(number - 1, reason, AttemptError::RateLimited);
                     }
                     tokio::time::sleep(wait).await;
                     attempt_start = Instant::now();
@@ -432,7 +433,11 @@ impl<C> Policy<C> {
                         };
                         let wait = open.remaining.unwrap_or(BREAKER_POLL);
                         match p.breaker_wait {
-                            Some(deadline) if start.elapsed() + wait < deadline => {
+                            // (FORCED_OPEN has no end to wait for: an operator holds it.)
+                            Some(deadline)
+                                if open.state != crate::breaker::State::ForcedOpen
+                                    && start.elapsed() + wait < deadline =>
+                            {
                                 // Not waited when it takes what is left of the rules'
                                 // deadline: the call stops now.
                                 if p.attempt_timeout_at(ctx, start, Instant::now() + wait)
@@ -518,7 +523,7 @@ impl<C> Policy<C> {
                 let reason = p.stopped(StopReason::Deadline);
                 let last = match cause {
                     Some(open) => AttemptError::CircuitOpen(open),
-                    None => AttemptError::Throttled,
+                    None => AttemptError::RateLimited,
                 };
                 return refused(number - 1, reason, last);
             }
@@ -565,6 +570,7 @@ impl<C> Policy<C> {
             let failure = match ended.verdict {
                 Verdict::Success => return self.succeeded(ended, number),
                 Verdict::Permanent(_) => {
+                    p.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     return give_up(ended, number, p.stopped(StopReason::NotRetryable));
                 }
                 Verdict::Retryable(f) => f,

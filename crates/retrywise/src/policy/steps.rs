@@ -80,18 +80,19 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// Starts a call at `start`: deposits it in the budget and asks the throttle. Returns
-    /// the call's id in records (0 when nothing is recorded).
+    /// Starts a call at `start`: asks the throttle, and deposits a call it admits in the
+    /// budget (one it refuses is sent nowhere: it earns no retries). Returns the call's id
+    /// in records (0 when nothing is recorded).
     #[inline]
     pub(crate) fn begin(&self, start: Instant) -> Result<u64, StopReason> {
-        if let Some(b) = &self.budget {
-            b.deposit(start);
-        }
         if let Some(t) = &self.throttle
             && !t.admit(start)
         {
             self.count_stop(StopReason::Throttled);
             return Err(StopReason::Throttled);
+        }
+        if let Some(b) = &self.budget {
+            b.deposit(start);
         }
         Ok(match (&self.call_ids, self.recording) {
             (_, false) => 0,
@@ -352,6 +353,7 @@ impl Inner {
     /// sent (the call stopped before it, or was dropped while it waited): the budget gets
     /// back what it paid, and the decider's calendar forgets it.
     pub(crate) fn unsent(&self, decided_at: Instant, next: &AttemptContext) {
+        self.counters.retries.fetch_sub(1, Ordering::Relaxed);
         if let Some(b) = &self.budget {
             b.refund(decided_at, next);
         }

@@ -1351,7 +1351,7 @@ async fn a_limiter_wait_past_the_deadline_is_not_waited() {
             })
             .await;
         if report.stopped == Some(StopReason::Deadline) {
-            assert!(matches!(r.unwrap_err().last, AttemptError::Throttled));
+            assert!(matches!(r.unwrap_err().last, AttemptError::RateLimited));
             stopped += 1;
         }
     }
@@ -1702,7 +1702,7 @@ async fn a_wait_for_the_circuit_or_a_token_late_past_the_deadline_sends_nothing(
         async { Ok::<_, io::Error>(Resp(200, None)) }
     });
     let (r, report) = late_by(call, Duration::from_secs(5)).await;
-    assert!(matches!(r.unwrap_err().last, AttemptError::Throttled));
+    assert!(matches!(r.unwrap_err().last, AttemptError::RateLimited));
     assert_eq!(report.stopped, Some(StopReason::Deadline));
     assert_eq!(sent.load(Ordering::SeqCst), 0);
 }
@@ -2175,10 +2175,16 @@ async fn the_adaptive_composition_swaps_its_model_under_load() {
         u64::from(failed_before),
         "every decision before the swap retried"
     );
-    assert_eq!(after.retries, before.retries, "no decision after it did");
-    // No call retried twice; the calls that failed after the swap stopped at once.
+    // No decision after it did: the retries made are those decided before that were
+    // sent (the circuit, opened on the new model's word, refused some; a retry not sent
+    // is not counted), each a call of two attempts.
+    assert!(after.retries <= before.retries, "{after:?}");
+    let retried = reports.iter().filter(|r| r.attempts == 2).count();
+    assert_eq!(after.retries, retried as u64, "{reports:?}");
+    // No call retried twice; the calls that failed after the swap (their first attempts
+    // end 5 ms after they start, from call 96 on) stopped at once.
     assert!(reports.iter().all(|r| r.attempts <= 2), "{reports:?}");
-    for (i, r) in reports.iter().enumerate().skip(150) {
+    for (i, r) in reports.iter().enumerate().skip(96) {
         assert!(r.attempts <= 1, "call {i}: {r:?}");
         if i % 2 == 1 {
             assert!(r.stopped.is_some(), "call {i}: {r:?}");
@@ -2465,4 +2471,104 @@ async fn an_explored_retry_is_booked_where_it_starts() {
     assert_eq!(calendar.booked("x", t0 + planned * 2), 1);
     assert_eq!(calendar.booked("x", t0 + planned), 0);
     assert_eq!(booked_from(&calendar, "x", t0), 1);
+}
+
+/// A FORCED_OPEN circuit has no end to wait for (an operator holds it): a call that may
+/// wait for the breaker fails at once, sending nothing, instead of polling until its
+/// deadline.
+#[tokio::test(start_paused = true)]
+async fn a_forced_open_circuit_is_not_waited_for() {
+    let breaker = CircuitBreaker::builder("b").build().unwrap();
+    breaker.force_open();
+    let p = Policy::builder("b")
+        .retry(retry(1, 1))
+        .breaker(breaker.clone())
+        .wait_for_breaker(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let n = AtomicU32::new(0);
+    let started = Instant::now();
+    let err = p
+        .call(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>(()) }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, StopReason::CircuitOpen);
+    assert_eq!(n.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "it polled the forced circuit"
+    );
+}
+
+/// `retries` counts retries sent: one planned whose call is dropped during its wait (or
+/// that is otherwise never sent) is not one. And a permanent failure is a failed attempt
+/// like any other.
+#[tokio::test(start_paused = true)]
+async fn retries_count_what_was_sent_and_failed_attempts_count_permanent_ones() {
+    let p = Policy::builder("r").retry(retry(3, 100)).build().unwrap();
+    let call = p.call(|_| async { Err::<(), _>(reset()) });
+    assert!(
+        tokio::time::timeout(50 * MS, call).await.is_err(),
+        "dropped in its wait"
+    );
+    let m = p.metrics();
+    assert_eq!((m.retries, m.failed_attempts), (0, 1), "{m:?}");
+    // Sent, the retry counts.
+    let n = AtomicU32::new(0);
+    p.call(|_| {
+        let k = n.fetch_add(1, Ordering::SeqCst);
+        async move { if k == 0 { Err(reset()) } else { Ok(()) } }
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.metrics().retries, 1);
+
+    let http = Policy::builder("h")
+        .retry(retry(3, 1))
+        .classifier(HttpClassifier)
+        .build()
+        .unwrap();
+    let _ = http
+        .call(|_| async { Ok::<_, io::Error>(Resp(404, None)) })
+        .await;
+    let m = http.metrics();
+    assert_eq!((m.retries, m.failed_attempts), (0, 1), "{m:?}");
+}
+
+/// A call the adaptive throttle refuses is sent nowhere: it earns the budget no retries
+/// (each used to be deposited first, so a throttle refusing most calls let a ratio budget
+/// allow retries for calls never made).
+#[tokio::test(start_paused = true)]
+async fn a_call_the_throttle_refuses_earns_no_retries() {
+    use crate::budget::{AdaptiveThrottle, RatioBudget, RetryBudget};
+    let budget = Arc::new(RatioBudget::new(Duration::from_secs(10), 0, 1.0).unwrap());
+    let p = Policy::builder("t")
+        .retry(retry(1, 1))
+        .throttle(
+            AdaptiveThrottle::new(2.0, Duration::from_secs(60))
+                .unwrap()
+                .seeded(5),
+        )
+        .shared_budget(budget.clone())
+        .build()
+        .unwrap();
+    let sent = AtomicU32::new(0);
+    for _ in 0..200 {
+        let _ = p
+            .call(|_| {
+                sent.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(reset()) }
+            })
+            .await;
+    }
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent < 150, "the throttle refused some: {sent} sent");
+    // A ratio of one: as many retries as calls sent, not as calls made.
+    let now = Instant::now();
+    let allowed = (0..200).take_while(|_| budget.withdraw(now)).count();
+    assert_eq!(allowed as u32, sent);
 }

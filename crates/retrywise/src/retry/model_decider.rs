@@ -90,7 +90,7 @@ pub const DEFAULT_MIN_SUPPORT: u64 = 100;
 /// [`RetryQuota::after_timeouts`](crate::budget::RetryQuota::after_timeouts) as its budget
 /// ([`PolicyBuilder::adaptive`](crate::policy::PolicyBuilder::adaptive) does).
 ///
-/// **Fallback.** Without a model, when the model answers NaN, or when the model was
+/// **Fallback.** Without a model, when the model answers NaN or an infinity, or when the model was
 /// trained on fewer than `min_support` rows (default 100) like the context
 /// ([`SuccessModel::trained_on`]: rows in the same region of the context space —
 /// [`crate::features::region`], which every artifact records: it has not learned that
@@ -170,7 +170,7 @@ pub enum Fallback {
     NoModel = 0,
     /// The model was trained on too few rows like the context ([`supports`]).
     Unsupported = 1,
-    /// The model answered NaN.
+    /// The model answered NaN or an infinity (no probability).
     NaN = 2,
 }
 
@@ -192,7 +192,7 @@ impl Fallback {
             let reason = match self {
                 Fallback::NoModel => "no model",
                 Fallback::Unsupported => "the model was trained on too few rows like this one",
-                Fallback::NaN => "the model answered NaN",
+                Fallback::NaN => "the model answered NaN or an infinity",
             };
             tracing::warn!(reason, "deciding without the model");
         }
@@ -442,7 +442,9 @@ impl ModelDecider {
         let mut p = [0.0; MAX_GRID + 1];
         let p = &mut p[..n];
         model.p_success_by_logged_delay(ctx, waits, &logs[..n], p);
-        if p.iter().any(|x| x.is_nan()) {
+        // NaN or an infinity is no probability: a broken model (a division by zero), not
+        // a certainty to clamp.
+        if p.iter().any(|x| !x.is_finite()) {
             return told(self.by_rules(ctx, Fallback::NaN));
         }
         let mut view = open();
@@ -700,7 +702,8 @@ impl RetryDecider for ModelDecider {
                     if p95 > base / 2 && {
                         let pinned = model.pinned(ctx);
                         let model: &dyn SuccessModel = pinned.as_deref().unwrap_or(model.as_ref());
-                        supports(model, ctx, self.min_support) && model.p_success(ctx) >= 0.5
+                        let p = model.p_success(ctx);
+                        supports(model, ctx, self.min_support) && p.is_finite() && p >= 0.5
                     } =>
                 {
                     p95.saturating_mul(2).clamp(base, max)
@@ -1182,8 +1185,9 @@ mod tests {
         assert_eq!(d(0.9).attempt_timeout(&c), Some(s(5)));
         // Slow and (the model says) dead: no reason to wait longer.
         assert_eq!(d(0.1).attempt_timeout(&c), Some(s(1)));
-        // A model answering NaN says nothing: the base.
+        // A model answering NaN or an infinity says nothing: the base.
         assert_eq!(d(f64::NAN).attempt_timeout(&c), Some(s(1)));
+        assert_eq!(d(f64::INFINITY).attempt_timeout(&c), Some(s(1)));
         // Nor does one about what it has barely seen (it stretched the timeout on a
         // prediction every other use of the model would have refused).
         struct Unseen;
@@ -1535,6 +1539,13 @@ mod tests {
         let nan = decider(flat(f64::NAN)).build().unwrap();
         assert!(by_rules(&nan, &c));
         assert_eq!(nan.fallbacks(), 2);
+        // An infinity is no probability either (it used to be clamped to a certain
+        // success): the rules decide.
+        for inf in [f64::INFINITY, f64::NEG_INFINITY] {
+            let broken = decider(flat(inf)).build().unwrap();
+            assert!(by_rules(&broken, &c), "{inf}");
+            assert_eq!(broken.weigh(&c).fallback, Some("nan"));
+        }
         assert!(!decider(flat(0.5)).build().unwrap().weigh(&c).fell_back());
         // Decorrelated: each wait drawn between 100 ms and three times the last one.
         let mut waited = c.clone();
