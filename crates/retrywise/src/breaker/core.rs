@@ -118,11 +118,35 @@ struct Totals {
     /// Every recorded call's latency summed, µs (in nanoseconds the sum wrapped after
     /// about 580 years of latency: 21 days of 10,000 calls a second taking a second).
     response_micros: Striped,
+    /// Recorded calls whose duration is not known (cancelled before their outcome).
+    unmeasured: Striped,
 }
 
 /// An epoch no state ever has (epochs are packed in 56 bits): a call recorded with it
 /// counts in the totals and decides nothing.
 const NO_EPOCH: u64 = u64::MAX;
+
+/// Whether `count` of `calls` reaches the rate `threshold`, compared by multiplying (no
+/// division on the call path), with the product's rounding forgiven: `0.07 * 100.0` is
+/// `7.000000000000001`, and 7 failures of 100 reach a threshold of 7 %.
+#[inline]
+fn reaches(count: u32, threshold: f64, calls: u32) -> bool {
+    f64::from(count) >= threshold * f64::from(calls) * (1.0 - 1e-12)
+}
+
+/// When a recorded call ended.
+#[derive(Clone, Copy)]
+enum Ended {
+    /// Now: the breaker reads its clock if it needs to.
+    Now,
+    /// At this clock reading, which the caller had.
+    At(Instant),
+    /// Before the breaker's current state began (a late report): not dated.
+    Before,
+    /// Now, cancelled before its outcome (a dropped permit): how long it took is not
+    /// known, and is left out of the mean response time.
+    Cancelled,
+}
 
 fn pack(epoch: u64, state: State) -> u64 {
     (epoch << 8) | state as u64
@@ -246,16 +270,31 @@ impl CircuitBreaker {
 
     /// Whether a call asked now would surely be refused - OPEN with time left, or
     /// FORCED_OPEN - read without admitting, counting or moving the circuit (HALF_OPEN
-    /// with its probes taken is not told: only admitting a call finds that out). For a
-    /// tower layer's `poll_ready`, which must not take a permit nor count a refusal for a
-    /// handle that may never be called.
-    pub(crate) fn refuses_now(&self) -> bool {
+    /// with its probes taken is not told: only admitting a call finds that out): the state
+    /// and the time left of OPEN, or `None`. For a tower layer's `poll_ready`, which must
+    /// not take a permit nor count a refusal for a handle that may never be called.
+    #[cfg(feature = "tower")]
+    pub(crate) fn refuses_now(&self) -> Option<(State, Option<Duration>)> {
         let s = &*self.shared;
         match unpack(s.word.load(Ordering::Acquire)).1 {
-            State::ForcedOpen => true,
-            State::Open => self.now_nanos() < s.open_until.load(Ordering::Acquire),
-            _ => false,
+            State::ForcedOpen => Some((State::ForcedOpen, None)),
+            State::Open => {
+                let now = self.now_nanos();
+                let until = s.open_until.load(Ordering::Acquire);
+                (now < until).then(|| (State::Open, Some(Duration::from_nanos(until - now))))
+            }
+            _ => None,
         }
+    }
+
+    /// Refuses a call [`refuses_now`](Self::refuses_now) found refused (`state`, and
+    /// `remaining` of OPEN then), counting the refusal as any refused call's, without
+    /// admitting it: the breaker may have let calls through again meanwhile, but the
+    /// handle that looked was told to refuse (a tower service's `call` after its
+    /// `poll_ready`).
+    #[cfg(feature = "tower")]
+    pub(crate) fn refuse_seen(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {
+        self.refuse(state, remaining)
     }
 
     /// Admits a call: the epoch and state it is admitted in.
@@ -293,15 +332,17 @@ impl CircuitBreaker {
     pub fn observe(&self, outcome: CallOutcome, latency: Duration) {
         match self.try_admit() {
             Ok((epoch, state)) => Permit::new(self, epoch, state).record(outcome, latency),
-            Err(_) => self.record(NO_EPOCH, outcome, latency, None, None),
+            Err(_) => self.record(NO_EPOCH, outcome, latency, Ended::Now, None),
         }
     }
 
     /// Records the outcome of a call another process made that ended before the breaker's
     /// current state began - a report that arrived late: in the totals only, never in the
     /// CLOSED window nor as a HALF_OPEN probe (it says nothing of the target since).
+    /// Nor does its success move the time since the target's last success a prediction
+    /// reads: it ended before now.
     pub fn observe_late(&self, outcome: CallOutcome, latency: Duration) {
-        self.record(NO_EPOCH, outcome, latency, None, None);
+        self.record(NO_EPOCH, outcome, latency, Ended::Before, None);
     }
 
     /// [`observe`](Self::observe)s a failure another process reported, with the retry
@@ -311,7 +352,13 @@ impl CircuitBreaker {
             Ok((epoch, state)) => {
                 Permit::new(self, epoch, state).record_failure_before(latency, None, retry);
             }
-            Err(_) => self.record(NO_EPOCH, CallOutcome::Failure, latency, None, Some(retry)),
+            Err(_) => self.record(
+                NO_EPOCH,
+                CallOutcome::Failure,
+                latency,
+                Ended::Now,
+                Some(retry),
+            ),
         }
     }
 
@@ -390,15 +437,21 @@ impl CircuitBreaker {
         epoch: u64,
         outcome: CallOutcome,
         latency: Duration,
-        at: Option<Instant>,
+        at: Ended,
         retry: Option<&AttemptContext>,
     ) {
         let s = &*self.shared;
         // One clock reading at most (none when the caller has one), and only when needed:
-        // a time window dates every outcome, a prediction every success.
+        // a time window dates every outcome, a prediction every success. (A late report
+        // is not dated: it counts in the totals only.)
         let dated = matches!(s.cfg.window, SlidingWindow::Time { .. })
             || (outcome == CallOutcome::Success && s.cfg.predict.is_some());
-        let stamp = dated.then(|| at.map_or_else(|| self.now_nanos(), |i| self.nanos_at(i)));
+        let stamp = match at {
+            _ if !dated => None,
+            Ended::Now | Ended::Cancelled => Some(self.now_nanos()),
+            Ended::At(i) => Some(self.nanos_at(i)),
+            Ended::Before => None,
+        };
         let slow = latency >= s.cfg.slow_call_duration;
         let t = &s.totals;
         match outcome {
@@ -409,8 +462,12 @@ impl CircuitBreaker {
         if slow {
             t.slow.add(1);
         }
-        t.response_micros
-            .add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        if matches!(at, Ended::Cancelled) {
+            t.unmeasured.add(1);
+        } else {
+            t.response_micros
+                .add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        }
         if outcome == CallOutcome::Success
             && s.cfg.predict.is_some()
             && let Some(now) = stamp
@@ -489,9 +546,8 @@ impl CircuitBreaker {
     /// multiplying: no division on the call path).
     fn exceeds(&self, counts: Counts) -> bool {
         let cfg = &self.shared.cfg;
-        let calls = f64::from(counts.calls);
-        f64::from(counts.failures) >= cfg.failure_rate_threshold * calls
-            || f64::from(counts.slow) >= cfg.slow_call_rate_threshold * calls
+        reaches(counts.failures, cfg.failure_rate_threshold, counts.calls)
+            || reaches(counts.slow, cfg.slow_call_rate_threshold, counts.calls)
     }
 
     fn check_rates(
@@ -505,9 +561,8 @@ impl CircuitBreaker {
     ) {
         let cfg = &self.shared.cfg;
         // Compare by multiplying: no division on the call path while rates are low.
-        let calls = f64::from(counts.calls);
-        let failing = f64::from(counts.failures) >= cfg.failure_rate_threshold * calls;
-        let slow = f64::from(counts.slow) >= cfg.slow_call_rate_threshold * calls;
+        let failing = reaches(counts.failures, cfg.failure_rate_threshold, counts.calls);
+        let slow = reaches(counts.slow, cfg.slow_call_rate_threshold, counts.calls);
         if !failing && !slow {
             return;
         }
@@ -631,9 +686,9 @@ impl CircuitBreaker {
         let done = p.done;
         // Open as soon as the outcome is certain: even if every remaining probe succeeded
         // and was fast, the rates over all `n` probes would reach a threshold.
-        let fr_all = f64::from(done.failures) / f64::from(n);
-        let sr_all = f64::from(done.slow) / f64::from(n);
-        if fr_all >= cfg.failure_rate_threshold || sr_all >= cfg.slow_call_rate_threshold {
+        if reaches(done.failures, cfg.failure_rate_threshold, n)
+            || reaches(done.slow, cfg.slow_call_rate_threshold, n)
+        {
             self.transition(core, State::Open, now, done, retry, pending);
         } else if outcome == CallOutcome::Failure
             && let Some(pred) = &cfg.predict
@@ -804,7 +859,9 @@ impl CircuitBreaker {
         let t = &s.totals;
         let (successful, failed, ignored) = (t.successful.get(), t.failed.get(), t.ignored.get());
         let recorded = successful + failed + ignored;
-        let avg = Duration::from_micros(t.response_micros.get().checked_div(recorded).unwrap_or(0));
+        // (Calls cancelled before their outcome took an unknown time: left out.)
+        let measured = recorded.saturating_sub(t.unmeasured.get());
+        let avg = Duration::from_micros(t.response_micros.get().checked_div(measured).unwrap_or(0));
         let success_rate = if successful + failed == 0 {
             1.0
         } else {
@@ -905,7 +962,7 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
         if self.state != State::Disabled {
             self.breaker
                 .borrow()
-                .record(self.epoch, outcome, latency, None, None);
+                .record(self.epoch, outcome, latency, Ended::Now, None);
         }
     }
 
@@ -916,7 +973,7 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
         if self.state != State::Disabled {
             self.breaker
                 .borrow()
-                .record(self.epoch, outcome, latency, Some(at), None);
+                .record(self.epoch, outcome, latency, Ended::At(at), None);
         }
     }
 
@@ -939,7 +996,7 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
                 self.epoch,
                 CallOutcome::Failure,
                 latency,
-                at,
+                at.map_or(Ended::Now, Ended::At),
                 Some(retry),
             );
         }
@@ -955,7 +1012,7 @@ impl<B: Borrow<CircuitBreaker>> Drop for Permit<B> {
                 self.epoch,
                 CallOutcome::Ignored,
                 Duration::ZERO,
-                None,
+                Ended::Cancelled,
                 None,
             );
         }

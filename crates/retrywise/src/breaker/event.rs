@@ -146,7 +146,8 @@ pub struct BreakerMetrics {
     pub not_permitted_calls: u64,
     /// Calls at or above the slow-call duration.
     pub slow_calls: u64,
-    /// Mean duration of recorded calls.
+    /// Mean duration of recorded calls (calls cancelled before their outcome - a permit
+    /// dropped - are left out: how long they took is not known).
     #[serde(
         rename = "avg_response_time_ms",
         serialize_with = "crate::attempt::serialize_ms"

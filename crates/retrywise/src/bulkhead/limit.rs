@@ -104,6 +104,9 @@ pub struct AdaptiveLimit {
     /// a ring written at `slow_next`. Plain loads and stores, like `long`.
     slow: [AtomicU64; SLOW_KEPT],
     slow_next: AtomicU32,
+    /// Which of `slow`'s calls answered (a bit per place in the ring): a slowdown in
+    /// which none did is a hang, whose latency is only the timeout's.
+    slow_answered: AtomicU32,
     /// Whether the limit probes upwards by Gradient2's queue of 4 ([`QUEUE`]) rather than
     /// by `√limit`: set by [`regrow_cautiously`](Self::regrow_cautiously).
     cautious: AtomicBool,
@@ -128,6 +131,7 @@ impl Clone for AdaptiveLimit {
             unloaded_slow: AtomicU32::new(self.unloaded_slow.load(Ordering::Relaxed)),
             slow: std::array::from_fn(|i| AtomicU64::new(self.slow[i].load(Ordering::Relaxed))),
             slow_next: AtomicU32::new(self.slow_next.load(Ordering::Relaxed)),
+            slow_answered: AtomicU32::new(self.slow_answered.load(Ordering::Relaxed)),
             cautious: AtomicBool::new(self.cautious.load(Ordering::Relaxed)),
             update: Mutex::new(
                 self.update
@@ -205,10 +209,15 @@ impl AdaptiveLimit {
         self.sample_call(latency, in_flight, true)
     }
 
-    /// Notes an unloaded call of `rtt` seconds against the baseline `long`; when most of
-    /// the last [`UNLOADED`] calls were unloaded and took more than twice it, returns the
-    /// latency they show: the median of the last [`SLOW_KEPT`] slow ones.
-    fn unloaded_slowdown(&self, rtt: f64, long: f64) -> Option<f64> {
+    /// Notes an unloaded call of `rtt` seconds against the baseline `long` (`answered`,
+    /// or timed out or failed); when most of the last [`UNLOADED`] calls were unloaded and
+    /// took more than twice it, and one of the last [`SLOW_KEPT`] slow ones answered,
+    /// returns the latency they show: their median. (Slow calls none of which answered
+    /// are a hang, not a level: taken, a timeout became the baseline, and an upstream that
+    /// hung at a light load - or one still working on calls its callers gave up on - had
+    /// its limit raised by the timeout's ratio to the baseline, and never cut again while
+    /// every call timed out.)
+    fn unloaded_slowdown(&self, rtt: f64, long: f64, answered: bool) -> Option<f64> {
         let slow = rtt > 2.0 * long;
         let bits = self.unloaded_slow.load(Ordering::Relaxed);
         let next = pushed(bits, slow);
@@ -220,8 +229,15 @@ impl AdaptiveLimit {
         }
         let i = self.slow_next.load(Ordering::Relaxed);
         self.slow_next.store(i.wrapping_add(1), Ordering::Relaxed);
-        self.slow[i as usize % SLOW_KEPT].store(rtt.to_bits(), Ordering::Relaxed);
-        if (next.count_ones() as usize) <= UNLOADED / 2 {
+        let at = i as usize % SLOW_KEPT;
+        self.slow[at].store(rtt.to_bits(), Ordering::Relaxed);
+        let bit = 1 << at;
+        let was = self.slow_answered.load(Ordering::Relaxed);
+        let now = if answered { was | bit } else { was & !bit };
+        if now != was {
+            self.slow_answered.store(now, Ordering::Relaxed);
+        }
+        if (next.count_ones() as usize) <= UNLOADED / 2 || now == 0 {
             return None;
         }
         let mut v = [0.0; SLOW_KEPT];
@@ -302,7 +318,7 @@ impl AdaptiveLimit {
         // times the latency's growth. (Such a call is always below half the limit too.)
         if 2 * u64::from(in_flight) >= u64::from(self.min) {
             self.note_loaded();
-        } else if let Some(level) = self.unloaded_slowdown(rtt, long)
+        } else if let Some(level) = self.unloaded_slowdown(rtt, long, answered)
             && level > long
         {
             self.long.store(level.to_bits(), Ordering::Relaxed);
@@ -571,6 +587,7 @@ impl AdaptiveLimitBuilder {
             unloaded_slow: AtomicU32::new(0),
             slow: std::array::from_fn(|_| AtomicU64::new(0)),
             slow_next: AtomicU32::new(0),
+            slow_answered: AtomicU32::new(0),
             cautious: AtomicBool::new(false),
             update: Mutex::new(LoadResponse::default()),
         })
@@ -787,6 +804,30 @@ mod tests {
             fresh.sample_call(1000 * MS, 50, false);
         }
         assert_eq!((fresh.current(), fresh.baseline()), (50, None));
+    }
+
+    /// An upstream that hangs while the load is light (3 calls in flight, each timing
+    /// out at 1 s against a baseline of 100 ms): the slow calls are unloaded, but none
+    /// answered - the timeout is no level to take. The baseline stays, and the limit
+    /// does not jump (it went to 30, the caller's load times the timeout's ratio, and
+    /// from there to its ceiling, since no call takes longer than its timeout). A slow
+    /// call that answers among them is a slowdown again, and is taken.
+    #[test]
+    fn a_hang_at_a_light_load_is_no_slowdown_to_take() {
+        let l = AdaptiveLimit::builder().build().unwrap();
+        for _ in 0..300 {
+            l.sample(100 * MS, 3);
+        }
+        let before = l.baseline().unwrap();
+        for _ in 0..50 {
+            l.sample_call(1000 * MS, 3, false);
+        }
+        assert_eq!(l.baseline(), Some(before));
+        assert_eq!(l.current(), 20);
+        // Answered near the timeout: a slowdown after all.
+        l.sample_call(900 * MS, 3, true);
+        let b = l.baseline().unwrap();
+        assert!(b >= 900 * MS, "{b:?}");
     }
 
     /// A dependency that slows down 20 times while the caller's load is light (3 calls in

@@ -520,6 +520,43 @@ mod tests {
         assert_eq!(pool.metrics().completed, 2);
     }
 
+    /// A queued task whose caller went away is dropped, not run: it is not among the
+    /// tasks the workers finished.
+    #[tokio::test]
+    async fn a_task_whose_caller_left_is_not_completed() {
+        let pool = PoolBulkhead::builder("p")
+            .workers(1)
+            .queue(2)
+            .build()
+            .unwrap();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let p = pool.clone();
+        let blocker = tokio::spawn(async move {
+            p.execute(async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                1
+            })
+            .await
+        });
+        started_rx.await.unwrap();
+        let ran = Arc::new(AtomicU32::new(0));
+        let (p, r) = (pool.clone(), Arc::clone(&ran));
+        let left = tokio::spawn(async move {
+            p.execute(async move { r.fetch_add(1, Ordering::SeqCst) })
+                .await
+        });
+        settle(|| pool.metrics().queued < 1).await;
+        left.abort();
+        assert!(left.await.unwrap_err().is_cancelled());
+        release_tx.send(()).unwrap();
+        assert_eq!(blocker.await.unwrap().unwrap(), 1);
+        settle(|| pool.metrics().queued > 0 || pool.metrics().active > 0).await;
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "not run");
+        assert_eq!(pool.metrics().completed, 1);
+    }
+
     #[tokio::test]
     async fn pool_rejects_when_asked_and_survives_panics() {
         let pool = PoolBulkhead::builder("p")

@@ -19,7 +19,8 @@ const CHECK: Check = Check::new("pool_bulkhead");
 /// The most workers a pool may have: each is a task spawned when it is built.
 pub const MAX_POOL_WORKERS: u32 = 1 << 16;
 
-type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A queued task; says whether it ran to its end (not when its caller went away first).
+type Job = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// What a full pool does with one more task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,7 +64,8 @@ pub struct PoolMetrics {
     pub queue_capacity: u32,
     /// Room left in the queue.
     pub remaining_capacity: u32,
-    /// Tasks finished by the workers.
+    /// Tasks finished by the workers (run to their end, or to a panic; not those whose
+    /// caller went away before or while they ran, which were dropped).
     pub completed: u64,
     /// Times a task found the queue full (run by its caller or rejected).
     pub saturated: u64,
@@ -152,7 +154,7 @@ impl PoolBulkhead {
         let job: Job = Box::pin(async move {
             // Its caller gone while it waited in the queue: not run.
             if tx.is_closed() {
-                return;
+                return false;
             }
             // A panicking task must not take its worker down; the caller hears of it
             // (`None`). A job dropped unrun (the runtime shut down) sends nothing.
@@ -165,9 +167,11 @@ impl PoolBulkhead {
                     futures_util::future::Either::Right(_) => None,
                 }
             };
+            let ran = finished.is_some();
             if let Some(out) = finished {
                 let _ = tx.send(out.ok());
             }
+            ran
         });
         match s.tx.try_send(job) {
             Ok(()) => {}
@@ -180,7 +184,7 @@ impl PoolBulkhead {
                     }
                     WhenFull::CallerRuns => {
                         s.caller_ran.fetch_add(1, Ordering::Relaxed);
-                        job.await;
+                        let _ = job.await;
                     }
                 }
             }
@@ -289,9 +293,11 @@ impl PoolBuilder {
                     let job = rx.lock().await.recv().await;
                     let Some(job) = job else { break };
                     active.fetch_add(1, Ordering::Relaxed);
-                    job.await;
+                    let ran = job.await;
                     active.fetch_sub(1, Ordering::Relaxed);
-                    completed.fetch_add(1, Ordering::Relaxed);
+                    if ran {
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             });
         }

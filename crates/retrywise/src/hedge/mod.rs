@@ -303,9 +303,12 @@ impl Hedge {
     /// known to be longer than that (censored; without it a hedge whose hedges were not
     /// sent, or failed, would never learn that some requests hang); a percentile of the
     /// time to a call's first answer has no answer to count, and is left as it is.
+    /// It is no call answered: the hedge budget's base ("the calls answered in the
+    /// window") does not grow with it, so an upstream that hangs earns no hedges.
     pub fn record_unanswered(&self, now: Instant, running: Duration) {
         if matches!(self.shared.delay, HedgeDelay::Predicted { .. }) {
-            self.record_beaten(now, running);
+            let since = self.shared.latencies.record_unanswered(now, running);
+            self.refresh(now, since);
         }
     }
 
@@ -958,6 +961,33 @@ mod tests {
 
     /// Answers on the first poll (a cache's hits) are no samples of the latency a hedge
     /// waits out: 95 % of them would make the p95 zero and hedge every miss at once.
+    /// A primary that ran into its timeout in an attempt that failed teaches a predicted
+    /// delay that some requests hang, but is no call answered: the budget's base, and the
+    /// metrics' calls in the window, do not grow with it - an upstream that hangs earned
+    /// hedges with every timeout (5 % of one each).
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_primaries_earn_no_hedges() {
+        let h = Hedge::builder()
+            .delay(HedgeDelay::Predicted {
+                min_samples: 10,
+                fallback: 7 * MS,
+            })
+            .budget(0.05, 0)
+            .build()
+            .unwrap();
+        let now = Instant::now();
+        for _ in 0..40 {
+            h.record_latency(now, 10 * MS);
+        }
+        for _ in 0..400 {
+            h.record_unanswered(now, Duration::from_secs(1));
+        }
+        assert_eq!(h.metrics().window_calls, 40);
+        // 5 % of 40 calls: two hedges, not twenty-two.
+        let spent = (0..30).filter(|_| h.shared.spend(now)).count();
+        assert_eq!(spent, 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn answers_on_the_first_poll_do_not_set_the_delay() {
         let h = Hedge::builder()

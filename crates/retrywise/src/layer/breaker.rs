@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -43,7 +42,7 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             inner,
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            refusing: false,
+            refusing: None,
         }
     }
 }
@@ -62,8 +61,9 @@ pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
-    /// `poll_ready` found the circuit refusing, and did not wait for the inner service.
-    refusing: bool,
+    /// `poll_ready` found the circuit refusing (in this state, with this much of OPEN
+    /// left), and did not wait for the inner service.
+    refusing: Option<(crate::breaker::State, Option<std::time::Duration>)>,
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
@@ -72,7 +72,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
-            refusing: false,
+            refusing: None,
         }
     }
 }
@@ -90,30 +90,24 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Looked at afresh at every poll: a refusal seen before goes with the circuit.
         self.refusing = self.breaker.refuses_now();
-        if self.refusing {
+        if self.refusing.is_some() {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx).map_err(Error::new)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let refusing = std::mem::take(&mut self.refusing);
+        // Refused as `poll_ready` saw it, even if the circuit has let calls through again
+        // between the two (the service inside was not waited for, and may not be called
+        // unready): a refused call, counted as one, not a call admitted and dropped.
+        if let Some((state, remaining)) = self.refusing.take() {
+            return CircuitBreakerFuture {
+                state: State::Refused {
+                    open: Some(self.breaker.refuse_seen(state, remaining)),
+                },
+            };
+        }
         match self.breaker.try_acquire_owned() {
-            // Admitted, but the inner service was not waited for (the circuit let calls
-            // through again between the two): refused all the same - the service inside
-            // may not be called unready - and the permit goes back unused.
-            Ok(permit) if refusing => {
-                drop(permit);
-                CircuitBreakerFuture {
-                    state: State::Refused {
-                        open: Some(CircuitOpen {
-                            name: Arc::clone(self.breaker.name()),
-                            state: self.breaker.state(),
-                            remaining: None,
-                        }),
-                    },
-                }
-            }
             Ok(permit) => CircuitBreakerFuture {
                 state: State::Running {
                     fut: self.inner.call(req),

@@ -116,6 +116,17 @@ async fn readiness_neither_counts_nor_keeps_a_refusal() {
     let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert!(e.downcast_ref::<CircuitOpen>().is_some(), "{e}");
     assert_eq!(breaker.metrics().not_permitted_calls, 1);
+    // Polled ready while open, and the circuit let calls through again before the call:
+    // refused as polled - one refused call more, in the state the poll saw - and not a
+    // call admitted and dropped (it counted as an ignored call, and said CLOSED).
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    breaker.reset();
+    let e = svc.call(1).await.unwrap_err();
+    let open = e.downcast_ref::<CircuitOpen>().expect("refused");
+    assert_eq!(open.state, crate::breaker::State::ForcedOpen);
+    let m = breaker.metrics();
+    assert_eq!((m.not_permitted_calls, m.ignored_calls), (2, 0), "{m:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing sent");
 }
 
 /// A service taking `d` ms to answer `d`.
