@@ -526,6 +526,20 @@ async fn drive(
     let mut outcomes: Vec<(u64, Outcome)> =
         std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
     outcomes.sort_by_key(|(i, _)| *i);
+    // A request whose task panicked left no outcome (tokio keeps the panic to itself):
+    // the run fails rather than scoring the rest as if they were all.
+    if outcomes.len() as u64 != opts.requests {
+        let first = outcomes
+            .iter()
+            .enumerate()
+            .find(|(k, (i, _))| *k as u64 != *i)
+            .map_or(outcomes.len() as u64, |(k, _)| k as u64);
+        return Err(SimError::OutcomesLost {
+            lost: opts.requests - outcomes.len() as u64,
+            requests: opts.requests,
+            first,
+        });
+    }
     let series = shared
         .series
         .lock()

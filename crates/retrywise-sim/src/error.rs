@@ -76,6 +76,20 @@ pub enum SimError {
         /// The queue's capacity.
         capacity: usize,
     },
+    /// Requests of a run ended without an outcome (the task running one panicked - in a
+    /// policy, the recorder or the model): scores over the rest would be over fewer
+    /// requests than were offered.
+    #[error(
+        "{lost} of {requests} requests ended without an outcome (their task panicked; the first: request {first})"
+    )]
+    OutcomesLost {
+        /// How many.
+        lost: u64,
+        /// Requests offered.
+        requests: u64,
+        /// The first request lost.
+        first: u64,
+    },
     /// Training a model failed (`sim learn`).
     #[error("training")]
     Train(#[from] retrywise_train::TrainError),

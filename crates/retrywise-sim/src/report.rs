@@ -474,9 +474,16 @@ fn full_target(scenario: &str, f: &Mean, a: &Mean) -> Target {
             "every seed recovers within 10 s of the trigger's end, success >= 85 %".to_owned(),
             f.success_rate >= 0.85 && slowest.is_some_and(|r| r <= 10.0),
         ),
+        // (The p99.9 is of the successes: a policy that failed its slow calls would meet
+        // it. Success may not fall below the decider alone's, as elsewhere.)
         "stragglers" => (
-            "p99.9 <= 60 ms at <= 1.02 attempts/request".to_owned(),
-            f.p999_ms.is_some_and(|p| p <= 60.0) && f.attempts_per_request <= 1.02,
+            format!(
+                "p99.9 <= 60 ms at <= 1.02 attempts/request, success >= adaptive's ({}) - 0.5 points",
+                pct(a.success_rate)
+            ),
+            f.p999_ms.is_some_and(|p| p <= 60.0)
+                && f.attempts_per_request <= 1.02
+                && f.success_rate >= a.success_rate - 0.005,
         ),
         _ => (
             format!(

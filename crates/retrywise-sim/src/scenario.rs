@@ -648,7 +648,15 @@ impl Scenario {
         }
         // The trigger recovery is measured from ends after the first phase has begun: a
         // trigger that has not begun has nothing to recover from, and every policy would
-        // "recover" at once. (One past the run's end is a shortened run's: "n/a".)
+        // "recover" at once. (One past the run's end is a shortened run's: "n/a".) Nor
+        // is there a trigger without a phase.
+        if let Some(t) = s.trigger_end_s
+            && s.phases.is_empty()
+        {
+            return Err(err(format!(
+                "trigger_end_s ({t}) needs a phase: without one nothing is triggered, and every policy would \"recover\" at once"
+            )));
+        }
         if let Some(t) = s.trigger_end_s
             && let Some(first) = s
                 .phases
@@ -1061,6 +1069,15 @@ replicas = 2",
             e.contains("500000 requests would be in flight at once"),
             "{e}"
         );
+        // Nor does one in a scenario without phases (every policy "recovered" at once).
+        let blips = BUILTIN.iter().find(|(n, _)| *n == "blips").unwrap().1;
+        let e = Scenario::parse(
+            &blips.replace("duration_s = 60", "duration_s = 60\ntrigger_end_s = 5"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("trigger_end_s (5) needs a phase"), "{e}");
         // A trigger that ends before the first phase begins measures nothing.
         let e = err(&OK.replace("duration_s = 10", "duration_s = 10\ntrigger_end_s = 1"));
         assert!(e.contains("trigger_end_s (1) must be after"), "{e}");

@@ -846,6 +846,21 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
         text(&missing.stderr)
     );
 
+    // A calibration target listed, and no runs to judge it on: refused before the runs,
+    // naming the flag (it failed after them, as "no target of this report").
+    let calibration = known(&["blips/calibration".to_owned()]);
+    let bad = run(&[
+        "--check",
+        "--known-misses",
+        calibration.to_str().expect("utf-8"),
+    ]);
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("--calibration-data") && !err.contains("scenario and seed"),
+        "{err}"
+    );
+
     // A name that is no target fails.
     let unknown = known(&["contention/speed".to_owned()]);
     let bad = run(&[

@@ -616,3 +616,21 @@ fn every_stress_scenario_loads() {
         assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
     }
 }
+
+/// A request whose task panics (here: in the model the adaptive policy asks after a
+/// failure) leaves no outcome: the run fails naming how many, instead of scoring the
+/// others as if they were every request offered.
+#[test]
+fn a_request_that_panicked_fails_the_run() {
+    let model: Arc<dyn retrywise::model::SuccessModel> =
+        Arc::new(|_: &retrywise::attempt::AttemptContext| -> f64 { panic!("a broken model") });
+    let mut opts = small("blips", 400);
+    opts.model = Some(model);
+    match run(find("adaptive").unwrap(), &opts) {
+        Err(SimError::OutcomesLost { lost, requests, .. }) => {
+            assert_eq!(requests, 400);
+            assert!(lost > 0 && lost < 400, "{lost}");
+        }
+        other => panic!("{:?}", other.map(|r| r.outcomes.len())),
+    }
+}

@@ -867,6 +867,15 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
         ),
         (None, _) => Default::default(),
     };
+    // A calibration target is judged only on runs the model did not train on: a known
+    // miss naming one cannot be checked without them (found now, not after the runs).
+    if let Some(id) = known.keys().find(|id| id.ends_with("/calibration"))
+        && args.calibration_data.is_empty()
+    {
+        anyhow::bail!(
+            "the known misses name `{id}`, a calibration target, which only --calibration-data DIR judges: give it, or check without that entry"
+        );
+    }
     let model = adaptive_model(args.model.as_deref())?;
     let origin = match (&args.model, &model) {
         (Some(p), _) => format!("the model at {}", p.display()),
