@@ -289,6 +289,11 @@ pub(crate) fn pick(
     named: Option<&str>,
     target: Option<&str>,
 ) -> Result<Arc<LoadedModel>, ApiError> {
+    if named == Some("") {
+        return Err(ApiError::bad_request(
+            "model: an empty name names no model (leave it out for the default)",
+        ));
+    }
     let set = st.models.snapshot();
     if named.is_none()
         && st.config.model_per_target

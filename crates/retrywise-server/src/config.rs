@@ -74,7 +74,8 @@ pub struct Config {
     pub health_window: Duration,
     /// The cost of an attempt `/v1/decide` weighs each wait's p(success) against (divided by
     /// the share of the target's calls that succeed), and the p below which the fleet's
-    /// predictive breaker opens and admission holds a fresh call. Default 0.05.
+    /// predictive breaker opens and admission holds a fresh call. Default 0.05; above 0
+    /// and below 1.
     pub min_p_success: f64,
     /// The share of `/v1/decide`'s "not worth an attempt" stops that retry anyway, after a
     /// wait drawn uniformly from those weighed, and answer `explored: true`
@@ -487,10 +488,13 @@ impl Overrides {
             config.health_window = Duration::from_millis(ms);
         }
         if let Some(p) = self.min_p_success {
-            if !(0.0..=1.0).contains(&p) {
+            // Open at both ends: an attempt that costs nothing, or as much as a certain
+            // success, decides nothing (the decider and the breaker would clamp it, and
+            // admission, which compares with it as it is, would disagree with them).
+            if !(p > 0.0 && p < 1.0) {
                 return Err(bad(
                     "min_p_success",
-                    format!("must be within [0, 1], got {p}"),
+                    format!("must be above 0 and below 1, got {p}"),
                 ));
             }
             config.min_p_success = p;
@@ -951,6 +955,20 @@ mod tests {
             (
                 Overrides {
                     min_p_success: Some(1.5),
+                    ..Overrides::default()
+                },
+                "min_p_success",
+            ),
+            (
+                Overrides {
+                    min_p_success: Some(1.0),
+                    ..Overrides::default()
+                },
+                "min_p_success",
+            ),
+            (
+                Overrides {
+                    min_p_success: Some(0.0),
                     ..Overrides::default()
                 },
                 "min_p_success",

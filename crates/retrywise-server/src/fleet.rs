@@ -958,6 +958,45 @@ mod tests {
         assert_eq!(fleet.circuit("cache").map(|c| c.0), Some(State::Closed));
     }
 
+    /// An opening the fleet answered stays answered: a blip afterwards (the recent
+    /// failure rate back at or above a half, nothing else changed) does not turn the
+    /// circuit back into HALF_OPEN, with its probes rationed, until the probing time is
+    /// up. A new opening is not answered by the last one's answer.
+    #[tokio::test]
+    async fn an_answered_opening_stays_answered() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(10), 10).with_shared(Arc::clone(&shared));
+        let install = |t: SharedTarget| {
+            shared.install_for_test(HashMap::from([(Arc::<str>::from("db"), t)]));
+        };
+        let ended = wall_ms() - 5_000;
+        let probing = SharedTarget {
+            opening_ended_ms: Some(ended),
+            ..failing(None, Some(ended - 5_000), None)
+        };
+        install(probing);
+        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+        // A success after the opening, most recent calls succeeding: answered.
+        install(SharedTarget {
+            opening_ended_ms: Some(ended),
+            ..recovering(Some(ended + 20))
+        });
+        assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
+        // A blip: the recent calls fail again, the success is still the last.
+        install(SharedTarget {
+            opening_ended_ms: Some(ended),
+            ..failing(None, Some(ended + 20), None)
+        });
+        assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
+        // Another opening, ended since: probing again.
+        let again = wall_ms() - 10;
+        install(SharedTarget {
+            opening_ended_ms: Some(again),
+            ..failing(None, Some(ended + 20), None)
+        });
+        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+    }
+
     /// A replica that learned of an opening only from Redis (its own breaker never saw
     /// the failures) reads the circuit as HALF_OPEN once the fleet's open time has passed,
     /// and rations its probes as the replica whose breaker opened does - until a success
@@ -1007,11 +1046,20 @@ mod tests {
             failing(None, Some(closed_at - 5_000), Some(closed_at + 80)),
         );
         assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
-        // Gone from the view altogether: nothing says it is probing.
+        // Answered, it stays answered (a view that no longer shows the answer - here
+        // one without the success and the close - does not reopen the probing).
         install("db", failing(None, Some(closed_at - 5_000), None));
-        assert_eq!(fleet.circuit("db"), Some((State::HalfOpen, None)));
+        assert_eq!(fleet.circuit("db"), Some((State::Closed, None)));
+        // Gone from the view altogether: nothing says it is probing.
+        install(
+            "gone",
+            failing(Some(closed_at), Some(closed_at - 5_000), None),
+        );
+        install("gone", failing(None, Some(closed_at - 5_000), None));
+        assert_eq!(fleet.circuit("gone"), Some((State::HalfOpen, None)));
         install("cache", failing(None, None, None));
-        assert_eq!(fleet.circuit("db").map(|c| c.0), Some(State::Closed));
+        // (Never tracked here: no circuit at all.)
+        assert_eq!(fleet.circuit("gone"), None);
         // An opening that ended, a success just after, then failed probes reopening it for
         // 700 ms (the shortest opening is 500 ms): once that ends, the new opening is
         // probed afresh - read as the first one's, the success would close it.

@@ -94,7 +94,9 @@ use crate::ServerError;
 const BUCKETS: u64 = 10;
 /// Buckets of the recent failure rate.
 const RECENT: u64 = 2;
-/// Buckets of the latency quantile (the last half of the window, as the tracker's).
+/// Buckets of a half window: the latency quantile reads the buckets of the current half
+/// window and of the one before (the last 50-100 % of the window), as the tracker's
+/// histogram, which turns over every half window, does.
 const LATENCY: u64 = 5;
 /// Where the keys live.
 const PREFIX: &str = "retrywise:fleet:";
@@ -270,6 +272,8 @@ local recent = tonumber(ARGV[6])
 local latency = tonumber(ARGV[7])
 local names = redis.call('ZREVRANGEBYSCORE', p .. 'targets', '+inf', now - ttl, 'LIMIT', 0, most)
 local b = math.floor(now / period)
+-- The latency histogram: the current half window's buckets and the previous half's.
+local latency_buckets = latency + (b % latency) + 1
 local function table_or_empty(r)
   if type(r) == 'table' and not r['err'] then return r end
   return {}
@@ -295,7 +299,7 @@ for _, name in ipairs(names) do
         if k < recent then rf = rf + v end
       elseif field == 'p' then pm = pm + v
       elseif field == 's' then s = s + v
-      elseif k < latency then
+      elseif k < latency_buckets then
         local hb = num(string.sub(field, 2))
         if hb >= 0 and hb < 1024 and hb == math.floor(hb) then hist[hb] = (hist[hb] or 0) + v end
       end
@@ -513,6 +517,12 @@ pub struct SharedFleet {
     /// circuit's key expires: a circuit whose open time has passed, with no success
     /// reported since, is probing ([`probing_since`](Self::probing_since)).
     opened: Mutex<HashMap<Arc<str>, u64>>,
+    /// The end (as in `opened`) of each target's opening some read found answered
+    /// ([`SharedTarget::answered_since`]): answered once, it stays answered - the recent
+    /// failure rate that answered it moves on, and a blip later must not turn a circuit
+    /// the fleet closed back into HALF_OPEN until [`PROBING_AT_MOST`] has passed. Under
+    /// `opened`'s lock.
+    answered: Mutex<HashMap<Arc<str>, u64>>,
     shared: AtomicBool,
     /// How many targets the last write skipped, the last read left out, and the last read
     /// found odd times for: each warning is logged when its count changes, not at every
@@ -582,6 +592,7 @@ impl SharedFleet {
             flushing: tokio::sync::Mutex::new(()),
             view: ArcSwap::from_pointee(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
             warned: Default::default(),
             shared: AtomicBool::new(false),
             read_ms: AtomicU64::new(0),
@@ -893,6 +904,19 @@ impl SharedFleet {
                 let keep_from = ends[ends.len() - cap];
                 opened.retain(|_, &mut until| until >= keep_from);
             }
+            if let Ok(mut answered) = self.answered.lock() {
+                // Only the latest opening's answer is kept: one extended, or a new one,
+                // is not answered by the last one's.
+                answered.retain(|name, until| opened.get(name) == Some(until));
+                for (name, &until) in opened.iter() {
+                    if until <= now
+                        && !answered.contains_key(name)
+                        && view.get(name).is_some_and(|t| t.answered_since(until))
+                    {
+                        answered.insert(Arc::clone(name), until);
+                    }
+                }
+            }
         }
         self.view.store(Arc::new(view));
         self.read_ms.store(now, Ordering::Relaxed);
@@ -925,7 +949,11 @@ impl SharedFleet {
         // targets read) says nothing of its probes: not read as probing.
         let t = view.get(target)?;
         let reopened = t.open_remaining(now_ms).is_some();
-        let answered = t.answered_since(until);
+        let answered = t.answered_since(until)
+            || self
+                .answered
+                .lock()
+                .is_ok_and(|a| a.get(target) == Some(&until));
         (until <= now_ms && now_ms - until < ms(PROBING_AT_MOST) && !reopened && !answered)
             .then_some(until)
     }
@@ -1661,6 +1689,49 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("same health_window_ms"), "{e}");
         assert_eq!(calls().await, before, "nothing of it written");
+
+        // The latency quantile reads the current half window's buckets and the previous
+        // half's (the last 50-100 % of the window, as a tracker's histogram turning over
+        // every half window does; it read the last five buckets, 40-50 %): one call in
+        // each of the last ten buckets, the older the slower, so the p95 (of ten: the
+        // slowest read) says how far back it read.
+        let mut checked = false;
+        for seq in 1..=20u64 {
+            // Written and read within one bucket (otherwise again, under another name).
+            let b = wall_ms() / PERIOD;
+            if wall_ms() % PERIOD > PERIOD - 100 {
+                tokio::time::sleep(Duration::from_millis(110)).await;
+                continue;
+            }
+            let name: &'static str = Box::leak(format!("lat{seq}").into_boxed_str());
+            let mut lat = head(9_001, seq, TTL);
+            lat.arg(name).arg(-1).arg(0).arg(-1).arg(10);
+            for age in 0..10u64 {
+                let bucket =
+                    retrywise::health::latency_bucket(Duration::from_millis(100 * (age + 1)));
+                lat.arg(age)
+                    .arg(2)
+                    .arg("c")
+                    .arg(1)
+                    .arg(format!("h{bucket}"))
+                    .arg(1);
+            }
+            let (n, _): (i64, u64) = lat.invoke_async(&mut conn).await.unwrap();
+            assert_eq!(n, 1);
+            let p95 = read(name, TTL).await.unwrap().0.latency_p95.unwrap();
+            if wall_ms() / PERIOD != b {
+                continue;
+            }
+            let oldest = LATENCY + b % LATENCY;
+            let want = Duration::from_millis(100 * (oldest + 1));
+            assert!(
+                p95 >= want && p95 < want + Duration::from_millis(100),
+                "bucket {b}: p95 {p95:?}, want the bucket {oldest} old's {want:?}"
+            );
+            checked = true;
+            break;
+        }
+        assert!(checked, "never read within one bucket");
 
         // The targets set of another type refuses the batch before any write.
         set(format!("{PREFIX}targets"), "x").await;

@@ -392,6 +392,18 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
         (ps[0] - 0.5).abs() < 1e-12 && (ps[1] - sigmoid(-1.0)).abs() < 1e-12,
         "{ps:?}"
     );
+    // An empty model name is a bad request (the schema's minLength 1), not a model
+    // that does not exist.
+    for uri in ["/v1/predict", "/v1/decide"] {
+        let (s, v) = h
+            .post(
+                uri,
+                r#"{"model": "", "context": {"target": "t", "attempt": 2, "error": "http_503"}}"#,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("model"), "{v}");
+    }
     let body = json!({"id": "r1", "inputs": [
         {"name": "attempt", "shape": [2], "datatype": "INT64", "data": [1, 2]},
         {"name": "failure_rate", "shape": [2], "datatype": "FP64", "data": [0.0, 0.25]},
