@@ -758,3 +758,46 @@ async fn an_idle_fleet_leaves_nothing_in_redis() {
     .await;
     a.stop().await;
 }
+
+/// Each replica caps only its own targets: two replicas of `max_targets = 2`, each with
+/// two targets of its own, write four, and a read takes the two most recently written.
+/// The replica says how many it left out (`retrywise_fleet_unread_targets`) instead of
+/// answering the rest from its own evidence unsaid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_beyond_what_a_read_takes_are_counted() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let capped = |name: &str| {
+        let mut config = replica_config(&redis.url(), dir.path(), name, Duration::from_secs(10));
+        config.max_targets = 2;
+        config
+    };
+    let a = Replica::start_config(capped("a")).await;
+    let b = Replica::start_config(capped("b")).await;
+    let unread = |base: String| {
+        let client = client.clone();
+        async move {
+            let (_, text) = get(&client, &format!("{base}/metrics")).await;
+            text.lines()
+                .find_map(|l| l.strip_prefix("retrywise_fleet_unread_targets "))
+                .map(|v| v.trim().parse::<i64>().unwrap())
+        }
+    };
+    assert_eq!(unread(a.base.clone()).await, Some(0));
+    for (r, names) in [(&a, ["a1", "a2"]), (&b, ["b1", "b2"])] {
+        for name in names {
+            ingest(&client, &r.base, attempts(name, 4, 0)).await;
+        }
+    }
+    for r in [&a, &b] {
+        until("two targets left out of the read", || async {
+            unread(r.base.clone()).await == Some(2)
+        })
+        .await;
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -364,6 +364,11 @@ impl Metrics {
                 "Targets a write to or a read from Redis skipped: their keys under the fleet's prefix hold what this service did not write (another type, a name that is not UTF-8), or times it would not have written (later than Redis's clock, a circuit open longer than the longest opening: read as none, and as that opening)",
                 m.foreign.clone(),
             );
+            registry.register(
+                "fleet_unread_targets",
+                "Targets written to Redis of late that the last read of the shared view left out (beyond max_targets, the most recently written first): answered from this replica's own evidence",
+                m.unread.clone(),
+            );
             m
         });
         Self {

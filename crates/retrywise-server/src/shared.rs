@@ -105,6 +105,7 @@ const PREFIX: &str = "retrywise:fleet:";
 const WARNED_SKIPPED: usize = 0;
 const WARNED_FOREIGN: usize = 1;
 const WARNED_ODD: usize = 2;
+const WARNED_UNREAD: usize = 3;
 
 /// The clock every replica's times are reckoned on: Redis's own (`TIME`), so that replicas
 /// whose clocks disagree still agree on which buckets are recent, on when a target last
@@ -318,8 +319,12 @@ for _, name in ipairs(names) do
   end
   out[#out + 1] = {name, row}
 end
-return out
+return {out, redis.call('ZCOUNT', p .. 'targets', now - ttl, '+inf')}
 ";
+
+/// What `READ` answers: a row per target read (its name, its numbers), and how many the
+/// fleet lists in all.
+type ReadReply = (Vec<(Vec<u8>, Vec<i64>)>, u64);
 
 /// The counts of one bucket not yet written.
 #[derive(Debug, Default, Clone)]
@@ -489,6 +494,9 @@ pub struct SharedMetrics {
     pub targets: Gauge,
     /// Targets skipped because their keys in Redis hold what the service did not write.
     pub foreign: Counter,
+    /// Targets the fleet lists in Redis that the last read left out: beyond the
+    /// `max_targets` most recently written (each replica caps only its own).
+    pub unread: Gauge,
 }
 
 /// The fleet view shared through Redis (see the module's documentation).
@@ -527,7 +535,7 @@ pub struct SharedFleet {
     /// How many targets the last write skipped, the last read left out, and the last read
     /// found odd times for: each warning is logged when its count changes, not at every
     /// write or read that finds the same foreign keys again (the counter counts them all).
-    warned: [AtomicU64; 3],
+    warned: [AtomicU64; 4],
     /// Wall-clock ms of the last successful read; 0 before the first.
     read_ms: AtomicU64,
     detail: Mutex<String>,
@@ -834,16 +842,12 @@ impl SharedFleet {
             .arg(BUCKETS)
             .arg(RECENT)
             .arg(LATENCY);
-        let rows = match tokio::time::timeout(
-            self.timeout,
-            call.invoke_async::<Vec<(Vec<u8>, Vec<i64>)>>(conn),
-        )
-        .await
-        {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => return Err(self.describe("reading from", Some(e))),
-            Err(_) => return Err(self.describe("reading from", None)),
-        };
+        let (rows, listed) =
+            match tokio::time::timeout(self.timeout, call.invoke_async::<ReadReply>(conn)).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => return Err(self.describe("reading from", Some(e))),
+                Err(_) => return Err(self.describe("reading from", None)),
+            };
         // Ages and times left on Redis's clock, placed on this replica's as it reads them.
         let now = wall_ms();
         let mut view = HashMap::with_capacity(rows.len());
@@ -859,6 +863,20 @@ impl SharedFleet {
         }
         self.metrics.foreign.inc_by(foreign);
         self.metrics.foreign.inc_by(odd);
+        // More targets written of late, by every replica, than a read takes: the rest are
+        // answered from this replica's own evidence (and their probing is not rationed).
+        let unread = listed.saturating_sub(self.max_targets as u64);
+        self.metrics
+            .unread
+            .set(i64::try_from(unread).unwrap_or(i64::MAX));
+        if self.changed(WARNED_UNREAD, unread) {
+            tracing::warn!(
+                unread,
+                listed,
+                max_targets = self.max_targets,
+                "fleet view: more targets are written to Redis than a read takes (max_targets, the most recently written first): the rest are answered from this replica's own evidence - raise max_targets, or route each target's traffic to fewer replicas"
+            );
+        }
         if self.changed(WARNED_FOREIGN, foreign) {
             tracing::warn!(
                 foreign,
@@ -1484,7 +1502,7 @@ mod tests {
             call.arg(BUCKETS).arg(RECENT).arg(LATENCY);
             let mut c = reader.clone();
             async move {
-                let rows: Vec<(Vec<u8>, Vec<i64>)> = call.invoke_async(&mut c).await.unwrap();
+                let (rows, _): ReadReply = call.invoke_async(&mut c).await.unwrap();
                 rows.iter()
                     .find(|(n, _)| n == name.as_bytes())
                     .map(|(_, row)| parse_row(row, wall_ms()).unwrap())
@@ -1684,7 +1702,7 @@ mod tests {
         other.arg(PREFIX).arg(1_100).arg(TTL).arg(10);
         other.arg(BUCKETS).arg(RECENT).arg(LATENCY);
         let e = other
-            .invoke_async::<Vec<(Vec<u8>, Vec<i64>)>>(&mut conn)
+            .invoke_async::<ReadReply>(&mut conn)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("same health_window_ms"), "{e}");
