@@ -130,9 +130,10 @@ fn unlisted_note(folders: &[std::path::PathBuf]) -> String {
         [] => String::new(),
         [one] => format!("; {} could not be listed", one.display()),
         [first, rest @ ..] => format!(
-            "; {} and {} more folders could not be listed",
+            "; {} and {} more folder{} could not be listed",
             first.display(),
-            rest.len()
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" }
         ),
     }
 }

@@ -130,8 +130,12 @@ pub fn list_tree(root: &Path, skip: &[&Path]) -> Result<Tree, CollectError> {
         let mut subfolders = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                subfolders.push(entry.path());
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => subfolders.push(entry.path()),
+                Ok(_) => {}
+                // Removed since the folder was listed: nothing to walk.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(subfolders)
@@ -152,22 +156,28 @@ fn walk(
         if !skipped.is_empty() && DirId::of(&dir).is_some_and(|id| skipped.contains(&id)) {
             continue;
         }
-        let below = match subfolders(&dir) {
-            Ok(below) => below,
-            Err(e)
-                if dir != root
-                    && matches!(
-                        e.kind(),
-                        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
-                    ) =>
-            {
-                tracing::warn!(folder = %dir.display(), error = %e, "a folder below the segments' root cannot be listed: left out");
+        // A folder below the root that may not be listed, or is gone - when its
+        // subfolders are read, or when its segments are (a second read of it) - is left
+        // out and named.
+        let unlistable = |e: &std::io::Error| {
+            dir != root
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                )
+        };
+        let listed = subfolders(&dir)
+            .map_err(|e| CollectError::io("list", &dir, e))
+            .and_then(|below| Ok((below, list(&dir)?)));
+        let (below, found) = match listed {
+            Ok(listed) => listed,
+            Err(CollectError::Io { source, .. }) if unlistable(&source) => {
+                tracing::warn!(folder = %dir.display(), error = %source, "a folder below the segments' root cannot be listed: left out");
                 tree.unlisted.push(dir);
                 continue;
             }
-            Err(e) => return Err(CollectError::io("list", &dir, e)),
+            Err(e) => return Err(e),
         };
-        let found = list(&dir)?;
         if !found.is_empty() {
             tree.directories += 1;
         }
@@ -461,6 +471,21 @@ mod tests {
             assert_eq!(tree.unlisted, std::slice::from_ref(&lost), "{kind:?}");
             assert_eq!((tree.segments.len(), tree.directories), (2, 2), "{kind:?}");
         }
+        // Gone between the read of its subfolders and the read of its segments: named
+        // too (it stopped the run).
+        let doomed = lost.clone();
+        let vanishing = move |dir: &Path| -> std::io::Result<Vec<PathBuf>> {
+            if dir == doomed {
+                std::fs::remove_dir_all(dir)?;
+                return Ok(Vec::new());
+            }
+            real(dir)
+        };
+        let tree = walk(root.path(), &[], vanishing).unwrap();
+        assert_eq!(tree.unlisted, std::slice::from_ref(&lost));
+        assert_eq!((tree.segments.len(), tree.directories), (2, 2));
+        std::fs::create_dir(&lost).unwrap();
+        std::fs::write(lost.join("seg-0000000000001-000001.ndjson"), b"").unwrap();
         // Nothing refused: everything is read, nothing named.
         let all = list_tree(root.path(), &[]).unwrap();
         assert_eq!((all.segments.len(), all.directories), (3, 3));

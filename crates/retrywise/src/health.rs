@@ -415,8 +415,12 @@ impl HealthTracker {
         let b = since / self.bucket_div;
         self.sweep(b);
         // A call that ended a window or more before the last period swept is out of the
-        // window (its slot may hold a period of any age by then): only its latency counts.
+        // window (its slot may hold a period of any age by then): only its latency counts,
+        // and - a success - when the target last answered (which no window bounds).
         if b.saturating_add(BUCKETS) <= self.swept.load(Ordering::Relaxed) {
+            if ended == Ended::Success {
+                self.succeeded(since);
+            }
             self.latency.record_since(since, latency);
             return;
         }
@@ -526,9 +530,11 @@ impl HealthTracker {
     }
 
     /// The 95th percentile latency of the calls that ended in the window's later part
-    /// (the current and the previous half-window period: the last 50–100 % of it), to
-    /// within 6.25 %, in whole milliseconds, recomputed at most once per bucket period;
-    /// `None` without calls there.
+    /// (the current and the previous half-window period: the last 50–100 % of it): the
+    /// upper bound of its histogram bucket (within 6.25 % above the latency), truncated to
+    /// whole milliseconds (so a p95 under a millisecond reads 0, and one of a few ms up to
+    /// a millisecond low), recomputed at most once per bucket period - the first reading
+    /// in a bucket period holds for the rest of it; `None` without calls there.
     pub fn latency_p95(&self, now: Instant) -> Option<Duration> {
         let b = self.bucket_at(now);
         let key = (b & 0xFFFF_FFFF) + 1;
@@ -991,5 +997,34 @@ mod tests {
         assert_eq!(latency_quantile([(3, 0)], 0.95), None);
         // A bucket beyond the last counts in the last.
         assert!(latency_quantile([(usize::MAX, 1)], 0.5).is_some());
+    }
+
+    /// A success reported late - ended more than a window before the last period swept
+    /// (a service's records, up to a window old) - is out of the window's counts, but
+    /// still the target's last answer: the time since it was left at the success before.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_success_still_moves_the_time_since_the_last_one() {
+        let h = HealthTracker::new(Duration::from_secs(10)).unwrap();
+        h.record(Instant::now(), Ended::Success, Duration::from_millis(5));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let now = Instant::now();
+        let _ = h.snapshot(now);
+        h.record(
+            now - Duration::from_millis(9_500),
+            Ended::Success,
+            Duration::from_millis(5),
+        );
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let _ = h.snapshot(Instant::now());
+        h.record(
+            now - Duration::from_millis(9_900),
+            Ended::Success,
+            Duration::from_millis(5),
+        );
+        let since = h.since_success(Instant::now());
+        assert!(
+            since >= Duration::from_millis(9_700) && since <= Duration::from_millis(9_900),
+            "{since:?}"
+        );
     }
 }

@@ -21,10 +21,11 @@ struct SlotCounter(AtomicU64);
 
 impl SlotCounter {
     /// Adds one for `epoch`, resetting the counter if it holds another epoch. A counter
-    /// already moved to a slightly newer epoch (a caller that read its epoch a ring
-    /// earlier) is left alone: the event is dropped, which can only make the budget
-    /// stricter. One far "ahead" is an old epoch seen across the wrap of the epoch
-    /// counter (after a long idle spell): it is reset, not left to drop every event.
+    /// already moved to a newer epoch (a caller that read its epoch earlier) is left
+    /// alone: the event is dropped, which can only make the budget stricter. One "ahead"
+    /// by more than a quarter of the epochs there are is an old epoch seen across the
+    /// wrap of the epoch counter (after a long idle spell): it is reset, not left to drop
+    /// every event.
     fn incr(&self, epoch: u32) {
         let _ = self
             .0
@@ -70,10 +71,11 @@ fn unpack(v: u64) -> (u32, u32) {
     ((v >> 32) as u32, v as u32)
 }
 
-/// Whether epoch `a` is after `b` by at most a few rings of slots (allowing for
-/// wrap-around): a counter a racing caller moved on. Further is an old epoch.
+/// Whether epoch `a` is after `b` (allowing for wrap-around) by less than a quarter of
+/// the epochs there are: a counter a caller that read its epoch earlier (a racing or
+/// stalled one) finds moved on. Further "ahead" is an old epoch, from before the wrap.
 fn ahead_by_a_little(a: u32, b: u32) -> bool {
-    (1..=4 * SLOTS).contains(&a.wrapping_sub(b))
+    (1..1 << 30).contains(&a.wrapping_sub(b))
 }
 
 #[derive(Debug, Default)]

@@ -17,12 +17,9 @@ const MAX_EXP: u32 = 40;
 pub(crate) const BUCKETS: usize = (SUB + (MAX_EXP - SUB_BITS + 1) * SUB) as usize;
 /// Kinds of observation: a latency (the request answered after it)...
 const ANSWERED: usize = 0;
-/// ...or a lower bound of one (the request was still running then, and was cancelled)...
+/// ...or a lower bound of one (the request was still running then, and was cancelled).
 const CENSORED: usize = 1;
-/// ...or one of a request that ran into its timeout in an attempt that failed: a lower
-/// bound too, but no call answered (not among [`Latencies::count`]'s).
-const UNANSWERED: usize = 2;
-const KINDS: usize = 3;
+const KINDS: usize = 2;
 
 pub(crate) fn bucket_of(micros: u64) -> usize {
     if micros < u64::from(SUB) {
@@ -89,11 +86,10 @@ impl Histogram {
             .chain(std::iter::once(self.owned()))
     }
 
-    /// Every count of the period of the calls answered (by the request, or by a hedge
-    /// that beat it): not the unanswered.
+    /// Every count of the period.
     fn total(&self) -> u64 {
         self.live_rows()
-            .flat_map(|r| &self.counts[r * KINDS * BUCKETS..(r * KINDS + UNANSWERED) * BUCKETS])
+            .flat_map(|r| &self.counts[r * KINDS * BUCKETS..(r + 1) * KINDS * BUCKETS])
             .map(|c| u64::from(c.load(Ordering::Relaxed)))
             .sum()
     }
@@ -180,14 +176,6 @@ impl RollingLatency {
         self.record_kind(now, running, CENSORED)
     }
 
-    /// Records, at `now`, a request that ran `running` into its timeout in an attempt
-    /// that failed: censored for [`hedge_delay`](Self::hedge_delay) and in
-    /// [`quantile`](Self::quantile) as [`record_censored`](Self::record_censored)'s, but
-    /// no call answered - not among [`count`](Self::count)'s (a hedge budget's base).
-    pub(crate) fn record_unanswered(&self, now: Instant, running: Duration) -> u64 {
-        self.record_kind(now, running, UNANSWERED)
-    }
-
     /// [`record`](Self::record) at `since` nanoseconds from the origin
     /// ([`since_origin`](Self::since_origin)), for an owner that has read it already.
     pub(crate) fn record_since(&self, since: u64, latency: Duration) {
@@ -247,7 +235,7 @@ impl RollingLatency {
         })
     }
 
-    /// How many latencies of answered calls the current and previous period hold.
+    /// How many latencies the current and previous period hold.
     pub(crate) fn count(&self, now: Instant) -> u64 {
         self.live(self.period_of(now)).map(Histogram::total).sum()
     }
@@ -286,10 +274,7 @@ impl RollingLatency {
         let mut total = 0u64;
         for b in 0..BUCKETS {
             let answered: u64 = live.iter().map(|h| h.bucket_of_kind(b, ANSWERED)).sum();
-            let censored: u64 = live
-                .iter()
-                .map(|h| h.bucket_of_kind(b, CENSORED) + h.bucket_of_kind(b, UNANSWERED))
-                .sum();
+            let censored: u64 = live.iter().map(|h| h.bucket_of_kind(b, CENSORED)).sum();
             if answered + censored > 0 {
                 // The bucket's middle: its upper bound would overstate every latency by up
                 // to 1/16 (half of that on average), and move the delay with it.

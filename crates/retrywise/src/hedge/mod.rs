@@ -146,6 +146,10 @@ struct Shared {
     /// Hedges sent in the two most recent periods of the latency window, as
     /// `(period, count)`; the budget's ledger and the source of the hedge rate.
     sent: Mutex<[(u64, u64); 2]>,
+    /// Primaries that ran into their timeout in an attempt that failed, recorded in the
+    /// latency window as censored (a predicted delay learns from them) in the two most
+    /// recent periods, as `sent`'s: no calls answered, so not of the budget's base.
+    unanswered: Mutex<[(u64, u64); 2]>,
     hedges: Striped,
     /// Hedges counted in `hedges` that a breaker or bulkhead inside refused: not sent.
     unsent: Striped,
@@ -185,12 +189,23 @@ fn in_window(sent: &[(u64, u64); 2], p: u64) -> u64 {
 }
 
 impl Shared {
+    /// The calls answered in the latency window as of `now`: its samples, less the
+    /// unanswered primaries among them.
+    fn answered_calls(&self, now: Instant) -> u64 {
+        let p = self.latencies.period_of(now);
+        let unanswered = in_window(
+            &self.unanswered.lock().unwrap_or_else(|e| e.into_inner()),
+            p,
+        );
+        self.latencies.count(now).saturating_sub(unanswered)
+    }
+
     /// Counts a hedge about to be sent at `now`, if the budget allows it.
     fn spend(&self, now: Instant) -> bool {
         let p = self.latencies.period_of(now);
         let allowance = self.budget.as_ref().map(|b| {
             let floor = f64::from(b.min_per_sec) * self.latencies.period().as_secs_f64();
-            floor + b.ratio * self.latencies.count(now) as f64
+            floor + b.ratio * self.answered_calls(now) as f64
         });
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(allowance) = allowance
@@ -307,7 +322,17 @@ impl Hedge {
     /// window") does not grow with it, so an upstream that hangs earns no hedges.
     pub fn record_unanswered(&self, now: Instant, running: Duration) {
         if matches!(self.shared.delay, HedgeDelay::Predicted { .. }) {
-            let since = self.shared.latencies.record_unanswered(now, running);
+            let s = &*self.shared;
+            let since = s.latencies.record_censored(now, running);
+            let p = s.latencies.period_of(now);
+            {
+                let mut unanswered = s.unanswered.lock().unwrap_or_else(|e| e.into_inner());
+                let slot = &mut unanswered[(p % 2) as usize];
+                if slot.0 != p {
+                    *slot = (p, 0);
+                }
+                slot.1 += 1;
+            }
             self.refresh(now, since);
         }
     }
@@ -389,7 +414,7 @@ impl Hedge {
     pub fn metrics(&self) -> HedgeMetrics {
         let s = &*self.shared;
         let now = Instant::now();
-        let window_calls = s.latencies.count(now);
+        let window_calls = s.answered_calls(now);
         let window_hedges = {
             let sent = s.sent.lock().unwrap_or_else(|e| e.into_inner());
             in_window(&sent, s.latencies.period_of(now))
@@ -765,6 +790,7 @@ impl HedgeBuilder {
                 next_refresh: AtomicU64::new(0),
                 budget,
                 sent: Mutex::new([(u64::MAX, 0); 2]),
+                unanswered: Mutex::new([(u64::MAX, 0); 2]),
                 hedges: Striped::default(),
                 unsent: Striped::default(),
                 hedge_wins: Striped::default(),
@@ -959,8 +985,6 @@ mod tests {
         assert!((88 * MS..=95 * MS).contains(&d), "{d:?}");
     }
 
-    /// Answers on the first poll (a cache's hits) are no samples of the latency a hedge
-    /// waits out: 95 % of them would make the p95 zero and hedge every miss at once.
     /// A primary that ran into its timeout in an attempt that failed teaches a predicted
     /// delay that some requests hang, but is no call answered: the budget's base, and the
     /// metrics' calls in the window, do not grow with it - an upstream that hangs earned
@@ -988,6 +1012,8 @@ mod tests {
         assert_eq!(spent, 2);
     }
 
+    /// Answers on the first poll (a cache's hits) are no samples of the latency a hedge
+    /// waits out: 95 % of them would make the p95 zero and hedge every miss at once.
     #[tokio::test(start_paused = true)]
     async fn answers_on_the_first_poll_do_not_set_the_delay() {
         let h = Hedge::builder()

@@ -388,7 +388,7 @@ where
     let failure = match verdict {
         Verdict::Success => return Some(finish(out)),
         Verdict::Permanent(_) => {
-            p.stopped(StopReason::NotRetryable);
+            p.not_retryable();
             return Some(finish(out));
         }
         Verdict::Retryable(f) => f,

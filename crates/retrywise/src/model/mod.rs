@@ -57,7 +57,8 @@ pub trait SuccessModel: Send + Sync {
     fn p_success(&self, ctx: &AttemptContext) -> f64;
 
     /// How many training rows were like `ctx` (in its region of the context space,
-    /// [`crate::features::region`], or after the same previous error), when the model knows: a decider does not trust a model about what it has barely seen.
+    /// [`crate::features::region`]), when the model knows: a decider does not trust a
+    /// model about what it has barely seen.
     /// Defaults to unknown.
     fn trained_on(&self, ctx: &AttemptContext) -> Option<u64> {
         let _ = ctx;

@@ -7,8 +7,9 @@ use crate::bulkhead::BulkheadFull;
 use crate::retry::StopReason;
 use crate::timeout::Elapsed;
 
-/// Why one attempt produced no answer.
+/// Why one attempt produced no answer. (More reasons may come: match with a wildcard.)
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AttemptError<E> {
     /// The operation returned this error.
     Inner(E),

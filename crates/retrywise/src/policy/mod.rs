@@ -433,11 +433,17 @@ impl<C> Policy<C> {
                         };
                         let wait = open.remaining.unwrap_or(BREAKER_POLL);
                         match p.breaker_wait {
-                            // (FORCED_OPEN has no end to wait for: an operator holds it.)
-                            Some(deadline)
-                                if open.state != crate::breaker::State::ForcedOpen
-                                    && start.elapsed() + wait < deadline =>
-                            {
+                            // FORCED_OPEN has no end to wait for (an operator holds it),
+                            // nor a retry to plan: the call fails fast.
+                            _ if open.state == crate::breaker::State::ForcedOpen => {
+                                let reason = p.stopped(StopReason::CircuitOpen);
+                                return refused(
+                                    number - 1,
+                                    reason,
+                                    AttemptError::CircuitOpen(open),
+                                );
+                            }
+                            Some(deadline) if start.elapsed() + wait < deadline => {
                                 // Not waited when it takes what is left of the rules'
                                 // deadline: the call stops now.
                                 if p.attempt_timeout_at(ctx, start, Instant::now() + wait)
@@ -570,8 +576,7 @@ impl<C> Policy<C> {
             let failure = match ended.verdict {
                 Verdict::Success => return self.succeeded(ended, number),
                 Verdict::Permanent(_) => {
-                    p.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    return give_up(ended, number, p.stopped(StopReason::NotRetryable));
+                    return give_up(ended, number, p.not_retryable());
                 }
                 Verdict::Retryable(f) => f,
             };

@@ -2,7 +2,8 @@
 //! retry layer, so that both budget, throttle, decide, explore, track health and record
 //! the same way:
 //!
-//! 1. [`Inner::begin`] — the call is deposited in the budget and admitted by the throttle;
+//! 1. [`Inner::begin`] — the call is admitted by the throttle, and then deposited in the
+//!    budget (a call the throttle refuses is sent nowhere, and earns no retries);
 //! 2. each request sent is recorded through a [`RecordGuard`] and observed by the health
 //!    tracker ([`Inner::observe`]);
 //! 3. [`Inner::settle`] — the attempt's verdict goes to the breaker, the budget (only what
@@ -393,6 +394,15 @@ impl Inner {
             .unwrap_or(ErrorKind::Other);
         let took = Duration::from_micros(self.last_failure_micros.load(Ordering::Relaxed));
         (kind, took)
+    }
+
+    /// Counts an attempt that failed with a permanent error, and the stop it makes
+    /// (`Policy::call` and the retry layer alike).
+    pub(crate) fn not_retryable(&self) -> StopReason {
+        self.counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        self.stopped(StopReason::NotRetryable)
     }
 
     /// Counts a stop, logs it, and returns its reason.

@@ -1501,17 +1501,18 @@ async fn a_breaker_wait_past_the_rules_deadline_sends_nothing() {
 }
 
 /// A retry refused by the circuit, and planned again, never sent its first plan either:
-/// every plan the circuit refused gives back what it paid (a forced-open circuit, retries
-/// 100 ms apart until the deadline).
+/// every plan the circuit refused gives back what it paid (a HALF_OPEN circuit whose one
+/// probe is out, held to the end: retries 100 ms apart until the deadline).
 #[tokio::test(start_paused = true)]
 async fn every_retry_the_circuit_refused_gives_back_what_it_paid() {
     let quota = Arc::new(RetryQuota::new(500, 5, 10).unwrap());
-    let breaker = CircuitBreaker::builder("forced").build().unwrap();
-    breaker.force_open();
+    let breaker = open_breaker(Duration::from_secs(1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let _probe = breaker.try_acquire().unwrap();
     let rules = every_100ms_within(10, Duration::from_secs(1));
     let p = Policy::builder("forced")
         .retry(rules)
-        .breaker(breaker)
+        .breaker(breaker.clone())
         .decide_when_refused(true)
         .shared_budget(quota.clone())
         .build()
@@ -2502,6 +2503,22 @@ async fn a_forced_open_circuit_is_not_waited_for() {
         Duration::ZERO,
         "it polled the forced circuit"
     );
+    // Nor does one whose refusals go to the retry decision: nothing to plan a retry for.
+    let p = Policy::builder("b")
+        .retry(retry(5, 100))
+        .breaker(breaker.clone())
+        .decide_when_refused(true)
+        .build()
+        .unwrap();
+    let (r, report) = p
+        .call_with_report(|_| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, io::Error>(()) }
+        })
+        .await;
+    assert_eq!(r.unwrap_err().reason, StopReason::CircuitOpen);
+    assert_eq!((report.attempts, n.load(Ordering::SeqCst)), (0, 0));
+    assert_eq!(started.elapsed(), Duration::ZERO, "it waited out retries");
 }
 
 /// `retries` counts retries sent: one planned whose call is dropped during its wait (or
