@@ -77,22 +77,17 @@ fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
         // Each record kept as its text and read by the record's own deserializer, as an
         // NDJSON line is: read into `Value` maps first, a duplicated key kept its last
         // value silently (an NDJSON line with one is refused).
-        let items: Vec<Box<serde_json::value::RawValue>> =
+        // A JSON array is bounded as the OpenAPI document says, refused at the item past
+        // the bound (not after every item of a large body was read into memory); NDJSON
+        // only by the body limit (shippers send large batches that way).
+        let items: crate::extract::AtMost<Box<serde_json::value::RawValue>, MAX_BATCH> =
             parse(bytes, || "body".into()).map_err(|e| {
                 ApiError::bad_request(format!(
-                    "{} (expected a JSON array of attempt records)",
+                    "{} (expected a JSON array of at most {MAX_BATCH} attempt records; send NDJSON for more; nothing written)",
                     e.message()
                 ))
             })?;
-        // A JSON array is bounded as the OpenAPI document says; NDJSON only by the body
-        // limit (shippers send large batches that way).
-        if items.len() > MAX_BATCH {
-            return Err(ApiError::bad_request(format!(
-                "body: at most {MAX_BATCH} records in a JSON array, got {} (send NDJSON for more; nothing written)",
-                items.len()
-            )));
-        }
-        for (i, v) in items.into_iter().enumerate() {
+        for (i, v) in items.0.into_iter().enumerate() {
             let at = || format!("[{i}]");
             match parse::<AttemptRecord>(v.get().as_bytes(), at)
                 .map_err(|e| e.message())

@@ -6,8 +6,9 @@
 //! `BYTES`, whole numbers as `INT64`, the others as `FP64` (any numeric datatype is read;
 //! see [`DATATYPES`]). A dense tensor cannot hold a missing value, so missing is spelt the
 //! way the schema says ([`Field::tensor`]): an empty string in `BYTES` (no previous error on
-//! a first attempt), `-1` in an integer tensor, NaN in a floating-point one, or `null` in
-//! JSON. `attempt` is required; a missing tensor means "missing" for every row (zero for
+//! a first attempt), `-1` in a whole-number field's tensor (the schema's `INT64` fields;
+//! a time or a rate sent in an integer tensor has no missing value: send it as a float,
+//! with NaN), NaN in a floating-point one, or `null` in JSON. `attempt` is required; a missing tensor means "missing" for every row (zero for
 //! `delay_ms` and `elapsed_ms`; `target` defaults to the model's name). The output is
 //! `p_success` (`FP64`, `[n]`), computed by the server's one encoder.
 //!
@@ -313,6 +314,8 @@ enum Cell {
 }
 
 fn bad(input: &str, problem: impl std::fmt::Display) -> ApiError {
+    // (A caller's name may be as long as the body: said clipped, as targets are.)
+    let input = retrywise::attempt::clipped(input);
     ApiError::bad_request(format!("inputs.{input}: {problem}"))
 }
 
@@ -400,8 +403,9 @@ fn decode_binary(input: &InferInput, raw: &[u8], rows: usize) -> Result<Vec<Cell
 }
 
 /// A JSON tensor's elements in row-major order: the protocol lets them come flat
-/// (`[1, 2]`) or nested by the shape's dimensions (`[[1], [2]]` for shape `[2, 1]`), at
-/// most as deep as the shape has dimensions.
+/// (`[1, 2]`) or nested by the shape's dimensions (`[[1], [2]]` for shape `[2, 1]`): then
+/// every level holds as many items as its dimension says, and the values sit at the
+/// last (`[[1, 2]]` for shape `[2, 1]` is a transposed tensor, not this one).
 fn flatten<'a>(
     input: &InferInput,
     data: &'a [serde_json::Value],
@@ -410,19 +414,26 @@ fn flatten<'a>(
     enum Wrong {
         Deep,
         Beyond,
+        /// A level of the nesting that does not hold its dimension's items.
+        Shape,
     }
     fn walk<'a>(
         data: &'a [serde_json::Value],
-        depth: usize,
+        dims: &[u64],
         rows: usize,
         out: &mut Vec<&'a serde_json::Value>,
     ) -> Result<(), Wrong> {
+        let (&dim, below) = dims.split_first().ok_or(Wrong::Deep)?;
+        if u64::try_from(data.len()) != Ok(dim) {
+            return Err(Wrong::Shape);
+        }
         for v in data {
             match v {
-                serde_json::Value::Array(inner) if depth > 1 => {
-                    walk(inner, depth - 1, rows, out)?;
+                serde_json::Value::Array(inner) if !below.is_empty() => {
+                    walk(inner, below, rows, out)?;
                 }
                 serde_json::Value::Array(_) => return Err(Wrong::Deep),
+                _ if !below.is_empty() => return Err(Wrong::Shape),
                 _ if out.len() == rows => return Err(Wrong::Beyond),
                 v => out.push(v),
             }
@@ -430,7 +441,20 @@ fn flatten<'a>(
         Ok(())
     }
     let mut out = Vec::with_capacity(data.len().min(rows));
-    walk(data, input.shape.len().max(1), rows, &mut out).map_err(|wrong| match wrong {
+    let nested = data.iter().any(serde_json::Value::is_array);
+    let walked = if nested {
+        walk(data, &input.shape[..], rows, &mut out)
+    } else {
+        // Flat: the values in row-major order, as many as the shape declares.
+        data.iter().try_for_each(|v| {
+            if out.len() == rows {
+                return Err(Wrong::Beyond);
+            }
+            out.push(v);
+            Ok(())
+        })
+    };
+    walked.map_err(|wrong| match wrong {
         Wrong::Deep => bad(
             &format!("{}.data", input.name),
             format!(
@@ -439,6 +463,13 @@ fn flatten<'a>(
             ),
         ),
         Wrong::Beyond => beyond(input, rows),
+        Wrong::Shape => bad(
+            &format!("{}.data", input.name),
+            format!(
+                "nested other than its shape {:?}: each level must hold as many items as its dimension, the values at the last",
+                input.shape
+            ),
+        ),
     })?;
     Ok(out)
 }
@@ -479,6 +510,10 @@ fn decode_json(
                     match range {
                         Some((lo, end)) if x.fract() != 0.0 || x < lo || x >= end => {
                             Err(bad(&at(), format!("{x} is not a value of datatype {dt}")))
+                        }
+                        // A 32-bit float holds magnitudes up to about 3.4e38.
+                        None if dt == "FP32" && x.abs() > f64::from(f32::MAX) => {
+                            Err(bad(&at(), format!("{x:e} is not a value of datatype {dt}")))
                         }
                         _ => Ok(Cell::Number(x)),
                     }
@@ -666,7 +701,7 @@ async fn infer_as(
     if let Some(o) = req.outputs.iter().flatten().find(|o| o.name != "p_success") {
         return Err(ApiError::bad_request(format!(
             "outputs: unknown output `{}` (the model has `p_success`)",
-            o.name
+            retrywise::attempt::clipped(&o.name)
         )));
     }
     // Decode every tensor, in input order (binary parts follow that order).
@@ -690,7 +725,7 @@ async fn infer_as(
                 &input.name,
                 format!(
                     "datatype {} is not one of {}",
-                    input.datatype,
+                    retrywise::attempt::clipped(&input.datatype),
                     DATATYPES.join(", ")
                 ),
             ));

@@ -126,7 +126,7 @@ pub fn openapi(auth: bool) -> Value {
             "name": {"type": "string", "enum": tensors},
             "shape": {
                 "type": "array",
-                "prefixItems": [{"type": "integer", "minimum": 0, "maximum": MAX_BATCH}, {"const": 1}],
+                "prefixItems": [{"type": "integer", "minimum": 1, "maximum": MAX_BATCH}, {"const": 1}],
                 "items": false,
                 "minItems": 1,
             },
@@ -134,13 +134,13 @@ pub fn openapi(auth: bool) -> Value {
             "parameters": {"type": ["object", "null"]},
             "data": {
                 "type": ["array", "null"], "maxItems": MAX_BATCH,
-                "description": "The values, flat or nested by the shape; at most the shape's n (and 1000) in all.",
+                "description": "The values, flat or nested exactly by the shape ([[v], [v]] for [2, 1]); the shape's n in all.",
             },
         },
         "required": ["name", "shape", "datatype"],
-        "anyOf": [
-            {"required": ["data"]},
-            {"required": ["parameters"], "properties": {"parameters": {"type": "object", "required": ["binary_data_size"]}}},
+        "oneOf": [
+            {"required": ["data"], "properties": {"data": {"type": "array"}}, "not": {"required": ["parameters"], "properties": {"parameters": {"type": "object", "required": ["binary_data_size"]}}}},
+            {"required": ["parameters"], "properties": {"parameters": {"type": "object", "required": ["binary_data_size"]}}, "not": {"required": ["data"], "properties": {"data": {"type": "array"}}}},
         ],
         "additionalProperties": false,
     });
@@ -173,7 +173,8 @@ pub fn openapi(auth: bool) -> Value {
         "required": true,
         "content": {
             "application/json": {"schema": {"type": "array", "items": component("AttemptRecord"), "minItems": 1, "maxItems": MAX_BATCH}},
-            "application/x-ndjson": {"schema": {"type": "string"}},
+            "application/x-ndjson": {"schema": {"type": "string", "description": "One record per line; also taken as \
+                application/ndjson, application/jsonl, application/x-jsonlines, or with no Content-Type."}},
         },
     });
     if auth {

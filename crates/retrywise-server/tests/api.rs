@@ -454,6 +454,15 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
     let (s, e) = h.post("/v2/models/default/infer", &deep.to_string()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     assert!(e.to_string().contains("failure_rate.data"), "{e}");
+    // Nested other than the shape - transposed, or at mixed depths - is refused, not read
+    // as its values in order.
+    for data in [json!([[1, 2]]), json!([1, [2]]), json!([[], [1], [2]])] {
+        let mut odd = nested.clone();
+        odd["inputs"][0]["data"] = data.clone();
+        let (s, e) = h.post("/v2/models/default/infer", &odd.to_string()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{data}: {e}");
+        assert!(e.to_string().contains("attempt.data"), "{data}: {e}");
+    }
     // By version: the version serving answers as the model does; another is a 404 naming
     // the version that serves.
     let (s, vv) = h
@@ -519,7 +528,7 @@ async fn predictions_single_batch_and_over_the_inference_protocol_agree() {
         ),
         (
             json!({"name": "attempt", "shape": [2, 1], "datatype": "INT64", "data": [[1, 1, 1, 1]]}),
-            "inputs.attempt: shape [2, 1] declares 2 values, and more follow",
+            "inputs.attempt.data: nested other than its shape [2, 1]",
         ),
     ] {
         let (s, e) = h
@@ -861,6 +870,11 @@ async fn bad_bodies_are_4xx_naming_the_field() {
         ),
         (
             "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}, {"name": "failure_rate", "shape": [1], "datatype": "FP32", "data": [1e300]}]}"#,
+            "inputs.failure_rate.data[0]: 1e300 is not a value of datatype FP32",
+        ),
+        (
+            "/v2/models/default/infer",
             r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [-1]}]}"#,
             "attempt.data[0]: is required: -1 (or NaN, or null) means missing",
         ),
@@ -892,6 +906,19 @@ async fn bad_bodies_are_4xx_naming_the_field() {
             .as_str()
             .unwrap_or_else(|| panic!("{uri} {body}: no error body: {v}"));
         assert!(msg.contains(want), "{uri} {body}: {msg:?} lacks {want:?}");
+    }
+    // A name as long as the body is said clipped (256 characters and an ellipsis), in the
+    // error of an unknown input, datatype or output alike.
+    let long = "x".repeat(100_000);
+    for body in [
+        json!({"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}, {"name": long, "shape": [1], "datatype": "INT64", "data": [1]}]}),
+        json!({"inputs": [{"name": "attempt", "shape": [1], "datatype": long, "data": [1]}]}),
+        json!({"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}], "outputs": [{"name": long}]}),
+    ] {
+        let (s, v) = h.post("/v2/models/default/infer", &body.to_string()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.len() < 1_000 && msg.contains('…'), "{msg}");
     }
     // Not JSON at all.
     let (s, _, v) = h
@@ -1280,6 +1307,16 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
     let (s, _, v) = h.call(req(array, "application/json", "s3cret")).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["accepted"].as_u64(), Some(10));
+    // A JSON array past the batch's bound is refused at the item past it (it was read
+    // whole into memory first), nothing of it written.
+    let long = format!("[{}]", vec!["1"; 1001].join(","));
+    let (s, _, v) = h.call(req(long, "application/json", "s3cret")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("at most 1000 items, got more") && e.contains("nothing written"),
+        "{e}"
+    );
     // NDJSON, with a bad line and a blank one: refused whole, naming the line.
     let mut nd: Vec<String> = (10..14)
         .map(|i| serde_json::to_string(&record("payments", false, i)).unwrap())
@@ -1393,7 +1430,7 @@ async fn ingestion_feeds_the_collector_and_the_fleet_view_and_guards_with_the_to
         "{text}"
     );
     assert!(
-        text.contains("retrywise_rejected_attempt_batches_total 4"),
+        text.contains("retrywise_rejected_attempt_batches_total 5"),
         "{text}"
     );
     assert!(
