@@ -485,14 +485,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn pool_runs_on_its_workers_and_applies_back_pressure() {
-        let pool = PoolBulkhead::builder("p")
-            .workers(1)
-            .queue(1)
-            .when_full(WhenFull::CallerRuns)
-            .build()
-            .unwrap();
+    /// Occupies the pool's one worker with a task that answers 1 once released: the
+    /// release, and the task's caller.
+    async fn occupied(
+        pool: &PoolBulkhead,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<i32, PoolError>>,
+    ) {
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let p = pool.clone();
@@ -505,6 +505,18 @@ mod tests {
             .await
         });
         started_rx.await.unwrap();
+        (release_tx, blocker)
+    }
+
+    #[tokio::test]
+    async fn pool_runs_on_its_workers_and_applies_back_pressure() {
+        let pool = PoolBulkhead::builder("p")
+            .workers(1)
+            .queue(1)
+            .when_full(WhenFull::CallerRuns)
+            .build()
+            .unwrap();
+        let (release_tx, blocker) = occupied(&pool).await;
         // The worker is busy: one task fits in the queue...
         let p = pool.clone();
         let queued = tokio::spawn(async move { p.execute(async { 2 }).await });
@@ -529,18 +541,7 @@ mod tests {
             .queue(2)
             .build()
             .unwrap();
-        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-        let p = pool.clone();
-        let blocker = tokio::spawn(async move {
-            p.execute(async move {
-                let _ = started_tx.send(());
-                let _ = release_rx.await;
-                1
-            })
-            .await
-        });
-        started_rx.await.unwrap();
+        let (release_tx, blocker) = occupied(&pool).await;
         let ran = Arc::new(AtomicU32::new(0));
         let (p, r) = (pool.clone(), Arc::clone(&ran));
         let left = tokio::spawn(async move {
