@@ -405,7 +405,14 @@ pub fn compact(
             ),
         ));
     }
-    for (field, dir) in [("input", &options.input), ("output", &options.output)] {
+    let archive = match &options.disposal {
+        Disposal::Archive(dir) => Some(("archive", dir)),
+        Disposal::Delete => None,
+    };
+    for (field, dir) in [("input", &options.input), ("output", &options.output)]
+        .into_iter()
+        .chain(archive)
+    {
         if dir.exists() && !dir.is_dir() {
             return Err(CollectError::config(
                 field,

@@ -714,6 +714,15 @@ fn overlapping_folders_are_refused_before_anything_moves() {
         "archive",
         "the same or one holds the other",
     );
+    // A file where the archive folder goes is named as such (it was "File exists"), and
+    // nothing is created.
+    let file = root.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let fresh = root.path().join("fresh");
+    let mut o = CompactOptions::new(&input, &fresh);
+    o.disposal = Disposal::Archive(file);
+    refused(o, "archive", "is a file, not a folder");
+    assert!(!fresh.exists(), "the output folder was made");
     // The input is the output or the archive, or inside them.
     refused(
         CompactOptions::new(&input, &input),

@@ -298,6 +298,33 @@ pub fn check(opts: &RunOptions) -> Result<(), SimError> {
             ),
         });
     }
+    if let Some(dir) = &opts.record
+        && dir.exists()
+        && !dir.is_dir()
+    {
+        return Err(SimError::Option {
+            field: "record",
+            problem: format!("{} is a file, not a folder", dir.display()),
+        });
+    }
+    if let Mode::Http {
+        target: Some(target),
+    } = &opts.mode
+    {
+        let url = reqwest::Url::parse(target).map_err(|e| SimError::Option {
+            field: "target",
+            problem: format!("`{target}` is not a URL: {e}"),
+        })?;
+        if url.scheme() != "http" {
+            return Err(SimError::Option {
+                field: "target",
+                problem: format!(
+                    "`{url}`: the simulator speaks plain HTTP (`http://`), not `{}`",
+                    url.scheme()
+                ),
+            });
+        }
+    }
     // A scenario's fields are public (the command line sets some after parsing): what the
     // run turns into durations and indexes is checked again here.
     let sc = &opts.scenario;

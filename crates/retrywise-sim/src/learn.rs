@@ -295,6 +295,30 @@ pub fn learn(
         .collect();
     let data = opts.out.join("data");
     let models = opts.out.join("models");
+    // A folder of its own: anything else in `out` (another dataset, say) would be read
+    // with the loop's data by whatever is trained on the folder later, and its files
+    // mixed with the loop's.
+    if let Ok(entries) = std::fs::read_dir(&opts.out) {
+        let other = entries
+            .flatten()
+            .map(|e| e.file_name())
+            .find(|n| !["data", "models", ".segments"].iter().any(|own| n == *own));
+        if let Some(other) = other {
+            return Err(SimError::Option {
+                field: "out",
+                problem: format!(
+                    "{} holds other files ({}): the loop writes its data and models into a folder of its own; choose an empty or new one",
+                    opts.out.display(),
+                    other.to_string_lossy()
+                ),
+            });
+        }
+    } else if opts.out.exists() {
+        return Err(SimError::Option {
+            field: "out",
+            problem: format!("{} is not a folder", opts.out.display()),
+        });
+    }
     for dir in [&data, &models.join(&opts.name)] {
         if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
             return Err(SimError::Option {
@@ -570,6 +594,42 @@ mod tests {
         let g = Gate::new(vec![2], &[((0.91, 1.4), (0.91, 1.4))]);
         assert!(!g.passed());
         assert_eq!(g.worst_loss, 0.0);
+    }
+
+    /// `out` is the loop's own folder: one holding anything else (another dataset) is
+    /// refused before any round runs - its data would be mixed with the loop's, and read
+    /// with it by whatever is trained on the folder later. A new or empty one is fine.
+    #[test]
+    fn a_folder_holding_other_files_is_refused_before_any_round() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("gen");
+        std::fs::create_dir_all(out.join("date=2026-12-07")).unwrap();
+        let scenario = Arc::new(crate::scenario::Scenario::load("blips").unwrap());
+        let opts = super::LearnOptions::new(scenario, &out);
+        let ran = std::cell::Cell::new(0);
+        let e = super::learn(
+            &opts,
+            |_, _| ran.set(ran.get() + 1),
+            |_| ran.set(ran.get() + 1),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("date=2026-12-07") && msg.contains("own"),
+            "{msg}"
+        );
+        assert_eq!(ran.get(), 0, "refused before any step");
+        assert!(!out.join("data").exists(), "nothing written");
+        // A file where the folder should be.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let opts = super::LearnOptions::new(
+            Arc::new(crate::scenario::Scenario::load("blips").unwrap()),
+            &file,
+        );
+        let e = super::learn(&opts, |_, _| {}, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("not a folder"), "{e}");
     }
 
     #[test]

@@ -76,9 +76,14 @@ pub fn scoreboard_with(
     {
         return Err(SimError::VirtualOnly(spec.name.to_owned()));
     }
+    // The options every run shares, checked once before any: a run refused is not
+    // reported done, nor after the others ran.
+    driver::check(opts)?;
     let run = |spec: &&policies::Contender| {
         let r = driver::run(spec, opts);
-        on_run(spec.name);
+        if r.is_ok() {
+            on_run(spec.name);
+        }
         r
     };
     let runs: Vec<Result<PolicyRun, SimError>> = if opts.mode == Mode::Virtual {

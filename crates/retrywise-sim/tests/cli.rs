@@ -298,6 +298,49 @@ fn bad_scenarios_and_options_are_named() {
         ],
         "given twice",
     );
+    // Options every run shares are refused before any run, and no run is reported done:
+    // no requests, a file where the record folder goes, a target that is no URL.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").expect("write");
+    for (args, says) in [
+        (
+            vec!["run", "--scenario", "blips", "--requests", "0"],
+            "must be at least 1",
+        ),
+        (
+            vec![
+                "run",
+                "--scenario",
+                "blips",
+                "--requests",
+                "10",
+                "--record",
+                file.to_str().expect("utf-8"),
+            ],
+            "is a file, not a folder",
+        ),
+        (
+            vec![
+                "run",
+                "--target",
+                "notaurl",
+                "--policy",
+                "none",
+                "--requests",
+                "10",
+            ],
+            "is not a URL",
+        ),
+    ] {
+        let out = retrywise(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(says) && !err.contains("done:"),
+            "{args:?}: {err}"
+        );
+    }
     // A model given to a run that has no use for it is not silently ignored.
     refused(
         &[
@@ -858,6 +901,23 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
     let err = text(&bad.stderr);
     assert!(
         err.contains("--calibration-data") && !err.contains("scenario and seed"),
+        "{err}"
+    );
+
+    // A file where the report's folder goes is named as such, before any run.
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").expect("write");
+    let bad = retrywise(&[
+        "report",
+        "--out",
+        file.to_str().expect("utf-8"),
+        "--scenario",
+        "contention",
+    ]);
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("is a file, not a folder") && !err.contains("seed 1"),
         "{err}"
     );
 

@@ -845,6 +845,11 @@ pub(crate) fn learn(args: &LearnArgs) -> anyhow::Result<()> {
 /// Writes the report and prints the results table.
 pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     use retrywise_sim::report::ReportOptions;
+    anyhow::ensure!(
+        !args.out.exists() || args.out.is_dir(),
+        "--out {} is a file, not a folder (the report writes its tables and plots into one)",
+        args.out.display()
+    );
     anyhow::ensure!(!args.seeds.is_empty(), "--seeds names no seed");
     for (i, seed) in args.seeds.iter().enumerate() {
         anyhow::ensure!(
