@@ -383,6 +383,22 @@ pub fn load_artifact(path: &Path) -> Result<ModelArtifact, TrainError> {
     } else {
         path.to_path_buf()
     };
+    // A model's folder (`models/<name>`) rather than one of its versions: said so, with
+    // the versions there, not "cannot read .../model.json".
+    if path.is_dir() && !file.exists() {
+        let there = versions(path)?;
+        if let Some(latest) = there.last() {
+            let listed: Vec<String> = there.iter().map(u32::to_string).collect();
+            return Err(TrainError::Input {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "is a model's folder (versions {}), not one of its versions: give a version's folder, e.g. {}",
+                    listed.join(", "),
+                    path.join(latest.to_string()).display()
+                ),
+            });
+        }
+    }
     // A regular file of at most MAX_ARTIFACT_BYTES: a pipe would block, a link to an
     // endless device read without end.
     let text = retrywise_collect::read_bounded(&file, MAX_ARTIFACT_BYTES, "a model artifact")
@@ -496,6 +512,27 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with('.'))
             .collect();
         assert!(left.is_empty(), "staging folders left: {left:?}");
+    }
+
+    /// A model's folder given where a version's is wanted is said to be one, naming its
+    /// versions and the latest's folder (it was "cannot read …/model.json").
+    #[test]
+    fn a_models_folder_is_named_as_such_with_its_versions() {
+        let root = tempfile::tempdir().unwrap();
+        let models = root.path().join("models");
+        for _ in 0..2 {
+            write_m(&models).unwrap();
+        }
+        let e = load_artifact(&models.join("m")).unwrap_err().to_string();
+        assert!(
+            e.contains("is a model's folder (versions 1, 2)") && e.contains("m/2"),
+            "{e}"
+        );
+        // An empty folder is still the file it lacks.
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let e = load_artifact(&empty).unwrap_err().to_string();
+        assert!(e.contains("model.json"), "{e}");
     }
 
     /// A staging folder named as this process's used to be (`.staging-<version>-<pid>-<n>`)
