@@ -247,6 +247,20 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
     let err = text(&out.stderr);
     assert!(err.contains("no Parquet or NDJSON files"), "{err}");
 
+    // A folder holding only a segment still open (a writer's, or one a crash left) says
+    // so, instead of "no files" alone; beside files that are read, a warning says it.
+    let open = dir.path().join("open");
+    std::fs::create_dir_all(&open).expect("mkdir");
+    std::fs::write(open.join("seg-0000000000001-000001.ndjson.open"), "").expect("write");
+    let out = retrywise(&["train", "--data", path(&open)]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("1 open segment not read")
+            && err.contains("seg-0000000000001-000001.ndjson.open"),
+        "{err}"
+    );
+
     let model = dir.path().join("m/x/1");
     std::fs::create_dir_all(&model).expect("mkdir");
     std::fs::write(model.join("model.json"), "{\"format\": 3}").expect("write");

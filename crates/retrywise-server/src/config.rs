@@ -381,7 +381,14 @@ impl Overrides {
         if let Some(a) = &self.addr {
             config.addr = a
                 .parse()
-                .map_err(|e| bad("addr", format!("is not HOST:PORT ({a:?}): {e}")))?;
+                .map_err(|e| {
+                    bad(
+                        "addr",
+                        format!(
+                            "is not an IP address and a port ({a:?}; a name such as localhost is not resolved: 127.0.0.1:8080, [::1]:8080): {e}"
+                        ),
+                    )
+                })?;
         }
         if let Some(m) = &self.models {
             config.models.clone_from(m);
@@ -951,6 +958,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("flags") && e.contains("`addr`"), "{e}");
+        // The message says why a name is refused (it said "is not HOST:PORT" of one).
+        assert!(
+            e.contains("a name such as localhost is not resolved"),
+            "{e}"
+        );
         for (flags, field) in [
             (
                 Overrides {

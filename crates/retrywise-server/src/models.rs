@@ -341,7 +341,14 @@ fn scan(dir: &Path, current: &ModelSet, refused: &Refused) -> std::io::Result<Sc
                     break;
                 }
                 Err(Refusal { why, lasting }) => {
-                    tracing::error!(model = %name, refused = version, serving = ?serving, error = %why, "model version refused; the version serving keeps serving");
+                    match serving {
+                        Some(serving) => {
+                            tracing::error!(model = %name, refused = version, serving, error = %why, "model version refused; the version serving keeps serving")
+                        }
+                        None => {
+                            tracing::error!(model = %name, refused = version, error = %why, "model version refused; an earlier version is tried, and none serves until one loads")
+                        }
+                    }
                     // Remembered until the file changes - unless the system failed the
                     // read (too many open files, say): the next scan reads it again.
                     if lasting {

@@ -86,7 +86,9 @@ fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
+/// Collects the input files under `dir` into `out`, and the open segments (`*.ndjson.open`:
+/// being written, or left by a writer that crashed) into `open`, which are not read.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, open: &mut Vec<PathBuf>) -> Result<(), TrainError> {
     let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io("read directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| TrainError::io("read directory", dir, e))?;
@@ -97,9 +99,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
             .map_err(|e| TrainError::io("read directory", dir, e))?
             .is_dir();
         if is_dir {
-            walk(&path, out)?;
+            walk(&path, out, open)?;
         } else if format_of(&path).is_some() {
             out.push(path);
+        } else if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".ndjson.open"))
+        {
+            open.push(path);
         }
     }
     Ok(())
@@ -113,11 +121,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
 /// not exist or a file of an unknown kind; I/O errors.
 pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
     let mut paths = Vec::new();
+    let mut open = Vec::new();
     for spec in specs {
         let p = Path::new(spec);
         let before = paths.len();
         if p.is_dir() {
-            walk(p, &mut paths)?;
+            walk(p, &mut paths, &mut open)?;
         } else if p.is_file() {
             if format_of(p).is_none() {
                 return Err(TrainError::Input {
@@ -137,7 +146,7 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
                     TrainError::io("glob", &path, e.into())
                 })?;
                 if m.is_dir() {
-                    walk(&m, &mut paths)?;
+                    walk(&m, &mut paths, &mut open)?;
                 } else if format_of(&m).is_some() {
                     paths.push(m);
                 }
@@ -166,11 +175,31 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
     // count twice.
     let mut seen = std::collections::HashSet::new();
     paths.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
+    // Segments still open are not read (their last line may be half written): said,
+    // not passed over.
+    let open_note = match open.first() {
+        None => String::new(),
+        Some(first) => format!(
+            " ({} open segment{} not read, e.g. {}: being written, or left by a writer that crashed; a writer that opens the folder again closes it, and `retrywise compact` turns closed segments into Parquet)",
+            open.len(),
+            if open.len() == 1 { "" } else { "s" },
+            first.display()
+        ),
+    };
     if paths.is_empty() {
         return Err(TrainError::NoData(format!(
-            "no Parquet or NDJSON files in {}",
+            "no Parquet or NDJSON files in {}{open_note}",
             specs.join(", ")
         )));
+    }
+    if !open.is_empty() {
+        tracing::warn!(
+            "{}",
+            open_note
+                .trim_start()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+        );
     }
     paths
         .into_iter()

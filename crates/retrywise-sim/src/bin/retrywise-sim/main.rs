@@ -59,6 +59,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Over HTTP a run holds up to 2,048 connections, two sockets each with the upstream in
     // process: more than the usual soft limit of 1,024 open files. Raised to the hard
