@@ -252,6 +252,24 @@ pub fn run(spec: &Contender, opts: &RunOptions) -> Result<PolicyRun, SimError> {
     })
 }
 
+/// `target` as the URL a run over HTTP sends to: plain HTTP only.
+fn target_url(target: &str) -> Result<reqwest::Url, SimError> {
+    let url = reqwest::Url::parse(target).map_err(|e| SimError::Option {
+        field: "target",
+        problem: format!("`{target}` is not a URL: {e}"),
+    })?;
+    if url.scheme() != "http" {
+        return Err(SimError::Option {
+            field: "target",
+            problem: format!(
+                "`{url}`: the simulator speaks plain HTTP (`http://`), not `{}`",
+                url.scheme()
+            ),
+        });
+    }
+    Ok(url)
+}
+
 /// Whether a run under `opts` can be made: what [`run`] checks before it starts (a
 /// caller that makes many runs checks them all first).
 ///
@@ -311,19 +329,7 @@ pub fn check(opts: &RunOptions) -> Result<(), SimError> {
         target: Some(target),
     } = &opts.mode
     {
-        let url = reqwest::Url::parse(target).map_err(|e| SimError::Option {
-            field: "target",
-            problem: format!("`{target}` is not a URL: {e}"),
-        })?;
-        if url.scheme() != "http" {
-            return Err(SimError::Option {
-                field: "target",
-                problem: format!(
-                    "`{url}`: the simulator speaks plain HTTP (`http://`), not `{}`",
-                    url.scheme()
-                ),
-            });
-        }
+        target_url(target)?;
     }
     // A scenario's fields are public (the command line sets some after parsing): what the
     // run turns into durations and indexes is checked again here.
@@ -430,19 +436,7 @@ async fn drive(
                     (format!("http://{}/", server.addr), Some(server))
                 }
             };
-            let url = reqwest::Url::parse(&url).map_err(|e| SimError::Option {
-                field: "target",
-                problem: format!("`{url}` is not a URL: {e}"),
-            })?;
-            if url.scheme() != "http" {
-                return Err(SimError::Option {
-                    field: "target",
-                    problem: format!(
-                        "`{url}`: the simulator speaks plain HTTP (`http://`), not `{}`",
-                        url.scheme()
-                    ),
-                });
-            }
+            let url = target_url(&url)?;
             // A load tool's requests go where they are aimed: not through a proxy the
             // environment names (`HTTP_PROXY` would take the loopback upstream's traffic
             // elsewhere and reshape its faults), and a 3xx is an answer, not a hop the
