@@ -177,29 +177,23 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
     paths.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
     // Segments still open are not read (their last line may be half written): said,
     // not passed over.
-    let open_note = match open.first() {
-        None => String::new(),
-        Some(first) => format!(
-            " ({} open segment{} not read, e.g. {}: being written, or left by a writer that crashed; a writer that opens the folder again closes it, and `retrywise compact` turns closed segments into Parquet)",
+    let open_note = open.first().map(|first| {
+        format!(
+            "{} open segment{} not read, e.g. {}: being written, or left by a writer that crashed; a writer that opens the folder again closes it, and `retrywise compact` turns closed segments into Parquet",
             open.len(),
             if open.len() == 1 { "" } else { "s" },
             first.display()
-        ),
-    };
+        )
+    });
     if paths.is_empty() {
         return Err(TrainError::NoData(format!(
-            "no Parquet or NDJSON files in {}{open_note}",
-            specs.join(", ")
+            "no Parquet or NDJSON files in {}{}",
+            specs.join(", "),
+            open_note.map_or_else(String::new, |n| format!(" ({n})"))
         )));
     }
-    if !open.is_empty() {
-        tracing::warn!(
-            "{}",
-            open_note
-                .trim_start()
-                .trim_start_matches('(')
-                .trim_end_matches(')')
-        );
+    if let Some(note) = open_note {
+        tracing::warn!("{note}");
     }
     paths
         .into_iter()

@@ -287,16 +287,6 @@ impl CircuitBreaker {
         }
     }
 
-    /// Refuses a call [`refuses_now`](Self::refuses_now) found refused (`state`, and
-    /// `remaining` of OPEN then), counting the refusal as any refused call's, without
-    /// admitting it: the breaker may have let calls through again meanwhile, but the
-    /// handle that looked was told to refuse (a tower service's `call` after its
-    /// `poll_ready`).
-    #[cfg(feature = "tower")]
-    pub(crate) fn refuse_seen(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {
-        self.refuse(state, remaining)
-    }
-
     /// Admits a call: the epoch and state it is admitted in.
     fn admit(&self) -> Result<(u64, State), CircuitOpen> {
         self.try_admit()
@@ -409,7 +399,11 @@ impl CircuitBreaker {
         result
     }
 
-    fn refuse(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {
+    /// Refuses a call in `state` (with `remaining` of OPEN), counting the refusal and
+    /// telling the listeners; also what a tower layer's `call` answers when its
+    /// `poll_ready` found the circuit refusing ([`refuses_now`](Self::refuses_now)), the
+    /// circuit not asked again.
+    pub(crate) fn refuse(&self, state: State, remaining: Option<Duration>) -> CircuitOpen {
         let s = &*self.shared;
         s.not_permitted.add(1);
         if !s.cfg.listeners.is_empty() {

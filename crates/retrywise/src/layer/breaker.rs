@@ -103,7 +103,7 @@ where
         if let Some((state, remaining)) = self.refusing.take() {
             return CircuitBreakerFuture {
                 state: State::Refused {
-                    open: Some(self.breaker.refuse_seen(state, remaining)),
+                    open: Some(self.breaker.refuse(state, remaining)),
                 },
             };
         }
