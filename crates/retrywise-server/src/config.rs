@@ -13,6 +13,10 @@ use crate::ServerError;
 /// serves, and within what a semaphore can count.
 pub const MAX_IN_FLIGHT: usize = 1 << 20;
 
+/// The most connections `max_connections` may let be open at once (each holds a file
+/// descriptor).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
 /// The largest body limit a configuration may set (1 GiB): a body is read into memory
 /// whole, so a larger limit is no limit.
 pub const MAX_BODY_LIMIT: usize = 1 << 30;
@@ -61,6 +65,13 @@ pub struct Config {
     /// is half of 2 and all of 1: give a replica that ingests at least 4). Default 1024; at
     /// most [`MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
+    /// Connections open at once; one more is closed as soon as it is accepted (counted in
+    /// `retrywise_connections_refused_total`), so that idle or trickling clients cannot
+    /// take every file descriptor the process has - the models folder, the attempts'
+    /// segments and Redis need some too. Keep it below the process's open-file limit
+    /// (`ulimit -n`; the service warns at start when it is not). Default 4096; at most
+    /// [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
     /// When set, `/admin/*` and `POST /v1/attempts` require `Authorization: Bearer <token>`.
     pub token: Option<String>,
     /// Distinct target names given their own Prometheus label value; the rest are counted
@@ -113,6 +124,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             max_in_flight: 1024,
+            max_connections: 4096,
             token: None,
             max_target_labels: 100,
             max_targets: 1000,
@@ -157,6 +169,8 @@ pub struct Overrides {
     pub shutdown_timeout_ms: Option<u64>,
     /// `max_in_flight`.
     pub max_in_flight: Option<usize>,
+    /// `max_connections`.
+    pub max_connections: Option<usize>,
     /// `token`.
     pub token: Option<String>,
     /// `max_target_labels`.
@@ -192,6 +206,7 @@ pub const ENV: &[(&str, &str)] = &[
     ("RETRYWISE_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
     ("RETRYWISE_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms"),
     ("RETRYWISE_MAX_IN_FLIGHT", "max_in_flight"),
+    ("RETRYWISE_MAX_CONNECTIONS", "max_connections"),
     ("RETRYWISE_TOKEN", "token"),
     ("RETRYWISE_MAX_TARGET_LABELS", "max_target_labels"),
     ("RETRYWISE_MAX_TARGETS", "max_targets"),
@@ -355,6 +370,7 @@ impl Overrides {
                 "request_timeout_ms" => o.request_timeout_ms = Some(num(&v)?),
                 "shutdown_timeout_ms" => o.shutdown_timeout_ms = Some(num(&v)?),
                 "max_in_flight" => o.max_in_flight = Some(size(&v)?),
+                "max_connections" => o.max_connections = Some(size(&v)?),
                 "token" => o.token = Some(v),
                 "max_target_labels" => o.max_target_labels = Some(size(&v)?),
                 "max_targets" => o.max_targets = Some(size(&v)?),
@@ -447,6 +463,15 @@ impl Overrides {
                 ));
             }
             config.max_in_flight = n;
+        }
+        if let Some(n) = self.max_connections {
+            if !(1..=MAX_CONNECTIONS).contains(&n) {
+                return Err(bad(
+                    "max_connections",
+                    format!("must be within [1, {MAX_CONNECTIONS}], got {n}"),
+                ));
+            }
+            config.max_connections = n;
         }
         if let Some(t) = &self.token {
             // A secret read from a file usually ends in a newline, which no header can
@@ -581,6 +606,7 @@ impl Config {
             request_timeout_ms: Some(ms(self.request_timeout)),
             shutdown_timeout_ms: Some(ms(self.shutdown_timeout)),
             max_in_flight: Some(self.max_in_flight),
+            max_connections: Some(self.max_connections),
             token: self.token.clone(),
             max_target_labels: Some(self.max_target_labels),
             max_targets: Some(self.max_targets),
@@ -1006,6 +1032,20 @@ mod tests {
                     ..Overrides::default()
                 },
                 "max_in_flight",
+            ),
+            (
+                Overrides {
+                    max_connections: Some(0),
+                    ..Overrides::default()
+                },
+                "max_connections",
+            ),
+            (
+                Overrides {
+                    max_connections: Some((1 << 20) + 1),
+                    ..Overrides::default()
+                },
+                "max_connections",
             ),
         ] {
             assert!(

@@ -107,6 +107,10 @@ pub struct Metrics {
     pub shed: Counter,
     /// Requests answered 503 because they outlasted the request timeout.
     pub timeouts: Counter,
+    /// HTTP connections open.
+    pub connections_open: Gauge,
+    /// Connections closed as soon as they were accepted: `max_connections` were open.
+    pub connections_refused: Counter,
     /// Model reloads, how long each took (the folder scanned, new versions validated).
     pub reload_seconds: Histogram,
     /// When a reload last ended without an error reading the folder, Unix seconds.
@@ -288,6 +292,18 @@ impl Metrics {
             "Requests answered 503 because they outlasted the request timeout",
             timeouts.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open (idle keep-alive ones included)",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as they were accepted, because max_connections were open",
+            connections_refused.clone(),
+        );
         let reload_seconds = Histogram::new(exponential_buckets(0.000_1, 4.0, 10));
         registry.register(
             "model_reload_duration_seconds",
@@ -391,6 +407,8 @@ impl Metrics {
             reloads,
             shed,
             timeouts,
+            connections_open,
+            connections_refused,
             reload_seconds,
             reload_last_success,
             collector_pending,

@@ -49,7 +49,8 @@ pub async fn serve(
             source,
         })?;
     let bound = listener.local_addr().map_err(ServerError::Serve)?;
-    tracing::info!(%bound, auth = service.state.config.token.is_some(), "serving");
+    tracing::info!(%bound, auth = service.state.config.token.is_some(), max_connections = service.state.config.max_connections, "serving");
+    warn_if_files_run_out(service.state.config.max_connections);
     on_bound(bound);
     let poller = spawn_poller(&service);
     let fleet_sync = service.spawn_fleet_sync();
@@ -59,7 +60,12 @@ pub async fn serve(
     let result = accept(
         listener,
         service.router(),
-        header_timeout(service.state.config.request_timeout),
+        Connections {
+            max: service.state.config.max_connections,
+            header_timeout: header_timeout(service.state.config.request_timeout),
+            open: service.state.metrics.connections_open.clone(),
+            refused: service.state.metrics.connections_refused.clone(),
+        },
         service.state.config.shutdown_timeout,
         shutdown,
     )
@@ -106,13 +112,42 @@ pub(crate) fn header_timeout(request_timeout: std::time::Duration) -> std::time:
 /// The least [`header_timeout`]: longer than the usual 60 s idle timeout of load balancers.
 pub(crate) const MIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 
+/// The connections [`accept`] keeps: how many may be open, and how long each may take
+/// to send a request's headers; what it counts.
+struct Connections {
+    /// `max_connections`.
+    max: usize,
+    /// [`header_timeout`].
+    header_timeout: std::time::Duration,
+    /// `retrywise_connections_open`.
+    open: prometheus_client::metrics::gauge::Gauge,
+    /// `retrywise_connections_refused_total`.
+    refused: prometheus_client::metrics::counter::Counter,
+}
+
+/// A connection's place among the `max_connections`, held by its task: given back, and
+/// the gauge lowered, however the task ends (served, or aborted after the drain).
+struct Open {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// `axum::serve`, but with a deadline on reading a request's headers (`header_timeout`):
 /// without one a client that sends its headers a byte at a time holds a connection and its
-/// task for ever (slowloris), and the request timeout only starts once the headers are in.
+/// task for ever (slowloris), and the request timeout only starts once the headers are in;
+/// and with a cap on the connections open (`max_connections`): one more is closed as soon
+/// as it is accepted - at once, so that its client can go to another replica, rather than
+/// left in the listen queue until its connect times out - and counted.
 async fn accept(
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    header_timeout: std::time::Duration,
+    limits: Connections,
     drain: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -124,6 +159,9 @@ async fn accept(
     let mut connections = tokio::task::JoinSet::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max));
+    // Whether the last connection accepted was refused (logged when that begins and ends).
+    let mut refusing = false;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -144,6 +182,32 @@ async fn accept(
             },
             () = &mut shutdown => break,
         };
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            limits.refused.inc();
+            if !refusing {
+                refusing = true;
+                tracing::warn!(
+                    max_connections = limits.max,
+                    "max_connections are open: new connections are closed as they come until some of those close"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        if refusing {
+            refusing = false;
+            tracing::info!(
+                max_connections = limits.max,
+                refused = limits.refused.get(),
+                "below max_connections again: new connections are served"
+            );
+        }
+        limits.open.inc();
+        let open = Open {
+            _slot: slot,
+            gauge: limits.open.clone(),
+        };
+        let header_timeout = limits.header_timeout;
         let service =
             hyper_util::service::TowerToHyperService::new(router.clone().map_request(
                 |r: http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
@@ -152,6 +216,7 @@ async fn accept(
         // (The connections that ended are let go as new ones come.)
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
+            let _open = open;
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -188,6 +253,43 @@ async fn accept(
         connections.shutdown().await;
     }
     Ok(())
+}
+
+/// Warns when `max_connections` (and the files the service opens besides) could reach
+/// the process's limit of open files before the cap does: the accept loop would then
+/// wait on "too many open files" instead of closing the extra connections, and the
+/// attempts' segments, model files and Redis could not be opened meanwhile. (Linux: read
+/// from `/proc/self/limits`; elsewhere not checked.)
+fn warn_if_files_run_out(max_connections: usize) {
+    /// Files the service keeps open besides its connections: the listener, segments,
+    /// model files being read, Redis, the runtime's own.
+    const OTHER_FILES: usize = 64;
+    let Some(limit) = open_file_limit() else {
+        return;
+    };
+    if max_connections.saturating_add(OTHER_FILES) > limit {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit,
+            "max_connections is within {OTHER_FILES} of the open-file limit: raise the limit (ulimit -n, LimitNOFILE=) or lower max_connections"
+        );
+    }
+}
+
+/// The process's soft limit of open files, where it can be read (Linux).
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&limits)
+}
+
+/// The soft limit on the "Max open files" line of a `/proc/<pid>/limits` table (`None`
+/// when it is missing or "unlimited").
+fn parse_open_file_limit(limits: &str) -> Option<usize> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
 }
 
 /// The models folder holds one folder per model name, each one folder per version
@@ -264,5 +366,23 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_the_soft_one_of_its_line() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95123                95123                processes \n\
+                      Max open files            1024                 524288               files     \n\
+                      Max locked memory         8388608              8388608              bytes     \n";
+        assert_eq!(parse_open_file_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files     \n";
+        assert_eq!(parse_open_file_limit(unlimited), None);
+        assert_eq!(parse_open_file_limit("Max processes 1 1 processes\n"), None);
     }
 }

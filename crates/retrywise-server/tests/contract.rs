@@ -949,6 +949,70 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     server.await.unwrap().unwrap();
 }
 
+/// One request over `stream`, kept open (keep-alive): the status line of its answer, or
+/// `None` when the service closed the connection (or reset it) instead of answering.
+async fn get_over(stream: &mut tokio::net::TcpStream, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer or a close within 10 s")
+        .ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&answer[..n]).into_owned())
+}
+
+/// With `max_connections` open (here idle keep-alive connections, as a client that pools
+/// them or a slow attacker holds), one more is closed as soon as it is accepted, not
+/// served and not left waiting; it is counted on /metrics (read over one of the open
+/// ones), and once one of the open connections closes, a new one is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_closed_at_once_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        models: shipped_models(),
+        attempts: dir.path().join("attempts"),
+        max_connections: 2,
+        ..Config::default()
+    };
+    let (addr, stop_tx, server) = serving_on_loopback(config).await;
+    let connect = || tokio::net::TcpStream::connect(addr);
+    let mut first = connect().await.unwrap();
+    let mut second = connect().await.unwrap();
+    for held in [&mut first, &mut second] {
+        let answer = get_over(held, "/healthz").await.expect("served");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let mut third = connect().await.unwrap();
+    assert_eq!(get_over(&mut third, "/healthz").await, None);
+    let metrics = get_over(&mut first, "/metrics").await.expect("served");
+    assert!(
+        metrics.contains("retrywise_connections_open 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("retrywise_connections_refused_total 1"),
+        "{metrics}"
+    );
+    drop(second);
+    // The service sees the close a moment later: the next connections may still be
+    // refused until it has (each try is a round trip over loopback, no sleep).
+    let mut served = false;
+    for _ in 0..500 {
+        let mut next = connect().await.unwrap();
+        if let Some(answer) = get_over(&mut next, "/healthz").await {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a connection closed, and none was served after it");
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 /// A graceful stop waits for the requests in flight, but not longer than the shutdown
 /// timeout: a client that sends its body a trickle at a time (here: never the rest)
 /// does not hold it (it held it for the request timeout, up to an hour), and the
