@@ -925,17 +925,86 @@ fn typed(obj: &mut serde_json::Map<String, serde_json::Value>) -> Typed {
     found
 }
 
+/// The schema field a column that is not one may have been meant as: one of `missing`
+/// (fields the file lacks) whose name differs from it only in case and separators, by a
+/// unit suffix (`retry_after` for `retry_after_ms`), or by a typo or two in a long name.
+fn meant_as(column: &str, missing: &[&'static str]) -> Option<&'static str> {
+    let plain = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let given = plain(column);
+    missing
+        .iter()
+        .filter_map(|&field| {
+            let want = plain(field);
+            let (short, long) = if given.len() <= want.len() {
+                (&given, &want)
+            } else {
+                (&want, &given)
+            };
+            let distance = strsim::damerau_levenshtein(&given, &want);
+            let near = distance == 0
+                || (short.len() >= 4
+                    && long.starts_with(short.as_str())
+                    && long.len() - short.len() <= 2)
+                || (short.len() >= 5 && distance <= 2);
+            near.then_some((distance, field))
+        })
+        .min()
+        .map(|(_, field)| field)
+}
+
 /// Checks a file's columns: the required ones must exist, and every wanted one present
-/// must have a type that converts. Returns the expressions that select and cast them, and
-/// whether the file has call ids.
-fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool), TrainError> {
+/// must have a type that converts. Returns the expressions that select and cast them,
+/// whether the file has call ids, and its columns that are no field of the schema (not
+/// read: a newer minor version's, another tool's, or a misnamed field's - each with the
+/// field it may have been meant as).
+fn check_schema(
+    file: &InputFile,
+    lf: &mut LazyFrame,
+) -> Result<(Vec<Expr>, bool, Vec<UnreadColumn>), TrainError> {
     let schema = guarded(file, || lf.collect_schema())?;
+    let missing: Vec<&'static str> = schema::FIELDS
+        .iter()
+        .map(|f| f.name)
+        .filter(|name| schema.get(name).is_none())
+        .collect();
+    // The keys of a Hive-style layout's folders (`date=2026-12-04/`, as `retrywise
+    // compact` writes): polars adds each as a column.
+    let partitions: Vec<String> = file
+        .path
+        .components()
+        .filter_map(|c| {
+            c.as_os_str()
+                .to_str()?
+                .split_once('=')
+                .map(|(k, _)| k.to_owned())
+        })
+        .collect();
+    let unread: Vec<UnreadColumn> = schema
+        .iter_names()
+        .filter(|name| schema::FIELDS.iter().all(|f| f.name != name.as_str()))
+        .filter(|name| !partitions.iter().any(|k| k == name.as_str()))
+        .map(|name| UnreadColumn {
+            name: name.to_string(),
+            meant_as: meant_as(name, &missing),
+        })
+        .collect();
     for col in required() {
         if schema.get(col).is_none() {
+            let hint = unread
+                .iter()
+                .find(|c| c.meant_as == Some(col))
+                .map_or_else(String::new, |c| {
+                    format!(" (the file has a column `{}`: misnamed?)", c.name)
+                });
             return Err(TrainError::Schema {
                 path: file.path.clone(),
                 column: (*col).to_owned(),
-                problem: "is missing".into(),
+                problem: format!("is missing{hint}"),
             });
         }
     }
@@ -977,7 +1046,46 @@ fn check_schema(file: &InputFile, lf: &mut LazyFrame) -> Result<(Vec<Expr>, bool
             }
         }
     }
-    Ok((exprs, schema.get(CALL_ID).is_some()))
+    Ok((exprs, schema.get(CALL_ID).is_some(), unread))
+}
+
+/// A column of an input file that is no field of the attempt schema, and so is not read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnreadColumn {
+    /// Its name.
+    pub name: String,
+    /// The field the file lacks that it may have been meant as (its name differs only in
+    /// case, separators, a unit suffix or a typo), if any.
+    pub meant_as: Option<&'static str>,
+}
+
+impl std::fmt::Display for UnreadColumn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.meant_as {
+            Some(field) => write!(f, "`{}` (meant as `{field}`?)", self.name),
+            None => write!(f, "`{}`", self.name),
+        }
+    }
+}
+
+/// Warns, once for each set of them, of columns of `prepared` files that are no field of
+/// the schema: a field misnamed in a Parquet file written by another tool would otherwise
+/// read as missing in every row (no Retry-After, no health) without a word.
+fn warn_of_unread_columns(prepared: &[Prepared]) {
+    let mut sets: BTreeMap<&[UnreadColumn], (usize, &Path)> = BTreeMap::new();
+    for p in prepared.iter().filter(|p| !p.unread.is_empty()) {
+        sets.entry(&p.unread).or_insert((0, &p.file.path)).0 += 1;
+    }
+    for (columns, (files, first)) in sets {
+        let list: Vec<String> = columns.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "{files} file{} (e.g. {}) {} columns that are no field of the attempt schema, not read: {}",
+            if files == 1 { "" } else { "s" },
+            first.display(),
+            if files == 1 { "has" } else { "have" },
+            list.join(", ")
+        );
+    }
 }
 
 /// An input file opened once for every read of it: its scan with the schema versions
@@ -996,6 +1104,8 @@ pub struct Prepared {
     exprs: Vec<Expr>,
     has_call_id: bool,
     bad: LineCheck,
+    /// Its columns that are no field of the schema.
+    unread: Vec<UnreadColumn>,
     /// The cleaned copy read instead of the file, deleted when this is dropped.
     cleaned_copy: Option<tempfile::TempPath>,
 }
@@ -1006,6 +1116,7 @@ impl std::fmt::Debug for Prepared {
             .field("file", &self.file)
             .field("has_call_id", &self.has_call_id)
             .field("bad", &self.bad)
+            .field("unread", &self.unread)
             .field("cleaned_copy", &self.cleaned_copy.is_some())
             .finish_non_exhaustive()
     }
@@ -1015,6 +1126,12 @@ impl Prepared {
     /// The file.
     pub fn file(&self) -> &InputFile {
         &self.file
+    }
+
+    /// Its columns that are no field of the attempt schema, and so are not read (a
+    /// Parquet file's; an NDJSON file is read with the schema's columns).
+    pub fn unread_columns(&self) -> &[UnreadColumn] {
+        &self.unread
     }
 
     /// The scan with `filter` applied and the columns the trainer reads selected and cast
@@ -1049,11 +1166,11 @@ impl Prepared {
 /// # Errors
 /// As [`load`]'s.
 pub fn prepare(files: &[InputFile]) -> Result<Vec<Prepared>, TrainError> {
-    files
+    let prepared = files
         .iter()
         .map(|file| {
             let (mut lf, bad, copy) = scan(file)?;
-            let (exprs, has_column) = check_schema(file, &mut lf)?;
+            let (exprs, has_column, unread) = check_schema(file, &mut lf)?;
             // NDJSON is read with every column of the schema: whether it has call ids is
             // whether any line names one.
             let has_call_id = match file.format {
@@ -1066,10 +1183,13 @@ pub fn prepare(files: &[InputFile]) -> Result<Vec<Prepared>, TrainError> {
                 exprs,
                 has_call_id,
                 bad,
+                unread,
                 cleaned_copy: copy,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, TrainError>>()?;
+    warn_of_unread_columns(&prepared);
+    Ok(prepared)
 }
 
 /// Counts the rows of `files` that pass `filter`, without reading them: polars answers
@@ -1276,17 +1396,31 @@ enum Col<'a> {
 /// same types, the same millisecond conversion), or why it cannot be.
 fn value<'a>(field: &SchemaField, col: &Col<'a>, i: usize) -> Result<Value<'a>, String> {
     let out_of_range = || format!("`{}` {}", field.name, Rule::Range.as_str());
-    let unknown = || format!("`{}` is not one of its names", field.name);
+    // (The names it may take, not the value found: the skip reasons are counted by their
+    // text, and the values of a column from another tool are as many as its rows.)
+    let unknown = |names: &mut dyn Iterator<Item = &'static str>| {
+        format!(
+            "`{}` is not one of {}",
+            field.name,
+            names.collect::<Vec<_>>().join(", ")
+        )
+    };
     Ok(match col {
         Col::Text(c) => match c.get(i) {
             None => Value::Null,
             Some(s) => match field.ty {
                 FieldType::Text => Value::Text(s),
-                FieldType::ErrorKind => {
-                    Value::ErrorKind(s.parse::<ErrorKind>().map_err(|_| unknown())?)
-                }
-                FieldType::Outcome => Value::Outcome(s.parse::<Outcome>().map_err(|_| unknown())?),
-                _ => Value::Version(s.parse::<SchemaVersion>().map_err(|_| unknown())?),
+                FieldType::ErrorKind => Value::ErrorKind(
+                    s.parse::<ErrorKind>()
+                        .map_err(|_| unknown(&mut ErrorKind::ALL.iter().map(|k| k.as_str())))?,
+                ),
+                FieldType::Outcome => Value::Outcome(
+                    s.parse::<Outcome>()
+                        .map_err(|_| unknown(&mut Outcome::ALL.iter().map(|o| o.as_str())))?,
+                ),
+                _ => Value::Version(s.parse::<SchemaVersion>().map_err(|_| {
+                    format!("`{}` is not a schema version (MAJOR.MINOR)", field.name)
+                })?),
             },
         },
         Col::Int(c) => match c.get(i) {

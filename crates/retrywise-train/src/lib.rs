@@ -451,6 +451,54 @@ fn no_rows(files: &[data::Prepared], filter: &Filter) -> Result<String, TrainErr
     Ok(why)
 }
 
+/// The targets `filter` asks for of which `rows` hold none, each with why: not in the
+/// input at all (a misspelt `--target` beside ones that matched would otherwise train a
+/// model without it, and say nothing), or in it but not read (outside the time window, or
+/// left out of the sample). Empty when every target asked for has rows, or none was asked
+/// for.
+///
+/// # Errors
+/// The input's targets cannot be listed (a file unreadable since it was counted).
+pub fn absent_targets(
+    files: &[data::Prepared],
+    filter: &Filter,
+    rows: &data::Rows,
+) -> Result<Vec<(String, &'static str)>, TrainError> {
+    let seen: std::collections::HashSet<&str> = rows.contexts.iter().map(|c| &*c.target).collect();
+    let unseen: Vec<&String> = filter
+        .targets
+        .iter()
+        .filter(|t| !seen.contains(t.as_str()))
+        .collect();
+    if unseen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let present = data::targets_prepared(files)?;
+    Ok(unseen
+        .into_iter()
+        .map(|t| {
+            let why = if present.binary_search(t).is_ok() {
+                "in the input, but none of its rows read (outside the time window, or left out of the sample)"
+            } else {
+                "not in the input (misspelt?)"
+            };
+            (t.clone(), why)
+        })
+        .collect())
+}
+
+/// Warns of each of [`absent_targets`].
+fn warn_of_absent_targets(
+    files: &[data::Prepared],
+    filter: &Filter,
+    rows: &data::Rows,
+) -> Result<(), TrainError> {
+    for (target, why) in absent_targets(files, filter, rows)? {
+        tracing::warn!("no row of target `{target}`: {why}");
+    }
+    Ok(())
+}
+
 /// Reads `data` through `filter` with memory bounded by `max_rows`: the input's rows are
 /// counted first, and a larger input is read as a uniform sample of whole calls
 /// ([`Sample::for_rows`]); the summary records the sample. What training and evaluation
@@ -497,6 +545,7 @@ fn read_bounded(
     let (rows, mut load) = data::load_prepared(&prepared, filter, &sample, window, |f| {
         progress(Step::FileRead(f.path.clone()))
     })?;
+    warn_of_absent_targets(&prepared, filter, &rows)?;
     // The cleaned copies of NDJSON files go before the fit.
     drop(prepared);
     load.sample = Some(sampled);

@@ -1011,6 +1011,131 @@ fn missing_and_mistyped_columns_name_the_column() {
     );
 }
 
+/// A Parquet file from another tool whose columns are not all the schema's fields: those
+/// columns are not read, and each is named, with the field it may have been meant as
+/// (`retry_after` for `retry_after_ms` read as missing in every row: no Retry-After all
+/// day, without a word); a required field misnamed is refused naming the column the file
+/// has instead. An NDJSON file has no such columns (it is read with the schema's own).
+#[test]
+fn columns_that_are_no_field_are_named_with_the_field_they_may_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    // In a Hive-style folder, as `retrywise compact` writes: polars reads its key as a
+    // column, which is not one to warn of.
+    let p = dir
+        .path()
+        .join("date=2026-12-07")
+        .join("other-tool.parquet");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    write_df(
+        frame(vec![
+            Column::new("started_at_ms".into(), [1u64, 2, 3]),
+            Column::new("target".into(), ["a", "a", "b"]),
+            Column::new("attempt".into(), [2u32, 1, 1]),
+            Column::new("error".into(), [Some("http_429"), None, None]),
+            Column::new("retry_after".into(), [Some(250.0), None, None]),
+            Column::new("Status".into(), [Some(429u32), None, None]),
+            Column::new("__index_level_0__".into(), [0i64, 1, 2]),
+            Column::new("outcome".into(), ["retryable", "success", "success"]),
+        ]),
+        &p,
+    );
+    let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
+    let prepared = data::prepare(&files).unwrap();
+    let unread: Vec<String> = prepared[0]
+        .unread_columns()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        unread,
+        [
+            "`retry_after` (meant as `retry_after_ms`?)",
+            "`Status` (meant as `status`?)",
+            "`__index_level_0__`",
+        ]
+    );
+    // The rows are read all the same.
+    let (rows, summary) = data::load(&files, &Filter::default(), |_| {}).unwrap();
+    assert_eq!(rows.len(), 3, "{summary:?}");
+
+    let p = dir.path().join("misnamed.parquet");
+    write_df(
+        frame(vec![
+            Column::new("started_at_ms".into(), [1u64, 2]),
+            Column::new("target".into(), ["a", "b"]),
+            Column::new("attempt".into(), [1u32, 2]),
+            Column::new("Outcome".into(), ["success", "retryable"]),
+        ]),
+        &p,
+    );
+    let e = err_of(&p, &models);
+    assert!(
+        e.to_string()
+            .ends_with("column `outcome` is missing (the file has a column `Outcome`: misnamed?)"),
+        "{e}"
+    );
+
+    let p = dir.path().join("segment.ndjson");
+    write_ndjson(&synthetic::records(20, 3), &p);
+    let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
+    assert!(
+        data::prepare(&files).unwrap()[0]
+            .unread_columns()
+            .is_empty()
+    );
+}
+
+/// `--target a --target b` where one matches nothing: the rows of the other train a
+/// model, and the one without rows is named, with why - not in the input (misspelt?), or
+/// in it but outside the time window.
+#[test]
+fn a_target_asked_for_without_rows_is_named_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("two.parquet");
+    write_df(
+        frame(vec![
+            Column::new("started_at_ms".into(), [1_000u64, 2_000, 9_000]),
+            Column::new("target".into(), ["payments", "payments", "search"]),
+            Column::new("attempt".into(), [1u32, 1, 1]),
+            Column::new("outcome".into(), ["success", "retryable", "success"]),
+        ]),
+        &p,
+    );
+    let files = data::resolve(&[p.to_string_lossy().into_owned()]).unwrap();
+    let prepared = data::prepare(&files).unwrap();
+    let absent = |filter: &Filter| {
+        let (rows, _) = data::load(&files, filter, |_| {}).unwrap();
+        retrywise_train::absent_targets(&prepared, filter, &rows).unwrap()
+    };
+    let mut filter = Filter {
+        targets: vec!["payments".into(), "serach".into(), "search".into()],
+        ..Filter::default()
+    };
+    assert_eq!(
+        absent(&filter),
+        [("serach".to_owned(), "not in the input (misspelt?)")]
+    );
+    filter.until_ms = Some(5_000);
+    let absent = absent(&filter);
+    assert_eq!(absent.len(), 2);
+    assert_eq!(absent[1].0, "search");
+    assert!(
+        absent[1].1.contains("outside the time window"),
+        "{absent:?}"
+    );
+    filter.targets = vec!["payments".into()];
+    assert_eq!(
+        retrywise_train::absent_targets(
+            &prepared,
+            &filter,
+            &data::load(&files, &filter, |_| {}).unwrap().0
+        )
+        .unwrap(),
+        []
+    );
+}
+
 #[test]
 fn a_column_typed_null_is_read_as_empty() {
     // As pyarrow writes a log where a column was empty all day (no 429s: no
@@ -1283,7 +1408,10 @@ fn bad_values_are_skipped_and_counted_by_reason() {
             ("`attempt` is out of range", 1),
             ("`delay_ms` is out of range", 1),
             ("`error` contradicts another field", 1),
-            ("`error` is not one of its names", 1),
+            (
+                "`error` is not one of timeout, connect, reset, http_429, http_503, http_5xx, http_4xx, other",
+                1,
+            ),
             ("`failure_rate` is out of range", 1),
             ("`in_flight` is out of range", 1),
             ("`latency_ms` is out of range", 1),
