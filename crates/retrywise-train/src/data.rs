@@ -86,9 +86,33 @@ fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
-/// Collects the input files under `dir` into `out`, and the open segments (`*.ndjson.open`:
-/// being written, or left by a writer that crashed) into `open`, which are not read.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, open: &mut Vec<PathBuf>) -> Result<(), TrainError> {
+/// What a search of folders and patterns found: the input files, the open segments
+/// (`*.ndjson.open`: being written, or left by a writer that crashed), which are not
+/// read, and the entries named like input files that are not regular files (a pipe, a
+/// socket, a device, a broken link: opening a pipe would wait for a writer for ever),
+/// which are not read either.
+#[derive(Default)]
+struct Found {
+    files: Vec<PathBuf>,
+    open: Vec<PathBuf>,
+    special: Vec<PathBuf>,
+}
+
+impl Found {
+    /// Takes `path`, named like an input file, as one if it is a regular file (or a link
+    /// to one).
+    fn file(&mut self, path: PathBuf) {
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            self.files.push(path);
+        } else {
+            self.special.push(path);
+        }
+    }
+}
+
+/// Collects the input files under `dir`, and the open segments and special files beside
+/// them, into `found`.
+fn walk(dir: &Path, found: &mut Found) -> Result<(), TrainError> {
     let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io("read directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| TrainError::io("read directory", dir, e))?;
@@ -99,15 +123,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, open: &mut Vec<PathBuf>) -> Result<(
             .map_err(|e| TrainError::io("read directory", dir, e))?
             .is_dir();
         if is_dir {
-            walk(&path, out, open)?;
+            walk(&path, found)?;
         } else if format_of(&path).is_some() {
-            out.push(path);
+            found.file(path);
         } else if path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".ndjson.open"))
         {
-            open.push(path);
+            found.open.push(path);
         }
     }
     Ok(())
@@ -120,13 +144,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, open: &mut Vec<PathBuf>) -> Result<(
 /// [`TrainError::NoData`] if nothing matches; [`TrainError::Input`] for a path that does
 /// not exist or a file of an unknown kind; I/O errors.
 pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
-    let mut paths = Vec::new();
-    let mut open = Vec::new();
+    let mut found = Found::default();
     for spec in specs {
         let p = Path::new(spec);
-        let before = paths.len();
+        let before = found.files.len();
         if p.is_dir() {
-            walk(p, &mut paths, &mut open)?;
+            walk(p, &mut found)?;
         } else if p.is_file() {
             if format_of(p).is_none() {
                 return Err(TrainError::Input {
@@ -134,7 +157,7 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
                     problem: "is neither Parquet (.parquet) nor NDJSON (.ndjson, .jsonl)".into(),
                 });
             }
-            paths.push(p.to_path_buf());
+            found.files.push(p.to_path_buf());
         } else if spec.contains(['*', '?', '[']) {
             let matches = glob::glob(spec).map_err(|e| TrainError::Input {
                 path: p.to_path_buf(),
@@ -146,9 +169,9 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
                     TrainError::io("glob", &path, e.into())
                 })?;
                 if m.is_dir() {
-                    walk(&m, &mut paths, &mut open)?;
+                    walk(&m, &mut found)?;
                 } else if format_of(&m).is_some() {
-                    paths.push(m);
+                    found.file(m);
                 }
             }
         } else {
@@ -163,12 +186,25 @@ pub fn resolve(specs: &[String]) -> Result<Vec<InputFile>, TrainError> {
         }
         // A pattern that matches nothing is a typo, not "nothing more to read" (a folder
         // may well be empty: compaction empties the segments' folder).
-        if paths.len() == before && !p.is_dir() && spec.contains(['*', '?', '[']) {
+        if found.files.len() == before && !p.is_dir() && spec.contains(['*', '?', '[']) {
             return Err(TrainError::Input {
                 path: p.to_path_buf(),
                 problem: "matches no Parquet or NDJSON file".into(),
             });
         }
+    }
+    let Found {
+        files: mut paths,
+        open,
+        special,
+    } = found;
+    if let Some(first) = special.first() {
+        tracing::warn!(
+            "{} entr{} named like a log not read, e.g. {}: not a regular file (a pipe, a socket, a device, or a link to none)",
+            special.len(),
+            if special.len() == 1 { "y" } else { "ies" },
+            first.display()
+        );
     }
     paths.sort();
     // One file named twice (`logs` and `./logs/a.parquet`) is read once: its rows would

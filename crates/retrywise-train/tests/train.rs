@@ -1136,6 +1136,39 @@ fn a_target_asked_for_without_rows_is_named_with_why() {
     );
 }
 
+/// A folder's entries named like logs that are not regular files are passed over (and
+/// warned of): a pipe named `*.ndjson` used to be opened, which waits for a writer for
+/// ever, and a broken link failed the whole read.
+#[cfg(unix)]
+#[test]
+fn entries_named_like_logs_that_are_not_files_are_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.parquet");
+    write_parquet(&synthetic::records(50, 3), &good);
+    let fifo = dir.path().join("pipe.ndjson");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    std::os::unix::fs::symlink(
+        dir.path().join("gone.parquet"),
+        dir.path().join("link.parquet"),
+    )
+    .unwrap();
+    for spec in [
+        dir.path().to_string_lossy().into_owned(),
+        dir.path().join("*").to_string_lossy().into_owned(),
+    ] {
+        let files = data::resolve(&[spec.clone()]).unwrap();
+        let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        assert_eq!(paths, [good.as_path()], "{spec}");
+    }
+    // Named on its own, the pipe is refused, naming what it is.
+    let e = data::resolve(&[fifo.to_string_lossy().into_owned()]).unwrap_err();
+    assert!(e.to_string().contains("a pipe"), "{e}");
+}
+
 #[test]
 fn a_column_typed_null_is_read_as_empty() {
     // As pyarrow writes a log where a column was empty all day (no 429s: no
