@@ -1160,7 +1160,7 @@ fn entries_named_like_logs_that_are_not_files_are_passed_over() {
         dir.path().to_string_lossy().into_owned(),
         dir.path().join("*").to_string_lossy().into_owned(),
     ] {
-        let files = data::resolve(&[spec.clone()]).unwrap();
+        let files = data::resolve(std::slice::from_ref(&spec)).unwrap();
         let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
         assert_eq!(paths, [good.as_path()], "{spec}");
     }
