@@ -117,7 +117,7 @@ const CLOCK: &str = r"
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local PERIOD_MISMATCH = 'the fleet counts in buckets of a tenth of its health window; give every replica the same health_window_ms: the fleet counts in buckets of '
+local PERIOD_MISMATCH = 'RETRYWISE the fleet counts in buckets of a tenth of its health window; give every replica the same health_window_ms: the fleet counts in buckets of '
 local function num(x)
   local v = tonumber(x)
   if v == nil or v ~= v or v == math.huge or v == -math.huge then return 0 end
@@ -164,16 +164,16 @@ local function extend(key, ms)
   if left < ms then redis.call('PEXPIRE', key, ms) end
 end
 if not is(z, 'zset') then
-  return redis.error_reply(z .. ' is not a sorted set: another program writes under the prefix')
+  return redis.error_reply('RETRYWISE ' .. z .. ' is not a sorted set: another program writes under the prefix')
 end
 local w = p .. 'w:' .. ARGV[5]
 local seq = tonumber(ARGV[6])
 if not is(w, 'string') then
-  return redis.error_reply(w .. ' is not a string: another program writes under the prefix')
+  return redis.error_reply('RETRYWISE ' .. w .. ' is not a string: another program writes under the prefix')
 end
 local wk = p .. 'period'
 if not is(wk, 'string') then
-  return redis.error_reply(wk .. ' is not a string: another program writes under the prefix')
+  return redis.error_reply('RETRYWISE ' .. wk .. ' is not a string: another program writes under the prefix')
 end
 local fleet_period = redis.call('GET', wk)
 if fleet_period and fleet_period ~= ARGV[2] then
@@ -532,6 +532,9 @@ pub struct SharedFleet {
     /// `opened`'s lock.
     answered: Mutex<HashMap<Arc<str>, u64>>,
     shared: AtomicBool,
+    /// Whether a tick's outcome has been logged yet: the first is, shared or not (a
+    /// replica that never reaches Redis would otherwise never say so).
+    said: AtomicBool,
     /// How many targets the last write skipped, the last read left out, and the last read
     /// found odd times for: each warning is logged when its count changes, not at every
     /// write or read that finds the same foreign keys again (the counter counts them all).
@@ -603,6 +606,7 @@ impl SharedFleet {
             answered: Mutex::new(HashMap::new()),
             warned: Default::default(),
             shared: AtomicBool::new(false),
+            said: AtomicBool::new(false),
             read_ms: AtomicU64::new(0),
             detail: Mutex::new("connecting to Redis".into()),
             metrics,
@@ -999,21 +1003,46 @@ impl SharedFleet {
 
     /// What went wrong `doing` Redis: `error`, or no answer within the timeout.
     fn describe(&self, doing: &str, error: Option<redis::RedisError>) -> String {
-        match error {
-            Some(e) if !e.is_timeout() => format!("{doing} Redis failed: {e}"),
-            _ => format!(
-                "{doing} Redis took longer than {} ms",
+        describe(doing, error, self.timeout)
+    }
+
+    /// Why a connection to Redis cannot be made, found by making one at once (without
+    /// the connection manager's retries and their backoff, which outlast the timeout and
+    /// leave only "took longer than"): `None` when one can.
+    async fn why_unreachable(&self) -> Option<String> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        match tokio::time::timeout(
+            self.timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) if !e.is_timeout() => {
+                Some(format!("cannot connect to Redis: {}", server_text(&e)))
+            }
+            _ => Some(format!(
+                "cannot connect to Redis within {} ms",
                 self.timeout.as_millis()
-            ),
+            )),
         }
     }
 
-    /// Marks the view shared or not, logging and counting each change.
+    /// Marks the view shared or not, logging and counting each change (and the first
+    /// outcome).
     fn set_shared(&self, shared: bool, detail: String) {
         let was = self.shared.swap(shared, Ordering::Relaxed);
-        if was != shared {
+        let first = !self.said.swap(true, Ordering::Relaxed);
+        if was != shared || first {
             if shared {
-                tracing::info!(%detail, "fleet view: shared through Redis again");
+                tracing::info!(
+                    %detail,
+                    "fleet view: shared through Redis{}",
+                    if first { "" } else { " again" }
+                );
             } else {
                 tracing::warn!(%detail, "fleet view: not shared through Redis, answering from this replica's own view");
             }
@@ -1101,6 +1130,7 @@ impl SharedFleet {
                 }
                 let reading = n.is_multiple_of(3);
                 n = n.wrapping_add(1);
+                let connected = conn.is_some();
                 let result = match conn.take().map_or_else(
                     || ConnectionManager::new_lazy_with_config(me.client.clone(), me.config()),
                     Ok,
@@ -1121,7 +1151,16 @@ impl SharedFleet {
                         }
                         result
                     }
-                    Err(e) => Err(format!("cannot connect to Redis: {e}")),
+                    Err(e) => Err(format!("cannot connect to Redis: {}", server_text(&e))),
+                };
+                // A new connection whose first commands went unanswered: whether Redis
+                // can be reached at all, and if not why (refused, no such database, a
+                // wrong password), rather than "took longer than".
+                let result = match result {
+                    Err(detail) if !connected && detail.contains("took longer than") => {
+                        Err(me.why_unreachable().await.unwrap_or(detail))
+                    }
+                    other => other,
                 };
                 match result {
                     Ok(()) => {
@@ -1153,6 +1192,26 @@ impl SharedFleet {
                 }
             }
         })
+    }
+}
+
+/// What went wrong `doing` Redis: `error`, or no answer within `timeout`.
+fn describe(doing: &str, error: Option<redis::RedisError>, timeout: Duration) -> String {
+    match error {
+        Some(e) if !e.is_timeout() => format!("{doing} Redis failed: {}", server_text(&e)),
+        _ => format!("{doing} Redis took longer than {} ms", timeout.as_millis()),
+    }
+}
+
+/// A Redis error as its reply said it: the scripts' own errors (code `RETRYWISE`) by
+/// their text alone, another server error as `CODE text` (the client's own rendering
+/// quotes a code it does not know, and takes a message without one for its first
+/// word), any other error as the client renders it.
+fn server_text(e: &redis::RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some("RETRYWISE"), Some(detail)) => detail.to_owned(),
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => e.to_string(),
     }
 }
 
@@ -1401,6 +1460,51 @@ mod tests {
         // on the way up, then one every 1-2 s.
         assert!((8..=30).contains(&tries), "{tries} tries in 20 s");
         assert!(!f.status().shared);
+    }
+
+    /// A log written to memory (the tests of what is logged).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A Redis that refuses connections from the start is said at once, in one log line
+    /// and in the status `/readyz` shows, with its cause: the view started out "not
+    /// shared", so no change was logged, and the connection manager's retries outlasted the
+    /// timeout, so the status said "took longer than 100 ms".
+    #[tokio::test(start_paused = true)]
+    async fn a_redis_refusing_from_the_start_is_said_once_with_its_cause() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let f = Arc::new(fleet("redis://127.0.0.1:1").unwrap());
+        let task = f.spawn();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        task.abort();
+        let detail = f.status().detail;
+        assert!(
+            detail.starts_with("cannot connect to Redis: ") && detail.contains("refused"),
+            "{detail}"
+        );
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            logs.matches("fleet view: not shared through Redis").count(),
+            1,
+            "{logs}"
+        );
+        assert!(logs.contains("refused"), "{logs}");
     }
 
     #[test]
@@ -1705,7 +1809,14 @@ mod tests {
             .invoke_async::<ReadReply>(&mut conn)
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("same health_window_ms"), "{e}");
+        // Said as the script said it (the client took its first word for an error code:
+        // "reading from Redis failed: \"the\": fleet counts in ...").
+        let said = describe("reading from", Some(e), Duration::from_millis(100));
+        assert!(
+            said.starts_with("reading from Redis failed: the fleet counts in buckets of")
+                && said.contains("same health_window_ms"),
+            "{said}"
+        );
         assert_eq!(calls().await, before, "nothing of it written");
 
         // The latency quantile reads the current half window's buckets and the previous
