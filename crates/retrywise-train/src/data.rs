@@ -577,7 +577,7 @@ fn scan(
 
 /// What the pre-read of a file found: its NDJSON lines or Parquet rows skipped, by
 /// reason, and (not a skip) how many NDJSON lines name a call id.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LineCheck {
     /// The last line, cut short (a writer that crashed mid-line).
     pub torn: u64,
@@ -593,6 +593,9 @@ pub(crate) struct LineCheck {
     /// Records of this schema that do not parse as one (a value of the wrong type) or
     /// break its rules.
     pub invalid: u64,
+    /// `invalid` by why (the first [`INVALID_REASONS`] reasons; the rest counted in
+    /// `invalid` alone).
+    pub invalid_why: BTreeMap<String, u64>,
     /// Parquet rows whose `schema_version` is not a version.
     pub unknown_version_rows: u64,
     /// (Not a skip.) NDJSON lines that name a `call_id`: without any, the file is a log
@@ -600,17 +603,41 @@ pub(crate) struct LineCheck {
     pub call_id_lines: u64,
 }
 
+/// The most reasons an invalid NDJSON record is counted under, per file (the rest share
+/// one): the values of another tool's log are as many as its lines, and so may be the
+/// reasons a parser gives.
+const INVALID_REASONS: usize = 16;
+
 impl LineCheck {
-    fn count_into(self, summary: &mut LoadSummary) {
+    /// Counts an invalid record, and why: `why` as a parser or the schema's check says
+    /// it, without the position a parser adds (`... at line 1 column 210`), which is the
+    /// same line's in every record.
+    fn invalid(&mut self, why: &str) {
+        self.invalid += 1;
+        let why = match why.rfind(" at line ") {
+            Some(at) if why[at..].contains(" column ") => &why[..at],
+            _ => why,
+        };
+        if let Some(n) = self.invalid_why.get_mut(why) {
+            *n += 1;
+        } else if self.invalid_why.len() < INVALID_REASONS {
+            self.invalid_why.insert(why.to_owned(), 1);
+        }
+    }
+
+    fn count_into(&self, summary: &mut LoadSummary) {
         summary.skip("NDJSON line cut short (torn)", self.torn);
         summary.skip("NDJSON line that is not a JSON object", self.malformed);
         summary.skip(
             "NDJSON line longer than any record (1 MiB at most)",
             self.too_long,
         );
+        for (why, &n) in &self.invalid_why {
+            summary.skip(&format!("NDJSON record: {why}"), n);
+        }
         summary.skip(
             "NDJSON record with a value of the wrong type or against the schema's rules",
-            self.invalid,
+            self.invalid - self.invalid_why.values().sum::<u64>(),
         );
         summary.skip(
             "NDJSON line with an unreadable schema_version",
@@ -622,7 +649,7 @@ impl LineCheck {
         );
     }
 
-    fn any(self) -> bool {
+    fn any(&self) -> bool {
         self.torn
             + self.malformed
             + self.too_long
@@ -818,7 +845,7 @@ fn check_lines(
                             field = f,
                             "record with a value of the wrong type skipped"
                         );
-                        bad.invalid += 1;
+                        bad.invalid(&format!("`{f}` has a value of the wrong type"));
                         continue;
                     }
                     // Whole numbers written as floats (`"status": 503.0`, as a tool that
@@ -860,7 +887,7 @@ fn check_lines(
                         .and_then(|r: AttemptRecord| r.validate().map_err(|e| e.to_string()));
                         if let Err(why) = record {
                             tracing::debug!(line = number, %why, "invalid record skipped");
-                            bad.invalid += 1;
+                            bad.invalid(&why);
                             continue;
                         }
                     }
@@ -1162,6 +1189,14 @@ impl Prepared {
     /// The file.
     pub fn file(&self) -> &InputFile {
         &self.file
+    }
+
+    /// Its NDJSON lines (or Parquet rows of an unreadable version) skipped before any row
+    /// was read, by why (as the load's summary counts them).
+    pub fn skipped_lines(&self) -> BTreeMap<String, u64> {
+        let mut summary = LoadSummary::default();
+        self.bad.count_into(&mut summary);
+        summary.skipped
     }
 
     /// Its columns that are no field of the attempt schema, and so are not read (a

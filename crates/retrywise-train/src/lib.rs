@@ -448,6 +448,21 @@ fn no_rows(files: &[data::Prepared], filter: &Filter) -> Result<String, TrainErr
     if let Some(window) = window {
         why.push_str(&format!(" started {window} (ms since the epoch)"));
     }
+    // Lines skipped before any row was read: every record of a log refused for one
+    // reason said only "no row".
+    let mut skipped = std::collections::BTreeMap::<String, u64>::new();
+    for f in files {
+        for (reason, n) in f.skipped_lines() {
+            *skipped.entry(reason).or_default() += n;
+        }
+    }
+    if !skipped.is_empty() {
+        let list: Vec<String> = skipped
+            .iter()
+            .map(|(reason, n)| format!("{n} × {reason}"))
+            .collect();
+        why.push_str(&format!("; skipped: {}", list.join("; ")));
+    }
     Ok(why)
 }
 

@@ -157,9 +157,11 @@ fn ndjson_lines_are_read_as_the_collector_reads_segments() {
         ("NDJSON line that is not a JSON object", 1),
         ("NDJSON line longer than any record (1 MiB at most)", 1),
         ("NDJSON line with an unreadable schema_version", 1),
+        // By why: the reasons a record was refused for, each line's own.
+        ("NDJSON record: `delay_ms` has a value of the wrong type", 1),
         (
-            "NDJSON record with a value of the wrong type or against the schema's rules",
-            2,
+            "NDJSON record: invalid type: string \"0.0\", expected f64",
+            1,
         ),
     ] {
         assert_eq!(
@@ -1169,6 +1171,40 @@ fn entries_named_like_logs_that_are_not_files_are_passed_over() {
     assert!(e.to_string().contains("a pipe"), "{e}");
 }
 
+/// A log whose every record is refused says why, by reason, in the error and in the
+/// summary: a file of records of this schema all lacking `outcome` (or with a number
+/// written as text) said only "the input file holds no row".
+#[test]
+fn records_refused_before_any_row_is_read_are_counted_by_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let p = dir.path().join("no-outcome.ndjson");
+    let mut f = std::fs::File::create(&p).unwrap();
+    for (i, r) in synthetic::records(20, 4).iter().enumerate() {
+        let mut v = serde_json::to_value(r).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        if i < 15 {
+            obj.remove("outcome");
+        } else {
+            obj.insert("attempt".into(), "one".into());
+        }
+        writeln!(f, "{v}").unwrap();
+    }
+    drop(f);
+    let e = err_of(&p, &models).to_string();
+    assert!(e.contains("holds no row"), "{e}");
+    assert!(
+        e.contains("15 × NDJSON record: missing field `outcome`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("5 × NDJSON record: invalid type: string \"one\""),
+        "{e}"
+    );
+    // No position in the reason: one reason for every line.
+    assert!(!e.contains(" at line "), "{e}");
+}
+
 #[test]
 fn a_column_typed_null_is_read_as_empty() {
     // As pyarrow writes a log where a column was empty all day (no 429s: no
@@ -1286,7 +1322,7 @@ fn ndjson_integers_written_as_floats_are_read_when_whole_and_refused_when_not() 
     assert_eq!(
         summary
             .skipped
-            .get("NDJSON record with a value of the wrong type or against the schema's rules"),
+            .get("NDJSON record: `status` has a value of the wrong type"),
         Some(&2),
         "{summary:?}"
     );
@@ -2112,12 +2148,13 @@ fn call_ids_beyond_i64_are_read_as_themselves() {
     assert_eq!(rows.len(), 3, "{summary:?}");
     assert!(rows.call_id.iter().all(Option::is_some));
     assert_eq!(
-        summary
-            .skipped
-            .get("NDJSON record with a value of the wrong type or against the schema's rules"),
+        summary.skipped.get(
+            "NDJSON record: invalid value: integer `-7`, expected a non-negative whole number"
+        ),
         Some(&1),
         "{summary:?}"
-    ); // A log whose lines name no call id at all is a log without call ids: its calls are
+    );
+    // A log whose lines name no call id at all is a log without call ids: its calls are
     // unknown, its rows kept (as from a Parquet file without the column).
     let path = dir.path().join("bare.ndjson");
     let bare: String = recs
