@@ -268,7 +268,7 @@ fn bad_input_is_refused_with_the_whole_error_chain() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("model.json is not a valid artifact: `format`: invalid type: integer `3`"),
+        err.contains("not a valid model artifact: `format`: invalid type: integer `3`"),
         "{err}"
     );
 

@@ -82,8 +82,22 @@ fn records(ct: &str, bytes: &[u8]) -> Result<Vec<AttemptRecord>, ApiError> {
         // only by the body limit (shippers send large batches that way).
         let items: crate::extract::AtMost<Box<serde_json::value::RawValue>, MAX_BATCH> =
             parse(bytes, || "body".into()).map_err(|e| {
+                // Records one per line, sent without saying so (curl's `--data-binary`
+                // says form data, read as JSON): the header is what is missing.
+                let objects = bytes
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|&b| b == b'{');
+                let hint = if objects {
+                    format!(
+                        "; the body holds JSON objects, not an array of them: records one per line are NDJSON, sent with Content-Type: application/x-ndjson (this request's: {})",
+                        if ct.is_empty() { "none" } else { ct }
+                    )
+                } else {
+                    String::new()
+                };
                 ApiError::bad_request(format!(
-                    "{} (expected a JSON array of at most {MAX_BATCH} attempt records; send NDJSON for more; nothing written)",
+                    "{} (expected a JSON array of at most {MAX_BATCH} attempt records; send NDJSON for more; nothing written){hint}",
                     e.message()
                 ))
             })?;

@@ -692,6 +692,18 @@ async fn infer_as(
     let (json, mut binary) = split(&headers, &bytes)?;
     let req: InferRequest = crate::extract::parse_object(json, String::new)?;
     let inputs = &req.inputs.0;
+    // An unknown input is named before a missing `attempt` is: `attemp` is the one
+    // misspelt, and "the `attempt` input is required" would not say so.
+    if let Some(input) = inputs
+        .iter()
+        .find(|i| schema::context_fields().all(|f| f.name != i.name))
+    {
+        let known: Vec<&str> = schema::context_fields().map(|f| f.name).collect();
+        return Err(bad(
+            &input.name,
+            format!("unknown input (expected one of {})", known.join(", ")),
+        ));
+    }
     if !inputs.iter().any(|i| i.name == "attempt") {
         return Err(ApiError::bad_request(
             "inputs: the `attempt` input is required",
@@ -708,15 +720,10 @@ async fn infer_as(
     let mut columns: Vec<(&'static Field, Vec<Cell>)> = Vec::new();
     let mut n: Option<usize> = None;
     for input in inputs {
-        let field = schema::context_fields()
-            .find(|f| f.name == input.name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = schema::context_fields().map(|f| f.name).collect();
-                bad(
-                    &input.name,
-                    format!("unknown input (expected one of {})", known.join(", ")),
-                )
-            })?;
+        let Some(field) = schema::context_fields().find(|f| f.name == input.name) else {
+            // Every input's name was checked above.
+            return Err(bad(&input.name, "unknown input"));
+        };
         if columns.iter().any(|(f, _)| f.name == field.name) {
             return Err(bad(&input.name, "given twice"));
         }

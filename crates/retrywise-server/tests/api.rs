@@ -894,6 +894,12 @@ async fn bad_bodies_are_4xx_naming_the_field() {
             "inputs.wat: unknown input",
         ),
         (
+            // A misspelt `attempt` is named as unknown, not only "attempt is required".
+            "/v2/models/default/infer",
+            r#"{"inputs": [{"name": "attemp", "shape": [1], "datatype": "INT64", "data": [1]}]}"#,
+            "inputs.attemp: unknown input (expected one of",
+        ),
+        (
             "/v2/models/nope/infer",
             r#"{"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}]}"#,
             "unknown model `nope`",
@@ -1272,6 +1278,19 @@ async fn curls_json_is_read_as_json_on_every_route() {
         (s, v["accepted"].as_u64()),
         (StatusCode::ACCEPTED, Some(3)),
         "{v}"
+    );
+    // Records one per line sent so (`curl --data-binary @records.ndjson`): refused, the
+    // answer naming the header that is missing.
+    let lines: Vec<String> = recs
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let (s, _, v) = h.call(form("/v1/attempts", lines.join("\n"))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("sent with Content-Type: application/x-ndjson (this request's: application/x-www-form-urlencoded)"),
+        "{error}"
     );
     let infer =
         json!({"inputs": [{"name": "attempt", "shape": [1], "datatype": "INT64", "data": [1]}]});

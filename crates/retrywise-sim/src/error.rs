@@ -90,6 +90,20 @@ pub enum SimError {
         /// The first request lost.
         first: u64,
     },
+    /// `sim learn`: every attempt recorded so far ended the same way, so no model can be
+    /// trained - the scenario leaves the loop nothing to learn (or to improve).
+    #[error(
+        "round {round}: every attempt recorded so far {} ({rows} attempts): a model needs successes and failures, so the loop has nothing to learn on this scenario - run it on one whose upstream fails at times",
+        if *successes == 0 { "failed" } else { "succeeded" }
+    )]
+    NothingToLearn {
+        /// The round whose training found it.
+        round: u32,
+        /// The training rows.
+        rows: usize,
+        /// Successes among them.
+        successes: usize,
+    },
     /// Training a model failed (`sim learn`).
     #[error("training")]
     Train(#[from] retrywise_train::TrainError),

@@ -450,7 +450,16 @@ pub fn learn(
         // Simulated runs each pass through the scenario's phases once: validate on a share
         // of the calls, not on the last phase.
         train.split = retrywise_train::SplitBy::Call;
-        let trained = retrywise_train::train(&train, &mut |_| {})?;
+        let trained = retrywise_train::train(&train, &mut |_| {}).map_err(|e| match e {
+            retrywise_train::TrainError::SingleClass { rows, successes } => {
+                SimError::NothingToLearn {
+                    round: k,
+                    rows,
+                    successes,
+                }
+            }
+            e => e.into(),
+        })?;
         let round = Round {
             round: k,
             recorded_with: latest.as_ref().map(|(v, _)| *v),

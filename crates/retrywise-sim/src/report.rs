@@ -128,6 +128,10 @@ pub struct Report {
     pub scenarios: Vec<ScenarioResults>,
     /// The targets of the model-driven policy, judged.
     pub targets: Vec<Target>,
+    /// The plots written (goodput over time of the [`PLOTTED`] scenarios among those
+    /// run); not in `results.json`.
+    #[serde(skip)]
+    pub plots: Vec<PathBuf>,
 }
 
 /// A target of the model-driven policy and whether it holds.
@@ -241,6 +245,7 @@ pub fn report(
         model: opts.model_origin.clone(),
         scenarios,
         targets,
+        plots: plots.iter().map(|(path, _)| path.clone()).collect(),
     };
     for (path, svg) in &plots {
         write_atomically(path, svg.as_bytes())?;
@@ -729,6 +734,7 @@ mod tests {
             model: "m".into(),
             scenarios: vec![],
             targets: vec![target("outage/goal", false), target("blips/baseline", true)],
+            plots: vec![],
         };
         let known = |ids: &[&str]| -> BTreeMap<String, String> {
             ids.iter()
@@ -799,6 +805,7 @@ mod tests {
             model: "m".into(),
             scenarios: vec![],
             targets,
+            plots: vec![],
         };
         let checked = report.check(&BTreeMap::new());
         assert!(checked.failures.is_empty(), "{checked:?}");

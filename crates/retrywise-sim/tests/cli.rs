@@ -736,6 +736,35 @@ fn a_guard_keeps_out_a_model_that_forgets_another_scenario() {
     assert_eq!(rounds[1]["decided_with"], 0);
 }
 
+/// A scenario whose upstream never fails leaves nothing to learn: said so, not "the
+/// training rows hold a single class".
+#[test]
+fn a_loop_on_a_scenario_without_failures_says_there_is_nothing_to_learn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("healthy.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"healthy\"\nrps = 50\nduration_s = 4\ndeadline_ms = 2000\nattempt_timeout_ms = 500\n[upstream]\nworkers = 20\n[upstream.latency]\nmedian_ms = 10\nsigma = 0.2\n",
+    )
+    .expect("write");
+    let out = retrywise(&[
+        "learn",
+        "--scenario",
+        scenario.to_str().expect("utf-8"),
+        "--out",
+        dir.path().join("loop").to_str().expect("utf-8"),
+        "--rounds",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("round 0: every attempt recorded so far succeeded")
+            && stderr.contains("the loop has nothing to learn on this scenario"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_loop_that_cannot_improve_says_why() {
     // `permanent`, shortened: the rules already serve every request that can be served,
@@ -795,6 +824,13 @@ fn report_writes_the_tables_and_checks_the_targets_against_the_known_misses() {
     for f in ["results.md", "scoreboard.md", "results.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // Contention is not plotted: the files written are listed as they are, and no plot
+    // is announced (it said `goodput-*.svg` whatever was drawn).
+    assert!(
+        progress.contains("(results.md, scoreboard.md, results.json)")
+            && progress.contains("no goodput plot: it is drawn for outage, metastable, mix only"),
+        "{progress}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("read"))
             .expect("json");

@@ -33,9 +33,7 @@ pub const POSITIVE_LABEL: &str = "success";
 #[non_exhaustive]
 pub enum ModelError {
     /// Not JSON, or not the artifact's shape.
-    #[error(
-        "model.json is not a valid artifact: {field}: {message} (line {line}, column {column})"
-    )]
+    #[error("not a valid model artifact: {field}: {message} (line {line}, column {column})")]
     Json {
         /// The field where reading failed (`weights[3]`, `label.positive`), or "the document".
         field: String,

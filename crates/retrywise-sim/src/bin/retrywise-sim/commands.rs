@@ -936,10 +936,23 @@ pub(crate) fn report(args: &ReportArgs) -> anyhow::Result<()> {
     })?;
     bar.finish();
     out!("{}", report.summary_markdown());
+    let plots: Vec<String> = report
+        .plots
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
     errln!(
-        "written: {} (results.md, scoreboard.md, results.json, goodput-*.svg)",
-        args.out.display()
+        "written: {} (results.md, scoreboard.md, results.json{}{})",
+        args.out.display(),
+        if plots.is_empty() { "" } else { ", " },
+        plots.join(", ")
     );
+    if plots.is_empty() {
+        errln!(
+            "no goodput plot: it is drawn for {} only, and none of them was run",
+            retrywise_sim::report::PLOTTED.join(", ")
+        );
+    }
     if !args.check {
         return Ok(());
     }
