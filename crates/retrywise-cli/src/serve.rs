@@ -76,6 +76,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     }
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok(), &flags)
         .context("reading the configuration")?;
+    // Each connection holds a file: the usual soft limit (1,024 open files) is below the
+    // default `max_connections`, so it is raised to the hard limit (the service caps its
+    // connections below what is left, and says so).
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     let models = config.models.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

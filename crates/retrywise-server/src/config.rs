@@ -68,9 +68,10 @@ pub struct Config {
     /// Connections open at once; one more is closed as soon as it is accepted (counted in
     /// `retrywise_connections_refused_total`), so that idle or trickling clients cannot
     /// take every file descriptor the process has - the models folder, the attempts'
-    /// segments and Redis need some too. Keep it below the process's open-file limit
-    /// (`ulimit -n`; the service warns at start when it is not). Default 4096; at most
-    /// [`MAX_CONNECTIONS`].
+    /// segments and Redis need some too. Where the process's open-file limit (`ulimit
+    /// -n`, which `retrywise serve` raises to the hard limit) leaves fewer than it plus 64,
+    /// [`crate::serve`] caps connections at that limit less 64, and warns. Default 4096;
+    /// at most [`MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// When set, `/admin/*` and `POST /v1/attempts` require `Authorization: Bearer <token>`.
     pub token: Option<String>,

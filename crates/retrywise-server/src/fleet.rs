@@ -485,6 +485,16 @@ impl Fleet {
                 return None;
             }
         }
+        let t = self.new_target(target)?;
+        map.insert(Arc::clone(target), Arc::clone(&t));
+        self.count.store(map.len(), Ordering::Relaxed);
+        Some(t)
+    }
+
+    /// A target's state as new: its health empty, its breaker closed, its limit and hedge
+    /// at their start (tracked once [`get_or_create`](Self::get_or_create) puts it in the
+    /// map; else only a view's).
+    fn new_target(&self, target: &Arc<str>) -> Option<Arc<Target>> {
         // Unstriped: a service keeps these per target, up to `max_targets` of them.
         let health = HealthTracker::unstriped(self.window).ok()?;
         let openings = Arc::new(AtomicU64::new(0));
@@ -534,7 +544,7 @@ impl Fleet {
             .unstriped()
             .build()
             .ok()?;
-        let t = Arc::new(Target {
+        Some(Arc::new(Target {
             health,
             breaker,
             limit,
@@ -543,10 +553,7 @@ impl Fleet {
             probes: Mutex::new(Probes::default()),
             closed_ms,
             moved_on,
-        });
-        map.insert(Arc::clone(target), Arc::clone(&t));
-        self.count.store(map.len(), Ordering::Relaxed);
-        Some(t)
+        }))
     }
 
     /// Learns from one ingested attempt that ended by wall-clock time `wall_ms` (ms since
@@ -678,10 +685,15 @@ impl Fleet {
         // Known only to the other replicas - from the shared view, or (Redis not
         // answering) by a circuit the fleet opened, which stays open here until its end:
         // tracked here from now on, so that the view says what `/v1/decide` answers.
+        // (At the cap of targets, with none idle to make room, still answered - from the
+        // fleet's evidence and a state as new - as `/v1/decide` answers: a 404 said "not
+        // tracked" of a circuit the fleet had open.)
         let t = match self.get(target) {
             Some(t) => t,
             None if shared.is_some() || self.fleet_open(target, None, wall).is_some() => {
-                self.get_or_create(&Arc::from(target), now)?
+                let name = Arc::from(target);
+                self.get_or_create(&name, now)
+                    .or_else(|| self.new_target(&name))?
             }
             None => return None,
         };
@@ -1173,6 +1185,44 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(fleet.admit_probe("db", now), Err(PROBE_LEASE));
         }
+    }
+
+    /// A replica at its cap of targets, none idle, still answers the view of a target
+    /// the fleet has open - open, from the fleet's evidence, as `circuit` (what
+    /// `/v1/decide` reads) says - without tracking it; it answered "not tracked" (404).
+    #[tokio::test]
+    async fn a_replica_at_its_cap_answers_the_view_of_a_target_the_fleet_has_open() {
+        let shared = unreachable_fleet();
+        let fleet = Fleet::new(Duration::from_secs(10), 1).with_shared(Arc::clone(&shared));
+        let wall = wall_ms();
+        let now = Instant::now();
+        assert_eq!(
+            fleet.observe(&refused("busy", 1, wall), now, wall),
+            Observed::Tracked
+        );
+        shared.install_for_test(HashMap::from([(
+            Arc::<str>::from("db"),
+            failing(Some(wall + 5_000), None, None),
+        )]));
+        let (state, open_for) = fleet.circuit("db").unwrap();
+        assert_eq!(state, State::Open);
+        let view = fleet.view("db", now).expect("answered at the cap");
+        assert_eq!(view.breaker_state, "OPEN");
+        assert!(!view.allow);
+        assert_eq!(view.failures, 40);
+        let (seen, said) = (
+            open_for.unwrap().as_secs_f64() * 1e3,
+            view.open_for_ms.unwrap(),
+        );
+        assert!((seen - said).abs() < 1_000.0, "{seen} vs {said}");
+        assert!(
+            view.reason.contains("opened by another replica"),
+            "{}",
+            view.reason
+        );
+        assert!(!fleet.tracks("db") && fleet.tracks("busy"));
+        // A target the fleet knows nothing of is still not tracked.
+        assert!(fleet.view("nobody", now).is_none());
     }
 
     /// At its cap, the fleet looks for idle targets to forget at most once a tenth of the

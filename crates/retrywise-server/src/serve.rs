@@ -49,8 +49,8 @@ pub async fn serve(
             source,
         })?;
     let bound = listener.local_addr().map_err(ServerError::Serve)?;
-    tracing::info!(%bound, auth = service.state.config.token.is_some(), max_connections = service.state.config.max_connections, "serving");
-    warn_if_files_run_out(service.state.config.max_connections);
+    let max_connections = connections_within_files(service.state.config.max_connections);
+    tracing::info!(%bound, auth = service.state.config.token.is_some(), max_connections, "serving");
     on_bound(bound);
     let poller = spawn_poller(&service);
     let fleet_sync = service.spawn_fleet_sync();
@@ -61,7 +61,7 @@ pub async fn serve(
         listener,
         service.router(),
         Connections {
-            max: service.state.config.max_connections,
+            max: max_connections,
             header_timeout: header_timeout(service.state.config.request_timeout),
             open: service.state.metrics.connections_open.clone(),
             refused: service.state.metrics.connections_refused.clone(),
@@ -255,25 +255,36 @@ async fn accept(
     Ok(())
 }
 
-/// Warns when `max_connections` (and the files the service opens besides) could reach
-/// the process's limit of open files before the cap does: the accept loop would then
-/// wait on "too many open files" instead of closing the extra connections, and the
-/// attempts' segments, model files and Redis could not be opened meanwhile. (Linux: read
-/// from `/proc/self/limits`; elsewhere not checked.)
-fn warn_if_files_run_out(max_connections: usize) {
-    /// Files the service keeps open besides its connections: the listener, segments,
-    /// model files being read, Redis, the runtime's own.
-    const OTHER_FILES: usize = 64;
+/// Files the service keeps open besides its connections: the listener, segments, model
+/// files being read, Redis, the runtime's own.
+const OTHER_FILES: usize = 64;
+
+/// The connections the service lets be open: `max_connections`, or fewer when the
+/// process's limit of open files would run out first - the accept loop would then wait
+/// on "too many open files" instead of closing the extra connections, and the attempts'
+/// segments, model files and Redis could not be opened meanwhile. Said in a warning.
+/// (The limit read from `/proc/self/limits` on Linux; elsewhere not checked. `retrywise
+/// serve` raises it to the hard limit first.)
+fn connections_within_files(max_connections: usize) -> usize {
     let Some(limit) = open_file_limit() else {
-        return;
+        return max_connections;
     };
-    if max_connections.saturating_add(OTHER_FILES) > limit {
+    let allowed = cap_within(max_connections, limit);
+    if allowed < max_connections {
         tracing::warn!(
             max_connections,
             open_file_limit = limit,
-            "max_connections is within {OTHER_FILES} of the open-file limit: raise the limit (ulimit -n, LimitNOFILE=) or lower max_connections"
+            capped_at = allowed,
+            "max_connections exceeds what the open-file limit allows ({OTHER_FILES} files kept for the rest): connections are capped at {allowed} - raise the limit (ulimit -n, LimitNOFILE=) or lower max_connections"
         );
     }
+    allowed
+}
+
+/// `max_connections`, or what an open-file limit of `limit` leaves beside
+/// [`OTHER_FILES`] (at least one).
+fn cap_within(max_connections: usize, limit: usize) -> usize {
+    max_connections.min(limit.saturating_sub(OTHER_FILES).max(1))
 }
 
 /// The process's soft limit of open files, where it can be read (Linux).
@@ -384,5 +395,13 @@ mod tests {
             "Max open files            unlimited            unlimited            files     \n";
         assert_eq!(parse_open_file_limit(unlimited), None);
         assert_eq!(parse_open_file_limit("Max processes 1 1 processes\n"), None);
+    }
+
+    #[test]
+    fn connections_are_capped_below_the_open_file_limit() {
+        assert_eq!(cap_within(4096, 1024), 1024 - OTHER_FILES);
+        assert_eq!(cap_within(4096, 524_288), 4096);
+        assert_eq!(cap_within(100, 164), 100);
+        assert_eq!(cap_within(100, 10), 1);
     }
 }

@@ -955,12 +955,34 @@ async fn get_over(stream: &mut tokio::net::TcpStream, path: &str) -> Option<Stri
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = vec![0u8; 64 * 1024];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
-        .await
-        .expect("an answer or a close within 10 s")
-        .ok()?;
-    (n > 0).then(|| String::from_utf8_lossy(&answer[..n]).into_owned())
+    // Read until the headers and the body their Content-Length announces are in (one
+    // read may return a part of them).
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer or a close within 10 s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return Some(text);
+            }
+        }
+    }
 }
 
 /// With `max_connections` open (here idle keep-alive connections, as a client that pools

@@ -93,7 +93,7 @@ pub enum SimError {
     /// `sim learn`: every attempt recorded so far ended the same way, so no model can be
     /// trained - the scenario leaves the loop nothing to learn (or to improve).
     #[error(
-        "round {round}: every attempt recorded so far {} ({rows} attempts): a model needs successes and failures, so the loop has nothing to learn on this scenario - run it on one whose upstream fails at times",
+        "round {round}: every training row of the attempts recorded so far {} ({rows} rows): a model needs successes and failures, so the loop has nothing to learn on this scenario - run it on one whose upstream fails at times",
         if *successes == 0 { "failed" } else { "succeeded" }
     )]
     NothingToLearn {

@@ -759,7 +759,7 @@ fn a_loop_on_a_scenario_without_failures_says_there_is_nothing_to_learn() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("round 0: every attempt recorded so far succeeded")
+        stderr.contains("round 0: every training row of the attempts recorded so far succeeded")
             && stderr.contains("the loop has nothing to learn on this scenario"),
         "{stderr}"
     );

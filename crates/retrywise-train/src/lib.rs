@@ -457,10 +457,15 @@ fn no_rows(files: &[data::Prepared], filter: &Filter) -> Result<String, TrainErr
         }
     }
     if !skipped.is_empty() {
-        let list: Vec<String> = skipped
+        const SHOWN_REASONS: usize = 10;
+        let mut list: Vec<String> = skipped
             .iter()
+            .take(SHOWN_REASONS)
             .map(|(reason, n)| format!("{n} × {reason}"))
             .collect();
+        if skipped.len() > SHOWN_REASONS {
+            list.push(format!("{} reasons more", skipped.len() - SHOWN_REASONS));
+        }
         why.push_str(&format!("; skipped: {}", list.join("; ")));
     }
     Ok(why)
@@ -468,8 +473,8 @@ fn no_rows(files: &[data::Prepared], filter: &Filter) -> Result<String, TrainErr
 
 /// The targets `filter` asks for of which `rows` hold none, each with why: not in the
 /// input at all (a misspelt `--target` beside ones that matched would otherwise train a
-/// model without it, and say nothing), or in it but not read (outside the time window, or
-/// left out of the sample). Empty when every target asked for has rows, or none was asked
+/// model without it, and say nothing), or in it but not read (outside the time window,
+/// left out of the sample, or skipped by the rows' rules). Empty when every target asked for has rows, or none was asked
 /// for.
 ///
 /// # Errors
@@ -479,6 +484,9 @@ pub fn absent_targets(
     filter: &Filter,
     rows: &data::Rows,
 ) -> Result<Vec<(String, &'static str)>, TrainError> {
+    if filter.targets.is_empty() {
+        return Ok(Vec::new());
+    }
     let seen: std::collections::HashSet<&str> = rows.contexts.iter().map(|c| &*c.target).collect();
     let unseen: Vec<&String> = filter
         .targets
@@ -493,7 +501,7 @@ pub fn absent_targets(
         .into_iter()
         .map(|t| {
             let why = if present.binary_search(t).is_ok() {
-                "in the input, but none of its rows read (outside the time window, or left out of the sample)"
+                "in the input, but none of its rows read (outside the time window, left out of the sample, or skipped: see the rows skipped)"
             } else {
                 "not in the input (misspelt?)"
             };
