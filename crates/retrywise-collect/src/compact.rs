@@ -46,6 +46,11 @@ fn dtype(storage: Storage) -> DataType {
     }
 }
 
+/// The partition column of a compacted tree (`date=YYYY-MM-DD/`, the UTC day of
+/// `started_at_ms`): in the folder's name, and added as a column by readers such as
+/// polars, DuckDB and Spark (and in the files of a tree they write back).
+pub const PARTITION: &str = "date";
+
 /// The column of the fields a record carried that this build does not know (a newer
 /// minor version's): one JSON object per row, null when there were none
 /// ([`AttemptRecord::unknown`]). A newer build can read them back; the trainer does not.
@@ -581,7 +586,7 @@ fn compact_segment(
             return Ok(done);
         }
         let name = day_name(day);
-        let dir = options.output.join(format!("date={name}"));
+        let dir = options.output.join(format!("{PARTITION}={name}"));
         let rows = builder.len() as u64;
         let mut df = builder.finish().map_err(|e| compact_error(&seg.path, &e))?;
         let (path, bytes) = write_part(&dir, &seg.stem, &mut df, &seg.path)?;

@@ -381,6 +381,11 @@ impl Metrics {
                 m.foreign.clone(),
             );
             registry.register(
+                "fleet_read_duration_seconds",
+                "How long the last read of the shared fleet view from Redis took (it covers every target written of late; past fleet_timeout_ms the replica answers from its own view)",
+                m.read_seconds.clone(),
+            );
+            registry.register(
                 "fleet_unread_targets",
                 "Targets written to Redis of late that the last read of the shared view left out (beyond max_targets, the most recently written first): answered from this replica's own evidence",
                 m.unread.clone(),

@@ -55,7 +55,7 @@ pub async fn serve(
     let poller = spawn_poller(&service);
     let fleet_sync = service.spawn_fleet_sync();
     if let Some(url) = &service.state.config.fleet {
-        tracing::info!(fleet = %redact(url), cache_ms = service.state.config.fleet_cache.as_millis() as u64, "fleet view shared through Redis");
+        tracing::info!(fleet = %redact(url), cache_ms = service.state.config.fleet_cache.as_millis() as u64, "fleet view: connecting to Redis to share it (the outcome is logged next)");
     }
     let result = accept(
         listener,

@@ -497,6 +497,10 @@ pub struct SharedMetrics {
     /// Targets the fleet lists in Redis that the last read left out: beyond the
     /// `max_targets` most recently written (each replica caps only its own).
     pub unread: Gauge,
+    /// How long the last read of the shared view took, seconds (a read covers every
+    /// target written of late: Redis's time grows with their number, and past
+    /// `fleet_timeout` the replica answers from its own view).
+    pub read_seconds: Gauge<f64, AtomicU64>,
 }
 
 /// The fleet view shared through Redis (see the module's documentation).
@@ -535,6 +539,11 @@ pub struct SharedFleet {
     /// Whether a tick's outcome has been logged yet: the first is, shared or not (a
     /// replica that never reaches Redis would otherwise never say so).
     said: AtomicBool,
+    /// Whether the view has ever been shared (a later return is "again").
+    ever_shared: AtomicBool,
+    /// Whether the reads were last said to be slow (more than half the timeout): said
+    /// once when they become so, and once when they are fast again (below a quarter).
+    slow_reads: AtomicBool,
     /// How many targets the last write skipped, the last read left out, and the last read
     /// found odd times for: each warning is logged when its count changes, not at every
     /// write or read that finds the same foreign keys again (the counter counts them all).
@@ -607,6 +616,8 @@ impl SharedFleet {
             warned: Default::default(),
             shared: AtomicBool::new(false),
             said: AtomicBool::new(false),
+            ever_shared: AtomicBool::new(false),
+            slow_reads: AtomicBool::new(false),
             read_ms: AtomicU64::new(0),
             detail: Mutex::new("connecting to Redis".into()),
             metrics,
@@ -830,6 +841,28 @@ impl SharedFleet {
         }
     }
 
+    /// Notes how long a read of `targets` took: the gauge, and a warning when reads
+    /// become slower than half the timeout (a read covers every target written of late,
+    /// and Redis's time grows with them: `benches/server/fleet_redis.py`), an info line
+    /// when they are below a quarter of it again.
+    fn read_took(&self, took: Duration, targets: usize) {
+        self.metrics.read_seconds.set(took.as_secs_f64());
+        if took > self.timeout / 2 && !self.slow_reads.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                targets,
+                fleet_timeout_ms = self.timeout.as_millis() as u64,
+                "fleet view: a read of the shared view took more than half fleet_timeout_ms; reads grow with the targets written of late (each read covers them all, up to max_targets), and one past the timeout leaves this replica answering from its own view - raise fleet_timeout_ms, or lower max_targets"
+            );
+        } else if took < self.timeout / 4 && self.slow_reads.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                took_ms = took.as_millis() as u64,
+                targets,
+                "fleet view: reads of the shared view are fast again"
+            );
+        }
+    }
+
     /// Whether a warning's count `n` is new and worth a log line: not zero, and not what
     /// the last write or read found (remembered either way).
     fn changed(&self, which: usize, n: u64) -> bool {
@@ -846,12 +879,22 @@ impl SharedFleet {
             .arg(BUCKETS)
             .arg(RECENT)
             .arg(LATENCY);
-        let (rows, listed) =
-            match tokio::time::timeout(self.timeout, call.invoke_async::<ReadReply>(conn)).await {
-                Ok(Ok(read)) => read,
-                Ok(Err(e)) => return Err(self.describe("reading from", Some(e))),
-                Err(_) => return Err(self.describe("reading from", None)),
-            };
+        let (rows, listed) = match tokio::time::timeout(
+            self.timeout,
+            call.invoke_async::<ReadReply>(conn),
+        )
+        .await
+        {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Err(self.describe("reading from", Some(e))),
+            Err(_) => {
+                return Err(format!(
+                    "{} (a read covers every target written of late, up to max_targets = {}: with many, raise fleet_timeout_ms)",
+                    self.describe("reading from", None),
+                    self.max_targets
+                ));
+            }
+        };
         // Ages and times left on Redis's clock, placed on this replica's as it reads them.
         let now = wall_ms();
         let mut view = HashMap::with_capacity(rows.len());
@@ -1038,10 +1081,11 @@ impl SharedFleet {
         let first = !self.said.swap(true, Ordering::Relaxed);
         if was != shared || first {
             if shared {
+                let again = self.ever_shared.swap(true, Ordering::Relaxed);
                 tracing::info!(
                     %detail,
                     "fleet view: shared through Redis{}",
-                    if first { "" } else { " again" }
+                    if again { " again" } else { "" }
                 );
             } else {
                 tracing::warn!(%detail, "fleet view: not shared through Redis, answering from this replica's own view");
@@ -1138,10 +1182,12 @@ impl SharedFleet {
                     Ok(mut c) => {
                         let mut result = me.flush(&mut c).await.map(|_| ());
                         if result.is_ok() && reading {
+                            let started = tokio::time::Instant::now();
                             result = me.refresh(&mut c).await.map(|targets| {
                                 me.metrics
                                     .targets
                                     .set(i64::try_from(targets).unwrap_or(i64::MAX));
+                                me.read_took(started.elapsed(), targets);
                             });
                         }
                         // Kept only while it works: a command that timed out may have left
@@ -1505,6 +1551,54 @@ mod tests {
             "{logs}"
         );
         assert!(logs.contains("refused"), "{logs}");
+    }
+
+    /// The changes of the view's state are logged once each, and "again" only for a
+    /// return (a replica that reached Redis after failing from the start said "again");
+    /// reads slower than half the timeout are warned of once, and said fast again once
+    /// below a quarter of it.
+    #[test]
+    fn shared_again_only_after_shared_and_slow_reads_said_once() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let f = fleet("redis://127.0.0.1:1").unwrap();
+        f.set_shared(false, "cannot connect to Redis: refused".into());
+        f.set_shared(true, "shared through Redis".into());
+        f.set_shared(false, "writing to Redis failed: broken pipe".into());
+        f.set_shared(true, "shared through Redis".into());
+        // 100 ms timeout: slow above 50, fast again below 25.
+        for ms in [60, 70, 40, 20, 60] {
+            f.read_took(Duration::from_millis(ms), 7);
+        }
+        assert!((f.metrics.read_seconds.get() - 0.06).abs() < 1e-9);
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter_map(|l| l.split("fleet view: ").nth(1))
+            .map(|l| l.split_once(' ').map_or(l, |(first, _)| first))
+            .collect();
+        assert_eq!(
+            logs.matches("shared through Redis again").count(),
+            1,
+            "{logs}"
+        );
+        assert_eq!(
+            logs.matches("not shared through Redis").count(),
+            2,
+            "{logs}"
+        );
+        assert_eq!(
+            logs.matches("took more than half fleet_timeout_ms").count(),
+            2,
+            "{logs}"
+        );
+        assert_eq!(logs.matches("are fast again").count(), 1, "{logs}");
+        assert_eq!(lines.len(), 7, "{logs}");
     }
 
     #[test]

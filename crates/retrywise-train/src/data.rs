@@ -1080,8 +1080,15 @@ fn check_schema(
     let unread: Vec<UnreadColumn> = schema
         .iter_names()
         .filter(|name| schema::FIELDS.iter().all(|f| f.name != name.as_str()))
-        // The fields of a newer minor version that `retrywise compact` keeps beside them.
-        .filter(|name| name.as_str() != retrywise_collect::compact::UNKNOWN_FIELDS)
+        // The fields of a newer minor version that `retrywise compact` keeps beside them,
+        // and its partition column (in the files of a tree another tool wrote back).
+        .filter(|name| {
+            ![
+                retrywise_collect::compact::UNKNOWN_FIELDS,
+                retrywise_collect::compact::PARTITION,
+            ]
+            .contains(&name.as_str())
+        })
         .filter(|name| !partitions.iter().any(|k| k == name.as_str()))
         .map(|name| UnreadColumn {
             name: name.to_string(),

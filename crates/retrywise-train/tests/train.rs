@@ -1038,6 +1038,8 @@ fn columns_that_are_no_field_are_named_with_the_field_they_may_mean() {
             Column::new("retry_after".into(), [Some(250.0), None, None]),
             Column::new("Status".into(), [Some(429u32), None, None]),
             Column::new("__index_level_0__".into(), [0i64, 1, 2]),
+            // As a tool writes a compacted tree back: its partition column, in the file.
+            Column::new("date".into(), ["2026-12-07", "2026-12-07", "2026-12-07"]),
             Column::new("outcome".into(), ["retryable", "success", "success"]),
         ]),
         &p,
