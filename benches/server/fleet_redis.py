@@ -14,11 +14,13 @@ default) would make it fall back to its own view.
 
     python3 benches/server/fleet_redis.py target/release/retrywise [REDIS_PORT] [PORT]
 
-2026-12-07, this 2-core machine, one replica, the default 250 ms cache and 100 ms timeout:
-a read takes Redis about 25 µs a target - 1,000 targets 22-26 ms (Redis busy with the
-replica's reads about 6 % of the time), 2,000 49-76 ms, 4,000 108-112 ms and 10,000 about
-294 ms: from about 4,000 targets on, reads outlast the timeout and the replica answers
-from its own view (`fleet_timeout_ms = 2000` kept 10,000 shared).
+2026-12-08, this 2-core machine, one replica, the default 250 ms cache and 100 ms timeout,
+one hash per target (three calls a target): a read takes Redis about 15 µs a target -
+1,000 targets 13-15 ms (Redis busy with the replica's reads 7-9 % of the time), 2,000
+27 ms, 4,000 65 ms, 6,000 105 ms, 10,000 168 ms: from about 5,000 targets on, reads
+outlast the timeout and the replica answers from its own view. With a hash per bucket
+(ten calls a target more, before 2026-12-08): 22-26, 49-76, 108-112 and 294 ms for 1,000,
+2,000, 4,000 and 10,000 (`fleet_timeout_ms = 2000` kept 10,000 shared).
 
 Needs redis-server on the PATH (Debian: redis-server). Talks to 127.0.0.1 only.
 """

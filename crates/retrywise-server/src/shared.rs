@@ -17,11 +17,16 @@
 //!   windows (after the opening) leave it, and the set itself expires when the whole fleet
 //!   has been idle that long: an idle fleet leaves nothing in Redis. An open circuit keeps
 //!   its target listed although callers obeying it report no attempts;
-//! - `b:{target}:{bucket}` — one hash per tenth of the health window (time / (window /
-//!   10), as `retrywise::health::HealthTracker` splits it): `c` calls, `f`
-//!   failures, `p` permanent failures, `s` summed latency (µs) and `h<N>` the latency
-//!   histogram ([`retrywise::health::latency_bucket`]); it expires two windows after its
-//!   last write;
+//! - `B:{target}` — one hash per target, its fields `{bucket}:{field}` for each tenth of
+//!   the health window (bucket = time / (window / 10), as
+//!   `retrywise::health::HealthTracker` splits it): `c` calls, `f` failures, `p`
+//!   permanent failures, `s` summed latency (µs) and `h<N>` the latency histogram
+//!   ([`retrywise::health::latency_bucket`]). A read takes a target in one call (a hash
+//!   per bucket took ten: `benches/server/fleet_redis.py`); the first write in a new
+//!   bucket drops the buckets older than two windows (`pruned` says which bucket last
+//!   did); the hash expires two windows after its last write. (Before 2026-12-08 the
+//!   buckets were `b:{target}:{bucket}` keys: a fleet mid-upgrade shares circuits and
+//!   targets, but each version counts only its own version's buckets.)
 //! - `m:{target}` — `first` (when the fleet first saw the target), `ls` (when an attempt
 //!   to it last succeeded), `cl` (when a replica's breaker last closed after probing) and
 //!   `ou` (when the circuit's last opening ends: kept after `o:` expires, so that a replica
@@ -155,6 +160,8 @@ local ttl = tonumber(ARGV[3])
 local longest = tonumber(ARGV[4])
 local z = p .. 'targets'
 local cur = math.floor(now / period)
+-- Buckets kept in a target's hash: those of the last two windows (its keys' ttl).
+local kept = math.floor(ttl / period)
 local function is(key, t)
   local got = redis.call('TYPE', key)['ok']
   return got == 'none' or got == t
@@ -193,10 +200,10 @@ while i <= #ARGV do
   local nb = tonumber(ARGV[i + 4])
   local m = p .. 'm:' .. name
   local o = p .. 'o:' .. name
-  local ok = is(m, 'hash') and is(o, 'string')
+  local bk = p .. 'B:' .. name
+  local ok = is(m, 'hash') and is(o, 'string') and is(bk, 'hash')
   local j = i + 5
   for _ = 1, nb do
-    if not is(p .. 'b:' .. name .. ':' .. (cur - tonumber(ARGV[j])), 'hash') then ok = false end
     j = j + 2 + 2 * tonumber(ARGV[j + 1])
   end
   if not ok then
@@ -230,16 +237,32 @@ while i <= #ARGV do
       local was = num(redis.call('HGET', m, 'ou'))
       if ou > was or was > now + longest then redis.call('HSET', m, 'ou', ou) end
     end
+    -- The buckets that left the kept windows go, once a bucket period per target (the
+    -- first write in a new bucket finds `pruned` behind it).
+    if nb > 0 and num(redis.call('HGET', bk, 'pruned')) < cur then
+      local old = {}
+      for _, f in ipairs(redis.call('HKEYS', bk)) do
+        local at = string.find(f, ':', 1, true)
+        if at then
+          local bucket = tonumber(string.sub(f, 1, at - 1))
+          if bucket == nil or bucket ~= bucket or bucket <= cur - kept then old[#old + 1] = f end
+        end
+      end
+      for s = 1, #old, 1000 do
+        redis.call('HDEL', bk, unpack(old, s, math.min(s + 999, #old)))
+      end
+      redis.call('HSET', bk, 'pruned', cur)
+    end
     for _ = 1, nb do
-      local key = p .. 'b:' .. name .. ':' .. (cur - tonumber(ARGV[i]))
+      local bucket = (cur - tonumber(ARGV[i])) .. ':'
       local nf = tonumber(ARGV[i + 1])
       i = i + 2
       for _ = 1, nf do
-        redis.pcall('HINCRBY', key, ARGV[i], ARGV[i + 1])
+        redis.pcall('HINCRBY', bk, bucket .. ARGV[i], ARGV[i + 1])
         i = i + 2
       end
-      redis.call('PEXPIRE', key, ttl)
     end
+    if nb > 0 then redis.call('PEXPIRE', bk, ttl) end
   end
 end
 redis.call('ZREMRANGEBYSCORE', z, '-inf', now - ttl)
@@ -288,10 +311,15 @@ local out = {}
 for _, name in ipairs(names) do
   local c, f, rc, rf, pm, s = 0, 0, 0, 0, 0, 0
   local hist = {}
-  for k = 0, buckets - 1 do
-    local h = table_or_empty(redis.pcall('HGETALL', p .. 'b:' .. name .. ':' .. (b - k)))
-    for j = 1, #h, 2 do
-      local field, v = h[j], num(h[j + 1])
+  -- One hash per target, its fields `{bucket}:{field}`: one call, not one per bucket.
+  local h = table_or_empty(redis.pcall('HGETALL', p .. 'B:' .. name))
+  for j = 1, #h, 2 do
+    local key = h[j]
+    local at = string.find(key, ':', 1, true)
+    local k = -1
+    if at then k = b - num(string.sub(key, 1, at - 1)) end
+    if k >= 0 and k < buckets then
+      local field, v = string.sub(key, at + 1), num(h[j + 1])
       if field == 'c' then
         c = c + v
         if k < recent then rc = rc + v end
@@ -1728,16 +1756,11 @@ mod tests {
         let (n, _): (i64, u64) = run(3, i64::MAX).invoke_async(&mut conn).await.unwrap();
         assert_eq!(n, 1);
         assert_eq!(calls().await, 10);
-        let buckets: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{PREFIX}b:db:*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(!buckets.is_empty());
-        for k in buckets
-            .into_iter()
-            .chain([format!("{PREFIX}m:db"), format!("{PREFIX}w:77")])
-        {
+        for k in [
+            format!("{PREFIX}B:db"),
+            format!("{PREFIX}m:db"),
+            format!("{PREFIX}w:77"),
+        ] {
             let ttl: i64 = redis::cmd("PTTL")
                 .arg(&k)
                 .query_async(&mut conn)
@@ -1777,10 +1800,8 @@ mod tests {
                     .unwrap();
             }
         };
-        // (The bucket after too, should Redis's clock pass into it meanwhile.)
-        for b in [current, current + 1] {
-            set(format!("{PREFIX}b:bad:{b}"), "x").await;
-        }
+        // The target's buckets held in a string: the target is skipped, the rest written.
+        set(format!("{PREFIX}B:bad"), "x").await;
         let mut call = head(77, 5, TTL);
         call.arg("bad").arg(-1).arg(0).arg(-1).arg(1);
         call.arg(0).arg(1).arg("c").arg(1);
@@ -1789,6 +1810,37 @@ mod tests {
         let (n, skipped): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
         assert_eq!((n, skipped), (1, 1));
         assert_eq!(calls().await, 11, "db written after the skipped target");
+        // A target's hash keeps the buckets of its keys' ttl (60 here): the first write in
+        // a new bucket drops the older ones, once, and the read counts only the window's.
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{PREFIX}B:pruned"))
+            .arg(format!("{}:c", current - 61))
+            .arg(5)
+            .arg(format!("{}:c", current - 30))
+            .arg(4)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut call = head(81, 1, TTL);
+        call.arg("pruned").arg(-1).arg(0).arg(-1).arg(1);
+        call.arg(0).arg(1).arg("c").arg(3);
+        let (n, _): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
+        assert_eq!(n, 1);
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(format!("{PREFIX}B:pruned"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            !fields.contains(&format!("{}:c", current - 61)),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&format!("{}:c", current - 30)),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&"pruned".to_owned()), "{fields:?}");
+        assert_eq!(read("pruned", TTL).await.unwrap().0.calls, 3);
         // A last success that is not a number reads as none, in the write's comparison
         // and in the read; a count that is not one reads as 0. Nothing fails.
         let _: () = redis::cmd("HSET")
@@ -1800,16 +1852,20 @@ mod tests {
             .unwrap();
         // Lua reads "nan" as a number, NaN: neither a field named so nor a value so may
         // fail the read or poison the sums (in a bucket of their own, five back).
+        let five_back = current - 5;
         let _: () = redis::cmd("HSET")
-            .arg(format!("{PREFIX}b:db:{}", current - 5))
-            .arg("f")
+            .arg(format!("{PREFIX}B:db"))
+            .arg(format!("{five_back}:f"))
             .arg("many")
-            .arg("hnan")
+            .arg(format!("{five_back}:hnan"))
             .arg("5")
-            .arg("h3")
+            .arg(format!("{five_back}:h3"))
             .arg("nan")
-            .arg("s")
+            .arg(format!("{five_back}:s"))
             .arg("inf")
+            // A field whose bucket is not a number is no bucket's.
+            .arg("nan:c")
+            .arg("7")
             .query_async(&mut conn)
             .await
             .unwrap();
