@@ -15,12 +15,14 @@ default) would make it fall back to its own view.
     python3 benches/server/fleet_redis.py target/release/retrywise [REDIS_PORT] [PORT]
 
 2026-12-08, this 2-core machine, one replica, the default 250 ms cache and 100 ms timeout,
-one hash per target (three calls a target): a read takes Redis about 15 µs a target -
-1,000 targets 13-15 ms (Redis busy with the replica's reads 7-9 % of the time), 2,000
-27 ms, 4,000 65 ms, 6,000 105 ms, 10,000 168 ms: from about 5,000 targets on, reads
-outlast the timeout and the replica answers from its own view. With a hash per bucket
-(ten calls a target more, before 2026-12-08): 22-26, 49-76, 108-112 and 294 ms for 1,000,
-2,000, 4,000 and 10,000 (`fleet_timeout_ms = 2000` kept 10,000 shared).
+one hash per target (three calls a target). One attempt a target (quiet targets): 1,000
+targets 13-15 ms a read (Redis busy with the replica's reads 7-9 % of the time), 2,000
+27 ms, 4,000 60-65 ms, 6,000 105 ms, 10,000 168 ms - from about 5,000 on, reads outlast
+the timeout and the replica answers from its own view. `FLEET_ATTEMPTS=10` (busy
+targets): 1,000 38 ms (Redis busy a fifth of the time), 2,000 77 ms, 4,000 178 ms (past
+the timeout). With a hash per bucket (ten calls a target more, before 2026-12-08): quiet
+22-26, 49-76, 108-112 and 294 ms for 1,000, 2,000, 4,000 and 10,000
+(`fleet_timeout_ms = 2000` kept 10,000 shared); busy 40 ms for 1,000 and 82 ms for 2,000.
 
 Needs redis-server on the PATH (Debian: redis-server). Talks to 127.0.0.1 only.
 """
@@ -38,6 +40,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The counts of targets measured (`FLEET_TARGETS=1000,5000` to choose others).
 COUNTS = [int(n) for n in os.environ.get("FLEET_TARGETS", "1000,10000").split(",")]
+# Attempts posted to each target (`FLEET_ATTEMPTS=10`: one a second over the last ten
+# seconds, with latencies from 5 ms to 5 s, so that each target fills the window's buckets
+# and a dozen latency buckets, as a busy target does; 1: one attempt, one bucket).
+ATTEMPTS = int(os.environ.get("FLEET_ATTEMPTS", "1"))
 MEASURE_S = 4.0
 
 
@@ -127,11 +133,14 @@ def measure(binary: str, targets: int, redis_port: int, port: int, work: str) ->
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: get(port, "/readyz")[0] == 200, "the service")
         now = int(time.time() * 1000)
-        for start in range(0, targets, 1_000):
+        records = [(i, a) for i in range(targets) for a in range(ATTEMPTS)]
+        for start in range(0, len(records), 1_000):
             lines = [json.dumps({
-                "schema_version": "1.4", "started_at_ms": now, "call_id": i,
-                "target": f"t{i}", "attempt": 1, "outcome": "success",
-                "outcome_latency_ms": 20.0}) for i in range(start, min(start + 1_000, targets))]
+                "schema_version": "1.4", "started_at_ms": now - 1_000 * a,
+                "call_id": i * ATTEMPTS + a, "target": f"t{i}", "attempt": 1,
+                **({"outcome": "success"} if a % 4 else
+                   {"outcome": "retryable", "outcome_error": "http_503", "outcome_status": 503}),
+                "outcome_latency_ms": 5.0 * 2 ** a}) for i, a in records[start:start + 1_000]]
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             c.request("POST", "/v1/attempts", "\n".join(lines),
                       {"Content-Type": "application/x-ndjson"})
@@ -169,7 +178,7 @@ def measure(binary: str, targets: int, redis_port: int, port: int, work: str) ->
                     f"max {ms[-1]:.2f} ms")
 
         busy = sum(reads + writes) / 1000.0 / MEASURE_S
-        print(f"{targets:>6} targets ({in_view:.0f} in the shared view): "
+        print(f"{targets:>6} targets x {ATTEMPTS} attempts ({in_view:.0f} in the shared view): "
               f"read {summary(reads)}; write {summary(writes)}; Redis busy with this "
               f"replica {busy:.1%} of the time; shared {shared:.0f}, Redis errors during "
               f"the measure {errors:.0f}")

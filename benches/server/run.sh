@@ -123,10 +123,10 @@ records "$work/records_now.ndjson"
   -c 4 http://127.0.0.1:18186/v1/attempts > "$work/ingest_fleet.json"
 kill "$NOISE"; wait "$NOISE" 2>/dev/null || true
 sleep 0.5   # the last writes to Redis (four times per cache period)
-# The attempts Redis holds: every bucket's calls, summed.
-redis-cli -p "$REDIS_PORT" --scan --pattern 'retrywise:fleet:b:*' \
-  | while read -r k; do redis-cli -p "$REDIS_PORT" hget "$k" c; done \
-  | awk '{s += $1} END {print s + 0}' > "$work/redis_calls.txt"
+# The attempts Redis holds: every bucket's calls (`{bucket}:c` in each target's hash), summed.
+redis-cli -p "$REDIS_PORT" --scan --pattern 'retrywise:fleet:B:*' \
+  | while read -r k; do redis-cli -p "$REDIS_PORT" hgetall "$k"; done \
+  | awk 'NR % 2 == 1 { field = $0; next } field ~ /^[0-9]+:c$/ { s += $1 } END {print s + 0}' > "$work/redis_calls.txt"
 curl -s http://127.0.0.1:18186/metrics | grep -E '^retrywise_fleet_(shared|redis_errors)' > "$work/fleet_metrics.txt" || true
 kill -TERM "$INGEST_PID"; wait "$INGEST_PID" || true   # a graceful stop: flush and close
 kill -TERM "$FLEET_INGEST_PID"; wait "$FLEET_INGEST_PID" || true

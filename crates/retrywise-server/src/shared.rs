@@ -21,10 +21,11 @@
 //!   the health window (bucket = time / (window / 10), as
 //!   `retrywise::health::HealthTracker` splits it): `c` calls, `f` failures, `p`
 //!   permanent failures, `s` summed latency (µs) and `h<N>` the latency histogram
-//!   ([`retrywise::health::latency_bucket`]). A read takes a target in one call (a hash
-//!   per bucket took ten: `benches/server/fleet_redis.py`); the first write in a new
-//!   bucket drops the buckets older than two windows (`pruned` says which bucket last
-//!   did); the hash expires two windows after its last write. (Before 2026-12-08 the
+//!   ([`retrywise::health::latency_bucket`]). A read takes a target's buckets in one call
+//!   (a hash per bucket took ten: `benches/server/fleet_redis.py`); the first write in a
+//!   new bucket drops the buckets older than the window and one more, and any later than
+//!   Redis's now (`pruned` says which bucket last did); the hash expires two windows after
+//!   its last write. (Before 2026-12-08 the
 //!   buckets were `b:{target}:{bucket}` keys: a fleet mid-upgrade shares circuits and
 //!   targets, but each version counts only its own version's buckets.)
 //! - `m:{target}` — `first` (when the fleet first saw the target), `ls` (when an attempt
@@ -160,8 +161,9 @@ local ttl = tonumber(ARGV[3])
 local longest = tonumber(ARGV[4])
 local z = p .. 'targets'
 local cur = math.floor(now / period)
--- Buckets kept in a target's hash: those of the last two windows (its keys' ttl).
-local kept = math.floor(ttl / period)
+-- Buckets kept in a target's hash: the window's (the ttl is two windows) and one more,
+-- for a write of the oldest bucket a replica still holds.
+local kept = math.floor(ttl / (2 * period)) + 1
 local function is(key, t)
   local got = redis.call('TYPE', key)['ok']
   return got == 'none' or got == t
@@ -201,7 +203,7 @@ while i <= #ARGV do
   local m = p .. 'm:' .. name
   local o = p .. 'o:' .. name
   local bk = p .. 'B:' .. name
-  local ok = is(m, 'hash') and is(o, 'string') and is(bk, 'hash')
+  local ok = is(m, 'hash') and is(o, 'string') and (nb == 0 or is(bk, 'hash'))
   local j = i + 5
   for _ = 1, nb do
     j = j + 2 + 2 * tonumber(ARGV[j + 1])
@@ -237,15 +239,18 @@ while i <= #ARGV do
       local was = num(redis.call('HGET', m, 'ou'))
       if ou > was or was > now + longest then redis.call('HSET', m, 'ou', ou) end
     end
-    -- The buckets that left the kept windows go, once a bucket period per target (the
-    -- first write in a new bucket finds `pruned` behind it).
-    if nb > 0 and num(redis.call('HGET', bk, 'pruned')) < cur then
+    -- The buckets that left the window go, once a bucket period per target (the first
+    -- write in a new bucket finds `pruned` elsewhere), and so do buckets later than now
+    -- (written while Redis's clock ran ahead) and fields of no bucket.
+    if nb > 0 and num(redis.call('HGET', bk, 'pruned')) ~= cur then
       local old = {}
       for _, f in ipairs(redis.call('HKEYS', bk)) do
         local at = string.find(f, ':', 1, true)
         if at then
           local bucket = tonumber(string.sub(f, 1, at - 1))
-          if bucket == nil or bucket ~= bucket or bucket <= cur - kept then old[#old + 1] = f end
+          if bucket == nil or bucket ~= bucket or bucket <= cur - kept or bucket > cur then
+            old[#old + 1] = f
+          end
         end
       end
       for s = 1, #old, 1000 do
@@ -328,9 +333,9 @@ for _, name in ipairs(names) do
         if k < recent then rf = rf + v end
       elseif field == 'p' then pm = pm + v
       elseif field == 's' then s = s + v
-      elseif k < latency_buckets then
-        local hb = num(string.sub(field, 2))
-        if hb >= 0 and hb < 1024 and hb == math.floor(hb) then hist[hb] = (hist[hb] or 0) + v end
+      elseif k < latency_buckets and string.sub(field, 1, 1) == 'h' then
+        local hb = tonumber(string.sub(field, 2))
+        if hb and hb >= 0 and hb < 1024 and hb == math.floor(hb) then hist[hb] = (hist[hb] or 0) + v end
       end
     end
   end
@@ -1810,14 +1815,24 @@ mod tests {
         let (n, skipped): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
         assert_eq!((n, skipped), (1, 1));
         assert_eq!(calls().await, 11, "db written after the skipped target");
-        // A target's hash keeps the buckets of its keys' ttl (60 here): the first write in
-        // a new bucket drops the older ones, once, and the read counts only the window's.
+        // A target's hash keeps the window's buckets and one more (a ttl of 60 buckets:
+        // 31; 29 back stays should the clock pass into the next bucket meanwhile): the first write in a new bucket drops the older ones, those later than
+        // Redis's now (its clock stepped back) and fields of no bucket; the read counts
+        // only the window's.
         let _: () = redis::cmd("HSET")
             .arg(format!("{PREFIX}B:pruned"))
             .arg(format!("{}:c", current - 61))
             .arg(5)
-            .arg(format!("{}:c", current - 30))
+            .arg(format!("{}:c", current - 31))
+            .arg(6)
+            .arg(format!("{}:c", current - 29))
             .arg(4)
+            .arg(format!("{}:c", current + 100))
+            .arg(8)
+            .arg("x:c")
+            .arg(9)
+            .arg("pruned")
+            .arg(current + 100)
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -1831,15 +1846,28 @@ mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
+        for gone in [
+            format!("{}:c", current - 61),
+            format!("{}:c", current - 31),
+            format!("{}:c", current + 100),
+            "x:c".to_owned(),
+        ] {
+            assert!(!fields.contains(&gone), "{gone}: {fields:?}");
+        }
         assert!(
-            !fields.contains(&format!("{}:c", current - 61)),
+            fields.contains(&format!("{}:c", current - 29)),
             "{fields:?}"
         );
+        let pruned: u64 = redis::cmd("HGET")
+            .arg(format!("{PREFIX}B:pruned"))
+            .arg("pruned")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(
-            fields.contains(&format!("{}:c", current - 30)),
-            "{fields:?}"
+            pruned == current || pruned == current + 1,
+            "{pruned} {current}"
         );
-        assert!(fields.contains(&"pruned".to_owned()), "{fields:?}");
         assert_eq!(read("pruned", TTL).await.unwrap().0.calls, 3);
         // A last success that is not a number reads as none, in the write's comparison
         // and in the read; a count that is not one reads as 0. Nothing fails.
@@ -1863,9 +1891,6 @@ mod tests {
             .arg("nan")
             .arg(format!("{five_back}:s"))
             .arg("inf")
-            // A field whose bucket is not a number is no bucket's.
-            .arg("nan:c")
-            .arg("7")
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -1874,6 +1899,15 @@ mod tests {
         call.arg(5).arg(1).arg("c").arg(2);
         let (n, skipped): (i64, u64) = call.invoke_async(&mut conn).await.unwrap();
         assert_eq!((n, skipped), (1, 0));
+        // A field whose bucket is not a number is no bucket's (set after the write, whose
+        // pruning would drop it).
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{PREFIX}B:db"))
+            .arg("nan:c")
+            .arg("7")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         let now = wall_ms();
         let (t, _) = read("db", TTL).await.unwrap();
         assert_eq!((t.calls, t.failures), (13, 0));
