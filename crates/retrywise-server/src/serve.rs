@@ -263,8 +263,8 @@ const OTHER_FILES: usize = 64;
 /// process's limit of open files would run out first - the accept loop would then wait
 /// on "too many open files" instead of closing the extra connections, and the attempts'
 /// segments, model files and Redis could not be opened meanwhile. Said in a warning.
-/// (The limit read from `/proc/self/limits` on Linux; elsewhere not checked. `retrywise
-/// serve` raises it to the hard limit first.)
+/// (The soft limit, from `getrlimit`; `retrywise serve` raises it to the hard limit
+/// first.)
 fn connections_within_files(max_connections: usize) -> usize {
     let Some(limit) = open_file_limit() else {
         return max_connections;
@@ -287,20 +287,20 @@ fn cap_within(max_connections: usize, limit: usize) -> usize {
     max_connections.min(limit.saturating_sub(OTHER_FILES).max(1))
 }
 
-/// The process's soft limit of open files, where it can be read (Linux).
+/// The process's soft limit of open files (`None`: unlimited, or not known).
+#[cfg(unix)]
 fn open_file_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_file_limit(&limits)
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    if soft == rlimit::INFINITY {
+        return None;
+    }
+    usize::try_from(soft).ok()
 }
 
-/// The soft limit on the "Max open files" line of a `/proc/<pid>/limits` table (`None`
-/// when it is missing or "unlimited").
-fn parse_open_file_limit(limits: &str) -> Option<usize> {
-    limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|soft| soft.parse().ok())
+/// (Not checked where there is no `getrlimit`.)
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<usize> {
+    None
 }
 
 /// The models folder holds one folder per model name, each one folder per version
@@ -385,16 +385,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_open_file_limit_is_the_soft_one_of_its_line() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                      Max processes             95123                95123                processes \n\
-                      Max open files            1024                 524288               files     \n\
-                      Max locked memory         8388608              8388608              bytes     \n";
-        assert_eq!(parse_open_file_limit(limits), Some(1024));
-        let unlimited =
-            "Max open files            unlimited            unlimited            files     \n";
-        assert_eq!(parse_open_file_limit(unlimited), None);
-        assert_eq!(parse_open_file_limit("Max processes 1 1 processes\n"), None);
+    #[cfg(unix)]
+    fn the_open_file_limit_is_the_process_soft_limit_and_caps_connections() {
+        const NOFILE: rlimit::Resource = rlimit::Resource::NOFILE;
+        let (soft, hard) = rlimit::getrlimit(NOFILE).unwrap();
+        // Lowered for the test, and put back (other tests of this process open files).
+        let lower = 1_000.min(hard);
+        rlimit::setrlimit(NOFILE, lower, hard).unwrap();
+        let (limit, capped) = (open_file_limit(), connections_within_files(4096));
+        rlimit::setrlimit(NOFILE, soft, hard).unwrap();
+        assert_eq!(limit, Some(lower as usize));
+        assert_eq!(capped, lower as usize - OTHER_FILES);
     }
 
     #[test]

@@ -1230,14 +1230,6 @@ impl Prepared {
         &self.file
     }
 
-    /// Its NDJSON lines (or Parquet rows of an unreadable version) skipped before any row
-    /// was read, by why (as the load's summary counts them).
-    pub fn skipped_lines(&self) -> BTreeMap<String, u64> {
-        let mut summary = LoadSummary::default();
-        self.bad.count_into(&mut summary);
-        summary.skipped
-    }
-
     /// Its columns that are no field of the attempt schema, and so are not read (a
     /// Parquet file's; an NDJSON file is read with the schema's columns).
     pub fn unread_columns(&self) -> &[UnreadColumn] {
@@ -1300,6 +1292,16 @@ pub fn prepare(files: &[InputFile]) -> Result<Vec<Prepared>, TrainError> {
         .collect::<Result<Vec<_>, TrainError>>()?;
     warn_of_unread_columns(&prepared);
     Ok(prepared)
+}
+
+/// The NDJSON lines (and Parquet rows of an unreadable version) of `files` skipped before
+/// any row is read, by why - as a load of them counts them in its summary.
+pub fn skipped_lines(files: &[Prepared]) -> BTreeMap<String, u64> {
+    let mut summary = LoadSummary::default();
+    for p in files {
+        p.bad.count_into(&mut summary);
+    }
+    summary.skipped
 }
 
 /// Counts the rows of `files` that pass `filter`, without reading them: polars answers

@@ -450,12 +450,7 @@ fn no_rows(files: &[data::Prepared], filter: &Filter) -> Result<String, TrainErr
     }
     // Lines skipped before any row was read: every record of a log refused for one
     // reason said only "no row".
-    let mut skipped = std::collections::BTreeMap::<String, u64>::new();
-    for f in files {
-        for (reason, n) in f.skipped_lines() {
-            *skipped.entry(reason).or_default() += n;
-        }
-    }
+    let skipped = data::skipped_lines(files);
     if !skipped.is_empty() {
         const SHOWN_REASONS: usize = 10;
         let mut list: Vec<String> = skipped
