@@ -1545,6 +1545,19 @@ mod tests {
     #[derive(Clone, Default)]
     struct Logs(Arc<Mutex<Vec<u8>>>);
 
+    impl Logs {
+        /// What this thread logs from now until the guard is dropped.
+        fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+            let logs = Self::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            (logs, tracing::subscriber::set_default(subscriber))
+        }
+    }
+
     impl std::io::Write for Logs {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
@@ -1561,13 +1574,7 @@ mod tests {
     /// timeout, so the status said "took longer than 100 ms".
     #[tokio::test(start_paused = true)]
     async fn a_redis_refusing_from_the_start_is_said_once_with_its_cause() {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = Logs::capture();
         let f = Arc::new(fleet("redis://127.0.0.1:1").unwrap());
         let task = f.spawn();
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -1592,13 +1599,7 @@ mod tests {
     /// below a quarter of it.
     #[test]
     fn shared_again_only_after_shared_and_slow_reads_said_once() {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = Logs::capture();
         let f = fleet("redis://127.0.0.1:1").unwrap();
         f.set_shared(false, "cannot connect to Redis: refused".into());
         f.set_shared(true, "shared through Redis".into());
